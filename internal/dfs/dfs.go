@@ -1,0 +1,133 @@
+// Package dfs is the contract for the distributed file system that holds
+// Freeway's bucket files: a local directory on one machine, HDFS on a
+// cluster.
+//
+// The contract is the part of a file system that Freeway's writers
+// (calligraphus), readers (ptail) and the copier need, with the semantics
+// that HDFS through github.com/colinmarc/hdfs actually gives:
+//
+//   - A file being written is not visible to readers in full until it is
+//     closed. HDFS readers see no byte of a block under construction, and the
+//     client has no hflush. So a writer publishes a file by writing it under
+//     a hidden temporary name and renaming it to its final name after Close.
+//   - Files are written once. There is no append: after a crash a writer
+//     starts a new file instead of reopening its last one.
+//   - Rename is atomic.
+//
+// Names are slash-separated paths relative to the file system's root, in
+// the form of io/fs (no leading slash, no "." or ".." elements). Errors
+// wrap fs.ErrNotExist and fs.ErrExist where they apply.
+//
+// Implementations: localfs (file://), hdfs (hdfs://); the URL factory in
+// internal/backends picks one. dfstest holds the conformance suite that
+// every implementation passes.
+package dfs
+
+import (
+	"io"
+	"io/fs"
+	"path"
+	"strings"
+)
+
+// FS is a file system holding bucket files.
+type FS interface {
+	// Create creates name for writing and fails with fs.ErrExist if it
+	// already exists. Parent directories are created as needed. What is
+	// written becomes visible to readers when the file is closed; see
+	// SyncDurable for what Sync gives before that.
+	Create(name string) (File, error)
+
+	// Open opens name for reading.
+	Open(name string) (Reader, error)
+
+	// Stat describes name.
+	Stat(name string) (fs.FileInfo, error)
+
+	// ReadDir lists the directory name, sorted by file name.
+	ReadDir(name string) ([]fs.FileInfo, error)
+
+	// MkdirAll creates the directory name and any missing parents.
+	MkdirAll(name string) error
+
+	// Rename atomically renames oldname to newname, replacing newname if it
+	// is a file. The parent of newname must exist.
+	Rename(oldname, newname string) error
+
+	// Remove removes a file or an empty directory.
+	Remove(name string) error
+
+	// SyncDurable reports whether File.Sync makes the bytes written so far
+	// durable (they survive a crash of this process and of the machine).
+	// When it is false (HDFS without hflush) the only durable point is
+	// Close.
+	SyncDurable() bool
+
+	// String describes the file system for logs, for example its URL.
+	String() string
+
+	// Close releases the connection to the file system.
+	Close() error
+}
+
+// File is a file being written.
+type File interface {
+	io.Writer
+	// Sync flushes what was written; durable only if FS.SyncDurable.
+	Sync() error
+	// Close flushes, makes the file durable and visible, and releases it.
+	Close() error
+}
+
+// Reader is a file opened for reading.
+type Reader interface {
+	io.Reader
+	io.ReaderAt
+	io.Seeker
+	io.Closer
+}
+
+// Hidden reports whether a file name (its last element) is hidden from
+// readers: names starting with "." or "_", the convention HDFS tools and
+// Hive follow for files in progress.
+func Hidden(name string) bool {
+	base := path.Base(name)
+	return strings.HasPrefix(base, ".") || strings.HasPrefix(base, "_")
+}
+
+// TempName is the hidden name under which a file is written before it is
+// published under name.
+func TempName(name string) string {
+	dir, base := path.Split(name)
+	return dir + "." + base + ".inprogress"
+}
+
+// WriteFile publishes data under name: it writes a temporary file, closes
+// it and renames it, so readers see either nothing or the whole file.
+func WriteFile(fsys FS, name string, data []byte) error {
+	tmp := TempName(name)
+	f, err := fsys.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		fsys.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		fsys.Remove(tmp)
+		return err
+	}
+	return fsys.Rename(tmp, name)
+}
+
+// ReadFile reads the whole file name.
+func ReadFile(fsys FS, name string) ([]byte, error) {
+	r, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}

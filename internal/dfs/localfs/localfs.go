@@ -1,0 +1,179 @@
+// Package localfs implements dfs.FS on a local directory: the embedded
+// default (file:///path) for one machine.
+//
+// Files are fsynced on Sync and Close, and the directory is fsynced after
+// a rename, so a published file survives a crash of the machine.
+package localfs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+)
+
+// FS is a dfs.FS rooted at a local directory.
+type FS struct {
+	root string
+}
+
+var _ dfs.FS = (*FS)(nil)
+
+// New returns a file system rooted at dir, creating dir if needed.
+func New(dir string) (*FS, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("resolve dfs root %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("create dfs root: %w", err)
+	}
+	return &FS{root: abs}, nil
+}
+
+func (f *FS) path(op, name string) (string, error) {
+	if name == "" {
+		name = "."
+	}
+	if !fs.ValidPath(name) {
+		return "", &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
+	}
+	return filepath.Join(f.root, filepath.FromSlash(name)), nil
+}
+
+// Root is the local directory the file system lives in.
+func (f *FS) Root() string { return f.root }
+
+func (f *FS) Create(name string) (dfs.File, error) {
+	p, err := f.path("create", name)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, err
+	}
+	file, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &writer{File: file}, nil
+}
+
+type writer struct {
+	*os.File
+}
+
+func (w *writer) Close() error {
+	if err := w.File.Sync(); err != nil {
+		w.File.Close()
+		return err
+	}
+	return w.File.Close()
+}
+
+func (f *FS) Open(name string) (dfs.Reader, error) {
+	p, err := f.path("open", name)
+	if err != nil {
+		return nil, err
+	}
+	file, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := file.Stat(); err == nil && st.IsDir() {
+		file.Close()
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("is a directory")}
+	}
+	return file, nil
+}
+
+func (f *FS) Stat(name string) (fs.FileInfo, error) {
+	p, err := f.path("stat", name)
+	if err != nil {
+		return nil, err
+	}
+	return os.Stat(p)
+}
+
+func (f *FS) ReadDir(name string) ([]fs.FileInfo, error) {
+	p, err := f.path("readdir", name)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(p)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]fs.FileInfo, 0, len(entries))
+	for _, e := range entries {
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed while listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		infos = append(infos, info)
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Name() < infos[j].Name() })
+	return infos, nil
+}
+
+func (f *FS) MkdirAll(name string) error {
+	p, err := f.path("mkdir", name)
+	if err != nil {
+		return err
+	}
+	return os.MkdirAll(p, 0o755)
+}
+
+func (f *FS) Rename(oldname, newname string) error {
+	op, err := f.path("rename", oldname)
+	if err != nil {
+		return err
+	}
+	np, err := f.path("rename", newname)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(op); err != nil {
+		return err
+	}
+	if st, err := os.Stat(np); err == nil && st.IsDir() {
+		return &fs.PathError{Op: "rename", Path: newname, Err: fs.ErrExist}
+	}
+	if err := os.Rename(op, np); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(np))
+}
+
+func (f *FS) Remove(name string) error {
+	p, err := f.path("remove", name)
+	if err != nil {
+		return err
+	}
+	return os.Remove(p)
+}
+
+func (f *FS) SyncDurable() bool { return true }
+
+func (f *FS) String() string { return "file://" + filepath.ToSlash(f.root) }
+
+func (f *FS) Close() error { return nil }
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}

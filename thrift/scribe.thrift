@@ -1,0 +1,43 @@
+// Scribe, wire-identical to Facebook's scribe.thrift: service "scribe",
+// Log(1: list<LogEntry>), LogEntry {1: category, 2: message}, ResultCode
+// {OK, TRY_LATER}. Any stock Scribe client works unchanged against Freeway.
+//
+// `binary` is the same as `string` on the wire; it spares a copy of every
+// message into a Go string.
+//
+// LogBatch is Freeway's extension, used by its own agent: the same entries
+// plus the agent's identity and the sequence number of the first entry, so
+// that a retried batch can be recognised downstream. Stock clients never call
+// it.
+
+include "fb303.thrift"
+
+namespace go scribe
+
+enum ResultCode {
+  OK = 0,
+  TRY_LATER = 1,
+}
+
+struct LogEntry {
+  1: string category,
+  2: binary message,
+  // Sent by some later Scribe forks; accepted and ignored.
+  3: optional map<string, string> metadata,
+}
+
+struct Batch {
+  // Stable identity of the sending agent (kept in its data directory).
+  1: string agent_id,
+  // Sequence number of messages[0]; entry i has sequence first_seq + i.
+  // Sequence numbers of one agent increase by one per entry, forever.
+  2: i64 first_seq,
+  3: list<LogEntry> messages,
+  // When the agent accepted messages[0], Unix milliseconds.
+  4: i64 received_at_ms,
+}
+
+service scribe extends fb303.FacebookService {
+  ResultCode Log(1: list<LogEntry> messages),
+  ResultCode LogBatch(1: Batch batch),
+}
