@@ -1,0 +1,205 @@
+package scribeapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/thrift/gen/fb303"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+type recorder struct {
+	mu      sync.Mutex
+	entries []string
+	batches []*scribe.Batch
+	answer  scribe.ResultCode
+}
+
+func (r *recorder) Log(_ context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range es {
+		r.entries = append(r.entries, e.Category+":"+string(e.Message))
+	}
+	return r.answer, nil
+}
+
+func (r *recorder) LogBatch(_ context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.batches = append(r.batches, b)
+	return r.answer, nil
+}
+
+func start(t *testing.T, h Handler, limits thriftsrv.Limits) *Server {
+	t.Helper()
+	srv, err := Listen("127.0.0.1:0", h, Info{Name: "test", Version: "v1", Counters: func() map[string]int64 { return map[string]int64{"received": 7} }}, limits, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return srv
+}
+
+func TestLogAndFB303(t *testing.T) {
+	rec := &recorder{}
+	srv := start(t, rec, thriftsrv.Limits{})
+	c, err := Dial(srv.Addr(), thriftsrv.Limits{}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "access", Message: []byte("GET /")}, {Category: "app", Message: []byte("x"), Metadata: map[string]string{"k": "v"}}})
+	if err != nil || rc != scribe.ResultCode_OK {
+		t.Fatalf("log: %v %v", rc, err)
+	}
+	rc, err = c.LogBatch(ctx, &scribe.Batch{AgentID: "a1", FirstSeq: 10, Messages: []*scribe.LogEntry{{Category: "c", Message: []byte("m")}}})
+	if err != nil || rc != scribe.ResultCode_OK {
+		t.Fatalf("logbatch: %v %v", rc, err)
+	}
+	if len(rec.entries) != 2 || rec.entries[0] != "access:GET /" || len(rec.batches) != 1 || rec.batches[0].FirstSeq != 10 {
+		t.Fatalf("received %v %v", rec.entries, rec.batches)
+	}
+	if name, _ := c.GetName(ctx); name != "test" {
+		t.Errorf("getName = %q", name)
+	}
+	if v, _ := c.GetVersion(ctx); v != "v1" {
+		t.Errorf("getVersion = %q", v)
+	}
+	if st, _ := c.GetStatus(ctx); st != fb303.FbStatus_ALIVE {
+		t.Errorf("getStatus = %v", st)
+	}
+	if n, _ := c.GetCounter(ctx, "received"); n != 7 {
+		t.Errorf("getCounter = %d", n)
+	}
+	if since, _ := c.AliveSince(ctx); since <= 0 || since > time.Now().Unix() {
+		t.Errorf("aliveSince = %d", since)
+	}
+	srv.SetStatus(fb303.FbStatus_WARNING, "downstream unreachable")
+	if st, _ := c.GetStatus(ctx); st != fb303.FbStatus_WARNING {
+		t.Errorf("getStatus after SetStatus = %v", st)
+	}
+	if d, _ := c.GetStatusDetails(ctx); d != "downstream unreachable" {
+		t.Errorf("getStatusDetails = %q", d)
+	}
+	rec.answer = scribe.ResultCode_TRY_LATER
+	if rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "c", Message: []byte("m")}}); err != nil || rc != scribe.ResultCode_TRY_LATER {
+		t.Fatalf("TRY_LATER not passed through: %v %v", rc, err)
+	}
+}
+
+// logFrame builds a framed Log call by hand, as an old Scribe client
+// writes it: strict (versioned) or non-strict message header.
+func logFrame(strict bool, entries [][2]string) []byte {
+	var b bytes.Buffer
+	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
+	str := func(s string) { w32(uint32(len(s))); b.WriteString(s) }
+	if strict {
+		w32(0x80010001) // version 1, CALL
+		str("Log")
+	} else {
+		str("Log")
+		b.WriteByte(1) // CALL
+	}
+	w32(1) // seqid
+	b.WriteByte(15)
+	binary.Write(&b, binary.BigEndian, int16(1)) // field 1: list
+	b.WriteByte(12)
+	w32(uint32(len(entries)))
+	for _, e := range entries {
+		b.WriteByte(11)
+		binary.Write(&b, binary.BigEndian, int16(1))
+		str(e[0])
+		b.WriteByte(11)
+		binary.Write(&b, binary.BigEndian, int16(2))
+		str(e[1])
+		b.WriteByte(0)
+	}
+	b.WriteByte(0)
+	frame := binary.BigEndian.AppendUint32(nil, uint32(b.Len()))
+	return append(frame, b.Bytes()...)
+}
+
+func rawCall(t *testing.T, addr string, frame []byte) []byte {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	reply := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		t.Fatal(err)
+	}
+	return reply
+}
+
+func TestStockClientHeaders(t *testing.T) {
+	for _, strict := range []bool{true, false} {
+		rec := &recorder{}
+		srv := start(t, rec, thriftsrv.Limits{})
+		reply := rawCall(t, srv.Addr(), logFrame(strict, [][2]string{{"access", "line one"}, {"access", "line two"}}))
+		// The reply ends with field 0 (success, i32) = 0 (OK) and two stops.
+		if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) {
+			t.Fatalf("strict=%v: reply %x does not carry OK", strict, reply)
+		}
+		if len(rec.entries) != 2 || rec.entries[1] != "access:line two" {
+			t.Fatalf("strict=%v: received %v", strict, rec.entries)
+		}
+	}
+}
+
+func TestHostileFramesAreRefused(t *testing.T) {
+	rec := &recorder{}
+	srv := start(t, rec, thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxContainerSize: 1000})
+	cases := map[string][]byte{
+		"2 GiB frame header":      {0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0},
+		"garbage in a frame":      append([]byte{0, 0, 0, 8}, []byte("\xff\xffgarbage")...),
+		"container over its cap":  func() []byte { f := logFrame(true, nil); binary.BigEndian.PutUint32(f[len(f)-5:], 5000); return f }(),
+		"negative container size": func() []byte { f := logFrame(true, nil); binary.BigEndian.PutUint32(f[len(f)-5:], 0xffffffff); return f }(),
+	}
+	for name, frame := range cases {
+		conn, err := net.Dial("tcp", srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn.Write(frame)
+		// The server closes the connection (possibly after an exception
+		// reply) rather than waiting for 2 GiB or crashing.
+		if _, err := io.ReadAll(conn); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		conn.Close()
+	}
+	// And it still serves well-formed clients.
+	reply := rawCall(t, srv.Addr(), logFrame(true, [][2]string{{"c", "after the attack"}}))
+	if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) || len(rec.entries) != 1 {
+		t.Fatalf("server unusable after hostile frames: %x %v", reply, rec.entries)
+	}
+}
