@@ -178,10 +178,14 @@ func TestHostileFramesAreRefused(t *testing.T) {
 	rec := &recorder{}
 	srv := start(t, rec, thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxContainerSize: 1000})
 	cases := map[string][]byte{
-		"2 GiB frame header":      {0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0},
-		"garbage in a frame":      append([]byte{0, 0, 0, 8}, []byte("\xff\xffgarbage")...),
-		"container over its cap":  func() []byte { f := logFrame(true, nil); binary.BigEndian.PutUint32(f[len(f)-5:], 5000); return f }(),
-		"negative container size": func() []byte { f := logFrame(true, nil); binary.BigEndian.PutUint32(f[len(f)-5:], 0xffffffff); return f }(),
+		"2 GiB frame header":     {0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0},
+		"garbage in a frame":     append([]byte{0, 0, 0, 8}, []byte("\xff\xffgarbage")...),
+		"container over its cap": func() []byte { f := logFrame(true, nil); binary.BigEndian.PutUint32(f[len(f)-5:], 5000); return f }(),
+		"negative container size": func() []byte {
+			f := logFrame(true, nil)
+			binary.BigEndian.PutUint32(f[len(f)-5:], 0xffffffff)
+			return f
+		}(),
 	}
 	for name, frame := range cases {
 		conn, err := net.Dial("tcp", srv.Addr())
