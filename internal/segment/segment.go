@@ -13,12 +13,14 @@
 // is one batch of entries of one bucket:
 //
 //	u32 body length | u32 CRC-32C of body | body
-//	body: u8 flags | uvarint len(agent) | agent | uvarint first seq |
-//	      varint arrival unix ms | uvarint count | count × (uvarint len | message)
+//	body: u8 flags | uvarint len(agent) | agent | varint arrival unix ms |
+//	      uvarint count | count × (uvarint seq delta | uvarint len | message)
 //
-// Entry i of a block has sequence number first seq + i in its agent's
-// stream; agent "" means a stock Scribe client, whose entries carry no
-// sequence. A reader positioned at a block boundary can always resume
+// Each entry carries its sequence number in its agent's stream, as the
+// difference from the previous entry's (the first from 0): a batch split
+// across buckets leaves gaps, and the numbers are what lets Puma drop an
+// entry it has already counted when an agent re-sends it. Agent "" means a
+// stock Scribe client, whose entries carry sequence 0. A reader positioned at a block boundary can always resume
 // there, and a torn tail (a block cut short by a crash of the writer) is
 // detected by its length or CRC and reported as ErrTruncated.
 package segment
@@ -57,9 +59,11 @@ var ErrCorrupt = errors.New("corrupt block")
 // Block is one batch of entries.
 type Block struct {
 	Agent     string // "" for entries from stock Scribe clients
-	FirstSeq  uint64 // sequence of Messages[0] in the agent's stream
 	ArrivalMs int64  // when the batch was accepted, Unix milliseconds
 	Messages  [][]byte
+	// Seqs[i] is the sequence number of Messages[i] in Agent's stream,
+	// increasing; nil means all zero (stock clients).
+	Seqs []uint64
 }
 
 // AppendBlock appends the encoding of b to dst.
@@ -69,10 +73,16 @@ func AppendBlock(dst []byte, b *Block) []byte {
 	dst = append(dst, 0) // flags: no compression
 	dst = binary.AppendUvarint(dst, uint64(len(b.Agent)))
 	dst = append(dst, b.Agent...)
-	dst = binary.AppendUvarint(dst, b.FirstSeq)
 	dst = binary.AppendVarint(dst, b.ArrivalMs)
 	dst = binary.AppendUvarint(dst, uint64(len(b.Messages)))
-	for _, m := range b.Messages {
+	var prev uint64
+	for i, m := range b.Messages {
+		var seq uint64
+		if b.Seqs != nil {
+			seq = b.Seqs[i]
+		}
+		dst = binary.AppendUvarint(dst, seq-prev)
+		prev = seq
 		dst = binary.AppendUvarint(dst, uint64(len(m)))
 		dst = append(dst, m...)
 	}
@@ -84,9 +94,9 @@ func AppendBlock(dst []byte, b *Block) []byte {
 
 // BlockSize is the encoded size of b.
 func BlockSize(b *Block) int {
-	n := 8 + 1 + uvarintLen(uint64(len(b.Agent))) + len(b.Agent) + uvarintLen(b.FirstSeq) + 10 + uvarintLen(uint64(len(b.Messages)))
+	n := 8 + 1 + uvarintLen(uint64(len(b.Agent))) + len(b.Agent) + 10 + uvarintLen(uint64(len(b.Messages)))
 	for _, m := range b.Messages {
-		n += uvarintLen(uint64(len(m))) + len(m)
+		n += 10 + uvarintLen(uint64(len(m))) + len(m)
 	}
 	return n
 }
@@ -117,10 +127,6 @@ func DecodeBody(body []byte, b *Block) error {
 	p = p[n:]
 	b.Agent = string(p[:agentLen])
 	p = p[agentLen:]
-	if b.FirstSeq, n = binary.Uvarint(p); n <= 0 {
-		return fmt.Errorf("%w: first sequence", ErrCorrupt)
-	}
-	p = p[n:]
 	if b.ArrivalMs, n = binary.Varint(p); n <= 0 {
 		return fmt.Errorf("%w: arrival time", ErrCorrupt)
 	}
@@ -131,7 +137,16 @@ func DecodeBody(body []byte, b *Block) error {
 	}
 	p = p[n:]
 	b.Messages = b.Messages[:0]
+	b.Seqs = b.Seqs[:0]
+	var seq uint64
 	for i := uint64(0); i < count; i++ {
+		d, n := binary.Uvarint(p)
+		if n <= 0 || (i > 0 && d == 0 && b.Agent != "") {
+			return fmt.Errorf("%w: message %d sequence", ErrCorrupt, i)
+		}
+		p = p[n:]
+		seq += d
+		b.Seqs = append(b.Seqs, seq)
 		l, n := binary.Uvarint(p)
 		if n <= 0 || l > uint64(len(p)-n) {
 			return fmt.Errorf("%w: message %d length", ErrCorrupt, i)

@@ -18,9 +18,9 @@ func encode(blocks ...*Block) []byte {
 
 func TestRoundTrip(t *testing.T) {
 	in := []*Block{
-		{Agent: "agent-1", FirstSeq: 42, ArrivalMs: 1700000000123, Messages: [][]byte{[]byte("a"), {}, []byte("line\nwith newline")}},
+		{Agent: "agent-1", Seqs: []uint64{42, 43, 90}, ArrivalMs: 1700000000123, Messages: [][]byte{[]byte("a"), {}, []byte("line\nwith newline")}},
 		{Messages: [][]byte{[]byte("from a stock client")}, ArrivalMs: -5},
-		{Agent: "x", FirstSeq: 1 << 62},
+		{Agent: "x", Seqs: []uint64{}},
 	}
 	data := encode(in...)
 	r, err := NewReader(bytes.NewReader(data), 0)
@@ -32,7 +32,7 @@ func TestRoundTrip(t *testing.T) {
 		if err := r.Next(&got); err != nil {
 			t.Fatalf("block %d: %v", i, err)
 		}
-		if got.Agent != want.Agent || got.FirstSeq != want.FirstSeq || got.ArrivalMs != want.ArrivalMs || len(got.Messages) != len(want.Messages) {
+		if got.Agent != want.Agent || fmt.Sprint(got.Seqs) != fmt.Sprint(wantSeqs(want)) || got.ArrivalMs != want.ArrivalMs || len(got.Messages) != len(want.Messages) {
 			t.Fatalf("block %d = %+v, want %+v", i, got, want)
 		}
 		for j := range want.Messages {
@@ -51,7 +51,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestBlockSizeIsAnUpperBound(t *testing.T) {
-	for _, b := range []*Block{{}, {Agent: "a", FirstSeq: 300, ArrivalMs: 1, Messages: [][]byte{make([]byte, 200), []byte("x")}}} {
+	for _, b := range []*Block{{}, {Agent: "a", Seqs: []uint64{300, 1 << 40}, ArrivalMs: 1, Messages: [][]byte{make([]byte, 200), []byte("x")}}} {
 		if got, bound := len(AppendBlock(nil, b)), BlockSize(b); got > bound {
 			t.Fatalf("encoded %d bytes, BlockSize %d", got, bound)
 		}
@@ -59,8 +59,8 @@ func TestBlockSizeIsAnUpperBound(t *testing.T) {
 }
 
 func TestResumeAtOffset(t *testing.T) {
-	b1 := &Block{Agent: "a", FirstSeq: 1, Messages: [][]byte{[]byte("one")}}
-	b2 := &Block{Agent: "a", FirstSeq: 2, Messages: [][]byte{[]byte("two")}}
+	b1 := &Block{Agent: "a", Seqs: []uint64{1}, Messages: [][]byte{[]byte("one")}}
+	b2 := &Block{Agent: "a", Seqs: []uint64{2}, Messages: [][]byte{[]byte("two")}}
 	data := encode(b1, b2)
 	off := HeaderSize + int64(len(AppendBlock(nil, b1)))
 	r, err := NewReader(bytes.NewReader(data[off:]), off)
@@ -68,7 +68,7 @@ func TestResumeAtOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got Block
-	if err := r.Next(&got); err != nil || string(got.Messages[0]) != "two" || got.FirstSeq != 2 {
+	if err := r.Next(&got); err != nil || string(got.Messages[0]) != "two" || got.Seqs[0] != 2 {
 		t.Fatalf("resumed read: %v %+v", err, got)
 	}
 	if r.Offset() != int64(len(data)) {
@@ -139,7 +139,7 @@ func TestNames(t *testing.T) {
 }
 
 func FuzzDecodeBody(f *testing.F) {
-	f.Add(AppendBlock(nil, &Block{Agent: "a", FirstSeq: 1, Messages: [][]byte{[]byte("m")}})[8:])
+	f.Add(AppendBlock(nil, &Block{Agent: "a", Seqs: []uint64{1}, Messages: [][]byte{[]byte("m")}})[8:])
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var b Block
 		if err := DecodeBody(body, &b); err == nil {
@@ -150,4 +150,19 @@ func FuzzDecodeBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+func wantSeqs(b *Block) []uint64 {
+	if b.Seqs != nil {
+		return b.Seqs
+	}
+	return make([]uint64, len(b.Messages))
+}
+
+func TestSequenceMustIncrease(t *testing.T) {
+	body := AppendBlock(nil, &Block{Agent: "a", Seqs: []uint64{5, 5}, Messages: [][]byte{[]byte("x"), []byte("y")}})[8:]
+	var b Block
+	if err := DecodeBody(body, &b); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("repeated sequence in an agent block: %v", err)
+	}
 }
