@@ -1,0 +1,69 @@
+package hdfs
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// dialFunc is the shape colinmarc/hdfs takes for NameNode and DataNode
+// dialers.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// newDialer returns a dialer whose connections bound every Read and Write
+// by ioTimeout.
+//
+// colinmarc/hdfs sets no deadline on NameNode connections at all, so a
+// NameNode that accepts a connection and then stops answering would hang
+// the caller forever. A per-operation deadline is safe with how the
+// library uses its connections: NameNode reads happen only while an RPC
+// waits for its answer, DataNode ack reads only while a packet is
+// unacknowledged, and idle write pipelines send a heartbeat every 30 s.
+func newDialer(dialTimeout, ioTimeout time.Duration) dialFunc {
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &timeoutConn{Conn: c, timeout: ioTimeout}, nil
+	}
+}
+
+// timeoutConn gives each Read and Write a fresh deadline and closes the
+// connection on the first error.
+//
+// Closing matters for the NameNode connection: colinmarc/hdfs keeps using
+// a connection after a failed read, so the answer to the timed-out call
+// would be taken as the answer to the next one and every later call would
+// fail with "unexpected sequence number". A closed connection makes its
+// next write fail instead, and the library then dials a new one (after
+// its own 5 s back-off).
+type timeoutConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *timeoutConn) Read(p []byte) (int, error) {
+	if err := c.Conn.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
+		c.Conn.Close()
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.Conn.Close()
+	}
+	return n, err
+}
+
+func (c *timeoutConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		c.Conn.Close()
+		return 0, err
+	}
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		c.Conn.Close()
+	}
+	return n, err
+}

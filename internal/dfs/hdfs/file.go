@@ -1,0 +1,183 @@
+package hdfs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/colinmarc/hdfs/v2"
+)
+
+// backoff retries a Close that the NameNode answers with ErrReplicating.
+//
+// colinmarc/hdfs returns ErrReplicating when every DataNode acknowledged
+// the last block but the NameNode has not yet heard from enough of them
+// to complete the file; the Java client retries with a doubling back-off
+// (dfs.client.block.write.locateFollowingBlock.retries), and so do we.
+// The retry is safe: the first call committed the last block, the next
+// ones only ask whether the file is complete yet.
+type backoff struct {
+	tries   int           // calls in all, at least 1
+	first   time.Duration // wait after the first ErrReplicating
+	max     time.Duration // cap on one wait
+	sleep   func(time.Duration)
+	retries *atomic.Int64 // counts waits; may be nil
+}
+
+// defaultBackoff waits 50 ms, 100 ms, ... up to 2 s, about 9 s in all over
+// ten calls: longer than a healthy NameNode takes to hear a block report,
+// short enough that a writer gives its bucket up before its lease does.
+func defaultBackoff(retries *atomic.Int64) backoff {
+	return backoff{tries: 10, first: 50 * time.Millisecond, max: 2 * time.Second, sleep: time.Sleep, retries: retries}
+}
+
+// closeReplicating calls closeFn until it returns something other than
+// ErrReplicating or the tries run out.
+func (b backoff) closeReplicating(closeFn func() error) error {
+	wait := b.first
+	var err error
+	for i := range max(b.tries, 1) {
+		if i > 0 {
+			if b.retries != nil {
+				b.retries.Add(1)
+			}
+			b.sleep(wait)
+			wait = min(2*wait, b.max)
+		}
+		err = closeFn()
+		if !errors.Is(err, hdfs.ErrReplicating) {
+			return err
+		}
+	}
+	if pe, ok := err.(*fs.PathError); ok {
+		err = pe.Err // the caller names the file
+	}
+	return fmt.Errorf("still replicating after %d tries: %w", max(b.tries, 1), err)
+}
+
+// fileWriter is the part of *hdfs.FileWriter a writer uses; tests fake it.
+type fileWriter interface {
+	io.Writer
+	Flush() error
+	Close() error
+}
+
+// writer is a dfs.File on HDFS. Like an os.File it is used by one
+// goroutine at a time.
+type writer struct {
+	fw     fileWriter
+	path   string // absolute HDFS path, for errors
+	retry  backoff
+	closed bool
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, &fs.PathError{Op: "write", Path: w.path, Err: fs.ErrClosed}
+	}
+	if len(p) == 0 {
+		// colinmarc/hdfs would allocate a block for nothing.
+		return 0, nil
+	}
+	n, err := w.fw.Write(p)
+	if err != nil {
+		return n, pathError("write", w.path, err)
+	}
+	return n, nil
+}
+
+// Sync sends buffered bytes to the DataNodes. It is not hflush: readers do
+// not see them and they are not durable until Close (SyncDurable is
+// false). It still bounds how much a Close has to send at once.
+func (w *writer) Sync() error {
+	if w.closed {
+		return &fs.PathError{Op: "sync", Path: w.path, Err: fs.ErrClosed}
+	}
+	if err := w.fw.Flush(); err != nil {
+		return pathError("sync", w.path, err)
+	}
+	return nil
+}
+
+// Close completes the file on the NameNode, after which it is visible and
+// replicated. A failed Close leaves the file under construction, with the
+// lease held by this client for as long as the FS stays open: remove it
+// and write a new file, never reuse the name.
+func (w *writer) Close() error {
+	if w.closed {
+		return &fs.PathError{Op: "close", Path: w.path, Err: fs.ErrClosed}
+	}
+	w.closed = true
+	if err := w.retry.closeReplicating(w.fw.Close); err != nil {
+		return pathError("close", w.path, err)
+	}
+	return nil
+}
+
+// reader is a dfs.Reader on HDFS.
+//
+// *hdfs.FileReader implements ReadAt by seeking, which moves the offset
+// Read uses and races with concurrent calls; io.ReaderAt promises
+// neither. The mutex and the saved offset restore both promises.
+type reader struct {
+	mu   sync.Mutex
+	fr   *hdfs.FileReader
+	path string
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, err := r.fr.Read(p)
+	if err != nil && err != io.EOF {
+		return n, pathError("read", r.path, err)
+	}
+	return n, err
+}
+
+func (r *reader) ReadAt(p []byte, off int64) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if off < 0 {
+		return 0, &fs.PathError{Op: "readat", Path: r.path, Err: errors.New("negative offset")}
+	}
+	if off >= r.fr.Stat().Size() {
+		// colinmarc/hdfs refuses to seek past the end; os.File answers EOF.
+		return 0, io.EOF
+	}
+	pos, err := r.fr.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, pathError("readat", r.path, err)
+	}
+	n, err := r.fr.ReadAt(p, off)
+	if _, serr := r.fr.Seek(pos, io.SeekStart); serr != nil && (err == nil || err == io.EOF) {
+		err = serr
+	}
+	if err != nil && err != io.EOF {
+		return n, pathError("readat", r.path, err)
+	}
+	return n, err
+}
+
+func (r *reader) Seek(offset int64, whence int) (int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, err := r.fr.Seek(offset, whence)
+	if err != nil {
+		return n, pathError("seek", r.path, err)
+	}
+	return n, nil
+}
+
+func (r *reader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.fr.Close(); err != nil {
+		return pathError("close", r.path, err)
+	}
+	return nil
+}

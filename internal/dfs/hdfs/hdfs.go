@@ -1,0 +1,262 @@
+package hdfs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
+	"path"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/colinmarc/hdfs/v2"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+)
+
+// FS is a dfs.FS rooted at a directory of an HDFS cluster. It holds one
+// NameNode connection, shared by all files and safe for concurrent use;
+// NameNode calls are serialised on it.
+type FS struct {
+	client      *hdfs.Client
+	cfg         config
+	replication int
+	blockSize   int64
+
+	// replicatingRetries counts Close calls repeated because the NameNode
+	// answered ErrReplicating.
+	replicatingRetries atomic.Int64
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ dfs.FS = (*FS)(nil)
+
+// Open connects to the cluster named by an hdfs:// URL,
+//
+//	hdfs://host:port[,host:port]/root[?user=NAME]
+//
+// and creates root if it is missing. Several addresses name the NameNodes
+// of an HA pair; a standby is skipped. The port defaults to 8020. The user
+// defaults to $HADOOP_USER_NAME, then the OS user. Further parameters:
+// dial_timeout and io_timeout (Go durations, default 10s and 60s) bound
+// connecting and each network read or write, so an unreachable or hung
+// NameNode or DataNode gives an error instead of a hang; block_size
+// (bytes) overrides the NameNode's default; datanode_hostname=true reaches
+// DataNodes by host name rather than IP (inside a container network).
+// Kerberos is not supported.
+func Open(rawURL string) (*FS, error) {
+	cfg, err := parseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("open hdfs: %w", err)
+	}
+	name, err := resolveUser(cfg.user, os.Getenv, user.Current)
+	if err != nil {
+		return nil, fmt.Errorf("open hdfs: %w", err)
+	}
+	cfg.user = name
+
+	dial := newDialer(cfg.dialTimeout, cfg.ioTimeout)
+	client, err := hdfs.NewClient(hdfs.ClientOptions{
+		Addresses:           cfg.addrs,
+		User:                cfg.user,
+		UseDatanodeHostname: cfg.datanodeHostname,
+		NamenodeDialFunc:    dial,
+		DatanodeDialFunc:    dial,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open hdfs: connect to %s: %w", cfg, err)
+	}
+	// NewClient only wrote a handshake; this is the first call the NameNode
+	// has to answer. It also fills the client's cache of server defaults now,
+	// because colinmarc/hdfs fills it lazily without a lock and concurrent
+	// first writers would race on it.
+	defaults, err := client.ServerDefaults()
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("open hdfs: ask %s for server defaults: %w", cfg, err)
+	}
+	// MkdirAll fails with fs.ErrExist if the root is a file.
+	if err := client.MkdirAll(cfg.root, 0o755); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("open hdfs: create root %s: %w", cfg, err)
+	}
+	blockSize := defaults.BlockSize
+	if cfg.blockSize > 0 {
+		blockSize = cfg.blockSize
+	}
+	return &FS{
+		client:      client,
+		cfg:         cfg,
+		replication: defaults.Replication,
+		blockSize:   blockSize,
+	}, nil
+}
+
+// path maps a dfs name to an absolute HDFS path under the root.
+func (f *FS) path(op, name string) (string, error) {
+	if name == "" {
+		name = "."
+	}
+	if !fs.ValidPath(name) {
+		return "", &fs.PathError{Op: op, Path: name, Err: fs.ErrInvalid}
+	}
+	return path.Join(f.cfg.root, name), nil
+}
+
+// pathError names the HDFS path in an error from colinmarc/hdfs, which
+// already returns *fs.PathError for most calls (wrapping fs.ErrNotExist,
+// fs.ErrExist, fs.ErrPermission where the NameNode's Java exception maps
+// to one) but not for all.
+func pathError(op, p string, err error) error {
+	if pe, ok := err.(*fs.PathError); ok {
+		err = pe.Err
+	}
+	return &fs.PathError{Op: op, Path: p, Err: err}
+}
+
+// Create creates name, and its parent directories if the NameNode says
+// they are missing. HDFS refuses to create over an existing file or
+// directory, including one still held open by a writer that crashed, so
+// the error wraps fs.ErrExist in all those cases.
+func (f *FS) Create(name string) (dfs.File, error) {
+	p, err := f.path("create", name)
+	if err != nil {
+		return nil, err
+	}
+	fw, err := f.client.CreateFile(p, f.replication, f.blockSize, 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The NameNode can create parents itself, but colinmarc/hdfs never
+		// asks it to; trying first saves a call in the common case.
+		if err := f.client.MkdirAll(path.Dir(p), 0o755); err != nil {
+			return nil, pathError("create", p, err)
+		}
+		fw, err = f.client.CreateFile(p, f.replication, f.blockSize, 0o644)
+	}
+	if err != nil {
+		return nil, pathError("create", p, err)
+	}
+	return &writer{fw: fw, path: p, retry: defaultBackoff(&f.replicatingRetries)}, nil
+}
+
+// Open opens name for reading. The reader sees the file's length as the
+// NameNode reported it at Open: for a file still being written that
+// excludes the block under construction, usually everything.
+func (f *FS) Open(name string) (dfs.Reader, error) {
+	p, err := f.path("open", name)
+	if err != nil {
+		return nil, err
+	}
+	fr, err := f.client.Open(p)
+	if err != nil {
+		return nil, pathError("open", p, err)
+	}
+	if fr.Stat().IsDir() {
+		fr.Close()
+		return nil, &fs.PathError{Op: "open", Path: p, Err: errors.New("is a directory")}
+	}
+	return &reader{fr: fr, path: p}, nil
+}
+
+func (f *FS) Stat(name string) (fs.FileInfo, error) {
+	p, err := f.path("stat", name)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.client.Stat(p)
+	if err != nil {
+		return nil, pathError("stat", p, err)
+	}
+	return fi, nil
+}
+
+// ReadDir lists name. The NameNode already lists in byte order, but the
+// contract is ours to keep, so it is sorted here too.
+func (f *FS) ReadDir(name string) ([]fs.FileInfo, error) {
+	p, err := f.path("readdir", name)
+	if err != nil {
+		return nil, err
+	}
+	infos, err := f.client.ReadDir(p)
+	if err != nil {
+		return nil, pathError("readdir", p, err)
+	}
+	sort.Slice(infos, func(i, j int) bool { return infos[i].Name() < infos[j].Name() })
+	return infos, nil
+}
+
+func (f *FS) MkdirAll(name string) error {
+	p, err := f.path("mkdir", name)
+	if err != nil {
+		return err
+	}
+	if err := f.client.MkdirAll(p, 0o755); err != nil {
+		return pathError("mkdir", p, err)
+	}
+	return nil
+}
+
+// Rename is one rename2 call with OVERWRITE on the NameNode, atomic like
+// POSIX rename: readers see the old destination or the new one. The
+// NameNode refuses a file over a directory with a bare IOException, so
+// that case is told apart afterwards and reported as fs.ErrExist, like
+// localfs does.
+func (f *FS) Rename(oldname, newname string) error {
+	op, err := f.path("rename", oldname)
+	if err != nil {
+		return err
+	}
+	np, err := f.path("rename", newname)
+	if err != nil {
+		return err
+	}
+	err = f.client.Rename(op, np)
+	if err == nil {
+		return nil
+	}
+	if pe, ok := err.(*fs.PathError); ok {
+		err = pe.Err
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		if st, serr := f.client.Stat(np); serr == nil && st.IsDir() {
+			err = fs.ErrExist
+		}
+	}
+	return &os.LinkError{Op: "rename", Old: op, New: np, Err: err}
+}
+
+// Remove deletes a file or an empty directory. It works on a file another
+// client still holds open, which is how a crashed writer's last file is
+// cleaned up: deleting needs no lease.
+func (f *FS) Remove(name string) error {
+	p, err := f.path("remove", name)
+	if err != nil {
+		return err
+	}
+	if err := f.client.Remove(p); err != nil {
+		return pathError("remove", p, err)
+	}
+	return nil
+}
+
+// SyncDurable is false: colinmarc/hdfs has no hflush or hsync, so a file
+// is durable, and visible, only once Close returns.
+func (f *FS) SyncDurable() bool { return false }
+
+// String is the URL without its parameters.
+func (f *FS) String() string { return f.cfg.String() }
+
+// Close closes the NameNode connection. Files still open lose their lease
+// renewal: finish them first.
+func (f *FS) Close() error {
+	f.closeOnce.Do(func() {
+		// colinmarc/hdfs panics on a second Close.
+		if err := f.client.Close(); err != nil {
+			f.closeErr = fmt.Errorf("close hdfs %s: %w", f.cfg, err)
+		}
+	})
+	return f.closeErr
+}
