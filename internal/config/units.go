@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+
+	"github.com/goccy/go-yaml/ast"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +44,11 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// UnmarshalYAML decodes a YAML scalar, keeping its position for errors.
+func (d *Duration) UnmarshalYAML(node ast.Node) error {
+	return unmarshalScalar(node, d.UnmarshalText)
 }
 
 // MarshalText implements encoding.TextMarshaler.
@@ -101,6 +108,11 @@ func (b *ByteSize) UnmarshalText(t []byte) error {
 	return nil
 }
 
+// UnmarshalYAML decodes a YAML scalar, keeping its position for errors.
+func (b *ByteSize) UnmarshalYAML(node ast.Node) error {
+	return unmarshalScalar(node, b.UnmarshalText)
+}
+
 // MarshalText implements encoding.TextMarshaler.
 func (b ByteSize) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
 
@@ -122,3 +134,27 @@ func (b *ByteSize) Set(s string) error { return b.UnmarshalText([]byte(s)) }
 
 // Type names the flag type in --help.
 func (b *ByteSize) Type() string { return "size" }
+
+// nodeError is an error about one YAML node.
+type nodeError struct {
+	node ast.Node
+	err  error
+}
+
+func (e *nodeError) Error() string { return e.err.Error() }
+
+func unmarshalScalar(node ast.Node, parse func([]byte) error) error {
+	var text string
+	switch n := node.(type) {
+	case *ast.StringNode:
+		text = n.Value
+	case *ast.IntegerNode, *ast.FloatNode:
+		text = n.String()
+	default:
+		return &nodeError{node, fmt.Errorf("want a scalar, not %s", node.Type())}
+	}
+	if err := parse([]byte(text)); err != nil {
+		return &nodeError{node, err}
+	}
+	return nil
+}

@@ -1,0 +1,264 @@
+package apps
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// App is a validated, compiled app.
+type App struct {
+	Spec Spec
+	// WindowMs, LatenessMs and RetentionMs are the spec's durations in ms.
+	WindowMs, LatenessMs, RetentionMs int64
+	Aggs                              []Agg
+	where                             expr
+	fields                            []string
+	timeField                         string
+	timeParse                         func(Value) (int64, error)
+}
+
+// Agg is one compiled aggregate.
+type Agg struct {
+	Name  string
+	Fn    Fn
+	Field string
+}
+
+// Compile validates s (with defaults applied) and compiles it. path is its
+// YAML path for errors.
+func Compile(s Spec, path string) (*App, error) {
+	s.SetDefaults()
+	if err := s.Validate(path); err != nil {
+		return nil, err
+	}
+	a := &App{
+		Spec:        s,
+		WindowMs:    s.Window.D().Milliseconds(),
+		LatenessMs:  s.AllowedLateness.D().Milliseconds(),
+		RetentionMs: s.Retention.D().Milliseconds(),
+	}
+	for _, ref := range s.fieldRefs() {
+		if !slices.Contains(a.fields, ref.name) {
+			a.fields = append(a.fields, ref.name)
+		}
+	}
+	if s.Where != "" {
+		a.where, _ = parseWhere(s.Where)
+	}
+	if s.Time != nil {
+		a.timeField = s.Time.Field
+		a.timeParse, _ = newTimeParser(s.Time.Layout)
+	}
+	for _, as := range s.Aggregates {
+		fn, _ := LookupFn(as.Fn)
+		a.Aggs = append(a.Aggs, Agg{Name: as.Name, Fn: fn, Field: as.Field})
+	}
+	return a, nil
+}
+
+// Name is the app's name.
+func (a *App) Name() string { return a.Spec.Name }
+
+// WindowStart is the start (ms) of the window holding event time t (ms).
+func (a *App) WindowStart(t int64) int64 {
+	w := t - t%a.WindowMs
+	if t < 0 && t%a.WindowMs != 0 {
+		w -= a.WindowMs
+	}
+	return w
+}
+
+// Input is what one record gives one aggregate.
+type Input struct {
+	Value   Value
+	Present bool
+}
+
+// Extracted is what an app takes from one line.
+type Extracted struct {
+	TimeMs int64
+	// Key is the group key: the group_by values, encoded by EncodeKey.
+	Key string
+	// Inputs[i] feeds Aggs[i].
+	Inputs []Input
+}
+
+// Why a line yields nothing for an app.
+var (
+	// ErrFiltered: the where filter rejected the line (not an error to log).
+	ErrFiltered = errors.New("filtered out by where")
+	// ErrBadTime: the time field is missing or does not fit the layout.
+	ErrBadTime = errors.New("bad event time")
+)
+
+// Extractor pulls an app's fields out of lines. Not safe for concurrent
+// use: each goroutine makes its own.
+type Extractor struct {
+	app    *App
+	parser parser
+	rec    *Record
+	keyBuf []string
+	out    Extracted
+}
+
+// NewExtractor returns an extractor for a.
+func (a *App) NewExtractor() *Extractor {
+	p, err := newParser(&a.Spec, a.fields)
+	if err != nil {
+		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
+	}
+	return &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{Inputs: make([]Input, len(a.Aggs))}}
+}
+
+// Extract parses line for the app. arrivalMs is the event time of apps
+// without a time field. The result is valid until the next call. Errors:
+// ErrParse, ErrFiltered, ErrBadTime (wrapped).
+func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
+	a := x.app
+	x.rec.reset()
+	if err := x.parser.parse(line, x.rec); err != nil {
+		return nil, err
+	}
+	if a.where != nil && !a.where.eval(x.rec) {
+		return nil, ErrFiltered
+	}
+	out := &x.out
+	out.TimeMs = arrivalMs
+	if a.timeField != "" {
+		v, ok := x.rec.Get(a.timeField)
+		if !ok {
+			return nil, fmt.Errorf("%w: no field %q", ErrBadTime, a.timeField)
+		}
+		t, err := a.timeParse(v)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadTime, err)
+		}
+		out.TimeMs = t
+	}
+	x.keyBuf = x.keyBuf[:0]
+	for _, g := range a.Spec.GroupBy {
+		v, _ := x.rec.Get(g) // a missing field groups as ""
+		x.keyBuf = append(x.keyBuf, v.String())
+	}
+	out.Key = EncodeKey(x.keyBuf)
+	for i, ag := range a.Aggs {
+		if ag.Field == "" {
+			out.Inputs[i] = Input{Present: true}
+			continue
+		}
+		v, ok := x.rec.Get(ag.Field)
+		out.Inputs[i] = Input{Value: v, Present: ok}
+	}
+	return out, nil
+}
+
+// KeyExtractor pulls a shard key out of lines in an app's format. Not
+// safe for concurrent use.
+type KeyExtractor struct {
+	fields []string
+	parser parser
+	rec    *Record
+	keyBuf []string
+}
+
+// NewKeyExtractor returns an extractor of fields, read in a's format.
+func (a *App) NewKeyExtractor(fields []string) *KeyExtractor {
+	p, err := newParser(&a.Spec, fields)
+	if err != nil {
+		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
+	}
+	return &KeyExtractor{fields: fields, parser: p, rec: newRecord(fields)}
+}
+
+// Key returns the encoded values of the fields for line, or ErrParse.
+// Missing fields count as "".
+func (x *KeyExtractor) Key(line []byte) (string, error) {
+	x.rec.reset()
+	if err := x.parser.parse(line, x.rec); err != nil {
+		return "", err
+	}
+	x.keyBuf = x.keyBuf[:0]
+	for _, f := range x.fields {
+		v, _ := x.rec.Get(f)
+		x.keyBuf = append(x.keyBuf, v.String())
+	}
+	return EncodeKey(x.keyBuf), nil
+}
+
+// EncodeKey joins group key values with NUL; a NUL inside a value
+// becomes U+FFFD so that the encoding splits back unambiguously.
+func EncodeKey(vals []string) string {
+	switch len(vals) {
+	case 0:
+		return ""
+	case 1:
+		if !strings.Contains(vals[0], "\x00") {
+			return vals[0]
+		}
+	}
+	var b strings.Builder
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(0)
+		}
+		b.WriteString(strings.ReplaceAll(v, "\x00", "\uFFFD"))
+	}
+	return b.String()
+}
+
+// DecodeKey splits an encoded key of n values.
+func DecodeKey(key string, n int) []string {
+	if n == 0 {
+		return nil
+	}
+	return strings.SplitN(key, "\x00", n)
+}
+
+// newTimeParser returns a parser of event times (ms) for a layout.
+func newTimeParser(layout string) (func(Value) (int64, error), error) {
+	unix := func(scale float64) func(Value) (int64, error) {
+		return func(v Value) (int64, error) {
+			n, ok := v.Number()
+			if !ok || math.IsNaN(n) || math.IsInf(n, 0) {
+				return 0, fmt.Errorf("%q is not a number", v.String())
+			}
+			return int64(n * scale), nil
+		}
+	}
+	switch layout {
+	case "unix":
+		return unix(1000), nil
+	case "unix_ms":
+		return unix(1), nil
+	case "unix_us":
+		return unix(1e-3), nil
+	case "unix_ns":
+		return unix(1e-6), nil
+	case "", "rfc3339":
+		layout = time.RFC3339Nano
+	}
+	// A Go layout must format the reference time back to something it can
+	// parse; a layout without any time element is a typo.
+	ref := time.Date(2011, 3, 7, 8, 9, 10, 0, time.UTC)
+	if _, err := time.Parse(layout, ref.Format(layout)); err != nil || ref.Format(layout) == layout {
+		return nil, fmt.Errorf("%q is not a time layout (use unix, unix_ms, unix_us, unix_ns, rfc3339 or a Go layout like \"02/Jan/2006:15:04:05 -0700\")", layout)
+	}
+	return func(v Value) (int64, error) {
+		if v.IsNum && v.Str == "" {
+			return 0, fmt.Errorf("number %v for layout %q", v.Num, layout)
+		}
+		t, err := time.Parse(layout, v.Str)
+		if err != nil {
+			return 0, fmt.Errorf("%q does not fit layout %q", v.Str, layout)
+		}
+		return t.UnixMilli(), nil
+	}, nil
+}
+
+// FormatKey is a readable form of an encoded key for logs.
+func FormatKey(key string) string { return strconv.Quote(strings.ReplaceAll(key, "\x00", "|")) }

@@ -1,0 +1,254 @@
+package apps
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+const accessPattern = `^(?P<ip>\S+) \S+ \S+ \[(?P<ts>[^\]]+)\] "(?P<method>\S+) (?P<path>\S+)[^"]*" (?P<status>\d{3}) (?P<bytes>\d+|-)`
+
+func mustCompile(t *testing.T, s Spec) *App {
+	t.Helper()
+	a, err := Compile(s, "$.apps[0]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestJSONExtract(t *testing.T) {
+	a := mustCompile(t, Spec{
+		Name: "api", Category: "events", Format: "json",
+		Time:    &TimeSpec{Field: "ts", Layout: "unix"},
+		Where:   `status >= 500 or user.tier == "gold"`,
+		GroupBy: []string{"route", "user.tier"},
+		Aggregates: []AggregateSpec{
+			{Fn: "count"}, {Fn: "sum", Field: "latency_ms"}, {Name: "slowest", Fn: "max", Field: "latency_ms"},
+		},
+	})
+	if a.WindowMs != 60000 || a.Aggs[0].Name != "count" || a.Aggs[1].Name != "sum_latency_ms" || a.Aggs[2].Name != "slowest" {
+		t.Fatalf("defaults: window %d aggs %+v", a.WindowMs, a.Aggs)
+	}
+	x := a.NewExtractor()
+	e, err := x.Extract([]byte(`{"ts": 1700000061.5, "route": "/a", "status": 503, "latency_ms": 12.5, "user": {"tier": "free"}}`), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.TimeMs != 1700000061500 || a.WindowStart(e.TimeMs) != 1700000040000 {
+		t.Fatalf("time %d window %d", e.TimeMs, a.WindowStart(e.TimeMs))
+	}
+	if got := DecodeKey(e.Key, 2); got[0] != "/a" || got[1] != "free" {
+		t.Fatalf("key %q", got)
+	}
+	if !e.Inputs[1].Present || e.Inputs[1].Value.Num != 12.5 {
+		t.Fatalf("inputs %+v", e.Inputs)
+	}
+	if _, err := x.Extract([]byte(`{"ts": 1, "status": 200, "user": {"tier": "free"}}`), 0); !errors.Is(err, ErrFiltered) {
+		t.Fatalf("where: %v", err)
+	}
+	if e, err := x.Extract([]byte(`{"ts": 1, "status": 200, "user": {"tier": "gold"}}`), 0); err != nil || e.Inputs[1].Present {
+		t.Fatalf("gold user without latency: %v %+v", err, e)
+	}
+	for _, bad := range []string{`not json`, `[1,2]`, `{"ts": 1`} {
+		if _, err := x.Extract([]byte(bad), 0); !errors.Is(err, ErrParse) {
+			t.Errorf("%q: %v, want ErrParse", bad, err)
+		}
+	}
+	if _, err := x.Extract([]byte(`{"status": 500}`), 0); !errors.Is(err, ErrBadTime) {
+		t.Errorf("missing time: %v", err)
+	}
+	if _, err := x.Extract([]byte(`{"status": 500, "ts": "soon"}`), 0); !errors.Is(err, ErrBadTime) {
+		t.Errorf("bad time: %v", err)
+	}
+}
+
+func TestRegexExtractApacheLine(t *testing.T) {
+	a := mustCompile(t, Spec{
+		Name: "http", Category: "access", Format: "regex", Pattern: accessPattern,
+		Time:       &TimeSpec{Field: "ts", Layout: "02/Jan/2006:15:04:05 -0700"},
+		Where:      "status >= 200",
+		GroupBy:    []string{"status", "method"},
+		Aggregates: []AggregateSpec{{Name: "hits", Fn: "count"}, {Name: "bytes", Fn: "sum", Field: "bytes"}},
+	})
+	x := a.NewExtractor()
+	line := `83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET /presentations/logstash-monitorama-2013/images/kibana-search.png HTTP/1.1" 200 203023 "http://semicomplete.com/" "Mozilla/5.0"`
+	e, err := x.Extract([]byte(line), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.TimeMs != 1431857103000 || e.Key != "200\x00GET" {
+		t.Fatalf("time %d key %q", e.TimeMs, e.Key)
+	}
+	if n, ok := e.Inputs[1].Value.Number(); !ok || n != 203023 {
+		t.Fatalf("bytes %+v", e.Inputs[1])
+	}
+	dash := strings.Replace(line, "203023", "-", 1)
+	e, err = x.Extract([]byte(dash), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.Inputs[1].Value.Number(); ok {
+		t.Fatal("a dash is not a number")
+	}
+	if _, err := x.Extract([]byte("garbage"), 0); !errors.Is(err, ErrParse) {
+		t.Fatalf("garbage: %v", err)
+	}
+	key, err := a.NewKeyExtractor([]string{"path"}).Key([]byte(line))
+	if err != nil || key != "/presentations/logstash-monitorama-2013/images/kibana-search.png" {
+		t.Fatalf("shard key %q %v", key, err)
+	}
+}
+
+func TestTSVAndLogfmtAndArrivalTime(t *testing.T) {
+	tsv := mustCompile(t, Spec{Name: "t", Category: "c", Format: "tsv", Fields: []string{"host", "ms"},
+		GroupBy: []string{"host"}, Aggregates: []AggregateSpec{{Fn: "avg", Field: "ms"}}})
+	e, err := tsv.NewExtractor().Extract([]byte("web1\t42\n"), 1234)
+	if err != nil || e.Key != "web1" || e.Inputs[0].Value.Str != "42" || e.TimeMs != 1234 {
+		t.Fatalf("tsv: %v %+v", err, e)
+	}
+	lf := mustCompile(t, Spec{Name: "l", Category: "c", Format: "logfmt",
+		Where: `level == "error"`, GroupBy: []string{"svc"}, Aggregates: []AggregateSpec{{Fn: "count"}, {Fn: "min", Field: "dur"}}})
+	x := lf.NewExtractor()
+	e, err = x.Extract([]byte(`level=error svc="billing api" dur=0.25 msg="it \"broke\""`), 99)
+	if err != nil || e.Key != "billing api" || e.Inputs[1].Value.Str != "0.25" {
+		t.Fatalf("logfmt: %v %+v", err, e)
+	}
+	if _, err := x.Extract([]byte(`level=info svc=x`), 99); !errors.Is(err, ErrFiltered) {
+		t.Fatalf("logfmt where: %v", err)
+	}
+	if _, err := x.Extract([]byte(`level=error msg="unterminated`), 99); !errors.Is(err, ErrParse) {
+		t.Fatalf("logfmt unterminated: %v", err)
+	}
+}
+
+func TestWhere(t *testing.T) {
+	rec := newRecord([]string{"status", "method", "bot", "path", "limit"})
+	rec.set(0, Value{Str: "503"})
+	rec.set(1, Value{Str: "GET"})
+	rec.set(2, Value{Str: "false"})
+	rec.set(3, Value{Str: "/a"})
+	rec.set(4, Value{Str: "600"})
+	cases := map[string]bool{
+		`status >= 500`:                        true,
+		`status > 503`:                         false,
+		`status = 503 and method == "GET"`:     true,
+		`status == 503 and method != 'GET'`:    false,
+		`method == "POST" or (status < 600)`:   true,
+		`not bot`:                              true,
+		`bot`:                                  false,
+		`missing == 1`:                         false,
+		`missing != 1`:                         false,
+		`not missing`:                          true,
+		`status < limit`:                       true,
+		`path == "/a" AND NOT method == "PUT"`: true,
+		`status <> 200`:                        true,
+		`method < "H"`:                         true,
+		`status >= -1.5e1`:                     true,
+	}
+	for src, want := range cases {
+		e, err := parseWhere(src)
+		if err != nil {
+			t.Errorf("%s: %v", src, err)
+			continue
+		}
+		if got := e.eval(rec); got != want {
+			t.Errorf("%s = %v, want %v", src, got, want)
+		}
+	}
+	for src, msg := range map[string]string{
+		`status >=`:          "ends too early",
+		`status >> 5`:        "unknown operator",
+		`(status > 1`:        "expected ')'",
+		`"x" `:               "comparison after a literal",
+		`status > 1 extra`:   "unexpected",
+		`method == "GET`:     "unterminated",
+		`status > 1 and`:     "ends too early",
+		`status ! 1`:         "unknown operator",
+		`status == 1 or and`: "expected a field",
+	} {
+		if _, err := parseWhere(src); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: error %v, want %q", src, err, msg)
+		}
+	}
+}
+
+func TestValidation(t *testing.T) {
+	base := func() Spec {
+		return Spec{Name: "a", Category: "c", Format: "json", GroupBy: []string{"k"}, Aggregates: []AggregateSpec{{Fn: "count"}}}
+	}
+	cases := []struct {
+		mut  func(s *Spec)
+		path string
+		msg  string
+	}{
+		{func(s *Spec) { s.Name = "" }, "$.apps[0]", "name is required"},
+		{func(s *Spec) { s.Name = "a b" }, "$.apps[0].name", "not a valid app name"},
+		{func(s *Spec) { s.Category = "../etc" }, "$.apps[0].category", "not a valid category"},
+		{func(s *Spec) { s.Format = "xml" }, "$.apps[0].format", "unknown format"},
+		{func(s *Spec) { s.Format = "regex" }, "$.apps[0]", "needs a pattern"},
+		{func(s *Spec) { s.Format = "regex"; s.Pattern = "(" }, "$.apps[0].pattern", "missing closing"},
+		{func(s *Spec) { s.Format = "regex"; s.Pattern = `(?P<x>\d+)` }, "$.apps[0].group_by[0]", `"k" is not a named group`},
+		{func(s *Spec) { s.Format = "tsv"; s.Fields = []string{"x"} }, "$.apps[0].group_by[0]", "not one of the tsv fields"},
+		{func(s *Spec) { s.Time = &TimeSpec{Field: "ts", Layout: "yesterday"} }, "$.apps[0].time.layout", "not a time layout"},
+		{func(s *Spec) { s.Time = &TimeSpec{Layout: "unix"} }, "$.apps[0].time", "needs a field"},
+		{func(s *Spec) { s.Window = config.Duration(1500 * 1e6) }, "$.apps[0].window", "whole number of seconds"},
+		{func(s *Spec) { s.Window = config.Duration(3600 * 1e9); s.Retention = config.Duration(60 * 1e9) }, "$.apps[0].retention", "at least one window"},
+		{func(s *Spec) { s.GroupBy = []string{"k", "k"} }, "$.apps[0].group_by[1]", "appears twice"},
+		{func(s *Spec) { s.Where = "k >" }, "$.apps[0].where", "ends too early"},
+		{func(s *Spec) { s.Aggregates = nil }, "$.apps[0]", "at least one"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "median", Field: "x"}} }, "$.apps[0].aggregates[0].fn", "unknown function"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "sum"}} }, "$.apps[0].aggregates[0]", "needs a field"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "count"}, {Fn: "count"}} }, "$.apps[0].aggregates[1].name", "used twice"},
+	}
+	for _, tc := range cases {
+		s := base()
+		tc.mut(&s)
+		_, err := Compile(s, "$.apps[0]")
+		var fe *config.FieldError
+		if !errors.As(err, &fe) || fe.Path != tc.path || !strings.Contains(fe.Msg, tc.msg) {
+			t.Errorf("want %s: %q, got %v", tc.path, tc.msg, err)
+		}
+	}
+	if _, err := Compile(base(), "$.apps[0]"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTimeLayouts(t *testing.T) {
+	for layout, in := range map[string]Value{
+		"unix":                {Str: "1700000000"},
+		"unix_ms":             {Num: 1700000000000, IsNum: true},
+		"unix_us":             {Str: "1700000000000000"},
+		"unix_ns":             {Str: "1700000000000000000"},
+		"rfc3339":             {Str: "2023-11-14T22:13:20Z"},
+		"2006-01-02 15:04:05": {Str: "2023-11-14 22:13:20"},
+	} {
+		p, err := newTimeParser(layout)
+		if err != nil {
+			t.Fatalf("%s: %v", layout, err)
+		}
+		ms, err := p(in)
+		if err != nil || ms != 1700000000000 {
+			t.Errorf("%s(%v) = %d, %v", layout, in, ms, err)
+		}
+	}
+}
+
+func TestWindowStartAndKeys(t *testing.T) {
+	a := &App{WindowMs: 60000}
+	for in, want := range map[int64]int64{0: 0, 59999: 0, 60000: 60000, -1: -60000, -60000: -60000} {
+		if got := a.WindowStart(in); got != want {
+			t.Errorf("WindowStart(%d) = %d, want %d", in, got, want)
+		}
+	}
+	k := EncodeKey([]string{"a\x00b", "", "c"})
+	if got := DecodeKey(k, 3); len(got) != 3 || got[0] != "a\uFFFDb" || got[1] != "" || got[2] != "c" {
+		t.Fatalf("round trip %q", got)
+	}
+	if EncodeKey(nil) != "" || DecodeKey("", 0) != nil || DecodeKey("x", 1)[0] != "x" {
+		t.Fatal("edge keys")
+	}
+}

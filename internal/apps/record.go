@@ -1,0 +1,240 @@
+package apps
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/valyala/fastjson"
+)
+
+// Value is one field of a record: a string, and a number when the record
+// said it is one (JSON numbers) or the literal was one.
+type Value struct {
+	Str   string
+	Num   float64
+	IsNum bool
+}
+
+// Number returns the value as a number, parsing a string if needed.
+func (v Value) Number() (float64, bool) {
+	if v.IsNum {
+		return v.Num, true
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(v.Str), 64)
+	return n, err == nil
+}
+
+// String returns the value as a string.
+func (v Value) String() string {
+	if v.IsNum && v.Str == "" {
+		return strconv.FormatFloat(v.Num, 'f', -1, 64)
+	}
+	return v.Str
+}
+
+// Record holds the fields an app reads from one log line.
+type Record struct {
+	names   map[string]int
+	vals    []Value
+	present []bool
+}
+
+func newRecord(fields []string) *Record {
+	r := &Record{names: map[string]int{}, vals: make([]Value, len(fields)), present: make([]bool, len(fields))}
+	for i, f := range fields {
+		r.names[f] = i
+	}
+	return r
+}
+
+func (r *Record) reset() {
+	clear(r.present)
+}
+
+func (r *Record) set(i int, v Value) {
+	r.vals[i] = v
+	r.present[i] = true
+}
+
+// Get returns field name, and whether the line had it.
+func (r *Record) Get(name string) (Value, bool) {
+	i, ok := r.names[name]
+	if !ok || !r.present[i] {
+		return Value{}, false
+	}
+	return r.vals[i], true
+}
+
+// ErrParse wraps every error about a line that does not fit its format.
+var ErrParse = errors.New("cannot parse record")
+
+// parser fills a record's fields from a line. Not safe for concurrent use.
+type parser interface {
+	parse(line []byte, r *Record) error
+}
+
+func newParser(s *Spec, fields []string) (parser, error) {
+	switch s.Format {
+	case "json":
+		p := &jsonParser{paths: make([][]string, len(fields))}
+		for i, f := range fields {
+			p.paths[i] = strings.Split(f, ".")
+		}
+		return p, nil
+	case "regex":
+		re, err := regexp.Compile(s.Pattern)
+		if err != nil {
+			return nil, err
+		}
+		p := &regexParser{re: re, group: make([]int, len(fields))}
+		for i, f := range fields {
+			p.group[i] = re.SubexpIndex(f)
+		}
+		return p, nil
+	case "tsv":
+		p := &tsvParser{sep: []byte(s.Separator), col: make([]int, len(fields))}
+		for i, f := range fields {
+			p.col[i] = -1
+			for j, name := range s.Fields {
+				if name == f {
+					p.col[i] = j
+				}
+			}
+		}
+		return p, nil
+	case "logfmt":
+		return &logfmtParser{}, nil
+	}
+	return nil, fmt.Errorf("unknown format %q", s.Format)
+}
+
+type jsonParser struct {
+	p     fastjson.Parser
+	paths [][]string
+}
+
+func (p *jsonParser) parse(line []byte, r *Record) error {
+	v, err := p.p.ParseBytes(line)
+	if err != nil {
+		return fmt.Errorf("%w: json: %v", ErrParse, err)
+	}
+	if v.Type() != fastjson.TypeObject {
+		return fmt.Errorf("%w: json: a line must be an object, not %s", ErrParse, v.Type())
+	}
+	for i, path := range p.paths {
+		f := v.Get(path...)
+		if f == nil {
+			continue
+		}
+		switch f.Type() {
+		case fastjson.TypeString:
+			b, _ := f.StringBytes()
+			r.set(i, Value{Str: string(b)})
+		case fastjson.TypeNumber:
+			n, _ := f.Float64()
+			r.set(i, Value{Str: string(f.MarshalTo(nil)), Num: n, IsNum: true})
+		case fastjson.TypeTrue:
+			r.set(i, Value{Str: "true"})
+		case fastjson.TypeFalse:
+			r.set(i, Value{Str: "false"})
+		case fastjson.TypeNull:
+		default:
+			r.set(i, Value{Str: string(f.MarshalTo(nil))})
+		}
+	}
+	return nil
+}
+
+type regexParser struct {
+	re    *regexp.Regexp
+	group []int
+}
+
+func (p *regexParser) parse(line []byte, r *Record) error {
+	m := p.re.FindSubmatchIndex(line)
+	if m == nil {
+		return fmt.Errorf("%w: the line does not match the pattern", ErrParse)
+	}
+	for i, g := range p.group {
+		if g < 0 || m[2*g] < 0 {
+			continue
+		}
+		r.set(i, Value{Str: string(line[m[2*g]:m[2*g+1]])})
+	}
+	return nil
+}
+
+type tsvParser struct {
+	sep []byte
+	col []int
+}
+
+func (p *tsvParser) parse(line []byte, r *Record) error {
+	line = bytes.TrimRight(line, "\r\n")
+	cols := bytes.Split(line, p.sep)
+	for i, c := range p.col {
+		if c >= 0 && c < len(cols) {
+			r.set(i, Value{Str: string(cols[c])})
+		}
+	}
+	return nil
+}
+
+// logfmtParser reads key=value pairs separated by spaces; values may be
+// double-quoted with backslash escapes; a bare key means "true".
+type logfmtParser struct{}
+
+func (logfmtParser) parse(line []byte, r *Record) error {
+	s := string(line)
+	i := 0
+	for i < len(s) {
+		for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n') {
+			i++
+		}
+		start := i
+		for i < len(s) && s[i] != '=' && s[i] != ' ' && s[i] != '\t' {
+			i++
+		}
+		key := s[start:i]
+		if key == "" {
+			if i < len(s) {
+				return fmt.Errorf("%w: logfmt: a value without a key at byte %d", ErrParse, i)
+			}
+			break
+		}
+		val := "true"
+		if i < len(s) && s[i] == '=' {
+			i++
+			if i < len(s) && s[i] == '"' {
+				var b strings.Builder
+				i++
+				for i < len(s) && s[i] != '"' {
+					if s[i] == '\\' && i+1 < len(s) {
+						i++
+					}
+					b.WriteByte(s[i])
+					i++
+				}
+				if i >= len(s) {
+					return fmt.Errorf("%w: logfmt: unterminated quoted value of %s", ErrParse, key)
+				}
+				i++
+				val = b.String()
+			} else {
+				vs := i
+				for i < len(s) && s[i] != ' ' && s[i] != '\t' {
+					i++
+				}
+				val = s[vs:i]
+			}
+		}
+		if idx, ok := r.names[key]; ok {
+			r.set(idx, Value{Str: val})
+		}
+	}
+	return nil
+}

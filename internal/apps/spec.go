@@ -1,0 +1,298 @@
+package apps
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+// Spec is one app as declared in YAML.
+type Spec struct {
+	Name      string          `yaml:"name"`
+	Category  string          `yaml:"category"`
+	Format    string          `yaml:"format"`
+	Pattern   string          `yaml:"pattern"`   // regex: named groups are fields
+	Fields    []string        `yaml:"fields"`    // tsv: column names
+	Separator string          `yaml:"separator"` // tsv: default tab
+	Time      *TimeSpec       `yaml:"time"`
+	Window    config.Duration `yaml:"window"`
+	// AllowedLateness: records older than the app's watermark (the highest
+	// event time seen) minus this are counted as late and not aggregated.
+	AllowedLateness config.Duration `yaml:"allowed_lateness"`
+	// Retention: windows that end before watermark - retention are dropped
+	// from memory and from the store.
+	Retention  config.Duration `yaml:"retention"`
+	ShardKey   []string        `yaml:"shard_key"`
+	Where      string          `yaml:"where"`
+	GroupBy    []string        `yaml:"group_by"`
+	Aggregates []AggregateSpec `yaml:"aggregates"`
+}
+
+// TimeSpec says where a record's event time is.
+type TimeSpec struct {
+	Field string `yaml:"field"`
+	// Layout: unix, unix_ms, unix_us, unix_ns, rfc3339, or a Go time
+	// layout such as "02/Jan/2006:15:04:05 -0700".
+	Layout string `yaml:"layout"`
+}
+
+// AggregateSpec is one aggregate of an app.
+type AggregateSpec struct {
+	Name  string `yaml:"name"`
+	Fn    string `yaml:"fn"`
+	Field string `yaml:"field"`
+}
+
+// Defaults for keys an app leaves out.
+const (
+	DefaultWindow          = time.Minute
+	DefaultAllowedLateness = time.Hour
+	DefaultRetention       = 7 * 24 * time.Hour
+)
+
+// Fn describes an aggregate function.
+type Fn struct {
+	Name string
+	// NeedsField: the function aggregates a field's values.
+	NeedsField bool
+	// Numeric: the field's values must be numbers (others are counted as
+	// bad values and skipped).
+	Numeric bool
+}
+
+// Fns are the aggregate functions apps may use.
+var fns = map[string]Fn{
+	"count": {Name: "count"},
+	"sum":   {Name: "sum", NeedsField: true, Numeric: true},
+	"min":   {Name: "min", NeedsField: true, Numeric: true},
+	"max":   {Name: "max", NeedsField: true, Numeric: true},
+	"avg":   {Name: "avg", NeedsField: true, Numeric: true},
+}
+
+// LookupFn returns the aggregate function called name.
+func LookupFn(name string) (Fn, bool) {
+	f, ok := fns[name]
+	return f, ok
+}
+
+// FnNames lists the aggregate functions, sorted.
+func FnNames() []string {
+	var names []string
+	for n := range fns {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Formats are the record formats apps may use.
+var formats = []string{"json", "logfmt", "regex", "tsv"}
+
+func errAt(path, format string, args ...any) error {
+	return config.Errorf(path, format, args...)
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+
+// SetDefaults fills the keys an app left out.
+func (s *Spec) SetDefaults() {
+	if s.Format == "" {
+		s.Format = "json"
+	}
+	if s.Window == 0 {
+		s.Window = config.Duration(DefaultWindow)
+	}
+	if s.AllowedLateness == 0 {
+		s.AllowedLateness = config.Duration(DefaultAllowedLateness)
+	}
+	if s.Retention == 0 {
+		s.Retention = config.Duration(DefaultRetention)
+	}
+	if s.Format == "tsv" && s.Separator == "" {
+		s.Separator = "\t"
+	}
+	for i := range s.Aggregates {
+		a := &s.Aggregates[i]
+		if a.Name == "" {
+			a.Name = a.Fn
+			if a.Field != "" {
+				a.Name += "_" + a.Field
+			}
+		}
+	}
+}
+
+// Validate checks one app; path is its YAML path ("$.apps[0]").
+func (s *Spec) Validate(path string) error {
+	if s.Name == "" {
+		return errAt(path, "name is required")
+	}
+	if !nameRE.MatchString(s.Name) {
+		return errAt(path+".name", "%q is not a valid app name (letters, digits, _ . -)", s.Name)
+	}
+	if s.Category == "" {
+		return errAt(path, "category is required")
+	}
+	if !ValidCategory(s.Category) {
+		return errAt(path+".category", "%q is not a valid category (letters, digits, _ . -)", s.Category)
+	}
+	if !slices.Contains(formats, s.Format) {
+		return errAt(path+".format", "unknown format %q (want one of %s)", s.Format, strings.Join(formats, ", "))
+	}
+	switch s.Format {
+	case "regex":
+		if s.Pattern == "" {
+			return errAt(path, "format regex needs a pattern with named groups")
+		}
+		re, err := regexp.Compile(s.Pattern)
+		if err != nil {
+			return errAt(path+".pattern", "%v", err)
+		}
+		if len(namedGroups(re)) == 0 {
+			return errAt(path+".pattern", "the pattern has no named groups (?P<name>...)")
+		}
+	case "tsv":
+		if len(s.Fields) == 0 {
+			return errAt(path, "format tsv needs fields: the column names")
+		}
+	}
+	if s.Pattern != "" && s.Format != "regex" {
+		return errAt(path+".pattern", "pattern is only for format regex")
+	}
+	if len(s.Fields) > 0 && s.Format != "tsv" {
+		return errAt(path+".fields", "fields is only for format tsv")
+	}
+	if s.Time != nil {
+		if s.Time.Field == "" {
+			return errAt(path+".time", "time needs a field")
+		}
+		if _, err := newTimeParser(s.Time.Layout); err != nil {
+			return errAt(path+".time.layout", "%v", err)
+		}
+	}
+	if s.Window.D() < time.Second || s.Window.D()%time.Second != 0 {
+		return errAt(path+".window", "must be a whole number of seconds, at least 1s")
+	}
+	if s.Window.D() > 24*time.Hour && s.Window.D()%(24*time.Hour) != 0 {
+		return errAt(path+".window", "windows over a day must be whole days")
+	}
+	if s.AllowedLateness < 0 {
+		return errAt(path+".allowed_lateness", "must not be negative")
+	}
+	if s.Retention.D() < s.Window.D() {
+		return errAt(path+".retention", "must be at least one window (%v)", s.Window)
+	}
+	seen := map[string]bool{}
+	for i, g := range s.GroupBy {
+		if g == "" {
+			return errAt(fmt.Sprintf("%s.group_by[%d]", path, i), "empty field name")
+		}
+		if seen[g] {
+			return errAt(fmt.Sprintf("%s.group_by[%d]", path, i), "%q appears twice", g)
+		}
+		seen[g] = true
+	}
+	for i, k := range s.ShardKey {
+		if k == "" {
+			return errAt(fmt.Sprintf("%s.shard_key[%d]", path, i), "empty field name")
+		}
+	}
+	if s.Where != "" {
+		if _, err := parseWhere(s.Where); err != nil {
+			return errAt(path+".where", "%v", err)
+		}
+	}
+	if len(s.Aggregates) == 0 {
+		return errAt(path, "aggregates: at least one is required")
+	}
+	names := map[string]bool{}
+	for i, a := range s.Aggregates {
+		ap := fmt.Sprintf("%s.aggregates[%d]", path, i)
+		if a.Fn == "" {
+			return errAt(ap, "fn is required (one of %s)", strings.Join(FnNames(), ", "))
+		}
+		fn, ok := LookupFn(a.Fn)
+		if !ok {
+			return errAt(ap+".fn", "unknown function %q (want one of %s)", a.Fn, strings.Join(FnNames(), ", "))
+		}
+		if fn.NeedsField && a.Field == "" {
+			return errAt(ap, "%s needs a field", a.Fn)
+		}
+		if !nameRE.MatchString(a.Name) {
+			return errAt(ap+".name", "%q is not a valid aggregate name", a.Name)
+		}
+		if names[a.Name] {
+			return errAt(ap+".name", "aggregate name %q is used twice", a.Name)
+		}
+		names[a.Name] = true
+	}
+	if s.Format == "regex" {
+		re := regexp.MustCompile(s.Pattern)
+		groups := namedGroups(re)
+		for _, f := range s.fieldRefs() {
+			if !slices.Contains(groups, f.name) {
+				return errAt(path+f.path, "field %q is not a named group of the pattern (groups: %s)", f.name, strings.Join(groups, ", "))
+			}
+		}
+	}
+	if s.Format == "tsv" {
+		for _, f := range s.fieldRefs() {
+			if !slices.Contains(s.Fields, f.name) {
+				return errAt(path+f.path, "field %q is not one of the tsv fields (%s)", f.name, strings.Join(s.Fields, ", "))
+			}
+		}
+	}
+	return nil
+}
+
+type fieldRef struct {
+	name string
+	path string // relative YAML path
+}
+
+// fieldRefs lists every field the app reads, with where it is named.
+func (s *Spec) fieldRefs() []fieldRef {
+	var refs []fieldRef
+	if s.Time != nil {
+		refs = append(refs, fieldRef{s.Time.Field, ".time.field"})
+	}
+	for i, g := range s.GroupBy {
+		refs = append(refs, fieldRef{g, fmt.Sprintf(".group_by[%d]", i)})
+	}
+	for i, g := range s.ShardKey {
+		refs = append(refs, fieldRef{g, fmt.Sprintf(".shard_key[%d]", i)})
+	}
+	if s.Where != "" {
+		if e, err := parseWhere(s.Where); err == nil {
+			for _, f := range e.fields(nil) {
+				refs = append(refs, fieldRef{f, ".where"})
+			}
+		}
+	}
+	for i, a := range s.Aggregates {
+		if a.Field != "" {
+			refs = append(refs, fieldRef{a.Field, fmt.Sprintf(".aggregates[%d].field", i)})
+		}
+	}
+	return refs
+}
+
+// ValidCategory reports whether a Scribe category can be a directory name
+// in the dfs.
+func ValidCategory(c string) bool {
+	return c != "" && len(c) <= 200 && nameRE.MatchString(c)
+}
+
+func namedGroups(re *regexp.Regexp) []string {
+	var out []string
+	for _, n := range re.SubexpNames() {
+		if n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}

@@ -1,0 +1,320 @@
+package apps
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// A where filter is a small boolean language over a record's fields:
+//
+//	status >= 500 and (method == "GET" or method == 'HEAD') and not bot
+//
+// Comparisons are ==, != (or =, <>), <, <=, >, >= between a field and a
+// literal (a number or a quoted string) or another field. Two numbers
+// compare as numbers, anything else as strings. A comparison with a missing
+// field is false. A field alone is true when present and not "", "0" or
+// "false". Keywords: and, or, not, case-insensitive.
+
+type expr interface {
+	eval(r *Record) bool
+	fields(acc []string) []string
+}
+
+type (
+	andExpr struct{ l, r expr }
+	orExpr  struct{ l, r expr }
+	notExpr struct{ e expr }
+	cmpExpr struct {
+		op   string
+		l, r operand
+	}
+	truthExpr struct{ field string }
+)
+
+type operand struct {
+	field string // "" for a literal
+	lit   Value
+}
+
+func (e andExpr) eval(r *Record) bool { return e.l.eval(r) && e.r.eval(r) }
+func (e orExpr) eval(r *Record) bool  { return e.l.eval(r) || e.r.eval(r) }
+func (e notExpr) eval(r *Record) bool { return !e.e.eval(r) }
+
+func (e truthExpr) eval(r *Record) bool {
+	v, ok := r.Get(e.field)
+	if !ok {
+		return false
+	}
+	if v.IsNum {
+		return v.Num != 0
+	}
+	return v.Str != "" && v.Str != "0" && !strings.EqualFold(v.Str, "false")
+}
+
+func (o operand) value(r *Record) (Value, bool) {
+	if o.field == "" {
+		return o.lit, true
+	}
+	return r.Get(o.field)
+}
+
+func (e cmpExpr) eval(r *Record) bool {
+	a, ok1 := e.l.value(r)
+	b, ok2 := e.r.value(r)
+	if !ok1 || !ok2 {
+		return false
+	}
+	var c int
+	an, aok := a.Number()
+	bn, bok := b.Number()
+	if aok && bok {
+		switch {
+		case an < bn:
+			c = -1
+		case an > bn:
+			c = 1
+		}
+	} else {
+		c = strings.Compare(a.String(), b.String())
+	}
+	switch e.op {
+	case "==":
+		return c == 0
+	case "!=":
+		return c != 0
+	case "<":
+		return c < 0
+	case "<=":
+		return c <= 0
+	case ">":
+		return c > 0
+	default: // ">="
+		return c >= 0
+	}
+}
+
+func (e andExpr) fields(acc []string) []string   { return e.r.fields(e.l.fields(acc)) }
+func (e orExpr) fields(acc []string) []string    { return e.r.fields(e.l.fields(acc)) }
+func (e notExpr) fields(acc []string) []string   { return e.e.fields(acc) }
+func (e truthExpr) fields(acc []string) []string { return append(acc, e.field) }
+func (e cmpExpr) fields(acc []string) []string {
+	for _, o := range []operand{e.l, e.r} {
+		if o.field != "" {
+			acc = append(acc, o.field)
+		}
+	}
+	return acc
+}
+
+type token struct {
+	kind string // "ident", "num", "str", "op", "(", ")", "eof"
+	text string
+	pos  int // 1-based column in the expression
+}
+
+func lex(s string) ([]token, error) {
+	var toks []token
+	i := 0
+	for i < len(s) {
+		c := rune(s[i])
+		start := i
+		switch {
+		case unicode.IsSpace(c):
+			i++
+			continue
+		case c == '(' || c == ')':
+			toks = append(toks, token{string(c), string(c), start + 1})
+			i++
+		case c == '"' || c == '\'':
+			j := i + 1
+			var b strings.Builder
+			for j < len(s) && rune(s[j]) != c {
+				if s[j] == '\\' && j+1 < len(s) {
+					j++
+				}
+				b.WriteByte(s[j])
+				j++
+			}
+			if j >= len(s) {
+				return nil, fmt.Errorf("column %d: unterminated string", start+1)
+			}
+			toks = append(toks, token{"str", b.String(), start + 1})
+			i = j + 1
+		case strings.ContainsRune("=!<>", c):
+			op := string(c)
+			if i+1 < len(s) && strings.ContainsRune("=>", rune(s[i+1])) {
+				op += string(s[i+1])
+			}
+			switch op {
+			case "=", "==":
+				op = "=="
+			case "!=", "<>":
+				op = "!="
+			case "<", "<=", ">", ">=":
+			default:
+				return nil, fmt.Errorf("column %d: unknown operator %q", start+1, op)
+			}
+			i += len(opText(s[i:]))
+			toks = append(toks, token{"op", op, start + 1})
+		case c == '-' || c == '.' || unicode.IsDigit(c):
+			j := i + 1
+			for j < len(s) && (unicode.IsDigit(rune(s[j])) || strings.ContainsRune(".eE+-", rune(s[j]))) {
+				if (s[j] == '+' || s[j] == '-') && s[j-1] != 'e' && s[j-1] != 'E' {
+					break
+				}
+				j++
+			}
+			if _, err := strconv.ParseFloat(s[i:j], 64); err != nil {
+				return nil, fmt.Errorf("column %d: bad number %q", start+1, s[i:j])
+			}
+			toks = append(toks, token{"num", s[i:j], start + 1})
+			i = j
+		case c == '_' || unicode.IsLetter(c):
+			j := i + 1
+			for j < len(s) && (s[j] == '_' || s[j] == '.' || s[j] == '-' || unicode.IsLetter(rune(s[j])) || unicode.IsDigit(rune(s[j]))) {
+				j++
+			}
+			toks = append(toks, token{"ident", s[i:j], start + 1})
+			i = j
+		default:
+			return nil, fmt.Errorf("column %d: unexpected %q", start+1, c)
+		}
+	}
+	return append(toks, token{"eof", "", len(s) + 1}), nil
+}
+
+// opText returns the operator at the start of s as written ("=", "==", "<>", ...).
+func opText(s string) string {
+	if len(s) >= 2 && strings.ContainsRune("=>", rune(s[1])) {
+		return s[:2]
+	}
+	return s[:1]
+}
+
+type whereParser struct {
+	toks []token
+	i    int
+}
+
+func parseWhere(s string) (expr, error) {
+	toks, err := lex(s)
+	if err != nil {
+		return nil, err
+	}
+	p := &whereParser{toks: toks}
+	e, err := p.or()
+	if err != nil {
+		return nil, err
+	}
+	if t := p.peek(); t.kind != "eof" {
+		return nil, fmt.Errorf("column %d: unexpected %q", t.pos, t.text)
+	}
+	return e, nil
+}
+
+func (p *whereParser) peek() token { return p.toks[p.i] }
+func (p *whereParser) next() token { t := p.toks[p.i]; p.i++; return t }
+
+func (p *whereParser) keyword(k string) bool {
+	t := p.peek()
+	if t.kind == "ident" && strings.EqualFold(t.text, k) {
+		p.i++
+		return true
+	}
+	return false
+}
+
+func (p *whereParser) or() (expr, error) {
+	l, err := p.and()
+	if err != nil {
+		return nil, err
+	}
+	for p.keyword("or") {
+		r, err := p.and()
+		if err != nil {
+			return nil, err
+		}
+		l = orExpr{l, r}
+	}
+	return l, nil
+}
+
+func (p *whereParser) and() (expr, error) {
+	l, err := p.not()
+	if err != nil {
+		return nil, err
+	}
+	for p.keyword("and") {
+		r, err := p.not()
+		if err != nil {
+			return nil, err
+		}
+		l = andExpr{l, r}
+	}
+	return l, nil
+}
+
+func (p *whereParser) not() (expr, error) {
+	if p.keyword("not") {
+		e, err := p.not()
+		if err != nil {
+			return nil, err
+		}
+		return notExpr{e}, nil
+	}
+	return p.primary()
+}
+
+func (p *whereParser) primary() (expr, error) {
+	if p.peek().kind == "(" {
+		p.next()
+		e, err := p.or()
+		if err != nil {
+			return nil, err
+		}
+		if t := p.next(); t.kind != ")" {
+			return nil, fmt.Errorf("column %d: expected ')'", t.pos)
+		}
+		return e, nil
+	}
+	l, err := p.operand()
+	if err != nil {
+		return nil, err
+	}
+	if p.peek().kind != "op" {
+		if l.field == "" {
+			return nil, fmt.Errorf("column %d: expected a comparison after a literal", p.peek().pos)
+		}
+		return truthExpr{l.field}, nil
+	}
+	op := p.next().text
+	r, err := p.operand()
+	if err != nil {
+		return nil, err
+	}
+	return cmpExpr{op: op, l: l, r: r}, nil
+}
+
+func (p *whereParser) operand() (operand, error) {
+	t := p.next()
+	switch t.kind {
+	case "ident":
+		for _, k := range []string{"and", "or", "not"} {
+			if strings.EqualFold(t.text, k) {
+				return operand{}, fmt.Errorf("column %d: expected a field or a value, found %q", t.pos, t.text)
+			}
+		}
+		return operand{field: t.text}, nil
+	case "num":
+		n, _ := strconv.ParseFloat(t.text, 64)
+		return operand{lit: Value{Str: t.text, Num: n, IsNum: true}}, nil
+	case "str":
+		return operand{lit: Value{Str: t.text}}, nil
+	case "eof":
+		return operand{}, fmt.Errorf("column %d: expression ends too early", t.pos)
+	default:
+		return operand{}, fmt.Errorf("column %d: expected a field or a value, found %q", t.pos, t.text)
+	}
+}

@@ -1,0 +1,147 @@
+// Package config loads Freeway's YAML configuration strictly: an unknown
+// key, a value of the wrong type or a value that fails validation is
+// reported with the file name, line and column, and the line itself.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+	"github.com/goccy/go-yaml/token"
+)
+
+// FieldError is a validation error at a YAML path such as
+// "$.apps[1].aggregates[0].fn".
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string { return strings.TrimPrefix(e.Path, "$.") + ": " + e.Msg }
+
+// Errorf returns a FieldError at path.
+func Errorf(path, format string, args ...any) error {
+	return &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Error is an error in a configuration file, with its position.
+type Error struct {
+	File         string
+	Line, Column int // 0 when unknown
+	Msg          string
+	Source       string // the offending lines, with a marker
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d:%d", e.Line, e.Column)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	if e.Source != "" {
+		b.WriteString("\n")
+		b.WriteString(e.Source)
+	}
+	return b.String()
+}
+
+// Decode strictly decodes the YAML in data (read from file) into dst,
+// which holds the defaults, then calls validate. Every error is an *Error
+// with the position of the offending node; a FieldError from validate is
+// placed at its path (or at its nearest existing parent).
+func Decode(file string, data []byte, dst any, validate func() error) error {
+	if strings.TrimSpace(string(data)) == "" {
+		return &Error{File: file, Msg: "the file is empty"}
+	}
+	astFile, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return positioned(file, err)
+	}
+	if err := yaml.NodeToValue(documentBody(astFile), dst, yaml.DisallowUnknownField()); err != nil {
+		return positioned(file, err)
+	}
+	if validate == nil {
+		return nil
+	}
+	err = validate()
+	if err == nil {
+		return nil
+	}
+	var fe *FieldError
+	if !errors.As(err, &fe) {
+		return &Error{File: file, Msg: err.Error()}
+	}
+	tok := nodeAt(astFile, fe.Path)
+	msg := fe.Error()
+	if tok == nil {
+		return &Error{File: file, Msg: msg}
+	}
+	return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(tok)}
+}
+
+func documentBody(f *ast.File) ast.Node {
+	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
+		return &ast.NullNode{}
+	}
+	return f.Docs[0].Body
+}
+
+// positioned turns a go-yaml error into an Error.
+func positioned(file string, err error) error {
+	var ne *nodeError
+	if errors.As(err, &ne) && ne.node.GetToken() != nil {
+		tok := ne.node.GetToken()
+		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: ne.err.Error(), Source: source(tok)}
+	}
+	var ye yaml.Error
+	if errors.As(err, &ye) && ye.GetToken() != nil {
+		tok := ye.GetToken()
+		msg := ye.GetMessage()
+		var uf *yaml.UnknownFieldError
+		if errors.As(err, &uf) {
+			msg = strings.Replace(msg, "unknown field", "unknown key", 1)
+		}
+		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(tok)}
+	}
+	return &Error{File: file, Msg: err.Error()}
+}
+
+// source shows the lines around tok with a marker under it.
+func source(tok *token.Token) string {
+	s := yaml.FormatErrorWithToken("", tok, false, true)
+	// Drop go-yaml's own "[line:col] message" first line: Error says it.
+	if _, rest, ok := strings.Cut(s, "\n"); ok {
+		s = rest
+	}
+	return strings.TrimRight(s, "\n ")
+}
+
+// nodeAt finds the token of path in f, backing off to parents for paths
+// that name a missing key.
+func nodeAt(f *ast.File, path string) *token.Token {
+	for p := path; p != "" && p != "$"; p = parentPath(p) {
+		yp, err := yaml.PathString(p)
+		if err != nil {
+			continue
+		}
+		n, err := yp.FilterFile(f)
+		if err == nil && n != nil {
+			return n.GetToken()
+		}
+	}
+	return nil
+}
+
+func parentPath(p string) string {
+	i := strings.LastIndexAny(p, ".[")
+	if i <= 0 {
+		return ""
+	}
+	return p[:i]
+}

@@ -1,0 +1,92 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+type inner struct {
+	Fn    string   `yaml:"fn"`
+	Every Duration `yaml:"every"`
+}
+
+type doc struct {
+	Name  string   `yaml:"name"`
+	Size  ByteSize `yaml:"size"`
+	Items []inner  `yaml:"items"`
+}
+
+func decode(t *testing.T, src string, validate func(d *doc) error) (*doc, *Error) {
+	t.Helper()
+	d := &doc{Name: "default"}
+	err := Decode("test.yaml", []byte(src), d, func() error {
+		if validate == nil {
+			return nil
+		}
+		return validate(d)
+	})
+	if err == nil {
+		return d, nil
+	}
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("error %T is not a *config.Error: %v", err, err)
+	}
+	return d, ce
+}
+
+func TestDecodeKeepsDefaults(t *testing.T) {
+	d, err := decode(t, "size: 16MiB\nitems:\n  - {fn: count, every: 7d}\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Name != "default" || d.Size != 16<<20 || len(d.Items) != 1 || d.Items[0].Every.D().Hours() != 168 {
+		t.Fatalf("decoded %+v", d)
+	}
+}
+
+func TestErrorsCarryPosition(t *testing.T) {
+	cases := []struct {
+		name, src  string
+		validate   func(d *doc) error
+		line, col  int
+		msgContain string
+	}{
+		{"unknown key", "name: x\nitems:\n  - fn: count\n    colour: red\n", nil, 4, 5, "unknown key"},
+		{"syntax", "name: x\nitems: [a, b\n", nil, 2, 0, ""},
+		{"bad duration", "items:\n  - every: 7 days\n", nil, 2, 0, "duration"},
+		{"bad size", "size: lots\n", nil, 1, 0, "size"},
+		{"wrong type", "items: 3\n", nil, 1, 0, ""},
+		{"validation", "name: x\nitems:\n  - fn: count\n  - fn: cnt\n", func(d *doc) error {
+			return Errorf("$.items[1].fn", "unknown function %q", d.Items[1].Fn)
+		}, 4, 9, `items[1].fn: unknown function "cnt"`},
+		{"validation of a missing key points at the parent", "name: x\nitems:\n  - fn: count\n", func(d *doc) error {
+			return Errorf("$.items[0].every", "every is required")
+		}, 3, 0, "every is required"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decode(t, tc.src, tc.validate)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if err.File != "test.yaml" || err.Line != tc.line || (tc.col != 0 && err.Column != tc.col) {
+				t.Fatalf("position %s:%d:%d, want line %d col %d; error:\n%v", err.File, err.Line, err.Column, tc.line, tc.col, err)
+			}
+			if !strings.Contains(err.Error(), tc.msgContain) {
+				t.Fatalf("message %q lacks %q", err.Error(), tc.msgContain)
+			}
+			if !strings.HasPrefix(err.Error(), "test.yaml:") {
+				t.Fatalf("message does not start with the file: %q", err.Error())
+			}
+			t.Logf("%v", err)
+		})
+	}
+}
+
+func TestEmptyFile(t *testing.T) {
+	if _, err := decode(t, "  \n", nil); err == nil || !strings.Contains(err.Msg, "empty") {
+		t.Fatalf("empty file: %v", err)
+	}
+}
