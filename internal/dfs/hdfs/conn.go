@@ -34,11 +34,12 @@ func newDialer(dialTimeout, ioTimeout time.Duration) dialFunc {
 // connection on the first error.
 //
 // Closing matters for the NameNode connection: colinmarc/hdfs keeps using
-// a connection after a failed read, so the answer to the timed-out call
-// would be taken as the answer to the next one and every later call would
-// fail with "unexpected sequence number". A closed connection makes its
-// next write fail instead, and the library then dials a new one (after
-// its own 5 s back-off).
+// a connection after a failed read, so the late answer to the timed-out
+// call would be read as the answer to the next one, and every later call
+// would fail with "unexpected sequence number" or decode a wrong answer
+// (TestNameNodeTimeoutRecovers shows both without this). A closed
+// connection makes the next write fail instead; calls then fail for the
+// library's 5 s back-off, after which it dials a new connection.
 type timeoutConn struct {
 	net.Conn
 	timeout time.Duration

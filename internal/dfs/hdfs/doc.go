@@ -40,12 +40,14 @@
 // dfs.datanode.synconclose: with replication 1 on one machine, a power
 // loss can still lose a closed file.
 //
-// A file being written when its writer died stays under construction, its
-// length as the NameNode reports it covering at most the completed
-// blocks, until the NameNode recovers the dead lease (after the lease
-// hard limit, 20 minutes to an hour depending on the Hadoop version) and
-// closes it with whatever the DataNodes hold. Freeway does not wait for
-// that: such a file still has its temporary name, another client can
-// Remove it at once (deleting needs no lease), Create refuses its name
-// with fs.ErrExist, and a new file beside it can be created at once.
+// A file being written when its writer died stays under construction
+// until the NameNode recovers the dead lease (after the lease hard limit,
+// 20 minutes to an hour depending on the Hadoop version) and closes it
+// with whatever the DataNodes hold. Until then readers see its completed
+// blocks, a prefix of what was written, and nothing of the block that was
+// under construction. Freeway does not wait for the recovery: such a file
+// still has its temporary name, so no reader takes it for a segment;
+// another client can Remove it at once (deleting needs no lease); Create
+// refuses its name with fs.ErrExist; and a new file beside it can be
+// written and published at once.
 package hdfs

@@ -143,8 +143,9 @@ func (f *FS) Create(name string) (dfs.File, error) {
 }
 
 // Open opens name for reading. The reader sees the file's length as the
-// NameNode reported it at Open: for a file still being written that
-// excludes the block under construction, usually everything.
+// NameNode reported it at Open: for a file still being written, its
+// completed blocks and nothing of the block under construction, which for
+// a short segment is nothing at all.
 func (f *FS) Open(name string) (dfs.Reader, error) {
 	p, err := f.path("open", name)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,13 +62,16 @@ func engineAddr(t *testing.T) string {
 }
 
 // openTestFS opens a fresh root /freeway-test/<random> and removes it when
-// the test ends.
-func openTestFS(t *testing.T, addr string) (*FS, string) {
+// the test ends. params are added to the URL's query.
+func openTestFS(t *testing.T, addr string, params ...string) (*FS, string) {
 	t.Helper()
 	var b [8]byte
 	rand.Read(b[:])
 	root := fmt.Sprintf("/freeway-test/%x", b)
-	url := fmt.Sprintf("hdfs://%s%s?block_size=%d&io_timeout=30s", addr, root, testBlockSize)
+	if len(params) == 0 {
+		params = []string{"io_timeout=30s"}
+	}
+	url := fmt.Sprintf("hdfs://%s%s?block_size=%d&%s", addr, root, testBlockSize, strings.Join(params, "&"))
 	fsys, err := Open(url)
 	if err != nil {
 		t.Fatal(err)
@@ -380,4 +384,134 @@ func TestOpenSilentNameNode(t *testing.T) {
 		t.Errorf("error is not a timeout: %v", err)
 	}
 	t.Logf("after %v: %v", elapsed.Round(time.Millisecond), err)
+}
+
+// stallProxy forwards TCP connections to a NameNode and can hold back its
+// answers, which makes a NameNode that hangs mid-call.
+type stallProxy struct {
+	ln      net.Listener
+	stalled atomic.Bool
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+func newStallProxy(t *testing.T, target string) *stallProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go func() {
+				defer p.wg.Done()
+				io.Copy(s, c)
+				s.Close()
+			}()
+			go func() {
+				defer p.wg.Done()
+				p.answer(c, s)
+				c.Close()
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// answer copies the NameNode's answers to the client, holding each one
+// while the proxy is stalled.
+func (p *stallProxy) answer(client, server net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := server.Read(buf)
+		for p.stalled.Load() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n > 0 {
+			if _, werr := client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *stallProxy) addr() string { return p.ln.Addr().String() }
+
+// TestNameNodeTimeoutRecovers hangs the NameNode mid-call: the call must
+// fail with a timeout, and once the NameNode answers again the FS must
+// come back with correct answers. Without timeoutConn closing the
+// connection, colinmarc/hdfs would read the late answer as the answer to
+// its next call.
+func TestNameNodeTimeoutRecovers(t *testing.T) {
+	proxy := newStallProxy(t, engineAddr(t))
+	fsys, _ := openTestFS(t, proxy.addr(), "io_timeout=500ms")
+	if err := dfs.WriteFile(fsys, "one", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := dfs.WriteFile(fsys, "three", []byte("333")); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.stalled.Store(true)
+	start := time.Now()
+	_, err := fsys.Stat("one")
+	var nerr net.Error
+	if !errors.As(err, &nerr) || !nerr.Timeout() {
+		t.Fatalf("stat with the NameNode hung: %v, want a timeout", err)
+	}
+	t.Logf("hung NameNode: error after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	proxy.stalled.Store(false)
+
+	start = time.Now()
+	for {
+		st, err := fsys.Stat("one")
+		if err == nil {
+			if st.Size() != 1 {
+				t.Fatalf("after recovery stat one: size %d", st.Size())
+			}
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no recovery after %v: %v", time.Since(start), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("recovered %v after the NameNode answered again", time.Since(start).Round(time.Millisecond))
+	for range 3 {
+		for name, size := range map[string]int64{"one": 1, "three": 3} {
+			st, err := fsys.Stat(name)
+			if err != nil || st.Size() != size || st.Name() != name {
+				t.Fatalf("after recovery stat %s: %v, %v", name, st, err)
+			}
+		}
+	}
 }
