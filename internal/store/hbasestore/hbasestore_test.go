@@ -1,0 +1,127 @@
+package hbasestore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/store/storetest"
+)
+
+// gateway returns the Thrift2 gateway named by FREEWAY_TEST_HBASE
+// (host:port). Without it the test is skipped, or fails under
+// FREEWAY_REQUIRE_ENGINES=1 (make test, which starts the engines).
+func gateway(t *testing.T) string {
+	t.Helper()
+	addr := os.Getenv("FREEWAY_TEST_HBASE")
+	if addr == "" {
+		if os.Getenv("FREEWAY_REQUIRE_ENGINES") == "1" {
+			t.Fatal("FREEWAY_REQUIRE_ENGINES=1 but FREEWAY_TEST_HBASE (host:port of the HBase Thrift2 gateway) is not set")
+		}
+		t.Skip("FREEWAY_TEST_HBASE (host:port of an HBase Thrift2 gateway) not set")
+	}
+	return addr
+}
+
+// openTestStore opens a store with a table prefix of its own, and drops
+// (disables and deletes) every table it used when the test ends.
+func openTestStore(t *testing.T, addr string) (*Store, func() string) {
+	t.Helper()
+	b := make([]byte, 4)
+	rand.Read(b)
+	s, err := Open(fmt.Sprintf("hbase://%s/fwtest_%s_", addr, hex.EncodeToString(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var tables []string
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		for _, tb := range tables {
+			if ok, err := s.ensureTable(ctx, tb, false); err != nil || !ok {
+				continue
+			}
+			if err := s.dropTable(ctx, tb); err != nil {
+				t.Errorf("drop %s: %v", tb, err)
+			}
+		}
+		s.Close()
+	})
+	return s, func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		tb := fmt.Sprint("t", len(tables))
+		tables = append(tables, tb)
+		return tb
+	}
+}
+
+func TestConformance(t *testing.T) {
+	s, newTable := openTestStore(t, gateway(t))
+	t.Logf("store %s", s)
+	storetest.Run(t, func(t *testing.T) (store.Store, string) {
+		return s, newTable()
+	})
+}
+
+// TestRealHBaseDetails checks what the conformance suite does not: the
+// family's VERSIONS, a delete of hidden versions, and round-trip timing.
+func TestRealHBaseDetails(t *testing.T) {
+	s, newTable := openTestStore(t, gateway(t))
+	ctx := context.Background()
+
+	t.Run("DeleteNewerRevealsNoHiddenVersion", func(t *testing.T) {
+		table := newTable()
+		// More uncommitted versions above the committed one than VERSIONS:
+		// deleting the visible ones must not bring back older ones.
+		if err := s.Put(ctx, table, []store.Cell{{Row: "r", Column: "c", Timestamp: 1, Value: []byte("committed")}}); err != nil {
+			t.Fatal(err)
+		}
+		for ts := int64(2); ts <= 2+2*Versions; ts++ {
+			if err := s.Put(ctx, table, []store.Cell{{Row: "r", Column: "c", Timestamp: ts, Value: []byte("x")}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.DeleteNewer(ctx, table, "r", "s", 1); err != nil {
+			t.Fatal(err)
+		}
+		cells, err := s.Get(ctx, table, "r", store.Latest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The committed version itself may have been pruned by VERSIONS
+		// (it had 2*Versions newer ones); nothing newer may survive.
+		for _, c := range cells {
+			if c.Timestamp > 1 {
+				t.Fatalf("version %d survived DeleteNewer(1): %+v", c.Timestamp, cells)
+			}
+		}
+	})
+
+	t.Run("RoundTrip", func(t *testing.T) {
+		table := newTable()
+		const n = 200
+		var put, get time.Duration
+		for i := range n {
+			c := store.Cell{Row: fmt.Sprint("row", i), Column: "c", Timestamp: 1, Value: []byte("v")}
+			start := time.Now()
+			if err := s.Put(ctx, table, []store.Cell{c}); err != nil {
+				t.Fatal(err)
+			}
+			put += time.Since(start)
+			start = time.Now()
+			if _, err := s.Get(ctx, table, c.Row, store.Latest); err != nil {
+				t.Fatal(err)
+			}
+			get += time.Since(start)
+		}
+		t.Logf("mean of %d: put %v, get %v", n, put/n, get/n)
+	})
+}
