@@ -1,0 +1,22 @@
+// Package calligraphus is Freeway's writer tier: a Scribe server that
+// routes each entry of a category to a bucket by the category's shard key
+// and appends it to that bucket's segment files in the dfs.
+//
+// Place in the data path: agents (or any Scribe client) → calligraphus →
+// dfs <category>/<bucket>/<epoch>-<seq>.seg → ptail → puma, copier.
+//
+// Each bucket has one writer at a time, held as a coord lease
+// ("calligraphus/<category>/<bucket>"); segment names carry the writer's
+// fencing epoch, so a newer writer's segments sort after an older one's.
+// A batch is acknowledged only once its bytes are durable: after an fsync
+// where the dfs makes synced bytes durable (local disk), after the segment
+// is closed and published where it does not (HDFS, which has no hflush
+// through colinmarc/hdfs). Writes of concurrent batches to one bucket share
+// one sync or publish (group commit).
+//
+// What survives a crash: every acknowledged entry. On a local disk an
+// unpublished segment holds acknowledged entries, so the next owner of the
+// bucket salvages it (its valid blocks, under its own name) before writing;
+// on HDFS an unpublished segment holds only unacknowledged entries, which
+// the sender retries, so it is deleted.
+package calligraphus

@@ -1,0 +1,450 @@
+package calligraphus
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/segment"
+)
+
+type appendReq struct {
+	block *segment.Block
+	size  int64
+	done  chan error
+}
+
+// bucketWriter owns one bucket's segment stream. Its run loop is the only
+// goroutine touching the open segment.
+type bucketWriter struct {
+	c       *Calligraphus
+	id      bucketID
+	dir     string
+	log     *slog.Logger
+	reqs    chan *appendReq
+	pending atomic.Int64
+
+	lease     coord.Lease
+	nextTry   time.Time
+	epoch     int64
+	seq       uint64
+	file      dfs.File
+	tmp       string
+	final     string
+	size      int64
+	firstData time.Time
+	buf       []byte
+}
+
+func newBucketWriter(c *Calligraphus, id bucketID) *bucketWriter {
+	return &bucketWriter{
+		c:    c,
+		id:   id,
+		dir:  segment.Dir(id.category, id.bucket),
+		log:  c.log.With("category", id.category, "bucket", id.bucket),
+		reqs: make(chan *appendReq, 4096),
+	}
+}
+
+// submit queues req, or refuses at once if the bucket is over its budget.
+func (w *bucketWriter) submit(req *appendReq) error {
+	if w.pending.Add(req.size) > int64(w.c.cfg.MaxPendingBytes) && w.pending.Load() != req.size {
+		w.pending.Add(-req.size)
+		return errBusy
+	}
+	select {
+	case w.reqs <- req:
+		w.c.m.pending.WithLabelValues(w.id.category).Add(float64(req.size))
+		return nil
+	default:
+		w.pending.Add(-req.size)
+		return errBusy
+	}
+}
+
+func (w *bucketWriter) finish(reqs []*appendReq, err error) {
+	var n int64
+	for _, r := range reqs {
+		n += r.size
+		r.done <- err
+	}
+	w.pending.Add(-n)
+	w.c.m.pending.WithLabelValues(w.id.category).Sub(float64(n))
+}
+
+func (w *bucketWriter) lost() <-chan struct{} {
+	if w.lease == nil {
+		return nil
+	}
+	return w.lease.Lost()
+}
+
+func (w *bucketWriter) run(ctx context.Context) {
+	defer w.stop()
+	roll := time.NewTimer(time.Hour)
+	roll.Stop()
+	defer roll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.lost():
+			w.log.Warn("bucket lease lost; writer stops", "epoch", w.epoch)
+			w.abandon()
+			return
+		case <-roll.C:
+			if w.file != nil {
+				if err := w.publish(); err != nil {
+					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
+				}
+			}
+		case req := <-w.reqs:
+			batch := w.collect(ctx, req)
+			if err := w.ensureOwner(ctx); err != nil {
+				w.finish(batch, err)
+				continue
+			}
+			wasOpen := w.file != nil
+			start := time.Now()
+			err := w.write(batch)
+			w.c.m.commit.Observe(time.Since(start).Seconds())
+			if err != nil {
+				w.log.Error("cannot write batch to segment", "segment", w.final, "err", err)
+			}
+			w.finish(batch, err)
+			if !wasOpen && w.file != nil {
+				roll.Reset(w.c.cfg.SegmentMaxAge.D())
+			}
+		}
+	}
+}
+
+// collect takes req and whatever else is queued; on a dfs where only a
+// close makes bytes durable, it lingers to let more batches share the
+// segment.
+func (w *bucketWriter) collect(ctx context.Context, first *appendReq) []*appendReq {
+	batch := []*appendReq{first}
+	var linger <-chan time.Time
+	if !w.c.deps.FS.SyncDurable() && w.c.cfg.Linger > 0 {
+		t := time.NewTimer(w.c.cfg.Linger.D())
+		defer t.Stop()
+		linger = t.C
+	}
+	var size int64 = first.size
+	for size < int64(w.c.cfg.SegmentMaxBytes) {
+		select {
+		case r := <-w.reqs:
+			batch = append(batch, r)
+			size += r.size
+			continue
+		default:
+		}
+		if linger == nil {
+			break
+		}
+		select {
+		case r := <-w.reqs:
+			batch = append(batch, r)
+			size += r.size
+			continue
+		case <-linger:
+		case <-ctx.Done():
+		}
+		break
+	}
+	return batch
+}
+
+// ensureOwner takes the bucket's lease if this writer does not hold it.
+func (w *bucketWriter) ensureOwner(ctx context.Context) error {
+	if w.lease != nil {
+		return nil
+	}
+	if time.Now().Before(w.nextTry) {
+		return errNotOwner
+	}
+	name := "calligraphus/" + w.id.category + "/" + fmt.Sprint(w.id.bucket)
+	lease, err := w.c.deps.Coord.Acquire(ctx, name, w.c.cfg.ID)
+	if err != nil {
+		w.nextTry = time.Now().Add(time.Second)
+		if errors.Is(err, coord.ErrHeld) {
+			return fmt.Errorf("%w: %v", errNotOwner, err)
+		}
+		return fmt.Errorf("acquire %s: %w", name, err)
+	}
+	maxEpoch, err := w.recover()
+	if err != nil {
+		lease.Release(ctx)
+		w.nextTry = time.Now().Add(time.Second)
+		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
+	}
+	w.lease = lease
+	w.epoch = max(lease.Epoch(), maxEpoch+1)
+	w.seq = 0
+	if w.epoch != lease.Epoch() {
+		w.log.Warn("lease epoch below existing segments; using a higher one", "lease_epoch", lease.Epoch(), "epoch", w.epoch)
+	}
+	w.log.Info("bucket writer started", "epoch", w.epoch)
+	return nil
+}
+
+// recover deals with what earlier writers left in the bucket and returns
+// the highest epoch found there.
+func (w *bucketWriter) recover() (int64, error) {
+	fsys := w.c.deps.FS
+	if err := fsys.MkdirAll(w.dir); err != nil {
+		return 0, err
+	}
+	infos, err := fsys.ReadDir(w.dir)
+	if err != nil {
+		return 0, err
+	}
+	var maxEpoch int64
+	for _, fi := range infos {
+		name := fi.Name()
+		if !dfs.Hidden(name) {
+			if e, _, ok := segment.ParseName(name); ok {
+				maxEpoch = max(maxEpoch, e)
+			}
+			continue
+		}
+		segName, ok := tempSegment(name)
+		if !ok {
+			continue
+		}
+		e, _, _ := segment.ParseName(segName)
+		maxEpoch = max(maxEpoch, e)
+		p := path.Join(w.dir, name)
+		if !fsys.SyncDurable() {
+			// Only a publish acknowledges on this dfs: nothing in here was
+			// acknowledged, and its senders retry it.
+			w.log.Info("removing an unpublished segment of an earlier writer", "file", p)
+			if err := fsys.Remove(p); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err := w.salvage(p, path.Join(w.dir, segName)); err != nil {
+			return 0, fmt.Errorf("salvage %s: %w", p, err)
+		}
+	}
+	return maxEpoch, nil
+}
+
+// tempSegment returns the segment name of a temporary segment file name.
+func tempSegment(name string) (string, bool) {
+	s, ok := strings.CutPrefix(name, ".")
+	if !ok {
+		return "", false
+	}
+	s, ok = strings.CutSuffix(s, ".inprogress")
+	if !ok {
+		return "", false
+	}
+	if _, _, ok := segment.ParseName(s); !ok {
+		return "", false
+	}
+	return s, true
+}
+
+// salvage publishes the valid blocks of an earlier writer's unpublished
+// segment, which on a local disk hold acknowledged entries.
+func (w *bucketWriter) salvage(tmp, final string) error {
+	fsys := w.c.deps.FS
+	data, err := dfs.ReadFile(fsys, tmp)
+	if err != nil {
+		return err
+	}
+	r, err := segment.NewReader(bytes.NewReader(data), 0)
+	valid := segment.HeaderSize
+	blocks := 0
+	if err == nil {
+		var b segment.Block
+		for {
+			if err := r.Next(&b); err != nil {
+				if !errors.Is(err, io.EOF) {
+					w.log.Warn("salvaged segment ends in a torn block", "file", tmp, "err", err)
+				}
+				break
+			}
+			blocks++
+			valid = r.Offset()
+		}
+	}
+	if blocks == 0 {
+		w.log.Info("removing an empty unpublished segment", "file", tmp)
+		return fsys.Remove(tmp)
+	}
+	if err := dfs.WriteFile(fsys, final, data[:valid]); err != nil {
+		return err
+	}
+	w.c.m.salvaged.Inc()
+	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "bytes", valid)
+	return fsys.Remove(tmp)
+}
+
+// write appends the batch's blocks and makes them durable.
+func (w *bucketWriter) write(batch []*appendReq) error {
+	fsys := w.c.deps.FS
+	if w.file == nil {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	w.buf = w.buf[:0]
+	entries := 0
+	for _, r := range batch {
+		w.buf = segment.AppendBlock(w.buf, r.block)
+		entries += len(r.block.Messages)
+	}
+	if _, err := w.file.Write(w.buf); err != nil {
+		w.fail()
+		return fmt.Errorf("write %s: %w", w.tmp, err)
+	}
+	w.size += int64(len(w.buf))
+	if fsys.SyncDurable() {
+		if err := w.file.Sync(); err != nil {
+			w.fail()
+			return fmt.Errorf("sync %s: %w", w.tmp, err)
+		}
+	}
+	w.c.m.written.WithLabelValues(w.id.category).Add(float64(entries))
+	w.c.m.bytes.WithLabelValues(w.id.category).Add(float64(len(w.buf)))
+	if !fsys.SyncDurable() || w.size >= int64(w.c.cfg.SegmentMaxBytes) {
+		return w.publish()
+	}
+	return nil
+}
+
+func (w *bucketWriter) open() error {
+	w.seq++
+	w.final = path.Join(w.dir, segment.Name(w.epoch, w.seq))
+	w.tmp = dfs.TempName(w.final)
+	f, err := w.c.deps.FS.Create(w.tmp)
+	if err != nil {
+		return fmt.Errorf("create segment %s: %w", w.tmp, err)
+	}
+	if _, err := f.Write([]byte(segment.Magic)); err != nil {
+		f.Close()
+		w.c.deps.FS.Remove(w.tmp)
+		return fmt.Errorf("write segment header %s: %w", w.tmp, err)
+	}
+	w.file = f
+	w.size = segment.HeaderSize
+	w.firstData = time.Now()
+	return nil
+}
+
+// publish closes the open segment and renames it to its final name, unless
+// the lease was lost meanwhile (a newer writer owns the bucket: publishing
+// under an older epoch could slip behind what readers have passed).
+func (w *bucketWriter) publish() error {
+	f := w.file
+	w.file = nil
+	if err := f.Close(); err != nil {
+		w.discard()
+		return fmt.Errorf("close segment %s: %w", w.tmp, err)
+	}
+	select {
+	case <-w.lost():
+		w.discard()
+		return fmt.Errorf("publish %s: %w", w.final, errNotOwner)
+	default:
+	}
+	if err := w.c.deps.FS.Rename(w.tmp, w.final); err != nil {
+		w.discard()
+		return fmt.Errorf("publish %s: %w", w.final, err)
+	}
+	w.c.m.segments.WithLabelValues(w.id.category).Inc()
+	return nil
+}
+
+// fail abandons the open segment after a write error: on a dfs where
+// synced bytes are acknowledged, what is in it is salvaged at the next
+// start; elsewhere it is removed.
+func (w *bucketWriter) fail() {
+	if w.file == nil {
+		return
+	}
+	w.file.Close()
+	w.file = nil
+	w.discard()
+	// Re-take ownership (and salvage) before the next write.
+	if w.lease != nil {
+		w.lease.Release(context.Background())
+		w.lease = nil
+	}
+}
+
+// discard removes an unpublished segment, unless it holds acknowledged
+// bytes (a dfs where Sync is durable), which the next owner salvages.
+func (w *bucketWriter) discard() {
+	if w.c.deps.FS.SyncDurable() {
+		return
+	}
+	if err := w.c.deps.FS.Remove(w.tmp); err != nil {
+		w.log.Warn("cannot remove unpublished segment", "file", w.tmp, "err", err)
+	}
+}
+
+// abandon drops the open segment after the lease was lost.
+func (w *bucketWriter) abandon() {
+	if w.file != nil {
+		w.file.Close()
+		w.file = nil
+		w.discard()
+	}
+	w.lease = nil
+	w.failQueued(errNotOwner)
+}
+
+func (w *bucketWriter) failQueued(err error) {
+	for {
+		select {
+		case r := <-w.reqs:
+			w.finish([]*appendReq{r}, err)
+		default:
+			return
+		}
+	}
+}
+
+// stop publishes the open segment and releases the lease.
+func (w *bucketWriter) stop() {
+	if w.file != nil {
+		if err := w.publish(); err != nil {
+			w.log.Error("cannot publish segment at stop", "segment", w.final, "err", err)
+		}
+	}
+	w.failQueued(errStopping)
+	if w.lease != nil {
+		w.lease.Release(context.Background())
+		w.lease = nil
+	}
+}
+
+func metricValue(m prometheus.Metric) float64 {
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		return 0
+	}
+	switch {
+	case d.Counter != nil:
+		return d.Counter.GetValue()
+	case d.Gauge != nil:
+		return d.Gauge.GetValue()
+	}
+	return 0
+}

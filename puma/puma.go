@@ -1,0 +1,366 @@
+package puma
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/store"
+)
+
+// Config configures a Puma node.
+type Config struct {
+	// ID names this node in leases; default host-pid.
+	ID string `yaml:"id"`
+	// CheckpointInterval: how often each shard commits its changes.
+	CheckpointInterval config.Duration `yaml:"checkpoint_interval"`
+	// PollInterval: how often an idle shard looks for new segments.
+	PollInterval config.Duration `yaml:"poll_interval"`
+	// Table is the store table holding checkpoints.
+	Table string `yaml:"table"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		CheckpointInterval: config.Duration(5 * time.Second),
+		PollInterval:       config.Duration(200 * time.Millisecond),
+		Table:              "puma",
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.CheckpointInterval.D() < 100*time.Millisecond:
+		return config.Errorf("$.puma.checkpoint_interval", "must be at least 100ms")
+	case c.PollInterval.D() < time.Millisecond:
+		return config.Errorf("$.puma.poll_interval", "must be at least 1ms")
+	case c.Table == "" || !apps.ValidCategory(c.Table):
+		return config.Errorf("$.puma.table", "%q is not a valid table name", c.Table)
+	}
+	return nil
+}
+
+// Deps are what a node needs from the wiring.
+type Deps struct {
+	FS    dfs.FS
+	Store store.Store
+	Coord coord.Coord
+	Apps  []*apps.App
+	// Buckets returns the bucket count of a category.
+	Buckets func(category string) int
+	Log     *slog.Logger
+	Metrics prometheus.Registerer
+	Now     func() time.Time
+}
+
+// Puma is a running node.
+type Puma struct {
+	cfg        Config
+	deps       Deps
+	log        *slog.Logger
+	now        func() time.Time
+	m          *metrics
+	apps       map[string]*apps.App
+	byCategory map[string][]*apps.App
+	categories []string
+
+	mu     sync.RWMutex
+	shards map[shardID]*shard
+}
+
+type shardID struct {
+	category string
+	bucket   int
+}
+
+// New returns a node for the apps in deps.
+func New(cfg Config, deps Deps) (*Puma, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	p := &Puma{
+		cfg:        cfg,
+		deps:       deps,
+		log:        deps.Log.With("component", "puma"),
+		now:        deps.Now,
+		apps:       map[string]*apps.App{},
+		byCategory: map[string][]*apps.App{},
+		shards:     map[shardID]*shard{},
+	}
+	for _, a := range deps.Apps {
+		if _, dup := p.apps[a.Name()]; dup {
+			return nil, fmt.Errorf("app %s declared twice", a.Name())
+		}
+		if _, err := newLayout(a); err != nil {
+			return nil, err
+		}
+		p.apps[a.Name()] = a
+		if len(p.byCategory[a.Spec.Category]) == 0 {
+			p.categories = append(p.categories, a.Spec.Category)
+		}
+		p.byCategory[a.Spec.Category] = append(p.byCategory[a.Spec.Category], a)
+	}
+	sort.Strings(p.categories)
+	p.m = newMetrics(deps.Metrics, p)
+	return p, nil
+}
+
+// Run takes the shards it can and runs them until ctx ends; it retries
+// shards held elsewhere and shards that fail, so that a node picks up the
+// buckets of a node that died.
+func (p *Puma) Run(ctx context.Context) error {
+	p.log.Info("puma running", "apps", len(p.apps), "categories", len(p.categories), "store", p.deps.Store.String())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	for {
+		for _, cat := range p.categories {
+			for b := 0; b < p.deps.Buckets(cat); b++ {
+				p.tryStart(ctx, &wg, shardID{cat, b})
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-retry.C:
+		}
+	}
+}
+
+func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
+	p.mu.RLock()
+	_, running := p.shards[id]
+	p.mu.RUnlock()
+	if running || ctx.Err() != nil {
+		return
+	}
+	name := "puma/" + id.category + "/" + strconv.Itoa(id.bucket)
+	lease, err := p.deps.Coord.Acquire(ctx, name, p.cfg.ID)
+	if err != nil {
+		if !errors.Is(err, coord.ErrHeld) && ctx.Err() == nil {
+			p.log.Warn("cannot acquire shard", "shard", name, "err", err)
+		}
+		return
+	}
+	s, err := newShard(p, id.category, id.bucket, lease)
+	if err != nil {
+		lease.Release(ctx)
+		p.log.Error("cannot create shard", "shard", name, "err", err)
+		return
+	}
+	p.mu.Lock()
+	p.shards[id] = s
+	p.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := s.run(ctx)
+		if err != nil {
+			p.log.Error("shard stopped", "shard", name, "err", err)
+		}
+		lease.Release(context.Background())
+		p.mu.Lock()
+		delete(p.shards, id)
+		p.mu.Unlock()
+	}()
+}
+
+// App returns the app called name.
+func (p *Puma) App(name string) (*apps.App, bool) {
+	a, ok := p.apps[name]
+	return a, ok
+}
+
+// Apps lists the apps, sorted by name.
+func (p *Puma) Apps() []*apps.App {
+	out := make([]*apps.App, 0, len(p.apps))
+	for _, a := range p.apps {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
+}
+
+// Ready reports whether every shard of every category is running here and
+// recovered (one node owning everything, as in `freeway all`).
+func (p *Puma) Ready() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, cat := range p.categories {
+		for b := 0; b < p.deps.Buckets(cat); b++ {
+			s, ok := p.shards[shardID{cat, b}]
+			if !ok {
+				return false
+			}
+			select {
+			case <-s.ready:
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Status is a shard's progress, for operators and tests.
+type Status struct {
+	Category  string
+	Bucket    int
+	Position  string
+	Entries   uint64 // entries applied since start
+	Dups      uint64 // duplicates skipped since start
+	Epoch     int64  // last committed epoch
+	Committed string // position of the last commit
+}
+
+// Statuses lists the running shards.
+func (p *Puma) Statuses() []Status {
+	p.mu.RLock()
+	shards := make([]*shard, 0, len(p.shards))
+	for _, s := range p.shards {
+		shards = append(shards, s)
+	}
+	p.mu.RUnlock()
+	var out []Status
+	for _, s := range shards {
+		select {
+		case <-s.ready:
+		default:
+			continue
+		}
+		s.mu.RLock()
+		out = append(out, Status{Category: s.category, Bucket: s.bucket, Position: s.pos.String(), Entries: s.entries, Dups: s.dups})
+		s.mu.RUnlock()
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Category != out[j].Category {
+			return out[i].Category < out[j].Category
+		}
+		return out[i].Bucket < out[j].Bucket
+	})
+	return out
+}
+
+type metrics struct {
+	entries           prometheus.Counter
+	duplicates        prometheus.Counter
+	checkpoints       prometheus.Counter
+	checkpointErrors  prometheus.Counter
+	checkpointCells   prometheus.Counter
+	checkpointSeconds prometheus.Histogram
+	segmentLag        *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
+	m := &metrics{
+		entries:           prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_entries_total", Help: "Entries applied to the aggregation tables."}),
+		duplicates:        prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_duplicates_total", Help: "Re-sent agent entries skipped because they were counted already."}),
+		checkpoints:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoints_total", Help: "Checkpoints committed."}),
+		checkpointErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoint_errors_total", Help: "Checkpoints that failed (retried)."}),
+		checkpointCells:   prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoint_cells_total", Help: "Cells written by checkpoints."}),
+		checkpointSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_puma_checkpoint_seconds", Help: "Checkpoint duration.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		segmentLag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_puma_segment_lag", Help: "Published segments not yet read, by shard."}, []string{"category", "bucket"}),
+	}
+	if reg == nil {
+		return m
+	}
+	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag)
+	reg.MustRegister(&tableCollector{p: p})
+	return m
+}
+
+// tableCollector reports per-app figures read from the shards at scrape
+// time: cells in memory, late, unparseable and filtered records,
+// checkpoint age.
+type tableCollector struct{ p *Puma }
+
+var (
+	descCells     = prometheus.NewDesc("freeway_puma_cells", "Cells (window × group) in memory, by app.", []string{"app"}, nil)
+	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, bad_value, filtered).", []string{"app", "reason"}, nil)
+	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
+	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
+)
+
+func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descCells
+	ch <- descDropped
+	ch <- descCkptAge
+	ch <- descWatermark
+}
+
+func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
+	p := c.p
+	p.mu.RLock()
+	shards := make([]*shard, 0, len(p.shards))
+	for _, s := range p.shards {
+		shards = append(shards, s)
+	}
+	p.mu.RUnlock()
+	type agg struct {
+		cells                                         float64
+		late, parse, badTime, badValue, filtered      float64
+		watermark                                     int64
+	}
+	per := map[string]*agg{}
+	for _, a := range p.apps {
+		per[a.Name()] = &agg{watermark: -1 << 62}
+	}
+	var oldest time.Time
+	for _, s := range shards {
+		select {
+		case <-s.ready:
+		default:
+			continue
+		}
+		s.mu.RLock()
+		for _, t := range s.tables {
+			a := per[t.app.Name()]
+			a.cells += float64(len(t.cells))
+			a.late += float64(t.late)
+			a.parse += float64(t.parseErrors)
+			a.badTime += float64(t.badTime)
+			a.badValue += float64(t.badValues)
+			a.filtered += float64(t.filtered)
+			a.watermark = max(a.watermark, t.watermark)
+		}
+		s.mu.RUnlock()
+		lc := time.Unix(0, s.lastCommit.Load())
+		if oldest.IsZero() || lc.Before(oldest) {
+			oldest = lc
+		}
+	}
+	for name, a := range per {
+		ch <- prometheus.MustNewConstMetric(descCells, prometheus.GaugeValue, a.cells, name)
+		for reason, v := range map[string]float64{"late": a.late, "parse_error": a.parse, "bad_time": a.badTime, "bad_value": a.badValue, "filtered": a.filtered} {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, v, name, reason)
+		}
+		if a.watermark > -1<<62 {
+			ch <- prometheus.MustNewConstMetric(descWatermark, prometheus.GaugeValue, float64(a.watermark)/1000, name)
+		}
+	}
+	if !oldest.IsZero() {
+		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, time.Since(oldest).Seconds())
+	}
+}

@@ -1,0 +1,203 @@
+package puma
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+)
+
+// Query asks for an app's aggregates over windows starting in [FromMs, ToMs).
+type Query struct {
+	App    string
+	FromMs int64
+	ToMs   int64
+	// GroupBy: nil means the app's full key; empty (non-nil) merges all
+	// keys; otherwise a subset of the app's group_by.
+	GroupBy []string
+	// AllWindows merges every window in the range into one row per key.
+	AllWindows bool
+	// Limit bounds the rows (0: no limit).
+	Limit int
+}
+
+// Row is one (window, key) of an answer.
+type Row struct {
+	WindowStartMs int64
+	WindowEndMs   int64
+	Key           map[string]string
+	Values        map[string]any // float64, or nil when there is no value
+}
+
+// Result is a query's answer.
+type Result struct {
+	App  string
+	Rows []Row
+	// Truncated: Limit cut rows off.
+	Truncated bool
+}
+
+// BadQueryError is a query the caller got wrong (unknown app, bad
+// group_by): serving answers it with 400.
+type BadQueryError struct{ Msg string }
+
+func (e *BadQueryError) Error() string { return e.Msg }
+
+func badQuery(format string, args ...any) error {
+	return &BadQueryError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// plan is a query resolved against its app.
+type plan struct {
+	q      Query
+	app    *apps.App
+	layout *layout
+	// project[i] is the index in the app's key of the query's i-th key.
+	project []int
+	names   []string
+}
+
+func newPlan(app *apps.App, q Query) (*plan, error) {
+	if q.ToMs <= q.FromMs {
+		return nil, badQuery("the range is empty: from must be before to")
+	}
+	if q.Limit < 0 {
+		return nil, badQuery("limit must not be negative")
+	}
+	l, err := newLayout(app)
+	if err != nil {
+		return nil, err
+	}
+	pl := &plan{q: q, app: app, layout: l}
+	groupBy := q.GroupBy
+	if groupBy == nil {
+		groupBy = app.Spec.GroupBy
+	}
+	for _, g := range groupBy {
+		i := slices.Index(app.Spec.GroupBy, g)
+		if i < 0 {
+			return nil, badQuery("app %s does not group by %q (it groups by %s)", app.Name(), g, strings.Join(app.Spec.GroupBy, ", "))
+		}
+		if slices.Contains(pl.names, g) {
+			return nil, badQuery("group_by names %q twice", g)
+		}
+		pl.project = append(pl.project, i)
+		pl.names = append(pl.names, g)
+	}
+	return pl, nil
+}
+
+// merger accumulates partial cells into result rows.
+type merger struct {
+	pl   *plan
+	rows map[cellKey]*mrow
+}
+
+type mrow struct {
+	start, end int64
+	cell       []float64
+}
+
+func newMerger(pl *plan) *merger { return &merger{pl: pl, rows: map[cellKey]*mrow{}} }
+
+// add merges one stored or in-memory cell if its window is in range.
+func (m *merger) add(window int64, key string, cell []float64) {
+	pl := m.pl
+	if window < pl.q.FromMs || window >= pl.q.ToMs {
+		return
+	}
+	full := apps.DecodeKey(key, len(pl.app.Spec.GroupBy))
+	vals := make([]string, len(pl.project))
+	for i, j := range pl.project {
+		if j < len(full) {
+			vals[i] = full[j]
+		}
+	}
+	k := cellKey{window: window, key: apps.EncodeKey(vals)}
+	if pl.q.AllWindows {
+		k.window = 0
+	}
+	r, ok := m.rows[k]
+	if !ok {
+		r = &mrow{start: window, end: window + pl.app.WindowMs, cell: pl.layout.newCell()}
+		m.rows[k] = r
+	}
+	r.start = min(r.start, window)
+	r.end = max(r.end, window+pl.app.WindowMs)
+	pl.layout.merge(r.cell, cell)
+}
+
+func (m *merger) result() *Result {
+	pl := m.pl
+	res := &Result{App: pl.app.Name(), Rows: make([]Row, 0, len(m.rows))}
+	keys := make([]cellKey, 0, len(m.rows))
+	for k := range m.rows {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := m.rows[keys[i]], m.rows[keys[j]]
+		if a.start != b.start {
+			return a.start < b.start
+		}
+		return keys[i].key < keys[j].key
+	})
+	for _, k := range keys {
+		if pl.q.Limit > 0 && len(res.Rows) == pl.q.Limit {
+			res.Truncated = true
+			break
+		}
+		r := m.rows[k]
+		key := map[string]string{}
+		for i, v := range apps.DecodeKey(k.key, len(pl.names)) {
+			key[pl.names[i]] = v
+		}
+		res.Rows = append(res.Rows, Row{WindowStartMs: r.start, WindowEndMs: r.end, Key: key, Values: pl.layout.results(r.cell)})
+	}
+	return res
+}
+
+// Query answers from memory: fresh, including what is not yet committed.
+// It covers the shards running on this node.
+func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
+	app, ok := p.apps[q.App]
+	if !ok {
+		return nil, badQuery("unknown app %q", q.App)
+	}
+	pl, err := newPlan(app, q)
+	if err != nil {
+		return nil, err
+	}
+	m := newMerger(pl)
+	p.mu.RLock()
+	shards := make([]*shard, 0, len(p.shards))
+	for id, s := range p.shards {
+		if id.category == app.Spec.Category {
+			shards = append(shards, s)
+		}
+	}
+	p.mu.RUnlock()
+	for _, s := range shards {
+		select {
+		case <-s.ready:
+		default:
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		s.snapshot(func(tables []*table) {
+			for _, t := range tables {
+				if t.app != app {
+					continue
+				}
+				for k, cell := range t.cells {
+					m.add(k.window, k.key, cell)
+				}
+			}
+		})
+	}
+	return m.result(), nil
+}

@@ -1,0 +1,392 @@
+package puma
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
+)
+
+// commitState is a shard's committed checkpoint, stored as JSON in the
+// commit row.
+type commitState struct {
+	Epoch      int64            `json:"epoch"`
+	Position   ptail.Position   `json:"position"`
+	HighWater  map[string]uint64 `json:"high_water,omitempty"`
+	Watermarks map[string]int64  `json:"watermarks,omitempty"`
+	Owner      string           `json:"owner"`
+	CommitMs   int64            `json:"commit_ms"`
+}
+
+// Store layout, in table cfg.Table:
+//
+//	c/<category>/<bucket>                          commit row: "commit" (JSON), "attempt" (epoch being written)
+//	s/<category>/<bucket>/<app>@<fp>/<window>/<key> cell row: "v" (slots)
+//
+// <window> is the window start in ms as 16 hex digits, offset by 2^63 so
+// that byte order is time order.
+func commitRow(category string, bucket int) string {
+	return "c/" + category + "/" + strconv.Itoa(bucket)
+}
+
+func shardPrefix(category string, bucket int) string {
+	return "s/" + category + "/" + strconv.Itoa(bucket) + "/"
+}
+
+func appPrefix(category string, bucket int, t *table) string {
+	return shardPrefix(category, bucket) + t.app.Name() + "@" + t.fp + "/"
+}
+
+func windowKey(w int64) string { return fmt.Sprintf("%016x", uint64(w)^(1<<63)) }
+
+func parseWindowKey(s string) (int64, bool) {
+	u, err := strconv.ParseUint(s, 16, 64)
+	if err != nil || len(s) != 16 {
+		return 0, false
+	}
+	return int64(u ^ (1 << 63)), true
+}
+
+// shard aggregates one bucket of one category.
+type shard struct {
+	p        *Puma
+	category string
+	bucket   int
+	log      *slog.Logger
+	lease    coord.Lease
+
+	mu        sync.RWMutex
+	tables    []*table
+	pos       ptail.Position
+	highWater map[string]uint64
+	dups      uint64
+	entries   uint64
+
+	// checkpoint state, owned by the checkpointing goroutine
+	committed   commitState
+	commitBytes []byte // the stored commit value, nil if none
+	nextEpoch   int64
+	lastCommit  atomic.Int64 // Unix ns of the last commit (or recovery)
+	ready       chan struct{}
+}
+
+func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, error) {
+	s := &shard{
+		p:         p,
+		category:  category,
+		bucket:    bucket,
+		lease:     lease,
+		log:       p.log.With("category", category, "bucket", bucket),
+		highWater: map[string]uint64{},
+		ready:     make(chan struct{}),
+	}
+	for _, app := range p.byCategory[category] {
+		t, err := newTable(app)
+		if err != nil {
+			return nil, err
+		}
+		s.tables = append(s.tables, t)
+	}
+	return s, nil
+}
+
+// run recovers the shard and then reads and checkpoints until ctx ends or
+// the lease is lost. A final checkpoint is taken on a clean stop.
+func (s *shard) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.lease.Lost():
+			s.log.Warn("puma shard lease lost; shard stops")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := s.recover(ctx); err != nil {
+		return fmt.Errorf("recover shard %s/%d: %w", s.category, s.bucket, err)
+	}
+	close(s.ready)
+	reader := ptail.NewReader(s.p.deps.FS, segment.Dir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log)
+	defer reader.Close()
+
+	readErr := make(chan error, 1)
+	go func() { readErr <- s.read(ctx, reader) }()
+
+	tick := time.NewTicker(s.p.cfg.CheckpointInterval.D())
+	defer tick.Stop()
+	var err error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err = <-readErr:
+			break loop
+		case <-tick.C:
+			if cerr := s.checkpoint(ctx); cerr != nil {
+				s.log.Error("checkpoint failed; will retry", "err", cerr)
+				s.p.m.checkpointErrors.Inc()
+				if errors.Is(cerr, errFenced) {
+					err = cerr
+					break loop
+				}
+			}
+		}
+	}
+	cancel()
+	if err == nil {
+		err = <-readErr
+	} else {
+		<-readErr
+	}
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	// Save what was read on a clean stop (not after fencing or lease loss).
+	select {
+	case <-s.lease.Lost():
+	default:
+		if !errors.Is(err, errFenced) {
+			cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+			if cerr := s.checkpoint(cctx); cerr != nil {
+				s.log.Error("final checkpoint failed", "err", cerr)
+			}
+			ccancel()
+		}
+	}
+	return err
+}
+
+func (s *shard) read(ctx context.Context, r *ptail.Reader) error {
+	var b segment.Block
+	for {
+		pos, err := r.Next(ctx, &b)
+		if err != nil {
+			return err
+		}
+		s.apply(&b, pos)
+		s.p.m.segmentLag.WithLabelValues(s.category, strconv.Itoa(s.bucket)).Set(float64(r.Lag()))
+	}
+}
+
+// apply adds a block to every app of the shard and advances the position.
+func (s *shard) apply(b *segment.Block, pos ptail.Position) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var dups, n uint64
+	for i, msg := range b.Messages {
+		if b.Agent != "" {
+			seq := b.Seqs[i]
+			if seq <= s.highWater[b.Agent] {
+				dups++
+				continue
+			}
+			s.highWater[b.Agent] = seq
+		}
+		n++
+		for _, t := range s.tables {
+			t.apply(msg, b.ArrivalMs)
+		}
+	}
+	s.pos = pos
+	s.dups += dups
+	s.entries += n
+	s.p.m.entries.Add(float64(n))
+	s.p.m.duplicates.Add(float64(dups))
+}
+
+var errFenced = errors.New("another owner committed this shard")
+
+// recover loads the committed state.
+func (s *shard) recover(ctx context.Context) error {
+	st := s.p.deps.Store
+	tbl := s.p.cfg.Table
+	row := commitRow(s.category, s.bucket)
+	cells, err := st.Get(ctx, tbl, row, store.Latest)
+	if err != nil {
+		return err
+	}
+	var attempt int64
+	for _, c := range cells {
+		switch c.Column {
+		case "commit":
+			s.commitBytes = c.Value
+			if err := json.Unmarshal(c.Value, &s.committed); err != nil {
+				return fmt.Errorf("decode commit row %s: %w", row, err)
+			}
+		case "attempt":
+			attempt, _ = strconv.ParseInt(string(c.Value), 10, 64)
+		}
+	}
+	E := s.committed.Epoch
+	// Versions above the committed epoch were written by an attempt that
+	// never committed: remove them so that no later read can see them.
+	if err := st.DeleteNewer(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E); err != nil {
+		return fmt.Errorf("purge uncommitted cells: %w", err)
+	}
+	s.nextEpoch = max(E, attempt) + 1
+	loaded := 0
+	for _, t := range s.tables {
+		prefix := appPrefix(s.category, s.bucket, t)
+		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
+			t.watermark = wm
+		}
+		if E == 0 {
+			continue
+		}
+		err := st.Scan(ctx, tbl, prefix, store.PrefixEnd(prefix), E, func(rowKey string, cs []store.Cell) error {
+			rest := strings.TrimPrefix(rowKey, prefix)
+			wk, key, ok := strings.Cut(rest, "/")
+			w, wok := parseWindowKey(wk)
+			if !ok || !wok {
+				return fmt.Errorf("malformed cell row %q", rowKey)
+			}
+			for _, c := range cs {
+				if c.Column != "v" {
+					continue
+				}
+				cell, err := t.layout.decodeCell(c.Value)
+				if err != nil {
+					return fmt.Errorf("cell row %q: %w", rowKey, err)
+				}
+				t.cells[cellKey{window: w, key: key}] = cell
+				loaded++
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("load cells of app %s: %w", t.app.Name(), err)
+		}
+	}
+	s.pos = s.committed.Position
+	for a, hw := range s.committed.HighWater {
+		s.highWater[a] = hw
+	}
+	s.lastCommit.Store(time.Now().UnixNano())
+	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
+	return nil
+}
+
+// checkpoint commits the changed cells and the position.
+func (s *shard) checkpoint(ctx context.Context) error {
+	start := time.Now()
+	st := s.p.deps.Store
+	tbl := s.p.cfg.Table
+	epoch := s.nextEpoch
+
+	// Snapshot under the lock; write outside it.
+	s.mu.Lock()
+	state := commitState{
+		Epoch:      epoch,
+		Position:   s.pos,
+		HighWater:  make(map[string]uint64, len(s.highWater)),
+		Watermarks: map[string]int64{},
+		Owner:      s.p.cfg.ID,
+		CommitMs:   s.p.now().UnixMilli(),
+	}
+	for a, hw := range s.highWater {
+		state.HighWater[a] = hw
+	}
+	type pending struct {
+		t    *table
+		keys []cellKey
+	}
+	var cells []store.Cell
+	var dirty []pending
+	var expired []string // row prefixes of expired windows
+	for _, t := range s.tables {
+		state.Watermarks[t.app.Name()] = t.watermark
+		for _, w := range t.expire() {
+			expired = append(expired, appPrefix(s.category, s.bucket, t)+windowKey(w)+"/")
+		}
+		prefix := appPrefix(s.category, s.bucket, t)
+		keys := make([]cellKey, 0, len(t.dirty))
+		for k := range t.dirty {
+			cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: encodeCell(t.cells[k])})
+			keys = append(keys, k)
+		}
+		clear(t.dirty)
+		dirty = append(dirty, pending{t, keys})
+	}
+	unchanged := len(cells) == 0 && len(expired) == 0 && state.Position == s.committed.Position
+	s.mu.Unlock()
+	if unchanged {
+		return nil
+	}
+	restore := func() {
+		s.mu.Lock()
+		for _, d := range dirty {
+			for _, k := range d.keys {
+				if _, ok := d.t.cells[k]; ok {
+					d.t.dirty[k] = struct{}{}
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+	row := commitRow(s.category, s.bucket)
+	// 1. Record the epoch being written, so that a crash before the commit
+	// never lets a later attempt reuse it.
+	if err := st.Put(ctx, tbl, []store.Cell{{Row: row, Column: "attempt", Timestamp: epoch, Value: []byte(strconv.FormatInt(epoch, 10))}}); err != nil {
+		restore()
+		return fmt.Errorf("write attempt marker: %w", err)
+	}
+	s.nextEpoch = epoch + 1
+	// 2. The cells, at the epoch.
+	const chunk = 1000
+	for i := 0; i < len(cells); i += chunk {
+		if err := st.Put(ctx, tbl, cells[i:min(i+chunk, len(cells))]); err != nil {
+			restore()
+			return fmt.Errorf("write cells: %w", err)
+		}
+	}
+	// 3. Retention.
+	for _, p := range expired {
+		if err := st.DeleteUpTo(ctx, tbl, p, store.PrefixEnd(p), epoch); err != nil {
+			s.log.Warn("cannot delete expired window", "rows", p, "err", err)
+		}
+	}
+	// 4. The commit, fenced on the previous one.
+	val, err := json.Marshal(state)
+	if err != nil {
+		restore()
+		return err
+	}
+	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
+	if err != nil {
+		restore()
+		return fmt.Errorf("commit: %w", err)
+	}
+	if !ok {
+		return errFenced
+	}
+	s.commitBytes = val
+	s.committed = state
+	s.lastCommit.Store(time.Now().UnixNano())
+	s.p.m.checkpoints.Inc()
+	s.p.m.checkpointCells.Add(float64(len(cells)))
+	s.p.m.checkpointSeconds.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// snapshot runs fn with the shard's tables read-locked.
+func (s *shard) snapshot(fn func(tables []*table)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(s.tables)
+}
+
+func isBadTime(err error) bool { return errors.Is(err, apps.ErrBadTime) }

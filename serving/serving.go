@@ -1,0 +1,460 @@
+package serving
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/puma"
+	"github.com/freeway-dev/freeway/thrift/gen/freeway"
+)
+
+// Source is what queries are answered from: a Puma node (memory) or
+// puma.Committed (the store).
+type Source interface {
+	Apps() []*apps.App
+	Query(ctx context.Context, q puma.Query) (*puma.Result, error)
+}
+
+// Config configures the query endpoints.
+type Config struct {
+	// Listen is the HTTP address (API, metrics, health, web page).
+	Listen string `yaml:"listen"`
+	// ThriftListen is the Thrift query service address; "" disables it.
+	ThriftListen string `yaml:"thrift_listen"`
+	// Pprof exposes /debug/pprof/ on the HTTP address.
+	Pprof bool `yaml:"pprof"`
+	// QueryTimeout bounds one query.
+	QueryTimeout config.Duration `yaml:"query_timeout"`
+	// MaxRows bounds the rows of one answer (a query's limit may lower it).
+	MaxRows int `yaml:"max_rows"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:       "127.0.0.1:8080",
+		ThriftListen: "127.0.0.1:1465",
+		QueryTimeout: config.Duration(30 * time.Second),
+		MaxRows:      100000,
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.Listen == "":
+		return config.Errorf("$.serving.listen", "must not be empty")
+	case c.QueryTimeout.D() <= 0:
+		return config.Errorf("$.serving.query_timeout", "must be positive")
+	case c.MaxRows <= 0:
+		return config.Errorf("$.serving.max_rows", "must be positive")
+	}
+	return nil
+}
+
+// Deps are what serving needs from the wiring.
+type Deps struct {
+	Source Source
+	// Ready reports readiness for /readyz; nil means always ready.
+	Ready    func() bool
+	Gatherer prometheus.Gatherer
+	Metrics  prometheus.Registerer
+	Log      *slog.Logger
+	Now      func() time.Time
+}
+
+// Server serves queries.
+type Server struct {
+	cfg    Config
+	deps   Deps
+	log    *slog.Logger
+	ln     net.Listener
+	thrift *thriftsrv.Server
+	http   *http.Server
+	reqs   *prometheus.CounterVec
+	lat    *prometheus.HistogramVec
+}
+
+// New binds the listeners; Run serves.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &Server{
+		cfg:  cfg,
+		deps: deps,
+		log:  deps.Log.With("component", "serving"),
+		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_serving_requests_total", Help: "HTTP requests, by handler and status code."}, []string{"handler", "code"}),
+		lat:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "freeway_serving_request_seconds", Help: "HTTP request latency, by handler.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"handler"}),
+	}
+	if deps.Metrics != nil {
+		deps.Metrics.MustRegister(s.reqs, s.lat)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	s.ln = ln
+	if cfg.ThriftListen != "" {
+		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxConnections: 256}, deps.Log)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		s.thrift = t
+	}
+	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// Addr is the bound HTTP address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// ThriftAddr is the bound Thrift address, or "".
+func (s *Server) ThriftAddr() string {
+	if s.thrift == nil {
+		return ""
+	}
+	return s.thrift.Addr()
+}
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	s.log.Info("serving queries", "http", s.Addr(), "thrift", s.ThriftAddr())
+	errc := make(chan error, 2)
+	go func() {
+		err := s.http.Serve(s.ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errc <- err
+	}()
+	n := 1
+	if s.thrift != nil {
+		n++
+		go func() { errc <- s.thrift.Serve(ctx) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		n--
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.http.Shutdown(sctx)
+	for ; n > 0; n-- {
+		if e := <-errc; err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+// Handler is the HTTP handler (also usable without Run, in tests).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /api/v1/apps", s.instrument("apps", s.handleApps))
+	mux.Handle("GET /api/v1/query", s.instrument("query", s.handleQuery))
+	mux.Handle("GET /healthz", s.instrument("healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	}))
+	mux.Handle("GET /readyz", s.instrument("readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.deps.Ready != nil && !s.deps.Ready() {
+			http.Error(w, "not ready: shards are still recovering", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	}))
+	if s.deps.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Gatherer, promhttp.HandlerOpts{}))
+	}
+	if s.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	mux.Handle("GET /{$}", s.instrument("index", s.handleIndex))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s %s (see GET /api/v1/apps and GET /api/v1/query)", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(name string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h(rec, r)
+		s.reqs.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
+		s.lat.WithLabelValues(name).Observe(time.Since(start).Seconds())
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// AppJSON describes an app in /api/v1/apps.
+type AppJSON struct {
+	Name          string          `json:"name"`
+	Category      string          `json:"category"`
+	Format        string          `json:"format"`
+	Window        string          `json:"window"`
+	WindowSeconds int64           `json:"window_seconds"`
+	GroupBy       []string        `json:"group_by"`
+	Where         string          `json:"where,omitempty"`
+	Aggregates    []AggregateJSON `json:"aggregates"`
+}
+
+// AggregateJSON describes one aggregate.
+type AggregateJSON struct {
+	Name  string `json:"name"`
+	Fn    string `json:"fn"`
+	Field string `json:"field,omitempty"`
+}
+
+func describe(a *apps.App) AppJSON {
+	j := AppJSON{
+		Name: a.Name(), Category: a.Spec.Category, Format: a.Spec.Format,
+		Window: a.Spec.Window.String(), WindowSeconds: a.WindowMs / 1000,
+		GroupBy: append([]string{}, a.Spec.GroupBy...), Where: a.Spec.Where,
+	}
+	for _, ag := range a.Aggs {
+		j.Aggregates = append(j.Aggregates, AggregateJSON{Name: ag.Name, Fn: ag.Fn.Name, Field: ag.Field})
+	}
+	return j
+}
+
+func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
+	var out []AppJSON
+	for _, a := range s.deps.Source.Apps() {
+		out = append(out, describe(a))
+	}
+	if out == nil {
+		out = []AppJSON{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"apps": out})
+}
+
+// RowJSON is one row of /api/v1/query.
+type RowJSON struct {
+	WindowStart string            `json:"window_start"`
+	WindowEnd   string            `json:"window_end"`
+	Key         map[string]string `json:"key"`
+	Values      map[string]any    `json:"values"`
+}
+
+// ResultJSON is the answer of /api/v1/query.
+type ResultJSON struct {
+	App       string    `json:"app"`
+	Rows      []RowJSON `json:"rows"`
+	Truncated bool      `json:"truncated,omitempty"`
+}
+
+var queryParams = map[string]bool{"app": true, "from": true, "to": true, "group_by": true, "window": true, "limit": true}
+
+// parseQuery turns URL parameters into a query; errors are the caller's.
+func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
+	var q puma.Query
+	for k, v := range params {
+		if !queryParams[k] {
+			return q, fmt.Errorf("unknown parameter %q (want app, from, to, group_by, window, limit)", k)
+		}
+		if len(v) > 1 {
+			return q, fmt.Errorf("parameter %q given %d times", k, len(v))
+		}
+	}
+	get := func(k string) (string, bool) {
+		v, ok := params[k]
+		if !ok {
+			return "", false
+		}
+		return v[0], true
+	}
+	app, _ := get("app")
+	if app == "" {
+		return q, errors.New("missing parameter app")
+	}
+	q.App = app
+	now := s.deps.Now()
+	q.ToMs = now.UnixMilli()
+	if v, ok := get("to"); ok {
+		t, err := ParseTime(v)
+		if err != nil {
+			return q, fmt.Errorf("bad to: %v", err)
+		}
+		q.ToMs = t.UnixMilli()
+	}
+	q.FromMs = q.ToMs - time.Hour.Milliseconds()
+	if v, ok := get("from"); ok {
+		t, err := ParseTime(v)
+		if err != nil {
+			return q, fmt.Errorf("bad from: %v", err)
+		}
+		q.FromMs = t.UnixMilli()
+	}
+	if q.FromMs >= q.ToMs {
+		return q, errors.New("from must be before to")
+	}
+	if v, ok := get("group_by"); ok {
+		q.GroupBy = []string{}
+		if v != "" {
+			q.GroupBy = strings.Split(v, ",")
+			for _, g := range q.GroupBy {
+				if g == "" {
+					return q, fmt.Errorf("bad group_by %q: empty field name", v)
+				}
+			}
+		}
+	}
+	if v, ok := get("window"); ok {
+		if v != "all" {
+			return q, fmt.Errorf("bad window %q: the only value is all", v)
+		}
+		q.AllWindows = true
+	}
+	q.Limit = s.cfg.MaxRows
+	if v, ok := get("limit"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return q, fmt.Errorf("bad limit %q: want a positive integer", v)
+		}
+		q.Limit = min(n, s.cfg.MaxRows)
+	}
+	return q, nil
+}
+
+// ParseTime parses RFC 3339 or Unix seconds (possibly fractional).
+func ParseTime(v string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < -1e11 || f > 1e11 {
+		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor Unix seconds", v)
+	}
+	return time.UnixMilli(int64(f * 1000)).UTC(), nil
+}
+
+func (s *Server) query(ctx context.Context, q puma.Query) (*puma.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout.D())
+	defer cancel()
+	return s.deps.Source.Query(ctx, q)
+}
+
+func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
+	q, err := s.parseQuery(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	res, err := s.query(r.Context(), q)
+	if err != nil {
+		var bad *puma.BadQueryError
+		if errors.As(err, &bad) {
+			writeError(w, http.StatusBadRequest, bad.Msg)
+			return
+		}
+		s.log.Error("query failed", "app", q.App, "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated}
+	for _, row := range res.Rows {
+		out.Rows = append(out.Rows, RowJSON{
+			WindowStart: time.UnixMilli(row.WindowStartMs).UTC().Format(time.RFC3339),
+			WindowEnd:   time.UnixMilli(row.WindowEndMs).UTC().Format(time.RFC3339),
+			Key:         row.Key,
+			Values:      row.Values,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// thriftHandler serves the Query service of freeway.thrift.
+type thriftHandler struct{ s *Server }
+
+func (h *thriftHandler) Apps(ctx context.Context) ([]*freeway.AppInfo, error) {
+	var out []*freeway.AppInfo
+	for _, a := range h.s.deps.Source.Apps() {
+		info := &freeway.AppInfo{Name: a.Name(), Category: a.Spec.Category, WindowSeconds: a.WindowMs / 1000, GroupBy: append([]string{}, a.Spec.GroupBy...)}
+		for _, ag := range a.Aggs {
+			agg := &freeway.Aggregate{Name: ag.Name, Fn: ag.Fn.Name}
+			if ag.Field != "" {
+				f := ag.Field
+				agg.Field = &f
+			}
+			info.Aggregates = append(info.Aggregates, agg)
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*freeway.QueryResult_, error) {
+	if req == nil {
+		return nil, &freeway.QueryError{Message: "missing request"}
+	}
+	q := puma.Query{App: req.App, FromMs: req.FromUnix * 1000, ToMs: req.ToUnix * 1000, GroupBy: req.GroupBy, AllWindows: req.AllWindows, Limit: int(req.Limit)}
+	if q.Limit <= 0 || q.Limit > h.s.cfg.MaxRows {
+		q.Limit = h.s.cfg.MaxRows
+	}
+	res, err := h.s.query(ctx, q)
+	if err != nil {
+		var bad *puma.BadQueryError
+		if errors.As(err, &bad) {
+			return nil, &freeway.QueryError{Message: bad.Msg}
+		}
+		return nil, &freeway.QueryError{Message: "internal error: " + err.Error()}
+	}
+	out := &freeway.QueryResult_{App: res.App, Rows: make([]*freeway.Row, 0, len(res.Rows))}
+	for _, row := range res.Rows {
+		vals := map[string]float64{}
+		for k, v := range row.Values {
+			if f, ok := v.(float64); ok {
+				vals[k] = f
+			}
+		}
+		out.Rows = append(out.Rows, &freeway.Row{WindowStartUnix: row.WindowStartMs / 1000, WindowEndUnix: row.WindowEndMs / 1000, Key: row.Key, Values: vals})
+	}
+	return out, nil
+}
