@@ -281,9 +281,25 @@ func (s *Store) checkTable(table string) error {
 	return nil
 }
 
+// maxRow is HBase's limit on a row key's length (it is stored in a short).
+const maxRow = math.MaxInt16
+
+func checkRow(row string) error {
+	if row == "" {
+		return fmt.Errorf("%w: empty row", store.ErrInvalid)
+	}
+	if len(row) > maxRow {
+		return fmt.Errorf("%w: row key of %d bytes, HBase allows %d", store.ErrInvalid, len(row), maxRow)
+	}
+	return nil
+}
+
 func checkCell(c store.Cell) error {
 	if c.Row == "" || c.Column == "" {
 		return fmt.Errorf("%w: empty row or column", store.ErrInvalid)
+	}
+	if err := checkRow(c.Row); err != nil {
+		return err
 	}
 	if c.Timestamp < 0 {
 		return fmt.Errorf("%w: negative timestamp %d", store.ErrInvalid, c.Timestamp)
@@ -576,8 +592,8 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 	if err := s.checkTable(table); err != nil {
 		return nil, err
 	}
-	if row == "" {
-		return nil, fmt.Errorf("%w: empty row", store.ErrInvalid)
+	if err := checkRow(row); err != nil {
+		return nil, err
 	}
 	if asOf < 0 {
 		return nil, nil // no version is that old
@@ -729,7 +745,8 @@ func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts i
 	if err := s.checkTable(table); err != nil {
 		return err
 	}
-	if ts == math.MaxInt64 || (stop != "" && stop <= start) {
+	// Nothing is stored at MaxInt64, so nothing is newer than MaxInt64-1.
+	if ts >= math.MaxInt64-1 || (stop != "" && stop <= start) {
 		return nil
 	}
 	if ok, err := s.ensureTable(ctx, table, false); err != nil || !ok {
@@ -862,8 +879,11 @@ func (s *Store) CheckAndPut(ctx context.Context, table, row, column string, expe
 	if err := s.checkTable(table); err != nil {
 		return false, err
 	}
-	if row == "" || column == "" {
-		return false, fmt.Errorf("%w: empty row or column", store.ErrInvalid)
+	if column == "" {
+		return false, fmt.Errorf("%w: empty column", store.ErrInvalid)
+	}
+	if err := checkRow(row); err != nil {
+		return false, err
 	}
 	for _, c := range cells {
 		if err := checkCell(c); err != nil {

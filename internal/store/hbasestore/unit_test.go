@@ -115,6 +115,7 @@ func TestInvalidArgumentsBeforeRPC(t *testing.T) {
 		"empty column":          s.Put(ctx, "t", with(func(c *store.Cell) { c.Column = "" })),
 		"negative timestamp":    s.Put(ctx, "t", with(func(c *store.Cell) { c.Timestamp = -1 })),
 		"LATEST_TIMESTAMP":      s.Put(ctx, "t", with(func(c *store.Cell) { c.Timestamp = math.MaxInt64 })),
+		"row over 32767 bytes":  s.Put(ctx, "t", with(func(c *store.Cell) { c.Row = strings.Repeat("r", 1<<15) })),
 		"scan of a bad table":   s.Scan(ctx, "", "", "", 1, nil),
 		"delete of a bad table": s.DeleteNewer(ctx, "", "", "", 1),
 		"retention bad table":   s.DeleteUpTo(ctx, "a b", "", "", 1),
@@ -122,6 +123,7 @@ func TestInvalidArgumentsBeforeRPC(t *testing.T) {
 	_, checks["get empty row"] = s.Get(ctx, "t", "", store.Latest)
 	_, checks["check and put another row"] = s.CheckAndPut(ctx, "t", "other", "c", nil, []store.Cell{c})
 	_, checks["check and put empty column"] = s.CheckAndPut(ctx, "t", "r", "", nil, []store.Cell{c})
+	_, checks["check and put empty row"] = s.CheckAndPut(ctx, "t", "", "c", nil, nil)
 	for what, err := range checks {
 		if !errors.Is(err, store.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", what, err)
