@@ -1,0 +1,523 @@
+package scribe
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/apache/thrift/lib/go/thrift"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/thrift/gen/fb303"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+func TestLogIsShippedInOrderWithSequenceNumbers(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	a := startAgent(t, testConfig(t.TempDir(), up.srv.Addr()))
+	c := dial(t, a.Addr())
+	for i := range 3 {
+		mustLog(t, c, entries("access", "m", 10*i, 10))
+	}
+	eventually(t, "30 entries upstream", func() bool { return up.count(t) == 30 })
+	wantSeq(t, up.received(t), "access", "m", 30)
+	for _, b := range up.callsSnapshot() {
+		if b.AgentID != a.ID() || len(b.AgentID) != 32 || b.ReceivedAtMs <= 0 {
+			t.Fatalf("batch agent id %q (agent %q), received_at_ms %d", b.AgentID, a.ID(), b.ReceivedAtMs)
+		}
+	}
+	eventually(t, "queue drained", func() bool { return a.q.Stats().Entries == 0 })
+	if n := a.c.shipped.Load(); n != 30 {
+		t.Fatalf("shipped counter = %d", n)
+	}
+	if got := gather(t, a, "freeway_agent_entries_received_total", "source", "scribe"); got != 30 {
+		t.Fatalf("freeway_agent_entries_received_total{source=scribe} = %v", got)
+	}
+	if got := gather(t, a, "freeway_agent_entries_shipped_total", "", ""); got != 30 {
+		t.Fatalf("freeway_agent_entries_shipped_total = %v", got)
+	}
+	if !strings.Contains(a.logs.String(), "component=agent") {
+		t.Fatalf("logs lack component=agent: %s", a.logs.String())
+	}
+}
+
+// gather reads one metric (with label name=value if name is set).
+func gather(t testing.TB, a *agent, metric, name, value string) float64 {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != metric {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if name == "" || slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == name && l.GetValue() == value }) {
+				if m.Counter != nil {
+					return m.Counter.GetValue()
+				}
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	t.Fatalf("metric %s{%s=%q} not registered", metric, name, value)
+	return 0
+}
+
+func TestAckedEntriesSurviveARestart(t *testing.T) {
+	dir := t.TempDir()
+	down := deadAddr(t)
+	a := startAgent(t, testConfig(dir, down))
+	c := dial(t, a.Addr())
+	for i := range 5 {
+		mustLog(t, c, entries("app", "e", 10*i, 10))
+	}
+	id := a.ID()
+	eventually(t, "a failed ship attempt", func() bool { return a.c.shipErrors.Load() > 0 })
+	a.stopped(t)
+
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	b := startAgent(t, testConfig(dir, up.srv.Addr()))
+	if b.ID() != id {
+		t.Fatalf("agent id changed across restart: %s then %s", id, b.ID())
+	}
+	eventually(t, "50 entries upstream", func() bool { return up.count(t) == 50 })
+	wantSeq(t, up.received(t), "app", "e", 50)
+	// New entries continue the numbering.
+	mustLog(t, dial(t, b.Addr()), entries("app", "e", 50, 1))
+	eventually(t, "51 entries upstream", func() bool { return up.count(t) == 51 })
+	wantSeq(t, up.received(t), "app", "e", 51)
+}
+
+func TestInFlightBatchIsResentWithItsSequenceNumbersAfterARestart(t *testing.T) {
+	dir := t.TempDir()
+	// The upstream keeps the batch but its answer is lost (an error).
+	var mu sync.Mutex
+	lose := true
+	up := startUpstream(t, "127.0.0.1:0", func(int, *scribe.Batch) (scribe.ResultCode, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if lose {
+			return scribe.ResultCode_OK, errors.New("answer lost")
+		}
+		return scribe.ResultCode_OK, nil
+	})
+	cfg := testConfig(dir, up.srv.Addr())
+	cfg.BatchEntries = 4
+	a := startAgent(t, cfg)
+	mustLog(t, dial(t, a.Addr()), entries("c", "x", 0, 10))
+	eventually(t, "a lost answer", func() bool { return len(up.callsSnapshot()) >= 2 })
+	a.stopped(t)
+	first := up.callsSnapshot()[0]
+	mu.Lock()
+	lose = false
+	mu.Unlock()
+	b := startAgent(t, cfg)
+	eventually(t, "10 entries upstream", func() bool { return up.count(t) == 10 })
+	wantSeq(t, up.received(t), "c", "x", 10)
+	calls := up.callsSnapshot()
+	resent := calls[len(calls)-3] // batches of 4, 4, 2 after the restart
+	if resent.FirstSeq != first.FirstSeq || resent.FirstSeq != 1 || len(resent.Messages) != len(first.Messages) ||
+		string(resent.Messages[3].Message) != string(first.Messages[3].Message) {
+		t.Fatalf("in-flight batch re-sent as %d %v, first sent as %d %v", resent.FirstSeq, resent.Messages, first.FirstSeq, first.Messages)
+	}
+	_ = b
+}
+
+func TestUpstreamTryLaterAndErrorsAreRetriedInOrder(t *testing.T) {
+	// TRY_LATER three times, then an error, then OK; TRY_LATER again later.
+	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribe.Batch) (scribe.ResultCode, error) {
+		switch n {
+		case 0, 1, 2, 6:
+			return scribe.ResultCode_TRY_LATER, nil
+		case 3:
+			return scribe.ResultCode_OK, errors.New("writer crashed")
+		}
+		return scribe.ResultCode_OK, nil
+	})
+	cfg := testConfig(t.TempDir(), up.srv.Addr())
+	cfg.BatchEntries = 30
+	a := startAgent(t, cfg)
+	c := dial(t, a.Addr())
+	for i := range 5 {
+		mustLog(t, c, entries("c", "r", 20*i, 20))
+	}
+	eventually(t, "100 entries upstream", func() bool { return up.count(t) == 100 })
+	wantSeq(t, up.received(t), "c", "r", 100)
+	// Every retry is the same batch as the attempt before it, until OK.
+	calls := up.callsSnapshot()
+	for i := 1; i < len(calls); i++ {
+		if i <= 4 || i == 7 {
+			p, b := calls[i-1], calls[i]
+			if b.FirstSeq != p.FirstSeq || len(b.Messages) != len(p.Messages) {
+				t.Fatalf("attempt %d sent first_seq %d (%d entries), attempt %d sent %d (%d)", i-1, p.FirstSeq, len(p.Messages), i, b.FirstSeq, len(b.Messages))
+			}
+		}
+	}
+	if n := a.c.tryLaterRecv.Load(); n != 4 {
+		t.Fatalf("try_later received = %d, want 4", n)
+	}
+	if n := a.c.shipErrors.Load(); n != 1 {
+		t.Fatalf("ship errors = %d, want 1", n)
+	}
+}
+
+// fakeClock fires every wait at once and records the durations asked.
+type fakeClock struct {
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (f *fakeClock) Now() time.Time { return time.Unix(1700000000, 0) }
+
+func (f *fakeClock) After(d time.Duration) <-chan time.Time {
+	f.mu.Lock()
+	f.waits = append(f.waits, d)
+	f.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	ch <- f.Now()
+	return ch
+}
+
+func TestShipBackoffGrowsToItsCapWithJitter(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribe.Batch) (scribe.ResultCode, error) {
+		if n < 12 {
+			return scribe.ResultCode_TRY_LATER, nil
+		}
+		return scribe.ResultCode_OK, nil
+	})
+	clk := &fakeClock{}
+	cfg := testConfig(t.TempDir(), up.srv.Addr())
+	cfg.RetryMin = config.Duration(50 * time.Millisecond)
+	cfg.RetryMax = config.Duration(5 * time.Second)
+	a := startAgentClock(t, cfg, clk)
+	mustLog(t, dial(t, a.Addr()), entries("c", "b", 0, 1))
+	eventually(t, "the entry upstream", func() bool { return up.count(t) == 1 })
+	clk.mu.Lock()
+	waits := slices.Clone(clk.waits)
+	clk.mu.Unlock()
+	if len(waits) != 12 {
+		t.Fatalf("%d waits for 12 TRY_LATERs: %v", len(waits), waits)
+	}
+	d := 50 * time.Millisecond
+	for i, w := range waits {
+		if w < d/2 || w > d {
+			t.Fatalf("wait %d = %v, want within [%v, %v]; all %v", i, w, d/2, d, waits)
+		}
+		d = min(2*d, 5*time.Second)
+	}
+	eventually(t, "the batch acknowledged", func() bool { return a.q.Stats().Acked == 2 })
+}
+
+func TestBackoff(t *testing.T) {
+	b := newBackoff(50*time.Millisecond, 5*time.Second)
+	b.rand = func() float64 { return 0.999999 }
+	var got []time.Duration
+	for range 10 {
+		got = append(got, b.next().Round(time.Millisecond))
+	}
+	want := []time.Duration{50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("backoff = %v", got)
+		}
+	}
+	b.reset()
+	b.rand = func() float64 { return 0 }
+	if d := b.next(); d != 25*time.Millisecond {
+		t.Fatalf("after reset, lowest jitter = %v", d)
+	}
+}
+
+func TestUpstreamDownAtStartThenUp(t *testing.T) {
+	addr := deadAddr(t)
+	a := startAgent(t, testConfig(t.TempDir(), addr))
+	c := dial(t, a.Addr())
+	mustLog(t, c, entries("c", "d", 0, 20))
+	eventually(t, "ship errors", func() bool { return a.c.shipErrors.Load() >= 3 })
+	if rc, _ := dial(t, a.Addr()).GetStatus(context.Background()); rc != fb303.FbStatus_WARNING {
+		t.Fatalf("getStatus while upstream is down = %v, want WARNING", rc)
+	}
+	mustLog(t, c, entries("c", "d", 20, 20))
+	up := startUpstream(t, addr, nil)
+	eventually(t, "40 entries upstream", func() bool { return up.count(t) == 40 })
+	wantSeq(t, up.received(t), "c", "d", 40)
+	eventually(t, "status ALIVE again", func() bool {
+		st, _ := dial(t, a.Addr()).GetStatus(context.Background())
+		return st == fb303.FbStatus_ALIVE
+	})
+}
+
+func TestNextUpstreamIsTriedOnConnectionErrors(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	a := startAgent(t, testConfig(t.TempDir(), deadAddr(t), up.srv.Addr()))
+	mustLog(t, dial(t, a.Addr()), entries("c", "n", 0, 5))
+	eventually(t, "5 entries upstream", func() bool { return up.count(t) == 5 })
+	wantSeq(t, up.received(t), "c", "n", 5)
+}
+
+func TestQueueFullAnswersTryLaterAndRecovers(t *testing.T) {
+	addr := deadAddr(t)
+	cfg := testConfig(t.TempDir(), addr)
+	cfg.MaxQueueBytes = 4 << 10
+	cfg.SegmentBytes = 4 << 10
+	a := startAgent(t, cfg)
+	c := dial(t, a.Addr())
+	accepted := 0
+	refused := 0
+	for i := 0; refused == 0; i++ {
+		if i > 1000 {
+			t.Fatal("queue never filled")
+		}
+		es := entries("c", "q", accepted, 10)
+		rc, err := c.Log(context.Background(), es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rc == scribe.ResultCode_TRY_LATER {
+			refused++
+		} else {
+			accepted += 10
+		}
+	}
+	if a.c.tryLaterSent.Load() != 1 || a.c.fb303(a.q)["denied for queue size"] != 1 {
+		t.Fatalf("try_later counters: %v", a.c.fb303(a.q))
+	}
+	if gather(t, a, "freeway_agent_try_later_sent_total", "", "") != 1 {
+		t.Fatal("freeway_agent_try_later_sent_total not 1")
+	}
+	up := startUpstream(t, addr, nil)
+	// The stock client retries the same call until it is taken.
+	eventually(t, "the queue to accept again", func() bool {
+		rc, err := c.Log(context.Background(), entries("c", "q", accepted, 10))
+		return err == nil && rc == scribe.ResultCode_OK
+	})
+	accepted += 10
+	eventually(t, "everything accepted upstream", func() bool { return up.count(t) == accepted })
+	wantSeq(t, up.received(t), "c", "q", accepted)
+	if !strings.Contains(a.logs.String(), "queue full") {
+		t.Fatal("no warning when the queue filled")
+	}
+}
+
+func TestTornQueueTailIsTruncatedAtReopen(t *testing.T) {
+	dir := t.TempDir()
+	a := startAgent(t, testConfig(dir, deadAddr(t)))
+	mustLog(t, dial(t, a.Addr()), entries("c", "t", 0, 3))
+	a.stopped(t)
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{40, 0, 0, 0, 1, 2, 3, 4, 'h', 'a', 'l', 'f'}) // a record cut short by a crash
+	f.Close()
+
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	b := startAgent(t, testConfig(dir, up.srv.Addr()))
+	eventually(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
+	mustLog(t, dial(t, b.Addr()), entries("c", "t", 3, 1))
+	eventually(t, "4 entries upstream", func() bool { return up.count(t) == 4 })
+	wantSeq(t, up.received(t), "c", "t", 4)
+	if logs := b.logs.String(); !strings.Contains(logs, "truncating torn queue tail") || !strings.Contains(logs, "component=agent") {
+		t.Fatalf("no warning about the torn tail: %s", logs)
+	}
+}
+
+func TestInvalidEntriesAreDroppedAndTheRestKept(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := testConfig(t.TempDir(), up.srv.Addr())
+	cfg.MaxMessageBytes = 1 << 10
+	a := startAgent(t, cfg)
+	c := dial(t, a.Addr())
+	mustLog(t, c, []*scribe.LogEntry{
+		{Category: "ok", Message: []byte("first")},
+		{Category: "", Message: []byte("no category")},
+		{Category: "ok", Message: bytes.Repeat([]byte("x"), 1025)},
+		{Category: "../etc", Message: []byte("bad category")},
+		{Category: "ok", Message: []byte("last")},
+	})
+	mustLog(t, c, []*scribe.LogEntry{{Category: "", Message: []byte("only invalid")}})
+	eventually(t, "2 entries upstream", func() bool { return up.count(t) == 2 })
+	if g := up.received(t); g[0] != (got{1, "ok", "first"}) || g[1] != (got{2, "ok", "last"}) {
+		t.Fatalf("received %v", g)
+	}
+	for r, want := range map[string]float64{reasonEmptyCategory: 2, reasonTooLarge: 1, reasonInvalidCategory: 1} {
+		if got := gather(t, a, "freeway_agent_entries_rejected_total", "reason", r); got != want {
+			t.Errorf("rejected{reason=%s} = %v, want %v", r, got, want)
+		}
+	}
+	logs := a.logs.String()
+	if !strings.Contains(logs, "invalid entry dropped") || !strings.Contains(logs, "bytes=1025") || !strings.Contains(logs, "category=../etc") {
+		t.Fatalf("warnings lack category and size: %s", logs)
+	}
+}
+
+func TestStockScribeClients(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	a := startAgent(t, testConfig(t.TempDir(), up.srv.Addr()))
+
+	// The generated client on a plain framed binary transport, strict.
+	cfg := &thrift.TConfiguration{ConnectTimeout: 10 * time.Second, SocketTimeout: 10 * time.Second}
+	trans := thrift.NewTFramedTransportConf(thrift.NewTSocketConf(a.Addr(), cfg), cfg)
+	if err := trans.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer trans.Close()
+	pf := thrift.NewTBinaryProtocolFactoryConf(cfg)
+	client := scribe.NewScribeClient(thrift.NewTStandardClient(pf.GetProtocol(trans), pf.GetProtocol(trans)))
+	ctx := context.Background()
+	rc, err := client.Log(ctx, []*scribe.LogEntry{{Category: "stock", Message: []byte("generated"), Metadata: map[string]string{"k": "v"}}})
+	if err != nil || rc != scribe.ResultCode_OK {
+		t.Fatalf("generated client: %v %v", rc, err)
+	}
+
+	// An old client's non-strict message header, built by hand.
+	reply := rawCall(t, a.Addr(), logFrame(false, [][2]string{{"stock", "non-strict"}}))
+	if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) {
+		t.Fatalf("non-strict reply %x does not carry OK", reply)
+	}
+	reply = rawCall(t, a.Addr(), logFrame(true, [][2]string{{"stock", "strict"}}))
+	if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) {
+		t.Fatalf("strict reply %x does not carry OK", reply)
+	}
+
+	eventually(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
+	if g := up.received(t); g[0].msg != "generated" || g[1].msg != "non-strict" || g[2].msg != "strict" {
+		t.Fatalf("received %v", g)
+	}
+
+	// fb303, as monitoring tools call it.
+	counters, err := client.GetCounters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counters["agent.received"] != 3 || counters["received good"] != 3 {
+		t.Fatalf("getCounters = %v", counters)
+	}
+	eventually(t, "shipped counter", func() bool {
+		c, err := client.GetCounters(ctx)
+		return err == nil && c["agent.shipped"] == 3 && c["agent.queue_entries"] == 0
+	})
+	if name, _ := client.GetName(ctx); name != "freeway-agent" {
+		t.Fatalf("getName = %q", name)
+	}
+	if st, _ := client.GetStatus(ctx); st != fb303.FbStatus_ALIVE {
+		t.Fatalf("getStatus = %v", st)
+	}
+}
+
+// logFrame builds a framed Log call by hand, as an old Scribe client
+// writes it: strict (versioned) or non-strict message header.
+func logFrame(strict bool, entries [][2]string) []byte {
+	var b bytes.Buffer
+	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
+	str := func(s string) { w32(uint32(len(s))); b.WriteString(s) }
+	if strict {
+		w32(0x80010001) // version 1, CALL
+		str("Log")
+	} else {
+		str("Log")
+		b.WriteByte(1) // CALL
+	}
+	w32(1) // seqid
+	b.WriteByte(15)
+	binary.Write(&b, binary.BigEndian, int16(1)) // field 1: list
+	b.WriteByte(12)
+	w32(uint32(len(entries)))
+	for _, e := range entries {
+		b.WriteByte(11)
+		binary.Write(&b, binary.BigEndian, int16(1))
+		str(e[0])
+		b.WriteByte(11)
+		binary.Write(&b, binary.BigEndian, int16(2))
+		str(e[1])
+		b.WriteByte(0)
+	}
+	b.WriteByte(0)
+	frame := binary.BigEndian.AppendUint32(nil, uint32(b.Len()))
+	return append(frame, b.Bytes()...)
+}
+
+func rawCall(t *testing.T, addr string, frame []byte) []byte {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	reply := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		t.Fatal(err)
+	}
+	return reply
+}
+
+func TestAgentChainAndStockUpstream(t *testing.T) {
+	// A stock Scribe server: no LogBatch. The agent falls back to Log.
+	stock := &fakeUpstream{}
+	proc := scribe.NewScribeProcessor(struct {
+		*fakeUpstream
+		fb303.FacebookService // never called
+	}{fakeUpstream: stock})
+	delete(proc.ProcessorMap(), "LogBatch")
+	srv, err := thriftsrv.Listen("127.0.0.1:0", proc, thriftsrv.Limits{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, srv.Serve)
+	// app → edge agent → relay agent → stock server.
+	relay := startAgent(t, testConfig(t.TempDir(), srv.Addr()))
+	edge := startAgent(t, testConfig(t.TempDir(), relay.Addr()))
+	mustLog(t, dial(t, edge.Addr()), entries("c", "chain", 0, 5))
+	eventually(t, "5 entries at the stock server", func() bool { return stock.count(t) == 5 })
+	for i, g := range stock.received(t) {
+		if g != (got{0, "c", fmt.Sprintf("chain-%d", i)}) {
+			t.Fatalf("stock server received %v", stock.received(t))
+		}
+	}
+	if !strings.Contains(relay.logs.String(), "falling back to Log") {
+		t.Fatal("no warning about the fallback")
+	}
+}
+
+func TestNewRefusesABadConfigAndABusyQueue(t *testing.T) {
+	cfg := testConfig(t.TempDir(), "127.0.0.1:1")
+	cfg.BatchBytes = 32 << 20
+	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "agent.batch_bytes") {
+		t.Fatalf("New with batch_bytes 32MiB: %v", err)
+	}
+	cfg = testConfig("", "127.0.0.1:1")
+	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "agent.queue_dir") {
+		t.Fatalf("New without queue_dir: %v", err)
+	}
+	dir := t.TempDir()
+	a := startAgent(t, testConfig(dir, "127.0.0.1:1"))
+	_ = a
+	if _, err := New(testConfig(dir, "127.0.0.1:1"), nil, nil); err == nil {
+		t.Fatal("a second agent opened a queue directory in use")
+	}
+}

@@ -1,0 +1,147 @@
+package scribe
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+// TailConfig is one file the agent follows.
+type TailConfig struct {
+	Path     string `yaml:"path"`
+	Category string `yaml:"category"`
+}
+
+// Config configures the agent. The zero value is not usable; start from
+// DefaultConfig.
+type Config struct {
+	// Listen is where apps connect (Scribe's conventional port is 1463).
+	Listen string `yaml:"listen"`
+	// Upstream are calligraphus addresses, tried in turn on connection
+	// errors.
+	Upstream []string `yaml:"upstream"`
+	// QueueDir holds the disk queue, the agent's id and tail positions.
+	QueueDir string `yaml:"queue_dir"`
+	// MaxQueueBytes bounds unshipped bytes; beyond it apps get TRY_LATER.
+	MaxQueueBytes config.ByteSize `yaml:"max_queue_bytes"`
+	// MaxMessageBytes bounds one message; larger Scribe entries are
+	// dropped and counted, larger tailed lines are split.
+	MaxMessageBytes config.ByteSize `yaml:"max_message_bytes"`
+	// BatchBytes bounds one LogBatch sent upstream (its entries' queue
+	// record sizes, which exceed their Thrift encoding).
+	BatchBytes config.ByteSize `yaml:"batch_bytes"`
+	// BatchEntries bounds the entries of one LogBatch.
+	BatchEntries int `yaml:"batch_entries"`
+	// SegmentBytes is the size of the queue's segment files.
+	SegmentBytes config.ByteSize `yaml:"segment_bytes"`
+	// UpstreamTimeout bounds connecting to and one call on calligraphus.
+	UpstreamTimeout config.Duration `yaml:"upstream_timeout"`
+	// RetryMin and RetryMax bound the exponential backoff (with jitter)
+	// between attempts to ship a batch, and between retries of a tailed
+	// batch while the queue is full.
+	RetryMin config.Duration `yaml:"retry_min"`
+	RetryMax config.Duration `yaml:"retry_max"`
+	// TailPollInterval is how often an idle tailed file is checked for
+	// new lines, rotation and truncation.
+	TailPollInterval config.Duration `yaml:"tail_poll_interval"`
+	// Tail lists the files to follow.
+	Tail []TailConfig `yaml:"tail"`
+}
+
+// The Thrift frame limit of Freeway's ingest ports; a batch must fit in one
+// frame with room for its envelope.
+const (
+	frameLimit    = 16 << 20
+	maxBatchBytes = frameLimit - 64<<10
+	maxBatchCount = 1 << 20 // the ports' container limit
+	maxCategory   = 200     // as calligraphus accepts
+)
+
+// DefaultConfig returns the defaults: listen on 127.0.0.1:1463, ship to
+// 127.0.0.1:1464.
+func DefaultConfig() Config {
+	return Config{
+		Listen:           "127.0.0.1:1463",
+		Upstream:         []string{"127.0.0.1:1464"},
+		MaxQueueBytes:    1 << 30,
+		MaxMessageBytes:  1 << 20,
+		BatchBytes:       1 << 20,
+		BatchEntries:     10000,
+		SegmentBytes:     64 << 20,
+		UpstreamTimeout:  config.Duration(30 * time.Second),
+		RetryMin:         config.Duration(50 * time.Millisecond),
+		RetryMax:         config.Duration(5 * time.Second),
+		TailPollInterval: config.Duration(250 * time.Millisecond),
+	}
+}
+
+// Validate checks the configuration; errors name the YAML key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("agent.%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "must be host:port, got %q", c.Listen)
+	}
+	if len(c.Upstream) == 0 {
+		bad("upstream", "must list at least one calligraphus address")
+	}
+	for i, u := range c.Upstream {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			bad(fmt.Sprintf("upstream[%d]", i), "must be host:port, got %q", u)
+		}
+	}
+	if c.MaxQueueBytes <= 0 {
+		bad("max_queue_bytes", "must be positive")
+	}
+	if c.MaxMessageBytes <= 0 {
+		bad("max_message_bytes", "must be positive")
+	}
+	switch {
+	case c.BatchBytes <= 0:
+		bad("batch_bytes", "must be positive")
+	case c.BatchBytes > maxBatchBytes:
+		bad("batch_bytes", "must be at most %s, below the 16MiB Thrift frame limit", config.ByteSize(maxBatchBytes))
+	case c.MaxMessageBytes > c.BatchBytes:
+		bad("max_message_bytes", "must not exceed agent.batch_bytes (%s), or a message could never be shipped", c.BatchBytes)
+	}
+	if c.BatchEntries <= 0 || c.BatchEntries > maxBatchCount {
+		bad("batch_entries", "must be between 1 and %d", maxBatchCount)
+	}
+	if c.SegmentBytes < 4<<10 {
+		bad("segment_bytes", "must be at least 4KiB")
+	}
+	if c.UpstreamTimeout <= 0 {
+		bad("upstream_timeout", "must be positive")
+	}
+	if c.RetryMin <= 0 {
+		bad("retry_min", "must be positive")
+	}
+	if c.RetryMax < c.RetryMin {
+		bad("retry_max", "must be at least agent.retry_min (%s)", c.RetryMin)
+	}
+	if c.TailPollInterval <= 0 {
+		bad("tail_poll_interval", "must be positive")
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Tail {
+		key := fmt.Sprintf("tail[%d]", i)
+		if t.Path == "" {
+			bad(key+".path", "must be set")
+		} else if p := filepath.Clean(t.Path); seen[p] {
+			bad(key+".path", "%s is tailed twice", t.Path)
+		} else {
+			seen[p] = true
+		}
+		if !apps.ValidCategory(t.Category) {
+			bad(key+".category", "must be 1-%d characters of letters, digits, '_', '.' and '-', got %q", maxCategory, t.Category)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,258 @@
+package scribe
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// logBuf collects log output for assertions.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// eventually polls cond until it holds, failing after a generous deadline.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// got is one entry as upstream received it.
+type got struct {
+	seq int64 // 0 for entries sent with Log
+	cat string
+	msg string
+}
+
+// fakeUpstream is a fake calligraphus: it records every call and answers
+// with answer(call index, batch), OK by default.
+type fakeUpstream struct {
+	srv    *scribeapi.Server
+	mu     sync.Mutex
+	calls  []*scribe.Batch // every LogBatch (and Log, as a batch with seq 0)
+	ok     []*scribe.Batch // those answered OK
+	answer func(n int, b *scribe.Batch) (scribe.ResultCode, error)
+}
+
+func (u *fakeUpstream) LogBatch(_ context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := len(u.calls)
+	u.calls = append(u.calls, b)
+	rc, err := scribe.ResultCode_OK, error(nil)
+	if u.answer != nil {
+		rc, err = u.answer(n, b)
+	}
+	if err == nil && rc == scribe.ResultCode_OK {
+		u.ok = append(u.ok, b)
+	}
+	return rc, err
+}
+
+func (u *fakeUpstream) Log(ctx context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
+	return u.LogBatch(ctx, &scribe.Batch{Messages: es})
+}
+
+// received returns what was answered OK, in order, with duplicates (a
+// re-sent batch) removed after checking they are identical.
+func (u *fakeUpstream) received(t testing.TB) []got {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []got
+	bySeq := map[int64]got{}
+	for _, b := range u.ok {
+		for i, e := range b.Messages {
+			g := got{cat: e.Category, msg: string(e.Message)}
+			if b.FirstSeq != 0 {
+				g.seq = b.FirstSeq + int64(i)
+				if prev, dup := bySeq[g.seq]; dup {
+					if prev != g {
+						t.Fatalf("sequence %d re-sent with other content: %v then %v", g.seq, prev, g)
+					}
+					continue
+				}
+				bySeq[g.seq] = g
+			}
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+func (u *fakeUpstream) count(t testing.TB) int { return len(u.received(t)) }
+
+func (u *fakeUpstream) callsSnapshot() []*scribe.Batch {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.calls)
+}
+
+// startUpstream serves a fake calligraphus on addr ("127.0.0.1:0" for any
+// port) until the test ends.
+func startUpstream(t testing.TB, addr string, answer func(int, *scribe.Batch) (scribe.ResultCode, error)) *fakeUpstream {
+	t.Helper()
+	u := &fakeUpstream{answer: answer}
+	srv, err := scribeapi.Listen(addr, u, scribeapi.Info{Name: "fake-calligraphus"}, thriftsrv.Limits{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.srv = srv
+	serve(t, srv.Serve)
+	return u
+}
+
+// serve runs f until the test ends.
+func serve(t testing.TB, f func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+}
+
+// deadAddr is an address nothing listens on (until a test binds it).
+func deadAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func testConfig(dir string, upstream ...string) Config {
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Upstream = upstream
+	cfg.QueueDir = dir
+	cfg.RetryMin = config.Duration(time.Millisecond)
+	cfg.RetryMax = config.Duration(20 * time.Millisecond)
+	cfg.TailPollInterval = config.Duration(2 * time.Millisecond)
+	cfg.UpstreamTimeout = config.Duration(10 * time.Second)
+	return cfg
+}
+
+// agent is a running Agent.
+type agent struct {
+	*Agent
+	reg  *prometheus.Registry
+	logs *logBuf
+	stop func() error
+}
+
+func startAgent(t testing.TB, cfg Config) *agent {
+	t.Helper()
+	return startAgentClock(t, cfg, realClock{})
+}
+
+func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
+	t.Helper()
+	lb := &logBuf{}
+	reg := prometheus.NewPedanticRegistry()
+	a, err := newAgent(cfg, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg, clk)
+	if err != nil {
+		t.Fatalf("new agent: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stop := sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("agent run: %v", err)
+		}
+	})
+	return &agent{Agent: a, reg: reg, logs: lb, stop: stop}
+}
+
+func (a *agent) stopped(t testing.TB) {
+	t.Helper()
+	if err := a.stop(); err != nil {
+		t.Fatalf("agent run: %v", err)
+	}
+}
+
+func dial(t testing.TB, addr string) *scribeapi.Client {
+	t.Helper()
+	c, err := scribeapi.Dial(addr, thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func entries(cat, prefix string, from, n int) []*scribe.LogEntry {
+	es := make([]*scribe.LogEntry, n)
+	for i := range es {
+		es[i] = &scribe.LogEntry{Category: cat, Message: fmt.Appendf(nil, "%s-%d", prefix, from+i)}
+	}
+	return es
+}
+
+func mustLog(t testing.TB, c *scribeapi.Client, es []*scribe.LogEntry) {
+	t.Helper()
+	rc, err := c.Log(context.Background(), es)
+	if err != nil || rc != scribe.ResultCode_OK {
+		t.Fatalf("log: %v %v", rc, err)
+	}
+}
+
+// wantSeq checks that gs are prefix-from..., numbered 1.. in order.
+func wantSeq(t testing.TB, gs []got, cat, prefix string, n int) {
+	t.Helper()
+	if len(gs) != n {
+		t.Fatalf("received %d entries, want %d", len(gs), n)
+	}
+	for i, g := range gs {
+		want := got{seq: int64(i + 1), cat: cat, msg: fmt.Sprintf("%s-%d", prefix, i)}
+		if g != want {
+			t.Fatalf("entry %d = %+v, want %+v", i, g, want)
+		}
+	}
+}

@@ -1,0 +1,156 @@
+package scribe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/apache/thrift/lib/go/thrift"
+
+	"github.com/freeway-dev/freeway/internal/diskqueue"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/thrift/gen/fb303"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+// upstream is one connection to a calligraphus.
+type upstream struct {
+	addr string
+	c    *scribeapi.Client
+	// plainLog is set for a peer that answered that it has no LogBatch (a
+	// stock Scribe server, say, in an agent chain): entries then go with
+	// Log, at-least-once.
+	plainLog bool
+}
+
+// errNoLogBatch is a peer's UNKNOWN_METHOD answer to LogBatch.
+var errNoLogBatch = errors.New("upstream has no LogBatch")
+
+// ship sends the queue upstream in order, one batch in flight: read a
+// batch, send it until an upstream answers OK (retrying TRY_LATER and
+// errors with backoff, moving to the next address on errors), then
+// acknowledge it in the queue. It never skips a batch.
+func (a *Agent) ship(ctx context.Context) error {
+	var (
+		up      *upstream
+		next    int // index into cfg.Upstream of the next address to dial
+		bo      = newBackoff(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
+		failing bool
+		plain   = map[string]bool{} // addresses without LogBatch
+	)
+	defer func() {
+		if up != nil {
+			up.c.Close()
+		}
+	}()
+	for {
+		b, err := a.q.Read(ctx, int(a.cfg.BatchBytes), a.cfg.BatchEntries)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, diskqueue.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read agent queue: %w", err)
+		}
+		req := batchRequest(a.q.ID(), b)
+		a.c.inFlight.Store(1)
+		for {
+			if up == nil {
+				addr := a.cfg.Upstream[next]
+				next = (next + 1) % len(a.cfg.Upstream)
+				c, err := scribeapi.Dial(addr, thriftsrv.Limits{}, a.cfg.UpstreamTimeout.D())
+				if err == nil {
+					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
+				} else {
+					failing = a.shipFailed(failing, addr, err)
+					if !sleep(ctx, a.clock, bo.next()) {
+						a.c.inFlight.Store(0)
+						return nil
+					}
+					continue
+				}
+			}
+			rc, err := up.send(ctx, req)
+			if ctx.Err() != nil {
+				a.c.inFlight.Store(0)
+				return nil
+			}
+			if err == nil && rc == scribe.ResultCode_OK {
+				break
+			}
+			if errors.Is(err, errNoLogBatch) {
+				// The server closes the connection after an unknown
+				// method; reconnect and use Log.
+				a.log.Warn("upstream has no LogBatch, falling back to Log (at-least-once)", "upstream", up.addr)
+				plain[up.addr] = true
+				up.c.Close()
+				up = nil
+				next = (next + len(a.cfg.Upstream) - 1) % len(a.cfg.Upstream)
+				continue
+			}
+			if err != nil {
+				failing = a.shipFailed(failing, up.addr, err)
+				up.c.Close()
+				up = nil
+			} else {
+				a.c.tryLaterRecv.Add(1)
+				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", b.First)
+			}
+			if !sleep(ctx, a.clock, bo.next()) {
+				a.c.inFlight.Store(0)
+				return nil
+			}
+		}
+		a.c.inFlight.Store(0)
+		bo.reset()
+		if failing {
+			failing = false
+			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
+			a.log.Info("upstream reachable again", "upstream", up.addr)
+		}
+		if err := a.q.Ack(b); err != nil {
+			return fmt.Errorf("acknowledge shipped batch: %w", err)
+		}
+		a.c.shipped.Add(int64(len(b.Entries)))
+		a.c.batches.Add(1)
+	}
+}
+
+// shipFailed counts and reports a failed connect or call; the first
+// failure of a run is a warning, the rest are debug lines.
+func (a *Agent) shipFailed(failing bool, addr string, err error) bool {
+	a.c.shipErrors.Add(1)
+	a.srv.SetStatus(fb303.FbStatus_WARNING, "upstream unreachable: "+err.Error())
+	if !failing {
+		a.log.Warn("shipping upstream failed, retrying", "upstream", addr, "err", err)
+	} else {
+		a.log.Debug("shipping upstream failed, retrying", "upstream", addr, "err", err)
+	}
+	return true
+}
+
+func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
+	les := make([]scribe.LogEntry, len(b.Entries))
+	ptrs := make([]*scribe.LogEntry, len(b.Entries))
+	for i, e := range b.Entries {
+		les[i] = scribe.LogEntry{Category: e.Category, Message: e.Message}
+		ptrs[i] = &les[i]
+	}
+	return &scribe.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
+}
+
+// send makes one call, closing the connection if ctx ends meanwhile so
+// that shutdown does not wait for the socket timeout.
+func (u *upstream) send(ctx context.Context, req *scribe.Batch) (scribe.ResultCode, error) {
+	stop := context.AfterFunc(ctx, func() { u.c.Close() })
+	defer stop()
+	if !u.plainLog {
+		rc, err := u.c.LogBatch(ctx, req)
+		var ae thrift.TApplicationException
+		if errors.As(err, &ae) && ae.TypeId() == thrift.UNKNOWN_METHOD {
+			return rc, errNoLogBatch
+		}
+		return rc, err
+	}
+	return u.c.Log(ctx, req.Messages)
+}

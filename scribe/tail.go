@@ -1,0 +1,405 @@
+package scribe
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	"github.com/freeway-dev/freeway/internal/diskqueue"
+)
+
+const tailReadChunk = 64 << 10
+
+// tailer follows one file like tail -F, one queue entry per line (without
+// its newline), and persists its position after the lines are durable in
+// the queue.
+//
+// Rotation by rename (or delete and re-create) is noticed at end of file
+// when the path names another file than the one open: the old file is
+// read to its end (an unterminated last line is then sent as it is) and
+// the new one from its start. Truncation is noticed when the open file is
+// shorter than what was read: reading restarts at 0. A partial last line
+// waits for its newline. A line longer than max_message_bytes is split
+// into pieces of max_message_bytes (counted in tail_lines_split_total).
+type tailer struct {
+	a        *Agent
+	path     string
+	category string
+	posPath  string
+	log      *slog.Logger
+
+	f     *os.File
+	id    fileID
+	off   int64  // offset in f up to which lines are durable in the queue
+	buf   []byte // bytes of f from off on, read but not yet queued
+	cut   int    // buf[:cut] is in batch
+	batch []diskqueue.Entry
+	bsize int   // record bytes of batch
+	blns  int64 // lines (not pieces) in batch
+	split bool  // the line at buf[cut:] was already split
+
+	failing bool // the last poll failed (to log a streak once)
+
+	lines, splits, rotations, truncations atomic.Int64
+}
+
+// position is what a tailer persists, in <queue_dir>/tail/<hash>.json.
+type position struct {
+	Path   string `json:"path"`
+	Dev    uint64 `json:"dev"`
+	Ino    uint64 `json:"ino"`
+	Offset int64  `json:"offset"`
+}
+
+func newTailer(a *Agent, tc TailConfig) *tailer {
+	path := filepath.Clean(tc.Path)
+	h := fnv.New64a()
+	h.Write([]byte(path))
+	return &tailer{
+		a: a, path: path, category: tc.Category,
+		posPath: filepath.Join(a.cfg.QueueDir, "tail", fmt.Sprintf("%016x.json", h.Sum64())),
+		log:     a.log.With("path", path),
+	}
+}
+
+func (t *tailer) run(ctx context.Context) error {
+	defer func() {
+		if t.f != nil {
+			t.f.Close()
+		}
+	}()
+	if err := os.MkdirAll(filepath.Dir(t.posPath), 0o755); err != nil {
+		return fmt.Errorf("create tail position directory: %w", err)
+	}
+	if err := t.restore(); err != nil {
+		return err
+	}
+	for {
+		progressed, err := t.poll(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, diskqueue.ErrClosed) || t.a.q.Err() != nil {
+				return nil // the agent is stopping on the queue's error
+			}
+			if !t.failing {
+				t.log.Error("tailing failed, retrying", "err", err)
+				t.failing = true
+			}
+		} else if t.failing {
+			t.log.Info("tailing recovered")
+			t.failing = false
+		}
+		if !progressed && !sleep(ctx, t.a.clock, t.a.cfg.TailPollInterval.D()) {
+			return nil
+		}
+	}
+}
+
+// restore reopens the file and offset saved by a previous run.
+func (t *tailer) restore() error {
+	b, err := os.ReadFile(t.posPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // a new file is read from its start
+	}
+	if err != nil {
+		return fmt.Errorf("read tail position: %w", err)
+	}
+	var p position
+	if err := json.Unmarshal(b, &p); err != nil || p.Path != t.path {
+		t.log.Warn("ignoring unreadable tail position; reading the file from its start", "position_file", t.posPath)
+		return nil
+	}
+	saved := fileID{dev: p.Dev, ino: p.Ino}
+	if fi, err := os.Stat(t.path); err == nil && idOf(fi) == saved {
+		f, err := os.Open(t.path)
+		if err != nil {
+			return fmt.Errorf("open tailed file: %w", err)
+		}
+		off := p.Offset
+		if fi.Size() < off {
+			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", off, "size", fi.Size())
+			t.truncations.Add(1)
+			off = 0
+		}
+		return t.resume(f, saved, off)
+	}
+	// The path names another file now: find ours by identity beside it
+	// (rotated by rename while the agent was down) and finish it first.
+	if f, fi := findByID(filepath.Dir(t.path), saved); f != nil {
+		if fi.Size() >= p.Offset {
+			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
+			return t.resume(f, saved, p.Offset)
+		}
+		f.Close()
+	}
+	t.log.Warn("tailed file replaced while stopped and the old one not found; its unread lines are lost", "offset", p.Offset)
+	return nil
+}
+
+func (t *tailer) resume(f *os.File, id fileID, off int64) error {
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		f.Close()
+		return fmt.Errorf("seek tailed file: %w", err)
+	}
+	t.f, t.id, t.off = f, id, off
+	return nil
+}
+
+// poll reads what is new, then checks for rotation and truncation. It
+// reports whether anything happened (so the caller polls again at once).
+func (t *tailer) poll(ctx context.Context) (bool, error) {
+	if t.f == nil {
+		f, err := os.Open(t.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("open tailed file: %w", err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return false, fmt.Errorf("stat tailed file: %w", err)
+		}
+		t.f, t.id, t.off, t.buf, t.cut, t.split = f, idOf(fi), 0, t.buf[:0], 0, false
+		if err := t.save(); err != nil {
+			return false, err
+		}
+	}
+	n, err := t.readToEnd(ctx)
+	if err != nil || n > 0 {
+		return n > 0, err
+	}
+	fi, err := os.Stat(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil // renamed away, not yet re-created: keep the old one
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat tailed path: %w", err)
+	}
+	if idOf(fi) != t.id {
+		// Rotated: lines may have landed between our last read and the
+		// rename; read to the end, send an unterminated last line as is.
+		if _, err := t.readToEnd(ctx); err != nil {
+			return false, err
+		}
+		if t.cut < len(t.buf) {
+			t.addLine(t.buf[t.cut:])
+			t.cut = len(t.buf)
+		}
+		if err := t.flush(ctx); err != nil {
+			return false, err
+		}
+		t.f.Close()
+		t.f = nil
+		t.rotations.Add(1)
+		t.log.Info("tailed file rotated, following the new one")
+		return true, nil
+	}
+	st, err := t.f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("stat tailed file: %w", err)
+	}
+	if read := t.off + int64(len(t.buf)); st.Size() < read {
+		t.truncations.Add(1)
+		t.log.Warn("tailed file truncated, reading it from its start", "offset", read, "size", st.Size())
+		if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+			return false, fmt.Errorf("seek tailed file: %w", err)
+		}
+		t.off, t.buf, t.cut, t.split = 0, t.buf[:0], 0, false
+		return true, t.save()
+	}
+	return false, nil
+}
+
+// readToEnd reads until end of file, queueing complete lines as batches
+// fill, and returns the bytes read.
+func (t *tailer) readToEnd(ctx context.Context) (int, error) {
+	total := 0
+	for ctx.Err() == nil {
+		if cap(t.buf)-len(t.buf) < tailReadChunk {
+			// Grow into new memory: batch entries may point into buf.
+			nb := make([]byte, len(t.buf), max(2*cap(t.buf), len(t.buf)+tailReadChunk))
+			copy(nb, t.buf)
+			t.buf = nb
+		}
+		n, err := t.f.Read(t.buf[len(t.buf):cap(t.buf)])
+		t.buf = t.buf[:len(t.buf)+n]
+		total += n
+		if n > 0 {
+			if err := t.extract(ctx); err != nil {
+				return total, err
+			}
+		}
+		if errors.Is(err, io.EOF) || (n == 0 && err == nil) {
+			break
+		}
+		if err != nil {
+			return total, fmt.Errorf("read tailed file: %w", err)
+		}
+	}
+	return total, t.flush(ctx)
+}
+
+// extract moves complete lines from buf into the batch, and splits off
+// max_message_bytes pieces of a partial line that has grown past it.
+func (t *tailer) extract(ctx context.Context) error {
+	limit := int(t.a.cfg.MaxMessageBytes)
+	for {
+		rest := t.buf[t.cut:]
+		i := bytes.IndexByte(rest, '\n')
+		switch {
+		case i >= 0:
+			t.addLine(rest[:i])
+			t.cut += i + 1
+		case len(rest) > limit:
+			t.addPiece(rest[:limit])
+			t.cut += limit
+		default:
+			return nil
+		}
+		if t.bsize >= int(t.a.cfg.BatchBytes) || len(t.batch) >= t.a.cfg.BatchEntries {
+			if err := t.flush(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// addLine adds a complete line, in pieces if it is too long.
+func (t *tailer) addLine(line []byte) {
+	limit := int(t.a.cfg.MaxMessageBytes)
+	for len(line) > limit {
+		t.addPiece(line[:limit])
+		line = line[limit:]
+	}
+	t.add(line)
+	t.blns++
+	t.split = false
+}
+
+func (t *tailer) addPiece(p []byte) {
+	if !t.split {
+		t.split = true
+		t.splits.Add(1)
+		t.log.Warn("tailed line over max_message_bytes split into pieces", "category", t.category, "max_message_bytes", t.a.cfg.MaxMessageBytes)
+	}
+	t.add(p)
+}
+
+func (t *tailer) add(msg []byte) {
+	e := diskqueue.Entry{Category: t.category, Message: msg, Time: t.a.clock.Now().UnixMilli()}
+	t.batch = append(t.batch, e)
+	t.bsize += diskqueue.RecordSize(&e)
+}
+
+// flush makes the batch durable in the queue (waiting while the queue is
+// full, never dropping), then advances and saves the position.
+func (t *tailer) flush(ctx context.Context) error {
+	if len(t.batch) == 0 {
+		return nil
+	}
+	bo := newBackoff(t.a.cfg.RetryMin.D(), t.a.cfg.RetryMax.D())
+	for {
+		_, err := t.a.q.Append(t.batch)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, diskqueue.ErrFull) {
+			return fmt.Errorf("queue tailed lines: %w", err)
+		}
+		if !sleep(ctx, t.a.clock, bo.next()) {
+			return ctx.Err()
+		}
+	}
+	t.a.c.receivedTail.Add(int64(len(t.batch)))
+	t.lines.Add(t.blns)
+	t.off += int64(t.cut)
+	n := copy(t.buf, t.buf[t.cut:])
+	t.buf = t.buf[:n]
+	clear(t.batch)
+	t.batch, t.bsize, t.blns, t.cut = t.batch[:0], 0, 0, 0
+	return t.save()
+}
+
+func (t *tailer) save() error {
+	b, err := json.Marshal(position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off})
+	if err != nil {
+		return fmt.Errorf("encode tail position: %w", err)
+	}
+	return writeFileAtomic(t.posPath, b)
+}
+
+// findByID opens the file in dir whose identity is id, if any.
+func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
+	if id == (fileID{}) {
+		return nil, nil
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || idOf(fi) != id {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, nil
+		}
+		if st, err := f.Stat(); err != nil || idOf(st) != id {
+			f.Close()
+			return nil, nil
+		}
+		return f, fi
+	}
+	return nil, nil
+}
+
+// writeFileAtomic replaces path with data durably: temporary file,
+// fsync, rename, fsync of the directory.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s: %w", tmp, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("open directory of %s: %w", path, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory of %s: %w", path, err)
+	}
+	return nil
+}
