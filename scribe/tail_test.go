@@ -1,0 +1,220 @@
+package scribe
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func appendFile(t testing.TB, path, s string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tailConfig(dir, upstream string, paths ...string) Config {
+	cfg := testConfig(filepath.Join(dir, "queue"), upstream)
+	for _, p := range paths {
+		cfg.Tail = append(cfg.Tail, TailConfig{Path: p, Category: "tailed"})
+	}
+	return cfg
+}
+
+// messagesOf returns the messages upstream accepted, checking that they
+// are numbered 1, 2, ... without gaps.
+func messagesOf(t testing.TB, u *fakeUpstream) []string {
+	t.Helper()
+	var out []string
+	for i, g := range u.received(t) {
+		if g.seq != int64(i+1) {
+			t.Fatalf("entry %d has sequence %d", i, g.seq)
+		}
+		out = append(out, g.msg)
+	}
+	return out
+}
+
+func waitLines(t testing.TB, u *fakeUpstream, want ...string) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d lines upstream", len(want)), func() bool { return u.count(t) >= len(want) })
+	if got := messagesOf(t, u); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+}
+
+func TestTailFollowsAppendedLinesAndWaitsForPartialOnes(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "one\ntwo\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	a := startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	waitLines(t, up, "one", "two")
+	// "four" has no newline yet: it waits, in the same read as "three".
+	appendFile(t, log, "three\nfou")
+	waitLines(t, up, "one", "two", "three")
+	appendFile(t, log, "r\n\nfive\n")
+	waitLines(t, up, "one", "two", "three", "four", "", "five")
+	if got := gather(t, a, "freeway_agent_tail_lines_total", "path", log); got != 6 {
+		t.Fatalf("tail_lines_total = %v", got)
+	}
+	if got := gather(t, a, "freeway_agent_entries_received_total", "source", "tail"); got != 6 {
+		t.Fatalf("entries_received_total{source=tail} = %v", got)
+	}
+	for _, g := range up.received(t) {
+		if g.cat != "tailed" {
+			t.Fatalf("category %q", g.cat)
+		}
+	}
+}
+
+func TestTailWaitsForAFileToAppear(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "later.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	appendFile(t, log, "hello\n")
+	waitLines(t, up, "hello")
+}
+
+func TestTailFollowsRotationByRename(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\na2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	a := startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	waitLines(t, up, "a1", "a2")
+
+	// The app still holds the old file after the rename and writes a last
+	// line, unterminated, before reopening its log.
+	old, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	old.WriteString("a3\na4-unterminated")
+	old.Close()
+	appendFile(t, log, "b1\nb2\n")
+	waitLines(t, up, "a1", "a2", "a3", "a4-unterminated", "b1", "b2")
+	appendFile(t, log, "b3\n")
+	waitLines(t, up, "a1", "a2", "a3", "a4-unterminated", "b1", "b2", "b3")
+	if got := gather(t, a, "freeway_agent_tail_rotations_total", "path", log); got != 1 {
+		t.Fatalf("rotations = %v", got)
+	}
+}
+
+func TestTailRestartsAfterTruncation(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "first line\nsecond line\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	a := startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	waitLines(t, up, "first line", "second line")
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "x\n")
+	waitLines(t, up, "first line", "second line", "x")
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+	if !strings.Contains(a.logs.String(), "tailed file truncated") {
+		t.Fatal("no warning about the truncation")
+	}
+}
+
+func TestTailResumesAfterARestartWithoutLossOrRepeats(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "1\n2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "1", "2")
+	appendFile(t, log, "3\n4-part")
+	waitLines(t, up, "1", "2", "3")
+	a.stopped(t)
+
+	appendFile(t, log, "ial\n5\n")
+	startAgent(t, cfg)
+	waitLines(t, up, "1", "2", "3", "4-partial", "5")
+	appendFile(t, log, "6\n")
+	waitLines(t, up, "1", "2", "3", "4-partial", "5", "6")
+}
+
+func TestTailFinishesAFileRotatedWhileStopped(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1")
+	a.stopped(t)
+
+	appendFile(t, log, "old2\n")
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "new1\n")
+	b := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2", "new1")
+	if !strings.Contains(b.logs.String(), "resuming rotated file") {
+		t.Fatalf("no note of the rotated file: %s", b.logs.String())
+	}
+}
+
+func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxMessageBytes = 10
+	a := startAgent(t, cfg)
+	appendFile(t, log, "short\n"+strings.Repeat("x", 25)+"\n")
+	waitLines(t, up, "short", strings.Repeat("x", 10), strings.Repeat("x", 10), "xxxxx")
+	// A partial line past the limit is split before its newline comes.
+	appendFile(t, log, strings.Repeat("y", 12))
+	waitLines(t, up, "short", strings.Repeat("x", 10), strings.Repeat("x", 10), "xxxxx", strings.Repeat("y", 10))
+	appendFile(t, log, "\n")
+	waitLines(t, up, "short", strings.Repeat("x", 10), strings.Repeat("x", 10), "xxxxx", strings.Repeat("y", 10), "yy")
+	if got := gather(t, a, "freeway_agent_tail_lines_split_total", "path", log); got != 2 {
+		t.Fatalf("split lines = %v", got)
+	}
+	if got := gather(t, a, "freeway_agent_tail_lines_total", "path", log); got != 3 {
+		t.Fatalf("lines = %v", got)
+	}
+}
+
+func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	addr := deadAddr(t)
+	cfg := tailConfig(dir, addr, log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	var want []string
+	var sb strings.Builder
+	for i := range 500 {
+		want = append(want, fmt.Sprintf("line %03d", i))
+		fmt.Fprintf(&sb, "line %03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	a := startAgent(t, cfg)
+	eventually(t, "the queue to fill", func() bool { return a.q.Stats().Bytes > 1<<10 })
+	if st := a.q.Stats(); st.Bytes > 2<<10 {
+		t.Fatalf("queue holds %d bytes over its 2KiB bound", st.Bytes)
+	}
+	up := startUpstream(t, addr, nil)
+	waitLines(t, up, want...)
+}
