@@ -5,6 +5,7 @@
 #   deploy/engines/engines.sh up            install what is missing, start what is not running, wait until usable
 #   deploy/engines/engines.sh down [--wipe] stop what `up` started (--wipe: also delete data and logs)
 #   deploy/engines/engines.sh status        one line per process; exit 0 only if all are up
+#   deploy/engines/engines.sh check         HDFS write/read and a Thrift2 create/put/get against running engines
 #   deploy/engines/engines.sh env           FREEWAY_TEST_* lines: eval "$(deploy/engines/engines.sh env)"
 #
 # Everything (configs, classpaths, pids, logs, data) lives under one directory:
@@ -160,8 +161,9 @@ classpath() {
   local t0 log=$LOGS/mvn-$name.log
   t0=$(now)
   say "resolving $name jars with Maven (first time downloads them into ~/.m2)"
-  if ! mvn -B -q -f "$pom" "$MDEP:build-classpath" -Dmdep.includeScope=runtime \
-    -Dmdep.outputFile="$out.tmp" >"$log" 2>&1; then
+  local mvn_args=(-B -q -f "$pom" "$MDEP:build-classpath" -Dmdep.includeScope=runtime -Dmdep.outputFile="$out.tmp")
+  # Offline first (everything may already be in ~/.m2), then from Maven Central.
+  if ! mvn -o "${mvn_args[@]}" >"$log" 2>&1 && ! mvn "${mvn_args[@]}" >"$log" 2>&1; then
     tail_log "$log"
     die "Maven could not resolve $pom (log: $log)"
   fi
@@ -261,7 +263,7 @@ cmd_for() { # fills CMD with the command line that runs NAME
       [[ $name == datanode ]] && heap=256m main=org.apache.hadoop.hdfs.server.datanode.DataNode
       [[ $name == namenode-format ]] && args=(-format -force -nonInteractive)
       CMD=("$JAVA" "${mark[@]}" -Xmx$heap "${LEAN_OPTS[@]}" "${J17_OPTS[@]}"
-        -Dhadoop.log.dir="$LOGS" -Dhadoop.security.logger=WARN,console
+        -Dhadoop.log.dir="$LOGS"
         -cp "$CONF/hadoop:$hdfs_cp" "$main" "${args[@]}")
       ;;
     hbase | thrift2)
@@ -355,6 +357,30 @@ wait_probe() {
   say "$label usable after $(since "$t0")s: $(tail -n 1 "$log")"
 }
 
+# Readiness probes (deploy/engines/probe/*.java): HDFS write/read/delete, and a
+# Thrift2 create-table/put/get round trip.
+hdfs_probe_cmd() { # SECS
+  CMD=("$JAVA" -Xmx128m "${LEAN_OPTS[@]}" "${J17_OPTS[@]}"
+    -Dlog4j.configuration=file:"$CONF/hadoop/log4j.properties" -Dhadoop.root.logger=WARN,console
+    -cp "$CONF/hadoop:$(<"$CPDIR/hdfs.cp"):$PROBES/hdfs" HdfsProbe "$1")
+}
+hbase_probe_cmd() { # SECS
+  CMD=("$JAVA" -Xmx128m "${LEAN_OPTS[@]}" -Dlog4j2.configurationFile="$CONF/hbase/log4j2.properties"
+    -cp "$(<"$CPDIR/hbase.cp"):$PROBES/hbase" HBaseThriftProbe 127.0.0.1 "$THRIFT_PORT" "$1")
+}
+probe_both() { # SECS: run both probes side by side; fail if either fails
+  local secs=$1 rc=0 w_hdfs w_hbase
+  hdfs_probe_cmd "$secs"
+  (wait_probe hdfs "$secs" "namenode datanode" "${CMD[@]}") &
+  w_hdfs=$!
+  hbase_probe_cmd "$secs"
+  (wait_probe hbase "$secs" "hbase thrift2" "${CMD[@]}") &
+  w_hbase=$!
+  wait "$w_hdfs" || rc=1
+  wait "$w_hbase" || rc=1
+  return $rc
+}
+
 wait_zookeeper() {
   local t0 i
   t0=$(now)
@@ -435,20 +461,7 @@ cmd_up() {
 
   wait_zookeeper
   # HDFS and HBase start side by side; wait for both.
-  local probe_cp_hdfs probe_cp_hbase
-  probe_cp_hdfs=$CONF/hadoop:$(<"$CPDIR/hdfs.cp"):$PROBES/hdfs
-  probe_cp_hbase=$(<"$CPDIR/hbase.cp"):$PROBES/hbase
-  (wait_probe hdfs "$TIMEOUT" "namenode datanode" \
-    "$JAVA" -Xmx128m "${LEAN_OPTS[@]}" "${J17_OPTS[@]}" -Dlog4j.configuration=file:"$CONF/hadoop/log4j.properties" \
-    -Dhadoop.root.logger=WARN,console -cp "$probe_cp_hdfs" HdfsProbe "$TIMEOUT") &
-  local w_hdfs=$!
-  (wait_probe hbase "$TIMEOUT" "hbase thrift2" \
-    "$JAVA" -Xmx128m "${LEAN_OPTS[@]}" -Dlog4j2.configurationFile="$CONF/hbase/log4j2.properties" \
-    -cp "$probe_cp_hbase" HBaseThriftProbe 127.0.0.1 "$THRIFT_PORT" "$TIMEOUT") &
-  local w_hbase=$! rc=0
-  wait "$w_hdfs" || rc=1
-  wait "$w_hbase" || rc=1
-  ((rc == 0)) || die "engines are not all up (see messages above; logs in $LOGS)"
+  probe_both "$TIMEOUT" || die "engines are not all up (see messages above; logs in $LOGS)"
 
   say "all engines up in $(since "$t_all")s${started[*]:+ (started: ${started[*]})}"
   print_env
@@ -475,6 +488,15 @@ cmd_down() {
   fi
 }
 
+cmd_check() { # full round trips against running engines (what `up` waits for)
+  find_java
+  [[ -f $CPDIR/hdfs.cp && -f $CPDIR/hbase.cp && -d $PROBES/hdfs && -d $PROBES/hbase ]] ||
+    die "run '$0 up' first"
+  [[ $(zk_ruok "$ZK_PORT") == imok ]] || die "zookeeper on 127.0.0.1:$ZK_PORT does not answer ruok"
+  say "zookeeper: ruok -> imok"
+  probe_both "${FREEWAY_ENGINES_CHECK_TIMEOUT:-30}" || die "check failed"
+}
+
 cmd_status() {
   local name pid ok=0 state
   for name in "${PROCS[@]}"; do
@@ -497,9 +519,10 @@ case ${1:-} in
   up) cmd_up ;;
   down) cmd_down "${2:-}" ;;
   status) cmd_status ;;
+  check) cmd_check ;;
   env) print_env ;;
   *)
-    echo "usage: $0 up | down [--wipe] | status | env" >&2
+    echo "usage: $0 up | down [--wipe] | status | check | env" >&2
     exit 2
     ;;
 esac
