@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -49,7 +50,7 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 		return nil, err
 	}
 	if cfg.QueueDir == "" {
-		return nil, errors.New("agent.queue_dir: must be set")
+		return nil, config.Errorf("$.agent.queue_dir", "must be set")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

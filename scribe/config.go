@@ -80,11 +80,13 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks the configuration; errors name the YAML key.
+// Validate checks the configuration. Each problem is a config.FieldError
+// at its YAML path under the top-level "agent" key, reading like
+// "agent.batch_bytes: must be ..."; all of them are joined.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("agent.%s: %s", key, fmt.Sprintf(format, args...)))
+		errs = append(errs, config.Errorf("$.agent."+key, format, args...))
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "must be host:port, got %q", c.Listen)

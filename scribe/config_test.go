@@ -1,0 +1,87 @@
+package scribe
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestValidateNamesTheKey(t *testing.T) {
+	cases := []struct {
+		mut  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Listen = "1463" }, "agent.listen: must be host:port"},
+		{func(c *Config) { c.Upstream = nil }, "agent.upstream: must list at least one"},
+		{func(c *Config) { c.Upstream = []string{"a:1", "nope"} }, "agent.upstream[1]: must be host:port"},
+		{func(c *Config) { c.MaxQueueBytes = 0 }, "agent.max_queue_bytes: must be positive"},
+		{func(c *Config) { c.BatchBytes = 16 << 20 }, "agent.batch_bytes: must be at most 16320KiB, below the 16MiB Thrift frame limit"},
+		{func(c *Config) { c.MaxMessageBytes = 2 << 20 }, "agent.max_message_bytes: must not exceed agent.batch_bytes (1MiB)"},
+		{func(c *Config) { c.BatchEntries = 0 }, "agent.batch_entries: must be between 1 and"},
+		{func(c *Config) { c.SegmentBytes = 100 }, "agent.segment_bytes: must be at least 4KiB"},
+		{func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "agent.retry_max: must be at least agent.retry_min (50ms)"},
+		{func(c *Config) { c.TailPollInterval = 0 }, "agent.tail_poll_interval: must be positive"},
+		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "x"}, {Path: "/b/../a", Category: "y"}} }, "agent.tail[1].path: /b/../a is tailed twice"},
+		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "no/slash"}} }, "agent.tail[0].category: must be 1-200 characters"},
+		{func(c *Config) { c.Tail = []TailConfig{{Category: "x"}} }, "agent.tail[0].path: must be set"},
+	}
+	for _, tc := range cases {
+		cfg := DefaultConfig()
+		tc.mut(&cfg)
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate = %v, want %q", err, tc.want)
+			continue
+		}
+		var fe *config.FieldError
+		if !errors.As(err, &fe) || !strings.HasPrefix(fe.Path, "$.agent.") {
+			t.Errorf("%v is not a FieldError under $.agent", err)
+		}
+	}
+}
+
+func TestConfigFromYAML(t *testing.T) {
+	doc := `
+listen: 0.0.0.0:1463
+upstream: [10.0.0.1:1464, 10.0.0.2:1464]
+queue_dir: /var/lib/freeway/agent
+max_queue_bytes: 2GiB
+max_message_bytes: 64KiB
+batch_bytes: 4MiB
+batch_entries: 20000
+retry_max: 10s
+tail:
+  - {path: /var/log/nginx/access.log, category: access}
+`
+	cfg := DefaultConfig()
+	if err := config.Decode("agent.yaml", []byte(doc), &cfg, cfg.Validate); err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.Listen = "0.0.0.0:1463"
+	want.Upstream = []string{"10.0.0.1:1464", "10.0.0.2:1464"}
+	want.QueueDir = "/var/lib/freeway/agent"
+	want.MaxQueueBytes = 2 << 30
+	want.MaxMessageBytes = 64 << 10
+	want.BatchBytes = 4 << 20
+	want.BatchEntries = 20000
+	want.RetryMax = want.RetryMax * 2
+	want.Tail = []TailConfig{{Path: "/var/log/nginx/access.log", Category: "access"}}
+	if d := cmp.Diff(want, cfg); d != "" {
+		t.Fatalf("decoded config (-want +got):\n%s", d)
+	}
+	if err := config.Decode("agent.yaml", []byte("batch_sizes: 1\n"), &cfg, nil); err == nil {
+		t.Fatal("an unknown key was accepted")
+	}
+}
