@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -262,3 +263,23 @@ func newTimeParser(layout string) (func(Value) (int64, error), error) {
 
 // FormatKey is a readable form of an encoded key for logs.
 func FormatKey(key string) string { return strconv.Quote(strings.ReplaceAll(key, "\x00", "|")) }
+
+// CheckFields reports whether fields can be read from lines in a's format
+// (named groups of a regex, columns of a tsv; anything in json and logfmt).
+func (a *App) CheckFields(fields []string) error {
+	var known []string
+	switch a.Spec.Format {
+	case "regex":
+		known = namedGroups(regexp.MustCompile(a.Spec.Pattern))
+	case "tsv":
+		known = a.Spec.Fields
+	default:
+		return nil
+	}
+	for _, f := range fields {
+		if !slices.Contains(known, f) {
+			return fmt.Errorf("field %q cannot be read in format %s of app %s (fields: %s)", f, a.Spec.Format, a.Name(), strings.Join(known, ", "))
+		}
+	}
+	return nil
+}

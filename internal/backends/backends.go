@@ -1,0 +1,121 @@
+// Package backends opens the dfs, store and coord named by URL. It is the
+// only package that knows every implementation; components see only the
+// contracts.
+//
+//	dfs:   file:///path                 local directory (embedded default)
+//	       hdfs://host:port[,host:port]/root[?user=NAME]
+//	store: bolt:///path/to/file.db      embedded bbolt file (default)
+//	       hbase://host:port[/table-prefix]   HBase through its Thrift2 gateway
+//	coord: inproc://                    in-process (default; one process only)
+//	       zk://host:port[,host:port]/root[?session_timeout=10s]
+package backends
+
+import (
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/coord/inproc"
+	"github.com/freeway-dev/freeway/internal/coord/zkcoord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/hdfs"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/store/hbasestore"
+)
+
+func scheme(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("bad URL %q: %w", raw, err)
+	}
+	if u.Scheme == "" {
+		return "", fmt.Errorf("bad URL %q: no scheme", raw)
+	}
+	return strings.ToLower(u.Scheme), nil
+}
+
+// localPath reads the path of a file:// or bolt:// URL; relative paths
+// ("file://./data") are allowed for convenience.
+func localPath(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	p := u.Path
+	if u.Host != "" {
+		p = u.Host + p // file://./data, file://data
+	}
+	if p == "" {
+		return "", fmt.Errorf("bad URL %q: no path", raw)
+	}
+	return filepath.FromSlash(p), nil
+}
+
+// OpenDFS opens the file system at raw.
+func OpenDFS(raw string) (dfs.FS, error) {
+	s, err := scheme(raw)
+	if err != nil {
+		return nil, fmt.Errorf("open dfs: %w", err)
+	}
+	switch s {
+	case "file":
+		p, err := localPath(raw)
+		if err != nil {
+			return nil, fmt.Errorf("open dfs: %w", err)
+		}
+		return localfs.New(p)
+	case "hdfs":
+		return hdfs.Open(raw)
+	}
+	return nil, fmt.Errorf("open dfs %q: unknown scheme %q (want file:// or hdfs://)", raw, s)
+}
+
+// OpenStore opens the store at raw.
+func OpenStore(raw string) (store.Store, error) {
+	s, err := scheme(raw)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	switch s {
+	case "bolt":
+		p, err := localPath(raw)
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return boltstore.Open(p)
+	case "hbase":
+		return hbasestore.Open(raw)
+	}
+	return nil, fmt.Errorf("open store %q: unknown scheme %q (want bolt:// or hbase://)", raw, s)
+}
+
+// Coords opens coordinators. In-process coordinators opened from one
+// Coords share a hub, so the components of one process coordinate with
+// each other.
+type Coords struct {
+	hub *inproc.Hub
+	log *slog.Logger
+}
+
+// NewCoords returns an opener whose in-process coordinators share a hub.
+func NewCoords(log *slog.Logger) *Coords { return &Coords{hub: inproc.NewHub(), log: log} }
+
+// Open opens the coordinator at raw.
+func (c *Coords) Open(raw string) (coord.Coord, error) {
+	s, err := scheme(raw)
+	if err != nil {
+		return nil, fmt.Errorf("open coord: %w", err)
+	}
+	switch s {
+	case "inproc":
+		return c.hub.Session(), nil
+	case "zk":
+		return zkcoord.Open(raw, c.log)
+	}
+	return nil, fmt.Errorf("open coord %q: unknown scheme %q (want inproc:// or zk://)", raw, s)
+}

@@ -1,0 +1,231 @@
+package freeway
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/freeway-dev/freeway/calligraphus"
+	"github.com/freeway-dev/freeway/copier"
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/puma"
+	"github.com/freeway-dev/freeway/scribe"
+	"github.com/freeway-dev/freeway/serving"
+)
+
+// Config is the whole YAML file. Every key is optional: a file holding
+// only an apps: list runs with the defaults.
+type Config struct {
+	// DataDir holds the embedded backends and the agent's queue.
+	DataDir string `yaml:"data_dir"`
+	// DFS, Store and Coord are backend URLs; "" means the embedded one
+	// under DataDir.
+	DFS   string `yaml:"dfs"`
+	Store string `yaml:"store"`
+	Coord string `yaml:"coord"`
+	// Buckets is the bucket count of categories not declared in categories.
+	Buckets    int                       `yaml:"buckets"`
+	Categories map[string]CategoryConfig `yaml:"categories"`
+	Log        LogConfig                 `yaml:"log"`
+
+	Agent        scribe.Config       `yaml:"agent"`
+	Calligraphus calligraphus.Config `yaml:"calligraphus"`
+	Puma         puma.Config         `yaml:"puma"`
+	Serving      serving.Config      `yaml:"serving"`
+	Copier       copier.Config       `yaml:"copier"`
+
+	Apps []apps.Spec `yaml:"apps"`
+}
+
+// CategoryConfig declares how a category is bucketed.
+type CategoryConfig struct {
+	Buckets int `yaml:"buckets"`
+	// ShardKey: the fields entries are routed by; default the shard_key
+	// (or group_by) of the first app consuming the category.
+	ShardKey []string `yaml:"shard_key"`
+}
+
+// LogConfig configures Freeway's own logs.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// DefaultConfig returns the defaults of every key.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:      "freeway-data",
+		Buckets:      4,
+		Log:          LogConfig{Level: "info", Format: "text"},
+		Agent:        scribe.DefaultConfig(),
+		Calligraphus: calligraphus.DefaultConfig(),
+		Puma:         puma.DefaultConfig(),
+		Serving:      serving.DefaultConfig(),
+		Copier:       copier.DefaultConfig(),
+	}
+}
+
+// LoadFile reads and validates a config file over the defaults.
+func LoadFile(path string) (Config, error) {
+	cfg := DefaultConfig()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	err = config.Decode(path, data, &cfg, cfg.Validate)
+	return cfg, err
+}
+
+// Resolve fills what derives from DataDir. Call after flags are applied.
+func (c *Config) Resolve() {
+	abs, err := filepath.Abs(c.DataDir)
+	if err == nil {
+		c.DataDir = abs
+	}
+	if c.DFS == "" {
+		c.DFS = "file://" + filepath.ToSlash(filepath.Join(c.DataDir, "dfs"))
+	}
+	if c.Store == "" {
+		c.Store = "bolt://" + filepath.ToSlash(filepath.Join(c.DataDir, "store.db"))
+	}
+	if c.Coord == "" {
+		c.Coord = "inproc://"
+	}
+	if c.Agent.QueueDir == "" {
+		c.Agent.QueueDir = filepath.Join(c.DataDir, "agent")
+	}
+}
+
+// Validate checks everything, apps included, and reports the first error
+// at its YAML path.
+func (c *Config) Validate() error {
+	if c.DataDir == "" {
+		return config.Errorf("$.data_dir", "must not be empty")
+	}
+	if c.Buckets < 1 || c.Buckets > 4096 {
+		return config.Errorf("$.buckets", "must be between 1 and 4096")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return config.Errorf("$.log.level", "unknown level %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return config.Errorf("$.log.format", "unknown format %q (want text or json)", c.Log.Format)
+	}
+	for _, v := range []interface{ Validate() error }{&c.Agent, &c.Calligraphus, &c.Puma, &c.Serving, &c.Copier} {
+		if err := v.Validate(); err != nil {
+			return err
+		}
+	}
+	names := map[string]int{}
+	for i := range c.Apps {
+		path := fmt.Sprintf("$.apps[%d]", i)
+		if _, err := apps.Compile(c.Apps[i], path); err != nil {
+			return err
+		}
+		if j, dup := names[c.Apps[i].Name]; dup {
+			return config.Errorf(path+".name", "app name %q is used by apps[%d] too", c.Apps[i].Name, j)
+		}
+		names[c.Apps[i].Name] = i
+	}
+	cats := make([]string, 0, len(c.Categories))
+	for name := range c.Categories {
+		cats = append(cats, name)
+	}
+	sort.Strings(cats)
+	for _, name := range cats {
+		cc := c.Categories[name]
+		path := "$.categories." + name
+		if !apps.ValidCategory(name) {
+			return config.Errorf(path, "%q is not a valid category name (letters, digits, _ . -)", name)
+		}
+		if cc.Buckets < 0 || cc.Buckets > 4096 {
+			return config.Errorf(path+".buckets", "must be between 1 and 4096")
+		}
+		if len(cc.ShardKey) > 0 {
+			app := c.firstApp(name)
+			if app == nil {
+				return config.Errorf(path+".shard_key", "no app consumes category %s, so there is no format to read a shard key with", name)
+			}
+			if err := app.CheckFields(cc.ShardKey); err != nil {
+				return config.Errorf(path+".shard_key", "%v", err)
+			}
+		}
+	}
+	return nil
+}
+
+// firstApp is the first app (in file order) consuming category.
+func (c *Config) firstApp(category string) *apps.App {
+	for i, s := range c.Apps {
+		if s.Category == category {
+			a, err := apps.Compile(s, fmt.Sprintf("$.apps[%d]", i))
+			if err == nil {
+				return a
+			}
+		}
+	}
+	return nil
+}
+
+// BucketsOf is the bucket count of a category.
+func (c *Config) BucketsOf(category string) int {
+	if cc, ok := c.Categories[category]; ok && cc.Buckets > 0 {
+		return cc.Buckets
+	}
+	return c.Buckets
+}
+
+// CompiledApps compiles the apps (already validated).
+func (c *Config) CompiledApps() ([]*apps.App, error) {
+	var out []*apps.App
+	for i, s := range c.Apps {
+		a, err := apps.Compile(s, fmt.Sprintf("$.apps[%d]", i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// Routes says how calligraphus buckets each category consumed by an app:
+// by the category's declared shard key, else the first app's shard_key,
+// else its group_by.
+func (c *Config) Routes() (map[string]calligraphus.Route, error) {
+	compiled, err := c.CompiledApps()
+	if err != nil {
+		return nil, err
+	}
+	routes := map[string]calligraphus.Route{}
+	for name := range c.Categories {
+		routes[name] = calligraphus.Route{Buckets: c.BucketsOf(name)}
+	}
+	for _, a := range compiled {
+		cat := a.Spec.Category
+		if r, ok := routes[cat]; ok && r.NewKeyFunc != nil {
+			continue // the first app decides
+		}
+		fields := c.Categories[cat].ShardKey
+		if len(fields) == 0 {
+			fields = a.Spec.ShardKey
+		}
+		if len(fields) == 0 {
+			fields = a.Spec.GroupBy
+		}
+		r := calligraphus.Route{Buckets: c.BucketsOf(cat)}
+		if len(fields) > 0 {
+			app, keys := a, append([]string(nil), fields...)
+			r.NewKeyFunc = func() func([]byte) (string, error) {
+				return app.NewKeyExtractor(keys).Key
+			}
+		}
+		routes[cat] = r
+	}
+	return routes, nil
+}

@@ -1,0 +1,434 @@
+package freeway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/freeway-dev/freeway/calligraphus"
+	"github.com/freeway-dev/freeway/copier"
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/backends"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/puma"
+	"github.com/freeway-dev/freeway/scribe"
+	"github.com/freeway-dev/freeway/serving"
+)
+
+// Targets a process can run.
+const (
+	All          = "all"
+	Agent        = "agent"
+	Calligraphus = "calligraphus"
+	Copier       = "copier"
+	Puma         = "puma"
+	Serving      = "serving"
+)
+
+// Targets lists every target with the modules it runs, in start order.
+func Targets() map[string][]string {
+	return map[string][]string{
+		All:          {Calligraphus, Agent, Puma, Copier, Serving},
+		Agent:        {Agent},
+		Calligraphus: {Calligraphus},
+		Copier:       {Copier},
+		Puma:         {Puma},
+		Serving:      {Serving},
+	}
+}
+
+// adminPorts: a process without the serving module exposes /metrics,
+// /healthz and /readyz here unless admin_listen says otherwise.
+var adminPorts = map[string]string{
+	Agent:        "127.0.0.1:8461",
+	Calligraphus: "127.0.0.1:8462",
+	Copier:       "127.0.0.1:8463",
+	Puma:         "127.0.0.1:8464",
+}
+
+// modules maps each module to the function that builds it (binding its
+// listeners, opening the backends it needs) and registers what to run.
+func (p *Process) modules() map[string]func() error {
+	return map[string]func() error{
+		Calligraphus: p.initCalligraphus,
+		Agent:        p.initAgent,
+		Puma:         p.initPuma,
+		Copier:       p.initCopier,
+		Serving:      p.initServing,
+	}
+}
+
+// Options are what the command line adds to the configuration.
+type Options struct {
+	Version string
+	Log     *slog.Logger
+	// AdminListen overrides the admin address ("" keeps the target's
+	// default, "off" disables it).
+	AdminListen string
+}
+
+// Process is one running Freeway process.
+type Process struct {
+	cfg     Config
+	target  string
+	opts    Options
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	coords  *backends.Coords
+	fs      dfs.FS
+	st      store.Store
+	co      coord.Coord
+	apps    []*apps.App
+	runners []runner
+	closers []func() error
+	admin   net.Listener
+
+	// Components, when the target has them.
+	Agent        *scribe.Agent
+	Calligraphus *calligraphus.Calligraphus
+	Puma         *puma.Puma
+	Copier       *copier.Copier
+	Serving      *serving.Server
+}
+
+type runner struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// New builds the process for target from cfg (validated and resolved),
+// opening backends and binding every listener; Run runs it. On error,
+// everything opened so far is closed.
+func New(cfg Config, target string, opts Options) (*Process, error) {
+	mods, ok := Targets()[target]
+	if !ok {
+		names := make([]string, 0)
+		for t := range Targets() {
+			names = append(names, t)
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("unknown target %q (want one of %s)", target, strings.Join(names, ", "))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log)}
+	compiled, err := cfg.CompiledApps()
+	if err != nil {
+		return nil, err
+	}
+	p.apps = compiled
+	table := p.modules()
+	for _, name := range mods {
+		if err := table[name](); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+	}
+	if err := p.initAdmin(mods); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Process) has(module string) bool {
+	for _, m := range Targets()[p.target] {
+		if m == module {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Process) dfs() (dfs.FS, error) {
+	if p.fs == nil {
+		fs, err := backends.OpenDFS(p.cfg.DFS)
+		if err != nil {
+			return nil, err
+		}
+		p.fs = fs
+		p.closers = append(p.closers, fs.Close)
+	}
+	return p.fs, nil
+}
+
+func (p *Process) store() (store.Store, error) {
+	if p.st == nil {
+		st, err := backends.OpenStore(p.cfg.Store)
+		if err != nil {
+			return nil, err
+		}
+		p.st = st
+		p.closers = append(p.closers, st.Close)
+	}
+	return p.st, nil
+}
+
+func (p *Process) coord() (coord.Coord, error) {
+	if p.co == nil {
+		co, err := p.coords.Open(p.cfg.Coord)
+		if err != nil {
+			return nil, err
+		}
+		p.co = co
+		p.closers = append(p.closers, co.Close)
+	}
+	return p.co, nil
+}
+
+func (p *Process) initCalligraphus() error {
+	fs, err := p.dfs()
+	if err != nil {
+		return err
+	}
+	co, err := p.coord()
+	if err != nil {
+		return err
+	}
+	routes, err := p.cfg.Routes()
+	if err != nil {
+		return err
+	}
+	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{
+		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, routes),
+		Log: p.log, Metrics: p.reg, Version: p.opts.Version,
+	})
+	if err != nil {
+		return err
+	}
+	p.Calligraphus = c
+	p.runners = append(p.runners, runner{Calligraphus, c.Run})
+	return nil
+}
+
+func (p *Process) initAgent() error {
+	cfg := p.cfg.Agent
+	// In one process, the agent ships to this process's writer, wherever
+	// it listens, unless told otherwise.
+	if p.Calligraphus != nil && sameStrings(cfg.Upstream, scribe.DefaultConfig().Upstream) {
+		cfg.Upstream = []string{p.Calligraphus.Addr()}
+	}
+	a, err := scribe.New(cfg, p.log, p.reg)
+	if err != nil {
+		return err
+	}
+	p.Agent = a
+	p.runners = append(p.runners, runner{Agent, a.Run})
+	return nil
+}
+
+func (p *Process) initPuma() error {
+	fs, err := p.dfs()
+	if err != nil {
+		return err
+	}
+	st, err := p.store()
+	if err != nil {
+		return err
+	}
+	co, err := p.coord()
+	if err != nil {
+		return err
+	}
+	pm, err := puma.New(p.cfg.Puma, puma.Deps{
+		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.cfg.BucketsOf,
+		Log: p.log, Metrics: p.reg,
+	})
+	if err != nil {
+		return err
+	}
+	p.Puma = pm
+	p.runners = append(p.runners, runner{Puma, pm.Run})
+	return nil
+}
+
+func (p *Process) initCopier() error {
+	if p.cfg.Copier.Destination == "" {
+		if p.target == Copier {
+			return errors.New("copier.destination is not set: nothing to copy to")
+		}
+		return nil // optional in `all`
+	}
+	fs, err := p.dfs()
+	if err != nil {
+		return err
+	}
+	dest, err := backends.OpenDFS(p.cfg.Copier.Destination)
+	if err != nil {
+		return err
+	}
+	p.closers = append(p.closers, dest.Close)
+	st, err := p.store()
+	if err != nil {
+		return err
+	}
+	co, err := p.coord()
+	if err != nil {
+		return err
+	}
+	c, err := copier.New(p.cfg.Copier, copier.Deps{Source: fs, Dest: dest, Store: st, Coord: co, Log: p.log, Metrics: p.reg})
+	if err != nil {
+		return err
+	}
+	p.Copier = c
+	p.runners = append(p.runners, runner{Copier, c.Run})
+	return nil
+}
+
+func (p *Process) initServing() error {
+	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log}
+	if p.Puma != nil {
+		deps.Source = p.Puma
+		deps.Ready = p.Puma.Ready
+	} else {
+		st, err := p.store()
+		if err != nil {
+			return err
+		}
+		deps.Source = puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.cfg.BucketsOf)
+	}
+	s, err := serving.New(p.cfg.Serving, deps)
+	if err != nil {
+		return err
+	}
+	p.Serving = s
+	p.runners = append(p.runners, runner{Serving, s.Run})
+	return nil
+}
+
+// initAdmin binds /metrics, /healthz and /readyz for processes without
+// the serving module, which has them already.
+func (p *Process) initAdmin(mods []string) error {
+	if p.Serving != nil || p.opts.AdminListen == "off" {
+		return nil
+	}
+	addr := p.opts.AdminListen
+	if addr == "" {
+		addr = adminPorts[mods[0]]
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
+	}
+	p.admin = ln
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if p.Puma != nil && !p.Puma.Ready() {
+			http.Error(w, "not ready: shards are still recovering or held elsewhere", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	p.runners = append(p.runners, runner{"admin", func(ctx context.Context) error {
+		go func() {
+			<-ctx.Done()
+			srv.Close()
+		}()
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}})
+	return nil
+}
+
+// AdminAddr is the bound admin address, or "".
+func (p *Process) AdminAddr() string {
+	if p.admin == nil {
+		return ""
+	}
+	return p.admin.Addr().String()
+}
+
+// Registry is the process's metrics registry.
+func (p *Process) Registry() *prometheus.Registry { return p.reg }
+
+// Run runs every component until ctx ends or one of them fails, then
+// stops them all (in reverse start order, so that the agent drains into
+// the writer before the writer stops) and closes the backends.
+func (p *Process) Run(ctx context.Context) error {
+	defer p.Close()
+	n := len(p.runners)
+	ctxs := make([]context.Context, n)
+	cancels := make([]context.CancelFunc, n)
+	for i := range p.runners {
+		ctxs[i], cancels[i] = context.WithCancel(context.Background())
+	}
+	errs := make([]error, n)
+	done := make([]chan struct{}, n)
+	failed := make(chan int, n)
+	var wg sync.WaitGroup
+	for i, r := range p.runners {
+		done[i] = make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[i])
+			errs[i] = r.run(ctxs[i])
+			if errs[i] != nil {
+				failed <- i
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+	case i := <-failed:
+		p.log.Error("component failed; stopping the process", "component", p.runners[i].name, "err", errs[i])
+	}
+	for i := n - 1; i >= 0; i-- {
+		cancels[i]()
+		<-done[i]
+	}
+	wg.Wait()
+	var all []error
+	for i, err := range errs {
+		if err != nil {
+			all = append(all, fmt.Errorf("%s: %w", p.runners[i].name, err))
+		}
+	}
+	return errors.Join(all...)
+}
+
+// Close releases the backends; Run calls it.
+func (p *Process) Close() error {
+	var errs []error
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		if err := p.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.closers = nil
+	if p.admin != nil {
+		p.admin.Close()
+	}
+	return errors.Join(errs...)
+}
+
+func sameStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
