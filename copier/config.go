@@ -1,0 +1,98 @@
+package copier
+
+import (
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+// Verification modes.
+const (
+	// VerifySize compares sizes: the copy's with the source's, and an
+	// existing destination file's with the source's.
+	VerifySize = "size"
+	// VerifyChecksum also reads the copy back and compares its CRC-32C
+	// with the source's, and compares an existing destination file's
+	// contents with the source's before skipping it.
+	VerifyChecksum = "checksum"
+)
+
+// Config configures a copier.
+type Config struct {
+	// Destination is the dfs URL of the second root (file:///...,
+	// hdfs://...). Empty disables the copier: the wiring does not start it.
+	Destination string `yaml:"destination"`
+	// Interval is how long the copier waits after a pass before looking
+	// for new segments again, and how often a standby retries the lease.
+	Interval config.Duration `yaml:"interval"`
+	// Categories to copy; empty means every category found in the source.
+	Categories []string `yaml:"categories"`
+	// ID names this copier in its lease and in the progress rows; default
+	// host-pid.
+	ID string `yaml:"id"`
+	// Concurrency is how many buckets are copied at once. Within a bucket
+	// segments are copied one at a time, in order.
+	Concurrency int `yaml:"concurrency"`
+	// Verify is "checksum" (default) or "size"; see VerifyChecksum.
+	Verify string `yaml:"verify"`
+	// Table is the store table holding progress. The lease that makes one
+	// copier active at a time guards that table, so it is named after it.
+	Table string `yaml:"table"`
+	// ProgressInterval: a long pass (a backfill) logs its progress this
+	// often.
+	ProgressInterval config.Duration `yaml:"progress_interval"`
+}
+
+// DefaultConfig returns the defaults; Destination is empty (disabled).
+func DefaultConfig() Config {
+	return Config{
+		Interval:         config.Duration(2 * time.Second),
+		Concurrency:      4,
+		Verify:           VerifyChecksum,
+		Table:            "copier",
+		ProgressInterval: config.Duration(10 * time.Second),
+	}
+}
+
+// Enabled reports whether a destination is set.
+func (c *Config) Enabled() bool { return c.Destination != "" }
+
+// Validate checks the configuration; paths are relative to the "copier"
+// key.
+func (c *Config) Validate() error {
+	if c.Destination != "" {
+		u, err := url.Parse(c.Destination)
+		if err != nil {
+			return config.Errorf("$.copier.destination", "not a URL: %v", err)
+		}
+		if u.Scheme != "file" && u.Scheme != "hdfs" {
+			return config.Errorf("$.copier.destination", "want a file:// or hdfs:// URL, not %q", c.Destination)
+		}
+	}
+	for i, cat := range c.Categories {
+		if !apps.ValidCategory(cat) {
+			return config.Errorf(fmt.Sprintf("$.copier.categories[%d]", i), "%q is not a valid category name", cat)
+		}
+		for _, prev := range c.Categories[:i] {
+			if prev == cat {
+				return config.Errorf(fmt.Sprintf("$.copier.categories[%d]", i), "category %q listed twice", cat)
+			}
+		}
+	}
+	switch {
+	case c.Interval.D() < 10*time.Millisecond:
+		return config.Errorf("$.copier.interval", "must be at least 10ms")
+	case c.Concurrency < 1 || c.Concurrency > 256:
+		return config.Errorf("$.copier.concurrency", "must be between 1 and 256")
+	case c.Verify != VerifySize && c.Verify != VerifyChecksum:
+		return config.Errorf("$.copier.verify", "must be %q or %q, not %q", VerifyChecksum, VerifySize, c.Verify)
+	case c.Table == "" || !apps.ValidCategory(c.Table):
+		return config.Errorf("$.copier.table", "%q is not a valid table name", c.Table)
+	case c.ProgressInterval.D() < 100*time.Millisecond:
+		return config.Errorf("$.copier.progress_interval", "must be at least 100ms")
+	}
+	return nil
+}

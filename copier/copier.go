@@ -1,0 +1,228 @@
+package copier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/store"
+)
+
+// Deps are what a copier needs from the wiring.
+type Deps struct {
+	// Source is the pipeline's dfs, Dest the second root
+	// (Config.Destination opened by the wiring).
+	Source, Dest dfs.FS
+	// Store keeps progress, in table Config.Table.
+	Store store.Store
+	// Coord holds the lease that makes one copier active at a time.
+	Coord   coord.Coord
+	Log     *slog.Logger
+	Metrics prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Stats describes one copy pass.
+type Stats struct {
+	Buckets  int   // bucket directories listed in the source
+	Seen     int   // published segments found after the buckets' progress marks
+	Copied   int   // segments written to the destination (Replaced included)
+	Bytes    int64 // bytes written to the destination
+	Replaced int   // segments found at the destination with other contents, copied over
+	Skipped  int   // segments found at the destination already, identical
+	Vanished int   // segments gone from the source before they could be copied
+	Errors   int   // failures (each stops its bucket until the next pass)
+	Lag      int   // segments seen and not done at the end: errors, cancellation
+	Duration time.Duration
+}
+
+// Copier copies published segments from Source to Dest.
+type Copier struct {
+	cfg       Config
+	deps      Deps
+	log       *slog.Logger
+	now       func() time.Time
+	m         *metrics
+	leaseName string
+
+	mu   sync.Mutex
+	held coord.Lease // the lease Run holds while active, nil otherwise
+
+	// passMu serializes passes and guards what passes keep between them.
+	passMu     sync.Mutex
+	marks      map[string]mark // bucket dir → progress; loaded once per lease grant
+	marksEpoch int64           // the grant marks was loaded under
+	swept      map[string]bool // destination bucket dirs cleared of stale temporary files
+}
+
+// New validates cfg and returns a copier; Run or CopyOnce copies.
+func New(cfg Config, deps Deps) (*Copier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	switch {
+	case deps.Source == nil || deps.Dest == nil:
+		return nil, errors.New("copier needs a source and a destination dfs")
+	case deps.Store == nil:
+		return nil, errors.New("copier needs a store for its progress")
+	case deps.Coord == nil:
+		return nil, errors.New("copier needs a coordinator for its lease")
+	case deps.Source.String() == deps.Dest.String():
+		return nil, fmt.Errorf("copier destination %s is its source", deps.Dest)
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Copier{
+		cfg:       cfg,
+		deps:      deps,
+		log:       deps.Log.With("component", "copier"),
+		now:       deps.Now,
+		m:         newMetrics(deps.Metrics),
+		leaseName: cfg.Table,
+	}, nil
+}
+
+// Run copies until ctx ends. It waits for the copier lease, then makes a
+// pass every Interval for as long as it holds it; a copier that loses the
+// lease stops copying and waits for it again. It returns nil when ctx
+// ends, an error only if the coordinator is closed under it.
+func (c *Copier) Run(ctx context.Context) error {
+	c.log.Info("copier running", "source", c.deps.Source.String(), "destination", c.deps.Dest.String(),
+		"store", c.deps.Store.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID)
+	defer c.log.Info("copier stopped")
+	standby := false
+	for {
+		lease, err := c.deps.Coord.Acquire(ctx, c.leaseName, c.cfg.ID)
+		switch {
+		case err == nil:
+			standby = false
+			c.lead(ctx, lease)
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if err := lease.Release(rctx); err != nil {
+				c.log.Warn("cannot release copier lease", "err", err)
+			}
+			cancel()
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, coord.ErrClosed):
+			return fmt.Errorf("acquire copier lease: %w", err)
+		case errors.Is(err, coord.ErrHeld):
+			if !standby {
+				holder, _, _ := c.deps.Coord.Holder(ctx, c.leaseName)
+				c.log.Info("copier lease held by another copier; standing by", "holder", holder)
+				standby = true
+			}
+		default:
+			c.m.errors.WithLabelValues("lease").Inc()
+			c.log.Warn("cannot acquire copier lease", "err", err)
+		}
+		if !sleep(ctx, c.cfg.Interval.D()) {
+			return nil
+		}
+	}
+}
+
+// lead makes passes while lease is held and ctx lasts.
+func (c *Copier) lead(ctx context.Context, lease coord.Lease) {
+	c.mu.Lock()
+	c.held = lease
+	c.mu.Unlock()
+	c.m.active.Set(1)
+	c.log.Info("copier lease acquired; copying", "epoch", lease.Epoch())
+	defer func() {
+		c.mu.Lock()
+		c.held = nil
+		c.mu.Unlock()
+		c.m.active.Set(0)
+		c.m.lag.Reset() // a standby does not know the lag
+	}()
+	for {
+		st, err := c.pass(ctx, lease)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case isLost(lease) || errors.Is(err, errFenced):
+			c.log.Warn("copier lease lost; standing by", "epoch", lease.Epoch(), "err", err)
+			return
+		case err != nil:
+			c.log.Warn("copy pass incomplete; retrying next pass", "err", err, "copied", st.Copied, "errors", st.Errors, "lag", st.Lag)
+		}
+		t := time.NewTimer(c.cfg.Interval.D())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-lease.Lost():
+			t.Stop()
+			c.log.Warn("copier lease lost; standing by", "epoch", lease.Epoch())
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// CopyOnce makes one full pass: every published segment not yet copied
+// is copied, or found already there, or found gone. It holds the copier
+// lease for the pass (the one Run holds, if Run is active in this copier)
+// and fails with an error wrapping coord.ErrHeld if another copier holds
+// it. The error reports the first failure of the pass, if any; failed
+// buckets are retried from where they stopped by the next pass.
+func (c *Copier) CopyOnce(ctx context.Context) (Stats, error) {
+	c.mu.Lock()
+	lease := c.held
+	c.mu.Unlock()
+	if lease == nil {
+		l, err := c.deps.Coord.Acquire(ctx, c.leaseName, c.cfg.ID)
+		if err != nil {
+			return Stats{}, fmt.Errorf("acquire copier lease: %w", err)
+		}
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if err := l.Release(rctx); err != nil {
+				c.log.Warn("cannot release copier lease", "err", err)
+			}
+		}()
+		lease = l
+	}
+	return c.pass(ctx, lease)
+}
+
+func isLost(l coord.Lease) bool {
+	select {
+	case <-l.Lost():
+		return true
+	default:
+		return false
+	}
+}
+
+// sleep waits d or until ctx ends; false if ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,866 @@
+package copier
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/coord/inproc"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/store/boltstore"
+)
+
+// env is a source and a destination root, a store and a coordination hub,
+// which several copiers (the "processes" of a test) share.
+type env struct {
+	src, dst dfs.FS
+	st       store.Store
+	hub      *inproc.Hub
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	src, err := localfs.New(filepath.Join(t.TempDir(), "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := localfs.New(filepath.Join(t.TempDir(), "dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{src: src, dst: dst, st: openStore(t, filepath.Join(t.TempDir(), "store.db")), hub: inproc.NewHub()}
+}
+
+func openStore(t *testing.T, file string) store.Store {
+	t.Helper()
+	s, err := boltstore.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// node is one copier with its own coord session, registry and log.
+type node struct {
+	*Copier
+	reg     *prometheus.Registry
+	session *inproc.Session
+	logs    *syncBuffer
+}
+
+type option func(*Config, *Deps)
+
+func withDest(d dfs.FS) option   { return func(_ *Config, deps *Deps) { deps.Dest = d } }
+func withSource(s dfs.FS) option { return func(_ *Config, deps *Deps) { deps.Source = s } }
+func withStore(s store.Store) option {
+	return func(_ *Config, deps *Deps) { deps.Store = s }
+}
+func withConfig(f func(*Config)) option { return func(c *Config, _ *Deps) { f(c) } }
+
+func (e *env) copier(t *testing.T, id string, opts ...option) *node {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Destination = "file:///unused"
+	cfg.ID = id
+	cfg.Interval = config.Duration(10 * time.Millisecond)
+	reg := prometheus.NewRegistry()
+	session := e.hub.Session()
+	t.Cleanup(func() { session.Close() })
+	logs := &syncBuffer{}
+	deps := Deps{
+		Source:  e.src,
+		Dest:    e.dst,
+		Store:   e.st,
+		Coord:   session,
+		Log:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics: reg,
+	}
+	for _, o := range opts {
+		o(&cfg, &deps)
+	}
+	c, err := New(cfg, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &node{Copier: c, reg: reg, session: session, logs: logs}
+}
+
+// metric sums the samples of a metric family, whatever their labels.
+func (n *node) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := n.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			total += value(m)
+		}
+	}
+	return total
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// segmentBytes is a segment of n blocks, each of a few messages.
+func segmentBytes(tag string, blocks int) []byte {
+	data := []byte(segment.Magic)
+	for i := range blocks {
+		b := &segment.Block{Agent: "agent", ArrivalMs: 1_700_000_000_000, Seqs: []uint64{uint64(3*i + 1), uint64(3*i + 2), uint64(3*i + 3)}}
+		for k := range 3 {
+			b.Messages = append(b.Messages, fmt.Appendf(nil, "%s block %d message %d", tag, i, k))
+		}
+		data = segment.AppendBlock(data, b)
+	}
+	return data
+}
+
+// publish writes segment seq of epoch in bucket cat/b of fsys the way a
+// writer does: under its temporary name, closed, then renamed.
+func publish(t *testing.T, fsys dfs.FS, cat string, b int, epoch int64, seq uint64, blocks int) string {
+	t.Helper()
+	name := path.Join(segment.Dir(cat, b), segment.Name(epoch, seq))
+	if err := dfs.WriteFile(fsys, name, segmentBytes(name, blocks)); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func readFile(t *testing.T, fsys dfs.FS, name string) []byte {
+	t.Helper()
+	data, err := dfs.ReadFile(fsys, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// files lists every file under dir of fsys, hidden ones included.
+func files(t *testing.T, fsys dfs.FS, dir string) []string {
+	t.Helper()
+	var out []string
+	infos, err := fsys.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fi := range infos {
+		name := path.Join(dir, fi.Name())
+		if dir == "" {
+			name = fi.Name()
+		}
+		if fi.IsDir() {
+			out = append(out, files(t, fsys, name)...)
+		} else {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// sameTree fails unless every name is in both roots with equal contents.
+func sameTree(t *testing.T, e *env, names []string) {
+	t.Helper()
+	for _, n := range names {
+		if !bytes.Equal(readFile(t, e.src, n), readFile(t, e.dst, n)) {
+			t.Errorf("%s differs between source and destination", n)
+		}
+	}
+	got := files(t, e.dst, "")
+	want := slices.Clone(names)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("destination holds %q, want %q", got, want)
+	}
+}
+
+func copyOnce(t *testing.T, n *node) Stats {
+	t.Helper()
+	st, err := n.CopyOnce(context.Background())
+	if err != nil {
+		t.Fatalf("CopyOnce: %v (stats %+v)", err, st)
+	}
+	return st
+}
+
+// recorder is a dfs.FS that records the calls that change it, and can be
+// told to fail or to tamper.
+type recorder struct {
+	dfs.FS
+	mu      sync.Mutex
+	creates []string
+	renames []string
+	onOpen  func(name string)
+	corrupt atomic.Bool // flip a byte of what is written
+}
+
+func (r *recorder) Create(name string) (dfs.File, error) {
+	r.mu.Lock()
+	r.creates = append(r.creates, name)
+	r.mu.Unlock()
+	f, err := r.FS.Create(name)
+	if err != nil || !r.corrupt.Load() {
+		return f, err
+	}
+	return &corruptingFile{File: f}, nil
+}
+
+func (r *recorder) Rename(oldname, newname string) error {
+	r.mu.Lock()
+	r.renames = append(r.renames, newname)
+	r.mu.Unlock()
+	return r.FS.Rename(oldname, newname)
+}
+
+func (r *recorder) Open(name string) (dfs.Reader, error) {
+	if r.onOpen != nil {
+		r.onOpen(name)
+	}
+	return r.FS.Open(name)
+}
+
+func (r *recorder) String() string { return r.FS.String() + "#recorded" }
+
+func (r *recorder) calls() (creates, renames []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.creates), slices.Clone(r.renames)
+}
+
+type corruptingFile struct {
+	dfs.File
+	done bool
+}
+
+func (f *corruptingFile) Write(p []byte) (int, error) {
+	if !f.done && len(p) > 20 {
+		q := slices.Clone(p)
+		q[20] ^= 0xff
+		f.done = true
+		return f.File.Write(q)
+	}
+	return f.File.Write(p)
+}
+
+// layout publishes a few buckets of two categories and returns the
+// segment names in the order a writer published them.
+func layout(t *testing.T, fsys dfs.FS) []string {
+	t.Helper()
+	var names []string
+	for _, cat := range []string{"access", "errors"} {
+		for b := range 3 {
+			for seq := range uint64(4) {
+				names = append(names, publish(t, fsys, cat, b, 7, seq, 3))
+			}
+			// A newer writer's segments sort after the older one's.
+			names = append(names, publish(t, fsys, cat, b, 9, 0, 2))
+		}
+	}
+	return names
+}
+
+func TestCopiesEverySegmentInOrder(t *testing.T) {
+	e := newEnv(t)
+	names := layout(t, e.src)
+	rec := &recorder{FS: e.dst}
+	n := e.copier(t, "a", withDest(rec), withConfig(func(c *Config) { c.Concurrency = 3 }))
+
+	st := copyOnce(t, n)
+	if st.Copied != len(names) || st.Seen != len(names) || st.Buckets != 6 || st.Lag != 0 || st.Errors != 0 {
+		t.Fatalf("stats %+v, want %d copied of 6 buckets", st, len(names))
+	}
+	sameTree(t, e, names)
+
+	// Within each bucket, segments were published in name order.
+	_, renames := rec.calls()
+	byBucket := map[string][]string{}
+	for _, r := range renames {
+		byBucket[path.Dir(r)] = append(byBucket[path.Dir(r)], r)
+	}
+	for dir, got := range byBucket {
+		if !slices.IsSorted(got) || len(got) != 5 {
+			t.Errorf("bucket %s published %q, want 5 in name order", dir, got)
+		}
+	}
+	var size int64
+	for _, name := range names {
+		size += int64(len(readFile(t, e.src, name)))
+	}
+	if st.Bytes != size {
+		t.Errorf("stats say %d bytes, the segments hold %d", st.Bytes, size)
+	}
+	if got := n.metric(t, "freeway_copier_segments_copied_total"); got != float64(len(names)) {
+		t.Errorf("segments copied metric %v, want %d", got, len(names))
+	}
+	if got := n.metric(t, "freeway_copier_bytes_copied_total"); got != float64(size) {
+		t.Errorf("bytes copied metric %v, want %d", got, size)
+	}
+	if got := n.metric(t, "freeway_copier_lag_segments"); got != 0 {
+		t.Errorf("lag %v after a full pass", got)
+	}
+
+	// Progress: each bucket's mark is its last segment.
+	for _, cat := range []string{"access", "errors"} {
+		for b := range 3 {
+			last, err := LastCopied(context.Background(), e.st, "copier", cat, b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := segment.Name(9, 0); last != want {
+				t.Errorf("progress of %s/%d is %q, want %q", cat, b, last, want)
+			}
+		}
+	}
+
+	// A second pass finds nothing to do and touches nothing.
+	creates, _ := rec.calls()
+	st = copyOnce(t, n)
+	if st != (Stats{Buckets: 6, Duration: st.Duration}) {
+		t.Errorf("second pass %+v, want nothing done", st)
+	}
+	if again, _ := rec.calls(); len(again) != len(creates) {
+		t.Errorf("second pass created %q", again[len(creates):])
+	}
+}
+
+func TestCategoriesFilter(t *testing.T) {
+	e := newEnv(t)
+	layout(t, e.src)
+	n := e.copier(t, "a", withConfig(func(c *Config) { c.Categories = []string{"errors", "missing"} }))
+	st := copyOnce(t, n)
+	if st.Copied != 15 || st.Buckets != 3 {
+		t.Fatalf("stats %+v, want the 15 segments of errors only", st)
+	}
+	for _, f := range files(t, e.dst, "") {
+		if !strings.HasPrefix(f, "errors/") {
+			t.Errorf("copied %s, which is not in category errors", f)
+		}
+	}
+}
+
+func TestRestartResumesFromStoredProgress(t *testing.T) {
+	e := newEnv(t)
+	names := layout(t, e.src)
+	dbFile := filepath.Join(t.TempDir(), "progress.db")
+	first, err := boltstore.Open(dbFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := copyOnce(t, e.copier(t, "a", withStore(first))); st.Copied != len(names) {
+		t.Fatalf("first run %+v", st)
+	}
+	first.Close()
+
+	// A new process: new store handle on the same file, new coordinator.
+	more := publish(t, e.src, "access", 1, 9, 1, 2)
+	e.hub = inproc.NewHub()
+	rec := &recorder{FS: e.dst}
+	var srcOpens atomic.Int64
+	src := &recorder{FS: e.src, onOpen: func(string) { srcOpens.Add(1) }}
+	n := e.copier(t, "b", withStore(openStore(t, dbFile)), withDest(rec), withSource(src))
+	st := copyOnce(t, n)
+	if st.Seen != 1 || st.Copied != 1 || st.Skipped != 0 {
+		t.Fatalf("after restart %+v, want only the new segment copied", st)
+	}
+	if creates, _ := rec.calls(); !slices.Equal(creates, []string{dfs.TempName(more)}) {
+		t.Errorf("after restart created %q", creates)
+	}
+	if got := srcOpens.Load(); got != 1 {
+		t.Errorf("after restart opened %d source files, want 1", got)
+	}
+	sameTree(t, e, append(names, more))
+}
+
+func TestEmptyStoreCopiesNothingTwice(t *testing.T) {
+	for _, verify := range []string{VerifyChecksum, VerifySize} {
+		t.Run(verify, func(t *testing.T) {
+			e := newEnv(t)
+			names := layout(t, e.src)
+			if st := copyOnce(t, e.copier(t, "a")); st.Copied != len(names) {
+				t.Fatalf("first run %+v", st)
+			}
+
+			// Progress lost (a new store), destination kept.
+			rec := &recorder{FS: e.dst}
+			n := e.copier(t, "b", withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "empty.db"))),
+				withConfig(func(c *Config) { c.Verify = verify }))
+			st := copyOnce(t, n)
+			if st.Copied != 0 || st.Skipped != len(names) || st.Errors != 0 {
+				t.Fatalf("re-run from scratch %+v, want every segment skipped", st)
+			}
+			if creates, renames := rec.calls(); len(creates)+len(renames) != 0 {
+				t.Errorf("re-run wrote: created %q, renamed to %q", creates, renames)
+			}
+			if got := n.metric(t, "freeway_copier_segments_skipped_total"); got != float64(len(names)) {
+				t.Errorf("skipped metric %v, want %d", got, len(names))
+			}
+			// And the progress it recorded makes the next pass a no-op.
+			if st := copyOnce(t, n); st.Seen != 0 {
+				t.Errorf("pass after re-run %+v", st)
+			}
+			sameTree(t, e, names)
+		})
+	}
+}
+
+func TestDifferentDestinationFileIsReplaced(t *testing.T) {
+	e := newEnv(t)
+	name := publish(t, e.src, "access", 0, 1, 0, 4)
+	// Same size, other contents: caught by the checksum only.
+	bad := bytes.ToUpper(readFile(t, e.src, name))
+	if err := dfs.WriteFile(e.dst, name, bad); err != nil {
+		t.Fatal(err)
+	}
+	n := e.copier(t, "a")
+	st := copyOnce(t, n)
+	if st.Copied != 1 || st.Replaced != 1 {
+		t.Fatalf("stats %+v, want the differing file copied over", st)
+	}
+	sameTree(t, e, []string{name})
+	if !strings.Contains(n.logs.String(), "destination segment differs from the source") {
+		t.Error("replacing a differing destination file was not logged")
+	}
+}
+
+func TestCrashLeftoversAreRedone(t *testing.T) {
+	e := newEnv(t)
+	names := layout(t, e.src)
+	// A crashed copier left: a partial copy of the first segment of a
+	// bucket under its temporary name, and the temporary file of a segment
+	// that retention has since removed from the source.
+	partial := readFile(t, e.src, names[0])[:30]
+	if err := dfs.WriteFile(e.dst, dfs.TempName(names[0]), partial); err != nil {
+		t.Fatal(err)
+	}
+	gone := path.Join(segment.Dir("errors", 2), segment.Name(1, 0))
+	if err := dfs.WriteFile(e.dst, dfs.TempName(gone), []byte("half a segm")); err != nil {
+		t.Fatal(err)
+	}
+	// Someone else's hidden file, not a temporary copy of a segment, stays.
+	if err := dfs.WriteFile(e.dst, "errors/2/_SUCCESS", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := dfs.WriteFile(e.src, "errors/2/_SUCCESS", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	n := e.copier(t, "a")
+	st := copyOnce(t, n)
+	if st.Copied != len(names) || st.Errors != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	sameTree(t, e, append(slices.Clone(names), "errors/2/_SUCCESS"))
+	if got := n.metric(t, "freeway_copier_temp_files_removed_total"); got != 2 {
+		t.Errorf("temp files removed metric %v, want 2", got)
+	}
+}
+
+func TestCrashedCopyTempIsRemovedWhenCopiedAgain(t *testing.T) {
+	e := newEnv(t)
+	first := publish(t, e.src, "access", 0, 1, 0, 2)
+	n := e.copier(t, "a")
+	stop := run(t, n)
+	waitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
+	// Under the same lease (no sweep of the bucket again), a temporary file
+	// of the next segment is in the way of its copy.
+	next := path.Join(segment.Dir("access", 0), segment.Name(1, 1))
+	if err := dfs.WriteFile(e.dst, dfs.TempName(next), []byte("torn")); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, e.src, "access", 0, 1, 1, 2)
+	waitFor(t, "the next segment at the destination", func() bool { return exists(e.dst, next) })
+	stop()
+	sameTree(t, e, []string{first, next})
+	if got := n.metric(t, "freeway_copier_temp_files_removed_total"); got != 1 {
+		t.Errorf("temp files removed metric %v, want 1", got)
+	}
+}
+
+func TestHiddenAndForeignFilesAreIgnored(t *testing.T) {
+	e := newEnv(t)
+	real := publish(t, e.src, "access", 0, 1, 0, 2)
+	for _, name := range []string{
+		dfs.TempName(path.Join("access/0", segment.Name(1, 1))), // being written
+		"access/0/_" + segment.Name(1, 2),
+		"access/0/notes.txt",
+		"access/0/" + segment.Name(1, 3) + ".bak",
+		"access/1x/" + segment.Name(1, 0), // not a bucket directory
+		"access/01/" + segment.Name(1, 0), // not as segment.Dir names it
+		".trash/0/" + segment.Name(1, 0),  // not a category
+		"README",
+	} {
+		if err := dfs.WriteFile(e.src, name, segmentBytes(name, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.src.MkdirAll("access/0/" + segment.Name(1, 4)); err != nil { // a directory, not a segment
+		t.Fatal(err)
+	}
+	n := e.copier(t, "a")
+	st := copyOnce(t, n)
+	if st.Copied != 1 || st.Seen != 1 {
+		t.Fatalf("stats %+v, want the one published segment copied", st)
+	}
+	sameTree(t, e, []string{real})
+}
+
+func TestVanishedSegmentIsCountedAndPassedOver(t *testing.T) {
+	e := newEnv(t)
+	var names []string
+	for seq := range uint64(3) {
+		names = append(names, publish(t, e.src, "access", 0, 1, seq, 2))
+	}
+	// Retention removes the middle segment after the copier listed it.
+	src := &recorder{FS: e.src, onOpen: func(name string) {
+		if name == names[1] {
+			e.src.Remove(name)
+		}
+	}}
+	n := e.copier(t, "a", withSource(src))
+	st := copyOnce(t, n)
+	if st.Copied != 2 || st.Vanished != 1 || st.Errors != 0 || st.Lag != 0 {
+		t.Fatalf("stats %+v, want 2 copied and 1 vanished", st)
+	}
+	if got := n.metric(t, "freeway_copier_segments_vanished_total"); got != 1 {
+		t.Errorf("vanished metric %v", got)
+	}
+	if !strings.Contains(n.logs.String(), "level=WARN msg=\"segment removed from the source before it was copied\"") {
+		t.Errorf("vanished segment not logged as a warning:\n%s", n.logs)
+	}
+	sameTree(t, e, []string{names[0], names[2]})
+	if st := copyOnce(t, n); st.Seen != 0 {
+		t.Errorf("next pass %+v, want the vanished segment passed over", st)
+	}
+}
+
+func TestCorruptCopyIsNotPublished(t *testing.T) {
+	e := newEnv(t)
+	names := []string{publish(t, e.src, "access", 0, 1, 0, 3), publish(t, e.src, "access", 0, 1, 1, 3)}
+	rec := &recorder{FS: e.dst}
+	rec.corrupt.Store(true)
+	n := e.copier(t, "a", withDest(rec))
+	st, err := n.CopyOnce(context.Background())
+	if err == nil || st.Errors != 1 || st.Copied != 0 || st.Lag != 2 {
+		t.Fatalf("corrupted copy: stats %+v, err %v; want one error and nothing copied", st, err)
+	}
+	if !strings.Contains(err.Error(), "CRC-32C") {
+		t.Errorf("error %q does not say the checksum differs", err)
+	}
+	if got := files(t, e.dst, ""); len(got) != 0 {
+		t.Errorf("destination holds %q after a failed copy", got)
+	}
+	if got := n.metric(t, "freeway_copier_errors_total"); got < 1 {
+		t.Errorf("errors metric %v", got)
+	}
+	if got := n.metric(t, "freeway_copier_lag_segments"); got != 2 {
+		t.Errorf("lag metric %v, want 2", got)
+	}
+	// The next pass retries from the failed segment.
+	rec.corrupt.Store(false)
+	if st := copyOnce(t, n); st.Copied != 2 {
+		t.Fatalf("retry %+v", st)
+	}
+	sameTree(t, e, names)
+}
+
+func TestLargeSegmentStreams(t *testing.T) {
+	e := newEnv(t)
+	// About 6 MiB: several copy buffers.
+	name := path.Join("big", "0", segment.Name(1, 0))
+	data := []byte(segment.Magic)
+	msg := bytes.Repeat([]byte("x"), 60<<10)
+	for range 100 {
+		data = segment.AppendBlock(data, &segment.Block{Messages: [][]byte{msg}})
+	}
+	if err := dfs.WriteFile(e.src, name, data); err != nil {
+		t.Fatal(err)
+	}
+	st := copyOnce(t, e.copier(t, "a"))
+	if st.Copied != 1 || st.Bytes != int64(len(data)) {
+		t.Fatalf("stats %+v", st)
+	}
+	sameTree(t, e, []string{name})
+}
+
+func TestProgressIsLogged(t *testing.T) {
+	e := newEnv(t)
+	layout(t, e.src)
+	var ticks atomic.Int64
+	clock := func() time.Time { return time.Unix(1_700_000_000+ticks.Add(1), 0) } // a second per reading
+	n := e.copier(t, "a", func(c *Config, d *Deps) { c.Concurrency = 1; d.Now = clock })
+	copyOnce(t, n)
+	logs := n.logs.String()
+	if got := strings.Count(logs, `msg="copy pass progress"`); got < 5 {
+		t.Errorf("%d progress lines, want one per second of the pass:\n%s", got, logs)
+	}
+	if !strings.Contains(logs, `msg="copy pass done" component=copier copied=30`) || !strings.Contains(logs, "component=copier") {
+		t.Errorf("no summary line with the component:\n%s", logs)
+	}
+}
+
+// waitFor polls cond until it holds; the deadline only bounds a broken
+// test, nothing is asserted about time.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func exists(fsys dfs.FS, name string) bool {
+	_, err := fsys.Stat(name)
+	return err == nil
+}
+
+func run(t *testing.T, n *node) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func TestRunPicksUpNewSegments(t *testing.T) {
+	e := newEnv(t)
+	first := publish(t, e.src, "access", 0, 1, 0, 2)
+	n := e.copier(t, "a")
+	stop := run(t, n)
+	waitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
+
+	var later []string
+	for seq := range uint64(5) {
+		later = append(later, publish(t, e.src, "access", 0, 1, seq+1, 2))
+	}
+	later = append(later, publish(t, e.src, "errors", 3, 1, 0, 2)) // a new category and bucket
+	waitFor(t, "the later segments at the destination", func() bool {
+		for _, name := range later {
+			if !exists(e.dst, name) {
+				return false
+			}
+		}
+		return true
+	})
+	stop()
+	sameTree(t, e, append([]string{first}, later...))
+	if got := n.metric(t, "freeway_copier_active"); got != 0 {
+		t.Errorf("active gauge %v after Run returned", got)
+	}
+	if got := n.metric(t, "freeway_copier_passes_total"); got < 2 {
+		t.Errorf("passes metric %v", got)
+	}
+}
+
+func TestOneCopierHoldsTheLease(t *testing.T) {
+	e := newEnv(t)
+	a := e.copier(t, "a")
+	b := e.copier(t, "b")
+	stopA := run(t, a)
+	waitFor(t, "copier a active", func() bool { return a.metric(t, "freeway_copier_active") == 1 })
+	stopB := run(t, b)
+	defer stopB()
+	waitFor(t, "copier b standing by", func() bool {
+		return strings.Contains(b.logs.String(), "copier lease held by another copier; standing by")
+	})
+
+	var names []string
+	for seq := range uint64(5) {
+		names = append(names, publish(t, e.src, "access", int(seq%2), 1, seq, 2))
+	}
+	waitFor(t, "a's copies", func() bool { return a.metric(t, "freeway_copier_segments_copied_total") == 5 })
+	if got := b.metric(t, "freeway_copier_segments_copied_total") + b.metric(t, "freeway_copier_segments_skipped_total"); got != 0 {
+		t.Errorf("standby copier b did %v segments while a held the lease", got)
+	}
+	if _, err := b.CopyOnce(context.Background()); !errors.Is(err, coord.ErrHeld) {
+		t.Errorf("CopyOnce on the standby: %v, want ErrHeld", err)
+	}
+
+	stopA()
+	more := publish(t, e.src, "access", 0, 2, 0, 2)
+	waitFor(t, "b's copy after a stopped", func() bool { return b.metric(t, "freeway_copier_segments_copied_total") >= 1 })
+	stopB()
+	if got := b.metric(t, "freeway_copier_segments_copied_total") + b.metric(t, "freeway_copier_segments_skipped_total"); got != 1 {
+		t.Errorf("b did %v segments, want only the new one (a's progress is in the store)", got)
+	}
+	sameTree(t, e, append(names, more))
+}
+
+func TestLostLeaseStopsCopier(t *testing.T) {
+	e := newEnv(t)
+	// a retries the lease only long after losing it, so that b takes it.
+	a := e.copier(t, "a", withConfig(func(c *Config) { c.Interval = config.Duration(time.Hour) }))
+	b := e.copier(t, "b")
+	run(t, a)
+	waitFor(t, "copier a active", func() bool { return a.metric(t, "freeway_copier_active") == 1 })
+	run(t, b)
+	a.session.Expire() // a's ZooKeeper session, say, expired
+	waitFor(t, "copier b active", func() bool { return b.metric(t, "freeway_copier_active") == 1 })
+	waitFor(t, "copier a standing by", func() bool { return a.metric(t, "freeway_copier_active") == 0 })
+	name := publish(t, e.src, "access", 0, 1, 0, 2)
+	waitFor(t, "b's copy", func() bool { return exists(e.dst, name) })
+	if got := a.metric(t, "freeway_copier_segments_copied_total"); got != 0 {
+		t.Errorf("copier a copied %v segments after losing its lease", got)
+	}
+	if !strings.Contains(a.logs.String(), "copier lease lost") {
+		t.Errorf("a did not log the loss of its lease:\n%s", a.logs)
+	}
+}
+
+func TestStaleProgressWriteIsFenced(t *testing.T) {
+	e := newEnv(t)
+	publish(t, e.src, "access", 0, 1, 0, 2)
+	a := e.copier(t, "a")
+	lease, err := a.session.Acquire(context.Background(), "copier", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Release(context.Background())
+	if _, err := a.pass(context.Background(), lease); err != nil {
+		t.Fatal(err)
+	}
+	// Another copier (that a has not heard of) records progress of the
+	// bucket; a, still believing it holds the lease, must not overwrite it.
+	if _, err := advance(context.Background(), e.st, "copier", "access/0", a.marks["access/0"], segment.Name(5, 0), "other@1", 0); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, e.src, "access", 0, 1, 1, 2)
+	// a's cached mark is behind the stored one; its write is refused.
+	_, err = a.pass(context.Background(), lease)
+	if !errors.Is(err, errFenced) {
+		t.Fatalf("pass after a foreign progress write: %v, want errFenced", err)
+	}
+	last, err := LastCopied(context.Background(), e.st, "copier", "access", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != segment.Name(5, 0) {
+		t.Errorf("progress is %q, the other copier's %q was overwritten", last, segment.Name(5, 0))
+	}
+}
+
+func TestProgressTimestampsIncrease(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	m, err := advance(ctx, e.st, "copier", "a/0", mark{}, "x", "o", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A host whose clock is behind still writes the newest version.
+	m2, err := advance(ctx, e.st, "copier", "a/0", m, "y", "o", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.ts <= m.ts {
+		t.Errorf("timestamp %d after %d", m2.ts, m.ts)
+	}
+	if last, _ := LastCopied(ctx, e.st, "copier", "a", 0); last != "y" {
+		t.Errorf("progress %q, want y", last)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	def := DefaultConfig()
+	if err := def.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if def.Enabled() {
+		t.Error("the default config enables the copier")
+	}
+	for _, tc := range []struct {
+		path string
+		edit func(*Config)
+	}{
+		{"$.copier.destination", func(c *Config) { c.Destination = "s3://bucket/x" }},
+		{"$.copier.destination", func(c *Config) { c.Destination = "://" }},
+		{"$.copier.interval", func(c *Config) { c.Interval = 0 }},
+		{"$.copier.concurrency", func(c *Config) { c.Concurrency = 0 }},
+		{"$.copier.verify", func(c *Config) { c.Verify = "md5" }},
+		{"$.copier.table", func(c *Config) { c.Table = "" }},
+		{"$.copier.progress_interval", func(c *Config) { c.ProgressInterval = config.Duration(time.Millisecond) }},
+		{"$.copier.categories[1]", func(c *Config) { c.Categories = []string{"ok", "not/ok"} }},
+		{"$.copier.categories[1]", func(c *Config) { c.Categories = []string{"ok", "ok"} }},
+	} {
+		c := DefaultConfig()
+		c.Destination = "hdfs://127.0.0.1:9000/warehouse"
+		tc.edit(&c)
+		var fe *config.FieldError
+		if err := c.Validate(); !errors.As(err, &fe) || fe.Path != tc.path {
+			t.Errorf("%s: Validate() = %v, want an error at that path", tc.path, err)
+		}
+	}
+}
+
+func TestNewRefusesSourceAsDestination(t *testing.T) {
+	e := newEnv(t)
+	cfg := DefaultConfig()
+	if _, err := New(cfg, Deps{Source: e.src, Dest: e.src, Store: e.st, Coord: e.hub.Session()}); err == nil {
+		t.Error("New accepted the source as destination")
+	}
+}
+
+var _ io.Reader = ctxReader{}

@@ -1,0 +1,536 @@
+package copier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/segment"
+)
+
+// copyBufferSize is each worker's copy buffer: large enough that a copy
+// to HDFS writes whole packets, small enough to keep per worker.
+const copyBufferSize = 1 << 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// bucketJob is one bucket's share of a pass.
+type bucketJob struct {
+	category string
+	bucket   int
+	dir      string
+	mark     mark
+	segs     []fs.FileInfo // published segments after mark, in name order
+	sweep    bool          // clear stale temporary files at the destination first
+}
+
+// passState is what the workers of one pass share.
+type passState struct {
+	c      *Copier
+	cancel context.CancelFunc
+	owner  string
+
+	mu       sync.Mutex
+	st       Stats
+	firstErr error
+	lastLog  time.Time
+}
+
+// pass makes one pass under lease.
+func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
+	c.passMu.Lock()
+	defer c.passMu.Unlock()
+	start := c.now()
+
+	ctx, cancel := context.WithCancel(ctx)
+	// A copier that loses its lease stops copying at once: its copies in
+	// flight are abandoned and nothing more is published or recorded.
+	watchDone := make(chan struct{})
+	defer func() { <-watchDone }()
+	defer cancel()
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-lease.Lost():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if isLost(lease) {
+		return Stats{}, fmt.Errorf("copy pass: copier lease %s lost", lease.Name())
+	}
+
+	if c.marks == nil || c.marksEpoch != lease.Epoch() {
+		marks, err := loadMarks(ctx, c.deps.Store, c.cfg.Table)
+		if err != nil {
+			c.m.errors.WithLabelValues("progress").Inc()
+			return Stats{}, err
+		}
+		c.marks, c.marksEpoch = marks, lease.Epoch()
+		// Another copier may have been active since this one last held the
+		// lease: look at every destination bucket afresh.
+		c.swept = map[string]bool{}
+	}
+
+	ps := &passState{c: c, cancel: cancel, owner: ownerTag(c.cfg.ID, lease.Epoch()), lastLog: start}
+	jobs, err := ps.discover(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.m.errors.WithLabelValues("list").Inc()
+		}
+		return ps.st, err
+	}
+	c.m.lag.Reset()
+	for _, j := range jobs {
+		c.m.lag.WithLabelValues(j.category).Add(float64(len(j.segs)))
+	}
+	if ps.st.Seen > 0 {
+		c.log.Info("copy pass started", "segments", ps.st.Seen, "buckets", ps.st.Buckets)
+	}
+	work := make(chan *bucketJob)
+	var wg sync.WaitGroup
+	for range min(c.cfg.Concurrency, max(len(jobs), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, copyBufferSize)
+			for j := range work {
+				ps.copyBucket(ctx, j, buf)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	st := ps.st
+	st.Lag = st.Seen - st.Copied - st.Skipped - st.Vanished
+	st.Duration = c.now().Sub(start)
+	c.m.passSecs.Set(st.Duration.Seconds())
+	if ctx.Err() == nil {
+		c.m.passes.Inc()
+		c.m.passTime.Set(float64(c.now().UnixMilli()) / 1000)
+	}
+	if st.Seen > 0 || st.Errors > 0 {
+		c.log.Info("copy pass done", "copied", st.Copied, "bytes", st.Bytes, "skipped", st.Skipped,
+			"replaced", st.Replaced, "vanished", st.Vanished, "errors", st.Errors, "lag", st.Lag, "duration", st.Duration)
+	}
+	if ps.firstErr != nil {
+		return st, fmt.Errorf("copy pass: %d errors, the first: %w", st.Errors, ps.firstErr)
+	}
+	if err := ctx.Err(); err != nil {
+		return st, fmt.Errorf("copy pass interrupted: %w", err)
+	}
+	return st, nil
+}
+
+// discover lists the source's buckets and, in each, the published
+// segments after its progress mark. A bucket or category that cannot be
+// listed is a failure of the pass that leaves the others to copy.
+func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
+	c := ps.c
+	categories := c.cfg.Categories
+	if len(categories) == 0 {
+		infos, err := c.deps.Source.ReadDir("")
+		if err != nil {
+			return nil, fmt.Errorf("list categories in %s: %w", c.deps.Source, err)
+		}
+		for _, fi := range infos {
+			// A directory named like a category is one; anything else in
+			// the root (hidden "." entries, files) is not ours.
+			if fi.IsDir() && apps.ValidCategory(fi.Name()) {
+				categories = append(categories, fi.Name())
+			}
+		}
+	}
+	listFailed := func(what string, err error) {
+		c.m.errors.WithLabelValues("list").Inc()
+		c.log.Error("cannot list the source; skipping it this pass", "dir", what, "err", err)
+		ps.fail(fmt.Errorf("list %s in %s: %w", what, c.deps.Source, err))
+	}
+	var jobs []*bucketJob
+	for _, cat := range categories {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		infos, err := c.deps.Source.ReadDir(cat)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // a configured category nothing was written to yet
+		}
+		if err != nil {
+			listFailed(cat, err)
+			continue
+		}
+		var buckets []int
+		for _, fi := range infos {
+			if b, ok := bucketNumber(fi); ok {
+				buckets = append(buckets, b)
+			}
+		}
+		sort.Ints(buckets)
+		for _, b := range buckets {
+			dir := segment.Dir(cat, b)
+			segs, err := c.deps.Source.ReadDir(dir)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				listFailed(dir, err)
+				continue
+			}
+			ps.st.Buckets++
+			j := &bucketJob{category: cat, bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir]}
+			for _, fi := range segs {
+				name := fi.Name()
+				// Published segments only: never a hidden file being written.
+				if fi.IsDir() || dfs.Hidden(name) || name <= j.mark.last {
+					continue
+				}
+				if _, _, ok := segment.ParseName(name); ok {
+					j.segs = append(j.segs, fi)
+				}
+			}
+			ps.st.Seen += len(j.segs)
+			if len(j.segs) > 0 || j.sweep {
+				jobs = append(jobs, j)
+			}
+		}
+	}
+	return jobs, nil
+}
+
+// bucketNumber reports whether fi is a bucket directory and its number:
+// exactly the names segment.Dir makes.
+func bucketNumber(fi fs.FileInfo) (int, bool) {
+	if !fi.IsDir() {
+		return 0, false
+	}
+	b, err := strconv.Atoi(fi.Name())
+	if err != nil || b < 0 || strconv.Itoa(b) != fi.Name() {
+		return 0, false
+	}
+	return b, true
+}
+
+type outcome int
+
+const (
+	copied outcome = iota
+	replaced
+	skipped
+	vanished
+)
+
+// copyBucket copies j's segments in order, recording progress after each.
+// The first failure stops the bucket: its mark stays before the failed
+// segment, so the next pass starts there.
+func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
+	c := ps.c
+	if ctx.Err() != nil {
+		return
+	}
+	if j.sweep {
+		c.sweep(j.dir)
+		ps.mu.Lock()
+		c.swept[j.dir] = true
+		ps.mu.Unlock()
+	}
+	for _, fi := range j.segs {
+		if ctx.Err() != nil {
+			return
+		}
+		name := path.Join(j.dir, fi.Name())
+		out, n, err := c.copySegment(ctx, name, fi.Size(), buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return // lease lost or stopping: not a failure of the copy
+			}
+			c.m.errors.WithLabelValues("copy").Inc()
+			c.log.Error("cannot copy segment; the bucket waits for the next pass", "segment", name, "err", err)
+			ps.fail(err)
+			return
+		}
+		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), ps.owner, c.now().UnixMilli())
+		if err != nil {
+			if errors.Is(err, errFenced) {
+				// Someone else is copying: stop the whole pass.
+				c.log.Warn("progress row written by another copier; stopping the pass", "bucket", j.dir)
+				ps.fail(err)
+				ps.cancel()
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			c.m.errors.WithLabelValues("progress").Inc()
+			c.log.Error("cannot record copy progress", "bucket", j.dir, "err", err)
+			ps.fail(err)
+			return
+		}
+		j.mark = next
+		ps.done(j, out, n)
+	}
+}
+
+func (ps *passState) fail(err error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.st.Errors++
+	if ps.firstErr == nil {
+		ps.firstErr = err
+	}
+}
+
+// done accounts for one segment and logs progress now and then.
+func (ps *passState) done(j *bucketJob, out outcome, n int64) {
+	c := ps.c
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	c.marks[j.dir] = j.mark
+	switch out {
+	case copied, replaced:
+		ps.st.Copied++
+		ps.st.Bytes += n
+		c.m.copied.WithLabelValues(j.category).Inc()
+		c.m.bytes.WithLabelValues(j.category).Add(float64(n))
+		if out == replaced {
+			ps.st.Replaced++
+			c.m.replaced.WithLabelValues(j.category).Inc()
+		}
+	case skipped:
+		ps.st.Skipped++
+		c.m.skipped.WithLabelValues(j.category).Inc()
+	case vanished:
+		ps.st.Vanished++
+		c.m.vanished.WithLabelValues(j.category).Inc()
+	}
+	c.m.lag.WithLabelValues(j.category).Dec()
+	if now := c.now(); now.Sub(ps.lastLog) >= c.cfg.ProgressInterval.D() {
+		ps.lastLog = now
+		doneN := ps.st.Copied + ps.st.Skipped + ps.st.Vanished
+		c.log.Info("copy pass progress", "done", doneN, "of", ps.st.Seen, "copied", ps.st.Copied,
+			"bytes", ps.st.Bytes, "skipped", ps.st.Skipped, "vanished", ps.st.Vanished, "errors", ps.st.Errors)
+	}
+}
+
+// copySegment brings the published segment name (size bytes in the
+// listing) to the destination, unless it is there already.
+func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf []byte) (outcome, int64, error) {
+	replacing := false
+	switch dst, err := c.deps.Dest.Stat(name); {
+	case err == nil:
+		same, err := c.sameAsSource(ctx, name, size, dst, buf)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Copied by an earlier run that stopped before recording it,
+			// then removed from the source by retention.
+			return skipped, 0, nil
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		if same {
+			return skipped, 0, nil
+		}
+		c.log.Warn("destination segment differs from the source; copying it again", "segment", name,
+			"source_bytes", size, "destination_bytes", dst.Size())
+		replacing = true
+	case !errors.Is(err, fs.ErrNotExist):
+		return 0, 0, fmt.Errorf("stat %s in %s: %w", name, c.deps.Dest, err)
+	}
+
+	src, err := c.deps.Source.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		c.log.Warn("segment removed from the source before it was copied", "segment", name)
+		return vanished, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("open %s in %s: %w", name, c.deps.Source, err)
+	}
+	defer src.Close()
+
+	tmp := dfs.TempName(name)
+	f, err := c.deps.Dest.Create(tmp)
+	if errors.Is(err, fs.ErrExist) {
+		// Left by a copy that was interrupted (a crash, a lost lease).
+		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return 0, 0, fmt.Errorf("remove stale %s in %s: %w", tmp, c.deps.Dest, err)
+		}
+		c.m.tempsGone.Inc()
+		c.log.Info("removed a temporary file left by an interrupted copy", "file", tmp)
+		f, err = c.deps.Dest.Create(tmp)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("create %s in %s: %w", tmp, c.deps.Dest, err)
+	}
+	h := crc32.New(castagnoli)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), ctxReader{ctx, src}, buf)
+	if err != nil {
+		f.Close()
+		c.removeTemp(tmp)
+		if _, serr := c.deps.Source.Stat(name); errors.Is(serr, fs.ErrNotExist) {
+			c.log.Warn("segment removed from the source while it was copied", "segment", name)
+			return vanished, 0, nil
+		}
+		return 0, 0, fmt.Errorf("copy %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		c.removeTemp(tmp)
+		return 0, 0, fmt.Errorf("close %s in %s: %w", tmp, c.deps.Dest, err)
+	}
+	if err := c.verify(ctx, tmp, n, size, h.Sum32(), buf); err != nil {
+		c.m.errors.WithLabelValues("verify").Inc()
+		c.removeTemp(tmp)
+		return 0, 0, fmt.Errorf("verify copy of %s: %w", name, err)
+	}
+	// Publish only while still the active copier.
+	if err := ctx.Err(); err != nil {
+		c.removeTemp(tmp)
+		return 0, 0, err
+	}
+	if err := c.deps.Dest.Rename(tmp, name); err != nil {
+		c.removeTemp(tmp)
+		return 0, 0, fmt.Errorf("publish %s in %s: %w", name, c.deps.Dest, err)
+	}
+	if replacing {
+		return replaced, n, nil
+	}
+	return copied, n, nil
+}
+
+// verify checks the closed temporary copy tmp: n bytes were written, the
+// listing said size, and (VerifyChecksum) reading it back gives sum.
+func (c *Copier) verify(ctx context.Context, tmp string, n, size int64, sum uint32, buf []byte) error {
+	if n != size {
+		return fmt.Errorf("read %d bytes from the source, its listing said %d", n, size)
+	}
+	fi, err := c.deps.Dest.Stat(tmp)
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", tmp, err)
+	}
+	if fi.Size() != n {
+		return fmt.Errorf("%s holds %d bytes, %d were written", tmp, fi.Size(), n)
+	}
+	if c.cfg.Verify != VerifyChecksum {
+		return nil
+	}
+	_, got, err := checksum(ctx, c.deps.Dest, tmp, buf)
+	if err != nil {
+		return err
+	}
+	if got != sum {
+		return fmt.Errorf("%s reads back with CRC-32C %08x, %08x was written", tmp, got, sum)
+	}
+	return nil
+}
+
+// sameAsSource reports whether the destination's name (described by dst)
+// is the source's: same size and, with VerifyChecksum, same contents.
+func (c *Copier) sameAsSource(ctx context.Context, name string, size int64, dst fs.FileInfo, buf []byte) (bool, error) {
+	if dst.Size() != size {
+		return false, nil
+	}
+	if c.cfg.Verify != VerifyChecksum {
+		return true, nil
+	}
+	_, want, err := checksum(ctx, c.deps.Source, name, buf)
+	if err != nil {
+		return false, err
+	}
+	_, got, err := checksum(ctx, c.deps.Dest, name, buf)
+	if err != nil {
+		return false, err
+	}
+	return got == want, nil
+}
+
+// checksum reads name from fsys and returns its size and CRC-32C.
+func checksum(ctx context.Context, fsys dfs.FS, name string, buf []byte) (int64, uint32, error) {
+	r, err := fsys.Open(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("open %s in %s: %w", name, fsys, err)
+	}
+	defer r.Close()
+	h := crc32.New(castagnoli)
+	n, err := io.CopyBuffer(h, ctxReader{ctx, r}, buf)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read %s in %s: %w", name, fsys, err)
+	}
+	return n, h.Sum32(), nil
+}
+
+func (c *Copier) removeTemp(tmp string) {
+	if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		c.log.Warn("cannot remove temporary file; the next copy of the segment will", "file", tmp, "err", err)
+	}
+}
+
+// sweep removes the temporary files an interrupted copy left in a
+// destination bucket directory. Only the active copier writes there, and
+// it is not copying this bucket now, so every such file is stale; most
+// would be replaced by the next copy of their segment anyway, but not
+// those whose segment vanished from the source meanwhile.
+func (c *Copier) sweep(dir string) {
+	infos, err := c.deps.Dest.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		c.log.Warn("cannot list destination bucket for stale temporary files", "bucket", dir, "err", err)
+		return
+	}
+	for _, fi := range infos {
+		if fi.IsDir() || !isTempOfSegment(fi.Name()) {
+			continue
+		}
+		tmp := path.Join(dir, fi.Name())
+		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("cannot remove stale temporary file", "file", tmp, "err", err)
+			continue
+		}
+		c.m.tempsGone.Inc()
+		c.log.Info("removed a temporary file left by an interrupted copy", "file", tmp)
+	}
+}
+
+// isTempOfSegment reports whether base is dfs.TempName of a segment name.
+func isTempOfSegment(base string) bool {
+	seg, ok := strings.CutPrefix(base, ".")
+	if !ok {
+		return false
+	}
+	seg, ok = strings.CutSuffix(seg, ".inprogress")
+	if !ok || dfs.TempName(seg) != base {
+		return false
+	}
+	_, _, ok = segment.ParseName(seg)
+	return ok
+}
+
+// ctxReader stops a copy when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
