@@ -36,7 +36,7 @@ func (l *logBuf) String() string {
 	return l.b.String()
 }
 
-func open(t *testing.T, dir string, mut func(*Options)) (*Queue, *logBuf) {
+func open(t testing.TB, dir string, mut func(*Options)) (*Queue, *logBuf) {
 	t.Helper()
 	lb := &logBuf{}
 	o := Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 64 << 20, Logger: slog.New(slog.NewTextHandler(lb, nil))}

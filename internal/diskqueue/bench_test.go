@@ -1,0 +1,71 @@
+package diskqueue
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+func benchBatch() []Entry {
+	es := make([]Entry, 100)
+	for i := range es {
+		es[i] = Entry{Category: "access", Message: bytes.Repeat([]byte("x"), 200), Time: 1}
+	}
+	return es
+}
+
+// BenchmarkAppend is Append of 100 entries of 200 bytes, fsynced, from 1
+// and 16 goroutines (group commit).
+func BenchmarkAppend(b *testing.B) {
+	for _, writers := range []int{1, 16} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			q, _ := open(b, b.TempDir(), func(o *Options) { o.MaxBytes = 64 << 30 })
+			defer q.Close()
+			es := benchBatch()
+			b.SetBytes(int64(len(es) * RecordSize(&es[0])))
+			var next atomic.Int64
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range writers {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						if _, err := q.Append(es); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(q.Stats().Syncs)/float64(b.N), "fsyncs/op")
+		})
+	}
+}
+
+// BenchmarkReadAck reads and acknowledges batches of up to 1MiB; one op
+// is one entry.
+func BenchmarkReadAck(b *testing.B) {
+	q, _ := open(b, b.TempDir(), func(o *Options) { o.MaxBytes = 64 << 30 })
+	defer q.Close()
+	es := benchBatch()
+	for i := 0; i < b.N; i += len(es) {
+		if _, err := q.Append(es[:min(len(es), b.N-i)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(int64(RecordSize(&es[0])))
+	b.ResetTimer()
+	for n := 0; n < b.N; {
+		bt, err := q.Read(context.Background(), 1<<20, 10000)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := q.Ack(bt); err != nil {
+			b.Fatal(err)
+		}
+		n += len(bt.Entries)
+	}
+}
