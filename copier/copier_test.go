@@ -601,8 +601,8 @@ func TestCorruptCopyIsNotPublished(t *testing.T) {
 	if got := files(t, e.dst, ""); len(got) != 0 {
 		t.Errorf("destination holds %q after a failed copy", got)
 	}
-	if got := n.metric(t, "freeway_copier_errors_total"); got < 1 {
-		t.Errorf("errors metric %v", got)
+	if got := n.metric(t, "freeway_copier_errors_total"); got != 1 {
+		t.Errorf("errors metric %v, want 1 (op verify)", got)
 	}
 	if got := n.metric(t, "freeway_copier_lag_segments"); got != 2 {
 		t.Errorf("lag metric %v, want 2", got)

@@ -26,6 +26,9 @@ const copyBufferSize = 1 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// errMismatch means a copy does not match its source: it is not published.
+var errMismatch = errors.New("copy does not match the source")
+
 // bucketJob is one bucket's share of a pass.
 type bucketJob struct {
 	category string
@@ -261,7 +264,11 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 			if ctx.Err() != nil {
 				return // lease lost or stopping: not a failure of the copy
 			}
-			c.m.errors.WithLabelValues("copy").Inc()
+			op := "copy"
+			if errors.Is(err, errMismatch) {
+				op = "verify"
+			}
+			c.m.errors.WithLabelValues(op).Inc()
 			c.log.Error("cannot copy segment; the bucket waits for the next pass", "segment", name, "err", err)
 			ps.fail(err)
 			return
@@ -394,7 +401,6 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 		return 0, 0, fmt.Errorf("close %s in %s: %w", tmp, c.deps.Dest, err)
 	}
 	if err := c.verify(ctx, tmp, n, size, h.Sum32(), buf); err != nil {
-		c.m.errors.WithLabelValues("verify").Inc()
 		c.removeTemp(tmp)
 		return 0, 0, fmt.Errorf("verify copy of %s: %w", name, err)
 	}
@@ -417,14 +423,14 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 // listing said size, and (VerifyChecksum) reading it back gives sum.
 func (c *Copier) verify(ctx context.Context, tmp string, n, size int64, sum uint32, buf []byte) error {
 	if n != size {
-		return fmt.Errorf("read %d bytes from the source, its listing said %d", n, size)
+		return fmt.Errorf("%w: read %d bytes from the source, its listing said %d", errMismatch, n, size)
 	}
 	fi, err := c.deps.Dest.Stat(tmp)
 	if err != nil {
 		return fmt.Errorf("stat %s: %w", tmp, err)
 	}
 	if fi.Size() != n {
-		return fmt.Errorf("%s holds %d bytes, %d were written", tmp, fi.Size(), n)
+		return fmt.Errorf("%w: %s holds %d bytes, %d were written", errMismatch, tmp, fi.Size(), n)
 	}
 	if c.cfg.Verify != VerifyChecksum {
 		return nil
@@ -434,7 +440,7 @@ func (c *Copier) verify(ctx context.Context, tmp string, n, size int64, sum uint
 		return err
 	}
 	if got != sum {
-		return fmt.Errorf("%s reads back with CRC-32C %08x, %08x was written", tmp, got, sum)
+		return fmt.Errorf("%w: %s reads back with CRC-32C %08x, %08x was written", errMismatch, tmp, got, sum)
 	}
 	return nil
 }
