@@ -43,6 +43,7 @@ Without a subcommand it runs the whole pipeline (like "freeway all"):
 an agent on 127.0.0.1:1463, a writer on 127.0.0.1:1464, Puma, and the query
 API on http://127.0.0.1:8080, on embedded backends under --data-dir.`
 	root.SilenceUsage = true
+	root.CompletionOptions.DisableDefaultCmd = true
 	names := make([]string, 0)
 	for t := range freeway.Targets() {
 		names = append(names, t)

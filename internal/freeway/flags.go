@@ -27,7 +27,7 @@ func flagDefs() []flagDef {
 		{"log.level", "log level: debug, info, warn, error", nil, func(c *Config) any { return &c.Log.Level }},
 		{"log.format", "log format: text or json", nil, func(c *Config) any { return &c.Log.Format }},
 		{"agent.listen", "Scribe address apps log to", []string{Agent}, func(c *Config) any { return &c.Agent.Listen }},
-		{"agent.upstream", "calligraphus addresses the agent ships to (comma-separated; in `all`, this process's writer)", []string{Agent}, func(c *Config) any { return &c.Agent.Upstream }},
+		{"agent.upstream", "calligraphus addresses the agent ships to (comma-separated; in \"all\", this process's writer)", []string{Agent}, func(c *Config) any { return &c.Agent.Upstream }},
 		{"agent.queue-dir", "the agent's durable queue (default <data-dir>/agent)", []string{Agent}, func(c *Config) any { return &c.Agent.QueueDir }},
 		{"calligraphus.listen", "Scribe address of the writer", []string{Calligraphus}, func(c *Config) any { return &c.Calligraphus.Listen }},
 		{"calligraphus.segment-max-age", "publish an open segment at the latest after this long", []string{Calligraphus}, func(c *Config) any { return &c.Calligraphus.SegmentMaxAge }},
@@ -35,7 +35,7 @@ func flagDefs() []flagDef {
 		{"serving.listen", "HTTP address of the query API, metrics and web page", []string{Serving}, func(c *Config) any { return &c.Serving.Listen }},
 		{"serving.thrift-listen", "Thrift address of the query service (\"\" disables it)", []string{Serving}, func(c *Config) any { return &c.Serving.ThriftListen }},
 		{"serving.pprof", "expose /debug/pprof/ on the HTTP address", []string{Serving}, func(c *Config) any { return &c.Serving.Pprof }},
-		{"copier.destination", "dfs URL the copier copies published segments to (\"\" disables the copier in `all`)", []string{Copier}, func(c *Config) any { return &c.Copier.Destination }},
+		{"copier.destination", "dfs URL the copier copies published segments to (\"\" disables the copier in \"all\")", []string{Copier}, func(c *Config) any { return &c.Copier.Destination }},
 	}
 }
 

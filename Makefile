@@ -1,0 +1,59 @@
+# Freeway. `make run` runs the whole pipeline with a demo load; `make test`
+# runs every test, against real ZooKeeper, HDFS and HBase, which it starts.
+
+GO       ?= go
+GOFLAGS  ?=
+ENGINES  := deploy/engines/engines.sh
+PKGS     := ./...
+
+.PHONY: all build run test test-unit check vet fmt-check generate check-generated \
+        engines engines-down engines-status bench deps clean
+
+all: build
+
+build:
+	$(GO) build -o bin/freeway ./cmd/freeway
+
+## run: the whole pipeline, embedded, with a built-in demo load
+run:
+	$(GO) run ./cmd/freeway --config examples/freeway.yaml --demo
+
+## test: static checks, then every test with -race against the real engines
+test: deps check engines
+	eval "$$($(ENGINES) env)" && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+## test-unit: every test on the embedded backends only (real-engine suites skip)
+test-unit:
+	$(GO) test -race -count=1 $(PKGS)
+
+check: vet fmt-check check-generated
+
+vet:
+	$(GO) vet $(PKGS)
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+generate:
+	scripts/gen-thrift.sh
+
+check-generated:
+	scripts/gen-thrift.sh --check
+
+deps:
+	scripts/deps.sh
+
+engines:
+	$(ENGINES) up
+
+engines-down:
+	$(ENGINES) down
+
+engines-status:
+	$(ENGINES) status
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+clean:
+	rm -rf bin freeway-data

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the host tools `make test` needs beyond Go, Java and Maven:
+# Debian's thrift-compiler (to check that thrift/gen is current). The
+# engines script installs ZooKeeper itself.
+set -euo pipefail
+sudo=
+[[ $(id -u) == 0 ]] || sudo=sudo
+missing=()
+command -v thrift >/dev/null || missing+=(thrift-compiler)
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  }
+fi
