@@ -499,7 +499,7 @@ func TestAgentChainAndStockUpstream(t *testing.T) {
 			t.Fatalf("stock server received %v", stock.received(t))
 		}
 	}
-	if !strings.Contains(relay.logs.String(), "falling back to Log") {
+	if !strings.Contains(relay.logs.String(), "falling back to plain log calls") {
 		t.Fatal("no warning about the fallback")
 	}
 }

@@ -52,8 +52,11 @@
 // Everything acknowledged OK to an app: it was fsynced before the answer.
 // After a restart the shipper starts at the acknowledged position, so it
 // re-sends at most the batch that was in flight, with its original
-// sequence numbers, which calligraphus uses to drop the duplicate: from an
-// app's OK to the dfs the path is exactly-once. A write torn by the crash
+// sequence numbers; calligraphus stores them with the entries and Puma
+// drops what is at or below each agent's high-water mark, so from an app's
+// OK to the aggregates the path is exactly-once. This relies on each
+// agent's entries reaching a bucket in increasing order, which the single
+// batch in flight guarantees. A write torn by the crash
 // (never acknowledged) is found by its length and CRC and truncated when
 // the queue opens, with a warning.
 //

@@ -53,7 +53,6 @@ func (a *Agent) ship(ctx context.Context) error {
 			return fmt.Errorf("read agent queue: %w", err)
 		}
 		req := batchRequest(a.q.ID(), b)
-		a.c.inFlight.Store(1)
 		for {
 			if up == nil {
 				addr := a.cfg.Upstream[next]
@@ -64,15 +63,15 @@ func (a *Agent) ship(ctx context.Context) error {
 				} else {
 					failing = a.shipFailed(failing, addr, err)
 					if !sleep(ctx, a.clock, bo.next()) {
-						a.c.inFlight.Store(0)
 						return nil
 					}
 					continue
 				}
 			}
+			a.c.inFlight.Store(1)
 			rc, err := up.send(ctx, req)
+			a.c.inFlight.Store(0)
 			if ctx.Err() != nil {
-				a.c.inFlight.Store(0)
 				return nil
 			}
 			if err == nil && rc == scribe.ResultCode_OK {
@@ -81,7 +80,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			if errors.Is(err, errNoLogBatch) {
 				// The server closes the connection after an unknown
 				// method; reconnect and use Log.
-				a.log.Warn("upstream has no LogBatch, falling back to Log (at-least-once)", "upstream", up.addr)
+				a.log.Warn("upstream has no batch call, falling back to plain log calls (at-least-once)", "upstream", up.addr)
 				plain[up.addr] = true
 				up.c.Close()
 				up = nil
@@ -97,11 +96,9 @@ func (a *Agent) ship(ctx context.Context) error {
 				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", b.First)
 			}
 			if !sleep(ctx, a.clock, bo.next()) {
-				a.c.inFlight.Store(0)
 				return nil
 			}
 		}
-		a.c.inFlight.Store(0)
 		bo.reset()
 		if failing {
 			failing = false

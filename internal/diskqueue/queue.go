@@ -3,6 +3,7 @@ package diskqueue
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -177,7 +178,7 @@ func (q *Queue) open() error {
 			q.segs = append(q.segs, segment{first: first, path: filepath.Join(q.dir, e.Name())})
 		}
 	}
-	slices.SortFunc(q.segs, func(a, b segment) int { return cmpU64(a.first, b.first) })
+	slices.SortFunc(q.segs, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
 
 	if len(q.segs) == 0 {
 		if err := q.createSegment(q.acked); err != nil {
@@ -233,16 +234,6 @@ func (q *Queue) open() error {
 		}
 	}
 	return nil
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // createSegment starts a new last segment whose first record is first
