@@ -1,0 +1,93 @@
+// Package zkcoord implements coord.Coord on ZooKeeper: the coordinator a
+// Freeway cluster uses, chosen by a URL
+//
+//	zk://host:port[,host:port...]/root[?session_timeout=10s]
+//
+// where root is a znode path prefix (created if missing) and the session
+// timeout, 10s by default, is also about how long a dead process keeps its
+// buckets. It is the only package that imports github.com/go-zookeeper/zk.
+//
+// # Znode layout
+//
+//	<root>/leases/<name>           ephemeral; data = owner
+//	<root>/epochs/<name>           persistent; data = last owner; one per lease name ever granted
+//	<root>/groups/<group>/<member> ephemeral; data = the member's data
+//
+// Names are escaped into one znode name each ("calligraphus/access/0"
+// becomes "calligraphus%2Faccess%2F0"), not nested: a lease node is
+// ephemeral and cannot have children, so nesting would make the leases "a"
+// and "a/b" collide.
+//
+// # Epochs
+//
+// A grant is one multi transaction: create the lease node and bump the
+// epoch node's version. The epoch is that transaction's zxid, which is also
+// the lease node's Czxid, so Holder reports it without another read. Zxids
+// grow strictly over the life of the ensemble, across leader elections (the
+// election epoch is the high 32 bits), sessions and restarts of our
+// processes, so every grant of a name gets a higher epoch than the last,
+// with no read-modify-write loop. A persistent per-name counter would give
+// the same guarantee with more round trips, and restart at zero if its node
+// were ever removed; zxids only restart if the ensemble's data directory is
+// wiped, which is a new cluster: start it with a new root and a new dfs
+// root too. These epochs are not comparable with the in-process
+// coordinator's (wall-clock nanoseconds).
+//
+// The epoch node exists for Release. Deleting "our" lease node by path is
+// not safe: when our session expires, the client opens a new one and sends
+// any request it had queued on it, so a delete meant for our node could
+// remove a successor's. Release therefore deletes in a transaction that
+// also checks the epoch node's version is still the one our grant left,
+// which is only true if no later grant exists.
+//
+// # Disconnection and expiry
+//
+// A lost connection is not a lost lease: the client reconnects, to any
+// server of the ensemble, and while it does so within the session timeout
+// the session, its leases and memberships survive and nothing is reported.
+// But a disconnected owner cannot know whether it still owns anything. The
+// server expires the session one session timeout after it last heard from
+// us, and only then can another process be granted our leases. So, while
+// disconnected, this package counts from the last byte it received from any
+// server, and when the session timeout (the one the server granted) has
+// passed without a new connection it gives every lease up: their Lost
+// channels close, whether or not it ever hears that the session expired (a
+// partitioned process may never hear it). Another owner cannot have been
+// granted the lease earlier than about one network latency before that, and
+// fencing epochs take care of that sliver: whatever the old owner wrote
+// carries a lower epoch. An owner that must not even risk that should stop
+// writing as soon as its coordinator is disconnected; this package does
+// not offer that signal yet. If the session does survive after all, the
+// nodes of the given-up leases are deleted on reconnection (a new Acquire by
+// this process also replaces them).
+//
+// When the client is told the session expired, every lease still held is
+// lost at once (Lost closes), before any reply on the new session is seen.
+// Memberships are created again on the new session by a background
+// goroutine, and group watchers wake up. Re-running elections is the
+// caller's job, driven by Lost; Acquire works again as soon as the new
+// session is up.
+//
+// Every call takes a context. The client has no deadline of its own (it
+// queues requests while disconnected), so each call runs on a goroutine the
+// context can abandon. An Acquire or Join abandoned that way is taken back
+// when it completes, and its name stays reserved in this process until
+// then: a retry meanwhile gets coord.ErrHeld, or an "already registered"
+// error, rather than racing it.
+//
+// # Watches
+//
+// ZooKeeper watches fire once. Members arms a new watch on every call and
+// returns a channel that closes at the group's next event; it can also
+// close without a change (our own session expiring, for instance), which
+// only costs the caller a listing. Events come through the client's event
+// callback, which sees all of them; its event channel drops events when
+// full and is not used.
+//
+// # What survives
+//
+// Nothing ephemeral outlives the session: Close, or the process dying and
+// its session expiring, removes its leases and memberships. The epoch
+// nodes stay, one small node per lease name, so epochs keep growing.
+// Close waits for every goroutine this package or the client started.
+package zkcoord

@@ -1,0 +1,77 @@
+package zkcoord
+
+import (
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+)
+
+// connectReply builds a server's connect reply frame.
+func connectReply(timeoutMs int32, sid int64, passwd []byte) []byte {
+	var b []byte
+	b = binary.BigEndian.AppendUint32(b, uint32(4+4+8+4+len(passwd)+1))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(timeoutMs))
+	b = binary.BigEndian.AppendUint64(b, uint64(sid))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(passwd)))
+	b = append(b, passwd...)
+	return append(b, 0) // readOnly
+}
+
+func TestParseConnectResponse(t *testing.T) {
+	pw := []byte("0123456789abcdef")
+	frame := connectReply(4000, 0x1234, pw)
+	for cut := 0; cut < len(frame)-1; cut++ {
+		_, complete, err := parseConnectResponse(frame[:cut])
+		if err != nil {
+			t.Fatalf("prefix %d: %v", cut, err)
+		}
+		if complete != (cut >= len(frame)-1) {
+			t.Fatalf("prefix %d: complete=%v", cut, complete)
+		}
+	}
+	r, complete, err := parseConnectResponse(frame)
+	if err != nil || !complete || r.timeout != 4*time.Second || r.sessionID != 0x1234 || string(r.passwd) != string(pw) {
+		t.Fatalf("parse = %+v %v %v", r, complete, err)
+	}
+	bogus := connectReply(4000, 1, make([]byte, 1000))
+	if _, _, err := parseConnectResponse(bogus); err == nil {
+		t.Fatal("a 1000-byte password was accepted")
+	}
+}
+
+// TestLinkSniffs feeds a connect reply through a linkConn in small reads.
+func TestLinkSniffs(t *testing.T) {
+	server, client := net.Pipe()
+	var gotSID int64
+	k := newLink(func(string, string, time.Duration) (net.Conn, error) { return client, nil },
+		func(sid int64, _ []byte) { gotSID = sid })
+	nc, err := k.Dial("tcp", "x", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := connectReply(2500, 42, []byte("0123456789abcdef"))
+	go func() {
+		for _, b := range frame {
+			server.Write([]byte{b})
+		}
+		server.Close()
+	}()
+	buf := make([]byte, 3)
+	for {
+		if _, err := nc.Read(buf); err != nil {
+			break
+		}
+	}
+	if gotSID != 42 || k.sessionTimeout(time.Hour) != 2500*time.Millisecond {
+		t.Fatalf("session %d timeout %v", gotSID, k.sessionTimeout(time.Hour))
+	}
+	if time.Since(k.lastReadTime()) > time.Minute {
+		t.Fatal("last read not recorded")
+	}
+	k.shutdown()
+	if _, err := k.Dial("tcp", "x", time.Second); err == nil {
+		t.Fatal("dial after shutdown succeeded")
+	}
+}
