@@ -104,12 +104,15 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 	}
 	work := make(chan *bucketJob)
 	var wg sync.WaitGroup
-	for range min(c.cfg.Concurrency, max(len(jobs), 1)) {
+	for range min(c.cfg.Concurrency, len(jobs)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, copyBufferSize)
+			var buf []byte // only for workers that copy
 			for j := range work {
+				if buf == nil && len(j.segs) > 0 {
+					buf = make([]byte, copyBufferSize)
+				}
 				ps.copyBucket(ctx, j, buf)
 			}
 		}()
@@ -133,6 +136,9 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 	if st.Seen > 0 || st.Errors > 0 {
 		c.log.Info("copy pass done", "copied", st.Copied, "bytes", st.Bytes, "skipped", st.Skipped,
 			"replaced", st.Replaced, "vanished", st.Vanished, "errors", st.Errors, "lag", st.Lag, "duration", st.Duration)
+	}
+	if errors.Is(ps.firstErr, errFenced) {
+		c.marks = nil // read them again before the next pass writes any
 	}
 	if ps.firstErr != nil {
 		return st, fmt.Errorf("copy pass: %d errors, the first: %w", st.Errors, ps.firstErr)
