@@ -521,3 +521,24 @@ func TestNewRefusesABadConfigAndABusyQueue(t *testing.T) {
 		t.Fatal("a second agent opened a queue directory in use")
 	}
 }
+
+func TestLargestBatchFitsTheFrameLimit(t *testing.T) {
+	addr := deadAddr(t)
+	cfg := testConfig(t.TempDir(), addr)
+	cfg.BatchBytes = maxBatchBytes
+	a := startAgent(t, cfg)
+	c := dial(t, a.Addr())
+	big := bytes.Repeat([]byte("z"), int(cfg.MaxMessageBytes))
+	for range 20 {
+		mustLog(t, c, []*scribe.LogEntry{{Category: strings.Repeat("c", maxCategory), Message: big}})
+	}
+	up := startUpstream(t, addr, nil)
+	eventually(t, "20 large entries upstream", func() bool { return up.count(t) == 20 })
+	most := 0
+	for _, b := range up.callsSnapshot() {
+		most = max(most, len(b.Messages))
+	}
+	if most < 15 {
+		t.Fatalf("largest batch had %d entries of 1MiB; want about 15 under a 16MiB frame", most)
+	}
+}

@@ -466,3 +466,29 @@ func TestTornAckSlotFallsBackToThePreviousPosition(t *testing.T) {
 		t.Fatalf("acked after a torn slot = %d, want 2 (the previous position: redelivery, not loss)", st.Acked)
 	}
 }
+
+func TestWriteErrorIsSticky(t *testing.T) {
+	q, lb := open(t, t.TempDir(), nil)
+	mustAppend(t, q, entries("ok", 2))
+	q.w.Close() // the next write fails, as on a dead disk
+	if _, err := q.Append(entries("lost", 1)); err == nil {
+		t.Fatal("append after a write error succeeded")
+	}
+	select {
+	case <-q.Failed():
+	default:
+		t.Fatal("Failed not closed")
+	}
+	if _, err := q.Append(entries("later", 1)); err == nil || !errors.Is(err, q.Err()) {
+		t.Fatalf("append after the failure = %v, want the sticky %v", err, q.Err())
+	}
+	// What was durable before can still be read.
+	if b := read(t, q, 1<<20, 10); len(b.Entries) != 2 {
+		t.Fatalf("read %d entries after the failure", len(b.Entries))
+	}
+	if !strings.Contains(lb.String(), "queue write failed") {
+		t.Fatal("no error logged")
+	}
+	q.w = nil
+	q.Close()
+}
