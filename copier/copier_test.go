@@ -711,7 +711,9 @@ func TestRunPicksUpNewSegments(t *testing.T) {
 	if got := n.metric(t, "freeway_copier_active"); got != 0 {
 		t.Errorf("active gauge %v after Run returned", got)
 	}
-	if got := n.metric(t, "freeway_copier_passes_total"); got < 2 {
+	// The pass that copied the later segments may have been cut short by
+	// stop, after its renames: only the first is sure to have ended.
+	if got := n.metric(t, "freeway_copier_passes_total"); got < 1 {
 		t.Errorf("passes metric %v", got)
 	}
 }
