@@ -45,4 +45,10 @@
 // bucket's mark is not copied. Writers are fenced by lease epochs, which
 // makes this hold except for a writer that publishes after losing its
 // lease, a segment ptail would skip as well.
+//
+// Not built yet: the hourly merge ARCHITECTURE.md mentions (a bucket's
+// segments concatenated into hourly newline-delimited files at the
+// destination). It needs its own progress (the open hour, per-agent
+// sequence high waters to drop re-sent entries) and a rule for when an
+// hour is complete; the copy here is segment for segment.
 package copier
