@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"path"
 	"strings"
@@ -220,6 +221,13 @@ func (w *bucketWriter) recover() (int64, error) {
 			}
 			continue
 		}
+		if strings.HasSuffix(name, ".salvage") {
+			// A salvage interrupted by a crash; its source is still there.
+			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
+				return 0, err
+			}
+			continue
+		}
 		segName, ok := tempSegment(name)
 		if !ok {
 			continue
@@ -260,9 +268,15 @@ func tempSegment(name string) (string, bool) {
 }
 
 // salvage publishes the valid blocks of an earlier writer's unpublished
-// segment, which on a local disk hold acknowledged entries.
+// segment, which on a local disk hold acknowledged entries. It is safe to
+// repeat after a crash at any step: the copy goes through its own hidden
+// name, and a segment already published means only the leftover remains.
 func (w *bucketWriter) salvage(tmp, final string) error {
 	fsys := w.c.deps.FS
+	if _, err := fsys.Stat(final); err == nil {
+		w.log.Info("removing the leftover of a segment already salvaged", "file", tmp)
+		return fsys.Remove(tmp)
+	}
 	data, err := dfs.ReadFile(fsys, tmp)
 	if err != nil {
 		return err
@@ -287,12 +301,33 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 		w.log.Info("removing an empty unpublished segment", "file", tmp)
 		return fsys.Remove(tmp)
 	}
-	if err := dfs.WriteFile(fsys, final, data[:valid]); err != nil {
+	copyName := salvageName(final)
+	if err := fsys.Remove(copyName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := fsys.Create(copyName)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data[:valid]); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fsys.Rename(copyName, final); err != nil {
 		return err
 	}
 	w.c.m.salvaged.Inc()
 	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "bytes", valid)
 	return fsys.Remove(tmp)
+}
+
+// salvageName is the hidden name a salvaged segment is written under.
+func salvageName(final string) string {
+	dir, base := path.Split(final)
+	return dir + "." + base + ".salvage"
 }
 
 // write appends the batch's blocks and makes them durable.
