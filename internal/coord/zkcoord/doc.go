@@ -77,12 +77,14 @@
 //
 // # Watches
 //
-// ZooKeeper watches fire once. Members arms a new watch on every call and
-// returns a channel that closes at the group's next event; it can also
-// close without a change (our own session expiring, for instance), which
-// only costs the caller a listing. Events come through the client's event
-// callback, which sees all of them; its event channel drops events when
-// full and is not used.
+// ZooKeeper watches fire once. Members returns a channel that closes at
+// the group's next event; it can also close without a change (our own
+// session expiring, for instance), which only costs the caller a listing.
+// It sets a new server watch whenever the last one has fired (or may have
+// been lost with a connection), and otherwise reads without one, so that
+// callers who poll do not pile up the client's per-call watch channels.
+// Events come through the client's event callback, which sees all of them;
+// its event channel drops events when full and is not used.
 //
 // # What survives
 //

@@ -225,29 +225,48 @@ func (c *Coord) Members(ctx context.Context, group string) ([]coord.Member, <-ch
 		c.mu.Unlock()
 		return nil, nil, coord.ErrClosed
 	}
-	// Registered before the read that arms the ZooKeeper watch, so no
-	// event after that read can be missed.
+	// Registered before the read, so no event after it can be missed.
 	ch, ok := c.watches[gp]
 	if !ok {
 		ch = make(chan struct{})
 		c.watches[gp] = ch
 	}
+	// With a watch known to be set and not yet fired, a plain read will
+	// do: that watch fires at the next change after our read too. Arming
+	// one per call instead would pile up the client's per-call watch
+	// channels for callers that poll without a change.
+	seen, ok := c.groupEvents[gp]
+	if !ok {
+		c.groupEvents[gp] = 0 // from now on onEvent counts this group's events
+	}
+	arm := !c.armed[gp]
 	c.mu.Unlock()
-	ms, err := call(ctx, c, func() ([]coord.Member, error) { return c.list(gp) }, nil)
+	ms, err := call(ctx, c, func() ([]coord.Member, error) {
+		ms, err := c.list(gp, arm)
+		if err == nil && arm {
+			c.mu.Lock()
+			// Armed only if no event on the group came in meanwhile:
+			// it may have been our watch firing.
+			if c.groupEvents[gp] == seen {
+				c.armed[gp] = true
+			}
+			c.mu.Unlock()
+		}
+		return ms, err
+	}, nil)
 	if err != nil {
 		return nil, nil, c.wrap("list members of "+group, err)
 	}
 	return ms, ch, nil
 }
 
-// list reads the group and arms a watch on it: a child watch, or an exists
-// watch while nobody has joined and the group node is missing. Watches fire
-// once, so every call arms a new one.
-func (c *Coord) list(gp string) ([]coord.Member, error) {
+// list reads the group and, if arm, sets a watch on it: a child watch, or
+// an exists watch while nobody has joined and the group node is missing.
+func (c *Coord) list(gp string, arm bool) ([]coord.Member, error) {
 	for attempt := 0; ; attempt++ {
-		children, _, _, err := c.conn.ChildrenW(gp)
+		children, err := c.children(gp, arm)
 		if errors.Is(err, zk.ErrNoNode) {
-			exists, _, _, eerr := c.conn.ExistsW(gp)
+			exists, eerr := c.exists(gp, arm)
 			switch {
 			case eerr == nil && !exists:
 				return []coord.Member{}, nil
@@ -283,4 +302,22 @@ func (c *Coord) list(gp string) ([]coord.Member, error) {
 		sort.Slice(ms, func(i, j int) bool { return ms[i].ID < ms[j].ID })
 		return ms, nil
 	}
+}
+
+func (c *Coord) children(p string, watch bool) ([]string, error) {
+	if watch {
+		children, _, _, err := c.conn.ChildrenW(p)
+		return children, err
+	}
+	children, _, err := c.conn.Children(p)
+	return children, err
+}
+
+func (c *Coord) exists(p string, watch bool) (bool, error) {
+	if watch {
+		ok, _, _, err := c.conn.ExistsW(p)
+		return ok, err
+	}
+	ok, _, err := c.conn.Exists(p)
+	return ok, err
 }

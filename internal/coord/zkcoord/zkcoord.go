@@ -33,16 +33,18 @@ type Coord struct {
 	// mu guards everything below. It is never held across a ZooKeeper
 	// call: the client calls onEvent, which takes mu, from its receive
 	// loop, and a call waits for that loop.
-	mu         sync.Mutex
-	closed     bool
-	hadSession bool
-	connected  bool                     // a session is up on a live connection
-	gen        int64                    // number of session expiries seen
-	leases     map[string]*lease        // by lease znode: granted, or being acquired
-	stale      map[*lease]struct{}      // given up while our session may live on: nodes to delete
-	rearm      map[*lease]struct{}      // granted leases whose watch fired without a deletion
-	members    map[string]*membership   // by member znode
-	watches    map[string]chan struct{} // by group znode: closed at the group's next event
+	mu          sync.Mutex
+	closed      bool
+	hadSession  bool
+	connected   bool                     // a session is up on a live connection
+	gen         int64                    // number of session expiries seen
+	leases      map[string]*lease        // by lease znode: granted, or being acquired
+	stale       map[*lease]struct{}      // given up while our session may live on: nodes to delete
+	rearm       map[*lease]struct{}      // granted leases whose watch fired without a deletion
+	members     map[string]*membership   // by member znode
+	watches     map[string]chan struct{} // by group znode: closed at the group's next event
+	groupEvents map[string]uint64        // by group znode: events seen, to tell a watch still armed
+	armed       map[string]bool          // by group znode: a server watch is set and has not fired
 }
 
 var _ coord.Coord = (*Coord)(nil)
@@ -72,22 +74,24 @@ func open(rawURL string, logger *slog.Logger, opts options) (*Coord, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	c := &Coord{
-		cfg:       cfg,
-		logger:    logger.With("component", "coord", "coord", cfg.String()),
-		acl:       zk.WorldACL(zk.PermAll),
-		link:      newLink(opts.dial, opts.onHandshake),
-		leasesDir: cfg.root + "/leases",
-		epochsDir: cfg.root + "/epochs",
-		groupsDir: cfg.root + "/groups",
-		up:        make(chan struct{}),
-		kick:      make(chan struct{}, 1),
-		dogKick:   make(chan struct{}, 1),
-		done:      make(chan struct{}),
-		leases:    map[string]*lease{},
-		stale:     map[*lease]struct{}{},
-		rearm:     map[*lease]struct{}{},
-		members:   map[string]*membership{},
-		watches:   map[string]chan struct{}{},
+		cfg:         cfg,
+		logger:      logger.With("component", "coord", "coord", cfg.String()),
+		acl:         zk.WorldACL(zk.PermAll),
+		link:        newLink(opts.dial, opts.onHandshake),
+		leasesDir:   cfg.root + "/leases",
+		epochsDir:   cfg.root + "/epochs",
+		groupsDir:   cfg.root + "/groups",
+		up:          make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		dogKick:     make(chan struct{}, 1),
+		done:        make(chan struct{}),
+		leases:      map[string]*lease{},
+		stale:       map[*lease]struct{}{},
+		rearm:       map[*lease]struct{}{},
+		members:     map[string]*membership{},
+		watches:     map[string]chan struct{}{},
+		groupEvents: map[string]uint64{},
+		armed:       map[string]bool{},
 	}
 	conn, events, err := zk.Connect(cfg.servers, cfg.sessionTimeout,
 		zk.WithDialer(c.link.Dial),
@@ -198,6 +202,10 @@ func (c *Coord) onEvent(ev zk.Event) {
 		close(ch)
 		delete(c.watches, ev.Path)
 	}
+	if n, ok := c.groupEvents[ev.Path]; ok {
+		c.groupEvents[ev.Path] = n + 1
+		delete(c.armed, ev.Path)
+	}
 	if l := c.leases[ev.Path]; l != nil && l.granted() {
 		switch ev.Type {
 		case zk.EventNodeDeleted:
@@ -224,6 +232,13 @@ func (c *Coord) onSession(ev zk.Event) {
 			c.logger.Info("zookeeper connection re-established", "server", ev.Server)
 		}
 		c.connected = true
+		// The client sets its watches again on a new connection; if that
+		// failed it only logs, so arm them again ourselves rather than
+		// trust them.
+		clear(c.armed)
+		for p, n := range c.groupEvents {
+			c.groupEvents[p] = n + 1 // and do not trust arms in flight
+		}
 		signal(c.kick)
 		signal(c.dogKick)
 	case zk.StateDisconnected:

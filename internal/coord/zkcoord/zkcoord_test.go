@@ -589,3 +589,43 @@ func TestJoinTakenElsewhere(t *testing.T) {
 		t.Fatalf("members %v %v", ms, err)
 	}
 }
+
+// TestMembersPolling: callers that list a group again and again without a
+// change share one server watch, and every channel they got still closes
+// at the next change, including across a dropped connection.
+func TestMembersPolling(t *testing.T) {
+	b := newBackend(t, zkAddr(t), 4*time.Second)
+	a, c := b.open(t), b.open(t)
+	for round, group := range []string{"missing", "present"} {
+		if group == "present" {
+			if _, err := c.Join(tctx(t), group, "first", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var chans []<-chan struct{}
+		for i := range 50 {
+			if i == 25 {
+				b.net(a).cut() // the client sets its watches again
+			}
+			_, ch, err := a.Members(tctx(t), group)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chans = append(chans, ch)
+		}
+		if _, err := c.Join(tctx(t), group, "w", nil); err != nil {
+			t.Fatal(err)
+		}
+		for i, ch := range chans {
+			select {
+			case <-ch:
+			case <-time.After(coordtest.Wait):
+				t.Fatalf("round %d: channel %d not closed by a join", round, i)
+			}
+		}
+		ms, _, err := a.Members(tctx(t), group)
+		if err != nil || len(ms) != round+1 {
+			t.Fatalf("members %v %v", ms, err)
+		}
+	}
+}
