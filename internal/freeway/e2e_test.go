@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -81,6 +82,7 @@ func (r *running) stop(t *testing.T) {
 			t.Fatalf("run: %v", err)
 		}
 	case <-time.After(60 * time.Second):
+		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
 		t.Fatal("process did not stop")
 	}
 }
