@@ -128,12 +128,14 @@ func (s *shard) run(ctx context.Context) error {
 	tick := time.NewTicker(s.p.cfg.CheckpointInterval.D())
 	defer tick.Stop()
 	var err error
+	readDone := false
 loop:
 	for {
 		select {
 		case <-ctx.Done():
 			break loop
 		case err = <-readErr:
+			readDone = true
 			break loop
 		case <-tick.C:
 			if cerr := s.checkpoint(ctx); cerr != nil {
@@ -147,10 +149,10 @@ loop:
 		}
 	}
 	cancel()
-	if err == nil {
-		err = <-readErr
-	} else {
-		<-readErr
+	if !readDone {
+		if rerr := <-readErr; err == nil {
+			err = rerr
+		}
 	}
 	if errors.Is(err, context.Canceled) {
 		err = nil
