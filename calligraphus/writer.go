@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"path"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +38,9 @@ type bucketWriter struct {
 	reqs    chan *appendReq
 	pending atomic.Int64
 
+	mu     sync.Mutex // orders submit against stop
+	closed bool       // the run loop has ended: submit refuses
+
 	lease     coord.Lease
 	nextTry   time.Time
 	epoch     int64
@@ -59,18 +63,27 @@ func newBucketWriter(c *Calligraphus, id bucketID) *bucketWriter {
 	}
 }
 
-// submit queues req, or refuses at once if the bucket is over its budget.
+// submit queues req, or refuses at once if the bucket is over its budget
+// or its writer has stopped (a request queued then would never be
+// answered).
 func (w *bucketWriter) submit(req *appendReq) error {
-	if w.pending.Add(req.size) > int64(w.c.cfg.MaxPendingBytes) && w.pending.Load() != req.size {
-		w.pending.Add(-req.size)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return errStopping
+	}
+	// A request alone may exceed the budget, or it could never pass.
+	if p := w.pending.Load(); p > 0 && p+req.size > int64(w.c.cfg.MaxPendingBytes) {
 		return errBusy
 	}
+	w.pending.Add(req.size)
+	w.c.m.pending.WithLabelValues(w.id.category).Add(float64(req.size))
 	select {
 	case w.reqs <- req:
-		w.c.m.pending.WithLabelValues(w.id.category).Add(float64(req.size))
 		return nil
 	default:
 		w.pending.Add(-req.size)
+		w.c.m.pending.WithLabelValues(w.id.category).Sub(float64(req.size))
 		return errBusy
 	}
 }
@@ -456,13 +469,17 @@ func (w *bucketWriter) failQueued(err error) {
 	}
 }
 
-// stop publishes the open segment and releases the lease.
+// stop publishes the open segment, refuses what is queued and what comes,
+// and releases the lease.
 func (w *bucketWriter) stop() {
 	if w.file != nil {
 		if err := w.publish(); err != nil {
 			w.log.Error("cannot publish segment at stop", "segment", w.final, "err", err)
 		}
 	}
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
 	w.failQueued(errStopping)
 	if w.lease != nil {
 		w.lease.Release(context.Background())

@@ -1,0 +1,451 @@
+package calligraphus
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/coord/inproc"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/ptail"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// waitFor polls cond until it holds; the deadline is generous, the test
+// does not depend on it being reached quickly.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// testFS wraps a dfs.FS. With durable false it behaves like HDFS through
+// colinmarc/hdfs: Sync makes nothing durable and readers see no byte of a
+// file until it is closed. hook, when set, runs before every operation and
+// may block it or make it fail.
+type testFS struct {
+	dfs.FS
+	durable bool
+
+	mu      sync.Mutex
+	writing map[string]bool
+	hook    func(op, name string) error
+}
+
+func newTestFS(inner dfs.FS, durable bool) *testFS {
+	return &testFS{FS: inner, durable: durable, writing: map[string]bool{}}
+}
+
+func (f *testFS) setHook(h func(op, name string) error) {
+	f.mu.Lock()
+	f.hook = h
+	f.mu.Unlock()
+}
+
+func (f *testFS) call(op, name string) error {
+	f.mu.Lock()
+	h := f.hook
+	f.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	return h(op, name)
+}
+
+func (f *testFS) SyncDurable() bool { return f.durable }
+
+func (f *testFS) Create(name string) (dfs.File, error) {
+	if err := f.call("create", name); err != nil {
+		return nil, err
+	}
+	file, err := f.FS.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.writing[name] = true
+	f.mu.Unlock()
+	return &testFile{File: file, fs: f, name: name}, nil
+}
+
+func (f *testFS) Open(name string) (dfs.Reader, error) {
+	if err := f.call("open", name); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	hidden := !f.durable && f.writing[name]
+	f.mu.Unlock()
+	if hidden {
+		if _, err := f.FS.Stat(name); err != nil {
+			return nil, err
+		}
+		return nopCloser{bytes.NewReader(nil)}, nil
+	}
+	return f.FS.Open(name)
+}
+
+func (f *testFS) Rename(oldname, newname string) error {
+	if err := f.call("rename", oldname); err != nil {
+		return err
+	}
+	return f.FS.Rename(oldname, newname)
+}
+
+func (f *testFS) Remove(name string) error {
+	if err := f.call("remove", name); err != nil {
+		return err
+	}
+	return f.FS.Remove(name)
+}
+
+type testFile struct {
+	dfs.File
+	fs   *testFS
+	name string
+}
+
+func (w *testFile) Write(p []byte) (int, error) {
+	if err := w.fs.call("write", w.name); err != nil {
+		return 0, err
+	}
+	return w.File.Write(p)
+}
+
+func (w *testFile) Sync() error {
+	if err := w.fs.call("sync", w.name); err != nil {
+		return err
+	}
+	return w.File.Sync()
+}
+
+func (w *testFile) Close() error {
+	err := w.fs.call("close", w.name)
+	cerr := w.File.Close()
+	w.fs.mu.Lock()
+	delete(w.fs.writing, w.name)
+	w.fs.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return cerr
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+func newLocal(t *testing.T) *localfs.FS {
+	t.Helper()
+	l, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.ID = "w1"
+	cfg.SegmentMaxAge = config.Duration(time.Hour) // tests roll explicitly
+	cfg.Linger = config.Duration(5 * time.Millisecond)
+	return cfg
+}
+
+// server is one running Calligraphus.
+type server struct {
+	t      *testing.T
+	c      *Calligraphus
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+func startServer(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *Router) *server {
+	t.Helper()
+	if router == nil {
+		router = NewRouter(1, nil)
+	}
+	reg := prometheus.NewRegistry()
+	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router, Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &server{t: t, c: c, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- c.Run(ctx) }()
+	t.Cleanup(s.stop)
+	return s
+}
+
+// stop cancels Run and waits for it to return.
+func (s *server) stop() {
+	s.once.Do(func() {
+		s.cancel()
+		if err := <-s.done; err != nil {
+			s.t.Errorf("run: %v", err)
+		}
+	})
+}
+
+func (s *server) dial(t *testing.T) *scribeapi.Client {
+	t.Helper()
+	cl, err := scribeapi.Dial(s.c.Addr(), thriftsrv.Limits{}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func entries(category string, msgs ...string) []*scribe.LogEntry {
+	out := make([]*scribe.LogEntry, len(msgs))
+	for i, m := range msgs {
+		out[i] = &scribe.LogEntry{Category: category, Message: []byte(m)}
+	}
+	return out
+}
+
+func mustLog(t *testing.T, cl *scribeapi.Client, es []*scribe.LogEntry) {
+	t.Helper()
+	rc, err := cl.Log(context.Background(), es)
+	if err != nil {
+		t.Fatalf("log: %v", err)
+	}
+	if rc != scribe.ResultCode_OK {
+		t.Fatalf("log: %v, want OK", rc)
+	}
+}
+
+// counter sums every series of the metric called name in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				total += m.Counter.GetValue()
+			case m.Gauge != nil:
+				total += m.Gauge.GetValue()
+			case m.Histogram != nil:
+				total += float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return total
+}
+
+// entry is one message read back with the block it came in.
+type entry struct {
+	Segment string
+	Agent   string
+	Seq     uint64
+	Msg     string
+}
+
+// published lists the published segments of a bucket, and fails the test
+// if a hidden file is left over (unless allowHidden).
+func published(t *testing.T, fsys dfs.FS, dir string, allowHidden bool) []string {
+	t.Helper()
+	infos, err := fsys.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, fi := range infos {
+		if dfs.Hidden(fi.Name()) {
+			if !allowHidden {
+				t.Errorf("%s: unpublished file %s left over", dir, fi.Name())
+			}
+			continue
+		}
+		if _, _, ok := segment.ParseName(fi.Name()); !ok {
+			t.Errorf("%s: unexpected file %s", dir, fi.Name())
+			continue
+		}
+		out = append(out, fi.Name())
+	}
+	return out
+}
+
+// scan reads every published segment of a bucket in full, failing on any
+// damage.
+func scan(t *testing.T, fsys dfs.FS, dir string) []entry {
+	t.Helper()
+	var out []entry
+	for _, name := range published(t, fsys, dir, false) {
+		data, err := dfs.ReadFile(fsys, path.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := segment.NewReader(bytes.NewReader(data), 0)
+		if err != nil {
+			t.Fatalf("segment %s/%s: %v", dir, name, err)
+		}
+		var b segment.Block
+		for {
+			err := r.Next(&b)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("segment %s/%s: %v", dir, name, err)
+			}
+			for i, m := range b.Messages {
+				out = append(out, entry{Segment: name, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m)})
+			}
+		}
+	}
+	return out
+}
+
+// tail reads n entries of a bucket with ptail from the start.
+func tail(t *testing.T, fsys dfs.FS, dir string, n int) []entry {
+	t.Helper()
+	r := ptail.NewReader(fsys, dir, ptail.Position{}, 2*time.Millisecond, slog.New(slog.DiscardHandler))
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []entry
+	var b segment.Block
+	for len(out) < n {
+		pos, err := r.Next(ctx, &b)
+		if err != nil {
+			t.Fatalf("ptail %s after %d of %d entries: %v", dir, len(out), n, err)
+		}
+		for i, m := range b.Messages {
+			out = append(out, entry{Segment: pos.Segment, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m)})
+		}
+	}
+	if r.Skipped != 0 {
+		t.Errorf("ptail %s skipped %d damaged segments", dir, r.Skipped)
+	}
+	return out
+}
+
+func msgs(es []entry) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.Msg
+	}
+	return out
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func seq(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%04d", prefix, i)
+	}
+	return out
+}
+
+// writeCrashed leaves in dir what a writer of epoch that died while
+// writing segment seq leaves: a temporary segment with the given blocks,
+// then a torn tail.
+func writeCrashed(t *testing.T, fsys dfs.FS, dir string, epoch int64, seqNo uint64, blocks []*segment.Block, torn bool) string {
+	t.Helper()
+	name := segment.Name(epoch, seqNo)
+	data := []byte(segment.Magic)
+	for _, b := range blocks {
+		data = segment.AppendBlock(data, b)
+	}
+	if torn {
+		tail := segment.AppendBlock(nil, &segment.Block{Messages: [][]byte{[]byte("torn-entry-never-acked")}})
+		data = append(data, tail[:len(tail)-5]...)
+	}
+	f, err := fsys.Create(path.Join(dir, dfs.TempName(name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// inprocCoord returns a session on a fresh hub.
+func inprocCoord(t *testing.T) (*inproc.Hub, *inproc.Session) {
+	hub := inproc.NewHub()
+	s := hub.Session()
+	t.Cleanup(func() { s.Close() })
+	return hub, s
+}
+
+// fsKinds runs a test on a local disk (Sync durable) and on an HDFS-like
+// file system (only a close is durable, unclosed files are invisible).
+func fsKinds(t *testing.T, fn func(t *testing.T, fsys *testFS)) {
+	t.Run("local", func(t *testing.T) { fn(t, newTestFS(newLocal(t), true)) })
+	t.Run("hdfslike", func(t *testing.T) { fn(t, newTestFS(newLocal(t), false)) })
+}
+
+func head(s []string) []string {
+	if len(s) > 3 {
+		return s[:3]
+	}
+	return s
+}
