@@ -251,7 +251,10 @@ func (p *Puma) Statuses() []Status {
 			continue
 		}
 		s.mu.RLock()
-		out = append(out, Status{Category: s.category, Bucket: s.bucket, Position: s.pos.String(), Entries: s.entries, Dups: s.dups})
+		out = append(out, Status{
+			Category: s.category, Bucket: s.bucket, Position: s.pos.String(), Entries: s.entries, Dups: s.dups,
+			Epoch: s.committedEpoch, Committed: s.committedPos.String(),
+		})
 		s.mu.RUnlock()
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -319,9 +322,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	p.mu.RUnlock()
 	type agg struct {
-		cells                                         float64
-		late, parse, badTime, badValue, filtered      float64
-		watermark                                     int64
+		cells                                    float64
+		late, parse, badTime, badValue, filtered float64
+		watermark                                int64
 	}
 	per := map[string]*agg{}
 	for _, a := range p.apps {

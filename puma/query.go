@@ -193,9 +193,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 				if t.app != app {
 					continue
 				}
-				for k, cell := range t.cells {
-					m.add(k.window, k.key, cell)
-				}
+				t.each(q.FromMs, q.ToMs, m.add)
 			}
 		})
 	}

@@ -22,12 +22,12 @@ import (
 // commitState is a shard's committed checkpoint, stored as JSON in the
 // commit row.
 type commitState struct {
-	Epoch      int64            `json:"epoch"`
-	Position   ptail.Position   `json:"position"`
+	Epoch      int64             `json:"epoch"`
+	Position   ptail.Position    `json:"position"`
 	HighWater  map[string]uint64 `json:"high_water,omitempty"`
 	Watermarks map[string]int64  `json:"watermarks,omitempty"`
-	Owner      string           `json:"owner"`
-	CommitMs   int64            `json:"commit_ms"`
+	Owner      string            `json:"owner"`
+	CommitMs   int64             `json:"commit_ms"`
 }
 
 // Store layout, in table cfg.Table:
@@ -73,6 +73,9 @@ type shard struct {
 	highWater map[string]uint64
 	dups      uint64
 	entries   uint64
+	// copies of committed.Epoch and committed.Position for Statuses
+	committedEpoch int64
+	committedPos   ptail.Position
 
 	// checkpoint state, owned by the checkpointing goroutine
 	committed   commitState
@@ -277,6 +280,7 @@ func (s *shard) recover(ctx context.Context) error {
 	for a, hw := range s.committed.HighWater {
 		s.highWater[a] = hw
 	}
+	s.committedEpoch, s.committedPos = E, s.committed.Position
 	s.lastCommit.Store(time.Now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
 	return nil
@@ -377,6 +381,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	s.commitBytes = val
 	s.committed = state
+	s.mu.Lock()
+	s.committedEpoch, s.committedPos = state.Epoch, state.Position
+	s.mu.Unlock()
 	s.lastCommit.Store(time.Now().UnixNano())
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(len(cells)))

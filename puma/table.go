@@ -89,6 +89,15 @@ func (t *table) apply(line []byte, arrivalMs int64) {
 	t.dirty[k] = struct{}{}
 }
 
+// each calls fn for every cell whose window starts in [from, to).
+func (t *table) each(from, to int64, fn func(window int64, key string, cell []float64)) {
+	for k, cell := range t.cells {
+		if k.window >= from && k.window < to {
+			fn(k.window, k.key, cell)
+		}
+	}
+}
+
 // expire drops windows that ended before watermark - retention and
 // returns their starts.
 func (t *table) expire() []int64 {

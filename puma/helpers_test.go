@@ -1,0 +1,332 @@
+package puma
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord/inproc"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/ptail"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// t0 is a minute boundary: the start of the first window of most tests.
+const t0 = int64(1_700_000_040_000)
+
+func testLog() *slog.Logger {
+	if os.Getenv("PUMA_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// orders is the app most tests use: JSON lines with an event time in Unix
+// seconds, grouped by region and kind, with every aggregate on amount.
+func orders(t testing.TB, mod ...func(*apps.Spec)) *apps.App {
+	t.Helper()
+	s := apps.Spec{
+		Name: "orders", Category: "orders", Format: "json",
+		Time:            &apps.TimeSpec{Field: "ts", Layout: "unix_ms"},
+		Window:          config.Duration(time.Minute),
+		AllowedLateness: config.Duration(5 * time.Minute),
+		Retention:       config.Duration(time.Hour),
+		GroupBy:         []string{"region", "kind"},
+		Aggregates: []apps.AggregateSpec{
+			{Name: "n", Fn: "count"},
+			{Name: "total", Fn: "sum", Field: "amount"},
+			{Name: "lo", Fn: "min", Field: "amount"},
+			{Name: "hi", Fn: "max", Field: "amount"},
+			{Name: "mean", Fn: "avg", Field: "amount"},
+		},
+	}
+	for _, m := range mod {
+		m(&s)
+	}
+	a, err := apps.Compile(s, "$.apps[0]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// order is one line of the orders app; amount nil leaves the field out.
+func order(tsMs int64, region, kind string, amount any) []byte {
+	m := map[string]any{"ts": tsMs, "region": region, "kind": kind}
+	if amount != nil {
+		m["amount"] = amount
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// env is a set of embedded backends under a test directory, shared by the
+// nodes a test starts: a localfs dfs, a bbolt store and an inproc hub.
+type env struct {
+	t       testing.TB
+	root    string
+	fs      *localfs.FS
+	st      store.Store
+	hub     *inproc.Hub
+	apps    []*apps.App
+	buckets int
+
+	mu   sync.Mutex
+	segs map[string]uint64 // bucket dir → last segment seq
+}
+
+func newEnv(t testing.TB, appList ...*apps.App) *env {
+	t.Helper()
+	dir := t.TempDir()
+	fs, err := localfs.New(filepath.Join(dir, "dfs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := boltstore.Open(filepath.Join(dir, "store.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &env{t: t, root: filepath.Join(dir, "dfs"), fs: fs, st: st, hub: inproc.NewHub(), apps: appList, buckets: 1, segs: map[string]uint64{}}
+}
+
+func (e *env) config(id string) Config {
+	cfg := DefaultConfig()
+	cfg.ID = id
+	cfg.CheckpointInterval = config.Duration(100 * time.Millisecond)
+	cfg.PollInterval = config.Duration(5 * time.Millisecond)
+	return cfg
+}
+
+func (e *env) deps(st store.Store, co *inproc.Session) Deps {
+	return Deps{
+		FS: e.fs, Store: st, Coord: co, Apps: e.apps,
+		Buckets: func(string) int { return e.buckets },
+		Log:     testLog(),
+	}
+}
+
+// node returns a node on the env's backends with its own coord session.
+func (e *env) node(id string, mod ...func(*Config, *Deps)) *Puma {
+	e.t.Helper()
+	cfg := e.config(id)
+	co := e.hub.Session()
+	e.t.Cleanup(func() { co.Close() })
+	deps := e.deps(e.st, co)
+	for _, m := range mod {
+		m(&cfg, &deps)
+	}
+	p, err := New(cfg, deps)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// publish writes blocks as the next segment of a bucket, under a hidden
+// name first and then renamed, as a writer publishes it. It returns the
+// position after the last block.
+func (e *env) publish(category string, bucket int, blocks ...*segment.Block) ptail.Position {
+	e.t.Helper()
+	dir := filepath.Join(e.root, filepath.FromSlash(segment.Dir(category, bucket)))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.segs[dir]++
+	name := segment.Name(1, e.segs[dir])
+	e.mu.Unlock()
+	b := []byte(segment.Magic)
+	for _, blk := range blocks {
+		b = segment.AppendBlock(b, blk)
+	}
+	tmp := filepath.Join(dir, "_"+name)
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		e.t.Fatal(err)
+	}
+	return ptail.Position{Segment: name, Offset: int64(len(b))}
+}
+
+// stock is a block from a stock Scribe client (no agent, no sequence).
+func stock(lines ...[]byte) *segment.Block {
+	return &segment.Block{ArrivalMs: t0, Messages: lines}
+}
+
+// agent is a block from Freeway's agent with sequence numbers from first.
+func agent(id string, first uint64, lines ...[]byte) *segment.Block {
+	b := &segment.Block{Agent: id, ArrivalMs: t0, Messages: lines}
+	for i := range lines {
+		b.Seqs = append(b.Seqs, first+uint64(i))
+	}
+	return b
+}
+
+// running is a node's Run in a goroutine.
+type running struct {
+	p      *Puma
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+func start(t testing.TB, p *Puma) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{p: p, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(ctx) }()
+	t.Cleanup(func() { r.stop(t) })
+	return r
+}
+
+// stop cancels Run and waits for it (final checkpoints included).
+func (r *running) stop(t testing.TB) {
+	t.Helper()
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("node did not stop")
+		}
+	})
+}
+
+// eventually polls cond until it returns nil or a generous deadline
+// passes.
+func eventually(t testing.TB, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitCommitted waits until every shard of the node is ready and has
+// committed pos (the end of what was published).
+func waitCommitted(t testing.TB, p *Puma, pos ptail.Position) {
+	t.Helper()
+	eventually(t, "commit of "+pos.String(), func() error {
+		if !p.Ready() {
+			return fmt.Errorf("not ready")
+		}
+		for _, s := range p.Statuses() {
+			if s.Committed != pos.String() {
+				return fmt.Errorf("shard %s/%d committed %s (read %s)", s.Category, s.Bucket, s.Committed, s.Position)
+			}
+		}
+		return nil
+	})
+}
+
+// waitRead waits until the node has read up to pos.
+func waitRead(t testing.TB, p *Puma, pos ptail.Position) {
+	t.Helper()
+	eventually(t, "read of "+pos.String(), func() error {
+		if !p.Ready() {
+			return fmt.Errorf("not ready")
+		}
+		for _, s := range p.Statuses() {
+			if s.Position != pos.String() {
+				return fmt.Errorf("shard %s/%d at %s", s.Category, s.Bucket, s.Position)
+			}
+		}
+		return nil
+	})
+}
+
+type querier interface {
+	Query(ctx context.Context, q Query) (*Result, error)
+}
+
+// rows is a readable, sorted form of a query's answer.
+func rows(t testing.TB, src querier, q Query) []string {
+	t.Helper()
+	if q.App == "" {
+		q.App = "orders"
+	}
+	if q.FromMs == 0 && q.ToMs == 0 {
+		q.FromMs, q.ToMs = t0-24*3600_000, t0+24*3600_000
+	}
+	res, err := src.Query(context.Background(), q)
+	if err != nil {
+		t.Fatalf("query %+v: %v", q, err)
+	}
+	return formatRows(res)
+}
+
+func formatRows(res *Result) []string {
+	var out []string
+	for _, r := range res.Rows {
+		out = append(out, formatRow(r))
+	}
+	return out
+}
+
+func formatRow(r Row) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%+d..%+ds", (r.WindowStartMs-t0)/1000, (r.WindowEndMs-t0)/1000)
+	b.WriteString(" " + formatMap(r.Key))
+	vals := map[string]string{}
+	for k, v := range r.Values {
+		if v == nil {
+			vals[k] = "null"
+		} else {
+			vals[k] = fmt.Sprint(v)
+		}
+	}
+	b.WriteString(" " + formatMap(vals))
+	return b.String()
+}
+
+func formatMap(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, k+"="+m[k])
+	}
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+func equalRows(t testing.TB, what string, got, want []string) {
+	t.Helper()
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("%s:\ngot:\n  %s\nwant:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}

@@ -1,0 +1,191 @@
+package puma
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+// fourOrders is one segment's worth of orders in two windows.
+func fourOrders() [][]byte {
+	return [][]byte{
+		order(t0+1000, "eu", "book", 10),
+		order(t0+2000, "eu", "book", 30),
+		order(t0+3000, "us", "pen", 2),
+		order(t0+61_000, "eu", "book", 5),
+	}
+}
+
+var fourOrdersRows = []string{
+	"+0..+60s {kind=book region=eu} {hi=30 lo=10 mean=20 n=2 total=40}",
+	"+0..+60s {kind=pen region=us} {hi=2 lo=2 mean=2 n=1 total=2}",
+	"+60..+120s {kind=book region=eu} {hi=5 lo=5 mean=5 n=1 total=5}",
+}
+
+func TestStatusesShowCommits(t *testing.T) {
+	e := newEnv(t, orders(t))
+	e.buckets = 2
+	e.publish("orders", 0, stock(fourOrders()...))
+	pos1 := e.publish("orders", 1, stock(order(t0, "eu", "pen", 1)))
+	p := e.node("n1")
+	start(t, p)
+	eventually(t, "both shards committed", func() error {
+		st := p.Statuses()
+		if len(st) != 2 {
+			return fmt.Errorf("%d shards", len(st))
+		}
+		for _, s := range st {
+			if s.Epoch == 0 || s.Committed != s.Position {
+				return fmt.Errorf("%+v", s)
+			}
+		}
+		if st[0].Entries != 4 || st[1].Entries != 1 || st[1].Position != pos1.String() {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	equalRows(t, "rows", rows(t, p, Query{}), append(fourOrdersRows[:1:1], append([]string{
+		"+0..+60s {kind=pen region=eu} {hi=1 lo=1 mean=1 n=1 total=1}",
+	}, fourOrdersRows[1:]...)...))
+}
+
+func TestNewValidates(t *testing.T) {
+	e := newEnv(t, orders(t), orders(t))
+	cfg := e.config("n")
+	if _, err := New(cfg, e.deps(e.st, e.hub.Session())); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("duplicate app: %v", err)
+	}
+	cfg.CheckpointInterval = config.Duration(1)
+	if _, err := New(cfg, e.deps(e.st, e.hub.Session())); err == nil {
+		t.Fatal("tiny checkpoint interval accepted")
+	}
+	cfg = e.config("n")
+	cfg.Table = "no/slash"
+	if _, err := New(cfg, e.deps(e.st, e.hub.Session())); err == nil {
+		t.Fatal("bad table accepted")
+	}
+}
+
+func TestAppsAndApp(t *testing.T) {
+	b := orders(t, func(s *apps.Spec) { s.Name = "b_orders" })
+	a := orders(t, func(s *apps.Spec) { s.Name = "a_orders"; s.Category = "other" })
+	e := newEnv(t, b, a)
+	p := e.node("n")
+	list := p.Apps()
+	if len(list) != 2 || list[0] != a || list[1] != b {
+		t.Fatalf("Apps() = %v", list)
+	}
+	if got, ok := p.App("b_orders"); !ok || got != b {
+		t.Fatal("App(b_orders)")
+	}
+	if _, ok := p.App("nope"); ok {
+		t.Fatal("App(nope)")
+	}
+}
+
+func TestReady(t *testing.T) {
+	e := newEnv(t, orders(t))
+	e.buckets = 3
+	p := e.node("n1")
+	if p.Ready() {
+		t.Fatal("ready before running")
+	}
+	r := start(t, p)
+	eventually(t, "ready", func() error {
+		if !p.Ready() {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	r.stop(t)
+	if p.Ready() {
+		t.Fatal("ready after stopping")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	e := newEnv(t, orders(t, func(s *apps.Spec) { s.Where = `kind != "refund"` }))
+	reg := prometheus.NewPedanticRegistry()
+	pos := e.publish("orders", 0,
+		agent("a1", 1, fourOrders()...),
+		agent("a1", 1, fourOrders()...), // re-sent: 4 duplicates
+		stock(
+			[]byte("garbage"),
+			[]byte(`{"kind": "x"}`),
+			order(t0, "eu", "refund", 1),
+			order(t0, "eu", "book", "n/a"),
+			order(t0-3600_000, "eu", "book", 1),
+		),
+	)
+	p := e.node("n1", func(c *Config, d *Deps) { d.Metrics = reg })
+	start(t, p)
+	waitCommitted(t, p, pos)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			got[metricName(mf.GetName(), m)] = metricValue(m)
+		}
+	}
+	want := map[string]float64{
+		"freeway_puma_entries_total":                                        9,
+		"freeway_puma_duplicates_total":                                     4,
+		"freeway_puma_cells{app=orders}":                                    3,
+		"freeway_puma_records_dropped_total{app=orders,reason=late}":        1,
+		"freeway_puma_records_dropped_total{app=orders,reason=parse_error}": 1,
+		"freeway_puma_records_dropped_total{app=orders,reason=bad_time}":    1,
+		"freeway_puma_records_dropped_total{app=orders,reason=filtered}":    1,
+		"freeway_puma_records_dropped_total{app=orders,reason=bad_value}":   4,
+		"freeway_puma_watermark_seconds{app=orders}":                        float64(t0+61_000) / 1000,
+		"freeway_puma_segment_lag{bucket=0,category=orders}":                0,
+	}
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, w)
+		}
+	}
+	for _, k := range []string{"freeway_puma_checkpoints_total", "freeway_puma_checkpoint_cells_total"} {
+		if got[k] < 1 {
+			t.Errorf("%s = %v, want > 0", k, got[k])
+		}
+	}
+	if _, ok := got["freeway_puma_checkpoint_age_seconds"]; !ok {
+		t.Error("no checkpoint age")
+	}
+}
+
+func metricName(name string, m *dto.Metric) string {
+	if len(m.Label) == 0 {
+		return name
+	}
+	var ls []string
+	for _, l := range m.Label {
+		ls = append(ls, l.GetName()+"="+l.GetValue())
+	}
+	return name + "{" + strings.Join(ls, ",") + "}"
+}
+
+func metricValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	}
+	return 0
+}
+
+var _ = context.Background

@@ -1,0 +1,161 @@
+package puma
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+)
+
+// dump lists a table's cells as "window(s from t0) key values".
+func dump(tb *table) []string {
+	var out []string
+	tb.each(math.MinInt64, math.MaxInt64, func(w int64, key string, cell []float64) {
+		vals := map[string]string{}
+		for k, v := range tb.layout.results(cell) {
+			if v == nil {
+				vals[k] = "null"
+			} else {
+				vals[k] = fmt.Sprint(v)
+			}
+		}
+		out = append(out, fmt.Sprintf("%+ds %s %s", (w-t0)/1000, strings.ReplaceAll(key, "\x00", "|"), formatMap(vals)))
+	})
+	sort.Strings(out)
+	return out
+}
+
+func TestEventTimeWindows(t *testing.T) {
+	tb, err := newTable(orders(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][]byte{
+		order(t0, "eu", "book", 10),
+		order(t0+59_999, "eu", "book", 20),
+		order(t0+60_000, "eu", "book", 5),
+		order(t0+30_000, "us", "book", "7.5"),
+		order(t0+30_000, "us", "pen", nil), // no amount: counted only
+		order(t0-1, "eu", "book", 1),       // the window before t0
+	} {
+		tb.apply(l, 0)
+	}
+	equalRows(t, "cells", dump(tb), []string{
+		"+0s eu|book {hi=20 lo=10 mean=15 n=2 total=30}",
+		"+0s us|book {hi=7.5 lo=7.5 mean=7.5 n=1 total=7.5}",
+		"+0s us|pen {hi=null lo=null mean=null n=1 total=0}",
+		"+60s eu|book {hi=5 lo=5 mean=5 n=1 total=5}",
+		"-60s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
+	})
+	if tb.watermark != t0+60_000 {
+		t.Fatalf("watermark %d, want %d", tb.watermark-t0, 60_000)
+	}
+}
+
+func TestArrivalTimeWithoutTimeField(t *testing.T) {
+	tb, err := newTable(orders(t, func(s *apps.Spec) { s.Time = nil }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.apply(order(0, "eu", "book", 1), t0+61_000)
+	equalRows(t, "cells", dump(tb), []string{"+60s eu|book {hi=1 lo=1 mean=1 n=1 total=1}"})
+}
+
+func TestLateness(t *testing.T) {
+	tb, err := newTable(orders(t)) // lateness 5m
+	if err != nil {
+		t.Fatal(err)
+	}
+	wm := t0 + 10*60_000
+	tb.apply(order(wm, "eu", "book", 1), 0)
+	tb.apply(order(wm-5*60_000, "eu", "book", 2), 0)   // exactly at the limit: counted
+	tb.apply(order(wm-5*60_000-1, "eu", "book", 4), 0) // beyond: late
+	tb.apply(order(t0-3600_000, "eu", "book", 8), 0)   // far beyond: late
+	if tb.late != 2 {
+		t.Fatalf("late = %d, want 2", tb.late)
+	}
+	equalRows(t, "cells", dump(tb), []string{
+		"+300s eu|book {hi=2 lo=2 mean=2 n=1 total=2}",
+		"+600s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
+	})
+	// A later record moves the watermark; an earlier one does not.
+	tb.apply(order(wm-60_000, "eu", "book", 1), 0)
+	if tb.watermark != wm {
+		t.Fatalf("watermark moved back to %d", tb.watermark-t0)
+	}
+}
+
+func TestDropReasons(t *testing.T) {
+	tb, err := newTable(orders(t, func(s *apps.Spec) { s.Where = `kind != "refund"` }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.apply([]byte(`not json`), 0)
+	tb.apply([]byte(`{"region": "eu", "kind": "x"}`), 0) // no time
+	tb.apply([]byte(`{"ts": "soon", "kind": "x"}`), 0)   // bad time
+	tb.apply(order(t0, "eu", "refund", 1), 0)            // filtered
+	tb.apply(order(t0, "eu", "book", "lots"), 0)         // counted, amount bad ×4 aggregates
+	if tb.parseErrors != 1 || tb.badTime != 2 || tb.filtered != 1 || tb.badValues != 4 || tb.late != 0 {
+		t.Fatalf("parse %d badTime %d filtered %d badValues %d late %d", tb.parseErrors, tb.badTime, tb.filtered, tb.badValues, tb.late)
+	}
+	equalRows(t, "cells", dump(tb), []string{"+0s eu|book {hi=null lo=null mean=null n=1 total=0}"})
+}
+
+func TestRetentionInMemory(t *testing.T) {
+	tb, err := newTable(orders(t)) // window 1m, retention 1h
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []int64{0, 59, 60} {
+		tb.apply(order(t0+m*60_000, "eu", "book", 1), 0)
+	}
+	tb.apply(order(t0+120*60_000-1, "eu", "book", 1), 0) // watermark: t0+2h-1ms
+	if gone := tb.expire(); len(gone) != 1 || gone[0] != t0 {
+		t.Fatalf("expired %v, want [t0] (horizon t0+1h-1ms)", gone)
+	}
+	tb.apply(order(t0+120*60_000, "eu", "book", 1), 0) // horizon t0+1h: the window ending there goes
+	gone := tb.expire()
+	if len(gone) != 1 || gone[0] != t0+59*60_000 {
+		t.Fatalf("expired %v, want [t0+59m]", gone)
+	}
+	equalRows(t, "cells", dump(tb), []string{
+		"+3600s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
+		"+7140s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
+		"+7200s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
+	})
+	if len(tb.expire()) != 0 {
+		t.Fatal("expired twice")
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	base := fingerprint(orders(t))
+	if fingerprint(orders(t)) != base {
+		t.Fatal("fingerprint is not stable")
+	}
+	same := []func(*apps.Spec){
+		func(s *apps.Spec) { s.Where = "amount > 1" },
+		func(s *apps.Spec) { s.Retention *= 2 },
+		func(s *apps.Spec) { s.AllowedLateness *= 2 },
+	}
+	for i, m := range same {
+		if fingerprint(orders(t, m)) != base {
+			t.Errorf("change %d altered the shape", i)
+		}
+	}
+	changed := []func(*apps.Spec){
+		func(s *apps.Spec) { s.Window *= 2 },
+		func(s *apps.Spec) { s.GroupBy = []string{"kind", "region"} },
+		func(s *apps.Spec) { s.Aggregates[1].Fn = "max" },
+		func(s *apps.Spec) { s.Aggregates[1].Field = "ts" },
+		func(s *apps.Spec) { s.Aggregates = s.Aggregates[:4] },
+	}
+	for i, m := range changed {
+		if fingerprint(orders(t, m)) == base {
+			t.Errorf("change %d kept the shape", i)
+		}
+	}
+}
