@@ -105,6 +105,16 @@ func (w *bucketWriter) lost() <-chan struct{} {
 	return w.lease.Lost()
 }
 
+// isLost reports whether the lease this writer holds has been lost.
+func (w *bucketWriter) isLost() bool {
+	select {
+	case <-w.lost():
+		return true
+	default:
+		return false
+	}
+}
+
 func (w *bucketWriter) run(ctx context.Context) {
 	defer w.stop()
 	roll := time.NewTimer(time.Hour)
@@ -115,9 +125,7 @@ func (w *bucketWriter) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-w.lost():
-			w.log.Warn("bucket lease lost; writer stops", "epoch", w.epoch)
 			w.abandon()
-			return
 		case <-roll.C:
 			if w.file != nil {
 				if err := w.publish(); err != nil {
@@ -125,6 +133,12 @@ func (w *bucketWriter) run(ctx context.Context) {
 				}
 			}
 		case req := <-w.reqs:
+			if w.isLost() {
+				// Lost while req waited: it and the rest get TRY_LATER.
+				w.abandon()
+				w.finish([]*appendReq{req}, errNotOwner)
+				continue
+			}
 			batch := w.collect(ctx, req)
 			if err := w.ensureOwner(ctx); err != nil {
 				w.finish(batch, err)
@@ -367,6 +381,12 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 			w.fail()
 			return fmt.Errorf("sync %s: %w", w.tmp, err)
 		}
+		// A new owner salvages this segment when it takes the bucket; bytes
+		// that reach it after that are not in the salvaged copy. The lease
+		// still held after the sync means they were there first.
+		if w.isLost() {
+			return fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
+		}
 	}
 	w.c.m.written.WithLabelValues(w.id.category).Add(float64(entries))
 	w.c.m.bytes.WithLabelValues(w.id.category).Add(float64(len(w.buf)))
@@ -447,15 +467,22 @@ func (w *bucketWriter) discard() {
 	}
 }
 
-// abandon drops the open segment after the lease was lost.
+// abandon drops the open segment after the lease was lost and refuses what
+// is queued; the next request takes the bucket again (with a new epoch) if
+// nobody else has.
 func (w *bucketWriter) abandon() {
+	w.log.Warn("bucket lease lost; writer stops until it takes the bucket again", "epoch", w.epoch)
 	if w.file != nil {
 		w.file.Close()
 		w.file = nil
 		w.discard()
 	}
 	w.lease = nil
-	w.failQueued(errNotOwner)
+	// Refuse what was queued when the loss was noticed, not what arrives
+	// meanwhile: that is served after taking the bucket again.
+	for n := len(w.reqs); n > 0; n-- {
+		w.finish([]*appendReq{<-w.reqs}, errNotOwner)
+	}
 }
 
 func (w *bucketWriter) failQueued(err error) {

@@ -1,0 +1,201 @@
+package calligraphus
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+func TestLeaseHeldByAnotherOwner(t *testing.T) {
+	fsys := newTestFS(newLocal(t), true)
+	hub, co := inprocCoord(t)
+	other := hub.Session()
+	defer other.Close()
+	lease, err := other.Acquire(context.Background(), "calligraphus/cat/0", "someone-else")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, testConfig(), fsys, co, nil)
+	cl := s.dial(t)
+	for i := 0; i < 3; i++ {
+		rc, err := cl.Log(context.Background(), entries("cat", "refused"))
+		if err != nil || rc != scribe.ResultCode_TRY_LATER {
+			t.Fatalf("log while another owner holds the bucket: %v %v, want TRY_LATER", rc, err)
+		}
+	}
+	if names := published(t, fsys, "cat/0", false); len(names) != 0 {
+		t.Fatalf("wrote %v without the lease", names)
+	}
+	if got := counter(t, s.reg, "freeway_calligraphus_try_later_total", "reason", "not_owner"); got != 3 {
+		t.Errorf("try_later not_owner %v, want 3", got)
+	}
+	if got := counter(t, s.reg, "freeway_calligraphus_entries_received_total"); got != 0 {
+		t.Errorf("entries_received %v, want 0", got)
+	}
+	lease.Release(context.Background())
+	waitFor(t, "the writer to take the released lease", func() bool {
+		rc, err := cl.Log(context.Background(), entries("cat", "accepted"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rc == scribe.ResultCode_OK
+	})
+	s.stop()
+	if got := msgs(scan(t, fsys, "cat/0")); !equal(got, []string{"accepted"}) {
+		t.Errorf("bucket holds %q", got)
+	}
+}
+
+// gate blocks one kind of file operation until opened.
+type gate struct {
+	op      string
+	mu      sync.Mutex
+	armed   bool
+	blocked chan struct{} // closed when an operation is held
+	release chan struct{}
+	once    sync.Once
+}
+
+// newGate returns a gate, opened at the end of the test at the latest so
+// that a failing test does not hang.
+func newGate(t *testing.T, op string) *gate {
+	g := &gate{op: op, armed: true, blocked: make(chan struct{}), release: make(chan struct{})}
+	t.Cleanup(g.open)
+	return g
+}
+
+func (g *gate) open() {
+	g.once.Do(func() { close(g.release) })
+}
+
+func (g *gate) hook(op, name string) error {
+	if op != g.op || strings.HasSuffix(name, ".salvage") {
+		return nil
+	}
+	g.mu.Lock()
+	if !g.armed {
+		g.mu.Unlock()
+		return nil
+	}
+	g.armed = false
+	close(g.blocked)
+	g.mu.Unlock()
+	<-g.release
+	return nil
+}
+
+type result struct {
+	rc  scribe.ResultCode
+	err error
+}
+
+func logAsync(cl interface {
+	Log(context.Context, []*scribe.LogEntry) (scribe.ResultCode, error)
+}, es []*scribe.LogEntry) chan result {
+	ch := make(chan result, 1)
+	go func() {
+		rc, err := cl.Log(context.Background(), es)
+		ch <- result{rc, err}
+	}()
+	return ch
+}
+
+func TestLeaseLost(t *testing.T) {
+	fsKinds(t, func(t *testing.T, fsys *testFS) {
+		_, co := inprocCoord(t)
+		s := startServer(t, testConfig(), fsys, co, nil)
+		cl1, cl2, cl3 := s.dial(t), s.dial(t), s.dial(t)
+		mustLog(t, cl1, entries("cat", "before"))
+		first := published(t, fsys, "cat/0", true)
+
+		// Hold the next write in the dfs, queue one more request behind it,
+		// then expire the session.
+		g := newGate(t, "write")
+		fsys.setHook(g.hook)
+		inflight := logAsync(cl1, entries("cat", "inflight"))
+		<-g.blocked
+		queued := logAsync(cl2, entries("cat", "queued"))
+		waitFor(t, "the second request to queue", func() bool {
+			return counter(t, s.reg, "freeway_calligraphus_pending_bytes") > float64(segment.BlockSize(&segment.Block{Messages: [][]byte{[]byte("inflight")}}))
+		})
+		co.Expire()
+		g.open()
+
+		r1, r2 := <-inflight, <-queued
+		if r1.err != nil || r2.err != nil {
+			t.Fatalf("log: %v %v", r1.err, r2.err)
+		}
+		if r2.rc != scribe.ResultCode_TRY_LATER {
+			t.Errorf("request queued when the lease was lost: %v, want TRY_LATER", r2.rc)
+		}
+		if r1.rc != scribe.ResultCode_TRY_LATER {
+			t.Errorf("request in flight when the lease was lost: %v, want TRY_LATER", r1.rc)
+		}
+		// The next request takes the lease again, with a higher epoch.
+		mustLog(t, cl3, entries("cat", "after"))
+		s.stop()
+
+		got := scan(t, fsys, "cat/0")
+		var kept []string
+		for _, e := range got {
+			if e.Msg != "inflight" && e.Msg != "queued" { // unacknowledged: may or may not be there
+				kept = append(kept, e.Msg)
+			}
+		}
+		if !equal(kept, []string{"before", "after"}) {
+			t.Errorf("bucket holds %q", msgs(got))
+		}
+		last := got[len(got)-1]
+		e1 := int64(0)
+		for _, e := range got {
+			if e.Msg == "before" {
+				e1, _, _ = segment.ParseName(e.Segment)
+			}
+		}
+		if e2, _, _ := segment.ParseName(last.Segment); last.Msg != "after" || e2 <= e1 {
+			t.Errorf("after re-acquiring: segment %s (epoch %d), before: %v (epoch %d)", last.Segment, e2, first, e1)
+		}
+	})
+}
+
+// TestLeaseLostAckFenced plays a writer that loses its lease while a write
+// is under way and a new owner salvages the bucket meanwhile: the old
+// writer must not acknowledge bytes written after that.
+func TestLeaseLostAckFenced(t *testing.T) {
+	local := newLocal(t)
+	fsA, fsB := newTestFS(local, true), newTestFS(local, true)
+	hub, coA := inprocCoord(t)
+	coB := hub.Session()
+	defer coB.Close()
+	cfgA, cfgB := testConfig(), testConfig()
+	cfgB.ID = "w2"
+	a := startServer(t, cfgA, fsA, coA, nil)
+	b := startServer(t, cfgB, fsB, coB, nil)
+	clA, clB := a.dial(t), b.dial(t)
+
+	mustLog(t, clA, entries("cat", "a-1"))
+	g := newGate(t, "write")
+	fsA.setHook(g.hook)
+	late := logAsync(clA, entries("cat", "a-2"))
+	<-g.blocked
+	coA.Expire()
+	mustLog(t, clB, entries("cat", "b-1")) // B takes over, salvages A's segment
+	g.open()
+	r := <-late
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	a.stop()
+	b.stop()
+	got := msgs(scan(t, local, "cat/0"))
+	if r.rc == scribe.ResultCode_OK && !equal(got, []string{"a-1", "a-2", "b-1"}) {
+		t.Errorf("a-2 acknowledged after the lease was lost and a new owner took over, but the bucket holds %q", got)
+	}
+	if !equal(got[:1], []string{"a-1"}) || got[len(got)-1] != "b-1" {
+		t.Errorf("bucket holds %q", got)
+	}
+}
