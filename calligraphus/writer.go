@@ -376,24 +376,38 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 		return fmt.Errorf("write %s: %w", w.tmp, err)
 	}
 	w.size += int64(len(w.buf))
-	if fsys.SyncDurable() {
-		if err := w.file.Sync(); err != nil {
-			w.fail()
-			return fmt.Errorf("sync %s: %w", w.tmp, err)
+	if !fsys.SyncDurable() {
+		// Only the publish makes the batch durable.
+		if err := w.publish(); err != nil {
+			return err
 		}
-		// A new owner salvages this segment when it takes the bucket; bytes
-		// that reach it after that are not in the salvaged copy. The lease
-		// still held after the sync means they were there first.
-		if w.isLost() {
-			return fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
-		}
+		w.written(entries, len(w.buf))
+		return nil
 	}
-	w.c.m.written.WithLabelValues(w.id.category).Add(float64(entries))
-	w.c.m.bytes.WithLabelValues(w.id.category).Add(float64(len(w.buf)))
-	if !fsys.SyncDurable() || w.size >= int64(w.c.cfg.SegmentMaxBytes) {
-		return w.publish()
+	if err := w.file.Sync(); err != nil {
+		w.fail()
+		return fmt.Errorf("sync %s: %w", w.tmp, err)
+	}
+	// A new owner salvages this segment when it takes the bucket; bytes
+	// that reach it after that are not in the salvaged copy. The lease
+	// still held after the sync means they were there first.
+	if w.isLost() {
+		return fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
+	}
+	w.written(entries, len(w.buf))
+	if w.size >= int64(w.c.cfg.SegmentMaxBytes) {
+		// The batch is durable whatever happens here: a segment that
+		// cannot be published is salvaged (see publish).
+		if err := w.publish(); err != nil {
+			w.log.Error("cannot publish segment", "segment", w.final, "err", err)
+		}
 	}
 	return nil
+}
+
+func (w *bucketWriter) written(entries, bytes int) {
+	w.c.m.written.WithLabelValues(w.id.category).Add(float64(entries))
+	w.c.m.bytes.WithLabelValues(w.id.category).Add(float64(bytes))
 }
 
 func (w *bucketWriter) open() error {
@@ -418,25 +432,42 @@ func (w *bucketWriter) open() error {
 // publish closes the open segment and renames it to its final name, unless
 // the lease was lost meanwhile (a newer writer owns the bucket: publishing
 // under an older epoch could slip behind what readers have passed).
+//
+// A segment that cannot be published on a dfs where synced bytes are
+// acknowledged is left for salvage, and the writer gives up the lease: the
+// next write takes the bucket again, which salvages the segment before
+// anything later is written, so readers cannot have passed its name.
 func (w *bucketWriter) publish() error {
 	f := w.file
 	w.file = nil
 	if err := f.Close(); err != nil {
 		w.discard()
+		w.giveUp()
 		return fmt.Errorf("close segment %s: %w", w.tmp, err)
 	}
-	select {
-	case <-w.lost():
+	if w.isLost() {
 		w.discard()
 		return fmt.Errorf("publish %s: %w", w.final, errNotOwner)
-	default:
 	}
 	if err := w.c.deps.FS.Rename(w.tmp, w.final); err != nil {
 		w.discard()
+		w.giveUp()
 		return fmt.Errorf("publish %s: %w", w.final, err)
 	}
 	w.c.m.segments.WithLabelValues(w.id.category).Inc()
 	return nil
+}
+
+// giveUp releases the lease after a failure that may leave acknowledged
+// bytes in an unpublished segment, so that the next write re-takes the
+// bucket and salvages them first. Elsewhere the failed segment was
+// removed, and the writer keeps its lease.
+func (w *bucketWriter) giveUp() {
+	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
+		return
+	}
+	w.lease.Release(context.Background())
+	w.lease = nil
 }
 
 // fail abandons the open segment after a write error: on a dfs where

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -24,5 +26,45 @@ func TestSubmitToStoppedWriter(t *testing.T) {
 	}
 	if got := w.pending.Load(); got != 0 {
 		t.Errorf("pending %d after a refused request", got)
+	}
+}
+
+// TestPublishFailureKeepsOrder: when publishing a segment fails, what it
+// holds was acknowledged (local disk) and must be published before any
+// later segment, or readers that passed it never see it.
+func TestPublishFailureKeepsOrder(t *testing.T) {
+	fsys := newTestFS(newLocal(t), true)
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.SegmentMaxBytes = 1 << 10
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	big := strings.Repeat("b", 600)
+	mustLog(t, cl, entries("cat", "1-"+big))
+
+	var once sync.Once
+	fsys.setHook(func(op, name string) error {
+		var err error
+		if op == "rename" && strings.HasSuffix(name, ".inprogress") {
+			once.Do(func() { err = errors.New("injected rename failure") })
+		}
+		return err
+	})
+	// Fills the segment: the publish fails, but the bytes were synced, so
+	// the batch is acknowledged.
+	mustLog(t, cl, entries("cat", "2-"+big))
+	mustLog(t, cl, entries("cat", "3-"+big))
+	mustLog(t, cl, entries("cat", "4-"+big))
+	waitFor(t, "a published segment", func() bool { return len(published(t, fsys, "cat/0", true)) > 0 })
+
+	// A reader that starts now must see entries 1 and 2 before 3, though
+	// the segment holding them could not be published the first time.
+	if got := msgs(tail(t, fsys, "cat/0", 1)); got[0] != "1-"+big {
+		t.Errorf("ptail starts with %.5q, want entry 1", got[0])
+	}
+	s.stop()
+	want := []string{"1-" + big, "2-" + big, "3-" + big, "4-" + big}
+	if got := msgs(scan(t, fsys, "cat/0")); !equal(got, want) {
+		t.Errorf("after stop the bucket holds %d entries: %.5q", len(got), got)
 	}
 }
