@@ -126,6 +126,15 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		host, _ := os.Hostname()
 		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
 	}
+	if deps.FS == nil || deps.Coord == nil {
+		return nil, errors.New("start calligraphus: a dfs and a coordinator are required")
+	}
+	if deps.Router == nil {
+		deps.Router = NewRouter(1, nil)
+	}
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
@@ -189,6 +198,7 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Re
 func (c *Calligraphus) ingest(ctx context.Context, agent string, firstSeq uint64, entries []*scribe.LogEntry, arrivalMs int64) scribe.ResultCode {
 	blocks := map[bucketID]*segment.Block{}
 	var order []bucketID
+	accepted := 0
 	for i, e := range entries {
 		if e == nil {
 			continue
@@ -218,6 +228,7 @@ func (c *Calligraphus) ingest(ctx context.Context, agent string, firstSeq uint64
 			order = append(order, id)
 		}
 		blk.Messages = append(blk.Messages, e.Message)
+		accepted++
 		if agent != "" {
 			blk.Seqs = append(blk.Seqs, firstSeq+uint64(i))
 		}
@@ -255,7 +266,7 @@ func (c *Calligraphus) ingest(ctx context.Context, agent string, firstSeq uint64
 		}
 	}
 	if result == scribe.ResultCode_OK {
-		c.m.received.Add(float64(len(entries)))
+		c.m.received.Add(float64(accepted))
 	}
 	return result
 }
