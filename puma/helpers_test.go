@@ -251,19 +251,19 @@ func waitCommitted(t testing.TB, p *Puma, pos ptail.Position) {
 	})
 }
 
-// waitRead waits until the node has read up to pos.
-func waitRead(t testing.TB, p *Puma, pos ptail.Position) {
+// waitRead waits until the node's shard orders/bucket has read up to pos.
+func waitRead(t testing.TB, p *Puma, bucket int, pos ptail.Position) {
 	t.Helper()
 	eventually(t, "read of "+pos.String(), func() error {
-		if !p.Ready() {
-			return fmt.Errorf("not ready")
-		}
 		for _, s := range p.Statuses() {
-			if s.Position != pos.String() {
-				return fmt.Errorf("shard %s/%d at %s", s.Category, s.Bucket, s.Position)
+			if s.Category == "orders" && s.Bucket == bucket {
+				if s.Position != pos.String() {
+					return fmt.Errorf("shard %s/%d at %s", s.Category, s.Bucket, s.Position)
+				}
+				return nil
 			}
 		}
-		return nil
+		return fmt.Errorf("no shard orders/%d", bucket)
 	})
 }
 
