@@ -9,14 +9,26 @@
 // consumes the category. A node owns a shard through a coord lease
 // ("puma/<category>/<bucket>").
 //
-// Exactly-once. A shard's checkpoint is committed atomically: the changed
-// cells are written with the checkpoint's epoch as their store timestamp,
-// then one commit row (epoch, ptail position, per-agent sequence high
-// waters, watermarks) is written with CheckAndPut against the previous
-// commit, which also fences off a stale owner. Recovery reads the commit
-// row, deletes any cell versions newer than its epoch (an attempt that
-// never committed), loads the cells as of the epoch and resumes ptail at
-// the committed position. Entries from Freeway's agent carry sequence
+// Exactly-once. A shard's checkpoint is committed atomically: an attempt
+// marker records the epoch about to be written, then the changed cells are
+// written with the checkpoint's epoch as their store timestamp, then one
+// commit row (epoch, ptail position, per-agent sequence high waters,
+// watermarks) is written. The marker and the commit are both CheckAndPut
+// against the previous commit value. Recovery claims the shard by
+// rewriting that value (with its owner and lease epoch), so that a stale
+// owner can neither start an attempt nor commit one afterwards; it then
+// deletes any cell versions newer than the committed epoch (an attempt
+// that never committed), loads the cells as of the epoch and resumes
+// ptail at the committed position. A failed attempt is retried at the
+// same epoch, overwriting its own versions. Windows dropped by retention
+// are deleted from the store after the commit that drops them.
+//
+// What the store cannot fence: an attempt that a stale owner had already
+// marked before the new owner's claim may still be writing cells, at an
+// epoch below the new owner's, after the new owner's purge; those versions
+// would show through the new owner's later commits. Ownership leases are
+// what keeps that window closed in practice (a stale owner stops when its
+// session expires, before the lease can be granted again). Entries from Freeway's agent carry sequence
 // numbers; an entry at or below its agent's high water was counted already
 // and is skipped, so retried batches are not counted twice. Entries from
 // stock Scribe clients have no sequence and are counted once per copy

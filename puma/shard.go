@@ -27,6 +27,7 @@ type commitState struct {
 	HighWater  map[string]uint64 `json:"high_water,omitempty"`
 	Watermarks map[string]int64  `json:"watermarks,omitempty"`
 	Owner      string            `json:"owner"`
+	Lease      int64             `json:"lease,omitempty"` // the owner's lease epoch
 	CommitMs   int64             `json:"commit_ms"`
 }
 
@@ -81,7 +82,8 @@ type shard struct {
 	committed   commitState
 	commitBytes []byte // the stored commit value, nil if none
 	nextEpoch   int64
-	lastCommit  atomic.Int64 // Unix ns of the last commit (or recovery)
+	expired     []expiredRows // retention deletes still to make
+	lastCommit  atomic.Int64  // Unix ns of the last commit (or recovery)
 	ready       chan struct{}
 }
 
@@ -215,28 +217,63 @@ func (s *shard) apply(b *segment.Block, pos ptail.Position) {
 
 var errFenced = errors.New("another owner committed this shard")
 
-// recover loads the committed state.
-func (s *shard) recover(ctx context.Context) error {
-	st := s.p.deps.Store
-	tbl := s.p.cfg.Table
+// readCommitRow returns the commit row: the stored commit value (nil if
+// none), its decoded state and the last attempt marker.
+func (s *shard) readCommitRow(ctx context.Context) (val []byte, state commitState, attempt int64, err error) {
 	row := commitRow(s.category, s.bucket)
-	cells, err := st.Get(ctx, tbl, row, store.Latest)
+	cells, err := s.p.deps.Store.Get(ctx, s.p.cfg.Table, row, store.Latest)
 	if err != nil {
-		return err
+		return nil, state, 0, fmt.Errorf("read commit row %s: %w", row, err)
 	}
-	var attempt int64
 	for _, c := range cells {
 		switch c.Column {
 		case "commit":
-			s.commitBytes = c.Value
-			if err := json.Unmarshal(c.Value, &s.committed); err != nil {
-				return fmt.Errorf("decode commit row %s: %w", row, err)
+			val = c.Value
+			if err := json.Unmarshal(c.Value, &state); err != nil {
+				return nil, state, 0, fmt.Errorf("decode commit row %s: %w", row, err)
 			}
 		case "attempt":
 			attempt, _ = strconv.ParseInt(string(c.Value), 10, 64)
 		}
 	}
-	E := s.committed.Epoch
+	return val, state, attempt, nil
+}
+
+// recover claims the shard in the store and loads the committed state.
+func (s *shard) recover(ctx context.Context) error {
+	st := s.p.deps.Store
+	tbl := s.p.cfg.Table
+	row := commitRow(s.category, s.bucket)
+	val, state, _, err := s.readCommitRow(ctx)
+	if err != nil {
+		return err
+	}
+	// Claim: rewrite the commit value, unchanged but for the owner and its
+	// lease epoch, fenced on the value just read. A previous owner that
+	// still believes it owns the shard fences its attempt markers and
+	// commits on the old value, so from here on it can neither start an
+	// attempt nor commit one.
+	E := state.Epoch
+	state.Owner, state.Lease = s.p.cfg.ID, s.lease.Epoch()
+	claim, err := json.Marshal(state)
+	if err != nil {
+		return err
+	}
+	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", val, []store.Cell{{Row: row, Column: "commit", Timestamp: E, Value: claim}})
+	if err != nil {
+		return fmt.Errorf("claim shard: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("claim shard: %w", errFenced)
+	}
+	s.commitBytes, s.committed = claim, state
+	// Read the attempt marker after the claim: an attempt of the previous
+	// owner may have been marked between the read and the claim, and its
+	// epoch must not be used again.
+	_, _, attempt, err := s.readCommitRow(ctx)
+	if err != nil {
+		return err
+	}
 	// Versions above the committed epoch were written by an attempt that
 	// never committed: remove them so that no later read can see them.
 	if err := st.DeleteNewer(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E); err != nil {
@@ -286,7 +323,22 @@ func (s *shard) recover(ctx context.Context) error {
 	return nil
 }
 
+// expiredRows are the cell rows of a window that retention dropped from
+// memory, to delete from the store up to epoch once a commit at or after
+// epoch has been made.
+type expiredRows struct {
+	prefix string
+	epoch  int64
+}
+
 // checkpoint commits the changed cells and the position.
+//
+// An attempt writes its cells at its epoch. If it fails before its commit
+// lands, the next attempt uses the same epoch again and rewrites every
+// cell the failed one wrote (their dirty marks are restored), so that the
+// failed versions are replaced rather than piled up: the store keeps only
+// a few versions of a cell, and a pile of uncommitted ones would push the
+// committed version out.
 func (s *shard) checkpoint(ctx context.Context) error {
 	start := time.Now()
 	st := s.p.deps.Store
@@ -301,6 +353,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		HighWater:  make(map[string]uint64, len(s.highWater)),
 		Watermarks: map[string]int64{},
 		Owner:      s.p.cfg.ID,
+		Lease:      s.lease.Epoch(),
 		CommitMs:   s.p.now().UnixMilli(),
 	}
 	for a, hw := range s.highWater {
@@ -312,11 +365,10 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	var cells []store.Cell
 	var dirty []pending
-	var expired []string // row prefixes of expired windows
 	for _, t := range s.tables {
 		state.Watermarks[t.app.Name()] = t.watermark
 		for _, w := range t.expire() {
-			expired = append(expired, appPrefix(s.category, s.bucket, t)+windowKey(w)+"/")
+			s.expired = append(s.expired, expiredRows{appPrefix(s.category, s.bucket, t) + windowKey(w) + "/", epoch})
 		}
 		prefix := appPrefix(s.category, s.bucket, t)
 		keys := make([]cellKey, 0, len(t.dirty))
@@ -327,7 +379,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		clear(t.dirty)
 		dirty = append(dirty, pending{t, keys})
 	}
-	unchanged := len(cells) == 0 && len(expired) == 0 && state.Position == s.committed.Position
+	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position
 	s.mu.Unlock()
 	if unchanged {
 		return nil
@@ -345,12 +397,17 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	row := commitRow(s.category, s.bucket)
 	// 1. Record the epoch being written, so that a crash before the commit
-	// never lets a later attempt reuse it.
-	if err := st.Put(ctx, tbl, []store.Cell{{Row: row, Column: "attempt", Timestamp: epoch, Value: []byte(strconv.FormatInt(epoch, 10))}}); err != nil {
+	// never lets a later owner reuse it; fenced on the commit, so that an
+	// owner that lost the shard writes no cells.
+	marker := []store.Cell{{Row: row, Column: "attempt", Timestamp: epoch, Value: []byte(strconv.FormatInt(epoch, 10))}}
+	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, marker)
+	if err != nil {
 		restore()
 		return fmt.Errorf("write attempt marker: %w", err)
 	}
-	s.nextEpoch = epoch + 1
+	if !ok {
+		return errFenced
+	}
 	// 2. The cells, at the epoch.
 	const chunk = 1000
 	for i := 0; i < len(cells); i += chunk {
@@ -359,19 +416,13 @@ func (s *shard) checkpoint(ctx context.Context) error {
 			return fmt.Errorf("write cells: %w", err)
 		}
 	}
-	// 3. Retention.
-	for _, p := range expired {
-		if err := st.DeleteUpTo(ctx, tbl, p, store.PrefixEnd(p), epoch); err != nil {
-			s.log.Warn("cannot delete expired window", "rows", p, "err", err)
-		}
-	}
-	// 4. The commit, fenced on the previous one.
+	// 3. The commit, fenced on the previous one.
 	val, err := json.Marshal(state)
 	if err != nil {
 		restore()
 		return err
 	}
-	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
+	ok, err = st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
 	if err != nil {
 		restore()
 		return fmt.Errorf("commit: %w", err)
@@ -379,6 +430,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	if !ok {
 		return errFenced
 	}
+	s.nextEpoch = epoch + 1
 	s.commitBytes = val
 	s.committed = state
 	s.mu.Lock()
@@ -388,6 +440,16 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(len(cells)))
 	s.p.m.checkpointSeconds.Observe(time.Since(start).Seconds())
+	// 4. Retention, once the state without the expired windows is
+	// committed; what fails is tried again at the next checkpoint.
+	left := s.expired[:0]
+	for _, x := range s.expired {
+		if err := st.DeleteUpTo(ctx, tbl, x.prefix, store.PrefixEnd(x.prefix), x.epoch); err != nil {
+			s.log.Warn("cannot delete expired window; will retry", "rows", x.prefix, "err", err)
+			left = append(left, x)
+		}
+	}
+	s.expired = left
 	return nil
 }
 
