@@ -12,11 +12,13 @@ import (
 // fixed run of slots. Compact (8 bytes a slot, one allocation a cell) and
 // trivially serialised.
 type aggImpl struct {
-	slots  int
-	init   func(s []float64)
-	add    func(s []float64, v float64)
-	merge  func(dst, src []float64)
-	result func(s []float64) any // float64, or nil when there is no value
+	slots int
+	init  func(s []float64)
+	add   func(s []float64, v float64)
+	merge func(dst, src []float64)
+	// result is a float64, or nil when there is no value: no input, or a
+	// sum that overflowed (JSON has no infinities).
+	result func(s []float64) any
 }
 
 var aggImpls = map[string]aggImpl{
@@ -32,7 +34,7 @@ var aggImpls = map[string]aggImpl{
 		init:   func(s []float64) {},
 		add:    func(s []float64, v float64) { s[0] += v },
 		merge:  func(d, s []float64) { d[0] += s[0] },
-		result: func(s []float64) any { return s[0] },
+		result: func(s []float64) any { return finite(s[0]) },
 	},
 	"min": {
 		slots:  1,
@@ -57,13 +59,13 @@ var aggImpls = map[string]aggImpl{
 			if s[1] == 0 {
 				return nil
 			}
-			return s[0] / s[1]
+			return finite(s[0] / s[1])
 		},
 	},
 }
 
 func finite(v float64) any {
-	if math.IsInf(v, 0) {
+	if math.IsInf(v, 0) || math.IsNaN(v) {
 		return nil
 	}
 	return v

@@ -147,3 +147,22 @@ func TestWindowKeyOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestOverflowHasNoValue: a sum past the largest float is an infinity,
+// which JSON cannot carry; it is reported as no value.
+func TestOverflowHasNoValue(t *testing.T) {
+	l, err := newLayout(orders(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.newCell()
+	for _, v := range []float64{math.MaxFloat64, math.MaxFloat64} {
+		l.add(c, in(present(), num(v), num(v), num(v), num(v)))
+	}
+	checkResults(t, "overflow", l.results(c), map[string]any{"n": 2.0, "total": nil, "lo": math.MaxFloat64, "hi": math.MaxFloat64, "mean": nil})
+	neg := l.newCell()
+	l.add(neg, in(present(), num(-math.MaxFloat64), num(0), num(0), num(-math.MaxFloat64)))
+	l.merge(c, neg) // +Inf + -MaxFloat64: still +Inf
+	l.merge(c, c)
+	checkResults(t, "merged overflow", l.results(c), map[string]any{"n": 6.0, "total": nil, "lo": 0.0, "hi": math.MaxFloat64, "mean": nil})
+}
