@@ -23,13 +23,15 @@ import (
 //     request, the first frame on every connection, which link parses.
 //
 // link also owns the sockets, so Close can cut one that hangs mid-handshake
-// instead of waiting for the client's ten-fold read deadline.
+// instead of waiting for the client's ten-fold read deadline, and it orders
+// the client's goroutines where the client itself does not (see gate).
 type link struct {
 	dial        zk.Dialer
 	onHandshake func(sessionID int64, passwd []byte) // tests only; may be nil
 
-	lastRead   atomic.Int64 // unix nanoseconds of the latest byte from any server
-	negotiated atomic.Int64 // granted session timeout in nanoseconds; 0 until known
+	lastRead    atomic.Int64 // unix nanoseconds of the latest byte from any server
+	negotiated  atomic.Int64 // granted session timeout in nanoseconds; 0 until known
+	lastSession atomic.Int64 // session id of the latest handshake
 
 	mu     sync.Mutex
 	closed bool
@@ -57,7 +59,7 @@ func (k *link) Dial(network, address string, timeout time.Duration) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
-	c := &linkConn{Conn: nc, k: k}
+	c := &linkConn{Conn: nc, k: k, closed: make(chan struct{})}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
@@ -76,6 +78,7 @@ func (k *link) shutdown() {
 	k.conns = map[*linkConn]struct{}{}
 	k.mu.Unlock()
 	for c := range conns {
+		c.closeOnce.Do(func() { close(c.closed) })
 		c.Conn.Close()
 	}
 }
@@ -94,12 +97,45 @@ func (k *link) lastReadTime() time.Time { return time.Unix(0, k.lastRead.Load())
 // client's handshake, then its receive loop), so hs needs no lock.
 type linkConn struct {
 	net.Conn
-	k      *link
-	hs     []byte // the connect reply so far
-	hsDone bool
+	k         *link
+	hs        []byte // the connect reply so far
+	hsDone    bool
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	// gate works around a data race in go-zookeeper v1.0.4 (upstream
+	// issue samuel/go-zookeeper#178, fix proposed in go-zookeeper/zk#35,
+	// not merged): on reconnecting to a session it reads Conn.lastZxid
+	// to re-set its watches while its receive loop, already running, may
+	// write it. The race is benign (either value is fine) but fails every
+	// test run with -race that reconnects while requests are queued. So
+	// on a reconnection to the same session, the receive loop's first
+	// Read waits until the client has written its SetWatches request,
+	// which it does after that read: the wait orders the two. If the
+	// client had no watch to re-set it reads nothing and writes nothing,
+	// and the wait ends after gateWait. A new session needs no gate: the
+	// client dropped all watches at expiry, and the first connection has
+	// none.
+	gate      chan struct{} // set before the receive loop starts; nil: no gate
+	gateWait  time.Duration
+	gateOnce  sync.Once
+	gatePassd bool // receive loop only
 }
 
+// opSetWatches is the request the client re-sets its watches with.
+const opSetWatches = 101
+
 func (c *linkConn) Read(p []byte) (int, error) {
+	if c.gate != nil && !c.gatePassd {
+		c.gatePassd = true
+		t := time.NewTimer(c.gateWait)
+		select {
+		case <-c.gate:
+		case <-c.closed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.k.lastRead.Store(time.Now().UnixNano())
@@ -110,10 +146,21 @@ func (c *linkConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write passes the gate when the client re-sets its watches. The client
+// writes each request with one Write: length, xid, opcode, body.
+func (c *linkConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.gate != nil && len(p) >= 12 && int32(binary.BigEndian.Uint32(p[8:12])) == opSetWatches {
+		c.gateOnce.Do(func() { close(c.gate) })
+	}
+	return n, err
+}
+
 func (c *linkConn) Close() error {
 	c.k.mu.Lock()
 	delete(c.k.conns, c)
 	c.k.mu.Unlock()
+	c.closeOnce.Do(func() { close(c.closed) })
 	return c.Conn.Close()
 }
 
@@ -134,6 +181,13 @@ func (c *linkConn) sniff(b []byte) {
 		return
 	}
 	c.k.negotiated.Store(int64(r.timeout))
+	if c.k.lastSession.Swap(r.sessionID) == r.sessionID {
+		// Set on the handshake goroutine, before the client starts the
+		// goroutines that Read and Write.
+		c.gate = make(chan struct{})
+		// Well under the client's read timeout (2/3 of the session's).
+		c.gateWait = r.timeout / 4
+	}
 	if c.k.onHandshake != nil {
 		c.k.onHandshake(r.sessionID, r.passwd)
 	}

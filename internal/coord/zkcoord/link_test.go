@@ -2,6 +2,7 @@ package zkcoord
 
 import (
 	"encoding/binary"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -73,5 +74,76 @@ func TestLinkSniffs(t *testing.T) {
 	k.shutdown()
 	if _, err := k.Dial("tcp", "x", time.Second); err == nil {
 		t.Fatal("dial after shutdown succeeded")
+	}
+}
+
+// TestLinkGate: on a reconnection to the same session the first read after
+// the handshake waits for the client's SetWatches write; on a new session
+// it does not wait.
+func TestLinkGate(t *testing.T) {
+	var servers []net.Conn
+	k := newLink(func(string, string, time.Duration) (net.Conn, error) {
+		server, client := net.Pipe()
+		servers = append(servers, server)
+		return client, nil
+	}, nil)
+	defer k.shutdown()
+	// connect dials, plays the server's connect reply and a frame after
+	// it, and returns the client's socket once the handshake is read.
+	connect := func(sid int64) net.Conn {
+		t.Helper()
+		nc, err := k.Dial("tcp", "x", time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		server := servers[len(servers)-1]
+		reply := connectReply(4000, sid, []byte("0123456789abcdef"))
+		go func() {
+			server.Write(reply)
+			server.Write([]byte("next"))
+		}()
+		go io.Copy(io.Discard, server)
+		if _, err := io.ReadFull(nc, make([]byte, len(reply))); err != nil {
+			t.Fatal(err)
+		}
+		return nc
+	}
+	// readNext reports how long the read after the handshake took.
+	readNext := func(nc net.Conn, during func()) time.Duration {
+		t.Helper()
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() {
+			_, err := io.ReadFull(nc, make([]byte, 4))
+			done <- err
+		}()
+		during()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	setWatches := binary.BigEndian.AppendUint32(nil, 8)
+	setWatches = binary.BigEndian.AppendUint32(setWatches, 7)
+	setWatches = binary.BigEndian.AppendUint32(setWatches, opSetWatches)
+
+	if d := readNext(connect(5), func() {}); d > 500*time.Millisecond {
+		t.Fatalf("first session waited %v", d)
+	}
+	nc := connect(5)
+	d := readNext(nc, func() {
+		time.Sleep(200 * time.Millisecond)
+		if _, err := nc.Write(setWatches); err != nil {
+			t.Error(err)
+		}
+	})
+	if d < 200*time.Millisecond || d > 900*time.Millisecond {
+		t.Fatalf("reconnection read after %v, want right after the SetWatches write at 200ms", d)
+	}
+	if d := readNext(connect(5), func() {}); d < 900*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("reconnection without SetWatches read after %v, want a quarter of the 4s session timeout", d)
+	}
+	if d := readNext(connect(6), func() {}); d > 500*time.Millisecond {
+		t.Fatalf("new session waited %v", d)
 	}
 }
