@@ -57,9 +57,16 @@
 // fencing epochs take care of that sliver: whatever the old owner wrote
 // carries a lower epoch. An owner that must not even risk that should stop
 // writing as soon as its coordinator is disconnected; this package does
-// not offer that signal yet. If the session does survive after all, the
-// nodes of the given-up leases are deleted on reconnection (a new Acquire by
-// this process also replaces them).
+// not offer that signal yet.
+//
+// This errs towards giving up too early rather than too late: a
+// disconnection that lasts nearly a full session timeout can end leases
+// although the session survives (the server rounds its expiry up to its
+// next tick, and the client waits a second before it redials a lone
+// server). The owner then sees Lost, re-runs its election and most likely
+// wins again; the nodes of the given-up leases are deleted on reconnection
+// (a new Acquire by this process also replaces them), so they do not block
+// anyone.
 //
 // When the client is told the session expired, every lease still held is
 // lost at once (Lost closes), before any reply on the new session is seen.

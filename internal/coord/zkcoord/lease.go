@@ -234,14 +234,19 @@ func (c *Coord) Holder(ctx context.Context, name string) (string, int64, error) 
 		epoch int64
 	}
 	h, err := call(ctx, c, func() (holder, error) {
-		data, st, err := c.conn.Get(path)
-		if errors.Is(err, zk.ErrNoNode) {
-			return holder{}, nil
+		for attempt := 0; ; attempt++ {
+			data, st, err := c.conn.Get(path)
+			switch {
+			case err == nil:
+				return holder{owner: string(data), epoch: st.Czxid}, nil
+			case errors.Is(err, zk.ErrNoNode):
+				return holder{}, nil
+			case c.retryable(err) && attempt < 4:
+				c.pause()
+			default:
+				return holder{}, err
+			}
 		}
-		if err != nil {
-			return holder{}, err
-		}
-		return holder{owner: string(data), epoch: st.Czxid}, nil
 	}, nil)
 	if err != nil {
 		return "", 0, c.wrap("read holder of "+name, err)

@@ -32,6 +32,7 @@ type membership struct {
 	joined bool  // Join succeeded
 	left   bool  // Leave (or an abandoned Join) began
 	gen    int64 // c.gen when the node was last created
+	warned bool  // a failure to register again was logged as a warning
 }
 
 var _ coord.Membership = (*membership)(nil)
@@ -113,6 +114,7 @@ func (c *Coord) reregister(m *membership, gen int64) error {
 	}
 	c.mu.Lock()
 	m.gen = gen // if gen is already old, the next repair does it again
+	m.warned = false
 	c.mu.Unlock()
 	c.logger.Info("member registered again", "group", m.group, "member", m.id)
 	return nil

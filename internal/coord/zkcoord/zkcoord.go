@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -395,7 +397,14 @@ func (c *Coord) repair() bool {
 	for _, m := range todo {
 		if err := c.reregister(m, gen); err != nil {
 			ok = false
-			c.logger.Warn("register member again", "group", m.group, "member", m.id, "err", err)
+			// Retried every second: warn once, not every time.
+			c.mu.Lock()
+			level := slog.LevelDebug
+			if !m.warned {
+				m.warned, level = true, slog.LevelWarn
+			}
+			c.mu.Unlock()
+			c.logger.Log(context.Background(), level, "register member again", "group", m.group, "member", m.id, "err", err)
 		}
 	}
 	return ok
@@ -457,9 +466,12 @@ func (c *Coord) wrap(op string, err error) error {
 // retryable reports whether err leaves the outcome of a request unknown
 // (its reply was lost with the connection, or it failed while no server
 // was reachable) so that trying again, idempotently, is the way to learn it.
+// The client reports a failed socket write as the bare net error.
 func (c *Coord) retryable(err error) bool {
+	var netErr net.Error
 	return (errors.Is(err, zk.ErrConnectionClosed) || errors.Is(err, zk.ErrSessionExpired) ||
-		errors.Is(err, zk.ErrNoServer) || errors.Is(err, zk.ErrSessionMoved)) && !c.isClosed()
+		errors.Is(err, zk.ErrNoServer) || errors.Is(err, zk.ErrSessionMoved) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.As(err, &netErr)) && !c.isClosed()
 }
 
 // pause waits a little before a retry, or until Close.
