@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -78,6 +79,9 @@ type Puma struct {
 	byCategory map[string][]*apps.App
 	categories []string
 
+	// running: Run has made its first pass over the shards and not ended.
+	running atomic.Bool
+
 	mu     sync.RWMutex
 	shards map[shardID]*shard
 }
@@ -86,6 +90,9 @@ type shardID struct {
 	category string
 	bucket   int
 }
+
+// lease is the name of the shard's ownership lease.
+func (id shardID) lease() string { return "puma/" + id.category + "/" + strconv.Itoa(id.bucket) }
 
 // New returns a node for the apps in deps.
 func New(cfg Config, deps Deps) (*Puma, error) {
@@ -133,6 +140,7 @@ func (p *Puma) Run(ctx context.Context) error {
 	p.log.Info("puma running", "apps", len(p.apps), "categories", len(p.categories), "store", p.deps.Store.String())
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer p.running.Store(false)
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
 	for {
@@ -141,6 +149,7 @@ func (p *Puma) Run(ctx context.Context) error {
 				p.tryStart(ctx, &wg, shardID{cat, b})
 			}
 		}
+		p.running.Store(ctx.Err() == nil)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -156,7 +165,7 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 	if running || ctx.Err() != nil {
 		return
 	}
-	name := "puma/" + id.category + "/" + strconv.Itoa(id.bucket)
+	name := id.lease()
 	lease, err := p.deps.Coord.Acquire(ctx, name, p.cfg.ID)
 	if err != nil {
 		if !errors.Is(err, coord.ErrHeld) && ctx.Err() == nil {
@@ -203,22 +212,41 @@ func (p *Puma) Apps() []*apps.App {
 	return out
 }
 
-// Ready reports whether every shard of every category is running here and
-// recovered (one node owning everything, as in `freeway all`).
+// Ready reports whether Run has tried every shard once and each shard is
+// either running here and recovered or held by another node. With one
+// node (`freeway all`) that is every shard recovered here; a node of a
+// cluster that owns few shards or none is ready too.
 func (p *Puma) Ready() bool {
+	if !p.running.Load() {
+		return false
+	}
+	var elsewhere []shardID
 	p.mu.RLock()
-	defer p.mu.RUnlock()
 	for _, cat := range p.categories {
 		for b := 0; b < p.deps.Buckets(cat); b++ {
 			s, ok := p.shards[shardID{cat, b}]
 			if !ok {
-				return false
+				elsewhere = append(elsewhere, shardID{cat, b})
+				continue
 			}
 			select {
 			case <-s.ready:
 			default:
+				p.mu.RUnlock()
 				return false
 			}
+		}
+	}
+	p.mu.RUnlock()
+	if len(elsewhere) == 0 {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, id := range elsewhere {
+		owner, _, err := p.deps.Coord.Holder(ctx, id.lease())
+		if err != nil || owner == "" || owner == p.cfg.ID {
+			return false
 		}
 	}
 	return true

@@ -189,3 +189,39 @@ func metricValue(m *dto.Metric) float64 {
 }
 
 var _ = context.Background
+
+// TestReadyWithTwoNodes: a node is ready when every shard is recovered
+// here or held by another node; one that owns nothing is ready too.
+func TestReadyWithTwoNodes(t *testing.T) {
+	e := newEnv(t, orders(t))
+	e.buckets = 2
+	p1 := e.node("n1")
+	r1 := start(t, p1)
+	eventually(t, "n1 ready", func() error {
+		if !p1.Ready() {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	p2 := e.node("n2")
+	if p2.Ready() {
+		t.Fatal("n2 ready before running")
+	}
+	start(t, p2)
+	eventually(t, "n2 ready while n1 owns every shard", func() error {
+		if !p2.Ready() {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	if len(p2.Statuses()) != 0 {
+		t.Fatalf("n2 runs %v", p2.Statuses())
+	}
+	r1.stop(t)
+	eventually(t, "n2 takes the shards over", func() error {
+		if st := p2.Statuses(); len(st) != 2 || !p2.Ready() {
+			return fmt.Errorf("ready %v, shards %v", p2.Ready(), st)
+		}
+		return nil
+	})
+}
