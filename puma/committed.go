@@ -50,10 +50,7 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := newTable(app)
-	if err != nil {
-		return nil, err
-	}
+	fp := fingerprint(app)
 	m := newMerger(pl)
 	cat := app.Spec.Category
 	for b := 0; b < c.buckets(cat); b++ {
@@ -72,8 +69,8 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 		if st.Epoch == 0 {
 			continue
 		}
-		prefix := appPrefix(cat, b, t)
-		from, to := prefix+windowKey(max(q.FromMs-app.WindowMs+1, -1<<62)), prefix+windowKey(q.ToMs)
+		prefix := appPrefix(cat, b, app, fp)
+		from, to := prefix+windowKey(q.FromMs), prefix+windowKey(q.ToMs)
 		err = c.st.Scan(ctx, c.table, from, to, st.Epoch, func(row string, cs []store.Cell) error {
 			wk, key, ok := strings.Cut(strings.TrimPrefix(row, prefix), "/")
 			w, wok := parseWindowKey(wk)
@@ -84,7 +81,7 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 				if cell.Column != "v" {
 					continue
 				}
-				slots, err := t.layout.decodeCell(cell.Value)
+				slots, err := pl.layout.decodeCell(cell.Value)
 				if err != nil {
 					return err
 				}

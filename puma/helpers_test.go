@@ -330,3 +330,5 @@ func equalRows(t testing.TB, what string, got, want []string) {
 		t.Fatalf("%s:\ngot:\n  %s\nwant:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

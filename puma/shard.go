@@ -46,8 +46,8 @@ func shardPrefix(category string, bucket int) string {
 	return "s/" + category + "/" + strconv.Itoa(bucket) + "/"
 }
 
-func appPrefix(category string, bucket int, t *table) string {
-	return shardPrefix(category, bucket) + t.app.Name() + "@" + t.fp + "/"
+func appPrefix(category string, bucket int, app *apps.App, fp string) string {
+	return shardPrefix(category, bucket) + app.Name() + "@" + fp + "/"
 }
 
 func windowKey(w int64) string { return fmt.Sprintf("%016x", uint64(w)^(1<<63)) }
@@ -282,7 +282,7 @@ func (s *shard) recover(ctx context.Context) error {
 	s.nextEpoch = max(E, attempt) + 1
 	loaded := 0
 	for _, t := range s.tables {
-		prefix := appPrefix(s.category, s.bucket, t)
+		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
 		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
 			t.watermark = wm
 		}
@@ -368,9 +368,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	for _, t := range s.tables {
 		state.Watermarks[t.app.Name()] = t.watermark
 		for _, w := range t.expire() {
-			s.expired = append(s.expired, expiredRows{appPrefix(s.category, s.bucket, t) + windowKey(w) + "/", epoch})
+			s.expired = append(s.expired, expiredRows{appPrefix(s.category, s.bucket, t.app, t.fp) + windowKey(w) + "/", epoch})
 		}
-		prefix := appPrefix(s.category, s.bucket, t)
+		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
 		keys := make([]cellKey, 0, len(t.dirty))
 		for k := range t.dirty {
 			cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: encodeCell(t.cells[k])})
