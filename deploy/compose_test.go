@@ -38,6 +38,7 @@ const (
 	hbaseDockerfile   = "deploy/docker/hbase/Dockerfile"
 	hbaseTemplate     = "deploy/engines/conf/hbase-site.xml.in"
 	hbaseRender       = "deploy/docker/hbase/render-site.sh"
+	hbaseEntrypoint   = "deploy/docker/hbase/entrypoint.sh"
 )
 
 // ---------------------------------------------------------------- the model
@@ -120,6 +121,17 @@ func parseProject(t *testing.T, data []byte) *project {
 	for k := range top {
 		if !knownTopKeys[k] && !strings.HasPrefix(k, "x-") {
 			bad("unknown top-level key %q", k)
+		}
+	}
+	// Top-level configs and secrets read host files.
+	for _, kind := range []string{"configs", "secrets"} {
+		entries, _ := top[kind].(map[string]any)
+		for name, e := range entries {
+			if m, ok := e.(map[string]any); ok && m["file"] != nil {
+				if err := exists(fmt.Sprint(m["file"])); err != nil {
+					bad("%s.%s: %v", kind, name, err)
+				}
+			}
 		}
 	}
 	p := &project{services: map[string]*service{}, volumes: map[string]bool{}}
@@ -909,6 +921,16 @@ func TestComposeEngines(t *testing.T) {
 		}
 		if got := site["hbase.master.port"]; got != "" && !hb.exposes(atoi(got)) {
 			t.Errorf("hbase.master.port %s is not exposed", got)
+		}
+		// The gateway's own flags: -f (framed), and no -c (compact).
+		ep, err := os.ReadFile(filepath.Join(repoRoot, hbaseEntrypoint))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, thrift, ok := strings.Cut(string(ep), "org.apache.hadoop.hbase.thrift2.ThriftServer")
+		thrift, _, _ = strings.Cut(thrift, ";;")
+		if f := strings.Fields(thrift); !ok || !slices.Contains(f, "-f") || slices.Contains(f, "-c") {
+			t.Errorf("%s: the Thrift2 gateway must run with -f and without -c (framed, binary): %q", hbaseEntrypoint, thrift)
 		}
 		if len(hb.command) > 0 && !slices.Contains([]string{"all", "master", "regionserver", "thrift"}, hb.command[0]) {
 			t.Errorf("hbase command %v: want all (or master, regionserver, thrift)", hb.command)

@@ -85,6 +85,10 @@ set_prop hbase.master.ipc.address "$bind"
 set_prop hbase.regionserver.ipc.address "$bind"
 set_prop hbase.master.port "$master_port"
 set_prop hbase.regionserver.port "$rs_port"
+# What Freeway's store speaks (entrypoint.sh also passes -f): framed
+# transport, binary protocol.
+set_prop hbase.regionserver.thrift.framed true
+set_prop hbase.regionserver.thrift.compact false
 # DataNodes register by host name (dfs.datanode.hostname in hadoop.env).
 set_prop dfs.client.use.datanode.hostname true
 # HBase's HDFS client does not read the NameNode's dfs.replication: without
