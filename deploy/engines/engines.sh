@@ -22,11 +22,14 @@ MDEP=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 ZK_JAR=/usr/share/java/zookeeper.jar          # Debian package zookeeper (3.8.0 on bookworm)
 SLF4J_SIMPLE=/usr/share/java/slf4j-simple.jar # Debian package libslf4j-java (a zookeeper dependency)
 
-ZK_PORT=2181
-NN_PORT=9000 NN_HTTP_PORT=9870
-DN_PORT=9866 DN_HTTP_PORT=9864 DN_IPC_PORT=9867
-HBASE_ZK_PORT=2182 HBASE_MASTER_PORT=16000 HBASE_RS_PORT=16020
-THRIFT_PORT=9090
+# Ports. FREEWAY_ENGINES_PORT_OFFSET (default 0) shifts every one of them, so a
+# second set (with its own FREEWAY_ENGINES_DIR) can run beside the usual one.
+OFF=${FREEWAY_ENGINES_PORT_OFFSET:-0}
+ZK_PORT=$((2181 + OFF))
+NN_PORT=$((9000 + OFF)) NN_HTTP_PORT=$((9870 + OFF))
+DN_PORT=$((9866 + OFF)) DN_HTTP_PORT=$((9864 + OFF)) DN_IPC_PORT=$((9867 + OFF))
+HBASE_ZK_PORT=$((2182 + OFF)) HBASE_MASTER_PORT=$((16000 + OFF)) HBASE_RS_PORT=$((16020 + OFF))
+THRIFT_PORT=$((9090 + OFF))
 
 PROCS=(zookeeper namenode datanode hbase thrift2)
 
@@ -189,7 +192,6 @@ compile_probe() {
 }
 
 # render TEMPLATE OUT: fill @TOKENS@; replace OUT only when the text changed.
-CONF_CHANGED=()
 render() {
   local in=$1 out=$2 tmp
   tmp=$(mktemp "$out.XXXX")
@@ -201,9 +203,25 @@ render() {
   if [[ -f $out ]] && cmp -s "$tmp" "$out"; then
     rm -f "$tmp"
   else
-    [[ -f $out ]] && CONF_CHANGED+=("$out")
     mv "$tmp" "$out"
   fi
+}
+
+conf_key() { # NAME: digest of the config files NAME runs with
+  case $1 in
+    zookeeper) sha_of "$CONF/zookeeper/zoo.cfg" ;;
+    namenode | datanode) sha_of "$CONF/hadoop/core-site.xml" "$CONF/hadoop/hdfs-site.xml" "$CONF/hadoop/log4j.properties" ;;
+    hbase | thrift2) sha_of "$CONF/hbase/hbase-site.xml" "$CONF/hbase/log4j2.properties" ;;
+  esac
+}
+
+warn_stale_conf() { # running processes started with other configs than the current ones
+  local name stale=()
+  for name in "${PROCS[@]}"; do
+    pid_of "$name" >/dev/null || continue
+    [[ -f $RUN/$name.conf && $(<"$RUN/$name.conf") == "$(conf_key "$name")" ]] || stale+=("$name")
+  done
+  ((${#stale[@]} == 0)) || say "note: ${stale[*]} still run(s) with an older config; '$0 down && $0 up' applies it (data is kept)"
 }
 
 render_configs() {
@@ -295,6 +313,7 @@ start_proc() { # start NAME in the background, detached, logging to $LOGS/NAME.l
   [[ -f $log ]] && mv -f "$log" "$log.1"
   cmd_for "$name"
   rm -f "$RUN/$name.pid"
+  conf_key "$name" >"$RUN/$name.conf"
   # The inner shell writes its own pid, then becomes the JVM (exec keeps the pid).
   (cd "$DIR" && exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$name.pid" "${CMD[@]}" \
     </dev/null >"$log" 2>&1 9>&-) &
@@ -315,12 +334,14 @@ stop_proc() { # stop NAME (pid file, plus any stray JVM with our markers)
   pids+=($(strays "$name"))
   rm -f "$RUN/$name.pid"
   ((${#pids[@]})) || return 0
+  local t0
+  t0=$(now)
   kill -TERM "${pids[@]}" 2>/dev/null || true
   for i in $(seq $((grace * 5))); do
     local alive=()
     for pid in "${pids[@]}"; do is_ours "$pid" "$name" && alive+=("$pid"); done
     ((${#alive[@]})) || {
-      say "stopped $name (pid ${pids[*]})"
+      say "stopped $name (pid ${pids[*]}) in $(since "$t0")s"
       return 0
     }
     sleep 0.2
@@ -424,7 +445,7 @@ cmd_up() {
   for name in "${PROCS[@]}"; do healthy "$name" || all_up=; done
   if [[ -n $all_up ]]; then
     render_configs
-    ((${#CONF_CHANGED[@]} == 0)) || say "note: config changed (${CONF_CHANGED[*]}); run down + up to apply it"
+    warn_stale_conf
     say "all engines already up"
     print_env
     return 0
@@ -461,8 +482,10 @@ cmd_up() {
 
   wait_zookeeper
   # HDFS and HBase start side by side; wait for both.
-  probe_both "$TIMEOUT" || die "engines are not all up (see messages above; logs in $LOGS)"
+  probe_both "$TIMEOUT" ||
+    die "engines are not all up (see messages above; logs in $LOGS). A stuck process: '$0 down && $0 up' (data is kept)"
 
+  warn_stale_conf
   say "all engines up in $(since "$t_all")s${started[*]:+ (started: ${started[*]})}"
   print_env
 }
