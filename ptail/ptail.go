@@ -46,10 +46,11 @@ type Reader struct {
 	pos      Position
 	finished bool // pos.Segment has been read to its end (or skipped)
 	file     dfs.Reader
-	sr      *segment.Reader
-	pending []string // published segments after pos, in order, from the last listing
+	sr       *segment.Reader
+	pending  []string // published segments after pos, in order, from the last listing
 
-	// Skipped counts blocks lost to corruption (logged as errors).
+	// Skipped counts damaged segments whose rest was skipped (each logged
+	// as an error): a corrupt block, a bad header, a torn tail.
 	Skipped int
 }
 
@@ -64,7 +65,8 @@ func (r *Reader) Position() Position { return r.pos }
 
 // Next returns the next block and the position after it, waiting for a
 // writer to publish one if needed, until ctx ends. The block is valid
-// until the next call.
+// until the next call. An error other than ctx's (the dfs failing) leaves
+// the reader where it was: calling Next again retries from there.
 func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 	for {
 		if r.sr == nil {
@@ -87,6 +89,11 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 			return r.pos, nil
 		}
 		if !errors.Is(err, io.EOF) {
+			if !damaged(err) {
+				// Reading failed, which says nothing about the segment.
+				r.closeFile()
+				return r.pos, fmt.Errorf("read segment %s at %d: %w", path.Join(r.dir, r.pos.Segment), r.pos.Offset, err)
+			}
 			// A published segment never changes, so this is damage, not a
 			// write in progress. Say so loudly and go on with the next one.
 			r.Skipped++
@@ -147,6 +154,10 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 		}
 	}
 	sr, err := segment.NewReader(f, offset)
+	if err != nil && !damaged(err) {
+		f.Close()
+		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
+	}
 	if err != nil {
 		f.Close()
 		r.Skipped++
@@ -155,6 +166,12 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 	}
 	r.file, r.sr = f, sr
 	return true, nil
+}
+
+// damaged reports whether a segment read error is the segment's content
+// rather than the dfs failing to deliver it.
+func damaged(err error) bool {
+	return errors.Is(err, segment.ErrCorrupt) || errors.Is(err, segment.ErrTruncated)
 }
 
 func (r *Reader) closeFile() {

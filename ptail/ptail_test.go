@@ -1,0 +1,465 @@
+package ptail
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/segment"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const dir = "cat/0"
+
+// countingFS counts listings and opens, and can make reads fail.
+type countingFS struct {
+	dfs.FS
+	lists, opens atomic.Int64
+
+	mu       sync.Mutex
+	failRead func(name string, off int64) error
+}
+
+func (f *countingFS) ReadDir(name string) ([]fs.FileInfo, error) {
+	f.lists.Add(1)
+	return f.FS.ReadDir(name)
+}
+
+func (f *countingFS) Open(name string) (dfs.Reader, error) {
+	f.opens.Add(1)
+	r, err := f.FS.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	return &failingReader{Reader: r, fs: f, name: name}, nil
+}
+
+type failingReader struct {
+	dfs.Reader
+	fs   *countingFS
+	name string
+	off  int64
+}
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	r.fs.mu.Lock()
+	fail := r.fs.failRead
+	r.fs.mu.Unlock()
+	if fail != nil {
+		if err := fail(r.name, r.off); err != nil {
+			return 0, err
+		}
+	}
+	n, err := r.Reader.Read(p)
+	r.off += int64(n)
+	return n, err
+}
+
+func (r *failingReader) Seek(off int64, whence int) (int64, error) {
+	n, err := r.Reader.Seek(off, whence)
+	r.off = n
+	return n, err
+}
+
+func newFS(t *testing.T) *countingFS {
+	t.Helper()
+	l, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &countingFS{FS: l}
+}
+
+func logger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), nil))
+}
+
+// publish writes a segment of blocks, each holding the given messages.
+func publish(t *testing.T, fsys dfs.FS, epoch int64, seq uint64, blocks ...[]string) string {
+	t.Helper()
+	name := segment.Name(epoch, seq)
+	if err := dfs.WriteFile(fsys, path.Join(dir, name), encode(blocks...)); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func encode(blocks ...[]string) []byte {
+	data := []byte(segment.Magic)
+	for _, msgs := range blocks {
+		b := &segment.Block{Agent: "a", ArrivalMs: 1}
+		for _, m := range msgs {
+			b.Messages = append(b.Messages, []byte(m))
+			b.Seqs = append(b.Seqs, uint64(len(b.Seqs)+1))
+		}
+		data = segment.AppendBlock(data, b)
+	}
+	return data
+}
+
+// read is one block read back: its messages and the position after it.
+type read struct {
+	msgs string
+	pos  Position
+}
+
+// readN reads n blocks, failing the test on any error.
+func readN(t *testing.T, r *Reader, n int) []read {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []read
+	var b segment.Block
+	for len(out) < n {
+		pos, err := r.Next(ctx, &b)
+		if err != nil {
+			t.Fatalf("next after %d of %d blocks: %v", len(out), n, err)
+		}
+		if pos != r.Position() {
+			t.Fatalf("Next returned %v, Position says %v", pos, r.Position())
+		}
+		s := ""
+		for i, m := range b.Messages {
+			if i > 0 {
+				s += ","
+			}
+			s += string(m)
+		}
+		out = append(out, read{s, pos})
+	}
+	return out
+}
+
+func msgsOf(rs []read) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.msgs
+	}
+	return out
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// nothingMore checks that Next has nothing to return: it waits until ctx
+// ends. It cancels once the reader has polled the directory a few times.
+func nothingMore(t *testing.T, fsys *countingFS, r *Reader) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := fsys.lists.Load()
+	done := make(chan error, 1)
+	var b segment.Block
+	go func() {
+		_, err := r.Next(ctx, &b)
+		done <- err
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for fsys.lists.Load() < start+3 {
+		select {
+		case err := <-done:
+			t.Fatalf("next returned %v (%q), want it to wait", err, b.Messages)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("reader does not poll")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("next after cancel: %v", err)
+	}
+}
+
+func TestReadsInNameOrderAcrossEpochs(t *testing.T) {
+	fsys := newFS(t)
+	publish(t, fsys, 10, 1, []string{"e10s1"})
+	publish(t, fsys, 3, 2, []string{"e3s2a"}, []string{"e3s2b"})
+	publish(t, fsys, 3, 1, []string{"e3s1"})
+	publish(t, fsys, 2, 0x10, []string{"e2s16"})
+	publish(t, fsys, 3, 3) // empty
+	publish(t, fsys, 2, 9, []string{"e2s9a", "e2s9b"})
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	got := msgsOf(readN(t, r, 6))
+	want := []string{"e2s9a,e2s9b", "e2s16", "e3s1", "e3s2a", "e3s2b", "e10s1"}
+	if !equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+	nothingMore(t, fsys, r)
+	if r.Skipped != 0 {
+		t.Errorf("skipped %d", r.Skipped)
+	}
+}
+
+func TestResumeAtEveryPosition(t *testing.T) {
+	fsys := newFS(t)
+	publish(t, fsys, 1, 1, []string{"a"}, []string{"b"}, []string{"c"})
+	publish(t, fsys, 1, 2) // empty
+	publish(t, fsys, 1, 3, []string{"d"})
+	publish(t, fsys, 2, 1, []string{"e"}, []string{"f"})
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	all := readN(t, r, 6)
+	r.Close()
+	want := msgsOf(all)
+	// From each position (mid-segment and at segment ends) a new reader
+	// reads exactly the rest: nothing repeated, nothing lost.
+	for i, rd := range all {
+		r := NewReader(fsys, dir, rd.pos, time.Millisecond, logger(t))
+		if r.Position() != rd.pos {
+			t.Errorf("new reader at %v reports %v", rd.pos, r.Position())
+		}
+		rest := msgsOf(readN(t, r, len(all)-i-1))
+		if !equal(rest, want[i+1:]) {
+			t.Errorf("from %v: read %q, want %q", rd.pos, rest, want[i+1:])
+		}
+		nothingMore(t, fsys, r)
+		r.Close()
+	}
+	// A position at the end of the last segment (as a consumer that saw
+	// nothing more would save) picks up what is published next.
+	end := all[len(all)-1].pos
+	r = NewReader(fsys, dir, end, time.Millisecond, logger(t))
+	defer r.Close()
+	publish(t, fsys, 2, 2, []string{"g"})
+	if got := msgsOf(readN(t, r, 1)); got[0] != "g" {
+		t.Errorf("after %v: read %q", end, got)
+	}
+}
+
+func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
+	fsys := newFS(t)
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	nothingMore(t, fsys, r) // the bucket does not exist yet
+
+	publish(t, fsys, 1, 1, []string{"first"})
+	if got := msgsOf(readN(t, r, 1)); got[0] != "first" {
+		t.Fatalf("read %q", got)
+	}
+	// What a writer has in progress, and names that are not segments.
+	for name, data := range map[string][]byte{
+		dfs.TempName(segment.Name(1, 2)):    encode([]string{"in progress"}),
+		"_" + segment.Name(1, 3):            encode([]string{"underscore"}),
+		"README":                            []byte("not a segment"),
+		"0000000000000001-0000000000000004": encode([]string{"no extension"}),
+		"1-5.seg":                           encode([]string{"short name"}),
+		segment.Name(1, 6) + ".tmp":         encode([]string{"suffix"}),
+	} {
+		f, err := fsys.Create(path.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write(data)
+		f.Close()
+	}
+	if err := fsys.MkdirAll(path.Join(dir, segment.Name(1, 7))); err != nil {
+		t.Fatal(err)
+	}
+	nothingMore(t, fsys, r)
+
+	done := make(chan []read, 1)
+	go func() { done <- readN(t, r, 2) }()
+	publish(t, fsys, 1, 8, []string{"second"})
+	publish(t, fsys, 2, 1, []string{"third"})
+	if got := msgsOf(<-done); !equal(got, []string{"second", "third"}) {
+		t.Fatalf("read %q", got)
+	}
+	nothingMore(t, fsys, r)
+}
+
+func TestVanishedSegmentSkipped(t *testing.T) {
+	fsys := newFS(t)
+	a := publish(t, fsys, 1, 1, []string{"a1"}, []string{"a2"})
+	b := publish(t, fsys, 1, 2, []string{"b"})
+	publish(t, fsys, 1, 3, []string{"c"})
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	if got := msgsOf(readN(t, r, 1)); got[0] != "a1" {
+		t.Fatalf("read %q", got)
+	}
+	// Retention removes the next segment after the reader listed it.
+	if err := fsys.Remove(path.Join(dir, b)); err != nil {
+		t.Fatal(err)
+	}
+	if got := msgsOf(readN(t, r, 2)); !equal(got, []string{"a2", "c"}) {
+		t.Fatalf("read %q", got)
+	}
+	// And a saved position inside a removed segment.
+	if err := fsys.Remove(path.Join(dir, a)); err != nil {
+		t.Fatal(err)
+	}
+	r2 := NewReader(fsys, dir, Position{Segment: a, Offset: 30}, time.Millisecond, logger(t))
+	defer r2.Close()
+	if got := msgsOf(readN(t, r2, 1)); got[0] != "c" {
+		t.Fatalf("from a removed segment: read %q", got)
+	}
+	if r.Skipped != 0 || r2.Skipped != 0 {
+		t.Errorf("vanished segments counted as damaged: %d %d", r.Skipped, r2.Skipped)
+	}
+}
+
+func TestDamagedSegmentsSkipped(t *testing.T) {
+	fsys := newFS(t)
+	publish(t, fsys, 1, 1, []string{"good-1"})
+	// A flipped byte in the second block.
+	data := encode([]string{"b1"}, []string{"b2"}, []string{"b3"})
+	data[len(data)-20] ^= 0xff
+	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 2)), data); err != nil {
+		t.Fatal(err)
+	}
+	// Not a segment header; an empty file; a torn tail.
+	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 3)), []byte("garbage!garbage!")); err != nil {
+		t.Fatal(err)
+	}
+	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 4)), nil); err != nil {
+		t.Fatal(err)
+	}
+	torn := encode([]string{"t1"}, []string{"t2"})
+	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 5)), torn[:len(torn)-3]); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, fsys, 1, 6, []string{"good-2"})
+	// A huge block length.
+	bad := encode([]string{"x"})
+	bad[segment.HeaderSize+3] = 0x7f
+	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 7)), bad); err != nil {
+		t.Fatal(err)
+	}
+
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	got := msgsOf(readN(t, r, 4))
+	if want := []string{"good-1", "b1", "t1", "good-2"}; !equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+	nothingMore(t, fsys, r)
+	if r.Skipped != 5 {
+		t.Errorf("skipped %d, want 5 (corrupt block, bad header, empty, torn tail, huge length)", r.Skipped)
+	}
+}
+
+func TestDamagedLastSegmentNotReread(t *testing.T) {
+	fsys := newFS(t)
+	publish(t, fsys, 1, 1, []string{"good"})
+	data := encode([]string{"b1"}, []string{"b2"})
+	data[len(data)-2] ^= 0xff
+	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 2)), data); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	if got := msgsOf(readN(t, r, 2)); !equal(got, []string{"good", "b1"}) {
+		t.Fatalf("read %q", got)
+	}
+	opens := fsys.opens.Load()
+	nothingMore(t, fsys, r)
+	nothingMore(t, fsys, r)
+	if fsys.opens.Load() != opens || r.Skipped != 1 {
+		t.Errorf("damaged segment reopened while waiting: %d opens, skipped %d", fsys.opens.Load()-opens, r.Skipped)
+	}
+	publish(t, fsys, 1, 3, []string{"after"})
+	if got := msgsOf(readN(t, r, 1)); got[0] != "after" {
+		t.Fatalf("read %q", got)
+	}
+}
+
+// TestReadErrorIsNotDamage: an I/O error (a DataNode going away, say) is
+// not damage: Next reports it and the reader resumes where it was.
+func TestReadErrorIsNotDamage(t *testing.T) {
+	fsys := newFS(t)
+	var blocks [][]string
+	for i := 0; i < 200; i++ { // well over the segment reader's 256KiB buffer
+		blocks = append(blocks, []string{fmt.Sprintf("m%03d-%02000d", i, 0)})
+	}
+	publish(t, fsys, 1, 1, blocks...)
+	publish(t, fsys, 1, 2, []string{"next"})
+	var failed atomic.Bool
+	fsys.failRead = func(name string, off int64) error {
+		if off > 0 && off < 300<<10 && failed.CompareAndSwap(false, true) { // mid-segment
+			return errors.New("injected read error")
+		}
+		return nil
+	}
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var got []string
+	var b segment.Block
+	errs := 0
+	for len(got) < 201 && errs < 5 {
+		if _, err := r.Next(ctx, &b); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			errs++
+			continue
+		}
+		got = append(got, string(b.Messages[0])[:4])
+	}
+	if !failed.Load() {
+		t.Fatal("the read error was not injected")
+	}
+	if errs != 1 || r.Skipped != 0 || len(got) != 201 {
+		t.Fatalf("%d errors, %d skipped, %d blocks read", errs, r.Skipped, len(got))
+	}
+	for i, m := range got[:200] {
+		if m != fmt.Sprintf("m%03d", i) {
+			t.Fatalf("block %d is %s: lost or repeated around the read error", i, m)
+		}
+	}
+}
+
+func TestCancelReturnsPromptly(t *testing.T) {
+	fsys := newFS(t)
+	r := NewReader(fsys, dir, Position{}, time.Hour, logger(t))
+	defer r.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		var b segment.Block
+		_, err := r.Next(ctx, &b)
+		done <- err
+	}()
+	for fsys.lists.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("next: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("next does not return after cancel")
+	}
+	// Already cancelled, with nothing to read.
+	if _, err := r.Next(ctx, &segment.Block{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("next with a cancelled context: %v", err)
+	}
+}
