@@ -93,12 +93,23 @@ func newLayout(app *apps.App) (*layout, error) {
 	return l, nil
 }
 
+// newCell returns a cell's slots, and one more after them: the mark a
+// table sets while the cell waits for a checkpoint.
 func (l *layout) newCell() []float64 {
-	s := make([]float64, l.width)
+	s := make([]float64, l.width+1)
 	for i, impl := range l.impls {
 		impl.init(s[l.offset[i] : l.offset[i]+impl.slots])
 	}
 	return s
+}
+
+func (l *layout) marked(cell []float64) bool { return cell[l.width] != 0 }
+
+func (l *layout) mark(cell []float64, on bool) {
+	cell[l.width] = 0
+	if on {
+		cell[l.width] = 1
+	}
 }
 
 func (l *layout) slots(cell []float64, i int) []float64 {
@@ -141,11 +152,12 @@ func (l *layout) results(cell []float64) map[string]any {
 	return out
 }
 
-// encodeCell is a cell's stored form: a format byte, then the slots.
-func encodeCell(cell []float64) []byte {
-	b := make([]byte, 1, 1+8*len(cell))
+// encodeCell is a cell's stored form: a format byte, then the slots
+// (without the mark).
+func (l *layout) encodeCell(cell []float64) []byte {
+	b := make([]byte, 1, 1+8*l.width)
 	b[0] = 1
-	for _, v := range cell {
+	for _, v := range cell[:l.width] {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
 	}
 	return b
@@ -155,8 +167,8 @@ func (l *layout) decodeCell(b []byte) ([]float64, error) {
 	if len(b) != 1+8*l.width || b[0] != 1 {
 		return nil, fmt.Errorf("stored cell of %d bytes does not fit app %s (%d slots); was the app's aggregate list changed?", len(b), l.app.Name(), l.width)
 	}
-	cell := make([]float64, l.width)
-	for i := range cell {
+	cell := make([]float64, l.width+1)
+	for i := range cell[:l.width] {
 		cell[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[1+8*i:]))
 	}
 	return cell, nil

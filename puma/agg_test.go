@@ -89,7 +89,7 @@ func TestCellEncoding(t *testing.T) {
 	}
 	c := l.newCell()
 	l.add(c, in(present(), num(2.5), num(-7), num(1e300), num(0.1)))
-	b := encodeCell(c)
+	b := l.encodeCell(c)
 	if len(b) != 1+8*6 || b[0] != 1 {
 		t.Fatalf("encoded %d bytes, format %d", len(b), b[0])
 	}
@@ -103,7 +103,7 @@ func TestCellEncoding(t *testing.T) {
 		}
 	}
 	// Infinities of empty min/max survive the round trip.
-	back, err = l.decodeCell(encodeCell(l.newCell()))
+	back, err = l.decodeCell(l.encodeCell(l.newCell()))
 	if err != nil || !math.IsInf(back[2], 1) || !math.IsInf(back[3], -1) {
 		t.Fatalf("empty cell round trip: %v %v", back, err)
 	}
@@ -113,7 +113,7 @@ func TestCellEncoding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, bad := range [][]byte{encodeCell(narrow.newCell()), nil, append([]byte{2}, b[1:]...)} {
+	for _, bad := range [][]byte{narrow.encodeCell(narrow.newCell()), nil, append([]byte{2}, b[1:]...)} {
 		_, err := l.decodeCell(bad)
 		if err == nil || !strings.Contains(err.Error(), "aggregate list changed") {
 			t.Errorf("decode %x: %v", bad, err)

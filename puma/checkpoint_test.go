@@ -74,7 +74,7 @@ func (f *faultStore) fails() int {
 // testShard is a shard driven by hand: no reader, no timer. Each gets
 // its lease from a hub of its own, as two nodes that both believe they
 // own the bucket would.
-func testShard(t *testing.T, p *Puma, bucket int) *shard {
+func testShard(t testing.TB, p *Puma, bucket int) *shard {
 	t.Helper()
 	co := inproc.NewHub().Session()
 	t.Cleanup(func() { co.Close() })
@@ -98,7 +98,7 @@ func feed(s *shard, offset int64, lines ...[]byte) {
 }
 
 // memRows answers q from a shard's memory alone.
-func memRows(t *testing.T, s *shard, q Query) []string {
+func memRows(t testing.TB, s *shard, q Query) []string {
 	t.Helper()
 	p := &Puma{apps: s.p.apps, shards: map[shardID]*shard{{s.category, s.bucket}: s}}
 	select {
@@ -267,8 +267,8 @@ func TestRecoverPurgesUncommitted(t *testing.T) {
 	ctx := context.Background()
 	if err := e.st.Put(ctx, "puma", []store.Cell{
 		{Row: commitRow("orders", 0), Column: "attempt", Timestamp: E + 1, Value: []byte(fmt.Sprint(E + 1))},
-		{Row: prefix + windowKey(t0) + "/eu\x00book", Column: "v", Timestamp: E + 1, Value: encodeCell(bogus)},
-		{Row: prefix + windowKey(t0+600_000) + "/eu\x00new", Column: "v", Timestamp: E + 1, Value: encodeCell(bogus)},
+		{Row: prefix + windowKey(t0) + "/eu\x00book", Column: "v", Timestamp: E + 1, Value: tb.layout.encodeCell(bogus)},
+		{Row: prefix + windowKey(t0+600_000) + "/eu\x00new", Column: "v", Timestamp: E + 1, Value: tb.layout.encodeCell(bogus)},
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -368,7 +368,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		s.mu.RLock()
 		for _, t := range s.tables {
 			a := per[t.app.Name()]
-			a.cells += float64(len(t.cells))
+			a.cells += float64(t.ncells)
 			a.late += float64(t.late)
 			a.parse += float64(t.parseErrors)
 			a.badTime += float64(t.badTime)

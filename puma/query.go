@@ -1,10 +1,10 @@
 package puma
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/freeway-dev/freeway/internal/apps"
@@ -58,6 +58,8 @@ type plan struct {
 	// project[i] is the index in the app's key of the query's i-th key.
 	project []int
 	names   []string
+	// whole: the query's key is the app's key, as stored
+	whole bool
 }
 
 func newPlan(app *apps.App, q Query) (*plan, error) {
@@ -87,6 +89,7 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 		pl.project = append(pl.project, i)
 		pl.names = append(pl.names, g)
 	}
+	pl.whole = slices.Equal(pl.names, app.Spec.GroupBy)
 	return pl, nil
 }
 
@@ -109,14 +112,20 @@ func (m *merger) add(window int64, key string, cell []float64) {
 	if window < pl.q.FromMs || window >= pl.q.ToMs {
 		return
 	}
-	full := apps.DecodeKey(key, len(pl.app.Spec.GroupBy))
-	vals := make([]string, len(pl.project))
-	for i, j := range pl.project {
-		if j < len(full) {
-			vals[i] = full[j]
+	k := cellKey{window: window}
+	switch {
+	case pl.whole:
+		k.key = key
+	case len(pl.project) > 0:
+		full := apps.DecodeKey(key, len(pl.app.Spec.GroupBy))
+		vals := make([]string, len(pl.project))
+		for i, j := range pl.project {
+			if j < len(full) {
+				vals[i] = full[j]
+			}
 		}
+		k.key = apps.EncodeKey(vals)
 	}
-	k := cellKey{window: window, key: apps.EncodeKey(vals)}
 	if pl.q.AllWindows {
 		k.window = 0
 	}
@@ -133,24 +142,27 @@ func (m *merger) add(window int64, key string, cell []float64) {
 func (m *merger) result() *Result {
 	pl := m.pl
 	res := &Result{App: pl.app.Name(), Rows: make([]Row, 0, len(m.rows))}
-	keys := make([]cellKey, 0, len(m.rows))
-	for k := range m.rows {
-		keys = append(keys, k)
+	type keyed struct {
+		key string
+		r   *mrow
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := m.rows[keys[i]], m.rows[keys[j]]
-		if a.start != b.start {
-			return a.start < b.start
+	rows := make([]keyed, 0, len(m.rows))
+	for k, r := range m.rows {
+		rows = append(rows, keyed{k.key, r})
+	}
+	slices.SortFunc(rows, func(a, b keyed) int {
+		if c := cmp.Compare(a.r.start, b.r.start); c != 0 {
+			return c
 		}
-		return keys[i].key < keys[j].key
+		return strings.Compare(a.key, b.key)
 	})
-	for _, k := range keys {
+	for _, kr := range rows {
 		if pl.q.Limit > 0 && len(res.Rows) == pl.q.Limit {
 			res.Truncated = true
 			break
 		}
-		r := m.rows[k]
-		key := map[string]string{}
+		k, r := kr, kr.r
+		key := make(map[string]string, len(pl.names))
 		for i, v := range apps.DecodeKey(k.key, len(pl.names)) {
 			key[pl.names[i]] = v
 		}

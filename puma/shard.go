@@ -304,7 +304,7 @@ func (s *shard) recover(ctx context.Context) error {
 				if err != nil {
 					return fmt.Errorf("cell row %q: %w", rowKey, err)
 				}
-				t.cells[cellKey{window: w, key: key}] = cell
+				t.load(w, key, cell)
 				loaded++
 			}
 			return nil
@@ -371,12 +371,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 			s.expired = append(s.expired, expiredRows{appPrefix(s.category, s.bucket, t.app, t.fp) + windowKey(w) + "/", epoch})
 		}
 		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
-		keys := make([]cellKey, 0, len(t.dirty))
-		for k := range t.dirty {
-			cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: encodeCell(t.cells[k])})
-			keys = append(keys, k)
-		}
-		clear(t.dirty)
+		keys := t.takeDirty(func(k cellKey, cell []float64) {
+			cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: t.layout.encodeCell(cell)})
+		})
 		dirty = append(dirty, pending{t, keys})
 	}
 	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position
@@ -387,11 +384,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	restore := func() {
 		s.mu.Lock()
 		for _, d := range dirty {
-			for _, k := range d.keys {
-				if _, ok := d.t.cells[k]; ok {
-					d.t.dirty[k] = struct{}{}
-				}
-			}
+			d.t.remark(d.keys)
 		}
 		s.mu.Unlock()
 	}

@@ -23,9 +23,20 @@ type table struct {
 	// fp identifies the shape of the app's state (window, group_by,
 	// aggregates); stored rows carry it so that a changed app does not
 	// read state of another shape.
-	fp        string
-	cells     map[cellKey][]float64
-	dirty     map[cellKey]struct{}
+	fp string
+	// windows holds the cells by window start, then group key, so that a
+	// query visits only the windows of its range and retention drops whole
+	// windows.
+	windows map[int64]map[string][]float64
+	ncells  int
+	// dirty lists the cells changed since the last checkpoint. A cell's
+	// mark slot says whether it is listed, so that a record costs one
+	// lookup, not a second one in a set.
+	dirty []cellKey
+	// lastW and lastCells cache the window of the previous record: most
+	// records land in the current window.
+	lastW     int64
+	lastCells map[string][]float64
 	watermark int64 // highest event time seen, ms
 	extractor *apps.Extractor
 
@@ -42,8 +53,7 @@ func newTable(app *apps.App) (*table, error) {
 		app:       app,
 		layout:    l,
 		fp:        fingerprint(app),
-		cells:     map[cellKey][]float64{},
-		dirty:     map[cellKey]struct{}{},
+		windows:   map[int64]map[string][]float64{},
 		watermark: -1 << 62,
 		extractor: app.NewExtractor(),
 	}, nil
@@ -79,21 +89,83 @@ func (t *table) apply(line []byte, arrivalMs int64) {
 		t.late++
 		return
 	}
-	k := cellKey{window: t.app.WindowStart(ex.TimeMs), key: ex.Key}
-	cell, ok := t.cells[k]
+	w := t.app.WindowStart(ex.TimeMs)
+	cells := t.lastCells
+	if cells == nil || w != t.lastW {
+		cells = t.window(w)
+		t.lastW, t.lastCells = w, cells
+	}
+	cell, ok := cells[ex.Key]
 	if !ok {
 		cell = t.layout.newCell()
-		t.cells[k] = cell
+		cells[ex.Key] = cell
+		t.ncells++
 	}
 	t.badValues += uint64(t.layout.add(cell, ex.Inputs))
-	t.dirty[k] = struct{}{}
+	if !t.layout.marked(cell) {
+		t.layout.mark(cell, true)
+		t.dirty = append(t.dirty, cellKey{window: w, key: ex.Key})
+	}
+}
+
+// window returns the cells of window w, creating it if needed.
+func (t *table) window(w int64) map[string][]float64 {
+	cells, ok := t.windows[w]
+	if !ok {
+		cells = map[string][]float64{}
+		t.windows[w] = cells
+	}
+	return cells
+}
+
+// load puts a cell read from the store (not dirty).
+func (t *table) load(w int64, key string, cell []float64) {
+	cells := t.window(w)
+	if _, ok := cells[key]; !ok {
+		t.ncells++
+	}
+	cells[key] = cell
 }
 
 // each calls fn for every cell whose window starts in [from, to).
 func (t *table) each(from, to int64, fn func(window int64, key string, cell []float64)) {
-	for k, cell := range t.cells {
-		if k.window >= from && k.window < to {
-			fn(k.window, k.key, cell)
+	for w, cells := range t.windows {
+		if w < from || w >= to {
+			continue
+		}
+		for key, cell := range cells {
+			fn(w, key, cell)
+		}
+	}
+}
+
+// takeDirty calls fn for each changed cell, clears the changes and
+// returns the keys it took, for remark should their write fail.
+func (t *table) takeDirty(fn func(k cellKey, cell []float64)) []cellKey {
+	taken := t.dirty[:0:0]
+	for _, k := range t.dirty {
+		cell, ok := t.windows[k.window][k.key]
+		if !ok || !t.layout.marked(cell) {
+			continue // expired, or listed twice after expiring and coming back
+		}
+		t.layout.mark(cell, false)
+		fn(k, cell)
+		taken = append(taken, k)
+	}
+	if cap(t.dirty) > 4*len(t.dirty) && cap(t.dirty) > 1024 {
+		t.dirty = nil // let a burst's list go
+	} else {
+		t.dirty = t.dirty[:0]
+	}
+	return taken
+}
+
+// remark marks keys changed again, those whose cells still exist.
+func (t *table) remark(keys []cellKey) {
+	for _, k := range keys {
+		if cell, ok := t.windows[k.window][k.key]; ok && !t.layout.marked(cell) {
+			t.layout.mark(cell, true)
+			t.dirty = append(t.dirty, k)
 		}
 	}
 }
@@ -102,15 +174,14 @@ func (t *table) each(from, to int64, fn func(window int64, key string, cell []fl
 // returns their starts.
 func (t *table) expire() []int64 {
 	horizon := t.watermark - t.app.RetentionMs
-	seen := map[int64]bool{}
 	var gone []int64
-	for k := range t.cells {
-		if k.window+t.app.WindowMs <= horizon {
-			delete(t.cells, k)
-			delete(t.dirty, k)
-			if !seen[k.window] {
-				seen[k.window] = true
-				gone = append(gone, k.window)
+	for w, cells := range t.windows {
+		if w+t.app.WindowMs <= horizon {
+			t.ncells -= len(cells)
+			delete(t.windows, w)
+			gone = append(gone, w)
+			if w == t.lastW {
+				t.lastCells = nil
 			}
 		}
 	}

@@ -3,9 +3,13 @@ package puma
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/config"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 )
@@ -158,4 +162,53 @@ func TestFingerprint(t *testing.T) {
 			t.Errorf("change %d kept the shape", i)
 		}
 	}
+}
+
+func TestDirtyCells(t *testing.T) {
+	// Retention shorter than lateness: an expired window can come back.
+	tb, err := newTable(orders(t, func(s *apps.Spec) {
+		s.Retention = config.Duration(time.Minute)
+		s.AllowedLateness = config.Duration(time.Hour)
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := func() []string {
+		var out []string
+		tb.takeDirty(func(k cellKey, cell []float64) {
+			out = append(out, fmt.Sprintf("%+ds %s n=%v", (k.window-t0)/1000, strings.ReplaceAll(k.key, "\x00", "|"), cell[0]))
+		})
+		sort.Strings(out)
+		return out
+	}
+	tb.apply(order(t0, "eu", "book", 1), 0)
+	tb.apply(order(t0, "eu", "book", 1), 0)
+	tb.apply(order(t0+60_000, "eu", "book", 1), 0)
+	tb.apply(order(t0, "us", "book", 1), 0)
+	if len(tb.dirty) != 3 {
+		t.Fatalf("dirty list %v: a cell changed twice is listed once", tb.dirty)
+	}
+	keys := slices.Clone(tb.dirty)
+	equalRows(t, "first", taken(), []string{"+0s eu|book n=2", "+0s us|book n=1", "+60s eu|book n=1"})
+	equalRows(t, "nothing changed", taken(), nil)
+	tb.remark(keys[:1])
+	tb.remark(keys[:1])
+	equalRows(t, "remarked", taken(), []string{"+0s eu|book n=2"})
+
+	// Expire the window at t0, dirty; then bring it back.
+	tb.apply(order(t0, "eu", "book", 1), 0)
+	tb.apply(order(t0+150_000, "eu", "book", 1), 0) // horizon t0+90s
+	if gone := tb.expire(); len(gone) != 1 || gone[0] != t0 {
+		t.Fatalf("expired %v", gone)
+	}
+	if tb.ncells != 2 {
+		t.Fatalf("%d cells", tb.ncells)
+	}
+	tb.apply(order(t0, "eu", "book", 1), 0) // late, allowed: a new cell
+	if tb.ncells != 3 {
+		t.Fatalf("%d cells", tb.ncells)
+	}
+	equalRows(t, "after expiry", taken(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
+	tb.remark(keys) // the t0 us|book cell is gone: not listed
+	equalRows(t, "remark after expiry", taken(), []string{"+0s eu|book n=1", "+60s eu|book n=1"})
 }
