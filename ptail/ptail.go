@@ -54,9 +54,15 @@ type Reader struct {
 	Skipped int
 }
 
+// defaultPoll is the poll interval of a reader given none.
+const defaultPoll = time.Second
+
 // NewReader returns a reader of the bucket directory dir from pos, which
-// polls for new segments every poll.
+// polls for new segments every poll (a second if poll is not positive).
 func NewReader(fsys dfs.FS, dir string, pos Position, poll time.Duration, log *slog.Logger) *Reader {
+	if poll <= 0 {
+		poll = defaultPoll
+	}
 	return &Reader{fs: fsys, dir: dir, pos: pos, poll: poll, log: log}
 }
 

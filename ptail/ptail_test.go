@@ -463,3 +463,11 @@ func TestCancelReturnsPromptly(t *testing.T) {
 		t.Fatalf("next with a cancelled context: %v", err)
 	}
 }
+
+func TestZeroPollDoesNotSpin(t *testing.T) {
+	for _, poll := range []time.Duration{0, -time.Second} {
+		if r := NewReader(newFS(t), dir, Position{}, poll, logger(t)); r.poll <= 0 {
+			t.Errorf("poll %v: the reader would list the bucket without pause", poll)
+		}
+	}
+}
