@@ -47,7 +47,8 @@ type Reader struct {
 	finished bool // pos.Segment has been read to its end (or skipped)
 	file     dfs.Reader
 	sr       *segment.Reader
-	pending  []string // published segments after pos, in order, from the last listing
+	pending  []string  // published segments after pos, in order, from the last listing
+	listed   time.Time // when pending was listed
 
 	// Skipped counts damaged segments whose rest was skipped (each logged
 	// as an error): a corrupt block, a bad header, a torn tail.
@@ -124,7 +125,10 @@ func (r *Reader) openNext() (bool, error) {
 		}
 		r.finished = true
 	}
-	if len(r.pending) == 0 {
+	// List again when nothing is known to follow, and while working
+	// through a backlog at most once a poll, so that Lag counts what was
+	// published meanwhile.
+	if len(r.pending) == 0 || time.Since(r.listed) >= r.poll {
 		if err := r.list(); err != nil {
 			return false, err
 		}
@@ -197,6 +201,7 @@ func (r *Reader) list() error {
 		return fmt.Errorf("list bucket %s: %w", r.dir, err)
 	}
 	r.pending = r.pending[:0]
+	r.listed = time.Now()
 	for _, fi := range infos {
 		name := fi.Name()
 		if fi.IsDir() || dfs.Hidden(name) || name <= r.pos.Segment {
@@ -209,7 +214,8 @@ func (r *Reader) list() error {
 	return nil
 }
 
-// Lag counts the published segments after the current one: how far behind
+// Lag counts the published segments after the current one, as of the
+// last listing (at most a poll old while segments follow): how far behind
 // the writers the reader is.
 func (r *Reader) Lag() int { return len(r.pending) }
 

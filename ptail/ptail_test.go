@@ -471,3 +471,29 @@ func TestZeroPollDoesNotSpin(t *testing.T) {
 		}
 	}
 }
+
+func TestLag(t *testing.T) {
+	fsys := newFS(t)
+	for s := uint64(1); s <= 5; s++ {
+		publish(t, fsys, 1, s, []string{fmt.Sprint(s)}, []string{fmt.Sprint(s)})
+	}
+	r := NewReader(fsys, dir, Position{}, time.Nanosecond, logger(t))
+	defer r.Close()
+	readN(t, r, 1)
+	if r.Lag() != 4 {
+		t.Errorf("lag %d in the first of 5 segments, want 4", r.Lag())
+	}
+	// Segments published while the reader works through a backlog count
+	// as soon as it lists again, not only once it has caught up.
+	for s := uint64(6); s <= 8; s++ {
+		publish(t, fsys, 1, s, []string{fmt.Sprint(s)}, []string{fmt.Sprint(s)})
+	}
+	readN(t, r, 2) // into the second segment
+	if r.Lag() != 6 {
+		t.Errorf("lag %d in the second of 8 segments, want 6", r.Lag())
+	}
+	readN(t, r, 13)
+	if r.Lag() != 0 {
+		t.Errorf("lag %d at the end", r.Lag())
+	}
+}
