@@ -126,18 +126,9 @@ func TestMetrics(t *testing.T) {
 		),
 	)
 	p := e.node("n1", func(c *Config, d *Deps) { d.Metrics = reg })
-	start(t, p)
+	r := start(t, p)
 	waitCommitted(t, p, pos)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.Metric {
-			got[metricName(mf.GetName(), m)] = metricValue(m)
-		}
-	}
+	got := gather(t, reg)
 	want := map[string]float64{
 		"freeway_puma_entries_total":                                        9,
 		"freeway_puma_duplicates_total":                                     4,
@@ -163,6 +154,28 @@ func TestMetrics(t *testing.T) {
 	if _, ok := got["freeway_puma_checkpoint_age_seconds"]; !ok {
 		t.Error("no checkpoint age")
 	}
+	r.stop(t)
+	got = gather(t, reg)
+	for k := range got {
+		if strings.HasPrefix(k, "freeway_puma_segment_lag") {
+			t.Errorf("%s outlives its shard", k)
+		}
+	}
+}
+
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			got[metricName(mf.GetName(), m)] = metricValue(m)
+		}
+	}
+	return got
 }
 
 func metricName(name string, m *dto.Metric) string {

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -121,14 +123,20 @@ func (s *shard) run(ctx context.Context) error {
 		}
 	}()
 	if err := s.recover(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while recovering
+		}
 		return fmt.Errorf("recover shard %s/%d: %w", s.category, s.bucket, err)
 	}
 	close(s.ready)
 	reader := ptail.NewReader(s.p.deps.FS, segment.Dir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log)
 	defer reader.Close()
+	labels := []string{s.category, strconv.Itoa(s.bucket)}
+	lag := s.p.m.segmentLag.WithLabelValues(labels...)
+	defer s.p.m.segmentLag.DeleteLabelValues(labels...)
 
 	readErr := make(chan error, 1)
-	go func() { readErr <- s.read(ctx, reader) }()
+	go func() { readErr <- s.read(ctx, reader, lag) }()
 
 	tick := time.NewTicker(s.p.cfg.CheckpointInterval.D())
 	defer tick.Stop()
@@ -177,7 +185,7 @@ loop:
 	return err
 }
 
-func (s *shard) read(ctx context.Context, r *ptail.Reader) error {
+func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge) error {
 	var b segment.Block
 	for {
 		pos, err := r.Next(ctx, &b)
@@ -185,7 +193,7 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader) error {
 			return err
 		}
 		s.apply(&b, pos)
-		s.p.m.segmentLag.WithLabelValues(s.category, strconv.Itoa(s.bucket)).Set(float64(r.Lag()))
+		lag.Set(float64(r.Lag()))
 	}
 }
 
