@@ -302,14 +302,19 @@ cmd_for() { # fills CMD with the command line that runs NAME
 
 # ---------------------------------------------------------------- start / stop
 
-start_proc() { # start NAME in the background, detached, logging to $LOGS/NAME.log
-  local name=$1 log=$LOGS/$1.log port owner
+ports_free() { # NAME: fail with a clear message if another program holds one of NAME's ports
+  local name=$1 port owner
   for port in $(ports_of "$name"); do
     if port_open "$port"; then
       owner=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -1 || true)
       die "cannot start $name: 127.0.0.1:$port is already taken by a program engines.sh did not start ${owner:+($owner)}"
     fi
   done
+}
+
+start_proc() { # start NAME in the background, detached, logging to $LOGS/NAME.log
+  local name=$1 log=$LOGS/$1.log
+  ports_free "$name"
   [[ -f $log ]] && mv -f "$log" "$log.1"
   cmd_for "$name"
   rm -f "$RUN/$name.pid"
@@ -460,11 +465,16 @@ cmd_up() {
 
   # Start what is not running. A process that is running but not serving yet is
   # left alone (a previous `up` may still be starting it); the probes below decide.
+  # First make sure no other program holds a port we are about to need.
+  for name in "${PROCS[@]}"; do
+    pid_of "$name" >/dev/null && continue
+    stop_proc "$name" 10 # strays with our markers but no pid file
+    ports_free "$name"
+  done
   for name in "${PROCS[@]}"; do
     if pid_of "$name" >/dev/null; then
       continue
     fi
-    stop_proc "$name" 10 # strays with our markers but no pid file
     if [[ $name == namenode && ! -f $DATA/hdfs/name/current/VERSION ]]; then
       say "formatting a new HDFS namespace in $DATA/hdfs/name"
       rm -rf "$DATA/hdfs/name" "$DATA/hdfs/data" # old blocks belong to an old namespace
