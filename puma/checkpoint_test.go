@@ -492,3 +492,17 @@ func cellRows(t *testing.T, st store.Store) int {
 	}
 	return n
 }
+
+// TestIdleCheckpointIsCurrent: a shard with nothing new is as committed as
+// can be; its checkpoint age must not grow while it idles.
+func TestIdleCheckpointIsCurrent(t *testing.T) {
+	e := newEnv(t, orders(t))
+	s := testShard(t, e.node("n1"), 0)
+	s.lastCommit.Store(1)
+	if err := s.checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.lastCommit.Load() == 1 {
+		t.Fatal("an idle checkpoint left the checkpoint age growing")
+	}
+}
