@@ -283,7 +283,7 @@ func reason(err error) string {
 		return "busy"
 	case errors.Is(err, errNotOwner):
 		return "not_owner"
-	case errors.Is(err, errStopping):
+	case errors.Is(err, errStopping), errors.Is(err, context.Canceled):
 		return "stopping"
 	}
 	return "write_error"

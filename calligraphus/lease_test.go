@@ -199,3 +199,29 @@ func TestLeaseLostAckFenced(t *testing.T) {
 		t.Errorf("bucket holds %q", got)
 	}
 }
+
+// TestShutdownWhileWaiting: a request waiting for its write when the
+// server stops is answered TRY_LATER (counted as stopping, not as a write
+// error), and what was written is still published.
+func TestShutdownWhileWaiting(t *testing.T) {
+	fsys := newTestFS(newLocal(t), true)
+	_, co := inprocCoord(t)
+	s := startServer(t, testConfig(), fsys, co, nil)
+	g := newGate(t, "sync")
+	fsys.setHook(g.hook)
+	res := logAsync(s.dial(t), entries("cat", "waiting"))
+	<-g.blocked
+	s.cancel()
+	waitFor(t, "the waiting request to be answered", func() bool {
+		return counter(t, s.reg, "freeway_calligraphus_try_later_total") > 0
+	})
+	g.open()
+	s.stop()
+	<-res
+	if got := counter(t, s.reg, "freeway_calligraphus_try_later_total", "reason", "stopping"); got != 1 {
+		t.Errorf("try_later stopping %v, want 1", got)
+	}
+	if got := msgs(scan(t, fsys, "cat/0")); !equal(got, []string{"waiting"}) {
+		t.Errorf("bucket holds %q", got)
+	}
+}
