@@ -19,4 +19,9 @@
 // bucket salvages it (its valid blocks, under its own name) before writing;
 // on HDFS an unpublished segment holds only unacknowledged entries, which
 // the sender retries, so it is deleted.
+//
+// A writer that loses its lease (a session expiry) acknowledges nothing
+// written after that, since the new owner may already have salvaged the
+// segment; it answers TRY_LATER to what was waiting and takes the bucket
+// again, with a new epoch, on the next request if nobody else holds it.
 package calligraphus
