@@ -138,7 +138,7 @@ func (s *Spec) Validate(path string) error {
 		return errAt(path, "category is required")
 	}
 	if !ValidCategory(s.Category) {
-		return errAt(path+".category", "%q is not a valid category (letters, digits, _ . -)", s.Category)
+		return errAt(path+".category", "%q is not a valid category (letters, digits, _ . -, starting with a letter or digit)", s.Category)
 	}
 	if !slices.Contains(formats, s.Format) {
 		return errAt(path+".format", "unknown format %q (want one of %s)", s.Format, strings.Join(formats, ", "))
@@ -281,10 +281,15 @@ func (s *Spec) fieldRefs() []fieldRef {
 	return refs
 }
 
+// categoryRE: a category is a directory name in the dfs, so it must not
+// start with "_" or ".", which HDFS tools and Freeway's readers treat as
+// hidden.
+var categoryRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
 // ValidCategory reports whether a Scribe category can be a directory name
 // in the dfs.
 func ValidCategory(c string) bool {
-	return c != "" && len(c) <= 200 && nameRE.MatchString(c)
+	return len(c) <= 200 && categoryRE.MatchString(c)
 }
 
 func namedGroups(re *regexp.Regexp) []string {

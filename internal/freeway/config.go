@@ -142,7 +142,7 @@ func (c *Config) Validate() error {
 		cc := c.Categories[name]
 		path := "$.categories." + name
 		if !apps.ValidCategory(name) {
-			return config.Errorf(path, "%q is not a valid category name (letters, digits, _ . -)", name)
+			return config.Errorf(path, "%q is not a valid category name (letters, digits, _ . -, starting with a letter or digit)", name)
 		}
 		if cc.Buckets < 0 || cc.Buckets > 4096 {
 			return config.Errorf(path+".buckets", "must be between 1 and 4096")
