@@ -183,16 +183,20 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Re
 	if b == nil {
 		return scribe.ResultCode_OK, nil
 	}
-	if b.FirstSeq <= 0 && b.AgentID != "" {
-		c.m.rejected.WithLabelValues("bad_sequence").Add(float64(len(b.Messages)))
-		c.log.Warn("batch without a sequence number refused", "agent", b.AgentID)
-		return scribe.ResultCode_TRY_LATER, nil
+	agent := b.AgentID
+	if b.FirstSeq <= 0 && agent != "" {
+		// Refusing would wedge the sender, which retries TRY_LATER forever:
+		// take the entries, without a sequence, as from a stock client
+		// (at-least-once), and say so.
+		c.m.unsequenced.Add(float64(len(b.Messages)))
+		c.log.Warn("batch without a sequence number taken without deduplication", "agent", agent, "first_seq", b.FirstSeq)
+		agent = ""
 	}
 	arrival := b.ReceivedAtMs
 	if arrival <= 0 {
 		arrival = c.now().UnixMilli()
 	}
-	return c.ingest(ctx, b.AgentID, uint64(b.FirstSeq), b.Messages, arrival), nil
+	return c.ingest(ctx, agent, uint64(b.FirstSeq), b.Messages, arrival), nil
 }
 
 func (c *Calligraphus) ingest(ctx context.Context, agent string, firstSeq uint64, entries []*scribe.LogEntry, arrivalMs int64) scribe.ResultCode {
@@ -315,33 +319,35 @@ func (c *Calligraphus) writer(id bucketID) (*bucketWriter, error) {
 }
 
 type metrics struct {
-	received   prometheus.Counter
-	written    *prometheus.CounterVec
-	bytes      *prometheus.CounterVec
-	segments   *prometheus.CounterVec
-	rejected   *prometheus.CounterVec
-	unroutable *prometheus.CounterVec
-	tryLater   *prometheus.CounterVec
-	salvaged   prometheus.Counter
-	pending    *prometheus.GaugeVec
-	commit     prometheus.Histogram
+	received    prometheus.Counter
+	written     *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+	segments    *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	unroutable  *prometheus.CounterVec
+	tryLater    *prometheus.CounterVec
+	salvaged    prometheus.Counter
+	unsequenced prometheus.Counter
+	pending     *prometheus.GaugeVec
+	commit      prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		received:   prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_received_total", Help: "Entries acknowledged OK to senders."}),
-		written:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_written_total", Help: "Entries made durable in the dfs, by category."}, []string{"category"}),
-		bytes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_bytes_written_total", Help: "Segment bytes written, by category."}, []string{"category"}),
-		segments:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_published_total", Help: "Segments closed and published, by category."}, []string{"category"}),
-		rejected:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries refused for good (bad category, too large), by reason."}, []string{"reason"}),
-		unroutable: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
-		tryLater:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "TRY_LATER answers (per bucket request), by reason."}, []string{"reason"}),
-		salvaged:   prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
-		pending:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
-		commit:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		received:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_received_total", Help: "Entries acknowledged OK to senders."}),
+		written:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_written_total", Help: "Entries made durable in the dfs, by category."}, []string{"category"}),
+		bytes:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_bytes_written_total", Help: "Segment bytes written, by category."}, []string{"category"}),
+		segments:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_published_total", Help: "Segments closed and published, by category."}, []string{"category"}),
+		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries refused for good (bad category, too large), by reason."}, []string{"reason"}),
+		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
+		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "TRY_LATER answers (per bucket request), by reason."}, []string{"reason"}),
+		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
+		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
+		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
+		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.pending, m.commit)
 	}
 	return m
 }
