@@ -1,14 +1,19 @@
 package serving
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -196,6 +201,12 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle("GET /{$}", s.instrument("index", s.handleIndex))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/apps", "/api/v1/query", "/healthz", "/readyz", "/metrics", "/":
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (use GET)", r.Method, r.URL.Path))
+			return
+		}
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s %s (see GET /api/v1/apps and GET /api/v1/query)", r.Method, r.URL.Path))
 	})
 	return mux
@@ -221,12 +232,20 @@ func (s *Server) instrument(name string, h http.HandlerFunc) http.Handler {
 	})
 }
 
+// writeJSON encodes v before writing anything, so that a value JSON
+// cannot carry is a 500 rather than a 200 with a cut body.
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		buf.Reset()
+		code = http.StatusInternalServerError
+		enc.Encode(map[string]string{"error": "encode answer: " + err.Error()})
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	enc.Encode(v)
+	w.Write(buf.Bytes())
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
@@ -295,12 +314,12 @@ var queryParams = map[string]bool{"app": true, "from": true, "to": true, "group_
 // parseQuery turns URL parameters into a query; errors are the caller's.
 func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	var q puma.Query
-	for k, v := range params {
+	for _, k := range slices.Sorted(maps.Keys(params)) {
 		if !queryParams[k] {
 			return q, fmt.Errorf("unknown parameter %q (want app, from, to, group_by, window, limit)", k)
 		}
-		if len(v) > 1 {
-			return q, fmt.Errorf("parameter %q given %d times", k, len(v))
+		if n := len(params[k]); n > 1 {
+			return q, fmt.Errorf("parameter %q given %d times", k, n)
 		}
 	}
 	get := func(k string) (string, bool) {
@@ -363,16 +382,37 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	return q, nil
 }
 
+// maxUnixSeconds bounds the times a query may name (about 5000 years
+// either side of 1970), so that milliseconds do not overflow.
+const maxUnixSeconds = 1e11
+
+// unixSeconds is a decimal number of seconds, possibly with an exponent.
+var unixSeconds = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$`)
+
 // ParseTime parses RFC 3339 or Unix seconds (possibly fractional).
 func ParseTime(v string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
 		return t, nil
 	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < -1e11 || f > 1e11 {
-		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor Unix seconds", v)
+	bad := fmt.Errorf("%q is neither RFC 3339 nor Unix seconds", v)
+	if !unixSeconds.MatchString(v) {
+		return time.Time{}, bad
 	}
-	return time.UnixMilli(int64(f * 1000)).UTC(), nil
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < -maxUnixSeconds || f > maxUnixSeconds {
+		return time.Time{}, bad
+	}
+	// Read a plain decimal exactly: as a float, 1.001 seconds is
+	// 1000.9999999999999 ms.
+	sec, frac, _ := strings.Cut(v, ".")
+	if n, err := strconv.ParseInt(sec, 10, 64); err == nil && !strings.ContainsAny(frac, "eE") {
+		ns, _ := strconv.ParseInt((frac + "000000000")[:9], 10, 64)
+		if strings.HasPrefix(sec, "-") {
+			ns = -ns
+		}
+		return time.Unix(n, ns).UTC(), nil
+	}
+	return time.UnixMilli(int64(math.Round(f * 1000))).UTC(), nil
 }
 
 func (s *Server) query(ctx context.Context, q puma.Query) (*puma.Result, error) {

@@ -1,0 +1,555 @@
+package serving
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/puma"
+	"github.com/freeway-dev/freeway/thrift/gen/freeway"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// now is the injected clock of every test server.
+var now = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+
+func testApps(t *testing.T) []*apps.App {
+	t.Helper()
+	var out []*apps.App
+	for _, s := range []apps.Spec{
+		{
+			Name: "orders", Category: "shop", Format: "json", Where: `kind != "refund"`,
+			Window:  config.Duration(time.Minute),
+			GroupBy: []string{"region", "kind"},
+			Aggregates: []apps.AggregateSpec{
+				{Name: "n", Fn: "count"},
+				{Name: "total", Fn: "sum", Field: "amount"},
+				{Name: "lo", Fn: "min", Field: "amount"},
+			},
+		},
+		{
+			Name: "web_hits", Category: "web", Format: "logfmt",
+			Window:     config.Duration(10 * time.Second),
+			Aggregates: []apps.AggregateSpec{{Fn: "count"}},
+		},
+	} {
+		a, err := apps.Compile(s, "$.apps[0]")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// fakeSource answers every query with res (or err) and records it.
+type fakeSource struct {
+	apps []*apps.App
+	mu   sync.Mutex
+	qs   []puma.Query
+	res  *puma.Result
+	err  error
+}
+
+func (f *fakeSource) Apps() []*apps.App { return f.apps }
+
+func (f *fakeSource) Query(ctx context.Context, q puma.Query) (*puma.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.qs = append(f.qs, q)
+	if f.err != nil {
+		return nil, f.err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		return nil, errors.New("query without a deadline")
+	}
+	if f.res != nil {
+		return f.res, nil
+	}
+	return &puma.Result{App: q.App}, nil
+}
+
+func (f *fakeSource) last(t *testing.T) puma.Query {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.qs) == 0 {
+		t.Fatal("no query reached the source")
+	}
+	return f.qs[len(f.qs)-1]
+}
+
+func (f *fakeSource) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.qs)
+}
+
+func testLog() *slog.Logger {
+	if os.Getenv("SERVING_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// newServer returns a server on free loopback ports whose listeners are
+// closed at the end of the test (by Run if the test runs it).
+func newServer(t *testing.T, src Source, mod ...func(*Config, *Deps)) *Server {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.ThriftListen = ""
+	reg := prometheus.NewPedanticRegistry()
+	deps := Deps{Source: src, Log: testLog(), Now: func() time.Time { return now }, Metrics: reg, Gatherer: reg}
+	for _, m := range mod {
+		m(&cfg, &deps)
+	}
+	s, err := New(cfg, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.ln.Close()
+		if s.thrift != nil {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			s.thrift.Serve(ctx) // closes the listener
+		}
+	})
+	return s
+}
+
+// get serves one request through the handler.
+func get(t *testing.T, s *Server, target string) *httptest.ResponseRecorder {
+	t.Helper()
+	w := httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, target, nil))
+	return w
+}
+
+func decode(t *testing.T, w *httptest.ResponseRecorder) map[string]any {
+	t.Helper()
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("content type %q, body %s", ct, w.Body)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil {
+		t.Fatalf("body %q: %v", w.Body, err)
+	}
+	return m
+}
+
+func TestApps(t *testing.T) {
+	src := &fakeSource{apps: testApps(t)}
+	s := newServer(t, src)
+	w := get(t, s, "/api/v1/apps")
+	if w.Code != 200 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	var got struct {
+		Apps []map[string]any `json:"apps"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]any{
+		{
+			"name": "orders", "category": "shop", "format": "json", "window": "1m0s", "window_seconds": 60.0,
+			"group_by": []any{"region", "kind"}, "where": `kind != "refund"`,
+			"aggregates": []any{
+				map[string]any{"name": "n", "fn": "count"},
+				map[string]any{"name": "total", "fn": "sum", "field": "amount"},
+				map[string]any{"name": "lo", "fn": "min", "field": "amount"},
+			},
+		},
+		{
+			"name": "web_hits", "category": "web", "format": "logfmt", "window": "10s", "window_seconds": 10.0,
+			"group_by":   []any{},
+			"aggregates": []any{map[string]any{"name": "count", "fn": "count"}},
+		},
+	}
+	if !reflect.DeepEqual(got.Apps, want) {
+		t.Fatalf("apps:\n%v\nwant\n%v", got.Apps, want)
+	}
+
+	// No apps: an empty list, not null.
+	w = get(t, newServer(t, &fakeSource{}), "/api/v1/apps")
+	if strings.TrimSpace(w.Body.String()) != `{"apps":[]}` {
+		t.Fatalf("no apps: %s", w.Body)
+	}
+}
+
+func TestQueryParameters(t *testing.T) {
+	src := &fakeSource{apps: testApps(t)}
+	s := newServer(t, src, func(c *Config, d *Deps) { c.MaxRows = 500 })
+	nowMs := now.UnixMilli()
+	cases := []struct {
+		query string
+		want  puma.Query
+	}{
+		{"app=orders", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, Limit: 500}},
+		{"app=orders&from=2024-05-06T06:00:00Z", puma.Query{App: "orders", FromMs: nowMs - (3600+8*60+9)*1000, ToMs: nowMs, Limit: 500}},
+		{"app=orders&to=2024-05-06T09:08:09.5%2B02:00", puma.Query{App: "orders", FromMs: nowMs - 3600_000 + 500, ToMs: nowMs + 500, Limit: 500}},
+		{"app=orders&from=1700000000&to=1700000060.25", puma.Query{App: "orders", FromMs: 1700000000_000, ToMs: 1700000060_250, Limit: 500}},
+		{"app=orders&from=1.001&to=2.999", puma.Query{App: "orders", FromMs: 1001, ToMs: 2999, Limit: 500}},
+		{"app=orders&from=-1.5&to=0", puma.Query{App: "orders", FromMs: -1500, ToMs: 0, Limit: 500}},
+		{"app=orders&group_by=kind", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, GroupBy: []string{"kind"}, Limit: 500}},
+		{"app=orders&group_by=kind,region", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, GroupBy: []string{"kind", "region"}, Limit: 500}},
+		{"app=orders&group_by=", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, GroupBy: []string{}, Limit: 500}},
+		{"app=orders&window=all", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, AllWindows: true, Limit: 500}},
+		{"app=orders&limit=7", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, Limit: 7}},
+		{"app=orders&limit=100000", puma.Query{App: "orders", FromMs: nowMs - 3600_000, ToMs: nowMs, Limit: 500}},
+	}
+	for _, c := range cases {
+		w := get(t, s, "/api/v1/query?"+c.query)
+		if w.Code != 200 {
+			t.Errorf("%s: status %d: %s", c.query, w.Code, w.Body)
+			continue
+		}
+		got := src.last(t)
+		if !reflect.DeepEqual(got, c.want) || (c.want.GroupBy == nil) != (got.GroupBy == nil) {
+			t.Errorf("%s:\n got %#v\nwant %#v", c.query, got, c.want)
+		}
+	}
+}
+
+func TestBadQueryParameters(t *testing.T) {
+	src := &fakeSource{apps: testApps(t)}
+	s := newServer(t, src)
+	for _, c := range []struct{ query, want string }{
+		{"", "missing parameter app"},
+		{"app=", "missing parameter app"},
+		{"app=orders&color=red", `unknown parameter "color"`},
+		{"app=orders&app=orders", `parameter "app" given 2 times`},
+		{"app=orders&from=1&from=2", `parameter "from" given 2 times`},
+		{"app=orders&from=yesterday", `bad from: "yesterday" is neither RFC 3339 nor Unix seconds`},
+		{"app=orders&to=2024-13-01T00:00:00Z", "bad to:"},
+		{"app=orders&from=NaN", "bad from:"},
+		{"app=orders&from=Inf", "bad from:"},
+		{"app=orders&from=1e300", "bad from:"},
+		{"app=orders&from=10&to=10", "from must be before to"},
+		{"app=orders&from=11&to=10", "from must be before to"},
+		{"app=orders&from=2024-05-06T07:08:10Z", "from must be before to"}, // after the default to (now)
+		{"app=orders&group_by=kind,,region", "empty field name"},
+		{"app=orders&group_by=,", "empty field name"},
+		{"app=orders&window=", "the only value is all"},
+		{"app=orders&window=1m", "the only value is all"},
+		{"app=orders&limit=0", "want a positive integer"},
+		{"app=orders&limit=-3", "want a positive integer"},
+		{"app=orders&limit=ten", "want a positive integer"},
+		{"app=orders&limit=99999999999999999999", "want a positive integer"},
+	} {
+		n := src.count()
+		w := get(t, s, "/api/v1/query?"+c.query)
+		if w.Code != http.StatusBadRequest {
+			t.Errorf("%q: status %d, want 400: %s", c.query, w.Code, w.Body)
+			continue
+		}
+		if msg, _ := decode(t, w)["error"].(string); !strings.Contains(msg, c.want) {
+			t.Errorf("%q: error %q, want %q", c.query, msg, c.want)
+		}
+		if src.count() != n {
+			t.Errorf("%q reached the source", c.query)
+		}
+	}
+}
+
+// TestSourceErrors: the source's BadQueryError is the caller's (400, its
+// message); anything else is the server's (500).
+func TestSourceErrors(t *testing.T) {
+	src := &fakeSource{apps: testApps(t), err: &puma.BadQueryError{Msg: `app orders does not group by "city"`}}
+	s := newServer(t, src)
+	w := get(t, s, "/api/v1/query?app=orders&group_by=city")
+	if w.Code != 400 || decode(t, w)["error"] != `app orders does not group by "city"` {
+		t.Fatalf("bad query: %d %s", w.Code, w.Body)
+	}
+	src.err = errors.New("store unreachable")
+	w = get(t, s, "/api/v1/query?app=orders")
+	if w.Code != 500 || !strings.Contains(decode(t, w)["error"].(string), "store unreachable") {
+		t.Fatalf("source error: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestQueryAnswer(t *testing.T) {
+	w0 := time.Date(2024, 5, 6, 7, 0, 0, 0, time.UTC).UnixMilli()
+	src := &fakeSource{apps: testApps(t), res: &puma.Result{App: "orders", Truncated: true, Rows: []puma.Row{
+		{WindowStartMs: w0, WindowEndMs: w0 + 60_000, Key: map[string]string{"region": "eu", "kind": "<book>&"}, Values: map[string]any{"n": 3.0, "total": 12.5, "lo": nil}},
+		{WindowStartMs: w0 + 60_000, WindowEndMs: w0 + 120_000, Key: map[string]string{}, Values: map[string]any{"n": 1e21, "total": -0.25, "lo": 1.0 / 3}},
+	}}}
+	s := newServer(t, src)
+	w := get(t, s, "/api/v1/query?app=orders")
+	if w.Code != 200 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	want := `{"app":"orders","rows":[` +
+		`{"window_start":"2024-05-06T07:00:00Z","window_end":"2024-05-06T07:01:00Z","key":{"kind":"<book>&","region":"eu"},"values":{"lo":null,"n":3,"total":12.5}},` +
+		`{"window_start":"2024-05-06T07:01:00Z","window_end":"2024-05-06T07:02:00Z","key":{},"values":{"lo":0.3333333333333333,"n":1e+21,"total":-0.25}}` +
+		`],"truncated":true}`
+	if got := strings.TrimSpace(w.Body.String()); got != want {
+		t.Fatalf("answer:\n%s\nwant\n%s", got, want)
+	}
+
+	// No rows: an empty list, and no truncated flag.
+	src.res = &puma.Result{App: "orders"}
+	if got := strings.TrimSpace(get(t, s, "/api/v1/query?app=orders").Body.String()); got != `{"app":"orders","rows":[]}` {
+		t.Fatalf("empty answer: %s", got)
+	}
+}
+
+// TestUnencodableAnswer: a value JSON cannot carry is the server's error,
+// reported as one, not a 200 with a cut body.
+func TestUnencodableAnswer(t *testing.T) {
+	src := &fakeSource{apps: testApps(t), res: &puma.Result{App: "orders", Rows: []puma.Row{
+		{Key: map[string]string{}, Values: map[string]any{"total": math.Inf(1)}},
+	}}}
+	w := get(t, newServer(t, src), "/api/v1/query?app=orders")
+	if w.Code != 500 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	decode(t, w)
+}
+
+func TestProbesAndMetrics(t *testing.T) {
+	ready := false
+	var mu sync.Mutex
+	src := &fakeSource{apps: testApps(t)}
+	s := newServer(t, src, func(c *Config, d *Deps) {
+		d.Ready = func() bool { mu.Lock(); defer mu.Unlock(); return ready }
+	})
+	if w := get(t, s, "/healthz"); w.Code != 200 || w.Body.String() != "ok\n" {
+		t.Fatalf("healthz: %d %q", w.Code, w.Body)
+	}
+	if w := get(t, s, "/readyz"); w.Code != 503 || !strings.Contains(w.Body.String(), "not ready") {
+		t.Fatalf("readyz before ready: %d %q", w.Code, w.Body)
+	}
+	mu.Lock()
+	ready = true
+	mu.Unlock()
+	if w := get(t, s, "/readyz"); w.Code != 200 || w.Body.String() != "ready\n" {
+		t.Fatalf("readyz: %d %q", w.Code, w.Body)
+	}
+	get(t, s, "/api/v1/query?app=orders")
+	get(t, s, "/api/v1/query?app=")
+	w := get(t, s, "/metrics")
+	if w.Code != 200 {
+		t.Fatalf("metrics: %d", w.Code)
+	}
+	for _, line := range []string{
+		`freeway_serving_requests_total{code="200",handler="query"} 1`,
+		`freeway_serving_requests_total{code="400",handler="query"} 1`,
+		`freeway_serving_requests_total{code="503",handler="readyz"} 1`,
+		`freeway_serving_request_seconds_count{handler="query"} 2`,
+	} {
+		if !strings.Contains(w.Body.String(), line) {
+			t.Errorf("metrics lack %s", line)
+		}
+	}
+	// Without a Ready func the server is always ready.
+	if w := get(t, newServer(t, src), "/readyz"); w.Code != 200 {
+		t.Fatalf("readyz without Ready: %d", w.Code)
+	}
+}
+
+func TestUnknownPaths(t *testing.T) {
+	s := newServer(t, &fakeSource{apps: testApps(t)})
+	for _, p := range []string{"/nope", "/api/v1/querry", "/api/v2/query", "/index.html"} {
+		w := get(t, s, p)
+		if w.Code != 404 || !strings.Contains(decode(t, w)["error"].(string), "no such endpoint GET "+p) {
+			t.Errorf("%s: %d %s", p, w.Code, w.Body)
+		}
+	}
+	w := httptest.NewRecorder()
+	s.Handler().ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/api/v1/query?app=orders", nil))
+	if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") == "" {
+		t.Errorf("POST query: %d %v %s", w.Code, w.Header(), w.Body)
+	}
+	decode(t, w)
+}
+
+func TestIndexPage(t *testing.T) {
+	s := newServer(t, &fakeSource{apps: testApps(t)})
+	w := get(t, s, "/")
+	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") {
+		t.Fatalf("index: %d %v", w.Code, w.Header())
+	}
+	body := w.Body.String()
+	for _, want := range []string{
+		"<td>orders</td><td>shop</td><td>1m0s</td><td>region, kind</td>",
+		"<td>n, total, lo</td>",
+		`<a href="/api/v1/query?app=orders">per window</a>`,
+		`<a href="/api/v1/query?app=orders&amp;window=all">all windows</a>`,
+		"<td>web_hits</td><td>web</td><td>10s</td><td></td>",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("index page lacks %s:\n%s", want, body)
+		}
+	}
+	if body := get(t, newServer(t, &fakeSource{}), "/").Body.String(); !strings.Contains(body, "no apps configured") {
+		t.Errorf("empty index page:\n%s", body)
+	}
+}
+
+func TestParseTime(t *testing.T) {
+	for in, want := range map[string]int64{
+		"2024-05-06T07:08:09Z":          now.UnixMilli(),
+		"2024-05-06T09:08:09.123+02:00": now.UnixMilli() + 123,
+		"2024-05-06T07:08:09.1239999Z":  now.UnixMilli() + 123,
+		"1714979289":                    now.UnixMilli(),
+		"1714979289.123":                now.UnixMilli() + 123,
+		"1714979289.1239999":            now.UnixMilli() + 123,
+		"0.001":                         1,
+		"1.001":                         1001,
+		"4.35":                          4350,
+		"-2.5":                          -2500,
+		"-0.5":                          -500,
+		"+3":                            3000,
+		".5":                            500,
+		"1e3":                           1_000_000,
+		"99999999999":                   99999999999_000,
+	} {
+		got, err := ParseTime(in)
+		if err != nil || got.UnixMilli() != want {
+			t.Errorf("ParseTime(%q) = %v (%d ms), %v; want %d ms", in, got, got.UnixMilli(), err, want)
+		}
+	}
+	for _, in := range []string{"", "now", "NaN", "nan", "Inf", "-Inf", "1e300", "1,5", "0x10", "2024-05-06", "2024-05-06 07:08:09Z", "1_000"} {
+		if got, err := ParseTime(in); err == nil {
+			t.Errorf("ParseTime(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+// running is a server's Run in a goroutine.
+func run(t *testing.T, s *Server) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Run did not return")
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func TestRunServesHTTP(t *testing.T) {
+	src := &fakeSource{apps: testApps(t)}
+	s := newServer(t, src)
+	stop := run(t, s)
+	resp, err := http.Get("http://" + s.Addr() + "/api/v1/query?" + url.Values{"app": {"orders"}, "group_by": {""}}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.TrimSpace(string(body)) != `{"app":"orders","rows":[]}` {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if q := src.last(t); q.GroupBy == nil || len(q.GroupBy) != 0 {
+		t.Fatalf("group_by= reached the source as %#v", q.GroupBy)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := http.Get("http://" + s.Addr() + "/healthz"); err == nil {
+		t.Fatal("still serving after Run returned")
+	}
+}
+
+func thriftClient(t *testing.T, s *Server) *freeway.QueryClient {
+	t.Helper()
+	c, err := thriftsrv.Dial(s.ThriftAddr(), thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return freeway.NewQueryClient(c.TClient())
+}
+
+func TestThrift(t *testing.T) {
+	w0 := time.Date(2024, 5, 6, 7, 0, 0, 0, time.UTC).UnixMilli()
+	src := &fakeSource{apps: testApps(t), res: &puma.Result{App: "orders", Rows: []puma.Row{
+		{WindowStartMs: w0, WindowEndMs: w0 + 60_000, Key: map[string]string{"region": "eu", "kind": "book"}, Values: map[string]any{"n": 3.0, "total": 12.5, "lo": nil}},
+	}}}
+	s := newServer(t, src, func(c *Config, d *Deps) { c.ThriftListen = "127.0.0.1:0"; c.MaxRows = 50 })
+	run(t, s)
+	qc := thriftClient(t, s)
+	ctx := context.Background()
+
+	infos, err := qc.Apps(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	field := "amount"
+	want := []*freeway.AppInfo{
+		{Name: "orders", Category: "shop", WindowSeconds: 60, GroupBy: []string{"region", "kind"}, Aggregates: []*freeway.Aggregate{
+			{Name: "n", Fn: "count"}, {Name: "total", Fn: "sum", Field: &field}, {Name: "lo", Fn: "min", Field: &field},
+		}},
+		{Name: "web_hits", Category: "web", WindowSeconds: 10, GroupBy: []string{}, Aggregates: []*freeway.Aggregate{{Name: "count", Fn: "count"}}},
+	}
+	if len(infos) != len(want) {
+		t.Fatalf("apps: %v", infos)
+	}
+	for i := range want {
+		if !infos[i].Equals(want[i]) {
+			t.Errorf("app %d: %v, want %v", i, infos[i], want[i])
+		}
+	}
+
+	res, err := qc.Query(ctx, &freeway.QueryRequest{App: "orders", FromUnix: 1714975200, ToUnix: 1714978800})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRes := &freeway.QueryResult_{App: "orders", Rows: []*freeway.Row{{
+		WindowStartUnix: w0 / 1000, WindowEndUnix: w0/1000 + 60,
+		Key:    map[string]string{"region": "eu", "kind": "book"},
+		Values: map[string]float64{"n": 3, "total": 12.5}, // no value: absent
+	}}}
+	if !res.Equals(wantRes) {
+		t.Fatalf("result %v, want %v", res, wantRes)
+	}
+	for _, c := range []struct {
+		req  *freeway.QueryRequest
+		want puma.Query
+	}{
+		{&freeway.QueryRequest{App: "orders", FromUnix: 10, ToUnix: 20}, puma.Query{App: "orders", FromMs: 10_000, ToMs: 20_000, Limit: 50}},
+		{&freeway.QueryRequest{App: "orders", FromUnix: 10, ToUnix: 20, GroupBy: []string{}, AllWindows: true, Limit: 7}, puma.Query{App: "orders", FromMs: 10_000, ToMs: 20_000, GroupBy: []string{}, AllWindows: true, Limit: 7}},
+		{&freeway.QueryRequest{App: "orders", FromUnix: -20, ToUnix: -10, GroupBy: []string{"kind"}, Limit: 1000}, puma.Query{App: "orders", FromMs: -20_000, ToMs: -10_000, GroupBy: []string{"kind"}, Limit: 50}},
+	} {
+		if _, err := qc.Query(ctx, c.req); err != nil {
+			t.Fatal(err)
+		}
+		if got := src.last(t); !reflect.DeepEqual(got, c.want) || (got.GroupBy == nil) != (c.want.GroupBy == nil) {
+			t.Errorf("%v reached the source as %#v, want %#v", c.req, got, c.want)
+		}
+	}
+}
