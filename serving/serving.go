@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -119,7 +120,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.ln = ln
 	if cfg.ThriftListen != "" {
-		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxConnections: 256}, deps.Log)
+		limits := thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxConnections: 256, IdleTimeout: thriftsrv.DefaultLimits().IdleTimeout}
+		t, err := thriftsrv.Listen(cfg.ThriftListen, keepConn{freeway.NewQueryProcessor(&thriftHandler{s})}, limits, deps.Log)
 		if err != nil {
 			ln.Close()
 			return nil, err
@@ -141,9 +143,11 @@ func (s *Server) ThriftAddr() string {
 	return s.thrift.Addr()
 }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends or a listener fails.
 func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("serving queries", "http", s.Addr(), "thrift", s.ThriftAddr())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, 2)
 	go func() {
 		err := s.http.Serve(s.ln)
@@ -163,8 +167,9 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 		n--
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	cancel() // stops the Thrift server too when HTTP failed first
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
 	s.http.Shutdown(sctx)
 	for ; n > 0; n-- {
 		if e := <-errc; err == nil {
@@ -450,6 +455,21 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// keepConn keeps a connection open after a QueryError. The processor has
+// written the exception to the client by then and reports it as an error
+// too, which thriftsrv takes for a broken connection and closes it, so
+// that the client's next call fails.
+type keepConn struct{ thrift.TProcessor }
+
+func (p keepConn) Process(ctx context.Context, in, out thrift.TProtocol) (bool, thrift.TException) {
+	ok, err := p.TProcessor.Process(ctx, in, out)
+	var qe *freeway.QueryError
+	if ok && errors.As(err, &qe) {
+		return true, nil
+	}
+	return ok, err
+}
+
 // thriftHandler serves the Query service of freeway.thrift.
 type thriftHandler struct{ s *Server }
 
@@ -473,6 +493,14 @@ func (h *thriftHandler) Apps(ctx context.Context) ([]*freeway.AppInfo, error) {
 func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*freeway.QueryResult_, error) {
 	if req == nil {
 		return nil, &freeway.QueryError{Message: "missing request"}
+	}
+	for _, t := range []int64{req.FromUnix, req.ToUnix} {
+		if t < -maxUnixSeconds || t > maxUnixSeconds {
+			return nil, &freeway.QueryError{Message: fmt.Sprintf("time %d is out of range (Unix seconds within ±%d)", t, int64(maxUnixSeconds))}
+		}
+	}
+	if req.FromUnix >= req.ToUnix {
+		return nil, &freeway.QueryError{Message: "from must be before to"}
 	}
 	q := puma.Query{App: req.App, FromMs: req.FromUnix * 1000, ToMs: req.ToUnix * 1000, GroupBy: req.GroupBy, AllWindows: req.AllWindows, Limit: int(req.Limit)}
 	if q.Limit <= 0 || q.Limit > h.s.cfg.MaxRows {

@@ -485,6 +485,35 @@ func TestRunServesHTTP(t *testing.T) {
 	}
 }
 
+// TestRunEndsWhenHTTPFails: a failed HTTP listener ends Run (with the
+// error) even while the Thrift server runs.
+func TestRunEndsWhenHTTPFails(t *testing.T) {
+	s := newServer(t, &fakeSource{apps: testApps(t)}, func(c *Config, d *Deps) { c.ThriftListen = "127.0.0.1:0" })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	// Wait until both servers accept, then break the HTTP one.
+	for _, addr := range []string{s.Addr(), s.ThriftAddr()} {
+		c, err := thriftsrv.Dial(addr, thriftsrv.Limits{}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	s.ln.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Run returned no error")
+		}
+	case <-time.After(30 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("Run did not return after its HTTP listener failed")
+	}
+}
+
 func thriftClient(t *testing.T, s *Server) *freeway.QueryClient {
 	t.Helper()
 	c, err := thriftsrv.Dial(s.ThriftAddr(), thriftsrv.Limits{}, 10*time.Second)
@@ -551,5 +580,37 @@ func TestThrift(t *testing.T) {
 		if got := src.last(t); !reflect.DeepEqual(got, c.want) || (got.GroupBy == nil) != (c.want.GroupBy == nil) {
 			t.Errorf("%v reached the source as %#v, want %#v", c.req, got, c.want)
 		}
+	}
+}
+
+func TestThriftErrors(t *testing.T) {
+	src := &fakeSource{apps: testApps(t)}
+	s := newServer(t, src, func(c *Config, d *Deps) { c.ThriftListen = "127.0.0.1:0" })
+	run(t, s)
+	qc := thriftClient(t, s)
+	ctx := context.Background()
+	queryError := func(req *freeway.QueryRequest, want string) {
+		t.Helper()
+		_, err := qc.Query(ctx, req)
+		var qe *freeway.QueryError
+		if !errors.As(err, &qe) || !strings.Contains(qe.Message, want) {
+			t.Errorf("%v: %v, want a QueryError with %q", req, err, want)
+		}
+	}
+	n := src.count()
+	queryError(&freeway.QueryRequest{App: "orders", FromUnix: 20, ToUnix: 20}, "from must be before to")
+	queryError(&freeway.QueryRequest{App: "orders", FromUnix: math.MaxInt64 / 10, ToUnix: math.MaxInt64}, "out of range")
+	queryError(&freeway.QueryRequest{App: "orders", FromUnix: math.MinInt64, ToUnix: 0}, "out of range")
+	if src.count() != n {
+		t.Error("a bad range reached the source")
+	}
+	src.err = &puma.BadQueryError{Msg: `unknown app "nope"`}
+	queryError(&freeway.QueryRequest{App: "nope", FromUnix: 1, ToUnix: 2}, `unknown app "nope"`)
+	src.err = errors.New("store unreachable")
+	queryError(&freeway.QueryRequest{App: "orders", FromUnix: 1, ToUnix: 2}, "internal error: store unreachable")
+	// The connection is still good.
+	src.err = nil
+	if _, err := qc.Query(ctx, &freeway.QueryRequest{App: "orders", FromUnix: 1, ToUnix: 2}); err != nil {
+		t.Fatal(err)
 	}
 }
