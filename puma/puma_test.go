@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -237,4 +238,67 @@ func TestReadyWithTwoNodes(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestConcurrentReaders: queries, committed queries, statuses and metric
+// scrapes run while shards read and checkpoint (for the race detector),
+// and the answer is exact at the end.
+func TestConcurrentReaders(t *testing.T) {
+	e := newEnv(t, orders(t))
+	e.buckets = 2
+	reg := prometheus.NewPedanticRegistry()
+	p := e.node("n1", func(c *Config, d *Deps) { d.Metrics = reg })
+	start(t, p)
+	c := committed(e)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, fn := range []func(){
+		func() { rows(t, p, Query{GroupBy: []string{"kind"}}) },
+		func() { rows(t, c, Query{AllWindows: true}) },
+		func() { p.Statuses(); p.Ready() },
+		func() {
+			if _, err := reg.Gather(); err != nil {
+				t.Error(err)
+			}
+		},
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					fn()
+				}
+			}
+		}()
+	}
+	const segments, lines = 20, 50
+	var last [2]string
+	for i := range segments {
+		var ls [][]byte
+		for j := range lines {
+			ls = append(ls, order(t0+int64(i*lines+j)*1000, "eu", fmt.Sprint("k", j%3), 1))
+		}
+		last[i%2] = e.publish("orders", i%2, agent(fmt.Sprint("a", i%2), uint64(i*lines+1), ls...)).String()
+	}
+	eventually(t, "everything committed", func() error {
+		st := p.Statuses()
+		if len(st) != 2 {
+			return fmt.Errorf("%d shards", len(st))
+		}
+		for _, s := range st {
+			if s.Committed != last[s.Bucket] {
+				return fmt.Errorf("%+v", s)
+			}
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+	want := []string{fmt.Sprintf("+0..+1020s {} {hi=1 lo=1 mean=1 n=%d total=%d}", segments*lines, segments*lines)}
+	equalRows(t, "memory", rows(t, p, Query{GroupBy: []string{}, AllWindows: true}), want)
+	equalRows(t, "committed", rows(t, c, Query{GroupBy: []string{}, AllWindows: true}), want)
 }
