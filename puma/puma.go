@@ -106,6 +106,9 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
 	p := &Puma{
 		cfg:        cfg,
 		deps:       deps,

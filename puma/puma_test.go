@@ -64,9 +64,15 @@ func TestNewValidates(t *testing.T) {
 	if _, err := New(cfg, e.deps(e.st, e.hub.Session())); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Fatalf("duplicate app: %v", err)
 	}
+	e.apps = e.apps[:1]
 	cfg.CheckpointInterval = config.Duration(1)
 	if _, err := New(cfg, e.deps(e.st, e.hub.Session())); err == nil {
 		t.Fatal("tiny checkpoint interval accepted")
+	}
+	d := e.deps(e.st, e.hub.Session())
+	d.Log, d.Metrics = nil, nil
+	if _, err := New(e.config("n"), d); err != nil {
+		t.Fatalf("without a logger: %v", err)
 	}
 	cfg = e.config("n")
 	cfg.Table = "no/slash"

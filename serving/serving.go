@@ -104,6 +104,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
 	s := &Server{
 		cfg:  cfg,
 		deps: deps,
@@ -208,6 +211,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/api/v1/apps", "/api/v1/query", "/healthz", "/readyz", "/metrics", "/":
+			if r.Method == http.MethodGet || r.Method == http.MethodHead {
+				break // not served here (/metrics without a gatherer)
+			}
 			w.Header().Set("Allow", "GET, HEAD")
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (use GET)", r.Method, r.URL.Path))
 			return

@@ -614,3 +614,26 @@ func TestThriftErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestNewValidates(t *testing.T) {
+	s := newServer(t, &fakeSource{}, func(c *Config, d *Deps) { d.Log, d.Metrics, d.Gatherer, d.Now = nil, nil, nil, nil })
+	if w := get(t, s, "/metrics"); w.Code != 404 {
+		t.Fatalf("/metrics without a gatherer: %d", w.Code)
+	}
+	for _, mod := range []func(*Config){
+		func(c *Config) { c.Listen = "" },
+		func(c *Config) { c.QueryTimeout = 0 },
+		func(c *Config) { c.MaxRows = 0 },
+	} {
+		cfg := DefaultConfig()
+		mod(&cfg)
+		if _, err := New(cfg, Deps{Source: &fakeSource{}}); err == nil {
+			t.Errorf("%+v accepted", cfg)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.ThriftListen = "127.0.0.1:0", "256.0.0.1:1"
+	if _, err := New(cfg, Deps{Source: &fakeSource{}}); err == nil {
+		t.Error("a bad Thrift address accepted")
+	}
+}
