@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -504,5 +505,58 @@ func TestIdleCheckpointIsCurrent(t *testing.T) {
 	}
 	if s.lastCommit.Load() == 1 {
 		t.Fatal("an idle checkpoint left the checkpoint age growing")
+	}
+}
+
+// syncBuffer is a log sink for tests.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestFencedShardStops: a running shard whose store state was claimed by
+// another owner (a split brain: each believes it holds the lease) stops at
+// its next checkpoint instead of writing.
+func TestFencedShardStops(t *testing.T) {
+	e := newEnv(t, orders(t))
+	pos := e.publish("orders", 0, stock(fourOrders()...))
+	var logs syncBuffer
+	p1 := e.node("n1", func(c *Config, d *Deps) { d.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
+	r1 := start(t, p1)
+	waitCommitted(t, p1, pos)
+	p1.mu.RLock()
+	old := p1.shards[shardID{"orders", 0}]
+	p1.mu.RUnlock()
+
+	testShard(t, e.node("n2"), 0) // recovers: claims the shard
+	E := old.committedEpoch
+	e.publish("orders", 0, stock(order(t0, "eu", "book", 1000)))
+	eventually(t, "the fenced shard stops", func() error {
+		p1.mu.RLock()
+		defer p1.mu.RUnlock()
+		if p1.shards[shardID{"orders", 0}] == old {
+			return errors.New("still running")
+		}
+		// Before the node takes the bucket again (and commits above E).
+		if n := versionsAbove(t, e.st, E); n != 0 {
+			t.Fatalf("the fenced shard wrote %d cell versions", n)
+		}
+		return nil
+	})
+	r1.stop(t)
+	if !strings.Contains(logs.String(), "another owner committed this shard") {
+		t.Fatalf("no fencing in the logs:\n%s", logs.String())
 	}
 }
