@@ -18,7 +18,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -124,7 +123,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.ln = ln
 	if cfg.ThriftListen != "" {
 		limits := thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxConnections: 256, IdleTimeout: thriftsrv.DefaultLimits().IdleTimeout}
-		t, err := thriftsrv.Listen(cfg.ThriftListen, keepConn{freeway.NewQueryProcessor(&thriftHandler{s})}, limits, deps.Log)
+		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), limits, deps.Log)
 		if err != nil {
 			ln.Close()
 			return nil, err
@@ -459,21 +458,6 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// keepConn keeps a connection open after a QueryError. The processor has
-// written the exception to the client by then and reports it as an error
-// too, which thriftsrv takes for a broken connection and closes it, so
-// that the client's next call fails.
-type keepConn struct{ thrift.TProcessor }
-
-func (p keepConn) Process(ctx context.Context, in, out thrift.TProtocol) (bool, thrift.TException) {
-	ok, err := p.TProcessor.Process(ctx, in, out)
-	var qe *freeway.QueryError
-	if ok && errors.As(err, &qe) {
-		return true, nil
-	}
-	return ok, err
 }
 
 // thriftHandler serves the Query service of freeway.thrift.

@@ -164,13 +164,28 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	out := thrift.NewTBinaryProtocolConf(trans, cfg)
 	for ctx.Err() == nil {
 		ok, err := s.proc.Process(ctx, in, out)
-		if err != nil {
+		// As thrift.TSimpleServer: a transport error ends the connection;
+		// an error the handler returned (a declared exception, which was
+		// written to the peer as the call's answer) or an unknown method
+		// does not.
+		if errors.Is(err, thrift.ErrAbandonRequest) {
+			return
+		}
+		var te thrift.TTransportException
+		if errors.As(err, &te) {
 			if !isClosed(err) {
 				s.log.Debug("thrift connection closed", "remote", conn.RemoteAddr().String(), "err", err)
 			}
 			return
 		}
+		var tae thrift.TApplicationException
+		if errors.As(err, &tae) && tae.TypeId() == thrift.UNKNOWN_METHOD {
+			continue
+		}
 		if !ok {
+			if err != nil && !isClosed(err) {
+				s.log.Debug("thrift connection closed", "remote", conn.RemoteAddr().String(), "err", err)
+			}
 			return
 		}
 	}
