@@ -270,6 +270,16 @@ func testCheckAndPut(t *testing.T, s store.Store, table string) {
 	if _, err := s.CheckAndPut(ctx, table, "commit", "epoch", []byte("2"), []store.Cell{cell("elsewhere", "x", 3, "3")}); err == nil {
 		t.Fatal("CheckAndPut accepted a cell of another row")
 	}
+	// Check one column, write another: Puma's fenced attempt marker.
+	ok, err = s.CheckAndPut(ctx, table, "commit", "epoch", []byte("2"), []store.Cell{cell("commit", "attempt", 3, "3")})
+	if err != nil || !ok {
+		t.Fatalf("check epoch, write attempt: %v %v", ok, err)
+	}
+	ok, err = s.CheckAndPut(ctx, table, "commit", "epoch", []byte("1"), []store.Cell{cell("commit", "attempt", 4, "4")})
+	if err != nil || ok {
+		t.Fatalf("stale check, write attempt: %v %v", ok, err)
+	}
+	expect(t, "after markers", get(t, s, table, "commit", store.Latest), "attempt", "3@3", "epoch", "2@2", "pos", "b@2")
 }
 
 // testCheckAndPutRace: of several owners racing to commit over the same
