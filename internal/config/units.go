@@ -54,8 +54,22 @@ func (d *Duration) UnmarshalYAML(node ast.Node) error {
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
-// String formats like time.Duration.
-func (d Duration) String() string { return time.Duration(d).String() }
+// String formats like time.Duration without trailing zero units ("1m",
+// not "1m0s"), and whole days as "7d", so that it reads back as written.
+func (d Duration) String() string {
+	v := time.Duration(d)
+	if v > 0 && v%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(v/(24*time.Hour)), 10) + "d"
+	}
+	s := v.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
 
 // D returns the time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }

@@ -35,3 +35,15 @@ func TestParseByteSize(t *testing.T) {
 		t.Errorf("String = %s", s)
 	}
 }
+
+func TestDurationString(t *testing.T) {
+	for d, want := range map[time.Duration]string{time.Minute: "1m", time.Hour: "1h", 90 * time.Second: "1m30s", 7 * 24 * time.Hour: "7d", 36 * time.Hour: "36h", 500 * time.Millisecond: "500ms", 0: "0s", 61 * time.Minute: "1h1m"} {
+		if got := Duration(d).String(); got != want {
+			t.Errorf("Duration(%v).String() = %q, want %q", d, got, want)
+		}
+		back, err := ParseDuration(Duration(d).String())
+		if err != nil || back != d {
+			t.Errorf("%q reads back as %v, %v", Duration(d).String(), back, err)
+		}
+	}
+}
