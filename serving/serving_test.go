@@ -173,7 +173,7 @@ func TestApps(t *testing.T) {
 	}
 	want := []map[string]any{
 		{
-			"name": "orders", "category": "shop", "format": "json", "window": "1m0s", "window_seconds": 60.0,
+			"name": "orders", "category": "shop", "format": "json", "window": "1m", "window_seconds": 60.0,
 			"group_by": []any{"region", "kind"}, "where": `kind != "refund"`,
 			"aggregates": []any{
 				map[string]any{"name": "n", "fn": "count"},
@@ -393,7 +393,7 @@ func TestIndexPage(t *testing.T) {
 	}
 	body := w.Body.String()
 	for _, want := range []string{
-		"<td>orders</td><td>shop</td><td>1m0s</td><td>region, kind</td>",
+		"<td>orders</td><td>shop</td><td>1m</td><td>region, kind</td>",
 		"<td>n, total, lo</td>",
 		`<a href="/api/v1/query?app=orders">per window</a>`,
 		`<a href="/api/v1/query?app=orders&amp;window=all">all windows</a>`,
