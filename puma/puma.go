@@ -302,6 +302,7 @@ type metrics struct {
 	duplicates        prometheus.Counter
 	checkpoints       prometheus.Counter
 	checkpointErrors  prometheus.Counter
+	readErrors        prometheus.Counter
 	checkpointCells   prometheus.Counter
 	checkpointSeconds prometheus.Histogram
 	segmentLag        *prometheus.GaugeVec
@@ -313,6 +314,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 		duplicates:        prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_duplicates_total", Help: "Re-sent agent entries skipped because they were counted already."}),
 		checkpoints:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoints_total", Help: "Checkpoints committed."}),
 		checkpointErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoint_errors_total", Help: "Checkpoints that failed (retried)."}),
+		readErrors:        prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_read_errors_total", Help: "Errors reading bucket files (retried)."}),
 		checkpointCells:   prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoint_cells_total", Help: "Cells written by checkpoints."}),
 		checkpointSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_puma_checkpoint_seconds", Help: "Checkpoint duration.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		segmentLag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_puma_segment_lag", Help: "Published segments not yet read, by shard."}, []string{"category", "bucket"}),
@@ -320,7 +322,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag)
+	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag)
 	reg.MustRegister(&tableCollector{p: p})
 	return m
 }

@@ -187,11 +187,27 @@ loop:
 
 func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge) error {
 	var b segment.Block
+	backoff := 100 * time.Millisecond
 	for {
 		pos, err := r.Next(ctx, &b)
 		if err != nil {
-			return err
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// A dfs error (a NameNode restart, a timeout): the reader
+			// resumes at the same position, so wait and retry rather than
+			// stopping the shard and recovering it from the store.
+			s.p.m.readErrors.Inc()
+			s.log.Warn("cannot read bucket; retrying", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
 		}
+		backoff = 100 * time.Millisecond
 		s.apply(&b, pos)
 		lag.Set(float64(r.Lag()))
 	}

@@ -1,0 +1,49 @@
+package puma
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+)
+
+// flakyFS fails the first opens of segment files, as a NameNode restart
+// would.
+type flakyFS struct {
+	dfs.FS
+	failures atomic.Int32
+}
+
+func (f *flakyFS) Open(name string) (dfs.Reader, error) {
+	if f.failures.Add(-1) >= 0 {
+		return nil, errors.New("injected: namenode unavailable")
+	}
+	return f.FS.Open(name)
+}
+
+// TestReadErrorsAreRetried: a dfs error while reading neither stops the
+// shard nor loses or repeats anything; it is counted.
+func TestReadErrorsAreRetried(t *testing.T) {
+	e := newEnv(t, orders(t))
+	flaky := &flakyFS{FS: e.fs}
+	flaky.failures.Store(3)
+	p := e.node("a", func(c *Config, d *Deps) { d.FS = flaky })
+	start(t, p)
+	e.publish("orders", 0, stock(order(t0, "eu", "book", 1)))
+	pos := e.publish("orders", 0, stock(order(t0+1, "eu", "book", 2)))
+	waitRead(t, p, 0, pos)
+	got := rows(t, p, Query{})
+	if len(got) != 1 || !strings.Contains(got[0], "n=2") || !strings.Contains(got[0], "total=3") {
+		t.Fatalf("rows %v, want one row with n=2 total=3", got)
+	}
+	if n := testutil.ToFloat64(p.m.readErrors); n != 3 {
+		t.Fatalf("read errors counted %v, want 3", n)
+	}
+	if !p.Ready() {
+		t.Fatal("the shard stopped")
+	}
+}
