@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/freeway-dev/freeway/internal/enginetest"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/hdfs"
@@ -21,13 +22,7 @@ import (
 // FREEWAY_TEST_HDFS it skips, or fails under FREEWAY_REQUIRE_ENGINES=1.
 func hdfsRoot(t *testing.T) (dfs.FS, string) {
 	t.Helper()
-	addr := os.Getenv("FREEWAY_TEST_HDFS")
-	if addr == "" {
-		if os.Getenv("FREEWAY_REQUIRE_ENGINES") == "1" {
-			t.Fatal("FREEWAY_REQUIRE_ENGINES=1 but FREEWAY_TEST_HDFS (host:port of a NameNode) is not set")
-		}
-		t.Skip("FREEWAY_TEST_HDFS (host:port of a NameNode) not set")
-	}
+	addr := enginetest.Addr(t, enginetest.HDFS)
 	var b [8]byte
 	rand.Read(b[:])
 	name := fmt.Sprintf("copier-%x", b)

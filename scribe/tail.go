@@ -338,7 +338,7 @@ func (t *tailer) save() error {
 	if err != nil {
 		return fmt.Errorf("encode tail position: %w", err)
 	}
-	return writeFileAtomic(t.posPath, b)
+	return diskqueue.WriteFileAtomic(t.posPath, b)
 }
 
 // findByID opens the file in dir whose identity is id, if any.
@@ -369,37 +369,4 @@ func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
 		return f, fi
 	}
 	return nil, nil
-}
-
-// writeFileAtomic replaces path with data durably: temporary file,
-// fsync, rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("rename %s: %w", tmp, err)
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return fmt.Errorf("open directory of %s: %w", path, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory of %s: %w", path, err)
-	}
-	return nil
 }

@@ -85,15 +85,16 @@ func loadOrCreateID(dir string) (string, error) {
 		return "", fmt.Errorf("generate queue id: %w", err)
 	}
 	id := hex.EncodeToString(raw[:])
-	if err := writeFileAtomic(path, []byte(id+"\n")); err != nil {
+	if err := WriteFileAtomic(path, []byte(id+"\n")); err != nil {
 		return "", err
 	}
 	return id, nil
 }
 
-// writeFileAtomic replaces path with data durably: temporary file, fsync,
-// rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) error {
+// WriteFileAtomic replaces path with data durably: temporary file, fsync,
+// rename, fsync of the directory. The agent's tailers keep their positions
+// with it too.
+func WriteFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/enginetest"
+
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -21,14 +23,7 @@ import (
 // under FREEWAY_REQUIRE_ENGINES=1, as in `make test`).
 func engines(t *testing.T) (zk, hdfsAddr, hbase string) {
 	t.Helper()
-	zk, hdfsAddr, hbase = os.Getenv("FREEWAY_TEST_ZK"), os.Getenv("FREEWAY_TEST_HDFS"), os.Getenv("FREEWAY_TEST_HBASE")
-	if zk == "" || hdfsAddr == "" || hbase == "" {
-		if os.Getenv("FREEWAY_REQUIRE_ENGINES") == "1" {
-			t.Fatal("FREEWAY_REQUIRE_ENGINES=1 but FREEWAY_TEST_ZK, FREEWAY_TEST_HDFS or FREEWAY_TEST_HBASE is not set")
-		}
-		t.Skip("real engines not configured (FREEWAY_TEST_ZK, FREEWAY_TEST_HDFS, FREEWAY_TEST_HBASE)")
-	}
-	return zk, hdfsAddr, hbase
+	return enginetest.Addr(t, enginetest.ZK), enginetest.Addr(t, enginetest.HDFS), enginetest.Addr(t, enginetest.HBase)
 }
 
 func randomSuffix() string {

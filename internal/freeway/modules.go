@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -219,7 +220,7 @@ func (p *Process) initAgent() error {
 	cfg := p.cfg.Agent
 	// In one process, the agent ships to this process's writer, wherever
 	// it listens, unless told otherwise.
-	if p.Calligraphus != nil && sameStrings(cfg.Upstream, scribe.DefaultConfig().Upstream) {
+	if p.Calligraphus != nil && slices.Equal(cfg.Upstream, scribe.DefaultConfig().Upstream) {
 		cfg.Upstream = []string{p.Calligraphus.Addr()}
 	}
 	a, err := scribe.New(cfg, p.log, p.reg)
@@ -419,16 +420,4 @@ func (p *Process) Close() error {
 		p.admin.Close()
 	}
 	return errors.Join(errs...)
-}
-
-func sameStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -10,11 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/enginetest"
 
 	"github.com/go-zookeeper/zk"
 
@@ -25,14 +26,7 @@ import (
 // zkAddr is the ZooKeeper server the engine tests use.
 func zkAddr(t *testing.T) string {
 	t.Helper()
-	addr := os.Getenv("FREEWAY_TEST_ZK")
-	if addr == "" {
-		if os.Getenv("FREEWAY_REQUIRE_ENGINES") == "1" {
-			t.Fatal("FREEWAY_REQUIRE_ENGINES=1 but FREEWAY_TEST_ZK (host:port of a ZooKeeper server) is not set")
-		}
-		t.Skip("FREEWAY_TEST_ZK (host:port of a ZooKeeper server) is not set; skipping the ZooKeeper tests")
-	}
-	return addr
+	return enginetest.Addr(t, enginetest.ZK)
 }
 
 func TestConformance(t *testing.T) {

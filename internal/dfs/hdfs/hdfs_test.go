@@ -17,17 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/enginetest"
+
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 )
 
 const (
-	// engineEnv names the NameNode of a real HDFS, host:port.
-	engineEnv = "FREEWAY_TEST_HDFS"
-	// requireEnv turns a missing engineEnv into a failure (make test
-	// starts the engines, so a skip there would hide a broken setup).
-	requireEnv = "FREEWAY_REQUIRE_ENGINES"
-
 	// crashURLEnv and crashNameEnv make the test binary a writer that
 	// dies holding a file open; see TestCrashedWriter.
 	crashURLEnv  = "FREEWAY_HDFS_CRASH_URL"
@@ -51,14 +47,7 @@ func TestMain(m *testing.M) {
 // engineAddr returns the NameNode to test against, or skips the test.
 func engineAddr(t *testing.T) string {
 	t.Helper()
-	addr := os.Getenv(engineEnv)
-	if addr == "" {
-		if os.Getenv(requireEnv) == "1" {
-			t.Fatal("FREEWAY_TEST_HDFS must be set under make test")
-		}
-		t.Skip("FREEWAY_TEST_HDFS is not set; set it to a NameNode (host:port) to run against a real HDFS")
-	}
-	return addr
+	return enginetest.Addr(t, enginetest.HDFS)
 }
 
 // openTestFS opens a fresh root /freeway-test/<random> and removes it when

@@ -5,10 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/enginetest"
 
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/storetest"
@@ -19,14 +20,7 @@ import (
 // FREEWAY_REQUIRE_ENGINES=1 (make test, which starts the engines).
 func gateway(t *testing.T) string {
 	t.Helper()
-	addr := os.Getenv("FREEWAY_TEST_HBASE")
-	if addr == "" {
-		if os.Getenv("FREEWAY_REQUIRE_ENGINES") == "1" {
-			t.Fatal("FREEWAY_REQUIRE_ENGINES=1 but FREEWAY_TEST_HBASE (host:port of the HBase Thrift2 gateway) is not set")
-		}
-		t.Skip("FREEWAY_TEST_HBASE (host:port of an HBase Thrift2 gateway) not set")
-	}
-	return addr
+	return enginetest.Addr(t, enginetest.HBase)
 }
 
 // openTestStore opens a store with a table prefix of its own, and drops
