@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.Execute()
+	return out.String(), err
+}
+
+func TestConfigCheck(t *testing.T) {
+	out, err := run(t, "config", "check", "../../examples/freeway.yaml")
+	if err != nil || !strings.Contains(out, "ok (2 apps)") {
+		t.Fatalf("example config: %q %v", out, err)
+	}
+
+	dir := t.TempDir()
+	appsOnly := filepath.Join(dir, "apps.yaml")
+	os.WriteFile(appsOnly, []byte("apps:\n  - name: hits\n    category: web\n    aggregates: [{fn: count}]\n"), 0o644)
+	if out, err := run(t, "config", "check", appsOnly); err != nil || !strings.Contains(out, "ok (1 apps)") {
+		t.Fatalf("a file with only apps: %q %v", out, err)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apps:\n  - name: hits\n    category: web\n    aggregates:\n      - {fn: cnt}\n"), 0o644)
+	_, err = run(t, "config", "check", bad)
+	if err == nil || !strings.HasPrefix(err.Error(), bad+":5:") || !strings.Contains(err.Error(), `unknown function "cnt"`) {
+		t.Fatalf("bad file: %v", err)
+	}
+
+	unknown := filepath.Join(dir, "unknown.yaml")
+	os.WriteFile(unknown, []byte("serving:\n  listen: 127.0.0.1:1\n  colour: red\n"), 0o644)
+	_, err = run(t, "config", "check", unknown)
+	if err == nil || !strings.HasPrefix(err.Error(), unknown+":3:3:") || !strings.Contains(err.Error(), `unknown key "colour"`) {
+		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+func TestHelpShowsFlagsWithDefaults(t *testing.T) {
+	out, err := run(t, "all", "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--config", "--data-dir", `(default "freeway-data")`, "--dfs", "--store", "--coord", `--serving.listen string`, `(default "127.0.0.1:8080")`, "--demo"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+	out, err = run(t, "puma", "--help")
+	if err != nil || strings.Contains(out, "--agent.listen") || !strings.Contains(out, "--puma.checkpoint-interval") {
+		t.Errorf("puma help shows other components' flags or lacks its own: %v\n%s", err, out)
+	}
+}
+
+func TestBadFlagsAndTargets(t *testing.T) {
+	if _, err := run(t, "all", "--no-such-flag"); err == nil {
+		t.Error("unknown flag accepted")
+	}
+	if _, err := run(t, "serving", "--data-dir", t.TempDir(), "--log.level", "loud"); err == nil || !strings.Contains(err.Error(), "log.level") {
+		t.Errorf("bad log level: %v", err)
+	}
+	if _, err := run(t, "copier", "--data-dir", t.TempDir(), "--admin-listen", "off"); err == nil || !strings.Contains(err.Error(), "copier.destination") {
+		t.Errorf("copier without destination: %v", err)
+	}
+	out, err := run(t, "version")
+	if err != nil || !strings.HasPrefix(out, "freeway ") {
+		t.Errorf("version: %q %v", out, err)
+	}
+}
