@@ -20,7 +20,7 @@ run:
 
 ## test: static checks, then every test with -race against the real engines
 test: deps check engines
-	eval "$$($(ENGINES) env)" && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
+	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
 
 ## test-unit: every test on the embedded backends only (real-engine suites skip)
 test-unit:
