@@ -146,49 +146,30 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	return p, nil
 }
 
-func (p *Process) has(module string) bool {
-	for _, m := range Targets()[p.target] {
-		if m == module {
-			return true
+// shared opens a backend the first time a module asks for it; the
+// modules of a process share it, and the process closes it.
+func shared[T io.Closer](p *Process, held *T, open func() (T, error)) (T, error) {
+	if any(*held) == nil {
+		v, err := open()
+		if err != nil {
+			return v, err
 		}
+		*held = v
+		p.closers = append(p.closers, v.Close)
 	}
-	return false
+	return *held, nil
 }
 
 func (p *Process) dfs() (dfs.FS, error) {
-	if p.fs == nil {
-		fs, err := backends.OpenDFS(p.cfg.DFS)
-		if err != nil {
-			return nil, err
-		}
-		p.fs = fs
-		p.closers = append(p.closers, fs.Close)
-	}
-	return p.fs, nil
+	return shared(p, &p.fs, func() (dfs.FS, error) { return backends.OpenDFS(p.cfg.DFS) })
 }
 
 func (p *Process) store() (store.Store, error) {
-	if p.st == nil {
-		st, err := backends.OpenStore(p.cfg.Store)
-		if err != nil {
-			return nil, err
-		}
-		p.st = st
-		p.closers = append(p.closers, st.Close)
-	}
-	return p.st, nil
+	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store) })
 }
 
 func (p *Process) coord() (coord.Coord, error) {
-	if p.co == nil {
-		co, err := p.coords.Open(p.cfg.Coord)
-		if err != nil {
-			return nil, err
-		}
-		p.co = co
-		p.closers = append(p.closers, co.Close)
-	}
-	return p.co, nil
+	return shared(p, &p.co, func() (coord.Coord, error) { return p.coords.Open(p.cfg.Coord) })
 }
 
 func (p *Process) initCalligraphus() error {
