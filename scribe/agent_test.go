@@ -3,12 +3,9 @@ package scribe
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
 
 	"github.com/apache/thrift/lib/go/thrift"
 	dto "github.com/prometheus/client_model/go"
@@ -388,12 +387,12 @@ func TestStockScribeClients(t *testing.T) {
 	}
 
 	// An old client's non-strict message header, built by hand.
-	reply := rawCall(t, a.Addr(), logFrame(false, [][2]string{{"stock", "non-strict"}}))
-	if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) {
+	reply := scribetest.RawCall(t, a.Addr(), scribetest.LogFrame(false, [][2]string{{"stock", "non-strict"}}))
+	if !bytes.HasSuffix(reply, scribetest.OK) {
 		t.Fatalf("non-strict reply %x does not carry OK", reply)
 	}
-	reply = rawCall(t, a.Addr(), logFrame(true, [][2]string{{"stock", "strict"}}))
-	if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) {
+	reply = scribetest.RawCall(t, a.Addr(), scribetest.LogFrame(true, [][2]string{{"stock", "strict"}}))
+	if !bytes.HasSuffix(reply, scribetest.OK) {
 		t.Fatalf("strict reply %x does not carry OK", reply)
 	}
 
@@ -420,60 +419,6 @@ func TestStockScribeClients(t *testing.T) {
 	if st, _ := client.GetStatus(ctx); st != fb303.FbStatus_ALIVE {
 		t.Fatalf("getStatus = %v", st)
 	}
-}
-
-// logFrame builds a framed Log call by hand, as an old Scribe client
-// writes it: strict (versioned) or non-strict message header.
-func logFrame(strict bool, entries [][2]string) []byte {
-	var b bytes.Buffer
-	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
-	str := func(s string) { w32(uint32(len(s))); b.WriteString(s) }
-	if strict {
-		w32(0x80010001) // version 1, CALL
-		str("Log")
-	} else {
-		str("Log")
-		b.WriteByte(1) // CALL
-	}
-	w32(1) // seqid
-	b.WriteByte(15)
-	binary.Write(&b, binary.BigEndian, int16(1)) // field 1: list
-	b.WriteByte(12)
-	w32(uint32(len(entries)))
-	for _, e := range entries {
-		b.WriteByte(11)
-		binary.Write(&b, binary.BigEndian, int16(1))
-		str(e[0])
-		b.WriteByte(11)
-		binary.Write(&b, binary.BigEndian, int16(2))
-		str(e[1])
-		b.WriteByte(0)
-	}
-	b.WriteByte(0)
-	frame := binary.BigEndian.AppendUint32(nil, uint32(b.Len()))
-	return append(frame, b.Bytes()...)
-}
-
-func rawCall(t *testing.T, addr string, frame []byte) []byte {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := conn.Write(frame); err != nil {
-		t.Fatal(err)
-	}
-	var hdr [4]byte
-	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
-		t.Fatalf("read reply: %v", err)
-	}
-	reply := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		t.Fatal(err)
-	}
-	return reply
 }
 
 func TestAgentChainAndStockUpstream(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -105,67 +107,13 @@ func TestLogAndFB303(t *testing.T) {
 	}
 }
 
-// logFrame builds a framed Log call by hand, as an old Scribe client
-// writes it: strict (versioned) or non-strict message header.
-func logFrame(strict bool, entries [][2]string) []byte {
-	var b bytes.Buffer
-	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
-	str := func(s string) { w32(uint32(len(s))); b.WriteString(s) }
-	if strict {
-		w32(0x80010001) // version 1, CALL
-		str("Log")
-	} else {
-		str("Log")
-		b.WriteByte(1) // CALL
-	}
-	w32(1) // seqid
-	b.WriteByte(15)
-	binary.Write(&b, binary.BigEndian, int16(1)) // field 1: list
-	b.WriteByte(12)
-	w32(uint32(len(entries)))
-	for _, e := range entries {
-		b.WriteByte(11)
-		binary.Write(&b, binary.BigEndian, int16(1))
-		str(e[0])
-		b.WriteByte(11)
-		binary.Write(&b, binary.BigEndian, int16(2))
-		str(e[1])
-		b.WriteByte(0)
-	}
-	b.WriteByte(0)
-	frame := binary.BigEndian.AppendUint32(nil, uint32(b.Len()))
-	return append(frame, b.Bytes()...)
-}
-
-func rawCall(t *testing.T, addr string, frame []byte) []byte {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := conn.Write(frame); err != nil {
-		t.Fatal(err)
-	}
-	var hdr [4]byte
-	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
-		t.Fatalf("read reply: %v", err)
-	}
-	reply := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		t.Fatal(err)
-	}
-	return reply
-}
-
 func TestStockClientHeaders(t *testing.T) {
 	for _, strict := range []bool{true, false} {
 		rec := &recorder{}
 		srv := start(t, rec, thriftsrv.Limits{})
-		reply := rawCall(t, srv.Addr(), logFrame(strict, [][2]string{{"access", "line one"}, {"access", "line two"}}))
+		reply := scribetest.RawCall(t, srv.Addr(), scribetest.LogFrame(strict, [][2]string{{"access", "line one"}, {"access", "line two"}}))
 		// The reply ends with field 0 (success, i32) = 0 (OK) and two stops.
-		if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) {
+		if !bytes.HasSuffix(reply, scribetest.OK) {
 			t.Fatalf("strict=%v: reply %x does not carry OK", strict, reply)
 		}
 		if len(rec.entries) != 2 || rec.entries[1] != "access:line two" {
@@ -178,11 +126,15 @@ func TestHostileFramesAreRefused(t *testing.T) {
 	rec := &recorder{}
 	srv := start(t, rec, thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxContainerSize: 1000})
 	cases := map[string][]byte{
-		"2 GiB frame header":     {0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0},
-		"garbage in a frame":     append([]byte{0, 0, 0, 8}, []byte("\xff\xffgarbage")...),
-		"container over its cap": func() []byte { f := logFrame(true, nil); binary.BigEndian.PutUint32(f[len(f)-5:], 5000); return f }(),
+		"2 GiB frame header": {0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0},
+		"garbage in a frame": append([]byte{0, 0, 0, 8}, []byte("\xff\xffgarbage")...),
+		"container over its cap": func() []byte {
+			f := scribetest.LogFrame(true, nil)
+			binary.BigEndian.PutUint32(f[len(f)-5:], 5000)
+			return f
+		}(),
 		"negative container size": func() []byte {
-			f := logFrame(true, nil)
+			f := scribetest.LogFrame(true, nil)
 			binary.BigEndian.PutUint32(f[len(f)-5:], 0xffffffff)
 			return f
 		}(),
@@ -202,8 +154,8 @@ func TestHostileFramesAreRefused(t *testing.T) {
 		conn.Close()
 	}
 	// And it still serves well-formed clients.
-	reply := rawCall(t, srv.Addr(), logFrame(true, [][2]string{{"c", "after the attack"}}))
-	if !bytes.HasSuffix(reply, []byte{8, 0, 0, 0, 0, 0, 0, 0}) || len(rec.entries) != 1 {
+	reply := scribetest.RawCall(t, srv.Addr(), scribetest.LogFrame(true, [][2]string{{"c", "after the attack"}}))
+	if !bytes.HasSuffix(reply, scribetest.OK) || len(rec.entries) != 1 {
 		t.Fatalf("server unusable after hostile frames: %x %v", reply, rec.entries)
 	}
 }
