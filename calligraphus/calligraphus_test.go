@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -46,10 +47,10 @@ func TestEntriesLandInTheirBuckets(t *testing.T) {
 		s.stop()
 
 		for dir, w := range want {
-			if got := msgs(scan(t, fsys, dir)); !equal(got, w) {
+			if got := msgs(scan(t, fsys, dir)); !slices.Equal(got, w) {
 				t.Errorf("%s holds %d entries %q..., want %d %q...", dir, len(got), head(got), len(w), head(w))
 			}
-			if got := msgs(tail(t, fsys, dir, len(w))); !equal(got, w) {
+			if got := msgs(tail(t, fsys, dir, len(w))); !slices.Equal(got, w) {
 				t.Errorf("ptail of %s reads %q..., want %q...", dir, head(got), head(w))
 			}
 		}
@@ -82,7 +83,7 @@ func TestUnparseableKeyGoesToBucketZero(t *testing.T) {
 	cl := s.dial(t)
 	mustLog(t, cl, entries("access", "garbage 1", `{"user": "a"`, "garbage 2"))
 	s.stop()
-	if got := msgs(scan(t, fsys, "access/0")); !equal(got, []string{"garbage 1", `{"user": "a"`, "garbage 2"}) {
+	if got := msgs(scan(t, fsys, "access/0")); !slices.Equal(got, []string{"garbage 1", `{"user": "a"`, "garbage 2"}) {
 		t.Errorf("bucket 0 holds %q", got)
 	}
 	if got := counter(t, s.reg, "freeway_calligraphus_entries_unroutable_total", "category", "access"); got != 3 {
@@ -109,7 +110,7 @@ func TestInvalidEntriesDroppedRestKept(t *testing.T) {
 	}
 	mustLog(t, cl, es)
 	s.stop()
-	if got := msgs(scan(t, fsys, "good/0")); !equal(got, []string{"one", strings.Repeat("y", 100), "three"}) {
+	if got := msgs(scan(t, fsys, "good/0")); !slices.Equal(got, []string{"one", strings.Repeat("y", 100), "three"}) {
 		t.Errorf("good/0 holds %q", got)
 	}
 	infos, err := fsys.ReadDir("")
@@ -229,12 +230,12 @@ func TestAckMeansDurable(t *testing.T) {
 				if u != 0 {
 					t.Fatalf("OK for %s with %d writes not synced", m, u)
 				}
-			} else if got := msgs(scan(t, fsys, "cat/0")); !equal(got, want) {
+			} else if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, want) {
 				t.Fatalf("after OK for %s the published segments hold %q", m, got)
 			}
 		}
 		s.stop()
-		if got := msgs(scan(t, fsys, "cat/0")); !equal(got, want) {
+		if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, want) {
 			t.Fatalf("after stop: %q", got)
 		}
 	})
@@ -322,7 +323,7 @@ func TestSalvageCrashedSegment(t *testing.T) {
 		names := published(t, fsys, dir, true)
 		got := msgs(scan(t, fsys, dir))
 		if fsys.durable {
-			if !equal(got, []string{"old", "acked-1", "acked-2", "acked-3", "new"}) {
+			if !slices.Equal(got, []string{"old", "acked-1", "acked-2", "acked-3", "new"}) {
 				t.Errorf("after salvage the bucket holds %q", got)
 			}
 			if len(names) != 3 || names[1] != crashed {
@@ -331,7 +332,7 @@ func TestSalvageCrashedSegment(t *testing.T) {
 			if got := counter(t, s.reg, "freeway_calligraphus_segments_salvaged_total"); got != 1 {
 				t.Errorf("segments_salvaged %v, want 1", got)
 			}
-		} else if !equal(got, []string{"old", "new"}) {
+		} else if !slices.Equal(got, []string{"old", "new"}) {
 			t.Errorf("on an HDFS-like dfs nothing unpublished is acknowledged; the bucket holds %q", got)
 		}
 		infos, err := fsys.ReadDir(dir)
@@ -453,7 +454,7 @@ func TestRollBySize(t *testing.T) {
 		}
 	}
 	s.stop()
-	if got := msgs(tail(t, fsys, "cat/0", len(want))); !equal(got, want) {
+	if got := msgs(tail(t, fsys, "cat/0", len(want))); !slices.Equal(got, want) {
 		t.Errorf("read back %q", head(got))
 	}
 }
@@ -470,7 +471,7 @@ func TestRollByAge(t *testing.T) {
 		mustLog(t, cl, entries("cat", m))
 		waitFor(t, m+" published by age", func() bool { return len(published(t, fsys, "cat/0", true)) == round })
 	}
-	if got := msgs(tail(t, fsys, "cat/0", 3)); !equal(got, []string{"round-1", "round-2", "round-3"}) {
+	if got := msgs(tail(t, fsys, "cat/0", 3)); !slices.Equal(got, []string{"round-1", "round-2", "round-3"}) {
 		t.Errorf("read %q", got)
 	}
 	s.stop()

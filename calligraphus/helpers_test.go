@@ -381,18 +381,6 @@ func msgs(es []entry) []string {
 	return out
 }
 
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 func seq(prefix string, n int) []string {
 	out := make([]string, n)
 	for i := range out {

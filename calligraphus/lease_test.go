@@ -2,6 +2,7 @@ package calligraphus
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,7 +46,7 @@ func TestLeaseHeldByAnotherOwner(t *testing.T) {
 		return rc == scribe.ResultCode_OK
 	})
 	s.stop()
-	if got := msgs(scan(t, fsys, "cat/0")); !equal(got, []string{"accepted"}) {
+	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"accepted"}) {
 		t.Errorf("bucket holds %q", got)
 	}
 }
@@ -146,7 +147,7 @@ func TestLeaseLost(t *testing.T) {
 				kept = append(kept, e.Msg)
 			}
 		}
-		if !equal(kept, []string{"before", "after"}) {
+		if !slices.Equal(kept, []string{"before", "after"}) {
 			t.Errorf("bucket holds %q", msgs(got))
 		}
 		last := got[len(got)-1]
@@ -192,10 +193,10 @@ func TestLeaseLostAckFenced(t *testing.T) {
 	a.stop()
 	b.stop()
 	got := msgs(scan(t, local, "cat/0"))
-	if r.rc == scribe.ResultCode_OK && !equal(got, []string{"a-1", "a-2", "b-1"}) {
+	if r.rc == scribe.ResultCode_OK && !slices.Equal(got, []string{"a-1", "a-2", "b-1"}) {
 		t.Errorf("a-2 acknowledged after the lease was lost and a new owner took over, but the bucket holds %q", got)
 	}
-	if !equal(got[:1], []string{"a-1"}) || got[len(got)-1] != "b-1" {
+	if !slices.Equal(got[:1], []string{"a-1"}) || got[len(got)-1] != "b-1" {
 		t.Errorf("bucket holds %q", got)
 	}
 }
@@ -221,7 +222,7 @@ func TestShutdownWhileWaiting(t *testing.T) {
 	if got := counter(t, s.reg, "freeway_calligraphus_try_later_total", "reason", "stopping"); got != 1 {
 		t.Errorf("try_later stopping %v, want 1", got)
 	}
-	if got := msgs(scan(t, fsys, "cat/0")); !equal(got, []string{"waiting"}) {
+	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"waiting"}) {
 		t.Errorf("bucket holds %q", got)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -64,7 +65,7 @@ func TestPublishFailureKeepsOrder(t *testing.T) {
 	}
 	s.stop()
 	want := []string{"1-" + big, "2-" + big, "3-" + big, "4-" + big}
-	if got := msgs(scan(t, fsys, "cat/0")); !equal(got, want) {
+	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, want) {
 		t.Errorf("after stop the bucket holds %d entries: %.5q", len(got), got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -152,18 +153,6 @@ func msgsOf(rs []read) []string {
 	return out
 }
 
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // nothingMore checks that Next has nothing to return: it waits until ctx
 // ends. It cancels once the reader has polled the directory a few times.
 func nothingMore(t *testing.T, fsys *countingFS, r *Reader) {
@@ -207,7 +196,7 @@ func TestReadsInNameOrderAcrossEpochs(t *testing.T) {
 	defer r.Close()
 	got := msgsOf(readN(t, r, 6))
 	want := []string{"e2s9a,e2s9b", "e2s16", "e3s1", "e3s2a", "e3s2b", "e10s1"}
-	if !equal(got, want) {
+	if !slices.Equal(got, want) {
 		t.Fatalf("read %q, want %q", got, want)
 	}
 	nothingMore(t, fsys, r)
@@ -234,7 +223,7 @@ func TestResumeAtEveryPosition(t *testing.T) {
 			t.Errorf("new reader at %v reports %v", rd.pos, r.Position())
 		}
 		rest := msgsOf(readN(t, r, len(all)-i-1))
-		if !equal(rest, want[i+1:]) {
+		if !slices.Equal(rest, want[i+1:]) {
 			t.Errorf("from %v: read %q, want %q", rd.pos, rest, want[i+1:])
 		}
 		nothingMore(t, fsys, r)
@@ -286,7 +275,7 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 	go func() { done <- readN(t, r, 2) }()
 	publish(t, fsys, 1, 8, []string{"second"})
 	publish(t, fsys, 2, 1, []string{"third"})
-	if got := msgsOf(<-done); !equal(got, []string{"second", "third"}) {
+	if got := msgsOf(<-done); !slices.Equal(got, []string{"second", "third"}) {
 		t.Fatalf("read %q", got)
 	}
 	nothingMore(t, fsys, r)
@@ -306,7 +295,7 @@ func TestVanishedSegmentSkipped(t *testing.T) {
 	if err := fsys.Remove(path.Join(dir, b)); err != nil {
 		t.Fatal(err)
 	}
-	if got := msgsOf(readN(t, r, 2)); !equal(got, []string{"a2", "c"}) {
+	if got := msgsOf(readN(t, r, 2)); !slices.Equal(got, []string{"a2", "c"}) {
 		t.Fatalf("read %q", got)
 	}
 	// And a saved position inside a removed segment.
@@ -354,7 +343,7 @@ func TestDamagedSegmentsSkipped(t *testing.T) {
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
 	got := msgsOf(readN(t, r, 4))
-	if want := []string{"good-1", "b1", "t1", "good-2"}; !equal(got, want) {
+	if want := []string{"good-1", "b1", "t1", "good-2"}; !slices.Equal(got, want) {
 		t.Fatalf("read %q, want %q", got, want)
 	}
 	nothingMore(t, fsys, r)
@@ -373,7 +362,7 @@ func TestDamagedLastSegmentNotReread(t *testing.T) {
 	}
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
-	if got := msgsOf(readN(t, r, 2)); !equal(got, []string{"good", "b1"}) {
+	if got := msgsOf(readN(t, r, 2)); !slices.Equal(got, []string{"good", "b1"}) {
 		t.Fatalf("read %q", got)
 	}
 	opens := fsys.opens.Load()
