@@ -33,8 +33,15 @@ struct Batch {
   // Sequence numbers of one agent increase by one per entry, forever.
   2: i64 first_seq,
   3: list<LogEntry> messages,
-  // When the agent accepted messages[0], Unix milliseconds.
+  // When the agent accepted messages[0], Unix milliseconds. A writer
+  // never takes a time ahead of its own clock from it.
   4: i64 received_at_ms,
+  // A secret random id of the run of the agent's queue that numbered these
+  // entries (a new one at every start, so a restored or copied queue
+  // directory never reuses numbers under the same identity). Entries are
+  // deduplicated per (agent_id, incarnation). Never logged. Agents before
+  // it was added leave it unset: agent_id alone is then the identity.
+  5: optional string incarnation,
 }
 
 service scribe extends fb303.FacebookService {

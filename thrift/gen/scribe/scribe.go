@@ -329,11 +329,13 @@ func (p *LogEntry) String() string {
 //   - FirstSeq
 //   - Messages
 //   - ReceivedAtMs
+//   - Incarnation
 type Batch struct {
 	AgentID      string      `thrift:"agent_id,1" db:"agent_id" json:"agent_id"`
 	FirstSeq     int64       `thrift:"first_seq,2" db:"first_seq" json:"first_seq"`
 	Messages     []*LogEntry `thrift:"messages,3" db:"messages" json:"messages"`
 	ReceivedAtMs int64       `thrift:"received_at_ms,4" db:"received_at_ms" json:"received_at_ms"`
+	Incarnation  *string     `thrift:"incarnation,5" db:"incarnation" json:"incarnation,omitempty"`
 }
 
 func NewBatch() *Batch {
@@ -355,6 +357,19 @@ func (p *Batch) GetMessages() []*LogEntry {
 func (p *Batch) GetReceivedAtMs() int64 {
 	return p.ReceivedAtMs
 }
+
+var Batch_Incarnation_DEFAULT string
+
+func (p *Batch) GetIncarnation() string {
+	if !p.IsSetIncarnation() {
+		return Batch_Incarnation_DEFAULT
+	}
+	return *p.Incarnation
+}
+func (p *Batch) IsSetIncarnation() bool {
+	return p.Incarnation != nil
+}
+
 func (p *Batch) Read(ctx context.Context, iprot thrift.TProtocol) error {
 	if _, err := iprot.ReadStructBegin(ctx); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
@@ -402,6 +417,16 @@ func (p *Batch) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 4:
 			if fieldTypeId == thrift.I64 {
 				if err := p.ReadField4(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 5:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField5(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -471,6 +496,15 @@ func (p *Batch) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
 	return nil
 }
 
+func (p *Batch) ReadField5(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 5: ", err)
+	} else {
+		p.Incarnation = &v
+	}
+	return nil
+}
+
 func (p *Batch) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "Batch"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
@@ -486,6 +520,9 @@ func (p *Batch) Write(ctx context.Context, oprot thrift.TProtocol) error {
 			return err
 		}
 		if err := p.writeField4(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField5(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -558,6 +595,21 @@ func (p *Batch) writeField4(ctx context.Context, oprot thrift.TProtocol) (err er
 	return err
 }
 
+func (p *Batch) writeField5(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetIncarnation() {
+		if err := oprot.WriteFieldBegin(ctx, "incarnation", thrift.STRING, 5); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 5:incarnation: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.Incarnation)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.incarnation (5) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 5:incarnation: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *Batch) Equals(other *Batch) bool {
 	if p == other {
 		return true
@@ -581,6 +633,14 @@ func (p *Batch) Equals(other *Batch) bool {
 	}
 	if p.ReceivedAtMs != other.ReceivedAtMs {
 		return false
+	}
+	if p.Incarnation != other.Incarnation {
+		if p.Incarnation == nil || other.Incarnation == nil {
+			return false
+		}
+		if (*p.Incarnation) != (*other.Incarnation) {
+			return false
+		}
 	}
 	return true
 }
