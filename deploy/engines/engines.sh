@@ -7,6 +7,9 @@
 #   deploy/engines/engines.sh status        one line per process; exit 0 only if all are up
 #   deploy/engines/engines.sh check         HDFS write/read and a Thrift2 create/put/get against running engines
 #   deploy/engines/engines.sh env           FREEWAY_TEST_* lines: eval "$(deploy/engines/engines.sh env)"
+#   deploy/engines/engines.sh restart NAME  stop one running engine process (SIGTERM, or SIGKILL with --kill)
+#                                           and start it again, waiting until it is usable; NAME is one of
+#                                           zookeeper namenode datanode hbase thrift2 (the chaos test uses it)
 #
 # Everything (configs, classpaths, pids, logs, data) lives under one directory:
 # $FREEWAY_ENGINES_DIR, default ${XDG_CACHE_HOME:-$HOME/.cache}/freeway/engines.
@@ -530,6 +533,43 @@ cmd_check() { # full round trips against running engines (what `up` waits for)
   probe_both "${FREEWAY_ENGINES_CHECK_TIMEOUT:-30}" || die "check failed"
 }
 
+cmd_restart() { # NAME [--kill]
+  local name=${1:-} kill= t0
+  [[ ${2:-} == --kill ]] && kill=1
+  [[ " ${PROCS[*]} " == *" $name "* ]] || die "restart: unknown engine process '$name' (want one of ${PROCS[*]})"
+  lock
+  find_java
+  [[ -f $CPDIR/hdfs.cp && -f $CPDIR/hbase.cp && -d $PROBES/hdfs && -d $PROBES/hbase ]] ||
+    die "run '$0 up' first"
+  pid_of "$name" >/dev/null || die "restart: $name is not running ('$0 up' starts it)"
+  t0=$(now)
+  if [[ -n $kill ]]; then
+    kill -KILL "$(pid_of "$name")" 2>/dev/null || true
+    local i
+    for i in $(seq 100); do
+      pid_of "$name" >/dev/null || break
+      sleep 0.1
+    done
+    rm -f "$RUN/$name.pid"
+    say "killed $name"
+  else
+    stop_proc "$name" 30
+  fi
+  start_proc "$name"
+  case $name in
+    zookeeper) wait_zookeeper ;;
+    namenode | datanode)
+      hdfs_probe_cmd "$TIMEOUT"
+      wait_probe hdfs "$TIMEOUT" "namenode datanode" "${CMD[@]}"
+      ;;
+    hbase | thrift2)
+      hbase_probe_cmd "$TIMEOUT"
+      wait_probe hbase "$TIMEOUT" "hbase thrift2" "${CMD[@]}"
+      ;;
+  esac
+  say "restarted $name in $(since "$t0")s"
+}
+
 cmd_status() {
   local name pid ok=0 state
   for name in "${PROCS[@]}"; do
@@ -554,8 +594,9 @@ case ${1:-} in
   status) cmd_status ;;
   check) cmd_check ;;
   env) print_env ;;
+  restart) cmd_restart "${2:-}" "${3:-}" ;;
   *)
-    echo "usage: $0 up | down [--wipe] | status | check | env" >&2
+    echo "usage: $0 up | down [--wipe] | status | check | env | restart NAME [--kill]" >&2
     exit 2
     ;;
 esac
