@@ -3,6 +3,7 @@ package puma
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/demo"
@@ -27,7 +28,7 @@ func BenchmarkApply(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			t, err := newTable(app)
+			t, err := newTable(app, tableDeps{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -36,13 +37,14 @@ func BenchmarkApply(b *testing.B) {
 			for i := range lines {
 				lines[i] = fmt.Appendf(nil, `{"ts": %d, "user": "u%d", "bytes": %d, "path": "/some/path/%d", "agent": "Mozilla/5.0 (X11; Linux x86_64)"}`, 1_700_000_000+i%60, (i*7919)%groups, i*13%5000, i%100)
 			}
+			bt := newBlockTime(0, time.Now().UnixMilli())
 			for _, l := range lines { // warm the table: measure updates, not inserts
-				t.apply(l, 0)
+				t.apply(l, bt)
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				t.apply(lines[i%len(lines)], 0)
+				t.apply(lines[i%len(lines)], bt)
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 			b.ReportMetric(float64(t.ncells), "cells")
@@ -59,7 +61,7 @@ func BenchmarkApply(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		t, err := newTable(app)
+		t, err := newTable(app, tableDeps{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -67,10 +69,11 @@ func BenchmarkApply(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		bt := newBlockTime(0, time.Now().UnixMilli())
 		b.ReportAllocs()
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
-			t.apply(lines[i%len(lines)], 0)
+			t.apply(lines[i%len(lines)], bt)
 		}
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})

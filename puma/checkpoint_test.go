@@ -77,13 +77,19 @@ func (f *faultStore) fails() int {
 // own the bucket would.
 func testShard(t testing.TB, p *Puma, bucket int) *shard {
 	t.Helper()
+	return testShardOf(t, p, "orders", bucket)
+}
+
+// testShardOf is testShard for a bucket of another category.
+func testShardOf(t testing.TB, p *Puma, category string, bucket int) *shard {
+	t.Helper()
 	co := inproc.NewHub().Session()
 	t.Cleanup(func() { co.Close() })
-	lease, err := co.Acquire(context.Background(), fmt.Sprintf("puma/orders/%d", bucket), p.cfg.ID)
+	lease, err := co.Acquire(context.Background(), fmt.Sprintf("puma/%s/%d", category, bucket), p.cfg.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newShard(p, "orders", bucket, lease)
+	s, err := newShard(p, category, bucket, lease)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +97,19 @@ func testShard(t testing.TB, p *Puma, bucket int) *shard {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// adopt makes a hand-driven shard one of the node's running shards, for
+// the node's read methods.
+func adopt(p *Puma, s *shard) {
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready)
+	}
+	p.mu.Lock()
+	p.shards[shardID{s.category, s.bucket}] = s
+	p.mu.Unlock()
 }
 
 // feed applies lines to a shard as one block at a made-up position.

@@ -28,12 +28,57 @@
 // epoch below the new owner's, after the new owner's purge; those versions
 // would show through the new owner's later commits. Ownership leases are
 // what keeps that window closed in practice (a stale owner stops when its
-// session expires, before the lease can be granted again). Entries from Freeway's agent carry sequence
-// numbers; an entry at or below its agent's high water was counted already
-// and is skipped, so retried batches are not counted twice. Entries from
-// stock Scribe clients have no sequence and are counted once per copy
-// that reaches the dfs.
+// session expires, before the lease can be granted again).
 //
-// What survives a crash: everything up to the last commit; what came after
-// is read again from the bucket files.
+// Deduplication. Entries from Freeway's agent carry sequence numbers, and
+// each block names its sender: "agent_id/incarnation", the incarnation
+// being a secret of the run of the agent's queue that numbered the
+// entries, or "agent_id" alone from older agents. A shard keeps a high
+// water per such key (keys over 128 bytes, or not UTF-8, are kept as the
+// agent id and a hash); an entry at or below its key's high water was
+// counted already and is skipped, so retried batches are not counted
+// twice. Only the agent id, before the first "/", is ever logged. A new
+// incarnation whose first entry is at or below the high water of another
+// incarnation of the same agent id (a queue restored from a backup, or
+// copied to a second host) is counted in freeway_puma_sequence_regressions_total
+// and logged; its entries are counted under their own key, never dropped
+// for it, and a forged block cannot suppress another incarnation's
+// entries. The keys are bounded, so that made-up agent ids cannot bloat
+// the commit row every checkpoint rewrites: a key not seen for
+// puma.dedup_horizon (7d), measured in block arrival time so that a replay
+// of old segments behaves as the first reading did, is forgotten at a
+// checkpoint, and beyond puma.max_agents_per_shard keys the least recently
+// seen are forgotten at once. What that costs: an entry re-sent after its
+// key was forgotten is counted again (at-least-once for that entry);
+// freeway_puma_dedup_keys_forgotten_total counts the keys. Entries from
+// stock Scribe clients have no sequence and are counted once per copy
+// that reaches the dfs. The commit row keeps the high waters in the map
+// the code before wrote (high_water), with the keys' last-seen times in a
+// list beside it, so that either version reads the other's rows.
+//
+// Bad lines. No single line can move an app's watermark far: an event
+// time more than the app's max_future ahead of its block's arrival time
+// (or of this node's clock, when the arrival time is later or missing) is
+// rejected (reason future), and so are event times that are not a moment
+// after 1970 in int64 ms (bad_time: NaN, zero, negative, overflowing).
+// A rejected line changes nothing but the counters: not the watermark,
+// not a cell, so retention cannot drop windows because of it. A watermark
+// committed in the future by an older version is reset on recovery to the
+// latest window loaded. Every line not aggregated is counted in
+// freeway_puma_records_dropped_total by app and reason, logged
+// (rate-limited, clipped) and kept as a sample: the last SamplesPerReason
+// lines per app and reason, clipped, with the reason and the error
+// (Puma.Rejections, and GET /api/v1/apps).
+//
+// Memory. puma.max_cells bounds the cells a node holds over all its
+// shards and apps. Once reached, a line that would create a new cell is
+// refused (reason max_cells), while existing cells keep aggregating; the
+// refused line still moves the watermark, so that retention frees room as
+// time goes on. Committed cells are always loaded whole on recovery, even
+// beyond the bound.
+//
+// What survives a crash: everything up to the last commit (cells,
+// position, high waters with their last-seen times, watermarks); what came
+// after is read again from the bucket files. Counters and samples of
+// rejected lines live in memory only.
 package puma

@@ -170,14 +170,18 @@ func (e *env) publish(category string, bucket int, blocks ...*segment.Block) pta
 	return ptail.Position{Segment: name, Offset: int64(len(b))}
 }
 
+// arrival is the arrival time of the blocks tests make: a day after t0,
+// so that the event times of the tests' lines are in its past.
+const arrival = t0 + 24*3600_000
+
 // stock is a block from a stock Scribe client (no agent, no sequence).
 func stock(lines ...[]byte) *segment.Block {
-	return &segment.Block{ArrivalMs: t0, Messages: lines}
+	return &segment.Block{ArrivalMs: arrival, Messages: lines}
 }
 
 // agent is a block from Freeway's agent with sequence numbers from first.
 func agent(id string, first uint64, lines ...[]byte) *segment.Block {
-	b := &segment.Block{Agent: id, ArrivalMs: t0, Messages: lines}
+	b := &segment.Block{Agent: id, ArrivalMs: arrival, Messages: lines}
 	for i := range lines {
 		b.Seqs = append(b.Seqs, first+uint64(i))
 	}

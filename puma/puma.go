@@ -18,6 +18,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/store"
 )
 
@@ -31,6 +32,20 @@ type Config struct {
 	PollInterval config.Duration `yaml:"poll_interval"`
 	// Table is the store table holding checkpoints.
 	Table string `yaml:"table"`
+	// MaxCells bounds the cells (window × group key) this node holds in
+	// memory, over all its shards and apps. Once reached, a line that
+	// would create a new cell is refused (counted as max_cells); existing
+	// cells keep aggregating.
+	MaxCells int `yaml:"max_cells"`
+	// DedupHorizon: an agent key (agent id and incarnation) not seen for
+	// this long, in arrival time, is forgotten; an entry it re-sends
+	// after that is counted again.
+	DedupHorizon config.Duration `yaml:"dedup_horizon"`
+	// MaxAgentsPerShard bounds the agent keys (agent id and incarnation)
+	// a shard keeps, each up to about 170 bytes of every commit row;
+	// beyond it the least recently seen are forgotten. At most
+	// MaxAgentsLimit.
+	MaxAgentsPerShard int `yaml:"max_agents_per_shard"`
 }
 
 // DefaultConfig returns the defaults.
@@ -39,8 +54,18 @@ func DefaultConfig() Config {
 		CheckpointInterval: config.Duration(5 * time.Second),
 		PollInterval:       config.Duration(200 * time.Millisecond),
 		Table:              "puma",
+		MaxCells:           2_000_000,
+		DedupHorizon:       config.Duration(7 * 24 * time.Hour),
+		MaxAgentsPerShard:  2048,
 	}
 }
+
+// MaxAgentsLimit is the largest max_agents_per_shard. A key costs up to
+// about 170 bytes of the commit row (at most 128 for the key itself), and
+// a commit is a CheckAndPut carrying the previous row and the new one: at
+// 4096 keys that is about 1.4 MiB, within the 2 MB frames of an HBase
+// Thrift gateway as it is configured by default.
+const MaxAgentsLimit = 4096
 
 // Validate checks the configuration.
 func (c *Config) Validate() error {
@@ -51,6 +76,12 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.puma.poll_interval", "must be at least 1ms")
 	case c.Table == "" || !apps.ValidCategory(c.Table):
 		return config.Errorf("$.puma.table", "%q is not a valid table name", c.Table)
+	case c.MaxCells < 1:
+		return config.Errorf("$.puma.max_cells", "must be at least 1")
+	case c.DedupHorizon.D() < time.Minute:
+		return config.Errorf("$.puma.dedup_horizon", "must be at least 1m")
+	case c.MaxAgentsPerShard < 1 || c.MaxAgentsPerShard > MaxAgentsLimit:
+		return config.Errorf("$.puma.max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
 	}
 	return nil
 }
@@ -81,6 +112,10 @@ type Puma struct {
 
 	// running: Run has made its first pass over the shards and not ended.
 	running atomic.Bool
+	// cells bounds the cells in memory (puma.max_cells).
+	cells cellBudget
+	// rejectLog rate-limits what bad input makes the shards log.
+	rejectLog *ratelog.Limiter
 
 	mu     sync.RWMutex
 	shards map[shardID]*shard
@@ -132,6 +167,8 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		p.byCategory[a.Spec.Category] = append(p.byCategory[a.Spec.Category], a)
 	}
 	sort.Strings(p.categories)
+	p.cells.max = int64(cfg.MaxCells)
+	p.rejectLog = ratelog.New(p.log, time.Minute, 5)
 	p.m = newMetrics(deps.Metrics, p)
 	return p, nil
 }
@@ -306,6 +343,9 @@ type metrics struct {
 	checkpointCells   prometheus.Counter
 	checkpointSeconds prometheus.Histogram
 	segmentLag        *prometheus.GaugeVec
+	regressions       prometheus.Counter
+	forgottenHorizon  prometheus.Counter
+	forgottenCap      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
@@ -318,11 +358,14 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 		checkpointCells:   prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoint_cells_total", Help: "Cells written by checkpoints."}),
 		checkpointSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_puma_checkpoint_seconds", Help: "Checkpoint duration.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		segmentLag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_puma_segment_lag", Help: "Published segments not yet read, by shard."}, []string{"category", "bucket"}),
+		regressions:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_sequence_regressions_total", Help: "New agent incarnations whose first entry was at or below another incarnation's high water (a queue restored or copied); their entries are counted."}),
 	}
+	forgotten := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_puma_dedup_keys_forgotten_total", Help: "Agent keys whose high water was forgotten, by reason (horizon: not seen for puma.dedup_horizon; max_agents: over puma.max_agents_per_shard); entries they re-send are counted again."}, []string{"reason"})
+	m.forgottenHorizon, m.forgottenCap = forgotten.WithLabelValues("horizon"), forgotten.WithLabelValues("max_agents")
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag)
+	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten)
 	reg.MustRegister(&tableCollector{p: p})
 	return m
 }
@@ -334,7 +377,7 @@ type tableCollector struct{ p *Puma }
 
 var (
 	descCells     = prometheus.NewDesc("freeway_puma_cells", "Cells (window × group) in memory, by app.", []string{"app"}, nil)
-	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, bad_value, filtered).", []string{"app", "reason"}, nil)
+	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, future, bad_value, max_cells, filtered).", []string{"app", "reason"}, nil)
 	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
 	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
 )
@@ -355,9 +398,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	p.mu.RUnlock()
 	type agg struct {
-		cells                                    float64
-		late, parse, badTime, badValue, filtered float64
-		watermark                                int64
+		cells     float64
+		drops     [nReasons]uint64
+		watermark int64
 	}
 	per := map[string]*agg{}
 	for _, a := range p.apps {
@@ -374,11 +417,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, t := range s.tables {
 			a := per[t.app.Name()]
 			a.cells += float64(t.ncells)
-			a.late += float64(t.late)
-			a.parse += float64(t.parseErrors)
-			a.badTime += float64(t.badTime)
-			a.badValue += float64(t.badValues)
-			a.filtered += float64(t.filtered)
+			for r, n := range t.drops {
+				a.drops[r] += n
+			}
 			a.watermark = max(a.watermark, t.watermark)
 		}
 		s.mu.RUnlock()
@@ -389,8 +430,8 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for name, a := range per {
 		ch <- prometheus.MustNewConstMetric(descCells, prometheus.GaugeValue, a.cells, name)
-		for reason, v := range map[string]float64{"late": a.late, "parse_error": a.parse, "bad_time": a.badTime, "bad_value": a.badValue, "filtered": a.filtered} {
-			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, v, name, reason)
+		for r, n := range a.drops {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), name, reasonNames[r])
 		}
 		if a.watermark > -1<<62 {
 			ch <- prometheus.MustNewConstMetric(descWatermark, prometheus.GaugeValue, float64(a.watermark)/1000, name)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -79,6 +80,22 @@ func TestNewValidates(t *testing.T) {
 	if _, err := New(cfg, e.deps(e.st, e.hub.Session())); err == nil {
 		t.Fatal("bad table accepted")
 	}
+	for _, tc := range []struct {
+		mod  func(c *Config)
+		path string
+	}{
+		{func(c *Config) { c.MaxCells = 0 }, "$.puma.max_cells"},
+		{func(c *Config) { c.DedupHorizon = config.Duration(time.Second) }, "$.puma.dedup_horizon"},
+		{func(c *Config) { c.MaxAgentsPerShard = 0 }, "$.puma.max_agents_per_shard"},
+		{func(c *Config) { c.MaxAgentsPerShard = MaxAgentsLimit + 1 }, "$.puma.max_agents_per_shard"},
+	} {
+		cfg := e.config("n")
+		tc.mod(&cfg)
+		var fe *config.FieldError
+		if _, err := New(cfg, e.deps(e.st, e.hub.Session())); !errors.As(err, &fe) || fe.Path != tc.path {
+			t.Errorf("want an error at %s, got %v", tc.path, err)
+		}
+	}
 }
 
 func TestAppsAndApp(t *testing.T) {
@@ -145,6 +162,9 @@ func TestMetrics(t *testing.T) {
 		"freeway_puma_records_dropped_total{app=orders,reason=bad_time}":    1,
 		"freeway_puma_records_dropped_total{app=orders,reason=filtered}":    1,
 		"freeway_puma_records_dropped_total{app=orders,reason=bad_value}":   4,
+		"freeway_puma_records_dropped_total{app=orders,reason=future}":      0,
+		"freeway_puma_records_dropped_total{app=orders,reason=max_cells}":   0,
+		"freeway_puma_sequence_regressions_total":                           0,
 		"freeway_puma_watermark_seconds{app=orders}":                        float64(t0+61_000) / 1000,
 		"freeway_puma_segment_lag{bucket=0,category=orders}":                0,
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/ptail"
@@ -31,6 +32,14 @@ type commitState struct {
 	Owner      string            `json:"owner"`
 	Lease      int64             `json:"lease,omitempty"` // the owner's lease epoch
 	CommitMs   int64             `json:"commit_ms"`
+	// HighWaterSeen[i] is when the i-th key of HighWater, in byte order,
+	// was last seen (arrival ms): a list beside the map rather than a new
+	// map value, so that a row stays readable by the code before it and
+	// the keys are not written twice. Rows from that code have none.
+	HighWaterSeen []int64 `json:"high_water_seen_ms,omitempty"`
+	// ArrivalMs is the latest arrival time of a block applied: the clock
+	// that dedup keys expire by.
+	ArrivalMs int64 `json:"arrival_ms,omitempty"`
 }
 
 // Store layout, in table cfg.Table:
@@ -73,7 +82,7 @@ type shard struct {
 	mu        sync.RWMutex
 	tables    []*table
 	pos       ptail.Position
-	highWater map[string]uint64
+	highWater *dedup // per agent key
 	dups      uint64
 	entries   uint64
 	// copies of committed.Epoch and committed.Position for Statuses
@@ -96,11 +105,12 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 		bucket:    bucket,
 		lease:     lease,
 		log:       p.log.With("category", category, "bucket", bucket),
-		highWater: map[string]uint64{},
+		highWater: newDedup(p.cfg.MaxAgentsPerShard, p.cfg.DedupHorizon.D().Milliseconds()),
 		ready:     make(chan struct{}),
 	}
+	deps := tableDeps{budget: &p.cells, limiter: p.rejectLog, category: category, bucket: bucket}
 	for _, app := range p.byCategory[category] {
-		t, err := newTable(app)
+		t, err := newTable(app, deps)
 		if err != nil {
 			return nil, err
 		}
@@ -114,6 +124,7 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 func (s *shard) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer s.release()
 	go func() {
 		select {
 		case <-s.lease.Lost():
@@ -215,21 +226,37 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 
 // apply adds a block to every app of the shard and advances the position.
 func (s *shard) apply(b *segment.Block, pos ptail.Position) {
+	bt := newBlockTime(b.ArrivalMs, s.p.now().UnixMilli())
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var key *agentKey
+	if b.Agent != "" && len(b.Seqs) > 0 {
+		var back uint64
+		var backwards bool
+		var evicted int
+		key, back, backwards, evicted = s.highWater.touch(b.Agent, b.Seqs[0], bt.refMs)
+		if backwards {
+			s.p.m.regressions.Inc()
+			s.p.rejectLog.Warn("puma sequence backwards "+s.category, "agent sequence went backwards; its entries are counted",
+				"agent", ratelog.Clip(key.id), "first_seq", b.Seqs[0], "high_water", back, "category", s.category, "bucket", s.bucket)
+		}
+		if evicted > 0 {
+			s.p.m.forgottenCap.Add(float64(evicted))
+		}
+	}
 	var dups, n uint64
 	for i, msg := range b.Messages {
-		if b.Agent != "" {
+		if key != nil {
 			seq := b.Seqs[i]
-			if seq <= s.highWater[b.Agent] {
+			if seq <= key.seq {
 				dups++
 				continue
 			}
-			s.highWater[b.Agent] = seq
+			key.seq = seq
 		}
 		n++
 		for _, t := range s.tables {
-			t.apply(msg, b.ArrivalMs)
+			t.apply(msg, bt)
 		}
 	}
 	s.pos = pos
@@ -305,6 +332,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	s.nextEpoch = max(E, attempt) + 1
 	loaded := 0
+	nowMs := s.p.now().UnixMilli()
 	for _, t := range s.tables {
 		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
 		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
@@ -336,11 +364,19 @@ func (s *shard) recover(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("load cells of app %s: %w", t.app.Name(), err)
 		}
+		if t.watermark > nowMs+t.app.MaxFutureMs {
+			// Committed by a version that let a bad event time through:
+			// left alone, every line would be late until the clock got
+			// there.
+			repaired := t.repairWatermark()
+			s.log.Warn("committed watermark is in the future; reset to the latest window loaded",
+				"app", t.app.Name(), "watermark", fmtMs(t.watermark), "reset_to", fmtMs(repaired))
+			t.watermark = repaired
+		}
 	}
 	s.pos = s.committed.Position
-	for a, hw := range s.committed.HighWater {
-		s.highWater[a] = hw
-	}
+	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
+	s.p.m.forgottenCap.Add(float64(forgot))
 	s.committedEpoch, s.committedPos = E, s.committed.Position
 	s.lastCommit.Store(time.Now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
@@ -371,18 +407,17 @@ func (s *shard) checkpoint(ctx context.Context) error {
 
 	// Snapshot under the lock; write outside it.
 	s.mu.Lock()
+	s.p.m.forgottenHorizon.Add(float64(s.highWater.expire()))
 	state := commitState{
 		Epoch:      epoch,
 		Position:   s.pos,
-		HighWater:  make(map[string]uint64, len(s.highWater)),
 		Watermarks: map[string]int64{},
 		Owner:      s.p.cfg.ID,
 		Lease:      s.lease.Epoch(),
 		CommitMs:   s.p.now().UnixMilli(),
+		ArrivalMs:  s.highWater.clockMs,
 	}
-	for a, hw := range s.highWater {
-		state.HighWater[a] = hw
-	}
+	state.HighWater, state.HighWaterSeen = s.highWater.save()
 	type pending struct {
 		t    *table
 		keys []cellKey
@@ -478,6 +513,15 @@ func (s *shard) snapshot(fn func(tables []*table)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	fn(s.tables)
+}
+
+// release gives the shard's cells back to the node's budget.
+func (s *shard) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.tables {
+		t.release()
+	}
 }
 
 func isBadTime(err error) bool { return errors.Is(err, apps.ErrBadTime) }

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
 // cellKey is a cell's place in an app's table.
@@ -37,26 +39,96 @@ type table struct {
 	// records land in the current window.
 	lastW     int64
 	lastCells map[string][]float64
-	watermark int64 // highest event time seen, ms
+	watermark int64 // highest event time aggregated, ms
 	extractor *apps.Extractor
+	deps      tableDeps
 
-	// counters since start, for metrics
-	late, parseErrors, badTime, badValues, filtered uint64
+	// drops counts records not aggregated since start, by reason (bad
+	// values: inputs); samples keeps the last lines of each reason.
+	drops   [nReasons]uint64
+	samples [nReasons]sampleRing
+	logKeys [nReasons]string
+	nextLog [nReasons]int64 // ms before which the reason is not logged again
 }
 
-func newTable(app *apps.App) (*table, error) {
+// tableDeps is what a table shares with its node; the zero value (for
+// tests) bounds nothing and logs nothing.
+type tableDeps struct {
+	budget   *cellBudget
+	limiter  *ratelog.Limiter
+	category string
+	bucket   int
+}
+
+// blockTime is what a table is told of the block a line came in.
+type blockTime struct {
+	// arrivalMs is the block's arrival time: the event time of apps
+	// without a time field.
+	arrivalMs int64
+	// refMs bounds event times: a line more than the app's max_future
+	// beyond it is rejected. It is the arrival time, or Puma's clock
+	// when the arrival time is later or missing: an arrival time comes
+	// from another process and is not trusted blindly.
+	refMs int64
+	nowMs int64 // Puma's clock, for samples
+}
+
+// newBlockTime returns the times of a block that arrived at arrivalMs,
+// read at nowMs.
+func newBlockTime(arrivalMs, nowMs int64) blockTime {
+	ref := arrivalMs
+	if ref <= 0 || ref > nowMs {
+		ref = nowMs
+	}
+	return blockTime{arrivalMs: arrivalMs, refMs: ref, nowMs: nowMs}
+}
+
+func newTable(app *apps.App, deps tableDeps) (*table, error) {
 	l, err := newLayout(app)
 	if err != nil {
 		return nil, err
 	}
-	return &table{
+	t := &table{
 		app:       app,
 		layout:    l,
 		fp:        fingerprint(app),
 		windows:   map[int64]map[string][]float64{},
 		watermark: -1 << 62,
 		extractor: app.NewExtractor(),
-	}, nil
+		deps:      deps,
+	}
+	for r, name := range reasonNames {
+		t.logKeys[r] = "puma reject " + app.Name() + " " + name
+	}
+	return t, nil
+}
+
+// cellBudget bounds the cells a node holds in memory (puma.max_cells),
+// across its shards and apps. A nil budget bounds nothing.
+type cellBudget struct {
+	max int64
+	n   atomic.Int64
+}
+
+// take reserves room for one new cell; it is the one place where the
+// bound is checked.
+func (b *cellBudget) take() bool {
+	if b == nil {
+		return true
+	}
+	if b.n.Add(1) > b.max {
+		b.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+// add accounts for cells that come without asking (loaded from the store:
+// committed state is always loaded whole) or go (n < 0).
+func (b *cellBudget) add(n int) {
+	if b != nil {
+		b.n.Add(int64(n))
+	}
 }
 
 func fingerprint(app *apps.App) string {
@@ -68,40 +140,61 @@ func fingerprint(app *apps.App) string {
 	return fmt.Sprintf("%08x", uint32(xxhash.Sum64String(b.String())))
 }
 
-// apply feeds one line to the table.
-func (t *table) apply(line []byte, arrivalMs int64) {
-	ex, err := t.extractor.Extract(line, arrivalMs)
+// apply feeds one line to the table. A line it rejects changes nothing
+// but the counters and samples (not the watermark, not a cell), except
+// that a line refused for want of room (puma.max_cells) moves the
+// watermark like any line with a good time.
+func (t *table) apply(line []byte, bt blockTime) {
+	ex, err := t.extractor.Extract(line, bt.arrivalMs)
 	if err != nil {
 		switch {
 		case errors.Is(err, apps.ErrFiltered):
-			t.filtered++
+			t.reject(1, why{reason: reasonFiltered}, line, bt)
 		case isBadTime(err):
-			t.badTime++
+			t.reject(1, why{reason: reasonBadTime, err: err}, line, bt)
 		default:
-			t.parseErrors++
+			t.reject(1, why{reason: reasonParse, err: err}, line, bt)
 		}
 		return
 	}
-	if ex.TimeMs > t.watermark {
-		t.watermark = ex.TimeMs
-	}
-	if ex.TimeMs < t.watermark-t.app.LatenessMs {
-		t.late++
+	ts := ex.TimeMs
+	if ts > bt.refMs+t.app.MaxFutureMs {
+		t.reject(1, why{reason: reasonFuture, a: ts, b: bt.refMs, c: t.app.MaxFutureMs}, line, bt)
 		return
 	}
-	w := t.app.WindowStart(ex.TimeMs)
-	cells := t.lastCells
-	if cells == nil || w != t.lastW {
-		cells = t.window(w)
-		t.lastW, t.lastCells = w, cells
+	// Late against the watermark before this line: a line later than the
+	// watermark is never late.
+	if ts < t.watermark-t.app.LatenessMs {
+		t.reject(1, why{reason: reasonLate, a: ts, b: t.watermark, c: t.app.LatenessMs}, line, bt)
+		return
 	}
-	cell, ok := cells[ex.Key]
+	w := t.app.WindowStart(ts)
+	if t.lastCells == nil || w != t.lastW {
+		t.lastW, t.lastCells = w, t.windows[w] // nil if the window has no cells yet
+	}
+	cell, ok := t.lastCells[ex.Key]
 	if !ok {
+		if !t.deps.budget.take() {
+			// The line's time is good: let it move the watermark, so that
+			// retention frees room once time moves on (every line of a
+			// new window needs a new cell).
+			t.watermark = max(t.watermark, ts)
+			t.reject(1, why{reason: reasonMaxCells, a: t.deps.budget.max}, line, bt)
+			return
+		}
+		if t.lastCells == nil {
+			t.lastCells = t.window(w)
+		}
 		cell = t.layout.newCell()
-		cells[ex.Key] = cell
+		t.lastCells[ex.Key] = cell
 		t.ncells++
 	}
-	t.badValues += uint64(t.layout.add(cell, ex.Inputs))
+	if ts > t.watermark {
+		t.watermark = ts
+	}
+	if bad := t.layout.add(cell, ex.Inputs); bad > 0 {
+		t.reject(uint64(bad), why{reason: reasonBadValue, a: int64(bad)}, line, bt)
+	}
 	if !t.layout.marked(cell) {
 		t.layout.mark(cell, true)
 		t.dirty = append(t.dirty, cellKey{window: w, key: ex.Key})
@@ -118,13 +211,32 @@ func (t *table) window(w int64) map[string][]float64 {
 	return cells
 }
 
-// load puts a cell read from the store (not dirty).
+// load puts a cell read from the store (not dirty). Committed cells are
+// loaded even beyond puma.max_cells: they are what the store says.
 func (t *table) load(w int64, key string, cell []float64) {
 	cells := t.window(w)
 	if _, ok := cells[key]; !ok {
 		t.ncells++
+		t.deps.budget.add(1)
 	}
 	cells[key] = cell
+}
+
+// repairWatermark returns the start of the latest window loaded, a
+// watermark the table's cells are consistent with.
+func (t *table) repairWatermark() int64 {
+	wm := int64(-1 << 62)
+	for w := range t.windows {
+		wm = max(wm, w)
+	}
+	return wm
+}
+
+// release gives the table's cells back to the node's budget (the shard
+// stops).
+func (t *table) release() {
+	t.deps.budget.add(-t.ncells)
+	t.ncells = 0
 }
 
 // each calls fn for every cell whose window starts in [from, to).
@@ -178,6 +290,7 @@ func (t *table) expire() []int64 {
 	for w, cells := range t.windows {
 		if w+t.app.WindowMs <= horizon {
 			t.ncells -= len(cells)
+			t.deps.budget.add(-len(cells))
 			delete(t.windows, w)
 			gone = append(gone, w)
 			if w == t.lastW {

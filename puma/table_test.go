@@ -14,6 +14,9 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 )
 
+// at is the time of a block that arrived at arrivalMs and is read now.
+func at(arrivalMs int64) blockTime { return newBlockTime(arrivalMs, time.Now().UnixMilli()) }
+
 // dump lists a table's cells as "window(s from t0) key values".
 func dump(tb *table) []string {
 	var out []string
@@ -33,7 +36,7 @@ func dump(tb *table) []string {
 }
 
 func TestEventTimeWindows(t *testing.T) {
-	tb, err := newTable(orders(t))
+	tb, err := newTable(orders(t), tableDeps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +48,7 @@ func TestEventTimeWindows(t *testing.T) {
 		order(t0+30_000, "us", "pen", nil), // no amount: counted only
 		order(t0-1, "eu", "book", 1),       // the window before t0
 	} {
-		tb.apply(l, 0)
+		tb.apply(l, at(arrival))
 	}
 	equalRows(t, "cells", dump(tb), []string{
 		"+0s eu|book {hi=20 lo=10 mean=15 n=2 total=30}",
@@ -60,67 +63,67 @@ func TestEventTimeWindows(t *testing.T) {
 }
 
 func TestArrivalTimeWithoutTimeField(t *testing.T) {
-	tb, err := newTable(orders(t, func(s *apps.Spec) { s.Time = nil }))
+	tb, err := newTable(orders(t, func(s *apps.Spec) { s.Time = nil }), tableDeps{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb.apply(order(0, "eu", "book", 1), t0+61_000)
+	tb.apply(order(0, "eu", "book", 1), at(t0+61_000))
 	equalRows(t, "cells", dump(tb), []string{"+60s eu|book {hi=1 lo=1 mean=1 n=1 total=1}"})
 }
 
 func TestLateness(t *testing.T) {
-	tb, err := newTable(orders(t)) // lateness 5m
+	tb, err := newTable(orders(t), tableDeps{}) // lateness 5m
 	if err != nil {
 		t.Fatal(err)
 	}
 	wm := t0 + 10*60_000
-	tb.apply(order(wm, "eu", "book", 1), 0)
-	tb.apply(order(wm-5*60_000, "eu", "book", 2), 0)   // exactly at the limit: counted
-	tb.apply(order(wm-5*60_000-1, "eu", "book", 4), 0) // beyond: late
-	tb.apply(order(t0-3600_000, "eu", "book", 8), 0)   // far beyond: late
-	if tb.late != 2 {
-		t.Fatalf("late = %d, want 2", tb.late)
+	tb.apply(order(wm, "eu", "book", 1), at(arrival))
+	tb.apply(order(wm-5*60_000, "eu", "book", 2), at(arrival))   // exactly at the limit: counted
+	tb.apply(order(wm-5*60_000-1, "eu", "book", 4), at(arrival)) // beyond: late
+	tb.apply(order(t0-3600_000, "eu", "book", 8), at(arrival))   // far beyond: late
+	if tb.drops[reasonLate] != 2 {
+		t.Fatalf("late = %d, want 2", tb.drops[reasonLate])
 	}
 	equalRows(t, "cells", dump(tb), []string{
 		"+300s eu|book {hi=2 lo=2 mean=2 n=1 total=2}",
 		"+600s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
 	})
 	// A later record moves the watermark; an earlier one does not.
-	tb.apply(order(wm-60_000, "eu", "book", 1), 0)
+	tb.apply(order(wm-60_000, "eu", "book", 1), at(arrival))
 	if tb.watermark != wm {
 		t.Fatalf("watermark moved back to %d", tb.watermark-t0)
 	}
 }
 
 func TestDropReasons(t *testing.T) {
-	tb, err := newTable(orders(t, func(s *apps.Spec) { s.Where = `kind != "refund"` }))
+	tb, err := newTable(orders(t, func(s *apps.Spec) { s.Where = `kind != "refund"` }), tableDeps{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb.apply([]byte(`not json`), 0)
-	tb.apply([]byte(`{"region": "eu", "kind": "x"}`), 0) // no time
-	tb.apply([]byte(`{"ts": "soon", "kind": "x"}`), 0)   // bad time
-	tb.apply(order(t0, "eu", "refund", 1), 0)            // filtered
-	tb.apply(order(t0, "eu", "book", "lots"), 0)         // counted, amount bad ×4 aggregates
-	if tb.parseErrors != 1 || tb.badTime != 2 || tb.filtered != 1 || tb.badValues != 4 || tb.late != 0 {
-		t.Fatalf("parse %d badTime %d filtered %d badValues %d late %d", tb.parseErrors, tb.badTime, tb.filtered, tb.badValues, tb.late)
+	tb.apply([]byte(`not json`), at(arrival))
+	tb.apply([]byte(`{"region": "eu", "kind": "x"}`), at(arrival)) // no time
+	tb.apply([]byte(`{"ts": "soon", "kind": "x"}`), at(arrival))   // bad time
+	tb.apply(order(t0, "eu", "refund", 1), at(arrival))            // filtered
+	tb.apply(order(t0, "eu", "book", "lots"), at(arrival))         // counted, amount bad ×4 aggregates
+	if d := tb.drops; d[reasonParse] != 1 || d[reasonBadTime] != 2 || d[reasonFiltered] != 1 || d[reasonBadValue] != 4 || d[reasonLate] != 0 {
+		t.Fatalf("drops %v (%v)", d, reasonNames)
 	}
 	equalRows(t, "cells", dump(tb), []string{"+0s eu|book {hi=null lo=null mean=null n=1 total=0}"})
 }
 
 func TestRetentionInMemory(t *testing.T) {
-	tb, err := newTable(orders(t)) // window 1m, retention 1h
+	tb, err := newTable(orders(t), tableDeps{}) // window 1m, retention 1h
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range []int64{0, 59, 60} {
-		tb.apply(order(t0+m*60_000, "eu", "book", 1), 0)
+		tb.apply(order(t0+m*60_000, "eu", "book", 1), at(arrival))
 	}
-	tb.apply(order(t0+120*60_000-1, "eu", "book", 1), 0) // watermark: t0+2h-1ms
+	tb.apply(order(t0+120*60_000-1, "eu", "book", 1), at(arrival)) // watermark: t0+2h-1ms
 	if gone := tb.expire(); len(gone) != 1 || gone[0] != t0 {
 		t.Fatalf("expired %v, want [t0] (horizon t0+1h-1ms)", gone)
 	}
-	tb.apply(order(t0+120*60_000, "eu", "book", 1), 0) // horizon t0+1h: the window ending there goes
+	tb.apply(order(t0+120*60_000, "eu", "book", 1), at(arrival)) // horizon t0+1h: the window ending there goes
 	gone := tb.expire()
 	if len(gone) != 1 || gone[0] != t0+59*60_000 {
 		t.Fatalf("expired %v, want [t0+59m]", gone)
@@ -169,7 +172,8 @@ func TestDirtyCells(t *testing.T) {
 	tb, err := newTable(orders(t, func(s *apps.Spec) {
 		s.Retention = config.Duration(time.Minute)
 		s.AllowedLateness = config.Duration(time.Hour)
-	}))
+		s.MaxFuture = config.Duration(30 * time.Second)
+	}), tableDeps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,10 +185,10 @@ func TestDirtyCells(t *testing.T) {
 		sort.Strings(out)
 		return out
 	}
-	tb.apply(order(t0, "eu", "book", 1), 0)
-	tb.apply(order(t0, "eu", "book", 1), 0)
-	tb.apply(order(t0+60_000, "eu", "book", 1), 0)
-	tb.apply(order(t0, "us", "book", 1), 0)
+	tb.apply(order(t0, "eu", "book", 1), at(arrival))
+	tb.apply(order(t0, "eu", "book", 1), at(arrival))
+	tb.apply(order(t0+60_000, "eu", "book", 1), at(arrival))
+	tb.apply(order(t0, "us", "book", 1), at(arrival))
 	if len(tb.dirty) != 3 {
 		t.Fatalf("dirty list %v: a cell changed twice is listed once", tb.dirty)
 	}
@@ -196,15 +200,15 @@ func TestDirtyCells(t *testing.T) {
 	equalRows(t, "remarked", taken(), []string{"+0s eu|book n=2"})
 
 	// Expire the window at t0, dirty; then bring it back.
-	tb.apply(order(t0, "eu", "book", 1), 0)
-	tb.apply(order(t0+150_000, "eu", "book", 1), 0) // horizon t0+90s
+	tb.apply(order(t0, "eu", "book", 1), at(arrival))
+	tb.apply(order(t0+150_000, "eu", "book", 1), at(arrival)) // horizon t0+90s
 	if gone := tb.expire(); len(gone) != 1 || gone[0] != t0 {
 		t.Fatalf("expired %v", gone)
 	}
 	if tb.ncells != 2 {
 		t.Fatalf("%d cells", tb.ncells)
 	}
-	tb.apply(order(t0, "eu", "book", 1), 0) // late, allowed: a new cell
+	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // late, allowed: a new cell
 	if tb.ncells != 3 {
 		t.Fatalf("%d cells", tb.ncells)
 	}

@@ -272,6 +272,27 @@ type AppJSON struct {
 	GroupBy       []string        `json:"group_by"`
 	Where         string          `json:"where,omitempty"`
 	Aggregates    []AggregateJSON `json:"aggregates"`
+	// Dropped and Rejected are what the app did not aggregate on this
+	// node since its shards started here: records by reason, and the last
+	// few lines of each reason. Only a Puma node knows them (not the
+	// store): absent when serving answers from the store.
+	Dropped  map[string]uint64 `json:"dropped,omitempty"`
+	Rejected []RejectedJSON    `json:"rejected,omitempty"`
+}
+
+// RejectedJSON is a line an app did not aggregate.
+type RejectedJSON struct {
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
+	Line   string `json:"line"` // clipped
+	Bucket int    `json:"bucket"`
+	At     string `json:"at"` // when Puma read it, RFC 3339
+}
+
+// rejectionSource is a source that keeps what its apps did not aggregate:
+// a Puma node.
+type rejectionSource interface {
+	Rejections(app string) (puma.Rejections, bool)
 }
 
 // AggregateJSON describes one aggregate.
@@ -295,8 +316,18 @@ func describe(a *apps.App) AppJSON {
 
 func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 	var out []AppJSON
+	rs, _ := s.deps.Source.(rejectionSource)
 	for _, a := range s.deps.Source.Apps() {
-		out = append(out, describe(a))
+		j := describe(a)
+		if rs != nil {
+			if rej, ok := rs.Rejections(a.Name()); ok {
+				j.Dropped = rej.Dropped
+				for _, x := range rej.Samples {
+					j.Rejected = append(j.Rejected, RejectedJSON{Reason: x.Reason, Error: x.Error, Line: x.Line, Bucket: x.Bucket, At: x.At.UTC().Format(time.RFC3339Nano)})
+				}
+			}
+		}
+		out = append(out, j)
 	}
 	if out == nil {
 		out = []AppJSON{}

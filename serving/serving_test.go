@@ -198,6 +198,43 @@ func TestApps(t *testing.T) {
 	}
 }
 
+// rejectingSource is a source that keeps rejected lines, as a Puma node.
+type rejectingSource struct {
+	*fakeSource
+	rej map[string]puma.Rejections
+}
+
+func (r *rejectingSource) Rejections(app string) (puma.Rejections, bool) {
+	x, ok := r.rej[app]
+	return x, ok
+}
+
+// TestAppsWithRejections: a Puma node's apps list what they did not
+// aggregate, by reason, with the last rejected lines.
+func TestAppsWithRejections(t *testing.T) {
+	src := &rejectingSource{fakeSource: &fakeSource{apps: testApps(t)}, rej: map[string]puma.Rejections{
+		"orders": {
+			Dropped: map[string]uint64{"future": 2, "late": 0},
+			Samples: []puma.Rejected{{Reason: "future", Error: "event time 2100-01-01T00:00:00Z is ahead", Line: `{"ts": 4102444800}`, Bucket: 3, At: now}},
+		},
+	}}
+	w := get(t, newServer(t, src), "/api/v1/apps")
+	var got struct {
+		Apps []AppJSON `json:"apps"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || len(got.Apps) != 2 {
+		t.Fatalf("%v: %s", err, w.Body)
+	}
+	o, web := got.Apps[0], got.Apps[1]
+	want := []RejectedJSON{{Reason: "future", Error: "event time 2100-01-01T00:00:00Z is ahead", Line: `{"ts": 4102444800}`, Bucket: 3, At: "2024-05-06T07:08:09Z"}}
+	if !reflect.DeepEqual(o.Dropped, map[string]uint64{"future": 2, "late": 0}) || !reflect.DeepEqual(o.Rejected, want) {
+		t.Fatalf("orders: %+v", o)
+	}
+	if web.Dropped != nil || web.Rejected != nil || strings.Contains(w.Body.String(), `"rejected":null`) {
+		t.Fatalf("web_hits: %+v in %s", web, w.Body)
+	}
+}
+
 func TestQueryParameters(t *testing.T) {
 	src := &fakeSource{apps: testApps(t)}
 	s := newServer(t, src, func(c *Config, d *Deps) { c.MaxRows = 500 })

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
 // App is a validated, compiled app.
@@ -21,6 +23,9 @@ type App struct {
 	fields                            []string
 	timeField                         string
 	timeParse                         func(Value) (int64, error)
+
+	// MaxFutureMs is the spec's max_future in ms.
+	MaxFutureMs int64
 }
 
 // Agg is one compiled aggregate.
@@ -42,6 +47,7 @@ func Compile(s Spec, path string) (*App, error) {
 		WindowMs:    s.Window.D().Milliseconds(),
 		LatenessMs:  s.AllowedLateness.D().Milliseconds(),
 		RetentionMs: s.Retention.D().Milliseconds(),
+		MaxFutureMs: s.MaxFuture.D().Milliseconds(),
 	}
 	for _, ref := range s.fieldRefs() {
 		if !slices.Contains(a.fields, ref.name) {
@@ -93,7 +99,9 @@ type Extracted struct {
 var (
 	// ErrFiltered: the where filter rejected the line (not an error to log).
 	ErrFiltered = errors.New("filtered out by where")
-	// ErrBadTime: the time field is missing or does not fit the layout.
+	// ErrBadTime: the time field is missing, does not fit the layout, or
+	// is not a time after 1970 that fits in int64 ms; or the record has
+	// no time field and no arrival time.
 	ErrBadTime = errors.New("bad event time")
 )
 
@@ -130,6 +138,9 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 	}
 	out := &x.out
 	out.TimeMs = arrivalMs
+	if a.timeField == "" && arrivalMs <= 0 {
+		return nil, fmt.Errorf("%w: no arrival time (%d)", ErrBadTime, arrivalMs)
+	}
 	if a.timeField != "" {
 		v, ok := x.rec.Get(a.timeField)
 		if !ok {
@@ -220,15 +231,25 @@ func DecodeKey(key string, n int) []string {
 	return strings.SplitN(key, "\x00", n)
 }
 
-// newTimeParser returns a parser of event times (ms) for a layout.
+// newTimeParser returns a parser of event times (ms) for a layout. Times
+// at or before 1970-01-01T00:00:00Z are refused (a zero or negative value
+// is a missing or broken clock, not an event), and so are NaN, infinities
+// and numbers whose ms do not fit in int64 (a conversion would wrap).
 func newTimeParser(layout string) (func(Value) (int64, error), error) {
 	unix := func(scale float64) func(Value) (int64, error) {
 		return func(v Value) (int64, error) {
 			n, ok := v.Number()
 			if !ok || math.IsNaN(n) || math.IsInf(n, 0) {
-				return 0, fmt.Errorf("%q is not a number", v.String())
+				return 0, fmt.Errorf("%q is not a number", ratelog.Clip(v.String()))
 			}
-			return int64(n * scale), nil
+			ms := n * scale
+			switch {
+			case ms >= math.MaxInt64: // 2^63: the first float64 past the int64 range
+				return 0, fmt.Errorf("%s does not fit in int64 ms", ratelog.Clip(v.String()))
+			case ms < 1:
+				return 0, fmt.Errorf("%s is not after 1970-01-01T00:00:00Z", ratelog.Clip(v.String()))
+			}
+			return int64(ms), nil
 		}
 	}
 	switch layout {
@@ -255,9 +276,12 @@ func newTimeParser(layout string) (func(Value) (int64, error), error) {
 		}
 		t, err := time.Parse(layout, v.Str)
 		if err != nil {
-			return 0, fmt.Errorf("%q does not fit layout %q", v.Str, layout)
+			return 0, fmt.Errorf("%q does not fit layout %q", ratelog.Clip(v.Str), layout)
 		}
-		return t.UnixMilli(), nil
+		if ms := t.UnixMilli(); ms >= 1 {
+			return ms, nil
+		}
+		return 0, fmt.Errorf("%q is not after 1970-01-01T00:00:00Z", ratelog.Clip(v.Str))
 	}, nil
 }
 

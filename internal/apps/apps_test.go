@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
 )
@@ -203,6 +204,14 @@ func TestValidation(t *testing.T) {
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "median", Field: "x"}} }, "$.apps[0].aggregates[0].fn", "unknown function"},
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "sum"}} }, "$.apps[0].aggregates[0]", "needs a field"},
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "count"}, {Fn: "count"}} }, "$.apps[0].aggregates[1].name", "used twice"},
+		{func(s *Spec) { s.MaxFuture = -1 }, "$.apps[0].max_future", "must be positive"},
+		{func(s *Spec) { s.MaxFuture = config.Duration(2 * time.Hour) }, "$.apps[0].max_future", "must not exceed allowed_lateness (1h)"},
+		{func(s *Spec) { s.Retention = config.Duration(time.Hour) }, "$.apps[0].max_future", "must be less than retention (1h)"},
+		{func(s *Spec) {
+			s.AllowedLateness = config.Duration(3 * time.Hour)
+			s.MaxFuture = config.Duration(2 * time.Hour)
+			s.Retention = config.Duration(2 * time.Hour)
+		}, "$.apps[0].max_future", "less than retention"},
 	}
 	for _, tc := range cases {
 		s := base()
@@ -215,6 +224,15 @@ func TestValidation(t *testing.T) {
 	}
 	if _, err := Compile(base(), "$.apps[0]"); err != nil {
 		t.Fatal(err)
+	}
+	// max_future defaults to 1h, or to allowed_lateness if that is shorter.
+	for lateness, want := range map[time.Duration]int64{0: 3600_000, 2 * time.Hour: 3600_000, 5 * time.Minute: 300_000} {
+		s := base()
+		s.AllowedLateness = config.Duration(lateness)
+		a, err := Compile(s, "$.apps[0]")
+		if err != nil || a.MaxFutureMs != want {
+			t.Errorf("allowed_lateness %v: max_future %d ms, %v; want %d", lateness, a.MaxFutureMs, err, want)
+		}
 	}
 }
 
@@ -234,6 +252,62 @@ func TestTimeLayouts(t *testing.T) {
 		ms, err := p(in)
 		if err != nil || ms != 1700000000000 {
 			t.Errorf("%s(%v) = %d, %v", layout, in, ms, err)
+		}
+	}
+}
+
+// TestTimeOutOfRange: times that are not a moment after 1970 in int64 ms
+// (NaN, infinities, zero, negative, overflowing) are bad times; a
+// conversion must never wrap.
+func TestTimeOutOfRange(t *testing.T) {
+	cases := []struct {
+		layout string
+		in     Value
+		msg    string
+	}{
+		{"unix", Value{Str: "NaN"}, "not a number"},
+		{"unix", Value{Str: "-Inf"}, "not a number"},
+		{"unix", Value{Str: "+Inf"}, "not a number"},
+		{"unix", Value{Str: "0"}, "not after 1970"},
+		{"unix", Value{Str: "-1700000000"}, "not after 1970"},
+		{"unix_ms", Value{Num: 0.5, IsNum: true}, "not after 1970"},
+		{"unix", Value{Str: "1e300"}, "does not fit in int64 ms"},
+		{"unix", Value{Str: "9223372036854776"}, "does not fit in int64 ms"}, // 2^63 ms
+		{"unix_ms", Value{Str: "9223372036854775808"}, "does not fit in int64 ms"},
+		{"unix_ns", Value{Str: "1e40"}, "does not fit in int64 ms"},
+		{"unix", Value{Str: "-1e300"}, "not after 1970"},
+		{"rfc3339", Value{Str: "1970-01-01T00:00:00Z"}, "not after 1970"},
+		{"rfc3339", Value{Str: "0001-01-01T00:00:00Z"}, "not after 1970"},
+		{"unix", Value{Str: strings.Repeat("9", 10000) + "x"}, "bytes)"}, // clipped
+	}
+	for _, tc := range cases {
+		p, err := newTimeParser(tc.layout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms, err := p(tc.in)
+		if err == nil || !strings.Contains(err.Error(), tc.msg) || len(err.Error()) > 400 {
+			t.Errorf("%s(%.40v) = %d, %v; want an error with %q", tc.layout, tc.in, ms, err, tc.msg)
+		}
+	}
+	// The largest times that fit are taken.
+	p, _ := newTimeParser("unix_ms")
+	if ms, err := p(Value{Str: "9223372036854774784"}); err != nil || ms != 9223372036854774784 {
+		t.Errorf("largest unix_ms: %d, %v", ms, err)
+	}
+	if ms, err := p(Value{Str: "1"}); err != nil || ms != 1 {
+		t.Errorf("1 ms: %d, %v", ms, err)
+	}
+	// Through Extract: a bad time, and no arrival time for an app without
+	// a time field.
+	a := mustCompile(t, Spec{Name: "a", Category: "c", Time: &TimeSpec{Field: "ts", Layout: "unix"}, Aggregates: []AggregateSpec{{Fn: "count"}}})
+	if _, err := a.NewExtractor().Extract([]byte(`{"ts": -5}`), 1); !errors.Is(err, ErrBadTime) {
+		t.Errorf("negative time: %v", err)
+	}
+	arr := mustCompile(t, Spec{Name: "a", Category: "c", Aggregates: []AggregateSpec{{Fn: "count"}}})
+	for _, arrival := range []int64{0, -1} {
+		if _, err := arr.NewExtractor().Extract([]byte(`{}`), arrival); !errors.Is(err, ErrBadTime) {
+			t.Errorf("arrival %d: %v", arrival, err)
 		}
 	}
 }

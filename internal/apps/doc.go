@@ -4,6 +4,12 @@
 // event time, its where filter, its group key, and the shard key that
 // calligraphus routes a category by.
 //
+// An event time must be a moment after 1970 that fits in int64 ms: NaN,
+// infinities, zero, negative and overflowing values are ErrBadTime, never
+// converted (a conversion would wrap). How far ahead of its arrival an
+// event time may be (the app's max_future) is checked by Puma, which knows
+// the arrival.
+//
 // An app is validated as a whole before anything starts; a FieldError names
 // the YAML path of what is wrong so that the config loader can point at
 // the file, line and column.

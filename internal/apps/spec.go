@@ -30,6 +30,13 @@ type Spec struct {
 	Where      string          `yaml:"where"`
 	GroupBy    []string        `yaml:"group_by"`
 	Aggregates []AggregateSpec `yaml:"aggregates"`
+	// MaxFuture: a record whose event time is more than this ahead of its
+	// arrival time (or of Puma's clock, if the arrival time is later) is
+	// rejected, so that one bad clock or a value in the wrong unit cannot
+	// move the watermark. At most allowed_lateness (so that a record
+	// accepted at the limit makes no record of its own arrival time late)
+	// and less than retention. Default: 1h, or allowed_lateness if shorter.
+	MaxFuture config.Duration `yaml:"max_future"`
 }
 
 // TimeSpec says where a record's event time is.
@@ -52,6 +59,7 @@ const (
 	DefaultWindow          = time.Minute
 	DefaultAllowedLateness = time.Hour
 	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultMaxFuture       = time.Hour
 )
 
 // Fn describes an aggregate function.
@@ -111,6 +119,9 @@ func (s *Spec) SetDefaults() {
 	}
 	if s.Retention == 0 {
 		s.Retention = config.Duration(DefaultRetention)
+	}
+	if s.MaxFuture == 0 {
+		s.MaxFuture = config.Duration(min(DefaultMaxFuture, s.AllowedLateness.D()))
 	}
 	if s.Format == "tsv" && s.Separator == "" {
 		s.Separator = "\t"
@@ -185,6 +196,17 @@ func (s *Spec) Validate(path string) error {
 	}
 	if s.Retention.D() < s.Window.D() {
 		return errAt(path+".retention", "must be at least one window (%v)", s.Window)
+	}
+	// A record accepted max_future ahead of its arrival moves the watermark
+	// there: records allowed_lateness behind it become late, and windows
+	// retention behind it are dropped.
+	switch {
+	case s.MaxFuture <= 0:
+		return errAt(path+".max_future", "must be positive")
+	case s.MaxFuture > s.AllowedLateness:
+		return errAt(path+".max_future", "must not exceed allowed_lateness (%v): a record accepted max_future ahead would make the records of its own arrival time late", s.AllowedLateness)
+	case s.MaxFuture >= s.Retention:
+		return errAt(path+".max_future", "must be less than retention (%v): a record accepted max_future ahead would drop the windows of its own arrival time", s.Retention)
 	}
 	seen := map[string]bool{}
 	for i, g := range s.GroupBy {

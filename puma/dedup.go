@@ -1,0 +1,203 @@
+package puma
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+	"sort"
+	"strings"
+	"unicode/utf8"
+)
+
+// A shard drops an agent entry it has counted already: each block from
+// Freeway's agent names its sender in Block.Agent, "agent_id/incarnation"
+// (or "agent_id" from agents that predate incarnations), and numbers its
+// entries; an entry at or below the high water of its key is a re-send.
+// The incarnation is a secret of the agent's queue run: only the agent id,
+// before the first "/", is ever logged.
+
+// maxAgentKey bounds the length of a key as the shard keeps it: a longer
+// one, or one that is not valid UTF-8 (JSON would not keep it byte for
+// byte in the commit row), is kept as its agent id, clipped, and a hash of
+// the whole.
+const maxAgentKey = 128
+
+// maxAgentID bounds the agent id kept in a hashed key.
+const maxAgentID = 64
+
+// dedupKey is the key a shard keeps for a block's Agent.
+func dedupKey(agent string) string {
+	if len(agent) <= maxAgentKey && utf8.ValidString(agent) {
+		return agent
+	}
+	id := strings.ToValidUTF8(agentID(agent), "?")
+	if len(id) > maxAgentID {
+		cut := maxAgentID
+		for cut > 0 && !utf8.RuneStart(id[cut]) {
+			cut--
+		}
+		id = id[:cut]
+	}
+	sum := sha256.Sum256([]byte(agent))
+	return id + "/#" + hex.EncodeToString(sum[:16])
+}
+
+// agentID is the stable agent id of a key: what comes before the first
+// "/". It is what may be logged.
+func agentID(key string) string {
+	id, _, _ := strings.Cut(key, "/")
+	return id
+}
+
+// agentKey is one deduplication key and its high water.
+type agentKey struct {
+	key    string
+	id     string // agentID(key)
+	seq    uint64 // the highest sequence number applied
+	seenMs int64  // the latest arrival time of a block from it
+}
+
+// dedup is a shard's deduplication state. Its size is bounded: a key not
+// seen for the horizon (in arrival time, so that a replay of old segments
+// behaves as the first reading did) is forgotten at the next checkpoint,
+// and beyond max keys the least recently seen are forgotten at once. An
+// entry re-sent after its key was forgotten is counted again: for such
+// entries delivery is at-least-once.
+type dedup struct {
+	keys      map[string]*agentKey
+	byID      map[string][]*agentKey // agent id → its keys (incarnations)
+	clockMs   int64                  // the latest arrival time of any block
+	max       int
+	horizonMs int64
+}
+
+func newDedup(max int, horizonMs int64) *dedup {
+	return &dedup{keys: map[string]*agentKey{}, byID: map[string][]*agentKey{}, max: max, horizonMs: horizonMs}
+}
+
+// touch returns the key of a block from agent whose first entry is first,
+// arriving at ms. For a key it did not hold, back is the high water of
+// another key of the same agent id at or above first, if there is one:
+// the agent's sequence went backwards (its queue was restored from a
+// backup or copied to another host). Its entries are counted all the same,
+// under their own key. evicted counts the keys forgotten to stay within
+// max.
+func (d *dedup) touch(agent string, first uint64, ms int64) (k *agentKey, back uint64, backwards bool, evicted int) {
+	key := dedupKey(agent)
+	d.clockMs = max(d.clockMs, ms)
+	if k = d.keys[key]; k != nil {
+		k.seenMs = max(k.seenMs, ms)
+		return k, 0, false, 0
+	}
+	k = &agentKey{key: key, id: agentID(key), seenMs: ms}
+	for _, o := range d.byID[k.id] {
+		if first <= o.seq && (!backwards || o.seq > back) {
+			back, backwards = o.seq, true
+		}
+	}
+	d.insert(k)
+	return k, back, backwards, d.evict(k)
+}
+
+func (d *dedup) insert(k *agentKey) {
+	d.keys[k.key] = k
+	d.byID[k.id] = append(d.byID[k.id], k)
+}
+
+func (d *dedup) remove(k *agentKey) {
+	delete(d.keys, k.key)
+	ks := d.byID[k.id]
+	if i := slices.Index(ks, k); i >= 0 {
+		ks[i] = ks[len(ks)-1]
+		ks = ks[:len(ks)-1]
+	}
+	if len(ks) == 0 {
+		delete(d.byID, k.id)
+	} else {
+		d.byID[k.id] = ks
+	}
+}
+
+// evict forgets the least recently seen keys but keep once there are more
+// than max, down to 15/16 of max so that a flood of new keys sorts the
+// keys once every max/16 of them, not at each.
+func (d *dedup) evict(keep *agentKey) int {
+	if len(d.keys) <= d.max {
+		return 0
+	}
+	target := d.max - d.max/16
+	all := make([]*agentKey, 0, len(d.keys))
+	for _, k := range d.keys {
+		if k != keep {
+			all = append(all, k)
+		}
+	}
+	// Oldest first; ties by key, so that a replay forgets the same keys.
+	slices.SortFunc(all, func(a, b *agentKey) int {
+		return cmp.Or(cmp.Compare(a.seenMs, b.seenMs), strings.Compare(a.key, b.key))
+	})
+	n := len(d.keys) - target
+	for _, k := range all[:n] {
+		d.remove(k)
+	}
+	return n
+}
+
+// expire forgets the keys not seen for the horizon; it returns how many.
+func (d *dedup) expire() int {
+	n := 0
+	for _, k := range d.keys {
+		if k.seenMs < d.clockMs-d.horizonMs {
+			d.remove(k)
+			n++
+		}
+	}
+	return n
+}
+
+// save returns the state for the commit row: the high waters by key, and
+// when each key was last seen, in the byte order of the keys.
+func (d *dedup) save() (hw map[string]uint64, seen []int64) {
+	keys := make([]string, 0, len(d.keys))
+	for key := range d.keys {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	hw = make(map[string]uint64, len(keys))
+	seen = make([]int64, len(keys))
+	for i, key := range keys {
+		k := d.keys[key]
+		hw[key] = k.seq
+		seen[i] = k.seenMs
+	}
+	return hw, seen
+}
+
+// load restores the state saved in a commit row. A row written before
+// keys had a last-seen time (seen does not match hw) gives every key
+// fallbackMs, the row's commit time, and may hold keys that are now kept
+// hashed. It returns how many keys it forgot to stay within max.
+func (d *dedup) load(hw map[string]uint64, seen []int64, clockMs, fallbackMs int64) int {
+	keys := make([]string, 0, len(hw))
+	for key := range hw {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	legacy := len(seen) != len(keys)
+	d.clockMs = clockMs
+	for i, stored := range keys {
+		seenMs := fallbackMs
+		if !legacy {
+			seenMs = seen[i]
+		}
+		key := dedupKey(stored)
+		if k := d.keys[key]; k != nil { // two legacy keys hashing alike: keep the higher
+			k.seq, k.seenMs = max(k.seq, hw[stored]), max(k.seenMs, seenMs)
+			continue
+		}
+		d.insert(&agentKey{key: key, id: agentID(key), seq: hw[stored], seenMs: seenMs})
+		d.clockMs = max(d.clockMs, seenMs)
+	}
+	return d.evict(nil)
+}
