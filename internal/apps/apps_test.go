@@ -206,7 +206,7 @@ func TestValidation(t *testing.T) {
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "count"}, {Fn: "count"}} }, "$.apps[0].aggregates[1].name", "used twice"},
 		{func(s *Spec) { s.MaxFuture = -1 }, "$.apps[0].max_future", "must be positive"},
 		{func(s *Spec) { s.MaxFuture = config.Duration(2 * time.Hour) }, "$.apps[0].max_future", "must not exceed allowed_lateness (1h)"},
-		{func(s *Spec) { s.Retention = config.Duration(time.Hour) }, "$.apps[0].max_future", "must be less than retention (1h)"},
+		{func(s *Spec) { s.Retention = config.Duration(time.Hour); s.MaxFuture = config.Duration(time.Hour) }, "$.apps[0].max_future", "must be less than retention (1h)"},
 		{func(s *Spec) {
 			s.AllowedLateness = config.Duration(3 * time.Hour)
 			s.MaxFuture = config.Duration(2 * time.Hour)
@@ -225,13 +225,24 @@ func TestValidation(t *testing.T) {
 	if _, err := Compile(base(), "$.apps[0]"); err != nil {
 		t.Fatal(err)
 	}
-	// max_future defaults to 1h, or to allowed_lateness if that is shorter.
-	for lateness, want := range map[time.Duration]int64{0: 3600_000, 2 * time.Hour: 3600_000, 5 * time.Minute: 300_000} {
+	// max_future defaults to 1h, or to allowed_lateness or half the
+	// retention if shorter: a valid app without it stays valid.
+	for _, tc := range []struct {
+		lateness, retention time.Duration
+		want                int64
+	}{
+		{0, 0, 3600_000},
+		{2 * time.Hour, 0, 3600_000},
+		{5 * time.Minute, 0, 300_000},
+		{0, time.Hour, 1800_000},
+		{0, time.Minute, 30_000},
+	} {
 		s := base()
-		s.AllowedLateness = config.Duration(lateness)
+		s.AllowedLateness = config.Duration(tc.lateness)
+		s.Retention = config.Duration(tc.retention)
 		a, err := Compile(s, "$.apps[0]")
-		if err != nil || a.MaxFutureMs != want {
-			t.Errorf("allowed_lateness %v: max_future %d ms, %v; want %d", lateness, a.MaxFutureMs, err, want)
+		if err != nil || a.MaxFutureMs != tc.want {
+			t.Errorf("allowed_lateness %v, retention %v: max_future %d ms, %v; want %d", tc.lateness, tc.retention, a.MaxFutureMs, err, tc.want)
 		}
 	}
 }

@@ -35,7 +35,8 @@ type Spec struct {
 	// rejected, so that one bad clock or a value in the wrong unit cannot
 	// move the watermark. At most allowed_lateness (so that a record
 	// accepted at the limit makes no record of its own arrival time late)
-	// and less than retention. Default: 1h, or allowed_lateness if shorter.
+	// and less than retention. Default: 1h, or allowed_lateness or half the
+	// retention if shorter.
 	MaxFuture config.Duration `yaml:"max_future"`
 }
 
@@ -121,7 +122,9 @@ func (s *Spec) SetDefaults() {
 		s.Retention = config.Duration(DefaultRetention)
 	}
 	if s.MaxFuture == 0 {
-		s.MaxFuture = config.Duration(min(DefaultMaxFuture, s.AllowedLateness.D()))
+		// The default never makes a valid app invalid: it stays within
+		// allowed_lateness and below retention (see Validate).
+		s.MaxFuture = config.Duration(max(min(DefaultMaxFuture, s.AllowedLateness.D(), s.Retention.D()/2), time.Millisecond))
 	}
 	if s.Format == "tsv" && s.Separator == "" {
 		s.Separator = "\t"
