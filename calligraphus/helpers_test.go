@@ -190,6 +190,13 @@ type server struct {
 
 func startServer(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *Router) *server {
 	t.Helper()
+	return startServerWith(t, cfg, fsys, co, router, nil)
+}
+
+// startServerWith is startServer with a hook that may change the server
+// before it runs (settings the config validation would refuse).
+func startServerWith(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *Router, hook func(*Calligraphus)) *server {
+	t.Helper()
 	if router == nil {
 		router = NewRouter(1, nil)
 	}
@@ -197,6 +204,9 @@ func startServer(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *
 	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router, Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if hook != nil {
+		hook(c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{t: t, c: c, reg: reg, cancel: cancel, done: make(chan error, 1)}
@@ -288,6 +298,7 @@ type entry struct {
 	Agent   string
 	Seq     uint64
 	Msg     string
+	Arrival int64 // ms
 }
 
 // published lists the published segments of a bucket, and fails the test
@@ -342,7 +353,7 @@ func scan(t *testing.T, fsys dfs.FS, dir string) []entry {
 				t.Fatalf("segment %s/%s: %v", dir, name, err)
 			}
 			for i, m := range b.Messages {
-				out = append(out, entry{Segment: name, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m)})
+				out = append(out, entry{Segment: name, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m), Arrival: b.ArrivalMs})
 			}
 		}
 	}

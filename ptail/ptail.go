@@ -61,7 +61,7 @@ type Reader struct {
 	pending  []string  // published segments after pos, in order, from the last listing
 	listed   time.Time // when pending was listed
 
-	m        *Metrics
+	m *Metrics
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.

@@ -283,12 +283,12 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 	}
 	// What a writer has in progress, and names that are not segments.
 	for name, data := range map[string][]byte{
-		dfs.TempName(layout.SegmentName(1, 2)):    encode([]string{"in progress"}),
-		"_" + layout.SegmentName(1, 3):            encode([]string{"underscore"}),
-		"README":                            []byte("not a segment"),
-		"0000000000000001-0000000000000004": encode([]string{"no extension"}),
-		"1-5.seg":                           encode([]string{"short name"}),
-		layout.SegmentName(1, 6) + ".tmp":         encode([]string{"suffix"}),
+		dfs.TempName(layout.SegmentName(1, 2)): encode([]string{"in progress"}),
+		"_" + layout.SegmentName(1, 3):         encode([]string{"underscore"}),
+		"README":                               []byte("not a segment"),
+		"0000000000000001-0000000000000004":    encode([]string{"no extension"}),
+		"1-5.seg":                              encode([]string{"short name"}),
+		layout.SegmentName(1, 6) + ".tmp":      encode([]string{"suffix"}),
 	} {
 		f, err := fsys.Create(path.Join(dir, name))
 		if err != nil {
