@@ -91,48 +91,6 @@ func TestUnparseableKeyGoesToBucketZero(t *testing.T) {
 	}
 }
 
-func TestInvalidEntriesDroppedRestKept(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
-	_, co := inprocCoord(t)
-	cfg := testConfig()
-	cfg.MaxMessageBytes = 100
-	s := startServer(t, cfg, fsys, co, nil)
-	cl := s.dial(t)
-	es := []*scribe.LogEntry{
-		{Category: "good", Message: []byte("one")},
-		{Category: "", Message: []byte("no category")},
-		{Category: "../escape", Message: []byte("dots")},
-		{Category: "a/b", Message: []byte("slash")},
-		{Category: ".hidden", Message: []byte("hidden")},
-		{Category: "good", Message: []byte(strings.Repeat("x", 101))},
-		{Category: "good", Message: []byte(strings.Repeat("y", 100))},
-		{Category: "good", Message: []byte("three")},
-	}
-	mustLog(t, cl, es)
-	s.stop()
-	if got := msgs(scan(t, fsys, "good/0")); !slices.Equal(got, []string{"one", strings.Repeat("y", 100), "three"}) {
-		t.Errorf("good/0 holds %q", got)
-	}
-	infos, err := fsys.ReadDir("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, fi := range infos {
-		if fi.Name() != "good" {
-			t.Errorf("unexpected directory %s at the root", fi.Name())
-		}
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_rejected_total", "reason", "bad_category"); got != 4 {
-		t.Errorf("rejected bad_category %v, want 4", got)
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_rejected_total", "reason", "too_large"); got != 1 {
-		t.Errorf("rejected too_large %v, want 1", got)
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_received_total"); got != 3 {
-		t.Errorf("entries_received %v, want 3 (the entries kept)", got)
-	}
-}
-
 func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 	fsys := newTestFS(newLocal(t), true)
 	_, co := inprocCoord(t)
@@ -146,7 +104,7 @@ func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		m := userMsg(fmt.Sprintf("u%d", i), i)
 		if i == 7 {
-			batch = append(batch, &scribe.LogEntry{Category: "bad/category", Message: []byte("dropped")})
+			batch = append(batch, &scribe.LogEntry{Category: "", Message: []byte("dropped")})
 			continue
 		}
 		batch = append(batch, &scribe.LogEntry{Category: "access", Message: []byte(m)})
@@ -495,6 +453,8 @@ func TestConfigValidate(t *testing.T) {
 		{"calligraphus.max_message_bytes", func(c *Config) { c.MaxMessageBytes = c.MaxFrameBytes + 1 }},
 		{"calligraphus.max_frame_bytes", func(c *Config) { c.MaxFrameBytes = 2 << 30; c.MaxPendingBytes = 4 << 30 }},
 		{"calligraphus.max_connections", func(c *Config) { c.MaxConnections = 0 }},
+		{"calligraphus.idle_close", func(c *Config) { c.IdleClose = 0 }},
+		{"calligraphus.max_categories", func(c *Config) { c.MaxCategories = 0 }},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)
@@ -529,7 +489,7 @@ func TestGetCounters(t *testing.T) {
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
 	mustLog(t, cl, entries("cat", "a", "b", "c"))
-	mustLog(t, cl, []*scribe.LogEntry{{Category: "bad/cat", Message: []byte("x")}, {Category: "cat", Message: []byte("d")}})
+	mustLog(t, cl, []*scribe.LogEntry{{Category: "", Message: []byte("x")}, {Category: "cat", Message: []byte("d")}})
 	counters, err := cl.GetCounters(context.Background())
 	if err != nil {
 		t.Fatal(err)
