@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
 )
 
 // TestSubmitToStoppedWriter: a writer whose loop has ended must refuse
