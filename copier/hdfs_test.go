@@ -73,7 +73,7 @@ func TestHDFSDestination(t *testing.T) {
 	dst, url := hdfsRoot(t)
 	e := newEnv(t)
 	e.dst = dst
-	names := layout(t, e.src)
+	names := publishSome(t, e.src)
 
 	n := e.copier(t, "a", withConfig(func(c *Config) { c.Destination = url }))
 	st := copyOnce(t, n)
