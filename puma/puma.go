@@ -18,7 +18,9 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // Config configures a Puma node.
@@ -79,6 +81,9 @@ type Puma struct {
 	byCategory map[string][]*apps.App
 	categories []string
 
+	// tailMetrics counts the damage the shards' readers skip.
+	tailMetrics *ptail.Metrics
+
 	// running: Run has made its first pass over the shards and not ended.
 	running atomic.Bool
 
@@ -92,7 +97,7 @@ type shardID struct {
 }
 
 // lease is the name of the shard's ownership lease.
-func (id shardID) lease() string { return "puma/" + id.category + "/" + strconv.Itoa(id.bucket) }
+func (id shardID) lease() string { return names.ShardLease(id.category, id.bucket) }
 
 // New returns a node for the apps in deps.
 func New(cfg Config, deps Deps) (*Puma, error) {
@@ -133,6 +138,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 	}
 	sort.Strings(p.categories)
 	p.m = newMetrics(deps.Metrics, p)
+	p.tailMetrics = ptail.NewMetrics(deps.Metrics)
 	return p, nil
 }
 
