@@ -22,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/ptail"
@@ -320,7 +321,7 @@ func published(t *testing.T, fsys dfs.FS, dir string, allowHidden bool) []string
 			}
 			continue
 		}
-		if _, _, ok := segment.ParseName(fi.Name()); !ok {
+		if _, _, ok := layout.ParseSegmentName(fi.Name()); !ok {
 			t.Errorf("%s: unexpected file %s", dir, fi.Name())
 			continue
 		}
@@ -405,7 +406,7 @@ func seq(prefix string, n int) []string {
 // then a torn tail.
 func writeCrashed(t *testing.T, fsys dfs.FS, dir string, epoch int64, seqNo uint64, blocks []*segment.Block, torn bool) string {
 	t.Helper()
-	name := segment.Name(epoch, seqNo)
+	name := layout.SegmentName(epoch, seqNo)
 	data := []byte(segment.Magic)
 	for _, b := range blocks {
 		data = segment.AppendBlock(data, b)
