@@ -319,8 +319,22 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		}
 		claimed = append(claimed, w)
 	}
+	// Taking a lease is a coordinator round trip and a look at the
+	// bucket: for the buckets not owned yet, all at once.
+	owned := make([]error, len(claimed))
+	var wg sync.WaitGroup
 	for i, w := range claimed {
-		if err := w.own(ctx); err != nil {
+		if !w.owned.Load() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				owned[i] = w.own(ctx)
+			}()
+		}
+	}
+	wg.Wait()
+	for i, err := range owned {
+		if err != nil {
 			return refuse(order[i], err)
 		}
 	}
