@@ -106,7 +106,7 @@ func TestPipelineOnRealEngines(t *testing.T) {
 			t.Fatalf("list bucket %d in HDFS: %v", b, err)
 		}
 		for _, fi := range infos {
-			if _, _, ok := layout.ParseSegmentName(fi.Name()); ok && fi.Size() > segment.HeaderSize {
+			if _, _, ok := layout.ParseSegmentName(fi.Name()); ok && fi.Size() > segment.HeaderSizeV2 {
 				segments++
 			}
 		}
