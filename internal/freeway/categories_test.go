@@ -287,3 +287,82 @@ func TestOddCategoriesOnRealEngines(t *testing.T) {
 		t.Errorf("%d commit rows, want 2", rows)
 	}
 }
+
+// TestDamagedBlocksCountedExactly: Puma's totals over a segment with a
+// damaged block body and a damaged block header are exactly those of
+// every other block, of that segment and of the next.
+func TestDamagedBlocksCountedExactly(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Buckets = 1
+	cfg.Calligraphus.SegmentMaxAge = config.Duration(time.Hour) // one segment per run
+	var calls [][]order
+	for run := 0; run < 2; run++ {
+		w := startTarget(t, cfg, Calligraphus)
+		for k := 0; k < 6; k++ {
+			os := orders(40, 40*len(calls), base)
+			send(t, w.p.Calligraphus.Addr(), os, len(os)) // one call: one block
+			calls = append(calls, os)
+		}
+		w.stop(t)
+	}
+	resolved := cfg
+	resolved.Resolve()
+	fsys, err := backends.OpenDFS(resolved.DFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	dir := layout.BucketDir("orders", 0)
+	infos, err := fsys.ReadDir(dir)
+	if err != nil || len(infos) != 2 {
+		t.Fatalf("bucket holds %d files, want 2 segments: %v", len(infos), err)
+	}
+	first := path.Join(dir, infos[0].Name())
+	data, err := dfs.ReadFile(fsys, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := segment.NewReader(bytes.NewReader(data), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs := []int64{r.Offset()}
+	var blk segment.Block
+	for r.Next(&blk) == nil {
+		offs = append(offs, r.Offset())
+	}
+	if len(offs) != 7 {
+		t.Fatalf("first segment has %d blocks, want 6", len(offs)-1)
+	}
+	data[offs[1]+segment.BlockHeaderSize+100] ^= 0x08 // block 1's body
+	data[offs[4]+17] ^= 0x40                          // block 4's header
+	if err := fsys.Remove(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := dfs.WriteFile(fsys, first, data); err != nil {
+		t.Fatal(err)
+	}
+
+	var kept []order
+	for k, os := range calls {
+		if k != 1 && k != 4 {
+			kept = append(kept, os...)
+		}
+	}
+	all := start(t, cfg)
+	defer all.stop(t)
+	waitTotals(t, all.p.Serving.Addr(), base, base+180, expected(kept))
+	mfs, err := all.p.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := map[string]float64{}
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "freeway_ptail_damaged_") {
+			counted[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if counted["freeway_ptail_damaged_blocks_total"] != 2 || counted["freeway_ptail_damaged_entries_total"] != 40 {
+		t.Errorf("damage counted %v, want 2 blocks, 40 entries (the damaged body's)", counted)
+	}
+}
