@@ -44,7 +44,8 @@ import (
 )
 
 // MaxName is the longest name Encode returns: a safe path component on
-// every dfs, with room for the hidden temporary names built from it.
+// every dfs (HDFS and most local file systems allow 255 bytes), and the
+// old limit on category names, which therefore all keep their names.
 const MaxName = 200
 
 // hashLen is the length of the hash suffix of a long name, in hex digits
@@ -112,8 +113,11 @@ func Decode(name string) (category string, hashed, ok bool) {
 	if name == "" || len(name) > MaxName {
 		return "", false, false
 	}
+	if name[0] == '.' || name[0] == '_' {
+		return "", false, false
+	}
 	if i := strings.IndexByte(name, '~'); i >= 0 {
-		if len(name) != i+1+hashLen || !isLowerHex(name[i+1:]) {
+		if i == 0 || len(name) != i+1+hashLen || !isLowerHex(name[i+1:]) {
 			return "", false, false
 		}
 		if _, ok := unescape(name[:i]); !ok {

@@ -82,7 +82,7 @@ func TestLongNamesAreHashed(t *testing.T) {
 }
 
 func TestDecodeRefusesForeignNames(t *testing.T) {
-	for _, name := range []string{"", ".hidden", "_SUCCESS", "a/b", "lost+found", "a%2f", "a%2", "%41", "a~b", "a~" + strings.Repeat("0", hashLen-1), "a~" + strings.Repeat("G", hashLen), strings.Repeat("x", MaxName+1)} {
+	for _, name := range []string{"", ".hidden", "_SUCCESS", "a/b", "lost+found", "a%2f", "a%2", "%41", "a~b", "a~" + strings.Repeat("0", hashLen-1), "a~" + strings.Repeat("G", hashLen), "~" + strings.Repeat("0", hashLen), "_x~" + strings.Repeat("0", hashLen), strings.Repeat("x", MaxName+1)} {
 		if c, hashed, ok := Decode(name); ok {
 			t.Errorf("Decode(%q) = %q hashed %v, want refused", name, c, hashed)
 		}
