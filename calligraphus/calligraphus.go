@@ -12,12 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
-	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -45,6 +45,13 @@ type Config struct {
 	MaxFrameBytes config.ByteSize `yaml:"max_frame_bytes"`
 	// MaxConnections bounds concurrent Scribe connections.
 	MaxConnections int `yaml:"max_connections"`
+	// IdleClose: a bucket writer that received nothing for this long
+	// publishes its segment, releases its lease and ends.
+	IdleClose config.Duration `yaml:"idle_close"`
+	// MaxCategories bounds the categories with running bucket writers; a
+	// call that needs a writer for one more gets TRY_LATER (counted as
+	// max_categories) until idle writers end.
+	MaxCategories int `yaml:"max_categories"`
 }
 
 // DefaultConfig returns the defaults.
@@ -58,6 +65,8 @@ func DefaultConfig() Config {
 		MaxMessageBytes: 1 << 20,
 		MaxFrameBytes:   16 << 20,
 		MaxConnections:  1024,
+		IdleClose:       config.Duration(time.Minute),
+		MaxCategories:   10000,
 	}
 }
 
@@ -81,6 +90,10 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.calligraphus.max_frame_bytes", "must be between 1KiB and 1GiB")
 	case c.MaxConnections <= 0:
 		return config.Errorf("$.calligraphus.max_connections", "must be positive")
+	case c.IdleClose.D() < 10*time.Millisecond:
+		return config.Errorf("$.calligraphus.idle_close", "must be at least 10ms")
+	case c.MaxCategories < 1:
+		return config.Errorf("$.calligraphus.max_categories", "must be positive")
 	}
 	return nil
 }
@@ -106,10 +119,25 @@ type Calligraphus struct {
 	m      *metrics
 	server *scribeapi.Server
 
+	// rl keeps what clients can trigger at will (refused calls, entries
+	// without a category) from flooding the log.
+	rl *ratelog.Limiter
+
+	// Lock order: mu before a writer's mu.
 	mu      sync.Mutex
 	writers map[bucketID]*bucketWriter
-	ctx     context.Context // set by Run; writers live under it
-	wg      sync.WaitGroup
+	// closing holds the writers that ended for idleness and are still
+	// publishing and releasing their lease: the next writer of the bucket
+	// waits for them.
+	closing map[bucketID]chan struct{}
+	// live counts the running writers (closing ones too) per category:
+	// its length is what max_categories bounds.
+	live map[string]int
+	ctx  context.Context // set by Run; writers live under it
+	wg   sync.WaitGroup
+
+	labelMu sync.Mutex
+	labels  map[string]string // category → metric label, bounded
 }
 
 type bucketID struct {
@@ -145,7 +173,11 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		now:     deps.Now,
 		m:       newMetrics(deps.Metrics),
 		writers: map[bucketID]*bucketWriter{},
+		closing: map[bucketID]chan struct{}{},
+		live:    map[string]int{},
+		labels:  map[string]string{},
 	}
+	c.rl = ratelog.New(c.log, time.Minute, 10)
 	limits := thriftsrv.Limits{MaxFrameSize: int32(cfg.MaxFrameBytes), MaxConnections: cfg.MaxConnections}
 	srv, err := scribeapi.Listen(cfg.Listen, c, scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters}, limits, deps.Log)
 	if err != nil {
@@ -173,9 +205,10 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 	return err
 }
 
-// Log implements the Scribe Log call for stock clients.
+// Log implements the Scribe Log call for stock clients. Their entries
+// arrive now, by this writer's clock.
 func (c *Calligraphus) Log(ctx context.Context, entries []*scribe.LogEntry) (scribe.ResultCode, error) {
-	return c.ingest(ctx, "", 0, entries, c.now().UnixMilli()), nil
+	return c.ingest(ctx, callInfo{arrivalMs: c.now().UnixMilli()}, entries), nil
 }
 
 // LogBatch implements Freeway's extension for its agents.
@@ -183,102 +216,169 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Re
 	if b == nil {
 		return scribe.ResultCode_OK, nil
 	}
-	agent := b.AgentID
-	if b.FirstSeq <= 0 && agent != "" {
+	// The agent's arrival time, but never later than ours: a clock ahead
+	// would make Puma take entries from the future as on time.
+	now := c.now().UnixMilli()
+	arrival := b.ReceivedAtMs
+	if arrival <= 0 || arrival > now {
+		arrival = now
+	}
+	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0))}
+	if b.AgentID != "" {
+		// Sequence numbers restart with each incarnation of the agent's
+		// queue: deduplicate per incarnation. The incarnation is a secret
+		// of the agent's run, kept out of logs (info.agentID is logged).
+		info.agent = b.AgentID
+		if inc := b.GetIncarnation(); inc != "" {
+			info.agent += "/" + inc
+		}
+	}
+	if b.FirstSeq <= 0 && b.AgentID != "" {
 		// Refusing would wedge the sender, which retries TRY_LATER forever:
 		// take the entries, without a sequence, as from a stock client
 		// (at-least-once), and say so.
 		c.m.unsequenced.Add(float64(len(b.Messages)))
-		c.log.Warn("batch without a sequence number taken without deduplication", "agent", agent, "first_seq", b.FirstSeq)
-		agent = ""
+		c.rl.Warn("unsequenced", "batch without a sequence number taken without deduplication", "agent", ratelog.Clip(b.AgentID), "first_seq", b.FirstSeq)
+		info.agent = ""
 	}
-	arrival := b.ReceivedAtMs
-	if arrival <= 0 {
-		arrival = c.now().UnixMilli()
-	}
-	return c.ingest(ctx, agent, uint64(b.FirstSeq), b.Messages, arrival), nil
+	return c.ingest(ctx, info, b.Messages), nil
 }
 
-func (c *Calligraphus) ingest(ctx context.Context, agent string, firstSeq uint64, entries []*scribe.LogEntry, arrivalMs int64) scribe.ResultCode {
-	blocks := map[bucketID]*segment.Block{}
+// callInfo is what a call says about all its entries.
+type callInfo struct {
+	agent     string // the block's Agent: dedup identity, "" for stock clients
+	agentID   string // the agent's id alone, for logs
+	firstSeq  uint64
+	arrivalMs int64
+}
+
+// ingest writes a call's entries to their buckets and answers OK once all
+// are durable. Either every bucket takes its share or, as far as this
+// process can tell in advance, none does: capacity and ownership of every
+// bucket are reserved before any is written, so a call answered TRY_LATER
+// for a busy or foreign bucket (or too many categories) has written
+// nothing, and the sender's retry does not write anything twice.
+//
+// What remains: a bucket whose write fails (a dfs error) or whose lease is
+// lost after the check, while another bucket of the call was written, makes
+// the call TRY_LATER with the other bucket's entries durable; the retry
+// writes them again. Puma drops such repeats from Freeway's agents (by
+// sequence); a stock client's are counted twice (at-least-once).
+func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribe.LogEntry) scribe.ResultCode {
+	reqs := map[bucketID]*appendReq{}
 	var order []bucketID
-	accepted := 0
+	accepted, empty := 0, 0
 	for i, e := range entries {
 		if e == nil {
 			continue
 		}
-		if !apps.ValidCategory(e.Category) {
-			c.m.rejected.WithLabelValues("bad_category").Inc()
-			c.log.Warn("entry with an invalid category dropped", "category", e.Category, "agent", agent)
-			continue
-		}
-		if int64(len(e.Message)) > int64(c.cfg.MaxMessageBytes) {
-			c.m.rejected.WithLabelValues("too_large").Inc()
-			c.log.Warn("entry over max_message_bytes dropped", "category", e.Category, "bytes", len(e.Message), "agent", agent)
+		if !layout.ValidCategory(e.Category) {
+			// Stock Scribe drops these too: there is nowhere to put them.
+			empty++
 			continue
 		}
 		bucket, ok := c.deps.Router.Bucket(e.Category, e.Message)
 		if !ok {
-			c.m.unroutable.WithLabelValues(e.Category).Inc()
+			c.m.unroutable.WithLabelValues(c.label(e.Category)).Inc()
 		}
 		id := bucketID{e.Category, bucket}
-		blk := blocks[id]
-		if blk == nil {
-			blk = &segment.Block{Agent: agent, ArrivalMs: arrivalMs}
-			if agent != "" {
-				blk.Seqs = []uint64{}
-			}
-			blocks[id] = blk
+		req := reqs[id]
+		if req == nil {
+			req = &appendReq{done: make(chan error, 1)}
+			reqs[id] = req
 			order = append(order, id)
 		}
-		blk.Messages = append(blk.Messages, e.Message)
-		accepted++
-		if agent != "" {
-			blk.Seqs = append(blk.Seqs, firstSeq+uint64(i))
+		if !req.add(info, e.Message, info.firstSeq+uint64(i)) {
+			c.m.tryLater.WithLabelValues("too_large").Inc()
+			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(e.Category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
+			return scribe.ResultCode_TRY_LATER
 		}
+		accepted++
+	}
+	if empty > 0 {
+		c.m.rejected.WithLabelValues("empty_category").Add(float64(empty))
+		c.rl.Warn("empty category", "entries without a category dropped", "entries", empty, "agent", ratelog.Clip(info.agentID))
 	}
 	if len(order) == 0 {
 		return scribe.ResultCode_OK
 	}
-	reqs := make([]*appendReq, 0, len(order))
-	result := scribe.ResultCode_OK
-	for _, id := range order {
-		w, err := c.writer(id)
-		if err != nil {
-			result = scribe.ResultCode_TRY_LATER
-			c.m.tryLater.WithLabelValues("stopping").Inc()
-			break
+
+	// Reserve every bucket's capacity, then make sure this process owns
+	// every bucket; only then submit anything.
+	claimed := make([]*bucketWriter, 0, len(order))
+	refuse := func(id bucketID, err error) scribe.ResultCode {
+		for i, w := range claimed {
+			w.unreserve(reqs[order[i]].size)
 		}
-		req := &appendReq{block: blocks[id], size: int64(segment.BlockSize(blocks[id])), done: make(chan error, 1)}
-		if err := w.submit(req); err != nil {
-			result = scribe.ResultCode_TRY_LATER
-			c.m.tryLater.WithLabelValues(reason(err)).Inc()
-			continue
-		}
-		reqs = append(reqs, req)
+		return c.tryLater(id, info, err)
 	}
-	for _, req := range reqs {
+	for _, id := range order {
+		w, err := c.reserve(id, reqs[id].size)
+		if err != nil {
+			return refuse(id, err)
+		}
+		claimed = append(claimed, w)
+	}
+	// Taking a lease is a coordinator round trip and a look at the
+	// bucket: for the buckets not owned yet, all at once.
+	owned := make([]error, len(claimed))
+	var wg sync.WaitGroup
+	for i, w := range claimed {
+		if !w.owned.Load() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				owned[i] = w.own(ctx)
+			}()
+		}
+	}
+	wg.Wait()
+	for i, err := range owned {
+		if err != nil {
+			return refuse(order[i], err)
+		}
+	}
+	for i, w := range claimed {
+		w.enqueue(reqs[order[i]])
+	}
+	var firstErr error
+	var firstID bucketID
+	for _, id := range order {
 		var err error
 		select {
-		case err = <-req.done:
+		case err = <-reqs[id].done:
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
-		if err != nil {
-			result = scribe.ResultCode_TRY_LATER
-			c.m.tryLater.WithLabelValues(reason(err)).Inc()
+		if err != nil && firstErr == nil {
+			firstErr, firstID = err, id
 		}
 	}
-	if result == scribe.ResultCode_OK {
-		c.m.received.Add(float64(accepted))
+	if firstErr != nil {
+		return c.tryLater(firstID, info, firstErr)
 	}
-	return result
+	c.m.received.Add(float64(accepted))
+	return scribe.ResultCode_OK
+}
+
+// tryLater counts and logs (rate-limited) a call refused for err.
+func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribe.ResultCode {
+	r := reason(err)
+	c.m.tryLater.WithLabelValues(r).Inc()
+	level := slog.LevelWarn
+	if r == "write_error" {
+		level = slog.LevelError
+	}
+	c.rl.Log(level, "try_later "+r, "call answered TRY_LATER", "reason", r, "category", ratelog.Clip(id.category), "bucket", id.bucket, "agent", ratelog.Clip(info.agentID), "err", err)
+	return scribe.ResultCode_TRY_LATER
 }
 
 var (
-	errBusy     = errors.New("bucket writer over max_pending_bytes")
-	errNotOwner = errors.New("bucket owned by another writer")
-	errStopping = errors.New("writer stopping")
+	errBusy        = errors.New("bucket writer over max_pending_bytes")
+	errNotOwner    = errors.New("bucket owned by another writer")
+	errStopping    = errors.New("writer stopping")
+	errTooManyCats = errors.New("over max_categories categories with running writers")
+	errRetired     = errors.New("writer ended for idleness")
 )
 
 func reason(err error) string {
@@ -287,10 +387,28 @@ func reason(err error) string {
 		return "busy"
 	case errors.Is(err, errNotOwner):
 		return "not_owner"
-	case errors.Is(err, errStopping), errors.Is(err, context.Canceled):
+	case errors.Is(err, errTooManyCats):
+		return "max_categories"
+	case errors.Is(err, errStopping), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "stopping"
 	}
 	return "write_error"
+}
+
+// reserve reserves size bytes with the writer of a bucket, starting the
+// writer if needed.
+func (c *Calligraphus) reserve(id bucketID, size int64) (*bucketWriter, error) {
+	for {
+		w, err := c.writer(id)
+		if err != nil {
+			return nil, err
+		}
+		err = w.reserve(size)
+		if errors.Is(err, errRetired) {
+			continue // it has just left the map; the next one is new
+		}
+		return w, err
+	}
 }
 
 // writer returns the writer of a bucket, starting it if needed.
@@ -303,19 +421,72 @@ func (c *Calligraphus) writer(id bucketID) (*bucketWriter, error) {
 	if w, ok := c.writers[id]; ok {
 		return w, nil
 	}
-	w := newBucketWriter(c, id)
+	if c.live[id.category] == 0 && len(c.live) >= c.cfg.MaxCategories {
+		return nil, errTooManyCats
+	}
+	w := newBucketWriter(c, id, c.closing[id])
 	c.writers[id] = w
+	c.live[id.category]++
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		w.run(c.ctx)
+		close(w.done)
 		c.mu.Lock()
+		defer c.mu.Unlock()
 		if c.writers[id] == w {
 			delete(c.writers, id)
 		}
-		c.mu.Unlock()
+		if c.closing[id] == w.done {
+			delete(c.closing, id)
+		}
+		if c.live[id.category]--; c.live[id.category] == 0 {
+			delete(c.live, id.category)
+		}
 	}()
 	return w, nil
+}
+
+// retire takes an idle writer out of service, unless a call has reserved
+// room with it meanwhile; it reports whether the writer is to end.
+func (c *Calligraphus) retire(w *bucketWriter) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.slots > 0 {
+		return false
+	}
+	if c.writers[w.id] == w {
+		delete(c.writers, w.id)
+	}
+	c.closing[w.id] = w.done
+	w.closed, w.retired = true, true
+	return true
+}
+
+// maxLabels bounds the categories with a metric series of their own;
+// later ones share the label otherLabel. (An encoded category never starts
+// with "_", so it cannot be mistaken for one.)
+const (
+	maxLabels  = 1024
+	otherLabel = "_other"
+)
+
+// label is a category's metric label: its encoded name (bounded, ASCII),
+// or otherLabel once maxLabels categories have one.
+func (c *Calligraphus) label(category string) string {
+	c.labelMu.Lock()
+	defer c.labelMu.Unlock()
+	if l, ok := c.labels[category]; ok {
+		return l
+	}
+	if len(c.labels) >= maxLabels {
+		return otherLabel
+	}
+	l := layout.Label(category)
+	c.labels[category] = l
+	return l
 }
 
 type metrics struct {
@@ -338,9 +509,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		written:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_written_total", Help: "Entries made durable in the dfs, by category."}, []string{"category"}),
 		bytes:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_bytes_written_total", Help: "Segment bytes written, by category."}, []string{"category"}),
 		segments:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_published_total", Help: "Segments closed and published, by category."}, []string{"category"}),
-		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries refused for good (bad category, too large), by reason."}, []string{"reason"}),
+		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries dropped for good (empty category, as stock Scribe does), by reason."}, []string{"reason"}),
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
-		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "TRY_LATER answers (per bucket request), by reason."}, []string{"reason"}),
+		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, max_categories, stopping, write_error, too_large."}, []string{"reason"}),
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),

@@ -13,6 +13,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -32,7 +33,7 @@ func TestEntriesLandInTheirBuckets(t *testing.T) {
 				m := userMsg(fmt.Sprintf("user-%d", i%37), i)
 				es = append(es, &scribe.LogEntry{Category: "access", Message: []byte(m)})
 				b := BucketOf(apps.EncodeKey([]string{fmt.Sprintf("user-%d", i%37)}), 4)
-				want[segment.Dir("access", b)] = append(want[segment.Dir("access", b)], m)
+				want[layout.BucketDir("access", b)] = append(want[layout.BucketDir("access", b)], m)
 				if j%3 == 0 {
 					o := fmt.Sprintf("other-%d", i)
 					es = append(es, &scribe.LogEntry{Category: "other", Message: []byte(o)})
@@ -55,7 +56,7 @@ func TestEntriesLandInTheirBuckets(t *testing.T) {
 			}
 		}
 		for b := 1; b < 3; b++ {
-			if got := published(t, fsys, segment.Dir("other", b), false); len(got) != 0 {
+			if got := published(t, fsys, layout.BucketDir("other", b), false); len(got) != 0 {
 				t.Errorf("category without a route wrote to bucket %d: %v", b, got)
 			}
 		}
@@ -91,48 +92,6 @@ func TestUnparseableKeyGoesToBucketZero(t *testing.T) {
 	}
 }
 
-func TestInvalidEntriesDroppedRestKept(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
-	_, co := inprocCoord(t)
-	cfg := testConfig()
-	cfg.MaxMessageBytes = 100
-	s := startServer(t, cfg, fsys, co, nil)
-	cl := s.dial(t)
-	es := []*scribe.LogEntry{
-		{Category: "good", Message: []byte("one")},
-		{Category: "", Message: []byte("no category")},
-		{Category: "../escape", Message: []byte("dots")},
-		{Category: "a/b", Message: []byte("slash")},
-		{Category: ".hidden", Message: []byte("hidden")},
-		{Category: "good", Message: []byte(strings.Repeat("x", 101))},
-		{Category: "good", Message: []byte(strings.Repeat("y", 100))},
-		{Category: "good", Message: []byte("three")},
-	}
-	mustLog(t, cl, es)
-	s.stop()
-	if got := msgs(scan(t, fsys, "good/0")); !slices.Equal(got, []string{"one", strings.Repeat("y", 100), "three"}) {
-		t.Errorf("good/0 holds %q", got)
-	}
-	infos, err := fsys.ReadDir("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, fi := range infos {
-		if fi.Name() != "good" {
-			t.Errorf("unexpected directory %s at the root", fi.Name())
-		}
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_rejected_total", "reason", "bad_category"); got != 4 {
-		t.Errorf("rejected bad_category %v, want 4", got)
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_rejected_total", "reason", "too_large"); got != 1 {
-		t.Errorf("rejected too_large %v, want 1", got)
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_received_total"); got != 3 {
-		t.Errorf("entries_received %v, want 3 (the entries kept)", got)
-	}
-}
-
 func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 	fsys := newTestFS(newLocal(t), true)
 	_, co := inprocCoord(t)
@@ -146,7 +105,7 @@ func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 	for i := 0; i < 40; i++ {
 		m := userMsg(fmt.Sprintf("u%d", i), i)
 		if i == 7 {
-			batch = append(batch, &scribe.LogEntry{Category: "bad/category", Message: []byte("dropped")})
+			batch = append(batch, &scribe.LogEntry{Category: "", Message: []byte("dropped")})
 			continue
 		}
 		batch = append(batch, &scribe.LogEntry{Category: "access", Message: []byte(m)})
@@ -168,7 +127,7 @@ func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 	seen := 0
 	for b := 0; b < 4; b++ {
 		var prev uint64
-		for _, e := range scan(t, fsys, segment.Dir("access", b)) {
+		for _, e := range scan(t, fsys, layout.BucketDir("access", b)) {
 			if e.Msg == "stock client line" {
 				if e.Agent != "" || e.Seq != 0 || b != 0 {
 					t.Errorf("stock entry in bucket %d agent %q seq %d", b, e.Agent, e.Seq)
@@ -298,7 +257,7 @@ func TestSalvageCrashedSegment(t *testing.T) {
 			{Agent: "a1", ArrivalMs: 1, Messages: [][]byte{[]byte("acked-1"), []byte("acked-2")}, Seqs: []uint64{1, 2}},
 			{ArrivalMs: 2, Messages: [][]byte{[]byte("acked-3")}},
 		}
-		if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(5, 1)), segment.AppendBlock([]byte(segment.Magic), &segment.Block{Messages: [][]byte{[]byte("old")}})); err != nil {
+		if err := dfs.WriteFile(fsys, path.Join(dir, layout.SegmentName(5, 1)), segment.AppendBlock([]byte(segment.Magic), &segment.Block{Messages: [][]byte{[]byte("old")}})); err != nil {
 			t.Fatal(err)
 		}
 		crashed := writeCrashed(t, fsys, dir, 5, 2, blocks, true)
@@ -344,7 +303,7 @@ func TestSalvageCrashedSegment(t *testing.T) {
 				t.Errorf("temporary segment %s left over", fi.Name())
 			}
 		}
-		e, _, _ := segment.ParseName(names[len(names)-1])
+		e, _, _ := layout.ParseSegmentName(names[len(names)-1])
 		if e <= 5 {
 			t.Errorf("new segment %s has epoch %d, not above 5", names[len(names)-1], e)
 		}
@@ -355,7 +314,7 @@ func TestEpochAboveExistingSegments(t *testing.T) {
 	fsys := newTestFS(newLocal(t), true)
 	_, co := inprocCoord(t)
 	high := int64(1) << 62 // above the in-process coordinator's epochs
-	if err := dfs.WriteFile(fsys, path.Join("cat/0", segment.Name(high, 9)), []byte(segment.Magic)); err != nil {
+	if err := dfs.WriteFile(fsys, path.Join("cat/0", layout.SegmentName(high, 9)), []byte(segment.Magic)); err != nil {
 		t.Fatal(err)
 	}
 	writeCrashed(t, fsys, "cat/0", high+5, 1, nil, false)
@@ -367,7 +326,7 @@ func TestEpochAboveExistingSegments(t *testing.T) {
 	if len(names) != 2 {
 		t.Fatalf("segments %v", names)
 	}
-	if e, _, _ := segment.ParseName(names[1]); e <= high+5 {
+	if e, _, _ := layout.ParseSegmentName(names[1]); e <= high+5 {
 		t.Errorf("new segment %s has epoch %d, not above %d", names[1], e, high+5)
 	}
 }
@@ -495,6 +454,8 @@ func TestConfigValidate(t *testing.T) {
 		{"calligraphus.max_message_bytes", func(c *Config) { c.MaxMessageBytes = c.MaxFrameBytes + 1 }},
 		{"calligraphus.max_frame_bytes", func(c *Config) { c.MaxFrameBytes = 2 << 30; c.MaxPendingBytes = 4 << 30 }},
 		{"calligraphus.max_connections", func(c *Config) { c.MaxConnections = 0 }},
+		{"calligraphus.idle_close", func(c *Config) { c.IdleClose = 0 }},
+		{"calligraphus.max_categories", func(c *Config) { c.MaxCategories = 0 }},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)
@@ -529,7 +490,7 @@ func TestGetCounters(t *testing.T) {
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
 	mustLog(t, cl, entries("cat", "a", "b", "c"))
-	mustLog(t, cl, []*scribe.LogEntry{{Category: "bad/cat", Message: []byte("x")}, {Category: "cat", Message: []byte("d")}})
+	mustLog(t, cl, []*scribe.LogEntry{{Category: "", Message: []byte("x")}, {Category: "cat", Message: []byte("d")}})
 	counters, err := cl.GetCounters(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -3,22 +3,67 @@
 // and appends it to that bucket's segment files in the dfs.
 //
 // Place in the data path: agents (or any Scribe client) → calligraphus →
-// dfs <category>/<bucket>/<epoch>-<seq>.seg → ptail → puma, copier.
+// dfs <category>/<bucket>/<epoch>-<seq>.seg → ptail → puma, copier. Every
+// name (directories, segments, leases) comes from internal/layout.
+//
+// Categories. Every non-empty category is taken, as a stock Scribe server
+// takes it: "web/access", "a b", "_internal" and a 10 KB name all get a
+// directory, under the reversible encoding of internal/layout (a long one
+// is hashed, and its directory gets a sidecar holding the full name). An
+// entry without a category is dropped and counted
+// (freeway_calligraphus_entries_rejected_total{reason="empty_category"}),
+// as stock Scribe drops it; the call is still answered OK.
+//
+// A call is all or nothing, as far as the writer can know in advance.
+// Its entries are grouped by bucket; every bucket's capacity
+// (max_pending_bytes) is reserved and this process's ownership of every
+// bucket is checked (taking the lease if needed) before any bucket is
+// written. So a call answered TRY_LATER because one bucket is busy, held
+// by another writer, or would need a writer for one category more than
+// max_categories has written nothing, and the sender's retry writes
+// nothing twice. What remains: after the check, a bucket's write can
+// still fail (a dfs error) or its lease be lost, while another bucket of
+// the same call was written; the call is answered TRY_LATER and the retry
+// writes the other bucket's entries again. Puma drops those repeats for
+// entries from Freeway's agent (by sequence number); a stock client's are
+// counted twice. Every TRY_LATER is counted by reason in
+// freeway_calligraphus_try_later_total (busy, not_owner, max_categories,
+// stopping, write_error, too_large) and logged, rate-limited. Nothing is
+// answered OK and then dropped.
+//
+// Arrival and identity. A stock client's entries (Log) arrive at this
+// writer's clock. An agent's batch (LogBatch) arrives at its
+// received_at_ms, but never later than this writer's clock, and at this
+// writer's clock when it is not positive. A block's Agent is agent_id +
+// "/" + incarnation when the batch carries an incarnation (sequence
+// numbers restart with each incarnation of the agent's queue), else
+// agent_id; Puma deduplicates per that string. The incarnation is never
+// logged.
 //
 // Each bucket has one writer at a time, held as a coord lease
-// ("calligraphus/<category>/<bucket>"); segment names carry the writer's
-// fencing epoch, so a newer writer's segments sort after an older one's.
-// A batch is acknowledged only once its bytes are durable: after an fsync
-// where the dfs makes synced bytes durable (local disk), after the segment
-// is closed and published where it does not (HDFS, which has no hflush
-// through colinmarc/hdfs). Writes of concurrent batches to one bucket share
-// one sync or publish (group commit).
+// ("calligraphus/<category>/<bucket>", encoded category); segment names
+// carry the writer's fencing epoch, so a newer writer's segments sort
+// after an older one's. A batch is acknowledged only once its bytes are
+// durable: after an fsync where the dfs makes synced bytes durable (local
+// disk), after the segment is closed and published where it does not
+// (HDFS, which has no hflush through colinmarc/hdfs). Writes of
+// concurrent batches to one bucket share one sync or publish (group
+// commit).
+//
+// Bounded writers. A bucket writer (a goroutine, a lease, about 12 KiB)
+// that received nothing for idle_close publishes its segment, releases its
+// lease and ends; the next entry for the bucket starts a new one, with a
+// new epoch. max_categories bounds the categories with running writers:
+// a call that needs a writer for one more gets TRY_LATER (reason
+// max_categories) until idle writers end, so a client inventing
+// categories cannot exhaust the process. Metric series per category stop
+// at 1024 categories; later ones share the label "_other".
 //
 // What survives a crash: every acknowledged entry. On a local disk an
 // unpublished segment holds acknowledged entries, so the next owner of the
-// bucket salvages it (its valid blocks, under its own name) before writing;
-// on HDFS an unpublished segment holds only unacknowledged entries, which
-// the sender retries, so it is deleted.
+// bucket salvages it (every valid block, under its own name) before
+// writing; on HDFS an unpublished segment holds only unacknowledged
+// entries, which the sender retries, so it is deleted.
 //
 // A writer that loses its lease (a session expiry) acknowledges nothing
 // written after that, since the new owner may already have salvaged the

@@ -21,6 +21,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -190,6 +191,13 @@ type server struct {
 
 func startServer(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *Router) *server {
 	t.Helper()
+	return startServerWith(t, cfg, fsys, co, router, nil)
+}
+
+// startServerWith is startServer with a hook that may change the server
+// before it runs (settings the config validation would refuse).
+func startServerWith(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *Router, hook func(*Calligraphus)) *server {
+	t.Helper()
 	if router == nil {
 		router = NewRouter(1, nil)
 	}
@@ -197,6 +205,9 @@ func startServer(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, router *
 	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router, Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if hook != nil {
+		hook(c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{t: t, c: c, reg: reg, cancel: cancel, done: make(chan error, 1)}
@@ -288,6 +299,7 @@ type entry struct {
 	Agent   string
 	Seq     uint64
 	Msg     string
+	Arrival int64 // ms
 }
 
 // published lists the published segments of a bucket, and fails the test
@@ -309,7 +321,7 @@ func published(t *testing.T, fsys dfs.FS, dir string, allowHidden bool) []string
 			}
 			continue
 		}
-		if _, _, ok := segment.ParseName(fi.Name()); !ok {
+		if _, _, ok := layout.ParseSegmentName(fi.Name()); !ok {
 			t.Errorf("%s: unexpected file %s", dir, fi.Name())
 			continue
 		}
@@ -342,7 +354,7 @@ func scan(t *testing.T, fsys dfs.FS, dir string) []entry {
 				t.Fatalf("segment %s/%s: %v", dir, name, err)
 			}
 			for i, m := range b.Messages {
-				out = append(out, entry{Segment: name, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m)})
+				out = append(out, entry{Segment: name, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m), Arrival: b.ArrivalMs})
 			}
 		}
 	}
@@ -394,7 +406,7 @@ func seq(prefix string, n int) []string {
 // then a torn tail.
 func writeCrashed(t *testing.T, fsys dfs.FS, dir string, epoch int64, seqNo uint64, blocks []*segment.Block, torn bool) string {
 	t.Helper()
-	name := segment.Name(epoch, seqNo)
+	name := layout.SegmentName(epoch, seqNo)
 	data := []byte(segment.Magic)
 	for _, b := range blocks {
 		data = segment.AppendBlock(data, b)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -154,10 +155,10 @@ func TestLeaseLost(t *testing.T) {
 		e1 := int64(0)
 		for _, e := range got {
 			if e.Msg == "before" {
-				e1, _, _ = segment.ParseName(e.Segment)
+				e1, _, _ = layout.ParseSegmentName(e.Segment)
 			}
 		}
-		if e2, _, _ := segment.ParseName(last.Segment); last.Msg != "after" || e2 <= e1 {
+		if e2, _, _ := layout.ParseSegmentName(last.Segment); last.Msg != "after" || e2 <= e1 {
 			t.Errorf("after re-acquiring: segment %s (epoch %d), before: %v (epoch %d)", last.Segment, e2, first, e1)
 		}
 	})

@@ -9,7 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,33 +19,83 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
+// appendReq is one call's share of a bucket: its entries, in blocks.
 type appendReq struct {
-	block *segment.Block
-	size  int64
-	done  chan error
+	blocks  []*segment.Block
+	size    int64 // upper bound of the encoded blocks
+	entries int
+	bound   int // of the last block's body
+	done    chan error
 }
 
-// bucketWriter owns one bucket's segment stream. Its run loop is the only
-// goroutine touching the open segment.
-type bucketWriter struct {
-	c       *Calligraphus
-	id      bucketID
-	dir     string
-	log     *slog.Logger
-	reqs    chan *appendReq
-	pending atomic.Int64
+// add appends a message to the request, in a new block when the last one
+// would exceed the block size limit. It reports false if the message
+// cannot fit in a block at all.
+func (r *appendReq) add(info callInfo, msg []byte, seq uint64) bool {
+	need := segment.EntrySizeBound(len(msg))
+	if len(r.blocks) == 0 || r.bound+need > segment.MaxBlockSize {
+		b := &segment.Block{Agent: info.agent, ArrivalMs: info.arrivalMs}
+		if info.agent != "" {
+			b.Seqs = []uint64{}
+		}
+		r.blocks = append(r.blocks, b)
+		r.bound = segment.BodySizeBound(len(info.agent))
+		r.size += int64(segment.BlockHeaderSize + r.bound)
+		if r.bound+need > segment.MaxBlockSize {
+			return false
+		}
+	}
+	b := r.blocks[len(r.blocks)-1]
+	b.Messages = append(b.Messages, msg)
+	if info.agent != "" {
+		b.Seqs = append(b.Seqs, seq)
+	}
+	r.bound += need
+	r.size += int64(need)
+	r.entries++
+	return true
+}
 
-	mu     sync.Mutex // orders submit against stop
-	closed bool       // the run loop has ended: submit refuses
+// queueCap bounds the requests a bucket writer has reserved, queued or
+// in progress; more are refused as busy.
+const queueCap = 256
+
+// bucketWriter owns one bucket's segment stream. Its run loop is the only
+// goroutine touching the open segment and the lease.
+type bucketWriter struct {
+	c     *Calligraphus
+	id    bucketID
+	dir   string
+	label string
+	log   *slog.Logger
+	reqs  chan *appendReq
+	// ownReqs asks the run loop to take the bucket's lease if it does not
+	// hold it; the answer goes to the channel sent.
+	ownReqs chan chan error
+	// owned: the run loop holds the lease, as far as it knows.
+	owned atomic.Bool
+	// prev is closed when the bucket's previous writer, ended for
+	// idleness, has released the lease; nil if there is none.
+	prev <-chan struct{}
+	done chan struct{} // closed when run has returned
+
+	mu      sync.Mutex // orders reserve and enqueue against retire and stop
+	pending int64      // bytes reserved and not yet answered
+	slots   int        // requests reserved and not yet answered
+	closed  bool       // reserve refuses: the run loop has ended or is ending
+	retired bool       // it ends for idleness (a new writer may follow)
 
 	lease     coord.Lease
 	nextTry   time.Time
 	epoch     int64
 	seq       uint64
 	file      dfs.File
+	enc       *segment.Encoder
 	tmp       string
 	final     string
 	size      int64
@@ -53,49 +103,106 @@ type bucketWriter struct {
 	buf       []byte
 }
 
-func newBucketWriter(c *Calligraphus, id bucketID) *bucketWriter {
+func newBucketWriter(c *Calligraphus, id bucketID, prev <-chan struct{}) *bucketWriter {
+	label := c.label(id.category)
 	return &bucketWriter{
-		c:    c,
-		id:   id,
-		dir:  segment.Dir(id.category, id.bucket),
-		log:  c.log.With("category", id.category, "bucket", id.bucket),
-		reqs: make(chan *appendReq, 4096),
+		c:       c,
+		id:      id,
+		dir:     layout.BucketDir(id.category, id.bucket),
+		label:   label,
+		log:     c.log.With("category", ratelog.Clip(id.category), "bucket", id.bucket),
+		reqs:    make(chan *appendReq, queueCap),
+		ownReqs: make(chan chan error),
+		prev:    prev,
+		done:    make(chan struct{}),
 	}
 }
 
-// submit queues req, or refuses at once if the bucket is over its budget
-// or its writer has stopped (a request queued then would never be
-// answered).
-func (w *bucketWriter) submit(req *appendReq) error {
+// reserve makes room for a request of size bytes, or refuses at once if
+// the bucket is over its budget or its writer is ending. A reservation is
+// given back by unreserve, or by answering the request after enqueue.
+func (w *bucketWriter) reserve(size int64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
+		if w.retired {
+			return errRetired
+		}
 		return errStopping
 	}
-	// A request alone may exceed the budget, or it could never pass.
-	if p := w.pending.Load(); p > 0 && p+req.size > int64(w.c.cfg.MaxPendingBytes) {
+	if w.slots >= cap(w.reqs) {
 		return errBusy
 	}
-	w.pending.Add(req.size)
-	w.c.m.pending.WithLabelValues(w.id.category).Add(float64(req.size))
-	select {
-	case w.reqs <- req:
-		return nil
-	default:
-		w.pending.Add(-req.size)
-		w.c.m.pending.WithLabelValues(w.id.category).Sub(float64(req.size))
+	// A request alone may exceed the budget, or it could never pass.
+	if w.pending > 0 && w.pending+size > int64(w.c.cfg.MaxPendingBytes) {
 		return errBusy
+	}
+	w.pending += size
+	w.slots++
+	w.c.m.pending.WithLabelValues(w.label).Add(float64(size))
+	return nil
+}
+
+// unreserve gives back a reservation that was not used.
+func (w *bucketWriter) unreserve(size int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pending -= size
+	w.slots--
+	w.c.m.pending.WithLabelValues(w.label).Sub(float64(size))
+}
+
+// own makes sure the writer holds its bucket's lease, taking it if
+// needed. The caller holds a reservation, so the writer does not end for
+// idleness meanwhile.
+func (w *bucketWriter) own(ctx context.Context) error {
+	if w.owned.Load() {
+		return nil
+	}
+	ch := make(chan error, 1)
+	select {
+	case w.ownReqs <- ch:
+	case <-w.done:
+		return errStopping
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
+// enqueue hands a reserved request to the run loop; it never blocks, as
+// reservations are bounded by the queue's capacity. A writer that is
+// stopping answers it at once.
+func (w *bucketWriter) enqueue(req *appendReq) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		w.finish([]*appendReq{req}, errStopping)
+		return
+	}
+	w.reqs <- req
+	w.mu.Unlock()
+}
+
+// finish answers requests and gives back their reservations.
 func (w *bucketWriter) finish(reqs []*appendReq, err error) {
 	var n int64
 	for _, r := range reqs {
 		n += r.size
+	}
+	w.mu.Lock()
+	w.pending -= n
+	w.slots -= len(reqs)
+	w.mu.Unlock()
+	w.c.m.pending.WithLabelValues(w.label).Sub(float64(n))
+	for _, r := range reqs {
 		r.done <- err
 	}
-	w.pending.Add(-n)
-	w.c.m.pending.WithLabelValues(w.id.category).Sub(float64(n))
 }
 
 func (w *bucketWriter) lost() <-chan struct{} {
@@ -120,6 +227,9 @@ func (w *bucketWriter) run(ctx context.Context) {
 	roll := time.NewTimer(time.Hour)
 	roll.Stop()
 	defer roll.Stop()
+	idleClose := w.c.cfg.IdleClose.D()
+	idle := time.NewTimer(idleClose)
+	defer idle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -132,6 +242,18 @@ func (w *bucketWriter) run(ctx context.Context) {
 					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
 				}
 			}
+		case <-idle.C:
+			if w.c.retire(w) {
+				w.log.Debug("bucket writer idle; ending")
+				return
+			}
+			idle.Reset(idleClose)
+		case ch := <-w.ownReqs:
+			if w.isLost() {
+				w.abandon()
+			}
+			ch <- w.ensureOwner(ctx)
+			idle.Reset(idleClose)
 		case req := <-w.reqs:
 			if w.isLost() {
 				// Lost while req waited: it and the rest get TRY_LATER.
@@ -155,6 +277,7 @@ func (w *bucketWriter) run(ctx context.Context) {
 			if !wasOpen && w.file != nil {
 				roll.Reset(w.c.cfg.SegmentMaxAge.D())
 			}
+			idle.Reset(idleClose)
 		}
 	}
 }
@@ -203,7 +326,17 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	if time.Now().Before(w.nextTry) {
 		return errNotOwner
 	}
-	name := "calligraphus/" + w.id.category + "/" + fmt.Sprint(w.id.bucket)
+	if w.prev != nil {
+		// The bucket's previous writer of this process is still
+		// publishing; it releases the lease when done.
+		select {
+		case <-w.prev:
+			w.prev = nil
+		case <-ctx.Done():
+			return errStopping
+		}
+	}
+	name := layout.WriterLease(w.id.category, w.id.bucket)
 	lease, err := w.c.deps.Coord.Acquire(ctx, name, w.c.cfg.ID)
 	if err != nil {
 		w.nextTry = time.Now().Add(time.Second)
@@ -212,13 +345,14 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 		}
 		return fmt.Errorf("acquire %s: %w", name, err)
 	}
-	maxEpoch, err := w.recover()
+	maxEpoch, err := w.recover(lease.Epoch())
 	if err != nil {
 		lease.Release(ctx)
 		w.nextTry = time.Now().Add(time.Second)
 		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
 	}
 	w.lease = lease
+	w.owned.Store(true)
 	w.epoch = max(lease.Epoch(), maxEpoch+1)
 	w.seq = 0
 	if w.epoch != lease.Epoch() {
@@ -229,9 +363,13 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 }
 
 // recover deals with what earlier writers left in the bucket and returns
-// the highest epoch found there.
-func (w *bucketWriter) recover() (int64, error) {
+// the highest epoch found there. It first makes sure a long category's
+// directory has its sidecar, so that the category can be listed.
+func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	fsys := w.c.deps.FS
+	if err := layout.WriteSidecar(fsys, w.id.category, strconv.FormatInt(leaseEpoch, 16)); err != nil {
+		return 0, err
+	}
 	if err := fsys.MkdirAll(w.dir); err != nil {
 		return 0, err
 	}
@@ -243,23 +381,23 @@ func (w *bucketWriter) recover() (int64, error) {
 	for _, fi := range infos {
 		name := fi.Name()
 		if !dfs.Hidden(name) {
-			if e, _, ok := segment.ParseName(name); ok {
+			if e, _, ok := layout.ParseSegmentName(name); ok {
 				maxEpoch = max(maxEpoch, e)
 			}
 			continue
 		}
-		if strings.HasSuffix(name, ".salvage") {
+		if _, ok := layout.ParseSalvageSegment(name); ok {
 			// A salvage interrupted by a crash; its source is still there.
 			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
 				return 0, err
 			}
 			continue
 		}
-		segName, ok := tempSegment(name)
+		segName, ok := layout.ParseTempSegment(name)
 		if !ok {
 			continue
 		}
-		e, _, _ := segment.ParseName(segName)
+		e, _, _ := layout.ParseSegmentName(segName)
 		maxEpoch = max(maxEpoch, e)
 		p := path.Join(w.dir, name)
 		if !fsys.SyncDurable() {
@@ -278,22 +416,6 @@ func (w *bucketWriter) recover() (int64, error) {
 	return maxEpoch, nil
 }
 
-// tempSegment returns the segment name of a temporary segment file name.
-func tempSegment(name string) (string, bool) {
-	s, ok := strings.CutPrefix(name, ".")
-	if !ok {
-		return "", false
-	}
-	s, ok = strings.CutSuffix(s, ".inprogress")
-	if !ok {
-		return "", false
-	}
-	if _, _, ok := segment.ParseName(s); !ok {
-		return "", false
-	}
-	return s, true
-}
-
 // salvage publishes the valid blocks of an earlier writer's unpublished
 // segment, which on a local disk hold acknowledged entries. It is safe to
 // repeat after a crash at any step: the copy goes through its own hidden
@@ -308,24 +430,38 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	if err != nil {
 		return err
 	}
-	r, err := segment.NewReader(bytes.NewReader(data), 0)
-	valid := segment.HeaderSize
-	blocks := 0
-	if err == nil {
+	// Keep every valid block: in a v2 segment a damaged block in the
+	// middle costs that block only; a torn tail (the crash) ends it.
+	var out []byte
+	blocks, damaged := 0, 0
+	if r, err := segment.NewReader(bytes.NewReader(data), 0); err == nil {
+		out = r.Header()
 		var b segment.Block
 		for {
-			if err := r.Next(&b); err != nil {
-				if !errors.Is(err, io.EOF) {
-					w.log.Warn("salvaged segment ends in a torn block", "file", tmp, "err", err)
-				}
+			start := r.Offset()
+			err := r.Next(&b)
+			if errors.Is(err, io.EOF) {
 				break
 			}
+			var de *segment.DamageError
+			if errors.As(err, &de) {
+				if de.Resumed {
+					damaged++
+					w.log.Error("damaged block in an unpublished segment; salvaging the others", "file", tmp, "offset", de.Offset, "err", de.Err)
+					continue
+				}
+				w.log.Warn("salvaged segment ends in a torn block", "file", tmp, "offset", de.Offset, "err", de.Err)
+				break
+			}
+			if err != nil {
+				return err
+			}
 			blocks++
-			valid = r.Offset()
+			out = append(out, data[start:r.Offset()]...)
 		}
 	}
 	if blocks == 0 {
-		w.log.Info("removing an empty unpublished segment", "file", tmp)
+		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
 		return fsys.Remove(tmp)
 	}
 	copyName := salvageName(final)
@@ -336,7 +472,7 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data[:valid]); err != nil {
+	if _, err := f.Write(out); err != nil {
 		f.Close()
 		return err
 	}
@@ -347,14 +483,14 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 		return err
 	}
 	w.c.m.salvaged.Inc()
-	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "bytes", valid)
+	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
 	return fsys.Remove(tmp)
 }
 
 // salvageName is the hidden name a salvaged segment is written under.
 func salvageName(final string) string {
 	dir, base := path.Split(final)
-	return dir + "." + base + ".salvage"
+	return dir + layout.SalvageSegment(base)
 }
 
 // write appends the batch's blocks and makes them durable.
@@ -368,8 +504,10 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 	w.buf = w.buf[:0]
 	entries := 0
 	for _, r := range batch {
-		w.buf = segment.AppendBlock(w.buf, r.block)
-		entries += len(r.block.Messages)
+		for _, b := range r.blocks {
+			w.buf = w.enc.AppendBlock(w.buf, b)
+		}
+		entries += r.entries
 	}
 	if _, err := w.file.Write(w.buf); err != nil {
 		w.fail()
@@ -406,25 +544,28 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 }
 
 func (w *bucketWriter) written(entries, bytes int) {
-	w.c.m.written.WithLabelValues(w.id.category).Add(float64(entries))
-	w.c.m.bytes.WithLabelValues(w.id.category).Add(float64(bytes))
+	w.c.m.written.WithLabelValues(w.label).Add(float64(entries))
+	w.c.m.bytes.WithLabelValues(w.label).Add(float64(bytes))
 }
 
 func (w *bucketWriter) open() error {
 	w.seq++
-	w.final = path.Join(w.dir, segment.Name(w.epoch, w.seq))
-	w.tmp = dfs.TempName(w.final)
+	name := layout.SegmentName(w.epoch, w.seq)
+	w.final = path.Join(w.dir, name)
+	w.tmp = path.Join(w.dir, layout.TempSegment(name))
 	f, err := w.c.deps.FS.Create(w.tmp)
 	if err != nil {
 		return fmt.Errorf("create segment %s: %w", w.tmp, err)
 	}
-	if _, err := f.Write([]byte(segment.Magic)); err != nil {
+	w.enc = segment.NewEncoder()
+	hdr := w.enc.AppendHeader(nil)
+	if _, err := f.Write(hdr); err != nil {
 		f.Close()
 		w.c.deps.FS.Remove(w.tmp)
 		return fmt.Errorf("write segment header %s: %w", w.tmp, err)
 	}
 	w.file = f
-	w.size = segment.HeaderSize
+	w.size = int64(len(hdr))
 	w.firstData = time.Now()
 	return nil
 }
@@ -454,7 +595,7 @@ func (w *bucketWriter) publish() error {
 		w.giveUp()
 		return fmt.Errorf("publish %s: %w", w.final, err)
 	}
-	w.c.m.segments.WithLabelValues(w.id.category).Inc()
+	w.c.m.segments.WithLabelValues(w.label).Inc()
 	return nil
 }
 
@@ -468,6 +609,7 @@ func (w *bucketWriter) giveUp() {
 	}
 	w.lease.Release(context.Background())
 	w.lease = nil
+	w.owned.Store(false)
 }
 
 // fail abandons the open segment after a write error: on a dfs where
@@ -484,6 +626,7 @@ func (w *bucketWriter) fail() {
 	if w.lease != nil {
 		w.lease.Release(context.Background())
 		w.lease = nil
+		w.owned.Store(false)
 	}
 }
 
@@ -509,6 +652,7 @@ func (w *bucketWriter) abandon() {
 		w.discard()
 	}
 	w.lease = nil
+	w.owned.Store(false)
 	// Refuse what was queued when the loss was noticed, not what arrives
 	// meanwhile: that is served after taking the bucket again.
 	for n := len(w.reqs); n > 0; n-- {
@@ -543,6 +687,8 @@ func (w *bucketWriter) stop() {
 		w.lease.Release(context.Background())
 		w.lease = nil
 	}
+	w.owned.Store(false)
+	w.buf = nil
 }
 
 func metricValue(m prometheus.Metric) float64 {

@@ -8,25 +8,32 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/freeway-dev/freeway/internal/segment"
 )
 
 // TestSubmitToStoppedWriter: a writer whose loop has ended must refuse
-// requests, not queue them where nobody answers them.
+// requests, not queue them where nobody answers them; one reserved before
+// it ended is answered at once.
 func TestSubmitToStoppedWriter(t *testing.T) {
 	_, co := inprocCoord(t)
-	c := &Calligraphus{cfg: testConfig(), deps: Deps{FS: newLocal(t), Coord: co}, log: slog.New(slog.DiscardHandler), m: newMetrics(nil), writers: map[bucketID]*bucketWriter{}}
-	w := newBucketWriter(c, bucketID{"cat", 0})
+	c := &Calligraphus{cfg: testConfig(), deps: Deps{FS: newLocal(t), Coord: co}, log: slog.New(slog.DiscardHandler), m: newMetrics(nil), writers: map[bucketID]*bucketWriter{}, labels: map[string]string{}}
+	w := newBucketWriter(c, bucketID{"cat", 0}, nil)
+	req := &appendReq{done: make(chan error, 1)}
+	req.add(callInfo{}, []byte("x"), 0)
+	if err := w.reserve(req.size); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	w.run(ctx)
-	req := &appendReq{block: &segment.Block{Messages: [][]byte{[]byte("x")}}, size: 20, done: make(chan error, 1)}
-	if err := w.submit(req); !errors.Is(err, errStopping) {
-		t.Fatalf("submit to a stopped writer: %v, want errStopping", err)
+	if err := w.reserve(req.size); !errors.Is(err, errStopping) {
+		t.Fatalf("reserve with a stopped writer: %v, want errStopping", err)
 	}
-	if got := w.pending.Load(); got != 0 {
-		t.Errorf("pending %d after a refused request", got)
+	w.enqueue(req)
+	if err := <-req.done; !errors.Is(err, errStopping) {
+		t.Fatalf("request reserved before the writer stopped: %v, want errStopping", err)
+	}
+	if w.pending != 0 || w.slots != 0 {
+		t.Errorf("pending %d, slots %d after the writer stopped", w.pending, w.slots)
 	}
 }
 

@@ -5,8 +5,9 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/store"
 )
 
 // Verification modes.
@@ -28,7 +29,8 @@ type Config struct {
 	// Interval is how long the copier waits after a pass before looking
 	// for new segments again, and how often a standby retries the lease.
 	Interval config.Duration `yaml:"interval"`
-	// Categories to copy; empty means every category found in the source.
+	// Categories to copy (any non-empty Scribe categories); empty means
+	// every category found in the source.
 	Categories []string `yaml:"categories"`
 	// ID names this copier in its lease and in the progress rows; default
 	// host-pid.
@@ -73,8 +75,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, cat := range c.Categories {
-		if !apps.ValidCategory(cat) {
-			return config.Errorf(fmt.Sprintf("$.copier.categories[%d]", i), "%q is not a valid category name", cat)
+		if !layout.ValidCategory(cat) {
+			return config.Errorf(fmt.Sprintf("$.copier.categories[%d]", i), "a category must not be empty")
 		}
 		for _, prev := range c.Categories[:i] {
 			if prev == cat {
@@ -89,7 +91,7 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.copier.concurrency", "must be between 1 and 256")
 	case c.Verify != VerifySize && c.Verify != VerifyChecksum:
 		return config.Errorf("$.copier.verify", "must be %q or %q, not %q", VerifyChecksum, VerifySize, c.Verify)
-	case c.Table == "" || !apps.ValidCategory(c.Table):
+	case !store.ValidTable(c.Table):
 		return config.Errorf("$.copier.table", "%q is not a valid table name", c.Table)
 	case c.ProgressInterval.D() < 100*time.Millisecond:
 		return config.Errorf("$.copier.progress_interval", "must be at least 100ms")

@@ -25,6 +25,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
@@ -154,13 +155,14 @@ func (b *syncBuffer) String() string {
 
 // segmentBytes is a segment of n blocks, each of a few messages.
 func segmentBytes(tag string, blocks int) []byte {
-	data := []byte(segment.Magic)
+	enc := segment.NewEncoder()
+	data := enc.AppendHeader(nil)
 	for i := range blocks {
 		b := &segment.Block{Agent: "agent", ArrivalMs: 1_700_000_000_000, Seqs: []uint64{uint64(3*i + 1), uint64(3*i + 2), uint64(3*i + 3)}}
 		for k := range 3 {
 			b.Messages = append(b.Messages, fmt.Appendf(nil, "%s block %d message %d", tag, i, k))
 		}
-		data = segment.AppendBlock(data, b)
+		data = enc.AppendBlock(data, b)
 	}
 	return data
 }
@@ -169,7 +171,7 @@ func segmentBytes(tag string, blocks int) []byte {
 // writer does: under its temporary name, closed, then renamed.
 func publish(t *testing.T, fsys dfs.FS, cat string, b int, epoch int64, seq uint64, blocks int) string {
 	t.Helper()
-	name := path.Join(segment.Dir(cat, b), segment.Name(epoch, seq))
+	name := path.Join(layout.BucketDir(cat, b), layout.SegmentName(epoch, seq))
 	if err := dfs.WriteFile(fsys, name, segmentBytes(name, blocks)); err != nil {
 		t.Fatal(err)
 	}
@@ -294,9 +296,9 @@ func (f *corruptingFile) Write(p []byte) (int, error) {
 	return f.File.Write(p)
 }
 
-// layout publishes a few buckets of two categories and returns the
+// publishSome publishes a few buckets of two categories and returns the
 // segment names in the order a writer published them.
-func layout(t *testing.T, fsys dfs.FS) []string {
+func publishSome(t *testing.T, fsys dfs.FS) []string {
 	t.Helper()
 	var names []string
 	for _, cat := range []string{"access", "errors"} {
@@ -313,7 +315,7 @@ func layout(t *testing.T, fsys dfs.FS) []string {
 
 func TestCopiesEverySegmentInOrder(t *testing.T) {
 	e := newEnv(t)
-	names := layout(t, e.src)
+	names := publishSome(t, e.src)
 	rec := &recorder{FS: e.dst}
 	n := e.copier(t, "a", withDest(rec), withConfig(func(c *Config) { c.Concurrency = 3 }))
 
@@ -358,7 +360,7 @@ func TestCopiesEverySegmentInOrder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := segment.Name(9, 0); last != want {
+			if want := layout.SegmentName(9, 0); last != want {
 				t.Errorf("progress of %s/%d is %q, want %q", cat, b, last, want)
 			}
 		}
@@ -377,7 +379,7 @@ func TestCopiesEverySegmentInOrder(t *testing.T) {
 
 func TestCategoriesFilter(t *testing.T) {
 	e := newEnv(t)
-	layout(t, e.src)
+	publishSome(t, e.src)
 	n := e.copier(t, "a", withConfig(func(c *Config) { c.Categories = []string{"errors", "missing"} }))
 	st := copyOnce(t, n)
 	if st.Copied != 15 || st.Buckets != 3 {
@@ -392,7 +394,7 @@ func TestCategoriesFilter(t *testing.T) {
 
 func TestRestartResumesFromStoredProgress(t *testing.T) {
 	e := newEnv(t)
-	names := layout(t, e.src)
+	names := publishSome(t, e.src)
 	dbFile := filepath.Join(t.TempDir(), "progress.db")
 	first, err := boltstore.Open(dbFile)
 	if err != nil {
@@ -427,7 +429,7 @@ func TestEmptyStoreCopiesNothingTwice(t *testing.T) {
 	for _, verify := range []string{VerifyChecksum, VerifySize} {
 		t.Run(verify, func(t *testing.T) {
 			e := newEnv(t)
-			names := layout(t, e.src)
+			names := publishSome(t, e.src)
 			if st := copyOnce(t, e.copier(t, "a")); st.Copied != len(names) {
 				t.Fatalf("first run %+v", st)
 			}
@@ -476,7 +478,7 @@ func TestDifferentDestinationFileIsReplaced(t *testing.T) {
 
 func TestCrashLeftoversAreRedone(t *testing.T) {
 	e := newEnv(t)
-	names := layout(t, e.src)
+	names := publishSome(t, e.src)
 	// A crashed copier left: a partial copy of the first segment of a
 	// bucket under its temporary name, and the temporary file of a segment
 	// that retention has since removed from the source.
@@ -484,7 +486,7 @@ func TestCrashLeftoversAreRedone(t *testing.T) {
 	if err := dfs.WriteFile(e.dst, dfs.TempName(names[0]), partial); err != nil {
 		t.Fatal(err)
 	}
-	gone := path.Join(segment.Dir("errors", 2), segment.Name(1, 0))
+	gone := path.Join(layout.BucketDir("errors", 2), layout.SegmentName(1, 0))
 	if err := dfs.WriteFile(e.dst, dfs.TempName(gone), []byte("half a segm")); err != nil {
 		t.Fatal(err)
 	}
@@ -515,7 +517,7 @@ func TestCrashedCopyTempIsRemovedWhenCopiedAgain(t *testing.T) {
 	waitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
 	// Under the same lease (no sweep of the bucket again), a temporary file
 	// of the next segment is in the way of its copy.
-	next := path.Join(segment.Dir("access", 0), segment.Name(1, 1))
+	next := path.Join(layout.BucketDir("access", 0), layout.SegmentName(1, 1))
 	if err := dfs.WriteFile(e.dst, dfs.TempName(next), []byte("torn")); err != nil {
 		t.Fatal(err)
 	}
@@ -532,20 +534,20 @@ func TestHiddenAndForeignFilesAreIgnored(t *testing.T) {
 	e := newEnv(t)
 	real := publish(t, e.src, "access", 0, 1, 0, 2)
 	for _, name := range []string{
-		dfs.TempName(path.Join("access/0", segment.Name(1, 1))), // being written
-		"access/0/_" + segment.Name(1, 2),
+		dfs.TempName(path.Join("access/0", layout.SegmentName(1, 1))), // being written
+		"access/0/_" + layout.SegmentName(1, 2),
 		"access/0/notes.txt",
-		"access/0/" + segment.Name(1, 3) + ".bak",
-		"access/1x/" + segment.Name(1, 0), // not a bucket directory
-		"access/01/" + segment.Name(1, 0), // not as segment.Dir names it
-		".trash/0/" + segment.Name(1, 0),  // not a category
+		"access/0/" + layout.SegmentName(1, 3) + ".bak",
+		"access/1x/" + layout.SegmentName(1, 0), // not a bucket directory
+		"access/01/" + layout.SegmentName(1, 0), // not as segment.Dir names it
+		".trash/0/" + layout.SegmentName(1, 0),  // not a category
 		"README",
 	} {
 		if err := dfs.WriteFile(e.src, name, segmentBytes(name, 1)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := e.src.MkdirAll("access/0/" + segment.Name(1, 4)); err != nil { // a directory, not a segment
+	if err := e.src.MkdirAll("access/0/" + layout.SegmentName(1, 4)); err != nil { // a directory, not a segment
 		t.Fatal(err)
 	}
 	n := e.copier(t, "a")
@@ -618,7 +620,7 @@ func TestCorruptCopyIsNotPublished(t *testing.T) {
 func TestLargeSegmentStreams(t *testing.T) {
 	e := newEnv(t)
 	// About 6 MiB: several copy buffers.
-	name := path.Join("big", "0", segment.Name(1, 0))
+	name := path.Join("big", "0", layout.SegmentName(1, 0))
 	data := []byte(segment.Magic)
 	msg := bytes.Repeat([]byte("x"), 60<<10)
 	for range 100 {
@@ -636,7 +638,7 @@ func TestLargeSegmentStreams(t *testing.T) {
 
 func TestProgressIsLogged(t *testing.T) {
 	e := newEnv(t)
-	layout(t, e.src)
+	publishSome(t, e.src)
 	var ticks atomic.Int64
 	clock := func() time.Time { return time.Unix(1_700_000_000+ticks.Add(1), 0) } // a second per reading
 	n := e.copier(t, "a", func(c *Config, d *Deps) { c.Concurrency = 1; d.Now = clock })
@@ -787,7 +789,7 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	}
 	// Another copier (that a has not heard of) records progress of the
 	// bucket; a, still believing it holds the lease, must not overwrite it.
-	if _, err := advance(context.Background(), e.st, "copier", "access/0", a.marks["access/0"], segment.Name(5, 0), "other@1", 0); err != nil {
+	if _, err := advance(context.Background(), e.st, "copier", "access/0", a.marks["access/0"], layout.SegmentName(5, 0), "other@1", 0); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, e.src, "access", 0, 1, 1, 2)
@@ -800,8 +802,8 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if last != segment.Name(5, 0) {
-		t.Errorf("progress is %q, the other copier's %q was overwritten", last, segment.Name(5, 0))
+	if last != layout.SegmentName(5, 0) {
+		t.Errorf("progress is %q, the other copier's %q was overwritten", last, layout.SegmentName(5, 0))
 	}
 }
 
@@ -844,7 +846,7 @@ func TestConfigValidate(t *testing.T) {
 		{"$.copier.verify", func(c *Config) { c.Verify = "md5" }},
 		{"$.copier.table", func(c *Config) { c.Table = "" }},
 		{"$.copier.progress_interval", func(c *Config) { c.ProgressInterval = config.Duration(time.Millisecond) }},
-		{"$.copier.categories[1]", func(c *Config) { c.Categories = []string{"ok", "not/ok"} }},
+		{"$.copier.categories[1]", func(c *Config) { c.Categories = []string{"ok", ""} }},
 		{"$.copier.categories[1]", func(c *Config) { c.Categories = []string{"ok", "ok"} }},
 	} {
 		c := DefaultConfig()

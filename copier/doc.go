@@ -9,8 +9,12 @@
 // copier has done it (LastCopied) and Puma has read it.
 //
 // A pass lists every bucket (of Config.Categories, or of every category
-// found) and copies, in name order, the published segments after the
-// bucket's progress mark. Hidden names (files being written, ".x" and
+// found: internal/layout names and lists the category directories, any
+// category included) and copies, in name order, the published segments
+// after the bucket's progress mark. The directory of a category too long
+// to be its own name holds a sidecar with the full name; the copier
+// writes it at the destination before the category's first segment, so
+// that the destination lists the same categories. Hidden names (files being written, ".x" and
 // "_x") and names that are not segment names are never copied. Each copy
 // streams from the source into dfs.TempName(name) at the destination,
 // is closed, checked (size, and with Verify "checksum" a CRC-32C of the

@@ -11,6 +11,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
 )
@@ -32,8 +33,9 @@ func ExampleCopier_CopyOnce() {
 	defer progress.Close()
 
 	// A writer published one segment of bucket 0 of category "access".
-	seg := segment.AppendBlock([]byte(segment.Magic), &segment.Block{Messages: [][]byte{[]byte("GET / 200")}})
-	name := segment.Dir("access", 0) + "/" + segment.Name(1, 0)
+	enc := segment.NewEncoder()
+	seg := enc.AppendBlock(enc.AppendHeader(nil), &segment.Block{Messages: [][]byte{[]byte("GET / 200")}})
+	name := layout.BucketDir("access", 0) + "/" + layout.SegmentName(1, 0)
 	if err := dfs.WriteFile(src, name, seg); err != nil {
 		log.Fatal(err)
 	}

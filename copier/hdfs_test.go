@@ -14,7 +14,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/hdfs"
-	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/layout"
 )
 
 // hdfsRoot opens a fresh root hdfs://<FREEWAY_TEST_HDFS>/freeway-test/
@@ -73,7 +73,7 @@ func TestHDFSDestination(t *testing.T) {
 	dst, url := hdfsRoot(t)
 	e := newEnv(t)
 	e.dst = dst
-	names := layout(t, e.src)
+	names := publishSome(t, e.src)
 
 	n := e.copier(t, "a", withConfig(func(c *Config) { c.Destination = url }))
 	st := copyOnce(t, n)
@@ -126,7 +126,7 @@ func TestHDFSCrashedCopyIsRedone(t *testing.T) {
 		t.Fatal(err)
 	}
 	// And a finished but unpublished copy of a segment retention removed.
-	gone := path.Join(segment.Dir("access", 0), segment.Name(1, 0))
+	gone := path.Join(layout.BucketDir("access", 0), layout.SegmentName(1, 0))
 	g, err := dst.Create(dfs.TempName(gone))
 	if err != nil {
 		t.Fatal(err)

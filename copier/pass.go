@@ -10,14 +10,12 @@ import (
 	"path"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
-	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/layout"
 )
 
 // copyBufferSize is each worker's copy buffer: large enough that a copy
@@ -32,6 +30,7 @@ var errMismatch = errors.New("copy does not match the source")
 // bucketJob is one bucket's share of a pass.
 type bucketJob struct {
 	category string
+	label    string // the category as a metric label
 	bucket   int
 	dir      string
 	mark     mark
@@ -97,7 +96,7 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 	}
 	c.m.lag.Reset()
 	for _, j := range jobs {
-		c.m.lag.WithLabelValues(j.category).Add(float64(len(j.segs)))
+		c.m.lag.WithLabelValues(j.label).Add(float64(len(j.segs)))
 	}
 	if ps.st.Seen > 0 {
 		c.log.Info("copy pass started", "segments", ps.st.Seen, "buckets", ps.st.Buckets)
@@ -154,18 +153,23 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 // listed is a failure of the pass that leaves the others to copy.
 func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 	c := ps.c
-	categories := c.cfg.Categories
-	if len(categories) == 0 {
-		infos, err := c.deps.Source.ReadDir("")
+	var categories []layout.Category
+	if len(c.cfg.Categories) == 0 {
+		cats, unreadable, err := layout.Categories(c.deps.Source)
 		if err != nil {
-			return nil, fmt.Errorf("list categories in %s: %w", c.deps.Source, err)
+			return nil, err
 		}
-		for _, fi := range infos {
-			// A directory named like a category is one; anything else in
-			// the root (hidden "." entries, files) is not ours.
-			if fi.IsDir() && apps.ValidCategory(fi.Name()) {
-				categories = append(categories, fi.Name())
-			}
+		for _, dir := range unreadable {
+			// A long category's directory without a readable sidecar:
+			// its name cannot be known, so it waits for the sidecar.
+			c.m.errors.WithLabelValues("list").Inc()
+			c.log.Error("category directory without a valid sidecar; skipping it this pass", "dir", dir)
+			ps.fail(fmt.Errorf("list category %s in %s: %w", dir, c.deps.Source, layout.ErrSidecarMismatch))
+		}
+		categories = cats
+	} else {
+		for _, name := range c.cfg.Categories {
+			categories = append(categories, layout.Category{Name: name, Dir: layout.CategoryDir(name)})
 		}
 	}
 	listFailed := func(what string, err error) {
@@ -178,12 +182,12 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		infos, err := c.deps.Source.ReadDir(cat)
+		infos, err := c.deps.Source.ReadDir(cat.Dir)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // a configured category nothing was written to yet
 		}
 		if err != nil {
-			listFailed(cat, err)
+			listFailed(cat.Dir, err)
 			continue
 		}
 		var buckets []int
@@ -194,7 +198,7 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		}
 		sort.Ints(buckets)
 		for _, b := range buckets {
-			dir := segment.Dir(cat, b)
+			dir := layout.BucketDir(cat.Name, b)
 			segs, err := c.deps.Source.ReadDir(dir)
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
@@ -204,14 +208,14 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 				continue
 			}
 			ps.st.Buckets++
-			j := &bucketJob{category: cat, bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir]}
+			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir]}
 			for _, fi := range segs {
 				name := fi.Name()
 				// Published segments only: never a hidden file being written.
 				if fi.IsDir() || dfs.Hidden(name) || name <= j.mark.last {
 					continue
 				}
-				if _, _, ok := segment.ParseName(name); ok {
+				if _, _, ok := layout.ParseSegmentName(name); ok {
 					j.segs = append(j.segs, fi)
 				}
 			}
@@ -224,17 +228,12 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 	return jobs, nil
 }
 
-// bucketNumber reports whether fi is a bucket directory and its number:
-// exactly the names segment.Dir makes.
+// bucketNumber reports whether fi is a bucket directory and its number.
 func bucketNumber(fi fs.FileInfo) (int, bool) {
 	if !fi.IsDir() {
 		return 0, false
 	}
-	b, err := strconv.Atoi(fi.Name())
-	if err != nil || b < 0 || strconv.Itoa(b) != fi.Name() {
-		return 0, false
-	}
-	return b, true
+	return layout.ParseBucket(fi.Name())
 }
 
 type outcome int
@@ -259,6 +258,18 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 		ps.mu.Lock()
 		c.swept[j.dir] = true
 		ps.mu.Unlock()
+	}
+	if len(j.segs) > 0 && layout.NeedsSidecar(j.category) {
+		// The destination lists the category by its sidecar too. Several
+		// buckets of one category may write it at once: each under its
+		// own temporary name, with the same contents.
+		unique := strconv.FormatInt(c.marksEpoch, 16) + "-" + strconv.Itoa(j.bucket)
+		if err := layout.WriteSidecar(c.deps.Dest, j.category, unique); err != nil {
+			c.m.errors.WithLabelValues("copy").Inc()
+			c.log.Error("cannot write the category sidecar at the destination; the bucket waits for the next pass", "bucket", j.dir, "err", err)
+			ps.fail(err)
+			return
+		}
 	}
 	for _, fi := range j.segs {
 		if ctx.Err() != nil {
@@ -320,20 +331,20 @@ func (ps *passState) done(j *bucketJob, out outcome, n int64) {
 	case copied, replaced:
 		ps.st.Copied++
 		ps.st.Bytes += n
-		c.m.copied.WithLabelValues(j.category).Inc()
-		c.m.bytes.WithLabelValues(j.category).Add(float64(n))
+		c.m.copied.WithLabelValues(j.label).Inc()
+		c.m.bytes.WithLabelValues(j.label).Add(float64(n))
 		if out == replaced {
 			ps.st.Replaced++
-			c.m.replaced.WithLabelValues(j.category).Inc()
+			c.m.replaced.WithLabelValues(j.label).Inc()
 		}
 	case skipped:
 		ps.st.Skipped++
-		c.m.skipped.WithLabelValues(j.category).Inc()
+		c.m.skipped.WithLabelValues(j.label).Inc()
 	case vanished:
 		ps.st.Vanished++
-		c.m.vanished.WithLabelValues(j.category).Inc()
+		c.m.vanished.WithLabelValues(j.label).Inc()
 	}
-	c.m.lag.WithLabelValues(j.category).Dec()
+	c.m.lag.WithLabelValues(j.label).Dec()
 	if now := c.now(); now.Sub(ps.lastLog) >= c.cfg.ProgressInterval.D() {
 		ps.lastLog = now
 		doneN := ps.st.Copied + ps.st.Skipped + ps.st.Vanished
@@ -522,15 +533,7 @@ func (c *Copier) sweep(dir string) {
 
 // isTempOfSegment reports whether base is dfs.TempName of a segment name.
 func isTempOfSegment(base string) bool {
-	seg, ok := strings.CutPrefix(base, ".")
-	if !ok {
-		return false
-	}
-	seg, ok = strings.CutSuffix(seg, ".inprogress")
-	if !ok || dfs.TempName(seg) != base {
-		return false
-	}
-	_, _, ok = segment.ParseName(seg)
+	_, ok := layout.ParseTempSegment(base)
 	return ok
 }
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
 )
 
@@ -95,7 +95,7 @@ func advance(ctx context.Context, st store.Store, table, dir string, prev mark, 
 // the bucket named at or before it is at the destination, or was already
 // gone from the source. Retention reads it before deleting segments.
 func LastCopied(ctx context.Context, st store.Store, table, category string, bucket int) (string, error) {
-	dir := segment.Dir(category, bucket)
+	dir := layout.BucketDir(category, bucket)
 	cells, err := st.Get(ctx, table, progressRow(dir), store.Latest)
 	if err != nil {
 		return "", fmt.Errorf("read copier progress of %s: %w", dir, err)

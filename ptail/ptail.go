@@ -9,6 +9,14 @@
 // moving on; ptail reads only published segments, which on HDFS are the
 // only ones whose bytes are visible anyway.
 //
+// Damage. A published segment never changes, so a block that fails its
+// checks is damage, not a write in progress. The reader logs it (an error
+// with the segment and offset), counts it (Metrics, and the Damaged
+// fields) and goes on: in a v2 segment with the next block, so a damaged
+// block costs that block only; in a v1 segment, or after a torn tail, with
+// the next segment. An I/O error is not damage: Next returns it and
+// resumes where it was.
+//
 // Nothing is kept across a crash but the position its user saved; ptail
 // itself is stateless.
 package ptail
@@ -23,7 +31,10 @@ import (
 	"path"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -50,9 +61,43 @@ type Reader struct {
 	pending  []string  // published segments after pos, in order, from the last listing
 	listed   time.Time // when pending was listed
 
-	// Skipped counts damaged segments whose rest was skipped (each logged
-	// as an error): a corrupt block, a bad header, a torn tail.
+	m *Metrics
+
+	// Skipped counts the damaged stretches skipped, each logged as an
+	// error: a damaged block, a damaged segment header, a torn tail.
 	Skipped int
+	// DamagedBlocks counts the blocks lost to damage (at least: a damaged
+	// header or the rest of a v1 segment may hide more than one).
+	DamagedBlocks int
+	// DamagedEntries counts the entries of damaged blocks whose header
+	// survived to say how many.
+	DamagedEntries int
+}
+
+// Metrics counts what a process's readers skip. Create one per process
+// (NewMetrics) and give it to each reader (SetMetrics).
+type Metrics struct {
+	blocks  prometheus.Counter
+	entries prometheus.Counter
+}
+
+// NewMetrics returns the readers' metrics, registered with reg (nil: not
+// registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		blocks:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_ptail_damaged_blocks_total", Help: "Damaged segment blocks skipped by readers (at least; each logged as an error with its segment and offset)."}),
+		entries: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_ptail_damaged_entries_total", Help: "Entries lost in damaged blocks whose header said how many."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.blocks, m.entries)
+	}
+	return m
+}
+
+// SetMetrics makes the reader count damage in m too; it returns r.
+func (r *Reader) SetMetrics(m *Metrics) *Reader {
+	r.m = m
+	return r
 }
 
 // defaultPoll is the poll interval of a reader given none.
@@ -96,15 +141,18 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 			return r.pos, nil
 		}
 		if !errors.Is(err, io.EOF) {
-			if !damaged(err) {
+			var de *segment.DamageError
+			if !errors.As(err, &de) {
 				// Reading failed, which says nothing about the segment.
 				r.closeFile()
 				return r.pos, fmt.Errorf("read segment %s at %d: %w", path.Join(r.dir, r.pos.Segment), r.pos.Offset, err)
 			}
-			// A published segment never changes, so this is damage, not a
-			// write in progress. Say so loudly and go on with the next one.
-			r.Skipped++
-			r.log.Error("damaged segment; skipping the rest of it", "segment", path.Join(r.dir, r.pos.Segment), "offset", r.pos.Offset, "err", err)
+			r.damaged(de)
+			if de.Resumed {
+				// Resume after the damage, also after an I/O error.
+				r.pos.Offset = r.sr.Offset()
+				continue
+			}
 		}
 		r.closeFile()
 		r.finished = true
@@ -157,12 +205,6 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
 	}
-	if offset > 0 {
-		if _, err := f.Seek(offset, io.SeekStart); err != nil {
-			f.Close()
-			return false, fmt.Errorf("seek segment %s to %d: %w", path.Join(r.dir, name), offset, err)
-		}
-	}
 	sr, err := segment.NewReader(f, offset)
 	if err != nil && !damaged(err) {
 		f.Close()
@@ -170,16 +212,38 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 	}
 	if err != nil {
 		f.Close()
-		r.Skipped++
-		r.log.Error("damaged segment header; skipping the segment", "segment", path.Join(r.dir, name), "err", err)
+		r.damaged(&segment.DamageError{Offset: 0, Blocks: 1, Entries: -1, Err: err})
 		return false, nil
+	}
+	if sr.Repaired() && offset <= sr.HeaderSize() {
+		r.log.Warn("damaged segment header repaired from its first block; nothing lost", "segment", path.Join(r.dir, name))
 	}
 	r.file, r.sr = f, sr
 	return true, nil
 }
 
-// damaged reports whether a segment read error is the segment's content
-// rather than the dfs failing to deliver it.
+// damaged accounts for damage passed over in the current segment.
+func (r *Reader) damaged(de *segment.DamageError) {
+	r.Skipped++
+	r.DamagedBlocks += de.Blocks
+	entries := "unknown"
+	if de.Entries >= 0 {
+		r.DamagedEntries += de.Entries
+		entries = fmt.Sprint(de.Entries)
+	}
+	if r.m != nil {
+		r.m.blocks.Add(float64(de.Blocks))
+		r.m.entries.Add(float64(max(de.Entries, 0)))
+	}
+	what := "damaged block skipped; reading on after it"
+	if !de.Resumed {
+		what = "damaged segment; skipping the rest of it"
+	}
+	r.log.Error(what, "segment", path.Join(r.dir, r.pos.Segment), "offset", de.Offset, "blocks", de.Blocks, "entries", entries, "err", de.Err)
+}
+
+// damaged reports whether a segment error is the segment's content rather
+// than the dfs failing to deliver it.
 func damaged(err error) bool {
 	return errors.Is(err, segment.ErrCorrupt) || errors.Is(err, segment.ErrTruncated)
 }
@@ -207,7 +271,7 @@ func (r *Reader) list() error {
 		if fi.IsDir() || dfs.Hidden(name) || name <= r.pos.Segment {
 			continue
 		}
-		if _, _, ok := segment.ParseName(name); ok {
+		if _, _, ok := layout.ParseSegmentName(name); ok {
 			r.pending = append(r.pending, name)
 		}
 	}

@@ -13,10 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -89,25 +92,53 @@ func logger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), nil))
 }
 
-// publish writes a segment of blocks, each holding the given messages.
+// publish writes a v2 segment of blocks, each holding the given messages.
 func publish(t *testing.T, fsys dfs.FS, epoch int64, seq uint64, blocks ...[]string) string {
 	t.Helper()
-	name := segment.Name(epoch, seq)
-	if err := dfs.WriteFile(fsys, path.Join(dir, name), encode(blocks...)); err != nil {
+	return publishData(t, fsys, epoch, seq, encode(blocks...))
+}
+
+func publishData(t *testing.T, fsys dfs.FS, epoch int64, seq uint64, data []byte) string {
+	t.Helper()
+	name := layout.SegmentName(epoch, seq)
+	if err := dfs.WriteFile(fsys, path.Join(dir, name), data); err != nil {
 		t.Fatal(err)
 	}
 	return name
 }
 
+func block(msgs []string) *segment.Block {
+	b := &segment.Block{Agent: "a", ArrivalMs: 1}
+	for _, m := range msgs {
+		b.Messages = append(b.Messages, []byte(m))
+		b.Seqs = append(b.Seqs, uint64(len(b.Seqs)+1))
+	}
+	return b
+}
+
+// encode is a v2 segment, as Freeway writes.
 func encode(blocks ...[]string) []byte {
-	data := []byte(segment.Magic)
+	data, _ := encodeAt(blocks...)
+	return data
+}
+
+// encodeAt is encode with the offset of each block and of the end.
+func encodeAt(blocks ...[]string) ([]byte, []int) {
+	e := segment.NewEncoder()
+	data := e.AppendHeader(nil)
+	offs := []int{len(data)}
 	for _, msgs := range blocks {
-		b := &segment.Block{Agent: "a", ArrivalMs: 1}
-		for _, m := range msgs {
-			b.Messages = append(b.Messages, []byte(m))
-			b.Seqs = append(b.Seqs, uint64(len(b.Seqs)+1))
-		}
-		data = segment.AppendBlock(data, b)
+		data = e.AppendBlock(data, block(msgs))
+		offs = append(offs, len(data))
+	}
+	return data, offs
+}
+
+// encodeV1 is a v1 segment, as Freeway wrote before v2.
+func encodeV1(blocks ...[]string) []byte {
+	data := []byte(segment.MagicV1)
+	for _, msgs := range blocks {
+		data = segment.AppendBlock(data, block(msgs))
 	}
 	return data
 }
@@ -252,12 +283,12 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 	}
 	// What a writer has in progress, and names that are not segments.
 	for name, data := range map[string][]byte{
-		dfs.TempName(segment.Name(1, 2)):    encode([]string{"in progress"}),
-		"_" + segment.Name(1, 3):            encode([]string{"underscore"}),
-		"README":                            []byte("not a segment"),
-		"0000000000000001-0000000000000004": encode([]string{"no extension"}),
-		"1-5.seg":                           encode([]string{"short name"}),
-		segment.Name(1, 6) + ".tmp":         encode([]string{"suffix"}),
+		dfs.TempName(layout.SegmentName(1, 2)): encode([]string{"in progress"}),
+		"_" + layout.SegmentName(1, 3):         encode([]string{"underscore"}),
+		"README":                               []byte("not a segment"),
+		"0000000000000001-0000000000000004":    encode([]string{"no extension"}),
+		"1-5.seg":                              encode([]string{"short name"}),
+		layout.SegmentName(1, 6) + ".tmp":      encode([]string{"suffix"}),
 	} {
 		f, err := fsys.Create(path.Join(dir, name))
 		if err != nil {
@@ -266,7 +297,7 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 		f.Write(data)
 		f.Close()
 	}
-	if err := fsys.MkdirAll(path.Join(dir, segment.Name(1, 7))); err != nil {
+	if err := fsys.MkdirAll(path.Join(dir, layout.SegmentName(1, 7))); err != nil {
 		t.Fatal(err)
 	}
 	nothingMore(t, fsys, r)
@@ -312,33 +343,25 @@ func TestVanishedSegmentSkipped(t *testing.T) {
 	}
 }
 
-func TestDamagedSegmentsSkipped(t *testing.T) {
+// TestDamagedV1SegmentsSkipped: v1 segments are still read, and damage in
+// one costs the rest of it.
+func TestDamagedV1SegmentsSkipped(t *testing.T) {
 	fsys := newFS(t)
-	publish(t, fsys, 1, 1, []string{"good-1"})
+	publishData(t, fsys, 1, 1, encodeV1([]string{"good-1"}))
 	// A flipped byte in the second block.
-	data := encode([]string{"b1"}, []string{"b2"}, []string{"b3"})
+	data := encodeV1([]string{"b1"}, []string{"b2"}, []string{"b3"})
 	data[len(data)-20] ^= 0xff
-	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 2)), data); err != nil {
-		t.Fatal(err)
-	}
+	publishData(t, fsys, 1, 2, data)
 	// Not a segment header; an empty file; a torn tail.
-	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 3)), []byte("garbage!garbage!")); err != nil {
-		t.Fatal(err)
-	}
-	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 4)), nil); err != nil {
-		t.Fatal(err)
-	}
-	torn := encode([]string{"t1"}, []string{"t2"})
-	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 5)), torn[:len(torn)-3]); err != nil {
-		t.Fatal(err)
-	}
-	publish(t, fsys, 1, 6, []string{"good-2"})
+	publishData(t, fsys, 1, 3, []byte("garbage!garbage!"))
+	publishData(t, fsys, 1, 4, nil)
+	torn := encodeV1([]string{"t1"}, []string{"t2"})
+	publishData(t, fsys, 1, 5, torn[:len(torn)-3])
+	publishData(t, fsys, 1, 6, encodeV1([]string{"good-2"}))
 	// A huge block length.
-	bad := encode([]string{"x"})
+	bad := encodeV1([]string{"x"})
 	bad[segment.HeaderSize+3] = 0x7f
-	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 7)), bad); err != nil {
-		t.Fatal(err)
-	}
+	publishData(t, fsys, 1, 7, bad)
 
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
@@ -347,8 +370,100 @@ func TestDamagedSegmentsSkipped(t *testing.T) {
 		t.Fatalf("read %q, want %q", got, want)
 	}
 	nothingMore(t, fsys, r)
-	if r.Skipped != 5 {
-		t.Errorf("skipped %d, want 5 (corrupt block, bad header, empty, torn tail, huge length)", r.Skipped)
+	if r.Skipped != 5 || r.DamagedBlocks != 5 || r.DamagedEntries != 0 {
+		t.Errorf("skipped %d, damaged blocks %d, entries %d; want 5 (corrupt block, bad header, empty, torn tail, huge length), 5, 0 known",
+			r.Skipped, r.DamagedBlocks, r.DamagedEntries)
+	}
+}
+
+// TestDamagedBlockSkippedOnly: in a v2 segment a damaged block body or
+// block header costs that block; the reader goes on with the rest of the
+// segment and the next ones, and counts what it lost.
+func TestDamagedBlockSkippedOnly(t *testing.T) {
+	fsys := newFS(t)
+	data, offs := encodeAt([]string{"b1"}, []string{"b2", "b2'"}, []string{"b3"}, []string{"b4"}, []string{"b5"})
+	data[offs[1]+segment.BlockHeaderSize+3] ^= 0x10 // b2's body
+	data[offs[3]+20] ^= 0x01                        // b4's header (its entry count)
+	publishData(t, fsys, 1, 1, data)
+	last, loffs := encodeAt([]string{"c1"}, []string{"c2"})
+	last[loffs[2]-1] ^= 0xff // the last block of a segment
+	publishData(t, fsys, 1, 2, last)
+	publish(t, fsys, 1, 3, []string{"d1"})
+
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t)).SetMetrics(m)
+	defer r.Close()
+	all := readN(t, r, 5)
+	if got, want := msgsOf(all), []string{"b1", "b3", "b5", "c1", "d1"}; !slices.Equal(got, want) {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+	nothingMore(t, fsys, r)
+	if r.Skipped != 3 || r.DamagedBlocks != 3 || r.DamagedEntries != 3 {
+		t.Errorf("skipped %d, damaged blocks %d, entries %d; want 3, 3, 3 (b2's two and c2's one; b4's count was in its damaged header)",
+			r.Skipped, r.DamagedBlocks, r.DamagedEntries)
+	}
+	if got := testutil.ToFloat64(m.blocks); got != 3 {
+		t.Errorf("freeway_ptail_damaged_blocks_total %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(m.entries); got != 3 {
+		t.Errorf("freeway_ptail_damaged_entries_total %v, want 3", got)
+	}
+	// The position after b3 is past the damaged b2, and resuming there
+	// reads on from b5 (passing b4's damage again).
+	r2 := NewReader(fsys, dir, all[1].pos, time.Millisecond, logger(t))
+	defer r2.Close()
+	if got := msgsOf(readN(t, r2, 3)); !slices.Equal(got, []string{"b5", "c1", "d1"}) {
+		t.Fatalf("from %v: read %q", all[1].pos, got)
+	}
+	if r2.DamagedBlocks != 2 {
+		t.Errorf("resumed reader counted %d damaged blocks, want 2 (b4, c2)", r2.DamagedBlocks)
+	}
+}
+
+// TestDamageThenReadError: an I/O error after a damaged block resumes
+// after the damage, which is counted once.
+func TestDamageThenReadError(t *testing.T) {
+	fsys := newFS(t)
+	var blocks [][]string
+	for i := 0; i < 200; i++ { // over the segment reader's 256KiB buffer
+		blocks = append(blocks, []string{fmt.Sprintf("m%03d-%02000d", i, 0)})
+	}
+	data, offs := encodeAt(blocks...)
+	data[offs[3]+5] ^= 0xff // block 3's header
+	publishData(t, fsys, 1, 1, data)
+	var failed atomic.Bool
+	fsys.failRead = func(name string, off int64) error {
+		if off > 200<<10 && off < 300<<10 && failed.CompareAndSwap(false, true) {
+			return errors.New("injected read error")
+		}
+		return nil
+	}
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var got []string
+	var b segment.Block
+	errs := 0
+	for len(got) < 199 && errs < 5 {
+		if _, err := r.Next(ctx, &b); err != nil {
+			errs++
+			continue
+		}
+		got = append(got, string(b.Messages[0])[:4])
+	}
+	if !failed.Load() || errs != 1 || len(got) != 199 || r.DamagedBlocks != 1 {
+		t.Fatalf("injected %v: %d errors, %d blocks read, %d damaged", failed.Load(), errs, len(got), r.DamagedBlocks)
+	}
+	for i, m := range got {
+		want := i
+		if i >= 3 {
+			want++
+		}
+		if m != fmt.Sprintf("m%03d", want) {
+			t.Fatalf("block %d is %s", i, m)
+		}
 	}
 }
 
@@ -357,9 +472,7 @@ func TestDamagedLastSegmentNotReread(t *testing.T) {
 	publish(t, fsys, 1, 1, []string{"good"})
 	data := encode([]string{"b1"}, []string{"b2"})
 	data[len(data)-2] ^= 0xff
-	if err := dfs.WriteFile(fsys, path.Join(dir, segment.Name(1, 2)), data); err != nil {
-		t.Fatal(err)
-	}
+	publishData(t, fsys, 1, 2, data)
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
 	if got := msgsOf(readN(t, r, 2)); !slices.Equal(got, []string{"good", "b1"}) {

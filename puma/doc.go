@@ -7,7 +7,7 @@
 //
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease
-// ("puma/<category>/<bucket>").
+// ("puma/<category>/<bucket>", the category encoded by internal/layout).
 //
 // Exactly-once. A shard's checkpoint is committed atomically: an attempt
 // marker records the epoch about to be written, then the changed cells are

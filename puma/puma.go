@@ -18,8 +18,10 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // Config configures a Puma node.
@@ -110,6 +112,9 @@ type Puma struct {
 	byCategory map[string][]*apps.App
 	categories []string
 
+	// tailMetrics counts the damage the shards' readers skip.
+	tailMetrics *ptail.Metrics
+
 	// running: Run has made its first pass over the shards and not ended.
 	running atomic.Bool
 	// cells bounds the cells in memory (puma.max_cells).
@@ -127,7 +132,7 @@ type shardID struct {
 }
 
 // lease is the name of the shard's ownership lease.
-func (id shardID) lease() string { return "puma/" + id.category + "/" + strconv.Itoa(id.bucket) }
+func (id shardID) lease() string { return names.ShardLease(id.category, id.bucket) }
 
 // New returns a node for the apps in deps.
 func New(cfg Config, deps Deps) (*Puma, error) {
@@ -170,6 +175,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 	p.cells.max = int64(cfg.MaxCells)
 	p.rejectLog = ratelog.New(p.log, time.Minute, 5)
 	p.m = newMetrics(deps.Metrics, p)
+	p.tailMetrics = ptail.NewMetrics(deps.Metrics)
 	return p, nil
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/coord"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
@@ -42,7 +43,8 @@ type commitState struct {
 	ArrivalMs int64 `json:"arrival_ms,omitempty"`
 }
 
-// Store layout, in table cfg.Table:
+// Store layout, in table cfg.Table (<category> encoded by internal/layout,
+// which builds these prefixes):
 //
 //	c/<category>/<bucket>                          commit row: "commit" (JSON), "attempt" (epoch being written)
 //	s/<category>/<bucket>/<app>@<fp>/<window>/<key> cell row: "v" (slots)
@@ -50,11 +52,11 @@ type commitState struct {
 // <window> is the window start in ms as 16 hex digits, offset by 2^63 so
 // that byte order is time order.
 func commitRow(category string, bucket int) string {
-	return "c/" + category + "/" + strconv.Itoa(bucket)
+	return names.PumaCommitRow(category, bucket)
 }
 
 func shardPrefix(category string, bucket int) string {
-	return "s/" + category + "/" + strconv.Itoa(bucket) + "/"
+	return names.PumaCellPrefix(category, bucket)
 }
 
 func appPrefix(category string, bucket int, app *apps.App, fp string) string {
@@ -140,9 +142,9 @@ func (s *shard) run(ctx context.Context) error {
 		return fmt.Errorf("recover shard %s/%d: %w", s.category, s.bucket, err)
 	}
 	close(s.ready)
-	reader := ptail.NewReader(s.p.deps.FS, segment.Dir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log)
+	reader := ptail.NewReader(s.p.deps.FS, names.BucketDir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log).SetMetrics(s.p.tailMetrics)
 	defer reader.Close()
-	labels := []string{s.category, strconv.Itoa(s.bucket)}
+	labels := []string{names.Label(s.category), strconv.Itoa(s.bucket)}
 	lag := s.p.m.segmentLag.WithLabelValues(labels...)
 	defer s.p.m.segmentLag.DeleteLabelValues(labels...)
 

@@ -187,8 +187,7 @@ func TestValidation(t *testing.T) {
 	}{
 		{func(s *Spec) { s.Name = "" }, "$.apps[0]", "name is required"},
 		{func(s *Spec) { s.Name = "a b" }, "$.apps[0].name", "not a valid app name"},
-		{func(s *Spec) { s.Category = "../etc" }, "$.apps[0].category", "not a valid category"},
-		{func(s *Spec) { s.Category = "_hidden" }, "$.apps[0].category", "not a valid category"},
+		{func(s *Spec) { s.Category = "" }, "$.apps[0]", "category is required"},
 		{func(s *Spec) { s.Format = "xml" }, "$.apps[0].format", "unknown format"},
 		{func(s *Spec) { s.Format = "regex" }, "$.apps[0]", "needs a pattern"},
 		{func(s *Spec) { s.Format = "regex"; s.Pattern = "(" }, "$.apps[0].pattern", "missing closing"},

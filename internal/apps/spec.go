@@ -148,11 +148,10 @@ func (s *Spec) Validate(path string) error {
 	if !nameRE.MatchString(s.Name) {
 		return errAt(path+".name", "%q is not a valid app name (letters, digits, _ . -)", s.Name)
 	}
+	// Any non-empty Scribe category can be consumed: internal/layout
+	// encodes it where it needs a name.
 	if s.Category == "" {
 		return errAt(path, "category is required")
-	}
-	if !ValidCategory(s.Category) {
-		return errAt(path+".category", "%q is not a valid category (letters, digits, _ . -, starting with a letter or digit)", s.Category)
 	}
 	if !slices.Contains(formats, s.Format) {
 		return errAt(path+".format", "unknown format %q (want one of %s)", s.Format, strings.Join(formats, ", "))
@@ -306,13 +305,16 @@ func (s *Spec) fieldRefs() []fieldRef {
 	return refs
 }
 
-// categoryRE: a category is a directory name in the dfs, so it must not
-// start with "_" or ".", which HDFS tools and Freeway's readers treat as
-// hidden.
+// categoryRE is the rule categories followed before internal/layout
+// encoded them.
 var categoryRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
-// ValidCategory reports whether a Scribe category can be a directory name
-// in the dfs.
+// ValidCategory reports whether c follows the old rule for category
+// names: letters, digits, "_", "." and "-", starting with a letter or a
+// digit, at most 200 bytes. Such names are their own directory names.
+//
+// Deprecated: every non-empty category is written and consumed now
+// (layout.ValidCategory); for store table names use store.ValidTable.
 func ValidCategory(c string) bool {
 	return len(c) <= 200 && categoryRE.MatchString(c)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/scribe"
 	"github.com/freeway-dev/freeway/serving"
@@ -141,8 +142,8 @@ func (c *Config) Validate() error {
 	for _, name := range cats {
 		cc := c.Categories[name]
 		path := "$.categories." + name
-		if !apps.ValidCategory(name) {
-			return config.Errorf(path, "%q is not a valid category name (letters, digits, _ . -, starting with a letter or digit)", name)
+		if !layout.ValidCategory(name) {
+			return config.Errorf(path, "a category must not be empty")
 		}
 		if cc.Buckets < 0 || cc.Buckets > 4096 {
 			return config.Errorf(path+".buckets", "must be between 1 and 4096")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -100,12 +101,12 @@ func TestPipelineOnRealEngines(t *testing.T) {
 	defer fsys.Close()
 	segments := 0
 	for b := 0; b < cfg.Buckets; b++ {
-		infos, err := fsys.ReadDir(segment.Dir("orders", b))
+		infos, err := fsys.ReadDir(layout.BucketDir("orders", b))
 		if err != nil {
 			t.Fatalf("list bucket %d in HDFS: %v", b, err)
 		}
 		for _, fi := range infos {
-			if _, _, ok := segment.ParseName(fi.Name()); ok && fi.Size() > segment.HeaderSize {
+			if _, _, ok := layout.ParseSegmentName(fi.Name()); ok && fi.Size() > segment.HeaderSizeV2 {
 				segments++
 			}
 		}

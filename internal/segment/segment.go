@@ -1,51 +1,94 @@
 // Package segment is the format of bucket files: what calligraphus writes,
-// ptail reads and the copier copies.
+// ptail reads and the copier copies. Where they live and how they are
+// named is internal/layout's business.
 //
-// A bucket of a category is a directory <category>/<bucket>/ of segment
-// files. A segment is named <epoch>-<seq>.seg, both fixed-width hex, so
-// that file-name order is write order: epoch is the writer's fencing epoch
-// (a newer owner of the bucket has a higher one) and seq counts the
-// segments of one epoch. A segment is written under a hidden temporary
-// name and published by a rename once closed, so a published segment is
-// complete and never changes.
+// A segment is a file header and a sequence of blocks. A block is one
+// batch of entries of one bucket. Format v2, written since blocks could
+// be resynchronised:
 //
-// A segment starts with an 8-byte header (Magic) and holds blocks. A block
-// is one batch of entries of one bucket:
+//	header: "FWSEG\x00\x02\n" | sync (16 random bytes) | u32 0 | u32 CRC-32C of the 28 bytes before
+//	block:  sync | u32 body length | u32 entry count | u32 CRC-32C of body | u32 CRC-32C of the 28 bytes before | body
 //
-//	u32 body length | u32 CRC-32C of body | body
-//	body: u8 flags | uvarint len(agent) | agent | varint arrival unix ms |
-//	      uvarint count | count × (uvarint seq delta | uvarint len | message)
+// Every block header starts with the segment's sync marker, random per
+// segment and unknown to the clients whose messages fill the bodies, and
+// carries a CRC of itself. So damage costs one block: a block whose body
+// fails its CRC is skipped by its length, which its header's CRC vouches
+// for, with its entry count known; a block whose header is damaged is
+// skipped by scanning for the next valid header (the marker followed by a
+// matching CRC), which a message cannot forge without knowing the marker.
+// A damaged file header is repaired from the first block's header, which
+// carries the same marker.
+//
+// Format v1, still read (segments written before v2, and the ones tests
+// build by hand with Magic and AppendBlock):
+//
+//	header: "FWSEG\x00\x01\n"
+//	block:  u32 body length | u32 CRC-32C of body | body
+//
+// where damage to a block makes the rest of the segment unreadable.
+//
+// The body is the same in both:
+//
+//	u8 flags | uvarint len(agent) | agent | varint arrival unix ms |
+//	uvarint count | count × (uvarint seq delta | uvarint len | message)
 //
 // Each entry carries its sequence number in its agent's stream, as the
 // difference from the previous entry's (the first from 0): a batch split
 // across buckets leaves gaps, and the numbers are what lets Puma drop an
 // entry it has already counted when an agent re-sends it. Agent "" means a
-// stock Scribe client, whose entries carry sequence 0. A reader positioned at a block boundary can always resume
-// there, and a torn tail (a block cut short by a crash of the writer) is
-// detected by its length or CRC and reported as ErrTruncated.
+// stock Scribe client, whose entries carry sequence 0.
+//
+// A segment is written under a hidden temporary name and published by a
+// rename once closed, so a published segment is complete and never
+// changes: damage in it is damage, not a write in progress. A reader
+// positioned at a block boundary can always resume there. A torn tail (a
+// block cut short by a crash of the writer, only ever in an unpublished
+// segment) is reported as ErrTruncated.
 package segment
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"strconv"
-	"strings"
+
+	"github.com/freeway-dev/freeway/internal/layout"
 )
 
-// Magic opens every segment file: "FWSEG", a version byte and a newline.
-const Magic = "FWSEG\x00\x01\n"
+// MagicV1 opens a v1 segment: "FWSEG", a version byte and a newline.
+const MagicV1 = "FWSEG\x00\x01\n"
 
-// HeaderSize is the length of Magic: the offset of the first block.
-const HeaderSize = int64(len(Magic))
+// MagicV2 opens a v2 segment.
+const MagicV2 = "FWSEG\x00\x02\n"
 
-// MaxBlockSize bounds a block's body so that a corrupt length cannot make
-// a reader allocate without limit.
-const MaxBlockSize = 64 << 20
+// Magic is MagicV1, and AppendBlock writes v1 blocks: kept for segments
+// built by hand (tests, tools), which Freeway still reads. Freeway writes
+// v2 with an Encoder.
+const Magic = MagicV1
+
+// HeaderSize is the length of the v1 file header: the offset of a v1
+// segment's first block.
+const HeaderSize = int64(len(MagicV1))
+
+// HeaderSizeV2 is the length of the v2 file header.
+const HeaderSizeV2 = int64(32)
+
+// SyncSize is the length of a v2 segment's sync marker.
+const SyncSize = 16
+
+// BlockHeaderSize is the length of a v2 block header.
+const BlockHeaderSize = 32
+
+// MaxBlockSize bounds a block's body. A Scribe call is at most 256 MiB
+// plus its envelope, and a block never holds more than one call's
+// entries of one bucket, which encode in no more bytes than they took on
+// the wire; the bound is that plus a margin. It keeps a damaged v1 length
+// from making a reader allocate without limit.
+const MaxBlockSize = 256<<20 + 1<<20
 
 // Ext is the file extension of a published segment.
-const Ext = ".seg"
+const Ext = layout.SegmentExt
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -66,10 +109,59 @@ type Block struct {
 	Seqs []uint64
 }
 
-// AppendBlock appends the encoding of b to dst.
+// Encoder writes the v2 segment of one sync marker.
+type Encoder struct {
+	sync [SyncSize]byte
+}
+
+// NewEncoder returns an encoder with a fresh random sync marker: one per
+// segment.
+func NewEncoder() *Encoder {
+	e := &Encoder{}
+	rand.Read(e.sync[:])
+	return e
+}
+
+// AppendHeader appends the file header.
+func (e *Encoder) AppendHeader(dst []byte) []byte {
+	return appendHeaderV2(dst, e.sync)
+}
+
+func appendHeaderV2(dst []byte, sync [SyncSize]byte) []byte {
+	start := len(dst)
+	dst = append(dst, MagicV2...)
+	dst = append(dst, sync[:]...)
+	dst = binary.LittleEndian.AppendUint32(dst, 0)
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], crcTable))
+}
+
+// AppendBlock appends the encoding of b.
+func (e *Encoder) AppendBlock(dst []byte, b *Block) []byte {
+	start := len(dst)
+	dst = append(dst, make([]byte, BlockHeaderSize)...)
+	dst = appendBody(dst, b)
+	body := dst[start+BlockHeaderSize:]
+	h := dst[start : start+BlockHeaderSize]
+	copy(h, e.sync[:])
+	binary.LittleEndian.PutUint32(h[16:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(h[20:], uint32(len(b.Messages)))
+	binary.LittleEndian.PutUint32(h[24:], crc32.Checksum(body, crcTable))
+	binary.LittleEndian.PutUint32(h[28:], crc32.Checksum(h[:28], crcTable))
+	return dst
+}
+
+// AppendBlock appends the v1 encoding of b (see Magic).
 func AppendBlock(dst []byte, b *Block) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, 8)...)
+	dst = appendBody(dst, b)
+	body := dst[start+8:]
+	binary.LittleEndian.PutUint32(dst[start:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(body, crcTable))
+	return dst
+}
+
+func appendBody(dst []byte, b *Block) []byte {
 	dst = append(dst, 0) // flags: no compression
 	dst = binary.AppendUvarint(dst, uint64(len(b.Agent)))
 	dst = append(dst, b.Agent...)
@@ -86,17 +178,31 @@ func AppendBlock(dst []byte, b *Block) []byte {
 		dst = binary.AppendUvarint(dst, uint64(len(m)))
 		dst = append(dst, m...)
 	}
-	body := dst[start+8:]
-	binary.LittleEndian.PutUint32(dst[start:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(body, crcTable))
 	return dst
 }
 
-// BlockSize is the encoded size of b.
+// BlockSize is an upper bound of the encoded size of b (header included),
+// in either format.
 func BlockSize(b *Block) int {
-	n := 8 + 1 + uvarintLen(uint64(len(b.Agent))) + len(b.Agent) + 10 + uvarintLen(uint64(len(b.Messages)))
-	for _, m := range b.Messages {
-		n += 10 + uvarintLen(uint64(len(m))) + len(m)
+	return BlockHeaderSize + BodySizeBound(len(b.Agent)) + messagesBound(b.Messages)
+}
+
+// BodySizeBound bounds the body bytes of a block with an agent of
+// agentLen bytes and no messages.
+func BodySizeBound(agentLen int) int {
+	return 1 + uvarintLen(uint64(agentLen)) + agentLen + 10 + 10
+}
+
+// EntrySizeBound bounds the bytes a message of msgLen bytes adds to a
+// block body.
+func EntrySizeBound(msgLen int) int {
+	return 10 + uvarintLen(uint64(msgLen)) + msgLen
+}
+
+func messagesBound(msgs [][]byte) int {
+	n := 0
+	for _, m := range msgs {
+		n += EntrySizeBound(len(m))
 	}
 	return n
 }
@@ -110,7 +216,7 @@ func uvarintLen(v uint64) int {
 	return n
 }
 
-// DecodeBody decodes a block body (after the length and CRC). Messages
+// DecodeBody decodes a block body (after the block header). Messages
 // alias body.
 func DecodeBody(body []byte, b *Block) error {
 	if len(body) < 1 {
@@ -161,26 +267,19 @@ func DecodeBody(body []byte, b *Block) error {
 	return nil
 }
 
-// Name is the file name of segment seq of epoch.
-func Name(epoch int64, seq uint64) string {
-	return fmt.Sprintf("%016x-%016x%s", uint64(epoch), seq, Ext)
-}
+// Name is layout.SegmentName.
+//
+// Deprecated: use layout.SegmentName; kept while other packages move.
+func Name(epoch int64, seq uint64) string { return layout.SegmentName(epoch, seq) }
 
-// ParseName parses a segment file name made by Name.
+// ParseName is layout.ParseSegmentName.
+//
+// Deprecated: use layout.ParseSegmentName; kept while other packages move.
 func ParseName(name string) (epoch int64, seq uint64, ok bool) {
-	base, found := strings.CutSuffix(name, Ext)
-	if !found || len(base) != 33 || base[16] != '-' {
-		return 0, 0, false
-	}
-	e, err1 := strconv.ParseUint(base[:16], 16, 64)
-	s, err2 := strconv.ParseUint(base[17:], 16, 64)
-	if err1 != nil || err2 != nil || e > 1<<63-1 {
-		return 0, 0, false
-	}
-	return int64(e), s, true
+	return layout.ParseSegmentName(name)
 }
 
-// Dir is the directory of a bucket.
-func Dir(category string, bucket int) string {
-	return category + "/" + strconv.Itoa(bucket)
-}
+// Dir is layout.BucketDir.
+//
+// Deprecated: use layout.BucketDir; kept while other packages move.
+func Dir(category string, bucket int) string { return layout.BucketDir(category, bucket) }

@@ -8,133 +8,296 @@ import (
 	"testing"
 )
 
-func encode(blocks ...*Block) []byte {
-	buf := []byte(Magic)
+// encodeV1 builds a v1 segment, as Freeway wrote before v2.
+func encodeV1(blocks ...*Block) []byte {
+	buf := []byte(MagicV1)
 	for _, b := range blocks {
 		buf = AppendBlock(buf, b)
 	}
 	return buf
 }
 
-func TestRoundTrip(t *testing.T) {
-	in := []*Block{
-		{Agent: "agent-1", Seqs: []uint64{42, 43, 90}, ArrivalMs: 1700000000123, Messages: [][]byte{[]byte("a"), {}, []byte("line\nwith newline")}},
-		{Messages: [][]byte{[]byte("from a stock client")}, ArrivalMs: -5},
-		{Agent: "x", Seqs: []uint64{}},
+// encodeV2 builds a v2 segment and returns the offset of each block (and
+// of the end).
+func encodeV2(blocks ...*Block) ([]byte, []int64) {
+	e := NewEncoder()
+	buf := e.AppendHeader(nil)
+	offs := []int64{int64(len(buf))}
+	for _, b := range blocks {
+		buf = e.AppendBlock(buf, b)
+		offs = append(offs, int64(len(buf)))
 	}
-	data := encode(in...)
-	r, err := NewReader(bytes.NewReader(data), 0)
+	return buf, offs
+}
+
+var sample = []*Block{
+	{Agent: "agent-1/inc", Seqs: []uint64{42, 43, 90}, ArrivalMs: 1700000000123, Messages: [][]byte{[]byte("a"), {}, []byte("line\nwith newline")}},
+	{Messages: [][]byte{[]byte("from a stock client")}, ArrivalMs: -5},
+	{Agent: "x", Seqs: []uint64{}},
+	{Agent: "y", Seqs: []uint64{7}, Messages: [][]byte{bytes.Repeat([]byte("z"), 300)}},
+}
+
+// readAll reads a segment to its end, collecting blocks and damage.
+func readAll(t *testing.T, data []byte, offset int64) (blocks []Block, damage []*DamageError, r *Reader) {
+	t.Helper()
+	r, err := NewReader(bytes.NewReader(data), offset)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("open: %v", err)
 	}
-	for i, want := range in {
-		var got Block
-		if err := r.Next(&got); err != nil {
-			t.Fatalf("block %d: %v", i, err)
+	for i := 0; ; i++ {
+		if i > 1000 {
+			t.Fatal("reader does not end")
 		}
-		if got.Agent != want.Agent || fmt.Sprint(got.Seqs) != fmt.Sprint(wantSeqs(want)) || got.ArrivalMs != want.ArrivalMs || len(got.Messages) != len(want.Messages) {
-			t.Fatalf("block %d = %+v, want %+v", i, got, want)
+		var b Block
+		err := r.Next(&b)
+		if errors.Is(err, io.EOF) {
+			return blocks, damage, r
 		}
-		for j := range want.Messages {
-			if !bytes.Equal(got.Messages[j], want.Messages[j]) {
-				t.Fatalf("block %d message %d = %q", i, j, got.Messages[j])
+		var de *DamageError
+		if errors.As(err, &de) {
+			damage = append(damage, de)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("next: %v", err)
+		}
+		blocks = append(blocks, cloneBlock(b))
+	}
+}
+
+func cloneBlock(b Block) Block {
+	c := Block{Agent: b.Agent, ArrivalMs: b.ArrivalMs, Seqs: append([]uint64(nil), b.Seqs...)}
+	for _, m := range b.Messages {
+		c.Messages = append(c.Messages, bytes.Clone(m))
+	}
+	return c
+}
+
+func sameBlock(got Block, want *Block) bool {
+	if got.Agent != want.Agent || got.ArrivalMs != want.ArrivalMs || len(got.Messages) != len(want.Messages) || fmt.Sprint(got.Seqs) != fmt.Sprint(wantSeqs(want)) {
+		return false
+	}
+	for j := range want.Messages {
+		if !bytes.Equal(got.Messages[j], want.Messages[j]) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestRoundTrip(t *testing.T) {
+	v2, offs := encodeV2(sample...)
+	for name, data := range map[string][]byte{"v1": encodeV1(sample...), "v2": v2} {
+		blocks, damage, r := readAll(t, data, 0)
+		if len(damage) != 0 || len(blocks) != len(sample) {
+			t.Fatalf("%s: %d blocks, damage %v", name, len(blocks), damage)
+		}
+		for i, want := range sample {
+			if !sameBlock(blocks[i], want) {
+				t.Errorf("%s block %d = %+v, want %+v", name, i, blocks[i], want)
 			}
 		}
+		if r.Offset() != int64(len(data)) {
+			t.Errorf("%s: offset %d, want %d", name, r.Offset(), len(data))
+		}
 	}
-	var b Block
-	if err := r.Next(&b); err != io.EOF {
-		t.Fatalf("after last block: %v", err)
-	}
-	if r.Offset() != int64(len(data)) {
-		t.Fatalf("offset %d, want %d", r.Offset(), len(data))
+	if offs[0] != HeaderSizeV2 {
+		t.Errorf("first v2 block at %d", offs[0])
 	}
 }
 
 func TestBlockSizeIsAnUpperBound(t *testing.T) {
-	for _, b := range []*Block{{}, {Agent: "a", Seqs: []uint64{300, 1 << 40}, ArrivalMs: 1, Messages: [][]byte{make([]byte, 200), []byte("x")}}} {
+	e := NewEncoder()
+	for _, b := range append([]*Block{{}}, sample...) {
+		if got, bound := len(e.AppendBlock(nil, b)), BlockSize(b); got > bound {
+			t.Fatalf("v2 encoded %d bytes, BlockSize %d", got, bound)
+		}
 		if got, bound := len(AppendBlock(nil, b)), BlockSize(b); got > bound {
-			t.Fatalf("encoded %d bytes, BlockSize %d", got, bound)
+			t.Fatalf("v1 encoded %d bytes, BlockSize %d", got, bound)
 		}
 	}
 }
 
 func TestResumeAtOffset(t *testing.T) {
-	b1 := &Block{Agent: "a", Seqs: []uint64{1}, Messages: [][]byte{[]byte("one")}}
-	b2 := &Block{Agent: "a", Seqs: []uint64{2}, Messages: [][]byte{[]byte("two")}}
-	data := encode(b1, b2)
-	off := HeaderSize + int64(len(AppendBlock(nil, b1)))
-	r, err := NewReader(bytes.NewReader(data[off:]), off)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got Block
-	if err := r.Next(&got); err != nil || string(got.Messages[0]) != "two" || got.Seqs[0] != 2 {
-		t.Fatalf("resumed read: %v %+v", err, got)
-	}
-	if r.Offset() != int64(len(data)) {
-		t.Fatalf("offset %d want %d", r.Offset(), len(data))
+	v2, offs := encodeV2(sample...)
+	v1 := encodeV1(sample...)
+	v1off := HeaderSize + int64(len(AppendBlock(nil, sample[0])))
+	for name, c := range map[string]struct {
+		data []byte
+		off  int64
+	}{"v1": {v1, v1off}, "v2": {v2, offs[1]}} {
+		blocks, damage, r := readAll(t, c.data, c.off)
+		if len(damage) != 0 || len(blocks) != len(sample)-1 || !sameBlock(blocks[0], sample[1]) {
+			t.Fatalf("%s: resumed read: %d blocks, damage %v", name, len(blocks), damage)
+		}
+		if r.Offset() != int64(len(c.data)) {
+			t.Fatalf("%s: offset %d want %d", name, r.Offset(), len(c.data))
+		}
 	}
 }
 
-func TestTornTailAndCorruption(t *testing.T) {
-	data := encode(&Block{Messages: [][]byte{[]byte("complete")}}, &Block{Messages: [][]byte{[]byte("cut short by a crash")}})
-	first := HeaderSize + int64(len(AppendBlock(nil, &Block{Messages: [][]byte{[]byte("complete")}})))
-	for cut := first + 1; cut < int64(len(data)); cut++ {
-		r, err := NewReader(bytes.NewReader(data[:cut]), 0)
-		if err != nil {
-			t.Fatal(err)
+// TestEveryDamagedByteCostsOneBlock flips each byte of a v2 segment in
+// turn (and each bit of one block): the reader returns every other block
+// exactly and reports the damage as one block, with its entry count when
+// the header survived. A damaged file header costs nothing.
+func TestEveryDamagedByteCostsOneBlock(t *testing.T) {
+	data, offs := encodeV2(sample...)
+	blockOf := func(pos int64) int {
+		for i := 0; i+1 < len(offs); i++ {
+			if pos >= offs[i] && pos < offs[i+1] {
+				return i
+			}
 		}
-		var b Block
-		if err := r.Next(&b); err != nil {
-			t.Fatal(err)
+		return -1 // file header
+	}
+	check := func(pos int64, mask byte) {
+		bad := bytes.Clone(data)
+		bad[pos] ^= mask
+		blocks, damage, r := readAll(t, bad, 0)
+		lostBlock := blockOf(pos)
+		var want []*Block
+		for i, b := range sample {
+			if i != lostBlock {
+				want = append(want, b)
+			}
 		}
-		if err := r.Next(&b); !errors.Is(err, ErrTruncated) {
-			t.Fatalf("cut at %d: %v, want ErrTruncated", cut, err)
+		if len(blocks) != len(want) {
+			t.Fatalf("byte %d ^%#x (block %d): %d blocks read, want %d; damage %v", pos, mask, lostBlock, len(blocks), len(want), damage)
 		}
-		if r.Offset() != first {
-			t.Fatalf("offset moved past the torn block: %d", r.Offset())
+		for i := range want {
+			if !sameBlock(blocks[i], want[i]) {
+				t.Fatalf("byte %d ^%#x: block %d = %+v, want %+v", pos, mask, i, blocks[i], want[i])
+			}
+		}
+		if lostBlock < 0 {
+			if len(damage) != 0 || !r.Repaired() {
+				t.Fatalf("byte %d of the file header: damage %v, repaired %v", pos, damage, r.Repaired())
+			}
+			return
+		}
+		if len(damage) != 1 || damage[0].Blocks != 1 || damage[0].Offset != offs[lostBlock] || !errors.Is(damage[0], ErrCorrupt) {
+			t.Fatalf("byte %d ^%#x (block %d at %d): damage %+v", pos, mask, lostBlock, offs[lostBlock], damage)
+		}
+		inHeader := pos < offs[lostBlock]+BlockHeaderSize
+		wantEntries := len(sample[lostBlock].Messages)
+		if inHeader {
+			wantEntries = -1
+		}
+		if d := damage[0]; d.Entries != wantEntries || (!d.Resumed && lostBlock != len(sample)-1) {
+			t.Fatalf("byte %d ^%#x: damage %+v, want entries %d, resumed", pos, mask, d, wantEntries)
+		}
+		if r.Offset() != int64(len(data)) {
+			t.Fatalf("byte %d: ended at offset %d, want %d", pos, r.Offset(), len(data))
 		}
 	}
+	for pos := int64(0); pos < int64(len(data)); pos++ {
+		check(pos, 0xff)
+	}
+	for pos := offs[1]; pos < offs[2]; pos++ {
+		for bit := 0; bit < 8; bit++ {
+			check(pos, 1<<bit)
+		}
+	}
+}
+
+func TestV1DamageLosesTheRest(t *testing.T) {
+	data := encodeV1(sample...)
 	bad := bytes.Clone(data)
-	bad[HeaderSize+10] ^= 0xff
-	r, _ := NewReader(bytes.NewReader(bad), 0)
-	var b Block
-	if err := r.Next(&b); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("flipped byte: %v, want ErrCorrupt", err)
+	second := HeaderSize + int64(len(AppendBlock(nil, sample[0])))
+	bad[second+10] ^= 0xff
+	blocks, damage, _ := readAll(t, bad, 0)
+	if len(blocks) != 1 || len(damage) != 1 || damage[0].Resumed || damage[0].Entries != -1 || damage[0].Offset != second || !errors.Is(damage[0], ErrCorrupt) {
+		t.Fatalf("v1 with a damaged second block: %d blocks, damage %+v", len(blocks), damage)
 	}
+	huge := []byte(MagicV1 + "\xff\xff\xff\x7f\x00\x00\x00\x00")
+	if _, damage, _ := readAll(t, huge, 0); len(damage) != 1 || !errors.Is(damage[0], ErrCorrupt) {
+		t.Fatalf("huge length: %v", damage)
+	}
+}
+
+func TestTornTail(t *testing.T) {
+	v2, offs := encodeV2(sample[:2]...)
+	v1 := encodeV1(sample[:2]...)
+	v1first := HeaderSize + int64(len(AppendBlock(nil, sample[0])))
+	for name, c := range map[string]struct {
+		data  []byte
+		first int64
+	}{"v1": {v1, v1first}, "v2": {v2, offs[1]}} {
+		for cut := c.first + 1; cut < int64(len(c.data)); cut++ {
+			blocks, damage, _ := readAll(t, c.data[:cut], 0)
+			if len(blocks) != 1 || len(damage) != 1 || damage[0].Resumed || !errors.Is(damage[0], ErrTruncated) || damage[0].Offset != c.first {
+				t.Fatalf("%s cut at %d: %d blocks, damage %+v", name, cut, len(blocks), damage)
+			}
+		}
+	}
+}
+
+func TestBadHeaders(t *testing.T) {
 	if _, err := NewReader(bytes.NewReader([]byte("NOTASEGMENT")), 0); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("bad header: %v", err)
 	}
 	if _, err := NewReader(bytes.NewReader([]byte("FWS")), 0); !errors.Is(err, ErrTruncated) {
 		t.Fatalf("short header: %v", err)
 	}
-	huge := []byte(Magic + "\xff\xff\xff\x7f\x00\x00\x00\x00")
-	r, _ = NewReader(bytes.NewReader(huge), 0)
-	if err := r.Next(&b); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("huge length: %v", err)
+	v2, _ := encodeV2()
+	if _, err := NewReader(bytes.NewReader(v2[:20]), 0); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("short v2 header: %v", err)
+	}
+	if blocks, damage, _ := readAll(t, v2, 0); len(blocks)+len(damage) != 0 {
+		t.Fatalf("empty v2 segment: %v %v", blocks, damage)
+	}
+	// A damaged header with no block to repair it from.
+	bad := bytes.Clone(v2)
+	bad[10] ^= 1
+	if _, err := NewReader(bytes.NewReader(bad), 0); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("damaged header of an empty segment: %v", err)
+	}
+	// Header() of a repaired segment is the original header.
+	data, _ := encodeV2(sample...)
+	bad = bytes.Clone(data)
+	bad[12] ^= 0x40
+	r, err := NewReader(bytes.NewReader(bad), 0)
+	if err != nil || !r.Repaired() || !bytes.Equal(r.Header(), data[:HeaderSizeV2]) {
+		t.Fatalf("repaired header: %v %v", err, r)
 	}
 }
 
-func TestNames(t *testing.T) {
-	n := Name(0x1234, 7)
-	if n != "0000000000001234-0000000000000007.seg" {
-		t.Fatal(n)
+// TestForgedHeaderInAMessageIsNotABlock: a client who writes what looks
+// like a block header (with a marker of its own) into a message cannot
+// make a reader that resynchronises take it for a block.
+func TestForgedHeaderInAMessageIsNotABlock(t *testing.T) {
+	forger := NewEncoder()
+	forged := forger.AppendBlock(nil, &Block{Agent: "victim", Seqs: []uint64{1 << 62}, Messages: [][]byte{[]byte("forged")}})
+	blocks := []*Block{
+		{Messages: [][]byte{[]byte("one")}},
+		{Messages: [][]byte{forged, forged}},
+		{Messages: [][]byte{[]byte("three")}},
 	}
-	e, s, ok := ParseName(n)
-	if !ok || e != 0x1234 || s != 7 {
-		t.Fatalf("parse: %d %d %v", e, s, ok)
+	data, offs := encodeV2(blocks...)
+	bad := bytes.Clone(data)
+	bad[offs[1]+3] ^= 0xff // damage the header of the block holding the forgery
+	got, damage, _ := readAll(t, bad, 0)
+	if len(got) != 2 || string(got[0].Messages[0]) != "one" || string(got[1].Messages[0]) != "three" || len(damage) != 1 {
+		t.Fatalf("read %d blocks %+v, damage %v", len(got), got, damage)
 	}
-	// Name order is (epoch, seq) order.
-	if !(Name(1, 0xff) < Name(2, 0) && Name(2, 9) < Name(2, 10)) {
-		t.Fatal("names do not sort by epoch then sequence")
+}
+
+func TestHugeMessageRoundTrips(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates 2×33 MiB")
 	}
-	for _, bad := range []string{"x.seg", "0000000000001234-0000000000000007", ".0000000000001234-0000000000000007.seg.inprogress", "000000000000123g-0000000000000007.seg", "8000000000000000-0000000000000000.seg"} {
-		if _, _, ok := ParseName(bad); ok {
-			t.Errorf("ParseName(%q) accepted", bad)
-		}
+	msg := bytes.Repeat([]byte("m"), 33<<20)
+	data, _ := encodeV2(&Block{Messages: [][]byte{msg}}, &Block{Messages: [][]byte{[]byte("after")}})
+	blocks, damage, _ := readAll(t, data, 0)
+	if len(damage) != 0 || len(blocks) != 2 || !bytes.Equal(blocks[0].Messages[0], msg) {
+		t.Fatalf("%d blocks, damage %v", len(blocks), damage)
 	}
-	if Dir("access", 3) != "access/3" {
-		t.Fatal(Dir("access", 3))
+	// Damage in the header of the huge block: the scan finds the next.
+	bad := bytes.Clone(data)
+	bad[HeaderSizeV2+17] ^= 1
+	blocks, damage, _ = readAll(t, bad, 0)
+	if len(damage) != 1 || len(blocks) != 1 || string(blocks[0].Messages[0]) != "after" {
+		t.Fatalf("after a damaged huge header: %d blocks, damage %v", len(blocks), damage)
 	}
 }
 
@@ -147,6 +310,42 @@ func FuzzDecodeBody(f *testing.F) {
 			var b2 Block
 			if err := DecodeBody(again, &b2); err != nil || fmt.Sprint(b2) != fmt.Sprint(b) {
 				t.Fatalf("re-encoding changed the block: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzReader: whatever the bytes, the reader ends, and in a v2 segment
+// damaged anywhere it returns only blocks that were written.
+func FuzzReader(f *testing.F) {
+	data, _ := encodeV2(sample...)
+	f.Add(data, uint16(40), byte(1), uint16(0), byte(0))
+	f.Add(encodeV1(sample...), uint16(12), byte(0xff), uint16(0), byte(0))
+	f.Fuzz(func(t *testing.T, seg []byte, p1 uint16, m1 byte, p2 uint16, m2 byte) {
+		if len(seg) > 0 {
+			seg = bytes.Clone(seg)
+			seg[int(p1)%len(seg)] ^= m1
+			seg[int(p2)%len(seg)] ^= m2
+		}
+		r, err := NewReader(bytes.NewReader(seg), 0)
+		if err != nil {
+			return
+		}
+		for i := 0; ; i++ {
+			if i > len(seg)+1 {
+				t.Fatal("reader does not end")
+			}
+			var b Block
+			err := r.Next(&b)
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			var de *DamageError
+			if err != nil && !errors.As(err, &de) {
+				t.Fatalf("next: %v", err)
+			}
+			if r.Offset() > int64(len(seg)) {
+				t.Fatalf("offset %d past the end %d", r.Offset(), len(seg))
 			}
 		}
 	})

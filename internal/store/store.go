@@ -100,3 +100,22 @@ func PrefixEnd(prefix string) string {
 	}
 	return ""
 }
+
+// ValidTable reports whether name can name a table in every store: 1 to
+// 200 letters, digits, "_", "." and "-", starting with a letter or digit
+// (what HBase allows in a qualifier, after Freeway's table prefix).
+func ValidTable(name string) bool {
+	if name == "" || len(name) > 200 || !alnum(name[0]) {
+		return false
+	}
+	for i := 1; i < len(name); i++ {
+		if c := name[i]; !alnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}

@@ -1,0 +1,256 @@
+package layout
+
+import (
+	"errors"
+	"io/fs"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+)
+
+// oldValid is the rule categories had to follow before Encode: they must
+// keep their names.
+var oldValid = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+func TestEncodeKeepsTodaysNames(t *testing.T) {
+	for _, c := range []string{"access", "a", "A.b-c_d", "0", "x..y", strings.Repeat("z", MaxName)} {
+		if !oldValid.MatchString(c) {
+			t.Fatalf("test case %q is not an old-style name", c)
+		}
+		if got := Encode(c); got != c {
+			t.Errorf("Encode(%q) = %q, want it unchanged", c, got)
+		}
+		if back, hashed, ok := Decode(c); !ok || hashed || back != c {
+			t.Errorf("Decode(%q) = %q %v %v", c, back, hashed, ok)
+		}
+	}
+}
+
+func TestEncodeEscapes(t *testing.T) {
+	for in, want := range map[string]string{
+		"web/access": "web%2Faccess",
+		"a b":        "a%20b",
+		"_internal":  "%5Finternal",
+		".x":         "%2Ex",
+		"..":         "%2E.",
+		"a_.b":       "a_.b",
+		"100%":       "100%25",
+		"a~b":        "a%7Eb",
+		"a:b":        "a%3Ab",
+		"é":          "%C3%A9",
+		"\x00\xff":   "%00%FF",
+	} {
+		if got := Encode(in); got != want {
+			t.Errorf("Encode(%q) = %q, want %q", in, got, want)
+		}
+		if back, hashed, ok := Decode(want); !ok || hashed || back != in {
+			t.Errorf("Decode(%q) = %q %v %v, want %q", want, back, hashed, ok, in)
+		}
+	}
+}
+
+func TestLongNamesAreHashed(t *testing.T) {
+	long := strings.Repeat("w", 300)
+	huge := strings.Repeat("web/", 2500) // 10 KB, escapes throughout
+	for _, c := range []string{long, huge, strings.Repeat("w", MaxName+1), strings.Repeat("/", 70)} {
+		e := Encode(c)
+		if len(e) > MaxName {
+			t.Errorf("Encode of %d bytes is %d bytes", len(c), len(e))
+		}
+		if !strings.Contains(e, "~") || !NeedsSidecar(c) {
+			t.Errorf("Encode of %d bytes = %q: not hashed", len(c), e)
+		}
+		if _, hashed, ok := Decode(e); !ok || !hashed {
+			t.Errorf("Decode(%q) = hashed %v ok %v", e, hashed, ok)
+		}
+		if !MatchesHashed(e, c) || MatchesHashed(e, c+"x") {
+			t.Errorf("MatchesHashed of %q", e)
+		}
+		// The prefix is whole escapes: it reads as the start of c.
+		prefix, _, _ := strings.Cut(e, "~")
+		if back, ok := unescape(prefix); !ok || !strings.HasPrefix(c, back) {
+			t.Errorf("prefix %q does not decode to the start of the category", prefix)
+		}
+	}
+	if Encode(long) == Encode(long+"w") {
+		t.Error("two long categories share a name")
+	}
+}
+
+func TestDecodeRefusesForeignNames(t *testing.T) {
+	for _, name := range []string{"", ".hidden", "_SUCCESS", "a/b", "lost+found", "a%2f", "a%2", "%41", "a~b", "a~" + strings.Repeat("0", hashLen-1), "a~" + strings.Repeat("G", hashLen), "~" + strings.Repeat("0", hashLen), "_x~" + strings.Repeat("0", hashLen), strings.Repeat("x", MaxName+1)} {
+		if c, hashed, ok := Decode(name); ok {
+			t.Errorf("Decode(%q) = %q hashed %v, want refused", name, c, hashed)
+		}
+	}
+}
+
+func FuzzEncode(f *testing.F) {
+	for _, s := range []string{"access", "web/access", "_x", ".", "%", "~", strings.Repeat("é/", 150)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, c string) {
+		if c == "" {
+			return
+		}
+		e := Encode(c)
+		if len(e) == 0 || len(e) > MaxName || dfs.Hidden(e) || !fs.ValidPath(e) || strings.ContainsAny(e, "/:") {
+			t.Fatalf("Encode(%q) = %q is not a safe path component", c, e)
+		}
+		for i := 0; i < len(e); i++ {
+			if !plain(e[i]) && e[i] != '%' && e[i] != '~' {
+				t.Fatalf("Encode(%q) = %q holds byte %#x", c, e, e[i])
+			}
+		}
+		back, hashed, ok := Decode(e)
+		if !ok {
+			t.Fatalf("Decode(Encode(%q)) refused %q", c, e)
+		}
+		if hashed {
+			if !MatchesHashed(e, c) {
+				t.Fatalf("hashed %q does not match %q", e, c)
+			}
+		} else if back != c {
+			t.Fatalf("Decode(Encode(%q)) = %q", c, back)
+		}
+		if oldValid.MatchString(c) && len(c) <= MaxName && e != c {
+			t.Fatalf("old-style name %q encoded to %q", c, e)
+		}
+	})
+}
+
+func TestNames(t *testing.T) {
+	n := SegmentName(0x1234, 7)
+	if n != "0000000000001234-0000000000000007.seg" {
+		t.Fatal(n)
+	}
+	e, s, ok := ParseSegmentName(n)
+	if !ok || e != 0x1234 || s != 7 {
+		t.Fatalf("parse: %d %d %v", e, s, ok)
+	}
+	if !(SegmentName(1, 0xff) < SegmentName(2, 0) && SegmentName(2, 9) < SegmentName(2, 10)) {
+		t.Fatal("names do not sort by epoch then sequence")
+	}
+	for _, bad := range []string{"x.seg", "0000000000001234-0000000000000007", ".0000000000001234-0000000000000007.seg.inprogress", "000000000000123g-0000000000000007.seg", "8000000000000000-0000000000000000.seg"} {
+		if _, _, ok := ParseSegmentName(bad); ok {
+			t.Errorf("ParseSegmentName(%q) accepted", bad)
+		}
+	}
+	if tmp := TempSegment(n); tmp != dfs.TempName(n) {
+		t.Errorf("TempSegment %q, dfs.TempName %q", tmp, dfs.TempName(n))
+	}
+	if got, ok := ParseTempSegment(TempSegment(n)); !ok || got != n {
+		t.Errorf("ParseTempSegment: %q %v", got, ok)
+	}
+	if got, ok := ParseSalvageSegment(SalvageSegment(n)); !ok || got != n {
+		t.Errorf("ParseSalvageSegment: %q %v", got, ok)
+	}
+	for _, bad := range []string{n, "." + n, "." + n + ".salvage.inprogress", ".x.seg.inprogress"} {
+		if _, ok := ParseTempSegment(bad); ok {
+			t.Errorf("ParseTempSegment(%q) accepted", bad)
+		}
+	}
+	for cat, want := range map[string][5]string{
+		"access":     {"access/3", "calligraphus/access/3", "puma/access/3", "c/access/3", "s/access/3/"},
+		"web/access": {"web%2Faccess/3", "calligraphus/web%2Faccess/3", "puma/web%2Faccess/3", "c/web%2Faccess/3", "s/web%2Faccess/3/"},
+	} {
+		got := [5]string{BucketDir(cat, 3), WriterLease(cat, 3), ShardLease(cat, 3), PumaCommitRow(cat, 3), PumaCellPrefix(cat, 3)}
+		if got != want {
+			t.Errorf("names of %q = %q, want %q", cat, got, want)
+		}
+	}
+	// Rows of category "a" and of a category "a/1" cannot overlap.
+	if strings.HasPrefix(PumaCellPrefix("a/1", 2), PumaCellPrefix("a", 1)) {
+		t.Error("cell rows of a/1 fall under those of a")
+	}
+	for _, s := range []string{"0", "7", "4095"} {
+		if b, ok := ParseBucket(s); !ok || BucketDir("c", b) != "c/"+s {
+			t.Errorf("ParseBucket(%q) = %d %v", s, b, ok)
+		}
+	}
+	for _, s := range []string{"", "-1", "01", "+1", "a", ".1"} {
+		if _, ok := ParseBucket(s); ok {
+			t.Errorf("ParseBucket(%q) accepted", s)
+		}
+	}
+}
+
+func TestCategoriesListsEveryCategoryWithItsName(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cats := []string{"access", "web/access", "a b", "_internal", ".x", strings.Repeat("l", 300), strings.Repeat("web/", 2500)}
+	for i, c := range cats {
+		if err := WriteSidecar(fsys, c, "1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteSidecar(fsys, c, "2"); err != nil { // again: a second writer
+			t.Fatal(err)
+		}
+		if err := fsys.MkdirAll(BucketDir(c, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Not categories: a file, a hidden directory, a foreign name.
+	for _, d := range []string{".trash/x", "lost+found/x"} {
+		if err := fsys.MkdirAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dfs.WriteFile(fsys, "README", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	got, unreadable, err := Categories(fsys)
+	if err != nil || len(unreadable) != 0 {
+		t.Fatalf("Categories: %v, unreadable %v", err, unreadable)
+	}
+	var names []string
+	for _, c := range got {
+		names = append(names, c.Name)
+		if c.Dir != Encode(c.Name) {
+			t.Errorf("category %q in dir %q", c.Name, c.Dir)
+		}
+	}
+	slices.Sort(names)
+	want := slices.Clone(cats)
+	slices.Sort(want)
+	if !slices.Equal(names, want) {
+		t.Errorf("listed %d categories %q, want %d", len(names), names, len(want))
+	}
+	// No temporary sidecar is left, and short names have no sidecar.
+	for _, c := range cats {
+		infos, err := fsys.ReadDir(CategoryDir(c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fi := range infos {
+			if fi.Name() != SidecarName && dfs.Hidden(fi.Name()) {
+				t.Errorf("%s holds %s", CategoryDir(c), fi.Name())
+			}
+			if fi.Name() == SidecarName && !NeedsSidecar(c) {
+				t.Errorf("short category %q has a sidecar", c)
+			}
+		}
+	}
+
+	// A damaged sidecar makes the category unreadable, not another one.
+	long := strings.Repeat("l", 300)
+	if err := fsys.Remove(SidecarPath(long)); err != nil {
+		t.Fatal(err)
+	}
+	if err := dfs.WriteFile(fsys, SidecarPath(long), []byte(long+"!")); err != nil {
+		t.Fatal(err)
+	}
+	got, unreadable, err = Categories(fsys)
+	if err != nil || len(got) != len(cats)-1 || !slices.Equal(unreadable, []string{Encode(long)}) {
+		t.Errorf("with a damaged sidecar: %d categories, unreadable %q, %v", len(got), unreadable, err)
+	}
+	if err := WriteSidecar(fsys, long, "3"); !errors.Is(err, ErrSidecarMismatch) {
+		t.Errorf("WriteSidecar over another category's sidecar: %v", err)
+	}
+}
