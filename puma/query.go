@@ -38,6 +38,22 @@ type Result struct {
 	Rows []Row
 	// Truncated: Limit cut rows off.
 	Truncated bool
+	// Missing lists the shards of the app's category whose data the
+	// answer lacks; empty when the answer is complete.
+	Missing []MissingShard
+}
+
+// Partial reports whether the answer lacks the data of some shards.
+func (r *Result) Partial() bool { return len(r.Missing) > 0 }
+
+// MissingShard is a shard whose data an answer lacks, and why.
+type MissingShard struct {
+	Category string
+	Bucket   int
+	// State is StateRecovering, StateFailed or StateElsewhere.
+	State ShardState
+	// Error says why, when known.
+	Error string
 }
 
 // BadQueryError is a query the caller got wrong (unknown app, bad
@@ -172,7 +188,9 @@ func (m *merger) result() *Result {
 }
 
 // Query answers from memory: fresh, including what is not yet committed.
-// It covers the shards running on this node.
+// It covers the shards running on this node; the answer lists the others
+// of the app's category (recovering, failed, or held elsewhere) in
+// Missing.
 func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	app, ok := p.apps[q.App]
 	if !ok {
@@ -182,21 +200,22 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := newMerger(pl)
+	var shards []*shard
+	var missing []MissingShard
+	cat := app.Spec.Category
 	p.mu.RLock()
-	shards := make([]*shard, 0, len(p.shards))
-	for id, s := range p.shards {
-		if id.category == app.Spec.Category {
+	for b := 0; b < p.deps.Buckets(cat); b++ {
+		id := shardID{cat, b}
+		if s, ok := p.shards[id]; ok && isReady(s) {
 			shards = append(shards, s)
-		}
-	}
-	p.mu.RUnlock()
-	for _, s := range shards {
-		select {
-		case <-s.ready:
-		default:
 			continue
 		}
+		st := p.status(id)
+		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: st.State, Error: st.Error})
+	}
+	p.mu.RUnlock()
+	m := newMerger(pl)
+	for _, s := range shards {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -209,5 +228,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 			}
 		})
 	}
-	return m.result(), nil
+	res := m.result()
+	res.Missing = missing
+	return res, nil
 }
