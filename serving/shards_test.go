@@ -70,7 +70,7 @@ func (g *gateStore) heal(row string) {
 // pumaNode runs a Puma node with the orders app of testApps over three
 // buckets of category shop, each holding one order, on embedded backends
 // with the store st wraps.
-func pumaNode(t *testing.T, wrap func(store.Store) store.Store) *puma.Puma {
+func pumaNode(t *testing.T, wrap func(store.Store) store.Store, clock func() time.Time) *puma.Puma {
 	t.Helper()
 	dir := t.TempDir()
 	fs, err := localfs.New(filepath.Join(dir, "dfs"))
@@ -98,7 +98,7 @@ func pumaNode(t *testing.T, wrap func(store.Store) store.Store) *puma.Puma {
 	cfg.CheckpointInterval = config.Duration(100 * time.Millisecond)
 	p, err := puma.New(cfg, puma.Deps{
 		FS: fs, Store: wrap(st), Coord: co, Apps: testApps(t)[:1],
-		Buckets: func(string) int { return 3 }, Log: testLog(),
+		Buckets: func(string) int { return 3 }, Log: testLog(), Now: clock,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +140,15 @@ func TestShardStatesReachClients(t *testing.T) {
 		hold: map[string]chan struct{}{"c/shop/1": make(chan struct{})},
 		fail: map[string]error{"c/shop/2": errors.New("injected: region server down")},
 	}
-	p := pumaNode(t, func(st store.Store) store.Store { gs.Store = st; return gs })
+	// Puma's clock stands still until the shards are healed, so that the
+	// failed one is not tried again (and seen recovering) meanwhile.
+	var mu sync.Mutex
+	clock := time.Now()
+	p := pumaNode(t, func(st store.Store) store.Store { gs.Store = st; return gs }, func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return clock
+	})
 	s := newServer(t, p, func(c *Config, d *Deps) { d.Ready = p.Readiness; c.ThriftListen = "127.0.0.1:0" })
 	run(t, s)
 	qc := thriftClient(t, s)
@@ -188,6 +196,9 @@ func TestShardStatesReachClients(t *testing.T) {
 
 	gs.release("c/shop/1")
 	gs.heal("c/shop/2")
+	mu.Lock()
+	clock = clock.Add(time.Hour)
+	mu.Unlock()
 	poll(t, "every shard running", func() error {
 		if w := get(t, s, "/readyz"); w.Code != http.StatusOK {
 			return fmt.Errorf("%d %s", w.Code, w.Body)
