@@ -165,7 +165,7 @@ func (p *Process) dfs() (dfs.FS, error) {
 }
 
 func (p *Process) store() (store.Store, error) {
-	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store) })
+	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store, p.log, p.reg) })
 }
 
 func (p *Process) coord() (coord.Coord, error) {
