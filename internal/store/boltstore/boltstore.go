@@ -22,8 +22,9 @@
 // leaves a <file>.damaged marker so that the next start moves the file
 // aside even if its check passes. Both are counted in
 // freeway_store_damaged_total. bbolt keeps no checksums of data pages: a
-// flipped byte inside a value is not found here but by the reader of the
-// value (Puma then reports the shard failed).
+// changed byte inside a value is not found here; the reader of the value
+// finds it only if the value no longer decodes (Puma then reports the
+// shard failed).
 package boltstore
 
 import (
