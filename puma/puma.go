@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -349,6 +350,22 @@ type Status struct {
 	Committed string // position of the last commit
 }
 
+// maxErrorText bounds the error text of a status, which goes into
+// /readyz and into answers: a store's error may be long (a Java
+// exception), and row keys in it carry bytes from the logs.
+const maxErrorText = 1024
+
+func clipError(s string) string {
+	if len(s) <= maxErrorText {
+		return s
+	}
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", s[:cut], len(s))
+}
+
 func (s Status) shard() string { return s.Category + "/" + strconv.Itoa(s.Bucket) }
 
 // status is the state of shard id; p.mu is held.
@@ -358,7 +375,7 @@ func (p *Puma) status(id shardID) Status {
 	if tr != nil {
 		st.Since, st.LastAttempt, st.Failures = tr.since, tr.last, tr.failures
 		if tr.err != nil {
-			st.Error = tr.err.Error()
+			st.Error = clipError(tr.err.Error())
 		}
 		if tr.state != "" {
 			st.State = tr.state
@@ -545,6 +562,7 @@ var (
 	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, bad_value, filtered).", []string{"app", "reason"}, nil)
 	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
 	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
+	descShards    = prometheus.NewDesc("freeway_puma_shards", "Shards of this node's apps, by state here (recovering, running, failed, elsewhere).", []string{"state"}, nil)
 )
 
 func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -552,6 +570,7 @@ func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDropped
 	ch <- descCkptAge
 	ch <- descWatermark
+	ch <- descShards
 }
 
 func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
@@ -606,5 +625,12 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if !oldest.IsZero() {
 		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, time.Since(oldest).Seconds())
+	}
+	states := map[ShardState]float64{StateRecovering: 0, StateRunning: 0, StateFailed: 0, StateElsewhere: 0}
+	for _, st := range p.Statuses() {
+		states[st.State]++
+	}
+	for state, n := range states {
+		ch <- prometheus.MustNewConstMetric(descShards, prometheus.GaugeValue, n, string(state))
 	}
 }

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/store"
 )
@@ -91,7 +94,8 @@ func TestFailedShardIsReported(t *testing.T) {
 	// The clock stands still until the repair, so that Run does not try
 	// the failed shard again while the test looks at it.
 	clock := &testClock{now: time.Now()}
-	p2 := e.node("n2", func(c *Config, d *Deps) { d.Now = clock.Now })
+	reg := prometheus.NewPedanticRegistry()
+	p2 := e.node("n2", func(c *Config, d *Deps) { d.Now = clock.Now; d.Metrics = reg })
 	start(t, p2)
 	eventually(t, "orders/0 running, orders/1 failed", func() error {
 		if st := stateOf(p2, 0); st.State != StateRunning {
@@ -105,6 +109,12 @@ func TestFailedShardIsReported(t *testing.T) {
 	st := stateOf(p2, 1)
 	if !strings.Contains(st.Error, "malformed cell row") || st.LastAttempt.IsZero() || !st.RetryAt.After(st.LastAttempt) {
 		t.Fatalf("failed status %+v", st)
+	}
+	m := gather(t, reg)
+	for state, want := range map[string]float64{"running": 1, "failed": 1, "recovering": 0, "elsewhere": 0} {
+		if got := m["freeway_puma_shards{state="+state+"}"]; got != want {
+			t.Errorf("freeway_puma_shards{state=%q} = %v, want %v", state, got, want)
+		}
 	}
 	rd := p2.Readiness()
 	if rd.Ready || len(rd.Shards) != 1 || rd.Shards[0].Bucket != 1 || !strings.Contains(rd.String(), "orders/1: failed at ") ||
@@ -192,5 +202,16 @@ func TestRetryDelay(t *testing.T) {
 		if got := retryDelay(failures); got != want {
 			t.Errorf("retryDelay(%d) = %v, want %v", failures, got, want)
 		}
+	}
+}
+
+func TestClipError(t *testing.T) {
+	if got := clipError("short"); got != "short" {
+		t.Fatal(got)
+	}
+	long := strings.Repeat("é", maxErrorText) // 2 bytes a rune
+	got := clipError(long)
+	if !strings.HasSuffix(got, fmt.Sprintf("… (%d bytes)", len(long))) || len(got) > maxErrorText+32 || !utf8.ValidString(got) {
+		t.Fatalf("%d bytes: %q", len(got), got[len(got)-40:])
 	}
 }
