@@ -41,7 +41,8 @@
 // again after 2s, doubling up to a minute, so that a shard that cannot
 // recover logs a line a minute), or elsewhere (another node holds its
 // lease). Readiness is not ready while a shard is recovering or failed,
-// or held by nobody, and names those shards; /readyz shows it.
+// or held by nobody, and names those shards; /readyz shows it, and
+// freeway_puma_shards{state} counts the shards in each state.
 //
 // Answers. Query answers from the memory of the shards running here. A
 // shard of the app's category that is not (recovering, failed, elsewhere)

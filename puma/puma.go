@@ -211,24 +211,24 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 			return
 		}
 		if errors.Is(err, coord.ErrHeld) {
-			p.record(id, StateElsewhere, nil)
+			p.record(id, StateElsewhere, nil, false)
 			return
 		}
 		p.log.Warn("cannot acquire shard", "shard", name, "err", err)
-		p.record(id, StateFailed, fmt.Errorf("acquire lease %s: %w", name, err))
+		p.record(id, StateFailed, fmt.Errorf("acquire lease %s: %w", name, err), false)
 		return
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
 	if err != nil {
 		lease.Release(ctx)
 		p.log.Error("cannot create shard", "shard", name, "err", err)
-		p.record(id, StateFailed, fmt.Errorf("create shard %s/%d: %w", id.category, id.bucket, err))
+		p.record(id, StateFailed, fmt.Errorf("create shard %s/%d: %w", id.category, id.bucket, err), false)
 		return
 	}
 	p.mu.Lock()
 	p.shards[id] = s
 	p.mu.Unlock()
-	p.record(id, "", nil)
+	p.record(id, "", nil, false)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -256,7 +256,7 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 
 // record notes the outcome of an attempt to take shard id: state "" when
 // it was taken here. afresh says that failures start a new count.
-func (p *Puma) record(id shardID, state ShardState, err error, afresh ...bool) {
+func (p *Puma) record(id shardID, state ShardState, err error, afresh bool) {
 	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -271,7 +271,7 @@ func (p *Puma) record(id shardID, state ShardState, err error, afresh ...bool) {
 	tr.state, tr.last = state, now
 	switch state {
 	case StateFailed:
-		if len(afresh) > 0 && afresh[0] {
+		if afresh {
 			tr.failures = 0
 		}
 		tr.err = err
