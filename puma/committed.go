@@ -71,7 +71,7 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 		if first == nil {
 			first = err
 		}
-		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: err.Error()})
+		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: clipError(err.Error())})
 	}
 	if n > 0 && len(missing) == n {
 		return nil, fmt.Errorf("no shard of category %s can be read: %w", cat, first)

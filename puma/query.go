@@ -328,7 +328,7 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 	slices.Sort(windows)
 	// merge adds window w's cells, or with dry only reports whether it has
 	// any (retention may have dropped it since it was listed).
-	merge := func(w int64, dry bool) (any bool) {
+	merge := func(w int64, dry bool) (found bool) {
 		for _, s := range shards {
 			s.snapshot(func(tables []*table) {
 				for _, t := range tables {
@@ -336,7 +336,7 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 						continue
 					}
 					cells := t.windows[w]
-					any = any || len(cells) > 0
+					found = found || len(cells) > 0
 					if dry {
 						continue
 					}
@@ -345,11 +345,11 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 					}
 				}
 			})
-			if dry && any {
+			if dry && found {
 				return true
 			}
 		}
-		return any
+		return found
 	}
 	more := false
 	for i, w := range windows {
