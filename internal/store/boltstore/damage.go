@@ -48,13 +48,31 @@ func guarded(fn func()) (panicked any) {
 // open database, or damage saying why the file is damaged, or err for
 // failures that say nothing about the file (locked, permissions, I/O).
 //
-// The check runs on a read-only open first: bbolt then reads only the
-// meta pages, where a read-write open also reads the free list, which a
-// truncated file has usually lost (it is written at the end), so the
-// check gets to say what is wrong before bbolt trips on it.
+// The file is opened read-only twice before it is opened for writing.
+// The first open reads only the meta pages, to find a file cut short
+// before anything reads a page it lost (the free list, read at a
+// read-write open, is written at the end, so a cut usually takes it). The
+// second loads the free list under guard, so that bbolt's consistency
+// check, which runs in a goroutine of its own where a fault cannot be
+// recovered, finds it loaded.
 func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.DB, damage string, err error) {
 	if info, err := os.Stat(path); err == nil && info.Size() > 0 && budget >= 0 {
-		ro, damage, err := boltOpen(path, true)
+		ro, damage, err := boltOpen(path, true, false)
+		if err != nil || damage != "" {
+			return nil, damage, err
+		}
+		var used int64
+		r := guarded(func() { err = ro.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }) })
+		guarded(func() { ro.Close() })
+		switch {
+		case r != nil:
+			return nil, fmt.Sprintf("bbolt panicked reading it: %v", r), nil
+		case err != nil:
+			return nil, "", fmt.Errorf("open store %s: %w", path, err)
+		case used > info.Size():
+			return nil, fmt.Sprintf("the file is %d bytes but its pages reach byte %d: it was cut short", info.Size(), used), nil
+		}
+		ro, damage, err = boltOpen(path, true, true)
 		if err != nil || damage != "" {
 			return nil, damage, err
 		}
@@ -64,7 +82,7 @@ func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.
 			return nil, damage, nil
 		}
 	}
-	db, damage, err = boltOpen(path, false)
+	db, damage, err = boltOpen(path, false, true)
 	if err != nil || damage != "" {
 		return nil, damage, err
 	}
@@ -72,10 +90,11 @@ func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.
 }
 
 // boltOpen opens path with bbolt, turning its panics and faults, and its
-// errors that mean a damaged file, into damage.
-func boltOpen(path string, readOnly bool) (db *bolt.DB, damage string, err error) {
+// errors that mean a damaged file, into damage. freeList loads the free
+// list at open (always done for writing).
+func boltOpen(path string, readOnly, freeList bool) (db *bolt.DB, damage string, err error) {
 	var file *os.File
-	opts := &bolt.Options{Timeout: time.Second, ReadOnly: readOnly, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+	opts := &bolt.Options{Timeout: time.Second, ReadOnly: readOnly, PreLoadFreelist: freeList, OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
 		f, err := os.OpenFile(name, flag, perm)
 		file = f
 		return f, err
@@ -102,13 +121,13 @@ func boltOpen(path string, readOnly bool) (db *bolt.DB, damage string, err error
 	return db, "", nil
 }
 
-// check looks for damage in an open file: pages past its end (a truncated
-// file), then every key of every table read back (bbolt panics on a page
-// that makes no sense), then bbolt's own consistency check (page
-// references, the free list, key order). It stops reading keys after
-// budget, and runs bbolt's check only when reading the keys took less
-// than a third of it: bbolt's check reads every page again and cannot be
-// stopped.
+// check looks for damage in a file open read-only, with its free list
+// loaded and no page past its end: every key of every table read back
+// (bbolt panics on a page that makes no sense), then bbolt's own
+// consistency check (page references, the free list, key order). It
+// stops reading keys after budget, and runs bbolt's check only when
+// reading the keys took less than a third of it: bbolt's check reads
+// every page again and cannot be stopped.
 func check(db *bolt.DB, size int64, path string, budget time.Duration, log *slog.Logger) (damage string) {
 	start := time.Now()
 	var keys int
@@ -116,9 +135,6 @@ func check(db *bolt.DB, size int64, path string, budget time.Duration, log *slog
 	var err error
 	r := guarded(func() {
 		err = db.View(func(tx *bolt.Tx) error {
-			if tx.Size() > size {
-				return fmt.Errorf("the file is %d bytes but its pages reach byte %d: it was truncated", size, tx.Size())
-			}
 			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 				c := b.Cursor()
 				for k, v := c.First(); k != nil; k, v = c.Next() {

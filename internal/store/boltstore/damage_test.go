@@ -3,6 +3,7 @@ package boltstore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -173,9 +174,9 @@ func TestTruncatedFileIsMovedAside(t *testing.T) {
 		keep   func(used int64, size int) int64
 		reason string
 	}{
-		{"half", func(used int64, size int) int64 { return used / 2 }, "truncated"},
-		{"last page", func(used int64, size int) int64 { return used - int64(size) }, "truncated"},
-		{"meta pages only", func(used int64, size int) int64 { return int64(2 * size) }, "truncated"},
+		{"half", func(used int64, size int) int64 { return used / 2 }, "cut short"},
+		{"last page", func(used int64, size int) int64 { return used - int64(size) }, "cut short"},
+		{"meta pages only", func(used int64, size int) int64 { return int64(2 * size) }, "cut short"},
 		{"into the meta pages", func(used int64, size int) int64 { return 5000 }, "bbolt could not open it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -234,6 +235,13 @@ func TestFlippedPageBytesAreFound(t *testing.T) {
 		}, ""},
 		{"both meta pages", 0, func(p []byte) { p[16+4] ^= 1; p[size+16+4] ^= 1 }, "bbolt could not open it"},
 		{"freelist page", kinds["freelist"][0], func(p []byte) { p[16] ^= 0x01 }, ""},
+		// A count of 0xffff says the real count is the first uint64: a
+		// large one sends the free list's reader past the mapping, which
+		// must happen under guard, not in bbolt's check goroutine.
+		{"freelist count", kinds["freelist"][0], func(p []byte) {
+			p[10], p[11] = 0xff, 0xff
+			binary.LittleEndian.PutUint64(p[16:], 1<<20) // 8 MiB of ids, past the 1 MiB mapping
+		}, "bbolt could not open it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if err := os.WriteFile(path, pristine, 0o644); err != nil {
