@@ -7,4 +7,16 @@
 // the local Puma node's memory (fresh, including uncommitted changes); a
 // standalone serving process answers from the store (committed state).
 // It keeps no state of its own.
+//
+// Partial answers. An answer lacking the data of some shards of the
+// app's category says so: over HTTP "partial": true and "missing_shards"
+// (category, bucket, state recovering|failed|elsewhere, error), over
+// Thrift the optional QueryResult fields partial and missing_shards; both
+// are left out of a complete answer, which keeps its exact shape. So is
+// "truncated" (HTTP and Thrift) when a limit or max_rows cut rows off.
+//
+// Readiness. /readyz answers 200 "ready", or 503 with the reason and one
+// line per shard in the way (recovering since when, failed with its error
+// and next try, held by nobody). ReadyzHandler is the one implementation:
+// the admin listener of the targets without serving answers with it too.
 package serving

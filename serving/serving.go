@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -75,8 +77,9 @@ func (c *Config) Validate() error {
 // Deps are what serving needs from the wiring.
 type Deps struct {
 	Source Source
-	// Ready reports readiness for /readyz; nil means always ready.
-	Ready    func() bool
+	// Ready reports readiness for /readyz (a Puma node's Readiness); nil
+	// means always ready.
+	Ready    func() puma.Readiness
 	Gatherer prometheus.Gatherer
 	Metrics  prometheus.Registerer
 	Log      *slog.Logger
@@ -189,13 +192,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /healthz", s.instrument("healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
-	mux.Handle("GET /readyz", s.instrument("readyz", func(w http.ResponseWriter, r *http.Request) {
-		if s.deps.Ready != nil && !s.deps.Ready() {
-			http.Error(w, "not ready: shards are still recovering", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	}))
+	mux.Handle("GET /readyz", s.instrument("readyz", ReadyzHandler(s.deps.Ready)))
 	if s.deps.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Gatherer, promhttp.HandlerOpts{}))
 	}
@@ -220,6 +217,26 @@ func (s *Server) Handler() http.Handler {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s %s (see GET /api/v1/apps and GET /api/v1/query)", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// ReadyzHandler answers /readyz from ready (nil: always ready): 200
+// "ready", or 503 with the reason and one line per shard in the way
+// (recovering, failed with its error, held by nobody). The serving
+// process and the admin listener of the other targets both answer with
+// it.
+func ReadyzHandler(ready func() puma.Readiness) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rd := puma.Readiness{Ready: true}
+		if ready != nil {
+			rd = ready()
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if !rd.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		io.WriteString(w, rd.String())
+	}
 }
 
 type statusRecorder struct {
@@ -343,11 +360,24 @@ type RowJSON struct {
 	Values      map[string]any    `json:"values"`
 }
 
-// ResultJSON is the answer of /api/v1/query.
+// ResultJSON is the answer of /api/v1/query. Partial and MissingShards
+// are set only when shards of the app's category are missing from the
+// answer, so that a complete answer keeps its shape.
 type ResultJSON struct {
-	App       string    `json:"app"`
-	Rows      []RowJSON `json:"rows"`
-	Truncated bool      `json:"truncated,omitempty"`
+	App           string             `json:"app"`
+	Rows          []RowJSON          `json:"rows"`
+	Truncated     bool               `json:"truncated,omitempty"`
+	Partial       bool               `json:"partial,omitempty"`
+	MissingShards []MissingShardJSON `json:"missing_shards,omitempty"`
+}
+
+// MissingShardJSON is a shard whose data an answer lacks.
+type MissingShardJSON struct {
+	Category string `json:"category"`
+	Bucket   int    `json:"bucket"`
+	// State is "recovering", "failed" or "elsewhere".
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
 }
 
 var queryParams = map[string]bool{"app": true, "from": true, "to": true, "group_by": true, "window": true, "limit": true}
@@ -479,7 +509,10 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated}
+	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial()}
+	for _, m := range res.Missing {
+		out.MissingShards = append(out.MissingShards, MissingShardJSON{Category: m.Category, Bucket: m.Bucket, State: string(m.State), Error: m.Error})
+	}
 	for _, row := range res.Rows {
 		out.Rows = append(out.Rows, RowJSON{
 			WindowStart: time.UnixMilli(row.WindowStartMs).UTC().Format(time.RFC3339),
@@ -536,6 +569,20 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 		return nil, &freeway.QueryError{Message: "internal error: " + err.Error()}
 	}
 	out := &freeway.QueryResult_{App: res.App, Rows: make([]*freeway.Row, 0, len(res.Rows))}
+	// Set only when true, as the HTTP answer omits them when false.
+	if res.Truncated {
+		out.Truncated = thrift.BoolPtr(true)
+	}
+	if res.Partial() {
+		out.Partial = thrift.BoolPtr(true)
+		for _, m := range res.Missing {
+			ms := &freeway.MissingShard{Category: m.Category, Bucket: int32(m.Bucket), State: string(m.State)}
+			if m.Error != "" {
+				ms.Error = thrift.StringPtr(m.Error)
+			}
+			out.MissingShards = append(out.MissingShards, ms)
+		}
+	}
 	for _, row := range res.Rows {
 		vals := map[string]float64{}
 		for k, v := range row.Values {

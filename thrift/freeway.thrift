@@ -38,9 +38,29 @@ struct Row {
   4: map<string, double> values,
 }
 
+// A shard whose data an answer lacks: it is still loading on the node that
+// answered (recovering), its last attempt failed (failed), or another node
+// holds it (elsewhere).
+struct MissingShard {
+  1: string category,
+  2: i32 bucket,
+  // "recovering", "failed" or "elsewhere".
+  3: string state,
+  // Why, when known (the error of a failed shard).
+  4: optional string error,
+}
+
+// Fields 3 to 5 are new: a client built before them reads the rows only.
+// They are set only when true or non-empty, as in the HTTP answer.
 struct QueryResult {
   1: string app,
   2: list<Row> rows,
+  // The limit (or the server's max_rows) cut rows off.
+  3: optional bool truncated,
+  // Some shards of the app's category are missing from the answer: the
+  // rows hold only the data of the others.
+  4: optional bool partial,
+  5: optional list<MissingShard> missing_shards,
 }
 
 exception QueryError {

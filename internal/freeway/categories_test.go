@@ -268,7 +268,7 @@ func TestOddCategoriesOnRealEngines(t *testing.T) {
 	}
 
 	// Puma's commit rows are under the encoded category.
-	st, err := backends.OpenStore(cfg.Store)
+	st, err := backends.OpenStore(cfg.Store, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

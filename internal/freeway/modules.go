@@ -165,7 +165,7 @@ func (p *Process) dfs() (dfs.FS, error) {
 }
 
 func (p *Process) store() (store.Store, error) {
-	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store) })
+	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store, p.log, p.reg) })
 }
 
 func (p *Process) coord() (coord.Coord, error) {
@@ -275,7 +275,7 @@ func (p *Process) initServing() error {
 	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log}
 	if p.Puma != nil {
 		deps.Source = p.Puma
-		deps.Ready = p.Puma.Ready
+		deps.Ready = p.Puma.Readiness
 	} else {
 		st, err := p.store()
 		if err != nil {
@@ -310,13 +310,11 @@ func (p *Process) initAdmin(mods []string) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if p.Puma != nil && !p.Puma.Ready() {
-			http.Error(w, "not ready: shards are still recovering or held elsewhere", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
+	var ready func() puma.Readiness
+	if p.Puma != nil {
+		ready = p.Puma.Readiness
+	}
+	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	p.runners = append(p.runners, runner{"admin", func(ctx context.Context) error {
 		go func() {
