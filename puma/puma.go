@@ -612,6 +612,7 @@ var (
 	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
 	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
 	descShards    = prometheus.NewDesc("freeway_puma_shards", "Shards of this node's apps, by state here (recovering, running, failed, elsewhere).", []string{"state"}, nil)
+	descUncommit  = prometheus.NewDesc("freeway_puma_shards_uncommitted", "Running shards that have read past their last commit (0: every read block is checkpointed).", nil, nil)
 )
 
 func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -620,6 +621,7 @@ func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCkptAge
 	ch <- descWatermark
 	ch <- descShards
+	ch <- descUncommit
 }
 
 func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
@@ -640,6 +642,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		per[a.Name()] = &agg{watermark: -1 << 62}
 	}
 	var oldest time.Time
+	uncommitted := 0
 	for _, s := range shards {
 		select {
 		case <-s.ready:
@@ -647,6 +650,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		s.mu.RLock()
+		if s.pos != s.committedPos {
+			uncommitted++
+		}
 		for _, t := range s.tables {
 			a := per[t.app.Name()]
 			a.cells += float64(t.ncells)
@@ -673,6 +679,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	if !oldest.IsZero() {
 		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, time.Since(oldest).Seconds())
 	}
+	ch <- prometheus.MustNewConstMetric(descUncommit, prometheus.GaugeValue, float64(uncommitted))
 	states := map[ShardState]float64{StateRecovering: 0, StateRunning: 0, StateFailed: 0, StateElsewhere: 0}
 	for _, st := range p.Statuses() {
 		states[st.State]++
