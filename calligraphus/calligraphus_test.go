@@ -95,7 +95,6 @@ func TestInvalidEntriesDroppedRestKept(t *testing.T) {
 	fsys := newTestFS(newLocal(t), true)
 	_, co := inprocCoord(t)
 	cfg := testConfig()
-	cfg.MaxMessageBytes = 100
 	s := startServer(t, cfg, fsys, co, nil)
 	cl := s.dial(t)
 	es := []*scribe.LogEntry{
@@ -104,7 +103,6 @@ func TestInvalidEntriesDroppedRestKept(t *testing.T) {
 		{Category: "../escape", Message: []byte("dots")},
 		{Category: "a/b", Message: []byte("slash")},
 		{Category: ".hidden", Message: []byte("hidden")},
-		{Category: "good", Message: []byte(strings.Repeat("x", 101))},
 		{Category: "good", Message: []byte(strings.Repeat("y", 100))},
 		{Category: "good", Message: []byte("three")},
 	}
@@ -124,9 +122,6 @@ func TestInvalidEntriesDroppedRestKept(t *testing.T) {
 	}
 	if got := counter(t, s.reg, "freeway_calligraphus_entries_rejected_total", "reason", "bad_category"); got != 4 {
 		t.Errorf("rejected bad_category %v, want 4", got)
-	}
-	if got := counter(t, s.reg, "freeway_calligraphus_entries_rejected_total", "reason", "too_large"); got != 1 {
-		t.Errorf("rejected too_large %v, want 1", got)
 	}
 	if got := counter(t, s.reg, "freeway_calligraphus_entries_received_total"); got != 3 {
 		t.Errorf("entries_received %v, want 3 (the entries kept)", got)
@@ -376,9 +371,8 @@ func TestMaxPendingBytes(t *testing.T) {
 	fsys := newTestFS(newLocal(t), true)
 	_, co := inprocCoord(t)
 	cfg := testConfig()
-	cfg.MaxFrameBytes = 64 << 10
+	cfg.MaxCallBytes = 64 << 10
 	cfg.MaxPendingBytes = 64 << 10
-	cfg.MaxMessageBytes = 16 << 10
 	s := startServer(t, cfg, fsys, co, nil)
 	g := newGate(t, "sync")
 	fsys.setHook(g.hook)
@@ -490,11 +484,14 @@ func TestConfigValidate(t *testing.T) {
 		{"calligraphus.segment_max_age", func(c *Config) { c.SegmentMaxAge = 0 }},
 		{"calligraphus.segment_max_bytes", func(c *Config) { c.SegmentMaxBytes = 100 }},
 		{"calligraphus.linger", func(c *Config) { c.Linger = -1 }},
-		{"calligraphus.max_pending_bytes", func(c *Config) { c.MaxPendingBytes = c.MaxFrameBytes - 1 }},
-		{"calligraphus.max_message_bytes", func(c *Config) { c.MaxMessageBytes = 0 }},
-		{"calligraphus.max_message_bytes", func(c *Config) { c.MaxMessageBytes = c.MaxFrameBytes + 1 }},
-		{"calligraphus.max_frame_bytes", func(c *Config) { c.MaxFrameBytes = 2 << 30; c.MaxPendingBytes = 4 << 30 }},
+		{"calligraphus.max_pending_bytes", func(c *Config) { c.MaxPendingBytes = c.MaxCallBytes - 1 }},
+		{"calligraphus.max_call_bytes", func(c *Config) { c.MaxCallBytes = 512 }},
+		{"calligraphus.max_call_bytes", func(c *Config) { c.MaxCallBytes = 257 << 20; c.MaxPendingBytes = 1 << 30 }},
 		{"calligraphus.max_connections", func(c *Config) { c.MaxConnections = 0 }},
+		{"calligraphus.idle_timeout", func(c *Config) { c.IdleTimeout = 0 }},
+		{"calligraphus.read_timeout", func(c *Config) { c.ReadTimeout = -1 }},
+		{"calligraphus.max_frame_bytes", func(c *Config) { v := config.ByteSize(1 << 20); c.OldMaxFrameBytes = &v }},
+		{"calligraphus.max_message_bytes", func(c *Config) { v := config.ByteSize(1 << 20); c.OldMaxMessageBytes = &v }},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)
