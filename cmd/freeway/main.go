@@ -2,6 +2,10 @@
 // pipeline in one process on embedded backends; `freeway agent`,
 // `calligraphus`, `copier`, `puma` and `serving` run one component; `freeway
 // config check FILE` validates a configuration.
+//
+// SIGHUP (or fb303 reinitialize on a Scribe port) reloads the
+// configuration file and restarts the components with it when it
+// validates; SIGTERM, SIGINT or fb303 shutdown stop them gracefully.
 package main
 
 import (
