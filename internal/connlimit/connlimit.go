@@ -185,14 +185,14 @@ func (l *Listener) Accept() (net.Conn, error) {
 		delay = 0
 		lc, victim := l.admit(c)
 		if victim != nil {
-			victim.Conn.Close()
 			l.evicted.Add(1)
+			victim.Conn.Close()
 			l.warn.Warn("evict", "connection limit reached, closed the longest idle connection",
 				"listener", l.name, "max_connections", l.max, "closed", victim.RemoteAddr().String(), "new", c.RemoteAddr().String())
 		}
 		if lc == nil {
-			c.Close()
 			l.refused.Add(1)
+			c.Close()
 			l.warn.Warn("refuse", "connection limit reached with every connection busy, new connection closed",
 				"listener", l.name, "max_connections", l.max, "remote", c.RemoteAddr().String())
 			continue

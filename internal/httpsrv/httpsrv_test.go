@@ -41,24 +41,40 @@ func TestKeepAliveIdleEvicted(t *testing.T) {
 	}
 	first := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
 	second := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
+	// A new client finds the connection idle only once the server has
+	// finished the answer (until then it is busy, and the newcomer would
+	// be refused).
+	idle := func() {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for gauge(t, reg, "freeway_listener_idle_connections") != 1 {
+			if time.Now().After(deadline) {
+				t.Fatal("the connection never became idle")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	get(first) // leaves an idle keep-alive connection
+	idle()
 	get(second)
+	idle()
 	get(first)
-	if n := evicted(t, reg); n < 1 {
+	if n := gauge(t, reg, "freeway_listener_connections_evicted_total"); n < 1 {
 		t.Fatalf("evictions %v", n)
 	}
 }
 
-// evicted is the eviction count in reg.
-func evicted(t *testing.T, reg *prometheus.Registry) float64 {
+// gauge is the value of a one-series counter or gauge in reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "freeway_listener_connections_evicted_total" {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return 0
