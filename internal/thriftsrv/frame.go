@@ -253,6 +253,9 @@ func (f *frameReader) ReadByte() (byte, error) {
 
 // readString reads n bytes (n <= left) as a string with one allocation.
 func (f *frameReader) readString(n int) string {
+	if n == 0 {
+		return ""
+	}
 	if c := f.cur(); len(c) >= n {
 		s := string(c[:n])
 		f.advance(n)

@@ -43,6 +43,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -214,6 +215,15 @@ type peerKey struct{}
 // serveConn runs calls on one connection until it closes, times out or
 // misbehaves, or the server stops.
 func (s *Server) serveConn(ctx context.Context, cn *conn) {
+	defer func() {
+		// As net/http: a panic serving one connection (a handler's bug, or
+		// input no check foresaw) closes that connection, not the process.
+		if v := recover(); v != nil {
+			s.count(s.closed, "panic")
+			s.warn.Error("panic", "panic serving a thrift connection; connection closed", "listener", s.name,
+				"remote", cn.peer, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
 	pctx := WithPeer(ctx, cn.c.RemoteAddr())
 	frame := &frameReader{budget: s.budget}
 	defer frame.release()
