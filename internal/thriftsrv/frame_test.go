@@ -180,3 +180,30 @@ func TestPortConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyStringAtChunkEnd: a frame that ends, exactly at a chunk's
+// end, with an empty string reads it (it used to index past the chunks).
+func TestEmptyStringAtChunkEnd(t *testing.T) {
+	for _, size := range []int{smallChunk, chunkSize * 2} {
+		b := NewBudget(1<<20, nil)
+		fr := &frameReader{budget: b}
+		if err := fr.fill(bytes.NewReader(make([]byte, size)), nil, int64(size)); err != nil {
+			t.Fatal(err)
+		}
+		in := newCallProtocol(fr, DefaultLimits().Config())
+		in.reset(1 << 20)
+		if _, err := fr.Read(make([]byte, size-4)); err != nil {
+			t.Fatal(err)
+		}
+		for fr.left > 4 {
+			fr.Read(make([]byte, fr.left-4))
+		}
+		if s, err := in.ReadString(context.Background()); err != nil || s != "" {
+			t.Fatalf("size %d: %q %v", size, s, err)
+		}
+		if _, err := in.ReadBinary(context.Background()); err == nil {
+			t.Fatalf("size %d: read past the end of the frame", size)
+		}
+		fr.release()
+	}
+}
