@@ -378,11 +378,13 @@ func TestOtherProtocolsClosedAtOnce(t *testing.T) {
 }
 
 // TestConcurrentLargeCallsBoundedMemory: 16 concurrent Log calls of one
-// 15 MB message each are served within the in-flight budget: the heap
-// stays under the budget plus the Go collector's headroom (it lets the
-// heap grow to twice what was live at the last collection: at most the
-// budget, the 15 MB frame the clients share and the test's own few MB),
-// and every entry is accepted in the end. (Before, they took 3.1 GiB.)
+// 15 MB message each are served within the in-flight budget, and every
+// entry is accepted in the end. The heap's growth stays under twice what
+// may be live: the budget, the frame chunks pooled for reuse (at most
+// half the budget, until the next collection), the 15 MB frame the
+// clients share; twice, because Go's collector lets the heap grow to
+// twice what was live at the last collection (GOGC=100); plus 16 MiB of
+// slack. (Before, the calls took 587 MiB here, 3.1 GiB in the agent.)
 func TestConcurrentLargeCallsBoundedMemory(t *testing.T) {
 	const (
 		clients = 16
@@ -454,7 +456,7 @@ func TestConcurrentLargeCallsBoundedMemory(t *testing.T) {
 		t.Fatalf("accepted %d entries (%d bytes), want %d", got.Load(), h.bytes.Load(), clients)
 	}
 	grew := int64(peak.Load()) - int64(base)
-	limit := int64(2*(budget+len(frame))) + 16<<20
+	limit := int64(2*(budget+budget/2+len(frame))) + 16<<20
 	t.Logf("heap peak %d MiB over a base of %d MiB (limit %d MiB); %d TRY_LATER answers", grew>>20, base>>20, limit>>20, tryLaters.Load())
 	if grew > limit {
 		t.Fatalf("heap grew by %d MiB, over the bound of %d MiB", grew>>20, limit>>20)
