@@ -39,12 +39,9 @@ type Config struct {
 	Linger config.Duration `yaml:"linger"`
 	// MaxPendingBytes per bucket: beyond it senders get TRY_LATER.
 	MaxPendingBytes config.ByteSize `yaml:"max_pending_bytes"`
-	// MaxMessageBytes: longer messages are rejected (counted, logged).
-	MaxMessageBytes config.ByteSize `yaml:"max_message_bytes"`
-	// MaxFrameBytes bounds a request on the Scribe port.
-	MaxFrameBytes config.ByteSize `yaml:"max_frame_bytes"`
-	// MaxConnections bounds concurrent Scribe connections.
-	MaxConnections int `yaml:"max_connections"`
+	// The Scribe port's limits: max_call_bytes (which bounds a message
+	// too), max_connections, idle_timeout, read_timeout.
+	thriftsrv.PortConfig `yaml:",inline"`
 	// IdleClose: a bucket writer that received nothing for this long
 	// publishes its segment, releases its lease and ends.
 	IdleClose config.Duration `yaml:"idle_close"`
@@ -52,6 +49,10 @@ type Config struct {
 	// call that needs a writer for one more gets TRY_LATER (counted as
 	// max_categories) until idle writers end.
 	MaxCategories int `yaml:"max_categories"`
+
+	// Replaced keys, kept only to say so.
+	OldMaxFrameBytes   *config.ByteSize `yaml:"max_frame_bytes,omitempty"`
+	OldMaxMessageBytes *config.ByteSize `yaml:"max_message_bytes,omitempty"`
 }
 
 // DefaultConfig returns the defaults.
@@ -62,9 +63,7 @@ func DefaultConfig() Config {
 		SegmentMaxBytes: 64 << 20,
 		Linger:          config.Duration(100 * time.Millisecond),
 		MaxPendingBytes: 64 << 20,
-		MaxMessageBytes: 1 << 20,
-		MaxFrameBytes:   16 << 20,
-		MaxConnections:  1024,
+		PortConfig:      thriftsrv.DefaultPortConfig(),
 		IdleClose:       config.Duration(time.Minute),
 		MaxCategories:   10000,
 	}
@@ -82,18 +81,20 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.calligraphus.segment_max_bytes", "must be at least 1KiB")
 	case c.Linger < 0:
 		return config.Errorf("$.calligraphus.linger", "must not be negative")
-	case c.MaxPendingBytes < c.MaxFrameBytes:
-		return config.Errorf("$.calligraphus.max_pending_bytes", "must be at least max_frame_bytes (%v)", c.MaxFrameBytes)
-	case c.MaxMessageBytes <= 0 || c.MaxMessageBytes > c.MaxFrameBytes:
-		return config.Errorf("$.calligraphus.max_message_bytes", "must be between 1 and max_frame_bytes (%v)", c.MaxFrameBytes)
-	case c.MaxFrameBytes < 1<<10 || c.MaxFrameBytes > 1<<30:
-		return config.Errorf("$.calligraphus.max_frame_bytes", "must be between 1KiB and 1GiB")
-	case c.MaxConnections <= 0:
-		return config.Errorf("$.calligraphus.max_connections", "must be positive")
 	case c.IdleClose.D() < 10*time.Millisecond:
 		return config.Errorf("$.calligraphus.idle_close", "must be at least 10ms")
 	case c.MaxCategories < 1:
 		return config.Errorf("$.calligraphus.max_categories", "must be positive")
+	case c.OldMaxFrameBytes != nil:
+		return config.Errorf("$.calligraphus.max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
+	case c.OldMaxMessageBytes != nil:
+		return config.Errorf("$.calligraphus.max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
+	}
+	if err := c.PortConfig.Validate("calligraphus"); err != nil {
+		return err
+	}
+	if c.MaxPendingBytes < c.MaxCallBytes {
+		return config.Errorf("$.calligraphus.max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
 	}
 	return nil
 }
@@ -108,6 +109,9 @@ type Deps struct {
 	Version string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Shared are the process's in-flight byte budget and fb303 control
+	// hooks (zero: a budget of the port's own, no control calls).
+	Shared scribeapi.Shared
 }
 
 // Calligraphus is a running writer.
@@ -178,8 +182,9 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
-	limits := thriftsrv.Limits{MaxFrameSize: int32(cfg.MaxFrameBytes), MaxConnections: cfg.MaxConnections}
-	srv, err := scribeapi.Listen(cfg.Listen, c, scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters}, limits, deps.Log)
+	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters, Control: deps.Shared.Control, Metrics: deps.Metrics}
+	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
+		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget))
 	if err != nil {
 		return nil, fmt.Errorf("start calligraphus: %w", err)
 	}

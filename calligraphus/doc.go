@@ -40,6 +40,11 @@
 // agent_id; Puma deduplicates per that string. The incarnation is never
 // logged.
 //
+// Its Scribe port has the limits of internal/thriftsrv (max_call_bytes,
+// which also bounds a message, max_connections, idle_timeout,
+// read_timeout, and the process's in-flight byte budget): a call too
+// large, or without room in the budget, is answered TRY_LATER.
+//
 // Each bucket has one writer at a time, held as a coord lease
 // ("calligraphus/<category>/<bucket>", encoded category); segment names
 // carry the writer's fencing epoch, so a newer writer's segments sort

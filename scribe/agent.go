@@ -38,14 +38,27 @@ type Agent struct {
 	ran       atomic.Bool
 }
 
+// Option configures an Agent beyond its Config.
+type Option func(*options)
+
+type options struct{ shared scribeapi.Shared }
+
+// WithShared gives the agent's Scribe port the process's in-flight byte
+// budget and fb303 control hooks.
+func WithShared(s scribeapi.Shared) Option { return func(o *options) { o.shared = s } }
+
 // New opens the queue in cfg.QueueDir (truncating a torn tail) and binds
 // cfg.Listen, so that Addr works before Run. Metrics are registered with
 // reg (nil: not registered).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Agent, error) {
-	return newAgent(cfg, log, reg, realClock{})
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
+	return newAgent(cfg, log, reg, realClock{}, opts...)
 }
 
-func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock) (*Agent, error) {
+func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock, opts ...Option) (*Agent, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -72,8 +85,10 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 			return nil, fmt.Errorf("register agent metrics: %w", err)
 		}
 	}
-	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) }}
-	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, thriftsrv.Limits{}, log)
+	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) },
+		Control: o.shared.Control, Metrics: reg}
+	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
+		thriftsrv.WithName("agent"), thriftsrv.WithBudget(o.shared.Budget))
 	if err != nil {
 		q.Close()
 		return nil, fmt.Errorf("start agent server: %w", err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
 // TailConfig is one file the agent follows.
@@ -51,6 +52,9 @@ type Config struct {
 	TailPollInterval config.Duration `yaml:"tail_poll_interval"`
 	// Tail lists the files to follow.
 	Tail []TailConfig `yaml:"tail"`
+	// The Scribe port's limits: max_call_bytes, max_connections,
+	// idle_timeout, read_timeout.
+	thriftsrv.PortConfig `yaml:",inline"`
 }
 
 // The Thrift frame limit of Freeway's ingest ports; a batch must fit in one
@@ -77,6 +81,7 @@ func DefaultConfig() Config {
 		RetryMin:         config.Duration(50 * time.Millisecond),
 		RetryMax:         config.Duration(5 * time.Second),
 		TailPollInterval: config.Duration(250 * time.Millisecond),
+		PortConfig:       thriftsrv.DefaultPortConfig(),
 	}
 }
 
@@ -144,6 +149,9 @@ func (c *Config) Validate() error {
 		if !apps.ValidCategory(t.Category) {
 			bad(key+".category", "must be 1-%d characters of letters, digits, '_', '.' and '-', got %q", maxCategory, t.Category)
 		}
+	}
+	if err := c.PortConfig.Validate("agent"); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

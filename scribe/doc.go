@@ -9,7 +9,10 @@
 //
 // It serves the Scribe Thrift protocol (service scribe, framed binary,
 // strict and non-strict headers, fb303) on Config.Listen, 127.0.0.1:1463
-// by default, so any stock Scribe client works unchanged. Log appends the
+// by default, so any stock Scribe client works unchanged. The port's
+// limits (max_call_bytes, max_connections, idle_timeout, read_timeout,
+// and the process's in-flight byte budget) are internal/thriftsrv's: a
+// call too large, or without room in the budget, is answered TRY_LATER. Log appends the
 // entries to a durable local disk queue (package internal/diskqueue) and
 // answers OK only once they are fsynced; concurrent calls share one fsync
 // (group commit). When the queue holds MaxQueueBytes of unshipped entries

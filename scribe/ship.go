@@ -57,7 +57,8 @@ func (a *Agent) ship(ctx context.Context) error {
 			if up == nil {
 				addr := a.cfg.Upstream[next]
 				next = (next + 1) % len(a.cfg.Upstream)
-				c, err := scribeapi.Dial(addr, thriftsrv.Limits{}, a.cfg.UpstreamTimeout.D())
+				// Never refuse here a call a writer may take.
+				c, err := scribeapi.Dial(addr, thriftsrv.Limits{MaxCallBytes: thriftsrv.MaxCallLimit}, a.cfg.UpstreamTimeout.D())
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
@@ -84,6 +85,12 @@ type Deps struct {
 	Metrics  prometheus.Registerer
 	Log      *slog.Logger
 	Now      func() time.Time
+	// Budget is the process's in-flight byte budget for Thrift calls
+	// (nil: one of the Thrift port's own).
+	Budget *thriftsrv.Budget
+	// HTTP bounds the HTTP port (zero fields: httpsrv's defaults, with a
+	// write timeout above the query timeout).
+	HTTP httpsrv.Limits
 }
 
 // Server serves queries.
@@ -93,7 +100,7 @@ type Server struct {
 	log    *slog.Logger
 	ln     net.Listener
 	thrift *thriftsrv.Server
-	http   *http.Server
+	http   *httpsrv.Server
 	reqs   *prometheus.CounterVec
 	lat    *prometheus.HistogramVec
 }
@@ -119,21 +126,26 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Metrics != nil {
 		deps.Metrics.MustRegister(s.reqs, s.lat)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	hl := deps.HTTP
+	if hl.WriteTimeout <= 0 {
+		// A query may run for QueryTimeout; its answer must still go out.
+		hl.WriteTimeout = cfg.QueryTimeout.D() + 30*time.Second
 	}
-	s.ln = ln
+	hs, err := httpsrv.Listen(cfg.Listen, s.Handler(), httpsrv.Options{Name: "serving", Limits: hl, Log: s.log, Metrics: deps.Metrics})
+	if err != nil {
+		return nil, err
+	}
+	s.http, s.ln = hs, hs.Listener()
 	if cfg.ThriftListen != "" {
-		limits := thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxConnections: 256, IdleTimeout: thriftsrv.DefaultLimits().IdleTimeout}
-		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), limits, deps.Log)
+		limits := thriftsrv.Limits{MaxCallBytes: 1 << 20, MaxConnections: 256}
+		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), limits, s.log,
+			thriftsrv.WithName("serving"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithMetrics(deps.Metrics))
 		if err != nil {
-			ln.Close()
+			s.ln.Close()
 			return nil, err
 		}
 		s.thrift = t
 	}
-	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
@@ -154,13 +166,7 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)
-	go func() {
-		err := s.http.Serve(s.ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- err
-	}()
+	go func() { errc <- s.http.Serve(ctx) }()
 	n := 1
 	if s.thrift != nil {
 		n++
@@ -172,10 +178,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 		n--
 	}
-	cancel() // stops the Thrift server too when HTTP failed first
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer scancel()
-	s.http.Shutdown(sctx)
+	cancel() // stops the other server too when one failed first
 	for ; n > 0; n-- {
 		if e := <-errc; err == nil {
 			err = e

@@ -30,12 +30,7 @@ func TestCrashRestartIsExact(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "freeway")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		t.Fatalf("build: %v", err)
-	}
+	bin := freewayBinary(t)
 	dir := t.TempDir()
 	ports := freePorts(t, 4)
 	cfgFile := filepath.Join(dir, "freeway.yaml")

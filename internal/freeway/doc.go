@@ -6,4 +6,11 @@
 //
 // The wiring is data: modules.go lists each module with its dependencies
 // and how to build it, and each target is a list of modules.
+//
+// What the components of a process share is created here: the backends,
+// the metrics registry, and the in-flight byte budget of every Thrift
+// port (max_inflight_bytes). The Scribe ports' fb303 getOptions reports
+// the process's effective configuration (Options, without secrets); its
+// reinitialize and shutdown calls reach the command through Options'
+// hooks, which restarts the process with a reloaded file or stops it.
 package freeway

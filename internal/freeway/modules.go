@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"sort"
@@ -24,7 +23,10 @@ import (
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/scribe"
 	"github.com/freeway-dev/freeway/serving"
@@ -80,6 +82,11 @@ type Options struct {
 	// AdminListen overrides the admin address ("" keeps the target's
 	// default, "off" disables it).
 	AdminListen string
+	// Reinitialize and Shutdown are what fb303's reinitialize and
+	// shutdown calls do (nil: they are answered as unsupported); they
+	// must return at once.
+	Reinitialize func()
+	Shutdown     func()
 }
 
 // Process is one running Freeway process.
@@ -96,7 +103,10 @@ type Process struct {
 	apps    []*apps.App
 	runners []runner
 	closers []func() error
-	admin   net.Listener
+	admin   *httpsrv.Server
+	// budget bounds the bytes in flight in every Thrift call of the
+	// process, shared by its ports.
+	budget *thriftsrv.Budget
 
 	// Components, when the target has them.
 	Agent        *scribe.Agent
@@ -126,7 +136,11 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log)}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
+		budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg)}
 	compiled, err := cfg.CompiledApps()
 	if err != nil {
 		return nil, err
@@ -172,6 +186,13 @@ func (p *Process) coord() (coord.Coord, error) {
 	return shared(p, &p.co, func() (coord.Coord, error) { return p.coords.Open(p.cfg.Coord) })
 }
 
+// shared is what every Scribe port of the process gets.
+func (p *Process) shared() scribeapi.Shared {
+	return scribeapi.Shared{Budget: p.budget, Control: scribeapi.Control{
+		Options: p.Options, Reinitialize: p.opts.Reinitialize, Shutdown: p.opts.Shutdown,
+	}}
+}
+
 func (p *Process) initCalligraphus() error {
 	fs, err := p.dfs()
 	if err != nil {
@@ -187,7 +208,7 @@ func (p *Process) initCalligraphus() error {
 	}
 	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{
 		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, routes),
-		Log: p.log, Metrics: p.reg, Version: p.opts.Version,
+		Log: p.log, Metrics: p.reg, Version: p.opts.Version, Shared: p.shared(),
 	})
 	if err != nil {
 		return err
@@ -203,8 +224,9 @@ func (p *Process) initAgent() error {
 	// it listens, unless told otherwise.
 	if p.Calligraphus != nil && slices.Equal(cfg.Upstream, scribe.DefaultConfig().Upstream) {
 		cfg.Upstream = []string{p.Calligraphus.Addr()}
+		p.cfg.Agent.Upstream = cfg.Upstream // what getOptions reports
 	}
-	a, err := scribe.New(cfg, p.log, p.reg)
+	a, err := scribe.New(cfg, p.log, p.reg, scribe.WithShared(p.shared()))
 	if err != nil {
 		return err
 	}
@@ -272,7 +294,7 @@ func (p *Process) initCopier() error {
 }
 
 func (p *Process) initServing() error {
-	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log}
+	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget}
 	if p.Puma != nil {
 		deps.Source = p.Puma
 		deps.Ready = p.Puma.Readiness
@@ -302,11 +324,6 @@ func (p *Process) initAdmin(mods []string) error {
 	if addr == "" {
 		addr = adminPorts[mods[0]]
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
-	}
-	p.admin = ln
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -315,17 +332,14 @@ func (p *Process) initAdmin(mods []string) error {
 		ready = p.Puma.Readiness
 	}
 	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	p.runners = append(p.runners, runner{"admin", func(ctx context.Context) error {
-		go func() {
-			<-ctx.Done()
-			srv.Close()
-		}()
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}})
+	// A scrape is quick: a small cap and short timeouts.
+	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
+		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}})
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
+	}
+	p.admin = srv
+	p.runners = append(p.runners, runner{"admin", srv.Serve})
 	return nil
 }
 
@@ -334,7 +348,7 @@ func (p *Process) AdminAddr() string {
 	if p.admin == nil {
 		return ""
 	}
-	return p.admin.Addr().String()
+	return p.admin.Addr()
 }
 
 // Registry is the process's metrics registry.
@@ -396,7 +410,7 @@ func (p *Process) Close() error {
 	}
 	p.closers = nil
 	if p.admin != nil {
-		p.admin.Close()
+		p.admin.Listener().Close()
 	}
 	return errors.Join(errs...)
 }
