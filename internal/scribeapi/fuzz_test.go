@@ -341,7 +341,7 @@ func scribeSeeds() [][]byte {
 		append(append([]byte(nil), big...), loose...),
 		hugeList,
 		hugeString,
-		strict[:len(strict)-1],                      // cut short
+		strict[:len(strict)-1], // cut short
 		[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), // HTTP
 		{0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0},           // TLS
 		{0, 0, 0, 0},                                // empty frame
