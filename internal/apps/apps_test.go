@@ -194,6 +194,7 @@ func TestValidation(t *testing.T) {
 		{func(s *Spec) { s.Format = "regex"; s.Pattern = `(?P<x>\d+)` }, "$.apps[0].group_by[0]", `"k" is not a named group`},
 		{func(s *Spec) { s.Format = "tsv"; s.Fields = []string{"x"} }, "$.apps[0].group_by[0]", "not one of the tsv fields"},
 		{func(s *Spec) { s.Time = &TimeSpec{Field: "ts", Layout: "yesterday"} }, "$.apps[0].time.layout", "not a time layout"},
+		{func(s *Spec) { s.Time = &TimeSpec{Field: "ts", Layout: "Jan _2 15:04:05"} }, "$.apps[0].time.layout", "has no year"},
 		{func(s *Spec) { s.Time = &TimeSpec{Layout: "unix"} }, "$.apps[0].time", "needs a field"},
 		{func(s *Spec) { s.Window = config.Duration(1500 * 1e6) }, "$.apps[0].window", "whole number of seconds"},
 		{func(s *Spec) { s.Window = config.Duration(3600 * 1e9); s.Retention = config.Duration(60 * 1e9) }, "$.apps[0].retention", "at least one window"},

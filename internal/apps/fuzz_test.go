@@ -285,7 +285,7 @@ func FuzzTimeLayout(f *testing.F) {
 	for _, l := range timeLayouts {
 		f.Add(l)
 	}
-	for _, l := range []string{"2006", "Monday", "x", "01/02 03:04:05PM '06 -0700", ".000", "__2 2006"} {
+	for _, l := range []string{"Jan _2 15:04:05", "15:04", "2006", "Monday", "x", "01/02 03:04:05PM '06 -0700", ".000", "__2 2006"} {
 		f.Add(l)
 	}
 	ref := time.Date(2011, 3, 7, 8, 9, 10, 0, time.UTC)
