@@ -345,7 +345,7 @@ func FuzzWhere(f *testing.F) {
 		`a = b or a <> 1.5e3 and not not c`,
 		`x < -1 or x > .5 or x <= "a\"b\\" or x != 'it''s'`,
 		`((((a))))`, `not`, `a ==`, `1 == 1`, `"s"`, `a === b`, `a !! b`, `(a`, `a)`, `a b`,
-		`AND`, `x == 1e`, `x == -`, `é == "é"`, `a.b-c_d == x`, `x == 0x10`,
+		`AND`, `x == 1e`, `x == -`, `é == "é"`, "a\u00a0== b", "𠠠", `a.b-c_d == x`, `x == 0x10`,
 	} {
 		f.Add(s, []byte(`status=503 method=GET bot=0 a=1 b=1.0 c=true x="a\"b" é=é`))
 	}
