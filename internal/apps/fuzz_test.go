@@ -405,6 +405,7 @@ func FuzzWhereCompare(f *testing.F) {
 	f.Add("-0", "0", "+0")
 	f.Add("Inf", "+inf", "1e400")
 	f.Add("true", "false", "0")
+	f.Add("NaN", "1", "2")
 	ops := []string{"<", "<=", "==", "!=", ">", ">="}
 	f.Fuzz(func(t *testing.T, x, y, z string) {
 		vals := map[string]string{"x": x, "y": y, "z": z}

@@ -2,6 +2,7 @@ package apps
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode"
@@ -14,9 +15,9 @@ import (
 //
 // Comparisons are ==, != (or =, <>), <, <=, >, >= between a field and a
 // literal (a number or a quoted string) or another field. Two numbers
-// compare as numbers, anything else as strings. A comparison with a missing
-// field is false. A field alone is true when present and not "", "0" or
-// "false". Keywords: and, or, not, case-insensitive.
+// compare as numbers, anything else (NaN too) as strings. A comparison
+// with a missing field is false. A field alone is true when present and
+// not "", "0" or "false". Keywords: and, or, not, case-insensitive.
 
 type expr interface {
 	eval(r *Record) bool
@@ -70,7 +71,9 @@ func (e cmpExpr) eval(r *Record) bool {
 	var c int
 	an, aok := a.Number()
 	bn, bok := b.Number()
-	if aok && bok {
+	// NaN is no number to order by: compared as one, it would equal every
+	// number ("NaN" >= 500 and "NaN" < 500 both true).
+	if aok && bok && !math.IsNaN(an) && !math.IsNaN(bn) {
 		switch {
 		case an < bn:
 			c = -1
