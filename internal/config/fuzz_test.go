@@ -93,8 +93,8 @@ func checkDecodeError(t *testing.T, data []byte, err error) {
 // read as a negative duration); and a duration's text reads back as the
 // same duration.
 func FuzzParseDuration(f *testing.F) {
-	for _, s := range []string{"500ms", "10s", "5m", "2h", "7d", "1d12h", "1.5d", "-1d", "0",
-		"106751d", "106751d23h47m16s", "d", "1d-1h", " 2h ", "9223372036854775807ns", "0x1p4d"} {
+	for _, s := range []string{"500ms", "10s", "5m", "2h", "7d", "1d12h", "1.5d", "-1d", "0", "1e300d", "NaNd", "Infd",
+		"106751d", "106751d23h47m16s", "106752d", "106751d23h47m17s", "-106751d-23h47m17s", "d", "1d-1h", " 2h ", "9223372036854775807ns", "0x1p4d"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -130,7 +130,8 @@ func FuzzParseDuration(f *testing.F) {
 // count of bytes, the one it says (no wrap around); and a size's text
 // reads back as the same size.
 func FuzzParseByteSize(f *testing.F) {
-	for _, s := range []string{"4096", "64KiB", "16MiB", "1GiB", "1.5GiB", "1TB", "3B", "0", "-1", "-0KiB", "8EiB", "9223372036854775807", " 7 MiB ", "KiB", "0x10"} {
+	for _, s := range []string{"4096", "64KiB", "16MiB", "1GiB", "1.5GiB", "1TB", "3B", "0", "-1", "-0KiB", "1e300GiB",
+		"NaNKiB", "InfMB", "8EiB", "8388608TiB", "9223372036854775807", " 7 MiB ", "KiB", "0x10"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
