@@ -63,7 +63,11 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if err != nil {
 		return positioned(file, err)
 	}
-	if err := yaml.NodeToValue(documentBody(astFile), dst, yaml.DisallowUnknownField()); err != nil {
+	body := documentBody(astFile)
+	if body == nil {
+		return &Error{File: file, Msg: "the file is empty (nothing but comments)"}
+	}
+	if err := yaml.NodeToValue(body, dst, yaml.DisallowUnknownField()); err != nil {
 		return positioned(file, err)
 	}
 	if validate == nil {
@@ -85,9 +89,11 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(tok)}
 }
 
+// documentBody is the first document of f, nil if it has none (only
+// comments, or a bare "---").
 func documentBody(f *ast.File) ast.Node {
 	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
-		return &ast.NullNode{}
+		return nil
 	}
 	return f.Docs[0].Body
 }

@@ -86,7 +86,9 @@ func TestErrorsCarryPosition(t *testing.T) {
 }
 
 func TestEmptyFile(t *testing.T) {
-	if _, err := decode(t, "  \n", nil); err == nil || !strings.Contains(err.Msg, "empty") {
-		t.Fatalf("empty file: %v", err)
+	for _, src := range []string{"  \n", "# nothing but a comment\n", "---\n"} {
+		if _, err := decode(t, src, nil); err == nil || !strings.Contains(err.Msg, "empty") {
+			t.Fatalf("empty file %q: %v", src, err)
+		}
 	}
 }
