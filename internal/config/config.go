@@ -67,7 +67,10 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if body == nil {
 		return &Error{File: file, Msg: "the file is empty (nothing but comments)"}
 	}
-	if err := yaml.NodeToValue(body, dst, yaml.DisallowUnknownField()); err != nil {
+	if err := checkNodes(body); err != nil {
+		return positioned(file, err)
+	}
+	if err := nodeToValue(body, dst); err != nil {
 		return positioned(file, err)
 	}
 	if validate == nil {
@@ -96,6 +99,43 @@ func documentBody(f *ast.File) ast.Node {
 		return nil
 	}
 	return f.Docs[0].Body
+}
+
+// checkNodes refuses, at their position, what go-yaml mishandles: a tag
+// (a tagged value where a list or a section is expected, "apps: !x 1",
+// crashed its decoder; the configuration has no use for tags).
+func checkNodes(body ast.Node) error {
+	c := &nodeChecker{}
+	ast.Walk(c, body)
+	return c.err
+}
+
+type nodeChecker struct {
+	err error
+}
+
+func (c *nodeChecker) Visit(n ast.Node) ast.Visitor {
+	if c.err != nil || n == nil {
+		return nil
+	}
+	switch n := n.(type) {
+	case *ast.TagNode:
+		c.err = &nodeError{n, fmt.Errorf("YAML tags (%s) are not supported in the configuration", n.GetToken().Value)}
+		return nil
+	}
+	return c
+}
+
+// nodeToValue decodes body into dst; a panic of the decoder on input no
+// check foresaw is an error, not the end of the process (a reload reads
+// the file while the process runs).
+func nodeToValue(body ast.Node, dst any) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the YAML decoder failed on this file: %v", r)
+		}
+	}()
+	return yaml.NodeToValue(body, dst, yaml.DisallowUnknownField())
 }
 
 // positioned turns a go-yaml error into an Error.

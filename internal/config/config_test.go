@@ -61,6 +61,7 @@ func TestErrorsCarryPosition(t *testing.T) {
 		{"validation", "name: x\nitems:\n  - fn: count\n  - fn: cnt\n", func(d *doc) error {
 			return Errorf("$.items[1].fn", "unknown function %q", d.Items[1].Fn)
 		}, 4, 9, `items[1].fn: unknown function "cnt"`},
+		{"tag where a list is expected", "name: x\nitems: !x 1\n", nil, 2, 8, "tags (!x) are not supported"},
 		{"validation of a missing key points at the parent", "name: x\nitems:\n  - fn: count\n", func(d *doc) error {
 			return Errorf("$.items[0].every", "every is required")
 		}, 3, 0, "every is required"},
