@@ -103,15 +103,17 @@ func documentBody(f *ast.File) ast.Node {
 
 // checkNodes refuses, at their position, what go-yaml mishandles: a tag
 // (a tagged value where a list or a section is expected, "apps: !x 1",
-// crashed its decoder; the configuration has no use for tags).
+// crashed its decoder; the configuration has no use for tags), and an
+// alias of no anchor (refused without a position).
 func checkNodes(body ast.Node) error {
-	c := &nodeChecker{}
+	c := &nodeChecker{anchors: map[string]bool{}}
 	ast.Walk(c, body)
 	return c.err
 }
 
 type nodeChecker struct {
-	err error
+	anchors map[string]bool
+	err     error
 }
 
 func (c *nodeChecker) Visit(n ast.Node) ast.Visitor {
@@ -122,6 +124,15 @@ func (c *nodeChecker) Visit(n ast.Node) ast.Visitor {
 	case *ast.TagNode:
 		c.err = &nodeError{n, fmt.Errorf("YAML tags (%s) are not supported in the configuration", n.GetToken().Value)}
 		return nil
+	case *ast.AnchorNode:
+		if n.Name != nil {
+			c.anchors[n.Name.GetToken().Value] = true
+		}
+	case *ast.AliasNode:
+		if n.Value != nil && !c.anchors[n.Value.GetToken().Value] {
+			c.err = &nodeError{n, fmt.Errorf("alias *%s names no anchor defined before it", n.Value.GetToken().Value)}
+			return nil
+		}
 	}
 	return c
 }
