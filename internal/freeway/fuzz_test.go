@@ -60,7 +60,7 @@ func FuzzConfig(f *testing.F) {
 			if !strings.HasPrefix(ce.Msg, "the file is empty") && (ce.Line < 1 || ce.Column < 1) {
 				t.Fatalf("%q: error without a position: %v", data, err)
 			}
-			if lines := strings.Count(string(data), "\n") + 1; ce.Line > lines {
+			if lines := yamlLines(data); ce.Line > lines {
 				t.Fatalf("%q: error at line %d of a file of %d lines: %v", data, ce.Line, lines, err)
 			}
 			return
@@ -87,4 +87,11 @@ func FuzzConfig(f *testing.F) {
 		}
 		flatOptions(cfg)
 	})
+}
+
+// yamlLines counts the lines of data as YAML does: "\r\n", "\r" and "\n"
+// each end one.
+func yamlLines(data []byte) int {
+	s := strings.ReplaceAll(string(data), "\r\n", "\n")
+	return strings.Count(s, "\n") + strings.Count(s, "\r") + 1
 }
