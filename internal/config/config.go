@@ -4,6 +4,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -59,6 +60,10 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if strings.TrimSpace(string(data)) == "" {
 		return &Error{File: file, Msg: "the file is empty"}
 	}
+	// YAML reads "\r\n" and a lone "\r" as line breaks, and a scalar's line
+	// breaks as "\n"; go-yaml counts lines wrong when they mix (a
+	// position one or more lines off), so they are made "\n" first.
+	data = bytes.ReplaceAll(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return positioned(file, err)

@@ -63,6 +63,7 @@ func TestErrorsCarryPosition(t *testing.T) {
 		}, 4, 9, `items[1].fn: unknown function "cnt"`},
 		{"tag where a list is expected", "name: x\nitems: !x 1\n", nil, 2, 8, "tags (!x) are not supported"},
 		{"alias of no anchor", "name: x\nitems:\n  - fn: *f\n", nil, 3, 9, "alias *f names no anchor"},
+		{"mixed line breaks", "# c\r\n# d\rname: x\r\nsize: lots\n", nil, 4, 7, "invalid size"},
 		{"validation of a missing key points at the parent", "name: x\nitems:\n  - fn: count\n", func(d *doc) error {
 			return Errorf("$.items[0].every", "every is required")
 		}, 3, 0, "every is required"},
