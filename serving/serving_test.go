@@ -33,7 +33,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // now is the injected clock of every test server.
 var now = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 
-func testApps(t *testing.T) []*apps.App {
+func testApps(t testing.TB) []*apps.App {
 	t.Helper()
 	var out []*apps.App
 	for _, s := range []apps.Spec{
