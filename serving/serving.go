@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
@@ -496,7 +498,14 @@ func (s *Server) query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 }
 
 func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
-	q, err := s.parseQuery(r.URL.Query())
+	// Not r.URL.Query(): it drops the pairs that do not parse (a bad
+	// %-escape, a ';'), and the query would run without them.
+	params, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad query string: "+ratelog.Clip(err.Error()))
+		return
+	}
+	q, err := s.parseQuery(params)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

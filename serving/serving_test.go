@@ -295,6 +295,8 @@ func TestBadQueryParameters(t *testing.T) {
 		{"app=orders&limit=-3", "want a positive integer"},
 		{"app=orders&limit=ten", "want a positive integer"},
 		{"app=orders&limit=99999999999999999999", "want a positive integer"},
+		{"app=orders&limit=%zz", `bad query string: invalid URL escape "%zz"`},
+		{"app=orders&from=1;to=2", "bad query string: invalid semicolon separator"},
 	} {
 		n := src.count()
 		w := get(t, s, "/api/v1/query?"+c.query)
