@@ -60,6 +60,7 @@ func FuzzQueryHTTP(f *testing.F) {
 		"app=orders&from=2024-05-06T06:00:00Z", "app=orders&group_by=", "app=web_hits&group_by=kind",
 		"app=orders&group_by=kind,kind", "app=orders&limit=%zz", "app=orders;limit=1", "app=nope", "app=%00",
 		"app=orders&from=1e300", "app=orders&from=NaN", "app=orders&to=-99999999999", "app=orders&color=red",
+		"app=" + strings.Repeat("x", 5000), "app=orders&group_by=" + strings.Repeat("k,", 3000),
 		"app=orders&from=" + strings.Repeat("9", 400), strings.Repeat("&", 100) + "app=orders",
 		"app=orders&window=" + strings.Repeat("all", 200), "%zz", "app=orders&app=orders", "=&=",
 	} {
@@ -125,6 +126,7 @@ func FuzzQueryThrift(f *testing.F) {
 	f.Add("orders", int64(9223372036854775807), int64(-9223372036854775808), "", false, false, int32(0))
 	f.Add("orders", int64(5), int64(5), "", false, false, int32(0))
 	f.Add("", int64(1), int64(2), "", false, false, int32(0))
+	f.Add(strings.Repeat("x", 5000), int64(1), int64(2), strings.Repeat("k,", 2000), true, false, int32(0))
 	f.Add("orders\x00", int64(1), int64(2), ",", true, false, int32(0))
 	s := fuzzServer(f)
 	h := &thriftHandler{s}
