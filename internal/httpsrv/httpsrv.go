@@ -9,11 +9,16 @@
 // file descriptors). net/http's own error lines (bad requests, TLS
 // handshakes) are rate-limited.
 //
+// With Options.TLS it serves HTTPS (HTTP/1.1): the handshake runs under
+// the read header timeout, and a plaintext request to it is answered
+// 400 by net/http ("client sent an HTTP request to an HTTPS server").
+//
 // It holds no state across restarts.
 package httpsrv
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -90,12 +95,16 @@ type Options struct {
 	Log    *slog.Logger
 	// Metrics receives the listener metrics (nil: not exported).
 	Metrics prometheus.Registerer
+	// TLS, when set, makes the port serve HTTPS.
+	TLS *tls.Config
 }
 
 // Server is an HTTP server on its own listener.
 type Server struct {
-	ln  *connlimit.Listener
+	ln  net.Listener // cl, or TLS over it
+	cl  *connlimit.Listener
 	srv *http.Server
+	tls bool
 }
 
 // Listen binds addr and returns a server for h; Serve runs it.
@@ -119,12 +128,19 @@ func Listen(addr string, h http.Handler, opts Options) (*Server, error) {
 		ConnState:         connState,
 		ErrorLog:          log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5)}, "", 0),
 	}
-	return &Server{ln: cl, srv: srv}, nil
+	s := &Server{ln: cl, cl: cl, srv: srv}
+	if opts.TLS != nil {
+		s.ln, s.tls = tls.NewListener(cl, opts.TLS), true
+	}
+	return s, nil
 }
 
 // connState tells the listener which connections are idle: between
 // requests (and, from Accept, before the first).
 func connState(c net.Conn, st http.ConnState) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	lc, ok := c.(*connlimit.Conn)
 	if !ok {
 		return
@@ -151,6 +167,14 @@ func (e *errorLog) Write(p []byte) (int, error) {
 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// URL is the server's base URL: http://addr or https://addr.
+func (s *Server) URL() string {
+	if s.tls {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
 
 // Listener is the server's listener (closing it makes Serve fail).
 func (s *Server) Listener() net.Listener { return s.ln }
