@@ -183,7 +183,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		go func() { done <- p.Run(pctx) }()
 		r.log.Info("freeway started", "target", r.target, "data_dir", cfg.DataDir, "dfs", cfg.DFS, "store", cfg.Store, "coord", cfg.Coord)
 		if p.Serving != nil {
-			r.log.Info("query API", "url", "http://"+p.Serving.Addr()+"/")
+			r.log.Info("query API", "url", p.Serving.URL()+"/")
 		}
 		if r.demoRate > 0 {
 			if p.Agent == nil {
@@ -191,7 +191,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 				<-done
 				return errors.New("--demo needs the agent")
 			}
-			go demo.Run(pctx, p.Agent.Addr(), r.demoRate, r.log)
+			go demo.Run(pctx, p.Agent.Addr(), p.Agent.ClientTLS(), r.demoRate, r.log)
 		}
 		next, err := r.wait(ctx, done, reload, hup)
 		stop()

@@ -20,6 +20,7 @@ import (
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -107,6 +108,10 @@ type Process struct {
 	// budget bounds the bytes in flight in every Thrift call of the
 	// process, shared by its ports.
 	budget *thriftsrv.Budget
+	// tls is the process's TLS (nil: off), shared by every listener and
+	// client; guard applies its tokens.
+	tls   *auth.TLS
+	guard *auth.Guard
 
 	// Components, when the target has them.
 	Agent        *scribe.Agent
@@ -146,6 +151,12 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		return nil, err
 	}
 	p.apps = compiled
+	if p.tls, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
+		return nil, fmt.Errorf("load tls: %w", err)
+	}
+	if p.guard, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
+		return nil, err
+	}
 	table := p.modules()
 	for _, name := range mods {
 		if err := table[name](); err != nil {
@@ -188,8 +199,9 @@ func (p *Process) coord() (coord.Coord, error) {
 
 // shared is what every Scribe port of the process gets.
 func (p *Process) shared() scribeapi.Shared {
-	return scribeapi.Shared{Budget: p.budget, Control: scribeapi.Control{
+	return scribeapi.Shared{Budget: p.budget, TLS: p.tls, Control: scribeapi.Control{
 		Options: p.Options, Reinitialize: p.opts.Reinitialize, Shutdown: p.opts.Shutdown,
+		TokenRequired: p.guard.AdminToken(),
 	}}
 }
 
@@ -294,7 +306,8 @@ func (p *Process) initCopier() error {
 }
 
 func (p *Process) initServing() error {
-	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget}
+	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget,
+		TLS: p.tls, Auth: p.guard, Reload: p.opts.Reinitialize, Shutdown: p.opts.Shutdown}
 	if p.Puma != nil {
 		deps.Source = p.Puma
 		deps.Ready = p.Puma.Readiness
@@ -314,8 +327,9 @@ func (p *Process) initServing() error {
 	return nil
 }
 
-// initAdmin binds /metrics, /healthz and /readyz for processes without
-// the serving module, which has them already.
+// initAdmin binds /metrics, /healthz, /readyz and POST /admin/reload and
+// /admin/shutdown for processes without the serving module, which has
+// them already, guarded the same way.
 func (p *Process) initAdmin(mods []string) error {
 	if p.Serving != nil || p.opts.AdminListen == "off" {
 		return nil
@@ -325,7 +339,9 @@ func (p *Process) initAdmin(mods []string) error {
 		addr = adminPorts[mods[0]]
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", p.guard.Admin(promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{})))
+	mux.Handle("POST /admin/reload", p.guard.Control(p.guard.ControlHandler("reload", p.opts.Reinitialize)))
+	mux.Handle("POST /admin/shutdown", p.guard.Control(p.guard.ControlHandler("shutdown", p.opts.Shutdown)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	var ready func() puma.Readiness
 	if p.Puma != nil {
@@ -334,7 +350,7 @@ func (p *Process) initAdmin(mods []string) error {
 	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
 	// A scrape is quick: a small cap and short timeouts.
 	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
-		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}})
+		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.tls.ServerConfig()})
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
 	}
@@ -349,6 +365,14 @@ func (p *Process) AdminAddr() string {
 		return ""
 	}
 	return p.admin.Addr()
+}
+
+// AdminURL is the base URL of the admin port (https:// with TLS), or "".
+func (p *Process) AdminURL() string {
+	if p.admin == nil {
+		return ""
+	}
+	return p.admin.URL()
 }
 
 // Registry is the process's metrics registry.
