@@ -3,9 +3,10 @@
 // `calligraphus`, `copier`, `puma` and `serving` run one component; `freeway
 // config check FILE` validates a configuration.
 //
-// SIGHUP (or fb303 reinitialize on a Scribe port) reloads the
-// configuration file and restarts the components with it when it
-// validates; SIGTERM, SIGINT or fb303 shutdown stop them gracefully.
+// SIGHUP (or fb303 reinitialize on a Scribe port, or POST /admin/reload
+// on the HTTP port) reloads the configuration file and restarts the
+// components with it when it validates; SIGTERM, SIGINT, fb303 shutdown
+// or POST /admin/shutdown stop them gracefully.
 package main
 
 import (

@@ -16,9 +16,11 @@
 // clientAuth among them).
 //
 // The files are read again when they change: every handshake and every
-// dial stats them (size and modification time, a few microseconds) and
-// reloads them if they changed, so a renewed certificate is used by the
-// next connection while open connections keep theirs. A new file that
+// dial stats them (size, modification time and inode, a few
+// microseconds; while a file is less than 2s old, whose rewrite might not
+// change its stat, its content is compared too) and reloads them if they
+// changed, so a renewed certificate is used by the next connection while
+// open connections keep theirs. A new file that
 // does not load (a half-written file, a key that does not match the
 // certificate) leaves the previous certificate in use; the error is
 // logged (rate-limited) and counted in freeway_tls_reloads_total
@@ -33,7 +35,8 @@
 // SHA-256 digests, so neither its length nor which token it resembles
 // shows in the time). Neither a token nor a key is ever logged or
 // exported: refusals are logged (rate-limited) and counted in
-// freeway_auth_refused_total{endpoint,reason} without the token, and
+// freeway_auth_refused_total{endpoint,reason} without the token (and the
+// file reloads in freeway_auth_token_reloads_total{file,result}), and
 // configuration reports (fb303 getOptions) show the files' paths only.
 //
 // Guard applies the tokens to HTTP: Query for /api/v1/* (and the web

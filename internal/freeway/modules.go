@@ -84,8 +84,8 @@ type Options struct {
 	// default, "off" disables it).
 	AdminListen string
 	// Reinitialize and Shutdown are what fb303's reinitialize and
-	// shutdown calls do (nil: they are answered as unsupported); they
-	// must return at once.
+	// shutdown calls and POST /admin/reload and /admin/shutdown do (nil:
+	// they are answered as unsupported); they must return at once.
 	Reinitialize func()
 	Shutdown     func()
 }

@@ -17,6 +17,7 @@
 package httpsrv
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -126,7 +127,8 @@ func Listen(addr string, h http.Handler, opts Options) (*Server, error) {
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		ConnState:         connState,
-		ErrorLog:          log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5)}, "", 0),
+		ErrorLog: log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5),
+			count: newErrorMetric(opts.Metrics)}, "", 0),
 	}
 	s := &Server{ln: cl, cl: cl, srv: srv}
 	if opts.TLS != nil {
@@ -156,11 +158,29 @@ func connState(c net.Conn, st http.ConnState) {
 // errorLog passes net/http's error lines (most of them about what a
 // client sent) through a rate limiter.
 type errorLog struct {
-	name string
-	warn *ratelog.Limiter
+	name  string
+	warn  *ratelog.Limiter
+	count *prometheus.CounterVec
+}
+
+// newErrorMetric counts net/http's error lines, shared by the process's
+// HTTP ports.
+func newErrorMetric(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_http_errors_total",
+		Help: "Errors net/http reported about connections, by listener and kind (tls_handshake: a failed TLS handshake, a missing or untrusted client certificate or a plaintext client, say; other)."},
+		[]string{"listener", "kind"})
+	if reg != nil {
+		c = connlimit.Register(reg, c)
+	}
+	return c
 }
 
 func (e *errorLog) Write(p []byte) (int, error) {
+	kind := "other"
+	if bytes.Contains(p, []byte("TLS handshake error")) {
+		kind = "tls_handshake"
+	}
+	e.count.WithLabelValues(e.name, kind).Inc()
 	e.warn.Warn("http", "http server error", "listener", e.name, "err", ratelog.Clip(strings.TrimSpace(string(p))))
 	return len(p), nil
 }

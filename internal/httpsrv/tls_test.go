@@ -66,4 +66,11 @@ func TestHTTPS(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTPS") {
 		t.Fatalf("plaintext request: %d %q", resp.StatusCode, body)
 	}
+	deadline = time.Now().Add(30 * time.Second)
+	for gauge(t, reg, "freeway_http_errors_total") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the plaintext client's handshake error counted %v times, want 1", gauge(t, reg, "freeway_http_errors_total"))
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
