@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sort"
@@ -168,7 +169,58 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		p.Close()
 		return nil, err
 	}
+	p.warnExposed()
 	return p, nil
+}
+
+// warnExposed says which listeners are open beyond the local host without
+// TLS, or (HTTP and query ports) without tokens: configured so, but
+// worth a line.
+func (p *Process) warnExposed() {
+	type port struct {
+		name, addr string
+		tokens     bool // needs a token (query or admin) to be safe
+	}
+	var ports []port
+	if p.Agent != nil {
+		ports = append(ports, port{"agent", p.Agent.Addr(), false})
+	}
+	if p.Calligraphus != nil {
+		ports = append(ports, port{"calligraphus", p.Calligraphus.Addr(), false})
+	}
+	if p.Serving != nil {
+		ports = append(ports, port{"serving", p.Serving.Addr(), true})
+		if a := p.Serving.ThriftAddr(); a != "" {
+			ports = append(ports, port{"serving.thrift", a, true})
+		}
+	}
+	if p.admin != nil {
+		ports = append(ports, port{"admin", p.admin.Addr(), true})
+	}
+	for _, pt := range ports {
+		if !exposed(pt.addr) {
+			continue
+		}
+		tls := p.tls != nil && (pt.name != "agent" || p.cfg.Agent.TLS)
+		switch {
+		case !tls:
+			p.log.Warn("listener open beyond the local host without tls (set tls.cert_file)", "listener", pt.name, "addr", pt.addr)
+		case pt.tokens && !p.guard.QueryTokens() && !p.guard.AdminToken() && !p.cfg.TLS.ClientAuth:
+			p.log.Warn("listener open beyond the local host without tokens or client certificates (set auth.* or tls.client_auth)",
+				"listener", pt.name, "addr", pt.addr)
+		}
+	}
+}
+
+// exposed reports whether a bound address accepts connections from other
+// hosts.
+func exposed(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // shared opens a backend the first time a module asks for it; the

@@ -424,3 +424,33 @@ func TestPipelineOverTLSOnRealEngines(t *testing.T) {
 		}
 	}
 }
+
+// TestExposedListenersWarned: a listener bound beyond the local host
+// without TLS gets a warning line; on loopback, or with TLS and tokens,
+// none.
+func TestExposedListenersWarned(t *testing.T) {
+	p := newPKI(t)
+	for _, tc := range []struct {
+		name   string
+		secure bool
+		listen string
+		want   bool
+	}{
+		{"loopback", false, "127.0.0.1:0", false},
+		{"exposed", false, "0.0.0.0:0", true},
+		{"exposed, secured", true, "0.0.0.0:0", false},
+	} {
+		cfg := testConfig(t.TempDir())
+		cfg.Calligraphus.Listen = tc.listen
+		if tc.secure {
+			p.secure(&cfg)
+		}
+		logs := &syncBuffer{}
+		r := startSecure(t, cfg, Calligraphus, logs)
+		r.stop(t)
+		got := strings.Contains(logs.String(), "listener open beyond the local host without tls")
+		if got != tc.want {
+			t.Errorf("%s: warned %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
