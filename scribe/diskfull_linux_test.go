@@ -1,0 +1,133 @@
+package scribe
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+// mountTmpfs mounts a tmpfs of size bytes on a new directory until the
+// test ends. It needs root (as in CI); without it the test is skipped.
+func mountTmpfs(t *testing.T, size int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: mounting a tmpfs that can fill up needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("size=%d", size)); err != nil {
+		t.Fatalf("mount a %d-byte tmpfs on %s as root: %v", size, dir, err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+	})
+	return dir
+}
+
+// The queue directory is on a small tmpfs that fills up while upstream is
+// down. Stock-style clients send Log calls and retry each TRY_LATER, as
+// stock clients do, and a tailed file grows meanwhile. The agent used to
+// exit at the first ENOSPC (and again after every restart), and a call
+// answered TRY_LATER could leave complete records behind that were shipped
+// as well as the client's retry. Now every call is OK or TRY_LATER, the
+// agent keeps running, and once upstream is back (which frees space) Puma
+// counts exactly the OK'd entries and the tailed lines, each once.
+func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
+	mnt := mountTmpfs(t, 384<<10)
+	upAddr := deadAddr(t)
+	logPath := filepath.Join(t.TempDir(), "app.log")
+	cfg := testConfig(filepath.Join(mnt, "queue"), upAddr)
+	cfg.SegmentBytes = 32 << 10
+	cfg.BatchBytes = 16 << 10
+	cfg.MaxMessageBytes = 1 << 10
+	cfg.Tail = []TailConfig{{Path: logPath, Category: "tailed"}}
+	cfg.RetryMax = config.Duration(5 * time.Millisecond)
+	a := startAgent(t, cfg)
+
+	const clients, calls, per = 4, 30, 40
+	var (
+		mu       sync.Mutex
+		accepted []string
+		tryLater atomic.Int64
+		wg       sync.WaitGroup
+	)
+	pad := strings.Repeat("p", 80)
+	deadline := time.Now().Add(2 * time.Minute)
+	for w := range clients {
+		c := dial(t, a.Addr())
+		wg.Go(func() {
+			for call := range calls {
+				es := make([]*scribe.LogEntry, per)
+				for i := range es {
+					es[i] = &scribe.LogEntry{Category: "app", Message: fmt.Appendf(nil, "w%d-c%d-%d-%s", w, call, i, pad)}
+				}
+				for {
+					rc, err := c.Log(context.Background(), es)
+					if err != nil {
+						t.Errorf("client %d call %d: %v", w, call, err)
+						return
+					}
+					if rc == scribe.ResultCode_OK {
+						mu.Lock()
+						accepted = append(accepted, msgs(es)...)
+						mu.Unlock()
+						break
+					}
+					tryLater.Add(1)
+					if time.Now().After(deadline) {
+						t.Errorf("client %d call %d: still TRY_LATER after 2 minutes", w, call)
+						return
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+		})
+	}
+	var lines []string
+	var sb strings.Builder
+	for i := range 1500 {
+		l := fmt.Sprintf("line-%d-%s", i, pad)
+		lines = append(lines, l)
+		sb.WriteString(l + "\n")
+		if i%100 == 99 {
+			appendFile(t, logPath, sb.String())
+			sb.Reset()
+		}
+	}
+
+	eventually(t, "the disk to fill and calls to be refused", func() bool { return tryLater.Load() >= 20 || t.Failed() })
+	up := startUpstream(t, upAddr, nil)
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	want := slices.Concat(accepted, lines)
+	eventually(t, "everything upstream", func() bool {
+		n := 0
+		for _, c := range up.pumaCounts() {
+			n += c
+		}
+		return n >= len(want)
+	})
+	up.received(t) // no identity with two contents
+	wantOnce(t, up.pumaCounts(), want)
+	if len(accepted) != clients*calls*per {
+		t.Fatalf("%d entries accepted, want %d", len(accepted), clients*calls*per)
+	}
+	if a.c.tryLaterSent.Load() == 0 {
+		t.Fatal("no TRY_LATER counted")
+	}
+	t.Logf("%d calls answered TRY_LATER", tryLater.Load())
+}
