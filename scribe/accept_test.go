@@ -82,3 +82,21 @@ func TestArrivalTimeIsTheAgentsClock(t *testing.T) {
 		}
 	}
 }
+
+// A client sending blank categories at will makes a handful of log lines,
+// and every entry is counted.
+func TestBlankCategoriesAreLoggedRateLimited(t *testing.T) {
+	a := startAgent(t, testConfig(t.TempDir(), deadAddr(t)))
+	c := dial(t, a.Addr())
+	es := make([]*scribe.LogEntry, 1000)
+	for i := range es {
+		es[i] = &scribe.LogEntry{Category: "", Message: []byte("x")}
+	}
+	mustLog(t, c, es)
+	if n := a.c.rejected[reasonEmptyCategory].Load(); n != 1000 {
+		t.Fatalf("%d blank entries counted, want 1000", n)
+	}
+	if n := strings.Count(a.logs.String(), "received blank category"); n == 0 || n > 10 {
+		t.Fatalf("%d log lines for 1000 blank entries", n)
+	}
+}

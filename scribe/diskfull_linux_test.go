@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -111,6 +112,14 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 	up := startUpstream(t, upAddr, nil)
 	wg.Wait()
 	if t.Failed() {
+		t.Logf("queue %+v", a.q.Stats())
+		logs := a.logs.String()
+		if len(logs) > 6000 {
+			logs = logs[:3000] + "\n...\n" + logs[len(logs)-3000:]
+		}
+		t.Logf("logs: %s", logs)
+		out, _ := exec.Command("ls", "-la", filepath.Join(mnt, "queue")).CombinedOutput()
+		t.Logf("%s", out)
 		t.FailNow()
 	}
 	want := slices.Concat(accepted, lines)
@@ -126,7 +135,7 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 	if len(accepted) != clients*calls*per {
 		t.Fatalf("%d entries accepted, want %d", len(accepted), clients*calls*per)
 	}
-	if a.c.tryLaterSent.Load() == 0 {
+	if a.c.tryLater[tryLaterWriteError].Load() == 0 {
 		t.Fatal("no TRY_LATER counted")
 	}
 	t.Logf("%d calls answered TRY_LATER", tryLater.Load())

@@ -1,10 +1,12 @@
 package scribe
 
 import (
+	"context"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -119,4 +121,49 @@ func TestCopiedQueueDirsBothDeliver(t *testing.T) {
 	logShipped(t, two, names("two", 5))
 	up.received(t) // no identity with two contents
 	wantOnce(t, up.pumaCounts(), slices.Concat(pending, names("one", 5), names("two", 5)))
+}
+
+// The incarnation is a secret: it goes upstream in Batch.incarnation and
+// nowhere else (not in logs, metrics or fb303).
+func TestIncarnationIsNeverLoggedOrExposed(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribe.Batch) (scribe.ResultCode, error) {
+		if n == 0 {
+			return scribe.ResultCode_TRY_LATER, nil // a retry is logged at debug level
+		}
+		return scribe.ResultCode_OK, nil
+	})
+	a := startAgent(t, testConfig(t.TempDir(), up.srv.Addr()))
+	c := dial(t, a.Addr())
+	mustLog(t, c, entries("c", "s", 0, 3))
+	mustLog(t, c, []*scribe.LogEntry{{Category: "", Message: []byte("blank")}})
+	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
+	inc := up.callsSnapshot()[0].GetIncarnation()
+	if len(inc) != 32 {
+		t.Fatalf("incarnation %d characters long", len(inc))
+	}
+	if strings.Contains(a.logs.String(), inc) {
+		t.Fatal("the incarnation was logged")
+	}
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if strings.Contains(mf.String(), inc) {
+			t.Fatalf("metric %s exposes the incarnation", mf.GetName())
+		}
+	}
+	counters, err := c.GetCounters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range counters {
+		if strings.Contains(k, inc) {
+			t.Fatalf("fb303 counter %q exposes the incarnation", k)
+		}
+	}
+	details, _ := c.GetStatusDetails(context.Background())
+	if strings.Contains(details, inc) {
+		t.Fatal("fb303 status details expose the incarnation")
+	}
 }

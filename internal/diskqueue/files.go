@@ -117,6 +117,18 @@ func openAckFile(path string, ops fileOps) (*ackFile, uint64, bool, error) {
 		f.Close()
 		return nil, 0, false, fmt.Errorf("read %s: %w", path, err)
 	}
+	if n < len(buf) {
+		// Give both slots their disk space now, so that acknowledging
+		// (which frees space) never needs more on a full disk.
+		if _, err := f.WriteAt(make([]byte, len(buf)-n), int64(n)); err != nil {
+			f.Close()
+			return nil, 0, false, fmt.Errorf("extend %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, 0, false, fmt.Errorf("sync %s: %w", path, err)
+		}
+	}
 	a := &ackFile{f: f, ops: ops}
 	var seq uint64
 	found := false
