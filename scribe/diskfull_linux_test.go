@@ -109,6 +109,11 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 	}
 
 	eventually(t, "the disk to fill and calls to be refused", func() bool { return tryLater.Load() >= 20 || t.Failed() })
+	// The agent keeps serving fb303 while its disk is full.
+	counters, err := dial(t, a.Addr()).GetCounters(context.Background())
+	if err != nil || counters["agent.try_later_sent.write_error"] == 0 {
+		t.Errorf("getCounters with the disk full: %v, write_error TRY_LATERs %d", err, counters["agent.try_later_sent.write_error"])
+	}
 	up := startUpstream(t, upAddr, nil)
 	wg.Wait()
 	if t.Failed() {

@@ -445,3 +445,30 @@ func TestTornAckSlotFallsBackToThePreviousPosition(t *testing.T) {
 		t.Fatalf("acked after a torn slot = %d, want 2 (the previous position: redelivery, not loss)", st.Acked)
 	}
 }
+
+// A Scribe call may be up to 256 MiB and a single message nearly that: the
+// queue takes records up to MaxRecordBytes (the limit was 64 MiB).
+func TestLargeRecords(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: moves a 65 MiB record")
+	}
+	q, _ := open(t, t.TempDir(), nil)
+	defer q.Close()
+	big := bytes.Repeat([]byte("x"), 65<<20)
+	big[len(big)-1] = 'y'
+	if _, err := q.Append([]Entry{{Category: "big", Message: big}}); err != nil {
+		t.Fatalf("append of a 65 MiB entry: %v", err)
+	}
+	b := read(t, q, 1<<20, 10)
+	if len(b.Entries) != 1 || !bytes.Equal(b.Entries[0].Message, big) {
+		t.Fatalf("read %d entries back", len(b.Entries))
+	}
+	// Never touched, so never resident: only its length matters.
+	huge := make([]byte, MaxRecordBytes)
+	if _, err := q.Append([]Entry{{Category: "big", Message: huge}}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("append over MaxRecordBytes = %v, want ErrTooLarge", err)
+	}
+	if MaxRecordBytes < 256<<20+1<<20 {
+		t.Fatalf("MaxRecordBytes %d is below 257 MiB", MaxRecordBytes)
+	}
+}
