@@ -135,3 +135,52 @@ func TestDamageLosesOnlyTheDamagedRecord(t *testing.T) {
 		}
 	}
 }
+
+// The segment header is written twice: a damaged copy costs nothing. Both
+// copies damaged cost that segment's entries, counted exactly.
+func TestDamagedSegmentHeader(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		offsets []int64
+		lost    int64
+	}{
+		{"first copy", []int64{20}, 0},
+		{"second copy", []int64{v2BlockSize + 20}, 0},
+		{"both copies", []int64{5, v2BlockSize + 9}, -1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			small := func(o *Options) { o.SegmentBytes = 256 }
+			q, _ := open(t, dir, small)
+			next := fillSegments(t, q, dir)
+			q.Close()
+			segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+			victim := segs[1]
+			first, _ := parseSegName(filepath.Base(victim))
+			last, _ := parseSegName(filepath.Base(segs[2]))
+			for _, off := range c.offsets {
+				flipByte(t, victim, off)
+			}
+			want := c.lost
+			if want < 0 {
+				want = int64(last - first)
+			}
+			q, lb := open(t, dir, small)
+			defer q.Close()
+			var got int
+			for st := q.Stats(); st.Acked < st.NextSeq; st = q.Stats() {
+				b := read(t, q, 1<<20, 1000)
+				got += len(b.Entries)
+				if err := q.Ack(b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if st := q.Stats(); st.Lost != want || int64(got)+want != int64(next-1) || st.Bytes != 0 {
+				t.Fatalf("read %d of %d, stats %+v, want %d lost", got, next-1, st, want)
+			}
+			if want > 0 && !strings.Contains(lb.String(), "queue segment header damaged") {
+				t.Fatalf("no error about the header: %s", lb.String())
+			}
+		})
+	}
+}

@@ -94,11 +94,11 @@ func (sc *scanner) peek() (recHeader, error) {
 	if sc.peeked {
 		return sc.hdr, nil
 	}
-	if sc.seg.version == 0 {
-		return recHeader{}, fmt.Errorf("%w: segment header damaged", errDamaged)
-	}
 	if sc.off >= sc.size {
 		return recHeader{}, io.EOF
+	}
+	if sc.seg.version == 0 {
+		return recHeader{}, fmt.Errorf("%w: segment header damaged", errDamaged)
 	}
 	n := sc.seg.recHdr
 	if sc.size-sc.off < int64(n) {
