@@ -145,3 +145,59 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 	}
 	t.Logf("%d calls answered TRY_LATER", tryLater.Load())
 }
+
+// An agent restarted on a disk that is still full used to die at the next
+// call. Now it starts (its queue cannot start a segment yet), answers
+// TRY_LATER, ships its backlog, which frees space, and then accepts again.
+func TestAgentRestartsOnAFullDisk(t *testing.T) {
+	mnt := mountTmpfs(t, 256<<10)
+	upAddr := deadAddr(t)
+	cfg := testConfig(filepath.Join(mnt, "queue"), upAddr)
+	cfg.SegmentBytes = 32 << 10
+	a := startAgent(t, cfg)
+	c := dial(t, a.Addr())
+	pad := strings.Repeat("p", 100)
+	var accepted []string
+	for call := 0; ; call++ {
+		if call > 10000 {
+			t.Fatal("the disk never filled")
+		}
+		es := entries("c", fmt.Sprintf("r%d-%s", call, pad), 0, 20)
+		rc, err := c.Log(context.Background(), es)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rc != scribe.ResultCode_OK {
+			break
+		}
+		accepted = append(accepted, msgs(es)...)
+	}
+	a.stopped(t)
+	// Take what little space is left.
+	filler, err := os.Create(filepath.Join(mnt, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := filler.Write(make([]byte, 1024)); err != nil {
+			break
+		}
+	}
+	filler.Close()
+
+	b := startAgent(t, cfg)
+	c = dial(t, b.Addr())
+	late := entries("c", "late", 0, 5)
+	if rc, err := c.Log(context.Background(), late); err != nil || rc != scribe.ResultCode_TRY_LATER {
+		t.Fatalf("log on a full disk after a restart: %v %v, want TRY_LATER", rc, err)
+	}
+	up := startUpstream(t, upAddr, nil)
+	eventually(t, "the restarted agent to accept again", func() bool {
+		rc, err := c.Log(context.Background(), late)
+		return err == nil && rc == scribe.ResultCode_OK
+	})
+	want := slices.Concat(accepted, msgs(late))
+	eventually(t, "everything upstream", func() bool { return up.count(t) >= len(want) })
+	up.received(t)
+	wantOnce(t, up.pumaCounts(), want)
+}
