@@ -3,6 +3,7 @@ package freeway
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -267,6 +268,9 @@ func TestEndToEndOverTLS(t *testing.T) {
 	all = append(all, more...)
 	waitTotalsTLS(t, newConn, r.p.Serving.URL(), base, base+180, expected(all))
 
+	if n := gathered(t, r, "freeway_calligraphus_entries_unverified_total"); n != 0 {
+		t.Errorf("the agent's batches were not verified: %v entries", n)
+	}
 	code, metrics := getWith(t, hc, r.p.Serving.URL()+"/metrics", adminToken)
 	if code != 200 {
 		t.Fatalf("/metrics with the admin token: %d", code)
@@ -452,5 +456,52 @@ func TestExposedListenersWarned(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s: warned %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestBatchIdentityNeedsVerifiedCertificate: with client certificates
+// verified (tls.ca_file) but not required, a batch sent twice by a
+// client with a verified certificate counts once (its agent id and
+// sequences are honoured), while the same from a client without one
+// counts twice (taken as a stock client's, at-least-once).
+func TestBatchIdentityNeedsVerifiedCertificate(t *testing.T) {
+	p := newPKI(t)
+	cfg := testConfig(t.TempDir())
+	cfg.TLS = auth.TLSConfig{CertFile: p.node.CertFile, KeyFile: p.node.KeyFile, CAFile: p.ca.File}
+	logs := &syncBuffer{}
+	r := startSecure(t, cfg, All, logs)
+	defer r.stop(t)
+	addr := r.p.Calligraphus.Addr()
+	roots := x509.NewCertPool()
+	roots.AddCert(p.ca.Cert)
+	batch := func(tc *tls.Config, agent string, os []order) {
+		t.Helper()
+		c, err := scribeapi.DialTLS(addr, tc, thriftsrv.Limits{}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var es []*scribe.LogEntry
+		for _, o := range os {
+			es = append(es, &scribe.LogEntry{Category: "orders", Message: o.json()})
+		}
+		inc := "run-1"
+		b := &scribe.Batch{AgentID: agent, Incarnation: &inc, FirstSeq: 1, Messages: es, ReceivedAtMs: time.Now().UnixMilli()}
+		for range 2 { // a retry after a lost answer
+			if rc, err := c.LogBatch(context.Background(), b); err != nil || rc != scribe.ResultCode_OK {
+				t.Fatalf("logbatch: %v %v", rc, err)
+			}
+		}
+	}
+	verified := orders(300, 0, base)
+	batch(p.clientTLS.ClientConfig(addr), "dashboard", verified)
+	anonymous := orders(200, 5, base)
+	batch(&tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}, "anonymous", anonymous)
+	want := append(append(verified, anonymous...), anonymous...)
+	hc := p.httpsClient(r.p.Serving.Addr())
+	defer hc.CloseIdleConnections()
+	waitTotalsTLS(t, hc, r.p.Serving.URL(), base, base+180, expected(want))
+	if n := gathered(t, r, "freeway_calligraphus_entries_unverified_total"); n != 400 {
+		t.Errorf("unverified entries counted %v, want 400", n)
 	}
 }
