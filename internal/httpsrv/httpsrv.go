@@ -7,7 +7,7 @@
 // requests, or silent since it connected) is closed to make room for a
 // new client (internal/connlimit, which also rides out running short of
 // file descriptors). net/http's own error lines (bad requests, TLS
-// handshakes) are rate-limited.
+// handshakes) are rate-limited and counted (freeway_http_errors_total).
 //
 // With Options.TLS it serves HTTPS (HTTP/1.1): the handshake runs under
 // the read header timeout, and a plaintext request to it is answered
