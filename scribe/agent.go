@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -31,6 +32,7 @@ type Agent struct {
 	srv   *scribeapi.Server
 	c     *counters
 	tails []*tailer
+	tls   *auth.TLS // the process's, for the upstream link
 	ran   atomic.Bool
 }
 
@@ -83,8 +85,9 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 	}
 	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) },
 		Control: o.shared.Control, Metrics: reg}
+	a.tls = o.shared.TLS
 	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
-		thriftsrv.WithName("agent"), thriftsrv.WithBudget(o.shared.Budget))
+		thriftsrv.WithName("agent"), thriftsrv.WithBudget(o.shared.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
 	if err != nil {
 		q.Close()
 		return nil, fmt.Errorf("start agent server: %w", err)

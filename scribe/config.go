@@ -53,6 +53,10 @@ type Config struct {
 	TailPollInterval config.Duration `yaml:"tail_poll_interval"`
 	// Tail lists the files to follow.
 	Tail []TailConfig `yaml:"tail"`
+	// TLS: when the process has TLS (tls.cert_file), the app-facing port
+	// speaks it too, unless this is false (stock Scribe clients speak no
+	// TLS). The link upstream uses the process's TLS either way.
+	TLS bool `yaml:"tls"`
 	// The Scribe port's limits: max_call_bytes, max_connections,
 	// idle_timeout, read_timeout.
 	thriftsrv.PortConfig `yaml:",inline"`
@@ -81,6 +85,7 @@ func DefaultConfig() Config {
 		RetryMin:         config.Duration(50 * time.Millisecond),
 		RetryMax:         config.Duration(5 * time.Second),
 		TailPollInterval: config.Duration(250 * time.Millisecond),
+		TLS:              true,
 		PortConfig:       thriftsrv.DefaultPortConfig(),
 	}
 }

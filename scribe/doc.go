@@ -12,7 +12,9 @@
 // by default, so any stock Scribe client works unchanged. The port's
 // limits (max_call_bytes, max_connections, idle_timeout, read_timeout,
 // and the process's in-flight byte budget) are internal/thriftsrv's: a
-// call too large, or without room in the budget, is answered TRY_LATER. Log appends the
+// call too large, or without room in the budget, is answered TRY_LATER.
+// With the process's TLS (tls.cert_file) the port speaks TLS, unless
+// agent.tls is false: stock Scribe clients speak no TLS. Log appends the
 // entries to a durable local disk queue (package internal/diskqueue) and
 // answers OK only once they are fsynced; concurrent calls share one fsync
 // (group commit). A message is never answered OK and then dropped.
@@ -44,7 +46,11 @@
 //
 // A shipper reads the queue in order and sends it upstream with LogBatch,
 // one batch in flight at a time, to the first address of Config.Upstream
-// that answers (the next one on connection errors). A batch is bounded by
+// that answers (the next one on connection errors), over the process's
+// TLS when it has one (verifying the writer against tls.ca_file and the
+// address's host, offering the agent's certificate when asked: a writer
+// verifying client certificates honours sequence numbers only from
+// verified agents). A batch is bounded by
 // BatchBytes and BatchEntries (a single larger entry goes alone) and
 // carries the agent's id (random, created once in QueueDir), the
 // incarnation of the queue run that numbered its entries, and first_seq,

@@ -8,7 +8,6 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
-	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -62,8 +61,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			if up == nil {
 				addr := a.cfg.Upstream[next]
 				next = (next + 1) % len(a.cfg.Upstream)
-				// Never refuse here a call a writer may take.
-				c, err := scribeapi.Dial(addr, thriftsrv.Limits{MaxCallBytes: thriftsrv.MaxCallLimit}, a.cfg.UpstreamTimeout.D())
+				c, err := a.dialUpstream(addr)
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
