@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -109,8 +110,9 @@ type Deps struct {
 	Version string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Shared are the process's in-flight byte budget and fb303 control
-	// hooks (zero: a budget of the port's own, no control calls).
+	// Shared are the process's in-flight byte budget, fb303 control hooks
+	// and TLS (zero: a budget of the port's own, no control calls, plain
+	// TCP).
 	Shared scribeapi.Shared
 }
 
@@ -184,7 +186,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	c.rl = ratelog.New(c.log, time.Minute, 10)
 	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters, Control: deps.Shared.Control, Metrics: deps.Metrics}
 	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
-		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget))
+		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("start calligraphus: %w", err)
 	}
@@ -227,6 +229,16 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Re
 	arrival := b.ReceivedAtMs
 	if arrival <= 0 || arrival > now {
 		arrival = now
+	}
+	if c.deps.Shared.TLS.VerifiesClients() && !auth.Verified(thriftsrv.TLSState(ctx)) {
+		// With client certificates verified (tls.ca_file), only an agent
+		// that showed one may speak for an agent id: anyone else's batch
+		// could suppress that agent's entries downstream. Taken whole, as
+		// from a stock client (at-least-once), and said.
+		c.m.unverified.Add(float64(len(b.Messages)))
+		c.rl.Warn("unverified", "batch from a connection without a verified client certificate taken without agent id or sequence numbers",
+			"agent", ratelog.Clip(b.AgentID), "remote", peer(ctx))
+		return c.ingest(ctx, callInfo{arrivalMs: now}, b.Messages), nil
 	}
 	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0))}
 	if b.AgentID != "" {
@@ -504,6 +516,7 @@ type metrics struct {
 	tryLater    *prometheus.CounterVec
 	salvaged    prometheus.Counter
 	unsequenced prometheus.Counter
+	unverified  prometheus.Counter
 	pending     *prometheus.GaugeVec
 	commit      prometheus.Histogram
 }
@@ -518,12 +531,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
 		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, max_categories, stopping, write_error, too_large."}, []string{"reason"}),
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
+		unverified:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unverified_total", Help: "Entries of agent batches from connections without a verified client certificate while tls.ca_file is set, taken without agent id or sequence numbers (no deduplication)."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.unverified, m.pending, m.commit)
 	}
 	return m
 }
@@ -547,4 +561,12 @@ func (m *metrics) counters() map[string]int64 {
 	add("segments_published", m.segments)
 	add("pending_bytes", m.pending)
 	return out
+}
+
+// peer is the address of the client whose call ctx belongs to, for logs.
+func peer(ctx context.Context) string {
+	if a, ok := thriftsrv.Peer(ctx); ok {
+		return a.String()
+	}
+	return "unknown"
 }

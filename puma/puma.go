@@ -78,7 +78,7 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.puma.checkpoint_interval", "must be at least 100ms")
 	case c.PollInterval.D() < time.Millisecond:
 		return config.Errorf("$.puma.poll_interval", "must be at least 1ms")
-	case c.Table == "" || !apps.ValidCategory(c.Table):
+	case !store.ValidTable(c.Table):
 		return config.Errorf("$.puma.table", "%q is not a valid table name", c.Table)
 	case c.MaxCells < 1:
 		return config.Errorf("$.puma.max_cells", "must be at least 1")

@@ -34,7 +34,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "agent.retry_max: must be at least agent.retry_min (50ms)"},
 		{func(c *Config) { c.TailPollInterval = 0 }, "agent.tail_poll_interval: must be positive"},
 		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "x"}, {Path: "/b/../a", Category: "y"}} }, "agent.tail[1].path: /b/../a is tailed twice"},
-		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "no/slash"}} }, "agent.tail[0].category: must be 1-200 characters"},
+		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: ""}} }, "agent.tail[0].category: must be set"},
 		{func(c *Config) { c.Tail = []TailConfig{{Category: "x"}} }, "agent.tail[0].path: must be set"},
 		{func(c *Config) { c.MaxCallBytes = 300 << 20 }, "agent.max_call_bytes: must be between 1KiB and 256MiB"},
 		{func(c *Config) { c.MaxConnections = 0 }, "agent.max_connections: must be between 1 and"},
@@ -52,6 +52,17 @@ func TestValidateNamesTheKey(t *testing.T) {
 		var fe *config.FieldError
 		if !errors.As(err, &fe) || !strings.HasPrefix(fe.Path, "$.agent.") {
 			t.Errorf("%v is not a FieldError under $.agent", err)
+		}
+	}
+}
+
+// Any category stock Scribe accepts can be tailed into.
+func TestTailCategoryMayBeAnyNonEmptyString(t *testing.T) {
+	for _, cat := range []string{"web/access", "a b", "_internal", strings.Repeat("c", 1000)} {
+		cfg := DefaultConfig()
+		cfg.Tail = []TailConfig{{Path: "/var/log/app.log", Category: cat}}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("tail category %.20q: %v", cat, err)
 		}
 	}
 }

@@ -1,5 +1,13 @@
 // Freeway's query service: the Thrift twin of serving's HTTP JSON API
 // (GET /api/v1/apps, GET /api/v1/query). Same semantics, same errors.
+//
+// Tokens. When the server has query tokens (auth.query_tokens_file), a
+// connection calls authenticate(token) once, before its first query; the
+// token holds for the connection's later calls and is checked again at
+// each of them (a token removed from the file stops working). A call
+// without a valid token is refused with QueryError {code: 401}. Without
+// tokens configured authenticate is accepted and ignored, and clients
+// built before it keep working unchanged.
 
 namespace go freeway
 
@@ -65,9 +73,16 @@ struct QueryResult {
 
 exception QueryError {
   1: string message,
+  // 400 for a bad query (also when unset, as servers before it sent),
+  // 401 for a missing or invalid token, 500 for a server error.
+  2: optional i32 code,
 }
 
 service Query {
-  list<AppInfo> apps(),
+  // Throws only for a missing or invalid token (code 401).
+  list<AppInfo> apps() throws (1: QueryError err),
   QueryResult query(1: QueryRequest req) throws (1: QueryError err),
+  // Gives the connection a token of auth.query_tokens_file; throws
+  // QueryError {code: 401} for a token that is not valid.
+  void authenticate(1: string token) throws (1: QueryError err),
 }

@@ -3,9 +3,10 @@
 // `calligraphus`, `copier`, `puma` and `serving` run one component; `freeway
 // config check FILE` validates a configuration.
 //
-// SIGHUP (or fb303 reinitialize on a Scribe port) reloads the
-// configuration file and restarts the components with it when it
-// validates; SIGTERM, SIGINT or fb303 shutdown stop them gracefully.
+// SIGHUP (or fb303 reinitialize on a Scribe port, or POST /admin/reload
+// on the HTTP port) reloads the configuration file and restarts the
+// components with it when it validates; SIGTERM, SIGINT, fb303 shutdown
+// or POST /admin/shutdown stop them gracefully.
 package main
 
 import (
@@ -183,7 +184,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		go func() { done <- p.Run(pctx) }()
 		r.log.Info("freeway started", "target", r.target, "data_dir", cfg.DataDir, "dfs", cfg.DFS, "store", cfg.Store, "coord", cfg.Coord)
 		if p.Serving != nil {
-			r.log.Info("query API", "url", "http://"+p.Serving.Addr()+"/")
+			r.log.Info("query API", "url", p.Serving.URL()+"/")
 		}
 		if r.demoRate > 0 {
 			if p.Agent == nil {
@@ -191,7 +192,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 				<-done
 				return errors.New("--demo needs the agent")
 			}
-			go demo.Run(pctx, p.Agent.Addr(), r.demoRate, r.log)
+			go demo.Run(pctx, p.Agent.Addr(), p.Agent.ClientTLS(), r.demoRate, r.log)
 		}
 		next, err := r.wait(ctx, done, reload, hup)
 		stop()

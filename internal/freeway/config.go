@@ -9,6 +9,7 @@ import (
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -35,6 +36,12 @@ type Config struct {
 	// process's Thrift ports hold at once (a call takes twice its size);
 	// calls beyond it wait a little, then are answered TRY_LATER.
 	MaxInflightBytes config.ByteSize `yaml:"max_inflight_bytes"`
+	// TLS secures every listener of the process and its clients (agent
+	// → writer) when cert_file is set; see internal/auth.
+	TLS auth.TLSConfig `yaml:"tls"`
+	// Auth holds the bearer tokens of the query API and the admin
+	// endpoints.
+	Auth auth.Config `yaml:"auth"`
 
 	Agent        scribe.Config       `yaml:"agent"`
 	Calligraphus calligraphus.Config `yaml:"calligraphus"`
@@ -124,7 +131,7 @@ func (c *Config) Validate() error {
 	default:
 		return config.Errorf("$.log.format", "unknown format %q (want text or json)", c.Log.Format)
 	}
-	for _, v := range []interface{ Validate() error }{&c.Agent, &c.Calligraphus, &c.Puma, &c.Serving, &c.Copier} {
+	for _, v := range []interface{ Validate() error }{&c.TLS, &c.Auth, &c.Agent, &c.Calligraphus, &c.Puma, &c.Serving, &c.Copier} {
 		if err := v.Validate(); err != nil {
 			return err
 		}

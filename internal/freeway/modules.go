@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sort"
@@ -20,6 +21,7 @@ import (
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -83,8 +85,8 @@ type Options struct {
 	// default, "off" disables it).
 	AdminListen string
 	// Reinitialize and Shutdown are what fb303's reinitialize and
-	// shutdown calls do (nil: they are answered as unsupported); they
-	// must return at once.
+	// shutdown calls and POST /admin/reload and /admin/shutdown do (nil:
+	// they are answered as unsupported); they must return at once.
 	Reinitialize func()
 	Shutdown     func()
 }
@@ -107,6 +109,10 @@ type Process struct {
 	// budget bounds the bytes in flight in every Thrift call of the
 	// process, shared by its ports.
 	budget *thriftsrv.Budget
+	// tls is the process's TLS (nil: off), shared by every listener and
+	// client; guard applies its tokens.
+	tls   *auth.TLS
+	guard *auth.Guard
 
 	// Components, when the target has them.
 	Agent        *scribe.Agent
@@ -146,6 +152,12 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		return nil, err
 	}
 	p.apps = compiled
+	if p.tls, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
+		return nil, fmt.Errorf("load tls: %w", err)
+	}
+	if p.guard, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
+		return nil, err
+	}
 	table := p.modules()
 	for _, name := range mods {
 		if err := table[name](); err != nil {
@@ -157,7 +169,58 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		p.Close()
 		return nil, err
 	}
+	p.warnExposed()
 	return p, nil
+}
+
+// warnExposed says which listeners are open beyond the local host without
+// TLS, or (HTTP and query ports) without tokens: configured so, but
+// worth a line.
+func (p *Process) warnExposed() {
+	type port struct {
+		name, addr string
+		tokens     bool // needs a token (query or admin) to be safe
+	}
+	var ports []port
+	if p.Agent != nil {
+		ports = append(ports, port{"agent", p.Agent.Addr(), false})
+	}
+	if p.Calligraphus != nil {
+		ports = append(ports, port{"calligraphus", p.Calligraphus.Addr(), false})
+	}
+	if p.Serving != nil {
+		ports = append(ports, port{"serving", p.Serving.Addr(), true})
+		if a := p.Serving.ThriftAddr(); a != "" {
+			ports = append(ports, port{"serving.thrift", a, true})
+		}
+	}
+	if p.admin != nil {
+		ports = append(ports, port{"admin", p.admin.Addr(), true})
+	}
+	for _, pt := range ports {
+		if !exposed(pt.addr) {
+			continue
+		}
+		tls := p.tls != nil && (pt.name != "agent" || p.cfg.Agent.TLS)
+		switch {
+		case !tls:
+			p.log.Warn("listener open beyond the local host without tls (set tls.cert_file)", "listener", pt.name, "addr", pt.addr)
+		case pt.tokens && !p.guard.QueryTokens() && !p.guard.AdminToken() && !p.cfg.TLS.ClientAuth:
+			p.log.Warn("listener open beyond the local host without tokens or client certificates (set auth.* or tls.client_auth)",
+				"listener", pt.name, "addr", pt.addr)
+		}
+	}
+}
+
+// exposed reports whether a bound address accepts connections from other
+// hosts.
+func exposed(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // shared opens a backend the first time a module asks for it; the
@@ -188,8 +251,9 @@ func (p *Process) coord() (coord.Coord, error) {
 
 // shared is what every Scribe port of the process gets.
 func (p *Process) shared() scribeapi.Shared {
-	return scribeapi.Shared{Budget: p.budget, Control: scribeapi.Control{
+	return scribeapi.Shared{Budget: p.budget, TLS: p.tls, Control: scribeapi.Control{
 		Options: p.Options, Reinitialize: p.opts.Reinitialize, Shutdown: p.opts.Shutdown,
+		TokenRequired: p.guard.AdminToken(),
 	}}
 }
 
@@ -294,7 +358,8 @@ func (p *Process) initCopier() error {
 }
 
 func (p *Process) initServing() error {
-	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget}
+	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget,
+		TLS: p.tls, Auth: p.guard, Reload: p.opts.Reinitialize, Shutdown: p.opts.Shutdown}
 	if p.Puma != nil {
 		deps.Source = p.Puma
 		deps.Ready = p.Puma.Readiness
@@ -314,8 +379,9 @@ func (p *Process) initServing() error {
 	return nil
 }
 
-// initAdmin binds /metrics, /healthz and /readyz for processes without
-// the serving module, which has them already.
+// initAdmin binds /metrics, /healthz, /readyz and POST /admin/reload and
+// /admin/shutdown for processes without the serving module, which has
+// them already, guarded the same way.
 func (p *Process) initAdmin(mods []string) error {
 	if p.Serving != nil || p.opts.AdminListen == "off" {
 		return nil
@@ -325,7 +391,9 @@ func (p *Process) initAdmin(mods []string) error {
 		addr = adminPorts[mods[0]]
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", p.guard.Admin(promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{})))
+	mux.Handle("POST /admin/reload", p.guard.Control(p.guard.ControlHandler("reload", p.opts.Reinitialize)))
+	mux.Handle("POST /admin/shutdown", p.guard.Control(p.guard.ControlHandler("shutdown", p.opts.Shutdown)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	var ready func() puma.Readiness
 	if p.Puma != nil {
@@ -334,7 +402,7 @@ func (p *Process) initAdmin(mods []string) error {
 	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
 	// A scrape is quick: a small cap and short timeouts.
 	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
-		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}})
+		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.tls.ServerConfig()})
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
 	}
@@ -349,6 +417,14 @@ func (p *Process) AdminAddr() string {
 		return ""
 	}
 	return p.admin.Addr()
+}
+
+// AdminURL is the base URL of the admin port (https:// with TLS), or "".
+func (p *Process) AdminURL() string {
+	if p.admin == nil {
+		return ""
+	}
+	return p.admin.URL()
 }
 
 // Registry is the process's metrics registry.

@@ -13,7 +13,9 @@ import (
 // as fb303's getOptions reports it: "agent.listen", "apps[0].name",
 // "categories.access.buckets"; a list of scalars is one comma-separated
 // value. Secrets are left out: passwords in backend URLs, and any value
-// whose key or URL parameter names a password, secret or token.
+// whose key or URL parameter names a password, secret or token, but for
+// keys naming files (tls.key_file, auth.query_tokens_file), whose values
+// are paths: the files' contents are never reported.
 func (p *Process) Options() map[string]string {
 	return flatOptions(p.cfg)
 }
@@ -89,7 +91,7 @@ func secretName(s string) bool {
 // redact hides a secret value, a URL's password and its secret-looking
 // parameters.
 func redact(key, v string) string {
-	if secretName(key[strings.LastIndexByte(key, '.')+1:]) && v != "" {
+	if k := key[strings.LastIndexByte(key, '.')+1:]; secretName(k) && !strings.HasSuffix(k, "_file") && v != "" {
 		return "(redacted)"
 	}
 	if !strings.Contains(v, "://") {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 )
 
@@ -43,6 +44,22 @@ func TestOptionsAreFlatWithoutSecrets(t *testing.T) {
 	}
 	if got := redact("store.password", "hunter2"); got != "(redacted)" {
 		t.Errorf("a password key: %q", got)
+	}
+	// Keys naming files show their paths (never the files' contents).
+	cfg.TLS = auth.TLSConfig{CertFile: "/etc/freeway/node.crt", KeyFile: "/etc/freeway/node.key", CAFile: "/etc/freeway/ca.crt", ClientAuth: true}
+	cfg.Auth = auth.Config{QueryTokensFile: "/etc/freeway/query-tokens", AdminTokenFile: "/etc/freeway/admin-token"}
+	opts = flatOptions(cfg)
+	for k, want := range map[string]string{
+		"tls.cert_file": "/etc/freeway/node.crt", "tls.key_file": "/etc/freeway/node.key", "tls.ca_file": "/etc/freeway/ca.crt",
+		"tls.client_auth": "true", "auth.query_tokens_file": "/etc/freeway/query-tokens", "auth.admin_token_file": "/etc/freeway/admin-token",
+		"agent.tls": "true",
+	} {
+		if opts[k] != want {
+			t.Errorf("%s = %q, want %q", k, opts[k], want)
+		}
+	}
+	if got := redact("auth.admin_token", "hunter2"); got != "(redacted)" {
+		t.Errorf("a token key: %q", got)
 	}
 }
 

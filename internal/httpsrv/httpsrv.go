@@ -7,13 +7,19 @@
 // requests, or silent since it connected) is closed to make room for a
 // new client (internal/connlimit, which also rides out running short of
 // file descriptors). net/http's own error lines (bad requests, TLS
-// handshakes) are rate-limited.
+// handshakes) are rate-limited and counted (freeway_http_errors_total).
+//
+// With Options.TLS it serves HTTPS (HTTP/1.1): the handshake runs under
+// the read header timeout, and a plaintext request to it is answered
+// 400 by net/http ("client sent an HTTP request to an HTTPS server").
 //
 // It holds no state across restarts.
 package httpsrv
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -90,12 +96,16 @@ type Options struct {
 	Log    *slog.Logger
 	// Metrics receives the listener metrics (nil: not exported).
 	Metrics prometheus.Registerer
+	// TLS, when set, makes the port serve HTTPS.
+	TLS *tls.Config
 }
 
 // Server is an HTTP server on its own listener.
 type Server struct {
-	ln  *connlimit.Listener
+	ln  net.Listener // cl, or TLS over it
+	cl  *connlimit.Listener
 	srv *http.Server
+	tls bool
 }
 
 // Listen binds addr and returns a server for h; Serve runs it.
@@ -117,14 +127,22 @@ func Listen(addr string, h http.Handler, opts Options) (*Server, error) {
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		ConnState:         connState,
-		ErrorLog:          log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5)}, "", 0),
+		ErrorLog: log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5),
+			count: newErrorMetric(opts.Metrics)}, "", 0),
 	}
-	return &Server{ln: cl, srv: srv}, nil
+	s := &Server{ln: cl, cl: cl, srv: srv}
+	if opts.TLS != nil {
+		s.ln, s.tls = tls.NewListener(cl, opts.TLS), true
+	}
+	return s, nil
 }
 
 // connState tells the listener which connections are idle: between
 // requests (and, from Accept, before the first).
 func connState(c net.Conn, st http.ConnState) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	lc, ok := c.(*connlimit.Conn)
 	if !ok {
 		return
@@ -140,17 +158,43 @@ func connState(c net.Conn, st http.ConnState) {
 // errorLog passes net/http's error lines (most of them about what a
 // client sent) through a rate limiter.
 type errorLog struct {
-	name string
-	warn *ratelog.Limiter
+	name  string
+	warn  *ratelog.Limiter
+	count *prometheus.CounterVec
+}
+
+// newErrorMetric counts net/http's error lines, shared by the process's
+// HTTP ports.
+func newErrorMetric(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_http_errors_total",
+		Help: "Errors net/http reported about connections, by listener and kind (tls_handshake: a failed TLS handshake, a missing or untrusted client certificate or a plaintext client, say; other)."},
+		[]string{"listener", "kind"})
+	if reg != nil {
+		c = connlimit.Register(reg, c)
+	}
+	return c
 }
 
 func (e *errorLog) Write(p []byte) (int, error) {
+	kind := "other"
+	if bytes.Contains(p, []byte("TLS handshake error")) {
+		kind = "tls_handshake"
+	}
+	e.count.WithLabelValues(e.name, kind).Inc()
 	e.warn.Warn("http", "http server error", "listener", e.name, "err", ratelog.Clip(strings.TrimSpace(string(p))))
 	return len(p), nil
 }
 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// URL is the server's base URL: http://addr or https://addr.
+func (s *Server) URL() string {
+	if s.tls {
+		return "https://" + s.Addr()
+	}
+	return "http://" + s.Addr()
+}
 
 // Listener is the server's listener (closing it makes Serve fail).
 func (s *Server) Listener() net.Listener { return s.ln }

@@ -167,3 +167,52 @@ func TestFB303ControlRefusedOverTheNetwork(t *testing.T) {
 		t.Fatalf("getOptions from a non-loopback peer: %v %v", opts, err)
 	}
 }
+
+// TestFB303ControlRefusedWithAdminToken: with an admin token configured
+// the control calls, which cannot carry it, are refused even from the
+// local host, saying what to use instead; getOptions still answers.
+func TestFB303ControlRefusedWithAdminToken(t *testing.T) {
+	var ctl controls
+	reg := prometheus.NewRegistry()
+	control := ctl.control()
+	control.TokenRequired = true
+	srv, logs := listenWith(t, "127.0.0.1:0", Info{Name: "t", Control: control, Metrics: reg})
+	c, err := Dial(srv.Addr(), thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	local := thriftsrv.WithPeer(ctx, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err := srv.service.Reinitialize(local); err == nil || !strings.Contains(err.Error(), "POST /admin/reload") {
+		t.Errorf("reinitialize with an admin token configured: %v", err)
+	}
+	if err := srv.service.Shutdown(local); err == nil || !strings.Contains(err.Error(), "POST /admin/shutdown") {
+		t.Errorf("shutdown with an admin token configured: %v", err)
+	}
+	// Through a connection too (oneway: no answer, nothing done).
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if opts, err := c.GetOptions(ctx); err != nil || len(opts) != 2 {
+		t.Fatalf("getOptions: %v %v", opts, err)
+	}
+	if ctl.shut.Load() != 0 || ctl.reinit.Load() != 0 {
+		t.Fatalf("shutdown %d, reinitialize %d times", ctl.shut.Load(), ctl.reinit.Load())
+	}
+	mfs, _ := reg.Gather()
+	var refused float64
+	for _, mf := range mfs {
+		if mf.GetName() == "freeway_fb303_control_refused_total" {
+			for _, m := range mf.GetMetric() {
+				refused += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if refused != 3 {
+		t.Errorf("refusals counted %v, want 3", refused)
+	}
+	if !strings.Contains(logs.String(), "an admin token is configured and control calls cannot carry one") {
+		t.Errorf("log: %s", logs.String())
+	}
+}

@@ -8,11 +8,14 @@
 // large, or no memory for it now) is answered TRY_LATER here. fb303's
 // getOptions reports the process's configuration; its control calls
 // (reinitialize, shutdown, setOption) are honoured only from the local
-// host (see authorize).
+// host, and not at all when an admin token is configured, since they
+// cannot carry one (see authorize). With the process's TLS (Shared.TLS)
+// the port speaks TLS; Dial and DialTLS are the clients.
 package scribeapi
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +25,7 @@ import (
 	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/connlimit"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -58,6 +62,11 @@ type Control struct {
 	Options      func() map[string]string
 	Reinitialize func()
 	Shutdown     func()
+	// TokenRequired says an admin token is configured
+	// (auth.admin_token_file): the control calls, which cannot carry a
+	// token, are then refused from everywhere; POST /admin/reload and
+	// /admin/shutdown on the HTTP port do their work.
+	TokenRequired bool
 }
 
 // Shared is what every Scribe port of a process shares, from the wiring.
@@ -65,6 +74,10 @@ type Shared struct {
 	// Budget bounds the bytes all of the process's calls hold at once.
 	Budget  *thriftsrv.Budget
 	Control Control
+	// TLS is the process's TLS (nil: none): its Scribe ports speak TLS
+	// (the agent's app port unless agent.tls is false) and the agent
+	// dials upstream with it.
+	TLS *auth.TLS
 }
 
 // Server is a Scribe server.
@@ -84,7 +97,7 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	}
 	svc := &service{Handler: h, info: info, since: time.Now().Unix(), warn: ratelog.New(log, time.Minute, 5), log: log}
 	svc.controlRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_fb303_control_refused_total",
-		Help: "fb303 control calls (reinitialize, shutdown, setOption) refused because they did not come from the local host, by method."}, []string{"method"})
+		Help: "fb303 control calls (reinitialize, shutdown, setOption) refused because they did not come from the local host or an admin token is configured, by method."}, []string{"method"})
 	if info.Metrics != nil {
 		svc.controlRefused = connlimit.Register(info.Metrics, svc.controlRefused)
 	}
@@ -219,8 +232,19 @@ func (s *service) control(ctx context.Context, method string, do func()) error {
 
 // authorize is the one place that decides whether a control call
 // (reinitialize, shutdown, setOption) is honoured: only from the local
-// host. Tokens and TLS client certificates extend it here.
+// host, and never when an admin token is configured (a control call has
+// no way to carry it; the HTTP port's POST /admin/* take it).
 func (s *service) authorize(ctx context.Context, method string) error {
+	if s.info.Control.TokenRequired {
+		s.controlRefused.WithLabelValues(method).Inc()
+		instead := map[string]string{"reinitialize": "POST /admin/reload", "shutdown": "POST /admin/shutdown"}[method]
+		if instead == "" {
+			instead = "the configuration file and POST /admin/reload"
+		}
+		s.warn.Warn("refused-token:"+method, "fb303 control call refused: an admin token is configured and control calls cannot carry one",
+			"method", method, "remote", peerString(ctx), "instead", instead)
+		return fmt.Errorf("%s refused: auth.admin_token_file is set and fb303 control calls cannot carry a token; use %s on the HTTP port with the admin token", method, instead)
+	}
 	if addr, ok := thriftsrv.Peer(ctx); ok {
 		if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsLoopback() {
 			return nil
@@ -247,7 +271,12 @@ type Client struct {
 
 // Dial connects to a Scribe server.
 func Dial(addr string, limits thriftsrv.Limits, timeout time.Duration) (*Client, error) {
-	conn, err := thriftsrv.Dial(addr, limits, timeout)
+	return DialTLS(addr, nil, limits, timeout)
+}
+
+// DialTLS connects to a Scribe server over TLS with tc (nil: plain TCP).
+func DialTLS(addr string, tc *tls.Config, limits thriftsrv.Limits, timeout time.Duration) (*Client, error) {
+	conn, err := thriftsrv.DialTLS(addr, tc, limits, timeout)
 	if err != nil {
 		return nil, err
 	}

@@ -206,7 +206,7 @@ func newServerMetrics(reg prometheus.Registerer) (refused, closed *prometheus.Co
 		Help: "Calls read, discarded and refused (TRY_LATER for Scribe) without being processed, by listener and reason (too_large: over max_call_bytes; busy: no room under max_inflight_bytes)."},
 		[]string{"listener", "reason"})
 	closed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_thrift_connections_closed_total",
-		Help: "Connections the server closed, by listener and reason (idle_timeout, read_timeout, protocol: not framed binary Thrift, malformed: a bad call, panic)."},
+		Help: "Connections the server closed, by listener and reason (idle_timeout, read_timeout, protocol: not framed binary Thrift, or not TLS on a TLS port; tls_handshake: a failed TLS handshake; malformed: a bad call, panic)."},
 		[]string{"listener", "reason"})
 	if reg != nil {
 		refused = connlimit.Register(reg, refused)

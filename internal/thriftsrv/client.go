@@ -1,6 +1,7 @@
 package thriftsrv
 
 import (
+	"crypto/tls"
 	"fmt"
 	"time"
 
@@ -16,10 +17,20 @@ type Client struct {
 // Dial connects to addr with the given limits (on what it reads back) and
 // timeout (connect and per-call socket timeout).
 func Dial(addr string, limits Limits, timeout time.Duration) (*Client, error) {
+	return DialTLS(addr, nil, limits, timeout)
+}
+
+// DialTLS is Dial over TLS with tc (nil: plain TCP, as Dial). The
+// handshake is done before it returns, within timeout.
+func DialTLS(addr string, tc *tls.Config, limits Limits, timeout time.Duration) (*Client, error) {
 	cfg := limits.Config()
 	cfg.ConnectTimeout = timeout
 	cfg.SocketTimeout = timeout
-	sock := thrift.NewTSocketConf(addr, cfg)
+	var sock thrift.TTransport = thrift.NewTSocketConf(addr, cfg)
+	if tc != nil {
+		cfg.TLSConfig = tc
+		sock = thrift.NewTSSLSocketConf(addr, cfg)
+	}
 	trans := thrift.NewTFramedTransportConf(sock, cfg)
 	if err := trans.Open(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)

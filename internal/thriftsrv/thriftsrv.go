@@ -28,8 +28,18 @@
 //     frame is read within ReadTimeout into pooled chunks, decoded from
 //     memory, processed, and the reply written as one frame.
 //
-// Handlers find the peer's address in their context (Peer), for checks
-// such as fb303's control calls being local-only.
+// With WithTLS the port speaks TLS: the handshake starts at a
+// connection's first byte (under ReadTimeout), and a client whose first
+// byte is not a TLS handshake (a plaintext Thrift client, say) is closed
+// at once with a rate-limited line saying so; on a plaintext port a TLS
+// handshake is closed the same way. A failed handshake (an untrusted or
+// missing client certificate) is counted and logged too.
+//
+// Handlers find the peer's address in their context (Peer), its TLS
+// state (TLSState: a verified client certificate, say), and values kept
+// for the connection's later calls (SetConnValue, ConnValue), for checks
+// such as fb303's control calls being local-only or a token given once
+// per connection.
 //
 // Nothing here survives a restart: it holds only connections and calls in
 // flight, and a call is answered only after its handler returns.
@@ -38,6 +48,7 @@ package thriftsrv
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -80,6 +91,9 @@ func WithRefuse(f RefuseFunc) Option { return func(s *Server) { s.refuse = f } }
 // WithName names the listener in metrics and logs ("agent").
 func WithName(name string) Option { return func(s *Server) { s.name = name } }
 
+// WithTLS makes the port speak TLS with cfg (a nil cfg: plain TCP).
+func WithTLS(cfg *tls.Config) Option { return func(s *Server) { s.tls = cfg } }
+
 // WithMetrics registers the server's metrics with reg, shared with the
 // process's other listeners.
 func WithMetrics(reg prometheus.Registerer) Option { return func(s *Server) { s.reg = reg } }
@@ -93,6 +107,7 @@ type Server struct {
 	reg    prometheus.Registerer
 	budget *Budget
 	refuse RefuseFunc
+	tls    *tls.Config
 	log    *slog.Logger
 	warn   *ratelog.Limiter
 	ln     *connlimit.Listener
@@ -105,9 +120,12 @@ type Server struct {
 
 // conn is one client connection.
 type conn struct {
-	c    *connlimit.Conn
-	br   *bufio.Reader
+	c  *connlimit.Conn
+	br *bufio.Reader
+	// w is where replies go: c, or its TLS connection.
+	w    io.Writer
 	peer string
+	info *connInfo
 
 	// mu orders the start of processing against shutdown: a connection
 	// not processing a call is closed at once when the server stops; one
@@ -164,7 +182,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			break
 		}
-		cn := &conn{c: c.(*connlimit.Conn), br: bufio.NewReaderSize(c, 4<<10), peer: c.RemoteAddr().String()}
+		cn := &conn{c: c.(*connlimit.Conn), br: bufio.NewReaderSize(c, 4<<10), w: c, peer: c.RemoteAddr().String(), info: &connInfo{}}
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
@@ -212,6 +230,53 @@ func WithPeer(ctx context.Context, addr net.Addr) context.Context {
 
 type peerKey struct{}
 
+// connInfo is what handlers may know of their call's connection.
+type connInfo struct {
+	tls *tls.ConnectionState
+
+	mu   sync.Mutex
+	vals map[any]any
+}
+
+type connKey struct{}
+
+// TLSState returns the TLS state of the connection ctx's call came on, or
+// nil on a plaintext port.
+func TLSState(ctx context.Context) *tls.ConnectionState {
+	if ci, ok := ctx.Value(connKey{}).(*connInfo); ok {
+		return ci.tls
+	}
+	return nil
+}
+
+// SetConnValue keeps val under key for the later calls of the connection
+// ctx's call came on; it reports false outside a call served here.
+func SetConnValue(ctx context.Context, key, val any) bool {
+	ci, ok := ctx.Value(connKey{}).(*connInfo)
+	if !ok {
+		return false
+	}
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	if ci.vals == nil {
+		ci.vals = map[any]any{}
+	}
+	ci.vals[key] = val
+	return true
+}
+
+// ConnValue returns what SetConnValue kept under key on the connection
+// ctx's call came on, or nil.
+func ConnValue(ctx context.Context, key any) any {
+	ci, ok := ctx.Value(connKey{}).(*connInfo)
+	if !ok {
+		return nil
+	}
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	return ci.vals[key]
+}
+
 // serveConn runs calls on one connection until it closes, times out or
 // misbehaves, or the server stops.
 func (s *Server) serveConn(ctx context.Context, cn *conn) {
@@ -224,7 +289,10 @@ func (s *Server) serveConn(ctx context.Context, cn *conn) {
 				"remote", cn.peer, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 		}
 	}()
-	pctx := WithPeer(ctx, cn.c.RemoteAddr())
+	if s.tls != nil && !s.handshake(ctx, cn) {
+		return
+	}
+	pctx := context.WithValue(WithPeer(ctx, cn.c.RemoteAddr()), connKey{}, cn.info)
 	frame := &frameReader{budget: s.budget}
 	defer frame.release()
 	in := newCallProtocol(frame, s.cfg)
@@ -383,12 +451,82 @@ func (s *Server) reply(cn *conn, out *outBuffer) bool {
 		return true
 	}
 	cn.c.SetWriteDeadline(time.Now().Add(s.limits.ReadTimeout))
-	if _, err := cn.c.Write(b); err != nil {
+	if _, err := cn.w.Write(b); err != nil {
 		s.log.Debug("thrift reply not written", "listener", s.name, "remote", cn.peer, "err", err)
 		return false
 	}
 	return true
 }
+
+// handshake runs the TLS handshake of a new connection once its first
+// byte has arrived (the connection is idle until then, as between calls),
+// and reports whether the connection may go on.
+func (s *Server) handshake(ctx context.Context, cn *conn) bool {
+	cn.c.SetReadDeadline(time.Now().Add(s.limits.IdleTimeout))
+	first, err := cn.br.Peek(1)
+	if err != nil {
+		s.ended(ctx, cn, err, "idle_timeout")
+		return false
+	}
+	if !cn.c.SetIdle(false) {
+		return false
+	}
+	if first[0] != 0x16 {
+		seen := fmt.Sprintf("first byte %#02x", first[0])
+		if cn.br.Buffered() >= 4 {
+			b, _ := cn.br.Peek(4)
+			var h [4]byte
+			copy(h[:], b)
+			var pe *protocolError
+			if _, err := sniffSize(h); err == nil {
+				seen = "plaintext framed thrift"
+			} else if errors.As(err, &pe) {
+				seen = "plaintext: " + pe.what
+			}
+		}
+		s.count(s.closed, "protocol")
+		s.warn.Warn("protocol:plaintext", "connection closed: client does not speak TLS; this port needs TLS",
+			"listener", s.name, "remote", cn.peer, "seen", seen)
+		return false
+	}
+	deadline := time.Now().Add(s.limits.ReadTimeout)
+	cn.c.SetDeadline(deadline)
+	tc := tls.Server(&bufferedConn{Conn: cn.c, r: cn.br}, s.tls)
+	hctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		var ne net.Error
+		switch {
+		case ctx.Err() != nil || cn.c.Evicted():
+		case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
+			s.count(s.closed, "read_timeout")
+			s.warn.Warn("tls_timeout", "connection closed: tls handshake not done within read_timeout", "listener", s.name,
+				"remote", cn.peer, "read_timeout", s.limits.ReadTimeout)
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+			s.log.Debug("connection closed during the tls handshake", "listener", s.name, "remote", cn.peer, "err", err)
+		default:
+			s.count(s.closed, "tls_handshake")
+			s.warn.Warn("tls_handshake", "connection closed: tls handshake failed", "listener", s.name,
+				"remote", cn.peer, "err", ratelog.Clip(err.Error()))
+		}
+		return false
+	}
+	cn.c.SetWriteDeadline(time.Time{})
+	st := tc.ConnectionState()
+	cn.info.tls = &st
+	cn.br = bufio.NewReaderSize(tc, 4<<10)
+	cn.w = tc
+	return true
+}
+
+// bufferedConn reads through the bytes already buffered (the sniffed
+// first byte) before the connection's.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // badCall closes a connection whose call is not framed binary Thrift.
 func (s *Server) badCall(ctx context.Context, cn *conn, err error) {
