@@ -111,8 +111,8 @@ func checkAnswer(t *testing.T, what string, w *httptest.ResponseRecorder) string
 }
 
 // FuzzQueryThrift asks the Thrift Query service with an arbitrary
-// request. It answers or refuses with a QueryError (never another error,
-// never an internal one for a request it could check), of bounded
+// request. It answers or refuses with a QueryError of code 400 (never
+// another error, never an internal one for a request it could check), of bounded
 // length, and it agrees with the same query over HTTP: answered there
 // (200) exactly when answered here.
 func FuzzQueryThrift(f *testing.F) {
@@ -146,8 +146,8 @@ func FuzzQueryThrift(f *testing.F) {
 			if !errors.As(err, &qe) {
 				t.Fatalf("%s: error %T: %v", what, err, err)
 			}
-			if strings.HasPrefix(qe.Message, "internal error") {
-				t.Fatalf("%s: %v", what, qe.Message)
+			if strings.HasPrefix(qe.Message, "internal error") || qe.Code != codeBadQuery {
+				t.Fatalf("%s: code %d: %v", what, qe.Code, qe.Message)
 			}
 			if len(qe.Message) > maxErrorBytes {
 				t.Fatalf("%s: error of %d bytes echoes the request: %.300s...", what, len(qe.Message), qe.Message)
