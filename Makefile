@@ -21,6 +21,7 @@ run:
 ## test: static checks, then every test with -race against the real engines
 test: deps check engines
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
+	GO=$(GO) scripts/fuzz.sh 2s
 
 ## test-unit: every test on the embedded backends only (real-engine suites skip)
 test-unit:
@@ -54,6 +55,13 @@ engines-status:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+.PHONY: fuzz
+FUZZTIME ?= 1m
+
+## fuzz: every fuzz target (func FuzzX) for FUZZTIME each; failing inputs land in testdata/fuzz
+fuzz:
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
 
 clean:
 	rm -rf bin freeway-data
