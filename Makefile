@@ -56,12 +56,17 @@ engines-status:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
 
-.PHONY: fuzz
+.PHONY: fuzz soak
 FUZZTIME ?= 1m
+SOAKTIME ?= 1h
 
 ## fuzz: every fuzz target (func FuzzX) for FUZZTIME each; failing inputs land in testdata/fuzz
 fuzz:
 	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
+
+## soak: freeway all at half its maximum load (found first) for SOAKTIME; report in bench/results (not CI)
+soak: build
+	GO=$(GO) bench/soak.sh $(SOAKTIME)
 
 clean:
 	rm -rf bin freeway-data
