@@ -66,7 +66,7 @@ fuzz:
 
 ## soak: freeway all at half its maximum load (found first) for SOAKTIME; report in bench/results (not CI)
 soak: build
-	GO=$(GO) bench/soak.sh $(SOAKTIME)
+	GO=$(GO) SOAK_COMMAND="make soak SOAKTIME=$(SOAKTIME)" bench/soak.sh $(SOAKTIME)
 
 clean:
 	rm -rf bin freeway-data

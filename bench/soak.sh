@@ -17,4 +17,4 @@ shift || true
 
 "$GO" build -o bin/freeway ./cmd/freeway
 "$GO" build -o bin/soak ./bench/soak
-exec bin/soak -binary bin/freeway -duration "$duration" "$@"
+SOAK_COMMAND=${SOAK_COMMAND:-"bench/soak.sh $duration${*:+ $*}"} exec bin/soak -binary bin/freeway -duration "$duration" "$@"

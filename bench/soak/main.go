@@ -504,7 +504,7 @@ func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
 }
 
 func (l *loader) summary() string {
-	return fmt.Sprintf("%d entries acknowledged in %d Log calls of %d; %d TRY_LATER answers (retried); %d errors (%d entries of unknown fate); %d times a connection fell a second behind its pace",
+	return fmt.Sprintf("%d entries acknowledged in %d Log calls of %d; %d TRY_LATER answers (retried); %d errors (%d entries of unknown fate); a connection fell a second behind its pace %d times",
 		l.acked.Load(), l.calls.Load(), l.batch, l.tryLater.Load(), l.errs.Load(), l.uncertain.Load(), l.behind.Load())
 }
 
@@ -763,7 +763,11 @@ func (r *report) write() (string, error) {
 		verdict = "FAIL: " + strings.Join(r.failures, "; ")
 	}
 	w("**%s.** %v at %.0f entries/s (achieved %.0f/s).\n\n", verdict, r.soaked.Round(time.Second), r.rate, r.achieved)
-	w("Command: `%s`\n\n", strings.Join(r.args, " "))
+	if c := os.Getenv("SOAK_COMMAND"); c != "" {
+		w("Command: `%s`, which ran `%s`\n\n", c, strings.Join(r.args, " "))
+	} else {
+		w("Command: `%s`\n\n", strings.Join(r.args, " "))
+	}
 	w("Machine: %s\n\n", r.machine)
 	w("Freeway %s, embedded backends (local dfs, bbolt, in-process coord), one process (`freeway all`).\n", gitRev())
 	w("Load: %d Scribe connections, Log calls of %d JSON lines (`{\"k\":\"k01234\",\"v\":57}`) over %d keys, category `soak`, read by two apps (count and sum by key; a filtered count) in 1-day windows, so that the aggregates held do not grow with the run.\n\n",
@@ -783,7 +787,7 @@ func (r *report) write() (string, error) {
 			if v.bytes {
 				return mib(x)
 			}
-			return strconv.FormatFloat(x, 'f', -1, 64)
+			return strconv.FormatFloat(x, 'f', 1, 64)
 		}
 		w("| %s | %s | %s | %s | %s | %s | %s | %s (%s) |\n", v.name, f(v.first), f(v.last), f(v.minv), f(v.maxv), f(v.early), f(v.late),
 			map[bool]string{true: "yes", false: "NO"}[v.flat], v.why)
