@@ -29,6 +29,22 @@ func Errorf(path, format string, args ...any) error {
 	return &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)}
 }
 
+// Key returns path extended by a mapping key, quoted when the key holds
+// what a YAML path would read otherwise ("$.categories.'web.v2'").
+func Key(path, key string) string {
+	plain := key != ""
+	for _, c := range key {
+		if !(c == '_' || c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return path + "." + key
+	}
+	return path + ".'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(key) + "'"
+}
+
 // Error is an error in a configuration file, with its position.
 type Error struct {
 	File         string
@@ -188,7 +204,7 @@ func source(tok *token.Token) string {
 // that name a missing key.
 func nodeAt(f *ast.File, path string) *token.Token {
 	for p := path; p != "" && p != "$"; p = parentPath(p) {
-		yp, err := yaml.PathString(p)
+		yp, err := pathString(p)
 		if err != nil {
 			continue
 		}
@@ -198,6 +214,17 @@ func nodeAt(f *ast.File, path string) *token.Token {
 		}
 	}
 	return nil
+}
+
+// pathString is yaml.PathString, which panics on some paths ("$.a[0"):
+// such a path is no path.
+func pathString(p string) (yp *yaml.Path, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bad YAML path %q: %v", p, r)
+		}
+	}()
+	return yaml.PathString(p)
 }
 
 func parentPath(p string) string {

@@ -95,3 +95,14 @@ func TestEmptyFile(t *testing.T) {
 		}
 	}
 }
+
+func TestKey(t *testing.T) {
+	for key, want := range map[string]string{
+		"access": "$.c.access", "a_b-9": "$.c.a_b-9", "web.v2": "$.c.'web.v2'", "0[0": "$.c.'0[0'",
+		"it's": `$.c.'it\'s'`, `a\b`: `$.c.'a\\b'`, "": "$.c.''",
+	} {
+		if got := Key("$.c", key); got != want {
+			t.Errorf("Key(%q) = %s, want %s", key, got, want)
+		}
+	}
+}

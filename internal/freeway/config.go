@@ -161,7 +161,7 @@ func (c *Config) Validate() error {
 	sort.Strings(cats)
 	for _, name := range cats {
 		cc := c.Categories[name]
-		path := "$.categories." + name
+		path := config.Key("$.categories", name)
 		if !layout.ValidCategory(name) {
 			return config.Errorf(path, "a category must not be empty")
 		}

@@ -106,3 +106,18 @@ func asConfigError(err error, target **config.Error) bool {
 	*target = ce
 	return ok
 }
+
+// TestCategoryErrorsAtTheirKey: an error about a category whose name a
+// YAML path would misread ("web.v2", "0[0") points at its own key. A
+// name with "[" crashed go-yaml's path parser (found by FuzzConfig).
+func TestCategoryErrorsAtTheirKey(t *testing.T) {
+	for name, want := range map[string]int{"plain": 20, "web.v2": 21, "0[0": 18, "a b": 18} {
+		src := "buckets: 2\ncategories:\n  " + name + ": {buckets: -1}\n"
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != 3 || ce.Column != want || !strings.Contains(ce.Msg, "buckets: must be between 1 and 4096") {
+			t.Errorf("%s: %v, want line 3 column %d", name, err, want)
+		}
+	}
+}
