@@ -20,6 +20,10 @@ import (
 type FieldError struct {
 	Path string
 	Msg  string
+	// Also are the paths of other keys the error is about, where it is
+	// placed when the file does not hold Path (a limit left at its
+	// default that a key set in the file exceeds).
+	Also []string
 }
 
 func (e *FieldError) Error() string { return strings.TrimPrefix(e.Path, "$.") + ": " + e.Msg }
@@ -106,6 +110,12 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 		return &Error{File: file, Msg: err.Error()}
 	}
 	tok := nodeAt(astFile, fe.Path)
+	for _, p := range fe.Also {
+		if tok != nil {
+			break
+		}
+		tok = nodeAt(astFile, p)
+	}
 	msg := fe.Error()
 	if tok == nil {
 		return &Error{File: file, Msg: msg}

@@ -121,3 +121,16 @@ func TestCategoryErrorsAtTheirKey(t *testing.T) {
 		}
 	}
 }
+
+// TestInflightBudgetErrorAtTheCall: a max_call_bytes that the default
+// max_inflight_bytes cannot hold is reported at max_call_bytes, the key
+// the file sets (found by FuzzConfig: the error had no position).
+func TestInflightBudgetErrorAtTheCall(t *testing.T) {
+	src := "calligraphus:\n  max_call_bytes: 200MiB\n  max_pending_bytes: 200MiB\n"
+	cfg := DefaultConfig()
+	err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+	var ce *config.Error
+	if !asConfigError(err, &ce) || ce.Line != 2 || ce.Column != 19 || !strings.Contains(ce.Msg, "max_inflight_bytes: must be at least") {
+		t.Fatalf("%v, want line 2 column 19", err)
+	}
+}
