@@ -21,6 +21,7 @@ run:
 ## test: static checks, then every test with -race against the real engines
 test: deps check engines
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
+	GO=$(GO) scripts/fuzz.sh 2s
 
 ## test-unit: every test on the embedded backends only (real-engine suites skip)
 test-unit:
@@ -54,6 +55,18 @@ engines-status:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+.PHONY: fuzz soak
+FUZZTIME ?= 1m
+SOAKTIME ?= 1h
+
+## fuzz: every fuzz target (func FuzzX) for FUZZTIME each; failing inputs land in testdata/fuzz
+fuzz:
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
+
+## soak: freeway all at half its maximum load (found first) for SOAKTIME; report in bench/results (not CI)
+soak: build
+	GO=$(GO) SOAK_COMMAND="make soak SOAKTIME=$(SOAKTIME)" bench/soak.sh $(SOAKTIME)
 
 clean:
 	rm -rf bin freeway-data
