@@ -69,11 +69,12 @@ func parseWindowKey(s string) (int64, bool) {
 
 var errFenced = errors.New("another owner committed this shard")
 
-// readCommitRow returns the commit row: the stored commit value (nil if
-// none), its decoded state and the last attempt marker.
-func (s *shard) readCommitRow(ctx context.Context) (val []byte, state commitState, attempt int64, err error) {
-	row := commitRow(s.category, s.bucket)
-	cells, err := s.p.deps.Store.Get(ctx, s.p.cfg.Table, row, store.Latest)
+// readCommit returns a shard's commit row: the stored commit value (nil
+// if none), its decoded state and the last attempt marker. A shard
+// recovering and the committed-state reader both read it here.
+func readCommit(ctx context.Context, st store.Store, table, category string, bucket int) (val []byte, state commitState, attempt int64, err error) {
+	row := commitRow(category, bucket)
+	cells, err := st.Get(ctx, table, row, store.Latest)
 	if err != nil {
 		return nil, state, 0, fmt.Errorf("read commit row %s: %w", row, err)
 	}
@@ -91,12 +92,36 @@ func (s *shard) readCommitRow(ctx context.Context) (val []byte, state commitStat
 	return val, state, attempt, nil
 }
 
+// scanCells reads the cell rows of one app in one shard (prefix, from
+// appPrefix) from start to stop as of epoch, decoding each with l. A
+// row that is not a cell row or a cell that does not fit l is an error.
+func scanCells(ctx context.Context, st store.Store, table, prefix, start, stop string, epoch int64, l *layout, fn func(window int64, key string, cell []float64)) error {
+	return st.Scan(ctx, table, start, stop, epoch, func(rowKey string, cs []store.Cell) error {
+		wk, key, ok := strings.Cut(strings.TrimPrefix(rowKey, prefix), "/")
+		w, wok := parseWindowKey(wk)
+		if !ok || !wok {
+			return fmt.Errorf("malformed cell row %q", rowKey)
+		}
+		for _, c := range cs {
+			if c.Column != "v" {
+				continue
+			}
+			cell, err := l.decodeCell(c.Value)
+			if err != nil {
+				return fmt.Errorf("cell row %q: %w", rowKey, err)
+			}
+			fn(w, key, cell)
+		}
+		return nil
+	})
+}
+
 // recover claims the shard in the store and loads the committed state.
 func (s *shard) recover(ctx context.Context) error {
 	st := s.p.deps.Store
 	tbl := s.p.cfg.Table
 	row := commitRow(s.category, s.bucket)
-	val, state, _, err := s.readCommitRow(ctx)
+	val, state, _, err := readCommit(ctx, st, tbl, s.category, s.bucket)
 	if err != nil {
 		return err
 	}
@@ -122,7 +147,7 @@ func (s *shard) recover(ctx context.Context) error {
 	// Read the attempt marker after the claim: an attempt of the previous
 	// owner may have been marked between the read and the claim, and its
 	// epoch must not be used again.
-	_, _, attempt, err := s.readCommitRow(ctx)
+	_, _, attempt, err := readCommit(ctx, st, tbl, s.category, s.bucket)
 	if err != nil {
 		return err
 	}
@@ -142,25 +167,9 @@ func (s *shard) recover(ctx context.Context) error {
 		if E == 0 {
 			continue
 		}
-		err := st.Scan(ctx, tbl, prefix, store.PrefixEnd(prefix), E, func(rowKey string, cs []store.Cell) error {
-			rest := strings.TrimPrefix(rowKey, prefix)
-			wk, key, ok := strings.Cut(rest, "/")
-			w, wok := parseWindowKey(wk)
-			if !ok || !wok {
-				return fmt.Errorf("malformed cell row %q", rowKey)
-			}
-			for _, c := range cs {
-				if c.Column != "v" {
-					continue
-				}
-				cell, err := t.layout.decodeCell(c.Value)
-				if err != nil {
-					return fmt.Errorf("cell row %q: %w", rowKey, err)
-				}
-				t.load(w, key, cell)
-				loaded++
-			}
-			return nil
+		err := scanCells(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, cell []float64) {
+			t.load(w, key, cell)
+			loaded++
 		})
 		if err != nil {
 			return fmt.Errorf("load cells of app %s: %w", t.app.Name(), err)
