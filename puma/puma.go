@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -229,14 +230,6 @@ const (
 	retryMax = time.Minute
 )
 
-func retryDelay(failures int) time.Duration {
-	d := retryMin
-	for i := 1; i < failures && d < retryMax; i++ {
-		d *= 2
-	}
-	return min(d, retryMax)
-}
-
 func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 	now := p.now()
 	p.mu.RLock()
@@ -319,7 +312,7 @@ func (p *Puma) record(id shardID, state ShardState, err error, afresh bool) {
 		}
 		tr.err = err
 		tr.failures++
-		tr.retryAt = now.Add(retryDelay(tr.failures))
+		tr.retryAt = now.Add(backoff.Delay(retryMin, retryMax, tr.failures))
 	case StateElsewhere:
 		tr.err, tr.failures = nil, 0
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/coord"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -147,7 +148,7 @@ loop:
 
 func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge) error {
 	var b segment.Block
-	backoff := 100 * time.Millisecond
+	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for {
 		pos, err := r.Next(ctx, &b)
 		if err != nil {
@@ -158,16 +159,16 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 			// resumes at the same position, so wait and retry rather than
 			// stopping the shard and recovering it from the store.
 			s.p.m.readErrors.Inc()
-			s.log.Warn("cannot read bucket; retrying", "err", err, "retry_in", backoff)
+			wait := bo.Next()
+			s.log.Warn("cannot read bucket; retrying", "err", err, "retry_in", wait)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(backoff):
+			case <-time.After(wait):
 			}
-			backoff = min(2*backoff, 10*time.Second)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		bo.Reset()
 		s.apply(&b, pos)
 		lag.Set(float64(r.Lag()))
 	}

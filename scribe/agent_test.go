@@ -223,26 +223,6 @@ func TestShipBackoffGrowsToItsCapWithJitter(t *testing.T) {
 	eventually(t, "the batch acknowledged", func() bool { return a.q.Stats().Acked == 2 })
 }
 
-func TestBackoff(t *testing.T) {
-	b := newBackoff(50*time.Millisecond, 5*time.Second)
-	b.rand = func() float64 { return 0.999999 }
-	var got []time.Duration
-	for range 10 {
-		got = append(got, b.next().Round(time.Millisecond))
-	}
-	want := []time.Duration{50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000}
-	for i := range want {
-		if got[i] != want[i]*time.Millisecond {
-			t.Fatalf("backoff = %v", got)
-		}
-	}
-	b.reset()
-	b.rand = func() float64 { return 0 }
-	if d := b.next(); d != 25*time.Millisecond {
-		t.Fatalf("after reset, lowest jitter = %v", d)
-	}
-}
-
 func TestUpstreamDownAtStartThenUp(t *testing.T) {
 	addr := deadAddr(t)
 	a := startAgent(t, testConfig(t.TempDir(), addr))

@@ -6,6 +6,7 @@ import (
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
@@ -33,7 +34,7 @@ func (a *Agent) ship(ctx context.Context) error {
 	var (
 		up      *upstream
 		next    int // index into cfg.Upstream of the next address to dial
-		bo      = newBackoff(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
+		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
 		plain   = map[string]bool{} // addresses without LogBatch
 	)
@@ -51,7 +52,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			// A read error (EIO, say) may pass; keep the agent up.
 			a.c.queueErrors.Add(1)
 			a.rl.Error("queue read failed", "reading the agent queue failed, retrying", "err", err)
-			if !sleep(ctx, a.clock, bo.next()) {
+			if !sleep(ctx, a.clock, bo.Next()) {
 				return nil
 			}
 			continue
@@ -66,7 +67,7 @@ func (a *Agent) ship(ctx context.Context) error {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
 					failing = a.shipFailed(failing, addr, err)
-					if !sleep(ctx, a.clock, bo.next()) {
+					if !sleep(ctx, a.clock, bo.Next()) {
 						return nil
 					}
 					continue
@@ -99,11 +100,11 @@ func (a *Agent) ship(ctx context.Context) error {
 				a.c.tryLaterRecv.Add(1)
 				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", b.First)
 			}
-			if !sleep(ctx, a.clock, bo.next()) {
+			if !sleep(ctx, a.clock, bo.Next()) {
 				return nil
 			}
 		}
-		bo.reset()
+		bo.Reset()
 		if failing {
 			failing = false
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
@@ -120,11 +121,11 @@ func (a *Agent) ship(ctx context.Context) error {
 			}
 			a.c.queueErrors.Add(1)
 			a.rl.Error("queue ack failed", "acknowledging a shipped batch in the queue failed, retrying", "err", err)
-			if !sleep(ctx, a.clock, bo.next()) {
+			if !sleep(ctx, a.clock, bo.Next()) {
 				return nil
 			}
 		}
-		bo.reset()
+		bo.Reset()
 		a.c.shipped.Add(int64(len(b.Entries)))
 		a.c.batches.Add(1)
 	}

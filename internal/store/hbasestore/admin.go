@@ -9,6 +9,7 @@ import (
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/thrift/gen/hbase"
 )
 
@@ -16,10 +17,14 @@ import (
 // the master is initializing.
 func (s *Store) admin(ctx context.Context, op, name string, fn func(context.Context, *hbase.THBaseServiceClient) error) error {
 	deadline := time.Now().Add(s.initWait)
-	delay := s.backoffMin
+	bo := backoff.New(s.backoffMin, s.backoffMax)
 	for {
 		err := s.call(ctx, op, name, true, fn)
-		if err == nil || !masterStarting(err) || time.Now().Add(delay).After(deadline) {
+		if err == nil || !masterStarting(err) {
+			return err
+		}
+		delay := bo.Next()
+		if time.Now().Add(delay).After(deadline) {
 			return err
 		}
 		t := time.NewTimer(delay)
@@ -29,7 +34,6 @@ func (s *Store) admin(ctx context.Context, op, name string, fn func(context.Cont
 			t.Stop()
 			return fmt.Errorf("hbase %s %s: %w (while the master was initializing)", op, name, ctx.Err())
 		}
-		delay = min(2*delay, s.backoffMax)
 	}
 }
 
