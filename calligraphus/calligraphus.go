@@ -21,7 +21,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Config configures a writer.
@@ -215,14 +215,14 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 
 // Log implements the Scribe Log call for stock clients. Their entries
 // arrive now, by this writer's clock.
-func (c *Calligraphus) Log(ctx context.Context, entries []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (c *Calligraphus) Log(ctx context.Context, entries []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	return c.ingest(ctx, callInfo{arrivalMs: c.now().UnixMilli()}, entries), nil
 }
 
 // LogBatch implements Freeway's extension for its agents.
-func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	if b == nil {
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	}
 	// The agent's arrival time, but never later than ours: a clock ahead
 	// would make Puma take entries from the future as on time.
@@ -282,7 +282,7 @@ type callInfo struct {
 // the call TRY_LATER with the other bucket's entries durable; the retry
 // writes them again. Puma drops such repeats from Freeway's agents (by
 // sequence); a stock client's are counted twice (at-least-once).
-func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribe.LogEntry) scribe.ResultCode {
+func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribethrift.LogEntry) scribethrift.ResultCode {
 	reqs := map[bucketID]*appendReq{}
 	var order []bucketID
 	accepted, empty := 0, 0
@@ -309,7 +309,7 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		if !req.add(info, e.Message, info.firstSeq+uint64(i)) {
 			c.m.tryLater.WithLabelValues("too_large").Inc()
 			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(e.Category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
-			return scribe.ResultCode_TRY_LATER
+			return scribethrift.ResultCode_TRY_LATER
 		}
 		accepted++
 	}
@@ -318,13 +318,13 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		c.rl.Warn("empty category", "entries without a category dropped", "entries", empty, "agent", ratelog.Clip(info.agentID))
 	}
 	if len(order) == 0 {
-		return scribe.ResultCode_OK
+		return scribethrift.ResultCode_OK
 	}
 
 	// Reserve every bucket's capacity, then make sure this process owns
 	// every bucket; only then submit anything.
 	claimed := make([]*bucketWriter, 0, len(order))
-	refuse := func(id bucketID, err error) scribe.ResultCode {
+	refuse := func(id bucketID, err error) scribethrift.ResultCode {
 		for i, w := range claimed {
 			w.unreserve(reqs[order[i]].size)
 		}
@@ -376,11 +376,11 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		return c.tryLater(firstID, info, firstErr)
 	}
 	c.m.received.Add(float64(accepted))
-	return scribe.ResultCode_OK
+	return scribethrift.ResultCode_OK
 }
 
 // tryLater counts and logs (rate-limited) a call refused for err.
-func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribe.ResultCode {
+func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribethrift.ResultCode {
 	r := reason(err)
 	c.m.tryLater.WithLabelValues(r).Inc()
 	level := slog.LevelWarn
@@ -388,7 +388,7 @@ func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribe.Re
 		level = slog.LevelError
 	}
 	c.rl.Log(level, "try_later "+r, "call answered TRY_LATER", "reason", r, "category", ratelog.Clip(id.category), "bucket", id.bucket, "agent", ratelog.Clip(info.agentID), "err", err)
-	return scribe.ResultCode_TRY_LATER
+	return scribethrift.ResultCode_TRY_LATER
 }
 
 var (

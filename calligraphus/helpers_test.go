@@ -26,7 +26,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/ptail"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestMain(m *testing.M) {
@@ -236,21 +236,21 @@ func (s *server) dial(t *testing.T) *scribeapi.Client {
 	return cl
 }
 
-func entries(category string, msgs ...string) []*scribe.LogEntry {
-	out := make([]*scribe.LogEntry, len(msgs))
+func entries(category string, msgs ...string) []*scribethrift.LogEntry {
+	out := make([]*scribethrift.LogEntry, len(msgs))
 	for i, m := range msgs {
-		out[i] = &scribe.LogEntry{Category: category, Message: []byte(m)}
+		out[i] = &scribethrift.LogEntry{Category: category, Message: []byte(m)}
 	}
 	return out
 }
 
-func mustLog(t *testing.T, cl *scribeapi.Client, es []*scribe.LogEntry) {
+func mustLog(t *testing.T, cl *scribeapi.Client, es []*scribethrift.LogEntry) {
 	t.Helper()
 	rc, err := cl.Log(context.Background(), es)
 	if err != nil {
 		t.Fatalf("log: %v", err)
 	}
-	if rc != scribe.ResultCode_OK {
+	if rc != scribethrift.ResultCode_OK {
 		t.Fatalf("log: %v, want OK", rc)
 	}
 }

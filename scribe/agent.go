@@ -18,7 +18,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Agent is the Scribe sidecar: a Scribe server in front of a disk queue,
@@ -157,7 +157,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // are dropped and counted, as stock Scribe does. When the queue cannot
 // take the entries (full, disk full or failing, closing) the whole call
 // is answered TRY_LATER and nothing of it is kept.
-func (a *Agent) Log(ctx context.Context, msgs []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (a *Agent) Log(ctx context.Context, msgs []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	return a.accept(msgs), nil
 }
 
@@ -165,14 +165,14 @@ func (a *Agent) Log(ctx context.Context, msgs []*scribe.LogEntry) (scribe.Result
 // the entries get this agent's sequence numbers and arrival time (a
 // client of this port must not choose arrival times, so received_at_ms
 // is ignored).
-func (a *Agent) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (a *Agent) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	if b == nil {
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	}
 	return a.accept(b.Messages), nil
 }
 
-func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
+func (a *Agent) accept(msgs []*scribethrift.LogEntry) scribethrift.ResultCode {
 	now := a.clock.Now().UnixMilli()
 	es := make([]diskqueue.Entry, 0, len(msgs))
 	for _, m := range msgs {
@@ -187,7 +187,7 @@ func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
 		es = append(es, diskqueue.Entry{Category: m.Category, Message: m.Message, Time: now})
 	}
 	if len(es) == 0 {
-		return scribe.ResultCode_OK
+		return scribethrift.ResultCode_OK
 	}
 	if _, err := a.q.Append(es); err != nil {
 		reason := tryLaterWriteError
@@ -202,8 +202,8 @@ func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
 		a.c.tryLater[reason].Add(1)
 		a.rl.Warn("try_later "+reason, "cannot queue a call, answering try_later", "reason", reason,
 			"entries", len(es), "queue_entries", a.q.Stats().Entries, "err", err)
-		return scribe.ResultCode_TRY_LATER
+		return scribethrift.ResultCode_TRY_LATER
 	}
 	a.c.receivedScribe.Add(int64(len(es)))
-	return scribe.ResultCode_OK
+	return scribethrift.ResultCode_OK
 }

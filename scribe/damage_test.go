@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // A byte flipped on disk in one queued entry used to cost every entry
@@ -26,7 +26,7 @@ func TestDamagedQueueRecordLosesOnlyItself(t *testing.T) {
 	pad := strings.Repeat("p", 60)
 	for i := range 200 {
 		m := fmt.Sprintf("d-%03d-%s", i, pad)
-		mustLog(t, c, []*scribe.LogEntry{{Category: "c", Message: []byte(m)}})
+		mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte(m)}})
 		if i != 42 {
 			want = append(want, m)
 		}

@@ -10,7 +10,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // upstream is one connection to a calligraphus.
@@ -79,7 +79,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if err == nil && rc == scribe.ResultCode_OK {
+			if err == nil && rc == scribethrift.ResultCode_OK {
 				break
 			}
 			if errors.Is(err, errNoLogBatch) {
@@ -148,14 +148,14 @@ func (a *Agent) shipFailed(failing bool, addr string, err error) bool {
 // (agent id, incarnation, first_seq + i). The incarnation is left unset
 // for entries of a v1 queue segment, numbered before incarnations
 // existed, so that they deduplicate against what the old agent shipped.
-func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
-	les := make([]scribe.LogEntry, len(b.Entries))
-	ptrs := make([]*scribe.LogEntry, len(b.Entries))
+func batchRequest(id string, b diskqueue.Batch) *scribethrift.Batch {
+	les := make([]scribethrift.LogEntry, len(b.Entries))
+	ptrs := make([]*scribethrift.LogEntry, len(b.Entries))
 	for i, e := range b.Entries {
-		les[i] = scribe.LogEntry{Category: e.Category, Message: e.Message}
+		les[i] = scribethrift.LogEntry{Category: e.Category, Message: e.Message}
 		ptrs[i] = &les[i]
 	}
-	req := &scribe.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
+	req := &scribethrift.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
 	if b.Incarnation != "" {
 		req.Incarnation = &b.Incarnation
 	}
@@ -164,7 +164,7 @@ func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
 
 // send makes one call, closing the connection if ctx ends meanwhile so
 // that shutdown does not wait for the socket timeout.
-func (u *upstream) send(ctx context.Context, req *scribe.Batch) (scribe.ResultCode, error) {
+func (u *upstream) send(ctx context.Context, req *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	stop := context.AfterFunc(ctx, func() { u.c.Close() })
 	defer stop()
 	if !u.plainLog {

@@ -16,7 +16,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // tlsUpstream is a writer over TLS that records the batches it takes and
@@ -27,7 +27,7 @@ type tlsUpstream struct {
 	got []string // "<client CN>:<first_seq>:<n>"
 }
 
-func (u *tlsUpstream) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (u *tlsUpstream) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	who := "unverified"
 	if st := thriftsrv.TLSState(ctx); auth.Verified(st) {
 		who = st.VerifiedChains[0][0].Subject.CommonName
@@ -37,11 +37,11 @@ func (u *tlsUpstream) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Res
 	for i := range b.Messages {
 		u.got = append(u.got, who+":"+strconv.FormatInt(b.FirstSeq+int64(i), 10))
 	}
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
-func (u *tlsUpstream) Log(ctx context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
-	return u.LogBatch(ctx, &scribe.Batch{Messages: es})
+func (u *tlsUpstream) Log(ctx context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	return u.LogBatch(ctx, &scribethrift.Batch{Messages: es})
 }
 
 func (u *tlsUpstream) received() []string {

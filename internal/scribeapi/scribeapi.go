@@ -30,14 +30,14 @@ import (
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Handler receives what clients log. It returns TRY_LATER (never drops)
 // when it cannot take the entries durably now.
 type Handler interface {
-	Log(ctx context.Context, entries []*scribe.LogEntry) (scribe.ResultCode, error)
-	LogBatch(ctx context.Context, batch *scribe.Batch) (scribe.ResultCode, error)
+	Log(ctx context.Context, entries []*scribethrift.LogEntry) (scribethrift.ResultCode, error)
+	LogBatch(ctx context.Context, batch *scribethrift.Batch) (scribethrift.ResultCode, error)
 }
 
 // Info describes the server to fb303 and to the wiring.
@@ -103,7 +103,7 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	}
 	svc.status.Store(int32(fb303.FbStatus_STARTING))
 	opts = append([]thriftsrv.Option{thriftsrv.WithName("scribe"), thriftsrv.WithMetrics(info.Metrics), thriftsrv.WithRefuse(tryLater)}, opts...)
-	srv, err := thriftsrv.Listen(addr, scribe.NewScribeProcessor(svc), limits, log, opts...)
+	srv, err := thriftsrv.Listen(addr, scribethrift.NewScribeProcessor(svc), limits, log, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -114,13 +114,13 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 // TRY_LATER: stock clients retry it, and some (Gollum) halve their batch.
 // Other calls get the server's default answer, an exception.
 func tryLater(ctx context.Context, call thriftsrv.Call, _ error, out thrift.TProtocol) error {
-	rc := scribe.ResultCode_TRY_LATER
+	rc := scribethrift.ResultCode_TRY_LATER
 	var res thrift.TStruct
 	switch call.Name {
 	case "Log":
-		res = &scribe.ScribeLogResult{Success: &rc}
+		res = &scribethrift.ScribeLogResult{Success: &rc}
 	case "LogBatch":
-		res = &scribe.ScribeLogBatchResult{Success: &rc}
+		res = &scribethrift.ScribeLogBatchResult{Success: &rc}
 	default:
 		return nil
 	}
@@ -266,7 +266,7 @@ func peerString(ctx context.Context) string {
 // concurrent use.
 type Client struct {
 	conn *thriftsrv.Client
-	*scribe.ScribeClient
+	*scribethrift.ScribeClient
 }
 
 // Dial connects to a Scribe server.
@@ -280,7 +280,7 @@ func DialTLS(addr string, tc *tls.Config, limits thriftsrv.Limits, timeout time.
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, ScribeClient: scribe.NewScribeClient(conn.TClient())}, nil
+	return &Client{conn: conn, ScribeClient: scribethrift.NewScribeClient(conn.TClient())}, nil
 }
 
 // Close closes the connection.
