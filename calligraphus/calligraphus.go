@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -101,20 +102,14 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Deps are what a writer needs from the wiring.
+// Deps are what a writer needs from the wiring: the common ones (the
+// process's TLS among them, Shared.TLS) and its dfs, coordinator and
+// router.
 type Deps struct {
-	FS      dfs.FS
-	Coord   coord.Coord
-	Router  *Router
-	Log     *slog.Logger
-	Metrics prometheus.Registerer
-	Version string
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-	// Shared are the process's in-flight byte budget, fb303 control hooks
-	// and TLS (zero: a budget of the port's own, no control calls, plain
-	// TCP).
-	Shared scribeapi.Shared
+	component.Common
+	FS     dfs.FS
+	Coord  coord.Coord
+	Router *Router
 }
 
 // Calligraphus is a running writer.
@@ -167,16 +162,11 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	if deps.Router == nil {
 		deps.Router = NewRouter(1, nil)
 	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
+	deps.Common = deps.Defaults()
 	c := &Calligraphus{
 		cfg:     cfg,
 		deps:    deps,
-		log:     deps.Log.With("component", "calligraphus"),
+		log:     deps.Logger("calligraphus"),
 		now:     deps.Now,
 		m:       newMetrics(deps.Metrics),
 		writers: map[bucketID]*bucketWriter{},

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
@@ -202,7 +203,8 @@ func startServerWith(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, rout
 		router = NewRouter(1, nil)
 	}
 	reg := prometheus.NewRegistry()
-	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router, Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"})
+	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router,
+		Common: component.Common{Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}

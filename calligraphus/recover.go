@@ -22,7 +22,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	if w.lease != nil {
 		return nil
 	}
-	if time.Now().Before(w.nextTry) {
+	if w.c.now().Before(w.nextTry) {
 		return errNotOwner
 	}
 	if w.prev != nil {
@@ -38,7 +38,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	name := layout.WriterLease(w.id.category, w.id.bucket)
 	lease, err := w.c.deps.Coord.Acquire(ctx, name, w.c.cfg.ID)
 	if err != nil {
-		w.nextTry = time.Now().Add(time.Second)
+		w.nextTry = w.c.now().Add(time.Second)
 		if errors.Is(err, coord.ErrHeld) {
 			return fmt.Errorf("%w: %v", errNotOwner, err)
 		}
@@ -47,7 +47,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	maxEpoch, err := w.recover(lease.Epoch())
 	if err != nil {
 		lease.Release(ctx)
-		w.nextTry = time.Now().Add(time.Second)
+		w.nextTry = w.c.now().Add(time.Second)
 		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
 	}
 	w.lease = lease

@@ -15,6 +15,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -54,10 +55,11 @@ func TestBatchSequencesNeedVerifiedAgent(t *testing.T) {
 		var logs bytes.Buffer
 		reg := prometheus.NewRegistry()
 		now := time.UnixMilli(1_700_000_000_000)
-		c, err := New(testConfig(), Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil), Metrics: reg, Version: "test",
-			Log:    slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
-			Now:    func() time.Time { return now },
-			Shared: scribeapi.Shared{TLS: wtls}})
+		c, err := New(testConfig(), Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil),
+			Common: component.Common{Metrics: reg, Version: "test",
+				Log:    slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
+				Now:    func() time.Time { return now },
+				Shared: component.Shared{TLS: wtls}}})
 		if err != nil {
 			t.Fatal(err)
 		}

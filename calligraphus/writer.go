@@ -257,9 +257,9 @@ func (w *bucketWriter) run(ctx context.Context) {
 				continue
 			}
 			wasOpen := w.file != nil
-			start := time.Now()
+			start := w.c.now()
 			err := w.write(batch)
-			w.c.m.commit.Observe(time.Since(start).Seconds())
+			w.c.m.commit.Observe(w.c.now().Sub(start).Seconds())
 			if err != nil {
 				w.log.Error("cannot write batch to segment", "segment", w.final, "err", err)
 			}

@@ -10,26 +10,23 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/store"
 )
 
-// Deps are what a copier needs from the wiring.
+// Deps are what a copier needs from the wiring: the common ones, and
+// its backends.
 type Deps struct {
+	component.Common
 	// Source is the pipeline's dfs, Dest the second root
 	// (Config.Destination opened by the wiring).
 	Source, Dest dfs.FS
 	// Store keeps progress, in table Config.Table.
 	Store store.Store
 	// Coord holds the lease that makes one copier active at a time.
-	Coord   coord.Coord
-	Log     *slog.Logger
-	Metrics prometheus.Registerer
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
+	Coord coord.Coord
 }
 
 // Stats describes one copy pass.
@@ -84,16 +81,11 @@ func New(cfg Config, deps Deps) (*Copier, error) {
 		host, _ := os.Hostname()
 		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
 	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
+	deps.Common = deps.Defaults()
 	return &Copier{
 		cfg:       cfg,
 		deps:      deps,
-		log:       deps.Log.With("component", "copier"),
+		log:       deps.Logger("copier"),
 		now:       deps.Now,
 		m:         newMetrics(deps.Metrics),
 		leaseName: cfg.Table,

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
@@ -90,12 +91,14 @@ func (e *env) copier(t *testing.T, id string, opts ...option) *node {
 	t.Cleanup(func() { session.Close() })
 	logs := &syncBuffer{}
 	deps := Deps{
-		Source:  e.src,
-		Dest:    e.dst,
-		Store:   e.st,
-		Coord:   session,
-		Log:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Metrics: reg,
+		Source: e.src,
+		Dest:   e.dst,
+		Store:  e.st,
+		Coord:  session,
+		Common: component.Common{
+			Log:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Metrics: reg,
+		},
 	}
 	for _, o := range opts {
 		o(&cfg, &deps)

@@ -9,7 +9,6 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	names "github.com/freeway-dev/freeway/internal/layout"
@@ -188,7 +187,7 @@ func (s *shard) recover(ctx context.Context) error {
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
 	s.committedEpoch, s.committedPos = E, s.committed.Position
-	s.lastCommit.Store(time.Now().UnixNano())
+	s.lastCommit.Store(s.p.now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
 	return nil
 }
@@ -210,7 +209,7 @@ type expiredRows struct {
 // a few versions of a cell, and a pile of uncommitted ones would push the
 // committed version out.
 func (s *shard) checkpoint(ctx context.Context) error {
-	start := time.Now()
+	start := s.p.now()
 	st := s.p.deps.Store
 	tbl := s.p.cfg.Table
 	epoch := s.nextEpoch
@@ -250,7 +249,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	if unchanged {
 		// Nothing to write: the committed state is current, which is what
 		// the checkpoint age tells operators.
-		s.lastCommit.Store(time.Now().UnixNano())
+		s.lastCommit.Store(s.p.now().UnixNano())
 		return nil
 	}
 	restore := func() {
@@ -301,10 +300,10 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.mu.Lock()
 	s.committedEpoch, s.committedPos = state.Epoch, state.Position
 	s.mu.Unlock()
-	s.lastCommit.Store(time.Now().UnixNano())
+	s.lastCommit.Store(s.p.now().UnixNano())
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(len(cells)))
-	s.p.m.checkpointSeconds.Observe(time.Since(start).Seconds())
+	s.p.m.checkpointSeconds.Observe(s.p.now().Sub(start).Seconds())
 	// 4. Retention, once the state without the expired windows is
 	// committed; what fails is tried again at the next checkpoint.
 	left := s.expired[:0]

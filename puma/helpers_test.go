@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
@@ -122,7 +123,7 @@ func (e *env) deps(st store.Store, co *inproc.Session) Deps {
 	return Deps{
 		FS: e.fs, Store: st, Coord: co, Apps: e.apps,
 		Buckets: func(string) int { return e.buckets },
-		Log:     testLog(),
+		Common:  component.Common{Log: testLog()},
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/backoff"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -91,17 +92,16 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Deps are what a node needs from the wiring.
+// Deps are what a node needs from the wiring: the common ones, and its
+// backends and apps.
 type Deps struct {
+	component.Common
 	FS    dfs.FS
 	Store store.Store
 	Coord coord.Coord
 	Apps  []*apps.App
 	// Buckets returns the bucket count of a category.
 	Buckets func(category string) int
-	Log     *slog.Logger
-	Metrics prometheus.Registerer
-	Now     func() time.Time
 }
 
 // Puma is a running node.
@@ -160,16 +160,11 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		host, _ := os.Hostname()
 		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
 	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
+	deps.Common = deps.Defaults()
 	p := &Puma{
 		cfg:        cfg,
 		deps:       deps,
-		log:        deps.Log.With("component", "puma"),
+		log:        deps.Logger("puma"),
 		now:        deps.Now,
 		apps:       map[string]*apps.App{},
 		byCategory: map[string][]*apps.App{},
@@ -670,7 +665,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	if !oldest.IsZero() {
-		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, time.Since(oldest).Seconds())
+		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, c.p.now().Sub(oldest).Seconds())
 	}
 	ch <- prometheus.MustNewConstMetric(descUncommit, prometheus.GaugeValue, float64(uncommitted))
 	states := map[ShardState]float64{StateRecovering: 0, StateRunning: 0, StateFailed: 0, StateElsewhere: 0}

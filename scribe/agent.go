@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -36,37 +34,35 @@ type Agent struct {
 	ran   atomic.Bool
 }
 
-// Option configures an Agent beyond its Config.
-type Option func(*options)
-
-type options struct{ shared scribeapi.Shared }
-
-// WithShared gives the agent's Scribe port the process's in-flight byte
-// budget and fb303 control hooks.
-func WithShared(s scribeapi.Shared) Option { return func(o *options) { o.shared = s } }
-
-// New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
-// truncated) and binds cfg.Listen, so that Addr works before Run. Metrics are registered with
-// reg (nil: not registered).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
-	return newAgent(cfg, log, reg, realClock{}, opts...)
+// Deps are what the agent needs from the wiring: the common ones only.
+// Of Shared, its Scribe port takes the budget, the fb303 control hooks
+// and the TLS (unless Config.TLS is false), and the shipper dials
+// upstream with the TLS.
+type Deps struct {
+	component.Common
 }
 
-func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock, opts ...Option) (*Agent, error) {
-	var o options
-	for _, f := range opts {
-		f(&o)
-	}
+// New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
+// truncated) and binds cfg.Listen, so that Addr works before Run.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	return newAgent(cfg, deps, nil)
+}
+
+// newAgent is New with a clock for the waits (nil: deps.Now and real
+// timers); tests give theirs.
+func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.QueueDir == "" {
 		return nil, config.Errorf("$.agent.queue_dir", "must be set")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	deps.Common = deps.Defaults()
+	if clk == nil {
+		clk = realClock{now: deps.Now}
 	}
-	log = log.With("component", "agent")
+	log := deps.Logger("agent")
+	reg := deps.Metrics
 	q, err := diskqueue.Open(diskqueue.Options{
 		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes), Logger: log,
 	})
@@ -83,23 +79,16 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 			return nil, fmt.Errorf("register agent metrics: %w", err)
 		}
 	}
-	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) },
-		Control: o.shared.Control, Metrics: reg}
-	a.tls = o.shared.TLS
+	info := scribeapi.Info{Name: "freeway-agent", Version: deps.Version, Counters: func() map[string]int64 { return a.c.fb303(a.q) },
+		Control: deps.Control, Metrics: reg}
+	a.tls = deps.TLS
 	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
-		thriftsrv.WithName("agent"), thriftsrv.WithBudget(o.shared.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
+		thriftsrv.WithName("agent"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
 	if err != nil {
 		q.Close()
 		return nil, fmt.Errorf("start agent server: %w", err)
 	}
 	return a, nil
-}
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }
 
 // Addr is the address apps log to.

@@ -403,17 +403,17 @@ func TestAgentChainAndStockUpstream(t *testing.T) {
 func TestNewRefusesABadConfigAndABusyQueue(t *testing.T) {
 	cfg := testConfig(t.TempDir(), "127.0.0.1:1")
 	cfg.BatchBytes = 32 << 20
-	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "agent.batch_bytes") {
+	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(err.Error(), "agent.batch_bytes") {
 		t.Fatalf("New with batch_bytes 32MiB: %v", err)
 	}
 	cfg = testConfig("", "127.0.0.1:1")
-	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "agent.queue_dir") {
+	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(err.Error(), "agent.queue_dir") {
 		t.Fatalf("New without queue_dir: %v", err)
 	}
 	dir := t.TempDir()
 	a := startAgent(t, testConfig(dir, "127.0.0.1:1"))
 	_ = a
-	if _, err := New(testConfig(dir, "127.0.0.1:1"), nil, nil); err == nil {
+	if _, err := New(testConfig(dir, "127.0.0.1:1"), Deps{}); err == nil {
 		t.Fatal("a second agent opened a queue directory in use")
 	}
 }

@@ -12,9 +12,10 @@ type clock interface {
 	After(d time.Duration) <-chan time.Time
 }
 
-type realClock struct{}
+// realClock reads now (the agent's Deps.Now) and waits on real timers.
+type realClock struct{ now func() time.Time }
 
-func (realClock) Now() time.Time                         { return time.Now() }
+func (c realClock) Now() time.Time                       { return c.now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // sleep waits d on c, or until ctx ends; it reports whether ctx is still

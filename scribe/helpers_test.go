@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -248,14 +249,14 @@ type agent struct {
 
 func startAgent(t testing.TB, cfg Config) *agent {
 	t.Helper()
-	return startAgentClock(t, cfg, realClock{})
+	return startAgentClock(t, cfg, nil)
 }
 
 func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
 	t.Helper()
 	lb := &logBuf{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg, clk)
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: reg}}, clk)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -66,8 +67,8 @@ func startTLSAgent(t *testing.T, cfg Config, x *auth.TLS) *agent {
 	t.Helper()
 	lb := &logBuf{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg, realClock{},
-		WithShared(scribeapi.Shared{TLS: x}))
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: reg,
+		Shared: component.Shared{TLS: x}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

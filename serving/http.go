@@ -40,8 +40,8 @@ func (s *Server) Handler() http.Handler {
 		mux.Handle("/debug/pprof/symbol", g.Admin(http.HandlerFunc(pprof.Symbol)))
 		mux.Handle("/debug/pprof/trace", g.Admin(http.HandlerFunc(pprof.Trace)))
 	}
-	mux.Handle("POST /admin/reload", s.instrument("admin", g.Control(g.ControlHandler("reload", s.deps.Reload)).ServeHTTP))
-	mux.Handle("POST /admin/shutdown", s.instrument("admin", g.Control(g.ControlHandler("shutdown", s.deps.Shutdown)).ServeHTTP))
+	mux.Handle("POST /admin/reload", s.instrument("admin", g.Control(g.ControlHandler("reload", s.deps.Control.Reinitialize)).ServeHTTP))
+	mux.Handle("POST /admin/shutdown", s.instrument("admin", g.Control(g.ControlHandler("shutdown", s.deps.Control.Shutdown)).ServeHTTP))
 	mux.Handle("GET /{$}", s.instrument("index", query(s.handleIndex)))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -94,11 +94,11 @@ func (r *statusRecorder) WriteHeader(code int) {
 
 func (s *Server) instrument(name string, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
+		start := s.deps.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		h(rec, r)
 		s.reqs.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
-		s.lat.WithLabelValues(name).Observe(time.Since(start).Seconds())
+		s.lat.WithLabelValues(name).Observe(s.deps.Now().Sub(start).Seconds())
 	})
 }
 

@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/apps"
-	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -61,34 +61,27 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Deps are what serving needs from the wiring.
+// Deps are what serving needs from the wiring: the common ones, and
+// where answers come from. Of Shared: TLS makes the HTTP and Thrift ports
+// speak TLS (and is what a fan-out to other Puma nodes, not there yet, is
+// to dial them with: TLS.ClientConfig(addr)); Auth guards the endpoints
+// with the process's tokens (nil: none configured): /api/v1/*, the web
+// page and the Thrift query port need a query token, /metrics,
+// /debug/pprof/ and POST /admin/* the admin token, /healthz and /readyz
+// stay open for probes; Budget bounds the Thrift port's calls with the
+// process's others; Control.Reinitialize and Control.Shutdown are what
+// POST /admin/reload and /admin/shutdown do (nil: answered 501).
 type Deps struct {
+	component.Common
 	Source Source
 	// Ready reports readiness for /readyz (a Puma node's Readiness); nil
 	// means always ready.
-	Ready    func() puma.Readiness
+	Ready func() puma.Readiness
+	// Gatherer is what /metrics serves (nil: no /metrics).
 	Gatherer prometheus.Gatherer
-	Metrics  prometheus.Registerer
-	Log      *slog.Logger
-	Now      func() time.Time
-	// Budget is the process's in-flight byte budget for Thrift calls
-	// (nil: one of the Thrift port's own).
-	Budget *thriftsrv.Budget
 	// HTTP bounds the HTTP port (zero fields: httpsrv's defaults, with a
 	// write timeout above the query timeout).
 	HTTP httpsrv.Limits
-	// Auth guards the endpoints with the process's tokens (nil: none
-	// configured): /api/v1/*, the web page and the Thrift query port
-	// need a query token, /metrics, /debug/pprof/ and POST /admin/* the
-	// admin token; /healthz and /readyz stay open for probes.
-	Auth *auth.Guard
-	// TLS, when set, makes the HTTP and Thrift ports speak TLS. It is
-	// also what a fan-out to other Puma nodes (not there yet) is to dial
-	// them with: TLS.ClientConfig(addr).
-	TLS *auth.TLS
-	// Reload and Shutdown are what POST /admin/reload and /admin/shutdown
-	// do (nil: answered 501); they must return at once.
-	Reload, Shutdown func()
 }
 
 // Server serves queries.
@@ -108,16 +101,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
+	deps.Common = deps.Defaults()
 	s := &Server{
 		cfg:  cfg,
 		deps: deps,
-		log:  deps.Log.With("component", "serving"),
+		log:  deps.Logger("serving"),
 		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_serving_requests_total", Help: "HTTP requests, by handler and status code."}, []string{"handler", "code"}),
 		lat:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "freeway_serving_request_seconds", Help: "HTTP request latency, by handler.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"handler"}),
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -98,7 +99,7 @@ func pumaNode(t *testing.T, wrap func(store.Store) store.Store, clock func() tim
 	cfg.CheckpointInterval = config.Duration(100 * time.Millisecond)
 	p, err := puma.New(cfg, puma.Deps{
 		FS: fs, Store: wrap(st), Coord: co, Apps: testApps(t)[:1],
-		Buckets: func(string) int { return 3 }, Log: testLog(), Now: clock,
+		Buckets: func(string) int { return 3 }, Common: component.Common{Log: testLog(), Now: clock},
 	})
 	if err != nil {
 		t.Fatal(err)

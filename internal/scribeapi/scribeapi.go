@@ -9,8 +9,9 @@
 // getOptions reports the process's configuration; its control calls
 // (reinitialize, shutdown, setOption) are honoured only from the local
 // host, and not at all when an admin token is configured, since they
-// cannot carry one (see authorize). With the process's TLS (Shared.TLS)
-// the port speaks TLS; Dial and DialTLS are the clients.
+// cannot carry one (see authorize). With the process's TLS
+// (component.Shared.TLS) the port speaks TLS; Dial and DialTLS are the
+// clients.
 package scribeapi
 
 import (
@@ -25,7 +26,7 @@ import (
 	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/connlimit"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -47,37 +48,9 @@ type Info struct {
 	// Counters returns the counters getCounters reports.
 	Counters func() map[string]int64
 	// Control is what fb303's options and control calls do.
-	Control Control
+	Control component.Control
 	// Metrics receives the server's metrics (nil: not exported).
 	Metrics prometheus.Registerer
-}
-
-// Control is what fb303's options and control calls do; the wiring
-// provides it. A nil func makes its call answer that it is not supported
-// here. Reinitialize and Shutdown must return at once (they ask the
-// process to act; the server answering them is among what stops).
-type Control struct {
-	// Options returns the effective configuration as flat key -> value
-	// strings, without secrets.
-	Options      func() map[string]string
-	Reinitialize func()
-	Shutdown     func()
-	// TokenRequired says an admin token is configured
-	// (auth.admin_token_file): the control calls, which cannot carry a
-	// token, are then refused from everywhere; POST /admin/reload and
-	// /admin/shutdown on the HTTP port do their work.
-	TokenRequired bool
-}
-
-// Shared is what every Scribe port of a process shares, from the wiring.
-type Shared struct {
-	// Budget bounds the bytes all of the process's calls hold at once.
-	Budget  *thriftsrv.Budget
-	Control Control
-	// TLS is the process's TLS (nil: none): its Scribe ports speak TLS
-	// (the agent's app port unless agent.tls is false) and the agent
-	// dials upstream with it.
-	TLS *auth.TLS
 }
 
 // Server is a Scribe server.
