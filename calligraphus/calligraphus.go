@@ -72,32 +72,33 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks the configuration; paths are relative to the
-// "calligraphus" key.
+// Validate checks the configuration; errors are config.FieldErrors at
+// paths relative to the writer's section (the wiring places them under
+// "calligraphus", config.Under).
 func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
-		return config.Errorf("$.calligraphus.listen", "must not be empty")
+		return config.Errorf("listen", "must not be empty")
 	case c.SegmentMaxAge.D() < 10*time.Millisecond:
-		return config.Errorf("$.calligraphus.segment_max_age", "must be at least 10ms")
+		return config.Errorf("segment_max_age", "must be at least 10ms")
 	case c.SegmentMaxBytes < 1<<10:
-		return config.Errorf("$.calligraphus.segment_max_bytes", "must be at least 1KiB")
+		return config.Errorf("segment_max_bytes", "must be at least 1KiB")
 	case c.Linger < 0:
-		return config.Errorf("$.calligraphus.linger", "must not be negative")
+		return config.Errorf("linger", "must not be negative")
 	case c.IdleClose.D() < 10*time.Millisecond:
-		return config.Errorf("$.calligraphus.idle_close", "must be at least 10ms")
+		return config.Errorf("idle_close", "must be at least 10ms")
 	case c.MaxCategories < 1:
-		return config.Errorf("$.calligraphus.max_categories", "must be positive")
+		return config.Errorf("max_categories", "must be positive")
 	case c.OldMaxFrameBytes != nil:
-		return config.Errorf("$.calligraphus.max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
+		return config.Errorf("max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
 	case c.OldMaxMessageBytes != nil:
-		return config.Errorf("$.calligraphus.max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
+		return config.Errorf("max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
 	}
-	if err := c.PortConfig.Validate("calligraphus"); err != nil {
+	if err := c.PortConfig.Validate(); err != nil {
 		return err
 	}
 	if c.MaxPendingBytes < c.MaxCallBytes {
-		return config.Errorf("$.calligraphus.max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
+		return config.Errorf("max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
 	}
 	return nil
 }

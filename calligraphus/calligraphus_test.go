@@ -461,10 +461,14 @@ func TestConfigValidate(t *testing.T) {
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)
+		// Relative to the writer's section; the wiring places it.
 		err := c.Validate()
 		var fe *config.FieldError
-		if err == nil || !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), tc.key+":") {
+		if err == nil || !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), strings.TrimPrefix(tc.key, "calligraphus.")+":") {
 			t.Errorf("%s: %v", tc.key, err)
+		}
+		if err := config.Under("$.calligraphus", err); !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), tc.key+":") {
+			t.Errorf("%s placed: %v", tc.key, err)
 		}
 	}
 	if _, err := New(Config{}, Deps{}); err == nil || !strings.Contains(err.Error(), "listen") {

@@ -856,8 +856,12 @@ func TestConfigValidate(t *testing.T) {
 		c.Destination = "hdfs://127.0.0.1:9000/warehouse"
 		tc.edit(&c)
 		var fe *config.FieldError
-		if err := c.Validate(); !errors.As(err, &fe) || fe.Path != tc.path {
-			t.Errorf("%s: Validate() = %v, want an error at that path", tc.path, err)
+		err := c.Validate()
+		if !errors.As(err, &fe) || fe.Path != strings.TrimPrefix(tc.path, "$.copier.") {
+			t.Errorf("%s: Validate() = %v, want an error at that path, relative to the section", tc.path, err)
+		}
+		if !errors.As(config.Under("$.copier", err), &fe) || fe.Path != tc.path {
+			t.Errorf("%s: placed: %v", tc.path, err)
 		}
 	}
 }

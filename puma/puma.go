@@ -73,21 +73,23 @@ func DefaultConfig() Config {
 // Thrift gateway as it is configured by default.
 const MaxAgentsLimit = 4096
 
-// Validate checks the configuration.
+// Validate checks the configuration; errors are config.FieldErrors at
+// paths relative to the node's section (the wiring places them under
+// "puma", config.Under).
 func (c *Config) Validate() error {
 	switch {
 	case c.CheckpointInterval.D() < 100*time.Millisecond:
-		return config.Errorf("$.puma.checkpoint_interval", "must be at least 100ms")
+		return config.Errorf("checkpoint_interval", "must be at least 100ms")
 	case c.PollInterval.D() < time.Millisecond:
-		return config.Errorf("$.puma.poll_interval", "must be at least 1ms")
+		return config.Errorf("poll_interval", "must be at least 1ms")
 	case !store.ValidTable(c.Table):
-		return config.Errorf("$.puma.table", "%q is not a valid table name", c.Table)
+		return config.Errorf("table", "%q is not a valid table name", c.Table)
 	case c.MaxCells < 1:
-		return config.Errorf("$.puma.max_cells", "must be at least 1")
+		return config.Errorf("max_cells", "must be at least 1")
 	case c.DedupHorizon.D() < time.Minute:
-		return config.Errorf("$.puma.dedup_horizon", "must be at least 1m")
+		return config.Errorf("dedup_horizon", "must be at least 1m")
 	case c.MaxAgentsPerShard < 1 || c.MaxAgentsPerShard > MaxAgentsLimit:
-		return config.Errorf("$.puma.max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
+		return config.Errorf("max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
 	}
 	return nil
 }

@@ -55,7 +55,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		return nil, err
 	}
 	if cfg.QueueDir == "" {
-		return nil, config.Errorf("$.agent.queue_dir", "must be set")
+		return nil, config.Errorf("queue_dir", "must be set")
 	}
 	deps.Common = deps.Defaults()
 	if clk == nil {

@@ -403,11 +403,11 @@ func TestAgentChainAndStockUpstream(t *testing.T) {
 func TestNewRefusesABadConfigAndABusyQueue(t *testing.T) {
 	cfg := testConfig(t.TempDir(), "127.0.0.1:1")
 	cfg.BatchBytes = 32 << 20
-	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(err.Error(), "agent.batch_bytes") {
+	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(config.Under("$.agent", err).Error(), "agent.batch_bytes") {
 		t.Fatalf("New with batch_bytes 32MiB: %v", err)
 	}
 	cfg = testConfig("", "127.0.0.1:1")
-	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(err.Error(), "agent.queue_dir") {
+	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(config.Under("$.agent", err).Error(), "agent.queue_dir") {
 		t.Fatalf("New without queue_dir: %v", err)
 	}
 	dir := t.TempDir()

@@ -48,15 +48,17 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration; errors are config.FieldErrors at
+// paths relative to serving's section (the wiring places them under
+// "serving", config.Under).
 func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
-		return config.Errorf("$.serving.listen", "must not be empty")
+		return config.Errorf("listen", "must not be empty")
 	case c.QueryTimeout.D() <= 0:
-		return config.Errorf("$.serving.query_timeout", "must be positive")
+		return config.Errorf("query_timeout", "must be positive")
 	case c.MaxRows <= 0:
-		return config.Errorf("$.serving.max_rows", "must be positive")
+		return config.Errorf("max_rows", "must be positive")
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/internal/version"
@@ -60,5 +61,30 @@ func TestOneVersion(t *testing.T) {
 	}
 	if version.Get() != version.Dev {
 		t.Fatalf("a test binary's version is %q", version.Get())
+	}
+}
+
+// TestSectionErrorsAtTheirKey: the components validate at paths relative
+// to their sections, and the wiring places each error under its section,
+// so that a file is still reported at the line and column of the key.
+func TestSectionErrorsAtTheirKey(t *testing.T) {
+	for _, tc := range []struct {
+		src, want string
+		line, col int
+	}{
+		{"agent:\n  batch_bytes: 32MiB\n", "agent.batch_bytes: must be at most", 2, 16},
+		{"agent:\n  tail:\n    - {category: x}\n", "agent.tail[0].path: must be set", 3, 7},
+		{"agent:\n  max_connections: 0\n", "agent.max_connections: must be between", 2, 20},
+		{"calligraphus:\n  linger: -1s\n", "calligraphus.linger: must not be negative", 2, 11},
+		{"puma:\n  max_cells: 0\n", "puma.max_cells: must be at least 1", 2, 14},
+		{"serving:\n  max_rows: 0\n", "serving.max_rows: must be positive", 2, 13},
+		{"copier:\n  destination: s3://x\n", "copier.destination: want a file:// or hdfs:// URL", 2, 16},
+	} {
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(tc.src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != tc.line || ce.Column != tc.col || !strings.HasPrefix(ce.Msg, tc.want) {
+			t.Errorf("%q: %v, want %q at %d:%d", tc.src, err, tc.want, tc.line, tc.col)
+		}
 	}
 }
