@@ -1,85 +1,38 @@
 package serving
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
-	"net/http/pprof"
 	"net/url"
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
+	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/puma"
 )
 
-// Handler is the HTTP handler (also usable without Run, in tests).
+// Handler is the HTTP handler (also usable without Run, in tests): the
+// query API and the page, and the operator endpoints of internal/admin,
+// counted by handler.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	g := s.deps.Auth
-	query := func(h http.HandlerFunc) http.HandlerFunc { return g.Query(h).ServeHTTP }
+	query := func(h http.HandlerFunc) http.HandlerFunc { return s.deps.Auth.Query(h).ServeHTTP }
 	mux.Handle("GET /api/v1/apps", s.instrument("apps", query(s.handleApps)))
 	mux.Handle("GET /api/v1/query", s.instrument("query", query(s.handleQuery)))
-	mux.Handle("GET /healthz", s.instrument("healthz", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "ok")
-	}))
-	mux.Handle("GET /readyz", s.instrument("readyz", ReadyzHandler(s.deps.Ready)))
-	if s.deps.Gatherer != nil {
-		mux.Handle("GET /metrics", g.Admin(promhttp.HandlerFor(s.deps.Gatherer, promhttp.HandlerOpts{})))
-	}
-	if s.cfg.Pprof {
-		mux.Handle("/debug/pprof/", g.Admin(http.HandlerFunc(pprof.Index)))
-		mux.Handle("/debug/pprof/cmdline", g.Admin(http.HandlerFunc(pprof.Cmdline)))
-		mux.Handle("/debug/pprof/profile", g.Admin(http.HandlerFunc(pprof.Profile)))
-		mux.Handle("/debug/pprof/symbol", g.Admin(http.HandlerFunc(pprof.Symbol)))
-		mux.Handle("/debug/pprof/trace", g.Admin(http.HandlerFunc(pprof.Trace)))
-	}
-	mux.Handle("POST /admin/reload", s.instrument("admin", g.Control(g.ControlHandler("reload", s.deps.Control.Reinitialize)).ServeHTTP))
-	mux.Handle("POST /admin/shutdown", s.instrument("admin", g.Control(g.ControlHandler("shutdown", s.deps.Control.Shutdown)).ServeHTTP))
 	mux.Handle("GET /{$}", s.instrument("index", query(s.handleIndex)))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/admin/reload", "/admin/shutdown":
-			w.Header().Set("Allow", "POST")
-			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (use POST)", r.Method, r.URL.Path))
-			return
-		case "/api/v1/apps", "/api/v1/query", "/healthz", "/readyz", "/metrics", "/":
-			if r.Method == http.MethodGet || r.Method == http.MethodHead {
-				break // not served here (/metrics without a gatherer)
-			}
-			w.Header().Set("Allow", "GET, HEAD")
-			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (use GET)", r.Method, r.URL.Path))
-			return
+	rt := admin.Routes{Gatherer: s.deps.Gatherer, Auth: s.deps.Auth, Control: s.deps.Control, Pprof: s.cfg.Pprof, Wrap: s.instrument}
+	if ready := s.deps.Ready; ready != nil {
+		rt.Ready = func() (bool, string) {
+			rd := ready()
+			return rd.Ready, rd.String()
 		}
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s %s (see GET /api/v1/apps and GET /api/v1/query)", r.Method, r.URL.Path))
-	})
-	return mux
-}
-
-// ReadyzHandler answers /readyz from ready (nil: always ready): 200
-// "ready", or 503 with the reason and one line per shard in the way
-// (recovering, failed with its error, held by nobody). The serving
-// process and the admin listener of the other targets both answer with
-// it.
-func ReadyzHandler(ready func() puma.Readiness) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		rd := puma.Readiness{Ready: true}
-		if ready != nil {
-			rd = ready()
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("Cache-Control", "no-store")
-		if !rd.Ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		io.WriteString(w, rd.String())
 	}
+	rt.Mount(mux)
+	mux.HandleFunc("/", admin.Fallback([]string{"/api/v1/apps", "/api/v1/query", "/"}, "see GET /api/v1/apps and GET /api/v1/query"))
+	return mux
 }
 
 type statusRecorder struct {
@@ -100,26 +53,6 @@ func (s *Server) instrument(name string, h http.HandlerFunc) http.Handler {
 		s.reqs.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
 		s.lat.WithLabelValues(name).Observe(s.deps.Now().Sub(start).Seconds())
 	})
-}
-
-// writeJSON encodes v before writing anything, so that a value JSON
-// cannot carry is a 500 rather than a 200 with a cut body.
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		buf.Reset()
-		code = http.StatusInternalServerError
-		enc.Encode(map[string]string{"error": "encode answer: " + err.Error()})
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	w.Write(buf.Bytes())
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
 }
 
 // AppJSON describes an app in /api/v1/apps.
@@ -192,7 +125,7 @@ func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 	if out == nil {
 		out = []AppJSON{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"apps": out})
+	httpsrv.WriteJSON(w, http.StatusOK, map[string]any{"apps": out})
 }
 
 // RowJSON is one row of /api/v1/query.
@@ -228,23 +161,23 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 	// %-escape, a ';'), and the query would run without them.
 	params, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad query string: "+ratelog.Clip(err.Error()))
+		httpsrv.WriteError(w, http.StatusBadRequest, "bad query string: "+ratelog.Clip(err.Error()))
 		return
 	}
 	q, err := s.parseQuery(params)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		httpsrv.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	res, err := s.query(r.Context(), q)
 	if err != nil {
 		var bad *puma.BadQueryError
 		if errors.As(err, &bad) {
-			writeError(w, http.StatusBadRequest, bad.Msg)
+			httpsrv.WriteError(w, http.StatusBadRequest, bad.Msg)
 			return
 		}
 		s.log.Error("query failed", "app", q.App, "err", err)
-		writeError(w, http.StatusInternalServerError, err.Error())
+		httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
 	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial()}
@@ -259,5 +192,5 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 			Values:      row.Values,
 		})
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpsrv.WriteJSON(w, http.StatusOK, out)
 }

@@ -16,10 +16,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
+	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/backends"
@@ -381,9 +381,9 @@ func (p *Process) initServing() error {
 	return nil
 }
 
-// initAdmin binds /metrics, /healthz, /readyz and POST /admin/reload and
-// /admin/shutdown for processes without the serving module, which has
-// them already, guarded the same way.
+// initAdmin binds the operator endpoints of internal/admin (/metrics,
+// /healthz, /readyz, POST /admin/reload and /admin/shutdown) for
+// processes without the serving module, which mounts the same ones.
 func (p *Process) initAdmin(mods []string) error {
 	if p.Serving != nil || p.opts.AdminListen == "off" {
 		return nil
@@ -393,16 +393,15 @@ func (p *Process) initAdmin(mods []string) error {
 		addr = adminPorts[mods[0]]
 	}
 	mux := http.NewServeMux()
-	g := p.shared.Auth
-	mux.Handle("GET /metrics", g.Admin(promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{})))
-	mux.Handle("POST /admin/reload", g.Control(g.ControlHandler("reload", p.opts.Reinitialize)))
-	mux.Handle("POST /admin/shutdown", g.Control(g.ControlHandler("shutdown", p.opts.Shutdown)))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	var ready func() puma.Readiness
-	if p.Puma != nil {
-		ready = p.Puma.Readiness
+	rt := admin.Routes{Gatherer: p.reg, Auth: p.shared.Auth, Control: p.shared.Control}
+	if pm := p.Puma; pm != nil {
+		rt.Ready = func() (bool, string) {
+			rd := pm.Readiness()
+			return rd.Ready, rd.String()
+		}
 	}
-	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
+	rt.Mount(mux)
+	mux.HandleFunc("/", admin.Fallback(nil, ""))
 	// A scrape is quick: a small cap and short timeouts.
 	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
 		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.shared.TLS.ServerConfig()})

@@ -2,7 +2,9 @@ package freeway
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +87,48 @@ func TestSectionErrorsAtTheirKey(t *testing.T) {
 		var ce *config.Error
 		if !asConfigError(err, &ce) || ce.Line != tc.line || ce.Column != tc.col || !strings.HasPrefix(ce.Msg, tc.want) {
 			t.Errorf("%q: %v, want %q at %d:%d", tc.src, err, tc.want, tc.line, tc.col)
+		}
+	}
+}
+
+// TestAdminEndpointsAnswerAlike: the admin listener of a target without
+// serving and the serving port answer the operator endpoints with the
+// same code and body (they are internal/admin's on both). The admin
+// listener used to answer a wrong method or path in net/http's plain
+// text, the serving port in JSON.
+func TestAdminEndpointsAnswerAlike(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	agent := startWith(t, cfg, Agent, Options{AdminListen: "127.0.0.1:0"})
+	srv := startWith(t, cfg, Serving, Options{AdminListen: "127.0.0.1:0"})
+	if srv.p.AdminAddr() != "" {
+		t.Fatal("the serving target has an admin listener too")
+	}
+	do := func(base, method, path string) (int, string) {
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type") + " " + string(b)
+	}
+	for _, rq := range [][2]string{
+		{"GET", "/healthz"}, {"GET", "/readyz"}, {"POST", "/healthz"}, {"DELETE", "/metrics"},
+		{"GET", "/admin/reload"}, {"GET", "/admin/shutdown"},
+	} {
+		ac, ab := do(agent.p.AdminURL(), rq[0], rq[1])
+		sc, sb := do(srv.p.Serving.URL(), rq[0], rq[1])
+		if ac != sc || ab != sb {
+			t.Errorf("%s %s: admin listener %d %q, serving %d %q", rq[0], rq[1], ac, ab, sc, sb)
+		}
+	}
+	for _, base := range []string{agent.p.AdminURL(), srv.p.Serving.URL()} {
+		if code, body := do(base, "GET", "/nope"); code != 404 || !strings.HasPrefix(body, `application/json {"error":"no such endpoint GET /nope`) {
+			t.Errorf("%s/nope: %d %q", base, code, body)
+		}
+		if code, body := do(base, "GET", "/metrics"); code != 200 || !strings.Contains(body, "freeway_build_info") {
+			t.Errorf("%s/metrics: %d", base, code)
 		}
 	}
 }
