@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/component"
@@ -164,19 +163,20 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		deps.Router = NewRouter(1, nil)
 	}
 	deps.Common = deps.Defaults()
+	own, reg := deps.OwnMetrics()
 	c := &Calligraphus{
 		cfg:     cfg,
 		deps:    deps,
 		log:     deps.Logger("calligraphus"),
 		now:     deps.Now,
-		m:       newMetrics(deps.Metrics),
+		m:       newMetrics(reg),
 		writers: map[bucketID]*bucketWriter{},
 		closing: map[bucketID]chan struct{}{},
 		live:    map[string]int{},
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
-	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters, Control: deps.Shared.Control, Metrics: deps.Metrics}
+	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: scribeapi.Counters(own, fb303Counters...), Control: deps.Shared.Control, Metrics: deps.Metrics}
 	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
 		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
 	if err != nil {
@@ -534,25 +534,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// counters feeds fb303 getCounters.
-func (m *metrics) counters() map[string]int64 {
-	out := map[string]int64{}
-	add := func(name string, c prometheus.Collector) {
-		ch := make(chan prometheus.Metric, 64)
-		go func() { c.Collect(ch); close(ch) }()
-		var total float64
-		for metric := range ch {
-			total += metricValue(metric)
-		}
-		out[name] = int64(total)
-	}
-	add("entries_received", m.received)
-	add("entries_written", m.written)
-	add("entries_rejected", m.rejected)
-	add("try_later_sent", m.tryLater)
-	add("segments_published", m.segments)
-	add("pending_bytes", m.pending)
-	return out
+// fb303Counters are what getCounters reports, read from the metrics.
+var fb303Counters = []scribeapi.Counter{
+	{Name: "entries_received", Metric: "freeway_calligraphus_entries_received_total"},
+	{Name: "entries_written", Metric: "freeway_calligraphus_entries_written_total"},
+	{Name: "entries_rejected", Metric: "freeway_calligraphus_entries_rejected_total"},
+	{Name: "try_later_sent", Metric: "freeway_calligraphus_try_later_total"},
+	{Name: "segments_published", Metric: "freeway_calligraphus_segments_published_total"},
+	{Name: "pending_bytes", Metric: "freeway_calligraphus_pending_bytes"},
 }
 
 // peer is the address of the client whose call ctx belongs to, for logs.
@@ -561,18 +550,4 @@ func peer(ctx context.Context) string {
 		return a.String()
 	}
 	return "unknown"
-}
-
-func metricValue(m prometheus.Metric) float64 {
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		return 0
-	}
-	switch {
-	case d.Counter != nil:
-		return d.Counter.GetValue()
-	case d.Gauge != nil:
-		return d.Gauge.GetValue()
-	}
-	return 0
 }

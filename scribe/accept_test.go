@@ -51,7 +51,7 @@ func TestEveryCategoryStockScribeAcceptsIsKept(t *testing.T) {
 	if n := gather(t, a, "freeway_agent_entries_rejected_total", "reason", reasonEmptyCategory); n != 2 {
 		t.Errorf("rejected{reason=empty_category} = %v, want 2", n)
 	}
-	if n := a.c.fb303(a.q)["received blank category"]; n != 2 {
+	if n := a.fb303()["received blank category"]; n != 2 {
 		t.Errorf("fb303 received blank category = %d, want 2", n)
 	}
 	if !strings.Contains(a.logs.String(), "received blank category") {

@@ -29,6 +29,7 @@ type Agent struct {
 	q     *diskqueue.Queue
 	srv   *scribeapi.Server
 	c     *counters
+	fb303 func() map[string]int64 // getCounters: c, read through the metrics
 	tails []*tailer
 	tls   *auth.TLS // the process's, for the upstream link
 	ran   atomic.Bool
@@ -62,7 +63,6 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		clk = realClock{now: deps.Now}
 	}
 	log := deps.Logger("agent")
-	reg := deps.Metrics
 	q, err := diskqueue.Open(diskqueue.Options{
 		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes), Logger: log,
 	})
@@ -73,14 +73,14 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	for _, tc := range cfg.Tail {
 		a.tails = append(a.tails, newTailer(a, tc))
 	}
-	if reg != nil {
-		if err := registerMetrics(reg, a.c, q, a.tails); err != nil {
-			q.Close()
-			return nil, fmt.Errorf("register agent metrics: %w", err)
-		}
+	own, reg := deps.OwnMetrics()
+	if err := registerMetrics(reg, a.c, q, a.tails); err != nil {
+		q.Close()
+		return nil, fmt.Errorf("register agent metrics: %w", err)
 	}
-	info := scribeapi.Info{Name: "freeway-agent", Version: deps.Version, Counters: func() map[string]int64 { return a.c.fb303(a.q) },
-		Control: deps.Control, Metrics: reg}
+	a.fb303 = scribeapi.Counters(own, fb303Counters...)
+	info := scribeapi.Info{Name: "freeway-agent", Version: deps.Version, Counters: a.fb303,
+		Control: deps.Control, Metrics: deps.Metrics}
 	a.tls = deps.TLS
 	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
 		thriftsrv.WithName("agent"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))

@@ -274,8 +274,8 @@ func TestQueueFullAnswersTryLaterAndRecovers(t *testing.T) {
 			accepted += 10
 		}
 	}
-	if a.c.tryLaterTotal() != 1 || a.c.fb303(a.q)["denied for queue size"] != 1 {
-		t.Fatalf("try_later counters: %v", a.c.fb303(a.q))
+	if n := a.fb303(); n["agent.try_later_sent"] != 1 || n["denied for queue size"] != 1 {
+		t.Fatalf("try_later counters: %v", n)
 	}
 	if gather(t, a, "freeway_agent_try_later_sent_total", "reason", tryLaterQueueFull) != 1 {
 		t.Fatal("freeway_agent_try_later_sent_total{reason=queue_full} not 1")

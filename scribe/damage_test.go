@@ -64,7 +64,7 @@ func TestDamagedQueueRecordLosesOnlyItself(t *testing.T) {
 	if n := gather(t, b, "freeway_agent_queue_lost_entries_total", "", ""); n != 1 {
 		t.Fatalf("freeway_agent_queue_lost_entries_total = %v, want 1", n)
 	}
-	if n := b.c.fb303(b.q)["agent.queue_lost"]; n != 1 {
+	if n := b.fb303()["agent.queue_lost"]; n != 1 {
 		t.Fatalf("fb303 agent.queue_lost = %d, want 1", n)
 	}
 	if logs := b.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, filepath.Base(victim)) || !strings.Contains(logs, "offset=") {

@@ -103,3 +103,44 @@ func (c Common) Logger(component string) *slog.Logger {
 	}
 	return l.With("component", component)
 }
+
+// OwnMetrics returns a registry of the component's metrics alone, and
+// the registerer the component registers them with: it registers each
+// collector with that registry and with c.Metrics (when set). fb303's
+// getCounters reads the former (scribeapi.Counters) while /metrics
+// serves the latter, so that both report the same numbers.
+func (c Common) OwnMetrics() (*prometheus.Registry, prometheus.Registerer) {
+	own := prometheus.NewRegistry()
+	if c.Metrics == nil {
+		return own, own
+	}
+	return own, tee{own, c.Metrics}
+}
+
+// tee registers with two registerers.
+type tee struct{ own, shared prometheus.Registerer }
+
+func (t tee) Register(c prometheus.Collector) error {
+	if err := t.own.Register(c); err != nil {
+		return err
+	}
+	if err := t.shared.Register(c); err != nil {
+		t.own.Unregister(c)
+		return err
+	}
+	return nil
+}
+
+func (t tee) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := t.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (t tee) Unregister(c prometheus.Collector) bool {
+	a := t.own.Unregister(c)
+	b := t.shared.Unregister(c)
+	return a || b
+}
