@@ -41,7 +41,7 @@ package main
 // supervisor would), shown in the timeline and counted.
 //
 // Ground truth. Each Log call has a group key of its own and n entries (1
-// to 16) with values 1, 2, 4, ..., 2^(n-1), so the count and sum of its
+// to 32) with values 1, 2, 4, ..., 2^(n-1), so the count and sum of its
 // key say which of its entries were counted and whether any twice. A call
 // answered OK must be counted exactly once, every entry. A call whose
 // connection failed before an answer is in doubt (the agent may have made
@@ -145,7 +145,7 @@ func TestChaosEngines(t *testing.T) {
 	dfsURL := fmt.Sprintf("hdfs://%s/freeway-test/chaos-%s", hdfsAddr, suffix)
 	h.writeConfig(fmt.Sprintf("dfs: %s\nstore: hbase://%s/chaos_%s_\ncoord: zk://%s/freeway-test/chaos-%s?session_timeout=%s\n",
 		dfsURL, hbase, suffix, zk, suffix, sessionTimeout))
-	h.dfsURL = dfsURL
+	h.dfsURL, h.hbase, h.prefix = dfsURL, hbase, "chaos_"+suffix+"_"
 	h.logf("backends: %s, hbase://%s/chaos_%s_, zk://%s/freeway-test/chaos-%s", dfsURL, hbase, suffix, zk, suffix)
 
 	ports := freePorts(t, 11)
