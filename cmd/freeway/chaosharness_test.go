@@ -1120,7 +1120,7 @@ func (h *harness) check(ans map[string]cellValue) bool {
 	h.logf("calls: %d acknowledged (%d entries); %d in doubt (%d entries: %d counted whole, %d in part, %d not at all); %d refused after TRY_LATER; %d unsent; %d TRY_LATER answers",
 		byState[acked].calls, byState[acked].entries, byState[inDoubt].calls, byState[inDoubt].entries,
 		doubtWhole, doubtPart, doubtNone, byState[refused].calls, byState[unsent].calls, tryLater)
-	h.logf("answer: %d keys, %g entries counted of %d sent; acknowledged entries lost: %d; keys counted more than once: %d",
+	h.logf("answer: %d keys, %.0f entries counted of %d sent; acknowledged entries lost: %d; keys counted more than once: %d",
 		len(ans), counted, total, lost, doubled)
 	h.logf("counters of note (since each process's last start):\n%s", h.notableCounters())
 	h.logf("events in the process logs:\n%s", h.logEvents())
