@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -39,12 +40,9 @@ type Config struct {
 	Linger config.Duration `yaml:"linger"`
 	// MaxPendingBytes per bucket: beyond it senders get TRY_LATER.
 	MaxPendingBytes config.ByteSize `yaml:"max_pending_bytes"`
-	// MaxMessageBytes: longer messages are rejected (counted, logged).
-	MaxMessageBytes config.ByteSize `yaml:"max_message_bytes"`
-	// MaxFrameBytes bounds a request on the Scribe port.
-	MaxFrameBytes config.ByteSize `yaml:"max_frame_bytes"`
-	// MaxConnections bounds concurrent Scribe connections.
-	MaxConnections int `yaml:"max_connections"`
+	// The Scribe port's limits: max_call_bytes (which bounds a message
+	// too), max_connections, idle_timeout, read_timeout.
+	thriftsrv.PortConfig `yaml:",inline"`
 	// IdleClose: a bucket writer that received nothing for this long
 	// publishes its segment, releases its lease and ends.
 	IdleClose config.Duration `yaml:"idle_close"`
@@ -52,6 +50,10 @@ type Config struct {
 	// call that needs a writer for one more gets TRY_LATER (counted as
 	// max_categories) until idle writers end.
 	MaxCategories int `yaml:"max_categories"`
+
+	// Replaced keys, kept only to say so.
+	OldMaxFrameBytes   *config.ByteSize `yaml:"max_frame_bytes,omitempty"`
+	OldMaxMessageBytes *config.ByteSize `yaml:"max_message_bytes,omitempty"`
 }
 
 // DefaultConfig returns the defaults.
@@ -62,9 +64,7 @@ func DefaultConfig() Config {
 		SegmentMaxBytes: 64 << 20,
 		Linger:          config.Duration(100 * time.Millisecond),
 		MaxPendingBytes: 64 << 20,
-		MaxMessageBytes: 1 << 20,
-		MaxFrameBytes:   16 << 20,
-		MaxConnections:  1024,
+		PortConfig:      thriftsrv.DefaultPortConfig(),
 		IdleClose:       config.Duration(time.Minute),
 		MaxCategories:   10000,
 	}
@@ -82,18 +82,20 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.calligraphus.segment_max_bytes", "must be at least 1KiB")
 	case c.Linger < 0:
 		return config.Errorf("$.calligraphus.linger", "must not be negative")
-	case c.MaxPendingBytes < c.MaxFrameBytes:
-		return config.Errorf("$.calligraphus.max_pending_bytes", "must be at least max_frame_bytes (%v)", c.MaxFrameBytes)
-	case c.MaxMessageBytes <= 0 || c.MaxMessageBytes > c.MaxFrameBytes:
-		return config.Errorf("$.calligraphus.max_message_bytes", "must be between 1 and max_frame_bytes (%v)", c.MaxFrameBytes)
-	case c.MaxFrameBytes < 1<<10 || c.MaxFrameBytes > 1<<30:
-		return config.Errorf("$.calligraphus.max_frame_bytes", "must be between 1KiB and 1GiB")
-	case c.MaxConnections <= 0:
-		return config.Errorf("$.calligraphus.max_connections", "must be positive")
 	case c.IdleClose.D() < 10*time.Millisecond:
 		return config.Errorf("$.calligraphus.idle_close", "must be at least 10ms")
 	case c.MaxCategories < 1:
 		return config.Errorf("$.calligraphus.max_categories", "must be positive")
+	case c.OldMaxFrameBytes != nil:
+		return config.Errorf("$.calligraphus.max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
+	case c.OldMaxMessageBytes != nil:
+		return config.Errorf("$.calligraphus.max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
+	}
+	if err := c.PortConfig.Validate("calligraphus"); err != nil {
+		return err
+	}
+	if c.MaxPendingBytes < c.MaxCallBytes {
+		return config.Errorf("$.calligraphus.max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
 	}
 	return nil
 }
@@ -108,6 +110,10 @@ type Deps struct {
 	Version string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Shared are the process's in-flight byte budget, fb303 control hooks
+	// and TLS (zero: a budget of the port's own, no control calls, plain
+	// TCP).
+	Shared scribeapi.Shared
 }
 
 // Calligraphus is a running writer.
@@ -178,8 +184,9 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
-	limits := thriftsrv.Limits{MaxFrameSize: int32(cfg.MaxFrameBytes), MaxConnections: cfg.MaxConnections}
-	srv, err := scribeapi.Listen(cfg.Listen, c, scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters}, limits, deps.Log)
+	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters, Control: deps.Shared.Control, Metrics: deps.Metrics}
+	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
+		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
 	if err != nil {
 		return nil, fmt.Errorf("start calligraphus: %w", err)
 	}
@@ -222,6 +229,16 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Re
 	arrival := b.ReceivedAtMs
 	if arrival <= 0 || arrival > now {
 		arrival = now
+	}
+	if c.deps.Shared.TLS.VerifiesClients() && !auth.Verified(thriftsrv.TLSState(ctx)) {
+		// With client certificates verified (tls.ca_file), only an agent
+		// that showed one may speak for an agent id: anyone else's batch
+		// could suppress that agent's entries downstream. Taken whole, as
+		// from a stock client (at-least-once), and said.
+		c.m.unverified.Add(float64(len(b.Messages)))
+		c.rl.Warn("unverified", "batch from a connection without a verified client certificate taken without agent id or sequence numbers",
+			"agent", ratelog.Clip(b.AgentID), "remote", peer(ctx))
+		return c.ingest(ctx, callInfo{arrivalMs: now}, b.Messages), nil
 	}
 	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0))}
 	if b.AgentID != "" {
@@ -499,6 +516,7 @@ type metrics struct {
 	tryLater    *prometheus.CounterVec
 	salvaged    prometheus.Counter
 	unsequenced prometheus.Counter
+	unverified  prometheus.Counter
 	pending     *prometheus.GaugeVec
 	commit      prometheus.Histogram
 }
@@ -513,12 +531,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
 		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, max_categories, stopping, write_error, too_large."}, []string{"reason"}),
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
+		unverified:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unverified_total", Help: "Entries of agent batches from connections without a verified client certificate while tls.ca_file is set, taken without agent id or sequence numbers (no deduplication)."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.unverified, m.pending, m.commit)
 	}
 	return m
 }
@@ -542,4 +561,12 @@ func (m *metrics) counters() map[string]int64 {
 	add("segments_published", m.segments)
 	add("pending_bytes", m.pending)
 	return out
+}
+
+// peer is the address of the client whose call ctx belongs to, for logs.
+func peer(ctx context.Context) string {
+	if a, ok := thriftsrv.Peer(ctx); ok {
+		return a.String()
+	}
+	return "unknown"
 }

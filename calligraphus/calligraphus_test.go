@@ -335,9 +335,8 @@ func TestMaxPendingBytes(t *testing.T) {
 	fsys := newTestFS(newLocal(t), true)
 	_, co := inprocCoord(t)
 	cfg := testConfig()
-	cfg.MaxFrameBytes = 64 << 10
+	cfg.MaxCallBytes = 64 << 10
 	cfg.MaxPendingBytes = 64 << 10
-	cfg.MaxMessageBytes = 16 << 10
 	s := startServer(t, cfg, fsys, co, nil)
 	g := newGate(t, "sync")
 	fsys.setHook(g.hook)
@@ -449,13 +448,16 @@ func TestConfigValidate(t *testing.T) {
 		{"calligraphus.segment_max_age", func(c *Config) { c.SegmentMaxAge = 0 }},
 		{"calligraphus.segment_max_bytes", func(c *Config) { c.SegmentMaxBytes = 100 }},
 		{"calligraphus.linger", func(c *Config) { c.Linger = -1 }},
-		{"calligraphus.max_pending_bytes", func(c *Config) { c.MaxPendingBytes = c.MaxFrameBytes - 1 }},
-		{"calligraphus.max_message_bytes", func(c *Config) { c.MaxMessageBytes = 0 }},
-		{"calligraphus.max_message_bytes", func(c *Config) { c.MaxMessageBytes = c.MaxFrameBytes + 1 }},
-		{"calligraphus.max_frame_bytes", func(c *Config) { c.MaxFrameBytes = 2 << 30; c.MaxPendingBytes = 4 << 30 }},
+		{"calligraphus.max_pending_bytes", func(c *Config) { c.MaxPendingBytes = c.MaxCallBytes - 1 }},
+		{"calligraphus.max_call_bytes", func(c *Config) { c.MaxCallBytes = 512 }},
+		{"calligraphus.max_call_bytes", func(c *Config) { c.MaxCallBytes = 257 << 20; c.MaxPendingBytes = 1 << 30 }},
 		{"calligraphus.max_connections", func(c *Config) { c.MaxConnections = 0 }},
 		{"calligraphus.idle_close", func(c *Config) { c.IdleClose = 0 }},
 		{"calligraphus.max_categories", func(c *Config) { c.MaxCategories = 0 }},
+		{"calligraphus.idle_timeout", func(c *Config) { c.IdleTimeout = 0 }},
+		{"calligraphus.read_timeout", func(c *Config) { c.ReadTimeout = -1 }},
+		{"calligraphus.max_frame_bytes", func(c *Config) { v := config.ByteSize(1 << 20); c.OldMaxFrameBytes = &v }},
+		{"calligraphus.max_message_bytes", func(c *Config) { v := config.ByteSize(1 << 20); c.OldMaxMessageBytes = &v }},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)

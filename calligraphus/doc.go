@@ -38,7 +38,20 @@
 // "/" + incarnation when the batch carries an incarnation (sequence
 // numbers restart with each incarnation of the agent's queue), else
 // agent_id; Puma deduplicates per that string. The incarnation is never
-// logged.
+// logged. When the process verifies client certificates (tls.ca_file),
+// a batch keeps its agent id and sequence numbers only if its connection
+// showed a verified client certificate: any other batch is taken as from
+// a stock client (no Agent, no sequences, this writer's clock), counted
+// in freeway_calligraphus_entries_unverified_total and logged,
+// rate-limited, since a client free to name any agent id could otherwise
+// make Puma drop that agent's entries as repeats. With tls.client_auth
+// every connection has one.
+//
+// Its Scribe port has the limits of internal/thriftsrv (max_call_bytes,
+// which also bounds a message, max_connections, idle_timeout,
+// read_timeout, and the process's in-flight byte budget): a call too
+// large, or without room in the budget, is answered TRY_LATER. With the
+// process's TLS (Deps.Shared.TLS, internal/auth) it speaks TLS.
 //
 // Each bucket has one writer at a time, held as a coord lease
 // ("calligraphus/<category>/<bucket>", encoded category); segment names

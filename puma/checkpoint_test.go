@@ -120,7 +120,7 @@ func feed(s *shard, offset int64, lines ...[]byte) {
 // memRows answers q from a shard's memory alone.
 func memRows(t testing.TB, s *shard, q Query) []string {
 	t.Helper()
-	p := &Puma{apps: s.p.apps, shards: map[shardID]*shard{{s.category, s.bucket}: s}}
+	p := &Puma{apps: s.p.apps, deps: s.p.deps, shards: map[shardID]*shard{{s.category, s.bucket}: s}}
 	select {
 	case <-s.ready:
 	default:

@@ -40,7 +40,12 @@ func (c *Committed) Apps() []*apps.App {
 	return out
 }
 
-// Query answers q from committed state.
+// Query answers q from committed state. A shard whose commit row or
+// cells cannot be read or decoded (a store error, a damaged row) is left
+// out of the answer and listed in Missing as failed, with its error; the
+// other shards answer. A shard that never committed has no committed
+// state and is not missing. When no shard of the category can be read,
+// the query fails: an answer without any data is an error, not an answer.
 func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	app, ok := c.apps[q.App]
 	if !ok {
@@ -50,48 +55,82 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	fp := fingerprint(app)
 	m := newMerger(pl)
 	cat := app.Spec.Category
-	for b := 0; b < c.buckets(cat); b++ {
-		cells, err := c.st.Get(ctx, c.table, commitRow(cat, b), store.Latest)
-		if err != nil {
-			return nil, fmt.Errorf("read commit of %s/%d: %w", cat, b, err)
-		}
-		var st commitState
-		for _, cell := range cells {
-			if cell.Column == "commit" {
-				if err := json.Unmarshal(cell.Value, &st); err != nil {
-					return nil, fmt.Errorf("decode commit of %s/%d: %w", cat, b, err)
-				}
-			}
-		}
-		if st.Epoch == 0 {
+	n := c.buckets(cat)
+	var missing []MissingShard
+	var first error
+	for b := 0; b < n; b++ {
+		err := c.shard(ctx, pl, b, m)
+		if err == nil {
 			continue
 		}
-		prefix := appPrefix(cat, b, app, fp)
-		from, to := prefix+windowKey(q.FromMs), prefix+windowKey(q.ToMs)
-		err = c.st.Scan(ctx, c.table, from, to, st.Epoch, func(row string, cs []store.Cell) error {
-			wk, key, ok := strings.Cut(strings.TrimPrefix(row, prefix), "/")
-			w, wok := parseWindowKey(wk)
-			if !ok || !wok {
-				return fmt.Errorf("malformed cell row %q", row)
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+		if first == nil {
+			first = err
+		}
+		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: clipError(err.Error())})
+	}
+	if n > 0 && len(missing) == n {
+		return nil, fmt.Errorf("no shard of category %s can be read: %w", cat, first)
+	}
+	res := m.result()
+	res.Missing = missing
+	return res, nil
+}
+
+// shard merges the committed cells of one bucket into m, all or nothing:
+// its cells are merged only once every one of them was read.
+func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error {
+	cat := pl.app.Spec.Category
+	cells, err := c.st.Get(ctx, c.table, commitRow(cat, b), store.Latest)
+	if err != nil {
+		return fmt.Errorf("read commit of %s/%d: %w", cat, b, err)
+	}
+	var st commitState
+	for _, cell := range cells {
+		if cell.Column == "commit" {
+			if err := json.Unmarshal(cell.Value, &st); err != nil {
+				return fmt.Errorf("decode commit of %s/%d: %w", cat, b, err)
 			}
-			for _, cell := range cs {
-				if cell.Column != "v" {
-					continue
-				}
-				slots, err := pl.layout.decodeCell(cell.Value)
-				if err != nil {
-					return err
-				}
-				m.add(w, key, slots)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("scan %s/%d: %w", cat, b, err)
 		}
 	}
-	return m.result(), nil
+	if st.Epoch == 0 {
+		return nil
+	}
+	type read struct {
+		w     int64
+		key   string
+		slots []float64
+	}
+	var got []read
+	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app))
+	from, to := prefix+windowKey(pl.q.FromMs), prefix+windowKey(pl.q.ToMs)
+	err = c.st.Scan(ctx, c.table, from, to, st.Epoch, func(row string, cs []store.Cell) error {
+		wk, key, ok := strings.Cut(strings.TrimPrefix(row, prefix), "/")
+		w, wok := parseWindowKey(wk)
+		if !ok || !wok {
+			return fmt.Errorf("malformed cell row %q", row)
+		}
+		for _, cell := range cs {
+			if cell.Column != "v" {
+				continue
+			}
+			slots, err := pl.layout.decodeCell(cell.Value)
+			if err != nil {
+				return fmt.Errorf("cell row %q: %w", row, err)
+			}
+			got = append(got, read{w, key, slots})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("scan %s/%d: %w", cat, b, err)
+	}
+	for _, r := range got {
+		m.add(r.w, r.key, r.slots)
+	}
+	return nil
 }

@@ -1,9 +1,12 @@
 package puma
 
 import (
+	"context"
+	"strings"
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/store"
 )
 
 func TestCommittedMatchesMemory(t *testing.T) {
@@ -73,4 +76,49 @@ func TestCommittedHidesUncommitted(t *testing.T) {
 	waitCommitted(t, p, second)
 	equalRows(t, "committed once commits work again", rows(t, committed(e), Query{}), rows(t, p, Query{}))
 	r.stop(t)
+}
+
+// TestCommittedPartial: a shard whose committed cells cannot be read is
+// missing from the committed answer, with its error, and none of its
+// cells show (not even those read before the damaged one); the other
+// shards answer. When no shard can be read, the query fails.
+func TestCommittedPartial(t *testing.T) {
+	e := newEnv(t, orders(t))
+	e.buckets = 2
+	pos0 := e.publish("orders", 0, stock(fourOrders()...))
+	pos1 := e.publish("orders", 1, stock(order(t0+5000, "eu", "book", 100)))
+	p := e.node("n1")
+	r := start(t, p)
+	eventually(t, "committed", func() error {
+		st := p.Statuses()
+		if st[0].Committed != pos0.String() || st[1].Committed != pos1.String() {
+			return errorf("%+v", st)
+		}
+		return nil
+	})
+	r.stop(t)
+	c := committed(e)
+	q := Query{App: "orders", FromMs: t0 - 3600_000, ToMs: t0 + 3600_000}
+	// A cell of bucket 1 that sorts after its good one and cannot be
+	// decoded.
+	damage := func(bucket int) {
+		row := appPrefix("orders", bucket, e.apps[0], fingerprint(e.apps[0])) + windowKey(t0) + "/\xff"
+		epoch := p.Statuses()[bucket].Epoch
+		if err := e.st.Put(context.Background(), "puma", []store.Cell{{Row: row, Column: "v", Timestamp: epoch, Value: []byte{1, 2, 3}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	damage(1)
+	res, err := c.Query(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalRows(t, "orders/0 answers alone", formatRows(res), fourOrdersRows)
+	if len(res.Missing) != 1 || res.Missing[0].Bucket != 1 || res.Missing[0].State != StateFailed || !strings.Contains(res.Missing[0].Error, "scan orders/1") {
+		t.Fatalf("missing %+v", res.Missing)
+	}
+	damage(0)
+	if res, err := c.Query(context.Background(), q); err == nil || !strings.Contains(err.Error(), "no shard of category orders can be read") {
+		t.Fatalf("nothing readable: %v %+v", err, res)
+	}
 }

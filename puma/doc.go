@@ -77,8 +77,36 @@
 // time goes on. Committed cells are always loaded whole on recovery, even
 // beyond the bound.
 //
+// Shard states. A node keeps, for every shard of its apps, a state
+// (Statuses): recovering (taken here and loading its committed state, or
+// not tried yet), running, failed (the last attempt to take, recover or
+// run it failed: the error, when, how many times in a row; Run tries it
+// again after 2s, doubling up to a minute, so that a shard that cannot
+// recover logs a line a minute), or elsewhere (another node holds its
+// lease). Readiness is not ready while a shard is recovering or failed,
+// or held by nobody, and names those shards; /readyz shows it, and
+// freeway_puma_shards{state} counts the shards in each state.
+//
+// Answers. Query answers from the memory of the shards running here. A
+// shard of the app's category that is not (recovering, failed, elsewhere)
+// is listed in Result.Missing with its state and error: an answer that
+// lacks data says so, never a silent fraction. Committed answers from the
+// store: a shard whose commit row or cells cannot be read or decoded is
+// left out whole and listed as failed; one that never committed has no
+// committed state and is not missing; when no shard can be read the query
+// fails. A limit is applied without sorting every row: with one row per
+// window, windows are merged oldest first until the limit is reached;
+// otherwise a bounded heap keeps the first rows.
+//
 // What survives a crash: everything up to the last commit (cells,
 // position, high waters with their last-seen times, watermarks); what came
 // after is read again from the bucket files. Counters and samples of
 // rejected lines live in memory only.
+//
+// A lost or damaged store (the embedded one moves a damaged file aside
+// and starts afresh) is rebuilt exactly: with no commit row a shard starts at the first segment of its
+// bucket and re-reads them all, deduplicating as it did the first time.
+// That holds while the dfs still holds every segment, which it does as
+// long as nothing deletes segments (there is no segment retention yet; one
+// must keep the checkpoints' segments or give up this rebuild).
 package puma

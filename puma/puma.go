@@ -8,9 +8,11 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -76,7 +78,7 @@ func (c *Config) Validate() error {
 		return config.Errorf("$.puma.checkpoint_interval", "must be at least 100ms")
 	case c.PollInterval.D() < time.Millisecond:
 		return config.Errorf("$.puma.poll_interval", "must be at least 1ms")
-	case c.Table == "" || !apps.ValidCategory(c.Table):
+	case !store.ValidTable(c.Table):
 		return config.Errorf("$.puma.table", "%q is not a valid table name", c.Table)
 	case c.MaxCells < 1:
 		return config.Errorf("$.puma.max_cells", "must be at least 1")
@@ -123,7 +125,21 @@ type Puma struct {
 	rejectLog *ratelog.Limiter
 
 	mu     sync.RWMutex
-	shards map[shardID]*shard
+	shards map[shardID]*shard // taken here: recovering or running
+	// tries records, for each shard tried, the outcome of the last try:
+	// when the node took it, or why it does not run it (failed, held
+	// elsewhere).
+	tries map[shardID]*try
+}
+
+// try is the outcome of a node's last attempt to take a shard.
+type try struct {
+	state    ShardState // "" while the shard is taken here, else StateFailed or StateElsewhere
+	since    time.Time  // when the shard entered its state (taken: when it was taken)
+	last     time.Time  // the last attempt
+	err      error      // failed: why; taken: why the previous attempt failed
+	failures int        // consecutive failed attempts
+	retryAt  time.Time  // failed: not tried again before
 }
 
 type shardID struct {
@@ -157,6 +173,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		apps:       map[string]*apps.App{},
 		byCategory: map[string][]*apps.App{},
 		shards:     map[shardID]*shard{},
+		tries:      map[shardID]*try{},
 	}
 	for _, a := range deps.Apps {
 		if _, dup := p.apps[a.Name()]; dup {
@@ -204,30 +221,57 @@ func (p *Puma) Run(ctx context.Context) error {
 	}
 }
 
+// Failed shards are tried again after a delay that doubles with each
+// failure in a row, from retryMin to retryMax, so that a shard that cannot
+// recover (a damaged row, say) logs a line a minute, not every pass.
+const (
+	retryMin = 2 * time.Second
+	retryMax = time.Minute
+)
+
+func retryDelay(failures int) time.Duration {
+	d := retryMin
+	for i := 1; i < failures && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
+}
+
 func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
+	now := p.now()
 	p.mu.RLock()
 	_, running := p.shards[id]
+	tr := p.tries[id]
+	waiting := tr != nil && tr.state == StateFailed && now.Before(tr.retryAt)
 	p.mu.RUnlock()
-	if running || ctx.Err() != nil {
+	if running || waiting || ctx.Err() != nil {
 		return
 	}
 	name := id.lease()
 	lease, err := p.deps.Coord.Acquire(ctx, name, p.cfg.ID)
 	if err != nil {
-		if !errors.Is(err, coord.ErrHeld) && ctx.Err() == nil {
-			p.log.Warn("cannot acquire shard", "shard", name, "err", err)
+		if ctx.Err() != nil {
+			return
 		}
+		if errors.Is(err, coord.ErrHeld) {
+			p.record(id, StateElsewhere, nil, false)
+			return
+		}
+		p.log.Warn("cannot acquire shard", "shard", name, "err", err)
+		p.record(id, StateFailed, fmt.Errorf("acquire lease %s: %w", name, err), false)
 		return
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
 	if err != nil {
 		lease.Release(ctx)
 		p.log.Error("cannot create shard", "shard", name, "err", err)
+		p.record(id, StateFailed, fmt.Errorf("create shard %s/%d: %w", id.category, id.bucket, err), false)
 		return
 	}
 	p.mu.Lock()
 	p.shards[id] = s
 	p.mu.Unlock()
+	p.record(id, "", nil, false)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -239,7 +283,55 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 		p.mu.Lock()
 		delete(p.shards, id)
 		p.mu.Unlock()
+		switch {
+		case err != nil:
+			// A shard that ran well before it failed starts its count of
+			// failures afresh.
+			p.record(id, StateFailed, err, isReady(s))
+		default:
+			// Stopped, or its lease was lost: tried again at the next pass.
+			p.mu.Lock()
+			delete(p.tries, id)
+			p.mu.Unlock()
+		}
 	}()
+}
+
+// record notes the outcome of an attempt to take shard id: state "" when
+// it was taken here. afresh says that failures start a new count.
+func (p *Puma) record(id shardID, state ShardState, err error, afresh bool) {
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	tr := p.tries[id]
+	if tr == nil {
+		tr = &try{}
+		p.tries[id] = tr
+	}
+	if tr.state != state || state == "" {
+		tr.since = now
+	}
+	tr.state, tr.last = state, now
+	switch state {
+	case StateFailed:
+		if afresh {
+			tr.failures = 0
+		}
+		tr.err = err
+		tr.failures++
+		tr.retryAt = now.Add(retryDelay(tr.failures))
+	case StateElsewhere:
+		tr.err, tr.failures = nil, 0
+	}
+}
+
+func isReady(s *shard) bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 // App returns the app called name.
@@ -258,50 +350,42 @@ func (p *Puma) Apps() []*apps.App {
 	return out
 }
 
-// Ready reports whether Run has tried every shard once and each shard is
-// either running here and recovered or held by another node. With one
-// node (`freeway all`) that is every shard recovered here; a node of a
-// cluster that owns few shards or none is ready too.
-func (p *Puma) Ready() bool {
-	if !p.running.Load() {
-		return false
-	}
-	var elsewhere []shardID
-	p.mu.RLock()
-	for _, cat := range p.categories {
-		for b := 0; b < p.deps.Buckets(cat); b++ {
-			s, ok := p.shards[shardID{cat, b}]
-			if !ok {
-				elsewhere = append(elsewhere, shardID{cat, b})
-				continue
-			}
-			select {
-			case <-s.ready:
-			default:
-				p.mu.RUnlock()
-				return false
-			}
-		}
-	}
-	p.mu.RUnlock()
-	if len(elsewhere) == 0 {
-		return true
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for _, id := range elsewhere {
-		owner, _, err := p.deps.Coord.Holder(ctx, id.lease())
-		if err != nil || owner == "" || owner == p.cfg.ID {
-			return false
-		}
-	}
-	return true
-}
+// ShardState is where a shard a node is responsible for stands on that
+// node.
+type ShardState string
 
-// Status is a shard's progress, for operators and tests.
+const (
+	// StateRecovering: taken here and loading its committed state, or not
+	// tried yet.
+	StateRecovering ShardState = "recovering"
+	// StateRunning: recovered here; its data is in this node's answers.
+	StateRunning ShardState = "running"
+	// StateFailed: the last attempt to take or run it here failed; Run
+	// tries again after a delay.
+	StateFailed ShardState = "failed"
+	// StateElsewhere: another node holds its lease.
+	StateElsewhere ShardState = "elsewhere"
+)
+
+// Status is a shard's state and progress, for operators and tests.
 type Status struct {
-	Category  string
-	Bucket    int
+	Category string
+	Bucket   int
+	State    ShardState
+	// Since is when the shard entered its state (recovering, running:
+	// when this node took it). Zero for a shard not tried yet.
+	Since time.Time
+	// LastAttempt is when the node last tried to take the shard.
+	LastAttempt time.Time
+	// Error: failed, why; recovering after failures, why the last
+	// attempt failed.
+	Error string
+	// Failures counts the failed attempts in a row.
+	Failures int
+	// RetryAt: failed, when Run tries again.
+	RetryAt time.Time
+
+	// Progress, for a shard taken here.
 	Position  string
 	Entries   uint64 // entries applied since start
 	Dups      uint64 // duplicates skipped since start
@@ -309,36 +393,177 @@ type Status struct {
 	Committed string // position of the last commit
 }
 
-// Statuses lists the running shards.
-func (p *Puma) Statuses() []Status {
-	p.mu.RLock()
-	shards := make([]*shard, 0, len(p.shards))
-	for _, s := range p.shards {
-		shards = append(shards, s)
+// maxErrorText bounds the error text of a status, which goes into
+// /readyz and into answers: a store's error may be long (a Java
+// exception), and row keys in it carry bytes from the logs.
+const maxErrorText = 1024
+
+func clipError(s string) string {
+	if len(s) <= maxErrorText {
+		return s
 	}
-	p.mu.RUnlock()
-	var out []Status
-	for _, s := range shards {
-		select {
-		case <-s.ready:
-		default:
-			continue
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", s[:cut], len(s))
+}
+
+func (s Status) shard() string { return s.Category + "/" + strconv.Itoa(s.Bucket) }
+
+// status is the state of shard id; p.mu is held.
+func (p *Puma) status(id shardID) Status {
+	st := Status{Category: id.category, Bucket: id.bucket, State: StateRecovering}
+	tr := p.tries[id]
+	if tr != nil {
+		st.Since, st.LastAttempt, st.Failures = tr.since, tr.last, tr.failures
+		if tr.err != nil {
+			st.Error = clipError(tr.err.Error())
 		}
+		if tr.state != "" {
+			st.State = tr.state
+		}
+		if tr.state == StateFailed {
+			st.RetryAt = tr.retryAt
+		}
+	}
+	s, ok := p.shards[id]
+	if !ok {
+		return st
+	}
+	st.State = StateRecovering
+	if isReady(s) {
+		st.State, st.Error, st.Failures = StateRunning, "", 0
 		s.mu.RLock()
-		out = append(out, Status{
-			Category: s.category, Bucket: s.bucket, Position: s.pos.String(), Entries: s.entries, Dups: s.dups,
-			Epoch: s.committedEpoch, Committed: s.committedPos.String(),
-		})
+		st.Position, st.Entries, st.Dups = s.pos.String(), s.entries, s.dups
+		st.Epoch, st.Committed = s.committedEpoch, s.committedPos.String()
 		s.mu.RUnlock()
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Category != out[j].Category {
-			return out[i].Category < out[j].Category
+	return st
+}
+
+// Statuses lists every shard of the node's apps, sorted by category and
+// bucket, with its state here.
+func (p *Puma) Statuses() []Status {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	var out []Status
+	for _, cat := range p.categories {
+		for b := 0; b < p.deps.Buckets(cat); b++ {
+			out = append(out, p.status(shardID{cat, b}))
 		}
-		return out[i].Bucket < out[j].Bucket
-	})
+	}
 	return out
 }
+
+// Readiness is whether a node is ready to answer queries, and if not why.
+type Readiness struct {
+	Ready bool
+	// Reason is one line saying why not ("" when ready).
+	Reason string
+	// Shards lists the shards that keep the node from being ready.
+	Shards []Status
+}
+
+// String is the readiness as text: "ready", or a line with the reason
+// and one line per shard in the way.
+func (r Readiness) String() string {
+	if r.Ready {
+		return "ready\n"
+	}
+	var b strings.Builder
+	b.WriteString("not ready: " + r.Reason + "\n")
+	for _, s := range r.Shards {
+		fmt.Fprintf(&b, "%s: %s", s.shard(), s.State)
+		switch s.State {
+		case StateFailed:
+			fmt.Fprintf(&b, " at %s (%d in a row, next try at %s): %s", s.LastAttempt.UTC().Format(time.RFC3339), s.Failures, s.RetryAt.UTC().Format(time.RFC3339), s.Error)
+		case StateRecovering:
+			if !s.Since.IsZero() {
+				fmt.Fprintf(&b, " since %s", s.Since.UTC().Format(time.RFC3339))
+			} else {
+				b.WriteString(" (not tried yet)")
+			}
+			if s.Error != "" {
+				fmt.Fprintf(&b, " after %d failures; last: %s", s.Failures, s.Error)
+			}
+		case StateElsewhere:
+			if s.Error != "" {
+				b.WriteString(": " + s.Error)
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// Readiness reports whether Run has tried every shard once and each shard
+// is either running here or held by another node, and names the shards
+// that are not. With one node (`freeway all`) that is every shard
+// recovered here; a node of a cluster that owns few shards or none is
+// ready too. A failed shard keeps the node not ready until it recovers.
+func (p *Puma) Readiness() Readiness {
+	if !p.running.Load() {
+		return Readiness{Reason: "puma is not running"}
+	}
+	var down, elsewhere []Status
+	total := 0
+	for _, st := range p.Statuses() {
+		total++
+		switch st.State {
+		case StateRecovering, StateFailed:
+			down = append(down, st)
+		case StateElsewhere:
+			elsewhere = append(elsewhere, st)
+		}
+	}
+	// A shard held elsewhere must have a live holder other than this
+	// node: one whose holder died waits for the next pass to be taken.
+	if len(elsewhere) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, st := range elsewhere {
+			owner, _, err := p.deps.Coord.Holder(ctx, shardID{st.Category, st.Bucket}.lease())
+			switch {
+			case err != nil:
+				st.Error = fmt.Sprintf("cannot ask who holds it: %v", err)
+			case owner == "":
+				st.Error = "no node holds it now"
+			case owner == p.cfg.ID:
+				st.Error = "held by this node's id, but not run here"
+			default:
+				continue
+			}
+			down = append(down, st)
+		}
+	}
+	if len(down) == 0 {
+		return Readiness{Ready: true}
+	}
+	sort.Slice(down, func(i, j int) bool {
+		if down[i].Category != down[j].Category {
+			return down[i].Category < down[j].Category
+		}
+		return down[i].Bucket < down[j].Bucket
+	})
+	n := map[ShardState]int{}
+	for _, st := range down {
+		n[st.State]++
+	}
+	var parts []string
+	for _, s := range []ShardState{StateFailed, StateRecovering, StateElsewhere} {
+		if n[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n[s], s))
+		}
+	}
+	return Readiness{
+		Reason: fmt.Sprintf("%d of %d shards are not running here (%s)", len(down), total, strings.Join(parts, ", ")),
+		Shards: down,
+	}
+}
+
+// Ready is Readiness().Ready.
+func (p *Puma) Ready() bool { return p.Readiness().Ready }
 
 type metrics struct {
 	entries           prometheus.Counter
@@ -386,6 +611,8 @@ var (
 	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, future, bad_value, max_cells, filtered).", []string{"app", "reason"}, nil)
 	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
 	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
+	descShards    = prometheus.NewDesc("freeway_puma_shards", "Shards of this node's apps, by state here (recovering, running, failed, elsewhere).", []string{"state"}, nil)
+	descUncommit  = prometheus.NewDesc("freeway_puma_shards_uncommitted", "Running shards that have read past their last commit (0: every read block is checkpointed).", nil, nil)
 )
 
 func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -393,6 +620,8 @@ func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDropped
 	ch <- descCkptAge
 	ch <- descWatermark
+	ch <- descShards
+	ch <- descUncommit
 }
 
 func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
@@ -413,6 +642,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		per[a.Name()] = &agg{watermark: -1 << 62}
 	}
 	var oldest time.Time
+	uncommitted := 0
 	for _, s := range shards {
 		select {
 		case <-s.ready:
@@ -420,6 +650,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		s.mu.RLock()
+		if s.pos != s.committedPos {
+			uncommitted++
+		}
 		for _, t := range s.tables {
 			a := per[t.app.Name()]
 			a.cells += float64(t.ncells)
@@ -445,5 +678,13 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if !oldest.IsZero() {
 		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, time.Since(oldest).Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(descUncommit, prometheus.GaugeValue, float64(uncommitted))
+	states := map[ShardState]float64{StateRecovering: 0, StateRunning: 0, StateFailed: 0, StateElsewhere: 0}
+	for _, st := range p.Statuses() {
+		states[st.State]++
+	}
+	for state, n := range states {
+		ch <- prometheus.MustNewConstMetric(descShards, prometheus.GaugeValue, n, string(state))
 	}
 }

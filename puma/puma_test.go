@@ -228,8 +228,6 @@ func metricValue(m *dto.Metric) float64 {
 	return 0
 }
 
-var _ = context.Background
-
 // TestReadyWithTwoNodes: a node is ready when every shard is recovered
 // here or held by another node; one that owns nothing is ready too.
 func TestReadyWithTwoNodes(t *testing.T) {
@@ -254,13 +252,21 @@ func TestReadyWithTwoNodes(t *testing.T) {
 		}
 		return nil
 	})
-	if len(p2.Statuses()) != 0 {
-		t.Fatalf("n2 runs %v", p2.Statuses())
+	for _, st := range p2.Statuses() {
+		if st.State != StateElsewhere {
+			t.Fatalf("n2 has %+v", st)
+		}
+	}
+	// n2 answers, and says that every shard is elsewhere.
+	res, err := p2.Query(context.Background(), Query{App: "orders", FromMs: 0, ToMs: 1})
+	if err != nil || len(res.Missing) != 2 || res.Missing[1] != (MissingShard{Category: "orders", Bucket: 1, State: StateElsewhere}) {
+		t.Fatalf("n2's answer: %v %+v", err, res)
 	}
 	r1.stop(t)
 	eventually(t, "n2 takes the shards over", func() error {
-		if st := p2.Statuses(); len(st) != 2 || !p2.Ready() {
-			return fmt.Errorf("ready %v, shards %v", p2.Ready(), st)
+		st := p2.Statuses()
+		if len(st) != 2 || st[0].State != StateRunning || st[1].State != StateRunning || !p2.Ready() {
+			return fmt.Errorf("ready %v, shards %+v", p2.Ready(), st)
 		}
 		return nil
 	})

@@ -104,7 +104,14 @@ func (t *table) reject(n uint64, w why, line []byte, bt blockTime) {
 	t.samples[w.reason].add(sample{why: w, line: clipped, atMs: bt.nowMs})
 	if t.deps.limiter != nil && bt.nowMs >= t.nextLog[w.reason] {
 		t.nextLog[w.reason] = bt.nowMs + 1000
-		t.deps.limiter.Warn(t.logKeys[w.reason], "line not aggregated", "app", t.app.Name(), "reason", reasonNames[w.reason],
+		// A bad value leaves the line counted (only that input is
+		// skipped), and is routine in real logs (Apache's "-" for no
+		// bytes): a debug line, where the rest are warnings.
+		level, msg := slog.LevelWarn, "line not aggregated"
+		if w.reason == reasonBadValue {
+			level, msg = slog.LevelDebug, "aggregate input skipped"
+		}
+		t.deps.limiter.Log(level, t.logKeys[w.reason], msg, "app", t.app.Name(), "reason", reasonNames[w.reason],
 			"err", w, "line", clipped, "category", t.deps.category, "bucket", t.deps.bucket)
 	}
 }

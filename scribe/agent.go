@@ -8,12 +8,14 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -24,28 +26,37 @@ import (
 type Agent struct {
 	cfg   Config
 	log   *slog.Logger
+	rl    *ratelog.Limiter // what clients and a full disk can trigger at will
 	clock clock
 	q     *diskqueue.Queue
 	srv   *scribeapi.Server
 	c     *counters
 	tails []*tailer
-
-	// validCats caches categories that passed apps.ValidCategory (a
-	// regexp), bounded so that a hostile client cannot grow it.
-	validCats sync.Map
-	nValid    atomic.Int64
-	full      atomic.Bool // the queue refused the last Log call as full
-	ran       atomic.Bool
+	tls   *auth.TLS // the process's, for the upstream link
+	ran   atomic.Bool
 }
 
-// New opens the queue in cfg.QueueDir (truncating a torn tail) and binds
-// cfg.Listen, so that Addr works before Run. Metrics are registered with
+// Option configures an Agent beyond its Config.
+type Option func(*options)
+
+type options struct{ shared scribeapi.Shared }
+
+// WithShared gives the agent's Scribe port the process's in-flight byte
+// budget and fb303 control hooks.
+func WithShared(s scribeapi.Shared) Option { return func(o *options) { o.shared = s } }
+
+// New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
+// truncated) and binds cfg.Listen, so that Addr works before Run. Metrics are registered with
 // reg (nil: not registered).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Agent, error) {
-	return newAgent(cfg, log, reg, realClock{})
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
+	return newAgent(cfg, log, reg, realClock{}, opts...)
 }
 
-func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock) (*Agent, error) {
+func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock, opts ...Option) (*Agent, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -62,7 +73,7 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 	if err != nil {
 		return nil, fmt.Errorf("open agent queue: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: log, clock: clk, q: q, c: newCounters()}
+	a := &Agent{cfg: cfg, log: log, rl: ratelog.New(log, time.Minute, 5), clock: clk, q: q, c: newCounters()}
 	for _, tc := range cfg.Tail {
 		a.tails = append(a.tails, newTailer(a, tc))
 	}
@@ -72,8 +83,11 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 			return nil, fmt.Errorf("register agent metrics: %w", err)
 		}
 	}
-	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) }}
-	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, thriftsrv.Limits{}, log)
+	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) },
+		Control: o.shared.Control, Metrics: reg}
+	a.tls = o.shared.TLS
+	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
+		thriftsrv.WithName("agent"), thriftsrv.WithBudget(o.shared.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
 	if err != nil {
 		q.Close()
 		return nil, fmt.Errorf("start agent server: %w", err)
@@ -94,9 +108,10 @@ func (a *Agent) Addr() string { return a.srv.Addr() }
 // ID is the agent's stable identity, sent with every batch.
 func (a *Agent) ID() string { return a.q.ID() }
 
-// Run serves apps, tails files and ships upstream until ctx ends or the
-// queue fails, then stops every goroutine and closes the queue. It may be
-// called once.
+// Run serves apps, tails files and ships upstream until ctx ends, then
+// stops every goroutine and closes the queue. A full or failing disk does
+// not stop it: calls are answered TRY_LATER meanwhile, and what is durable
+// keeps shipping. It may be called once.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.ran.CompareAndSwap(false, true) {
 		return errors.New("run agent: already run")
@@ -127,14 +142,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, t := range a.tails {
 		do(t.run)
 	}
-	do(func(ctx context.Context) error {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-a.q.Failed():
-			return fmt.Errorf("agent queue: %w", a.q.Err())
-		}
-	})
 	wg.Wait()
 	if err := a.q.Close(); err != nil && first == nil {
 		first = fmt.Errorf("close agent queue: %w", err)
@@ -144,39 +151,37 @@ func (a *Agent) Run(ctx context.Context) error {
 	return first
 }
 
-// Log is the Scribe call apps make. Valid entries are made durable in the
-// queue before it answers OK. Invalid entries (empty or malformed category,
-// message over max_message_bytes) are dropped, counted and logged, and the
-// rest of the call is accepted: answering TRY_LATER would make a stock
-// client resend the same poison entry forever. When the queue is full the
-// whole call is answered TRY_LATER and nothing is kept.
+// Log is the Scribe call apps make. The entries are made durable in the
+// queue before it answers OK, whatever their category (any bytes) and
+// size (the call size bounds them). Only entries with an empty category
+// are dropped and counted, as stock Scribe does. When the queue cannot
+// take the entries (full, disk full or failing, closing) the whole call
+// is answered TRY_LATER and nothing of it is kept.
 func (a *Agent) Log(ctx context.Context, msgs []*scribe.LogEntry) (scribe.ResultCode, error) {
-	return a.accept(msgs, a.clock.Now().UnixMilli()), nil
+	return a.accept(msgs), nil
 }
 
-// LogBatch accepts a batch from another agent (agent chains) like Log;
-// the entries get this agent's sequence numbers, and keep the time the
-// first agent received them.
+// LogBatch accepts a batch from another agent (agent chains) like Log:
+// the entries get this agent's sequence numbers and arrival time (a
+// client of this port must not choose arrival times, so received_at_ms
+// is ignored).
 func (a *Agent) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
 	if b == nil {
 		return scribe.ResultCode_OK, nil
 	}
-	t := b.ReceivedAtMs
-	if t <= 0 {
-		t = a.clock.Now().UnixMilli()
-	}
-	return a.accept(b.Messages, t), nil
+	return a.accept(b.Messages), nil
 }
 
-func (a *Agent) accept(msgs []*scribe.LogEntry, now int64) scribe.ResultCode {
+func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
+	now := a.clock.Now().UnixMilli()
 	es := make([]diskqueue.Entry, 0, len(msgs))
 	for _, m := range msgs {
 		if m == nil {
 			continue
 		}
-		if r := a.invalid(m); r != "" {
-			a.c.rejected[r].Add(1)
-			a.log.Warn("invalid entry dropped", "reason", r, "category", clip(m.Category), "bytes", len(m.Message))
+		if m.Category == "" {
+			a.c.rejected[reasonEmptyCategory].Add(1)
+			a.rl.Warn("blank category", "received blank category", "bytes", len(m.Message))
 			continue
 		}
 		es = append(es, diskqueue.Entry{Category: m.Category, Message: m.Message, Time: now})
@@ -185,59 +190,20 @@ func (a *Agent) accept(msgs []*scribe.LogEntry, now int64) scribe.ResultCode {
 		return scribe.ResultCode_OK
 	}
 	if _, err := a.q.Append(es); err != nil {
-		a.c.tryLaterSent.Add(1)
+		reason := tryLaterWriteError
 		switch {
 		case errors.Is(err, diskqueue.ErrFull):
-			a.c.tryLaterFull.Add(1)
-			if !a.full.Swap(true) {
-				a.log.Warn("queue full, answering try_later", "max_queue_bytes", a.cfg.MaxQueueBytes, "queue_entries", a.q.Stats().Entries)
-			}
+			reason = tryLaterQueueFull
 		case errors.Is(err, diskqueue.ErrClosed):
-		default:
-			a.log.Error("queue append failed, answering try_later", "err", err)
+			reason = tryLaterClosed
+		case errors.Is(err, diskqueue.ErrTooLarge):
+			reason = tryLaterTooLarge
 		}
+		a.c.tryLater[reason].Add(1)
+		a.rl.Warn("try_later "+reason, "cannot queue a call, answering try_later", "reason", reason,
+			"entries", len(es), "queue_entries", a.q.Stats().Entries, "err", err)
 		return scribe.ResultCode_TRY_LATER
-	}
-	if a.full.Swap(false) {
-		a.log.Info("queue accepting again")
 	}
 	a.c.receivedScribe.Add(int64(len(es)))
 	return scribe.ResultCode_OK
-}
-
-func (a *Agent) invalid(m *scribe.LogEntry) string {
-	switch {
-	case m.Category == "":
-		return reasonEmptyCategory
-	case int64(len(m.Message)) > int64(a.cfg.MaxMessageBytes):
-		return reasonTooLarge
-	case !a.validCategory(m.Category):
-		return reasonInvalidCategory
-	}
-	return ""
-}
-
-// validCategory is apps.ValidCategory (what calligraphus accepts, so that
-// an entry is refused here, visibly, rather than dropped upstream).
-func (a *Agent) validCategory(c string) bool {
-	if _, ok := a.validCats.Load(c); ok {
-		return true
-	}
-	if !apps.ValidCategory(c) {
-		return false
-	}
-	if a.nValid.Load() < 10000 {
-		if _, loaded := a.validCats.LoadOrStore(c, struct{}{}); !loaded {
-			a.nValid.Add(1)
-		}
-	}
-	return true
-}
-
-// clip shortens a client-supplied string for a log line.
-func clip(s string) string {
-	if len(s) > 256 {
-		return s[:256] + "..."
-	}
-	return s
 }

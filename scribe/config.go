@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
 // TailConfig is one file the agent follows.
@@ -29,8 +29,10 @@ type Config struct {
 	QueueDir string `yaml:"queue_dir"`
 	// MaxQueueBytes bounds unshipped bytes; beyond it apps get TRY_LATER.
 	MaxQueueBytes config.ByteSize `yaml:"max_queue_bytes"`
-	// MaxMessageBytes bounds one message; larger Scribe entries are
-	// dropped and counted, larger tailed lines are split.
+	// MaxMessageBytes bounds one tailed line; a longer one is split into
+	// pieces of this size. It does not apply to Scribe entries, which are
+	// taken whatever their size: the call size bounds them (a stock
+	// client has no way to split an entry, so refusing one would lose it).
 	MaxMessageBytes config.ByteSize `yaml:"max_message_bytes"`
 	// BatchBytes bounds one LogBatch sent upstream (its entries' queue
 	// record sizes, which exceed their Thrift encoding).
@@ -51,6 +53,13 @@ type Config struct {
 	TailPollInterval config.Duration `yaml:"tail_poll_interval"`
 	// Tail lists the files to follow.
 	Tail []TailConfig `yaml:"tail"`
+	// TLS: when the process has TLS (tls.cert_file), the app-facing port
+	// speaks it too, unless this is false (stock Scribe clients speak no
+	// TLS). The link upstream uses the process's TLS either way.
+	TLS bool `yaml:"tls"`
+	// The Scribe port's limits: max_call_bytes, max_connections,
+	// idle_timeout, read_timeout.
+	thriftsrv.PortConfig `yaml:",inline"`
 }
 
 // The Thrift frame limit of Freeway's ingest ports; a batch must fit in one
@@ -59,7 +68,6 @@ const (
 	frameLimit    = 16 << 20
 	maxBatchBytes = frameLimit - 64<<10
 	maxBatchCount = 1 << 20 // the ports' container limit
-	maxCategory   = 200     // as calligraphus accepts
 )
 
 // DefaultConfig returns the defaults: listen on 127.0.0.1:1463, ship to
@@ -77,6 +85,8 @@ func DefaultConfig() Config {
 		RetryMin:         config.Duration(50 * time.Millisecond),
 		RetryMax:         config.Duration(5 * time.Second),
 		TailPollInterval: config.Duration(250 * time.Millisecond),
+		TLS:              true,
+		PortConfig:       thriftsrv.DefaultPortConfig(),
 	}
 }
 
@@ -141,9 +151,12 @@ func (c *Config) Validate() error {
 		} else {
 			seen[p] = true
 		}
-		if !apps.ValidCategory(t.Category) {
-			bad(key+".category", "must be 1-%d characters of letters, digits, '_', '.' and '-', got %q", maxCategory, t.Category)
+		if t.Category == "" {
+			bad(key+".category", "must be set")
 		}
+	}
+	if err := c.PortConfig.Validate("agent"); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -33,8 +34,12 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "agent.retry_max: must be at least agent.retry_min (50ms)"},
 		{func(c *Config) { c.TailPollInterval = 0 }, "agent.tail_poll_interval: must be positive"},
 		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "x"}, {Path: "/b/../a", Category: "y"}} }, "agent.tail[1].path: /b/../a is tailed twice"},
-		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "no/slash"}} }, "agent.tail[0].category: must be 1-200 characters"},
+		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: ""}} }, "agent.tail[0].category: must be set"},
 		{func(c *Config) { c.Tail = []TailConfig{{Category: "x"}} }, "agent.tail[0].path: must be set"},
+		{func(c *Config) { c.MaxCallBytes = 300 << 20 }, "agent.max_call_bytes: must be between 1KiB and 256MiB"},
+		{func(c *Config) { c.MaxConnections = 0 }, "agent.max_connections: must be between 1 and"},
+		{func(c *Config) { c.IdleTimeout = 0 }, "agent.idle_timeout: must be at least 1ms"},
+		{func(c *Config) { c.ReadTimeout = 0 }, "agent.read_timeout: must be at least 1ms"},
 	}
 	for _, tc := range cases {
 		cfg := DefaultConfig()
@@ -51,6 +56,17 @@ func TestValidateNamesTheKey(t *testing.T) {
 	}
 }
 
+// Any category stock Scribe accepts can be tailed into.
+func TestTailCategoryMayBeAnyNonEmptyString(t *testing.T) {
+	for _, cat := range []string{"web/access", "a b", "_internal", strings.Repeat("c", 1000)} {
+		cfg := DefaultConfig()
+		cfg.Tail = []TailConfig{{Path: "/var/log/app.log", Category: cat}}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("tail category %.20q: %v", cat, err)
+		}
+	}
+}
+
 func TestConfigFromYAML(t *testing.T) {
 	doc := `
 listen: 0.0.0.0:1463
@@ -61,6 +77,10 @@ max_message_bytes: 64KiB
 batch_bytes: 4MiB
 batch_entries: 20000
 retry_max: 10s
+max_call_bytes: 128MiB
+max_connections: 50
+idle_timeout: 1m
+read_timeout: 5s
 tail:
   - {path: /var/log/nginx/access.log, category: access}
 `
@@ -77,6 +97,10 @@ tail:
 	want.BatchBytes = 4 << 20
 	want.BatchEntries = 20000
 	want.RetryMax = want.RetryMax * 2
+	want.MaxCallBytes = 128 << 20
+	want.MaxConnections = 50
+	want.IdleTimeout = config.Duration(time.Minute)
+	want.ReadTimeout = config.Duration(5 * time.Second)
 	want.Tail = []TailConfig{{Path: "/var/log/nginx/access.log", Category: "access"}}
 	if d := cmp.Diff(want, cfg); d != "" {
 		t.Fatalf("decoded config (-want +got):\n%s", d)

@@ -9,20 +9,31 @@
 //
 // It serves the Scribe Thrift protocol (service scribe, framed binary,
 // strict and non-strict headers, fb303) on Config.Listen, 127.0.0.1:1463
-// by default, so any stock Scribe client works unchanged. Log appends the
+// by default, so any stock Scribe client works unchanged. The port's
+// limits (max_call_bytes, max_connections, idle_timeout, read_timeout,
+// and the process's in-flight byte budget) are internal/thriftsrv's: a
+// call too large, or without room in the budget, is answered TRY_LATER.
+// With the process's TLS (tls.cert_file) the port speaks TLS, unless
+// agent.tls is false: stock Scribe clients speak no TLS. Log appends the
 // entries to a durable local disk queue (package internal/diskqueue) and
 // answers OK only once they are fsynced; concurrent calls share one fsync
-// (group commit). When the queue holds MaxQueueBytes of unshipped entries
-// it answers TRY_LATER and keeps nothing of that call; it never drops an
-// acceptable entry.
+// (group commit). A message is never answered OK and then dropped.
 //
-// Invalid entries are dropped, counted (freeway_agent_entries_rejected_total
-// by reason) and logged with their category and size, and the rest of the
-// call is accepted: an empty category, a category calligraphus would refuse
-// (over 200 bytes or outside [A-Za-z0-9_.-]), or a message over
-// MaxMessageBytes. Answering TRY_LATER instead would make a stock client,
-// which retries TRY_LATER forever, resend the same poison entry forever.
-// LogBatch (another agent forwarding, in an agent chain) is taken like Log.
+// Every category stock Scribe accepts is queued as it is: any non-empty
+// string of any bytes ("web/access", "a b", "_internal", long names). A
+// message is bounded only by the size of the call (MaxMessageBytes bounds
+// tailed lines, not Scribe entries). Only an entry with an empty category
+// is dropped, as stock Scribe drops it ("received blank category"),
+// counted (freeway_agent_entries_rejected_total{reason="empty_category"},
+// fb303 "received blank category") and logged rate-limited. What cannot
+// be accepted makes the whole call TRY_LATER, and nothing of it is kept:
+// the queue holding MaxQueueBytes of unshipped entries, a full or failing
+// disk, the agent stopping (counted in freeway_agent_try_later_sent_total
+// by reason, logged rate-limited). LogBatch (another agent forwarding, in
+// an agent chain) is taken like Log. The agent stamps every entry with
+// its own clock as its arrival time, for Log and LogBatch alike (a client
+// of this port does not choose arrival times: LogBatch's received_at_ms
+// is ignored).
 //
 // It can follow files like tail -F (Config.Tail): one entry per line,
 // without the newline, into the same queue. It follows rotation by rename
@@ -35,30 +46,50 @@
 //
 // A shipper reads the queue in order and sends it upstream with LogBatch,
 // one batch in flight at a time, to the first address of Config.Upstream
-// that answers (the next one on connection errors). A batch is bounded by
-// BatchBytes and BatchEntries and carries the agent's id (random, created
-// once in QueueDir) and first_seq, the queue sequence number of its first
-// entry; entry i of a batch has number first_seq+i. Numbers start at 1 and
-// grow by one per entry forever, across restarts. On TRY_LATER or any
-// error the same batch is retried, with capped exponential backoff and
-// jitter (RetryMin to RetryMax), reconnecting as needed; nothing is ever
-// skipped. Only after OK does the queue's acknowledged position advance
-// (fsynced) and fully shipped segment files get deleted. An upstream that
-// answers LogBatch with "unknown method" (a stock Scribe server) gets Log
-// instead, which loses the deduplication (at-least-once).
+// that answers (the next one on connection errors), over the process's
+// TLS when it has one (verifying the writer against tls.ca_file and the
+// address's host, offering the agent's certificate when asked: a writer
+// verifying client certificates honours sequence numbers only from
+// verified agents). A batch is bounded by
+// BatchBytes and BatchEntries (a single larger entry goes alone) and
+// carries the agent's id (random, created once in QueueDir), the
+// incarnation of the queue run that numbered its entries, and first_seq,
+// the queue sequence number of its first entry; entry i of a batch has
+// number first_seq+i, and its identity upstream is (agent id,
+// incarnation, number). Every start of the agent is a new incarnation
+// (random, secret: it is sent upstream and never logged, put in a metric
+// or exposed through fb303), so a queue directory restored from a backup
+// or copied to a second machine never reuses an identity for another
+// entry, and a client that forges a LogBatch with this agent's id cannot
+// make Puma drop this agent's entries. Numbers grow by one per entry,
+// across restarts. On TRY_LATER or any error the same batch is retried,
+// with capped exponential backoff and jitter (RetryMin to RetryMax),
+// reconnecting as needed; nothing is ever skipped. Only after OK does the
+// queue's acknowledged position advance (fsynced) and fully shipped
+// segment files get deleted. An upstream that answers LogBatch with
+// "unknown method" (a stock Scribe server) gets Log instead, which loses
+// the deduplication (at-least-once).
 //
 // # What survives a crash
 //
 // Everything acknowledged OK to an app: it was fsynced before the answer.
 // After a restart the shipper starts at the acknowledged position, so it
 // re-sends at most the batch that was in flight, with its original
-// sequence numbers; calligraphus stores them with the entries and Puma
-// drops what is at or below each agent's high-water mark, so from an app's
-// OK to the aggregates the path is exactly-once. This relies on each
-// agent's entries reaching a bucket in increasing order, which the single
-// batch in flight guarantees. A write torn by the crash
-// (never acknowledged) is found by its length and CRC and truncated when
-// the queue opens, with a warning.
+// incarnation and sequence numbers; calligraphus stores them with the
+// entries and Puma drops what is at or below the high-water mark of that
+// agent id and incarnation, so from an app's OK to the aggregates the path
+// is exactly-once. This relies on each incarnation's entries reaching a
+// bucket in increasing order, which the single batch in flight
+// guarantees. Entries queued by an agent before incarnations existed (a
+// v1 queue segment) are sent without one, and keep deduplicating against
+// what the old agent shipped. A write torn by a crash (never
+// acknowledged) is truncated when the queue opens, with a warning; after
+// a machine crash a record of a commit that never completed can survive
+// behind a torn one and be delivered (the app, never answered OK, retries
+// it: at-least-once for that call), but an acknowledged entry is never
+// lost. A record damaged on disk costs only itself: it is skipped, counted
+// in freeway_agent_queue_lost_entries_total (fb303 agent.queue_lost) and
+// logged as an error with its file and offset.
 //
 // A tailed file resumes at its saved offset: after a clean stop nothing is
 // lost or repeated. After a crash, the lines queued between the queue's
@@ -67,9 +98,17 @@
 // agent was down, the rotated file is found in the same directory by its
 // identity (device and inode) and finished first.
 //
-// A disk write or fsync error stops the agent (Run returns it): after a
-// failed fsync the page cache cannot be trusted. The restart truncates
-// whatever was not made durable.
+// A full or failing disk does not stop the agent. A queue write or fsync
+// that fails is rolled back and only the calls of that group commit are
+// answered TRY_LATER (freeway_agent_queue_write_errors_total); if the
+// rollback fails too, every call is answered TRY_LATER
+// (freeway_agent_queue_unavailable) until a periodic retry repairs the
+// queue. Meanwhile the agent keeps shipping what is durable, which frees
+// space as shipped segments are deleted, keeps serving fb303, and retries
+// the writes of tail positions and of the acknowledged position. The
+// backlog drains and calls are accepted again once there is space.
+// Nothing of a call answered TRY_LATER is kept, so the client's retry
+// never makes an entry count twice.
 //
 // # Limits
 //
@@ -78,6 +117,11 @@
 // the old offset within one poll interval goes unnoticed (as with tail -F).
 // A file identity (inode) reused by another file while the agent is down
 // makes the agent resume that file at the saved offset.
+//
+// A batch holds whole entries, and an entry larger than BatchBytes is
+// shipped alone; an entry larger than the upstream accepts in one call
+// cannot be shipped (the shipper retries it), so the upstream's call
+// limit must be at least the agent's.
 //
 // # Use
 //

@@ -59,6 +59,13 @@ type got struct {
 	msg string
 }
 
+// dedupKey is what Puma deduplicates an agent's entry by: the agent id,
+// the incarnation of the queue that numbered it, and its sequence number.
+type dedupKey struct {
+	agent, incarnation string
+	seq                int64
+}
+
 // fakeUpstream is a fake calligraphus: it records every call and answers
 // with answer(call index, batch), OK by default.
 type fakeUpstream struct {
@@ -89,28 +96,85 @@ func (u *fakeUpstream) Log(ctx context.Context, es []*scribe.LogEntry) (scribe.R
 }
 
 // received returns what was answered OK, in order, with duplicates (a
-// re-sent batch) removed after checking they are identical.
+// re-sent batch) removed after checking they are identical: an entry's
+// identity is (agent id, incarnation, sequence number), and one identity
+// with two contents is a collision that would make Puma drop an entry.
 func (u *fakeUpstream) received(t testing.TB) []got {
 	t.Helper()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var out []got
-	bySeq := map[int64]got{}
+	byKey := map[dedupKey]got{}
 	for _, b := range u.ok {
 		for i, e := range b.Messages {
 			g := got{cat: e.Category, msg: string(e.Message)}
 			if b.FirstSeq != 0 {
 				g.seq = b.FirstSeq + int64(i)
-				if prev, dup := bySeq[g.seq]; dup {
+				k := dedupKey{b.AgentID, b.GetIncarnation(), g.seq}
+				if prev, dup := byKey[k]; dup {
 					if prev != g {
-						t.Fatalf("sequence %d re-sent with other content: %v then %v", g.seq, prev, g)
+						t.Fatalf("entry identity %s/%d (incarnation set: %v) re-sent with other content: %v then %v",
+							k.agent, k.seq, k.incarnation != "", prev, g)
 					}
 					continue
 				}
-				bySeq[g.seq] = g
+				byKey[k] = g
 			}
 			out = append(out, g)
 		}
+	}
+	return out
+}
+
+// pumaCounts replays what upstream answered OK through Puma's
+// deduplication (per agent id and incarnation, an entry at or below the
+// high-water sequence number is dropped) and counts each message that
+// survives.
+func (u *fakeUpstream) pumaCounts() map[string]int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	hw := map[string]int64{}
+	n := map[string]int{}
+	for _, b := range u.ok {
+		key := b.AgentID
+		if b.IsSetIncarnation() {
+			key += "/" + b.GetIncarnation()
+		}
+		for i, e := range b.Messages {
+			if b.FirstSeq != 0 {
+				seq := b.FirstSeq + int64(i)
+				if seq <= hw[key] {
+					continue
+				}
+				hw[key] = seq
+			}
+			n[string(e.Message)]++
+		}
+	}
+	return n
+}
+
+// wantOnce checks that Puma would count exactly the messages want, each once.
+func wantOnce(t testing.TB, counts map[string]int, want []string) {
+	t.Helper()
+	wanted := map[string]bool{}
+	for _, m := range want {
+		wanted[m] = true
+		if counts[m] != 1 {
+			t.Errorf("%q counted %d times, want once", m, counts[m])
+		}
+	}
+	for m, c := range counts {
+		if !wanted[m] {
+			t.Errorf("%q counted %d times, never accepted", m, c)
+		}
+	}
+}
+
+func msgs(es []*scribe.LogEntry) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, string(e.Message))
 	}
 	return out
 }

@@ -8,14 +8,21 @@ import (
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 )
 
-// Reasons an entry from an app is rejected (dropped and counted).
+// Reasons an entry from an app is rejected (dropped and counted): only
+// an empty category, which stock Scribe drops too.
+const reasonEmptyCategory = "empty_category"
+
+var rejectReasons = []string{reasonEmptyCategory}
+
+// Reasons a call is answered TRY_LATER.
 const (
-	reasonEmptyCategory   = "empty_category"
-	reasonInvalidCategory = "invalid_category"
-	reasonTooLarge        = "too_large"
+	tryLaterQueueFull  = "queue_full"  // max_queue_bytes reached
+	tryLaterWriteError = "write_error" // the disk is full or failing
+	tryLaterClosed     = "closed"      // the agent is stopping
+	tryLaterTooLarge   = "too_large"   // a record over the queue's limit (larger than any call)
 )
 
-var rejectReasons = []string{reasonEmptyCategory, reasonInvalidCategory, reasonTooLarge}
+var tryLaterReasons = []string{tryLaterQueueFull, tryLaterWriteError, tryLaterClosed, tryLaterTooLarge}
 
 // counters are the agent's counts, kept as atomics so that Prometheus
 // and fb303 getCounters read the same numbers.
@@ -23,21 +30,32 @@ type counters struct {
 	receivedScribe atomic.Int64 // entries from apps made durable in the queue
 	receivedTail   atomic.Int64 // tailed lines made durable in the queue
 	rejected       map[string]*atomic.Int64
-	tryLaterSent   atomic.Int64 // Log calls answered TRY_LATER
-	tryLaterFull   atomic.Int64 // of which because the queue was full
-	shipped        atomic.Int64 // entries acknowledged by upstream
-	batches        atomic.Int64 // batches acknowledged by upstream
-	shipErrors     atomic.Int64 // failed connects and calls upstream
-	tryLaterRecv   atomic.Int64 // TRY_LATER answers from upstream
-	inFlight       atomic.Int64 // batches sent and not yet answered
+	tryLater       map[string]*atomic.Int64 // calls answered TRY_LATER, by reason
+	shipped        atomic.Int64             // entries acknowledged by upstream
+	batches        atomic.Int64             // batches acknowledged by upstream
+	shipErrors     atomic.Int64             // failed connects and calls upstream
+	tryLaterRecv   atomic.Int64             // TRY_LATER answers from upstream
+	inFlight       atomic.Int64             // batches sent and not yet answered
+	queueErrors    atomic.Int64             // failed queue reads and acknowledgements (retried)
 }
 
 func newCounters() *counters {
-	c := &counters{rejected: map[string]*atomic.Int64{}}
+	c := &counters{rejected: map[string]*atomic.Int64{}, tryLater: map[string]*atomic.Int64{}}
 	for _, r := range rejectReasons {
 		c.rejected[r] = new(atomic.Int64)
 	}
+	for _, r := range tryLaterReasons {
+		c.tryLater[r] = new(atomic.Int64)
+	}
 	return c
+}
+
+func (c *counters) tryLaterTotal() int64 {
+	var n int64
+	for _, v := range c.tryLater {
+		n += v.Load()
+	}
+	return n
 }
 
 func (c *counters) rejectedTotal() int64 {
@@ -56,20 +74,26 @@ func (c *counters) fb303(q *diskqueue.Queue) map[string]int64 {
 		"agent.received":           c.receivedScribe.Load(),
 		"agent.received_tail":      c.receivedTail.Load(),
 		"agent.rejected":           c.rejectedTotal(),
-		"agent.try_later_sent":     c.tryLaterSent.Load(),
+		"agent.try_later_sent":     c.tryLaterTotal(),
 		"agent.queue_entries":      st.Entries,
 		"agent.queue_bytes":        st.Bytes,
+		"agent.queue_lost":         st.Lost,
+		"agent.queue_write_errors": st.WriteErrors,
 		"agent.shipped":            c.shipped.Load(),
 		"agent.ship_errors":        c.shipErrors.Load(),
 		"agent.try_later_received": c.tryLaterRecv.Load(),
 		"agent.batches_in_flight":  c.inFlight.Load(),
 		"received good":            c.receivedScribe.Load(),
 		"received bad":             c.rejectedTotal(),
-		"denied for queue size":    c.tryLaterFull.Load(),
+		"received blank category":  c.rejected[reasonEmptyCategory].Load(),
+		"denied for queue size":    c.tryLater[tryLaterQueueFull].Load(),
 		"sent":                     c.shipped.Load(),
 	}
 	for r, v := range c.rejected {
 		m["agent.rejected."+r] = v.Load()
+	}
+	for r, v := range c.tryLater {
+		m["agent.try_later_sent."+r] = v.Load()
 	}
 	return m
 }
@@ -88,7 +112,6 @@ func registerMetrics(reg prometheus.Registerer, c *counters, q *diskqueue.Queue,
 	cs := []prometheus.Collector{
 		counter("freeway_agent_entries_received_total", received, prometheus.Labels{"source": "scribe"}, &c.receivedScribe),
 		counter("freeway_agent_entries_received_total", received, prometheus.Labels{"source": "tail"}, &c.receivedTail),
-		counter("freeway_agent_try_later_sent_total", "Log calls answered TRY_LATER (queue full or failing).", nil, &c.tryLaterSent),
 		counter("freeway_agent_entries_shipped_total", "Entries acknowledged OK by calligraphus.", nil, &c.shipped),
 		counter("freeway_agent_batches_shipped_total", "Batches acknowledged OK by calligraphus.", nil, &c.batches),
 		counter("freeway_agent_ship_errors_total", "Failed connections and calls to calligraphus (each is retried).", nil, &c.shipErrors),
@@ -98,11 +121,23 @@ func registerMetrics(reg prometheus.Registerer, c *counters, q *diskqueue.Queue,
 		gauge("freeway_agent_queue_bytes", "Record bytes in the disk queue not yet acknowledged upstream.", func() float64 { return float64(q.Stats().Bytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "freeway_agent_queue_syncs_total", Help: "Fsyncs of appended queue data; each covers every Log call waiting (group commit)."},
 			func() float64 { return float64(q.Stats().Syncs) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "freeway_agent_queue_lost_entries_total", Help: "Entries skipped because their queue segment was corrupt on disk."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "freeway_agent_queue_lost_entries_total", Help: "Entries skipped because their records in the queue were damaged on disk."},
 			func() float64 { return float64(q.Stats().Lost) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "freeway_agent_queue_write_errors_total", Help: "Group commits to the queue that failed (disk full or failing); their calls were answered TRY_LATER and rolled back."},
+			func() float64 { return float64(q.Stats().WriteErrors) }),
+		gauge("freeway_agent_queue_unavailable", "1 while the queue refuses appends until its files are repaired after a failed rollback.", func() float64 {
+			if q.Stats().Unavailable {
+				return 1
+			}
+			return 0
+		}),
+		counter("freeway_agent_queue_errors_total", "Failed reads and acknowledgements of the queue by the shipper (each is retried).", nil, &c.queueErrors),
+	}
+	for _, r := range tryLaterReasons {
+		cs = append(cs, counter("freeway_agent_try_later_sent_total", "Calls answered TRY_LATER, by reason (queue_full, write_error: disk full or failing, closed, too_large).", prometheus.Labels{"reason": r}, c.tryLater[r]))
 	}
 	for _, r := range rejectReasons {
-		cs = append(cs, counter("freeway_agent_entries_rejected_total", "Entries from apps dropped as invalid, by reason.", prometheus.Labels{"reason": r}, c.rejected[r]))
+		cs = append(cs, counter("freeway_agent_entries_rejected_total", "Entries from apps dropped, by reason (empty_category, as stock Scribe drops them).", prometheus.Labels{"reason": r}, c.rejected[r]))
 	}
 	for _, t := range tails {
 		l := prometheus.Labels{"path": t.path}

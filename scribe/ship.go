@@ -3,13 +3,11 @@ package scribe
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/apache/thrift/lib/go/thrift"
 
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
-	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -50,14 +48,20 @@ func (a *Agent) ship(ctx context.Context) error {
 			if ctx.Err() != nil || errors.Is(err, diskqueue.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("read agent queue: %w", err)
+			// A read error (EIO, say) may pass; keep the agent up.
+			a.c.queueErrors.Add(1)
+			a.rl.Error("queue read failed", "reading the agent queue failed, retrying", "err", err)
+			if !sleep(ctx, a.clock, bo.next()) {
+				return nil
+			}
+			continue
 		}
 		req := batchRequest(a.q.ID(), b)
 		for {
 			if up == nil {
 				addr := a.cfg.Upstream[next]
 				next = (next + 1) % len(a.cfg.Upstream)
-				c, err := scribeapi.Dial(addr, thriftsrv.Limits{}, a.cfg.UpstreamTimeout.D())
+				c, err := a.dialUpstream(addr)
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
@@ -105,9 +109,22 @@ func (a *Agent) ship(ctx context.Context) error {
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
 			a.log.Info("upstream reachable again", "upstream", up.addr)
 		}
-		if err := a.q.Ack(b); err != nil {
-			return fmt.Errorf("acknowledge shipped batch: %w", err)
+		// Upstream has the batch: acknowledge it, retrying a failed write
+		// of the position (a full disk) rather than stopping. Should the
+		// agent stop first, the batch is sent again with the same
+		// identity and deduplicated.
+		for {
+			err := a.q.Ack(b)
+			if err == nil {
+				break
+			}
+			a.c.queueErrors.Add(1)
+			a.rl.Error("queue ack failed", "acknowledging a shipped batch in the queue failed, retrying", "err", err)
+			if !sleep(ctx, a.clock, bo.next()) {
+				return nil
+			}
 		}
+		bo.reset()
 		a.c.shipped.Add(int64(len(b.Entries)))
 		a.c.batches.Add(1)
 	}
@@ -126,6 +143,10 @@ func (a *Agent) shipFailed(failing bool, addr string, err error) bool {
 	return true
 }
 
+// batchRequest is the LogBatch for b: the entries' identity upstream is
+// (agent id, incarnation, first_seq + i). The incarnation is left unset
+// for entries of a v1 queue segment, numbered before incarnations
+// existed, so that they deduplicate against what the old agent shipped.
 func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
 	les := make([]scribe.LogEntry, len(b.Entries))
 	ptrs := make([]*scribe.LogEntry, len(b.Entries))
@@ -133,7 +154,11 @@ func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
 		les[i] = scribe.LogEntry{Category: e.Category, Message: e.Message}
 		ptrs[i] = &les[i]
 	}
-	return &scribe.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
+	req := &scribe.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
+	if b.Incarnation != "" {
+		req.Incarnation = &b.Incarnation
+	}
+	return req
 }
 
 // send makes one call, closing the connection if ctx ends meanwhile so

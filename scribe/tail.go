@@ -48,6 +48,7 @@ type tailer struct {
 	split bool  // the line at buf[cut:] was already split
 
 	failing bool // the last poll failed (to log a streak once)
+	dirty   bool // the position could not be saved (a full disk): save it again
 
 	lines, splits, rotations, truncations atomic.Int64
 }
@@ -77,20 +78,33 @@ func (t *tailer) run(ctx context.Context) error {
 			t.f.Close()
 		}
 	}()
-	if err := os.MkdirAll(filepath.Dir(t.posPath), 0o755); err != nil {
-		return fmt.Errorf("create tail position directory: %w", err)
-	}
-	if err := t.restore(); err != nil {
-		return err
+	for {
+		err := os.MkdirAll(filepath.Dir(t.posPath), 0o755)
+		if err != nil {
+			err = fmt.Errorf("create tail position directory: %w", err)
+		} else {
+			err = t.restore()
+		}
+		if err == nil {
+			break
+		}
+		// A full disk or a file not readable yet must not stop the agent.
+		t.a.rl.Error("tail restore "+t.path, "cannot resume a tailed file, retrying", "path", t.path, "err", err)
+		if !sleep(ctx, t.a.clock, t.a.cfg.RetryMax.D()) {
+			return nil
+		}
 	}
 	for {
+		if t.dirty {
+			t.save()
+		}
 		progressed, err := t.poll(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			if errors.Is(err, diskqueue.ErrClosed) || t.a.q.Err() != nil {
-				return nil // the agent is stopping on the queue's error
+			if errors.Is(err, diskqueue.ErrClosed) {
+				return nil // the agent is stopping
 			}
 			if !t.failing {
 				t.log.Error("tailing failed, retrying", "err", err)
@@ -173,9 +187,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
 		t.f, t.id, t.off, t.buf, t.cut, t.split = f, idOf(fi), 0, t.buf[:0], 0, false
-		if err := t.save(); err != nil {
-			return false, err
-		}
+		t.save()
 	}
 	n, err := t.readToEnd(ctx)
 	if err != nil || n > 0 {
@@ -218,7 +230,8 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			return false, fmt.Errorf("seek tailed file: %w", err)
 		}
 		t.off, t.buf, t.cut, t.split = 0, t.buf[:0], 0, false
-		return true, t.save()
+		t.save()
+		return true, nil
 	}
 	return false, nil
 }
@@ -304,8 +317,8 @@ func (t *tailer) add(msg []byte) {
 	t.bsize += diskqueue.RecordSize(&e)
 }
 
-// flush makes the batch durable in the queue (waiting while the queue is
-// full, never dropping), then advances and saves the position.
+// flush makes the batch durable in the queue (waiting while the queue or
+// the disk is full, never dropping), then advances and saves the position.
 func (t *tailer) flush(ctx context.Context) error {
 	if len(t.batch) == 0 {
 		return nil
@@ -316,8 +329,11 @@ func (t *tailer) flush(ctx context.Context) error {
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, diskqueue.ErrFull) {
+		if errors.Is(err, diskqueue.ErrClosed) {
 			return fmt.Errorf("queue tailed lines: %w", err)
+		}
+		if !errors.Is(err, diskqueue.ErrFull) {
+			t.a.rl.Warn("tail append "+t.path, "cannot queue tailed lines, retrying", "path", t.path, "err", err)
 		}
 		if !sleep(ctx, t.a.clock, bo.next()) {
 			return ctx.Err()
@@ -330,15 +346,22 @@ func (t *tailer) flush(ctx context.Context) error {
 	t.buf = t.buf[:n]
 	clear(t.batch)
 	t.batch, t.bsize, t.blns, t.cut = t.batch[:0], 0, 0, 0
-	return t.save()
+	t.save()
+	return nil
 }
 
-func (t *tailer) save() error {
+// save persists the position. A failure (a full disk) does not stop
+// tailing: the save is retried at the next poll, and until it succeeds a
+// restart would queue the lines since the last saved position again.
+func (t *tailer) save() {
 	b, err := json.Marshal(position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off})
-	if err != nil {
-		return fmt.Errorf("encode tail position: %w", err)
+	if err == nil {
+		err = diskqueue.WriteFileAtomic(t.posPath, b)
 	}
-	return diskqueue.WriteFileAtomic(t.posPath, b)
+	t.dirty = err != nil
+	if err != nil {
+		t.a.rl.Warn("tail save "+t.path, "cannot save a tail position, retrying", "path", t.path, "err", err)
+	}
 }
 
 // findByID opens the file in dir whose identity is id, if any.

@@ -7,4 +7,27 @@
 // the local Puma node's memory (fresh, including uncommitted changes); a
 // standalone serving process answers from the store (committed state).
 // It keeps no state of its own.
+//
+// Partial answers. An answer lacking the data of some shards of the
+// app's category says so: over HTTP "partial": true and "missing_shards"
+// (category, bucket, state recovering|failed|elsewhere, error), over
+// Thrift the optional QueryResult fields partial and missing_shards; both
+// are left out of a complete answer, which keeps its exact shape. So is
+// "truncated" (HTTP and Thrift) when a limit or max_rows cut rows off.
+//
+// Security. With Deps.TLS both ports speak TLS (internal/auth). With
+// Deps.Auth's query tokens, /api/v1/* and the page need "Authorization:
+// Bearer <token>" (else 401, WWW-Authenticate: Bearer and a JSON error),
+// and a Thrift connection calls authenticate(token) before its queries
+// (else QueryError code 401); the token is checked again at every call.
+// With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
+// and /admin/shutdown need it; without one the admin endpoints answer
+// the local host only. /healthz and /readyz are always open, for probes.
+// When serving fans out to other Puma nodes (not yet), it dials them with
+// Deps.TLS.ClientConfig.
+//
+// Readiness. /readyz answers 200 "ready", or 503 with the reason and one
+// line per shard in the way (recovering since when, failed with its error
+// and next try, held by nobody). ReadyzHandler is the one implementation:
+// the admin listener of the targets without serving answers with it too.
 package serving

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"math"
@@ -18,11 +19,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
@@ -75,12 +79,31 @@ func (c *Config) Validate() error {
 // Deps are what serving needs from the wiring.
 type Deps struct {
 	Source Source
-	// Ready reports readiness for /readyz; nil means always ready.
-	Ready    func() bool
+	// Ready reports readiness for /readyz (a Puma node's Readiness); nil
+	// means always ready.
+	Ready    func() puma.Readiness
 	Gatherer prometheus.Gatherer
 	Metrics  prometheus.Registerer
 	Log      *slog.Logger
 	Now      func() time.Time
+	// Budget is the process's in-flight byte budget for Thrift calls
+	// (nil: one of the Thrift port's own).
+	Budget *thriftsrv.Budget
+	// HTTP bounds the HTTP port (zero fields: httpsrv's defaults, with a
+	// write timeout above the query timeout).
+	HTTP httpsrv.Limits
+	// Auth guards the endpoints with the process's tokens (nil: none
+	// configured): /api/v1/*, the web page and the Thrift query port
+	// need a query token, /metrics, /debug/pprof/ and POST /admin/* the
+	// admin token; /healthz and /readyz stay open for probes.
+	Auth *auth.Guard
+	// TLS, when set, makes the HTTP and Thrift ports speak TLS. It is
+	// also what a fan-out to other Puma nodes (not there yet) is to dial
+	// them with: TLS.ClientConfig(addr).
+	TLS *auth.TLS
+	// Reload and Shutdown are what POST /admin/reload and /admin/shutdown
+	// do (nil: answered 501); they must return at once.
+	Reload, Shutdown func()
 }
 
 // Server serves queries.
@@ -90,7 +113,7 @@ type Server struct {
 	log    *slog.Logger
 	ln     net.Listener
 	thrift *thriftsrv.Server
-	http   *http.Server
+	http   *httpsrv.Server
 	reqs   *prometheus.CounterVec
 	lat    *prometheus.HistogramVec
 }
@@ -116,26 +139,36 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Metrics != nil {
 		deps.Metrics.MustRegister(s.reqs, s.lat)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	hl := deps.HTTP
+	if hl.WriteTimeout <= 0 {
+		// A query may run for QueryTimeout; its answer must still go out.
+		hl.WriteTimeout = cfg.QueryTimeout.D() + 30*time.Second
 	}
-	s.ln = ln
+	hs, err := httpsrv.Listen(cfg.Listen, s.Handler(), httpsrv.Options{Name: "serving", Limits: hl, Log: s.log, Metrics: deps.Metrics,
+		TLS: deps.TLS.ServerConfig()})
+	if err != nil {
+		return nil, err
+	}
+	s.http, s.ln = hs, hs.Listener()
 	if cfg.ThriftListen != "" {
-		limits := thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxConnections: 256, IdleTimeout: thriftsrv.DefaultLimits().IdleTimeout}
-		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), limits, deps.Log)
+		limits := thriftsrv.Limits{MaxCallBytes: 1 << 20, MaxConnections: 256}
+		t, err := thriftsrv.Listen(cfg.ThriftListen, freeway.NewQueryProcessor(&thriftHandler{s}), limits, s.log,
+			thriftsrv.WithName("serving"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithMetrics(deps.Metrics),
+			thriftsrv.WithTLS(deps.TLS.ServerConfig()))
 		if err != nil {
-			ln.Close()
+			s.ln.Close()
 			return nil, err
 		}
 		s.thrift = t
 	}
-	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
 // Addr is the bound HTTP address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// URL is the base URL of the HTTP port (https:// with TLS).
+func (s *Server) URL() string { return s.http.URL() }
 
 // ThriftAddr is the bound Thrift address, or "".
 func (s *Server) ThriftAddr() string {
@@ -147,17 +180,12 @@ func (s *Server) ThriftAddr() string {
 
 // Run serves until ctx ends or a listener fails.
 func (s *Server) Run(ctx context.Context) error {
-	s.log.Info("serving queries", "http", s.Addr(), "thrift", s.ThriftAddr())
+	s.log.Info("serving queries", "http", s.URL(), "thrift", s.ThriftAddr(), "tls", s.deps.TLS != nil,
+		"query_tokens", s.deps.Auth.QueryTokens(), "admin_token", s.deps.Auth.AdminToken())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)
-	go func() {
-		err := s.http.Serve(s.ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		errc <- err
-	}()
+	go func() { errc <- s.http.Serve(ctx) }()
 	n := 1
 	if s.thrift != nil {
 		n++
@@ -169,10 +197,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 		n--
 	}
-	cancel() // stops the Thrift server too when HTTP failed first
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer scancel()
-	s.http.Shutdown(sctx)
+	cancel() // stops the other server too when one failed first
 	for ; n > 0; n-- {
 		if e := <-errc; err == nil {
 			err = e
@@ -184,31 +209,33 @@ func (s *Server) Run(ctx context.Context) error {
 // Handler is the HTTP handler (also usable without Run, in tests).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /api/v1/apps", s.instrument("apps", s.handleApps))
-	mux.Handle("GET /api/v1/query", s.instrument("query", s.handleQuery))
+	g := s.deps.Auth
+	query := func(h http.HandlerFunc) http.HandlerFunc { return g.Query(h).ServeHTTP }
+	mux.Handle("GET /api/v1/apps", s.instrument("apps", query(s.handleApps)))
+	mux.Handle("GET /api/v1/query", s.instrument("query", query(s.handleQuery)))
 	mux.Handle("GET /healthz", s.instrument("healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	}))
-	mux.Handle("GET /readyz", s.instrument("readyz", func(w http.ResponseWriter, r *http.Request) {
-		if s.deps.Ready != nil && !s.deps.Ready() {
-			http.Error(w, "not ready: shards are still recovering", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	}))
+	mux.Handle("GET /readyz", s.instrument("readyz", ReadyzHandler(s.deps.Ready)))
 	if s.deps.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.deps.Gatherer, promhttp.HandlerOpts{}))
+		mux.Handle("GET /metrics", g.Admin(promhttp.HandlerFor(s.deps.Gatherer, promhttp.HandlerOpts{})))
 	}
 	if s.cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", g.Admin(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/cmdline", g.Admin(http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("/debug/pprof/profile", g.Admin(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", g.Admin(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", g.Admin(http.HandlerFunc(pprof.Trace)))
 	}
-	mux.Handle("GET /{$}", s.instrument("index", s.handleIndex))
+	mux.Handle("POST /admin/reload", s.instrument("admin", g.Control(g.ControlHandler("reload", s.deps.Reload)).ServeHTTP))
+	mux.Handle("POST /admin/shutdown", s.instrument("admin", g.Control(g.ControlHandler("shutdown", s.deps.Shutdown)).ServeHTTP))
+	mux.Handle("GET /{$}", s.instrument("index", query(s.handleIndex)))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
+		case "/admin/reload", "/admin/shutdown":
+			w.Header().Set("Allow", "POST")
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (use POST)", r.Method, r.URL.Path))
+			return
 		case "/api/v1/apps", "/api/v1/query", "/healthz", "/readyz", "/metrics", "/":
 			if r.Method == http.MethodGet || r.Method == http.MethodHead {
 				break // not served here (/metrics without a gatherer)
@@ -220,6 +247,26 @@ func (s *Server) Handler() http.Handler {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s %s (see GET /api/v1/apps and GET /api/v1/query)", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// ReadyzHandler answers /readyz from ready (nil: always ready): 200
+// "ready", or 503 with the reason and one line per shard in the way
+// (recovering, failed with its error, held by nobody). The serving
+// process and the admin listener of the other targets both answer with
+// it.
+func ReadyzHandler(ready func() puma.Readiness) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rd := puma.Readiness{Ready: true}
+		if ready != nil {
+			rd = ready()
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if !rd.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		io.WriteString(w, rd.String())
+	}
 }
 
 type statusRecorder struct {
@@ -343,11 +390,24 @@ type RowJSON struct {
 	Values      map[string]any    `json:"values"`
 }
 
-// ResultJSON is the answer of /api/v1/query.
+// ResultJSON is the answer of /api/v1/query. Partial and MissingShards
+// are set only when shards of the app's category are missing from the
+// answer, so that a complete answer keeps its shape.
 type ResultJSON struct {
-	App       string    `json:"app"`
-	Rows      []RowJSON `json:"rows"`
-	Truncated bool      `json:"truncated,omitempty"`
+	App           string             `json:"app"`
+	Rows          []RowJSON          `json:"rows"`
+	Truncated     bool               `json:"truncated,omitempty"`
+	Partial       bool               `json:"partial,omitempty"`
+	MissingShards []MissingShardJSON `json:"missing_shards,omitempty"`
+}
+
+// MissingShardJSON is a shard whose data an answer lacks.
+type MissingShardJSON struct {
+	Category string `json:"category"`
+	Bucket   int    `json:"bucket"`
+	// State is "recovering", "failed" or "elsewhere".
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
 }
 
 var queryParams = map[string]bool{"app": true, "from": true, "to": true, "group_by": true, "window": true, "limit": true}
@@ -479,7 +539,10 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated}
+	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial()}
+	for _, m := range res.Missing {
+		out.MissingShards = append(out.MissingShards, MissingShardJSON{Category: m.Category, Bucket: m.Bucket, State: string(m.State), Error: m.Error})
+	}
 	for _, row := range res.Rows {
 		out.Rows = append(out.Rows, RowJSON{
 			WindowStart: time.UnixMilli(row.WindowStartMs).UTC().Format(time.RFC3339),
@@ -494,7 +557,54 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 // thriftHandler serves the Query service of freeway.thrift.
 type thriftHandler struct{ s *Server }
 
+// Codes of QueryError, as the HTTP API's statuses.
+var (
+	codeBadQuery     = thrift.Int32Ptr(http.StatusBadRequest)
+	codeUnauthorized = thrift.Int32Ptr(http.StatusUnauthorized)
+	codeInternal     = thrift.Int32Ptr(http.StatusInternalServerError)
+)
+
+// tokenKey keeps the token a connection authenticated with.
+type tokenKey struct{}
+
+// Authenticate gives the connection a query token, checked again at each
+// later call (so a token removed from the file stops working). Without
+// query tokens configured it is accepted and ignored.
+func (h *thriftHandler) Authenticate(ctx context.Context, token string) error {
+	if !h.s.deps.Auth.QueryTokens() {
+		return nil
+	}
+	if err := h.s.deps.Auth.CheckQuery(auth.EndpointThriftQuery, token, peer(ctx)); err != nil {
+		thriftsrv.SetConnValue(ctx, tokenKey{}, nil)
+		return &freeway.QueryError{Message: err.Error(), Code: codeUnauthorized}
+	}
+	thriftsrv.SetConnValue(ctx, tokenKey{}, token)
+	return nil
+}
+
+// authorize checks the connection's token, when tokens are configured.
+func (h *thriftHandler) authorize(ctx context.Context) error {
+	if !h.s.deps.Auth.QueryTokens() {
+		return nil
+	}
+	token, _ := thriftsrv.ConnValue(ctx, tokenKey{}).(string)
+	if err := h.s.deps.Auth.CheckQuery(auth.EndpointThriftQuery, token, peer(ctx)); err != nil {
+		return &freeway.QueryError{Message: err.Error(), Code: codeUnauthorized}
+	}
+	return nil
+}
+
+func peer(ctx context.Context) string {
+	if a, ok := thriftsrv.Peer(ctx); ok {
+		return a.String()
+	}
+	return "unknown"
+}
+
 func (h *thriftHandler) Apps(ctx context.Context) ([]*freeway.AppInfo, error) {
+	if err := h.authorize(ctx); err != nil {
+		return nil, err
+	}
 	var out []*freeway.AppInfo
 	for _, a := range h.s.deps.Source.Apps() {
 		info := &freeway.AppInfo{Name: a.Name(), Category: a.Spec.Category, WindowSeconds: a.WindowMs / 1000, GroupBy: append([]string{}, a.Spec.GroupBy...)}
@@ -512,16 +622,19 @@ func (h *thriftHandler) Apps(ctx context.Context) ([]*freeway.AppInfo, error) {
 }
 
 func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*freeway.QueryResult_, error) {
+	if err := h.authorize(ctx); err != nil {
+		return nil, err
+	}
 	if req == nil {
-		return nil, &freeway.QueryError{Message: "missing request"}
+		return nil, &freeway.QueryError{Message: "missing request", Code: codeBadQuery}
 	}
 	for _, t := range []int64{req.FromUnix, req.ToUnix} {
 		if t < -maxUnixSeconds || t > maxUnixSeconds {
-			return nil, &freeway.QueryError{Message: fmt.Sprintf("time %d is out of range (Unix seconds within ±%d)", t, int64(maxUnixSeconds))}
+			return nil, &freeway.QueryError{Message: fmt.Sprintf("time %d is out of range (Unix seconds within ±%d)", t, int64(maxUnixSeconds)), Code: codeBadQuery}
 		}
 	}
 	if req.FromUnix >= req.ToUnix {
-		return nil, &freeway.QueryError{Message: "from must be before to"}
+		return nil, &freeway.QueryError{Message: "from must be before to", Code: codeBadQuery}
 	}
 	q := puma.Query{App: req.App, FromMs: req.FromUnix * 1000, ToMs: req.ToUnix * 1000, GroupBy: req.GroupBy, AllWindows: req.AllWindows, Limit: int(req.Limit)}
 	if q.Limit <= 0 || q.Limit > h.s.cfg.MaxRows {
@@ -531,11 +644,25 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 	if err != nil {
 		var bad *puma.BadQueryError
 		if errors.As(err, &bad) {
-			return nil, &freeway.QueryError{Message: bad.Msg}
+			return nil, &freeway.QueryError{Message: bad.Msg, Code: codeBadQuery}
 		}
-		return nil, &freeway.QueryError{Message: "internal error: " + err.Error()}
+		return nil, &freeway.QueryError{Message: "internal error: " + err.Error(), Code: codeInternal}
 	}
 	out := &freeway.QueryResult_{App: res.App, Rows: make([]*freeway.Row, 0, len(res.Rows))}
+	// Set only when true, as the HTTP answer omits them when false.
+	if res.Truncated {
+		out.Truncated = thrift.BoolPtr(true)
+	}
+	if res.Partial() {
+		out.Partial = thrift.BoolPtr(true)
+		for _, m := range res.Missing {
+			ms := &freeway.MissingShard{Category: m.Category, Bucket: int32(m.Bucket), State: string(m.State)}
+			if m.Error != "" {
+				ms.Error = thrift.StringPtr(m.Error)
+			}
+			out.MissingShards = append(out.MissingShards, ms)
+		}
+	}
 	for _, row := range res.Rows {
 		vals := map[string]float64{}
 		for k, v := range row.Values {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
@@ -370,13 +371,24 @@ func TestProbesAndMetrics(t *testing.T) {
 	var mu sync.Mutex
 	src := &fakeSource{apps: testApps(t)}
 	s := newServer(t, src, func(c *Config, d *Deps) {
-		d.Ready = func() bool { mu.Lock(); defer mu.Unlock(); return ready }
+		d.Ready = func() puma.Readiness {
+			mu.Lock()
+			defer mu.Unlock()
+			if ready {
+				return puma.Readiness{Ready: true}
+			}
+			return puma.Readiness{Reason: "1 of 2 shards are not running here (1 failed)", Shards: []puma.Status{
+				{Category: "shop", Bucket: 1, State: puma.StateFailed, Error: "store unreachable", Failures: 2, LastAttempt: now, RetryAt: now.Add(4 * time.Second)},
+			}}
+		}
 	})
 	if w := get(t, s, "/healthz"); w.Code != 200 || w.Body.String() != "ok\n" {
 		t.Fatalf("healthz: %d %q", w.Code, w.Body)
 	}
-	if w := get(t, s, "/readyz"); w.Code != 503 || !strings.Contains(w.Body.String(), "not ready") {
-		t.Fatalf("readyz before ready: %d %q", w.Code, w.Body)
+	want := "not ready: 1 of 2 shards are not running here (1 failed)\n" +
+		"shop/1: failed at 2024-05-06T07:08:09Z (2 in a row, next try at 2024-05-06T07:08:13Z): store unreachable\n"
+	if w := get(t, s, "/readyz"); w.Code != 503 || w.Body.String() != want {
+		t.Fatalf("readyz before ready: %d %q, want %q", w.Code, w.Body, want)
 	}
 	mu.Lock()
 	ready = true
@@ -600,8 +612,20 @@ func TestThrift(t *testing.T) {
 		Key:    map[string]string{"region": "eu", "kind": "book"},
 		Values: map[string]float64{"n": 3, "total": 12.5}, // no value: absent
 	}}}
-	if !res.Equals(wantRes) {
+	if !res.Equals(wantRes) || res.Truncated != nil || res.Partial != nil || res.MissingShards != nil {
 		t.Fatalf("result %v, want %v", res, wantRes)
+	}
+	// A cut answer says so, as over HTTP.
+	src.mu.Lock()
+	src.res = &puma.Result{App: "orders", Rows: src.res.Rows, Truncated: true}
+	src.mu.Unlock()
+	res, err = qc.Query(ctx, &freeway.QueryRequest{App: "orders", FromUnix: 1714975200, ToUnix: 1714978800, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRes.Truncated = thrift.BoolPtr(true)
+	if !res.Equals(wantRes) {
+		t.Fatalf("truncated result %v, want %v", res, wantRes)
 	}
 	for _, c := range []struct {
 		req  *freeway.QueryRequest

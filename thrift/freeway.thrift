@@ -1,5 +1,13 @@
 // Freeway's query service: the Thrift twin of serving's HTTP JSON API
 // (GET /api/v1/apps, GET /api/v1/query). Same semantics, same errors.
+//
+// Tokens. When the server has query tokens (auth.query_tokens_file), a
+// connection calls authenticate(token) once, before its first query; the
+// token holds for the connection's later calls and is checked again at
+// each of them (a token removed from the file stops working). A call
+// without a valid token is refused with QueryError {code: 401}. Without
+// tokens configured authenticate is accepted and ignored, and clients
+// built before it keep working unchanged.
 
 namespace go freeway
 
@@ -38,16 +46,43 @@ struct Row {
   4: map<string, double> values,
 }
 
+// A shard whose data an answer lacks: it is still loading on the node that
+// answered (recovering), its last attempt failed (failed), or another node
+// holds it (elsewhere).
+struct MissingShard {
+  1: string category,
+  2: i32 bucket,
+  // "recovering", "failed" or "elsewhere".
+  3: string state,
+  // Why, when known (the error of a failed shard).
+  4: optional string error,
+}
+
+// Fields 3 to 5 are new: a client built before them reads the rows only.
+// They are set only when true or non-empty, as in the HTTP answer.
 struct QueryResult {
   1: string app,
   2: list<Row> rows,
+  // The limit (or the server's max_rows) cut rows off.
+  3: optional bool truncated,
+  // Some shards of the app's category are missing from the answer: the
+  // rows hold only the data of the others.
+  4: optional bool partial,
+  5: optional list<MissingShard> missing_shards,
 }
 
 exception QueryError {
   1: string message,
+  // 400 for a bad query (also when unset, as servers before it sent),
+  // 401 for a missing or invalid token, 500 for a server error.
+  2: optional i32 code,
 }
 
 service Query {
-  list<AppInfo> apps(),
+  // Throws only for a missing or invalid token (code 401).
+  list<AppInfo> apps() throws (1: QueryError err),
   QueryResult query(1: QueryRequest req) throws (1: QueryError err),
+  // Gives the connection a token of auth.query_tokens_file; throws
+  // QueryError {code: 401} for a token that is not valid.
+  void authenticate(1: string token) throws (1: QueryError err),
 }

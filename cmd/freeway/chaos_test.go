@@ -95,8 +95,8 @@ func TestChaosEmbedded(t *testing.T) {
 			"--data-dir", filepath.Join(h.dir, name),
 			"--agent.listen", addr(1+2*i), "--agent.upstream", writer, "--admin-listen", addr(2+2*i)))
 	}
-	h.pumas = []*proc{core}
-	h.writers = []*proc{core}
+	h.pumas = []*chaosProc{core}
+	h.writers = []*chaosProc{core}
 	h.queryAddr = core.http
 
 	kill := []string{"core", "agent-1", "agent-2"}
@@ -166,7 +166,7 @@ func TestChaosEngines(t *testing.T) {
 	}
 	serving := h.addProc("serving", "serving", addr(10), "",
 		"--data-dir", filepath.Join(h.dir, "serving"), "--serving.listen", addr(10))
-	h.writers = []*proc{writer}
+	h.writers = []*chaosProc{writer}
 	h.queryAddr = serving.http
 
 	killable := []string{"agent-0", "agent-1", "agent-2", "calligraphus", "puma-0", "puma-1", "serving"}

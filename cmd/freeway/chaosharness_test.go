@@ -80,15 +80,15 @@ type harness struct {
 	rng     *rand.Rand // the schedule's; the generator has its own
 	http    *http.Client
 
-	procs     []*proc
-	agents    []*proc // where the generator sends
-	pumas     []*proc // processes whose /metrics are Puma's
-	writers   []*proc // processes whose /metrics are calligraphus's
-	queryAddr string  // host:port of the query API
-	engines   string  // engines.sh, on the real engines
-	dfsURL    string  // removed after a successful run on the engines
-	hbase     string  // the Thrift2 gateway, and the prefix of the tables
-	prefix    string  // dropped after a successful run
+	procs     []*chaosProc
+	agents    []*chaosProc // where the generator sends
+	pumas     []*chaosProc // processes whose /metrics are Puma's
+	writers   []*chaosProc // processes whose /metrics are calligraphus's
+	queryAddr string       // host:port of the query API
+	engines   string       // engines.sh, on the real engines
+	dfsURL    string       // removed after a successful run on the engines
+	hbase     string       // the Thrift2 gateway, and the prefix of the tables
+	prefix    string       // dropped after a successful run
 
 	calls [][]*call            // per generator worker
 	final map[string]cellValue // the settled answer
@@ -105,9 +105,9 @@ type harness struct {
 	engineDeaths int
 }
 
-// proc is one process of the freeway binary, restarted with the same
+// chaosProc is one process of the freeway binary, restarted with the same
 // arguments.
-type proc struct {
+type chaosProc struct {
 	name    string
 	args    []string
 	logPath string
@@ -125,7 +125,7 @@ type proc struct {
 	starts     int
 }
 
-func (p *proc) running() bool {
+func (p *chaosProc) running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd == nil {
@@ -139,7 +139,7 @@ func (p *proc) running() bool {
 	}
 }
 
-func (p *proc) pid() int {
+func (p *chaosProc) pid() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd == nil {
@@ -148,7 +148,7 @@ func (p *proc) pid() int {
 	return p.cmd.Process.Pid
 }
 
-func (p *proc) signal(sig syscall.Signal) int {
+func (p *chaosProc) signal(sig syscall.Signal) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd == nil {
@@ -224,8 +224,8 @@ apps:
 	}
 }
 
-func (h *harness) addProc(name, target, httpAddr, scribeAddr string, args ...string) *proc {
-	p := &proc{
+func (h *harness) addProc(name, target, httpAddr, scribeAddr string, args ...string) *chaosProc {
+	p := &chaosProc{
 		name: name, http: httpAddr, scribe: scribeAddr,
 		logPath: filepath.Join(h.dir, name+".log"),
 		args:    append([]string{target, "--config", h.cfgPath}, args...),
@@ -234,7 +234,7 @@ func (h *harness) addProc(name, target, httpAddr, scribeAddr string, args ...str
 	return p
 }
 
-func (h *harness) proc(name string) *proc {
+func (h *harness) byName(name string) *chaosProc {
 	for _, p := range h.procs {
 		if p.name == name {
 			return p
@@ -245,7 +245,7 @@ func (h *harness) proc(name string) *proc {
 }
 
 // launch starts p, appending its output to its log file.
-func (h *harness) launch(p *proc) error {
+func (h *harness) launch(p *chaosProc) error {
 	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -280,7 +280,7 @@ func (h *harness) launch(p *proc) error {
 
 // selfExit handles a process that exited without being killed: it is
 // shown and counted, and restarted as a supervisor would.
-func (h *harness) selfExit(p *proc, pid int, err error) {
+func (h *harness) selfExit(p *chaosProc, pid int, err error) {
 	h.logf("%s (pid %d) exited on its own: %v; its last lines:\n%s", p.name, pid, err, tail(p.logPath, 8))
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -306,7 +306,7 @@ func (h *harness) selfExit(p *proc, pid int, err error) {
 
 // kill SIGKILLs p and waits for it to exit; it returns the pid, or 0 if
 // p was not running.
-func (h *harness) kill(p *proc) int {
+func (h *harness) kill(p *chaosProc) int {
 	p.mu.Lock()
 	cmd, exited := p.cmd, p.exited
 	p.expectExit = true
@@ -325,7 +325,7 @@ func (h *harness) kill(p *proc) int {
 }
 
 // restart starts p and waits until it is ready; the caller holds p.op.
-func (h *harness) restart(p *proc) bool {
+func (h *harness) restart(p *chaosProc) bool {
 	if err := h.launch(p); err != nil {
 		h.failf("%v", err)
 		return false
@@ -341,7 +341,7 @@ func (h *harness) restart(p *proc) bool {
 }
 
 // waitReady waits until p answers /readyz with 200.
-func (h *harness) waitReady(p *proc) error {
+func (h *harness) waitReady(p *chaosProc) error {
 	deadline := time.Now().Add(readyTimeout)
 	var last string
 	for time.Now().Before(deadline) {
@@ -468,7 +468,7 @@ func (h *harness) runFaults(ctx context.Context, phase time.Time, plan []fault, 
 			if f.kind == faultEngine {
 				lock = &h.engineMu
 			} else {
-				lock = &h.proc(f.target).op
+				lock = &h.byName(f.target).op
 			}
 			for !lock.TryLock() {
 				select {
@@ -490,13 +490,13 @@ func (h *harness) doFault(f fault) {
 	h.mu.Unlock()
 	switch f.kind {
 	case faultKill:
-		p := h.proc(f.target)
+		p := h.byName(f.target)
 		pid := h.kill(p)
 		h.logf("SIGKILL %s (pid %d); restart in %.1fs", p.name, pid, f.d.Seconds())
 		time.Sleep(f.d)
 		h.restart(p)
 	case faultStop, faultExpire:
-		p := h.proc(f.target)
+		p := h.byName(f.target)
 		if !p.running() {
 			h.logf("skipped SIGSTOP %s: not running", p.name)
 			return

@@ -2,6 +2,11 @@
 // pipeline in one process on embedded backends; `freeway agent`,
 // `calligraphus`, `copier`, `puma` and `serving` run one component; `freeway
 // config check FILE` validates a configuration.
+//
+// SIGHUP (or fb303 reinitialize on a Scribe port, or POST /admin/reload
+// on the HTTP port) reloads the configuration file and restarts the
+// components with it when it validates; SIGTERM, SIGINT, fb303 shutdown
+// or POST /admin/shutdown stop them gracefully.
 package main
 
 import (
@@ -98,38 +103,134 @@ func targetCommand(target, use, short string) *cobra.Command {
 		cmd.Flags().IntVar(&demoRate, "demo-rate", 200, "lines per second of the demo load")
 	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		cfg := freeway.DefaultConfig()
-		if configFile != "" {
-			var err error
-			if cfg, err = freeway.LoadFile(configFile); err != nil {
-				return err
+		load := func() (freeway.Config, error) {
+			cfg := freeway.DefaultConfig()
+			if configFile != "" {
+				var err error
+				if cfg, err = freeway.LoadFile(configFile); err != nil {
+					return cfg, err
+				}
 			}
+			flags.Apply(&cfg)
+			if err := cfg.Validate(); err != nil {
+				return cfg, fmt.Errorf("invalid configuration: %w", err)
+			}
+			cfg.Resolve()
+			return cfg, nil
 		}
-		flags.Apply(&cfg)
-		if err := cfg.Validate(); err != nil {
-			return fmt.Errorf("invalid configuration: %w", err)
-		}
-		cfg.Resolve()
-		log := newLogger(cfg.Log)
-		p, err := freeway.New(cfg, target, freeway.Options{Version: version(), Log: log, AdminListen: adminListen})
+		cfg, err := load()
 		if err != nil {
 			return err
 		}
+		log := newLogger(cfg.Log)
+		raiseFileLimit(log)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		log.Info("freeway started", "target", target, "data_dir", cfg.DataDir, "dfs", cfg.DFS, "store", cfg.Store, "coord", cfg.Coord)
-		if p.Serving != nil {
-			log.Info("query API", "url", "http://"+p.Serving.Addr()+"/")
-		}
+		r := &runner{target: target, adminListen: adminListen, load: load, log: log}
 		if demoOn {
-			if p.Agent == nil {
-				return errors.New("--demo needs the agent")
-			}
-			go demo.Run(ctx, p.Agent.Addr(), demoRate, log)
+			r.demoRate = demoRate
 		}
-		return p.Run(ctx)
+		return r.run(ctx, cfg)
 	}
 	return cmd
+}
+
+// runner runs the process's components and restarts them with a
+// reloaded configuration on SIGHUP or fb303 reinitialize.
+type runner struct {
+	target, adminListen string
+	load                func() (freeway.Config, error)
+	log                 *slog.Logger
+	demoRate            int // 0: no demo load
+}
+
+// run runs until ctx ends (SIGTERM, fb303 shutdown) or a component fails.
+// A reload first reads and validates the file: a file that does not
+// validate is logged (file:line:col) and the components keep running on
+// the old one. A valid one stops them gracefully and starts them again
+// with it; if they cannot start with it, they start again with the old
+// one.
+func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
+	ctx, shutdown := context.WithCancel(ctx)
+	defer shutdown()
+	reload := make(chan struct{}, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	opts := freeway.Options{
+		Version: version(), AdminListen: r.adminListen,
+		Reinitialize: func() {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		},
+		Shutdown: shutdown,
+	}
+	var prev *freeway.Config
+	for {
+		opts.Log = r.log
+		p, err := freeway.New(cfg, r.target, opts)
+		if err != nil && prev != nil {
+			r.log.Error("components do not start with the reloaded configuration; starting them with the previous one", "err", err)
+			cfg, prev = *prev, nil
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		pctx, stop := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(pctx) }()
+		r.log.Info("freeway started", "target", r.target, "data_dir", cfg.DataDir, "dfs", cfg.DFS, "store", cfg.Store, "coord", cfg.Coord)
+		if p.Serving != nil {
+			r.log.Info("query API", "url", p.Serving.URL()+"/")
+		}
+		if r.demoRate > 0 {
+			if p.Agent == nil {
+				stop()
+				<-done
+				return errors.New("--demo needs the agent")
+			}
+			go demo.Run(pctx, p.Agent.Addr(), p.Agent.ClientTLS(), r.demoRate, r.log)
+		}
+		next, err := r.wait(ctx, done, reload, hup)
+		stop()
+		if next == nil {
+			if e := <-done; err == nil {
+				err = e
+			}
+			return err
+		}
+		if err := <-done; err != nil {
+			r.log.Error("components stopped with an error for the reload", "err", err)
+		}
+		prev, cfg = &cfg, *next
+		r.log = newLogger(cfg.Log)
+		r.log.Info("configuration reloaded; starting the components again")
+	}
+}
+
+// wait waits for the end (nil config) or a valid reloaded configuration.
+func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}, hup chan os.Signal) (*freeway.Config, error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case err := <-done:
+			done <- err // for run to read again
+			return nil, nil
+		case <-hup:
+		case <-reload:
+		}
+		r.log.Info("reloading configuration")
+		cfg, err := r.load()
+		if err != nil {
+			r.log.Error("configuration not reloaded; running on the previous one", "err", err)
+			continue
+		}
+		return &cfg, nil
+	}
 }
 
 func configCommand() *cobra.Command {

@@ -305,20 +305,6 @@ func (s *Spec) fieldRefs() []fieldRef {
 	return refs
 }
 
-// categoryRE is the rule categories followed before internal/layout
-// encoded them.
-var categoryRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
-
-// ValidCategory reports whether c follows the old rule for category
-// names: letters, digits, "_", "." and "-", starting with a letter or a
-// digit, at most 200 bytes. Such names are their own directory names.
-//
-// Deprecated: every non-empty category is written and consumed now
-// (layout.ValidCategory); for store table names use store.ValidTable.
-func ValidCategory(c string) bool {
-	return len(c) <= 200 && categoryRE.MatchString(c)
-}
-
 func namedGroups(re *regexp.Regexp) []string {
 	var out []string
 	for _, n := range re.SubexpNames() {

@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/coord/zkcoord"
@@ -75,8 +77,10 @@ func OpenDFS(raw string) (dfs.FS, error) {
 	return nil, fmt.Errorf("open dfs %q: unknown scheme %q (want file:// or hdfs://)", raw, s)
 }
 
-// OpenStore opens the store at raw.
-func OpenStore(raw string) (store.Store, error) {
+// OpenStore opens the store at raw. log and reg (either may be nil) get
+// what the embedded store reports: a damaged file moved aside, and
+// freeway_store_damaged_total.
+func OpenStore(raw string, log *slog.Logger, reg prometheus.Registerer) (store.Store, error) {
 	s, err := scheme(raw)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -87,7 +91,7 @@ func OpenStore(raw string) (store.Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
-		return boltstore.Open(p)
+		return boltstore.OpenWith(p, boltstore.Options{Log: log, Metrics: reg})
 	case "hbase":
 		return hbasestore.Open(raw)
 	}

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/tls"
 	_ "embed"
 	"encoding/json"
 	"fmt"
@@ -76,9 +77,9 @@ func Rewrite(line []byte, t time.Time) (raw, js []byte, ok bool) {
 	return raw, js, true
 }
 
-// Run sends about rate lines a second to the Scribe server at addr until
-// ctx ends, reconnecting as needed.
-func Run(ctx context.Context, addr string, rate int, log *slog.Logger) error {
+// Run sends about rate lines a second to the Scribe server at addr (over
+// TLS with tc, when not nil) until ctx ends, reconnecting as needed.
+func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.Logger) error {
 	log = log.With("component", "demo")
 	lines, err := Lines()
 	if err != nil {
@@ -104,7 +105,7 @@ func Run(ctx context.Context, addr string, rate int, log *slog.Logger) error {
 		case <-t.C:
 		}
 		if client == nil {
-			client, err = scribeapi.Dial(addr, thriftsrv.Limits{}, 10*time.Second)
+			client, err = scribeapi.DialTLS(addr, tc, thriftsrv.Limits{}, 10*time.Second)
 			if err != nil {
 				log.Warn("demo cannot reach the agent; retrying", "err", err)
 				client = nil

@@ -10,15 +10,28 @@
 // batches upstream to calligraphus and acknowledges them; acknowledged
 // segments are deleted.
 //
-// # Sequence numbers
+// # Identity: queue id, incarnation, sequence number
 //
-// Every entry gets a sequence number, one more than the previous entry's,
-// starting at 1 and never reused once durable: a segment's file name is
-// the sequence number of its first record and a record's number is its
-// index in the segment plus that. The acknowledged position (the first
-// sequence number not yet acknowledged) is persisted, so after a restart
-// the reader starts exactly there and re-delivers the unacknowledged
-// entries with the numbers they had before.
+// An entry's identity upstream is (queue id, incarnation, sequence
+// number). The queue id is random, created once with the directory, and
+// may be logged. The incarnation is a random 128-bit id drawn from
+// crypto/rand at every Open: Open starts a new segment whose header
+// carries it, fsynced with the directory before any append is accepted.
+// Entries keep the incarnation of the segment they were appended to, so
+// after a restart the unacknowledged entries are read again with their
+// original incarnation and sequence numbers (a re-sent entry is
+// recognised as such) while new entries carry the new one; Read never
+// returns a batch spanning two incarnations (Batch.Incarnation). A queue
+// directory restored from a backup, or copied (a VM image) and run twice,
+// therefore never gives two different entries one identity. The
+// incarnation is a secret (a client that knew it could forge entries
+// Puma would take for this queue's): it is never logged, never in an
+// error, and leaves the package only in Batch.
+//
+// Sequence numbers start at 1 and grow by one per entry; a number handed
+// out by a successful Append is never reused. The acknowledged position
+// (the first sequence number not yet acknowledged) is persisted, so after
+// a restart the reader starts exactly there.
 //
 // # Files
 //
@@ -28,14 +41,33 @@
 //	                        {generation u64, seq u64, crc32c u32, 12 zero bytes},
 //	                        written alternately, the valid one with the
 //	                        higher generation wins (a torn slot write
-//	                        leaves the other intact)
+//	                        leaves the other intact); both slots are
+//	                        allocated at open, so that acknowledging never
+//	                        needs disk space
 //	<seq %020d>.seg         a segment; seq is its first record's number
+//	<seq %020d>.seg.tmp     a segment being created (removed at open)
 //
-// A segment starts with a 16-byte header, "FWDQ", version u32 (1) and
-// the first sequence number u64, then records:
+// Format v2 (written now). A segment starts with a 36-byte block written
+// twice (a damaged copy costs nothing):
 //
-//	length u32 | crc32c(payload) u32 | payload
+//	"FWDQ" | version u32 (2) | first seq u64 | incarnation [16] | crc32c(the 32 bytes before) u32
+//
+// then records:
+//
+//	length u32 | seq u64 | crc32c(K || payload) u32 | crc32c(K || the 16 header bytes before) u32 | payload
 //	payload = received unix ms u64 | uvarint len(category) | category | message
+//
+// where K is the segment's incarnation: a record verifies only in a
+// segment of its own run, and bytes a client chose (a message that embeds
+// something shaped like a record) do not pass for one when the reader
+// scans for the next valid record after damage. A record holds at most
+// MaxRecordBytes (256 MiB + 1 MiB: a Scribe call may be 256 MiB).
+//
+// Format v1 (earlier versions; still read, never written): a 16-byte
+// header "FWDQ" | version u32 (1) | first seq u64, then records
+// length u32 | crc32c(payload) u32 | payload, numbered by position. Their
+// entries have incarnation "", so that an upgraded agent's re-sent
+// entries keep deduplicating against what the old one shipped.
 //
 // Integers are little-endian; the CRC is CRC-32C (Castagnoli).
 //
@@ -43,23 +75,52 @@
 //
 // Append writes a group of records (every caller waiting at that moment:
 // group commit) and fsyncs once; it returns only after the fsync, so every
-// entry Append accepted survives. A crash in the middle of a write leaves
-// a torn tail on the last segment; Open detects it (length, CRC, or a
-// record shorter than any valid one, as the zeros a crash can leave are)
-// and truncates it with a warning. Those entries were never acknowledged
-// to anyone. A new segment is created (header fsynced, directory fsynced)
-// only after the previous one was fsynced, so only the last segment can
-// be torn. The acknowledged position is fsynced before the segments it
+// entry Append accepted survives. A new segment is created under a
+// temporary name, its header fsynced, renamed, and the directory fsynced,
+// so a segment file always has its whole header; it is created only after
+// the previous segment was fsynced, so only the last segment can have a
+// torn tail. The acknowledged position is fsynced before the segments it
 // releases are deleted, so at worst the entries of the last unpersisted
-// Ack are delivered again, with the same sequence numbers.
+// Ack are delivered again, with the same identity.
 //
-// A write or fsync error is sticky: the queue refuses further appends and
-// Failed is closed, because after a failed fsync the page cache can no
-// longer be trusted to reach the disk. The owner is expected to stop and
-// be restarted, which reopens the queue and truncates what was not durable.
+// At open the last segment is scanned. A bad record (length, CRCs,
+// sequence number, or cut short) with nothing valid after it is a torn
+// tail, written after the last fsync and never acknowledged: it is
+// truncated with a warning. A bad record followed by valid ones is damage:
+// it is skipped and the rest kept. After a machine crash the pages of one
+// group commit can reach the disk out of order, so a record of a commit
+// that never completed (never acknowledged to its caller, who will retry)
+// can survive behind a torn one and be delivered: an unacknowledged
+// record can be delivered, an acknowledged one is never lost. The same
+// holds if the process dies while a rollback (below) is pending.
 //
-// A record that fails its CRC inside a sealed segment (bit rot, not a
-// crash) cannot be resynchronised past; the reader logs an error, counts
-// the entries from there to the segment's end as lost (Stats.Lost), and
-// continues with the next segment.
+// # Damage
+//
+// A record that fails its checks costs only itself. A damaged payload
+// under a valid header is skipped exactly (the header CRC vouches for the
+// length); a damaged header is resynchronised past by scanning for the
+// next valid record: header CRC, plausible length, a sequence number above
+// the last good one and below the segment's end, payload CRC. The entries
+// in between are counted exactly (Stats.Lost, from the sequence numbers)
+// and logged as an error with the file and offset. This holds in sealed
+// segments and in the last one at open. A v1 record carries neither its
+// number nor a header CRC: damage in a v1 segment loses the rest of that
+// segment (counted exactly from the next segment's first number). A v2
+// segment whose two header copies are both damaged loses its entries if
+// sealed; if it is the last one, Open refuses it (move it away to start).
+//
+// # Write errors and a full disk
+//
+// A write or fsync error in a group commit rolls the files back to their
+// durable state: segment files the commit created are removed, the last
+// segment is truncated to its last durable size and fsynced. Only that
+// group's callers fail (nothing of theirs remains); callers whose records
+// were still pending append again. The reader never reads past the
+// durable size of the last segment, so it never sees rolled-back bytes.
+// If the rollback itself fails, Append returns ErrUnavailable at once and
+// retries the repair every Options.RetryInterval (the files stay as they
+// are until then); reading and acknowledging go on meanwhile, and deleting
+// acknowledged segments frees space. If Open cannot start its segment
+// (a full disk), it opens all the same in that state. Options.FileHook
+// injects such faults in tests.
 package diskqueue

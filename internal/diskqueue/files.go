@@ -14,15 +14,99 @@ import (
 	"strings"
 )
 
+// FileOp names a change the queue makes to its files, for
+// Options.FileHook.
+type FileOp string
+
+// The operations Options.FileHook sees.
+const (
+	OpCreate   FileOp = "create"   // create a file (a segment, before its header is written)
+	OpWrite    FileOp = "write"    // write to a segment or the ack file
+	OpSync     FileOp = "sync"     // fsync a segment or the ack file
+	OpTruncate FileOp = "truncate" // truncate a segment (rollback, torn tail)
+	OpRemove   FileOp = "remove"   // remove a segment
+	OpRename   FileOp = "rename"   // rename a new segment to its name
+	OpSyncDir  FileOp = "syncdir"  // fsync the queue directory
+)
+
+// fileOps makes the queue's changes to its files, through the hook.
+type fileOps struct {
+	hook func(op FileOp, path string) error
+}
+
+func (o fileOps) check(op FileOp, path string) error {
+	if o.hook == nil {
+		return nil
+	}
+	if err := o.hook(op, path); err != nil {
+		return &fs.PathError{Op: string(op), Path: path, Err: err}
+	}
+	return nil
+}
+
+func (o fileOps) create(path string) (*os.File, error) {
+	if err := o.check(OpCreate, path); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+}
+
+// writeAt writes all of p at off. An injected failure writes half of p
+// first, as a disk that fills up in the middle of a write does.
+func (o fileOps) writeAt(f *os.File, p []byte, off int64) error {
+	if err := o.check(OpWrite, f.Name()); err != nil {
+		f.WriteAt(p[:len(p)/2], off)
+		return err
+	}
+	_, err := f.WriteAt(p, off)
+	return err
+}
+
+func (o fileOps) sync(f *os.File) error {
+	if err := o.check(OpSync, f.Name()); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+func (o fileOps) truncate(f *os.File, size int64) error {
+	if err := o.check(OpTruncate, f.Name()); err != nil {
+		return err
+	}
+	return f.Truncate(size)
+}
+
+func (o fileOps) remove(path string) error {
+	if err := o.check(OpRemove, path); err != nil {
+		return err
+	}
+	return os.Remove(path)
+}
+
+func (o fileOps) rename(from, to string) error {
+	if err := o.check(OpRename, to); err != nil {
+		return err
+	}
+	return os.Rename(from, to)
+}
+
+func (o fileOps) syncDir(dir string) error {
+	if err := o.check(OpSyncDir, dir); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return syncDir(dir)
+}
+
 // ackFile persists the acknowledged position in two alternating slots.
 type ackFile struct {
 	f   *os.File
-	gen uint64
+	ops fileOps
+	gen uint64 // generation of the last slot written successfully
 }
 
 const ackSlot = 32
 
-func openAckFile(path string) (*ackFile, uint64, bool, error) {
+func openAckFile(path string, ops fileOps) (*ackFile, uint64, bool, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("open %s: %w", path, err)
@@ -33,7 +117,19 @@ func openAckFile(path string) (*ackFile, uint64, bool, error) {
 		f.Close()
 		return nil, 0, false, fmt.Errorf("read %s: %w", path, err)
 	}
-	a := &ackFile{f: f}
+	if n < len(buf) {
+		// Give both slots their disk space now, so that acknowledging
+		// (which frees space) never needs more on a full disk.
+		if _, err := f.WriteAt(make([]byte, len(buf)-n), int64(n)); err != nil {
+			f.Close()
+			return nil, 0, false, fmt.Errorf("extend %s: %w", path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, 0, false, fmt.Errorf("sync %s: %w", path, err)
+		}
+	}
+	a := &ackFile{f: f, ops: ops}
 	var seq uint64
 	found := false
 	for i := 0; i+ackSlot <= n; i += ackSlot {
@@ -48,19 +144,23 @@ func openAckFile(path string) (*ackFile, uint64, bool, error) {
 	return a, seq, found, nil
 }
 
-// store writes seq into the slot the last write did not use and fsyncs.
+// store writes seq into the slot the last successful write did not use
+// and fsyncs. A failed store may be retried: it writes the same slot
+// again, so the other one, holding the last durable position, is never
+// touched before a store succeeds.
 func (a *ackFile) store(seq uint64) error {
-	a.gen++
+	gen := a.gen + 1
 	var s [ackSlot]byte
-	binary.LittleEndian.PutUint64(s[:], a.gen)
+	binary.LittleEndian.PutUint64(s[:], gen)
 	binary.LittleEndian.PutUint64(s[8:], seq)
 	binary.LittleEndian.PutUint32(s[16:], crc32.Checksum(s[:16], crcTable))
-	if _, err := a.f.WriteAt(s[:], int64(a.gen%2)*ackSlot); err != nil {
+	if err := a.ops.writeAt(a.f, s[:], int64(gen%2)*ackSlot); err != nil {
 		return fmt.Errorf("write ack position: %w", err)
 	}
-	if err := a.f.Sync(); err != nil {
+	if err := a.ops.sync(a.f); err != nil {
 		return fmt.Errorf("sync ack position: %w", err)
 	}
+	a.gen = gen
 	return nil
 }
 

@@ -1,19 +1,21 @@
 package diskqueue
 
 import (
-	"bufio"
-	"bytes"
 	"cmp"
-	"context"
-	"encoding/binary"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
 var (
@@ -22,6 +24,15 @@ var (
 	ErrFull = errors.New("queue full")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("queue closed")
+	// ErrUnavailable is returned by Append while the queue cannot append:
+	// a write failed and its rollback failed too (or, at Open, the
+	// segment of the new incarnation could not be created). Appends are
+	// refused, and the repair retried every Options.RetryInterval, until
+	// the files are repaired. Nothing of a refused Append is kept.
+	ErrUnavailable = errors.New("queue unavailable after a write error")
+	// ErrTooLarge is returned by Append for an entry whose record would
+	// exceed MaxRecordBytes.
+	ErrTooLarge = errors.New("entry too large for the queue")
 )
 
 // Options configure a queue.
@@ -36,8 +47,17 @@ type Options struct {
 	MaxBytes int64
 	// SegmentBytes is the size at which a new segment file is started.
 	SegmentBytes int64
+	// RetryInterval is how often appends retry repairing the files after
+	// a rollback failed (default 1s).
+	RetryInterval time.Duration
 	// Logger receives warnings (torn tail truncated) and errors.
 	Logger *slog.Logger
+	// FileHook, if set, is called before each change the queue makes to
+	// its files; an error it returns fails that operation as if the
+	// operating system had returned it (a write then fails after writing
+	// half its bytes, as on a disk that fills up). For fault-injection
+	// tests.
+	FileHook func(op FileOp, path string) error
 }
 
 // Stats describe the queue at one moment.
@@ -53,13 +73,25 @@ type Stats struct {
 	Segments int
 	// Syncs counts fsyncs of appended data (group commits).
 	Syncs int64
-	// Lost counts entries skipped because their segment was corrupt.
+	// Lost counts entries skipped because their records were damaged.
 	Lost int64
+	// WriteErrors counts group commits that failed (and were rolled back).
+	WriteErrors int64
+	// Unavailable is set while appends are refused until the files are
+	// repaired (ErrUnavailable).
+	Unavailable bool
 }
 
+// segment is one segment file and its format.
 type segment struct {
-	first uint64
-	path  string
+	id      uint64 // unique in this Queue: a file replaced under one name gets a new id
+	first   uint64
+	path    string
+	version int   // 1, 2, or 0 when its header is damaged
+	hdrSize int64 // bytes before the first record
+	recHdr  int   // bytes of a record header
+	inc     string
+	key     uint32 // CRC key: the incarnation's (v2), 0 (v1)
 }
 
 // chunk is encoded records waiting for the group commit; newSeg != 0
@@ -75,36 +107,70 @@ type span struct {
 	bytes int64
 }
 
+// waiter is one Append waiting for its group commit.
+type waiter struct {
+	end   uint64 // the sequence number after its last entry
+	size  int64  // its record bytes
+	state waitState
+	err   error
+}
+
+type waitState int
+
+const (
+	waiting waitState = iota
+	committed
+	failed  // its records were written and rolled back
+	discard // its records were dropped unwritten by a rollback: append again
+)
+
 // Queue is a durable FIFO of entries with one reader. Append is safe for
 // concurrent use; Read and Ack belong to a single consumer.
+//
+// Lock order: rmu (the consumer) before mu.
 type Queue struct {
 	dir      string
 	maxBytes int64
 	segBytes int64
+	retry    time.Duration
 	log      *slog.Logger
+	errlog   *ratelog.Limiter
+	ops      fileOps
 	id       string
+	inc      incarnation // secret: never logged
+	segIDs   uint64      // the last segment.id handed out
+	key      uint32
 	lock     *os.File
 	ack      *ackFile
 	wake     chan struct{} // a durable advance, for the reader
-	failed   chan struct{} // closed with the sticky error
 	done     chan struct{} // closed by Close
 
-	mu      sync.Mutex
-	cond    *sync.Cond // durable advanced, error, or syncing ended
-	segs    []segment  // in order; the last is being appended to
-	w       *os.File   // last segment; used by the syncing leader only
-	wSize   int64      // last segment's size including pending chunks
-	pending []chunk
-	free    [][]byte
-	nextSeq uint64
-	durable uint64 // every sequence number below is fsynced
-	syncing bool
-	err     error
-	closed  bool
-	depth   int64 // unacknowledged record bytes
-	acked   uint64
-	syncs   int64
-	lost    int64
+	mu        sync.Mutex
+	cond      *sync.Cond // a commit or repair ended
+	segs      []segment  // published segments, in order; the last is appended to
+	w         *os.File   // the last segment; written by the syncing leader only
+	lastSize  int64      // the last segment's durable size
+	wSize     int64      // its size including pending chunks
+	pending   []chunk
+	waiters   []*waiter
+	free      [][]byte
+	nextSeq   uint64
+	durable   uint64 // every sequence number below is fsynced
+	syncing   bool   // a leader is committing or repairing, unlocked
+	closed    bool
+	depth     int64 // unacknowledged record bytes
+	acked     uint64
+	syncs     int64
+	lost      int64
+	writeErrs int64
+	// repairErr is set while appends are refused until the files are
+	// repaired: orphans (segment files a failed commit created) removed,
+	// the last segment cut back to lastSize, and, if needSeg, a segment
+	// for this incarnation started.
+	repairErr  error
+	repairedAt time.Time
+	orphans    []string
+	needSeg    bool
 
 	rmu    sync.Mutex // the consumer's state below
 	r      reader
@@ -112,20 +178,11 @@ type Queue struct {
 	intern map[string]string
 }
 
-// reader is the consumer's position in the segment files.
-type reader struct {
-	seq   uint64 // next sequence number to read
-	seg   uint64 // first sequence number of the open segment
-	next  uint64 // first sequence number of the segment after it (0: none yet)
-	pos   uint64 // sequence number of the record at off
-	f     *os.File
-	br    *bufio.Reader
-	off   int64 // offset of seq's record in the open segment
-	hdr   [recHeaderSize]byte
-	arena []byte
-}
-
-// Open opens (or creates) the queue in opts.Dir, truncating a torn tail.
+// Open opens (or creates) the queue in opts.Dir and starts a new
+// incarnation: a new segment whose header carries a new random
+// incarnation, fsynced with the directory before Open returns. A torn
+// tail of the last segment is truncated; damaged records are skipped
+// when read.
 func Open(opts Options) (*Queue, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("open queue: no directory")
@@ -136,6 +193,9 @@ func Open(opts Options) (*Queue, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = time.Second
+	}
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create queue directory: %w", err)
 	}
@@ -144,8 +204,9 @@ func Open(opts Options) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{
-		dir: opts.Dir, maxBytes: opts.MaxBytes, segBytes: opts.SegmentBytes, log: opts.Logger,
-		lock: lock, wake: make(chan struct{}, 1), failed: make(chan struct{}), done: make(chan struct{}),
+		dir: opts.Dir, maxBytes: opts.MaxBytes, segBytes: opts.SegmentBytes, retry: opts.RetryInterval,
+		log: opts.Logger, errlog: ratelog.New(opts.Logger, time.Minute, 5), ops: fileOps{hook: opts.FileHook},
+		lock: lock, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		intern: map[string]string{},
 	}
 	q.cond = sync.NewCond(&q.mu)
@@ -161,120 +222,159 @@ func (q *Queue) open() error {
 	if q.id, err = loadOrCreateID(q.dir); err != nil {
 		return err
 	}
+	if _, err := rand.Read(q.inc[:]); err != nil {
+		return fmt.Errorf("generate queue incarnation: %w", err)
+	}
+	q.key = q.inc.crcKey()
 	var found bool
-	q.ack, q.acked, found, err = openAckFile(filepath.Join(q.dir, "acked"))
+	q.ack, q.acked, found, err = openAckFile(filepath.Join(q.dir, "acked"), q.ops)
 	if err != nil {
 		return err
 	}
 	if !found {
 		q.acked = 1
 	}
-	ents, err := os.ReadDir(q.dir)
-	if err != nil {
-		return fmt.Errorf("list queue directory: %w", err)
-	}
-	for _, e := range ents {
-		if first, ok := parseSegName(e.Name()); ok && e.Type().IsRegular() {
-			q.segs = append(q.segs, segment{first: first, path: filepath.Join(q.dir, e.Name())})
-		}
-	}
-	slices.SortFunc(q.segs, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
-
-	if len(q.segs) == 0 {
-		if err := q.createSegment(q.acked); err != nil {
-			return err
-		}
-	} else {
-		n, size, err := q.recoverLast()
-		if err != nil {
-			return err
-		}
-		last := q.segs[len(q.segs)-1]
-		q.nextSeq = last.first + n
-		q.wSize = size
-		if q.nextSeq < q.acked {
-			q.log.Warn("queue ends before its acknowledged position; starting over there",
-				"dir", q.dir, "end", q.nextSeq, "acked", q.acked)
-			q.w.Close()
-			q.w = nil
-			for _, s := range q.segs {
-				os.Remove(s.path)
-			}
-			q.segs = nil
-			if err := q.createSegment(q.acked); err != nil {
-				return err
-			}
-		}
-	}
-	if first := q.segs[0].first; q.acked < first {
-		q.log.Warn("queue segments missing before the first one; entries lost",
-			"dir", q.dir, "acked", q.acked, "first", first, "lost", first-q.acked)
-		q.lost += int64(first - q.acked)
-		q.acked = first
-	}
-	q.durable = q.nextSeq
-	if err := q.dropAckedSegments(); err != nil {
+	if err := q.listSegments(); err != nil {
 		return err
 	}
+	q.nextSeq = q.acked
+	if len(q.segs) > 0 {
+		if q.nextSeq, q.lastSize, err = q.recoverLast(); err != nil {
+			return err
+		}
+	}
+	if len(q.segs) > 0 && q.nextSeq < q.acked {
+		// Every record is below the acknowledged position: nothing here
+		// is needed any more.
+		q.log.Warn("queue ends before its acknowledged position; starting over there",
+			"dir", q.dir, "end", q.nextSeq, "acked", q.acked)
+		q.w.Close()
+		q.w = nil
+		for _, s := range q.segs {
+			if err := os.Remove(s.path); err != nil {
+				return fmt.Errorf("remove acknowledged segment: %w", err)
+			}
+		}
+		q.segs = nil
+		q.nextSeq = q.acked
+	}
+	if len(q.segs) > 0 {
+		if first := q.segs[0].first; q.acked < first {
+			q.log.Error("queue segments missing before the first one; entries lost",
+				"dir", q.dir, "acked", q.acked, "first", first, "lost_entries", first-q.acked)
+			q.lost += int64(first - q.acked)
+			q.acked = first
+		}
+	}
+	q.durable = q.nextSeq
+	q.wSize = q.lastSize
+
+	// Start this incarnation's segment. If that fails (a full disk), the
+	// queue opens all the same: what is durable can be read and shipped,
+	// which frees space, and appends are refused until a retry succeeds.
+	q.needSeg = true
+	q.mu.Lock()
+	err = q.repairLocked()
+	q.mu.Unlock()
+	if err != nil {
+		q.log.Error("cannot start a new queue segment; appends are refused until it can", "dir", q.dir, "err", err)
+	}
+	q.dropAckedSegments()
 	if err := q.positionReader(); err != nil {
 		return err
 	}
 	// Depth: the record bytes from the reader's position to the end.
 	for _, s := range q.segs {
-		if s.first < q.r.seg {
+		if s.first < q.r.segFirst() {
 			continue
 		}
-		st, err := os.Stat(s.path)
-		if err != nil {
-			return fmt.Errorf("stat segment: %w", err)
+		size := q.lastSize
+		if s.first != q.segs[len(q.segs)-1].first {
+			st, err := os.Stat(s.path)
+			if err != nil {
+				return fmt.Errorf("stat segment: %w", err)
+			}
+			size = st.Size()
 		}
-		q.depth += st.Size() - segHeaderSize
-		if s.first == q.r.seg {
-			q.depth -= q.r.off - segHeaderSize
+		from := s.hdrSize
+		if q.r.sc != nil && s.first == q.r.sc.seg.first {
+			from = q.r.sc.off
+		}
+		q.depth += max(size-from, 0)
+	}
+	return nil
+}
+
+// listSegments finds the segment files and reads their headers. A leftover
+// temporary file (a segment whose creation a crash interrupted) is removed.
+func (q *Queue) listSegments() error {
+	ents, err := os.ReadDir(q.dir)
+	if err != nil {
+		return fmt.Errorf("list queue directory: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), segSuffix+tmpSuffix) {
+			if err := os.Remove(filepath.Join(q.dir, e.Name())); err != nil {
+				return fmt.Errorf("remove unfinished segment: %w", err)
+			}
+			continue
+		}
+		if first, ok := parseSegName(e.Name()); ok && e.Type().IsRegular() {
+			q.segIDs++
+			q.segs = append(q.segs, segment{id: q.segIDs, first: first, path: filepath.Join(q.dir, e.Name())})
+		}
+	}
+	slices.SortFunc(q.segs, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
+	for i := 0; i < len(q.segs); i++ {
+		s := &q.segs[i]
+		last := i == len(q.segs)-1
+		err := readSegHeader(s)
+		switch {
+		case err == nil:
+		case errors.Is(err, errTornHeader) && last:
+			// Created just before a crash (v1 wrote the header in place):
+			// nothing in it was ever durable.
+			q.log.Warn("removing a queue segment whose header was never written", "segment", s.path)
+			if err := os.Remove(s.path); err != nil {
+				return fmt.Errorf("remove torn segment: %w", err)
+			}
+			if err := syncDir(q.dir); err != nil {
+				return err
+			}
+			q.segs = q.segs[:i]
+		case errors.Is(err, errDamaged) || errors.Is(err, errTornHeader):
+			if last {
+				return fmt.Errorf("open last queue segment %s: %w (move it away to start; its entries are then lost)", s.path, err)
+			}
+			q.log.Error("queue segment header damaged; its entries will be skipped", "segment", s.path, "err", err)
+			s.version = 0
+		default:
+			return err
 		}
 	}
 	return nil
 }
 
-// createSegment starts a new last segment whose first record is first
-// (at open, before any other goroutine runs).
-func (q *Queue) createSegment(first uint64) error {
-	f, path, err := q.newSegmentFile(first)
+// readSegHeader reads s's header and fills in its format.
+func readSegHeader(s *segment) error {
+	f, err := os.Open(s.path)
 	if err != nil {
-		return err
+		return fmt.Errorf("open segment: %w", err)
 	}
-	q.segs = append(q.segs, segment{first: first, path: path})
-	q.w = f
-	q.nextSeq = first
-	q.wSize = segHeaderSize
-	return nil
+	defer f.Close()
+	b := make([]byte, segHeaderSize)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read segment header %s: %w", s.path, err)
+	}
+	return parseSegHeader(b[:n], s)
 }
 
-// newSegmentFile creates a segment file: header written and fsynced,
-// directory fsynced, so that a segment that exists after a crash always
-// has a valid header.
-func (q *Queue) newSegmentFile(first uint64) (*os.File, string, error) {
-	path := filepath.Join(q.dir, segName(first))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, "", fmt.Errorf("create segment: %w", err)
-	}
-	_, err = f.Write(segHeader(first))
-	if err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = syncDir(q.dir)
-	}
-	if err != nil {
-		f.Close()
-		return nil, "", fmt.Errorf("initialise segment %s: %w", path, err)
-	}
-	return f, path, nil
-}
-
-// recoverLast scans the last segment, truncates a torn tail, leaves it
-// open for appending and returns its record count and size.
+// recoverLast scans the last segment at open. A bad record followed by
+// valid ones is damage, kept for the reader to skip; a bad record with
+// nothing valid after it is a torn tail (written after the last fsync),
+// truncated. It leaves the segment open as q.w and returns the sequence
+// number after its last record and its size.
 func (q *Queue) recoverLast() (uint64, int64, error) {
 	last := q.segs[len(q.segs)-1]
 	f, err := os.OpenFile(last.path, os.O_RDWR, 0)
@@ -286,90 +386,169 @@ func (q *Queue) recoverLast() (uint64, int64, error) {
 		f.Close()
 		return 0, 0, fmt.Errorf("stat segment: %w", err)
 	}
-	hdr := make([]byte, segHeaderSize)
-	n, _ := f.ReadAt(hdr, 0)
-	if n < segHeaderSize || bytes.Equal(hdr, make([]byte, segHeaderSize)) {
-		// Created but the header never reached the disk: nothing in it
-		// was ever durable.
-		q.log.Warn("rewriting torn queue segment header", "segment", last.path, "size", st.Size())
-		if err := f.Truncate(0); err != nil {
-			f.Close()
-			return 0, 0, fmt.Errorf("truncate segment %s: %w", last.path, err)
-		}
-		if _, err := f.WriteAt(segHeader(last.first), 0); err != nil {
-			f.Close()
-			return 0, 0, fmt.Errorf("write segment header %s: %w", last.path, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return 0, 0, fmt.Errorf("sync segment %s: %w", last.path, err)
-		}
-	} else if !bytes.Equal(hdr, segHeader(last.first)) {
-		f.Close()
-		return 0, 0, fmt.Errorf("open segment %s: bad header %x", last.path, hdr)
-	}
-	br := bufio.NewReaderSize(io.NewSectionReader(f, segHeaderSize, 1<<62), 1<<20)
-	off := int64(segHeaderSize)
-	var count uint64
-	var rh [recHeaderSize]byte
-	var buf []byte
+	sc := newScanner(last, f, st.Size())
+	prev := last.first - 1 // the last valid record's sequence number
+	end := last.hdrSize    // and where it ends
+	var scratch []byte
 	var torn error
 	for {
-		if _, err := io.ReadFull(br, rh[:]); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
+		off := sc.off
+		h, err := sc.peek()
+		if err == nil {
+			scratch = slices.Grow(scratch[:0], h.pl)[:h.pl]
+			if _, _, _, err = sc.take(scratch); err == nil {
+				prev, end = h.seq, sc.off
+				continue
 			}
-			if errors.Is(err, io.ErrUnexpectedEOF) {
-				torn = errors.New("record header cut short")
-				break
-			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if !errors.Is(err, errDamaged) {
 			f.Close()
 			return 0, 0, fmt.Errorf("read segment %s: %w", last.path, err)
 		}
-		pl, err := checkHeader(rh[:])
-		if err != nil {
-			torn = err
-			break
-		}
-		buf = slices.Grow(buf[:0], pl)[:pl]
-		if _, err := io.ReadFull(br, buf); err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				torn = errors.New("record cut short")
-				break
+		if last.version == segVersion {
+			at, _, ok, rerr := sc.resync(off+1, prev+1, ^uint64(0))
+			if rerr != nil {
+				f.Close()
+				return 0, 0, fmt.Errorf("read segment %s: %w", last.path, rerr)
 			}
-			f.Close()
-			return 0, 0, fmt.Errorf("read segment %s: %w", last.path, err)
+			if ok {
+				q.log.Warn("damaged record inside the last queue segment; keeping the valid records after it",
+					"segment", last.path, "offset", off, "reason", err.Error())
+				sc.seek(at)
+				continue
+			}
 		}
-		if _, _, _, err := decodePayload(buf, binary.LittleEndian.Uint32(rh[4:])); err != nil {
-			torn = err
-			break
-		}
-		off += recHeaderSize + int64(pl)
-		count++
+		torn = err
+		break
 	}
 	if torn != nil {
-		q.log.Warn("truncating torn queue tail", "segment", last.path, "offset", off,
-			"dropped_bytes", st.Size()-off, "reason", torn.Error())
-		if err := f.Truncate(off); err != nil {
-			f.Close()
-			return 0, 0, fmt.Errorf("truncate segment %s: %w", last.path, err)
+		q.log.Warn("truncating torn queue tail", "segment", last.path, "offset", end,
+			"dropped_bytes", st.Size()-end, "reason", torn.Error())
+		err := q.ops.truncate(f, end)
+		if err == nil {
+			err = q.ops.sync(f)
 		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return 0, 0, fmt.Errorf("sync segment %s: %w", last.path, err)
+		if err != nil {
+			// Not fatal: appends go to a new segment, and the reader
+			// passes the tail without loss (it ends after the last record).
+			q.log.Error("cannot truncate torn queue tail", "segment", last.path, "err", err)
 		}
-	}
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		f.Close()
-		return 0, 0, fmt.Errorf("seek segment %s: %w", last.path, err)
 	}
 	q.w = f
-	return count, off, nil
+	return prev + 1, end, nil
+}
+
+// repairLocked brings the files to a state appends can continue from (see
+// Queue.repairErr) and records the outcome. It is called with q.mu held
+// by the only goroutine that may change the files (at Open, or a leader
+// marked syncing), and releases q.mu during the I/O.
+func (q *Queue) repairLocked() error {
+	orphans, base, baseSize, needSeg, first := slices.Clone(q.orphans), q.w, q.lastSize, q.needSeg, q.nextSeq
+	q.syncing = true
+	q.mu.Unlock()
+	err := q.repairFiles(orphans, base, baseSize)
+	var nf *os.File
+	var ns segment
+	if err == nil && needSeg {
+		var more []string
+		nf, ns, more, err = q.createSegment(first)
+		orphans = append(orphans, more...)
+	}
+	q.mu.Lock()
+	q.syncing = false
+	q.repairedAt = time.Now()
+	defer q.cond.Broadcast()
+	if err != nil {
+		q.orphans = orphans
+		q.repairErr = err
+		return err
+	}
+	q.orphans = nil
+	q.repairErr = nil
+	if needSeg {
+		q.needSeg = false
+		if n := len(q.segs); n > 0 && q.segs[n-1].first == first {
+			q.segs[n-1] = ns // replaces an empty segment of an earlier run
+		} else {
+			q.segs = append(q.segs, ns)
+		}
+		if q.w != nil {
+			q.w.Close()
+		}
+		q.w, q.lastSize, q.wSize = nf, segHeaderSize, segHeaderSize
+	}
+	return nil
+}
+
+// repairFiles removes orphans and cuts base back to size, durably. It
+// can be repeated after it failed.
+func (q *Queue) repairFiles(orphans []string, base *os.File, size int64) error {
+	var errs []error
+	for _, p := range orphans {
+		if err := q.ops.remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove segment of a failed write: %w", err))
+		}
+	}
+	if len(orphans) > 0 {
+		if err := q.ops.syncDir(q.dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if base != nil {
+		if err := q.ops.truncate(base, size); err != nil {
+			errs = append(errs, fmt.Errorf("truncate segment %s to %d: %w", base.Name(), size, err))
+		} else if err := q.ops.sync(base); err != nil {
+			errs = append(errs, fmt.Errorf("sync segment %s: %w", base.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// createSegment starts a segment of this incarnation whose first record
+// will be first: header written to a temporary file and fsynced, renamed,
+// directory fsynced, so that a segment file that exists always has its
+// whole header. It returns the open file, and the files that may exist
+// and must be removed if it failed.
+func (q *Queue) createSegment(first uint64) (*os.File, segment, []string, error) {
+	path := filepath.Join(q.dir, segName(first))
+	tmp := path + tmpSuffix
+	f, err := q.ops.create(tmp)
+	if err != nil {
+		return nil, segment{}, []string{tmp}, fmt.Errorf("create segment %s: %w", tmp, err)
+	}
+	err = q.ops.writeAt(f, segHeader(first, q.inc), 0)
+	if err == nil {
+		err = q.ops.sync(f)
+	}
+	f.Close()
+	if err == nil {
+		err = q.ops.rename(tmp, path)
+	}
+	if err != nil {
+		return nil, segment{}, []string{tmp}, fmt.Errorf("initialise segment %s: %w", path, err)
+	}
+	if err := q.ops.syncDir(q.dir); err != nil {
+		return nil, segment{}, []string{path}, fmt.Errorf("initialise segment %s: %w", path, err)
+	}
+	if f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+		return nil, segment{}, []string{path}, fmt.Errorf("open segment: %w", err)
+	}
+	q.mu.Lock()
+	q.segIDs++
+	id := q.segIDs
+	q.mu.Unlock()
+	s := segment{id: id, first: first, path: path, version: segVersion, hdrSize: segHeaderSize, recHdr: recHeaderSize,
+		inc: q.inc.String(), key: q.key}
+	return f, s, nil, nil
 }
 
 // dropAckedSegments deletes segments whose every record is acknowledged
-// (never the last one, which is being appended to).
-func (q *Queue) dropAckedSegments() error {
+// (never the last one, which is being appended to). A failure is logged:
+// the file is left behind and removed at the next Open.
+func (q *Queue) dropAckedSegments() {
 	q.mu.Lock()
 	var drop []segment
 	for len(q.segs) > 1 && q.segs[1].first <= q.acked {
@@ -378,26 +557,15 @@ func (q *Queue) dropAckedSegments() error {
 	}
 	q.mu.Unlock()
 	for _, s := range drop {
-		if err := os.Remove(s.path); err != nil {
-			return fmt.Errorf("remove acknowledged segment: %w", err)
+		if err := q.ops.remove(s.path); err != nil {
+			q.errlog.Error("remove acknowledged segment", "cannot remove an acknowledged queue segment", "segment", s.path, "err", err)
 		}
 	}
-	return nil
 }
 
-// ID is the queue's stable identity, generated when it was created.
+// ID is the queue's stable identity, generated when it was created. Unlike
+// the incarnation it is not secret.
 func (q *Queue) ID() string { return q.id }
-
-// Failed is closed when the queue has hit a write or fsync error; Err
-// then returns it.
-func (q *Queue) Failed() <-chan struct{} { return q.failed }
-
-// Err returns the sticky error, if any.
-func (q *Queue) Err() error {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.err
-}
 
 // Stats returns the queue's depth and counters.
 func (q *Queue) Stats() Stats {
@@ -405,15 +573,16 @@ func (q *Queue) Stats() Stats {
 	defer q.mu.Unlock()
 	return Stats{
 		Entries: int64(q.nextSeq - q.acked), Bytes: q.depth, NextSeq: q.nextSeq, Acked: q.acked,
-		Segments: len(q.segs), Syncs: q.syncs, Lost: q.lost,
+		Segments: len(q.segs), Syncs: q.syncs, Lost: q.lost, WriteErrors: q.writeErrs,
+		Unavailable: q.repairErr != nil,
 	}
 }
 
 // Append adds entries and returns the sequence number of the first once
 // all are fsynced. Concurrent callers share fsyncs (group commit). It
-// fails with ErrFull, ErrClosed or the queue's sticky I/O error; on any
-// error none of the entries is durable-acknowledged (after an I/O error
-// some may still reach the disk and be delivered).
+// fails with ErrFull, ErrClosed, ErrUnavailable, ErrTooLarge or the write
+// error of its group commit; on any error nothing of the entries is kept
+// (a failed group commit is rolled back).
 func (q *Queue) Append(entries []Entry) (uint64, error) {
 	if len(entries) == 0 {
 		return 0, nil
@@ -423,47 +592,77 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 		if entries[i].Category == "" {
 			return 0, errors.New("append to queue: empty category")
 		}
-		size += int64(RecordSize(&entries[i]))
+		rs := int64(RecordSize(&entries[i]))
+		if rs > MaxRecordBytes {
+			return 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, rs, MaxRecordBytes)
+		}
+		size += rs
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	switch {
-	case q.err != nil:
-		return 0, q.err
-	case q.closed:
-		return 0, ErrClosed
-	case q.depth > 0 && q.depth+size > q.maxBytes:
-		return 0, ErrFull
+	for {
+		switch {
+		case q.closed:
+			return 0, ErrClosed
+		case q.syncing && q.repairErr != nil:
+			q.cond.Wait() // a repair is under way
+			continue
+		case q.repairErr != nil:
+			if time.Since(q.repairedAt) < q.retry {
+				return 0, fmt.Errorf("%w: %w", ErrUnavailable, q.repairErr)
+			}
+			if err := q.repairLocked(); err != nil {
+				q.errlog.Error("queue repair failed", "cannot repair the queue after a write error; appends refused", "dir", q.dir, "err", err)
+				return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			q.log.Info("queue repaired; accepting appends again", "dir", q.dir)
+			continue
+		case q.depth > 0 && q.depth+size > q.maxBytes:
+			return 0, ErrFull
+		}
+		first := q.enqueueLocked(entries)
+		w := &waiter{end: q.nextSeq, size: size}
+		q.depth += size
+		q.waiters = append(q.waiters, w)
+		for w.state == waiting {
+			if q.syncing {
+				q.cond.Wait()
+				continue
+			}
+			q.commitLocked()
+		}
+		switch w.state {
+		case committed:
+			return first, nil
+		case failed:
+			return 0, w.err
+		}
+		// discard: a commit before ours failed and took our pending
+		// records with it; append them again.
 	}
+}
+
+// enqueueLocked encodes entries into pending chunks with the next
+// sequence numbers and returns the first.
+func (q *Queue) enqueueLocked(entries []Entry) uint64 {
 	first := q.nextSeq
 	for i := range entries {
 		rs := int64(RecordSize(&entries[i]))
-		if len(q.pending) == 0 || (q.wSize > segHeaderSize && q.wSize+rs > q.segBytes) {
+		roll := q.wSize > segHeaderSize && q.wSize+rs > q.segBytes
+		if len(q.pending) == 0 || roll {
 			c := chunk{data: q.buffer()}
-			if q.wSize > segHeaderSize && q.wSize+rs > q.segBytes {
+			if roll {
 				c.newSeg = q.nextSeq
 				q.wSize = segHeaderSize
 			}
 			q.pending = append(q.pending, c)
 		}
 		c := &q.pending[len(q.pending)-1]
-		c.data = appendRecord(c.data, &entries[i])
+		c.data = appendRecord(c.data, q.key, q.nextSeq, &entries[i])
 		q.wSize += rs
 		q.nextSeq++
 	}
-	q.depth += size
-	end := q.nextSeq
-	for q.durable < end && q.err == nil {
-		if q.syncing {
-			q.cond.Wait()
-			continue
-		}
-		q.commitLocked()
-	}
-	if q.durable < end {
-		return 0, q.err
-	}
-	return first, nil
+	return first
 }
 
 func (q *Queue) buffer() []byte {
@@ -475,336 +674,129 @@ func (q *Queue) buffer() []byte {
 	return make([]byte, 0, 256<<10)
 }
 
+// commitFiles is the file state of one group commit.
+type commitFiles struct {
+	w       *os.File  // the file written last
+	size    int64     // its size after the writes
+	created []segment // segments this commit started, in order
+	files   []*os.File
+	orphans []string // files to remove if the commit fails
+}
+
 // commitLocked writes and fsyncs every pending chunk as the group's
-// leader. It is called with q.mu held and releases it during the I/O.
+// leader. It is called with q.mu held and releases it during the I/O. On
+// a write or fsync error it rolls the files back to their durable state
+// and fails the group's callers; callers whose records were only pending
+// append again.
 func (q *Queue) commitLocked() {
 	q.syncing = true
 	pending := q.pending
 	q.pending = nil
 	end := q.nextSeq
+	base, baseSize := q.w, q.lastSize
 	q.mu.Unlock()
-	err := q.writeChunks(pending)
+	c, err := q.writeChunks(pending, base, baseSize)
+	var rerr error
+	if err != nil {
+		for _, f := range c.files {
+			f.Close()
+		}
+		rerr = q.repairFiles(c.orphans, base, baseSize)
+	}
 	q.mu.Lock()
 	q.syncing = false
-	for _, c := range pending {
-		if cap(c.data) <= 4<<20 && len(q.free) < 4 {
-			q.free = append(q.free, c.data)
+	for _, ch := range pending {
+		if cap(ch.data) <= 4<<20 && len(q.free) < 4 {
+			q.free = append(q.free, ch.data)
 		}
 	}
-	if err != nil {
-		q.failLocked(err)
-	} else {
+	defer q.cond.Broadcast()
+	if err == nil {
+		q.segs = append(q.segs, c.created...)
+		if len(c.created) > 0 {
+			for _, f := range c.files[:len(c.files)-1] {
+				f.Close()
+			}
+			base.Close()
+			q.w = c.w
+		}
+		q.lastSize = c.size
 		q.durable = end
 		q.syncs++
+		n := 0
+		for _, w := range q.waiters {
+			if w.end <= end {
+				w.state = committed
+			} else {
+				q.waiters[n] = w
+				n++
+			}
+		}
+		clear(q.waiters[n:])
+		q.waiters = q.waiters[:n]
 		select {
 		case q.wake <- struct{}{}:
 		default:
 		}
-	}
-	q.cond.Broadcast()
-}
-
-func (q *Queue) writeChunks(pending []chunk) error {
-	for _, c := range pending {
-		if c.newSeg != 0 {
-			if err := q.w.Sync(); err != nil {
-				return fmt.Errorf("sync segment: %w", err)
-			}
-			if err := q.w.Close(); err != nil {
-				return fmt.Errorf("close segment: %w", err)
-			}
-			q.w = nil
-			f, path, err := q.newSegmentFile(c.newSeg)
-			if err != nil {
-				return err
-			}
-			q.mu.Lock()
-			q.segs = append(q.segs, segment{first: c.newSeg, path: path})
-			q.mu.Unlock()
-			q.w = f
-		}
-		if _, err := q.w.Write(c.data); err != nil {
-			return fmt.Errorf("write segment: %w", err)
-		}
-	}
-	if err := q.w.Sync(); err != nil {
-		return fmt.Errorf("sync segment: %w", err)
-	}
-	return nil
-}
-
-func (q *Queue) failLocked(err error) {
-	if q.err != nil {
 		return
 	}
-	q.err = err
-	q.log.Error("queue write failed; refusing further appends", "dir", q.dir, "err", err)
-	close(q.failed)
+	q.writeErrs++
+	for _, w := range q.waiters {
+		if w.end <= end {
+			w.state, w.err = failed, fmt.Errorf("append to queue: %w", err)
+		} else {
+			w.state = discard
+		}
+		q.depth -= w.size
+	}
+	q.waiters = nil
+	for _, ch := range q.pending {
+		if cap(ch.data) <= 4<<20 && len(q.free) < 4 {
+			q.free = append(q.free, ch.data)
+		}
+	}
+	q.pending = nil
+	q.nextSeq = q.durable
+	q.wSize = q.lastSize
+	if rerr != nil {
+		q.orphans = c.orphans
+		q.repairErr = rerr
+		q.repairedAt = time.Now()
+		q.errlog.Error("queue write failed", "queue write failed and its rollback too; appends refused until the repair succeeds",
+			"dir", q.dir, "err", err, "rollback_err", rerr)
+		return
+	}
+	q.errlog.Error("queue write failed", "queue write failed; its appends are refused and rolled back", "dir", q.dir, "err", err)
 }
 
-// Batch is a run of consecutive entries from the queue: entry i has
-// sequence number First+i.
-type Batch struct {
-	First   uint64
-	Entries []Entry
-}
-
-// End is the sequence number after the batch's last entry.
-func (b Batch) End() uint64 { return b.First + uint64(len(b.Entries)) }
-
-// segFor returns the segment holding seq and the first sequence number of
-// the segment after it (0 if it is the last).
-func (q *Queue) segFor(seq uint64) (segment, uint64) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for i := len(q.segs) - 1; i >= 0; i-- {
-		if q.segs[i].first <= seq {
-			var next uint64
-			if i+1 < len(q.segs) {
-				next = q.segs[i+1].first
+func (q *Queue) writeChunks(pending []chunk, base *os.File, baseSize int64) (commitFiles, error) {
+	c := commitFiles{w: base, size: baseSize}
+	for _, ch := range pending {
+		if ch.newSeg != 0 {
+			// The segment before is complete and durable before the next
+			// one exists, so that only the last segment can be torn.
+			if err := q.ops.sync(c.w); err != nil {
+				return c, fmt.Errorf("sync segment %s: %w", c.w.Name(), err)
 			}
-			return q.segs[i], next
-		}
-	}
-	return q.segs[0], 0
-}
-
-// openSeg points the reader at the start of s.
-func (q *Queue) openSeg(s segment, next uint64) error {
-	r := &q.r
-	if r.f != nil {
-		r.f.Close()
-		r.f = nil
-	}
-	f, err := os.Open(s.path)
-	if err != nil {
-		return fmt.Errorf("open segment for reading: %w", err)
-	}
-	hdr := make([]byte, segHeaderSize)
-	if _, err := io.ReadFull(f, hdr); err != nil || !bytes.Equal(hdr, segHeader(s.first)) {
-		f.Close()
-		return fmt.Errorf("read segment %s: bad header", s.path)
-	}
-	if r.br == nil {
-		r.br = bufio.NewReaderSize(f, 1<<20)
-	} else {
-		r.br.Reset(f)
-	}
-	r.f, r.seg, r.next, r.pos, r.off = f, s.first, next, s.first, segHeaderSize
-	return nil
-}
-
-// positionReader moves the reader to the acknowledged position at open.
-func (q *Queue) positionReader() error {
-	target := q.acked
-	var scratch []byte
-	for {
-		s, next := q.segFor(target)
-		if err := q.openSeg(s, next); err != nil {
-			return err
-		}
-		var err error
-		for q.r.pos < target && err == nil {
-			var pl int
-			if pl, err = q.r.peek(); err == nil {
-				scratch = slices.Grow(scratch[:0], pl)
-				_, _, _, err = q.r.take(pl, scratch[:pl])
-			}
-		}
-		if err == nil {
-			q.r.seq = target
-			return nil
-		}
-		if !errors.Is(err, errCorrupt) || next == 0 {
-			return fmt.Errorf("position queue reader in %s at offset %d: %w", s.path, q.r.off, err)
-		}
-		q.log.Error("skipping corrupt queue segment", "segment", s.path, "offset", q.r.off,
-			"lost_entries", next-target, "err", err)
-		q.lost += int64(next - target)
-		target = next
-	}
-}
-
-// peek returns the payload length of the record at the reader's position
-// without consuming it.
-func (r *reader) peek() (int, error) {
-	h, err := r.br.Peek(recHeaderSize)
-	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, fmt.Errorf("%w: segment ends inside its records", errCorrupt)
-		}
-		return 0, fmt.Errorf("read segment: %w", err)
-	}
-	copy(r.hdr[:], h)
-	return checkHeader(h)
-}
-
-// take consumes the record peek measured, reading its payload into p.
-func (r *reader) take(pl int, p []byte) (int64, []byte, []byte, error) {
-	r.br.Discard(recHeaderSize)
-	if _, err := io.ReadFull(r.br, p); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, nil, fmt.Errorf("%w: segment ends inside a record", errCorrupt)
-		}
-		return 0, nil, nil, fmt.Errorf("read segment: %w", err)
-	}
-	t, cat, msg, err := decodePayload(p, binary.LittleEndian.Uint32(r.hdr[4:]))
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	r.off += recHeaderSize + int64(pl)
-	r.pos++
-	return t, cat, msg, nil
-}
-
-// alloc hands out n bytes that no earlier batch references.
-func (r *reader) alloc(n int) []byte {
-	if cap(r.arena)-len(r.arena) < n {
-		r.arena = make([]byte, 0, max(n, 1<<20))
-	}
-	p := r.arena[len(r.arena) : len(r.arena)+n]
-	r.arena = r.arena[:len(r.arena)+n]
-	return p
-}
-
-// Read returns the next entries after those already read, at least one,
-// waiting until one is durable or ctx ends. The batch's record bytes
-// (RecordSize summed) stay within maxBytes, except that a single entry is
-// returned whatever its size; it holds at most maxEntries entries. The
-// entries' memory is not reused by later reads.
-func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, error) {
-	q.rmu.Lock()
-	defer q.rmu.Unlock()
-	r := &q.r
-	for {
-		q.mu.Lock()
-		avail, err, closed := q.durable, q.err, q.closed
-		q.mu.Unlock()
-		if closed {
-			return Batch{}, ErrClosed
-		}
-		if r.seq >= avail {
+			f, s, orphans, err := q.createSegment(ch.newSeg)
+			c.orphans = append(c.orphans, orphans...)
 			if err != nil {
-				return Batch{}, err
+				return c, err
 			}
-			select {
-			case <-q.wake:
-			case <-q.failed:
-			case <-q.done:
-			case <-ctx.Done():
-				return Batch{}, ctx.Err()
-			}
-			continue
+			c.orphans = append(c.orphans, s.path)
+			c.created = append(c.created, s)
+			c.files = append(c.files, f)
+			c.w, c.size = f, segHeaderSize
 		}
-		if r.next == 0 {
-			_, r.next = q.segFor(r.seg)
+		if err := q.ops.writeAt(c.w, ch.data, c.size); err != nil {
+			return c, fmt.Errorf("write segment %s: %w", c.w.Name(), err)
 		}
-		b, err := q.readAvailable(avail, maxBytes, maxEntries)
-		if err != nil || len(b.Entries) > 0 {
-			return b, err
-		}
-		// Only a corrupt segment was skipped; wait for more.
+		c.size += int64(len(ch.data))
 	}
-}
-
-func (q *Queue) readAvailable(avail uint64, maxBytes, maxEntries int) (Batch, error) {
-	r := &q.r
-	b := Batch{First: r.seq}
-	var bytes int64
-	for r.seq < avail && len(b.Entries) < maxEntries {
-		if r.next != 0 && r.pos >= r.next {
-			s, next := q.segFor(r.pos)
-			if err := q.openSeg(s, next); err != nil {
-				return Batch{}, err
-			}
-		}
-		pl, err := r.peek()
-		if err == nil && len(b.Entries) > 0 && bytes+int64(recHeaderSize+pl) > int64(maxBytes) {
-			break
-		}
-		var t int64
-		var cat, msg []byte
-		if err == nil {
-			t, cat, msg, err = r.take(pl, r.alloc(pl))
-		}
-		if err != nil {
-			if len(b.Entries) > 0 && errors.Is(err, errCorrupt) {
-				break // deliver what precedes it; the next read skips it
-			}
-			if err := q.skipCorrupt(err); err != nil {
-				return Batch{}, err
-			}
-			b.First = r.seq
-			continue
-		}
-		c, ok := q.intern[string(cat)]
-		if !ok {
-			c = string(cat)
-			if len(q.intern) < 4096 {
-				q.intern[c] = c
-			}
-		}
-		b.Entries = append(b.Entries, Entry{Category: c, Message: msg, Time: t})
-		bytes += int64(recHeaderSize + pl)
-		r.seq++
+	if err := q.ops.sync(c.w); err != nil {
+		return c, fmt.Errorf("sync segment %s: %w", c.w.Name(), err)
 	}
-	if len(b.Entries) > 0 {
-		q.spans = append(q.spans, span{end: r.seq, bytes: bytes})
-	}
-	return b, nil
-}
-
-// skipCorrupt moves the reader past a corrupt sealed segment, or returns
-// the error if the segment is the last (its records are the durable tail
-// and nothing follows to resynchronise on).
-func (q *Queue) skipCorrupt(cause error) error {
-	r := &q.r
-	if !errors.Is(cause, errCorrupt) || r.next == 0 {
-		return fmt.Errorf("read queue segment %s at offset %d: %w", segName(r.seg), r.off, cause)
-	}
-	st, err := r.f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat corrupt segment: %w", err)
-	}
-	lost := r.next - r.seq
-	q.log.Error("skipping corrupt queue segment", "segment", segName(r.seg), "offset", r.off,
-		"lost_entries", lost, "err", cause)
-	q.mu.Lock()
-	q.lost += int64(lost)
-	q.mu.Unlock()
-	q.spans = append(q.spans, span{end: r.next, bytes: st.Size() - r.off})
-	r.seq = r.next
-	s, next := q.segFor(r.seq)
-	return q.openSeg(s, next)
-}
-
-// Ack acknowledges every entry up to b (b is the oldest batch read and
-// not yet acknowledged, or a later one, which acknowledges those before
-// it too). The position is fsynced before the segment files it frees are
-// deleted.
-func (q *Queue) Ack(b Batch) error {
-	q.rmu.Lock()
-	defer q.rmu.Unlock()
-	end := b.End()
-	q.mu.Lock()
-	acked := q.acked
-	q.mu.Unlock()
-	if end <= acked || end > q.r.seq {
-		return fmt.Errorf("acknowledge up to %d: outside the read range [%d, %d]", end, acked, q.r.seq)
-	}
-	var freed int64
-	for len(q.spans) > 0 && q.spans[0].end <= end {
-		freed += q.spans[0].bytes
-		q.spans = q.spans[1:]
-	}
-	if err := q.ack.store(end); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	q.acked = end
-	q.depth -= freed
-	q.mu.Unlock()
-	return q.dropAckedSegments()
+	return c, nil
 }
 
 // Close waits for appends in progress, then closes the files. Read and
@@ -823,22 +815,18 @@ func (q *Queue) Close() error {
 			q.commitLocked()
 		}
 	}
-	err := q.err
 	close(q.done)
 	q.mu.Unlock()
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
-	if cerr := q.closeFiles(); err == nil {
-		err = cerr
-	}
-	return err
+	return q.closeFiles()
 }
 
 func (q *Queue) closeFiles() error {
 	var err error
-	if q.r.f != nil {
-		q.r.f.Close()
-		q.r.f = nil
+	if q.r.sc != nil {
+		q.r.sc.close()
+		q.r.sc = nil
 	}
 	if q.w != nil {
 		if cerr := q.w.Close(); cerr != nil {

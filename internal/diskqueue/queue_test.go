@@ -271,31 +271,39 @@ func appendBytes(t *testing.T, path string, b []byte) {
 }
 
 func TestTornTailIsTruncated(t *testing.T) {
-	whole := appendRecord(nil, &Entry{Category: "cat", Message: []byte("never acknowledged"), Time: 1})
-	badCRC := bytes.Clone(whole)
-	badCRC[len(badCRC)-1] ^= 0xff
-	cases := map[string][]byte{
-		"half a header":     whole[:5],
-		"header only":       whole[:recHeaderSize],
-		"half a payload":    whole[:len(whole)-4],
-		"checksum mismatch": badCRC,
-		"zeros":             make([]byte, 4096),
-		"huge length":       {0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0},
+	cases := map[string]func(key uint32) []byte{
+		"half a header": func(key uint32) []byte { return tailRecord(key)[:5] },
+		"header only":   func(key uint32) []byte { return tailRecord(key)[:recHeaderSize] },
+		"half a payload": func(key uint32) []byte {
+			r := tailRecord(key)
+			return r[:len(r)-4]
+		},
+		"checksum mismatch": func(key uint32) []byte {
+			r := tailRecord(key)
+			r[len(r)-1] ^= 0xff
+			return r
+		},
+		"zeros":       func(uint32) []byte { return make([]byte, 4096) },
+		"huge length": func(uint32) []byte { return []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0} },
 	}
 	for name, tail := range cases {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			q, _ := open(t, dir, nil)
 			mustAppend(t, q, entries("ok", 3))
+			key := q.key
 			q.Close()
 			seg := lastSegment(t, dir)
 			before, _ := os.Stat(seg)
-			appendBytes(t, seg, tail)
+			appendBytes(t, seg, tail(key))
 
 			q, lb := open(t, dir, nil)
 			defer q.Close()
 			if !strings.Contains(lb.String(), "truncating torn queue tail") {
 				t.Errorf("no warning logged: %q", lb.String())
+			}
+			if strings.Contains(lb.String(), "level=ERROR") {
+				t.Errorf("a torn tail logged an error: %q", lb.String())
 			}
 			if after, _ := os.Stat(seg); after.Size() != before.Size() {
 				t.Errorf("segment is %d bytes after recovery, want %d", after.Size(), before.Size())
@@ -306,22 +314,31 @@ func TestTornTailIsTruncated(t *testing.T) {
 			if got := strings.Join(readAll(t, q, 4, true), ","); got != "ok-0,ok-1,ok-2,new-0" {
 				t.Errorf("read %s", got)
 			}
+			if st := q.Stats(); st.Lost != 0 || st.Bytes != 0 {
+				t.Errorf("stats after reading everything: %+v", st)
+			}
 		})
 	}
 }
 
-func TestTornSegmentHeaderIsRewritten(t *testing.T) {
+// tailRecord is the record a crash interrupted: number 4, after three.
+func tailRecord(key uint32) []byte {
+	return appendRecord(nil, key, 4, &Entry{Category: "cat", Message: []byte("never acknowledged"), Time: 1})
+}
+
+func TestTornSegmentHeaderIsRemoved(t *testing.T) {
 	dir := t.TempDir()
 	q, _ := open(t, dir, nil)
 	mustAppend(t, q, entries("ok", 2))
 	q.Close()
-	// A crash while rolling: the next segment exists, its header does not.
+	// A crash while a v1 agent rolled: the next segment exists, its
+	// header does not.
 	if err := os.WriteFile(filepath.Join(dir, segName(3)), []byte("FW"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	q, lb := open(t, dir, nil)
 	defer q.Close()
-	if !strings.Contains(lb.String(), "rewriting torn queue segment header") {
+	if !strings.Contains(lb.String(), "removing a queue segment whose header was never written") {
 		t.Errorf("no warning: %q", lb.String())
 	}
 	if first := mustAppend(t, q, entries("new", 1)); first != 3 {
@@ -398,44 +415,6 @@ func TestConcurrentAppendsShareSyncs(t *testing.T) {
 	}
 }
 
-func TestCorruptSealedSegmentIsSkipped(t *testing.T) {
-	dir := t.TempDir()
-	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes = 300 })
-	for i := range 10 {
-		mustAppend(t, q, entries(fmt.Sprint("s", i), 3))
-	}
-	q.Close()
-	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
-	if len(segs) < 3 {
-		t.Fatalf("want several segments, have %d", len(segs))
-	}
-	// Flip a byte inside the second segment's first record payload.
-	b, _ := os.ReadFile(segs[1])
-	b[segHeaderSize+recHeaderSize+10] ^= 0xff
-	os.WriteFile(segs[1], b, 0o644)
-
-	q, lb := open(t, dir, func(o *Options) { o.SegmentBytes = 300 })
-	defer q.Close()
-	var got []string
-	for q.Stats().Acked < q.Stats().NextSeq {
-		b := read(t, q, 1<<20, 1000)
-		got = append(got, messages(b.Entries)...)
-		if err := q.Ack(b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	st := q.Stats()
-	if st.Lost == 0 || len(got)+int(st.Lost) != 30 || st.Bytes != 0 {
-		t.Fatalf("read %d, lost %d, stats %+v", len(got), st.Lost, st)
-	}
-	if got[len(got)-1] != "s9-2" {
-		t.Fatalf("did not continue after the corrupt segment: %v", got)
-	}
-	if !strings.Contains(lb.String(), "skipping corrupt queue segment") {
-		t.Fatalf("no error logged: %q", lb.String())
-	}
-}
-
 func TestSecondOpenOfADirectoryIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	q, _ := open(t, dir, nil)
@@ -467,28 +446,29 @@ func TestTornAckSlotFallsBackToThePreviousPosition(t *testing.T) {
 	}
 }
 
-func TestWriteErrorIsSticky(t *testing.T) {
-	q, lb := open(t, t.TempDir(), nil)
-	mustAppend(t, q, entries("ok", 2))
-	q.w.Close() // the next write fails, as on a dead disk
-	if _, err := q.Append(entries("lost", 1)); err == nil {
-		t.Fatal("append after a write error succeeded")
+// A Scribe call may be up to 256 MiB and a single message nearly that: the
+// queue takes records up to MaxRecordBytes (the limit was 64 MiB).
+func TestLargeRecords(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: moves a 65 MiB record")
 	}
-	select {
-	case <-q.Failed():
-	default:
-		t.Fatal("Failed not closed")
+	q, _ := open(t, t.TempDir(), nil)
+	defer q.Close()
+	big := bytes.Repeat([]byte("x"), 65<<20)
+	big[len(big)-1] = 'y'
+	if _, err := q.Append([]Entry{{Category: "big", Message: big}}); err != nil {
+		t.Fatalf("append of a 65 MiB entry: %v", err)
 	}
-	if _, err := q.Append(entries("later", 1)); err == nil || !errors.Is(err, q.Err()) {
-		t.Fatalf("append after the failure = %v, want the sticky %v", err, q.Err())
+	b := read(t, q, 1<<20, 10)
+	if len(b.Entries) != 1 || !bytes.Equal(b.Entries[0].Message, big) {
+		t.Fatalf("read %d entries back", len(b.Entries))
 	}
-	// What was durable before can still be read.
-	if b := read(t, q, 1<<20, 10); len(b.Entries) != 2 {
-		t.Fatalf("read %d entries after the failure", len(b.Entries))
+	// Never touched, so never resident: only its length matters.
+	huge := make([]byte, MaxRecordBytes)
+	if _, err := q.Append([]Entry{{Category: "big", Message: huge}}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("append over MaxRecordBytes = %v, want ErrTooLarge", err)
 	}
-	if !strings.Contains(lb.String(), "queue write failed") {
-		t.Fatal("no error logged")
+	if MaxRecordBytes < 256<<20+1<<20 {
+		t.Fatalf("MaxRecordBytes %d is below 257 MiB", MaxRecordBytes)
 	}
-	q.w = nil
-	q.Close()
 }

@@ -173,9 +173,10 @@ func oddTraffic(t *testing.T, addr string, os []order) map[string][]string {
 }
 
 // TestOddCategoriesEndToEnd: entries of categories with a slash, a space,
-// a leading "_" or ".", 300 bytes and 10 KB are written, listed back with
-// their exact names, and an app declared with category web/access counts
-// its entries exactly.
+// a leading "_" or ".", 300 bytes and 10 KB, logged to the agent as a
+// stock client would, are written, listed back with their exact names,
+// and an app declared with category web/access counts its entries
+// exactly.
 func TestOddCategoriesEndToEnd(t *testing.T) {
 	cfg := testConfig(t.TempDir())
 	cfg.Apps[0].Category = "web/access"
@@ -183,7 +184,7 @@ func TestOddCategoriesEndToEnd(t *testing.T) {
 	r := start(t, cfg)
 	defer r.stop(t)
 	os := orders(1500, 0, base)
-	want := oddTraffic(t, r.p.Calligraphus.Addr(), os)
+	want := oddTraffic(t, r.p.Agent.Addr(), os)
 	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(os))
 
 	cfg.Resolve()
@@ -268,7 +269,7 @@ func TestOddCategoriesOnRealEngines(t *testing.T) {
 	}
 
 	// Puma's commit rows are under the encoded category.
-	st, err := backends.OpenStore(cfg.Store)
+	st, err := backends.OpenStore(cfg.Store, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,8 +9,10 @@ import (
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/scribe"
 	"github.com/freeway-dev/freeway/serving"
@@ -30,6 +32,16 @@ type Config struct {
 	Buckets    int                       `yaml:"buckets"`
 	Categories map[string]CategoryConfig `yaml:"categories"`
 	Log        LogConfig                 `yaml:"log"`
+	// MaxInflightBytes bounds the bytes that the calls of all the
+	// process's Thrift ports hold at once (a call takes twice its size);
+	// calls beyond it wait a little, then are answered TRY_LATER.
+	MaxInflightBytes config.ByteSize `yaml:"max_inflight_bytes"`
+	// TLS secures every listener of the process and its clients (agent
+	// → writer) when cert_file is set; see internal/auth.
+	TLS auth.TLSConfig `yaml:"tls"`
+	// Auth holds the bearer tokens of the query API and the admin
+	// endpoints.
+	Auth auth.Config `yaml:"auth"`
 
 	Agent        scribe.Config       `yaml:"agent"`
 	Calligraphus calligraphus.Config `yaml:"calligraphus"`
@@ -57,14 +69,15 @@ type LogConfig struct {
 // DefaultConfig returns the defaults of every key.
 func DefaultConfig() Config {
 	return Config{
-		DataDir:      "freeway-data",
-		Buckets:      4,
-		Log:          LogConfig{Level: "info", Format: "text"},
-		Agent:        scribe.DefaultConfig(),
-		Calligraphus: calligraphus.DefaultConfig(),
-		Puma:         puma.DefaultConfig(),
-		Serving:      serving.DefaultConfig(),
-		Copier:       copier.DefaultConfig(),
+		DataDir:          "freeway-data",
+		Buckets:          4,
+		Log:              LogConfig{Level: "info", Format: "text"},
+		MaxInflightBytes: thriftsrv.DefaultBudget,
+		Agent:            scribe.DefaultConfig(),
+		Calligraphus:     calligraphus.DefaultConfig(),
+		Puma:             puma.DefaultConfig(),
+		Serving:          serving.DefaultConfig(),
+		Copier:           copier.DefaultConfig(),
 	}
 }
 
@@ -118,10 +131,17 @@ func (c *Config) Validate() error {
 	default:
 		return config.Errorf("$.log.format", "unknown format %q (want text or json)", c.Log.Format)
 	}
-	for _, v := range []interface{ Validate() error }{&c.Agent, &c.Calligraphus, &c.Puma, &c.Serving, &c.Copier} {
+	for _, v := range []interface{ Validate() error }{&c.TLS, &c.Auth, &c.Agent, &c.Calligraphus, &c.Puma, &c.Serving, &c.Copier} {
 		if err := v.Validate(); err != nil {
 			return err
 		}
+	}
+	largest, port := c.Agent.MaxCallBytes, "agent"
+	if c.Calligraphus.MaxCallBytes > largest {
+		largest, port = c.Calligraphus.MaxCallBytes, "calligraphus"
+	}
+	if need := thriftsrv.Charge(int64(largest) + thriftsrv.Envelope); int64(c.MaxInflightBytes) < need {
+		return config.Errorf("$.max_inflight_bytes", "must be at least %v, what the largest call takes (twice %s.max_call_bytes %v and its envelope), or such a call could never be served", config.ByteSize(need), port, largest)
 	}
 	names := map[string]int{}
 	for i := range c.Apps {

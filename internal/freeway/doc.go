@@ -6,4 +6,17 @@
 //
 // The wiring is data: modules.go lists each module with its dependencies
 // and how to build it, and each target is a list of modules.
+//
+// What the components of a process share is created here: the backends,
+// the metrics registry, the in-flight byte budget of every Thrift port
+// (max_inflight_bytes), and the TLS and tokens of internal/auth (tls.*,
+// auth.*: every listener speaks TLS when the process has a certificate,
+// the agent dials upstream with it, the HTTP ports and the Thrift query
+// port check the tokens). The Scribe ports' fb303 getOptions reports the
+// process's effective configuration (Options, without secrets: files
+// appear as paths); its reinitialize and shutdown calls, and POST
+// /admin/reload and /admin/shutdown on the HTTP port, reach the command
+// through Options' hooks, which restarts the process with a reloaded
+// file or stops it. With an admin token configured the fb303 calls,
+// which cannot carry it, are refused and only the HTTP ones work.
 package freeway

@@ -21,10 +21,14 @@ import (
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/scribe"
 	"github.com/freeway-dev/freeway/serving"
@@ -80,6 +84,11 @@ type Options struct {
 	// AdminListen overrides the admin address ("" keeps the target's
 	// default, "off" disables it).
 	AdminListen string
+	// Reinitialize and Shutdown are what fb303's reinitialize and
+	// shutdown calls and POST /admin/reload and /admin/shutdown do (nil:
+	// they are answered as unsupported); they must return at once.
+	Reinitialize func()
+	Shutdown     func()
 }
 
 // Process is one running Freeway process.
@@ -96,7 +105,14 @@ type Process struct {
 	apps    []*apps.App
 	runners []runner
 	closers []func() error
-	admin   net.Listener
+	admin   *httpsrv.Server
+	// budget bounds the bytes in flight in every Thrift call of the
+	// process, shared by its ports.
+	budget *thriftsrv.Budget
+	// tls is the process's TLS (nil: off), shared by every listener and
+	// client; guard applies its tokens.
+	tls   *auth.TLS
+	guard *auth.Guard
 
 	// Components, when the target has them.
 	Agent        *scribe.Agent
@@ -126,12 +142,22 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log)}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
+		budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg)}
 	compiled, err := cfg.CompiledApps()
 	if err != nil {
 		return nil, err
 	}
 	p.apps = compiled
+	if p.tls, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
+		return nil, fmt.Errorf("load tls: %w", err)
+	}
+	if p.guard, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
+		return nil, err
+	}
 	table := p.modules()
 	for _, name := range mods {
 		if err := table[name](); err != nil {
@@ -143,7 +169,58 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		p.Close()
 		return nil, err
 	}
+	p.warnExposed()
 	return p, nil
+}
+
+// warnExposed says which listeners are open beyond the local host without
+// TLS, or (HTTP and query ports) without tokens: configured so, but
+// worth a line.
+func (p *Process) warnExposed() {
+	type port struct {
+		name, addr string
+		tokens     bool // needs a token (query or admin) to be safe
+	}
+	var ports []port
+	if p.Agent != nil {
+		ports = append(ports, port{"agent", p.Agent.Addr(), false})
+	}
+	if p.Calligraphus != nil {
+		ports = append(ports, port{"calligraphus", p.Calligraphus.Addr(), false})
+	}
+	if p.Serving != nil {
+		ports = append(ports, port{"serving", p.Serving.Addr(), true})
+		if a := p.Serving.ThriftAddr(); a != "" {
+			ports = append(ports, port{"serving.thrift", a, true})
+		}
+	}
+	if p.admin != nil {
+		ports = append(ports, port{"admin", p.admin.Addr(), true})
+	}
+	for _, pt := range ports {
+		if !exposed(pt.addr) {
+			continue
+		}
+		tls := p.tls != nil && (pt.name != "agent" || p.cfg.Agent.TLS)
+		switch {
+		case !tls:
+			p.log.Warn("listener open beyond the local host without tls (set tls.cert_file)", "listener", pt.name, "addr", pt.addr)
+		case pt.tokens && !p.guard.QueryTokens() && !p.guard.AdminToken() && !p.cfg.TLS.ClientAuth:
+			p.log.Warn("listener open beyond the local host without tokens or client certificates (set auth.* or tls.client_auth)",
+				"listener", pt.name, "addr", pt.addr)
+		}
+	}
+}
+
+// exposed reports whether a bound address accepts connections from other
+// hosts.
+func exposed(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // shared opens a backend the first time a module asks for it; the
@@ -165,11 +242,19 @@ func (p *Process) dfs() (dfs.FS, error) {
 }
 
 func (p *Process) store() (store.Store, error) {
-	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store) })
+	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store, p.log, p.reg) })
 }
 
 func (p *Process) coord() (coord.Coord, error) {
 	return shared(p, &p.co, func() (coord.Coord, error) { return p.coords.Open(p.cfg.Coord) })
+}
+
+// shared is what every Scribe port of the process gets.
+func (p *Process) shared() scribeapi.Shared {
+	return scribeapi.Shared{Budget: p.budget, TLS: p.tls, Control: scribeapi.Control{
+		Options: p.Options, Reinitialize: p.opts.Reinitialize, Shutdown: p.opts.Shutdown,
+		TokenRequired: p.guard.AdminToken(),
+	}}
 }
 
 func (p *Process) initCalligraphus() error {
@@ -187,7 +272,7 @@ func (p *Process) initCalligraphus() error {
 	}
 	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{
 		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, routes),
-		Log: p.log, Metrics: p.reg, Version: p.opts.Version,
+		Log: p.log, Metrics: p.reg, Version: p.opts.Version, Shared: p.shared(),
 	})
 	if err != nil {
 		return err
@@ -203,8 +288,9 @@ func (p *Process) initAgent() error {
 	// it listens, unless told otherwise.
 	if p.Calligraphus != nil && slices.Equal(cfg.Upstream, scribe.DefaultConfig().Upstream) {
 		cfg.Upstream = []string{p.Calligraphus.Addr()}
+		p.cfg.Agent.Upstream = cfg.Upstream // what getOptions reports
 	}
-	a, err := scribe.New(cfg, p.log, p.reg)
+	a, err := scribe.New(cfg, p.log, p.reg, scribe.WithShared(p.shared()))
 	if err != nil {
 		return err
 	}
@@ -272,10 +358,11 @@ func (p *Process) initCopier() error {
 }
 
 func (p *Process) initServing() error {
-	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log}
+	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget,
+		TLS: p.tls, Auth: p.guard, Reload: p.opts.Reinitialize, Shutdown: p.opts.Shutdown}
 	if p.Puma != nil {
 		deps.Source = p.Puma
-		deps.Ready = p.Puma.Ready
+		deps.Ready = p.Puma.Readiness
 	} else {
 		st, err := p.store()
 		if err != nil {
@@ -292,8 +379,9 @@ func (p *Process) initServing() error {
 	return nil
 }
 
-// initAdmin binds /metrics, /healthz and /readyz for processes without
-// the serving module, which has them already.
+// initAdmin binds /metrics, /healthz, /readyz and POST /admin/reload and
+// /admin/shutdown for processes without the serving module, which has
+// them already, guarded the same way.
 func (p *Process) initAdmin(mods []string) error {
 	if p.Serving != nil || p.opts.AdminListen == "off" {
 		return nil
@@ -302,32 +390,24 @@ func (p *Process) initAdmin(mods []string) error {
 	if addr == "" {
 		addr = adminPorts[mods[0]]
 	}
-	ln, err := net.Listen("tcp", addr)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", p.guard.Admin(promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{})))
+	mux.Handle("POST /admin/reload", p.guard.Control(p.guard.ControlHandler("reload", p.opts.Reinitialize)))
+	mux.Handle("POST /admin/shutdown", p.guard.Control(p.guard.ControlHandler("shutdown", p.opts.Shutdown)))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	var ready func() puma.Readiness
+	if p.Puma != nil {
+		ready = p.Puma.Readiness
+	}
+	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
+	// A scrape is quick: a small cap and short timeouts.
+	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
+		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.tls.ServerConfig()})
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
 	}
-	p.admin = ln
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if p.Puma != nil && !p.Puma.Ready() {
-			http.Error(w, "not ready: shards are still recovering or held elsewhere", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ready\n")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	p.runners = append(p.runners, runner{"admin", func(ctx context.Context) error {
-		go func() {
-			<-ctx.Done()
-			srv.Close()
-		}()
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	}})
+	p.admin = srv
+	p.runners = append(p.runners, runner{"admin", srv.Serve})
 	return nil
 }
 
@@ -336,7 +416,15 @@ func (p *Process) AdminAddr() string {
 	if p.admin == nil {
 		return ""
 	}
-	return p.admin.Addr().String()
+	return p.admin.Addr()
+}
+
+// AdminURL is the base URL of the admin port (https:// with TLS), or "".
+func (p *Process) AdminURL() string {
+	if p.admin == nil {
+		return ""
+	}
+	return p.admin.URL()
 }
 
 // Registry is the process's metrics registry.
@@ -398,7 +486,7 @@ func (p *Process) Close() error {
 	}
 	p.closers = nil
 	if p.admin != nil {
-		p.admin.Close()
+		p.admin.Listener().Close()
 	}
 	return errors.Join(errs...)
 }

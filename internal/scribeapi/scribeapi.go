@@ -1,14 +1,33 @@
 // Package scribeapi is the Scribe Thrift service as Freeway's ingest
 // ports serve it (the agent on 1463, calligraphus on 1464), with the fb303
-// calls monitors use, and the client Freeway's agent and tests send with.
+// calls monitors and scribe_ctrl use, and the client Freeway's agent and
+// tests send with.
+//
+// The port itself (framing, limits, the in-flight byte budget, idle and
+// slow clients) is internal/thriftsrv; a call it refuses unprocessed (too
+// large, or no memory for it now) is answered TRY_LATER here. fb303's
+// getOptions reports the process's configuration; its control calls
+// (reinitialize, shutdown, setOption) are honoured only from the local
+// host, and not at all when an admin token is configured, since they
+// cannot carry one (see authorize). With the process's TLS (Shared.TLS)
+// the port speaks TLS; Dial and DialTLS are the clients.
 package scribeapi
 
 import (
 	"context"
+	"crypto/tls"
+	"fmt"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"time"
 
+	"github.com/apache/thrift/lib/go/thrift"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/connlimit"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -21,12 +40,44 @@ type Handler interface {
 	LogBatch(ctx context.Context, batch *scribe.Batch) (scribe.ResultCode, error)
 }
 
-// Info feeds the fb303 calls.
+// Info describes the server to fb303 and to the wiring.
 type Info struct {
 	Name    string
 	Version string
 	// Counters returns the counters getCounters reports.
 	Counters func() map[string]int64
+	// Control is what fb303's options and control calls do.
+	Control Control
+	// Metrics receives the server's metrics (nil: not exported).
+	Metrics prometheus.Registerer
+}
+
+// Control is what fb303's options and control calls do; the wiring
+// provides it. A nil func makes its call answer that it is not supported
+// here. Reinitialize and Shutdown must return at once (they ask the
+// process to act; the server answering them is among what stops).
+type Control struct {
+	// Options returns the effective configuration as flat key -> value
+	// strings, without secrets.
+	Options      func() map[string]string
+	Reinitialize func()
+	Shutdown     func()
+	// TokenRequired says an admin token is configured
+	// (auth.admin_token_file): the control calls, which cannot carry a
+	// token, are then refused from everywhere; POST /admin/reload and
+	// /admin/shutdown on the HTTP port do their work.
+	TokenRequired bool
+}
+
+// Shared is what every Scribe port of a process shares, from the wiring.
+type Shared struct {
+	// Budget bounds the bytes all of the process's calls hold at once.
+	Budget  *thriftsrv.Budget
+	Control Control
+	// TLS is the process's TLS (nil: none): its Scribe ports speak TLS
+	// (the agent's app port unless agent.tls is false) and the agent
+	// dials upstream with it.
+	TLS *auth.TLS
 }
 
 // Server is a Scribe server.
@@ -36,15 +87,50 @@ type Server struct {
 }
 
 // Listen binds addr (host:port; port 0 picks one) and returns a Scribe
-// server for h; Serve runs it.
-func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slog.Logger) (*Server, error) {
-	svc := &service{Handler: h, info: info, since: time.Now().Unix()}
+// server for h; Serve runs it. A call refused unprocessed (over
+// limits.MaxCallBytes, or no room in the budget) is answered TRY_LATER if
+// it is Log or LogBatch, so that clients retry or shrink their batches.
+// opts name the listener, share the process's budget (thriftsrv).
+func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slog.Logger, opts ...thriftsrv.Option) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	svc := &service{Handler: h, info: info, since: time.Now().Unix(), warn: ratelog.New(log, time.Minute, 5), log: log}
+	svc.controlRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_fb303_control_refused_total",
+		Help: "fb303 control calls (reinitialize, shutdown, setOption) refused because they did not come from the local host or an admin token is configured, by method."}, []string{"method"})
+	if info.Metrics != nil {
+		svc.controlRefused = connlimit.Register(info.Metrics, svc.controlRefused)
+	}
 	svc.status.Store(int32(fb303.FbStatus_STARTING))
-	srv, err := thriftsrv.Listen(addr, scribe.NewScribeProcessor(svc), limits, log)
+	opts = append([]thriftsrv.Option{thriftsrv.WithName("scribe"), thriftsrv.WithMetrics(info.Metrics), thriftsrv.WithRefuse(tryLater)}, opts...)
+	srv, err := thriftsrv.Listen(addr, scribe.NewScribeProcessor(svc), limits, log, opts...)
 	if err != nil {
 		return nil, err
 	}
 	return &Server{srv: srv, service: svc}, nil
+}
+
+// tryLater answers Log and LogBatch calls refused unprocessed with
+// TRY_LATER: stock clients retry it, and some (Gollum) halve their batch.
+// Other calls get the server's default answer, an exception.
+func tryLater(ctx context.Context, call thriftsrv.Call, _ error, out thrift.TProtocol) error {
+	rc := scribe.ResultCode_TRY_LATER
+	var res thrift.TStruct
+	switch call.Name {
+	case "Log":
+		res = &scribe.ScribeLogResult{Success: &rc}
+	case "LogBatch":
+		res = &scribe.ScribeLogBatchResult{Success: &rc}
+	default:
+		return nil
+	}
+	if err := out.WriteMessageBegin(ctx, call.Name, thrift.REPLY, call.SeqID); err != nil {
+		return err
+	}
+	if err := res.Write(ctx, out); err != nil {
+		return err
+	}
+	return out.WriteMessageEnd(ctx)
 }
 
 // Addr is the bound address.
@@ -66,10 +152,13 @@ func (s *Server) SetStatus(st fb303.FbStatus, details string) {
 
 type service struct {
 	Handler
-	info    Info
-	since   int64
-	status  atomic.Int32
-	details atomic.Pointer[string]
+	info           Info
+	since          int64
+	status         atomic.Int32
+	details        atomic.Pointer[string]
+	log            *slog.Logger
+	warn           *ratelog.Limiter
+	controlRefused *prometheus.CounterVec
 }
 
 func (s *service) GetName(context.Context) (string, error)    { return s.info.Name, nil }
@@ -99,6 +188,80 @@ func (s *service) GetCounter(ctx context.Context, key string) (int64, error) {
 
 func (s *service) AliveSince(context.Context) (int64, error) { return s.since, nil }
 
+func (s *service) GetOptions(context.Context) (map[string]string, error) {
+	if s.info.Control.Options == nil {
+		return map[string]string{}, nil
+	}
+	return s.info.Control.Options(), nil
+}
+
+func (s *service) GetOption(ctx context.Context, key string) (string, error) {
+	o, _ := s.GetOptions(ctx)
+	return o[key], nil
+}
+
+// SetOption is refused: the configuration is the file, so that what runs
+// is what a restart would run.
+func (s *service) SetOption(ctx context.Context, key, value string) error {
+	if err := s.authorize(ctx, "setOption"); err != nil {
+		return err
+	}
+	return fmt.Errorf("options cannot be set at run time; edit the configuration file and call reinitialize (or send SIGHUP)")
+}
+
+func (s *service) Reinitialize(ctx context.Context) error {
+	return s.control(ctx, "reinitialize", s.info.Control.Reinitialize)
+}
+
+func (s *service) Shutdown(ctx context.Context) error {
+	return s.control(ctx, "shutdown", s.info.Control.Shutdown)
+}
+
+func (s *service) control(ctx context.Context, method string, do func()) error {
+	if err := s.authorize(ctx, method); err != nil {
+		return err
+	}
+	if do == nil {
+		s.warn.Warn("control:"+method, "fb303 control call not supported by this server", "method", method)
+		return fmt.Errorf("%s is not supported by this server", method)
+	}
+	s.log.Info("fb303 control call", "method", method, "remote", peerString(ctx))
+	do()
+	return nil
+}
+
+// authorize is the one place that decides whether a control call
+// (reinitialize, shutdown, setOption) is honoured: only from the local
+// host, and never when an admin token is configured (a control call has
+// no way to carry it; the HTTP port's POST /admin/* take it).
+func (s *service) authorize(ctx context.Context, method string) error {
+	if s.info.Control.TokenRequired {
+		s.controlRefused.WithLabelValues(method).Inc()
+		instead := map[string]string{"reinitialize": "POST /admin/reload", "shutdown": "POST /admin/shutdown"}[method]
+		if instead == "" {
+			instead = "the configuration file and POST /admin/reload"
+		}
+		s.warn.Warn("refused-token:"+method, "fb303 control call refused: an admin token is configured and control calls cannot carry one",
+			"method", method, "remote", peerString(ctx), "instead", instead)
+		return fmt.Errorf("%s refused: auth.admin_token_file is set and fb303 control calls cannot carry a token; use %s on the HTTP port with the admin token", method, instead)
+	}
+	if addr, ok := thriftsrv.Peer(ctx); ok {
+		if ta, ok := addr.(*net.TCPAddr); ok && ta.IP.IsLoopback() {
+			return nil
+		}
+	}
+	s.controlRefused.WithLabelValues(method).Inc()
+	s.warn.Warn("refused:"+method, "fb303 control call refused: not from the local host", "method", method, "remote", peerString(ctx))
+	return fmt.Errorf("%s refused: control calls are honoured only from the local host", method)
+}
+
+func peerString(ctx context.Context) string {
+	if addr, ok := thriftsrv.Peer(ctx); ok {
+		return addr.String()
+	}
+	return "unknown"
+}
+
 // Client is a Scribe client on one connection. It is not safe for
 // concurrent use.
 type Client struct {
@@ -108,7 +271,12 @@ type Client struct {
 
 // Dial connects to a Scribe server.
 func Dial(addr string, limits thriftsrv.Limits, timeout time.Duration) (*Client, error) {
-	conn, err := thriftsrv.Dial(addr, limits, timeout)
+	return DialTLS(addr, nil, limits, timeout)
+}
+
+// DialTLS connects to a Scribe server over TLS with tc (nil: plain TCP).
+func DialTLS(addr string, tc *tls.Config, limits thriftsrv.Limits, timeout time.Duration) (*Client, error) {
+	conn, err := thriftsrv.DialTLS(addr, tc, limits, timeout)
 	if err != nil {
 		return nil, err
 	}

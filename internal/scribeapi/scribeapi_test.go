@@ -124,7 +124,7 @@ func TestStockClientHeaders(t *testing.T) {
 
 func TestHostileFramesAreRefused(t *testing.T) {
 	rec := &recorder{}
-	srv := start(t, rec, thriftsrv.Limits{MaxFrameSize: 1 << 20, MaxContainerSize: 1000})
+	srv := start(t, rec, thriftsrv.Limits{MaxCallBytes: 1 << 20, MaxContainerSize: 1000})
 	cases := map[string][]byte{
 		"2 GiB frame header": {0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0},
 		"garbage in a frame": append([]byte{0, 0, 0, 8}, []byte("\xff\xffgarbage")...),

@@ -1,228 +1,570 @@
 // Package thriftsrv serves and dials Thrift services the way Freeway's
 // ports speak them: framed transport, binary protocol (strict and
 // non-strict message headers both accepted, as stock Scribe clients send
-// either), with bounded frames, messages and containers so that a hostile
-// peer cannot make the process allocate without limit, and a bound on
-// concurrent connections.
+// either), with every resource a peer can make the process hold bounded.
 //
-// It replaces thrift.TSimpleServer, which has no connection limit and
-// checks connectivity between requests (a cost that halved batched ingest
-// throughput on two cores).
+// It replaces thrift.TSimpleServer and thrift.TFramedTransport on the
+// server side with its own framed loop, per connection:
+//
+//   - Between calls a connection is idle: it is closed after IdleTimeout,
+//     and at MaxConnections the longest-idle connection is closed to make
+//     room for a new client (internal/connlimit), so idle clients cannot
+//     lock others out. Accept errors that pass (out of file descriptors)
+//     are retried, never fatal.
+//   - The first bytes of a call are sniffed: a client speaking unframed
+//     (buffered) transport, the compact protocol, THeader, HTTP or TLS has
+//     its connection closed at once, with a rate-limited log line saying
+//     which.
+//   - The message header (method name, sequence id) is read from the
+//     frame's first bytes. A call over MaxCallBytes (plus Envelope) is
+//     read and discarded as it streams in, never held, and refused with
+//     the service's answer (TRY_LATER for Scribe); the connection stays
+//     usable, so a client that shrinks its batches on TRY_LATER gets
+//     through.
+//   - Otherwise the call takes twice its frame size from the process's
+//     in-flight byte Budget (the frame, then what decoding it allocates,
+//     charged as it goes), waiting at most BudgetWait behind earlier
+//     calls; without room it is read, discarded and refused too. The
+//     frame is read within ReadTimeout into pooled chunks, decoded from
+//     memory, processed, and the reply written as one frame.
+//
+// With WithTLS the port speaks TLS: the handshake starts at a
+// connection's first byte (under ReadTimeout), and a client whose first
+// byte is not a TLS handshake (a plaintext Thrift client, say) is closed
+// at once with a rate-limited line saying so; on a plaintext port a TLS
+// handshake is closed the same way. A failed handshake (an untrusted or
+// missing client certificate) is counted and logged too.
+//
+// Handlers find the peer's address in their context (Peer), its TLS
+// state (TLSState: a verified client certificate, say), and values kept
+// for the connection's later calls (SetConnValue, ConnValue), for checks
+// such as fb303's control calls being local-only or a token given once
+// per connection.
+//
+// Nothing here survives a restart: it holds only connections and calls in
+// flight, and a call is answered only after its handler returns.
 package thriftsrv
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/apache/thrift/lib/go/thrift"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/connlimit"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
-// Limits bounds what one peer may send.
-type Limits struct {
-	// MaxFrameSize bounds a frame (and so a request) in bytes.
-	MaxFrameSize int32
-	// MaxContainerSize bounds the elements of one list, set or map.
-	MaxContainerSize int32
-	// MaxConnections bounds concurrent connections; further ones wait in
-	// the kernel's accept queue.
-	MaxConnections int
-	// IdleTimeout closes a connection that sends nothing for this long
-	// (0: never).
-	IdleTimeout time.Duration
-}
+// ErrTooLarge and ErrBusy are why a call is refused without being
+// processed.
+var (
+	ErrTooLarge = errors.New("call over max_call_bytes")
+	ErrBusy     = errors.New("no room for the call under max_inflight_bytes")
+)
 
-// DefaultLimits suit the Scribe ingest ports.
-var defaultLimits = Limits{MaxFrameSize: 16 << 20, MaxContainerSize: 1 << 20, MaxConnections: 1024, IdleTimeout: 10 * time.Minute}
+// RefuseFunc answers a call the server will not process (why is
+// ErrTooLarge or ErrBusy), from its header alone: it writes a whole reply
+// message to out, or nothing to have the default answer sent, an
+// application exception. Oneway calls get no answer.
+type RefuseFunc func(ctx context.Context, call Call, why error, out thrift.TProtocol) error
 
-// DefaultLimits returns the limits the ingest ports use unless configured.
-func DefaultLimits() Limits { return defaultLimits }
+// Option configures a Server.
+type Option func(*Server)
 
-func (l Limits) withDefaults() Limits {
-	if l.MaxFrameSize <= 0 {
-		l.MaxFrameSize = defaultLimits.MaxFrameSize
-	}
-	if l.MaxContainerSize <= 0 {
-		l.MaxContainerSize = defaultLimits.MaxContainerSize
-	}
-	if l.MaxConnections <= 0 {
-		l.MaxConnections = defaultLimits.MaxConnections
-	}
-	return l
-}
+// WithBudget shares the process's in-flight byte budget (by default a
+// server has its own of DefaultBudget bytes).
+func WithBudget(b *Budget) Option { return func(s *Server) { s.budget = b } }
 
-// Config returns the Thrift configuration for these limits.
-func (l Limits) Config() *thrift.TConfiguration {
-	l = l.withDefaults()
-	return &thrift.TConfiguration{
-		MaxFrameSize:       l.MaxFrameSize,
-		MaxMessageSize:     l.MaxFrameSize,
-		MaxContainerSize:   l.MaxContainerSize,
-		TBinaryStrictRead:  thrift.BoolPtr(false),
-		TBinaryStrictWrite: thrift.BoolPtr(true),
-	}
-}
+// WithRefuse sets the answer to calls refused without being processed.
+func WithRefuse(f RefuseFunc) Option { return func(s *Server) { s.refuse = f } }
+
+// WithName names the listener in metrics and logs ("agent").
+func WithName(name string) Option { return func(s *Server) { s.name = name } }
+
+// WithTLS makes the port speak TLS with cfg (a nil cfg: plain TCP).
+func WithTLS(cfg *tls.Config) Option { return func(s *Server) { s.tls = cfg } }
+
+// WithMetrics registers the server's metrics with reg, shared with the
+// process's other listeners.
+func WithMetrics(reg prometheus.Registerer) Option { return func(s *Server) { s.reg = reg } }
 
 // Server serves one Thrift processor on one listener.
 type Server struct {
 	proc   thrift.TProcessor
 	limits Limits
+	cfg    *thrift.TConfiguration
+	name   string
+	reg    prometheus.Registerer
+	budget *Budget
+	refuse RefuseFunc
+	tls    *tls.Config
 	log    *slog.Logger
-	ln     net.Listener
+	warn   *ratelog.Limiter
+	ln     *connlimit.Listener
+
+	refused, closed *prometheus.CounterVec
 
 	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	conns map[*conn]struct{}
+}
+
+// conn is one client connection.
+type conn struct {
+	c  *connlimit.Conn
+	br *bufio.Reader
+	// w is where replies go: c, or its TLS connection.
+	w    io.Writer
+	peer string
+	info *connInfo
+
+	// mu orders the start of processing against shutdown: a connection
+	// not processing a call is closed at once when the server stops; one
+	// processing finishes the call (its handler sees the context end) and
+	// answers it first.
+	mu         sync.Mutex
+	processing bool
 }
 
 // Listen binds addr and returns a server for proc; Serve starts it.
-func Listen(addr string, proc thrift.TProcessor, limits Limits, log *slog.Logger) (*Server, error) {
+func Listen(addr string, proc thrift.TProcessor, limits Limits, log *slog.Logger, opts ...Option) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{proc: proc, limits: limits.withDefaults(), name: "thrift", log: log, conns: map[*conn]struct{}{}}
+	for _, o := range opts {
+		o(s)
+	}
+	s.cfg = s.limits.Config()
+	if s.budget == nil {
+		s.budget = NewBudget(DefaultBudget, nil)
+	}
+	if s.refuse == nil {
+		s.refuse = func(context.Context, Call, error, thrift.TProtocol) error { return nil }
+	}
+	s.warn = ratelog.New(log, time.Minute, 5)
+	s.refused, s.closed = newServerMetrics(s.reg)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	return &Server{proc: proc, limits: limits.withDefaults(), log: log, ln: ln, conns: map[net.Conn]struct{}{}}, nil
+	s.ln = connlimit.New(ln, connlimit.Options{Name: s.name, MaxConns: s.limits.MaxConnections, Log: log, Metrics: connlimit.NewMetrics(s.reg)})
+	return s, nil
 }
 
 // Addr is the bound address (useful with port 0).
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Serve accepts connections until ctx ends, then closes the listener and
-// every connection and waits for their goroutines.
+// every connection not processing a call, lets calls being processed
+// answer, and waits for every connection's goroutine. Accept errors that
+// pass are retried; Serve returns an error only if the listener fails
+// for good.
 func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, s.limits.MaxConnections)
-	stop := context.AfterFunc(ctx, func() {
-		s.ln.Close()
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-	})
+	stop := context.AfterFunc(ctx, s.stop)
 	defer stop()
 	var err error
 	for {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		var conn net.Conn
-		conn, err = s.ln.Accept()
-		if err != nil {
-			<-sem
-			if ctx.Err() != nil {
-				err = nil
-				break
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+		c, aerr := s.ln.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil {
+				err = fmt.Errorf("accept on %s: %w", s.Addr(), aerr)
 			}
 			break
 		}
+		cn := &conn{c: c.(*connlimit.Conn), br: bufio.NewReaderSize(c, 4<<10), w: c, peer: c.RemoteAddr().String(), info: &connInfo{}}
 		s.mu.Lock()
-		s.conns[conn] = struct{}{}
+		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			s.serveConn(ctx, conn)
+		if ctx.Err() != nil {
+			// stop may have run before cn was registered.
+			s.stop()
+		}
+		wg.Go(func() {
+			s.serveConn(ctx, cn)
 			s.mu.Lock()
-			delete(s.conns, conn)
+			delete(s.conns, cn)
 			s.mu.Unlock()
-			conn.Close()
-		}()
+			cn.c.Close()
+		})
 	}
+	s.stop()
+	wg.Wait()
+	return err
+}
+
+func (s *Server) stop() {
 	s.ln.Close()
 	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
+	defer s.mu.Unlock()
+	for cn := range s.conns {
+		cn.mu.Lock()
+		if !cn.processing {
+			cn.c.Close()
+		}
+		cn.mu.Unlock()
 	}
-	s.mu.Unlock()
-	wg.Wait()
-	if err != nil {
-		return fmt.Errorf("accept on %s: %w", s.Addr(), err)
+}
+
+// Peer returns the address of the client whose call ctx belongs to.
+func Peer(ctx context.Context) (net.Addr, bool) {
+	a, ok := ctx.Value(peerKey{}).(net.Addr)
+	return a, ok
+}
+
+// WithPeer returns ctx carrying a peer address, as the server gives
+// handlers (for tests of handlers, and other servers).
+func WithPeer(ctx context.Context, addr net.Addr) context.Context {
+	return context.WithValue(ctx, peerKey{}, addr)
+}
+
+type peerKey struct{}
+
+// connInfo is what handlers may know of their call's connection.
+type connInfo struct {
+	tls *tls.ConnectionState
+
+	mu   sync.Mutex
+	vals map[any]any
+}
+
+type connKey struct{}
+
+// TLSState returns the TLS state of the connection ctx's call came on, or
+// nil on a plaintext port.
+func TLSState(ctx context.Context) *tls.ConnectionState {
+	if ci, ok := ctx.Value(connKey{}).(*connInfo); ok {
+		return ci.tls
 	}
 	return nil
 }
 
-func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
-	cfg := s.limits.Config()
-	cfg.SocketTimeout = s.limits.IdleTimeout
-	trans := thrift.NewTFramedTransportConf(thrift.NewTSocketFromConnConf(conn, cfg), cfg)
-	in := thrift.NewTBinaryProtocolConf(trans, cfg)
-	out := thrift.NewTBinaryProtocolConf(trans, cfg)
+// SetConnValue keeps val under key for the later calls of the connection
+// ctx's call came on; it reports false outside a call served here.
+func SetConnValue(ctx context.Context, key, val any) bool {
+	ci, ok := ctx.Value(connKey{}).(*connInfo)
+	if !ok {
+		return false
+	}
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	if ci.vals == nil {
+		ci.vals = map[any]any{}
+	}
+	ci.vals[key] = val
+	return true
+}
+
+// ConnValue returns what SetConnValue kept under key on the connection
+// ctx's call came on, or nil.
+func ConnValue(ctx context.Context, key any) any {
+	ci, ok := ctx.Value(connKey{}).(*connInfo)
+	if !ok {
+		return nil
+	}
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	return ci.vals[key]
+}
+
+// serveConn runs calls on one connection until it closes, times out or
+// misbehaves, or the server stops.
+func (s *Server) serveConn(ctx context.Context, cn *conn) {
+	defer func() {
+		// As net/http: a panic serving one connection (a handler's bug, or
+		// input no check foresaw) closes that connection, not the process.
+		if v := recover(); v != nil {
+			s.count(s.closed, "panic")
+			s.warn.Error("panic", "panic serving a thrift connection; connection closed", "listener", s.name,
+				"remote", cn.peer, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	if s.tls != nil && !s.handshake(ctx, cn) {
+		return
+	}
+	pctx := context.WithValue(WithPeer(ctx, cn.c.RemoteAddr()), connKey{}, cn.info)
+	frame := &frameReader{budget: s.budget}
+	defer frame.release()
+	in := newCallProtocol(frame, s.cfg)
+	out := &outBuffer{}
+	oprot := thrift.NewTBinaryProtocolConf(out, s.cfg)
+	hbuf := make([]byte, 0, 16+maxMethodName)
 	for ctx.Err() == nil {
-		ok, err := s.proc.Process(ctx, in, out)
-		// As thrift.TSimpleServer: a transport error ends the connection;
-		// an error the handler returned (a declared exception, which was
-		// written to the peer as the call's answer) or an unknown method
-		// does not.
-		if errors.Is(err, thrift.ErrAbandonRequest) {
+		// Idle until the first byte of a call.
+		if !cn.c.SetIdle(true) {
 			return
 		}
-		var te thrift.TTransportException
-		if errors.As(err, &te) {
-			if !isClosed(err) {
-				s.log.Debug("thrift connection closed", "remote", conn.RemoteAddr().String(), "err", err)
+		cn.c.SetReadDeadline(time.Now().Add(s.limits.IdleTimeout))
+		first, err := cn.br.ReadByte()
+		if err != nil {
+			s.ended(ctx, cn, err, "idle_timeout")
+			return
+		}
+		if !cn.c.SetIdle(false) {
+			return
+		}
+		cn.c.SetReadDeadline(time.Now().Add(s.limits.ReadTimeout))
+		var h [4]byte
+		h[0] = first
+		if _, err := io.ReadFull(cn.br, h[1:]); err != nil {
+			s.ended(ctx, cn, err, "read_timeout")
+			return
+		}
+		size, err := sniffSize(h)
+		if err == nil {
+			var call Call
+			var head []byte
+			call, head, err = readHeader(cn.br, size, hbuf)
+			if err == nil {
+				if !s.call(ctx, pctx, cn, call, head, frame, in, out, oprot) {
+					return
+				}
+				continue
 			}
-			return
 		}
-		var tae thrift.TApplicationException
-		if errors.As(err, &tae) && tae.TypeId() == thrift.UNKNOWN_METHOD {
-			continue
-		}
-		if !ok {
-			if err != nil && !isClosed(err) {
-				s.log.Debug("thrift connection closed", "remote", conn.RemoteAddr().String(), "err", err)
-			}
-			return
-		}
+		s.badCall(ctx, cn, err)
+		return
 	}
 }
 
-func isClosed(err error) bool {
+// call serves one call whose header has been read; it reports whether
+// the connection may go on.
+func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byte, frame *frameReader,
+	in *callProtocol, out *outBuffer, oprot thrift.TProtocol) bool {
+	rest := call.Bytes - int64(len(head))
+	if call.Bytes > s.limits.maxFrame() {
+		return s.refuseCall(ctx, pctx, cn, call, rest, ErrTooLarge, out, oprot)
+	}
+	held, ok := s.budget.Acquire(ctx, Charge(call.Bytes), s.limits.BudgetWait)
+	if !ok {
+		return s.refuseCall(ctx, pctx, cn, call, rest, ErrBusy, out, oprot)
+	}
+	defer func() { s.budget.Release(held) }()
+	cn.c.SetReadDeadline(time.Now().Add(s.limits.ReadTimeout))
+	if err := frame.fill(cn.br, head, call.Bytes); err != nil {
+		s.ended(ctx, cn, err, "read_timeout")
+		return false
+	}
+	cn.mu.Lock()
+	if ctx.Err() != nil {
+		cn.mu.Unlock()
+		return false
+	}
+	cn.processing = true
+	cn.mu.Unlock()
+	defer func() {
+		cn.mu.Lock()
+		cn.processing = false
+		cn.mu.Unlock()
+	}()
+
+	in.reset(held - frame.held())
+	out.start()
+	ok, err := s.proc.Process(pctx, in, oprot)
+	frame.release()
+	held += in.extra
+	if in.exceeded {
+		out.start()
+		s.count(s.refused, "busy")
+		s.warn.Warn("busy", "call refused: decoding it would exceed max_inflight_bytes", "listener", s.name,
+			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "remote", cn.peer)
+		return s.answerRefusal(pctx, cn, call, ErrBusy, out, oprot)
+	}
+	if !s.reply(cn, out) {
+		return false
+	}
+	if errors.Is(err, thrift.ErrAbandonRequest) {
+		return false
+	}
+	var pe thrift.TProtocolException
 	var te thrift.TTransportException
-	if errors.As(err, &te) && te.TypeId() == thrift.END_OF_FILE {
+	if errors.As(err, &pe) || errors.As(err, &te) {
+		// The frame did not decode: the answer (PROTOCOL_ERROR) is sent,
+		// the client is broken.
+		s.count(s.closed, "malformed")
+		s.warn.Warn("malformed", "connection closed: call did not decode", "listener", s.name,
+			"method", ratelog.Clip(call.Name), "remote", cn.peer, "err", ratelog.Clip(err.Error()))
+		return false
+	}
+	var tae thrift.TApplicationException
+	if !ok && !(errors.As(err, &tae) && tae.TypeId() == thrift.UNKNOWN_METHOD) {
+		if err != nil {
+			s.log.Debug("thrift connection closed", "listener", s.name, "remote", cn.peer, "err", err)
+		}
+		return false
+	}
+	return true
+}
+
+// refuseCall reads and discards the rest of a call's frame and answers it
+// with the service's refusal.
+func (s *Server) refuseCall(ctx, pctx context.Context, cn *conn, call Call, rest int64, why error,
+	out *outBuffer, oprot thrift.TProtocol) bool {
+	reason, msg := "busy", "call refused: no room under max_inflight_bytes"
+	if errors.Is(why, ErrTooLarge) {
+		reason, msg = "too_large", "call over max_call_bytes refused"
+	}
+	s.count(s.refused, reason)
+	s.warn.Warn(reason, msg, "listener", s.name, "method", ratelog.Clip(call.Name), "bytes", call.Bytes,
+		"max_call_bytes", s.limits.MaxCallBytes, "remote", cn.peer)
+	cn.c.SetReadDeadline(time.Now().Add(s.limits.ReadTimeout))
+	if _, err := io.CopyN(io.Discard, cn.br, rest); err != nil {
+		s.ended(ctx, cn, err, "read_timeout")
+		return false
+	}
+	out.start()
+	return s.answerRefusal(pctx, cn, call, why, out, oprot)
+}
+
+func (s *Server) answerRefusal(ctx context.Context, cn *conn, call Call, why error, out *outBuffer, oprot thrift.TProtocol) bool {
+	if call.Type == thrift.ONEWAY {
 		return true
 	}
-	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
-}
-
-// Client is a framed binary connection to a Thrift server.
-type Client struct {
-	Transport thrift.TTransport
-	Protocol  thrift.TProtocolFactory
-}
-
-// Dial connects to addr with the given limits and timeout (connect and
-// per-call socket timeout).
-func Dial(addr string, limits Limits, timeout time.Duration) (*Client, error) {
-	cfg := limits.Config()
-	cfg.ConnectTimeout = timeout
-	cfg.SocketTimeout = timeout
-	sock := thrift.NewTSocketConf(addr, cfg)
-	trans := thrift.NewTFramedTransportConf(sock, cfg)
-	if err := trans.Open(); err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	if err := s.refuse(ctx, call, why, oprot); err != nil || out.empty() {
+		out.start()
+		code, msg := int32(thrift.INTERNAL_ERROR), fmt.Sprintf("server busy: %v; try again later", why)
+		if errors.Is(why, ErrTooLarge) {
+			code = thrift.PROTOCOL_ERROR
+			msg = fmt.Sprintf("call of %d bytes is over this port's limit of %d bytes", call.Bytes, s.limits.MaxCallBytes)
+		}
+		oprot.WriteMessageBegin(ctx, call.Name, thrift.EXCEPTION, call.SeqID)
+		thrift.NewTApplicationException(code, msg).Write(ctx, oprot)
+		oprot.WriteMessageEnd(ctx)
 	}
-	return &Client{Transport: trans, Protocol: thrift.NewTBinaryProtocolFactoryConf(cfg)}, nil
+	return s.reply(cn, out)
 }
 
-// TClient returns a standard Thrift client on the connection.
-func (c *Client) TClient() thrift.TClient {
-	return thrift.NewTStandardClient(c.Protocol.GetProtocol(c.Transport), c.Protocol.GetProtocol(c.Transport))
+// reply writes what the call answered, if anything, as one frame.
+func (s *Server) reply(cn *conn, out *outBuffer) bool {
+	b := out.frame()
+	if b == nil {
+		return true
+	}
+	cn.c.SetWriteDeadline(time.Now().Add(s.limits.ReadTimeout))
+	if _, err := cn.w.Write(b); err != nil {
+		s.log.Debug("thrift reply not written", "listener", s.name, "remote", cn.peer, "err", err)
+		return false
+	}
+	return true
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.Transport.Close() }
+// handshake runs the TLS handshake of a new connection once its first
+// byte has arrived (the connection is idle until then, as between calls),
+// and reports whether the connection may go on.
+func (s *Server) handshake(ctx context.Context, cn *conn) bool {
+	cn.c.SetReadDeadline(time.Now().Add(s.limits.IdleTimeout))
+	first, err := cn.br.Peek(1)
+	if err != nil {
+		s.ended(ctx, cn, err, "idle_timeout")
+		return false
+	}
+	if !cn.c.SetIdle(false) {
+		return false
+	}
+	if first[0] != 0x16 {
+		seen := fmt.Sprintf("first byte %#02x", first[0])
+		if cn.br.Buffered() >= 4 {
+			b, _ := cn.br.Peek(4)
+			var h [4]byte
+			copy(h[:], b)
+			var pe *protocolError
+			if _, err := sniffSize(h); err == nil {
+				seen = "plaintext framed thrift"
+			} else if errors.As(err, &pe) {
+				seen = "plaintext: " + pe.what
+			}
+		}
+		s.count(s.closed, "protocol")
+		s.warn.Warn("protocol:plaintext", "connection closed: client does not speak TLS; this port needs TLS",
+			"listener", s.name, "remote", cn.peer, "seen", seen)
+		return false
+	}
+	deadline := time.Now().Add(s.limits.ReadTimeout)
+	cn.c.SetDeadline(deadline)
+	tc := tls.Server(&bufferedConn{Conn: cn.c, r: cn.br}, s.tls)
+	hctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		var ne net.Error
+		switch {
+		case ctx.Err() != nil || cn.c.Evicted():
+		case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded):
+			s.count(s.closed, "read_timeout")
+			s.warn.Warn("tls_timeout", "connection closed: tls handshake not done within read_timeout", "listener", s.name,
+				"remote", cn.peer, "read_timeout", s.limits.ReadTimeout)
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+			s.log.Debug("connection closed during the tls handshake", "listener", s.name, "remote", cn.peer, "err", err)
+		default:
+			s.count(s.closed, "tls_handshake")
+			s.warn.Warn("tls_handshake", "connection closed: tls handshake failed", "listener", s.name,
+				"remote", cn.peer, "err", ratelog.Clip(err.Error()))
+		}
+		return false
+	}
+	cn.c.SetWriteDeadline(time.Time{})
+	st := tc.ConnectionState()
+	cn.info.tls = &st
+	cn.br = bufio.NewReaderSize(tc, 4<<10)
+	cn.w = tc
+	return true
+}
+
+// bufferedConn reads through the bytes already buffered (the sniffed
+// first byte) before the connection's.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// badCall closes a connection whose call is not framed binary Thrift.
+func (s *Server) badCall(ctx context.Context, cn *conn, err error) {
+	var pe *protocolError
+	var me *malformedError
+	switch {
+	case errors.As(err, &pe):
+		s.count(s.closed, "protocol")
+		s.warn.Warn("protocol:"+pe.what, "connection closed: client does not speak framed binary thrift",
+			"listener", s.name, "remote", cn.peer, "seen", pe.what)
+	case errors.As(err, &me):
+		s.count(s.closed, "malformed")
+		s.warn.Warn("malformed", "connection closed: malformed call", "listener", s.name, "remote", cn.peer, "err", me.what)
+	default:
+		s.ended(ctx, cn, err, "read_timeout")
+	}
+}
+
+// ended accounts for a read that failed: the peer closed, the server
+// stopped or evicted the connection, or the deadline passed (reason).
+func (s *Server) ended(ctx context.Context, cn *conn, err error, reason string) {
+	var ne net.Error
+	switch {
+	case ctx.Err() != nil || cn.c.Evicted():
+	case errors.As(err, &ne) && ne.Timeout():
+		s.count(s.closed, reason)
+		if reason == "idle_timeout" {
+			s.log.Debug("idle connection closed", "listener", s.name, "remote", cn.peer, "idle_timeout", s.limits.IdleTimeout)
+		} else {
+			s.warn.Warn(reason, "connection closed: call not received in full within read_timeout", "listener", s.name,
+				"remote", cn.peer, "read_timeout", s.limits.ReadTimeout)
+		}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+	default:
+		s.log.Debug("thrift connection closed", "listener", s.name, "remote", cn.peer, "err", err)
+	}
+}
+
+func (s *Server) count(v *prometheus.CounterVec, reason string) {
+	v.WithLabelValues(s.name, reason).Inc()
+}

@@ -16,6 +16,8 @@ func (badQueries) Apps(context.Context) ([]*freeway.AppInfo, error) {
 	return []*freeway.AppInfo{{Name: "a"}}, nil
 }
 
+func (badQueries) Authenticate(context.Context, string) error { return nil }
+
 func (badQueries) Query(context.Context, *freeway.QueryRequest) (*freeway.QueryResult_, error) {
 	return nil, &freeway.QueryError{Message: "no"}
 }

@@ -45,8 +45,58 @@ func LogFrame(strict bool, entries [][2]string) []byte {
 }
 
 // OK is how a successful Log reply ends: field 0 (i32) = 0 (OK), then the
-// stops of the result struct and the message.
+// stop of the result struct.
 var OK = []byte{8, 0, 0, 0, 0, 0, 0, 0}
+
+// TryLater is how a TRY_LATER Log reply ends.
+var TryLater = []byte{8, 0, 0, 0, 0, 0, 1, 0}
+
+// LogFrameOf builds a strict framed Log call of n entries of category
+// with message msg each, without copying msg n times into separate
+// buffers first.
+func LogFrameOf(category string, msg []byte, n int) []byte {
+	var b bytes.Buffer
+	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
+	b.Grow(n * (len(msg) + len(category) + 16))
+	b.Write([]byte{0, 0, 0, 0})
+	w32(0x80010001)
+	w32(3)
+	b.WriteString("Log")
+	w32(1)
+	b.Write([]byte{15, 0, 1, 12})
+	w32(uint32(n))
+	for range n {
+		b.Write([]byte{11, 0, 1})
+		w32(uint32(len(category)))
+		b.WriteString(category)
+		b.Write([]byte{11, 0, 2})
+		w32(uint32(len(msg)))
+		b.Write(msg)
+		b.WriteByte(0)
+	}
+	b.WriteByte(0)
+	f := b.Bytes()
+	binary.BigEndian.PutUint32(f, uint32(len(f)-4))
+	return f
+}
+
+// Call sends frame on conn and returns the reply frame's payload, or the
+// error that ended the exchange (the server closed the connection, say).
+func Call(conn net.Conn, frame []byte) ([]byte, error) {
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := conn.Write(frame); err != nil {
+		return nil, err
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return nil, err
+	}
+	reply := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
 
 // RawCall sends frame on a new connection to addr and returns the reply
 // frame's payload.

@@ -5,6 +5,26 @@
 // byte order is the store's order: escaped row, escaped column, then the
 // timestamp inverted, so the newest version of a column comes first. Every
 // write is a bbolt transaction, fsynced before it returns.
+//
+// A damaged file. bbolt panics on a page that makes no sense, and a file
+// cut short faults when its missing pages are read, which used to kill
+// the process again at every start. Open checks the file (pages past its
+// end; every key read back; bbolt's consistency check, within
+// Options.CheckBudget) and recovers bbolt's panics and faults; a damaged
+// file is renamed to <file>.damaged-<UTC time> (never deleted) and a
+// fresh one is created, with one error line saying so and why it is safe:
+// the store holds only Puma's checkpoints, which Puma rebuilds exactly by
+// re-reading every segment from the dfs, and the copier's progress, which
+// it recopies idempotently. That holds while the dfs keeps every segment
+// (nothing deletes segments today; a segment retention must revisit it).
+// Damage found by a call while running (a panic or fault recovered into
+// an error) makes that call and every later one fail with ErrDamaged, and
+// leaves a <file>.damaged marker so that the next start moves the file
+// aside even if its check passes. Both are counted in
+// freeway_store_damaged_total. bbolt keeps no checksums of data pages: a
+// changed byte inside a value is not found here; the reader of the value
+// finds it only if the value no longer decodes (Puma then reports the
+// shard failed).
 package boltstore
 
 import (
@@ -13,9 +33,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
+	"os"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/freeway-dev/freeway/internal/store"
@@ -27,28 +51,141 @@ const Versions = store.MinVersions
 
 // Store is a store.Store in a bbolt file.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db      *bolt.DB
+	path    string
+	log     *slog.Logger
+	damaged *prometheus.CounterVec
+
+	mu     sync.Mutex
+	broken error // set once a call found the file damaged
 }
 
 var _ store.Store = (*Store)(nil)
 
+// Options are what Open may be given; the zero value works.
+type Options struct {
+	Log *slog.Logger
+	// Metrics, if set, gets freeway_store_damaged_total.
+	Metrics prometheus.Registerer
+	Now     func() time.Time
+	// CheckBudget bounds the check of the file at open (0: the default,
+	// negative: no check).
+	CheckBudget time.Duration
+}
+
 // Open opens (creating if needed) the bbolt file at path. It fails if
 // another process holds the file.
-func Open(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: time.Second})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: locked by another process", path)
-		}
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+func Open(path string) (*Store, error) { return OpenWith(path, Options{}) }
+
+// OpenWith is Open with options. A damaged file is moved aside and
+// replaced by a fresh one (see the package comment).
+func OpenWith(path string, opts Options) (*Store, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{db: db, path: path}, nil
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.CheckBudget == 0 {
+		opts.CheckBudget = DefaultCheckBudget
+	}
+	log := opts.Log.With("component", "store")
+	damaged := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "freeway_store_damaged_total",
+		Help: "Times the bbolt store file was found damaged: at open (moved aside, a fresh one created) or by a call while running (calls fail until a restart).",
+	}, []string{"found"})
+	damaged.WithLabelValues("open")
+	damaged.WithLabelValues("run")
+
+	var db *bolt.DB
+	var damage string
+	marker := path + markerSuffix
+	if why, err := os.ReadFile(marker); err == nil {
+		if _, err := os.Stat(path); err == nil {
+			damage = "a call of an earlier run found it damaged: " + string(bytes.TrimSpace(why))
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("open store %s: read damage marker: %w", path, err)
+	}
+	if damage == "" {
+		var err error
+		db, damage, err = openChecked(path, opts.CheckBudget, log)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if damage != "" {
+		aside, err := moveAside(path, opts.Now())
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w: %s; moving it aside failed (move or remove it by hand; %s): %w", path, ErrDamaged, damage, whySafe, err)
+		}
+		damaged.WithLabelValues("open").Inc()
+		log.Error("store file is damaged; moved it aside and started a fresh one",
+			"path", path, "moved_to", aside, "damage", damage, "why_safe", whySafe)
+		var err2 error
+		db, damage, err2 = openChecked(path, opts.CheckBudget, log)
+		switch {
+		case err2 != nil:
+			return nil, err2
+		case damage != "":
+			return nil, fmt.Errorf("open store %s: the fresh file is damaged too: %s", path, damage)
+		}
+	}
+	if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: remove damage marker: %w", path, err)
+	}
+	if opts.Metrics != nil {
+		if err := opts.Metrics.Register(damaged); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store %s: register metrics: %w", path, err)
+		}
+	}
+	return &Store{db: db, path: path, log: log, damaged: damaged}, nil
+}
+
+// call runs fn, a bbolt transaction, for operation op. A panic or fault
+// in bbolt is damage: it becomes the error of this call and of every
+// later one, and is recorded for the next open.
+func (s *Store) call(op string, fn func() error) error {
+	s.mu.Lock()
+	broken := s.broken
+	s.mu.Unlock()
+	if broken != nil {
+		return broken
+	}
+	var err error
+	if r := guarded(func() { err = fn() }); r != nil {
+		return s.markDamaged(op, r)
+	}
+	return err
+}
+
+func (s *Store) markDamaged(op string, r any) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.broken != nil {
+		return s.broken
+	}
+	s.broken = fmt.Errorf("%s on store %s: %w (bbolt: %v); restart to move it aside and rebuild from the dfs", op, s.path, ErrDamaged, r)
+	s.damaged.WithLabelValues("run").Inc()
+	if err := os.WriteFile(s.path+markerSuffix, fmt.Appendf(nil, "%s: bbolt: %v\n", op, r), 0o644); err != nil {
+		s.log.Error("cannot write damage marker", "path", s.path+markerSuffix, "err", err)
+	}
+	s.log.Error("store file is damaged; every call fails until a restart moves it aside",
+		"path", s.path, "op", op, "damage", fmt.Sprint(r), "why_safe", whySafe)
+	return s.broken
 }
 
 func (s *Store) String() string { return "bolt://" + s.path }
 
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	var err error
+	if r := guarded(func() { err = s.db.Close() }); r != nil {
+		return fmt.Errorf("close store %s: %w (bbolt: %v)", s.path, ErrDamaged, r)
+	}
+	return err
+}
 
 // Key encoding. Row and column are escaped so that 0x00 terminates them and
 // the encoding sorts like the raw bytes: 0x00 becomes 0x00 0xff, and the
@@ -146,12 +283,14 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists([]byte(table))
-		if err != nil {
-			return err
-		}
-		return putCells(b, cells)
+	return s.call("put", func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte(table))
+			if err != nil {
+				return err
+			}
+			return putCells(b, cells)
+		})
 	})
 }
 
@@ -195,7 +334,7 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 		return nil, fmt.Errorf("%w: empty row", store.ErrInvalid)
 	}
 	var cells []store.Cell
-	err := s.view(ctx, table, func(b *bolt.Bucket) error {
+	err := s.view(ctx, "get", table, func(b *bolt.Bucket) error {
 		var err error
 		cells, err = readRow(b.Cursor(), rowPrefix(row), asOf)
 		return err
@@ -203,16 +342,18 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 	return cells, err
 }
 
-func (s *Store) view(ctx context.Context, table string, fn func(b *bolt.Bucket) error) error {
+func (s *Store) view(ctx context.Context, op, table string, fn func(b *bolt.Bucket) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(table))
-		if b == nil {
-			return nil
-		}
-		return fn(b)
+	return s.call(op, func() error {
+		return s.db.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket([]byte(table))
+			if b == nil {
+				return nil
+			}
+			return fn(b)
+		})
 	})
 }
 
@@ -251,7 +392,7 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 	inclusive := true
 	for {
 		var rows []rowCells
-		err := s.view(ctx, table, func(b *bolt.Bucket) error {
+		err := s.view(ctx, "scan", table, func(b *bolt.Bucket) error {
 			c := b.Cursor()
 			k, _ := c.Seek(rowPrefix(from))
 			for k != nil && len(rows) < chunk {
@@ -317,32 +458,36 @@ func (s *Store) deleteWhere(ctx context.Context, table, start, stop string, matc
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket([]byte(table))
-		if b == nil {
-			return nil
-		}
-		var doomed [][]byte
-		c := b.Cursor()
-		for k, _ := c.Seek(rowPrefix(start)); k != nil; k, _ = c.Next() {
-			pk, err := parseKey(k)
-			if err != nil {
-				return err
-			}
-			if stop != "" && pk.row >= stop {
-				break
-			}
-			if match(pk.ts) {
-				doomed = append(doomed, bytes.Clone(k))
-			}
-		}
-		for _, k := range doomed {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-		}
-		return nil
+	return s.call("delete", func() error {
+		return s.db.Update(func(tx *bolt.Tx) error { return deleteIn(tx, table, start, stop, match) })
 	})
+}
+
+func deleteIn(tx *bolt.Tx, table, start, stop string, match func(int64) bool) error {
+	b := tx.Bucket([]byte(table))
+	if b == nil {
+		return nil
+	}
+	var doomed [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(rowPrefix(start)); k != nil; k, _ = c.Next() {
+		pk, err := parseKey(k)
+		if err != nil {
+			return err
+		}
+		if stop != "" && pk.row >= stop {
+			break
+		}
+		if match(pk.ts) {
+			doomed = append(doomed, bytes.Clone(k))
+		}
+	}
+	for _, k := range doomed {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Store) CheckAndPut(ctx context.Context, table, row, column string, expected []byte, cells []store.Cell) (bool, error) {
@@ -364,22 +509,27 @@ func (s *Store) CheckAndPut(ctx context.Context, table, row, column string, expe
 		return false, err
 	}
 	applied := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists([]byte(table))
-		if err != nil {
-			return err
-		}
-		prefix := columnPrefix(row, column)
-		k, v := b.Cursor().Seek(prefix)
-		exists := k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8
-		switch {
-		case expected == nil && exists:
-			return nil
-		case expected != nil && (!exists || !bytes.Equal(v, expected)):
-			return nil
-		}
-		applied = true
-		return putCells(b, cells)
+	err := s.call("check-and-put", func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists([]byte(table))
+			if err != nil {
+				return err
+			}
+			prefix := columnPrefix(row, column)
+			k, v := b.Cursor().Seek(prefix)
+			exists := k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8
+			switch {
+			case expected == nil && exists:
+				return nil
+			case expected != nil && (!exists || !bytes.Equal(v, expected)):
+				return nil
+			}
+			applied = true
+			return putCells(b, cells)
+		})
 	})
-	return applied, err
+	if err != nil {
+		return false, err
+	}
+	return applied, nil
 }

@@ -108,6 +108,16 @@ type FacebookService interface {
 	//  - Key
 	GetCounter(ctx context.Context, key string) (_r int64, _err error)
 	AliveSince(ctx context.Context) (_r int64, _err error)
+	// Parameters:
+	//  - Key
+	//  - Value
+	SetOption(ctx context.Context, key string, value string) (_err error)
+	// Parameters:
+	//  - Key
+	GetOption(ctx context.Context, key string) (_r string, _err error)
+	GetOptions(ctx context.Context) (_r map[string]string, _err error)
+	Reinitialize(ctx context.Context) (_err error)
+	Shutdown(ctx context.Context) (_err error)
 }
 
 type FacebookServiceClient struct {
@@ -232,6 +242,68 @@ func (p *FacebookServiceClient) AliveSince(ctx context.Context) (_r int64, _err 
 	return _result20.GetSuccess(), nil
 }
 
+// Parameters:
+//   - Key
+//   - Value
+func (p *FacebookServiceClient) SetOption(ctx context.Context, key string, value string) (_err error) {
+	var _args21 FacebookServiceSetOptionArgs
+	_args21.Key = key
+	_args21.Value = value
+	var _result23 FacebookServiceSetOptionResult
+	var _meta22 thrift.ResponseMeta
+	_meta22, _err = p.Client_().Call(ctx, "setOption", &_args21, &_result23)
+	p.SetLastResponseMeta_(_meta22)
+	if _err != nil {
+		return
+	}
+	return nil
+}
+
+// Parameters:
+//   - Key
+func (p *FacebookServiceClient) GetOption(ctx context.Context, key string) (_r string, _err error) {
+	var _args24 FacebookServiceGetOptionArgs
+	_args24.Key = key
+	var _result26 FacebookServiceGetOptionResult
+	var _meta25 thrift.ResponseMeta
+	_meta25, _err = p.Client_().Call(ctx, "getOption", &_args24, &_result26)
+	p.SetLastResponseMeta_(_meta25)
+	if _err != nil {
+		return
+	}
+	return _result26.GetSuccess(), nil
+}
+
+func (p *FacebookServiceClient) GetOptions(ctx context.Context) (_r map[string]string, _err error) {
+	var _args27 FacebookServiceGetOptionsArgs
+	var _result29 FacebookServiceGetOptionsResult
+	var _meta28 thrift.ResponseMeta
+	_meta28, _err = p.Client_().Call(ctx, "getOptions", &_args27, &_result29)
+	p.SetLastResponseMeta_(_meta28)
+	if _err != nil {
+		return
+	}
+	return _result29.GetSuccess(), nil
+}
+
+func (p *FacebookServiceClient) Reinitialize(ctx context.Context) (_err error) {
+	var _args30 FacebookServiceReinitializeArgs
+	p.SetLastResponseMeta_(thrift.ResponseMeta{})
+	if _, err := p.Client_().Call(ctx, "reinitialize", &_args30, nil); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (p *FacebookServiceClient) Shutdown(ctx context.Context) (_err error) {
+	var _args31 FacebookServiceShutdownArgs
+	p.SetLastResponseMeta_(thrift.ResponseMeta{})
+	if _, err := p.Client_().Call(ctx, "shutdown", &_args31, nil); err != nil {
+		return err
+	}
+	return nil
+}
+
 type FacebookServiceProcessor struct {
 	processorMap map[string]thrift.TProcessorFunction
 	handler      FacebookService
@@ -252,15 +324,20 @@ func (p *FacebookServiceProcessor) ProcessorMap() map[string]thrift.TProcessorFu
 
 func NewFacebookServiceProcessor(handler FacebookService) *FacebookServiceProcessor {
 
-	self21 := &FacebookServiceProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
-	self21.processorMap["getName"] = &facebookServiceProcessorGetName{handler: handler}
-	self21.processorMap["getVersion"] = &facebookServiceProcessorGetVersion{handler: handler}
-	self21.processorMap["getStatus"] = &facebookServiceProcessorGetStatus{handler: handler}
-	self21.processorMap["getStatusDetails"] = &facebookServiceProcessorGetStatusDetails{handler: handler}
-	self21.processorMap["getCounters"] = &facebookServiceProcessorGetCounters{handler: handler}
-	self21.processorMap["getCounter"] = &facebookServiceProcessorGetCounter{handler: handler}
-	self21.processorMap["aliveSince"] = &facebookServiceProcessorAliveSince{handler: handler}
-	return self21
+	self32 := &FacebookServiceProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
+	self32.processorMap["getName"] = &facebookServiceProcessorGetName{handler: handler}
+	self32.processorMap["getVersion"] = &facebookServiceProcessorGetVersion{handler: handler}
+	self32.processorMap["getStatus"] = &facebookServiceProcessorGetStatus{handler: handler}
+	self32.processorMap["getStatusDetails"] = &facebookServiceProcessorGetStatusDetails{handler: handler}
+	self32.processorMap["getCounters"] = &facebookServiceProcessorGetCounters{handler: handler}
+	self32.processorMap["getCounter"] = &facebookServiceProcessorGetCounter{handler: handler}
+	self32.processorMap["aliveSince"] = &facebookServiceProcessorAliveSince{handler: handler}
+	self32.processorMap["setOption"] = &facebookServiceProcessorSetOption{handler: handler}
+	self32.processorMap["getOption"] = &facebookServiceProcessorGetOption{handler: handler}
+	self32.processorMap["getOptions"] = &facebookServiceProcessorGetOptions{handler: handler}
+	self32.processorMap["reinitialize"] = &facebookServiceProcessorReinitialize{handler: handler}
+	self32.processorMap["shutdown"] = &facebookServiceProcessorShutdown{handler: handler}
+	return self32
 }
 
 func (p *FacebookServiceProcessor) Process(ctx context.Context, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
@@ -273,12 +350,12 @@ func (p *FacebookServiceProcessor) Process(ctx context.Context, iprot, oprot thr
 	}
 	iprot.Skip(ctx, thrift.STRUCT)
 	iprot.ReadMessageEnd(ctx)
-	x22 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
+	x33 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
 	oprot.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seqId)
-	x22.Write(ctx, oprot)
+	x33.Write(ctx, oprot)
 	oprot.WriteMessageEnd(ctx)
 	oprot.Flush(ctx)
-	return false, x22
+	return false, x33
 
 }
 
@@ -287,7 +364,7 @@ type facebookServiceProcessorGetName struct {
 }
 
 func (p *facebookServiceProcessorGetName) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err23 error
+	var _write_err34 error
 	args := FacebookServiceGetNameArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -333,21 +410,21 @@ func (p *facebookServiceProcessorGetName) Process(ctx context.Context, seqId int
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc24 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getName: "+err2.Error())
+		_exc35 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getName: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "getName", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
+			_write_err34 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc24.Write(ctx, oprot); _write_err23 == nil && err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
+		if err2 := _exc35.Write(ctx, oprot); _write_err34 == nil && err2 != nil {
+			_write_err34 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err23 == nil && err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err34 == nil && err2 != nil {
+			_write_err34 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err23 == nil && err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err34 == nil && err2 != nil {
+			_write_err34 = thrift.WrapTException(err2)
 		}
-		if _write_err23 != nil {
-			return false, thrift.WrapTException(_write_err23)
+		if _write_err34 != nil {
+			return false, thrift.WrapTException(_write_err34)
 		}
 		return true, err
 	} else {
@@ -355,19 +432,19 @@ func (p *facebookServiceProcessorGetName) Process(ctx context.Context, seqId int
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "getName", thrift.REPLY, seqId); err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+		_write_err34 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err23 == nil && err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err34 == nil && err2 != nil {
+		_write_err34 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err23 == nil && err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err34 == nil && err2 != nil {
+		_write_err34 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err23 == nil && err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err34 == nil && err2 != nil {
+		_write_err34 = thrift.WrapTException(err2)
 	}
-	if _write_err23 != nil {
-		return false, thrift.WrapTException(_write_err23)
+	if _write_err34 != nil {
+		return false, thrift.WrapTException(_write_err34)
 	}
 	return true, err
 }
@@ -377,7 +454,7 @@ type facebookServiceProcessorGetVersion struct {
 }
 
 func (p *facebookServiceProcessorGetVersion) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err25 error
+	var _write_err36 error
 	args := FacebookServiceGetVersionArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -423,21 +500,21 @@ func (p *facebookServiceProcessorGetVersion) Process(ctx context.Context, seqId 
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc26 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getVersion: "+err2.Error())
+		_exc37 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getVersion: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "getVersion", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err25 = thrift.WrapTException(err2)
+			_write_err36 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc26.Write(ctx, oprot); _write_err25 == nil && err2 != nil {
-			_write_err25 = thrift.WrapTException(err2)
+		if err2 := _exc37.Write(ctx, oprot); _write_err36 == nil && err2 != nil {
+			_write_err36 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err25 == nil && err2 != nil {
-			_write_err25 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err36 == nil && err2 != nil {
+			_write_err36 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err25 == nil && err2 != nil {
-			_write_err25 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err36 == nil && err2 != nil {
+			_write_err36 = thrift.WrapTException(err2)
 		}
-		if _write_err25 != nil {
-			return false, thrift.WrapTException(_write_err25)
+		if _write_err36 != nil {
+			return false, thrift.WrapTException(_write_err36)
 		}
 		return true, err
 	} else {
@@ -445,19 +522,19 @@ func (p *facebookServiceProcessorGetVersion) Process(ctx context.Context, seqId 
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "getVersion", thrift.REPLY, seqId); err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+		_write_err36 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err25 == nil && err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err36 == nil && err2 != nil {
+		_write_err36 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err25 == nil && err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err36 == nil && err2 != nil {
+		_write_err36 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err25 == nil && err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err36 == nil && err2 != nil {
+		_write_err36 = thrift.WrapTException(err2)
 	}
-	if _write_err25 != nil {
-		return false, thrift.WrapTException(_write_err25)
+	if _write_err36 != nil {
+		return false, thrift.WrapTException(_write_err36)
 	}
 	return true, err
 }
@@ -467,7 +544,7 @@ type facebookServiceProcessorGetStatus struct {
 }
 
 func (p *facebookServiceProcessorGetStatus) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err27 error
+	var _write_err38 error
 	args := FacebookServiceGetStatusArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -513,21 +590,21 @@ func (p *facebookServiceProcessorGetStatus) Process(ctx context.Context, seqId i
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc28 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getStatus: "+err2.Error())
+		_exc39 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getStatus: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "getStatus", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err27 = thrift.WrapTException(err2)
+			_write_err38 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc28.Write(ctx, oprot); _write_err27 == nil && err2 != nil {
-			_write_err27 = thrift.WrapTException(err2)
+		if err2 := _exc39.Write(ctx, oprot); _write_err38 == nil && err2 != nil {
+			_write_err38 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err27 == nil && err2 != nil {
-			_write_err27 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err38 == nil && err2 != nil {
+			_write_err38 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err27 == nil && err2 != nil {
-			_write_err27 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err38 == nil && err2 != nil {
+			_write_err38 = thrift.WrapTException(err2)
 		}
-		if _write_err27 != nil {
-			return false, thrift.WrapTException(_write_err27)
+		if _write_err38 != nil {
+			return false, thrift.WrapTException(_write_err38)
 		}
 		return true, err
 	} else {
@@ -535,19 +612,19 @@ func (p *facebookServiceProcessorGetStatus) Process(ctx context.Context, seqId i
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "getStatus", thrift.REPLY, seqId); err2 != nil {
-		_write_err27 = thrift.WrapTException(err2)
+		_write_err38 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err27 == nil && err2 != nil {
-		_write_err27 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err38 == nil && err2 != nil {
+		_write_err38 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err27 == nil && err2 != nil {
-		_write_err27 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err38 == nil && err2 != nil {
+		_write_err38 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err27 == nil && err2 != nil {
-		_write_err27 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err38 == nil && err2 != nil {
+		_write_err38 = thrift.WrapTException(err2)
 	}
-	if _write_err27 != nil {
-		return false, thrift.WrapTException(_write_err27)
+	if _write_err38 != nil {
+		return false, thrift.WrapTException(_write_err38)
 	}
 	return true, err
 }
@@ -557,7 +634,7 @@ type facebookServiceProcessorGetStatusDetails struct {
 }
 
 func (p *facebookServiceProcessorGetStatusDetails) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err29 error
+	var _write_err40 error
 	args := FacebookServiceGetStatusDetailsArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -603,21 +680,21 @@ func (p *facebookServiceProcessorGetStatusDetails) Process(ctx context.Context, 
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc30 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getStatusDetails: "+err2.Error())
+		_exc41 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getStatusDetails: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "getStatusDetails", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err29 = thrift.WrapTException(err2)
+			_write_err40 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc30.Write(ctx, oprot); _write_err29 == nil && err2 != nil {
-			_write_err29 = thrift.WrapTException(err2)
+		if err2 := _exc41.Write(ctx, oprot); _write_err40 == nil && err2 != nil {
+			_write_err40 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err29 == nil && err2 != nil {
-			_write_err29 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err40 == nil && err2 != nil {
+			_write_err40 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err29 == nil && err2 != nil {
-			_write_err29 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err40 == nil && err2 != nil {
+			_write_err40 = thrift.WrapTException(err2)
 		}
-		if _write_err29 != nil {
-			return false, thrift.WrapTException(_write_err29)
+		if _write_err40 != nil {
+			return false, thrift.WrapTException(_write_err40)
 		}
 		return true, err
 	} else {
@@ -625,19 +702,19 @@ func (p *facebookServiceProcessorGetStatusDetails) Process(ctx context.Context, 
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "getStatusDetails", thrift.REPLY, seqId); err2 != nil {
-		_write_err29 = thrift.WrapTException(err2)
+		_write_err40 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err29 == nil && err2 != nil {
-		_write_err29 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err40 == nil && err2 != nil {
+		_write_err40 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err29 == nil && err2 != nil {
-		_write_err29 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err40 == nil && err2 != nil {
+		_write_err40 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err29 == nil && err2 != nil {
-		_write_err29 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err40 == nil && err2 != nil {
+		_write_err40 = thrift.WrapTException(err2)
 	}
-	if _write_err29 != nil {
-		return false, thrift.WrapTException(_write_err29)
+	if _write_err40 != nil {
+		return false, thrift.WrapTException(_write_err40)
 	}
 	return true, err
 }
@@ -647,7 +724,7 @@ type facebookServiceProcessorGetCounters struct {
 }
 
 func (p *facebookServiceProcessorGetCounters) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err31 error
+	var _write_err42 error
 	args := FacebookServiceGetCountersArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -693,21 +770,21 @@ func (p *facebookServiceProcessorGetCounters) Process(ctx context.Context, seqId
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc32 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getCounters: "+err2.Error())
+		_exc43 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getCounters: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "getCounters", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err31 = thrift.WrapTException(err2)
+			_write_err42 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc32.Write(ctx, oprot); _write_err31 == nil && err2 != nil {
-			_write_err31 = thrift.WrapTException(err2)
+		if err2 := _exc43.Write(ctx, oprot); _write_err42 == nil && err2 != nil {
+			_write_err42 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err31 == nil && err2 != nil {
-			_write_err31 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err42 == nil && err2 != nil {
+			_write_err42 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err31 == nil && err2 != nil {
-			_write_err31 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err42 == nil && err2 != nil {
+			_write_err42 = thrift.WrapTException(err2)
 		}
-		if _write_err31 != nil {
-			return false, thrift.WrapTException(_write_err31)
+		if _write_err42 != nil {
+			return false, thrift.WrapTException(_write_err42)
 		}
 		return true, err
 	} else {
@@ -715,19 +792,19 @@ func (p *facebookServiceProcessorGetCounters) Process(ctx context.Context, seqId
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "getCounters", thrift.REPLY, seqId); err2 != nil {
-		_write_err31 = thrift.WrapTException(err2)
+		_write_err42 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err31 == nil && err2 != nil {
-		_write_err31 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err42 == nil && err2 != nil {
+		_write_err42 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err31 == nil && err2 != nil {
-		_write_err31 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err42 == nil && err2 != nil {
+		_write_err42 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err31 == nil && err2 != nil {
-		_write_err31 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err42 == nil && err2 != nil {
+		_write_err42 = thrift.WrapTException(err2)
 	}
-	if _write_err31 != nil {
-		return false, thrift.WrapTException(_write_err31)
+	if _write_err42 != nil {
+		return false, thrift.WrapTException(_write_err42)
 	}
 	return true, err
 }
@@ -737,7 +814,7 @@ type facebookServiceProcessorGetCounter struct {
 }
 
 func (p *facebookServiceProcessorGetCounter) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err33 error
+	var _write_err44 error
 	args := FacebookServiceGetCounterArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -783,21 +860,21 @@ func (p *facebookServiceProcessorGetCounter) Process(ctx context.Context, seqId 
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc34 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getCounter: "+err2.Error())
+		_exc45 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getCounter: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "getCounter", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err33 = thrift.WrapTException(err2)
+			_write_err44 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc34.Write(ctx, oprot); _write_err33 == nil && err2 != nil {
-			_write_err33 = thrift.WrapTException(err2)
+		if err2 := _exc45.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
+			_write_err44 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err33 == nil && err2 != nil {
-			_write_err33 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
+			_write_err44 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err33 == nil && err2 != nil {
-			_write_err33 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
+			_write_err44 = thrift.WrapTException(err2)
 		}
-		if _write_err33 != nil {
-			return false, thrift.WrapTException(_write_err33)
+		if _write_err44 != nil {
+			return false, thrift.WrapTException(_write_err44)
 		}
 		return true, err
 	} else {
@@ -805,19 +882,19 @@ func (p *facebookServiceProcessorGetCounter) Process(ctx context.Context, seqId 
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "getCounter", thrift.REPLY, seqId); err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err33 == nil && err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err33 == nil && err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err33 == nil && err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if _write_err33 != nil {
-		return false, thrift.WrapTException(_write_err33)
+	if _write_err44 != nil {
+		return false, thrift.WrapTException(_write_err44)
 	}
 	return true, err
 }
@@ -827,7 +904,7 @@ type facebookServiceProcessorAliveSince struct {
 }
 
 func (p *facebookServiceProcessorAliveSince) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err35 error
+	var _write_err46 error
 	args := FacebookServiceAliveSinceArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -873,21 +950,21 @@ func (p *facebookServiceProcessorAliveSince) Process(ctx context.Context, seqId 
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc36 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing aliveSince: "+err2.Error())
+		_exc47 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing aliveSince: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "aliveSince", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err35 = thrift.WrapTException(err2)
+			_write_err46 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc36.Write(ctx, oprot); _write_err35 == nil && err2 != nil {
-			_write_err35 = thrift.WrapTException(err2)
+		if err2 := _exc47.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+			_write_err46 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err35 == nil && err2 != nil {
-			_write_err35 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+			_write_err46 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err35 == nil && err2 != nil {
-			_write_err35 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+			_write_err46 = thrift.WrapTException(err2)
 		}
-		if _write_err35 != nil {
-			return false, thrift.WrapTException(_write_err35)
+		if _write_err46 != nil {
+			return false, thrift.WrapTException(_write_err46)
 		}
 		return true, err
 	} else {
@@ -895,20 +972,334 @@ func (p *facebookServiceProcessorAliveSince) Process(ctx context.Context, seqId 
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "aliveSince", thrift.REPLY, seqId); err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err35 == nil && err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err35 == nil && err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err35 == nil && err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if _write_err35 != nil {
-		return false, thrift.WrapTException(_write_err35)
+	if _write_err46 != nil {
+		return false, thrift.WrapTException(_write_err46)
 	}
+	return true, err
+}
+
+type facebookServiceProcessorSetOption struct {
+	handler FacebookService
+}
+
+func (p *facebookServiceProcessorSetOption) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
+	var _write_err48 error
+	args := FacebookServiceSetOptionArgs{}
+	if err2 := args.Read(ctx, iprot); err2 != nil {
+		iprot.ReadMessageEnd(ctx)
+		x := thrift.NewTApplicationException(thrift.PROTOCOL_ERROR, err2.Error())
+		oprot.WriteMessageBegin(ctx, "setOption", thrift.EXCEPTION, seqId)
+		x.Write(ctx, oprot)
+		oprot.WriteMessageEnd(ctx)
+		oprot.Flush(ctx)
+		return false, thrift.WrapTException(err2)
+	}
+	iprot.ReadMessageEnd(ctx)
+
+	tickerCancel := func() {}
+	// Start a goroutine to do server side connectivity check.
+	if thrift.ServerConnectivityCheckInterval > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		var tickerCtx context.Context
+		tickerCtx, tickerCancel = context.WithCancel(context.Background())
+		defer tickerCancel()
+		go func(ctx context.Context, cancel context.CancelFunc) {
+			ticker := time.NewTicker(thrift.ServerConnectivityCheckInterval)
+			defer ticker.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C:
+					if !iprot.Transport().IsOpen() {
+						cancel()
+						return
+					}
+				}
+			}
+		}(tickerCtx, cancel)
+	}
+
+	result := FacebookServiceSetOptionResult{}
+	if err2 := p.handler.SetOption(ctx, args.Key, args.Value); err2 != nil {
+		tickerCancel()
+		err = thrift.WrapTException(err2)
+		if errors.Is(err2, thrift.ErrAbandonRequest) {
+			return false, thrift.WrapTException(err2)
+		}
+		_exc49 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing setOption: "+err2.Error())
+		if err2 := oprot.WriteMessageBegin(ctx, "setOption", thrift.EXCEPTION, seqId); err2 != nil {
+			_write_err48 = thrift.WrapTException(err2)
+		}
+		if err2 := _exc49.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+			_write_err48 = thrift.WrapTException(err2)
+		}
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+			_write_err48 = thrift.WrapTException(err2)
+		}
+		if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+			_write_err48 = thrift.WrapTException(err2)
+		}
+		if _write_err48 != nil {
+			return false, thrift.WrapTException(_write_err48)
+		}
+		return true, err
+	}
+	tickerCancel()
+	if err2 := oprot.WriteMessageBegin(ctx, "setOption", thrift.REPLY, seqId); err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
+	}
+	if err2 := result.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
+	}
+	if _write_err48 != nil {
+		return false, thrift.WrapTException(_write_err48)
+	}
+	return true, err
+}
+
+type facebookServiceProcessorGetOption struct {
+	handler FacebookService
+}
+
+func (p *facebookServiceProcessorGetOption) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
+	var _write_err50 error
+	args := FacebookServiceGetOptionArgs{}
+	if err2 := args.Read(ctx, iprot); err2 != nil {
+		iprot.ReadMessageEnd(ctx)
+		x := thrift.NewTApplicationException(thrift.PROTOCOL_ERROR, err2.Error())
+		oprot.WriteMessageBegin(ctx, "getOption", thrift.EXCEPTION, seqId)
+		x.Write(ctx, oprot)
+		oprot.WriteMessageEnd(ctx)
+		oprot.Flush(ctx)
+		return false, thrift.WrapTException(err2)
+	}
+	iprot.ReadMessageEnd(ctx)
+
+	tickerCancel := func() {}
+	// Start a goroutine to do server side connectivity check.
+	if thrift.ServerConnectivityCheckInterval > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		var tickerCtx context.Context
+		tickerCtx, tickerCancel = context.WithCancel(context.Background())
+		defer tickerCancel()
+		go func(ctx context.Context, cancel context.CancelFunc) {
+			ticker := time.NewTicker(thrift.ServerConnectivityCheckInterval)
+			defer ticker.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C:
+					if !iprot.Transport().IsOpen() {
+						cancel()
+						return
+					}
+				}
+			}
+		}(tickerCtx, cancel)
+	}
+
+	result := FacebookServiceGetOptionResult{}
+	if retval, err2 := p.handler.GetOption(ctx, args.Key); err2 != nil {
+		tickerCancel()
+		err = thrift.WrapTException(err2)
+		if errors.Is(err2, thrift.ErrAbandonRequest) {
+			return false, thrift.WrapTException(err2)
+		}
+		_exc51 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getOption: "+err2.Error())
+		if err2 := oprot.WriteMessageBegin(ctx, "getOption", thrift.EXCEPTION, seqId); err2 != nil {
+			_write_err50 = thrift.WrapTException(err2)
+		}
+		if err2 := _exc51.Write(ctx, oprot); _write_err50 == nil && err2 != nil {
+			_write_err50 = thrift.WrapTException(err2)
+		}
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err50 == nil && err2 != nil {
+			_write_err50 = thrift.WrapTException(err2)
+		}
+		if err2 := oprot.Flush(ctx); _write_err50 == nil && err2 != nil {
+			_write_err50 = thrift.WrapTException(err2)
+		}
+		if _write_err50 != nil {
+			return false, thrift.WrapTException(_write_err50)
+		}
+		return true, err
+	} else {
+		result.Success = &retval
+	}
+	tickerCancel()
+	if err2 := oprot.WriteMessageBegin(ctx, "getOption", thrift.REPLY, seqId); err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
+	}
+	if err2 := result.Write(ctx, oprot); _write_err50 == nil && err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err50 == nil && err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.Flush(ctx); _write_err50 == nil && err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
+	}
+	if _write_err50 != nil {
+		return false, thrift.WrapTException(_write_err50)
+	}
+	return true, err
+}
+
+type facebookServiceProcessorGetOptions struct {
+	handler FacebookService
+}
+
+func (p *facebookServiceProcessorGetOptions) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
+	var _write_err52 error
+	args := FacebookServiceGetOptionsArgs{}
+	if err2 := args.Read(ctx, iprot); err2 != nil {
+		iprot.ReadMessageEnd(ctx)
+		x := thrift.NewTApplicationException(thrift.PROTOCOL_ERROR, err2.Error())
+		oprot.WriteMessageBegin(ctx, "getOptions", thrift.EXCEPTION, seqId)
+		x.Write(ctx, oprot)
+		oprot.WriteMessageEnd(ctx)
+		oprot.Flush(ctx)
+		return false, thrift.WrapTException(err2)
+	}
+	iprot.ReadMessageEnd(ctx)
+
+	tickerCancel := func() {}
+	// Start a goroutine to do server side connectivity check.
+	if thrift.ServerConnectivityCheckInterval > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		var tickerCtx context.Context
+		tickerCtx, tickerCancel = context.WithCancel(context.Background())
+		defer tickerCancel()
+		go func(ctx context.Context, cancel context.CancelFunc) {
+			ticker := time.NewTicker(thrift.ServerConnectivityCheckInterval)
+			defer ticker.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C:
+					if !iprot.Transport().IsOpen() {
+						cancel()
+						return
+					}
+				}
+			}
+		}(tickerCtx, cancel)
+	}
+
+	result := FacebookServiceGetOptionsResult{}
+	if retval, err2 := p.handler.GetOptions(ctx); err2 != nil {
+		tickerCancel()
+		err = thrift.WrapTException(err2)
+		if errors.Is(err2, thrift.ErrAbandonRequest) {
+			return false, thrift.WrapTException(err2)
+		}
+		_exc53 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing getOptions: "+err2.Error())
+		if err2 := oprot.WriteMessageBegin(ctx, "getOptions", thrift.EXCEPTION, seqId); err2 != nil {
+			_write_err52 = thrift.WrapTException(err2)
+		}
+		if err2 := _exc53.Write(ctx, oprot); _write_err52 == nil && err2 != nil {
+			_write_err52 = thrift.WrapTException(err2)
+		}
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err52 == nil && err2 != nil {
+			_write_err52 = thrift.WrapTException(err2)
+		}
+		if err2 := oprot.Flush(ctx); _write_err52 == nil && err2 != nil {
+			_write_err52 = thrift.WrapTException(err2)
+		}
+		if _write_err52 != nil {
+			return false, thrift.WrapTException(_write_err52)
+		}
+		return true, err
+	} else {
+		result.Success = retval
+	}
+	tickerCancel()
+	if err2 := oprot.WriteMessageBegin(ctx, "getOptions", thrift.REPLY, seqId); err2 != nil {
+		_write_err52 = thrift.WrapTException(err2)
+	}
+	if err2 := result.Write(ctx, oprot); _write_err52 == nil && err2 != nil {
+		_write_err52 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err52 == nil && err2 != nil {
+		_write_err52 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.Flush(ctx); _write_err52 == nil && err2 != nil {
+		_write_err52 = thrift.WrapTException(err2)
+	}
+	if _write_err52 != nil {
+		return false, thrift.WrapTException(_write_err52)
+	}
+	return true, err
+}
+
+type facebookServiceProcessorReinitialize struct {
+	handler FacebookService
+}
+
+func (p *facebookServiceProcessorReinitialize) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
+	args := FacebookServiceReinitializeArgs{}
+	if err2 := args.Read(ctx, iprot); err2 != nil {
+		iprot.ReadMessageEnd(ctx)
+		return false, thrift.WrapTException(err2)
+	}
+	iprot.ReadMessageEnd(ctx)
+
+	tickerCancel := func() {}
+	_ = tickerCancel
+
+	if err2 := p.handler.Reinitialize(ctx); err2 != nil {
+		tickerCancel()
+		err = thrift.WrapTException(err2)
+	}
+	tickerCancel()
+	return true, err
+}
+
+type facebookServiceProcessorShutdown struct {
+	handler FacebookService
+}
+
+func (p *facebookServiceProcessorShutdown) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
+	args := FacebookServiceShutdownArgs{}
+	if err2 := args.Read(ctx, iprot); err2 != nil {
+		iprot.ReadMessageEnd(ctx)
+		return false, thrift.WrapTException(err2)
+	}
+	iprot.ReadMessageEnd(ctx)
+
+	tickerCancel := func() {}
+	_ = tickerCancel
+
+	if err2 := p.handler.Shutdown(ctx); err2 != nil {
+		tickerCancel()
+		err = thrift.WrapTException(err2)
+	}
+	tickerCancel()
 	return true, err
 }
 
@@ -1696,19 +2087,19 @@ func (p *FacebookServiceGetCountersResult) ReadField0(ctx context.Context, iprot
 	tMap := make(map[string]int64, size)
 	p.Success = tMap
 	for i := 0; i < size; i++ {
-		var _key37 string
+		var _key54 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key37 = v
+			_key54 = v
 		}
-		var _val38 int64
+		var _val55 int64
 		if v, err := iprot.ReadI64(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val38 = v
+			_val55 = v
 		}
-		p.Success[_key37] = _val38
+		p.Success[_key54] = _val55
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -2139,4 +2530,710 @@ func (p *FacebookServiceAliveSinceResult) String() string {
 		return "<nil>"
 	}
 	return fmt.Sprintf("FacebookServiceAliveSinceResult(%+v)", *p)
+}
+
+// Attributes:
+//   - Key
+//   - Value
+type FacebookServiceSetOptionArgs struct {
+	Key   string `thrift:"key,1" db:"key" json:"key"`
+	Value string `thrift:"value,2" db:"value" json:"value"`
+}
+
+func NewFacebookServiceSetOptionArgs() *FacebookServiceSetOptionArgs {
+	return &FacebookServiceSetOptionArgs{}
+}
+
+func (p *FacebookServiceSetOptionArgs) GetKey() string {
+	return p.Key
+}
+
+func (p *FacebookServiceSetOptionArgs) GetValue() string {
+	return p.Value
+}
+func (p *FacebookServiceSetOptionArgs) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceSetOptionArgs) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Key = v
+	}
+	return nil
+}
+
+func (p *FacebookServiceSetOptionArgs) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.Value = v
+	}
+	return nil
+}
+
+func (p *FacebookServiceSetOptionArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "setOption_args"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceSetOptionArgs) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "key", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:key: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Key)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.key (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:key: ", p), err)
+	}
+	return err
+}
+
+func (p *FacebookServiceSetOptionArgs) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "value", thrift.STRING, 2); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:value: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Value)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.value (2) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 2:value: ", p), err)
+	}
+	return err
+}
+
+func (p *FacebookServiceSetOptionArgs) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceSetOptionArgs(%+v)", *p)
+}
+
+type FacebookServiceSetOptionResult struct {
+}
+
+func NewFacebookServiceSetOptionResult() *FacebookServiceSetOptionResult {
+	return &FacebookServiceSetOptionResult{}
+}
+
+func (p *FacebookServiceSetOptionResult) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+			return err
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceSetOptionResult) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "setOption_result"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceSetOptionResult) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceSetOptionResult(%+v)", *p)
+}
+
+// Attributes:
+//   - Key
+type FacebookServiceGetOptionArgs struct {
+	Key string `thrift:"key,1" db:"key" json:"key"`
+}
+
+func NewFacebookServiceGetOptionArgs() *FacebookServiceGetOptionArgs {
+	return &FacebookServiceGetOptionArgs{}
+}
+
+func (p *FacebookServiceGetOptionArgs) GetKey() string {
+	return p.Key
+}
+func (p *FacebookServiceGetOptionArgs) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionArgs) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Key = v
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "getOption_args"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionArgs) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "key", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:key: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Key)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.key (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:key: ", p), err)
+	}
+	return err
+}
+
+func (p *FacebookServiceGetOptionArgs) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceGetOptionArgs(%+v)", *p)
+}
+
+// Attributes:
+//   - Success
+type FacebookServiceGetOptionResult struct {
+	Success *string `thrift:"success,0" db:"success" json:"success,omitempty"`
+}
+
+func NewFacebookServiceGetOptionResult() *FacebookServiceGetOptionResult {
+	return &FacebookServiceGetOptionResult{}
+}
+
+var FacebookServiceGetOptionResult_Success_DEFAULT string
+
+func (p *FacebookServiceGetOptionResult) GetSuccess() string {
+	if !p.IsSetSuccess() {
+		return FacebookServiceGetOptionResult_Success_DEFAULT
+	}
+	return *p.Success
+}
+func (p *FacebookServiceGetOptionResult) IsSetSuccess() bool {
+	return p.Success != nil
+}
+
+func (p *FacebookServiceGetOptionResult) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 0:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField0(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionResult) ReadField0(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 0: ", err)
+	} else {
+		p.Success = &v
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionResult) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "getOption_result"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField0(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionResult) writeField0(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetSuccess() {
+		if err := oprot.WriteFieldBegin(ctx, "success", thrift.STRING, 0); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 0:success: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.Success)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.success (0) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 0:success: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *FacebookServiceGetOptionResult) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceGetOptionResult(%+v)", *p)
+}
+
+type FacebookServiceGetOptionsArgs struct {
+}
+
+func NewFacebookServiceGetOptionsArgs() *FacebookServiceGetOptionsArgs {
+	return &FacebookServiceGetOptionsArgs{}
+}
+
+func (p *FacebookServiceGetOptionsArgs) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+			return err
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionsArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "getOptions_args"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionsArgs) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceGetOptionsArgs(%+v)", *p)
+}
+
+// Attributes:
+//   - Success
+type FacebookServiceGetOptionsResult struct {
+	Success map[string]string `thrift:"success,0" db:"success" json:"success,omitempty"`
+}
+
+func NewFacebookServiceGetOptionsResult() *FacebookServiceGetOptionsResult {
+	return &FacebookServiceGetOptionsResult{}
+}
+
+var FacebookServiceGetOptionsResult_Success_DEFAULT map[string]string
+
+func (p *FacebookServiceGetOptionsResult) GetSuccess() map[string]string {
+	return p.Success
+}
+func (p *FacebookServiceGetOptionsResult) IsSetSuccess() bool {
+	return p.Success != nil
+}
+
+func (p *FacebookServiceGetOptionsResult) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 0:
+			if fieldTypeId == thrift.MAP {
+				if err := p.ReadField0(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionsResult) ReadField0(ctx context.Context, iprot thrift.TProtocol) error {
+	_, _, size, err := iprot.ReadMapBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading map begin: ", err)
+	}
+	tMap := make(map[string]string, size)
+	p.Success = tMap
+	for i := 0; i < size; i++ {
+		var _key56 string
+		if v, err := iprot.ReadString(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_key56 = v
+		}
+		var _val57 string
+		if v, err := iprot.ReadString(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_val57 = v
+		}
+		p.Success[_key56] = _val57
+	}
+	if err := iprot.ReadMapEnd(ctx); err != nil {
+		return thrift.PrependError("error reading map end: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionsResult) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "getOptions_result"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField0(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceGetOptionsResult) writeField0(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetSuccess() {
+		if err := oprot.WriteFieldBegin(ctx, "success", thrift.MAP, 0); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 0:success: ", p), err)
+		}
+		if err := oprot.WriteMapBegin(ctx, thrift.STRING, thrift.STRING, len(p.Success)); err != nil {
+			return thrift.PrependError("error writing map begin: ", err)
+		}
+		for k, v := range p.Success {
+			if err := oprot.WriteString(ctx, string(k)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+			if err := oprot.WriteString(ctx, string(v)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+		}
+		if err := oprot.WriteMapEnd(ctx); err != nil {
+			return thrift.PrependError("error writing map end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 0:success: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *FacebookServiceGetOptionsResult) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceGetOptionsResult(%+v)", *p)
+}
+
+type FacebookServiceReinitializeArgs struct {
+}
+
+func NewFacebookServiceReinitializeArgs() *FacebookServiceReinitializeArgs {
+	return &FacebookServiceReinitializeArgs{}
+}
+
+func (p *FacebookServiceReinitializeArgs) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+			return err
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceReinitializeArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "reinitialize_args"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceReinitializeArgs) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceReinitializeArgs(%+v)", *p)
+}
+
+type FacebookServiceShutdownArgs struct {
+}
+
+func NewFacebookServiceShutdownArgs() *FacebookServiceShutdownArgs {
+	return &FacebookServiceShutdownArgs{}
+}
+
+func (p *FacebookServiceShutdownArgs) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+			return err
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceShutdownArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "shutdown_args"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *FacebookServiceShutdownArgs) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("FacebookServiceShutdownArgs(%+v)", *p)
 }

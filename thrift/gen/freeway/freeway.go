@@ -1255,11 +1255,276 @@ func (p *Row) String() string {
 }
 
 // Attributes:
+//   - Category
+//   - Bucket
+//   - State
+//   - Error
+type MissingShard struct {
+	Category string  `thrift:"category,1" db:"category" json:"category"`
+	Bucket   int32   `thrift:"bucket,2" db:"bucket" json:"bucket"`
+	State    string  `thrift:"state,3" db:"state" json:"state"`
+	Error    *string `thrift:"error,4" db:"error" json:"error,omitempty"`
+}
+
+func NewMissingShard() *MissingShard {
+	return &MissingShard{}
+}
+
+func (p *MissingShard) GetCategory() string {
+	return p.Category
+}
+
+func (p *MissingShard) GetBucket() int32 {
+	return p.Bucket
+}
+
+func (p *MissingShard) GetState() string {
+	return p.State
+}
+
+var MissingShard_Error_DEFAULT string
+
+func (p *MissingShard) GetError() string {
+	if !p.IsSetError() {
+		return MissingShard_Error_DEFAULT
+	}
+	return *p.Error
+}
+func (p *MissingShard) IsSetError() bool {
+	return p.Error != nil
+}
+
+func (p *MissingShard) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.I32 {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 3:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 4:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField4(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *MissingShard) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Category = v
+	}
+	return nil
+}
+
+func (p *MissingShard) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI32(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.Bucket = v
+	}
+	return nil
+}
+
+func (p *MissingShard) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 3: ", err)
+	} else {
+		p.State = v
+	}
+	return nil
+}
+
+func (p *MissingShard) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 4: ", err)
+	} else {
+		p.Error = &v
+	}
+	return nil
+}
+
+func (p *MissingShard) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "MissingShard"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField4(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *MissingShard) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "category", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:category: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Category)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.category (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:category: ", p), err)
+	}
+	return err
+}
+
+func (p *MissingShard) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "bucket", thrift.I32, 2); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:bucket: ", p), err)
+	}
+	if err := oprot.WriteI32(ctx, int32(p.Bucket)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.bucket (2) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 2:bucket: ", p), err)
+	}
+	return err
+}
+
+func (p *MissingShard) writeField3(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "state", thrift.STRING, 3); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 3:state: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.State)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.state (3) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 3:state: ", p), err)
+	}
+	return err
+}
+
+func (p *MissingShard) writeField4(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetError() {
+		if err := oprot.WriteFieldBegin(ctx, "error", thrift.STRING, 4); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 4:error: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.Error)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.error (4) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 4:error: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *MissingShard) Equals(other *MissingShard) bool {
+	if p == other {
+		return true
+	} else if p == nil || other == nil {
+		return false
+	}
+	if p.Category != other.Category {
+		return false
+	}
+	if p.Bucket != other.Bucket {
+		return false
+	}
+	if p.State != other.State {
+		return false
+	}
+	if p.Error != other.Error {
+		if p.Error == nil || other.Error == nil {
+			return false
+		}
+		if (*p.Error) != (*other.Error) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *MissingShard) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("MissingShard(%+v)", *p)
+}
+
+// Attributes:
 //   - App
 //   - Rows
+//   - Truncated
+//   - Partial
+//   - MissingShards
 type QueryResult_ struct {
-	App  string `thrift:"app,1" db:"app" json:"app"`
-	Rows []*Row `thrift:"rows,2" db:"rows" json:"rows"`
+	App           string          `thrift:"app,1" db:"app" json:"app"`
+	Rows          []*Row          `thrift:"rows,2" db:"rows" json:"rows"`
+	Truncated     *bool           `thrift:"truncated,3" db:"truncated" json:"truncated,omitempty"`
+	Partial       *bool           `thrift:"partial,4" db:"partial" json:"partial,omitempty"`
+	MissingShards []*MissingShard `thrift:"missing_shards,5" db:"missing_shards" json:"missing_shards,omitempty"`
 }
 
 func NewQueryResult_() *QueryResult_ {
@@ -1273,6 +1538,42 @@ func (p *QueryResult_) GetApp() string {
 func (p *QueryResult_) GetRows() []*Row {
 	return p.Rows
 }
+
+var QueryResult__Truncated_DEFAULT bool
+
+func (p *QueryResult_) GetTruncated() bool {
+	if !p.IsSetTruncated() {
+		return QueryResult__Truncated_DEFAULT
+	}
+	return *p.Truncated
+}
+
+var QueryResult__Partial_DEFAULT bool
+
+func (p *QueryResult_) GetPartial() bool {
+	if !p.IsSetPartial() {
+		return QueryResult__Partial_DEFAULT
+	}
+	return *p.Partial
+}
+
+var QueryResult__MissingShards_DEFAULT []*MissingShard
+
+func (p *QueryResult_) GetMissingShards() []*MissingShard {
+	return p.MissingShards
+}
+func (p *QueryResult_) IsSetTruncated() bool {
+	return p.Truncated != nil
+}
+
+func (p *QueryResult_) IsSetPartial() bool {
+	return p.Partial != nil
+}
+
+func (p *QueryResult_) IsSetMissingShards() bool {
+	return p.MissingShards != nil
+}
+
 func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
 	if _, err := iprot.ReadStructBegin(ctx); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
@@ -1300,6 +1601,36 @@ func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 2:
 			if fieldTypeId == thrift.LIST {
 				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 3:
+			if fieldTypeId == thrift.BOOL {
+				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 4:
+			if fieldTypeId == thrift.BOOL {
+				if err := p.ReadField4(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 5:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField5(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -1351,6 +1682,44 @@ func (p *QueryResult_) ReadField2(ctx context.Context, iprot thrift.TProtocol) e
 	return nil
 }
 
+func (p *QueryResult_) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadBool(ctx); err != nil {
+		return thrift.PrependError("error reading field 3: ", err)
+	} else {
+		p.Truncated = &v
+	}
+	return nil
+}
+
+func (p *QueryResult_) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadBool(ctx); err != nil {
+		return thrift.PrependError("error reading field 4: ", err)
+	} else {
+		p.Partial = &v
+	}
+	return nil
+}
+
+func (p *QueryResult_) ReadField5(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]*MissingShard, 0, size)
+	p.MissingShards = tSlice
+	for i := 0; i < size; i++ {
+		_elem13 := &MissingShard{}
+		if err := _elem13.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem13), err)
+		}
+		p.MissingShards = append(p.MissingShards, _elem13)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
 func (p *QueryResult_) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "QueryResult"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
@@ -1360,6 +1729,15 @@ func (p *QueryResult_) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField4(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField5(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -1406,6 +1784,59 @@ func (p *QueryResult_) writeField2(ctx context.Context, oprot thrift.TProtocol) 
 	return err
 }
 
+func (p *QueryResult_) writeField3(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetTruncated() {
+		if err := oprot.WriteFieldBegin(ctx, "truncated", thrift.BOOL, 3); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 3:truncated: ", p), err)
+		}
+		if err := oprot.WriteBool(ctx, bool(*p.Truncated)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.truncated (3) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 3:truncated: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryResult_) writeField4(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetPartial() {
+		if err := oprot.WriteFieldBegin(ctx, "partial", thrift.BOOL, 4); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 4:partial: ", p), err)
+		}
+		if err := oprot.WriteBool(ctx, bool(*p.Partial)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.partial (4) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 4:partial: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryResult_) writeField5(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetMissingShards() {
+		if err := oprot.WriteFieldBegin(ctx, "missing_shards", thrift.LIST, 5); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 5:missing_shards: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.STRUCT, len(p.MissingShards)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.MissingShards {
+			if err := v.Write(ctx, oprot); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", v), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 5:missing_shards: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryResult_) Equals(other *QueryResult_) bool {
 	if p == other {
 		return true
@@ -1419,8 +1850,33 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.Rows {
-		_src13 := other.Rows[i]
-		if !_tgt.Equals(_src13) {
+		_src14 := other.Rows[i]
+		if !_tgt.Equals(_src14) {
+			return false
+		}
+	}
+	if p.Truncated != other.Truncated {
+		if p.Truncated == nil || other.Truncated == nil {
+			return false
+		}
+		if (*p.Truncated) != (*other.Truncated) {
+			return false
+		}
+	}
+	if p.Partial != other.Partial {
+		if p.Partial == nil || other.Partial == nil {
+			return false
+		}
+		if (*p.Partial) != (*other.Partial) {
+			return false
+		}
+	}
+	if len(p.MissingShards) != len(other.MissingShards) {
+		return false
+	}
+	for i, _tgt := range p.MissingShards {
+		_src15 := other.MissingShards[i]
+		if !_tgt.Equals(_src15) {
 			return false
 		}
 	}
@@ -1436,8 +1892,10 @@ func (p *QueryResult_) String() string {
 
 // Attributes:
 //   - Message
+//   - Code
 type QueryError struct {
 	Message string `thrift:"message,1" db:"message" json:"message"`
+	Code    *int32 `thrift:"code,2" db:"code" json:"code,omitempty"`
 }
 
 func NewQueryError() *QueryError {
@@ -1447,6 +1905,19 @@ func NewQueryError() *QueryError {
 func (p *QueryError) GetMessage() string {
 	return p.Message
 }
+
+var QueryError_Code_DEFAULT int32
+
+func (p *QueryError) GetCode() int32 {
+	if !p.IsSetCode() {
+		return QueryError_Code_DEFAULT
+	}
+	return *p.Code
+}
+func (p *QueryError) IsSetCode() bool {
+	return p.Code != nil
+}
+
 func (p *QueryError) Read(ctx context.Context, iprot thrift.TProtocol) error {
 	if _, err := iprot.ReadStructBegin(ctx); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
@@ -1464,6 +1935,16 @@ func (p *QueryError) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 1:
 			if fieldTypeId == thrift.STRING {
 				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.I32 {
+				if err := p.ReadField2(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -1495,12 +1976,24 @@ func (p *QueryError) ReadField1(ctx context.Context, iprot thrift.TProtocol) err
 	return nil
 }
 
+func (p *QueryError) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI32(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.Code = &v
+	}
+	return nil
+}
+
 func (p *QueryError) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "QueryError"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
 	}
 	if p != nil {
 		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -1526,6 +2019,21 @@ func (p *QueryError) writeField1(ctx context.Context, oprot thrift.TProtocol) (e
 	return err
 }
 
+func (p *QueryError) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetCode() {
+		if err := oprot.WriteFieldBegin(ctx, "code", thrift.I32, 2); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:code: ", p), err)
+		}
+		if err := oprot.WriteI32(ctx, int32(*p.Code)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.code (2) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 2:code: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryError) Equals(other *QueryError) bool {
 	if p == other {
 		return true
@@ -1534,6 +2042,14 @@ func (p *QueryError) Equals(other *QueryError) bool {
 	}
 	if p.Message != other.Message {
 		return false
+	}
+	if p.Code != other.Code {
+		if p.Code == nil || other.Code == nil {
+			return false
+		}
+		if (*p.Code) != (*other.Code) {
+			return false
+		}
 	}
 	return true
 }
@@ -1560,6 +2076,9 @@ type Query interface {
 	// Parameters:
 	//  - Req
 	Query(ctx context.Context, req *QueryRequest) (_r *QueryResult_, _err error)
+	// Parameters:
+	//  - Token
+	Authenticate(ctx context.Context, token string) (_err error)
 }
 
 type QueryClient struct {
@@ -1598,38 +2117,63 @@ func (p *QueryClient) SetLastResponseMeta_(meta thrift.ResponseMeta) {
 }
 
 func (p *QueryClient) Apps(ctx context.Context) (_r []*AppInfo, _err error) {
-	var _args14 QueryAppsArgs
-	var _result16 QueryAppsResult
-	var _meta15 thrift.ResponseMeta
-	_meta15, _err = p.Client_().Call(ctx, "apps", &_args14, &_result16)
-	p.SetLastResponseMeta_(_meta15)
+	var _args16 QueryAppsArgs
+	var _result18 QueryAppsResult
+	var _meta17 thrift.ResponseMeta
+	_meta17, _err = p.Client_().Call(ctx, "apps", &_args16, &_result18)
+	p.SetLastResponseMeta_(_meta17)
 	if _err != nil {
 		return
 	}
-	return _result16.GetSuccess(), nil
+	switch {
+	case _result18.Err != nil:
+		return _r, _result18.Err
+	}
+
+	return _result18.GetSuccess(), nil
 }
 
 // Parameters:
 //   - Req
 func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryResult_, _err error) {
-	var _args17 QueryQueryArgs
-	_args17.Req = req
-	var _result19 QueryQueryResult
-	var _meta18 thrift.ResponseMeta
-	_meta18, _err = p.Client_().Call(ctx, "query", &_args17, &_result19)
-	p.SetLastResponseMeta_(_meta18)
+	var _args19 QueryQueryArgs
+	_args19.Req = req
+	var _result21 QueryQueryResult
+	var _meta20 thrift.ResponseMeta
+	_meta20, _err = p.Client_().Call(ctx, "query", &_args19, &_result21)
+	p.SetLastResponseMeta_(_meta20)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result19.Err != nil:
-		return _r, _result19.Err
+	case _result21.Err != nil:
+		return _r, _result21.Err
 	}
 
-	if _ret20 := _result19.GetSuccess(); _ret20 != nil {
-		return _ret20, nil
+	if _ret22 := _result21.GetSuccess(); _ret22 != nil {
+		return _ret22, nil
 	}
 	return nil, thrift.NewTApplicationException(thrift.MISSING_RESULT, "query failed: unknown result")
+}
+
+// Parameters:
+//   - Token
+func (p *QueryClient) Authenticate(ctx context.Context, token string) (_err error) {
+	var _args23 QueryAuthenticateArgs
+	_args23.Token = token
+	var _result25 QueryAuthenticateResult
+	var _meta24 thrift.ResponseMeta
+	_meta24, _err = p.Client_().Call(ctx, "authenticate", &_args23, &_result25)
+	p.SetLastResponseMeta_(_meta24)
+	if _err != nil {
+		return
+	}
+	switch {
+	case _result25.Err != nil:
+		return _result25.Err
+	}
+
+	return nil
 }
 
 type QueryProcessor struct {
@@ -1652,10 +2196,11 @@ func (p *QueryProcessor) ProcessorMap() map[string]thrift.TProcessorFunction {
 
 func NewQueryProcessor(handler Query) *QueryProcessor {
 
-	self21 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
-	self21.processorMap["apps"] = &queryProcessorApps{handler: handler}
-	self21.processorMap["query"] = &queryProcessorQuery{handler: handler}
-	return self21
+	self26 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
+	self26.processorMap["apps"] = &queryProcessorApps{handler: handler}
+	self26.processorMap["query"] = &queryProcessorQuery{handler: handler}
+	self26.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
+	return self26
 }
 
 func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
@@ -1668,12 +2213,12 @@ func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProto
 	}
 	iprot.Skip(ctx, thrift.STRUCT)
 	iprot.ReadMessageEnd(ctx)
-	x22 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
+	x27 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
 	oprot.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seqId)
-	x22.Write(ctx, oprot)
+	x27.Write(ctx, oprot)
 	oprot.WriteMessageEnd(ctx)
 	oprot.Flush(ctx)
-	return false, x22
+	return false, x27
 
 }
 
@@ -1682,7 +2227,7 @@ type queryProcessorApps struct {
 }
 
 func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err23 error
+	var _write_err28 error
 	args := QueryAppsArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -1725,44 +2270,49 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 	if retval, err2 := p.handler.Apps(ctx); err2 != nil {
 		tickerCancel()
 		err = thrift.WrapTException(err2)
-		if errors.Is(err2, thrift.ErrAbandonRequest) {
-			return false, thrift.WrapTException(err2)
+		switch v := err2.(type) {
+		case *QueryError:
+			result.Err = v
+		default:
+			if errors.Is(err2, thrift.ErrAbandonRequest) {
+				return false, thrift.WrapTException(err2)
+			}
+			_exc29 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
+			if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.EXCEPTION, seqId); err2 != nil {
+				_write_err28 = thrift.WrapTException(err2)
+			}
+			if err2 := _exc29.Write(ctx, oprot); _write_err28 == nil && err2 != nil {
+				_write_err28 = thrift.WrapTException(err2)
+			}
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err28 == nil && err2 != nil {
+				_write_err28 = thrift.WrapTException(err2)
+			}
+			if err2 := oprot.Flush(ctx); _write_err28 == nil && err2 != nil {
+				_write_err28 = thrift.WrapTException(err2)
+			}
+			if _write_err28 != nil {
+				return false, thrift.WrapTException(_write_err28)
+			}
+			return true, err
 		}
-		_exc24 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
-		if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
-		}
-		if err2 := _exc24.Write(ctx, oprot); _write_err23 == nil && err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
-		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err23 == nil && err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
-		}
-		if err2 := oprot.Flush(ctx); _write_err23 == nil && err2 != nil {
-			_write_err23 = thrift.WrapTException(err2)
-		}
-		if _write_err23 != nil {
-			return false, thrift.WrapTException(_write_err23)
-		}
-		return true, err
 	} else {
 		result.Success = retval
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.REPLY, seqId); err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+		_write_err28 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err23 == nil && err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err28 == nil && err2 != nil {
+		_write_err28 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err23 == nil && err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err28 == nil && err2 != nil {
+		_write_err28 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err23 == nil && err2 != nil {
-		_write_err23 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err28 == nil && err2 != nil {
+		_write_err28 = thrift.WrapTException(err2)
 	}
-	if _write_err23 != nil {
-		return false, thrift.WrapTException(_write_err23)
+	if _write_err28 != nil {
+		return false, thrift.WrapTException(_write_err28)
 	}
 	return true, err
 }
@@ -1772,7 +2322,7 @@ type queryProcessorQuery struct {
 }
 
 func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err25 error
+	var _write_err30 error
 	args := QueryQueryArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -1822,21 +2372,21 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc26 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
+			_exc31 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err25 = thrift.WrapTException(err2)
+				_write_err30 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc26.Write(ctx, oprot); _write_err25 == nil && err2 != nil {
-				_write_err25 = thrift.WrapTException(err2)
+			if err2 := _exc31.Write(ctx, oprot); _write_err30 == nil && err2 != nil {
+				_write_err30 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err25 == nil && err2 != nil {
-				_write_err25 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err30 == nil && err2 != nil {
+				_write_err30 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err25 == nil && err2 != nil {
-				_write_err25 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err30 == nil && err2 != nil {
+				_write_err30 = thrift.WrapTException(err2)
 			}
-			if _write_err25 != nil {
-				return false, thrift.WrapTException(_write_err25)
+			if _write_err30 != nil {
+				return false, thrift.WrapTException(_write_err30)
 			}
 			return true, err
 		}
@@ -1845,19 +2395,112 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.REPLY, seqId); err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+		_write_err30 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err25 == nil && err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err30 == nil && err2 != nil {
+		_write_err30 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err25 == nil && err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err30 == nil && err2 != nil {
+		_write_err30 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err25 == nil && err2 != nil {
-		_write_err25 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err30 == nil && err2 != nil {
+		_write_err30 = thrift.WrapTException(err2)
 	}
-	if _write_err25 != nil {
-		return false, thrift.WrapTException(_write_err25)
+	if _write_err30 != nil {
+		return false, thrift.WrapTException(_write_err30)
+	}
+	return true, err
+}
+
+type queryProcessorAuthenticate struct {
+	handler Query
+}
+
+func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
+	var _write_err32 error
+	args := QueryAuthenticateArgs{}
+	if err2 := args.Read(ctx, iprot); err2 != nil {
+		iprot.ReadMessageEnd(ctx)
+		x := thrift.NewTApplicationException(thrift.PROTOCOL_ERROR, err2.Error())
+		oprot.WriteMessageBegin(ctx, "authenticate", thrift.EXCEPTION, seqId)
+		x.Write(ctx, oprot)
+		oprot.WriteMessageEnd(ctx)
+		oprot.Flush(ctx)
+		return false, thrift.WrapTException(err2)
+	}
+	iprot.ReadMessageEnd(ctx)
+
+	tickerCancel := func() {}
+	// Start a goroutine to do server side connectivity check.
+	if thrift.ServerConnectivityCheckInterval > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		var tickerCtx context.Context
+		tickerCtx, tickerCancel = context.WithCancel(context.Background())
+		defer tickerCancel()
+		go func(ctx context.Context, cancel context.CancelFunc) {
+			ticker := time.NewTicker(thrift.ServerConnectivityCheckInterval)
+			defer ticker.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C:
+					if !iprot.Transport().IsOpen() {
+						cancel()
+						return
+					}
+				}
+			}
+		}(tickerCtx, cancel)
+	}
+
+	result := QueryAuthenticateResult{}
+	if err2 := p.handler.Authenticate(ctx, args.Token); err2 != nil {
+		tickerCancel()
+		err = thrift.WrapTException(err2)
+		switch v := err2.(type) {
+		case *QueryError:
+			result.Err = v
+		default:
+			if errors.Is(err2, thrift.ErrAbandonRequest) {
+				return false, thrift.WrapTException(err2)
+			}
+			_exc33 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
+			if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.EXCEPTION, seqId); err2 != nil {
+				_write_err32 = thrift.WrapTException(err2)
+			}
+			if err2 := _exc33.Write(ctx, oprot); _write_err32 == nil && err2 != nil {
+				_write_err32 = thrift.WrapTException(err2)
+			}
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err32 == nil && err2 != nil {
+				_write_err32 = thrift.WrapTException(err2)
+			}
+			if err2 := oprot.Flush(ctx); _write_err32 == nil && err2 != nil {
+				_write_err32 = thrift.WrapTException(err2)
+			}
+			if _write_err32 != nil {
+				return false, thrift.WrapTException(_write_err32)
+			}
+			return true, err
+		}
+	}
+	tickerCancel()
+	if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.REPLY, seqId); err2 != nil {
+		_write_err32 = thrift.WrapTException(err2)
+	}
+	if err2 := result.Write(ctx, oprot); _write_err32 == nil && err2 != nil {
+		_write_err32 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err32 == nil && err2 != nil {
+		_write_err32 = thrift.WrapTException(err2)
+	}
+	if err2 := oprot.Flush(ctx); _write_err32 == nil && err2 != nil {
+		_write_err32 = thrift.WrapTException(err2)
+	}
+	if _write_err32 != nil {
+		return false, thrift.WrapTException(_write_err32)
 	}
 	return true, err
 }
@@ -1921,8 +2564,10 @@ func (p *QueryAppsArgs) String() string {
 
 // Attributes:
 //   - Success
+//   - Err
 type QueryAppsResult struct {
-	Success []*AppInfo `thrift:"success,0" db:"success" json:"success,omitempty"`
+	Success []*AppInfo  `thrift:"success,0" db:"success" json:"success,omitempty"`
+	Err     *QueryError `thrift:"err,1" db:"err" json:"err,omitempty"`
 }
 
 func NewQueryAppsResult() *QueryAppsResult {
@@ -1934,8 +2579,21 @@ var QueryAppsResult_Success_DEFAULT []*AppInfo
 func (p *QueryAppsResult) GetSuccess() []*AppInfo {
 	return p.Success
 }
+
+var QueryAppsResult_Err_DEFAULT *QueryError
+
+func (p *QueryAppsResult) GetErr() *QueryError {
+	if !p.IsSetErr() {
+		return QueryAppsResult_Err_DEFAULT
+	}
+	return p.Err
+}
 func (p *QueryAppsResult) IsSetSuccess() bool {
 	return p.Success != nil
+}
+
+func (p *QueryAppsResult) IsSetErr() bool {
+	return p.Err != nil
 }
 
 func (p *QueryAppsResult) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -1955,6 +2613,16 @@ func (p *QueryAppsResult) Read(ctx context.Context, iprot thrift.TProtocol) erro
 		case 0:
 			if fieldTypeId == thrift.LIST {
 				if err := p.ReadField0(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 1:
+			if fieldTypeId == thrift.STRUCT {
+				if err := p.ReadField1(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -1985,14 +2653,22 @@ func (p *QueryAppsResult) ReadField0(ctx context.Context, iprot thrift.TProtocol
 	tSlice := make([]*AppInfo, 0, size)
 	p.Success = tSlice
 	for i := 0; i < size; i++ {
-		_elem27 := &AppInfo{}
-		if err := _elem27.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem27), err)
+		_elem34 := &AppInfo{}
+		if err := _elem34.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem34), err)
 		}
-		p.Success = append(p.Success, _elem27)
+		p.Success = append(p.Success, _elem34)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *QueryAppsResult) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	p.Err = &QueryError{}
+	if err := p.Err.Read(ctx, iprot); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", p.Err), err)
 	}
 	return nil
 }
@@ -2003,6 +2679,9 @@ func (p *QueryAppsResult) Write(ctx context.Context, oprot thrift.TProtocol) err
 	}
 	if p != nil {
 		if err := p.writeField0(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField1(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -2033,6 +2712,21 @@ func (p *QueryAppsResult) writeField0(ctx context.Context, oprot thrift.TProtoco
 		}
 		if err := oprot.WriteFieldEnd(ctx); err != nil {
 			return thrift.PrependError(fmt.Sprintf("%T write field end error 0:success: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryAppsResult) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetErr() {
+		if err := oprot.WriteFieldBegin(ctx, "err", thrift.STRUCT, 1); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:err: ", p), err)
+		}
+		if err := p.Err.Write(ctx, oprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", p.Err), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 1:err: ", p), err)
 		}
 	}
 	return err
@@ -2310,4 +3004,212 @@ func (p *QueryQueryResult) String() string {
 		return "<nil>"
 	}
 	return fmt.Sprintf("QueryQueryResult(%+v)", *p)
+}
+
+// Attributes:
+//   - Token
+type QueryAuthenticateArgs struct {
+	Token string `thrift:"token,1" db:"token" json:"token"`
+}
+
+func NewQueryAuthenticateArgs() *QueryAuthenticateArgs {
+	return &QueryAuthenticateArgs{}
+}
+
+func (p *QueryAuthenticateArgs) GetToken() string {
+	return p.Token
+}
+func (p *QueryAuthenticateArgs) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *QueryAuthenticateArgs) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Token = v
+	}
+	return nil
+}
+
+func (p *QueryAuthenticateArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "authenticate_args"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *QueryAuthenticateArgs) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "token", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:token: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Token)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.token (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:token: ", p), err)
+	}
+	return err
+}
+
+func (p *QueryAuthenticateArgs) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("QueryAuthenticateArgs(%+v)", *p)
+}
+
+// Attributes:
+//   - Err
+type QueryAuthenticateResult struct {
+	Err *QueryError `thrift:"err,1" db:"err" json:"err,omitempty"`
+}
+
+func NewQueryAuthenticateResult() *QueryAuthenticateResult {
+	return &QueryAuthenticateResult{}
+}
+
+var QueryAuthenticateResult_Err_DEFAULT *QueryError
+
+func (p *QueryAuthenticateResult) GetErr() *QueryError {
+	if !p.IsSetErr() {
+		return QueryAuthenticateResult_Err_DEFAULT
+	}
+	return p.Err
+}
+func (p *QueryAuthenticateResult) IsSetErr() bool {
+	return p.Err != nil
+}
+
+func (p *QueryAuthenticateResult) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRUCT {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *QueryAuthenticateResult) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	p.Err = &QueryError{}
+	if err := p.Err.Read(ctx, iprot); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", p.Err), err)
+	}
+	return nil
+}
+
+func (p *QueryAuthenticateResult) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "authenticate_result"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *QueryAuthenticateResult) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetErr() {
+		if err := oprot.WriteFieldBegin(ctx, "err", thrift.STRUCT, 1); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:err: ", p), err)
+		}
+		if err := p.Err.Write(ctx, oprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", p.Err), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 1:err: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryAuthenticateResult) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("QueryAuthenticateResult(%+v)", *p)
 }

@@ -1,0 +1,199 @@
+package auth
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/connlimit"
+	"github.com/freeway-dev/freeway/internal/ratelog"
+)
+
+// Endpoints, as freeway_auth_refused_total labels them.
+const (
+	EndpointQuery       = "query"        // HTTP /api/v1/* and the web page
+	EndpointThriftQuery = "thrift_query" // the Thrift query port
+	EndpointAdmin       = "admin"        // /metrics, /debug/pprof/
+	EndpointControl     = "control"      // POST /admin/reload, /admin/shutdown
+)
+
+// Guard applies the process's tokens. A nil *Guard, or one without
+// tokens, lets every request through but for Control's local-host rule.
+type Guard struct {
+	query, admin *Tokens
+	log          *slog.Logger
+	warn         *ratelog.Limiter
+	refused      *prometheus.CounterVec
+}
+
+// NewGuard loads the tokens files of cfg (validated). Metrics are
+// registered with reg (nil: not exported).
+func NewGuard(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Guard, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "auth")
+	g := &Guard{log: log, warn: ratelog.New(log, time.Minute, 5),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_auth_refused_total",
+			Help: "Requests refused for want of a valid bearer token (or, for control requests without an admin token configured, for not coming from the local host), by endpoint (query, thrift_query, admin, control) and reason (missing, invalid, not_local)."},
+			[]string{"endpoint", "reason"})}
+	if reg != nil {
+		g.refused = connlimit.Register(reg, g.refused)
+	}
+	var err error
+	if g.query, err = LoadTokens("query", cfg.QueryTokensFile, log, reg); err != nil {
+		return nil, fmt.Errorf("load auth.query_tokens_file: %w", err)
+	}
+	if g.admin, err = LoadTokens("admin", cfg.AdminTokenFile, log, reg); err != nil {
+		return nil, fmt.Errorf("load auth.admin_token_file: %w", err)
+	}
+	return g, nil
+}
+
+// QueryTokens reports whether queries need a token.
+func (g *Guard) QueryTokens() bool { return g != nil && g.query != nil }
+
+// AdminToken reports whether admin endpoints need a token (and so
+// whether fb303's control calls, which cannot carry one, are refused).
+func (g *Guard) AdminToken() bool { return g != nil && g.admin != nil }
+
+// Query requires a query token on h, when tokens are configured.
+func (g *Guard) Query(h http.Handler) http.Handler {
+	if !g.QueryTokens() {
+		return h
+	}
+	return g.require(EndpointQuery, g.query, "auth.query_tokens_file", h)
+}
+
+// Admin requires the admin token on h, when one is configured.
+func (g *Guard) Admin(h http.Handler) http.Handler {
+	if !g.AdminToken() {
+		return h
+	}
+	return g.require(EndpointAdmin, g.admin, "auth.admin_token_file", h)
+}
+
+// Control guards a control endpoint: the admin token when one is
+// configured, else the request must come from the local host (as fb303's
+// control calls must).
+func (g *Guard) Control(h http.Handler) http.Handler {
+	if g.AdminToken() {
+		return g.require(EndpointControl, g.admin, "auth.admin_token_file", h)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			g.count(EndpointControl, "not_local")
+			g.logRefusal(EndpointControl, "not_local", r.Method+" "+r.URL.Path, r.RemoteAddr)
+			writeJSON(w, http.StatusForbidden, "control requests are honoured only from the local host unless auth.admin_token_file is set")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (g *Guard) require(endpoint string, tokens *Tokens, key string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token := bearer(r.Header.Get("Authorization"))
+		reason := ""
+		switch {
+		case token == "":
+			reason = "missing"
+		case !tokens.Valid(token):
+			reason = "invalid"
+		}
+		if reason == "" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		g.count(endpoint, reason)
+		g.logRefusal(endpoint, reason, r.Method+" "+r.URL.Path, r.RemoteAddr)
+		challenge := `Bearer realm="freeway"`
+		msg := fmt.Sprintf("this endpoint needs a bearer token (Authorization: Bearer <token>, a token of %s)", key)
+		if reason == "invalid" {
+			challenge += `, error="invalid_token"`
+			msg = fmt.Sprintf("the bearer token is not valid here (not in %s)", key)
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+		writeJSON(w, http.StatusUnauthorized, msg)
+	})
+}
+
+// CheckQuery checks a token presented on another port (the Thrift query
+// port) against the query tokens: nil when none are configured or the
+// token is valid, else an error to answer with (counted and logged).
+func (g *Guard) CheckQuery(endpoint, token, remote string) error {
+	if !g.QueryTokens() {
+		return nil
+	}
+	reason := ""
+	switch {
+	case token == "":
+		reason = "missing"
+	case !g.query.Valid(token):
+		reason = "invalid"
+	}
+	if reason == "" {
+		return nil
+	}
+	g.count(endpoint, reason)
+	g.logRefusal(endpoint, reason, "", remote)
+	if reason == "missing" {
+		return fmt.Errorf("unauthorized: this port needs a token (call authenticate with a token of auth.query_tokens_file first)")
+	}
+	return fmt.Errorf("unauthorized: the token is not valid here (not in auth.query_tokens_file)")
+}
+
+func (g *Guard) count(endpoint, reason string) {
+	if g != nil {
+		g.refused.WithLabelValues(endpoint, reason).Inc()
+	}
+}
+
+// logRefusal logs a refusal, rate-limited, without the token.
+func (g *Guard) logRefusal(endpoint, reason, request, remote string) {
+	if g == nil {
+		return
+	}
+	args := []any{"endpoint", endpoint, "reason", reason, "remote", remote}
+	if request != "" {
+		args = append(args, "request", ratelog.Clip(request))
+	}
+	g.warn.Warn("refused:"+endpoint+":"+reason, "request refused: no valid credentials", args...)
+}
+
+// ControlHandler answers a control request (POST /admin/reload, say) by
+// calling do, which must return at once (it asks the process to act),
+// after answering 202 {"status": "accepted", "action": action}. A nil do
+// is answered 501.
+func (g *Guard) ControlHandler(action string, do func()) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if do == nil {
+			writeJSON(w, http.StatusNotImplemented, action+" is not supported by this process")
+			return
+		}
+		if g != nil {
+			g.log.Info("admin control request", "action", action, "remote", r.RemoteAddr)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		json.NewEncoder(w).Encode(map[string]string{"status": "accepted", "action": action})
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		do()
+	})
+}
+
+// writeJSON answers code with {"error": msg}.
+func writeJSON(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}

@@ -1,0 +1,218 @@
+package auth
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTokensFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens")
+	writeFile(t, path, "# dashboards\r\n  alpha-0123456789  \r\n\n#beta-disabled\nbeta-9876543210\n")
+	tok, err := LoadTokens("query", path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tk, want := range map[string]bool{
+		"alpha-0123456789": true, "beta-9876543210": true, "beta-disabled": false, "#beta-disabled": false,
+		"alpha": false, "alpha-0123456789x": false, "": false, "dashboards": false,
+	} {
+		if got := tok.Valid(tk); got != want {
+			t.Errorf("Valid(%q) = %v, want %v", tk, got, want)
+		}
+	}
+	var none *Tokens
+	if none.Valid("alpha-0123456789") {
+		t.Error("a nil Tokens accepts a token")
+	}
+
+	for data, want := range map[string]string{
+		"":                          "holds no token",
+		"# only a comment\n\n":      "holds no token",
+		"good\nsecret with space\n": path + ":2: a token must be printable ASCII without spaces",
+		"good\nsecr\x00et\n":        path + ":2: a token must be printable ASCII",
+		"good\nsecrét-unicode\n":    path + ":2: a token must be printable ASCII",
+	} {
+		writeFile(t, path, data)
+		c := Config{QueryTokensFile: path}
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", data, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secr") {
+			t.Errorf("the error quotes a token: %v", err)
+		}
+	}
+	c := Config{AdminTokenFile: filepath.Join(dir, "missing")}
+	if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "auth.admin_token_file: open ") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestTokensReload: a changed file is used at the next check; a file
+// that does not parse, or holds no token, keeps the previous tokens.
+func TestTokensReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens")
+	writeFile(t, path, "old-token-1\n")
+	logs := &syncLog{}
+	reg := prometheus.NewRegistry()
+	tok, err := LoadTokens("admin", path, slog.New(slog.NewTextHandler(logs, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tok.Valid("old-token-1") {
+		t.Fatal("token not valid")
+	}
+	writeFile(t, path, "new-token-2\n")
+	if tok.Valid("old-token-1") || !tok.Valid("new-token-2") {
+		t.Fatal("the changed file was not used")
+	}
+	for _, broken := range []string{"", "# nothing\n", "a b\n"} {
+		writeFile(t, path, broken)
+		if !tok.Valid("new-token-2") {
+			t.Fatalf("file %q replaced the tokens", broken)
+		}
+	}
+	os.Remove(path)
+	if !tok.Valid("new-token-2") {
+		t.Fatal("a removed file dropped the tokens")
+	}
+	writeFile(t, path, "third-token-3\n")
+	if !tok.Valid("third-token-3") || tok.Valid("new-token-2") {
+		t.Fatal("the fixed file was not used")
+	}
+	if ok, bad := testutil.ToFloat64(tok.reloads.WithLabelValues("admin", "ok")), testutil.ToFloat64(tok.reloads.WithLabelValues("admin", "error")); ok != 2 || bad != 4 {
+		t.Fatalf("reloads ok %v error %v, want 2 and 4", ok, bad)
+	}
+	for _, secret := range []string{"old-token-1", "new-token-2", "third-token-3"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Fatalf("a token is in the log:\n%s", logs)
+		}
+	}
+}
+
+func TestGuard(t *testing.T) {
+	dir := t.TempDir()
+	qf, af := filepath.Join(dir, "query"), filepath.Join(dir, "admin")
+	writeFile(t, qf, "query-token-1\nquery-token-2\n")
+	writeFile(t, af, "admin-token-1\n")
+	logs := &syncLog{}
+	reg := prometheus.NewRegistry()
+	g, err := NewGuard(Config{QueryTokensFile: qf, AdminTokenFile: af}, slog.New(slog.NewTextHandler(logs, nil)), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("served")) })
+	mux := http.NewServeMux()
+	mux.Handle("GET /api/v1/query", g.Query(ok))
+	mux.Handle("GET /metrics", g.Admin(ok))
+	mux.Handle("POST /admin/reload", g.Control(ok))
+	do := func(method, path, header, remote string) (int, http.Header, string) {
+		r := httptest.NewRequest(method, path, nil)
+		if header != "" {
+			r.Header.Set("Authorization", header)
+		}
+		if remote != "" {
+			r.RemoteAddr = remote
+		}
+		w := httptest.NewRecorder()
+		mux.ServeHTTP(w, r)
+		return w.Code, w.Header(), w.Body.String()
+	}
+	for _, tc := range []struct {
+		method, path, header string
+		code                 int
+		challenge            string
+	}{
+		{"GET", "/api/v1/query", "", 401, `Bearer realm="freeway"`},
+		{"GET", "/api/v1/query", "Bearer wrong", 401, `Bearer realm="freeway", error="invalid_token"`},
+		{"GET", "/api/v1/query", "Basic cXVlcnktdG9rZW4tMQ==", 401, `Bearer realm="freeway"`},
+		{"GET", "/api/v1/query", "Bearer admin-token-1", 401, `Bearer realm="freeway", error="invalid_token"`},
+		{"GET", "/api/v1/query", "Bearer query-token-1", 200, ""},
+		{"GET", "/api/v1/query", "bearer  query-token-2", 200, ""},
+		{"GET", "/metrics", "", 401, `Bearer realm="freeway"`},
+		{"GET", "/metrics", "Bearer query-token-1", 401, `Bearer realm="freeway", error="invalid_token"`},
+		{"GET", "/metrics", "Bearer admin-token-1", 200, ""},
+		{"POST", "/admin/reload", "", 401, `Bearer realm="freeway"`},
+		{"POST", "/admin/reload", "Bearer admin-token-1", 200, ""},
+	} {
+		code, h, body := do(tc.method, tc.path, tc.header, "")
+		if code != tc.code || h.Get("WWW-Authenticate") != tc.challenge {
+			t.Errorf("%s %s %q: %d %q, want %d %q", tc.method, tc.path, tc.header, code, h.Get("WWW-Authenticate"), tc.code, tc.challenge)
+		}
+		if code == 401 {
+			var e map[string]string
+			if err := json.Unmarshal([]byte(body), &e); err != nil || e["error"] == "" || h.Get("Content-Type") != "application/json" {
+				t.Errorf("401 body %q: %v", body, err)
+			}
+		}
+	}
+	if n := testutil.ToFloat64(g.refused.WithLabelValues(EndpointQuery, "invalid")); n != 2 {
+		t.Errorf("query invalid refusals %v", n)
+	}
+	// A Basic header carries no bearer token: missing.
+	if n := testutil.ToFloat64(g.refused.WithLabelValues(EndpointQuery, "missing")); n != 2 {
+		t.Errorf("query missing refusals %v", n)
+	}
+	if err := g.CheckQuery(EndpointThriftQuery, "query-token-2", "x"); err != nil {
+		t.Error(err)
+	}
+	if err := g.CheckQuery(EndpointThriftQuery, "nope", "x"); err == nil || !strings.Contains(err.Error(), "unauthorized") {
+		t.Error(err)
+	}
+	for _, secret := range []string{"query-token-1", "query-token-2", "admin-token-1", "cXVlcnktdG9rZW4tMQ"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Fatalf("a token is in the log:\n%s", logs)
+		}
+	}
+
+	// Without tokens everything passes, but control requests only from
+	// the local host.
+	open, err := NewGuard(Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux = http.NewServeMux()
+	mux.Handle("GET /api/v1/query", open.Query(ok))
+	mux.Handle("POST /admin/reload", open.Control(ok))
+	if code, _, _ := do("GET", "/api/v1/query", "", ""); code != 200 {
+		t.Errorf("query without tokens configured: %d", code)
+	}
+	if code, _, _ := do("POST", "/admin/reload", "", "127.0.0.1:5555"); code != 200 {
+		t.Errorf("local control request: %d", code)
+	}
+	if code, _, body := do("POST", "/admin/reload", "", "10.1.2.3:5555"); code != 403 || !strings.Contains(body, "local host") {
+		t.Errorf("remote control request: %d %s", code, body)
+	}
+	var nilGuard *Guard
+	if code := func() int {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest("POST", "/", nil)
+		r.RemoteAddr = "10.1.2.3:1"
+		nilGuard.Control(ok).ServeHTTP(w, r)
+		return w.Code
+	}(); code != 403 {
+		t.Errorf("nil guard, remote control: %d", code)
+	}
+}

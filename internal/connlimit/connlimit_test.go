@@ -1,0 +1,213 @@
+package connlimit
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func listen(t *testing.T, maxConns int) (*Listener, *Metrics) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewMetrics(prometheus.NewRegistry())
+	l := New(ln, Options{Name: "test", MaxConns: maxConns, Metrics: m})
+	t.Cleanup(func() { l.Close() })
+	return l, m
+}
+
+// accepted dials l and returns both ends.
+func accepted(t *testing.T, l *Listener) (client net.Conn, server *Conn) {
+	t.Helper()
+	client, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, c.(*Conn)
+}
+
+// closedByPeer waits (generously) for c's peer to close it.
+func closedByPeer(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	return err == io.EOF || errors.Is(err, syscall.ECONNRESET)
+}
+
+func TestEvictsLongestIdle(t *testing.T) {
+	l, m := listen(t, 3)
+	c0, s0 := accepted(t, l)
+	c1, s1 := accepted(t, l)
+	_, s2 := accepted(t, l)
+	// s0 is busy; s1 became idle before s2 did.
+	if !s0.SetIdle(false) || !s2.SetIdle(false) || !s2.SetIdle(true) {
+		t.Fatal("SetIdle on open connections")
+	}
+	_, s3 := accepted(t, l)
+	if !closedByPeer(t, c1) {
+		t.Fatal("the longest idle connection was not closed")
+	}
+	if s1.SetIdle(false) || !s1.Evicted() || s0.Evicted() {
+		t.Fatal("eviction not reported to the evicted connection alone")
+	}
+	if got := testutil.ToFloat64(m.evicted.WithLabelValues("test")); got != 1 {
+		t.Fatalf("evictions counted %v", got)
+	}
+	// s0 is still served.
+	go s0.Write([]byte("x"))
+	c0.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c0.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("busy connection disturbed: %v", err)
+	}
+	if got := testutil.ToFloat64(m.open.WithLabelValues("test")); got != 3 {
+		t.Fatalf("open connections %v, want 3", got)
+	}
+	s3.Close()
+	s3.Close()
+	if got := testutil.ToFloat64(m.open.WithLabelValues("test")); got != 2 {
+		t.Fatalf("open connections after a double close %v, want 2", got)
+	}
+}
+
+func TestRefusesNewcomerWhenAllBusy(t *testing.T) {
+	l, m := listen(t, 2)
+	_, s0 := accepted(t, l)
+	_, s1 := accepted(t, l)
+	s0.SetIdle(false)
+	s1.SetIdle(false)
+	late, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	got := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			got <- c
+		}
+	}()
+	if !closedByPeer(t, late) {
+		t.Fatal("newcomer not closed while every connection is busy")
+	}
+	if n := testutil.ToFloat64(m.refused.WithLabelValues("test")); n != 1 {
+		t.Fatalf("refusals counted %v", n)
+	}
+	// A place freed is taken by the next client.
+	s1.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case sc := <-got:
+		sc.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection accepted after a place was freed")
+	}
+}
+
+// flaky fails Accept with errs, then accepts from the real listener.
+type flaky struct {
+	net.Listener
+	mu   sync.Mutex
+	errs []error
+}
+
+func (f *flaky) Accept() (net.Conn, error) {
+	f.mu.Lock()
+	if len(f.errs) > 0 {
+		err := f.errs[0]
+		f.errs = f.errs[1:]
+		f.mu.Unlock()
+		return nil, err
+	}
+	f.mu.Unlock()
+	return f.Listener.Accept()
+}
+
+func TestRetriesTemporaryAcceptErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	emfile := &net.OpError{Op: "accept", Net: "tcp", Err: &osSyscallError{syscall.EMFILE}}
+	f := &flaky{Listener: ln, errs: []error{emfile, emfile, syscall.ECONNABORTED, syscall.ENFILE}}
+	m := NewMetrics(nil)
+	l := New(f, Options{Name: "test", MaxConns: 4, Metrics: m})
+	defer l.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := l.Accept()
+	if err != nil {
+		t.Fatalf("temporary errors ended Accept: %v", err)
+	}
+	sc.Close()
+	if n := testutil.ToFloat64(m.acceptEr.WithLabelValues("test")); n != 4 {
+		t.Fatalf("accept errors counted %v, want 4", n)
+	}
+	// A lasting error is returned.
+	f.mu.Lock()
+	f.errs = []error{errors.New("broken")}
+	f.mu.Unlock()
+	if _, err := l.Accept(); err == nil || err.Error() != "broken" {
+		t.Fatalf("lasting error: %v", err)
+	}
+}
+
+// osSyscallError wraps an errno as os.SyscallError does.
+type osSyscallError struct{ errno syscall.Errno }
+
+func (e *osSyscallError) Error() string { return "accept4: " + e.errno.Error() }
+func (e *osSyscallError) Unwrap() error { return e.errno }
+
+func TestCloseEndsBackoff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make([]error, 1000)
+	for i := range errs {
+		errs[i] = syscall.EMFILE
+	}
+	l := New(&flaky{Listener: ln, errs: errs}, Options{MaxConns: 1})
+	done := make(chan error, 1)
+	go func() { _, err := l.Accept(); done <- err }()
+	time.Sleep(20 * time.Millisecond)
+	l.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Accept returned a connection")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Accept kept retrying after Close")
+	}
+}
+
+func TestMetricsShared(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a, b := NewMetrics(reg), NewMetrics(reg)
+	a.evicted.WithLabelValues("x").Inc()
+	if got := testutil.ToFloat64(b.evicted.WithLabelValues("x")); got != 1 {
+		t.Fatalf("second registration does not share the counter: %v", got)
+	}
+}

@@ -1,0 +1,20 @@
+// Package connlimit is the accepting side every Freeway listener shares
+// (the Scribe and Thrift ports through internal/thriftsrv, the HTTP ports
+// through internal/httpsrv): a net.Listener that caps open connections
+// without locking new clients out, and that rides out running short of
+// file descriptors instead of failing.
+//
+// At the cap a new connection is accepted anyway and the connection that
+// has been idle longest (waiting between calls, or silent since it was
+// accepted) is closed to make room; only when every connection is busy in
+// a call is the newcomer closed, at once. A server says which of its
+// connections are idle with Conn.SetIdle. So a thousand idle connections
+// cost their owners their sockets, not everyone else their service.
+//
+// Accept errors that pass (EMFILE, ENFILE, ECONNABORTED, ENOBUFS, ENOMEM,
+// timeouts) are retried with a backoff from 5ms to 1s, counted and logged
+// at a bounded rate; Accept returns only errors that will not pass (the
+// listener was closed).
+//
+// Nothing here survives a restart: it holds only the open connections.
+package connlimit

@@ -1,0 +1,608 @@
+package diskqueue
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"slices"
+)
+
+// Batch is a run of consecutive entries from the queue, all numbered by
+// one incarnation: entry i has sequence number First+i.
+type Batch struct {
+	First uint64
+	// Incarnation is the secret random id of the run of the queue that
+	// numbered the entries (hex), "" for entries of format v1. Never log
+	// it.
+	Incarnation string
+	Entries     []Entry
+}
+
+// End is the sequence number after the batch's last entry.
+func (b Batch) End() uint64 { return b.First + uint64(len(b.Entries)) }
+
+// source reads a segment file from off up to limit.
+type source struct {
+	f     *os.File
+	off   int64
+	limit int64
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	if s.off >= s.limit {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > s.limit-s.off {
+		p = p[:s.limit-s.off]
+	}
+	n, err := s.f.ReadAt(p, s.off)
+	s.off += int64(n)
+	if n > 0 && errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
+}
+
+// scanner reads the records of one segment in order, up to its readable
+// size: the file's size for a sealed segment, the durable size for the
+// last one (so that it never reads, and buffers, bytes a failed commit
+// wrote and its rollback removes).
+type scanner struct {
+	seg    segment
+	src    source
+	br     *bufio.Reader
+	size   int64
+	sealed bool   // size is the file's final size
+	off    int64  // offset of the record peek looks at
+	pos    uint64 // v1: the sequence number of the record at off
+	last   uint64 // the sequence number of the last valid record passed
+	hdr    recHeader
+	peeked bool
+}
+
+func newScanner(s segment, f *os.File, size int64) *scanner {
+	sc := &scanner{seg: s, src: source{f: f, off: s.hdrSize, limit: size}, size: size,
+		off: s.hdrSize, pos: s.first, last: s.first - 1}
+	sc.br = bufio.NewReaderSize(&sc.src, 1<<20)
+	return sc
+}
+
+func (sc *scanner) close() { sc.src.f.Close() }
+
+// setSize moves the readable end (the last segment grows as commits end).
+func (sc *scanner) setSize(n int64) {
+	if n > sc.size {
+		sc.size, sc.src.limit = n, n
+	}
+}
+
+// seek moves to the record at off.
+func (sc *scanner) seek(off int64) {
+	sc.off, sc.src.off, sc.peeked = off, off, false
+	sc.br.Reset(&sc.src)
+}
+
+// peek checks the header of the record at off without consuming it. It
+// returns io.EOF exactly at the readable end, an errDamaged error for a
+// header that fails its checks or a record that does not fit.
+func (sc *scanner) peek() (recHeader, error) {
+	if sc.peeked {
+		return sc.hdr, nil
+	}
+	if sc.off >= sc.size {
+		return recHeader{}, io.EOF
+	}
+	if sc.seg.version == 0 {
+		return recHeader{}, fmt.Errorf("%w: segment header damaged", errDamaged)
+	}
+	n := sc.seg.recHdr
+	if sc.size-sc.off < int64(n) {
+		return recHeader{}, fmt.Errorf("%w: record header cut short", errDamaged)
+	}
+	b, err := sc.br.Peek(n)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return recHeader{}, fmt.Errorf("%w: segment shorter than expected", errDamaged)
+		}
+		return recHeader{}, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
+	}
+	var h recHeader
+	if sc.seg.version == 1 {
+		h, err = parseV1Header(b)
+		h.seq = sc.pos
+	} else {
+		h, err = parseV2Header(b, sc.seg.key)
+		if err == nil && h.seq <= sc.last {
+			err = fmt.Errorf("%w: sequence number %d does not follow %d", errDamaged, h.seq, sc.last)
+		}
+	}
+	if err != nil {
+		return recHeader{}, err
+	}
+	if sc.off+int64(n)+int64(h.pl) > sc.size {
+		return recHeader{}, fmt.Errorf("%w: record of %d bytes runs past the segment's end", errDamaged, h.pl)
+	}
+	sc.hdr, sc.peeked = h, true
+	return h, nil
+}
+
+// take consumes the record peek checked, reading its payload into p
+// (len(p) == pl). A payload that fails its CRC is consumed all the same
+// and reported as errDamaged.
+func (sc *scanner) take(p []byte) (int64, []byte, []byte, error) {
+	h := sc.hdr
+	n := sc.seg.recHdr
+	if _, err := sc.br.Discard(n); err != nil {
+		sc.seek(sc.off)
+		return 0, nil, nil, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
+	}
+	if _, err := io.ReadFull(sc.br, p); err != nil {
+		sc.seek(sc.off)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, nil, nil, fmt.Errorf("%w: segment shorter than expected", errDamaged)
+		}
+		return 0, nil, nil, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
+	}
+	sc.off += int64(n + h.pl)
+	sc.peeked = false
+	sc.pos++
+	t, cat, msg, err := decodePayload(p, sc.seg.key, h.crc)
+	if err == nil || sc.seg.version == segVersion {
+		// A v2 header is trustworthy even when its payload is not.
+		sc.last = h.seq
+	}
+	return t, cat, msg, err
+}
+
+// resync looks for the first valid v2 record at or after from whose
+// sequence number is in [lo, hi): a header that passes its CRC with a
+// plausible length and a payload that passes its CRC. It returns its
+// offset and sequence number.
+func (sc *scanner) resync(from int64, lo, hi uint64) (int64, uint64, bool, error) {
+	const window = 1 << 20
+	buf := make([]byte, window+recHeaderSize)
+	for base := from; base+recHeaderSize+minPayload <= sc.size; base += window {
+		n, err := sc.src.f.ReadAt(buf[:min(int64(len(buf)), sc.size-base)], base)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, 0, false, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
+		}
+		for i := 0; i < window && i+recHeaderSize <= n; i++ {
+			h := buf[i : i+recHeaderSize]
+			// The cheap tests first: a sequence number in range and a
+			// length that fits almost never occur by chance.
+			seq := binary.LittleEndian.Uint64(h[4:])
+			pl := int64(binary.LittleEndian.Uint32(h))
+			off := base + int64(i)
+			if seq < lo || seq >= hi || pl < minPayload || pl > maxPayload || off+recHeaderSize+pl > sc.size {
+				continue
+			}
+			rh, err := parseV2Header(h, sc.seg.key)
+			if err != nil {
+				continue
+			}
+			ok, err := sc.payloadOK(off+recHeaderSize, rh)
+			if err != nil {
+				return 0, 0, false, err
+			}
+			if ok {
+				return off, rh.seq, true, nil
+			}
+		}
+	}
+	return 0, 0, false, nil
+}
+
+// payloadOK checks the payload CRC of a candidate record without holding
+// the payload in memory.
+func (sc *scanner) payloadOK(off int64, h recHeader) (bool, error) {
+	crc := sc.seg.key
+	buf := make([]byte, min(h.pl, 1<<20))
+	for left := int64(h.pl); left > 0; {
+		k := min(left, int64(len(buf)))
+		if _, err := sc.src.f.ReadAt(buf[:k], off); err != nil {
+			return false, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
+		}
+		crc = crc32.Update(crc, crcTable, buf[:k])
+		off += k
+		left -= k
+	}
+	return crc == h.crc, nil
+}
+
+// reader is the consumer's position.
+type reader struct {
+	sc       *scanner // the open segment; nil before the first
+	seq      uint64   // the next sequence number to deliver
+	consumed int64    // record bytes passed since the last batch's span
+	arena    []byte
+	scratch  []byte
+}
+
+func (r *reader) segFirst() uint64 {
+	if r.sc == nil {
+		return r.seq
+	}
+	return r.sc.seg.first
+}
+
+// alloc hands out n bytes that no earlier batch references.
+func (r *reader) alloc(n int) []byte {
+	if cap(r.arena)-len(r.arena) < n {
+		r.arena = make([]byte, 0, max(n, 1<<20))
+	}
+	p := r.arena[len(r.arena) : len(r.arena)+n]
+	r.arena = r.arena[:len(r.arena)+n]
+	return p
+}
+
+// view is what the reader may read, taken together under q.mu.
+type view struct {
+	avail    uint64 // every record below is durable
+	lastID   uint64 // the last segment (segment.id)
+	lastSize int64  // its durable size
+}
+
+func (q *Queue) viewLocked() view {
+	v := view{avail: q.durable}
+	if n := len(q.segs); n > 0 {
+		v.lastID, v.lastSize = q.segs[n-1].id, q.lastSize
+	}
+	return v
+}
+
+// segAfter returns the segment after the one starting at first.
+func (q *Queue) segAfter(first uint64) (segment, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, s := range q.segs {
+		if s.first > first {
+			return s, true
+		}
+	}
+	return segment{}, false
+}
+
+// segFor returns the segment that holds seq, if any.
+func (q *Queue) segFor(seq uint64) (segment, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := len(q.segs) - 1; i >= 0; i-- {
+		if q.segs[i].first <= seq {
+			return q.segs[i], true
+		}
+	}
+	if len(q.segs) > 0 {
+		return q.segs[0], true
+	}
+	return segment{}, false
+}
+
+// openScanner points the reader at the start of s.
+func (q *Queue) openScanner(s segment, v view) error {
+	if q.r.sc != nil {
+		q.r.sc.close()
+		q.r.sc = nil
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return fmt.Errorf("open segment for reading: %w", err)
+	}
+	sc := newScanner(s, f, 0)
+	q.r.sc = sc
+	return sc.update(v)
+}
+
+// update sets the readable end from v: the durable size while the
+// segment is the last, its file size (final) once a later one exists.
+func (sc *scanner) update(v view) error {
+	if sc.sealed {
+		return nil
+	}
+	if sc.seg.id == v.lastID {
+		sc.setSize(v.lastSize)
+		return nil
+	}
+	st, err := sc.src.f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat segment: %w", err)
+	}
+	sc.setSize(st.Size())
+	sc.sealed = true
+	return nil
+}
+
+// positionReader moves the reader to the acknowledged position at open.
+func (q *Queue) positionReader() error {
+	q.r.seq = q.acked
+	q.mu.Lock()
+	v := q.viewLocked()
+	q.mu.Unlock()
+	s, ok := q.segFor(q.acked)
+	if !ok {
+		return nil
+	}
+	if err := q.openScanner(s, v); err != nil {
+		return err
+	}
+	if _, _, err := q.advance(v, false); err != nil {
+		return fmt.Errorf("position queue reader: %w", err)
+	}
+	q.r.consumed = 0
+	return nil
+}
+
+// advance moves the reader to the next record to deliver and peeks at it:
+// it passes records below r.seq (acknowledged ones, when positioning at
+// open), moves from segment to segment, and skips damage, counting the
+// entries lost. It reports false when nothing more is readable in v, or,
+// with inBatch, when going on would skip entries: the batch so far is
+// delivered first.
+func (q *Queue) advance(v view, inBatch bool) (recHeader, bool, error) {
+	r := &q.r
+	for {
+		if r.sc == nil {
+			s, ok := q.segFor(r.seq)
+			if !ok || r.seq >= v.avail {
+				return recHeader{}, false, nil
+			}
+			if err := q.openScanner(s, v); err != nil {
+				return recHeader{}, false, err
+			}
+		}
+		sc := r.sc
+		if !sc.sealed && sc.seg.id != v.lastID {
+			if cur, ok := q.segFor(sc.seg.first); ok && cur.first == sc.seg.first && cur.id != sc.seg.id {
+				// An empty segment of an earlier run, replaced by this
+				// run's first segment since it was opened.
+				if err := q.openScanner(cur, v); err != nil {
+					return recHeader{}, false, err
+				}
+				continue
+			}
+		}
+		if err := sc.update(v); err != nil {
+			return recHeader{}, false, err
+		}
+		off := sc.off
+		h, err := sc.peek()
+		switch {
+		case err == nil && h.seq < r.seq:
+			r.scratch = slices.Grow(r.scratch[:0], h.pl)[:h.pl]
+			r.consumed += int64(sc.seg.recHdr + h.pl)
+			if _, _, _, err := sc.take(r.scratch); err != nil {
+				if !errors.Is(err, errDamaged) {
+					return recHeader{}, false, err
+				}
+				if sc.seg.version != segVersion {
+					r.consumed -= int64(sc.seg.recHdr + h.pl) // skipDamage counts from off
+					if err := q.skipDamage(sc, off, v, err); err != nil {
+						return recHeader{}, false, err
+					}
+				}
+			}
+		case err == nil && h.seq > r.seq:
+			if inBatch {
+				return recHeader{}, false, nil
+			}
+			q.lose(sc, off, h.seq-r.seq, errors.New("records missing before this one"))
+			r.seq = h.seq
+			return h, true, nil
+		case err == nil:
+			return h, true, nil
+		case errors.Is(err, io.EOF):
+			next, ok := q.segAfter(sc.seg.first)
+			end := v.avail
+			if ok && next.first < end {
+				end = next.first
+			}
+			if r.seq < end {
+				if inBatch {
+					return recHeader{}, false, nil
+				}
+				q.lose(sc, off, end-r.seq, errors.New("segment ends before its last record"))
+				r.seq = end
+			}
+			if !ok || r.seq >= v.avail {
+				return recHeader{}, false, nil
+			}
+			if err := q.openScanner(next, v); err != nil {
+				return recHeader{}, false, err
+			}
+		case errors.Is(err, errDamaged):
+			if inBatch {
+				return recHeader{}, false, nil
+			}
+			if err := q.skipDamage(sc, off, v, err); err != nil {
+				return recHeader{}, false, err
+			}
+		default:
+			return recHeader{}, false, err
+		}
+	}
+}
+
+// skipDamage moves the reader past the damaged record at off: to the next
+// valid record of the segment (v2), or to the segment's end (v1, whose
+// records cannot be resynchronised, or when nothing valid follows). The
+// entries in between are counted as lost.
+func (q *Queue) skipDamage(sc *scanner, off int64, v view, cause error) error {
+	r := &q.r
+	end := v.avail
+	if next, ok := q.segAfter(sc.seg.first); ok && next.first < end {
+		end = next.first
+	}
+	from := max(r.seq, sc.last+1)
+	if sc.seg.version == segVersion {
+		at, seq, ok, err := sc.resync(off+1, sc.last+1, end)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if seq > from {
+				q.lose(sc, off, seq-from, cause)
+			}
+			r.consumed += at - off
+			r.seq = max(r.seq, seq)
+			sc.seek(at)
+			return nil
+		}
+	}
+	if end > from {
+		q.lose(sc, off, end-from, cause)
+	}
+	r.consumed += sc.size - off
+	r.seq = max(r.seq, end)
+	sc.seek(sc.size)
+	return nil
+}
+
+// lose counts n entries lost to damage at off in sc's segment and logs
+// it.
+func (q *Queue) lose(sc *scanner, off int64, n uint64, cause error) {
+	q.log.Error("skipping damaged queue records", "segment", sc.seg.path, "offset", off,
+		"lost_entries", n, "reason", cause.Error())
+	q.mu.Lock()
+	q.lost += int64(n)
+	q.mu.Unlock()
+}
+
+// Read returns the next entries after those already read, at least one,
+// waiting until one is durable or ctx ends. The batch's record bytes
+// (RecordSize summed) stay within maxBytes, except that a single entry is
+// returned whatever its size; it holds at most maxEntries entries, all of
+// one incarnation and consecutive. The entries' memory is not reused by
+// later reads.
+func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, error) {
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	for {
+		q.mu.Lock()
+		v, closed := q.viewLocked(), q.closed
+		q.mu.Unlock()
+		if closed {
+			return Batch{}, ErrClosed
+		}
+		if q.r.seq >= v.avail {
+			select {
+			case <-q.wake:
+			case <-q.done:
+			case <-ctx.Done():
+				return Batch{}, ctx.Err()
+			}
+			continue
+		}
+		b, err := q.readAvailable(v, maxBytes, maxEntries)
+		if err != nil || len(b.Entries) > 0 {
+			return b, err
+		}
+		// Only damage was skipped; wait for more.
+	}
+}
+
+func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
+	r := &q.r
+	var b Batch
+	var bytes int64
+	for r.seq < v.avail && len(b.Entries) < maxEntries {
+		inBatch := len(b.Entries) > 0
+		h, ok, err := q.advance(v, inBatch)
+		if err != nil {
+			if inBatch {
+				break // deliver what precedes; the error comes back next time
+			}
+			return Batch{}, err
+		}
+		if !ok {
+			break
+		}
+		sc := r.sc
+		rs := int64(sc.seg.recHdr + h.pl)
+		if inBatch && (sc.seg.inc != b.Incarnation || bytes+rs > int64(maxBytes)) {
+			break
+		}
+		off := sc.off
+		t, cat, msg, err := sc.take(r.alloc(h.pl))
+		if err != nil {
+			if !errors.Is(err, errDamaged) {
+				if inBatch {
+					break
+				}
+				return Batch{}, err
+			}
+			if sc.seg.version != segVersion {
+				// A v1 length cannot be trusted once its payload fails.
+				sc.seek(off)
+				if inBatch {
+					break
+				}
+				if err := q.skipDamage(sc, off, v, err); err != nil {
+					return Batch{}, err
+				}
+				continue
+			}
+			// A v2 header is checked by its own CRC: exactly this
+			// record is lost.
+			q.lose(sc, off, 1, err)
+			r.consumed += rs
+			r.seq = h.seq + 1
+			if inBatch {
+				break
+			}
+			continue
+		}
+		if !inBatch {
+			b.First, b.Incarnation = r.seq, sc.seg.inc
+		}
+		c, ok := q.intern[string(cat)]
+		if !ok {
+			c = string(cat)
+			if len(q.intern) < 4096 {
+				q.intern[c] = c
+			}
+		}
+		b.Entries = append(b.Entries, Entry{Category: c, Message: msg, Time: t})
+		bytes += rs
+		r.consumed += rs
+		r.seq++
+	}
+	if len(b.Entries) > 0 {
+		q.spans = append(q.spans, span{end: b.End(), bytes: r.consumed})
+		r.consumed = 0
+	}
+	return b, nil
+}
+
+// Ack acknowledges every entry up to b (b is the oldest batch read and
+// not yet acknowledged, or a later one, which acknowledges those before
+// it too). The position is fsynced before the segment files it frees are
+// deleted. On error nothing changed, and the same Ack may be retried.
+func (q *Queue) Ack(b Batch) error {
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	end := b.End()
+	q.mu.Lock()
+	acked := q.acked
+	q.mu.Unlock()
+	if end <= acked || end > q.r.seq {
+		return fmt.Errorf("acknowledge up to %d: outside the read range [%d, %d]", end, acked, q.r.seq)
+	}
+	if err := q.ack.store(end); err != nil {
+		return err
+	}
+	var freed int64
+	for len(q.spans) > 0 && q.spans[0].end <= end {
+		freed += q.spans[0].bytes
+		q.spans = q.spans[1:]
+	}
+	q.mu.Lock()
+	q.acked = end
+	q.depth -= freed
+	q.mu.Unlock()
+	q.dropAckedSegments()
+	return nil
+}

@@ -1,0 +1,108 @@
+package freeway
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/config"
+)
+
+func TestOptionsAreFlatWithoutSecrets(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DFS = "hdfs://alice:s3cret@nn:9000/freeway?user=alice&token=abc"
+	cfg.Coord = "zk://127.0.0.1:2181/freeway"
+	cfg.Categories = map[string]CategoryConfig{"access": {Buckets: 2, ShardKey: []string{"path"}}}
+	cfg.Apps = []apps.Spec{{Name: "hits", Category: "access", Aggregates: []apps.AggregateSpec{{Name: "n", Fn: "count"}}}}
+	opts := flatOptions(cfg)
+	for k, want := range map[string]string{
+		"agent.listen":                "127.0.0.1:1463",
+		"agent.upstream":              "127.0.0.1:1464",
+		"agent.max_call_bytes":        "64MiB",
+		"calligraphus.idle_timeout":   "10m",
+		"max_inflight_bytes":          "256MiB",
+		"categories.access.buckets":   "2",
+		"categories.access.shard_key": "path",
+		"apps[0].name":                "hits",
+		"apps[0].aggregates[0].fn":    "count",
+		"coord":                       "zk://127.0.0.1:2181/freeway",
+	} {
+		if opts[k] != want {
+			t.Errorf("%s = %q, want %q", k, opts[k], want)
+		}
+	}
+	for k, v := range opts {
+		if strings.Contains(v, "s3cret") || strings.Contains(v, "abc") {
+			t.Errorf("%s = %q leaks a secret", k, v)
+		}
+	}
+	if !strings.Contains(opts["dfs"], "alice:redacted@nn:9000") || !strings.Contains(opts["dfs"], "user=alice") {
+		t.Errorf("dfs = %q", opts["dfs"])
+	}
+	if got := redact("store.password", "hunter2"); got != "(redacted)" {
+		t.Errorf("a password key: %q", got)
+	}
+	// Keys naming files show their paths (never the files' contents).
+	cfg.TLS = auth.TLSConfig{CertFile: "/etc/freeway/node.crt", KeyFile: "/etc/freeway/node.key", CAFile: "/etc/freeway/ca.crt", ClientAuth: true}
+	cfg.Auth = auth.Config{QueryTokensFile: "/etc/freeway/query-tokens", AdminTokenFile: "/etc/freeway/admin-token"}
+	opts = flatOptions(cfg)
+	for k, want := range map[string]string{
+		"tls.cert_file": "/etc/freeway/node.crt", "tls.key_file": "/etc/freeway/node.key", "tls.ca_file": "/etc/freeway/ca.crt",
+		"tls.client_auth": "true", "auth.query_tokens_file": "/etc/freeway/query-tokens", "auth.admin_token_file": "/etc/freeway/admin-token",
+		"agent.tls": "true",
+	} {
+		if opts[k] != want {
+			t.Errorf("%s = %q, want %q", k, opts[k], want)
+		}
+	}
+	if got := redact("auth.admin_token", "hunter2"); got != "(redacted)" {
+		t.Errorf("a token key: %q", got)
+	}
+}
+
+func TestInflightBudgetValidated(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxInflightBytes = 64 << 20
+	err := cfg.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "max_inflight_bytes: must be at least") || !strings.Contains(err.Error(), "max_call_bytes 64MiB") {
+		t.Fatalf("a budget smaller than a call: %v", err)
+	}
+	cfg = DefaultConfig()
+	cfg.Calligraphus.MaxCallBytes = 200 << 20
+	cfg.Calligraphus.MaxPendingBytes = 200 << 20
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "calligraphus.max_call_bytes 200MiB") {
+		t.Fatalf("a budget smaller than calligraphus's calls: %v", err)
+	}
+	cfg.MaxInflightBytes = 1 << 30
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplacedKeysSaySo: a file still using calligraphus.max_frame_bytes
+// or max_message_bytes is refused with the key that replaced them, at
+// the line of the old key.
+func TestReplacedKeysSaySo(t *testing.T) {
+	dir := t.TempDir()
+	for key, want := range map[string]string{
+		"max_frame_bytes":   "replaced by calligraphus.max_call_bytes",
+		"max_message_bytes": "a message is bounded by calligraphus.max_call_bytes",
+	} {
+		f := filepath.Join(dir, key+".yaml")
+		os.WriteFile(f, []byte("calligraphus:\n  listen: 127.0.0.1:1464\n  "+key+": 16MiB\n"), 0o644)
+		_, err := LoadFile(f)
+		var ce *config.Error
+		if err == nil || !strings.Contains(err.Error(), want) || !asConfigError(err, &ce) || ce.Line != 3 {
+			t.Errorf("%s: %v", key, err)
+		}
+	}
+}
+
+func asConfigError(err error, target **config.Error) bool {
+	ce, ok := err.(*config.Error)
+	*target = ce
+	return ok
+}

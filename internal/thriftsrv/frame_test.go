@@ -1,0 +1,209 @@
+package thriftsrv
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apache/thrift/lib/go/thrift"
+)
+
+func strictHeader(name string, typ byte, seq uint32) []byte {
+	b := binary.BigEndian.AppendUint32(nil, 0x80010000|uint32(typ))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(name)))
+	b = append(b, name...)
+	return binary.BigEndian.AppendUint32(b, seq)
+}
+
+func oldHeader(name string, typ byte, seq uint32) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	b = append(b, name...)
+	b = append(b, typ)
+	return binary.BigEndian.AppendUint32(b, seq)
+}
+
+func TestReadHeader(t *testing.T) {
+	args := []byte{0} // an empty argument struct
+	cases := []struct {
+		name    string
+		payload []byte
+		want    Call
+		err     string // substring; "" for success
+		proto   bool   // a protocolError
+	}{
+		{"strict call", append(strictHeader("Log", 1, 7), args...), Call{Name: "Log", Type: thrift.CALL, SeqID: 7}, "", false},
+		{"non-strict call", append(oldHeader("LogBatch", 1, 9), args...), Call{Name: "LogBatch", Type: thrift.CALL, SeqID: 9}, "", false},
+		{"oneway", append(strictHeader("shutdown", 4, 1), args...), Call{Name: "shutdown", Type: thrift.ONEWAY, SeqID: 1}, "", false},
+		{"a reply", append(strictHeader("Log", 2, 1), args...), Call{}, "is not a call", false},
+		{"bad version", append([]byte{0x80, 0x02, 0, 1}, strictHeader("Log", 1, 1)[4:]...), Call{}, "bad binary protocol version", false},
+		{"empty name", oldHeader("", 1, 1), Call{}, "method name of 0 bytes", false},
+		{"binary name", append(oldHeader("a\x00b", 1, 1), args...), Call{}, "not printable", false},
+		{"frame ends in the header", strictHeader("Log", 1, 1)[:9], Call{}, "too short", false},
+		{"unframed non-strict, short name", []byte("Log"), Call{}, "unframed (buffered) transport with a non-strict", true},
+		{"unframed non-strict, long name", []byte("getCounters"), Call{}, "unframed (buffered) transport with a non-strict", true},
+		{"compact in a frame", []byte{0x82, 0x21, 0x01, 0x03, 'L', 'o', 'g'}, Call{}, "compact protocol", true},
+		{"THeader", []byte{0x0f, 0xff, 0, 0, 0, 1, 0, 0}, Call{}, "THeader", true},
+	}
+	for _, tc := range cases {
+		size := int64(len(tc.payload))
+		got, head, err := readHeader(bytes.NewReader(tc.payload), size, nil)
+		if int64(len(head)) > size {
+			t.Errorf("%s: read %d bytes of a %d-byte frame", tc.name, len(head), size)
+		}
+		if tc.err == "" {
+			tc.want.Bytes = size
+			if err != nil || got != tc.want || !bytes.Equal(head, tc.payload[:len(head)]) {
+				t.Errorf("%s: %+v %v, want %+v", tc.name, got, err, tc.want)
+			}
+			continue
+		}
+		var pe *protocolError
+		if err == nil || !strings.Contains(err.Error(), tc.err) || errors.As(err, &pe) != tc.proto {
+			t.Errorf("%s: %v, want an error with %q (protocol error: %v)", tc.name, err, tc.err, tc.proto)
+		}
+	}
+}
+
+func TestSniffSize(t *testing.T) {
+	for _, tc := range []struct {
+		h    string
+		size int64
+		err  string
+	}{
+		{"\x00\x00\x01\x00", 256, ""},
+		{"\x0f\xff\xff\xff", 0x0fffffff, ""},
+		{"\x80\x01\x00\x01", 0, "unframed (buffered) transport with the binary protocol"},
+		{"\x82\x21\x01\x03", 0, "compact protocol, unframed"},
+		{"\x16\x03\x01\x00", 0, "TLS"},
+		{"GET ", 0, "HTTP"},
+		{"POST", 0, "HTTP"},
+		{"PRI ", 0, "HTTP"},
+		{"\x00\x00\x00\x00", 0, "empty frame"},
+		{"\xff\xff\xff\xff", 0, "not a frame size"},
+	} {
+		size, err := sniffSize([4]byte([]byte(tc.h)))
+		if tc.err == "" && (err != nil || size != tc.size) || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%q: %d %v, want %d %q", tc.h, size, err, tc.size, tc.err)
+		}
+	}
+}
+
+func TestBudgetServesInOrder(t *testing.T) {
+	b := NewBudget(100, nil)
+	ctx := context.Background()
+	if n, ok := b.Acquire(ctx, 60, time.Minute); !ok || n != 60 {
+		t.Fatal("first acquire")
+	}
+	granted := make(chan string, 2)
+	go func() {
+		if _, ok := b.Acquire(ctx, 60, time.Minute); ok {
+			granted <- "big"
+		}
+	}()
+	waitWaiters(t, b, 1)
+	go func() {
+		// Would fit now, but queues behind the big one.
+		if _, ok := b.Acquire(ctx, 10, time.Minute); ok {
+			granted <- "small"
+		}
+	}()
+	waitWaiters(t, b, 2)
+	if b.Used() != 60 {
+		t.Fatalf("a later, smaller request went ahead: used %d", b.Used())
+	}
+	// A decode's extra is not queued.
+	if !b.TryAcquire(5) || b.TryAcquire(50) {
+		t.Fatal("TryAcquire")
+	}
+	b.Release(5)
+	b.Release(60)
+	<-granted
+	<-granted
+	if b.Used() != 70 {
+		t.Fatalf("used %d", b.Used())
+	}
+	// A waiter that times out takes nothing and lets the next through.
+	if _, ok := b.Acquire(ctx, 40, 10*time.Millisecond); ok {
+		t.Fatal("acquired over the budget")
+	}
+	if _, ok := b.Acquire(ctx, 30, 10*time.Millisecond); !ok {
+		t.Fatal("room left unused after a waiter timed out")
+	}
+	// A request over the whole budget takes all of it, once free.
+	b.Release(100)
+	if n, ok := b.Acquire(ctx, 500, time.Second); !ok || n != 100 {
+		t.Fatalf("oversized request: %d %v", n, ok)
+	}
+}
+
+func waitWaiters(t *testing.T, b *Budget, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b.mu.Lock()
+		got := b.waiters.Len()
+		b.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d waiters, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestCharge(t *testing.T) {
+	for _, tc := range []struct{ n, want int64 }{
+		{1, 2 * smallChunk}, {smallChunk, 2 * smallChunk}, {smallChunk + 1, 2 * chunkSize}, {15_000_000, 2 * 229 * chunkSize},
+	} {
+		if got := Charge(tc.n); got != tc.want {
+			t.Errorf("Charge(%d) = %d, want %d", tc.n, got, tc.want)
+		}
+	}
+}
+
+func TestPortConfigValidate(t *testing.T) {
+	p := DefaultPortConfig()
+	if err := p.Validate("agent"); err != nil {
+		t.Fatal(err)
+	}
+	p.MaxCallBytes, p.MaxConnections, p.IdleTimeout, p.ReadTimeout = 1<<30, 0, 0, -1
+	err := p.Validate("agent")
+	for _, want := range []string{"agent.max_call_bytes: must be between 1KiB and 256MiB", "agent.max_connections", "agent.idle_timeout", "agent.read_timeout"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate = %v, want %q", err, want)
+		}
+	}
+}
+
+// TestEmptyStringAtChunkEnd: a frame that ends, exactly at a chunk's
+// end, with an empty string reads it (it used to index past the chunks).
+func TestEmptyStringAtChunkEnd(t *testing.T) {
+	for _, size := range []int{smallChunk, chunkSize * 2} {
+		b := NewBudget(1<<20, nil)
+		fr := &frameReader{budget: b}
+		if err := fr.fill(bytes.NewReader(make([]byte, size)), nil, int64(size)); err != nil {
+			t.Fatal(err)
+		}
+		in := newCallProtocol(fr, DefaultLimits().Config())
+		in.reset(1 << 20)
+		if _, err := fr.Read(make([]byte, size-4)); err != nil {
+			t.Fatal(err)
+		}
+		for fr.left > 4 {
+			fr.Read(make([]byte, fr.left-4))
+		}
+		if s, err := in.ReadString(context.Background()); err != nil || s != "" {
+			t.Fatalf("size %d: %q %v", size, s, err)
+		}
+		if _, err := in.ReadBinary(context.Background()); err == nil {
+			t.Fatalf("size %d: read past the end of the frame", size)
+		}
+		fr.release()
+	}
+}
