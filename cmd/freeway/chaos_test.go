@@ -53,9 +53,10 @@ package main
 //
 // Settling. After the fault phase every process is made to run, then the
 // test waits until every agent's queue is empty, the writer has nothing
-// pending, every shard runs exactly once with no segment lag, the
-// pipeline's counters stay unchanged for a while, every Puma node has
-// committed a checkpoint since, and two answers some seconds apart agree.
+// pending, every shard runs exactly once with no segment lag and nothing
+// read past its last commit, the pipeline's counters stay unchanged for a
+// while, every Puma node has committed a checkpoint since, and two
+// complete (not partial) answers some seconds apart agree.
 // Only then is the answer checked, once. On the embedded backends the
 // core process is then SIGKILLed once more and must come back to exactly
 // the same answer from its checkpoints.

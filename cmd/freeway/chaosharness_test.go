@@ -869,7 +869,7 @@ type observation struct {
 func (h *harness) observe() observation {
 	var ob observation
 	var fp strings.Builder
-	var queued, pending float64
+	var queued, pending, uncommitted float64
 	shards := map[string]int{}
 	var lag float64
 	for _, p := range h.procs {
@@ -880,6 +880,7 @@ func (h *harness) observe() observation {
 		}
 		queued += m.sum("freeway_agent_queue_entries") + m.sum("freeway_agent_batches_in_flight")
 		pending += m.sum("freeway_calligraphus_pending_bytes")
+		uncommitted += m.sum("freeway_puma_shards_uncommitted")
 		for labels, v := range m.series("freeway_puma_segment_lag") {
 			shards[labels]++
 			lag += v
@@ -913,6 +914,8 @@ func (h *harness) observe() observation {
 		ob.why = fmt.Sprintf("shards running: %v (want each of %d once)", shards, chaosBuckets)
 	case lag > 0:
 		ob.why = fmt.Sprintf("segment lag %g", lag)
+	case uncommitted > 0:
+		ob.why = fmt.Sprintf("%g shards read past their last commit", uncommitted)
 	default:
 		ob.quiet = true
 	}
@@ -996,13 +999,18 @@ func (h *harness) answer() (map[string]cellValue, error) {
 			Key    map[string]string   `json:"key"`
 			Values map[string]*float64 `json:"values"`
 		} `json:"rows"`
-		Truncated bool `json:"truncated"`
+		Truncated     bool            `json:"truncated"`
+		Partial       bool            `json:"partial"`
+		MissingShards json.RawMessage `json:"missing_shards"`
 	}
 	if err := json.Unmarshal(body, &a); err != nil {
 		return nil, fmt.Errorf("query answer: %w", err)
 	}
 	if a.Truncated {
 		return nil, errors.New("query answer truncated")
+	}
+	if a.Partial {
+		return nil, fmt.Errorf("query answer partial, missing shards %s", a.MissingShards)
 	}
 	out := make(map[string]cellValue, len(a.Rows))
 	for _, r := range a.Rows {
