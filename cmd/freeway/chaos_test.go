@@ -96,8 +96,6 @@ func TestChaosEmbedded(t *testing.T) {
 			"--data-dir", filepath.Join(h.dir, name),
 			"--agent.listen", addr(1+2*i), "--agent.upstream", writer, "--admin-listen", addr(2+2*i)))
 	}
-	h.pumas = []*chaosProc{core}
-	h.writers = []*chaosProc{core}
 	h.queryAddr = core.http
 
 	kill := []string{"core", "agent-1", "agent-2"}
@@ -152,7 +150,7 @@ func TestChaosEngines(t *testing.T) {
 	ports := freePorts(t, 11)
 	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
 	writerAddr := addr(0)
-	writer := h.addProc("calligraphus", "calligraphus", addr(1), "",
+	h.addProc("calligraphus", "calligraphus", addr(1), "",
 		"--data-dir", filepath.Join(h.dir, "calligraphus"), "--calligraphus.listen", writerAddr, "--admin-listen", addr(1))
 	for i := range 3 {
 		name := fmt.Sprintf("agent-%d", i)
@@ -162,12 +160,10 @@ func TestChaosEngines(t *testing.T) {
 	}
 	for i := range 2 {
 		name := fmt.Sprintf("puma-%d", i)
-		h.pumas = append(h.pumas, h.addProc(name, "puma", addr(8+i), "",
-			"--data-dir", filepath.Join(h.dir, name), "--admin-listen", addr(8+i)))
+		h.addProc(name, "puma", addr(8+i), "", "--data-dir", filepath.Join(h.dir, name), "--admin-listen", addr(8+i))
 	}
 	serving := h.addProc("serving", "serving", addr(10), "",
 		"--data-dir", filepath.Join(h.dir, "serving"), "--serving.listen", addr(10))
-	h.writers = []*chaosProc{writer}
 	h.queryAddr = serving.http
 
 	killable := []string{"agent-0", "agent-1", "agent-2", "calligraphus", "puma-0", "puma-1", "serving"}

@@ -82,8 +82,6 @@ type harness struct {
 
 	procs     []*chaosProc
 	agents    []*chaosProc // where the generator sends
-	pumas     []*chaosProc // processes whose /metrics are Puma's
-	writers   []*chaosProc // processes whose /metrics are calligraphus's
 	queryAddr string       // host:port of the query API
 	engines   string       // engines.sh, on the real engines
 	dfsURL    string       // removed after a successful run on the engines
