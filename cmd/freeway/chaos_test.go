@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The chaos test: the proof that Freeway never loses, wipes or
@@ -7,7 +9,7 @@ package main
 // stop, everything settles, and the query answer is compared with the
 // generator's ground truth.
 //
-// It runs only when FREEWAY_CHAOS is set: "short" (about a minute of
+// It runs on Linux only when FREEWAY_CHAOS is set: "short" (about a minute of
 // faults per backend; `make test` runs it after the other tests) or "long"
 // (minutes; `make chaos`). FREEWAY_CHAOS_SEED=N replays a run's schedule
 // of faults and the generator's records (timing still varies);

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The machinery of the chaos test (chaos_test.go): processes of the real
@@ -256,6 +258,9 @@ func (h *harness) launch(p *chaosProc) error {
 	fmt.Fprintf(f, "==== chaos: start %d at +%.1fs: freeway %s\n", n, time.Since(h.start).Seconds(), strings.Join(p.args, " "))
 	cmd := exec.Command(h.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	// Should the test binary die (a panic, go test's -timeout), its
+	// processes die with it rather than run on, stopped or not.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
