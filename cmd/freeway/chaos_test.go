@@ -28,11 +28,15 @@ package main
 //     the writer, Puma nodes and the serving node (engines).
 //   - SIGSTOP, then SIGCONT up to 3s later: the process holds its
 //     connections, leases and half-done calls while doing nothing (a long
-//     GC pause, a stalled disk); clients of a stopped agent time out.
-//   - Engines only: SIGSTOP of a Puma node or of the writer for twice the
-//     ZooKeeper session timeout (4s here), so that its session expires and
-//     its leases move (to the other Puma node), and it wakes up as a stale
-//     owner that must notice and be fenced.
+//     GC pause, a stalled disk).
+//   - A long SIGSTOP, 8 to 9s: past twice the ZooKeeper session timeout (4s
+//     here), so that the session of a Puma node or the writer expires, its
+//     leases move (to the other Puma node), and it wakes up as a stale
+//     owner that must notice and be fenced; and past the agents' 5s
+//     upstream timeout and the generator's 5s call timeout, so that a
+//     batch the stopped writer (embedded: the core) finishes after its
+//     agent gave up is sent again, and a stopped agent finishes calls its
+//     client gave up (in doubt).
 //   - Engines only: `deploy/engines/engines.sh restart` of the HDFS
 //     DataNode and of the HBase Thrift2 gateway, by SIGTERM or by SIGKILL
 //     (--kill, at least once per run).
@@ -104,9 +108,10 @@ func TestChaosEmbedded(t *testing.T) {
 	kill := []string{"core", "agent-1", "agent-2"}
 	plan := h.plan(
 		[]fault{{kind: faultKill, target: "core"}, {kind: faultKill, target: pick(h.rng, kill[1:])},
-			{kind: faultStop, target: "core"}, {kind: faultStop, target: pick(h.rng, kill[1:])}},
-		map[faultKind]int{faultKill: 5, faultStop: 5},
-		map[faultKind][]string{faultKill: kill, faultStop: kill})
+			{kind: faultStop, target: "core"}, {kind: faultStop, target: pick(h.rng, kill[1:])},
+			{kind: faultLong, target: "core"}},
+		map[faultKind]int{faultKill: 5, faultStop: 5, faultLong: 1},
+		map[faultKind][]string{faultKill: kill, faultStop: kill, faultLong: kill})
 
 	if !h.run(plan) {
 		return
@@ -171,7 +176,8 @@ func TestChaosEngines(t *testing.T) {
 	h.queryAddr = serving.http
 
 	killable := []string{"agent-0", "agent-1", "agent-2", "calligraphus", "puma-0", "puma-1", "serving"}
-	leased := []string{"calligraphus", "puma-0", "puma-1"}
+	// Long stops: the lease holders twice as often as an agent.
+	long := []string{"calligraphus", "puma-0", "puma-1", "calligraphus", "puma-0", "puma-1", "agent-0", "agent-1", "agent-2"}
 	forced := pick(h.rng, []string{"datanode", "thrift2"})
 	other := map[string]string{"datanode": "thrift2", "thrift2": "datanode"}[forced]
 	plan := h.plan(
@@ -181,13 +187,13 @@ func TestChaosEngines(t *testing.T) {
 			{kind: faultKill, target: pick(h.rng, []string{"puma-0", "puma-1"})},
 			{kind: faultKill, target: "serving"},
 			{kind: faultStop, target: pick(h.rng, killable)},
-			{kind: faultExpire, target: pick(h.rng, []string{"puma-0", "puma-1"})},
-			{kind: faultExpire, target: "calligraphus"},
+			{kind: faultLong, target: pick(h.rng, []string{"puma-0", "puma-1"})},
+			{kind: faultLong, target: "calligraphus"},
 			{kind: faultEngine, target: forced, kill: true},
 			{kind: faultEngine, target: other, kill: h.rng.IntN(2) == 0},
 		},
-		map[faultKind]int{faultKill: 7, faultStop: 7, faultExpire: 2, faultEngine: 3},
-		map[faultKind][]string{faultKill: killable, faultStop: killable, faultExpire: leased, faultEngine: {"datanode", "thrift2"}})
+		map[faultKind]int{faultKill: 7, faultStop: 7, faultLong: 3, faultEngine: 3},
+		map[faultKind][]string{faultKill: killable, faultStop: killable, faultLong: long, faultEngine: {"datanode", "thrift2"}})
 	h.run(plan)
 }
 

@@ -52,7 +52,8 @@ const (
 	callPause = 30 * time.Millisecond
 
 	// sessionTimeout is the ZooKeeper session timeout of the engine
-	// processes; an "expire" fault stops a process for more than twice it.
+	// processes; a long stop lasts more than twice it, and more than the
+	// agents' upstream_timeout and callTimeout (5s).
 	sessionTimeout = 4 * time.Second
 	// callTimeout bounds one Log call; a call that takes longer is in doubt.
 	callTimeout = 5 * time.Second
@@ -374,7 +375,7 @@ type faultKind string
 const (
 	faultKill   faultKind = "kill"   // SIGKILL, pause, restart
 	faultStop   faultKind = "stop"   // SIGSTOP, pause, SIGCONT
-	faultExpire faultKind = "expire" // SIGSTOP past the ZooKeeper session timeout
+	faultLong   faultKind = "long"   // SIGSTOP past the session, upstream and call timeouts
 	faultEngine faultKind = "engine" // engines.sh restart
 )
 
@@ -440,7 +441,7 @@ func (h *harness) plan(required []fault, weights map[faultKind]int, targets map[
 			f.d = 200*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))
 		case faultStop:
 			f.d = 300*time.Millisecond + time.Duration(rng.Int64N(int64(2700*time.Millisecond)))
-		case faultExpire:
+		case faultLong:
 			f.d = 2*sessionTimeout + time.Duration(rng.Int64N(int64(time.Second)))
 		}
 		f.at = at
@@ -498,15 +499,18 @@ func (h *harness) doFault(f fault) {
 		h.logf("SIGKILL %s (pid %d); restart in %.1fs", p.name, pid, f.d.Seconds())
 		time.Sleep(f.d)
 		h.restart(p)
-	case faultStop, faultExpire:
+	case faultStop, faultLong:
 		p := h.byName(f.target)
 		if !p.running() {
 			h.logf("skipped SIGSTOP %s: not running", p.name)
 			return
 		}
 		what := ""
-		if f.kind == faultExpire {
-			what = fmt.Sprintf(", past its %s ZooKeeper session timeout", sessionTimeout)
+		if f.kind == faultLong {
+			what = fmt.Sprintf(", past the %s call and upstream timeouts", callTimeout)
+			if h.engines != "" {
+				what += fmt.Sprintf(" and the %s ZooKeeper session timeout", sessionTimeout)
+			}
 		}
 		pid := p.signal(syscall.SIGSTOP)
 		h.logf("SIGSTOP %s (pid %d) for %.1fs%s", p.name, pid, f.d.Seconds(), what)
