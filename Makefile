@@ -18,11 +18,12 @@ build:
 run:
 	$(GO) run ./cmd/freeway --config examples/freeway.yaml --demo
 
-## test: static checks, then every test with -race against the real engines,
-## then the short chaos test on both backends (on its own: it restarts
-## engine processes, which the other tests must not see)
+## test: static checks, every test with -race against the real engines, 2s
+## of each fuzz target, then the short chaos test on both backends (on its
+## own: it restarts engine processes, which the other tests must not see)
 test: deps check engines
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
+	GO=$(GO) scripts/fuzz.sh 2s
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 FREEWAY_CHAOS=short \
 		$(GO) test -race -count=1 -timeout 20m -v -run '^TestChaos' ./cmd/freeway/
 
@@ -63,6 +64,18 @@ engines-status:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
+
+.PHONY: fuzz soak
+FUZZTIME ?= 1m
+SOAKTIME ?= 1h
+
+## fuzz: every fuzz target (func FuzzX) for FUZZTIME each; failing inputs land in testdata/fuzz
+fuzz:
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
+
+## soak: freeway all at half its maximum load (found first) for SOAKTIME; report in bench/results (not CI)
+soak: build
+	GO=$(GO) SOAK_COMMAND="make soak SOAKTIME=$(SOAKTIME)" bench/soak.sh $(SOAKTIME)
 
 clean:
 	rm -rf bin freeway-data

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/store"
 )
 
@@ -49,7 +50,7 @@ func (c *Committed) Apps() []*apps.App {
 func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	app, ok := c.apps[q.App]
 	if !ok {
-		return nil, badQuery("unknown app %q", q.App)
+		return nil, badQuery("unknown app %q", ratelog.Clip(q.App))
 	}
 	pl, err := newPlan(app, q)
 	if err != nil {

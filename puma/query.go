@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
 // Query asks for an app's aggregates over windows starting in [FromMs, ToMs).
@@ -57,7 +58,8 @@ type MissingShard struct {
 }
 
 // BadQueryError is a query the caller got wrong (unknown app, bad
-// group_by): serving answers it with 400.
+// group_by): serving answers it with 400. What it quotes of the query
+// is clipped (ratelog.Clip).
 type BadQueryError struct{ Msg string }
 
 func (e *BadQueryError) Error() string { return e.Msg }
@@ -97,10 +99,10 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 	for _, g := range groupBy {
 		i := slices.Index(app.Spec.GroupBy, g)
 		if i < 0 {
-			return nil, badQuery("app %s does not group by %q (it groups by %s)", app.Name(), g, strings.Join(app.Spec.GroupBy, ", "))
+			return nil, badQuery("app %s does not group by %q (it groups by %s)", app.Name(), ratelog.Clip(g), strings.Join(app.Spec.GroupBy, ", "))
 		}
 		if slices.Contains(pl.names, g) {
-			return nil, badQuery("group_by names %q twice", g)
+			return nil, badQuery("group_by names %q twice", ratelog.Clip(g))
 		}
 		pl.project = append(pl.project, i)
 		pl.names = append(pl.names, g)
@@ -249,7 +251,7 @@ func siftDown(h []keyed, i int) {
 func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	app, ok := p.apps[q.App]
 	if !ok {
-		return nil, badQuery("unknown app %q", q.App)
+		return nil, badQuery("unknown app %q", ratelog.Clip(q.App))
 	}
 	pl, err := newPlan(app, q)
 	if err != nil {

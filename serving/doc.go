@@ -26,6 +26,11 @@
 // When serving fans out to other Puma nodes (not yet), it dials them with
 // Deps.TLS.ClientConfig.
 //
+// Bad queries. A query string that does not parse, an unknown parameter
+// or app, a bad value: 400 (over Thrift a QueryError of code 400) with an
+// error quoting at most a clipped part of what was sent; never a 500.
+// FuzzQueryHTTP and FuzzQueryThrift hold both ports to that.
+//
 // Readiness. /readyz answers 200 "ready", or 503 with the reason and one
 // line per shard in the way (recovering since when, failed with its error
 // and next try, held by nobody). ReadyzHandler is the one implementation:

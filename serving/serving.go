@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -27,6 +28,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
@@ -412,15 +414,16 @@ type MissingShardJSON struct {
 
 var queryParams = map[string]bool{"app": true, "from": true, "to": true, "group_by": true, "window": true, "limit": true}
 
-// parseQuery turns URL parameters into a query; errors are the caller's.
+// parseQuery turns URL parameters into a query; errors are the caller's,
+// and quote what the caller sent clipped (ratelog.Clip).
 func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	var q puma.Query
 	for _, k := range slices.Sorted(maps.Keys(params)) {
 		if !queryParams[k] {
-			return q, fmt.Errorf("unknown parameter %q (want app, from, to, group_by, window, limit)", k)
+			return q, fmt.Errorf("unknown parameter %q (want app, from, to, group_by, window, limit)", ratelog.Clip(k))
 		}
 		if n := len(params[k]); n > 1 {
-			return q, fmt.Errorf("parameter %q given %d times", k, n)
+			return q, fmt.Errorf("parameter %q given %d times", ratelog.Clip(k), n)
 		}
 	}
 	get := func(k string) (string, bool) {
@@ -461,14 +464,14 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 			q.GroupBy = strings.Split(v, ",")
 			for _, g := range q.GroupBy {
 				if g == "" {
-					return q, fmt.Errorf("bad group_by %q: empty field name", v)
+					return q, fmt.Errorf("bad group_by %q: empty field name", ratelog.Clip(v))
 				}
 			}
 		}
 	}
 	if v, ok := get("window"); ok {
 		if v != "all" {
-			return q, fmt.Errorf("bad window %q: the only value is all", v)
+			return q, fmt.Errorf("bad window %q: the only value is all", ratelog.Clip(v))
 		}
 		q.AllWindows = true
 	}
@@ -476,7 +479,7 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	if v, ok := get("limit"); ok {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
-			return q, fmt.Errorf("bad limit %q: want a positive integer", v)
+			return q, fmt.Errorf("bad limit %q: want a positive integer", ratelog.Clip(v))
 		}
 		q.Limit = min(n, s.cfg.MaxRows)
 	}
@@ -495,7 +498,7 @@ func ParseTime(v string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
 		return t, nil
 	}
-	bad := fmt.Errorf("%q is neither RFC 3339 nor Unix seconds", v)
+	bad := fmt.Errorf("%q is neither RFC 3339 nor Unix seconds", ratelog.Clip(v))
 	if !unixSeconds.MatchString(v) {
 		return time.Time{}, bad
 	}
@@ -523,7 +526,14 @@ func (s *Server) query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 }
 
 func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
-	q, err := s.parseQuery(r.URL.Query())
+	// Not r.URL.Query(): it drops the pairs that do not parse (a bad
+	// %-escape, a ';'), and the query would run without them.
+	params, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad query string: "+ratelog.Clip(err.Error()))
+		return
+	}
+	q, err := s.parseQuery(params)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

@@ -33,7 +33,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // now is the injected clock of every test server.
 var now = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 
-func testApps(t *testing.T) []*apps.App {
+func testApps(t testing.TB) []*apps.App {
 	t.Helper()
 	var out []*apps.App
 	for _, s := range []apps.Spec{
@@ -295,6 +295,8 @@ func TestBadQueryParameters(t *testing.T) {
 		{"app=orders&limit=-3", "want a positive integer"},
 		{"app=orders&limit=ten", "want a positive integer"},
 		{"app=orders&limit=99999999999999999999", "want a positive integer"},
+		{"app=orders&limit=%zz", `bad query string: invalid URL escape "%zz"`},
+		{"app=orders&from=1;to=2", "bad query string: invalid semicolon separator"},
 	} {
 		n := src.count()
 		w := get(t, s, "/api/v1/query?"+c.query)

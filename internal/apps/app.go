@@ -267,8 +267,14 @@ func newTimeParser(layout string) (func(Value) (int64, error), error) {
 	// A Go layout must format the reference time back to something it can
 	// parse; a layout without any time element is a typo.
 	ref := time.Date(2011, 3, 7, 8, 9, 10, 0, time.UTC)
-	if _, err := time.Parse(layout, ref.Format(layout)); err != nil || ref.Format(layout) == layout {
+	back, err := time.Parse(layout, ref.Format(layout))
+	if err != nil || ref.Format(layout) == layout {
 		return nil, fmt.Errorf("%q is not a time layout (use unix, unix_ms, unix_us, unix_ns, rfc3339 or a Go layout like \"02/Jan/2006:15:04:05 -0700\")", layout)
+	}
+	// Without a year every time reads as year 0, before 1970: every
+	// line would be a bad time.
+	if back.Year() != ref.Year() {
+		return nil, fmt.Errorf("time layout %q has no year (2006 or 06): its times would fall in year 0 and every line would be refused", layout)
 	}
 	return func(v Value) (int64, error) {
 		if v.IsNum && v.Str == "" {

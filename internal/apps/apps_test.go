@@ -126,12 +126,13 @@ func TestTSVAndLogfmtAndArrivalTime(t *testing.T) {
 }
 
 func TestWhere(t *testing.T) {
-	rec := newRecord([]string{"status", "method", "bot", "path", "limit"})
+	rec := newRecord([]string{"status", "method", "bot", "path", "limit", "ville"})
 	rec.set(0, Value{Str: "503"})
 	rec.set(1, Value{Str: "GET"})
 	rec.set(2, Value{Str: "false"})
 	rec.set(3, Value{Str: "/a"})
 	rec.set(4, Value{Str: "600"})
+	rec.set(5, Value{Str: "Zürich"})
 	cases := map[string]bool{
 		`status >= 500`:                        true,
 		`status > 503`:                         false,
@@ -148,6 +149,8 @@ func TestWhere(t *testing.T) {
 		`status <> 200`:                        true,
 		`method < "H"`:                         true,
 		`status >= -1.5e1`:                     true,
+		`ville == "Zürich"`:                    true,
+		"status\u00a0>=\u00a0500":              true, // no-break spaces
 	}
 	for src, want := range cases {
 		e, err := parseWhere(src)
@@ -169,6 +172,7 @@ func TestWhere(t *testing.T) {
 		`status > 1 and`:     "ends too early",
 		`status ! 1`:         "unknown operator",
 		`status == 1 or and`: "expected a field",
+		"status == \xff":     "invalid UTF-8",
 	} {
 		if _, err := parseWhere(src); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%s: error %v, want %q", src, err, msg)
@@ -194,6 +198,7 @@ func TestValidation(t *testing.T) {
 		{func(s *Spec) { s.Format = "regex"; s.Pattern = `(?P<x>\d+)` }, "$.apps[0].group_by[0]", `"k" is not a named group`},
 		{func(s *Spec) { s.Format = "tsv"; s.Fields = []string{"x"} }, "$.apps[0].group_by[0]", "not one of the tsv fields"},
 		{func(s *Spec) { s.Time = &TimeSpec{Field: "ts", Layout: "yesterday"} }, "$.apps[0].time.layout", "not a time layout"},
+		{func(s *Spec) { s.Time = &TimeSpec{Field: "ts", Layout: "Jan _2 15:04:05"} }, "$.apps[0].time.layout", "has no year"},
 		{func(s *Spec) { s.Time = &TimeSpec{Layout: "unix"} }, "$.apps[0].time", "needs a field"},
 		{func(s *Spec) { s.Window = config.Duration(1500 * 1e6) }, "$.apps[0].window", "whole number of seconds"},
 		{func(s *Spec) { s.Window = config.Duration(3600 * 1e9); s.Retention = config.Duration(60 * 1e9) }, "$.apps[0].retention", "at least one window"},

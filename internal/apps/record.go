@@ -135,8 +135,15 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 			b, _ := f.StringBytes()
 			r.set(i, Value{Str: string(b)})
 		case fastjson.TypeNumber:
-			n, _ := f.Float64()
-			r.set(i, Value{Str: string(f.MarshalTo(nil)), Num: n, IsNum: true})
+			// fastjson takes any run of digits, dots, signs and exponents
+			// for a number (1.2.3, --1): such a value is text, so that a
+			// numeric aggregate counts it as a bad value, not as 0.
+			raw := string(f.MarshalTo(nil))
+			if n, err := f.Float64(); err == nil {
+				r.set(i, Value{Str: raw, Num: n, IsNum: true})
+			} else {
+				r.set(i, Value{Str: raw})
+			}
 		case fastjson.TypeTrue:
 			r.set(i, Value{Str: "true"})
 		case fastjson.TypeFalse:

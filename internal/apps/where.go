@@ -2,9 +2,11 @@ package apps
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // A where filter is a small boolean language over a record's fields:
@@ -13,9 +15,9 @@ import (
 //
 // Comparisons are ==, != (or =, <>), <, <=, >, >= between a field and a
 // literal (a number or a quoted string) or another field. Two numbers
-// compare as numbers, anything else as strings. A comparison with a missing
-// field is false. A field alone is true when present and not "", "0" or
-// "false". Keywords: and, or, not, case-insensitive.
+// compare as numbers, anything else (NaN too) as strings. A comparison
+// with a missing field is false. A field alone is true when present and
+// not "", "0" or "false". Keywords: and, or, not, case-insensitive.
 
 type expr interface {
 	eval(r *Record) bool
@@ -69,7 +71,9 @@ func (e cmpExpr) eval(r *Record) bool {
 	var c int
 	an, aok := a.Number()
 	bn, bok := b.Number()
-	if aok && bok {
+	// NaN is no number to order by: compared as one, it would equal every
+	// number ("NaN" >= 500 and "NaN" < 500 both true).
+	if aok && bok && !math.IsNaN(an) && !math.IsNaN(bn) {
 		switch {
 		case an < bn:
 			c = -1
@@ -114,15 +118,19 @@ type token struct {
 	pos  int // 1-based column in the expression
 }
 
+// lex reads s by runes (a byte of a multi-byte character is not a
+// letter or a space of its own).
 func lex(s string) ([]token, error) {
 	var toks []token
 	i := 0
 	for i < len(s) {
-		c := rune(s[i])
+		c, size := utf8.DecodeRuneInString(s[i:])
 		start := i
 		switch {
+		case c == utf8.RuneError && size == 1:
+			return nil, fmt.Errorf("column %d: invalid UTF-8", start+1)
 		case unicode.IsSpace(c):
-			i++
+			i += size
 			continue
 		case c == '(' || c == ')':
 			toks = append(toks, token{string(c), string(c), start + 1})
@@ -158,9 +166,9 @@ func lex(s string) ([]token, error) {
 			}
 			i += len(opText(s[i:]))
 			toks = append(toks, token{"op", op, start + 1})
-		case c == '-' || c == '.' || unicode.IsDigit(c):
+		case c == '-' || c == '.' || isDigit(s[i]):
 			j := i + 1
-			for j < len(s) && (unicode.IsDigit(rune(s[j])) || strings.ContainsRune(".eE+-", rune(s[j]))) {
+			for j < len(s) && (isDigit(s[j]) || strings.ContainsRune(".eE+-", rune(s[j]))) {
 				if (s[j] == '+' || s[j] == '-') && s[j-1] != 'e' && s[j-1] != 'E' {
 					break
 				}
@@ -172,9 +180,13 @@ func lex(s string) ([]token, error) {
 			toks = append(toks, token{"num", s[i:j], start + 1})
 			i = j
 		case c == '_' || unicode.IsLetter(c):
-			j := i + 1
-			for j < len(s) && (s[j] == '_' || s[j] == '.' || s[j] == '-' || unicode.IsLetter(rune(s[j])) || unicode.IsDigit(rune(s[j]))) {
-				j++
+			j := i + size
+			for j < len(s) {
+				r, n := utf8.DecodeRuneInString(s[j:])
+				if r != '_' && r != '.' && r != '-' && !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+					break
+				}
+				j += n
 			}
 			toks = append(toks, token{"ident", s[i:j], start + 1})
 			i = j
@@ -184,6 +196,8 @@ func lex(s string) ([]token, error) {
 	}
 	return append(toks, token{"eof", "", len(s) + 1}), nil
 }
+
+func isDigit(b byte) bool { return b >= '0' && b <= '9' }
 
 // opText returns the operator at the start of s as written ("=", "==", "<>", ...).
 func opText(s string) string {

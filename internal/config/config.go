@@ -1,9 +1,13 @@
 // Package config loads Freeway's YAML configuration strictly: an unknown
 // key, a value of the wrong type or a value that fails validation is
-// reported with the file name, line and column, and the line itself.
+// reported with the file name, line and column, and the line itself. So
+// are what go-yaml would mishandle: YAML tags (not used here) and aliases
+// of no anchor. A file of nothing but comments is empty. Decoding never
+// panics (internal/freeway fuzzes it with whole files).
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -19,6 +23,10 @@ import (
 type FieldError struct {
 	Path string
 	Msg  string
+	// Also are the paths of other keys the error is about, where it is
+	// placed when the file does not hold Path (a limit left at its
+	// default that a key set in the file exceeds).
+	Also []string
 }
 
 func (e *FieldError) Error() string { return strings.TrimPrefix(e.Path, "$.") + ": " + e.Msg }
@@ -26,6 +34,22 @@ func (e *FieldError) Error() string { return strings.TrimPrefix(e.Path, "$.") + 
 // Errorf returns a FieldError at path.
 func Errorf(path, format string, args ...any) error {
 	return &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Key returns path extended by a mapping key, quoted when the key holds
+// what a YAML path would read otherwise ("$.categories.'web.v2'").
+func Key(path, key string) string {
+	plain := key != ""
+	for _, c := range key {
+		if !(c == '_' || c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return path + "." + key
+	}
+	return path + ".'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(key) + "'"
 }
 
 // Error is an error in a configuration file, with its position.
@@ -59,11 +83,22 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if strings.TrimSpace(string(data)) == "" {
 		return &Error{File: file, Msg: "the file is empty"}
 	}
+	// YAML reads "\r\n" and a lone "\r" as line breaks, and a scalar's line
+	// breaks as "\n"; go-yaml counts lines wrong when they mix (a
+	// position one or more lines off), so they are made "\n" first.
+	data = bytes.ReplaceAll(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return positioned(file, err)
 	}
-	if err := yaml.NodeToValue(documentBody(astFile), dst, yaml.DisallowUnknownField()); err != nil {
+	body := documentBody(astFile)
+	if body == nil {
+		return &Error{File: file, Msg: "the file is empty (nothing but comments)"}
+	}
+	if err := checkNodes(body); err != nil {
+		return positioned(file, err)
+	}
+	if err := nodeToValue(body, dst); err != nil {
 		return positioned(file, err)
 	}
 	if validate == nil {
@@ -78,6 +113,12 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 		return &Error{File: file, Msg: err.Error()}
 	}
 	tok := nodeAt(astFile, fe.Path)
+	for _, p := range fe.Also {
+		if tok != nil {
+			break
+		}
+		tok = nodeAt(astFile, p)
+	}
 	msg := fe.Error()
 	if tok == nil {
 		return &Error{File: file, Msg: msg}
@@ -85,11 +126,61 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(tok)}
 }
 
+// documentBody is the first document of f, nil if it has none (only
+// comments, or a bare "---").
 func documentBody(f *ast.File) ast.Node {
 	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
-		return &ast.NullNode{}
+		return nil
 	}
 	return f.Docs[0].Body
+}
+
+// checkNodes refuses, at their position, what go-yaml mishandles: a tag
+// (a tagged value where a list or a section is expected, "apps: !x 1",
+// crashed its decoder; the configuration has no use for tags), and an
+// alias of no anchor (refused without a position).
+func checkNodes(body ast.Node) error {
+	c := &nodeChecker{anchors: map[string]bool{}}
+	ast.Walk(c, body)
+	return c.err
+}
+
+type nodeChecker struct {
+	anchors map[string]bool
+	err     error
+}
+
+func (c *nodeChecker) Visit(n ast.Node) ast.Visitor {
+	if c.err != nil || n == nil {
+		return nil
+	}
+	switch n := n.(type) {
+	case *ast.TagNode:
+		c.err = &nodeError{n, fmt.Errorf("YAML tags (%s) are not supported in the configuration", n.GetToken().Value)}
+		return nil
+	case *ast.AnchorNode:
+		if n.Name != nil {
+			c.anchors[n.Name.GetToken().Value] = true
+		}
+	case *ast.AliasNode:
+		if n.Value != nil && !c.anchors[n.Value.GetToken().Value] {
+			c.err = &nodeError{n, fmt.Errorf("alias *%s names no anchor defined before it", n.Value.GetToken().Value)}
+			return nil
+		}
+	}
+	return c
+}
+
+// nodeToValue decodes body into dst; a panic of the decoder on input no
+// check foresaw is an error, not the end of the process (a reload reads
+// the file while the process runs).
+func nodeToValue(body ast.Node, dst any) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("the YAML decoder failed on this file: %v", r)
+		}
+	}()
+	return yaml.NodeToValue(body, dst, yaml.DisallowUnknownField())
 }
 
 // positioned turns a go-yaml error into an Error.
@@ -126,7 +217,7 @@ func source(tok *token.Token) string {
 // that name a missing key.
 func nodeAt(f *ast.File, path string) *token.Token {
 	for p := path; p != "" && p != "$"; p = parentPath(p) {
-		yp, err := yaml.PathString(p)
+		yp, err := pathString(p)
 		if err != nil {
 			continue
 		}
@@ -136,6 +227,17 @@ func nodeAt(f *ast.File, path string) *token.Token {
 		}
 	}
 	return nil
+}
+
+// pathString is yaml.PathString, which panics on some paths ("$.a[0"):
+// such a path is no path.
+func pathString(p string) (yp *yaml.Path, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bad YAML path %q: %v", p, r)
+		}
+	}()
+	return yaml.PathString(p)
 }
 
 func parentPath(p string) string {

@@ -61,6 +61,9 @@ func TestErrorsCarryPosition(t *testing.T) {
 		{"validation", "name: x\nitems:\n  - fn: count\n  - fn: cnt\n", func(d *doc) error {
 			return Errorf("$.items[1].fn", "unknown function %q", d.Items[1].Fn)
 		}, 4, 9, `items[1].fn: unknown function "cnt"`},
+		{"tag where a list is expected", "name: x\nitems: !x 1\n", nil, 2, 8, "tags (!x) are not supported"},
+		{"alias of no anchor", "name: x\nitems:\n  - fn: *f\n", nil, 3, 9, "alias *f names no anchor"},
+		{"mixed line breaks", "# c\r\n# d\rname: x\r\nsize: lots\n", nil, 4, 7, "invalid size"},
 		{"validation of a missing key points at the parent", "name: x\nitems:\n  - fn: count\n", func(d *doc) error {
 			return Errorf("$.items[0].every", "every is required")
 		}, 3, 0, "every is required"},
@@ -86,7 +89,20 @@ func TestErrorsCarryPosition(t *testing.T) {
 }
 
 func TestEmptyFile(t *testing.T) {
-	if _, err := decode(t, "  \n", nil); err == nil || !strings.Contains(err.Msg, "empty") {
-		t.Fatalf("empty file: %v", err)
+	for _, src := range []string{"  \n", "# nothing but a comment\n", "---\n"} {
+		if _, err := decode(t, src, nil); err == nil || !strings.Contains(err.Msg, "empty") {
+			t.Fatalf("empty file %q: %v", src, err)
+		}
+	}
+}
+
+func TestKey(t *testing.T) {
+	for key, want := range map[string]string{
+		"access": "$.c.access", "a_b-9": "$.c.a_b-9", "web.v2": "$.c.'web.v2'", "0[0": "$.c.'0[0'",
+		"it's": `$.c.'it\'s'`, `a\b`: `$.c.'a\\b'`, "": "$.c.''",
+	} {
+		if got := Key("$.c", key); got != want {
+			t.Errorf("Key(%q) = %s, want %s", key, got, want)
+		}
 	}
 }

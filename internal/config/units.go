@@ -2,11 +2,12 @@ package config
 
 import (
 	"fmt"
-
-	"github.com/goccy/go-yaml/ast"
+	"math"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/goccy/go-yaml/ast"
 )
 
 // Duration is a time.Duration written in YAML as "500ms", "10s", "5m",
@@ -18,12 +19,19 @@ type Duration time.Duration
 func ParseDuration(s string) (time.Duration, error) {
 	s = strings.TrimSpace(s)
 	var days time.Duration
+	all := s
 	if i := strings.IndexByte(s, 'd'); i > 0 {
 		n, err := strconv.ParseFloat(s[:i], 64)
 		if err != nil {
 			return 0, fmt.Errorf("invalid duration %q", s)
 		}
-		days = time.Duration(n * float64(24*time.Hour))
+		// A float out of int64's range converts to anything (NaN and
+		// 1e300 days became a large negative duration): refuse it.
+		ns := n * float64(24*time.Hour)
+		if math.IsNaN(ns) || math.Abs(ns) >= math.MaxInt64 {
+			return 0, fmt.Errorf("duration %q is out of range (at most about 106751d)", all)
+		}
+		days = time.Duration(ns)
 		s = s[i+1:]
 		if s == "" {
 			return days, nil
@@ -33,7 +41,11 @@ func ParseDuration(s string) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("invalid duration %q (use e.g. 500ms, 10s, 5m, 2h, 7d)", s)
 	}
-	return days + d, nil
+	sum := days + d
+	if (d > 0 && sum < days) || (d < 0 && sum > days) {
+		return 0, fmt.Errorf("duration %q is out of range (at most about 106751d)", all)
+	}
+	return sum, nil
 }
 
 // UnmarshalText implements encoding.TextUnmarshaler (YAML and flags).
@@ -99,8 +111,13 @@ func ParseByteSize(s string) (int64, error) {
 	for _, u := range sizeUnits {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
 			n, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
-			if err != nil || n < 0 {
+			if err != nil || !(n >= 0) {
 				return 0, fmt.Errorf("invalid size %q", s)
+			}
+			// A float out of int64's range converts to anything (NaN and
+			// 1e300GiB became a negative size): refuse it.
+			if b := n * float64(u.mult); b >= math.MaxInt64 {
+				return 0, fmt.Errorf("size %q is out of range (at most 8EiB)", s)
 			}
 			return int64(n * float64(u.mult)), nil
 		}

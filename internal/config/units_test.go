@@ -12,7 +12,7 @@ func TestParseDuration(t *testing.T) {
 			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "7", "xd", "1y", "d"} {
+	for _, bad := range []string{"", "7", "xd", "1y", "d", "1e300d", "NaNd", "Infd", "106752d", "106751d23h47m17s"} {
 		if _, err := ParseDuration(bad); err == nil {
 			t.Errorf("ParseDuration(%q) accepted", bad)
 		}
@@ -26,7 +26,7 @@ func TestParseByteSize(t *testing.T) {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "-1", "MiB", "12 apples", "-5MiB"} {
+	for _, bad := range []string{"", "-1", "MiB", "12 apples", "-5MiB", "NaNKiB", "InfMB", "1e300GiB", "8388608TiB"} {
 		if _, err := ParseByteSize(bad); err == nil {
 			t.Errorf("ParseByteSize(%q) accepted", bad)
 		}

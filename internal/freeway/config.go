@@ -141,7 +141,8 @@ func (c *Config) Validate() error {
 		largest, port = c.Calligraphus.MaxCallBytes, "calligraphus"
 	}
 	if need := thriftsrv.Charge(int64(largest) + thriftsrv.Envelope); int64(c.MaxInflightBytes) < need {
-		return config.Errorf("$.max_inflight_bytes", "must be at least %v, what the largest call takes (twice %s.max_call_bytes %v and its envelope), or such a call could never be served", config.ByteSize(need), port, largest)
+		return &config.FieldError{Path: "$.max_inflight_bytes", Also: []string{"$." + port + ".max_call_bytes"},
+			Msg: fmt.Sprintf("must be at least %v, what the largest call takes (twice %s.max_call_bytes %v and its envelope), or such a call could never be served", config.ByteSize(need), port, largest)}
 	}
 	names := map[string]int{}
 	for i := range c.Apps {
@@ -161,7 +162,7 @@ func (c *Config) Validate() error {
 	sort.Strings(cats)
 	for _, name := range cats {
 		cc := c.Categories[name]
-		path := "$.categories." + name
+		path := config.Key("$.categories", name)
 		if !layout.ValidCategory(name) {
 			return config.Errorf(path, "a category must not be empty")
 		}

@@ -106,3 +106,31 @@ func asConfigError(err error, target **config.Error) bool {
 	*target = ce
 	return ok
 }
+
+// TestCategoryErrorsAtTheirKey: an error about a category whose name a
+// YAML path would misread ("web.v2", "0[0") points at its own key. A
+// name with "[" crashed go-yaml's path parser (found by FuzzConfig).
+func TestCategoryErrorsAtTheirKey(t *testing.T) {
+	for name, want := range map[string]int{"plain": 20, "web.v2": 21, "0[0": 18, "a b": 18} {
+		src := "buckets: 2\ncategories:\n  " + name + ": {buckets: -1}\n"
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != 3 || ce.Column != want || !strings.Contains(ce.Msg, "buckets: must be between 1 and 4096") {
+			t.Errorf("%s: %v, want line 3 column %d", name, err, want)
+		}
+	}
+}
+
+// TestInflightBudgetErrorAtTheCall: a max_call_bytes that the default
+// max_inflight_bytes cannot hold is reported at max_call_bytes, the key
+// the file sets (found by FuzzConfig: the error had no position).
+func TestInflightBudgetErrorAtTheCall(t *testing.T) {
+	src := "calligraphus:\n  max_call_bytes: 200MiB\n  max_pending_bytes: 200MiB\n"
+	cfg := DefaultConfig()
+	err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+	var ce *config.Error
+	if !asConfigError(err, &ce) || ce.Line != 2 || ce.Column != 19 || !strings.Contains(ce.Msg, "max_inflight_bytes: must be at least") {
+		t.Fatalf("%v, want line 2 column 19", err)
+	}
+}

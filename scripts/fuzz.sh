@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# fuzz.sh [duration]: runs every Go fuzz target of the module (func FuzzX
+# in a _test.go file) for duration each (default 5s; Go's -fuzztime, so
+# "30s", "1m" or "1000x"), one after the other, and fails if any finds an
+# input that fails. A new target is picked up without editing this file:
+# `go test -list` names the targets of each package that declares one.
+#
+#   scripts/fuzz.sh          # 5s a target
+#   scripts/fuzz.sh 1m       # make fuzz
+#
+# Environment: GO (go), FUZZPARALLEL (fuzzing processes per target,
+# default 2), FUZZPKGS (packages to look in, default every package).
+#
+# A failing input is written by Go to <package>/testdata/fuzz/<target>/<hash>;
+# the summary prints the command that replays it. Fix the defect, then
+# commit the file (renamed to say what it is) as a regression seed: plain
+# `go test` runs it from then on.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+fuzztime=${1:-5s}
+parallel=${FUZZPARALLEL:-2}
+
+# Packages whose test files declare a fuzz target (gofmt puts every func
+# at the start of a line); `go test -list` then says which targets they hold.
+if [ -n "${FUZZPKGS:-}" ]; then
+	pkgs=$FUZZPKGS
+else
+	pkgs=$(grep -rl --include='*_test.go' --exclude-dir=.git --exclude-dir=testdata --exclude-dir=vendor '^func Fuzz[A-Z0-9_]' . |
+		xargs -n1 dirname | sort -u)
+fi
+
+failed=()
+count=0
+start=$SECONDS
+for pkg in $pkgs; do
+	targets=$("$GO" test -run '^$' -list '^Fuzz' "$pkg" | grep '^Fuzz' || true)
+	for target in $targets; do
+		count=$((count + 1))
+		printf 'fuzz %-40s %-24s ' "$pkg" "$target"
+		t0=$SECONDS
+		if out=$("$GO" test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" -parallel "$parallel" "$pkg" 2>&1); then
+			execs=$(printf '%s\n' "$out" | grep -o 'execs: [0-9]*' | tail -1 || true)
+			echo "ok ($((SECONDS - t0))s, ${execs:-seed corpus only})"
+			continue
+		fi
+		echo "FAIL"
+		printf '%s\n' "$out" | grep -v '^fuzz: elapsed' | tail -40 | sed 's/^/    /'
+		input=$(printf '%s\n' "$out" | sed -n 's|.*Failing input written to \(testdata/fuzz/[^ ]*\).*|\1|p' | tail -1)
+		seed=$(printf '%s\n' "$out" | sed -n 's|.*failure while testing seed corpus entry: [^/]*/\(.*\)$|\1|p' | tail -1)
+		if [ -n "$input" ]; then
+			failed+=("$target in $pkg: new input ${pkg#./}/$input; replay: $GO test -run '^${target}\$/^${input##*/}\$' $pkg")
+		elif [ -n "$seed" ]; then
+			failed+=("$target in $pkg: seed $seed fails; replay: $GO test -run '^${target}\$/^${seed}\$' $pkg")
+		else
+			failed+=("$target in $pkg (no input written: see the output above); replay: $GO test -run '^${target}\$' $pkg")
+		fi
+	done
+done
+
+echo "fuzz: $count targets, $fuzztime each, $((SECONDS - start))s"
+if [ "${#failed[@]}" -gt 0 ]; then
+	echo "fuzz: ${#failed[@]} target(s) found a failing input:"
+	for f in "${failed[@]}"; do
+		echo "  $f"
+	done
+	echo "Fix the defect, then commit the input (renamed to say what it is) as a regression seed."
+	exit 1
+fi
