@@ -176,7 +176,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
-	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: scribeapi.Counters(own, fb303Counters...), Control: deps.Shared.Control, Metrics: deps.Metrics}
+	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: scribeapi.Counters(own, fb303Counters...), Control: deps.Control, Metrics: deps.Metrics, Now: deps.Now}
 	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
 		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
 	if err != nil {

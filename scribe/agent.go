@@ -80,7 +80,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	}
 	a.fb303 = scribeapi.Counters(own, fb303Counters...)
 	info := scribeapi.Info{Name: "freeway-agent", Version: deps.Version, Counters: a.fb303,
-		Control: deps.Control, Metrics: deps.Metrics}
+		Control: deps.Control, Metrics: deps.Metrics, Now: deps.Now}
 	a.tls = deps.TLS
 	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
 		thriftsrv.WithName("agent"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))

@@ -51,6 +51,8 @@ type Info struct {
 	Control component.Control
 	// Metrics receives the server's metrics (nil: not exported).
 	Metrics prometheus.Registerer
+	// Now is the component's clock, for aliveSince (nil: time.Now).
+	Now func() time.Time
 }
 
 // Server is a Scribe server.
@@ -68,7 +70,11 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	svc := &service{Handler: h, info: info, since: time.Now().Unix(), warn: ratelog.New(log, time.Minute, 5), log: log}
+	now := info.Now
+	if now == nil {
+		now = time.Now
+	}
+	svc := &service{Handler: h, info: info, since: now().Unix(), warn: ratelog.New(log, time.Minute, 5), log: log}
 	svc.controlRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_fb303_control_refused_total",
 		Help: "fb303 control calls (reinitialize, shutdown, setOption) refused because they did not come from the local host or an admin token is configured, by method."}, []string{"method"})
 	if info.Metrics != nil {

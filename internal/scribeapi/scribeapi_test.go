@@ -159,3 +159,25 @@ func TestHostileFramesAreRefused(t *testing.T) {
 		t.Fatalf("server unusable after hostile frames: %x %v", reply, rec.entries)
 	}
 }
+
+// TestAliveSinceByTheComponentClock: aliveSince is read on the clock the
+// component was given.
+func TestAliveSinceByTheComponentClock(t *testing.T) {
+	at := time.Unix(1_700_000_000, 0)
+	srv, err := Listen("127.0.0.1:0", &recorder{}, Info{Name: "t", Now: func() time.Time { return at }}, thriftsrv.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	c, err := Dial(srv.Addr(), thriftsrv.Limits{}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if since, err := c.AliveSince(ctx); err != nil || since != at.Unix() {
+		t.Fatalf("aliveSince = %d, %v; want %d", since, err, at.Unix())
+	}
+}
