@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -391,14 +390,6 @@ func msgs(es []entry) []string {
 	out := make([]string, len(es))
 	for i, e := range es {
 		out[i] = e.Msg
-	}
-	return out
-}
-
-func seq(prefix string, n int) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("%s%04d", prefix, i)
 	}
 	return out
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path"
-	"time"
 
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -83,7 +82,6 @@ func (w *bucketWriter) open() error {
 	}
 	w.file = f
 	w.size = int64(len(hdr))
-	w.firstData = time.Now()
 	return nil
 }
 

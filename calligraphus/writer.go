@@ -80,17 +80,16 @@ type bucketWriter struct {
 	closed  bool       // reserve refuses: the run loop has ended or is ending
 	retired bool       // it ends for idleness (a new writer may follow)
 
-	lease     coord.Lease
-	nextTry   time.Time
-	epoch     int64
-	seq       uint64
-	file      dfs.File
-	enc       *segment.Encoder
-	tmp       string
-	final     string
-	size      int64
-	firstData time.Time
-	buf       []byte
+	lease   coord.Lease
+	nextTry time.Time
+	epoch   int64
+	seq     uint64
+	file    dfs.File
+	enc     *segment.Encoder
+	tmp     string
+	final   string
+	size    int64
+	buf     []byte
 }
 
 func newBucketWriter(c *Calligraphus, id bucketID, prev <-chan struct{}) *bucketWriter {

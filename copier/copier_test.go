@@ -542,7 +542,7 @@ func TestHiddenAndForeignFilesAreIgnored(t *testing.T) {
 		"access/0/notes.txt",
 		"access/0/" + layout.SegmentName(1, 3) + ".bak",
 		"access/1x/" + layout.SegmentName(1, 0), // not a bucket directory
-		"access/01/" + layout.SegmentName(1, 0), // not as segment.Dir names it
+		"access/01/" + layout.SegmentName(1, 0), // not as layout.BucketDir names it
 		".trash/0/" + layout.SegmentName(1, 0),  // not a category
 		"README",
 	} {

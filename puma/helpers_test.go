@@ -21,6 +21,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
@@ -149,13 +150,13 @@ func (e *env) node(id string, mod ...func(*Config, *Deps)) *Puma {
 // position after the last block.
 func (e *env) publish(category string, bucket int, blocks ...*segment.Block) ptail.Position {
 	e.t.Helper()
-	dir := filepath.Join(e.root, filepath.FromSlash(segment.Dir(category, bucket)))
+	dir := filepath.Join(e.root, filepath.FromSlash(names.BucketDir(category, bucket)))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		e.t.Fatal(err)
 	}
 	e.mu.Lock()
 	e.segs[dir]++
-	name := segment.Name(1, e.segs[dir])
+	name := names.SegmentName(1, e.segs[dir])
 	e.mu.Unlock()
 	b := []byte(segment.Magic)
 	for _, blk := range blocks {

@@ -23,7 +23,6 @@ import (
 // tlsUpstream is a writer over TLS that records the batches it takes and
 // the verified client certificate each came with.
 type tlsUpstream struct {
-	srv *scribeapi.Server
 	mu  sync.Mutex
 	got []string // "<client CN>:<first_seq>:<n>"
 }

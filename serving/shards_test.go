@@ -19,6 +19,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
@@ -87,7 +88,7 @@ func pumaNode(t *testing.T, wrap func(store.Store) store.Store, clock func() tim
 	for b, region := range []string{"eu", "us", "ap"} {
 		line := fmt.Appendf(nil, `{"region": %q, "kind": "book", "amount": %d}`, region, 10*(b+1))
 		blk := &segment.Block{ArrivalMs: w0 + 1000, Messages: [][]byte{line}}
-		if err := dfs.WriteFile(fs, path.Join(segment.Dir("shop", b), segment.Name(1, 1)), segment.AppendBlock([]byte(segment.Magic), blk)); err != nil {
+		if err := dfs.WriteFile(fs, path.Join(layout.BucketDir("shop", b), layout.SegmentName(1, 1)), segment.AppendBlock([]byte(segment.Magic), blk)); err != nil {
 			t.Fatal(err)
 		}
 	}
