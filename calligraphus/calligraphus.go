@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -153,8 +151,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		return nil, err
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = component.ID()
 	}
 	if deps.FS == nil || deps.Coord == nil {
 		return nil, errors.New("start calligraphus: a dfs and a coordinator are required")

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"sync"
 	"time"
 
@@ -78,8 +76,7 @@ func New(cfg Config, deps Deps) (*Copier, error) {
 		return nil, fmt.Errorf("copier destination %s is its source", deps.Dest)
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = component.ID()
 	}
 	deps.Common = deps.Defaults()
 	return &Copier{

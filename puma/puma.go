@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -159,8 +158,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		return nil, err
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = component.ID()
 	}
 	deps.Common = deps.Defaults()
 	p := &Puma{

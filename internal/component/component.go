@@ -15,6 +15,8 @@ package component
 
 import (
 	"log/slog"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,4 +145,11 @@ func (t tee) Unregister(c prometheus.Collector) bool {
 	a := t.own.Unregister(c)
 	b := t.shared.Unregister(c)
 	return a || b
+}
+
+// ID is what names this process in leases and logs when a component's
+// configuration names none: host-pid.
+func ID() string {
+	host, _ := os.Hostname()
+	return host + "-" + strconv.Itoa(os.Getpid())
 }
