@@ -43,7 +43,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 type options struct {
@@ -445,7 +445,7 @@ func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
 		interval = time.Duration(float64(time.Second) * float64(l.batch) / rate)
 	}
 	next := time.Now()
-	entries := make([]*scribe.LogEntry, l.batch)
+	entries := make([]*scribethrift.LogEntry, l.batch)
 	for ctx.Err() == nil {
 		if interval > 0 {
 			now := time.Now()
@@ -468,7 +468,7 @@ func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
 			if v >= 50 {
 				big++
 			}
-			entries[i] = &scribe.LogEntry{Category: "soak", Message: fmt.Appendf(nil, `{"k":"k%05d","v":%d}`, rng.IntN(l.keys), v)}
+			entries[i] = &scribethrift.LogEntry{Category: "soak", Message: fmt.Appendf(nil, `{"k":"k%05d","v":%d}`, rng.IntN(l.keys), v)}
 		}
 		for ctx.Err() == nil {
 			if client == nil {
@@ -491,7 +491,7 @@ func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
 				client = nil
 				break
 			}
-			if rc == scribe.ResultCode_OK {
+			if rc == scribethrift.ResultCode_OK {
 				l.acked.Add(int64(len(entries)))
 				l.sum.Add(sum)
 				l.big.Add(big)
