@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Input is what one record gives one aggregate.
@@ -289,6 +291,17 @@ func finite(v float64) any {
 
 // QuantileKey is how a quantile names its answer: "0.5", "0.99", "1".
 func QuantileKey(q float64) string { return strconv.FormatFloat(q, 'f', -1, 64) }
+
+// TopValue is how topk answers value s: s, or when longer than
+// MaxTextBytes its start, "…" and a hash of the whole value (so that long
+// values that share a prefix stay apart).
+func TopValue(s string) string {
+	return clip(s, func(s string) string { return strconv.FormatUint(xxhash.Sum64String(s), 16) })
+}
+
+// EdgeValue is how first and last answer text s: s, or when longer than
+// MaxTextBytes its start and "…".
+func EdgeValue(s string) string { return clip(s, nil) }
 
 // clip returns s, or its first MaxTextBytes bytes (cut at a rune start)
 // followed by "…" when longer, with tag appended after the mark.

@@ -91,7 +91,7 @@ func (e *edge) Add(in *Input) bool {
 	}
 	e.set, e.ts, e.arrival = true, in.TimeMs, in.ArrivalMs
 	e.isNum, e.num = in.IsNum, in.Num
-	e.str = clip(in.Str, nil)
+	e.str = EdgeValue(in.Str)
 	return true
 }
 

@@ -5,9 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"strconv"
-
-	"github.com/cespare/xxhash/v2"
 )
 
 // TopItem is one value of a topk answer: Count overestimates the value's
@@ -165,7 +162,7 @@ func less(a, b *counter) bool {
 }
 
 func (s *topK) Add(in *Input) bool {
-	v := clip(in.Str, func(s string) string { return strconv.FormatUint(xxhash.Sum64String(s), 16) })
+	v := TopValue(in.Str)
 	s.total++
 	if s.merged != nil {
 		s.mergedAdd(v, 1, 0, 0)
