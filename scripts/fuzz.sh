@@ -59,7 +59,7 @@ for pkg in $pkgs; do
 		# input, when a loaded machine delays its workers' shutdown
 		# (go.dev/issue/75804, fixed in Go 1.27). Nothing failed then: run
 		# the target again, with the time doubled, up to twice.
-		for retry in 1 2; do
+		for _ in 1 2; do
 			if [ "$ok" = 1 ] || ! bare_deadline "$out"; then
 				break
 			fi
