@@ -209,7 +209,10 @@ func TestValidation(t *testing.T) {
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "median", Field: "x"}} }, "$.apps[0].aggregates[0].fn", "unknown function"},
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "sum"}} }, "$.apps[0].aggregates[0]", "needs a field"},
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "count"}, {Fn: "count"}} }, "$.apps[0].aggregates[1].name", "used twice"},
-		{func(s *Spec) { s.Windows = []config.Duration{config.Duration(time.Minute)}; s.Window = config.Duration(time.Hour) }, "$.apps[0].window", "not both"},
+		{func(s *Spec) {
+			s.Windows = []config.Duration{config.Duration(time.Minute)}
+			s.Window = config.Duration(time.Hour)
+		}, "$.apps[0].window", "not both"},
 		{func(s *Spec) {
 			s.Windows = []config.Duration{config.Duration(time.Minute), config.Duration(1500 * time.Millisecond)}
 		}, "$.apps[0].windows[1]", "whole number of seconds"},
