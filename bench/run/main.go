@@ -43,29 +43,32 @@ import (
 )
 
 type options struct {
-	mode        string
-	work        string
-	freeway     string
-	limit       string
-	python      string
-	duckdb      string
-	flink       string
-	out         string
-	command     string
-	lines       int64
-	keys        int
-	conns       int
-	batch       int
-	runs        int
-	cells       int64
-	fresh       time.Duration
-	matrix      bool
-	matrixFor   time.Duration
-	cellsCkpt   time.Duration
-	profile     time.Duration
-	engines     bool
-	skipFreeway bool
+	mode      string
+	work      string
+	freeway   string
+	limit     string
+	python    string
+	duckdb    string
+	flink     string
+	out       string
+	command   string
+	lines     int64
+	keys      int
+	conns     int
+	batch     int
+	runs      int
+	cells     int64
+	fresh     time.Duration
+	matrix    bool
+	matrixFor time.Duration
+	cellsCkpt time.Duration
+	profile   time.Duration
+	engines   bool
+	only      map[string]bool
 }
+
+// does says whether the run includes part (all parts without -only).
+func (o options) does(part string) bool { return len(o.only) == 0 || o.only[part] }
 
 func main() {
 	var o options
@@ -88,7 +91,19 @@ func main() {
 	flag.BoolVar(&o.matrix, "matrix", true, "run B1 by batch size and connections")
 	flag.DurationVar(&o.profile, "profile", 0, "take a CPU profile of freeway for this long in the first end-to-end run (written to the work directory)")
 	flag.BoolVar(&o.engines, "engines", false, "also run end to end on the real engines (FREEWAY_TEST_HDFS, _HBASE, _ZK)")
+	only := flag.String("only", "", "run only these parts, comma-separated: e2e, peers, matrix, fresh, cells (default: all)")
 	flag.Parse()
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, p := range strings.Split(*only, ",") {
+			switch p = strings.TrimSpace(p); p {
+			case "e2e", "peers", "matrix", "fresh", "cells":
+				o.only[p] = true
+			default:
+				log.Fatalf("-only: unknown part %q (want e2e, peers, matrix, fresh, cells)", p)
+			}
+		}
+	}
 	smoke := o.mode == "smoke"
 	if o.mode != "full" && !smoke {
 		log.Fatalf("unknown -mode %q (want full or smoke)", o.mode)
@@ -169,7 +184,9 @@ func run(o options) (*report, error) {
 		"--conns", strconv.Itoa(o.conns), "--batch", strconv.Itoa(o.batch)}
 
 	peers := []*peer{limitPeer(o.limit)}
-	if o.python != "" {
+	if !o.does("peers") {
+		peers = nil
+	} else if o.python != "" {
 		peers = append(peers, duckdbPeer(o.python, o.duckdb, 2))
 	} else {
 		rep.Notes = append(rep.Notes, "DuckDB not run (no venv with duckdb; make bench installs it)")
@@ -181,7 +198,7 @@ func run(o options) (*report, error) {
 		} else {
 			peers = append(peers, p)
 		}
-	} else {
+	} else if o.does("peers") {
 		rep.Notes = append(rep.Notes, "Flink not run (job not built; make bench builds it)")
 	}
 	rep.Peers = make([]peerResult, len(peers))
@@ -191,9 +208,11 @@ func run(o options) (*report, error) {
 
 	for round := range o.runs {
 		log.Printf("round %d of %d", round+1, o.runs)
-		e := e2e(ctx, o, round, loadArgs, want, backends{}, o.lines)
-		log.Printf("freeway: acknowledged %.0f/s, end to end %.0f/s (%.0f per CPU-s), %s", e.AckPerSec, e.PerSec, e.PerCPUSec, e.Totals)
-		rep.E2E = append(rep.E2E, e)
+		if o.does("e2e") {
+			e := e2e(ctx, o, round, loadArgs, want, backends{}, o.lines)
+			log.Printf("freeway: acknowledged %.0f/s, end to end %.0f/s (%.0f per CPU-s), %s %s", e.AckPerSec, e.PerSec, e.PerCPUSec, e.Totals, e.Err)
+			rep.E2E = append(rep.E2E, e)
+		}
 		for i, p := range peers {
 			r := p.run(ctx, linesPath, o.work, want)
 			log.Printf("%s: %.0f/s (%.0f per CPU-s), %s %s", p.name, r.PerSec, r.PerCPUSec, r.Totals, r.Err)
@@ -212,17 +231,22 @@ func run(o options) (*report, error) {
 			rep.Engines = &e
 		}
 	}
-	if o.matrix {
+	if o.matrix && o.does("matrix") {
 		rep.Matrix = matrix(ctx, o)
 	}
-	if maxRate > 0 {
-		fr := freshness(ctx, o, maxRate/2)
-		rep.Freshness = &fr
-	} else {
-		rep.Failures = append(rep.Failures, "no end-to-end rate to run the freshness bench at")
+	if o.does("fresh") {
+		if maxRate > 0 {
+			for _, age := range []time.Duration{0, 250 * time.Millisecond} {
+				rep.Freshness = append(rep.Freshness, freshness(ctx, o, maxRate/2, age))
+			}
+		} else {
+			rep.Failures = append(rep.Failures, "no end-to-end rate to run the freshness bench at (it runs at half of it)")
+		}
 	}
-	c := cellsRun(ctx, o)
-	rep.CellsRun = &c
+	if o.does("cells") {
+		c := cellsRun(ctx, o)
+		rep.CellsRun = &c
+	}
 	rep.LoadAvgEnd = loadAvg()
 
 	for _, e := range rep.E2E {
@@ -240,10 +264,12 @@ func run(o options) (*report, error) {
 			}
 		}
 	}
-	if fr := rep.Freshness; fr != nil && fr.Err != "" {
-		rep.Failures = append(rep.Failures, "freshness: "+fr.Err)
+	for _, fr := range rep.Freshness {
+		if fr.Err != "" {
+			rep.Failures = append(rep.Failures, "freshness: "+fr.Err)
+		}
 	}
-	if c.Err != "" {
+	if c := rep.CellsRun; c != nil && c.Err != "" {
 		rep.Failures = append(rep.Failures, "cells: "+c.Err)
 	}
 	for _, m := range rep.Matrix {
@@ -434,15 +460,16 @@ func matrix(ctx context.Context, o options) []matrixRun {
 
 // freshnessRun is B5.
 type freshnessRun struct {
-	Rate     float64 `json:"rate"`
-	Achieved float64 `json:"achieved_entries_per_second"`
-	Seconds  float64 `json:"seconds"`
-	Probes   int     `json:"probes"`
-	Seen     int     `json:"seen"`
-	P50Ms    float64 `json:"p50_ms"`
-	P99Ms    float64 `json:"p99_ms"`
-	MaxMs    float64 `json:"max_ms"`
-	Err      string  `json:"error,omitempty"`
+	SegmentAge string  `json:"segment_max_age"`
+	Rate       float64 `json:"rate"`
+	Achieved   float64 `json:"achieved_entries_per_second"`
+	Seconds    float64 `json:"seconds"`
+	Probes     int     `json:"probes"`
+	Seen       int     `json:"seen"`
+	P50Ms      float64 `json:"p50_ms"`
+	P99Ms      float64 `json:"p99_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	Err        string  `json:"error,omitempty"`
 }
 
 const probeApp = `  - name: probe
@@ -460,12 +487,16 @@ const probeApp = `  - name: probe
 // (its own id, its send time as event time) to the agent, and polls a
 // query for the probes every 20ms: a probe's freshness is from just
 // before its Log call to the first answer that holds it (B5).
-func freshness(ctx context.Context, o options, rate float64) (r freshnessRun) {
+func freshness(ctx context.Context, o options, rate float64, segmentAge time.Duration) (r freshnessRun) {
 	r.Rate = rate
+	r.SegmentAge = "1s (default)"
+	if segmentAge > 0 {
+		r.SegmentAge = segmentAge.String()
+	}
 	dir := filepath.Join(o.work, "fresh")
 	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp + probeApp}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp + probeApp, segmentAge: segmentAge}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)
@@ -554,7 +585,7 @@ func freshness(ctx context.Context, o options, rate float64) (r freshnessRun) {
 	case r.Seen < r.Probes:
 		r.Err = fmt.Sprintf("%d of %d probes never seen in a query", r.Probes-r.Seen, r.Probes)
 	}
-	log.Printf("freshness at %.0f entries/s (achieved %.0f): p50 %.0fms p99 %.0fms max %.0fms over %d probes", rate, r.Achieved, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen)
+	log.Printf("freshness, segment_max_age %s, at %.0f entries/s (achieved %.0f): p50 %.0fms p99 %.0fms max %.0fms over %d probes", r.SegmentAge, rate, r.Achieved, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen)
 	fw.stop(time.Minute)
 	return r
 }

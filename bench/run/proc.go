@@ -47,6 +47,7 @@ type fwConfig struct {
 	apps       string // the apps: YAML list items, indented by 2
 	categories string // the categories: map, indented by 2 ("" = none)
 	checkpoint time.Duration
+	segmentAge time.Duration // calligraphus.segment_max_age (0: the default)
 	pprof      bool
 	be         backends
 }
@@ -80,6 +81,9 @@ func startFreeway(binary, dir string, fc fwConfig, ports []int) (*fwProc, error)
 	}
 	fmt.Fprintf(&b, "agent:\n  listen: %s\n  upstream: [%s]\n", fw.agent, fw.writer)
 	fmt.Fprintf(&b, "calligraphus:\n  listen: %s\n", fw.writer)
+	if fc.segmentAge > 0 {
+		fmt.Fprintf(&b, "  segment_max_age: %v\n", fc.segmentAge)
+	}
 	fmt.Fprintf(&b, "puma:\n  checkpoint_interval: %v\n  max_cells: 4000000\n", checkpoint)
 	fmt.Fprintf(&b, "serving:\n  listen: %s\n  thrift_listen: \"\"\n  max_rows: 2000000\n  pprof: %v\n", fw.http, fc.pprof)
 	if fc.categories != "" {
