@@ -47,7 +47,7 @@ if [ "$mode" = full ]; then
 		"$venv/bin/pip" install -q "duckdb==$DUCKDB_VERSION"
 	fi
 	echo "bench: building the Flink job (bench/flink)"
-	mvn -q -f bench/flink/pom.xml package
+	mvn -q -B -f bench/flink/pom.xml package
 fi
 
 args=(-mode "$mode" -work "$work" -freeway bin/freeway -limit bin/benchlimit)
