@@ -45,6 +45,7 @@ func (p *peer) run(ctx context.Context, lines, work string, want map[loadgen.Cel
 	out := filepath.Join(work, "cells-"+strings.ToLower(strings.Fields(p.name)[0])+".csv")
 	os.Remove(out)
 	cmd := p.command(lines, out)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	start := time.Now()

@@ -109,6 +109,8 @@ func (fw *fwProc) start(binary string, args []string) error {
 	fw.exitOnce = sync.Once{}
 	fw.cmd = exec.Command(binary, args...)
 	fw.cmd.Stdout, fw.cmd.Stderr = logf, logf
+	// Should the harness die (a ^C, a closed pipe), freeway dies with it.
+	fw.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	fw.started = time.Now()
 	if err := fw.cmd.Start(); err != nil {
 		logf.Close()
@@ -342,6 +344,7 @@ func (a *answer) cells(keyField, count, sum string) map[loadgen.Cell]loadgen.Agg
 func runLoad(ctx context.Context, binary string, args ...string) (loadgen.Summary, time.Duration, error) {
 	var sum loadgen.Summary
 	cmd := exec.CommandContext(ctx, binary, append([]string{"load", "--json"}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
