@@ -150,9 +150,6 @@ func New(o Options) (*Loader, error) {
 // Acked is the number of entries acknowledged so far.
 func (l *Loader) Acked() int64 { return l.acked.Load() }
 
-// AckedBytes is the bytes of the messages acknowledged so far.
-func (l *Loader) AckedBytes() int64 { return l.bytes.Load() }
-
 // Run sends until Count lines are answered, Duration ends or ctx ends,
 // and returns what was done. The error is for what stopped it early
 // (writing Out); a server that answers badly is counted, not an error.
@@ -246,7 +243,7 @@ func (l *Loader) conn(ctx context.Context) {
 	recs := make([]Record, 0, l.o.Batch)
 	var buf []byte
 	ends := make([]int, 0, l.o.Batch)
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !l.outFailed() {
 		if interval > 0 {
 			now := time.Now()
 			if next.After(now) {
@@ -338,6 +335,16 @@ func (l *Loader) conn(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// outFailed reports whether writing Out failed (the run then stops).
+func (l *Loader) outFailed() bool {
+	if l.out == nil {
+		return false
+	}
+	l.outMu.Lock()
+	defer l.outMu.Unlock()
+	return l.outErr != nil
 }
 
 // sleep waits d or until ctx ends; false if ctx ended.

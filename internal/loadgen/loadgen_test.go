@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"regexp"
 	"slices"
@@ -299,3 +300,29 @@ func TestNewRefusesBadOptions(t *testing.T) {
 }
 
 func sortStrings(s []string) { slices.Sort(s) }
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+func TestLoaderStopsWhenOutFails(t *testing.T) {
+	srv, err := scribeapi.Listen("127.0.0.1:0", &server{}, scribeapi.Info{Name: "test"}, thriftsrv.Limits{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.Serve(ctx)
+	ld, err := New(Options{Addr: srv.Addr(), Category: "bench", Lines: Lines{Format: JSON, Size: 176, Keys: 10}, Conns: 2, Batch: 100,
+		Count: 1_000_000, Out: failingWriter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := ld.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("error %v, want the write error", err)
+	}
+	if sum.Entries >= 1_000_000 {
+		t.Fatalf("sent all %d lines though --out could not be written", sum.Entries)
+	}
+}

@@ -3,7 +3,6 @@ package loadgen
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strconv"
@@ -113,26 +112,6 @@ func Compare(want, got map[Cell]Agg) (ok bool, detail string) {
 	slices.Sort(diffs)
 	return false, fmt.Sprintf("NOT exact: %d cells (want %d): %d missing, %d unexpected, %d wrong; count %d (want %d), sum %d (want %d); e.g. %s",
 		len(got), len(want), missing, extra, wrong, gotTotal.Count, wantTotal.Count, gotTotal.Sum, wantTotal.Sum, strings.Join(diffs, "; "))
-}
-
-// WriteCells writes cells as CSV lines key,window_start_ms,count,sum.
-func WriteCells(w io.Writer, cells map[Cell]Agg) error {
-	bw := bufio.NewWriter(w)
-	keys := make([]Cell, 0, len(cells))
-	for c := range cells {
-		keys = append(keys, c)
-	}
-	slices.SortFunc(keys, func(a, b Cell) int {
-		if c := strings.Compare(a.Key, b.Key); c != 0 {
-			return c
-		}
-		return int(a.WindowStart - b.WindowStart)
-	})
-	for _, c := range keys {
-		a := cells[c]
-		fmt.Fprintf(bw, "%s,%d,%d,%d\n", c.Key, c.WindowStart, a.Count, a.Sum)
-	}
-	return bw.Flush()
 }
 
 // ReadCells reads CSV lines key,window_start_ms,count,sum (what the
