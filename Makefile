@@ -6,7 +6,7 @@ GOFLAGS  ?=
 ENGINES  := deploy/engines/engines.sh
 PKGS     := ./...
 
-.PHONY: all build run test test-unit check vet fmt-check generate check-generated \
+.PHONY: all build run test test-unit chaos check vet fmt-check generate check-generated \
         engines engines-down engines-status bench bench-go bench-smoke deps clean
 
 all: build
@@ -18,11 +18,21 @@ build:
 run:
 	$(GO) run ./cmd/freeway --config examples/freeway.yaml --demo
 
-## test: static checks, then every test with -race against the real engines
+## test: static checks, every test with -race against the real engines, 2s
+## of each fuzz target, the bench harness at tiny sizes (bench-smoke), then
+## the short chaos test on both backends (on its own: it restarts engine
+## processes, which the other tests must not see)
 test: deps check engines
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
 	GO=$(GO) scripts/fuzz.sh 2s
 	GO=$(GO) bench/bench.sh --smoke
+	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 FREEWAY_CHAOS=short \
+		$(GO) test -race -count=1 -timeout 20m -v -run '^TestChaos' ./cmd/freeway/
+
+## chaos: the long chaos test (minutes per backend); FREEWAY_CHAOS_SEED=N replays a run
+chaos: deps engines
+	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 FREEWAY_CHAOS=long \
+		$(GO) test -race -count=1 -timeout 60m -v -run '^TestChaos' ./cmd/freeway/
 
 ## test-unit: every test on the embedded backends only (real-engine suites skip)
 test-unit:

@@ -334,6 +334,26 @@ start_proc() { # start NAME in the background, detached, logging to $LOGS/NAME.l
   say "started $name (pid $(<"$RUN/$name.pid"), log $log)"
 }
 
+# A JVM's command line (our markers) reads empty as soon as its memory is
+# released, a moment before its sockets are closed; so "not ours any more"
+# does not yet mean its ports are free. Starting it again in that moment
+# failed with "already taken by a program engines.sh did not start".
+wait_ports_closed() { # NAME SECS: wait until nothing accepts on NAME's ports
+  local name=$1 secs=$2 i port busy
+  for i in $(seq $((secs * 10))); do
+    busy=
+    for port in $(ports_of "$name"); do
+      if port_open "$port"; then
+        busy=1
+        break
+      fi
+    done
+    [[ -z $busy ]] && return 0
+    sleep 0.1
+  done
+  return 0 # start_proc's ports_free says who holds it
+}
+
 stop_proc() { # stop NAME (pid file, plus any stray JVM with our markers)
   local name=$1 grace=${2:-30} pids=() pid i
   pid=$(pid_of "$name" || true)
@@ -349,6 +369,7 @@ stop_proc() { # stop NAME (pid file, plus any stray JVM with our markers)
     local alive=()
     for pid in "${pids[@]}"; do is_ours "$pid" "$name" && alive+=("$pid"); done
     ((${#alive[@]})) || {
+      wait_ports_closed "$name" 10
       say "stopped $name (pid ${pids[*]}) in $(since "$t0")s"
       return 0
     }
@@ -551,6 +572,7 @@ cmd_restart() { # NAME [--kill]
       sleep 0.1
     done
     rm -f "$RUN/$name.pid"
+    wait_ports_closed "$name" 10
     say "killed $name"
   else
     stop_proc "$name" 30
