@@ -595,6 +595,7 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 // cellsResult is B8, B6 and B7 at many cells.
 type cellsResult struct {
 	Cells        int64          `json:"cells"`
+	Interval     string         `json:"checkpoint_interval"`
 	LoadSec      float64        `json:"load_seconds"`
 	Checkpoints  []checkpoint   `json:"checkpoints"`
 	HeapBytes    float64        `json:"heap_bytes_per_cell"`
@@ -640,7 +641,7 @@ const cellsApp = `  - name: cells
 // for the checkpoint that writes them, measures memory per cell and
 // query latencies, then restarts freeway and times its recovery.
 func cellsRun(ctx context.Context, o options) (r cellsResult) {
-	r.Cells = o.cells
+	r.Cells, r.Interval = o.cells, o.cellsCkpt.String()
 	dir := filepath.Join(o.work, "cells")
 	os.RemoveAll(dir)
 	defer os.RemoveAll(dir)
