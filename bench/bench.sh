@@ -32,7 +32,7 @@ cache=${BENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/freeway-bench}
 mkdir -p "$cache"
 work=$(mktemp -d "${TMPDIR:-/tmp}/freeway-bench.XXXXXX")
 if [ -z "${BENCH_KEEP:-}" ]; then
-	trap 'rm -rf "$work"' EXIT
+	trap 'rm -rf "$work"; [ "$mode" = smoke ] && echo "bench: smoke report removed with $work (BENCH_KEEP=1 keeps it)"' EXIT
 fi
 
 "$GO" build -o bin/freeway ./cmd/freeway
