@@ -185,6 +185,7 @@ func (r *report) markdown() string {
 		w("On the real engines (%s): acknowledged %s/s, end to end %s/s (%s per CPU-second of freeway), %s.\n\n", e.Backends, k(e.AckPerSec), k(e.PerSec), k(e.PerCPUSec), e.Totals)
 	}
 
+	w("Ratios in this run: Freeway end to end / hand-written limit **%s**, Freeway / DuckDB **%s**, Freeway per CPU-second / Flink per CPU-second **%.2f×**.\n\n", pct(s.VsLimit), pct(s.VsDuckDB), s.VsFlinkPerCPU)
 	w("## Against the goals of issue 10\n\n| goal | measured | |\n|---|---|---|\n")
 	goal := func(name, measured string, met bool, known bool) {
 		st := "not met"
