@@ -68,4 +68,9 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
 fi
 cmdline=${BENCH_COMMAND:-"bench/bench.sh${*:+ $*}"}
 [ "$mode" = smoke ] && cmdline=${BENCH_COMMAND:-"bench/bench.sh --smoke${*:+ $*}"}
+for v in BENCH_PROFILE BENCH_ENGINES; do
+	if [ -n "${!v:-}" ]; then
+		cmdline="$v=${!v} $cmdline"
+	fi
+done
 bin/benchrun "${args[@]}" -command "$cmdline" "$@"
