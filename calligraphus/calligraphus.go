@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -20,7 +19,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Config configures a writer.
@@ -70,50 +69,45 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks the configuration; paths are relative to the
-// "calligraphus" key.
+// Validate checks the configuration; errors are config.FieldErrors at
+// paths relative to the writer's section (the wiring places them under
+// "calligraphus", config.Under).
 func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
-		return config.Errorf("$.calligraphus.listen", "must not be empty")
+		return config.Errorf("listen", "must not be empty")
 	case c.SegmentMaxAge.D() < 10*time.Millisecond:
-		return config.Errorf("$.calligraphus.segment_max_age", "must be at least 10ms")
+		return config.Errorf("segment_max_age", "must be at least 10ms")
 	case c.SegmentMaxBytes < 1<<10:
-		return config.Errorf("$.calligraphus.segment_max_bytes", "must be at least 1KiB")
+		return config.Errorf("segment_max_bytes", "must be at least 1KiB")
 	case c.Linger < 0:
-		return config.Errorf("$.calligraphus.linger", "must not be negative")
+		return config.Errorf("linger", "must not be negative")
 	case c.IdleClose.D() < 10*time.Millisecond:
-		return config.Errorf("$.calligraphus.idle_close", "must be at least 10ms")
+		return config.Errorf("idle_close", "must be at least 10ms")
 	case c.MaxCategories < 1:
-		return config.Errorf("$.calligraphus.max_categories", "must be positive")
+		return config.Errorf("max_categories", "must be positive")
 	case c.OldMaxFrameBytes != nil:
-		return config.Errorf("$.calligraphus.max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
+		return config.Errorf("max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
 	case c.OldMaxMessageBytes != nil:
-		return config.Errorf("$.calligraphus.max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
+		return config.Errorf("max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
 	}
-	if err := c.PortConfig.Validate("calligraphus"); err != nil {
+	if err := c.PortConfig.Validate(); err != nil {
 		return err
 	}
 	if c.MaxPendingBytes < c.MaxCallBytes {
-		return config.Errorf("$.calligraphus.max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
+		return config.Errorf("max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
 	}
 	return nil
 }
 
-// Deps are what a writer needs from the wiring.
+// Deps are what a writer needs from the wiring: the common ones (the
+// process's TLS among them, Shared.TLS) and its dfs, coordinator and
+// router.
 type Deps struct {
-	FS      dfs.FS
-	Coord   coord.Coord
-	Router  *Router
-	Log     *slog.Logger
-	Metrics prometheus.Registerer
-	Version string
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
-	// Shared are the process's in-flight byte budget, fb303 control hooks
-	// and TLS (zero: a budget of the port's own, no control calls, plain
-	// TCP).
-	Shared scribeapi.Shared
+	component.Common
+	FS     dfs.FS
+	Coord  coord.Coord
+	Router *Router
 }
 
 // Calligraphus is a running writer.
@@ -157,8 +151,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		return nil, err
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = component.ID()
 	}
 	if deps.FS == nil || deps.Coord == nil {
 		return nil, errors.New("start calligraphus: a dfs and a coordinator are required")
@@ -166,25 +159,21 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	if deps.Router == nil {
 		deps.Router = NewRouter(1, nil)
 	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
+	deps.Common = deps.Defaults()
+	own, reg := deps.OwnMetrics()
 	c := &Calligraphus{
 		cfg:     cfg,
 		deps:    deps,
-		log:     deps.Log.With("component", "calligraphus"),
+		log:     deps.Logger("calligraphus"),
 		now:     deps.Now,
-		m:       newMetrics(deps.Metrics),
+		m:       newMetrics(reg),
 		writers: map[bucketID]*bucketWriter{},
 		closing: map[bucketID]chan struct{}{},
 		live:    map[string]int{},
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
-	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: c.m.counters, Control: deps.Shared.Control, Metrics: deps.Metrics}
+	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: scribeapi.Counters(own, fb303Counters...), Control: deps.Control, Metrics: deps.Metrics, Now: deps.Now}
 	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
 		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
 	if err != nil {
@@ -214,14 +203,14 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 
 // Log implements the Scribe Log call for stock clients. Their entries
 // arrive now, by this writer's clock.
-func (c *Calligraphus) Log(ctx context.Context, entries []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (c *Calligraphus) Log(ctx context.Context, entries []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	return c.ingest(ctx, callInfo{arrivalMs: c.now().UnixMilli()}, entries), nil
 }
 
 // LogBatch implements Freeway's extension for its agents.
-func (c *Calligraphus) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	if b == nil {
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	}
 	// The agent's arrival time, but never later than ours: a clock ahead
 	// would make Puma take entries from the future as on time.
@@ -281,7 +270,7 @@ type callInfo struct {
 // the call TRY_LATER with the other bucket's entries durable; the retry
 // writes them again. Puma drops such repeats from Freeway's agents (by
 // sequence); a stock client's are counted twice (at-least-once).
-func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribe.LogEntry) scribe.ResultCode {
+func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribethrift.LogEntry) scribethrift.ResultCode {
 	reqs := map[bucketID]*appendReq{}
 	var order []bucketID
 	accepted, empty := 0, 0
@@ -308,7 +297,7 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		if !req.add(info, e.Message, info.firstSeq+uint64(i)) {
 			c.m.tryLater.WithLabelValues("too_large").Inc()
 			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(e.Category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
-			return scribe.ResultCode_TRY_LATER
+			return scribethrift.ResultCode_TRY_LATER
 		}
 		accepted++
 	}
@@ -317,13 +306,13 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		c.rl.Warn("empty category", "entries without a category dropped", "entries", empty, "agent", ratelog.Clip(info.agentID))
 	}
 	if len(order) == 0 {
-		return scribe.ResultCode_OK
+		return scribethrift.ResultCode_OK
 	}
 
 	// Reserve every bucket's capacity, then make sure this process owns
 	// every bucket; only then submit anything.
 	claimed := make([]*bucketWriter, 0, len(order))
-	refuse := func(id bucketID, err error) scribe.ResultCode {
+	refuse := func(id bucketID, err error) scribethrift.ResultCode {
 		for i, w := range claimed {
 			w.unreserve(reqs[order[i]].size)
 		}
@@ -375,11 +364,11 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		return c.tryLater(firstID, info, firstErr)
 	}
 	c.m.received.Add(float64(accepted))
-	return scribe.ResultCode_OK
+	return scribethrift.ResultCode_OK
 }
 
 // tryLater counts and logs (rate-limited) a call refused for err.
-func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribe.ResultCode {
+func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribethrift.ResultCode {
 	r := reason(err)
 	c.m.tryLater.WithLabelValues(r).Inc()
 	level := slog.LevelWarn
@@ -387,7 +376,7 @@ func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribe.Re
 		level = slog.LevelError
 	}
 	c.rl.Log(level, "try_later "+r, "call answered TRY_LATER", "reason", r, "category", ratelog.Clip(id.category), "bucket", id.bucket, "agent", ratelog.Clip(info.agentID), "err", err)
-	return scribe.ResultCode_TRY_LATER
+	return scribethrift.ResultCode_TRY_LATER
 }
 
 var (
@@ -542,25 +531,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// counters feeds fb303 getCounters.
-func (m *metrics) counters() map[string]int64 {
-	out := map[string]int64{}
-	add := func(name string, c prometheus.Collector) {
-		ch := make(chan prometheus.Metric, 64)
-		go func() { c.Collect(ch); close(ch) }()
-		var total float64
-		for metric := range ch {
-			total += metricValue(metric)
-		}
-		out[name] = int64(total)
-	}
-	add("entries_received", m.received)
-	add("entries_written", m.written)
-	add("entries_rejected", m.rejected)
-	add("try_later_sent", m.tryLater)
-	add("segments_published", m.segments)
-	add("pending_bytes", m.pending)
-	return out
+// fb303Counters are what getCounters reports, read from the metrics.
+var fb303Counters = []scribeapi.Counter{
+	{Name: "entries_received", Metric: "freeway_calligraphus_entries_received_total"},
+	{Name: "entries_written", Metric: "freeway_calligraphus_entries_written_total"},
+	{Name: "entries_rejected", Metric: "freeway_calligraphus_entries_rejected_total"},
+	{Name: "try_later_sent", Metric: "freeway_calligraphus_try_later_total"},
+	{Name: "segments_published", Metric: "freeway_calligraphus_segments_published_total"},
+	{Name: "pending_bytes", Metric: "freeway_calligraphus_pending_bytes"},
 }
 
 // peer is the address of the client whose call ctx belongs to, for logs.

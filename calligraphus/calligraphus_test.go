@@ -15,7 +15,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestEntriesLandInTheirBuckets(t *testing.T) {
@@ -27,16 +27,16 @@ func TestEntriesLandInTheirBuckets(t *testing.T) {
 
 		want := map[string][]string{} // bucket dir → messages in send order
 		for call := 0; call < 20; call++ {
-			var es []*scribe.LogEntry
+			var es []*scribethrift.LogEntry
 			for j := 0; j < 10; j++ {
 				i := call*10 + j
 				m := userMsg(fmt.Sprintf("user-%d", i%37), i)
-				es = append(es, &scribe.LogEntry{Category: "access", Message: []byte(m)})
+				es = append(es, &scribethrift.LogEntry{Category: "access", Message: []byte(m)})
 				b := BucketOf(apps.EncodeKey([]string{fmt.Sprintf("user-%d", i%37)}), 4)
 				want[layout.BucketDir("access", b)] = append(want[layout.BucketDir("access", b)], m)
 				if j%3 == 0 {
 					o := fmt.Sprintf("other-%d", i)
-					es = append(es, &scribe.LogEntry{Category: "other", Message: []byte(o)})
+					es = append(es, &scribethrift.LogEntry{Category: "other", Message: []byte(o)})
 					want["other/0"] = append(want["other/0"], o)
 				}
 			}
@@ -100,26 +100,26 @@ func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 	cl := s.dial(t)
 	ctx := context.Background()
 
-	var batch []*scribe.LogEntry
+	var batch []*scribethrift.LogEntry
 	wantSeq := map[string]uint64{}
 	for i := 0; i < 40; i++ {
 		m := userMsg(fmt.Sprintf("u%d", i), i)
 		if i == 7 {
-			batch = append(batch, &scribe.LogEntry{Category: "", Message: []byte("dropped")})
+			batch = append(batch, &scribethrift.LogEntry{Category: "", Message: []byte("dropped")})
 			continue
 		}
-		batch = append(batch, &scribe.LogEntry{Category: "access", Message: []byte(m)})
+		batch = append(batch, &scribethrift.LogEntry{Category: "access", Message: []byte(m)})
 		wantSeq[m] = uint64(1000 + i)
 	}
-	rc, err := cl.LogBatch(ctx, &scribe.Batch{AgentID: "agent-7", FirstSeq: 1000, Messages: batch})
-	if err != nil || rc != scribe.ResultCode_OK {
+	rc, err := cl.LogBatch(ctx, &scribethrift.Batch{AgentID: "agent-7", FirstSeq: 1000, Messages: batch})
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("logbatch: %v %v", rc, err)
 	}
 	mustLog(t, cl, entries("access", "stock client line"))
 	// A batch without a sequence is taken as a stock client's (refusing
 	// it would make its sender retry forever).
-	rc, err = cl.LogBatch(ctx, &scribe.Batch{AgentID: "agent-7", FirstSeq: 0, Messages: entries("access", "no seq")})
-	if err != nil || rc != scribe.ResultCode_OK {
+	rc, err = cl.LogBatch(ctx, &scribethrift.Batch{AgentID: "agent-7", FirstSeq: 0, Messages: entries("access", "no seq")})
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("logbatch without a sequence: %v %v, want OK", rc, err)
 	}
 	s.stop()
@@ -219,7 +219,7 @@ func TestGroupCommitManyClients(t *testing.T) {
 						ms = append(ms, fmt.Sprintf("c%02d-%03d", c, k*per+j))
 					}
 					rc, err := cl.Log(context.Background(), entries("hot", ms...))
-					if err != nil || rc != scribe.ResultCode_OK {
+					if err != nil || rc != scribethrift.ResultCode_OK {
 						t.Errorf("client %d call %d: %v %v", c, k, rc, err)
 						return
 					}
@@ -360,7 +360,7 @@ func TestMaxPendingBytes(t *testing.T) {
 		if r.err != nil {
 			t.Fatal(r.err)
 		}
-		if r.rc == scribe.ResultCode_OK {
+		if r.rc == scribethrift.ResultCode_OK {
 			ok[fmt.Sprintf("r%02d", i)] = true
 		} else {
 			refused++
@@ -461,10 +461,14 @@ func TestConfigValidate(t *testing.T) {
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)
+		// Relative to the writer's section; the wiring places it.
 		err := c.Validate()
 		var fe *config.FieldError
-		if err == nil || !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), tc.key+":") {
+		if err == nil || !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), strings.TrimPrefix(tc.key, "calligraphus.")+":") {
 			t.Errorf("%s: %v", tc.key, err)
+		}
+		if err := config.Under("$.calligraphus", err); !errors.As(err, &fe) || !strings.HasPrefix(err.Error(), tc.key+":") {
+			t.Errorf("%s placed: %v", tc.key, err)
 		}
 	}
 	if _, err := New(Config{}, Deps{}); err == nil || !strings.Contains(err.Error(), "listen") {
@@ -492,7 +496,7 @@ func TestGetCounters(t *testing.T) {
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
 	mustLog(t, cl, entries("cat", "a", "b", "c"))
-	mustLog(t, cl, []*scribe.LogEntry{{Category: "", Message: []byte("x")}, {Category: "cat", Message: []byte("d")}})
+	mustLog(t, cl, []*scribethrift.LogEntry{{Category: "", Message: []byte("x")}, {Category: "cat", Message: []byte("d")}})
 	counters, err := cl.GetCounters(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
@@ -26,7 +26,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/ptail"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestMain(m *testing.M) {
@@ -202,7 +202,8 @@ func startServerWith(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, rout
 		router = NewRouter(1, nil)
 	}
 	reg := prometheus.NewRegistry()
-	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router, Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"})
+	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router,
+		Common: component.Common{Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Version: "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,21 +237,21 @@ func (s *server) dial(t *testing.T) *scribeapi.Client {
 	return cl
 }
 
-func entries(category string, msgs ...string) []*scribe.LogEntry {
-	out := make([]*scribe.LogEntry, len(msgs))
+func entries(category string, msgs ...string) []*scribethrift.LogEntry {
+	out := make([]*scribethrift.LogEntry, len(msgs))
 	for i, m := range msgs {
-		out[i] = &scribe.LogEntry{Category: category, Message: []byte(m)}
+		out[i] = &scribethrift.LogEntry{Category: category, Message: []byte(m)}
 	}
 	return out
 }
 
-func mustLog(t *testing.T, cl *scribeapi.Client, es []*scribe.LogEntry) {
+func mustLog(t *testing.T, cl *scribeapi.Client, es []*scribethrift.LogEntry) {
 	t.Helper()
 	rc, err := cl.Log(context.Background(), es)
 	if err != nil {
 		t.Fatalf("log: %v", err)
 	}
-	if rc != scribe.ResultCode_OK {
+	if rc != scribethrift.ResultCode_OK {
 		t.Fatalf("log: %v, want OK", rc)
 	}
 }
@@ -389,14 +390,6 @@ func msgs(es []entry) []string {
 	out := make([]string, len(es))
 	for i, e := range es {
 		out[i] = e.Msg
-	}
-	return out
-}
-
-func seq(prefix string, n int) []string {
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("%s%04d", prefix, i)
 	}
 	return out
 }

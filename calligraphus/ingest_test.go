@@ -20,7 +20,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/ptail"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // oddCategories are categories a stock Scribe server accepts that were
@@ -37,11 +37,11 @@ func TestEveryCategoryIsStored(t *testing.T) {
 		cl := s.dial(t)
 		cats := append(oddCategories(), "plain")
 		want := map[string][]string{}
-		var es []*scribe.LogEntry
+		var es []*scribethrift.LogEntry
 		for i, c := range cats {
 			for j := 0; j < 2; j++ {
 				m := fmt.Sprintf("cat%d-%d", i, j)
-				es = append(es, &scribe.LogEntry{Category: c, Message: []byte(m)})
+				es = append(es, &scribethrift.LogEntry{Category: c, Message: []byte(m)})
 				want[c] = append(want[c], m)
 			}
 		}
@@ -97,7 +97,7 @@ func TestEmptyCategoryDroppedAndCounted(t *testing.T) {
 	_, co := inprocCoord(t)
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
-	mustLog(t, cl, []*scribe.LogEntry{{Category: "", Message: []byte("no category")}, {Category: "cat", Message: []byte("kept")}})
+	mustLog(t, cl, []*scribethrift.LogEntry{{Category: "", Message: []byte("no category")}, {Category: "cat", Message: []byte("kept")}})
 	s.stop()
 	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"kept"}) {
 		t.Errorf("cat/0 holds %q", got)
@@ -219,7 +219,7 @@ func TestRefusedCallWritesNothing(t *testing.T) {
 		cl := s.dial(t)
 		for _, order := range [][]int{{0, 1}, {1, 0}} {
 			rc, err := cl.Log(context.Background(), entries("cat", msg(order[0], 1), msg(order[1], 1)))
-			if err != nil || rc != scribe.ResultCode_TRY_LATER {
+			if err != nil || rc != scribethrift.ResultCode_TRY_LATER {
 				t.Fatalf("call with a foreign bucket: %v %v, want TRY_LATER", rc, err)
 			}
 		}
@@ -258,18 +258,18 @@ func TestRefusedCallWritesNothing(t *testing.T) {
 		held := logAsync(s.dial(t), entries("cat", msg(1, 0)[:len(msg(1, 0))-1]+`, "pad": "`+pad+`"}`))
 		<-blocked
 		for _, order := range [][]int{{0, 1}, {1, 0}} {
-			var es []*scribe.LogEntry
+			var es []*scribethrift.LogEntry
 			for _, b := range order {
 				m := msg(b, 1)
-				es = append(es, &scribe.LogEntry{Category: "cat", Message: []byte(m[:len(m)-1] + `, "pad": "` + pad + `"}`)})
+				es = append(es, &scribethrift.LogEntry{Category: "cat", Message: []byte(m[:len(m)-1] + `, "pad": "` + pad + `"}`)})
 			}
 			rc, err := cl.Log(context.Background(), es)
-			if err != nil || rc != scribe.ResultCode_TRY_LATER {
+			if err != nil || rc != scribethrift.ResultCode_TRY_LATER {
 				t.Fatalf("call with a busy bucket: %v %v, want TRY_LATER", rc, err)
 			}
 		}
 		once.Do(func() { close(release) })
-		if r := <-held; r.err != nil || r.rc != scribe.ResultCode_OK {
+		if r := <-held; r.err != nil || r.rc != scribethrift.ResultCode_OK {
 			t.Fatalf("held call: %v %v", r.rc, r.err)
 		}
 		mustLog(t, cl, entries("cat", msg(0, 2)))
@@ -299,13 +299,13 @@ func TestArrivalClampAndAgentKey(t *testing.T) {
 	cl := s.dial(t)
 	ctx := context.Background()
 	inc := "secret-incarnation"
-	for _, b := range []*scribe.Batch{
+	for _, b := range []*scribethrift.Batch{
 		{AgentID: "agent-7", Incarnation: &inc, FirstSeq: 1, ReceivedAtMs: now.Add(time.Hour).UnixMilli(), Messages: entries("cat", "future")},
 		{AgentID: "agent-7", FirstSeq: 2, ReceivedAtMs: now.Add(-time.Hour).UnixMilli(), Messages: entries("cat", "past")},
 		{AgentID: "agent-7", Incarnation: &inc, FirstSeq: 3, ReceivedAtMs: -5, Messages: entries("cat", "negative")},
 		{AgentID: "agent-7", Incarnation: &inc, FirstSeq: 0, ReceivedAtMs: 0, Messages: entries("cat", "unsequenced")},
 	} {
-		if rc, err := cl.LogBatch(ctx, b); err != nil || rc != scribe.ResultCode_OK {
+		if rc, err := cl.LogBatch(ctx, b); err != nil || rc != scribethrift.ResultCode_OK {
 			t.Fatalf("logbatch: %v %v", rc, err)
 		}
 	}
@@ -403,7 +403,7 @@ func TestIdleCloseUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for k := 0; k < calls; k++ {
 				rc, err := cl.Log(context.Background(), entries(fmt.Sprintf("cat%d", k%3), fmt.Sprintf("c%d-%03d", c, k)))
-				if err != nil || rc != scribe.ResultCode_OK {
+				if err != nil || rc != scribethrift.ResultCode_OK {
 					t.Errorf("client %d call %d: %v %v", c, k, rc, err)
 					return
 				}
@@ -452,7 +452,7 @@ func TestFloodOfCategories(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rc == scribe.ResultCode_OK {
+		if rc == scribethrift.ResultCode_OK {
 			ok++
 		} else {
 			refused++
@@ -469,12 +469,12 @@ func TestFloodOfCategories(t *testing.T) {
 		t.Errorf("try_later max_categories %v, want 950", got)
 	}
 	// A call whose new categories exceed the bound is refused whole.
-	var es []*scribe.LogEntry
+	var es []*scribethrift.LogEntry
 	for i := 0; i < 3; i++ {
-		es = append(es, &scribe.LogEntry{Category: fmt.Sprintf("flood-%d", i), Message: []byte("y")})
+		es = append(es, &scribethrift.LogEntry{Category: fmt.Sprintf("flood-%d", i), Message: []byte("y")})
 	}
-	es = append(es, &scribe.LogEntry{Category: "one-too-many", Message: []byte("y")})
-	if rc, _ := cl.Log(context.Background(), es); rc != scribe.ResultCode_TRY_LATER {
+	es = append(es, &scribethrift.LogEntry{Category: "one-too-many", Message: []byte("y")})
+	if rc, _ := cl.Log(context.Background(), es); rc != scribethrift.ResultCode_TRY_LATER {
 		t.Errorf("call with a category over the bound: %v", rc)
 	}
 	s.stop()
@@ -499,9 +499,9 @@ func TestFloodMemory(t *testing.T) {
 	g0 := runtime.NumGoroutine()
 	const n = 2000
 	for i := 0; i < n; i += 100 {
-		var es []*scribe.LogEntry
+		var es []*scribethrift.LogEntry
 		for j := i; j < i+100; j++ {
-			es = append(es, &scribe.LogEntry{Category: fmt.Sprintf("flood-%d", j), Message: []byte("x")})
+			es = append(es, &scribethrift.LogEntry{Category: fmt.Sprintf("flood-%d", j), Message: []byte("x")})
 		}
 		mustLog(t, cl, es)
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestLeaseHeldByAnotherOwner(t *testing.T) {
@@ -25,7 +25,7 @@ func TestLeaseHeldByAnotherOwner(t *testing.T) {
 	cl := s.dial(t)
 	for i := 0; i < 3; i++ {
 		rc, err := cl.Log(context.Background(), entries("cat", "refused"))
-		if err != nil || rc != scribe.ResultCode_TRY_LATER {
+		if err != nil || rc != scribethrift.ResultCode_TRY_LATER {
 			t.Fatalf("log while another owner holds the bucket: %v %v, want TRY_LATER", rc, err)
 		}
 	}
@@ -44,7 +44,7 @@ func TestLeaseHeldByAnotherOwner(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return rc == scribe.ResultCode_OK
+		return rc == scribethrift.ResultCode_OK
 	})
 	s.stop()
 	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"accepted"}) {
@@ -91,13 +91,13 @@ func (g *gate) hook(op, name string) error {
 }
 
 type result struct {
-	rc  scribe.ResultCode
+	rc  scribethrift.ResultCode
 	err error
 }
 
 func logAsync(cl interface {
-	Log(context.Context, []*scribe.LogEntry) (scribe.ResultCode, error)
-}, es []*scribe.LogEntry) chan result {
+	Log(context.Context, []*scribethrift.LogEntry) (scribethrift.ResultCode, error)
+}, es []*scribethrift.LogEntry) chan result {
 	ch := make(chan result, 1)
 	go func() {
 		rc, err := cl.Log(context.Background(), es)
@@ -131,10 +131,10 @@ func TestLeaseLost(t *testing.T) {
 		if r1.err != nil || r2.err != nil {
 			t.Fatalf("log: %v %v", r1.err, r2.err)
 		}
-		if r2.rc != scribe.ResultCode_TRY_LATER {
+		if r2.rc != scribethrift.ResultCode_TRY_LATER {
 			t.Errorf("request queued when the lease was lost: %v, want TRY_LATER", r2.rc)
 		}
-		if r1.rc != scribe.ResultCode_TRY_LATER {
+		if r1.rc != scribethrift.ResultCode_TRY_LATER {
 			t.Errorf("request in flight when the lease was lost: %v, want TRY_LATER", r1.rc)
 		}
 		// The next request takes the lease again, with a higher epoch.
@@ -194,7 +194,7 @@ func TestLeaseLostAckFenced(t *testing.T) {
 	a.stop()
 	b.stop()
 	got := msgs(scan(t, local, "cat/0"))
-	if r.rc == scribe.ResultCode_OK && !slices.Equal(got, []string{"a-1", "a-2", "b-1"}) {
+	if r.rc == scribethrift.ResultCode_OK && !slices.Equal(got, []string{"a-1", "a-2", "b-1"}) {
 		t.Errorf("a-2 acknowledged after the lease was lost and a new owner took over, but the bucket holds %q", got)
 	}
 	if !slices.Equal(got[:1], []string{"a-1"}) || got[len(got)-1] != "b-1" {

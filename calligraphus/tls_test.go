@@ -15,9 +15,10 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func loadTLS(t *testing.T, c auth.TLSConfig) *auth.TLS {
@@ -54,10 +55,11 @@ func TestBatchSequencesNeedVerifiedAgent(t *testing.T) {
 		var logs bytes.Buffer
 		reg := prometheus.NewRegistry()
 		now := time.UnixMilli(1_700_000_000_000)
-		c, err := New(testConfig(), Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil), Metrics: reg, Version: "test",
-			Log:    slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
-			Now:    func() time.Time { return now },
-			Shared: scribeapi.Shared{TLS: wtls}})
+		c, err := New(testConfig(), Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil),
+			Common: component.Common{Metrics: reg, Version: "test",
+				Log:    slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
+				Now:    func() time.Time { return now },
+				Shared: component.Shared{TLS: wtls}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,11 +85,11 @@ func TestBatchSequencesNeedVerifiedAgent(t *testing.T) {
 			anonymous = dialTLS(loadTLS(t, auth.TLSConfig{CertFile: agentCert.CertFile, KeyFile: agentCert.KeyFile, CAFile: ca.File}).ClientConfig(c.Addr()))
 		}
 		bg := context.Background()
-		for cl, b := range map[*scribeapi.Client]*scribe.Batch{
+		for cl, b := range map[*scribeapi.Client]*scribethrift.Batch{
 			verified:  {AgentID: "agent-1", FirstSeq: 1, ReceivedAtMs: now.Add(-time.Minute).UnixMilli(), Messages: entries("cat", "verified")},
 			anonymous: {AgentID: "agent-1", FirstSeq: 7, ReceivedAtMs: now.Add(-time.Minute).UnixMilli(), Messages: entries("cat", "forged", "forged-2")},
 		} {
-			if rc, err := cl.LogBatch(bg, b); err != nil || rc != scribe.ResultCode_OK {
+			if rc, err := cl.LogBatch(bg, b); err != nil || rc != scribethrift.ResultCode_OK {
 				t.Fatalf("logbatch: %v %v", rc, err)
 			}
 		}

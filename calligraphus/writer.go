@@ -1,21 +1,11 @@
 package calligraphus
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"io/fs"
 	"log/slog"
-	"path"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -90,17 +80,16 @@ type bucketWriter struct {
 	closed  bool       // reserve refuses: the run loop has ended or is ending
 	retired bool       // it ends for idleness (a new writer may follow)
 
-	lease     coord.Lease
-	nextTry   time.Time
-	epoch     int64
-	seq       uint64
-	file      dfs.File
-	enc       *segment.Encoder
-	tmp       string
-	final     string
-	size      int64
-	firstData time.Time
-	buf       []byte
+	lease   coord.Lease
+	nextTry time.Time
+	epoch   int64
+	seq     uint64
+	file    dfs.File
+	enc     *segment.Encoder
+	tmp     string
+	final   string
+	size    int64
+	buf     []byte
 }
 
 func newBucketWriter(c *Calligraphus, id bucketID, prev <-chan struct{}) *bucketWriter {
@@ -267,9 +256,9 @@ func (w *bucketWriter) run(ctx context.Context) {
 				continue
 			}
 			wasOpen := w.file != nil
-			start := time.Now()
+			start := w.c.now()
 			err := w.write(batch)
-			w.c.m.commit.Observe(time.Since(start).Seconds())
+			w.c.m.commit.Observe(w.c.now().Sub(start).Seconds())
 			if err != nil {
 				w.log.Error("cannot write batch to segment", "segment", w.final, "err", err)
 			}
@@ -318,348 +307,6 @@ func (w *bucketWriter) collect(ctx context.Context, first *appendReq) []*appendR
 	return batch
 }
 
-// ensureOwner takes the bucket's lease if this writer does not hold it.
-func (w *bucketWriter) ensureOwner(ctx context.Context) error {
-	if w.lease != nil {
-		return nil
-	}
-	if time.Now().Before(w.nextTry) {
-		return errNotOwner
-	}
-	if w.prev != nil {
-		// The bucket's previous writer of this process is still
-		// publishing; it releases the lease when done.
-		select {
-		case <-w.prev:
-			w.prev = nil
-		case <-ctx.Done():
-			return errStopping
-		}
-	}
-	name := layout.WriterLease(w.id.category, w.id.bucket)
-	lease, err := w.c.deps.Coord.Acquire(ctx, name, w.c.cfg.ID)
-	if err != nil {
-		w.nextTry = time.Now().Add(time.Second)
-		if errors.Is(err, coord.ErrHeld) {
-			return fmt.Errorf("%w: %v", errNotOwner, err)
-		}
-		return fmt.Errorf("acquire %s: %w", name, err)
-	}
-	maxEpoch, err := w.recover(lease.Epoch())
-	if err != nil {
-		lease.Release(ctx)
-		w.nextTry = time.Now().Add(time.Second)
-		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
-	}
-	w.lease = lease
-	w.owned.Store(true)
-	w.epoch = max(lease.Epoch(), maxEpoch+1)
-	w.seq = 0
-	if w.epoch != lease.Epoch() {
-		w.log.Warn("lease epoch below existing segments; using a higher one", "lease_epoch", lease.Epoch(), "epoch", w.epoch)
-	}
-	w.log.Info("bucket writer started", "epoch", w.epoch)
-	return nil
-}
-
-// recover deals with what earlier writers left in the bucket and returns
-// the highest epoch found there. It first makes sure a long category's
-// directory has its sidecar, so that the category can be listed.
-func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
-	fsys := w.c.deps.FS
-	if err := layout.WriteSidecar(fsys, w.id.category, strconv.FormatInt(leaseEpoch, 16)); err != nil {
-		return 0, err
-	}
-	if err := fsys.MkdirAll(w.dir); err != nil {
-		return 0, err
-	}
-	infos, err := fsys.ReadDir(w.dir)
-	if err != nil {
-		return 0, err
-	}
-	var maxEpoch int64
-	for _, fi := range infos {
-		name := fi.Name()
-		if !dfs.Hidden(name) {
-			if e, _, ok := layout.ParseSegmentName(name); ok {
-				maxEpoch = max(maxEpoch, e)
-			}
-			continue
-		}
-		if _, ok := layout.ParseSalvageSegment(name); ok {
-			// A salvage interrupted by a crash; its source is still there.
-			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		segName, ok := layout.ParseTempSegment(name)
-		if !ok {
-			continue
-		}
-		e, _, _ := layout.ParseSegmentName(segName)
-		maxEpoch = max(maxEpoch, e)
-		p := path.Join(w.dir, name)
-		if !fsys.SyncDurable() {
-			// Only a publish acknowledges on this dfs: nothing in here was
-			// acknowledged, and its senders retry it.
-			w.log.Info("removing an unpublished segment of an earlier writer", "file", p)
-			if err := fsys.Remove(p); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		if err := w.salvage(p, path.Join(w.dir, segName)); err != nil {
-			return 0, fmt.Errorf("salvage %s: %w", p, err)
-		}
-	}
-	return maxEpoch, nil
-}
-
-// salvage publishes the valid blocks of an earlier writer's unpublished
-// segment, which on a local disk hold acknowledged entries. It is safe to
-// repeat after a crash at any step: the copy goes through its own hidden
-// name, and a segment already published means only the leftover remains.
-func (w *bucketWriter) salvage(tmp, final string) error {
-	fsys := w.c.deps.FS
-	if _, err := fsys.Stat(final); err == nil {
-		w.log.Info("removing the leftover of a segment already salvaged", "file", tmp)
-		return fsys.Remove(tmp)
-	}
-	data, err := dfs.ReadFile(fsys, tmp)
-	if err != nil {
-		return err
-	}
-	// Keep every valid block: in a v2 segment a damaged block in the
-	// middle costs that block only; a torn tail (the crash) ends it.
-	var out []byte
-	blocks, damaged := 0, 0
-	if r, err := segment.NewReader(bytes.NewReader(data), 0); err == nil {
-		out = r.Header()
-		var b segment.Block
-		for {
-			start := r.Offset()
-			err := r.Next(&b)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			var de *segment.DamageError
-			if errors.As(err, &de) {
-				if de.Resumed {
-					damaged++
-					w.log.Error("damaged block in an unpublished segment; salvaging the others", "file", tmp, "offset", de.Offset, "err", de.Err)
-					continue
-				}
-				w.log.Warn("salvaged segment ends in a torn block", "file", tmp, "offset", de.Offset, "err", de.Err)
-				break
-			}
-			if err != nil {
-				return err
-			}
-			blocks++
-			out = append(out, data[start:r.Offset()]...)
-		}
-	}
-	if blocks == 0 {
-		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
-		return fsys.Remove(tmp)
-	}
-	copyName := salvageName(final)
-	if err := fsys.Remove(copyName); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	f, err := fsys.Create(copyName)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(out); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fsys.Rename(copyName, final); err != nil {
-		return err
-	}
-	w.c.m.salvaged.Inc()
-	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
-	return fsys.Remove(tmp)
-}
-
-// salvageName is the hidden name a salvaged segment is written under.
-func salvageName(final string) string {
-	dir, base := path.Split(final)
-	return dir + layout.SalvageSegment(base)
-}
-
-// write appends the batch's blocks and makes them durable.
-func (w *bucketWriter) write(batch []*appendReq) error {
-	fsys := w.c.deps.FS
-	if w.file == nil {
-		if err := w.open(); err != nil {
-			return err
-		}
-	}
-	w.buf = w.buf[:0]
-	entries := 0
-	for _, r := range batch {
-		for _, b := range r.blocks {
-			w.buf = w.enc.AppendBlock(w.buf, b)
-		}
-		entries += r.entries
-	}
-	if _, err := w.file.Write(w.buf); err != nil {
-		w.fail()
-		return fmt.Errorf("write %s: %w", w.tmp, err)
-	}
-	w.size += int64(len(w.buf))
-	if !fsys.SyncDurable() {
-		// Only the publish makes the batch durable.
-		if err := w.publish(); err != nil {
-			return err
-		}
-		w.written(entries, len(w.buf))
-		return nil
-	}
-	if err := w.file.Sync(); err != nil {
-		w.fail()
-		return fmt.Errorf("sync %s: %w", w.tmp, err)
-	}
-	// A new owner salvages this segment when it takes the bucket; bytes
-	// that reach it after that are not in the salvaged copy. The lease
-	// still held after the sync means they were there first.
-	if w.isLost() {
-		return fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
-	}
-	w.written(entries, len(w.buf))
-	if w.size >= int64(w.c.cfg.SegmentMaxBytes) {
-		// The batch is durable whatever happens here: a segment that
-		// cannot be published is salvaged (see publish).
-		if err := w.publish(); err != nil {
-			w.log.Error("cannot publish segment", "segment", w.final, "err", err)
-		}
-	}
-	return nil
-}
-
-func (w *bucketWriter) written(entries, bytes int) {
-	w.c.m.written.WithLabelValues(w.label).Add(float64(entries))
-	w.c.m.bytes.WithLabelValues(w.label).Add(float64(bytes))
-}
-
-func (w *bucketWriter) open() error {
-	w.seq++
-	name := layout.SegmentName(w.epoch, w.seq)
-	w.final = path.Join(w.dir, name)
-	w.tmp = path.Join(w.dir, layout.TempSegment(name))
-	f, err := w.c.deps.FS.Create(w.tmp)
-	if err != nil {
-		return fmt.Errorf("create segment %s: %w", w.tmp, err)
-	}
-	w.enc = segment.NewEncoder()
-	hdr := w.enc.AppendHeader(nil)
-	if _, err := f.Write(hdr); err != nil {
-		f.Close()
-		w.c.deps.FS.Remove(w.tmp)
-		return fmt.Errorf("write segment header %s: %w", w.tmp, err)
-	}
-	w.file = f
-	w.size = int64(len(hdr))
-	w.firstData = time.Now()
-	return nil
-}
-
-// publish closes the open segment and renames it to its final name, unless
-// the lease was lost meanwhile (a newer writer owns the bucket: publishing
-// under an older epoch could slip behind what readers have passed).
-//
-// A segment that cannot be published on a dfs where synced bytes are
-// acknowledged is left for salvage, and the writer gives up the lease: the
-// next write takes the bucket again, which salvages the segment before
-// anything later is written, so readers cannot have passed its name.
-func (w *bucketWriter) publish() error {
-	f := w.file
-	w.file = nil
-	if err := f.Close(); err != nil {
-		w.discard()
-		w.giveUp()
-		return fmt.Errorf("close segment %s: %w", w.tmp, err)
-	}
-	if w.isLost() {
-		w.discard()
-		return fmt.Errorf("publish %s: %w", w.final, errNotOwner)
-	}
-	if err := w.c.deps.FS.Rename(w.tmp, w.final); err != nil {
-		w.discard()
-		w.giveUp()
-		return fmt.Errorf("publish %s: %w", w.final, err)
-	}
-	w.c.m.segments.WithLabelValues(w.label).Inc()
-	return nil
-}
-
-// giveUp releases the lease after a failure that may leave acknowledged
-// bytes in an unpublished segment, so that the next write re-takes the
-// bucket and salvages them first. Elsewhere the failed segment was
-// removed, and the writer keeps its lease.
-func (w *bucketWriter) giveUp() {
-	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
-		return
-	}
-	w.lease.Release(context.Background())
-	w.lease = nil
-	w.owned.Store(false)
-}
-
-// fail abandons the open segment after a write error: on a dfs where
-// synced bytes are acknowledged, what is in it is salvaged at the next
-// start; elsewhere it is removed.
-func (w *bucketWriter) fail() {
-	if w.file == nil {
-		return
-	}
-	w.file.Close()
-	w.file = nil
-	w.discard()
-	// Re-take ownership (and salvage) before the next write.
-	if w.lease != nil {
-		w.lease.Release(context.Background())
-		w.lease = nil
-		w.owned.Store(false)
-	}
-}
-
-// discard removes an unpublished segment, unless it holds acknowledged
-// bytes (a dfs where Sync is durable), which the next owner salvages.
-func (w *bucketWriter) discard() {
-	if w.c.deps.FS.SyncDurable() {
-		return
-	}
-	if err := w.c.deps.FS.Remove(w.tmp); err != nil {
-		w.log.Warn("cannot remove unpublished segment", "file", w.tmp, "err", err)
-	}
-}
-
-// abandon drops the open segment after the lease was lost and refuses what
-// is queued; the next request takes the bucket again (with a new epoch) if
-// nobody else has.
-func (w *bucketWriter) abandon() {
-	w.log.Warn("bucket lease lost; writer stops until it takes the bucket again", "epoch", w.epoch)
-	if w.file != nil {
-		w.file.Close()
-		w.file = nil
-		w.discard()
-	}
-	w.lease = nil
-	w.owned.Store(false)
-	// Refuse what was queued when the loss was noticed, not what arrives
-	// meanwhile: that is served after taking the bucket again.
-	for n := len(w.reqs); n > 0; n-- {
-		w.finish([]*appendReq{<-w.reqs}, errNotOwner)
-	}
-}
-
 func (w *bucketWriter) failQueued(err error) {
 	for {
 		select {
@@ -689,18 +336,4 @@ func (w *bucketWriter) stop() {
 	}
 	w.owned.Store(false)
 	w.buf = nil
-}
-
-func metricValue(m prometheus.Metric) float64 {
-	var d dto.Metric
-	if err := m.Write(&d); err != nil {
-		return 0
-	}
-	switch {
-	case d.Counter != nil:
-		return d.Counter.GetValue()
-	case d.Gauge != nil:
-		return d.Gauge.GetValue()
-	}
-	return 0
 }

@@ -62,39 +62,40 @@ func DefaultConfig() Config {
 // Enabled reports whether a destination is set.
 func (c *Config) Enabled() bool { return c.Destination != "" }
 
-// Validate checks the configuration; paths are relative to the "copier"
-// key.
+// Validate checks the configuration; errors are config.FieldErrors at
+// paths relative to the copier's section (the wiring places them under
+// "copier", config.Under).
 func (c *Config) Validate() error {
 	if c.Destination != "" {
 		u, err := url.Parse(c.Destination)
 		if err != nil {
-			return config.Errorf("$.copier.destination", "not a URL: %v", err)
+			return config.Errorf("destination", "not a URL: %v", err)
 		}
 		if u.Scheme != "file" && u.Scheme != "hdfs" {
-			return config.Errorf("$.copier.destination", "want a file:// or hdfs:// URL, not %q", c.Destination)
+			return config.Errorf("destination", "want a file:// or hdfs:// URL, not %q", c.Destination)
 		}
 	}
 	for i, cat := range c.Categories {
 		if !layout.ValidCategory(cat) {
-			return config.Errorf(fmt.Sprintf("$.copier.categories[%d]", i), "a category must not be empty")
+			return config.Errorf(fmt.Sprintf("categories[%d]", i), "a category must not be empty")
 		}
 		for _, prev := range c.Categories[:i] {
 			if prev == cat {
-				return config.Errorf(fmt.Sprintf("$.copier.categories[%d]", i), "category %q listed twice", cat)
+				return config.Errorf(fmt.Sprintf("categories[%d]", i), "category %q listed twice", cat)
 			}
 		}
 	}
 	switch {
 	case c.Interval.D() < 10*time.Millisecond:
-		return config.Errorf("$.copier.interval", "must be at least 10ms")
+		return config.Errorf("interval", "must be at least 10ms")
 	case c.Concurrency < 1 || c.Concurrency > 256:
-		return config.Errorf("$.copier.concurrency", "must be between 1 and 256")
+		return config.Errorf("concurrency", "must be between 1 and 256")
 	case c.Verify != VerifySize && c.Verify != VerifyChecksum:
-		return config.Errorf("$.copier.verify", "must be %q or %q, not %q", VerifyChecksum, VerifySize, c.Verify)
+		return config.Errorf("verify", "must be %q or %q, not %q", VerifyChecksum, VerifySize, c.Verify)
 	case !store.ValidTable(c.Table):
-		return config.Errorf("$.copier.table", "%q is not a valid table name", c.Table)
+		return config.Errorf("table", "%q is not a valid table name", c.Table)
 	case c.ProgressInterval.D() < 100*time.Millisecond:
-		return config.Errorf("$.copier.progress_interval", "must be at least 100ms")
+		return config.Errorf("progress_interval", "must be at least 100ms")
 	}
 	return nil
 }

@@ -5,31 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/store"
 )
 
-// Deps are what a copier needs from the wiring.
+// Deps are what a copier needs from the wiring: the common ones, and
+// its backends.
 type Deps struct {
+	component.Common
 	// Source is the pipeline's dfs, Dest the second root
 	// (Config.Destination opened by the wiring).
 	Source, Dest dfs.FS
 	// Store keeps progress, in table Config.Table.
 	Store store.Store
 	// Coord holds the lease that makes one copier active at a time.
-	Coord   coord.Coord
-	Log     *slog.Logger
-	Metrics prometheus.Registerer
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
+	Coord coord.Coord
 }
 
 // Stats describes one copy pass.
@@ -81,19 +76,13 @@ func New(cfg Config, deps Deps) (*Copier, error) {
 		return nil, fmt.Errorf("copier destination %s is its source", deps.Dest)
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = component.ID()
 	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
+	deps.Common = deps.Defaults()
 	return &Copier{
 		cfg:       cfg,
 		deps:      deps,
-		log:       deps.Log.With("component", "copier"),
+		log:       deps.Logger("copier"),
 		now:       deps.Now,
 		m:         newMetrics(deps.Metrics),
 		leaseName: cfg.Table,

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
@@ -90,12 +91,14 @@ func (e *env) copier(t *testing.T, id string, opts ...option) *node {
 	t.Cleanup(func() { session.Close() })
 	logs := &syncBuffer{}
 	deps := Deps{
-		Source:  e.src,
-		Dest:    e.dst,
-		Store:   e.st,
-		Coord:   session,
-		Log:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Metrics: reg,
+		Source: e.src,
+		Dest:   e.dst,
+		Store:  e.st,
+		Coord:  session,
+		Common: component.Common{
+			Log:     slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Metrics: reg,
+		},
 	}
 	for _, o := range opts {
 		o(&cfg, &deps)
@@ -539,7 +542,7 @@ func TestHiddenAndForeignFilesAreIgnored(t *testing.T) {
 		"access/0/notes.txt",
 		"access/0/" + layout.SegmentName(1, 3) + ".bak",
 		"access/1x/" + layout.SegmentName(1, 0), // not a bucket directory
-		"access/01/" + layout.SegmentName(1, 0), // not as segment.Dir names it
+		"access/01/" + layout.SegmentName(1, 0), // not as layout.BucketDir names it
 		".trash/0/" + layout.SegmentName(1, 0),  // not a category
 		"README",
 	} {
@@ -853,8 +856,12 @@ func TestConfigValidate(t *testing.T) {
 		c.Destination = "hdfs://127.0.0.1:9000/warehouse"
 		tc.edit(&c)
 		var fe *config.FieldError
-		if err := c.Validate(); !errors.As(err, &fe) || fe.Path != tc.path {
-			t.Errorf("%s: Validate() = %v, want an error at that path", tc.path, err)
+		err := c.Validate()
+		if !errors.As(err, &fe) || fe.Path != strings.TrimPrefix(tc.path, "$.copier.") {
+			t.Errorf("%s: Validate() = %v, want an error at that path, relative to the section", tc.path, err)
+		}
+		if !errors.As(config.Under("$.copier", err), &fe) || fe.Path != tc.path {
+			t.Errorf("%s: placed: %v", tc.path, err)
 		}
 	}
 }

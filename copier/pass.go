@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"io/fs"
 	"path"
 	"sort"
@@ -17,15 +15,6 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 )
-
-// copyBufferSize is each worker's copy buffer: large enough that a copy
-// to HDFS writes whole packets, small enough to keep per worker.
-const copyBufferSize = 1 << 20
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-// errMismatch means a copy does not match its source: it is not published.
-var errMismatch = errors.New("copy does not match the source")
 
 // bucketJob is one bucket's share of a pass.
 type bucketJob struct {
@@ -236,15 +225,6 @@ func bucketNumber(fi fs.FileInfo) (int, bool) {
 	return layout.ParseBucket(fi.Name())
 }
 
-type outcome int
-
-const (
-	copied outcome = iota
-	replaced
-	skipped
-	vanished
-)
-
 // copyBucket copies j's segments in order, recording progress after each.
 // The first failure stops the bucket: its mark stays before the failed
 // segment, so the next pass starts there.
@@ -351,201 +331,4 @@ func (ps *passState) done(j *bucketJob, out outcome, n int64) {
 		c.log.Info("copy pass progress", "done", doneN, "of", ps.st.Seen, "copied", ps.st.Copied,
 			"bytes", ps.st.Bytes, "skipped", ps.st.Skipped, "vanished", ps.st.Vanished, "errors", ps.st.Errors)
 	}
-}
-
-// copySegment brings the published segment name (size bytes in the
-// listing) to the destination, unless it is there already.
-func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf []byte) (outcome, int64, error) {
-	replacing := false
-	switch dst, err := c.deps.Dest.Stat(name); {
-	case err == nil:
-		same, err := c.sameAsSource(ctx, name, size, dst, buf)
-		if errors.Is(err, fs.ErrNotExist) {
-			// Copied by an earlier run that stopped before recording it,
-			// then removed from the source by retention.
-			return skipped, 0, nil
-		}
-		if err != nil {
-			return 0, 0, err
-		}
-		if same {
-			return skipped, 0, nil
-		}
-		c.log.Warn("destination segment differs from the source; copying it again", "segment", name,
-			"source_bytes", size, "destination_bytes", dst.Size())
-		replacing = true
-	case !errors.Is(err, fs.ErrNotExist):
-		return 0, 0, fmt.Errorf("stat %s in %s: %w", name, c.deps.Dest, err)
-	}
-
-	src, err := c.deps.Source.Open(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		c.log.Warn("segment removed from the source before it was copied", "segment", name)
-		return vanished, 0, nil
-	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("open %s in %s: %w", name, c.deps.Source, err)
-	}
-	defer src.Close()
-
-	tmp := dfs.TempName(name)
-	f, err := c.deps.Dest.Create(tmp)
-	if errors.Is(err, fs.ErrExist) {
-		// Left by a copy that was interrupted (a crash, a lost lease).
-		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return 0, 0, fmt.Errorf("remove stale %s in %s: %w", tmp, c.deps.Dest, err)
-		}
-		c.m.tempsGone.Inc()
-		c.log.Info("removed a temporary file left by an interrupted copy", "file", tmp)
-		f, err = c.deps.Dest.Create(tmp)
-	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("create %s in %s: %w", tmp, c.deps.Dest, err)
-	}
-	h := crc32.New(castagnoli)
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), ctxReader{ctx, src}, buf)
-	if err != nil {
-		f.Close()
-		c.removeTemp(tmp)
-		if _, serr := c.deps.Source.Stat(name); errors.Is(serr, fs.ErrNotExist) {
-			c.log.Warn("segment removed from the source while it was copied", "segment", name)
-			return vanished, 0, nil
-		}
-		return 0, 0, fmt.Errorf("copy %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		c.removeTemp(tmp)
-		return 0, 0, fmt.Errorf("close %s in %s: %w", tmp, c.deps.Dest, err)
-	}
-	if err := c.verify(ctx, tmp, n, size, h.Sum32(), buf); err != nil {
-		c.removeTemp(tmp)
-		return 0, 0, fmt.Errorf("verify copy of %s: %w", name, err)
-	}
-	// Publish only while still the active copier.
-	if err := ctx.Err(); err != nil {
-		c.removeTemp(tmp)
-		return 0, 0, err
-	}
-	if err := c.deps.Dest.Rename(tmp, name); err != nil {
-		c.removeTemp(tmp)
-		return 0, 0, fmt.Errorf("publish %s in %s: %w", name, c.deps.Dest, err)
-	}
-	if replacing {
-		return replaced, n, nil
-	}
-	return copied, n, nil
-}
-
-// verify checks the closed temporary copy tmp: n bytes were written, the
-// listing said size, and (VerifyChecksum) reading it back gives sum.
-func (c *Copier) verify(ctx context.Context, tmp string, n, size int64, sum uint32, buf []byte) error {
-	if n != size {
-		return fmt.Errorf("%w: read %d bytes from the source, its listing said %d", errMismatch, n, size)
-	}
-	fi, err := c.deps.Dest.Stat(tmp)
-	if err != nil {
-		return fmt.Errorf("stat %s: %w", tmp, err)
-	}
-	if fi.Size() != n {
-		return fmt.Errorf("%w: %s holds %d bytes, %d were written", errMismatch, tmp, fi.Size(), n)
-	}
-	if c.cfg.Verify != VerifyChecksum {
-		return nil
-	}
-	_, got, err := checksum(ctx, c.deps.Dest, tmp, buf)
-	if err != nil {
-		return err
-	}
-	if got != sum {
-		return fmt.Errorf("%w: %s reads back with CRC-32C %08x, %08x was written", errMismatch, tmp, got, sum)
-	}
-	return nil
-}
-
-// sameAsSource reports whether the destination's name (described by dst)
-// is the source's: same size and, with VerifyChecksum, same contents.
-func (c *Copier) sameAsSource(ctx context.Context, name string, size int64, dst fs.FileInfo, buf []byte) (bool, error) {
-	if dst.Size() != size {
-		return false, nil
-	}
-	if c.cfg.Verify != VerifyChecksum {
-		return true, nil
-	}
-	_, want, err := checksum(ctx, c.deps.Source, name, buf)
-	if err != nil {
-		return false, err
-	}
-	_, got, err := checksum(ctx, c.deps.Dest, name, buf)
-	if err != nil {
-		return false, err
-	}
-	return got == want, nil
-}
-
-// checksum reads name from fsys and returns its size and CRC-32C.
-func checksum(ctx context.Context, fsys dfs.FS, name string, buf []byte) (int64, uint32, error) {
-	r, err := fsys.Open(name)
-	if err != nil {
-		return 0, 0, fmt.Errorf("open %s in %s: %w", name, fsys, err)
-	}
-	defer r.Close()
-	h := crc32.New(castagnoli)
-	n, err := io.CopyBuffer(h, ctxReader{ctx, r}, buf)
-	if err != nil {
-		return 0, 0, fmt.Errorf("read %s in %s: %w", name, fsys, err)
-	}
-	return n, h.Sum32(), nil
-}
-
-func (c *Copier) removeTemp(tmp string) {
-	if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		c.log.Warn("cannot remove temporary file; the next copy of the segment will", "file", tmp, "err", err)
-	}
-}
-
-// sweep removes the temporary files an interrupted copy left in a
-// destination bucket directory. Only the active copier writes there, and
-// it is not copying this bucket now, so every such file is stale; most
-// would be replaced by the next copy of their segment anyway, but not
-// those whose segment vanished from the source meanwhile.
-func (c *Copier) sweep(dir string) {
-	infos, err := c.deps.Dest.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return
-	}
-	if err != nil {
-		c.log.Warn("cannot list destination bucket for stale temporary files", "bucket", dir, "err", err)
-		return
-	}
-	for _, fi := range infos {
-		if fi.IsDir() || !isTempOfSegment(fi.Name()) {
-			continue
-		}
-		tmp := path.Join(dir, fi.Name())
-		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot remove stale temporary file", "file", tmp, "err", err)
-			continue
-		}
-		c.m.tempsGone.Inc()
-		c.log.Info("removed a temporary file left by an interrupted copy", "file", tmp)
-	}
-}
-
-// isTempOfSegment reports whether base is dfs.TempName of a segment name.
-func isTempOfSegment(base string) bool {
-	_, ok := layout.ParseTempSegment(base)
-	return ok
-}
-
-// ctxReader stops a copy when ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }

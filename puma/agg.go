@@ -1,7 +1,6 @@
 package puma
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 
@@ -150,26 +149,4 @@ func (l *layout) results(cell []float64) map[string]any {
 		out[l.app.Aggs[i].Name] = impl.result(l.slots(cell, i))
 	}
 	return out
-}
-
-// encodeCell is a cell's stored form: a format byte, then the slots
-// (without the mark).
-func (l *layout) encodeCell(cell []float64) []byte {
-	b := make([]byte, 1, 1+8*l.width)
-	b[0] = 1
-	for _, v := range cell[:l.width] {
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
-	}
-	return b
-}
-
-func (l *layout) decodeCell(b []byte) ([]float64, error) {
-	if len(b) != 1+8*l.width || b[0] != 1 {
-		return nil, fmt.Errorf("stored cell of %d bytes does not fit app %s (%d slots); was the app's aggregate list changed?", len(b), l.app.Name(), l.width)
-	}
-	cell := make([]float64, l.width+1)
-	for i := range cell[:l.width] {
-		cell[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[1+8*i:]))
-	}
-	return cell, nil
 }

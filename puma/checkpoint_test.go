@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
-	"github.com/freeway-dev/freeway/internal/segment"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/ptail"
 )
@@ -114,7 +114,7 @@ func adopt(p *Puma, s *shard) {
 
 // feed applies lines to a shard as one block at a made-up position.
 func feed(s *shard, offset int64, lines ...[]byte) {
-	s.apply(stock(lines...), ptail.Position{Segment: segment.Name(1, 1), Offset: offset})
+	s.apply(stock(lines...), ptail.Position{Segment: names.SegmentName(1, 1), Offset: offset})
 }
 
 // memRows answers q from a shard's memory alone.

@@ -2,10 +2,8 @@ package puma
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
-	"strings"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -86,17 +84,9 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 // its cells are merged only once every one of them was read.
 func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error {
 	cat := pl.app.Spec.Category
-	cells, err := c.st.Get(ctx, c.table, commitRow(cat, b), store.Latest)
+	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
 	if err != nil {
-		return fmt.Errorf("read commit of %s/%d: %w", cat, b, err)
-	}
-	var st commitState
-	for _, cell := range cells {
-		if cell.Column == "commit" {
-			if err := json.Unmarshal(cell.Value, &st); err != nil {
-				return fmt.Errorf("decode commit of %s/%d: %w", cat, b, err)
-			}
-		}
+		return err
 	}
 	if st.Epoch == 0 {
 		return nil
@@ -109,23 +99,8 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error
 	var got []read
 	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app))
 	from, to := prefix+windowKey(pl.q.FromMs), prefix+windowKey(pl.q.ToMs)
-	err = c.st.Scan(ctx, c.table, from, to, st.Epoch, func(row string, cs []store.Cell) error {
-		wk, key, ok := strings.Cut(strings.TrimPrefix(row, prefix), "/")
-		w, wok := parseWindowKey(wk)
-		if !ok || !wok {
-			return fmt.Errorf("malformed cell row %q", row)
-		}
-		for _, cell := range cs {
-			if cell.Column != "v" {
-				continue
-			}
-			slots, err := pl.layout.decodeCell(cell.Value)
-			if err != nil {
-				return fmt.Errorf("cell row %q: %w", row, err)
-			}
-			got = append(got, read{w, key, slots})
-		}
-		return nil
+	err = scanCells(ctx, c.st, c.table, prefix, from, to, st.Epoch, pl.layout, func(w int64, key string, slots []float64) {
+		got = append(got, read{w, key, slots})
 	})
 	if err != nil {
 		return fmt.Errorf("scan %s/%d: %w", cat, b, err)

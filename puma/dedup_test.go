@@ -18,6 +18,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/enginetest"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/hbasestore"
@@ -334,7 +335,7 @@ func checkDedupRoundTrip(t *testing.T, e *env, st store.Store, category string) 
 	}
 	for i, b := range blocks {
 		b.ArrivalMs = t0 + int64(i)*1000
-		s.apply(b, ptail.Position{Segment: segment.Name(1, 1), Offset: int64(i + 1)})
+		s.apply(b, ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(i + 1)})
 	}
 	if err := s.checkpoint(ctx); err != nil {
 		t.Fatal(err)
@@ -355,7 +356,7 @@ func checkDedupRoundTrip(t *testing.T, e *env, st store.Store, category string) 
 	}
 	// Every block again: all re-sends.
 	for i, b := range blocks {
-		s2.apply(b, ptail.Position{Segment: segment.Name(1, 1), Offset: int64(10 + i)})
+		s2.apply(b, ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(10 + i)})
 	}
 	if s2.entries != 0 || s2.dups != 9 {
 		t.Fatalf("after recovery: entries %d dups %d, want 0 and 9", s2.entries, s2.dups)

@@ -17,9 +17,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
@@ -122,7 +124,7 @@ func (e *env) deps(st store.Store, co *inproc.Session) Deps {
 	return Deps{
 		FS: e.fs, Store: st, Coord: co, Apps: e.apps,
 		Buckets: func(string) int { return e.buckets },
-		Log:     testLog(),
+		Common:  component.Common{Log: testLog()},
 	}
 }
 
@@ -148,13 +150,13 @@ func (e *env) node(id string, mod ...func(*Config, *Deps)) *Puma {
 // position after the last block.
 func (e *env) publish(category string, bucket int, blocks ...*segment.Block) ptail.Position {
 	e.t.Helper()
-	dir := filepath.Join(e.root, filepath.FromSlash(segment.Dir(category, bucket)))
+	dir := filepath.Join(e.root, filepath.FromSlash(names.BucketDir(category, bucket)))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		e.t.Fatal(err)
 	}
 	e.mu.Lock()
 	e.segs[dir]++
-	name := segment.Name(1, e.segs[dir])
+	name := names.SegmentName(1, e.segs[dir])
 	e.mu.Unlock()
 	b := []byte(segment.Magic)
 	for _, blk := range blocks {

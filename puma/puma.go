@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/backoff"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -71,36 +72,37 @@ func DefaultConfig() Config {
 // Thrift gateway as it is configured by default.
 const MaxAgentsLimit = 4096
 
-// Validate checks the configuration.
+// Validate checks the configuration; errors are config.FieldErrors at
+// paths relative to the node's section (the wiring places them under
+// "puma", config.Under).
 func (c *Config) Validate() error {
 	switch {
 	case c.CheckpointInterval.D() < 100*time.Millisecond:
-		return config.Errorf("$.puma.checkpoint_interval", "must be at least 100ms")
+		return config.Errorf("checkpoint_interval", "must be at least 100ms")
 	case c.PollInterval.D() < time.Millisecond:
-		return config.Errorf("$.puma.poll_interval", "must be at least 1ms")
+		return config.Errorf("poll_interval", "must be at least 1ms")
 	case !store.ValidTable(c.Table):
-		return config.Errorf("$.puma.table", "%q is not a valid table name", c.Table)
+		return config.Errorf("table", "%q is not a valid table name", c.Table)
 	case c.MaxCells < 1:
-		return config.Errorf("$.puma.max_cells", "must be at least 1")
+		return config.Errorf("max_cells", "must be at least 1")
 	case c.DedupHorizon.D() < time.Minute:
-		return config.Errorf("$.puma.dedup_horizon", "must be at least 1m")
+		return config.Errorf("dedup_horizon", "must be at least 1m")
 	case c.MaxAgentsPerShard < 1 || c.MaxAgentsPerShard > MaxAgentsLimit:
-		return config.Errorf("$.puma.max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
+		return config.Errorf("max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
 	}
 	return nil
 }
 
-// Deps are what a node needs from the wiring.
+// Deps are what a node needs from the wiring: the common ones, and its
+// backends and apps.
 type Deps struct {
+	component.Common
 	FS    dfs.FS
 	Store store.Store
 	Coord coord.Coord
 	Apps  []*apps.App
 	// Buckets returns the bucket count of a category.
 	Buckets func(category string) int
-	Log     *slog.Logger
-	Metrics prometheus.Registerer
-	Now     func() time.Time
 }
 
 // Puma is a running node.
@@ -156,19 +158,13 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		return nil, err
 	}
 	if cfg.ID == "" {
-		host, _ := os.Hostname()
-		cfg.ID = host + "-" + strconv.Itoa(os.Getpid())
+		cfg.ID = component.ID()
 	}
-	if deps.Now == nil {
-		deps.Now = time.Now
-	}
-	if deps.Log == nil {
-		deps.Log = slog.New(slog.DiscardHandler)
-	}
+	deps.Common = deps.Defaults()
 	p := &Puma{
 		cfg:        cfg,
 		deps:       deps,
-		log:        deps.Log.With("component", "puma"),
+		log:        deps.Logger("puma"),
 		now:        deps.Now,
 		apps:       map[string]*apps.App{},
 		byCategory: map[string][]*apps.App{},
@@ -228,14 +224,6 @@ const (
 	retryMin = 2 * time.Second
 	retryMax = time.Minute
 )
-
-func retryDelay(failures int) time.Duration {
-	d := retryMin
-	for i := 1; i < failures && d < retryMax; i++ {
-		d *= 2
-	}
-	return min(d, retryMax)
-}
 
 func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 	now := p.now()
@@ -319,7 +307,7 @@ func (p *Puma) record(id shardID, state ShardState, err error, afresh bool) {
 		}
 		tr.err = err
 		tr.failures++
-		tr.retryAt = now.Add(retryDelay(tr.failures))
+		tr.retryAt = now.Add(backoff.Delay(retryMin, retryMax, tr.failures))
 	case StateElsewhere:
 		tr.err, tr.failures = nil, 0
 	}
@@ -677,7 +665,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	if !oldest.IsZero() {
-		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, time.Since(oldest).Seconds())
+		ch <- prometheus.MustNewConstMetric(descCkptAge, prometheus.GaugeValue, c.p.now().Sub(oldest).Seconds())
 	}
 	ch <- prometheus.MustNewConstMetric(descUncommit, prometheus.GaugeValue, float64(uncommitted))
 	states := map[ShardState]float64{StateRecovering: 0, StateRunning: 0, StateFailed: 0, StateElsewhere: 0}

@@ -92,8 +92,12 @@ func TestNewValidates(t *testing.T) {
 		cfg := e.config("n")
 		tc.mod(&cfg)
 		var fe *config.FieldError
-		if _, err := New(cfg, e.deps(e.st, e.hub.Session())); !errors.As(err, &fe) || fe.Path != tc.path {
-			t.Errorf("want an error at %s, got %v", tc.path, err)
+		_, err := New(cfg, e.deps(e.st, e.hub.Session()))
+		if !errors.As(err, &fe) || fe.Path != strings.TrimPrefix(tc.path, "$.puma.") {
+			t.Errorf("want an error at %s (relative to the section), got %v", tc.path, err)
+		}
+		if !errors.As(config.Under("$.puma", err), &fe) || fe.Path != tc.path {
+			t.Errorf("want an error placed at %s, got %v", tc.path, err)
 		}
 	}
 }

@@ -2,12 +2,10 @@ package puma
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,63 +13,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/coord"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
-	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/ptail"
 )
-
-// commitState is a shard's committed checkpoint, stored as JSON in the
-// commit row.
-type commitState struct {
-	Epoch      int64             `json:"epoch"`
-	Position   ptail.Position    `json:"position"`
-	HighWater  map[string]uint64 `json:"high_water,omitempty"`
-	Watermarks map[string]int64  `json:"watermarks,omitempty"`
-	Owner      string            `json:"owner"`
-	Lease      int64             `json:"lease,omitempty"` // the owner's lease epoch
-	CommitMs   int64             `json:"commit_ms"`
-	// HighWaterSeen[i] is when the i-th key of HighWater, in byte order,
-	// was last seen (arrival ms): a list beside the map rather than a new
-	// map value, so that a row stays readable by the code before it and
-	// the keys are not written twice. Rows from that code have none.
-	HighWaterSeen []int64 `json:"high_water_seen_ms,omitempty"`
-	// ArrivalMs is the latest arrival time of a block applied: the clock
-	// that dedup keys expire by.
-	ArrivalMs int64 `json:"arrival_ms,omitempty"`
-}
-
-// Store layout, in table cfg.Table (<category> encoded by internal/layout,
-// which builds these prefixes):
-//
-//	c/<category>/<bucket>                          commit row: "commit" (JSON), "attempt" (epoch being written)
-//	s/<category>/<bucket>/<app>@<fp>/<window>/<key> cell row: "v" (slots)
-//
-// <window> is the window start in ms as 16 hex digits, offset by 2^63 so
-// that byte order is time order.
-func commitRow(category string, bucket int) string {
-	return names.PumaCommitRow(category, bucket)
-}
-
-func shardPrefix(category string, bucket int) string {
-	return names.PumaCellPrefix(category, bucket)
-}
-
-func appPrefix(category string, bucket int, app *apps.App, fp string) string {
-	return shardPrefix(category, bucket) + app.Name() + "@" + fp + "/"
-}
-
-func windowKey(w int64) string { return fmt.Sprintf("%016x", uint64(w)^(1<<63)) }
-
-func parseWindowKey(s string) (int64, bool) {
-	u, err := strconv.ParseUint(s, 16, 64)
-	if err != nil || len(s) != 16 {
-		return 0, false
-	}
-	return int64(u ^ (1 << 63)), true
-}
 
 // shard aggregates one bucket of one category.
 type shard struct {
@@ -200,7 +148,7 @@ loop:
 
 func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge) error {
 	var b segment.Block
-	backoff := 100 * time.Millisecond
+	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for {
 		pos, err := r.Next(ctx, &b)
 		if err != nil {
@@ -211,16 +159,16 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 			// resumes at the same position, so wait and retry rather than
 			// stopping the shard and recovering it from the store.
 			s.p.m.readErrors.Inc()
-			s.log.Warn("cannot read bucket; retrying", "err", err, "retry_in", backoff)
+			wait := bo.Next()
+			s.log.Warn("cannot read bucket; retrying", "err", err, "retry_in", wait)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(backoff):
+			case <-time.After(wait):
 			}
-			backoff = min(2*backoff, 10*time.Second)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		bo.Reset()
 		s.apply(&b, pos)
 		lag.Set(float64(r.Lag()))
 	}
@@ -266,248 +214,6 @@ func (s *shard) apply(b *segment.Block, pos ptail.Position) {
 	s.entries += n
 	s.p.m.entries.Add(float64(n))
 	s.p.m.duplicates.Add(float64(dups))
-}
-
-var errFenced = errors.New("another owner committed this shard")
-
-// readCommitRow returns the commit row: the stored commit value (nil if
-// none), its decoded state and the last attempt marker.
-func (s *shard) readCommitRow(ctx context.Context) (val []byte, state commitState, attempt int64, err error) {
-	row := commitRow(s.category, s.bucket)
-	cells, err := s.p.deps.Store.Get(ctx, s.p.cfg.Table, row, store.Latest)
-	if err != nil {
-		return nil, state, 0, fmt.Errorf("read commit row %s: %w", row, err)
-	}
-	for _, c := range cells {
-		switch c.Column {
-		case "commit":
-			val = c.Value
-			if err := json.Unmarshal(c.Value, &state); err != nil {
-				return nil, state, 0, fmt.Errorf("decode commit row %s: %w", row, err)
-			}
-		case "attempt":
-			attempt, _ = strconv.ParseInt(string(c.Value), 10, 64)
-		}
-	}
-	return val, state, attempt, nil
-}
-
-// recover claims the shard in the store and loads the committed state.
-func (s *shard) recover(ctx context.Context) error {
-	st := s.p.deps.Store
-	tbl := s.p.cfg.Table
-	row := commitRow(s.category, s.bucket)
-	val, state, _, err := s.readCommitRow(ctx)
-	if err != nil {
-		return err
-	}
-	// Claim: rewrite the commit value, unchanged but for the owner and its
-	// lease epoch, fenced on the value just read. A previous owner that
-	// still believes it owns the shard fences its attempt markers and
-	// commits on the old value, so from here on it can neither start an
-	// attempt nor commit one.
-	E := state.Epoch
-	state.Owner, state.Lease = s.p.cfg.ID, s.lease.Epoch()
-	claim, err := json.Marshal(state)
-	if err != nil {
-		return err
-	}
-	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", val, []store.Cell{{Row: row, Column: "commit", Timestamp: E, Value: claim}})
-	if err != nil {
-		return fmt.Errorf("claim shard: %w", err)
-	}
-	if !ok {
-		return fmt.Errorf("claim shard: %w", errFenced)
-	}
-	s.commitBytes, s.committed = claim, state
-	// Read the attempt marker after the claim: an attempt of the previous
-	// owner may have been marked between the read and the claim, and its
-	// epoch must not be used again.
-	_, _, attempt, err := s.readCommitRow(ctx)
-	if err != nil {
-		return err
-	}
-	// Versions above the committed epoch were written by an attempt that
-	// never committed: remove them so that no later read can see them.
-	if err := st.DeleteNewer(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E); err != nil {
-		return fmt.Errorf("purge uncommitted cells: %w", err)
-	}
-	s.nextEpoch = max(E, attempt) + 1
-	loaded := 0
-	nowMs := s.p.now().UnixMilli()
-	for _, t := range s.tables {
-		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
-		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
-			t.watermark = wm
-		}
-		if E == 0 {
-			continue
-		}
-		err := st.Scan(ctx, tbl, prefix, store.PrefixEnd(prefix), E, func(rowKey string, cs []store.Cell) error {
-			rest := strings.TrimPrefix(rowKey, prefix)
-			wk, key, ok := strings.Cut(rest, "/")
-			w, wok := parseWindowKey(wk)
-			if !ok || !wok {
-				return fmt.Errorf("malformed cell row %q", rowKey)
-			}
-			for _, c := range cs {
-				if c.Column != "v" {
-					continue
-				}
-				cell, err := t.layout.decodeCell(c.Value)
-				if err != nil {
-					return fmt.Errorf("cell row %q: %w", rowKey, err)
-				}
-				t.load(w, key, cell)
-				loaded++
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("load cells of app %s: %w", t.app.Name(), err)
-		}
-		if t.watermark > nowMs+t.app.MaxFutureMs {
-			// Committed by a version that let a bad event time through:
-			// left alone, every line would be late until the clock got
-			// there.
-			repaired := t.repairWatermark()
-			s.log.Warn("committed watermark is in the future; reset to the latest window loaded",
-				"app", t.app.Name(), "watermark", fmtMs(t.watermark), "reset_to", fmtMs(repaired))
-			t.watermark = repaired
-		}
-	}
-	s.pos = s.committed.Position
-	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
-	s.p.m.forgottenCap.Add(float64(forgot))
-	s.committedEpoch, s.committedPos = E, s.committed.Position
-	s.lastCommit.Store(time.Now().UnixNano())
-	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
-	return nil
-}
-
-// expiredRows are the cell rows of a window that retention dropped from
-// memory, to delete from the store up to epoch once a commit at or after
-// epoch has been made.
-type expiredRows struct {
-	prefix string
-	epoch  int64
-}
-
-// checkpoint commits the changed cells and the position.
-//
-// An attempt writes its cells at its epoch. If it fails before its commit
-// lands, the next attempt uses the same epoch again and rewrites every
-// cell the failed one wrote (their dirty marks are restored), so that the
-// failed versions are replaced rather than piled up: the store keeps only
-// a few versions of a cell, and a pile of uncommitted ones would push the
-// committed version out.
-func (s *shard) checkpoint(ctx context.Context) error {
-	start := time.Now()
-	st := s.p.deps.Store
-	tbl := s.p.cfg.Table
-	epoch := s.nextEpoch
-
-	// Snapshot under the lock; write outside it.
-	s.mu.Lock()
-	s.p.m.forgottenHorizon.Add(float64(s.highWater.expire()))
-	state := commitState{
-		Epoch:      epoch,
-		Position:   s.pos,
-		Watermarks: map[string]int64{},
-		Owner:      s.p.cfg.ID,
-		Lease:      s.lease.Epoch(),
-		CommitMs:   s.p.now().UnixMilli(),
-		ArrivalMs:  s.highWater.clockMs,
-	}
-	state.HighWater, state.HighWaterSeen = s.highWater.save()
-	type pending struct {
-		t    *table
-		keys []cellKey
-	}
-	var cells []store.Cell
-	var dirty []pending
-	for _, t := range s.tables {
-		state.Watermarks[t.app.Name()] = t.watermark
-		for _, w := range t.expire() {
-			s.expired = append(s.expired, expiredRows{appPrefix(s.category, s.bucket, t.app, t.fp) + windowKey(w) + "/", epoch})
-		}
-		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
-		keys := t.takeDirty(func(k cellKey, cell []float64) {
-			cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: t.layout.encodeCell(cell)})
-		})
-		dirty = append(dirty, pending{t, keys})
-	}
-	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position
-	s.mu.Unlock()
-	if unchanged {
-		// Nothing to write: the committed state is current, which is what
-		// the checkpoint age tells operators.
-		s.lastCommit.Store(time.Now().UnixNano())
-		return nil
-	}
-	restore := func() {
-		s.mu.Lock()
-		for _, d := range dirty {
-			d.t.remark(d.keys)
-		}
-		s.mu.Unlock()
-	}
-	row := commitRow(s.category, s.bucket)
-	// 1. Record the epoch being written, so that a crash before the commit
-	// never lets a later owner reuse it; fenced on the commit, so that an
-	// owner that lost the shard writes no cells.
-	marker := []store.Cell{{Row: row, Column: "attempt", Timestamp: epoch, Value: []byte(strconv.FormatInt(epoch, 10))}}
-	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, marker)
-	if err != nil {
-		restore()
-		return fmt.Errorf("write attempt marker: %w", err)
-	}
-	if !ok {
-		return errFenced
-	}
-	// 2. The cells, at the epoch.
-	const chunk = 1000
-	for i := 0; i < len(cells); i += chunk {
-		if err := st.Put(ctx, tbl, cells[i:min(i+chunk, len(cells))]); err != nil {
-			restore()
-			return fmt.Errorf("write cells: %w", err)
-		}
-	}
-	// 3. The commit, fenced on the previous one.
-	val, err := json.Marshal(state)
-	if err != nil {
-		restore()
-		return err
-	}
-	ok, err = st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
-	if err != nil {
-		restore()
-		return fmt.Errorf("commit: %w", err)
-	}
-	if !ok {
-		return errFenced
-	}
-	s.nextEpoch = epoch + 1
-	s.commitBytes = val
-	s.committed = state
-	s.mu.Lock()
-	s.committedEpoch, s.committedPos = state.Epoch, state.Position
-	s.mu.Unlock()
-	s.lastCommit.Store(time.Now().UnixNano())
-	s.p.m.checkpoints.Inc()
-	s.p.m.checkpointCells.Add(float64(len(cells)))
-	s.p.m.checkpointSeconds.Observe(time.Since(start).Seconds())
-	// 4. Retention, once the state without the expired windows is
-	// committed; what fails is tried again at the next checkpoint.
-	left := s.expired[:0]
-	for _, x := range s.expired {
-		if err := st.DeleteUpTo(ctx, tbl, x.prefix, store.PrefixEnd(x.prefix), x.epoch); err != nil {
-			s.log.Warn("cannot delete expired window; will retry", "rows", x.prefix, "err", err)
-			left = append(left, x)
-		}
-	}
-	s.expired = left
-	return nil
 }
 
 // snapshot runs fn with the shard's tables read-locked.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/store"
 )
 
@@ -199,8 +200,8 @@ func TestRecoveringShardIsReported(t *testing.T) {
 
 func TestRetryDelay(t *testing.T) {
 	for failures, want := range map[int]time.Duration{0: 2 * time.Second, 1: 2 * time.Second, 2: 4 * time.Second, 5: 32 * time.Second, 6: time.Minute, 100: time.Minute} {
-		if got := retryDelay(failures); got != want {
-			t.Errorf("retryDelay(%d) = %v, want %v", failures, got, want)
+		if got := backoff.Delay(retryMin, retryMax, failures); got != want {
+			t.Errorf("retry delay after %d failures = %v, want %v", failures, got, want)
 		}
 	}
 }

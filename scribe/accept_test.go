@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Every category stock Scribe accepts is queued and shipped as it is, and a
@@ -29,15 +29,15 @@ func TestEveryCategoryStockScribeAcceptsIsKept(t *testing.T) {
 		{6, "../etc", "dots"},
 		{7, "ok", big},
 	}
-	var es []*scribe.LogEntry
+	var es []*scribethrift.LogEntry
 	for i, w := range want {
-		es = append(es, &scribe.LogEntry{Category: w.cat, Message: []byte(w.msg)})
+		es = append(es, &scribethrift.LogEntry{Category: w.cat, Message: []byte(w.msg)})
 		if i == 2 {
-			es = append(es, &scribe.LogEntry{Category: "", Message: []byte("blank")})
+			es = append(es, &scribethrift.LogEntry{Category: "", Message: []byte("blank")})
 		}
 	}
 	mustLog(t, c, es)
-	mustLog(t, c, []*scribe.LogEntry{{Category: "", Message: []byte("only blank")}})
+	mustLog(t, c, []*scribethrift.LogEntry{{Category: "", Message: []byte("only blank")}})
 	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 && a.c.shipped.Load() == a.c.receivedScribe.Load() })
 	g := up.received(t)
 	if len(g) != len(want) {
@@ -51,7 +51,7 @@ func TestEveryCategoryStockScribeAcceptsIsKept(t *testing.T) {
 	if n := gather(t, a, "freeway_agent_entries_rejected_total", "reason", reasonEmptyCategory); n != 2 {
 		t.Errorf("rejected{reason=empty_category} = %v, want 2", n)
 	}
-	if n := a.c.fb303(a.q)["received blank category"]; n != 2 {
+	if n := a.fb303()["received blank category"]; n != 2 {
 		t.Errorf("fb303 received blank category = %d, want 2", n)
 	}
 	if !strings.Contains(a.logs.String(), "received blank category") {
@@ -67,14 +67,14 @@ func TestArrivalTimeIsTheAgentsClock(t *testing.T) {
 	a := startAgentClock(t, testConfig(t.TempDir(), up.srv.Addr()), clk)
 	c := dial(t, a.Addr())
 	in2100 := time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
-	rc, err := c.LogBatch(context.Background(), &scribe.Batch{
+	rc, err := c.LogBatch(context.Background(), &scribethrift.Batch{
 		AgentID: "client", FirstSeq: 1, ReceivedAtMs: in2100,
-		Messages: []*scribe.LogEntry{{Category: "c", Message: []byte("from the future")}},
+		Messages: []*scribethrift.LogEntry{{Category: "c", Message: []byte("from the future")}},
 	})
-	if err != nil || rc != scribe.ResultCode_OK {
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("log batch: %v %v", rc, err)
 	}
-	mustLog(t, c, []*scribe.LogEntry{{Category: "c", Message: []byte("plain")}})
+	mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte("plain")}})
 	eventually(t, "2 entries upstream", func() bool { return up.count(t) == 2 })
 	for _, b := range up.callsSnapshot() {
 		if b.ReceivedAtMs != clk.Now().UnixMilli() {
@@ -88,9 +88,9 @@ func TestArrivalTimeIsTheAgentsClock(t *testing.T) {
 func TestBlankCategoriesAreLoggedRateLimited(t *testing.T) {
 	a := startAgent(t, testConfig(t.TempDir(), deadAddr(t)))
 	c := dial(t, a.Addr())
-	es := make([]*scribe.LogEntry, 1000)
+	es := make([]*scribethrift.LogEntry, 1000)
 	for i := range es {
-		es[i] = &scribe.LogEntry{Category: "", Message: []byte("x")}
+		es[i] = &scribethrift.LogEntry{Category: "", Message: []byte("x")}
 	}
 	mustLog(t, c, es)
 	if n := a.c.rejected[reasonEmptyCategory].Load(); n != 1000 {

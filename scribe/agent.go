@@ -5,20 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Agent is the Scribe sidecar: a Scribe server in front of a disk queue,
@@ -31,42 +29,40 @@ type Agent struct {
 	q     *diskqueue.Queue
 	srv   *scribeapi.Server
 	c     *counters
+	fb303 func() map[string]int64 // getCounters: c, read through the metrics
 	tails []*tailer
 	tls   *auth.TLS // the process's, for the upstream link
 	ran   atomic.Bool
 }
 
-// Option configures an Agent beyond its Config.
-type Option func(*options)
-
-type options struct{ shared scribeapi.Shared }
-
-// WithShared gives the agent's Scribe port the process's in-flight byte
-// budget and fb303 control hooks.
-func WithShared(s scribeapi.Shared) Option { return func(o *options) { o.shared = s } }
-
-// New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
-// truncated) and binds cfg.Listen, so that Addr works before Run. Metrics are registered with
-// reg (nil: not registered).
-func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, opts ...Option) (*Agent, error) {
-	return newAgent(cfg, log, reg, realClock{}, opts...)
+// Deps are what the agent needs from the wiring: the common ones only.
+// Of Shared, its Scribe port takes the budget, the fb303 control hooks
+// and the TLS (unless Config.TLS is false), and the shipper dials
+// upstream with the TLS.
+type Deps struct {
+	component.Common
 }
 
-func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock, opts ...Option) (*Agent, error) {
-	var o options
-	for _, f := range opts {
-		f(&o)
-	}
+// New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
+// truncated) and binds cfg.Listen, so that Addr works before Run.
+func New(cfg Config, deps Deps) (*Agent, error) {
+	return newAgent(cfg, deps, nil)
+}
+
+// newAgent is New with a clock for the waits (nil: deps.Now and real
+// timers); tests give theirs.
+func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.QueueDir == "" {
-		return nil, config.Errorf("$.agent.queue_dir", "must be set")
+		return nil, config.Errorf("queue_dir", "must be set")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	deps.Common = deps.Defaults()
+	if clk == nil {
+		clk = realClock{now: deps.Now}
 	}
-	log = log.With("component", "agent")
+	log := deps.Logger("agent")
 	q, err := diskqueue.Open(diskqueue.Options{
 		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes), Logger: log,
 	})
@@ -77,29 +73,22 @@ func newAgent(cfg Config, log *slog.Logger, reg prometheus.Registerer, clk clock
 	for _, tc := range cfg.Tail {
 		a.tails = append(a.tails, newTailer(a, tc))
 	}
-	if reg != nil {
-		if err := registerMetrics(reg, a.c, q, a.tails); err != nil {
-			q.Close()
-			return nil, fmt.Errorf("register agent metrics: %w", err)
-		}
+	own, reg := deps.OwnMetrics()
+	if err := registerMetrics(reg, a.c, q, a.tails); err != nil {
+		q.Close()
+		return nil, fmt.Errorf("register agent metrics: %w", err)
 	}
-	info := scribeapi.Info{Name: "freeway-agent", Version: version(), Counters: func() map[string]int64 { return a.c.fb303(a.q) },
-		Control: o.shared.Control, Metrics: reg}
-	a.tls = o.shared.TLS
+	a.fb303 = scribeapi.Counters(own, fb303Counters...)
+	info := scribeapi.Info{Name: "freeway-agent", Version: deps.Version, Counters: a.fb303,
+		Control: deps.Control, Metrics: deps.Metrics, Now: deps.Now}
+	a.tls = deps.TLS
 	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
-		thriftsrv.WithName("agent"), thriftsrv.WithBudget(o.shared.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
+		thriftsrv.WithName("agent"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
 	if err != nil {
 		q.Close()
 		return nil, fmt.Errorf("start agent server: %w", err)
 	}
 	return a, nil
-}
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }
 
 // Addr is the address apps log to.
@@ -157,7 +146,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // are dropped and counted, as stock Scribe does. When the queue cannot
 // take the entries (full, disk full or failing, closing) the whole call
 // is answered TRY_LATER and nothing of it is kept.
-func (a *Agent) Log(ctx context.Context, msgs []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (a *Agent) Log(ctx context.Context, msgs []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	return a.accept(msgs), nil
 }
 
@@ -165,14 +154,14 @@ func (a *Agent) Log(ctx context.Context, msgs []*scribe.LogEntry) (scribe.Result
 // the entries get this agent's sequence numbers and arrival time (a
 // client of this port must not choose arrival times, so received_at_ms
 // is ignored).
-func (a *Agent) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (a *Agent) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	if b == nil {
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	}
 	return a.accept(b.Messages), nil
 }
 
-func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
+func (a *Agent) accept(msgs []*scribethrift.LogEntry) scribethrift.ResultCode {
 	now := a.clock.Now().UnixMilli()
 	es := make([]diskqueue.Entry, 0, len(msgs))
 	for _, m := range msgs {
@@ -187,7 +176,7 @@ func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
 		es = append(es, diskqueue.Entry{Category: m.Category, Message: m.Message, Time: now})
 	}
 	if len(es) == 0 {
-		return scribe.ResultCode_OK
+		return scribethrift.ResultCode_OK
 	}
 	if _, err := a.q.Append(es); err != nil {
 		reason := tryLaterWriteError
@@ -202,8 +191,8 @@ func (a *Agent) accept(msgs []*scribe.LogEntry) scribe.ResultCode {
 		a.c.tryLater[reason].Add(1)
 		a.rl.Warn("try_later "+reason, "cannot queue a call, answering try_later", "reason", reason,
 			"entries", len(es), "queue_entries", a.q.Stats().Entries, "err", err)
-		return scribe.ResultCode_TRY_LATER
+		return scribethrift.ResultCode_TRY_LATER
 	}
 	a.c.receivedScribe.Add(int64(len(es)))
-	return scribe.ResultCode_OK
+	return scribethrift.ResultCode_OK
 }

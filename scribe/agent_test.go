@@ -22,7 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestLogIsShippedInOrderWithSequenceNumbers(t *testing.T) {
@@ -108,13 +108,13 @@ func TestInFlightBatchIsResentWithItsSequenceNumbersAfterARestart(t *testing.T) 
 	// The upstream keeps the batch but its answer is lost (an error).
 	var mu sync.Mutex
 	lose := true
-	up := startUpstream(t, "127.0.0.1:0", func(int, *scribe.Batch) (scribe.ResultCode, error) {
+	up := startUpstream(t, "127.0.0.1:0", func(int, *scribethrift.Batch) (scribethrift.ResultCode, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if lose {
-			return scribe.ResultCode_OK, errors.New("answer lost")
+			return scribethrift.ResultCode_OK, errors.New("answer lost")
 		}
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	})
 	cfg := testConfig(dir, up.srv.Addr())
 	cfg.BatchEntries = 4
@@ -140,14 +140,14 @@ func TestInFlightBatchIsResentWithItsSequenceNumbersAfterARestart(t *testing.T) 
 
 func TestUpstreamTryLaterAndErrorsAreRetriedInOrder(t *testing.T) {
 	// TRY_LATER three times, then an error, then OK; TRY_LATER again later.
-	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribe.Batch) (scribe.ResultCode, error) {
+	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribethrift.Batch) (scribethrift.ResultCode, error) {
 		switch n {
 		case 0, 1, 2, 6:
-			return scribe.ResultCode_TRY_LATER, nil
+			return scribethrift.ResultCode_TRY_LATER, nil
 		case 3:
-			return scribe.ResultCode_OK, errors.New("writer crashed")
+			return scribethrift.ResultCode_OK, errors.New("writer crashed")
 		}
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	})
 	cfg := testConfig(t.TempDir(), up.srv.Addr())
 	cfg.BatchEntries = 30
@@ -194,11 +194,11 @@ func (f *fakeClock) After(d time.Duration) <-chan time.Time {
 }
 
 func TestShipBackoffGrowsToItsCapWithJitter(t *testing.T) {
-	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribe.Batch) (scribe.ResultCode, error) {
+	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribethrift.Batch) (scribethrift.ResultCode, error) {
 		if n < 12 {
-			return scribe.ResultCode_TRY_LATER, nil
+			return scribethrift.ResultCode_TRY_LATER, nil
 		}
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	})
 	clk := &fakeClock{}
 	cfg := testConfig(t.TempDir(), up.srv.Addr())
@@ -221,26 +221,6 @@ func TestShipBackoffGrowsToItsCapWithJitter(t *testing.T) {
 		d = min(2*d, 5*time.Second)
 	}
 	eventually(t, "the batch acknowledged", func() bool { return a.q.Stats().Acked == 2 })
-}
-
-func TestBackoff(t *testing.T) {
-	b := newBackoff(50*time.Millisecond, 5*time.Second)
-	b.rand = func() float64 { return 0.999999 }
-	var got []time.Duration
-	for range 10 {
-		got = append(got, b.next().Round(time.Millisecond))
-	}
-	want := []time.Duration{50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000}
-	for i := range want {
-		if got[i] != want[i]*time.Millisecond {
-			t.Fatalf("backoff = %v", got)
-		}
-	}
-	b.reset()
-	b.rand = func() float64 { return 0 }
-	if d := b.next(); d != 25*time.Millisecond {
-		t.Fatalf("after reset, lowest jitter = %v", d)
-	}
 }
 
 func TestUpstreamDownAtStartThenUp(t *testing.T) {
@@ -288,14 +268,14 @@ func TestQueueFullAnswersTryLaterAndRecovers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rc == scribe.ResultCode_TRY_LATER {
+		if rc == scribethrift.ResultCode_TRY_LATER {
 			refused++
 		} else {
 			accepted += 10
 		}
 	}
-	if a.c.tryLaterTotal() != 1 || a.c.fb303(a.q)["denied for queue size"] != 1 {
-		t.Fatalf("try_later counters: %v", a.c.fb303(a.q))
+	if n := a.fb303(); n["agent.try_later_sent"] != 1 || n["denied for queue size"] != 1 {
+		t.Fatalf("try_later counters: %v", n)
 	}
 	if gather(t, a, "freeway_agent_try_later_sent_total", "reason", tryLaterQueueFull) != 1 {
 		t.Fatal("freeway_agent_try_later_sent_total{reason=queue_full} not 1")
@@ -304,7 +284,7 @@ func TestQueueFullAnswersTryLaterAndRecovers(t *testing.T) {
 	// The stock client retries the same call until it is taken.
 	eventually(t, "the queue to accept again", func() bool {
 		rc, err := c.Log(context.Background(), entries("c", "q", accepted, 10))
-		return err == nil && rc == scribe.ResultCode_OK
+		return err == nil && rc == scribethrift.ResultCode_OK
 	})
 	accepted += 10
 	eventually(t, "everything accepted upstream", func() bool { return up.count(t) == accepted })
@@ -350,10 +330,10 @@ func TestStockScribeClients(t *testing.T) {
 	}
 	defer trans.Close()
 	pf := thrift.NewTBinaryProtocolFactoryConf(cfg)
-	client := scribe.NewScribeClient(thrift.NewTStandardClient(pf.GetProtocol(trans), pf.GetProtocol(trans)))
+	client := scribethrift.NewScribeClient(thrift.NewTStandardClient(pf.GetProtocol(trans), pf.GetProtocol(trans)))
 	ctx := context.Background()
-	rc, err := client.Log(ctx, []*scribe.LogEntry{{Category: "stock", Message: []byte("generated"), Metadata: map[string]string{"k": "v"}}})
-	if err != nil || rc != scribe.ResultCode_OK {
+	rc, err := client.Log(ctx, []*scribethrift.LogEntry{{Category: "stock", Message: []byte("generated"), Metadata: map[string]string{"k": "v"}}})
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("generated client: %v %v", rc, err)
 	}
 
@@ -395,7 +375,7 @@ func TestStockScribeClients(t *testing.T) {
 func TestAgentChainAndStockUpstream(t *testing.T) {
 	// A stock Scribe server: no LogBatch. The agent falls back to Log.
 	stock := &fakeUpstream{}
-	proc := scribe.NewScribeProcessor(struct {
+	proc := scribethrift.NewScribeProcessor(struct {
 		*fakeUpstream
 		fb303.FacebookService // never called
 	}{fakeUpstream: stock})
@@ -423,17 +403,17 @@ func TestAgentChainAndStockUpstream(t *testing.T) {
 func TestNewRefusesABadConfigAndABusyQueue(t *testing.T) {
 	cfg := testConfig(t.TempDir(), "127.0.0.1:1")
 	cfg.BatchBytes = 32 << 20
-	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "agent.batch_bytes") {
+	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(config.Under("$.agent", err).Error(), "agent.batch_bytes") {
 		t.Fatalf("New with batch_bytes 32MiB: %v", err)
 	}
 	cfg = testConfig("", "127.0.0.1:1")
-	if _, err := New(cfg, nil, nil); err == nil || !strings.Contains(err.Error(), "agent.queue_dir") {
+	if _, err := New(cfg, Deps{}); err == nil || !strings.Contains(config.Under("$.agent", err).Error(), "agent.queue_dir") {
 		t.Fatalf("New without queue_dir: %v", err)
 	}
 	dir := t.TempDir()
 	a := startAgent(t, testConfig(dir, "127.0.0.1:1"))
 	_ = a
-	if _, err := New(testConfig(dir, "127.0.0.1:1"), nil, nil); err == nil {
+	if _, err := New(testConfig(dir, "127.0.0.1:1"), Deps{}); err == nil {
 		t.Fatal("a second agent opened a queue directory in use")
 	}
 }
@@ -446,7 +426,7 @@ func TestLargestBatchFitsTheFrameLimit(t *testing.T) {
 	c := dial(t, a.Addr())
 	big := bytes.Repeat([]byte("z"), int(cfg.MaxMessageBytes))
 	for range 20 {
-		mustLog(t, c, []*scribe.LogEntry{{Category: strings.Repeat("c", 200), Message: big}})
+		mustLog(t, c, []*scribethrift.LogEntry{{Category: strings.Repeat("c", 200), Message: big}})
 	}
 	up := startUpstream(t, addr, nil)
 	eventually(t, "20 large entries upstream", func() bool { return up.count(t) == 20 })

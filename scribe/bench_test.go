@@ -12,15 +12,15 @@ import (
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // benchEntries is one Log call: 100 entries of about 200 bytes.
-func benchEntries() []*scribe.LogEntry {
-	es := make([]*scribe.LogEntry, 100)
+func benchEntries() []*scribethrift.LogEntry {
+	es := make([]*scribethrift.LogEntry, 100)
 	line := []byte(`10.1.2.3 - - [22/Nov/2026:02:00:26 +0000] "GET /api/v1/items/12345?page=2 HTTP/1.1" 200 5123 "https://example.com/" "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/132.0" rt=0.012`)
 	for i := range es {
-		es[i] = &scribe.LogEntry{Category: "access", Message: bytes.Clone(line)}
+		es[i] = &scribethrift.LogEntry{Category: "access", Message: bytes.Clone(line)}
 	}
 	return es
 }
@@ -54,7 +54,7 @@ func BenchmarkAgentIngest(b *testing.B) {
 				wg.Go(func() {
 					for next.Add(1) <= int64(b.N) {
 						rc, err := c.Log(context.Background(), es)
-						if err != nil || rc != scribe.ResultCode_OK {
+						if err != nil || rc != scribethrift.ResultCode_OK {
 							b.Errorf("log: %v %v", rc, err)
 							return
 						}
@@ -72,14 +72,14 @@ func BenchmarkAgentIngest(b *testing.B) {
 // countingUpstream is a calligraphus that answers OK and counts.
 type countingUpstream struct{ n atomic.Int64 }
 
-func (c *countingUpstream) Log(_ context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (c *countingUpstream) Log(_ context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	c.n.Add(int64(len(es)))
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
-func (c *countingUpstream) LogBatch(_ context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (c *countingUpstream) LogBatch(_ context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	c.n.Add(int64(len(b.Messages)))
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
 // BenchmarkShip measures draining a full queue to an upstream that

@@ -91,12 +91,12 @@ func DefaultConfig() Config {
 }
 
 // Validate checks the configuration. Each problem is a config.FieldError
-// at its YAML path under the top-level "agent" key, reading like
-// "agent.batch_bytes: must be ..."; all of them are joined.
+// at its path relative to the agent's section ("batch_bytes"; the wiring
+// places it under "agent", config.Under); all of them are joined.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, config.Errorf("$.agent."+key, format, args...))
+		errs = append(errs, config.Errorf(key, format, args...))
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "must be host:port, got %q", c.Listen)
@@ -155,7 +155,7 @@ func (c *Config) Validate() error {
 			bad(key+".category", "must be set")
 		}
 	}
-	if err := c.PortConfig.Validate("agent"); err != nil {
+	if err := c.PortConfig.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -44,14 +44,20 @@ func TestValidateNamesTheKey(t *testing.T) {
 	for _, tc := range cases {
 		cfg := DefaultConfig()
 		tc.mut(&cfg)
+		// Validate names the key relative to the agent's section; the
+		// wiring places it under "agent".
 		err := cfg.Validate()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("Validate = %v, want %q", err, tc.want)
+		if err == nil || !strings.Contains(err.Error(), strings.TrimPrefix(tc.want, "agent.")) {
+			t.Errorf("Validate = %v, want %q", err, strings.TrimPrefix(tc.want, "agent."))
 			continue
 		}
 		var fe *config.FieldError
-		if !errors.As(err, &fe) || !strings.HasPrefix(fe.Path, "$.agent.") {
-			t.Errorf("%v is not a FieldError under $.agent", err)
+		if !errors.As(err, &fe) || fe.Path == "" || strings.HasPrefix(fe.Path, "$") {
+			t.Errorf("%v is not a FieldError at a path relative to the section", err)
+		}
+		placed := config.Under("$.agent", err)
+		if !strings.Contains(placed.Error(), tc.want) || !errors.As(placed, &fe) || !strings.HasPrefix(fe.Path, "$.agent.") {
+			t.Errorf("placed under $.agent: %v, want %q", placed, tc.want)
 		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // A byte flipped on disk in one queued entry used to cost every entry
@@ -26,7 +26,7 @@ func TestDamagedQueueRecordLosesOnlyItself(t *testing.T) {
 	pad := strings.Repeat("p", 60)
 	for i := range 200 {
 		m := fmt.Sprintf("d-%03d-%s", i, pad)
-		mustLog(t, c, []*scribe.LogEntry{{Category: "c", Message: []byte(m)}})
+		mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte(m)}})
 		if i != 42 {
 			want = append(want, m)
 		}
@@ -64,7 +64,7 @@ func TestDamagedQueueRecordLosesOnlyItself(t *testing.T) {
 	if n := gather(t, b, "freeway_agent_queue_lost_entries_total", "", ""); n != 1 {
 		t.Fatalf("freeway_agent_queue_lost_entries_total = %v, want 1", n)
 	}
-	if n := b.c.fb303(b.q)["agent.queue_lost"]; n != 1 {
+	if n := b.fb303()["agent.queue_lost"]; n != 1 {
 		t.Fatalf("fb303 agent.queue_lost = %d, want 1", n)
 	}
 	if logs := b.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, filepath.Base(victim)) || !strings.Contains(logs, "offset=") {

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // mountTmpfs mounts a tmpfs of size bytes on a new directory until the
@@ -70,9 +70,9 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 		c := dial(t, a.Addr())
 		wg.Go(func() {
 			for call := range calls {
-				es := make([]*scribe.LogEntry, per)
+				es := make([]*scribethrift.LogEntry, per)
 				for i := range es {
-					es[i] = &scribe.LogEntry{Category: "app", Message: fmt.Appendf(nil, "w%d-c%d-%d-%s", w, call, i, pad)}
+					es[i] = &scribethrift.LogEntry{Category: "app", Message: fmt.Appendf(nil, "w%d-c%d-%d-%s", w, call, i, pad)}
 				}
 				for {
 					rc, err := c.Log(context.Background(), es)
@@ -80,7 +80,7 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 						t.Errorf("client %d call %d: %v", w, call, err)
 						return
 					}
-					if rc == scribe.ResultCode_OK {
+					if rc == scribethrift.ResultCode_OK {
 						mu.Lock()
 						accepted = append(accepted, msgs(es)...)
 						mu.Unlock()
@@ -167,7 +167,7 @@ func TestAgentRestartsOnAFullDisk(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rc != scribe.ResultCode_OK {
+		if rc != scribethrift.ResultCode_OK {
 			break
 		}
 		accepted = append(accepted, msgs(es)...)
@@ -188,13 +188,13 @@ func TestAgentRestartsOnAFullDisk(t *testing.T) {
 	b := startAgent(t, cfg)
 	c = dial(t, b.Addr())
 	late := entries("c", "late", 0, 5)
-	if rc, err := c.Log(context.Background(), late); err != nil || rc != scribe.ResultCode_TRY_LATER {
+	if rc, err := c.Log(context.Background(), late); err != nil || rc != scribethrift.ResultCode_TRY_LATER {
 		t.Fatalf("log on a full disk after a restart: %v %v, want TRY_LATER", rc, err)
 	}
 	up := startUpstream(t, upAddr, nil)
 	eventually(t, "the restarted agent to accept again", func() bool {
 		rc, err := c.Log(context.Background(), late)
-		return err == nil && rc == scribe.ResultCode_OK
+		return err == nil && rc == scribethrift.ResultCode_OK
 	})
 	want := slices.Concat(accepted, msgs(late))
 	eventually(t, "everything upstream", func() bool { return up.count(t) >= len(want) })

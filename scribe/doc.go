@@ -127,7 +127,7 @@
 //
 //	cfg := scribe.DefaultConfig()
 //	cfg.QueueDir = "/var/lib/freeway/agent"
-//	a, err := scribe.New(cfg, logger, prometheus.DefaultRegisterer)
+//	a, err := scribe.New(cfg, scribe.Deps{Common: component.Common{Log: logger, Metrics: prometheus.DefaultRegisterer}})
 //	if err != nil { ... }
 //	err = a.Run(ctx) // until ctx ends; the queue is closed when it returns
 package scribe

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/scribe"
 )
 
@@ -21,7 +22,7 @@ func ExampleNew() {
 		slog.Error("invalid agent configuration", "err", err)
 		return
 	}
-	a, err := scribe.New(cfg, slog.Default(), prometheus.NewRegistry())
+	a, err := scribe.New(cfg, scribe.Deps{Common: component.Common{Log: slog.Default(), Metrics: prometheus.NewRegistry()}})
 	if err != nil {
 		slog.Error("cannot start agent", "err", err)
 		return

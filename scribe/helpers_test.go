@@ -14,10 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -71,28 +72,28 @@ type dedupKey struct {
 type fakeUpstream struct {
 	srv    *scribeapi.Server
 	mu     sync.Mutex
-	calls  []*scribe.Batch // every LogBatch (and Log, as a batch with seq 0)
-	ok     []*scribe.Batch // those answered OK
-	answer func(n int, b *scribe.Batch) (scribe.ResultCode, error)
+	calls  []*scribethrift.Batch // every LogBatch (and Log, as a batch with seq 0)
+	ok     []*scribethrift.Batch // those answered OK
+	answer func(n int, b *scribethrift.Batch) (scribethrift.ResultCode, error)
 }
 
-func (u *fakeUpstream) LogBatch(_ context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (u *fakeUpstream) LogBatch(_ context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	n := len(u.calls)
 	u.calls = append(u.calls, b)
-	rc, err := scribe.ResultCode_OK, error(nil)
+	rc, err := scribethrift.ResultCode_OK, error(nil)
 	if u.answer != nil {
 		rc, err = u.answer(n, b)
 	}
-	if err == nil && rc == scribe.ResultCode_OK {
+	if err == nil && rc == scribethrift.ResultCode_OK {
 		u.ok = append(u.ok, b)
 	}
 	return rc, err
 }
 
-func (u *fakeUpstream) Log(ctx context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
-	return u.LogBatch(ctx, &scribe.Batch{Messages: es})
+func (u *fakeUpstream) Log(ctx context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	return u.LogBatch(ctx, &scribethrift.Batch{Messages: es})
 }
 
 // received returns what was answered OK, in order, with duplicates (a
@@ -171,7 +172,7 @@ func wantOnce(t testing.TB, counts map[string]int, want []string) {
 	}
 }
 
-func msgs(es []*scribe.LogEntry) []string {
+func msgs(es []*scribethrift.LogEntry) []string {
 	var out []string
 	for _, e := range es {
 		out = append(out, string(e.Message))
@@ -181,7 +182,7 @@ func msgs(es []*scribe.LogEntry) []string {
 
 func (u *fakeUpstream) count(t testing.TB) int { return len(u.received(t)) }
 
-func (u *fakeUpstream) callsSnapshot() []*scribe.Batch {
+func (u *fakeUpstream) callsSnapshot() []*scribethrift.Batch {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return slices.Clone(u.calls)
@@ -189,7 +190,7 @@ func (u *fakeUpstream) callsSnapshot() []*scribe.Batch {
 
 // startUpstream serves a fake calligraphus on addr ("127.0.0.1:0" for any
 // port) until the test ends.
-func startUpstream(t testing.TB, addr string, answer func(int, *scribe.Batch) (scribe.ResultCode, error)) *fakeUpstream {
+func startUpstream(t testing.TB, addr string, answer func(int, *scribethrift.Batch) (scribethrift.ResultCode, error)) *fakeUpstream {
 	t.Helper()
 	u := &fakeUpstream{answer: answer}
 	srv, err := scribeapi.Listen(addr, u, scribeapi.Info{Name: "fake-calligraphus"}, thriftsrv.Limits{}, slog.New(slog.DiscardHandler))
@@ -248,14 +249,14 @@ type agent struct {
 
 func startAgent(t testing.TB, cfg Config) *agent {
 	t.Helper()
-	return startAgentClock(t, cfg, realClock{})
+	return startAgentClock(t, cfg, nil)
 }
 
 func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
 	t.Helper()
 	lb := &logBuf{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg, clk)
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: reg}}, clk)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)
 	}
@@ -291,18 +292,18 @@ func dial(t testing.TB, addr string) *scribeapi.Client {
 	return c
 }
 
-func entries(cat, prefix string, from, n int) []*scribe.LogEntry {
-	es := make([]*scribe.LogEntry, n)
+func entries(cat, prefix string, from, n int) []*scribethrift.LogEntry {
+	es := make([]*scribethrift.LogEntry, n)
 	for i := range es {
-		es[i] = &scribe.LogEntry{Category: cat, Message: fmt.Appendf(nil, "%s-%d", prefix, from+i)}
+		es[i] = &scribethrift.LogEntry{Category: cat, Message: fmt.Appendf(nil, "%s-%d", prefix, from+i)}
 	}
 	return es
 }
 
-func mustLog(t testing.TB, c *scribeapi.Client, es []*scribe.LogEntry) {
+func mustLog(t testing.TB, c *scribeapi.Client, es []*scribethrift.LogEntry) {
 	t.Helper()
 	rc, err := c.Log(context.Background(), es)
-	if err != nil || rc != scribe.ResultCode_OK {
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("log: %v %v", rc, err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // copyDir copies the regular files of src (recursively) into dst, as a
@@ -50,7 +50,7 @@ func logShipped(t testing.TB, a *agent, es []string) {
 	t.Helper()
 	c := dial(t, a.Addr())
 	for _, m := range es {
-		mustLog(t, c, []*scribe.LogEntry{{Category: "c", Message: []byte(m)}})
+		mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte(m)}})
 	}
 	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
 }
@@ -105,7 +105,7 @@ func TestCopiedQueueDirsBothDeliver(t *testing.T) {
 	c := dial(t, a.Addr())
 	pending := names("pending", 5)
 	for _, m := range pending {
-		mustLog(t, c, []*scribe.LogEntry{{Category: "c", Message: []byte(m)}})
+		mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte(m)}})
 	}
 	a.stopped(t)
 	copied := filepath.Join(t.TempDir(), "copy")
@@ -126,16 +126,16 @@ func TestCopiedQueueDirsBothDeliver(t *testing.T) {
 // The incarnation is a secret: it goes upstream in Batch.incarnation and
 // nowhere else (not in logs, metrics or fb303).
 func TestIncarnationIsNeverLoggedOrExposed(t *testing.T) {
-	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribe.Batch) (scribe.ResultCode, error) {
+	up := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribethrift.Batch) (scribethrift.ResultCode, error) {
 		if n == 0 {
-			return scribe.ResultCode_TRY_LATER, nil // a retry is logged at debug level
+			return scribethrift.ResultCode_TRY_LATER, nil // a retry is logged at debug level
 		}
-		return scribe.ResultCode_OK, nil
+		return scribethrift.ResultCode_OK, nil
 	})
 	a := startAgent(t, testConfig(t.TempDir(), up.srv.Addr()))
 	c := dial(t, a.Addr())
 	mustLog(t, c, entries("c", "s", 0, 3))
-	mustLog(t, c, []*scribe.LogEntry{{Category: "", Message: []byte("blank")}})
+	mustLog(t, c, []*scribethrift.LogEntry{{Category: "", Message: []byte("blank")}})
 	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
 	inc := up.callsSnapshot()[0].GetIncarnation()
 	if len(inc) != 32 {

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/diskqueue"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
 )
 
 // Reasons an entry from an app is rejected (dropped and counted): only
@@ -24,8 +25,8 @@ const (
 
 var tryLaterReasons = []string{tryLaterQueueFull, tryLaterWriteError, tryLaterClosed, tryLaterTooLarge}
 
-// counters are the agent's counts, kept as atomics so that Prometheus
-// and fb303 getCounters read the same numbers.
+// counters are the agent's counts, which its Prometheus metrics read
+// (and fb303's getCounters through them).
 type counters struct {
 	receivedScribe atomic.Int64 // entries from apps made durable in the queue
 	receivedTail   atomic.Int64 // tailed lines made durable in the queue
@@ -50,52 +51,29 @@ func newCounters() *counters {
 	return c
 }
 
-func (c *counters) tryLaterTotal() int64 {
-	var n int64
-	for _, v := range c.tryLater {
-		n += v.Load()
-	}
-	return n
-}
-
-func (c *counters) rejectedTotal() int64 {
-	var n int64
-	for _, v := range c.rejected {
-		n += v.Load()
-	}
-	return n
-}
-
-// fb303 returns what getCounters answers: Freeway's names, and the names
-// stock Scribe's scribe_ctrl reported, for monitors written against it.
-func (c *counters) fb303(q *diskqueue.Queue) map[string]int64 {
-	st := q.Stats()
-	m := map[string]int64{
-		"agent.received":           c.receivedScribe.Load(),
-		"agent.received_tail":      c.receivedTail.Load(),
-		"agent.rejected":           c.rejectedTotal(),
-		"agent.try_later_sent":     c.tryLaterTotal(),
-		"agent.queue_entries":      st.Entries,
-		"agent.queue_bytes":        st.Bytes,
-		"agent.queue_lost":         st.Lost,
-		"agent.queue_write_errors": st.WriteErrors,
-		"agent.shipped":            c.shipped.Load(),
-		"agent.ship_errors":        c.shipErrors.Load(),
-		"agent.try_later_received": c.tryLaterRecv.Load(),
-		"agent.batches_in_flight":  c.inFlight.Load(),
-		"received good":            c.receivedScribe.Load(),
-		"received bad":             c.rejectedTotal(),
-		"received blank category":  c.rejected[reasonEmptyCategory].Load(),
-		"denied for queue size":    c.tryLater[tryLaterQueueFull].Load(),
-		"sent":                     c.shipped.Load(),
-	}
-	for r, v := range c.rejected {
-		m["agent.rejected."+r] = v.Load()
-	}
-	for r, v := range c.tryLater {
-		m["agent.try_later_sent."+r] = v.Load()
-	}
-	return m
+// fb303Counters are what getCounters answers, read from the metrics:
+// Freeway's names, and the names stock Scribe's scribe_ctrl reported, for
+// monitors written against it.
+var fb303Counters = []scribeapi.Counter{
+	{Name: "agent.received", Metric: "freeway_agent_entries_received_total", Labels: prometheus.Labels{"source": "scribe"}},
+	{Name: "agent.received_tail", Metric: "freeway_agent_entries_received_total", Labels: prometheus.Labels{"source": "tail"}},
+	{Name: "agent.rejected", Metric: "freeway_agent_entries_rejected_total"},
+	{Name: "agent.rejected", Metric: "freeway_agent_entries_rejected_total", By: "reason"},
+	{Name: "agent.try_later_sent", Metric: "freeway_agent_try_later_sent_total"},
+	{Name: "agent.try_later_sent", Metric: "freeway_agent_try_later_sent_total", By: "reason"},
+	{Name: "agent.queue_entries", Metric: "freeway_agent_queue_entries"},
+	{Name: "agent.queue_bytes", Metric: "freeway_agent_queue_bytes"},
+	{Name: "agent.queue_lost", Metric: "freeway_agent_queue_lost_entries_total"},
+	{Name: "agent.queue_write_errors", Metric: "freeway_agent_queue_write_errors_total"},
+	{Name: "agent.shipped", Metric: "freeway_agent_entries_shipped_total"},
+	{Name: "agent.ship_errors", Metric: "freeway_agent_ship_errors_total"},
+	{Name: "agent.try_later_received", Metric: "freeway_agent_try_later_received_total"},
+	{Name: "agent.batches_in_flight", Metric: "freeway_agent_batches_in_flight"},
+	{Name: "received good", Metric: "freeway_agent_entries_received_total", Labels: prometheus.Labels{"source": "scribe"}},
+	{Name: "received bad", Metric: "freeway_agent_entries_rejected_total"},
+	{Name: "received blank category", Metric: "freeway_agent_entries_rejected_total", Labels: prometheus.Labels{"reason": reasonEmptyCategory}},
+	{Name: "denied for queue size", Metric: "freeway_agent_try_later_sent_total", Labels: prometheus.Labels{"reason": tryLaterQueueFull}},
+	{Name: "sent", Metric: "freeway_agent_entries_shipped_total"},
 }
 
 // metrics registers the counters, the queue's depth and per-file tail

@@ -6,10 +6,11 @@ import (
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // upstream is one connection to a calligraphus.
@@ -33,7 +34,7 @@ func (a *Agent) ship(ctx context.Context) error {
 	var (
 		up      *upstream
 		next    int // index into cfg.Upstream of the next address to dial
-		bo      = newBackoff(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
+		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
 		plain   = map[string]bool{} // addresses without LogBatch
 	)
@@ -51,7 +52,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			// A read error (EIO, say) may pass; keep the agent up.
 			a.c.queueErrors.Add(1)
 			a.rl.Error("queue read failed", "reading the agent queue failed, retrying", "err", err)
-			if !sleep(ctx, a.clock, bo.next()) {
+			if !sleep(ctx, a.clock, bo.Next()) {
 				return nil
 			}
 			continue
@@ -66,7 +67,7 @@ func (a *Agent) ship(ctx context.Context) error {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
 					failing = a.shipFailed(failing, addr, err)
-					if !sleep(ctx, a.clock, bo.next()) {
+					if !sleep(ctx, a.clock, bo.Next()) {
 						return nil
 					}
 					continue
@@ -78,7 +79,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if err == nil && rc == scribe.ResultCode_OK {
+			if err == nil && rc == scribethrift.ResultCode_OK {
 				break
 			}
 			if errors.Is(err, errNoLogBatch) {
@@ -99,11 +100,11 @@ func (a *Agent) ship(ctx context.Context) error {
 				a.c.tryLaterRecv.Add(1)
 				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", b.First)
 			}
-			if !sleep(ctx, a.clock, bo.next()) {
+			if !sleep(ctx, a.clock, bo.Next()) {
 				return nil
 			}
 		}
-		bo.reset()
+		bo.Reset()
 		if failing {
 			failing = false
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
@@ -120,11 +121,11 @@ func (a *Agent) ship(ctx context.Context) error {
 			}
 			a.c.queueErrors.Add(1)
 			a.rl.Error("queue ack failed", "acknowledging a shipped batch in the queue failed, retrying", "err", err)
-			if !sleep(ctx, a.clock, bo.next()) {
+			if !sleep(ctx, a.clock, bo.Next()) {
 				return nil
 			}
 		}
-		bo.reset()
+		bo.Reset()
 		a.c.shipped.Add(int64(len(b.Entries)))
 		a.c.batches.Add(1)
 	}
@@ -147,14 +148,14 @@ func (a *Agent) shipFailed(failing bool, addr string, err error) bool {
 // (agent id, incarnation, first_seq + i). The incarnation is left unset
 // for entries of a v1 queue segment, numbered before incarnations
 // existed, so that they deduplicate against what the old agent shipped.
-func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
-	les := make([]scribe.LogEntry, len(b.Entries))
-	ptrs := make([]*scribe.LogEntry, len(b.Entries))
+func batchRequest(id string, b diskqueue.Batch) *scribethrift.Batch {
+	les := make([]scribethrift.LogEntry, len(b.Entries))
+	ptrs := make([]*scribethrift.LogEntry, len(b.Entries))
 	for i, e := range b.Entries {
-		les[i] = scribe.LogEntry{Category: e.Category, Message: e.Message}
+		les[i] = scribethrift.LogEntry{Category: e.Category, Message: e.Message}
 		ptrs[i] = &les[i]
 	}
-	req := &scribe.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
+	req := &scribethrift.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
 	if b.Incarnation != "" {
 		req.Incarnation = &b.Incarnation
 	}
@@ -163,7 +164,7 @@ func batchRequest(id string, b diskqueue.Batch) *scribe.Batch {
 
 // send makes one call, closing the connection if ctx ends meanwhile so
 // that shutdown does not wait for the socket timeout.
-func (u *upstream) send(ctx context.Context, req *scribe.Batch) (scribe.ResultCode, error) {
+func (u *upstream) send(ctx context.Context, req *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	stop := context.AfterFunc(ctx, func() { u.c.Close() })
 	defer stop()
 	if !u.plainLog {

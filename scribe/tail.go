@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 )
 
@@ -323,7 +324,7 @@ func (t *tailer) flush(ctx context.Context) error {
 	if len(t.batch) == 0 {
 		return nil
 	}
-	bo := newBackoff(t.a.cfg.RetryMin.D(), t.a.cfg.RetryMax.D())
+	bo := backoff.WithJitter(t.a.cfg.RetryMin.D(), t.a.cfg.RetryMax.D())
 	for {
 		_, err := t.a.q.Append(t.batch)
 		if err == nil {
@@ -335,7 +336,7 @@ func (t *tailer) flush(ctx context.Context) error {
 		if !errors.Is(err, diskqueue.ErrFull) {
 			t.a.rl.Warn("tail append "+t.path, "cannot queue tailed lines, retrying", "path", t.path, "err", err)
 		}
-		if !sleep(ctx, t.a.clock, bo.next()) {
+		if !sleep(ctx, t.a.clock, bo.Next()) {
 			return ctx.Err()
 		}
 	}

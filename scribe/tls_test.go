@@ -14,20 +14,20 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // tlsUpstream is a writer over TLS that records the batches it takes and
 // the verified client certificate each came with.
 type tlsUpstream struct {
-	srv *scribeapi.Server
 	mu  sync.Mutex
 	got []string // "<client CN>:<first_seq>:<n>"
 }
 
-func (u *tlsUpstream) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (u *tlsUpstream) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	who := "unverified"
 	if st := thriftsrv.TLSState(ctx); auth.Verified(st) {
 		who = st.VerifiedChains[0][0].Subject.CommonName
@@ -37,11 +37,11 @@ func (u *tlsUpstream) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.Res
 	for i := range b.Messages {
 		u.got = append(u.got, who+":"+strconv.FormatInt(b.FirstSeq+int64(i), 10))
 	}
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
-func (u *tlsUpstream) Log(ctx context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
-	return u.LogBatch(ctx, &scribe.Batch{Messages: es})
+func (u *tlsUpstream) Log(ctx context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	return u.LogBatch(ctx, &scribethrift.Batch{Messages: es})
 }
 
 func (u *tlsUpstream) received() []string {
@@ -66,8 +66,8 @@ func startTLSAgent(t *testing.T, cfg Config, x *auth.TLS) *agent {
 	t.Helper()
 	lb := &logBuf{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), reg, realClock{},
-		WithShared(scribeapi.Shared{TLS: x}))
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: reg,
+		Shared: component.Shared{TLS: x}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

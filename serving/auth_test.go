@@ -80,8 +80,8 @@ func TestTLSAndTokens(t *testing.T) {
 	s := newServer(t, &fakeSource{apps: testApps(t)}, func(c *Config, d *Deps) {
 		c.ThriftListen = "127.0.0.1:0"
 		d.TLS, d.Auth, d.Log, d.Metrics, d.Gatherer = x, g, log, reg, reg
-		d.Reload = func() { reloads.Add(1) }
-		d.Shutdown = func() { shutdowns.Add(1) }
+		d.Control.Reinitialize = func() { reloads.Add(1) }
+		d.Control.Shutdown = func() { shutdowns.Add(1) }
 	})
 	run(t, s)
 	if !strings.HasPrefix(s.URL(), "https://") {
@@ -236,7 +236,7 @@ func TestThriftWithoutTokens(t *testing.T) {
 // endpoints answer local clients only (as fb303's control calls).
 func TestAdminEndpointsLocalWithoutToken(t *testing.T) {
 	var reloads atomic.Int32
-	s := newServer(t, &fakeSource{apps: testApps(t)}, func(c *Config, d *Deps) { d.Reload = func() { reloads.Add(1) } })
+	s := newServer(t, &fakeSource{apps: testApps(t)}, func(c *Config, d *Deps) { d.Control.Reinitialize = func() { reloads.Add(1) } })
 	for remote, want := range map[string]int{"127.0.0.1:40000": 202, "192.0.2.9:40000": 403} {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest("POST", "/admin/reload", nil)

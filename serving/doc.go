@@ -33,6 +33,7 @@
 //
 // Readiness. /readyz answers 200 "ready", or 503 with the reason and one
 // line per shard in the way (recovering since when, failed with its error
-// and next try, held by nobody). ReadyzHandler is the one implementation:
-// the admin listener of the targets without serving answers with it too.
+// and next try, held by nobody). The operator endpoints (/healthz,
+// /readyz, /metrics, /debug/pprof/, POST /admin/*) are internal/admin's,
+// which the admin listener of the targets without serving mounts too.
 package serving

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
 	"github.com/freeway-dev/freeway/puma"
@@ -41,7 +42,7 @@ func fuzzServer(f *testing.F) *Server {
 	cfg := DefaultConfig()
 	cfg.Listen, cfg.ThriftListen, cfg.MaxRows = "127.0.0.1:0", "", 1000
 	reg := prometheus.NewRegistry()
-	s, err := New(cfg, Deps{Source: src, Log: testLog(), Now: func() time.Time { return now }, Metrics: reg, Gatherer: reg})
+	s, err := New(cfg, Deps{Source: src, Gatherer: reg, Common: component.Common{Log: testLog(), Now: func() time.Time { return now }, Metrics: reg}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
@@ -120,7 +121,7 @@ func newServer(t *testing.T, src Source, mod ...func(*Config, *Deps)) *Server {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ThriftListen = ""
 	reg := prometheus.NewPedanticRegistry()
-	deps := Deps{Source: src, Log: testLog(), Now: func() time.Time { return now }, Metrics: reg, Gatherer: reg}
+	deps := Deps{Source: src, Gatherer: reg, Common: component.Common{Log: testLog(), Now: func() time.Time { return now }, Metrics: reg}}
 	for _, m := range mod {
 		m(&cfg, &deps)
 	}

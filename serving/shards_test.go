@@ -14,10 +14,12 @@ import (
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
@@ -86,7 +88,7 @@ func pumaNode(t *testing.T, wrap func(store.Store) store.Store, clock func() tim
 	for b, region := range []string{"eu", "us", "ap"} {
 		line := fmt.Appendf(nil, `{"region": %q, "kind": "book", "amount": %d}`, region, 10*(b+1))
 		blk := &segment.Block{ArrivalMs: w0 + 1000, Messages: [][]byte{line}}
-		if err := dfs.WriteFile(fs, path.Join(segment.Dir("shop", b), segment.Name(1, 1)), segment.AppendBlock([]byte(segment.Magic), blk)); err != nil {
+		if err := dfs.WriteFile(fs, path.Join(layout.BucketDir("shop", b), layout.SegmentName(1, 1)), segment.AppendBlock([]byte(segment.Magic), blk)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -98,7 +100,7 @@ func pumaNode(t *testing.T, wrap func(store.Store) store.Store, clock func() tim
 	cfg.CheckpointInterval = config.Duration(100 * time.Millisecond)
 	p, err := puma.New(cfg, puma.Deps{
 		FS: fs, Store: wrap(st), Coord: co, Apps: testApps(t)[:1],
-		Buckets: func(string) int { return 3 }, Log: testLog(), Now: clock,
+		Buckets: func(string) int { return 3 }, Common: component.Common{Log: testLog(), Now: clock},
 	})
 	if err != nil {
 		t.Fatal(err)

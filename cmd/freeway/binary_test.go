@@ -18,7 +18,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // built is the binary the tests of this package run, built once.
@@ -169,9 +169,9 @@ func logWeb(t *testing.T, agent string) {
 	for {
 		c, err := scribeapi.Dial(agent, thriftsrv.Limits{}, 5*time.Second)
 		if err == nil {
-			rc, err2 := c.Log(context.Background(), []*scribe.LogEntry{{Category: "web", Message: []byte("hello")}})
+			rc, err2 := c.Log(context.Background(), []*scribethrift.LogEntry{{Category: "web", Message: []byte("hello")}})
 			c.Close()
-			if err2 == nil && rc == scribe.ResultCode_OK {
+			if err2 == nil && rc == scribethrift.ResultCode_OK {
 				return
 			}
 			err = err2

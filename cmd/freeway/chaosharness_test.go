@@ -32,7 +32,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/thrift/gen/hbase"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 const (
@@ -619,7 +619,7 @@ type call struct {
 type scribeConn struct {
 	agent string // the name of the agent it is connected to
 	trans thrift.TTransport
-	*scribe.ScribeClient
+	*scribethrift.ScribeClient
 }
 
 // dialScribe connects as a stock Scribe client does: framed transport,
@@ -631,7 +631,7 @@ func dialScribe(addr string) (*scribeConn, error) {
 		return nil, err
 	}
 	pf := thrift.NewTBinaryProtocolFactoryConf(cfg)
-	return &scribeConn{trans: trans, ScribeClient: scribe.NewScribeClient(thrift.NewTStandardClient(pf.GetProtocol(trans), pf.GetProtocol(trans)))}, nil
+	return &scribeConn{trans: trans, ScribeClient: scribethrift.NewScribeClient(thrift.NewTStandardClient(pf.GetProtocol(trans), pf.GetProtocol(trans)))}, nil
 }
 
 // generate sends calls until ctx ends; hard ends the retries of a call
@@ -651,10 +651,10 @@ func (h *harness) generate(ctx, hard context.Context, w int) []*call {
 		// Event times within a minute of each other: a key spans at most
 		// two windows, which bounds Puma's cells.
 		ts := chaosBaseTS + rng.IntN(chaosSpanTS-60)
-		entries := make([]*scribe.LogEntry, c.size)
+		entries := make([]*scribethrift.LogEntry, c.size)
 		for i := range entries {
 			msg := fmt.Sprintf(`{"ts":%d,"k":%q,"v":%d}`, ts+rng.IntN(60), c.key, 1<<i)
-			entries[i] = &scribe.LogEntry{Category: chaosCategory, Message: []byte(msg)}
+			entries[i] = &scribethrift.LogEntry{Category: chaosCategory, Message: []byte(msg)}
 		}
 		calls = append(calls, c)
 	send:
@@ -687,7 +687,7 @@ func (h *harness) generate(ctx, hard context.Context, w int) []*call {
 				conn = nil
 				ai = (ai + 1) % len(h.agents)
 				break send
-			case rc == scribe.ResultCode_OK:
+			case rc == scribethrift.ResultCode_OK:
 				c.state = acked
 				break send
 			}

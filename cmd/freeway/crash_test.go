@@ -19,7 +19,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // TestCrashRestartIsExact kills the whole process (SIGKILL: no final
@@ -64,16 +64,16 @@ apps:
 		}
 		defer c.Close()
 		for i := from; i < to; i += 50 {
-			var es []*scribe.LogEntry
+			var es []*scribethrift.LogEntry
 			for j := i; j < min(i+50, to); j++ {
-				es = append(es, &scribe.LogEntry{Category: "clicks", Message: fmt.Appendf(nil, `{"ts": %d, "page": "p%d", "v": %d}`, 1_700_000_000+j%50, j%7, j%10)})
+				es = append(es, &scribethrift.LogEntry{Category: "clicks", Message: fmt.Appendf(nil, `{"ts": %d, "page": "p%d", "v": %d}`, 1_700_000_000+j%50, j%7, j%10)})
 			}
 			for {
 				rc, err := c.Log(context.Background(), es)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if rc == scribe.ResultCode_OK {
+				if rc == scribethrift.ResultCode_OK {
 					break
 				}
 				time.Sleep(10 * time.Millisecond)

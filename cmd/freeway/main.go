@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"sort"
 	"syscall"
 
@@ -25,6 +24,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/demo"
 	"github.com/freeway-dev/freeway/internal/freeway"
+	"github.com/freeway-dev/freeway/internal/version"
 )
 
 func main() {
@@ -32,13 +32,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "freeway:", err)
 		os.Exit(1)
 	}
-}
-
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 func newRoot() *cobra.Command {
@@ -62,7 +55,7 @@ API on http://127.0.0.1:8080, on embedded backends under --data-dir.`
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, args []string) { fmt.Fprintln(cmd.OutOrStdout(), "freeway", version()) },
+		Run:   func(cmd *cobra.Command, args []string) { fmt.Fprintln(cmd.OutOrStdout(), "freeway", version.Get()) },
 	})
 	return root
 }
@@ -159,7 +152,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	opts := freeway.Options{
-		Version: version(), AdminListen: r.adminListen,
+		Version: version.Get(), AdminListen: r.adminListen,
 		Reinitialize: func() {
 			select {
 			case reload <- struct{}{}:
@@ -183,7 +176,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		pctx, stop := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- p.Run(pctx) }()
-		r.log.Info("freeway started", "target", r.target, "data_dir", cfg.DataDir, "dfs", cfg.DFS, "store", cfg.Store, "coord", cfg.Coord)
+		r.log.Info("freeway started", "target", r.target, "version", opts.Version, "data_dir", cfg.DataDir, "dfs", cfg.DFS, "store", cfg.Store, "coord", cfg.Coord)
 		if p.Serving != nil {
 			r.log.Info("query API", "url", p.Serving.URL()+"/")
 		}

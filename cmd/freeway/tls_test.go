@@ -17,7 +17,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // readmeRecipe is the shell block under "Making certificates with
@@ -155,7 +155,7 @@ apps:
 
 	// An app logs over TLS with its certificate; a plaintext one is refused.
 	if c, err := scribeapi.Dial(agent, thriftsrv.Limits{}, 5*time.Second); err == nil {
-		_, err = c.Log(context.Background(), []*scribe.LogEntry{{Category: "web", Message: []byte("x")}})
+		_, err = c.Log(context.Background(), []*scribethrift.LogEntry{{Category: "web", Message: []byte("x")}})
 		c.Close()
 		if err == nil {
 			t.Fatal("a plaintext app was served")
@@ -166,7 +166,7 @@ apps:
 		t.Fatal(err)
 	}
 	for range 5 {
-		if rc, err := c.Log(context.Background(), []*scribe.LogEntry{{Category: "web", Message: []byte(`{"path": "/"}`)}}); err != nil || rc != scribe.ResultCode_OK {
+		if rc, err := c.Log(context.Background(), []*scribethrift.LogEntry{{Category: "web", Message: []byte(`{"path": "/"}`)}}); err != nil || rc != scribethrift.ResultCode_OK {
 			t.Fatalf("log over TLS: %v %v", rc, err)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"math"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -290,9 +289,6 @@ func newTimeParser(layout string) (func(Value) (int64, error), error) {
 		return 0, fmt.Errorf("%q is not after 1970-01-01T00:00:00Z", ratelog.Clip(v.Str))
 	}, nil
 }
-
-// FormatKey is a readable form of an encoded key for logs.
-func FormatKey(key string) string { return strconv.Quote(strings.ReplaceAll(key, "\x00", "|")) }
 
 // CheckFields reports whether fields can be read from lines in a's format
 // (named groups of a regex, columns of a tsv; anything in json and logfmt).

@@ -19,7 +19,9 @@ import (
 )
 
 // FieldError is a validation error at a YAML path such as
-// "$.apps[1].aggregates[0].fn".
+// "$.apps[1].aggregates[0].fn". A component's Validate gives paths
+// relative to its own section ("batch_bytes", "tail[0].path"), which the
+// wiring places under the section with Under.
 type FieldError struct {
 	Path string
 	Msg  string
@@ -34,6 +36,45 @@ func (e *FieldError) Error() string { return strings.TrimPrefix(e.Path, "$.") + 
 // Errorf returns a FieldError at path.
 func Errorf(path, format string, args ...any) error {
 	return &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Under places the FieldErrors in err whose paths are relative (not
+// starting with "$") under section: with section "$.agent", "batch_bytes"
+// becomes "$.agent.batch_bytes" and "" the section itself. Errors joined
+// by errors.Join are placed one by one; any other error, and a path
+// already absolute, is left as it is.
+func Under(section string, err error) error {
+	switch e := err.(type) {
+	case nil:
+		return nil
+	case *FieldError:
+		out := *e
+		out.Path = under(section, e.Path)
+		out.Also = nil
+		for _, p := range e.Also {
+			out.Also = append(out.Also, under(section, p))
+		}
+		return &out
+	case interface{ Unwrap() []error }:
+		var errs []error
+		for _, x := range e.Unwrap() {
+			errs = append(errs, Under(section, x))
+		}
+		return errors.Join(errs...)
+	}
+	return err
+}
+
+func under(section, path string) string {
+	switch {
+	case strings.HasPrefix(path, "$"):
+		return path
+	case path == "":
+		return section
+	case strings.HasPrefix(path, "["):
+		return section + path
+	}
+	return section + "." + path
 }
 
 // Key returns path extended by a mapping key, quoted when the key holds

@@ -106,3 +106,32 @@ func TestKey(t *testing.T) {
 		}
 	}
 }
+
+func TestUnder(t *testing.T) {
+	err := Under("$.agent", errors.Join(
+		Errorf("batch_bytes", "too big"),
+		Errorf("tail[0].path", "must be set"),
+		&FieldError{Path: "", Msg: "whole section", Also: []string{"max_call_bytes", "$.max_inflight_bytes"}},
+		Errorf("$.tls.cert_file", "already absolute"),
+		errors.New("not a field error"),
+	))
+	var got []string
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			got = append(got, fe.Path+" "+strings.Join(fe.Also, ","))
+		} else {
+			got = append(got, e.Error())
+		}
+	}
+	want := []string{"$.agent.batch_bytes ", "$.agent.tail[0].path ", "$.agent $.agent.max_call_bytes,$.max_inflight_bytes", "$.tls.cert_file ", "not a field error"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("Under = %q, want %q", got, want)
+	}
+	if Under("$.x", nil) != nil {
+		t.Fatal("Under(nil) is not nil")
+	}
+	if fe := Under("$.serving", Errorf("listen", "must not be empty")).(*FieldError); fe.Error() != "serving.listen: must not be empty" {
+		t.Fatalf("single: %v", fe)
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
@@ -158,7 +159,7 @@ func (l *Listener) Close() error {
 // connection is busy, closes the newcomer and waits for the next one.
 // Temporary errors are retried; the error returned is a lasting one.
 func (l *Listener) Accept() (net.Conn, error) {
-	var delay time.Duration
+	bo := backoff.New(minBackoff, maxBackoff)
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
@@ -170,7 +171,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			if !Temporary(err) {
 				return nil, err
 			}
-			delay = min(max(2*delay, minBackoff), maxBackoff)
+			delay := bo.Next()
 			l.acceptErr.Add(1)
 			l.warn.Warn("accept", "accept failed, retrying", "listener", l.name, "err", err, "retry_in", delay)
 			t := time.NewTimer(delay)
@@ -182,7 +183,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		delay = 0
+		bo.Reset()
 		lc, victim := l.admit(c)
 		if victim != nil {
 			l.evicted.Add(1)

@@ -21,7 +21,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 //go:embed access.log.gz
@@ -113,14 +113,14 @@ func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.L
 			}
 		}
 		now := time.Now()
-		var entries []*scribe.LogEntry
+		var entries []*scribethrift.LogEntry
 		for i := 0; i < perTick; i++ {
 			raw, js, ok := Rewrite(lines[next], now.Add(time.Duration(i)*tick/time.Duration(perTick)))
 			next = (next + 1) % len(lines)
 			if !ok {
 				continue
 			}
-			entries = append(entries, &scribe.LogEntry{Category: "access", Message: raw}, &scribe.LogEntry{Category: "access_json", Message: js})
+			entries = append(entries, &scribethrift.LogEntry{Category: "access", Message: raw}, &scribethrift.LogEntry{Category: "access_json", Message: js})
 		}
 		rc, err := client.Log(ctx, entries)
 		if err != nil {
@@ -129,7 +129,7 @@ func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.L
 			client = nil
 			continue
 		}
-		if rc == scribe.ResultCode_OK {
+		if rc == scribethrift.ResultCode_OK {
 			sent += len(entries) / 2
 		}
 	}

@@ -576,33 +576,3 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 	}
 	return b, nil
 }
-
-// Ack acknowledges every entry up to b (b is the oldest batch read and
-// not yet acknowledged, or a later one, which acknowledges those before
-// it too). The position is fsynced before the segment files it frees are
-// deleted. On error nothing changed, and the same Ack may be retried.
-func (q *Queue) Ack(b Batch) error {
-	q.rmu.Lock()
-	defer q.rmu.Unlock()
-	end := b.End()
-	q.mu.Lock()
-	acked := q.acked
-	q.mu.Unlock()
-	if end <= acked || end > q.r.seq {
-		return fmt.Errorf("acknowledge up to %d: outside the read range [%d, %d]", end, acked, q.r.seq)
-	}
-	if err := q.ack.store(end); err != nil {
-		return err
-	}
-	var freed int64
-	for len(q.spans) > 0 && q.spans[0].end <= end {
-		freed += q.spans[0].bytes
-		q.spans = q.spans[1:]
-	}
-	q.mu.Lock()
-	q.acked = end
-	q.depth -= freed
-	q.mu.Unlock()
-	q.dropAckedSegments()
-	return nil
-}

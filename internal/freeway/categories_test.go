@@ -21,7 +21,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // oddCategories are categories a stock Scribe server accepts that Freeway
@@ -41,9 +41,9 @@ func logTo(t *testing.T, addr, category string, msgs [][]byte, batch int) {
 	}
 	defer c.Close()
 	for i := 0; i < len(msgs); i += batch {
-		var entries []*scribe.LogEntry
+		var entries []*scribethrift.LogEntry
 		for _, m := range msgs[i:min(i+batch, len(msgs))] {
-			entries = append(entries, &scribe.LogEntry{Category: category, Message: m})
+			entries = append(entries, &scribethrift.LogEntry{Category: category, Message: m})
 		}
 		deadline := time.Now().Add(60 * time.Second)
 		for {
@@ -51,7 +51,7 @@ func logTo(t *testing.T, addr, category string, msgs [][]byte, batch int) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rc == scribe.ResultCode_OK {
+			if rc == scribethrift.ResultCode_OK {
 				break
 			}
 			if time.Now().After(deadline) {

@@ -131,9 +131,17 @@ func (c *Config) Validate() error {
 	default:
 		return config.Errorf("$.log.format", "unknown format %q (want text or json)", c.Log.Format)
 	}
-	for _, v := range []interface{ Validate() error }{&c.TLS, &c.Auth, &c.Agent, &c.Calligraphus, &c.Puma, &c.Serving, &c.Copier} {
-		if err := v.Validate(); err != nil {
-			return err
+	// Each section validates at paths relative to itself; tls and auth,
+	// which belong to the process, at their own.
+	for _, s := range []struct {
+		path string
+		v    interface{ Validate() error }
+	}{
+		{"$.tls", &c.TLS}, {"$.auth", &c.Auth},
+		{"$.agent", &c.Agent}, {"$.calligraphus", &c.Calligraphus}, {"$.puma", &c.Puma}, {"$.serving", &c.Serving}, {"$.copier", &c.Copier},
+	} {
+		if err := s.v.Validate(); err != nil {
+			return config.Under(s.path, err)
 		}
 	}
 	largest, port := c.Agent.MaxCallBytes, "agent"

@@ -7,6 +7,13 @@
 // The wiring is data: modules.go lists each module with its dependencies
 // and how to build it, and each target is a list of modules.
 //
+// Every component is New(cfg, deps) and Run(ctx), and every Deps embeds
+// the same component.Common, built once here (Process.common): the
+// logger, the metrics registry, the clock, the version (internal/version)
+// and the per-process Shared bundle below. The components validate their
+// sections at relative paths, which Config.Validate places under the
+// section's key (config.Under).
+//
 // What the components of a process share is created here: the backends,
 // the metrics registry, the in-flight byte budget of every Thrift port
 // (max_inflight_bytes), and the TLS and tokens of internal/auth (tls.*,

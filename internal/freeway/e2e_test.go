@@ -18,7 +18,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // testConfig is a whole pipeline on the embedded backends under dir, on
@@ -145,16 +145,16 @@ func send(t *testing.T, addr string, os []order, batch int) {
 	}
 	defer c.Close()
 	for i := 0; i < len(os); i += batch {
-		var entries []*scribe.LogEntry
+		var entries []*scribethrift.LogEntry
 		for _, o := range os[i:min(i+batch, len(os))] {
-			entries = append(entries, &scribe.LogEntry{Category: "orders", Message: o.json()})
+			entries = append(entries, &scribethrift.LogEntry{Category: "orders", Message: o.json()})
 		}
 		for {
 			rc, err := c.Log(context.Background(), entries)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rc == scribe.ResultCode_OK {
+			if rc == scribethrift.ResultCode_OK {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // These tests reproduce, through the whole pipeline, how an agent's
@@ -132,14 +132,14 @@ func TestForgedBatchCannotSuppressAnAgent(t *testing.T) {
 	defer c.Close()
 	forged := orders(6, 1, base)
 	guess := "00000000000000000000000000000000"
-	for i, b := range []*scribe.Batch{
+	for i, b := range []*scribethrift.Batch{
 		{AgentID: r.p.Agent.ID(), FirstSeq: 1 << 40},                      // as an agent before incarnations
 		{AgentID: r.p.Agent.ID(), FirstSeq: 1 << 40, Incarnation: &guess}, // a guessed incarnation
 	} {
 		for _, o := range forged[3*i : 3*i+3] {
-			b.Messages = append(b.Messages, &scribe.LogEntry{Category: "orders", Message: o.json()})
+			b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: "orders", Message: o.json()})
 		}
-		if rc, err := c.LogBatch(context.Background(), b); err != nil || rc != scribe.ResultCode_OK {
+		if rc, err := c.LogBatch(context.Background(), b); err != nil || rc != scribethrift.ResultCode_OK {
 			t.Fatalf("forged batch %d: %v %v", i, rc, err)
 		}
 	}

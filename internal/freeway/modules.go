@@ -16,19 +16,20 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
+	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/backends"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
-	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/internal/version"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/scribe"
 	"github.com/freeway-dev/freeway/serving"
@@ -79,6 +80,8 @@ func (p *Process) modules() map[string]func() error {
 
 // Options are what the command line adds to the configuration.
 type Options struct {
+	// Version is what the components report (fb303 getVersion) and
+	// freeway_build_info says; "" is version.Get().
 	Version string
 	Log     *slog.Logger
 	// AdminListen overrides the admin address ("" keeps the target's
@@ -106,13 +109,10 @@ type Process struct {
 	runners []runner
 	closers []func() error
 	admin   *httpsrv.Server
-	// budget bounds the bytes in flight in every Thrift call of the
-	// process, shared by its ports.
-	budget *thriftsrv.Budget
-	// tls is the process's TLS (nil: off), shared by every listener and
-	// client; guard applies its tokens.
-	tls   *auth.TLS
-	guard *auth.Guard
+	// shared is what the components of the process share: the byte
+	// budget of every Thrift call, the TLS (nil: off) of every listener
+	// and client, the guard that applies the tokens, the control hooks.
+	shared component.Shared
 
 	// Components, when the target has them.
 	Agent        *scribe.Agent
@@ -145,19 +145,24 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
-		budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg)}
+	opts.Version = version.Or(opts.Version)
+	reg.MustRegister(version.BuildInfo(opts.Version))
+	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log)}
 	compiled, err := cfg.CompiledApps()
 	if err != nil {
 		return nil, err
 	}
 	p.apps = compiled
-	if p.tls, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
+	sh := component.Shared{Budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg)}
+	if sh.TLS, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
 		return nil, fmt.Errorf("load tls: %w", err)
 	}
-	if p.guard, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
+	if sh.Auth, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
 		return nil, err
 	}
+	sh.Control = component.Control{Options: p.Options, Reinitialize: opts.Reinitialize, Shutdown: opts.Shutdown,
+		TokenRequired: sh.Auth.AdminToken()}
+	p.shared = sh
 	table := p.modules()
 	for _, name := range mods {
 		if err := table[name](); err != nil {
@@ -201,11 +206,11 @@ func (p *Process) warnExposed() {
 		if !exposed(pt.addr) {
 			continue
 		}
-		tls := p.tls != nil && (pt.name != "agent" || p.cfg.Agent.TLS)
+		tls := p.shared.TLS != nil && (pt.name != "agent" || p.cfg.Agent.TLS)
 		switch {
 		case !tls:
 			p.log.Warn("listener open beyond the local host without tls (set tls.cert_file)", "listener", pt.name, "addr", pt.addr)
-		case pt.tokens && !p.guard.QueryTokens() && !p.guard.AdminToken() && !p.cfg.TLS.ClientAuth:
+		case pt.tokens && !p.shared.Auth.QueryTokens() && !p.shared.Auth.AdminToken() && !p.cfg.TLS.ClientAuth:
 			p.log.Warn("listener open beyond the local host without tokens or client certificates (set auth.* or tls.client_auth)",
 				"listener", pt.name, "addr", pt.addr)
 		}
@@ -249,12 +254,10 @@ func (p *Process) coord() (coord.Coord, error) {
 	return shared(p, &p.co, func() (coord.Coord, error) { return p.coords.Open(p.cfg.Coord) })
 }
 
-// shared is what every Scribe port of the process gets.
-func (p *Process) shared() scribeapi.Shared {
-	return scribeapi.Shared{Budget: p.budget, TLS: p.tls, Control: scribeapi.Control{
-		Options: p.Options, Reinitialize: p.opts.Reinitialize, Shutdown: p.opts.Shutdown,
-		TokenRequired: p.guard.AdminToken(),
-	}}
+// common is what every component of the process gets, built the same
+// way for each.
+func (p *Process) common() component.Common {
+	return component.Common{Log: p.log, Metrics: p.reg, Version: p.opts.Version, Shared: p.shared}
 }
 
 func (p *Process) initCalligraphus() error {
@@ -270,9 +273,8 @@ func (p *Process) initCalligraphus() error {
 	if err != nil {
 		return err
 	}
-	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{
+	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{Common: p.common(),
 		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, routes),
-		Log: p.log, Metrics: p.reg, Version: p.opts.Version, Shared: p.shared(),
 	})
 	if err != nil {
 		return err
@@ -290,7 +292,7 @@ func (p *Process) initAgent() error {
 		cfg.Upstream = []string{p.Calligraphus.Addr()}
 		p.cfg.Agent.Upstream = cfg.Upstream // what getOptions reports
 	}
-	a, err := scribe.New(cfg, p.log, p.reg, scribe.WithShared(p.shared()))
+	a, err := scribe.New(cfg, scribe.Deps{Common: p.common()})
 	if err != nil {
 		return err
 	}
@@ -312,9 +314,8 @@ func (p *Process) initPuma() error {
 	if err != nil {
 		return err
 	}
-	pm, err := puma.New(p.cfg.Puma, puma.Deps{
+	pm, err := puma.New(p.cfg.Puma, puma.Deps{Common: p.common(),
 		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.cfg.BucketsOf,
-		Log: p.log, Metrics: p.reg,
 	})
 	if err != nil {
 		return err
@@ -348,7 +349,9 @@ func (p *Process) initCopier() error {
 	if err != nil {
 		return err
 	}
-	c, err := copier.New(p.cfg.Copier, copier.Deps{Source: fs, Dest: dest, Store: st, Coord: co, Log: p.log, Metrics: p.reg})
+	c, err := copier.New(p.cfg.Copier, copier.Deps{Common: p.common(),
+		Source: fs, Dest: dest, Store: st, Coord: co,
+	})
 	if err != nil {
 		return err
 	}
@@ -358,8 +361,7 @@ func (p *Process) initCopier() error {
 }
 
 func (p *Process) initServing() error {
-	deps := serving.Deps{Gatherer: p.reg, Metrics: p.reg, Log: p.log, Budget: p.budget,
-		TLS: p.tls, Auth: p.guard, Reload: p.opts.Reinitialize, Shutdown: p.opts.Shutdown}
+	deps := serving.Deps{Common: p.common(), Gatherer: p.reg}
 	if p.Puma != nil {
 		deps.Source = p.Puma
 		deps.Ready = p.Puma.Readiness
@@ -379,9 +381,9 @@ func (p *Process) initServing() error {
 	return nil
 }
 
-// initAdmin binds /metrics, /healthz, /readyz and POST /admin/reload and
-// /admin/shutdown for processes without the serving module, which has
-// them already, guarded the same way.
+// initAdmin binds the operator endpoints of internal/admin (/metrics,
+// /healthz, /readyz, POST /admin/reload and /admin/shutdown) for
+// processes without the serving module, which mounts the same ones.
 func (p *Process) initAdmin(mods []string) error {
 	if p.Serving != nil || p.opts.AdminListen == "off" {
 		return nil
@@ -391,18 +393,18 @@ func (p *Process) initAdmin(mods []string) error {
 		addr = adminPorts[mods[0]]
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", p.guard.Admin(promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{})))
-	mux.Handle("POST /admin/reload", p.guard.Control(p.guard.ControlHandler("reload", p.opts.Reinitialize)))
-	mux.Handle("POST /admin/shutdown", p.guard.Control(p.guard.ControlHandler("shutdown", p.opts.Shutdown)))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	var ready func() puma.Readiness
-	if p.Puma != nil {
-		ready = p.Puma.Readiness
+	rt := admin.Routes{Gatherer: p.reg, Auth: p.shared.Auth, Control: p.shared.Control}
+	if pm := p.Puma; pm != nil {
+		rt.Ready = func() (bool, string) {
+			rd := pm.Readiness()
+			return rd.Ready, rd.String()
+		}
 	}
-	mux.Handle("GET /readyz", serving.ReadyzHandler(ready))
+	rt.Mount(mux)
+	mux.HandleFunc("/", admin.Fallback(nil, ""))
 	// A scrape is quick: a small cap and short timeouts.
 	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
-		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.tls.ServerConfig()})
+		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.shared.TLS.ServerConfig()})
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
 	}

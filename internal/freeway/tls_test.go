@@ -23,7 +23,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 const (
@@ -87,16 +87,16 @@ func sendTLS(t *testing.T, addr string, tc *tls.Config, os []order, batch int) {
 	}
 	defer c.Close()
 	for i := 0; i < len(os); i += batch {
-		var entries []*scribe.LogEntry
+		var entries []*scribethrift.LogEntry
 		for _, o := range os[i:min(i+batch, len(os))] {
-			entries = append(entries, &scribe.LogEntry{Category: "orders", Message: o.json()})
+			entries = append(entries, &scribethrift.LogEntry{Category: "orders", Message: o.json()})
 		}
 		for {
 			rc, err := c.Log(context.Background(), entries)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rc == scribe.ResultCode_OK {
+			if rc == scribethrift.ResultCode_OK {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
@@ -481,14 +481,14 @@ func TestBatchIdentityNeedsVerifiedCertificate(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		var es []*scribe.LogEntry
+		var es []*scribethrift.LogEntry
 		for _, o := range os {
-			es = append(es, &scribe.LogEntry{Category: "orders", Message: o.json()})
+			es = append(es, &scribethrift.LogEntry{Category: "orders", Message: o.json()})
 		}
 		inc := "run-1"
-		b := &scribe.Batch{AgentID: agent, Incarnation: &inc, FirstSeq: 1, Messages: es, ReceivedAtMs: time.Now().UnixMilli()}
+		b := &scribethrift.Batch{AgentID: agent, Incarnation: &inc, FirstSeq: 1, Messages: es, ReceivedAtMs: time.Now().UnixMilli()}
 		for range 2 { // a retry after a lost answer
-			if rc, err := c.LogBatch(context.Background(), b); err != nil || rc != scribe.ResultCode_OK {
+			if rc, err := c.LogBatch(context.Background(), b); err != nil || rc != scribethrift.ResultCode_OK {
 				t.Fatalf("logbatch: %v %v", rc, err)
 			}
 		}

@@ -102,8 +102,7 @@ type Options struct {
 
 // Server is an HTTP server on its own listener.
 type Server struct {
-	ln  net.Listener // cl, or TLS over it
-	cl  *connlimit.Listener
+	ln  net.Listener // a connlimit.Listener, or TLS over one
 	srv *http.Server
 	tls bool
 }
@@ -130,7 +129,7 @@ func Listen(addr string, h http.Handler, opts Options) (*Server, error) {
 		ErrorLog: log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5),
 			count: newErrorMetric(opts.Metrics)}, "", 0),
 	}
-	s := &Server{ln: cl, cl: cl, srv: srv}
+	s := &Server{ln: cl, srv: srv}
 	if opts.TLS != nil {
 		s.ln, s.tls = tls.NewListener(cl, opts.TLS), true
 	}

@@ -11,13 +11,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
 type controls struct{ reinit, shut atomic.Int32 }
 
-func (c *controls) control() Control {
-	return Control{
+func (c *controls) control() component.Control {
+	return component.Control{
 		Options:      func() map[string]string { return map[string]string{"agent.listen": "127.0.0.1:1463", "buckets": "4"} },
 		Reinitialize: func() { c.reinit.Add(1) },
 		Shutdown:     func() { c.shut.Add(1) },

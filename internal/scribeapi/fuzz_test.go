@@ -20,7 +20,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Bounds of the fuzzed server: small, so that fuzzed inputs reach the
@@ -38,21 +38,21 @@ const (
 // callLog records every Log and LogBatch call, in order.
 type callLog struct {
 	mu    sync.Mutex
-	calls []any // []*scribe.LogEntry or *scribe.Batch
+	calls []any // []*scribethrift.LogEntry or *scribethrift.Batch
 }
 
-func (c *callLog) Log(_ context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (c *callLog) Log(_ context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls = append(c.calls, es)
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
-func (c *callLog) LogBatch(_ context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (c *callLog) LogBatch(_ context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls = append(c.calls, b)
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
 func (c *callLog) take() []any {
@@ -131,7 +131,7 @@ func FuzzScribe(f *testing.F) {
 				t.Fatalf("reply %d is %s %v seq %d, want a reply to %s seq %d", i, name, typ, seq, w.name, w.seq)
 			}
 			switch rc {
-			case scribe.ResultCode_OK:
+			case scribethrift.ResultCode_OK:
 				if len(calls) == 0 {
 					t.Fatalf("%s %d answered OK, the handler never saw it", w.name, i)
 				}
@@ -142,7 +142,7 @@ func FuzzScribe(f *testing.F) {
 					t.Fatalf("%s %d: the handler got %d bytes of entries from a frame of %d", w.name, i, n, w.size)
 				}
 				calls = calls[1:]
-			case scribe.ResultCode_TRY_LATER:
+			case scribethrift.ResultCode_TRY_LATER:
 			default:
 				t.Fatalf("%s %d answered %v", w.name, i, rc)
 			}
@@ -154,7 +154,7 @@ func FuzzScribe(f *testing.F) {
 type wellFormed struct {
 	name string
 	seq  int32
-	args any // []*scribe.LogEntry or *scribe.Batch
+	args any // []*scribethrift.LogEntry or *scribethrift.Batch
 	size int
 }
 
@@ -181,13 +181,13 @@ func wellFormedHead(stream []byte, cfg *thrift.TConfiguration) []wellFormed {
 		w := wellFormed{name: name, seq: seq, size: int(size)}
 		switch name {
 		case "Log":
-			a := scribe.NewScribeLogArgs()
+			a := scribethrift.NewScribeLogArgs()
 			if err := a.Read(ctx, p); err != nil {
 				return out
 			}
 			w.args = a.Messages
 		case "LogBatch":
-			a := scribe.NewScribeLogBatchArgs()
+			a := scribethrift.NewScribeLogBatchArgs()
 			if err := a.Read(ctx, p); err != nil {
 				return out
 			}
@@ -250,7 +250,7 @@ func isReset(err error) bool {
 	return errors.As(err, &ne) && !ne.Timeout()
 }
 
-func decodeReply(reply []byte, cfg *thrift.TConfiguration) (string, thrift.TMessageType, int32, scribe.ResultCode, error) {
+func decodeReply(reply []byte, cfg *thrift.TConfiguration) (string, thrift.TMessageType, int32, scribethrift.ResultCode, error) {
 	ctx := context.Background()
 	p := thrift.NewTBinaryProtocolConf(&thrift.TMemoryBuffer{Buffer: bytes.NewBuffer(reply)}, cfg)
 	name, typ, seq, err := p.ReadMessageBegin(ctx)
@@ -260,13 +260,13 @@ func decodeReply(reply []byte, cfg *thrift.TConfiguration) (string, thrift.TMess
 	if typ != thrift.REPLY {
 		return name, typ, seq, 0, nil
 	}
-	var rc *scribe.ResultCode
+	var rc *scribethrift.ResultCode
 	switch name {
 	case "Log":
-		r := scribe.NewScribeLogResult()
+		r := scribethrift.NewScribeLogResult()
 		err, rc = r.Read(ctx, p), r.Success
 	case "LogBatch":
-		r := scribe.NewScribeLogBatchResult()
+		r := scribethrift.NewScribeLogBatchResult()
 		err, rc = r.Read(ctx, p), r.Success
 	default:
 		return name, typ, seq, 0, fmt.Errorf("reply to unexpected method %q", name)
@@ -283,12 +283,12 @@ func decodeReply(reply []byte, cfg *thrift.TConfiguration) (string, thrift.TMess
 // entryBytes is what the entries of a call hold: categories, messages,
 // metadata, agent id.
 func entryBytes(call any) int64 {
-	var es []*scribe.LogEntry
+	var es []*scribethrift.LogEntry
 	var n int64
 	switch c := call.(type) {
-	case []*scribe.LogEntry:
+	case []*scribethrift.LogEntry:
 		es = c
-	case *scribe.Batch:
+	case *scribethrift.Batch:
 		if c == nil {
 			return 0
 		}
@@ -317,12 +317,12 @@ func scribeSeeds() [][]byte {
 	strict := scribetest.LogFrame(true, [][2]string{{"access", "GET / 200"}, {"web/access", ""}})
 	loose := scribetest.LogFrame(false, [][2]string{{"a", "x"}})
 	empty := scribetest.LogFrame(true, nil)
-	batch := clientFrame(func(c *scribe.ScribeClient) {
+	batch := clientFrame(func(c *scribethrift.ScribeClient) {
 		inc := "inc-1"
-		c.LogBatch(context.Background(), &scribe.Batch{AgentID: "agent-1", FirstSeq: 41, ReceivedAtMs: 1700000000000,
-			Incarnation: &inc, Messages: []*scribe.LogEntry{{Category: "c", Message: []byte("m"), Metadata: map[string]string{"k": "v"}}}})
+		c.LogBatch(context.Background(), &scribethrift.Batch{AgentID: "agent-1", FirstSeq: 41, ReceivedAtMs: 1700000000000,
+			Incarnation: &inc, Messages: []*scribethrift.LogEntry{{Category: "c", Message: []byte("m"), Metadata: map[string]string{"k": "v"}}}})
 	})
-	getName := clientFrame(func(c *scribe.ScribeClient) { c.GetName(context.Background()) })
+	getName := clientFrame(func(c *scribethrift.ScribeClient) { c.GetName(context.Background()) })
 	// Over max_call_bytes and its envelope: refused, then the next served.
 	big := scribetest.LogFrameOf("c", bytes.Repeat([]byte("m"), fuzzMaxCall+thriftsrv.Envelope), 1)
 	// A list claiming 2^20 entries in a frame of a few bytes.
@@ -350,7 +350,7 @@ func scribeSeeds() [][]byte {
 }
 
 // clientFrame returns the frame a stock Thrift client sends for one call.
-func clientFrame(send func(*scribe.ScribeClient)) []byte {
+func clientFrame(send func(*scribethrift.ScribeClient)) []byte {
 	var buf thrift.TMemoryBuffer
 	buf.Buffer = new(bytes.Buffer)
 	cfg := thriftsrv.Limits{}.Config()
@@ -359,6 +359,6 @@ func clientFrame(send func(*scribe.ScribeClient)) []byte {
 	// The call fails reading its reply from an empty buffer, after its
 	// frame is out.
 	in := thrift.NewTBinaryProtocolConf(thrift.NewTMemoryBuffer(), cfg)
-	send(scribe.NewScribeClientProtocol(tr, in, out))
+	send(scribethrift.NewScribeClientProtocol(tr, in, out))
 	return append([]byte(nil), buf.Bytes()...)
 }

@@ -21,7 +21,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // logBuffer collects log lines, safely across goroutines.
@@ -327,16 +327,16 @@ type countingHandler struct {
 	delay time.Duration
 }
 
-func (h *countingHandler) Log(_ context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (h *countingHandler) Log(_ context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	for _, e := range es {
 		h.bytes.Add(int64(len(e.Message)))
 	}
 	time.Sleep(h.delay)
 	h.n.Add(int64(len(es)))
-	return scribe.ResultCode_OK, nil
+	return scribethrift.ResultCode_OK, nil
 }
 
-func (h *countingHandler) LogBatch(ctx context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (h *countingHandler) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	return h.Log(ctx, b.Messages)
 }
 
@@ -499,13 +499,13 @@ func TestDecodeChargedToBudget(t *testing.T) {
 // TRY_LATER, as a writer that cannot make entries durable while stopping.
 type blocking struct{ entered chan struct{} }
 
-func (b *blocking) Log(ctx context.Context, _ []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (b *blocking) Log(ctx context.Context, _ []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	b.entered <- struct{}{}
 	<-ctx.Done()
-	return scribe.ResultCode_TRY_LATER, nil
+	return scribethrift.ResultCode_TRY_LATER, nil
 }
 
-func (b *blocking) LogBatch(ctx context.Context, _ *scribe.Batch) (scribe.ResultCode, error) {
+func (b *blocking) LogBatch(ctx context.Context, _ *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	return b.Log(ctx, nil)
 }
 

@@ -9,8 +9,9 @@
 // getOptions reports the process's configuration; its control calls
 // (reinitialize, shutdown, setOption) are honoured only from the local
 // host, and not at all when an admin token is configured, since they
-// cannot carry one (see authorize). With the process's TLS (Shared.TLS)
-// the port speaks TLS; Dial and DialTLS are the clients.
+// cannot carry one (see authorize). With the process's TLS
+// (component.Shared.TLS) the port speaks TLS; Dial and DialTLS are the
+// clients.
 package scribeapi
 
 import (
@@ -25,19 +26,19 @@ import (
 	"github.com/apache/thrift/lib/go/thrift"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/connlimit"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // Handler receives what clients log. It returns TRY_LATER (never drops)
 // when it cannot take the entries durably now.
 type Handler interface {
-	Log(ctx context.Context, entries []*scribe.LogEntry) (scribe.ResultCode, error)
-	LogBatch(ctx context.Context, batch *scribe.Batch) (scribe.ResultCode, error)
+	Log(ctx context.Context, entries []*scribethrift.LogEntry) (scribethrift.ResultCode, error)
+	LogBatch(ctx context.Context, batch *scribethrift.Batch) (scribethrift.ResultCode, error)
 }
 
 // Info describes the server to fb303 and to the wiring.
@@ -47,37 +48,11 @@ type Info struct {
 	// Counters returns the counters getCounters reports.
 	Counters func() map[string]int64
 	// Control is what fb303's options and control calls do.
-	Control Control
+	Control component.Control
 	// Metrics receives the server's metrics (nil: not exported).
 	Metrics prometheus.Registerer
-}
-
-// Control is what fb303's options and control calls do; the wiring
-// provides it. A nil func makes its call answer that it is not supported
-// here. Reinitialize and Shutdown must return at once (they ask the
-// process to act; the server answering them is among what stops).
-type Control struct {
-	// Options returns the effective configuration as flat key -> value
-	// strings, without secrets.
-	Options      func() map[string]string
-	Reinitialize func()
-	Shutdown     func()
-	// TokenRequired says an admin token is configured
-	// (auth.admin_token_file): the control calls, which cannot carry a
-	// token, are then refused from everywhere; POST /admin/reload and
-	// /admin/shutdown on the HTTP port do their work.
-	TokenRequired bool
-}
-
-// Shared is what every Scribe port of a process shares, from the wiring.
-type Shared struct {
-	// Budget bounds the bytes all of the process's calls hold at once.
-	Budget  *thriftsrv.Budget
-	Control Control
-	// TLS is the process's TLS (nil: none): its Scribe ports speak TLS
-	// (the agent's app port unless agent.tls is false) and the agent
-	// dials upstream with it.
-	TLS *auth.TLS
+	// Now is the component's clock, for aliveSince (nil: time.Now).
+	Now func() time.Time
 }
 
 // Server is a Scribe server.
@@ -95,7 +70,11 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	svc := &service{Handler: h, info: info, since: time.Now().Unix(), warn: ratelog.New(log, time.Minute, 5), log: log}
+	now := info.Now
+	if now == nil {
+		now = time.Now
+	}
+	svc := &service{Handler: h, info: info, since: now().Unix(), warn: ratelog.New(log, time.Minute, 5), log: log}
 	svc.controlRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_fb303_control_refused_total",
 		Help: "fb303 control calls (reinitialize, shutdown, setOption) refused because they did not come from the local host or an admin token is configured, by method."}, []string{"method"})
 	if info.Metrics != nil {
@@ -103,7 +82,7 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	}
 	svc.status.Store(int32(fb303.FbStatus_STARTING))
 	opts = append([]thriftsrv.Option{thriftsrv.WithName("scribe"), thriftsrv.WithMetrics(info.Metrics), thriftsrv.WithRefuse(tryLater)}, opts...)
-	srv, err := thriftsrv.Listen(addr, scribe.NewScribeProcessor(svc), limits, log, opts...)
+	srv, err := thriftsrv.Listen(addr, scribethrift.NewScribeProcessor(svc), limits, log, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -114,13 +93,13 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 // TRY_LATER: stock clients retry it, and some (Gollum) halve their batch.
 // Other calls get the server's default answer, an exception.
 func tryLater(ctx context.Context, call thriftsrv.Call, _ error, out thrift.TProtocol) error {
-	rc := scribe.ResultCode_TRY_LATER
+	rc := scribethrift.ResultCode_TRY_LATER
 	var res thrift.TStruct
 	switch call.Name {
 	case "Log":
-		res = &scribe.ScribeLogResult{Success: &rc}
+		res = &scribethrift.ScribeLogResult{Success: &rc}
 	case "LogBatch":
-		res = &scribe.ScribeLogBatchResult{Success: &rc}
+		res = &scribethrift.ScribeLogBatchResult{Success: &rc}
 	default:
 		return nil
 	}
@@ -266,7 +245,7 @@ func peerString(ctx context.Context) string {
 // concurrent use.
 type Client struct {
 	conn *thriftsrv.Client
-	*scribe.ScribeClient
+	*scribethrift.ScribeClient
 }
 
 // Dial connects to a Scribe server.
@@ -280,7 +259,7 @@ func DialTLS(addr string, tc *tls.Config, limits thriftsrv.Limits, timeout time.
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, ScribeClient: scribe.NewScribeClient(conn.TClient())}, nil
+	return &Client{conn: conn, ScribeClient: scribethrift.NewScribeClient(conn.TClient())}, nil
 }
 
 // Close closes the connection.

@@ -15,17 +15,17 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 type recorder struct {
 	mu      sync.Mutex
 	entries []string
-	batches []*scribe.Batch
-	answer  scribe.ResultCode
+	batches []*scribethrift.Batch
+	answer  scribethrift.ResultCode
 }
 
-func (r *recorder) Log(_ context.Context, es []*scribe.LogEntry) (scribe.ResultCode, error) {
+func (r *recorder) Log(_ context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, e := range es {
@@ -34,7 +34,7 @@ func (r *recorder) Log(_ context.Context, es []*scribe.LogEntry) (scribe.ResultC
 	return r.answer, nil
 }
 
-func (r *recorder) LogBatch(_ context.Context, b *scribe.Batch) (scribe.ResultCode, error) {
+func (r *recorder) LogBatch(_ context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.batches = append(r.batches, b)
@@ -68,12 +68,12 @@ func TestLogAndFB303(t *testing.T) {
 	}
 	defer c.Close()
 	ctx := context.Background()
-	rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "access", Message: []byte("GET /")}, {Category: "app", Message: []byte("x"), Metadata: map[string]string{"k": "v"}}})
-	if err != nil || rc != scribe.ResultCode_OK {
+	rc, err := c.Log(ctx, []*scribethrift.LogEntry{{Category: "access", Message: []byte("GET /")}, {Category: "app", Message: []byte("x"), Metadata: map[string]string{"k": "v"}}})
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("log: %v %v", rc, err)
 	}
-	rc, err = c.LogBatch(ctx, &scribe.Batch{AgentID: "a1", FirstSeq: 10, Messages: []*scribe.LogEntry{{Category: "c", Message: []byte("m")}}})
-	if err != nil || rc != scribe.ResultCode_OK {
+	rc, err = c.LogBatch(ctx, &scribethrift.Batch{AgentID: "a1", FirstSeq: 10, Messages: []*scribethrift.LogEntry{{Category: "c", Message: []byte("m")}}})
+	if err != nil || rc != scribethrift.ResultCode_OK {
 		t.Fatalf("logbatch: %v %v", rc, err)
 	}
 	if len(rec.entries) != 2 || rec.entries[0] != "access:GET /" || len(rec.batches) != 1 || rec.batches[0].FirstSeq != 10 {
@@ -101,8 +101,8 @@ func TestLogAndFB303(t *testing.T) {
 	if d, _ := c.GetStatusDetails(ctx); d != "downstream unreachable" {
 		t.Errorf("getStatusDetails = %q", d)
 	}
-	rec.answer = scribe.ResultCode_TRY_LATER
-	if rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "c", Message: []byte("m")}}); err != nil || rc != scribe.ResultCode_TRY_LATER {
+	rec.answer = scribethrift.ResultCode_TRY_LATER
+	if rc, err := c.Log(ctx, []*scribethrift.LogEntry{{Category: "c", Message: []byte("m")}}); err != nil || rc != scribethrift.ResultCode_TRY_LATER {
 		t.Fatalf("TRY_LATER not passed through: %v %v", rc, err)
 	}
 }
@@ -157,5 +157,27 @@ func TestHostileFramesAreRefused(t *testing.T) {
 	reply := scribetest.RawCall(t, srv.Addr(), scribetest.LogFrame(true, [][2]string{{"c", "after the attack"}}))
 	if !bytes.HasSuffix(reply, scribetest.OK) || len(rec.entries) != 1 {
 		t.Fatalf("server unusable after hostile frames: %x %v", reply, rec.entries)
+	}
+}
+
+// TestAliveSinceByTheComponentClock: aliveSince is read on the clock the
+// component was given.
+func TestAliveSinceByTheComponentClock(t *testing.T) {
+	at := time.Unix(1_700_000_000, 0)
+	srv, err := Listen("127.0.0.1:0", &recorder{}, Info{Name: "t", Now: func() time.Time { return at }}, thriftsrv.Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	c, err := Dial(srv.Addr(), thriftsrv.Limits{}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if since, err := c.AliveSince(ctx); err != nil || since != at.Unix() {
+		t.Fatalf("aliveSince = %d, %v; want %d", since, err, at.Unix())
 	}
 }

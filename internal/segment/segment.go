@@ -266,20 +266,3 @@ func DecodeBody(body []byte, b *Block) error {
 	}
 	return nil
 }
-
-// Name is layout.SegmentName.
-//
-// Deprecated: use layout.SegmentName; kept while other packages move.
-func Name(epoch int64, seq uint64) string { return layout.SegmentName(epoch, seq) }
-
-// ParseName is layout.ParseSegmentName.
-//
-// Deprecated: use layout.ParseSegmentName; kept while other packages move.
-func ParseName(name string) (epoch int64, seq uint64, ok bool) {
-	return layout.ParseSegmentName(name)
-}
-
-// Dir is layout.BucketDir.
-//
-// Deprecated: use layout.BucketDir; kept while other packages move.
-func Dir(category string, bucket int) string { return layout.BucketDir(category, bucket) }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/apache/thrift/lib/go/thrift"
+
+	"github.com/freeway-dev/freeway/internal/config"
 )
 
 func strictHeader(name string, typ byte, seq uint32) []byte {
@@ -169,11 +171,11 @@ func TestCharge(t *testing.T) {
 
 func TestPortConfigValidate(t *testing.T) {
 	p := DefaultPortConfig()
-	if err := p.Validate("agent"); err != nil {
+	if err := p.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	p.MaxCallBytes, p.MaxConnections, p.IdleTimeout, p.ReadTimeout = 1<<30, 0, 0, -1
-	err := p.Validate("agent")
+	err := config.Under("$.agent", p.Validate())
 	for _, want := range []string{"agent.max_call_bytes: must be between 1KiB and 256MiB", "agent.max_connections", "agent.idle_timeout", "agent.read_timeout"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate = %v, want %q", err, want)

@@ -120,12 +120,13 @@ func DefaultPortConfig() PortConfig {
 	}
 }
 
-// Validate checks the keys; errors are config.FieldErrors under
-// "$.<section>.", all of them joined.
-func (p *PortConfig) Validate(section string) error {
+// Validate checks the keys; errors are config.FieldErrors at paths
+// relative to the section the keys are in (config.Under places them),
+// all of them joined.
+func (p *PortConfig) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, config.Errorf("$."+section+"."+key, format, args...))
+		errs = append(errs, config.Errorf(key, format, args...))
 	}
 	if p.MaxCallBytes < 1<<10 || p.MaxCallBytes > MaxCallLimit {
 		bad("max_call_bytes", "must be between 1KiB and %s, got %s", config.ByteSize(MaxCallLimit), p.MaxCallBytes)

@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/colinmarc/hdfs/v2"
+
+	"github.com/freeway-dev/freeway/internal/backoff"
 )
 
-// backoff retries a Close that the NameNode answers with ErrReplicating.
+// closeRetry retries a Close that the NameNode answers with ErrReplicating.
 //
 // colinmarc/hdfs returns ErrReplicating when every DataNode acknowledged
 // the last block but the NameNode has not yet heard from enough of them
@@ -20,7 +22,7 @@ import (
 // (dfs.client.block.write.locateFollowingBlock.retries), and so do we.
 // The retry is safe: the first call committed the last block, the next
 // ones only ask whether the file is complete yet.
-type backoff struct {
+type closeRetry struct {
 	tries   int           // calls in all, at least 1
 	first   time.Duration // wait after the first ErrReplicating
 	max     time.Duration // cap on one wait
@@ -28,25 +30,24 @@ type backoff struct {
 	retries *atomic.Int64 // counts waits; may be nil
 }
 
-// defaultBackoff waits 50 ms, 100 ms, ... up to 2 s, about 9 s in all over
+// defaultCloseRetry waits 50 ms, 100 ms, ... up to 2 s, about 9 s in all over
 // ten calls: longer than a healthy NameNode takes to hear a block report,
 // short enough that a writer gives its bucket up before its lease does.
-func defaultBackoff(retries *atomic.Int64) backoff {
-	return backoff{tries: 10, first: 50 * time.Millisecond, max: 2 * time.Second, sleep: time.Sleep, retries: retries}
+func defaultCloseRetry(retries *atomic.Int64) closeRetry {
+	return closeRetry{tries: 10, first: 50 * time.Millisecond, max: 2 * time.Second, sleep: time.Sleep, retries: retries}
 }
 
 // closeReplicating calls closeFn until it returns something other than
 // ErrReplicating or the tries run out.
-func (b backoff) closeReplicating(closeFn func() error) error {
-	wait := b.first
+func (b closeRetry) closeReplicating(closeFn func() error) error {
+	bo := backoff.New(b.first, b.max)
 	var err error
 	for i := range max(b.tries, 1) {
 		if i > 0 {
 			if b.retries != nil {
 				b.retries.Add(1)
 			}
-			b.sleep(wait)
-			wait = min(2*wait, b.max)
+			b.sleep(bo.Next())
 		}
 		err = closeFn()
 		if !errors.Is(err, hdfs.ErrReplicating) {
@@ -71,7 +72,7 @@ type fileWriter interface {
 type writer struct {
 	fw     fileWriter
 	path   string // absolute HDFS path, for errors
-	retry  backoff
+	retry  closeRetry
 	closed bool
 }
 

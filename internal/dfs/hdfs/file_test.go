@@ -37,8 +37,8 @@ func (w *fakeWriter) Close() error {
 }
 
 // testBackoff records its waits instead of sleeping.
-func testBackoff(tries int, waits *[]time.Duration, retries *atomic.Int64) backoff {
-	return backoff{
+func testBackoff(tries int, waits *[]time.Duration, retries *atomic.Int64) closeRetry {
+	return closeRetry{
 		tries: tries, first: 10 * time.Millisecond, max: 40 * time.Millisecond,
 		sleep:   func(d time.Duration) { *waits = append(*waits, d) },
 		retries: retries,

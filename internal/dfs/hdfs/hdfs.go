@@ -139,7 +139,7 @@ func (f *FS) Create(name string) (dfs.File, error) {
 	if err != nil {
 		return nil, pathError("create", p, err)
 	}
-	return &writer{fw: fw, path: p, retry: defaultBackoff(&f.replicatingRetries)}, nil
+	return &writer{fw: fw, path: p, retry: defaultCloseRetry(&f.replicatingRetries)}, nil
 }
 
 // Open opens name for reading. The reader sees the file's length as the

@@ -1,0 +1,193 @@
+package calligraphus
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"strconv"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
+)
+
+// ensureOwner takes the bucket's lease if this writer does not hold it.
+func (w *bucketWriter) ensureOwner(ctx context.Context) error {
+	if w.lease != nil {
+		return nil
+	}
+	if w.c.now().Before(w.nextTry) {
+		return errNotOwner
+	}
+	if w.prev != nil {
+		// The bucket's previous writer of this process is still
+		// publishing; it releases the lease when done.
+		select {
+		case <-w.prev:
+			w.prev = nil
+		case <-ctx.Done():
+			return errStopping
+		}
+	}
+	name := layout.WriterLease(w.id.category, w.id.bucket)
+	lease, err := w.c.deps.Coord.Acquire(ctx, name, w.c.cfg.ID)
+	if err != nil {
+		w.nextTry = w.c.now().Add(time.Second)
+		if errors.Is(err, coord.ErrHeld) {
+			return fmt.Errorf("%w: %v", errNotOwner, err)
+		}
+		return fmt.Errorf("acquire %s: %w", name, err)
+	}
+	maxEpoch, err := w.recover(lease.Epoch())
+	if err != nil {
+		lease.Release(ctx)
+		w.nextTry = w.c.now().Add(time.Second)
+		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
+	}
+	w.lease = lease
+	w.owned.Store(true)
+	w.epoch = max(lease.Epoch(), maxEpoch+1)
+	w.seq = 0
+	if w.epoch != lease.Epoch() {
+		w.log.Warn("lease epoch below existing segments; using a higher one", "lease_epoch", lease.Epoch(), "epoch", w.epoch)
+	}
+	w.log.Info("bucket writer started", "epoch", w.epoch)
+	return nil
+}
+
+// recover deals with what earlier writers left in the bucket and returns
+// the highest epoch found there. It first makes sure a long category's
+// directory has its sidecar, so that the category can be listed.
+func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
+	fsys := w.c.deps.FS
+	if err := layout.WriteSidecar(fsys, w.id.category, strconv.FormatInt(leaseEpoch, 16)); err != nil {
+		return 0, err
+	}
+	if err := fsys.MkdirAll(w.dir); err != nil {
+		return 0, err
+	}
+	infos, err := fsys.ReadDir(w.dir)
+	if err != nil {
+		return 0, err
+	}
+	var maxEpoch int64
+	for _, fi := range infos {
+		name := fi.Name()
+		if !dfs.Hidden(name) {
+			if e, _, ok := layout.ParseSegmentName(name); ok {
+				maxEpoch = max(maxEpoch, e)
+			}
+			continue
+		}
+		if _, ok := layout.ParseSalvageSegment(name); ok {
+			// A salvage interrupted by a crash; its source is still there.
+			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		segName, ok := layout.ParseTempSegment(name)
+		if !ok {
+			continue
+		}
+		e, _, _ := layout.ParseSegmentName(segName)
+		maxEpoch = max(maxEpoch, e)
+		p := path.Join(w.dir, name)
+		if !fsys.SyncDurable() {
+			// Only a publish acknowledges on this dfs: nothing in here was
+			// acknowledged, and its senders retry it.
+			w.log.Info("removing an unpublished segment of an earlier writer", "file", p)
+			if err := fsys.Remove(p); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err := w.salvage(p, path.Join(w.dir, segName)); err != nil {
+			return 0, fmt.Errorf("salvage %s: %w", p, err)
+		}
+	}
+	return maxEpoch, nil
+}
+
+// salvage publishes the valid blocks of an earlier writer's unpublished
+// segment, which on a local disk hold acknowledged entries. It is safe to
+// repeat after a crash at any step: the copy goes through its own hidden
+// name, and a segment already published means only the leftover remains.
+func (w *bucketWriter) salvage(tmp, final string) error {
+	fsys := w.c.deps.FS
+	if _, err := fsys.Stat(final); err == nil {
+		w.log.Info("removing the leftover of a segment already salvaged", "file", tmp)
+		return fsys.Remove(tmp)
+	}
+	data, err := dfs.ReadFile(fsys, tmp)
+	if err != nil {
+		return err
+	}
+	// Keep every valid block: in a v2 segment a damaged block in the
+	// middle costs that block only; a torn tail (the crash) ends it.
+	var out []byte
+	blocks, damaged := 0, 0
+	if r, err := segment.NewReader(bytes.NewReader(data), 0); err == nil {
+		out = r.Header()
+		var b segment.Block
+		for {
+			start := r.Offset()
+			err := r.Next(&b)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			var de *segment.DamageError
+			if errors.As(err, &de) {
+				if de.Resumed {
+					damaged++
+					w.log.Error("damaged block in an unpublished segment; salvaging the others", "file", tmp, "offset", de.Offset, "err", de.Err)
+					continue
+				}
+				w.log.Warn("salvaged segment ends in a torn block", "file", tmp, "offset", de.Offset, "err", de.Err)
+				break
+			}
+			if err != nil {
+				return err
+			}
+			blocks++
+			out = append(out, data[start:r.Offset()]...)
+		}
+	}
+	if blocks == 0 {
+		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
+		return fsys.Remove(tmp)
+	}
+	copyName := salvageName(final)
+	if err := fsys.Remove(copyName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := fsys.Create(copyName)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(out); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fsys.Rename(copyName, final); err != nil {
+		return err
+	}
+	w.c.m.salvaged.Inc()
+	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
+	return fsys.Remove(tmp)
+}
+
+// salvageName is the hidden name a salvaged segment is written under.
+func salvageName(final string) string {
+	dir, base := path.Split(final)
+	return dir + layout.SalvageSegment(base)
+}

@@ -1,0 +1,84 @@
+package admin
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/component"
+)
+
+func serve(rt Routes, method, path string) *httptest.ResponseRecorder {
+	mux := http.NewServeMux()
+	rt.Mount(mux)
+	mux.HandleFunc("/", Fallback([]string{"/api"}, "try /api"))
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest(method, path, nil)
+	r.RemoteAddr = "127.0.0.1:1234"
+	mux.ServeHTTP(w, r)
+	return w
+}
+
+func TestRoutes(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "x_total", Help: "x"}))
+	var reloads int
+	ready := false
+	rt := Routes{Gatherer: reg, Ready: func() (bool, string) {
+		if ready {
+			return true, "ready\n"
+		}
+		return false, "not ready: shards recovering\n"
+	}, Control: component.Control{Reinitialize: func() { reloads++ }}}
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		body         string
+	}{
+		{"GET", "/healthz", 200, "ok\n"},
+		{"GET", "/readyz", 503, "not ready: shards recovering\n"},
+		{"GET", "/metrics", 200, "x_total 0"},
+		{"POST", "/admin/reload", 202, `{"action":"reload","status":"accepted"}`},
+		{"POST", "/admin/shutdown", 501, "shutdown is not supported by this process"},
+		{"GET", "/admin/reload", 405, `"method GET not allowed on /admin/reload (use POST)"`},
+		{"POST", "/healthz", 405, `"method POST not allowed on /healthz (use GET)"`},
+		{"POST", "/api", 405, `"method POST not allowed on /api (use GET)"`},
+		{"GET", "/nope", 404, `"no such endpoint GET /nope (try /api)"`},
+		{"GET", "/debug/pprof/", 404, "no such endpoint"},
+	} {
+		w := serve(rt, tc.method, tc.path)
+		if w.Code != tc.code || !strings.Contains(w.Body.String(), tc.body) {
+			t.Errorf("%s %s: %d %q, want %d with %q", tc.method, tc.path, w.Code, w.Body, tc.code, tc.body)
+		}
+	}
+	if reloads != 1 {
+		t.Errorf("%d reloads", reloads)
+	}
+	ready = true
+	if w := serve(rt, "GET", "/readyz"); w.Code != 200 || w.Body.String() != "ready\n" || w.Header().Get("Cache-Control") != "no-store" {
+		t.Errorf("readyz when ready: %d %q %v", w.Code, w.Body, w.Header())
+	}
+	if w := serve(Routes{}, "GET", "/readyz"); w.Code != 200 || w.Body.String() != "ready\n" {
+		t.Errorf("readyz without Ready: %d %q", w.Code, w.Body)
+	}
+	if w := serve(Routes{}, "GET", "/metrics"); w.Code != 404 {
+		t.Errorf("metrics without a gatherer: %d", w.Code)
+	}
+	if w := serve(Routes{Pprof: true}, "GET", "/debug/pprof/"); w.Code != 200 {
+		t.Errorf("pprof: %d", w.Code)
+	}
+	var wrapped []string
+	wrap := func(name string, h http.HandlerFunc) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { wrapped = append(wrapped, name); h(w, r) })
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		serve(Routes{Wrap: wrap}, "GET", p)
+	}
+	serve(Routes{Wrap: wrap}, "POST", "/admin/reload")
+	if strings.Join(wrapped, ",") != "healthz,readyz,admin" {
+		t.Errorf("wrapped %v", wrapped)
+	}
+}

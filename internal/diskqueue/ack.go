@@ -1,0 +1,53 @@
+package diskqueue
+
+import (
+	"fmt"
+)
+
+// Ack acknowledges every entry up to b (b is the oldest batch read and
+// not yet acknowledged, or a later one, which acknowledges those before
+// it too). The position is fsynced before the segment files it frees are
+// deleted. On error nothing changed, and the same Ack may be retried.
+func (q *Queue) Ack(b Batch) error {
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	end := b.End()
+	q.mu.Lock()
+	acked := q.acked
+	q.mu.Unlock()
+	if end <= acked || end > q.r.seq {
+		return fmt.Errorf("acknowledge up to %d: outside the read range [%d, %d]", end, acked, q.r.seq)
+	}
+	if err := q.ack.store(end); err != nil {
+		return err
+	}
+	var freed int64
+	for len(q.spans) > 0 && q.spans[0].end <= end {
+		freed += q.spans[0].bytes
+		q.spans = q.spans[1:]
+	}
+	q.mu.Lock()
+	q.acked = end
+	q.depth -= freed
+	q.mu.Unlock()
+	q.dropAckedSegments()
+	return nil
+}
+
+// dropAckedSegments deletes segments whose every record is acknowledged
+// (never the last one, which is being appended to). A failure is logged:
+// the file is left behind and removed at the next Open.
+func (q *Queue) dropAckedSegments() {
+	q.mu.Lock()
+	var drop []segment
+	for len(q.segs) > 1 && q.segs[1].first <= q.acked {
+		drop = append(drop, q.segs[0])
+		q.segs = q.segs[1:]
+	}
+	q.mu.Unlock()
+	for _, s := range drop {
+		if err := q.ops.remove(s.path); err != nil {
+			q.errlog.Error("remove acknowledged segment", "cannot remove an acknowledged queue segment", "segment", s.path, "err", err)
+		}
+	}
+}

@@ -1,0 +1,28 @@
+package httpsrv
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+)
+
+// WriteJSON encodes v before writing anything, so that a value JSON
+// cannot carry is a 500 rather than a 200 with a cut body.
+func WriteJSON(w http.ResponseWriter, code int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		buf.Reset()
+		code = http.StatusInternalServerError
+		enc.Encode(map[string]string{"error": "encode answer: " + err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(buf.Bytes())
+}
+
+// WriteError answers code with {"error": msg}.
+func WriteError(w http.ResponseWriter, code int, msg string) {
+	WriteJSON(w, code, map[string]string{"error": msg})
+}

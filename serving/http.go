@@ -1,0 +1,196 @@
+package serving
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/admin"
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/ratelog"
+	"github.com/freeway-dev/freeway/puma"
+)
+
+// Handler is the HTTP handler (also usable without Run, in tests): the
+// query API and the page, and the operator endpoints of internal/admin,
+// counted by handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	query := func(h http.HandlerFunc) http.HandlerFunc { return s.deps.Auth.Query(h).ServeHTTP }
+	mux.Handle("GET /api/v1/apps", s.instrument("apps", query(s.handleApps)))
+	mux.Handle("GET /api/v1/query", s.instrument("query", query(s.handleQuery)))
+	mux.Handle("GET /{$}", s.instrument("index", query(s.handleIndex)))
+	rt := admin.Routes{Gatherer: s.deps.Gatherer, Auth: s.deps.Auth, Control: s.deps.Control, Pprof: s.cfg.Pprof, Wrap: s.instrument}
+	if ready := s.deps.Ready; ready != nil {
+		rt.Ready = func() (bool, string) {
+			rd := ready()
+			return rd.Ready, rd.String()
+		}
+	}
+	rt.Mount(mux)
+	mux.HandleFunc("/", admin.Fallback([]string{"/api/v1/apps", "/api/v1/query", "/"}, "see GET /api/v1/apps and GET /api/v1/query"))
+	return mux
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(name string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := s.deps.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h(rec, r)
+		s.reqs.WithLabelValues(name, strconv.Itoa(rec.code)).Inc()
+		s.lat.WithLabelValues(name).Observe(s.deps.Now().Sub(start).Seconds())
+	})
+}
+
+// AppJSON describes an app in /api/v1/apps.
+type AppJSON struct {
+	Name          string          `json:"name"`
+	Category      string          `json:"category"`
+	Format        string          `json:"format"`
+	Window        string          `json:"window"`
+	WindowSeconds int64           `json:"window_seconds"`
+	GroupBy       []string        `json:"group_by"`
+	Where         string          `json:"where,omitempty"`
+	Aggregates    []AggregateJSON `json:"aggregates"`
+	// Dropped and Rejected are what the app did not aggregate on this
+	// node since its shards started here: records by reason, and the last
+	// few lines of each reason. Only a Puma node knows them (not the
+	// store): absent when serving answers from the store.
+	Dropped  map[string]uint64 `json:"dropped,omitempty"`
+	Rejected []RejectedJSON    `json:"rejected,omitempty"`
+}
+
+// RejectedJSON is a line an app did not aggregate.
+type RejectedJSON struct {
+	Reason string `json:"reason"`
+	Error  string `json:"error"`
+	Line   string `json:"line"` // clipped
+	Bucket int    `json:"bucket"`
+	At     string `json:"at"` // when Puma read it, RFC 3339
+}
+
+// rejectionSource is a source that keeps what its apps did not aggregate:
+// a Puma node.
+type rejectionSource interface {
+	Rejections(app string) (puma.Rejections, bool)
+}
+
+// AggregateJSON describes one aggregate.
+type AggregateJSON struct {
+	Name  string `json:"name"`
+	Fn    string `json:"fn"`
+	Field string `json:"field,omitempty"`
+}
+
+func describe(a *apps.App) AppJSON {
+	j := AppJSON{
+		Name: a.Name(), Category: a.Spec.Category, Format: a.Spec.Format,
+		Window: a.Spec.Window.String(), WindowSeconds: a.WindowMs / 1000,
+		GroupBy: append([]string{}, a.Spec.GroupBy...), Where: a.Spec.Where,
+	}
+	for _, ag := range a.Aggs {
+		j.Aggregates = append(j.Aggregates, AggregateJSON{Name: ag.Name, Fn: ag.Fn.Name, Field: ag.Field})
+	}
+	return j
+}
+
+func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
+	var out []AppJSON
+	rs, _ := s.deps.Source.(rejectionSource)
+	for _, a := range s.deps.Source.Apps() {
+		j := describe(a)
+		if rs != nil {
+			if rej, ok := rs.Rejections(a.Name()); ok {
+				j.Dropped = rej.Dropped
+				for _, x := range rej.Samples {
+					j.Rejected = append(j.Rejected, RejectedJSON{Reason: x.Reason, Error: x.Error, Line: x.Line, Bucket: x.Bucket, At: x.At.UTC().Format(time.RFC3339Nano)})
+				}
+			}
+		}
+		out = append(out, j)
+	}
+	if out == nil {
+		out = []AppJSON{}
+	}
+	httpsrv.WriteJSON(w, http.StatusOK, map[string]any{"apps": out})
+}
+
+// RowJSON is one row of /api/v1/query.
+type RowJSON struct {
+	WindowStart string            `json:"window_start"`
+	WindowEnd   string            `json:"window_end"`
+	Key         map[string]string `json:"key"`
+	Values      map[string]any    `json:"values"`
+}
+
+// ResultJSON is the answer of /api/v1/query. Partial and MissingShards
+// are set only when shards of the app's category are missing from the
+// answer, so that a complete answer keeps its shape.
+type ResultJSON struct {
+	App           string             `json:"app"`
+	Rows          []RowJSON          `json:"rows"`
+	Truncated     bool               `json:"truncated,omitempty"`
+	Partial       bool               `json:"partial,omitempty"`
+	MissingShards []MissingShardJSON `json:"missing_shards,omitempty"`
+}
+
+// MissingShardJSON is a shard whose data an answer lacks.
+type MissingShardJSON struct {
+	Category string `json:"category"`
+	Bucket   int    `json:"bucket"`
+	// State is "recovering", "failed" or "elsewhere".
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+}
+
+func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
+	// Not r.URL.Query(): it drops the pairs that do not parse (a bad
+	// %-escape, a ';'), and the query would run without them.
+	params, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		httpsrv.WriteError(w, http.StatusBadRequest, "bad query string: "+ratelog.Clip(err.Error()))
+		return
+	}
+	q, err := s.parseQuery(params)
+	if err != nil {
+		httpsrv.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	res, err := s.query(r.Context(), q)
+	if err != nil {
+		var bad *puma.BadQueryError
+		if errors.As(err, &bad) {
+			httpsrv.WriteError(w, http.StatusBadRequest, bad.Msg)
+			return
+		}
+		s.log.Error("query failed", "app", q.App, "err", err)
+		httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial()}
+	for _, m := range res.Missing {
+		out.MissingShards = append(out.MissingShards, MissingShardJSON{Category: m.Category, Bucket: m.Bucket, State: string(m.State), Error: m.Error})
+	}
+	for _, row := range res.Rows {
+		out.Rows = append(out.Rows, RowJSON{
+			WindowStart: time.UnixMilli(row.WindowStartMs).UTC().Format(time.RFC3339),
+			WindowEnd:   time.UnixMilli(row.WindowEndMs).UTC().Format(time.RFC3339),
+			Key:         row.Key,
+			Values:      row.Values,
+		})
+	}
+	httpsrv.WriteJSON(w, http.StatusOK, out)
+}
