@@ -113,15 +113,15 @@ func publishVisits(e *env, vs []visit) (last map[int]ptail.Position) {
 // exact is what a group of events should answer, computed from the
 // events themselves.
 type exact struct {
-	start              int64
-	n                  int
-	users              map[string]bool
-	paths              map[string]uint64
-	ms                 []float64
-	firstUser          string
-	firstTs, lastTs    int64
-	lastMs             float64
-	region, page, keys string
+	start           int64
+	n               int
+	users           map[string]bool
+	paths           map[string]uint64
+	ms              []float64
+	firstUser       string
+	firstTs, lastTs int64
+	lastMs          float64
+	keys            string
 }
 
 // expected groups vs as a query with rows of rowMs (0: all windows)

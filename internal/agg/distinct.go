@@ -56,7 +56,7 @@ func (distinctKind) Unmarshal(b []byte) (State, error) {
 		}
 		sk, err := unmarshalHLL(r.b)
 		if err != nil {
-			return nil, fmt.Errorf("count_distinct: %w: %v", errDamaged, err)
+			return nil, fmt.Errorf("count_distinct: %w: %w", errDamaged, err)
 		}
 		return &distinct{hll: sk}, nil
 	default:

@@ -172,7 +172,7 @@ func (k *percentileKind) Unmarshal(b []byte) (State, error) {
 	p.sk = ddsketch.NewDDSketch(k.mapping, stores[0], stores[1])
 	if zero > 0 {
 		if err := p.sk.AddWithCount(0, float64(zero)); err != nil {
-			return nil, fmt.Errorf("percentile: %w: %v", errDamaged, err)
+			return nil, fmt.Errorf("percentile: %w: %w", errDamaged, err)
 		}
 	}
 	return p, nil
