@@ -282,7 +282,7 @@ func (w *bucketWriter) collect(ctx context.Context, first *appendReq) []*appendR
 		defer t.Stop()
 		linger = t.C
 	}
-	var size int64 = first.size
+	size := first.size
 	for size < int64(w.c.cfg.SegmentMaxBytes) {
 		select {
 		case r := <-w.reqs:

@@ -133,7 +133,7 @@ func (t *tailer) restore() error {
 	var p position
 	if err := json.Unmarshal(b, &p); err != nil || p.Path != t.path {
 		t.log.Warn("ignoring unreadable tail position; reading the file from its start", "position_file", t.posPath)
-		return nil
+		return nil //nolint:nilerr // a damaged position file costs a re-read, not the tailer
 	}
 	saved := fileID{dev: p.Dev, ino: p.Ino}
 	if fi, err := os.Stat(t.path); err == nil && idOf(fi) == saved {

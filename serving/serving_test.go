@@ -110,7 +110,7 @@ func testLog() *slog.Logger {
 	if os.Getenv("SERVING_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	return slog.New(slog.DiscardHandler)
 }
 
 // newServer returns a server on free loopback ports whose listeners are
@@ -532,7 +532,8 @@ func TestRunServesHTTP(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := http.Get("http://" + s.Addr() + "/healthz"); err == nil {
+	if resp, err := http.Get("http://" + s.Addr() + "/healthz"); err == nil {
+		resp.Body.Close()
 		t.Fatal("still serving after Run returned")
 	}
 }

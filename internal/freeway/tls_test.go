@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -193,7 +194,7 @@ func TestEndToEndOverTLS(t *testing.T) {
 	sendTLS(t, r.p.Agent.Addr(), appTLS, first, 100)
 	direct := orders(300, 7, base)
 	sendTLS(t, r.p.Calligraphus.Addr(), p.clientTLS.ClientConfig(r.p.Calligraphus.Addr()), direct, 50)
-	all := append(first, direct...)
+	all := slices.Concat(first, direct)
 	hc := p.httpsClient(r.p.Serving.Addr())
 	defer hc.CloseIdleConnections()
 	waitTotalsTLS(t, hc, r.p.Serving.URL(), base, base+180, expected(all))
