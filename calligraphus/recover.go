@@ -40,7 +40,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	if err != nil {
 		w.nextTry = w.c.now().Add(time.Second)
 		if errors.Is(err, coord.ErrHeld) {
-			return fmt.Errorf("%w: %v", errNotOwner, err)
+			return fmt.Errorf("%w: %w", errNotOwner, err)
 		}
 		return fmt.Errorf("acquire %s: %w", name, err)
 	}

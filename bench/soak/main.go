@@ -161,7 +161,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-fw.exited:
-			died = fmt.Errorf("freeway exited during the soak: %v", fw.exitErr)
+			died = fmt.Errorf("freeway exited during the soak: %w", fw.exitErr)
 			cancel()
 			break loop
 		case <-tick.C:
@@ -297,7 +297,7 @@ func (fw *freeway) waitReady(limit time.Duration) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-fw.exited:
-			return fmt.Errorf("freeway exited at start: %v (log: %s)", fw.exitErr, fw.logPath)
+			return fmt.Errorf("freeway exited at start: %w (log: %s)", fw.exitErr, fw.logPath)
 		default:
 		}
 		resp, err := http.Get("http://" + fw.http + "/readyz")
@@ -318,7 +318,7 @@ func (fw *freeway) stop(limit time.Duration) error {
 	select {
 	case <-fw.exited:
 		if fw.exitErr != nil {
-			return fmt.Errorf("freeway did not stop cleanly: %v", fw.exitErr)
+			return fmt.Errorf("freeway did not stop cleanly: %w", fw.exitErr)
 		}
 		return nil
 	case <-time.After(limit):
@@ -524,7 +524,7 @@ func calibrate(fw *freeway, ld *loader, o options) (*calibration, error) {
 	select {
 	case <-time.After(o.calibrate / 3):
 	case <-fw.exited:
-		return nil, fmt.Errorf("freeway exited: %v", fw.exitErr)
+		return nil, fmt.Errorf("freeway exited: %w", fw.exitErr)
 	}
 	a, err := fw.sample()
 	if err != nil {

@@ -112,7 +112,7 @@ func (f *FS) path(op, name string) (string, error) {
 // fs.ErrExist, fs.ErrPermission where the NameNode's Java exception maps
 // to one) but not for all.
 func pathError(op, p string, err error) error {
-	if pe, ok := err.(*fs.PathError); ok {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		err = pe.Err
 	}
 	return &fs.PathError{Op: op, Path: p, Err: err}
@@ -218,7 +218,7 @@ func (f *FS) Rename(oldname, newname string) error {
 	if err == nil {
 		return nil
 	}
-	if pe, ok := err.(*fs.PathError); ok {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		err = pe.Err
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
