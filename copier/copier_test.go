@@ -786,7 +786,7 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lease.Release(context.Background())
+	defer lease.Release(context.Background()) //nolint:errcheck // released when the test ends, best effort
 	if _, err := a.pass(context.Background(), lease); err != nil {
 		t.Fatal(err)
 	}
