@@ -207,11 +207,11 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 	}
 	sr, err := segment.NewReader(f, offset)
 	if err != nil && !damaged(err) {
-		f.Close()
+		_ = f.Close() // opened for reading
 		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
 	}
 	if err != nil {
-		f.Close()
+		_ = f.Close() // opened for reading
 		r.damaged(&segment.DamageError{Offset: 0, Blocks: 1, Entries: -1, Err: err})
 		return false, nil //nolint:nilerr // damage is counted, logged and passed over (see the package doc)
 	}
@@ -251,7 +251,7 @@ func damaged(err error) bool {
 
 func (r *Reader) closeFile() {
 	if r.file != nil {
-		r.file.Close()
+		_ = r.file.Close() // opened for reading
 	}
 	r.file, r.sr = nil, nil
 }

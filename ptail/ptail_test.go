@@ -294,7 +294,9 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Write(data)
+		if _, err := f.Write(data); err != nil {
+			t.Fatal(err)
+		}
 		f.Close()
 	}
 	if err := fsys.MkdirAll(path.Join(dir, layout.SegmentName(1, 7))); err != nil {
