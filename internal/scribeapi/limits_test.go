@@ -196,7 +196,9 @@ func TestBusyConnectionsRefuseNewcomer(t *testing.T) {
 	full := small("x")
 	for range 2 {
 		c := dial(t, hs.srv.Addr())
-		c.Write(full[:len(full)-3]) // a call begun, not finished
+		if _, err := c.Write(full[:len(full)-3]); err != nil { // a call begun, not finished
+			t.Fatal(err)
+		}
 	}
 	waitFor(t, "2 busy connections", func() bool {
 		return hs.metric(t, "freeway_listener_connections") == 2 && hs.metric(t, "freeway_listener_idle_connections") == 0
