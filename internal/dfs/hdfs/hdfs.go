@@ -76,12 +76,12 @@ func Open(rawURL string) (*FS, error) {
 	// first writers would race on it.
 	defaults, err := client.ServerDefaults()
 	if err != nil {
-		client.Close()
+		_ = client.Close()
 		return nil, fmt.Errorf("open hdfs: ask %s for server defaults: %w", cfg, err)
 	}
 	// MkdirAll fails with fs.ErrExist if the root is a file.
 	if err := client.MkdirAll(cfg.root, 0o755); err != nil {
-		client.Close()
+		_ = client.Close()
 		return nil, fmt.Errorf("open hdfs: create root %s: %w", cfg, err)
 	}
 	blockSize := defaults.BlockSize
@@ -156,7 +156,7 @@ func (f *FS) Open(name string) (dfs.Reader, error) {
 		return nil, pathError("open", p, err)
 	}
 	if fr.Stat().IsDir() {
-		fr.Close()
+		_ = fr.Close() // opened for reading
 		return nil, &fs.PathError{Op: "open", Path: p, Err: errors.New("is a directory")}
 	}
 	return &reader{fr: fr, path: p}, nil
