@@ -82,7 +82,7 @@ func (r *running) stop(t *testing.T) {
 			t.Fatalf("run: %v", err)
 		}
 	case <-time.After(60 * time.Second):
-		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1) // a diagnostic, before failing
 		t.Fatal("process did not stop")
 	}
 }

@@ -49,8 +49,12 @@ func newPKI(t *testing.T) *pki {
 	p.node = p.ca.Issue(t, dir, "node")
 	p.client = p.ca.Issue(t, dir, "client")
 	p.queryFile, p.adminFn = filepath.Join(dir, "query-tokens"), filepath.Join(dir, "admin-token")
-	os.WriteFile(p.queryFile, []byte("# dashboards\n"+queryToken+"\n"), 0o600)
-	os.WriteFile(p.adminFn, []byte(adminToken+"\n"), 0o600)
+	if err := os.WriteFile(p.queryFile, []byte("# dashboards\n"+queryToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.adminFn, []byte(adminToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var err error
 	if p.clientTLS, err = auth.NewTLS(auth.TLSConfig{CertFile: p.client.CertFile, KeyFile: p.client.KeyFile, CAFile: p.ca.File}, nil, nil); err != nil {
 		t.Fatal(err)
