@@ -21,7 +21,7 @@ func serve(t *testing.T, h http.Handler, lim Limits) (*Server, *prometheus.Regis
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // stopping the server; its error is not what these tests check
 	return s, reg, cancel, done
 }
 
@@ -29,14 +29,14 @@ func serve(t *testing.T, h http.Handler, lim Limits) (*Server, *prometheus.Regis
 // connection makes room for a new client, and the first client still
 // gets its next answer (on a new connection).
 func TestKeepAliveIdleEvicted(t *testing.T) {
-	s, reg, _, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), Limits{MaxConnections: 1})
+	s, reg, _, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{MaxConnections: 1})
 	get := func(c *http.Client) {
 		t.Helper()
 		resp, err := c.Get("http://" + s.Addr() + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		_, _ = io.Copy(io.Discard, resp.Body) // drained so that the connection is reused
 		resp.Body.Close()
 	}
 	first := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
@@ -87,7 +87,7 @@ func TestShutdownLetsRequestsFinish(t *testing.T) {
 	s, _, cancel, done := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(entered)
 		<-release
-		io.WriteString(w, "finished")
+		_, _ = io.WriteString(w, "finished")
 	}), Limits{})
 	got := make(chan string, 1)
 	go func() {
