@@ -235,7 +235,9 @@ func TestGroupCommitManyClients(t *testing.T) {
 		next := map[string]int{}
 		for _, e := range got {
 			var c, n int
-			fmt.Sscanf(e.Msg, "c%02d-%03d", &c, &n)
+			if _, err := fmt.Sscanf(e.Msg, "c%02d-%03d", &c, &n); err != nil {
+				t.Fatalf("entry %q: %v", e.Msg, err)
+			}
 			key := fmt.Sprint(c)
 			if n != next[key] {
 				t.Fatalf("client %d: entry %d after %d (lost, repeated or reordered)", c, n, next[key]-1)

@@ -418,7 +418,9 @@ func TestIdleCloseUnderLoad(t *testing.T) {
 		next := map[int]int{}
 		for _, e := range scan(t, fsys, fmt.Sprintf("cat%d/0", cat)) {
 			var c, k int
-			fmt.Sscanf(e.Msg, "c%d-%03d", &c, &k)
+			if _, err := fmt.Sscanf(e.Msg, "c%d-%03d", &c, &k); err != nil {
+				t.Fatalf("entry %q: %v", e.Msg, err)
+			}
 			if k < next[c] {
 				t.Errorf("cat%d: %s after %d", cat, e.Msg, next[c])
 			}
@@ -534,7 +536,9 @@ func TestSalvageKeepsEveryValidBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(data)
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
 	f.Close()
 
 	s := startServer(t, testConfig(), fsys, co, nil)

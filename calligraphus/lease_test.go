@@ -38,7 +38,9 @@ func TestLeaseHeldByAnotherOwner(t *testing.T) {
 	if got := counter(t, s.reg, "freeway_calligraphus_entries_received_total"); got != 0 {
 		t.Errorf("entries_received %v, want 0", got)
 	}
-	lease.Release(context.Background())
+	if err := lease.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "the writer to take the released lease", func() bool {
 		rc, err := cl.Log(context.Background(), entries("cat", "accepted"))
 		if err != nil {

@@ -46,7 +46,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	}
 	maxEpoch, err := w.recover(lease.Epoch())
 	if err != nil {
-		lease.Release(ctx)
+		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		w.nextTry = w.c.now().Add(time.Second)
 		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
 	}
@@ -172,7 +172,7 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 		return err
 	}
 	if _, err := f.Write(out); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return err
 	}
 	if err := f.Close(); err != nil {

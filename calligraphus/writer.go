@@ -331,7 +331,7 @@ func (w *bucketWriter) stop() {
 	w.mu.Unlock()
 	w.failQueued(errStopping)
 	if w.lease != nil {
-		w.lease.Release(context.Background())
+		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
 		w.lease = nil
 	}
 	w.owned.Store(false)
