@@ -134,7 +134,7 @@ func newServer(t *testing.T, src Source, mod ...func(*Config, *Deps)) *Server {
 		if s.thrift != nil {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
-			s.thrift.Serve(ctx) // closes the listener
+			_ = s.thrift.Serve(ctx) // closes the listener
 		}
 	})
 	return s
@@ -509,7 +509,7 @@ func run(t *testing.T, s *Server) (stop func() error) {
 		})
 		return err
 	}
-	t.Cleanup(func() { stop() })
+	t.Cleanup(func() { _ = stop() })
 	return stop
 }
 
@@ -562,7 +562,7 @@ func TestRunEndsWhenHTTPFails(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		cancel()
-		<-done
+		<-done //nolint:errcheck // the test has failed already; only waiting for Run
 		t.Fatal("Run did not return after its HTTP listener failed")
 	}
 }
