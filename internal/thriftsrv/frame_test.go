@@ -198,7 +198,9 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		for fr.left > 4 {
-			fr.Read(make([]byte, fr.left-4))
+			if _, err := fr.Read(make([]byte, fr.left-4)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if s, err := in.ReadString(context.Background()); err != nil || s != "" {
 			t.Fatalf("size %d: %q %v", size, s, err)
