@@ -304,7 +304,9 @@ func TestTornQueueTailIsTruncatedAtReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write([]byte{40, 0, 0, 0, 1, 2, 3, 4, 'h', 'a', 'l', 'f'}) // a record cut short by a crash
+	if _, err := f.Write([]byte{40, 0, 0, 0, 1, 2, 3, 4, 'h', 'a', 'l', 'f'}); err != nil { // a record cut short by a crash
+		t.Fatal(err)
+	}
 	f.Close()
 
 	up := startUpstream(t, "127.0.0.1:0", nil)

@@ -31,7 +31,7 @@ func mountTmpfs(t *testing.T, size int) string {
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, 0); err != nil {
-			syscall.Unmount(dir, syscall.MNT_DETACH)
+			_ = syscall.Unmount(dir, syscall.MNT_DETACH) // best effort, as the cleanup it is
 		}
 	})
 	return dir

@@ -101,7 +101,9 @@ func TestTailFollowsRotationByRename(t *testing.T) {
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
 	}
-	old.WriteString("a3\na4-unterminated")
+	if _, err := old.WriteString("a3\na4-unterminated"); err != nil {
+		t.Fatal(err)
+	}
 	old.Close()
 	appendFile(t, log, "b1\nb2\n")
 	waitLines(t, up, "a1", "a2", "a3", "a4-unterminated", "b1", "b2")
