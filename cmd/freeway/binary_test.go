@@ -90,7 +90,7 @@ func startProc(t *testing.T, cfgFile, api string, nofile int, args ...string) *p
 	}
 	go func() { p.err = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill() // it may have exited already
 		<-p.exited
 		if t.Failed() {
 			t.Logf("freeway output:\n%s", p.out.String())
@@ -236,7 +236,9 @@ func TestSurvivesFileDescriptorExhaustion(t *testing.T) {
 		t.Fatalf("freeway exited: %v", p.err)
 	default:
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	p.stopped(t)
 }
 
@@ -296,7 +298,9 @@ func TestReloadAndShutdown(t *testing.T) {
 
 	// A broken file: refused with its position, the process runs on.
 	writeConfig(t, cfgFile, data, ports, "\n  max_queue_bytes: 256MiB\n  colour: red")
-	p.cmd.Process.Signal(syscall.SIGHUP)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	p.waitOutput(t, "configuration not reloaded")
 	p.waitOutput(t, cfgFile+`:5:3: unknown key \"colour\"`)
 	if got := option("agent.max_queue_bytes"); got != "512MiB" {
@@ -306,7 +310,9 @@ func TestReloadAndShutdown(t *testing.T) {
 
 	// SIGHUP with the file fixed.
 	writeConfig(t, cfgFile, data, ports, "\n  max_queue_bytes: 256MiB")
-	p.cmd.Process.Signal(syscall.SIGHUP)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	waitOption("agent.max_queue_bytes", "256MiB")
 
 	// shutdown, as scribe_ctrl stop sends it.

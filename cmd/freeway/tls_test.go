@@ -129,7 +129,7 @@ apps:
 	}
 	go func() { p.err = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill() // it may have exited already
 		<-p.exited
 		if t.Failed() {
 			t.Logf("freeway output:\n%s", p.out.String())
@@ -179,7 +179,9 @@ apps:
 		var a struct {
 			Rows []struct{ Values map[string]float64 }
 		}
-		json.Unmarshal([]byte(body), &a)
+		if err := json.Unmarshal([]byte(body), &a); err != nil {
+			t.Fatalf("query answer %s: %v", body, err)
+		}
 		return len(a.Rows) == 1 && a.Rows[0].Values["n"] == 5
 	})
 	if code, body := do("GET", query, ""); code != 401 || !strings.Contains(body, `"error"`) {
