@@ -108,7 +108,7 @@ func run(o options) (bool, error) {
 		return false, err
 	}
 	if !o.keep {
-		defer os.RemoveAll(dir)
+		defer os.RemoveAll(dir) //nolint:errcheck // best effort: a leftover is in the temporary directory
 	}
 	fw, err := start(o.binary, dir)
 	if err != nil {
@@ -261,12 +261,12 @@ apps:
 	fw.cmd = exec.Command(binary, "all", "--config", cfgPath)
 	fw.cmd.Stdout, fw.cmd.Stderr = logf, logf
 	if err := fw.cmd.Start(); err != nil {
-		logf.Close()
+		_ = logf.Close()
 		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
 	go func() {
 		err := fw.cmd.Wait()
-		logf.Close()
+		_ = logf.Close() // freeway has exited; its log is complete
 		fw.exitOnce.Do(func() { fw.exitErr = err; close(fw.exited) })
 	}()
 	return fw, nil
@@ -278,7 +278,7 @@ func freePorts(n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
 		for _, l := range lns {
-			l.Close()
+			_ = l.Close() // only held to pick free ports
 		}
 	}()
 	for range n {
@@ -302,7 +302,7 @@ func (fw *freeway) waitReady(limit time.Duration) error {
 		}
 		resp, err := http.Get("http://" + fw.http + "/readyz")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
@@ -314,7 +314,7 @@ func (fw *freeway) waitReady(limit time.Duration) error {
 
 // stop asks freeway to stop (SIGTERM) and waits for a clean exit.
 func (fw *freeway) stop(limit time.Duration) error {
-	fw.cmd.Process.Signal(syscall.SIGTERM)
+	_ = fw.cmd.Process.Signal(syscall.SIGTERM) // it may have exited already; the wait below tells
 	select {
 	case <-fw.exited:
 		if fw.exitErr != nil {
@@ -331,7 +331,7 @@ func (fw *freeway) kill() {
 	select {
 	case <-fw.exited:
 	default:
-		fw.cmd.Process.Kill()
+		_ = fw.cmd.Process.Kill() // it may have exited already
 		<-fw.exited
 	}
 }
@@ -367,7 +367,7 @@ func (fw *freeway) metrics() (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read metrics: %w", err)
 	}
-	defer resp.Body.Close()
+	defer resp.Body.Close() //nolint:errcheck // read to the end below
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("read metrics: %s", resp.Status)
 	}
@@ -437,7 +437,7 @@ func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
 	var client *scribeapi.Client
 	defer func() {
 		if client != nil {
-			client.Close()
+			_ = client.Close()
 		}
 	}()
 	var interval time.Duration
@@ -487,7 +487,7 @@ func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
 				l.uncertain.Add(int64(len(entries)))
 				l.uncertainSum.Add(sum)
 				l.uncertainBig.Add(big)
-				client.Close()
+				_ = client.Close() // reconnecting; the call error is counted
 				client = nil
 				break
 			}
@@ -588,7 +588,7 @@ func checkTotals(fw *freeway, ld *loader, keys int) totals {
 		if err != nil {
 			return nil, err
 		}
-		defer resp.Body.Close()
+		defer resp.Body.Close() //nolint:errcheck // read to the end below
 		b, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("query %s: %s: %s", app, resp.Status, b)
@@ -821,14 +821,14 @@ func (r *report) writeCSV(path string) error {
 		return err
 	}
 	cw := csv.NewWriter(f)
-	cw.Write([]string{"seconds", "rss_bytes", "heap_inuse_bytes", "goroutines", "open_fds", "acknowledged", "received", "aggregated", "agent_queue_entries"})
+	_ = cw.Write([]string{"seconds", "rss_bytes", "heap_inuse_bytes", "goroutines", "open_fds", "acknowledged", "received", "aggregated", "agent_queue_entries"}) // errors are sticky: cw.Error below
 	for _, s := range r.samples {
-		cw.Write([]string{strconv.FormatFloat(s.at.Seconds(), 'f', 1, 64), ff(s.rss), ff(s.heap), ff(s.goroutines), ff(s.fds),
+		_ = cw.Write([]string{strconv.FormatFloat(s.at.Seconds(), 'f', 1, 64), ff(s.rss), ff(s.heap), ff(s.goroutines), ff(s.fds),
 			strconv.FormatInt(s.acked, 10), ff(s.received), ff(s.applied), ff(s.queue)})
 	}
 	cw.Flush()
 	if err := cw.Error(); err != nil {
-		f.Close()
+		_ = f.Close() // the csv error is the one to report
 		return err
 	}
 	return f.Close()
