@@ -438,7 +438,9 @@ func TestTornAckSlotFallsBackToThePreviousPosition(t *testing.T) {
 	// The second Ack (generation 2) went to slot 0: tear it.
 	b, _ := os.ReadFile(filepath.Join(dir, "acked"))
 	b[5] ^= 0xff
-	os.WriteFile(filepath.Join(dir, "acked"), b, 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "acked"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	q, _ = open(t, dir, nil)
 	defer q.Close()
 	if st := q.Stats(); st.Acked != 2 {
