@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // faults is a FileHook that fails chosen operations.
@@ -65,7 +67,7 @@ func (f *faults) seen() []string {
 	return slices.Clone(f.ops)
 }
 
-func openFaulty(t *testing.T, dir string, f *faults, mut func(*Options)) (*Queue, *logBuf) {
+func openFaulty(t *testing.T, dir string, f *faults, mut func(*Options)) (*Queue, *testkit.LogBuffer) {
 	return open(t, dir, func(o *Options) {
 		o.FileHook = f.hook
 		o.RetryInterval = time.Nanosecond

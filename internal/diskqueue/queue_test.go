@@ -13,32 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// logBuf collects log output for assertions.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func open(t testing.TB, dir string, mut func(*Options)) (*Queue, *logBuf) {
+func open(t testing.TB, dir string, mut func(*Options)) (*Queue, *testkit.LogBuffer) {
 	t.Helper()
-	lb := &logBuf{}
+	lb := &testkit.LogBuffer{}
 	o := Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 64 << 20, Logger: slog.New(slog.NewTextHandler(lb, nil))}
 	if mut != nil {
 		mut(&o)

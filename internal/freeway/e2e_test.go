@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/apps/appstest"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -34,19 +35,7 @@ func testConfig(dir string) Config {
 	cfg.Serving.Listen = "127.0.0.1:0"
 	cfg.Serving.ThriftListen = "127.0.0.1:0"
 	cfg.Buckets = 3
-	cfg.Apps = []apps.Spec{{
-		Name: "orders", Category: "orders", Format: "json",
-		Time:    &apps.TimeSpec{Field: "ts", Layout: "unix"},
-		Window:  config.Duration(time.Minute),
-		GroupBy: []string{"region", "kind"},
-		Aggregates: []apps.AggregateSpec{
-			{Name: "n", Fn: "count"},
-			{Name: "total", Fn: "sum", Field: "amount"},
-			{Name: "lo", Fn: "min", Field: "amount"},
-			{Name: "hi", Fn: "max", Field: "amount"},
-			{Name: "mean", Fn: "avg", Field: "amount"},
-		},
-	}}
+	cfg.Apps = []apps.Spec{appstest.Orders("unix")}
 	return cfg
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -153,7 +154,7 @@ func waitTotalsTLS(t *testing.T, c *http.Client, baseURL string, from, to int64,
 	t.Fatalf("totals never matched: %s", last)
 }
 
-func startSecure(t *testing.T, cfg Config, target string, logs *syncBuffer) *running {
+func startSecure(t *testing.T, cfg Config, target string, logs *testkit.LogBuffer) *running {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -185,7 +186,7 @@ func TestEndToEndOverTLS(t *testing.T) {
 	p := newPKI(t)
 	cfg := testConfig(t.TempDir())
 	p.secure(&cfg)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startSecure(t, cfg, All, logs)
 	defer r.stop(t)
 	ap := r.p.Agent.ClientTLS()
@@ -320,7 +321,7 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 	p := newPKI(t)
 	cfg := testConfig(t.TempDir())
 	p.secure(&cfg)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	node := startSecure(t, cfg, All, logs)
 	defer node.stop(t)
 
@@ -328,7 +329,7 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 	agentCfg.DataDir = t.TempDir()
 	agentCfg.Agent.TLS = false
 	agentCfg.Agent.Upstream = []string{node.p.Calligraphus.Addr()}
-	agentLogs := &syncBuffer{}
+	agentLogs := &testkit.LogBuffer{}
 	agent := startSecure(t, agentCfg, Agent, agentLogs)
 	defer agent.stop(t)
 	if agent.p.Agent.ClientTLS() != nil {
@@ -347,7 +348,7 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 	plain.DataDir = t.TempDir()
 	plain.TLS, plain.Auth = auth.TLSConfig{}, auth.Config{}
 	for name, c := range map[string]Config{"stranger": stranger, "plaintext": plain} {
-		bad := startSecure(t, c, Agent, &syncBuffer{})
+		bad := startSecure(t, c, Agent, &testkit.LogBuffer{})
 		defer bad.stop(t)
 		send(t, bad.p.Agent.Addr(), orders(50, 1, base), 50)
 		deadline := time.Now().Add(60 * time.Second)
@@ -410,7 +411,7 @@ func TestPipelineOverTLSOnRealEngines(t *testing.T) {
 	cfg.Puma.CheckpointInterval = config.Duration(500 * time.Millisecond)
 	t.Cleanup(func() { removeTree(t, cfg.DFS) })
 
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	writer := startSecure(t, cfg, Calligraphus, logs)
 	defer writer.stop(t)
 	agentCfg := cfg
@@ -454,7 +455,7 @@ func TestExposedListenersWarned(t *testing.T) {
 		if tc.secure {
 			p.secure(&cfg)
 		}
-		logs := &syncBuffer{}
+		logs := &testkit.LogBuffer{}
 		r := startSecure(t, cfg, Calligraphus, logs)
 		r.stop(t)
 		got := strings.Contains(logs.String(), "listener open beyond the local host without tls")
@@ -473,7 +474,7 @@ func TestBatchIdentityNeedsVerifiedCertificate(t *testing.T) {
 	p := newPKI(t)
 	cfg := testConfig(t.TempDir())
 	cfg.TLS = auth.TLSConfig{CertFile: p.node.CertFile, KeyFile: p.node.KeyFile, CAFile: p.ca.File}
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startSecure(t, cfg, All, logs)
 	defer r.stop(t)
 	addr := r.p.Calligraphus.Addr()

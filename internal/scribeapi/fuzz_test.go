@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -82,7 +83,7 @@ func FuzzScribe(f *testing.F) {
 	}
 	reg := prometheus.NewRegistry()
 	budget := thriftsrv.NewBudget(fuzzBudget, nil)
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	h := &callLog{}
 	limits := thriftsrv.Limits{MaxCallBytes: fuzzMaxCall, ReadTimeout: 10 * time.Second, BudgetWait: 10 * time.Millisecond}
 	srv, err := Listen("127.0.0.1:0", h, Info{Name: "fuzz", Metrics: reg}, limits,
