@@ -218,20 +218,16 @@ func TestDamagedShardIsReported(t *testing.T) {
 	var log testkit.LogBuffer
 	pn := startLogged(t, cfg, Puma, &log)
 	admin := "http://" + pn.p.AdminAddr() + "/readyz"
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testkit.Eventually(t, "admin /readyz to name the damaged shard", func() error {
 		code, body := getBody(t, admin)
 		if code == http.StatusServiceUnavailable && strings.Contains(body, "orders/"+bucket+": failed at ") && strings.Contains(body, "does not fit app orders") {
 			if strings.Count(body, "\n") != 2 {
 				t.Fatalf("readyz names more than the damaged shard:\n%s", body)
 			}
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("admin /readyz: %d\n%s", code, body)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("%d\n%s", code, body)
+	})
 	pn.stop(t)
 
 	sv := startLogged(t, cfg, Serving, &log)

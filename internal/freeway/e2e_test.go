@@ -3,6 +3,7 @@ package freeway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps/appstest"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -206,19 +208,16 @@ func diff(a queryAnswer, want map[string]*agg) string {
 func waitTotals(t *testing.T, base string, from, to int64, want map[string]*agg) {
 	t.Helper()
 	params := url.Values{"app": {"orders"}, "from": {fmt.Sprint(from)}, "to": {fmt.Sprint(to)}}
-	deadline := time.Now().Add(90 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, "the totals to match", func() error {
 		code, a := query(t, base, params)
 		if code != http.StatusOK {
 			t.Fatalf("query: %d %s", code, a.Error)
 		}
-		if last = diff(a, want); last == "" {
-			return
+		if d := diff(a, want); d != "" {
+			return errors.New(d)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("totals never matched: %s", last)
+		return nil
+	})
 }
 
 const base = int64(1_700_000_040) // a minute boundary

@@ -135,9 +135,7 @@ func getWith(t *testing.T, c *http.Client, u, token string) (int, []byte) {
 func waitTotalsTLS(t *testing.T, c *http.Client, baseURL string, from, to int64, want map[string]*agg) {
 	t.Helper()
 	u := baseURL + "/api/v1/query?" + url.Values{"app": {"orders"}, "from": {fmt.Sprint(from)}, "to": {fmt.Sprint(to)}}.Encode()
-	deadline := time.Now().Add(90 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, "the totals to match", func() error {
 		code, body := getWith(t, c, u, queryToken)
 		if code != http.StatusOK {
 			t.Fatalf("query: %d %s", code, body)
@@ -146,12 +144,11 @@ func waitTotalsTLS(t *testing.T, c *http.Client, baseURL string, from, to int64,
 		if err := json.Unmarshal(body, &a); err != nil {
 			t.Fatal(err)
 		}
-		if last = diff(a, want); last == "" {
-			return
+		if d := diff(a, want); d != "" {
+			return errors.New(d)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("totals never matched: %s", last)
+		return nil
+	})
 }
 
 func startSecure(t *testing.T, cfg Config, target string, logs *testkit.LogBuffer) *running {
@@ -351,13 +348,7 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 		bad := startSecure(t, c, Agent, &testkit.LogBuffer{})
 		defer bad.stop(t)
 		send(t, bad.p.Agent.Addr(), orders(50, 1, base), 50)
-		deadline := time.Now().Add(60 * time.Second)
-		for gathered(t, bad, "freeway_agent_ship_errors_total") < 2 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s agent: no shipping failures", name)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testkit.WaitFor(t, name+" agent's shipping failures", func() bool { return gathered(t, bad, "freeway_agent_ship_errors_total") >= 2 })
 		if n := gathered(t, bad, "freeway_agent_entries_shipped_total"); n != 0 {
 			t.Fatalf("%s agent shipped %v entries", name, n)
 		}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -46,13 +47,7 @@ func TestKeepAliveIdleEvicted(t *testing.T) {
 	// be refused).
 	idle := func() {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for gauge(t, reg, "freeway_listener_idle_connections") != 1 {
-			if time.Now().After(deadline) {
-				t.Fatal("the connection never became idle")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		testkit.WaitFor(t, "the connection to become idle", func() bool { return gauge(t, reg, "freeway_listener_idle_connections") == 1 })
 	}
 	get(first) // leaves an idle keep-alive connection
 	idle()

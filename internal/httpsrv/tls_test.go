@@ -2,6 +2,7 @@ package httpsrv
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestHTTPS: with TLS the port serves HTTPS, its keep-alive connections
@@ -49,13 +51,7 @@ func TestHTTPS(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "ok" || resp.TLS == nil {
 		t.Fatalf("https answer %d %q", resp.StatusCode, body)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for gauge(t, reg, "freeway_listener_idle_connections") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the keep-alive TLS connection is never seen idle")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, "the keep-alive TLS connection to be idle", func() bool { return gauge(t, reg, "freeway_listener_idle_connections") == 1 })
 	plain := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
 	resp, err = plain.Get("http://" + s.Addr() + "/")
 	if err != nil {
@@ -66,11 +62,10 @@ func TestHTTPS(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTPS") {
 		t.Fatalf("plaintext request: %d %q", resp.StatusCode, body)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for gauge(t, reg, "freeway_http_errors_total") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the plaintext client's handshake error counted %v times, want 1", gauge(t, reg, "freeway_http_errors_total"))
+	testkit.Eventually(t, "the plaintext client's handshake error counted", func() error {
+		if n := gauge(t, reg, "freeway_http_errors_total"); n != 1 {
+			return fmt.Errorf("counted %v times, want 1", n)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -21,7 +21,7 @@ import (
 // Deadline bounds every wait: long enough that a loaded machine (the
 // race detector, five test runs on two cores) does not fail a test that
 // is merely slow. A test asserts what happens, never how fast.
-const Deadline = 60 * time.Second
+const Deadline = 90 * time.Second
 
 // Eventually polls cond until it returns nil. After Deadline it fails t
 // with what and the last error cond returned.
