@@ -15,6 +15,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/demo"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -333,7 +334,7 @@ func TestAccessLog(t *testing.T) {
 // position and holds the recovered or read cells.
 func waitShards(t *testing.T, p *Puma, last map[int]ptail.Position) {
 	t.Helper()
-	eventually(t, "commit", func() error {
+	testkit.Eventually(t, "commit", func() error {
 		st := p.Statuses()
 		if len(st) != len(last) {
 			return fmt.Errorf("%d shards", len(st))
@@ -345,7 +346,7 @@ func waitShards(t *testing.T, p *Puma, last map[int]ptail.Position) {
 		}
 		return nil
 	})
-	eventually(t, "ready", func() error {
+	testkit.Eventually(t, "ready", func() error {
 		if !p.Ready() {
 			return fmt.Errorf("not ready")
 		}

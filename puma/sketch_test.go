@@ -22,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/hbasestore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -285,7 +286,7 @@ func TestSketches(t *testing.T) {
 	last := publishVisits(e, vs)
 	p := e.node("n1")
 	start(t, p)
-	eventually(t, "commit", func() error {
+	testkit.Eventually(t, "commit", func() error {
 		for _, s := range p.Statuses() {
 			if s.Committed != last[s.Bucket].String() {
 				return fmt.Errorf("shard %d committed %s", s.Bucket, s.Committed)
