@@ -138,6 +138,8 @@ type Calligraphus struct {
 
 	labelMu sync.Mutex
 	labels  map[string]string // category → metric label, bounded
+
+	reqs sync.Pool // *appendReq, see newReq
 }
 
 type bucketID struct {
@@ -271,32 +273,61 @@ type callInfo struct {
 // writes them again. Puma drops such repeats from Freeway's agents (by
 // sequence); a stock client's are counted twice (at-least-once).
 func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribethrift.LogEntry) scribethrift.ResultCode {
-	reqs := map[bucketID]*appendReq{}
-	var order []bucketID
+	// The call's requests, one per bucket, in the order first seen;
+	// byCategory finds a category's by bucket. A call is usually one
+	// category: the cursor looks it up, and checks it, once per run.
+	var (
+		order      []bucketID
+		reqs       []*appendReq
+		byCategory = map[string][]*appendReq{}
+		cur        = routeCursor{router: c.deps.Router}
+		started    bool
+		category   string
+		valid      bool
+		buckets    []*appendReq // byCategory[category]
+	)
+	defer cur.release()
+	recycle := func(rs []*appendReq) {
+		for _, r := range rs {
+			c.recycle(r)
+		}
+	}
 	accepted, empty := 0, 0
 	for i, e := range entries {
 		if e == nil {
 			continue
 		}
-		if !layout.ValidCategory(e.Category) {
-			// Stock Scribe drops these too: there is nowhere to put them.
+		if !started || e.Category != category {
+			started, category = true, e.Category
+			// Stock Scribe drops entries without a category too: there is
+			// nowhere to put them.
+			if valid = cur.use(category); valid {
+				buckets = byCategory[category]
+				if buckets == nil {
+					buckets = make([]*appendReq, cur.buckets())
+					byCategory[category] = buckets
+				}
+			}
+		}
+		if !valid {
 			empty++
 			continue
 		}
-		bucket, ok := c.deps.Router.Bucket(e.Category, e.Message)
+		bucket, ok := cur.bucket(e.Message)
 		if !ok {
-			c.m.unroutable.WithLabelValues(c.label(e.Category)).Inc()
+			c.m.unroutable.WithLabelValues(c.label(category)).Inc()
 		}
-		id := bucketID{e.Category, bucket}
-		req := reqs[id]
+		req := buckets[bucket]
 		if req == nil {
-			req = &appendReq{done: make(chan error, 1)}
-			reqs[id] = req
-			order = append(order, id)
+			req = c.newReq()
+			buckets[bucket] = req
+			order = append(order, bucketID{category, bucket})
+			reqs = append(reqs, req)
 		}
 		if !req.add(info, e.Message, info.firstSeq+uint64(i)) {
+			recycle(reqs)
 			c.m.tryLater.WithLabelValues("too_large").Inc()
-			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(e.Category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
+			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
 			return scribethrift.ResultCode_TRY_LATER
 		}
 		accepted++
@@ -314,12 +345,13 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 	claimed := make([]*bucketWriter, 0, len(order))
 	refuse := func(id bucketID, err error) scribethrift.ResultCode {
 		for i, w := range claimed {
-			w.unreserve(reqs[order[i]].size)
+			w.unreserve(reqs[i].size)
 		}
+		recycle(reqs)
 		return c.tryLater(id, info, err)
 	}
-	for _, id := range order {
-		w, err := c.reserve(id, reqs[id].size)
+	for i, id := range order {
+		w, err := c.reserve(id, reqs[i].size)
 		if err != nil {
 			return refuse(id, err)
 		}
@@ -345,20 +377,27 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		}
 	}
 	for i, w := range claimed {
-		w.enqueue(reqs[order[i]])
+		w.enqueue(reqs[i])
 	}
 	var firstErr error
 	var firstID bucketID
-	for _, id := range order {
+	answered := 0
+	for i, id := range order {
 		var err error
 		select {
-		case err = <-reqs[id].done:
+		case err = <-reqs[i].done:
+			answered++
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
 		if err != nil && firstErr == nil {
 			firstErr, firstID = err, id
 		}
+	}
+	if answered == len(reqs) {
+		// No writer refers to them any more. (Requests left unanswered
+		// when the call ended are left to the garbage collector.)
+		recycle(reqs)
 	}
 	if firstErr != nil {
 		return c.tryLater(firstID, info, firstErr)
