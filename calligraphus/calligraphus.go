@@ -30,6 +30,7 @@ type Config struct {
 	ID string `yaml:"id"`
 	// SegmentMaxAge: an open segment is published at the latest this
 	// long after its first block: the bound on how stale ptail's view is.
+	// 0 (the default): chosen by the dfs, SegmentMaxAgeFor.
 	SegmentMaxAge config.Duration `yaml:"segment_max_age"`
 	// SegmentMaxBytes: a segment is published once it holds this much.
 	SegmentMaxBytes config.ByteSize `yaml:"segment_max_bytes"`
@@ -59,7 +60,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:          "127.0.0.1:1464",
-		SegmentMaxAge:   config.Duration(time.Second),
+		SegmentMaxAge:   0, // per dfs: SegmentMaxAgeFor
 		SegmentMaxBytes: 64 << 20,
 		Linger:          config.Duration(100 * time.Millisecond),
 		MaxPendingBytes: 64 << 20,
@@ -76,8 +77,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
 		return config.Errorf("listen", "must not be empty")
-	case c.SegmentMaxAge.D() < 10*time.Millisecond:
-		return config.Errorf("segment_max_age", "must be at least 10ms")
+	case c.SegmentMaxAge != 0 && c.SegmentMaxAge.D() < 10*time.Millisecond:
+		return config.Errorf("segment_max_age", "must be 0 (chosen by the dfs) or at least 10ms")
 	case c.SegmentMaxBytes < 1<<10:
 		return config.Errorf("segment_max_bytes", "must be at least 1KiB")
 	case c.Linger < 0:
@@ -98,6 +99,28 @@ func (c *Config) Validate() error {
 		return config.Errorf("max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
 	}
 	return nil
+}
+
+// Segment ages chosen by the dfs (segment_max_age 0).
+const (
+	// LocalSegmentMaxAge: on a dfs where an fsync makes bytes durable (a
+	// local disk), a segment's entries are acknowledged already; keeping
+	// it open only keeps them from readers. What a short age costs is
+	// files: five segments a second per busy bucket.
+	LocalSegmentMaxAge = 200 * time.Millisecond
+	// ClosedSegmentMaxAge: where only a close makes bytes durable (HDFS),
+	// every acknowledgement publishes its segment (after linger), so the
+	// age does not hold entries back there.
+	ClosedSegmentMaxAge = time.Second
+)
+
+// SegmentMaxAgeFor is the segment age a writer on fsys uses when
+// segment_max_age is 0.
+func SegmentMaxAgeFor(fsys dfs.FS) time.Duration {
+	if fsys.SyncDurable() {
+		return LocalSegmentMaxAge
+	}
+	return ClosedSegmentMaxAge
 }
 
 // Deps are what a writer needs from the wiring: the common ones (the
@@ -161,6 +184,9 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	if deps.Router == nil {
 		deps.Router = NewRouter(1, nil)
 	}
+	if cfg.SegmentMaxAge == 0 {
+		cfg.SegmentMaxAge = config.Duration(SegmentMaxAgeFor(deps.FS))
+	}
 	deps.Common = deps.Defaults()
 	own, reg := deps.OwnMetrics()
 	c := &Calligraphus{
@@ -194,7 +220,8 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.ctx = wctx
 	c.mu.Unlock()
-	c.log.Info("calligraphus serving", "addr", c.Addr(), "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID)
+	c.log.Info("calligraphus serving", "addr", c.Addr(), "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID,
+		"segment_max_age", c.cfg.SegmentMaxAge.D())
 	err := c.server.Serve(ctx)
 	// The server has stopped taking batches; let writers publish and stop.
 	cancelWriters()
