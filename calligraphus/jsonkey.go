@@ -2,6 +2,7 @@ package calligraphus
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math/bits"
 	"strconv"
 	"strings"
@@ -301,6 +302,9 @@ func (k *jsonKey) array(s []byte, i, depth int, active uint64, level int) (int, 
 
 // skipWS skips JSON white space (space, tab, CR, LF) from s[i].
 func skipWS(s []byte, i int) int {
+	if i < len(s) && s[i] > ' ' {
+		return i // the usual case: no white space
+	}
 	for i < len(s) && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' || s[i] == '\r') {
 		i++
 	}
@@ -310,20 +314,46 @@ func skipWS(s []byte, i int) int {
 // stringEnd finds the quote closing a string whose body starts at s[i]
 // (the first one not escaped by a backslash, as fastjson reads it: after
 // an even run of backslashes); -1 if there is none. It reports whether
-// the body holds a backslash. One pass: bodies are mostly short (names,
-// ids), where a loop beats a search per byte kind.
+// the body holds a backslash. It looks at eight bytes at a time for a
+// quote or a backslash.
 func stringEnd(s []byte, i int) (int, bool) {
-	escaped := false
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(s); i += 8 {
+		v := binary.LittleEndian.Uint64(s[i:])
+		q, b := v^('"'*ones), v^('\\'*ones)
+		// A byte of q or b is zero where v has a quote or a backslash;
+		// the lowest flagged byte is exact (a false flag can only sit
+		// above a true one).
+		if m := ((q-ones)&^q | (b-ones)&^b) & highs; m != 0 {
+			i += bits.TrailingZeros64(m) / 8
+			if s[i] == '"' {
+				return i, false
+			}
+			return escapedStringEnd(s, i)
+		}
+	}
 	for ; i < len(s); i++ {
 		switch s[i] {
 		case '"':
-			return i, escaped
+			return i, false
 		case '\\':
-			escaped = true
+			return escapedStringEnd(s, i)
+		}
+	}
+	return -1, false
+}
+
+// escapedStringEnd is stringEnd from the first backslash of a body, s[i].
+func escapedStringEnd(s []byte, i int) (int, bool) {
+	for ; i < len(s); i++ {
+		switch s[i] {
+		case '"':
+			return i, true
+		case '\\':
 			i++ // the escaped byte, whatever it is
 		}
 	}
-	return -1, escaped
+	return -1, true
 }
 
 // numberEnd ends a fastjson number starting at s[i], or returns -1.
