@@ -91,6 +91,11 @@ func TestJSONKeyAgreesWithTheFullParse(t *testing.T) {
 		{[]string{"key"}, `{"x":"a\"b\\","key":"k"}`, scanKey},     // escapes elsewhere
 		{[]string{"key"}, `{"x":{"\u0041":1},"key":"k"}`, scanKey}, // an escaped name off the path
 		{[]string{"key"}, `{"key":"a\"b"}`, scanFull},
+		// Long strings, read eight bytes at a time: escapes past the first word.
+		{[]string{"key"}, `{"pad":"0123456789abcdef\"ghij\\","key":"a long key, longer than sixteen bytes"}`, scanKey},
+		{[]string{"key"}, `{"pad":"0123456789abcdef\\\"ghij\\\\\"x","key":"k"}`, scanKey},
+		{[]string{"key"}, `{"key":"0123456789abcdef0123\"tail"}`, scanFull},
+		{[]string{"key"}, `{"key":"0123456789abcdef0123\\`, scanInvalid},
 		{[]string{"key"}, `{"k\u0065y":"a"}`, scanFull},
 		{[]string{"key"}, `{"key":{"a":1}}`, scanFull},
 		{[]string{"key"}, `{"key":[1, 2]}`, scanFull},
