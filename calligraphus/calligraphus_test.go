@@ -525,10 +525,10 @@ func TestSegmentAgeByDFS(t *testing.T) {
 	if DefaultConfig().SegmentMaxAge != 0 {
 		t.Fatalf("default segment_max_age %v, want 0 (chosen by the dfs)", DefaultConfig().SegmentMaxAge)
 	}
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		want := LocalSegmentMaxAge
-		if !fsys.durable {
+		if !fsys.SyncDurable() {
 			want = ClosedSegmentMaxAge
 		}
 		cfg := testConfig()
@@ -540,7 +540,7 @@ func TestSegmentAgeByDFS(t *testing.T) {
 		// Entries are published by age, without a roll of any other kind.
 		cl := s.dial(t)
 		mustLog(t, cl, entries("cat", "aged"))
-		waitFor(t, "the segment published by age", func() bool { return len(published(t, fsys, "cat/0", true)) == 1 })
+		testkit.WaitFor(t, "the segment published by age", func() bool { return len(published(t, fsys, "cat/0", true)) == 1 })
 		cfg.SegmentMaxAge = config.Duration(time.Hour)
 		if s := startServer(t, cfg, fsys, co, nil); s.c.cfg.SegmentMaxAge.D() != time.Hour {
 			t.Errorf("a configured segment_max_age became %v", s.c.cfg.SegmentMaxAge)
