@@ -2,7 +2,6 @@ package calligraphus
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"syscall"
@@ -76,7 +75,8 @@ func BenchmarkRouterBucket(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(176)
 	b.ResetTimer()
-	defer cpuPerOp(b)()
+	report := cpuPerOp(b)
+	defer report()
 	for i := 0; i < b.N; i++ {
 		if _, ok := r.Bucket("bench", lines[i%len(lines)]); !ok {
 			b.Fatal("unroutable")
@@ -123,7 +123,7 @@ func BenchmarkIngest(b *testing.B) {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.ID = "bench"
 	c, err := New(cfg, Deps{FS: noSyncFS{l}, Coord: co, Router: NewRouter(1, map[string]Route{"bench": benchRoute(b, 8)}),
-		Common: component.Common{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: prometheus.NewRegistry(), Version: "bench"}})
+		Common: component.Common{Log: slog.New(slog.DiscardHandler), Metrics: prometheus.NewRegistry(), Version: "bench"}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -153,7 +153,8 @@ func BenchmarkIngest(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(176)
 	b.ResetTimer()
-	defer cpuPerOp(b)()
+	report := cpuPerOp(b)
+	defer report()
 	seq := int64(1)
 	for n := 0; n < b.N; n += batch {
 		bt := batches[(n/batch)%len(batches)]

@@ -165,9 +165,10 @@ func (k *jsonKey) value(s []byte, i, depth int, active, ends uint64, level int) 
 		return end + 1, scanKey
 	case 't', 'f', 'n':
 		lit := "true"
-		if c == 'f' {
+		switch c {
+		case 'f':
 			lit = "false"
-		} else if c == 'n' {
+		case 'n':
 			lit = "null"
 		}
 		if bytes.HasPrefix(s[i:], []byte(lit)) {

@@ -163,7 +163,8 @@ func BenchmarkShardKey(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(176)
 		b.ResetTimer()
-		defer cpuPerOp(b)()
+		report := cpuPerOp(b)
+		defer report()
 		for i := 0; i < b.N; i++ {
 			var r scanResult
 			if buf, r = k.scan.appendKey(buf[:0], lines[i%len(lines)]); r != scanKey {
@@ -175,7 +176,8 @@ func BenchmarkShardKey(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(176)
 		b.ResetTimer()
-		defer cpuPerOp(b)()
+		report := cpuPerOp(b)
+		defer report()
 		for i := 0; i < b.N; i++ {
 			if _, err := k.full.Key(lines[i%len(lines)]); err != nil {
 				b.Fatal(err)
