@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -121,4 +122,37 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (comm
 		m.add(r.w, r.key, r.slots)
 	}
 	return st, nil
+}
+
+// ShardStatuses lists every shard of the apps' categories as the store
+// knows it: the node of its last commit (Owner), its epoch, position,
+// time and watermarks. State is empty (the store does not know whether
+// a node runs the shard now); a shard whose commit row cannot be read has
+// Error set; one that never committed has Epoch 0.
+func (c *Committed) ShardStatuses(ctx context.Context) []Status {
+	seen := map[string]bool{}
+	var cats []string
+	for _, a := range c.apps {
+		if !seen[a.Spec.Category] {
+			seen[a.Spec.Category] = true
+			cats = append(cats, a.Spec.Category)
+		}
+	}
+	sort.Strings(cats)
+	var out []Status
+	for _, cat := range cats {
+		for b := 0; b < c.buckets(cat); b++ {
+			st := Status{Category: cat, Bucket: b}
+			_, cs, _, err := readCommit(ctx, c.st, c.table, cat, b)
+			switch {
+			case err != nil:
+				st.Error = clipError(err.Error())
+			case cs.Epoch != 0:
+				st.Owner, st.Epoch, st.Committed = cs.Owner, cs.Epoch, cs.Position.String()
+				st.LastCommit, st.Watermarks = time.UnixMilli(cs.CommitMs), cs.Watermarks
+			}
+			out = append(out, st)
+		}
+	}
+	return out
 }
