@@ -427,7 +427,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	}
 	p.mu.RUnlock()
 	m := newMerger(pl)
-	asOf := AsOf{TimeMs: p.now().UnixMilli()}
+	asOf := AsOf{TimeMs: p.deps.Now().UnixMilli()}
 	if len(shards) == 0 {
 		asOf.TimeMs = 0
 	}
