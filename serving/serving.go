@@ -114,18 +114,18 @@ type StatusProvider struct {
 
 // Server serves queries.
 type Server struct {
-	cfg    Config
-	deps   Deps
+	cfg  Config
+	deps Deps
 	// fresh and store answer the two modes (nil: not offered here);
 	// defaultMode is the mode of a query that names none.
 	fresh, store Source
 	defaultMode  string
-	log    *slog.Logger
-	ln     net.Listener
-	thrift *thriftsrv.Server
-	http   *httpsrv.Server
-	reqs   *prometheus.CounterVec
-	lat    *prometheus.HistogramVec
+	log          *slog.Logger
+	ln           net.Listener
+	thrift       *thriftsrv.Server
+	http         *httpsrv.Server
+	reqs         *prometheus.CounterVec
+	lat          *prometheus.HistogramVec
 }
 
 // New binds the listeners; Run serves.
