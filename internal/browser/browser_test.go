@@ -5,26 +5,10 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
 )
-
-// Need returns the Chromium to run, or skips t when there is none;
-// under FREEWAY_REQUIRE_ENGINES=1 or FREEWAY_REQUIRE_BROWSER=1 (`make
-// test`, whose scripts/deps.sh installs it) it fails t instead.
-func need(t *testing.T) string {
-	t.Helper()
-	path, err := Find()
-	if err != nil {
-		if os.Getenv("FREEWAY_REQUIRE_ENGINES") == "1" || os.Getenv("FREEWAY_REQUIRE_BROWSER") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	return path
-}
 
 // TestPage: a page served on loopback is loaded, evaluated, its console
 // and exceptions collected, and screenshotted as a PNG of its viewport.
@@ -36,7 +20,7 @@ func TestPage(t *testing.T) {
 setTimeout(() => { throw new Error("boom") }, 0);</script>`))
 	}))
 	defer srv.Close()
-	c, err := Start(need(t))
+	c, err := Start(Need(t))
 	if err != nil {
 		t.Fatal(err)
 	}

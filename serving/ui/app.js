@@ -260,10 +260,12 @@
       state.refresh = Number(e.target.value);
       schedule();
     });
+    // A fragment edited by hand (or a link followed) sets the view; the
+    // page's own changes replace it without this event.
     window.addEventListener('hashchange', () => {
       const h = readHash();
-      if (h.app && (!state.app || h.app !== state.app.name)) {
-        selectApp(h.app, h);
+      if (state.apps.length > 0) {
+        selectApp(h.app || (state.app && state.app.name), h);
         refresh();
       }
     });
@@ -441,10 +443,15 @@
         const title = el('h4', {}, agg + (state.split ? ` by ${state.split} (top ${keys.length})` : ''));
         div.append(title);
         box.append(div);
+        const dots = data[0].length <= 30; // a point per window only when there are few
         const opts = {
           width: chartWidth(), height: 220,
+          // Times in UTC, as everywhere on the page and in the API.
+          tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC'),
           scales: { x: { time: true } },
-          series: [{}].concat(names.map((n, i) => ({ label: n === '' ? '(empty)' : n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false }))),
+          series: [{}].concat(names.map((n, i) => ({
+            label: n === '' ? '(empty)' : n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false, points: { show: dots },
+          }))),
           axes: [{}, { size: 60, values: (u, vals) => vals.map(fmt) }],
         };
         c = { div, names, plot: new uPlot(opts, data, div) };
