@@ -369,7 +369,7 @@
     if (s.behind_seconds !== undefined) parts.push(`${dur(s.behind_seconds)} behind`);
     if (s.lag_segments !== undefined) parts.push(`${s.lag_segments} segments to read`);
     if (s.checkpoint_age_seconds !== undefined) parts.push(`checkpoint ${dur(s.checkpoint_age_seconds)} ago`);
-    if (s.shards !== undefined) parts.push(`${s.shards_running} of ${s.shards} shards`);
+    if (s.shards) parts.push(`${s.shards_running} of ${s.shards} shards`);
     $('freshness').textContent = parts.join(' · ');
   }
 
@@ -415,6 +415,21 @@
     return { names, data: [xs, ...ys] };
   }
 
+  // axisTimes labels the time axis in UTC, 24-hour: hours and minutes
+  // (and seconds when the ticks are closer than a minute), with the date
+  // under the first tick of each day.
+  function axisTimes(u, splits) {
+    const step = splits.length > 1 ? splits[1] - splits[0] : 60;
+    let day = '';
+    return splits.map((ts) => {
+      const iso = new Date(ts * 1000).toISOString();
+      const label = iso.slice(11, step < 60 ? 19 : 16);
+      if (iso.slice(0, 10) === day) return label;
+      day = iso.slice(0, 10);
+      return label + '\n' + day;
+    });
+  }
+
   function renderCharts(from, to, keys, series) {
     const box = $('charts');
     const want = series ? state.aggs : [];
@@ -452,7 +467,7 @@
           series: [{}].concat(names.map((n, i) => ({
             label: n === '' ? '(empty)' : n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false, points: { show: dots },
           }))),
-          axes: [{}, { size: 60, values: (u, vals) => vals.map(fmt) }],
+          axes: [{ values: axisTimes }, { size: 60, values: (u, vals) => vals.map(fmt) }],
         };
         c = { div, names, plot: new uPlot(opts, data, div) };
         state.charts[agg] = c;
@@ -524,7 +539,7 @@
     const a = state.apps.find((x) => x.name === state.app.name) || {};
     const dropped = Object.entries(a.dropped || {}).filter(([, n]) => n > 0).sort();
     if (!a.dropped) {
-      $('dropped').replaceChildren(el('tr', {}, el('td', { class: 'muted' }, 'not known here (this process answers from the store)')));
+      $('dropped').replaceChildren(el('tr', {}, el('td', { class: 'muted' }, 'not known here (only a Puma node keeps them)')));
     } else if (dropped.length === 0) {
       $('dropped').replaceChildren(el('tr', {}, el('td', { class: 'muted' }, 'none since the shards started here')));
     } else {
