@@ -58,6 +58,16 @@
     return v.toLocaleString('en-US', { maximumSignificantDigits: 6 });
   }
 
+  // compact writes an axis number short: 1.5k, 350M, 16.4G.
+  function compact(v) {
+    if (typeof v !== 'number') return '';
+    const a = Math.abs(v);
+    for (const [n, u] of [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']]) {
+      if (a >= n) return +(v / n).toPrecision(3) + u;
+    }
+    return String(+v.toPrecision(3));
+  }
+
   function dur(s) {
     if (s === undefined || s === null) return '';
     const a = Math.abs(s);
@@ -467,7 +477,7 @@
           series: [{}].concat(names.map((n, i) => ({
             label: n === '' ? '(empty)' : n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false, points: { show: dots },
           }))),
-          axes: [{ values: axisTimes }, { size: 60, values: (u, vals) => vals.map(fmt) }],
+          axes: [{ values: axisTimes }, { size: 60, values: (u, vals) => vals.map(compact) }],
         };
         c = { div, names, plot: new uPlot(opts, data, div) };
         state.charts[agg] = c;
