@@ -200,3 +200,21 @@ func TestBadFilters(t *testing.T) {
 		}
 	}
 }
+
+// TestWhereLimitTruncated: with where and a limit, an answer is
+// truncated only when rows that pass the filter were left out, not when
+// later windows hold only cells the filter drops.
+func TestWhereLimitTruncated(t *testing.T) {
+	_, p := queryFixture(t)
+	// eu has 3 rows (two in the first window, one in the second); the
+	// third window holds only us.
+	q := Query{App: "orders", FromMs: t0, ToMs: t0 + 3600_000, Where: map[string][]string{"region": {"eu"}}, Limit: 3}
+	res, err := p.Query(context.Background(), q)
+	if err != nil || len(res.Rows) != 3 || res.Truncated {
+		t.Fatalf("limit 3 of 3 eu rows: %v, %d rows, truncated %v", err, len(res.Rows), res.Truncated)
+	}
+	q.Limit = 2
+	if res, err := p.Query(context.Background(), q); err != nil || len(res.Rows) != 2 || !res.Truncated {
+		t.Fatalf("limit 2 of 3 eu rows: %v %+v", err, res)
+	}
+}

@@ -509,10 +509,17 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 						continue
 					}
 					cells := t.windows[w]
-					found = found || len(cells) > 0
 					if dry {
+						// Only a cell the where filter keeps is a row left out.
+						for key := range cells {
+							if m.pl.keep(key) {
+								found = true
+								break
+							}
+						}
 						continue
 					}
+					found = found || len(cells) > 0
 					for key, cell := range cells {
 						m.add(w, key, cell)
 					}
