@@ -13,6 +13,10 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}"
+  if [[ -n $sudo ]] && ! command -v sudo >/dev/null; then
+    echo "deps: not root and no sudo: install ${missing[*]} by hand (Debian packages)" >&2
+    exit 1
+  fi
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
     $sudo apt-get update -q >/dev/null
