@@ -98,7 +98,7 @@ func (s *Server) parseQuery(params map[string][]string) (queryRequest, error) {
 	if v, ok := get("to"); ok {
 		t, err := ParseTime(v)
 		if err != nil {
-			return req, fmt.Errorf("bad to: %v", err)
+			return req, fmt.Errorf("bad to: %w", err)
 		}
 		q.ToMs = t.UnixMilli()
 	}
@@ -106,7 +106,7 @@ func (s *Server) parseQuery(params map[string][]string) (queryRequest, error) {
 	if v, ok := get("from"); ok {
 		t, err := ParseTime(v)
 		if err != nil {
-			return req, fmt.Errorf("bad from: %v", err)
+			return req, fmt.Errorf("bad from: %w", err)
 		}
 		q.FromMs = t.UnixMilli()
 	}

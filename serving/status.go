@@ -119,7 +119,6 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 	}
 	type sum struct {
 		n, running int
-		wm         int64
 		lag        int64
 		hasLag     bool
 		oldest     time.Time

@@ -93,15 +93,17 @@ func Start(path string) (*Chrome, error) {
 	}
 	// fd 3: what Chromium reads (our commands); fd 4: what it writes.
 	cmdR, cmdW, err := os.Pipe()
+	// On a failed start, closing and removing are best effort: the error
+	// returned is the start's.
 	if err != nil {
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		cmdR.Close()
-		cmdW.Close()
-		os.RemoveAll(dir)
+		_ = cmdR.Close()
+		_ = cmdW.Close()
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	c := &Chrome{dir: dir, toChr: cmdW, fromChr: outR, stderr: &bytes.Buffer{}, done: make(chan struct{}),
@@ -112,12 +114,14 @@ func Start(path string) (*Chrome, error) {
 	c.cmd.Stderr = &lockedWriter{w: c.stderr}
 	c.cmd.Stdout = io.Discard
 	err = c.cmd.Start()
-	cmdR.Close()
-	outW.Close()
+	// The child holds its own copies of its ends; ours only keep the pipes
+	// open past its exit, and closing them cannot lose anything.
+	_ = cmdR.Close()
+	_ = outW.Close()
 	if err != nil {
-		cmdW.Close()
-		outR.Close()
-		os.RemoveAll(dir)
+		_ = cmdW.Close()
+		_ = outR.Close()
+		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
 	go c.read()
@@ -249,19 +253,22 @@ func (c *Chrome) Stderr() string {
 func (c *Chrome) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c.call(ctx, "", "Browser.close", nil, nil)
+	// Chromium may exit before it answers Browser.close: the wait below
+	// says how it ended.
+	_ = c.call(ctx, "", "Browser.close", nil, nil)
 	exited := make(chan error, 1)
 	go func() { exited <- c.cmd.Wait() }()
 	var err error
 	select {
 	case err = <-exited:
 	case <-time.After(10 * time.Second):
-		c.cmd.Process.Kill()
+		_ = c.cmd.Process.Kill() // fails only when it has exited meanwhile
 		err = errors.Join(errors.New("chromium did not exit; killed"), <-exited)
 	}
-	c.toChr.Close()
+	// Pipes to a process that has exited: nothing is left to flush.
+	_ = c.toChr.Close()
 	<-c.done
-	c.fromChr.Close()
+	_ = c.fromChr.Close()
 	if rerr := os.RemoveAll(c.dir); rerr != nil && err == nil {
 		err = rerr
 	}

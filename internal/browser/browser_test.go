@@ -15,7 +15,7 @@ import (
 func TestPage(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
-		w.Write([]byte(`<!doctype html><title>t</title><body style="background:#f00"><p id=x>41</p>
+		_, _ = w.Write([]byte(`<!doctype html><title>t</title><body style="background:#f00"><p id=x>41</p>
 <script>console.log("hello", 7); setTimeout(() => { document.getElementById("x").textContent = "42"; }, 100);
 setTimeout(() => { throw new Error("boom") }, 0);</script>`))
 	}))

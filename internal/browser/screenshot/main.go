@@ -41,7 +41,7 @@ func shoot(url, out, wait string, width, height int, full bool, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }() // best effort: the PNG is written by then
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	p, err := c.NewPage(ctx, width, height)
