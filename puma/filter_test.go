@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestQueryWhere: where keeps the cells whose key has one of the values
@@ -41,7 +43,7 @@ func TestQueryWhere(t *testing.T) {
 			"+0..+60s {kind=book region=us} {hi=20 lo=20 mean=20 n=1 total=20}",
 		}},
 	}
-	eventually(t, "committed what was read", func() error {
+	testkit.Eventually(t, "committed what was read", func() error {
 		for _, s := range p.Statuses()[:2] {
 			if s.Committed != s.Position {
 				return errorf("%+v", s)
@@ -153,7 +155,7 @@ func TestQueryAsOf(t *testing.T) {
 	if want := (AsOf{TimeMs: clock.UnixMilli(), WatermarkMs: t0 + 61_500}); err != nil || res.AsOf != want {
 		t.Fatalf("memory: %v %+v, want %+v", err, res.AsOf, want)
 	}
-	eventually(t, "both committed", func() error {
+	testkit.Eventually(t, "both committed", func() error {
 		for _, s := range p.Statuses() {
 			if want := []string{pos0.String(), pos1.String()}[s.Bucket]; s.Committed != want {
 				return errorf("%+v", s)

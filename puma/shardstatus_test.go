@@ -6,6 +6,8 @@ import (
 	"maps"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestShardStatuses: what /api/v1/status shows of the shards. On the
@@ -23,7 +25,7 @@ func TestShardStatuses(t *testing.T) {
 	start(t, p1)
 	wantMarks := []map[string]int64{{"orders": t0 + 7000}, {"orders": t0 + 3000}}
 	var running []Status
-	eventually(t, "both shards committed", func() error {
+	testkit.Eventually(t, "both shards committed", func() error {
 		running = p1.ShardStatuses(context.Background())
 		if len(running) != 2 {
 			return fmt.Errorf("%d shards", len(running))
@@ -46,7 +48,7 @@ func TestShardStatuses(t *testing.T) {
 
 	p2 := e.node("n2")
 	start(t, p2)
-	eventually(t, "n2 sees the shards held by n1", func() error {
+	testkit.Eventually(t, "n2 sees the shards held by n1", func() error {
 		st := p2.ShardStatuses(context.Background())
 		if len(st) != 2 || st[0].State != StateElsewhere || st[1].State != StateElsewhere {
 			return fmt.Errorf("%+v", st)
@@ -64,7 +66,7 @@ func TestShardStatuses(t *testing.T) {
 	})
 
 	c := NewCommitted(e.st, "puma", e.apps, func(string) int { return e.buckets })
-	eventually(t, "the store's view", func() error {
+	testkit.Eventually(t, "the store's view", func() error {
 		st := c.ShardStatuses(context.Background())
 		if len(st) != 2 {
 			return fmt.Errorf("%d shards", len(st))

@@ -17,6 +17,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 )
@@ -192,7 +193,7 @@ func TestStatus(t *testing.T) {
 		d.Now = func() time.Time { return clock.Add(90 * time.Second) }
 	})
 	var st map[string]any
-	poll(t, "every shard running and committed", func() error {
+	testkit.Eventually(t, "every shard running and committed", func() error {
 		w := get(t, s, "/api/v1/status")
 		st = decode(t, w)
 		shards, _ := st["shards"].([]any)
