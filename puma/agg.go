@@ -177,6 +177,22 @@ func (l *layout) merge(dst, src cell) {
 	}
 }
 
+// result is the answer of the app's i-th aggregate in c, as results
+// gives it.
+func (l *layout) result(c cell, i int) any {
+	for _, a := range l.fixed {
+		if a.i == i {
+			return a.fn.ResultSlots(c.f[a.off : a.off+a.n])
+		}
+	}
+	for j, a := range l.vars {
+		if a.i == i {
+			return c.x[j].Result()
+		}
+	}
+	return nil
+}
+
 // results returns name → value: a float64, a string, agg.Quantiles,
 // []agg.TopItem, or nil when there is none.
 func (l *layout) results(c cell) map[string]any {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -59,9 +60,16 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	n := c.buckets(cat)
 	var missing []MissingShard
 	var first error
+	var asOf AsOf
 	for b := 0; b < n; b++ {
-		err := c.shard(ctx, pl, b, m)
+		st, err := c.shard(ctx, pl, b, m)
 		if err == nil {
+			if st.Epoch != 0 {
+				if asOf.TimeMs == 0 || st.CommitMs < asOf.TimeMs {
+					asOf.TimeMs = st.CommitMs
+				}
+				asOf.WatermarkMs = max(asOf.WatermarkMs, st.Watermarks[app.Name()])
+			}
 			continue
 		}
 		if cerr := ctx.Err(); cerr != nil {
@@ -75,21 +83,26 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	if n > 0 && len(missing) == n {
 		return nil, fmt.Errorf("no shard of category %s can be read: %w", cat, first)
 	}
-	res := m.result()
+	res, err := m.result()
+	if err != nil {
+		return nil, err
+	}
 	res.Missing = missing
+	res.AsOf = asOf
 	return res, nil
 }
 
 // shard merges the committed cells of one bucket into m, all or nothing:
-// its cells are merged only once every one of them was read.
-func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error {
+// its cells are merged only once every one of them was read. It returns
+// the shard's commit state (Epoch 0: it never committed).
+func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (commitState, error) {
 	cat := pl.app.Spec.Category
 	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
 	if err != nil {
-		return err
+		return st, err
 	}
 	if st.Epoch == 0 {
-		return nil
+		return st, nil
 	}
 	type read struct {
 		w   int64
@@ -103,10 +116,43 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error
 		got = append(got, read{w, key, c})
 	})
 	if err != nil {
-		return fmt.Errorf("scan %s/%d: %w", cat, b, err)
+		return st, fmt.Errorf("scan %s/%d: %w", cat, b, err)
 	}
 	for _, r := range got {
 		m.add(r.w, r.key, r.c)
 	}
-	return nil
+	return st, nil
+}
+
+// ShardStatuses lists every shard of the apps' categories as the store
+// knows it: the node of its last commit (Owner), its epoch, position,
+// time and watermarks. State is empty (the store does not know whether
+// a node runs the shard now); a shard whose commit row cannot be read has
+// Error set; one that never committed has Epoch 0.
+func (c *Committed) ShardStatuses(ctx context.Context) []Status {
+	seen := map[string]bool{}
+	var cats []string
+	for _, a := range c.apps {
+		if !seen[a.Spec.Category] {
+			seen[a.Spec.Category] = true
+			cats = append(cats, a.Spec.Category)
+		}
+	}
+	sort.Strings(cats)
+	var out []Status
+	for _, cat := range cats {
+		for b := 0; b < c.buckets(cat); b++ {
+			st := Status{Category: cat, Bucket: b}
+			_, cs, _, err := readCommit(ctx, c.st, c.table, cat, b)
+			switch {
+			case err != nil:
+				st.Error = clipError(err.Error())
+			case cs.Epoch != 0:
+				st.Owner, st.Epoch, st.Committed = cs.Owner, cs.Epoch, cs.Position.String()
+				st.LastCommit, st.Watermarks = time.UnixMilli(cs.CommitMs), cs.Watermarks
+			}
+			out = append(out, st)
+		}
+	}
+	return out
 }

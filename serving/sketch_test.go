@@ -42,7 +42,7 @@ func TestSketchAnswersOverHTTP(t *testing.T) {
 		`{"window_start":"2024-05-06T07:00:00Z","window_end":"2024-05-06T08:00:00Z","key":{"region":"eu"},"values":{` +
 		`"first":"u1","last":17,"lo":null,"ms":{"0.99":80.5,"0.5":12},"n":3,` +
 		`"top":[{"value":"/a","count":120,"error":0},{"value":"/b","count":7,"error":2}],"users":42}}` +
-		`]}`
+		`],"as_of":{"mode":"fresh"}}`
 	if got := strings.TrimSpace(w.Body.String()); got != want {
 		t.Fatalf("answer:\n%s\nwant\n%s", got, want)
 	}
@@ -83,7 +83,7 @@ func TestSketchAnswersOverThrift(t *testing.T) {
 	}, {
 		WindowStartUnix: w0 / 1000, WindowEndUnix: w0/1000 + 3600,
 		Key: map[string]string{}, Values: map[string]float64{"n": 1},
-	}}}
+	}}, AsOf: &freeway.AsOf{Mode: "fresh"}}
 	if !res.Equals(want) || res.Rows[1].IsSetStructuredValues() {
 		t.Fatalf("result %v, want %v", res, want)
 	}

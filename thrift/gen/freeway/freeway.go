@@ -798,15 +798,21 @@ func (p *AppInfo) String() string {
 //   - GroupBy
 //   - AllWindows
 //   - Limit
+//   - Where
+//   - OrderBy
+//   - Mode
 //   - WindowSeconds
 type QueryRequest struct {
-	App           string   `thrift:"app,1" db:"app" json:"app"`
-	FromUnix      int64    `thrift:"from_unix,2" db:"from_unix" json:"from_unix"`
-	ToUnix        int64    `thrift:"to_unix,3" db:"to_unix" json:"to_unix"`
-	GroupBy       []string `thrift:"group_by,4" db:"group_by" json:"group_by,omitempty"`
-	AllWindows    bool     `thrift:"all_windows,5" db:"all_windows" json:"all_windows"`
-	Limit         int32    `thrift:"limit,6" db:"limit" json:"limit"`
-	WindowSeconds *int64   `thrift:"window_seconds,7" db:"window_seconds" json:"window_seconds,omitempty"`
+	App           string              `thrift:"app,1" db:"app" json:"app"`
+	FromUnix      int64               `thrift:"from_unix,2" db:"from_unix" json:"from_unix"`
+	ToUnix        int64               `thrift:"to_unix,3" db:"to_unix" json:"to_unix"`
+	GroupBy       []string            `thrift:"group_by,4" db:"group_by" json:"group_by,omitempty"`
+	AllWindows    bool                `thrift:"all_windows,5" db:"all_windows" json:"all_windows"`
+	Limit         int32               `thrift:"limit,6" db:"limit" json:"limit"`
+	Where         map[string][]string `thrift:"where,7" db:"where" json:"where,omitempty"`
+	OrderBy       *string             `thrift:"order_by,8" db:"order_by" json:"order_by,omitempty"`
+	Mode          *string             `thrift:"mode,9" db:"mode" json:"mode,omitempty"`
+	WindowSeconds *int64              `thrift:"window_seconds,10" db:"window_seconds" json:"window_seconds,omitempty"`
 }
 
 func NewQueryRequest() *QueryRequest {
@@ -839,6 +845,30 @@ func (p *QueryRequest) GetLimit() int32 {
 	return p.Limit
 }
 
+var QueryRequest_Where_DEFAULT map[string][]string
+
+func (p *QueryRequest) GetWhere() map[string][]string {
+	return p.Where
+}
+
+var QueryRequest_OrderBy_DEFAULT string
+
+func (p *QueryRequest) GetOrderBy() string {
+	if !p.IsSetOrderBy() {
+		return QueryRequest_OrderBy_DEFAULT
+	}
+	return *p.OrderBy
+}
+
+var QueryRequest_Mode_DEFAULT string
+
+func (p *QueryRequest) GetMode() string {
+	if !p.IsSetMode() {
+		return QueryRequest_Mode_DEFAULT
+	}
+	return *p.Mode
+}
+
 var QueryRequest_WindowSeconds_DEFAULT int64
 
 func (p *QueryRequest) GetWindowSeconds() int64 {
@@ -849,6 +879,18 @@ func (p *QueryRequest) GetWindowSeconds() int64 {
 }
 func (p *QueryRequest) IsSetGroupBy() bool {
 	return p.GroupBy != nil
+}
+
+func (p *QueryRequest) IsSetWhere() bool {
+	return p.Where != nil
+}
+
+func (p *QueryRequest) IsSetOrderBy() bool {
+	return p.OrderBy != nil
+}
+
+func (p *QueryRequest) IsSetMode() bool {
+	return p.Mode != nil
 }
 
 func (p *QueryRequest) IsSetWindowSeconds() bool {
@@ -930,8 +972,38 @@ func (p *QueryRequest) Read(ctx context.Context, iprot thrift.TProtocol) error {
 				}
 			}
 		case 7:
-			if fieldTypeId == thrift.I64 {
+			if fieldTypeId == thrift.MAP {
 				if err := p.ReadField7(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 8:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField8(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 9:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField9(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 10:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField10(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -1022,8 +1094,66 @@ func (p *QueryRequest) ReadField6(ctx context.Context, iprot thrift.TProtocol) e
 }
 
 func (p *QueryRequest) ReadField7(ctx context.Context, iprot thrift.TProtocol) error {
+	_, _, size, err := iprot.ReadMapBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading map begin: ", err)
+	}
+	tMap := make(map[string][]string, size)
+	p.Where = tMap
+	for i := 0; i < size; i++ {
+		var _key9 string
+		if v, err := iprot.ReadString(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_key9 = v
+		}
+		_, size, err := iprot.ReadListBegin(ctx)
+		if err != nil {
+			return thrift.PrependError("error reading list begin: ", err)
+		}
+		tSlice := make([]string, 0, size)
+		_val10 := tSlice
+		for i := 0; i < size; i++ {
+			var _elem11 string
+			if v, err := iprot.ReadString(ctx); err != nil {
+				return thrift.PrependError("error reading field 0: ", err)
+			} else {
+				_elem11 = v
+			}
+			_val10 = append(_val10, _elem11)
+		}
+		if err := iprot.ReadListEnd(ctx); err != nil {
+			return thrift.PrependError("error reading list end: ", err)
+		}
+		p.Where[_key9] = _val10
+	}
+	if err := iprot.ReadMapEnd(ctx); err != nil {
+		return thrift.PrependError("error reading map end: ", err)
+	}
+	return nil
+}
+
+func (p *QueryRequest) ReadField8(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 8: ", err)
+	} else {
+		p.OrderBy = &v
+	}
+	return nil
+}
+
+func (p *QueryRequest) ReadField9(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 9: ", err)
+	} else {
+		p.Mode = &v
+	}
+	return nil
+}
+
+func (p *QueryRequest) ReadField10(ctx context.Context, iprot thrift.TProtocol) error {
 	if v, err := iprot.ReadI64(ctx); err != nil {
-		return thrift.PrependError("error reading field 7: ", err)
+		return thrift.PrependError("error reading field 10: ", err)
 	} else {
 		p.WindowSeconds = &v
 	}
@@ -1054,6 +1184,15 @@ func (p *QueryRequest) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField7(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField8(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField9(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField10(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -1155,15 +1294,79 @@ func (p *QueryRequest) writeField6(ctx context.Context, oprot thrift.TProtocol) 
 }
 
 func (p *QueryRequest) writeField7(ctx context.Context, oprot thrift.TProtocol) (err error) {
-	if p.IsSetWindowSeconds() {
-		if err := oprot.WriteFieldBegin(ctx, "window_seconds", thrift.I64, 7); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T write field begin error 7:window_seconds: ", p), err)
+	if p.IsSetWhere() {
+		if err := oprot.WriteFieldBegin(ctx, "where", thrift.MAP, 7); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 7:where: ", p), err)
 		}
-		if err := oprot.WriteI64(ctx, int64(*p.WindowSeconds)); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T.window_seconds (7) field write error: ", p), err)
+		if err := oprot.WriteMapBegin(ctx, thrift.STRING, thrift.LIST, len(p.Where)); err != nil {
+			return thrift.PrependError("error writing map begin: ", err)
+		}
+		for k, v := range p.Where {
+			if err := oprot.WriteString(ctx, string(k)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+			if err := oprot.WriteListBegin(ctx, thrift.STRING, len(v)); err != nil {
+				return thrift.PrependError("error writing list begin: ", err)
+			}
+			for _, v := range v {
+				if err := oprot.WriteString(ctx, string(v)); err != nil {
+					return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+				}
+			}
+			if err := oprot.WriteListEnd(ctx); err != nil {
+				return thrift.PrependError("error writing list end: ", err)
+			}
+		}
+		if err := oprot.WriteMapEnd(ctx); err != nil {
+			return thrift.PrependError("error writing map end: ", err)
 		}
 		if err := oprot.WriteFieldEnd(ctx); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T write field end error 7:window_seconds: ", p), err)
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 7:where: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryRequest) writeField8(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetOrderBy() {
+		if err := oprot.WriteFieldBegin(ctx, "order_by", thrift.STRING, 8); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 8:order_by: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.OrderBy)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.order_by (8) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 8:order_by: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryRequest) writeField9(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetMode() {
+		if err := oprot.WriteFieldBegin(ctx, "mode", thrift.STRING, 9); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 9:mode: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.Mode)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.mode (9) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 9:mode: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryRequest) writeField10(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetWindowSeconds() {
+		if err := oprot.WriteFieldBegin(ctx, "window_seconds", thrift.I64, 10); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 10:window_seconds: ", p), err)
+		}
+		if err := oprot.WriteI64(ctx, int64(*p.WindowSeconds)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.window_seconds (10) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 10:window_seconds: ", p), err)
 		}
 	}
 	return err
@@ -1188,8 +1391,8 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 		return false
 	}
 	for i, _tgt := range p.GroupBy {
-		_src9 := other.GroupBy[i]
-		if _tgt != _src9 {
+		_src12 := other.GroupBy[i]
+		if _tgt != _src12 {
 			return false
 		}
 	}
@@ -1198,6 +1401,37 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 	}
 	if p.Limit != other.Limit {
 		return false
+	}
+	if len(p.Where) != len(other.Where) {
+		return false
+	}
+	for k, _tgt := range p.Where {
+		_src13 := other.Where[k]
+		if len(_tgt) != len(_src13) {
+			return false
+		}
+		for i, _tgt := range _tgt {
+			_src14 := _src13[i]
+			if _tgt != _src14 {
+				return false
+			}
+		}
+	}
+	if p.OrderBy != other.OrderBy {
+		if p.OrderBy == nil || other.OrderBy == nil {
+			return false
+		}
+		if (*p.OrderBy) != (*other.OrderBy) {
+			return false
+		}
+	}
+	if p.Mode != other.Mode {
+		if p.Mode == nil || other.Mode == nil {
+			return false
+		}
+		if (*p.Mode) != (*other.Mode) {
+			return false
+		}
 	}
 	if p.WindowSeconds != other.WindowSeconds {
 		if p.WindowSeconds == nil || other.WindowSeconds == nil {
@@ -1708,11 +1942,11 @@ func (p *Value) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
 	tSlice := make([]*Quantile, 0, size)
 	p.Quantiles = tSlice
 	for i := 0; i < size; i++ {
-		_elem10 := &Quantile{}
-		if err := _elem10.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem10), err)
+		_elem15 := &Quantile{}
+		if err := _elem15.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem15), err)
 		}
-		p.Quantiles = append(p.Quantiles, _elem10)
+		p.Quantiles = append(p.Quantiles, _elem15)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -1728,11 +1962,11 @@ func (p *Value) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
 	tSlice := make([]*TopItem, 0, size)
 	p.Top = tSlice
 	for i := 0; i < size; i++ {
-		_elem11 := &TopItem{}
-		if err := _elem11.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem11), err)
+		_elem16 := &TopItem{}
+		if err := _elem16.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem16), err)
 		}
-		p.Top = append(p.Top, _elem11)
+		p.Top = append(p.Top, _elem16)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -1846,8 +2080,8 @@ func (p *Value) Equals(other *Value) bool {
 		return false
 	}
 	for i, _tgt := range p.Quantiles {
-		_src12 := other.Quantiles[i]
-		if !_tgt.Equals(_src12) {
+		_src17 := other.Quantiles[i]
+		if !_tgt.Equals(_src17) {
 			return false
 		}
 	}
@@ -1855,8 +2089,8 @@ func (p *Value) Equals(other *Value) bool {
 		return false
 	}
 	for i, _tgt := range p.Top {
-		_src13 := other.Top[i]
-		if !_tgt.Equals(_src13) {
+		_src18 := other.Top[i]
+		if !_tgt.Equals(_src18) {
 			return false
 		}
 	}
@@ -2018,19 +2252,19 @@ func (p *Row) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]string, size)
 	p.Key = tMap
 	for i := 0; i < size; i++ {
-		var _key14 string
+		var _key19 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key14 = v
+			_key19 = v
 		}
-		var _val15 string
+		var _val20 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val15 = v
+			_val20 = v
 		}
-		p.Key[_key14] = _val15
+		p.Key[_key19] = _val20
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -2046,19 +2280,19 @@ func (p *Row) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]float64, size)
 	p.Values = tMap
 	for i := 0; i < size; i++ {
-		var _key16 string
+		var _key21 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key16 = v
+			_key21 = v
 		}
-		var _val17 float64
+		var _val22 float64
 		if v, err := iprot.ReadDouble(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val17 = v
+			_val22 = v
 		}
-		p.Values[_key16] = _val17
+		p.Values[_key21] = _val22
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -2074,17 +2308,17 @@ func (p *Row) ReadField5(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]*Value, size)
 	p.StructuredValues = tMap
 	for i := 0; i < size; i++ {
-		var _key18 string
+		var _key23 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key18 = v
+			_key23 = v
 		}
-		_val19 := &Value{}
-		if err := _val19.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _val19), err)
+		_val24 := &Value{}
+		if err := _val24.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _val24), err)
 		}
-		p.StructuredValues[_key18] = _val19
+		p.StructuredValues[_key23] = _val24
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -2238,8 +2472,8 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.Key {
-		_src20 := other.Key[k]
-		if _tgt != _src20 {
+		_src25 := other.Key[k]
+		if _tgt != _src25 {
 			return false
 		}
 	}
@@ -2247,8 +2481,8 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.Values {
-		_src21 := other.Values[k]
-		if _tgt != _src21 {
+		_src26 := other.Values[k]
+		if _tgt != _src26 {
 			return false
 		}
 	}
@@ -2256,8 +2490,8 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.StructuredValues {
-		_src22 := other.StructuredValues[k]
-		if !_tgt.Equals(_src22) {
+		_src27 := other.StructuredValues[k]
+		if !_tgt.Equals(_src27) {
 			return false
 		}
 	}
@@ -2531,17 +2765,250 @@ func (p *MissingShard) String() string {
 }
 
 // Attributes:
+//   - Mode
+//   - TimeMs
+//   - WatermarkMs
+type AsOf struct {
+	Mode        string `thrift:"mode,1" db:"mode" json:"mode"`
+	TimeMs      *int64 `thrift:"time_ms,2" db:"time_ms" json:"time_ms,omitempty"`
+	WatermarkMs *int64 `thrift:"watermark_ms,3" db:"watermark_ms" json:"watermark_ms,omitempty"`
+}
+
+func NewAsOf() *AsOf {
+	return &AsOf{}
+}
+
+func (p *AsOf) GetMode() string {
+	return p.Mode
+}
+
+var AsOf_TimeMs_DEFAULT int64
+
+func (p *AsOf) GetTimeMs() int64 {
+	if !p.IsSetTimeMs() {
+		return AsOf_TimeMs_DEFAULT
+	}
+	return *p.TimeMs
+}
+
+var AsOf_WatermarkMs_DEFAULT int64
+
+func (p *AsOf) GetWatermarkMs() int64 {
+	if !p.IsSetWatermarkMs() {
+		return AsOf_WatermarkMs_DEFAULT
+	}
+	return *p.WatermarkMs
+}
+func (p *AsOf) IsSetTimeMs() bool {
+	return p.TimeMs != nil
+}
+
+func (p *AsOf) IsSetWatermarkMs() bool {
+	return p.WatermarkMs != nil
+}
+
+func (p *AsOf) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 3:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *AsOf) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Mode = v
+	}
+	return nil
+}
+
+func (p *AsOf) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.TimeMs = &v
+	}
+	return nil
+}
+
+func (p *AsOf) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 3: ", err)
+	} else {
+		p.WatermarkMs = &v
+	}
+	return nil
+}
+
+func (p *AsOf) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "AsOf"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *AsOf) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "mode", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:mode: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Mode)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.mode (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:mode: ", p), err)
+	}
+	return err
+}
+
+func (p *AsOf) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetTimeMs() {
+		if err := oprot.WriteFieldBegin(ctx, "time_ms", thrift.I64, 2); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:time_ms: ", p), err)
+		}
+		if err := oprot.WriteI64(ctx, int64(*p.TimeMs)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.time_ms (2) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 2:time_ms: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *AsOf) writeField3(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetWatermarkMs() {
+		if err := oprot.WriteFieldBegin(ctx, "watermark_ms", thrift.I64, 3); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 3:watermark_ms: ", p), err)
+		}
+		if err := oprot.WriteI64(ctx, int64(*p.WatermarkMs)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.watermark_ms (3) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 3:watermark_ms: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *AsOf) Equals(other *AsOf) bool {
+	if p == other {
+		return true
+	} else if p == nil || other == nil {
+		return false
+	}
+	if p.Mode != other.Mode {
+		return false
+	}
+	if p.TimeMs != other.TimeMs {
+		if p.TimeMs == nil || other.TimeMs == nil {
+			return false
+		}
+		if (*p.TimeMs) != (*other.TimeMs) {
+			return false
+		}
+	}
+	if p.WatermarkMs != other.WatermarkMs {
+		if p.WatermarkMs == nil || other.WatermarkMs == nil {
+			return false
+		}
+		if (*p.WatermarkMs) != (*other.WatermarkMs) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *AsOf) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("AsOf(%+v)", *p)
+}
+
+// Attributes:
 //   - App
 //   - Rows
 //   - Truncated
 //   - Partial
 //   - MissingShards
+//   - AsOf
 type QueryResult_ struct {
 	App           string          `thrift:"app,1" db:"app" json:"app"`
 	Rows          []*Row          `thrift:"rows,2" db:"rows" json:"rows"`
 	Truncated     *bool           `thrift:"truncated,3" db:"truncated" json:"truncated,omitempty"`
 	Partial       *bool           `thrift:"partial,4" db:"partial" json:"partial,omitempty"`
 	MissingShards []*MissingShard `thrift:"missing_shards,5" db:"missing_shards" json:"missing_shards,omitempty"`
+	AsOf          *AsOf           `thrift:"as_of,6" db:"as_of" json:"as_of,omitempty"`
 }
 
 func NewQueryResult_() *QueryResult_ {
@@ -2579,6 +3046,15 @@ var QueryResult__MissingShards_DEFAULT []*MissingShard
 func (p *QueryResult_) GetMissingShards() []*MissingShard {
 	return p.MissingShards
 }
+
+var QueryResult__AsOf_DEFAULT *AsOf
+
+func (p *QueryResult_) GetAsOf() *AsOf {
+	if !p.IsSetAsOf() {
+		return QueryResult__AsOf_DEFAULT
+	}
+	return p.AsOf
+}
 func (p *QueryResult_) IsSetTruncated() bool {
 	return p.Truncated != nil
 }
@@ -2589,6 +3065,10 @@ func (p *QueryResult_) IsSetPartial() bool {
 
 func (p *QueryResult_) IsSetMissingShards() bool {
 	return p.MissingShards != nil
+}
+
+func (p *QueryResult_) IsSetAsOf() bool {
+	return p.AsOf != nil
 }
 
 func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -2655,6 +3135,16 @@ func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
 					return err
 				}
 			}
+		case 6:
+			if fieldTypeId == thrift.STRUCT {
+				if err := p.ReadField6(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
 		default:
 			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
 				return err
@@ -2687,11 +3177,11 @@ func (p *QueryResult_) ReadField2(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]*Row, 0, size)
 	p.Rows = tSlice
 	for i := 0; i < size; i++ {
-		_elem23 := &Row{}
-		if err := _elem23.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem23), err)
+		_elem28 := &Row{}
+		if err := _elem28.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem28), err)
 		}
-		p.Rows = append(p.Rows, _elem23)
+		p.Rows = append(p.Rows, _elem28)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -2725,14 +3215,22 @@ func (p *QueryResult_) ReadField5(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]*MissingShard, 0, size)
 	p.MissingShards = tSlice
 	for i := 0; i < size; i++ {
-		_elem24 := &MissingShard{}
-		if err := _elem24.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem24), err)
+		_elem29 := &MissingShard{}
+		if err := _elem29.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem29), err)
 		}
-		p.MissingShards = append(p.MissingShards, _elem24)
+		p.MissingShards = append(p.MissingShards, _elem29)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *QueryResult_) ReadField6(ctx context.Context, iprot thrift.TProtocol) error {
+	p.AsOf = &AsOf{}
+	if err := p.AsOf.Read(ctx, iprot); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", p.AsOf), err)
 	}
 	return nil
 }
@@ -2755,6 +3253,9 @@ func (p *QueryResult_) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField5(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField6(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -2854,6 +3355,21 @@ func (p *QueryResult_) writeField5(ctx context.Context, oprot thrift.TProtocol) 
 	return err
 }
 
+func (p *QueryResult_) writeField6(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetAsOf() {
+		if err := oprot.WriteFieldBegin(ctx, "as_of", thrift.STRUCT, 6); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 6:as_of: ", p), err)
+		}
+		if err := p.AsOf.Write(ctx, oprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", p.AsOf), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 6:as_of: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryResult_) Equals(other *QueryResult_) bool {
 	if p == other {
 		return true
@@ -2867,8 +3383,8 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.Rows {
-		_src25 := other.Rows[i]
-		if !_tgt.Equals(_src25) {
+		_src30 := other.Rows[i]
+		if !_tgt.Equals(_src30) {
 			return false
 		}
 	}
@@ -2892,10 +3408,13 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.MissingShards {
-		_src26 := other.MissingShards[i]
-		if !_tgt.Equals(_src26) {
+		_src31 := other.MissingShards[i]
+		if !_tgt.Equals(_src31) {
 			return false
 		}
+	}
+	if !p.AsOf.Equals(other.AsOf) {
+		return false
 	}
 	return true
 }
@@ -3134,41 +3653,41 @@ func (p *QueryClient) SetLastResponseMeta_(meta thrift.ResponseMeta) {
 }
 
 func (p *QueryClient) Apps(ctx context.Context) (_r []*AppInfo, _err error) {
-	var _args27 QueryAppsArgs
-	var _result29 QueryAppsResult
-	var _meta28 thrift.ResponseMeta
-	_meta28, _err = p.Client_().Call(ctx, "apps", &_args27, &_result29)
-	p.SetLastResponseMeta_(_meta28)
+	var _args32 QueryAppsArgs
+	var _result34 QueryAppsResult
+	var _meta33 thrift.ResponseMeta
+	_meta33, _err = p.Client_().Call(ctx, "apps", &_args32, &_result34)
+	p.SetLastResponseMeta_(_meta33)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result29.Err != nil:
-		return _r, _result29.Err
+	case _result34.Err != nil:
+		return _r, _result34.Err
 	}
 
-	return _result29.GetSuccess(), nil
+	return _result34.GetSuccess(), nil
 }
 
 // Parameters:
 //   - Req
 func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryResult_, _err error) {
-	var _args30 QueryQueryArgs
-	_args30.Req = req
-	var _result32 QueryQueryResult
-	var _meta31 thrift.ResponseMeta
-	_meta31, _err = p.Client_().Call(ctx, "query", &_args30, &_result32)
-	p.SetLastResponseMeta_(_meta31)
+	var _args35 QueryQueryArgs
+	_args35.Req = req
+	var _result37 QueryQueryResult
+	var _meta36 thrift.ResponseMeta
+	_meta36, _err = p.Client_().Call(ctx, "query", &_args35, &_result37)
+	p.SetLastResponseMeta_(_meta36)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result32.Err != nil:
-		return _r, _result32.Err
+	case _result37.Err != nil:
+		return _r, _result37.Err
 	}
 
-	if _ret33 := _result32.GetSuccess(); _ret33 != nil {
-		return _ret33, nil
+	if _ret38 := _result37.GetSuccess(); _ret38 != nil {
+		return _ret38, nil
 	}
 	return nil, thrift.NewTApplicationException(thrift.MISSING_RESULT, "query failed: unknown result")
 }
@@ -3176,18 +3695,18 @@ func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryRe
 // Parameters:
 //   - Token
 func (p *QueryClient) Authenticate(ctx context.Context, token string) (_err error) {
-	var _args34 QueryAuthenticateArgs
-	_args34.Token = token
-	var _result36 QueryAuthenticateResult
-	var _meta35 thrift.ResponseMeta
-	_meta35, _err = p.Client_().Call(ctx, "authenticate", &_args34, &_result36)
-	p.SetLastResponseMeta_(_meta35)
+	var _args39 QueryAuthenticateArgs
+	_args39.Token = token
+	var _result41 QueryAuthenticateResult
+	var _meta40 thrift.ResponseMeta
+	_meta40, _err = p.Client_().Call(ctx, "authenticate", &_args39, &_result41)
+	p.SetLastResponseMeta_(_meta40)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result36.Err != nil:
-		return _result36.Err
+	case _result41.Err != nil:
+		return _result41.Err
 	}
 
 	return nil
@@ -3213,11 +3732,11 @@ func (p *QueryProcessor) ProcessorMap() map[string]thrift.TProcessorFunction {
 
 func NewQueryProcessor(handler Query) *QueryProcessor {
 
-	self37 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
-	self37.processorMap["apps"] = &queryProcessorApps{handler: handler}
-	self37.processorMap["query"] = &queryProcessorQuery{handler: handler}
-	self37.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
-	return self37
+	self42 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
+	self42.processorMap["apps"] = &queryProcessorApps{handler: handler}
+	self42.processorMap["query"] = &queryProcessorQuery{handler: handler}
+	self42.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
+	return self42
 }
 
 func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
@@ -3230,12 +3749,12 @@ func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProto
 	}
 	iprot.Skip(ctx, thrift.STRUCT)
 	iprot.ReadMessageEnd(ctx)
-	x38 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
+	x43 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
 	oprot.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seqId)
-	x38.Write(ctx, oprot)
+	x43.Write(ctx, oprot)
 	oprot.WriteMessageEnd(ctx)
 	oprot.Flush(ctx)
-	return false, x38
+	return false, x43
 
 }
 
@@ -3244,7 +3763,7 @@ type queryProcessorApps struct {
 }
 
 func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err39 error
+	var _write_err44 error
 	args := QueryAppsArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -3294,21 +3813,21 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc40 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
+			_exc45 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err39 = thrift.WrapTException(err2)
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc40.Write(ctx, oprot); _write_err39 == nil && err2 != nil {
-				_write_err39 = thrift.WrapTException(err2)
+			if err2 := _exc45.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err39 == nil && err2 != nil {
-				_write_err39 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err39 == nil && err2 != nil {
-				_write_err39 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if _write_err39 != nil {
-				return false, thrift.WrapTException(_write_err39)
+			if _write_err44 != nil {
+				return false, thrift.WrapTException(_write_err44)
 			}
 			return true, err
 		}
@@ -3317,19 +3836,19 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.REPLY, seqId); err2 != nil {
-		_write_err39 = thrift.WrapTException(err2)
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err39 == nil && err2 != nil {
-		_write_err39 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err39 == nil && err2 != nil {
-		_write_err39 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err39 == nil && err2 != nil {
-		_write_err39 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if _write_err39 != nil {
-		return false, thrift.WrapTException(_write_err39)
+	if _write_err44 != nil {
+		return false, thrift.WrapTException(_write_err44)
 	}
 	return true, err
 }
@@ -3339,7 +3858,7 @@ type queryProcessorQuery struct {
 }
 
 func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err41 error
+	var _write_err46 error
 	args := QueryQueryArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -3389,21 +3908,21 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc42 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
+			_exc47 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err41 = thrift.WrapTException(err2)
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc42.Write(ctx, oprot); _write_err41 == nil && err2 != nil {
-				_write_err41 = thrift.WrapTException(err2)
+			if err2 := _exc47.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err41 == nil && err2 != nil {
-				_write_err41 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err41 == nil && err2 != nil {
-				_write_err41 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if _write_err41 != nil {
-				return false, thrift.WrapTException(_write_err41)
+			if _write_err46 != nil {
+				return false, thrift.WrapTException(_write_err46)
 			}
 			return true, err
 		}
@@ -3412,19 +3931,19 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.REPLY, seqId); err2 != nil {
-		_write_err41 = thrift.WrapTException(err2)
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err41 == nil && err2 != nil {
-		_write_err41 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err41 == nil && err2 != nil {
-		_write_err41 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err41 == nil && err2 != nil {
-		_write_err41 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if _write_err41 != nil {
-		return false, thrift.WrapTException(_write_err41)
+	if _write_err46 != nil {
+		return false, thrift.WrapTException(_write_err46)
 	}
 	return true, err
 }
@@ -3434,7 +3953,7 @@ type queryProcessorAuthenticate struct {
 }
 
 func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err43 error
+	var _write_err48 error
 	args := QueryAuthenticateArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -3484,40 +4003,40 @@ func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, i
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc44 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
+			_exc49 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err43 = thrift.WrapTException(err2)
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc44.Write(ctx, oprot); _write_err43 == nil && err2 != nil {
-				_write_err43 = thrift.WrapTException(err2)
+			if err2 := _exc49.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err43 == nil && err2 != nil {
-				_write_err43 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err43 == nil && err2 != nil {
-				_write_err43 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if _write_err43 != nil {
-				return false, thrift.WrapTException(_write_err43)
+			if _write_err48 != nil {
+				return false, thrift.WrapTException(_write_err48)
 			}
 			return true, err
 		}
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.REPLY, seqId); err2 != nil {
-		_write_err43 = thrift.WrapTException(err2)
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err43 == nil && err2 != nil {
-		_write_err43 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err43 == nil && err2 != nil {
-		_write_err43 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err43 == nil && err2 != nil {
-		_write_err43 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if _write_err43 != nil {
-		return false, thrift.WrapTException(_write_err43)
+	if _write_err48 != nil {
+		return false, thrift.WrapTException(_write_err48)
 	}
 	return true, err
 }
@@ -3670,11 +4189,11 @@ func (p *QueryAppsResult) ReadField0(ctx context.Context, iprot thrift.TProtocol
 	tSlice := make([]*AppInfo, 0, size)
 	p.Success = tSlice
 	for i := 0; i < size; i++ {
-		_elem45 := &AppInfo{}
-		if err := _elem45.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem45), err)
+		_elem50 := &AppInfo{}
+		if err := _elem50.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem50), err)
 		}
-		p.Success = append(p.Success, _elem45)
+		p.Success = append(p.Success, _elem50)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
