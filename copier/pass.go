@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/coord"
-	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 )
 
@@ -171,43 +169,21 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		infos, err := c.deps.Source.ReadDir(cat.Dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // a configured category nothing was written to yet
-		}
+		buckets, err := layout.Buckets(c.deps.Source, cat.Dir)
 		if err != nil {
 			listFailed(cat.Dir, err)
 			continue
 		}
-		var buckets []int
-		for _, fi := range infos {
-			if b, ok := bucketNumber(fi); ok {
-				buckets = append(buckets, b)
-			}
-		}
-		sort.Ints(buckets)
 		for _, b := range buckets {
 			dir := layout.BucketDir(cat.Name, b)
-			segs, err := c.deps.Source.ReadDir(dir)
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
+			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir]}
+			segs, err := layout.Published(c.deps.Source, dir, j.mark.last)
 			if err != nil {
 				listFailed(dir, err)
 				continue
 			}
 			ps.st.Buckets++
-			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir]}
-			for _, fi := range segs {
-				name := fi.Name()
-				// Published segments only: never a hidden file being written.
-				if fi.IsDir() || dfs.Hidden(name) || name <= j.mark.last {
-					continue
-				}
-				if _, _, ok := layout.ParseSegmentName(name); ok {
-					j.segs = append(j.segs, fi)
-				}
-			}
+			j.segs = segs
 			ps.st.Seen += len(j.segs)
 			if len(j.segs) > 0 || j.sweep {
 				jobs = append(jobs, j)
@@ -215,14 +191,6 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		}
 	}
 	return jobs, nil
-}
-
-// bucketNumber reports whether fi is a bucket directory and its number.
-func bucketNumber(fi fs.FileInfo) (int, bool) {
-	if !fi.IsDir() {
-		return 0, false
-	}
-	return layout.ParseBucket(fi.Name())
 }
 
 // copyBucket copies j's segments in order, recording progress after each.
