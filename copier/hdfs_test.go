@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -9,6 +10,10 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/segment"
 
 	"github.com/freeway-dev/freeway/internal/enginetest"
 
@@ -167,4 +172,101 @@ func TestHDFSRunCopiesNewSegments(t *testing.T) {
 	}
 	stop()
 	sameTree(t, e, names)
+}
+
+// TestHDFSMergeKilledMidFile merges from one real HDFS root into another:
+// a copier dies with a period file open (the file still under
+// construction, its lease held by the dead client), another dies halfway
+// through a write, a third right after recording a period it has not
+// published; the copier started after them delivers every line once, and
+// one started from an empty store rewrites nothing.
+func TestHDFSMergeKilledMidFile(t *testing.T) {
+	src, _ := hdfsRoot(t)
+	dst, url := hdfsRoot(t)
+	e := newEnv(t)
+	e.src, e.dst = src, dst
+	now := time.Now()
+	base := now.Truncate(time.Minute).Add(-30 * time.Minute)
+	var want []string // per minute
+	seq := uint64(0)
+	for m := range 3 {
+		var minute []string
+		for s := range 2 {
+			seq++
+			at := base.Add(time.Duration(m)*time.Minute + time.Duration(s*20)*time.Second)
+			enc := segment.NewEncoder()
+			data := enc.AppendHeader(nil)
+			msgs := lines(fmt.Sprintf("m%d s%d", m, s), 200)
+			b := &segment.Block{ArrivalMs: at.UnixMilli()}
+			for _, msg := range msgs {
+				b.Messages = append(b.Messages, []byte(msg))
+			}
+			data = enc.AppendBlock(data, b)
+			name := path.Join(layout.BucketDir("web/access", 2), layout.SegmentName(1, seq))
+			if err := dfs.WriteFile(src, name, data); err != nil {
+				t.Fatal(err)
+			}
+			minute = append(minute, msgs...)
+		}
+		want = append(want, text(minute))
+	}
+	clk := &clock{t: now.Add(3 * time.Hour)}
+	merging := func(c *Config, d *Deps) {
+		c.Destination = url
+		c.MergePeriod = config.Duration(time.Minute)
+		c.MergeDelay = config.Duration(time.Hour) // the segments were published just now
+		c.Compression = CompressionGzip
+		d.Now = clk.Now
+	}
+	fileOf := func(m int) string {
+		return layout.MergedFile("web/access", 2, base.Add(time.Duration(m)*time.Minute), time.Minute, ".gz")
+	}
+
+	// 1. A copier died writing the first minute's file.
+	dead, err := hdfs.Open(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	f, err := dead.Create(dfs.TempName(fileOf(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("half a gzip stream")); err != nil {
+		t.Fatal(err)
+	}
+	// 2. Another one halfway through a write of its own (its 4th call:
+	// replacing the dead one's file, then a write).
+	ffs := &faultFS{FS: dst, k: 4}
+	if _, err := e.copier(t, "b", merging, withDest(ffs)).CopyOnce(context.Background()); !errors.Is(err, errInjected) {
+		t.Fatalf("copier b: %v, want the injected fault", err)
+	}
+	// 3. A third records the first minute's file and dies before
+	// publishing it.
+	fst := &faultStore{Store: e.st, after: true, k: 1}
+	if _, err := e.copier(t, "c", merging, withStore(fst)).CopyOnce(context.Background()); !errors.Is(err, errInjected) {
+		t.Fatalf("copier c: %v, want the injected fault", err)
+	}
+	if _, err := dst.Stat(fileOf(0)); err == nil {
+		t.Fatal("the first minute was published before the restart")
+	}
+
+	st := mergePass(t, e.copier(t, "d", merging))
+	if st.Merged != 3 || st.Conflicts != 0 {
+		t.Fatalf("restarted copier: %+v, want the 3 minutes", st)
+	}
+	for m := range 3 {
+		if got := readMergedText(t, dst, fileOf(m)); got != want[m] {
+			t.Errorf("minute %d holds %d bytes, want %d", m, len(got), len(want[m]))
+		}
+	}
+	if all := files(t, dst, ""); len(all) != 3 {
+		t.Errorf("destination holds %q, want the 3 files", all)
+	}
+
+	rec := &recorder{FS: dst}
+	st = mergePass(t, e.copier(t, "e", merging, withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "empty.db")))))
+	if _, renames := rec.calls(); st.Skipped != 3 || len(renames) != 0 {
+		t.Errorf("re-run from an empty store: %+v, renamed %q", st, renames)
+	}
 }
