@@ -95,6 +95,6 @@ func (c *Copier) checkRetained(j *bucketJob) {
 	}
 	if ok {
 		c.log.Warn("retention deleted the first segments of a bucket before this copier copied them; copying from the first one left",
-			"bucket", j.dir, "deleted_through", m.Through, "deleted", m.Deleted)
+			"bucket", j.dir, "deleted_through", m.Through)
 	}
 }

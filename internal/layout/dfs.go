@@ -180,8 +180,6 @@ type RetentionMark struct {
 	// clock) of the segments deleted: when the last of them was
 	// published, so a bound on the arrival times of their entries.
 	ThroughMs int64 `json:"through_ms"`
-	// Deleted counts the segments retention has deleted from the bucket.
-	Deleted int64 `json:"deleted"`
 }
 
 // RetentionMarkName is the hidden file of a bucket directory holding its

@@ -323,7 +323,7 @@ func TestRetentionMark(t *testing.T) {
 	if _, ok, err := ReadRetentionMark(fsys, dir); ok || err != nil {
 		t.Fatalf("no mark yet: %v %v", ok, err)
 	}
-	m := RetentionMark{Through: SegmentName(3, 4), ThroughMs: 1_700_000_000_123, Deleted: 12}
+	m := RetentionMark{Through: SegmentName(3, 4), ThroughMs: 1_700_000_000_123}
 	for _, unique := range []string{"1", "1", "2"} { // rewritten, also by the same holder
 		if err := WriteRetentionMark(fsys, dir, m, unique); err != nil {
 			t.Fatal(err)
