@@ -453,4 +453,3 @@ func TestMarkPast(t *testing.T) {
 		t.Error("IntervalFor")
 	}
 }
-
