@@ -59,9 +59,13 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	n := c.buckets(cat)
 	var missing []MissingShard
 	var first error
+	failed := 0
 	for b := 0; b < n; b++ {
-		err := c.shard(ctx, pl, b, m)
+		g, err := c.shard(ctx, pl, b, m)
 		if err == nil {
+			if why := g.incomplete(app, q.FromMs); why != "" {
+				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
+			}
 			continue
 		}
 		if cerr := ctx.Err(); cerr != nil {
@@ -70,9 +74,10 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 		if first == nil {
 			first = err
 		}
+		failed++
 		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: clipError(err.Error())})
 	}
-	if n > 0 && len(missing) == n {
+	if n > 0 && failed == n {
 		return nil, fmt.Errorf("no shard of category %s can be read: %w", cat, first)
 	}
 	res := m.result()
@@ -81,15 +86,16 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 }
 
 // shard merges the committed cells of one bucket into m, all or nothing:
-// its cells are merged only once every one of them was read.
-func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error {
+// its cells are merged only once every one of them was read. It returns
+// what the committed state lacks (nil: nothing).
+func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (*gap, error) {
 	cat := pl.app.Spec.Category
 	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if st.Epoch == 0 {
-		return nil
+		return st.Gap, nil
 	}
 	type read struct {
 		w     int64
@@ -103,10 +109,10 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) error
 		got = append(got, read{w, key, slots})
 	})
 	if err != nil {
-		return fmt.Errorf("scan %s/%d: %w", cat, b, err)
+		return nil, fmt.Errorf("scan %s/%d: %w", cat, b, err)
 	}
 	for _, r := range got {
 		m.add(r.w, r.key, r.slots)
 	}
-	return nil
+	return st.Gap, nil
 }

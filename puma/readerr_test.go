@@ -13,6 +13,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	names "github.com/freeway-dev/freeway/internal/layout"
 )
 
 // flakyFS fails the first opens of segment files, as a NameNode restart
@@ -23,7 +24,7 @@ type flakyFS struct {
 }
 
 func (f *flakyFS) Open(name string) (dfs.Reader, error) {
-	if f.failures.Add(-1) >= 0 {
+	if strings.HasSuffix(name, names.SegmentExt) && f.failures.Add(-1) >= 0 {
 		return nil, errors.New("injected: namenode unavailable")
 	}
 	return f.FS.Open(name)

@@ -68,11 +68,13 @@ func describe(target string) string {
 	case freeway.Calligraphus:
 		return "a writer: buckets categories into segment files in the dfs"
 	case freeway.Copier:
-		return "the copier: copies published segments to a second dfs"
+		return "the copier: copies published segments to a second dfs, or merges them into hourly files"
 	case freeway.Puma:
 		return "a Puma node: aggregates buckets, checkpoints to the store"
 	case freeway.Serving:
 		return "the query API over committed state in the store"
+	case freeway.Retention:
+		return "segment retention alone (it also runs in all, puma and copier): deletes what every consumer is past"
 	}
 	return target
 }

@@ -198,13 +198,16 @@ func ReadRetentionMark(fsys dfs.FS, dir string) (m RetentionMark, ok bool, err e
 		return m, false, fmt.Errorf("read %s: %w", p, err)
 	}
 	if err := json.Unmarshal(data, &m); err != nil {
-		return m, false, fmt.Errorf("decode %s: %w", p, err)
+		return m, false, fmt.Errorf("decode %s: %w: %v", p, ErrBadMark, err)
 	}
 	if _, _, valid := ParseSegmentName(m.Through); !valid {
-		return m, false, fmt.Errorf("decode %s: %q is not a segment name", p, m.Through)
+		return m, false, fmt.Errorf("decode %s: %w: %q is not a segment name", p, ErrBadMark, m.Through)
 	}
 	return m, true, nil
 }
+
+// ErrBadMark means a retention mark is there but does not decode.
+var ErrBadMark = errors.New("damaged retention mark")
 
 // WriteRetentionMark replaces the retention mark of the bucket directory
 // dir with m, through a hidden temporary file (unique names it) and a

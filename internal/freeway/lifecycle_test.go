@@ -1,0 +1,146 @@
+package freeway
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/backends"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
+)
+
+// segmentsIn lists the published segments of every bucket of category.
+func segmentsIn(t *testing.T, fsys dfs.FS, category string) []string {
+	t.Helper()
+	buckets, err := layout.Buckets(fsys, layout.CategoryDir(category))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, b := range buckets {
+		infos, err := layout.Published(fsys, layout.BucketDir(category, b), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fi := range infos {
+			out = append(out, layout.BucketDir(category, b)+"/"+fi.Name())
+		}
+	}
+	return out
+}
+
+// partial reports whether an answer of the query API says it lacks data.
+func partial(t *testing.T, base string) bool {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s/api/v1/query?app=orders&from=%d&to=%d", base, base0, base0+180))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var a struct {
+		Partial bool `json:"partial"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil {
+		t.Fatalf("%q: %v", body, err)
+	}
+	return a.Partial
+}
+
+const base0 = base
+
+// metricSum sums a metric of the process over its labels.
+func metricSum(t *testing.T, r *running, name string) float64 {
+	t.Helper()
+	mfs, err := r.p.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}
+
+// TestRetentionEndToEnd: the whole pipeline with dfs_retention 1s and a
+// copier: segments go once Puma has committed past them and the copier
+// has copied them, each bucket keeps the segment its shard committed in,
+// and a restart recovers exactly from the checkpoints, whole.
+func TestRetentionEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.DFSRetention = config.Duration(time.Second)
+	cfg.Copier.Destination = "file://" + filepath.ToSlash(filepath.Join(dir, "warehouse"))
+	cfg.Copier.Interval = config.Duration(50 * time.Millisecond)
+	r := start(t, cfg)
+	var sent []order
+	for round := range 5 {
+		batch := orders(300, round*300, base)
+		send(t, r.p.Agent.Addr(), batch, 50)
+		sent = append(sent, batch...)
+		time.Sleep(100 * time.Millisecond) // a few segments per bucket
+	}
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(sent))
+
+	src, err := backends.OpenDFS("file://" + filepath.ToSlash(filepath.Join(dir, "dfs")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := backends.OpenDFS(cfg.Copier.Destination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for len(segmentsIn(t, src, "orders")) > cfg.Buckets {
+		if time.Now().After(deadline) {
+			t.Fatalf("retention left %q", segmentsIn(t, src, "orders"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	deleted := metricSum(t, r, "freeway_retention_segments_deleted_total")
+	if deleted == 0 {
+		t.Fatal("nothing was deleted")
+	}
+	// Everything deleted had been copied: the warehouse has every segment.
+	copied := segmentsIn(t, dst, "orders")
+	if len(copied) < int(deleted)+len(segmentsIn(t, src, "orders"))-cfg.Buckets {
+		t.Errorf("the warehouse has %d segments; %v were deleted", len(copied), deleted)
+	}
+	for _, s := range segmentsIn(t, src, "orders") {
+		if _, ok, err := layout.ReadRetentionMark(src, s[:strings.LastIndex(s, "/")]); err != nil || !ok {
+			t.Errorf("bucket of %s has no retention mark (%v)", s, err)
+		}
+	}
+	r.stop(t)
+
+	// A restart recovers every shard at its committed segment, still
+	// there, and answers whole.
+	r = start(t, cfg)
+	defer r.stop(t)
+	more := orders(500, 7, base)
+	send(t, r.p.Agent.Addr(), more, 100)
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(append(sent, more...)))
+	if partial(t, r.p.Serving.Addr()) {
+		t.Error("the answer after the restart says it is partial")
+	}
+	for _, st := range r.p.Puma.Statuses() {
+		if st.Incomplete != "" {
+			t.Errorf("shard %s/%d: %s", st.Category, st.Bucket, st.Incomplete)
+		}
+	}
+}
