@@ -647,3 +647,43 @@ func TestMergeOpenPeriodIsNotReread(t *testing.T) {
 		t.Fatalf("once closed: %+v", st)
 	}
 }
+
+// TestBackfillInterruptedResumes: a backfill stopped in the middle (^C)
+// leaves what it did recorded; the next one does the rest, and every line
+// is in the destination once.
+func TestBackfillInterruptedResumes(t *testing.T) {
+	e := newMergeEnv(t)
+	want := map[string]string{}
+	for h := range 6 {
+		for s := range 3 {
+			at := t0.Add(time.Duration(h)*time.Hour + time.Duration(s)*time.Minute)
+			m := lines(fmt.Sprintf("h%d s%d", h, s), 5)
+			e.publishAt(t, "access", 0, uint64(h*3+s+1), at, blk{at, m})
+			want[hourFile("access", 0, t0.Add(time.Duration(h)*time.Hour))] += text(m)
+		}
+	}
+	e.clock.Set(t0.Add(7 * time.Hour))
+	ctx, cancel := context.WithCancel(context.Background())
+	n := e.copier(t, "a", e.merging(nil))
+	st, err := n.Backfill(ctx, func(p Progress) {
+		if p.Files >= 7 {
+			cancel()
+		}
+	})
+	if !errors.Is(err, context.Canceled) || st.Merged == 0 || st.Merged >= 6 {
+		t.Fatalf("interrupted backfill: %+v %v, want a part done", st, err)
+	}
+	st, err = e.copier(t, "b", e.merging(nil)).Backfill(context.Background(), nil)
+	if err != nil || st.Merged == 0 {
+		t.Fatalf("resumed backfill: %+v %v", st, err)
+	}
+	got := files(t, e.dst, "")
+	if len(got) != len(want) {
+		t.Fatalf("destination holds %q", got)
+	}
+	for name, text := range want {
+		if g := readMergedText(t, e.dst, name); g != text {
+			t.Errorf("%s: %q, want %q", name, g, text)
+		}
+	}
+}

@@ -81,7 +81,7 @@ func describe(target string) string {
 
 func targetCommand(target, use, short string) *cobra.Command {
 	var configFile, adminListen string
-	var demoOn bool
+	var demoOn, backfill bool
 	var demoRate int
 	cmd := &cobra.Command{
 		Use:           use,
@@ -93,6 +93,9 @@ func targetCommand(target, use, short string) *cobra.Command {
 	flags := freeway.RegisterFlags(cmd.Flags(), target)
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML configuration file (keys as in examples/freeway.yaml); flags override it")
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "", "address of /metrics, /healthz, /readyz for targets without serving (\"off\" disables; default per target, 127.0.0.1:846x)")
+	if target == freeway.Copier {
+		cmd.Flags().BoolVar(&backfill, "backfill", false, "copy (or merge) everything not done yet with a progress display, then exit; interrupted, run it again to resume")
+	}
 	if target == freeway.All {
 		cmd.Flags().BoolVar(&demoOn, "demo", false, "send a built-in load (real Apache access-log lines, replayed in a loop at the present time) to the agent")
 		cmd.Flags().IntVar(&demoRate, "demo-rate", 200, "lines per second of the demo load")
@@ -121,6 +124,10 @@ func targetCommand(target, use, short string) *cobra.Command {
 		raiseFileLimit(log)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
+		if backfill {
+			_, err := freeway.Backfill(ctx, cfg, freeway.Options{Version: version.Get(), Log: log}, os.Stdout, isTerminal(os.Stdout))
+			return err
+		}
 		r := &runner{target: target, adminListen: adminListen, load: load, log: log}
 		if demoOn {
 			r.demoRate = demoRate
@@ -255,4 +262,11 @@ func newLogger(c freeway.LogConfig) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// isTerminal reports whether f is a terminal (a character device), where
+// progress is drawn in place rather than printed line by line.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -1,10 +1,13 @@
 package freeway
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
 )
 
 // segmentsIn lists the published segments of every bucket of category.
@@ -142,5 +146,53 @@ func TestRetentionEndToEnd(t *testing.T) {
 		if st.Incomplete != "" {
 			t.Errorf("shard %s/%d: %s", st.Category, st.Bucket, st.Incomplete)
 		}
+	}
+}
+
+// TestBackfillCommand: what `freeway copier --backfill` runs: hours of
+// segments published long ago are merged, with plain progress lines and
+// a summary when the output is not a terminal; a second run finds
+// nothing left to do.
+func TestBackfillCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Copier.Destination = "file://" + filepath.ToSlash(filepath.Join(dir, "warehouse"))
+	cfg.Copier.MergePeriod = config.Duration(time.Hour)
+	cfg.Copier.Compression = "gzip"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Resolve()
+	src, err := backends.OpenDFS(cfg.DFS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	start := time.Now().Add(-5 * time.Hour).Truncate(time.Hour)
+	for i := range 12 {
+		at := start.Add(time.Duration(i) * 20 * time.Minute)
+		enc := segment.NewEncoder()
+		data := enc.AppendBlock(enc.AppendHeader(nil), &segment.Block{ArrivalMs: at.UnixMilli(), Messages: [][]byte{fmt.Appendf(nil, "line %d", i)}})
+		name := layout.BucketDir("orders", i%2) + "/" + layout.SegmentName(1, uint64(i))
+		if err := dfs.WriteFile(src, name, data); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(filepath.Join(dir, "dfs", filepath.FromSlash(name)), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out strings.Builder
+	st, err := Backfill(context.Background(), cfg, Options{Log: slog.New(slog.DiscardHandler)}, &out, false)
+	if err != nil || st.Merged != 8 || st.Lines != 12 {
+		t.Fatalf("backfill: %+v %v\n%s", st, err, out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "backfill [") || !strings.Contains(lines[len(lines)-2], "12/12 files") ||
+		!strings.HasPrefix(lines[len(lines)-1], "backfill: merged 8 files (12 lines)") || strings.Contains(out.String(), "\r") {
+		t.Errorf("output:\n%s", out.String())
+	}
+	out.Reset()
+	if st, err := Backfill(context.Background(), cfg, Options{}, &out, false); err != nil || st.Merged != 0 {
+		t.Errorf("second backfill: %+v %v", st, err)
 	}
 }
