@@ -270,3 +270,74 @@ func TestHDFSMergeKilledMidFile(t *testing.T) {
 		t.Errorf("re-run from an empty store: %+v, renamed %q", st, renames)
 	}
 }
+
+// TestHDFSMergedHourIsTheConcatenationOfItsSegments: on two real HDFS
+// roots (source and destination), each hour's file is its segments'
+// lines, one a line, in bucket order, with the hour boundary in the
+// middle of a segment; another bucket gets its own file.
+func TestHDFSMergedHourIsTheConcatenationOfItsSegments(t *testing.T) {
+	src, _ := hdfsRoot(t)
+	dst, url := hdfsRoot(t)
+	e := newEnv(t)
+	e.src, e.dst = src, dst
+	// The NameNode stamps a segment's publish time (now); the blocks
+	// arrived in the two hours before this one. A merge delay of 3h keeps
+	// those hours open at publish time, so no line counts as late; the
+	// copier's clock, 5h ahead, sees both closed.
+	now := time.Now()
+	h0 := now.Truncate(time.Hour).Add(-2 * time.Hour)
+	h1 := h0.Add(time.Hour)
+	publish := func(bucket int, seq uint64, blocks ...blk) {
+		t.Helper()
+		enc := segment.NewEncoder()
+		data := enc.AppendHeader(nil)
+		for _, b := range blocks {
+			sb := &segment.Block{ArrivalMs: b.at.UnixMilli()}
+			for _, m := range b.msgs {
+				sb.Messages = append(sb.Messages, []byte(m))
+			}
+			data = enc.AppendBlock(data, sb)
+		}
+		if err := dfs.WriteFile(src, path.Join(layout.BucketDir("web/access", bucket), layout.SegmentName(1, seq)), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, a2, a3 := lines("a1", 300), lines("a2", 2), append(lines("a3", 2), "ends in a newline\n", "")
+	b1, b2 := lines("b1", 4), lines("b2", 500)
+	c1 := lines("c1", 5)
+	publish(0, 1, blk{h0.Add(10 * time.Minute), a1}, blk{h0.Add(11 * time.Minute), a2})
+	publish(0, 2, blk{h0.Add(59*time.Minute + 59*time.Second), a3}, blk{h1, b1}) // the hour ends mid-segment
+	publish(0, 3, blk{h1.Add(30 * time.Minute), b2})
+	publish(1, 1, blk{h0.Add(30 * time.Minute), c1})
+
+	clk := &clock{t: now.Add(5 * time.Hour)}
+	n := e.copier(t, "a", func(c *Config, d *Deps) {
+		c.Destination = url
+		c.MergePeriod = config.Duration(time.Hour)
+		c.MergeDelay = config.Duration(3 * time.Hour)
+		d.Now = clk.Now
+	})
+	st := mergePass(t, n)
+	if st.Merged != 3 || st.Errors != 0 || st.Lines != int64(len(a1)+len(a2)+len(a3)+len(b1)+len(b2)+len(c1)) {
+		t.Fatalf("pass: %+v, want 3 files", st)
+	}
+	for _, c := range []struct {
+		bucket int
+		hour   time.Time
+		want   string
+	}{
+		{0, h0, text(a1, a2, a3)},
+		{0, h1, text(b1, b2)},
+		{1, h0, text(c1)},
+	} {
+		if got := readMergedText(t, dst, hourFile("web/access", c.bucket, c.hour)); got != c.want {
+			t.Errorf("bucket %d hour %s: %d bytes, want %d:\n%.200q\nwant\n%.200q", c.bucket, c.hour.UTC().Format("15"), len(got), len(c.want), got, c.want)
+		}
+	}
+	if all := files(t, dst, ""); len(all) != 3 {
+		t.Errorf("destination holds %q, want the 3 hour files", all)
+	}
+	if st := mergePass(t, n); st.Merged != 0 || st.Seen != 0 {
+		t.Errorf("a second pass: %+v, want nothing new", st)
+	}
+}
