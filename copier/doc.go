@@ -132,8 +132,11 @@
 //
 // Each pass lists every bucket; freeway_copier_lag_segments and
 // freeway_copier_lag_seconds (the age of the oldest segment not done)
-// give, per category, how far the copier is behind the writers, and Lag
-// returns the same for a status page. When merging, the period still open
+// give, per category, how far the copier is behind the writers; Lag
+// returns the same, and Status (for /api/v1/status) adds whether this
+// copier is the active one. Both are figures of the last pass, set when
+// it has listed the buckets and again when it ends; a standby has none.
+// When merging, the period still open
 // (and merge_delay after it) is part of the lag.
 //
 // Backfill makes one pass like CopyOnce, reporting its progress (the

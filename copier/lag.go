@@ -38,6 +38,47 @@ func (c *Copier) Lag() []CategoryLag {
 	return append([]CategoryLag(nil), c.lag...)
 }
 
+// Status is the copier's state for /api/v1/status: whether it holds the
+// copier lease (the active one), and the lag per category as of its last
+// pass (empty while it stands by: a standby does not know the lag).
+type Status struct {
+	Active     bool             `json:"active"`
+	Merging    bool             `json:"merging"`
+	Categories []CategoryStatus `json:"categories"`
+}
+
+// CategoryStatus is the lag of one category.
+type CategoryStatus struct {
+	Category string `json:"category"`
+	// Segments and Bytes are the published segments not yet done.
+	Segments int   `json:"segments"`
+	Bytes    int64 `json:"bytes"`
+	// LagSeconds is how long the oldest of them has waited (as
+	// freeway_copier_lag_seconds); 0 when none.
+	LagSeconds float64 `json:"lag_seconds"`
+	// Oldest is when the oldest of them was published (RFC 3339, UTC);
+	// empty when none.
+	Oldest string `json:"oldest,omitempty"`
+}
+
+// Status reports the lease and the lag (cheap: copies of the last pass's
+// figures).
+func (c *Copier) Status() Status {
+	c.mu.Lock()
+	active := c.held != nil
+	c.mu.Unlock()
+	now := c.now()
+	out := Status{Active: active, Merging: c.cfg.Merging(), Categories: []CategoryStatus{}}
+	for _, l := range c.Lag() {
+		cs := CategoryStatus{Category: l.Category, Segments: l.Segments, Bytes: l.Bytes, LagSeconds: l.Age(now).Seconds()}
+		if !l.Oldest.IsZero() {
+			cs.Oldest = l.Oldest.UTC().Format(time.RFC3339)
+		}
+		out.Categories = append(out.Categories, cs)
+	}
+	return out
+}
+
 // setLag computes the lag from the pass's jobs and sets the gauges.
 func (c *Copier) setLag(ps *passState, jobs []*bucketJob) {
 	ps.mu.Lock()

@@ -687,3 +687,41 @@ func TestBackfillInterruptedResumes(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusReportsLagPerCategory: what /api/v1/status shows of a running
+// copier: active, and per category the segments not yet merged (those of
+// the open hour) and how long the oldest has waited; nothing once it
+// stopped (a standby does not know the lag).
+func TestStatusReportsLagPerCategory(t *testing.T) {
+	e := newMergeEnv(t)
+	e.publishAt(t, "access", 0, 1, t0.Add(10*time.Minute), blk{t0.Add(10 * time.Minute), lines("a", 3)})
+	e.publishAt(t, "access", 1, 1, t0.Add(20*time.Minute), blk{t0.Add(20 * time.Minute), lines("b", 3)})
+	e.publishAt(t, "web/access", 0, 1, t0.Add(5*time.Minute), blk{t0.Add(5 * time.Minute), lines("c", 3)})
+	e.clock.Set(t0.Add(90 * time.Minute)) // hour 07 closed (90m > 61m): web/access's and access's segments merge
+	e.publishAt(t, "access", 0, 2, t0.Add(70*time.Minute), blk{t0.Add(70 * time.Minute), lines("d", 3)})
+	n := e.copier(t, "a", e.merging(nil))
+	if st := n.Status(); st.Active || !st.Merging || len(st.Categories) != 0 {
+		t.Fatalf("before Run: %+v", st)
+	}
+	stop := run(t, n)
+	// A pass sets the lag when it has listed the buckets and again when
+	// it is done: the first pass's first figures count what it merges.
+	want := []CategoryStatus{
+		{Category: "access", Segments: 1, LagSeconds: 20 * 60, Oldest: t0.Add(70 * time.Minute).Format(time.RFC3339)},
+		{Category: "web/access"},
+	}
+	var st Status
+	waitFor(t, "the lag after a pass", func() bool {
+		st = n.Status()
+		if !st.Active || len(st.Categories) != 2 || st.Categories[0].Bytes <= 0 {
+			return false
+		}
+		got := slices.Clone(st.Categories)
+		got[0].Bytes = 0
+		return slices.Equal(got, want)
+	})
+	stop()
+	if st := n.Status(); st.Active || len(st.Categories) != 0 {
+		t.Errorf("after Run: %+v", st)
+	}
+}
