@@ -28,15 +28,18 @@ import (
 // --backfill` merging minutes of segments into gzip files, kills it
 // (SIGKILL) while it writes a period's file, three times, then lets it
 // finish: every minute's file holds its segments' lines once, in bucket
-// order, and nothing else is left at the destination. The destination is
-// a local directory, and a real HDFS root under FREEWAY_TEST_HDFS.
+// order, and nothing else is left at the destination. Once with a local
+// destination and the embedded store and coordinator, once on the real
+// engines: a real HDFS root as destination, the progress in HBase and the
+// copier lease in ZooKeeper.
 func TestCopierKilledMidFileDeliversEveryLineOnce(t *testing.T) {
 	t.Run("local", func(t *testing.T) {
 		dest := "file://" + filepath.ToSlash(filepath.Join(t.TempDir(), "warehouse"))
-		copierKilledMidFile(t, dest)
+		copierKilledMidFile(t, dest, "")
 	})
-	t.Run("hdfs", func(t *testing.T) {
+	t.Run("engines", func(t *testing.T) {
 		addr := enginetest.Addr(t, enginetest.HDFS)
+		zk, hbase := enginetest.Addr(t, enginetest.ZK), enginetest.Addr(t, enginetest.HBase)
 		var b [8]byte
 		rand.Read(b[:])
 		name := fmt.Sprintf("copierkill-%x", b)
@@ -51,11 +54,16 @@ func TestCopierKilledMidFileDeliversEveryLineOnce(t *testing.T) {
 				t.Errorf("clean up %s: %v", name, err)
 			}
 		})
-		copierKilledMidFile(t, fmt.Sprintf("hdfs://%s/freeway-test/%s", addr, name))
+		suffix := fmt.Sprintf("%x", b)
+		copierKilledMidFile(t, fmt.Sprintf("hdfs://%s/freeway-test/%s", addr, name),
+			fmt.Sprintf("store: hbase://%s/copierkill_%s_\ncoord: zk://%s/freeway-test/copierkill-%s?session_timeout=4s\n", hbase, suffix, zk, suffix))
 	})
 }
 
-func copierKilledMidFile(t *testing.T, dest string) {
+// copierKilledMidFile runs the test with the merged files going to dest
+// and engines (config lines for the store and coordinator; empty: the
+// embedded ones).
+func copierKilledMidFile(t *testing.T, dest, engines string) {
 	bin := freewayBinary(t)
 	dir := t.TempDir()
 	const (
@@ -74,7 +82,7 @@ copier:
   merge_period: 1m
   merge_delay: 1m
   compression: gzip
-`, filepath.Join(dir, "data"), buckets, dest)
+%s`, filepath.Join(dir, "data"), buckets, dest, engines)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package freeway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -194,5 +197,66 @@ func TestBackfillCommand(t *testing.T) {
 	out.Reset()
 	if st, err := Backfill(context.Background(), cfg, Options{}, &out, false); err != nil || st.Merged != 0 {
 		t.Errorf("second backfill: %+v %v", st, err)
+	}
+}
+
+// TestBackfillWaitsForTheCopierLease, on ZooKeeper and HBase: a backfill
+// started while a copier holds the lease (as a copier killed moments ago
+// does until its session expires) waits for it, saying so, and runs once
+// it is free; one that waits in vain fails naming the holder, without a
+// summary of work it did not do. (Before, it failed at once.)
+func TestBackfillWaitsForTheCopierLease(t *testing.T) {
+	zk, _, hbase := engines(t)
+	suffix := randomSuffix()
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Apps = nil
+	cfg.Store = fmt.Sprintf("hbase://%s/backfill_%s_", hbase, suffix)
+	cfg.Coord = fmt.Sprintf("zk://%s/freeway-test/backfill-%s", zk, suffix)
+	cfg.Copier.Destination = "file://" + filepath.ToSlash(filepath.Join(dir, "warehouse"))
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Resolve()
+	running := startTarget(t, cfg, Copier)
+	defer func() {
+		if running != nil {
+			running.stop(t)
+		}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for !running.p.Copier.Status().Active {
+		if time.Now().After(deadline) {
+			t.Fatal("the copier did not take the lease")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out := &syncBuffer{}
+	_, err := backfill(context.Background(), cfg, Options{Log: slog.New(slog.DiscardHandler)}, out, false, 2*time.Second)
+	if !errors.Is(err, coord.ErrHeld) || !strings.Contains(out.String(), "waiting up to 2s") || strings.Contains(out.String(), "backfill: copied") {
+		t.Fatalf("backfill while a copier runs: %v\n%s", err, out.String())
+	}
+
+	out = &syncBuffer{}
+	type result struct {
+		st  copier.Stats
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := backfill(context.Background(), cfg, Options{Log: slog.New(slog.DiscardHandler)}, out, false, time.Minute)
+		done <- result{st, err}
+	}()
+	for !strings.Contains(out.String(), "waiting up to 1m0s") {
+		if time.Now().After(deadline.Add(time.Minute)) {
+			t.Fatalf("the backfill does not wait:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	running.stop(t)
+	running = nil
+	r := <-done
+	if r.err != nil || !strings.Contains(out.String(), "backfill: copied") {
+		t.Fatalf("backfill once the lease is free: %+v %v\n%s", r.st, r.err, out.String())
 	}
 }
