@@ -37,6 +37,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -325,11 +327,19 @@ func (r *Reader) closeFile() {
 	r.file, r.sr = nil, nil
 }
 
-// list reads the directory for published segments after pos.
+// list reads the directory for published segments after pos. Segments
+// still pending from the last listing stay pending even when this one
+// lacks them: one deleted meanwhile is then reported as vanished when
+// the reader comes to it, not passed over.
 func (r *Reader) list() error {
 	infos, err := layout.Published(r.fs, r.dir, r.pos.Segment)
 	if err != nil {
 		return err
+	}
+	if n := len(r.pending); n > 0 {
+		last := r.pending[n-1].Name()
+		i := sort.Search(len(infos), func(i int) bool { return infos[i].Name() > last })
+		infos = append(slices.Clip(r.pending), infos[i:]...)
 	}
 	r.pending = infos
 	r.listed = time.Now()
