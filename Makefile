@@ -7,7 +7,7 @@ ENGINES  := deploy/engines/engines.sh
 PKGS     := ./...
 
 .PHONY: all build run test test-unit chaos check vet fmt-check generate check-generated \
-        engines engines-down engines-status bench deps clean
+        engines engines-down engines-status bench bench-go bench-smoke deps clean
 
 all: build
 
@@ -19,11 +19,13 @@ run:
 	$(GO) run ./cmd/freeway --config examples/freeway.yaml --demo
 
 ## test: static checks, every test with -race against the real engines, 2s
-## of each fuzz target, then the short chaos test on both backends (on its
-## own: it restarts engine processes, which the other tests must not see)
+## of each fuzz target, the bench harness at tiny sizes (bench-smoke), then
+## the short chaos test on both backends (on its own: it restarts engine
+## processes, which the other tests must not see)
 test: deps check engines
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
 	GO=$(GO) scripts/fuzz.sh 2s
+	GO=$(GO) bench/bench.sh --smoke
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 FREEWAY_CHAOS=short \
 		$(GO) test -race -count=1 -timeout 20m -v -run '^TestChaos' ./cmd/freeway/
 
@@ -62,7 +64,17 @@ engines-down:
 engines-status:
 	$(ENGINES) status
 
+## bench: Freeway and its peers (DuckDB, Flink, a hand-written limit) side by side on the
+## same lines; installs the peers; writes bench/results/<date>.md and .json (not CI)
 bench:
+	GO=$(GO) BENCH_COMMAND="make bench" bench/bench.sh
+
+## bench-smoke: the same harness at tiny sizes, in seconds (make test runs it)
+bench-smoke:
+	GO=$(GO) BENCH_COMMAND="make bench-smoke" bench/bench.sh --smoke
+
+## bench-go: the Go micro-benchmarks
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 $(PKGS)
 
 .PHONY: fuzz soak

@@ -4,8 +4,10 @@
 // aggregates count exactly what the agent acknowledged, and writes a
 // report. bench/soak.sh runs it (make soak); it is a bench, not a CI test.
 //
-// The load is its own: Scribe Log calls from several connections, each
-// a batch of small JSON lines over a few thousand keys, paced to a rate.
+// The load is internal/loadgen's (as `freeway load`): Scribe Log calls
+// from several connections, each a batch of short JSON lines
+// ({"ts":...,"key":"k0001234","value":57}) over a few thousand keys,
+// paced to a rate.
 // Without -rate it first finds the maximum: a short flat-out run, whose
 // sustained rate is the lower of what the agent acknowledged and what
 // Puma aggregated; the soak then runs at -fraction of it.
@@ -26,7 +28,6 @@ import (
 	"io"
 	"log"
 	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -41,9 +42,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/scribeapi"
-	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
+	"github.com/freeway-dev/freeway/internal/loadgen"
 )
 
 type options struct {
@@ -238,15 +237,15 @@ apps:
     category: soak
     format: json
     window: 1d
-    group_by: [k]
+    group_by: [key]
     aggregates:
       - {name: n, fn: count}
-      - {name: total, fn: sum, field: v}
+      - {name: total, fn: sum, field: value}
   - name: soak_big
     category: soak
     format: json
     window: 1d
-    where: v >= 50
+    where: value >= 500
     aggregates:
       - {name: n, fn: count}
 `, filepath.Join(dir, "data"), fw.agent, ports[1], ports[1], fw.http)
@@ -404,108 +403,67 @@ func rss(pid int) (float64, error) {
 	return 0, errors.New("no VmRSS in /proc status")
 }
 
-// loader sends the load and counts what was acknowledged.
+// loader sends the soak's load with internal/loadgen (short JSON lines,
+// live event times) and keeps the totals of what was acknowledged over
+// every run: the calibration and the soak.
 type loader struct {
 	addr  string
 	batch int
 	keys  int
 
-	acked    atomic.Int64 // entries answered OK
-	sum      atomic.Int64 // of v, over acked entries
-	big      atomic.Int64 // acked entries with v >= 50
-	calls    atomic.Int64
-	tryLater atomic.Int64
+	acked atomic.Int64 // entries answered OK
+	sum   atomic.Int64 // of value, over acked entries
+	big   atomic.Int64 // acked entries with value >= 500
 	// Entries of calls that failed without an answer: the agent may or
 	// may not have taken them (none on a healthy loopback).
 	uncertain, uncertainSum, uncertainBig atomic.Int64
-	errs                                  atomic.Int64
-	behind                                atomic.Int64 // times a connection fell a second behind its pace
+
+	mu   sync.Mutex
+	runs []loadgen.Summary
 }
 
 // run sends at rate entries a second over conns connections (flat out
 // if rate is 0) until ctx ends.
 func (l *loader) run(ctx context.Context, rate float64, conns int) {
-	var wg sync.WaitGroup
-	for c := range conns {
-		wg.Go(func() { l.conn(ctx, rate/float64(conns), uint64(c)) })
-	}
-	wg.Wait()
-}
-
-func (l *loader) conn(ctx context.Context, rate float64, seed uint64) {
-	rng := rand.New(rand.NewPCG(seed, uint64(time.Now().UnixNano())))
-	var client *scribeapi.Client
-	defer func() {
-		if client != nil {
-			client.Close()
-		}
-	}()
-	var interval time.Duration
-	if rate > 0 {
-		interval = time.Duration(float64(time.Second) * float64(l.batch) / rate)
-	}
-	next := time.Now()
-	entries := make([]*scribethrift.LogEntry, l.batch)
-	for ctx.Err() == nil {
-		if interval > 0 {
-			now := time.Now()
-			if next.After(now) {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(next.Sub(now)):
+	count := func(acked, sum, big *atomic.Int64) func([]loadgen.Record) {
+		return func(rs []loadgen.Record) {
+			var s, b int64
+			for _, r := range rs {
+				s += r.Value
+				if r.Value >= 500 {
+					b++
 				}
-			} else if now.Sub(next) > time.Second {
-				l.behind.Add(1)
-				next = now
 			}
-			next = next.Add(interval)
-		}
-		var sum, big int64
-		for i := range entries {
-			v := rng.IntN(100)
-			sum += int64(v)
-			if v >= 50 {
-				big++
-			}
-			entries[i] = &scribethrift.LogEntry{Category: "soak", Message: fmt.Appendf(nil, `{"k":"k%05d","v":%d}`, rng.IntN(l.keys), v)}
-		}
-		for ctx.Err() == nil {
-			if client == nil {
-				c, err := scribeapi.Dial(l.addr, thriftsrv.Limits{}, 10*time.Second)
-				if err != nil {
-					l.errs.Add(1)
-					time.Sleep(100 * time.Millisecond)
-					continue
-				}
-				client = c
-			}
-			l.calls.Add(1)
-			rc, err := client.Log(context.Background(), entries)
-			if err != nil {
-				l.errs.Add(1)
-				l.uncertain.Add(int64(len(entries)))
-				l.uncertainSum.Add(sum)
-				l.uncertainBig.Add(big)
-				client.Close()
-				client = nil
-				break
-			}
-			if rc == scribethrift.ResultCode_OK {
-				l.acked.Add(int64(len(entries)))
-				l.sum.Add(sum)
-				l.big.Add(big)
-				break
-			}
-			l.tryLater.Add(1)
-			time.Sleep(10 * time.Millisecond)
+			acked.Add(int64(len(rs)))
+			sum.Add(s)
+			big.Add(b)
 		}
 	}
+	ld, err := loadgen.New(loadgen.Options{
+		Addr: l.addr, Category: "soak", Conns: conns, Batch: l.batch, Rate: rate,
+		Lines:     loadgen.Lines{Format: loadgen.JSON, Keys: l.keys, Seed: uint64(time.Now().UnixNano())},
+		OnAck:     count(&l.acked, &l.sum, &l.big),
+		OnUnknown: count(&l.uncertain, &l.uncertainSum, &l.uncertainBig),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	s, _ := ld.Run(ctx)
+	l.mu.Lock()
+	l.runs = append(l.runs, s)
+	l.mu.Unlock()
 }
 
 func (l *loader) summary() string {
-	return fmt.Sprintf("%d entries acknowledged in %d Log calls of %d; %d TRY_LATER answers (retried); %d errors (%d entries of unknown fate); a connection fell a second behind its pace %d times",
-		l.acked.Load(), l.calls.Load(), l.batch, l.tryLater.Load(), l.errs.Load(), l.uncertain.Load(), l.behind.Load())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var calls, later, errs, behind int64
+	for _, s := range l.runs {
+		calls, later, errs, behind = calls+s.Calls, later+s.TryLater, errs+s.Errors, behind+s.Behind
+	}
+	last := l.runs[len(l.runs)-1].LatencyMs
+	return fmt.Sprintf("%d entries acknowledged in %d Log calls of %d; %d TRY_LATER answers (retried); %d errors (%d entries of unknown fate); a connection fell a second behind its pace %d times; Log latency at the soak's rate p50 %.2fms p99 %.2fms max %.2fms",
+		l.acked.Load(), calls, l.batch, later, errs, l.uncertain.Load(), behind, last.P50, last.P99, last.Max)
 }
 
 // calibration is the flat-out run.
@@ -610,7 +568,7 @@ func checkTotals(fw *freeway, ld *loader, keys int) totals {
 	if err != nil {
 		return totals{detail: err.Error()}
 	}
-	byKey, err := q("soak_count", "k")
+	byKey, err := q("soak_count", "key")
 	if err != nil {
 		return totals{detail: err.Error()}
 	}
@@ -770,7 +728,7 @@ func (r *report) write() (string, error) {
 	}
 	w("Machine: %s\n\n", r.machine)
 	w("Freeway %s, embedded backends (local dfs, bbolt, in-process coord), one process (`freeway all`).\n", gitRev())
-	w("Load: %d Scribe connections, Log calls of %d JSON lines (`{\"k\":\"k01234\",\"v\":57}`) over %d keys, category `soak`, read by two apps (count and sum by key; a filtered count) in 1-day windows, so that the aggregates held do not grow with the run.\n\n",
+	w("Load: %d Scribe connections, Log calls of %d JSON lines (internal/loadgen, `{\"ts\":1764612345678,\"key\":\"k0001234\",\"value\":57}`) over %d keys, category `soak`, read by two apps (count and sum by key; a filtered count) in 1-day windows, so that the aggregates held do not grow with the run.\n\n",
 		r.opts.conns, r.opts.batch, r.opts.keys)
 	if c := r.cal; c != nil {
 		w("## Maximum load\n\nFlat out for %v: the agent acknowledged %.0f entries/s and Puma aggregated %.0f entries/s (measured over the last two thirds); the maximum is the lower, %.0f entries/s. The soak ran at %.0f%% of it.\n\n",

@@ -1,7 +1,8 @@
 // Command freeway runs Freeway: `freeway` (or `freeway all`) runs the whole
 // pipeline in one process on embedded backends; `freeway agent`,
 // `calligraphus`, `copier`, `puma` and `serving` run one component; `freeway
-// config check FILE` validates a configuration.
+// config check FILE` validates a configuration; `freeway load` sends a
+// load to an agent (internal/loadgen).
 //
 // SIGHUP (or fb303 reinitialize on a Scribe port, or POST /admin/reload
 // on the HTTP port) reloads the configuration file and restarts the
@@ -50,7 +51,7 @@ API on http://127.0.0.1:8080, on embedded backends under --data-dir.`
 	for _, t := range names {
 		root.AddCommand(targetCommand(t, t, "Run "+describe(t)))
 	}
-	root.AddCommand(configCommand(), &cobra.Command{
+	root.AddCommand(configCommand(), loadCommand(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,

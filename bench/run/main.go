@@ -1,0 +1,881 @@
+// Command run is the harness of make bench (bench/bench.sh builds and
+// calls it): it runs the freeway binary and its peers side by side on
+// the very same lines and writes a report.
+//
+// One run makes the lines file once (internal/loadgen, from a seed) with
+// its ground truth (count and sum of value per key per minute), then, in
+// rounds so that the machine's noise falls on every system alike:
+//
+//   - Freeway end to end (freeway all, embedded backends): `freeway load`
+//     sends the lines to the agent; the rate the agent acknowledged (B1)
+//     and the rate until Puma has aggregated them all (B4), CPU-seconds
+//     of freeway (from /proc) and of the generator apart, peak RSS, and
+//     every cell checked against the truth through the query API;
+//   - the hand-written limit (bench/limit), DuckDB (bench/duckdb) and
+//     Flink (bench/flink) on the lines file, their cells checked too.
+//
+// Then once: B1 by batch size and connections against a writer alone;
+// B5 freshness at half the end-to-end maximum (probe lines carrying their
+// send time, looked for in queries); B8 a checkpoint and a recovery of
+// 1 M cells, with B6 query latencies and B7 memory per cell.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"math"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/loadgen"
+	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	"github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+type options struct {
+	mode      string
+	work      string
+	freeway   string
+	limit     string
+	python    string
+	duckdb    string
+	flink     string
+	out       string
+	command   string
+	lines     int64
+	keys      int
+	conns     int
+	batch     int
+	runs      int
+	cells     int64
+	fresh     time.Duration
+	matrix    bool
+	matrixFor time.Duration
+	cellsCkpt time.Duration
+	profile   time.Duration
+	engines   bool
+	only      map[string]bool
+}
+
+// does says whether the run includes part (all parts without -only).
+func (o options) does(part string) bool { return len(o.only) == 0 || o.only[part] }
+
+func main() {
+	var o options
+	flag.StringVar(&o.mode, "mode", "full", "full (make bench) or smoke (make bench-smoke: tiny sizes, seconds)")
+	flag.StringVar(&o.work, "work", filepath.Join(os.TempDir(), "freeway-bench"), "work directory: lines file, data directories, peers' output")
+	flag.StringVar(&o.freeway, "freeway", "bin/freeway", "the freeway binary")
+	flag.StringVar(&o.limit, "limit", "bin/benchlimit", "the hand-written limit binary (bench/limit)")
+	flag.StringVar(&o.python, "python", "", "python with duckdb installed (empty: no DuckDB)")
+	flag.StringVar(&o.duckdb, "duckdb-script", "bench/duckdb/groupby.py", "the DuckDB peer's script")
+	flag.StringVar(&o.flink, "flink", "", "the Flink job's directory, built (empty: no Flink)")
+	flag.StringVar(&o.out, "out", "", "where the report goes (default: bench/results for full, the work directory for smoke)")
+	flag.StringVar(&o.command, "command", "", "the command to name in the report")
+	flag.Int64Var(&o.lines, "lines", 0, "lines (default 2 M; smoke 20 k)")
+	flag.IntVar(&o.keys, "keys", 0, "distinct keys (default 10 k; smoke 1 k)")
+	flag.IntVar(&o.conns, "conns", 8, "connections of the load")
+	flag.IntVar(&o.batch, "batch", 1000, "entries per Log call")
+	flag.IntVar(&o.runs, "runs", 0, "rounds of the side-by-side runs (default 3; smoke 1)")
+	flag.Int64Var(&o.cells, "cells", 0, "cells of the checkpoint, recovery and query run (default 1 M; smoke 20 k)")
+	flag.DurationVar(&o.fresh, "fresh", 0, "how long the freshness run lasts (default 30s; smoke 3s)")
+	flag.BoolVar(&o.matrix, "matrix", true, "run B1 by batch size and connections")
+	flag.DurationVar(&o.profile, "profile", 0, "take a CPU profile of freeway for this long in the first end-to-end run (written to the work directory)")
+	flag.BoolVar(&o.engines, "engines", false, "also run end to end on the real engines (FREEWAY_TEST_HDFS, _HBASE, _ZK)")
+	only := flag.String("only", "", "run only these parts, comma-separated: e2e, peers, matrix, fresh, cells (default: all)")
+	flag.Parse()
+	if *only != "" {
+		o.only = map[string]bool{}
+		for _, p := range strings.Split(*only, ",") {
+			switch p = strings.TrimSpace(p); p {
+			case "e2e", "peers", "matrix", "fresh", "cells":
+				o.only[p] = true
+			default:
+				log.Fatalf("-only: unknown part %q (want e2e, peers, matrix, fresh, cells)", p)
+			}
+		}
+	}
+	smoke := o.mode == "smoke"
+	if o.mode != "full" && !smoke {
+		log.Fatalf("unknown -mode %q (want full or smoke)", o.mode)
+	}
+	def := func(v *int64, full, small int64) {
+		if *v == 0 {
+			*v = map[bool]int64{false: full, true: small}[smoke]
+		}
+	}
+	def(&o.lines, 2_000_000, 20_000)
+	def(&o.cells, 1_000_000, 20_000)
+	var keys, runs int64 = int64(o.keys), int64(o.runs)
+	def(&keys, 10_000, 1_000)
+	def(&runs, 3, 1)
+	o.keys, o.runs = int(keys), int(runs)
+	if o.fresh == 0 {
+		o.fresh = map[bool]time.Duration{false: 30 * time.Second, true: 3 * time.Second}[smoke]
+	}
+	o.matrixFor = map[bool]time.Duration{false: 3 * time.Second, true: time.Second}[smoke]
+	o.cellsCkpt = map[bool]time.Duration{false: 30 * time.Second, true: 2 * time.Second}[smoke]
+	if o.out == "" {
+		o.out = map[bool]string{false: "bench/results", true: o.work}[smoke]
+	}
+	if o.command == "" {
+		o.command = strings.Join(os.Args, " ")
+	}
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+	rep, err := run(o)
+	if err != nil {
+		log.Fatal(err)
+	}
+	path, err := rep.write(o)
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("report: %s", path)
+	if len(rep.Failures) > 0 {
+		for _, f := range rep.Failures {
+			log.Printf("FAIL: %s", f)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(o options) (*report, error) {
+	if err := os.MkdirAll(o.work, 0o755); err != nil {
+		return nil, err
+	}
+	rep := &report{Date: time.Now().UTC(), Commit: gitRev(), Command: o.command, Mode: o.mode, Machine: machine(),
+		LoadAvgStart: loadAvg(), Lines: o.lines, Keys: o.keys, Conns: o.conns, Batch: o.batch, Runs: o.runs}
+	ctx := context.Background()
+
+	// The lines, once: 176-byte JSON lines over the keys, event times
+	// spread over the last ten minutes (Freeway's default lateness and
+	// retention take them all), and their truth.
+	start := time.Now().Add(-15 * time.Minute).Truncate(time.Minute)
+	spec := loadgen.Lines{Format: loadgen.JSON, Size: 176, Keys: o.keys, Seed: 1, Start: start, Step: 10 * time.Minute / time.Duration(o.lines)}
+	linesPath := filepath.Join(o.work, "lines.json")
+	f, err := os.Create(linesPath)
+	if err != nil {
+		return nil, err
+	}
+	truth := loadgen.NewTruth(o.keys)
+	if err := spec.Write(f, 0, o.lines, 0, truth); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	want := truth.Cells()
+	rep.Cells = truth.Len()
+	rep.LineSpec = fmt.Sprintf("freeway load --count %d --keys %d --size 176 --seed 1 --start %d --step %v", o.lines, o.keys, start.Unix(), spec.Step)
+	log.Printf("lines: %s (%d lines, %d cells; %s)", linesPath, o.lines, truth.Len(), rep.LineSpec)
+	loadArgs := []string{"--category", "bench", "--count", strconv.FormatInt(o.lines, 10), "--keys", strconv.Itoa(o.keys),
+		"--size", "176", "--seed", "1", "--start", strconv.FormatInt(start.Unix(), 10), "--step", spec.Step.String(),
+		"--conns", strconv.Itoa(o.conns), "--batch", strconv.Itoa(o.batch)}
+
+	peers := []*peer{limitPeer(o.limit)}
+	if !o.does("peers") {
+		peers = nil
+	} else if o.python != "" {
+		peers = append(peers, duckdbPeer(o.python, o.duckdb, 2))
+	} else {
+		rep.Notes = append(rep.Notes, "DuckDB not run (no venv with duckdb; make bench installs it)")
+	}
+	if o.flink != "" {
+		p, err := flinkPeer(o.flink, 2, flinkVersion(o.flink))
+		if err != nil {
+			rep.Notes = append(rep.Notes, "Flink not run: "+err.Error())
+		} else {
+			peers = append(peers, p)
+		}
+	} else if o.does("peers") {
+		rep.Notes = append(rep.Notes, "Flink not run (job not built; make bench builds it)")
+	}
+	rep.Peers = make([]peerResult, len(peers))
+	for i, p := range peers {
+		rep.Peers[i] = peerResult{Name: p.name, Version: p.version, Note: p.note}
+	}
+
+	for round := range o.runs {
+		log.Printf("round %d of %d", round+1, o.runs)
+		if o.does("e2e") {
+			e := e2e(ctx, o, round, loadArgs, want, backends{}, o.lines)
+			log.Printf("freeway: acknowledged %.0f/s, end to end %.0f/s (%.0f per CPU-s), %s %s", e.AckPerSec, e.PerSec, e.PerCPUSec, e.Totals, e.Err)
+			rep.E2E = append(rep.E2E, e)
+		}
+		for i, p := range peers {
+			r := p.run(ctx, linesPath, o.work, want)
+			log.Printf("%s: %.0f/s (%.0f per CPU-s), %s %s", p.name, r.PerSec, r.PerCPUSec, r.Totals, r.Err)
+			rep.Peers[i].Runs = append(rep.Peers[i].Runs, r)
+		}
+	}
+	maxRate := median(rep.E2E, func(e e2eRun) float64 { return e.PerSec })
+	if o.engines {
+		be, err := engineBackends()
+		if err != nil {
+			rep.Notes = append(rep.Notes, "real engines not run: "+err.Error())
+		} else {
+			e := e2e(ctx, o, -1, loadArgs, want, be, o.lines)
+			e.Backends = fmt.Sprintf("%s, %s, %s", be.dfs, be.store, be.coord)
+			log.Printf("freeway on the real engines: acknowledged %.0f/s, end to end %.0f/s, %s", e.AckPerSec, e.PerSec, e.Totals)
+			rep.Engines = &e
+		}
+	}
+	if o.matrix && o.does("matrix") {
+		rep.Matrix = matrix(ctx, o)
+	}
+	if o.does("fresh") {
+		if maxRate > 0 {
+			for _, age := range []time.Duration{0, 250 * time.Millisecond} {
+				rep.Freshness = append(rep.Freshness, freshness(ctx, o, maxRate/2, age))
+			}
+		} else {
+			rep.Failures = append(rep.Failures, "no end-to-end rate to run the freshness bench at (it runs at half of it)")
+		}
+	}
+	if o.does("cells") {
+		c := cellsRun(ctx, o)
+		rep.CellsRun = &c
+	}
+	rep.LoadAvgEnd = loadAvg()
+
+	for _, e := range rep.E2E {
+		if e.Err != "" || !e.Exact {
+			rep.Failures = append(rep.Failures, fmt.Sprintf("freeway end to end: %s %s", e.Totals, e.Err))
+		}
+	}
+	if rep.Engines != nil && (rep.Engines.Err != "" || !rep.Engines.Exact) {
+		rep.Failures = append(rep.Failures, fmt.Sprintf("freeway on the real engines: %s %s", rep.Engines.Totals, rep.Engines.Err))
+	}
+	for _, p := range rep.Peers {
+		for _, r := range p.Runs {
+			if r.Err != "" || !r.Exact {
+				rep.Failures = append(rep.Failures, fmt.Sprintf("%s: %s %s", p.Name, r.Totals, r.Err))
+			}
+		}
+	}
+	for _, fr := range rep.Freshness {
+		if fr.Err != "" {
+			rep.Failures = append(rep.Failures, "freshness: "+fr.Err)
+		}
+	}
+	if c := rep.CellsRun; c != nil && c.Err != "" {
+		rep.Failures = append(rep.Failures, "cells: "+c.Err)
+	}
+	for _, m := range rep.Matrix {
+		if m.Err != "" {
+			rep.Failures = append(rep.Failures, fmt.Sprintf("ingest batch %d conns %d: %s", m.Batch, m.Conns, m.Err))
+		}
+	}
+	if !o.keepWork() {
+		os.Remove(linesPath)
+	}
+	return rep, nil
+}
+
+func (o options) keepWork() bool { return os.Getenv("BENCH_KEEP") != "" }
+
+// e2eRun is one end-to-end run of freeway all.
+type e2eRun struct {
+	Backends   string          `json:"backends,omitempty"`
+	Entries    int64           `json:"entries"`
+	AckSec     float64         `json:"ack_seconds"`
+	AckPerSec  float64         `json:"ack_entries_per_second"`
+	AckMBPerS  float64         `json:"ack_mb_per_second"`
+	LogLatency loadgen.Latency `json:"log_latency_ms"`
+	TryLater   int64           `json:"try_later"`
+	Seconds    float64         `json:"seconds"`
+	PerSec     float64         `json:"entries_per_second"`
+	CPUSec     float64         `json:"cpu_seconds"`
+	PerCPUSec  float64         `json:"entries_per_cpu_second"`
+	LoadCPUSec float64         `json:"load_cpu_seconds"`
+	PeakRSSMiB float64         `json:"peak_rss_mib"`
+	Exact      bool            `json:"exact"`
+	Totals     string          `json:"totals"`
+	Profile    string          `json:"profile,omitempty"`
+	Err        string          `json:"error,omitempty"`
+}
+
+const benchApp = `  - name: bench
+    category: bench
+    format: json
+    time: {field: ts, layout: unix_ms}
+    window: 1m
+    group_by: [key]
+    aggregates:
+      - {name: n, fn: count}
+      - {name: total, fn: sum, field: value}
+`
+
+// e2e runs freeway all on fresh data, sends the lines with freeway
+// load, waits until Puma has aggregated them all, and checks every cell.
+func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[loadgen.Cell]loadgen.Agg, be backends, n int64) (r e2eRun) {
+	dir := filepath.Join(o.work, fmt.Sprintf("e2e-%d", round))
+	os.RemoveAll(dir)
+	defer os.RemoveAll(dir)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp, pprof: o.profile > 0 && round == 0, be: be}, nil)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer fw.kill()
+	if err := fw.waitReady(2*time.Minute, 50*time.Millisecond); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	cpu0, _ := fw.cpu()
+	var prof sync.WaitGroup
+	if o.profile > 0 && round == 0 {
+		r.Profile = filepath.Join(o.work, "e2e-cpu.pprof")
+		prof.Go(func() {
+			if err := fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", fw.http, int(o.profile.Seconds())), r.Profile); err != nil {
+				log.Printf("profile: %v", err)
+			}
+		})
+	}
+	t0 := time.Now()
+	type loadResult struct {
+		sum loadgen.Summary
+		cpu time.Duration
+		err error
+	}
+	done := make(chan loadResult, 1)
+	go func() {
+		s, cpu, err := runLoad(ctx, o.freeway, append([]string{"--addr", fw.agent}, loadArgs...)...)
+		done <- loadResult{s, cpu, err}
+	}()
+	limit := 10 * time.Minute
+	if be.dfs != "" {
+		limit = 30 * time.Minute
+	}
+	// Every read of /metrics costs freeway a little CPU: 10 a second
+	// cost it under 1%, and place the end within 100ms.
+	t1, err := fw.waitMetric("freeway_puma_entries_total", float64(n), limit, 100*time.Millisecond)
+	cpu1, _ := fw.cpu()
+	lr := <-done
+	prof.Wait()
+	if err == nil {
+		err = lr.err
+	}
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.Entries = lr.sum.Entries
+	r.AckSec, r.AckPerSec, r.AckMBPerS = lr.sum.Seconds, lr.sum.PerSec, lr.sum.MBPerSec
+	r.LogLatency, r.TryLater = lr.sum.LatencyMs, lr.sum.TryLater
+	r.LoadCPUSec = lr.cpu.Seconds()
+	r.Seconds = t1.Sub(t0).Seconds()
+	r.PerSec = float64(n) / r.Seconds
+	r.CPUSec = (cpu1 - cpu0).Seconds()
+	if r.CPUSec > 0 {
+		r.PerCPUSec = float64(n) / r.CPUSec
+	}
+	r.PeakRSSMiB, _ = fw.status("VmHWM")
+	r.PeakRSSMiB /= 1 << 20
+	a, err := fw.query(ctx, url.Values{"app": {"bench"}, "from": {"0"}, "to": {strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)}})
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if a.Truncated || a.Partial {
+		r.Err = fmt.Sprintf("answer truncated %v, partial %v", a.Truncated, a.Partial)
+	}
+	r.Exact, r.Totals = loadgen.Compare(want, a.cells("key", "n", "total"))
+	if err := fw.stop(time.Minute); err != nil && r.Err == "" {
+		r.Err = err.Error()
+	}
+	return r
+}
+
+// engineBackends names fresh roots on the real engines of make engines.
+func engineBackends() (backends, error) {
+	hdfs, hbase, zk := os.Getenv("FREEWAY_TEST_HDFS"), os.Getenv("FREEWAY_TEST_HBASE"), os.Getenv("FREEWAY_TEST_ZK")
+	if hdfs == "" || hbase == "" || zk == "" {
+		return backends{}, errors.New("set FREEWAY_TEST_HDFS, FREEWAY_TEST_HBASE and FREEWAY_TEST_ZK (make engines; export $(deploy/engines/engines.sh env))")
+	}
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	return backends{
+		dfs:   fmt.Sprintf("hdfs://%s/freeway-bench-%s", hdfs, id),
+		store: fmt.Sprintf("hbase://%s/bench%s_", hbase, id),
+		coord: fmt.Sprintf("zk://%s/freeway-bench-%s", zk, id),
+	}, nil
+}
+
+// matrixRun is B1 for one batch size and connection count.
+type matrixRun struct {
+	Batch      int             `json:"batch"`
+	Conns      int             `json:"conns"`
+	PerSec     float64         `json:"entries_per_second"`
+	MBPerSec   float64         `json:"mb_per_second"`
+	LogLatency loadgen.Latency `json:"log_latency_ms"`
+	TryLater   int64           `json:"try_later"`
+	Err        string          `json:"error,omitempty"`
+}
+
+// matrix measures what a writer alone (freeway calligraphus, embedded
+// dfs) acknowledges durably, by batch size and connections (B1).
+func matrix(ctx context.Context, o options) []matrixRun {
+	dir := filepath.Join(o.work, "ingest")
+	os.RemoveAll(dir)
+	defer os.RemoveAll(dir)
+	batches, conns := []int{1, 100, 1000}, []int{1, 8, 64}
+	if o.mode == "smoke" {
+		batches, conns = []int{100}, []int{2}
+	}
+	var out []matrixRun
+	fw, err := startFreeway(o.freeway, dir, fwConfig{target: "calligraphus", apps: benchApp}, nil)
+	if err == nil {
+		defer fw.kill()
+		err = fw.waitReady(time.Minute, 50*time.Millisecond)
+	}
+	if err != nil {
+		return []matrixRun{{Err: err.Error()}}
+	}
+	for _, b := range batches {
+		for _, c := range conns {
+			m := matrixRun{Batch: b, Conns: c}
+			s, _, err := runLoad(ctx, o.freeway, "--addr", fw.writer, "--category", "bench", "--batch", strconv.Itoa(b),
+				"--conns", strconv.Itoa(c), "--duration", o.matrixFor.String(), "--keys", strconv.Itoa(o.keys))
+			if err != nil {
+				m.Err = err.Error()
+			}
+			m.PerSec, m.MBPerSec, m.LogLatency, m.TryLater = s.PerSec, s.MBPerSec, s.LatencyMs, s.TryLater
+			log.Printf("ingest by a writer, batch %d, %d connections: %.0f entries/s, %.1f MB/s, Log p50 %.2fms p99 %.2fms",
+				b, c, m.PerSec, m.MBPerSec, m.LogLatency.P50, m.LogLatency.P99)
+			out = append(out, m)
+		}
+	}
+	fw.stop(time.Minute)
+	return out
+}
+
+// freshnessRun is B5.
+type freshnessRun struct {
+	SegmentAge string  `json:"segment_max_age"`
+	Rate       float64 `json:"rate"`
+	Achieved   float64 `json:"achieved_entries_per_second"`
+	Seconds    float64 `json:"seconds"`
+	Probes     int     `json:"probes"`
+	Seen       int     `json:"seen"`
+	P50Ms      float64 `json:"p50_ms"`
+	P99Ms      float64 `json:"p99_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	Err        string  `json:"error,omitempty"`
+}
+
+const probeApp = `  - name: probe
+    category: bench
+    format: json
+    time: {field: ts, layout: unix_ms}
+    window: 1m
+    where: key == "probe"
+    group_by: [id]
+    aggregates:
+      - {name: n, fn: count}
+`
+
+// freshness sends a steady load at rate and, every 200ms, a probe line
+// (its own id, its send time as event time) to the agent, and polls a
+// query for the probes every 20ms: a probe's freshness is from just
+// before its Log call to the first answer that holds it (B5).
+func freshness(ctx context.Context, o options, rate float64, segmentAge time.Duration) (r freshnessRun) {
+	r.Rate = rate
+	r.SegmentAge = "1s (default)"
+	if segmentAge > 0 {
+		r.SegmentAge = segmentAge.String()
+	}
+	dir := filepath.Join(o.work, "fresh")
+	os.RemoveAll(dir)
+	defer os.RemoveAll(dir)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp + probeApp, segmentAge: segmentAge}, nil)
+	if err == nil {
+		defer fw.kill()
+		err = fw.waitReady(time.Minute, 50*time.Millisecond)
+	}
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	loadDone := make(chan loadgen.Summary, 1)
+	go func() {
+		s, _, err := runLoad(ctx, o.freeway, "--addr", fw.agent, "--category", "bench", "--rate", strconv.FormatFloat(rate, 'f', 0, 64),
+			"--duration", o.fresh.String(), "--keys", strconv.Itoa(o.keys), "--conns", strconv.Itoa(o.conns), "--batch", strconv.Itoa(min(o.batch, max(1, int(rate/float64(o.conns)/100)))))
+		if err != nil {
+			log.Printf("freshness load: %v", err)
+		}
+		loadDone <- s
+	}()
+	var mu sync.Mutex
+	sent := map[string]time.Time{}
+	var lat []float64
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	probeCtx, stopProbes := context.WithTimeout(ctx, o.fresh)
+	defer stopProbes()
+	var sendErr error
+	wg.Go(func() {
+		c, err := scribeapi.Dial(fw.agent, thriftsrv.Limits{}, 10*time.Second)
+		if err != nil {
+			sendErr = err
+			return
+		}
+		defer c.Close()
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-probeCtx.Done():
+				return
+			case <-t.C:
+			}
+			id := fmt.Sprintf("p%05d", i)
+			now := time.Now()
+			mu.Lock()
+			sent[id] = now
+			mu.Unlock()
+			msg := fmt.Sprintf(`{"ts":%d,"key":"probe","id":"%s","value":0}`, now.UnixMilli(), id)
+			rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "bench", Message: []byte(msg)}})
+			if err != nil || rc != scribe.ResultCode_OK {
+				sendErr = fmt.Errorf("probe %s: %v %v", id, rc, err)
+				return
+			}
+		}
+	})
+	// Poll until every probe sent is seen, or 10s after the last one.
+	pollEnd := time.Now().Add(o.fresh + 10*time.Second)
+	for time.Now().Before(pollEnd) {
+		a, err := fw.query(ctx, url.Values{"app": {"probe"}, "window": {"all"}, "group_by": {"id"}})
+		now := time.Now()
+		if err == nil {
+			mu.Lock()
+			for _, row := range a.Rows {
+				id := row.Key["id"]
+				if t, ok := sent[id]; ok && !seen[id] {
+					seen[id] = true
+					lat = append(lat, float64(now.Sub(t))/1e6)
+				}
+			}
+			all := probeCtx.Err() != nil && len(seen) == len(sent)
+			mu.Unlock()
+			if all {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	wg.Wait()
+	s := <-loadDone
+	r.Achieved, r.Seconds = s.PerSec, s.Seconds
+	r.Probes, r.Seen = len(sent), len(seen)
+	r.P50Ms, r.P99Ms, r.MaxMs = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
+	switch {
+	case sendErr != nil:
+		r.Err = sendErr.Error()
+	case r.Seen < r.Probes:
+		r.Err = fmt.Sprintf("%d of %d probes never seen in a query", r.Probes-r.Seen, r.Probes)
+	}
+	log.Printf("freshness, segment_max_age %s, at %.0f entries/s (achieved %.0f): p50 %.0fms p99 %.0fms max %.0fms over %d probes", r.SegmentAge, rate, r.Achieved, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen)
+	fw.stop(time.Minute)
+	return r
+}
+
+// cellsResult is B8, B6 and B7 at many cells.
+type cellsResult struct {
+	Cells        int64          `json:"cells"`
+	Interval     string         `json:"checkpoint_interval"`
+	LoadSec      float64        `json:"load_seconds"`
+	Checkpoints  []checkpoint   `json:"checkpoints"`
+	HeapBytes    float64        `json:"heap_bytes_per_cell"`
+	RSSBytes     float64        `json:"rss_bytes_per_cell"`
+	RSSMiB       float64        `json:"rss_mib"`
+	HeapMiB      float64        `json:"heap_mib"`
+	StopSec      float64        `json:"stop_seconds"`
+	RecoverySec  float64        `json:"recovery_seconds"`
+	RecoveredRSS float64        `json:"recovered_rss_mib"`
+	Queries      []queryLatency `json:"queries"`
+	Exact        bool           `json:"exact"`
+	Totals       string         `json:"totals"`
+	Err          string         `json:"error,omitempty"`
+}
+
+type checkpoint struct {
+	Cells   float64 `json:"cells"`
+	Seconds float64 `json:"seconds"`
+}
+
+type queryLatency struct {
+	Name  string  `json:"name"`
+	Query string  `json:"query"`
+	Rows  int     `json:"rows"`
+	N     int     `json:"n"`
+	P50Ms float64 `json:"p50_ms"`
+	P99Ms float64 `json:"p99_ms"`
+	MaxMs float64 `json:"max_ms"`
+}
+
+const cellsApp = `  - name: cells
+    category: cells
+    format: json
+    time: {field: ts, layout: unix_ms}
+    window: 1m
+    group_by: [key]
+    aggregates:
+      - {name: n, fn: count}
+      - {name: total, fn: sum, field: value}
+`
+
+// cellsRun loads one line per key for o.cells keys into one shard, waits
+// for the checkpoint that writes them, measures memory per cell and
+// query latencies, then restarts freeway and times its recovery.
+func cellsRun(ctx context.Context, o options) (r cellsResult) {
+	r.Cells, r.Interval = o.cells, o.cellsCkpt.String()
+	dir := filepath.Join(o.work, "cells")
+	os.RemoveAll(dir)
+	defer os.RemoveAll(dir)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: cellsApp, categories: "  cells: {buckets: 1}\n", checkpoint: o.cellsCkpt, pprof: true}, nil)
+	if err == nil {
+		defer fw.kill()
+		err = fw.waitReady(time.Minute, 50*time.Millisecond)
+	}
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	fail := func(err error) cellsResult {
+		r.Err = err.Error()
+		return r
+	}
+	heap0, rss0, err := liveHeap(fw)
+	if err != nil {
+		return fail(err)
+	}
+	m0, err := fw.metrics()
+	if err != nil {
+		return fail(err)
+	}
+	// One line per key; event times within a minute or two of now.
+	start := time.Now().Truncate(time.Minute)
+	spec := loadgen.Lines{Format: loadgen.JSON, Keys: int(o.cells), Sequential: true, Seed: 2, Start: start, Step: 10 * time.Microsecond}
+	var total loadgen.Agg
+	for i := range o.cells {
+		rec := spec.Record(i, 0)
+		total.Count++
+		total.Sum += rec.Value
+	}
+	var profiles sync.WaitGroup
+	defer profiles.Wait()
+	profile := func(name string, d time.Duration) {
+		if o.profile <= 0 {
+			return
+		}
+		path := filepath.Join(o.work, name)
+		profiles.Go(func() {
+			if err := fetch(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", fw.http, int(d.Seconds())), path); err != nil {
+				log.Printf("profile: %v", err)
+			} else {
+				log.Printf("profile: %s", path)
+			}
+		})
+	}
+	// The load, the aggregation and the first checkpoint.
+	profile("cells-load-checkpoint.pprof", o.cellsCkpt+10*time.Second)
+	t0 := time.Now()
+	if _, _, err := runLoad(ctx, o.freeway, "--addr", fw.agent, "--category", "cells", "--count", strconv.FormatInt(o.cells, 10),
+		"--keys", strconv.FormatInt(o.cells, 10), "--sequential-keys", "--size", "0", "--seed", "2",
+		"--start", strconv.FormatInt(start.Unix(), 10), "--step", spec.Step.String(), "--conns", strconv.Itoa(o.conns), "--batch", strconv.Itoa(o.batch)); err != nil {
+		return fail(err)
+	}
+	if _, err := fw.waitMetric("freeway_puma_entries_total", float64(o.cells), 10*time.Minute, 100*time.Millisecond); err != nil {
+		return fail(err)
+	}
+	r.LoadSec = time.Since(t0).Seconds()
+	// Each checkpoint of the one shard is a step of the counters.
+	last := m0
+	deadline := time.Now().Add(3*o.cellsCkpt + time.Minute)
+	var written float64
+	for written < float64(o.cells) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		m, err := fw.metrics()
+		if err != nil {
+			return fail(err)
+		}
+		if m["freeway_puma_checkpoints_total"] > last["freeway_puma_checkpoints_total"] {
+			c := checkpoint{Cells: m["freeway_puma_checkpoint_cells_total"] - last["freeway_puma_checkpoint_cells_total"],
+				Seconds: m["freeway_puma_checkpoint_seconds_sum"] - last["freeway_puma_checkpoint_seconds_sum"]}
+			if n := m["freeway_puma_checkpoints_total"] - last["freeway_puma_checkpoints_total"]; n > 1 {
+				log.Printf("cells: %.0f checkpoints between two reads of the metrics; their sum is reported as one", n)
+			}
+			written += c.Cells
+			r.Checkpoints = append(r.Checkpoints, c)
+			log.Printf("cells: checkpoint of %.0f cells took %.3fs", c.Cells, c.Seconds)
+			last = m
+		}
+	}
+	if written < float64(o.cells) {
+		return fail(fmt.Errorf("checkpoints wrote %.0f of %d cells within the wait", written, o.cells))
+	}
+	heap1, rss1, err := liveHeap(fw)
+	if err != nil {
+		return fail(err)
+	}
+	r.HeapBytes, r.RSSBytes = (heap1-heap0)/float64(o.cells), (rss1-rss0)/float64(o.cells)
+	r.HeapMiB, r.RSSMiB = heap1/(1<<20), rss1/(1<<20)
+	log.Printf("cells: %.0f bytes of live heap and %.0f of RSS per cell (heap %.0f MiB, RSS %.0f MiB)", r.HeapBytes, r.RSSBytes, r.HeapMiB, r.RSSMiB)
+
+	// Queries over the cells: the API has no key filter and no order by
+	// value, so the nearest queries stand in for a point and a top-10.
+	to := strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)
+	from := strconv.FormatInt(start.Add(-time.Hour).Unix(), 10)
+	base := url.Values{"app": {"cells"}, "from": {from}, "to": {to}}
+	with := func(kv ...string) url.Values {
+		v := url.Values{}
+		for k, x := range base {
+			v[k] = x
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			v.Set(kv[i], kv[i+1])
+		}
+		return v
+	}
+	smoke := o.mode == "smoke"
+	qs := []struct {
+		name   string
+		params url.Values
+		n      int
+		budget time.Duration
+	}{
+		{"first row (limit=1): nearest to a point query", with("limit", "1"), 200, 20 * time.Second},
+		{"first 10 rows (limit=10): nearest to a top-10", with("limit", "10"), 200, 20 * time.Second},
+		{"all keys merged (group_by=, window=all): one row from every cell", with("group_by", "", "window", "all"), 50, 20 * time.Second},
+		{"every cell (no limit)", base, 3, 30 * time.Second},
+	}
+	profile("cells-queries.pprof", 15*time.Second) // the limit=1 and limit=10 queries
+	for _, q := range qs {
+		n := q.n
+		if smoke {
+			n = min(n, 5)
+		}
+		ql := queryLatency{Name: q.name, Query: q.params.Encode()}
+		var lat []float64
+		end := time.Now().Add(q.budget)
+		for i := 0; i < n && (i < 3 || time.Now().Before(end)); i++ {
+			t := time.Now()
+			a, err := fw.query(ctx, q.params)
+			if err != nil {
+				return fail(err)
+			}
+			lat = append(lat, float64(time.Since(t))/1e6)
+			ql.Rows = len(a.Rows)
+			if q.name == qs[2].name && i == 0 {
+				got := loadgen.Agg{}
+				if len(a.Rows) == 1 {
+					got = loadgen.Agg{Count: int64(a.Rows[0].Values["n"]), Sum: int64(a.Rows[0].Values["total"])}
+				}
+				r.Exact = got == total && len(a.Rows) == 1
+				r.Totals = fmt.Sprintf("count %d sum %d (want %d and %d)", got.Count, got.Sum, total.Count, total.Sum)
+			}
+		}
+		ql.N = len(lat)
+		ql.P50Ms, ql.P99Ms, ql.MaxMs = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
+		log.Printf("query %s: %d rows, p50 %.1fms p99 %.1fms over %d", q.name, ql.Rows, ql.P50Ms, ql.P99Ms, ql.N)
+		r.Queries = append(r.Queries, ql)
+	}
+	if rows := r.Queries[3].Rows; int64(rows) != o.cells {
+		r.Exact = false
+		r.Totals += fmt.Sprintf("; %d cells answered, want %d", rows, o.cells)
+	}
+
+	// Recovery: a clean stop (a final checkpoint of nothing new), then a
+	// start on the same data; ready means every shard has recovered.
+	t := time.Now()
+	if err := fw.stop(2 * time.Minute); err != nil {
+		return fail(err)
+	}
+	r.StopSec = time.Since(t).Seconds()
+	if err := fw.restart(o.freeway); err != nil {
+		return fail(err)
+	}
+	if err := fw.waitReady(5*time.Minute, 10*time.Millisecond); err != nil {
+		return fail(err)
+	}
+	r.RecoverySec = time.Since(fw.started).Seconds()
+	rss, _ := fw.status("VmRSS")
+	r.RecoveredRSS = rss / (1 << 20)
+	a, err := fw.query(ctx, with("group_by", "", "window", "all"))
+	if err != nil {
+		return fail(err)
+	}
+	if len(a.Rows) != 1 || int64(a.Rows[0].Values["n"]) != total.Count || int64(a.Rows[0].Values["total"]) != total.Sum {
+		r.Exact = false
+		r.Totals += "; after recovery the totals differ"
+	} else {
+		r.Totals += "; the same after recovery"
+	}
+	log.Printf("cells: stop %.2fs, restart to ready %.2fs (RSS %.0f MiB); %s", r.StopSec, r.RecoverySec, r.RecoveredRSS, r.Totals)
+	if !r.Exact {
+		r.Err = "totals not exact: " + r.Totals
+	}
+	fw.stop(time.Minute)
+	return r
+}
+
+// liveHeap forces a GC (pprof's heap?gc=1) and reads the live heap and RSS.
+func liveHeap(fw *fwProc) (heap, rss float64, err error) {
+	if err := fetch("http://"+fw.http+"/debug/pprof/heap?gc=1", os.DevNull); err != nil {
+		return 0, 0, err
+	}
+	m, err := fw.metrics()
+	if err != nil {
+		return 0, 0, err
+	}
+	rss, err = fw.status("VmRSS")
+	return m["go_memstats_heap_alloc_bytes"], rss, err
+}
+
+func quantile(v []float64, q float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[int(math.Round(q*float64(len(s)-1)))]
+}
+
+func median[T any](runs []T, f func(T) float64) float64 {
+	var v []float64
+	for _, r := range runs {
+		if x := f(r); x > 0 && !math.IsNaN(x) {
+			v = append(v, x)
+		}
+	}
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func spread[T any](runs []T, f func(T) float64) (lo, hi float64) {
+	lo, hi = math.Inf(1), math.Inf(-1)
+	for _, r := range runs {
+		x := f(r)
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return lo, hi
+}
