@@ -13,13 +13,15 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestEntriesLandInTheirBuckets(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		router := NewRouter(3, map[string]Route{"access": userRoute(t, "access", 4)})
 		s := startServer(t, testConfig(), fsys, co, router)
@@ -77,7 +79,7 @@ func TestEntriesLandInTheirBuckets(t *testing.T) {
 }
 
 func TestUnparseableKeyGoesToBucketZero(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	router := NewRouter(1, map[string]Route{"access": userRoute(t, "access", 4)})
 	s := startServer(t, testConfig(), fsys, co, router)
@@ -93,7 +95,7 @@ func TestUnparseableKeyGoesToBucketZero(t *testing.T) {
 }
 
 func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	router := NewRouter(1, map[string]Route{"access": userRoute(t, "access", 4)})
 	s := startServer(t, testConfig(), fsys, co, router)
@@ -159,16 +161,16 @@ func TestLogBatchCarriesAgentAndSeqs(t *testing.T) {
 // given: on a local disk the bytes were synced after they were written;
 // on an HDFS-like file system they are in a published segment.
 func TestAckMeansDurable(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		var mu sync.Mutex
 		var synced, unsynced int // writes followed by a sync, and not
-		fsys.setHook(func(op, name string) error {
+		fsys.SetHook(func(c dfstest.Call) error {
 			mu.Lock()
 			defer mu.Unlock()
-			switch op {
-			case "write":
+			switch c.Op {
+			case dfstest.OpWrite:
 				unsynced++
-			case "sync":
+			case dfstest.OpSync:
 				synced += unsynced
 				unsynced = 0
 			}
@@ -182,7 +184,7 @@ func TestAckMeansDurable(t *testing.T) {
 			m := fmt.Sprintf("m%02d", i)
 			mustLog(t, cl, entries("cat", m))
 			want = append(want, m)
-			if fsys.durable {
+			if fsys.SyncDurable() {
 				mu.Lock()
 				u := unsynced
 				mu.Unlock()
@@ -201,7 +203,7 @@ func TestAckMeansDurable(t *testing.T) {
 }
 
 func TestGroupCommitManyClients(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		cfg := testConfig()
 		cfg.SegmentMaxBytes = 4 << 10
@@ -235,7 +237,9 @@ func TestGroupCommitManyClients(t *testing.T) {
 		next := map[string]int{}
 		for _, e := range got {
 			var c, n int
-			fmt.Sscanf(e.Msg, "c%02d-%03d", &c, &n)
+			if _, err := fmt.Sscanf(e.Msg, "c%02d-%03d", &c, &n); err != nil {
+				t.Fatalf("entry %q: %v", e.Msg, err)
+			}
 			key := fmt.Sprint(c)
 			if n != next[key] {
 				t.Fatalf("client %d: entry %d after %d (lost, repeated or reordered)", c, n, next[key]-1)
@@ -250,7 +254,7 @@ func TestGroupCommitManyClients(t *testing.T) {
 }
 
 func TestSalvageCrashedSegment(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		dir := "cat/0"
 		blocks := []*segment.Block{
@@ -281,7 +285,7 @@ func TestSalvageCrashedSegment(t *testing.T) {
 		}
 		names := published(t, fsys, dir, true)
 		got := msgs(scan(t, fsys, dir))
-		if fsys.durable {
+		if fsys.SyncDurable() {
 			if !slices.Equal(got, []string{"old", "acked-1", "acked-2", "acked-3", "new"}) {
 				t.Errorf("after salvage the bucket holds %q", got)
 			}
@@ -311,7 +315,7 @@ func TestSalvageCrashedSegment(t *testing.T) {
 }
 
 func TestEpochAboveExistingSegments(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	high := int64(1) << 62 // above the in-process coordinator's epochs
 	if err := dfs.WriteFile(fsys, path.Join("cat/0", layout.SegmentName(high, 9)), []byte(segment.Magic)); err != nil {
@@ -332,14 +336,14 @@ func TestEpochAboveExistingSegments(t *testing.T) {
 }
 
 func TestMaxPendingBytes(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.MaxCallBytes = 64 << 10
 	cfg.MaxPendingBytes = 64 << 10
 	s := startServer(t, cfg, fsys, co, nil)
-	g := newGate(t, "sync")
-	fsys.setHook(g.hook)
+	g := newGate(t, dfstest.OpSync)
+	fsys.SetHook(g.hook)
 
 	const n = 12
 	results := make([]chan result, n)
@@ -349,7 +353,7 @@ func TestMaxPendingBytes(t *testing.T) {
 	for i := 1; i < n; i++ {
 		results[i] = logAsync(s.dial(t), entries("cat", fmt.Sprintf("r%02d-%s", i, payload)))
 	}
-	waitFor(t, "a TRY_LATER while the bucket is over budget", func() bool {
+	testkit.WaitFor(t, "a TRY_LATER while the bucket is over budget", func() bool {
 		return counter(t, s.reg, "freeway_calligraphus_try_later_total", "reason", "busy") > 0
 	})
 	g.open()
@@ -388,7 +392,7 @@ func TestMaxPendingBytes(t *testing.T) {
 }
 
 func TestRollBySize(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.SegmentMaxBytes = 1 << 10
@@ -401,7 +405,7 @@ func TestRollBySize(t *testing.T) {
 		mustLog(t, cl, entries("cat", m))
 	}
 	// Rolled while running (max age is an hour).
-	waitFor(t, "segments rolled by size", func() bool { return len(published(t, fsys, "cat/0", true)) >= 3 })
+	testkit.WaitFor(t, "segments rolled by size", func() bool { return len(published(t, fsys, "cat/0", true)) >= 3 })
 	for _, name := range published(t, fsys, "cat/0", true) {
 		fi, err := fsys.Stat(path.Join("cat/0", name))
 		if err != nil {
@@ -418,7 +422,7 @@ func TestRollBySize(t *testing.T) {
 }
 
 func TestRollByAge(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.SegmentMaxAge = config.Duration(20e6) // 20ms
@@ -427,7 +431,7 @@ func TestRollByAge(t *testing.T) {
 	for round := 1; round <= 3; round++ {
 		m := fmt.Sprintf("round-%d", round)
 		mustLog(t, cl, entries("cat", m))
-		waitFor(t, m+" published by age", func() bool { return len(published(t, fsys, "cat/0", true)) == round })
+		testkit.WaitFor(t, m+" published by age", func() bool { return len(published(t, fsys, "cat/0", true)) == round })
 	}
 	if got := msgs(tail(t, fsys, "cat/0", 3)); !slices.Equal(got, []string{"round-1", "round-2", "round-3"}) {
 		t.Errorf("read %q", got)
@@ -491,7 +495,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestGetCounters(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)

@@ -20,6 +20,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
@@ -32,134 +33,6 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
-
-// waitFor polls cond until it holds; the deadline is generous, the test
-// does not depend on it being reached quickly.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// testFS wraps a dfs.FS. With durable false it behaves like HDFS through
-// colinmarc/hdfs: Sync makes nothing durable and readers see no byte of a
-// file until it is closed. hook, when set, runs before every operation and
-// may block it or make it fail.
-type testFS struct {
-	dfs.FS
-	durable bool
-
-	mu      sync.Mutex
-	writing map[string]bool
-	hook    func(op, name string) error
-}
-
-func newTestFS(inner dfs.FS, durable bool) *testFS {
-	return &testFS{FS: inner, durable: durable, writing: map[string]bool{}}
-}
-
-func (f *testFS) setHook(h func(op, name string) error) {
-	f.mu.Lock()
-	f.hook = h
-	f.mu.Unlock()
-}
-
-func (f *testFS) call(op, name string) error {
-	f.mu.Lock()
-	h := f.hook
-	f.mu.Unlock()
-	if h == nil {
-		return nil
-	}
-	return h(op, name)
-}
-
-func (f *testFS) SyncDurable() bool { return f.durable }
-
-func (f *testFS) Create(name string) (dfs.File, error) {
-	if err := f.call("create", name); err != nil {
-		return nil, err
-	}
-	file, err := f.FS.Create(name)
-	if err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	f.writing[name] = true
-	f.mu.Unlock()
-	return &testFile{File: file, fs: f, name: name}, nil
-}
-
-func (f *testFS) Open(name string) (dfs.Reader, error) {
-	if err := f.call("open", name); err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	hidden := !f.durable && f.writing[name]
-	f.mu.Unlock()
-	if hidden {
-		if _, err := f.FS.Stat(name); err != nil {
-			return nil, err
-		}
-		return nopCloser{bytes.NewReader(nil)}, nil
-	}
-	return f.FS.Open(name)
-}
-
-func (f *testFS) Rename(oldname, newname string) error {
-	if err := f.call("rename", oldname); err != nil {
-		return err
-	}
-	return f.FS.Rename(oldname, newname)
-}
-
-func (f *testFS) Remove(name string) error {
-	if err := f.call("remove", name); err != nil {
-		return err
-	}
-	return f.FS.Remove(name)
-}
-
-type testFile struct {
-	dfs.File
-	fs   *testFS
-	name string
-}
-
-func (w *testFile) Write(p []byte) (int, error) {
-	if err := w.fs.call("write", w.name); err != nil {
-		return 0, err
-	}
-	return w.File.Write(p)
-}
-
-func (w *testFile) Sync() error {
-	if err := w.fs.call("sync", w.name); err != nil {
-		return err
-	}
-	return w.File.Sync()
-}
-
-func (w *testFile) Close() error {
-	err := w.fs.call("close", w.name)
-	cerr := w.File.Close()
-	w.fs.mu.Lock()
-	delete(w.fs.writing, w.name)
-	w.fs.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return cerr
-}
-
-type nopCloser struct{ *bytes.Reader }
-
-func (nopCloser) Close() error { return nil }
 
 func newLocal(t *testing.T) *localfs.FS {
 	t.Helper()
@@ -431,9 +304,9 @@ func inprocCoord(t *testing.T) (*inproc.Hub, *inproc.Session) {
 
 // fsKinds runs a test on a local disk (Sync durable) and on an HDFS-like
 // file system (only a close is durable, unclosed files are invisible).
-func fsKinds(t *testing.T, fn func(t *testing.T, fsys *testFS)) {
-	t.Run("local", func(t *testing.T) { fn(t, newTestFS(newLocal(t), true)) })
-	t.Run("hdfslike", func(t *testing.T) { fn(t, newTestFS(newLocal(t), false)) })
+func fsKinds(t *testing.T, fn func(t *testing.T, fsys *dfstest.Faulty)) {
+	t.Run("local", func(t *testing.T) { fn(t, dfstest.NewFaulty(newLocal(t))) })
+	t.Run("hdfslike", func(t *testing.T) { fn(t, dfstest.NewFaulty(newLocal(t)).LikeHDFS()) })
 }
 
 func head(s []string) []string {

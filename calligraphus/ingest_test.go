@@ -17,8 +17,10 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -31,7 +33,7 @@ func oddCategories() []string {
 }
 
 func TestEveryCategoryIsStored(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		s := startServer(t, testConfig(), fsys, co, nil)
 		cl := s.dial(t)
@@ -93,7 +95,7 @@ func TestEveryCategoryIsStored(t *testing.T) {
 }
 
 func TestEmptyCategoryDroppedAndCounted(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
@@ -115,7 +117,7 @@ func TestEmptyCategoryDroppedAndCounted(t *testing.T) {
 // and reads the rest of the segment and the next segment.
 func TestDamagedBlockCostsOnlyThatBlock(t *testing.T) {
 	local := newLocal(t)
-	fsys := newTestFS(local, true)
+	fsys := dfstest.NewFaulty(local)
 	_, co := inprocCoord(t)
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
@@ -207,7 +209,7 @@ func twoBuckets(t *testing.T) (*Router, func(bucket, i int) string) {
 // write twice.
 func TestRefusedCallWritesNothing(t *testing.T) {
 	t.Run("not_owner", func(t *testing.T) {
-		fsys := newTestFS(newLocal(t), true)
+		fsys := dfstest.NewFaulty(newLocal(t))
 		hub, co := inprocCoord(t)
 		router, msg := twoBuckets(t)
 		other := hub.Session()
@@ -233,7 +235,7 @@ func TestRefusedCallWritesNothing(t *testing.T) {
 		}
 	})
 	t.Run("busy", func(t *testing.T) {
-		fsys := newTestFS(newLocal(t), true)
+		fsys := dfstest.NewFaulty(newLocal(t))
 		_, co := inprocCoord(t)
 		router, msg := twoBuckets(t)
 		s := startServerWith(t, testConfig(), fsys, co, router, func(c *Calligraphus) { c.cfg.MaxPendingBytes = 4 << 10 })
@@ -243,8 +245,8 @@ func TestRefusedCallWritesNothing(t *testing.T) {
 		blocked, release := make(chan struct{}), make(chan struct{})
 		t.Cleanup(func() { once.Do(func() { close(release) }) })
 		var armed sync.Once
-		fsys.setHook(func(op, name string) error {
-			if op == "sync" && strings.HasPrefix(name, "cat/1/") {
+		fsys.SetHook(func(c dfstest.Call) error {
+			if c.Op == dfstest.OpSync && strings.HasPrefix(c.Name, "cat/1/") {
 				first := false
 				armed.Do(func() { first = true })
 				if first {
@@ -287,7 +289,7 @@ func TestRefusedCallWritesNothing(t *testing.T) {
 }
 
 func TestArrivalClampAndAgentKey(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	now := time.UnixMilli(1_700_000_000_000)
 	var logs bytes.Buffer
@@ -347,7 +349,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 }
 
 func TestIdleWritersEndAndReleaseTheirLeases(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		cfg := testConfig()
 		cfg.IdleClose = config.Duration(50 * time.Millisecond)
@@ -367,7 +369,7 @@ func TestIdleWritersEndAndReleaseTheirLeases(t *testing.T) {
 			defer s.c.mu.Unlock()
 			return len(s.c.writers) == 0 && len(s.c.live) == 0 && len(s.c.closing) == 0
 		}
-		waitFor(t, "idle writers to end and release their leases", idle)
+		testkit.WaitFor(t, "idle writers to end and release their leases", idle)
 		for _, c := range cats {
 			// Published at the idle close, though segment_max_age is an hour.
 			if got := msgs(scan(t, fsys, layout.BucketDir(c, 0))); !slices.Equal(got, []string{"first"}) {
@@ -389,7 +391,7 @@ func TestIdleWritersEndAndReleaseTheirLeases(t *testing.T) {
 // TestIdleCloseUnderLoad: writers end for idleness while calls keep
 // coming; no call is refused for it and nothing is lost or reordered.
 func TestIdleCloseUnderLoad(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.IdleClose = config.Duration(10 * time.Millisecond)
@@ -418,7 +420,9 @@ func TestIdleCloseUnderLoad(t *testing.T) {
 		next := map[int]int{}
 		for _, e := range scan(t, fsys, fmt.Sprintf("cat%d/0", cat)) {
 			var c, k int
-			fmt.Sscanf(e.Msg, "c%d-%03d", &c, &k)
+			if _, err := fmt.Sscanf(e.Msg, "c%d-%03d", &c, &k); err != nil {
+				t.Fatalf("entry %q: %v", e.Msg, err)
+			}
 			if k < next[c] {
 				t.Errorf("cat%d: %s after %d", cat, e.Msg, next[c])
 			}
@@ -438,7 +442,7 @@ func TestIdleCloseUnderLoad(t *testing.T) {
 // writers than max_categories; past it calls get TRY_LATER, and once idle
 // writers end new categories are taken again.
 func TestFloodOfCategories(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.MaxCategories = 50
@@ -488,7 +492,7 @@ func TestFloodMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("measurement")
 	}
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	s := startServerWith(t, cfg, fsys, co, nil, nil)
@@ -516,7 +520,7 @@ func TestFloodMemory(t *testing.T) {
 // damaged block in the middle and a torn tail is salvaged with every
 // valid block.
 func TestSalvageKeepsEveryValidBlock(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	dir := "cat/0"
 	enc := segment.NewEncoder()
@@ -534,7 +538,9 @@ func TestSalvageKeepsEveryValidBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write(data)
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
 	f.Close()
 
 	s := startServer(t, testConfig(), fsys, co, nil)

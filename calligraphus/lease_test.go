@@ -7,13 +7,15 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestLeaseHeldByAnotherOwner(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	hub, co := inprocCoord(t)
 	other := hub.Session()
 	defer other.Close()
@@ -38,8 +40,10 @@ func TestLeaseHeldByAnotherOwner(t *testing.T) {
 	if got := counter(t, s.reg, "freeway_calligraphus_entries_received_total"); got != 0 {
 		t.Errorf("entries_received %v, want 0", got)
 	}
-	lease.Release(context.Background())
-	waitFor(t, "the writer to take the released lease", func() bool {
+	if err := lease.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the writer to take the released lease", func() bool {
 		rc, err := cl.Log(context.Background(), entries("cat", "accepted"))
 		if err != nil {
 			t.Fatal(err)
@@ -54,7 +58,7 @@ func TestLeaseHeldByAnotherOwner(t *testing.T) {
 
 // gate blocks one kind of file operation until opened.
 type gate struct {
-	op      string
+	op      dfstest.Op
 	mu      sync.Mutex
 	armed   bool
 	blocked chan struct{} // closed when an operation is held
@@ -64,7 +68,7 @@ type gate struct {
 
 // newGate returns a gate, opened at the end of the test at the latest so
 // that a failing test does not hang.
-func newGate(t *testing.T, op string) *gate {
+func newGate(t *testing.T, op dfstest.Op) *gate {
 	g := &gate{op: op, armed: true, blocked: make(chan struct{}), release: make(chan struct{})}
 	t.Cleanup(g.open)
 	return g
@@ -74,8 +78,8 @@ func (g *gate) open() {
 	g.once.Do(func() { close(g.release) })
 }
 
-func (g *gate) hook(op, name string) error {
-	if op != g.op || strings.HasSuffix(name, ".salvage") {
+func (g *gate) hook(c dfstest.Call) error {
+	if c.Op != g.op || strings.HasSuffix(c.Name, ".salvage") {
 		return nil
 	}
 	g.mu.Lock()
@@ -107,7 +111,7 @@ func logAsync(cl interface {
 }
 
 func TestLeaseLost(t *testing.T) {
-	fsKinds(t, func(t *testing.T, fsys *testFS) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		_, co := inprocCoord(t)
 		s := startServer(t, testConfig(), fsys, co, nil)
 		cl1, cl2, cl3 := s.dial(t), s.dial(t), s.dial(t)
@@ -116,12 +120,12 @@ func TestLeaseLost(t *testing.T) {
 
 		// Hold the next write in the dfs, queue one more request behind it,
 		// then expire the session.
-		g := newGate(t, "write")
-		fsys.setHook(g.hook)
+		g := newGate(t, dfstest.OpWrite)
+		fsys.SetHook(g.hook)
 		inflight := logAsync(cl1, entries("cat", "inflight"))
 		<-g.blocked
 		queued := logAsync(cl2, entries("cat", "queued"))
-		waitFor(t, "the second request to queue", func() bool {
+		testkit.WaitFor(t, "the second request to queue", func() bool {
 			return counter(t, s.reg, "freeway_calligraphus_pending_bytes") > float64(segment.BlockSize(&segment.Block{Messages: [][]byte{[]byte("inflight")}}))
 		})
 		co.Expire()
@@ -169,7 +173,7 @@ func TestLeaseLost(t *testing.T) {
 // writer must not acknowledge bytes written after that.
 func TestLeaseLostAckFenced(t *testing.T) {
 	local := newLocal(t)
-	fsA, fsB := newTestFS(local, true), newTestFS(local, true)
+	fsA, fsB := dfstest.NewFaulty(local), dfstest.NewFaulty(local)
 	hub, coA := inprocCoord(t)
 	coB := hub.Session()
 	defer coB.Close()
@@ -180,8 +184,8 @@ func TestLeaseLostAckFenced(t *testing.T) {
 	clA, clB := a.dial(t), b.dial(t)
 
 	mustLog(t, clA, entries("cat", "a-1"))
-	g := newGate(t, "write")
-	fsA.setHook(g.hook)
+	g := newGate(t, dfstest.OpWrite)
+	fsA.SetHook(g.hook)
 	late := logAsync(clA, entries("cat", "a-2"))
 	<-g.blocked
 	coA.Expire()
@@ -206,15 +210,15 @@ func TestLeaseLostAckFenced(t *testing.T) {
 // server stops is answered TRY_LATER (counted as stopping, not as a write
 // error), and what was written is still published.
 func TestShutdownWhileWaiting(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	s := startServer(t, testConfig(), fsys, co, nil)
-	g := newGate(t, "sync")
-	fsys.setHook(g.hook)
+	g := newGate(t, dfstest.OpSync)
+	fsys.SetHook(g.hook)
 	res := logAsync(s.dial(t), entries("cat", "waiting"))
 	<-g.blocked
 	s.cancel()
-	waitFor(t, "the waiting request to be answered", func() bool {
+	testkit.WaitFor(t, "the waiting request to be answered", func() bool {
 		return counter(t, s.reg, "freeway_calligraphus_try_later_total") > 0
 	})
 	g.open()

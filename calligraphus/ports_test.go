@@ -3,13 +3,15 @@ package calligraphus
 import (
 	"net"
 	"testing"
+
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 )
 
 // TestIdleClientsDoNotLockOutTheWriter: with max_connections idle
 // connections open, an agent can still send: the longest-idle connection
 // is closed for it. (Before, the writer stopped accepting at the cap.)
 func TestIdleClientsDoNotLockOutTheWriter(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.MaxConnections = 8

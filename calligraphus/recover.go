@@ -40,13 +40,13 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	if err != nil {
 		w.nextTry = w.c.now().Add(time.Second)
 		if errors.Is(err, coord.ErrHeld) {
-			return fmt.Errorf("%w: %v", errNotOwner, err)
+			return fmt.Errorf("%w: %w", errNotOwner, err)
 		}
 		return fmt.Errorf("acquire %s: %w", name, err)
 	}
 	maxEpoch, err := w.recover(lease.Epoch())
 	if err != nil {
-		lease.Release(ctx)
+		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		w.nextTry = w.c.now().Add(time.Second)
 		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
 	}
@@ -172,7 +172,7 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 		return err
 	}
 	if _, err := f.Write(out); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return err
 	}
 	if err := f.Close(); err != nil {

@@ -76,8 +76,8 @@ func (w *bucketWriter) open() error {
 	w.enc = segment.NewEncoder()
 	hdr := w.enc.AppendHeader(nil)
 	if _, err := f.Write(hdr); err != nil {
-		f.Close()
-		w.c.deps.FS.Remove(w.tmp)
+		_ = f.Close()
+		_ = w.c.deps.FS.Remove(w.tmp) // the write error is the one to report
 		return fmt.Errorf("write segment header %s: %w", w.tmp, err)
 	}
 	w.file = f
@@ -122,7 +122,7 @@ func (w *bucketWriter) giveUp() {
 	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
 		return
 	}
-	w.lease.Release(context.Background())
+	_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
 	w.lease = nil
 	w.owned.Store(false)
 }
@@ -134,12 +134,12 @@ func (w *bucketWriter) fail() {
 	if w.file == nil {
 		return
 	}
-	w.file.Close()
+	_ = w.file.Close() // discarded: the write error that led here is reported
 	w.file = nil
 	w.discard()
 	// Re-take ownership (and salvage) before the next write.
 	if w.lease != nil {
-		w.lease.Release(context.Background())
+		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
 		w.lease = nil
 		w.owned.Store(false)
 	}
@@ -162,7 +162,7 @@ func (w *bucketWriter) discard() {
 func (w *bucketWriter) abandon() {
 	w.log.Warn("bucket lease lost; writer stops until it takes the bucket again", "epoch", w.epoch)
 	if w.file != nil {
-		w.file.Close()
+		_ = w.file.Close() // discarded: the lease is lost
 		w.file = nil
 		w.discard()
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
 	"github.com/freeway-dev/freeway/internal/component"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -49,7 +50,7 @@ func TestBatchSequencesNeedVerifiedAgent(t *testing.T) {
 			cfg.CAFile = ca.File
 		}
 		wtls := loadTLS(t, cfg)
-		fsys := newTestFS(newLocal(t), true)
+		fsys := dfstest.NewFaulty(newLocal(t))
 		_, co := inprocCoord(t)
 		var logMu sync.Mutex
 		var logs bytes.Buffer

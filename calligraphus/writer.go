@@ -282,7 +282,7 @@ func (w *bucketWriter) collect(ctx context.Context, first *appendReq) []*appendR
 		defer t.Stop()
 		linger = t.C
 	}
-	var size int64 = first.size
+	size := first.size
 	for size < int64(w.c.cfg.SegmentMaxBytes) {
 		select {
 		case r := <-w.reqs:
@@ -331,7 +331,7 @@ func (w *bucketWriter) stop() {
 	w.mu.Unlock()
 	w.failQueued(errStopping)
 	if w.lease != nil {
-		w.lease.Release(context.Background())
+		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
 		w.lease = nil
 	}
 	w.owned.Store(false)

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestSubmitToStoppedWriter: a writer whose loop has ended must refuse
@@ -41,7 +44,7 @@ func TestSubmitToStoppedWriter(t *testing.T) {
 // holds was acknowledged (local disk) and must be published before any
 // later segment, or readers that passed it never see it.
 func TestPublishFailureKeepsOrder(t *testing.T) {
-	fsys := newTestFS(newLocal(t), true)
+	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.SegmentMaxBytes = 1 << 10
@@ -51,9 +54,9 @@ func TestPublishFailureKeepsOrder(t *testing.T) {
 	mustLog(t, cl, entries("cat", "1-"+big))
 
 	var once sync.Once
-	fsys.setHook(func(op, name string) error {
+	fsys.SetHook(func(c dfstest.Call) error {
 		var err error
-		if op == "rename" && strings.HasSuffix(name, ".inprogress") {
+		if c.Op == dfstest.OpRename && strings.HasSuffix(c.Name, ".inprogress") {
 			once.Do(func() { err = errors.New("injected rename failure") })
 		}
 		return err
@@ -63,7 +66,7 @@ func TestPublishFailureKeepsOrder(t *testing.T) {
 	mustLog(t, cl, entries("cat", "2-"+big))
 	mustLog(t, cl, entries("cat", "3-"+big))
 	mustLog(t, cl, entries("cat", "4-"+big))
-	waitFor(t, "a published segment", func() bool { return len(published(t, fsys, "cat/0", true)) > 0 })
+	testkit.WaitFor(t, "a published segment", func() bool { return len(published(t, fsys, "cat/0", true)) > 0 })
 
 	// A reader that starts now must see entries 1 and 2 before 3, though
 	// the segment holding them could not be published the first time.

@@ -25,11 +25,13 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // env is a source and a destination root, a store and a coordination hub,
@@ -68,7 +70,7 @@ type node struct {
 	*Copier
 	reg     *prometheus.Registry
 	session *inproc.Session
-	logs    *syncBuffer
+	logs    *testkit.LogBuffer
 }
 
 type option func(*Config, *Deps)
@@ -89,7 +91,7 @@ func (e *env) copier(t *testing.T, id string, opts ...option) *node {
 	reg := prometheus.NewRegistry()
 	session := e.hub.Session()
 	t.Cleanup(func() { session.Close() })
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	deps := Deps{
 		Source: e.src,
 		Dest:   e.dst,
@@ -137,23 +139,6 @@ func value(m *dto.Metric) float64 {
 		return m.Gauge.GetValue()
 	}
 	return 0
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // segmentBytes is a segment of n blocks, each of a few messages.
@@ -240,63 +225,24 @@ func copyOnce(t *testing.T, n *node) Stats {
 	return st
 }
 
-// recorder is a dfs.FS that records the calls that change it, and can be
-// told to fail or to tamper.
-type recorder struct {
-	dfs.FS
-	mu      sync.Mutex
-	creates []string
-	renames []string
-	onOpen  func(name string)
-	corrupt atomic.Bool // flip a byte of what is written
-}
-
-func (r *recorder) Create(name string) (dfs.File, error) {
-	r.mu.Lock()
-	r.creates = append(r.creates, name)
-	r.mu.Unlock()
-	f, err := r.FS.Create(name)
-	if err != nil || !r.corrupt.Load() {
-		return f, err
+// writes returns the names rec created and renamed files to.
+func writes(rec *dfstest.Faulty) (creates, renames []string) {
+	for _, c := range rec.Calls(dfstest.OpCreate, dfstest.OpRename) {
+		if c.Op == dfstest.OpCreate {
+			creates = append(creates, c.Name)
+		} else {
+			renames = append(renames, c.To)
+		}
 	}
-	return &corruptingFile{File: f}, nil
+	return creates, renames
 }
 
-func (r *recorder) Rename(oldname, newname string) error {
-	r.mu.Lock()
-	r.renames = append(r.renames, newname)
-	r.mu.Unlock()
-	return r.FS.Rename(oldname, newname)
-}
-
-func (r *recorder) Open(name string) (dfs.Reader, error) {
-	if r.onOpen != nil {
-		r.onOpen(name)
+// flip corrupts what is written, as a disk or a network may silently do.
+func flip(_ string, p []byte) []byte {
+	if len(p) > 20 {
+		p[20] ^= 0xff
 	}
-	return r.FS.Open(name)
-}
-
-func (r *recorder) String() string { return r.FS.String() + "#recorded" }
-
-func (r *recorder) calls() (creates, renames []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.creates), slices.Clone(r.renames)
-}
-
-type corruptingFile struct {
-	dfs.File
-	done bool
-}
-
-func (f *corruptingFile) Write(p []byte) (int, error) {
-	if !f.done && len(p) > 20 {
-		q := slices.Clone(p)
-		q[20] ^= 0xff
-		f.done = true
-		return f.File.Write(q)
-	}
-	return f.File.Write(p)
+	return p
 }
 
 // publishSome publishes a few buckets of two categories and returns the
@@ -319,7 +265,7 @@ func publishSome(t *testing.T, fsys dfs.FS) []string {
 func TestCopiesEverySegmentInOrder(t *testing.T) {
 	e := newEnv(t)
 	names := publishSome(t, e.src)
-	rec := &recorder{FS: e.dst}
+	rec := dfstest.NewFaulty(e.dst)
 	n := e.copier(t, "a", withDest(rec), withConfig(func(c *Config) { c.Concurrency = 3 }))
 
 	st := copyOnce(t, n)
@@ -329,7 +275,7 @@ func TestCopiesEverySegmentInOrder(t *testing.T) {
 	sameTree(t, e, names)
 
 	// Within each bucket, segments were published in name order.
-	_, renames := rec.calls()
+	_, renames := writes(rec)
 	byBucket := map[string][]string{}
 	for _, r := range renames {
 		byBucket[path.Dir(r)] = append(byBucket[path.Dir(r)], r)
@@ -370,12 +316,12 @@ func TestCopiesEverySegmentInOrder(t *testing.T) {
 	}
 
 	// A second pass finds nothing to do and touches nothing.
-	creates, _ := rec.calls()
+	creates, _ := writes(rec)
 	st = copyOnce(t, n)
 	if st != (Stats{Buckets: 6, Duration: st.Duration}) {
 		t.Errorf("second pass %+v, want nothing done", st)
 	}
-	if again, _ := rec.calls(); len(again) != len(creates) {
+	if again, _ := writes(rec); len(again) != len(creates) {
 		t.Errorf("second pass created %q", again[len(creates):])
 	}
 }
@@ -411,18 +357,17 @@ func TestRestartResumesFromStoredProgress(t *testing.T) {
 	// A new process: new store handle on the same file, new coordinator.
 	more := publish(t, e.src, "access", 1, 9, 1, 2)
 	e.hub = inproc.NewHub()
-	rec := &recorder{FS: e.dst}
-	var srcOpens atomic.Int64
-	src := &recorder{FS: e.src, onOpen: func(string) { srcOpens.Add(1) }}
+	rec := dfstest.NewFaulty(e.dst)
+	src := dfstest.NewFaulty(e.src)
 	n := e.copier(t, "b", withStore(openStore(t, dbFile)), withDest(rec), withSource(src))
 	st := copyOnce(t, n)
 	if st.Seen != 1 || st.Copied != 1 || st.Skipped != 0 {
 		t.Fatalf("after restart %+v, want only the new segment copied", st)
 	}
-	if creates, _ := rec.calls(); !slices.Equal(creates, []string{dfs.TempName(more)}) {
+	if creates, _ := writes(rec); !slices.Equal(creates, []string{dfs.TempName(more)}) {
 		t.Errorf("after restart created %q", creates)
 	}
-	if got := srcOpens.Load(); got != 1 {
+	if got := src.Count(dfstest.OpOpen); got != 1 {
 		t.Errorf("after restart opened %d source files, want 1", got)
 	}
 	sameTree(t, e, append(names, more))
@@ -438,14 +383,14 @@ func TestEmptyStoreCopiesNothingTwice(t *testing.T) {
 			}
 
 			// Progress lost (a new store), destination kept.
-			rec := &recorder{FS: e.dst}
+			rec := dfstest.NewFaulty(e.dst)
 			n := e.copier(t, "b", withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "empty.db"))),
 				withConfig(func(c *Config) { c.Verify = verify }))
 			st := copyOnce(t, n)
 			if st.Copied != 0 || st.Skipped != len(names) || st.Errors != 0 {
 				t.Fatalf("re-run from scratch %+v, want every segment skipped", st)
 			}
-			if creates, renames := rec.calls(); len(creates)+len(renames) != 0 {
+			if creates, renames := writes(rec); len(creates)+len(renames) != 0 {
 				t.Errorf("re-run wrote: created %q, renamed to %q", creates, renames)
 			}
 			if got := n.metric(t, "freeway_copier_segments_skipped_total"); got != float64(len(names)) {
@@ -517,7 +462,7 @@ func TestCrashedCopyTempIsRemovedWhenCopiedAgain(t *testing.T) {
 	first := publish(t, e.src, "access", 0, 1, 0, 2)
 	n := e.copier(t, "a")
 	stop := run(t, n)
-	waitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
+	testkit.WaitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
 	// Under the same lease (no sweep of the bucket again), a temporary file
 	// of the next segment is in the way of its copy.
 	next := path.Join(layout.BucketDir("access", 0), layout.SegmentName(1, 1))
@@ -525,7 +470,7 @@ func TestCrashedCopyTempIsRemovedWhenCopiedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish(t, e.src, "access", 0, 1, 1, 2)
-	waitFor(t, "the next segment at the destination", func() bool { return exists(e.dst, next) })
+	testkit.WaitFor(t, "the next segment at the destination", func() bool { return exists(e.dst, next) })
 	stop()
 	sameTree(t, e, []string{first, next})
 	if got := n.metric(t, "freeway_copier_temp_files_removed_total"); got != 1 {
@@ -568,11 +513,13 @@ func TestVanishedSegmentIsCountedAndPassedOver(t *testing.T) {
 		names = append(names, publish(t, e.src, "access", 0, 1, seq, 2))
 	}
 	// Retention removes the middle segment after the copier listed it.
-	src := &recorder{FS: e.src, onOpen: func(name string) {
-		if name == names[1] {
-			e.src.Remove(name)
+	src := dfstest.NewFaulty(e.src)
+	src.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpOpen && c.Name == names[1] {
+			e.src.Remove(c.Name)
 		}
-	}}
+		return nil
+	})
 	n := e.copier(t, "a", withSource(src))
 	st := copyOnce(t, n)
 	if st.Copied != 2 || st.Vanished != 1 || st.Errors != 0 || st.Lag != 0 {
@@ -593,8 +540,8 @@ func TestVanishedSegmentIsCountedAndPassedOver(t *testing.T) {
 func TestCorruptCopyIsNotPublished(t *testing.T) {
 	e := newEnv(t)
 	names := []string{publish(t, e.src, "access", 0, 1, 0, 3), publish(t, e.src, "access", 0, 1, 1, 3)}
-	rec := &recorder{FS: e.dst}
-	rec.corrupt.Store(true)
+	rec := dfstest.NewFaulty(e.dst)
+	rec.SetTamper(flip)
 	n := e.copier(t, "a", withDest(rec))
 	st, err := n.CopyOnce(context.Background())
 	if err == nil || st.Errors != 1 || st.Copied != 0 || st.Lag != 2 {
@@ -613,7 +560,7 @@ func TestCorruptCopyIsNotPublished(t *testing.T) {
 		t.Errorf("lag metric %v, want 2", got)
 	}
 	// The next pass retries from the failed segment.
-	rec.corrupt.Store(false)
+	rec.SetTamper(nil)
 	if st := copyOnce(t, n); st.Copied != 2 {
 		t.Fatalf("retry %+v", st)
 	}
@@ -655,19 +602,6 @@ func TestProgressIsLogged(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds; the deadline only bounds a broken
-// test, nothing is asserted about time.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func exists(fsys dfs.FS, name string) bool {
 	_, err := fsys.Stat(name)
 	return err == nil
@@ -696,14 +630,14 @@ func TestRunPicksUpNewSegments(t *testing.T) {
 	first := publish(t, e.src, "access", 0, 1, 0, 2)
 	n := e.copier(t, "a")
 	stop := run(t, n)
-	waitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
+	testkit.WaitFor(t, "the first segment at the destination", func() bool { return exists(e.dst, first) })
 
 	var later []string
 	for seq := range uint64(5) {
 		later = append(later, publish(t, e.src, "access", 0, 1, seq+1, 2))
 	}
 	later = append(later, publish(t, e.src, "errors", 3, 1, 0, 2)) // a new category and bucket
-	waitFor(t, "the later segments at the destination", func() bool {
+	testkit.WaitFor(t, "the later segments at the destination", func() bool {
 		for _, name := range later {
 			if !exists(e.dst, name) {
 				return false
@@ -728,10 +662,10 @@ func TestOneCopierHoldsTheLease(t *testing.T) {
 	a := e.copier(t, "a")
 	b := e.copier(t, "b")
 	stopA := run(t, a)
-	waitFor(t, "copier a active", func() bool { return a.metric(t, "freeway_copier_active") == 1 })
+	testkit.WaitFor(t, "copier a active", func() bool { return a.metric(t, "freeway_copier_active") == 1 })
 	stopB := run(t, b)
 	defer stopB()
-	waitFor(t, "copier b standing by", func() bool {
+	testkit.WaitFor(t, "copier b standing by", func() bool {
 		return strings.Contains(b.logs.String(), "copier lease held by another copier; standing by")
 	})
 
@@ -739,7 +673,7 @@ func TestOneCopierHoldsTheLease(t *testing.T) {
 	for seq := range uint64(5) {
 		names = append(names, publish(t, e.src, "access", int(seq%2), 1, seq, 2))
 	}
-	waitFor(t, "a's copies", func() bool { return a.metric(t, "freeway_copier_segments_copied_total") == 5 })
+	testkit.WaitFor(t, "a's copies", func() bool { return a.metric(t, "freeway_copier_segments_copied_total") == 5 })
 	if got := b.metric(t, "freeway_copier_segments_copied_total") + b.metric(t, "freeway_copier_segments_skipped_total"); got != 0 {
 		t.Errorf("standby copier b did %v segments while a held the lease", got)
 	}
@@ -749,7 +683,7 @@ func TestOneCopierHoldsTheLease(t *testing.T) {
 
 	stopA()
 	more := publish(t, e.src, "access", 0, 2, 0, 2)
-	waitFor(t, "b's copy after a stopped", func() bool { return b.metric(t, "freeway_copier_segments_copied_total") >= 1 })
+	testkit.WaitFor(t, "b's copy after a stopped", func() bool { return b.metric(t, "freeway_copier_segments_copied_total") >= 1 })
 	stopB()
 	if got := b.metric(t, "freeway_copier_segments_copied_total") + b.metric(t, "freeway_copier_segments_skipped_total"); got != 1 {
 		t.Errorf("b did %v segments, want only the new one (a's progress is in the store)", got)
@@ -763,13 +697,13 @@ func TestLostLeaseStopsCopier(t *testing.T) {
 	a := e.copier(t, "a", withConfig(func(c *Config) { c.Interval = config.Duration(time.Hour) }))
 	b := e.copier(t, "b")
 	run(t, a)
-	waitFor(t, "copier a active", func() bool { return a.metric(t, "freeway_copier_active") == 1 })
+	testkit.WaitFor(t, "copier a active", func() bool { return a.metric(t, "freeway_copier_active") == 1 })
 	run(t, b)
 	a.session.Expire() // a's ZooKeeper session, say, expired
-	waitFor(t, "copier b active", func() bool { return b.metric(t, "freeway_copier_active") == 1 })
-	waitFor(t, "copier a standing by", func() bool { return a.metric(t, "freeway_copier_active") == 0 })
+	testkit.WaitFor(t, "copier b active", func() bool { return b.metric(t, "freeway_copier_active") == 1 })
+	testkit.WaitFor(t, "copier a standing by", func() bool { return a.metric(t, "freeway_copier_active") == 0 })
 	name := publish(t, e.src, "access", 0, 1, 0, 2)
-	waitFor(t, "b's copy", func() bool { return exists(e.dst, name) })
+	testkit.WaitFor(t, "b's copy", func() bool { return exists(e.dst, name) })
 	if got := a.metric(t, "freeway_copier_segments_copied_total"); got != 0 {
 		t.Errorf("copier a copied %v segments after losing its lease", got)
 	}
@@ -786,7 +720,7 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lease.Release(context.Background())
+	defer lease.Release(context.Background()) //nolint:errcheck // released when the test ends, best effort
 	if _, err := a.pass(context.Background(), lease, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -65,7 +65,7 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 	if err != nil {
 		return 0, 0, fmt.Errorf("open %s in %s: %w", name, c.deps.Source, err)
 	}
-	defer src.Close()
+	defer src.Close() //nolint:errcheck // opened for reading
 
 	tmp := dfs.TempName(name)
 	f, err := c.deps.Dest.Create(tmp)
@@ -84,7 +84,7 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 	h := crc32.New(castagnoli)
 	n, err := io.CopyBuffer(io.MultiWriter(f, h), ctxReader{ctx, src}, buf)
 	if err != nil {
-		f.Close()
+		_ = f.Close() // the copy error is the one to report; the temporary file goes
 		c.removeTemp(tmp)
 		if _, serr := c.deps.Source.Stat(name); errors.Is(serr, fs.ErrNotExist) {
 			c.log.Warn("segment removed from the source while it was copied", "segment", name)
@@ -167,7 +167,7 @@ func checksum(ctx context.Context, fsys dfs.FS, name string, buf []byte) (int64,
 	if err != nil {
 		return 0, 0, fmt.Errorf("open %s in %s: %w", name, fsys, err)
 	}
-	defer r.Close()
+	defer r.Close() //nolint:errcheck // opened for reading
 	h := crc32.New(castagnoli)
 	n, err := io.CopyBuffer(h, ctxReader{ctx, r}, buf)
 	if err != nil {

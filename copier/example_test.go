@@ -28,7 +28,7 @@ func ExampleCopier_CopyOnce() {
 	dst, _ := localfs.New(filepath.Join(dir, "backup"))
 	progress, err := boltstore.Open(filepath.Join(dir, "store.db"))
 	if err != nil {
-		log.Fatal(err)
+		log.Fatal(err) //nolint:gocritic // an example: a failure here may leave the temporary directory behind
 	}
 	defer progress.Close()
 

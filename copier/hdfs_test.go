@@ -16,8 +16,10 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 
 	"github.com/freeway-dev/freeway/internal/enginetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/hdfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 )
@@ -92,13 +94,13 @@ func TestHDFSDestination(t *testing.T) {
 
 	// From an empty store, nothing is copied twice: every segment is found
 	// at the destination, read back and compared.
-	rec := &recorder{FS: dst}
+	rec := dfstest.NewFaulty(dst)
 	fresh := e.copier(t, "b", withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "empty.db"))))
 	st = copyOnce(t, fresh)
 	if st.Copied != 0 || st.Skipped != len(names) {
 		t.Fatalf("re-run from scratch %+v, want every segment skipped", st)
 	}
-	if creates, renames := rec.calls(); len(creates)+len(renames) != 0 {
+	if creates, renames := writes(rec); len(creates)+len(renames) != 0 {
 		t.Errorf("re-run wrote: created %q, renamed to %q", creates, renames)
 	}
 }
@@ -168,7 +170,7 @@ func TestHDFSRunCopiesNewSegments(t *testing.T) {
 	for seq := range uint64(4) {
 		names = append(names, publish(t, e.src, "access", int(seq%2), 2, seq, 5))
 		want := names[len(names)-1]
-		waitFor(t, want+" at the destination", func() bool { return exists(dst, want) })
+		testkit.WaitFor(t, want+" at the destination", func() bool { return exists(dst, want) })
 	}
 	stop()
 	sameTree(t, e, names)
@@ -264,9 +266,9 @@ func TestHDFSMergeKilledMidFile(t *testing.T) {
 		t.Errorf("destination holds %q, want the 3 files", all)
 	}
 
-	rec := &recorder{FS: dst}
+	rec := dfstest.NewFaulty(dst)
 	st = mergePass(t, e.copier(t, "e", merging, withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "empty.db")))))
-	if _, renames := rec.calls(); st.Skipped != 3 || len(renames) != 0 {
+	if _, renames := writes(rec); st.Skipped != 3 || len(renames) != 0 {
 		t.Errorf("re-run from an empty store: %+v, renamed %q", st, renames)
 	}
 }

@@ -18,10 +18,12 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // t0 is the start of an hour; the merge tests' segments arrive around it.
@@ -553,9 +555,9 @@ func TestMergeWithLostProgressKeepsPublishedFiles(t *testing.T) {
 	e2.publishAt(t, "access", 0, 1, t0.Add(time.Minute), blk{t0.Add(time.Minute), a})
 	e2.clock.Set(t0.Add(2 * time.Hour))
 	mergePass(t, e2.copier(t, "a", e2.merging(nil)))
-	rec := &recorder{FS: e2.dst}
+	rec := dfstest.NewFaulty(e2.dst)
 	st = mergePass(t, e2.copier(t, "b", e2.merging(nil), withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "new.db")))))
-	if _, renames := rec.calls(); st.Skipped != 1 || len(renames) != 0 {
+	if _, renames := writes(rec); st.Skipped != 1 || len(renames) != 0 {
 		t.Errorf("re-run from scratch: %+v, renamed %q", st, renames)
 	}
 }
@@ -620,11 +622,7 @@ func TestMergeConfigValidate(t *testing.T) {
 func TestMergeOpenPeriodIsNotReread(t *testing.T) {
 	e := newMergeEnv(t)
 	e.publishAt(t, "access", 0, 1, t0.Add(10*time.Minute), blk{t0.Add(10 * time.Minute), lines("x", 3)})
-	var opens sync.Map
-	src := &recorder{FS: e.src, onOpen: func(name string) {
-		n, _ := opens.LoadOrStore(name, new(int))
-		*n.(*int)++
-	}}
+	src := dfstest.NewFaulty(e.src)
 	n := e.copier(t, "a", e.merging(nil), withSource(src))
 	e.clock.Set(t0.Add(30 * time.Minute))
 	for range 3 {
@@ -633,12 +631,11 @@ func TestMergeOpenPeriodIsNotReread(t *testing.T) {
 		}
 	}
 	total := 0
-	opens.Range(func(k, v any) bool {
-		if strings.HasSuffix(k.(string), layout.SegmentExt) {
-			total += *v.(*int)
+	for _, c := range src.Calls(dfstest.OpOpen) {
+		if strings.HasSuffix(c.Name, layout.SegmentExt) {
+			total++
 		}
-		return true
-	})
+	}
 	if total != 1 {
 		t.Errorf("three passes opened segments %d times, want once", total)
 	}
@@ -711,7 +708,7 @@ func TestStatusReportsLagPerCategory(t *testing.T) {
 		{Category: "web/access"},
 	}
 	var st Status
-	waitFor(t, "the lag after a pass", func() bool {
+	testkit.WaitFor(t, "the lag after a pass", func() bool {
 		st = n.Status()
 		if !st.Active || len(st.Categories) != 2 || st.Categories[0].Bytes <= 0 {
 			return false

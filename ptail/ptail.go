@@ -279,13 +279,13 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 	}
 	sr, err := segment.NewReader(f, offset)
 	if err != nil && !damaged(err) {
-		f.Close()
+		_ = f.Close() // opened for reading
 		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
 	}
 	if err != nil {
-		f.Close()
+		_ = f.Close() // opened for reading
 		r.damaged(&segment.DamageError{Offset: 0, Blocks: 1, Entries: -1, Err: err})
-		return false, nil
+		return false, nil //nolint:nilerr // damage is counted, logged and passed over (see the package doc)
 	}
 	if sr.Repaired() && offset <= sr.HeaderSize() {
 		r.log.Warn("damaged segment header repaired from its first block; nothing lost", "segment", path.Join(r.dir, name))
@@ -307,11 +307,12 @@ func (r *Reader) damaged(de *segment.DamageError) {
 		r.m.blocks.Add(float64(de.Blocks))
 		r.m.entries.Add(float64(max(de.Entries, 0)))
 	}
-	what := "damaged block skipped; reading on after it"
-	if !de.Resumed {
-		what = "damaged segment; skipping the rest of it"
+	args := []any{"segment", path.Join(r.dir, r.pos.Segment), "offset", de.Offset, "blocks", de.Blocks, "entries", entries, "err", de.Err}
+	if de.Resumed {
+		r.log.Error("damaged block skipped; reading on after it", args...)
+		return
 	}
-	r.log.Error(what, "segment", path.Join(r.dir, r.pos.Segment), "offset", de.Offset, "blocks", de.Blocks, "entries", entries, "err", de.Err)
+	r.log.Error("damaged segment; skipping the rest of it", args...)
 }
 
 // damaged reports whether a segment error is the segment's content rather
@@ -322,7 +323,7 @@ func damaged(err error) bool {
 
 func (r *Reader) closeFile() {
 	if r.file != nil {
-		r.file.Close()
+		_ = r.file.Close() // opened for reading
 	}
 	r.file, r.sr = nil, nil
 }

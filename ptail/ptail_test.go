@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"path"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,9 +17,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -29,63 +30,13 @@ func TestMain(m *testing.M) {
 
 const dir = "cat/0"
 
-// countingFS counts listings and opens, and can make reads fail.
-type countingFS struct {
-	dfs.FS
-	lists, opens atomic.Int64
-
-	mu       sync.Mutex
-	failRead func(name string, off int64) error
-}
-
-func (f *countingFS) ReadDir(name string) ([]fs.FileInfo, error) {
-	f.lists.Add(1)
-	return f.FS.ReadDir(name)
-}
-
-func (f *countingFS) Open(name string) (dfs.Reader, error) {
-	f.opens.Add(1)
-	r, err := f.FS.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	return &failingReader{Reader: r, fs: f, name: name}, nil
-}
-
-type failingReader struct {
-	dfs.Reader
-	fs   *countingFS
-	name string
-	off  int64
-}
-
-func (r *failingReader) Read(p []byte) (int, error) {
-	r.fs.mu.Lock()
-	fail := r.fs.failRead
-	r.fs.mu.Unlock()
-	if fail != nil {
-		if err := fail(r.name, r.off); err != nil {
-			return 0, err
-		}
-	}
-	n, err := r.Reader.Read(p)
-	r.off += int64(n)
-	return n, err
-}
-
-func (r *failingReader) Seek(off int64, whence int) (int64, error) {
-	n, err := r.Reader.Seek(off, whence)
-	r.off = n
-	return n, err
-}
-
-func newFS(t *testing.T) *countingFS {
+func newFS(t *testing.T) *dfstest.Faulty {
 	t.Helper()
 	l, err := localfs.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &countingFS{FS: l}
+	return dfstest.NewFaulty(l)
 }
 
 func logger(t *testing.T) *slog.Logger {
@@ -186,29 +137,25 @@ func msgsOf(rs []read) []string {
 
 // nothingMore checks that Next has nothing to return: it waits until ctx
 // ends. It cancels once the reader has polled the directory a few times.
-func nothingMore(t *testing.T, fsys *countingFS, r *Reader) {
+func nothingMore(t *testing.T, fsys *dfstest.Faulty, r *Reader) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	start := fsys.lists.Load()
+	start := fsys.Count(dfstest.OpReadDir)
 	done := make(chan error, 1)
 	var b segment.Block
 	go func() {
 		_, err := r.Next(ctx, &b)
 		done <- err
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for fsys.lists.Load() < start+3 {
+	testkit.WaitFor(t, "the reader to poll the directory", func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("next returned %v (%q), want it to wait", err, b.Messages)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("reader does not poll")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return fsys.Count(dfstest.OpReadDir) >= start+3
+	})
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("next after cancel: %v", err)
@@ -294,7 +241,9 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.Write(data)
+		if _, err := f.Write(data); err != nil {
+			t.Fatal(err)
+		}
 		f.Close()
 	}
 	if err := fsys.MkdirAll(path.Join(dir, layout.SegmentName(1, 7))); err != nil {
@@ -494,12 +443,12 @@ func TestDamageThenReadError(t *testing.T) {
 	data[offs[3]+5] ^= 0xff // block 3's header
 	publishData(t, fsys, 1, 1, data)
 	var failed atomic.Bool
-	fsys.failRead = func(name string, off int64) error {
-		if off > 200<<10 && off < 300<<10 && failed.CompareAndSwap(false, true) {
+	fsys.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpRead && c.Off > 200<<10 && c.Off < 300<<10 && failed.CompareAndSwap(false, true) {
 			return errors.New("injected read error")
 		}
 		return nil
-	}
+	})
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -539,11 +488,11 @@ func TestDamagedLastSegmentNotReread(t *testing.T) {
 	if got := msgsOf(readN(t, r, 2)); !slices.Equal(got, []string{"good", "b1"}) {
 		t.Fatalf("read %q", got)
 	}
-	opens := fsys.opens.Load()
+	opens := fsys.Count(dfstest.OpOpen)
 	nothingMore(t, fsys, r)
 	nothingMore(t, fsys, r)
-	if fsys.opens.Load() != opens || r.Skipped != 1 {
-		t.Errorf("damaged segment reopened while waiting: %d opens, skipped %d", fsys.opens.Load()-opens, r.Skipped)
+	if fsys.Count(dfstest.OpOpen) != opens || r.Skipped != 1 {
+		t.Errorf("damaged segment reopened while waiting: %d opens, skipped %d", fsys.Count(dfstest.OpOpen)-opens, r.Skipped)
 	}
 	publish(t, fsys, 1, 3, []string{"after"})
 	if got := msgsOf(readN(t, r, 1)); got[0] != "after" {
@@ -562,12 +511,12 @@ func TestReadErrorIsNotDamage(t *testing.T) {
 	publish(t, fsys, 1, 1, blocks...)
 	publish(t, fsys, 1, 2, []string{"next"})
 	var failed atomic.Bool
-	fsys.failRead = func(name string, off int64) error {
-		if off > 0 && off < 300<<10 && failed.CompareAndSwap(false, true) { // mid-segment
+	fsys.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpRead && c.Off > 0 && c.Off < 300<<10 && failed.CompareAndSwap(false, true) { // mid-segment
 			return errors.New("injected read error")
 		}
 		return nil
-	}
+	})
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -609,9 +558,7 @@ func TestCancelReturnsPromptly(t *testing.T) {
 		_, err := r.Next(ctx, &b)
 		done <- err
 	}()
-	for fsys.lists.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, "the reader to poll the directory", func() bool { return fsys.Count(dfstest.OpReadDir) > 0 })
 	cancel()
 	select {
 	case err := <-done:

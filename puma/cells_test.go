@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,7 +18,7 @@ func TestKeyFlood(t *testing.T) {
 	e := newEnv(t, orders(t))
 	e.buckets = 2
 	reg := prometheus.NewPedanticRegistry()
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	p := e.node("n1", func(c *Config, d *Deps) {
 		c.MaxCells = 100
 		d.Metrics = reg

@@ -12,6 +12,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -158,7 +159,7 @@ func TestCleanRestartKeepsResults(t *testing.T) {
 	e.publish("orders", 1, stock(order(t0+5000, "eu", "book", 100)))
 	p1 := e.node("n1")
 	r1 := start(t, p1)
-	eventually(t, "read", func() error {
+	testkit.Eventually(t, "read", func() error {
 		st := p1.Statuses()
 		if len(st) != 2 || st[0].Entries != 4 || st[1].Entries != 1 {
 			return fmt.Errorf("%+v", st)
@@ -171,7 +172,7 @@ func TestCleanRestartKeepsResults(t *testing.T) {
 	equalRows(t, "committed after a clean stop", rows(t, committed(e), Query{}), before)
 	p2 := e.node("n2")
 	start(t, p2)
-	eventually(t, "ready", func() error {
+	testkit.Eventually(t, "ready", func() error {
 		if !p2.Ready() {
 			return errors.New("not ready")
 		}
@@ -183,7 +184,7 @@ func TestCleanRestartKeepsResults(t *testing.T) {
 	// re-sent batch is skipped, new entries are counted.
 	pos := e.publish("orders", 0, agent("a1", 4, order(t0+1000, "eu", "book", 1000), order(t0+1000, "eu", "book", 1)))
 	waitRead(t, p2, 0, pos)
-	eventually(t, "one new entry", func() error {
+	testkit.Eventually(t, "one new entry", func() error {
 		for _, s := range p2.Statuses() {
 			if s.Bucket == 0 && (s.Entries != 1 || s.Dups != 1) {
 				return fmt.Errorf("%+v", s)
@@ -244,7 +245,7 @@ func TestCrashBeforeCommit(t *testing.T) {
 	second := e.publish("orders", 0, stock(order(t0+1500, "eu", "book", 7)), stock(order(t0+2000, "us", "pen", 1)))
 	waitRead(t, p1, 0, second)
 	n := fst.fails()
-	eventually(t, "several failed commits", func() error {
+	testkit.Eventually(t, "several failed commits", func() error {
 		if fst.fails() < n+4 {
 			return errors.New("not yet")
 		}
@@ -388,7 +389,7 @@ func TestLeaseLossStopsShard(t *testing.T) {
 	p.mu.RUnlock()
 
 	co.Expire()
-	eventually(t, "shard stopped", func() error {
+	testkit.Eventually(t, "shard stopped", func() error {
 		p.mu.RLock()
 		defer p.mu.RUnlock()
 		if p.shards[shardID{"orders", 0}] == old {
@@ -527,31 +528,13 @@ func TestIdleCheckpointIsCurrent(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink for tests.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestFencedShardStops: a running shard whose store state was claimed by
 // another owner (a split brain: each believes it holds the lease) stops at
 // its next checkpoint instead of writing.
 func TestFencedShardStops(t *testing.T) {
 	e := newEnv(t, orders(t))
 	pos := e.publish("orders", 0, stock(fourOrders()...))
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	p1 := e.node("n1", func(c *Config, d *Deps) { d.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
 	r1 := start(t, p1)
 	waitCommitted(t, p1, pos)
@@ -562,7 +545,7 @@ func TestFencedShardStops(t *testing.T) {
 	testShard(t, e.node("n2"), 0) // recovers: claims the shard
 	E := old.committedEpoch
 	e.publish("orders", 0, stock(order(t0, "eu", "book", 1000)))
-	eventually(t, "the fenced shard stops", func() error {
+	testkit.Eventually(t, "the fenced shard stops", func() error {
 		p1.mu.RLock()
 		defer p1.mu.RUnlock()
 		if p1.shards[shardID{"orders", 0}] == old {

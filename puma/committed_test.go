@@ -7,6 +7,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 func TestCommittedMatchesMemory(t *testing.T) {
@@ -16,7 +17,7 @@ func TestCommittedMatchesMemory(t *testing.T) {
 	pos1 := e.publish("orders", 1, stock(order(t0+5000, "eu", "book", 100), order(t0+3600_000, "us", "book", 1)))
 	p := e.node("n1")
 	start(t, p)
-	eventually(t, "committed", func() error {
+	testkit.Eventually(t, "committed", func() error {
 		st := p.Statuses()
 		if len(st) != 2 {
 			return errorf("%d shards", len(st))
@@ -62,7 +63,7 @@ func TestCommittedHidesUncommitted(t *testing.T) {
 	second := e.publish("orders", 0, stock(order(t0+1000, "eu", "book", 1), order(t0+600_000, "us", "pen", 1)))
 	waitRead(t, p, 0, second)
 	n := fst.fails()
-	eventually(t, "failed commits", func() error {
+	testkit.Eventually(t, "failed commits", func() error {
 		if fst.fails() < n+2 {
 			return errorf("not yet")
 		}
@@ -89,7 +90,7 @@ func TestCommittedPartial(t *testing.T) {
 	pos1 := e.publish("orders", 1, stock(order(t0+5000, "eu", "book", 100)))
 	p := e.node("n1")
 	r := start(t, p)
-	eventually(t, "committed", func() error {
+	testkit.Eventually(t, "committed", func() error {
 		st := p.Statuses()
 		if st[0].Committed != pos0.String() || st[1].Committed != pos1.String() {
 			return errorf("%+v", st)

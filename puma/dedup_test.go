@@ -22,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/hbasestore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -86,7 +87,7 @@ func ones(n int, v int) [][]byte {
 func TestRestoredAndCopiedAgents(t *testing.T) {
 	e := newEnv(t, orders(t))
 	reg := prometheus.NewPedanticRegistry()
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	e.publish("orders", 0,
 		agent("h1/inc-A-secret", 1, ones(5, 1)...),
 		agent("h1/inc-B-secret", 3, ones(4, 10)...), // restored: 3..6 again, under a new incarnation

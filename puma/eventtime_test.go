@@ -15,6 +15,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // regexOrders is the orders app reading text lines
@@ -235,7 +236,7 @@ func TestSamplesClipped(t *testing.T) {
 // TestRejectionsLoggedRateLimited: bad lines are logged, a few a minute.
 func TestRejectionsLoggedRateLimited(t *testing.T) {
 	e := newEnv(t, orders(t))
-	var logs syncBuffer
+	var logs testkit.LogBuffer
 	p := e.node("n1", func(c *Config, d *Deps) { d.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
 	s := testShard(t, p, 0)
 	for i := range 1000 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/apps/appstest"
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
@@ -25,6 +25,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -37,36 +38,21 @@ func testLog() *slog.Logger {
 	if os.Getenv("PUMA_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	return slog.New(slog.DiscardHandler)
 }
 
-// orders is the app most tests use: JSON lines with an event time in Unix
-// seconds, grouped by region and kind, with every aggregate on amount.
+// orders is the app most tests use (appstest.Orders) with event times in
+// Unix milliseconds, 5 minutes of allowed lateness and an hour of
+// retention.
 func orders(t testing.TB, mod ...func(*apps.Spec)) *apps.App {
 	t.Helper()
-	s := apps.Spec{
-		Name: "orders", Category: "orders", Format: "json",
-		Time:            &apps.TimeSpec{Field: "ts", Layout: "unix_ms"},
-		Window:          config.Duration(time.Minute),
-		AllowedLateness: config.Duration(5 * time.Minute),
-		Retention:       config.Duration(time.Hour),
-		GroupBy:         []string{"region", "kind"},
-		Aggregates: []apps.AggregateSpec{
-			{Name: "n", Fn: "count"},
-			{Name: "total", Fn: "sum", Field: "amount"},
-			{Name: "lo", Fn: "min", Field: "amount"},
-			{Name: "hi", Fn: "max", Field: "amount"},
-			{Name: "mean", Fn: "avg", Field: "amount"},
-		},
-	}
+	s := appstest.Orders("unix_ms")
+	s.AllowedLateness = config.Duration(5 * time.Minute)
+	s.Retention = config.Duration(time.Hour)
 	for _, m := range mod {
 		m(&s)
 	}
-	a, err := apps.Compile(s, "$.apps[0]")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
+	return appstest.Compile(t, s)
 }
 
 // order is one line of the orders app; amount nil leaves the field out.
@@ -223,28 +209,11 @@ func (r *running) stop(t testing.TB) {
 	})
 }
 
-// eventually polls cond until it returns nil or a generous deadline
-// passes.
-func eventually(t testing.TB, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // waitCommitted waits until every shard of the node is ready and has
 // committed pos (the end of what was published).
 func waitCommitted(t testing.TB, p *Puma, pos ptail.Position) {
 	t.Helper()
-	eventually(t, "commit of "+pos.String(), func() error {
+	testkit.Eventually(t, "commit of "+pos.String(), func() error {
 		if !p.Ready() {
 			return fmt.Errorf("not ready")
 		}
@@ -260,7 +229,7 @@ func waitCommitted(t testing.TB, p *Puma, pos ptail.Position) {
 // waitRead waits until the node's shard orders/bucket has read up to pos.
 func waitRead(t testing.TB, p *Puma, bucket int, pos ptail.Position) {
 	t.Helper()
-	eventually(t, "read of "+pos.String(), func() error {
+	testkit.Eventually(t, "read of "+pos.String(), func() error {
 		for _, s := range p.Statuses() {
 			if s.Category == "orders" && s.Bucket == bucket {
 				if s.Position != pos.String() {

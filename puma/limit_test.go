@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestLimitIsThePrefixOfTheSortedAnswer: for every limit, an answer with
@@ -29,7 +31,7 @@ func TestLimitIsThePrefixOfTheSortedAnswer(t *testing.T) {
 	}
 	p := e.node("n1")
 	start(t, p)
-	eventually(t, "committed", func() error {
+	testkit.Eventually(t, "committed", func() error {
 		for _, st := range p.Statuses() {
 			if st.Committed != last[st.Bucket] {
 				return fmt.Errorf("%+v", st)

@@ -251,7 +251,7 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
 	if err != nil {
-		lease.Release(ctx)
+		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		p.log.Error("cannot create shard", "shard", name, "err", err)
 		p.record(id, StateFailed, fmt.Errorf("create shard %s/%d: %w", id.category, id.bucket, err), false)
 		return
@@ -267,7 +267,7 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 		if err != nil {
 			p.log.Error("shard stopped", "shard", name, "err", err)
 		}
-		lease.Release(context.Background())
+		_ = lease.Release(context.Background()) // a lease not released ends with the coord session
 		p.mu.Lock()
 		delete(p.shards, id)
 		p.mu.Unlock()

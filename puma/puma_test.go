@@ -14,6 +14,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // fourOrders is one segment's worth of orders in two windows.
@@ -39,7 +40,7 @@ func TestStatusesShowCommits(t *testing.T) {
 	pos1 := e.publish("orders", 1, stock(order(t0, "eu", "pen", 1)))
 	p := e.node("n1")
 	start(t, p)
-	eventually(t, "both shards committed", func() error {
+	testkit.Eventually(t, "both shards committed", func() error {
 		st := p.Statuses()
 		if len(st) != 2 {
 			return fmt.Errorf("%d shards", len(st))
@@ -127,7 +128,7 @@ func TestReady(t *testing.T) {
 		t.Fatal("ready before running")
 	}
 	r := start(t, p)
-	eventually(t, "ready", func() error {
+	testkit.Eventually(t, "ready", func() error {
 		if !p.Ready() {
 			return errors.New("not ready")
 		}
@@ -239,7 +240,7 @@ func TestReadyWithTwoNodes(t *testing.T) {
 	e.buckets = 2
 	p1 := e.node("n1")
 	r1 := start(t, p1)
-	eventually(t, "n1 ready", func() error {
+	testkit.Eventually(t, "n1 ready", func() error {
 		if !p1.Ready() {
 			return errors.New("not ready")
 		}
@@ -250,7 +251,7 @@ func TestReadyWithTwoNodes(t *testing.T) {
 		t.Fatal("n2 ready before running")
 	}
 	start(t, p2)
-	eventually(t, "n2 ready while n1 owns every shard", func() error {
+	testkit.Eventually(t, "n2 ready while n1 owns every shard", func() error {
 		if !p2.Ready() {
 			return errors.New("not ready")
 		}
@@ -267,7 +268,7 @@ func TestReadyWithTwoNodes(t *testing.T) {
 		t.Fatalf("n2's answer: %v %+v", err, res)
 	}
 	r1.stop(t)
-	eventually(t, "n2 takes the shards over", func() error {
+	testkit.Eventually(t, "n2 takes the shards over", func() error {
 		st := p2.Statuses()
 		if len(st) != 2 || st[0].State != StateRunning || st[1].State != StateRunning || !p2.Ready() {
 			return fmt.Errorf("ready %v, shards %+v", p2.Ready(), st)
@@ -320,7 +321,7 @@ func TestConcurrentReaders(t *testing.T) {
 		}
 		last[i%2] = e.publish("orders", i%2, agent(fmt.Sprint("a", i%2), uint64(i*lines+1), ls...)).String()
 	}
-	eventually(t, "everything committed", func() error {
+	testkit.Eventually(t, "everything committed", func() error {
 		st := p.Statuses()
 		if len(st) != 2 {
 			return fmt.Errorf("%d shards", len(st))

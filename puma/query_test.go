@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // queryFixture runs a node over three windows of orders in two buckets,
@@ -28,7 +29,7 @@ func queryFixture(t *testing.T) (*env, *Puma) {
 	))
 	p := e.node("n1")
 	start(t, p)
-	eventually(t, "both shards read", func() error {
+	testkit.Eventually(t, "both shards read", func() error {
 		st := p.Statuses() // sorted: orders/0, orders/1, other/0, other/1
 		if len(st) != 4 || st[0].Position != p0.String() || st[1].Position != p1.String() {
 			return fmt.Errorf("%+v", st)

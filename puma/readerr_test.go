@@ -12,30 +12,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/freeway-dev/freeway/internal/config"
-	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	names "github.com/freeway-dev/freeway/internal/layout"
 )
-
-// flakyFS fails the first opens of segment files, as a NameNode restart
-// would.
-type flakyFS struct {
-	dfs.FS
-	failures atomic.Int32
-}
-
-func (f *flakyFS) Open(name string) (dfs.Reader, error) {
-	if strings.HasSuffix(name, names.SegmentExt) && f.failures.Add(-1) >= 0 {
-		return nil, errors.New("injected: namenode unavailable")
-	}
-	return f.FS.Open(name)
-}
 
 // TestReadErrorsAreRetried: a dfs error while reading neither stops the
 // shard nor loses or repeats anything; it is counted.
 func TestReadErrorsAreRetried(t *testing.T) {
 	e := newEnv(t, orders(t))
-	flaky := &flakyFS{FS: e.fs}
-	flaky.failures.Store(3)
+	// The first opens of segment files fail, as during a NameNode restart.
+	flaky := dfstest.NewFaulty(e.fs)
+	var failures atomic.Int32
+	failures.Store(3)
+	flaky.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpOpen && strings.HasSuffix(c.Name, names.SegmentExt) && failures.Add(-1) >= 0 {
+			return errors.New("injected: namenode unavailable")
+		}
+		return nil
+	})
 	p := e.node("a", func(c *Config, d *Deps) { d.FS = flaky })
 	start(t, p)
 	e.publish("orders", 0, stock(order(t0, "eu", "book", 1)))

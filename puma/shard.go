@@ -92,7 +92,7 @@ func (s *shard) run(ctx context.Context) error {
 	}
 	close(s.ready)
 	reader := ptail.NewReader(s.p.deps.FS, names.BucketDir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log).SetMetrics(s.p.tailMetrics)
-	defer reader.Close()
+	defer reader.Close() //nolint:errcheck // a reader holds nothing to flush
 	labels := []string{names.Label(s.category), strconv.Itoa(s.bucket)}
 	lag := s.p.m.segmentLag.WithLabelValues(labels...)
 	defer s.p.m.segmentLag.DeleteLabelValues(labels...)

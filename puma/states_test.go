@@ -14,6 +14,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // holdStore holds every read of one row until released.
@@ -75,7 +76,7 @@ func TestFailedShardIsReported(t *testing.T) {
 	pos1 := e.publish("orders", 1, stock(order(t0+5000, "us", "book", 100)))
 	p1 := e.node("n1")
 	r1 := start(t, p1)
-	eventually(t, "both committed", func() error {
+	testkit.Eventually(t, "both committed", func() error {
 		st := p1.Statuses()
 		if st[0].Committed != pos0.String() || st[1].Committed != pos1.String() {
 			return fmt.Errorf("%+v", st)
@@ -98,7 +99,7 @@ func TestFailedShardIsReported(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	p2 := e.node("n2", func(c *Config, d *Deps) { d.Now = clock.Now; d.Metrics = reg })
 	start(t, p2)
-	eventually(t, "orders/0 running, orders/1 failed", func() error {
+	testkit.Eventually(t, "orders/0 running, orders/1 failed", func() error {
 		if st := stateOf(p2, 0); st.State != StateRunning {
 			return fmt.Errorf("%+v", st)
 		}
@@ -139,7 +140,7 @@ func TestFailedShardIsReported(t *testing.T) {
 		t.Fatalf("tried again before its retry time: %+v", again)
 	}
 	clock.advance(retryMax)
-	eventually(t, "orders/1 recovered", func() error {
+	testkit.Eventually(t, "orders/1 recovered", func() error {
 		if !p2.Ready() {
 			return errors.New(p2.Readiness().String())
 		}
@@ -163,7 +164,7 @@ func TestRecoveringShardIsReported(t *testing.T) {
 	defer hs.release()
 	p := e.node("n1", func(c *Config, d *Deps) { d.Store = hs })
 	start(t, p)
-	eventually(t, "orders/0 running", func() error {
+	testkit.Eventually(t, "orders/0 running", func() error {
 		if st := stateOf(p, 0); st.State != StateRunning {
 			return fmt.Errorf("%+v", st)
 		}
@@ -175,7 +176,7 @@ func TestRecoveringShardIsReported(t *testing.T) {
 	if rd := p.Readiness(); rd.Ready || !strings.Contains(rd.String(), "orders/1: recovering since ") || strings.Contains(rd.String(), "orders/0") {
 		t.Fatalf("readiness:\n%s", rd)
 	}
-	eventually(t, "orders/0 read", func() error {
+	testkit.Eventually(t, "orders/0 read", func() error {
 		res, err := p.Query(context.Background(), Query{App: "orders", FromMs: t0 - 3600_000, ToMs: t0 + 3600_000})
 		if err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -38,7 +39,7 @@ func TestEveryCategoryStockScribeAcceptsIsKept(t *testing.T) {
 	}
 	mustLog(t, c, es)
 	mustLog(t, c, []*scribethrift.LogEntry{{Category: "", Message: []byte("only blank")}})
-	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 && a.c.shipped.Load() == a.c.receivedScribe.Load() })
+	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 && a.c.shipped.Load() == a.c.receivedScribe.Load() })
 	g := up.received(t)
 	if len(g) != len(want) {
 		t.Fatalf("%d entries upstream, want %d", len(g), len(want))
@@ -75,7 +76,7 @@ func TestArrivalTimeIsTheAgentsClock(t *testing.T) {
 		t.Fatalf("log batch: %v %v", rc, err)
 	}
 	mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte("plain")}})
-	eventually(t, "2 entries upstream", func() bool { return up.count(t) == 2 })
+	testkit.WaitFor(t, "2 entries upstream", func() bool { return up.count(t) == 2 })
 	for _, b := range up.callsSnapshot() {
 		if b.ReceivedAtMs != clk.Now().UnixMilli() {
 			t.Fatalf("shipped received_at_ms %d, want the agent's clock %d", b.ReceivedAtMs, clk.Now().UnixMilli())

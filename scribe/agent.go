@@ -75,7 +75,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	}
 	own, reg := deps.OwnMetrics()
 	if err := registerMetrics(reg, a.c, q, a.tails); err != nil {
-		q.Close()
+		_ = q.Close()
 		return nil, fmt.Errorf("register agent metrics: %w", err)
 	}
 	a.fb303 = scribeapi.Counters(own, fb303Counters...)
@@ -85,7 +85,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	a.srv, err = scribeapi.Listen(cfg.Listen, a, info, cfg.PortConfig.Limits(), log,
 		thriftsrv.WithName("agent"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
 	if err != nil {
-		q.Close()
+		_ = q.Close()
 		return nil, fmt.Errorf("start agent server: %w", err)
 	}
 	return a, nil

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 
 	"github.com/apache/thrift/lib/go/thrift"
 	dto "github.com/prometheus/client_model/go"
@@ -32,14 +33,14 @@ func TestLogIsShippedInOrderWithSequenceNumbers(t *testing.T) {
 	for i := range 3 {
 		mustLog(t, c, entries("access", "m", 10*i, 10))
 	}
-	eventually(t, "30 entries upstream", func() bool { return up.count(t) == 30 })
+	testkit.WaitFor(t, "30 entries upstream", func() bool { return up.count(t) == 30 })
 	wantSeq(t, up.received(t), "access", "m", 30)
 	for _, b := range up.callsSnapshot() {
 		if b.AgentID != a.ID() || len(b.AgentID) != 32 || b.ReceivedAtMs <= 0 || len(b.GetIncarnation()) != 32 || b.GetIncarnation() == b.AgentID {
 			t.Fatalf("batch agent id %q (agent %q), received_at_ms %d, incarnation of %d characters", b.AgentID, a.ID(), b.ReceivedAtMs, len(b.GetIncarnation()))
 		}
 	}
-	eventually(t, "queue drained", func() bool { return a.q.Stats().Entries == 0 })
+	testkit.WaitFor(t, "queue drained", func() bool { return a.q.Stats().Entries == 0 })
 	if n := a.c.shipped.Load(); n != 30 {
 		t.Fatalf("shipped counter = %d", n)
 	}
@@ -87,7 +88,7 @@ func TestAckedEntriesSurviveARestart(t *testing.T) {
 		mustLog(t, c, entries("app", "e", 10*i, 10))
 	}
 	id := a.ID()
-	eventually(t, "a failed ship attempt", func() bool { return a.c.shipErrors.Load() > 0 })
+	testkit.WaitFor(t, "a failed ship attempt", func() bool { return a.c.shipErrors.Load() > 0 })
 	a.stopped(t)
 
 	up := startUpstream(t, "127.0.0.1:0", nil)
@@ -95,11 +96,11 @@ func TestAckedEntriesSurviveARestart(t *testing.T) {
 	if b.ID() != id {
 		t.Fatalf("agent id changed across restart: %s then %s", id, b.ID())
 	}
-	eventually(t, "50 entries upstream", func() bool { return up.count(t) == 50 })
+	testkit.WaitFor(t, "50 entries upstream", func() bool { return up.count(t) == 50 })
 	wantSeq(t, up.received(t), "app", "e", 50)
 	// New entries continue the numbering.
 	mustLog(t, dial(t, b.Addr()), entries("app", "e", 50, 1))
-	eventually(t, "51 entries upstream", func() bool { return up.count(t) == 51 })
+	testkit.WaitFor(t, "51 entries upstream", func() bool { return up.count(t) == 51 })
 	wantSeq(t, up.received(t), "app", "e", 51)
 }
 
@@ -120,14 +121,14 @@ func TestInFlightBatchIsResentWithItsSequenceNumbersAfterARestart(t *testing.T) 
 	cfg.BatchEntries = 4
 	a := startAgent(t, cfg)
 	mustLog(t, dial(t, a.Addr()), entries("c", "x", 0, 10))
-	eventually(t, "a lost answer", func() bool { return len(up.callsSnapshot()) >= 2 })
+	testkit.WaitFor(t, "a lost answer", func() bool { return len(up.callsSnapshot()) >= 2 })
 	a.stopped(t)
 	first := up.callsSnapshot()[0]
 	mu.Lock()
 	lose = false
 	mu.Unlock()
 	b := startAgent(t, cfg)
-	eventually(t, "10 entries upstream", func() bool { return up.count(t) == 10 })
+	testkit.WaitFor(t, "10 entries upstream", func() bool { return up.count(t) == 10 })
 	wantSeq(t, up.received(t), "c", "x", 10)
 	calls := up.callsSnapshot()
 	resent := calls[len(calls)-3] // batches of 4, 4, 2 after the restart
@@ -156,7 +157,7 @@ func TestUpstreamTryLaterAndErrorsAreRetriedInOrder(t *testing.T) {
 	for i := range 5 {
 		mustLog(t, c, entries("c", "r", 20*i, 20))
 	}
-	eventually(t, "100 entries upstream", func() bool { return up.count(t) == 100 })
+	testkit.WaitFor(t, "100 entries upstream", func() bool { return up.count(t) == 100 })
 	wantSeq(t, up.received(t), "c", "r", 100)
 	// Every retry is the same batch as the attempt before it, until OK.
 	calls := up.callsSnapshot()
@@ -206,7 +207,7 @@ func TestShipBackoffGrowsToItsCapWithJitter(t *testing.T) {
 	cfg.RetryMax = config.Duration(5 * time.Second)
 	a := startAgentClock(t, cfg, clk)
 	mustLog(t, dial(t, a.Addr()), entries("c", "b", 0, 1))
-	eventually(t, "the entry upstream", func() bool { return up.count(t) == 1 })
+	testkit.WaitFor(t, "the entry upstream", func() bool { return up.count(t) == 1 })
 	clk.mu.Lock()
 	waits := slices.Clone(clk.waits)
 	clk.mu.Unlock()
@@ -220,7 +221,7 @@ func TestShipBackoffGrowsToItsCapWithJitter(t *testing.T) {
 		}
 		d = min(2*d, 5*time.Second)
 	}
-	eventually(t, "the batch acknowledged", func() bool { return a.q.Stats().Acked == 2 })
+	testkit.WaitFor(t, "the batch acknowledged", func() bool { return a.q.Stats().Acked == 2 })
 }
 
 func TestUpstreamDownAtStartThenUp(t *testing.T) {
@@ -228,15 +229,15 @@ func TestUpstreamDownAtStartThenUp(t *testing.T) {
 	a := startAgent(t, testConfig(t.TempDir(), addr))
 	c := dial(t, a.Addr())
 	mustLog(t, c, entries("c", "d", 0, 20))
-	eventually(t, "ship errors", func() bool { return a.c.shipErrors.Load() >= 3 })
+	testkit.WaitFor(t, "ship errors", func() bool { return a.c.shipErrors.Load() >= 3 })
 	if rc, _ := dial(t, a.Addr()).GetStatus(context.Background()); rc != fb303.FbStatus_WARNING {
 		t.Fatalf("getStatus while upstream is down = %v, want WARNING", rc)
 	}
 	mustLog(t, c, entries("c", "d", 20, 20))
 	up := startUpstream(t, addr, nil)
-	eventually(t, "40 entries upstream", func() bool { return up.count(t) == 40 })
+	testkit.WaitFor(t, "40 entries upstream", func() bool { return up.count(t) == 40 })
 	wantSeq(t, up.received(t), "c", "d", 40)
-	eventually(t, "status ALIVE again", func() bool {
+	testkit.WaitFor(t, "status ALIVE again", func() bool {
 		st, _ := dial(t, a.Addr()).GetStatus(context.Background())
 		return st == fb303.FbStatus_ALIVE
 	})
@@ -246,7 +247,7 @@ func TestNextUpstreamIsTriedOnConnectionErrors(t *testing.T) {
 	up := startUpstream(t, "127.0.0.1:0", nil)
 	a := startAgent(t, testConfig(t.TempDir(), deadAddr(t), up.srv.Addr()))
 	mustLog(t, dial(t, a.Addr()), entries("c", "n", 0, 5))
-	eventually(t, "5 entries upstream", func() bool { return up.count(t) == 5 })
+	testkit.WaitFor(t, "5 entries upstream", func() bool { return up.count(t) == 5 })
 	wantSeq(t, up.received(t), "c", "n", 5)
 }
 
@@ -282,12 +283,12 @@ func TestQueueFullAnswersTryLaterAndRecovers(t *testing.T) {
 	}
 	up := startUpstream(t, addr, nil)
 	// The stock client retries the same call until it is taken.
-	eventually(t, "the queue to accept again", func() bool {
+	testkit.WaitFor(t, "the queue to accept again", func() bool {
 		rc, err := c.Log(context.Background(), entries("c", "q", accepted, 10))
 		return err == nil && rc == scribethrift.ResultCode_OK
 	})
 	accepted += 10
-	eventually(t, "everything accepted upstream", func() bool { return up.count(t) == accepted })
+	testkit.WaitFor(t, "everything accepted upstream", func() bool { return up.count(t) == accepted })
 	wantSeq(t, up.received(t), "c", "q", accepted)
 	if !strings.Contains(a.logs.String(), "queue full") {
 		t.Fatal("no warning when the queue filled")
@@ -304,14 +305,16 @@ func TestTornQueueTailIsTruncatedAtReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write([]byte{40, 0, 0, 0, 1, 2, 3, 4, 'h', 'a', 'l', 'f'}) // a record cut short by a crash
+	if _, err := f.Write([]byte{40, 0, 0, 0, 1, 2, 3, 4, 'h', 'a', 'l', 'f'}); err != nil { // a record cut short by a crash
+		t.Fatal(err)
+	}
 	f.Close()
 
 	up := startUpstream(t, "127.0.0.1:0", nil)
 	b := startAgent(t, testConfig(dir, up.srv.Addr()))
-	eventually(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
+	testkit.WaitFor(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
 	mustLog(t, dial(t, b.Addr()), entries("c", "t", 3, 1))
-	eventually(t, "4 entries upstream", func() bool { return up.count(t) == 4 })
+	testkit.WaitFor(t, "4 entries upstream", func() bool { return up.count(t) == 4 })
 	wantSeq(t, up.received(t), "c", "t", 4)
 	if logs := b.logs.String(); !strings.Contains(logs, "truncating torn queue tail") || !strings.Contains(logs, "component=agent") {
 		t.Fatalf("no warning about the torn tail: %s", logs)
@@ -347,7 +350,7 @@ func TestStockScribeClients(t *testing.T) {
 		t.Fatalf("strict reply %x does not carry OK", reply)
 	}
 
-	eventually(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
+	testkit.WaitFor(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
 	if g := up.received(t); g[0].msg != "generated" || g[1].msg != "non-strict" || g[2].msg != "strict" {
 		t.Fatalf("received %v", g)
 	}
@@ -360,7 +363,7 @@ func TestStockScribeClients(t *testing.T) {
 	if counters["agent.received"] != 3 || counters["received good"] != 3 {
 		t.Fatalf("getCounters = %v", counters)
 	}
-	eventually(t, "shipped counter", func() bool {
+	testkit.WaitFor(t, "shipped counter", func() bool {
 		c, err := client.GetCounters(ctx)
 		return err == nil && c["agent.shipped"] == 3 && c["agent.queue_entries"] == 0
 	})
@@ -389,7 +392,7 @@ func TestAgentChainAndStockUpstream(t *testing.T) {
 	relay := startAgent(t, testConfig(t.TempDir(), srv.Addr()))
 	edge := startAgent(t, testConfig(t.TempDir(), relay.Addr()))
 	mustLog(t, dial(t, edge.Addr()), entries("c", "chain", 0, 5))
-	eventually(t, "5 entries at the stock server", func() bool { return stock.count(t) == 5 })
+	testkit.WaitFor(t, "5 entries at the stock server", func() bool { return stock.count(t) == 5 })
 	for i, g := range stock.received(t) {
 		if g != (got{0, "c", fmt.Sprintf("chain-%d", i)}) {
 			t.Fatalf("stock server received %v", stock.received(t))
@@ -429,7 +432,7 @@ func TestLargestBatchFitsTheFrameLimit(t *testing.T) {
 		mustLog(t, c, []*scribethrift.LogEntry{{Category: strings.Repeat("c", 200), Message: big}})
 	}
 	up := startUpstream(t, addr, nil)
-	eventually(t, "20 large entries upstream", func() bool { return up.count(t) == 20 })
+	testkit.WaitFor(t, "20 large entries upstream", func() bool { return up.count(t) == 20 })
 	most := 0
 	for _, b := range up.callsSnapshot() {
 		most = max(most, len(b.Messages))

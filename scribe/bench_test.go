@@ -11,6 +11,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -123,7 +124,7 @@ func BenchmarkShip(b *testing.B) {
 	b.ResetTimer()
 	a := startAgent(b, cfg)
 	want := int64(b.N) * int64(len(qes))
-	eventually(b, "the queue shipped", func() bool { return up.n.Load() >= want })
+	testkit.WaitFor(b, "the queue shipped", func() bool { return up.n.Load() >= want })
 	b.StopTimer()
 	batches := a.c.batches.Load()
 	b.ReportMetric(float64(want)/b.Elapsed().Seconds(), "entries/s")

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -53,7 +54,7 @@ func TestDamagedQueueRecordLosesOnlyItself(t *testing.T) {
 
 	up := startUpstream(t, upAddr, nil)
 	b := startAgent(t, cfg)
-	eventually(t, "the queue shipped", func() bool { return b.q.Stats().Entries == 0 })
+	testkit.WaitFor(t, "the queue shipped", func() bool { return b.q.Stats().Entries == 0 })
 	var got []string
 	for _, g := range up.received(t) {
 		got = append(got, g.msg)

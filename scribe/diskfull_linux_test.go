@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -31,7 +32,7 @@ func mountTmpfs(t *testing.T, size int) string {
 	}
 	t.Cleanup(func() {
 		if err := syscall.Unmount(dir, 0); err != nil {
-			syscall.Unmount(dir, syscall.MNT_DETACH)
+			_ = syscall.Unmount(dir, syscall.MNT_DETACH) // best effort, as the cleanup it is
 		}
 	})
 	return dir
@@ -108,7 +109,7 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 		}
 	}
 
-	eventually(t, "the disk to fill and calls to be refused", func() bool { return tryLater.Load() >= 20 || t.Failed() })
+	testkit.WaitFor(t, "the disk to fill and calls to be refused", func() bool { return tryLater.Load() >= 20 || t.Failed() })
 	// The agent keeps serving fb303 while its disk is full.
 	counters, err := dial(t, a.Addr()).GetCounters(context.Background())
 	if err != nil || counters["agent.try_later_sent.write_error"] == 0 {
@@ -128,7 +129,7 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 		t.FailNow()
 	}
 	want := slices.Concat(accepted, lines)
-	eventually(t, "everything upstream", func() bool {
+	testkit.WaitFor(t, "everything upstream", func() bool {
 		n := 0
 		for _, c := range up.pumaCounts() {
 			n += c
@@ -192,12 +193,12 @@ func TestAgentRestartsOnAFullDisk(t *testing.T) {
 		t.Fatalf("log on a full disk after a restart: %v %v, want TRY_LATER", rc, err)
 	}
 	up := startUpstream(t, upAddr, nil)
-	eventually(t, "the restarted agent to accept again", func() bool {
+	testkit.WaitFor(t, "the restarted agent to accept again", func() bool {
 		rc, err := c.Log(context.Background(), late)
 		return err == nil && rc == scribethrift.ResultCode_OK
 	})
 	want := slices.Concat(accepted, msgs(late))
-	eventually(t, "everything upstream", func() bool { return up.count(t) >= len(want) })
+	testkit.WaitFor(t, "everything upstream", func() bool { return up.count(t) >= len(want) })
 	up.received(t)
 	wantOnce(t, up.pumaCounts(), want)
 }

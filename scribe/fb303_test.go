@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -17,7 +18,7 @@ func TestFB303CountersAreTheMetrics(t *testing.T) {
 	c := dial(t, a.Addr())
 	mustLog(t, c, entries("c", "m", 0, 3))
 	mustLog(t, c, []*scribethrift.LogEntry{{Category: "", Message: []byte("x")}})
-	eventually(t, "a ship error", func() bool { return gather(t, a, "freeway_agent_ship_errors_total", "", "") > 0 })
+	testkit.WaitFor(t, "a ship error", func() bool { return gather(t, a, "freeway_agent_ship_errors_total", "", "") > 0 })
 	got, err := c.GetCounters(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package scribe
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,41 +16,12 @@ import (
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// logBuf collects log output for assertions.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// eventually polls cond until it holds, failing after a generous deadline.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 // got is one entry as upstream received it.
 type got struct {
@@ -243,7 +213,7 @@ func testConfig(dir string, upstream ...string) Config {
 type agent struct {
 	*Agent
 	reg  *prometheus.Registry
-	logs *logBuf
+	logs *testkit.LogBuffer
 	stop func() error
 }
 
@@ -254,9 +224,9 @@ func startAgent(t testing.TB, cfg Config) *agent {
 
 func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
 	t.Helper()
-	lb := &logBuf{}
+	lb := &testkit.LogBuffer{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, Deps{Common: component.Common{Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: reg}}, clk)
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}}, clk)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)
 	}

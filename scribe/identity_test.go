@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -52,7 +53,7 @@ func logShipped(t testing.TB, a *agent, es []string) {
 	for _, m := range es {
 		mustLog(t, c, []*scribethrift.LogEntry{{Category: "c", Message: []byte(m)}})
 	}
-	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
+	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
 }
 
 func names(prefix string, n int) []string {
@@ -136,7 +137,7 @@ func TestIncarnationIsNeverLoggedOrExposed(t *testing.T) {
 	c := dial(t, a.Addr())
 	mustLog(t, c, entries("c", "s", 0, 3))
 	mustLog(t, c, []*scribethrift.LogEntry{{Category: "", Message: []byte("blank")}})
-	eventually(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
+	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
 	inc := up.callsSnapshot()[0].GetIncarnation()
 	if len(inc) != 32 {
 		t.Fatalf("incarnation %d characters long", len(inc))

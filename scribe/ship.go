@@ -40,7 +40,7 @@ func (a *Agent) ship(ctx context.Context) error {
 	)
 	defer func() {
 		if up != nil {
-			up.c.Close()
+			_ = up.c.Close() // shipping stopped; nothing to report to
 		}
 	}()
 	for {
@@ -87,14 +87,14 @@ func (a *Agent) ship(ctx context.Context) error {
 				// method; reconnect and use Log.
 				a.log.Warn("upstream has no batch call, falling back to plain log calls (at-least-once)", "upstream", up.addr)
 				plain[up.addr] = true
-				up.c.Close()
+				_ = up.c.Close() // reconnecting
 				up = nil
 				next = (next + len(a.cfg.Upstream) - 1) % len(a.cfg.Upstream)
 				continue
 			}
 			if err != nil {
 				failing = a.shipFailed(failing, up.addr, err)
-				up.c.Close()
+				_ = up.c.Close() // reconnecting; the call error is counted and logged
 				up = nil
 			} else {
 				a.c.tryLaterRecv.Add(1)
@@ -165,7 +165,7 @@ func batchRequest(id string, b diskqueue.Batch) *scribethrift.Batch {
 // send makes one call, closing the connection if ctx ends meanwhile so
 // that shutdown does not wait for the socket timeout.
 func (u *upstream) send(ctx context.Context, req *scribethrift.Batch) (scribethrift.ResultCode, error) {
-	stop := context.AfterFunc(ctx, func() { u.c.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = u.c.Close() })
 	defer stop()
 	if !u.plainLog {
 		rc, err := u.c.LogBatch(ctx, req)

@@ -76,7 +76,7 @@ func newTailer(a *Agent, tc TailConfig) *tailer {
 func (t *tailer) run(ctx context.Context) error {
 	defer func() {
 		if t.f != nil {
-			t.f.Close()
+			_ = t.f.Close() // opened for reading
 		}
 	}()
 	for {
@@ -133,7 +133,7 @@ func (t *tailer) restore() error {
 	var p position
 	if err := json.Unmarshal(b, &p); err != nil || p.Path != t.path {
 		t.log.Warn("ignoring unreadable tail position; reading the file from its start", "position_file", t.posPath)
-		return nil
+		return nil //nolint:nilerr // a damaged position file costs a re-read, not the tailer
 	}
 	saved := fileID{dev: p.Dev, ino: p.Ino}
 	if fi, err := os.Stat(t.path); err == nil && idOf(fi) == saved {
@@ -156,7 +156,7 @@ func (t *tailer) restore() error {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
 			return t.resume(f, saved, p.Offset)
 		}
-		f.Close()
+		_ = f.Close() // opened for reading
 	}
 	t.log.Warn("tailed file replaced while stopped and the old one not found; its unread lines are lost", "offset", p.Offset)
 	return nil
@@ -164,7 +164,7 @@ func (t *tailer) restore() error {
 
 func (t *tailer) resume(f *os.File, id fileID, off int64) error {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		f.Close()
+		_ = f.Close() // opened for reading
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
 	t.f, t.id, t.off = f, id, off
@@ -184,7 +184,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		}
 		fi, err := f.Stat()
 		if err != nil {
-			f.Close()
+			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
 		t.f, t.id, t.off, t.buf, t.cut, t.split = f, idOf(fi), 0, t.buf[:0], 0, false
@@ -214,7 +214,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		if err := t.flush(ctx); err != nil {
 			return false, err
 		}
-		t.f.Close()
+		_ = t.f.Close() // opened for reading
 		t.f = nil
 		t.rotations.Add(1)
 		t.log.Info("tailed file rotated, following the new one")
@@ -387,7 +387,7 @@ func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
 			return nil, nil
 		}
 		if st, err := f.Stat(); err != nil || idOf(st) != id {
-			f.Close()
+			_ = f.Close() // opened for reading
 			return nil, nil
 		}
 		return f, fi

@@ -5,7 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 func appendFile(t testing.TB, path, s string) {
@@ -44,7 +49,7 @@ func messagesOf(t testing.TB, u *fakeUpstream) []string {
 
 func waitLines(t testing.TB, u *fakeUpstream, want ...string) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%d lines upstream", len(want)), func() bool { return u.count(t) >= len(want) })
+	testkit.WaitFor(t, fmt.Sprintf("%d lines upstream", len(want)), func() bool { return u.count(t) >= len(want) })
 	if got := messagesOf(t, u); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("upstream has %q, want %q", got, want)
 	}
@@ -75,13 +80,41 @@ func TestTailFollowsAppendedLinesAndWaitsForPartialOnes(t *testing.T) {
 	}
 }
 
+// pollClock is the real clock, counting the tailers' polls: the waits of
+// interval, which no other loop of the agent uses.
+type pollClock struct {
+	interval time.Duration
+	polls    atomic.Int64
+}
+
+func (c *pollClock) Now() time.Time { return time.Now() }
+
+func (c *pollClock) After(d time.Duration) <-chan time.Time {
+	if d == c.interval {
+		c.polls.Add(1)
+	}
+	return time.After(d)
+}
+
+// TestTailWaitsForAFileToAppear: a tailed path that does not exist yet is
+// waited for, not a failure: the tailer polls it without an error or a
+// warning, and reads the file from its start once it is created.
 func TestTailWaitsForAFileToAppear(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "later.log")
 	up := startUpstream(t, "127.0.0.1:0", nil)
-	startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	testkit.WaitFor(t, "the tailer to poll the missing file", func() bool { return clk.polls.Load() >= 3 })
 	appendFile(t, log, "hello\n")
 	waitLines(t, up, "hello")
+	for _, level := range []string{"level=ERROR", "level=WARN"} {
+		if lines := a.logs.Lines(level, log); len(lines) > 0 {
+			t.Fatalf("the missing file was treated as a failure:\n%s", strings.Join(lines, "\n"))
+		}
+	}
 }
 
 func TestTailFollowsRotationByRename(t *testing.T) {
@@ -101,7 +134,9 @@ func TestTailFollowsRotationByRename(t *testing.T) {
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
 	}
-	old.WriteString("a3\na4-unterminated")
+	if _, err := old.WriteString("a3\na4-unterminated"); err != nil {
+		t.Fatal(err)
+	}
 	old.Close()
 	appendFile(t, log, "b1\nb2\n")
 	waitLines(t, up, "a1", "a2", "a3", "a4-unterminated", "b1", "b2")
@@ -211,7 +246,7 @@ func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
 	}
 	appendFile(t, log, sb.String())
 	a := startAgent(t, cfg)
-	eventually(t, "the queue to fill", func() bool { return a.q.Stats().Bytes > 1<<10 })
+	testkit.WaitFor(t, "the queue to fill", func() bool { return a.q.Stats().Bytes > 1<<10 })
 	if st := a.q.Stats(); st.Bytes > 2<<10 {
 		t.Fatalf("queue holds %d bytes over its 2KiB bound", st.Bytes)
 	}

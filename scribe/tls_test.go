@@ -3,7 +3,6 @@ package scribe
 import (
 	"context"
 	"crypto/x509"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -64,9 +64,9 @@ func loadTLS(t *testing.T, c auth.TLSConfig) *auth.TLS {
 
 func startTLSAgent(t *testing.T, cfg Config, x *auth.TLS) *agent {
 	t.Helper()
-	lb := &logBuf{}
+	lb := &testkit.LogBuffer{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, Deps{Common: component.Common{Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: reg,
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg,
 		Shared: component.Shared{TLS: x}}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func TestAgentTLS(t *testing.T) {
 	}
 	mustLog(t, c, entries("web", "tls", 0, 3))
 	c.Close()
-	eventually(t, "the entries over TLS", func() bool { return len(up.received()) == 3 })
+	testkit.WaitFor(t, "the entries over TLS", func() bool { return len(up.received()) == 3 })
 	if got := strings.Join(up.received(), ","); got != "agent-1:1,agent-1:2,agent-1:3" {
 		t.Fatalf("writer got %s", got)
 	}
@@ -124,7 +124,7 @@ func TestAgentTLS(t *testing.T) {
 		t.Fatal("ClientTLS of a plaintext port")
 	}
 	mustLog(t, dial(t, plain.Addr()), entries("web", "plain", 0, 2))
-	eventually(t, "the entries of the plaintext app port", func() bool { return len(up.received()) == 5 })
+	testkit.WaitFor(t, "the entries of the plaintext app port", func() bool { return len(up.received()) == 5 })
 	if got := strings.Join(up.received()[3:], ","); got != "agent-1:1,agent-1:2" {
 		t.Fatalf("writer got %s", got)
 	}
@@ -139,7 +139,7 @@ func TestAgentTLS(t *testing.T) {
 		cfg.TLS = false
 		bad := startTLSAgent(t, cfg, x)
 		mustLog(t, dial(t, bad.Addr()), entries("web", "refused", 0, 1))
-		eventually(t, name+": failures", func() bool { return counterValue(t, bad, "freeway_agent_ship_errors_total") >= 3 })
+		testkit.WaitFor(t, name+": failures", func() bool { return counterValue(t, bad, "freeway_agent_ship_errors_total") >= 3 })
 		if n := len(up.received()); n != 5 {
 			t.Fatalf("%s: the writer took entries (%d)", name, n)
 		}

@@ -30,5 +30,5 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 		list = append(list, describe(a))
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	indexPage.Execute(w, list)
+	_ = indexPage.Execute(w, list) // a client gone mid-answer: nothing to do
 }

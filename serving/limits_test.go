@@ -94,7 +94,9 @@ func TestHTTPSlowBodyCutAtReadTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+	if _, err := fmt.Fprintf(c, "POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
 	closed := make(chan error, 1)
 	go func() {
 		c.SetReadDeadline(time.Now().Add(30 * time.Second))

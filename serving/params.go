@@ -46,7 +46,7 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	if v, ok := get("to"); ok {
 		t, err := ParseTime(v)
 		if err != nil {
-			return q, fmt.Errorf("bad to: %v", err)
+			return q, fmt.Errorf("bad to: %w", err)
 		}
 		q.ToMs = t.UnixMilli()
 	}
@@ -54,7 +54,7 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	if v, ok := get("from"); ok {
 		t, err := ParseTime(v)
 		if err != nil {
-			return q, fmt.Errorf("bad from: %v", err)
+			return q, fmt.Errorf("bad from: %w", err)
 		}
 		q.FromMs = t.UnixMilli()
 	}

@@ -131,7 +131,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			thriftsrv.WithName("serving"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithMetrics(deps.Metrics),
 			thriftsrv.WithTLS(deps.TLS.ServerConfig()))
 		if err != nil {
-			s.ln.Close()
+			_ = s.ln.Close() // the thrift error is the one to report
 			return nil, err
 		}
 		s.thrift = t

@@ -110,7 +110,7 @@ func testLog() *slog.Logger {
 	if os.Getenv("SERVING_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	return slog.New(slog.DiscardHandler)
 }
 
 // newServer returns a server on free loopback ports whose listeners are
@@ -134,7 +134,7 @@ func newServer(t *testing.T, src Source, mod ...func(*Config, *Deps)) *Server {
 		if s.thrift != nil {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
-			s.thrift.Serve(ctx) // closes the listener
+			_ = s.thrift.Serve(ctx) // closes the listener
 		}
 	})
 	return s
@@ -509,7 +509,7 @@ func run(t *testing.T, s *Server) (stop func() error) {
 		})
 		return err
 	}
-	t.Cleanup(func() { stop() })
+	t.Cleanup(func() { _ = stop() })
 	return stop
 }
 
@@ -532,7 +532,8 @@ func TestRunServesHTTP(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := http.Get("http://" + s.Addr() + "/healthz"); err == nil {
+	if resp, err := http.Get("http://" + s.Addr() + "/healthz"); err == nil {
+		resp.Body.Close()
 		t.Fatal("still serving after Run returned")
 	}
 }
@@ -561,7 +562,7 @@ func TestRunEndsWhenHTTPFails(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		cancel()
-		<-done
+		<-done //nolint:errcheck // the test has failed already; only waiting for Run
 		t.Fatal("Run did not return after its HTTP listener failed")
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 )
@@ -117,21 +118,6 @@ func pumaNode(t *testing.T, wrap func(store.Store) store.Store, clock func() tim
 	return p
 }
 
-func poll(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestShardStatesReachClients: with shop/1 still recovering (its store
 // reads held) and shop/2 failing (its store reads fail), /readyz says
 // which and why, and every answer, HTTP, says that it lacks them, while
@@ -167,7 +153,7 @@ func TestShardStatesReachClients(t *testing.T) {
 		return &freeway.Row{WindowStartUnix: from, WindowEndUnix: from + 60, Key: map[string]string{"region": region, "kind": "book"}, Values: map[string]float64{"n": 1, "total": amount, "lo": amount}}
 	}
 	const q = "/api/v1/query?app=orders&from=2024-05-06T07:00:00Z&to=2024-05-06T08:00:00Z"
-	poll(t, "shop/0 answers", func() error {
+	testkit.Eventually(t, "shop/0 answers", func() error {
 		if body := get(t, s, q).Body.String(); !strings.Contains(body, `"region":"eu"`) {
 			return errors.New(body)
 		}
@@ -201,7 +187,7 @@ func TestShardStatesReachClients(t *testing.T) {
 	mu.Lock()
 	clock = clock.Add(time.Hour)
 	mu.Unlock()
-	poll(t, "every shard running", func() error {
+	testkit.Eventually(t, "every shard running", func() error {
 		if w := get(t, s, "/readyz"); w.Code != http.StatusOK {
 			return fmt.Errorf("%d %s", w.Code, w.Body)
 		}
@@ -214,7 +200,7 @@ func TestShardStatesReachClients(t *testing.T) {
 		`]}`
 	// Running is not yet read: wait for the shards' readers to apply their
 	// segments, then the answer must have exactly a complete one's shape.
-	poll(t, "complete answer", func() error {
+	testkit.Eventually(t, "complete answer", func() error {
 		if got := strings.TrimSpace(get(t, s, q).Body.String()); got != want {
 			return fmt.Errorf("\n%s\nwant\n%s", got, want)
 		}

@@ -13,7 +13,7 @@ func fetch(u, path string) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read to the end below, or the status is the error
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("get %s: %s", u, resp.Status)
 	}
@@ -22,7 +22,7 @@ func fetch(u, path string) error {
 		return err
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
+		_ = f.Close() // the copy error is the one reported
 		return err
 	}
 	return f.Close()

@@ -115,7 +115,7 @@ func main() {
 	}
 	def(&o.lines, 2_000_000, 20_000)
 	def(&o.cells, 1_000_000, 20_000)
-	var keys, runs int64 = int64(o.keys), int64(o.runs)
+	keys, runs := int64(o.keys), int64(o.runs)
 	def(&keys, 10_000, 1_000)
 	def(&runs, 3, 1)
 	o.keys, o.runs = int(keys), int(runs)
@@ -169,7 +169,7 @@ func run(o options) (*report, error) {
 	}
 	truth := loadgen.NewTruth(o.keys)
 	if err := spec.Write(f, 0, o.lines, 0, truth); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one reported
 		return nil, err
 	}
 	if err := f.Close(); err != nil {
@@ -278,7 +278,7 @@ func run(o options) (*report, error) {
 		}
 	}
 	if !o.keepWork() {
-		os.Remove(linesPath)
+		_ = os.Remove(linesPath) // best effort: a work file
 	}
 	return rep, nil
 }
@@ -321,8 +321,8 @@ const benchApp = `  - name: bench
 // load, waits until Puma has aggregated them all, and checks every cell.
 func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[loadgen.Cell]loadgen.Agg, be backends, n int64) (r e2eRun) {
 	dir := filepath.Join(o.work, fmt.Sprintf("e2e-%d", round))
-	os.RemoveAll(dir)
-	defer os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
+	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp, pprof: o.profile > 0 && round == 0, be: be}, nil)
 	if err != nil {
 		r.Err = err.Error()
@@ -427,8 +427,8 @@ type matrixRun struct {
 // dfs) acknowledges durably, by batch size and connections (B1).
 func matrix(ctx context.Context, o options) []matrixRun {
 	dir := filepath.Join(o.work, "ingest")
-	os.RemoveAll(dir)
-	defer os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
+	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	batches, conns := []int{1, 100, 1000}, []int{1, 8, 64}
 	if o.mode == "smoke" {
 		batches, conns = []int{100}, []int{2}
@@ -456,7 +456,9 @@ func matrix(ctx context.Context, o options) []matrixRun {
 			out = append(out, m)
 		}
 	}
-	fw.stop(time.Minute)
+	if err := fw.stop(time.Minute); err != nil {
+		log.Printf("stop freeway: %v", err) // the measurements are taken; the log says why it did not stop
+	}
 	return out
 }
 
@@ -496,8 +498,8 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 		r.SegmentAge = segmentAge.String()
 	}
 	dir := filepath.Join(o.work, "fresh")
-	os.RemoveAll(dir)
-	defer os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
+	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp + probeApp, segmentAge: segmentAge}, nil)
 	if err == nil {
 		defer fw.kill()
@@ -532,7 +534,7 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 			sendErr = err
 			return
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }() // every probe was answered or is the error
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for i := 0; ; i++ {
@@ -548,8 +550,12 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 			mu.Unlock()
 			msg := fmt.Sprintf(`{"ts":%d,"key":"probe","id":"%s","value":0}`, now.UnixMilli(), id)
 			rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "bench", Message: []byte(msg)}})
-			if err != nil || rc != scribe.ResultCode_OK {
-				sendErr = fmt.Errorf("probe %s: %v %v", id, rc, err)
+			if err != nil {
+				sendErr = fmt.Errorf("probe %s: %w", id, err)
+				return
+			}
+			if rc != scribe.ResultCode_OK {
+				sendErr = fmt.Errorf("probe %s: %v", id, rc)
 				return
 			}
 		}
@@ -588,7 +594,9 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 		r.Err = fmt.Sprintf("%d of %d probes never seen in a query", r.Probes-r.Seen, r.Probes)
 	}
 	log.Printf("freshness, segment_max_age %s, at %.0f entries/s (achieved %.0f): p50 %.0fms p99 %.0fms max %.0fms over %d probes", r.SegmentAge, rate, r.Achieved, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen)
-	fw.stop(time.Minute)
+	if err := fw.stop(time.Minute); err != nil {
+		log.Printf("stop freeway: %v", err) // the measurements are taken; the log says why it did not stop
+	}
 	return r
 }
 
@@ -643,8 +651,8 @@ const cellsApp = `  - name: cells
 func cellsRun(ctx context.Context, o options) (r cellsResult) {
 	r.Cells, r.Interval = o.cells, o.cellsCkpt.String()
 	dir := filepath.Join(o.work, "cells")
-	os.RemoveAll(dir)
-	defer os.RemoveAll(dir)
+	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
+	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: cellsApp, categories: "  cells: {buckets: 1}\n", checkpoint: o.cellsCkpt, pprof: true}, nil)
 	if err == nil {
 		defer fw.kill()
@@ -828,7 +836,9 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 	if !r.Exact {
 		r.Err = "totals not exact: " + r.Totals
 	}
-	fw.stop(time.Minute)
+	if err := fw.stop(time.Minute); err != nil {
+		log.Printf("stop freeway: %v", err) // the measurements are taken; the log says why it did not stop
+	}
 	return r
 }
 

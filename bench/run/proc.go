@@ -113,12 +113,12 @@ func (fw *fwProc) start(binary string, args []string) error {
 	fw.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	fw.started = time.Now()
 	if err := fw.cmd.Start(); err != nil {
-		logf.Close()
+		_ = logf.Close() // the start error is the one reported
 		return fmt.Errorf("start %s: %w", binary, err)
 	}
 	go func() {
 		err := fw.cmd.Wait()
-		logf.Close()
+		_ = logf.Close() // freeway has exited; its log is complete
 		fw.exitOnce.Do(func() { fw.exitErr = err; close(fw.exited) })
 	}()
 	return nil
@@ -134,7 +134,7 @@ func freePorts(n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
 		for _, l := range lns {
-			l.Close()
+			_ = l.Close() // only held to pick free ports
 		}
 	}()
 	for range n {
@@ -154,13 +154,13 @@ func (fw *fwProc) waitReady(limit, poll time.Duration) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-fw.exited:
-			return fmt.Errorf("freeway exited at start: %v (log: %s)", fw.exitErr, fw.logPath)
+			return fmt.Errorf("freeway exited at start: %w (log: %s)", fw.exitErr, fw.logPath)
 		default:
 		}
 		resp, err := http.Get("http://" + fw.http + "/readyz")
 		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			_, _ = io.Copy(io.Discard, resp.Body) // only the status matters
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
@@ -172,11 +172,11 @@ func (fw *fwProc) waitReady(limit, poll time.Duration) error {
 
 // stop sends SIGTERM and waits for a clean exit.
 func (fw *fwProc) stop(limit time.Duration) error {
-	fw.cmd.Process.Signal(syscall.SIGTERM)
+	_ = fw.cmd.Process.Signal(syscall.SIGTERM) // fails only once it has exited, which the wait below sees
 	select {
 	case <-fw.exited:
 		if fw.exitErr != nil {
-			return fmt.Errorf("freeway did not stop cleanly: %v (log: %s)", fw.exitErr, fw.logPath)
+			return fmt.Errorf("freeway did not stop cleanly: %w (log: %s)", fw.exitErr, fw.logPath)
 		}
 		return nil
 	case <-time.After(limit):
@@ -192,7 +192,7 @@ func (fw *fwProc) kill() {
 	select {
 	case <-fw.exited:
 	default:
-		fw.cmd.Process.Kill()
+		_ = fw.cmd.Process.Kill() // fails only once it has exited, which the wait below sees
 		<-fw.exited
 	}
 }
@@ -203,7 +203,7 @@ func (fw *fwProc) metrics() (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read metrics: %w", err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read only
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("read metrics: %s", resp.Status)
 	}
@@ -242,7 +242,7 @@ func (fw *fwProc) waitMetric(name string, want float64, limit, poll time.Duratio
 	for {
 		select {
 		case <-fw.exited:
-			return time.Time{}, fmt.Errorf("freeway exited: %v (log: %s)", fw.exitErr, fw.logPath)
+			return time.Time{}, fmt.Errorf("freeway exited: %w (log: %s)", fw.exitErr, fw.logPath)
 		default:
 		}
 		var err error
@@ -307,7 +307,7 @@ func (fw *fwProc) query(ctx context.Context, params url.Values) (*answer, error)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read only
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
 		return nil, fmt.Errorf("query %s: %s: %s", params.Encode(), resp.Status, b)

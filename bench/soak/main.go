@@ -107,7 +107,7 @@ func run(o options) (bool, error) {
 		return false, err
 	}
 	if !o.keep {
-		defer os.RemoveAll(dir)
+		defer os.RemoveAll(dir) //nolint:errcheck // best effort: a leftover is in the temporary directory
 	}
 	fw, err := start(o.binary, dir)
 	if err != nil {
@@ -160,7 +160,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-fw.exited:
-			died = fmt.Errorf("freeway exited during the soak: %v", fw.exitErr)
+			died = fmt.Errorf("freeway exited during the soak: %w", fw.exitErr)
 			cancel()
 			break loop
 		case <-tick.C:
@@ -260,12 +260,12 @@ apps:
 	fw.cmd = exec.Command(binary, "all", "--config", cfgPath)
 	fw.cmd.Stdout, fw.cmd.Stderr = logf, logf
 	if err := fw.cmd.Start(); err != nil {
-		logf.Close()
+		_ = logf.Close()
 		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
 	go func() {
 		err := fw.cmd.Wait()
-		logf.Close()
+		_ = logf.Close() // freeway has exited; its log is complete
 		fw.exitOnce.Do(func() { fw.exitErr = err; close(fw.exited) })
 	}()
 	return fw, nil
@@ -277,7 +277,7 @@ func freePorts(n int) ([]int, error) {
 	var lns []net.Listener
 	defer func() {
 		for _, l := range lns {
-			l.Close()
+			_ = l.Close() // only held to pick free ports
 		}
 	}()
 	for range n {
@@ -296,12 +296,12 @@ func (fw *freeway) waitReady(limit time.Duration) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-fw.exited:
-			return fmt.Errorf("freeway exited at start: %v (log: %s)", fw.exitErr, fw.logPath)
+			return fmt.Errorf("freeway exited at start: %w (log: %s)", fw.exitErr, fw.logPath)
 		default:
 		}
 		resp, err := http.Get("http://" + fw.http + "/readyz")
 		if err == nil {
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
@@ -313,11 +313,11 @@ func (fw *freeway) waitReady(limit time.Duration) error {
 
 // stop asks freeway to stop (SIGTERM) and waits for a clean exit.
 func (fw *freeway) stop(limit time.Duration) error {
-	fw.cmd.Process.Signal(syscall.SIGTERM)
+	_ = fw.cmd.Process.Signal(syscall.SIGTERM) // it may have exited already; the wait below tells
 	select {
 	case <-fw.exited:
 		if fw.exitErr != nil {
-			return fmt.Errorf("freeway did not stop cleanly: %v", fw.exitErr)
+			return fmt.Errorf("freeway did not stop cleanly: %w", fw.exitErr)
 		}
 		return nil
 	case <-time.After(limit):
@@ -330,7 +330,7 @@ func (fw *freeway) kill() {
 	select {
 	case <-fw.exited:
 	default:
-		fw.cmd.Process.Kill()
+		_ = fw.cmd.Process.Kill() // it may have exited already
 		<-fw.exited
 	}
 }
@@ -366,7 +366,7 @@ func (fw *freeway) metrics() (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read metrics: %w", err)
 	}
-	defer resp.Body.Close()
+	defer resp.Body.Close() //nolint:errcheck // read to the end below
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("read metrics: %s", resp.Status)
 	}
@@ -482,7 +482,7 @@ func calibrate(fw *freeway, ld *loader, o options) (*calibration, error) {
 	select {
 	case <-time.After(o.calibrate / 3):
 	case <-fw.exited:
-		return nil, fmt.Errorf("freeway exited: %v", fw.exitErr)
+		return nil, fmt.Errorf("freeway exited: %w", fw.exitErr)
 	}
 	a, err := fw.sample()
 	if err != nil {
@@ -546,7 +546,7 @@ func checkTotals(fw *freeway, ld *loader, keys int) totals {
 		if err != nil {
 			return nil, err
 		}
-		defer resp.Body.Close()
+		defer resp.Body.Close() //nolint:errcheck // read to the end below
 		b, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("query %s: %s: %s", app, resp.Status, b)
@@ -605,7 +605,7 @@ func diskUsage(dir string) (int64, error) {
 	var n int64
 	err := filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
 		if err != nil {
-			return nil
+			return nil //nolint:nilerr // files come and go while freeway runs; count what is there
 		}
 		if info, err := d.Info(); err == nil && !d.IsDir() {
 			n += info.Size()
@@ -779,14 +779,14 @@ func (r *report) writeCSV(path string) error {
 		return err
 	}
 	cw := csv.NewWriter(f)
-	cw.Write([]string{"seconds", "rss_bytes", "heap_inuse_bytes", "goroutines", "open_fds", "acknowledged", "received", "aggregated", "agent_queue_entries"})
+	_ = cw.Write([]string{"seconds", "rss_bytes", "heap_inuse_bytes", "goroutines", "open_fds", "acknowledged", "received", "aggregated", "agent_queue_entries"}) // errors are sticky: cw.Error below
 	for _, s := range r.samples {
-		cw.Write([]string{strconv.FormatFloat(s.at.Seconds(), 'f', 1, 64), ff(s.rss), ff(s.heap), ff(s.goroutines), ff(s.fds),
+		_ = cw.Write([]string{strconv.FormatFloat(s.at.Seconds(), 'f', 1, 64), ff(s.rss), ff(s.heap), ff(s.goroutines), ff(s.fds),
 			strconv.FormatInt(s.acked, 10), ff(s.received), ff(s.applied), ff(s.queue)})
 	}
 	cw.Flush()
 	if err := cw.Error(); err != nil {
-		f.Close()
+		_ = f.Close() // the csv error is the one to report
 		return err
 	}
 	return f.Close()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -45,28 +45,10 @@ func freewayBinary(t *testing.T) string {
 	return bin
 }
 
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is the binary running in the background.
 type proc struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testkit.LogBuffer
 	exited chan struct{}
 	err    error // after exited
 }
@@ -83,14 +65,14 @@ func startProc(t *testing.T, cfgFile, api string, nofile int, args ...string) *p
 	} else {
 		cmd = exec.Command(bin, argv...)
 	}
-	p := &proc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &testkit.LogBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.err = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill() // it may have exited already
 		<-p.exited
 		if t.Failed() {
 			t.Logf("freeway output:\n%s", p.out.String())
@@ -236,7 +218,9 @@ func TestSurvivesFileDescriptorExhaustion(t *testing.T) {
 		t.Fatalf("freeway exited: %v", p.err)
 	default:
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	p.stopped(t)
 }
 
@@ -296,7 +280,9 @@ func TestReloadAndShutdown(t *testing.T) {
 
 	// A broken file: refused with its position, the process runs on.
 	writeConfig(t, cfgFile, data, ports, "\n  max_queue_bytes: 256MiB\n  colour: red")
-	p.cmd.Process.Signal(syscall.SIGHUP)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	p.waitOutput(t, "configuration not reloaded")
 	p.waitOutput(t, cfgFile+`:5:3: unknown key \"colour\"`)
 	if got := option("agent.max_queue_bytes"); got != "512MiB" {
@@ -306,7 +292,9 @@ func TestReloadAndShutdown(t *testing.T) {
 
 	// SIGHUP with the file fixed.
 	writeConfig(t, cfgFile, data, ports, "\n  max_queue_bytes: 256MiB")
-	p.cmd.Process.Signal(syscall.SIGHUP)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
 	waitOption("agent.max_queue_bytes", "256MiB")
 
 	// shutdown, as scribe_ctrl stop sends it.

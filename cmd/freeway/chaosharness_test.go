@@ -155,7 +155,7 @@ func (p *chaosProc) signal(sig syscall.Signal) int {
 	if p.cmd == nil {
 		return 0
 	}
-	p.cmd.Process.Signal(sig)
+	_ = p.cmd.Process.Signal(sig) // it may have exited already; the harness checks what it finds
 	return p.cmd.Process.Pid
 }
 
@@ -256,7 +256,7 @@ func (h *harness) launch(p *chaosProc) error {
 	p.starts++
 	n := p.starts
 	p.mu.Unlock()
-	fmt.Fprintf(f, "==== chaos: start %d at +%.1fs: freeway %s\n", n, time.Since(h.start).Seconds(), strings.Join(p.args, " "))
+	_, _ = fmt.Fprintf(f, "==== chaos: start %d at +%.1fs: freeway %s\n", n, time.Since(h.start).Seconds(), strings.Join(p.args, " "))
 	cmd := exec.Command(h.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// Should the test binary die (a panic, go test's -timeout), its
@@ -323,7 +323,7 @@ func (h *harness) kill(p *chaosProc) int {
 		return 0
 	default:
 	}
-	cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Process.Signal(syscall.SIGKILL) // it may have exited already
 	<-exited
 	return cmd.Process.Pid
 }
@@ -547,7 +547,7 @@ func (h *harness) runEngines(args ...string) (string, error) {
 		return string(out), nil
 	}
 	if f, ferr := os.OpenFile(filepath.Join(h.dir, "engines.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); ferr == nil {
-		fmt.Fprintf(f, "==== +%.1fs to +%.1fs: engines.sh %s (%v)\n%s", t0.Seconds(), time.Since(h.start).Seconds(), strings.Join(args, " "), err, out)
+		_, _ = fmt.Fprintf(f, "==== +%.1fs to +%.1fs: engines.sh %s (%v)\n%s", t0.Seconds(), time.Since(h.start).Seconds(), strings.Join(args, " "), err, out)
 		f.Close()
 	}
 	return string(out), err

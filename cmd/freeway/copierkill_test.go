@@ -22,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestCopierKilledMidFileDeliversEveryLineOnce runs `freeway copier
@@ -129,9 +130,9 @@ copier:
 	}
 	defer dst.Close()
 
-	backfill := func() (*exec.Cmd, *syncBuffer, chan error) {
+	backfill := func() (*exec.Cmd, *testkit.LogBuffer, chan error) {
 		cmd := exec.Command(bin, "copier", "--config", cfgFile, "--backfill")
-		out := &syncBuffer{}
+		out := &testkit.LogBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

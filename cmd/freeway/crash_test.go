@@ -96,12 +96,12 @@ apps:
 	if err := p.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	p.Wait()
+	_ = p.Wait() // "signal: killed", as intended
 
 	p = startBinary(t, bin, cfgFile, api)
 	defer func() {
-		p.Process.Signal(syscall.SIGTERM)
-		p.Wait()
+		_ = p.Process.Signal(syscall.SIGTERM) // stopping it; the test is above
+		_ = p.Wait()
 	}()
 	sendClicks(4500, 5000)
 	waitTotals(t, api, sentN, sentSum)
@@ -142,7 +142,7 @@ func startBinary(t *testing.T, bin, cfgFile, api string) *exec.Cmd {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	cmd.Process.Kill()
+	_ = cmd.Process.Kill() // failing anyway
 	t.Fatal("freeway did not become ready")
 	return nil
 }

@@ -83,7 +83,7 @@ is at start + i × step.`,
 				if err != nil {
 					return err
 				}
-				defer f.Close()
+				defer func() { _ = f.Close() }() // on an early return; closed and checked after the run
 				o.Out = f
 			}
 			ld, err := loadgen.New(o)
@@ -96,12 +96,21 @@ is at start + i × step.`,
 				go report(ctx, cmd, ld, progress)
 			}
 			sum, err := ld.Run(ctx)
+			if f, ok := o.Out.(*os.File); ok {
+				// --out is the record of what was acknowledged: a lost
+				// close error would make it silently short.
+				if cerr := f.Close(); cerr != nil && err == nil {
+					err = fmt.Errorf("close %s: %w", out, cerr)
+				}
+			}
+			// The summary goes to stdout; if that is gone there is no one
+			// to tell, and the exit status still says how the run went.
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				enc.Encode(sum)
+				_ = enc.Encode(sum)
 			} else {
-				fmt.Fprint(cmd.OutOrStdout(), sum.Text())
+				_, _ = fmt.Fprint(cmd.OutOrStdout(), sum.Text())
 			}
 			switch {
 			case err != nil:
@@ -147,7 +156,7 @@ func writeLines(o loadgen.Options, path string) error {
 		return err
 	}
 	if err := o.Lines.Write(f, o.First, o.Count, time.Now().UnixMilli(), nil); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one reported
 		return err
 	}
 	return f.Close()
@@ -163,7 +172,7 @@ func report(ctx context.Context, cmd *cobra.Command, ld *loadgen.Loader, every t
 			return
 		case now := <-t.C:
 			n := ld.Acked()
-			fmt.Fprintf(cmd.ErrOrStderr(), "%v: %d entries acknowledged, %.0f/s\n", now.Sub(start).Round(time.Second), n, float64(n-lastN)/now.Sub(last).Seconds())
+			_, _ = fmt.Fprintf(cmd.ErrOrStderr(), "%v: %d entries acknowledged, %.0f/s\n", now.Sub(start).Round(time.Second), n, float64(n-lastN)/now.Sub(last).Seconds())
 			last, lastN = now, n
 		}
 	}

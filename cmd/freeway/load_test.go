@@ -70,7 +70,9 @@ func TestLoadDryRunWritesTheSeededLines(t *testing.T) {
 	}
 	// The same flags make the same bytes.
 	again := filepath.Join(t.TempDir(), "again.json")
-	run(t, "load", "--count", "1000", "--start", "1764583200", "--step", "1s", "--dry-run", "--out", again)
+	if out, err := run(t, "load", "--count", "1000", "--start", "1764583200", "--step", "1s", "--dry-run", "--out", again); err != nil {
+		t.Fatalf("load --dry-run: %v\n%s", err, out)
+	}
 	if b2, _ := os.ReadFile(again); string(b2) != string(b) {
 		t.Fatal("the same seed and flags made different lines")
 	}
@@ -85,7 +87,7 @@ func TestLoadCountsWhatFreewayAggregates(t *testing.T) {
 	ports := freePorts(t, 3)
 	cfg := filepath.Join(dir, "freeway.yaml")
 	agent, api := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[2])
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`data_dir: %s
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`data_dir: %s
 agent: {listen: "%s", upstream: ["127.0.0.1:%d"]}
 calligraphus: {listen: "127.0.0.1:%d"}
 serving: {listen: "%s", thrift_listen: ""}
@@ -96,7 +98,9 @@ apps:
     time: {field: ts, layout: unix_ms}
     group_by: [key]
     aggregates: [{name: n, fn: count}, {name: total, fn: sum, field: value}]
-`, filepath.Join(dir, "data"), agent, ports[1], ports[1], api)), 0o644)
+`, filepath.Join(dir, "data"), agent, ports[1], ports[1], api)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	startProc(t, cfg, api, 0)
 
 	out := filepath.Join(dir, "sent.json")

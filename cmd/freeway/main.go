@@ -55,7 +55,9 @@ API on http://127.0.0.1:8080, on embedded backends under --data-dir.`
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, args []string) { fmt.Fprintln(cmd.OutOrStdout(), "freeway", version.Get()) },
+		Run: func(cmd *cobra.Command, args []string) {
+			_, _ = fmt.Fprintln(cmd.OutOrStdout(), "freeway", version.Get())
+		},
 	})
 	return root
 }
@@ -192,10 +194,14 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		if r.demoRate > 0 {
 			if p.Agent == nil {
 				stop()
-				<-done
+				<-done //nolint:errcheck // stopped at once: its error is not the one to report
 				return errors.New("--demo needs the agent")
 			}
-			go demo.Run(pctx, p.Agent.Addr(), p.Agent.ClientTLS(), r.demoRate, r.log)
+			go func() {
+				if err := demo.Run(pctx, p.Agent.Addr(), p.Agent.ClientTLS(), r.demoRate, r.log); err != nil {
+					r.log.Error("demo load failed", "err", err)
+				}
+			}()
 		}
 		next, err := r.wait(ctx, done, reload, hup)
 		stop()
@@ -248,7 +254,7 @@ func configCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d apps)\n", args[0], len(c.Apps))
+			_, _ = fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d apps)\n", args[0], len(c.Apps))
 			return nil
 		},
 	})
@@ -257,7 +263,7 @@ func configCommand() *cobra.Command {
 
 func newLogger(c freeway.LogConfig) *slog.Logger {
 	var level slog.Level
-	level.UnmarshalText([]byte(c.Level))
+	_ = level.UnmarshalText([]byte(c.Level)) // Config.Validate checked it
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))

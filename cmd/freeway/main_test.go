@@ -27,20 +27,26 @@ func TestConfigCheck(t *testing.T) {
 
 	dir := t.TempDir()
 	appsOnly := filepath.Join(dir, "apps.yaml")
-	os.WriteFile(appsOnly, []byte("apps:\n  - name: hits\n    category: web\n    aggregates: [{fn: count}]\n"), 0o644)
+	if err := os.WriteFile(appsOnly, []byte("apps:\n  - name: hits\n    category: web\n    aggregates: [{fn: count}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := run(t, "config", "check", appsOnly); err != nil || !strings.Contains(out, "ok (1 apps)") {
 		t.Fatalf("a file with only apps: %q %v", out, err)
 	}
 
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("apps:\n  - name: hits\n    category: web\n    aggregates:\n      - {fn: cnt}\n"), 0o644)
+	if err := os.WriteFile(bad, []byte("apps:\n  - name: hits\n    category: web\n    aggregates:\n      - {fn: cnt}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	_, err = run(t, "config", "check", bad)
 	if err == nil || !strings.HasPrefix(err.Error(), bad+":5:") || !strings.Contains(err.Error(), `unknown function "cnt"`) {
 		t.Fatalf("bad file: %v", err)
 	}
 
 	unknown := filepath.Join(dir, "unknown.yaml")
-	os.WriteFile(unknown, []byte("serving:\n  listen: 127.0.0.1:1\n  colour: red\n"), 0o644)
+	if err := os.WriteFile(unknown, []byte("serving:\n  listen: 127.0.0.1:1\n  colour: red\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	_, err = run(t, "config", "check", unknown)
 	if err == nil || !strings.HasPrefix(err.Error(), unknown+":3:3:") || !strings.Contains(err.Error(), `unknown key "colour"`) {
 		t.Fatalf("unknown key: %v", err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -122,14 +123,14 @@ apps:
 	}
 
 	cmd := exec.Command(bin, "all", "--config", cfgFile)
-	p := &proc{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &testkit.LogBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.err = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill() // it may have exited already
 		<-p.exited
 		if t.Failed() {
 			t.Logf("freeway output:\n%s", p.out.String())
@@ -179,7 +180,9 @@ apps:
 		var a struct {
 			Rows []struct{ Values map[string]float64 }
 		}
-		json.Unmarshal([]byte(body), &a)
+		if err := json.Unmarshal([]byte(body), &a); err != nil {
+			t.Fatalf("query answer %s: %v", body, err)
+		}
 		return len(a.Rows) == 1 && a.Rows[0].Values["n"] == 5
 	})
 	if code, body := do("GET", query, ""); code != 401 || !strings.Contains(body, `"error"`) {

@@ -57,7 +57,7 @@ func (rt Routes) Mount(mux *http.ServeMux) {
 		wrap = func(_ string, h http.HandlerFunc) http.Handler { return h }
 	}
 	mux.Handle("GET /healthz", wrap("healthz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
+		_, _ = io.WriteString(w, "ok\n") // a client gone mid-answer: nothing to do
 	}))
 	mux.Handle("GET /readyz", wrap("readyz", rt.readyz))
 	if rt.Gatherer != nil {
@@ -86,7 +86,7 @@ func (rt Routes) readyz(w http.ResponseWriter, r *http.Request) {
 	if !ready {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	io.WriteString(w, text)
+	_, _ = io.WriteString(w, text) // a client gone mid-answer: nothing to do
 }
 
 // getPaths are the admin paths answered to GET and HEAD only.

@@ -147,7 +147,7 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 		}
 		t, err := a.timeParse(v)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadTime, err)
+			return nil, fmt.Errorf("%w: %w", ErrBadTime, err)
 		}
 		out.TimeMs = t
 	}

@@ -120,7 +120,7 @@ type jsonParser struct {
 func (p *jsonParser) parse(line []byte, r *Record) error {
 	v, err := p.p.ParseBytes(line)
 	if err != nil {
-		return fmt.Errorf("%w: json: %v", ErrParse, err)
+		return fmt.Errorf("%w: json: %w", ErrParse, err)
 	}
 	if v.Type() != fastjson.TypeObject {
 		return fmt.Errorf("%w: json: a line must be an object, not %s", ErrParse, v.Type())

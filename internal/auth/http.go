@@ -182,7 +182,7 @@ func (g *Guard) ControlHandler(action string, do func()) http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
-		json.NewEncoder(w).Encode(map[string]string{"status": "accepted", "action": action})
+		_ = json.NewEncoder(w).Encode(map[string]string{"status": "accepted", "action": action}) // a client gone mid-answer: nothing to do
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush()
 		}
@@ -195,5 +195,5 @@ func writeJSON(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg}) // a client gone mid-answer: nothing to do
 }

@@ -186,6 +186,7 @@ func (t *TLS) describe(msg string, m *material) {
 	case t.cfg.CAFile != "":
 		mode = "verified if offered"
 	}
+	//nolint:sloglint // msg is one of two constants ("tls on", "tls files reloaded"), with a fixed suffix once expired
 	t.log.Log(context.Background(), level, msg, "cert_file", t.cfg.CertFile, "ca_file", t.cfg.CAFile, "subject", leaf.Subject.String(),
 		"dns_names", leaf.DNSNames, "ips", leaf.IPAddresses, "not_after", leaf.NotAfter.UTC(), "client_certificates", mode)
 }

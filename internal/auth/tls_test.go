@@ -42,7 +42,9 @@ func TestTLSConfigValidate(t *testing.T) {
 	node := ca.Issue(t, dir, "node")
 	other := ca.Issue(t, dir, "other")
 	garbage := filepath.Join(dir, "garbage.pem")
-	os.WriteFile(garbage, []byte("not a certificate\n"), 0o600)
+	if err := os.WriteFile(garbage, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	keyPEM, _ := os.ReadFile(node.KeyFile)
 	for _, tc := range []struct {
 		cfg  TLSConfig
@@ -163,7 +165,9 @@ func TestCertificateReload(t *testing.T) {
 	}
 
 	// A broken certificate file: the renewed certificate stays in use.
-	os.WriteFile(first.CertFile, []byte("-----BEGIN CERTIFICATE-----\nbroken\n"), 0o600)
+	if err := os.WriteFile(first.CertFile, []byte("-----BEGIN CERTIFICATE-----\nbroken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for range 3 {
 		c := dial()
 		echo(t, c, "broken file")

@@ -123,7 +123,7 @@ func TestGuard(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("served")) })
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("served")) })
 	mux := http.NewServeMux()
 	mux.Handle("GET /api/v1/query", g.Query(ok))
 	mux.Handle("GET /metrics", g.Admin(ok))

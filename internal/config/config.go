@@ -44,7 +44,7 @@ func Errorf(path, format string, args ...any) error {
 // by errors.Join are placed one by one; any other error, and a path
 // already absolute, is left as it is.
 func Under(section string, err error) error {
-	switch e := err.(type) {
+	switch e := err.(type) { //nolint:errorlint // rebuilds err's own structure; a wrapped FieldError is left as it is (above)
 	case nil:
 		return nil
 	case *FieldError:

@@ -119,7 +119,7 @@ func FuzzParseDuration(f *testing.F) {
 				r, _ = time.ParseDuration(rest)
 			}
 			var n float64
-			fmt.Sscan(days, &n)
+			_, _ = fmt.Sscan(days, &n) // the fuzzed text: no number is a zero, as ParseDuration reads it
 			want := n*float64(24*time.Hour) + float64(r)
 			if math.IsNaN(want) || math.Abs(want) >= math.MaxInt64 {
 				t.Fatalf("%q is %v (%d ns), but it names %v ns, beyond what a duration holds", s, v, int64(v), want)
@@ -154,7 +154,7 @@ func FuzzParseByteSize(f *testing.F) {
 		for _, u := range sizeUnits {
 			if num, ok := strings.CutSuffix(strings.TrimSpace(s), u.suffix); ok {
 				var n float64
-				fmt.Sscan(strings.TrimSpace(num), &n)
+				_, _ = fmt.Sscan(strings.TrimSpace(num), &n) // the fuzzed text: no number is a zero, as ParseByteSize reads it
 				want := n * float64(u.mult)
 				if math.IsNaN(want) || want >= math.MaxInt64 {
 					t.Fatalf("%q is %d bytes, but it names %v bytes, beyond what a size holds", s, v, want)

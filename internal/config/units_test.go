@@ -6,6 +6,7 @@ import (
 )
 
 func TestParseDuration(t *testing.T) {
+	//nolint:gocritic // " 2h ": the spaces are the case under test
 	for in, want := range map[string]time.Duration{"500ms": 500 * time.Millisecond, "1m": time.Minute, "7d": 7 * 24 * time.Hour, "1d12h": 36 * time.Hour, " 2h ": 2 * time.Hour} {
 		got, err := ParseDuration(in)
 		if err != nil || got != want {

@@ -187,13 +187,13 @@ func (l *Listener) Accept() (net.Conn, error) {
 		lc, victim := l.admit(c)
 		if victim != nil {
 			l.evicted.Add(1)
-			victim.Conn.Close()
+			_ = victim.Conn.Close() // evicted: its server goroutine sees the close
 			l.warn.Warn("evict", "connection limit reached, closed the longest idle connection",
 				"listener", l.name, "max_connections", l.max, "closed", victim.RemoteAddr().String(), "new", c.RemoteAddr().String())
 		}
 		if lc == nil {
 			l.refused.Add(1)
-			c.Close()
+			_ = c.Close() // refused before anything was read
 			l.warn.Warn("refuse", "connection limit reached with every connection busy, new connection closed",
 				"listener", l.name, "max_connections", l.max, "remote", c.RemoteAddr().String())
 			continue

@@ -92,7 +92,7 @@ func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.L
 	var client *scribeapi.Client
 	defer func() {
 		if client != nil {
-			client.Close()
+			_ = client.Close() // the load stops either way
 		}
 	}()
 	next, sent := 0, 0
@@ -125,7 +125,7 @@ func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.L
 		rc, err := client.Log(ctx, entries)
 		if err != nil {
 			log.Warn("demo send failed; reconnecting", "err", err)
-			client.Close()
+			_ = client.Close() // reconnecting; the send error is logged
 			client = nil
 			continue
 		}

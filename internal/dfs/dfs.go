@@ -111,12 +111,12 @@ func WriteFile(fsys FS, name string, data []byte) error {
 		return err
 	}
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		fsys.Remove(tmp)
+		_ = f.Close()
+		_ = fsys.Remove(tmp) // the write error is the one to report
 		return err
 	}
 	if err := f.Close(); err != nil {
-		fsys.Remove(tmp)
+		_ = fsys.Remove(tmp) // the close error is the one to report
 		return err
 	}
 	return fsys.Rename(tmp, name)
@@ -128,6 +128,6 @@ func ReadFile(fsys FS, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer r.Close()
+	defer r.Close() //nolint:errcheck // opened for reading
 	return io.ReadAll(r)
 }

@@ -128,7 +128,7 @@ func (q *Queue) commitLocked() {
 	var rerr error
 	if err != nil {
 		for _, f := range c.files {
-			f.Close()
+			_ = f.Close() // the write error is the one to report
 		}
 		rerr = q.repairFiles(c.orphans, base, baseSize)
 	}
@@ -144,9 +144,9 @@ func (q *Queue) commitLocked() {
 		q.segs = append(q.segs, c.created...)
 		if len(c.created) > 0 {
 			for _, f := range c.files[:len(c.files)-1] {
-				f.Close()
+				_ = f.Close() // synced by writeChunks
 			}
-			base.Close()
+			_ = base.Close() // synced when it was written
 			q.w = c.w
 		}
 		q.lastSize = c.size

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // faults is a FileHook that fails chosen operations.
@@ -65,7 +67,7 @@ func (f *faults) seen() []string {
 	return slices.Clone(f.ops)
 }
 
-func openFaulty(t *testing.T, dir string, f *faults, mut func(*Options)) (*Queue, *logBuf) {
+func openFaulty(t *testing.T, dir string, f *faults, mut func(*Options)) (*Queue, *testkit.LogBuffer) {
 	return open(t, dir, func(o *Options) {
 		o.FileHook = f.hook
 		o.RetryInterval = time.Nanosecond
@@ -239,18 +241,13 @@ func TestRandomFaultsLoseAndRepeatNothing(t *testing.T) {
 	}
 	wg.Wait()
 	f.clear()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(t, "appends to succeed without faults", func() error {
 		first, err := q.Append(entries("final", 1))
 		if err == nil {
 			ok[first] = []string{"final-0"}
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("appends still fail without faults: %v", err)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return err
+	})
 	var want []string
 	for _, seq := range slices.Sorted(func(yield func(uint64) bool) {
 		for k := range ok {

@@ -55,7 +55,7 @@ func (o fileOps) create(path string) (*os.File, error) {
 // first, as a disk that fills up in the middle of a write does.
 func (o fileOps) writeAt(f *os.File, p []byte, off int64) error {
 	if err := o.check(OpWrite, f.Name()); err != nil {
-		f.WriteAt(p[:len(p)/2], off)
+		_, _ = f.WriteAt(p[:len(p)/2], off) // the torn write is the point; the injected error is reported
 		return err
 	}
 	_, err := f.WriteAt(p, off)
@@ -114,18 +114,18 @@ func openAckFile(path string, ops fileOps) (*ackFile, uint64, bool, error) {
 	var buf [2 * ackSlot]byte
 	n, err := f.ReadAt(buf[:], 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		f.Close()
+		_ = f.Close()
 		return nil, 0, false, fmt.Errorf("read %s: %w", path, err)
 	}
 	if n < len(buf) {
 		// Give both slots their disk space now, so that acknowledging
 		// (which frees space) never needs more on a full disk.
 		if _, err := f.WriteAt(make([]byte, len(buf)-n), int64(n)); err != nil {
-			f.Close()
+			_ = f.Close()
 			return nil, 0, false, fmt.Errorf("extend %s: %w", path, err)
 		}
 		if err := f.Sync(); err != nil {
-			f.Close()
+			_ = f.Close()
 			return nil, 0, false, fmt.Errorf("sync %s: %w", path, err)
 		}
 	}
@@ -208,7 +208,7 @@ func WriteFileAtomic(path string, data []byte) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp) // the write error is the one to report
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -222,7 +222,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("open directory %s: %w", dir, err)
 	}
-	defer d.Close()
+	defer d.Close() //nolint:errcheck // opened to sync; the sync error is reported
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}

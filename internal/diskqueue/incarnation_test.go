@@ -174,7 +174,9 @@ func TestDamagedV1SegmentSkipsToItsEnd(t *testing.T) {
 	b, _ := os.ReadFile(seg)
 	rec := v1RecHeaderSize + 8 + 1 + 3 + len("v1a-0")
 	b[v1HeaderSize+2*rec+v1RecHeaderSize+12] ^= 0xff // the third record's payload
-	os.WriteFile(seg, b, 0o644)
+	if err := os.WriteFile(seg, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	q, _ := open(t, dir, nil)
 	defer q.Close()
 	var got []string

@@ -16,7 +16,7 @@ func lockDir(path string) (*os.File, error) {
 		return nil, fmt.Errorf("open lock file %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+		_ = f.Close()
 		return nil, fmt.Errorf("lock %s (is another agent using this queue directory?): %w", path, err)
 	}
 	return f, nil

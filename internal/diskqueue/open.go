@@ -51,7 +51,7 @@ func Open(opts Options) (*Queue, error) {
 	}
 	q.cond = sync.NewCond(&q.mu)
 	if err := q.open(); err != nil {
-		q.closeFiles()
+		_ = q.closeFiles() // the open error is the one to report
 		return nil, err
 	}
 	return q, nil
@@ -88,7 +88,7 @@ func (q *Queue) open() error {
 		// is needed any more.
 		q.log.Warn("queue ends before its acknowledged position; starting over there",
 			"dir", q.dir, "end", q.nextSeq, "acked", q.acked)
-		q.w.Close()
+		_ = q.w.Close() // its segments are removed below
 		q.w = nil
 		for _, s := range q.segs {
 			if err := os.Remove(s.path); err != nil {
@@ -201,7 +201,7 @@ func readSegHeader(s *segment) error {
 	if err != nil {
 		return fmt.Errorf("open segment: %w", err)
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened for reading
 	b := make([]byte, segHeaderSize)
 	n, err := f.ReadAt(b, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -223,7 +223,7 @@ func (q *Queue) recoverLast() (uint64, int64, error) {
 	}
 	st, err := f.Stat()
 	if err != nil {
-		f.Close()
+		_ = f.Close() // nothing written to it yet
 		return 0, 0, fmt.Errorf("stat segment: %w", err)
 	}
 	sc := newScanner(last, f, st.Size())
@@ -245,13 +245,13 @@ func (q *Queue) recoverLast() (uint64, int64, error) {
 			break
 		}
 		if !errors.Is(err, errDamaged) {
-			f.Close()
+			_ = f.Close() // nothing written to it yet
 			return 0, 0, fmt.Errorf("read segment %s: %w", last.path, err)
 		}
 		if last.version == segVersion {
 			at, _, ok, rerr := sc.resync(off+1, prev+1, ^uint64(0))
 			if rerr != nil {
-				f.Close()
+				_ = f.Close() // nothing written to it yet
 				return 0, 0, fmt.Errorf("read segment %s: %w", last.path, rerr)
 			}
 			if ok {
@@ -316,7 +316,7 @@ func (q *Queue) repairLocked() error {
 			q.segs = append(q.segs, ns)
 		}
 		if q.w != nil {
-			q.w.Close()
+			_ = q.w.Close() // synced when it was written
 		}
 		q.w, q.lastSize, q.wSize = nf, segHeaderSize, segHeaderSize
 	}
@@ -363,7 +363,7 @@ func (q *Queue) createSegment(first uint64) (*os.File, segment, []string, error)
 	if err == nil {
 		err = q.ops.sync(f)
 	}
-	f.Close()
+	_ = f.Close() // synced above, or failed there
 	if err == nil {
 		err = q.ops.rename(tmp, path)
 	}

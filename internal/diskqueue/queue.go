@@ -222,8 +222,8 @@ func (q *Queue) closeFiles() error {
 		q.w = nil
 	}
 	if q.ack != nil {
-		q.ack.close()
+		_ = q.ack.close() // every acknowledgement was synced when it was stored
 	}
-	q.lock.Close()
+	_ = q.lock.Close() // the lock goes with the process anyway
 	return err
 }

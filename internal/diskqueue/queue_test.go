@@ -13,32 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// logBuf collects log output for assertions.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func open(t testing.TB, dir string, mut func(*Options)) (*Queue, *logBuf) {
+func open(t testing.TB, dir string, mut func(*Options)) (*Queue, *testkit.LogBuffer) {
 	t.Helper()
-	lb := &logBuf{}
+	lb := &testkit.LogBuffer{}
 	o := Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 64 << 20, Logger: slog.New(slog.NewTextHandler(lb, nil))}
 	if mut != nil {
 		mut(&o)
@@ -438,7 +421,9 @@ func TestTornAckSlotFallsBackToThePreviousPosition(t *testing.T) {
 	// The second Ack (generation 2) went to slot 0: tear it.
 	b, _ := os.ReadFile(filepath.Join(dir, "acked"))
 	b[5] ^= 0xff
-	os.WriteFile(filepath.Join(dir, "acked"), b, 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "acked"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	q, _ = open(t, dir, nil)
 	defer q.Close()
 	if st := q.Stats(); st.Acked != 2 {

@@ -72,7 +72,7 @@ func newScanner(s segment, f *os.File, size int64) *scanner {
 	return sc
 }
 
-func (sc *scanner) close() { sc.src.f.Close() }
+func (sc *scanner) close() { _ = sc.src.f.Close() } // opened for reading
 
 // setSize moves the readable end (the last segment grows as commits end).
 func (sc *scanner) setSize(n int64) {

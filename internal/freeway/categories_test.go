@@ -20,6 +20,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -113,8 +114,7 @@ func checkCategories(t *testing.T, fsys dfs.FS, want map[string][]string, bucket
 		slices.Sort(ms)
 	}
 	slices.Sort(wantNames)
-	deadline := time.Now().Add(90 * time.Second)
-	for {
+	testkit.Eventually(t, "every category in the dfs", func() error {
 		var problem string
 		listed, unreadable, err := layout.Categories(fsys)
 		if err != nil {
@@ -133,14 +133,11 @@ func checkCategories(t *testing.T, fsys dfs.FS, want map[string][]string, bucket
 				problem = fmt.Sprintf("category %.30q (%d bytes) holds %d entries, want %d", c, len(c), len(got), len(want[c]))
 			}
 		}
-		if problem == "" {
-			return
+		if problem != "" {
+			return errors.New(problem)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal(problem)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func orderLines(os []order) [][]byte {

@@ -1,7 +1,6 @@
 package freeway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,30 +19,14 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startLogged runs target with its log in buf (and on stderr at warning
 // level) and its admin listener on a free port.
-func startLogged(t *testing.T, cfg Config, target string, buf *syncBuffer) *running {
+func startLogged(t *testing.T, cfg Config, target string, buf *testkit.LogBuffer) *running {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -139,7 +121,7 @@ func TestDamagedStoreIsRebuilt(t *testing.T) {
 
 			path := filepath.Join(dir, "store.db")
 			c.damage(t, path)
-			var log syncBuffer
+			var log testkit.LogBuffer
 			r = startLogged(t, cfg, All, &log)
 			defer r.stop(t)
 			waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(first))
@@ -233,23 +215,19 @@ func TestDamagedShardIsReported(t *testing.T) {
 	}
 	st.Close()
 
-	var log syncBuffer
+	var log testkit.LogBuffer
 	pn := startLogged(t, cfg, Puma, &log)
 	admin := "http://" + pn.p.AdminAddr() + "/readyz"
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testkit.Eventually(t, "admin /readyz to name the damaged shard", func() error {
 		code, body := getBody(t, admin)
 		if code == http.StatusServiceUnavailable && strings.Contains(body, "orders/"+bucket+": failed at ") && strings.Contains(body, "does not fit app orders") {
 			if strings.Count(body, "\n") != 2 {
 				t.Fatalf("readyz names more than the damaged shard:\n%s", body)
 			}
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("admin /readyz: %d\n%s", code, body)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("%d\n%s", code, body)
+	})
 	pn.stop(t)
 
 	sv := startLogged(t, cfg, Serving, &log)

@@ -3,6 +3,7 @@ package freeway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,8 +16,10 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/apps/appstest"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -34,19 +37,7 @@ func testConfig(dir string) Config {
 	cfg.Serving.Listen = "127.0.0.1:0"
 	cfg.Serving.ThriftListen = "127.0.0.1:0"
 	cfg.Buckets = 3
-	cfg.Apps = []apps.Spec{{
-		Name: "orders", Category: "orders", Format: "json",
-		Time:    &apps.TimeSpec{Field: "ts", Layout: "unix"},
-		Window:  config.Duration(time.Minute),
-		GroupBy: []string{"region", "kind"},
-		Aggregates: []apps.AggregateSpec{
-			{Name: "n", Fn: "count"},
-			{Name: "total", Fn: "sum", Field: "amount"},
-			{Name: "lo", Fn: "min", Field: "amount"},
-			{Name: "hi", Fn: "max", Field: "amount"},
-			{Name: "mean", Fn: "avg", Field: "amount"},
-		},
-	}}
+	cfg.Apps = []apps.Spec{appstest.Orders("unix")}
 	return cfg
 }
 
@@ -82,7 +73,7 @@ func (r *running) stop(t *testing.T) {
 			t.Fatalf("run: %v", err)
 		}
 	case <-time.After(60 * time.Second):
-		pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1) // a diagnostic, before failing
 		t.Fatal("process did not stop")
 	}
 }
@@ -217,19 +208,16 @@ func diff(a queryAnswer, want map[string]*agg) string {
 func waitTotals(t *testing.T, base string, from, to int64, want map[string]*agg) {
 	t.Helper()
 	params := url.Values{"app": {"orders"}, "from": {fmt.Sprint(from)}, "to": {fmt.Sprint(to)}}
-	deadline := time.Now().Add(90 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, "the totals to match", func() error {
 		code, a := query(t, base, params)
 		if code != http.StatusOK {
 			t.Fatalf("query: %d %s", code, a.Error)
 		}
-		if last = diff(a, want); last == "" {
-			return
+		if d := diff(a, want); d != "" {
+			return errors.New(d)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("totals never matched: %s", last)
+		return nil
+	})
 }
 
 const base = int64(1_700_000_040) // a minute boundary

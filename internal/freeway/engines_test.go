@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,7 +82,7 @@ func TestPipelineOnRealEngines(t *testing.T) {
 	send(t, agent.p.Agent.Addr(), first, 200)
 	direct := orders(300, 5, base) // a stock client straight to the writer
 	send(t, writer.p.Calligraphus.Addr(), direct, 100)
-	all := append(first, direct...)
+	all := slices.Concat(first, direct)
 	waitTotals(t, srv.p.Serving.Addr(), base, base+180, expected(all))
 
 	// Restart Puma: the new node recovers its shards from HBase.

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
@@ -61,7 +62,7 @@ func TestRestoredAgentDirLosesNothing(t *testing.T) {
 	second := orders(1000, 5, base)
 	r = start(t, cfg)
 	send(t, r.p.Agent.Addr(), second, 100)
-	all := append(first, second...)
+	all := slices.Concat(first, second)
 	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(all))
 	r.stop(t)
 

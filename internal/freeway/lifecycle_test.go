@@ -21,6 +21,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // segmentsIn lists the published segments of every bucket of category.
@@ -231,13 +232,13 @@ func TestBackfillWaitsForTheCopierLease(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	out := &syncBuffer{}
+	out := &testkit.LogBuffer{}
 	_, err := backfill(context.Background(), cfg, Options{Log: slog.New(slog.DiscardHandler)}, out, false, 2*time.Second)
 	if !errors.Is(err, coord.ErrHeld) || !strings.Contains(out.String(), "waiting up to 2s") || strings.Contains(out.String(), "backfill: copied") {
 		t.Fatalf("backfill while a copier runs: %v\n%s", err, out.String())
 	}
 
-	out = &syncBuffer{}
+	out = &testkit.LogBuffer{}
 	type result struct {
 		st  copier.Stats
 		err error

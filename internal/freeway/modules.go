@@ -172,12 +172,12 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	table := p.modules()
 	for _, name := range mods {
 		if err := table[name](); err != nil {
-			p.Close()
+			_ = p.Close() // the start error is the one to report
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
 	}
 	if err := p.initAdmin(mods); err != nil {
-		p.Close()
+		_ = p.Close() // the admin error is the one to report
 		return nil, err
 	}
 	p.warnExposed()
@@ -509,7 +509,11 @@ func (p *Process) Registry() *prometheus.Registry { return p.reg }
 // stops them all (in reverse start order, so that the agent drains into
 // the writer before the writer stops) and closes the backends.
 func (p *Process) Run(ctx context.Context) error {
-	defer p.Close()
+	defer func() {
+		if err := p.Close(); err != nil {
+			p.log.Error("cannot close the backends", "err", err)
+		}
+	}()
 	n := len(p.runners)
 	ctxs := make([]context.Context, n)
 	cancels := make([]context.CancelFunc, n)
@@ -561,7 +565,7 @@ func (p *Process) Close() error {
 	}
 	p.closers = nil
 	if p.admin != nil {
-		p.admin.Listener().Close()
+		_ = p.admin.Listener().Close() // the admin server may have closed it already
 	}
 	return errors.Join(errs...)
 }

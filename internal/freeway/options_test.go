@@ -92,7 +92,9 @@ func TestReplacedKeysSaySo(t *testing.T) {
 		"max_message_bytes": "a message is bounded by calligraphus.max_call_bytes",
 	} {
 		f := filepath.Join(dir, key+".yaml")
-		os.WriteFile(f, []byte("calligraphus:\n  listen: 127.0.0.1:1464\n  "+key+": 16MiB\n"), 0o644)
+		if err := os.WriteFile(f, []byte("calligraphus:\n  listen: 127.0.0.1:1464\n  "+key+": 16MiB\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		_, err := LoadFile(f)
 		var ce *config.Error
 		if err == nil || !strings.Contains(err.Error(), want) || !asConfigError(err, &ce) || ce.Line != 3 {

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -48,8 +50,12 @@ func newPKI(t *testing.T) *pki {
 	p.node = p.ca.Issue(t, dir, "node")
 	p.client = p.ca.Issue(t, dir, "client")
 	p.queryFile, p.adminFn = filepath.Join(dir, "query-tokens"), filepath.Join(dir, "admin-token")
-	os.WriteFile(p.queryFile, []byte("# dashboards\n"+queryToken+"\n"), 0o600)
-	os.WriteFile(p.adminFn, []byte(adminToken+"\n"), 0o600)
+	if err := os.WriteFile(p.queryFile, []byte("# dashboards\n"+queryToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.adminFn, []byte(adminToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var err error
 	if p.clientTLS, err = auth.NewTLS(auth.TLSConfig{CertFile: p.client.CertFile, KeyFile: p.client.KeyFile, CAFile: p.ca.File}, nil, nil); err != nil {
 		t.Fatal(err)
@@ -129,9 +135,7 @@ func getWith(t *testing.T, c *http.Client, u, token string) (int, []byte) {
 func waitTotalsTLS(t *testing.T, c *http.Client, baseURL string, from, to int64, want map[string]*agg) {
 	t.Helper()
 	u := baseURL + "/api/v1/query?" + url.Values{"app": {"orders"}, "from": {fmt.Sprint(from)}, "to": {fmt.Sprint(to)}}.Encode()
-	deadline := time.Now().Add(90 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	testkit.Eventually(t, "the totals to match", func() error {
 		code, body := getWith(t, c, u, queryToken)
 		if code != http.StatusOK {
 			t.Fatalf("query: %d %s", code, body)
@@ -140,15 +144,14 @@ func waitTotalsTLS(t *testing.T, c *http.Client, baseURL string, from, to int64,
 		if err := json.Unmarshal(body, &a); err != nil {
 			t.Fatal(err)
 		}
-		if last = diff(a, want); last == "" {
-			return
+		if d := diff(a, want); d != "" {
+			return errors.New(d)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("totals never matched: %s", last)
+		return nil
+	})
 }
 
-func startSecure(t *testing.T, cfg Config, target string, logs *syncBuffer) *running {
+func startSecure(t *testing.T, cfg Config, target string, logs *testkit.LogBuffer) *running {
 	t.Helper()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -180,7 +183,7 @@ func TestEndToEndOverTLS(t *testing.T) {
 	p := newPKI(t)
 	cfg := testConfig(t.TempDir())
 	p.secure(&cfg)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startSecure(t, cfg, All, logs)
 	defer r.stop(t)
 	ap := r.p.Agent.ClientTLS()
@@ -193,7 +196,7 @@ func TestEndToEndOverTLS(t *testing.T) {
 	sendTLS(t, r.p.Agent.Addr(), appTLS, first, 100)
 	direct := orders(300, 7, base)
 	sendTLS(t, r.p.Calligraphus.Addr(), p.clientTLS.ClientConfig(r.p.Calligraphus.Addr()), direct, 50)
-	all := append(first, direct...)
+	all := slices.Concat(first, direct)
 	hc := p.httpsClient(r.p.Serving.Addr())
 	defer hc.CloseIdleConnections()
 	waitTotalsTLS(t, hc, r.p.Serving.URL(), base, base+180, expected(all))
@@ -315,7 +318,7 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 	p := newPKI(t)
 	cfg := testConfig(t.TempDir())
 	p.secure(&cfg)
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	node := startSecure(t, cfg, All, logs)
 	defer node.stop(t)
 
@@ -323,7 +326,7 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 	agentCfg.DataDir = t.TempDir()
 	agentCfg.Agent.TLS = false
 	agentCfg.Agent.Upstream = []string{node.p.Calligraphus.Addr()}
-	agentLogs := &syncBuffer{}
+	agentLogs := &testkit.LogBuffer{}
 	agent := startSecure(t, agentCfg, Agent, agentLogs)
 	defer agent.stop(t)
 	if agent.p.Agent.ClientTLS() != nil {
@@ -342,16 +345,10 @@ func TestSplitTargetsOverTLS(t *testing.T) {
 	plain.DataDir = t.TempDir()
 	plain.TLS, plain.Auth = auth.TLSConfig{}, auth.Config{}
 	for name, c := range map[string]Config{"stranger": stranger, "plaintext": plain} {
-		bad := startSecure(t, c, Agent, &syncBuffer{})
+		bad := startSecure(t, c, Agent, &testkit.LogBuffer{})
 		defer bad.stop(t)
 		send(t, bad.p.Agent.Addr(), orders(50, 1, base), 50)
-		deadline := time.Now().Add(60 * time.Second)
-		for gathered(t, bad, "freeway_agent_ship_errors_total") < 2 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s agent: no shipping failures", name)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testkit.WaitFor(t, name+" agent's shipping failures", func() bool { return gathered(t, bad, "freeway_agent_ship_errors_total") >= 2 })
 		if n := gathered(t, bad, "freeway_agent_entries_shipped_total"); n != 0 {
 			t.Fatalf("%s agent shipped %v entries", name, n)
 		}
@@ -405,7 +402,7 @@ func TestPipelineOverTLSOnRealEngines(t *testing.T) {
 	cfg.Puma.CheckpointInterval = config.Duration(500 * time.Millisecond)
 	t.Cleanup(func() { removeTree(t, cfg.DFS) })
 
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	writer := startSecure(t, cfg, Calligraphus, logs)
 	defer writer.stop(t)
 	agentCfg := cfg
@@ -449,7 +446,7 @@ func TestExposedListenersWarned(t *testing.T) {
 		if tc.secure {
 			p.secure(&cfg)
 		}
-		logs := &syncBuffer{}
+		logs := &testkit.LogBuffer{}
 		r := startSecure(t, cfg, Calligraphus, logs)
 		r.stop(t)
 		got := strings.Contains(logs.String(), "listener open beyond the local host without tls")
@@ -468,7 +465,7 @@ func TestBatchIdentityNeedsVerifiedCertificate(t *testing.T) {
 	p := newPKI(t)
 	cfg := testConfig(t.TempDir())
 	cfg.TLS = auth.TLSConfig{CertFile: p.node.CertFile, KeyFile: p.node.KeyFile, CAFile: p.ca.File}
-	logs := &syncBuffer{}
+	logs := &testkit.LogBuffer{}
 	r := startSecure(t, cfg, All, logs)
 	defer r.stop(t)
 	addr := r.p.Calligraphus.Addr()

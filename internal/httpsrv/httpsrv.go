@@ -206,7 +206,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.srv.Serve(s.ln) }()
 	select {
 	case err := <-errc:
-		s.srv.Close()
+		_ = s.srv.Close() // the Serve error is the one to report
 		if errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
@@ -216,8 +216,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := s.srv.Shutdown(sctx); err != nil {
-		s.srv.Close()
+		_ = s.srv.Close() // graceful shutdown ran out of time: cut what is left
 	}
-	<-errc
+	<-errc //nolint:errcheck // http.ErrServerClosed, after Shutdown
 	return nil
 }

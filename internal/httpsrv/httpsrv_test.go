@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -21,7 +22,7 @@ func serve(t *testing.T, h http.Handler, lim Limits) (*Server, *prometheus.Regis
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done }) //nolint:errcheck // stopping the server; its error is not what these tests check
 	return s, reg, cancel, done
 }
 
@@ -29,14 +30,14 @@ func serve(t *testing.T, h http.Handler, lim Limits) (*Server, *prometheus.Regis
 // connection makes room for a new client, and the first client still
 // gets its next answer (on a new connection).
 func TestKeepAliveIdleEvicted(t *testing.T) {
-	s, reg, _, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), Limits{MaxConnections: 1})
+	s, reg, _, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }), Limits{MaxConnections: 1})
 	get := func(c *http.Client) {
 		t.Helper()
 		resp, err := c.Get("http://" + s.Addr() + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		_, _ = io.Copy(io.Discard, resp.Body) // drained so that the connection is reused
 		resp.Body.Close()
 	}
 	first := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
@@ -46,13 +47,7 @@ func TestKeepAliveIdleEvicted(t *testing.T) {
 	// be refused).
 	idle := func() {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for gauge(t, reg, "freeway_listener_idle_connections") != 1 {
-			if time.Now().After(deadline) {
-				t.Fatal("the connection never became idle")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		testkit.WaitFor(t, "the connection to become idle", func() bool { return gauge(t, reg, "freeway_listener_idle_connections") == 1 })
 	}
 	get(first) // leaves an idle keep-alive connection
 	idle()
@@ -87,7 +82,7 @@ func TestShutdownLetsRequestsFinish(t *testing.T) {
 	s, _, cancel, done := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		close(entered)
 		<-release
-		io.WriteString(w, "finished")
+		_, _ = io.WriteString(w, "finished")
 	}), Limits{})
 	got := make(chan string, 1)
 	go func() {

@@ -2,6 +2,7 @@ package httpsrv
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestHTTPS: with TLS the port serves HTTPS, its keep-alive connections
@@ -26,7 +28,7 @@ func TestHTTPS(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := Listen("127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+	s, err := Listen("127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") }),
 		Options{Name: "test", Metrics: reg, TLS: x.ServerConfig()})
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +36,7 @@ func TestHTTPS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() { cancel(); <-done }() //nolint:errcheck // stopping the server; its error is not what this test checks
 	if !strings.HasPrefix(s.URL(), "https://") {
 		t.Fatalf("URL %s", s.URL())
 	}
@@ -49,13 +51,7 @@ func TestHTTPS(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "ok" || resp.TLS == nil {
 		t.Fatalf("https answer %d %q", resp.StatusCode, body)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for gauge(t, reg, "freeway_listener_idle_connections") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the keep-alive TLS connection is never seen idle")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, "the keep-alive TLS connection to be idle", func() bool { return gauge(t, reg, "freeway_listener_idle_connections") == 1 })
 	plain := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
 	resp, err = plain.Get("http://" + s.Addr() + "/")
 	if err != nil {
@@ -66,11 +62,10 @@ func TestHTTPS(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTPS") {
 		t.Fatalf("plaintext request: %d %q", resp.StatusCode, body)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for gauge(t, reg, "freeway_http_errors_total") != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the plaintext client's handshake error counted %v times, want 1", gauge(t, reg, "freeway_http_errors_total"))
+	testkit.Eventually(t, "the plaintext client's handshake error counted", func() error {
+		if n := gauge(t, reg, "freeway_http_errors_total"); n != 1 {
+			return fmt.Errorf("counted %v times, want 1", n)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }

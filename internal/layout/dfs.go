@@ -99,16 +99,16 @@ func WriteSidecar(fsys dfs.FS, category, unique string) error {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
 	if _, err := f.Write([]byte(category)); err != nil {
-		f.Close()
-		fsys.Remove(tmp)
+		_ = f.Close()
+		_ = fsys.Remove(tmp) // the write error is the one to report
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		fsys.Remove(tmp)
+		_ = fsys.Remove(tmp) // the close error is the one to report
 		return fmt.Errorf("close %s: %w", tmp, err)
 	}
 	if err := fsys.Rename(tmp, p); err != nil {
-		fsys.Remove(tmp)
+		_ = fsys.Remove(tmp) // the rename error is the one to report
 		return fmt.Errorf("publish %s: %w", p, err)
 	}
 	return nil

@@ -69,10 +69,10 @@ func ParseCount(s string) (int64, error) {
 // ParseStart reads an event time: RFC 3339, Unix seconds, or "now"
 // (rounded down to the minute, so that windows start with the lines).
 func ParseStart(s string, now time.Time) (time.Time, error) {
-	switch {
-	case s == "":
+	switch s {
+	case "":
 		return time.Time{}, nil
-	case s == "now":
+	case "now":
 		return now.Truncate(time.Minute), nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {

@@ -230,7 +230,7 @@ func (l *Loader) conn(ctx context.Context) {
 	var client *scribeapi.Client
 	defer func() {
 		if client != nil {
-			client.Close()
+			_ = client.Close() // the run is over; its calls were answered or counted
 		}
 	}()
 	var interval time.Duration
@@ -305,7 +305,7 @@ func (l *Loader) conn(ctx context.Context) {
 				if l.o.OnUnknown != nil {
 					l.o.OnUnknown(recs)
 				}
-				client.Close()
+				_ = client.Close() // reconnecting; the call error is counted
 				client = nil
 				break
 			}

@@ -122,7 +122,7 @@ func ReadCells(path string) (map[Cell]Agg, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	out := map[Cell]Agg{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

@@ -96,7 +96,7 @@ func (l *Limiter) Log(level slog.Level, key, msg string, args ...any) bool {
 	if suppressed > 0 {
 		args = append(args, "suppressed", suppressed)
 	}
-	l.log.Log(context.Background(), level, msg, args...)
+	l.log.Log(context.Background(), level, msg, args...) //nolint:sloglint // passes on its callers' constant messages
 	return true
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/component"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
@@ -25,9 +26,9 @@ func (c *controls) control() component.Control {
 	}
 }
 
-func listenWith(t *testing.T, addr string, info Info) (*Server, *logBuffer) {
+func listenWith(t *testing.T, addr string, info Info) (*Server, *testkit.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	srv, err := Listen(addr, &recorder{}, info, thriftsrv.Limits{}, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -82,7 +83,7 @@ func FuzzScribe(f *testing.F) {
 	}
 	reg := prometheus.NewRegistry()
 	budget := thriftsrv.NewBudget(fuzzBudget, nil)
-	logs := &logBuffer{}
+	logs := &testkit.LogBuffer{}
 	h := &callLog{}
 	limits := thriftsrv.Limits{MaxCallBytes: fuzzMaxCall, ReadTimeout: 10 * time.Second, BudgetWait: 10 * time.Millisecond}
 	srv, err := Listen("127.0.0.1:0", h, Info{Name: "fuzz", Metrics: reg}, limits,
@@ -95,7 +96,7 @@ func FuzzScribe(f *testing.F) {
 	go func() { done <- srv.Serve(ctx) }()
 	f.Cleanup(func() {
 		cancel()
-		<-done
+		<-done //nolint:errcheck // Serve's error after cancel is not what the fuzz test checks
 	})
 	hs := &harness{srv: srv, reg: reg, logs: logs}
 	cfg := thriftsrv.Limits{MaxCallBytes: fuzzMaxCall}.Config()
@@ -241,7 +242,7 @@ func exchange(addr string, stream []byte) ([][]byte, error) {
 	}
 	// The server may close before reading everything sent: a write that
 	// fails then is not the server's fault.
-	<-werr
+	<-werr //nolint:errcheck // see above
 	return replies, rerr
 }
 
@@ -319,10 +320,10 @@ func scribeSeeds() [][]byte {
 	empty := scribetest.LogFrame(true, nil)
 	batch := clientFrame(func(c *scribethrift.ScribeClient) {
 		inc := "inc-1"
-		c.LogBatch(context.Background(), &scribethrift.Batch{AgentID: "agent-1", FirstSeq: 41, ReceivedAtMs: 1700000000000,
+		_, _ = c.LogBatch(context.Background(), &scribethrift.Batch{AgentID: "agent-1", FirstSeq: 41, ReceivedAtMs: 1700000000000,
 			Incarnation: &inc, Messages: []*scribethrift.LogEntry{{Category: "c", Message: []byte("m"), Metadata: map[string]string{"k": "v"}}}})
 	})
-	getName := clientFrame(func(c *scribethrift.ScribeClient) { c.GetName(context.Background()) })
+	getName := clientFrame(func(c *scribethrift.ScribeClient) { _, _ = c.GetName(context.Background()) })
 	// Over max_call_bytes and its envelope: refused, then the next served.
 	big := scribetest.LogFrameOf("c", bytes.Repeat([]byte("m"), fuzzMaxCall+thriftsrv.Envelope), 1)
 	// A list claiming 2^20 entries in a frame of a few bytes.

@@ -20,32 +20,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
-// logBuffer collects log lines, safely across goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type harness struct {
 	srv  *Server
 	reg  *prometheus.Registry
-	logs *logBuffer
+	logs *testkit.LogBuffer
 	stop func()
 }
 
@@ -53,7 +36,7 @@ type harness struct {
 // in a registry and its log lines in a buffer.
 func serve(t *testing.T, h Handler, limits thriftsrv.Limits, opts ...thriftsrv.Option) *harness {
 	t.Helper()
-	hs := &harness{reg: prometheus.NewRegistry(), logs: &logBuffer{}}
+	hs := &harness{reg: prometheus.NewRegistry(), logs: &testkit.LogBuffer{}}
 	log := slog.New(slog.NewTextHandler(hs.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := Listen("127.0.0.1:0", h, Info{Name: "test", Metrics: hs.reg}, limits, log, opts...)
 	if err != nil {
@@ -112,18 +95,6 @@ func (hs *harness) metric(t *testing.T, name string, labels ...string) float64 {
 	return total
 }
 
-// waitFor polls cond with a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func dial(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -170,7 +141,7 @@ func TestIdleConnectionsDoNotLockOut(t *testing.T) {
 	for range 8 {
 		idle = append(idle, dial(t, hs.srv.Addr()))
 	}
-	waitFor(t, "8 connections accepted", func() bool { return hs.metric(t, "freeway_listener_connections") == 8 })
+	testkit.WaitFor(t, "8 connections accepted", func() bool { return hs.metric(t, "freeway_listener_connections") == 8 })
 	fresh := dial(t, hs.srv.Addr())
 	if reply := call(t, fresh, small("newcomer")); !bytes.HasSuffix(reply, scribetest.OK) {
 		t.Fatalf("newcomer not served: %x", reply)
@@ -196,9 +167,11 @@ func TestBusyConnectionsRefuseNewcomer(t *testing.T) {
 	full := small("x")
 	for range 2 {
 		c := dial(t, hs.srv.Addr())
-		c.Write(full[:len(full)-3]) // a call begun, not finished
+		if _, err := c.Write(full[:len(full)-3]); err != nil { // a call begun, not finished
+			t.Fatal(err)
+		}
 	}
-	waitFor(t, "2 busy connections", func() bool {
+	testkit.WaitFor(t, "2 busy connections", func() bool {
 		return hs.metric(t, "freeway_listener_connections") == 2 && hs.metric(t, "freeway_listener_idle_connections") == 0
 	})
 	late := dial(t, hs.srv.Addr())
@@ -250,7 +223,7 @@ func TestIdleTimeout(t *testing.T) {
 	if err := closedByServer(c); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "idle timeout counted", func() bool {
+	testkit.WaitFor(t, "idle timeout counted", func() bool {
 		return hs.metric(t, "freeway_thrift_connections_closed_total", "reason", "idle_timeout") == 1
 	})
 }
@@ -367,7 +340,7 @@ func TestOtherProtocolsClosedAtOnce(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
 		}
-		waitFor(t, tc.name+" log line", func() bool { return strings.Contains(hs.logs.String(), tc.seen) })
+		testkit.WaitFor(t, tc.name+" log line", func() bool { return strings.Contains(hs.logs.String(), tc.seen) })
 	}
 	if n := hs.metric(t, "freeway_thrift_connections_closed_total", "reason", "protocol"); n != float64(len(cases)) {
 		t.Fatalf("protocol closes counted %v, want %d", n, len(cases))
@@ -461,7 +434,7 @@ func TestConcurrentLargeCallsBoundedMemory(t *testing.T) {
 	if grew > limit {
 		t.Fatalf("heap grew by %d MiB, over the bound of %d MiB", grew>>20, limit>>20)
 	}
-	waitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 }
 
 // TestDecodeChargedToBudget: a call whose decoded form would be far
@@ -483,7 +456,7 @@ func TestDecodeChargedToBudget(t *testing.T) {
 	if len(rec.entries) != 1 {
 		t.Fatalf("received %d entries", len(rec.entries))
 	}
-	waitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 1 {
 		t.Fatalf("busy refusals counted %v", n)
 	}

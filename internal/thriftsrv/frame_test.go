@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/apache/thrift/lib/go/thrift"
 
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 func strictHeader(name string, typ byte, seq uint32) []byte {
@@ -144,19 +146,15 @@ func TestBudgetServesInOrder(t *testing.T) {
 
 func waitWaiters(t *testing.T, b *Budget, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(t, "budget waiters", func() error {
 		b.mu.Lock()
 		got := b.waiters.Len()
 		b.mu.Unlock()
-		if got == n {
-			return
+		if got != n {
+			return fmt.Errorf("%d waiters, want %d", got, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d waiters, want %d", got, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestCharge(t *testing.T) {
@@ -198,7 +196,9 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		for fr.left > 4 {
-			fr.Read(make([]byte, fr.left-4))
+			if _, err := fr.Read(make([]byte, fr.left-4)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if s, err := in.ReadString(context.Background()); err != nil || s != "" {
 			t.Fatalf("size %d: %q %v", size, s, err)

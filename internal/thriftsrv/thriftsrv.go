@@ -195,7 +195,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.mu.Lock()
 			delete(s.conns, cn)
 			s.mu.Unlock()
-			cn.c.Close()
+			_ = cn.c.Close() // the connection is done; nothing to report to
 		})
 	}
 	s.stop()
@@ -204,13 +204,13 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) stop() {
-	s.ln.Close()
+	_ = s.ln.Close() // stopping; Serve reports the listener
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for cn := range s.conns {
 		cn.mu.Lock()
 		if !cn.processing {
-			cn.c.Close()
+			_ = cn.c.Close() // stopping an idle connection
 		}
 		cn.mu.Unlock()
 	}
@@ -437,9 +437,10 @@ func (s *Server) answerRefusal(ctx context.Context, cn *conn, call Call, why err
 			code = thrift.PROTOCOL_ERROR
 			msg = fmt.Sprintf("call of %d bytes is over this port's limit of %d bytes", call.Bytes, s.limits.MaxCallBytes)
 		}
-		oprot.WriteMessageBegin(ctx, call.Name, thrift.EXCEPTION, call.SeqID)
-		thrift.NewTApplicationException(code, msg).Write(ctx, oprot)
-		oprot.WriteMessageEnd(ctx)
+		// Written to out, in memory: these do not fail.
+		_ = oprot.WriteMessageBegin(ctx, call.Name, thrift.EXCEPTION, call.SeqID)
+		_ = thrift.NewTApplicationException(code, msg).Write(ctx, oprot)
+		_ = oprot.WriteMessageEnd(ctx)
 	}
 	return s.reply(cn, out)
 }

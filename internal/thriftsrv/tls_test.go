@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 )
 
@@ -128,13 +130,12 @@ func closed(reg *prometheus.Registry, reason string) float64 {
 
 func waitClosed(t *testing.T, reg *prometheus.Registry, reason string, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for closed(reg, reason) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("connections closed for %s: %v, want %v", reason, closed(reg, reason), want)
+	testkit.Eventually(t, "connections closed for "+reason, func() error {
+		if got := closed(reg, reason); got != want {
+			return fmt.Errorf("%v, want %v", got, want)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestTLSPort: a TLS port serves TLS clients, tells handlers whether the

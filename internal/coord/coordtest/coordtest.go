@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // Backend is one shared coordination service (an inproc hub, a ZooKeeper
@@ -74,22 +75,6 @@ func notClosed(t *testing.T, ch <-chan struct{}, what string) {
 	}
 }
 
-// eventually retries fn until it returns nil or Wait passes.
-func eventually(t *testing.T, what string, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(Wait)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func testExclusive(t *testing.T, b Backend) {
 	a, c := b.Session(t), b.Session(t)
 	la, err := a.Acquire(ctx(t), "calligraphus/access/0", "writer-a")
@@ -125,7 +110,7 @@ func testExclusive(t *testing.T, b Backend) {
 		t.Fatalf("second release: %v", err)
 	}
 	var lb coord.Lease
-	eventually(t, "acquire after release", func() error {
+	testkit.Eventually(t, "acquire after release", func() error {
 		lb, err = c.Acquire(ctx(t), "calligraphus/access/0", "writer-b")
 		return err
 	})
@@ -165,11 +150,11 @@ func testCloseReleases(t *testing.T, b Backend) {
 		t.Fatal(err)
 	}
 	waitClosed(t, la.Lost(), "lease of a closed session")
-	eventually(t, "acquire after close", func() error {
+	testkit.Eventually(t, "acquire after close", func() error {
 		_, err := c.Acquire(ctx(t), "l", "c")
 		return err
 	})
-	eventually(t, "member gone after close", func() error {
+	testkit.Eventually(t, "member gone after close", func() error {
 		ms, _, err := c.Members(ctx(t), "g")
 		if err == nil && len(ms) != 0 {
 			err = fmt.Errorf("members %v", ms)
@@ -187,7 +172,7 @@ func testExpiry(t *testing.T, b Backend) {
 	b.Expire(t, a)
 	waitClosed(t, la.Lost(), "lease after session expiry")
 	var lc coord.Lease
-	eventually(t, "acquire after the holder expired", func() error {
+	testkit.Eventually(t, "acquire after the holder expired", func() error {
 		lc, err = c.Acquire(ctx(t), "bucket/7", "c")
 		return err
 	})
@@ -200,7 +185,7 @@ func testExpiry(t *testing.T, b Backend) {
 		t.Fatal(err)
 	}
 	var la2 coord.Lease
-	eventually(t, "re-acquire by the expired process", func() error {
+	testkit.Eventually(t, "re-acquire by the expired process", func() error {
 		la2, err = a.Acquire(ctx(t), "bucket/7", "a")
 		return err
 	})
@@ -241,7 +226,7 @@ func testMembership(t *testing.T, b Backend) {
 	if _, err := c.Join(ctx(t), "calligraphus", "w1", []byte("127.0.0.1:1464")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "two members", func() error {
+	testkit.Eventually(t, "two members", func() error {
 		ms, _ := members(t, c, "calligraphus")
 		if got := ids(ms); got != "w1=127.0.0.1:1464;w2=127.0.0.1:1465;" {
 			return fmt.Errorf("members %s", got)
@@ -270,7 +255,7 @@ func testMembershipExpiry(t *testing.T, b Backend) {
 	_, changed := members(t, c, "puma")
 	b.Expire(t, a)
 	waitClosed(t, changed, "watch after the member's session expired")
-	eventually(t, "member registered again after expiry", func() error {
+	testkit.Eventually(t, "member registered again after expiry", func() error {
 		ms, _ := members(t, c, "puma")
 		if got := ids(ms); got != "p1=addr;" {
 			return fmt.Errorf("members %s", got)

@@ -63,7 +63,7 @@ func (k *link) Dial(network, address string, timeout time.Duration) (net.Conn, e
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
-		nc.Close()
+		_ = nc.Close()
 		return nil, errLinkClosed
 	}
 	k.conns[c] = struct{}{}
@@ -79,7 +79,7 @@ func (k *link) shutdown() {
 	k.mu.Unlock()
 	for c := range conns {
 		c.closeOnce.Do(func() { close(c.closed) })
-		c.Conn.Close()
+		_ = c.Conn.Close() // closing every link; nothing to report to
 	}
 }
 

@@ -69,7 +69,7 @@ func (c *Coord) Join(ctx context.Context, group, member string, data []byte) (co
 	c.members[m.path] = m // reserved until this Join is over, even if abandoned
 	c.mu.Unlock()
 
-	_, err := call(ctx, c, func() (struct{}, error) { return struct{}{}, c.join(m) }, func(struct{}) { c.leave(m) })
+	_, err := call(ctx, c, func() (struct{}, error) { return struct{}{}, c.join(m) }, func(struct{}) { _ = c.leave(m) })
 	if err != nil {
 		return nil, c.wrap(fmt.Sprintf("join %s as %s", group, member), err)
 	}

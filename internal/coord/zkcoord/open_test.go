@@ -51,7 +51,7 @@ func TestCallUndo(t *testing.T) {
 	ctx, cancel = context.WithCancel(context.Background())
 	fail := make(chan struct{})
 	go func() { cancel(); close(fail) }()
-	call(ctx, c, func() (int, error) { <-fail; return 9, errors.New("no") }, undo)
+	_, _ = call(ctx, c, func() (int, error) { <-fail; return 9, errors.New("no") }, undo)
 	c.wg.Wait()
 	mu.Lock()
 	if len(undone) != 1 {

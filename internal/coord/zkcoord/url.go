@@ -113,7 +113,7 @@ func parseServer(h string) (string, error) {
 		case strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]"):
 			host, port = h[1:len(h)-1], defaultPort
 		default:
-			return "", fmt.Errorf("server %q: %v", h, err)
+			return "", fmt.Errorf("server %q: %w", h, err)
 		}
 	}
 	if host == "" {

@@ -116,7 +116,7 @@ func open(rawURL string, logger *slog.Logger, opts options) (*Coord, error) {
 	select {
 	case <-c.up:
 	case <-timer.C:
-		c.Close()
+		_ = c.Close() // the connect error is the one to report
 		return nil, fmt.Errorf("connect to %s: no ZooKeeper server granted a session within %v", cfg, bound)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
@@ -130,7 +130,7 @@ func open(rawURL string, logger *slog.Logger, opts options) (*Coord, error) {
 		return struct{}{}, nil
 	}, nil)
 	if err != nil {
-		c.Close()
+		_ = c.Close() // the open error is the one to report
 		return nil, fmt.Errorf("open %s: %w", cfg, err)
 	}
 	return c, nil

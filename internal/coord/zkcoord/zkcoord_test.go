@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/enginetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
 
 	"github.com/go-zookeeper/zk"
 
@@ -306,21 +307,6 @@ func tctx(t *testing.T) context.Context {
 	return ctx
 }
 
-func eventually(t *testing.T, what string, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(coordtest.Wait)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func waitLost(t *testing.T, l coord.Lease) {
 	t.Helper()
 	select {
@@ -357,7 +343,7 @@ func TestDisconnectKeepsLeases(t *testing.T) {
 		b.net(a).cut()
 		// The client waits a second before it redials a lone server.
 		time.Sleep(100 * time.Millisecond)
-		eventually(t, "reconnected", func() error {
+		testkit.Eventually(t, "reconnected", func() error {
 			if a.conn.State() != zk.StateHasSession {
 				return fmt.Errorf("state %v", a.conn.State())
 			}
@@ -408,14 +394,14 @@ func TestPartitionLosesLeases(t *testing.T) {
 		t.Fatalf("lease given up after %v, before the session could have expired", d)
 	}
 	var lc coord.Lease
-	eventually(t, "acquire by another process", func() error {
+	testkit.Eventually(t, "acquire by another process", func() error {
 		lc, err = c.Acquire(tctx(t), "bucket/2", "c")
 		return err
 	})
 	if lc.Epoch() <= la.Epoch() {
 		t.Fatalf("epoch %d not above %d", lc.Epoch(), la.Epoch())
 	}
-	eventually(t, "member gone with the session", func() error {
+	testkit.Eventually(t, "member gone with the session", func() error {
 		if ms, _, err := c.Members(tctx(t), "g"); err != nil || len(ms) != 0 {
 			return fmt.Errorf("members %v %v", ms, err)
 		}
@@ -423,7 +409,7 @@ func TestPartitionLosesLeases(t *testing.T) {
 	})
 
 	b.net(a).heal()
-	eventually(t, "member registered again after the partition", func() error {
+	testkit.Eventually(t, "member registered again after the partition", func() error {
 		ms, _, err := c.Members(tctx(t), "g")
 		if err != nil || len(ms) != 1 || ms[0].ID != "a" || string(ms[0].Data) != "addr" {
 			return fmt.Errorf("members %v %v", ms, err)
@@ -451,11 +437,11 @@ func TestReleaseSparesSuccessor(t *testing.T) {
 	b.Expire(t, a)
 	waitLost(t, la)
 	var lc coord.Lease
-	eventually(t, "acquire after expiry", func() error {
+	testkit.Eventually(t, "acquire after expiry", func() error {
 		lc, err = c.Acquire(tctx(t), "bucket/3", "c")
 		return err
 	})
-	eventually(t, "new session", func() error {
+	testkit.Eventually(t, "new session", func() error {
 		if a.conn.State() != zk.StateHasSession {
 			return fmt.Errorf("state %v", a.conn.State())
 		}
@@ -504,14 +490,14 @@ func TestAbandonedAcquire(t *testing.T) {
 		t.Fatalf("acquire while an earlier one is in flight: %v", err)
 	}
 	b.net(a).cut()
-	eventually(t, "abandoned grant taken back", func() error {
+	testkit.Eventually(t, "abandoned grant taken back", func() error {
 		owner, _, err := c.Holder(tctx(t), "bucket/4")
 		if err == nil && owner != "" {
 			err = fmt.Errorf("held by %q", owner)
 		}
 		return err
 	})
-	eventually(t, "acquire by the abandoning process", func() error {
+	testkit.Eventually(t, "acquire by the abandoning process", func() error {
 		l, err := a.Acquire(tctx(t), "bucket/4", "a")
 		if err == nil {
 			return l.Release(tctx(t))

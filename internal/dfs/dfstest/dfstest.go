@@ -92,7 +92,7 @@ func testCreateExisting(t *testing.T, fsys dfs.FS) {
 	mustWrite(t, fsys, "x", []byte("1"))
 	f, err := fsys.Create("x")
 	if err == nil {
-		f.Close()
+		_ = f.Close()
 		t.Fatal("create over an existing file succeeded")
 	}
 	if !errors.Is(err, fs.ErrExist) {
@@ -124,7 +124,7 @@ func testNotExist(t *testing.T, fsys dfs.FS) {
 func testInvalidNames(t *testing.T, fsys dfs.FS) {
 	for _, name := range []string{"/abs", "../up", "a/../../b", "a//b"} {
 		if f, err := fsys.Create(name); err == nil {
-			f.Close()
+			_ = f.Close()
 			t.Errorf("create %q succeeded", name)
 		}
 		if _, err := fsys.Open(name); err == nil {
@@ -235,7 +235,7 @@ func testUnclosedVisibility(t *testing.T, fsys dfs.FS) {
 	r, err := fsys.Open("open.seg")
 	if err == nil {
 		got, rerr := io.ReadAll(r)
-		r.Close()
+		_ = r.Close() // opened for reading
 		if rerr != nil && !fsys.SyncDurable() {
 			t.Logf("reading an unclosed file: %v (allowed on this backend)", rerr)
 		} else if rerr != nil {
@@ -280,7 +280,7 @@ func testLargeFile(t *testing.T, fsys dfs.FS) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	defer r.Close() //nolint:errcheck // opened for reading
 	for _, off := range []int64{0, 1, 131071, 131072, 1 << 20, int64(len(data)) - 10} {
 		buf := make([]byte, 10)
 		if _, err := r.ReadAt(buf, off); err != nil {
@@ -317,7 +317,11 @@ func testConcurrentWriters(t *testing.T, fsys dfs.FS) {
 				return
 			}
 			for j := range 100 {
-				fmt.Fprintf(f, "%d:%d\n", i, j)
+				if _, err := fmt.Fprintf(f, "%d:%d\n", i, j); err != nil {
+					_ = f.Close()
+					errs <- err
+					return
+				}
 			}
 			errs <- f.Close()
 		}()

@@ -47,24 +47,24 @@ type timeoutConn struct {
 
 func (c *timeoutConn) Read(p []byte) (int, error) {
 	if err := c.Conn.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
-		c.Conn.Close()
+		_ = c.Conn.Close() // the deadline error is the one to report
 		return 0, err
 	}
 	n, err := c.Conn.Read(p)
 	if err != nil {
-		c.Conn.Close()
+		_ = c.Conn.Close() // the read error is the one to report
 	}
 	return n, err
 }
 
 func (c *timeoutConn) Write(p []byte) (int, error) {
 	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
-		c.Conn.Close()
+		_ = c.Conn.Close() // the deadline error is the one to report
 		return 0, err
 	}
 	n, err := c.Conn.Write(p)
 	if err != nil {
-		c.Conn.Close()
+		_ = c.Conn.Close() // the write error is the one to report
 	}
 	return n, err
 }

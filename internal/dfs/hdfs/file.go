@@ -54,7 +54,7 @@ func (b closeRetry) closeReplicating(closeFn func() error) error {
 			return err
 		}
 	}
-	if pe, ok := err.(*fs.PathError); ok {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		err = pe.Err // the caller names the file
 	}
 	return fmt.Errorf("still replicating after %d tries: %w", max(b.tries, 1), err)
@@ -134,7 +134,7 @@ func (r *reader) Read(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n, err := r.fr.Read(p)
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return n, pathError("read", r.path, err)
 	}
 	return n, err
@@ -155,10 +155,10 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, pathError("readat", r.path, err)
 	}
 	n, err := r.fr.ReadAt(p, off)
-	if _, serr := r.fr.Seek(pos, io.SeekStart); serr != nil && (err == nil || err == io.EOF) {
+	if _, serr := r.fr.Seek(pos, io.SeekStart); serr != nil && (err == nil || errors.Is(err, io.EOF)) {
 		err = serr
 	}
-	if err != nil && err != io.EOF {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return n, pathError("readat", r.path, err)
 	}
 	return n, err

@@ -76,12 +76,12 @@ func Open(rawURL string) (*FS, error) {
 	// first writers would race on it.
 	defaults, err := client.ServerDefaults()
 	if err != nil {
-		client.Close()
+		_ = client.Close()
 		return nil, fmt.Errorf("open hdfs: ask %s for server defaults: %w", cfg, err)
 	}
 	// MkdirAll fails with fs.ErrExist if the root is a file.
 	if err := client.MkdirAll(cfg.root, 0o755); err != nil {
-		client.Close()
+		_ = client.Close()
 		return nil, fmt.Errorf("open hdfs: create root %s: %w", cfg, err)
 	}
 	blockSize := defaults.BlockSize
@@ -112,7 +112,7 @@ func (f *FS) path(op, name string) (string, error) {
 // fs.ErrExist, fs.ErrPermission where the NameNode's Java exception maps
 // to one) but not for all.
 func pathError(op, p string, err error) error {
-	if pe, ok := err.(*fs.PathError); ok {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		err = pe.Err
 	}
 	return &fs.PathError{Op: op, Path: p, Err: err}
@@ -156,7 +156,7 @@ func (f *FS) Open(name string) (dfs.Reader, error) {
 		return nil, pathError("open", p, err)
 	}
 	if fr.Stat().IsDir() {
-		fr.Close()
+		_ = fr.Close() // opened for reading
 		return nil, &fs.PathError{Op: "open", Path: p, Err: errors.New("is a directory")}
 	}
 	return &reader{fr: fr, path: p}, nil
@@ -218,7 +218,7 @@ func (f *FS) Rename(oldname, newname string) error {
 	if err == nil {
 		return nil
 	}
-	if pe, ok := err.(*fs.PathError); ok {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		err = pe.Err
 	}
 	if !errors.Is(err, fs.ErrNotExist) {

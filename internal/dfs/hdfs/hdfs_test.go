@@ -345,7 +345,7 @@ func TestOpenSilentNameNode(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				io.Copy(io.Discard, c)
+				_, _ = io.Copy(io.Discard, c) // a sink until the client goes
 			}()
 		}
 	}()
@@ -411,7 +411,7 @@ func newStallProxy(t *testing.T, target string) *stallProxy {
 			p.wg.Add(2)
 			go func() {
 				defer p.wg.Done()
-				io.Copy(s, c)
+				_, _ = io.Copy(s, c) // a proxy: either side ending ends it
 				s.Close()
 			}()
 			go func() {

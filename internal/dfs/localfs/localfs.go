@@ -69,7 +69,7 @@ type writer struct {
 
 func (w *writer) Close() error {
 	if err := w.File.Sync(); err != nil {
-		w.File.Close()
+		_ = w.File.Close() // the sync error is the one to report
 		return err
 	}
 	return w.File.Close()
@@ -85,7 +85,7 @@ func (f *FS) Open(name string) (dfs.Reader, error) {
 		return nil, err
 	}
 	if st, err := file.Stat(); err == nil && st.IsDir() {
-		file.Close()
+		_ = file.Close() // opened for reading
 		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("is a directory")}
 	}
 	return file, nil
@@ -171,7 +171,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer d.Close() //nolint:errcheck // opened to sync; the sync error is reported
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}

@@ -16,7 +16,7 @@ import (
 // old Scribe client writes it: strict (versioned) or non-strict header.
 func LogFrame(strict bool, entries [][2]string) []byte {
 	var b bytes.Buffer
-	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
+	w32 := func(v uint32) { _ = binary.Write(&b, binary.BigEndian, v) } // a bytes.Buffer does not fail
 	str := func(s string) { w32(uint32(len(s))); b.WriteString(s) }
 	if strict {
 		w32(0x80010001) // version 1, CALL
@@ -27,15 +27,15 @@ func LogFrame(strict bool, entries [][2]string) []byte {
 	}
 	w32(1) // seqid
 	b.WriteByte(15)
-	binary.Write(&b, binary.BigEndian, int16(1)) // field 1: list
+	_ = binary.Write(&b, binary.BigEndian, int16(1)) // field 1: list
 	b.WriteByte(12)
 	w32(uint32(len(entries)))
 	for _, e := range entries {
 		b.WriteByte(11)
-		binary.Write(&b, binary.BigEndian, int16(1))
+		_ = binary.Write(&b, binary.BigEndian, int16(1))
 		str(e[0])
 		b.WriteByte(11)
-		binary.Write(&b, binary.BigEndian, int16(2))
+		_ = binary.Write(&b, binary.BigEndian, int16(2))
 		str(e[1])
 		b.WriteByte(0)
 	}
@@ -56,7 +56,7 @@ var TryLater = []byte{8, 0, 0, 0, 0, 0, 1, 0}
 // buffers first.
 func LogFrameOf(category string, msg []byte, n int) []byte {
 	var b bytes.Buffer
-	w32 := func(v uint32) { binary.Write(&b, binary.BigEndian, v) }
+	w32 := func(v uint32) { _ = binary.Write(&b, binary.BigEndian, v) } // a bytes.Buffer does not fail
 	b.Grow(n * (len(msg) + len(category) + 16))
 	b.Write([]byte{0, 0, 0, 0})
 	w32(0x80010001)
@@ -106,7 +106,7 @@ func RawCall(t testing.TB, addr string, frame []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.Close() //nolint:errcheck // the reply read below is the check
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := conn.Write(frame); err != nil {
 		t.Fatal(err)

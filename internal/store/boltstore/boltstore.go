@@ -132,12 +132,12 @@ func OpenWith(path string, opts Options) (*Store, error) {
 		}
 	}
 	if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
-		db.Close()
+		_ = db.Close()
 		return nil, fmt.Errorf("open store %s: remove damage marker: %w", path, err)
 	}
 	if opts.Metrics != nil {
 		if err := opts.Metrics.Register(damaged); err != nil {
-			db.Close()
+			_ = db.Close()
 			return nil, fmt.Errorf("open store %s: register metrics: %w", path, err)
 		}
 	}

@@ -63,7 +63,7 @@ func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.
 		}
 		var used int64
 		r := guarded(func() { err = ro.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }) })
-		guarded(func() { ro.Close() })
+		guarded(func() { _ = ro.Close() })
 		switch {
 		case r != nil:
 			return nil, fmt.Sprintf("bbolt panicked reading it: %v", r), nil
@@ -77,7 +77,7 @@ func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.
 			return nil, damage, err
 		}
 		damage = check(ro, info.Size(), path, budget, log)
-		guarded(func() { ro.Close() })
+		guarded(func() { _ = ro.Close() })
 		if damage != "" {
 			return nil, damage, nil
 		}
@@ -104,7 +104,7 @@ func boltOpen(path string, readOnly, freeList bool) (db *bolt.DB, damage string,
 		// file cannot be undone from here and stays until the process
 		// ends.
 		if file != nil {
-			file.Close()
+			_ = file.Close()
 		}
 		return nil, fmt.Sprintf("bbolt could not open it: %v", r), nil
 	}
@@ -204,8 +204,8 @@ func moveAside(path string, now time.Time) (string, error) {
 		return "", err
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
+		_ = d.Sync() // best effort: the file is aside either way, and a rename lost in a crash is found damaged again
+		_ = d.Close()
 	}
 	return aside, nil
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,24 +18,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
-
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // filled writes a store of 3,000 cells in table "t" at path and closes
 // it; every cell's value is its row name.
@@ -62,9 +45,9 @@ func filled(t *testing.T, path string) {
 }
 
 // opened opens path with a log and a registry the test reads.
-func opened(t *testing.T, path string) (*Store, *logBuffer, *prometheus.Registry, error) {
+func opened(t *testing.T, path string) (*Store, *testkit.LogBuffer, *prometheus.Registry, error) {
 	t.Helper()
-	var log logBuffer
+	var log testkit.LogBuffer
 	reg := prometheus.NewPedanticRegistry()
 	s, err := OpenWith(path, Options{Log: slog.New(slog.NewTextHandler(&log, nil)), Metrics: reg})
 	if err == nil {
@@ -388,7 +371,7 @@ func TestCheckBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	var log logBuffer
+	var log testkit.LogBuffer
 	s, err = OpenWith(path, Options{Log: slog.New(slog.NewTextHandler(&log, nil)), CheckBudget: 1})
 	if err != nil {
 		t.Fatal(err)

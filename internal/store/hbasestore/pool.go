@@ -25,7 +25,7 @@ type conn struct {
 	idleSince time.Time
 }
 
-func (c *conn) close() { c.trans.Close() }
+func (c *conn) close() { _ = c.trans.Close() } // a dropped connection; nothing to report to
 
 // pool holds up to size connections to one gateway and hands them out one
 // caller at a time. Connections that saw a transport or protocol error are
@@ -146,7 +146,7 @@ func (c *conn) do(ctx context.Context, fn func(context.Context, *hbase.THBaseSer
 	if err := ctx.Err(); err != nil {
 		return true, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = c.raw.Close() })
 	err = fn(ctx, c.client)
 	if !stop() {
 		// ctx ended during the call and the socket is closed.
