@@ -473,8 +473,8 @@ func crashAt(t *testing.T, compression string, k int) (fsFired, stFired bool) {
 			fst.k = k
 		}
 		crashed := e.copier(t, "crashed", cfg, withDest(ffs), withStore(fst))
-		crashed.CopyOnce(context.Background()) // fails, or not if k is past the end
-		crashed.session.Close()                // the process is gone: its lease goes
+		_, _ = crashed.CopyOnce(context.Background()) // fails, or not if k is past the end
+		crashed.session.Close()                       // the process is gone: its lease goes
 		if where == "dfs" {
 			fsFired = ffs.fired
 		} else {

@@ -164,8 +164,10 @@ copier:
 			}
 			for _, fi := range infos {
 				if dfs.Hidden(fi.Name()) {
-					cmd.Process.Signal(syscall.SIGKILL)
-					<-done
+					if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+						t.Fatal(err)
+					}
+					<-done //nolint:errcheck // killed: its exit status says so
 					killed = true
 					caught++
 					t.Logf("kill %d: killed while it wrote %s/%s", k, periodDir, fi.Name())
@@ -175,15 +177,17 @@ copier:
 			if len(infos) == buckets {
 				// Both files of the period published between two looks: kill
 				// it anyway, between files.
-				cmd.Process.Signal(syscall.SIGKILL)
-				<-done
+				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				<-done //nolint:errcheck // killed: its exit status says so
 				killed = true
 				t.Logf("kill %d: killed after period %d", k, p)
 				break poll
 			}
 		}
 		if !killed && time.Now().After(deadline) {
-			cmd.Process.Kill()
+			_ = cmd.Process.Kill() // the test fails anyway
 			t.Fatalf("kill %d: the backfill neither wrote period %d nor finished:\n%s", k, p, out.String())
 		}
 	}

@@ -37,7 +37,7 @@ func backfill(ctx context.Context, cfg Config, opts Options, out io.Writer, tty 
 	if err != nil {
 		return copier.Stats{}, err
 	}
-	defer p.Close()
+	defer func() { _ = p.Close() }() // the pass recorded what it did; closing only lets go of the backends
 	pr := progress.New(out, tty, "backfill", nil)
 	var last progress.State
 	report := func(cp copier.Progress) {
@@ -55,7 +55,7 @@ func backfill(ctx context.Context, cfg Config, opts Options, out io.Writer, tty 
 			return st, err
 		}
 		if !waited {
-			fmt.Fprintf(out, "backfill: %v; waiting up to %s for it (a copier stopped moments ago holds it until its coordinator session expires)\n", err, leaseWait)
+			_, _ = fmt.Fprintf(out, "backfill: %v; waiting up to %s for it (a copier stopped moments ago holds it until its coordinator session expires)\n", err, leaseWait)
 		}
 		t := time.NewTimer(time.Second)
 		select {
@@ -70,7 +70,7 @@ func backfill(ctx context.Context, cfg Config, opts Options, out io.Writer, tty 
 	if cfg.Copier.Merging() {
 		what = fmt.Sprintf("merged %d files (%d lines)", st.Merged, st.Lines)
 	}
-	fmt.Fprintf(out, "backfill: %s, %s, %d found done already, %d vanished, %d errors; %d segments left (periods still open, or errors) in %s\n",
+	_, _ = fmt.Fprintf(out, "backfill: %s, %s, %d found done already, %d vanished, %d errors; %d segments left (periods still open, or errors) in %s\n",
 		what, progress.Bytes(st.Bytes), st.Skipped, st.Vanished, st.Errors, st.Lag, st.Duration.Round(1e6))
 	return st, err
 }

@@ -198,7 +198,7 @@ func ReadRetentionMark(fsys dfs.FS, dir string) (m RetentionMark, ok bool, err e
 		return m, false, fmt.Errorf("read %s: %w", p, err)
 	}
 	if err := json.Unmarshal(data, &m); err != nil {
-		return m, false, fmt.Errorf("decode %s: %w: %v", p, ErrBadMark, err)
+		return m, false, fmt.Errorf("decode %s: %w: %w", p, ErrBadMark, err)
 	}
 	if _, _, valid := ParseSegmentName(m.Through); !valid {
 		return m, false, fmt.Errorf("decode %s: %w: %q is not a segment name", p, ErrBadMark, m.Through)
@@ -226,17 +226,19 @@ func WriteRetentionMark(fsys dfs.FS, dir string, m RetentionMark, unique string)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
+	// On failure the temporary file is removed best effort: a leftover is
+	// hidden, and the next write replaces it.
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		fsys.Remove(tmp)
+		_ = f.Close()
+		_ = fsys.Remove(tmp)
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		fsys.Remove(tmp)
+		_ = fsys.Remove(tmp)
 		return fmt.Errorf("close %s: %w", tmp, err)
 	}
 	if err := fsys.Rename(tmp, p); err != nil {
-		fsys.Remove(tmp)
+		_ = fsys.Remove(tmp)
 		return fmt.Errorf("publish %s: %w", p, err)
 	}
 	return nil

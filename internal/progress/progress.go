@@ -65,18 +65,19 @@ func (p *Printer) Done(s State) {
 	defer p.mu.Unlock()
 	p.print(s, p.now())
 	if p.tty {
-		fmt.Fprintln(p.w)
+		_, _ = fmt.Fprintln(p.w) // a display: a failed write is not worth stopping the work for
 	}
 }
 
 func (p *Printer) print(s State, now time.Time) {
 	p.last, p.drawn = now, true
 	line := Format(s, now)
+	// A display: a failed write is not worth stopping the work for.
 	if p.tty {
-		fmt.Fprintf(p.w, "\r%s %s\x1b[K", p.label, line)
+		_, _ = fmt.Fprintf(p.w, "\r%s %s\x1b[K", p.label, line)
 		return
 	}
-	fmt.Fprintf(p.w, "%s %s\n", p.label, line)
+	_, _ = fmt.Fprintf(p.w, "%s %s\n", p.label, line)
 }
 
 // Format is s as one line at now: bar (on width 20), percentage of

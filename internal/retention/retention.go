@@ -192,7 +192,11 @@ func (r *Retention) Once(ctx context.Context) (Stats, error) {
 		if err != nil {
 			return Stats{}, fmt.Errorf("acquire retention lease: %w", err)
 		}
-		defer l.Release(context.WithoutCancel(ctx))
+		defer func() {
+			if err := l.Release(context.WithoutCancel(ctx)); err != nil {
+				r.log.Warn("cannot release retention lease", "err", err)
+			}
+		}()
 		lease = l
 	}
 	return r.pass(ctx, lease)
