@@ -30,6 +30,7 @@ type Config struct {
 	ID string `yaml:"id"`
 	// SegmentMaxAge: an open segment is published at the latest this
 	// long after its first block: the bound on how stale ptail's view is.
+	// 0 (the default): chosen by the dfs, SegmentMaxAgeFor.
 	SegmentMaxAge config.Duration `yaml:"segment_max_age"`
 	// SegmentMaxBytes: a segment is published once it holds this much.
 	SegmentMaxBytes config.ByteSize `yaml:"segment_max_bytes"`
@@ -59,7 +60,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:          "127.0.0.1:1464",
-		SegmentMaxAge:   config.Duration(time.Second),
+		SegmentMaxAge:   0, // per dfs: SegmentMaxAgeFor
 		SegmentMaxBytes: 64 << 20,
 		Linger:          config.Duration(100 * time.Millisecond),
 		MaxPendingBytes: 64 << 20,
@@ -76,8 +77,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
 		return config.Errorf("listen", "must not be empty")
-	case c.SegmentMaxAge.D() < 10*time.Millisecond:
-		return config.Errorf("segment_max_age", "must be at least 10ms")
+	case c.SegmentMaxAge != 0 && c.SegmentMaxAge.D() < 10*time.Millisecond:
+		return config.Errorf("segment_max_age", "must be 0 (chosen by the dfs) or at least 10ms")
 	case c.SegmentMaxBytes < 1<<10:
 		return config.Errorf("segment_max_bytes", "must be at least 1KiB")
 	case c.Linger < 0:
@@ -98,6 +99,28 @@ func (c *Config) Validate() error {
 		return config.Errorf("max_pending_bytes", "must be at least max_call_bytes (%v)", c.MaxCallBytes)
 	}
 	return nil
+}
+
+// Segment ages chosen by the dfs (segment_max_age 0).
+const (
+	// LocalSegmentMaxAge: on a dfs where an fsync makes bytes durable (a
+	// local disk), a segment's entries are acknowledged already; keeping
+	// it open only keeps them from readers. What a short age costs is
+	// files: five segments a second per busy bucket.
+	LocalSegmentMaxAge = 200 * time.Millisecond
+	// ClosedSegmentMaxAge: where only a close makes bytes durable (HDFS),
+	// every acknowledgement publishes its segment (after linger), so the
+	// age does not hold entries back there.
+	ClosedSegmentMaxAge = time.Second
+)
+
+// SegmentMaxAgeFor is the segment age a writer on fsys uses when
+// segment_max_age is 0.
+func SegmentMaxAgeFor(fsys dfs.FS) time.Duration {
+	if fsys.SyncDurable() {
+		return LocalSegmentMaxAge
+	}
+	return ClosedSegmentMaxAge
 }
 
 // Deps are what a writer needs from the wiring: the common ones (the
@@ -138,6 +161,8 @@ type Calligraphus struct {
 
 	labelMu sync.Mutex
 	labels  map[string]string // category → metric label, bounded
+
+	reqs sync.Pool // *appendReq, see newReq
 }
 
 type bucketID struct {
@@ -158,6 +183,9 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	}
 	if deps.Router == nil {
 		deps.Router = NewRouter(1, nil)
+	}
+	if cfg.SegmentMaxAge == 0 {
+		cfg.SegmentMaxAge = config.Duration(SegmentMaxAgeFor(deps.FS))
 	}
 	deps.Common = deps.Defaults()
 	own, reg := deps.OwnMetrics()
@@ -192,7 +220,8 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.ctx = wctx
 	c.mu.Unlock()
-	c.log.Info("calligraphus serving", "addr", c.Addr(), "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID)
+	c.log.Info("calligraphus serving", "addr", c.Addr(), "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID,
+		"segment_max_age", c.cfg.SegmentMaxAge.D())
 	err := c.server.Serve(ctx)
 	// The server has stopped taking batches; let writers publish and stop.
 	cancelWriters()
@@ -271,32 +300,61 @@ type callInfo struct {
 // writes them again. Puma drops such repeats from Freeway's agents (by
 // sequence); a stock client's are counted twice (at-least-once).
 func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribethrift.LogEntry) scribethrift.ResultCode {
-	reqs := map[bucketID]*appendReq{}
-	var order []bucketID
+	// The call's requests, one per bucket, in the order first seen;
+	// byCategory finds a category's by bucket. A call is usually one
+	// category: the cursor looks it up, and checks it, once per run.
+	var (
+		order      []bucketID
+		reqs       []*appendReq
+		byCategory = map[string][]*appendReq{}
+		cur        = routeCursor{router: c.deps.Router}
+		started    bool
+		category   string
+		valid      bool
+		buckets    []*appendReq // byCategory[category]
+	)
+	defer cur.release()
+	recycle := func(rs []*appendReq) {
+		for _, r := range rs {
+			c.recycle(r)
+		}
+	}
 	accepted, empty := 0, 0
 	for i, e := range entries {
 		if e == nil {
 			continue
 		}
-		if !layout.ValidCategory(e.Category) {
-			// Stock Scribe drops these too: there is nowhere to put them.
+		if !started || e.Category != category {
+			started, category = true, e.Category
+			// Stock Scribe drops entries without a category too: there is
+			// nowhere to put them.
+			if valid = cur.use(category); valid {
+				buckets = byCategory[category]
+				if buckets == nil {
+					buckets = make([]*appendReq, cur.buckets())
+					byCategory[category] = buckets
+				}
+			}
+		}
+		if !valid {
 			empty++
 			continue
 		}
-		bucket, ok := c.deps.Router.Bucket(e.Category, e.Message)
+		bucket, ok := cur.bucket(e.Message)
 		if !ok {
-			c.m.unroutable.WithLabelValues(c.label(e.Category)).Inc()
+			c.m.unroutable.WithLabelValues(c.label(category)).Inc()
 		}
-		id := bucketID{e.Category, bucket}
-		req := reqs[id]
+		req := buckets[bucket]
 		if req == nil {
-			req = &appendReq{done: make(chan error, 1)}
-			reqs[id] = req
-			order = append(order, id)
+			req = c.newReq()
+			buckets[bucket] = req
+			order = append(order, bucketID{category, bucket})
+			reqs = append(reqs, req)
 		}
 		if !req.add(info, e.Message, info.firstSeq+uint64(i)) {
+			recycle(reqs)
 			c.m.tryLater.WithLabelValues("too_large").Inc()
-			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(e.Category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
+			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
 			return scribethrift.ResultCode_TRY_LATER
 		}
 		accepted++
@@ -314,12 +372,13 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 	claimed := make([]*bucketWriter, 0, len(order))
 	refuse := func(id bucketID, err error) scribethrift.ResultCode {
 		for i, w := range claimed {
-			w.unreserve(reqs[order[i]].size)
+			w.unreserve(reqs[i].size)
 		}
+		recycle(reqs)
 		return c.tryLater(id, info, err)
 	}
-	for _, id := range order {
-		w, err := c.reserve(id, reqs[id].size)
+	for i, id := range order {
+		w, err := c.reserve(id, reqs[i].size)
 		if err != nil {
 			return refuse(id, err)
 		}
@@ -345,20 +404,27 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		}
 	}
 	for i, w := range claimed {
-		w.enqueue(reqs[order[i]])
+		w.enqueue(reqs[i])
 	}
 	var firstErr error
 	var firstID bucketID
-	for _, id := range order {
+	answered := 0
+	for i, id := range order {
 		var err error
 		select {
-		case err = <-reqs[id].done:
+		case err = <-reqs[i].done:
+			answered++
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
 		if err != nil && firstErr == nil {
 			firstErr, firstID = err, id
 		}
+	}
+	if answered == len(reqs) {
+		// No writer refers to them any more. (Requests left unanswered
+		// when the call ended are left to the garbage collector.)
+		recycle(reqs)
 	}
 	if firstErr != nil {
 		return c.tryLater(firstID, info, firstErr)

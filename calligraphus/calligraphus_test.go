@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
@@ -449,7 +450,8 @@ func TestConfigValidate(t *testing.T) {
 		mod func(*Config)
 	}{
 		{"calligraphus.listen", func(c *Config) { c.Listen = "" }},
-		{"calligraphus.segment_max_age", func(c *Config) { c.SegmentMaxAge = 0 }},
+		{"calligraphus.segment_max_age", func(c *Config) { c.SegmentMaxAge = config.Duration(5 * time.Millisecond) }},
+		{"calligraphus.segment_max_age", func(c *Config) { c.SegmentMaxAge = -1 }},
 		{"calligraphus.segment_max_bytes", func(c *Config) { c.SegmentMaxBytes = 100 }},
 		{"calligraphus.linger", func(c *Config) { c.Linger = -1 }},
 		{"calligraphus.max_pending_bytes", func(c *Config) { c.MaxPendingBytes = c.MaxCallBytes - 1 }},
@@ -513,5 +515,38 @@ func TestGetCounters(t *testing.T) {
 	}
 	if v, _ := cl.GetVersion(context.Background()); v != "test" {
 		t.Errorf("version %q", v)
+	}
+}
+
+// TestSegmentAgeByDFS: segment_max_age 0 (the default) is short on a
+// disk where an fsync acknowledges (nothing to wait for) and HDFS's
+// second where only a close does; a configured age is kept.
+func TestSegmentAgeByDFS(t *testing.T) {
+	if DefaultConfig().SegmentMaxAge != 0 {
+		t.Fatalf("default segment_max_age %v, want 0 (chosen by the dfs)", DefaultConfig().SegmentMaxAge)
+	}
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
+		_, co := inprocCoord(t)
+		want := LocalSegmentMaxAge
+		if !fsys.SyncDurable() {
+			want = ClosedSegmentMaxAge
+		}
+		cfg := testConfig()
+		cfg.SegmentMaxAge = 0
+		s := startServer(t, cfg, fsys, co, nil)
+		if got := s.c.cfg.SegmentMaxAge.D(); got != want {
+			t.Errorf("segment_max_age 0 on this dfs: %v, want %v", got, want)
+		}
+		// Entries are published by age, without a roll of any other kind.
+		cl := s.dial(t)
+		mustLog(t, cl, entries("cat", "aged"))
+		testkit.WaitFor(t, "the segment published by age", func() bool { return len(published(t, fsys, "cat/0", true)) == 1 })
+		cfg.SegmentMaxAge = config.Duration(time.Hour)
+		if s := startServer(t, cfg, fsys, co, nil); s.c.cfg.SegmentMaxAge.D() != time.Hour {
+			t.Errorf("a configured segment_max_age became %v", s.c.cfg.SegmentMaxAge)
+		}
+	})
+	if LocalSegmentMaxAge >= ClosedSegmentMaxAge {
+		t.Errorf("the local disk's segment age %v is not the shorter", LocalSegmentMaxAge)
 	}
 }

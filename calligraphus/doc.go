@@ -6,6 +6,15 @@
 // dfs <category>/<bucket>/<epoch>-<seq>.seg → ptail → puma, copier. Every
 // name (directories, segments, leases) comes from internal/layout.
 //
+// Routing. A category consumed by an app is bucketed by a hash of its
+// shard key, the same in every process. For JSON lines the router reads
+// the key fields in one pass over the line that builds nothing
+// (jsonkey.go), giving exactly the key the apps' full parse gives and
+// refusing exactly the lines it refuses (a fuzz target holds the two
+// equal); the few lines it cannot read alone go to the full parse. A
+// line whose key cannot be read goes to bucket 0 and is counted
+// (freeway_calligraphus_entries_unroutable_total).
+//
 // Categories. Every non-empty category is taken, as a stock Scribe server
 // takes it: "web/access", "a b", "_internal" and a 10 KB name all get a
 // directory, under the reversible encoding of internal/layout (a long one
@@ -62,6 +71,12 @@
 // (HDFS, which has no hflush through colinmarc/hdfs). Writes of
 // concurrent batches to one bucket share one sync or publish (group
 // commit).
+//
+// A segment is published when it holds segment_max_bytes, or once it is
+// segment_max_age old: 0 (the default) lets the dfs choose, 200ms where
+// an fsync acknowledges (a local disk: waiting would only keep
+// acknowledged entries from readers), 1s where only a close does (HDFS,
+// where every acknowledgement publishes its segment anyway).
 //
 // Bounded writers. A bucket writer (a goroutine, a lease, about 12 KiB)
 // that received nothing for idle_close publishes its segment, releases its

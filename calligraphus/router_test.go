@@ -80,3 +80,34 @@ func TestRouterStableAndSpread(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestRouterScanRoutesAsTheFullParse: a route that reads its JSON key
+// fields itself sends every line to the bucket the full parse does:
+// lines it reads alone, lines it leaves to the full parse, lines neither
+// can read (bucket 0, unroutable).
+func TestRouterScanRoutesAsTheFullParse(t *testing.T) {
+	full := userRoute(t, "access", 8)
+	scan := full
+	scan.JSONFields = []string{"user"}
+	rFull := NewRouter(1, map[string]Route{"access": full})
+	rScan := NewRouter(1, map[string]Route{"access": scan})
+	lines := []string{`not json`, `{"user":"a\"b"}`, `{"user":{"id":1}}`, `{"user":null}`, `{"user":12.50}`, `{"user":"x",}`, `[]`}
+	for i := 0; i < 500; i++ {
+		lines = append(lines, userMsg(fmt.Sprintf("u%d", i), i))
+	}
+	read := 0
+	kr := rScan.routes["access"].readers.Get().(*keyReader)
+	for _, l := range lines {
+		b1, ok1 := rFull.Bucket("access", []byte(l))
+		b2, ok2 := rScan.Bucket("access", []byte(l))
+		if b1 != b2 || ok1 != ok2 {
+			t.Fatalf("line %q: bucket %d/%v by the full parse, %d/%v by the scan", l, b1, ok1, b2, ok2)
+		}
+		if _, r := kr.scan.appendKey(nil, []byte(l)); r == scanKey {
+			read++
+		}
+	}
+	if read < 500 {
+		t.Fatalf("the scan read %d of %d lines alone; every plain line is its own", read, len(lines))
+	}
+}

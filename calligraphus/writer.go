@@ -15,6 +15,9 @@ import (
 )
 
 // appendReq is one call's share of a bucket: its entries, in blocks.
+// Requests are pooled (Calligraphus.newReq, recycle) with their blocks
+// and the blocks' slices, so that grouping a call's entries allocates
+// nothing per entry once the pool is warm.
 type appendReq struct {
 	blocks  []*segment.Block
 	size    int64 // upper bound of the encoded blocks
@@ -29,11 +32,7 @@ type appendReq struct {
 func (r *appendReq) add(info callInfo, msg []byte, seq uint64) bool {
 	need := segment.EntrySizeBound(len(msg))
 	if len(r.blocks) == 0 || r.bound+need > segment.MaxBlockSize {
-		b := &segment.Block{Agent: info.agent, ArrivalMs: info.arrivalMs}
-		if info.agent != "" {
-			b.Seqs = []uint64{}
-		}
-		r.blocks = append(r.blocks, b)
+		r.newBlock(info)
 		r.bound = segment.BodySizeBound(len(info.agent))
 		r.size += int64(segment.BlockHeaderSize + r.bound)
 		if r.bound+need > segment.MaxBlockSize {
@@ -49,6 +48,46 @@ func (r *appendReq) add(info callInfo, msg []byte, seq uint64) bool {
 	r.size += int64(need)
 	r.entries++
 	return true
+}
+
+// newBlock starts a block, reusing one a recycled request left.
+func (r *appendReq) newBlock(info callInfo) {
+	var b *segment.Block
+	if n := len(r.blocks); n < cap(r.blocks) && r.blocks[:n+1][n] != nil {
+		r.blocks = r.blocks[:n+1]
+		b = r.blocks[n]
+	} else {
+		b = &segment.Block{}
+		r.blocks = append(r.blocks, b)
+	}
+	b.Agent, b.ArrivalMs = info.agent, info.arrivalMs
+	b.Messages = b.Messages[:0]
+	b.Seqs = b.Seqs[:0]
+	if info.agent == "" {
+		b.Seqs = nil // stock clients' entries have no sequence numbers
+	} else if b.Seqs == nil {
+		b.Seqs = []uint64{}
+	}
+}
+
+// newReq returns an empty request.
+func (c *Calligraphus) newReq() *appendReq {
+	if r, ok := c.reqs.Get().(*appendReq); ok {
+		return r
+	}
+	return &appendReq{done: make(chan error, 1)}
+}
+
+// recycle gives back a request nothing refers to any more: answered, or
+// never handed to a writer. It drops its references to the messages.
+func (c *Calligraphus) recycle(r *appendReq) {
+	for _, b := range r.blocks {
+		clear(b.Messages)
+		b.Messages = b.Messages[:0]
+	}
+	r.blocks = r.blocks[:0]
+	r.size, r.entries, r.bound = 0, 0, 0
+	c.reqs.Put(r)
 }
 
 // queueCap bounds the requests a bucket writer has reserved, queued or

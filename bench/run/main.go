@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/internal/loadgen"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -236,7 +237,9 @@ func run(o options) (*report, error) {
 	}
 	if o.does("fresh") {
 		if maxRate > 0 {
-			for _, age := range []time.Duration{0, 250 * time.Millisecond} {
+			// The default (by the dfs: a local disk here), and the
+			// second that was the default before it was chosen by dfs.
+			for _, age := range []time.Duration{0, time.Second} {
 				rep.Freshness = append(rep.Freshness, freshness(ctx, o, maxRate/2, age))
 			}
 		} else {
@@ -493,7 +496,7 @@ const probeApp = `  - name: probe
 // before its Log call to the first answer that holds it (B5).
 func freshness(ctx context.Context, o options, rate float64, segmentAge time.Duration) (r freshnessRun) {
 	r.Rate = rate
-	r.SegmentAge = "1s (default)"
+	r.SegmentAge = fmt.Sprintf("%v (default on a local disk)", calligraphus.LocalSegmentMaxAge)
 	if segmentAge > 0 {
 		r.SegmentAge = segmentAge.String()
 	}

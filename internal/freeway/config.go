@@ -263,6 +263,10 @@ func (c *Config) Routes() (map[string]calligraphus.Route, error) {
 			r.NewKeyFunc = func() func([]byte) (string, error) {
 				return app.NewKeyExtractor(keys).Key
 			}
+			if a.Spec.Format == "json" {
+				// The writer reads these itself, without a full parse.
+				r.JSONFields = keys
+			}
 		}
 		routes[cat] = r
 	}
