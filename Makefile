@@ -5,6 +5,8 @@ GO       ?= go
 GOFLAGS  ?=
 ENGINES  := deploy/engines/engines.sh
 PKGS     := ./...
+# Where tests leave what a person may want to see (screenshots).
+ARTIFACTS ?= $(CURDIR)/test-artifacts
 
 .PHONY: all build run test test-unit chaos check vet lint fmt-check generate check-generated \
         engines engines-down engines-status bench bench-go bench-smoke deps clean
@@ -23,7 +25,8 @@ run:
 ## the short chaos test on both backends (on its own: it restarts engine
 ## processes, which the other tests must not see)
 test: deps check engines
-	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 $(GO) test -race -count=1 -timeout 30m $(PKGS)
+	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 FREEWAY_ARTIFACTS=$(ARTIFACTS) $(GO) test -race -count=1 -timeout 30m $(PKGS)
+	@echo "test artifacts (the dashboard's screenshots): $(ARTIFACTS)"
 	GO=$(GO) scripts/fuzz.sh 2s
 	GO=$(GO) bench/bench.sh --smoke
 	export $$($(ENGINES) env) && FREEWAY_REQUIRE_ENGINES=1 FREEWAY_CHAOS=short \
@@ -106,4 +109,4 @@ soak: build
 	GO=$(GO) SOAK_COMMAND="make soak SOAKTIME=$(SOAKTIME)" bench/soak.sh $(SOAKTIME)
 
 clean:
-	rm -rf bin freeway-data
+	rm -rf bin freeway-data test-artifacts

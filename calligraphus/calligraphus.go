@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"time"
 
@@ -213,6 +214,48 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 
 // Addr is the bound Scribe address.
 func (c *Calligraphus) Addr() string { return c.server.Addr() }
+
+// Status is the writer's state for /api/v1/status: its running bucket
+// writers.
+type Status struct {
+	Buckets []BucketStatus `json:"buckets"`
+}
+
+// BucketStatus is one running bucket writer.
+type BucketStatus struct {
+	Category string `json:"category"`
+	Bucket   int    `json:"bucket"`
+	// HoldsLease: the writer holds the bucket's lease, as far as it knows.
+	HoldsLease bool `json:"holds_lease"`
+	// PendingBytes are accepted and not yet durable.
+	PendingBytes int64 `json:"pending_bytes"`
+}
+
+// Status lists the running bucket writers, sorted (cheap: the writers'
+// locks, one at a time).
+func (c *Calligraphus) Status() Status {
+	c.mu.Lock()
+	ws := make([]*bucketWriter, 0, len(c.writers))
+	for _, w := range c.writers {
+		ws = append(ws, w)
+	}
+	c.mu.Unlock()
+	out := Status{Buckets: make([]BucketStatus, 0, len(ws))}
+	for _, w := range ws {
+		w.mu.Lock()
+		pending := w.pending
+		w.mu.Unlock()
+		out.Buckets = append(out.Buckets, BucketStatus{Category: w.id.category, Bucket: w.id.bucket, HoldsLease: w.owned.Load(), PendingBytes: pending})
+	}
+	sort.Slice(out.Buckets, func(i, j int) bool {
+		a, b := out.Buckets[i], out.Buckets[j]
+		if a.Category != b.Category {
+			return a.Category < b.Category
+		}
+		return a.Bucket < b.Bucket
+	})
+	return out
+}
 
 // Run serves until ctx ends, then publishes every open segment and returns.
 func (c *Calligraphus) Run(ctx context.Context) error {

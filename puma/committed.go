@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -60,10 +61,17 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	var missing []MissingShard
 	var first error
 	failed := 0
+	var asOf AsOf
 	for b := 0; b < n; b++ {
-		g, err := c.shard(ctx, pl, b, m)
+		st, err := c.shard(ctx, pl, b, m)
 		if err == nil {
-			if why := g.incomplete(app, q.FromMs); why != "" {
+			if st.Epoch != 0 {
+				if asOf.TimeMs == 0 || st.CommitMs < asOf.TimeMs {
+					asOf.TimeMs = st.CommitMs
+				}
+				asOf.WatermarkMs = max(asOf.WatermarkMs, st.Watermarks[app.Name()])
+			}
+			if why := st.Gap.incomplete(app, q.FromMs); why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
 			}
 			continue
@@ -80,22 +88,27 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	if n > 0 && failed == n {
 		return nil, fmt.Errorf("no shard of category %s can be read: %w", cat, first)
 	}
-	res := m.result()
+	res, err := m.result()
+	if err != nil {
+		return nil, err
+	}
 	res.Missing = missing
+	res.AsOf = asOf
 	return res, nil
 }
 
 // shard merges the committed cells of one bucket into m, all or nothing:
 // its cells are merged only once every one of them was read. It returns
+// the shard's commit state (Epoch 0: it never committed); its Gap is
 // what the committed state lacks (nil: nothing).
-func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (*gap, error) {
+func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (commitState, error) {
 	cat := pl.app.Spec.Category
 	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
 	if err != nil {
-		return nil, err
+		return st, err
 	}
 	if st.Epoch == 0 {
-		return st.Gap, nil
+		return st, nil
 	}
 	type read struct {
 		w     int64
@@ -109,10 +122,47 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (*gap
 		got = append(got, read{w, key, slots})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("scan %s/%d: %w", cat, b, err)
+		return st, fmt.Errorf("scan %s/%d: %w", cat, b, err)
 	}
 	for _, r := range got {
 		m.add(r.w, r.key, r.slots)
 	}
-	return st.Gap, nil
+	return st, nil
+}
+
+// ShardStatuses lists every shard of the apps' categories as the store
+// knows it: the node of its last commit (Owner), its epoch, position,
+// time and watermarks, and what its committed state lacks (Incomplete).
+// State is empty (the store does not know whether a node runs the shard
+// now); a shard whose commit row cannot be read has Error set; one that
+// never committed has Epoch 0.
+func (c *Committed) ShardStatuses(ctx context.Context) []Status {
+	seen := map[string]bool{}
+	var cats []string
+	for _, a := range c.apps {
+		if !seen[a.Spec.Category] {
+			seen[a.Spec.Category] = true
+			cats = append(cats, a.Spec.Category)
+		}
+	}
+	sort.Strings(cats)
+	var out []Status
+	for _, cat := range cats {
+		for b := 0; b < c.buckets(cat); b++ {
+			st := Status{Category: cat, Bucket: b}
+			_, cs, _, err := readCommit(ctx, c.st, c.table, cat, b)
+			switch {
+			case err != nil:
+				st.Error = clipError(err.Error())
+			case cs.Epoch != 0:
+				st.Owner, st.Epoch, st.Committed = cs.Owner, cs.Epoch, cs.Position.String()
+				st.LastCommit, st.Watermarks = time.UnixMilli(cs.CommitMs), cs.Watermarks
+			}
+			if err == nil && cs.Gap != nil {
+				st.Incomplete = clipError(cs.Gap.String())
+			}
+			out = append(out, st)
+		}
+	}
+	return out
 }

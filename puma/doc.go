@@ -95,8 +95,15 @@
 // left out whole and listed as failed; one that never committed has no
 // committed state and is not missing; when no shard can be read the query
 // fails. A limit is applied without sorting every row: with one row per
-// window, windows are merged oldest first until the limit is reached;
-// otherwise a bounded heap keeps the first rows.
+// window and no OrderBy, windows are merged oldest first until the limit
+// is reached; otherwise a bounded heap keeps the first rows (with OrderBy,
+// by the aggregate's value: a top-N). Where filters the cells on their
+// group keys before they are merged. Every answer says how recent it is
+// (Result.AsOf): the time of its data (memory: when it was read; store:
+// the oldest commit of the shards that answered) and the app's watermark.
+// ShardStatuses adds to Statuses the owner of shards held elsewhere (asked
+// of the coordinator); Committed.ShardStatuses reads the shards' last
+// commits from the store.
 //
 // What survives a crash: everything up to the last commit (cells,
 // position, high waters with their last-seen times, watermarks); what came

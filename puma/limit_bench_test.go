@@ -79,9 +79,38 @@ func BenchmarkFirstRows(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				rows, _ := m.first(c.limit)
+				rows, _, _ := m.first(c.limit)
 				if len(rows) < 10 {
 					b.Fatalf("%d rows", len(rows))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDashboardQueries: the rolled-up queries the web page asks over
+// 1,000,000 cells (1,000 windows × 1,000 keys): the top 10 values of a
+// group key over the range, and the per-window series of 5 chosen keys.
+//
+//	go test -run '^$' -bench BenchmarkDashboardQueries -benchmem ./puma
+func BenchmarkDashboardQueries(b *testing.B) {
+	p := millionCells(b)
+	from, to := t0, t0+1000*60_000
+	for _, c := range []struct {
+		name string
+		q    Query
+		rows int
+	}{
+		{"top10/window=all/order_by", Query{App: "orders", FromMs: from, ToMs: to, GroupBy: []string{"region"}, AllWindows: true, OrderBy: "n", Desc: true, Limit: 10}, 10},
+		{"series/5keys/where", Query{App: "orders", FromMs: from, ToMs: to, GroupBy: []string{"kind"},
+			Where: map[string][]string{"kind": {"k1", "k2", "k3", "k4", "k5"}}, Limit: 100_000}, 5000},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				res, err := p.Query(context.Background(), c.q)
+				if err != nil || len(res.Rows) != c.rows {
+					b.Fatalf("%v %d rows", err, len(res.Rows))
 				}
 			}
 		})

@@ -387,6 +387,21 @@ type Status struct {
 	// segments deleted or gone before it read them (answers over their
 	// time list the shard as incomplete).
 	Incomplete string
+
+	// Owner is the node that holds the shard: this node's ID while it is
+	// taken here; for a shard held elsewhere ShardStatuses asks the
+	// coordinator (Statuses does not); from the store (Committed), the
+	// node of the last commit.
+	Owner string
+	// LagSegments counts the bucket's published segments not yet read
+	// (running here).
+	LagSegments int64
+	// LastCommit is when the shard last committed (running here: or
+	// recovered).
+	LastCommit time.Time
+	// Watermarks is the highest event time aggregated (Unix ms), by app
+	// (running here; from the store, as committed).
+	Watermarks map[string]int64
 }
 
 // maxErrorText bounds the error text of a status, which goes into
@@ -427,18 +442,45 @@ func (p *Puma) status(id shardID) Status {
 	if !ok {
 		return st
 	}
-	st.State = StateRecovering
+	st.State, st.Owner = StateRecovering, p.cfg.ID
 	if isReady(s) {
 		st.State, st.Error, st.Failures = StateRunning, "", 0
+		st.LagSegments, st.LastCommit = s.lag.Load(), time.Unix(0, s.lastCommit.Load())
 		s.mu.RLock()
 		st.Position, st.Entries, st.Dups = s.pos.String(), s.entries, s.dups
 		st.Epoch, st.Committed = s.committedEpoch, s.committedPos.String()
 		if s.gap != nil {
 			st.Incomplete = clipError(s.gap.String())
 		}
+		st.Watermarks = make(map[string]int64, len(s.tables))
+		for _, t := range s.tables {
+			if t.watermark > 0 {
+				st.Watermarks[t.app.Name()] = t.watermark
+			}
+		}
 		s.mu.RUnlock()
 	}
 	return st
+}
+
+// ID is the node's identity in leases (puma.id, default host-pid).
+func (p *Puma) ID() string { return p.cfg.ID }
+
+// ShardStatuses is Statuses with the owner of each shard held elsewhere,
+// asked of the coordinator (a shard whose holder cannot be asked keeps
+// an empty Owner).
+func (p *Puma) ShardStatuses(ctx context.Context) []Status {
+	out := p.Statuses()
+	for i, st := range out {
+		if st.State != StateElsewhere {
+			continue
+		}
+		owner, _, err := p.deps.Coord.Holder(ctx, shardID{st.Category, st.Bucket}.lease())
+		if err == nil {
+			out[i].Owner = owner
+		}
+	}
+	return out
 }
 
 // Statuses lists every shard of the node's apps, sorted by category and

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -23,6 +24,17 @@ type Query struct {
 	AllWindows bool
 	// Limit bounds the rows (0: no limit).
 	Limit int
+	// Where keeps only the cells whose key has, for each group key named,
+	// one of the values listed: conditions on different keys all hold,
+	// the values of one key are alternatives. The keys are any of the
+	// app's group_by, grouped by or not. Nil or empty: every cell.
+	Where map[string][]string
+	// OrderBy names an aggregate whose value orders the rows (largest
+	// first with Desc), rows without a value last; ties in answer order
+	// (window start, then key). With Limit it is a top-N: the first Limit
+	// rows of that order. "": answer order.
+	OrderBy string
+	Desc    bool
 }
 
 // Row is one (window, key) of an answer.
@@ -39,9 +51,27 @@ type Result struct {
 	Rows []Row
 	// Truncated: Limit cut rows off.
 	Truncated bool
+	// AsOf says how recent the answer's data is.
+	AsOf AsOf
 	// Missing lists the shards of the app's category whose data the
 	// answer lacks; empty when the answer is complete.
 	Missing []MissingShard
+}
+
+// AsOf says how recent an answer's data is.
+type AsOf struct {
+	// TimeMs is the time of the data, Unix ms. From memory (Puma.Query):
+	// when the shards were read, so the answer holds every line read from
+	// the dfs by then. From the store (Committed.Query): the oldest
+	// commit time of the shards that answered, so the answer holds at
+	// least what every one of them had read by then. 0: no shard
+	// answered with data (none running, none committed).
+	TimeMs int64
+	// WatermarkMs is the app's watermark over the shards that answered:
+	// the highest event time any of them had aggregated (as of TimeMs; 0
+	// when none had aggregated a line). Windows well before it minus the
+	// app's allowed_lateness are final.
+	WatermarkMs int64
 }
 
 // Partial reports whether the answer lacks the data of some shards.
@@ -80,6 +110,16 @@ type plan struct {
 	names   []string
 	// whole: the query's key is the app's key, as stored
 	whole bool
+	// where: the conditions of q.Where on the app's key, by position in it
+	where []keyCond
+	// order: the index in the app's aggregates of q.OrderBy, or -1
+	order int
+}
+
+// keyCond holds when the value at position i of a cell's key is one of vals.
+type keyCond struct {
+	i    int
+	vals map[string]bool
 }
 
 func newPlan(app *apps.App, q Query) (*plan, error) {
@@ -110,7 +150,64 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 		pl.names = append(pl.names, g)
 	}
 	pl.whole = slices.Equal(pl.names, app.Spec.GroupBy)
+	for _, k := range slices.Sorted(maps.Keys(q.Where)) {
+		i := slices.Index(app.Spec.GroupBy, k)
+		if i < 0 {
+			return nil, badQuery("where: app %s has no group key %q (it groups by %s)", app.Name(), ratelog.Clip(k), strings.Join(app.Spec.GroupBy, ", "))
+		}
+		c := keyCond{i: i, vals: map[string]bool{}}
+		for _, v := range q.Where[k] {
+			// Stored keys hold no NUL (apps.EncodeKey replaces it).
+			c.vals[strings.ReplaceAll(v, "\x00", "\uFFFD")] = true
+		}
+		if len(c.vals) == 0 {
+			return nil, badQuery("where: no value given for %q", ratelog.Clip(k))
+		}
+		pl.where = append(pl.where, c)
+	}
+	pl.order = -1
+	if q.OrderBy != "" {
+		pl.order = slices.IndexFunc(app.Aggs, func(a apps.Agg) bool { return a.Name == q.OrderBy })
+		if pl.order < 0 {
+			var names []string
+			for _, a := range app.Aggs {
+				names = append(names, a.Name)
+			}
+			return nil, badQuery("order_by: app %s has no aggregate %q (it has %s)", app.Name(), ratelog.Clip(q.OrderBy), strings.Join(names, ", "))
+		}
+	}
 	return pl, nil
+}
+
+// keep reports whether a cell's key (the app's full key, encoded) meets
+// the query's where conditions.
+func (pl *plan) keep(key string) bool {
+	if len(pl.where) == 0 {
+		return true
+	}
+	for _, c := range pl.where {
+		if !c.vals[keyField(key, c.i)] {
+			return false
+		}
+	}
+	return true
+}
+
+// keyField is the i-th value of an encoded key (apps.EncodeKey), "" if it
+// has fewer, without the allocations of decoding it: a query may look at
+// millions of keys.
+func keyField(key string, i int) string {
+	for ; i > 0; i-- {
+		j := strings.IndexByte(key, 0)
+		if j < 0 {
+			return ""
+		}
+		key = key[j+1:]
+	}
+	if j := strings.IndexByte(key, 0); j >= 0 {
+		return key[:j]
+	}
+	return key
 }
 
 // merger accumulates partial cells into result rows.
@@ -129,13 +226,16 @@ func newMerger(pl *plan) *merger { return &merger{pl: pl, rows: map[cellKey]*mro
 // add merges one stored or in-memory cell if its window is in range.
 func (m *merger) add(window int64, key string, cell []float64) {
 	pl := m.pl
-	if window < pl.q.FromMs || window >= pl.q.ToMs {
+	if window < pl.q.FromMs || window >= pl.q.ToMs || !pl.keep(key) {
 		return
 	}
 	k := cellKey{window: window}
 	switch {
 	case pl.whole:
 		k.key = key
+	case len(pl.project) == 1:
+		// One value is its own encoding (it holds no NUL).
+		k.key = keyField(key, pl.project[0])
 	case len(pl.project) > 0:
 		full := apps.DecodeKey(key, len(pl.app.Spec.GroupBy))
 		vals := make([]string, len(pl.project))
@@ -159,9 +259,12 @@ func (m *merger) add(window int64, key string, cell []float64) {
 	pl.layout.merge(r.cell, cell)
 }
 
-func (m *merger) result() *Result {
+func (m *merger) result() (*Result, error) {
 	pl := m.pl
-	rows, truncated := m.first(pl.q.Limit)
+	rows, truncated, err := m.first(pl.q.Limit)
+	if err != nil {
+		return nil, err
+	}
 	res := &Result{App: pl.app.Name(), Rows: make([]Row, 0, len(rows)), Truncated: truncated}
 	for _, kr := range rows {
 		key := make(map[string]string, len(pl.names))
@@ -170,14 +273,18 @@ func (m *merger) result() *Result {
 		}
 		res.Rows = append(res.Rows, Row{WindowStartMs: kr.r.start, WindowEndMs: kr.r.end, Key: key, Values: pl.layout.results(kr.r.cell)})
 	}
-	return res
+	return res, nil
 }
 
 // keyed is a merged row with its (projected) key, in answer order by
 // window start, then key. The order is total: no two rows share both.
+// With an order_by, v is the row's value of that aggregate (has: it
+// has one).
 type keyed struct {
 	key string
 	r   *mrow
+	v   float64
+	has bool
 }
 
 func compareKeyed(a, b keyed) int {
@@ -187,41 +294,89 @@ func compareKeyed(a, b keyed) int {
 	return strings.Compare(a.key, b.key)
 }
 
-// first returns the first limit rows in answer order (every row when limit
-// is 0) and whether rows were left out. With a limit it keeps the limit
-// smallest rows seen in a bounded max-heap, so that a limit of 10 over a
-// million rows costs a million comparisons with the heap's top, not a
-// sort of a million rows.
-func (m *merger) first(limit int) ([]keyed, bool) {
+// byValue orders rows by their order_by value (descending when desc),
+// rows without a value last, ties in answer order.
+func byValue(desc bool) func(a, b keyed) int {
+	return func(a, b keyed) int {
+		switch {
+		case a.has != b.has:
+			if a.has {
+				return -1
+			}
+			return 1
+		case a.has && a.v != b.v:
+			c := cmp.Compare(a.v, b.v)
+			if desc {
+				c = -c
+			}
+			return c
+		}
+		return compareKeyed(a, b)
+	}
+}
+
+// keyed returns a merged row with its order_by value.
+func (m *merger) keyed(key string, r *mrow) (keyed, error) {
+	x := keyed{key: key, r: r}
+	if i := m.pl.order; i >= 0 {
+		l := m.pl.layout
+		switch v := l.impls[i].result(l.slots(r.cell, i)).(type) {
+		case float64:
+			x.v, x.has = v, true
+		case nil:
+		default:
+			return x, badQuery("order_by: aggregate %s (%s) has values that are not numbers", m.pl.q.OrderBy, m.pl.app.Aggs[i].Fn.Name)
+		}
+	}
+	return x, nil
+}
+
+// first returns the first limit rows in the answer's order (every row
+// when limit is 0) and whether rows were left out. With a limit it keeps
+// the limit first rows seen in a bounded max-heap, so that a limit of 10
+// over a million rows costs a million comparisons with the heap's top,
+// not a sort of a million rows.
+func (m *merger) first(limit int) ([]keyed, bool, error) {
+	less := compareKeyed
+	if m.pl.order >= 0 {
+		less = byValue(m.pl.q.Desc)
+	}
 	if limit <= 0 || limit >= len(m.rows) {
 		rows := make([]keyed, 0, len(m.rows))
 		for k, r := range m.rows {
-			rows = append(rows, keyed{k.key, r})
+			x, err := m.keyed(k.key, r)
+			if err != nil {
+				return nil, false, err
+			}
+			rows = append(rows, x)
 		}
-		slices.SortFunc(rows, compareKeyed)
-		return rows, false
+		slices.SortFunc(rows, less)
+		return rows, false, nil
 	}
 	h := make([]keyed, 0, limit) // max-heap: h[0] is the last row kept
 	for k, r := range m.rows {
-		x := keyed{k.key, r}
+		x, err := m.keyed(k.key, r)
+		if err != nil {
+			return nil, false, err
+		}
 		if len(h) < limit {
 			h = append(h, x)
-			siftUp(h, len(h)-1)
+			siftUp(h, len(h)-1, less)
 			continue
 		}
-		if compareKeyed(x, h[0]) < 0 {
+		if less(x, h[0]) < 0 {
 			h[0] = x
-			siftDown(h, 0)
+			siftDown(h, 0, less)
 		}
 	}
-	slices.SortFunc(h, compareKeyed)
-	return h, true
+	slices.SortFunc(h, less)
+	return h, true, nil
 }
 
-func siftUp(h []keyed, i int) {
+func siftUp(h []keyed, i int, less func(a, b keyed) int) {
 	for i > 0 {
 		parent := (i - 1) / 2
-		if compareKeyed(h[i], h[parent]) <= 0 {
+		if less(h[i], h[parent]) <= 0 {
 			return
 		}
 		h[i], h[parent] = h[parent], h[i]
@@ -229,13 +384,13 @@ func siftUp(h []keyed, i int) {
 	}
 }
 
-func siftDown(h []keyed, i int) {
+func siftDown(h []keyed, i int, less func(a, b keyed) int) {
 	for {
 		big, l, r := i, 2*i+1, 2*i+2
-		if l < len(h) && compareKeyed(h[l], h[big]) > 0 {
+		if l < len(h) && less(h[l], h[big]) > 0 {
 			big = l
 		}
-		if r < len(h) && compareKeyed(h[r], h[big]) > 0 {
+		if r < len(h) && less(h[r], h[big]) > 0 {
 			big = r
 		}
 		if big == i {
@@ -280,8 +435,21 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	}
 	p.mu.RUnlock()
 	m := newMerger(pl)
+	asOf := AsOf{TimeMs: p.deps.Now().UnixMilli()}
+	if len(shards) == 0 {
+		asOf.TimeMs = 0
+	}
+	for _, s := range shards {
+		s.snapshot(func(tables []*table) {
+			for _, t := range tables {
+				if t.app == app && t.watermark > asOf.WatermarkMs {
+					asOf.WatermarkMs = t.watermark
+				}
+			}
+		})
+	}
 	var res *Result
-	if q.Limit > 0 && !q.AllWindows {
+	if q.Limit > 0 && !q.AllWindows && q.OrderBy == "" {
 		res, err = firstWindows(ctx, app, shards, m)
 		if err != nil {
 			return nil, err
@@ -300,9 +468,12 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 				}
 			})
 		}
-		res = m.result()
+		if res, err = m.result(); err != nil {
+			return nil, err
+		}
 	}
 	res.Missing = missing
+	res.AsOf = asOf
 	return res, nil
 }
 
@@ -346,10 +517,17 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 						continue
 					}
 					cells := t.windows[w]
-					found = found || len(cells) > 0
 					if dry {
+						// Only a cell the where filter keeps is a row left out.
+						for key := range cells {
+							if m.pl.keep(key) {
+								found = true
+								break
+							}
+						}
 						continue
 					}
+					found = found || len(cells) > 0
 					for key, cell := range cells {
 						m.add(w, key, cell)
 					}
@@ -376,7 +554,10 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 			break
 		}
 	}
-	res := m.result()
+	res, err := m.result()
+	if err != nil {
+		return nil, err
+	}
 	res.Truncated = res.Truncated || more
 	return res, nil
 }

@@ -46,6 +46,7 @@ type shard struct {
 	nextEpoch   int64
 	expired     []expiredRows // retention deletes still to make
 	lastCommit  atomic.Int64  // Unix ns of the last commit (or recovery)
+	lag         atomic.Int64  // published segments not yet read, for Statuses
 	ready       chan struct{}
 }
 
@@ -176,7 +177,9 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 		}
 		bo.Reset()
 		s.apply(&b, pos)
-		lag.Set(float64(r.Lag()))
+		n := r.Lag()
+		s.lag.Store(int64(n))
+		lag.Set(float64(n))
 	}
 }
 

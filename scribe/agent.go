@@ -97,6 +97,27 @@ func (a *Agent) Addr() string { return a.srv.Addr() }
 // ID is the agent's stable identity, sent with every batch.
 func (a *Agent) ID() string { return a.q.ID() }
 
+// Status is the agent's state for /api/v1/status: its queue.
+type Status struct {
+	ID string `json:"id"`
+	// QueueEntries and QueueBytes are queued and not yet acknowledged
+	// upstream.
+	QueueEntries  int64 `json:"queue_entries"`
+	QueueBytes    int64 `json:"queue_bytes"`
+	QueueSegments int   `json:"queue_segments"`
+	// LostEntries counts entries skipped as damaged since start.
+	LostEntries int64 `json:"lost_entries"`
+	// Unavailable: appends are refused until the queue's files are
+	// repaired.
+	Unavailable bool `json:"unavailable"`
+}
+
+// Status reports the queue (cheap: one lock of the queue).
+func (a *Agent) Status() Status {
+	st := a.q.Stats()
+	return Status{ID: a.q.ID(), QueueEntries: st.Entries, QueueBytes: st.Bytes, QueueSegments: st.Segments, LostEntries: st.Lost, Unavailable: st.Unavailable}
+}
+
 // Run serves apps, tails files and ships upstream until ctx ends, then
 // stops every goroutine and closes the queue. A full or failing disk does
 // not stop it: calls are answered TRY_LATER meanwhile, and what is durable

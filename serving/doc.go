@@ -1,12 +1,37 @@
 // Package serving answers queries over Puma's aggregates: an HTTP JSON API
-// (GET /api/v1/apps, GET /api/v1/query), the same through Thrift (the Query
-// service of thrift/freeway.thrift), health and readiness probes,
-// Prometheus metrics, and a small web page.
+// (GET /api/v1/apps, /api/v1/query, /api/v1/status, described by the
+// OpenAPI 3 document at /api/v1/openapi.json), the same queries through
+// Thrift (the Query service of thrift/freeway.thrift), health and
+// readiness probes, Prometheus metrics, and the dashboard at /.
 //
 // Place in the data path: the end of it. In `freeway all` it answers from
-// the local Puma node's memory (fresh, including uncommitted changes); a
-// standalone serving process answers from the store (committed state).
-// It keeps no state of its own.
+// the local Puma node's memory (mode=fresh, the default there, including
+// uncommitted changes) or from the store (mode=committed, Deps.Committed);
+// a standalone serving process answers from the store only, and refuses
+// mode=fresh. Every answer says how recent it is (as_of: the mode, the
+// time of the data, the app's watermark). It keeps no state of its own:
+// nothing of it survives a crash, nothing needs to.
+//
+// The API. Queries filter on group keys (where=key:value, repeatable),
+// order by an aggregate with a limit (order_by=AGG[:asc|desc], a top-N of
+// keys with window=all), and choose the mode. Each endpoint declares the
+// query parameters it takes in one table (params.go), which the parser
+// uses; TestOpenAPI holds openapi.json (hand-written, embedded) to the
+// routes the mux serves, to those tables and to the answers' fields, so
+// the document cannot drift from the handlers. /api/v1/status reports
+// the process's components, the Puma shards (owner, state, position,
+// lag in segments, checkpoint age; from the store for a standalone
+// serving), each app's watermark and lag, and whatever the other
+// components report through Deps.Status (the agent's queue, the writer's
+// buckets; a copier provider fills "copier").
+//
+// The dashboard (index.go, ui/) is plain HTML, CSS and JavaScript
+// embedded in the binary, with uPlot vendored at a pinned version (its
+// checksums in ui/vendor/README.md, checked by a test); it asks only for
+// rolled-up answers (window=all, group_by with order_by and limit, where
+// on the keys it charts), polls for live refresh, and keeps its view in
+// the URL fragment. internal/freeway's TestDashboard drives it in
+// headless Chromium against a running `freeway all`.
 //
 // Partial answers. An answer lacking the data of some shards of the
 // app's category says so: over HTTP "partial": true and "missing_shards"

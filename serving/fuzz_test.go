@@ -64,6 +64,10 @@ func FuzzQueryHTTP(f *testing.F) {
 		"app=" + strings.Repeat("x", 5000), "app=orders&group_by=" + strings.Repeat("k,", 3000),
 		"app=orders&from=" + strings.Repeat("9", 400), strings.Repeat("&", 100) + "app=orders",
 		"app=orders&window=" + strings.Repeat("all", 200), "%zz", "app=orders&app=orders", "=&=",
+		"app=orders&where=region:eu&where=kind:book&where=region:us", "app=orders&where=city:x", "app=orders&where=:",
+		"app=orders&where=region", "app=orders&group_by=kind&window=all&order_by=total:asc&limit=2",
+		"app=orders&order_by=nope:desc", "app=orders&order_by=:", "app=orders&mode=fresh", "app=orders&mode=committed",
+		"app=orders&mode=" + strings.Repeat("z", 300), "app=orders&where=" + strings.Repeat("k:", 2000),
 	} {
 		f.Add(q)
 	}

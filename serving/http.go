@@ -7,33 +7,11 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/puma"
 )
-
-// Handler is the HTTP handler (also usable without Run, in tests): the
-// query API and the page, and the operator endpoints of internal/admin,
-// counted by handler.
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	query := func(h http.HandlerFunc) http.HandlerFunc { return s.deps.Auth.Query(h).ServeHTTP }
-	mux.Handle("GET /api/v1/apps", s.instrument("apps", query(s.handleApps)))
-	mux.Handle("GET /api/v1/query", s.instrument("query", query(s.handleQuery)))
-	mux.Handle("GET /{$}", s.instrument("index", query(s.handleIndex)))
-	rt := admin.Routes{Gatherer: s.deps.Gatherer, Auth: s.deps.Auth, Control: s.deps.Control, Pprof: s.cfg.Pprof, Wrap: s.instrument}
-	if ready := s.deps.Ready; ready != nil {
-		rt.Ready = func() (bool, string) {
-			rd := ready()
-			return rd.Ready, rd.String()
-		}
-	}
-	rt.Mount(mux)
-	mux.HandleFunc("/", admin.Fallback([]string{"/api/v1/apps", "/api/v1/query", "/"}, "see GET /api/v1/apps and GET /api/v1/query"))
-	return mux
-}
 
 type statusRecorder struct {
 	http.ResponseWriter
@@ -145,6 +123,27 @@ type ResultJSON struct {
 	Truncated     bool               `json:"truncated,omitempty"`
 	Partial       bool               `json:"partial,omitempty"`
 	MissingShards []MissingShardJSON `json:"missing_shards,omitempty"`
+	AsOf          AsOfJSON           `json:"as_of"`
+}
+
+// AsOfJSON says how recent an answer's data is (puma.AsOf): the mode it
+// was answered in, the time of its data and the app's watermark (both
+// RFC 3339, left out when there is none yet).
+type AsOfJSON struct {
+	Mode      string `json:"mode"`
+	Time      string `json:"time,omitempty"`
+	Watermark string `json:"watermark,omitempty"`
+}
+
+func asOfJSON(mode string, a puma.AsOf) AsOfJSON {
+	j := AsOfJSON{Mode: mode}
+	if a.TimeMs != 0 {
+		j.Time = time.UnixMilli(a.TimeMs).UTC().Format(time.RFC3339Nano)
+	}
+	if a.WatermarkMs != 0 {
+		j.Watermark = time.UnixMilli(a.WatermarkMs).UTC().Format(time.RFC3339Nano)
+	}
+	return j
 }
 
 // MissingShardJSON is a shard whose data an answer lacks.
@@ -164,12 +163,13 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		httpsrv.WriteError(w, http.StatusBadRequest, "bad query string: "+ratelog.Clip(err.Error()))
 		return
 	}
-	q, err := s.parseQuery(params)
+	req, err := s.parseQuery(params)
 	if err != nil {
 		httpsrv.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	res, err := s.query(r.Context(), q)
+	q := req.q
+	res, mode, err := s.query(r.Context(), q, req.mode)
 	if err != nil {
 		var bad *puma.BadQueryError
 		if errors.As(err, &bad) {
@@ -180,7 +180,7 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial()}
+	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial(), AsOf: asOfJSON(mode, res.AsOf)}
 	for _, m := range res.Missing {
 		out.MissingShards = append(out.MissingShards, MissingShardJSON{Category: m.Category, Bucket: m.Bucket, State: string(m.State), Error: m.Error})
 	}

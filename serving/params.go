@@ -15,19 +15,75 @@ import (
 	"github.com/freeway-dev/freeway/puma"
 )
 
-var queryParams = map[string]bool{"app": true, "from": true, "to": true, "group_by": true, "window": true, "limit": true}
+// param is a query-string parameter an endpoint takes. The parser takes
+// the names it accepts from these tables, and TestOpenAPI holds the
+// OpenAPI document (openapi.json) to them: a parameter added here and not
+// documented there, or the other way round, fails the test.
+type param struct {
+	name string
+	// required: the request is refused without it.
+	required bool
+	// repeat: it may be given several times (else once at most).
+	repeat bool
+}
+
+// queryParams are GET /api/v1/query's.
+var queryParams = []param{
+	{name: "app", required: true},
+	{name: "from"},
+	{name: "to"},
+	{name: "group_by"},
+	{name: "window"},
+	{name: "limit"},
+	{name: "where", repeat: true},
+	{name: "order_by"},
+	{name: "mode"},
+}
+
+// checkParams refuses a parameter not in table, or one given more times
+// than it may be; errors quote the name clipped.
+func checkParams(params map[string][]string, table []param) error {
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		i := slices.IndexFunc(table, func(p param) bool { return p.name == k })
+		if i < 0 {
+			names := make([]string, len(table))
+			for j, p := range table {
+				names[j] = p.name
+			}
+			return fmt.Errorf("unknown parameter %q (want %s)", ratelog.Clip(k), strings.Join(names, ", "))
+		}
+		if n := len(params[k]); n > 1 && !table[i].repeat {
+			return fmt.Errorf("parameter %q given %d times", ratelog.Clip(k), n)
+		}
+	}
+	for _, p := range table {
+		if v := params[p.name]; p.required && (len(v) == 0 || v[0] == "") {
+			return fmt.Errorf("missing parameter %s", p.name)
+		}
+	}
+	return nil
+}
+
+// Modes of a query: from a Puma node's memory, or from the store.
+const (
+	modeFresh     = "fresh"
+	modeCommitted = "committed"
+)
+
+// queryRequest is a parsed query and the mode it asks for ("": the
+// server's default).
+type queryRequest struct {
+	q    puma.Query
+	mode string
+}
 
 // parseQuery turns URL parameters into a query; errors are the caller's,
 // and quote what the caller sent clipped (ratelog.Clip).
-func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
-	var q puma.Query
-	for _, k := range slices.Sorted(maps.Keys(params)) {
-		if !queryParams[k] {
-			return q, fmt.Errorf("unknown parameter %q (want app, from, to, group_by, window, limit)", ratelog.Clip(k))
-		}
-		if n := len(params[k]); n > 1 {
-			return q, fmt.Errorf("parameter %q given %d times", ratelog.Clip(k), n)
-		}
+func (s *Server) parseQuery(params map[string][]string) (queryRequest, error) {
+	var req queryRequest
+	q := &req.q
+	if err := checkParams(params, queryParams); err != nil {
+		return req, err
 	}
 	get := func(k string) (string, bool) {
 		v, ok := params[k]
@@ -36,17 +92,13 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 		}
 		return v[0], true
 	}
-	app, _ := get("app")
-	if app == "" {
-		return q, errors.New("missing parameter app")
-	}
-	q.App = app
+	q.App, _ = get("app")
 	now := s.deps.Now()
 	q.ToMs = now.UnixMilli()
 	if v, ok := get("to"); ok {
 		t, err := ParseTime(v)
 		if err != nil {
-			return q, fmt.Errorf("bad to: %w", err)
+			return req, fmt.Errorf("bad to: %w", err)
 		}
 		q.ToMs = t.UnixMilli()
 	}
@@ -54,12 +106,12 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	if v, ok := get("from"); ok {
 		t, err := ParseTime(v)
 		if err != nil {
-			return q, fmt.Errorf("bad from: %w", err)
+			return req, fmt.Errorf("bad from: %w", err)
 		}
 		q.FromMs = t.UnixMilli()
 	}
 	if q.FromMs >= q.ToMs {
-		return q, errors.New("from must be before to")
+		return req, errors.New("from must be before to")
 	}
 	if v, ok := get("group_by"); ok {
 		q.GroupBy = []string{}
@@ -67,14 +119,14 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 			q.GroupBy = strings.Split(v, ",")
 			for _, g := range q.GroupBy {
 				if g == "" {
-					return q, fmt.Errorf("bad group_by %q: empty field name", ratelog.Clip(v))
+					return req, fmt.Errorf("bad group_by %q: empty field name", ratelog.Clip(v))
 				}
 			}
 		}
 	}
 	if v, ok := get("window"); ok {
 		if v != "all" {
-			return q, fmt.Errorf("bad window %q: the only value is all", ratelog.Clip(v))
+			return req, fmt.Errorf("bad window %q: the only value is all", ratelog.Clip(v))
 		}
 		q.AllWindows = true
 	}
@@ -82,11 +134,53 @@ func (s *Server) parseQuery(params map[string][]string) (puma.Query, error) {
 	if v, ok := get("limit"); ok {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
-			return q, fmt.Errorf("bad limit %q: want a positive integer", ratelog.Clip(v))
+			return req, fmt.Errorf("bad limit %q: want a positive integer", ratelog.Clip(v))
 		}
 		q.Limit = min(n, s.cfg.MaxRows)
 	}
-	return q, nil
+	for _, v := range params["where"] {
+		k, val, ok := strings.Cut(v, ":")
+		if !ok || k == "" {
+			return req, fmt.Errorf("bad where %q: want key:value (a group key, a colon, its value)", ratelog.Clip(v))
+		}
+		if q.Where == nil {
+			q.Where = map[string][]string{}
+		}
+		q.Where[k] = append(q.Where[k], val)
+	}
+	if v, ok := get("order_by"); ok {
+		var err error
+		if q.OrderBy, q.Desc, err = parseOrderBy(v); err != nil {
+			return req, err
+		}
+	}
+	if v, ok := get("mode"); ok {
+		if v != modeFresh && v != modeCommitted {
+			return req, fmt.Errorf("bad mode %q: want fresh or committed", ratelog.Clip(v))
+		}
+		req.mode = v
+	}
+	return req, nil
+}
+
+// parseOrderBy reads AGG[:asc|desc]; without a direction it is desc, the
+// largest first (a top-N with limit).
+func parseOrderBy(v string) (agg string, desc bool, err error) {
+	agg, desc = v, true
+	if i := strings.LastIndexByte(v, ':'); i >= 0 {
+		switch v[i+1:] {
+		case "asc":
+			agg, desc = v[:i], false
+		case "desc":
+			agg = v[:i]
+		default:
+			return "", false, fmt.Errorf("bad order_by %q: want an aggregate, then optionally :asc or :desc", ratelog.Clip(v))
+		}
+	}
+	if agg == "" {
+		return "", false, fmt.Errorf("bad order_by %q: no aggregate named", ratelog.Clip(v))
+	}
+	return agg, desc, nil
 }
 
 // maxUnixSeconds bounds the times a query may name (about 5000 years

@@ -2,8 +2,11 @@ package serving
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,8 +20,8 @@ import (
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
 )
 
-// Source is what queries are answered from: a Puma node (memory) or
-// puma.Committed (the store).
+// Source is what queries are answered from: a Puma node (memory: mode
+// fresh) or puma.Committed (the store: mode committed).
 type Source interface {
 	Apps() []*apps.App
 	Query(ctx context.Context, q puma.Query) (*puma.Result, error)
@@ -75,7 +78,21 @@ func (c *Config) Validate() error {
 // POST /admin/reload and /admin/shutdown do (nil: answered 501).
 type Deps struct {
 	component.Common
+	// Source answers queries by default: a Puma node (mode fresh, from
+	// memory) or, in a serving process without one, puma.Committed (mode
+	// committed, from the store; mode=fresh is then refused).
 	Source Source
+	// Committed answers mode=committed beside a Puma node: puma.Committed
+	// over the node's store. Nil when Source is the store already, or
+	// when there is none (mode=committed is then refused).
+	Committed Source
+	// Components names the components of this process, for
+	// /api/v1/status (nil: serving alone).
+	Components []string
+	// Status reports the other components' state in /api/v1/status, each
+	// under its name (the agent's queue, the writer's buckets, the
+	// copier's lag).
+	Status []StatusProvider
 	// Ready reports readiness for /readyz (a Puma node's Readiness); nil
 	// means always ready.
 	Ready func() puma.Readiness
@@ -86,22 +103,40 @@ type Deps struct {
 	HTTP httpsrv.Limits
 }
 
+// StatusProvider reports one component's state for /api/v1/status: what
+// Report returns is encoded as JSON under Name. Report is called for
+// every request of the status (keep it cheap) and must be safe to call
+// concurrently.
+type StatusProvider struct {
+	Name   string
+	Report func(ctx context.Context) any
+}
+
 // Server serves queries.
 type Server struct {
-	cfg    Config
-	deps   Deps
-	log    *slog.Logger
-	ln     net.Listener
-	thrift *thriftsrv.Server
-	http   *httpsrv.Server
-	reqs   *prometheus.CounterVec
-	lat    *prometheus.HistogramVec
+	cfg  Config
+	deps Deps
+	// fresh and store answer the two modes (nil: not offered here);
+	// defaultMode is the mode of a query that names none.
+	fresh, store Source
+	defaultMode  string
+	log          *slog.Logger
+	ln           net.Listener
+	thrift       *thriftsrv.Server
+	http         *httpsrv.Server
+	reqs         *prometheus.CounterVec
+	lat          *prometheus.HistogramVec
 }
 
 // New binds the listeners; Run serves.
 func New(cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	for _, p := range deps.Status {
+		if p.Name == "" || p.Report == nil || slices.Contains(statusFields, p.Name) {
+			return nil, fmt.Errorf("start serving: status provider %q: needs a name that is not one of %s, and a Report", p.Name, strings.Join(statusFields, ", "))
+		}
 	}
 	deps.Common = deps.Defaults()
 	s := &Server{
@@ -113,6 +148,18 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	if deps.Metrics != nil {
 		deps.Metrics.MustRegister(s.reqs, s.lat)
+	}
+	if _, isStore := deps.Source.(*puma.Committed); isStore {
+		s.store = deps.Source
+	} else {
+		s.fresh = deps.Source
+	}
+	if deps.Committed != nil {
+		s.store = deps.Committed
+	}
+	s.defaultMode = modeFresh
+	if s.fresh == nil {
+		s.defaultMode = modeCommitted
 	}
 	hl := deps.HTTP
 	if hl.WriteTimeout <= 0 {
@@ -181,8 +228,24 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) query(ctx context.Context, q puma.Query) (*puma.Result, error) {
+// query answers q in mode ("": the default), and returns the mode it
+// answered in. A mode this process does not offer is a BadQueryError.
+func (s *Server) query(ctx context.Context, q puma.Query, mode string) (*puma.Result, string, error) {
+	if mode == "" {
+		mode = s.defaultMode
+	}
+	src := s.fresh
+	if mode == modeCommitted {
+		src = s.store
+	}
+	if src == nil {
+		if mode == modeFresh {
+			return nil, mode, &puma.BadQueryError{Msg: "mode=fresh: this serving process has no Puma node; it answers from the store only (mode=committed)"}
+		}
+		return nil, mode, &puma.BadQueryError{Msg: "mode=committed: this serving process has no store reader; it answers from memory only (mode=fresh)"}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout.D())
 	defer cancel()
-	return s.deps.Source.Query(ctx, q)
+	res, err := src.Query(ctx, q)
+	return res, mode, err
 }

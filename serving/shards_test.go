@@ -2,6 +2,7 @@ package serving
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -165,19 +166,26 @@ func TestShardStatesReachClients(t *testing.T) {
 		t.Fatalf("readyz: %d\n%s", w.Code, w.Body)
 	}
 	w = get(t, s, q)
+	body, asOf := cutAsOf(t, w.Body.String())
+	mu.Lock()
+	wantAsOf := AsOfJSON{Mode: "fresh", Time: time.UnixMilli(clock.UnixMilli()).UTC().Format(time.RFC3339Nano), Watermark: "2024-05-06T07:00:01Z"}
+	mu.Unlock()
+	if asOf != wantAsOf {
+		t.Fatalf("as_of %+v, want %+v", asOf, wantAsOf)
+	}
 	want := `{"app":"orders","rows":[` +
 		`{"window_start":"2024-05-06T07:00:00Z","window_end":"2024-05-06T07:01:00Z","key":{"kind":"book","region":"eu"},"values":{"lo":10,"n":1,"total":10}}` +
 		`],"partial":true,"missing_shards":[` +
 		`{"category":"shop","bucket":1,"state":"recovering"},` +
 		`{"category":"shop","bucket":2,"state":"failed","error":"recover shard shop/2: read commit row c/shop/2: injected: region server down"}]}`
-	if got := strings.TrimSpace(w.Body.String()); w.Code != 200 || got != want {
-		t.Fatalf("partial answer: %d\n%s\nwant\n%s", w.Code, got, want)
+	if w.Code != 200 || body != want {
+		t.Fatalf("partial answer: %d\n%s\nwant\n%s", w.Code, body, want)
 	}
 
 	wantThrift := &freeway.QueryResult_{App: "orders", Rows: []*freeway.Row{row("eu", 10)}, Partial: thrift.BoolPtr(true), MissingShards: []*freeway.MissingShard{
 		{Category: "shop", Bucket: 1, State: "recovering"},
 		{Category: "shop", Bucket: 2, State: "failed", Error: thrift.StringPtr("recover shard shop/2: read commit row c/shop/2: injected: region server down")},
-	}}
+	}, AsOf: &freeway.AsOf{Mode: "fresh", TimeMs: thrift.Int64Ptr(clock.UnixMilli()), WatermarkMs: thrift.Int64Ptr(from*1000 + 1000)}}
 	if got := thriftQuery(); !got.Equals(wantThrift) {
 		t.Fatalf("partial Thrift answer:\n%v\nwant\n%v", got, wantThrift)
 	}
@@ -201,13 +209,30 @@ func TestShardStatesReachClients(t *testing.T) {
 	// Running is not yet read: wait for the shards' readers to apply their
 	// segments, then the answer must have exactly a complete one's shape.
 	testkit.Eventually(t, "complete answer", func() error {
-		if got := strings.TrimSpace(get(t, s, q).Body.String()); got != want {
+		if got, _ := cutAsOf(t, get(t, s, q).Body.String()); got != want {
 			return fmt.Errorf("\n%s\nwant\n%s", got, want)
 		}
 		return nil
 	})
-	wantThrift = &freeway.QueryResult_{App: "orders", Rows: []*freeway.Row{row("ap", 30), row("eu", 10), row("us", 20)}}
+	wantThrift = &freeway.QueryResult_{App: "orders", Rows: []*freeway.Row{row("ap", 30), row("eu", 10), row("us", 20)},
+		AsOf: &freeway.AsOf{Mode: "fresh", TimeMs: thrift.Int64Ptr(clock.UnixMilli()), WatermarkMs: thrift.Int64Ptr(from*1000 + 1000)}}
 	if got := thriftQuery(); !got.Equals(wantThrift) || got.Partial != nil || got.MissingShards != nil || got.Truncated != nil {
 		t.Fatalf("complete Thrift answer:\n%v\nwant\n%v", got, wantThrift)
 	}
+}
+
+// cutAsOf splits an answer of /api/v1/query into the answer without its
+// as_of (the shape clients before it knew, exactly) and its as_of.
+func cutAsOf(t *testing.T, body string) (string, AsOfJSON) {
+	t.Helper()
+	body = strings.TrimSpace(body)
+	i := strings.LastIndex(body, `,"as_of":`)
+	if i < 0 {
+		t.Fatalf("no as_of in %s", body)
+	}
+	var a AsOfJSON
+	if err := json.Unmarshal([]byte(body[i+len(`,"as_of":`):len(body)-1]), &a); err != nil {
+		t.Fatalf("as_of of %s: %v", body, err)
+	}
+	return body[:i] + "}", a
 }

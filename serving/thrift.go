@@ -9,6 +9,7 @@ import (
 	"github.com/apache/thrift/lib/go/thrift"
 
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/thrift/gen/freeway"
@@ -100,7 +101,28 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 	if q.Limit <= 0 || q.Limit > h.s.cfg.MaxRows {
 		q.Limit = h.s.cfg.MaxRows
 	}
-	res, err := h.s.query(ctx, q)
+	if len(req.Where) > 0 {
+		q.Where = req.Where
+		for k, vals := range req.Where {
+			if k == "" {
+				return nil, &freeway.QueryError{Message: "bad where: an empty group key", Code: codeBadQuery}
+			}
+			if len(vals) == 0 {
+				return nil, &freeway.QueryError{Message: fmt.Sprintf("bad where: no value given for %q", ratelog.Clip(k)), Code: codeBadQuery}
+			}
+		}
+	}
+	if req.IsSetOrderBy() {
+		var err error
+		if q.OrderBy, q.Desc, err = parseOrderBy(req.GetOrderBy()); err != nil {
+			return nil, &freeway.QueryError{Message: err.Error(), Code: codeBadQuery}
+		}
+	}
+	mode := req.GetMode()
+	if req.IsSetMode() && mode != modeFresh && mode != modeCommitted {
+		return nil, &freeway.QueryError{Message: fmt.Sprintf("bad mode %q: want fresh or committed", ratelog.Clip(mode)), Code: codeBadQuery}
+	}
+	res, mode, err := h.s.query(ctx, q, mode)
 	if err != nil {
 		var bad *puma.BadQueryError
 		if errors.As(err, &bad) {
@@ -108,7 +130,13 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 		}
 		return nil, &freeway.QueryError{Message: "internal error: " + err.Error(), Code: codeInternal}
 	}
-	out := &freeway.QueryResult_{App: res.App, Rows: make([]*freeway.Row, 0, len(res.Rows))}
+	out := &freeway.QueryResult_{App: res.App, Rows: make([]*freeway.Row, 0, len(res.Rows)), AsOf: &freeway.AsOf{Mode: mode}}
+	if res.AsOf.TimeMs != 0 {
+		out.AsOf.TimeMs = thrift.Int64Ptr(res.AsOf.TimeMs)
+	}
+	if res.AsOf.WatermarkMs != 0 {
+		out.AsOf.WatermarkMs = thrift.Int64Ptr(res.AsOf.WatermarkMs)
+	}
 	// Set only when true, as the HTTP answer omits them when false.
 	if res.Truncated {
 		out.Truncated = thrift.BoolPtr(true)

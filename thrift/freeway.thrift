@@ -37,6 +37,18 @@ struct QueryRequest {
   5: bool all_windows,
   // 0 means no limit.
   6: i32 limit,
+  // Fields 7 to 9 are new; a client built before them sends none, and
+  // gets the answers it got before.
+  // Keep only the cells whose key has, for each group key named, one of
+  // the values listed (HTTP: where=key:value, repeated).
+  7: optional map<string, list<string>> where,
+  // "AGG", "AGG:desc" or "AGG:asc": order the rows by that aggregate
+  // (largest first unless :asc; rows without a value last); with limit,
+  // the top N.
+  8: optional string order_by,
+  // "fresh" (a Puma node's memory) or "committed" (the store); unset:
+  // the server's default.
+  9: optional string mode,
 }
 
 struct Row {
@@ -58,8 +70,21 @@ struct MissingShard {
   4: optional string error,
 }
 
-// Fields 3 to 5 are new: a client built before them reads the rows only.
-// They are set only when true or non-empty, as in the HTTP answer.
+// How recent an answer's data is (HTTP: "as_of").
+struct AsOf {
+  // "fresh" or "committed": where the answer came from.
+  1: string mode,
+  // The time of the data, Unix ms: fresh, when the shards' memory was
+  // read; committed, the oldest commit time of the shards that answered.
+  // Unset when no shard answered with data.
+  2: optional i64 time_ms,
+  // The app's watermark, Unix ms: the highest event time aggregated by
+  // the shards that answered. Unset before the first line.
+  3: optional i64 watermark_ms,
+}
+
+// Fields 3 to 6 are new: a client built before them reads the rows only.
+// Fields 3 to 5 are set only when true or non-empty, as in the HTTP answer.
 struct QueryResult {
   1: string app,
   2: list<Row> rows,
@@ -69,6 +94,7 @@ struct QueryResult {
   // rows hold only the data of the others.
   4: optional bool partial,
   5: optional list<MissingShard> missing_shards,
+  6: optional AsOf as_of,
 }
 
 exception QueryError {

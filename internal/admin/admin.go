@@ -49,8 +49,15 @@ type Routes struct {
 	Wrap func(name string, h http.HandlerFunc) http.Handler
 }
 
+// Mux is where Mount registers the routes: an *http.ServeMux, or a
+// wrapper of one that records the patterns (serving checks its OpenAPI
+// document against them).
+type Mux interface {
+	Handle(pattern string, h http.Handler)
+}
+
 // Mount registers the routes on mux.
-func (rt Routes) Mount(mux *http.ServeMux) {
+func (rt Routes) Mount(mux Mux) {
 	g := rt.Auth
 	wrap := rt.Wrap
 	if wrap == nil {

@@ -435,15 +435,30 @@ func (p *Process) consumers(st store.Store) []retention.Consumer {
 
 func (p *Process) initServing() error {
 	deps := serving.Deps{Common: p.common(), Gatherer: p.reg}
+	// The components started before serving (the last module of a target).
+	for name, on := range map[string]bool{Agent: p.Agent != nil, Calligraphus: p.Calligraphus != nil, Puma: p.Puma != nil, Copier: p.Copier != nil} {
+		if on {
+			deps.Components = append(deps.Components, name)
+		}
+	}
+	sort.Strings(deps.Components)
+	deps.Components = append(deps.Components, Serving)
+	st, err := p.store()
+	if err != nil {
+		return err
+	}
+	committed := puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.cfg.BucketsOf)
 	if p.Puma != nil {
-		deps.Source = p.Puma
+		deps.Source, deps.Committed = p.Puma, committed
 		deps.Ready = p.Puma.Readiness
 	} else {
-		st, err := p.store()
-		if err != nil {
-			return err
-		}
-		deps.Source = puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.cfg.BucketsOf)
+		deps.Source = committed
+	}
+	if a := p.Agent; a != nil {
+		deps.Status = append(deps.Status, serving.StatusProvider{Name: Agent, Report: func(context.Context) any { return a.Status() }})
+	}
+	if c := p.Calligraphus; c != nil {
+		deps.Status = append(deps.Status, serving.StatusProvider{Name: Calligraphus, Report: func(context.Context) any { return c.Status() }})
 	}
 	s, err := serving.New(p.cfg.Serving, deps)
 	if err != nil {

@@ -580,13 +580,19 @@ func (p *AppInfo) String() string {
 //   - GroupBy
 //   - AllWindows
 //   - Limit
+//   - Where
+//   - OrderBy
+//   - Mode
 type QueryRequest struct {
-	App        string   `thrift:"app,1" db:"app" json:"app"`
-	FromUnix   int64    `thrift:"from_unix,2" db:"from_unix" json:"from_unix"`
-	ToUnix     int64    `thrift:"to_unix,3" db:"to_unix" json:"to_unix"`
-	GroupBy    []string `thrift:"group_by,4" db:"group_by" json:"group_by,omitempty"`
-	AllWindows bool     `thrift:"all_windows,5" db:"all_windows" json:"all_windows"`
-	Limit      int32    `thrift:"limit,6" db:"limit" json:"limit"`
+	App        string              `thrift:"app,1" db:"app" json:"app"`
+	FromUnix   int64               `thrift:"from_unix,2" db:"from_unix" json:"from_unix"`
+	ToUnix     int64               `thrift:"to_unix,3" db:"to_unix" json:"to_unix"`
+	GroupBy    []string            `thrift:"group_by,4" db:"group_by" json:"group_by,omitempty"`
+	AllWindows bool                `thrift:"all_windows,5" db:"all_windows" json:"all_windows"`
+	Limit      int32               `thrift:"limit,6" db:"limit" json:"limit"`
+	Where      map[string][]string `thrift:"where,7" db:"where" json:"where,omitempty"`
+	OrderBy    *string             `thrift:"order_by,8" db:"order_by" json:"order_by,omitempty"`
+	Mode       *string             `thrift:"mode,9" db:"mode" json:"mode,omitempty"`
 }
 
 func NewQueryRequest() *QueryRequest {
@@ -618,8 +624,44 @@ func (p *QueryRequest) GetAllWindows() bool {
 func (p *QueryRequest) GetLimit() int32 {
 	return p.Limit
 }
+
+var QueryRequest_Where_DEFAULT map[string][]string
+
+func (p *QueryRequest) GetWhere() map[string][]string {
+	return p.Where
+}
+
+var QueryRequest_OrderBy_DEFAULT string
+
+func (p *QueryRequest) GetOrderBy() string {
+	if !p.IsSetOrderBy() {
+		return QueryRequest_OrderBy_DEFAULT
+	}
+	return *p.OrderBy
+}
+
+var QueryRequest_Mode_DEFAULT string
+
+func (p *QueryRequest) GetMode() string {
+	if !p.IsSetMode() {
+		return QueryRequest_Mode_DEFAULT
+	}
+	return *p.Mode
+}
 func (p *QueryRequest) IsSetGroupBy() bool {
 	return p.GroupBy != nil
+}
+
+func (p *QueryRequest) IsSetWhere() bool {
+	return p.Where != nil
+}
+
+func (p *QueryRequest) IsSetOrderBy() bool {
+	return p.OrderBy != nil
+}
+
+func (p *QueryRequest) IsSetMode() bool {
+	return p.Mode != nil
 }
 
 func (p *QueryRequest) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -689,6 +731,36 @@ func (p *QueryRequest) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 6:
 			if fieldTypeId == thrift.I32 {
 				if err := p.ReadField6(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 7:
+			if fieldTypeId == thrift.MAP {
+				if err := p.ReadField7(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 8:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField8(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 9:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField9(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -778,6 +850,64 @@ func (p *QueryRequest) ReadField6(ctx context.Context, iprot thrift.TProtocol) e
 	return nil
 }
 
+func (p *QueryRequest) ReadField7(ctx context.Context, iprot thrift.TProtocol) error {
+	_, _, size, err := iprot.ReadMapBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading map begin: ", err)
+	}
+	tMap := make(map[string][]string, size)
+	p.Where = tMap
+	for i := 0; i < size; i++ {
+		var _key5 string
+		if v, err := iprot.ReadString(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_key5 = v
+		}
+		_, size, err := iprot.ReadListBegin(ctx)
+		if err != nil {
+			return thrift.PrependError("error reading list begin: ", err)
+		}
+		tSlice := make([]string, 0, size)
+		_val6 := tSlice
+		for i := 0; i < size; i++ {
+			var _elem7 string
+			if v, err := iprot.ReadString(ctx); err != nil {
+				return thrift.PrependError("error reading field 0: ", err)
+			} else {
+				_elem7 = v
+			}
+			_val6 = append(_val6, _elem7)
+		}
+		if err := iprot.ReadListEnd(ctx); err != nil {
+			return thrift.PrependError("error reading list end: ", err)
+		}
+		p.Where[_key5] = _val6
+	}
+	if err := iprot.ReadMapEnd(ctx); err != nil {
+		return thrift.PrependError("error reading map end: ", err)
+	}
+	return nil
+}
+
+func (p *QueryRequest) ReadField8(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 8: ", err)
+	} else {
+		p.OrderBy = &v
+	}
+	return nil
+}
+
+func (p *QueryRequest) ReadField9(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 9: ", err)
+	} else {
+		p.Mode = &v
+	}
+	return nil
+}
+
 func (p *QueryRequest) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "QueryRequest"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
@@ -799,6 +929,15 @@ func (p *QueryRequest) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField6(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField7(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField8(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField9(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -899,6 +1038,70 @@ func (p *QueryRequest) writeField6(ctx context.Context, oprot thrift.TProtocol) 
 	return err
 }
 
+func (p *QueryRequest) writeField7(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetWhere() {
+		if err := oprot.WriteFieldBegin(ctx, "where", thrift.MAP, 7); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 7:where: ", p), err)
+		}
+		if err := oprot.WriteMapBegin(ctx, thrift.STRING, thrift.LIST, len(p.Where)); err != nil {
+			return thrift.PrependError("error writing map begin: ", err)
+		}
+		for k, v := range p.Where {
+			if err := oprot.WriteString(ctx, string(k)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+			if err := oprot.WriteListBegin(ctx, thrift.STRING, len(v)); err != nil {
+				return thrift.PrependError("error writing list begin: ", err)
+			}
+			for _, v := range v {
+				if err := oprot.WriteString(ctx, string(v)); err != nil {
+					return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+				}
+			}
+			if err := oprot.WriteListEnd(ctx); err != nil {
+				return thrift.PrependError("error writing list end: ", err)
+			}
+		}
+		if err := oprot.WriteMapEnd(ctx); err != nil {
+			return thrift.PrependError("error writing map end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 7:where: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryRequest) writeField8(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetOrderBy() {
+		if err := oprot.WriteFieldBegin(ctx, "order_by", thrift.STRING, 8); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 8:order_by: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.OrderBy)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.order_by (8) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 8:order_by: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *QueryRequest) writeField9(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetMode() {
+		if err := oprot.WriteFieldBegin(ctx, "mode", thrift.STRING, 9); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 9:mode: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.Mode)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.mode (9) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 9:mode: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryRequest) Equals(other *QueryRequest) bool {
 	if p == other {
 		return true
@@ -918,8 +1121,8 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 		return false
 	}
 	for i, _tgt := range p.GroupBy {
-		_src5 := other.GroupBy[i]
-		if _tgt != _src5 {
+		_src8 := other.GroupBy[i]
+		if _tgt != _src8 {
 			return false
 		}
 	}
@@ -928,6 +1131,37 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 	}
 	if p.Limit != other.Limit {
 		return false
+	}
+	if len(p.Where) != len(other.Where) {
+		return false
+	}
+	for k, _tgt := range p.Where {
+		_src9 := other.Where[k]
+		if len(_tgt) != len(_src9) {
+			return false
+		}
+		for i, _tgt := range _tgt {
+			_src10 := _src9[i]
+			if _tgt != _src10 {
+				return false
+			}
+		}
+	}
+	if p.OrderBy != other.OrderBy {
+		if p.OrderBy == nil || other.OrderBy == nil {
+			return false
+		}
+		if (*p.OrderBy) != (*other.OrderBy) {
+			return false
+		}
+	}
+	if p.Mode != other.Mode {
+		if p.Mode == nil || other.Mode == nil {
+			return false
+		}
+		if (*p.Mode) != (*other.Mode) {
+			return false
+		}
 	}
 	return true
 }
@@ -1065,19 +1299,19 @@ func (p *Row) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]string, size)
 	p.Key = tMap
 	for i := 0; i < size; i++ {
-		var _key6 string
+		var _key11 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key6 = v
+			_key11 = v
 		}
-		var _val7 string
+		var _val12 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val7 = v
+			_val12 = v
 		}
-		p.Key[_key6] = _val7
+		p.Key[_key11] = _val12
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -1093,19 +1327,19 @@ func (p *Row) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]float64, size)
 	p.Values = tMap
 	for i := 0; i < size; i++ {
-		var _key8 string
+		var _key13 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key8 = v
+			_key13 = v
 		}
-		var _val9 float64
+		var _val14 float64
 		if v, err := iprot.ReadDouble(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val9 = v
+			_val14 = v
 		}
-		p.Values[_key8] = _val9
+		p.Values[_key13] = _val14
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -1230,8 +1464,8 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.Key {
-		_src10 := other.Key[k]
-		if _tgt != _src10 {
+		_src15 := other.Key[k]
+		if _tgt != _src15 {
 			return false
 		}
 	}
@@ -1239,8 +1473,8 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.Values {
-		_src11 := other.Values[k]
-		if _tgt != _src11 {
+		_src16 := other.Values[k]
+		if _tgt != _src16 {
 			return false
 		}
 	}
@@ -1514,17 +1748,250 @@ func (p *MissingShard) String() string {
 }
 
 // Attributes:
+//   - Mode
+//   - TimeMs
+//   - WatermarkMs
+type AsOf struct {
+	Mode        string `thrift:"mode,1" db:"mode" json:"mode"`
+	TimeMs      *int64 `thrift:"time_ms,2" db:"time_ms" json:"time_ms,omitempty"`
+	WatermarkMs *int64 `thrift:"watermark_ms,3" db:"watermark_ms" json:"watermark_ms,omitempty"`
+}
+
+func NewAsOf() *AsOf {
+	return &AsOf{}
+}
+
+func (p *AsOf) GetMode() string {
+	return p.Mode
+}
+
+var AsOf_TimeMs_DEFAULT int64
+
+func (p *AsOf) GetTimeMs() int64 {
+	if !p.IsSetTimeMs() {
+		return AsOf_TimeMs_DEFAULT
+	}
+	return *p.TimeMs
+}
+
+var AsOf_WatermarkMs_DEFAULT int64
+
+func (p *AsOf) GetWatermarkMs() int64 {
+	if !p.IsSetWatermarkMs() {
+		return AsOf_WatermarkMs_DEFAULT
+	}
+	return *p.WatermarkMs
+}
+func (p *AsOf) IsSetTimeMs() bool {
+	return p.TimeMs != nil
+}
+
+func (p *AsOf) IsSetWatermarkMs() bool {
+	return p.WatermarkMs != nil
+}
+
+func (p *AsOf) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 3:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *AsOf) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Mode = v
+	}
+	return nil
+}
+
+func (p *AsOf) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.TimeMs = &v
+	}
+	return nil
+}
+
+func (p *AsOf) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 3: ", err)
+	} else {
+		p.WatermarkMs = &v
+	}
+	return nil
+}
+
+func (p *AsOf) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "AsOf"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *AsOf) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "mode", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:mode: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Mode)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.mode (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:mode: ", p), err)
+	}
+	return err
+}
+
+func (p *AsOf) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetTimeMs() {
+		if err := oprot.WriteFieldBegin(ctx, "time_ms", thrift.I64, 2); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:time_ms: ", p), err)
+		}
+		if err := oprot.WriteI64(ctx, int64(*p.TimeMs)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.time_ms (2) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 2:time_ms: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *AsOf) writeField3(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetWatermarkMs() {
+		if err := oprot.WriteFieldBegin(ctx, "watermark_ms", thrift.I64, 3); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 3:watermark_ms: ", p), err)
+		}
+		if err := oprot.WriteI64(ctx, int64(*p.WatermarkMs)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.watermark_ms (3) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 3:watermark_ms: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *AsOf) Equals(other *AsOf) bool {
+	if p == other {
+		return true
+	} else if p == nil || other == nil {
+		return false
+	}
+	if p.Mode != other.Mode {
+		return false
+	}
+	if p.TimeMs != other.TimeMs {
+		if p.TimeMs == nil || other.TimeMs == nil {
+			return false
+		}
+		if (*p.TimeMs) != (*other.TimeMs) {
+			return false
+		}
+	}
+	if p.WatermarkMs != other.WatermarkMs {
+		if p.WatermarkMs == nil || other.WatermarkMs == nil {
+			return false
+		}
+		if (*p.WatermarkMs) != (*other.WatermarkMs) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *AsOf) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("AsOf(%+v)", *p)
+}
+
+// Attributes:
 //   - App
 //   - Rows
 //   - Truncated
 //   - Partial
 //   - MissingShards
+//   - AsOf
 type QueryResult_ struct {
 	App           string          `thrift:"app,1" db:"app" json:"app"`
 	Rows          []*Row          `thrift:"rows,2" db:"rows" json:"rows"`
 	Truncated     *bool           `thrift:"truncated,3" db:"truncated" json:"truncated,omitempty"`
 	Partial       *bool           `thrift:"partial,4" db:"partial" json:"partial,omitempty"`
 	MissingShards []*MissingShard `thrift:"missing_shards,5" db:"missing_shards" json:"missing_shards,omitempty"`
+	AsOf          *AsOf           `thrift:"as_of,6" db:"as_of" json:"as_of,omitempty"`
 }
 
 func NewQueryResult_() *QueryResult_ {
@@ -1562,6 +2029,15 @@ var QueryResult__MissingShards_DEFAULT []*MissingShard
 func (p *QueryResult_) GetMissingShards() []*MissingShard {
 	return p.MissingShards
 }
+
+var QueryResult__AsOf_DEFAULT *AsOf
+
+func (p *QueryResult_) GetAsOf() *AsOf {
+	if !p.IsSetAsOf() {
+		return QueryResult__AsOf_DEFAULT
+	}
+	return p.AsOf
+}
 func (p *QueryResult_) IsSetTruncated() bool {
 	return p.Truncated != nil
 }
@@ -1572,6 +2048,10 @@ func (p *QueryResult_) IsSetPartial() bool {
 
 func (p *QueryResult_) IsSetMissingShards() bool {
 	return p.MissingShards != nil
+}
+
+func (p *QueryResult_) IsSetAsOf() bool {
+	return p.AsOf != nil
 }
 
 func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -1638,6 +2118,16 @@ func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
 					return err
 				}
 			}
+		case 6:
+			if fieldTypeId == thrift.STRUCT {
+				if err := p.ReadField6(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
 		default:
 			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
 				return err
@@ -1670,11 +2160,11 @@ func (p *QueryResult_) ReadField2(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]*Row, 0, size)
 	p.Rows = tSlice
 	for i := 0; i < size; i++ {
-		_elem12 := &Row{}
-		if err := _elem12.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem12), err)
+		_elem17 := &Row{}
+		if err := _elem17.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem17), err)
 		}
-		p.Rows = append(p.Rows, _elem12)
+		p.Rows = append(p.Rows, _elem17)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -1708,14 +2198,22 @@ func (p *QueryResult_) ReadField5(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]*MissingShard, 0, size)
 	p.MissingShards = tSlice
 	for i := 0; i < size; i++ {
-		_elem13 := &MissingShard{}
-		if err := _elem13.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem13), err)
+		_elem18 := &MissingShard{}
+		if err := _elem18.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem18), err)
 		}
-		p.MissingShards = append(p.MissingShards, _elem13)
+		p.MissingShards = append(p.MissingShards, _elem18)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *QueryResult_) ReadField6(ctx context.Context, iprot thrift.TProtocol) error {
+	p.AsOf = &AsOf{}
+	if err := p.AsOf.Read(ctx, iprot); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", p.AsOf), err)
 	}
 	return nil
 }
@@ -1738,6 +2236,9 @@ func (p *QueryResult_) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField5(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField6(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -1837,6 +2338,21 @@ func (p *QueryResult_) writeField5(ctx context.Context, oprot thrift.TProtocol) 
 	return err
 }
 
+func (p *QueryResult_) writeField6(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetAsOf() {
+		if err := oprot.WriteFieldBegin(ctx, "as_of", thrift.STRUCT, 6); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 6:as_of: ", p), err)
+		}
+		if err := p.AsOf.Write(ctx, oprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", p.AsOf), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 6:as_of: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryResult_) Equals(other *QueryResult_) bool {
 	if p == other {
 		return true
@@ -1850,8 +2366,8 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.Rows {
-		_src14 := other.Rows[i]
-		if !_tgt.Equals(_src14) {
+		_src19 := other.Rows[i]
+		if !_tgt.Equals(_src19) {
 			return false
 		}
 	}
@@ -1875,10 +2391,13 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.MissingShards {
-		_src15 := other.MissingShards[i]
-		if !_tgt.Equals(_src15) {
+		_src20 := other.MissingShards[i]
+		if !_tgt.Equals(_src20) {
 			return false
 		}
+	}
+	if !p.AsOf.Equals(other.AsOf) {
+		return false
 	}
 	return true
 }
@@ -2117,41 +2636,41 @@ func (p *QueryClient) SetLastResponseMeta_(meta thrift.ResponseMeta) {
 }
 
 func (p *QueryClient) Apps(ctx context.Context) (_r []*AppInfo, _err error) {
-	var _args16 QueryAppsArgs
-	var _result18 QueryAppsResult
-	var _meta17 thrift.ResponseMeta
-	_meta17, _err = p.Client_().Call(ctx, "apps", &_args16, &_result18)
-	p.SetLastResponseMeta_(_meta17)
+	var _args21 QueryAppsArgs
+	var _result23 QueryAppsResult
+	var _meta22 thrift.ResponseMeta
+	_meta22, _err = p.Client_().Call(ctx, "apps", &_args21, &_result23)
+	p.SetLastResponseMeta_(_meta22)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result18.Err != nil:
-		return _r, _result18.Err
+	case _result23.Err != nil:
+		return _r, _result23.Err
 	}
 
-	return _result18.GetSuccess(), nil
+	return _result23.GetSuccess(), nil
 }
 
 // Parameters:
 //   - Req
 func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryResult_, _err error) {
-	var _args19 QueryQueryArgs
-	_args19.Req = req
-	var _result21 QueryQueryResult
-	var _meta20 thrift.ResponseMeta
-	_meta20, _err = p.Client_().Call(ctx, "query", &_args19, &_result21)
-	p.SetLastResponseMeta_(_meta20)
+	var _args24 QueryQueryArgs
+	_args24.Req = req
+	var _result26 QueryQueryResult
+	var _meta25 thrift.ResponseMeta
+	_meta25, _err = p.Client_().Call(ctx, "query", &_args24, &_result26)
+	p.SetLastResponseMeta_(_meta25)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result21.Err != nil:
-		return _r, _result21.Err
+	case _result26.Err != nil:
+		return _r, _result26.Err
 	}
 
-	if _ret22 := _result21.GetSuccess(); _ret22 != nil {
-		return _ret22, nil
+	if _ret27 := _result26.GetSuccess(); _ret27 != nil {
+		return _ret27, nil
 	}
 	return nil, thrift.NewTApplicationException(thrift.MISSING_RESULT, "query failed: unknown result")
 }
@@ -2159,18 +2678,18 @@ func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryRe
 // Parameters:
 //   - Token
 func (p *QueryClient) Authenticate(ctx context.Context, token string) (_err error) {
-	var _args23 QueryAuthenticateArgs
-	_args23.Token = token
-	var _result25 QueryAuthenticateResult
-	var _meta24 thrift.ResponseMeta
-	_meta24, _err = p.Client_().Call(ctx, "authenticate", &_args23, &_result25)
-	p.SetLastResponseMeta_(_meta24)
+	var _args28 QueryAuthenticateArgs
+	_args28.Token = token
+	var _result30 QueryAuthenticateResult
+	var _meta29 thrift.ResponseMeta
+	_meta29, _err = p.Client_().Call(ctx, "authenticate", &_args28, &_result30)
+	p.SetLastResponseMeta_(_meta29)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result25.Err != nil:
-		return _result25.Err
+	case _result30.Err != nil:
+		return _result30.Err
 	}
 
 	return nil
@@ -2196,11 +2715,11 @@ func (p *QueryProcessor) ProcessorMap() map[string]thrift.TProcessorFunction {
 
 func NewQueryProcessor(handler Query) *QueryProcessor {
 
-	self26 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
-	self26.processorMap["apps"] = &queryProcessorApps{handler: handler}
-	self26.processorMap["query"] = &queryProcessorQuery{handler: handler}
-	self26.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
-	return self26
+	self31 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
+	self31.processorMap["apps"] = &queryProcessorApps{handler: handler}
+	self31.processorMap["query"] = &queryProcessorQuery{handler: handler}
+	self31.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
+	return self31
 }
 
 func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
@@ -2213,12 +2732,12 @@ func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProto
 	}
 	iprot.Skip(ctx, thrift.STRUCT)
 	iprot.ReadMessageEnd(ctx)
-	x27 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
+	x32 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
 	oprot.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seqId)
-	x27.Write(ctx, oprot)
+	x32.Write(ctx, oprot)
 	oprot.WriteMessageEnd(ctx)
 	oprot.Flush(ctx)
-	return false, x27
+	return false, x32
 
 }
 
@@ -2227,7 +2746,7 @@ type queryProcessorApps struct {
 }
 
 func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err28 error
+	var _write_err33 error
 	args := QueryAppsArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -2277,21 +2796,21 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc29 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
+			_exc34 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err28 = thrift.WrapTException(err2)
+				_write_err33 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc29.Write(ctx, oprot); _write_err28 == nil && err2 != nil {
-				_write_err28 = thrift.WrapTException(err2)
+			if err2 := _exc34.Write(ctx, oprot); _write_err33 == nil && err2 != nil {
+				_write_err33 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err28 == nil && err2 != nil {
-				_write_err28 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err33 == nil && err2 != nil {
+				_write_err33 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err28 == nil && err2 != nil {
-				_write_err28 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err33 == nil && err2 != nil {
+				_write_err33 = thrift.WrapTException(err2)
 			}
-			if _write_err28 != nil {
-				return false, thrift.WrapTException(_write_err28)
+			if _write_err33 != nil {
+				return false, thrift.WrapTException(_write_err33)
 			}
 			return true, err
 		}
@@ -2300,19 +2819,19 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.REPLY, seqId); err2 != nil {
-		_write_err28 = thrift.WrapTException(err2)
+		_write_err33 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err28 == nil && err2 != nil {
-		_write_err28 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err33 == nil && err2 != nil {
+		_write_err33 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err28 == nil && err2 != nil {
-		_write_err28 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err33 == nil && err2 != nil {
+		_write_err33 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err28 == nil && err2 != nil {
-		_write_err28 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err33 == nil && err2 != nil {
+		_write_err33 = thrift.WrapTException(err2)
 	}
-	if _write_err28 != nil {
-		return false, thrift.WrapTException(_write_err28)
+	if _write_err33 != nil {
+		return false, thrift.WrapTException(_write_err33)
 	}
 	return true, err
 }
@@ -2322,7 +2841,7 @@ type queryProcessorQuery struct {
 }
 
 func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err30 error
+	var _write_err35 error
 	args := QueryQueryArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -2372,21 +2891,21 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc31 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
+			_exc36 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err30 = thrift.WrapTException(err2)
+				_write_err35 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc31.Write(ctx, oprot); _write_err30 == nil && err2 != nil {
-				_write_err30 = thrift.WrapTException(err2)
+			if err2 := _exc36.Write(ctx, oprot); _write_err35 == nil && err2 != nil {
+				_write_err35 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err30 == nil && err2 != nil {
-				_write_err30 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err35 == nil && err2 != nil {
+				_write_err35 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err30 == nil && err2 != nil {
-				_write_err30 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err35 == nil && err2 != nil {
+				_write_err35 = thrift.WrapTException(err2)
 			}
-			if _write_err30 != nil {
-				return false, thrift.WrapTException(_write_err30)
+			if _write_err35 != nil {
+				return false, thrift.WrapTException(_write_err35)
 			}
 			return true, err
 		}
@@ -2395,19 +2914,19 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.REPLY, seqId); err2 != nil {
-		_write_err30 = thrift.WrapTException(err2)
+		_write_err35 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err30 == nil && err2 != nil {
-		_write_err30 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err35 == nil && err2 != nil {
+		_write_err35 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err30 == nil && err2 != nil {
-		_write_err30 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err35 == nil && err2 != nil {
+		_write_err35 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err30 == nil && err2 != nil {
-		_write_err30 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err35 == nil && err2 != nil {
+		_write_err35 = thrift.WrapTException(err2)
 	}
-	if _write_err30 != nil {
-		return false, thrift.WrapTException(_write_err30)
+	if _write_err35 != nil {
+		return false, thrift.WrapTException(_write_err35)
 	}
 	return true, err
 }
@@ -2417,7 +2936,7 @@ type queryProcessorAuthenticate struct {
 }
 
 func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err32 error
+	var _write_err37 error
 	args := QueryAuthenticateArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -2467,40 +2986,40 @@ func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, i
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc33 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
+			_exc38 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err32 = thrift.WrapTException(err2)
+				_write_err37 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc33.Write(ctx, oprot); _write_err32 == nil && err2 != nil {
-				_write_err32 = thrift.WrapTException(err2)
+			if err2 := _exc38.Write(ctx, oprot); _write_err37 == nil && err2 != nil {
+				_write_err37 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err32 == nil && err2 != nil {
-				_write_err32 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err37 == nil && err2 != nil {
+				_write_err37 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err32 == nil && err2 != nil {
-				_write_err32 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err37 == nil && err2 != nil {
+				_write_err37 = thrift.WrapTException(err2)
 			}
-			if _write_err32 != nil {
-				return false, thrift.WrapTException(_write_err32)
+			if _write_err37 != nil {
+				return false, thrift.WrapTException(_write_err37)
 			}
 			return true, err
 		}
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.REPLY, seqId); err2 != nil {
-		_write_err32 = thrift.WrapTException(err2)
+		_write_err37 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err32 == nil && err2 != nil {
-		_write_err32 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err37 == nil && err2 != nil {
+		_write_err37 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err32 == nil && err2 != nil {
-		_write_err32 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err37 == nil && err2 != nil {
+		_write_err37 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err32 == nil && err2 != nil {
-		_write_err32 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err37 == nil && err2 != nil {
+		_write_err37 = thrift.WrapTException(err2)
 	}
-	if _write_err32 != nil {
-		return false, thrift.WrapTException(_write_err32)
+	if _write_err37 != nil {
+		return false, thrift.WrapTException(_write_err37)
 	}
 	return true, err
 }
@@ -2653,11 +3172,11 @@ func (p *QueryAppsResult) ReadField0(ctx context.Context, iprot thrift.TProtocol
 	tSlice := make([]*AppInfo, 0, size)
 	p.Success = tSlice
 	for i := 0; i < size; i++ {
-		_elem34 := &AppInfo{}
-		if err := _elem34.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem34), err)
+		_elem39 := &AppInfo{}
+		if err := _elem39.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem39), err)
 		}
-		p.Success = append(p.Success, _elem34)
+		p.Success = append(p.Success, _elem39)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)

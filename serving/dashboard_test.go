@@ -1,0 +1,129 @@
+package serving
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/browser"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/puma"
+)
+
+// funcSource answers queries with a function.
+type funcSource struct {
+	apps []*apps.App
+	fn   func(q puma.Query) *puma.Result
+}
+
+func (f *funcSource) Apps() []*apps.App { return f.apps }
+func (f *funcSource) Query(_ context.Context, q puma.Query) (*puma.Result, error) {
+	return f.fn(q), nil
+}
+
+// TestDashboardStructuredValues: the page shows the values that are not
+// numbers in their tables, as the answers give them: percentiles (an
+// object of quantile to value) over the range and for the top keys, and
+// top values (a list of value, count, error). The app is made by hand
+// with the functions that give such values (the aggregator registry
+// compiles them); its answers have the shapes the API documents.
+func TestDashboardStructuredValues(t *testing.T) {
+	chromium := browser.Need(t)
+	app := &apps.App{
+		Spec:     apps.Spec{Name: "latency", Category: "web", Format: "json", GroupBy: []string{"path"}, Window: config.Duration(time.Minute)},
+		WindowMs: 60_000,
+		Aggs: []apps.Agg{
+			{Name: "hits", Fn: apps.Fn{Name: "count"}},
+			{Name: "ms", Fn: apps.Fn{Name: "percentile"}, Field: "ms"},
+			{Name: "paths", Fn: apps.Fn{Name: "topk"}, Field: "path"},
+		},
+	}
+	w0 := now.Add(-10 * time.Minute).Truncate(time.Minute).UnixMilli()
+	pct := func(a, b, c float64) map[string]any { return map[string]any{"0.5": a, "0.9": b, "0.99": c} }
+	top := []any{map[string]any{"value": "/a", "count": 70.0, "error": 0.0}, map[string]any{"value": "/b", "count": 50.0, "error": 2.0}}
+	src := &funcSource{apps: []*apps.App{app}, fn: func(q puma.Query) *puma.Result {
+		res := &puma.Result{App: "latency", AsOf: puma.AsOf{TimeMs: now.UnixMilli(), WatermarkMs: w0 + 61_000}}
+		row := func(w int64, key map[string]string, hits float64, p map[string]any) puma.Row {
+			return puma.Row{WindowStartMs: w, WindowEndMs: w + 60_000, Key: key, Values: map[string]any{"hits": hits, "ms": p, "paths": top}}
+		}
+		switch {
+		case q.AllWindows && len(q.GroupBy) == 0:
+			res.Rows = []puma.Row{row(w0, map[string]string{}, 120, pct(12, 40, 80))}
+		case q.AllWindows:
+			res.Rows = []puma.Row{row(w0, map[string]string{"path": "/a"}, 70, pct(10, 30, 60)), row(w0, map[string]string{"path": "/b"}, 50, pct(15, 45, 99.5))}
+		default:
+			for i, w := range []int64{w0, w0 + 60_000} {
+				res.Rows = append(res.Rows, row(w, map[string]string{"path": "/a"}, 30+float64(10*i), nil), row(w, map[string]string{"path": "/b"}, 20+float64(10*i), nil))
+			}
+		}
+		return res
+	}}
+	s := newServer(t, src)
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+
+	c, err := browser.Start(chromium)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	page, err := c.NewPage(ctx, 1200, 900)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to := now.Add(-time.Hour).Unix(), now.Unix()
+	if err := page.Navigate(ctx, fmt.Sprintf("%s/#app=latency&from=%d&to=%d&split=path&refresh=0", srv.URL, from, to)); err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Wait(ctx, "window.freewayDashboard && (freewayDashboard.rendered > 0 || freewayDashboard.errors > 0)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := page.SaveScreenshot(ctx, browser.Artifacts(t), "structured.png", true); err != nil {
+		t.Error(err)
+	}
+	var got struct {
+		Error       string
+		Totals      []string
+		Charts      []string
+		Percentiles [][]string
+		Top         [][]string
+	}
+	err = page.Eval(ctx, `(() => {
+	  const q = (s) => [...document.querySelectorAll(s)];
+	  return {
+	    Error: freewayDashboard.lastError,
+	    Totals: q('#totals .total').map((e) => e.dataset.agg + '=' + e.querySelector('.value').dataset.value),
+	    Charts: Object.keys(freewayDashboard.charts),
+	    Percentiles: q('#percentiles tbody tr').map((tr) => [tr.dataset.agg, tr.dataset.key, ...[...tr.querySelectorAll('td[data-q]')].map((td) => td.dataset.q + '=' + td.dataset.value)]),
+	    Top: q('#topk table[data-agg="paths"] tbody tr').map((tr) => [tr.dataset.value, tr.querySelector('td[data-count]').dataset.count]),
+	  };
+	})()`, &got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Error != "" {
+		t.Fatalf("the page failed: %s\n%s", got.Error, strings.Join(page.Logs(), "\n"))
+	}
+	want := [][]string{
+		{"ms", "all", "0.5=12", "0.9=40", "0.99=80"},
+		{"ms", "path=/a", "0.5=10", "0.9=30", "0.99=60"},
+		{"ms", "path=/b", "0.5=15", "0.9=45", "0.99=99.5"},
+	}
+	if !reflect.DeepEqual(got.Percentiles, want) {
+		t.Errorf("percentiles:\n%v\nwant\n%v", got.Percentiles, want)
+	}
+	if w := [][]string{{"/a", "70"}, {"/b", "50"}}; !reflect.DeepEqual(got.Top, w) {
+		t.Errorf("top values: %v, want %v", got.Top, w)
+	}
+	// Numbers only in the totals and the charts.
+	if !reflect.DeepEqual(got.Totals, []string{"hits=120"}) || !reflect.DeepEqual(got.Charts, []string{"hits"}) {
+		t.Errorf("totals %v, charts %v: want hits alone", got.Totals, got.Charts)
+	}
+}
