@@ -134,6 +134,28 @@ func TestRetentionEndToEnd(t *testing.T) {
 			t.Errorf("bucket of %s has no retention mark (%v)", s, err)
 		}
 	}
+	// /api/v1/status shows the copier: active, with its lag per category.
+	resp, err := http.Get("http://" + r.p.Serving.Addr() + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var status struct {
+		Copier *struct {
+			Active     bool `json:"active"`
+			Categories []struct {
+				Category string `json:"category"`
+				Segments *int   `json:"segments"`
+			} `json:"categories"`
+		} `json:"copier"`
+	}
+	if err := json.Unmarshal(body, &status); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	if c := status.Copier; c == nil || !c.Active || len(c.Categories) != 1 || c.Categories[0].Category != "orders" || c.Categories[0].Segments == nil {
+		t.Errorf("status without the copier's lag: %s", body)
+	}
 	r.stop(t)
 
 	// A restart recovers every shard at its committed segment, still

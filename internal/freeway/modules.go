@@ -460,6 +460,9 @@ func (p *Process) initServing() error {
 	if c := p.Calligraphus; c != nil {
 		deps.Status = append(deps.Status, serving.StatusProvider{Name: Calligraphus, Report: func(context.Context) any { return c.Status() }})
 	}
+	if c := p.Copier; c != nil {
+		deps.Status = append(deps.Status, serving.StatusProvider{Name: Copier, Report: func(context.Context) any { return c.Status() }})
+	}
 	s, err := serving.New(p.cfg.Serving, deps)
 	if err != nil {
 		return err
