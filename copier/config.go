@@ -46,7 +46,28 @@ type Config struct {
 	// ProgressInterval: a long pass (a backfill) logs its progress this
 	// often.
 	ProgressInterval config.Duration `yaml:"progress_interval"`
+	// MergePeriod, when set, makes the copier merge each bucket's lines
+	// into one file per period of arrival (MergedFile in
+	// internal/layout: <category>/dt=YYYY-MM-DD/hh=HH/part-<bucket>)
+	// instead of copying segments. Any whole number of minutes that
+	// divides a day (1m, 5m, 1h, 24h); 0 (default) copies segments as
+	// they are.
+	MergePeriod config.Duration `yaml:"merge_period"`
+	// MergeDelay is how long after its end a period is closed and
+	// written: how late a segment may be published and still have its
+	// lines in the period they arrived in. Lines of a segment published
+	// later go to the period still open (see doc.go).
+	MergeDelay config.Duration `yaml:"merge_delay"`
+	// Compression of merged files: "none" (default) or "gzip" (the files
+	// are named part-<bucket>.gz).
+	Compression string `yaml:"compression"`
 }
+
+// Compression of merged files.
+const (
+	CompressionNone = "none"
+	CompressionGzip = "gzip"
+)
 
 // DefaultConfig returns the defaults; Destination is empty (disabled).
 func DefaultConfig() Config {
@@ -56,8 +77,14 @@ func DefaultConfig() Config {
 		Verify:           VerifyChecksum,
 		Table:            "copier",
 		ProgressInterval: config.Duration(10 * time.Second),
+		MergeDelay:       config.Duration(2 * time.Minute),
+		Compression:      CompressionNone,
 	}
 }
+
+// Merging reports whether the copier merges periods rather than copying
+// segments.
+func (c *Config) Merging() bool { return c.MergePeriod > 0 }
 
 // Enabled reports whether a destination is set.
 func (c *Config) Enabled() bool { return c.Destination != "" }
@@ -96,6 +123,14 @@ func (c *Config) Validate() error {
 		return config.Errorf("table", "%q is not a valid table name", c.Table)
 	case c.ProgressInterval.D() < 100*time.Millisecond:
 		return config.Errorf("progress_interval", "must be at least 100ms")
+	case c.MergePeriod < 0:
+		return config.Errorf("merge_period", "must not be negative")
+	case c.MergePeriod > 0 && (c.MergePeriod.D()%time.Minute != 0 || (24*time.Hour)%c.MergePeriod.D() != 0):
+		return config.Errorf("merge_period", "must be a whole number of minutes that divides a day (1m, 5m, 15m, 1h, 24h...), not %v", c.MergePeriod.D())
+	case c.MergeDelay < 0:
+		return config.Errorf("merge_delay", "must not be negative")
+	case c.Compression != CompressionNone && c.Compression != CompressionGzip:
+		return config.Errorf("compression", "must be %q or %q, not %q", CompressionNone, CompressionGzip, c.Compression)
 	}
 	return nil
 }

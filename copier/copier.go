@@ -12,6 +12,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // Deps are what a copier needs from the wiring: the common ones, and
@@ -32,12 +33,20 @@ type Stats struct {
 	Buckets  int   // bucket directories listed in the source
 	Seen     int   // published segments found after the buckets' progress marks
 	Copied   int   // segments written to the destination (Replaced included)
-	Bytes    int64 // bytes written to the destination
-	Replaced int   // segments found at the destination with other contents, copied over
-	Skipped  int   // segments found at the destination already, identical
-	Vanished int   // segments gone from the source before they could be copied
-	Errors   int   // failures (each stops its bucket until the next pass)
-	Lag      int   // segments seen and not done at the end: errors, cancellation
+	Merged   int   // period files written to the destination (Replaced included)
+	Lines    int64 // lines in the period files written
+	Bytes    int64 // bytes written to the destination (of lines, uncompressed, when merging)
+	Replaced int   // segments (period files) found at the destination with other contents, written over
+	Skipped  int   // segments (period files) found at the destination already, identical
+	Vanished int   // segments gone from the source before they could be copied (merged)
+	// Conflicts counts period files found published with other lines than
+	// the merge would write, when no progress said they were written:
+	// kept, and logged as errors.
+	Conflicts int
+	Errors    int // failures (each stops its bucket until the next pass)
+	// Lag counts the segments seen and not done at the end: errors,
+	// cancellation, and when merging the periods not closed yet.
+	Lag      int
 	Duration time.Duration
 }
 
@@ -58,6 +67,16 @@ type Copier struct {
 	marks      map[string]mark // bucket dir → progress; loaded once per lease grant
 	marksEpoch int64           // the grant marks was loaded under
 	swept      map[string]bool // destination bucket dirs cleared of stale temporary files
+	retained   map[string]bool // bucket dirs checked for segments retention deleted uncopied
+
+	// tail counts the damage the merge's readers skip.
+	tail *ptail.Metrics
+	// heads caches, per bucket dir, the head of a bucket whose period is
+	// not closed yet (a head), so that passes do not read it again.
+	heads sync.Map
+
+	lagMu sync.Mutex
+	lag   []CategoryLag // as of the last pass; nil while standing by
 }
 
 // New validates cfg and returns a copier; Run or CopyOnce copies.
@@ -79,14 +98,18 @@ func New(cfg Config, deps Deps) (*Copier, error) {
 		cfg.ID = component.ID()
 	}
 	deps.Common = deps.Defaults()
-	return &Copier{
+	c := &Copier{
 		cfg:       cfg,
 		deps:      deps,
 		log:       deps.Logger("copier"),
 		now:       deps.Now,
 		m:         newMetrics(deps.Metrics),
 		leaseName: cfg.Table,
-	}, nil
+	}
+	if cfg.Merging() {
+		c.tail = ptail.NewMetrics(deps.Metrics)
+	}
+	return c, nil
 }
 
 // Run copies until ctx ends. It waits for the copier lease, then makes a
@@ -141,10 +164,10 @@ func (c *Copier) lead(ctx context.Context, lease coord.Lease) {
 		c.held = nil
 		c.mu.Unlock()
 		c.m.active.Set(0)
-		c.m.lag.Reset() // a standby does not know the lag
+		c.clearLag() // a standby does not know the lag
 	}()
 	for {
-		st, err := c.pass(ctx, lease)
+		st, err := c.pass(ctx, lease, nil)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -175,6 +198,14 @@ func (c *Copier) lead(ctx context.Context, lease coord.Lease) {
 // it. The error reports the first failure of the pass, if any; failed
 // buckets are retried from where they stopped by the next pass.
 func (c *Copier) CopyOnce(ctx context.Context) (Stats, error) {
+	return c.Backfill(ctx, nil)
+}
+
+// Backfill is CopyOnce reporting its progress to report (nil: none) as
+// source segments are done: `freeway copier --backfill` shows it. It can
+// be interrupted (ctx) at any point; what it did is recorded, and the
+// next pass (or Backfill) goes on from there.
+func (c *Copier) Backfill(ctx context.Context, report func(Progress)) (Stats, error) {
 	c.mu.Lock()
 	lease := c.held
 	c.mu.Unlock()
@@ -192,7 +223,7 @@ func (c *Copier) CopyOnce(ctx context.Context) (Stats, error) {
 		}()
 		lease = l
 	}
-	return c.pass(ctx, lease)
+	return c.pass(ctx, lease, report)
 }
 
 func isLost(l coord.Lease) bool {

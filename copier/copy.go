@@ -29,6 +29,7 @@ const (
 	replaced
 	skipped
 	vanished
+	conflict // a period file there differs, and is kept
 )
 
 // copySegment brings the published segment name (size bytes in the

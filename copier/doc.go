@@ -1,12 +1,14 @@
 // Package copier copies the pipeline's closed segment files to a second
 // dfs root (a warehouse HDFS, a backup directory), continuously and
-// idempotently.
+// idempotently, as they are or merged into hourly (or other period)
+// files: Data Freeway's Continuous Copier.
 //
 // Place in the data path: calligraphus publishes segments at
 // <category>/<bucket>/<epoch>-<seq>.seg in the pipeline's dfs → the copier
 // copies each one, once it is published, to the same path under the
-// destination root. Retention may delete a source segment only after the
-// copier has done it (LastCopied) and Puma has read it.
+// destination root, or merges them into one file per period of arrival
+// (merge_period, below). Retention deletes a source segment only after
+// the copier has done it (LastCopied) and Puma has committed past it.
 //
 // A pass lists every bucket (of Config.Categories, or of every category
 // found: internal/layout names and lists the category directories, any
@@ -50,9 +52,99 @@
 // makes this hold except for a writer that publishes after losing its
 // lease, a segment ptail would skip as well.
 //
-// Not built yet: the hourly merge ARCHITECTURE.md mentions (a bucket's
-// segments concatenated into hourly newline-delimited files at the
-// destination). It needs its own progress (the open hour, per-agent
-// sequence high waters to drop re-sent entries) and a rule for when an
-// hour is complete; the copy here is segment for segment.
+// # Merging into periods
+//
+// With merge_period set (1h, say; any whole number of minutes that
+// divides a day), the copier does not copy segments: it writes, for each
+// bucket and period of arrival, one file in the warehouse layout
+// Hive-style readers expect (layout.MergedFile):
+//
+//	<category>/dt=YYYY-MM-DD/hh=HH/part-<bucket>         (plus mm=MM/ under an hour)
+//
+// in UTC, with ".gz" appended when compression is "gzip". A file holds
+// the bucket's messages one a line, as Scribe's file store wrote them: a
+// message, then a newline unless it ends with one. Lines are in bucket
+// order, and a bucket's files in period order are its lines in order,
+// each exactly once: the merge reproduces the bucket, repeats included
+// (a call re-written after a partial failure is in the segments twice,
+// and in the files twice; Puma drops such repeats, the warehouse gets
+// what the segments hold).
+//
+// Which period a line goes to. Periods are periods of arrival: a block's
+// ArrivalMs (when the writer, or Freeway's agent, received the batch), as
+// Scribe's file store filed lines by the time it received them. A block's
+// period is the latest of
+//
+//   - the period of its arrival;
+//   - the period of the block before it in the bucket: periods never go
+//     back in bucket order, so a period's file is one stretch of the
+//     bucket and a crash can never leave a line on both sides of a cut;
+//   - the period that was open when its segment was published (its
+//     modification time, less merge_delay): a segment published late, a
+//     crashed writer's segment salvaged by the next one, an agent's
+//     backlog, does not reopen a period that was closed;
+//
+// except that a block stamped ahead of the copier's clock (a writer's
+// clock ahead) takes the period of the block before it, rather than
+// holding the bucket back until the clock gets there. Lines filed later
+// than their arrival are counted in
+// freeway_copier_merge_lines_moved_total{reason="late"|"future"}: at a
+// period's end, the lines of agents whose batches reached the writer
+// after another agent's first batch of the next period, as in Scribe.
+//
+// When a period is closed. The copier writes a bucket's period once its
+// own clock is merge_delay (2m) past the period's end. Until then a
+// segment of the period may still be published: a writer publishes what
+// it received within calligraphus.segment_max_age (1s), an agent retries
+// a batch a failed writer did not acknowledge, the next writer salvages a
+// crashed one's segment, and clocks differ by seconds. A line of the
+// period published later than that is not lost: it goes to the period
+// still open (see above), counted as late. So merge_delay trades how
+// soon a period's file appears against how many late lines move.
+//
+// Exactly once. A bucket's merge progress (column "merge" of its progress
+// row) is the position in the bucket (segment, offset) of the first line
+// not in a published file, and the first period not written. Writing a
+// period is four steps: (1) its lines go to a temporary file
+// (dfs.TempName of the final name) at the destination, which is closed
+// and verified (its size, and with verify "checksum" the CRC-32C of the
+// file read back and of its lines decompressed, against what was read);
+// (2) the period and its range of the bucket [from, to), with the size
+// and CRC of its lines, are recorded in the progress row; (3) the file is
+// renamed to its final name; (4) the progress moves past the range. A
+// crash before (2) leaves a temporary file, replaced when the period is
+// written again. After (2) the period is decided: a restarted copier
+// publishes it before anything else of the bucket, keeping a file already
+// published with the recorded lines and otherwise writing the range again
+// (the segments are immutable, and retention keeps them: they are after
+// the bucket's "last"). So a crash at any point neither loses nor repeats
+// a line. A final file found with other lines and no progress saying it
+// was written (the progress was lost with a damaged store, after
+// retention deleted merged segments) is kept, never rewritten on a guess:
+// logged as an error and counted in freeway_copier_merge_conflicts_total.
+//
+// Progress for retention. "last" names the last segment read to its end
+// whose lines are all in published files; retention deletes no segment
+// after it. Switching from copying segments to merging starts the merge
+// after the last segment copied.
+//
+// # Lag and backfill
+//
+// Each pass lists every bucket; freeway_copier_lag_segments and
+// freeway_copier_lag_seconds (the age of the oldest segment not done)
+// give, per category, how far the copier is behind the writers; Lag
+// returns the same, and Status (for /api/v1/status) adds whether this
+// copier is the active one. Both are figures of the last pass, set when
+// it has listed the buckets and again when it ends; a standby has none.
+// When merging, the period still open
+// (and merge_delay after it) is part of the lag.
+//
+// Backfill makes one pass like CopyOnce, reporting its progress (the
+// segments found, and done, with their bytes) as it goes: `freeway copier
+// --backfill` draws it. It can be interrupted at any point; the next run
+// goes on from the progress recorded. What a backfill can reach is what
+// the dfs still holds: retention deletes segments older than
+// dfs_retention (7d) once their consumers are past them. A bucket without
+// progress whose first segments retention already deleted is copied from
+// the first one left, with a warning.
 package copier

@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -9,6 +10,10 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/segment"
 
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/testkit"
@@ -169,4 +174,172 @@ func TestHDFSRunCopiesNewSegments(t *testing.T) {
 	}
 	stop()
 	sameTree(t, e, names)
+}
+
+// TestHDFSMergeKilledMidFile merges from one real HDFS root into another:
+// a copier dies with a period file open (the file still under
+// construction, its lease held by the dead client), another dies halfway
+// through a write, a third right after recording a period it has not
+// published; the copier started after them delivers every line once, and
+// one started from an empty store rewrites nothing.
+func TestHDFSMergeKilledMidFile(t *testing.T) {
+	src, _ := hdfsRoot(t)
+	dst, url := hdfsRoot(t)
+	e := newEnv(t)
+	e.src, e.dst = src, dst
+	now := time.Now()
+	base := now.Truncate(time.Minute).Add(-30 * time.Minute)
+	var want []string // per minute
+	seq := uint64(0)
+	for m := range 3 {
+		var minute []string
+		for s := range 2 {
+			seq++
+			at := base.Add(time.Duration(m)*time.Minute + time.Duration(s*20)*time.Second)
+			enc := segment.NewEncoder()
+			data := enc.AppendHeader(nil)
+			msgs := lines(fmt.Sprintf("m%d s%d", m, s), 200)
+			b := &segment.Block{ArrivalMs: at.UnixMilli()}
+			for _, msg := range msgs {
+				b.Messages = append(b.Messages, []byte(msg))
+			}
+			data = enc.AppendBlock(data, b)
+			name := path.Join(layout.BucketDir("web/access", 2), layout.SegmentName(1, seq))
+			if err := dfs.WriteFile(src, name, data); err != nil {
+				t.Fatal(err)
+			}
+			minute = append(minute, msgs...)
+		}
+		want = append(want, text(minute))
+	}
+	clk := &clock{t: now.Add(3 * time.Hour)}
+	merging := func(c *Config, d *Deps) {
+		c.Destination = url
+		c.MergePeriod = config.Duration(time.Minute)
+		c.MergeDelay = config.Duration(time.Hour) // the segments were published just now
+		c.Compression = CompressionGzip
+		d.Now = clk.Now
+	}
+	fileOf := func(m int) string {
+		return layout.MergedFile("web/access", 2, base.Add(time.Duration(m)*time.Minute), time.Minute, ".gz")
+	}
+
+	// 1. A copier died writing the first minute's file.
+	dead, err := hdfs.Open(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	f, err := dead.Create(dfs.TempName(fileOf(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("half a gzip stream")); err != nil {
+		t.Fatal(err)
+	}
+	// 2. Another one halfway through a write of its own (its 4th call:
+	// replacing the dead one's file, then a write).
+	ffs := &faultFS{FS: dst, k: 4}
+	if _, err := e.copier(t, "b", merging, withDest(ffs)).CopyOnce(context.Background()); !errors.Is(err, errInjected) {
+		t.Fatalf("copier b: %v, want the injected fault", err)
+	}
+	// 3. A third records the first minute's file and dies before
+	// publishing it.
+	fst := &faultStore{Store: e.st, after: true, k: 1}
+	if _, err := e.copier(t, "c", merging, withStore(fst)).CopyOnce(context.Background()); !errors.Is(err, errInjected) {
+		t.Fatalf("copier c: %v, want the injected fault", err)
+	}
+	if _, err := dst.Stat(fileOf(0)); err == nil {
+		t.Fatal("the first minute was published before the restart")
+	}
+
+	st := mergePass(t, e.copier(t, "d", merging))
+	if st.Merged != 3 || st.Conflicts != 0 {
+		t.Fatalf("restarted copier: %+v, want the 3 minutes", st)
+	}
+	for m := range 3 {
+		if got := readMergedText(t, dst, fileOf(m)); got != want[m] {
+			t.Errorf("minute %d holds %d bytes, want %d", m, len(got), len(want[m]))
+		}
+	}
+	if all := files(t, dst, ""); len(all) != 3 {
+		t.Errorf("destination holds %q, want the 3 files", all)
+	}
+
+	rec := dfstest.NewFaulty(dst)
+	st = mergePass(t, e.copier(t, "e", merging, withDest(rec), withStore(openStore(t, filepath.Join(t.TempDir(), "empty.db")))))
+	if _, renames := writes(rec); st.Skipped != 3 || len(renames) != 0 {
+		t.Errorf("re-run from an empty store: %+v, renamed %q", st, renames)
+	}
+}
+
+// TestHDFSMergedHourIsTheConcatenationOfItsSegments: on two real HDFS
+// roots (source and destination), each hour's file is its segments'
+// lines, one a line, in bucket order, with the hour boundary in the
+// middle of a segment; another bucket gets its own file.
+func TestHDFSMergedHourIsTheConcatenationOfItsSegments(t *testing.T) {
+	src, _ := hdfsRoot(t)
+	dst, url := hdfsRoot(t)
+	e := newEnv(t)
+	e.src, e.dst = src, dst
+	// The NameNode stamps a segment's publish time (now); the blocks
+	// arrived in the two hours before this one. A merge delay of 3h keeps
+	// those hours open at publish time, so no line counts as late; the
+	// copier's clock, 5h ahead, sees both closed.
+	now := time.Now()
+	h0 := now.Truncate(time.Hour).Add(-2 * time.Hour)
+	h1 := h0.Add(time.Hour)
+	publish := func(bucket int, seq uint64, blocks ...blk) {
+		t.Helper()
+		enc := segment.NewEncoder()
+		data := enc.AppendHeader(nil)
+		for _, b := range blocks {
+			sb := &segment.Block{ArrivalMs: b.at.UnixMilli()}
+			for _, m := range b.msgs {
+				sb.Messages = append(sb.Messages, []byte(m))
+			}
+			data = enc.AppendBlock(data, sb)
+		}
+		if err := dfs.WriteFile(src, path.Join(layout.BucketDir("web/access", bucket), layout.SegmentName(1, seq)), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, a2, a3 := lines("a1", 300), lines("a2", 2), append(lines("a3", 2), "ends in a newline\n", "")
+	b1, b2 := lines("b1", 4), lines("b2", 500)
+	c1 := lines("c1", 5)
+	publish(0, 1, blk{h0.Add(10 * time.Minute), a1}, blk{h0.Add(11 * time.Minute), a2})
+	publish(0, 2, blk{h0.Add(59*time.Minute + 59*time.Second), a3}, blk{h1, b1}) // the hour ends mid-segment
+	publish(0, 3, blk{h1.Add(30 * time.Minute), b2})
+	publish(1, 1, blk{h0.Add(30 * time.Minute), c1})
+
+	clk := &clock{t: now.Add(5 * time.Hour)}
+	n := e.copier(t, "a", func(c *Config, d *Deps) {
+		c.Destination = url
+		c.MergePeriod = config.Duration(time.Hour)
+		c.MergeDelay = config.Duration(3 * time.Hour)
+		d.Now = clk.Now
+	})
+	st := mergePass(t, n)
+	if st.Merged != 3 || st.Errors != 0 || st.Lines != int64(len(a1)+len(a2)+len(a3)+len(b1)+len(b2)+len(c1)) {
+		t.Fatalf("pass: %+v, want 3 files", st)
+	}
+	for _, c := range []struct {
+		bucket int
+		hour   time.Time
+		want   string
+	}{
+		{0, h0, text(a1, a2, a3)},
+		{0, h1, text(b1, b2)},
+		{1, h0, text(c1)},
+	} {
+		if got := readMergedText(t, dst, hourFile("web/access", c.bucket, c.hour)); got != c.want {
+			t.Errorf("bucket %d hour %s: %d bytes, want %d:\n%.200q\nwant\n%.200q", c.bucket, c.hour.UTC().Format("15"), len(got), len(c.want), got, c.want)
+		}
+	}
+	if all := files(t, dst, ""); len(all) != 3 {
+		t.Errorf("destination holds %q, want the 3 hour files", all)
+	}
+	if st := mergePass(t, n); st.Merged != 0 || st.Seen != 0 {
+		t.Errorf("a second pass: %+v, want nothing new", st)
+	}
 }

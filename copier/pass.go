@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/coord"
-	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 )
 
@@ -24,6 +22,7 @@ type bucketJob struct {
 	dir      string
 	mark     mark
 	segs     []fs.FileInfo // published segments after mark, in name order
+	done     int           // how many of segs are done
 	sweep    bool          // clear stale temporary files at the destination first
 }
 
@@ -32,15 +31,27 @@ type passState struct {
 	c      *Copier
 	cancel context.CancelFunc
 	owner  string
+	report func(Progress) // nil: no progress display
 
-	mu       sync.Mutex
-	st       Stats
-	firstErr error
-	lastLog  time.Time
+	mu         sync.Mutex
+	st         Stats
+	firstErr   error
+	lastLog    time.Time
+	categories map[string]string // label → category, of every category listed
+	progress   Progress
 }
 
-// pass makes one pass under lease.
-func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
+// Progress is how far a pass has come through the source segments it
+// found to copy (or merge): what a progress display shows.
+type Progress struct {
+	Files, TotalFiles int   // segments done, and found
+	Bytes, TotalBytes int64 // their sizes
+	Start             time.Time
+}
+
+// pass makes one pass under lease, reporting progress to report (if not
+// nil) as segments are done.
+func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progress)) (Stats, error) {
 	c.passMu.Lock()
 	defer c.passMu.Unlock()
 	start := c.now()
@@ -73,9 +84,11 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 		// Another copier may have been active since this one last held the
 		// lease: look at every destination bucket afresh.
 		c.swept = map[string]bool{}
+		c.retained = map[string]bool{}
 	}
 
-	ps := &passState{c: c, cancel: cancel, owner: ownerTag(c.cfg.ID, lease.Epoch()), lastLog: start}
+	ps := &passState{c: c, cancel: cancel, owner: ownerTag(c.cfg.ID, lease.Epoch()), lastLog: start, report: report,
+		categories: map[string]string{}}
 	jobs, err := ps.discover(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -83,11 +96,22 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 		}
 		return ps.st, err
 	}
-	c.m.lag.Reset()
+	ps.progress.Start = start
 	for _, j := range jobs {
-		c.m.lag.WithLabelValues(j.label).Add(float64(len(j.segs)))
+		for _, fi := range j.segs {
+			ps.progress.TotalFiles++
+			ps.progress.TotalBytes += fi.Size()
+		}
 	}
-	if ps.st.Seen > 0 {
+	c.setLag(ps, jobs)
+	if report != nil {
+		report(ps.progress)
+	}
+	switch {
+	case c.cfg.Merging():
+		// The open periods' segments are seen at every pass: not news.
+		c.log.Debug("copy pass started", "segments", ps.st.Seen, "buckets", ps.st.Buckets)
+	case ps.st.Seen > 0:
 		c.log.Info("copy pass started", "segments", ps.st.Seen, "buckets", ps.st.Buckets)
 	}
 	work := make(chan *bucketJob)
@@ -101,7 +125,11 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 				if buf == nil && len(j.segs) > 0 {
 					buf = make([]byte, copyBufferSize)
 				}
-				ps.copyBucket(ctx, j, buf)
+				if c.cfg.Merging() {
+					ps.mergeBucket(ctx, j, buf)
+				} else {
+					ps.copyBucket(ctx, j, buf)
+				}
 			}
 		}()
 	}
@@ -111,18 +139,21 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease) (Stats, error) {
 	close(work)
 	wg.Wait()
 
+	c.setLag(ps, jobs)
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	st := ps.st
-	st.Lag = st.Seen - st.Copied - st.Skipped - st.Vanished
+	for _, j := range jobs {
+		st.Lag += len(j.segs) - j.done
+	}
 	st.Duration = c.now().Sub(start)
 	c.m.passSecs.Set(st.Duration.Seconds())
 	if ctx.Err() == nil {
 		c.m.passes.Inc()
 		c.m.passTime.Set(float64(c.now().UnixMilli()) / 1000)
 	}
-	if st.Seen > 0 || st.Errors > 0 {
-		c.log.Info("copy pass done", "copied", st.Copied, "bytes", st.Bytes, "skipped", st.Skipped,
+	if st.Copied+st.Merged+st.Skipped+st.Vanished > 0 || st.Errors > 0 {
+		c.log.Info("copy pass done", "copied", st.Copied, "merged", st.Merged, "lines", st.Lines, "bytes", st.Bytes, "skipped", st.Skipped,
 			"replaced", st.Replaced, "vanished", st.Vanished, "errors", st.Errors, "lag", st.Lag, "duration", st.Duration)
 	}
 	if errors.Is(ps.firstErr, errFenced) {
@@ -171,43 +202,23 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		infos, err := c.deps.Source.ReadDir(cat.Dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // a configured category nothing was written to yet
-		}
+		buckets, err := layout.Buckets(c.deps.Source, cat.Dir)
 		if err != nil {
 			listFailed(cat.Dir, err)
 			continue
 		}
-		var buckets []int
-		for _, fi := range infos {
-			if b, ok := bucketNumber(fi); ok {
-				buckets = append(buckets, b)
-			}
-		}
-		sort.Ints(buckets)
+		ps.categories[layout.Label(cat.Name)] = cat.Name
 		for _, b := range buckets {
 			dir := layout.BucketDir(cat.Name, b)
-			segs, err := c.deps.Source.ReadDir(dir)
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
+			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir] && !c.cfg.Merging()}
+			c.checkRetained(j)
+			segs, err := layout.Published(c.deps.Source, dir, j.mark.last)
 			if err != nil {
 				listFailed(dir, err)
 				continue
 			}
 			ps.st.Buckets++
-			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir]}
-			for _, fi := range segs {
-				name := fi.Name()
-				// Published segments only: never a hidden file being written.
-				if fi.IsDir() || dfs.Hidden(name) || name <= j.mark.last {
-					continue
-				}
-				if _, _, ok := layout.ParseSegmentName(name); ok {
-					j.segs = append(j.segs, fi)
-				}
-			}
+			j.segs = segs
 			ps.st.Seen += len(j.segs)
 			if len(j.segs) > 0 || j.sweep {
 				jobs = append(jobs, j)
@@ -215,14 +226,6 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		}
 	}
 	return jobs, nil
-}
-
-// bucketNumber reports whether fi is a bucket directory and its number.
-func bucketNumber(fi fs.FileInfo) (int, bool) {
-	if !fi.IsDir() {
-		return 0, false
-	}
-	return layout.ParseBucket(fi.Name())
 }
 
 // copyBucket copies j's segments in order, recording progress after each.
@@ -288,7 +291,7 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 			return
 		}
 		j.mark = next
-		ps.done(j, out, n)
+		ps.done(j, out, n, fi.Size())
 	}
 }
 
@@ -302,11 +305,13 @@ func (ps *passState) fail(err error) {
 }
 
 // done accounts for one segment and logs progress now and then.
-func (ps *passState) done(j *bucketJob, out outcome, n int64) {
+func (ps *passState) done(j *bucketJob, out outcome, n int64, size int64) {
 	c := ps.c
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	c.marks[j.dir] = j.mark
+	j.done++
+	ps.segmentDone(j, size)
 	switch out {
 	case copied, replaced:
 		ps.st.Copied++
@@ -324,11 +329,27 @@ func (ps *passState) done(j *bucketJob, out outcome, n int64) {
 		ps.st.Vanished++
 		c.m.vanished.WithLabelValues(j.label).Inc()
 	}
-	c.m.lag.WithLabelValues(j.label).Dec()
+	ps.logProgress()
+}
+
+// segmentDone accounts for one source segment of j done (copied, merged,
+// skipped or vanished); ps.mu is held.
+func (ps *passState) segmentDone(j *bucketJob, size int64) {
+	ps.c.m.lag.WithLabelValues(j.label).Dec()
+	ps.progress.Files++
+	ps.progress.Bytes += size
+	if ps.report != nil {
+		ps.report(ps.progress)
+	}
+}
+
+// logProgress logs the pass's progress now and then; ps.mu is held.
+func (ps *passState) logProgress() {
+	c := ps.c
 	if now := c.now(); now.Sub(ps.lastLog) >= c.cfg.ProgressInterval.D() {
 		ps.lastLog = now
-		doneN := ps.st.Copied + ps.st.Skipped + ps.st.Vanished
-		c.log.Info("copy pass progress", "done", doneN, "of", ps.st.Seen, "copied", ps.st.Copied,
-			"bytes", ps.st.Bytes, "skipped", ps.st.Skipped, "vanished", ps.st.Vanished, "errors", ps.st.Errors)
+		c.log.Info("copy pass progress", "done", ps.progress.Files, "of", ps.progress.TotalFiles,
+			"bytes", ps.progress.Bytes, "of_bytes", ps.progress.TotalBytes, "copied", ps.st.Copied, "merged", ps.st.Merged,
+			"skipped", ps.st.Skipped, "vanished", ps.st.Vanished, "errors", ps.st.Errors)
 	}
 }

@@ -2,6 +2,7 @@ package copier
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -30,9 +31,19 @@ import (
 // but always above the previous version's, so that the newest version is
 // the last one written even across clock skew between hosts (HBase keeps
 // a few old versions: a short history of who copied what when).
+//
+// With merge_period set, the row also holds
+//
+//	"merge": the bucket's merge progress (mergeState, JSON)
+//
+// and every write of the merge puts the three columns together, by one
+// CheckAndPut on "merge" against the value read or written before (the
+// same fencing). "last" then names the last segment whose lines are all
+// in published period files, which is what retention reads either way.
 const (
 	colLast  = "last"
 	colOwner = "owner"
+	colMerge = "merge"
 )
 
 // errFenced means another copier wrote a progress row under this one:
@@ -44,6 +55,9 @@ type mark struct {
 	last string // segment name; "" before the first
 	raw  []byte // the stored "last" value, nil if none: the CheckAndPut expectation
 	ts   int64  // timestamp of the stored version
+
+	merge    *mergeState // decoded "merge", nil if none
+	mergeRaw []byte      // the stored "merge" value: the merge's CheckAndPut expectation
 }
 
 func progressRow(dir string) string { return dir }
@@ -53,6 +67,9 @@ func loadMarks(ctx context.Context, st store.Store, table string) (map[string]ma
 	marks := map[string]mark{}
 	err := st.Scan(ctx, table, "", "", store.Latest, func(row string, cells []store.Cell) error {
 		if m, ok := markFromCells(cells); ok {
+			if m.mergeRaw != nil && m.merge == nil {
+				return fmt.Errorf("row %s: merge progress %q does not decode", row, m.mergeRaw)
+			}
 			marks[row] = m
 		}
 		return nil
@@ -64,12 +81,25 @@ func loadMarks(ctx context.Context, st store.Store, table string) (map[string]ma
 }
 
 func markFromCells(cells []store.Cell) (mark, bool) {
+	var m mark
+	found := false
 	for _, c := range cells {
-		if c.Column == colLast {
-			return mark{last: string(c.Value), raw: c.Value, ts: c.Timestamp}, true
+		switch c.Column {
+		case colLast:
+			m.last, m.raw, m.ts = string(c.Value), c.Value, max(m.ts, c.Timestamp)
+			found = true
+		case colMerge:
+			st := &mergeState{}
+			if err := json.Unmarshal(c.Value, st); err != nil {
+				// Kept as the CheckAndPut expectation, so that nothing
+				// overwrites it unseen; loadMarks reports it.
+				st = nil
+			}
+			m.merge, m.mergeRaw, m.ts = st, c.Value, max(m.ts, c.Timestamp)
+			found = true
 		}
 	}
-	return mark{}, false
+	return m, found
 }
 
 // advance records that every segment of dir up to name is done.
@@ -105,3 +135,28 @@ func LastCopied(ctx context.Context, st store.Store, table, category string, buc
 }
 
 func ownerTag(id string, epoch int64) string { return id + "@" + strconv.FormatInt(epoch, 10) }
+
+// saveMerge records a bucket's merge progress: next, with "last" (the last
+// segment wholly merged) and the owner, fenced on the merge value this
+// copier read or wrote before.
+func saveMerge(ctx context.Context, st store.Store, table, dir string, prev mark, next mergeState, last, owner string, nowMs int64) (mark, error) {
+	val, err := json.Marshal(next)
+	if err != nil {
+		return prev, err
+	}
+	ts := max(nowMs, prev.ts+1)
+	row := progressRow(dir)
+	ok, err := st.CheckAndPut(ctx, table, row, colMerge, prev.mergeRaw, []store.Cell{
+		{Row: row, Column: colMerge, Timestamp: ts, Value: val},
+		{Row: row, Column: colLast, Timestamp: ts, Value: []byte(last)},
+		{Row: row, Column: colOwner, Timestamp: ts, Value: []byte(owner)},
+	})
+	if err != nil {
+		return prev, fmt.Errorf("record merge progress of %s: %w", dir, err)
+	}
+	if !ok {
+		return prev, fmt.Errorf("record merge progress of %s: %w", dir, errFenced)
+	}
+	n := next
+	return mark{last: last, raw: []byte(last), ts: ts, merge: &n, mergeRaw: val}, nil
+}

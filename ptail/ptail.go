@@ -9,6 +9,14 @@
 // moving on; ptail reads only published segments, which on HDFS are the
 // only ones whose bytes are visible anyway.
 //
+// Vanished segments. Retention deletes only segments every consumer is
+// past (a Puma shard's committed position, the copier's progress), so a
+// reader never meets one that is gone. If it does (a segment deleted by
+// hand, a shard whose commit row was lost after retention deleted the
+// start of its bucket), the reader does not pass over it silently: Next
+// returns a *VanishedError naming it, once, and reads on after it when
+// called again, so that its user can record what it lost.
+//
 // Damage. A published segment never changes, so a block that fails its
 // checks is damage, not a write in progress. The reader logs it (an error
 // with the segment and offset), counts it (Metrics, and the Damaged
@@ -29,6 +37,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"slices"
+	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,13 +49,56 @@ import (
 )
 
 // Position is where a reader resumes: the next block is at Offset in
-// Segment. The zero Position is before the first segment.
+// Segment. The zero Position is before the first segment. A negative
+// Offset (After) is after the whole of Segment.
 type Position struct {
 	Segment string `json:"segment"`
 	Offset  int64  `json:"offset"`
 }
 
-func (p Position) String() string { return fmt.Sprintf("%s@%d", p.Segment, p.Offset) }
+// After is the position after the whole of segment, whatever its size.
+func After(segment string) Position { return Position{Segment: segment, Offset: -1} }
+
+func (p Position) String() string {
+	if p.Offset < 0 {
+		return p.Segment + "@end"
+	}
+	return fmt.Sprintf("%s@%d", p.Segment, p.Offset)
+}
+
+// Before reports whether p is before q in the bucket: an earlier segment,
+// or an earlier offset of the same one.
+func (p Position) Before(q Position) bool {
+	if p.Segment != q.Segment {
+		return p.Segment < q.Segment
+	}
+	po, qo := p.Offset, q.Offset
+	if po < 0 {
+		po = 1<<63 - 1
+	}
+	if qo < 0 {
+		qo = 1<<63 - 1
+	}
+	return po < qo
+}
+
+// VanishedError reports a published segment that was gone when the
+// reader came to it (see the package comment). The reader is past it:
+// calling Next again reads on with the segment after it.
+type VanishedError struct {
+	// Segment is the path of the segment (bucket directory and name).
+	Segment string
+	// ModTime is when the segment was published, as its listing said;
+	// zero when the reader had not listed it (it resumed inside it).
+	ModTime time.Time
+}
+
+func (e *VanishedError) Error() string {
+	return fmt.Sprintf("segment %s vanished before it was read", e.Segment)
+}
+
+// Unwrap makes a VanishedError an fs.ErrNotExist.
+func (e *VanishedError) Unwrap() error { return fs.ErrNotExist }
 
 // Reader follows one bucket directory. Not safe for concurrent use.
 type Reader struct {
@@ -58,8 +111,9 @@ type Reader struct {
 	finished bool // pos.Segment has been read to its end (or skipped)
 	file     dfs.Reader
 	sr       *segment.Reader
-	pending  []string  // published segments after pos, in order, from the last listing
-	listed   time.Time // when pending was listed
+	pending  []fs.FileInfo // published segments after pos, in order, from the last listing
+	listed   time.Time     // when pending was listed
+	modTime  time.Time     // the current segment's, from its listing (zero if not listed)
 
 	m *Metrics
 
@@ -109,7 +163,7 @@ func NewReader(fsys dfs.FS, dir string, pos Position, poll time.Duration, log *s
 	if poll <= 0 {
 		poll = defaultPoll
 	}
-	return &Reader{fs: fsys, dir: dir, pos: pos, poll: poll, log: log}
+	return &Reader{fs: fsys, dir: dir, pos: pos, poll: poll, log: log, finished: pos.Offset < 0}
 }
 
 // Position is the position after the last block returned.
@@ -118,34 +172,46 @@ func (r *Reader) Position() Position { return r.pos }
 // Next returns the next block and the position after it, waiting for a
 // writer to publish one if needed, until ctx ends. The block is valid
 // until the next call. An error other than ctx's (the dfs failing) leaves
-// the reader where it was: calling Next again retries from there.
+// the reader where it was: calling Next again retries from there; a
+// *VanishedError leaves it after the segment that is gone.
 func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return r.pos, err
+		}
+		pos, ok, err := r.TryNext(b)
+		if ok || err != nil {
+			return pos, err
+		}
+		select {
+		case <-ctx.Done():
+			return r.pos, ctx.Err()
+		case <-time.After(r.poll):
+		}
+	}
+}
+
+// TryNext is Next without waiting: ok is false, with no error, when no
+// block is published after the reader's position now.
+func (r *Reader) TryNext(b *segment.Block) (Position, bool, error) {
 	for {
 		if r.sr == nil {
 			ok, err := r.openNext()
-			if err != nil {
-				return r.pos, err
-			}
-			if !ok {
-				select {
-				case <-ctx.Done():
-					return r.pos, ctx.Err()
-				case <-time.After(r.poll):
-				}
-				continue
+			if err != nil || !ok {
+				return r.pos, false, err
 			}
 		}
 		err := r.sr.Next(b)
 		if err == nil {
 			r.pos.Offset = r.sr.Offset()
-			return r.pos, nil
+			return r.pos, true, nil
 		}
 		if !errors.Is(err, io.EOF) {
 			var de *segment.DamageError
 			if !errors.As(err, &de) {
 				// Reading failed, which says nothing about the segment.
 				r.closeFile()
-				return r.pos, fmt.Errorf("read segment %s at %d: %w", path.Join(r.dir, r.pos.Segment), r.pos.Offset, err)
+				return r.pos, false, fmt.Errorf("read segment %s at %d: %w", path.Join(r.dir, r.pos.Segment), r.pos.Offset, err)
 			}
 			r.damaged(de)
 			if de.Resumed {
@@ -156,11 +222,13 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 		}
 		r.closeFile()
 		r.finished = true
-		if ctx.Err() != nil {
-			return r.pos, ctx.Err()
-		}
 	}
 }
+
+// SegmentTime is when the segment of the reader's position was published,
+// as the listing that found it said; zero if the reader did not list it
+// (it was resumed inside it).
+func (r *Reader) SegmentTime() time.Time { return r.modTime }
 
 // openNext opens the segment at pos (if not yet finished) or the next
 // published one. It reports false when there is nothing new.
@@ -182,11 +250,12 @@ func (r *Reader) openNext() (bool, error) {
 		}
 	}
 	for len(r.pending) > 0 {
-		name := r.pending[0]
+		fi := r.pending[0]
 		r.pending = r.pending[1:]
-		r.pos = Position{Segment: name}
+		r.pos = Position{Segment: fi.Name()}
+		r.modTime = fi.ModTime()
 		r.finished = false
-		ok, err := r.open(name, 0)
+		ok, err := r.open(fi.Name(), 0)
 		if ok || err != nil {
 			return ok, err
 		}
@@ -195,12 +264,15 @@ func (r *Reader) openNext() (bool, error) {
 	return false, nil
 }
 
-// open opens segment name at offset; false (no error) if it is gone.
+// open opens segment name at offset. It reports false (no error) for a
+// segment whose file header is damaged beyond repair, and a
+// *VanishedError for one that is gone; either way the reader is then
+// after it.
 func (r *Reader) open(name string, offset int64) (bool, error) {
 	f, err := r.fs.Open(path.Join(r.dir, name))
 	if errors.Is(err, fs.ErrNotExist) {
-		r.log.Warn("segment vanished before it was read (retention?)", "segment", path.Join(r.dir, name))
-		return false, nil
+		r.pos, r.finished = After(name), true
+		return false, &VanishedError{Segment: path.Join(r.dir, name), ModTime: r.modTime}
 	}
 	if err != nil {
 		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
@@ -256,26 +328,22 @@ func (r *Reader) closeFile() {
 	r.file, r.sr = nil, nil
 }
 
-// list reads the directory for published segments after pos.
+// list reads the directory for published segments after pos. Segments
+// still pending from the last listing stay pending even when this one
+// lacks them: one deleted meanwhile is then reported as vanished when
+// the reader comes to it, not passed over.
 func (r *Reader) list() error {
-	infos, err := r.fs.ReadDir(r.dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // no writer has created the bucket yet
-	}
+	infos, err := layout.Published(r.fs, r.dir, r.pos.Segment)
 	if err != nil {
-		return fmt.Errorf("list bucket %s: %w", r.dir, err)
+		return err
 	}
-	r.pending = r.pending[:0]
+	if n := len(r.pending); n > 0 {
+		last := r.pending[n-1].Name()
+		i := sort.Search(len(infos), func(i int) bool { return infos[i].Name() > last })
+		infos = append(slices.Clip(r.pending), infos[i:]...)
+	}
+	r.pending = infos
 	r.listed = time.Now()
-	for _, fi := range infos {
-		name := fi.Name()
-		if fi.IsDir() || dfs.Hidden(name) || name <= r.pos.Segment {
-			continue
-		}
-		if _, _, ok := layout.ParseSegmentName(name); ok {
-			r.pending = append(r.pending, name)
-		}
-	}
 	return nil
 }
 

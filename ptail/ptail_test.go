@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"path"
 	"slices"
@@ -260,22 +261,47 @@ func TestFollowsNewSegmentsIgnoringOthers(t *testing.T) {
 	nothingMore(t, fsys, r)
 }
 
-func TestVanishedSegmentSkipped(t *testing.T) {
+// TestVanishedSegmentReported: a segment gone before the reader came to
+// it is not passed over silently: Next reports it once, with its name
+// and publish time, and reads on after it.
+func TestVanishedSegmentReported(t *testing.T) {
 	fsys := newFS(t)
 	a := publish(t, fsys, 1, 1, []string{"a1"}, []string{"a2"})
 	b := publish(t, fsys, 1, 2, []string{"b"})
 	publish(t, fsys, 1, 3, []string{"c"})
+	bInfo, err := fsys.Stat(path.Join(dir, b))
+	if err != nil {
+		t.Fatal(err)
+	}
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
 	if got := msgsOf(readN(t, r, 1)); got[0] != "a1" {
 		t.Fatalf("read %q", got)
 	}
-	// Retention removes the next segment after the reader listed it.
+	// The next segment is removed after the reader listed it, and the
+	// reader lists again (a poll, 1ms, has passed) before it comes to it:
+	// the new listing lacks it, which must not hide it.
 	if err := fsys.Remove(path.Join(dir, b)); err != nil {
 		t.Fatal(err)
 	}
-	if got := msgsOf(readN(t, r, 2)); !slices.Equal(got, []string{"a2", "c"}) {
+	time.Sleep(5 * time.Millisecond)
+	if got := msgsOf(readN(t, r, 1)); got[0] != "a2" {
 		t.Fatalf("read %q", got)
+	}
+	var blk segment.Block
+	_, err = r.Next(context.Background(), &blk)
+	var ve *VanishedError
+	if !errors.As(err, &ve) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("next over a removed segment: %v, want a VanishedError", err)
+	}
+	if ve.Segment != path.Join(dir, b) || !ve.ModTime.Equal(bInfo.ModTime()) {
+		t.Errorf("vanished %q published %v, want %q %v", ve.Segment, ve.ModTime, path.Join(dir, b), bInfo.ModTime())
+	}
+	if r.Position() != After(b) {
+		t.Errorf("position after the vanished segment: %v, want %v", r.Position(), After(b))
+	}
+	if got := msgsOf(readN(t, r, 1)); got[0] != "c" {
+		t.Fatalf("after the vanished segment: read %q", got)
 	}
 	// And a saved position inside a removed segment.
 	if err := fsys.Remove(path.Join(dir, a)); err != nil {
@@ -283,11 +309,47 @@ func TestVanishedSegmentSkipped(t *testing.T) {
 	}
 	r2 := NewReader(fsys, dir, Position{Segment: a, Offset: 30}, time.Millisecond, logger(t))
 	defer r2.Close()
+	if _, err := r2.Next(context.Background(), &blk); !errors.As(err, &ve) || ve.Segment != path.Join(dir, a) || !ve.ModTime.IsZero() {
+		t.Fatalf("from a removed segment: %v, want a VanishedError for %s without a time", err, a)
+	}
 	if got := msgsOf(readN(t, r2, 1)); got[0] != "c" {
 		t.Fatalf("from a removed segment: read %q", got)
 	}
 	if r.Skipped != 0 || r2.Skipped != 0 {
 		t.Errorf("vanished segments counted as damaged: %d %d", r.Skipped, r2.Skipped)
+	}
+}
+
+// TestAfterPosition: a reader resumed after a segment reads from the
+// next one, and TryNext does not wait.
+func TestAfterPosition(t *testing.T) {
+	fsys := newFS(t)
+	a := publish(t, fsys, 1, 1, []string{"a1"}, []string{"a2"})
+	r := NewReader(fsys, dir, After(a), time.Hour, logger(t))
+	defer r.Close()
+	var blk segment.Block
+	if _, ok, err := r.TryNext(&blk); ok || err != nil {
+		t.Fatalf("TryNext after the only segment: %v %v, want nothing", ok, err)
+	}
+	b := publish(t, fsys, 1, 2, []string{"b"})
+	pos, ok, err := r.TryNext(&blk)
+	if !ok || err != nil || string(blk.Messages[0]) != "b" || pos.Segment != b {
+		t.Fatalf("TryNext after a publish: %v %v %v %q", pos, ok, err, blk.Messages)
+	}
+	for _, c := range []struct {
+		p, q Position
+		want bool
+	}{
+		{Position{a, 5}, Position{a, 6}, true},
+		{Position{a, 6}, After(a), true},
+		{After(a), Position{b, 0}, true},
+		{After(a), After(a), false},
+		{Position{b, 0}, After(a), false},
+		{Position{}, Position{a, 0}, true},
+	} {
+		if got := c.p.Before(c.q); got != c.want {
+			t.Errorf("%v before %v: %v, want %v", c.p, c.q, got, c.want)
+		}
 	}
 }
 

@@ -35,6 +35,9 @@ type commitState struct {
 	// ArrivalMs is the latest arrival time of a block applied: the clock
 	// that dedup keys expire by.
 	ArrivalMs int64 `json:"arrival_ms,omitempty"`
+	// Gap, when set, is what the state lacks: segments it never read
+	// (see gap in retention.go).
+	Gap *gap `json:"gap,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,
@@ -191,6 +194,19 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 	}
 	s.pos = s.committed.Position
+	// Retention deletes no segment at or after a committed position; one
+	// at or before the bucket's retention mark means the segments this
+	// state needs next are gone.
+	g, err := s.retentionGap(s.pos)
+	if err != nil {
+		return err
+	}
+	s.gap = s.committed.Gap
+	if g != nil && (s.gap == nil || s.gap.ThroughMs < g.ThroughMs || s.gap.Segment < g.Segment) {
+		s.gap = s.gap.with(*g)
+		s.log.Error("the bucket's first segments were deleted before this shard read them; answers say its data is incomplete",
+			"committed", s.pos.String(), "deleted_through", g.Segment, "arrived_before", fmtMs(g.ThroughMs))
+	}
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
 	s.committedEpoch, s.committedPos = E, s.committed.Position
@@ -232,6 +248,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		Lease:      s.lease.Epoch(),
 		CommitMs:   s.p.now().UnixMilli(),
 		ArrivalMs:  s.highWater.clockMs,
+		Gap:        s.gap,
 	}
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
 	type pending struct {
@@ -256,7 +273,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 			dirty = append(dirty, pending{t, i, keys})
 		}
 	}
-	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position
+	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap
 	s.mu.Unlock()
 	if unchanged {
 		// Nothing to write: the committed state is current, which is what

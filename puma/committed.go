@@ -60,6 +60,7 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	n := c.buckets(cat)
 	var missing []MissingShard
 	var first error
+	failed := 0
 	var asOf AsOf
 	for b := 0; b < n; b++ {
 		st, err := c.shard(ctx, pl, b, m)
@@ -70,6 +71,9 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 				}
 				asOf.WatermarkMs = max(asOf.WatermarkMs, st.Watermarks[app.Name()])
 			}
+			if why := st.Gap.incomplete(app, q.FromMs); why != "" {
+				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
+			}
 			continue
 		}
 		if cerr := ctx.Err(); cerr != nil {
@@ -78,9 +82,10 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 		if first == nil {
 			first = err
 		}
+		failed++
 		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: clipError(err.Error())})
 	}
-	if n > 0 && len(missing) == n {
+	if n > 0 && failed == n {
 		return nil, fmt.Errorf("no shard of category %s can be read: %w", cat, first)
 	}
 	res, err := m.result()
@@ -94,7 +99,8 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 
 // shard merges the committed cells of one bucket into m, all or nothing:
 // its cells are merged only once every one of them was read. It returns
-// the shard's commit state (Epoch 0: it never committed).
+// the shard's commit state (Epoch 0: it never committed); its Gap is
+// what the committed state lacks (nil: nothing).
 func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (commitState, error) {
 	cat := pl.app.Spec.Category
 	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
@@ -126,9 +132,10 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (comm
 
 // ShardStatuses lists every shard of the apps' categories as the store
 // knows it: the node of its last commit (Owner), its epoch, position,
-// time and watermarks. State is empty (the store does not know whether
-// a node runs the shard now); a shard whose commit row cannot be read has
-// Error set; one that never committed has Epoch 0.
+// time and watermarks, and what its committed state lacks (Incomplete).
+// State is empty (the store does not know whether a node runs the shard
+// now); a shard whose commit row cannot be read has Error set; one that
+// never committed has Epoch 0.
 func (c *Committed) ShardStatuses(ctx context.Context) []Status {
 	seen := map[string]bool{}
 	var cats []string
@@ -150,6 +157,9 @@ func (c *Committed) ShardStatuses(ctx context.Context) []Status {
 			case cs.Epoch != 0:
 				st.Owner, st.Epoch, st.Committed = cs.Owner, cs.Epoch, cs.Position.String()
 				st.LastCommit, st.Watermarks = time.UnixMilli(cs.CommitMs), cs.Watermarks
+			}
+			if err == nil && cs.Gap != nil {
+				st.Incomplete = clipError(cs.Gap.String())
 			}
 			out = append(out, st)
 		}

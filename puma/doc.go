@@ -137,9 +137,26 @@
 // rejected lines live in memory only.
 //
 // A lost or damaged store (the embedded one moves a damaged file aside
-// and starts afresh) is rebuilt exactly: with no commit row a shard starts at the first segment of its
-// bucket and re-reads them all, deduplicating as it did the first time.
-// That holds while the dfs still holds every segment, which it does as
-// long as nothing deletes segments (there is no segment retention yet; one
-// must keep the checkpoints' segments or give up this rebuild).
+// and starts afresh) is rebuilt from the dfs: with no commit row a shard
+// starts at the first segment of its bucket and re-reads them all,
+// deduplicating as it did the first time. That is exact only while the
+// dfs still holds every segment of the bucket, and segment retention
+// (dfs_retention, internal/retention) deletes the segments every consumer
+// is past. So a shard that recovers without a commit row, or with one
+// whose segment is at or before its bucket's retention mark (a store
+// restored from an old backup), knows that segments it needs are gone:
+// it runs on what is left, and says so rather than presenting partial
+// totals as whole. Its Status.Incomplete names the last segment lost and
+// the time its lines arrived by; answers from memory and from the store
+// list the shard in Missing with state "incomplete" (its data is in the
+// answer) whenever the query reaches windows starting before that time
+// plus the app's max_future (and a minute for clocks); answers over later
+// windows are whole. The same holds for a segment that vanished before
+// the shard read it (ptail reports it; counted in
+// freeway_puma_segments_lost_total). The gap is kept in the commit row
+// (gap), so a restart does not forget it.
+//
+// Retention reads the commit rows (CommittedPosition) and deletes no
+// segment at or after a shard's committed position, so a shard
+// recovering from its checkpoint always finds its segment.
 package puma

@@ -353,6 +353,10 @@ const (
 	StateFailed ShardState = "failed"
 	// StateElsewhere: another node holds its lease.
 	StateElsewhere ShardState = "elsewhere"
+	// StateIncomplete is not a state of the shard but of its data in an
+	// answer (MissingShard): the shard runs and answers, but segments it
+	// never read are missing from it (Status.Incomplete says which).
+	StateIncomplete ShardState = "incomplete"
 )
 
 // Status is a shard's state and progress, for operators and tests.
@@ -379,6 +383,10 @@ type Status struct {
 	Dups      uint64 // duplicates skipped since start
 	Epoch     int64  // last committed epoch
 	Committed string // position of the last commit
+	// Incomplete, when set, says which lines the shard's state lacks:
+	// segments deleted or gone before it read them (answers over their
+	// time list the shard as incomplete).
+	Incomplete string
 
 	// Owner is the node that holds the shard: this node's ID while it is
 	// taken here; for a shard held elsewhere ShardStatuses asks the
@@ -441,6 +449,9 @@ func (p *Puma) status(id shardID) Status {
 		s.mu.RLock()
 		st.Position, st.Entries, st.Dups = s.pos.String(), s.entries, s.dups
 		st.Epoch, st.Committed = s.committedEpoch, s.committedPos.String()
+		if s.gap != nil {
+			st.Incomplete = clipError(s.gap.String())
+		}
 		st.Watermarks = make(map[string]int64, len(s.tables))
 		for _, t := range s.tables {
 			if t.watermark > 0 {
@@ -612,6 +623,7 @@ type metrics struct {
 	regressions       prometheus.Counter
 	forgottenHorizon  prometheus.Counter
 	forgottenCap      prometheus.Counter
+	segmentsLost      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
@@ -625,13 +637,14 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 		checkpointSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_puma_checkpoint_seconds", Help: "Checkpoint duration.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		segmentLag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_puma_segment_lag", Help: "Published segments not yet read, by shard."}, []string{"category", "bucket"}),
 		regressions:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_sequence_regressions_total", Help: "New agent incarnations whose first entry was at or below another incarnation's high water (a queue restored or copied); their entries are counted."}),
+		segmentsLost:      prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_segments_lost_total", Help: "Segments gone from the dfs before a shard read them (answers over their time say partial)."}),
 	}
 	forgotten := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_puma_dedup_keys_forgotten_total", Help: "Agent keys whose high water was forgotten, by reason (horizon: not seen for puma.dedup_horizon; max_agents: over puma.max_agents_per_shard); entries they re-send are counted again."}, []string{"reason"})
 	m.forgottenHorizon, m.forgottenCap = forgotten.WithLabelValues("horizon"), forgotten.WithLabelValues("max_agents")
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten)
+	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
 	reg.MustRegister(&tableCollector{p: p})
 	return m
 }

@@ -92,7 +92,9 @@ func (r *Result) Partial() bool { return len(r.Missing) > 0 }
 type MissingShard struct {
 	Category string
 	Bucket   int
-	// State is StateRecovering, StateFailed or StateElsewhere.
+	// State is StateRecovering, StateFailed or StateElsewhere, or
+	// StateIncomplete for a shard whose data is in the answer but lacks
+	// segments it never read.
 	State ShardState
 	// Error says why, when known.
 	Error string
@@ -496,6 +498,12 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 		id := shardID{cat, b}
 		if s, ok := p.shards[id]; ok && isReady(s) {
 			shards = append(shards, s)
+			s.mu.RLock()
+			why := s.gap.incomplete(app, q.FromMs)
+			s.mu.RUnlock()
+			if why != "" {
+				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
+			}
 			continue
 		}
 		st := p.status(id)

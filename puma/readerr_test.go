@@ -13,6 +13,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
+	names "github.com/freeway-dev/freeway/internal/layout"
 )
 
 // TestReadErrorsAreRetried: a dfs error while reading neither stops the
@@ -24,7 +25,7 @@ func TestReadErrorsAreRetried(t *testing.T) {
 	var failures atomic.Int32
 	failures.Store(3)
 	flaky.SetHook(func(c dfstest.Call) error {
-		if c.Op == dfstest.OpOpen && failures.Add(-1) >= 0 {
+		if c.Op == dfstest.OpOpen && strings.HasSuffix(c.Name, names.SegmentExt) && failures.Add(-1) >= 0 {
 			return errors.New("injected: namenode unavailable")
 		}
 		return nil

@@ -35,6 +35,7 @@ type shard struct {
 	highWater *dedup // per agent key
 	dups      uint64
 	entries   uint64
+	gap       *gap // what the state lacks, nil when whole; replaced, never changed in place
 	// copies of committed.Epoch and committed.Position for Statuses
 	committedEpoch int64
 	committedPos   ptail.Position
@@ -155,6 +156,11 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			var ve *ptail.VanishedError
+			if errors.As(err, &ve) {
+				s.lost(ve)
+				continue
 			}
 			// A dfs error (a NameNode restart, a timeout): the reader
 			// resumes at the same position, so wait and retry rather than

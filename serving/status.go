@@ -62,9 +62,13 @@ type ShardJSON struct {
 	CheckpointAgeSeconds *float64 `json:"checkpoint_age_seconds,omitempty"`
 	// Watermarks is the highest event time aggregated, by app.
 	Watermarks map[string]string `json:"watermarks,omitempty"`
-	Error      string            `json:"error,omitempty"`
-	Failures   int               `json:"failures,omitempty"`
-	RetryAt    string            `json:"retry_at,omitempty"`
+	// Incomplete says which lines the shard's state lacks (segments
+	// retention deleted, or gone, before it read them): answers over
+	// their time list the shard as incomplete.
+	Incomplete string `json:"incomplete,omitempty"`
+	Error      string `json:"error,omitempty"`
+	Failures   int    `json:"failures,omitempty"`
+	RetryAt    string `json:"retry_at,omitempty"`
 }
 
 // AppStatusJSON is how far behind an app is, over its category's shards.
@@ -127,7 +131,7 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 	for _, st := range shards {
 		j := ShardJSON{Category: st.Category, Bucket: st.Bucket, State: string(st.State), Owner: st.Owner, Since: rfc3339(st.Since),
 			Position: st.Position, CommittedPosition: st.Committed, Epoch: st.Epoch, Entries: st.Entries,
-			LastCommit: rfc3339(st.LastCommit), Error: st.Error, Failures: st.Failures, RetryAt: rfc3339(st.RetryAt)}
+			LastCommit: rfc3339(st.LastCommit), Incomplete: st.Incomplete, Error: st.Error, Failures: st.Failures, RetryAt: rfc3339(st.RetryAt)}
 		c := byCat[st.Category]
 		if c == nil {
 			c = &sum{}

@@ -71,18 +71,20 @@ func describe(target string) string {
 	case freeway.Calligraphus:
 		return "a writer: buckets categories into segment files in the dfs"
 	case freeway.Copier:
-		return "the copier: copies published segments to a second dfs"
+		return "the copier: copies published segments to a second dfs, or merges them into hourly files"
 	case freeway.Puma:
 		return "a Puma node: aggregates buckets, checkpoints to the store"
 	case freeway.Serving:
 		return "the query API over committed state in the store"
+	case freeway.Retention:
+		return "segment retention alone (it also runs in all, puma and copier): deletes what every consumer is past"
 	}
 	return target
 }
 
 func targetCommand(target, use, short string) *cobra.Command {
 	var configFile, adminListen string
-	var demoOn bool
+	var demoOn, backfill bool
 	var demoRate int
 	cmd := &cobra.Command{
 		Use:           use,
@@ -94,6 +96,9 @@ func targetCommand(target, use, short string) *cobra.Command {
 	flags := freeway.RegisterFlags(cmd.Flags(), target)
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML configuration file (keys as in examples/freeway.yaml); flags override it")
 	cmd.Flags().StringVar(&adminListen, "admin-listen", "", "address of /metrics, /healthz, /readyz for targets without serving (\"off\" disables; default per target, 127.0.0.1:846x)")
+	if target == freeway.Copier {
+		cmd.Flags().BoolVar(&backfill, "backfill", false, "copy (or merge) everything not done yet with a progress display, then exit; interrupted, run it again to resume")
+	}
 	if target == freeway.All {
 		cmd.Flags().BoolVar(&demoOn, "demo", false, "send a built-in load (real Apache access-log lines, replayed in a loop at the present time) to the agent")
 		cmd.Flags().IntVar(&demoRate, "demo-rate", 200, "lines per second of the demo load")
@@ -122,6 +127,10 @@ func targetCommand(target, use, short string) *cobra.Command {
 		raiseFileLimit(log)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
+		if backfill {
+			_, err := freeway.Backfill(ctx, cfg, freeway.Options{Version: version.Get(), Log: log}, os.Stdout, isTerminal(os.Stdout))
+			return err
+		}
 		r := &runner{target: target, adminListen: adminListen, load: load, log: log}
 		if demoOn {
 			r.demoRate = demoRate
@@ -260,4 +269,11 @@ func newLogger(c freeway.LogConfig) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// isTerminal reports whether f is a terminal (a character device), where
+// progress is drawn in place rather than printed line by line.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

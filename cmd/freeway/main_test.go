@@ -63,6 +63,10 @@ func TestHelpShowsFlagsWithDefaults(t *testing.T) {
 			t.Errorf("help lacks %q", want)
 		}
 	}
+	out, err = run(t, "copier", "--help")
+	if err != nil || !strings.Contains(out, "--backfill") || !strings.Contains(out, "--dfs-retention") || !strings.Contains(out, "(default 7d)") {
+		t.Errorf("copier help lacks --backfill or --dfs-retention: %v\n%s", err, out)
+	}
 	out, err = run(t, "puma", "--help")
 	if err != nil || strings.Contains(out, "--agent.listen") || !strings.Contains(out, "--puma.checkpoint-interval") {
 		t.Errorf("puma help shows other components' flags or lacks its own: %v\n%s", err, out)
@@ -78,6 +82,9 @@ func TestBadFlagsAndTargets(t *testing.T) {
 	}
 	if _, err := run(t, "copier", "--data-dir", t.TempDir(), "--admin-listen", "off"); err == nil || !strings.Contains(err.Error(), "copier.destination") {
 		t.Errorf("copier without destination: %v", err)
+	}
+	if _, err := run(t, "copier", "--backfill", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "copier.destination") {
+		t.Errorf("backfill without destination: %v", err)
 	}
 	out, err := run(t, "version")
 	if err != nil || !strings.HasPrefix(out, "freeway ") {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
@@ -28,6 +29,10 @@ type Config struct {
 	DFS   string `yaml:"dfs"`
 	Store string `yaml:"store"`
 	Coord string `yaml:"coord"`
+	// DFSRetention: a published segment is deleted once every consumer of
+	// its bucket (Puma, the copier) is past it and it is older than this
+	// (internal/retention); 0 keeps every segment.
+	DFSRetention config.Duration `yaml:"dfs_retention"`
 	// Buckets is the bucket count of categories not declared in categories.
 	Buckets    int                       `yaml:"buckets"`
 	Categories map[string]CategoryConfig `yaml:"categories"`
@@ -70,6 +75,7 @@ type LogConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		DataDir:          "freeway-data",
+		DFSRetention:     config.Duration(7 * 24 * time.Hour),
 		Buckets:          4,
 		Log:              LogConfig{Level: "info", Format: "text"},
 		MaxInflightBytes: thriftsrv.DefaultBudget,
@@ -120,6 +126,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Buckets < 1 || c.Buckets > 4096 {
 		return config.Errorf("$.buckets", "must be between 1 and 4096")
+	}
+	if d := c.DFSRetention.D(); d < 0 || d > 0 && d < time.Second {
+		return config.Errorf("$.dfs_retention", "must be 0 (keep every segment) or at least 1s")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -5,7 +5,11 @@
 // against whatever backends the URLs name.
 //
 // The wiring is data: modules.go lists each module with its dependencies
-// and how to build it, and each target is a list of modules.
+// and how to build it, and each target is a list of modules. Segment
+// retention (internal/retention) is a module of the targets all, puma
+// and copier (and of its own target): its consumers are built here from
+// the configuration (Puma for the categories of the apps, the copier for
+// the categories it copies). Backfill is `freeway copier --backfill`.
 //
 // Every component is New(cfg, deps) and Run(ctx), and every Deps embeds
 // the same component.Common, built once here (Process.common): the

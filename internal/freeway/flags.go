@@ -42,6 +42,7 @@ func flagDefs() []flagDef {
 		{"serving.listen", "HTTP address of the query API, metrics and web page", []string{Serving}, func(c *Config) any { return &c.Serving.Listen }},
 		{"serving.thrift-listen", "Thrift address of the query service (\"\" disables it)", []string{Serving}, func(c *Config) any { return &c.Serving.ThriftListen }},
 		{"serving.pprof", "expose /debug/pprof/ on the HTTP address", []string{Serving}, func(c *Config) any { return &c.Serving.Pprof }},
+		{"dfs-retention", "delete a segment once Puma and the copier are past it and it is older than this (0 keeps every segment)", []string{Retention}, func(c *Config) any { return &c.DFSRetention }},
 		{"copier.destination", "dfs URL the copier copies published segments to (\"\" disables the copier in \"all\")", []string{Copier}, func(c *Config) any { return &c.Copier.Destination }},
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/retention"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/internal/version"
@@ -43,17 +44,19 @@ const (
 	Copier       = "copier"
 	Puma         = "puma"
 	Serving      = "serving"
+	Retention    = "retention"
 )
 
 // Targets lists every target with the modules it runs, in start order.
 func Targets() map[string][]string {
 	return map[string][]string{
-		All:          {Calligraphus, Agent, Puma, Copier, Serving},
+		All:          {Calligraphus, Agent, Puma, Copier, Retention, Serving},
 		Agent:        {Agent},
 		Calligraphus: {Calligraphus},
-		Copier:       {Copier},
-		Puma:         {Puma},
+		Copier:       {Copier, Retention},
+		Puma:         {Puma, Retention},
 		Serving:      {Serving},
+		Retention:    {Retention},
 	}
 }
 
@@ -64,6 +67,7 @@ var adminPorts = map[string]string{
 	Calligraphus: "127.0.0.1:8462",
 	Copier:       "127.0.0.1:8463",
 	Puma:         "127.0.0.1:8464",
+	Retention:    "127.0.0.1:8465",
 }
 
 // modules maps each module to the function that builds it (binding its
@@ -74,6 +78,7 @@ func (p *Process) modules() map[string]func() error {
 		Agent:        p.initAgent,
 		Puma:         p.initPuma,
 		Copier:       p.initCopier,
+		Retention:    p.initRetention,
 		Serving:      p.initServing,
 	}
 }
@@ -119,6 +124,7 @@ type Process struct {
 	Calligraphus *calligraphus.Calligraphus
 	Puma         *puma.Puma
 	Copier       *copier.Copier
+	Retention    *retention.Retention
 	Serving      *serving.Server
 }
 
@@ -360,6 +366,73 @@ func (p *Process) initCopier() error {
 	return nil
 }
 
+// initRetention starts segment retention (dfs_retention > 0) with the
+// consumers the configuration has: Puma for the categories of its apps,
+// the copier for the categories it copies. The processes that run it
+// stand by for one another on its lease.
+func (p *Process) initRetention() error {
+	after := p.cfg.DFSRetention.D()
+	if after == 0 {
+		return nil
+	}
+	fs, err := p.dfs()
+	if err != nil {
+		return err
+	}
+	co, err := p.coord()
+	if err != nil {
+		return err
+	}
+	var consumers []retention.Consumer
+	if len(p.apps) > 0 || p.cfg.Copier.Enabled() {
+		st, err := p.store()
+		if err != nil {
+			return err
+		}
+		consumers = p.consumers(st)
+	}
+	r, err := retention.New(retention.Config{After: after, Interval: retention.IntervalFor(after)},
+		retention.Deps{Common: p.common(), FS: fs, Coord: co, Consumers: consumers})
+	if err != nil {
+		return err
+	}
+	p.Retention = r
+	p.runners = append(p.runners, runner{Retention, r.Run})
+	return nil
+}
+
+// consumers are the readers whose progress holds segments back.
+func (p *Process) consumers(st store.Store) []retention.Consumer {
+	var out []retention.Consumer
+	if len(p.apps) > 0 {
+		cats := map[string]bool{}
+		for _, a := range p.apps {
+			cats[a.Spec.Category] = true
+		}
+		cfg := p.cfg
+		out = append(out, retention.Consumer{
+			Name:  Puma,
+			Reads: func(cat string, b int) bool { return cats[cat] && b < cfg.BucketsOf(cat) },
+			Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
+				pos, _, err := puma.CommittedPosition(ctx, st, cfg.Puma.Table, cat, b)
+				// The committed segment itself is still being read.
+				return retention.Mark{Segment: pos.Segment, Inclusive: pos.Offset < 0}, err
+			},
+		})
+	}
+	if c := p.cfg.Copier; c.Enabled() {
+		out = append(out, retention.Consumer{
+			Name:  Copier,
+			Reads: func(cat string, _ int) bool { return len(c.Categories) == 0 || slices.Contains(c.Categories, cat) },
+			Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
+				last, err := copier.LastCopied(ctx, st, c.Table, cat, b)
+				return retention.Mark{Segment: last, Inclusive: true}, err
+			},
+		})
+	}
+	return out
+}
+
 func (p *Process) initServing() error {
 	deps := serving.Deps{Common: p.common(), Gatherer: p.reg}
 	// The components started before serving (the last module of a target).
@@ -386,6 +459,9 @@ func (p *Process) initServing() error {
 	}
 	if c := p.Calligraphus; c != nil {
 		deps.Status = append(deps.Status, serving.StatusProvider{Name: Calligraphus, Report: func(context.Context) any { return c.Status() }})
+	}
+	if c := p.Copier; c != nil {
+		deps.Status = append(deps.Status, serving.StatusProvider{Name: Copier, Report: func(context.Context) any { return c.Status() }})
 	}
 	s, err := serving.New(p.cfg.Serving, deps)
 	if err != nil {

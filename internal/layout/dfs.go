@@ -2,9 +2,12 @@ package layout
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
+	"strings"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 )
@@ -106,6 +109,136 @@ func WriteSidecar(fsys dfs.FS, category, unique string) error {
 	}
 	if err := fsys.Rename(tmp, p); err != nil {
 		_ = fsys.Remove(tmp) // the rename error is the one to report
+		return fmt.Errorf("publish %s: %w", p, err)
+	}
+	return nil
+}
+
+// Published lists the published segments of the bucket directory dir
+// whose names sort after after ("" for all of them), in name order: the
+// one listing that readers (ptail, so Puma), the copier and retention
+// share. Hidden files (segments being written or salvaged, markers) and
+// names that are not segment names are never listed. A bucket that does
+// not exist yet has no segments.
+func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
+	infos, err := fsys.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list bucket %s: %w", dir, err)
+	}
+	var out []fs.FileInfo
+	for _, fi := range infos {
+		name := fi.Name()
+		if fi.IsDir() || dfs.Hidden(name) || name <= after {
+			continue
+		}
+		if _, _, ok := ParseSegmentName(name); ok {
+			out = append(out, fi)
+		}
+	}
+	// ReadDir sorts by name already; a dfs that did not would break the
+	// order every reader relies on.
+	slices.SortFunc(out, func(a, b fs.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
+	return out, nil
+}
+
+// Buckets lists the bucket numbers of the category directory dir, in
+// increasing order. A category without a directory has none.
+func Buckets(fsys dfs.FS, dir string) ([]int, error) {
+	infos, err := fsys.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list category %s: %w", dir, err)
+	}
+	var out []int
+	for _, fi := range infos {
+		if !fi.IsDir() {
+			continue
+		}
+		if b, ok := ParseBucket(fi.Name()); ok {
+			out = append(out, b)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// RetentionMark is what retention leaves in a bucket directory
+// (RetentionMarkName) before it deletes segments: the last segment it has
+// deleted, or is about to. Every published segment of the bucket named at
+// or before Through may be gone; a reader that needs one of them (a Puma
+// shard without a commit row, or whose commit row points at or before
+// Through) knows from it that its data is incomplete, and how far.
+type RetentionMark struct {
+	// Through is the name of the last segment deleted.
+	Through string `json:"through"`
+	// ThroughMs is the latest modification time (Unix ms, the dfs's
+	// clock) of the segments deleted: when the last of them was
+	// published, so a bound on the arrival times of their entries.
+	ThroughMs int64 `json:"through_ms"`
+}
+
+// RetentionMarkName is the hidden file of a bucket directory holding its
+// RetentionMark.
+const RetentionMarkName = ".retention"
+
+// ReadRetentionMark reads the retention mark of the bucket directory dir;
+// ok is false when retention has deleted nothing there.
+func ReadRetentionMark(fsys dfs.FS, dir string) (m RetentionMark, ok bool, err error) {
+	p := dir + "/" + RetentionMarkName
+	data, err := dfs.ReadFile(fsys, p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, fmt.Errorf("read %s: %w", p, err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, false, fmt.Errorf("decode %s: %w: %w", p, ErrBadMark, err)
+	}
+	if _, _, valid := ParseSegmentName(m.Through); !valid {
+		return m, false, fmt.Errorf("decode %s: %w: %q is not a segment name", p, ErrBadMark, m.Through)
+	}
+	return m, true, nil
+}
+
+// ErrBadMark means a retention mark is there but does not decode.
+var ErrBadMark = errors.New("damaged retention mark")
+
+// WriteRetentionMark replaces the retention mark of the bucket directory
+// dir with m, through a hidden temporary file (unique names it) and a
+// rename, so that a reader sees the old mark or the new one.
+func WriteRetentionMark(fsys dfs.FS, dir string, m RetentionMark, unique string) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	p := dir + "/" + RetentionMarkName
+	tmp := p + "." + unique + TempSuffix
+	if err := fsys.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale %s: %w", tmp, err)
+	}
+	f, err := fsys.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", tmp, err)
+	}
+	// On failure the temporary file is removed best effort: a leftover is
+	// hidden, and the next write replaces it.
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err := fsys.Rename(tmp, p); err != nil {
+		_ = fsys.Remove(tmp)
 		return fmt.Errorf("publish %s: %w", p, err)
 	}
 	return nil

@@ -11,6 +11,9 @@
 //	<cat>/<bucket>/<epoch>-<seq>.seg    published segment, both 16 hex digits
 //	<cat>/<bucket>/.<segment>.inprogress  segment being written
 //	<cat>/<bucket>/.<segment>.salvage     salvaged copy of a crashed writer's segment
+//	<cat>/<bucket>/.retention           retention mark: the last segment deleted
+//	<cat>/dt=YYYY-MM-DD/hh=HH/part-<bucket>[.gz]  the copier's merged period (warehouse side;
+//	                                    plus mm=MM/ for periods under an hour)
 //	calligraphus/<cat>/<bucket>         writer lease
 //	puma/<cat>/<bucket>                 Puma shard lease
 //	c/<cat>/<bucket>, s/<cat>/<bucket>/  Puma's commit row and cell rows
@@ -41,6 +44,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MaxName is the longest name Encode returns: a safe path component on
@@ -296,3 +300,21 @@ func PumaCellPrefix(category string, bucket int) string {
 // is bounded (MaxName bytes), ASCII (Prometheus refuses invalid UTF-8) and
 // still one series per category. A client cannot make a 4 MiB label.
 func Label(category string) string { return Encode(category) }
+
+// MergedFile is where the copier's merge writes the lines of a bucket
+// that arrived in the period starting at start, of length period, in the
+// warehouse layout Hive-style readers expect:
+//
+//	<cat>/dt=YYYY-MM-DD/hh=HH/part-<bucket><ext>        periods of an hour or more
+//	<cat>/dt=YYYY-MM-DD/hh=HH/mm=MM/part-<bucket><ext>  shorter periods
+//
+// in UTC; ext is "" or ".gz". The category directory is the one of the
+// pipeline's dfs (Encode, with the sidecar of a long name).
+func MergedFile(category string, bucket int, start time.Time, period time.Duration, ext string) string {
+	t := start.UTC()
+	dir := Encode(category) + "/dt=" + t.Format("2006-01-02") + "/hh=" + t.Format("15")
+	if period < time.Hour {
+		dir += "/mm=" + t.Format("04")
+	}
+	return dir + "/part-" + strconv.Itoa(bucket) + ext
+}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
@@ -252,5 +253,114 @@ func TestCategoriesListsEveryCategoryWithItsName(t *testing.T) {
 	}
 	if err := WriteSidecar(fsys, long, "3"); !errors.Is(err, ErrSidecarMismatch) {
 		t.Errorf("WriteSidecar over another category's sidecar: %v", err)
+	}
+}
+
+// TestPublishedListsOnlyPublishedSegments: the listing every reader
+// shares passes over files being written, salvages, markers, foreign
+// names and directories, and starts after the name given.
+func TestPublishedListsOnlyPublishedSegments(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := BucketDir("web/access", 2)
+	if got, err := Published(fsys, dir, ""); err != nil || got != nil {
+		t.Fatalf("a bucket not created yet: %v %v", got, err)
+	}
+	segs := []string{SegmentName(1, 1), SegmentName(1, 2), SegmentName(2, 1)}
+	others := []string{TempSegment(SegmentName(2, 2)), SalvageSegment(SegmentName(2, 2)), RetentionMarkName, "x.seg", "_" + SegmentName(3, 1)}
+	for _, n := range append(slices.Clone(segs), others...) {
+		if err := dfs.WriteFile(fsys, dir+"/"+n, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fsys.MkdirAll(dir + "/" + SegmentName(9, 9)); err != nil {
+		t.Fatal(err)
+	}
+	names := func(after string) []string {
+		infos, err := Published(fsys, dir, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, fi := range infos {
+			out = append(out, fi.Name())
+		}
+		return out
+	}
+	if got := names(""); !slices.Equal(got, segs) {
+		t.Errorf("published: %q, want %q", got, segs)
+	}
+	if got := names(segs[0]); !slices.Equal(got, segs[1:]) {
+		t.Errorf("published after %s: %q, want %q", segs[0], got, segs[1:])
+	}
+	if got := names(segs[2]); got != nil {
+		t.Errorf("published after the last: %q", got)
+	}
+	for _, b := range []int{0, 10, 3} {
+		if err := fsys.MkdirAll(BucketDir("web/access", b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fsys.MkdirAll(CategoryDir("web/access") + "/dt=2024-01-01"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Buckets(fsys, CategoryDir("web/access")); err != nil || !slices.Equal(got, []int{0, 2, 3, 10}) {
+		t.Errorf("buckets: %v %v", got, err)
+	}
+	if got, err := Buckets(fsys, "nothing"); err != nil || got != nil {
+		t.Errorf("buckets of a missing category: %v %v", got, err)
+	}
+}
+
+func TestRetentionMark(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := BucketDir("a", 0)
+	if _, ok, err := ReadRetentionMark(fsys, dir); ok || err != nil {
+		t.Fatalf("no mark yet: %v %v", ok, err)
+	}
+	m := RetentionMark{Through: SegmentName(3, 4), ThroughMs: 1_700_000_000_123}
+	for _, unique := range []string{"1", "1", "2"} { // rewritten, also by the same holder
+		if err := WriteRetentionMark(fsys, dir, m, unique); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, ok, err := ReadRetentionMark(fsys, dir)
+	if err != nil || !ok || got != m {
+		t.Fatalf("read back %+v %v %v, want %+v", got, ok, err, m)
+	}
+	infos, err := fsys.ReadDir(dir)
+	if err != nil || len(infos) != 1 || infos[0].Name() != RetentionMarkName {
+		t.Errorf("bucket holds %v (%v), want only the mark", infos, err)
+	}
+	if err := dfs.WriteFile(fsys, dir+"/"+RetentionMarkName, []byte(`{"through":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ReadRetentionMark(fsys, dir); err == nil {
+		t.Error("a mark naming no segment was accepted")
+	}
+}
+
+func TestMergedFile(t *testing.T) {
+	start := time.Date(2024, 5, 6, 7, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		cat    string
+		start  time.Time
+		period time.Duration
+		ext    string
+		want   string
+	}{
+		{"access", start, time.Hour, "", "access/dt=2024-05-06/hh=07/part-3"},
+		{"web/access", start, 24 * time.Hour, ".gz", "web%2Faccess/dt=2024-05-06/hh=07/part-3.gz"},
+		{"access", start.Add(35 * time.Minute), 5 * time.Minute, "", "access/dt=2024-05-06/hh=07/mm=35/part-3"},
+		{"access", start.In(time.FixedZone("x", 3600)), time.Hour, "", "access/dt=2024-05-06/hh=07/part-3"},
+	} {
+		if got := MergedFile(c.cat, 3, c.start, c.period, c.ext); got != c.want {
+			t.Errorf("MergedFile(%q, %v, %v) = %q, want %q", c.cat, c.start, c.period, got, c.want)
+		}
 	}
 }
