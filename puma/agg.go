@@ -4,149 +4,204 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/apps"
 )
 
-// A cell's aggregate states live in one []float64; each aggregate owns a
-// fixed run of slots. Compact (8 bytes a slot, one allocation a cell) and
-// trivially serialised.
-type aggImpl struct {
-	slots int
-	init  func(s []float64)
-	add   func(s []float64, v float64)
-	merge func(dst, src []float64)
-	// result is a float64, or nil when there is no value: no input, or a
-	// sum that overflowed (JSON has no infinities).
-	result func(s []float64) any
+// cell is one (window, key)'s aggregate states. The functions of
+// internal/agg that keep fixed float slots (count, sum, min, max, avg)
+// share one []float64, 8 bytes a slot and one allocation a cell: the fast
+// path. The others keep a variable-size agg.State each.
+type cell struct {
+	// f holds the fixed slots; then the mark a table sets while the cell
+	// waits for a checkpoint; then, with variable states, the bytes they
+	// took in the cell's last checkpoint (memory accounting).
+	f []float64
+	// x holds the variable states, nil for an app without any.
+	x []agg.State
 }
 
-var aggImpls = map[string]aggImpl{
-	"count": {
-		slots:  1,
-		init:   func(s []float64) {},
-		add:    func(s []float64, _ float64) { s[0]++ },
-		merge:  func(d, s []float64) { d[0] += s[0] },
-		result: func(s []float64) any { return s[0] },
-	},
-	"sum": {
-		slots:  1,
-		init:   func(s []float64) {},
-		add:    func(s []float64, v float64) { s[0] += v },
-		merge:  func(d, s []float64) { d[0] += s[0] },
-		result: func(s []float64) any { return finite(s[0]) },
-	},
-	"min": {
-		slots:  1,
-		init:   func(s []float64) { s[0] = math.Inf(1) },
-		add:    func(s []float64, v float64) { s[0] = math.Min(s[0], v) },
-		merge:  func(d, s []float64) { d[0] = math.Min(d[0], s[0]) },
-		result: func(s []float64) any { return finite(s[0]) },
-	},
-	"max": {
-		slots:  1,
-		init:   func(s []float64) { s[0] = math.Inf(-1) },
-		add:    func(s []float64, v float64) { s[0] = math.Max(s[0], v) },
-		merge:  func(d, s []float64) { d[0] = math.Max(d[0], s[0]) },
-		result: func(s []float64) any { return finite(s[0]) },
-	},
-	"avg": {
-		slots: 2,
-		init:  func(s []float64) {},
-		add:   func(s []float64, v float64) { s[0] += v; s[1]++ },
-		merge: func(d, s []float64) { d[0] += s[0]; d[1] += s[1] },
-		result: func(s []float64) any {
-			if s[1] == 0 {
-				return nil
-			}
-			return finite(s[0] / s[1])
-		},
-	},
+// fixedAgg is where a fixed-slot aggregate lives in a cell.
+type fixedAgg struct {
+	i       int // index in the app's aggregates
+	off, n  int // its slots: f[off : off+n]
+	numeric bool
+	add     func(s []float64, v float64)
+	fn      *agg.Func
 }
 
-func finite(v float64) any {
-	if math.IsInf(v, 0) || math.IsNaN(v) {
-		return nil
-	}
-	return v
+// varAgg is a variable-state aggregate: x[j] of a cell.
+type varAgg struct {
+	i       int
+	numeric bool
+	kind    agg.Kind
 }
 
 // layout is where each aggregate of an app lives in a cell.
 type layout struct {
-	app    *apps.App
-	impls  []aggImpl
-	offset []int
-	width  int
+	app   *apps.App
+	fixed []fixedAgg
+	vars  []varAgg
+	width int // fixed slots
+	// in is the input handed to variable states, reused: a layout is used
+	// by one goroutine at a time (a table under its shard's lock, or one
+	// query).
+	in agg.Input
 }
 
 func newLayout(app *apps.App) (*layout, error) {
 	l := &layout{app: app}
-	for _, a := range app.Aggs {
-		impl, ok := aggImpls[a.Fn.Name]
+	for i, a := range app.Aggs {
+		fn, ok := agg.Lookup(a.Fn.Name)
 		if !ok {
 			return nil, fmt.Errorf("app %s: aggregate %s: function %s is not implemented", app.Name(), a.Name, a.Fn.Name)
 		}
-		l.impls = append(l.impls, impl)
-		l.offset = append(l.offset, l.width)
-		l.width += impl.slots
+		if fn.Fixed() {
+			l.fixed = append(l.fixed, fixedAgg{i: i, off: l.width, n: fn.Slots, numeric: fn.Numeric, add: fn.AddSlots, fn: fn})
+			l.width += fn.Slots
+			continue
+		}
+		l.vars = append(l.vars, varAgg{i: i, numeric: fn.Numeric, kind: fn.New(a.Params)})
 	}
 	return l, nil
 }
 
-// newCell returns a cell's slots, and one more after them: the mark a
-// table sets while the cell waits for a checkpoint.
-func (l *layout) newCell() []float64 {
-	s := make([]float64, l.width+1)
-	for i, impl := range l.impls {
-		impl.init(s[l.offset[i] : l.offset[i]+impl.slots])
+// extra is the slots after the fixed ones: the mark, and with variable
+// states their stored bytes.
+func (l *layout) extra() int {
+	if len(l.vars) > 0 {
+		return 2
 	}
-	return s
+	return 1
 }
 
-func (l *layout) marked(cell []float64) bool { return cell[l.width] != 0 }
+// newCell returns an empty cell, not marked.
+func (l *layout) newCell() cell {
+	c := cell{f: make([]float64, l.width+l.extra())}
+	for _, a := range l.fixed {
+		a.fn.InitSlots(c.f[a.off : a.off+a.n])
+	}
+	if len(l.vars) > 0 {
+		c.x = make([]agg.State, len(l.vars))
+		for j, a := range l.vars {
+			c.x[j] = a.kind.Init()
+		}
+	}
+	return c
+}
 
-func (l *layout) mark(cell []float64, on bool) {
-	cell[l.width] = 0
+func (l *layout) marked(c cell) bool { return c.f[l.width] != 0 }
+
+func (l *layout) mark(c cell, on bool) {
+	c.f[l.width] = 0
 	if on {
-		cell[l.width] = 1
+		c.f[l.width] = 1
 	}
 }
 
-func (l *layout) slots(cell []float64, i int) []float64 {
-	return cell[l.offset[i] : l.offset[i]+l.impls[i].slots]
+// storedBytes is what the cell's variable states took at its last
+// checkpoint, and setStoredBytes records it.
+func (l *layout) storedBytes(c cell) int64 {
+	if len(l.vars) == 0 {
+		return 0
+	}
+	return int64(c.f[l.width+1])
 }
 
-// add feeds one extracted record into a cell; it returns how many numeric
-// inputs were not numbers (skipped).
-func (l *layout) add(cell []float64, in []apps.Input) (bad int) {
-	for i, impl := range l.impls {
-		if !in[i].Present {
+func (l *layout) setStoredBytes(c cell, n int64) {
+	if len(l.vars) > 0 {
+		c.f[l.width+1] = float64(n)
+	}
+}
+
+// cellOverhead approximates the memory of a cell of key beyond its
+// variable states: the map entry, the key, the slots, the state headers.
+func (l *layout) cellOverhead(key string) int64 {
+	return int64(64 + len(key) + 8*(l.width+l.extra()) + 16*len(l.vars))
+}
+
+// add feeds one extracted record into a cell; it returns how many inputs
+// were not numbers for a numeric aggregate, or out of a sketch's range
+// (skipped).
+func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
+	for _, a := range l.fixed {
+		if !in[a.i].Present {
 			continue
 		}
 		var v float64
-		if l.app.Aggs[i].Fn.Numeric {
-			n, ok := in[i].Value.Number()
+		if a.numeric {
+			n, ok := in[a.i].Value.Number()
 			if !ok || math.IsNaN(n) || math.IsInf(n, 0) {
 				bad++
 				continue
 			}
 			v = n
 		}
-		impl.add(l.slots(cell, i), v)
+		a.add(c.f[a.off:a.off+a.n], v)
 	}
+	if len(l.vars) == 0 {
+		return bad
+	}
+	x := &l.in
+	x.TimeMs, x.ArrivalMs = tsMs, arrivalMs
+	for j, a := range l.vars {
+		v := in[a.i]
+		if !v.Present {
+			continue
+		}
+		if a.numeric {
+			n, ok := v.Value.Number()
+			if !ok || math.IsNaN(n) || math.IsInf(n, 0) {
+				bad++
+				continue
+			}
+			x.Num, x.IsNum, x.Str = n, true, ""
+		} else {
+			x.Str, x.IsNum, x.Num = v.Value.String(), v.Value.IsNum, v.Value.Num
+		}
+		if !c.x[j].Add(x) {
+			bad++
+		}
+	}
+	x.Str = ""
 	return bad
 }
 
-func (l *layout) merge(dst, src []float64) {
-	for i, impl := range l.impls {
-		impl.merge(l.slots(dst, i), l.slots(src, i))
+// merge adds src's states to dst's; src is only read.
+func (l *layout) merge(dst, src cell) {
+	for _, a := range l.fixed {
+		a.fn.MergeSlots(dst.f[a.off:a.off+a.n], src.f[a.off:a.off+a.n])
+	}
+	for j := range l.vars {
+		dst.x[j].Merge(src.x[j])
 	}
 }
 
-// results returns name → value (a float64, or nil when there is none).
-func (l *layout) results(cell []float64) map[string]any {
-	out := make(map[string]any, len(l.impls))
-	for i, impl := range l.impls {
-		out[l.app.Aggs[i].Name] = impl.result(l.slots(cell, i))
+// result is the answer of the app's i-th aggregate in c, as results
+// gives it.
+func (l *layout) result(c cell, i int) any {
+	for _, a := range l.fixed {
+		if a.i == i {
+			return a.fn.ResultSlots(c.f[a.off : a.off+a.n])
+		}
+	}
+	for j, a := range l.vars {
+		if a.i == i {
+			return c.x[j].Result()
+		}
+	}
+	return nil
+}
+
+// results returns name → value: a float64, a string, agg.Quantiles,
+// []agg.TopItem, or nil when there is none.
+func (l *layout) results(c cell) map[string]any {
+	out := make(map[string]any, len(l.fixed)+len(l.vars))
+	for _, a := range l.fixed {
+		out[l.app.Aggs[a.i].Name] = a.fn.ResultSlots(c.f[a.off : a.off+a.n])
+	}
+	for j, a := range l.vars {
+		out[l.app.Aggs[a.i].Name] = c.x[j].Result()
 	}
 	return out
 }

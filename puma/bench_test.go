@@ -43,7 +43,7 @@ func bigShard(b *testing.B) (*Puma, *shard) {
 		s.apply(stock(lines...), ptail.Position{})
 	}
 	for _, t := range s.tables {
-		t.takeDirty(func(cellKey, []float64) {})
+		t.takeDirty(0, func(cellKey, cell) int64 { return 0 })
 	}
 	close(s.ready)
 	p.shards[shardID{"orders", 0}] = s

@@ -137,7 +137,7 @@ func TestMaxCellsThroughSegments(t *testing.T) {
 	p.mu.RUnlock()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if tb := s.tables[0]; tb.watermark != t0+200_000 || len(tb.windows) != 1 || tb.drops[reasonMaxCells] != 31 {
-		t.Fatalf("watermark %+d, %d windows, drops %v", tb.watermark-t0, len(tb.windows), tb.drops)
+	if tb := s.tables[0]; tb.watermark != t0+200_000 || len(tb.spans[0].windows) != 1 || tb.drops[reasonMaxCells] != 31 {
+		t.Fatalf("watermark %+d, %d windows, drops %v", tb.watermark-t0, len(tb.spans[0].windows), tb.drops)
 	}
 }

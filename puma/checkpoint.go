@@ -9,6 +9,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	names "github.com/freeway-dev/freeway/internal/layout"
@@ -43,10 +44,11 @@ type commitState struct {
 // which builds these prefixes):
 //
 //	c/<category>/<bucket>                          commit row: "commit" (JSON), "attempt" (epoch being written)
-//	s/<category>/<bucket>/<app>@<fp>/<window>/<key> cell row: "v" (slots)
+//	s/<category>/<bucket>/<app>@<fp>/<window>/<key> cell row: "v" (the cell, encodeCell)
 //
-// <window> is the window start in ms as 16 hex digits, offset by 2^63 so
-// that byte order is time order.
+// <fp> is the fingerprint of the app's state in one window length: each
+// of an app's windows has its rows. <window> is the window start in ms as
+// 16 hex digits, offset by 2^63 so that byte order is time order.
 func commitRow(category string, bucket int) string {
 	return names.PumaCommitRow(category, bucket)
 }
@@ -55,6 +57,8 @@ func shardPrefix(category string, bucket int) string {
 	return names.PumaCellPrefix(category, bucket)
 }
 
+// appPrefix is the prefix of the rows of an app's cells in one window
+// length, fp being fingerprint(app, length).
 func appPrefix(category string, bucket int, app *apps.App, fp string) string {
 	return shardPrefix(category, bucket) + app.Name() + "@" + fp + "/"
 }
@@ -95,9 +99,10 @@ func readCommit(ctx context.Context, st store.Store, table, category string, buc
 }
 
 // scanCells reads the cell rows of one app in one shard (prefix, from
-// appPrefix) from start to stop as of epoch, decoding each with l. A
-// row that is not a cell row or a cell that does not fit l is an error.
-func scanCells(ctx context.Context, st store.Store, table, prefix, start, stop string, epoch int64, l *layout, fn func(window int64, key string, cell []float64)) error {
+// appPrefix) from start to stop as of epoch, decoding each with l; fn gets
+// the bytes of its variable states too. A row that is not a cell row or a
+// cell that does not fit l is an error.
+func scanCells(ctx context.Context, st store.Store, table, prefix, start, stop string, epoch int64, l *layout, fn func(window int64, key string, c cell, stored int64)) error {
 	return st.Scan(ctx, table, start, stop, epoch, func(rowKey string, cs []store.Cell) error {
 		wk, key, ok := strings.Cut(strings.TrimPrefix(rowKey, prefix), "/")
 		w, wok := parseWindowKey(wk)
@@ -112,7 +117,7 @@ func scanCells(ctx context.Context, st store.Store, table, prefix, start, stop s
 			if err != nil {
 				return fmt.Errorf("cell row %q: %w", rowKey, err)
 			}
-			fn(w, key, cell)
+			fn(w, key, cell, l.varBytes(c.Value))
 		}
 		return nil
 	})
@@ -162,19 +167,21 @@ func (s *shard) recover(ctx context.Context) error {
 	loaded := 0
 	nowMs := s.p.now().UnixMilli()
 	for _, t := range s.tables {
-		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
 		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
 			t.watermark = wm
 		}
 		if E == 0 {
 			continue
 		}
-		err := scanCells(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, cell []float64) {
-			t.load(w, key, cell)
-			loaded++
-		})
-		if err != nil {
-			return fmt.Errorf("load cells of app %s: %w", t.app.Name(), err)
+		for i, sp := range t.spans {
+			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
+			err := scanCells(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
+				t.load(i, w, key, c, stored)
+				loaded++
+			})
+			if err != nil {
+				return fmt.Errorf("load cells of app %s (%v windows): %w", t.app.Name(), time.Duration(sp.ms)*time.Millisecond, err)
+			}
 		}
 		if t.watermark > nowMs+t.app.MaxFutureMs {
 			// Committed by a version that let a bad event time through:
@@ -246,20 +253,25 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
 	type pending struct {
 		t    *table
+		span int
 		keys []cellKey
 	}
 	var cells []store.Cell
 	var dirty []pending
 	for _, t := range s.tables {
 		state.Watermarks[t.app.Name()] = t.watermark
-		for _, w := range t.expire() {
-			s.expired = append(s.expired, expiredRows{appPrefix(s.category, s.bucket, t.app, t.fp) + windowKey(w) + "/", epoch})
+		for i, sp := range t.spans {
+			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
+			for _, w := range t.expire(i) {
+				s.expired = append(s.expired, expiredRows{prefix + windowKey(w) + "/", epoch})
+			}
+			keys := t.takeDirty(i, func(k cellKey, c cell) int64 {
+				v := t.layout.encodeCell(c)
+				cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: v})
+				return t.layout.varBytes(v)
+			})
+			dirty = append(dirty, pending{t, i, keys})
 		}
-		prefix := appPrefix(s.category, s.bucket, t.app, t.fp)
-		keys := t.takeDirty(func(k cellKey, cell []float64) {
-			cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: t.layout.encodeCell(cell)})
-		})
-		dirty = append(dirty, pending{t, keys})
 	}
 	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap
 	s.mu.Unlock()
@@ -272,7 +284,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	restore := func() {
 		s.mu.Lock()
 		for _, d := range dirty {
-			d.t.remark(d.keys)
+			d.t.remark(d.span, d.keys)
 		}
 		s.mu.Unlock()
 	}
@@ -334,24 +346,80 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	return nil
 }
 
-// encodeCell is a cell's stored form: a format byte, then the slots
-// (without the mark).
-func (l *layout) encodeCell(cell []float64) []byte {
-	b := make([]byte, 1, 1+8*l.width)
-	b[0] = 1
-	for _, v := range cell[:l.width] {
+// Cell formats (the first byte of a stored cell).
+const (
+	// cellFixed: the fixed slots, 8 bytes each (little-endian float64
+	// bits). What an app of fixed-slot aggregates writes, as the code
+	// before the variable states did: its cells read both ways.
+	cellFixed = 1
+	// cellMixed: the fixed slots, then each variable state as a uvarint
+	// length and its encoding (agg.State.Marshal).
+	cellMixed = 2
+)
+
+// encodeCell is a cell's stored form: a format byte, then the fixed slots
+// (without the mark), then the variable states if any.
+func (l *layout) encodeCell(c cell) []byte {
+	if len(l.vars) == 0 {
+		b := make([]byte, 1, 1+8*l.width)
+		b[0] = cellFixed
+		for _, v := range c.f[:l.width] {
+			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
+		}
+		return b
+	}
+	b := make([]byte, 1, 1+8*l.width+64)
+	b[0] = cellMixed
+	for _, v := range c.f[:l.width] {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
+	}
+	var scratch []byte
+	for _, x := range c.x {
+		scratch = x.Marshal(scratch[:0])
+		b = binary.AppendUvarint(b, uint64(len(scratch)))
+		b = append(b, scratch...)
 	}
 	return b
 }
 
-func (l *layout) decodeCell(b []byte) ([]float64, error) {
-	if len(b) != 1+8*l.width || b[0] != 1 {
-		return nil, fmt.Errorf("stored cell of %d bytes does not fit app %s (%d slots); was the app's aggregate list changed?", len(b), l.app.Name(), l.width)
+// varBytes is what the variable states take of a stored cell.
+func (l *layout) varBytes(stored []byte) int64 {
+	if len(l.vars) == 0 {
+		return 0
 	}
-	cell := make([]float64, l.width+1)
-	for i := range cell[:l.width] {
-		cell[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[1+8*i:]))
+	return int64(max(len(stored)-1-8*l.width, 0))
+}
+
+func (l *layout) decodeCell(b []byte) (cell, error) {
+	misfit := func(why string) (cell, error) {
+		return cell{}, fmt.Errorf("stored cell of %d bytes does not fit app %s (%d slots, %d variable states): %s; was the app's aggregate list changed?", len(b), l.app.Name(), l.width, len(l.vars), why)
 	}
-	return cell, nil
+	want := byte(cellFixed)
+	if len(l.vars) > 0 {
+		want = cellMixed
+	}
+	if len(b) < 1+8*l.width || b[0] != want || (want == cellFixed && len(b) != 1+8*l.width) {
+		return misfit("wrong format or size")
+	}
+	c := l.newCell()
+	for i := range c.f[:l.width] {
+		c.f[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[1+8*i:]))
+	}
+	rest := b[1+8*l.width:]
+	for j, a := range l.vars {
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return misfit(fmt.Sprintf("aggregate %s is cut short", l.app.Aggs[a.i].Name))
+		}
+		x, err := a.kind.Unmarshal(rest[k : k+int(n)])
+		if err != nil {
+			return cell{}, fmt.Errorf("stored cell, aggregate %s: %w", l.app.Aggs[a.i].Name, err)
+		}
+		c.x[j] = x
+		rest = rest[k+int(n):]
+	}
+	if len(rest) > 0 {
+		return misfit(fmt.Sprintf("%d bytes left over", len(rest)))
+	}
+	return c, nil
 }

@@ -283,8 +283,8 @@ func TestRecoverPurgesUncommitted(t *testing.T) {
 	E := s.committed.Epoch
 	tb := s.tables[0]
 	bogus := tb.layout.newCell()
-	tb.layout.add(bogus, in(present(), num(1e6), num(1e6), num(1e6), num(1e6)))
-	prefix := appPrefix("orders", 0, tb.app, tb.fp)
+	addIn(tb.layout, bogus, in(present(), num(1e6), num(1e6), num(1e6), num(1e6)))
+	prefix := appPrefix("orders", 0, tb.app, tb.spans[0].fp)
 	ctx := context.Background()
 	if err := e.st.Put(ctx, "puma", []store.Cell{
 		{Row: commitRow("orders", 0), Column: "attempt", Timestamp: E + 1, Value: []byte(fmt.Sprint(E + 1))},

@@ -111,21 +111,21 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (comm
 		return st, nil
 	}
 	type read struct {
-		w     int64
-		key   string
-		slots []float64
+		w   int64
+		key string
+		c   cell
 	}
 	var got []read
-	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app))
-	from, to := prefix+windowKey(pl.q.FromMs), prefix+windowKey(pl.q.ToMs)
-	err = scanCells(ctx, c.st, c.table, prefix, from, to, st.Epoch, pl.layout, func(w int64, key string, slots []float64) {
-		got = append(got, read{w, key, slots})
+	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
+	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
+	err = scanCells(ctx, c.st, c.table, prefix, from, to, st.Epoch, pl.layout, func(w int64, key string, c cell, _ int64) {
+		got = append(got, read{w, key, c})
 	})
 	if err != nil {
 		return st, fmt.Errorf("scan %s/%d: %w", cat, b, err)
 	}
 	for _, r := range got {
-		m.add(r.w, r.key, r.slots)
+		m.add(r.w, r.key, r.c)
 	}
 	return st, nil
 }

@@ -103,7 +103,7 @@ func TestCommittedPartial(t *testing.T) {
 	// A cell of bucket 1 that sorts after its good one and cannot be
 	// decoded.
 	damage := func(bucket int) {
-		row := appPrefix("orders", bucket, e.apps[0], fingerprint(e.apps[0])) + windowKey(t0) + "/\xff"
+		row := appPrefix("orders", bucket, e.apps[0], fingerprint(e.apps[0], e.apps[0].WindowMs)) + windowKey(t0) + "/\xff"
 		epoch := p.Statuses()[bucket].Epoch
 		if err := e.st.Put(context.Background(), "puma", []store.Cell{{Row: row, Column: "v", Timestamp: epoch, Value: []byte{1, 2, 3}}}); err != nil {
 			t.Fatal(err)

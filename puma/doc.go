@@ -5,6 +5,27 @@
 // Place in the data path: dfs bucket files → ptail → puma shard →
 // store (checkpoints) and serving (queries).
 //
+// Aggregates and windows. The functions are internal/agg's: count, sum,
+// min, max and avg keep fixed float slots in a cell (the fast path);
+// count_distinct, topk, percentile, first and last a variable-size state
+// each, which merges (a query's rows merge the cells of their windows,
+// keys and shards), and is stored and read back exactly. An app may have
+// several window lengths (windows: [1m, 1h]): a line goes to one window
+// of each, all or none of them (a line that would need a new cell beyond
+// puma.max_cells in any is refused in all). Each length is a span of the
+// app's table with its own rows in the store, under the fingerprint of
+// its state's shape (window length, group key, aggregates and the
+// parameters that shape them: topk's k), so that an app that adds a
+// window keeps the cells of those it had. A query reads one span: the
+// app's shortest windows by default; window=L reads the span of length L,
+// or rolls up the longest span that divides L; window=all reads the
+// longest span whose windows cover the range exactly (both ends on its
+// boundaries), else the shortest. A stored cell is a format byte (1: the
+// fixed slots only, as before the variable states, so that the cells of
+// such apps read both ways; 2: the slots, then each state, its length
+// first) and is bounded (agg.MaxCellBytes) so that one fits a store
+// request.
+//
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease
 // ("puma/<category>/<bucket>", the category encoded by internal/layout).
@@ -71,11 +92,14 @@
 // (Puma.Rejections, and GET /api/v1/apps).
 //
 // Memory. puma.max_cells bounds the cells a node holds over all its
-// shards and apps. Once reached, a line that would create a new cell is
-// refused (reason max_cells), while existing cells keep aggregating; the
-// refused line still moves the watermark, so that retention frees room as
-// time goes on. Committed cells are always loaded whole on recovery, even
-// beyond the bound.
+// shards and apps (a cell is one window of one length × group key). Once
+// reached, a line that would create a new cell is refused (reason
+// max_cells), while existing cells keep aggregating; the refused line
+// still moves the watermark, so that retention frees room as time goes
+// on. Committed cells are always loaded whole on recovery, even beyond
+// the bound. Their bytes are counted too, approximately (Puma.Cells,
+// freeway_puma_cell_bytes): a fixed overhead per cell and key, and the
+// stored size of its variable states at their last checkpoint (or load).
 //
 // Shard states. A node keeps, for every shard of its apps, a state
 // (Statuses): recovering (taken here and loading its committed state, or
@@ -105,9 +129,11 @@
 // of the coordinator); Committed.ShardStatuses reads the shards' last
 // commits from the store.
 //
-// What survives a crash: everything up to the last commit (cells,
-// position, high waters with their last-seen times, watermarks); what came
-// after is read again from the bucket files. Counters and samples of
+// What survives a crash: everything up to the last commit (cells of every
+// span with their sketches, position, high waters with their last-seen
+// times, watermarks); what came after is read again from the bucket files,
+// and since a state reads back exactly as it was, the answers are those
+// the node would have given without the crash. Counters and samples of
 // rejected lines live in memory only.
 //
 // A lost or damaged store (the embedded one moves a damaged file aside

@@ -23,9 +23,9 @@ func millionCells(b *testing.B) *Puma {
 	}
 	for w := range 1000 {
 		for _, key := range keys {
-			cell := t.layout.newCell()
-			t.layout.add(cell, []apps.Input{num(1), num(float64(w)), num(float64(w)), num(float64(w)), num(float64(w))})
-			t.load(t0+int64(w)*60_000, key, cell)
+			c := t.layout.newCell()
+			addIn(t.layout, c, []apps.Input{num(1), num(float64(w)), num(float64(w)), num(float64(w)), num(float64(w))})
+			t.load(0, t0+int64(w)*60_000, key, c, 0)
 		}
 	}
 	close(s.ready)
@@ -71,7 +71,7 @@ func BenchmarkFirstRows(b *testing.B) {
 		b.Fatal(err)
 	}
 	m := newMerger(pl)
-	p.shards[shardID{"orders", 0}].tables[0].each(q.FromMs, q.ToMs, m.add)
+	p.shards[shardID{"orders", 0}].tables[0].spans[0].each(q.FromMs, q.ToMs, m.add)
 	for _, c := range []struct {
 		name  string
 		limit int

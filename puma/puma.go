@@ -603,6 +603,11 @@ func (p *Puma) Readiness() Readiness {
 	}
 }
 
+// Cells returns the cells this node holds in memory (what puma.max_cells
+// bounds) and their approximate bytes: a fixed overhead per cell and key,
+// and the stored size of each cell's sketches at its last checkpoint.
+func (p *Puma) Cells() (cells, bytes int64) { return p.cells.n.Load(), p.cells.bytes.Load() }
+
 // Ready is Readiness().Ready.
 func (p *Puma) Ready() bool { return p.Readiness().Ready }
 
@@ -651,6 +656,7 @@ type tableCollector struct{ p *Puma }
 
 var (
 	descCells     = prometheus.NewDesc("freeway_puma_cells", "Cells (window × group) in memory, by app.", []string{"app"}, nil)
+	descCellBytes = prometheus.NewDesc("freeway_puma_cell_bytes", "Approximate memory of the cells in memory, by app: a fixed overhead per cell and key, and the stored size of its sketches at their last checkpoint.", []string{"app"}, nil)
 	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, future, bad_value, max_cells, filtered).", []string{"app", "reason"}, nil)
 	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
 	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
@@ -660,6 +666,7 @@ var (
 
 func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descCells
+	ch <- descCellBytes
 	ch <- descDropped
 	ch <- descCkptAge
 	ch <- descWatermark
@@ -676,9 +683,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	p.mu.RUnlock()
 	type agg struct {
-		cells     float64
-		drops     [nReasons]uint64
-		watermark int64
+		cells, bytes float64
+		drops        [nReasons]uint64
+		watermark    int64
 	}
 	per := map[string]*agg{}
 	for _, a := range p.apps {
@@ -699,6 +706,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, t := range s.tables {
 			a := per[t.app.Name()]
 			a.cells += float64(t.ncells)
+			a.bytes += float64(t.bytes)
 			for r, n := range t.drops {
 				a.drops[r] += n
 			}
@@ -712,6 +720,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for name, a := range per {
 		ch <- prometheus.MustNewConstMetric(descCells, prometheus.GaugeValue, a.cells, name)
+		ch <- prometheus.MustNewConstMetric(descCellBytes, prometheus.GaugeValue, a.bytes, name)
 		for r, n := range a.drops {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), name, reasonNames[r])
 		}

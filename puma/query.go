@@ -7,8 +7,10 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
@@ -22,6 +24,12 @@ type Query struct {
 	GroupBy []string
 	// AllWindows merges every window in the range into one row per key.
 	AllWindows bool
+	// WindowMs is the length of the rows' windows: 0 for the app's
+	// shortest, else one of the app's windows, or a multiple of one whose
+	// windows are then rolled up (a row of a rolled-up window holds every
+	// window it is made of; its start is in [FromMs, ToMs)). Not with
+	// AllWindows.
+	WindowMs int64
 	// Limit bounds the rows (0: no limit).
 	Limit int
 	// Where keeps only the cells whose key has, for each group key named,
@@ -42,7 +50,10 @@ type Row struct {
 	WindowStartMs int64
 	WindowEndMs   int64
 	Key           map[string]string
-	Values        map[string]any // float64, or nil when there is no value
+	// Values: name → a float64, a string (first, last of text),
+	// agg.Quantiles (percentile), []agg.TopItem (topk), or nil when there
+	// is no value.
+	Values map[string]any
 }
 
 // Result is a query's answer.
@@ -105,6 +116,13 @@ type plan struct {
 	q      Query
 	app    *apps.App
 	layout *layout
+	// span is the index of the window length read (app.WindowsMs), srcMs
+	// that length; rowMs the length of the answer's windows: srcMs, a
+	// multiple of it (rolled up), or 0 (AllWindows).
+	span         int
+	srcMs, rowMs int64
+	// from and to bound the starts of the windows read.
+	from, to int64
 	// project[i] is the index in the app's key of the query's i-th key.
 	project []int
 	names   []string
@@ -134,6 +152,9 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 		return nil, err
 	}
 	pl := &plan{q: q, app: app, layout: l}
+	if err := pl.pickWindows(); err != nil {
+		return nil, err
+	}
 	groupBy := q.GroupBy
 	if groupBy == nil {
 		groupBy = app.Spec.GroupBy
@@ -179,6 +200,56 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 	return pl, nil
 }
 
+// pickWindows chooses the window length to read and the range of window
+// starts.
+func (pl *plan) pickWindows() error {
+	q, ws := pl.q, pl.app.WindowsMs
+	pl.from, pl.to = q.FromMs, q.ToMs
+	switch {
+	case q.AllWindows && q.WindowMs != 0:
+		return badQuery("a window length and all windows cannot be asked together")
+	case q.AllWindows:
+		// The longest windows that cover exactly what the shortest do:
+		// fewer cells to merge, and sketches merged fewer times. Windows
+		// starting in [from, to) cover that range exactly when both ends
+		// are on boundaries of both lengths.
+		for i, ms := range ws {
+			if q.FromMs%ms == 0 && q.ToMs%ms == 0 && q.FromMs%ws[0] == 0 && q.ToMs%ws[0] == 0 {
+				pl.span = i
+			}
+		}
+		pl.srcMs = ws[pl.span]
+		return nil
+	case q.WindowMs == 0:
+		pl.srcMs, pl.rowMs = ws[0], ws[0]
+		return nil
+	case q.WindowMs < 0:
+		return badQuery("the window length must be positive")
+	}
+	pl.span = -1
+	for i, ms := range ws {
+		if q.WindowMs%ms == 0 {
+			pl.span = i // the longest that divides it
+		}
+	}
+	if pl.span < 0 {
+		names := make([]string, len(ws))
+		for i, ms := range ws {
+			names[i] = config.Duration(time.Duration(ms) * time.Millisecond).String()
+		}
+		return badQuery("window %v is not one of app %s's windows (%s) nor a multiple of one",
+			config.Duration(time.Duration(q.WindowMs)*time.Millisecond), pl.app.Name(), strings.Join(names, ", "))
+	}
+	pl.srcMs, pl.rowMs = ws[pl.span], q.WindowMs
+	if pl.rowMs != pl.srcMs {
+		// Rows whose start is in [from, to), each whole: the windows read
+		// start in [ceil(from), ceil(to)) on the rows' boundaries.
+		ceil := func(t int64) int64 { return apps.WindowStart(t+pl.rowMs-1, pl.rowMs) }
+		pl.from, pl.to = ceil(q.FromMs), ceil(q.ToMs)
+	}
+	return nil
+}
+
 // keep reports whether a cell's key (the app's full key, encoded) meets
 // the query's where conditions.
 func (pl *plan) keep(key string) bool {
@@ -218,15 +289,16 @@ type merger struct {
 
 type mrow struct {
 	start, end int64
-	cell       []float64
+	cell       cell
 }
 
 func newMerger(pl *plan) *merger { return &merger{pl: pl, rows: map[cellKey]*mrow{}} }
 
-// add merges one stored or in-memory cell if its window is in range.
-func (m *merger) add(window int64, key string, cell []float64) {
+// add merges one stored or in-memory cell of the plan's window length if
+// its window is in range.
+func (m *merger) add(window int64, key string, c cell) {
 	pl := m.pl
-	if window < pl.q.FromMs || window >= pl.q.ToMs || !pl.keep(key) {
+	if window < pl.from || window >= pl.to || !pl.keep(key) {
 		return
 	}
 	k := cellKey{window: window}
@@ -246,17 +318,22 @@ func (m *merger) add(window int64, key string, cell []float64) {
 		}
 		k.key = apps.EncodeKey(vals)
 	}
-	if pl.q.AllWindows {
+	start, end := window, window+pl.srcMs
+	switch {
+	case pl.q.AllWindows:
 		k.window = 0
+	case pl.rowMs != pl.srcMs:
+		start = apps.WindowStart(window, pl.rowMs)
+		k.window, end = start, start+pl.rowMs
 	}
 	r, ok := m.rows[k]
 	if !ok {
-		r = &mrow{start: window, end: window + pl.app.WindowMs, cell: pl.layout.newCell()}
+		r = &mrow{start: start, end: end, cell: pl.layout.newCell()}
 		m.rows[k] = r
 	}
-	r.start = min(r.start, window)
-	r.end = max(r.end, window+pl.app.WindowMs)
-	pl.layout.merge(r.cell, cell)
+	r.start = min(r.start, start)
+	r.end = max(r.end, end)
+	pl.layout.merge(r.cell, c)
 }
 
 func (m *merger) result() (*Result, error) {
@@ -319,8 +396,7 @@ func byValue(desc bool) func(a, b keyed) int {
 func (m *merger) keyed(key string, r *mrow) (keyed, error) {
 	x := keyed{key: key, r: r}
 	if i := m.pl.order; i >= 0 {
-		l := m.pl.layout
-		switch v := l.impls[i].result(l.slots(r.cell, i)).(type) {
+		switch v := m.pl.layout.result(r.cell, i).(type) {
 		case float64:
 			x.v, x.has = v, true
 		case nil:
@@ -464,7 +540,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 					if t.app != app {
 						continue
 					}
-					t.each(q.FromMs, q.ToMs, m.add)
+					t.spans[pl.span].each(pl.from, pl.to, m.add)
 				}
 			})
 		}
@@ -478,16 +554,18 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 }
 
 // firstWindows answers a query with a limit and one row per window and
-// key. Its rows come in window order, and a window's rows merge only
-// cells of that window, so it merges the windows of the range one at a
-// time, oldest first, and stops at the first window that completes the
-// limit: a limit of 10 over a million cells merges one window, not the
-// million. The answer is the one a merge of every cell would give.
+// key. Its rows come in window order, and a row's window merges only
+// cells of that window (or of the windows it rolls up), so it merges the
+// windows of the range one row window at a time, oldest first, and stops
+// at the first that completes the limit: a limit of 10 over a million
+// cells merges one window, not the million. The answer is the one a
+// merge of every cell would give.
 //
 // It reads each shard's cells window by window (the shard locked for one
 // window at a time, so that ingest is not held up for the whole answer).
 func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger) (*Result, error) {
-	q := m.pl.q
+	pl := m.pl
+	q := pl.q
 	// The window starts in range of every shard's table of the app.
 	seen := map[int64]bool{}
 	var windows []int64
@@ -497,8 +575,8 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 				if t.app != app {
 					continue
 				}
-				for w := range t.windows {
-					if w >= q.FromMs && w < q.ToMs && !seen[w] {
+				for w := range t.spans[pl.span].windows {
+					if w >= pl.from && w < pl.to && !seen[w] {
 						seen[w] = true
 						windows = append(windows, w)
 					}
@@ -516,7 +594,8 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 					if t.app != app {
 						continue
 					}
-					cells := t.windows[w]
+					sp := t.spans[pl.span]
+					cells := sp.windows[w]
 					if dry {
 						// Only a cell the where filter keeps is a row left out.
 						for key := range cells {
@@ -528,9 +607,7 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 						continue
 					}
 					found = found || len(cells) > 0
-					for key, cell := range cells {
-						m.add(w, key, cell)
-					}
+					sp.eachIn(w, func(key string, c cell) { m.add(w, key, c) })
 				}
 			})
 			if dry && found {
@@ -545,7 +622,9 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 			return nil, err
 		}
 		merge(w, false)
-		if len(m.rows) >= q.Limit {
+		// A rolled-up row is complete once its last window is merged.
+		last := i+1 == len(windows) || apps.WindowStart(windows[i+1], pl.rowMs) != apps.WindowStart(w, pl.rowMs)
+		if last && len(m.rows) >= q.Limit {
 			for _, later := range windows[i+1:] {
 				if more = merge(later, true); more {
 					break

@@ -89,7 +89,7 @@ func TestFailedShardIsReported(t *testing.T) {
 
 	// A row of bucket 1 whose window part is not a window: recovery
 	// cannot load it, and must not load the shard without it.
-	bad := appPrefix("orders", 1, e.apps[0], fingerprint(e.apps[0])) + "not-a-window"
+	bad := appPrefix("orders", 1, e.apps[0], fingerprint(e.apps[0], e.apps[0].WindowMs)) + "not-a-window"
 	if err := e.st.Put(context.Background(), "puma", []store.Cell{{Row: bad, Column: "v", Timestamp: epoch, Value: []byte("x")}}); err != nil {
 		t.Fatal(err)
 	}

@@ -8,37 +8,27 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
-// cellKey is a cell's place in an app's table.
+// cellKey is a cell's place in a span of an app's table.
 type cellKey struct {
 	window int64 // window start, Unix ms
 	key    string
 }
 
-// table is one app's cells in one shard. Guarded by the shard's mutex.
+// table is one app's cells in one shard, in one span per window length of
+// the app. Guarded by the shard's mutex.
 type table struct {
 	app    *apps.App
 	layout *layout
-	// fp identifies the shape of the app's state (window, group_by,
-	// aggregates); stored rows carry it so that a changed app does not
-	// read state of another shape.
-	fp string
-	// windows holds the cells by window start, then group key, so that a
-	// query visits only the windows of its range and retention drops whole
-	// windows.
-	windows map[int64]map[string][]float64
-	ncells  int
-	// dirty lists the cells changed since the last checkpoint. A cell's
-	// mark slot says whether it is listed, so that a record costs one
-	// lookup, not a second one in a set.
-	dirty []cellKey
-	// lastW and lastCells cache the window of the previous record: most
-	// records land in the current window.
-	lastW     int64
-	lastCells map[string][]float64
+	// spans[i] holds the windows of length app.WindowsMs[i]; a line goes
+	// to one window of each.
+	spans     []*span
+	ncells    int   // over the spans
+	bytes     int64 // approximate memory of the cells (cellOverhead + stored state bytes)
 	watermark int64 // highest event time aggregated, ms
 	extractor *apps.Extractor
 	deps      tableDeps
@@ -49,6 +39,119 @@ type table struct {
 	samples [nReasons]sampleRing
 	logKeys [nReasons]string
 	nextLog [nReasons]int64 // ms before which the reason is not logged again
+}
+
+// span is the cells of one window length of a table.
+type span struct {
+	ms int64 // window length
+	// fp identifies the shape of the span's state (window length,
+	// group_by, aggregates); stored rows carry it so that a changed app
+	// does not read state of another shape.
+	fp string
+	// windows holds the cells' slots by window start, then group key, so
+	// that a query visits only the windows of its range and retention
+	// drops whole windows; states their variable states (nil for an app
+	// without any): apart, so that a cell of the fast path costs a map
+	// entry of one slice.
+	windows map[int64]map[string][]float64
+	states  map[int64]map[string][]agg.State
+	// dirty lists the cells changed since the last checkpoint. A cell's
+	// mark slot says whether it is listed, so that a record costs one
+	// lookup, not a second one in a set.
+	dirty []cellKey
+	// lastW, lastCells and lastStates cache the window of the previous
+	// record: most records land in the current window.
+	lastW      int64
+	lastCells  map[string][]float64
+	lastStates map[string][]agg.State
+}
+
+func newSpan(app *apps.App, l *layout, ms int64) *span {
+	sp := &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]map[string][]float64{}}
+	if len(l.vars) > 0 {
+		sp.states = map[int64]map[string][]agg.State{}
+	}
+	return sp
+}
+
+// at makes window w the current one of the span.
+func (sp *span) at(w int64) {
+	if sp.lastCells == nil || w != sp.lastW {
+		sp.lastW, sp.lastCells = w, sp.windows[w] // nil if the window has no cells yet
+		if sp.states != nil {
+			sp.lastStates = sp.states[w]
+		}
+	}
+}
+
+// current returns key's cell in the current window.
+func (sp *span) current(key string) (cell, bool) {
+	f, ok := sp.lastCells[key]
+	if !ok {
+		return cell{}, false
+	}
+	c := cell{f: f}
+	if sp.states != nil {
+		c.x = sp.lastStates[key]
+	}
+	return c, true
+}
+
+// get returns the cell of window w and key.
+func (sp *span) get(w int64, key string) (cell, bool) {
+	f, ok := sp.windows[w][key]
+	if !ok {
+		return cell{}, false
+	}
+	c := cell{f: f}
+	if sp.states != nil {
+		c.x = sp.states[w][key]
+	}
+	return c, true
+}
+
+// put stores the cell of window w and key; it reports whether the key was
+// new there.
+func (sp *span) put(w int64, key string, c cell) (added bool) {
+	cells, ok := sp.windows[w]
+	if !ok {
+		cells = map[string][]float64{}
+		sp.windows[w] = cells
+		if sp.states != nil {
+			sp.states[w] = map[string][]agg.State{}
+		}
+		if w == sp.lastW {
+			sp.lastCells = nil // make at() look again
+		}
+	}
+	_, had := cells[key]
+	cells[key] = c.f
+	if sp.states != nil {
+		sp.states[w][key] = c.x
+	}
+	return !had
+}
+
+// eachIn calls fn for every cell of window w.
+func (sp *span) eachIn(w int64, fn func(key string, c cell)) {
+	var xs map[string][]agg.State
+	if sp.states != nil {
+		xs = sp.states[w]
+	}
+	for key, f := range sp.windows[w] {
+		fn(key, cell{f: f, x: xs[key]})
+	}
+}
+
+// drop removes window w.
+func (sp *span) drop(w int64) {
+	delete(sp.windows, w)
+	if sp.states != nil {
+		delete(sp.states, w)
+	}
+	if w == sp.lastW {
+		sp.lastCells, sp.lastStates = nil, nil
+	}
 }
 
 // tableDeps is what a table shares with its node; the zero value (for
@@ -91,11 +194,12 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 	t := &table{
 		app:       app,
 		layout:    l,
-		fp:        fingerprint(app),
-		windows:   map[int64]map[string][]float64{},
 		watermark: -1 << 62,
 		extractor: app.NewExtractor(),
 		deps:      deps,
+	}
+	for _, ms := range app.WindowsMs {
+		t.spans = append(t.spans, newSpan(app, l, ms))
 	}
 	for r, name := range reasonNames {
 		t.logKeys[r] = "puma reject " + app.Name() + " " + name
@@ -104,38 +208,51 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 }
 
 // cellBudget bounds the cells a node holds in memory (puma.max_cells),
-// across its shards and apps. A nil budget bounds nothing.
+// across its shards and apps, and sums their approximate bytes. A nil
+// budget bounds nothing.
 type cellBudget struct {
-	max int64
-	n   atomic.Int64
+	max   int64
+	n     atomic.Int64
+	bytes atomic.Int64
 }
 
-// take reserves room for one new cell; it is the one place where the
-// bound is checked.
-func (b *cellBudget) take() bool {
+// take reserves room for n new cells (one per window length of a line);
+// it is the one place where the bound is checked.
+func (b *cellBudget) take(n int) bool {
 	if b == nil {
 		return true
 	}
-	if b.n.Add(1) > b.max {
-		b.n.Add(-1)
+	if b.n.Add(int64(n)) > b.max {
+		b.n.Add(-int64(n))
 		return false
 	}
 	return true
 }
 
 // add accounts for cells that come without asking (loaded from the store:
-// committed state is always loaded whole) or go (n < 0).
-func (b *cellBudget) add(n int) {
+// committed state is always loaded whole) or go (n < 0), and for bytes.
+func (b *cellBudget) add(n int, bytes int64) {
 	if b != nil {
 		b.n.Add(int64(n))
+		b.bytes.Add(bytes)
 	}
 }
 
-func fingerprint(app *apps.App) string {
+// fingerprint identifies the shape of an app's state in windows of
+// windowMs: what changes the stored cells (the window, the group key, the
+// aggregates and the parameters that shape their state), and nothing else,
+// so that an app changed otherwise reads its stored cells, and one whose
+// state changed shape starts afresh rather than misreading them. An app
+// of fixed-slot aggregates has the fingerprint it had before the variable
+// states existed.
+func fingerprint(app *apps.App, windowMs int64) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d|%q|", app.WindowMs, app.Spec.GroupBy)
+	fmt.Fprintf(&b, "%d|%q|", windowMs, app.Spec.GroupBy)
 	for _, a := range app.Aggs {
 		fmt.Fprintf(&b, "%s:%s:%s|", a.Name, a.Fn.Name, a.Field)
+		if shape := a.Fn.Shape(a.Params); shape != "" {
+			fmt.Fprintf(&b, "%s|", shape)
+		}
 	}
 	return fmt.Sprintf("%08x", uint32(xxhash.Sum64String(b.String())))
 }
@@ -168,66 +285,128 @@ func (t *table) apply(line []byte, bt blockTime) {
 		t.reject(1, why{reason: reasonLate, a: ts, b: t.watermark, c: t.app.LatenessMs}, line, bt)
 		return
 	}
-	w := t.app.WindowStart(ts)
-	if t.lastCells == nil || w != t.lastW {
-		t.lastW, t.lastCells = w, t.windows[w] // nil if the window has no cells yet
+	if len(t.spans) == 1 {
+		t.place(t.spans[0], ex, line, bt)
+		return
 	}
-	cell, ok := t.lastCells[ex.Key]
+	// The line's cell in each span: found or missing.
+	var cells [apps.MaxWindows]cell
+	missing := 0
+	for i, sp := range t.spans {
+		sp.at(apps.WindowStart(ts, sp.ms))
+		c, ok := sp.current(ex.Key)
+		if !ok {
+			missing++
+		}
+		cells[i] = c
+	}
+	// All or nothing: a line counts in every span or in none, so that the
+	// spans agree.
+	if missing > 0 && !t.deps.budget.take(missing) {
+		t.refuse(ts, line, bt)
+		return
+	}
+	t.watermark = max(t.watermark, ts)
+	bad := 0
+	for i, sp := range t.spans {
+		c := cells[i]
+		if c.f == nil {
+			c = t.newCell(sp, ex.Key)
+		}
+		// Every span sees the same inputs: count their bad ones once.
+		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); i == 0 {
+			bad = b
+		}
+		if !t.layout.marked(c) {
+			t.layout.mark(c, true)
+			sp.dirty = append(sp.dirty, cellKey{window: sp.lastW, key: ex.Key})
+		}
+	}
+	if bad > 0 {
+		t.reject(uint64(bad), why{reason: reasonBadValue, a: int64(bad)}, line, bt)
+	}
+}
+
+// place is apply's end for an app of one window length, the common case,
+// kept as short as it was before apps had several.
+func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
+	ts := ex.TimeMs
+	w := apps.WindowStart(ts, sp.ms)
+	sp.at(w)
+	c, ok := sp.current(ex.Key)
 	if !ok {
-		if !t.deps.budget.take() {
-			// The line's time is good: let it move the watermark, so that
-			// retention frees room once time moves on (every line of a
-			// new window needs a new cell).
-			t.watermark = max(t.watermark, ts)
-			t.reject(1, why{reason: reasonMaxCells, a: t.deps.budget.max}, line, bt)
+		if !t.deps.budget.take(1) {
+			t.refuse(ts, line, bt)
 			return
 		}
-		if t.lastCells == nil {
-			t.lastCells = t.window(w)
-		}
-		cell = t.layout.newCell()
-		t.lastCells[ex.Key] = cell
-		t.ncells++
+		c = t.newCell(sp, ex.Key)
 	}
 	if ts > t.watermark {
 		t.watermark = ts
 	}
-	if bad := t.layout.add(cell, ex.Inputs); bad > 0 {
+	if bad := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); bad > 0 {
 		t.reject(uint64(bad), why{reason: reasonBadValue, a: int64(bad)}, line, bt)
 	}
-	if !t.layout.marked(cell) {
-		t.layout.mark(cell, true)
-		t.dirty = append(t.dirty, cellKey{window: w, key: ex.Key})
+	if !t.layout.marked(c) {
+		t.layout.mark(c, true)
+		sp.dirty = append(sp.dirty, cellKey{window: w, key: ex.Key})
 	}
 }
 
-// window returns the cells of window w, creating it if needed.
-func (t *table) window(w int64) map[string][]float64 {
-	cells, ok := t.windows[w]
-	if !ok {
-		cells = map[string][]float64{}
-		t.windows[w] = cells
-	}
-	return cells
+// refuse rejects a line for want of room (puma.max_cells). The line's
+// time is good: it moves the watermark, so that retention frees room once
+// time moves on (every line of a new window needs a new cell).
+func (t *table) refuse(ts int64, line []byte, bt blockTime) {
+	t.watermark = max(t.watermark, ts)
+	t.reject(1, why{reason: reasonMaxCells, a: t.deps.budget.max}, line, bt)
 }
 
-// load puts a cell read from the store (not dirty). Committed cells are
-// loaded even beyond puma.max_cells: they are what the store says.
-func (t *table) load(w int64, key string, cell []float64) {
-	cells := t.window(w)
-	if _, ok := cells[key]; !ok {
+// newCell adds an empty cell for key to the span's current window; its
+// room was taken from the budget.
+func (t *table) newCell(sp *span, key string) cell {
+	c := t.layout.newCell()
+	if sp.lastCells == nil {
+		sp.put(sp.lastW, key, c)
+		sp.at(sp.lastW)
+	} else {
+		sp.lastCells[key] = c.f
+		if sp.states != nil {
+			sp.lastStates[key] = c.x
+		}
+	}
+	t.ncells++
+	n := t.layout.cellOverhead(key)
+	t.bytes += n
+	t.deps.budget.add(0, n)
+	return c
+}
+
+// load puts a cell read from the store into span i (not dirty), with
+// the bytes its states took there. Committed cells are loaded even beyond
+// puma.max_cells: they are what the store says.
+func (t *table) load(i int, w int64, key string, c cell, stored int64) {
+	sp := t.spans[i]
+	t.layout.setStoredBytes(c, stored)
+	n := t.layout.cellOverhead(key) + stored
+	if old, ok := sp.get(w, key); ok {
+		n -= t.layout.cellOverhead(key) + t.layout.storedBytes(old)
+	} else {
 		t.ncells++
-		t.deps.budget.add(1)
+		t.deps.budget.add(1, 0)
 	}
-	cells[key] = cell
+	sp.put(w, key, c)
+	t.bytes += n
+	t.deps.budget.add(0, n)
 }
 
 // repairWatermark returns the start of the latest window loaded, a
 // watermark the table's cells are consistent with.
 func (t *table) repairWatermark() int64 {
 	wm := int64(-1 << 62)
-	for w := range t.windows {
-		wm = max(wm, w)
+	for _, sp := range t.spans {
+		for w := range sp.windows {
+			wm = max(wm, w)
+		}
 	}
 	return wm
 }
@@ -235,67 +414,75 @@ func (t *table) repairWatermark() int64 {
 // release gives the table's cells back to the node's budget (the shard
 // stops).
 func (t *table) release() {
-	t.deps.budget.add(-t.ncells)
-	t.ncells = 0
+	t.deps.budget.add(-t.ncells, -t.bytes)
+	t.ncells, t.bytes = 0, 0
 }
 
 // each calls fn for every cell whose window starts in [from, to).
-func (t *table) each(from, to int64, fn func(window int64, key string, cell []float64)) {
-	for w, cells := range t.windows {
+func (sp *span) each(from, to int64, fn func(window int64, key string, c cell)) {
+	for w := range sp.windows {
 		if w < from || w >= to {
 			continue
 		}
-		for key, cell := range cells {
-			fn(w, key, cell)
-		}
+		sp.eachIn(w, func(key string, c cell) { fn(w, key, c) })
 	}
 }
 
-// takeDirty calls fn for each changed cell, clears the changes and
-// returns the keys it took, for remark should their write fail.
-func (t *table) takeDirty(fn func(k cellKey, cell []float64)) []cellKey {
-	taken := t.dirty[:0:0]
-	for _, k := range t.dirty {
-		cell, ok := t.windows[k.window][k.key]
-		if !ok || !t.layout.marked(cell) {
+// takeDirty calls fn for each changed cell of span i, clears the changes
+// and returns the keys it took, for remark should their write fail. fn
+// returns the bytes the cell's variable states now take in the store.
+func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) []cellKey {
+	sp := t.spans[i]
+	taken := sp.dirty[:0:0]
+	for _, k := range sp.dirty {
+		c, ok := sp.get(k.window, k.key)
+		if !ok || !t.layout.marked(c) {
 			continue // expired, or listed twice after expiring and coming back
 		}
-		t.layout.mark(cell, false)
-		fn(k, cell)
+		t.layout.mark(c, false)
+		stored := fn(k, c)
+		if d := stored - t.layout.storedBytes(c); d != 0 {
+			t.layout.setStoredBytes(c, stored)
+			t.bytes += d
+			t.deps.budget.add(0, d)
+		}
 		taken = append(taken, k)
 	}
-	if cap(t.dirty) > 4*len(t.dirty) && cap(t.dirty) > 1024 {
-		t.dirty = nil // let a burst's list go
+	if cap(sp.dirty) > 4*len(sp.dirty) && cap(sp.dirty) > 1024 {
+		sp.dirty = nil // let a burst's list go
 	} else {
-		t.dirty = t.dirty[:0]
+		sp.dirty = sp.dirty[:0]
 	}
 	return taken
 }
 
-// remark marks keys changed again, those whose cells still exist.
-func (t *table) remark(keys []cellKey) {
+// remark marks keys of span i changed again, those whose cells still
+// exist.
+func (t *table) remark(i int, keys []cellKey) {
+	sp := t.spans[i]
 	for _, k := range keys {
-		if cell, ok := t.windows[k.window][k.key]; ok && !t.layout.marked(cell) {
-			t.layout.mark(cell, true)
-			t.dirty = append(t.dirty, k)
+		if c, ok := sp.get(k.window, k.key); ok && !t.layout.marked(c) {
+			t.layout.mark(c, true)
+			sp.dirty = append(sp.dirty, k)
 		}
 	}
 }
 
-// expire drops windows that ended before watermark - retention and
-// returns their starts.
-func (t *table) expire() []int64 {
+// expire drops the windows of span i that ended before watermark -
+// retention and returns their starts.
+func (t *table) expire(i int) []int64 {
+	sp := t.spans[i]
 	horizon := t.watermark - t.app.RetentionMs
 	var gone []int64
-	for w, cells := range t.windows {
-		if w+t.app.WindowMs <= horizon {
+	for w, cells := range sp.windows {
+		if w+sp.ms <= horizon {
+			var bytes int64
+			sp.eachIn(w, func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
 			t.ncells -= len(cells)
-			t.deps.budget.add(-len(cells))
-			delete(t.windows, w)
+			t.bytes -= bytes
+			t.deps.budget.add(-len(cells), -bytes)
+			sp.drop(w)
 			gone = append(gone, w)
-			if w == t.lastW {
-				t.lastCells = nil
-			}
 		}
 	}
 	return gone

@@ -20,9 +20,9 @@ func at(arrivalMs int64) blockTime { return newBlockTime(arrivalMs, time.Now().U
 // dump lists a table's cells as "window(s from t0) key values".
 func dump(tb *table) []string {
 	var out []string
-	tb.each(math.MinInt64, math.MaxInt64, func(w int64, key string, cell []float64) {
+	tb.spans[0].each(math.MinInt64, math.MaxInt64, func(w int64, key string, c cell) {
 		vals := map[string]string{}
-		for k, v := range tb.layout.results(cell) {
+		for k, v := range tb.layout.results(c) {
 			if v == nil {
 				vals[k] = "null"
 			} else {
@@ -120,11 +120,11 @@ func TestRetentionInMemory(t *testing.T) {
 		tb.apply(order(t0+m*60_000, "eu", "book", 1), at(arrival))
 	}
 	tb.apply(order(t0+120*60_000-1, "eu", "book", 1), at(arrival)) // watermark: t0+2h-1ms
-	if gone := tb.expire(); len(gone) != 1 || gone[0] != t0 {
+	if gone := tb.expire(0); len(gone) != 1 || gone[0] != t0 {
 		t.Fatalf("expired %v, want [t0] (horizon t0+1h-1ms)", gone)
 	}
 	tb.apply(order(t0+120*60_000, "eu", "book", 1), at(arrival)) // horizon t0+1h: the window ending there goes
-	gone := tb.expire()
+	gone := tb.expire(0)
 	if len(gone) != 1 || gone[0] != t0+59*60_000 {
 		t.Fatalf("expired %v, want [t0+59m]", gone)
 	}
@@ -133,14 +133,20 @@ func TestRetentionInMemory(t *testing.T) {
 		"+7140s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
 		"+7200s eu|book {hi=1 lo=1 mean=1 n=1 total=1}",
 	})
-	if len(tb.expire()) != 0 {
+	if len(tb.expire(0)) != 0 {
 		t.Fatal("expired twice")
 	}
 }
 
 func TestFingerprint(t *testing.T) {
-	base := fingerprint(orders(t))
-	if fingerprint(orders(t)) != base {
+	fp := func(a *apps.App) string { return fingerprint(a, a.WindowMs) }
+	base := fp(orders(t))
+	// The fingerprint the code before variable states gave this app: its
+	// stored cells are still read.
+	if base != "5c62cd7f" {
+		t.Fatalf("fingerprint %s, was 5c62cd7f", base)
+	}
+	if fp(orders(t)) != base {
 		t.Fatal("fingerprint is not stable")
 	}
 	same := []func(*apps.Spec){
@@ -149,7 +155,7 @@ func TestFingerprint(t *testing.T) {
 		func(s *apps.Spec) { s.AllowedLateness *= 2 },
 	}
 	for i, m := range same {
-		if fingerprint(orders(t, m)) != base {
+		if fp(orders(t, m)) != base {
 			t.Errorf("change %d altered the shape", i)
 		}
 	}
@@ -161,7 +167,7 @@ func TestFingerprint(t *testing.T) {
 		func(s *apps.Spec) { s.Aggregates = s.Aggregates[:4] },
 	}
 	for i, m := range changed {
-		if fingerprint(orders(t, m)) == base {
+		if fp(orders(t, m)) == base {
 			t.Errorf("change %d kept the shape", i)
 		}
 	}
@@ -179,8 +185,9 @@ func TestDirtyCells(t *testing.T) {
 	}
 	taken := func() []string {
 		var out []string
-		tb.takeDirty(func(k cellKey, cell []float64) {
-			out = append(out, fmt.Sprintf("%+ds %s n=%v", (k.window-t0)/1000, strings.ReplaceAll(k.key, "\x00", "|"), cell[0]))
+		tb.takeDirty(0, func(k cellKey, c cell) int64 {
+			out = append(out, fmt.Sprintf("%+ds %s n=%v", (k.window-t0)/1000, strings.ReplaceAll(k.key, "\x00", "|"), c.f[0]))
+			return 0
 		})
 		sort.Strings(out)
 		return out
@@ -189,20 +196,20 @@ func TestDirtyCells(t *testing.T) {
 	tb.apply(order(t0, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0+60_000, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0, "us", "book", 1), at(arrival))
-	if len(tb.dirty) != 3 {
-		t.Fatalf("dirty list %v: a cell changed twice is listed once", tb.dirty)
+	if len(tb.spans[0].dirty) != 3 {
+		t.Fatalf("dirty list %v: a cell changed twice is listed once", tb.spans[0].dirty)
 	}
-	keys := slices.Clone(tb.dirty)
+	keys := slices.Clone(tb.spans[0].dirty)
 	equalRows(t, "first", taken(), []string{"+0s eu|book n=2", "+0s us|book n=1", "+60s eu|book n=1"})
 	equalRows(t, "nothing changed", taken(), nil)
-	tb.remark(keys[:1])
-	tb.remark(keys[:1])
+	tb.remark(0, keys[:1])
+	tb.remark(0, keys[:1])
 	equalRows(t, "remarked", taken(), []string{"+0s eu|book n=2"})
 
 	// Expire the window at t0, dirty; then bring it back.
 	tb.apply(order(t0, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0+150_000, "eu", "book", 1), at(arrival)) // horizon t0+90s
-	if gone := tb.expire(); len(gone) != 1 || gone[0] != t0 {
+	if gone := tb.expire(0); len(gone) != 1 || gone[0] != t0 {
 		t.Fatalf("expired %v", gone)
 	}
 	if tb.ncells != 2 {
@@ -213,6 +220,6 @@ func TestDirtyCells(t *testing.T) {
 		t.Fatalf("%d cells", tb.ncells)
 	}
 	equalRows(t, "after expiry", taken(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
-	tb.remark(keys) // the t0 us|book cell is gone: not listed
+	tb.remark(0, keys) // the t0 us|book cell is gone: not listed
 	equalRows(t, "remark after expiry", taken(), []string{"+0s eu|book n=1", "+60s eu|book n=1"})
 }

@@ -29,19 +29,21 @@ func (f *funcSource) Query(_ context.Context, q puma.Query) (*puma.Result, error
 // TestDashboardStructuredValues: the page shows the values that are not
 // numbers in their tables, as the answers give them: percentiles (an
 // object of quantile to value) over the range and for the top keys, and
-// top values (a list of value, count, error). The app is made by hand
-// with the functions that give such values (the aggregator registry
-// compiles them); its answers have the shapes the API documents.
+// top values (a list of value, count, error). The app has the functions
+// that give such values (percentile, topk); its answers have the shapes
+// the API documents.
 func TestDashboardStructuredValues(t *testing.T) {
 	chromium := browser.Need(t)
-	app := &apps.App{
-		Spec:     apps.Spec{Name: "latency", Category: "web", Format: "json", GroupBy: []string{"path"}, Window: config.Duration(time.Minute)},
-		WindowMs: 60_000,
-		Aggs: []apps.Agg{
-			{Name: "hits", Fn: apps.Fn{Name: "count"}},
-			{Name: "ms", Fn: apps.Fn{Name: "percentile"}, Field: "ms"},
-			{Name: "paths", Fn: apps.Fn{Name: "topk"}, Field: "path"},
-		},
+	spec := apps.Spec{Name: "latency", Category: "web", Format: "json", GroupBy: []string{"path"}, Window: config.Duration(time.Minute),
+		Aggregates: []apps.AggregateSpec{
+			{Name: "hits", Fn: "count"},
+			{Name: "ms", Fn: "percentile", Field: "ms"},
+			{Name: "paths", Fn: "topk", Field: "path"},
+		}}
+	spec.SetDefaults()
+	app, err := apps.Compile(spec, "$.apps[0]")
+	if err != nil {
+		t.Fatal(err)
 	}
 	w0 := now.Add(-10 * time.Minute).Truncate(time.Minute).UnixMilli()
 	pct := func(a, b, c float64) map[string]any { return map[string]any{"0.5": a, "0.9": b, "0.99": c} }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/puma"
@@ -38,8 +39,9 @@ type AppJSON struct {
 	Name          string          `json:"name"`
 	Category      string          `json:"category"`
 	Format        string          `json:"format"`
-	Window        string          `json:"window"`
+	Window        string          `json:"window"` // the shortest of Windows
 	WindowSeconds int64           `json:"window_seconds"`
+	Windows       []string        `json:"windows"` // every window length, shortest first
 	GroupBy       []string        `json:"group_by"`
 	Where         string          `json:"where,omitempty"`
 	Aggregates    []AggregateJSON `json:"aggregates"`
@@ -68,21 +70,31 @@ type rejectionSource interface {
 
 // AggregateJSON describes one aggregate.
 type AggregateJSON struct {
-	Name  string `json:"name"`
-	Fn    string `json:"fn"`
-	Field string `json:"field,omitempty"`
+	Name      string    `json:"name"`
+	Fn        string    `json:"fn"`
+	Field     string    `json:"field,omitempty"`
+	K         int       `json:"k,omitempty"`         // topk
+	Quantiles []float64 `json:"quantiles,omitempty"` // percentile
 }
 
 func describe(a *apps.App) AppJSON {
 	j := AppJSON{
 		Name: a.Name(), Category: a.Spec.Category, Format: a.Spec.Format,
-		Window: a.Spec.Window.String(), WindowSeconds: a.WindowMs / 1000,
+		Window: msDuration(a.WindowMs), WindowSeconds: a.WindowMs / 1000,
 		GroupBy: append([]string{}, a.Spec.GroupBy...), Where: a.Spec.Where,
 	}
+	for _, ms := range a.WindowsMs {
+		j.Windows = append(j.Windows, msDuration(ms))
+	}
 	for _, ag := range a.Aggs {
-		j.Aggregates = append(j.Aggregates, AggregateJSON{Name: ag.Name, Fn: ag.Fn.Name, Field: ag.Field})
+		j.Aggregates = append(j.Aggregates, AggregateJSON{Name: ag.Name, Fn: ag.Fn.Name, Field: ag.Field, K: ag.Params.K, Quantiles: ag.Params.Quantiles})
 	}
 	return j
+}
+
+// msDuration formats ms as a config duration: "1m", "1h", "7d".
+func msDuration(ms int64) string {
+	return config.Duration(time.Duration(ms) * time.Millisecond).String()
 }
 
 func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
@@ -111,7 +123,10 @@ type RowJSON struct {
 	WindowStart string            `json:"window_start"`
 	WindowEnd   string            `json:"window_end"`
 	Key         map[string]string `json:"key"`
-	Values      map[string]any    `json:"values"`
+	// Values: a number, a string (first, last of text), an object of
+	// quantiles (percentile), a list of {value, count, error} (topk), or
+	// null.
+	Values map[string]any `json:"values"`
 }
 
 // ResultJSON is the answer of /api/v1/query. Partial and MissingShards

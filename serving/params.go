@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/puma"
 )
@@ -125,10 +126,9 @@ func (s *Server) parseQuery(params map[string][]string) (queryRequest, error) {
 		}
 	}
 	if v, ok := get("window"); ok {
-		if v != "all" {
-			return req, fmt.Errorf("bad window %q: the only value is all", ratelog.Clip(v))
+		if err := parseWindow(v, q); err != nil {
+			return req, err
 		}
-		q.AllWindows = true
 	}
 	q.Limit = s.cfg.MaxRows
 	if v, ok := get("limit"); ok {
@@ -182,6 +182,25 @@ func parseOrderBy(v string) (agg string, desc bool, err error) {
 	}
 	return agg, desc, nil
 }
+
+// parseWindow reads window=: all (merge the windows), or a length (1h,
+// 7d) of whole seconds, as app windows are, that the app checks: one of
+// its windows, or a multiple of one.
+func parseWindow(v string, q *puma.Query) error {
+	if v == "all" {
+		q.AllWindows = true
+		return nil
+	}
+	d, err := config.ParseDuration(v)
+	if err != nil || d < time.Second || d%time.Second != 0 || d > maxWindow {
+		return fmt.Errorf("bad window %q: want all, or a window length such as 1m, 1h, 1d", ratelog.Clip(v))
+	}
+	q.WindowMs = d.Milliseconds()
+	return nil
+}
+
+// maxWindow bounds the window length a query may ask for.
+const maxWindow = 100 * 366 * 24 * time.Hour
 
 // maxUnixSeconds bounds the times a query may name (about 5000 years
 // either side of 1970), so that milliseconds do not overflow.

@@ -175,7 +175,7 @@ func TestApps(t *testing.T) {
 	}
 	want := []map[string]any{
 		{
-			"name": "orders", "category": "shop", "format": "json", "window": "1m", "window_seconds": 60.0,
+			"name": "orders", "category": "shop", "format": "json", "window": "1m", "window_seconds": 60.0, "windows": []any{"1m"},
 			"group_by": []any{"region", "kind"}, "where": `kind != "refund"`,
 			"aggregates": []any{
 				map[string]any{"name": "n", "fn": "count"},
@@ -184,7 +184,7 @@ func TestApps(t *testing.T) {
 			},
 		},
 		{
-			"name": "web_hits", "category": "web", "format": "logfmt", "window": "10s", "window_seconds": 10.0,
+			"name": "web_hits", "category": "web", "format": "logfmt", "window": "10s", "window_seconds": 10.0, "windows": []any{"10s"},
 			"group_by":   []any{},
 			"aggregates": []any{map[string]any{"name": "count", "fn": "count"}},
 		},
@@ -290,8 +290,11 @@ func TestBadQueryParameters(t *testing.T) {
 		{"app=orders&from=2024-05-06T07:08:10Z", "from must be before to"}, // after the default to (now)
 		{"app=orders&group_by=kind,,region", "empty field name"},
 		{"app=orders&group_by=,", "empty field name"},
-		{"app=orders&window=", "the only value is all"},
-		{"app=orders&window=1m", "the only value is all"},
+		{"app=orders&window=", "bad window \"\": want all, or a window length"},
+		{"app=orders&window=fortnight", "bad window \"fortnight\""},
+		{"app=orders&window=0s", "bad window \"0s\""},
+		{"app=orders&window=-1m", "bad window \"-1m\""},
+		{"app=orders&window=1500ms", "bad window \"1500ms\""},
 		{"app=orders&limit=0", "want a positive integer"},
 		{"app=orders&limit=-3", "want a positive integer"},
 		{"app=orders&limit=ten", "want a positive integer"},
@@ -598,10 +601,10 @@ func TestThrift(t *testing.T) {
 	}
 	field := "amount"
 	want := []*freeway.AppInfo{
-		{Name: "orders", Category: "shop", WindowSeconds: 60, GroupBy: []string{"region", "kind"}, Aggregates: []*freeway.Aggregate{
+		{Name: "orders", Category: "shop", WindowSeconds: 60, WindowsSeconds: []int64{60}, GroupBy: []string{"region", "kind"}, Aggregates: []*freeway.Aggregate{
 			{Name: "n", Fn: "count"}, {Name: "total", Fn: "sum", Field: &field}, {Name: "lo", Fn: "min", Field: &field},
 		}},
-		{Name: "web_hits", Category: "web", WindowSeconds: 10, GroupBy: []string{}, Aggregates: []*freeway.Aggregate{{Name: "count", Fn: "count"}}},
+		{Name: "web_hits", Category: "web", WindowSeconds: 10, WindowsSeconds: []int64{10}, GroupBy: []string{}, Aggregates: []*freeway.Aggregate{{Name: "count", Fn: "count"}}},
 	}
 	if len(infos) != len(want) {
 		t.Fatalf("apps: %v", infos)

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -69,11 +71,20 @@ func (h *thriftHandler) Apps(ctx context.Context) ([]*freeway.AppInfo, error) {
 	var out []*freeway.AppInfo
 	for _, a := range h.s.deps.Source.Apps() {
 		info := &freeway.AppInfo{Name: a.Name(), Category: a.Spec.Category, WindowSeconds: a.WindowMs / 1000, GroupBy: append([]string{}, a.Spec.GroupBy...)}
+		for _, ms := range a.WindowsMs {
+			info.WindowsSeconds = append(info.WindowsSeconds, ms/1000)
+		}
 		for _, ag := range a.Aggs {
 			agg := &freeway.Aggregate{Name: ag.Name, Fn: ag.Fn.Name}
 			if ag.Field != "" {
 				f := ag.Field
 				agg.Field = &f
+			}
+			if ag.Params.K != 0 {
+				agg.K = thrift.Int32Ptr(int32(ag.Params.K))
+			}
+			if ag.Params.Quantiles != nil {
+				agg.Quantiles = append([]float64{}, ag.Params.Quantiles...)
 			}
 			info.Aggregates = append(info.Aggregates, agg)
 		}
@@ -98,6 +109,12 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 		return nil, &freeway.QueryError{Message: "from must be before to", Code: codeBadQuery}
 	}
 	q := puma.Query{App: req.App, FromMs: req.FromUnix * 1000, ToMs: req.ToUnix * 1000, GroupBy: req.GroupBy, AllWindows: req.AllWindows, Limit: int(req.Limit)}
+	if w := req.GetWindowSeconds(); w != 0 {
+		if w < 0 || w > int64(maxWindow/time.Second) {
+			return nil, &freeway.QueryError{Message: fmt.Sprintf("window_seconds %d is out of range (1 to %d)", w, int64(maxWindow/time.Second)), Code: codeBadQuery}
+		}
+		q.WindowMs = w * 1000
+	}
 	if q.Limit <= 0 || q.Limit > h.s.cfg.MaxRows {
 		q.Limit = h.s.cfg.MaxRows
 	}
@@ -152,13 +169,40 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 		}
 	}
 	for _, row := range res.Rows {
-		vals := map[string]float64{}
+		r := &freeway.Row{WindowStartUnix: row.WindowStartMs / 1000, WindowEndUnix: row.WindowEndMs / 1000, Key: row.Key, Values: map[string]float64{}}
 		for k, v := range row.Values {
 			if f, ok := v.(float64); ok {
-				vals[k] = f
+				r.Values[k] = f
+			} else if sv := structuredValue(v); sv != nil {
+				if r.StructuredValues == nil {
+					r.StructuredValues = map[string]*freeway.Value{}
+				}
+				r.StructuredValues[k] = sv
 			}
 		}
-		out.Rows = append(out.Rows, &freeway.Row{WindowStartUnix: row.WindowStartMs / 1000, WindowEndUnix: row.WindowEndMs / 1000, Key: row.Key, Values: vals})
+		out.Rows = append(out.Rows, r)
 	}
 	return out, nil
+}
+
+// structuredValue is an answer that is not a number, as Row's
+// structured_values carry it; nil for no value.
+func structuredValue(v any) *freeway.Value {
+	switch v := v.(type) {
+	case string:
+		return &freeway.Value{Text: thrift.StringPtr(v)}
+	case agg.Quantiles:
+		out := &freeway.Value{Quantiles: make([]*freeway.Quantile, 0, len(v))}
+		for _, q := range v {
+			out.Quantiles = append(out.Quantiles, &freeway.Quantile{Quantile: q.Q, Value: q.Value})
+		}
+		return out
+	case []agg.TopItem:
+		out := &freeway.Value{Top: make([]*freeway.TopItem, 0, len(v))}
+		for _, it := range v {
+			out.Top = append(out.Top, &freeway.TopItem{Value: it.Value, Count: int64(it.Count), Error: int64(it.Error)})
+		}
+		return out
+	}
+	return nil
 }

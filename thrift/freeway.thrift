@@ -13,17 +13,25 @@ namespace go freeway
 
 struct Aggregate {
   1: string name,
+  // count, sum, min, max, avg, count_distinct, topk, percentile, first, last.
   2: string fn,
   3: optional string field,
+  // topk: how many values it answers.
+  4: optional i32 k,
+  // percentile: the quantiles it answers, in order.
+  5: optional list<double> quantiles,
 }
 
 struct AppInfo {
   1: string name,
   2: string category,
-  // Window length in seconds.
+  // Window length in seconds: the shortest of the app's windows.
   3: i64 window_seconds,
   4: list<string> group_by,
   5: list<Aggregate> aggregates,
+  // Every window length of the app, in seconds, shortest first (new:
+  // servers before it did not send it; their apps have window_seconds only).
+  6: optional list<i64> windows_seconds,
 }
 
 struct QueryRequest {
@@ -49,13 +57,49 @@ struct QueryRequest {
   // "fresh" (a Puma node's memory) or "committed" (the store); unset:
   // the server's default.
   9: optional string mode,
+  // The length of the rows' windows, in seconds (new; a client built
+  // before it sends none and gets the shortest): unset or 0 for the app's
+  // shortest window; else one of the app's windows, or a multiple of one,
+  // whose windows are then rolled up. Not with all_windows.
+  10: optional i64 window_seconds,
 }
 
+// A percentile's answer at one quantile.
+struct Quantile {
+  1: double quantile,
+  2: double value,
+}
+
+// One value of a topk answer: count overestimates the value's true count
+// by at most error.
+struct TopItem {
+  1: string value,
+  2: i64 count,
+  3: i64 error,
+}
+
+// An aggregate's answer that is not a number; one field is set.
+union Value {
+  // first or last, of a value that is text.
+  1: string text,
+  // percentile: the quantiles asked, in order.
+  2: list<Quantile> quantiles,
+  // topk: at most k values, highest count first.
+  3: list<TopItem> top,
+}
+
+// values holds the answers that are numbers (count, sum, min, max, avg,
+// count_distinct, and first and last of numbers), as it always has; an
+// aggregate with no value (min of nothing) is absent from it. Field 5 is
+// new and holds the other answers (percentile, topk, first and last of
+// text): set only when a row has one, so that a client built before it
+// reads the numbers as before and never sees it.
 struct Row {
   1: i64 window_start_unix,
   2: i64 window_end_unix,
   3: map<string, string> key,
   4: map<string, double> values,
+  5: optional map<string, Value> structured_values,
 }
 
 // A shard whose data an answer lacks: it is still loading on the node that

@@ -9,12 +9,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
 // App is a validated, compiled app.
 type App struct {
 	Spec Spec
+	// WindowsMs are the app's window lengths in ms, shortest first;
+	// WindowMs is the shortest.
+	WindowsMs []int64
 	// WindowMs, LatenessMs and RetentionMs are the spec's durations in ms.
 	WindowMs, LatenessMs, RetentionMs int64
 	Aggs                              []Agg
@@ -30,8 +34,10 @@ type App struct {
 // Agg is one compiled aggregate.
 type Agg struct {
 	Name  string
-	Fn    Fn
+	Fn    *Fn
 	Field string
+	// Params are its parameters, defaults applied.
+	Params agg.Params
 }
 
 // Compile validates s (with defaults applied) and compiles it. path is its
@@ -43,11 +49,14 @@ func Compile(s Spec, path string) (*App, error) {
 	}
 	a := &App{
 		Spec:        s,
-		WindowMs:    s.Window.D().Milliseconds(),
 		LatenessMs:  s.AllowedLateness.D().Milliseconds(),
 		RetentionMs: s.Retention.D().Milliseconds(),
 		MaxFutureMs: s.MaxFuture.D().Milliseconds(),
 	}
+	for _, w := range s.WindowList() {
+		a.WindowsMs = append(a.WindowsMs, w.D().Milliseconds())
+	}
+	a.WindowMs = a.WindowsMs[0]
 	for _, ref := range s.fieldRefs() {
 		if !slices.Contains(a.fields, ref.name) {
 			a.fields = append(a.fields, ref.name)
@@ -62,7 +71,7 @@ func Compile(s Spec, path string) (*App, error) {
 	}
 	for _, as := range s.Aggregates {
 		fn, _ := LookupFn(as.Fn)
-		a.Aggs = append(a.Aggs, Agg{Name: as.Name, Fn: fn, Field: as.Field})
+		a.Aggs = append(a.Aggs, Agg{Name: as.Name, Fn: fn, Field: as.Field, Params: as.Params()})
 	}
 	return a, nil
 }
@@ -70,11 +79,18 @@ func Compile(s Spec, path string) (*App, error) {
 // Name is the app's name.
 func (a *App) Name() string { return a.Spec.Name }
 
-// WindowStart is the start (ms) of the window holding event time t (ms).
-func (a *App) WindowStart(t int64) int64 {
-	w := t - t%a.WindowMs
-	if t < 0 && t%a.WindowMs != 0 {
-		w -= a.WindowMs
+// WindowStart is the start (ms) of the shortest window holding event time
+// t (ms).
+func (a *App) WindowStart(t int64) int64 { return WindowStart(t, a.WindowMs) }
+
+// WindowStart is the start (ms) of the window of length size (ms) holding
+// t (ms): windows are aligned on multiples of their length since the Unix
+// epoch, so a window of a multiple of size is made of whole windows of
+// size.
+func WindowStart(t, size int64) int64 {
+	w := t - t%size
+	if t < 0 && t%size != 0 {
+		w -= size
 	}
 	return w
 }

@@ -2,6 +2,7 @@ package apps
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -208,6 +209,47 @@ func TestValidation(t *testing.T) {
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "median", Field: "x"}} }, "$.apps[0].aggregates[0].fn", "unknown function"},
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "sum"}} }, "$.apps[0].aggregates[0]", "needs a field"},
 		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "count"}, {Fn: "count"}} }, "$.apps[0].aggregates[1].name", "used twice"},
+		{func(s *Spec) {
+			s.Windows = []config.Duration{config.Duration(time.Minute)}
+			s.Window = config.Duration(time.Hour)
+		}, "$.apps[0].window", "not both"},
+		{func(s *Spec) {
+			s.Windows = []config.Duration{config.Duration(time.Minute), config.Duration(1500 * time.Millisecond)}
+		}, "$.apps[0].windows[1]", "whole number of seconds"},
+		{func(s *Spec) {
+			s.Windows = []config.Duration{config.Duration(time.Minute), config.Duration(time.Hour), config.Duration(time.Minute)}
+		}, "$.apps[0].windows[2]", "appears twice"},
+		{func(s *Spec) {
+			s.Windows = make([]config.Duration, MaxWindows+1)
+			for i := range s.Windows {
+				s.Windows[i] = config.Duration(time.Duration(i+1) * time.Minute)
+			}
+		}, "$.apps[0].windows", "at most 8 windows"},
+		{func(s *Spec) {
+			s.Windows = []config.Duration{config.Duration(time.Minute), config.Duration(48 * time.Hour)}
+			s.Retention = config.Duration(24 * time.Hour)
+		}, "$.apps[0].retention", "at least one window (2d)"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "topk", Field: "x", K: 101}} }, "$.apps[0].aggregates[0].k", "between 1 and 100"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "topk", Field: "x", K: -1}} }, "$.apps[0].aggregates[0].k", "between 1 and 100"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "topk"}} }, "$.apps[0].aggregates[0]", "needs a field"},
+		{func(s *Spec) { s.Aggregates = []AggregateSpec{{Fn: "count_distinct", Field: "x", K: 3}} }, "$.apps[0].aggregates[0].k", "only for topk"},
+		{func(s *Spec) {
+			s.Aggregates = []AggregateSpec{{Fn: "topk", Field: "x", Quantiles: []float64{0.5}}}
+		}, "$.apps[0].aggregates[0].quantiles", "only for percentile"},
+		{func(s *Spec) {
+			s.Aggregates = []AggregateSpec{{Fn: "percentile", Field: "x", Quantiles: []float64{0.5, 1.5}}}
+		}, "$.apps[0].aggregates[0].quantiles", "1.5 is not between 0 and 1"},
+		{func(s *Spec) {
+			s.Aggregates = []AggregateSpec{{Fn: "percentile", Field: "x", Quantiles: []float64{0.9, 0.9}}}
+		}, "$.apps[0].aggregates[0].quantiles", "listed twice"},
+		{func(s *Spec) {
+			s.Aggregates = []AggregateSpec{{Fn: "percentile", Field: "x", Quantiles: []float64{}}}
+		}, "$.apps[0].aggregates[0].quantiles", "at least one"},
+		{func(s *Spec) {
+			for i := range 20 {
+				s.Aggregates = append(s.Aggregates, AggregateSpec{Name: fmt.Sprint("t", i), Fn: "topk", Field: "x", K: 100})
+			}
+		}, "$.apps[0].aggregates", "split them over two apps"},
 		{func(s *Spec) { s.MaxFuture = -1 }, "$.apps[0].max_future", "must be positive"},
 		{func(s *Spec) { s.MaxFuture = config.Duration(2 * time.Hour) }, "$.apps[0].max_future", "must not exceed allowed_lateness (1h)"},
 		{func(s *Spec) { s.Retention = config.Duration(time.Hour); s.MaxFuture = config.Duration(time.Hour) }, "$.apps[0].max_future", "must be less than retention (1h)"},

@@ -1,25 +1,31 @@
 package apps
 
 import (
+	"encoding/binary"
 	"fmt"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/config"
 )
 
 // Spec is one app as declared in YAML.
 type Spec struct {
-	Name      string          `yaml:"name"`
-	Category  string          `yaml:"category"`
-	Format    string          `yaml:"format"`
-	Pattern   string          `yaml:"pattern"`   // regex: named groups are fields
-	Fields    []string        `yaml:"fields"`    // tsv: column names
-	Separator string          `yaml:"separator"` // tsv: default tab
-	Time      *TimeSpec       `yaml:"time"`
-	Window    config.Duration `yaml:"window"`
+	Name      string    `yaml:"name"`
+	Category  string    `yaml:"category"`
+	Format    string    `yaml:"format"`
+	Pattern   string    `yaml:"pattern"`   // regex: named groups are fields
+	Fields    []string  `yaml:"fields"`    // tsv: column names
+	Separator string    `yaml:"separator"` // tsv: default tab
+	Time      *TimeSpec `yaml:"time"`
+	// Window is the length of the app's tumbling windows; Windows lists
+	// several (each aggregated on its own, queries pick one or roll finer
+	// ones up). One or the other: window is the one-window form.
+	Window  config.Duration   `yaml:"window"`
+	Windows []config.Duration `yaml:"windows"`
 	// AllowedLateness: records older than the app's watermark (the highest
 	// event time seen) minus this are counted as late and not aggregated.
 	AllowedLateness config.Duration `yaml:"allowed_lateness"`
@@ -53,7 +59,15 @@ type AggregateSpec struct {
 	Name  string `yaml:"name"`
 	Fn    string `yaml:"fn"`
 	Field string `yaml:"field"`
+	// K: topk, how many values to answer (default 10, at most 100).
+	K int `yaml:"k"`
+	// Quantiles: percentile, the quantiles to answer (default 0.5, 0.9,
+	// 0.99).
+	Quantiles []float64 `yaml:"quantiles"`
 }
+
+// Params are the aggregate's parameters.
+func (a AggregateSpec) Params() agg.Params { return agg.Params{K: a.K, Quantiles: a.Quantiles} }
 
 // Defaults for keys an app leaves out.
 const (
@@ -63,40 +77,19 @@ const (
 	DefaultMaxFuture       = time.Hour
 )
 
-// Fn describes an aggregate function.
-type Fn struct {
-	Name string
-	// NeedsField: the function aggregates a field's values.
-	NeedsField bool
-	// Numeric: the field's values must be numbers (others are counted as
-	// bad values and skipped).
-	Numeric bool
-}
+// MaxWindows bounds the windows of one app: a line is aggregated into
+// each of them.
+const MaxWindows = 8
 
-// Fns are the aggregate functions apps may use.
-var fns = map[string]Fn{
-	"count": {Name: "count"},
-	"sum":   {Name: "sum", NeedsField: true, Numeric: true},
-	"min":   {Name: "min", NeedsField: true, Numeric: true},
-	"max":   {Name: "max", NeedsField: true, Numeric: true},
-	"avg":   {Name: "avg", NeedsField: true, Numeric: true},
-}
+// Fn describes an aggregate function: the registry's (internal/agg), which
+// Puma's tables, checkpoints and query merges use too.
+type Fn = agg.Func
 
 // LookupFn returns the aggregate function called name.
-func LookupFn(name string) (Fn, bool) {
-	f, ok := fns[name]
-	return f, ok
-}
+func LookupFn(name string) (*Fn, bool) { return agg.Lookup(name) }
 
 // FnNames lists the aggregate functions, sorted.
-func FnNames() []string {
-	var names []string
-	for n := range fns {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
+func FnNames() []string { return agg.Names() }
 
 // Formats are the record formats apps may use.
 var formats = []string{"json", "logfmt", "regex", "tsv"}
@@ -112,7 +105,7 @@ func (s *Spec) SetDefaults() {
 	if s.Format == "" {
 		s.Format = "json"
 	}
-	if s.Window == 0 {
+	if s.Window == 0 && len(s.Windows) == 0 {
 		s.Window = config.Duration(DefaultWindow)
 	}
 	if s.AllowedLateness == 0 {
@@ -137,7 +130,34 @@ func (s *Spec) SetDefaults() {
 				a.Name += "_" + a.Field
 			}
 		}
+		if fn, ok := agg.Lookup(a.Fn); ok {
+			p := a.Params()
+			fn.Defaults(&p)
+			a.K, a.Quantiles = p.K, p.Quantiles
+		}
 	}
+}
+
+// WindowList is the app's window lengths, shortest first: window, or
+// windows.
+func (s *Spec) WindowList() []config.Duration {
+	if len(s.Windows) == 0 {
+		return []config.Duration{s.Window}
+	}
+	ws := slices.Clone(s.Windows)
+	slices.Sort(ws)
+	return ws
+}
+
+// checkWindow checks one window length.
+func checkWindow(path string, w config.Duration) error {
+	if w.D() < time.Second || w.D()%time.Second != 0 {
+		return errAt(path, "must be a whole number of seconds, at least 1s")
+	}
+	if w.D() > 24*time.Hour && w.D()%(24*time.Hour) != 0 {
+		return errAt(path, "windows over a day must be whole days")
+	}
+	return nil
 }
 
 // Validate checks one app; path is its YAML path ("$.apps[0]").
@@ -187,17 +207,30 @@ func (s *Spec) Validate(path string) error {
 			return errAt(path+".time.layout", "%v", err)
 		}
 	}
-	if s.Window.D() < time.Second || s.Window.D()%time.Second != 0 {
-		return errAt(path+".window", "must be a whole number of seconds, at least 1s")
-	}
-	if s.Window.D() > 24*time.Hour && s.Window.D()%(24*time.Hour) != 0 {
-		return errAt(path+".window", "windows over a day must be whole days")
+	if len(s.Windows) > 0 {
+		if s.Window != 0 {
+			return errAt(path+".window", "give window (one) or windows (a list), not both")
+		}
+		if len(s.Windows) > MaxWindows {
+			return errAt(path+".windows", "at most %d windows", MaxWindows)
+		}
+		for i, w := range s.Windows {
+			wp := fmt.Sprintf("%s.windows[%d]", path, i)
+			if err := checkWindow(wp, w); err != nil {
+				return err
+			}
+			if slices.Contains(s.Windows[:i], w) {
+				return errAt(wp, "%v appears twice", w)
+			}
+		}
+	} else if err := checkWindow(path+".window", s.Window); err != nil {
+		return err
 	}
 	if s.AllowedLateness < 0 {
 		return errAt(path+".allowed_lateness", "must not be negative")
 	}
-	if s.Retention.D() < s.Window.D() {
-		return errAt(path+".retention", "must be at least one window (%v)", s.Window)
+	if ws := s.WindowList(); s.Retention.D() < ws[len(ws)-1].D() {
+		return errAt(path+".retention", "must be at least one window (%v)", ws[len(ws)-1])
 	}
 	// A record accepted max_future ahead of its arrival moves the watermark
 	// there: records allowed_lateness behind it become late, and windows
@@ -246,6 +279,9 @@ func (s *Spec) Validate(path string) error {
 		if fn.NeedsField && a.Field == "" {
 			return errAt(ap, "%s needs a field", a.Fn)
 		}
+		if field, err := fn.Check(a.Params()); err != nil {
+			return errAt(ap+"."+field, "%v", err)
+		}
 		if !nameRE.MatchString(a.Name) {
 			return errAt(ap+".name", "%q is not a valid aggregate name", a.Name)
 		}
@@ -253,6 +289,9 @@ func (s *Spec) Validate(path string) error {
 			return errAt(ap+".name", "aggregate name %q is used twice", a.Name)
 		}
 		names[a.Name] = true
+	}
+	if n := s.cellBytes(); n > agg.MaxCellBytes {
+		return errAt(path+".aggregates", "a cell of these aggregates may take up to %d KiB in a checkpoint, more than the %d KiB one store request carries: split them over two apps, or lower topk's k", n>>10, agg.MaxCellBytes>>10)
 	}
 	if s.Format == "regex" {
 		re := regexp.MustCompile(s.Pattern)
@@ -271,6 +310,24 @@ func (s *Spec) Validate(path string) error {
 		}
 	}
 	return nil
+}
+
+// cellBytes bounds the stored size of one cell of the app: 8 bytes a
+// fixed slot, the bound of each variable state and its length.
+func (s *Spec) cellBytes() int {
+	n := 1
+	for _, a := range s.Aggregates {
+		fn, ok := agg.Lookup(a.Fn)
+		if !ok {
+			continue
+		}
+		if fn.Fixed() {
+			n += 8 * fn.Slots
+			continue
+		}
+		n += binary.MaxVarintLen32 + fn.New(a.Params()).MaxBytes()
+	}
+	return n
 }
 
 type fieldRef struct {

@@ -259,7 +259,7 @@ func TestEndToEnd(t *testing.T) {
 		{"app": {"nope"}},
 		{"app": {"orders"}, "from": {"yesterday"}},
 		{"app": {"orders"}, "group_by": {"colour"}},
-		{"app": {"orders"}, "window": {"5m"}},
+		{"app": {"orders"}, "window": {"90s"}}, // not a multiple of the app's 1m windows
 		{"app": {"orders"}, "limit": {"-1"}},
 		{"app": {"orders"}, "frm": {"1"}},
 		{},

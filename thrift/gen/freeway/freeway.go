@@ -23,10 +23,14 @@ var _ = bytes.Equal
 //   - Name
 //   - Fn
 //   - Field
+//   - K
+//   - Quantiles
 type Aggregate struct {
-	Name  string  `thrift:"name,1" db:"name" json:"name"`
-	Fn    string  `thrift:"fn,2" db:"fn" json:"fn"`
-	Field *string `thrift:"field,3" db:"field" json:"field,omitempty"`
+	Name      string    `thrift:"name,1" db:"name" json:"name"`
+	Fn        string    `thrift:"fn,2" db:"fn" json:"fn"`
+	Field     *string   `thrift:"field,3" db:"field" json:"field,omitempty"`
+	K         *int32    `thrift:"k,4" db:"k" json:"k,omitempty"`
+	Quantiles []float64 `thrift:"quantiles,5" db:"quantiles" json:"quantiles,omitempty"`
 }
 
 func NewAggregate() *Aggregate {
@@ -49,8 +53,31 @@ func (p *Aggregate) GetField() string {
 	}
 	return *p.Field
 }
+
+var Aggregate_K_DEFAULT int32
+
+func (p *Aggregate) GetK() int32 {
+	if !p.IsSetK() {
+		return Aggregate_K_DEFAULT
+	}
+	return *p.K
+}
+
+var Aggregate_Quantiles_DEFAULT []float64
+
+func (p *Aggregate) GetQuantiles() []float64 {
+	return p.Quantiles
+}
 func (p *Aggregate) IsSetField() bool {
 	return p.Field != nil
+}
+
+func (p *Aggregate) IsSetK() bool {
+	return p.K != nil
+}
+
+func (p *Aggregate) IsSetQuantiles() bool {
+	return p.Quantiles != nil
 }
 
 func (p *Aggregate) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -90,6 +117,26 @@ func (p *Aggregate) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 3:
 			if fieldTypeId == thrift.STRING {
 				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 4:
+			if fieldTypeId == thrift.I32 {
+				if err := p.ReadField4(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 5:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField5(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -139,6 +186,37 @@ func (p *Aggregate) ReadField3(ctx context.Context, iprot thrift.TProtocol) erro
 	return nil
 }
 
+func (p *Aggregate) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI32(ctx); err != nil {
+		return thrift.PrependError("error reading field 4: ", err)
+	} else {
+		p.K = &v
+	}
+	return nil
+}
+
+func (p *Aggregate) ReadField5(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]float64, 0, size)
+	p.Quantiles = tSlice
+	for i := 0; i < size; i++ {
+		var _elem0 float64
+		if v, err := iprot.ReadDouble(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_elem0 = v
+		}
+		p.Quantiles = append(p.Quantiles, _elem0)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
 func (p *Aggregate) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "Aggregate"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
@@ -151,6 +229,12 @@ func (p *Aggregate) Write(ctx context.Context, oprot thrift.TProtocol) error {
 			return err
 		}
 		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField4(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField5(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -204,6 +288,44 @@ func (p *Aggregate) writeField3(ctx context.Context, oprot thrift.TProtocol) (er
 	return err
 }
 
+func (p *Aggregate) writeField4(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetK() {
+		if err := oprot.WriteFieldBegin(ctx, "k", thrift.I32, 4); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 4:k: ", p), err)
+		}
+		if err := oprot.WriteI32(ctx, int32(*p.K)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.k (4) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 4:k: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *Aggregate) writeField5(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetQuantiles() {
+		if err := oprot.WriteFieldBegin(ctx, "quantiles", thrift.LIST, 5); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 5:quantiles: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.DOUBLE, len(p.Quantiles)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.Quantiles {
+			if err := oprot.WriteDouble(ctx, float64(v)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 5:quantiles: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *Aggregate) Equals(other *Aggregate) bool {
 	if p == other {
 		return true
@@ -224,6 +346,23 @@ func (p *Aggregate) Equals(other *Aggregate) bool {
 			return false
 		}
 	}
+	if p.K != other.K {
+		if p.K == nil || other.K == nil {
+			return false
+		}
+		if (*p.K) != (*other.K) {
+			return false
+		}
+	}
+	if len(p.Quantiles) != len(other.Quantiles) {
+		return false
+	}
+	for i, _tgt := range p.Quantiles {
+		_src1 := other.Quantiles[i]
+		if _tgt != _src1 {
+			return false
+		}
+	}
 	return true
 }
 
@@ -240,12 +379,14 @@ func (p *Aggregate) String() string {
 //   - WindowSeconds
 //   - GroupBy
 //   - Aggregates
+//   - WindowsSeconds
 type AppInfo struct {
-	Name          string       `thrift:"name,1" db:"name" json:"name"`
-	Category      string       `thrift:"category,2" db:"category" json:"category"`
-	WindowSeconds int64        `thrift:"window_seconds,3" db:"window_seconds" json:"window_seconds"`
-	GroupBy       []string     `thrift:"group_by,4" db:"group_by" json:"group_by"`
-	Aggregates    []*Aggregate `thrift:"aggregates,5" db:"aggregates" json:"aggregates"`
+	Name           string       `thrift:"name,1" db:"name" json:"name"`
+	Category       string       `thrift:"category,2" db:"category" json:"category"`
+	WindowSeconds  int64        `thrift:"window_seconds,3" db:"window_seconds" json:"window_seconds"`
+	GroupBy        []string     `thrift:"group_by,4" db:"group_by" json:"group_by"`
+	Aggregates     []*Aggregate `thrift:"aggregates,5" db:"aggregates" json:"aggregates"`
+	WindowsSeconds []int64      `thrift:"windows_seconds,6" db:"windows_seconds" json:"windows_seconds,omitempty"`
 }
 
 func NewAppInfo() *AppInfo {
@@ -271,6 +412,16 @@ func (p *AppInfo) GetGroupBy() []string {
 func (p *AppInfo) GetAggregates() []*Aggregate {
 	return p.Aggregates
 }
+
+var AppInfo_WindowsSeconds_DEFAULT []int64
+
+func (p *AppInfo) GetWindowsSeconds() []int64 {
+	return p.WindowsSeconds
+}
+func (p *AppInfo) IsSetWindowsSeconds() bool {
+	return p.WindowsSeconds != nil
+}
+
 func (p *AppInfo) Read(ctx context.Context, iprot thrift.TProtocol) error {
 	if _, err := iprot.ReadStructBegin(ctx); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
@@ -335,6 +486,16 @@ func (p *AppInfo) Read(ctx context.Context, iprot thrift.TProtocol) error {
 					return err
 				}
 			}
+		case 6:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField6(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
 		default:
 			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
 				return err
@@ -385,13 +546,13 @@ func (p *AppInfo) ReadField4(ctx context.Context, iprot thrift.TProtocol) error 
 	tSlice := make([]string, 0, size)
 	p.GroupBy = tSlice
 	for i := 0; i < size; i++ {
-		var _elem0 string
+		var _elem2 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_elem0 = v
+			_elem2 = v
 		}
-		p.GroupBy = append(p.GroupBy, _elem0)
+		p.GroupBy = append(p.GroupBy, _elem2)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -407,11 +568,33 @@ func (p *AppInfo) ReadField5(ctx context.Context, iprot thrift.TProtocol) error 
 	tSlice := make([]*Aggregate, 0, size)
 	p.Aggregates = tSlice
 	for i := 0; i < size; i++ {
-		_elem1 := &Aggregate{}
-		if err := _elem1.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem1), err)
+		_elem3 := &Aggregate{}
+		if err := _elem3.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem3), err)
 		}
-		p.Aggregates = append(p.Aggregates, _elem1)
+		p.Aggregates = append(p.Aggregates, _elem3)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *AppInfo) ReadField6(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]int64, 0, size)
+	p.WindowsSeconds = tSlice
+	for i := 0; i < size; i++ {
+		var _elem4 int64
+		if v, err := iprot.ReadI64(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_elem4 = v
+		}
+		p.WindowsSeconds = append(p.WindowsSeconds, _elem4)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -437,6 +620,9 @@ func (p *AppInfo) Write(ctx context.Context, oprot thrift.TProtocol) error {
 			return err
 		}
 		if err := p.writeField5(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField6(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -530,6 +716,29 @@ func (p *AppInfo) writeField5(ctx context.Context, oprot thrift.TProtocol) (err 
 	return err
 }
 
+func (p *AppInfo) writeField6(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetWindowsSeconds() {
+		if err := oprot.WriteFieldBegin(ctx, "windows_seconds", thrift.LIST, 6); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 6:windows_seconds: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.I64, len(p.WindowsSeconds)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.WindowsSeconds {
+			if err := oprot.WriteI64(ctx, int64(v)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 6:windows_seconds: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *AppInfo) Equals(other *AppInfo) bool {
 	if p == other {
 		return true
@@ -549,8 +758,8 @@ func (p *AppInfo) Equals(other *AppInfo) bool {
 		return false
 	}
 	for i, _tgt := range p.GroupBy {
-		_src2 := other.GroupBy[i]
-		if _tgt != _src2 {
+		_src5 := other.GroupBy[i]
+		if _tgt != _src5 {
 			return false
 		}
 	}
@@ -558,8 +767,17 @@ func (p *AppInfo) Equals(other *AppInfo) bool {
 		return false
 	}
 	for i, _tgt := range p.Aggregates {
-		_src3 := other.Aggregates[i]
-		if !_tgt.Equals(_src3) {
+		_src6 := other.Aggregates[i]
+		if !_tgt.Equals(_src6) {
+			return false
+		}
+	}
+	if len(p.WindowsSeconds) != len(other.WindowsSeconds) {
+		return false
+	}
+	for i, _tgt := range p.WindowsSeconds {
+		_src7 := other.WindowsSeconds[i]
+		if _tgt != _src7 {
 			return false
 		}
 	}
@@ -583,16 +801,18 @@ func (p *AppInfo) String() string {
 //   - Where
 //   - OrderBy
 //   - Mode
+//   - WindowSeconds
 type QueryRequest struct {
-	App        string              `thrift:"app,1" db:"app" json:"app"`
-	FromUnix   int64               `thrift:"from_unix,2" db:"from_unix" json:"from_unix"`
-	ToUnix     int64               `thrift:"to_unix,3" db:"to_unix" json:"to_unix"`
-	GroupBy    []string            `thrift:"group_by,4" db:"group_by" json:"group_by,omitempty"`
-	AllWindows bool                `thrift:"all_windows,5" db:"all_windows" json:"all_windows"`
-	Limit      int32               `thrift:"limit,6" db:"limit" json:"limit"`
-	Where      map[string][]string `thrift:"where,7" db:"where" json:"where,omitempty"`
-	OrderBy    *string             `thrift:"order_by,8" db:"order_by" json:"order_by,omitempty"`
-	Mode       *string             `thrift:"mode,9" db:"mode" json:"mode,omitempty"`
+	App           string              `thrift:"app,1" db:"app" json:"app"`
+	FromUnix      int64               `thrift:"from_unix,2" db:"from_unix" json:"from_unix"`
+	ToUnix        int64               `thrift:"to_unix,3" db:"to_unix" json:"to_unix"`
+	GroupBy       []string            `thrift:"group_by,4" db:"group_by" json:"group_by,omitempty"`
+	AllWindows    bool                `thrift:"all_windows,5" db:"all_windows" json:"all_windows"`
+	Limit         int32               `thrift:"limit,6" db:"limit" json:"limit"`
+	Where         map[string][]string `thrift:"where,7" db:"where" json:"where,omitempty"`
+	OrderBy       *string             `thrift:"order_by,8" db:"order_by" json:"order_by,omitempty"`
+	Mode          *string             `thrift:"mode,9" db:"mode" json:"mode,omitempty"`
+	WindowSeconds *int64              `thrift:"window_seconds,10" db:"window_seconds" json:"window_seconds,omitempty"`
 }
 
 func NewQueryRequest() *QueryRequest {
@@ -648,6 +868,15 @@ func (p *QueryRequest) GetMode() string {
 	}
 	return *p.Mode
 }
+
+var QueryRequest_WindowSeconds_DEFAULT int64
+
+func (p *QueryRequest) GetWindowSeconds() int64 {
+	if !p.IsSetWindowSeconds() {
+		return QueryRequest_WindowSeconds_DEFAULT
+	}
+	return *p.WindowSeconds
+}
 func (p *QueryRequest) IsSetGroupBy() bool {
 	return p.GroupBy != nil
 }
@@ -662,6 +891,10 @@ func (p *QueryRequest) IsSetOrderBy() bool {
 
 func (p *QueryRequest) IsSetMode() bool {
 	return p.Mode != nil
+}
+
+func (p *QueryRequest) IsSetWindowSeconds() bool {
+	return p.WindowSeconds != nil
 }
 
 func (p *QueryRequest) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -768,6 +1001,16 @@ func (p *QueryRequest) Read(ctx context.Context, iprot thrift.TProtocol) error {
 					return err
 				}
 			}
+		case 10:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField10(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
 		default:
 			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
 				return err
@@ -818,13 +1061,13 @@ func (p *QueryRequest) ReadField4(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]string, 0, size)
 	p.GroupBy = tSlice
 	for i := 0; i < size; i++ {
-		var _elem4 string
+		var _elem8 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_elem4 = v
+			_elem8 = v
 		}
-		p.GroupBy = append(p.GroupBy, _elem4)
+		p.GroupBy = append(p.GroupBy, _elem8)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -858,31 +1101,31 @@ func (p *QueryRequest) ReadField7(ctx context.Context, iprot thrift.TProtocol) e
 	tMap := make(map[string][]string, size)
 	p.Where = tMap
 	for i := 0; i < size; i++ {
-		var _key5 string
+		var _key9 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key5 = v
+			_key9 = v
 		}
 		_, size, err := iprot.ReadListBegin(ctx)
 		if err != nil {
 			return thrift.PrependError("error reading list begin: ", err)
 		}
 		tSlice := make([]string, 0, size)
-		_val6 := tSlice
+		_val10 := tSlice
 		for i := 0; i < size; i++ {
-			var _elem7 string
+			var _elem11 string
 			if v, err := iprot.ReadString(ctx); err != nil {
 				return thrift.PrependError("error reading field 0: ", err)
 			} else {
-				_elem7 = v
+				_elem11 = v
 			}
-			_val6 = append(_val6, _elem7)
+			_val10 = append(_val10, _elem11)
 		}
 		if err := iprot.ReadListEnd(ctx); err != nil {
 			return thrift.PrependError("error reading list end: ", err)
 		}
-		p.Where[_key5] = _val6
+		p.Where[_key9] = _val10
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -904,6 +1147,15 @@ func (p *QueryRequest) ReadField9(ctx context.Context, iprot thrift.TProtocol) e
 		return thrift.PrependError("error reading field 9: ", err)
 	} else {
 		p.Mode = &v
+	}
+	return nil
+}
+
+func (p *QueryRequest) ReadField10(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 10: ", err)
+	} else {
+		p.WindowSeconds = &v
 	}
 	return nil
 }
@@ -938,6 +1190,9 @@ func (p *QueryRequest) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField9(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField10(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -1102,6 +1357,21 @@ func (p *QueryRequest) writeField9(ctx context.Context, oprot thrift.TProtocol) 
 	return err
 }
 
+func (p *QueryRequest) writeField10(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetWindowSeconds() {
+		if err := oprot.WriteFieldBegin(ctx, "window_seconds", thrift.I64, 10); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 10:window_seconds: ", p), err)
+		}
+		if err := oprot.WriteI64(ctx, int64(*p.WindowSeconds)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.window_seconds (10) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 10:window_seconds: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryRequest) Equals(other *QueryRequest) bool {
 	if p == other {
 		return true
@@ -1121,8 +1391,8 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 		return false
 	}
 	for i, _tgt := range p.GroupBy {
-		_src8 := other.GroupBy[i]
-		if _tgt != _src8 {
+		_src12 := other.GroupBy[i]
+		if _tgt != _src12 {
 			return false
 		}
 	}
@@ -1136,13 +1406,13 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 		return false
 	}
 	for k, _tgt := range p.Where {
-		_src9 := other.Where[k]
-		if len(_tgt) != len(_src9) {
+		_src13 := other.Where[k]
+		if len(_tgt) != len(_src13) {
 			return false
 		}
 		for i, _tgt := range _tgt {
-			_src10 := _src9[i]
-			if _tgt != _src10 {
+			_src14 := _src13[i]
+			if _tgt != _src14 {
 				return false
 			}
 		}
@@ -1163,6 +1433,14 @@ func (p *QueryRequest) Equals(other *QueryRequest) bool {
 			return false
 		}
 	}
+	if p.WindowSeconds != other.WindowSeconds {
+		if p.WindowSeconds == nil || other.WindowSeconds == nil {
+			return false
+		}
+		if (*p.WindowSeconds) != (*other.WindowSeconds) {
+			return false
+		}
+	}
 	return true
 }
 
@@ -1174,15 +1452,670 @@ func (p *QueryRequest) String() string {
 }
 
 // Attributes:
+//   - Quantile
+//   - Value
+type Quantile struct {
+	Quantile float64 `thrift:"quantile,1" db:"quantile" json:"quantile"`
+	Value    float64 `thrift:"value,2" db:"value" json:"value"`
+}
+
+func NewQuantile() *Quantile {
+	return &Quantile{}
+}
+
+func (p *Quantile) GetQuantile() float64 {
+	return p.Quantile
+}
+
+func (p *Quantile) GetValue() float64 {
+	return p.Value
+}
+func (p *Quantile) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.DOUBLE {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.DOUBLE {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *Quantile) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadDouble(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Quantile = v
+	}
+	return nil
+}
+
+func (p *Quantile) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadDouble(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.Value = v
+	}
+	return nil
+}
+
+func (p *Quantile) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "Quantile"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *Quantile) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "quantile", thrift.DOUBLE, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:quantile: ", p), err)
+	}
+	if err := oprot.WriteDouble(ctx, float64(p.Quantile)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.quantile (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:quantile: ", p), err)
+	}
+	return err
+}
+
+func (p *Quantile) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "value", thrift.DOUBLE, 2); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:value: ", p), err)
+	}
+	if err := oprot.WriteDouble(ctx, float64(p.Value)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.value (2) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 2:value: ", p), err)
+	}
+	return err
+}
+
+func (p *Quantile) Equals(other *Quantile) bool {
+	if p == other {
+		return true
+	} else if p == nil || other == nil {
+		return false
+	}
+	if p.Quantile != other.Quantile {
+		return false
+	}
+	if p.Value != other.Value {
+		return false
+	}
+	return true
+}
+
+func (p *Quantile) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("Quantile(%+v)", *p)
+}
+
+// Attributes:
+//   - Value
+//   - Count
+//   - Error
+type TopItem struct {
+	Value string `thrift:"value,1" db:"value" json:"value"`
+	Count int64  `thrift:"count,2" db:"count" json:"count"`
+	Error int64  `thrift:"error,3" db:"error" json:"error"`
+}
+
+func NewTopItem() *TopItem {
+	return &TopItem{}
+}
+
+func (p *TopItem) GetValue() string {
+	return p.Value
+}
+
+func (p *TopItem) GetCount() int64 {
+	return p.Count
+}
+
+func (p *TopItem) GetError() int64 {
+	return p.Error
+}
+func (p *TopItem) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 3:
+			if fieldTypeId == thrift.I64 {
+				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *TopItem) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Value = v
+	}
+	return nil
+}
+
+func (p *TopItem) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 2: ", err)
+	} else {
+		p.Count = v
+	}
+	return nil
+}
+
+func (p *TopItem) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadI64(ctx); err != nil {
+		return thrift.PrependError("error reading field 3: ", err)
+	} else {
+		p.Error = v
+	}
+	return nil
+}
+
+func (p *TopItem) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if err := oprot.WriteStructBegin(ctx, "TopItem"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *TopItem) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "value", thrift.STRING, 1); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:value: ", p), err)
+	}
+	if err := oprot.WriteString(ctx, string(p.Value)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.value (1) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 1:value: ", p), err)
+	}
+	return err
+}
+
+func (p *TopItem) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "count", thrift.I64, 2); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:count: ", p), err)
+	}
+	if err := oprot.WriteI64(ctx, int64(p.Count)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.count (2) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 2:count: ", p), err)
+	}
+	return err
+}
+
+func (p *TopItem) writeField3(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if err := oprot.WriteFieldBegin(ctx, "error", thrift.I64, 3); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field begin error 3:error: ", p), err)
+	}
+	if err := oprot.WriteI64(ctx, int64(p.Error)); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T.error (3) field write error: ", p), err)
+	}
+	if err := oprot.WriteFieldEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write field end error 3:error: ", p), err)
+	}
+	return err
+}
+
+func (p *TopItem) Equals(other *TopItem) bool {
+	if p == other {
+		return true
+	} else if p == nil || other == nil {
+		return false
+	}
+	if p.Value != other.Value {
+		return false
+	}
+	if p.Count != other.Count {
+		return false
+	}
+	if p.Error != other.Error {
+		return false
+	}
+	return true
+}
+
+func (p *TopItem) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("TopItem(%+v)", *p)
+}
+
+// Attributes:
+//   - Text
+//   - Quantiles
+//   - Top
+type Value struct {
+	Text      *string     `thrift:"text,1" db:"text" json:"text,omitempty"`
+	Quantiles []*Quantile `thrift:"quantiles,2" db:"quantiles" json:"quantiles,omitempty"`
+	Top       []*TopItem  `thrift:"top,3" db:"top" json:"top,omitempty"`
+}
+
+func NewValue() *Value {
+	return &Value{}
+}
+
+var Value_Text_DEFAULT string
+
+func (p *Value) GetText() string {
+	if !p.IsSetText() {
+		return Value_Text_DEFAULT
+	}
+	return *p.Text
+}
+
+var Value_Quantiles_DEFAULT []*Quantile
+
+func (p *Value) GetQuantiles() []*Quantile {
+	return p.Quantiles
+}
+
+var Value_Top_DEFAULT []*TopItem
+
+func (p *Value) GetTop() []*TopItem {
+	return p.Top
+}
+func (p *Value) CountSetFieldsValue() int {
+	count := 0
+	if p.IsSetText() {
+		count++
+	}
+	if p.IsSetQuantiles() {
+		count++
+	}
+	if p.IsSetTop() {
+		count++
+	}
+	return count
+
+}
+
+func (p *Value) IsSetText() bool {
+	return p.Text != nil
+}
+
+func (p *Value) IsSetQuantiles() bool {
+	return p.Quantiles != nil
+}
+
+func (p *Value) IsSetTop() bool {
+	return p.Top != nil
+}
+
+func (p *Value) Read(ctx context.Context, iprot thrift.TProtocol) error {
+	if _, err := iprot.ReadStructBegin(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
+	}
+
+	for {
+		_, fieldTypeId, fieldId, err := iprot.ReadFieldBegin(ctx)
+		if err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T field %d read error: ", p, fieldId), err)
+		}
+		if fieldTypeId == thrift.STOP {
+			break
+		}
+		switch fieldId {
+		case 1:
+			if fieldTypeId == thrift.STRING {
+				if err := p.ReadField1(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 2:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField2(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 3:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField3(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+				return err
+			}
+		}
+		if err := iprot.ReadFieldEnd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := iprot.ReadStructEnd(ctx); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T read struct end error: ", p), err)
+	}
+	return nil
+}
+
+func (p *Value) ReadField1(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadString(ctx); err != nil {
+		return thrift.PrependError("error reading field 1: ", err)
+	} else {
+		p.Text = &v
+	}
+	return nil
+}
+
+func (p *Value) ReadField2(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]*Quantile, 0, size)
+	p.Quantiles = tSlice
+	for i := 0; i < size; i++ {
+		_elem15 := &Quantile{}
+		if err := _elem15.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem15), err)
+		}
+		p.Quantiles = append(p.Quantiles, _elem15)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *Value) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]*TopItem, 0, size)
+	p.Top = tSlice
+	for i := 0; i < size; i++ {
+		_elem16 := &TopItem{}
+		if err := _elem16.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem16), err)
+		}
+		p.Top = append(p.Top, _elem16)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *Value) Write(ctx context.Context, oprot thrift.TProtocol) error {
+	if c := p.CountSetFieldsValue(); c != 1 {
+		return fmt.Errorf("%T write union: exactly one field must be set (%d set)", p, c)
+	}
+	if err := oprot.WriteStructBegin(ctx, "Value"); err != nil {
+		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
+	}
+	if p != nil {
+		if err := p.writeField1(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField2(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField3(ctx, oprot); err != nil {
+			return err
+		}
+	}
+	if err := oprot.WriteFieldStop(ctx); err != nil {
+		return thrift.PrependError("write field stop error: ", err)
+	}
+	if err := oprot.WriteStructEnd(ctx); err != nil {
+		return thrift.PrependError("write struct stop error: ", err)
+	}
+	return nil
+}
+
+func (p *Value) writeField1(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetText() {
+		if err := oprot.WriteFieldBegin(ctx, "text", thrift.STRING, 1); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 1:text: ", p), err)
+		}
+		if err := oprot.WriteString(ctx, string(*p.Text)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.text (1) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 1:text: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *Value) writeField2(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetQuantiles() {
+		if err := oprot.WriteFieldBegin(ctx, "quantiles", thrift.LIST, 2); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 2:quantiles: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.STRUCT, len(p.Quantiles)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.Quantiles {
+			if err := v.Write(ctx, oprot); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", v), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 2:quantiles: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *Value) writeField3(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetTop() {
+		if err := oprot.WriteFieldBegin(ctx, "top", thrift.LIST, 3); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 3:top: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.STRUCT, len(p.Top)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.Top {
+			if err := v.Write(ctx, oprot); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", v), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 3:top: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *Value) Equals(other *Value) bool {
+	if p == other {
+		return true
+	} else if p == nil || other == nil {
+		return false
+	}
+	if p.Text != other.Text {
+		if p.Text == nil || other.Text == nil {
+			return false
+		}
+		if (*p.Text) != (*other.Text) {
+			return false
+		}
+	}
+	if len(p.Quantiles) != len(other.Quantiles) {
+		return false
+	}
+	for i, _tgt := range p.Quantiles {
+		_src17 := other.Quantiles[i]
+		if !_tgt.Equals(_src17) {
+			return false
+		}
+	}
+	if len(p.Top) != len(other.Top) {
+		return false
+	}
+	for i, _tgt := range p.Top {
+		_src18 := other.Top[i]
+		if !_tgt.Equals(_src18) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *Value) String() string {
+	if p == nil {
+		return "<nil>"
+	}
+	return fmt.Sprintf("Value(%+v)", *p)
+}
+
+// Attributes:
 //   - WindowStartUnix
 //   - WindowEndUnix
 //   - Key
 //   - Values
+//   - StructuredValues
 type Row struct {
-	WindowStartUnix int64              `thrift:"window_start_unix,1" db:"window_start_unix" json:"window_start_unix"`
-	WindowEndUnix   int64              `thrift:"window_end_unix,2" db:"window_end_unix" json:"window_end_unix"`
-	Key             map[string]string  `thrift:"key,3" db:"key" json:"key"`
-	Values          map[string]float64 `thrift:"values,4" db:"values" json:"values"`
+	WindowStartUnix  int64              `thrift:"window_start_unix,1" db:"window_start_unix" json:"window_start_unix"`
+	WindowEndUnix    int64              `thrift:"window_end_unix,2" db:"window_end_unix" json:"window_end_unix"`
+	Key              map[string]string  `thrift:"key,3" db:"key" json:"key"`
+	Values           map[string]float64 `thrift:"values,4" db:"values" json:"values"`
+	StructuredValues map[string]*Value  `thrift:"structured_values,5" db:"structured_values" json:"structured_values,omitempty"`
 }
 
 func NewRow() *Row {
@@ -1204,6 +2137,16 @@ func (p *Row) GetKey() map[string]string {
 func (p *Row) GetValues() map[string]float64 {
 	return p.Values
 }
+
+var Row_StructuredValues_DEFAULT map[string]*Value
+
+func (p *Row) GetStructuredValues() map[string]*Value {
+	return p.StructuredValues
+}
+func (p *Row) IsSetStructuredValues() bool {
+	return p.StructuredValues != nil
+}
+
 func (p *Row) Read(ctx context.Context, iprot thrift.TProtocol) error {
 	if _, err := iprot.ReadStructBegin(ctx); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T read error: ", p), err)
@@ -1258,6 +2201,16 @@ func (p *Row) Read(ctx context.Context, iprot thrift.TProtocol) error {
 					return err
 				}
 			}
+		case 5:
+			if fieldTypeId == thrift.MAP {
+				if err := p.ReadField5(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
 		default:
 			if err := iprot.Skip(ctx, fieldTypeId); err != nil {
 				return err
@@ -1299,19 +2252,19 @@ func (p *Row) ReadField3(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]string, size)
 	p.Key = tMap
 	for i := 0; i < size; i++ {
-		var _key11 string
+		var _key19 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key11 = v
+			_key19 = v
 		}
-		var _val12 string
+		var _val20 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val12 = v
+			_val20 = v
 		}
-		p.Key[_key11] = _val12
+		p.Key[_key19] = _val20
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -1327,19 +2280,45 @@ func (p *Row) ReadField4(ctx context.Context, iprot thrift.TProtocol) error {
 	tMap := make(map[string]float64, size)
 	p.Values = tMap
 	for i := 0; i < size; i++ {
-		var _key13 string
+		var _key21 string
 		if v, err := iprot.ReadString(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_key13 = v
+			_key21 = v
 		}
-		var _val14 float64
+		var _val22 float64
 		if v, err := iprot.ReadDouble(ctx); err != nil {
 			return thrift.PrependError("error reading field 0: ", err)
 		} else {
-			_val14 = v
+			_val22 = v
 		}
-		p.Values[_key13] = _val14
+		p.Values[_key21] = _val22
+	}
+	if err := iprot.ReadMapEnd(ctx); err != nil {
+		return thrift.PrependError("error reading map end: ", err)
+	}
+	return nil
+}
+
+func (p *Row) ReadField5(ctx context.Context, iprot thrift.TProtocol) error {
+	_, _, size, err := iprot.ReadMapBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading map begin: ", err)
+	}
+	tMap := make(map[string]*Value, size)
+	p.StructuredValues = tMap
+	for i := 0; i < size; i++ {
+		var _key23 string
+		if v, err := iprot.ReadString(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_key23 = v
+		}
+		_val24 := &Value{}
+		if err := _val24.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _val24), err)
+		}
+		p.StructuredValues[_key23] = _val24
 	}
 	if err := iprot.ReadMapEnd(ctx); err != nil {
 		return thrift.PrependError("error reading map end: ", err)
@@ -1362,6 +2341,9 @@ func (p *Row) Write(ctx context.Context, oprot thrift.TProtocol) error {
 			return err
 		}
 		if err := p.writeField4(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField5(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -1448,6 +2430,32 @@ func (p *Row) writeField4(ctx context.Context, oprot thrift.TProtocol) (err erro
 	return err
 }
 
+func (p *Row) writeField5(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetStructuredValues() {
+		if err := oprot.WriteFieldBegin(ctx, "structured_values", thrift.MAP, 5); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 5:structured_values: ", p), err)
+		}
+		if err := oprot.WriteMapBegin(ctx, thrift.STRING, thrift.STRUCT, len(p.StructuredValues)); err != nil {
+			return thrift.PrependError("error writing map begin: ", err)
+		}
+		for k, v := range p.StructuredValues {
+			if err := oprot.WriteString(ctx, string(k)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+			if err := v.Write(ctx, oprot); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T error writing struct: ", v), err)
+			}
+		}
+		if err := oprot.WriteMapEnd(ctx); err != nil {
+			return thrift.PrependError("error writing map end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 5:structured_values: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *Row) Equals(other *Row) bool {
 	if p == other {
 		return true
@@ -1464,8 +2472,8 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.Key {
-		_src15 := other.Key[k]
-		if _tgt != _src15 {
+		_src25 := other.Key[k]
+		if _tgt != _src25 {
 			return false
 		}
 	}
@@ -1473,8 +2481,17 @@ func (p *Row) Equals(other *Row) bool {
 		return false
 	}
 	for k, _tgt := range p.Values {
-		_src16 := other.Values[k]
-		if _tgt != _src16 {
+		_src26 := other.Values[k]
+		if _tgt != _src26 {
+			return false
+		}
+	}
+	if len(p.StructuredValues) != len(other.StructuredValues) {
+		return false
+	}
+	for k, _tgt := range p.StructuredValues {
+		_src27 := other.StructuredValues[k]
+		if !_tgt.Equals(_src27) {
 			return false
 		}
 	}
@@ -2160,11 +3177,11 @@ func (p *QueryResult_) ReadField2(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]*Row, 0, size)
 	p.Rows = tSlice
 	for i := 0; i < size; i++ {
-		_elem17 := &Row{}
-		if err := _elem17.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem17), err)
+		_elem28 := &Row{}
+		if err := _elem28.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem28), err)
 		}
-		p.Rows = append(p.Rows, _elem17)
+		p.Rows = append(p.Rows, _elem28)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -2198,11 +3215,11 @@ func (p *QueryResult_) ReadField5(ctx context.Context, iprot thrift.TProtocol) e
 	tSlice := make([]*MissingShard, 0, size)
 	p.MissingShards = tSlice
 	for i := 0; i < size; i++ {
-		_elem18 := &MissingShard{}
-		if err := _elem18.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem18), err)
+		_elem29 := &MissingShard{}
+		if err := _elem29.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem29), err)
 		}
-		p.MissingShards = append(p.MissingShards, _elem18)
+		p.MissingShards = append(p.MissingShards, _elem29)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
@@ -2366,8 +3383,8 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.Rows {
-		_src19 := other.Rows[i]
-		if !_tgt.Equals(_src19) {
+		_src30 := other.Rows[i]
+		if !_tgt.Equals(_src30) {
 			return false
 		}
 	}
@@ -2391,8 +3408,8 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.MissingShards {
-		_src20 := other.MissingShards[i]
-		if !_tgt.Equals(_src20) {
+		_src31 := other.MissingShards[i]
+		if !_tgt.Equals(_src31) {
 			return false
 		}
 	}
@@ -2636,41 +3653,41 @@ func (p *QueryClient) SetLastResponseMeta_(meta thrift.ResponseMeta) {
 }
 
 func (p *QueryClient) Apps(ctx context.Context) (_r []*AppInfo, _err error) {
-	var _args21 QueryAppsArgs
-	var _result23 QueryAppsResult
-	var _meta22 thrift.ResponseMeta
-	_meta22, _err = p.Client_().Call(ctx, "apps", &_args21, &_result23)
-	p.SetLastResponseMeta_(_meta22)
+	var _args32 QueryAppsArgs
+	var _result34 QueryAppsResult
+	var _meta33 thrift.ResponseMeta
+	_meta33, _err = p.Client_().Call(ctx, "apps", &_args32, &_result34)
+	p.SetLastResponseMeta_(_meta33)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result23.Err != nil:
-		return _r, _result23.Err
+	case _result34.Err != nil:
+		return _r, _result34.Err
 	}
 
-	return _result23.GetSuccess(), nil
+	return _result34.GetSuccess(), nil
 }
 
 // Parameters:
 //   - Req
 func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryResult_, _err error) {
-	var _args24 QueryQueryArgs
-	_args24.Req = req
-	var _result26 QueryQueryResult
-	var _meta25 thrift.ResponseMeta
-	_meta25, _err = p.Client_().Call(ctx, "query", &_args24, &_result26)
-	p.SetLastResponseMeta_(_meta25)
+	var _args35 QueryQueryArgs
+	_args35.Req = req
+	var _result37 QueryQueryResult
+	var _meta36 thrift.ResponseMeta
+	_meta36, _err = p.Client_().Call(ctx, "query", &_args35, &_result37)
+	p.SetLastResponseMeta_(_meta36)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result26.Err != nil:
-		return _r, _result26.Err
+	case _result37.Err != nil:
+		return _r, _result37.Err
 	}
 
-	if _ret27 := _result26.GetSuccess(); _ret27 != nil {
-		return _ret27, nil
+	if _ret38 := _result37.GetSuccess(); _ret38 != nil {
+		return _ret38, nil
 	}
 	return nil, thrift.NewTApplicationException(thrift.MISSING_RESULT, "query failed: unknown result")
 }
@@ -2678,18 +3695,18 @@ func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryRe
 // Parameters:
 //   - Token
 func (p *QueryClient) Authenticate(ctx context.Context, token string) (_err error) {
-	var _args28 QueryAuthenticateArgs
-	_args28.Token = token
-	var _result30 QueryAuthenticateResult
-	var _meta29 thrift.ResponseMeta
-	_meta29, _err = p.Client_().Call(ctx, "authenticate", &_args28, &_result30)
-	p.SetLastResponseMeta_(_meta29)
+	var _args39 QueryAuthenticateArgs
+	_args39.Token = token
+	var _result41 QueryAuthenticateResult
+	var _meta40 thrift.ResponseMeta
+	_meta40, _err = p.Client_().Call(ctx, "authenticate", &_args39, &_result41)
+	p.SetLastResponseMeta_(_meta40)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result30.Err != nil:
-		return _result30.Err
+	case _result41.Err != nil:
+		return _result41.Err
 	}
 
 	return nil
@@ -2715,11 +3732,11 @@ func (p *QueryProcessor) ProcessorMap() map[string]thrift.TProcessorFunction {
 
 func NewQueryProcessor(handler Query) *QueryProcessor {
 
-	self31 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
-	self31.processorMap["apps"] = &queryProcessorApps{handler: handler}
-	self31.processorMap["query"] = &queryProcessorQuery{handler: handler}
-	self31.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
-	return self31
+	self42 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
+	self42.processorMap["apps"] = &queryProcessorApps{handler: handler}
+	self42.processorMap["query"] = &queryProcessorQuery{handler: handler}
+	self42.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
+	return self42
 }
 
 func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
@@ -2732,12 +3749,12 @@ func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProto
 	}
 	iprot.Skip(ctx, thrift.STRUCT)
 	iprot.ReadMessageEnd(ctx)
-	x32 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
+	x43 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
 	oprot.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seqId)
-	x32.Write(ctx, oprot)
+	x43.Write(ctx, oprot)
 	oprot.WriteMessageEnd(ctx)
 	oprot.Flush(ctx)
-	return false, x32
+	return false, x43
 
 }
 
@@ -2746,7 +3763,7 @@ type queryProcessorApps struct {
 }
 
 func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err33 error
+	var _write_err44 error
 	args := QueryAppsArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -2796,21 +3813,21 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc34 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
+			_exc45 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err33 = thrift.WrapTException(err2)
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc34.Write(ctx, oprot); _write_err33 == nil && err2 != nil {
-				_write_err33 = thrift.WrapTException(err2)
+			if err2 := _exc45.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err33 == nil && err2 != nil {
-				_write_err33 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err33 == nil && err2 != nil {
-				_write_err33 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
+				_write_err44 = thrift.WrapTException(err2)
 			}
-			if _write_err33 != nil {
-				return false, thrift.WrapTException(_write_err33)
+			if _write_err44 != nil {
+				return false, thrift.WrapTException(_write_err44)
 			}
 			return true, err
 		}
@@ -2819,19 +3836,19 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.REPLY, seqId); err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err33 == nil && err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err33 == nil && err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err33 == nil && err2 != nil {
-		_write_err33 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
+		_write_err44 = thrift.WrapTException(err2)
 	}
-	if _write_err33 != nil {
-		return false, thrift.WrapTException(_write_err33)
+	if _write_err44 != nil {
+		return false, thrift.WrapTException(_write_err44)
 	}
 	return true, err
 }
@@ -2841,7 +3858,7 @@ type queryProcessorQuery struct {
 }
 
 func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err35 error
+	var _write_err46 error
 	args := QueryQueryArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -2891,21 +3908,21 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc36 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
+			_exc47 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err35 = thrift.WrapTException(err2)
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc36.Write(ctx, oprot); _write_err35 == nil && err2 != nil {
-				_write_err35 = thrift.WrapTException(err2)
+			if err2 := _exc47.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err35 == nil && err2 != nil {
-				_write_err35 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err35 == nil && err2 != nil {
-				_write_err35 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if _write_err35 != nil {
-				return false, thrift.WrapTException(_write_err35)
+			if _write_err46 != nil {
+				return false, thrift.WrapTException(_write_err46)
 			}
 			return true, err
 		}
@@ -2914,19 +3931,19 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.REPLY, seqId); err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err35 == nil && err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err35 == nil && err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err35 == nil && err2 != nil {
-		_write_err35 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if _write_err35 != nil {
-		return false, thrift.WrapTException(_write_err35)
+	if _write_err46 != nil {
+		return false, thrift.WrapTException(_write_err46)
 	}
 	return true, err
 }
@@ -2936,7 +3953,7 @@ type queryProcessorAuthenticate struct {
 }
 
 func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err37 error
+	var _write_err48 error
 	args := QueryAuthenticateArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -2986,40 +4003,40 @@ func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, i
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc38 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
+			_exc49 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err37 = thrift.WrapTException(err2)
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc38.Write(ctx, oprot); _write_err37 == nil && err2 != nil {
-				_write_err37 = thrift.WrapTException(err2)
+			if err2 := _exc49.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err37 == nil && err2 != nil {
-				_write_err37 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err37 == nil && err2 != nil {
-				_write_err37 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if _write_err37 != nil {
-				return false, thrift.WrapTException(_write_err37)
+			if _write_err48 != nil {
+				return false, thrift.WrapTException(_write_err48)
 			}
 			return true, err
 		}
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.REPLY, seqId); err2 != nil {
-		_write_err37 = thrift.WrapTException(err2)
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err37 == nil && err2 != nil {
-		_write_err37 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err37 == nil && err2 != nil {
-		_write_err37 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err37 == nil && err2 != nil {
-		_write_err37 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if _write_err37 != nil {
-		return false, thrift.WrapTException(_write_err37)
+	if _write_err48 != nil {
+		return false, thrift.WrapTException(_write_err48)
 	}
 	return true, err
 }
@@ -3172,11 +4189,11 @@ func (p *QueryAppsResult) ReadField0(ctx context.Context, iprot thrift.TProtocol
 	tSlice := make([]*AppInfo, 0, size)
 	p.Success = tSlice
 	for i := 0; i < size; i++ {
-		_elem39 := &AppInfo{}
-		if err := _elem39.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem39), err)
+		_elem50 := &AppInfo{}
+		if err := _elem50.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem50), err)
 		}
-		p.Success = append(p.Success, _elem39)
+		p.Success = append(p.Success, _elem50)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)
