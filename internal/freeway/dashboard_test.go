@@ -74,6 +74,7 @@ type shown struct {
 	Dropped   map[string]string `json:"dropped"`
 	Samples   []string          `json:"samples"`
 	Behind    string            `json:"behind"`
+	Step      int64             `json:"step"` // the charts' window length, seconds
 }
 
 // readPage is the script that reads what the dashboard shows.
@@ -95,6 +96,7 @@ const readPage = `(() => {
   out.samples = q('#rejected tr.sample td.line').map((td) => td.textContent);
   const b = document.querySelector('[data-app="orders"] .behind');
   out.behind = b ? b.dataset.behind : '';
+  out.step = d.step || 0;
   return out;
 })()`
 
@@ -358,6 +360,53 @@ func TestDashboard(t *testing.T) {
 	}
 	checkView(read(0), "region", "fresh")
 	shot("dashboard-refreshed.png")
+
+	// Seven days: the charts ask for rolled-up windows, not 10,000 minutes
+	// per key, and their points are the API's rolled-up answer; together
+	// they hold every order of each top key.
+	if err := page.Navigate(ctx, "about:blank"); err != nil {
+		t.Fatal(err)
+	}
+	from = base - 7*86400
+	if err := page.Navigate(ctx, "http://"+api+"/"+fmt.Sprintf("#app=orders&from=%d&to=%d&aggs=n&split=region&top=5&refresh=0", from, to)); err != nil {
+		t.Fatal(err)
+	}
+	s = read(0)
+	shot("dashboard-7d.png")
+	if s.Step <= 60 || s.Step%60 != 0 || (to-from)/s.Step > 500 {
+		t.Fatalf("over 7 days the charts use windows of %ds, want a multiple of the app's 60s giving at most 500", s.Step)
+	}
+	var top apiRows
+	getJSON(t, api, "/api/v1/query", rangeParams(url.Values{"window": {"all"}, "group_by": {"region"}, "order_by": {"n:desc"}, "limit": {"5"}}), &top)
+	where := url.Values{"group_by": {"region"}, "window": {fmt.Sprintf("%ds", s.Step)}}
+	for _, row := range top.Rows {
+		where.Add("where", "region:"+row.Key["region"])
+	}
+	var rolled apiRows
+	getJSON(t, api, "/api/v1/query", rangeParams(where), &rolled)
+	c := s.Charts["n"]
+	if len(c.Data) != len(top.Rows)+1 || len(c.Data[0]) > 501 {
+		t.Fatalf("7-day chart: %d series of %d points, want %d series of at most 501", len(c.Data)-1, len(c.Data[0]), len(top.Rows))
+	}
+	at := map[string]float64{}
+	for _, row := range rolled.Rows {
+		ws, _ := time.Parse(time.RFC3339, row.WindowStart)
+		at[fmt.Sprintf("%d|%s", ws.Unix(), row.Key["region"])] = row.Values["n"]
+	}
+	for j, k := range c.Names {
+		sum := 0.0
+		for i, x := range c.Data[0] {
+			got := c.Data[j+1][i]
+			if got == nil || *got != at[fmt.Sprintf("%d|%s", int64(*x), k)] {
+				t.Errorf("7-day chart %s at %v: %v, API %v", k, *x, got, at[fmt.Sprintf("%d|%s", int64(*x), k)])
+				continue
+			}
+			sum += *got
+		}
+		if want := top.Rows[j].Values["n"]; top.Rows[j].Key["region"] != k || sum != want {
+			t.Errorf("7-day chart %s sums to %v, the API's total for %s is %v", k, sum, top.Rows[j].Key["region"], want)
+		}
+	}
 }
 
 // withoutDBus drops the lines of Chromium's stderr about the D-Bus it

@@ -18,6 +18,21 @@
   // A chart draws at most this many windows on a full grid; past it, only
   // the windows that have rows.
   const MAX_GRID = 20000;
+  // A chart asks for at most about this many windows: over a longer range
+  // the page has Puma roll the app's windows up into longer ones
+  // (window=LENGTH), so that its answers stay small however many cells
+  // are behind them. Rolled-up lengths are taken from NICE when one is a
+  // multiple of the app's window.
+  const MAX_POINTS = 500;
+  const NICE = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
+
+  // chartStep is the window length the charts of the range ask for.
+  function chartStep(app, from, to) {
+    const w = app.window_seconds;
+    const need = (to - from) / MAX_POINTS;
+    if (need <= w) return w;
+    return NICE.find((n) => n >= need && n % w === 0) || Math.ceil(need / w) * w;
+  }
 
   const state = {
     apps: [], status: null, app: null,
@@ -314,6 +329,7 @@
     const seq = ++state.seq;
     const app = state.app;
     const [from, to] = range();
+    const step = chartStep(app, from, to);
     try {
       const totals = api('/api/v1/query', base(from, to).concat([['window', 'all'], ['group_by', '']]));
       const top = state.topKey ? api('/api/v1/query', topQuery(from, to, state.topKey)) : null;
@@ -328,7 +344,8 @@
       if (!state.split || keys.length > 0) {
         const p = base(from, to).concat([['group_by', state.split || '']]);
         for (const k of keys) p.push(['where', `${state.split}:${k}`]);
-        const windows = Math.ceil((to - from) / app.window_seconds) + 1;
+        if (step !== app.window_seconds) p.push(['window', `${step}s`]);
+        const windows = Math.ceil((to - from) / step) + 1;
         p.push(['limit', String(Math.max(1, windows * Math.max(1, keys.length)))]);
         series = await api('/api/v1/query', p);
       }
@@ -338,6 +355,7 @@
       dash.answers.top = tk;
       dash.answers.split = sk;
       dash.answers.series = series;
+      dash.step = step;
       renderFreshness(series || tot);
       renderTotals(tot);
       renderCharts(from, to, keys, series);
@@ -402,7 +420,7 @@
   // 0 for counts and sums, a gap for the others.
   function chartData(agg, from, to, keys, series) {
     const app = state.app;
-    const w = app.window_seconds;
+    const w = dash.step || app.window_seconds;
     const fn = (app.aggregates.find((g) => g.name === agg) || {}).fn;
     const empty = ZERO_WHEN_EMPTY.has(fn) ? 0 : null;
     const names = state.split ? keys : [agg];
