@@ -283,3 +283,100 @@ func TestBackfillWaitsForTheCopierLease(t *testing.T) {
 		t.Fatalf("backfill once the lease is free: %+v %v\n%s", r.st, r.err, out.String())
 	}
 }
+
+// TestRetentionHoldsForACopierConfiguredElsewhere: retention run by a
+// process without copier.destination (a Puma node holding the retention
+// lease) still holds back what a copier has not copied yet, once that
+// copier has recorded progress in the store; what it did copy goes.
+func TestRetentionHoldsForACopierConfiguredElsewhere(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Copier.Destination = "file://" + filepath.ToSlash(filepath.Join(dir, "warehouse"))
+	cfg.Copier.Interval = config.Duration(50 * time.Millisecond)
+	src, err := backends.OpenDFS("file://" + filepath.ToSlash(filepath.Join(dir, "dfs")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := backends.OpenDFS(cfg.Copier.Destination)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+
+	// With the copier: everything sent is copied.
+	r := start(t, cfg)
+	sent := orders(300, 0, base)
+	send(t, r.p.Agent.Addr(), sent, 50)
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(sent))
+	testkit.WaitFor(t, "the copier to copy every segment", func() bool {
+		return len(segmentsIn(t, dst, "orders")) == len(segmentsIn(t, src, "orders"))
+	})
+	copied := map[string]bool{}
+	for _, s := range segmentsIn(t, dst, "orders") {
+		copied[s] = true
+	}
+	r.stop(t)
+
+	// Without it, and with a short retention: the new segments are never
+	// copied, so they stay; the copied ones go.
+	cfg.Copier.Destination = ""
+	cfg.DFSRetention = config.Duration(time.Second)
+	r = start(t, cfg)
+	defer r.stop(t)
+	var more []order
+	for round := range 3 {
+		batch := orders(300, 300*(round+1), base)
+		send(t, r.p.Agent.Addr(), batch, 50)
+		more = append(more, batch...)
+		time.Sleep(300 * time.Millisecond) // a few segments per bucket
+	}
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(append(sent, more...)))
+	testkit.WaitFor(t, "retention to delete copied segments and hold uncopied ones for the copier", func() bool {
+		return metricSum(t, r, "freeway_retention_segments_deleted_total") > 0 && copierHeld(t, r) > 0
+	})
+	left := map[string]bool{}
+	for _, s := range segmentsIn(t, src, "orders") {
+		left[s] = true
+	}
+	uncopied := 0
+	for s := range left {
+		if !copied[s] {
+			uncopied++
+		}
+	}
+	if uncopied == 0 {
+		t.Fatal("no uncopied segment is left: retention deleted what the copier never copied")
+	}
+	for s := range copied {
+		if left[s] {
+			continue
+		}
+		if _, err := dst.Stat(s); err != nil {
+			t.Errorf("%s deleted but not in the warehouse: %v", s, err)
+		}
+	}
+}
+
+// copierHeld is how many segments retention holds back for the copier.
+func copierHeld(t *testing.T, r *running) float64 {
+	t.Helper()
+	mfs, err := r.p.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "freeway_retention_held_segments" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "consumer" && l.GetValue() == Copier {
+					n += m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}

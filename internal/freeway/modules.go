@@ -420,16 +420,23 @@ func (p *Process) consumers(st store.Store) []retention.Consumer {
 			},
 		})
 	}
-	if c := p.cfg.Copier; c.Enabled() {
-		out = append(out, retention.Consumer{
-			Name:  Copier,
-			Reads: func(cat string, _ int) bool { return len(c.Categories) == 0 || slices.Contains(c.Categories, cat) },
-			Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
-				last, err := copier.LastCopied(ctx, st, c.Table, cat, b)
-				return retention.Mark{Segment: last, Inclusive: true}, err
-			},
-		})
-	}
+	// The copier holds segments back even where this process does not run
+	// it (the retention lease may go to a Puma node whose configuration
+	// has no copier.destination): a bucket it has recorded progress in,
+	// in the store's copier table, is held at that progress.
+	c := p.cfg.Copier
+	here := c.Enabled()
+	out = append(out, retention.Consumer{
+		Name:  Copier,
+		Reads: func(cat string, _ int) bool { return !here || len(c.Categories) == 0 || slices.Contains(c.Categories, cat) },
+		Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
+			last, err := copier.LastCopied(ctx, st, c.Table, cat, b)
+			if err == nil && !here && last == "" {
+				return retention.Mark{None: true}, nil
+			}
+			return retention.Mark{Segment: last, Inclusive: true}, err
+		},
+	})
 	return out
 }
 

@@ -43,15 +43,17 @@ func IntervalFor(after time.Duration) time.Duration {
 
 // Mark is how far a consumer is in a bucket: every segment named before
 // Segment, and Segment itself if Inclusive, is consumed. The zero Mark
-// has consumed nothing.
+// has consumed nothing. None: the consumer has never read the bucket and
+// holds nothing back in it.
 type Mark struct {
 	Segment   string
 	Inclusive bool
+	None      bool
 }
 
 // Past reports whether segment is consumed.
 func (m Mark) Past(segment string) bool {
-	return segment < m.Segment || m.Inclusive && segment == m.Segment
+	return m.None || segment < m.Segment || m.Inclusive && segment == m.Segment
 }
 
 // Consumer is a reader of buckets whose progress holds segments back.
