@@ -427,8 +427,10 @@ func (p *Process) consumers(st store.Store) []retention.Consumer {
 	c := p.cfg.Copier
 	here := c.Enabled()
 	out = append(out, retention.Consumer{
-		Name:  Copier,
-		Reads: func(cat string, _ int) bool { return !here || len(c.Categories) == 0 || slices.Contains(c.Categories, cat) },
+		Name: Copier,
+		Reads: func(cat string, _ int) bool {
+			return !here || len(c.Categories) == 0 || slices.Contains(c.Categories, cat)
+		},
 		Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
 			last, err := copier.LastCopied(ctx, st, c.Table, cat, b)
 			if err == nil && !here && last == "" {
