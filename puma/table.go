@@ -239,7 +239,9 @@ const (
 // it is the one place where the bounds are checked. The byte bound is
 // checked before the cells are made: a node stops taking new cells once
 // their accounted bytes reach it, and the bytes of the cells it holds may
-// then grow past it a little (a sketch grows as it aggregates).
+// then grow past it a little: a sketch grows as it aggregates, and shards
+// that check at once may each take a line's cells (at most one cell per
+// window length and shard).
 func (b *cellBudget) take(n int) bool {
 	if b == nil {
 		return true
