@@ -96,8 +96,12 @@
 // reached, a line that would create a new cell is refused (reason
 // max_cells), while existing cells keep aggregating; the refused line
 // still moves the watermark, so that retention frees room as time goes
-// on. Committed cells are always loaded whole on recovery, even beyond
-// the bound. Their bytes are counted too, approximately (Puma.Cells,
+// on. puma.memory_limit (0: none) refuses new cells the same way once
+// the approximate bytes below reach it, and an app's max_cells (0: none)
+// bounds that app's cells over the node's shards; the sample's error
+// names the bound. Committed cells are always loaded whole on recovery,
+// even beyond the bounds. No cell is evicted to make room: a window
+// leaves memory only with retention. Their bytes are counted too, approximately (Puma.Cells,
 // freeway_puma_cell_bytes): a fixed overhead per cell and key, and the
 // stored size of its variable states at their last checkpoint (or load).
 //

@@ -42,6 +42,11 @@ type Config struct {
 	// would create a new cell is refused (counted as max_cells); existing
 	// cells keep aggregating.
 	MaxCells int `yaml:"max_cells"`
+	// MemoryLimit bounds the approximate bytes of the cells this node
+	// holds in memory (freeway_puma_cell_bytes summed): once reached, a
+	// line that would create a new cell is refused (counted as
+	// max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
+	MemoryLimit config.ByteSize `yaml:"memory_limit"`
 	// DedupHorizon: an agent key (agent id and incarnation) not seen for
 	// this long, in arrival time, is forgotten; an entry it re-sends
 	// after that is counted again.
@@ -85,6 +90,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("table", "%q is not a valid table name", c.Table)
 	case c.MaxCells < 1:
 		return config.Errorf("max_cells", "must be at least 1")
+	case c.MemoryLimit < 0:
+		return config.Errorf("memory_limit", "must not be negative")
 	case c.DedupHorizon.D() < time.Minute:
 		return config.Errorf("dedup_horizon", "must be at least 1m")
 	case c.MaxAgentsPerShard < 1 || c.MaxAgentsPerShard > MaxAgentsLimit:
@@ -121,8 +128,11 @@ type Puma struct {
 
 	// running: Run has made its first pass over the shards and not ended.
 	running atomic.Bool
-	// cells bounds the cells in memory (puma.max_cells).
+	// cells bounds the cells in memory (puma.max_cells, puma.memory_limit).
 	cells cellBudget
+	// appCells bounds each app's cells (its max_cells), by app name: only
+	// apps with a bound.
+	appCells map[string]*cellBudget
 	// rejectLog rate-limits what bad input makes the shards log.
 	rejectLog *ratelog.Limiter
 
@@ -186,6 +196,13 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 	}
 	sort.Strings(p.categories)
 	p.cells.max = int64(cfg.MaxCells)
+	p.cells.maxBytes = int64(cfg.MemoryLimit)
+	p.appCells = map[string]*cellBudget{}
+	for name, a := range p.apps {
+		if a.Spec.MaxCells > 0 {
+			p.appCells[name] = &cellBudget{max: int64(a.Spec.MaxCells)}
+		}
+	}
 	p.rejectLog = ratelog.New(p.log, time.Minute, 5)
 	p.m = newMetrics(deps.Metrics, p)
 	p.tailMetrics = ptail.NewMetrics(deps.Metrics)

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
@@ -17,7 +18,7 @@ const (
 	reasonBadTime         // no event time, or not a time after 1970 in int64 ms
 	reasonFuture          // more than max_future ahead of its arrival
 	reasonBadValue        // a numeric aggregate's input is not a number (the line is counted)
-	reasonMaxCells        // would create a cell beyond puma.max_cells
+	reasonMaxCells        // would create a cell beyond puma.max_cells, puma.memory_limit or the app's max_cells
 	reasonFiltered        // the where filter: not an error, neither sampled nor logged
 	nReasons
 )
@@ -56,6 +57,12 @@ func (w why) Error() string {
 	case reasonBadValue:
 		return fmt.Sprintf("%d aggregate input(s) not a finite number, skipped (the line is counted)", w.a)
 	case reasonMaxCells:
+		switch w.b {
+		case boundNodeBytes:
+			return fmt.Sprintf("a new cell would exceed puma.memory_limit (%s of cells in memory on this node)", config.ByteSize(w.a))
+		case boundAppCells:
+			return fmt.Sprintf("a new cell would exceed the app's max_cells (%d cells of the app in memory on this node)", w.a)
+		}
 		return fmt.Sprintf("a new cell would exceed puma.max_cells (%d cells in memory on this node)", w.a)
 	}
 	if w.err == nil {

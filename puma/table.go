@@ -32,6 +32,12 @@ type table struct {
 	watermark int64 // highest event time aggregated, ms
 	extractor *apps.Extractor
 	deps      tableDeps
+	// appBudget bounds the app's cells over the node's shards (its
+	// max_cells); nil: no bound of its own.
+	appBudget *cellBudget
+	// refused is the bound (boundNodeCells...) that refused the last new
+	// cell, for the rejection's message.
+	refused int
 
 	// drops counts records not aggregated since start, by reason (bad
 	// values: inputs); samples keeps the last lines of each reason.
@@ -157,7 +163,10 @@ func (sp *span) drop(w int64) {
 // tableDeps is what a table shares with its node; the zero value (for
 // tests) bounds nothing and logs nothing.
 type tableDeps struct {
-	budget   *cellBudget
+	budget *cellBudget
+	// apps bounds each app's cells on the node (the app's max_cells), by
+	// app name; an app not in it has no bound of its own.
+	apps     map[string]*cellBudget
 	limiter  *ratelog.Limiter
 	category string
 	bucket   int
@@ -197,6 +206,7 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 		watermark: -1 << 62,
 		extractor: app.NewExtractor(),
 		deps:      deps,
+		appBudget: deps.apps[app.Name()],
 	}
 	for _, ms := range app.WindowsMs {
 		t.spans = append(t.spans, newSpan(app, l, ms))
@@ -207,24 +217,44 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 	return t, nil
 }
 
-// cellBudget bounds the cells a node holds in memory (puma.max_cells),
-// across its shards and apps, and sums their approximate bytes. A nil
-// budget bounds nothing.
+// cellBudget bounds the cells a node holds in memory (puma.max_cells and
+// puma.memory_limit, across its shards and apps; or an app's max_cells,
+// across its shards), and sums their approximate bytes. A nil budget, or
+// a zero bound, bounds nothing.
 type cellBudget struct {
-	max   int64
-	n     atomic.Int64
-	bytes atomic.Int64
+	max      int64 // cells; 0: no bound
+	maxBytes int64 // approximate bytes; 0: no bound
+	n        atomic.Int64
+	bytes    atomic.Int64
 }
 
+// Which bound refused a new cell (why.b of a max_cells rejection).
+const (
+	boundNodeCells = iota // puma.max_cells
+	boundNodeBytes        // puma.memory_limit
+	boundAppCells         // the app's max_cells
+)
+
 // take reserves room for n new cells (one per window length of a line);
-// it is the one place where the bound is checked.
+// it is the one place where the bounds are checked. The byte bound is
+// checked before the cells are made: a node stops taking new cells once
+// their accounted bytes reach it, and the bytes of the cells it holds may
+// then grow past it a little: a sketch grows as it aggregates, and shards
+// that check at once may each take a line's cells (at most one cell per
+// window length and shard).
 func (b *cellBudget) take(n int) bool {
 	if b == nil {
 		return true
 	}
-	if b.n.Add(int64(n)) > b.max {
+	if b.maxBytes > 0 && b.bytes.Load() >= b.maxBytes {
+		return false
+	}
+	if b.max > 0 && b.n.Add(int64(n)) > b.max {
 		b.n.Add(-int64(n))
 		return false
+	}
+	if b.max <= 0 {
+		b.n.Add(int64(n))
 	}
 	return true
 }
@@ -302,7 +332,7 @@ func (t *table) apply(line []byte, bt blockTime) {
 	}
 	// All or nothing: a line counts in every span or in none, so that the
 	// spans agree.
-	if missing > 0 && !t.deps.budget.take(missing) {
+	if missing > 0 && !t.take(missing) {
 		t.refuse(ts, line, bt)
 		return
 	}
@@ -335,7 +365,7 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	sp.at(w)
 	c, ok := sp.current(ex.Key)
 	if !ok {
-		if !t.deps.budget.take(1) {
+		if !t.take(1) {
 			t.refuse(ts, line, bt)
 			return
 		}
@@ -353,12 +383,47 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	}
 }
 
-// refuse rejects a line for want of room (puma.max_cells). The line's
-// time is good: it moves the watermark, so that retention frees room once
-// time moves on (every line of a new window needs a new cell).
+// take reserves room for n new cells in the node's budget and the app's;
+// on refusal it leaves both as they were and notes which bound refused.
+func (t *table) take(n int) bool {
+	b := t.deps.budget
+	if !b.take(n) {
+		t.refused = boundNodeCells
+		if b.maxBytes > 0 && b.bytes.Load() >= b.maxBytes {
+			t.refused = boundNodeBytes
+		}
+		return false
+	}
+	if !t.appBudget.take(n) {
+		b.add(-n, 0)
+		t.refused = boundAppCells
+		return false
+	}
+	return true
+}
+
+// account adds n cells and bytes to the node's budget and the app's.
+func (t *table) account(n int, bytes int64) {
+	t.deps.budget.add(n, bytes)
+	t.appBudget.add(n, bytes)
+}
+
+// refuse rejects a line for want of room (puma.max_cells,
+// puma.memory_limit or the app's max_cells). The line's time is good: it
+// moves the watermark, so that retention frees room once time moves on
+// (every line of a new window needs a new cell).
 func (t *table) refuse(ts int64, line []byte, bt blockTime) {
 	t.watermark = max(t.watermark, ts)
-	t.reject(1, why{reason: reasonMaxCells, a: t.deps.budget.max}, line, bt)
+	w := why{reason: reasonMaxCells, b: int64(t.refused)}
+	switch t.refused {
+	case boundNodeCells:
+		w.a = t.deps.budget.max
+	case boundNodeBytes:
+		w.a = t.deps.budget.maxBytes
+	case boundAppCells:
+		w.a = t.appBudget.max
+	}
+	t.reject(1, w, line, bt)
 }
 
 // newCell adds an empty cell for key to the span's current window; its
@@ -377,7 +442,7 @@ func (t *table) newCell(sp *span, key string) cell {
 	t.ncells++
 	n := t.layout.cellOverhead(key)
 	t.bytes += n
-	t.deps.budget.add(0, n)
+	t.account(0, n)
 	return c
 }
 
@@ -392,11 +457,11 @@ func (t *table) load(i int, w int64, key string, c cell, stored int64) {
 		n -= t.layout.cellOverhead(key) + t.layout.storedBytes(old)
 	} else {
 		t.ncells++
-		t.deps.budget.add(1, 0)
+		t.account(1, 0)
 	}
 	sp.put(w, key, c)
 	t.bytes += n
-	t.deps.budget.add(0, n)
+	t.account(0, n)
 }
 
 // repairWatermark returns the start of the latest window loaded, a
@@ -414,7 +479,7 @@ func (t *table) repairWatermark() int64 {
 // release gives the table's cells back to the node's budget (the shard
 // stops).
 func (t *table) release() {
-	t.deps.budget.add(-t.ncells, -t.bytes)
+	t.account(-t.ncells, -t.bytes)
 	t.ncells, t.bytes = 0, 0
 }
 
@@ -444,7 +509,7 @@ func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) []cellKey {
 		if d := stored - t.layout.storedBytes(c); d != 0 {
 			t.layout.setStoredBytes(c, stored)
 			t.bytes += d
-			t.deps.budget.add(0, d)
+			t.account(0, d)
 		}
 		taken = append(taken, k)
 	}
@@ -480,7 +545,7 @@ func (t *table) expire(i int) []int64 {
 			sp.eachIn(w, func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
 			t.ncells -= len(cells)
 			t.bytes -= bytes
-			t.deps.budget.add(-len(cells), -bytes)
+			t.account(-len(cells), -bytes)
 			sp.drop(w)
 			gone = append(gone, w)
 		}

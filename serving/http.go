@@ -45,6 +45,10 @@ type AppJSON struct {
 	GroupBy       []string        `json:"group_by"`
 	Where         string          `json:"where,omitempty"`
 	Aggregates    []AggregateJSON `json:"aggregates"`
+	// MaxCells is the app's own bound on its cells in a Puma node's
+	// memory; absent when it has none. Lines refused for want of room
+	// are counted in Dropped as max_cells.
+	MaxCells int `json:"max_cells,omitempty"`
 	// Dropped and Rejected are what the app did not aggregate on this
 	// node since its shards started here: records by reason, and the last
 	// few lines of each reason. Only a Puma node knows them (not the
@@ -81,7 +85,7 @@ func describe(a *apps.App) AppJSON {
 	j := AppJSON{
 		Name: a.Name(), Category: a.Spec.Category, Format: a.Spec.Format,
 		Window: msDuration(a.WindowMs), WindowSeconds: a.WindowMs / 1000,
-		GroupBy: append([]string{}, a.Spec.GroupBy...), Where: a.Spec.Where,
+		GroupBy: append([]string{}, a.Spec.GroupBy...), Where: a.Spec.Where, MaxCells: a.Spec.MaxCells,
 	}
 	for _, ms := range a.WindowsMs {
 		j.Windows = append(j.Windows, msDuration(ms))

@@ -40,8 +40,9 @@ func testApps(t testing.TB) []*apps.App {
 	for _, s := range []apps.Spec{
 		{
 			Name: "orders", Category: "shop", Format: "json", Where: `kind != "refund"`,
-			Window:  config.Duration(time.Minute),
-			GroupBy: []string{"region", "kind"},
+			MaxCells: 100_000,
+			Window:   config.Duration(time.Minute),
+			GroupBy:  []string{"region", "kind"},
 			Aggregates: []apps.AggregateSpec{
 				{Name: "n", Fn: "count"},
 				{Name: "total", Fn: "sum", Field: "amount"},
@@ -176,7 +177,7 @@ func TestApps(t *testing.T) {
 	want := []map[string]any{
 		{
 			"name": "orders", "category": "shop", "format": "json", "window": "1m", "window_seconds": 60.0, "windows": []any{"1m"},
-			"group_by": []any{"region", "kind"}, "where": `kind != "refund"`,
+			"group_by": []any{"region", "kind"}, "where": `kind != "refund"`, "max_cells": 100_000.0,
 			"aggregates": []any{
 				map[string]any{"name": "n", "fn": "count"},
 				map[string]any{"name": "total", "fn": "sum", "field": "amount"},

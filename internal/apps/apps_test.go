@@ -251,6 +251,7 @@ func TestValidation(t *testing.T) {
 			}
 		}, "$.apps[0].aggregates", "split them over two apps"},
 		{func(s *Spec) { s.MaxFuture = -1 }, "$.apps[0].max_future", "must be positive"},
+		{func(s *Spec) { s.MaxCells = -1 }, "$.apps[0].max_cells", "must not be negative"},
 		{func(s *Spec) { s.MaxFuture = config.Duration(2 * time.Hour) }, "$.apps[0].max_future", "must not exceed allowed_lateness (1h)"},
 		{func(s *Spec) { s.Retention = config.Duration(time.Hour); s.MaxFuture = config.Duration(time.Hour) }, "$.apps[0].max_future", "must be less than retention (1h)"},
 		{func(s *Spec) {

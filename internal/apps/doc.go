@@ -8,7 +8,8 @@
 // infinities, zero, negative and overflowing values are ErrBadTime, never
 // converted (a conversion would wrap). How far ahead of its arrival an
 // event time may be (the app's max_future) is checked by Puma, which knows
-// the arrival.
+// the arrival; so is the app's max_cells, the bound on its cells in a
+// Puma node's memory.
 //
 // An app is validated as a whole before anything starts; a FieldError names
 // the YAML path of what is wrong so that the config loader can point at

@@ -44,6 +44,12 @@ type Spec struct {
 	// and less than retention. Default: 1h, or allowed_lateness or half the
 	// retention if shorter.
 	MaxFuture config.Duration `yaml:"max_future"`
+	// MaxCells bounds the app's cells (window × group key, one per window
+	// length) in the memory of one Puma node, over its shards: beyond it
+	// a line that would create a new cell is refused (counted as
+	// max_cells), existing cells keep aggregating. 0, the default: no
+	// bound of its own (puma.max_cells and puma.memory_limit still hold).
+	MaxCells int `yaml:"max_cells"`
 }
 
 // TimeSpec says where a record's event time is.
@@ -242,6 +248,9 @@ func (s *Spec) Validate(path string) error {
 		return errAt(path+".max_future", "must not exceed allowed_lateness (%v): a record accepted max_future ahead would make the records of its own arrival time late", s.AllowedLateness)
 	case s.MaxFuture >= s.Retention:
 		return errAt(path+".max_future", "must be less than retention (%v): a record accepted max_future ahead would drop the windows of its own arrival time", s.Retention)
+	}
+	if s.MaxCells < 0 {
+		return errAt(path+".max_cells", "must not be negative (0: no bound of the app's own)")
 	}
 	seen := map[string]bool{}
 	for i, g := range s.GroupBy {

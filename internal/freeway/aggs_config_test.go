@@ -61,3 +61,39 @@ func TestSketchAppsInYAML(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryBoundsInYAML: an app's max_cells and puma.memory_limit decode
+// (a byte size), and a bad value is reported at its own line and column.
+func TestMemoryBoundsInYAML(t *testing.T) {
+	src := "puma:\n  memory_limit: 512MiB\n" + strings.Replace(appsYAML, "    format: json\n", "    format: json\n    max_cells: 5000\n", 1)
+	cfg := DefaultConfig()
+	if err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate); err != nil {
+		t.Fatal(err)
+	}
+	as, err := cfg.CompiledApps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Puma.MemoryLimit != 512<<20 || as[0].Spec.MaxCells != 5000 {
+		t.Fatalf("memory_limit %d, max_cells %d", cfg.Puma.MemoryLimit, as[0].Spec.MaxCells)
+	}
+	if DefaultConfig().Puma.MemoryLimit != 0 {
+		t.Fatal("memory_limit has a default: the README says none")
+	}
+	for _, tc := range []struct {
+		old, new  string
+		line, col int
+		msg       string
+	}{
+		{"max_cells: 5000", "max_cells: -1", 7, 16, "must not be negative"},
+		{"memory_limit: 512MiB", "memory_limit: lots", 2, 17, "invalid size"},
+	} {
+		bad := strings.Replace(src, tc.old, tc.new, 1)
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(bad), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != tc.line || ce.Column != tc.col || !strings.Contains(ce.Msg, tc.msg) {
+			t.Errorf("%s: %v, want line %d column %d: %s", tc.new, err, tc.line, tc.col, tc.msg)
+		}
+	}
+}
