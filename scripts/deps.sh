@@ -10,7 +10,12 @@ sudo=
 missing=()
 command -v thrift >/dev/null || missing+=(thrift-compiler)
 command -v openssl >/dev/null || missing+=(openssl)
-command -v chromium >/dev/null || missing+=(chromium)
+# Any browser internal/browser accepts (Find) will do.
+browser=${FREEWAY_CHROMIUM:-}
+for b in chromium chromium-browser google-chrome google-chrome-stable; do
+  [[ -n $browser ]] || ! command -v "$b" >/dev/null || browser=$b
+done
+[[ -n $browser ]] || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}"
   if [[ -n $sudo ]] && ! command -v sudo >/dev/null; then
