@@ -200,9 +200,15 @@ func (c *nodeChecker) Visit(n ast.Node) ast.Visitor {
 		c.err = &nodeError{n, fmt.Errorf("YAML tags (%s) are not supported in the configuration", n.GetToken().Value)}
 		return nil
 	case *ast.AnchorNode:
-		if n.Name != nil {
+		// An anchor is defined once its value is: an alias inside the
+		// value it names (`&x {<<: *x}`) refers to nothing yet.
+		if n.Value != nil {
+			ast.Walk(c, n.Value)
+		}
+		if n.Name != nil && c.err == nil {
 			c.anchors[n.Name.GetToken().Value] = true
 		}
+		return nil
 	case *ast.AliasNode:
 		if n.Value != nil && !c.anchors[n.Value.GetToken().Value] {
 			c.err = &nodeError{n, fmt.Errorf("alias *%s names no anchor defined before it", n.Value.GetToken().Value)}
