@@ -120,36 +120,8 @@ func (c *Copier) Run(ctx context.Context) error {
 	c.log.Info("copier running", "source", c.deps.Source.String(), "destination", c.deps.Dest.String(),
 		"store", c.deps.Store.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID)
 	defer c.log.Info("copier stopped")
-	standby := false
-	for {
-		lease, err := c.deps.Coord.Acquire(ctx, c.leaseName, c.cfg.ID)
-		switch {
-		case err == nil:
-			standby = false
-			c.lead(ctx, lease)
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			if err := lease.Release(rctx); err != nil {
-				c.log.Warn("cannot release copier lease", "err", err)
-			}
-			cancel()
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, coord.ErrClosed):
-			return fmt.Errorf("acquire copier lease: %w", err)
-		case errors.Is(err, coord.ErrHeld):
-			if !standby {
-				holder, _, _ := c.deps.Coord.Holder(ctx, c.leaseName)
-				c.log.Info("copier lease held by another copier; standing by", "holder", holder)
-				standby = true
-			}
-		default:
-			c.m.errors.WithLabelValues("lease").Inc()
-			c.log.Warn("cannot acquire copier lease", "err", err)
-		}
-		if !sleep(ctx, c.cfg.Interval.D()) {
-			return nil
-		}
-	}
+	return coord.Campaign(ctx, c.deps.Coord, c.leaseName, c.cfg.ID, c.cfg.Interval.D(), c.log,
+		func(error) { c.m.errors.WithLabelValues("lease").Inc() }, c.lead)
 }
 
 // lead makes passes while lease is held and ctx lasts.
@@ -215,9 +187,7 @@ func (c *Copier) Backfill(ctx context.Context, report func(Progress)) (Stats, er
 			return Stats{}, fmt.Errorf("acquire copier lease: %w", err)
 		}
 		defer func() {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			defer cancel()
-			if err := l.Release(rctx); err != nil {
+			if err := coord.Release(ctx, l); err != nil {
 				c.log.Warn("cannot release copier lease", "err", err)
 			}
 		}()
@@ -236,13 +206,3 @@ func isLost(l coord.Lease) bool {
 }
 
 // sleep waits d or until ctx ends; false if ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

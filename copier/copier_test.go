@@ -666,7 +666,7 @@ func TestOneCopierHoldsTheLease(t *testing.T) {
 	stopB := run(t, b)
 	defer stopB()
 	testkit.WaitFor(t, "copier b standing by", func() bool {
-		return strings.Contains(b.logs.String(), "copier lease held by another copier; standing by")
+		return strings.Contains(b.logs.String(), "lease held by another process; standing by")
 	})
 
 	var names []string

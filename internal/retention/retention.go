@@ -122,35 +122,8 @@ func (r *Retention) Run(ctx context.Context) error {
 	}
 	r.log.Info("retention running", "dfs", r.deps.FS.String(), "after", r.cfg.After, "consumers", names)
 	defer r.log.Info("retention stopped")
-	standby := false
-	for {
-		lease, err := r.deps.Coord.Acquire(ctx, LeaseName, r.cfg.ID)
-		switch {
-		case err == nil:
-			standby = false
-			r.lead(ctx, lease)
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			if err := lease.Release(rctx); err != nil {
-				r.log.Warn("cannot release retention lease", "err", err)
-			}
-			cancel()
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, coord.ErrClosed):
-			return fmt.Errorf("acquire retention lease: %w", err)
-		case errors.Is(err, coord.ErrHeld):
-			if !standby {
-				r.log.Info("retention lease held by another process; standing by")
-				standby = true
-			}
-		default:
-			r.m.errors.WithLabelValues("lease").Inc()
-			r.log.Warn("cannot acquire retention lease", "err", err)
-		}
-		if !sleep(ctx, r.cfg.Interval) {
-			return nil
-		}
-	}
+	return coord.Campaign(ctx, r.deps.Coord, LeaseName, r.cfg.ID, r.cfg.Interval, r.log,
+		func(error) { r.m.errors.WithLabelValues("lease").Inc() }, r.lead)
 }
 
 func (r *Retention) lead(ctx context.Context, lease coord.Lease) {
@@ -195,7 +168,7 @@ func (r *Retention) Once(ctx context.Context) (Stats, error) {
 			return Stats{}, fmt.Errorf("acquire retention lease: %w", err)
 		}
 		defer func() {
-			if err := l.Release(context.WithoutCancel(ctx)); err != nil {
+			if err := coord.Release(ctx, l); err != nil {
 				r.log.Warn("cannot release retention lease", "err", err)
 			}
 		}()
@@ -382,17 +355,6 @@ func (g *gauges) set(m *metrics) {
 	}
 	for k, n := range g.held {
 		m.heldBy.WithLabelValues(k[0], k[1]).Set(float64(n))
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
