@@ -18,7 +18,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -42,6 +41,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/loadgen"
 )
 
@@ -362,31 +362,7 @@ func (fw *freeway) sample() (sample, error) {
 
 // metrics reads /metrics: series name (with its labels, as written) to value.
 func (fw *freeway) metrics() (map[string]float64, error) {
-	resp, err := http.Get("http://" + fw.http + "/metrics")
-	if err != nil {
-		return nil, fmt.Errorf("read metrics: %w", err)
-	}
-	defer resp.Body.Close() //nolint:errcheck // read to the end below
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("read metrics: %s", resp.Status)
-	}
-	m := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			m[line[:i]] = v
-		}
-	}
-	return m, sc.Err()
+	return admin.Scrape(http.DefaultClient, fw.http)
 }
 
 func rss(pid int) (float64, error) {

@@ -7,7 +7,6 @@ package main
 // settling, and the check.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/apache/thrift/lib/go/thrift"
 
+	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/thrift/gen/hbase"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -815,32 +815,7 @@ func (h *harness) ensureUp() bool {
 type metricSet map[string]float64
 
 func (h *harness) scrape(addr string) (metricSet, error) {
-	resp, err := h.http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s/metrics: %s", addr, resp.Status)
-	}
-	m := metricSet{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(line[i+1:], &v); err == nil {
-			m[line[:i]] = v
-		}
-	}
-	return m, sc.Err()
+	return admin.Scrape(h.http, addr)
 }
 
 // sum adds every series of the metric name.

@@ -82,3 +82,30 @@ func TestRoutes(t *testing.T) {
 		t.Errorf("wrapped %v", wrapped)
 	}
 }
+
+// TestScrape reads back what /metrics serves, labelled series included.
+func TestScrape(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total", Help: "x"}, []string{"k"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "y", Help: "y"})
+	reg.MustRegister(c, g)
+	c.WithLabelValues("a").Add(3)
+	c.WithLabelValues("b").Add(1.5)
+	g.Set(-2)
+	mux := http.NewServeMux()
+	Routes{Gatherer: reg}.Mount(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	m, err := Scrape(srv.Client(), strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for series, want := range map[string]float64{`x_total{k="a"}`: 3, `x_total{k="b"}`: 1.5, "y": -2} {
+		if got, ok := m[series]; !ok || got != want {
+			t.Errorf("%s: %v (present %v), want %v", series, got, ok, want)
+		}
+	}
+	if _, err := Scrape(srv.Client(), strings.TrimPrefix(srv.URL, "http://")+"/nope"); err == nil {
+		t.Error("a 404 scraped without an error")
+	}
+}
