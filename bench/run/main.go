@@ -309,8 +309,11 @@ type e2eRun struct {
 	Err        string          `json:"error,omitempty"`
 }
 
-const benchApp = `  - name: bench
-    category: bench
+// countSumApp is the app every part of the bench runs: a count and a sum
+// per key per minute, on the category of its name.
+func countSumApp(name string) string {
+	return fmt.Sprintf(`  - name: %[1]s
+    category: %[1]s
     format: json
     time: {field: ts, layout: unix_ms}
     window: 1m
@@ -318,7 +321,8 @@ const benchApp = `  - name: bench
     aggregates:
       - {name: n, fn: count}
       - {name: total, fn: sum, field: value}
-`
+`, name)
+}
 
 // e2e runs freeway all on fresh data, sends the lines with freeway
 // load, waits until Puma has aggregated them all, and checks every cell.
@@ -326,7 +330,7 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	dir := filepath.Join(o.work, fmt.Sprintf("e2e-%d", round))
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp, pprof: o.profile > 0 && round == 0, be: be}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be}, nil)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -437,7 +441,7 @@ func matrix(ctx context.Context, o options) []matrixRun {
 		batches, conns = []int{100}, []int{2}
 	}
 	var out []matrixRun
-	fw, err := startFreeway(o.freeway, dir, fwConfig{target: "calligraphus", apps: benchApp}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{target: "calligraphus", apps: countSumApp("bench")}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)
@@ -503,7 +507,7 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 	dir := filepath.Join(o.work, "fresh")
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: benchApp + probeApp, segmentAge: segmentAge}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)
@@ -637,17 +641,6 @@ type queryLatency struct {
 	MaxMs float64 `json:"max_ms"`
 }
 
-const cellsApp = `  - name: cells
-    category: cells
-    format: json
-    time: {field: ts, layout: unix_ms}
-    window: 1m
-    group_by: [key]
-    aggregates:
-      - {name: n, fn: count}
-      - {name: total, fn: sum, field: value}
-`
-
 // cellsRun loads one line per key for o.cells keys into one shard, waits
 // for the checkpoint that writes them, measures memory per cell and
 // query latencies, then restarts freeway and times its recovery.
@@ -656,7 +649,7 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 	dir := filepath.Join(o.work, "cells")
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: cellsApp, categories: "  cells: {buckets: 1}\n", checkpoint: o.cellsCkpt, pprof: true}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("cells"), categories: "  cells: {buckets: 1}\n", checkpoint: o.cellsCkpt, pprof: true}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)
