@@ -28,12 +28,14 @@ var errNoLogBatch = errors.New("upstream has no LogBatch")
 
 // ship sends the queue upstream in order, one batch in flight: read a
 // batch, send it until an upstream answers OK (retrying TRY_LATER and
-// errors with backoff, moving to the next address on errors), then
-// acknowledge it in the queue. It never skips a batch.
+// errors with backoff, moving to the next address of a.src on errors,
+// and after each batch when a.src spreads), then acknowledge it in the
+// queue. It never skips a batch.
 func (a *Agent) ship(ctx context.Context) error {
 	var (
 		up      *upstream
-		next    int // index into cfg.Upstream of the next address to dial
+		again   string // an address to dial again before asking a.src
+		pool    = connPool{}
 		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
 		plain   = map[string]bool{} // addresses without LogBatch
@@ -42,6 +44,7 @@ func (a *Agent) ship(ctx context.Context) error {
 		if up != nil {
 			_ = up.c.Close() // shipping stopped; nothing to report to
 		}
+		pool.closeAll()
 	}()
 	for {
 		b, err := a.q.Read(ctx, int(a.cfg.BatchBytes), a.cfg.BatchEntries)
@@ -60,8 +63,21 @@ func (a *Agent) ship(ctx context.Context) error {
 		req := batchRequest(a.q.ID(), b)
 		for {
 			if up == nil {
-				addr := a.cfg.Upstream[next]
-				next = (next + 1) % len(a.cfg.Upstream)
+				addr, err := again, error(nil)
+				if again == "" {
+					addr, err = a.src.next()
+				}
+				again = ""
+				if err != nil { // no writer live: keep the queue
+					failing = a.shipFailed(failing, "", err)
+					if !sleep(ctx, a.clock, bo.Next()) {
+						return nil
+					}
+					continue
+				}
+				if up = pool.take(addr); up != nil {
+					continue
+				}
 				c, err := a.dialUpstream(addr)
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
@@ -88,8 +104,7 @@ func (a *Agent) ship(ctx context.Context) error {
 				a.log.Warn("upstream has no batch call, falling back to plain log calls (at-least-once)", "upstream", up.addr)
 				plain[up.addr] = true
 				_ = up.c.Close() // reconnecting
-				up = nil
-				next = (next + len(a.cfg.Upstream) - 1) % len(a.cfg.Upstream)
+				again, up = up.addr, nil
 				continue
 			}
 			if err != nil {
@@ -109,6 +124,10 @@ func (a *Agent) ship(ctx context.Context) error {
 			failing = false
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
 			a.log.Info("upstream reachable again", "upstream", up.addr)
+		}
+		if a.src.spread() {
+			pool.put(up, a.src) // the next batch goes to the next writer
+			up = nil
 		}
 		// Upstream has the batch: acknowledge it, retrying a failed write
 		// of the position (a full disk) rather than stopping. Should the

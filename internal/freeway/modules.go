@@ -298,7 +298,20 @@ func (p *Process) initAgent() error {
 		cfg.Upstream = []string{p.Calligraphus.Addr()}
 		p.cfg.Agent.Upstream = cfg.Upstream // what getOptions reports
 	}
-	a, err := scribe.New(cfg, scribe.Deps{Common: p.common()})
+	deps := scribe.Deps{Common: p.common()}
+	if url, ok := scribe.CoordUpstream(cfg.Upstream); ok {
+		// The writers' coordinator: the process's own when it is the same.
+		var err error
+		if url == p.cfg.Coord {
+			deps.Writers, err = p.coord()
+		} else if deps.Writers, err = p.coords.Open(url); err == nil {
+			p.closers = append(p.closers, deps.Writers.Close)
+		}
+		if err != nil {
+			return fmt.Errorf("open agent.upstream: %w", err)
+		}
+	}
+	a, err := scribe.New(cfg, deps)
 	if err != nil {
 		return err
 	}
@@ -494,10 +507,29 @@ func (p *Process) initAdmin(mods []string) error {
 	}
 	mux := http.NewServeMux()
 	rt := admin.Routes{Gatherer: p.reg, Auth: p.shared.Auth, Control: p.shared.Control}
+	var ready []func() (bool, string)
 	if pm := p.Puma; pm != nil {
-		rt.Ready = func() (bool, string) {
+		ready = append(ready, func() (bool, string) {
 			rd := pm.Readiness()
 			return rd.Ready, rd.String()
+		})
+	}
+	if a := p.Agent; a != nil {
+		ready = append(ready, a.Readiness)
+	}
+	if len(ready) > 0 {
+		rt.Ready = func() (bool, string) {
+			text := "ready\n"
+			for _, r := range ready {
+				ok, why := r()
+				if !ok {
+					return false, strings.TrimSuffix(why, "\n") + "\n"
+				}
+				if why != "" {
+					text = why
+				}
+			}
+			return true, text
 		}
 	}
 	rt.Mount(mux)
