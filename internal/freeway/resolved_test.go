@@ -6,7 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
+
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/scribe"
 )
 
 // TestStartOrder: modules start after what they need, whatever order a
@@ -97,5 +100,34 @@ func TestResolved(t *testing.T) {
 	}
 	if rt, ok := r.Routes["unused"]; !ok || rt.Buckets != 2 || rt.NewKeyFunc != nil {
 		t.Errorf("route of unused = %+v, want 2 buckets, no key", rt)
+	}
+}
+
+// TestAgentUpstreamFlag: --agent.upstream takes the writers' coord URL,
+// several ZooKeeper servers included (the flag parser splits at commas;
+// the agent joins them again), as well as writer addresses.
+func TestAgentUpstreamFlag(t *testing.T) {
+	for _, tc := range []struct {
+		arg, url string
+		isURL    bool
+	}{
+		{"zk://a:2181,b:2181/freeway?session_timeout=4s", "zk://a:2181,b:2181/freeway?session_timeout=4s", true},
+		{"zk://127.0.0.1:2181/freeway", "zk://127.0.0.1:2181/freeway", true},
+		{"w1:1464,w2:1464", "", false},
+	} {
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		f := RegisterFlags(fs, Agent)
+		if err := fs.Parse([]string{"--agent.upstream", tc.arg}); err != nil {
+			t.Fatal(err)
+		}
+		cfg := DefaultConfig()
+		f.Apply(&cfg)
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s: %v", tc.arg, err)
+		}
+		url, ok := scribe.CoordUpstream(cfg.Agent.Upstream)
+		if url != tc.url || ok != tc.isURL {
+			t.Errorf("--agent.upstream %s: coord URL %q %v, want %q %v", tc.arg, url, ok, tc.url, tc.isURL)
+		}
 	}
 }
