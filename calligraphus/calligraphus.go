@@ -494,6 +494,8 @@ var (
 	errStopping    = errors.New("writer stopping")
 	errTooManyCats = errors.New("over max_categories categories with running writers")
 	errRetired     = errors.New("writer ended for idleness")
+	errFenced      = errors.New("bucket fenced at the storage by a newer writer")
+	errUnsealed    = errors.New("a newer writer's intent is not sealed yet")
 )
 
 func reason(err error) string {
@@ -502,6 +504,8 @@ func reason(err error) string {
 		return "busy"
 	case errors.Is(err, errNotOwner):
 		return "not_owner"
+	case errors.Is(err, errFenced), errors.Is(err, errUnsealed):
+		return "fenced"
 	case errors.Is(err, errTooManyCats):
 		return "max_categories"
 	case errors.Is(err, errStopping), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -613,6 +617,7 @@ type metrics struct {
 	unroutable  *prometheus.CounterVec
 	tryLater    *prometheus.CounterVec
 	salvaged    prometheus.Counter
+	fenced      prometheus.Counter
 	unsequenced prometheus.Counter
 	unverified  prometheus.Counter
 	pending     *prometheus.GaugeVec
@@ -627,15 +632,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		segments:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_published_total", Help: "Segments closed and published, by category."}, []string{"category"}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries dropped for good (empty category, as stock Scribe does), by reason."}, []string{"reason"}),
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
-		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, max_categories, stopping, write_error, too_large."}, []string{"reason"}),
+		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, fenced, max_categories, stopping, write_error, too_large, forward_error."}, []string{"reason"}),
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
 		unverified:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unverified_total", Help: "Entries of agent batches from connections without a verified client certificate while tls.ca_file is set, taken without agent id or sequence numbers (no deduplication)."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
+		fenced:      prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_fenced_total", Help: "Times this writer found at the storage that a newer writer had taken its bucket (its batch answered TRY_LATER, its segment not counted)."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.unverified, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.unsequenced, m.unverified, m.pending, m.commit)
 	}
 	return m
 }
