@@ -44,12 +44,20 @@
 // same epoch, overwriting its own versions. Windows dropped by retention
 // are deleted from the store after the commit that drops them.
 //
-// What the store cannot fence: an attempt that a stale owner had already
-// marked before the new owner's claim may still be writing cells, at an
-// epoch below the new owner's, after the new owner's purge; those versions
-// would show through the new owner's later commits. Ownership leases are
-// what keeps that window closed in practice (a stale owner stops when its
-// session expires, before the lease can be granted again).
+// Fencing a stale owner's cells. An attempt that a stale owner had
+// already marked before the new owner's claim may still be writing cells
+// after the new owner's purge (a process stalled past its session
+// timeout): plain puts to cell rows, which nothing at the store can
+// refuse. They are written at the attempt's epoch, and that epoch was
+// begun and never committed: the new owner starts above every marked
+// attempt, and each commit lists the epochs between it and the commit
+// before it as aborted (the commit row's "aborted" ranges, carried from
+// commit to commit, the last 1024 of them). Every read as of a commit
+// (recovery, Committed) replaces a version at an aborted epoch by the
+// newest one below it (fence.go), so a stale owner's cells never show in
+// the new owner's state nor in an answer from the store, however late
+// they land. TestStaleOwnerFenced stalls an owner after its marker, lets
+// another claim and commit, resumes it, on bbolt and HBase.
 //
 // Deduplication. Entries from Freeway's agent carry sequence numbers, and
 // each block names its sender: "agent_id/incarnation", the incarnation

@@ -135,6 +135,9 @@ type Puma struct {
 	appCells map[string]*cellBudget
 	// rejectLog rate-limits what bad input makes the shards log.
 	rejectLog *ratelog.Limiter
+	// afterMark, when set (tests), is called by a checkpoint once its
+	// attempt marker is written, before its cells: a stalled writer.
+	afterMark func(category string, bucket int)
 
 	mu     sync.RWMutex
 	shards map[shardID]*shard // taken here: recovering or running
