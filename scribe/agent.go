@@ -90,7 +90,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	} else if deps.Writers == nil {
 		err = config.Errorf("upstream", "is the coordinator URL %s, but no coordinator was opened for it", url)
 	} else if err == nil {
-		a.members = newMemberSource(deps.Writers, url, q.ID())
+		a.members = newMemberSource(deps.Writers, url, q.ID(), cfg.UpstreamTimeout.D(), clk.Now)
 		a.src = a.members
 		err = registerUpstreamMetrics(reg, a.members)
 	}

@@ -82,6 +82,7 @@ func (a *Agent) ship(ctx context.Context) error {
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
+					a.src.failed(addr)
 					failing = a.shipFailed(failing, addr, err)
 					if !sleep(ctx, a.clock, bo.Next()) {
 						return nil
@@ -108,6 +109,7 @@ func (a *Agent) ship(ctx context.Context) error {
 				continue
 			}
 			if err != nil {
+				a.src.failed(up.addr)
 				failing = a.shipFailed(failing, up.addr, err)
 				_ = up.c.Close() // reconnecting; the call error is counted and logged
 				up = nil

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -49,6 +50,8 @@ type upstreamSource interface {
 	// spread: after each batch the shipper moves on to the next writer
 	// (keeping the connection for its turn) instead of staying.
 	spread() bool
+	// failed says that connecting to addr or a call on it failed.
+	failed(addr string)
 }
 
 // staticSource is the list of agent.upstream, in turn.
@@ -65,6 +68,8 @@ func (s *staticSource) next() (string, error) {
 
 func (s *staticSource) spread() bool { return false }
 
+func (s *staticSource) failed(string) {}
+
 // memberSource is the live writers of a coord group, as last read by
 // watch.
 type memberSource struct {
@@ -76,24 +81,47 @@ type memberSource struct {
 	err   error    // the last failure to read it, nil once read again
 	i     int
 	live  atomic.Int64 // len(addrs), for the metric
+	// down are writers that failed lately, until when they are passed
+	// over (while another is live): a stalled writer, still listed until
+	// its session expires, would otherwise cost an upstream_timeout at
+	// each of its turns.
+	down     map[string]time.Time
+	cooldown time.Duration
+	now      func() time.Time
 }
 
-func newMemberSource(co coord.Coord, url, agentID string) *memberSource {
+func newMemberSource(co coord.Coord, url, agentID string, cooldown time.Duration, now func() time.Time) *memberSource {
 	// Agents start at different writers, so that they do not all send
 	// their first batches to the same one.
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(agentID)) // a hash never fails to write
-	return &memberSource{co: co, url: url, i: int(h.Sum32() % 1024)}
+	return &memberSource{co: co, url: url, i: int(h.Sum32() % 1024), down: map[string]time.Time{}, cooldown: cooldown, now: now}
 }
 
+// next is the next live writer in turn, passing over those that failed
+// within the cooldown unless every one did.
 func (s *memberSource) next() (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.none(); err != nil {
 		return "", err
 	}
+	now := s.now()
+	for range s.addrs {
+		s.i = (s.i + 1) % len(s.addrs)
+		if until, ok := s.down[s.addrs[s.i]]; !ok || now.After(until) {
+			delete(s.down, s.addrs[s.i])
+			return s.addrs[s.i], nil
+		}
+	}
 	s.i = (s.i + 1) % len(s.addrs)
 	return s.addrs[s.i], nil
+}
+
+func (s *memberSource) failed(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down[addr] = s.now().Add(s.cooldown)
 }
 
 // none says why there is no writer to send to, or nil; s.mu is held.
@@ -165,6 +193,11 @@ func (a *Agent) watchWriters(ctx context.Context) error {
 		s.mu.Lock()
 		before := s.addrs
 		s.addrs, s.read, s.err = addrs, true, nil
+		for addr := range s.down {
+			if _, found := slices.BinarySearch(addrs, addr); !found {
+				delete(s.down, addr) // gone; should it come back, it is new
+			}
+		}
 		s.mu.Unlock()
 		s.live.Store(int64(len(addrs)))
 		if !slices.Equal(before, addrs) {

@@ -2,6 +2,7 @@ package scribe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -13,12 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/component"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/coord/zkcoord"
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/testkit"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func TestCoordUpstream(t *testing.T) {
@@ -248,5 +251,32 @@ func TestUpstreamCoordNoWriter(t *testing.T) {
 	}
 	if after := first.count(t); after != before {
 		t.Errorf("the writer that left got %d more entries", after-before)
+	}
+}
+
+// TestUpstreamCoordPassesOverFailedWriter: a writer that fails a call (a
+// stalled one times out) is passed over for upstream_timeout while
+// another is live, rather than costing a failure at each of its turns.
+func TestUpstreamCoordPassesOverFailedWriter(t *testing.T) {
+	co := inproc.NewHub().Session()
+	good := startUpstream(t, "127.0.0.1:0", nil)
+	bad := startUpstream(t, "127.0.0.1:0", func(int, *scribethrift.Batch) (scribethrift.ResultCode, error) {
+		return scribethrift.ResultCode_OK, errors.New("disk on fire")
+	})
+	joinWriter(t, co, "good", good.srv.Addr())
+	joinWriter(t, co, "bad", bad.srv.Addr())
+	cfg := testConfig(t.TempDir(), "inproc://")
+	cfg.BatchEntries = 1
+	cfg.UpstreamTimeout = config.Duration(time.Minute) // the cooldown outlasts the test
+	a := startCoordAgent(t, cfg, co)
+	waitFor(t, "2 live writers", func() bool { return gaugeValue(t, a.reg, "freeway_agent_upstream_writers") == 2 })
+	c := dial(t, a.Addr())
+	for i := range 30 {
+		mustLog(t, c, entries("cat", "m", i, 1))
+		waitFor(t, "the queue to drain", func() bool { return a.Status().QueueEntries == 0 })
+	}
+	wantSeq(t, merged(t, good, bad), "cat", "m", 30)
+	if n := len(bad.callsSnapshot()); n != 1 {
+		t.Errorf("the failing writer got %d calls, want 1 (then passed over)", n)
 	}
 }
