@@ -12,6 +12,7 @@ package main
 // _HBASE; skipped without them unless FREEWAY_REQUIRE_ENGINES=1).
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/enginetest"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // deployment is agents, writers, Puma nodes and one serving node, each a
@@ -264,6 +266,12 @@ func TestScaleOutBalance(t *testing.T) {
 	if !d.start() {
 		return
 	}
+	// Entries for every bucket, should a writer take a bucket only once
+	// it has some.
+	if err := d.trickle(400); err != nil {
+		h.failf("send: %v", err)
+		return
+	}
 	limit := 2 * time.Minute
 	if _, ok := d.waitHeld("writers", d.writers, true, 5, limit); !ok {
 		return
@@ -392,4 +400,23 @@ func (d *deployment) throughput(count int64) {
 	}
 	h.logf("THROUGHPUT: %d writers, %d agents, %d Puma nodes: %d entries end to end in %.1fs: %.0f entries/s",
 		len(d.writers), len(d.agents), len(d.pumas), total, took.Seconds(), float64(total)/took.Seconds())
+}
+
+// trickle sends n entries of distinct keys (so of every bucket) through
+// the first agent.
+func (d *deployment) trickle(n int) error {
+	c, err := dialScribe(d.agents[0].scribe)
+	if err != nil {
+		return err
+	}
+	defer c.trans.Close()
+	es := make([]*scribethrift.LogEntry, n)
+	for i := range es {
+		es[i] = &scribethrift.LogEntry{Category: chaosCategory, Message: fmt.Appendf(nil, `{"ts":%d,"k":"t%d","v":1}`, chaosBaseTS, i)}
+	}
+	rc, err := c.Log(context.Background(), es)
+	if err == nil && rc != scribethrift.ResultCode_OK {
+		err = fmt.Errorf("answered %v", rc)
+	}
+	return err
 }
