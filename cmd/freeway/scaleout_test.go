@@ -356,6 +356,11 @@ func TestScaleOutThroughput(t *testing.T) {
 func (d *deployment) throughput(count int64) {
 	h := d.h
 	per := count / int64(len(d.agents))
+	roles := map[string][]*chaosProc{"agents": d.agents, "writers": d.writers, "puma nodes": d.pumas}
+	cpu0 := map[string]float64{}
+	for role, ps := range roles {
+		cpu0[role] = cpuSeconds(ps)
+	}
 	t0 := time.Now()
 	errs := make(chan error, len(d.agents))
 	for i, a := range d.agents {
@@ -400,6 +405,38 @@ func (d *deployment) throughput(count int64) {
 	}
 	h.logf("THROUGHPUT: %d writers, %d agents, %d Puma nodes: %d entries end to end in %.1fs: %.0f entries/s",
 		len(d.writers), len(d.agents), len(d.pumas), total, took.Seconds(), float64(total)/took.Seconds())
+	// What each kind of process spent: the rate one of them would carry
+	// with a core of its own.
+	for _, role := range []string{"agents", "writers", "puma nodes"} {
+		cpu := cpuSeconds(roles[role]) - cpu0[role]
+		h.logf("CPU: %s %.1f CPU-seconds in all: %.0f entries (%.1f MB of %d-byte lines) per CPU-second",
+			role, cpu, float64(total)/cpu, float64(total)*loadLineBytes/cpu/1e6, loadLineBytes)
+	}
+}
+
+// loadLineBytes is the size of `freeway load`'s lines (its --size default).
+const loadLineBytes = 176
+
+// cpuSeconds is the user and system CPU time the running processes have
+// used, from /proc (clock ticks of 1/100 s, Linux's USER_HZ).
+func cpuSeconds(ps []*chaosProc) float64 {
+	var total float64
+	for _, p := range ps {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+		if err != nil {
+			continue
+		}
+		// The fields after the command's closing parenthesis: utime and
+		// stime are the 12th and 13th.
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+		if len(f) > 12 {
+			var u, st float64
+			_, _ = fmt.Sscan(f[11], &u)
+			_, _ = fmt.Sscan(f[12], &st)
+			total += (u + st) / 100
+		}
+	}
+	return total
 }
 
 // trickle sends n entries of distinct keys (so of every bucket) through
