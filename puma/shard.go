@@ -28,6 +28,10 @@ type shard struct {
 	bucket   int
 	log      *slog.Logger
 	lease    coord.Lease
+	// stop ends the shard's run (a hand-off: final checkpoint, then the
+	// lease is released); handingOff is set once it is called for that.
+	stop       context.CancelFunc
+	handingOff atomic.Bool
 
 	mu        sync.RWMutex
 	tables    []*table
