@@ -168,7 +168,7 @@ func (a *Agent) watchWriters(ctx context.Context) error {
 	for {
 		ms, changed, err := s.co.Members(ctx, layout.WriterMembers)
 		if ctx.Err() != nil {
-			return nil
+			return nil //nolint:nilerr // the agent is stopping: its watch is over, not failed
 		}
 		if err != nil {
 			s.mu.Lock()

@@ -273,17 +273,17 @@ func TestScaleOutBalance(t *testing.T) {
 		return
 	}
 	limit := 2 * time.Minute
-	if _, ok := d.waitHeld("writers", d.writers, true, 5, limit); !ok {
+	if _, ok := d.waitHeld("puma nodes", d.pumas, false, 5, limit); !ok {
 		return
 	}
-	if _, ok := d.waitHeld("puma nodes", d.pumas, false, 5, limit); !ok {
+	if _, ok := d.waitHeld("writers", d.writers, true, 5, limit); !ok {
 		return
 	}
 	w, _ := d.held(d.writers, true)
 	p, _ := d.held(d.pumas, false)
 	h.logf("balanced: writers %s; puma nodes %s", sortedCounts(w), sortedCounts(p))
 
-	for _, ps := range [][]*chaosProc{d.writers, d.pumas} {
+	for _, ps := range [][]*chaosProc{d.pumas, d.writers} {
 		victim := ps[0]
 		victim.op.Lock()
 		pid := h.kill(victim)
