@@ -181,6 +181,8 @@ type Calligraphus struct {
 	members     atomic.Pointer[view]
 	rebalanceCh chan struct{}
 	peers       *peers
+	holderMu    sync.Mutex
+	holderCache map[bucketID]cachedHolder
 }
 
 type bucketID struct {
@@ -241,6 +243,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		return nil, fmt.Errorf("start calligraphus: %w", err)
 	}
 	c.rebalanceCh = make(chan struct{}, 1)
+	c.holderCache = map[bucketID]cachedHolder{}
 	c.peers = c.newPeers()
 	return c, nil
 }
@@ -574,6 +577,7 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 			}
 			err := c.forward(ctx, addr, info, ids, rs)
 			if err != nil {
+				c.forgetHolders(ids)
 				err = fmt.Errorf("%w: %s (holder %s): %w", errForward, addr, ratelog.Clip(routes[idx[0]].holder), err)
 			}
 			forwards <- forwardResult{ids[0], len(idx), err}

@@ -231,12 +231,17 @@ type destination struct {
 // writer. A forwarded batch is never forwarded again: it is written here
 // (taking the bucket if nobody holds it) or refused.
 func (c *Calligraphus) routeOf(ctx context.Context, id bucketID, forwarded bool) (destination, error) {
+	v := c.currentView()
+	if !forwarded {
+		if d, ok := c.cachedHolder(id, v); ok {
+			return d, nil
+		}
+	}
 	lease := layout.WriterLease(id.category, id.bucket)
 	holder, _, err := c.deps.Coord.Holder(ctx, lease)
 	if err != nil {
 		return destination{}, fmt.Errorf("look up holder of %s: %w", lease, err)
 	}
-	v := c.currentView()
 	switch {
 	case holder == c.cfg.ID:
 		return destination{}, nil // an ending bucket writer of ours; the next one takes over
@@ -248,6 +253,12 @@ func (c *Calligraphus) routeOf(ctx context.Context, id bucketID, forwarded bool)
 		if !ok {
 			return destination{}, fmt.Errorf("%w: %s holds it and is not among the live writers", errNotOwner, holder)
 		}
+		c.holderMu.Lock()
+		if len(c.holderCache) >= 4096 {
+			clear(c.holderCache) // bounded: entries expire, but a map keeps its keys
+		}
+		c.holderCache[id] = cachedHolder{holder: holder, until: c.now().Add(holderCacheFor)}
+		c.holderMu.Unlock()
 		return destination{addr: addr, holder: holder}, nil
 	case forwarded:
 		return destination{}, nil
@@ -258,4 +269,40 @@ func (c *Calligraphus) routeOf(ctx context.Context, id bucketID, forwarded bool)
 		return destination{}, nil
 	}
 	return destination{addr: addr, holder: pref}, nil
+}
+
+// holderCacheFor is how long a writer forwards a bucket's entries to the
+// holder it looked up without looking again: a holder that has changed
+// meanwhile answers TRY_LATER (it never forwards a forwarded batch), and
+// the failure drops the entry (forgetHolder).
+const holderCacheFor = 500 * time.Millisecond
+
+type cachedHolder struct {
+	holder string
+	until  time.Time
+}
+
+// cachedHolder returns where the last look-up of bucket id's holder sent
+// its entries, while fresh and while that writer is live.
+func (c *Calligraphus) cachedHolder(id bucketID, v *view) (destination, bool) {
+	c.holderMu.Lock()
+	h, ok := c.holderCache[id]
+	c.holderMu.Unlock()
+	if !ok || c.now().After(h.until) {
+		return destination{}, false
+	}
+	addr, live := v.addr[h.holder]
+	if !live {
+		return destination{}, false
+	}
+	return destination{addr: addr, holder: h.holder}, true
+}
+
+// forgetHolders drops the cached holders of ids after a failed forward.
+func (c *Calligraphus) forgetHolders(ids []bucketID) {
+	c.holderMu.Lock()
+	defer c.holderMu.Unlock()
+	for _, id := range ids {
+		delete(c.holderCache, id)
+	}
 }
