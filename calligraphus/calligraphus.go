@@ -225,7 +225,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	// reach before binding it (the port does not matter here).
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if _, err := component.AdvertisedAddr(&net.TCPAddr{IP: net.ParseIP(host)}, deps.Shared.Advertise); err != nil && (host == "" || net.ParseIP(host) != nil) {
-			return nil, fmt.Errorf("start calligraphus: calligraphus.listen %s: %w", cfg.Listen, err)
+			return nil, fmt.Errorf("calligraphus.listen %s: %w", cfg.Listen, err)
 		}
 	}
 	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: scribeapi.Counters(own, fb303Counters...), Control: deps.Control, Metrics: deps.Metrics, Now: deps.Now}

@@ -247,8 +247,31 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 	if perWriter["w1"]+perWriter["w2"] != clusterBuckets {
 		t.Errorf("after w3 stopped, holders %v, want w1 and w2 to hold all %d", holders, clusterBuckets)
 	}
-	cl.ws[0].stop()
-	cl.ws[1].stop()
+
+	// A writer joins: the others hand its share over as entries flow.
+	cl.add("w4", newCoord())
+	cl.waitMembers(3)
+	testkit.WaitFor(t, "w4 to take its share of the buckets", func() bool {
+		b := agentBatch(keys, seq, per)
+		rc, err := w1.LogBatch(context.Background(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rc == scribethrift.ResultCode_OK {
+			seq += per
+		}
+		perWriter := map[string]int{}
+		for _, h := range cl.holders() {
+			perWriter[h]++
+		}
+		return perWriter[""] == 0 && perWriter["w4"] > 0 && perWriter["w1"] <= 5 && perWriter["w2"] <= 5 && perWriter["w4"] <= 5
+	})
+	if got := counter(t, cl.ws[0].reg, "freeway_calligraphus_handoffs_total") + counter(t, cl.ws[1].reg, "freeway_calligraphus_handoffs_total"); got == 0 {
+		t.Errorf("no hand-offs counted though w4 took buckets over")
+	}
+	for _, s := range cl.ws {
+		s.stop()
+	}
 
 	// Every entry, with its agent, sequence number and arrival; in order
 	// within each bucket. Batches retried after w3 stopped may repeat
@@ -272,6 +295,8 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 		last[e.Segment] = max(last[e.Segment], e.Seq)
 		seen[e.Seq]++
 	}
+	// (A batch answered TRY_LATER in the last phase may have been written
+	// in part; only entries up to seq were answered OK.)
 	for s := int64(1); s < seq; s++ {
 		n := seen[uint64(s)]
 		if n == 0 {
@@ -281,8 +306,8 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 			t.Errorf("entry %d written %d times though its batch was answered OK at once", s, n)
 		}
 	}
-	if len(seen) != int(seq-1) {
-		t.Errorf("%d distinct entries, want %d", len(seen), seq-1)
+	if len(seen) < int(seq-1) {
+		t.Errorf("%d distinct entries, want at least %d", len(seen), seq-1)
 	}
 }
 
