@@ -221,6 +221,11 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
+	held := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_calligraphus_buckets_held", Help: "Buckets whose lease this writer holds, as far as it knows."},
+		func() float64 { return float64(c.heldBuckets()) })
+	if reg != nil {
+		reg.MustRegister(held)
+	}
 	// Refuse a listener other writers and agents could not be told how to
 	// reach before binding it (the port does not matter here).
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
@@ -626,6 +631,19 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 	return scribethrift.ResultCode_OK
 }
 
+// heldBuckets counts the buckets whose lease this process holds.
+func (c *Calligraphus) heldBuckets() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, w := range c.writers {
+		if w.owned.Load() {
+			n++
+		}
+	}
+	return n
+}
+
 // holds reports whether this process's writer of bucket id holds its
 // lease, as far as it knows.
 func (c *Calligraphus) holds(id bucketID) bool {
@@ -781,7 +799,6 @@ type metrics struct {
 	salvaged    prometheus.Counter
 	fenced      prometheus.Counter
 	forwarded   *prometheus.CounterVec
-	held        prometheus.Gauge
 	handoffs    prometheus.Counter
 	writers     prometheus.Gauge
 	unsequenced prometheus.Counter
@@ -800,7 +817,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
 		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, fenced, max_categories, stopping, write_error, too_large, forward_error."}, []string{"reason"}),
 		forwarded:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_forwarded_total", Help: "Entries forwarded between writers and acknowledged: out, sent to the writer holding their bucket; in, taken from a forwarding writer (not in entries_received)."}, []string{"direction"}),
-		held:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_calligraphus_buckets_held", Help: "Buckets whose lease this writer holds."}),
 		handoffs:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_handoffs_total", Help: "Buckets handed off to the live writer preferred for them (segment published, lease released)."}),
 		writers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_calligraphus_live_writers", Help: "Writers in the group of live writers, as this writer last saw it."}),
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
@@ -811,7 +827,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.forwarded, m.held, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit)
 	}
 	return m
 }

@@ -220,6 +220,11 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 	if len(perWriter) != 3 {
 		t.Errorf("buckets held by %v, want all three writers", perWriter)
 	}
+	for _, s := range cl.ws {
+		if got := counter(t, s.reg, "freeway_calligraphus_buckets_held"); got != float64(perWriter[s.c.cfg.ID]) {
+			t.Errorf("%s: buckets_held %v, holds %d", s.c.cfg.ID, got, perWriter[s.c.cfg.ID])
+		}
+	}
 	if got := counter(t, cl.ws[0].reg, "freeway_calligraphus_entries_forwarded_total", "direction", "out"); got != float64(batches*per-perWriter["w1"]*batches*per/clusterBuckets) {
 		t.Errorf("w1 forwarded %v entries, want %d (it holds %d buckets)", got, batches*per-perWriter["w1"]*batches*per/clusterBuckets, perWriter["w1"])
 	}

@@ -176,7 +176,7 @@ func (c *Calligraphus) askRebalance() {
 // that another live writer is preferred for: the bucket writer publishes
 // its open segment and releases the lease; the next entries for the
 // bucket reach the preferred writer (directly or forwarded), which takes
-// it. It also keeps the held-buckets gauge.
+// it.
 func (c *Calligraphus) rebalance(ctx context.Context) {
 	t := time.NewTicker(rebalanceEvery)
 	defer t.Stop()
@@ -194,12 +194,10 @@ func (c *Calligraphus) rebalance(ctx context.Context) {
 			ws = append(ws, w)
 		}
 		c.mu.Unlock()
-		held := 0
 		for _, w := range ws {
 			if !w.owned.Load() {
 				continue
 			}
-			held++
 			// Only a member hands off: a writer missing from the group (its
 			// session just expired and it has not joined again) would hand
 			// off every bucket.
@@ -214,7 +212,6 @@ func (c *Calligraphus) rebalance(ctx context.Context) {
 				}
 			}
 		}
-		c.m.held.Set(float64(held))
 	}
 }
 
