@@ -106,6 +106,9 @@ type bucketWriter struct {
 	// ownReqs asks the run loop to take the bucket's lease if it does not
 	// hold it; the answer goes to the channel sent.
 	ownReqs chan chan error
+	// handoffReqs asks the run loop to hand the bucket off: another live
+	// writer is preferred for it.
+	handoffReqs chan struct{}
 	// owned: the run loop holds the lease, as far as it knows.
 	owned atomic.Bool
 	// prev is closed when the bucket's previous writer, ended for
@@ -134,15 +137,16 @@ type bucketWriter struct {
 func newBucketWriter(c *Calligraphus, id bucketID, prev <-chan struct{}) *bucketWriter {
 	label := c.label(id.category)
 	return &bucketWriter{
-		c:       c,
-		id:      id,
-		dir:     layout.BucketDir(id.category, id.bucket),
-		label:   label,
-		log:     c.log.With("category", ratelog.Clip(id.category), "bucket", id.bucket),
-		reqs:    make(chan *appendReq, queueCap),
-		ownReqs: make(chan chan error),
-		prev:    prev,
-		done:    make(chan struct{}),
+		c:           c,
+		id:          id,
+		dir:         layout.BucketDir(id.category, id.bucket),
+		label:       label,
+		log:         c.log.With("category", ratelog.Clip(id.category), "bucket", id.bucket),
+		reqs:        make(chan *appendReq, queueCap),
+		ownReqs:     make(chan chan error),
+		handoffReqs: make(chan struct{}, 1),
+		prev:        prev,
+		done:        make(chan struct{}),
 	}
 }
 
@@ -270,6 +274,8 @@ func (w *bucketWriter) run(ctx context.Context) {
 					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
 				}
 			}
+		case <-w.handoffReqs:
+			w.handoff()
 		case <-idle.C:
 			if w.c.retire(w) {
 				w.log.Debug("bucket writer idle; ending")
@@ -375,4 +381,32 @@ func (w *bucketWriter) stop() {
 	}
 	w.owned.Store(false)
 	w.buf = nil
+}
+
+// handoffHold is how long a writer that handed a bucket off leaves it to
+// the preferred writer: requests already queued here are refused (the
+// senders' retries reach the holder) rather than taking the bucket back.
+const handoffHold = 2 * time.Second
+
+// handoff publishes the open segment and releases the lease, for the
+// live writer preferred for the bucket to take it.
+func (w *bucketWriter) handoff() {
+	if w.lease == nil {
+		return
+	}
+	if w.file != nil {
+		if err := w.publish(); err != nil {
+			w.log.Error("cannot publish segment at hand-off", "segment", w.final, "err", err)
+		}
+	}
+	if w.lease != nil {
+		if err := coord.Release(context.Background(), w.lease); err != nil {
+			w.log.Warn("cannot release lease at hand-off", "err", err)
+		}
+		w.lease = nil
+	}
+	w.owned.Store(false)
+	w.nextTry = w.c.now().Add(handoffHold)
+	w.c.m.handoffs.Inc()
+	w.log.Info("bucket handed off to the writer preferred for it", "epoch", w.epoch)
 }
