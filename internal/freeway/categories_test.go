@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"path"
 	"slices"
@@ -311,9 +312,15 @@ func TestDamagedBlocksCountedExactly(t *testing.T) {
 	}
 	defer fsys.Close()
 	dir := layout.BucketDir("orders", 0)
-	infos, err := fsys.ReadDir(dir)
+	listed, err := fsys.ReadDir(dir)
+	var infos []fs.FileInfo
+	for _, fi := range listed {
+		if _, _, ok := layout.ParseSegmentName(fi.Name()); ok {
+			infos = append(infos, fi) // not the seals of layout/fence.go
+		}
+	}
 	if err != nil || len(infos) != 2 {
-		t.Fatalf("bucket holds %d files, want 2 segments: %v", len(infos), err)
+		t.Fatalf("bucket holds %d segments, want 2: %v", len(infos), err)
 	}
 	first := path.Join(dir, infos[0].Name())
 	data, err := dfs.ReadFile(fsys, first)

@@ -131,3 +131,20 @@ func TestAgentUpstreamFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentUpstreamCoord: in one process, an agent whose upstream is the
+// coordinator URL finds the process's writer in the group of live writers
+// and ships to it.
+func TestAgentUpstreamCoord(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.Coord = "inproc://"
+	cfg.Agent.Upstream = []string{"inproc://"}
+	r := start(t, cfg)
+	defer r.stop(t)
+	os := orders(500, 0, base)
+	send(t, r.p.Agent.Addr(), os, 50)
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(os))
+	if ok, why := r.p.Agent.Readiness(); !ok {
+		t.Errorf("agent not ready: %s", why)
+	}
+}
