@@ -443,6 +443,7 @@ func TestExposedListenersWarned(t *testing.T) {
 	} {
 		cfg := testConfig(t.TempDir())
 		cfg.Calligraphus.Listen = tc.listen
+		cfg.Advertise = "127.0.0.1" // a listener on every interface needs it
 		if tc.secure {
 			p.secure(&cfg)
 		}
