@@ -319,6 +319,9 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 		return
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
+	if err == nil && elsewhere {
+		s.tookFrom = preferred
+	}
 	if err != nil {
 		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		p.log.Error("cannot create shard", "shard", name, "err", err)

@@ -32,6 +32,10 @@ type shard struct {
 	// lease is released); handingOff is set once it is called for that.
 	stop       context.CancelFunc
 	handingOff atomic.Bool
+	// tookFrom is the member that was preferred for the shard when this
+	// node took it over after the grace (it did not take it): the shard
+	// is not handed back to it, which would only take it back again.
+	tookFrom string
 
 	mu        sync.RWMutex
 	tables    []*table

@@ -39,15 +39,20 @@ type Config struct {
 	QueryTimeout config.Duration `yaml:"query_timeout"`
 	// MaxRows bounds the rows of one answer (a query's limit may lower it).
 	MaxRows int `yaml:"max_rows"`
+	// FanoutTimeout bounds a Puma node's answer to a standalone serving
+	// process's fan-out; a shard whose node does not answer in time is
+	// answered from its committed state (stale_shards). 0: 2s.
+	FanoutTimeout config.Duration `yaml:"fanout_timeout"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Listen:       "127.0.0.1:8080",
-		ThriftListen: "127.0.0.1:1465",
-		QueryTimeout: config.Duration(30 * time.Second),
-		MaxRows:      100000,
+		Listen:        "127.0.0.1:8080",
+		ThriftListen:  "127.0.0.1:1465",
+		QueryTimeout:  config.Duration(30 * time.Second),
+		MaxRows:       100000,
+		FanoutTimeout: config.Duration(DefaultFanoutTimeout),
 	}
 }
 
@@ -62,6 +67,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("query_timeout", "must be positive")
 	case c.MaxRows <= 0:
 		return config.Errorf("max_rows", "must be positive")
+	case c.FanoutTimeout.D() < 0:
+		return config.Errorf("fanout_timeout", "must not be negative")
 	}
 	return nil
 }
