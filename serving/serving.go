@@ -75,8 +75,7 @@ func (c *Config) Validate() error {
 
 // Deps are what serving needs from the wiring: the common ones, and
 // where answers come from. Of Shared: TLS makes the HTTP and Thrift ports
-// speak TLS (and is what a fan-out to other Puma nodes, not there yet, is
-// to dial them with: TLS.ClientConfig(addr)); Auth guards the endpoints
+// speak TLS (a Fanout source dials the Puma nodes with it too); Auth guards the endpoints
 // with the process's tokens (nil: none configured): /api/v1/*, the web
 // page and the Thrift query port need a query token, /metrics,
 // /debug/pprof/ and POST /admin/* the admin token, /healthz and /readyz
@@ -86,8 +85,9 @@ func (c *Config) Validate() error {
 type Deps struct {
 	component.Common
 	// Source answers queries by default: a Puma node (mode fresh, from
-	// memory) or, in a serving process without one, puma.Committed (mode
-	// committed, from the store; mode=fresh is then refused).
+	// memory), a Fanout to the Puma nodes (mode fresh), or, in a serving
+	// process without either, puma.Committed (mode committed, from the
+	// store; mode=fresh is then refused).
 	Source Source
 	// Committed answers mode=committed beside a Puma node: puma.Committed
 	// over the node's store. Nil when Source is the store already, or
