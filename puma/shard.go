@@ -82,15 +82,15 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 // run recovers the shard and then reads and checkpoints until ctx ends or
 // the lease is lost. A final checkpoint is taken on a clean stop.
 func (s *shard) run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := coord.WhileHeld(ctx, s.lease)
 	defer cancel()
 	defer s.release()
 	go func() {
+		<-ctx.Done()
 		select {
 		case <-s.lease.Lost():
 			s.log.Warn("puma shard lease lost; shard stops")
-			cancel()
-		case <-ctx.Done():
+		default:
 		}
 	}()
 	if err := s.recover(ctx); err != nil {

@@ -227,7 +227,7 @@ func (f *Fanout) ask(ctx context.Context, addr string, req puma.PartialRequest) 
 	if err != nil {
 		return nil, fmt.Errorf("ask %s for a partial state: %w", addr, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // read whole, or given up on
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxPartialBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read partial state from %s: %w", addr, err)

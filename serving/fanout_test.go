@@ -132,17 +132,13 @@ func openStore(t testing.TB, path string) store.Store {
 // advertises one.
 type fanNode struct {
 	p    *puma.Puma
-	gate chan struct{} // closed: the port answers; open: it hangs
 	once sync.Once
 	stop func()
 }
 
-func (n *fanNode) hang() { n.gate = make(chan struct{}) }
-
 func startNode(t *testing.T, id string, fs *localfs.FS, st store.Store, co coord.Coord, app *apps.App, listen bool, checkpoint time.Duration) *fanNode {
 	t.Helper()
-	n := &fanNode{gate: make(chan struct{})}
-	close(n.gate)
+	n := &fanNode{}
 	cfg := puma.DefaultConfig()
 	cfg.ID, cfg.PollInterval = id, config.Duration(5*time.Millisecond)
 	cfg.CheckpointInterval, cfg.TakeoverGrace = config.Duration(checkpoint), config.Duration(time.Second)
@@ -163,14 +159,7 @@ func startNode(t *testing.T, id string, fs *localfs.FS, st store.Store, co coord
 	n.p = p
 	var wg sync.WaitGroup
 	if listen {
-		h := p.PartialHandler()
-		srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			select {
-			case <-n.gate:
-				h.ServeHTTP(w, r)
-			case <-r.Context().Done():
-			}
-		}), ReadHeaderTimeout: 10 * time.Second}
+		srv = &http.Server{Handler: p.PartialHandler(), ReadHeaderTimeout: 10 * time.Second}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = srv.Serve(ln) }()
 	}
