@@ -85,14 +85,6 @@ func (s *shard) run(ctx context.Context) error {
 	ctx, cancel := coord.WhileHeld(ctx, s.lease)
 	defer cancel()
 	defer s.release()
-	go func() {
-		<-ctx.Done()
-		select {
-		case <-s.lease.Lost():
-			s.log.Warn("puma shard lease lost; shard stops")
-		default:
-		}
-	}()
 	if err := s.recover(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while recovering
@@ -144,6 +136,7 @@ loop:
 	// Save what was read on a clean stop (not after fencing or lease loss).
 	select {
 	case <-s.lease.Lost():
+		s.log.Warn("puma shard lease lost; shard stops")
 	default:
 		if !errors.Is(err, errFenced) {
 			cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
