@@ -255,6 +255,14 @@ func (p *Puma) Run(ctx context.Context) error {
 			defer wg.Done()
 			p.watchMembers(mctx, changed)
 		}()
+		// The members first: without them every shard looks like this
+		// node's to take.
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		}
 	}
 	defer wg.Wait()
 	defer p.running.Store(false)
