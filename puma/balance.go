@@ -25,7 +25,10 @@ import (
 // the coordinator's session timeout plus the grace, even before its
 // membership ends); it hands a shard it runs but is no longer preferred
 // for over: a final checkpoint, then the lease is released, so that the
-// new owner reads again only what came after. A node without an
+// new owner reads again only what came after; but not to a member that
+// was preferred when the node took the shard over after the grace (it
+// did not take it then, and would not now: a member that cannot recover
+// the shard, say). A node without an
 // advertised address (`freeway all`) takes every shard it can, as before.
 
 // balanceMetrics are the balance's and the query listener's counters.
@@ -207,7 +210,7 @@ func (p *Puma) handOff(id shardID, to string) {
 	p.mu.RLock()
 	s := p.shards[id]
 	p.mu.RUnlock()
-	if s == nil || s.stop == nil || s.handingOff.Swap(true) {
+	if s == nil || s.stop == nil || s.tookFrom == to || s.handingOff.Swap(true) {
 		return
 	}
 	p.bm.handoffs.Inc()

@@ -130,9 +130,29 @@ func checkBalance(t *testing.T, e *env, open func(id string) coord.Coord) {
 
 // TestHandOffCheckpointsFirst: a node that hands a shard over to a node
 // that joins checkpoints it first, so the new owner resumes where the old
-// one had read: it reads nothing again, and the answers stay whole.
+// one had read: it reads nothing again, and the answers stay whole. On
+// the in-process coordinator and on ZooKeeper.
 func TestHandOffCheckpointsFirst(t *testing.T) {
-	e := newEnv(t, orders(t))
+	t.Run("inproc", func(t *testing.T) {
+		e := newEnv(t, orders(t))
+		checkHandOff(t, e, func() coord.Coord { return e.hub.Session() })
+	})
+	t.Run("zookeeper", func(t *testing.T) {
+		addr := enginetest.Addr(t, enginetest.ZK)
+		b := make([]byte, 4)
+		rand.Read(b)
+		root := "/fwtest_handoff_" + hex.EncodeToString(b)
+		checkHandOff(t, newEnv(t, orders(t)), func() coord.Coord {
+			c, err := zkcoord.Open("zk://"+addr+root+"?session_timeout=2s", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		})
+	})
+}
+
+func checkHandOff(t *testing.T, e *env, open func() coord.Coord) {
 	e.buckets = 4
 	var ends []ptail.Position
 	for b := range e.buckets {
@@ -140,8 +160,10 @@ func TestHandOffCheckpointsFirst(t *testing.T) {
 	}
 	regA := prometheus.NewPedanticRegistry()
 	node := func(id string, reg prometheus.Registerer) *Puma {
+		co := open()
+		t.Cleanup(func() { co.Close() })
 		return e.node(id, func(c *Config, d *Deps) {
-			d.Advertise, d.Metrics = id+":1", reg
+			d.Coord, d.Advertise, d.Metrics = co, id+":1", reg
 			c.CheckpointInterval = config.Duration(time.Hour) // only the hand-off commits
 		})
 	}

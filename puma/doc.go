@@ -28,7 +28,34 @@
 //
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease
-// ("puma/<category>/<bucket>", the category encoded by internal/layout).
+// ("puma/<category>/<bucket>", the category encoded by internal/layout),
+// and runs it only while it holds the lease: the shard stops when the
+// lease is lost.
+//
+// Balance (balance.go). A node with a query listener (puma.listen; its
+// advertised address in Deps.Advertise) joins layout.PumaMembers and
+// spreads the shards over the live members: every node computes the same
+// preferred member for each shard (rendezvous hashing of lease name and
+// member id, bounded so that none is preferred for more than its share
+// rounded up). A node takes the shards it is preferred for, stands by for
+// the others (state elsewhere), and takes one whose lease nobody has held
+// for puma.takeover_grace (a dead node's shards: within the session
+// timeout plus the grace). A shard preferred elsewhere is handed off: its
+// run stops, takes its final checkpoint, and releases the lease, so that
+// the new owner resumes where this one had read (not to a member that
+// was preferred when this node took the shard over after the grace: it
+// did not take it then). freeway_puma_shards_owned and
+// freeway_puma_handoffs_total count them. A node without a listener
+// (`freeway all`) takes every shard it can.
+//
+// Partial states (partial.go). Partial answers a query over some buckets
+// before order and limit: the merged rows of those shards, each cell in
+// its stored form; MergePartials merges partials of disjoint shards and
+// then orders and limits, so that serving's fan-out answers exactly what
+// one node with every shard would. PartialHandler serves them on
+// puma.listen (POST PartialPath, JSON; behind the process's TLS and query
+// tokens): a shard asked for but not running here is listed in Missing,
+// for serving to read from the store.
 //
 // Exactly-once. A shard's checkpoint is committed atomically: an attempt
 // marker records the epoch about to be written, then the changed cells are

@@ -255,6 +255,14 @@ func (p *Puma) Run(ctx context.Context) error {
 			defer wg.Done()
 			p.watchMembers(mctx, changed)
 		}()
+		// The members first: without them every shard looks like this
+		// node's to take.
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		}
 	}
 	defer wg.Wait()
 	defer p.running.Store(false)
@@ -319,6 +327,9 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 		return
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
+	if err == nil && elsewhere {
+		s.tookFrom = preferred
+	}
 	if err != nil {
 		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		p.log.Error("cannot create shard", "shard", name, "err", err)
