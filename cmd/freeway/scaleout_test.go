@@ -141,16 +141,6 @@ func (d *deployment) start() bool {
 	return true
 }
 
-// scaleoutGate skips the balance test until the Puma nodes balance
-// their shards in a split deployment (puma.listen, issue 9 item 5):
-// FREEWAY_SCALEOUT=1 runs it.
-func scaleoutGate(t *testing.T) {
-	t.Helper()
-	if os.Getenv("FREEWAY_SCALEOUT") != "1" {
-		t.Skip("scale-out balance: set FREEWAY_SCALEOUT=1 (needs Puma nodes balancing shards, issue 9 item 5)")
-	}
-}
-
 // TestScaleOutEngines is the proof of issue 9: 2 agents (upstream: the
 // writers' ZooKeeper URL), 3 writers, 3 Puma nodes and 1 serving node on
 // the real engines. Both agents take the generator's calls; one writer
@@ -256,7 +246,6 @@ func sortedCounts(m map[string]int) string {
 // 12, within the session timeout and a few seconds (the failover time,
 // logged).
 func TestScaleOutBalance(t *testing.T) {
-	scaleoutGate(t)
 	const buckets = 12
 	d := newDeployment(t, "balance", shape{agents: 1, writers: 3, pumas: 3, buckets: buckets}, 0)
 	h := d.h
