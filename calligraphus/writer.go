@@ -376,7 +376,7 @@ func (w *bucketWriter) stop() {
 	w.mu.Unlock()
 	w.failQueued(errStopping)
 	if w.lease != nil {
-		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
+		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
 		w.lease = nil
 	}
 	w.owned.Store(false)
