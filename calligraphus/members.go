@@ -327,6 +327,11 @@ func (c *Calligraphus) takePreferred(ctx context.Context, v *view) {
 	if !v.self {
 		return
 	}
+	// Taking a bucket is a coordinator round trip and a few dfs ones:
+	// several at once, bounded.
+	sem := make(chan struct{}, takeParallel)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for cat, n := range c.deps.Router.Routed() {
 		for b := 0; b < n; b++ {
 			if ctx.Err() != nil {
@@ -336,20 +341,34 @@ func (c *Calligraphus) takePreferred(ctx context.Context, v *view) {
 			if v.preferred(cat, b, n) != c.cfg.ID || c.holds(id) {
 				continue
 			}
-			holder, _, err := c.deps.Coord.Holder(ctx, layout.WriterLease(cat, b))
-			if err != nil || holder != "" {
-				continue // held elsewhere (to be handed off), or try at the next round
-			}
-			// A reservation of nothing keeps the writer from ending for
-			// idleness while it takes the lease.
-			w, err := c.reserve(id, 0)
-			if err != nil {
-				continue
-			}
-			if err := w.own(ctx); err != nil {
-				c.log.Debug("cannot take preferred bucket", "category", ratelog.Clip(cat), "bucket", b, "err", err)
-			}
-			w.unreserve(0)
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				c.takeIfFree(ctx, id)
+			}()
 		}
 	}
+}
+
+// takeParallel bounds the buckets takePreferred takes at once.
+const takeParallel = 8
+
+// takeIfFree takes bucket id if nobody holds it.
+func (c *Calligraphus) takeIfFree(ctx context.Context, id bucketID) {
+	holder, _, err := c.deps.Coord.Holder(ctx, layout.WriterLease(id.category, id.bucket))
+	if err != nil || holder != "" {
+		return // held elsewhere (to be handed off), or try at the next round
+	}
+	// A reservation of nothing keeps the writer from ending for idleness
+	// while it takes the lease.
+	w, err := c.reserve(id, 0)
+	if err != nil {
+		return
+	}
+	if err := w.own(ctx); err != nil {
+		c.log.Debug("cannot take preferred bucket", "category", ratelog.Clip(id.category), "bucket", id.bucket, "err", err)
+	}
+	w.unreserve(0)
 }
