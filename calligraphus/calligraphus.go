@@ -347,7 +347,9 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 		c.m.unverified.Add(float64(len(b.Messages)))
 		c.rl.Warn("unverified", "batch from a connection without a verified client certificate taken without agent id or sequence numbers",
 			"agent", ratelog.Clip(b.AgentID), "remote", peer(ctx))
-		return c.ingest(ctx, callInfo{arrivalMs: now}, b.Messages), nil
+		// Marked forwarded, it is still never forwarded again: the mark
+		// only restricts what this writer does with it.
+		return c.ingest(ctx, callInfo{arrivalMs: now, forwarded: b.GetForwarded()}, b.Messages), nil
 	}
 	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0)), forwarded: b.GetForwarded()}
 	if b.AgentID != "" {

@@ -53,10 +53,15 @@
 // writer is preferred for hands it off (at each change of the group and
 // every 2s): it publishes the open segment and releases the lease, and
 // refuses the bucket for 2s; the next entries reach the preferred writer.
-// A joining writer so takes its share, a leaving one (Run ending) leaves
-// the group and publishes and releases what it holds, and a dead one's
-// leases and membership end with its coord session, after which the
-// entries for its buckets reach their new preferred writers.
+// The buckets of a category an app consumes are all known, so a writer
+// takes those it is preferred for and nobody holds without waiting for
+// entries (at each change of the group and every 2s), and keeps them
+// while idle (idle_close ends only other buckets' writers). A joining
+// writer so takes its share, a leaving one (Run ending) leaves the group
+// and publishes and releases what it holds, and a dead one's leases and
+// membership end with its coord session, after which its buckets are
+// taken by their new preferred writers within a rebalance round (other
+// categories' on their next entries).
 //
 // A call is all or nothing, as far as the writer can know in advance.
 // Its entries are grouped by bucket; the route of every bucket is decided
@@ -118,7 +123,8 @@
 //
 // Bounded writers. A bucket writer (a goroutine, a lease, about 12 KiB)
 // that received nothing for idle_close publishes its segment, releases its
-// lease and ends; the next entry for the bucket starts a new one, with a
+// lease and ends (unless it is its preferred writer's bucket of a category
+// an app consumes: those are bounded by the configuration); the next entry for the bucket starts a new one, with a
 // new epoch. max_categories bounds the categories with running writers:
 // a call that needs a writer for one more gets TRY_LATER (reason
 // max_categories) until idle writers end, so a client inventing

@@ -35,8 +35,18 @@ type peers struct {
 type peerPool struct {
 	slots chan struct{} // one per open or opening connection
 	mu    sync.Mutex
-	idle  []*scribeapi.Client
+	idle  []idleConn
 }
+
+type idleConn struct {
+	cl    *scribeapi.Client
+	since time.Time
+}
+
+// peerIdleFor is how long a pooled connection may sit idle before it is
+// closed rather than used: well within the peer's idle_timeout (10m by
+// default), which would close it under us.
+const peerIdleFor = time.Minute
 
 func (p *peers) pool(addr string) *peerPool {
 	p.mu.Lock()
@@ -61,30 +71,51 @@ func (p *peers) send(ctx context.Context, addr string, b *scribethrift.Batch) (s
 	case <-ctx.Done():
 		return 0, fmt.Errorf("forward to %s: all %d connections busy: %w", addr, peerConns, ctx.Err())
 	}
-	pp.mu.Lock()
-	var cl *scribeapi.Client
-	if n := len(pp.idle); n > 0 {
-		cl, pp.idle = pp.idle[n-1], pp.idle[:n-1]
-	}
-	pp.mu.Unlock()
-	if cl == nil {
-		var err error
-		if cl, err = p.dial(addr); err != nil {
-			<-pp.slots
+	defer func() { <-pp.slots }()
+	cl := pp.take()
+	reused := cl != nil
+	for {
+		if cl == nil {
+			var err error
+			if cl, err = p.dial(addr); err != nil {
+				return 0, fmt.Errorf("forward to %s: %w", addr, err)
+			}
+		}
+		rc, err := cl.LogBatch(ctx, b)
+		if err == nil {
+			pp.put(cl)
+			return rc, nil
+		}
+		_ = cl.Close() // the call's error is the one to report
+		if !reused || ctx.Err() != nil {
 			return 0, fmt.Errorf("forward to %s: %w", addr, err)
 		}
+		// A pooled connection the peer may have closed: once more on a
+		// new one. Should the peer have taken the batch after all, the
+		// repeat carries the same sequence numbers.
+		cl, reused = nil, false
 	}
-	rc, err := cl.LogBatch(ctx, b)
-	if err != nil {
-		_ = cl.Close() // the call's error is the one to report
-		<-pp.slots
-		return 0, fmt.Errorf("forward to %s: %w", addr, err)
-	}
+}
+
+// take returns an idle connection recent enough to use, or nil.
+func (pp *peerPool) take() *scribeapi.Client {
 	pp.mu.Lock()
-	pp.idle = append(pp.idle, cl)
-	pp.mu.Unlock()
-	<-pp.slots
-	return rc, nil
+	defer pp.mu.Unlock()
+	for n := len(pp.idle); n > 0; n = len(pp.idle) {
+		ic := pp.idle[n-1]
+		pp.idle = pp.idle[:n-1]
+		if time.Since(ic.since) < peerIdleFor {
+			return ic.cl
+		}
+		_ = ic.cl.Close() // idle too long
+	}
+	return nil
+}
+
+func (pp *peerPool) put(cl *scribeapi.Client) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.idle = append(pp.idle, idleConn{cl: cl, since: time.Now()})
 }
 
 // close closes every idle connection.
@@ -93,8 +124,8 @@ func (p *peers) close() {
 	defer p.mu.Unlock()
 	for _, pp := range p.pools {
 		pp.mu.Lock()
-		for _, cl := range pp.idle {
-			_ = cl.Close() // stopping
+		for _, ic := range pp.idle {
+			_ = ic.cl.Close() // stopping
 		}
 		pp.idle = nil
 		pp.mu.Unlock()

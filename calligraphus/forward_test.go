@@ -81,6 +81,38 @@ func (cl *cluster) waitMembers(n int) {
 	})
 }
 
+// waitSettled waits until every bucket of "cat" is held by its
+// preferred writer (as the first running writer sees the group), and
+// checks that none holds more than most.
+func (cl *cluster) waitSettled(most int) {
+	var holders []string
+	testkit.WaitFor(cl.t, "every bucket to be held by its preferred writer", func() bool {
+		var v *view
+		for _, s := range cl.ws {
+			if !s.stopped() {
+				v = s.c.currentView()
+				break
+			}
+		}
+		holders = cl.holders()
+		for b, h := range holders {
+			if h == "" || h != v.preferred("cat", b, clusterBuckets) {
+				return false
+			}
+		}
+		return true
+	})
+	per := map[string]int{}
+	for _, h := range holders {
+		per[h]++
+	}
+	for h, n := range per {
+		if n > most {
+			cl.t.Errorf("%s holds %d of %d buckets (holders %v)", h, n, clusterBuckets, holders)
+		}
+	}
+}
+
 // holders maps each bucket of "cat" to its lease holder ("" if none).
 func (cl *cluster) holders() []string {
 	out := make([]string, clusterBuckets)
@@ -194,6 +226,12 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 	cl := startCluster(t, 3, fsys, newCoord)
 	w1 := cl.ws[0].dial(t)
 
+	// The buckets of a category an app consumes are all known: each
+	// writer takes those it is preferred for, without waiting for entries
+	// (a writer started before the others took them all, and handed them
+	// off as the others joined).
+	cl.waitSettled(5)
+
 	// Every batch to w1; each is answered OK at the first try.
 	const batches, per = 8, 36
 	seq := int64(1)
@@ -229,10 +267,11 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 		t.Errorf("w1 forwarded %v entries, want %d (it holds %d buckets)", got, batches*per-perWriter["w1"]*batches*per/clusterBuckets, perWriter["w1"])
 	}
 
-	// One writer stops: it hands its buckets over by leaving; the others
-	// take them as entries arrive.
+	// One writer stops: it leaves the group and releases its buckets; the
+	// others take them, entries or not.
 	cl.ws[2].stop()
 	cl.waitMembers(2)
+	cl.waitSettled(6)
 	for i := 0; i < batches; i++ {
 		b := agentBatch(keys, seq, per)
 		testkit.WaitFor(t, "a batch to be taken after w3 stopped", func() bool {
@@ -326,10 +365,10 @@ func TestForwardedBatchIsNotForwardedAgain(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
-	keys := bucketKeys(t)
-	// w1 takes bucket 0 (forwarded batches are written where they land).
+	// A category no app consumes (one bucket, taken on traffic only): w1
+	// takes it (forwarded batches are written where they land).
 	one := func(s *server, forwarded bool) scribethrift.ResultCode {
-		rc, err := s.dial(t).LogBatch(context.Background(), &scribethrift.Batch{Messages: entries("cat", keys[0]), Forwarded: thriftBool(forwarded)})
+		rc, err := s.dial(t).LogBatch(context.Background(), &scribethrift.Batch{Messages: entries("other", "x"), Forwarded: thriftBool(forwarded)})
 		if err != nil {
 			t.Fatal(err)
 		}

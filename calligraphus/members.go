@@ -11,6 +11,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 )
 
 // view is one state of the group of live writers (layout.WriterMembers)
@@ -194,6 +195,7 @@ func (c *Calligraphus) rebalance(ctx context.Context) {
 			ws = append(ws, w)
 		}
 		c.mu.Unlock()
+		c.takePreferred(ctx, v)
 		for _, w := range ws {
 			if !w.owned.Load() {
 				continue
@@ -302,4 +304,71 @@ func (c *Calligraphus) forgetHolders(ids []bucketID) {
 	for _, id := range ids {
 		delete(c.holderCache, id)
 	}
+}
+
+// keeps reports whether this writer keeps bucket id while idle: a bucket
+// of a routed category (one an app consumes) that it is the preferred
+// live writer of.
+func (c *Calligraphus) keeps(id bucketID) bool {
+	v := c.currentView()
+	if !v.self {
+		return false
+	}
+	n, routed := c.deps.Router.Routed()[id.category]
+	return routed && v.preferred(id.category, id.bucket, n) == c.cfg.ID
+}
+
+// takePreferred takes the buckets of routed categories (those an app
+// consumes: all their buckets are known) that this writer is preferred
+// for and nobody holds, without waiting for entries: so a dead writer's
+// buckets have a writer again as soon as its session ends, and a bucket
+// moves on a hand-off even while no entries come.
+func (c *Calligraphus) takePreferred(ctx context.Context, v *view) {
+	if !v.self {
+		return
+	}
+	// Taking a bucket is a coordinator round trip and a few dfs ones:
+	// several at once, bounded.
+	sem := make(chan struct{}, takeParallel)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for cat, n := range c.deps.Router.Routed() {
+		for b := 0; b < n; b++ {
+			if ctx.Err() != nil {
+				return
+			}
+			id := bucketID{cat, b}
+			if v.preferred(cat, b, n) != c.cfg.ID || c.holds(id) {
+				continue
+			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				c.takeIfFree(ctx, id)
+			}()
+		}
+	}
+}
+
+// takeParallel bounds the buckets takePreferred takes at once.
+const takeParallel = 8
+
+// takeIfFree takes bucket id if nobody holds it.
+func (c *Calligraphus) takeIfFree(ctx context.Context, id bucketID) {
+	holder, _, err := c.deps.Coord.Holder(ctx, layout.WriterLease(id.category, id.bucket))
+	if err != nil || holder != "" {
+		return // held elsewhere (to be handed off), or try at the next round
+	}
+	// A reservation of nothing keeps the writer from ending for idleness
+	// while it takes the lease.
+	w, err := c.reserve(id, 0)
+	if err != nil {
+		return
+	}
+	if err := w.own(ctx); err != nil {
+		c.log.Debug("cannot take preferred bucket", "category", ratelog.Clip(id.category), "bucket", id.bucket, "err", err)
+	}
+	w.unreserve(0)
 }

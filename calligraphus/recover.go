@@ -46,7 +46,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	}
 	epoch, err := w.recover(lease.Epoch())
 	if err != nil {
-		_ = lease.Release(ctx) // a lease not released ends with the coord session
+		_ = coord.Release(ctx, lease) // a lease not released ends with the coord session
 		w.nextTry = w.c.now().Add(time.Second)
 		if errors.Is(err, layout.ErrSuperseded) || errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: take bucket %s: %w", errNotOwner, w.dir, err)

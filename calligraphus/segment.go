@@ -6,6 +6,7 @@ import (
 	"path"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
@@ -135,7 +136,7 @@ func (w *bucketWriter) giveUp() {
 	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
 		return
 	}
-	_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
+	_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
 	w.lease = nil
 	w.owned.Store(false)
 }
@@ -152,7 +153,7 @@ func (w *bucketWriter) fail() {
 	w.discard()
 	// Re-take ownership (and salvage) before the next write.
 	if w.lease != nil {
-		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
+		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
 		w.lease = nil
 		w.owned.Store(false)
 	}
@@ -242,7 +243,7 @@ func (w *bucketWriter) fenced(segment string) {
 		w.discard()
 	}
 	if w.lease != nil {
-		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
+		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
 		w.lease = nil
 	}
 	w.owned.Store(false)

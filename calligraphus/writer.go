@@ -277,6 +277,12 @@ func (w *bucketWriter) run(ctx context.Context) {
 		case <-w.handoffReqs:
 			w.handoff()
 		case <-idle.C:
+			if w.owned.Load() && w.c.keeps(w.id) {
+				// Its preferred writer keeps a routed bucket, idle or not:
+				// it would take it again at the next rebalance.
+				idle.Reset(idleClose)
+				continue
+			}
 			if w.c.retire(w) {
 				w.log.Debug("bucket writer idle; ending")
 				return
@@ -376,7 +382,7 @@ func (w *bucketWriter) stop() {
 	w.mu.Unlock()
 	w.failQueued(errStopping)
 	if w.lease != nil {
-		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
+		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
 		w.lease = nil
 	}
 	w.owned.Store(false)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"path"
 	"slices"
@@ -312,13 +311,7 @@ func TestDamagedBlocksCountedExactly(t *testing.T) {
 	}
 	defer fsys.Close()
 	dir := layout.BucketDir("orders", 0)
-	listed, err := fsys.ReadDir(dir)
-	var infos []fs.FileInfo
-	for _, fi := range listed {
-		if _, _, ok := layout.ParseSegmentName(fi.Name()); ok {
-			infos = append(infos, fi) // not the seals of layout/fence.go
-		}
-	}
+	infos, err := layout.Published(fsys, dir, "")
 	if err != nil || len(infos) != 2 {
 		t.Fatalf("bucket holds %d segments, want 2: %v", len(infos), err)
 	}

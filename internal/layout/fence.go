@@ -315,7 +315,13 @@ func pruneFence(fsys dfs.FS, fdir string, epoch int64) {
 		return
 	}
 	for _, fi := range infos {
-		if e, _, ok := parseFenceName(fi.Name()); ok && e < epoch {
+		name := fi.Name()
+		if tmp, ok := strings.CutSuffix(name, TempSuffix); ok && strings.HasPrefix(tmp, ".") && len(tmp) > 17 {
+			// A seal being written, left by a writer that died: its
+			// epoch is the first 16 hex digits.
+			name = tmp[1:17] + sealExt
+		}
+		if e, _, ok := parseFenceName(name); ok && e < epoch {
 			_ = fsys.Remove(path.Join(fdir, fi.Name())) // best effort, see above
 		}
 	}

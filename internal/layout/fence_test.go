@@ -96,6 +96,10 @@ func TestFenceSealsOutAStaleWriter(t *testing.T) {
 	if got := publishedNames(t, fsys, dir); !slices.Equal(got, want) {
 		t.Fatalf("after seal 3: %v, want %v", got, want)
 	}
+	// A seal left half-written by a writer that died.
+	if err := dfs.WriteFile(fsys, FenceDir(dir)+"/."+SealName(3)+".x"+TempSuffix, []byte("{")); err != nil {
+		t.Fatal(err)
+	}
 	// Owner 4 inherits seal 3 below epoch 3: a3 and b3 stay out.
 	if err := WriteIntent(fsys, dir, 4); err != nil {
 		t.Fatal(err)
