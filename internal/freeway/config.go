@@ -217,12 +217,19 @@ func (c *Config) firstApp(category string) *apps.App {
 	return nil
 }
 
-// BucketsOf is the bucket count of a category.
+// BucketsOf is the bucket count of a category (the components read
+// Resolved.BucketsOf, the same rule).
 func (c *Config) BucketsOf(category string) int {
-	if cc, ok := c.Categories[category]; ok && cc.Buckets > 0 {
+	return bucketsOf(c.Categories, c.Buckets, category)
+}
+
+// bucketsOf is the rule: the category's declared buckets, else the
+// default.
+func bucketsOf(cats map[string]CategoryConfig, def int, category string) int {
+	if cc, ok := cats[category]; ok && cc.Buckets > 0 {
 		return cc.Buckets
 	}
-	return c.Buckets
+	return def
 }
 
 // CompiledApps compiles the apps (already validated).

@@ -2,6 +2,7 @@ package freeway
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -26,7 +27,7 @@ type Resolved struct {
 	// else the first app's shard_key, else its group_by.
 	Routes map[string]calligraphus.Route
 
-	buckets    map[string]int // declared bucket counts
+	categories map[string]CategoryConfig // as declared
 	defBuckets int
 }
 
@@ -34,12 +35,7 @@ type Resolved struct {
 // valid; New calls it once.
 func (c *Config) Resolved() (*Resolved, error) {
 	r := &Resolved{Consumers: map[string][]*apps.App{}, Routes: map[string]calligraphus.Route{},
-		buckets: map[string]int{}, defBuckets: c.Buckets}
-	for name, cc := range c.Categories {
-		if cc.Buckets > 0 {
-			r.buckets[name] = cc.Buckets
-		}
-	}
+		categories: maps.Clone(c.Categories), defBuckets: c.Buckets}
 	for i, s := range c.Apps {
 		a, err := apps.Compile(s, fmt.Sprintf("$.apps[%d]", i))
 		if err != nil {
@@ -78,10 +74,7 @@ func (c *Config) Resolved() (*Resolved, error) {
 
 // BucketsOf is the bucket count of a category.
 func (r *Resolved) BucketsOf(category string) int {
-	if n, ok := r.buckets[category]; ok {
-		return n
-	}
-	return r.defBuckets
+	return bucketsOf(r.categories, r.defBuckets, category)
 }
 
 // Categories are the categories some app consumes.
