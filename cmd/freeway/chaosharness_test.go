@@ -518,7 +518,7 @@ func (h *harness) doFault(f fault) {
 		what := ""
 		if f.kind == faultLong {
 			what = fmt.Sprintf(", past the %s call and upstream timeouts", callTimeout)
-			if h.engines != "" {
+			if strings.HasPrefix(h.backend, "engines") {
 				what += fmt.Sprintf(" and the %s ZooKeeper session timeout", sessionTimeout)
 			}
 		}
