@@ -84,11 +84,14 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		a.tails = append(a.tails, newTailer(a, tc))
 	}
 	own, reg := deps.OwnMetrics()
+	url, coordURL := CoordUpstream(cfg.Upstream)
+	if coordURL && deps.Writers == nil {
+		_ = q.Close()
+		return nil, config.Errorf("upstream", "is the coordinator URL %s, but no coordinator was opened for it", url)
+	}
 	err = registerMetrics(reg, a.c, q, a.tails)
-	if url, ok := CoordUpstream(cfg.Upstream); !ok {
+	if !coordURL {
 		a.src = &staticSource{addrs: cfg.Upstream}
-	} else if deps.Writers == nil {
-		err = config.Errorf("upstream", "is the coordinator URL %s, but no coordinator was opened for it", url)
 	} else if err == nil {
 		a.members = newMemberSource(deps.Writers, url, q.ID(), cfg.UpstreamTimeout.D(), clk.Now)
 		a.src = a.members

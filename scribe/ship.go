@@ -75,7 +75,7 @@ func (a *Agent) ship(ctx context.Context) error {
 					}
 					continue
 				}
-				if up = pool.take(addr); up != nil {
+				if up = pool.take(addr, a.clock.Now()); up != nil {
 					continue
 				}
 				c, err := a.dialUpstream(addr)
@@ -128,7 +128,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			a.log.Info("upstream reachable again", "upstream", up.addr)
 		}
 		if a.src.spread() {
-			pool.put(up, a.src) // the next batch goes to the next writer
+			pool.put(up, a.src, a.clock.Now()) // the next batch goes to the next writer
 			up = nil
 		}
 		// Upstream has the batch: acknowledge it, retrying a failed write

@@ -231,28 +231,46 @@ func registerUpstreamMetrics(reg prometheus.Registerer, s *memberSource) error {
 		func() float64 { return float64(s.live.Load()) }))
 }
 
+// poolIdle is how long a connection may wait in a connPool: beyond it,
+// a writer may have closed it as idle (its idle_timeout, 10m by
+// default), and a failed call on it would pass over a healthy writer.
+const poolIdle = time.Minute
+
 // connPool keeps one idle connection per writer between its turns
 // (spread sources): used by the shipper goroutine only.
-type connPool map[string]*upstream
+type connPool map[string]pooled
 
-// take returns the idle connection to addr, or nil.
-func (p connPool) take(addr string) *upstream {
-	u := p[addr]
+type pooled struct {
+	u     *upstream
+	since time.Time
+}
+
+// take returns the idle connection to addr, or nil (none, or idle too
+// long: closed).
+func (p connPool) take(addr string, now time.Time) *upstream {
+	c, ok := p[addr]
+	if !ok {
+		return nil
+	}
 	delete(p, addr)
-	return u
+	if now.Sub(c.since) > poolIdle {
+		_ = c.u.c.Close() // stale; a new connection is dialled
+		return nil
+	}
+	return c.u
 }
 
 // put keeps u for its next turn, and closes the idle connections to
 // writers src no longer lists.
-func (p connPool) put(u *upstream, src upstreamSource) {
-	if old := p[u.addr]; old != nil && old != u {
-		_ = old.c.Close() // replaced by a connection just used
+func (p connPool) put(u *upstream, src upstreamSource, now time.Time) {
+	if old, ok := p[u.addr]; ok && old.u != u {
+		_ = old.u.c.Close() // replaced by a connection just used
 	}
-	p[u.addr] = u
+	p[u.addr] = pooled{u: u, since: now}
 	if m, ok := src.(*memberSource); ok {
 		for addr, c := range p {
 			if !m.has(addr) {
-				_ = c.c.Close() // that writer left
+				_ = c.u.c.Close() // that writer left
 				delete(p, addr)
 			}
 		}
@@ -260,8 +278,8 @@ func (p connPool) put(u *upstream, src upstreamSource) {
 }
 
 func (p connPool) closeAll() {
-	for addr, u := range p {
-		_ = u.c.Close() // shipping stopped; nothing to report to
+	for addr, c := range p {
+		_ = c.u.c.Close() // shipping stopped; nothing to report to
 		delete(p, addr)
 	}
 }

@@ -280,3 +280,33 @@ func TestUpstreamCoordPassesOverFailedWriter(t *testing.T) {
 		t.Errorf("the failing writer got %d calls, want 1 (then passed over)", n)
 	}
 }
+
+// TestConnPoolDropsStale: a connection idle in the pool past poolIdle is
+// closed and not handed out (the writer may have closed it: a failed call
+// on it would pass over a healthy writer); a fresh one is.
+func TestConnPoolDropsStale(t *testing.T) {
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	dialed := func() *upstream {
+		c := dial(t, up.srv.Addr())
+		return &upstream{addr: up.srv.Addr(), c: c}
+	}
+	src := &staticSource{addrs: []string{up.srv.Addr()}}
+	t0 := time.Unix(1_700_000_000, 0)
+	pool := connPool{}
+	fresh := dialed()
+	pool.put(fresh, src, t0)
+	if got := pool.take(up.srv.Addr(), t0.Add(poolIdle/2)); got != fresh {
+		t.Fatalf("take of a fresh connection = %v, want it", got)
+	}
+	stale := dialed()
+	pool.put(stale, src, t0)
+	if got := pool.take(up.srv.Addr(), t0.Add(poolIdle+time.Second)); got != nil {
+		t.Fatalf("take of a stale connection = %v, want nil", got)
+	}
+	if _, err := stale.c.Log(context.Background(), entries("cat", "m", 0, 1)); err == nil {
+		t.Errorf("the stale connection still works; it should have been closed")
+	}
+	if len(pool) != 0 {
+		t.Errorf("pool holds %d connections, want none", len(pool))
+	}
+}
