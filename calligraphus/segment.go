@@ -56,9 +56,9 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 	// The same at the storage, where a stalled writer that has not heard
 	// of its loss yet is fenced: a newer owner's intent created after the
 	// sync salvages these bytes; one created before may not have.
-	if fence, err := layout.ReadFence(fsys, w.dir); err != nil {
+	if top, err := layout.FenceTop(fsys, w.dir); err != nil {
 		return fmt.Errorf("check fence of %s: %w", w.tmp, err)
-	} else if fence.Top > w.epoch {
+	} else if top > w.epoch {
 		w.fenced("")
 		return fmt.Errorf("write %s: %w", w.tmp, errFenced)
 	}
@@ -204,6 +204,11 @@ const (
 // and the writer stops acting as the bucket's owner.
 func (w *bucketWriter) counted() error {
 	fsys := w.c.deps.FS
+	// The usual case, no newer owner, takes one listing of the small
+	// fence directory.
+	if top, err := layout.FenceTop(fsys, w.dir); err == nil && top <= w.epoch {
+		return nil
+	}
 	for i := 0; ; i++ {
 		fence, err := layout.ReadFence(fsys, w.dir)
 		if err != nil {
