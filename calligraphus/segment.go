@@ -1,12 +1,10 @@
 package calligraphus
 
 import (
-	"context"
 	"fmt"
 	"path"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
@@ -136,9 +134,7 @@ func (w *bucketWriter) giveUp() {
 	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
 		return
 	}
-	_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-	w.lease = nil
-	w.owned.Store(false)
+	w.drop(true)
 }
 
 // fail abandons the open segment after a write error: on a dfs where
@@ -152,11 +148,7 @@ func (w *bucketWriter) fail() {
 	w.file = nil
 	w.discard()
 	// Re-take ownership (and salvage) before the next write.
-	if w.lease != nil {
-		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-		w.lease = nil
-		w.owned.Store(false)
-	}
+	w.drop(true)
 }
 
 // discard removes an unpublished segment, unless it holds acknowledged
@@ -180,8 +172,7 @@ func (w *bucketWriter) abandon() {
 		w.file = nil
 		w.discard()
 	}
-	w.lease = nil
-	w.owned.Store(false)
+	w.drop(false) // lost: nothing to release
 	// Refuse what was queued when the loss was noticed, not what arrives
 	// meanwhile: that is served after taking the bucket again.
 	for n := len(w.reqs); n > 0; n-- {
@@ -247,10 +238,6 @@ func (w *bucketWriter) fenced(segment string) {
 		w.file = nil
 		w.discard()
 	}
-	if w.lease != nil {
-		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-		w.lease = nil
-	}
-	w.owned.Store(false)
+	w.drop(true)
 	w.nextTry = w.c.now().Add(time.Second)
 }
