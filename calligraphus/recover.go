@@ -53,8 +53,7 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 		}
 		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
 	}
-	w.lease = lease
-	w.owned.Store(true)
+	w.hold(lease)
 	w.epoch = epoch
 	w.seq = 0
 	if w.epoch != lease.Epoch() {

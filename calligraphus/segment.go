@@ -1,12 +1,10 @@
 package calligraphus
 
 import (
-	"context"
 	"fmt"
 	"path"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
@@ -56,9 +54,9 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 	// The same at the storage, where a stalled writer that has not heard
 	// of its loss yet is fenced: a newer owner's intent created after the
 	// sync salvages these bytes; one created before may not have.
-	if fence, err := layout.ReadFence(fsys, w.dir); err != nil {
+	if top, err := layout.FenceTop(fsys, w.dir); err != nil {
 		return fmt.Errorf("check fence of %s: %w", w.tmp, err)
-	} else if fence.Top > w.epoch {
+	} else if top > w.epoch {
 		w.fenced("")
 		return fmt.Errorf("write %s: %w", w.tmp, errFenced)
 	}
@@ -136,9 +134,7 @@ func (w *bucketWriter) giveUp() {
 	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
 		return
 	}
-	_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-	w.lease = nil
-	w.owned.Store(false)
+	w.drop(true)
 }
 
 // fail abandons the open segment after a write error: on a dfs where
@@ -152,11 +148,7 @@ func (w *bucketWriter) fail() {
 	w.file = nil
 	w.discard()
 	// Re-take ownership (and salvage) before the next write.
-	if w.lease != nil {
-		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-		w.lease = nil
-		w.owned.Store(false)
-	}
+	w.drop(true)
 }
 
 // discard removes an unpublished segment, unless it holds acknowledged
@@ -180,8 +172,7 @@ func (w *bucketWriter) abandon() {
 		w.file = nil
 		w.discard()
 	}
-	w.lease = nil
-	w.owned.Store(false)
+	w.drop(false) // lost: nothing to release
 	// Refuse what was queued when the loss was noticed, not what arrives
 	// meanwhile: that is served after taking the bucket again.
 	for n := len(w.reqs); n > 0; n-- {
@@ -204,6 +195,11 @@ const (
 // and the writer stops acting as the bucket's owner.
 func (w *bucketWriter) counted() error {
 	fsys := w.c.deps.FS
+	// The usual case, no newer owner, takes one listing of the small
+	// fence directory.
+	if top, err := layout.FenceTop(fsys, w.dir); err == nil && top <= w.epoch {
+		return nil
+	}
 	for i := 0; ; i++ {
 		fence, err := layout.ReadFence(fsys, w.dir)
 		if err != nil {
@@ -242,10 +238,6 @@ func (w *bucketWriter) fenced(segment string) {
 		w.file = nil
 		w.discard()
 	}
-	if w.lease != nil {
-		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-		w.lease = nil
-	}
-	w.owned.Store(false)
+	w.drop(true)
 	w.nextTry = w.c.now().Add(time.Second)
 }

@@ -122,6 +122,9 @@ type bucketWriter struct {
 	closed  bool       // reserve refuses: the run loop has ended or is ending
 	retired bool       // it ends for idleness (a new writer may follow)
 
+	// lease is the grant the writer acts under, nil when none. The run
+	// loop watches its Lost itself: what coord.WhileHeld gives, without a
+	// goroutine more per bucket (max_categories bounds them).
 	lease   coord.Lease
 	nextTry time.Time
 	epoch   int64
@@ -381,11 +384,7 @@ func (w *bucketWriter) stop() {
 	w.closed = true
 	w.mu.Unlock()
 	w.failQueued(errStopping)
-	if w.lease != nil {
-		_ = coord.Release(context.Background(), w.lease) // a lease not released ends with the coord session
-		w.lease = nil
-	}
-	w.owned.Store(false)
+	w.drop(true)
 	w.buf = nil
 }
 
@@ -405,14 +404,30 @@ func (w *bucketWriter) handoff() {
 			w.log.Error("cannot publish segment at hand-off", "segment", w.final, "err", err)
 		}
 	}
-	if w.lease != nil {
-		if err := coord.Release(context.Background(), w.lease); err != nil {
-			w.log.Warn("cannot release lease at hand-off", "err", err)
-		}
-		w.lease = nil
-	}
-	w.owned.Store(false)
+	w.drop(true)
 	w.nextTry = w.c.now().Add(handoffHold)
 	w.c.m.handoffs.Inc()
 	w.log.Info("bucket handed off to the writer preferred for it", "epoch", w.epoch)
+}
+
+// hold makes l the lease the writer acts under; the run loop stops
+// acting as owner once l is lost.
+func (w *bucketWriter) hold(l coord.Lease) {
+	w.lease = l
+	w.owned.Store(true)
+}
+
+// drop stops acting under the lease, releasing it first if release (a
+// lease not released ends with the coord session).
+func (w *bucketWriter) drop(release bool) {
+	if w.lease == nil {
+		return
+	}
+	if release {
+		if err := coord.Release(context.Background(), w.lease); err != nil {
+			w.log.Warn("cannot release bucket lease", "err", err)
+		}
+	}
+	w.lease = nil
+	w.owned.Store(false)
 }

@@ -149,12 +149,25 @@ func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 	if len(out) == 0 {
 		return nil, nil
 	}
-	fence, err := ReadFence(fsys, dir)
+	// Usually every segment listed is of the newest owner's epoch or
+	// later: then the listing of the fence directory decides them all,
+	// without reading a seal.
+	minEpoch := int64(-1)
+	for _, fi := range out {
+		if e, _, _ := ParseSegmentName(fi.Name()); minEpoch < 0 || e < minEpoch {
+			minEpoch = e
+		}
+	}
+	top, err := FenceTop(fsys, dir)
 	if err != nil {
 		return nil, err
 	}
-	if fence.Top == 0 {
+	if top <= minEpoch {
 		return out, nil
+	}
+	fence, err := ReadFence(fsys, dir)
+	if err != nil {
+		return nil, err
 	}
 	kept := out[:0]
 	for _, fi := range out {

@@ -198,6 +198,28 @@ func ReadFence(fsys dfs.FS, dir string) (Fence, error) {
 	}
 }
 
+// FenceTop returns the highest epoch with a fence intent or seal in the
+// bucket directory dir (0: none): one listing of the small fence
+// directory, what a writer checks after each write (a Top at or below its
+// epoch means its segments count, Fence.Verdict).
+func FenceTop(fsys dfs.FS, dir string) (int64, error) {
+	fdir := FenceDir(dir)
+	infos, err := fsys.ReadDir(fdir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list fence %s: %w", fdir, err)
+	}
+	var top int64
+	for _, fi := range infos {
+		if e, _, ok := parseFenceName(fi.Name()); ok {
+			top = max(top, e)
+		}
+	}
+	return top, nil
+}
+
 // ErrSuperseded means a newer owner has fenced the bucket already: the
 // writer that tried to take it at a lower epoch must not write.
 var ErrSuperseded = errors.New("bucket fenced by a newer owner")
