@@ -33,9 +33,8 @@ type Agent struct {
 	fb303 func() map[string]int64 // getCounters: c, read through the metrics
 	tails []*tailer
 	tls   *auth.TLS // the process's, for the upstream link
-	// src names the writer of each batch; members is it when upstream is
-	// a coordinator URL (nil otherwise).
-	src     upstreamSource
+	// members are the live writers when upstream is a coordinator URL
+	// (nil otherwise); source hands each shipper its upstreamSource.
 	members *memberSource
 	ran     atomic.Bool
 }
@@ -90,11 +89,8 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		return nil, config.Errorf("upstream", "is the coordinator URL %s, but no coordinator was opened for it", url)
 	}
 	err = registerMetrics(reg, a.c, q, a.tails)
-	if !coordURL {
-		a.src = &staticSource{addrs: cfg.Upstream}
-	} else if err == nil {
+	if coordURL && err == nil {
 		a.members = newMemberSource(deps.Writers, url, q.ID(), cfg.UpstreamTimeout.D(), clk.Now)
-		a.src = a.members
 		err = registerUpstreamMetrics(reg, a.members)
 	}
 	if err != nil {

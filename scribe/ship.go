@@ -28,13 +28,14 @@ var errNoLogBatch = errors.New("upstream has no LogBatch")
 
 // ship sends the queue upstream in order, one batch in flight: read a
 // batch, send it until an upstream answers OK (retrying TRY_LATER and
-// errors with backoff, moving to the next address of a.src on errors,
-// and after each batch when a.src spreads), then acknowledge it in the
+// errors with backoff, moving to the next address of its source on
+// errors, and after each batch when it spreads), then acknowledge it in the
 // queue. It never skips a batch.
 func (a *Agent) ship(ctx context.Context) error {
 	var (
+		src     = a.source()
 		up      *upstream
-		again   string // an address to dial again before asking a.src
+		again   string // an address to dial again before asking src
 		pool    = connPool{}
 		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
@@ -65,7 +66,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			if up == nil {
 				addr, err := again, error(nil)
 				if again == "" {
-					addr, err = a.src.next()
+					addr, err = src.next()
 				}
 				again = ""
 				if err != nil { // no writer live: keep the queue
@@ -82,7 +83,7 @@ func (a *Agent) ship(ctx context.Context) error {
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
-					a.src.failed(addr)
+					src.failed(addr)
 					failing = a.shipFailed(failing, addr, err)
 					if !sleep(ctx, a.clock, bo.Next()) {
 						return nil
@@ -109,7 +110,7 @@ func (a *Agent) ship(ctx context.Context) error {
 				continue
 			}
 			if err != nil {
-				a.src.failed(up.addr)
+				src.failed(up.addr)
 				failing = a.shipFailed(failing, up.addr, err)
 				_ = up.c.Close() // reconnecting; the call error is counted and logged
 				up = nil
@@ -127,8 +128,8 @@ func (a *Agent) ship(ctx context.Context) error {
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
 			a.log.Info("upstream reachable again", "upstream", up.addr)
 		}
-		if a.src.spread() {
-			pool.put(up, a.src, a.clock.Now()) // the next batch goes to the next writer
+		if src.spread() {
+			pool.put(up, src, a.clock.Now()) // the next batch goes to the next writer
 			up = nil
 		}
 		// Upstream has the batch: acknowledge it, retrying a failed write

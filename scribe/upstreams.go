@@ -54,6 +54,16 @@ type upstreamSource interface {
 	failed(addr string)
 }
 
+// source is the upstreamSource of one shipper: the live writers (shared;
+// safe for concurrent use), or the list of agent.upstream with a position
+// of its own, so that each shipper starts at the first address.
+func (a *Agent) source() upstreamSource {
+	if a.members != nil {
+		return a.members
+	}
+	return &staticSource{addrs: a.cfg.Upstream}
+}
+
 // staticSource is the list of agent.upstream, in turn.
 type staticSource struct {
 	addrs []string
