@@ -159,7 +159,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		return nil, err
 	}
 	p.apps = compiled
-	sh := component.Shared{Budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg)}
+	sh := component.Shared{Budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg), Advertise: cfg.Advertise}
 	if sh.TLS, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
 		return nil, fmt.Errorf("load tls: %w", err)
 	}

@@ -5,12 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
 
+	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/serving"
@@ -44,36 +44,12 @@ func (p *Process) pumaListener() (*httpsrv.Server, string, *atomic.Value, error)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("listen for partial-state queries on %s: %w (set --puma.listen)", addr, err)
 	}
-	adv, err := advertisedAddr(srv.Listener().Addr(), p.cfg.Advertise)
+	adv, err := component.AdvertisedAddr(srv.Listener().Addr(), p.cfg.Advertise)
 	if err != nil {
 		_ = srv.Listener().Close() // the advertise error is the one to report
 		return nil, "", nil, err
 	}
 	return srv, adv, &partial, nil
-}
-
-// advertisedAddr is the address other processes reach a listener bound
-// at listen by: advertise (--advertise) with the listener's port when
-// given, else the bind address, which must not be every interface.
-//
-// A local stand-in for component.AdvertisedAddr, which the writers'
-// stream adds with --advertise: once both are on main, this goes.
-func advertisedAddr(listen net.Addr, advertise string) (string, error) {
-	host, port, err := net.SplitHostPort(listen.String())
-	if err != nil {
-		return "", fmt.Errorf("advertise listener %s: %w", listen, err)
-	}
-	if advertise != "" {
-		h := strings.TrimSuffix(strings.TrimPrefix(advertise, "["), "]")
-		if strings.ContainsAny(h, "/ []") || strings.Contains(h, ":") && net.ParseIP(h) == nil {
-			return "", fmt.Errorf("advertise %q: want a host name or IP address, without port", advertise)
-		}
-		return net.JoinHostPort(h, port), nil
-	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-		return "", fmt.Errorf("listener %s binds every interface: set --advertise HOST (the host name or IP address other processes reach this one by)", listen)
-	}
-	return net.JoinHostPort(host, port), nil
 }
 
 // fanout is the fresh source of a standalone serving process in a split

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -16,28 +15,6 @@ import (
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/puma"
 )
-
-func TestAdvertisedAddr(t *testing.T) {
-	tcp := func(s string) net.Addr {
-		a, err := net.ResolveTCPAddr("tcp", s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
-	for _, tc := range []struct{ listen, advertise, want string }{
-		{"127.0.0.1:8470", "", "127.0.0.1:8470"},
-		{"0.0.0.0:8470", "puma-1.example", "puma-1.example:8470"},
-		{"[::]:7", "fd00::1", "[fd00::1]:7"},
-		{"0.0.0.0:8470", "", ""},
-		{"0.0.0.0:8470", "host:1", ""},
-	} {
-		got, err := advertisedAddr(tcp(tc.listen), tc.advertise)
-		if got != tc.want || (err != nil) != (tc.want == "") {
-			t.Errorf("advertisedAddr(%s, %q) = %q, %v; want %q", tc.listen, tc.advertise, got, err, tc.want)
-		}
-	}
-}
 
 // TestSplitPumaOnRealEngines runs two Puma nodes with query listeners
 // (puma.listen) and a standalone serving process on ZooKeeper and HBase:
