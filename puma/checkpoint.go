@@ -38,6 +38,10 @@ type commitState struct {
 	// Gap, when set, is what the state lacks: segments it never read
 	// (see gap in retention.go).
 	Gap *gap `json:"gap,omitempty"`
+	// Evicted is, by app, the horizon of its evicted windows (evict.go):
+	// those that end at or before it are in the store only, and recovery
+	// loads none of them. Rows without it load every window.
+	Evicted map[string]int64 `json:"evicted_ms,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,
@@ -173,9 +177,12 @@ func (s *shard) recover(ctx context.Context) error {
 		if E == 0 {
 			continue
 		}
+		if h, ok := s.committed.Evicted[t.app.Name()]; ok {
+			t.ev.horizon = h
+		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			err := scanCells(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
+			err := scanCells(ctx, st, tbl, prefix, t.loadStart(prefix, sp), store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
@@ -192,6 +199,7 @@ func (s *shard) recover(ctx context.Context) error {
 				"app", t.app.Name(), "watermark", fmtMs(t.watermark), "reset_to", fmtMs(repaired))
 			t.watermark = repaired
 		}
+		t.keepClosed()
 	}
 	s.pos = s.committed.Position
 	// Retention deletes no segment at or after a committed position; one
@@ -220,6 +228,7 @@ func (s *shard) recover(ctx context.Context) error {
 // epoch has been made.
 type expiredRows struct {
 	prefix string
+	stop   string // the end of the rows ("": every row of prefix)
 	epoch  int64
 }
 
@@ -260,11 +269,18 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	var dirty []pending
 	for _, t := range s.tables {
 		state.Watermarks[t.app.Name()] = t.watermark
+		if t.ev.horizon > noHorizon {
+			if state.Evicted == nil {
+				state.Evicted = map[string]int64{}
+			}
+			state.Evicted[t.app.Name()] = t.ev.horizon
+		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
 			for _, w := range t.expire(i) {
-				s.expired = append(s.expired, expiredRows{prefix + windowKey(w) + "/", epoch})
+				s.expired = append(s.expired, expiredRows{prefix: prefix + windowKey(w) + "/", epoch: epoch})
 			}
+			s.expired = append(s.expired, t.evictedRetention(i, prefix, epoch)...)
 			keys := t.takeDirty(i, func(k cellKey, c cell) int64 {
 				v := t.layout.encodeCell(c)
 				cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: v})
@@ -329,6 +345,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.mu.Lock()
 	s.committedEpoch, s.committedPos = state.Epoch, state.Position
 	s.mu.Unlock()
+	s.afterCommit(state)
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(len(cells)))
@@ -337,7 +354,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	// committed; what fails is tried again at the next checkpoint.
 	left := s.expired[:0]
 	for _, x := range s.expired {
-		if err := st.DeleteUpTo(ctx, tbl, x.prefix, store.PrefixEnd(x.prefix), x.epoch); err != nil {
+		if err := deleteRows(ctx, st, tbl, x); err != nil {
 			s.log.Warn("cannot delete expired window; will retry", "rows", x.prefix, "err", err)
 			left = append(left, x)
 		}

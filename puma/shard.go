@@ -60,7 +60,7 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 		highWater: newDedup(p.cfg.MaxAgentsPerShard, p.cfg.DedupHorizon.D().Milliseconds()),
 		ready:     make(chan struct{}),
 	}
-	deps := tableDeps{budget: &p.cells, apps: p.appCells, limiter: p.rejectLog, category: category, bucket: bucket}
+	deps := tableDeps{budget: &p.cells, apps: p.appCells, limiter: p.rejectLog, category: category, bucket: bucket, evict: s.evictClosed}
 	for _, app := range p.byCategory[category] {
 		t, err := newTable(app, deps)
 		if err != nil {

@@ -38,6 +38,8 @@ type table struct {
 	// refused is the bound (boundNodeCells...) that refused the last new
 	// cell, for the rejection's message.
 	refused int
+	// ev is what eviction took out of memory (evict.go).
+	ev evictState
 
 	// drops counts records not aggregated since start, by reason (bad
 	// values: inputs); samples keeps the last lines of each reason.
@@ -170,6 +172,10 @@ type tableDeps struct {
 	limiter  *ratelog.Limiter
 	category string
 	bucket   int
+	// evict drops the shard's closed, committed windows and returns the
+	// cells it dropped: what a line that needs a new cell tries before it
+	// is refused. Nil: nothing is evicted.
+	evict func() int
 }
 
 // blockTime is what a table is told of the block a line came in.
@@ -207,6 +213,7 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 		extractor: app.NewExtractor(),
 		deps:      deps,
 		appBudget: deps.apps[app.Name()],
+		ev:        newEvictState(len(app.WindowsMs)),
 	}
 	for _, ms := range app.WindowsMs {
 		t.spans = append(t.spans, newSpan(app, l, ms))
@@ -383,9 +390,17 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	}
 }
 
-// take reserves room for n new cells in the node's budget and the app's;
-// on refusal it leaves both as they were and notes which bound refused.
+// take reserves room for n new cells in the node's budget and the app's,
+// evicting the shard's closed windows when there is none; on refusal it
+// leaves both as they were and notes which bound refused.
 func (t *table) take(n int) bool {
+	if t.takeRoom(n) {
+		return true
+	}
+	return t.deps.evict != nil && t.deps.evict() > 0 && t.takeRoom(n)
+}
+
+func (t *table) takeRoom(n int) bool {
 	b := t.deps.budget
 	if !b.take(n) {
 		t.refused = boundNodeCells
