@@ -38,9 +38,10 @@ type commitState struct {
 	// Gap, when set, is what the state lacks: segments it never read
 	// (see gap in retention.go).
 	Gap *gap `json:"gap,omitempty"`
-	// Evicted is, by app, the horizon of its evicted windows (evict.go):
-	// those that end at or before it are in the store only, and recovery
-	// loads none of them. Rows without it load every window.
+	// Evicted is, by span (app@fingerprint), the horizon of its evicted
+	// windows (evict.go): those that end at or before it are in the store
+	// only, and recovery loads none of them. Rows without it load every
+	// window.
 	Evicted map[string]int64 `json:"evicted_ms,omitempty"`
 }
 
@@ -177,12 +178,12 @@ func (s *shard) recover(ctx context.Context) error {
 		if E == 0 {
 			continue
 		}
-		if h, ok := s.committed.Evicted[t.app.Name()]; ok {
-			t.ev.horizon = h
-		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			err := scanCells(ctx, st, tbl, prefix, t.loadStart(prefix, sp), store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
+			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok {
+				sp.horizon = h
+			}
+			err := scanCells(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
@@ -269,14 +270,14 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	var dirty []pending
 	for _, t := range s.tables {
 		state.Watermarks[t.app.Name()] = t.watermark
-		if t.ev.horizon > noHorizon {
-			if state.Evicted == nil {
-				state.Evicted = map[string]int64{}
-			}
-			state.Evicted[t.app.Name()] = t.ev.horizon
-		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
+			if sp.horizon > noHorizon {
+				if state.Evicted == nil {
+					state.Evicted = map[string]int64{}
+				}
+				state.Evicted[spanName(t.app.Name(), sp)] = sp.horizon
+			}
 			for _, w := range t.expire(i) {
 				s.expired = append(s.expired, expiredRows{prefix: prefix + windowKey(w) + "/", epoch: epoch})
 			}

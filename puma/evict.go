@@ -24,11 +24,12 @@ import (
 //     before its snapshot, and none can change after. (A cell still
 //     marked changed keeps its window in memory all the same.)
 //
-// A table keeps one horizon: the windows of every span that end at or
-// before it are not in memory, every later window is. Queries read the
-// windows up to the horizon from the store, as of the shard's committed
-// epoch, and the others from memory: no window is in both, none in
-// neither. The horizon is written in the commit row (evicted_ms, by app);
+// Each span (an app's windows of one length) keeps one horizon: its
+// windows that end at or before it are not in memory, every later window
+// is. Queries read the windows up to the horizon from the store, as of
+// the shard's committed epoch, and the others from memory: no window is
+// in both, none in neither. The horizon is written in the commit row
+// (evicted_ms, by app@fingerprint);
 // recovery loads only the windows after it and never lets the app's
 // watermark fall below it plus the allowed lateness (a watermark reset
 // on recovery, say), so that a window in the store alone cannot be opened
@@ -51,8 +52,6 @@ type evictState struct {
 	// closed: windows that end at or before it are closed and committed
 	// (the last commit's watermark minus the allowed lateness).
 	closed int64
-	// horizon: windows that end at or before it are in the store only.
-	horizon int64
 	// deletedTo[i]: the store rows of span i before this window start
 	// were deleted by retention (set once a delete is queued).
 	deletedTo []int64
@@ -63,7 +62,7 @@ type evictState struct {
 const noHorizon = int64(-1 << 62)
 
 func newEvictState(spans int) evictState {
-	ev := evictState{closed: noHorizon, horizon: noHorizon, deletedTo: make([]int64, spans)}
+	ev := evictState{closed: noHorizon, deletedTo: make([]int64, spans)}
 	for i := range ev.deletedTo {
 		ev.deletedTo[i] = noHorizon
 	}
@@ -80,47 +79,53 @@ func resident(horizon, ms int64) int64 {
 }
 
 // evictClosed drops the table's closed, committed windows from memory and
-// returns the cells it dropped.
+// returns the cells it dropped. A span still being built (backfill.go) is
+// left alone: its windows are not committed yet.
 func (t *table) evictClosed() int {
-	ev := &t.ev
-	if ev.closed <= ev.horizon {
+	dropped := 0
+	for _, sp := range t.spans {
+		if !sp.pending {
+			dropped += t.evictSpan(sp)
+		}
+	}
+	return dropped
+}
+
+func (t *table) evictSpan(sp *span) int {
+	h := t.ev.closed
+	if h <= sp.horizon {
 		return 0
 	}
-	h := ev.closed
-	for _, sp := range t.spans {
-		for w, cells := range sp.windows {
-			if w+sp.ms > h {
-				continue
-			}
-			for key := range cells {
-				if c, _ := sp.get(w, key); t.layout.marked(c) {
-					h = min(h, w) // keep it, and so every window that ends after it
-					break
-				}
+	for w, cells := range sp.windows {
+		if w+sp.ms > h {
+			continue
+		}
+		for key := range cells {
+			if c, _ := sp.get(w, key); t.layout.marked(c) {
+				h = min(h, w) // keep it, and so every window that ends after it
+				break
 			}
 		}
 	}
-	if h <= ev.horizon {
+	if h <= sp.horizon {
 		return 0
 	}
 	dropped := 0
-	for _, sp := range t.spans {
-		for w, cells := range sp.windows {
-			if w+sp.ms > h {
-				continue
-			}
-			var bytes int64
-			sp.eachIn(w, func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
-			t.ncells -= len(cells)
-			t.bytes -= bytes
-			t.account(-len(cells), -bytes)
-			dropped += len(cells)
-			ev.windows++
-			ev.cells += uint64(len(cells))
-			sp.drop(w)
+	for w, cells := range sp.windows {
+		if w+sp.ms > h {
+			continue
 		}
+		var bytes int64
+		sp.eachIn(w, func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
+		t.ncells -= len(cells)
+		t.bytes -= bytes
+		t.account(-len(cells), -bytes)
+		dropped += len(cells)
+		t.ev.windows++
+		t.ev.cells += uint64(len(cells))
+		sp.drop(w)
 	}
-	ev.horizon = h
+	sp.horizon = h
 	return dropped
 }
 
@@ -182,19 +187,25 @@ func (p *Puma) nearBound(tables []*table) bool {
 // that the windows closed by that watermark are committed (all loaded
 // cells are).
 func (t *table) keepClosed() {
-	if t.ev.horizon > noHorizon {
-		t.watermark = max(t.watermark, t.ev.horizon+t.app.LatenessMs)
+	for _, sp := range t.spans {
+		if sp.horizon > noHorizon {
+			t.watermark = max(t.watermark, sp.horizon+t.app.LatenessMs)
+		}
 	}
 	t.ev.closed = max(t.ev.closed, t.watermark-t.app.LatenessMs)
 }
 
+// spanName is a span's name in the commit row: app@fingerprint, as in
+// its rows' prefix.
+func spanName(app string, sp *span) string { return app + "@" + sp.fp }
+
 // loadStart is the first row of span sp to load on recovery: the windows
 // before the horizon stay in the store.
-func (t *table) loadStart(prefix string, sp *span) string {
-	if t.ev.horizon <= noHorizon {
+func loadStart(prefix string, sp *span) string {
+	if sp.horizon <= noHorizon {
 		return prefix
 	}
-	return prefix + windowKey(resident(t.ev.horizon, sp.ms))
+	return prefix + windowKey(resident(sp.horizon, sp.ms))
 }
 
 // evictedRetention returns the store rows of span i's evicted windows
@@ -203,10 +214,10 @@ func (t *table) loadStart(prefix string, sp *span) string {
 // windows no longer in memory are deleted here, as one range.
 func (t *table) evictedRetention(i int, prefix string, epoch int64) []expiredRows {
 	sp := t.spans[i]
-	if t.ev.horizon <= noHorizon {
+	if sp.horizon <= noHorizon {
 		return nil
 	}
-	end := min(t.ev.horizon, t.watermark-t.app.RetentionMs)
+	end := min(sp.horizon, t.watermark-t.app.RetentionMs)
 	to := resident(end, sp.ms)
 	if to <= t.ev.deletedTo[i] {
 		return nil
@@ -232,7 +243,7 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
 				continue
 			}
 			sp := t.spans[pl.span]
-			if first := resident(t.ev.horizon, sp.ms); pl.from < first {
+			if first := resident(sp.horizon, sp.ms); pl.from < first {
 				evicted, stop, epoch = true, min(pl.to, first), s.committedEpoch
 				into = newMerger(pl)
 			}
@@ -259,7 +270,7 @@ func hasEvicted(shards []*shard, pl *plan) bool {
 	for _, s := range shards {
 		s.snapshot(func(tables []*table) {
 			for _, t := range tables {
-				if t.app == pl.app && pl.from < resident(t.ev.horizon, t.spans[pl.span].ms) {
+				if sp := t.spans[pl.span]; t.app == pl.app && pl.from < resident(sp.horizon, sp.ms) {
 					found = true
 				}
 			}
@@ -297,7 +308,7 @@ type AppMemory struct {
 	EvictedCells   uint64
 	// EvictedBeforeMs: in the shards running here, windows that end at
 	// or before it are answered from the store (0: none evicted); the
-	// lowest over the shards.
+	// lowest over the shards and window lengths.
 	EvictedBeforeMs int64
 }
 
@@ -318,8 +329,10 @@ func (p *Puma) Memory(app string) (AppMemory, bool) {
 			out.Bytes += t.bytes
 			out.EvictedWindows += t.ev.windows
 			out.EvictedCells += t.ev.cells
-			if h := t.ev.horizon; h > noHorizon && (out.EvictedBeforeMs == 0 || h < out.EvictedBeforeMs) {
-				out.EvictedBeforeMs = h
+			for _, sp := range t.spans {
+				if h := sp.horizon; h > noHorizon && (out.EvictedBeforeMs == 0 || h < out.EvictedBeforeMs) {
+					out.EvictedBeforeMs = h
+				}
 			}
 		}
 		s.mu.RUnlock()

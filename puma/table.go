@@ -40,6 +40,8 @@ type table struct {
 	refused int
 	// ev is what eviction took out of memory (evict.go).
 	ev evictState
+	// pending counts the spans a backfill is building (backfill.go).
+	pending int
 
 	// drops counts records not aggregated since start, by reason (bad
 	// values: inputs); samples keeps the last lines of each reason.
@@ -72,10 +74,16 @@ type span struct {
 	lastW      int64
 	lastCells  map[string][]float64
 	lastStates map[string][]agg.State
+	// horizon: the span's windows that end at or before it were evicted
+	// to the store (evict.go).
+	horizon int64
+	// pending: a backfill is building the span (backfill.go); live lines
+	// skip it until the backfill has caught up.
+	pending bool
 }
 
 func newSpan(app *apps.App, l *layout, ms int64) *span {
-	sp := &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]map[string][]float64{}}
+	sp := &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]map[string][]float64{}, horizon: noHorizon}
 	if len(l.vars) > 0 {
 		sp.states = map[int64]map[string][]agg.State{}
 	}
@@ -299,6 +307,9 @@ func fingerprint(app *apps.App, windowMs int64) string {
 // that a line refused for want of room (puma.max_cells) moves the
 // watermark like any line with a good time.
 func (t *table) apply(line []byte, bt blockTime) {
+	if t.pending == len(t.spans) {
+		return // the backfill builds every span
+	}
 	ex, err := t.extractor.Extract(line, bt.arrivalMs)
 	if err != nil {
 		switch {
@@ -330,6 +341,9 @@ func (t *table) apply(line []byte, bt blockTime) {
 	var cells [apps.MaxWindows]cell
 	missing := 0
 	for i, sp := range t.spans {
+		if sp.pending {
+			continue
+		}
 		sp.at(apps.WindowStart(ts, sp.ms))
 		c, ok := sp.current(ex.Key)
 		if !ok {
@@ -344,15 +358,18 @@ func (t *table) apply(line []byte, bt blockTime) {
 		return
 	}
 	t.watermark = max(t.watermark, ts)
-	bad := 0
+	bad, first := 0, true
 	for i, sp := range t.spans {
+		if sp.pending {
+			continue
+		}
 		c := cells[i]
 		if c.f == nil {
 			c = t.newCell(sp, ex.Key)
 		}
 		// Every span sees the same inputs: count their bad ones once.
-		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); i == 0 {
-			bad = b
+		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); first {
+			bad, first = b, false
 		}
 		if !t.layout.marked(c) {
 			t.layout.mark(c, true)
