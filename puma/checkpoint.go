@@ -43,6 +43,14 @@ type commitState struct {
 	// only, and recovery loads none of them. Rows without it load every
 	// window.
 	Evicted map[string]int64 `json:"evicted_ms,omitempty"`
+	// Spans lists the spans (app@fingerprint) built in this state;
+	// Backfill, by app, the progress of those being built from the dfs;
+	// Removed the spans whose rows are still to delete (backfill.go).
+	// Rows without Spans were written before backfills: every span is
+	// taken as built.
+	Spans    []string                  `json:"spans,omitempty"`
+	Backfill map[string]*backfillState `json:"backfill,omitempty"`
+	Removed  []string                  `json:"removed,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,
@@ -169,6 +177,9 @@ func (s *shard) recover(ctx context.Context) error {
 		return fmt.Errorf("purge uncommitted cells: %w", err)
 	}
 	s.nextEpoch = max(E, attempt) + 1
+	if err := s.planBackfills(ctx, E); err != nil {
+		return err
+	}
 	loaded := 0
 	nowMs := s.p.now().UnixMilli()
 	for _, t := range s.tables {
@@ -261,6 +272,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		Gap:        s.gap,
 	}
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
+	s.snapshotBackfills(&state)
 	type pending struct {
 		t    *table
 		span int
@@ -290,7 +302,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 			dirty = append(dirty, pending{t, i, keys})
 		}
 	}
-	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap
+	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap && s.backfillsUnchanged(&state)
 	s.mu.Unlock()
 	if unchanged {
 		// Nothing to write: the committed state is current, which is what
@@ -361,6 +373,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		}
 	}
 	s.expired = left
+	s.deleteRemoved(ctx, epoch, state.Removed)
 	return nil
 }
 

@@ -48,6 +48,11 @@ type shard struct {
 	lastCommit  atomic.Int64  // Unix ns of the last commit (or recovery)
 	lag         atomic.Int64  // published segments not yet read, for Statuses
 	ready       chan struct{}
+
+	// backfills build spans new to the shard (backfill.go; guarded by
+	// mu); removing names the spans whose rows are still to delete.
+	backfills []*backfill
+	removing  []string
 }
 
 func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, error) {
@@ -100,6 +105,7 @@ func (s *shard) run(ctx context.Context) error {
 
 	readErr := make(chan error, 1)
 	go func() { readErr <- s.read(ctx, reader, lag) }()
+	waitBackfills := s.startBackfills(ctx)
 
 	tick := time.NewTicker(s.p.cfg.CheckpointInterval.D())
 	defer tick.Stop()
@@ -125,6 +131,7 @@ loop:
 		}
 	}
 	cancel()
+	waitBackfills()
 	if !readDone {
 		if rerr := <-readErr; err == nil {
 			err = rerr

@@ -42,6 +42,11 @@ type table struct {
 	ev evictState
 	// pending counts the spans a backfill is building (backfill.go).
 	pending int
+	// building: the table is a backfill's, over pending spans; it takes
+	// every line's cells (committed state is never refused, and a
+	// backfill builds what was committed before), accounted in the
+	// budgets.
+	building bool
 
 	// drops counts records not aggregated since start, by reason (bad
 	// values: inputs); samples keeps the last lines of each reason.
@@ -341,7 +346,7 @@ func (t *table) apply(line []byte, bt blockTime) {
 	var cells [apps.MaxWindows]cell
 	missing := 0
 	for i, sp := range t.spans {
-		if sp.pending {
+		if sp.pending && !t.building {
 			continue
 		}
 		sp.at(apps.WindowStart(ts, sp.ms))
@@ -360,7 +365,7 @@ func (t *table) apply(line []byte, bt blockTime) {
 	t.watermark = max(t.watermark, ts)
 	bad, first := 0, true
 	for i, sp := range t.spans {
-		if sp.pending {
+		if sp.pending && !t.building {
 			continue
 		}
 		c := cells[i]
@@ -411,6 +416,10 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 // evicting the shard's closed windows when there is none; on refusal it
 // leaves both as they were and notes which bound refused.
 func (t *table) take(n int) bool {
+	if t.building {
+		t.account(n, 0)
+		return true
+	}
 	if t.takeRoom(n) {
 		return true
 	}

@@ -58,6 +58,24 @@ type AppJSON struct {
 	// Memory is the app's cells in a Puma node's memory and what was
 	// evicted to the store; absent when serving answers from the store.
 	Memory *MemoryJSON `json:"memory,omitempty"`
+	// State is "live", or "backfilling" while a Puma node builds the
+	// app (added, or its state's shape changed) from the segments in the
+	// dfs, with Backfill its progress; absent from the store.
+	State    string        `json:"state,omitempty"`
+	Backfill *BackfillJSON `json:"backfill,omitempty"`
+}
+
+// BackfillJSON is the progress of an app's backfill on a Puma node.
+type BackfillJSON struct {
+	Shards       int   `json:"shards"`        // shards building it
+	SegmentsRead int64 `json:"segments_read"` // by their backfills, since they started here
+	SegmentsLeft int64 `json:"segments_left"` // published, not read yet
+}
+
+// stateSource is a source that knows whether its apps are live: a Puma
+// node.
+type stateSource interface {
+	AppState(app string) (puma.AppState, bool)
 }
 
 // MemoryJSON is an app's cells in a Puma node's memory (puma.AppMemory).
@@ -131,6 +149,14 @@ func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 				j.Dropped = rej.Dropped
 				for _, x := range rej.Samples {
 					j.Rejected = append(j.Rejected, RejectedJSON{Reason: x.Reason, Error: x.Error, Line: x.Line, Bucket: x.Bucket, At: x.At.UTC().Format(time.RFC3339Nano)})
+				}
+			}
+		}
+		if ss, ok := s.deps.Source.(stateSource); ok {
+			if st, ok := ss.AppState(a.Name()); ok {
+				j.State = st.State
+				if st.BackfillShards > 0 {
+					j.Backfill = &BackfillJSON{Shards: st.BackfillShards, SegmentsRead: st.SegmentsRead, SegmentsLeft: st.SegmentsLeft}
 				}
 			}
 		}
