@@ -3,6 +3,7 @@ package puma
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -52,8 +53,9 @@ func benchLines(keys int) [][]byte {
 // aggregate, grouped by user) at 1 k, 100 k and 1 M keys: records/s on
 // one goroutine (one core) updating cells that exist (the table is warmed
 // with every key first, then fed the same lines again), and the
-// approximate bytes per cell (freeway_puma_cell_bytes over the cells,
-// sketches at their stored size).
+// bytes per cell: as accounted (freeway_puma_cell_bytes over the cells,
+// sketches at their stored size: bytes/cell) and as the Go heap grew
+// building the table (heap-bytes/cell, after a collection).
 //
 //	go test -run '^$' -bench BenchmarkAggregators -benchtime 2000000x ./puma
 func BenchmarkAggregators(b *testing.B) {
@@ -66,12 +68,20 @@ func BenchmarkAggregators(b *testing.B) {
 				}
 				lines := benchLines(keys)
 				bt := newBlockTime(0, time.Now().UnixMilli())
+				heap := func() int64 {
+					var ms runtime.MemStats
+					runtime.GC()
+					runtime.ReadMemStats(&ms)
+					return int64(ms.HeapAlloc)
+				}
+				before := heap()
 				for _, l := range lines {
 					t.apply(l, bt)
 				}
 				// Sketches are accounted at their stored size, as after a
 				// checkpoint.
 				t.takeDirty(0, func(_ cellKey, c cell) int64 { return t.layout.varBytes(t.layout.encodeCell(c)) })
+				heapPerCell := float64(heap()-before) / float64(t.ncells)
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i++ {
@@ -79,6 +89,7 @@ func BenchmarkAggregators(b *testing.B) {
 				}
 				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 				b.ReportMetric(float64(t.bytes)/float64(t.ncells), "bytes/cell")
+				b.ReportMetric(heapPerCell, "heap-bytes/cell")
 				b.ReportMetric(float64(t.ncells), "cells")
 			})
 		}

@@ -132,6 +132,7 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		if prior := c.Backfill[t.app.Name()]; prior != nil && slices.Equal(prior.Spans, spans) {
 			bf.pos = prior.Position
 			bf.t.watermark = prior.Watermark
+			bf.t.ev.closed = prior.Watermark - t.app.LatenessMs
 			s.p.m.forgottenCap.Add(float64(bf.dedup.load(prior.HighWater, prior.HighWaterSeen, prior.ArrivalMs, c.CommitMs)))
 			s.log.Info("puma backfill resumes", "app", t.app.Name(), "spans", spans, "position", bf.pos.String())
 		} else {
@@ -295,6 +296,8 @@ func (s *shard) join(bf *backfill) {
 	live.ncells += bf.t.ncells
 	live.bytes += bf.t.bytes
 	live.watermark = max(live.watermark, bf.t.watermark)
+	live.ev.windows += bf.t.ev.windows
+	live.ev.cells += bf.t.ev.cells
 	s.backfills = slices.DeleteFunc(s.backfills, func(o *backfill) bool { return o == bf })
 	s.log.Info("puma backfill caught up; its windows are live", "app", live.app.Name(), "spans", bf.spans, "position", bf.pos.String())
 }

@@ -8,8 +8,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
@@ -286,4 +288,59 @@ func testRemoved(t *testing.T, e *env, st store.Store, category string) {
 	}
 	adopt(p2, s2)
 	equalRows(t, "orders", rows(t, p2, Query{App: "orders", GroupBy: []string{}}), wantOrders(4, nil))
+}
+
+// TestBackfillEvicts: a backfill of an app with many keys per minute,
+// on a node whose memory_limit holds a few minutes of them, evicts the
+// windows it has closed and committed as it goes, refuses nothing, and
+// the app answers every minute exactly once it has joined.
+func TestBackfillEvicts(t *testing.T) {
+	ctx := context.Background()
+	f := evictFeed{windows: 30, keys: 300}
+	e := newEnv(t, kindsApp(t, "orders"))
+	var last ptail.Position
+	for w := range f.windows {
+		var lines [][]byte
+		for k := range f.keys {
+			lines = append(lines, f.line(w, k))
+		}
+		last = e.publish("orders", 0, stock(lines...))
+	}
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	byKey := orders(t, func(s *apps.Spec) { s.Name = "bykey"; s.AllowedLateness = config.Duration(time.Minute); s.Retention = config.Duration(30 * 24 * time.Hour) })
+	e.apps = []*apps.App{e.apps[0], byKey}
+	limit := config.ByteSize(4 * f.keys * 150)
+	p2 := e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit })
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	defer r.Close()
+	most := 0
+	for joined := false; !joined; {
+		var err error
+		if joined, err = s.backfillStep(bf, r, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		most = max(most, s.tables[1].ncells+bf.t.ncells)
+	}
+	if d := bf.t.drops; d != [nReasons]uint64{} {
+		t.Fatalf("backfill dropped %v", d)
+	}
+	if mem, _ := p2.Memory("bykey"); mem.EvictedWindows < uint64(f.windows/2) || most > 6*f.keys {
+		t.Fatalf("memory %+v, at most %d cells", mem, most)
+	}
+	if st, _ := p2.AppState("bykey"); st.State != "live" {
+		t.Fatalf("bykey %+v", st)
+	}
+	from, to := t0, t0+int64(f.windows)*60_000
+	equalRows(t, "every minute", rows(t, p2, Query{App: "bykey", GroupBy: []string{}, FromMs: from, ToMs: to}), f.perWindow())
+	start := t0 + 3*60_000
+	equalRows(t, "minute 3 by key", sortedStrings(rows(t, p2, Query{App: "bykey", FromMs: start, ToMs: start + 60_000})), f.window(3))
 }

@@ -26,6 +26,18 @@
 // first) and is bounded (agg.MaxCellBytes) so that one fits a store
 // request.
 //
+// Backfill (backfill.go). A span the shard's commit row does not list as
+// built (an app added, or changed so that a window's state has another
+// fingerprint) is built from the bucket's segments still in the dfs by a
+// backfill: its own reader from the first segment, its own dedup high
+// waters and watermark; live lines skip the span until the backfill
+// reaches the shard's position and joins. Its cells are checkpointed
+// with the shard's, its progress is in the same commit row (backfill), so
+// a restart resumes it exactly once. Rows of spans no app has any more
+// are deleted after the next commit (removed, in the commit row, until
+// done). A commit row without spans (older code) takes every span as
+// built. Puma.AppState says whether an app is live or backfilling.
+//
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease
 // ("puma/<category>/<bucket>", the category encoded by internal/layout).
@@ -146,7 +158,7 @@
 //
 // What survives a crash: everything up to the last commit (cells of every
 // span with their sketches, position, high waters with their last-seen
-// times, watermarks, eviction horizons); what came after is read again from the bucket files,
+// times, watermarks, eviction horizons, backfills' progress); what came after is read again from the bucket files,
 // and since a state reads back exactly as it was, the answers are those
 // the node would have given without the crash. Counters and samples of
 // rejected lines live in memory only.

@@ -154,8 +154,19 @@ func (s *shard) afterCommit(state commitState) {
 			t.ev.closed = max(t.ev.closed, wm-t.app.LatenessMs)
 		}
 	}
+	// A backfill's windows close by its own committed watermark.
+	for _, bf := range s.backfills {
+		if st := state.Backfill[bf.live.app.Name()]; st != nil {
+			bf.t.ev.closed = max(bf.t.ev.closed, st.Watermark-bf.t.app.LatenessMs)
+		}
+	}
 	if s.p.nearBound(s.tables) {
 		s.evictClosed()
+		for _, bf := range s.backfills {
+			for _, sp := range bf.t.spans {
+				bf.t.evictSpan(sp)
+			}
+		}
 	}
 }
 
