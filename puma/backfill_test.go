@@ -310,9 +310,13 @@ func TestBackfillEvicts(t *testing.T) {
 	waitCommitted(t, r1.p, last)
 	r1.stop(t)
 
-	byKey := orders(t, func(s *apps.Spec) { s.Name = "bykey"; s.AllowedLateness = config.Duration(time.Minute); s.Retention = config.Duration(30 * 24 * time.Hour) })
+	byKey := orders(t, func(s *apps.Spec) {
+		s.Name = "bykey"
+		s.AllowedLateness = config.Duration(time.Minute)
+		s.Retention = config.Duration(30 * 24 * time.Hour)
+	})
 	e.apps = []*apps.App{e.apps[0], byKey}
-	limit := config.ByteSize(4 * f.keys * 150)
+	limit := config.ByteSize(4 * f.keys * 250)
 	p2 := e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit })
 	s := testShard(t, p2, 0)
 	adopt(p2, s)

@@ -346,6 +346,14 @@ func (p *Puma) Memory(app string) (AppMemory, bool) {
 				}
 			}
 		}
+		for _, bf := range s.backfills { // the cells it built so far
+			if bf.live.app.Name() == app {
+				out.Cells += int64(bf.t.ncells)
+				out.Bytes += bf.t.bytes
+				out.EvictedWindows += bf.t.ev.windows
+				out.EvictedCells += bf.t.ev.cells
+			}
+		}
 		s.mu.RUnlock()
 	}
 	if out.Cells > 0 {

@@ -194,7 +194,7 @@ func testEvict(t *testing.T, e *env, st store.Store, category string, f evictFee
 	ctx := context.Background()
 	e.apps = evictApps(t, category)
 	// Room for about four minutes of orders' cells.
-	limit := config.ByteSize(4 * f.keys * 150)
+	limit := config.ByteSize(4 * f.keys * 250)
 	reg := prometheus.NewPedanticRegistry()
 	p := e.node("n1", func(c *Config, d *Deps) { c.MemoryLimit, d.Store, d.Metrics = limit, st, reg })
 	s := testShardOf(t, p, category, 0)
@@ -330,7 +330,7 @@ func TestEvictedRetention(t *testing.T) {
 	}
 }
 
-// TestEvictBoundsHeap: with eviction, a node fed twenty times as many
+// TestEvictBoundsHeap: with eviction, a node fed thirty times as many
 // cells as memory_limit holds (over 200 minutes) refuses none and its
 // live heap grows by less than the limit plus the overhead
 // TestMemoryLimitBoundsHeap states, and every minute is answered exactly.
@@ -339,7 +339,7 @@ func TestEvictBoundsHeap(t *testing.T) {
 		t.Skip("feeds 400k lines")
 	}
 	ctx := context.Background()
-	const limit = 1 << 20
+	const limit = 2 << 20
 	const overhead = 16 << 20
 	e := newEnv(t)
 	e.apps = evictApps(t, "orders")[:1]
