@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/backoff"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -51,10 +53,12 @@ import (
 // was away), and a node still running the old configuration that takes
 // the shard builds the app again rather than reading them.
 //
-// What a backfill cannot do: build what the dfs no longer holds (segments
-// deleted by retention before it read them, which the shard's gap names
-// for its own lines); and while it runs, answers of the app lack the
-// lines it has not read yet (GET /api/v1/apps says "backfilling").
+// What a backfill cannot do: build what the dfs no longer holds. One that
+// starts after retention deleted the bucket's first segments builds from
+// what is left, and the app's answers over their time list the shard as
+// incomplete (the app's gap, app_gaps in the commit row, beside the
+// shard's own). While it runs, answers of the app lack the lines it has
+// not read yet (GET /api/v1/apps says "backfilling").
 // Segment retention keeps the segments a backfill has yet to read
 // (CommittedPosition is the lowest of the shard's and its backfills').
 
@@ -106,6 +110,12 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 			s.removing = append(s.removing, name)
 		}
 	}
+	s.appGaps = nil
+	for app, g := range c.AppGaps {
+		if s.hasApp(app) {
+			s.setAppGap(app, g)
+		}
+	}
 	if E == 0 || c.Spans == nil {
 		return nil // a new shard reads every segment; an older row: all built
 	}
@@ -141,6 +151,18 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 				if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, prefix, store.PrefixEnd(prefix), E); err != nil {
 					return fmt.Errorf("clear rows of span %s to build it: %w", name, err)
 				}
+			}
+			// Built from the first segment left: what retention deleted
+			// before is missing, and answers say so (as for the shard's
+			// own gap).
+			g, err := s.retentionGap(ptail.Position{})
+			if err != nil {
+				return err
+			}
+			s.setAppGap(t.app.Name(), g)
+			if g != nil {
+				s.log.Warn("backfill starts after segments retention deleted; answers over their time say the app is incomplete",
+					"app", t.app.Name(), "deleted_through", g.Segment, "arrived_before", fmtMs(g.ThroughMs))
 			}
 			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
 		}
@@ -327,6 +349,35 @@ func (s *shard) snapshotBackfills(state *commitState) {
 		}
 	}
 	state.Removed = slices.Clone(s.removing)
+	state.AppGaps = maps.Clone(s.appGaps)
+}
+
+// hasApp reports whether the shard has a table of app.
+func (s *shard) hasApp(app string) bool {
+	return slices.ContainsFunc(s.tables, func(t *table) bool { return t.app.Name() == app })
+}
+
+// setAppGap sets (g nil: clears) what app's state lacks; s.mu is held or
+// the shard is not running yet.
+func (s *shard) setAppGap(app string, g *gap) {
+	if g == nil {
+		delete(s.appGaps, app)
+		return
+	}
+	if s.appGaps == nil {
+		s.appGaps = map[string]*gap{}
+	}
+	s.appGaps[app] = g
+}
+
+// incomplete says why the shard's answers of app over windows from
+// fromMs lack lines, "" if they do not: its own gap or the app's; s.mu
+// is held.
+func (s *shard) incomplete(app *apps.App, fromMs int64) string {
+	if why := s.gap.incomplete(app, fromMs); why != "" {
+		return why
+	}
+	return s.appGaps[app.Name()].incomplete(app, fromMs)
 }
 
 // backfillsUnchanged reports whether state says what the committed state

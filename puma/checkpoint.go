@@ -51,6 +51,10 @@ type commitState struct {
 	Spans    []string                  `json:"spans,omitempty"`
 	Backfill map[string]*backfillState `json:"backfill,omitempty"`
 	Removed  []string                  `json:"removed,omitempty"`
+	// AppGaps, by app, is what an app built by a backfill lacks: the
+	// segments retention had deleted before it started (Gap is the
+	// shard's, for every app).
+	AppGaps map[string]*gap `json:"app_gaps,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,

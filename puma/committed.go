@@ -71,7 +71,11 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 				}
 				asOf.WatermarkMs = max(asOf.WatermarkMs, st.Watermarks[app.Name()])
 			}
-			if why := st.Gap.incomplete(app, q.FromMs); why != "" {
+			why := st.Gap.incomplete(app, q.FromMs)
+			if why == "" {
+				why = st.AppGaps[app.Name()].incomplete(app, q.FromMs)
+			}
+			if why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
 			}
 			continue

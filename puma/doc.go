@@ -36,7 +36,10 @@
 // a restart resumes it exactly once. Rows of spans no app has any more
 // are deleted after the next commit (removed, in the commit row, until
 // done). A commit row without spans (older code) takes every span as
-// built. Puma.AppState says whether an app is live or backfilling.
+// built. A backfill that starts after retention deleted segments gives
+// its app a gap of its own (app_gaps): answers list the shard as
+// incomplete for that app. Puma.AppState says whether an app is live or
+// backfilling.
 //
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease

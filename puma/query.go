@@ -499,7 +499,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 		if s, ok := p.shards[id]; ok && isReady(s) {
 			shards = append(shards, s)
 			s.mu.RLock()
-			why := s.gap.incomplete(app, q.FromMs)
+			why := s.incomplete(app, q.FromMs)
 			s.mu.RUnlock()
 			if why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})

@@ -53,6 +53,7 @@ type shard struct {
 	// mu); removing names the spans whose rows are still to delete.
 	backfills []*backfill
 	removing  []string
+	appGaps   map[string]*gap // by app: what its backfill could not read
 }
 
 func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, error) {
