@@ -55,6 +55,11 @@ type commitState struct {
 	// segments retention had deleted before it started (Gap is the
 	// shard's, for every app).
 	AppGaps map[string]*gap `json:"app_gaps,omitempty"`
+	// Aborted lists the epochs that were never committed, as inclusive
+	// ranges, oldest first: a cell version at one of them was written by
+	// an attempt that did not commit, perhaps by a stale owner after the
+	// claim that should have purged it, and no read counts it (fence.go).
+	Aborted []epochRange `json:"aborted,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,
@@ -115,12 +120,17 @@ func readCommit(ctx context.Context, st store.Store, table, category string, buc
 	return val, state, attempt, nil
 }
 
-// scanCells reads the cell rows of one app in one shard (prefix, from
-// appPrefix) from start to stop as of epoch, decoding each with l; fn gets
-// the bytes of its variable states too. A row that is not a cell row or a
-// cell that does not fit l is an error.
-func scanCells(ctx context.Context, st store.Store, table, prefix, start, stop string, epoch int64, l *layout, fn func(window int64, key string, c cell, stored int64)) error {
-	return st.Scan(ctx, table, start, stop, epoch, func(rowKey string, cs []store.Cell) error {
+// scanCommitted reads the cell rows of one app in one shard (prefix,
+// from appPrefix) from start to stop as of a commit: as of its epoch,
+// without the versions of the epochs it lists as aborted (fence.go),
+// decoding each with l; fn gets the bytes of its variable states too. A
+// row that is not a cell row or a cell that does not fit l is an error.
+func scanCommitted(ctx context.Context, st store.Store, table, prefix, start, stop string, at commitState, l *layout, fn func(window int64, key string, c cell, stored int64)) error {
+	return st.Scan(ctx, table, start, stop, at.Epoch, func(rowKey string, cells []store.Cell) error {
+		cs, err := committedVersions(ctx, st, table, rowKey, cells, at.Aborted)
+		if err != nil {
+			return err
+		}
 		wk, key, ok := strings.Cut(strings.TrimPrefix(rowKey, prefix), "/")
 		w, wok := parseWindowKey(wk)
 		if !ok || !wok {
@@ -198,7 +208,7 @@ func (s *shard) recover(ctx context.Context) error {
 			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok {
 				sp.horizon = h
 			}
-			err := scanCells(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
+			err := scanCommitted(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), s.committed, t.layout, func(w int64, key string, c cell, stored int64) {
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
@@ -234,6 +244,7 @@ func (s *shard) recover(ctx context.Context) error {
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
 	s.committedEpoch, s.committedPos = E, s.committed.Position
+	s.readAborted = s.committed.Aborted
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
 	return nil
@@ -277,6 +288,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
 	s.snapshotBackfills(&state)
+	state.Aborted = withAborted(s.committed.Aborted, s.committed.Epoch, epoch)
 	type pending struct {
 		t    *table
 		span int
@@ -334,6 +346,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	if !ok {
 		return errFenced
 	}
+	if h := s.p.afterMark; h != nil {
+		h(s.category, s.bucket)
+	}
 	// 2. The cells, at the epoch.
 	const chunk = 1000
 	for i := 0; i < len(cells); i += chunk {
@@ -361,6 +376,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.committed = state
 	s.mu.Lock()
 	s.committedEpoch, s.committedPos = state.Epoch, state.Position
+	s.readAborted = state.Aborted
 	s.mu.Unlock()
 	s.afterCommit(state)
 	s.lastCommit.Store(s.p.now().UnixNano())

@@ -239,13 +239,14 @@ func (t *table) evictedRetention(i int, prefix string, epoch int64) []expiredRow
 
 // mergeShard merges the cells of pl's app in shard s into m: those in
 // memory and, for windows of the range that were evicted, those in the
-// store as of the shard's committed epoch. It is all or nothing: on an
+// store as of the shard's last commit (its epoch, without the versions of
+// aborted epochs). It is all or nothing: on an
 // error nothing of the shard is in m.
 func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
 	var (
 		into    = m
 		stop    int64
-		epoch   int64
+		at      commitState
 		evicted bool
 	)
 	s.snapshot(func(tables []*table) {
@@ -255,7 +256,8 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
 			}
 			sp := t.spans[pl.span]
 			if first := resident(sp.horizon, sp.ms); pl.from < first {
-				evicted, stop, epoch = true, min(pl.to, first), s.committedEpoch
+				evicted, stop = true, min(pl.to, first)
+				at = commitState{Epoch: s.committedEpoch, Aborted: s.readAborted}
 				into = newMerger(pl)
 			}
 			sp.each(pl.from, pl.to, into.add)
@@ -265,7 +267,7 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
 		return nil
 	}
 	prefix := appPrefix(s.category, s.bucket, pl.app, fingerprint(pl.app, pl.srcMs))
-	err := scanCells(ctx, s.p.deps.Store, s.p.cfg.Table, prefix, prefix+windowKey(pl.from), prefix+windowKey(stop), epoch, pl.layout,
+	err := scanCommitted(ctx, s.p.deps.Store, s.p.cfg.Table, prefix, prefix+windowKey(pl.from), prefix+windowKey(stop), at, pl.layout,
 		func(w int64, key string, c cell, _ int64) { into.add(w, key, c) })
 	if err != nil {
 		return fmt.Errorf("read evicted windows of %s/%d: %w", s.category, s.bucket, err)
