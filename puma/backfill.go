@@ -370,6 +370,16 @@ func (s *shard) setAppGap(app string, g *gap) {
 	s.appGaps[app] = g
 }
 
+// incomplete says why a committed state's answers of app over windows
+// from fromMs lack lines, "" if they do not: the shard's gap or the
+// app's.
+func (st commitState) incomplete(app *apps.App, fromMs int64) string {
+	if why := st.Gap.incomplete(app, fromMs); why != "" {
+		return why
+	}
+	return st.AppGaps[app.Name()].incomplete(app, fromMs)
+}
+
 // incomplete says why the shard's answers of app over windows from
 // fromMs lack lines, "" if they do not: its own gap or the app's; s.mu
 // is held.

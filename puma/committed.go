@@ -71,11 +71,7 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 				}
 				asOf.WatermarkMs = max(asOf.WatermarkMs, st.Watermarks[app.Name()])
 			}
-			why := st.Gap.incomplete(app, q.FromMs)
-			if why == "" {
-				why = st.AppGaps[app.Name()].incomplete(app, q.FromMs)
-			}
-			if why != "" {
+			if why := st.incomplete(app, q.FromMs); why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
 			}
 			continue

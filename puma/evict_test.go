@@ -221,6 +221,18 @@ func testEvict(t *testing.T, e *env, st store.Store, category string, f evictFee
 		t.Fatalf("metrics %v, memory %+v", m, mem)
 	}
 	checkAnswers(t, "memory and store", p, f)
+	// The partial state a serving fan-out asks for holds the evicted
+	// windows too.
+	q := Query{App: "orders", GroupBy: []string{}, FromMs: t0, ToMs: t0 + int64(f.windows)*60_000}
+	part, err := p.Partial(ctx, q, []int{0})
+	if err != nil || len(part.Missing) != 0 {
+		t.Fatalf("partial: %v, missing %+v", err, part)
+	}
+	res, err := MergePartials(e.apps[0], q, []*Partial{part})
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalRows(t, "partial", formatRows(res), f.perWindow())
 	checkAnswers(t, "committed", NewCommitted(st, "puma", e.apps, func(string) int { return 1 }), f)
 
 	// Late for an evicted window: counted as late, nothing changes.
