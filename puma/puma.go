@@ -38,14 +38,15 @@ type Config struct {
 	// Table is the store table holding checkpoints.
 	Table string `yaml:"table"`
 	// MaxCells bounds the cells (window × group key) this node holds in
-	// memory, over all its shards and apps. Once reached, a line that
-	// would create a new cell is refused (counted as max_cells); existing
-	// cells keep aggregating.
+	// memory, over all its shards and apps. Near it, closed windows are
+	// evicted to the store (evict.go); once reached with nothing left to
+	// evict, a line that would create a new cell is refused (counted as
+	// max_cells); existing cells keep aggregating.
 	MaxCells int `yaml:"max_cells"`
 	// MemoryLimit bounds the approximate bytes of the cells this node
-	// holds in memory (freeway_puma_cell_bytes summed): once reached, a
-	// line that would create a new cell is refused (counted as
-	// max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
+	// holds in memory (freeway_puma_cell_bytes summed): closed windows
+	// are evicted, then a line that would create a new cell is refused
+	// (counted as max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
 	MemoryLimit config.ByteSize `yaml:"memory_limit"`
 	// DedupHorizon: an agent key (agent id and incarnation) not seen for
 	// this long, in arrival time, is forgotten; an entry it re-sends
