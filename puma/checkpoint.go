@@ -209,6 +209,9 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
+	if err := s.loadWindows(ctx, E); err != nil {
+		return err
+	}
 	s.committedEpoch, s.committedPos = E, s.committed.Position
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
@@ -251,12 +254,13 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		Gap:        s.gap,
 	}
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
+	cells, winKeys := s.highWater.takeDirty(dedupPrefix(s.category, s.bucket), epoch, nil)
+	s.highWater.schedule(dedupPrefix(s.category, s.bucket), epoch)
 	type pending struct {
 		t    *table
 		span int
 		keys []cellKey
 	}
-	var cells []store.Cell
 	var dirty []pending
 	for _, t := range s.tables {
 		state.Watermarks[t.app.Name()] = t.watermark
@@ -286,6 +290,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		for _, d := range dirty {
 			d.t.remark(d.span, d.keys)
 		}
+		s.highWater.remark(winKeys)
 		s.mu.Unlock()
 	}
 	row := commitRow(s.category, s.bucket)
@@ -333,6 +338,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(len(cells)))
 	s.p.m.checkpointSeconds.Observe(s.p.now().Sub(start).Seconds())
+	s.deleteGoneWindows(ctx, epoch)
 	// 4. Retention, once the state without the expired windows is
 	// committed; what fails is tried again at the next checkpoint.
 	left := s.expired[:0]

@@ -203,15 +203,16 @@ func (s *shard) apply(b *segment.Block, pos ptail.Position) {
 			s.p.m.forgottenCap.Add(float64(evicted))
 		}
 	}
-	var dups, n uint64
+	var dups, below, n uint64
 	for i, msg := range b.Messages {
 		if key != nil {
-			seq := b.Seqs[i]
-			if seq <= key.seq {
+			if v := s.highWater.admit(key, b.Seqs[i]); v != seqNew {
 				dups++
+				if v == seqBelow {
+					below++
+				}
 				continue
 			}
-			key.seq = seq
 		}
 		n++
 		for _, t := range s.tables {
@@ -223,6 +224,7 @@ func (s *shard) apply(b *segment.Block, pos ptail.Position) {
 	s.entries += n
 	s.p.m.entries.Add(float64(n))
 	s.p.m.duplicates.Add(float64(dups))
+	s.p.m.belowWindow.Add(float64(below))
 }
 
 // snapshot runs fn with the shard's tables read-locked.
