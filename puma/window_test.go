@@ -210,3 +210,37 @@ func TestForgottenKeyWindowRowDeleted(t *testing.T) {
 		t.Fatalf("entries %d, want 5", s.entries)
 	}
 }
+
+// BenchmarkDedupAdmit is the seen-window's cost per entry: a stream read
+// in order by a one-bucket category (no window kept), every eighth number
+// (a bucket of eight), and batches of 1,000 arriving two at a time in
+// swapped order.
+//
+//	go test -run '^$' -bench BenchmarkDedupAdmit ./puma
+func BenchmarkDedupAdmit(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		seq  func(i uint64) uint64
+	}{
+		{"in-order", func(i uint64) uint64 { return i + 1 }},
+		{"one-of-8", func(i uint64) uint64 { return 8*i + 3 }},
+		{"swapped-batches", func(i uint64) uint64 {
+			batch, off := i/1000, i%1000
+			return (batch^1)*1000 + off + 1
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			d := newDedup(16, 1<<40)
+			k, _, _, _ := d.touch("a/1", 1, 0)
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if d.admit(k, c.seq(uint64(i))) != seqNew {
+					b.Fatal("an entry seen once taken as a repeat")
+				}
+				if len(d.dirty) > 0 {
+					d.dirty, k.dirty = d.dirty[:0], false
+				}
+			}
+		})
+	}
+}
