@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +54,10 @@ type Config struct {
 	// call that needs a writer for one more gets TRY_LATER (counted as
 	// max_categories) until idle writers end.
 	MaxCategories int `yaml:"max_categories"`
+	// ForwardTimeout bounds a forward of entries to the writer holding
+	// their bucket: connecting, and waiting for its answer (which comes
+	// once the entries are durable there).
+	ForwardTimeout config.Duration `yaml:"forward_timeout"`
 
 	// Replaced keys, kept only to say so.
 	OldMaxFrameBytes   *config.ByteSize `yaml:"max_frame_bytes,omitempty"`
@@ -68,6 +75,7 @@ func DefaultConfig() Config {
 		PortConfig:      thriftsrv.DefaultPortConfig(),
 		IdleClose:       config.Duration(time.Minute),
 		MaxCategories:   10000,
+		ForwardTimeout:  config.Duration(10 * time.Second),
 	}
 }
 
@@ -88,6 +96,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("idle_close", "must be at least 10ms")
 	case c.MaxCategories < 1:
 		return config.Errorf("max_categories", "must be positive")
+	case c.ForwardTimeout.D() < 100*time.Millisecond:
+		return config.Errorf("forward_timeout", "must be at least 100ms")
 	case c.OldMaxFrameBytes != nil:
 		return config.Errorf("max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
 	case c.OldMaxMessageBytes != nil:
@@ -164,6 +174,15 @@ type Calligraphus struct {
 	labels  map[string]string // category → metric label, bounded
 
 	reqs sync.Pool // *appendReq, see newReq
+
+	// advertised is the Scribe address this writer publishes in the group
+	// of live writers; members is the latest view of that group.
+	advertised  string
+	members     atomic.Pointer[view]
+	rebalanceCh chan struct{}
+	peers       *peers
+	holderMu    sync.Mutex
+	holderCache map[bucketID]cachedHolder
 }
 
 type bucketID struct {
@@ -202,6 +221,18 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		labels:  map[string]string{},
 	}
 	c.rl = ratelog.New(c.log, time.Minute, 10)
+	held := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_calligraphus_buckets_held", Help: "Buckets whose lease this writer holds, as far as it knows."},
+		func() float64 { return float64(c.heldBuckets()) })
+	if reg != nil {
+		reg.MustRegister(held)
+	}
+	// Refuse a listener other writers and agents could not be told how to
+	// reach before binding it (the port does not matter here).
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		if _, err := component.AdvertisedAddr(&net.TCPAddr{IP: net.ParseIP(host)}, deps.Shared.Advertise); err != nil && (host == "" || net.ParseIP(host) != nil) {
+			return nil, fmt.Errorf("calligraphus.listen %s: %w", cfg.Listen, err)
+		}
+	}
 	info := scribeapi.Info{Name: "freeway-calligraphus", Version: deps.Version, Counters: scribeapi.Counters(own, fb303Counters...), Control: deps.Control, Metrics: deps.Metrics, Now: deps.Now}
 	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
 		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
@@ -209,6 +240,16 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 		return nil, fmt.Errorf("start calligraphus: %w", err)
 	}
 	c.server = srv
+	bound, err := net.ResolveTCPAddr("tcp", srv.Addr())
+	if err == nil {
+		c.advertised, err = component.AdvertisedAddr(bound, deps.Shared.Advertise)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start calligraphus: %w", err)
+	}
+	c.rebalanceCh = make(chan struct{}, 1)
+	c.holderCache = map[bucketID]cachedHolder{}
+	c.peers = c.newPeers()
 	return c, nil
 }
 
@@ -263,12 +304,19 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.ctx = wctx
 	c.mu.Unlock()
-	c.log.Info("calligraphus serving", "addr", c.Addr(), "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID,
+	c.log.Info("calligraphus serving", "addr", c.Addr(), "advertised", c.advertised, "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID,
 		"segment_max_age", c.cfg.SegmentMaxAge.D())
+	var bg sync.WaitGroup
+	bg.Add(2)
+	go func() { defer bg.Done(); c.membership(ctx) }()
+	go func() { defer bg.Done(); c.rebalance(ctx) }()
 	err := c.server.Serve(ctx)
-	// The server has stopped taking batches; let writers publish and stop.
+	// The server has stopped taking batches; leave the group (so that the
+	// others stop forwarding here), then let writers publish and stop.
+	bg.Wait()
 	cancelWriters()
 	c.wg.Wait()
+	c.peers.close()
 	c.log.Info("calligraphus stopped")
 	return err
 }
@@ -299,17 +347,31 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 		c.m.unverified.Add(float64(len(b.Messages)))
 		c.rl.Warn("unverified", "batch from a connection without a verified client certificate taken without agent id or sequence numbers",
 			"agent", ratelog.Clip(b.AgentID), "remote", peer(ctx))
-		return c.ingest(ctx, callInfo{arrivalMs: now}, b.Messages), nil
+		// Marked forwarded, it is still never forwarded again: the mark
+		// only restricts what this writer does with it.
+		return c.ingest(ctx, callInfo{arrivalMs: now, forwarded: b.GetForwarded()}, b.Messages), nil
 	}
-	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0))}
+	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0)), forwarded: b.GetForwarded()}
 	if b.AgentID != "" {
 		// Sequence numbers restart with each incarnation of the agent's
 		// queue: deduplicate per incarnation. The incarnation is a secret
 		// of the agent's run, kept out of logs (info.agentID is logged).
 		info.agent = b.AgentID
-		if inc := b.GetIncarnation(); inc != "" {
-			info.agent += "/" + inc
+		info.incarnation = b.GetIncarnation()
+		if info.incarnation != "" {
+			info.agent += "/" + info.incarnation
 		}
+	}
+	if b.IsSetSeqs() && b.AgentID != "" {
+		// A forwarding writer's batch: each entry's own sequence number.
+		if len(b.Seqs) == len(b.Messages) && !slices.ContainsFunc(b.Seqs, func(q int64) bool { return q <= 0 }) {
+			info.seqs = b.Seqs
+			return c.ingest(ctx, info, b.Messages), nil
+		}
+		c.m.unsequenced.Add(float64(len(b.Messages)))
+		c.rl.Warn("bad seqs", "batch with sequence numbers not one positive number per entry taken without deduplication", "agent", ratelog.Clip(b.AgentID), "entries", len(b.Messages), "seqs", len(b.Seqs))
+		info.agent = ""
+		return c.ingest(ctx, info, b.Messages), nil
 	}
 	if b.FirstSeq <= 0 && b.AgentID != "" {
 		// Refusing would wedge the sender, which retries TRY_LATER forever:
@@ -324,10 +386,23 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 
 // callInfo is what a call says about all its entries.
 type callInfo struct {
-	agent     string // the block's Agent: dedup identity, "" for stock clients
-	agentID   string // the agent's id alone, for logs
-	firstSeq  uint64
-	arrivalMs int64
+	agent       string // the block's Agent: dedup identity, "" for stock clients
+	agentID     string // the agent's id alone, for logs
+	incarnation string // of the agent's queue, forwarded with the entries
+	firstSeq    uint64
+	seqs        []int64 // each entry's sequence number, when forwarded
+	arrivalMs   int64
+	// forwarded: a writer sent these entries to this one as their
+	// bucket's holder; they are never forwarded again.
+	forwarded bool
+}
+
+// seq is the sequence number of entry i of the call.
+func (info *callInfo) seq(i int) uint64 {
+	if info.seqs != nil {
+		return uint64(info.seqs[i])
+	}
+	return info.firstSeq + uint64(i)
 }
 
 // ingest writes a call's entries to their buckets and answers OK once all
@@ -394,7 +469,7 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 			order = append(order, bucketID{category, bucket})
 			reqs = append(reqs, req)
 		}
-		if !req.add(info, e.Message, info.firstSeq+uint64(i)) {
+		if !req.add(info, e.Message, info.seq(i)) {
 			recycle(reqs)
 			c.m.tryLater.WithLabelValues("too_large").Inc()
 			c.rl.Error("try_later too_large", "entry larger than a segment block; call refused", "category", ratelog.Clip(category), "bytes", len(e.Message), "agent", ratelog.Clip(info.agentID))
@@ -410,29 +485,60 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		return scribethrift.ResultCode_OK
 	}
 
-	// Reserve every bucket's capacity, then make sure this process owns
-	// every bucket; only then submit anything.
-	claimed := make([]*bucketWriter, 0, len(order))
+	// Where each bucket's entries go: here, or to the writer holding the
+	// bucket (or preferred for it, when nobody holds it). Looking up a
+	// holder is a coordinator round trip: all at once.
+	routes := make([]destination, len(order))
+	{
+		errs := make([]error, len(order))
+		var wg sync.WaitGroup
+		for i, id := range order {
+			if c.holds(id) {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				routes[i], errs[i] = c.routeOf(ctx, id, info.forwarded)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				recycle(reqs)
+				return c.tryLater(order[i], info, err)
+			}
+		}
+	}
+
+	// Reserve every local bucket's capacity, then make sure this process
+	// owns every one; only then submit or forward anything.
+	claimed := make([]*bucketWriter, len(order)) // nil: forwarded
 	refuse := func(id bucketID, err error) scribethrift.ResultCode {
 		for i, w := range claimed {
-			w.unreserve(reqs[i].size)
+			if w != nil {
+				w.unreserve(reqs[i].size)
+			}
 		}
 		recycle(reqs)
 		return c.tryLater(id, info, err)
 	}
 	for i, id := range order {
+		if routes[i].addr != "" {
+			continue
+		}
 		w, err := c.reserve(id, reqs[i].size)
 		if err != nil {
 			return refuse(id, err)
 		}
-		claimed = append(claimed, w)
+		claimed[i] = w
 	}
 	// Taking a lease is a coordinator round trip and a look at the
 	// bucket: for the buckets not owned yet, all at once.
 	owned := make([]error, len(claimed))
 	var wg sync.WaitGroup
 	for i, w := range claimed {
-		if !w.owned.Load() {
+		if w != nil && !w.owned.Load() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -447,12 +553,50 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		}
 	}
 	for i, w := range claimed {
-		w.enqueue(reqs[i])
+		if w != nil {
+			w.enqueue(reqs[i])
+		}
+	}
+	// The other buckets' entries, one batch per holder.
+	type forwardResult struct {
+		id   bucketID
+		reqs int
+		err  error
+	}
+	byAddr := map[string][]int{}
+	var addrs []string
+	for i, r := range routes {
+		if r.addr != "" {
+			if byAddr[r.addr] == nil {
+				addrs = append(addrs, r.addr)
+			}
+			byAddr[r.addr] = append(byAddr[r.addr], i)
+		}
+	}
+	forwards := make(chan forwardResult, len(addrs))
+	for _, addr := range addrs {
+		idx := byAddr[addr]
+		go func() {
+			ids := make([]bucketID, len(idx))
+			rs := make([]*appendReq, len(idx))
+			for k, i := range idx {
+				ids[k], rs[k] = order[i], reqs[i]
+			}
+			err := c.forward(ctx, addr, info, ids, rs)
+			if err != nil {
+				c.forgetHolders(ids)
+				err = fmt.Errorf("%w: %s (holder %s): %w", errForward, addr, ratelog.Clip(routes[idx[0]].holder), err)
+			}
+			forwards <- forwardResult{ids[0], len(idx), err}
+		}()
 	}
 	var firstErr error
 	var firstID bucketID
 	answered := 0
 	for i, id := range order {
+		if claimed[i] == nil {
+			continue
+		}
 		var err error
 		select {
 		case err = <-reqs[i].done:
@@ -464,6 +608,15 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 			firstErr, firstID = err, id
 		}
 	}
+	for range addrs {
+		// A forward ends within forward_timeout, and its requests are
+		// not recycled before.
+		r := <-forwards
+		answered += r.reqs
+		if r.err != nil && firstErr == nil {
+			firstErr, firstID = r.err, r.id
+		}
+	}
 	if answered == len(reqs) {
 		// No writer refers to them any more. (Requests left unanswered
 		// when the call ended are left to the garbage collector.)
@@ -472,8 +625,34 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 	if firstErr != nil {
 		return c.tryLater(firstID, info, firstErr)
 	}
-	c.m.received.Add(float64(accepted))
+	if info.forwarded {
+		c.m.forwarded.WithLabelValues("in").Add(float64(accepted))
+	} else {
+		c.m.received.Add(float64(accepted))
+	}
 	return scribethrift.ResultCode_OK
+}
+
+// heldBuckets counts the buckets whose lease this process holds.
+func (c *Calligraphus) heldBuckets() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, w := range c.writers {
+		if w.owned.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// holds reports whether this process's writer of bucket id holds its
+// lease, as far as it knows.
+func (c *Calligraphus) holds(id bucketID) bool {
+	c.mu.Lock()
+	w := c.writers[id]
+	c.mu.Unlock()
+	return w != nil && w.owned.Load()
 }
 
 // tryLater counts and logs (rate-limited) a call refused for err.
@@ -494,6 +673,9 @@ var (
 	errStopping    = errors.New("writer stopping")
 	errTooManyCats = errors.New("over max_categories categories with running writers")
 	errRetired     = errors.New("writer ended for idleness")
+	errFenced      = errors.New("bucket fenced at the storage by a newer writer")
+	errUnsealed    = errors.New("a newer writer's intent is not sealed yet")
+	errForward     = errors.New("forward to the bucket's writer failed")
 )
 
 func reason(err error) string {
@@ -502,6 +684,10 @@ func reason(err error) string {
 		return "busy"
 	case errors.Is(err, errNotOwner):
 		return "not_owner"
+	case errors.Is(err, errFenced), errors.Is(err, errUnsealed):
+		return "fenced"
+	case errors.Is(err, errForward):
+		return "forward_error"
 	case errors.Is(err, errTooManyCats):
 		return "max_categories"
 	case errors.Is(err, errStopping), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -613,6 +799,10 @@ type metrics struct {
 	unroutable  *prometheus.CounterVec
 	tryLater    *prometheus.CounterVec
 	salvaged    prometheus.Counter
+	fenced      prometheus.Counter
+	forwarded   *prometheus.CounterVec
+	handoffs    prometheus.Counter
+	writers     prometheus.Gauge
 	unsequenced prometheus.Counter
 	unverified  prometheus.Counter
 	pending     *prometheus.GaugeVec
@@ -627,15 +817,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		segments:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_published_total", Help: "Segments closed and published, by category."}, []string{"category"}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries dropped for good (empty category, as stock Scribe does), by reason."}, []string{"reason"}),
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),
-		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, max_categories, stopping, write_error, too_large."}, []string{"reason"}),
+		tryLater:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_try_later_total", Help: "Calls answered TRY_LATER, by reason: busy (max_pending_bytes), not_owner, fenced, max_categories, stopping, write_error, too_large, forward_error."}, []string{"reason"}),
+		forwarded:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_forwarded_total", Help: "Entries forwarded between writers and acknowledged: out, sent to the writer holding their bucket; in, taken from a forwarding writer (not in entries_received)."}, []string{"direction"}),
+		handoffs:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_handoffs_total", Help: "Buckets handed off to the live writer preferred for them (segment published, lease released)."}),
+		writers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_calligraphus_live_writers", Help: "Writers in the group of live writers, as this writer last saw it."}),
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
 		unverified:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unverified_total", Help: "Entries of agent batches from connections without a verified client certificate while tls.ca_file is set, taken without agent id or sequence numbers (no deduplication)."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
+		fenced:      prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_fenced_total", Help: "Times this writer found at the storage that a newer writer had taken its bucket (its batch answered TRY_LATER, its segment not counted)."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.unsequenced, m.unverified, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit)
 	}
 	return m
 }

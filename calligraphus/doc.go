@@ -23,22 +23,65 @@
 // (freeway_calligraphus_entries_rejected_total{reason="empty_category"}),
 // as stock Scribe drops it; the call is still answered OK.
 //
+// Any writer takes any entry. Writers join the coord group
+// members/calligraphus (layout.WriterMembers) with their id and the Scribe
+// address they advertise (calligraphus.listen, or --advertise with its
+// port when it binds every interface). A call's entries are grouped by
+// bucket, and each bucket's go where its lease holder is: here, or
+// forwarded to the holder (coord Holder, then its address in the group).
+// A bucket nobody holds goes to its preferred writer (below), which takes
+// it. Forwarded entries travel as one LogBatch per holder with
+// forwarded=true, the agent id and incarnation, each entry's own sequence
+// number (seqs) and the arrival time (received_at_ms), so the holder
+// writes the blocks it would have written had the agent sent them there,
+// and Puma's deduplication holds. A writer receiving a forwarded batch
+// never forwards it again (no loops): it writes it, taking the bucket if
+// nobody holds it, or answers TRY_LATER (not_owner) when the holder has
+// changed meanwhile; the sender's retry finds the new holder. The call is
+// answered OK only once the holders answered OK, that is once the entries
+// are durable there, so a sender's next batch cannot overtake it.
+// Connections to other writers are pooled (8 per peer at most), time out
+// after forward_timeout, and use the process's TLS and certificate: a
+// holder verifying client certificates (tls.ca_file) honours forwarded
+// agent ids only from a verified peer, like an agent's. A holder's
+// address is looked up again after 500ms, or after a failed forward.
+//
+// Balance. The preferred writer of each bucket is computed alike by every
+// writer from the live group: rendezvous hashing of (lease name, writer
+// id), bounded so that no writer is preferred for more than ceil(buckets /
+// writers) buckets of a category. A writer holding a bucket another live
+// writer is preferred for hands it off (at each change of the group and
+// every 2s): it publishes the open segment and releases the lease, and
+// refuses the bucket for 2s; the next entries reach the preferred writer.
+// The buckets of a category an app consumes are all known, so a writer
+// takes those it is preferred for and nobody holds without waiting for
+// entries (at each change of the group and every 2s), and keeps them
+// while idle (idle_close ends only other buckets' writers). A joining
+// writer so takes its share, a leaving one (Run ending) leaves the group
+// and publishes and releases what it holds, and a dead one's leases and
+// membership end with its coord session, after which its buckets are
+// taken by their new preferred writers within a rebalance round (other
+// categories' on their next entries).
+//
 // A call is all or nothing, as far as the writer can know in advance.
-// Its entries are grouped by bucket; every bucket's capacity
-// (max_pending_bytes) is reserved and this process's ownership of every
-// bucket is checked (taking the lease if needed) before any bucket is
-// written. So a call answered TRY_LATER because one bucket is busy, held
-// by another writer, or would need a writer for one category more than
-// max_categories has written nothing, and the sender's retry writes
-// nothing twice. What remains: after the check, a bucket's write can
-// still fail (a dfs error) or its lease be lost, while another bucket of
-// the same call was written; the call is answered TRY_LATER and the retry
-// writes the other bucket's entries again. Puma drops those repeats for
-// entries from Freeway's agent (by sequence number); a stock client's are
-// counted twice. Every TRY_LATER is counted by reason in
-// freeway_calligraphus_try_later_total (busy, not_owner, max_categories,
-// stopping, write_error, too_large) and logged, rate-limited. Nothing is
-// answered OK and then dropped.
+// Its entries are grouped by bucket; the route of every bucket is decided
+// (here or forwarded), every local bucket's capacity (max_pending_bytes)
+// is reserved and this process's ownership of every local bucket is
+// checked (taking the lease if needed) before any bucket is written or
+// forwarded. So a call answered TRY_LATER because one bucket is busy,
+// held by a writer that is not live, or would need a writer for one
+// category more than max_categories has written nothing, and the sender's
+// retry writes nothing twice. What remains: after the check, a bucket's
+// write can still fail (a dfs error), its lease be lost, or a forward
+// fail (the holder refused, did not answer in time, or changed), while
+// another bucket of the same call was written; the call is answered
+// TRY_LATER and the retry writes the other bucket's entries again. Puma
+// drops those repeats for entries from Freeway's agent (by sequence
+// number); a stock client's are counted twice. Every TRY_LATER is counted
+// by reason in freeway_calligraphus_try_later_total (busy, not_owner,
+// fenced, max_categories, stopping, write_error, forward_error,
+// too_large) and logged, rate-limited. Nothing is answered OK and then
+// dropped.
 //
 // Arrival and identity. A stock client's entries (Log) arrive at this
 // writer's clock. An agent's batch (LogBatch) arrives at its
@@ -80,7 +123,8 @@
 //
 // Bounded writers. A bucket writer (a goroutine, a lease, about 12 KiB)
 // that received nothing for idle_close publishes its segment, releases its
-// lease and ends; the next entry for the bucket starts a new one, with a
+// lease and ends (unless it is its preferred writer's bucket of a category
+// an app consumes: those are bounded by the configuration); the next entry for the bucket starts a new one, with a
 // new epoch. max_categories bounds the categories with running writers:
 // a call that needs a writer for one more gets TRY_LATER (reason
 // max_categories) until idle writers end, so a client inventing
@@ -97,4 +141,28 @@
 // written after that, since the new owner may already have salvaged the
 // segment; it answers TRY_LATER to what was waiting and takes the bucket
 // again, with a new epoch, on the next request if nobody else holds it.
+//
+// Fencing at the storage. Hearing of the loss can come late: a writer
+// stalled past its session (SIGSTOP, a long pause) wakes up believing it
+// holds its buckets. The dfs has no compare-and-set, but its namespace is
+// linearizable, and the protocol of internal/layout/fence.go makes it
+// enough. A writer taking a bucket at epoch E creates the fence intent
+// <bucket>/.fence/<E, 16 hex>.intent (exclusively), then salvages, then
+// lists the bucket and publishes the seal <E>.seal: JSON {"epoch":E,
+// "last":[segment names]}, the last segment that counts of each older
+// epoch. Readers (layout.Published: ptail, the copier, retention) count
+// an older epoch's segment only if the newest seal covers it, and wait
+// before one while a newer intent is unsealed. A writer answers OK for a
+// published segment (HDFS) only once the same verdict, read after the
+// rename, says readers count it: no newer intent (a later owner's listing
+// sees the segment), or a newer seal covering it; fenced, it removes the
+// segment, answers TRY_LATER (counted as fenced, and in
+// freeway_calligraphus_fenced_total) and stops acting as owner. Where an
+// fsync acknowledges (local disk), the check follows the sync: a newer
+// intent may predate the salvage, so the batch is refused. So a stale
+// writer publishes nothing a reader counts, and is never answered OK for
+// entries no reader counts; its senders' retries reach the new owner. An
+// owner that dies between its intent and its seal holds readers of the
+// bucket back until the bucket's next owner seals, which the next entry
+// for the bucket brings about.
 package calligraphus

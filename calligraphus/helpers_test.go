@@ -58,6 +58,7 @@ type server struct {
 	c      *Calligraphus
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
+	ctx    context.Context
 	done   chan error
 	once   sync.Once
 }
@@ -84,11 +85,13 @@ func startServerWith(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, rout
 		hook(c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{t: t, c: c, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	s := &server{t: t, c: c, reg: reg, cancel: cancel, ctx: ctx, done: make(chan error, 1)}
 	go func() { s.done <- c.Run(ctx) }()
 	t.Cleanup(s.stop)
 	return s
 }
+
+func (s *server) ctxDone() <-chan struct{} { return s.ctx.Done() }
 
 // stop cancels Run and waits for it to return.
 func (s *server) stop() {
@@ -189,6 +192,9 @@ func published(t *testing.T, fsys dfs.FS, dir string, allowHidden bool) []string
 	}
 	var out []string
 	for _, fi := range infos {
+		if fi.Name() == layout.FenceDirName {
+			continue // the writers' fence (layout/fence.go), not a segment
+		}
 		if dfs.Hidden(fi.Name()) {
 			if !allowHidden {
 				t.Errorf("%s: unpublished file %s left over", dir, fi.Name())

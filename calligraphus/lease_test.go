@@ -178,7 +178,7 @@ func TestLeaseLostAckFenced(t *testing.T) {
 	coB := hub.Session()
 	defer coB.Close()
 	cfgA, cfgB := testConfig(), testConfig()
-	cfgB.ID = "w2"
+	cfgA.ID, cfgB.ID = preferring(t, "cat", 0, 1) // A keeps the bucket
 	a := startServer(t, cfgA, fsA, coA, nil)
 	b := startServer(t, cfgB, fsB, coB, nil)
 	clA, clB := a.dial(t), b.dial(t)
@@ -189,7 +189,11 @@ func TestLeaseLostAckFenced(t *testing.T) {
 	late := logAsync(clA, entries("cat", "a-2"))
 	<-g.blocked
 	coA.Expire()
-	mustLog(t, clB, entries("cat", "b-1")) // B takes over, salvages A's segment
+	// B takes over and salvages A's segment (a forwarded batch: B writes
+	// it itself rather than forwarding it to A, preferred for the bucket).
+	if rc, err := clB.LogBatch(context.Background(), &scribethrift.Batch{Messages: entries("cat", "b-1"), Forwarded: thriftBool(true)}); err != nil || rc != scribethrift.ResultCode_OK {
+		t.Fatalf("B: %v %v", rc, err)
+	}
 	g.open()
 	r := <-late
 	if r.err != nil {

@@ -44,15 +44,17 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 		}
 		return fmt.Errorf("acquire %s: %w", name, err)
 	}
-	maxEpoch, err := w.recover(lease.Epoch())
+	epoch, err := w.recover(lease.Epoch())
 	if err != nil {
-		_ = lease.Release(ctx) // a lease not released ends with the coord session
+		_ = coord.Release(ctx, lease) // a lease not released ends with the coord session
 		w.nextTry = w.c.now().Add(time.Second)
+		if errors.Is(err, layout.ErrSuperseded) || errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: take bucket %s: %w", errNotOwner, w.dir, err)
+		}
 		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
 	}
-	w.lease = lease
-	w.owned.Store(true)
-	w.epoch = max(lease.Epoch(), maxEpoch+1)
+	w.hold(lease)
+	w.epoch = epoch
 	w.seq = 0
 	if w.epoch != lease.Epoch() {
 		w.log.Warn("lease epoch below existing segments; using a higher one", "lease_epoch", lease.Epoch(), "epoch", w.epoch)
@@ -61,9 +63,14 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	return nil
 }
 
-// recover deals with what earlier writers left in the bucket and returns
-// the highest epoch found there. It first makes sure a long category's
-// directory has its sidecar, so that the category can be listed.
+// recover takes the bucket at the storage and deals with what earlier
+// writers left there; it returns the epoch this writer writes under: the
+// lease's, or above every epoch found in the bucket. It first makes sure
+// a long category's directory has its sidecar, so that the category can
+// be listed. Then (layout/fence.go): the fence intent of the epoch,
+// created exclusively, so that a stale writer publishing after it is
+// fenced; the salvage of unpublished segments; and the seal, which
+// decides for readers every older segment published before it.
 func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	fsys := w.c.deps.FS
 	if err := layout.WriteSidecar(fsys, w.id.category, strconv.FormatInt(leaseEpoch, 16)); err != nil {
@@ -76,13 +83,29 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	var maxEpoch int64
+	fence, err := layout.ReadFence(fsys, w.dir)
+	if err != nil {
+		return 0, err
+	}
+	maxEpoch := fence.Top
 	for _, fi := range infos {
 		name := fi.Name()
 		if !dfs.Hidden(name) {
 			if e, _, ok := layout.ParseSegmentName(name); ok {
 				maxEpoch = max(maxEpoch, e)
 			}
+		} else if segName, ok := layout.ParseTempSegment(name); ok {
+			e, _, _ := layout.ParseSegmentName(segName)
+			maxEpoch = max(maxEpoch, e)
+		}
+	}
+	epoch := max(leaseEpoch, maxEpoch+1)
+	if err := layout.WriteIntent(fsys, w.dir, epoch); err != nil {
+		return 0, err
+	}
+	for _, fi := range infos {
+		name := fi.Name()
+		if !dfs.Hidden(name) {
 			continue
 		}
 		if _, ok := layout.ParseSalvageSegment(name); ok {
@@ -96,14 +119,12 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 		if !ok {
 			continue
 		}
-		e, _, _ := layout.ParseSegmentName(segName)
-		maxEpoch = max(maxEpoch, e)
 		p := path.Join(w.dir, name)
 		if !fsys.SyncDurable() {
 			// Only a publish acknowledges on this dfs: nothing in here was
 			// acknowledged, and its senders retry it.
 			w.log.Info("removing an unpublished segment of an earlier writer", "file", p)
-			if err := fsys.Remove(p); err != nil {
+			if err := fsys.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return 0, err
 			}
 			continue
@@ -112,7 +133,10 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 			return 0, fmt.Errorf("salvage %s: %w", p, err)
 		}
 	}
-	return maxEpoch, nil
+	if _, err := layout.WriteSeal(fsys, w.dir, epoch, strconv.FormatInt(leaseEpoch, 16)); err != nil {
+		return 0, err
+	}
+	return epoch, nil
 }
 
 // salvage publishes the valid blocks of an earlier writer's unpublished

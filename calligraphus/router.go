@@ -79,6 +79,16 @@ func (r *Router) Buckets(category string) int {
 	return r.defaultBuckets
 }
 
+// Routed returns the categories with a route of their own (consumed by an
+// app) and their bucket counts.
+func (r *Router) Routed() map[string]int {
+	out := make(map[string]int, len(r.routes))
+	for cat, rt := range r.routes {
+		out[cat] = rt.buckets
+	}
+	return out
+}
+
 // Bucket returns the bucket of msg in category, and false if its shard
 // key could not be read (it then goes to bucket 0).
 func (r *Router) Bucket(category string, msg []byte) (int, bool) {

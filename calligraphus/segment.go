@@ -1,9 +1,9 @@
 package calligraphus
 
 import (
-	"context"
 	"fmt"
 	"path"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -35,6 +35,9 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 		if err := w.publish(); err != nil {
 			return err
 		}
+		if err := w.counted(); err != nil {
+			return err
+		}
 		w.written(entries, len(w.buf))
 		return nil
 	}
@@ -47,6 +50,15 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 	// still held after the sync means they were there first.
 	if w.isLost() {
 		return fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
+	}
+	// The same at the storage, where a stalled writer that has not heard
+	// of its loss yet is fenced: a newer owner's intent created after the
+	// sync salvages these bytes; one created before may not have.
+	if top, err := layout.FenceTop(fsys, w.dir); err != nil {
+		return fmt.Errorf("check fence of %s: %w", w.tmp, err)
+	} else if top > w.epoch {
+		w.fenced("")
+		return fmt.Errorf("write %s: %w", w.tmp, errFenced)
 	}
 	w.written(entries, len(w.buf))
 	if w.size >= int64(w.c.cfg.SegmentMaxBytes) {
@@ -122,9 +134,7 @@ func (w *bucketWriter) giveUp() {
 	if !w.c.deps.FS.SyncDurable() || w.lease == nil {
 		return
 	}
-	_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
-	w.lease = nil
-	w.owned.Store(false)
+	w.drop(true)
 }
 
 // fail abandons the open segment after a write error: on a dfs where
@@ -138,11 +148,7 @@ func (w *bucketWriter) fail() {
 	w.file = nil
 	w.discard()
 	// Re-take ownership (and salvage) before the next write.
-	if w.lease != nil {
-		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
-		w.lease = nil
-		w.owned.Store(false)
-	}
+	w.drop(true)
 }
 
 // discard removes an unpublished segment, unless it holds acknowledged
@@ -166,11 +172,72 @@ func (w *bucketWriter) abandon() {
 		w.file = nil
 		w.discard()
 	}
-	w.lease = nil
-	w.owned.Store(false)
+	w.drop(false) // lost: nothing to release
 	// Refuse what was queued when the loss was noticed, not what arrives
 	// meanwhile: that is served after taking the bucket again.
 	for n := len(w.reqs); n > 0; n-- {
 		w.finish([]*appendReq{<-w.reqs}, errNotOwner)
 	}
+}
+
+// fenceWait bounds how long a writer waits for a newer owner's seal to
+// decide its segment (fenceWaitPolls times fenceWaitPoll) before
+// answering TRY_LATER.
+const (
+	fenceWaitPoll  = 50 * time.Millisecond
+	fenceWaitPolls = 200
+)
+
+// counted makes sure the segment just published is one readers count
+// (layout/fence.go): read after the rename, no newer owner's intent means
+// any later owner lists it and seals it in; a newer owner's seal decides
+// it either way. A fenced segment is removed (no reader will count it)
+// and the writer stops acting as the bucket's owner.
+func (w *bucketWriter) counted() error {
+	fsys := w.c.deps.FS
+	// The usual case, no newer owner, takes one listing of the small
+	// fence directory.
+	if top, err := layout.FenceTop(fsys, w.dir); err == nil && top <= w.epoch {
+		return nil
+	}
+	for i := 0; ; i++ {
+		fence, err := layout.ReadFence(fsys, w.dir)
+		if err != nil {
+			// Undecided as far as this writer can tell: TRY_LATER, and the
+			// retry may write the entries twice (deduplicated downstream
+			// for Freeway's agents).
+			return fmt.Errorf("check fence of %s: %w", w.final, err)
+		}
+		switch fence.Verdict(path.Base(w.final)) {
+		case layout.Counted:
+			return nil
+		case layout.Fenced:
+			w.fenced(w.final)
+			return fmt.Errorf("publish %s: %w", w.final, errFenced)
+		}
+		if i == fenceWaitPolls {
+			return fmt.Errorf("publish %s: %w", w.final, errUnsealed)
+		}
+		time.Sleep(fenceWaitPoll)
+	}
+}
+
+// fenced stops the writer acting as owner once the storage shows a newer
+// one, whether or not the coordinator has said so yet; segment, if not
+// "", is a published segment no reader counts, removed best effort.
+func (w *bucketWriter) fenced(segment string) {
+	w.c.m.fenced.Inc()
+	w.log.Warn("bucket fenced by a newer writer; this writer stops until it takes the bucket again", "epoch", w.epoch, "segment", segment)
+	if segment != "" {
+		if err := w.c.deps.FS.Remove(segment); err != nil {
+			w.log.Warn("cannot remove fenced segment", "segment", segment, "err", err)
+		}
+	}
+	if w.file != nil {
+		_ = w.file.Close() // discarded: fenced
+		w.file = nil
+		w.discard()
+	}
+	w.drop(true)
+	w.nextTry = w.c.now().Add(time.Second)
 }

@@ -16,8 +16,10 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/auth/authtest"
 	"github.com/freeway-dev/freeway/internal/component"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -129,5 +131,75 @@ func TestBatchSequencesNeedVerifiedAgent(t *testing.T) {
 		if line != verify {
 			t.Errorf("verify=%v: line about the unverified batch: %v\n%s", verify, line, logs.String())
 		}
+	}
+}
+
+// TestForwardUnderMutualTLS: with client certificates verified
+// (tls.ca_file), a batch forwarded from one writer to the holder keeps
+// its agent id and sequence numbers there: the forwarding writer offers
+// the process's certificate.
+func TestForwardUnderMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := authtest.NewCA(t, dir, "ca")
+	writerCert := ca.Issue(t, dir, "writer")
+	agentCert := ca.Issue(t, dir, "agent-1")
+	cfg := auth.TLSConfig{CertFile: writerCert.CertFile, KeyFile: writerCert.KeyFile, CAFile: ca.File}
+	fsys := newLocal(t)
+	hub, co1 := inprocCoord(t)
+	co2 := hub.Session()
+	defer co2.Close()
+	start := func(id string, co coord.Coord) *server {
+		c1 := testConfig()
+		c1.ID = id
+		reg := prometheus.NewRegistry()
+		c, err := New(c1, Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil),
+			Common: component.Common{Metrics: reg, Version: "test", Log: slog.New(slog.NewTextHandler(t.Output(), nil)),
+				Shared: component.Shared{TLS: loadTLS(t, cfg)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		s := &server{t: t, c: c, reg: reg, cancel: cancel, ctx: ctx, done: make(chan error, 1)}
+		go func() { s.done <- c.Run(ctx) }()
+		t.Cleanup(s.stop)
+		return s
+	}
+	w1, w2 := start("w1", co1), start("w2", co2)
+	testkit.WaitFor(t, "both writers to see each other", func() bool {
+		return len(w1.c.currentView().ids) == 2 && len(w2.c.currentView().ids) == 2
+	})
+	agent := func(s *server) *scribeapi.Client {
+		cl, err := scribeapi.DialTLS(s.c.Addr(), loadTLS(t, auth.TLSConfig{CertFile: agentCert.CertFile, KeyFile: agentCert.KeyFile, CAFile: ca.File}).ClientConfig(s.c.Addr()), thriftsrv.Limits{}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	bg := context.Background()
+	// w1 takes the bucket; then the agent sends to w2, which forwards.
+	if rc, err := agent(w1).LogBatch(bg, &scribethrift.Batch{AgentID: "agent-1", FirstSeq: 1, Messages: entries("cat", "at-w1"), Forwarded: thriftBool(true)}); err != nil || rc != scribethrift.ResultCode_OK {
+		t.Fatalf("w1: %v %v", rc, err)
+	}
+	if rc, err := agent(w2).LogBatch(bg, &scribethrift.Batch{AgentID: "agent-1", FirstSeq: 2, Messages: entries("cat", "via-w2", "via-w2-b")}); err != nil || rc != scribethrift.ResultCode_OK {
+		t.Fatalf("w2: %v %v", rc, err)
+	}
+	if got := counter(t, w2.reg, "freeway_calligraphus_entries_forwarded_total", "direction", "out"); got != 2 {
+		t.Errorf("w2 forwarded %v entries, want 2", got)
+	}
+	w1.stop()
+	w2.stop()
+	got := scan(t, fsys, "cat/0")
+	want := []entry{{Msg: "at-w1", Seq: 1}, {Msg: "via-w2", Seq: 2}, {Msg: "via-w2-b", Seq: 3}}
+	if len(got) != len(want) {
+		t.Fatalf("bucket holds %q", msgs(got))
+	}
+	for i, e := range got {
+		if e.Msg != want[i].Msg || e.Agent != "agent-1" || e.Seq != want[i].Seq {
+			t.Errorf("entry %d: %q agent %q seq %d, want %q agent-1 %d", i, e.Msg, e.Agent, e.Seq, want[i].Msg, want[i].Seq)
+		}
+	}
+	if n := counter(t, w1.reg, "freeway_calligraphus_entries_unverified_total"); n != 0 {
+		t.Errorf("holder took %v forwarded entries as unverified", n)
 	}
 }

@@ -106,6 +106,9 @@ type bucketWriter struct {
 	// ownReqs asks the run loop to take the bucket's lease if it does not
 	// hold it; the answer goes to the channel sent.
 	ownReqs chan chan error
+	// handoffReqs asks the run loop to hand the bucket off: another live
+	// writer is preferred for it.
+	handoffReqs chan struct{}
 	// owned: the run loop holds the lease, as far as it knows.
 	owned atomic.Bool
 	// prev is closed when the bucket's previous writer, ended for
@@ -119,6 +122,9 @@ type bucketWriter struct {
 	closed  bool       // reserve refuses: the run loop has ended or is ending
 	retired bool       // it ends for idleness (a new writer may follow)
 
+	// lease is the grant the writer acts under, nil when none. The run
+	// loop watches its Lost itself: what coord.WhileHeld gives, without a
+	// goroutine more per bucket (max_categories bounds them).
 	lease   coord.Lease
 	nextTry time.Time
 	epoch   int64
@@ -134,15 +140,16 @@ type bucketWriter struct {
 func newBucketWriter(c *Calligraphus, id bucketID, prev <-chan struct{}) *bucketWriter {
 	label := c.label(id.category)
 	return &bucketWriter{
-		c:       c,
-		id:      id,
-		dir:     layout.BucketDir(id.category, id.bucket),
-		label:   label,
-		log:     c.log.With("category", ratelog.Clip(id.category), "bucket", id.bucket),
-		reqs:    make(chan *appendReq, queueCap),
-		ownReqs: make(chan chan error),
-		prev:    prev,
-		done:    make(chan struct{}),
+		c:           c,
+		id:          id,
+		dir:         layout.BucketDir(id.category, id.bucket),
+		label:       label,
+		log:         c.log.With("category", ratelog.Clip(id.category), "bucket", id.bucket),
+		reqs:        make(chan *appendReq, queueCap),
+		ownReqs:     make(chan chan error),
+		handoffReqs: make(chan struct{}, 1),
+		prev:        prev,
+		done:        make(chan struct{}),
 	}
 }
 
@@ -270,7 +277,15 @@ func (w *bucketWriter) run(ctx context.Context) {
 					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
 				}
 			}
+		case <-w.handoffReqs:
+			w.handoff()
 		case <-idle.C:
+			if w.owned.Load() && w.c.keeps(w.id) {
+				// Its preferred writer keeps a routed bucket, idle or not:
+				// it would take it again at the next rebalance.
+				idle.Reset(idleClose)
+				continue
+			}
 			if w.c.retire(w) {
 				w.log.Debug("bucket writer idle; ending")
 				return
@@ -369,10 +384,50 @@ func (w *bucketWriter) stop() {
 	w.closed = true
 	w.mu.Unlock()
 	w.failQueued(errStopping)
-	if w.lease != nil {
-		_ = w.lease.Release(context.Background()) // a lease not released ends with the coord session
-		w.lease = nil
-	}
-	w.owned.Store(false)
+	w.drop(true)
 	w.buf = nil
+}
+
+// handoffHold is how long a writer that handed a bucket off leaves it to
+// the preferred writer: requests already queued here are refused (the
+// senders' retries reach the holder) rather than taking the bucket back.
+const handoffHold = 2 * time.Second
+
+// handoff publishes the open segment and releases the lease, for the
+// live writer preferred for the bucket to take it.
+func (w *bucketWriter) handoff() {
+	if w.lease == nil {
+		return
+	}
+	if w.file != nil {
+		if err := w.publish(); err != nil {
+			w.log.Error("cannot publish segment at hand-off", "segment", w.final, "err", err)
+		}
+	}
+	w.drop(true)
+	w.nextTry = w.c.now().Add(handoffHold)
+	w.c.m.handoffs.Inc()
+	w.log.Info("bucket handed off to the writer preferred for it", "epoch", w.epoch)
+}
+
+// hold makes l the lease the writer acts under; the run loop stops
+// acting as owner once l is lost.
+func (w *bucketWriter) hold(l coord.Lease) {
+	w.lease = l
+	w.owned.Store(true)
+}
+
+// drop stops acting under the lease, releasing it first if release (a
+// lease not released ends with the coord session).
+func (w *bucketWriter) drop(release bool) {
+	if w.lease == nil {
+		return
+	}
+	if release {
+		if err := coord.Release(context.Background(), w.lease); err != nil {
+			w.log.Warn("cannot release bucket lease", "err", err)
+		}
+	}
+	w.lease = nil
+	w.owned.Store(false)
 }

@@ -17,7 +17,10 @@
 // to be its own name holds a sidecar with the full name; the copier
 // writes it at the destination before the category's first segment, so
 // that the destination lists the same categories. Hidden names (files being written, ".x" and
-// "_x") and names that are not segment names are never copied. Each copy
+// "_x", the writers' .fence directory) and names that are not segment
+// names are never copied, nor a segment a stalled writer published after
+// a newer one took its bucket: the copier lists through layout.Published,
+// as ptail and retention do, so it copies what Puma counts (fence.go). Each copy
 // streams from the source into dfs.TempName(name) at the destination,
 // is closed, checked (size, and with Verify "checksum" a CRC-32C of the
 // file read back), and only then renamed to its name: the destination

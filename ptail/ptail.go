@@ -9,6 +9,15 @@
 // moving on; ptail reads only published segments, which on HDFS are the
 // only ones whose bytes are visible anyway.
 //
+// Fenced segments. ptail lists a bucket through layout.Published, as the
+// copier and retention do, so all three count the same segments: a
+// segment a writer published after a newer writer took its bucket (a
+// writer stalled past its session, then woken up) is never listed, and
+// the listing ends before segments whose fate a newer writer has not
+// sealed yet (the reader waits a poll or two). The mechanism, fence
+// intents and seals in the bucket's hidden .fence directory, is described
+// in internal/layout/fence.go and calligraphus's package doc.
+//
 // Vanished segments. Retention deletes only segments every consumer is
 // past (a Puma shard's committed position, the copier's progress), so a
 // reader never meets one that is gone. If it does (a segment deleted by

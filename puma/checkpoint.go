@@ -39,6 +39,11 @@ type commitState struct {
 	// Gap, when set, is what the state lacks: segments it never read
 	// (see gap in retention.go).
 	Gap *gap `json:"gap,omitempty"`
+	// Aborted lists the epochs that were never committed, as inclusive
+	// ranges, oldest first: a cell version at one of them was written by
+	// an attempt that did not commit, perhaps by a stale owner after the
+	// claim that should have purged it, and no read counts it (fence.go).
+	Aborted []epochRange `json:"aborted,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,
@@ -99,12 +104,17 @@ func readCommit(ctx context.Context, st store.Store, table, category string, buc
 	return val, state, attempt, nil
 }
 
-// scanCells reads the cell rows of one app in one shard (prefix, from
-// appPrefix) from start to stop as of epoch, decoding each with l; fn gets
-// the bytes of its variable states too. A row that is not a cell row or a
-// cell that does not fit l is an error.
-func scanCells(ctx context.Context, st store.Store, table, prefix, start, stop string, epoch int64, l *layout, fn func(window int64, key string, c cell, stored int64)) error {
-	return st.Scan(ctx, table, start, stop, epoch, func(rowKey string, cs []store.Cell) error {
+// scanCommitted reads the cell rows of one app in one shard (prefix,
+// from appPrefix) from start to stop as of a commit: as of its epoch,
+// without the versions of the epochs it lists as aborted (fence.go),
+// decoding each with l; fn gets the bytes of its variable states too. A
+// row that is not a cell row or a cell that does not fit l is an error.
+func scanCommitted(ctx context.Context, st store.Store, table, prefix, start, stop string, at commitState, l *layout, fn func(window int64, key string, c cell, stored int64)) error {
+	return st.Scan(ctx, table, start, stop, at.Epoch, func(rowKey string, cells []store.Cell) error {
+		cs, err := committedVersions(ctx, st, table, rowKey, cells, at.Aborted)
+		if err != nil {
+			return err
+		}
 		wk, key, ok := strings.Cut(strings.TrimPrefix(rowKey, prefix), "/")
 		w, wok := parseWindowKey(wk)
 		if !ok || !wok {
@@ -176,7 +186,7 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			err := scanCells(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), E, t.layout, func(w int64, key string, c cell, stored int64) {
+			err := scanCommitted(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), s.committed, t.layout, func(w int64, key string, c cell, stored int64) {
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
@@ -210,7 +220,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
-	if err := s.loadWindows(ctx, E); err != nil {
+	if err := s.loadWindows(ctx, s.committed); err != nil {
 		return err
 	}
 	s.committedEpoch, s.committedPos = E, s.committed.Position
@@ -255,6 +265,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		Gap:        s.gap,
 	}
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
+	state.Aborted = withAborted(s.committed.Aborted, s.committed.Epoch, epoch)
 	cells, winKeys := s.highWater.takeDirty(dedupPrefix(s.category, s.bucket), epoch, nil)
 	s.highWater.schedule(dedupPrefix(s.category, s.bucket), epoch)
 	type pending struct {
@@ -306,6 +317,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	if !ok {
 		return errFenced
+	}
+	if h := s.p.afterMark; h != nil {
+		h(s.category, s.bucket)
 	}
 	// 2. The cells, at the epoch, in row order and in Puts of up to 64 Ki
 	// cells: one transaction each on the embedded store (a Put of 1,000

@@ -118,7 +118,7 @@ func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (comm
 	var got []read
 	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
 	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
-	err = scanCells(ctx, c.st, c.table, prefix, from, to, st.Epoch, pl.layout, func(w int64, key string, c cell, _ int64) {
+	err = scanCommitted(ctx, c.st, c.table, prefix, from, to, st, pl.layout, func(w int64, key string, c cell, _ int64) {
 		got = append(got, read{w, key, c})
 	})
 	if err != nil {

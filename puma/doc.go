@@ -28,7 +28,34 @@
 //
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease
-// ("puma/<category>/<bucket>", the category encoded by internal/layout).
+// ("puma/<category>/<bucket>", the category encoded by internal/layout),
+// and runs it only while it holds the lease: the shard stops when the
+// lease is lost.
+//
+// Balance (balance.go). A node with a query listener (puma.listen; its
+// advertised address in Deps.Advertise) joins layout.PumaMembers and
+// spreads the shards over the live members: every node computes the same
+// preferred member for each shard (rendezvous hashing of lease name and
+// member id, bounded so that none is preferred for more than its share
+// rounded up). A node takes the shards it is preferred for, stands by for
+// the others (state elsewhere), and takes one whose lease nobody has held
+// for puma.takeover_grace (a dead node's shards: within the session
+// timeout plus the grace). A shard preferred elsewhere is handed off: its
+// run stops, takes its final checkpoint, and releases the lease, so that
+// the new owner resumes where this one had read (not to a member that
+// was preferred when this node took the shard over after the grace: it
+// did not take it then). freeway_puma_shards_owned and
+// freeway_puma_handoffs_total count them. A node without a listener
+// (`freeway all`) takes every shard it can.
+//
+// Partial states (partial.go). Partial answers a query over some buckets
+// before order and limit: the merged rows of those shards, each cell in
+// its stored form; MergePartials merges partials of disjoint shards and
+// then orders and limits, so that serving's fan-out answers exactly what
+// one node with every shard would. PartialHandler serves them on
+// puma.listen (POST PartialPath, JSON; behind the process's TLS and query
+// tokens): a shard asked for but not running here is listed in Missing,
+// for serving to read from the store.
 //
 // Exactly-once. A shard's checkpoint is committed atomically: an attempt
 // marker records the epoch about to be written, then the changed cells are
@@ -44,12 +71,20 @@
 // same epoch, overwriting its own versions. Windows dropped by retention
 // are deleted from the store after the commit that drops them.
 //
-// What the store cannot fence: an attempt that a stale owner had already
-// marked before the new owner's claim may still be writing cells, at an
-// epoch below the new owner's, after the new owner's purge; those versions
-// would show through the new owner's later commits. Ownership leases are
-// what keeps that window closed in practice (a stale owner stops when its
-// session expires, before the lease can be granted again).
+// Fencing a stale owner's cells. An attempt that a stale owner had
+// already marked before the new owner's claim may still be writing cells
+// after the new owner's purge (a process stalled past its session
+// timeout): plain puts to cell rows, which nothing at the store can
+// refuse. They are written at the attempt's epoch, and that epoch was
+// begun and never committed: the new owner starts above every marked
+// attempt, and each commit lists the epochs between it and the commit
+// before it as aborted (the commit row's "aborted" ranges, carried from
+// commit to commit, the last 1024 of them). Every read as of a commit
+// (recovery, Committed) replaces a version at an aborted epoch by the
+// newest one below it (fence.go), so a stale owner's cells never show in
+// the new owner's state nor in an answer from the store, however late
+// they land. TestStaleOwnerFenced stalls an owner after its marker, lets
+// another claim and commit, resumes it, on bbolt and HBase.
 //
 // Deduplication. Entries from Freeway's agent carry sequence numbers, and
 // each block names its sender: "agent_id/incarnation", the incarnation

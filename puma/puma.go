@@ -56,6 +56,14 @@ type Config struct {
 	// beyond it the least recently seen are forgotten. At most
 	// MaxAgentsLimit.
 	MaxAgentsPerShard int `yaml:"max_agents_per_shard"`
+	// Listen is the address of the node's query listener, which serves
+	// the partial states of the shards it runs to serving's fan-out; ""
+	// (the default): none. A node with a listener joins the Puma members
+	// with its advertised address and balances the shards with them.
+	Listen string `yaml:"listen"`
+	// TakeoverGrace: a node takes a shard it is not preferred for once
+	// its lease has been held by nobody for this long.
+	TakeoverGrace config.Duration `yaml:"takeover_grace"`
 }
 
 // DefaultConfig returns the defaults.
@@ -67,6 +75,7 @@ func DefaultConfig() Config {
 		MaxCells:           2_000_000,
 		DedupHorizon:       config.Duration(7 * 24 * time.Hour),
 		MaxAgentsPerShard:  2048,
+		TakeoverGrace:      config.Duration(5 * time.Second),
 	}
 }
 
@@ -96,6 +105,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("dedup_horizon", "must be at least 1m")
 	case c.MaxAgentsPerShard < 1 || c.MaxAgentsPerShard > MaxAgentsLimit:
 		return config.Errorf("max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
+	case c.TakeoverGrace < 0:
+		return config.Errorf("takeover_grace", "must not be negative")
 	}
 	return nil
 }
@@ -110,6 +121,11 @@ type Deps struct {
 	Apps  []*apps.App
 	// Buckets returns the bucket count of a category.
 	Buckets func(category string) int
+	// Advertise is the address of the node's query listener as other
+	// processes reach it ("host:port"); "" when it has none. A node with
+	// one joins layout.PumaMembers with it and balances its shards with
+	// the other members (balance.go).
+	Advertise string
 }
 
 // Puma is a running node.
@@ -135,6 +151,9 @@ type Puma struct {
 	appCells map[string]*cellBudget
 	// rejectLog rate-limits what bad input makes the shards log.
 	rejectLog *ratelog.Limiter
+	// afterMark, when set (tests), is called by a checkpoint once its
+	// attempt marker is written, before its cells: a stalled writer.
+	afterMark func(category string, bucket int)
 
 	mu     sync.RWMutex
 	shards map[shardID]*shard // taken here: recovering or running
@@ -142,6 +161,12 @@ type Puma struct {
 	// when the node took it, or why it does not run it (failed, held
 	// elsewhere).
 	tries map[shardID]*try
+	// members are the live Puma members' ids (balance.go); unheld, for a
+	// shard this node stands by for, since when its lease is held by
+	// nobody.
+	members []string
+	unheld  map[shardID]time.Time
+	bm      *balanceMetrics
 }
 
 // try is the outcome of a node's last attempt to take a shard.
@@ -180,6 +205,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		byCategory: map[string][]*apps.App{},
 		shards:     map[shardID]*shard{},
 		tries:      map[shardID]*try{},
+		unheld:     map[shardID]time.Time{},
 	}
 	for _, a := range deps.Apps {
 		if _, dup := p.apps[a.Name()]; dup {
@@ -205,6 +231,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 	}
 	p.rejectLog = ratelog.New(p.log, time.Minute, 5)
 	p.m = newMetrics(deps.Metrics, p)
+	p.bm = newBalanceMetrics(deps.Metrics, p)
 	p.tailMetrics = ptail.NewMetrics(deps.Metrics)
 	return p, nil
 }
@@ -215,14 +242,37 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 func (p *Puma) Run(ctx context.Context) error {
 	p.log.Info("puma running", "apps", len(p.apps), "categories", len(p.categories), "store", p.deps.Store.String())
 	var wg sync.WaitGroup
+	changed := make(chan struct{}, 1)
+	if p.deps.Advertise != "" {
+		if m := p.join(ctx); m != nil {
+			// After every shard stopped (deferred calls run last first).
+			defer p.leave(ctx, m)
+		}
+		mctx, mcancel := context.WithCancel(ctx)
+		defer mcancel()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.watchMembers(mctx, changed)
+		}()
+		// The members first: without them every shard looks like this
+		// node's to take.
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		}
+	}
 	defer wg.Wait()
 	defer p.running.Store(false)
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
 	for {
+		pref := p.preferences()
 		for _, cat := range p.categories {
 			for b := 0; b < p.deps.Buckets(cat); b++ {
-				p.tryStart(ctx, &wg, shardID{cat, b})
+				p.tryStart(ctx, &wg, shardID{cat, b}, pref)
 			}
 		}
 		p.running.Store(ctx.Err() == nil)
@@ -230,6 +280,7 @@ func (p *Puma) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-retry.C:
+		case <-changed:
 		}
 	}
 }
@@ -242,17 +293,26 @@ const (
 	retryMax = time.Minute
 )
 
-func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
+func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pref map[string]string) {
 	now := p.now()
 	p.mu.RLock()
 	_, running := p.shards[id]
 	tr := p.tries[id]
 	waiting := tr != nil && tr.state == StateFailed && now.Before(tr.retryAt)
 	p.mu.RUnlock()
+	name := id.lease()
+	preferred := pref[name]
+	elsewhere := preferred != "" && preferred != p.cfg.ID
+	if running && elsewhere {
+		p.handOff(id, preferred)
+	}
 	if running || waiting || ctx.Err() != nil {
 		return
 	}
-	name := id.lease()
+	if elsewhere && p.standBy(ctx, id) {
+		p.record(id, StateElsewhere, nil, false)
+		return
+	}
 	lease, err := p.deps.Coord.Acquire(ctx, name, p.cfg.ID)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -267,6 +327,9 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 		return
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
+	if err == nil && elsewhere {
+		s.tookFrom = preferred
+	}
 	if err != nil {
 		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		p.log.Error("cannot create shard", "shard", name, "err", err)
@@ -277,10 +340,13 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID) {
 	p.shards[id] = s
 	p.mu.Unlock()
 	p.record(id, "", nil, false)
+	sctx, stop := context.WithCancel(ctx)
+	s.stop = stop
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := s.run(ctx)
+		defer stop()
+		err := s.run(sctx)
 		if err != nil {
 			p.log.Error("shard stopped", "shard", name, "err", err)
 		}

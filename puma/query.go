@@ -67,6 +67,10 @@ type Result struct {
 	// Missing lists the shards of the app's category whose data the
 	// answer lacks; empty when the answer is complete.
 	Missing []MissingShard
+	// StaleShards ("<category>/<bucket>") are the shards whose committed
+	// state stands in the answer for their fresh one: serving's fan-out
+	// found no owner for them or had no answer from it in time.
+	StaleShards []string
 }
 
 // AsOf says how recent an answer's data is.

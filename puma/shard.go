@@ -28,6 +28,14 @@ type shard struct {
 	bucket   int
 	log      *slog.Logger
 	lease    coord.Lease
+	// stop ends the shard's run (a hand-off: final checkpoint, then the
+	// lease is released); handingOff is set once it is called for that.
+	stop       context.CancelFunc
+	handingOff atomic.Bool
+	// tookFrom is the member that was preferred for the shard when this
+	// node took it over after the grace (it did not take it): the shard
+	// is not handed back to it, which would only take it back again.
+	tookFrom string
 
 	mu        sync.RWMutex
 	tables    []*table
@@ -74,17 +82,9 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 // run recovers the shard and then reads and checkpoints until ctx ends or
 // the lease is lost. A final checkpoint is taken on a clean stop.
 func (s *shard) run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := coord.WhileHeld(ctx, s.lease)
 	defer cancel()
 	defer s.release()
-	go func() {
-		select {
-		case <-s.lease.Lost():
-			s.log.Warn("puma shard lease lost; shard stops")
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	if err := s.recover(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while recovering
@@ -136,6 +136,7 @@ loop:
 	// Save what was read on a clean stop (not after fencing or lease loss).
 	select {
 	case <-s.lease.Lost():
+		s.log.Warn("puma shard lease lost; shard stops")
 	default:
 		if !errors.Is(err, errFenced) {
 			cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)

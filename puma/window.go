@@ -250,8 +250,10 @@ type goneRow struct {
 
 // loadWindows purges window versions above the committed epoch (an
 // attempt that never committed) and gives the recovered keys their
-// windows as of it.
-func (s *shard) loadWindows(ctx context.Context, epoch int64) error {
+// windows as of it, without the versions of aborted epochs (a stale
+// owner's late puts, fence.go), as the cells.
+func (s *shard) loadWindows(ctx context.Context, at commitState) error {
+	epoch := at.Epoch
 	st, tbl := s.p.deps.Store, s.p.cfg.Table
 	prefix := dedupPrefix(s.category, s.bucket)
 	if err := st.DeleteNewer(ctx, tbl, prefix, store.PrefixEnd(prefix), epoch); err != nil {
@@ -261,7 +263,11 @@ func (s *shard) loadWindows(ctx context.Context, epoch int64) error {
 		return nil
 	}
 	d := s.highWater
-	return st.Scan(ctx, tbl, prefix, store.PrefixEnd(prefix), epoch, func(row string, cs []store.Cell) error {
+	return st.Scan(ctx, tbl, prefix, store.PrefixEnd(prefix), epoch, func(row string, cells []store.Cell) error {
+		cs, err := committedVersions(ctx, st, tbl, row, cells, at.Aborted)
+		if err != nil {
+			return err
+		}
 		for _, c := range cs {
 			if c.Column != "w" {
 				continue

@@ -6,10 +6,23 @@
 //
 // Place in the data path: the end of it. In `freeway all` it answers from
 // the local Puma node's memory (mode=fresh, the default there, including
-// uncommitted changes) or from the store (mode=committed, Deps.Committed);
-// a standalone serving process answers from the store only, and refuses
-// mode=fresh. Every answer says how recent it is (as_of: the mode, the
-// time of the data, the app's watermark). It keeps no state of its own:
+// uncommitted changes) or from the store (mode=committed, Deps.Committed).
+// A standalone serving process on a shared coordinator answers fresh
+// through Fanout (fanout.go): for each shard the query needs it finds the
+// lease holder and the address it advertises in layout.PumaMembers, asks
+// each node for the partial state of its shards (puma.PartialPath), and
+// merges them with puma.MergePartials, order_by and limit applied after
+// the merge, so the answer is what `freeway all` gives over the same
+// data. A shard whose node does not answer within serving.fanout_timeout
+// (default 2s), or that nobody owns or whose owner's address is unknown,
+// is answered from its committed state in the store and named in the
+// answer: "stale_shards": ["<category>/<bucket>", ...] over HTTP,
+// stale_shards over Thrift (both absent when every shard answered fresh;
+// freeway_serving_stale_shards_total, freeway_serving_fanout_failures_total).
+// With an in-process coordinator there are no other nodes: it answers
+// from the store only, and refuses mode=fresh. Every answer says how
+// recent it is (as_of: the mode, the time of the data, the app's
+// watermark). It keeps no state of its own:
 // nothing of it survives a crash, nothing needs to.
 //
 // The API. Queries filter on group keys (where=key:value, repeatable),
@@ -48,8 +61,9 @@
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
 // and /admin/shutdown need it; without one the admin endpoints answer
 // the local host only. /healthz and /readyz are always open, for probes.
-// When serving fans out to other Puma nodes (not yet), it dials them with
-// Deps.TLS.ClientConfig.
+// The fan-out dials the Puma nodes with the process's TLS
+// (TLS.ClientConfig) and presents the first token of its query tokens
+// file, which the nodes' puma.listen requires.
 //
 // Bad queries. A query string that does not parse, an unknown parameter
 // or app, a bad value: 400 (over Thrift a QueryError of code 400) with an

@@ -142,7 +142,11 @@ type ResultJSON struct {
 	Truncated     bool               `json:"truncated,omitempty"`
 	Partial       bool               `json:"partial,omitempty"`
 	MissingShards []MissingShardJSON `json:"missing_shards,omitempty"`
-	AsOf          AsOfJSON           `json:"as_of"`
+	// StaleShards ("<category>/<bucket>") were answered from their
+	// committed state: their Puma node did not answer a fan-out in time,
+	// or none owned them. Absent when every shard answered fresh.
+	StaleShards []string `json:"stale_shards,omitempty"`
+	AsOf        AsOfJSON `json:"as_of"`
 }
 
 // AsOfJSON says how recent an answer's data is (puma.AsOf): the mode it
@@ -199,7 +203,7 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial(), AsOf: asOfJSON(mode, res.AsOf)}
+	out := ResultJSON{App: res.App, Rows: make([]RowJSON, 0, len(res.Rows)), Truncated: res.Truncated, Partial: res.Partial(), StaleShards: res.StaleShards, AsOf: asOfJSON(mode, res.AsOf)}
 	for _, m := range res.Missing {
 		out.MissingShards = append(out.MissingShards, MissingShardJSON{Category: m.Category, Bucket: m.Bucket, State: string(m.State), Error: m.Error})
 	}

@@ -39,15 +39,20 @@ type Config struct {
 	QueryTimeout config.Duration `yaml:"query_timeout"`
 	// MaxRows bounds the rows of one answer (a query's limit may lower it).
 	MaxRows int `yaml:"max_rows"`
+	// FanoutTimeout bounds a Puma node's answer to a standalone serving
+	// process's fan-out; a shard whose node does not answer in time is
+	// answered from its committed state (stale_shards). 0: 2s.
+	FanoutTimeout config.Duration `yaml:"fanout_timeout"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Listen:       "127.0.0.1:8080",
-		ThriftListen: "127.0.0.1:1465",
-		QueryTimeout: config.Duration(30 * time.Second),
-		MaxRows:      100000,
+		Listen:        "127.0.0.1:8080",
+		ThriftListen:  "127.0.0.1:1465",
+		QueryTimeout:  config.Duration(30 * time.Second),
+		MaxRows:       100000,
+		FanoutTimeout: config.Duration(DefaultFanoutTimeout),
 	}
 }
 
@@ -62,14 +67,15 @@ func (c *Config) Validate() error {
 		return config.Errorf("query_timeout", "must be positive")
 	case c.MaxRows <= 0:
 		return config.Errorf("max_rows", "must be positive")
+	case c.FanoutTimeout.D() < 0:
+		return config.Errorf("fanout_timeout", "must not be negative")
 	}
 	return nil
 }
 
 // Deps are what serving needs from the wiring: the common ones, and
 // where answers come from. Of Shared: TLS makes the HTTP and Thrift ports
-// speak TLS (and is what a fan-out to other Puma nodes, not there yet, is
-// to dial them with: TLS.ClientConfig(addr)); Auth guards the endpoints
+// speak TLS (a Fanout source dials the Puma nodes with it too); Auth guards the endpoints
 // with the process's tokens (nil: none configured): /api/v1/*, the web
 // page and the Thrift query port need a query token, /metrics,
 // /debug/pprof/ and POST /admin/* the admin token, /healthz and /readyz
@@ -79,8 +85,9 @@ func (c *Config) Validate() error {
 type Deps struct {
 	component.Common
 	// Source answers queries by default: a Puma node (mode fresh, from
-	// memory) or, in a serving process without one, puma.Committed (mode
-	// committed, from the store; mode=fresh is then refused).
+	// memory), a Fanout to the Puma nodes (mode fresh), or, in a serving
+	// process without either, puma.Committed (mode committed, from the
+	// store; mode=fresh is then refused).
 	Source Source
 	// Committed answers mode=committed beside a Puma node: puma.Committed
 	// over the node's store. Nil when Source is the store already, or

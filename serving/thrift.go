@@ -154,6 +154,7 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 	if res.AsOf.WatermarkMs != 0 {
 		out.AsOf.WatermarkMs = thrift.Int64Ptr(res.AsOf.WatermarkMs)
 	}
+	out.StaleShards = res.StaleShards
 	// Set only when true, as the HTTP answer omits them when false.
 	if res.Truncated {
 		out.Truncated = thrift.BoolPtr(true)

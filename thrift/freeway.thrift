@@ -139,6 +139,10 @@ struct QueryResult {
   4: optional bool partial,
   5: optional list<MissingShard> missing_shards,
   6: optional AsOf as_of,
+  // Shards ("<category>/<bucket>") answered from their committed state:
+  // their Puma node did not answer serving's fan-out in time, or none
+  // owned them. Unset when every shard answered fresh.
+  7: optional list<string> stale_shards,
 }
 
 exception QueryError {

@@ -42,6 +42,13 @@ struct Batch {
   // deduplicated per (agent_id, incarnation). Never logged. Agents before
   // it was added leave it unset: agent_id alone is then the identity.
   5: optional string incarnation,
+  // Set by a writer forwarding entries to the writer holding their
+  // bucket: the sequence number of each entry (same length as messages),
+  // which need not be consecutive; first_seq is then ignored.
+  6: optional list<i64> seqs,
+  // Set by a writer forwarding entries: the receiver writes them itself or
+  // answers TRY_LATER, and never forwards them again (no loops).
+  7: optional bool forwarded,
 }
 
 service scribe extends fb303.FacebookService {

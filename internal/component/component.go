@@ -63,6 +63,11 @@ type Shared struct {
 	// Control is what fb303's options and control calls and POST
 	// /admin/reload and /admin/shutdown do.
 	Control Control
+	// Advertise is the host other processes reach this one by
+	// (--advertise): what a listener bound to every interface publishes
+	// in coord, with its port (AdvertisedAddr). "": listeners advertise
+	// the address they are bound to.
+	Advertise string
 }
 
 // Control is what fb303's options and control calls, and the admin HTTP

@@ -311,9 +311,9 @@ func TestDamagedBlocksCountedExactly(t *testing.T) {
 	}
 	defer fsys.Close()
 	dir := layout.BucketDir("orders", 0)
-	infos, err := fsys.ReadDir(dir)
+	infos, err := layout.Published(fsys, dir, "")
 	if err != nil || len(infos) != 2 {
-		t.Fatalf("bucket holds %d files, want 2 segments: %v", len(infos), err)
+		t.Fatalf("bucket holds %d segments, want 2: %v", len(infos), err)
 	}
 	first := path.Join(dir, infos[0].Name())
 	data, err := dfs.ReadFile(fsys, first)

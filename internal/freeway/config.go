@@ -47,6 +47,11 @@ type Config struct {
 	// Auth holds the bearer tokens of the query API and the admin
 	// endpoints.
 	Auth auth.Config `yaml:"auth"`
+	// Advertise is the host name or IP other processes reach this one
+	// by: a listener bound to 0.0.0.0 or [::] publishes it, with its
+	// port, in coord (writers, Puma nodes); required for such a
+	// listener. "": each listener publishes its bind address.
+	Advertise string `yaml:"advertise"`
 
 	Agent        scribe.Config       `yaml:"agent"`
 	Calligraphus calligraphus.Config `yaml:"calligraphus"`

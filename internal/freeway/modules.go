@@ -159,7 +159,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		return nil, err
 	}
 	p.apps = compiled
-	sh := component.Shared{Budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg)}
+	sh := component.Shared{Budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg), Advertise: cfg.Advertise}
 	if sh.TLS, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
 		return nil, fmt.Errorf("load tls: %w", err)
 	}
@@ -320,14 +320,25 @@ func (p *Process) initPuma() error {
 	if err != nil {
 		return err
 	}
+	srv, advertise, partial, err := p.pumaListener()
+	if err != nil {
+		return err
+	}
 	pm, err := puma.New(p.cfg.Puma, puma.Deps{Common: p.common(),
-		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.cfg.BucketsOf,
+		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.cfg.BucketsOf, Advertise: advertise,
 	})
 	if err != nil {
+		if srv != nil {
+			_ = srv.Listener().Close() // the puma error is the one to report
+		}
 		return err
 	}
 	p.Puma = pm
 	p.runners = append(p.runners, runner{Puma, pm.Run})
+	if srv != nil {
+		partial.Store(pm.PartialHandler())
+		p.runners = append(p.runners, runner{"puma.listen", srv.Serve})
+	}
 	return nil
 }
 
@@ -457,10 +468,18 @@ func (p *Process) initServing() error {
 		return err
 	}
 	committed := puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.cfg.BucketsOf)
-	if p.Puma != nil {
+	switch {
+	case p.Puma != nil:
 		deps.Source, deps.Committed = p.Puma, committed
 		deps.Ready = p.Puma.Readiness
-	} else {
+	case !strings.HasPrefix(p.cfg.Coord, "inproc:"):
+		// A split deployment: fresh answers from the Puma nodes.
+		fo, err := p.fanout(committed)
+		if err != nil {
+			return err
+		}
+		deps.Source, deps.Committed = fo, committed
+	default:
 		deps.Source = committed
 	}
 	if a := p.Agent; a != nil {

@@ -443,6 +443,7 @@ func TestExposedListenersWarned(t *testing.T) {
 	} {
 		cfg := testConfig(t.TempDir())
 		cfg.Calligraphus.Listen = tc.listen
+		cfg.Advertise = "127.0.0.1" // required of a listener on every interface
 		if tc.secure {
 			p.secure(&cfg)
 		}

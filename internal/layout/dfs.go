@@ -115,12 +115,17 @@ func WriteSidecar(fsys dfs.FS, category, unique string) error {
 }
 
 // Published lists the published segments of the bucket directory dir
-// whose names sort after after ("" for all of them), in name order: the
-// one listing that readers (ptail, so Puma), the copier and retention
-// share. Hidden files (segments being written or salvaged, markers) and
-// names that are not segment names are never listed. A bucket that does
-// not exist yet has no segments.
+// that count (fence.go) and whose names sort after after ("" for all of
+// them), in name order: the one listing that readers (ptail, so Puma),
+// the copier and retention share. Hidden files (segments being written
+// or salvaged, markers, the fence directory) and names that are not
+// segment names are never listed. A segment fenced off by a newer
+// writer's seal is passed over; the list ends before the first segment
+// whose fate a newer writer has not sealed yet (the next call goes on).
+// A bucket that does not exist yet has no segments.
 func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
+	// The bucket first, then its fence: a fence read after the listing is
+	// at least as new as every segment listed (see fence.go).
 	infos, err := fsys.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -141,7 +146,39 @@ func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 	// ReadDir sorts by name already; a dfs that did not would break the
 	// order every reader relies on.
 	slices.SortFunc(out, func(a, b fs.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
-	return out, nil
+	if len(out) == 0 {
+		return nil, nil
+	}
+	// Usually every segment listed is of the newest owner's epoch or
+	// later: then the listing of the fence directory decides them all,
+	// without reading a seal.
+	minEpoch := int64(-1)
+	for _, fi := range out {
+		if e, _, _ := ParseSegmentName(fi.Name()); minEpoch < 0 || e < minEpoch {
+			minEpoch = e
+		}
+	}
+	top, err := FenceTop(fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	if top <= minEpoch {
+		return out, nil
+	}
+	fence, err := ReadFence(fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	kept := out[:0]
+	for _, fi := range out {
+		switch fence.Verdict(fi.Name()) {
+		case Counted:
+			kept = append(kept, fi)
+		case Undecided:
+			return kept, nil
+		}
+	}
+	return kept, nil
 }
 
 // Buckets lists the bucket numbers of the category directory dir, in

@@ -3002,6 +3002,7 @@ func (p *AsOf) String() string {
 //   - Partial
 //   - MissingShards
 //   - AsOf
+//   - StaleShards
 type QueryResult_ struct {
 	App           string          `thrift:"app,1" db:"app" json:"app"`
 	Rows          []*Row          `thrift:"rows,2" db:"rows" json:"rows"`
@@ -3009,6 +3010,7 @@ type QueryResult_ struct {
 	Partial       *bool           `thrift:"partial,4" db:"partial" json:"partial,omitempty"`
 	MissingShards []*MissingShard `thrift:"missing_shards,5" db:"missing_shards" json:"missing_shards,omitempty"`
 	AsOf          *AsOf           `thrift:"as_of,6" db:"as_of" json:"as_of,omitempty"`
+	StaleShards   []string        `thrift:"stale_shards,7" db:"stale_shards" json:"stale_shards,omitempty"`
 }
 
 func NewQueryResult_() *QueryResult_ {
@@ -3055,6 +3057,12 @@ func (p *QueryResult_) GetAsOf() *AsOf {
 	}
 	return p.AsOf
 }
+
+var QueryResult__StaleShards_DEFAULT []string
+
+func (p *QueryResult_) GetStaleShards() []string {
+	return p.StaleShards
+}
 func (p *QueryResult_) IsSetTruncated() bool {
 	return p.Truncated != nil
 }
@@ -3069,6 +3077,10 @@ func (p *QueryResult_) IsSetMissingShards() bool {
 
 func (p *QueryResult_) IsSetAsOf() bool {
 	return p.AsOf != nil
+}
+
+func (p *QueryResult_) IsSetStaleShards() bool {
+	return p.StaleShards != nil
 }
 
 func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -3138,6 +3150,16 @@ func (p *QueryResult_) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 6:
 			if fieldTypeId == thrift.STRUCT {
 				if err := p.ReadField6(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 7:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField7(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -3235,6 +3257,28 @@ func (p *QueryResult_) ReadField6(ctx context.Context, iprot thrift.TProtocol) e
 	return nil
 }
 
+func (p *QueryResult_) ReadField7(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]string, 0, size)
+	p.StaleShards = tSlice
+	for i := 0; i < size; i++ {
+		var _elem30 string
+		if v, err := iprot.ReadString(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_elem30 = v
+		}
+		p.StaleShards = append(p.StaleShards, _elem30)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
 func (p *QueryResult_) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "QueryResult"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
@@ -3256,6 +3300,9 @@ func (p *QueryResult_) Write(ctx context.Context, oprot thrift.TProtocol) error 
 			return err
 		}
 		if err := p.writeField6(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField7(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -3370,6 +3417,29 @@ func (p *QueryResult_) writeField6(ctx context.Context, oprot thrift.TProtocol) 
 	return err
 }
 
+func (p *QueryResult_) writeField7(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetStaleShards() {
+		if err := oprot.WriteFieldBegin(ctx, "stale_shards", thrift.LIST, 7); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 7:stale_shards: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.STRING, len(p.StaleShards)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.StaleShards {
+			if err := oprot.WriteString(ctx, string(v)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 7:stale_shards: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *QueryResult_) Equals(other *QueryResult_) bool {
 	if p == other {
 		return true
@@ -3383,8 +3453,8 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.Rows {
-		_src30 := other.Rows[i]
-		if !_tgt.Equals(_src30) {
+		_src31 := other.Rows[i]
+		if !_tgt.Equals(_src31) {
 			return false
 		}
 	}
@@ -3408,13 +3478,22 @@ func (p *QueryResult_) Equals(other *QueryResult_) bool {
 		return false
 	}
 	for i, _tgt := range p.MissingShards {
-		_src31 := other.MissingShards[i]
-		if !_tgt.Equals(_src31) {
+		_src32 := other.MissingShards[i]
+		if !_tgt.Equals(_src32) {
 			return false
 		}
 	}
 	if !p.AsOf.Equals(other.AsOf) {
 		return false
+	}
+	if len(p.StaleShards) != len(other.StaleShards) {
+		return false
+	}
+	for i, _tgt := range p.StaleShards {
+		_src33 := other.StaleShards[i]
+		if _tgt != _src33 {
+			return false
+		}
 	}
 	return true
 }
@@ -3653,41 +3732,41 @@ func (p *QueryClient) SetLastResponseMeta_(meta thrift.ResponseMeta) {
 }
 
 func (p *QueryClient) Apps(ctx context.Context) (_r []*AppInfo, _err error) {
-	var _args32 QueryAppsArgs
-	var _result34 QueryAppsResult
-	var _meta33 thrift.ResponseMeta
-	_meta33, _err = p.Client_().Call(ctx, "apps", &_args32, &_result34)
-	p.SetLastResponseMeta_(_meta33)
+	var _args34 QueryAppsArgs
+	var _result36 QueryAppsResult
+	var _meta35 thrift.ResponseMeta
+	_meta35, _err = p.Client_().Call(ctx, "apps", &_args34, &_result36)
+	p.SetLastResponseMeta_(_meta35)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result34.Err != nil:
-		return _r, _result34.Err
+	case _result36.Err != nil:
+		return _r, _result36.Err
 	}
 
-	return _result34.GetSuccess(), nil
+	return _result36.GetSuccess(), nil
 }
 
 // Parameters:
 //   - Req
 func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryResult_, _err error) {
-	var _args35 QueryQueryArgs
-	_args35.Req = req
-	var _result37 QueryQueryResult
-	var _meta36 thrift.ResponseMeta
-	_meta36, _err = p.Client_().Call(ctx, "query", &_args35, &_result37)
-	p.SetLastResponseMeta_(_meta36)
+	var _args37 QueryQueryArgs
+	_args37.Req = req
+	var _result39 QueryQueryResult
+	var _meta38 thrift.ResponseMeta
+	_meta38, _err = p.Client_().Call(ctx, "query", &_args37, &_result39)
+	p.SetLastResponseMeta_(_meta38)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result37.Err != nil:
-		return _r, _result37.Err
+	case _result39.Err != nil:
+		return _r, _result39.Err
 	}
 
-	if _ret38 := _result37.GetSuccess(); _ret38 != nil {
-		return _ret38, nil
+	if _ret40 := _result39.GetSuccess(); _ret40 != nil {
+		return _ret40, nil
 	}
 	return nil, thrift.NewTApplicationException(thrift.MISSING_RESULT, "query failed: unknown result")
 }
@@ -3695,18 +3774,18 @@ func (p *QueryClient) Query(ctx context.Context, req *QueryRequest) (_r *QueryRe
 // Parameters:
 //   - Token
 func (p *QueryClient) Authenticate(ctx context.Context, token string) (_err error) {
-	var _args39 QueryAuthenticateArgs
-	_args39.Token = token
-	var _result41 QueryAuthenticateResult
-	var _meta40 thrift.ResponseMeta
-	_meta40, _err = p.Client_().Call(ctx, "authenticate", &_args39, &_result41)
-	p.SetLastResponseMeta_(_meta40)
+	var _args41 QueryAuthenticateArgs
+	_args41.Token = token
+	var _result43 QueryAuthenticateResult
+	var _meta42 thrift.ResponseMeta
+	_meta42, _err = p.Client_().Call(ctx, "authenticate", &_args41, &_result43)
+	p.SetLastResponseMeta_(_meta42)
 	if _err != nil {
 		return
 	}
 	switch {
-	case _result41.Err != nil:
-		return _result41.Err
+	case _result43.Err != nil:
+		return _result43.Err
 	}
 
 	return nil
@@ -3732,11 +3811,11 @@ func (p *QueryProcessor) ProcessorMap() map[string]thrift.TProcessorFunction {
 
 func NewQueryProcessor(handler Query) *QueryProcessor {
 
-	self42 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
-	self42.processorMap["apps"] = &queryProcessorApps{handler: handler}
-	self42.processorMap["query"] = &queryProcessorQuery{handler: handler}
-	self42.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
-	return self42
+	self44 := &QueryProcessor{handler: handler, processorMap: make(map[string]thrift.TProcessorFunction)}
+	self44.processorMap["apps"] = &queryProcessorApps{handler: handler}
+	self44.processorMap["query"] = &queryProcessorQuery{handler: handler}
+	self44.processorMap["authenticate"] = &queryProcessorAuthenticate{handler: handler}
+	return self44
 }
 
 func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
@@ -3749,12 +3828,12 @@ func (p *QueryProcessor) Process(ctx context.Context, iprot, oprot thrift.TProto
 	}
 	iprot.Skip(ctx, thrift.STRUCT)
 	iprot.ReadMessageEnd(ctx)
-	x43 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
+	x45 := thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Unknown function "+name)
 	oprot.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seqId)
-	x43.Write(ctx, oprot)
+	x45.Write(ctx, oprot)
 	oprot.WriteMessageEnd(ctx)
 	oprot.Flush(ctx)
-	return false, x43
+	return false, x45
 
 }
 
@@ -3763,7 +3842,7 @@ type queryProcessorApps struct {
 }
 
 func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err44 error
+	var _write_err46 error
 	args := QueryAppsArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -3813,21 +3892,21 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc45 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
+			_exc47 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing apps: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err44 = thrift.WrapTException(err2)
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc45.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
-				_write_err44 = thrift.WrapTException(err2)
+			if err2 := _exc47.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
-				_write_err44 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
-				_write_err44 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+				_write_err46 = thrift.WrapTException(err2)
 			}
-			if _write_err44 != nil {
-				return false, thrift.WrapTException(_write_err44)
+			if _write_err46 != nil {
+				return false, thrift.WrapTException(_write_err46)
 			}
 			return true, err
 		}
@@ -3836,19 +3915,19 @@ func (p *queryProcessorApps) Process(ctx context.Context, seqId int32, iprot, op
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "apps", thrift.REPLY, seqId); err2 != nil {
-		_write_err44 = thrift.WrapTException(err2)
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err44 == nil && err2 != nil {
-		_write_err44 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err44 == nil && err2 != nil {
-		_write_err44 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err44 == nil && err2 != nil {
-		_write_err44 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
+		_write_err46 = thrift.WrapTException(err2)
 	}
-	if _write_err44 != nil {
-		return false, thrift.WrapTException(_write_err44)
+	if _write_err46 != nil {
+		return false, thrift.WrapTException(_write_err46)
 	}
 	return true, err
 }
@@ -3858,7 +3937,7 @@ type queryProcessorQuery struct {
 }
 
 func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err46 error
+	var _write_err48 error
 	args := QueryQueryArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -3908,21 +3987,21 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc47 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
+			_exc49 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing query: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err46 = thrift.WrapTException(err2)
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc47.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
-				_write_err46 = thrift.WrapTException(err2)
+			if err2 := _exc49.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
-				_write_err46 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
-				_write_err46 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+				_write_err48 = thrift.WrapTException(err2)
 			}
-			if _write_err46 != nil {
-				return false, thrift.WrapTException(_write_err46)
+			if _write_err48 != nil {
+				return false, thrift.WrapTException(_write_err48)
 			}
 			return true, err
 		}
@@ -3931,19 +4010,19 @@ func (p *queryProcessorQuery) Process(ctx context.Context, seqId int32, iprot, o
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "query", thrift.REPLY, seqId); err2 != nil {
-		_write_err46 = thrift.WrapTException(err2)
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err46 == nil && err2 != nil {
-		_write_err46 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err46 == nil && err2 != nil {
-		_write_err46 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err46 == nil && err2 != nil {
-		_write_err46 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
+		_write_err48 = thrift.WrapTException(err2)
 	}
-	if _write_err46 != nil {
-		return false, thrift.WrapTException(_write_err46)
+	if _write_err48 != nil {
+		return false, thrift.WrapTException(_write_err48)
 	}
 	return true, err
 }
@@ -3953,7 +4032,7 @@ type queryProcessorAuthenticate struct {
 }
 
 func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err48 error
+	var _write_err50 error
 	args := QueryAuthenticateArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -4003,40 +4082,40 @@ func (p *queryProcessorAuthenticate) Process(ctx context.Context, seqId int32, i
 			if errors.Is(err2, thrift.ErrAbandonRequest) {
 				return false, thrift.WrapTException(err2)
 			}
-			_exc49 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
+			_exc51 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing authenticate: "+err2.Error())
 			if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.EXCEPTION, seqId); err2 != nil {
-				_write_err48 = thrift.WrapTException(err2)
+				_write_err50 = thrift.WrapTException(err2)
 			}
-			if err2 := _exc49.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
-				_write_err48 = thrift.WrapTException(err2)
+			if err2 := _exc51.Write(ctx, oprot); _write_err50 == nil && err2 != nil {
+				_write_err50 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
-				_write_err48 = thrift.WrapTException(err2)
+			if err2 := oprot.WriteMessageEnd(ctx); _write_err50 == nil && err2 != nil {
+				_write_err50 = thrift.WrapTException(err2)
 			}
-			if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
-				_write_err48 = thrift.WrapTException(err2)
+			if err2 := oprot.Flush(ctx); _write_err50 == nil && err2 != nil {
+				_write_err50 = thrift.WrapTException(err2)
 			}
-			if _write_err48 != nil {
-				return false, thrift.WrapTException(_write_err48)
+			if _write_err50 != nil {
+				return false, thrift.WrapTException(_write_err50)
 			}
 			return true, err
 		}
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "authenticate", thrift.REPLY, seqId); err2 != nil {
-		_write_err48 = thrift.WrapTException(err2)
+		_write_err50 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err48 == nil && err2 != nil {
-		_write_err48 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err50 == nil && err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err48 == nil && err2 != nil {
-		_write_err48 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err50 == nil && err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err48 == nil && err2 != nil {
-		_write_err48 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err50 == nil && err2 != nil {
+		_write_err50 = thrift.WrapTException(err2)
 	}
-	if _write_err48 != nil {
-		return false, thrift.WrapTException(_write_err48)
+	if _write_err50 != nil {
+		return false, thrift.WrapTException(_write_err50)
 	}
 	return true, err
 }
@@ -4189,11 +4268,11 @@ func (p *QueryAppsResult) ReadField0(ctx context.Context, iprot thrift.TProtocol
 	tSlice := make([]*AppInfo, 0, size)
 	p.Success = tSlice
 	for i := 0; i < size; i++ {
-		_elem50 := &AppInfo{}
-		if err := _elem50.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem50), err)
+		_elem52 := &AppInfo{}
+		if err := _elem52.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem52), err)
 		}
-		p.Success = append(p.Success, _elem50)
+		p.Success = append(p.Success, _elem52)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)

@@ -330,12 +330,16 @@ func (p *LogEntry) String() string {
 //   - Messages
 //   - ReceivedAtMs
 //   - Incarnation
+//   - Seqs
+//   - Forwarded
 type Batch struct {
 	AgentID      string      `thrift:"agent_id,1" db:"agent_id" json:"agent_id"`
 	FirstSeq     int64       `thrift:"first_seq,2" db:"first_seq" json:"first_seq"`
 	Messages     []*LogEntry `thrift:"messages,3" db:"messages" json:"messages"`
 	ReceivedAtMs int64       `thrift:"received_at_ms,4" db:"received_at_ms" json:"received_at_ms"`
 	Incarnation  *string     `thrift:"incarnation,5" db:"incarnation" json:"incarnation,omitempty"`
+	Seqs         []int64     `thrift:"seqs,6" db:"seqs" json:"seqs,omitempty"`
+	Forwarded    *bool       `thrift:"forwarded,7" db:"forwarded" json:"forwarded,omitempty"`
 }
 
 func NewBatch() *Batch {
@@ -366,8 +370,31 @@ func (p *Batch) GetIncarnation() string {
 	}
 	return *p.Incarnation
 }
+
+var Batch_Seqs_DEFAULT []int64
+
+func (p *Batch) GetSeqs() []int64 {
+	return p.Seqs
+}
+
+var Batch_Forwarded_DEFAULT bool
+
+func (p *Batch) GetForwarded() bool {
+	if !p.IsSetForwarded() {
+		return Batch_Forwarded_DEFAULT
+	}
+	return *p.Forwarded
+}
 func (p *Batch) IsSetIncarnation() bool {
 	return p.Incarnation != nil
+}
+
+func (p *Batch) IsSetSeqs() bool {
+	return p.Seqs != nil
+}
+
+func (p *Batch) IsSetForwarded() bool {
+	return p.Forwarded != nil
 }
 
 func (p *Batch) Read(ctx context.Context, iprot thrift.TProtocol) error {
@@ -427,6 +454,26 @@ func (p *Batch) Read(ctx context.Context, iprot thrift.TProtocol) error {
 		case 5:
 			if fieldTypeId == thrift.STRING {
 				if err := p.ReadField5(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 6:
+			if fieldTypeId == thrift.LIST {
+				if err := p.ReadField6(ctx, iprot); err != nil {
+					return err
+				}
+			} else {
+				if err := iprot.Skip(ctx, fieldTypeId); err != nil {
+					return err
+				}
+			}
+		case 7:
+			if fieldTypeId == thrift.BOOL {
+				if err := p.ReadField7(ctx, iprot); err != nil {
 					return err
 				}
 			} else {
@@ -505,6 +552,37 @@ func (p *Batch) ReadField5(ctx context.Context, iprot thrift.TProtocol) error {
 	return nil
 }
 
+func (p *Batch) ReadField6(ctx context.Context, iprot thrift.TProtocol) error {
+	_, size, err := iprot.ReadListBegin(ctx)
+	if err != nil {
+		return thrift.PrependError("error reading list begin: ", err)
+	}
+	tSlice := make([]int64, 0, size)
+	p.Seqs = tSlice
+	for i := 0; i < size; i++ {
+		var _elem4 int64
+		if v, err := iprot.ReadI64(ctx); err != nil {
+			return thrift.PrependError("error reading field 0: ", err)
+		} else {
+			_elem4 = v
+		}
+		p.Seqs = append(p.Seqs, _elem4)
+	}
+	if err := iprot.ReadListEnd(ctx); err != nil {
+		return thrift.PrependError("error reading list end: ", err)
+	}
+	return nil
+}
+
+func (p *Batch) ReadField7(ctx context.Context, iprot thrift.TProtocol) error {
+	if v, err := iprot.ReadBool(ctx); err != nil {
+		return thrift.PrependError("error reading field 7: ", err)
+	} else {
+		p.Forwarded = &v
+	}
+	return nil
+}
+
 func (p *Batch) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if err := oprot.WriteStructBegin(ctx, "Batch"); err != nil {
 		return thrift.PrependError(fmt.Sprintf("%T write struct begin error: ", p), err)
@@ -523,6 +601,12 @@ func (p *Batch) Write(ctx context.Context, oprot thrift.TProtocol) error {
 			return err
 		}
 		if err := p.writeField5(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField6(ctx, oprot); err != nil {
+			return err
+		}
+		if err := p.writeField7(ctx, oprot); err != nil {
 			return err
 		}
 	}
@@ -610,6 +694,44 @@ func (p *Batch) writeField5(ctx context.Context, oprot thrift.TProtocol) (err er
 	return err
 }
 
+func (p *Batch) writeField6(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetSeqs() {
+		if err := oprot.WriteFieldBegin(ctx, "seqs", thrift.LIST, 6); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 6:seqs: ", p), err)
+		}
+		if err := oprot.WriteListBegin(ctx, thrift.I64, len(p.Seqs)); err != nil {
+			return thrift.PrependError("error writing list begin: ", err)
+		}
+		for _, v := range p.Seqs {
+			if err := oprot.WriteI64(ctx, int64(v)); err != nil {
+				return thrift.PrependError(fmt.Sprintf("%T. (0) field write error: ", p), err)
+			}
+		}
+		if err := oprot.WriteListEnd(ctx); err != nil {
+			return thrift.PrependError("error writing list end: ", err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 6:seqs: ", p), err)
+		}
+	}
+	return err
+}
+
+func (p *Batch) writeField7(ctx context.Context, oprot thrift.TProtocol) (err error) {
+	if p.IsSetForwarded() {
+		if err := oprot.WriteFieldBegin(ctx, "forwarded", thrift.BOOL, 7); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field begin error 7:forwarded: ", p), err)
+		}
+		if err := oprot.WriteBool(ctx, bool(*p.Forwarded)); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T.forwarded (7) field write error: ", p), err)
+		}
+		if err := oprot.WriteFieldEnd(ctx); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T write field end error 7:forwarded: ", p), err)
+		}
+	}
+	return err
+}
+
 func (p *Batch) Equals(other *Batch) bool {
 	if p == other {
 		return true
@@ -626,8 +748,8 @@ func (p *Batch) Equals(other *Batch) bool {
 		return false
 	}
 	for i, _tgt := range p.Messages {
-		_src4 := other.Messages[i]
-		if !_tgt.Equals(_src4) {
+		_src5 := other.Messages[i]
+		if !_tgt.Equals(_src5) {
 			return false
 		}
 	}
@@ -639,6 +761,23 @@ func (p *Batch) Equals(other *Batch) bool {
 			return false
 		}
 		if (*p.Incarnation) != (*other.Incarnation) {
+			return false
+		}
+	}
+	if len(p.Seqs) != len(other.Seqs) {
+		return false
+	}
+	for i, _tgt := range p.Seqs {
+		_src6 := other.Seqs[i]
+		if _tgt != _src6 {
+			return false
+		}
+	}
+	if p.Forwarded != other.Forwarded {
+		if p.Forwarded == nil || other.Forwarded == nil {
+			return false
+		}
+		if (*p.Forwarded) != (*other.Forwarded) {
 			return false
 		}
 	}
@@ -684,31 +823,31 @@ func NewScribeClient(c thrift.TClient) *ScribeClient {
 // Parameters:
 //   - Messages
 func (p *ScribeClient) Log(ctx context.Context, messages []*LogEntry) (_r ResultCode, _err error) {
-	var _args5 ScribeLogArgs
-	_args5.Messages = messages
-	var _result7 ScribeLogResult
-	var _meta6 thrift.ResponseMeta
-	_meta6, _err = p.Client_().Call(ctx, "Log", &_args5, &_result7)
-	p.SetLastResponseMeta_(_meta6)
+	var _args7 ScribeLogArgs
+	_args7.Messages = messages
+	var _result9 ScribeLogResult
+	var _meta8 thrift.ResponseMeta
+	_meta8, _err = p.Client_().Call(ctx, "Log", &_args7, &_result9)
+	p.SetLastResponseMeta_(_meta8)
 	if _err != nil {
 		return
 	}
-	return _result7.GetSuccess(), nil
+	return _result9.GetSuccess(), nil
 }
 
 // Parameters:
 //   - Batch
 func (p *ScribeClient) LogBatch(ctx context.Context, batch *Batch) (_r ResultCode, _err error) {
-	var _args8 ScribeLogBatchArgs
-	_args8.Batch = batch
-	var _result10 ScribeLogBatchResult
-	var _meta9 thrift.ResponseMeta
-	_meta9, _err = p.Client_().Call(ctx, "LogBatch", &_args8, &_result10)
-	p.SetLastResponseMeta_(_meta9)
+	var _args10 ScribeLogBatchArgs
+	_args10.Batch = batch
+	var _result12 ScribeLogBatchResult
+	var _meta11 thrift.ResponseMeta
+	_meta11, _err = p.Client_().Call(ctx, "LogBatch", &_args10, &_result12)
+	p.SetLastResponseMeta_(_meta11)
 	if _err != nil {
 		return
 	}
-	return _result10.GetSuccess(), nil
+	return _result12.GetSuccess(), nil
 }
 
 type ScribeProcessor struct {
@@ -716,10 +855,10 @@ type ScribeProcessor struct {
 }
 
 func NewScribeProcessor(handler Scribe) *ScribeProcessor {
-	self11 := &ScribeProcessor{fb303.NewFacebookServiceProcessor(handler)}
-	self11.AddToProcessorMap("Log", &scribeProcessorLog{handler: handler})
-	self11.AddToProcessorMap("LogBatch", &scribeProcessorLogBatch{handler: handler})
-	return self11
+	self13 := &ScribeProcessor{fb303.NewFacebookServiceProcessor(handler)}
+	self13.AddToProcessorMap("Log", &scribeProcessorLog{handler: handler})
+	self13.AddToProcessorMap("LogBatch", &scribeProcessorLogBatch{handler: handler})
+	return self13
 }
 
 type scribeProcessorLog struct {
@@ -727,7 +866,7 @@ type scribeProcessorLog struct {
 }
 
 func (p *scribeProcessorLog) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err12 error
+	var _write_err14 error
 	args := ScribeLogArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -773,21 +912,21 @@ func (p *scribeProcessorLog) Process(ctx context.Context, seqId int32, iprot, op
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc13 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing Log: "+err2.Error())
+		_exc15 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing Log: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "Log", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err12 = thrift.WrapTException(err2)
+			_write_err14 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc13.Write(ctx, oprot); _write_err12 == nil && err2 != nil {
-			_write_err12 = thrift.WrapTException(err2)
+		if err2 := _exc15.Write(ctx, oprot); _write_err14 == nil && err2 != nil {
+			_write_err14 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err12 == nil && err2 != nil {
-			_write_err12 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err14 == nil && err2 != nil {
+			_write_err14 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err12 == nil && err2 != nil {
-			_write_err12 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err14 == nil && err2 != nil {
+			_write_err14 = thrift.WrapTException(err2)
 		}
-		if _write_err12 != nil {
-			return false, thrift.WrapTException(_write_err12)
+		if _write_err14 != nil {
+			return false, thrift.WrapTException(_write_err14)
 		}
 		return true, err
 	} else {
@@ -795,19 +934,19 @@ func (p *scribeProcessorLog) Process(ctx context.Context, seqId int32, iprot, op
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "Log", thrift.REPLY, seqId); err2 != nil {
-		_write_err12 = thrift.WrapTException(err2)
+		_write_err14 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err12 == nil && err2 != nil {
-		_write_err12 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err14 == nil && err2 != nil {
+		_write_err14 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err12 == nil && err2 != nil {
-		_write_err12 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err14 == nil && err2 != nil {
+		_write_err14 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err12 == nil && err2 != nil {
-		_write_err12 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err14 == nil && err2 != nil {
+		_write_err14 = thrift.WrapTException(err2)
 	}
-	if _write_err12 != nil {
-		return false, thrift.WrapTException(_write_err12)
+	if _write_err14 != nil {
+		return false, thrift.WrapTException(_write_err14)
 	}
 	return true, err
 }
@@ -817,7 +956,7 @@ type scribeProcessorLogBatch struct {
 }
 
 func (p *scribeProcessorLogBatch) Process(ctx context.Context, seqId int32, iprot, oprot thrift.TProtocol) (success bool, err thrift.TException) {
-	var _write_err14 error
+	var _write_err16 error
 	args := ScribeLogBatchArgs{}
 	if err2 := args.Read(ctx, iprot); err2 != nil {
 		iprot.ReadMessageEnd(ctx)
@@ -863,21 +1002,21 @@ func (p *scribeProcessorLogBatch) Process(ctx context.Context, seqId int32, ipro
 		if errors.Is(err2, thrift.ErrAbandonRequest) {
 			return false, thrift.WrapTException(err2)
 		}
-		_exc15 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing LogBatch: "+err2.Error())
+		_exc17 := thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing LogBatch: "+err2.Error())
 		if err2 := oprot.WriteMessageBegin(ctx, "LogBatch", thrift.EXCEPTION, seqId); err2 != nil {
-			_write_err14 = thrift.WrapTException(err2)
+			_write_err16 = thrift.WrapTException(err2)
 		}
-		if err2 := _exc15.Write(ctx, oprot); _write_err14 == nil && err2 != nil {
-			_write_err14 = thrift.WrapTException(err2)
+		if err2 := _exc17.Write(ctx, oprot); _write_err16 == nil && err2 != nil {
+			_write_err16 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.WriteMessageEnd(ctx); _write_err14 == nil && err2 != nil {
-			_write_err14 = thrift.WrapTException(err2)
+		if err2 := oprot.WriteMessageEnd(ctx); _write_err16 == nil && err2 != nil {
+			_write_err16 = thrift.WrapTException(err2)
 		}
-		if err2 := oprot.Flush(ctx); _write_err14 == nil && err2 != nil {
-			_write_err14 = thrift.WrapTException(err2)
+		if err2 := oprot.Flush(ctx); _write_err16 == nil && err2 != nil {
+			_write_err16 = thrift.WrapTException(err2)
 		}
-		if _write_err14 != nil {
-			return false, thrift.WrapTException(_write_err14)
+		if _write_err16 != nil {
+			return false, thrift.WrapTException(_write_err16)
 		}
 		return true, err
 	} else {
@@ -885,19 +1024,19 @@ func (p *scribeProcessorLogBatch) Process(ctx context.Context, seqId int32, ipro
 	}
 	tickerCancel()
 	if err2 := oprot.WriteMessageBegin(ctx, "LogBatch", thrift.REPLY, seqId); err2 != nil {
-		_write_err14 = thrift.WrapTException(err2)
+		_write_err16 = thrift.WrapTException(err2)
 	}
-	if err2 := result.Write(ctx, oprot); _write_err14 == nil && err2 != nil {
-		_write_err14 = thrift.WrapTException(err2)
+	if err2 := result.Write(ctx, oprot); _write_err16 == nil && err2 != nil {
+		_write_err16 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.WriteMessageEnd(ctx); _write_err14 == nil && err2 != nil {
-		_write_err14 = thrift.WrapTException(err2)
+	if err2 := oprot.WriteMessageEnd(ctx); _write_err16 == nil && err2 != nil {
+		_write_err16 = thrift.WrapTException(err2)
 	}
-	if err2 := oprot.Flush(ctx); _write_err14 == nil && err2 != nil {
-		_write_err14 = thrift.WrapTException(err2)
+	if err2 := oprot.Flush(ctx); _write_err16 == nil && err2 != nil {
+		_write_err16 = thrift.WrapTException(err2)
 	}
-	if _write_err14 != nil {
-		return false, thrift.WrapTException(_write_err14)
+	if _write_err16 != nil {
+		return false, thrift.WrapTException(_write_err16)
 	}
 	return true, err
 }
@@ -964,11 +1103,11 @@ func (p *ScribeLogArgs) ReadField1(ctx context.Context, iprot thrift.TProtocol) 
 	tSlice := make([]*LogEntry, 0, size)
 	p.Messages = tSlice
 	for i := 0; i < size; i++ {
-		_elem16 := &LogEntry{}
-		if err := _elem16.Read(ctx, iprot); err != nil {
-			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem16), err)
+		_elem18 := &LogEntry{}
+		if err := _elem18.Read(ctx, iprot); err != nil {
+			return thrift.PrependError(fmt.Sprintf("%T error reading struct: ", _elem18), err)
 		}
-		p.Messages = append(p.Messages, _elem16)
+		p.Messages = append(p.Messages, _elem18)
 	}
 	if err := iprot.ReadListEnd(ctx); err != nil {
 		return thrift.PrependError("error reading list end: ", err)

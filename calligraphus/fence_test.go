@@ -1,0 +1,206 @@
+package calligraphus
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/backends"
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
+	"github.com/freeway-dev/freeway/internal/enginetest"
+	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+// deafCoord hands out leases whose loss is not told to the holder until
+// tell is called: a writer stalled past its session (SIGSTOP, a long GC
+// pause) that wakes up believing it still owns its buckets.
+type deafCoord struct {
+	coord.Coord
+	mu     sync.Mutex
+	told   chan struct{}
+	leases []coord.Lease
+}
+
+func newDeafCoord(inner coord.Coord) *deafCoord {
+	return &deafCoord{Coord: inner, told: make(chan struct{})}
+}
+
+func (d *deafCoord) Acquire(ctx context.Context, name, owner string) (coord.Lease, error) {
+	l, err := d.Coord.Acquire(ctx, name, owner)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.leases = append(d.leases, l)
+	d.mu.Unlock()
+	return deafLease{Lease: l, told: d.told}, nil
+}
+
+// expire ends every lease granted so far, as a session expiry would,
+// without telling their holder.
+func (d *deafCoord) expire() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.leases {
+		_ = l.Release(context.Background()) // a test double: a failure shows as B not taking over
+	}
+}
+
+// tell lets the leases' losses through.
+func (d *deafCoord) tell() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.told:
+	default:
+		close(d.told)
+	}
+}
+
+type deafLease struct {
+	coord.Lease
+	told chan struct{}
+}
+
+func (l deafLease) Lost() <-chan struct{} {
+	ch := make(chan struct{})
+	go func() {
+		<-l.told
+		<-l.Lease.Lost()
+		close(ch)
+	}()
+	return ch
+}
+
+// readerView is what readers count in a bucket: the entries of the
+// segments layout.Published lists (ptail, the copier and retention see
+// the same).
+func readerView(t *testing.T, fsys dfs.FS, dir string) []string {
+	t.Helper()
+	infos, err := layout.Published(fsys, dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, fi := range infos {
+		data, err := dfs.ReadFile(fsys, path.Join(dir, fi.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := segment.NewReader(bytes.NewReader(data), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b segment.Block
+		for {
+			err := r.Next(&b)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range b.Messages {
+				out = append(out, string(m))
+			}
+		}
+	}
+	return out
+}
+
+// TestStaleWriterFencedAtStorage plays the late wake-up deterministically:
+// writer A's lease is lost (released under it, as a session expiry does)
+// but A is not told; B takes the bucket; then A, still believing it owns
+// the bucket, writes a batch. Whatever A does with it, no reader may
+// count it, and A must not answer OK.
+func TestStaleWriterFencedAtStorage(t *testing.T) {
+	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
+		hub, _ := inprocCoord(t)
+		testStaleWriterFenced(t, fsys, func() coord.Coord {
+			s := hub.Session()
+			t.Cleanup(func() { s.Close() })
+			return s
+		})
+	})
+	t.Run("engines", func(t *testing.T) {
+		zk, hdfsAddr := enginetest.Addr(t, enginetest.ZK), enginetest.Addr(t, enginetest.HDFS)
+		suffix := randomSuffix(t)
+		fsys, err := backends.OpenDFS(fmt.Sprintf("hdfs://%s/freeway-test/calligraphus-%s", hdfsAddr, suffix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fsys.Close() })
+		testStaleWriterFenced(t, fsys, func() coord.Coord {
+			co, err := backends.NewCoords(nil).Open(fmt.Sprintf("zk://%s/freeway-test/calligraphus-%s", zk, suffix))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { co.Close() })
+			return co
+		})
+	})
+}
+
+func testStaleWriterFenced(t *testing.T, fsys dfs.FS, newCoord func() coord.Coord) {
+	coA := newDeafCoord(newCoord())
+	coB := newCoord()
+	cfgA, cfgB := testConfig(), testConfig()
+	cfgA.ID, cfgB.ID = preferring(t, "cat", 0, 1) // A is not asked to hand off
+	a := startServer(t, cfgA, fsys, coA, nil)
+	b := startServer(t, cfgB, fsys, coB, nil)
+	clA, clB := a.dial(t), b.dial(t)
+
+	mustLog(t, clA, entries("cat", "a-1"))
+	coA.expire() // A's lease is gone; A does not know
+	// B takes the bucket (a forwarded batch: B writes it itself).
+	rc, err := clB.LogBatch(context.Background(), &scribethrift.Batch{Messages: entries("cat", "b-1"), Forwarded: thriftBool(true)})
+	if err != nil || rc != scribethrift.ResultCode_OK {
+		t.Fatalf("B: %v %v", rc, err)
+	}
+	// A wakes up and writes.
+	rc, err = clA.Log(context.Background(), entries("cat", "a-2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc == scribethrift.ResultCode_OK {
+		t.Errorf("the stale writer answered OK after a newer writer took its bucket")
+	}
+	if got := counter(t, a.reg, "freeway_calligraphus_fenced_total"); got < 1 {
+		t.Errorf("fenced_total %v, want at least 1", got)
+	}
+	// B goes on; readers count a-1, b-1, b-2 and never a-2.
+	rc, err = clB.LogBatch(context.Background(), &scribethrift.Batch{Messages: entries("cat", "b-2"), Forwarded: thriftBool(true)})
+	if err != nil || rc != scribethrift.ResultCode_OK {
+		t.Fatalf("B: %v %v", rc, err)
+	}
+	coA.tell()
+	a.stop()
+	b.stop()
+	if got := readerView(t, fsys, "cat/0"); !slices.Equal(got, []string{"a-1", "b-1", "b-2"}) {
+		t.Errorf("readers count %q, want [a-1 b-1 b-2]", got)
+	}
+}
+
+func thriftBool(b bool) *bool { return &b }
+
+// preferring returns two writer IDs, the first preferred for bucket b of
+// category (of n) when both are live.
+func preferring(t *testing.T, category string, b, n int) (string, string) {
+	t.Helper()
+	x, y := "wa", "wb"
+	v := newView([]coord.Member{{ID: x}, {ID: y}}, x)
+	if v.preferred(category, b, n) != x {
+		x, y = y, x
+	}
+	return x, y
+}

@@ -1,0 +1,90 @@
+package freeway
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+
+	"github.com/freeway-dev/freeway/internal/component"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/puma"
+	"github.com/freeway-dev/freeway/serving"
+)
+
+// pumaListener binds puma.listen (nil, "" when it is not set): the
+// partial-state endpoint serving's fan-out asks, behind the process's TLS
+// and query tokens. It returns the server, the address it advertises in
+// layout.PumaMembers, and the slot the node's handler goes in once the
+// node exists (the node needs the address first).
+func (p *Process) pumaListener() (*httpsrv.Server, string, *atomic.Value, error) {
+	addr := p.cfg.Puma.Listen
+	if addr == "" {
+		return nil, "", nil, nil
+	}
+	var partial atomic.Value // http.Handler
+	mux := http.NewServeMux()
+	mux.Handle(puma.PartialPath, p.shared.Auth.Query(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, ok := partial.Load().(http.Handler)
+		if !ok {
+			httpsrv.WriteError(w, http.StatusServiceUnavailable, "puma is starting")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		httpsrv.WriteError(w, http.StatusNotFound, "not found: this is a Puma node's partial-state port ("+puma.PartialPath+")")
+	})
+	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "puma", Log: p.log.With("component", "puma"), Metrics: p.reg,
+		Limits: httpsrv.Limits{MaxConnections: 256}, TLS: p.shared.TLS.ServerConfig()})
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("listen for partial-state queries on %s: %w (set --puma.listen)", addr, err)
+	}
+	adv, err := component.AdvertisedAddr(srv.Listener().Addr(), p.cfg.Advertise)
+	if err != nil {
+		_ = srv.Listener().Close() // the advertise error is the one to report
+		return nil, "", nil, err
+	}
+	return srv, adv, &partial, nil
+}
+
+// fanout is the fresh source of a standalone serving process in a split
+// deployment: the Puma nodes, asked through coord.
+func (p *Process) fanout(committed *puma.Committed) (*serving.Fanout, error) {
+	co, err := p.coord()
+	if err != nil {
+		return nil, err
+	}
+	token, err := firstToken(p.cfg.Auth.QueryTokensFile)
+	if err != nil {
+		return nil, err
+	}
+	return serving.NewFanout(serving.FanoutDeps{
+		Coord: co, Committed: committed, Apps: p.apps, Buckets: p.cfg.BucketsOf,
+		Timeout: p.cfg.Serving.FanoutTimeout.D(), TLS: p.shared.TLS, Token: token,
+		Log: p.log, Metrics: p.reg,
+	}), nil
+}
+
+// firstToken is the first token of a query tokens file ("" without one):
+// what serving presents to the Puma nodes, which check the same file.
+func firstToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read query tokens for the fan-out: %w", err)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
+			return line, nil
+		}
+	}
+	return "", errors.New("query tokens file " + path + " holds no token")
+}

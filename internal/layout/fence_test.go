@@ -1,0 +1,154 @@
+package layout
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+)
+
+func publishedNames(t *testing.T, fsys dfs.FS, dir string) []string {
+	t.Helper()
+	infos, err := Published(fsys, dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, fi := range infos {
+		out = append(out, fi.Name())
+	}
+	return out
+}
+
+func putSegment(t *testing.T, fsys dfs.FS, dir string, epoch int64, seq uint64) string {
+	t.Helper()
+	name := SegmentName(epoch, seq)
+	if err := dfs.WriteFile(fsys, dir+"/"+name, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// TestFenceSealsOutAStaleWriter walks the protocol of fence.go through
+// the interleavings that matter: a stale writer's segment published
+// before the new owner's intent counts, one published after it never
+// does, readers wait while the new owner has not sealed, a late seal of
+// a superseded owner changes nothing, and a segment counted stays
+// counted through later owners.
+func TestFenceSealsOutAStaleWriter(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := BucketDir("cat", 0)
+	a1 := putSegment(t, fsys, dir, 1, 1)
+	if got := publishedNames(t, fsys, dir); !slices.Equal(got, []string{a1}) {
+		t.Fatalf("no fence: %v", got)
+	}
+	// Owner 2 takes the bucket: intent first.
+	if err := WriteIntent(fsys, dir, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteIntent(fsys, dir, 2); err == nil {
+		t.Fatal("a second intent of epoch 2 was created")
+	}
+	// Writer 1, stale, publishes before owner 2 lists: covered.
+	a2 := putSegment(t, fsys, dir, 1, 2)
+	f, err := ReadFence(fsys, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := f.Verdict(a2); v != Undecided {
+		t.Fatalf("before the seal: %v, want undecided", v)
+	}
+	if got := publishedNames(t, fsys, dir); len(got) != 0 {
+		t.Fatalf("readers went past an unsealed intent: %v", got)
+	}
+	if _, err := WriteSeal(fsys, dir, 2, "u"); err != nil {
+		t.Fatal(err)
+	}
+	// Writer 1 publishes again after the listing: fenced.
+	a3 := putSegment(t, fsys, dir, 1, 3)
+	b1 := putSegment(t, fsys, dir, 2, 1)
+	if got := publishedNames(t, fsys, dir); !slices.Equal(got, []string{a1, a2, b1}) {
+		t.Fatalf("after seal 2: %v, want %v", got, []string{a1, a2, b1})
+	}
+	if f, _ = ReadFence(fsys, dir); f.Verdict(a3) != Fenced || f.Verdict(a2) != Counted || f.Verdict(b1) != Counted {
+		t.Fatalf("verdicts %v %v %v", f.Verdict(a3), f.Verdict(a2), f.Verdict(b1))
+	}
+
+	// Owner 3 takes over; owner 2 was stalled and publishes and seals late.
+	if err := WriteIntent(fsys, dir, 3); err != nil {
+		t.Fatal(err)
+	}
+	b2 := putSegment(t, fsys, dir, 2, 2) // before owner 3 lists: covered
+	if _, err := WriteSeal(fsys, dir, 3, "u"); err != nil {
+		t.Fatal(err)
+	}
+	b3 := putSegment(t, fsys, dir, 2, 3) // after: fenced
+	if _, err := WriteSeal(fsys, dir, 2, "late"); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("late seal of a superseded owner: %v, want ErrSuperseded", err)
+	}
+	c1 := putSegment(t, fsys, dir, 3, 1)
+	want := []string{a1, a2, b1, b2, c1}
+	if got := publishedNames(t, fsys, dir); !slices.Equal(got, want) {
+		t.Fatalf("after seal 3: %v, want %v", got, want)
+	}
+	// A seal left half-written by a writer that died.
+	if err := dfs.WriteFile(fsys, FenceDir(dir)+"/."+SealName(3)+".x"+TempSuffix, []byte("{")); err != nil {
+		t.Fatal(err)
+	}
+	// Owner 4 inherits seal 3 below epoch 3: a3 and b3 stay out.
+	if err := WriteIntent(fsys, dir, 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteSeal(fsys, dir, 4, "u"); err != nil {
+		t.Fatal(err)
+	}
+	if got := publishedNames(t, fsys, dir); !slices.Equal(got, want) {
+		t.Fatalf("after seal 4: %v, want %v", got, want)
+	}
+	_ = b3
+	// Older intents and seals are pruned.
+	infos, err := fsys.ReadDir(FenceDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, fi := range infos {
+		names = append(names, fi.Name())
+	}
+	if !slices.Equal(names, []string{IntentName(4), SealName(4)}) {
+		t.Errorf("fence dir holds %v", names)
+	}
+}
+
+// TestFenceCrashedOwnerBlocksUntilNextSeal: an owner that dies between
+// its intent and its seal leaves the older segments undecided; the next
+// owner's seal decides them.
+func TestFenceCrashedOwnerBlocksUntilNextSeal(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := BucketDir("cat", 1)
+	a1 := putSegment(t, fsys, dir, 1, 1)
+	if err := WriteIntent(fsys, dir, 2); err != nil {
+		t.Fatal(err)
+	}
+	a2 := putSegment(t, fsys, dir, 1, 2)
+	if got := publishedNames(t, fsys, dir); len(got) != 0 {
+		t.Fatalf("readers went past an unsealed intent: %v", got)
+	}
+	if err := WriteIntent(fsys, dir, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteSeal(fsys, dir, 3, "u"); err != nil {
+		t.Fatal(err)
+	}
+	if got := publishedNames(t, fsys, dir); !slices.Equal(got, []string{a1, a2}) {
+		t.Fatalf("after the next owner's seal: %v", got)
+	}
+}

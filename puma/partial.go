@@ -1,0 +1,309 @@
+package puma
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/httpsrv"
+	"github.com/freeway-dev/freeway/internal/ratelog"
+)
+
+// Partial states: what a Puma node answers serving's fan-out with
+// (puma.listen, POST PartialPath). A partial is the query's rows merged
+// over some shards of its app's category, before order_by and limit:
+// rows of several partials over disjoint shards merge exactly (counts and
+// sums add, min and max combine, avg is a sum and a count, the sketches
+// merge), and MergePartials applies order and limit to the merge, so
+// that the answer is the one a node holding every shard would give.
+
+// PartialPath is the path of the partial-state endpoint on puma.listen.
+const PartialPath = "/internal/v1/partial"
+
+// PartialRequest asks a node for the partial state of a query over some
+// buckets of the app's category. It is the JSON body of a POST to
+// PartialPath.
+type PartialRequest struct {
+	App    string `json:"app"`
+	FromMs int64  `json:"from_ms"`
+	ToMs   int64  `json:"to_ms"`
+	// GroupBy: null for the app's full key, [] for no key (Query.GroupBy).
+	GroupBy    []string            `json:"group_by"`
+	AllWindows bool                `json:"all_windows,omitempty"`
+	WindowMs   int64               `json:"window_ms,omitempty"`
+	Where      map[string][]string `json:"where,omitempty"`
+	Buckets    []int               `json:"buckets"`
+}
+
+// Query is the request as a query (without order and limit, which apply
+// to the merge).
+func (r PartialRequest) Query() Query {
+	return Query{App: r.App, FromMs: r.FromMs, ToMs: r.ToMs, GroupBy: r.GroupBy, AllWindows: r.AllWindows, WindowMs: r.WindowMs, Where: r.Where}
+}
+
+// NewPartialRequest is the partial request of q over buckets.
+func NewPartialRequest(q Query, buckets []int) PartialRequest {
+	return PartialRequest{App: q.App, FromMs: q.FromMs, ToMs: q.ToMs, GroupBy: q.GroupBy, AllWindows: q.AllWindows, WindowMs: q.WindowMs, Where: q.Where, Buckets: buckets}
+}
+
+// Partial is a query's rows merged over some shards, before order and
+// limit: the answer to a PartialRequest.
+type Partial struct {
+	App string `json:"app"`
+	// Buckets are the shards whose data it holds (of those asked: a shard
+	// not running here is left out and listed in Missing).
+	Buckets []int `json:"buckets"`
+	// Missing lists the shards asked for whose data it lacks (recovering,
+	// failed, elsewhere), and those whose data it holds but which lack
+	// segments (incomplete).
+	Missing     []MissingShard `json:"missing,omitempty"`
+	AsOfMs      int64          `json:"as_of_ms,omitempty"`
+	WatermarkMs int64          `json:"watermark_ms,omitempty"`
+	Rows        []PartialRow   `json:"rows"`
+}
+
+// PartialRow is one merged row: its window (the row's window start, 0
+// with all windows), its key (the query's key values, apps.EncodeKey),
+// the range of windows it covers, and its cell in the stored form
+// (format byte, fixed slots, variable states; see doc.go).
+type PartialRow struct {
+	Window int64  `json:"w"`
+	Key    []byte `json:"k"`
+	Start  int64  `json:"s"`
+	End    int64  `json:"e"`
+	Cell   []byte `json:"c"`
+}
+
+// MissingShard is encoded with lowercase names in a partial.
+func (m MissingShard) MarshalJSON() ([]byte, error) {
+	return json.Marshal(missingJSON{m.Category, m.Bucket, string(m.State), m.Error})
+}
+
+// UnmarshalJSON decodes MarshalJSON's form.
+func (m *MissingShard) UnmarshalJSON(b []byte) error {
+	var j missingJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*m = MissingShard{Category: j.Category, Bucket: j.Bucket, State: ShardState(j.State), Error: j.Error}
+	return nil
+}
+
+type missingJSON struct {
+	Category string `json:"category"`
+	Bucket   int    `json:"bucket"`
+	State    string `json:"state"`
+	Error    string `json:"error,omitempty"`
+}
+
+func (m *merger) partial(app string) *Partial {
+	out := &Partial{App: app, Rows: make([]PartialRow, 0, len(m.rows))}
+	for k, r := range m.rows {
+		out.Rows = append(out.Rows, PartialRow{Window: k.window, Key: []byte(k.key), Start: r.start, End: r.end, Cell: m.pl.layout.encodeCell(r.cell)})
+	}
+	return out
+}
+
+// CheckQuery reports whether q is a query of app that can be answered: a
+// BadQueryError when it is not.
+func CheckQuery(app *apps.App, q Query) error {
+	_, err := newPlan(app, q)
+	return err
+}
+
+// Partial answers q over the given buckets of its app's category from
+// memory, as Query does, before order and limit.
+func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, error) {
+	app, ok := p.apps[q.App]
+	if !ok {
+		return nil, badQuery("unknown app %q", ratelog.Clip(q.App))
+	}
+	pl, err := newPlan(app, q)
+	if err != nil {
+		return nil, err
+	}
+	cat := app.Spec.Category
+	var shards []*shard
+	var answered []int
+	var missing []MissingShard
+	p.mu.RLock()
+	for _, b := range buckets {
+		if b < 0 || b >= p.deps.Buckets(cat) {
+			p.mu.RUnlock()
+			return nil, badQuery("bucket %d is not a bucket of category %s", b, cat)
+		}
+		id := shardID{cat, b}
+		if s, ok := p.shards[id]; ok && isReady(s) {
+			shards = append(shards, s)
+			answered = append(answered, b)
+			s.mu.RLock()
+			why := s.gap.incomplete(app, q.FromMs)
+			s.mu.RUnlock()
+			if why != "" {
+				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
+			}
+			continue
+		}
+		st := p.status(id)
+		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: st.State, Error: st.Error})
+	}
+	p.mu.RUnlock()
+	m := newMerger(pl)
+	var watermark int64
+	for _, s := range shards {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		s.snapshot(func(tables []*table) {
+			for _, t := range tables {
+				if t.app != app {
+					continue
+				}
+				watermark = max(watermark, t.watermark)
+				t.spans[pl.span].each(pl.from, pl.to, m.add)
+			}
+		})
+	}
+	out := m.partial(app.Name())
+	out.Buckets, out.Missing, out.WatermarkMs = answered, missing, watermark
+	if len(shards) > 0 {
+		out.AsOfMs = p.deps.Now().UnixMilli()
+	}
+	if out.Buckets == nil {
+		out.Buckets = []int{}
+	}
+	return out, nil
+}
+
+// Partial answers q over the given buckets from their committed state,
+// before order and limit. A shard that cannot be read is listed in
+// Missing as failed; one that never committed holds nothing.
+func (c *Committed) Partial(ctx context.Context, q Query, buckets []int) (*Partial, error) {
+	app, ok := c.apps[q.App]
+	if !ok {
+		return nil, badQuery("unknown app %q", ratelog.Clip(q.App))
+	}
+	pl, err := newPlan(app, q)
+	if err != nil {
+		return nil, err
+	}
+	cat := app.Spec.Category
+	m := newMerger(pl)
+	var answered []int
+	var missing []MissingShard
+	var asOf, watermark int64
+	for _, b := range buckets {
+		st, err := c.shard(ctx, pl, b, m)
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return nil, cerr
+			}
+			missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: clipError(err.Error())})
+			continue
+		}
+		answered = append(answered, b)
+		if st.Epoch != 0 {
+			if asOf == 0 || st.CommitMs < asOf {
+				asOf = st.CommitMs
+			}
+			watermark = max(watermark, st.Watermarks[app.Name()])
+		}
+		if why := st.Gap.incomplete(app, q.FromMs); why != "" {
+			missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
+		}
+	}
+	out := m.partial(app.Name())
+	out.Buckets, out.Missing, out.AsOfMs, out.WatermarkMs = answered, missing, asOf, watermark
+	if out.Buckets == nil {
+		out.Buckets = []int{}
+	}
+	return out, nil
+}
+
+// MergePartials merges partial states of q over disjoint shards and
+// answers q from the merge: order_by and limit apply to the merged rows.
+// The answer's Missing is the partials' (sorted by bucket); its AsOf the
+// oldest time and the highest watermark of the partials with data.
+func MergePartials(app *apps.App, q Query, parts []*Partial) (*Result, error) {
+	pl, err := newPlan(app, q)
+	if err != nil {
+		return nil, err
+	}
+	m := newMerger(pl)
+	var missing []MissingShard
+	var asOf AsOf
+	for _, part := range parts {
+		for _, row := range part.Rows {
+			c, err := pl.layout.decodeCell(row.Cell)
+			if err != nil {
+				return nil, fmt.Errorf("partial state of app %s: %w", app.Name(), err)
+			}
+			k := cellKey{window: row.Window, key: string(row.Key)}
+			r, ok := m.rows[k]
+			if !ok {
+				m.rows[k] = &mrow{start: row.Start, end: row.End, cell: c}
+				continue
+			}
+			r.start, r.end = min(r.start, row.Start), max(r.end, row.End)
+			pl.layout.merge(r.cell, c)
+		}
+		missing = append(missing, part.Missing...)
+		if part.AsOfMs != 0 && (asOf.TimeMs == 0 || part.AsOfMs < asOf.TimeMs) {
+			asOf.TimeMs = part.AsOfMs
+		}
+		asOf.WatermarkMs = max(asOf.WatermarkMs, part.WatermarkMs)
+	}
+	res, err := m.result()
+	if err != nil {
+		return nil, err
+	}
+	sort.SliceStable(missing, func(i, j int) bool { return missing[i].Bucket < missing[j].Bucket })
+	res.Missing, res.AsOf = missing, asOf
+	return res, nil
+}
+
+// maxPartialRequest bounds the body of a partial request.
+const maxPartialRequest = 1 << 20
+
+// PartialHandler serves PartialPath: a POSTed PartialRequest, answered
+// with the Partial of this node's shards among those asked (400 with a
+// JSON error for a bad request). The wiring mounts it on puma.listen,
+// behind the process's query tokens.
+func (p *Puma) PartialHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			httpsrv.WriteError(w, http.StatusMethodNotAllowed, "POST a partial request")
+			return
+		}
+		var req PartialRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxPartialRequest))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			p.bm.partialRefused.Inc()
+			p.rejectLog.Warn("puma bad partial request", "bad partial request", "err", ratelog.Clip(err.Error()), "remote", r.RemoteAddr)
+			httpsrv.WriteError(w, http.StatusBadRequest, "bad partial request: "+ratelog.Clip(err.Error()))
+			return
+		}
+		slices.Sort(req.Buckets)
+		req.Buckets = slices.Compact(req.Buckets)
+		part, err := p.Partial(r.Context(), req.Query(), req.Buckets)
+		if err != nil {
+			var bad *BadQueryError
+			if errors.As(err, &bad) {
+				p.bm.partialRefused.Inc()
+				httpsrv.WriteError(w, http.StatusBadRequest, bad.Msg)
+				return
+			}
+			httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		p.bm.partialServed.Inc()
+		httpsrv.WriteJSON(w, http.StatusOK, part)
+	})
+}

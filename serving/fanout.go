@@ -1,0 +1,249 @@
+package serving
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/coord"
+	names "github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/ratelog"
+	"github.com/freeway-dev/freeway/puma"
+)
+
+// Fanout answers fresh queries from the Puma nodes of a split
+// deployment: it asks the owner of each shard the query needs (the
+// holder of the shard's lease, reached at the address it advertises in
+// layout.PumaMembers) for the partial state of its shards
+// (puma.PartialPath), merges the partials exactly and applies order and
+// limit to the merge, so that the answer is the one a single node holding
+// every shard gives. A shard whose owner does not answer within the
+// timeout, or that nobody owns, is answered from its committed state in
+// the store, and named in the answer's StaleShards (HTTP "stale_shards",
+// Thrift stale_shards): never silently.
+type Fanout struct {
+	co        coord.Coord
+	committed *puma.Committed
+	apps      map[string]*apps.App
+	list      []*apps.App
+	buckets   func(string) int
+	timeout   time.Duration
+	token     string
+	scheme    string
+	client    *http.Client
+	log       *slog.Logger
+	limiter   *ratelog.Limiter
+	stale     prometheus.Counter
+	failures  prometheus.Counter
+}
+
+// FanoutDeps are what a fan-out needs.
+type FanoutDeps struct {
+	Coord     coord.Coord
+	Committed *puma.Committed // the store's committed state, for stale shards
+	Apps      []*apps.App
+	Buckets   func(category string) int
+	// Timeout bounds each owner's answer (serving.fanout_timeout; 0:
+	// DefaultFanoutTimeout).
+	Timeout time.Duration
+	// TLS dials the owners with TLS (nil: plain HTTP); Token is sent as
+	// the bearer token (a query token of the process, "" for none).
+	TLS     *auth.TLS
+	Token   string
+	Log     *slog.Logger
+	Metrics prometheus.Registerer
+}
+
+// DefaultFanoutTimeout is serving.fanout_timeout's default.
+const DefaultFanoutTimeout = 2 * time.Second
+
+// NewFanout returns a fan-out source.
+func NewFanout(d FanoutDeps) *Fanout {
+	log := d.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "serving")
+	f := &Fanout{
+		co: d.Coord, committed: d.Committed, apps: map[string]*apps.App{}, list: d.Apps, buckets: d.Buckets,
+		timeout: d.Timeout, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
+		stale:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_stale_shards_total", Help: "Shards answered from their committed state because their owner did not answer in time or none owned them."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes for partial states that failed or timed out."}),
+	}
+	for _, a := range d.Apps {
+		f.apps[a.Name()] = a
+	}
+	if f.timeout <= 0 {
+		f.timeout = DefaultFanoutTimeout
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: false}
+	if d.TLS != nil {
+		f.scheme = "https"
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dl := &tls.Dialer{Config: d.TLS.ClientConfig(addr)}
+			return dl.DialContext(ctx, network, addr)
+		}
+	}
+	f.client = &http.Client{Transport: tr}
+	if d.Metrics != nil {
+		d.Metrics.MustRegister(f.stale, f.failures)
+	}
+	return f
+}
+
+// Apps lists the apps, sorted by name.
+func (f *Fanout) Apps() []*apps.App {
+	out := slices.Clone(f.list)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
+}
+
+// Close releases the idle connections to the owners.
+func (f *Fanout) Close() { f.client.CloseIdleConnections() }
+
+// Query answers q from the owners' fresh partial states, and the
+// committed state of the shards they do not answer for.
+func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) {
+	app, ok := f.apps[q.App]
+	if !ok {
+		return nil, &puma.BadQueryError{Msg: fmt.Sprintf("unknown app %q", ratelog.Clip(q.App))}
+	}
+	if err := puma.CheckQuery(app, q); err != nil {
+		return nil, err
+	}
+	cat := app.Spec.Category
+	n := f.buckets(cat)
+	addrs := map[string]string{}
+	members, _, err := f.co.Members(ctx, names.PumaMembers)
+	if err != nil {
+		f.limiter.Warn("fanout members", "cannot list the puma nodes; answering from the store", "err", err)
+	}
+	for _, m := range members {
+		addrs[m.ID] = string(m.Data)
+	}
+	byAddr := map[string][]int{}
+	var stale []int
+	for b := range n {
+		owner, _, err := f.co.Holder(ctx, names.ShardLease(cat, b))
+		if err != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		addr := addrs[owner]
+		if err != nil || owner == "" || addr == "" {
+			stale = append(stale, b)
+			continue
+		}
+		byAddr[addr] = append(byAddr[addr], b)
+	}
+	var mu sync.Mutex
+	var parts []*puma.Partial
+	var wg sync.WaitGroup
+	for addr, buckets := range byAddr {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			part, err := f.ask(ctx, addr, puma.NewPartialRequest(q, buckets))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				f.failures.Inc()
+				f.limiter.Warn("fanout "+addr, "puma node did not answer; its shards are answered from the store", "addr", addr, "err", err)
+				stale = append(stale, buckets...)
+				return
+			}
+			// Shards asked for but not running there (recovering, say):
+			// from the store.
+			for _, b := range buckets {
+				if !slices.Contains(part.Buckets, b) {
+					stale = append(stale, b)
+				}
+			}
+			part.Missing = slices.DeleteFunc(part.Missing, func(m puma.MissingShard) bool { return m.State != puma.StateIncomplete })
+			parts = append(parts, part)
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	slices.Sort(stale)
+	if len(stale) > 0 {
+		part, err := f.committed.Partial(ctx, q, stale)
+		if err != nil {
+			return nil, err
+		}
+		if len(part.Buckets) == 0 && len(stale) == n {
+			return nil, fmt.Errorf("no shard of category %s answers: no puma node answered and the store cannot be read (%s)", cat, part.Missing[0].Error)
+		}
+		parts = append(parts, part)
+		f.stale.Add(float64(len(stale)))
+	}
+	res, err := puma.MergePartials(app, q, parts)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range stale {
+		res.StaleShards = append(res.StaleShards, cat+"/"+strconv.Itoa(b))
+	}
+	return res, nil
+}
+
+// maxPartialBytes bounds an owner's answer.
+const maxPartialBytes = 512 << 20
+
+// ask asks the node at addr for a partial state, within the timeout.
+func (f *Fanout) ask(ctx context.Context, addr string, req puma.PartialRequest) (*puma.Partial, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, f.scheme+"://"+addr+puma.PartialPath, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	if f.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+f.token)
+	}
+	resp, err := f.client.Do(hr)
+	if err != nil {
+		return nil, fmt.Errorf("ask %s for a partial state: %w", addr, err)
+	}
+	defer func() { _ = resp.Body.Close() }() // read whole, or given up on
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxPartialBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read partial state from %s: %w", addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("partial state from %s: %s: %s", addr, resp.Status, ratelog.Clip(string(data)))
+	}
+	if len(data) > maxPartialBytes {
+		return nil, fmt.Errorf("partial state from %s: over %d bytes", addr, maxPartialBytes)
+	}
+	var part puma.Partial
+	if err := json.Unmarshal(data, &part); err != nil {
+		return nil, fmt.Errorf("decode partial state from %s: %w", addr, err)
+	}
+	if part.App != req.App {
+		return nil, errors.New("partial state from " + addr + " is of app " + ratelog.Clip(part.App))
+	}
+	return &part, nil
+}
