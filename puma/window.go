@@ -119,7 +119,7 @@ func (d *dedup) markDirty(k *agentKey) {
 // key moved on under a version that keeps no windows) is ignored: the key
 // counts every number up to its high water as seen, as before windows.
 func dedupPrefix(category string, bucket int) string {
-	return "d/" + strings.TrimPrefix(names.PumaCommitRow(category, bucket), "c/") + "/"
+	return names.PumaWindowPrefix(category, bucket)
 }
 
 // rowRange is the range of exactly one row.
