@@ -115,9 +115,15 @@ func (l *layout) setStoredBytes(c cell, n int64) {
 }
 
 // cellOverhead approximates the memory of a cell of key beyond its
-// variable states: the map entry, the key, the slots, the state headers.
+// variable states' stored bytes: the map entries (with the maps' spare
+// room), the key, the slots, each state's structure in memory. Calibrated
+// on the Go heap BenchmarkAggregators measures (heap-bytes/cell, states
+// of a few values): 120 for a cell of fixed slots and 128 a variable
+// state bring the estimate within about 25% of the heap at 1 k to 1 M
+// keys (topk's at 1 k keys: 40%), where it was half of it or less
+// (bench/results/2026-12-01-aggregators.md).
 func (l *layout) cellOverhead(key string) int64 {
-	return int64(64 + len(key) + 8*(l.width+l.extra()) + 16*len(l.vars))
+	return int64(120 + len(key) + 8*(l.width+l.extra()) + 128*len(l.vars))
 }
 
 // add feeds one extracted record into a cell; it returns how many inputs

@@ -39,6 +39,23 @@ type commitState struct {
 	// Gap, when set, is what the state lacks: segments it never read
 	// (see gap in retention.go).
 	Gap *gap `json:"gap,omitempty"`
+	// Evicted is, by span (app@fingerprint), the horizon of its evicted
+	// windows (evict.go): those that end at or before it are in the store
+	// only, and recovery loads none of them. Rows without it load every
+	// window.
+	Evicted map[string]int64 `json:"evicted_ms,omitempty"`
+	// Spans lists the spans (app@fingerprint) built in this state;
+	// Backfill, by app, the progress of those being built from the dfs;
+	// Removed the spans whose rows are still to delete (backfill.go).
+	// Rows without Spans were written before backfills: every span is
+	// taken as built.
+	Spans    []string                  `json:"spans,omitempty"`
+	Backfill map[string]*backfillState `json:"backfill,omitempty"`
+	Removed  []string                  `json:"removed,omitempty"`
+	// AppGaps, by app, is what an app built by a backfill lacks: the
+	// segments retention had deleted before it started (Gap is the
+	// shard's, for every app).
+	AppGaps map[string]*gap `json:"app_gaps,omitempty"`
 	// Aborted lists the epochs that were never committed, as inclusive
 	// ranges, oldest first: a cell version at one of them was written by
 	// an attempt that did not commit, perhaps by a stale owner after the
@@ -175,6 +192,9 @@ func (s *shard) recover(ctx context.Context) error {
 		return fmt.Errorf("purge uncommitted cells: %w", err)
 	}
 	s.nextEpoch = max(E, attempt) + 1
+	if err := s.planBackfills(ctx, E); err != nil {
+		return err
+	}
 	loaded := 0
 	nowMs := s.p.now().UnixMilli()
 	for _, t := range s.tables {
@@ -186,7 +206,10 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			err := scanCommitted(ctx, st, tbl, prefix, prefix, store.PrefixEnd(prefix), s.committed, t.layout, func(w int64, key string, c cell, stored int64) {
+			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok {
+				sp.horizon = h
+			}
+			err := scanCommitted(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), s.committed, t.layout, func(w int64, key string, c cell, stored int64) {
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
@@ -203,6 +226,7 @@ func (s *shard) recover(ctx context.Context) error {
 				"app", t.app.Name(), "watermark", fmtMs(t.watermark), "reset_to", fmtMs(repaired))
 			t.watermark = repaired
 		}
+		t.keepClosed()
 	}
 	s.pos = s.committed.Position
 	// Retention deletes no segment at or after a committed position; one
@@ -224,6 +248,7 @@ func (s *shard) recover(ctx context.Context) error {
 		return err
 	}
 	s.committedEpoch, s.committedPos = E, s.committed.Position
+	s.readAborted = s.committed.Aborted
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
 	return nil
@@ -234,6 +259,7 @@ func (s *shard) recover(ctx context.Context) error {
 // epoch has been made.
 type expiredRows struct {
 	prefix string
+	stop   string // the end of the rows ("": every row of prefix)
 	epoch  int64
 }
 
@@ -265,9 +291,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		Gap:        s.gap,
 	}
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
+	s.snapshotBackfills(&state)
 	state.Aborted = withAborted(s.committed.Aborted, s.committed.Epoch, epoch)
-	cells, winKeys := s.highWater.takeDirty(dedupPrefix(s.category, s.bucket), epoch, nil)
-	s.highWater.schedule(dedupPrefix(s.category, s.bucket), epoch)
+	cells, remarkWindows := s.takeWindows(epoch, nil)
 	type pending struct {
 		t    *table
 		span int
@@ -278,9 +304,16 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		state.Watermarks[t.app.Name()] = t.watermark
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			for _, w := range t.expire(i) {
-				s.expired = append(s.expired, expiredRows{prefix + windowKey(w) + "/", epoch})
+			if sp.horizon > noHorizon {
+				if state.Evicted == nil {
+					state.Evicted = map[string]int64{}
+				}
+				state.Evicted[spanName(t.app.Name(), sp)] = sp.horizon
 			}
+			for _, w := range t.expire(i) {
+				s.expired = append(s.expired, expiredRows{prefix: prefix + windowKey(w) + "/", epoch: epoch})
+			}
+			s.expired = append(s.expired, t.evictedRetention(i, prefix, epoch)...)
 			keys := t.takeDirty(i, func(k cellKey, c cell) int64 {
 				v := t.layout.encodeCell(c)
 				cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: v})
@@ -289,7 +322,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 			dirty = append(dirty, pending{t, i, keys})
 		}
 	}
-	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap
+	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap && s.backfillsUnchanged(&state)
 	s.mu.Unlock()
 	if unchanged {
 		// Nothing to write: the committed state is current, which is what
@@ -302,7 +335,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		for _, d := range dirty {
 			d.t.remark(d.span, d.keys)
 		}
-		s.highWater.remark(winKeys)
+		remarkWindows()
 		s.mu.Unlock()
 	}
 	row := commitRow(s.category, s.bucket)
@@ -353,7 +386,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.committed = state
 	s.mu.Lock()
 	s.committedEpoch, s.committedPos = state.Epoch, state.Position
+	s.readAborted = state.Aborted
 	s.mu.Unlock()
+	s.afterCommit(state)
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(len(cells)))
@@ -363,12 +398,13 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	// committed; what fails is tried again at the next checkpoint.
 	left := s.expired[:0]
 	for _, x := range s.expired {
-		if err := st.DeleteUpTo(ctx, tbl, x.prefix, store.PrefixEnd(x.prefix), x.epoch); err != nil {
+		if err := deleteRows(ctx, st, tbl, x); err != nil {
 			s.log.Warn("cannot delete expired window; will retry", "rows", x.prefix, "err", err)
 			left = append(left, x)
 		}
 	}
 	s.expired = left
+	s.deleteRemoved(ctx, epoch, state.Removed)
 	return nil
 }
 

@@ -70,14 +70,15 @@ type agentKey struct {
 // entry re-sent after its key was forgotten is counted again: for such
 // entries delivery is at-least-once.
 type dedup struct {
-	keys      map[string]*agentKey
-	byID      map[string][]*agentKey // agent id → its keys (incarnations)
-	clockMs   int64                  // the latest arrival time of any block
-	max       int
-	horizonMs int64
-	dirty     []*agentKey     // keys whose window changed since the last checkpoint
-	forgot    map[string]bool // keys forgotten since the last checkpoint that had a window row
-	gone      []goneRow       // window rows to delete after a commit
+	keys       map[string]*agentKey
+	byID       map[string][]*agentKey // agent id → its keys (incarnations)
+	clockMs    int64                  // the latest arrival time of any block
+	max        int
+	horizonMs  int64
+	dirty      []*agentKey     // keys whose window changed since the last checkpoint
+	forgot     map[string]bool // keys forgotten since the last checkpoint that had a window row
+	gone       []goneRow       // window rows to delete after a commit
+	forgotRows []string        // rows of no key of this dedup to delete after the next commit
 }
 
 func newDedup(max int, horizonMs int64) *dedup {

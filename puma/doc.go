@@ -26,6 +26,21 @@
 // first) and is bounded (agg.MaxCellBytes) so that one fits a store
 // request.
 //
+// Backfill (backfill.go). A span the shard's commit row does not list as
+// built (an app added, or changed so that a window's state has another
+// fingerprint) is built from the bucket's segments still in the dfs by a
+// backfill: its own reader from the first segment, its own dedup high
+// waters and watermark; live lines skip the span until the backfill
+// reaches the shard's position and joins. Its cells are checkpointed
+// with the shard's, its progress is in the same commit row (backfill), so
+// a restart resumes it exactly once. Rows of spans no app has any more
+// are deleted after the next commit (removed, in the commit row, until
+// done). A commit row without spans (older code) takes every span as
+// built. A backfill that starts after retention deleted segments gives
+// its app a gap of its own (app_gaps): answers list the shard as
+// incomplete for that app. Puma.AppState says whether an app is live or
+// backfilling.
+//
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category. A node owns a shard through a coord lease
 // ("puma/<category>/<bucket>", the category encoded by internal/layout),
@@ -122,7 +137,8 @@
 // window is a row of its own (d/<category>/<bucket>/<key>, 2 to 8 KiB),
 // written like a cell at the epoch of a checkpoint that changed it, read
 // as of the committed epoch and deleted after the commit that forgets its
-// key; a key without one (rows of the code before windows) counts every
+// key (a backfill keeps its own, under d/<category>/<bucket>/0xff<app>/);
+// a key without one (rows of the code before windows) counts every
 // number up to its high water as seen. The code before reads the commit
 // rows of this one and ignores the windows (so, downgraded while agents
 // kept several batches in flight, it could skip entries that came out of
@@ -150,11 +166,22 @@
 // on. puma.memory_limit (0: none) refuses new cells the same way once
 // the approximate bytes below reach it, and an app's max_cells (0: none)
 // bounds that app's cells over the node's shards; the sample's error
-// names the bound. Committed cells are always loaded whole on recovery,
-// even beyond the bounds. No cell is evicted to make room: a window
-// leaves memory only with retention. Their bytes are counted too, approximately (Puma.Cells,
-// freeway_puma_cell_bytes): a fixed overhead per cell and key, and the
-// stored size of its variable states at their last checkpoint (or load).
+// names the bound. Before a line is refused, closed windows are evicted
+// to make room (evict.go): a window that ends at or before the last
+// commit's watermark minus the allowed lateness is closed (no on-time
+// line can land in it again) and committed; a checkpoint evicts its
+// shard's closed windows when the node (or an app) is at 3/4 of a bound,
+// and a line that finds no room evicts its shard's closed windows first.
+// Each table keeps one horizon: windows that end at or before it are in
+// the store only, the others in memory only; Query reads the first from
+// the store as of the shard's committed epoch. The horizon is in the
+// commit row (evicted_ms); recovery loads only the windows after it (the
+// committed cells after it whole, even beyond the bounds) and keeps the
+// watermark at or above it plus the allowed lateness, so that no evicted
+// window is opened again and overwritten. Bytes are counted
+// approximately (Puma.Cells, Puma.Memory, freeway_puma_cell_bytes): a
+// fixed overhead per cell and key, and the stored size of its variable
+// states at their last checkpoint (or load).
 //
 // Shard states. A node keeps, for every shard of its apps, a state
 // (Statuses): recovering (taken here and loading its committed state, or
@@ -186,7 +213,7 @@
 //
 // What survives a crash: everything up to the last commit (cells of every
 // span with their sketches, position, high waters with their last-seen
-// times and windows, watermarks); what came after is read again from the bucket files,
+// times and windows, watermarks, eviction horizons, backfills' progress); what came after is read again from the bucket files,
 // and since a state reads back exactly as it was, the answers are those
 // the node would have given without the crash. Counters and samples of
 // rejected lines live in memory only.

@@ -140,9 +140,8 @@ func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, e
 		id := shardID{cat, b}
 		if s, ok := p.shards[id]; ok && isReady(s) {
 			shards = append(shards, s)
-			answered = append(answered, b)
 			s.mu.RLock()
-			why := s.gap.incomplete(app, q.FromMs)
+			why := s.incomplete(app, q.FromMs)
 			s.mu.RUnlock()
 			if why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
@@ -161,13 +160,21 @@ func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, e
 		}
 		s.snapshot(func(tables []*table) {
 			for _, t := range tables {
-				if t.app != app {
-					continue
+				if t.app == app {
+					watermark = max(watermark, t.watermark)
 				}
-				watermark = max(watermark, t.watermark)
-				t.spans[pl.span].each(pl.from, pl.to, m.add)
 			}
 		})
+		// Evicted windows come from the store (evict.go): a shard that
+		// cannot read them is left out whole, and said to be.
+		if err := s.mergeShard(ctx, pl, m); err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return nil, cerr
+			}
+			missing = append(missing, MissingShard{Category: cat, Bucket: s.bucket, State: StateFailed, Error: clipError(err.Error())})
+			continue
+		}
+		answered = append(answered, s.bucket)
 	}
 	out := m.partial(app.Name())
 	out.Buckets, out.Missing, out.WatermarkMs = answered, missing, watermark
@@ -213,7 +220,7 @@ func (c *Committed) Partial(ctx context.Context, q Query, buckets []int) (*Parti
 			}
 			watermark = max(watermark, st.Watermarks[app.Name()])
 		}
-		if why := st.Gap.incomplete(app, q.FromMs); why != "" {
+		if why := st.incomplete(app, q.FromMs); why != "" {
 			missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
 		}
 	}

@@ -38,14 +38,15 @@ type Config struct {
 	// Table is the store table holding checkpoints.
 	Table string `yaml:"table"`
 	// MaxCells bounds the cells (window × group key) this node holds in
-	// memory, over all its shards and apps. Once reached, a line that
-	// would create a new cell is refused (counted as max_cells); existing
-	// cells keep aggregating.
+	// memory, over all its shards and apps. Near it, closed windows are
+	// evicted to the store (evict.go); once reached with nothing left to
+	// evict, a line that would create a new cell is refused (counted as
+	// max_cells); existing cells keep aggregating.
 	MaxCells int `yaml:"max_cells"`
 	// MemoryLimit bounds the approximate bytes of the cells this node
-	// holds in memory (freeway_puma_cell_bytes summed): once reached, a
-	// line that would create a new cell is refused (counted as
-	// max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
+	// holds in memory (freeway_puma_cell_bytes summed): closed windows
+	// are evicted, then a line that would create a new cell is refused
+	// (counted as max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
 	MemoryLimit config.ByteSize `yaml:"memory_limit"`
 	// DedupHorizon: an agent key (agent id and incarnation) not seen for
 	// this long, in arrival time, is forgotten; an entry it re-sends
@@ -708,6 +709,7 @@ type metrics struct {
 	forgottenHorizon  prometheus.Counter
 	forgottenCap      prometheus.Counter
 	segmentsLost      prometheus.Counter
+	evictions         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
@@ -723,6 +725,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 		segmentLag:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_puma_segment_lag", Help: "Published segments not yet read, by shard."}, []string{"category", "bucket"}),
 		regressions:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_sequence_regressions_total", Help: "New agent incarnations whose first entry was at or below another incarnation's high water (a queue restored or copied); their entries are counted."}),
 		segmentsLost:      prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_segments_lost_total", Help: "Segments gone from the dfs before a shard read them (answers over their time say partial)."}),
+		evictions:         prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_evictions_total", Help: "Times a shard dropped closed windows from memory to make room (they are answered from the store)."}),
 	}
 	forgotten := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_puma_dedup_keys_forgotten_total", Help: "Agent keys whose high water was forgotten, by reason (horizon: not seen for puma.dedup_horizon; max_agents: over puma.max_agents_per_shard); entries they re-send are counted again."}, []string{"reason"})
 	m.forgottenHorizon, m.forgottenCap = forgotten.WithLabelValues("horizon"), forgotten.WithLabelValues("max_agents")
@@ -730,7 +733,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 		return m
 	}
 	reg.MustRegister(m.entries, m.duplicates, m.belowWindow, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
-	reg.MustRegister(&tableCollector{p: p})
+	reg.MustRegister(&tableCollector{p: p}, &evictCollector{p: p}, m.evictions)
 	return m
 }
 

@@ -503,7 +503,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 		if s, ok := p.shards[id]; ok && isReady(s) {
 			shards = append(shards, s)
 			s.mu.RLock()
-			why := s.gap.incomplete(app, q.FromMs)
+			why := s.incomplete(app, q.FromMs)
 			s.mu.RUnlock()
 			if why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
@@ -529,24 +529,30 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 		})
 	}
 	var res *Result
-	if q.Limit > 0 && !q.AllWindows && q.OrderBy == "" {
+	if q.Limit > 0 && !q.AllWindows && q.OrderBy == "" && !hasEvicted(shards, pl) {
 		res, err = firstWindows(ctx, app, shards, m)
 		if err != nil {
 			return nil, err
 		}
-	} else {
+		// It reads memory only: if windows of the range were evicted
+		// meanwhile, answer again with the store's.
+		if hasEvicted(shards, pl) {
+			res, m = nil, newMerger(pl)
+		}
+	}
+	if res == nil {
 		for _, s := range shards {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			s.snapshot(func(tables []*table) {
-				for _, t := range tables {
-					if t.app != app {
-						continue
-					}
-					t.spans[pl.span].each(pl.from, pl.to, m.add)
+			// Evicted windows come from the store: a shard that cannot
+			// read them is left out whole, and said to be.
+			if err := s.mergeShard(ctx, pl, m); err != nil {
+				if cerr := ctx.Err(); cerr != nil {
+					return nil, cerr
 				}
-			})
+				missing = append(missing, MissingShard{Category: cat, Bucket: s.bucket, State: StateFailed, Error: clipError(err.Error())})
+			}
 		}
 		if res, err = m.result(); err != nil {
 			return nil, err

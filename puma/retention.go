@@ -14,15 +14,22 @@ import (
 )
 
 // CommittedPosition returns the position a shard (a bucket of a category)
-// last committed in table: everything before it is in its committed
-// state. ok is false when the shard never committed. Retention reads it:
+// last committed in table, or that of a backfill of the shard if earlier:
+// everything before it is in its committed state. ok is false when the shard never committed. Retention reads it:
 // the segments before the position's segment are past Puma.
 func CommittedPosition(ctx context.Context, st store.Store, table, category string, bucket int) (pos ptail.Position, ok bool, err error) {
 	val, state, _, err := readCommit(ctx, st, table, category, bucket)
 	if err != nil {
 		return ptail.Position{}, false, err
 	}
-	return state.Position, val != nil, nil
+	// A backfill still has to read from its position (backfill.go).
+	pos = state.Position
+	for _, b := range state.Backfill {
+		if b.Position.Before(pos) {
+			pos = b.Position
+		}
+	}
+	return pos, val != nil, nil
 }
 
 // gap is what a shard knows its state lacks: the lines of segments it

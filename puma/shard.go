@@ -56,6 +56,15 @@ type shard struct {
 	lastCommit  atomic.Int64  // Unix ns of the last commit (or recovery)
 	lag         atomic.Int64  // published segments not yet read, for Statuses
 	ready       chan struct{}
+
+	// backfills build spans new to the shard (backfill.go; guarded by
+	// mu); removing names the spans whose rows are still to delete.
+	backfills []*backfill
+	removing  []string
+	appGaps   map[string]*gap // by app: what its backfill could not read
+	// readAborted: the aborted epochs of the last commit, for reads of
+	// evicted windows as of committedEpoch (guarded by mu).
+	readAborted []epochRange
 }
 
 func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, error) {
@@ -68,7 +77,7 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 		highWater: newDedup(p.cfg.MaxAgentsPerShard, p.cfg.DedupHorizon.D().Milliseconds()),
 		ready:     make(chan struct{}),
 	}
-	deps := tableDeps{budget: &p.cells, apps: p.appCells, limiter: p.rejectLog, category: category, bucket: bucket}
+	deps := tableDeps{budget: &p.cells, apps: p.appCells, limiter: p.rejectLog, category: category, bucket: bucket, evict: s.evictClosed}
 	for _, app := range p.byCategory[category] {
 		t, err := newTable(app, deps)
 		if err != nil {
@@ -100,6 +109,7 @@ func (s *shard) run(ctx context.Context) error {
 
 	readErr := make(chan error, 1)
 	go func() { readErr <- s.read(ctx, reader, lag) }()
+	waitBackfills := s.startBackfills(ctx)
 
 	tick := time.NewTicker(s.p.cfg.CheckpointInterval.D())
 	defer tick.Stop()
@@ -125,6 +135,7 @@ loop:
 		}
 	}
 	cancel()
+	waitBackfills()
 	if !readDone {
 		if rerr := <-readErr; err == nil {
 			err = rerr

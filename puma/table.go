@@ -38,6 +38,15 @@ type table struct {
 	// refused is the bound (boundNodeCells...) that refused the last new
 	// cell, for the rejection's message.
 	refused int
+	// ev is what eviction took out of memory (evict.go).
+	ev evictState
+	// pending counts the spans a backfill is building (backfill.go).
+	pending int
+	// building: the table is a backfill's, over pending spans; it takes
+	// every line's cells (committed state is never refused, and a
+	// backfill builds what was committed before), accounted in the
+	// budgets.
+	building bool
 
 	// drops counts records not aggregated since start, by reason (bad
 	// values: inputs); samples keeps the last lines of each reason.
@@ -70,10 +79,16 @@ type span struct {
 	lastW      int64
 	lastCells  map[string][]float64
 	lastStates map[string][]agg.State
+	// horizon: the span's windows that end at or before it were evicted
+	// to the store (evict.go).
+	horizon int64
+	// pending: a backfill is building the span (backfill.go); live lines
+	// skip it until the backfill has caught up.
+	pending bool
 }
 
 func newSpan(app *apps.App, l *layout, ms int64) *span {
-	sp := &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]map[string][]float64{}}
+	sp := &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]map[string][]float64{}, horizon: noHorizon}
 	if len(l.vars) > 0 {
 		sp.states = map[int64]map[string][]agg.State{}
 	}
@@ -170,6 +185,10 @@ type tableDeps struct {
 	limiter  *ratelog.Limiter
 	category string
 	bucket   int
+	// evict drops the shard's closed, committed windows and returns the
+	// cells it dropped: what a line that needs a new cell tries before it
+	// is refused. Nil: nothing is evicted.
+	evict func() int
 }
 
 // blockTime is what a table is told of the block a line came in.
@@ -207,6 +226,7 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 		extractor: app.NewExtractor(),
 		deps:      deps,
 		appBudget: deps.apps[app.Name()],
+		ev:        newEvictState(len(app.WindowsMs)),
 	}
 	for _, ms := range app.WindowsMs {
 		t.spans = append(t.spans, newSpan(app, l, ms))
@@ -292,6 +312,9 @@ func fingerprint(app *apps.App, windowMs int64) string {
 // that a line refused for want of room (puma.max_cells) moves the
 // watermark like any line with a good time.
 func (t *table) apply(line []byte, bt blockTime) {
+	if t.pending == len(t.spans) {
+		return // the backfill builds every span
+	}
 	ex, err := t.extractor.Extract(line, bt.arrivalMs)
 	if err != nil {
 		switch {
@@ -323,6 +346,9 @@ func (t *table) apply(line []byte, bt blockTime) {
 	var cells [apps.MaxWindows]cell
 	missing := 0
 	for i, sp := range t.spans {
+		if sp.pending && !t.building {
+			continue
+		}
 		sp.at(apps.WindowStart(ts, sp.ms))
 		c, ok := sp.current(ex.Key)
 		if !ok {
@@ -337,15 +363,18 @@ func (t *table) apply(line []byte, bt blockTime) {
 		return
 	}
 	t.watermark = max(t.watermark, ts)
-	bad := 0
+	bad, first := 0, true
 	for i, sp := range t.spans {
+		if sp.pending && !t.building {
+			continue
+		}
 		c := cells[i]
 		if c.f == nil {
 			c = t.newCell(sp, ex.Key)
 		}
 		// Every span sees the same inputs: count their bad ones once.
-		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); i == 0 {
-			bad = b
+		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); first {
+			bad, first = b, false
 		}
 		if !t.layout.marked(c) {
 			t.layout.mark(c, true)
@@ -383,9 +412,21 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	}
 }
 
-// take reserves room for n new cells in the node's budget and the app's;
-// on refusal it leaves both as they were and notes which bound refused.
+// take reserves room for n new cells in the node's budget and the app's,
+// evicting the shard's closed windows when there is none; on refusal it
+// leaves both as they were and notes which bound refused.
 func (t *table) take(n int) bool {
+	if t.building {
+		t.account(n, 0)
+		return true
+	}
+	if t.takeRoom(n) {
+		return true
+	}
+	return t.deps.evict != nil && t.deps.evict() > 0 && t.takeRoom(n)
+}
+
+func (t *table) takeRoom(n int) bool {
 	b := t.deps.budget
 	if !b.take(n) {
 		t.refused = boundNodeCells

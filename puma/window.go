@@ -242,7 +242,8 @@ func (d *dedup) remark(keys []*agentKey) {
 }
 
 // goneRow is the window row of a forgotten key, to delete up to epoch
-// once a commit without the key is made.
+// once a commit without the key is made; key "" for a row of no key of
+// its dedup (a joined backfill's).
 type goneRow struct {
 	key, row string
 	epoch    int64
@@ -253,17 +254,32 @@ type goneRow struct {
 // windows as of it, without the versions of aborted epochs (a stale
 // owner's late puts, fence.go), as the cells.
 func (s *shard) loadWindows(ctx context.Context, at commitState) error {
-	epoch := at.Epoch
 	st, tbl := s.p.deps.Store, s.p.cfg.Table
 	prefix := dedupPrefix(s.category, s.bucket)
-	if err := st.DeleteNewer(ctx, tbl, prefix, store.PrefixEnd(prefix), epoch); err != nil {
+	if err := st.DeleteNewer(ctx, tbl, prefix, store.PrefixEnd(prefix), at.Epoch); err != nil {
 		return fmt.Errorf("purge uncommitted windows: %w", err)
 	}
-	if epoch == 0 {
+	if at.Epoch == 0 {
 		return nil
 	}
-	d := s.highWater
-	return st.Scan(ctx, tbl, prefix, store.PrefixEnd(prefix), epoch, func(row string, cells []store.Cell) error {
+	return s.readWindows(ctx, at, s.highWater, prefix, prefix+backfillMark)
+}
+
+// backfillMark starts the suffix of a backfill's window rows under the
+// shard's window prefix: a byte no key (valid UTF-8) starts with.
+const backfillMark = "\xff"
+
+// backfillWindowPrefix starts the window rows of the backfill of app.
+func backfillWindowPrefix(category string, bucket int, app string) string {
+	return dedupPrefix(category, bucket) + backfillMark + app + "/"
+}
+
+// readWindows gives the keys of d their windows from the rows in [prefix,
+// stop) as of at; a row of no key of d, or of another top, is stale and
+// deleted after the next commit.
+func (s *shard) readWindows(ctx context.Context, at commitState, d *dedup, prefix, stop string) error {
+	st, tbl := s.p.deps.Store, s.p.cfg.Table
+	return st.Scan(ctx, tbl, prefix, stop, at.Epoch, func(row string, cells []store.Cell) error {
 		cs, err := committedVersions(ctx, st, tbl, row, cells, at.Aborted)
 		if err != nil {
 			return err
@@ -279,7 +295,7 @@ func (s *shard) loadWindows(ctx context.Context, at commitState) error {
 			if k := d.keys[strings.TrimPrefix(row, prefix)]; k != nil && k.seq == top {
 				k.win, k.stored = w, true
 			} else {
-				d.gone = append(d.gone, goneRow{strings.TrimPrefix(row, prefix), row, epoch})
+				d.gone = append(d.gone, goneRow{strings.TrimPrefix(row, prefix), row, at.Epoch})
 			}
 		}
 		return nil
@@ -287,9 +303,21 @@ func (s *shard) loadWindows(ctx context.Context, at commitState) error {
 }
 
 // deleteGoneWindows deletes the rows of keys forgotten by a commit at or
-// after their epoch; what fails is tried again after the next commit.
+// after their epoch, the shard's and its backfills'; what fails is tried
+// again after the next commit.
 func (s *shard) deleteGoneWindows(ctx context.Context, committed int64) {
-	d := s.highWater
+	s.mu.Lock()
+	ds := []*dedup{s.highWater}
+	for _, bf := range s.backfills {
+		ds = append(ds, bf.dedup)
+	}
+	s.mu.Unlock()
+	for _, d := range ds {
+		s.deleteGone(ctx, d, committed)
+	}
+}
+
+func (s *shard) deleteGone(ctx context.Context, d *dedup, committed int64) {
 	s.mu.Lock()
 	gone := d.gone
 	d.gone = nil
@@ -299,7 +327,7 @@ func (s *shard) deleteGoneWindows(ctx context.Context, committed int64) {
 		s.mu.RLock()
 		k := d.keys[g.key]
 		s.mu.RUnlock()
-		if k != nil {
+		if k != nil && g.key != "" {
 			continue // the key came back: its row is its own again
 		}
 		if g.epoch > committed {
@@ -317,6 +345,48 @@ func (s *shard) deleteGoneWindows(ctx context.Context, committed int64) {
 	s.mu.Unlock()
 }
 
+// takeWindows puts the changed windows of the shard and of its backfills
+// in cells at epoch, and schedules the rows of keys forgotten since the
+// last checkpoint; the function it returns marks them changed again (the
+// checkpoint failed). s.mu is held.
+func (s *shard) takeWindows(epoch int64, cells []store.Cell) ([]store.Cell, func()) {
+	prefix := dedupPrefix(s.category, s.bucket)
+	cells, keys := s.highWater.takeDirty(prefix, epoch, cells)
+	s.highWater.schedule(prefix, epoch)
+	remarks := []func(){func() { s.highWater.remark(keys) }}
+	for _, bf := range s.backfills {
+		d := bf.dedup
+		p := backfillWindowPrefix(s.category, s.bucket, bf.live.app.Name())
+		var keys []*agentKey
+		cells, keys = d.takeDirty(p, epoch, cells)
+		d.schedule(p, epoch)
+		remarks = append(remarks, func() { d.remark(keys) })
+	}
+	return cells, func() {
+		for _, r := range remarks {
+			r()
+		}
+	}
+}
+
+// dropBackfillWindows hands the window rows of a backfill that joined
+// (or was dropped) to the shard, to delete after the next commit. s.mu
+// is held.
+func (s *shard) dropBackfillWindows(bf *backfill) {
+	p := backfillWindowPrefix(s.category, s.bucket, bf.live.app.Name())
+	for key, k := range bf.dedup.keys {
+		if k.stored {
+			s.highWater.forgotRows = append(s.highWater.forgotRows, p+key)
+		}
+	}
+	for key := range bf.dedup.forgot {
+		s.highWater.forgotRows = append(s.highWater.forgotRows, p+key)
+	}
+	for _, g := range bf.dedup.gone {
+		s.highWater.forgotRows = append(s.highWater.forgotRows, g.row)
+	}
+}
+
 // schedule gives the rows of the keys forgotten since the last checkpoint
 // the epoch of this one, after whose commit they are deleted.
 func (d *dedup) schedule(prefix string, epoch int64) {
@@ -324,6 +394,10 @@ func (d *dedup) schedule(prefix string, epoch int64) {
 		d.gone = append(d.gone, goneRow{key, prefix + key, epoch})
 	}
 	clear(d.forgot)
+	for _, row := range d.forgotRows {
+		d.gone = append(d.gone, goneRow{"", row, epoch}) // "": no key of d
+	}
+	d.forgotRows = nil
 }
 
 // rowGoing reports whether key's window row waits for its deletion.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/ptail"
@@ -243,4 +244,56 @@ func BenchmarkDedupAdmit(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestBackfillReorderedResumes: a backfill reads an agent's batches out
+// of order (pairs swapped, one re-sent late) and is stopped after a
+// checkpoint taken between a batch and the one it overtook: resumed on
+// another node, it still counts every entry once, because its windows
+// are in the commit like the shard's. The high water alone dropped every
+// overtaken batch.
+func TestBackfillReorderedResumes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	var last ptail.Position
+	for i := 0; i < 12; i += 2 {
+		last = e.publish("orders", 0, bfBlock(i+1))
+		last = e.publish("orders", 0, bfBlock(i))
+		if i == 4 {
+			last = e.publish("orders", 0, bfBlock(2)) // a late re-send
+		}
+	}
+	waitCommitted(t, r1.p, last)
+	equalRows(t, "orders live", rows(t, r1.p, Query{App: "orders", GroupBy: []string{}}), wantOrders(12, nil))
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders")}
+	p2 := e.node("n2")
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	if joined, err := s.backfillStep(bf, r, 3); joined || err != nil { // blocks 1, 0, 3
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if joined, err := s.backfillStep(bf, r, 2); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	_ = r.Close()
+	// Stopped here: block 2, which block 3 overtook, comes after the
+	// committed position.
+
+	p3 := e.node("n3")
+	s3 := testShard(t, p3, 0)
+	s3.release()
+	r3 := start(t, p3)
+	waitLive(t, p3, "kinds")
+	waitCommitted(t, p3, last)
+	equalRows(t, "kinds", rows(t, p3, Query{App: "kinds"}), wantKinds(12))
+	equalRows(t, "orders", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), wantOrders(12, nil))
+	r3.stop(t)
 }

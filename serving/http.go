@@ -55,6 +55,44 @@ type AppJSON struct {
 	// store): absent when serving answers from the store.
 	Dropped  map[string]uint64 `json:"dropped,omitempty"`
 	Rejected []RejectedJSON    `json:"rejected,omitempty"`
+	// Memory is the app's cells in a Puma node's memory and what was
+	// evicted to the store; absent when serving answers from the store.
+	Memory *MemoryJSON `json:"memory,omitempty"`
+	// State is "live", or "backfilling" while a Puma node builds the
+	// app (added, or its state's shape changed) from the segments in the
+	// dfs, with Backfill its progress; absent from the store.
+	State    string        `json:"state,omitempty"`
+	Backfill *BackfillJSON `json:"backfill,omitempty"`
+}
+
+// BackfillJSON is the progress of an app's backfill on a Puma node.
+type BackfillJSON struct {
+	Shards       int   `json:"shards"`        // shards building it
+	SegmentsRead int64 `json:"segments_read"` // by their backfills, since they started here
+	SegmentsLeft int64 `json:"segments_left"` // published, not read yet
+}
+
+// stateSource is a source that knows whether its apps are live: a Puma
+// node.
+type stateSource interface {
+	AppState(app string) (puma.AppState, bool)
+}
+
+// MemoryJSON is an app's cells in a Puma node's memory (puma.AppMemory).
+type MemoryJSON struct {
+	Cells          int64   `json:"cells"`
+	Bytes          int64   `json:"bytes"`
+	BytesPerCell   float64 `json:"bytes_per_cell"`
+	EvictedWindows uint64  `json:"evicted_windows"`
+	EvictedCells   uint64  `json:"evicted_cells"`
+	// EvictedBefore: windows that end at or before it are answered from
+	// the store (RFC 3339); absent when none was evicted.
+	EvictedBefore string `json:"evicted_before,omitempty"`
+}
+
+// memorySource is a source that holds cells in memory: a Puma node.
+type memorySource interface {
+	Memory(app string) (puma.AppMemory, bool)
 }
 
 // RejectedJSON is a line an app did not aggregate.
@@ -111,6 +149,22 @@ func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 				j.Dropped = rej.Dropped
 				for _, x := range rej.Samples {
 					j.Rejected = append(j.Rejected, RejectedJSON{Reason: x.Reason, Error: x.Error, Line: x.Line, Bucket: x.Bucket, At: x.At.UTC().Format(time.RFC3339Nano)})
+				}
+			}
+		}
+		if ss, ok := s.deps.Source.(stateSource); ok {
+			if st, ok := ss.AppState(a.Name()); ok {
+				j.State = st.State
+				if st.BackfillShards > 0 {
+					j.Backfill = &BackfillJSON{Shards: st.BackfillShards, SegmentsRead: st.SegmentsRead, SegmentsLeft: st.SegmentsLeft}
+				}
+			}
+		}
+		if ms, ok := s.deps.Source.(memorySource); ok {
+			if m, ok := ms.Memory(a.Name()); ok {
+				j.Memory = &MemoryJSON{Cells: m.Cells, Bytes: m.Bytes, BytesPerCell: m.BytesPerCell, EvictedWindows: m.EvictedWindows, EvictedCells: m.EvictedCells}
+				if m.EvictedBeforeMs != 0 {
+					j.Memory.EvictedBefore = time.UnixMilli(m.EvictedBeforeMs).UTC().Format(time.RFC3339Nano)
 				}
 			}
 		}

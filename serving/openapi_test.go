@@ -147,7 +147,7 @@ func TestOpenAPI(t *testing.T) {
 
 	// The answers' fields are the documented ones.
 	for schema, v := range map[string]any{
-		"App": AppJSON{}, "Aggregate": AggregateJSON{}, "Rejected": RejectedJSON{},
+		"App": AppJSON{}, "Aggregate": AggregateJSON{}, "Rejected": RejectedJSON{}, "Memory": MemoryJSON{}, "Backfill": BackfillJSON{},
 		"QueryAnswer": ResultJSON{}, "Row": RowJSON{}, "AsOf": AsOfJSON{}, "MissingShard": MissingShardJSON{},
 		"Status": StatusJSON{}, "Shard": ShardJSON{}, "AppStatus": AppStatusJSON{},
 	} {

@@ -238,6 +238,47 @@ func TestAppsWithRejections(t *testing.T) {
 	}
 }
 
+// memoSource is a source that holds cells in memory, as a Puma node.
+type memoSource struct {
+	*fakeSource
+	mem map[string]puma.AppMemory
+}
+
+func (m *memoSource) AppState(app string) (puma.AppState, bool) {
+	if app == "orders" {
+		return puma.AppState{State: "backfilling", BackfillShards: 2, SegmentsRead: 5, SegmentsLeft: 7}, true
+	}
+	return puma.AppState{State: "live"}, true
+}
+
+func (m *memoSource) Memory(app string) (puma.AppMemory, bool) {
+	x, ok := m.mem[app]
+	return x, ok
+}
+
+// TestAppsWithMemory: a Puma node's apps show their cells in memory,
+// bytes per cell and what was evicted to the store, and whether they are
+// live or backfilling (with the backfill's progress).
+func TestAppsWithMemory(t *testing.T) {
+	src := &memoSource{fakeSource: &fakeSource{apps: testApps(t)}, mem: map[string]puma.AppMemory{
+		"orders": {Cells: 10, Bytes: 1500, BytesPerCell: 150, EvictedWindows: 3, EvictedCells: 30, EvictedBeforeMs: now.UnixMilli()},
+	}}
+	w := get(t, newServer(t, src), "/api/v1/apps")
+	var got struct {
+		Apps []AppJSON `json:"apps"`
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil || len(got.Apps) != 2 {
+		t.Fatalf("%v: %s", err, w.Body)
+	}
+	want := MemoryJSON{Cells: 10, Bytes: 1500, BytesPerCell: 150, EvictedWindows: 3, EvictedCells: 30, EvictedBefore: "2024-05-06T07:08:09Z"}
+	if got.Apps[0].Memory == nil || *got.Apps[0].Memory != want || got.Apps[1].Memory != nil {
+		t.Fatalf("apps %+v", got.Apps)
+	}
+	if o, web := got.Apps[0], got.Apps[1]; o.State != "backfilling" || o.Backfill == nil || *o.Backfill != (BackfillJSON{Shards: 2, SegmentsRead: 5, SegmentsLeft: 7}) || web.State != "live" || web.Backfill != nil {
+		t.Fatalf("states %+v %+v", o, web)
+	}
+}
+
 func TestQueryParameters(t *testing.T) {
 	src := &fakeSource{apps: testApps(t)}
 	s := newServer(t, src, func(c *Config, d *Deps) { c.MaxRows = 500 })

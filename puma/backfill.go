@@ -1,0 +1,468 @@
+package puma
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/backoff"
+	names "github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
+)
+
+// Backfill: a span (an app's windows of one length, under the fingerprint
+// of its state's shape) that a shard's commit row does not list as built
+// is new to the shard: the app was added, or changed so that its state
+// has another shape (the fingerprint). Such a span is built from the
+// segments still in the dfs, in the background, while the shard's other
+// spans run live:
+//
+//   - On recovery, the shard makes a backfill per app with new spans: a
+//     table over those spans, with its own reader starting at the first
+//     segment of the bucket, its own dedup high waters and seen-windows
+//     (it deduplicates as the first reading did; its windows are rows
+//     under the shard's window prefix, 0xff and the app's name, written
+//     and read with the shard's and deleted after it joins) and its own
+//     watermark. Rows a span may have
+//     from an earlier life (an app removed and added again) are deleted
+//     first: the span starts empty.
+//   - Live lines skip the spans being built (pending); the backfill
+//     applies the lines before the shard's position to them, under the
+//     shard's lock, one block at a time. When it reaches the shard's
+//     position it joins: the spans stop being pending and take the live
+//     lines from there on. Every line is counted once: before the join by
+//     the backfill, after it live.
+//   - Its cells are checkpointed with the shard's, at the shard's epochs,
+//     and its progress (position, high waters, watermark) is in the same
+//     commit row (backfill, by app), so a restart resumes it where the
+//     last commit left it, with the cells of that commit: exactly once,
+//     by the shard's own commit and purge. The commit that follows the
+//     join lists the spans as built (spans) and drops the progress.
+//   - A commit row from before backfills (no spans) lists nothing: every
+//     span of the apps configured then is taken as built, as before.
+//
+// Rows of spans the commit row lists but no app has any more (an app
+// removed, or changed: its old fingerprint) are deleted after the next
+// commit, which lists them as removed until the delete has been done.
+// Not after a grace: nothing can read them again (an app added back is
+// built afresh from the dfs, since its rows would lack what came while it
+// was away), and a node still running the old configuration that takes
+// the shard builds the app again rather than reading them.
+//
+// What a backfill cannot do: build what the dfs no longer holds. One that
+// starts after retention deleted the bucket's first segments builds from
+// what is left, and the app's answers over their time list the shard as
+// incomplete (the app's gap, app_gaps in the commit row, beside the
+// shard's own). While it runs, answers of the app lack the lines it has
+// not read yet (GET /api/v1/apps says "backfilling").
+// Segment retention keeps the segments a backfill has yet to read
+// (CommittedPosition is the lowest of the shard's and its backfills').
+
+// backfillState is a backfill's progress in the commit row.
+type backfillState struct {
+	Spans         []string          `json:"spans"`    // the spans it builds, app@fingerprint
+	Position      ptail.Position    `json:"position"` // where it reads on
+	HighWater     map[string]uint64 `json:"high_water,omitempty"`
+	HighWaterSeen []int64           `json:"high_water_seen_ms,omitempty"`
+	ArrivalMs     int64             `json:"arrival_ms,omitempty"`
+	Watermark     int64             `json:"watermark"`
+}
+
+// backfill builds the new spans of one app in one shard.
+type backfill struct {
+	live  *table // the shard's table of the app
+	t     *table // the spans being built (shared with live), its watermark
+	spans []string
+	dedup *dedup
+	pos   ptail.Position
+	// read and left count the segments read and still to read (for
+	// AppState).
+	read, left atomic.Int64
+}
+
+// planBackfills decides, on recovery, which spans of the shard's tables
+// are built, which are to be built (a backfill each app, resumed from the
+// commit row or started afresh) and which spans' rows are to be deleted.
+// It runs before the cells are loaded: rows of a span started afresh are
+// deleted here, so that none is loaded.
+func (s *shard) planBackfills(ctx context.Context, E int64) error {
+	c := s.committed
+	current := map[string]bool{}
+	for _, t := range s.tables {
+		for _, sp := range t.spans {
+			current[spanName(t.app.Name(), sp)] = true
+		}
+	}
+	// What to delete: spans listed as built or being built, or still to
+	// delete, that no app has now.
+	s.removing = nil
+	old := append(slices.Clone(c.Removed), c.Spans...)
+	for _, b := range c.Backfill {
+		old = append(old, b.Spans...)
+	}
+	slices.Sort(old)
+	for _, name := range slices.Compact(old) {
+		if !current[name] {
+			s.removing = append(s.removing, name)
+		}
+	}
+	s.appGaps = nil
+	for app, g := range c.AppGaps {
+		if s.hasApp(app) {
+			s.setAppGap(app, g)
+		}
+	}
+	if E == 0 || c.Spans == nil {
+		return nil // a new shard reads every segment; an older row: all built
+	}
+	built := map[string]bool{}
+	for _, name := range c.Spans {
+		built[name] = true
+	}
+	s.backfills = nil
+	for _, t := range s.tables {
+		var pending []int
+		var spans []string
+		for i, sp := range t.spans {
+			if name := spanName(t.app.Name(), sp); !built[name] {
+				pending, spans = append(pending, i), append(spans, name)
+			}
+		}
+		if len(pending) == 0 {
+			continue
+		}
+		bf, err := s.newBackfill(t, pending, spans)
+		if err != nil {
+			return err
+		}
+		if prior := c.Backfill[t.app.Name()]; prior != nil && slices.Equal(prior.Spans, spans) {
+			bf.pos = prior.Position
+			bf.t.watermark = prior.Watermark
+			bf.t.ev.closed = prior.Watermark - t.app.LatenessMs
+			s.p.m.forgottenCap.Add(float64(bf.dedup.load(prior.HighWater, prior.HighWaterSeen, prior.ArrivalMs, c.CommitMs)))
+			if p := backfillWindowPrefix(s.category, s.bucket, t.app.Name()); E > 0 {
+				if err := s.readWindows(ctx, c, bf.dedup, p, store.PrefixEnd(p)); err != nil {
+					return err
+				}
+			}
+			s.log.Info("puma backfill resumes", "app", t.app.Name(), "spans", spans, "position", bf.pos.String())
+		} else {
+			p := backfillWindowPrefix(s.category, s.bucket, t.app.Name())
+			if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, p, store.PrefixEnd(p), E); err != nil {
+				return fmt.Errorf("clear the windows of app %s's backfill: %w", t.app.Name(), err)
+			}
+			for _, name := range spans {
+				prefix := shardPrefix(s.category, s.bucket) + name + "/"
+				if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, prefix, store.PrefixEnd(prefix), E); err != nil {
+					return fmt.Errorf("clear rows of span %s to build it: %w", name, err)
+				}
+			}
+			// Built from the first segment left: what retention deleted
+			// before is missing, and answers say so (as for the shard's
+			// own gap).
+			g, err := s.retentionGap(ptail.Position{})
+			if err != nil {
+				return err
+			}
+			s.setAppGap(t.app.Name(), g)
+			if g != nil {
+				s.log.Warn("backfill starts after segments retention deleted; answers over their time say the app is incomplete",
+					"app", t.app.Name(), "deleted_through", g.Segment, "arrived_before", fmtMs(g.ThroughMs))
+			}
+			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
+		}
+		s.backfills = append(s.backfills, bf)
+	}
+	return nil
+}
+
+// newBackfill makes the backfill of span indexes pending of table live.
+func (s *shard) newBackfill(live *table, pending []int, spans []string) (*backfill, error) {
+	t, err := newTable(live.app, live.deps)
+	if err != nil {
+		return nil, err
+	}
+	t.building = true
+	t.deps.evict = nil
+	t.spans = t.spans[:0]
+	for _, i := range pending {
+		sp := live.spans[i]
+		sp.pending = true
+		t.spans = append(t.spans, sp)
+	}
+	t.ev = newEvictState(len(t.spans))
+	live.pending = len(pending)
+	return &backfill{live: live, t: t, spans: spans, dedup: newDedup(s.p.cfg.MaxAgentsPerShard, s.p.cfg.DedupHorizon.D().Milliseconds())}, nil
+}
+
+// startBackfills runs the shard's backfills until they join or ctx ends;
+// the function it returns waits for them.
+func (s *shard) startBackfills(ctx context.Context) (wait func()) {
+	s.mu.RLock()
+	bfs := slices.Clone(s.backfills)
+	s.mu.RUnlock()
+	done := make(chan struct{}, len(bfs))
+	for _, bf := range bfs {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			if err := s.runBackfill(ctx, bf); err != nil && ctx.Err() == nil {
+				s.log.Error("puma backfill stopped", "app", bf.live.app.Name(), "err", err)
+			}
+		}()
+	}
+	return func() {
+		for range bfs {
+			<-done
+		}
+	}
+}
+
+// runBackfill reads the bucket from the backfill's position to the
+// shard's and joins.
+func (s *shard) runBackfill(ctx context.Context, bf *backfill) error {
+	r := s.backfillReader(bf)
+	defer r.Close() //nolint:errcheck // a reader holds nothing to flush
+	bo := backoff.New(100*time.Millisecond, 10*time.Second)
+	for {
+		joined, err := s.backfillStep(bf, r, 0)
+		if joined {
+			return nil
+		}
+		wait := s.p.cfg.PollInterval.D()
+		if err != nil {
+			wait = bo.Next()
+			s.log.Warn("backfill cannot read bucket; retrying", "app", bf.live.app.Name(), "err", err, "retry_in", wait)
+		} else {
+			bo.Reset()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (s *shard) backfillReader(bf *backfill) *ptail.Reader {
+	return ptail.NewReader(s.p.deps.FS, names.BucketDir(s.category, s.bucket), bf.pos, s.p.cfg.PollInterval.D(), s.log).SetMetrics(s.p.tailMetrics)
+}
+
+// backfillStep applies the blocks r has now (at most limit of them, if
+// limit > 0), up to the shard's position, and joins the backfill once it
+// is there. It returns whether it joined.
+func (s *shard) backfillStep(bf *backfill, r *ptail.Reader, limit int) (joined bool, err error) {
+	var b segment.Block
+	for n := 0; limit <= 0 || n < limit; n++ {
+		s.mu.Lock()
+		if !bf.pos.Before(s.pos) {
+			s.join(bf)
+			s.mu.Unlock()
+			return true, nil
+		}
+		s.mu.Unlock()
+		seg := r.Position().Segment
+		pos, ok, err := r.TryNext(&b)
+		if err != nil {
+			var ve *ptail.VanishedError
+			if errors.As(err, &ve) {
+				s.lost(ve)
+				continue
+			}
+			return false, err
+		}
+		if !ok {
+			// Everything published is read. The shard may be past it
+			// only by a segment it skipped whole (after it, offset -1).
+			s.mu.Lock()
+			joined = s.pos.Segment == bf.pos.Segment && s.pos.Offset < 0
+			if joined {
+				s.join(bf)
+			}
+			s.mu.Unlock()
+			return joined, nil
+		}
+		if pos.Segment != seg {
+			bf.read.Add(1)
+		}
+		bf.left.Store(int64(r.Lag()))
+		s.mu.Lock()
+		bf.apply(&b, s.p.now().UnixMilli())
+		bf.pos = pos
+		s.mu.Unlock()
+	}
+	return false, nil
+}
+
+// apply adds a block to the spans being built, deduplicated by the
+// backfill's own high waters (as shard.apply does live); s.mu is held.
+func (bf *backfill) apply(b *segment.Block, nowMs int64) {
+	bt := newBlockTime(b.ArrivalMs, nowMs)
+	var key *agentKey
+	if b.Agent != "" && len(b.Seqs) > 0 {
+		key, _, _, _ = bf.dedup.touch(b.Agent, b.Seqs[0], bt.refMs)
+	}
+	for i, msg := range b.Messages {
+		if key != nil && bf.dedup.admit(key, b.Seqs[i]) != seqNew {
+			continue
+		}
+		bf.t.apply(msg, bt)
+	}
+}
+
+// join makes the backfill's spans live; s.mu is held.
+func (s *shard) join(bf *backfill) {
+	live := bf.live
+	for _, sp := range bf.t.spans {
+		sp.pending = false
+	}
+	live.pending = 0
+	// The cells are accounted in the budgets already.
+	live.ncells += bf.t.ncells
+	live.bytes += bf.t.bytes
+	live.watermark = max(live.watermark, bf.t.watermark)
+	live.ev.windows += bf.t.ev.windows
+	live.ev.cells += bf.t.ev.cells
+	s.backfills = slices.DeleteFunc(s.backfills, func(o *backfill) bool { return o == bf })
+	s.dropBackfillWindows(bf)
+	s.log.Info("puma backfill caught up; its windows are live", "app", live.app.Name(), "spans", bf.spans, "position", bf.pos.String())
+}
+
+// snapshotBackfills puts the built spans, the backfills' progress and the
+// spans whose rows are still to delete in state; s.mu is held.
+func (s *shard) snapshotBackfills(state *commitState) {
+	for _, t := range s.tables {
+		for _, sp := range t.spans {
+			if !sp.pending {
+				state.Spans = append(state.Spans, spanName(t.app.Name(), sp))
+			}
+		}
+	}
+	slices.Sort(state.Spans)
+	if state.Spans == nil {
+		state.Spans = []string{}
+	}
+	for _, bf := range s.backfills {
+		bf.dedup.expire()
+		hw, seen := bf.dedup.save()
+		if state.Backfill == nil {
+			state.Backfill = map[string]*backfillState{}
+		}
+		state.Backfill[bf.live.app.Name()] = &backfillState{
+			Spans: bf.spans, Position: bf.pos, HighWater: hw, HighWaterSeen: seen, ArrivalMs: bf.dedup.clockMs, Watermark: bf.t.watermark,
+		}
+	}
+	state.Removed = slices.Clone(s.removing)
+	state.AppGaps = maps.Clone(s.appGaps)
+}
+
+// hasApp reports whether the shard has a table of app.
+func (s *shard) hasApp(app string) bool {
+	return slices.ContainsFunc(s.tables, func(t *table) bool { return t.app.Name() == app })
+}
+
+// setAppGap sets (g nil: clears) what app's state lacks; s.mu is held or
+// the shard is not running yet.
+func (s *shard) setAppGap(app string, g *gap) {
+	if g == nil {
+		delete(s.appGaps, app)
+		return
+	}
+	if s.appGaps == nil {
+		s.appGaps = map[string]*gap{}
+	}
+	s.appGaps[app] = g
+}
+
+// incomplete says why a committed state's answers of app over windows
+// from fromMs lack lines, "" if they do not: the shard's gap or the
+// app's.
+func (st commitState) incomplete(app *apps.App, fromMs int64) string {
+	if why := st.Gap.incomplete(app, fromMs); why != "" {
+		return why
+	}
+	return st.AppGaps[app.Name()].incomplete(app, fromMs)
+}
+
+// incomplete says why the shard's answers of app over windows from
+// fromMs lack lines, "" if they do not: its own gap or the app's; s.mu
+// is held.
+func (s *shard) incomplete(app *apps.App, fromMs int64) string {
+	if why := s.gap.incomplete(app, fromMs); why != "" {
+		return why
+	}
+	return s.appGaps[app.Name()].incomplete(app, fromMs)
+}
+
+// backfillsUnchanged reports whether state says what the committed state
+// says of spans, and neither has a backfill or rows to delete (a
+// checkpoint with nothing else to write can then be skipped).
+func (s *shard) backfillsUnchanged(state *commitState) bool {
+	c := s.committed
+	return len(state.Backfill) == 0 && len(c.Backfill) == 0 && len(state.Removed) == 0 && len(c.Removed) == 0 && slices.Equal(state.Spans, c.Spans)
+}
+
+// deleteRemoved deletes, after a commit at epoch that listed them as
+// removed, the rows of the spans no app has any more; what fails is
+// tried again after the next commit.
+func (s *shard) deleteRemoved(ctx context.Context, epoch int64, removed []string) {
+	if len(removed) == 0 {
+		return
+	}
+	var left []string
+	for _, name := range removed {
+		prefix := shardPrefix(s.category, s.bucket) + name + "/"
+		if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, prefix, store.PrefixEnd(prefix), epoch); err != nil {
+			s.log.Warn("cannot delete the rows of a removed app; will retry", "rows", prefix, "err", err)
+			left = append(left, name)
+			continue
+		}
+		s.log.Info("puma deleted the rows of a removed app", "span", name)
+	}
+	s.mu.Lock()
+	s.removing = slices.DeleteFunc(s.removing, func(n string) bool { return slices.Contains(removed, n) && !slices.Contains(left, n) })
+	s.mu.Unlock()
+}
+
+// AppState is whether an app's shards on this node are live or being
+// built from the dfs.
+type AppState struct {
+	// State is "live", or "backfilling" while a shard here builds spans
+	// of the app.
+	State string
+	// BackfillShards counts the shards here building it; SegmentsRead
+	// and SegmentsLeft their progress, summed (segments read so far by
+	// their backfills since they started here, and published segments
+	// they have yet to read).
+	BackfillShards int
+	SegmentsRead   int64
+	SegmentsLeft   int64
+}
+
+// AppState returns app's state on this node, and false if there is no
+// such app.
+func (p *Puma) AppState(app string) (AppState, bool) {
+	if _, ok := p.apps[app]; !ok {
+		return AppState{}, false
+	}
+	out := AppState{State: "live"}
+	for _, s := range p.readyShards() {
+		s.mu.RLock()
+		for _, bf := range s.backfills {
+			if bf.live.app.Name() == app {
+				out.State = "backfilling"
+				out.BackfillShards++
+				out.SegmentsRead += bf.read.Load()
+				out.SegmentsLeft += bf.left.Load()
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return out, true
+}

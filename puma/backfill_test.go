@@ -1,0 +1,402 @@
+package puma
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/enginetest"
+	names "github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/internal/store/hbasestore"
+	"github.com/freeway-dev/freeway/internal/testkit"
+	"github.com/freeway-dev/freeway/ptail"
+)
+
+// history is the input of the backfill tests: segment i holds minute i,
+// bfLines lines of one agent in sequence; segment 3 is published twice
+// (a retried batch), which both the live reading and a backfill count
+// once.
+const bfLines = 40
+
+func bfBlock(i int) *segment.Block {
+	var lines [][]byte
+	for j := range bfLines {
+		lines = append(lines, order(t0+int64(i)*60_000+int64(j)*1000, fmt.Sprint("r", j%5), fmt.Sprint("k", j%3), i*100+j))
+	}
+	return agent("a1/x", uint64(i*bfLines+1), lines...)
+}
+
+func publishHistory(e *env, from, to int) ptail.Position {
+	var pos ptail.Position
+	for i := from; i < to; i++ {
+		pos = e.publish("orders", 0, bfBlock(i))
+		if i == 3 {
+			pos = e.publish("orders", 0, bfBlock(i))
+		}
+	}
+	return pos
+}
+
+// kindsApp is an app added beside orders on its category.
+func kindsApp(t testing.TB, category string) *apps.App {
+	return orders(t, func(s *apps.Spec) {
+		s.Name, s.Category, s.GroupBy = "kinds", category, []string{"kind"}
+		s.Aggregates = []apps.AggregateSpec{{Name: "n", Fn: "count"}, {Name: "total", Fn: "sum", Field: "amount"}}
+	})
+}
+
+// wantKinds is kinds' answer over minutes [0, n).
+func wantKinds(n int) []string {
+	var out []string
+	for i := range n {
+		for k := range 3 {
+			cnt, total := 0, 0
+			for j := range bfLines {
+				if j%3 == k {
+					cnt, total = cnt+1, total+i*100+j
+				}
+			}
+			start := t0 + int64(i)*60_000
+			out = append(out, formatRow(Row{WindowStartMs: start, WindowEndMs: start + 60_000, Key: map[string]string{"kind": fmt.Sprint("k", k)},
+				Values: map[string]any{"n": float64(cnt), "total": float64(total)}}))
+		}
+	}
+	return out
+}
+
+// wantOrders is orders' answer over minutes [0, n), all keys merged;
+// extra adds values of other aggregates to every row.
+func wantOrders(n int, extra map[string]any) []string {
+	var out []string
+	for i := range n {
+		total := 0
+		for j := range bfLines {
+			total += i*100 + j
+		}
+		start := t0 + int64(i)*60_000
+		vals := map[string]any{"n": float64(bfLines), "total": float64(total), "lo": float64(i * 100), "hi": float64(i*100 + bfLines - 1), "mean": float64(total) / bfLines}
+		for k, v := range extra {
+			vals[k] = v
+		}
+		out = append(out, formatRow(Row{WindowStartMs: start, WindowEndMs: start + 60_000, Key: map[string]string{}, Values: vals}))
+	}
+	return out
+}
+
+func waitLive(t *testing.T, p *Puma, app string) {
+	t.Helper()
+	testkit.Eventually(t, app+" live", func() error {
+		st, _ := p.AppState(app)
+		if st.State != "live" || !p.Ready() {
+			return fmt.Errorf("%s is %+v", app, st)
+		}
+		return nil
+	})
+}
+
+// TestBackfillAddedApp: an app added to a category that another app has
+// consumed for a while is built from the segments in the dfs while the
+// other keeps running live (and segments keep coming): once live, both
+// answer every minute exactly, the retried batch counted once by each;
+// the commit row lists the new app's span as built and no backfill.
+func TestBackfillAddedApp(t *testing.T) {
+	e := newEnv(t, orders(t))
+	publishHistory(e, 0, 8)
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 8, 9))
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders")}
+	p2 := e.node("n2")
+	r2 := start(t, p2)
+	last := publishHistory(e, 9, 12)
+	waitLive(t, p2, "kinds")
+	waitCommitted(t, p2, last)
+	equalRows(t, "kinds", rows(t, p2, Query{App: "kinds"}), wantKinds(12))
+	equalRows(t, "orders", rows(t, p2, Query{App: "orders", GroupBy: []string{}}), wantOrders(12, nil))
+	r2.stop(t)
+	equalRows(t, "kinds, committed", rows(t, committed(e), Query{App: "kinds"}), wantKinds(12))
+	_, st, _, err := readCommit(context.Background(), e.st, "puma", "orders", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Spans) != 2 || len(st.Backfill) != 0 {
+		t.Fatalf("commit row spans %v, backfill %v", st.Spans, st.Backfill)
+	}
+}
+
+// TestBackfillChangedApp: an app whose aggregates change (a distinct count
+// added: its state has another shape) is built again from the dfs, and
+// answers every minute exactly, the new aggregate included; the rows of
+// its old shape are deleted.
+func TestBackfillChangedApp(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 6))
+	r1.stop(t)
+	oldFp := fingerprint(e.apps[0], 60_000)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) {
+		s.Aggregates = append(s.Aggregates, apps.AggregateSpec{Name: "kinds", Fn: "count_distinct", Field: "kind"})
+	})}
+	p2 := e.node("n2")
+	r2 := start(t, p2)
+	last := publishHistory(e, 6, 10)
+	waitLive(t, p2, "orders")
+	waitCommitted(t, p2, last)
+	equalRows(t, "changed orders", rows(t, p2, Query{App: "orders", GroupBy: []string{}}), wantOrders(10, map[string]any{"kinds": float64(3)}))
+	r2.stop(t)
+	if n := countRows(t, e.st, "s/orders/0/orders@"+oldFp+"/"); n != 0 {
+		t.Fatalf("%d rows of the old shape left", n)
+	}
+}
+
+func countRows(t *testing.T, st store.Store, prefix string) int {
+	t.Helper()
+	n := 0
+	err := st.Scan(context.Background(), "puma", prefix, store.PrefixEnd(prefix), store.Latest, func(string, []store.Cell) error {
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestBackfillResumes: a node killed in the middle of a backfill (after a
+// checkpoint, with more read since) leaves it to the next node, which
+// resumes at the committed progress, neither redoing nor losing lines:
+// the answers are exact.
+func TestBackfillResumes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 12)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders")}
+	p2 := e.node("n2")
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	if st, _ := p2.AppState("kinds"); st.State != "backfilling" || st.BackfillShards != 1 {
+		t.Fatalf("kinds %+v", st)
+	}
+	if st, _ := p2.AppState("orders"); st.State != "live" {
+		t.Fatalf("orders %+v", st)
+	}
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	if joined, err := s.backfillStep(bf, r, 5); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	committedAt := bf.pos
+	if joined, err := s.backfillStep(bf, r, 3); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	_ = r.Close()
+	// Killed here: what it read after the checkpoint is not committed.
+
+	p3 := e.node("n3")
+	s3 := testShard(t, p3, 0)
+	if len(s3.backfills) != 1 || s3.backfills[0].pos != committedAt {
+		t.Fatalf("resumed at %+v, committed %s", s3.backfills, committedAt)
+	}
+	s3.release() // hand the shard to a running node
+	r3 := start(t, p3)
+	waitLive(t, p3, "kinds")
+	waitCommitted(t, p3, last)
+	equalRows(t, "kinds", rows(t, p3, Query{App: "kinds"}), wantKinds(12))
+	equalRows(t, "orders", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), wantOrders(12, nil))
+	r3.stop(t)
+}
+
+// TestRemovedAppRows: an app no longer configured has its rows deleted
+// from the store after the next checkpoint, and the commit row stops
+// listing it; the other app is untouched. On the embedded store and on
+// HBase.
+func TestRemovedAppRows(t *testing.T) {
+	t.Run("bolt", func(t *testing.T) {
+		e := newEnv(t)
+		testRemoved(t, e, e.st, "orders")
+	})
+	t.Run("hbase", func(t *testing.T) {
+		addr := enginetest.Addr(t, enginetest.HBase)
+		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		b := make([]byte, 4)
+		_, _ = crand.Read(b)
+		category := "removed_" + hex.EncodeToString(b)
+		t.Cleanup(func() { deleteCategory(t, st, category) })
+		testRemoved(t, newEnv(t), st, category)
+	})
+}
+
+func testRemoved(t *testing.T, e *env, st store.Store, category string) {
+	ctx := context.Background()
+	ordersApp := orders(t, func(s *apps.Spec) { s.Category = category })
+	e.apps = []*apps.App{ordersApp, kindsApp(t, category)}
+	p := e.node("n1", func(c *Config, d *Deps) { d.Store = st })
+	s := testShardOf(t, p, category, 0)
+	for i := range 4 {
+		s.apply(bfBlock(i), ptail.Position{Segment: "x", Offset: int64(i + 1)})
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kindsRows := "s/" + category + "/0/kinds@"
+	if n := countRows(t, st, kindsRows); n != 4*3 {
+		t.Fatalf("%d rows of kinds", n)
+	}
+
+	e.apps = []*apps.App{ordersApp}
+	p2 := e.node("n2", func(c *Config, d *Deps) { d.Store = st })
+	s2 := testShardOf(t, p2, category, 0)
+	if len(s2.removing) != 1 || !strings.HasPrefix(s2.removing[0], "kinds@") {
+		t.Fatalf("removing %v", s2.removing)
+	}
+	if err := s2.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, st, kindsRows); n != 0 {
+		t.Fatalf("%d rows of the removed app left", n)
+	}
+	if err := s2.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, c, _, err := readCommit(ctx, st, "puma", category, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Removed) != 0 || slices.ContainsFunc(c.Spans, func(n string) bool { return strings.HasPrefix(n, "kinds@") }) {
+		t.Fatalf("commit row spans %v, removed %v", c.Spans, c.Removed)
+	}
+	adopt(p2, s2)
+	equalRows(t, "orders", rows(t, p2, Query{App: "orders", GroupBy: []string{}}), wantOrders(4, nil))
+}
+
+// TestBackfillEvicts: a backfill of an app with many keys per minute,
+// on a node whose memory_limit holds a few minutes of them, evicts the
+// windows it has closed and committed as it goes, refuses nothing, and
+// the app answers every minute exactly once it has joined.
+func TestBackfillEvicts(t *testing.T) {
+	ctx := context.Background()
+	f := evictFeed{windows: 30, keys: 300}
+	e := newEnv(t, kindsApp(t, "orders"))
+	var last ptail.Position
+	for w := range f.windows {
+		var lines [][]byte
+		for k := range f.keys {
+			lines = append(lines, f.line(w, k))
+		}
+		last = e.publish("orders", 0, stock(lines...))
+	}
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	byKey := orders(t, func(s *apps.Spec) {
+		s.Name = "bykey"
+		s.AllowedLateness = config.Duration(time.Minute)
+		s.Retention = config.Duration(30 * 24 * time.Hour)
+	})
+	e.apps = []*apps.App{e.apps[0], byKey}
+	limit := config.ByteSize(4 * f.keys * 250)
+	p2 := e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit })
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	defer r.Close()
+	most := 0
+	for joined := false; !joined; {
+		var err error
+		if joined, err = s.backfillStep(bf, r, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		most = max(most, s.tables[1].ncells+bf.t.ncells)
+	}
+	if d := bf.t.drops; d != [nReasons]uint64{} {
+		t.Fatalf("backfill dropped %v", d)
+	}
+	if mem, _ := p2.Memory("bykey"); mem.EvictedWindows < uint64(f.windows/2) || most > 6*f.keys {
+		t.Fatalf("memory %+v, at most %d cells", mem, most)
+	}
+	if st, _ := p2.AppState("bykey"); st.State != "live" {
+		t.Fatalf("bykey %+v", st)
+	}
+	from, to := t0, t0+int64(f.windows)*60_000
+	equalRows(t, "every minute", rows(t, p2, Query{App: "bykey", GroupBy: []string{}, FromMs: from, ToMs: to}), f.perWindow())
+	start := t0 + 3*60_000
+	equalRows(t, "minute 3 by key", sortedStrings(rows(t, p2, Query{App: "bykey", FromMs: start, ToMs: start + 60_000})), f.window(3))
+}
+
+// TestBackfillAfterRetention: an app added after retention deleted the
+// bucket's first segments is built from what is left (exactly), and its
+// answers say that it lacks the lines of the deleted segments, from
+// memory and from the store; the app that read them live is whole.
+func TestBackfillAfterRetention(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 6)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+	dir := names.BucketDir("orders", 0)
+	deletedAt := time.UnixMilli(arrival + 10_000)
+	if err := names.WriteRetentionMark(e.fs, dir, names.RetentionMark{Through: names.SegmentName(1, 2), ThroughMs: deletedAt.UnixMilli()}, "t"); err != nil {
+		t.Fatal(err)
+	}
+	for seq := range uint64(2) {
+		if err := e.fs.Remove(path.Join(dir, names.SegmentName(1, seq+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders")}
+	p2 := e.node("n2")
+	r2 := start(t, p2)
+	waitLive(t, p2, "kinds")
+	waitCommitted(t, p2, last)
+	check := func(what string, src querier) {
+		t.Helper()
+		res, err := src.Query(context.Background(), Query{App: "kinds", FromMs: t0, ToMs: t0 + 3600_000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		equalRows(t, what+": kinds", formatRows(res), wantKinds(6)[2*3:])
+		if len(res.Missing) != 1 || res.Missing[0].State != StateIncomplete || !strings.Contains(res.Missing[0].Error, names.SegmentName(1, 2)) {
+			t.Fatalf("%s: kinds missing %+v", what, res.Missing)
+		}
+		res, err = src.Query(context.Background(), Query{App: "orders", GroupBy: []string{}, FromMs: t0, ToMs: t0 + 3600_000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		equalRows(t, what+": orders", formatRows(res), wantOrders(6, nil))
+		if len(res.Missing) != 0 {
+			t.Fatalf("%s: orders missing %+v", what, res.Missing)
+		}
+	}
+	check("memory", p2)
+	r2.stop(t)
+	check("store", committed(e))
+}
