@@ -258,7 +258,7 @@ func TestBackfillReorderedResumes(t *testing.T) {
 	r1 := start(t, e.node("n1"))
 	var last ptail.Position
 	for i := 0; i < 12; i += 2 {
-		last = e.publish("orders", 0, bfBlock(i+1))
+		e.publish("orders", 0, bfBlock(i+1))
 		last = e.publish("orders", 0, bfBlock(i))
 		if i == 4 {
 			last = e.publish("orders", 0, bfBlock(2)) // a late re-send
