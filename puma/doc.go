@@ -42,7 +42,8 @@
 // backfilling.
 //
 // A shard is one bucket of one category; it aggregates for every app that
-// consumes the category. A node owns a shard through a coord lease
+// consumes the category, parsing each line once for the apps that read
+// lines alike (apps.ParseGroups; parse.go) rather than once per app. A node owns a shard through a coord lease
 // ("puma/<category>/<bucket>", the category encoded by internal/layout),
 // and runs it only while it holds the lease: the shard stops when the
 // lease is lost.

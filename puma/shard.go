@@ -41,6 +41,7 @@ type shard struct {
 	tables    []*table
 	pos       ptail.Position
 	highWater *dedup // per agent key
+	parse     *lineParse
 	dups      uint64
 	entries   uint64
 	gap       *gap // what the state lacks, nil when whole; replaced, never changed in place
@@ -85,6 +86,7 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 		}
 		s.tables = append(s.tables, t)
 	}
+	s.parse = newLineParse(s.tables)
 	return s, nil
 }
 
@@ -227,9 +229,7 @@ func (s *shard) apply(b *segment.Block, pos ptail.Position) {
 			}
 		}
 		n++
-		for _, t := range s.tables {
-			t.apply(msg, bt)
-		}
+		s.applyLine(msg, bt)
 	}
 	s.pos = pos
 	s.dups += dups
