@@ -311,7 +311,7 @@ func TestDedupCheckpointRoundTrip(t *testing.T) {
 		category := "dedup_" + hex.EncodeToString(b)
 		t.Cleanup(func() {
 			ctx := context.Background()
-			for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/"} {
+			for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/", "d/" + category + "/"} {
 				if err := st.DeleteUpTo(ctx, "puma", prefix, store.PrefixEnd(prefix), math.MaxInt64-1); err != nil {
 					t.Errorf("clean up %s: %v", prefix, err)
 				}
