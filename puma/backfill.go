@@ -26,8 +26,11 @@ import (
 //
 //   - On recovery, the shard makes a backfill per app with new spans: a
 //     table over those spans, with its own reader starting at the first
-//     segment of the bucket, its own dedup high waters (it deduplicates as
-//     the first reading did) and its own watermark. Rows a span may have
+//     segment of the bucket, its own dedup high waters and seen-windows
+//     (it deduplicates as the first reading did; its windows are rows
+//     under the shard's window prefix, 0xff and the app's name, written
+//     and read with the shard's and deleted after it joins) and its own
+//     watermark. Rows a span may have
 //     from an earlier life (an app removed and added again) are deleted
 //     first: the span starts empty.
 //   - Live lines skip the spans being built (pending); the backfill
@@ -144,8 +147,17 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 			bf.t.watermark = prior.Watermark
 			bf.t.ev.closed = prior.Watermark - t.app.LatenessMs
 			s.p.m.forgottenCap.Add(float64(bf.dedup.load(prior.HighWater, prior.HighWaterSeen, prior.ArrivalMs, c.CommitMs)))
+			if p := backfillWindowPrefix(s.category, s.bucket, t.app.Name()); E > 0 {
+				if err := s.readWindows(ctx, c, bf.dedup, p, store.PrefixEnd(p)); err != nil {
+					return err
+				}
+			}
 			s.log.Info("puma backfill resumes", "app", t.app.Name(), "spans", spans, "position", bf.pos.String())
 		} else {
+			p := backfillWindowPrefix(s.category, s.bucket, t.app.Name())
+			if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, p, store.PrefixEnd(p), E); err != nil {
+				return fmt.Errorf("clear the windows of app %s's backfill: %w", t.app.Name(), err)
+			}
 			for _, name := range spans {
 				prefix := shardPrefix(s.category, s.bucket) + name + "/"
 				if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, prefix, store.PrefixEnd(prefix), E); err != nil {
@@ -297,11 +309,8 @@ func (bf *backfill) apply(b *segment.Block, nowMs int64) {
 		key, _, _, _ = bf.dedup.touch(b.Agent, b.Seqs[0], bt.refMs)
 	}
 	for i, msg := range b.Messages {
-		if key != nil {
-			if b.Seqs[i] <= key.seq {
-				continue
-			}
-			key.seq = b.Seqs[i]
+		if key != nil && bf.dedup.admit(key, b.Seqs[i]) != seqNew {
+			continue
 		}
 		bf.t.apply(msg, bt)
 	}
@@ -321,6 +330,7 @@ func (s *shard) join(bf *backfill) {
 	live.ev.windows += bf.t.ev.windows
 	live.ev.cells += bf.t.ev.cells
 	s.backfills = slices.DeleteFunc(s.backfills, func(o *backfill) bool { return o == bf })
+	s.dropBackfillWindows(bf)
 	s.log.Info("puma backfill caught up; its windows are live", "app", live.app.Name(), "spans", bf.spans, "position", bf.pos.String())
 }
 

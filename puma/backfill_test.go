@@ -2,8 +2,6 @@ package puma
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"path"
 	"slices"
@@ -13,11 +11,9 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
-	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
@@ -235,16 +231,7 @@ func TestRemovedAppRows(t *testing.T) {
 		testRemoved(t, e, e.st, "orders")
 	})
 	t.Run("hbase", func(t *testing.T) {
-		addr := enginetest.Addr(t, enginetest.HBase)
-		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		b := make([]byte, 4)
-		_, _ = crand.Read(b)
-		category := "removed_" + hex.EncodeToString(b)
-		t.Cleanup(func() { deleteCategory(t, st, category) })
+		st, category := hbaseCategory(t, "removed_")
 		testRemoved(t, newEnv(t), st, category)
 	})
 }

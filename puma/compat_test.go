@@ -2,18 +2,14 @@ package puma
 
 import (
 	"context"
-	crand "crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"math"
 	"os"
 	"strings"
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/apps"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/store"
-	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 )
 
 // oldCheckpoint is testdata/checkpoint_v1.json: the store rows a shard of
@@ -103,23 +99,7 @@ func TestOldCheckpoint(t *testing.T) {
 		check(t, newEnv(t).st, "orders")
 	})
 	t.Run("hbase", func(t *testing.T) {
-		addr := enginetest.Addr(t, enginetest.HBase)
-		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		b := make([]byte, 4)
-		crand.Read(b)
-		category := "compat_" + hex.EncodeToString(b)
-		t.Cleanup(func() {
-			ctx := context.Background()
-			for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/"} {
-				if err := st.DeleteUpTo(ctx, "puma", prefix, store.PrefixEnd(prefix), math.MaxInt64-1); err != nil {
-					t.Errorf("clean up %s: %v", prefix, err)
-				}
-			}
-		})
+		st, category := hbaseCategory(t, "compat_")
 		check(t, st, category)
 	})
 

@@ -56,6 +56,11 @@ type agentKey struct {
 	id     string // agentID(key)
 	seq    uint64 // the highest sequence number applied
 	seenMs int64  // the latest arrival time of a block from it
+	// win: which numbers below seq were seen (window.go); nil when all
+	// were.
+	win    *window
+	dirty  bool // win changed since the last checkpoint
+	stored bool // a window row may exist for it
 }
 
 // dedup is a shard's deduplication state. Its size is bounded: a key not
@@ -65,15 +70,19 @@ type agentKey struct {
 // entry re-sent after its key was forgotten is counted again: for such
 // entries delivery is at-least-once.
 type dedup struct {
-	keys      map[string]*agentKey
-	byID      map[string][]*agentKey // agent id → its keys (incarnations)
-	clockMs   int64                  // the latest arrival time of any block
-	max       int
-	horizonMs int64
+	keys       map[string]*agentKey
+	byID       map[string][]*agentKey // agent id → its keys (incarnations)
+	clockMs    int64                  // the latest arrival time of any block
+	max        int
+	horizonMs  int64
+	dirty      []*agentKey     // keys whose window changed since the last checkpoint
+	forgot     map[string]bool // keys forgotten since the last checkpoint that had a window row
+	gone       []goneRow       // window rows to delete after a commit
+	forgotRows []string        // rows of no key of this dedup to delete after the next commit
 }
 
 func newDedup(max int, horizonMs int64) *dedup {
-	return &dedup{keys: map[string]*agentKey{}, byID: map[string][]*agentKey{}, max: max, horizonMs: horizonMs}
+	return &dedup{keys: map[string]*agentKey{}, byID: map[string][]*agentKey{}, max: max, horizonMs: horizonMs, forgot: map[string]bool{}}
 }
 
 // touch returns the key of a block from agent whose first entry is first,
@@ -91,6 +100,13 @@ func (d *dedup) touch(agent string, first uint64, ms int64) (k *agentKey, back u
 		return k, 0, false, 0
 	}
 	k = &agentKey{key: key, id: agentID(key), seenMs: ms}
+	if d.forgot[key] || d.rowGoing(key) {
+		// Its old window row is still there: overwrite it with this
+		// key's own (nothing seen yet), so that no recovery reads it.
+		delete(d.forgot, key)
+		k.win, k.stored = fullWindow(), true
+		d.markDirty(k)
+	}
 	for _, o := range d.byID[k.id] {
 		if first <= o.seq && (!backwards || o.seq > back) {
 			back, backwards = o.seq, true
@@ -107,6 +123,9 @@ func (d *dedup) insert(k *agentKey) {
 
 func (d *dedup) remove(k *agentKey) {
 	delete(d.keys, k.key)
+	if k.stored {
+		d.forgot[k.key] = true
+	}
 	ks := d.byID[k.id]
 	if i := slices.Index(ks, k); i >= 0 {
 		ks[i] = ks[len(ks)-1]

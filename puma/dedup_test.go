@@ -2,12 +2,9 @@ package puma
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"math"
 	"strings"
 	"testing"
 	"time"
@@ -17,11 +14,9 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
-	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
@@ -298,25 +293,7 @@ func TestDedupCheckpointRoundTrip(t *testing.T) {
 		checkDedupRoundTrip(t, e, e.st, "orders")
 	})
 	t.Run("hbase", func(t *testing.T) {
-		addr := enginetest.Addr(t, enginetest.HBase)
-		// One table for every run (tables are not dropped), and a category
-		// of this run's own; its rows are deleted at the end.
-		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		b := make([]byte, 4)
-		rand.Read(b)
-		category := "dedup_" + hex.EncodeToString(b)
-		t.Cleanup(func() {
-			ctx := context.Background()
-			for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/"} {
-				if err := st.DeleteUpTo(ctx, "puma", prefix, store.PrefixEnd(prefix), math.MaxInt64-1); err != nil {
-					t.Errorf("clean up %s: %v", prefix, err)
-				}
-			}
-		})
+		st, category := hbaseCategory(t, "dedup_")
 		checkDedupRoundTrip(t, newEnv(t), st, category)
 	})
 }

@@ -42,7 +42,8 @@
 // backfilling.
 //
 // A shard is one bucket of one category; it aggregates for every app that
-// consumes the category. A node owns a shard through a coord lease
+// consumes the category, parsing each line once for the apps that read
+// lines alike (apps.ParseGroups; parse.go) rather than once per app. A node owns a shard through a coord lease
 // ("puma/<category>/<bucket>", the category encoded by internal/layout),
 // and runs it only while it holds the lease: the shard stops when the
 // lease is lost.
@@ -106,9 +107,17 @@
 // being a secret of the run of the agent's queue that numbered the
 // entries, or "agent_id" alone from older agents. A shard keeps a high
 // water per such key (keys over 128 bytes, or not UTF-8, are kept as the
-// agent id and a hash); an entry at or below its key's high water was
-// counted already and is skipped, so retried batches are not counted
-// twice. Only the agent id, before the first "/", is ever logged. A new
+// agent id and a hash), the highest number seen, and which of the
+// segment.SeqWindow (65536) numbers below it were seen (a seen-window,
+// window.go): agents keep several batches in flight, so one stream's
+// entries may reach a bucket out of order (a batch retried after the
+// next one was written). An entry seen already is skipped, so retried
+// batches are not counted twice; one not seen is counted, whatever its
+// order; one further below the high water than the window is taken as a
+// re-send unchecked (agents never let a first copy come that late;
+// counted in freeway_puma_dedup_below_window_total as well as in
+// freeway_puma_duplicates_total). A key whose entries all came in order
+// keeps no window. Only the agent id, before the first "/", is ever logged. A new
 // incarnation whose first entry is at or below the high water of another
 // incarnation of the same agent id (a queue restored from a backup, or
 // copied to a second host) is counted in freeway_puma_sequence_regressions_total
@@ -125,7 +134,16 @@
 // stock Scribe clients have no sequence and are counted once per copy
 // that reaches the dfs. The commit row keeps the high waters in the map
 // the code before wrote (high_water), with the keys' last-seen times in a
-// list beside it, so that either version reads the other's rows.
+// list beside it, so that either version reads the other's rows. A key's
+// window is a row of its own (d/<category>/<bucket>/<key>, 2 to 8 KiB),
+// written like a cell at the epoch of a checkpoint that changed it, read
+// as of the committed epoch and deleted after the commit that forgets its
+// key (a backfill keeps its own, under d/<category>/<bucket>/0xff<app>/);
+// a key without one (rows of the code before windows) counts every
+// number up to its high water as seen. The code before reads the commit
+// rows of this one and ignores the windows (so, downgraded while agents
+// kept several batches in flight, it could skip entries that came out of
+// order).
 //
 // Bad lines. No single line can move an app's watermark far: an event
 // time more than the app's max_future ahead of its block's arrival time
@@ -196,7 +214,7 @@
 //
 // What survives a crash: everything up to the last commit (cells of every
 // span with their sketches, position, high waters with their last-seen
-// times, watermarks, eviction horizons, backfills' progress); what came after is read again from the bucket files,
+// times and windows, watermarks, eviction horizons, backfills' progress); what came after is read again from the bucket files,
 // and since a state reads back exactly as it was, the answers are those
 // the node would have given without the crash. Counters and samples of
 // rejected lines live in memory only.

@@ -2,8 +2,6 @@ package puma
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -15,9 +13,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/store"
-	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 )
 
 // evictApps are the apps of the eviction tests, on one category: orders
@@ -167,27 +163,9 @@ func TestEvictClosedWindows(t *testing.T) {
 		testEvict(t, e, e.st, "orders", f)
 	})
 	t.Run("hbase", func(t *testing.T) {
-		addr := enginetest.Addr(t, enginetest.HBase)
-		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		b := make([]byte, 4)
-		_, _ = crand.Read(b)
-		category := "evict_" + hex.EncodeToString(b)
-		t.Cleanup(func() { deleteCategory(t, st, category) })
+		st, category := hbaseCategory(t, "evict_")
 		testEvict(t, newEnv(t), st, category, evictFeed{windows: 24, keys: 300})
 	})
-}
-
-func deleteCategory(t *testing.T, st store.Store, category string) {
-	ctx := context.Background()
-	for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/"} {
-		if err := st.DeleteUpTo(ctx, "puma", prefix, store.PrefixEnd(prefix), math.MaxInt64-1); err != nil {
-			t.Errorf("clean up %s: %v", prefix, err)
-		}
-	}
 }
 
 func testEvict(t *testing.T, e *env, st store.Store, category string, f evictFeed) {

@@ -2,17 +2,12 @@ package puma
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"math"
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/apps"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
-	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -27,23 +22,7 @@ func TestStaleOwnerFenced(t *testing.T) {
 		checkStaleOwnerFenced(t, e, e.st, "orders")
 	})
 	t.Run("hbase", func(t *testing.T) {
-		addr := enginetest.Addr(t, enginetest.HBase)
-		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		b := make([]byte, 4)
-		rand.Read(b)
-		category := "fence_" + hex.EncodeToString(b)
-		t.Cleanup(func() {
-			ctx := context.Background()
-			for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/"} {
-				if err := st.DeleteUpTo(ctx, "puma", prefix, store.PrefixEnd(prefix), math.MaxInt64-1); err != nil {
-					t.Errorf("clean up %s: %v", prefix, err)
-				}
-			}
-		})
+		st, category := hbaseCategory(t, "fence_")
 		checkStaleOwnerFenced(t, newEnv(t), st, category)
 	})
 }

@@ -2,9 +2,12 @@ package puma
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,10 +24,12 @@ import (
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/enginetest"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
+	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
@@ -307,3 +312,30 @@ func equalRows(t testing.TB, what string, got, want []string) {
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// hbaseCategory opens the test HBase (skipping without one, as
+// enginetest does) and returns it with a category of this run's own,
+// named prefix plus random hex: one table serves every run (tables are
+// not dropped), and the category's commit, cell and deduplication rows
+// are deleted when the test ends.
+func hbaseCategory(t *testing.T, prefix string) (store.Store, string) {
+	t.Helper()
+	addr := enginetest.Addr(t, enginetest.HBase)
+	st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := make([]byte, 4)
+	_, _ = crand.Read(b)
+	category := prefix + hex.EncodeToString(b)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, p := range []string{"c/" + category + "/", "s/" + category + "/", "d/" + category + "/"} {
+			if err := st.DeleteUpTo(ctx, "puma", p, store.PrefixEnd(p), math.MaxInt64-1); err != nil {
+				t.Errorf("clean up %s: %v", p, err)
+			}
+		}
+	})
+	return st, category
+}

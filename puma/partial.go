@@ -128,30 +128,16 @@ func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, e
 		return nil, err
 	}
 	cat := app.Spec.Category
-	var shards []*shard
-	var answered []int
-	var missing []MissingShard
-	p.mu.RLock()
 	for _, b := range buckets {
 		if b < 0 || b >= p.deps.Buckets(cat) {
-			p.mu.RUnlock()
 			return nil, badQuery("bucket %d is not a bucket of category %s", b, cat)
 		}
-		id := shardID{cat, b}
-		if s, ok := p.shards[id]; ok && isReady(s) {
-			shards = append(shards, s)
-			s.mu.RLock()
-			why := s.incomplete(app, q.FromMs)
-			s.mu.RUnlock()
-			if why != "" {
-				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
-			}
-			continue
-		}
-		st := p.status(id)
-		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: st.State, Error: st.Error})
 	}
-	p.mu.RUnlock()
+	if buckets == nil {
+		buckets = []int{} // none asked: none answered, not all
+	}
+	shards, missing := p.queryShards(app, buckets, q.FromMs)
+	var answered []int
 	m := newMerger(pl)
 	var watermark int64
 	for _, s := range shards {

@@ -698,6 +698,7 @@ func (p *Puma) Ready() bool { return p.Readiness().Ready }
 type metrics struct {
 	entries           prometheus.Counter
 	duplicates        prometheus.Counter
+	belowWindow       prometheus.Counter
 	checkpoints       prometheus.Counter
 	checkpointErrors  prometheus.Counter
 	readErrors        prometheus.Counter
@@ -715,6 +716,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 	m := &metrics{
 		entries:           prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_entries_total", Help: "Entries applied to the aggregation tables."}),
 		duplicates:        prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_duplicates_total", Help: "Re-sent agent entries skipped because they were counted already."}),
+		belowWindow:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_dedup_below_window_total", Help: "Agent entries skipped as re-sends because their sequence number was too far below the highest seen (segment.SeqWindow) to be checked: zero unless an agent broke its in-flight bound (then they were entries lost). Also in freeway_puma_duplicates_total."}),
 		checkpoints:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoints_total", Help: "Checkpoints committed."}),
 		checkpointErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_checkpoint_errors_total", Help: "Checkpoints that failed (retried)."}),
 		readErrors:        prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_read_errors_total", Help: "Errors reading bucket files (retried)."}),
@@ -730,7 +732,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.entries, m.duplicates, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
+	reg.MustRegister(m.entries, m.duplicates, m.belowWindow, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
 	reg.MustRegister(&tableCollector{p: p}, &evictCollector{p: p}, m.evictions)
 	return m
 }

@@ -481,6 +481,39 @@ func siftDown(h []keyed, i int, less func(a, b keyed) int) {
 	}
 }
 
+// queryShards returns the shards of app's category running on this node
+// among buckets (nil: all of them), and the others, with their state, as
+// missing; a running shard whose state lacks part of the range from
+// fromMs is returned and listed as incomplete as well.
+func (p *Puma) queryShards(app *apps.App, buckets []int, fromMs int64) ([]*shard, []MissingShard) {
+	cat := app.Spec.Category
+	if buckets == nil {
+		for b := 0; b < p.deps.Buckets(cat); b++ {
+			buckets = append(buckets, b)
+		}
+	}
+	var shards []*shard
+	var missing []MissingShard
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, b := range buckets {
+		id := shardID{cat, b}
+		if s, ok := p.shards[id]; ok && isReady(s) {
+			shards = append(shards, s)
+			s.mu.RLock()
+			why := s.incomplete(app, fromMs)
+			s.mu.RUnlock()
+			if why != "" {
+				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
+			}
+			continue
+		}
+		st := p.status(id)
+		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: st.State, Error: st.Error})
+	}
+	return shards, missing
+}
+
 // Query answers from memory: fresh, including what is not yet committed.
 // It covers the shards running on this node; the answer lists the others
 // of the app's category (recovering, failed, or held elsewhere) in
@@ -494,26 +527,8 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var shards []*shard
-	var missing []MissingShard
 	cat := app.Spec.Category
-	p.mu.RLock()
-	for b := 0; b < p.deps.Buckets(cat); b++ {
-		id := shardID{cat, b}
-		if s, ok := p.shards[id]; ok && isReady(s) {
-			shards = append(shards, s)
-			s.mu.RLock()
-			why := s.incomplete(app, q.FromMs)
-			s.mu.RUnlock()
-			if why != "" {
-				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
-			}
-			continue
-		}
-		st := p.status(id)
-		missing = append(missing, MissingShard{Category: cat, Bucket: b, State: st.State, Error: st.Error})
-	}
-	p.mu.RUnlock()
+	shards, missing := p.queryShards(app, nil, q.FromMs)
 	m := newMerger(pl)
 	asOf := AsOf{TimeMs: p.deps.Now().UnixMilli()}
 	if len(shards) == 0 {

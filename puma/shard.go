@@ -41,6 +41,7 @@ type shard struct {
 	tables    []*table
 	pos       ptail.Position
 	highWater *dedup // per agent key
+	parse     *lineParse
 	dups      uint64
 	entries   uint64
 	gap       *gap // what the state lacks, nil when whole; replaced, never changed in place
@@ -85,6 +86,7 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 		}
 		s.tables = append(s.tables, t)
 	}
+	s.parse = newLineParse(s.tables)
 	return s, nil
 }
 
@@ -215,26 +217,26 @@ func (s *shard) apply(b *segment.Block, pos ptail.Position) {
 			s.p.m.forgottenCap.Add(float64(evicted))
 		}
 	}
-	var dups, n uint64
+	var dups, below, n uint64
 	for i, msg := range b.Messages {
 		if key != nil {
-			seq := b.Seqs[i]
-			if seq <= key.seq {
+			if v := s.highWater.admit(key, b.Seqs[i]); v != seqNew {
 				dups++
+				if v == seqBelow {
+					below++
+				}
 				continue
 			}
-			key.seq = seq
 		}
 		n++
-		for _, t := range s.tables {
-			t.apply(msg, bt)
-		}
+		s.applyLine(msg, bt)
 	}
 	s.pos = pos
 	s.dups += dups
 	s.entries += n
 	s.p.m.entries.Add(float64(n))
 	s.p.m.duplicates.Add(float64(dups))
+	s.p.m.belowWindow.Add(float64(below))
 }
 
 // snapshot runs fn with the shard's tables read-locked.

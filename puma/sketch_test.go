@@ -2,8 +2,6 @@ package puma
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,10 +16,8 @@ import (
 	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/store"
-	"github.com/freeway-dev/freeway/internal/store/hbasestore"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
@@ -323,23 +319,7 @@ func TestSketchRecovery(t *testing.T) {
 		checkSketchRecovery(t, e, e.st, "visits")
 	})
 	t.Run("hbase", func(t *testing.T) {
-		addr := enginetest.Addr(t, enginetest.HBase)
-		st, err := hbasestore.Open("hbase://" + addr + "/fwtest_puma_")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		b := make([]byte, 4)
-		crand.Read(b)
-		category := "sketch_" + hex.EncodeToString(b)
-		t.Cleanup(func() {
-			ctx := context.Background()
-			for _, prefix := range []string{"c/" + category + "/", "s/" + category + "/"} {
-				if err := st.DeleteUpTo(ctx, "puma", prefix, store.PrefixEnd(prefix), math.MaxInt64-1); err != nil {
-					t.Errorf("clean up %s: %v", prefix, err)
-				}
-			}
-		})
+		st, category := hbaseCategory(t, "sketch_")
 		checkSketchRecovery(t, newEnv(t), st, category)
 	})
 }

@@ -316,6 +316,13 @@ func (t *table) apply(line []byte, bt blockTime) {
 		return // the backfill builds every span
 	}
 	ex, err := t.extractor.Extract(line, bt.arrivalMs)
+	t.applyExtracted(line, bt, ex, err)
+}
+
+// applyExtracted is apply with the line extracted already (by the
+// table's own parse, or a parse shared with the other apps of the
+// category: parse.go).
+func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, err error) {
 	if err != nil {
 		switch {
 		case errors.Is(err, apps.ErrFiltered):

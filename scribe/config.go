@@ -42,6 +42,11 @@ type Config struct {
 	BatchBytes config.ByteSize `yaml:"batch_bytes"`
 	// BatchEntries bounds the entries of one LogBatch.
 	BatchEntries int `yaml:"batch_entries"`
+	// MaxInFlight bounds the batches sent upstream and not yet
+	// acknowledged, each on a connection of its own; 1 sends one batch at
+	// a time, in order. Batches in flight together also stay within
+	// segment.SeqWindow sequence numbers of each other.
+	MaxInFlight int `yaml:"max_in_flight"`
 	// SegmentBytes is the size of the queue's segment files.
 	SegmentBytes config.ByteSize `yaml:"segment_bytes"`
 	// UpstreamTimeout bounds connecting to and one call on calligraphus.
@@ -71,6 +76,7 @@ const (
 	frameLimit    = 16 << 20
 	maxBatchBytes = frameLimit - 64<<10
 	maxBatchCount = 1 << 20 // the ports' container limit
+	maxInFlight   = 64      // connections per agent to its upstream
 )
 
 // DefaultConfig returns the defaults: listen on 127.0.0.1:1463, ship to
@@ -83,6 +89,7 @@ func DefaultConfig() Config {
 		MaxMessageBytes:  1 << 20,
 		BatchBytes:       1 << 20,
 		BatchEntries:     10000,
+		MaxInFlight:      4,
 		SegmentBytes:     64 << 20,
 		UpstreamTimeout:  config.Duration(30 * time.Second),
 		RetryMin:         config.Duration(50 * time.Millisecond),
@@ -134,6 +141,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchEntries <= 0 || c.BatchEntries > maxBatchCount {
 		bad("batch_entries", "must be between 1 and %d", maxBatchCount)
+	}
+	if c.MaxInFlight < 1 || c.MaxInFlight > maxInFlight {
+		bad("max_in_flight", "must be between 1 and %d", maxInFlight)
 	}
 	if c.SegmentBytes < 4<<10 {
 		bad("segment_bytes", "must be at least 4KiB")

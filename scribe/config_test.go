@@ -30,6 +30,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.BatchBytes = 16 << 20 }, "agent.batch_bytes: must be at most 16320KiB, below the 16MiB Thrift frame limit"},
 		{func(c *Config) { c.MaxMessageBytes = 2 << 20 }, "agent.max_message_bytes: must not exceed agent.batch_bytes (1MiB)"},
 		{func(c *Config) { c.BatchEntries = 0 }, "agent.batch_entries: must be between 1 and"},
+		{func(c *Config) { c.MaxInFlight = 0 }, "agent.max_in_flight: must be between 1 and 64"},
+		{func(c *Config) { c.MaxInFlight = 65 }, "agent.max_in_flight: must be between 1 and 64"},
 		{func(c *Config) { c.SegmentBytes = 100 }, "agent.segment_bytes: must be at least 4KiB"},
 		{func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "agent.retry_max: must be at least agent.retry_min (50ms)"},
 		{func(c *Config) { c.TailPollInterval = 0 }, "agent.tail_poll_interval: must be positive"},
@@ -82,6 +84,7 @@ max_queue_bytes: 2GiB
 max_message_bytes: 64KiB
 batch_bytes: 4MiB
 batch_entries: 20000
+max_in_flight: 8
 retry_max: 10s
 max_call_bytes: 128MiB
 max_connections: 50
@@ -102,6 +105,7 @@ tail:
 	want.MaxMessageBytes = 64 << 10
 	want.BatchBytes = 4 << 20
 	want.BatchEntries = 20000
+	want.MaxInFlight = 8
 	want.RetryMax = want.RetryMax * 2
 	want.MaxCallBytes = 128 << 20
 	want.MaxConnections = 50

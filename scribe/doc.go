@@ -45,13 +45,15 @@
 // start.
 //
 // A shipper reads the queue in order and sends it upstream with LogBatch,
-// one batch in flight at a time, to the first address of Config.Upstream
-// that answers (the next one on connection errors) or, when Upstream is
-// the writers' coordinator URL (zk://host:port/root), to the live writers
-// of the layout.WriterMembers group in turn, a batch each (watched; a
-// writer that goes away costs the batch a retry to the next; with none
-// live the queue is kept, freeway_agent_upstream_writers is 0 and the
-// agent is not ready), over the process's
+// up to Config.MaxInFlight batches in flight (4; each on a connection of
+// its own, since a Thrift connection carries one call at a time), to the
+// first address of Config.Upstream that answers (the next one on
+// connection errors) or, when Upstream is the writers' coordinator URL
+// (zk://host:port/root), to the live writers of the layout.WriterMembers
+// group in turn, a batch each (watched; a writer that goes away costs
+// the batch a retry to the next; with none live the queue is kept,
+// freeway_agent_upstream_writers is 0 and the agent is not ready), over
+// the process's
 // TLS when it has one (verifying the writer against tls.ca_file and the
 // address's host, offering the agent's certificate when asked: a writer
 // verifying client certificates honours sequence numbers only from
@@ -71,7 +73,13 @@
 // with capped exponential backoff and jitter (RetryMin to RetryMax),
 // reconnecting as needed; nothing is ever skipped. Only after OK does the
 // queue's acknowledged position advance (fsynced) and fully shipped
-// segment files get deleted. An upstream that answers LogBatch with
+// segment files get deleted, and only over the batches, oldest first,
+// that were answered OK: a batch answered OK behind one still retried
+// waits for it. Batches in flight together may reach a writer in any
+// order; Puma's seen-window takes that as long as no entry comes more
+// than segment.SeqWindow (65536) numbers behind a later one, so a batch
+// other than the oldest in flight is sent only while it ends at most
+// SeqWindow numbers past the oldest's first. An upstream that answers LogBatch with
 // "unknown method" (a stock Scribe server) gets Log instead, which loses
 // the deduplication (at-least-once).
 //
@@ -79,12 +87,12 @@
 //
 // Everything acknowledged OK to an app: it was fsynced before the answer.
 // After a restart the shipper starts at the acknowledged position, so it
-// re-sends at most the batch that was in flight, with its original
+// re-sends at most the batches that were in flight, with their original
 // incarnation and sequence numbers; calligraphus stores them with the
-// entries and Puma drops what is at or below the high-water mark of that
-// agent id and incarnation, so from an app's OK to the aggregates the path
-// is exactly-once. This relies on each incarnation's entries reaching a
-// bucket in increasing order, which the single batch in flight
+// entries and Puma drops those it has seen of that agent id and
+// incarnation, so from an app's OK to the aggregates the path is
+// exactly-once. This relies on no entry reaching a bucket more than
+// segment.SeqWindow numbers after a later one, which the bound above
 // guarantees. Entries queued by an agent before incarnations existed (a
 // v1 queue segment) are sent without one, and keep deduplicating against
 // what the old agent shipped. A write torn by a crash (never

@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -45,9 +47,21 @@ type fakeUpstream struct {
 	calls  []*scribethrift.Batch // every LogBatch (and Log, as a batch with seq 0)
 	ok     []*scribethrift.Batch // those answered OK
 	answer func(n int, b *scribethrift.Batch) (scribethrift.ResultCode, error)
+	// gate, if set, runs at the start of every call outside mu (it may
+	// block, so that calls overlap); active counts the calls inside it.
+	gate      func(b *scribethrift.Batch)
+	active    atomic.Int64
+	maxActive atomic.Int64
 }
 
 func (u *fakeUpstream) LogBatch(_ context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
+	if u.gate != nil {
+		n := u.active.Add(1)
+		for m := u.maxActive.Load(); n > m && !u.maxActive.CompareAndSwap(m, n); m = u.maxActive.Load() {
+		}
+		u.gate(b)
+		u.active.Add(-1)
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	n := len(u.calls)
@@ -98,13 +112,19 @@ func (u *fakeUpstream) received(t testing.TB) []got {
 }
 
 // pumaCounts replays what upstream answered OK through Puma's
-// deduplication (per agent id and incarnation, an entry at or below the
-// high-water sequence number is dropped) and counts each message that
+// deduplication (per agent id and incarnation, an entry whose sequence
+// number was seen is dropped, and so is one more than segment.SeqWindow
+// below the highest seen, unchecked) and counts each message that
 // survives.
 func (u *fakeUpstream) pumaCounts() map[string]int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	hw := map[string]int64{}
+	type id struct {
+		key string
+		seq int64
+	}
+	seen := map[id]bool{}
+	top := map[string]int64{}
 	n := map[string]int{}
 	for _, b := range u.ok {
 		key := b.AgentID
@@ -114,10 +134,11 @@ func (u *fakeUpstream) pumaCounts() map[string]int {
 		for i, e := range b.Messages {
 			if b.FirstSeq != 0 {
 				seq := b.FirstSeq + int64(i)
-				if seq <= hw[key] {
+				if seen[id{key, seq}] || seq <= top[key]-segment.SeqWindow {
 					continue
 				}
-				hw[key] = seq
+				seen[id{key, seq}] = true
+				top[key] = max(top[key], seq)
 			}
 			n[string(e.Message)]++
 		}
@@ -206,6 +227,9 @@ func testConfig(dir string, upstream ...string) Config {
 	cfg.RetryMax = config.Duration(20 * time.Millisecond)
 	cfg.TailPollInterval = config.Duration(2 * time.Millisecond)
 	cfg.UpstreamTimeout = config.Duration(10 * time.Second)
+	// One batch in flight: most tests check the order upstream sees;
+	// inflight_test.go has the others.
+	cfg.MaxInFlight = 1
 	return cfg
 }
 

@@ -3,12 +3,14 @@ package scribe
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/apache/thrift/lib/go/thrift"
 
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -26,12 +28,154 @@ type upstream struct {
 // errNoLogBatch is a peer's UNKNOWN_METHOD answer to LogBatch.
 var errNoLogBatch = errors.New("upstream has no LogBatch")
 
-// ship sends the queue upstream in order, one batch in flight: read a
-// batch, send it until an upstream answers OK (retrying TRY_LATER and
-// errors with backoff, moving to the next address of its source on
-// errors, and after each batch when it spreads), then acknowledge it in the
-// queue. It never skips a batch.
+// flight is a batch read from the queue and handed to a sender; done is
+// closed once an upstream answered OK.
+type flight struct {
+	b    diskqueue.Batch
+	req  *scribethrift.Batch
+	done chan struct{}
+}
+
+// ship sends the queue upstream with up to MaxInFlight batches in flight,
+// each on a connection of its own (a Thrift connection carries one call
+// at a time), and acknowledges them in the queue in order: the
+// acknowledged position advances only over the batches, oldest first,
+// that an upstream answered OK. A batch is sent until an upstream answers
+// OK; nothing is ever skipped.
+//
+// Batches in flight together may reach a writer, and a bucket, in any
+// order, which Puma's seen-window takes (its numbers within
+// segment.SeqWindow of each other): a batch other than the oldest in
+// flight is sent only while it ends at most SeqWindow past the oldest's
+// first number, so that an entry never reaches a bucket after one
+// SeqWindow above it.
 func (a *Agent) ship(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	work := make(chan *flight)
+	for range a.cfg.MaxInFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.sender(ctx, work)
+		}()
+	}
+	batches := make(chan diskqueue.Batch)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.readQueue(ctx, batches)
+		cancel() // the queue was closed: nothing more to ship
+	}()
+
+	var (
+		window []*flight // sent, not yet acknowledged, oldest first
+		next   *flight   // read, not yet sent
+		bo     = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
+	)
+	for {
+		if next != nil && len(window) < a.cfg.MaxInFlight &&
+			(len(window) == 0 || next.b.End()-window[0].b.First <= segment.SeqWindow) {
+			select {
+			case work <- next:
+				window = append(window, next)
+				next = nil
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		var (
+			oldest <-chan struct{}
+			read   <-chan diskqueue.Batch
+		)
+		if len(window) > 0 {
+			oldest = window[0].done
+		}
+		if next == nil {
+			read = batches
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case b := <-read:
+			next = &flight{b: b, req: batchRequest(a.q.ID(), b), done: make(chan struct{})}
+			continue
+		case <-oldest:
+		}
+		// The oldest is upstream, and perhaps some after it: acknowledge
+		// them all at once, retrying a failed write of the position (a full
+		// disk) rather than stopping. Should the agent stop first, they are
+		// sent again with the same identity and deduplicated.
+		n := 1
+		for n < len(window) && isDone(window[n].done) {
+			n++
+		}
+		last := window[n-1].b
+		for {
+			err := a.q.Ack(last)
+			if err == nil {
+				break
+			}
+			a.c.queueErrors.Add(1)
+			a.rl.Error("queue ack failed", "acknowledging a shipped batch in the queue failed, retrying", "err", err)
+			if !sleep(ctx, a.clock, bo.Next()) {
+				return nil
+			}
+		}
+		bo.Reset()
+		for _, f := range window[:n] {
+			a.c.shipped.Add(int64(len(f.b.Entries)))
+			a.c.batches.Add(1)
+		}
+		window = append(window[:0], window[n:]...)
+	}
+}
+
+func isDone(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// readQueue reads batches from the queue in order and hands them to
+// ship until ctx ends or the queue is closed.
+func (a *Agent) readQueue(ctx context.Context, out chan<- diskqueue.Batch) {
+	bo := backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
+	for {
+		b, err := a.q.Read(ctx, int(a.cfg.BatchBytes), a.cfg.BatchEntries)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, diskqueue.ErrClosed) {
+				return
+			}
+			// A read error (EIO, say) may pass; keep the agent up.
+			a.c.queueErrors.Add(1)
+			a.rl.Error("queue read failed", "reading the agent queue failed, retrying", "err", err)
+			if !sleep(ctx, a.clock, bo.Next()) {
+				return
+			}
+			continue
+		}
+		bo.Reset()
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// sender sends the batches it is given, one at a time on its own
+// connection, each until an upstream answers OK (retrying TRY_LATER and
+// errors with backoff, moving to the next address of its source on
+// errors, and after each batch when the source spreads: the live writers
+// of a coordinator URL upstream).
+func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 	var (
 		src     = a.source()
 		up      *upstream
@@ -48,20 +192,13 @@ func (a *Agent) ship(ctx context.Context) error {
 		pool.closeAll()
 	}()
 	for {
-		b, err := a.q.Read(ctx, int(a.cfg.BatchBytes), a.cfg.BatchEntries)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, diskqueue.ErrClosed) {
-				return nil
-			}
-			// A read error (EIO, say) may pass; keep the agent up.
-			a.c.queueErrors.Add(1)
-			a.rl.Error("queue read failed", "reading the agent queue failed, retrying", "err", err)
-			if !sleep(ctx, a.clock, bo.Next()) {
-				return nil
-			}
-			continue
+		var f *flight
+		select {
+		case f = <-work:
+		case <-ctx.Done():
+			return
 		}
-		req := batchRequest(a.q.ID(), b)
+		req := f.req
 		for {
 			if up == nil {
 				addr, err := again, error(nil)
@@ -72,7 +209,7 @@ func (a *Agent) ship(ctx context.Context) error {
 				if err != nil { // no writer live: keep the queue
 					failing = a.shipFailed(failing, "", err)
 					if !sleep(ctx, a.clock, bo.Next()) {
-						return nil
+						return
 					}
 					continue
 				}
@@ -86,16 +223,16 @@ func (a *Agent) ship(ctx context.Context) error {
 					src.failed(addr)
 					failing = a.shipFailed(failing, addr, err)
 					if !sleep(ctx, a.clock, bo.Next()) {
-						return nil
+						return
 					}
 					continue
 				}
 			}
-			a.c.inFlight.Store(1)
+			a.c.inFlight.Add(1)
 			rc, err := up.send(ctx, req)
-			a.c.inFlight.Store(0)
+			a.c.inFlight.Add(-1)
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			if err == nil && rc == scribethrift.ResultCode_OK {
 				break
@@ -116,10 +253,10 @@ func (a *Agent) ship(ctx context.Context) error {
 				up = nil
 			} else {
 				a.c.tryLaterRecv.Add(1)
-				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", b.First)
+				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", f.b.First)
 			}
 			if !sleep(ctx, a.clock, bo.Next()) {
-				return nil
+				return
 			}
 		}
 		bo.Reset()
@@ -132,24 +269,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			pool.put(up, src, a.clock.Now()) // the next batch goes to the next writer
 			up = nil
 		}
-		// Upstream has the batch: acknowledge it, retrying a failed write
-		// of the position (a full disk) rather than stopping. Should the
-		// agent stop first, the batch is sent again with the same
-		// identity and deduplicated.
-		for {
-			err := a.q.Ack(b)
-			if err == nil {
-				break
-			}
-			a.c.queueErrors.Add(1)
-			a.rl.Error("queue ack failed", "acknowledging a shipped batch in the queue failed, retrying", "err", err)
-			if !sleep(ctx, a.clock, bo.Next()) {
-				return nil
-			}
-		}
-		bo.Reset()
-		a.c.shipped.Add(int64(len(b.Entries)))
-		a.c.batches.Add(1)
+		close(f.done)
 	}
 }
 

@@ -23,10 +23,11 @@ import (
 // while it answers), or a coordinator URL (zk://host:port[,host:port]/root,
 // the writers' coord): the agent then watches the group of live writers
 // (layout.WriterMembers, each member's data the Scribe address it
-// advertises) and sends each batch to the next of them in turn. A batch
-// is still one in flight at a time, so entries reach their buckets in
-// sequence order whichever writers carry them; a writer that dies costs
-// the batch it was sending one retry to the next writer.
+// advertises) and sends each batch to the next of them in turn. Each
+// sender (agent.max_in_flight of them) does so on connections of its
+// own; the batches may reach a bucket out of order through different
+// writers, within Puma's seen-window as with one writer. A writer that
+// dies costs the batch it was sending one retry to the next writer.
 
 // errNoWriter: the coord group of writers is empty (or not read yet).
 var errNoWriter = errors.New("no live writer")
@@ -54,9 +55,9 @@ type upstreamSource interface {
 	failed(addr string)
 }
 
-// source is the upstreamSource of one shipper: the live writers (shared;
+// source is the upstreamSource of one sender: the live writers (shared;
 // safe for concurrent use), or the list of agent.upstream with a position
-// of its own, so that each shipper starts at the first address.
+// of its own, so that each sender starts at the first address.
 func (a *Agent) source() upstreamSource {
 	if a.members != nil {
 		return a.members
@@ -247,7 +248,7 @@ func registerUpstreamMetrics(reg prometheus.Registerer, s *memberSource) error {
 const poolIdle = time.Minute
 
 // connPool keeps one idle connection per writer between its turns
-// (spread sources): used by the shipper goroutine only.
+// (spread sources): each sender goroutine has its own.
 type connPool map[string]pooled
 
 type pooled struct {

@@ -143,12 +143,18 @@ func (a *App) NewExtractor() *Extractor {
 // without a time field. The result is valid until the next call. Errors:
 // ErrParse, ErrFiltered, ErrBadTime (wrapped).
 func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
-	a := x.app
 	x.rec.reset()
 	if err := x.parser.parse(line, x.rec); err != nil {
 		return nil, err
 	}
-	if a.where != nil && !a.where.eval(x.rec) {
+	return x.ExtractRecord(x.rec, arrivalMs)
+}
+
+// ExtractRecord is Extract from a record a SharedParser of the app's
+// group parsed: the app's own fields are read from it by name.
+func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, error) {
+	a := x.app
+	if a.where != nil && !a.where.eval(rec) {
 		return nil, ErrFiltered
 	}
 	out := &x.out
@@ -157,7 +163,7 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 		return nil, fmt.Errorf("%w: no arrival time (%d)", ErrBadTime, arrivalMs)
 	}
 	if a.timeField != "" {
-		v, ok := x.rec.Get(a.timeField)
+		v, ok := rec.Get(a.timeField)
 		if !ok {
 			return nil, fmt.Errorf("%w: no field %q", ErrBadTime, a.timeField)
 		}
@@ -169,7 +175,7 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 	}
 	x.keyBuf = x.keyBuf[:0]
 	for _, g := range a.Spec.GroupBy {
-		v, _ := x.rec.Get(g) // a missing field groups as ""
+		v, _ := rec.Get(g) // a missing field groups as ""
 		x.keyBuf = append(x.keyBuf, v.String())
 	}
 	out.Key = EncodeKey(x.keyBuf)
@@ -178,7 +184,7 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 			out.Inputs[i] = Input{Present: true}
 			continue
 		}
-		v, ok := x.rec.Get(ag.Field)
+		v, ok := rec.Get(ag.Field)
 		out.Inputs[i] = Input{Value: v, Present: ok}
 	}
 	return out, nil

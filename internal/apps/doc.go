@@ -2,7 +2,12 @@
 // YAML, and turns each into what the data path runs: a parser that pulls
 // the fields an app needs out of a log line (json, regex, tsv, logfmt), its
 // event time, its where filter, its group key, and the shard key that
-// calligraphus routes a category by.
+// calligraphus routes a category by. Apps of one category that read lines
+// alike (ParseGroups: every JSON or logfmt app, regex apps of one
+// pattern, TSV apps of one separator and column list) can share one parse
+// per line (SharedParser, over the union of their fields), each then
+// extracting its own fields from the record (Extractor.ExtractRecord)
+// exactly as from its own parse.
 //
 // An event time must be a moment after 1970 that fits in int64 ms: NaN,
 // infinities, zero, negative and overflowing values are ErrBadTime, never

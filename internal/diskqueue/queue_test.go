@@ -457,3 +457,37 @@ func TestLargeRecords(t *testing.T) {
 		t.Fatalf("MaxRecordBytes %d is below 257 MiB", MaxRecordBytes)
 	}
 }
+
+// TestAckWhileReadWaits: the shipper acknowledges a batch while another
+// goroutine waits in Read for more (several batches in flight): the wait
+// must not hold the acknowledgement up.
+func TestAckWhileReadWaits(t *testing.T) {
+	q, _ := open(t, t.TempDir(), nil)
+	defer q.Close()
+	mustAppend(t, q, entries("a", 3))
+	b := read(t, q, 1<<20, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := q.Read(ctx, 1<<20, 10)
+		waiting <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the Read reach its wait (not an assertion)
+	acked := make(chan error, 1)
+	go func() { acked <- q.Ack(b) }()
+	select {
+	case err := <-acked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second): // a deadlock, not a slow machine
+		t.Fatal("Ack blocked while Read waited")
+	}
+	cancel()
+	if err := <-waiting; !errors.Is(err, context.Canceled) {
+		t.Fatalf("waiting read = %v", err)
+	}
+	if st := q.Stats(); st.Entries != 0 {
+		t.Fatalf("%d entries left after the ack", st.Entries)
+	}
+}

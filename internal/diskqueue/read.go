@@ -476,18 +476,20 @@ func (q *Queue) lose(sc *scanner, off int64, n uint64, cause error) {
 // (RecordSize summed) stay within maxBytes, except that a single entry is
 // returned whatever its size; it holds at most maxEntries entries, all of
 // one incarnation and consecutive. The entries' memory is not reused by
-// later reads.
+// later reads. It waits without holding the reader's lock, so that the
+// consumer may acknowledge batches read before meanwhile.
 func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, error) {
-	q.rmu.Lock()
-	defer q.rmu.Unlock()
 	for {
+		q.rmu.Lock()
 		q.mu.Lock()
 		v, closed := q.viewLocked(), q.closed
 		q.mu.Unlock()
 		if closed {
+			q.rmu.Unlock()
 			return Batch{}, ErrClosed
 		}
 		if q.r.seq >= v.avail {
+			q.rmu.Unlock()
 			select {
 			case <-q.wake:
 			case <-q.done:
@@ -497,6 +499,7 @@ func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, erro
 			continue
 		}
 		b, err := q.readAvailable(v, maxBytes, maxEntries)
+		q.rmu.Unlock()
 		if err != nil || len(b.Entries) > 0 {
 			return b, err
 		}

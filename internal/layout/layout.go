@@ -296,6 +296,12 @@ func PumaCellPrefix(category string, bucket int) string {
 	return "s/" + BucketDir(category, bucket) + "/"
 }
 
+// PumaWindowPrefix starts the rows of a Puma shard's deduplication
+// windows, one per agent key.
+func PumaWindowPrefix(category string, bucket int) string {
+	return "d/" + BucketDir(category, bucket) + "/"
+}
+
 // Label is a category as a metric label value: its encoded name, which
 // is bounded (MaxName bytes), ASCII (Prometheus refuses invalid UTF-8) and
 // still one series per category. A client cannot make a 4 MiB label.
