@@ -739,8 +739,9 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 	r.HeapMiB, r.RSSMiB = heap1/(1<<20), rss1/(1<<20)
 	log.Printf("cells: %.0f bytes of live heap and %.0f of RSS per cell (heap %.0f MiB, RSS %.0f MiB)", r.HeapBytes, r.RSSBytes, r.HeapMiB, r.RSSMiB)
 
-	// Queries over the cells: the API has no key filter and no order by
-	// value, so the nearest queries stand in for a point and a top-10.
+	// Queries over the cells: a point query (one key, where=) and a
+	// top-10 (order_by the sum, limit 10), then the merges.
+	pointKey := loadgen.KeyName(spec.Record(o.cells/2, 0).Key, spec.Keys)
 	to := strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)
 	from := strconv.FormatInt(start.Add(-time.Hour).Unix(), 10)
 	base := url.Values{"app": {"cells"}, "from": {from}, "to": {to}}
@@ -761,12 +762,12 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 		n      int
 		budget time.Duration
 	}{
-		{"first row (limit=1): nearest to a point query", with("limit", "1"), 200, 20 * time.Second},
-		{"first 10 rows (limit=10): nearest to a top-10", with("limit", "10"), 200, 20 * time.Second},
+		{"point query (where=key:" + pointKey + ")", with("where", "key:"+pointKey), 200, 20 * time.Second},
+		{"top-10 (order_by=total, limit=10)", with("order_by", "total", "limit", "10"), 200, 20 * time.Second},
 		{"all keys merged (group_by=, window=all): one row from every cell", with("group_by", "", "window", "all"), 50, 20 * time.Second},
 		{"every cell (no limit)", base, 3, 30 * time.Second},
 	}
-	profile("cells-queries.pprof", 15*time.Second) // the limit=1 and limit=10 queries
+	profile("cells-queries.pprof", 15*time.Second) // the point and top-10 queries
 	for _, q := range qs {
 		n := q.n
 		if smoke {
