@@ -12,6 +12,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
@@ -32,7 +33,10 @@ type Agent struct {
 	fb303 func() map[string]int64 // getCounters: c, read through the metrics
 	tails []*tailer
 	tls   *auth.TLS // the process's, for the upstream link
-	ran   atomic.Bool
+	// members are the live writers when upstream is a coordinator URL
+	// (nil otherwise); source hands each shipper its upstreamSource.
+	members *memberSource
+	ran     atomic.Bool
 }
 
 // Deps are what the agent needs from the wiring: the common ones only.
@@ -41,6 +45,11 @@ type Agent struct {
 // upstream with the TLS.
 type Deps struct {
 	component.Common
+	// Writers is the coordinator of Config.Upstream when that is a
+	// coordinator URL (CoordUpstream), opened by the wiring: the live
+	// writers are found in its layout.WriterMembers group. Unused
+	// otherwise.
+	Writers coord.Coord
 }
 
 // New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
@@ -74,7 +83,17 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		a.tails = append(a.tails, newTailer(a, tc))
 	}
 	own, reg := deps.OwnMetrics()
-	if err := registerMetrics(reg, a.c, q, a.tails); err != nil {
+	url, coordURL := CoordUpstream(cfg.Upstream)
+	if coordURL && deps.Writers == nil {
+		_ = q.Close()
+		return nil, config.Errorf("upstream", "is the coordinator URL %s, but no coordinator was opened for it", url)
+	}
+	err = registerMetrics(reg, a.c, q, a.tails)
+	if coordURL && err == nil {
+		a.members = newMemberSource(deps.Writers, url, q.ID(), cfg.UpstreamTimeout.D(), clk.Now)
+		err = registerUpstreamMetrics(reg, a.members)
+	}
+	if err != nil {
 		_ = q.Close()
 		return nil, fmt.Errorf("register agent metrics: %w", err)
 	}
@@ -149,6 +168,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		"id", a.q.ID(), "queue_entries", a.q.Stats().Entries, "tails", len(a.tails))
 	do(a.srv.Serve)
 	do(a.ship)
+	if a.members != nil {
+		do(a.watchWriters)
+	}
 	for _, t := range a.tails {
 		do(t.run)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
@@ -23,7 +24,9 @@ type Config struct {
 	// Listen is where apps connect (Scribe's conventional port is 1463).
 	Listen string `yaml:"listen"`
 	// Upstream are calligraphus addresses, tried in turn on connection
-	// errors.
+	// errors; or one coordinator URL, zk://host:port[,host:port]/root
+	// (the writers' coord), where the live writers are found: each batch
+	// then goes to the next of them in turn (see upstreams.go).
 	Upstream []string `yaml:"upstream"`
 	// QueueDir holds the disk queue, the agent's id and tail positions.
 	QueueDir string `yaml:"queue_dir"`
@@ -111,9 +114,15 @@ func (c *Config) Validate() error {
 	if len(c.Upstream) == 0 {
 		bad("upstream", "must list at least one calligraphus address")
 	}
-	for i, u := range c.Upstream {
-		if _, _, err := net.SplitHostPort(u); err != nil {
-			bad(fmt.Sprintf("upstream[%d]", i), "must be host:port, got %q", u)
+	if url, ok := CoordUpstream(c.Upstream); ok {
+		if !strings.HasPrefix(url, "zk://") && !strings.HasPrefix(url, "inproc://") {
+			bad("upstream", "a coordinator URL must be zk://host:port[,host:port]/root (or inproc://), got %q", url)
+		}
+	} else {
+		for i, u := range c.Upstream {
+			if _, _, err := net.SplitHostPort(u); err != nil {
+				bad(fmt.Sprintf("upstream[%d]", i), "must be host:port or a coordinator URL (zk://host:port/root), got %q", u)
+			}
 		}
 	}
 	if c.MaxQueueBytes <= 0 {

@@ -48,7 +48,12 @@
 // up to Config.MaxInFlight batches in flight (4; each on a connection of
 // its own, since a Thrift connection carries one call at a time), to the
 // first address of Config.Upstream that answers (the next one on
-// connection errors), over the process's
+// connection errors) or, when Upstream is the writers' coordinator URL
+// (zk://host:port/root), to the live writers of the layout.WriterMembers
+// group in turn, a batch each (watched; a writer that goes away costs
+// the batch a retry to the next; with none live the queue is kept,
+// freeway_agent_upstream_writers is 0 and the agent is not ready), over
+// the process's
 // TLS when it has one (verifying the writer against tls.ca_file and the
 // address's host, offering the agent's certificate when asked: a writer
 // verifying client certificates honours sequence numbers only from

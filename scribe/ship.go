@@ -172,11 +172,15 @@ func (a *Agent) readQueue(ctx context.Context, out chan<- diskqueue.Batch) {
 
 // sender sends the batches it is given, one at a time on its own
 // connection, each until an upstream answers OK (retrying TRY_LATER and
-// errors with backoff, moving to the next address on errors).
+// errors with backoff, moving to the next address of its source on
+// errors, and after each batch when the source spreads: the live writers
+// of a coordinator URL upstream).
 func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 	var (
+		src     = a.source()
 		up      *upstream
-		next    int // index into cfg.Upstream of the next address to dial
+		again   string // an address to dial again before asking src
+		pool    = connPool{}
 		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
 		plain   = map[string]bool{} // addresses without LogBatch
@@ -185,6 +189,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		if up != nil {
 			_ = up.c.Close() // shipping stopped; nothing to report to
 		}
+		pool.closeAll()
 	}()
 	for {
 		var f *flight
@@ -196,12 +201,26 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		req := f.req
 		for {
 			if up == nil {
-				addr := a.cfg.Upstream[next]
-				next = (next + 1) % len(a.cfg.Upstream)
+				addr, err := again, error(nil)
+				if again == "" {
+					addr, err = src.next()
+				}
+				again = ""
+				if err != nil { // no writer live: keep the queue
+					failing = a.shipFailed(failing, "", err)
+					if !sleep(ctx, a.clock, bo.Next()) {
+						return
+					}
+					continue
+				}
+				if up = pool.take(addr, a.clock.Now()); up != nil {
+					continue
+				}
 				c, err := a.dialUpstream(addr)
 				if err == nil {
 					up = &upstream{addr: addr, c: c, plainLog: plain[addr]}
 				} else {
+					src.failed(addr)
 					failing = a.shipFailed(failing, addr, err)
 					if !sleep(ctx, a.clock, bo.Next()) {
 						return
@@ -224,11 +243,11 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 				a.log.Warn("upstream has no batch call, falling back to plain log calls (at-least-once)", "upstream", up.addr)
 				plain[up.addr] = true
 				_ = up.c.Close() // reconnecting
-				up = nil
-				next = (next + len(a.cfg.Upstream) - 1) % len(a.cfg.Upstream)
+				again, up = up.addr, nil
 				continue
 			}
 			if err != nil {
+				src.failed(up.addr)
 				failing = a.shipFailed(failing, up.addr, err)
 				_ = up.c.Close() // reconnecting; the call error is counted and logged
 				up = nil
@@ -245,6 +264,10 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 			failing = false
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")
 			a.log.Info("upstream reachable again", "upstream", up.addr)
+		}
+		if src.spread() {
+			pool.put(up, src, a.clock.Now()) // the next batch goes to the next writer
+			up = nil
 		}
 		close(f.done)
 	}

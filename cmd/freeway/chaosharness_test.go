@@ -91,6 +91,8 @@ type harness struct {
 	hbase     string       // the Thrift2 gateway, and the prefix of the tables
 	prefix    string       // dropped after a successful run
 
+	buckets int // of the chaos category; 0: chaosBuckets
+
 	calls [][]*call            // per generator worker
 	final map[string]cellValue // the settled answer
 
@@ -219,10 +221,18 @@ apps:
     aggregates:
       - {name: n, fn: count}
       - {name: s, fn: sum, field: v}
-`, chaosBuckets, chaosApp, chaosCategory)
+`, h.nBuckets(), chaosApp, chaosCategory)
 	if err := os.WriteFile(h.cfgPath, []byte(cfg), 0o644); err != nil {
 		h.t.Fatal(err)
 	}
+}
+
+// nBuckets is the bucket count of the chaos category.
+func (h *harness) nBuckets() int {
+	if h.buckets > 0 {
+		return h.buckets
+	}
+	return chaosBuckets
 }
 
 func (h *harness) addProc(name, target, httpAddr, scribeAddr string, args ...string) *chaosProc {
@@ -508,7 +518,7 @@ func (h *harness) doFault(f fault) {
 		what := ""
 		if f.kind == faultLong {
 			what = fmt.Sprintf(", past the %s call and upstream timeouts", callTimeout)
-			if h.engines != "" {
+			if strings.HasPrefix(h.backend, "engines") {
 				what += fmt.Sprintf(" and the %s ZooKeeper session timeout", sessionTimeout)
 			}
 		}
@@ -892,8 +902,8 @@ func (h *harness) observe() observation {
 		ob.why = fmt.Sprintf("%g entries still in agent queues or in flight", queued)
 	case pending > 0:
 		ob.why = fmt.Sprintf("%g bytes pending in the writer", pending)
-	case len(shards) != chaosBuckets || multi > 0:
-		ob.why = fmt.Sprintf("shards running: %v (want each of %d once)", shards, chaosBuckets)
+	case len(shards) != h.nBuckets() || multi > 0:
+		ob.why = fmt.Sprintf("shards running: %v (want each of %d once)", shards, h.nBuckets())
 	case lag > 0:
 		ob.why = fmt.Sprintf("segment lag %g", lag)
 	case uncommitted > 0:

@@ -91,3 +91,29 @@ func TestBadFlagsAndTargets(t *testing.T) {
 		t.Errorf("version: %q %v", out, err)
 	}
 }
+
+// TestScaleOutCommandLine: the flags a split deployment (and its tests)
+// rely on, per target (issue 9's command line).
+func TestScaleOutCommandLine(t *testing.T) {
+	common := []string{"--dfs", "--store", "--coord", "--admin-listen", "--advertise", "--config", "--data-dir"}
+	for target, own := range map[string][]string{
+		"agent":        {"--agent.listen", "--agent.upstream"},
+		"calligraphus": {"--calligraphus.listen"},
+		"puma":         {"--puma.listen"},
+		"serving":      {"--serving.listen"},
+	} {
+		out, err := run(t, target, "--help")
+		if err != nil {
+			t.Fatalf("%s --help: %v", target, err)
+		}
+		for _, f := range append(own, common...) {
+			if !strings.Contains(out, f+" ") {
+				t.Errorf("freeway %s has no %s flag", target, f)
+			}
+		}
+	}
+	out, _ := run(t, "agent", "--help")
+	if !strings.Contains(out, "zk://host:port") {
+		t.Errorf("freeway agent --help does not say --agent.upstream takes a zk:// URL")
+	}
+}

@@ -217,63 +217,35 @@ func (c *Config) firstApp(category string) *apps.App {
 	return nil
 }
 
-// BucketsOf is the bucket count of a category.
+// BucketsOf is the bucket count of a category (the components read
+// Resolved.BucketsOf, the same rule).
 func (c *Config) BucketsOf(category string) int {
-	if cc, ok := c.Categories[category]; ok && cc.Buckets > 0 {
+	return bucketsOf(c.Categories, c.Buckets, category)
+}
+
+// bucketsOf is the rule: the category's declared buckets, else the
+// default.
+func bucketsOf(cats map[string]CategoryConfig, def int, category string) int {
+	if cc, ok := cats[category]; ok && cc.Buckets > 0 {
 		return cc.Buckets
 	}
-	return c.Buckets
+	return def
 }
 
 // CompiledApps compiles the apps (already validated).
 func (c *Config) CompiledApps() ([]*apps.App, error) {
-	var out []*apps.App
-	for i, s := range c.Apps {
-		a, err := apps.Compile(s, fmt.Sprintf("$.apps[%d]", i))
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, nil
-}
-
-// Routes says how calligraphus buckets each category consumed by an app:
-// by the category's declared shard key, else the first app's shard_key,
-// else its group_by.
-func (c *Config) Routes() (map[string]calligraphus.Route, error) {
-	compiled, err := c.CompiledApps()
+	r, err := c.Resolved()
 	if err != nil {
 		return nil, err
 	}
-	routes := map[string]calligraphus.Route{}
-	for name := range c.Categories {
-		routes[name] = calligraphus.Route{Buckets: c.BucketsOf(name)}
+	return r.Apps, nil
+}
+
+// Routes says how calligraphus buckets each category (Resolved.Routes).
+func (c *Config) Routes() (map[string]calligraphus.Route, error) {
+	r, err := c.Resolved()
+	if err != nil {
+		return nil, err
 	}
-	for _, a := range compiled {
-		cat := a.Spec.Category
-		if r, ok := routes[cat]; ok && r.NewKeyFunc != nil {
-			continue // the first app decides
-		}
-		fields := c.Categories[cat].ShardKey
-		if len(fields) == 0 {
-			fields = a.Spec.ShardKey
-		}
-		if len(fields) == 0 {
-			fields = a.Spec.GroupBy
-		}
-		r := calligraphus.Route{Buckets: c.BucketsOf(cat)}
-		if len(fields) > 0 {
-			app, keys := a, append([]string(nil), fields...)
-			r.NewKeyFunc = func() func([]byte) (string, error) {
-				return app.NewKeyExtractor(keys).Key
-			}
-			if a.Spec.Format == "json" {
-				// The writer reads these itself, without a full parse.
-				r.JSONFields = keys
-			}
-		}
-		routes[cat] = r
-	}
-	return routes, nil
+	return r.Routes, nil
 }

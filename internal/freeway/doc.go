@@ -4,8 +4,12 @@
 // every component on embedded backends; `freeway puma` (say) runs one
 // against whatever backends the URLs name.
 //
-// The wiring is data: modules.go lists each module with its dependencies
-// and how to build it, and each target is a list of modules. Segment
+// The wiring is data: modules.go lists how to build each module and
+// each target's modules; resolved.go what each module needs built first
+// (moduleNeeds: start order follows it, stop order is its reverse) and
+// the configuration resolved once (Resolved: compiled apps, the apps of
+// each category, bucket counts, routes), the one value every module
+// reads. Segment
 // retention (internal/retention) is a module of the targets all, puma
 // and copier (and of its own target): its consumers are built here from
 // the configuration (Puma for the categories of the apps, the copier for

@@ -34,7 +34,7 @@ func flagDefs() []flagDef {
 		{"auth.admin-token-file", "file of the admin bearer token required on /metrics, /debug/pprof/ and POST /admin/* (fb303 control calls are then refused)", nil, func(c *Config) any { return &c.Auth.AdminTokenFile }},
 		{"advertise", "host name or IP other processes reach this one by: published, with the port, for a listener bound to 0.0.0.0 or [::] (required then)", nil, func(c *Config) any { return &c.Advertise }},
 		{"agent.listen", "Scribe address apps log to", []string{Agent}, func(c *Config) any { return &c.Agent.Listen }},
-		{"agent.upstream", "calligraphus addresses the agent ships to (comma-separated; in \"all\", this process's writer)", []string{Agent}, func(c *Config) any { return &c.Agent.Upstream }},
+		{"agent.upstream", "calligraphus addresses the agent ships to (comma-separated; in \"all\", this process's writer), or the writers' coordinator URL zk://host:port[,host:port]/root, where the live writers are found", []string{Agent}, func(c *Config) any { return &c.Agent.Upstream }},
 		{"agent.tls", "with --tls.cert-file, the app-facing port speaks TLS too (false: plaintext, for stock Scribe clients)", []string{Agent}, func(c *Config) any { return &c.Agent.TLS }},
 		{"agent.queue-dir", "the agent's durable queue (default <data-dir>/agent)", []string{Agent}, func(c *Config) any { return &c.Agent.QueueDir }},
 		{"calligraphus.listen", "Scribe address of the writer", []string{Calligraphus}, func(c *Config) any { return &c.Calligraphus.Listen }},

@@ -47,7 +47,8 @@ const (
 	Retention    = "retention"
 )
 
-// Targets lists every target with the modules it runs, in start order.
+// Targets lists every target with the modules it runs; they start in the
+// order of their dependencies (moduleNeeds), list order where free.
 func Targets() map[string][]string {
 	return map[string][]string{
 		All:          {Calligraphus, Agent, Puma, Copier, Retention, Serving},
@@ -110,7 +111,8 @@ type Process struct {
 	fs      dfs.FS
 	st      store.Store
 	co      coord.Coord
-	apps    []*apps.App
+	res     *Resolved   // the configuration as the modules consume it, derived once
+	apps    []*apps.App // res.Apps
 	runners []runner
 	closers []func() error
 	admin   *httpsrv.Server
@@ -154,11 +156,14 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	opts.Version = version.Or(opts.Version)
 	reg.MustRegister(version.BuildInfo(opts.Version))
 	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log)}
-	compiled, err := cfg.CompiledApps()
+	order, err := startOrder(mods, moduleNeeds)
 	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", target, err)
+	}
+	if p.res, err = cfg.Resolved(); err != nil {
 		return nil, err
 	}
-	p.apps = compiled
+	p.apps = p.res.Apps
 	sh := component.Shared{Budget: thriftsrv.NewBudget(int64(cfg.MaxInflightBytes), reg), Advertise: cfg.Advertise}
 	if sh.TLS, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
 		return nil, fmt.Errorf("load tls: %w", err)
@@ -170,7 +175,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		TokenRequired: sh.Auth.AdminToken()}
 	p.shared = sh
 	table := p.modules()
-	for _, name := range mods {
+	for _, name := range order {
 		if err := table[name](); err != nil {
 			_ = p.Close() // the start error is the one to report
 			return nil, fmt.Errorf("start %s: %w", name, err)
@@ -275,12 +280,8 @@ func (p *Process) initCalligraphus() error {
 	if err != nil {
 		return err
 	}
-	routes, err := p.cfg.Routes()
-	if err != nil {
-		return err
-	}
 	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{Common: p.common(),
-		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, routes),
+		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, p.res.Routes),
 	})
 	if err != nil {
 		return err
@@ -298,7 +299,20 @@ func (p *Process) initAgent() error {
 		cfg.Upstream = []string{p.Calligraphus.Addr()}
 		p.cfg.Agent.Upstream = cfg.Upstream // what getOptions reports
 	}
-	a, err := scribe.New(cfg, scribe.Deps{Common: p.common()})
+	deps := scribe.Deps{Common: p.common()}
+	if url, ok := scribe.CoordUpstream(cfg.Upstream); ok {
+		// The writers' coordinator: the process's own when it is the same.
+		var err error
+		if url == p.cfg.Coord {
+			deps.Writers, err = p.coord()
+		} else if deps.Writers, err = p.coords.Open(url); err == nil {
+			p.closers = append(p.closers, deps.Writers.Close)
+		}
+		if err != nil {
+			return fmt.Errorf("open agent.upstream: %w", err)
+		}
+	}
+	a, err := scribe.New(cfg, deps)
 	if err != nil {
 		return err
 	}
@@ -325,7 +339,7 @@ func (p *Process) initPuma() error {
 		return err
 	}
 	pm, err := puma.New(p.cfg.Puma, puma.Deps{Common: p.common(),
-		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.cfg.BucketsOf, Advertise: advertise,
+		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.res.BucketsOf, Advertise: advertise,
 	})
 	if err != nil {
 		if srv != nil {
@@ -416,14 +430,10 @@ func (p *Process) initRetention() error {
 func (p *Process) consumers(st store.Store) []retention.Consumer {
 	var out []retention.Consumer
 	if len(p.apps) > 0 {
-		cats := map[string]bool{}
-		for _, a := range p.apps {
-			cats[a.Spec.Category] = true
-		}
-		cfg := p.cfg
+		res, cfg := p.res, p.cfg
 		out = append(out, retention.Consumer{
 			Name:  Puma,
-			Reads: func(cat string, b int) bool { return cats[cat] && b < cfg.BucketsOf(cat) },
+			Reads: func(cat string, b int) bool { return len(res.Consumers[cat]) > 0 && b < res.BucketsOf(cat) },
 			Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
 				pos, _, err := puma.CommittedPosition(ctx, st, cfg.Puma.Table, cat, b)
 				// The committed segment itself is still being read.
@@ -467,7 +477,7 @@ func (p *Process) initServing() error {
 	if err != nil {
 		return err
 	}
-	committed := puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.cfg.BucketsOf)
+	committed := puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.res.BucketsOf)
 	switch {
 	case p.Puma != nil:
 		deps.Source, deps.Committed = p.Puma, committed
@@ -513,10 +523,29 @@ func (p *Process) initAdmin(mods []string) error {
 	}
 	mux := http.NewServeMux()
 	rt := admin.Routes{Gatherer: p.reg, Auth: p.shared.Auth, Control: p.shared.Control}
+	var ready []func() (bool, string)
 	if pm := p.Puma; pm != nil {
-		rt.Ready = func() (bool, string) {
+		ready = append(ready, func() (bool, string) {
 			rd := pm.Readiness()
 			return rd.Ready, rd.String()
+		})
+	}
+	if a := p.Agent; a != nil {
+		ready = append(ready, a.Readiness)
+	}
+	if len(ready) > 0 {
+		rt.Ready = func() (bool, string) {
+			text := "ready\n"
+			for _, r := range ready {
+				ok, why := r()
+				if !ok {
+					return false, strings.TrimSuffix(why, "\n") + "\n"
+				}
+				if why != "" {
+					text = why
+				}
+			}
+			return true, text
 		}
 	}
 	rt.Mount(mux)

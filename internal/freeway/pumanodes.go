@@ -64,7 +64,7 @@ func (p *Process) fanout(committed *puma.Committed) (*serving.Fanout, error) {
 		return nil, err
 	}
 	return serving.NewFanout(serving.FanoutDeps{
-		Coord: co, Committed: committed, Apps: p.apps, Buckets: p.cfg.BucketsOf,
+		Coord: co, Committed: committed, Apps: p.apps, Buckets: p.res.BucketsOf,
 		Timeout: p.cfg.Serving.FanoutTimeout.D(), TLS: p.shared.TLS, Token: token,
 		Log: p.log, Metrics: p.reg,
 	}), nil
