@@ -331,7 +331,17 @@ start_proc() { # start NAME in the background, detached, logging to $LOGS/NAME.l
     sleep 0.1
   done
   [[ -s $RUN/$name.pid ]] || die "could not start $name (no pid file)"
-  say "started $name (pid $(<"$RUN/$name.pid"), log $log)"
+  # The pid file is written a moment before the exec: until the JVM's
+  # command line (our markers) is there, pid_of would take the engine
+  # for dead, and a readiness wait right after this would fail at once.
+  local pid
+  pid=$(<"$RUN/$name.pid")
+  for i in $(seq 100); do
+    is_ours "$pid" "$name" && break
+    [[ -d /proc/$pid ]] || break # exited: the readiness wait says so, with its log
+    sleep 0.05
+  done
+  say "started $name (pid $pid, log $log)"
 }
 
 # A JVM's command line (our markers) reads empty as soon as its memory is
