@@ -103,6 +103,12 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	if err := layout.WriteIntent(fsys, w.dir, epoch); err != nil {
 		return 0, err
 	}
+	// List again for the salvage: a stale writer's segment created and
+	// synced after the first listing but before the intent was
+	// acknowledged (its fence check saw no newer intent).
+	if infos, err = fsys.ReadDir(w.dir); err != nil {
+		return 0, err
+	}
 	for _, fi := range infos {
 		name := fi.Name()
 		if !dfs.Hidden(name) {
