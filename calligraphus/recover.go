@@ -153,9 +153,14 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	fsys := w.c.deps.FS
 	if _, err := fsys.Stat(final); err == nil {
 		w.log.Info("removing the leftover of a segment already salvaged", "file", tmp)
-		return fsys.Remove(tmp)
+		return removeGone(fsys, tmp)
 	}
 	data, err := dfs.ReadFile(fsys, tmp)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := fsys.Stat(final); serr == nil {
+			return nil // published meanwhile by its writer, still running
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -191,7 +196,7 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	}
 	if blocks == 0 {
 		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
-		return fsys.Remove(tmp)
+		return removeGone(fsys, tmp)
 	}
 	copyName := salvageName(final)
 	if err := fsys.Remove(copyName); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -213,7 +218,16 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	}
 	w.c.m.salvaged.Inc()
 	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
-	return fsys.Remove(tmp)
+	return removeGone(fsys, tmp)
+}
+
+// removeGone removes a salvaged segment's source, which a stale writer
+// still running may have published (renamed away) meanwhile.
+func removeGone(fsys dfs.FS, tmp string) error {
+	if err := fsys.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // salvageName is the hidden name a salvaged segment is written under.
