@@ -114,7 +114,10 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 		if !dfs.Hidden(name) {
 			continue
 		}
-		if _, ok := layout.ParseSalvageSegment(name); ok {
+		if segName, ok := layout.ParseSalvageSegment(name); ok {
+			if !olderEpoch(segName, epoch) {
+				continue // a newer owner's salvage under way
+			}
 			// A salvage interrupted by a crash; its source is still there.
 			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
 				return 0, err
@@ -122,7 +125,9 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 			continue
 		}
 		segName, ok := layout.ParseTempSegment(name)
-		if !ok {
+		if !ok || !olderEpoch(segName, epoch) {
+			// Not a segment, or a newer owner's (this writer stalled after
+			// its intent): that one is its writer's to publish.
 			continue
 		}
 		p := path.Join(w.dir, name)
@@ -143,6 +148,12 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 		return 0, err
 	}
 	return epoch, nil
+}
+
+// olderEpoch reports whether the segment name is of an epoch below epoch.
+func olderEpoch(name string, epoch int64) bool {
+	e, _, ok := layout.ParseSegmentName(name)
+	return ok && e < epoch
 }
 
 // salvage publishes the valid blocks of an earlier writer's unpublished

@@ -1,6 +1,8 @@
 package calligraphus
 
 import (
+	"context"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 	"io/fs"
 	"path"
 	"slices"
@@ -112,5 +114,69 @@ func TestSalvageOfSegmentPublishedMeanwhile(t *testing.T) {
 	b.stop()
 	if got := readerView(t, local, "cat/0"); !slices.Equal(got, []string{"acked-by-a", "b-1"}) {
 		t.Errorf("readers count %q, want [acked-by-a b-1]", got)
+	}
+}
+
+// beforeListFS runs hook once, right before the listing of dir that
+// follows the creation of a fence intent above epoch 1 there; hook gets
+// the highest epoch of the fence then.
+type beforeListFS struct {
+	dfs.FS
+	dir  string
+	once sync.Once
+	hook func(top int64)
+}
+
+func (h *beforeListFS) ReadDir(name string) ([]fs.FileInfo, error) {
+	if name == h.dir {
+		if top, ferr := layout.FenceTop(h.FS, h.dir); ferr == nil && top > 1 {
+			h.once.Do(func() { h.hook(top) })
+		}
+	}
+	return h.FS.ReadDir(name)
+}
+
+// TestSalvageLeavesNewerOwnersSegment: a writer stalls right after its
+// fence intent; meanwhile a newer owner takes the bucket and opens its
+// own segment (synced: acknowledged). The stale writer resuming its take
+// must salvage only older epochs' segments: publishing the newer owner's
+// open segment, and removing its file, would lose what it acknowledges
+// into it.
+func TestSalvageLeavesNewerOwnersSegment(t *testing.T) {
+	local := newLocal(t)
+	if err := local.MkdirAll("cat/0"); err != nil {
+		t.Fatal(err)
+	}
+	var newer string
+	fsys := &beforeListFS{FS: local, dir: "cat/0"}
+	fsys.hook = func(top int64) {
+		if err := layout.WriteIntent(local, "cat/0", top+1); err != nil {
+			t.Error(err)
+		}
+		if _, err := layout.WriteSeal(local, "cat/0", top+1, "n"); err != nil {
+			t.Error(err)
+		}
+		newer = writeCrashed(t, local, "cat/0", top+1, 1, []*segment.Block{{Messages: [][]byte{[]byte("acked-by-newer")}}}, false)
+	}
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.ID = "wb"
+	b := startServer(t, cfg, fsys, co, nil)
+	rc, err := b.dial(t).Log(context.Background(), entries("cat", "b-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.stop()
+	if rc == scribethrift.ResultCode_OK {
+		t.Errorf("the writer superseded while taking the bucket answered OK")
+	}
+	if newer == "" {
+		t.Fatal("the newer owner was never simulated")
+	}
+	if _, err := local.Stat(path.Join("cat/0", dfs.TempName(newer))); err != nil {
+		t.Errorf("the newer owner's open segment: %v", err)
+	}
+	if _, err := local.Stat(path.Join("cat/0", newer)); err == nil {
+		t.Errorf("the stale writer published the newer owner's open segment %s", newer)
 	}
 }
