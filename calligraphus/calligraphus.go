@@ -306,13 +306,17 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	c.log.Info("calligraphus serving", "addr", c.Addr(), "advertised", c.advertised, "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID,
 		"segment_max_age", c.cfg.SegmentMaxAge.D())
+	// The membership and the rebalance end with the server, whether ctx
+	// ended or the server stopped on an error of its own.
+	bgctx, cancelBg := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	bg.Add(2)
-	go func() { defer bg.Done(); c.membership(ctx) }()
-	go func() { defer bg.Done(); c.rebalance(ctx) }()
+	go func() { defer bg.Done(); c.membership(bgctx) }()
+	go func() { defer bg.Done(); c.rebalance(bgctx) }()
 	err := c.server.Serve(ctx)
 	// The server has stopped taking batches; leave the group (so that the
 	// others stop forwarding here), then let writers publish and stop.
+	cancelBg()
 	bg.Wait()
 	cancelWriters()
 	c.wg.Wait()

@@ -103,12 +103,21 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	if err := layout.WriteIntent(fsys, w.dir, epoch); err != nil {
 		return 0, err
 	}
+	// List again for the salvage: a stale writer's segment created and
+	// synced after the first listing but before the intent was
+	// acknowledged (its fence check saw no newer intent).
+	if infos, err = fsys.ReadDir(w.dir); err != nil {
+		return 0, err
+	}
 	for _, fi := range infos {
 		name := fi.Name()
 		if !dfs.Hidden(name) {
 			continue
 		}
-		if _, ok := layout.ParseSalvageSegment(name); ok {
+		if segName, ok := layout.ParseSalvageSegment(name); ok {
+			if !olderEpoch(segName, epoch) {
+				continue // a newer owner's salvage under way
+			}
 			// A salvage interrupted by a crash; its source is still there.
 			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
 				return 0, err
@@ -116,7 +125,9 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 			continue
 		}
 		segName, ok := layout.ParseTempSegment(name)
-		if !ok {
+		if !ok || !olderEpoch(segName, epoch) {
+			// Not a segment, or a newer owner's (this writer stalled after
+			// its intent): that one is its writer's to publish.
 			continue
 		}
 		p := path.Join(w.dir, name)
@@ -139,6 +150,12 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	return epoch, nil
 }
 
+// olderEpoch reports whether the segment name is of an epoch below epoch.
+func olderEpoch(name string, epoch int64) bool {
+	e, _, ok := layout.ParseSegmentName(name)
+	return ok && e < epoch
+}
+
 // salvage publishes the valid blocks of an earlier writer's unpublished
 // segment, which on a local disk hold acknowledged entries. It is safe to
 // repeat after a crash at any step: the copy goes through its own hidden
@@ -147,9 +164,14 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	fsys := w.c.deps.FS
 	if _, err := fsys.Stat(final); err == nil {
 		w.log.Info("removing the leftover of a segment already salvaged", "file", tmp)
-		return fsys.Remove(tmp)
+		return removeGone(fsys, tmp)
 	}
 	data, err := dfs.ReadFile(fsys, tmp)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := fsys.Stat(final); serr == nil {
+			return nil // published meanwhile by its writer, still running
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -185,7 +207,7 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	}
 	if blocks == 0 {
 		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
-		return fsys.Remove(tmp)
+		return removeGone(fsys, tmp)
 	}
 	copyName := salvageName(final)
 	if err := fsys.Remove(copyName); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -207,7 +229,16 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 	}
 	w.c.m.salvaged.Inc()
 	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
-	return fsys.Remove(tmp)
+	return removeGone(fsys, tmp)
+}
+
+// removeGone removes a salvaged segment's source, which a stale writer
+// still running may have published (renamed away) meanwhile.
+func removeGone(fsys dfs.FS, tmp string) error {
+	if err := fsys.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // salvageName is the hidden name a salvaged segment is written under.
