@@ -32,6 +32,13 @@
 // until they are past again, but what it deleted before is gone (see the
 // retention mark).
 //
+// Fenced segments. A segment a stale writer published after a newer
+// writer sealed the bucket (internal/layout/fence.go) is never listed to
+// readers, so no consumer ever passes it; its writer answered TRY_LATER
+// for its entries, which were sent again. Retention deletes such segments
+// once they are older than dfs_retention, outside the contiguous run and
+// the mark (readers never meet them either way).
+//
 // Deletion keeps each bucket a contiguous run of segments: a bucket's
 // segments are deleted oldest first, up to the first one that must stay.
 // Before deleting, retention writes the bucket's retention mark

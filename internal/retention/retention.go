@@ -262,6 +262,9 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 		}
 		readers = append(readers, reader{c.Name, m})
 	}
+	if err := r.deleteFenced(ctx, dir, label, cutoff, st); err != nil {
+		return err
+	}
 	segs, err := layout.Published(r.deps.FS, dir, "")
 	if err != nil {
 		return err
@@ -336,6 +339,36 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 		r.m.deleted.WithLabelValues(label).Inc()
 		r.m.bytes.WithLabelValues(label).Add(float64(fi.Size()))
 		g.segments[label]--
+	}
+	return nil
+}
+
+// deleteFenced deletes the segments of the bucket directory dir that a
+// newer writer's seal left out (layout.FencedSegments) and that are older than
+// cutoff: no reader counts them, and their writer answered TRY_LATER for
+// their entries, so the entries were sent again. Without this they would
+// stay in the dfs for ever, since Published never lists them.
+func (r *Retention) deleteFenced(ctx context.Context, dir, label string, cutoff time.Time, st *Stats) error {
+	fenced, err := layout.FencedSegments(r.deps.FS, dir)
+	if err != nil {
+		return err
+	}
+	for _, fi := range fenced {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !fi.ModTime().Before(cutoff) {
+			continue
+		}
+		name := path.Join(dir, fi.Name())
+		if err := r.deps.FS.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("delete fenced %s: %w", name, err)
+		}
+		r.log.Info("deleted a segment fenced off by a newer writer", "segment", name, "bytes", fi.Size())
+		st.Deleted++
+		st.Bytes += fi.Size()
+		r.m.deleted.WithLabelValues(label).Inc()
+		r.m.bytes.WithLabelValues(label).Add(float64(fi.Size()))
 	}
 	return nil
 }

@@ -453,3 +453,45 @@ func TestMarkPast(t *testing.T) {
 		t.Error("IntervalFor")
 	}
 }
+
+// TestDeletesFencedSegmentsOnceOld: a segment a newer writer's seal left
+// out (published by a stale writer after the takeover) is never listed
+// for readers, so no consumer's progress ever passes it; retention
+// deletes it once it is older than the retention, even while the counted
+// segments around it are still held.
+func TestDeletesFencedSegmentsOnceOld(t *testing.T) {
+	e := newEnv(t)
+	dir := layout.BucketDir("access", 0)
+	counted := e.publish(t, "access", 0, 1, t0, "counted")
+	if err := layout.WriteIntent(e.fs, dir, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layout.WriteSeal(e.fs, dir, 2, "test"); err != nil {
+		t.Fatal(err)
+	}
+	fenced := e.publish(t, "access", 0, 2, t0.Add(time.Minute), "fenced")
+	young := e.publish(t, "access", 0, 3, t0.Add(50*time.Minute), "fenced too, young")
+	if got := e.left(t, "access", 0); !slices.Equal(got, []string{counted}) {
+		t.Fatalf("readers list %q, want only %s", got, counted)
+	}
+	e.now = t0.Add(time.Hour)
+	r := e.retention(t, 30*time.Minute)
+	st := once(t, r)
+	if st.Deleted != 1 || st.Held != 1 {
+		t.Errorf("%+v, want the old fenced segment deleted and the counted one held", st)
+	}
+	for name, want := range map[string]bool{counted: true, fenced: false, young: true} {
+		_, err := e.fs.Stat(path.Join(dir, name))
+		if got := err == nil; got != want {
+			t.Errorf("%s there: %v, want %v (%v)", name, got, want, err)
+		}
+	}
+	e.now = t0.Add(2 * time.Hour)
+	once(t, r)
+	if _, err := e.fs.Stat(path.Join(dir, young)); err == nil {
+		t.Errorf("%s left once old", young)
+	}
+	if got := e.left(t, "access", 0); !slices.Equal(got, []string{counted}) {
+		t.Errorf("readers list %q after, want %s still held", got, counted)
+	}
+}
