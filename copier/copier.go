@@ -141,10 +141,10 @@ func (c *Copier) lead(ctx context.Context, lease coord.Lease) {
 	for {
 		st, err := c.pass(ctx, lease, nil)
 		switch {
-		case ctx.Err() != nil:
-			return
-		case isLost(lease) || errors.Is(err, errFenced):
+		case isLost(lease) || errors.Is(err, errFenced): // before ctx: Campaign ends ctx when the lease is lost
 			c.log.Warn("copier lease lost; standing by", "epoch", lease.Epoch(), "err", err)
+			return
+		case ctx.Err() != nil:
 			return
 		case err != nil:
 			c.log.Warn("copy pass incomplete; retrying next pass", "err", err, "copied", st.Copied, "errors", st.Errors, "lag", st.Lag)

@@ -21,8 +21,9 @@ func Release(ctx context.Context, l Lease) error {
 }
 
 // Campaign runs lead each time this process holds lease name as owner,
-// until ctx ends: it acquires the lease, calls lead (which returns once
-// the lease is lost or ctx ends), releases it, and tries again every
+// until ctx ends: it acquires the lease, calls lead with a context that
+// ends as soon as the lease is lost (WhileHeld), so that lead returns
+// then or when ctx ends, releases the lease, and tries again every
 // retry. It logs once when the lease is held elsewhere and this process
 // stands by, and each failure to acquire or release (failed, if not nil,
 // is called for each failure to acquire, for a metric). It returns nil
@@ -34,7 +35,9 @@ func Campaign(ctx context.Context, c Coord, name, owner string, retry time.Durat
 		switch {
 		case err == nil:
 			standby = false
-			lead(ctx, lease)
+			lctx, cancel := WhileHeld(ctx, lease)
+			lead(lctx, lease)
+			cancel()
 			if err := Release(ctx, lease); err != nil {
 				log.Warn("cannot release lease", "lease", name, "err", err)
 			}

@@ -73,3 +73,37 @@ func TestCampaign(t *testing.T) {
 	}
 	b.cancel()
 }
+
+// TestCampaignLeadEndsWithTheLease: lead runs under a context that ends
+// the moment the lease is lost (a session expiry), so work that only
+// watches its context stops acting as owner then; the campaign then
+// takes the lease again and leads anew.
+func TestCampaignLeadEndsWithTheLease(t *testing.T) {
+	hub := inproc.NewHub()
+	s := hub.Session()
+	t.Cleanup(func() { s.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	var led atomic.Int32
+	var log testkit.LogBuffer
+	ended := make(chan struct{}, 2)
+	done := make(chan error, 1)
+	go func() {
+		done <- coord.Campaign(ctx, s, "lead", "a", 5*time.Millisecond, log.Logger(), nil, func(ctx context.Context, _ coord.Lease) {
+			led.Add(1)
+			<-ctx.Done() // the context alone, not Lost
+			ended <- struct{}{}
+		})
+	}()
+	testkit.WaitFor(t, "a to lead", func() bool { return led.Load() == 1 })
+	s.Expire()
+	select {
+	case <-ended:
+	case <-time.After(testkit.Deadline):
+		t.Fatal("lead's context did not end when its lease was lost")
+	}
+	testkit.WaitFor(t, "a to lead again", func() bool { return led.Load() == 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("campaign ended with %v", err)
+	}
+}
