@@ -260,7 +260,7 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
 				at = commitState{Epoch: s.committedEpoch, Aborted: s.readAborted}
 				into = newMerger(pl)
 			}
-			sp.each(pl.from, pl.to, into.add)
+			pl.eachCell(sp, into.add)
 		}
 	})
 	if !evicted {

@@ -134,6 +134,10 @@ type plan struct {
 	whole bool
 	// where: the conditions of q.Where on the app's key, by position in it
 	where []keyCond
+	// points: when where fixes every field of the app's key, the keys it
+	// allows (at most maxPoints), looked up in each window rather than
+	// every cell scanned; nil otherwise.
+	points []string
 	// order: the index in the app's aggregates of q.OrderBy, or -1
 	order int
 }
@@ -189,6 +193,9 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 			return nil, badQuery("where: no value given for %q", ratelog.Clip(k))
 		}
 		pl.where = append(pl.where, c)
+	}
+	if n := len(app.Spec.GroupBy); n > 0 && len(pl.where) == n {
+		pl.points = pointKeys(pl.where, n)
 	}
 	pl.order = -1
 	if q.OrderBy != "" {
@@ -252,6 +259,89 @@ func (pl *plan) pickWindows() error {
 		pl.from, pl.to = ceil(q.FromMs), ceil(q.ToMs)
 	}
 	return nil
+}
+
+// maxPoints bounds the keys a point query looks up in each window: a
+// where that allows more of them (several values of each key multiply)
+// scans the cells instead.
+const maxPoints = 4096
+
+// pointKeys returns the encoded keys of n fields that conditions on all
+// n of them allow (the product of their values), or nil if there are
+// more than maxPoints.
+func pointKeys(where []keyCond, n int) []string {
+	vals := make([][]string, n)
+	total := 1
+	for _, c := range where {
+		vals[c.i] = slices.Sorted(maps.Keys(c.vals))
+		if total *= len(vals[c.i]); total > maxPoints {
+			return nil
+		}
+	}
+	keys := make([]string, 0, total)
+	cur := make([]string, n)
+	var walk func(i int)
+	walk = func(i int) {
+		if i == n {
+			keys = append(keys, apps.EncodeKey(cur))
+			return
+		}
+		for _, v := range vals[i] {
+			cur[i] = v
+			walk(i + 1)
+		}
+	}
+	walk(0)
+	return keys
+}
+
+// eachCell calls fn for the cells of span sp whose window is in the
+// plan's range and that its where keeps.
+func (pl *plan) eachCell(sp *span, fn func(window int64, key string, c cell)) {
+	for w := range sp.windows {
+		if w >= pl.from && w < pl.to {
+			pl.eachCellIn(sp, w, func(key string, c cell) { fn(w, key, c) })
+		}
+	}
+}
+
+// eachCellIn calls fn for the cells of window w of span sp that the
+// plan's where keeps: with point keys, each looked up (a window of a
+// million cells costs the lookups of the keys asked), otherwise every
+// cell of the window tested.
+func (pl *plan) eachCellIn(sp *span, w int64, fn func(key string, c cell)) {
+	if pl.points != nil && len(pl.points) < len(sp.windows[w]) {
+		for _, key := range pl.points {
+			if c, ok := sp.get(w, key); ok {
+				fn(key, c)
+			}
+		}
+		return
+	}
+	sp.eachIn(w, func(key string, c cell) {
+		if pl.keep(key) {
+			fn(key, c)
+		}
+	})
+}
+
+// anyIn reports whether window w of span sp has a cell the plan's where
+// keeps.
+func (pl *plan) anyIn(sp *span, w int64) bool {
+	if pl.points != nil && len(pl.points) < len(sp.windows[w]) {
+		for _, key := range pl.points {
+			if _, ok := sp.windows[w][key]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	for key := range sp.windows[w] {
+		if pl.keep(key) {
+			return true
+		}
+	}
+	return false
 }
 
 // keep reports whether a cell's key (the app's full key, encoded) meets
@@ -620,19 +710,13 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 						continue
 					}
 					sp := t.spans[pl.span]
-					cells := sp.windows[w]
 					if dry {
 						// Only a cell the where filter keeps is a row left out.
-						for key := range cells {
-							if m.pl.keep(key) {
-								found = true
-								break
-							}
-						}
+						found = found || pl.anyIn(sp, w)
 						continue
 					}
-					found = found || len(cells) > 0
-					sp.eachIn(w, func(key string, c cell) { m.add(w, key, c) })
+					found = found || len(sp.windows[w]) > 0
+					pl.eachCellIn(sp, w, func(key string, c cell) { m.add(w, key, c) })
 				}
 			})
 			if dry && found {
