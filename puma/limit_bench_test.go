@@ -149,6 +149,7 @@ func BenchmarkPointTopN(b *testing.B) {
 		}{
 			{"point", Query{App: "orders", FromMs: from, ToMs: to, Where: where}, g.pointRows},
 			{"top10/order_by=total", Query{App: "orders", FromMs: from, ToMs: to, OrderBy: "total", Desc: true, Limit: 10}, 10},
+			{"limit10", Query{App: "orders", FromMs: from, ToMs: to, Limit: 10}, 10},
 		} {
 			b.Run(g.name+"/"+c.name, func(b *testing.B) {
 				b.ReportAllocs()
