@@ -204,8 +204,13 @@
 // fails. A limit is applied without sorting every row: with one row per
 // window and no OrderBy, windows are merged oldest first until the limit
 // is reached; otherwise a bounded heap keeps the first rows (with OrderBy,
-// by the aggregate's value: a top-N). Where filters the cells on their
-// group keys before they are merged. Every answer says how recent it is
+// by the aggregate's value: a top-N). When each row is one cell (the
+// app's key, its windows, one shard) the heap takes the cells as they
+// are read, and a row is built only for a cell that enters it. Where
+// filters the cells on their group keys before they are merged; a where
+// that fixes every group key looks its keys up in each window instead of
+// testing every cell (the store's evicted windows are scanned and
+// filtered). Every answer says how recent it is
 // (Result.AsOf): the time of its data (memory: when it was read; store:
 // the oldest commit of the shards that answered) and the app's watermark.
 // ShardStatuses adds to Statuses the owner of shards held elsewhere (asked

@@ -242,7 +242,7 @@ func (t *table) evictedRetention(i int, prefix string, epoch int64) []expiredRow
 // store as of the shard's last commit (its epoch, without the versions of
 // aborted epochs). It is all or nothing: on an
 // error nothing of the shard is in m.
-func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
+func (s *shard) mergeShard(ctx context.Context, pl *plan, m cellSink) error {
 	var (
 		into    = m
 		stop    int64
@@ -258,9 +258,9 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m *merger) error {
 			if first := resident(sp.horizon, sp.ms); pl.from < first {
 				evicted, stop = true, min(pl.to, first)
 				at = commitState{Epoch: s.committedEpoch, Aborted: s.readAborted}
-				into = newMerger(pl)
+				into = m.fresh()
 			}
-			sp.each(pl.from, pl.to, into.add)
+			pl.eachCell(sp, into.add)
 		}
 	})
 	if !evicted {
@@ -293,8 +293,8 @@ func hasEvicted(shards []*shard, pl *plan) bool {
 }
 
 // absorb merges the rows of o (a merger of the same plan) into m.
-func (m *merger) absorb(o *merger) {
-	for k, r := range o.rows {
+func (m *merger) absorb(o cellSink) {
+	for k, r := range o.(*merger).rows {
 		mine, ok := m.rows[k]
 		if !ok {
 			m.rows[k] = r

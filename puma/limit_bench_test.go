@@ -12,19 +12,28 @@ import (
 
 // millionCells is a node whose one shard holds 1,000,000 cells: 1,000
 // one-minute windows of 1,000 keys each, loaded as recovery loads them.
-func millionCells(b *testing.B) *Puma {
+func millionCells(b *testing.B) *Puma { return cellsGrid(b, 1000, 1000) }
+
+// cellsGrid is a node whose one shard holds windows × keys cells, loaded
+// as recovery loads them; key k is (r<k%37>, k<k>), with amounts that
+// tie often (k%97 + w) so that an order_by has ties to break.
+func cellsGrid(b *testing.B, windows, keysPer int) *Puma {
 	e := newEnv(b, orders(b, func(s *apps.Spec) { s.Retention = config.Duration(30 * 24 * time.Hour) }))
 	p := e.node("n1")
 	s := testShard(b, p, 0)
 	t := s.tables[0]
-	keys := make([]string, 1000)
+	keys := make([]string, keysPer)
 	for k := range keys {
 		keys[k] = apps.EncodeKey([]string{fmt.Sprint("r", k%37), fmt.Sprint("k", k)})
 	}
-	for w := range 1000 {
-		for _, key := range keys {
+	for w := range windows {
+		for k, key := range keys {
 			c := t.layout.newCell()
-			addIn(t.layout, c, []apps.Input{num(1), num(float64(w)), num(float64(w)), num(float64(w)), num(float64(w))})
+			v := float64(w)
+			if windows == 1 {
+				v = float64(k % 997)
+			}
+			addIn(t.layout, c, []apps.Input{num(1), num(v), num(v), num(v), num(v)})
 			t.load(0, t0+int64(w)*60_000, key, c, 0)
 		}
 	}
@@ -114,5 +123,43 @@ func BenchmarkDashboardQueries(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkPointTopN: the queries of issue 10's goals over 1,000,000
+// cells, on 1,000 windows of 1,000 keys and on one window of 1,000,000
+// keys (make bench's cells run): a point query (where fixes every group
+// key) and a top-10 (order_by + limit).
+//
+//	go test -run '^$' -bench BenchmarkPointTopN -benchmem ./puma
+func BenchmarkPointTopN(b *testing.B) {
+	for _, g := range []struct {
+		name          string
+		windows, keys int
+		pointKey      int
+		pointRows     int
+	}{{"1000x1000", 1000, 1000, 500, 1000}, {"1x1M", 1, 1_000_000, 500_000, 1}} {
+		p := cellsGrid(b, g.windows, g.keys)
+		from, to := t0, t0+int64(g.windows)*60_000
+		where := map[string][]string{"region": {fmt.Sprint("r", g.pointKey%37)}, "kind": {fmt.Sprint("k", g.pointKey)}}
+		for _, c := range []struct {
+			name string
+			q    Query
+			rows int
+		}{
+			{"point", Query{App: "orders", FromMs: from, ToMs: to, Where: where}, g.pointRows},
+			{"top10/order_by=total", Query{App: "orders", FromMs: from, ToMs: to, OrderBy: "total", Desc: true, Limit: 10}, 10},
+			{"limit10", Query{App: "orders", FromMs: from, ToMs: to, Limit: 10}, 10},
+		} {
+			b.Run(g.name+"/"+c.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					res, err := p.Query(context.Background(), c.q)
+					if err != nil || len(res.Rows) != c.rows {
+						b.Fatalf("%v %d rows", err, len(res.Rows))
+					}
+				}
+			})
+		}
 	}
 }

@@ -134,8 +134,15 @@ type plan struct {
 	whole bool
 	// where: the conditions of q.Where on the app's key, by position in it
 	where []keyCond
-	// order: the index in the app's aggregates of q.OrderBy, or -1
-	order int
+	// points: when where fixes every field of the app's key, the keys it
+	// allows (at most maxPoints), looked up in each window rather than
+	// every cell scanned; nil otherwise.
+	points []string
+	// order: the index in the app's aggregates of q.OrderBy, or -1;
+	// orderFixed its slots when it is a fixed aggregate with a number
+	// read unboxed.
+	order      int
+	orderFixed *fixedAgg
 }
 
 // keyCond holds when the value at position i of a cell's key is one of vals.
@@ -190,6 +197,9 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 		}
 		pl.where = append(pl.where, c)
 	}
+	if n := len(app.Spec.GroupBy); n > 0 && len(pl.where) == n {
+		pl.points = pointKeys(pl.where, n)
+	}
 	pl.order = -1
 	if q.OrderBy != "" {
 		pl.order = slices.IndexFunc(app.Aggs, func(a apps.Agg) bool { return a.Name == q.OrderBy })
@@ -199,6 +209,11 @@ func newPlan(app *apps.App, q Query) (*plan, error) {
 				names = append(names, a.Name)
 			}
 			return nil, badQuery("order_by: app %s has no aggregate %q (it has %s)", app.Name(), ratelog.Clip(q.OrderBy), strings.Join(names, ", "))
+		}
+		for j, f := range l.fixed {
+			if f.i == pl.order && f.fn.NumberSlots != nil {
+				pl.orderFixed = &l.fixed[j]
+			}
 		}
 	}
 	return pl, nil
@@ -252,6 +267,89 @@ func (pl *plan) pickWindows() error {
 		pl.from, pl.to = ceil(q.FromMs), ceil(q.ToMs)
 	}
 	return nil
+}
+
+// maxPoints bounds the keys a point query looks up in each window: a
+// where that allows more of them (several values of each key multiply)
+// scans the cells instead.
+const maxPoints = 4096
+
+// pointKeys returns the encoded keys of n fields that conditions on all
+// n of them allow (the product of their values), or nil if there are
+// more than maxPoints.
+func pointKeys(where []keyCond, n int) []string {
+	vals := make([][]string, n)
+	total := 1
+	for _, c := range where {
+		vals[c.i] = slices.Sorted(maps.Keys(c.vals))
+		if total *= len(vals[c.i]); total > maxPoints {
+			return nil
+		}
+	}
+	keys := make([]string, 0, total)
+	cur := make([]string, n)
+	var walk func(i int)
+	walk = func(i int) {
+		if i == n {
+			keys = append(keys, apps.EncodeKey(cur))
+			return
+		}
+		for _, v := range vals[i] {
+			cur[i] = v
+			walk(i + 1)
+		}
+	}
+	walk(0)
+	return keys
+}
+
+// eachCell calls fn for the cells of span sp whose window is in the
+// plan's range and that its where keeps.
+func (pl *plan) eachCell(sp *span, fn func(window int64, key string, c cell)) {
+	for w := range sp.windows {
+		if w >= pl.from && w < pl.to {
+			pl.eachCellIn(sp, w, func(key string, c cell) { fn(w, key, c) })
+		}
+	}
+}
+
+// eachCellIn calls fn for the cells of window w of span sp that the
+// plan's where keeps: with point keys, each looked up (a window of a
+// million cells costs the lookups of the keys asked), otherwise every
+// cell of the window tested.
+func (pl *plan) eachCellIn(sp *span, w int64, fn func(key string, c cell)) {
+	if pl.points != nil && len(pl.points) < len(sp.windows[w]) {
+		for _, key := range pl.points {
+			if c, ok := sp.get(w, key); ok {
+				fn(key, c)
+			}
+		}
+		return
+	}
+	sp.eachIn(w, func(key string, c cell) {
+		if pl.keep(key) {
+			fn(key, c)
+		}
+	})
+}
+
+// anyIn reports whether window w of span sp has a cell the plan's where
+// keeps.
+func (pl *plan) anyIn(sp *span, w int64) bool {
+	if pl.points != nil && len(pl.points) < len(sp.windows[w]) {
+		for _, key := range pl.points {
+			if _, ok := sp.windows[w][key]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	for key := range sp.windows[w] {
+		if pl.keep(key) {
+			return true
+		}
+	}
+	return false
 }
 
 // keep reports whether a cell's key (the app's full key, encoded) meets
@@ -341,11 +439,15 @@ func (m *merger) add(window int64, key string, c cell) {
 }
 
 func (m *merger) result() (*Result, error) {
-	pl := m.pl
-	rows, truncated, err := m.first(pl.q.Limit)
+	rows, truncated, err := m.first(m.pl.q.Limit)
 	if err != nil {
 		return nil, err
 	}
+	return m.pl.result(rows, truncated), nil
+}
+
+// result is the answer made of rows, in their order.
+func (pl *plan) result(rows []keyed, truncated bool) *Result {
 	res := &Result{App: pl.app.Name(), Rows: make([]Row, 0, len(rows)), Truncated: truncated}
 	for _, kr := range rows {
 		key := make(map[string]string, len(pl.names))
@@ -354,7 +456,7 @@ func (m *merger) result() (*Result, error) {
 		}
 		res.Rows = append(res.Rows, Row{WindowStartMs: kr.r.start, WindowEndMs: kr.r.end, Key: key, Values: pl.layout.results(kr.r.cell)})
 	}
-	return res, nil
+	return res
 }
 
 // keyed is a merged row with its (projected) key, in answer order by
@@ -362,14 +464,15 @@ func (m *merger) result() (*Result, error) {
 // With an order_by, v is the row's value of that aggregate (has: it
 // has one).
 type keyed struct {
-	key string
-	r   *mrow
-	v   float64
-	has bool
+	start int64 // r.start
+	key   string
+	r     *mrow
+	v     float64
+	has   bool
 }
 
 func compareKeyed(a, b keyed) int {
-	if c := cmp.Compare(a.r.start, b.r.start); c != 0 {
+	if c := cmp.Compare(a.start, b.start); c != 0 {
 		return c
 	}
 	return strings.Compare(a.key, b.key)
@@ -398,17 +501,35 @@ func byValue(desc bool) func(a, b keyed) int {
 
 // keyed returns a merged row with its order_by value.
 func (m *merger) keyed(key string, r *mrow) (keyed, error) {
-	x := keyed{key: key, r: r}
-	if i := m.pl.order; i >= 0 {
-		switch v := m.pl.layout.result(r.cell, i).(type) {
+	x := keyed{start: r.start, key: key, r: r}
+	err := m.pl.orderValue(&x, r.cell)
+	return x, err
+}
+
+// orderValue sets x's order_by value from cell c.
+func (pl *plan) orderValue(x *keyed, c cell) error {
+	if i := pl.order; i >= 0 {
+		if f := pl.orderFixed; f != nil {
+			x.v, x.has = f.fn.NumberSlots(c.f[f.off : f.off+f.n])
+			return nil
+		}
+		switch v := pl.layout.result(c, i).(type) {
 		case float64:
 			x.v, x.has = v, true
 		case nil:
 		default:
-			return x, badQuery("order_by: aggregate %s (%s) has values that are not numbers", m.pl.q.OrderBy, m.pl.app.Aggs[i].Fn.Name)
+			return badQuery("order_by: aggregate %s (%s) has values that are not numbers", pl.q.OrderBy, pl.app.Aggs[i].Fn.Name)
 		}
 	}
-	return x, nil
+	return nil
+}
+
+// less is the order of the answer's rows.
+func (pl *plan) less() func(a, b keyed) int {
+	if pl.order >= 0 {
+		return byValue(pl.q.Desc)
+	}
+	return compareKeyed
 }
 
 // first returns the first limit rows in the answer's order (every row
@@ -417,10 +538,7 @@ func (m *merger) keyed(key string, r *mrow) (keyed, error) {
 // over a million rows costs a million comparisons with the heap's top,
 // not a sort of a million rows.
 func (m *merger) first(limit int) ([]keyed, bool, error) {
-	less := compareKeyed
-	if m.pl.order >= 0 {
-		less = byValue(m.pl.q.Desc)
-	}
+	less := m.pl.less()
 	if limit <= 0 || limit >= len(m.rows) {
 		rows := make([]keyed, 0, len(m.rows))
 		for k, r := range m.rows {
@@ -481,6 +599,108 @@ func siftDown(h []keyed, i int, less func(a, b keyed) int) {
 	}
 }
 
+// cellSink takes the cells of a query's range: a merger, or a topN.
+type cellSink interface {
+	add(window int64, key string, c cell)
+	// fresh is an empty sink of the same query, absorb adds one's rows.
+	fresh() cellSink
+	absorb(o cellSink)
+	// count counts the rows so far; result is the answer.
+	count() int
+	result() (*Result, error)
+	plan() *plan
+}
+
+func (m *merger) fresh() cellSink { return newMerger(m.pl) }
+func (m *merger) count() int      { return len(m.rows) }
+func (m *merger) plan() *plan     { return m.pl }
+
+// cellRows reports whether each row of pl's answer is one cell of one
+// shard: the query's key is the app's, its windows are the span's (not
+// rolled up nor merged), and a single shard answers (the same key and
+// window in two shards merge into one row). A row can then be judged by
+// its cell alone, as it is read.
+func (pl *plan) cellRows(shards int) bool {
+	return pl.whole && !pl.q.AllWindows && pl.rowMs == pl.srcMs && shards == 1
+}
+
+// topN answers a query with a limit whose rows are cells (cellRows): it
+// keeps the first limit rows in a bounded max-heap as the cells are read,
+// so that a top-10 of a million cells costs a million comparisons with
+// the heap's top and builds ten rows, not a million: a cell's row (its
+// cell copied, its key decoded) is made only once it enters the heap.
+// The order is the answer's (plan.less, total: no two rows share window
+// and key), so the rows kept are those a sort of every row would put
+// first.
+type topN struct {
+	pl    *plan
+	less  func(a, b keyed) int
+	h     []keyed // max-heap: h[0] is the last row kept
+	n     int     // rows offered
+	err   error   // the first order_by value that is not a number
+	limit int
+}
+
+func newTopN(pl *plan) *topN {
+	return &topN{pl: pl, less: pl.less(), limit: pl.q.Limit, h: make([]keyed, 0, pl.q.Limit)}
+}
+
+func (t *topN) fresh() cellSink { return newTopN(t.pl) }
+func (t *topN) count() int      { return t.n }
+func (t *topN) plan() *plan     { return t.pl }
+
+func (t *topN) add(window int64, key string, c cell) {
+	pl := t.pl
+	if window < pl.from || window >= pl.to || !pl.keep(key) || t.err != nil {
+		return
+	}
+	t.n++
+	x := keyed{start: window, key: key}
+	if err := pl.orderValue(&x, c); err != nil {
+		t.err = err
+		return
+	}
+	if len(t.h) == t.limit && t.less(x, t.h[0]) >= 0 {
+		return
+	}
+	// The cell belongs to the shard's table: copy it, since ingest
+	// changes it once the shard is unlocked.
+	x.r = &mrow{start: window, end: window + pl.srcMs, cell: pl.layout.newCell()}
+	pl.layout.merge(x.r.cell, c)
+	t.push(x)
+}
+
+func (t *topN) push(x keyed) {
+	if len(t.h) < t.limit {
+		t.h = append(t.h, x)
+		siftUp(t.h, len(t.h)-1, t.less)
+		return
+	}
+	t.h[0] = x
+	siftDown(t.h, 0, t.less)
+}
+
+func (t *topN) absorb(o cellSink) {
+	ot := o.(*topN)
+	t.n += ot.n
+	if t.err == nil {
+		t.err = ot.err
+	}
+	for _, x := range ot.h {
+		if len(t.h) < t.limit || t.less(x, t.h[0]) < 0 {
+			t.push(x)
+		}
+	}
+}
+
+func (t *topN) result() (*Result, error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	slices.SortFunc(t.h, t.less)
+	return t.pl.result(t.h, t.n > t.limit), nil
+}
+
 // queryShards returns the shards of app's category running on this node
 // among buckets (nil: all of them), and the others, with their state, as
 // missing; a running shard whose state lacks part of the range from
@@ -529,7 +749,6 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 	}
 	cat := app.Spec.Category
 	shards, missing := p.queryShards(app, nil, q.FromMs)
-	m := newMerger(pl)
 	asOf := AsOf{TimeMs: p.deps.Now().UnixMilli()}
 	if len(shards) == 0 {
 		asOf.TimeMs = 0
@@ -543,6 +762,12 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 			}
 		})
 	}
+	// A limit over rows that are cells keeps the first rows as the cells
+	// are read (topN); other answers merge every row first.
+	var m cellSink = newMerger(pl)
+	if q.Limit > 0 && pl.cellRows(len(shards)) {
+		m = newTopN(pl)
+	}
 	var res *Result
 	if q.Limit > 0 && !q.AllWindows && q.OrderBy == "" && !hasEvicted(shards, pl) {
 		res, err = firstWindows(ctx, app, shards, m)
@@ -552,7 +777,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 		// It reads memory only: if windows of the range were evicted
 		// meanwhile, answer again with the store's.
 		if hasEvicted(shards, pl) {
-			res, m = nil, newMerger(pl)
+			res, m = nil, m.fresh()
 		}
 	}
 	if res == nil {
@@ -588,8 +813,8 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 //
 // It reads each shard's cells window by window (the shard locked for one
 // window at a time, so that ingest is not held up for the whole answer).
-func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger) (*Result, error) {
-	pl := m.pl
+func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m cellSink) (*Result, error) {
+	pl := m.plan()
 	q := pl.q
 	// The window starts in range of every shard's table of the app.
 	seen := map[int64]bool{}
@@ -620,19 +845,13 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 						continue
 					}
 					sp := t.spans[pl.span]
-					cells := sp.windows[w]
 					if dry {
 						// Only a cell the where filter keeps is a row left out.
-						for key := range cells {
-							if m.pl.keep(key) {
-								found = true
-								break
-							}
-						}
+						found = found || pl.anyIn(sp, w)
 						continue
 					}
-					found = found || len(cells) > 0
-					sp.eachIn(w, func(key string, c cell) { m.add(w, key, c) })
+					found = found || len(sp.windows[w]) > 0
+					pl.eachCellIn(sp, w, func(key string, c cell) { m.add(w, key, c) })
 				}
 			})
 			if dry && found {
@@ -649,7 +868,7 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m *merger
 		merge(w, false)
 		// A rolled-up row is complete once its last window is merged.
 		last := i+1 == len(windows) || apps.WindowStart(windows[i+1], pl.rowMs) != apps.WindowStart(w, pl.rowMs)
-		if last && len(m.rows) >= q.Limit {
+		if last && m.count() >= q.Limit {
 			for _, later := range windows[i+1:] {
 				if more = merge(later, true); more {
 					break

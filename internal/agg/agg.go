@@ -104,6 +104,9 @@ type Func struct {
 	AddSlots    func(s []float64, v float64)
 	MergeSlots  func(dst, src []float64)
 	ResultSlots func(s []float64) any // a float64, or nil: no value
+	// NumberSlots is ResultSlots without boxing the value (ok false:
+	// no value), for a query that orders a million cells by it.
+	NumberSlots func(s []float64) (v float64, ok bool)
 
 	// params lists the parameters the function takes; check validates
 	// them with defaults applied and returns the field (relative YAML
@@ -170,6 +173,7 @@ var funcs = map[string]*Func{
 		AddSlots:    func(s []float64, _ float64) { s[0]++ },
 		MergeSlots:  func(d, s []float64) { d[0] += s[0] },
 		ResultSlots: func(s []float64) any { return s[0] },
+		NumberSlots: func(s []float64) (float64, bool) { return s[0], true },
 	},
 	"sum": {
 		Name: "sum", NeedsField: true, Numeric: true,
@@ -178,6 +182,7 @@ var funcs = map[string]*Func{
 		AddSlots:    func(s []float64, v float64) { s[0] += v },
 		MergeSlots:  func(d, s []float64) { d[0] += s[0] },
 		ResultSlots: func(s []float64) any { return finite(s[0]) },
+		NumberSlots: func(s []float64) (float64, bool) { return finiteNumber(s[0]) },
 	},
 	"min": {
 		Name: "min", NeedsField: true, Numeric: true,
@@ -186,6 +191,7 @@ var funcs = map[string]*Func{
 		AddSlots:    func(s []float64, v float64) { s[0] = math.Min(s[0], v) },
 		MergeSlots:  func(d, s []float64) { d[0] = math.Min(d[0], s[0]) },
 		ResultSlots: func(s []float64) any { return finite(s[0]) },
+		NumberSlots: func(s []float64) (float64, bool) { return finiteNumber(s[0]) },
 	},
 	"max": {
 		Name: "max", NeedsField: true, Numeric: true,
@@ -194,6 +200,7 @@ var funcs = map[string]*Func{
 		AddSlots:    func(s []float64, v float64) { s[0] = math.Max(s[0], v) },
 		MergeSlots:  func(d, s []float64) { d[0] = math.Max(d[0], s[0]) },
 		ResultSlots: func(s []float64) any { return finite(s[0]) },
+		NumberSlots: func(s []float64) (float64, bool) { return finiteNumber(s[0]) },
 	},
 	"avg": {
 		Name: "avg", NeedsField: true, Numeric: true,
@@ -206,6 +213,12 @@ var funcs = map[string]*Func{
 				return nil
 			}
 			return finite(s[0] / s[1])
+		},
+		NumberSlots: func(s []float64) (float64, bool) {
+			if s[1] == 0 {
+				return 0, false
+			}
+			return finiteNumber(s[0] / s[1])
 		},
 	},
 	"count_distinct": {
@@ -281,6 +294,10 @@ func Names() []string {
 
 // ParamNames lists the parameters f takes.
 func (f *Func) ParamNames() []string { return slices.Clone(f.params) }
+
+func finiteNumber(v float64) (float64, bool) {
+	return v, !math.IsInf(v, 0) && !math.IsNaN(v)
+}
 
 func finite(v float64) any {
 	if math.IsInf(v, 0) || math.IsNaN(v) {

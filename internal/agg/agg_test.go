@@ -594,3 +594,31 @@ func FuzzUnmarshal(f *testing.F) {
 		s.Result()
 	})
 }
+
+// TestNumberSlotsAgreeWithResultSlots: every fixed function's unboxed
+// value is its result, with or without one, on ordinary, infinite and
+// NaN slots.
+func TestNumberSlotsAgreeWithResultSlots(t *testing.T) {
+	vals := []float64{0, 1, -2.5, 1e300, math.Inf(1), math.Inf(-1), math.NaN()}
+	for _, name := range []string{"count", "sum", "min", "max", "avg"} {
+		f, ok := Lookup(name)
+		if !ok || f.NumberSlots == nil {
+			t.Fatalf("%s: no NumberSlots", name)
+		}
+		for _, a := range vals {
+			for _, b := range vals {
+				s := []float64{a, b}[:f.Slots]
+				v, has := f.NumberSlots(s)
+				want := f.ResultSlots(s)
+				if got := any(nil); has {
+					got = v
+					if w, ok := want.(float64); !ok || math.Float64bits(w) != math.Float64bits(v) {
+						t.Errorf("%s(%v): number %v, result %v", name, s, got, want)
+					}
+				} else if want != nil {
+					t.Errorf("%s(%v): no number, result %v", name, s, want)
+				}
+			}
+		}
+	}
+}
