@@ -147,8 +147,9 @@ func (d *deployment) start() bool {
 // and one Puma node are SIGKILLed mid-stream and restarted, one writer
 // and one Puma node are SIGSTOPped past twice their session timeout and
 // resumed. At the end every agent queue is empty and serving's answer is
-// exactly the input: every call was acknowledged (no agent is faulted)
-// and each is counted once, nothing else.
+// exactly the input: every call was acknowledged (no agent is faulted; a
+// call whose answer the app timed out waiting for must still be counted
+// whole) and each is counted once, nothing else.
 func TestScaleOutEngines(t *testing.T) {
 	d := newDeployment(t, "scaleout", shape{agents: 2, writers: 3, pumas: 3, buckets: 6}, 30*time.Second)
 	h := d.h
@@ -171,6 +172,20 @@ func TestScaleOutEngines(t *testing.T) {
 				acks++
 				entries += c.size
 			case unsent:
+			case inDoubt:
+				// The app's Log call outlived its 5 s client timeout: on a
+				// saturated machine (nine processes and three JVMs on two
+				// cores) an agent's fsync can take that long, with no
+				// agent faulted. What the proof needs is that the agent
+				// took it and the pipeline counted it exactly once.
+				v := h.final[c.key]
+				if v.n == float64(c.size) && v.s == float64(uint64(1)<<c.size-1) {
+					h.logf("call %s was in doubt at the app (%s) and is counted exactly once", c.key, c.err)
+					entries += c.size
+					continue
+				}
+				other++
+				h.failf("call %s was in doubt (%s) and is not counted exactly once (n=%g of %d): the agents were never faulted", c.key, c.err, v.n, c.size)
 			default:
 				other++
 				h.failf("call %s was %s (%s): the agents were never faulted, every call must be acknowledged", c.key, c.state, c.err)
