@@ -4,18 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"path"
 	"slices"
 	"sync"
 	"testing"
 
-	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -126,28 +123,11 @@ func readerView(t *testing.T, fsys dfs.FS, dir string) []string {
 func TestStaleWriterFencedAtStorage(t *testing.T) {
 	fsKinds(t, func(t *testing.T, fsys *dfstest.Faulty) {
 		hub, _ := inprocCoord(t)
-		testStaleWriterFenced(t, fsys, func() coord.Coord {
-			s := hub.Session()
-			t.Cleanup(func() { s.Close() })
-			return s
-		})
+		testStaleWriterFenced(t, fsys, sessions(t, hub))
 	})
 	t.Run("engines", func(t *testing.T) {
-		zk, hdfsAddr := enginetest.Addr(t, enginetest.ZK), enginetest.Addr(t, enginetest.HDFS)
-		suffix := randomSuffix(t)
-		fsys, err := backends.OpenDFS(fmt.Sprintf("hdfs://%s/freeway-test/calligraphus-%s", hdfsAddr, suffix))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fsys.Close() })
-		testStaleWriterFenced(t, fsys, func() coord.Coord {
-			co, err := backends.NewCoords(nil).Open(fmt.Sprintf("zk://%s/freeway-test/calligraphus-%s", zk, suffix))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { co.Close() })
-			return co
-		})
+		fsys, newCoord := engineBackends(t)
+		testStaleWriterFenced(t, fsys, newCoord)
 	})
 }
 

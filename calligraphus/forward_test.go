@@ -13,10 +13,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
-	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/testkit"
@@ -188,28 +186,11 @@ func readAll(t *testing.T, fsys dfs.FS) []entry {
 func TestForwardingAndBalance(t *testing.T) {
 	t.Run("inproc", func(t *testing.T) {
 		hub, _ := inprocCoord(t)
-		testForwardingAndBalance(t, newLocal(t), func() coord.Coord {
-			s := hub.Session()
-			t.Cleanup(func() { s.Close() })
-			return s
-		})
+		testForwardingAndBalance(t, newLocal(t), sessions(t, hub))
 	})
 	t.Run("engines", func(t *testing.T) {
-		zk, hdfsAddr := enginetest.Addr(t, enginetest.ZK), enginetest.Addr(t, enginetest.HDFS)
-		suffix := randomSuffix(t)
-		fsys, err := backends.OpenDFS(fmt.Sprintf("hdfs://%s/freeway-test/calligraphus-%s", hdfsAddr, suffix))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fsys.Close() })
-		testForwardingAndBalance(t, fsys, func() coord.Coord {
-			co, err := backends.NewCoords(nil).Open(fmt.Sprintf("zk://%s/freeway-test/calligraphus-%s", zk, suffix))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { co.Close() })
-			return co
-		})
+		fsys, newCoord := engineBackends(t)
+		testForwardingAndBalance(t, fsys, newCoord)
 	})
 }
 
@@ -360,11 +341,7 @@ func testForwardingAndBalance(t *testing.T, fsys dfs.FS, newCoord func() coord.C
 // refused, never sent on: no loop.
 func TestForwardedBatchIsNotForwardedAgain(t *testing.T) {
 	hub, _ := inprocCoord(t)
-	cl := startCluster(t, 2, newLocal(t), func() coord.Coord {
-		s := hub.Session()
-		t.Cleanup(func() { s.Close() })
-		return s
-	})
+	cl := startCluster(t, 2, newLocal(t), sessions(t, hub))
 	// A category no app consumes (one bucket, taken on traffic only): w1
 	// takes it (forwarded batches are written where they land).
 	one := func(s *server, forwarded bool) scribethrift.ResultCode {

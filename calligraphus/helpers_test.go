@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
@@ -22,6 +24,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -320,4 +323,37 @@ func head(s []string) []string {
 		return s[:3]
 	}
 	return s
+}
+
+// sessions returns a function opening a new session of hub (one per
+// writer), closed when the test ends.
+func sessions(t *testing.T, hub *inproc.Hub) func() coord.Coord {
+	return func() coord.Coord {
+		s := hub.Session()
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+}
+
+// engineBackends opens a dfs root of this test's own on the real HDFS,
+// and returns it with a function that opens a ZooKeeper coordinator
+// under a root of the same name, one per writer (skipping without the
+// engines, as enginetest does); all are closed when the test ends.
+func engineBackends(t *testing.T) (dfs.FS, func() coord.Coord) {
+	t.Helper()
+	zk, hdfsAddr := enginetest.Addr(t, enginetest.ZK), enginetest.Addr(t, enginetest.HDFS)
+	suffix := randomSuffix(t)
+	fsys, err := backends.OpenDFS(fmt.Sprintf("hdfs://%s/freeway-test/calligraphus-%s", hdfsAddr, suffix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fsys.Close() })
+	return fsys, func() coord.Coord {
+		co, err := backends.NewCoords(nil).Open(fmt.Sprintf("zk://%s/freeway-test/calligraphus-%s", zk, suffix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { co.Close() })
+		return co
+	}
 }

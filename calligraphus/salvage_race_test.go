@@ -2,7 +2,6 @@ package calligraphus
 
 import (
 	"context"
-	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 	"io/fs"
 	"path"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 // hookedFS runs hook once, at the first listing of the directory at.
