@@ -16,6 +16,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/testkit"
@@ -248,9 +249,17 @@ func startAgent(t testing.TB, cfg Config) *agent {
 
 func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
 	t.Helper()
+	return startAgentWith(t, cfg, nil, clk)
+}
+
+// startAgentWith runs an agent until the test ends: its upstream the
+// writers of writers when not nil (a coord upstream), its waits on clk
+// when not nil.
+func startAgentWith(t testing.TB, cfg Config, writers coord.Coord, clk clock) *agent {
+	t.Helper()
 	lb := &testkit.LogBuffer{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}}, clk)
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}, Writers: writers}, clk)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)
 	}

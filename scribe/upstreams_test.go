@@ -7,20 +7,17 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/coord/zkcoord"
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
-	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -60,25 +57,7 @@ func TestCoordUpstream(t *testing.T) {
 // startCoordAgent runs an agent whose upstream is the writers of co.
 func startCoordAgent(t *testing.T, cfg Config, co coord.Coord) *agent {
 	t.Helper()
-	lb := &testkit.LogBuffer{}
-	reg := prometheus.NewPedanticRegistry()
-	a, err := New(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}, Writers: co})
-	if err != nil {
-		t.Fatalf("new agent: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stop := sync.OnceValue(func() error {
-		cancel()
-		return <-done
-	})
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("agent run: %v", err)
-		}
-	})
-	return &agent{Agent: a, reg: reg, logs: lb, stop: stop}
+	return startAgentWith(t, cfg, co, nil)
 }
 
 // joinWriter registers addr as a live writer until the test ends (or
