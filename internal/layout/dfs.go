@@ -124,14 +124,25 @@ func WriteSidecar(fsys dfs.FS, category, unique string) error {
 // whose fate a newer writer has not sealed yet (the next call goes on).
 // A bucket that does not exist yet has no segments.
 func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
+	published, _, err := PublishedAndFenced(fsys, dir, after)
+	return published, err
+}
+
+// PublishedAndFenced is Published, and with it, from the same listing,
+// the segments a newer owner's seal leaves out (fenced), in name order.
+// No reader ever counts a fenced segment, and the verdict is final
+// (later seals carry an older epoch's last segment forward from the seal
+// before), so retention deletes them once they are old enough; a stale
+// writer removes its own when it can.
+func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.FileInfo, err error) {
 	// The bucket first, then its fence: a fence read after the listing is
 	// at least as new as every segment listed (see fence.go).
 	infos, err := fsys.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list bucket %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("list bucket %s: %w", dir, err)
 	}
 	var out []fs.FileInfo
 	for _, fi := range infos {
@@ -147,7 +158,7 @@ func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 	// order every reader relies on.
 	slices.SortFunc(out, func(a, b fs.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
 	if len(out) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	// Usually every segment listed is of the newest owner's epoch or
 	// later: then the listing of the fence directory decides them all,
@@ -160,25 +171,29 @@ func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 	}
 	top, err := FenceTop(fsys, dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if top <= minEpoch {
-		return out, nil
+		return out, nil, nil
 	}
 	fence, err := ReadFence(fsys, dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	kept := out[:0]
+	undecided := false
 	for _, fi := range out {
 		switch fence.Verdict(fi.Name()) {
 		case Counted:
-			kept = append(kept, fi)
+			if !undecided {
+				published = append(published, fi)
+			}
+		case Fenced:
+			fenced = append(fenced, fi)
 		case Undecided:
-			return kept, nil
+			undecided = true // readers wait here; fenced ones after it are final still
 		}
 	}
-	return kept, nil
+	return published, fenced, nil
 }
 
 // Buckets lists the bucket numbers of the category directory dir, in

@@ -348,33 +348,3 @@ func pruneFence(fsys dfs.FS, fdir string, epoch int64) {
 		}
 	}
 }
-
-// FencedSegments lists the segments of the bucket directory dir that a
-// newer owner's seal leaves out, in name order. No reader ever counts them,
-// and the verdict is final (later seals carry an older epoch's last
-// segment forward from the seal before), so retention deletes them
-// once they are old enough; a stale writer removes its own when it can.
-func FencedSegments(fsys dfs.FS, dir string) ([]fs.FileInfo, error) {
-	infos, err := fsys.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list bucket %s: %w", dir, err)
-	}
-	fence, err := ReadFence(fsys, dir)
-	if err != nil || fence.Seal == nil {
-		return nil, err
-	}
-	var out []fs.FileInfo
-	for _, fi := range infos {
-		name := fi.Name()
-		if fi.IsDir() || dfs.Hidden(name) {
-			continue
-		}
-		if _, _, ok := ParseSegmentName(name); ok && fence.Verdict(name) == Fenced {
-			out = append(out, fi)
-		}
-	}
-	return out, nil
-}

@@ -262,11 +262,11 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 		}
 		readers = append(readers, reader{c.Name, m})
 	}
-	if err := r.deleteFenced(ctx, dir, label, cutoff, st); err != nil {
+	segs, fenced, err := layout.PublishedAndFenced(r.deps.FS, dir, "")
+	if err != nil {
 		return err
 	}
-	segs, err := layout.Published(r.deps.FS, dir, "")
-	if err != nil {
+	if err := r.deleteFenced(ctx, dir, label, fenced, cutoff, st); err != nil {
 		return err
 	}
 	st.Segments += len(segs)
@@ -344,15 +344,12 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 }
 
 // deleteFenced deletes the segments of the bucket directory dir that a
-// newer writer's seal left out (layout.FencedSegments) and that are older than
-// cutoff: no reader counts them, and their writer answered TRY_LATER for
-// their entries, so the entries were sent again. Without this they would
-// stay in the dfs for ever, since Published never lists them.
-func (r *Retention) deleteFenced(ctx context.Context, dir, label string, cutoff time.Time, st *Stats) error {
-	fenced, err := layout.FencedSegments(r.deps.FS, dir)
-	if err != nil {
-		return err
-	}
+// newer writer's seal left out (fenced, from layout.PublishedAndFenced)
+// and that are older than cutoff: no reader counts them, and their
+// writer answered TRY_LATER for their entries, so the entries were sent
+// again. Without this they would stay in the dfs for ever, since
+// Published never lists them.
+func (r *Retention) deleteFenced(ctx context.Context, dir, label string, fenced []fs.FileInfo, cutoff time.Time, st *Stats) error {
 	for _, fi := range fenced {
 		if err := ctx.Err(); err != nil {
 			return err
