@@ -204,13 +204,24 @@ func (p *Puma) standBy(ctx context.Context, id shardID) bool {
 	return now.Sub(since) < p.cfg.TakeoverGrace.D()
 }
 
+// handBackAfter is how many takeover grace periods a shard taken over
+// from its preferred member (which did not take it) stays before it is
+// handed back to that member.
+const handBackAfter = 10
+
 // handOff stops shard id running here, preferred for another node: its
 // run takes a final checkpoint and releases the lease.
 func (p *Puma) handOff(id shardID, to string) {
 	p.mu.RLock()
 	s := p.shards[id]
 	p.mu.RUnlock()
-	if s == nil || s.stop == nil || s.tookFrom == to || s.handingOff.Swap(true) {
+	if s == nil || s.stop == nil {
+		return
+	}
+	if s.tookFrom == to && p.deps.Now().Sub(s.tookAt) < handBackAfter*p.cfg.TakeoverGrace.D() {
+		return
+	}
+	if s.handingOff.Swap(true) {
 		return
 	}
 	p.bm.handoffs.Inc()

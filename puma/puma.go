@@ -329,7 +329,7 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
 	if err == nil && elsewhere {
-		s.tookFrom = preferred
+		s.tookFrom, s.tookAt = preferred, p.deps.Now()
 	}
 	if err != nil {
 		_ = lease.Release(ctx) // a lease not released ends with the coord session

@@ -33,9 +33,13 @@ type shard struct {
 	stop       context.CancelFunc
 	handingOff atomic.Bool
 	// tookFrom is the member that was preferred for the shard when this
-	// node took it over after the grace (it did not take it): the shard
-	// is not handed back to it, which would only take it back again.
+	// node took it over after the grace (it did not take it), at tookAt:
+	// the shard is not handed back to it for handBackAfter grace periods,
+	// which would only have it taken back again; after that it is (a
+	// member slow to start, on a loaded machine, is not kept unbalanced
+	// for ever).
 	tookFrom string
+	tookAt   time.Time
 
 	mu        sync.RWMutex
 	tables    []*table
