@@ -82,7 +82,11 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	}
 	svc.status.Store(int32(fb303.FbStatus_STARTING))
 	opts = append([]thriftsrv.Option{thriftsrv.WithName("scribe"), thriftsrv.WithMetrics(info.Metrics), thriftsrv.WithRefuse(tryLater)}, opts...)
-	srv, err := thriftsrv.Listen(addr, scribethrift.NewScribeProcessor(svc), limits, log, opts...)
+	proc := scribethrift.NewScribeProcessor(svc)
+	if eh, ok := h.(EntriesHandler); ok {
+		useFastPath(proc, eh)
+	}
+	srv, err := thriftsrv.Listen(addr, proc, limits, log, opts...)
 	if err != nil {
 		return nil, err
 	}
