@@ -30,7 +30,7 @@ func encode(t testing.TB, args thrift.TStruct) []byte {
 }
 
 func str(s string) *string { return &s }
-func yes() *bool         { v := true; return &v }
+func yes() *bool           { v := true; return &v }
 
 func seedLog() []*scribethrift.LogEntry {
 	return []*scribethrift.LogEntry{
