@@ -175,3 +175,41 @@ func TestGivesUpOnBadInput(t *testing.T) {
 		t.Fatal("decoded a list over the container limit")
 	}
 }
+
+// TestEncodeMatchesGenerated: the encoder's bytes are the generated
+// code's, for batches with and without an incarnation, empty or not.
+func TestEncodeMatchesGenerated(t *testing.T) {
+	for _, c := range []struct {
+		inc *string
+		es  []*scribethrift.LogEntry
+	}{
+		{str("0123456789abcdef0123456789abcdef"), seedLog()},
+		{nil, seedLog()},
+		{str(""), nil},
+		{nil, []*scribethrift.LogEntry{{Category: "web", Message: bytes.Repeat([]byte("m"), 70000)}}},
+	} {
+		want := encode(t, &scribethrift.ScribeLogBatchArgs{Batch: &scribethrift.Batch{
+			AgentID: "agent-1", FirstSeq: 1 << 40, Messages: c.es, ReceivedAtMs: 1700000000123, Incarnation: c.inc}})
+		got := scribewire.AppendBatchHead([]byte("x"), "agent-1", 1<<40, len(c.es))
+		size := 0
+		for _, e := range c.es {
+			got = scribewire.AppendEntry(got, e.Category, e.Message)
+			size += scribewire.EntrySize(e.Category, e.Message)
+		}
+		got = scribewire.AppendBatchTail(got, 1700000000123, c.inc)
+		if !bytes.Equal(got[1:], want) {
+			t.Fatalf("encoded\n% x\nthe generated code\n% x", got[1:], want)
+		}
+		d := &scribewire.Decoder{}
+		if !d.DecodeLogBatch(got[1:]) || len(d.Entries) != len(c.es) {
+			t.Fatal("the fast path does not decode the encoder's batch")
+		}
+		var entries int
+		for _, e := range c.es {
+			entries += len(scribewire.AppendEntry(nil, e.Category, e.Message))
+		}
+		if entries != size {
+			t.Fatalf("EntrySize sums to %d, AppendEntry wrote %d", size, entries)
+		}
+	}
+}
