@@ -184,7 +184,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
 		plain   = map[string]bool{} // addresses without LogBatch
-		buf     []byte                // the last batch's encoding, reused
+		buf     []byte              // the last batch's encoding, reused
 	)
 	defer func() {
 		if up != nil {

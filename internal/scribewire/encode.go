@@ -35,7 +35,9 @@ func AppendEntry(b []byte, category string, message []byte) []byte {
 }
 
 // EntrySize is the bytes AppendEntry appends.
-func EntrySize(category string, message []byte) int { return 3 + 4 + len(category) + 3 + 4 + len(message) + 1 }
+func EntrySize(category string, message []byte) int {
+	return 3 + 4 + len(category) + 3 + 4 + len(message) + 1
+}
 
 // AppendBatchTail appends the rest of the arguments: received_at_ms,
 // the incarnation unless nil, and the ends of the batch and of the
