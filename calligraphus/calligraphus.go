@@ -354,9 +354,13 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 // dropped as one.
 func wireEntries(msgs []*scribethrift.LogEntry) []scribewire.Entry {
 	es := make([]scribewire.Entry, len(msgs))
+	var cat []byte // one copy per run of equal categories
 	for i, m := range msgs {
 		if m != nil {
-			es[i] = scribewire.Entry{Category: []byte(m.Category), Message: m.Message}
+			if string(cat) != m.Category || cat == nil {
+				cat = []byte(m.Category)
+			}
+			es[i] = scribewire.Entry{Category: cat, Message: m.Message}
 		}
 	}
 	return es

@@ -229,9 +229,13 @@ func (a *Agent) LogBatchEntries(ctx context.Context, b *scribewire.Batch, msgs [
 // dropped).
 func wireEntries(msgs []*scribethrift.LogEntry) []scribewire.Entry {
 	es := make([]scribewire.Entry, 0, len(msgs))
+	var cat []byte // one copy per run of equal categories
 	for _, m := range msgs {
 		if m != nil {
-			es = append(es, scribewire.Entry{Category: []byte(m.Category), Message: m.Message})
+			if string(cat) != m.Category || cat == nil {
+				cat = []byte(m.Category)
+			}
+			es = append(es, scribewire.Entry{Category: cat, Message: m.Message})
 		}
 	}
 	return es
