@@ -291,7 +291,7 @@ func (a *Agent) shipFailed(failing bool, addr string, err error) bool {
 // identity upstream is (agent id, incarnation, first_seq + i). The
 // incarnation is left unset for entries of a v1 queue segment, numbered
 // before incarnations existed, so that they deduplicate against what the
-// old agent shipped. It is written straight from the queue's entries
+// old agent shipped. They are encoded straight from the queue's entries
 // (scribewire's encoder: the generated code's bytes, without a LogEntry
 // per entry).
 type batchArgs struct {
@@ -300,11 +300,8 @@ type batchArgs struct {
 	buf *[]byte // reused by the sender's calls
 }
 
-func (a *batchArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
-	if _, ok := oprot.(*thrift.TBinaryProtocol); !ok {
-		// Not the binary protocol: the generated code, through oprot.
-		return (&scribethrift.ScribeLogBatchArgs{Batch: a.request()}).Write(ctx, oprot)
-	}
+// encode returns the encoded arguments, in the sender's buffer.
+func (a *batchArgs) encode() []byte {
 	size := 64 + len(a.id) + len(a.b.Incarnation)
 	for _, e := range a.b.Entries {
 		size += scribewire.EntrySize(e.Category, e.Message)
@@ -321,16 +318,7 @@ func (a *batchArgs) Write(ctx context.Context, oprot thrift.TProtocol) error {
 	if cap(b) <= 16<<20 {
 		*a.buf = b // kept for the next batch
 	}
-	// The binary protocol writes through to its transport: these bytes
-	// follow the message header it wrote.
-	if _, err := oprot.Transport().Write(b); err != nil {
-		return thrift.NewTTransportExceptionFromError(err)
-	}
-	return nil
-}
-
-func (a *batchArgs) Read(context.Context, thrift.TProtocol) error {
-	return errors.New("batch arguments are only written")
+	return b
 }
 
 func (a *batchArgs) incarnation() *string {
@@ -340,16 +328,16 @@ func (a *batchArgs) incarnation() *string {
 	return &a.b.Incarnation
 }
 
-// request is the generated struct of the batch.
-func (a *batchArgs) request() *scribethrift.Batch {
+// logEntries are the batch's entries for Log (an upstream without
+// LogBatch).
+func (a *batchArgs) logEntries() []*scribethrift.LogEntry {
 	les := make([]scribethrift.LogEntry, len(a.b.Entries))
 	ptrs := make([]*scribethrift.LogEntry, len(a.b.Entries))
 	for i, e := range a.b.Entries {
 		les[i] = scribethrift.LogEntry{Category: e.Category, Message: e.Message}
 		ptrs[i] = &les[i]
 	}
-	return &scribethrift.Batch{AgentID: a.id, FirstSeq: int64(a.b.First), Messages: ptrs, ReceivedAtMs: a.b.Entries[0].Time,
-		Incarnation: a.incarnation()}
+	return ptrs
 }
 
 // send makes one call, closing the connection if ctx ends meanwhile so
@@ -358,18 +346,12 @@ func (u *upstream) send(ctx context.Context, args *batchArgs) (scribethrift.Resu
 	stop := context.AfterFunc(ctx, func() { _ = u.c.Close() })
 	defer stop()
 	if !u.plainLog {
-		// ScribeClient.LogBatch, with arguments written from the queue.
-		var res scribethrift.ScribeLogBatchResult
-		meta, err := u.c.Client_().Call(ctx, "LogBatch", args, &res)
-		u.c.SetLastResponseMeta_(meta)
+		rc, err := u.c.LogBatchEncoded(ctx, args.encode())
 		var ae thrift.TApplicationException
 		if errors.As(err, &ae) && ae.TypeId() == thrift.UNKNOWN_METHOD {
-			return 0, errNoLogBatch
+			return rc, errNoLogBatch
 		}
-		if err != nil {
-			return 0, err
-		}
-		return res.GetSuccess(), nil
+		return rc, err
 	}
-	return u.c.Log(ctx, args.request().Messages)
+	return u.c.Log(ctx, args.logEntries())
 }

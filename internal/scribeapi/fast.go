@@ -115,3 +115,48 @@ func (p *fastProcessor) Process(ctx context.Context, seqID int32, iprot, oprot t
 	}
 	return true, thrift.WrapTException(herr)
 }
+
+// encodedArgs are a call's arguments already encoded in the binary
+// protocol (scribewire's Append functions), written as they are.
+type encodedArgs []byte
+
+func (a encodedArgs) Write(_ context.Context, oprot thrift.TProtocol) error {
+	if _, ok := oprot.(*thrift.TBinaryProtocol); !ok {
+		return thrift.NewTProtocolExceptionWithType(thrift.NOT_IMPLEMENTED, errors.New("encoded arguments need the binary protocol"))
+	}
+	// The binary protocol writes through to its transport: these bytes
+	// follow the message header it wrote.
+	if _, err := oprot.Transport().Write(a); err != nil {
+		return thrift.NewTTransportExceptionFromError(err)
+	}
+	return nil
+}
+
+func (a encodedArgs) Read(context.Context, thrift.TProtocol) error {
+	return errors.New("encoded arguments are only written")
+}
+
+// LogEncoded is Log with its arguments encoded already
+// (scribewire.AppendLogHead, AppendEntry, AppendLogTail): no LogEntry
+// and no protocol call per entry.
+func (c *Client) LogEncoded(ctx context.Context, args []byte) (scribethrift.ResultCode, error) {
+	var res scribethrift.ScribeLogResult
+	meta, err := c.Client_().Call(ctx, "Log", encodedArgs(args), &res)
+	c.SetLastResponseMeta_(meta)
+	if err != nil {
+		return 0, err
+	}
+	return res.GetSuccess(), nil
+}
+
+// LogBatchEncoded is LogBatch with its arguments encoded already
+// (scribewire.AppendBatchHead, AppendEntry, AppendBatchTail).
+func (c *Client) LogBatchEncoded(ctx context.Context, args []byte) (scribethrift.ResultCode, error) {
+	var res scribethrift.ScribeLogBatchResult
+	meta, err := c.Client_().Call(ctx, "LogBatch", encodedArgs(args), &res)
+	c.SetLastResponseMeta_(meta)
+	if err != nil {
+		return 0, err
+	}
+	return res.GetSuccess(), nil
+}

@@ -10,6 +10,18 @@ import "encoding/binary"
 // AppendBatchTail. It spares the agent's shipper a LogEntry per entry and
 // a protocol call per field. TestEncodeMatchesGenerated checks the bytes.
 
+// AppendLogHead appends the start of a Log call's arguments up to the
+// header of a list of n messages; AppendEntry each, then AppendLogTail.
+// The bytes are the generated ScribeLogArgs.Write's for entries without
+// metadata.
+func AppendLogHead(b []byte, n int) []byte {
+	b = append(b, tList, 0, 1, tStruct)
+	return binary.BigEndian.AppendUint32(b, uint32(n))
+}
+
+// AppendLogTail appends the end of a Log call's arguments.
+func AppendLogTail(b []byte) []byte { return append(b, tStop) }
+
 // AppendBatchHead appends the arguments' start up to the header of a
 // list of n messages.
 func AppendBatchHead(b []byte, agentID string, firstSeq int64, n int) []byte {

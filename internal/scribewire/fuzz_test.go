@@ -213,3 +213,23 @@ func TestEncodeMatchesGenerated(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodeLogMatchesGenerated: the same for Log's arguments.
+func TestEncodeLogMatchesGenerated(t *testing.T) {
+	for _, es := range [][]*scribethrift.LogEntry{seedLog(), nil} {
+		want := encode(t, &scribethrift.ScribeLogArgs{Messages: es})
+		got := scribewire.AppendLogHead(nil, len(es))
+		for _, e := range es {
+			got = scribewire.AppendEntry(got, e.Category, e.Message)
+		}
+		got = scribewire.AppendLogTail(got)
+		if es == nil {
+			// The generated code writes no list for a nil one; an empty
+			// list decodes the same.
+			want = encode(t, &scribethrift.ScribeLogArgs{Messages: []*scribethrift.LogEntry{}})
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("encoded\n% x\nthe generated code\n% x", got, want)
+		}
+	}
+}
