@@ -22,6 +22,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -326,8 +327,16 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 }
 
 // Log implements the Scribe Log call for stock clients. Their entries
-// arrive now, by this writer's clock.
+// arrive now, by this writer's clock. The port gives most calls to
+// LogEntries (decoded without a struct per entry); Log gets those its
+// fast path leaves to the generated code.
 func (c *Calligraphus) Log(ctx context.Context, entries []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	return c.LogEntries(ctx, wireEntries(entries))
+}
+
+// LogEntries is Log for entries decoded by the port's fast path.
+func (c *Calligraphus) LogEntries(ctx context.Context, entries []scribewire.Entry) (scribethrift.ResultCode, error) {
+	scribewire.OwnMessages(entries) // the writers keep them past the call
 	return c.ingest(ctx, callInfo{arrivalMs: c.now().UnixMilli()}, entries), nil
 }
 
@@ -336,6 +345,34 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 	if b == nil {
 		return scribethrift.ResultCode_OK, nil
 	}
+	return c.LogBatchEntries(ctx, &scribewire.Batch{AgentID: b.AgentID, FirstSeq: b.FirstSeq, ReceivedAtMs: b.ReceivedAtMs,
+		Incarnation: b.Incarnation, Seqs: b.Seqs, Forwarded: b.Forwarded}, wireEntries(b.Messages))
+}
+
+// wireEntries views generated entries as the fast path's; a nil entry
+// (never decoded, but a caller may pass one) has no category and is
+// dropped as one.
+func wireEntries(msgs []*scribethrift.LogEntry) []scribewire.Entry {
+	es := make([]scribewire.Entry, len(msgs))
+	var cat []byte // one copy per run of equal categories
+	for i, m := range msgs {
+		if m != nil {
+			if string(cat) != m.Category || cat == nil {
+				cat = []byte(m.Category)
+			}
+			es[i] = scribewire.Entry{Category: cat, Message: m.Message}
+		}
+	}
+	return es
+}
+
+// LogBatchEntries is LogBatch for batches decoded by the port's fast
+// path.
+func (c *Calligraphus) LogBatchEntries(ctx context.Context, b *scribewire.Batch, entries []scribewire.Entry) (scribethrift.ResultCode, error) {
+	if b == nil {
+		return scribethrift.ResultCode_OK, nil
+	}
+	scribewire.OwnMessages(entries) // the writers keep them past the call
 	// The agent's arrival time, but never later than ours: a clock ahead
 	// would make Puma take entries from the future as on time.
 	now := c.now().UnixMilli()
@@ -348,12 +385,12 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 		// that showed one may speak for an agent id: anyone else's batch
 		// could suppress that agent's entries downstream. Taken whole, as
 		// from a stock client (at-least-once), and said.
-		c.m.unverified.Add(float64(len(b.Messages)))
+		c.m.unverified.Add(float64(len(entries)))
 		c.rl.Warn("unverified", "batch from a connection without a verified client certificate taken without agent id or sequence numbers",
 			"agent", ratelog.Clip(b.AgentID), "remote", peer(ctx))
 		// Marked forwarded, it is still never forwarded again: the mark
 		// only restricts what this writer does with it.
-		return c.ingest(ctx, callInfo{arrivalMs: now, forwarded: b.GetForwarded()}, b.Messages), nil
+		return c.ingest(ctx, callInfo{arrivalMs: now, forwarded: b.GetForwarded()}, entries), nil
 	}
 	info := callInfo{agentID: b.AgentID, arrivalMs: arrival, firstSeq: uint64(max(b.FirstSeq, 0)), forwarded: b.GetForwarded()}
 	if b.AgentID != "" {
@@ -368,24 +405,24 @@ func (c *Calligraphus) LogBatch(ctx context.Context, b *scribethrift.Batch) (scr
 	}
 	if b.IsSetSeqs() && b.AgentID != "" {
 		// A forwarding writer's batch: each entry's own sequence number.
-		if len(b.Seqs) == len(b.Messages) && !slices.ContainsFunc(b.Seqs, func(q int64) bool { return q <= 0 }) {
-			info.seqs = b.Seqs
-			return c.ingest(ctx, info, b.Messages), nil
+		if len(b.Seqs) == len(entries) && !slices.ContainsFunc(b.Seqs, func(q int64) bool { return q <= 0 }) {
+			info.seqs = slices.Clone(b.Seqs) // the decoder reuses b's
+			return c.ingest(ctx, info, entries), nil
 		}
-		c.m.unsequenced.Add(float64(len(b.Messages)))
-		c.rl.Warn("bad seqs", "batch with sequence numbers not one positive number per entry taken without deduplication", "agent", ratelog.Clip(b.AgentID), "entries", len(b.Messages), "seqs", len(b.Seqs))
+		c.m.unsequenced.Add(float64(len(entries)))
+		c.rl.Warn("bad seqs", "batch with sequence numbers not one positive number per entry taken without deduplication", "agent", ratelog.Clip(b.AgentID), "entries", len(entries), "seqs", len(b.Seqs))
 		info.agent = ""
-		return c.ingest(ctx, info, b.Messages), nil
+		return c.ingest(ctx, info, entries), nil
 	}
 	if b.FirstSeq <= 0 && b.AgentID != "" {
 		// Refusing would wedge the sender, which retries TRY_LATER forever:
 		// take the entries, without a sequence, as from a stock client
 		// (at-least-once), and say so.
-		c.m.unsequenced.Add(float64(len(b.Messages)))
+		c.m.unsequenced.Add(float64(len(entries)))
 		c.rl.Warn("unsequenced", "batch without a sequence number taken without deduplication", "agent", ratelog.Clip(b.AgentID), "first_seq", b.FirstSeq)
 		info.agent = ""
 	}
-	return c.ingest(ctx, info, b.Messages), nil
+	return c.ingest(ctx, info, entries), nil
 }
 
 // callInfo is what a call says about all its entries.
@@ -421,7 +458,7 @@ func (info *callInfo) seq(i int) uint64 {
 // the call TRY_LATER with the other bucket's entries durable; the retry
 // writes them again. Puma drops such repeats from Freeway's agents (by
 // sequence); a stock client's are counted twice (at-least-once).
-func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scribethrift.LogEntry) scribethrift.ResultCode {
+func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []scribewire.Entry) scribethrift.ResultCode {
 	// The call's requests, one per bucket, in the order first seen;
 	// byCategory finds a category's by bucket. A call is usually one
 	// category: the cursor looks it up, and checks it, once per run.
@@ -442,12 +479,10 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []*scr
 		}
 	}
 	accepted, empty := 0, 0
-	for i, e := range entries {
-		if e == nil {
-			continue
-		}
-		if !started || e.Category != category {
-			started, category = true, e.Category
+	for i := range entries {
+		e := &entries[i]
+		if !started || string(e.Category) != category {
+			started, category = true, string(e.Category)
 			// Stock Scribe drops entries without a category too: there is
 			// nowhere to put them.
 			if valid = cur.use(category); valid {

@@ -16,6 +16,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -37,6 +38,8 @@ type Agent struct {
 	// (nil otherwise); source hands each shipper its upstreamSource.
 	members *memberSource
 	ran     atomic.Bool
+	// entries pools the []diskqueue.Entry a call is queued from.
+	entries sync.Pool
 }
 
 // Deps are what the agent needs from the wiring: the common ones only.
@@ -79,6 +82,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		return nil, fmt.Errorf("open agent queue: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: log, rl: ratelog.New(log, time.Minute, 5), clock: clk, q: q, c: newCounters()}
+	a.entries.New = func() any { return new([]diskqueue.Entry) }
 	for _, tc := range cfg.Tail {
 		a.tails = append(a.tails, newTailer(a, tc))
 	}
@@ -189,7 +193,16 @@ func (a *Agent) Run(ctx context.Context) error {
 // are dropped and counted, as stock Scribe does. When the queue cannot
 // take the entries (full, disk full or failing, closing) the whole call
 // is answered TRY_LATER and nothing of it is kept.
+//
+// The port gives most calls to LogEntries instead (decoded without a
+// struct per entry); Log gets those its fast path leaves to the
+// generated code, and takes them the same way.
 func (a *Agent) Log(ctx context.Context, msgs []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	return a.accept(wireEntries(msgs)), nil
+}
+
+// LogEntries is Log for entries decoded by the port's fast path.
+func (a *Agent) LogEntries(ctx context.Context, msgs []scribewire.Entry) (scribethrift.ResultCode, error) {
 	return a.accept(msgs), nil
 }
 
@@ -201,23 +214,61 @@ func (a *Agent) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethri
 	if b == nil {
 		return scribethrift.ResultCode_OK, nil
 	}
-	return a.accept(b.Messages), nil
+	return a.accept(wireEntries(b.Messages)), nil
 }
 
-func (a *Agent) accept(msgs []*scribethrift.LogEntry) scribethrift.ResultCode {
-	now := a.clock.Now().UnixMilli()
-	es := make([]diskqueue.Entry, 0, len(msgs))
+// LogBatchEntries is LogBatch for batches decoded by the fast path.
+func (a *Agent) LogBatchEntries(ctx context.Context, b *scribewire.Batch, msgs []scribewire.Entry) (scribethrift.ResultCode, error) {
+	if b == nil {
+		return scribethrift.ResultCode_OK, nil
+	}
+	return a.accept(msgs), nil
+}
+
+// wireEntries views generated entries as the fast path's (nil ones
+// dropped).
+func wireEntries(msgs []*scribethrift.LogEntry) []scribewire.Entry {
+	es := make([]scribewire.Entry, 0, len(msgs))
+	var cat []byte // one copy per run of equal categories
 	for _, m := range msgs {
-		if m == nil {
-			continue
+		if m != nil {
+			if string(cat) != m.Category || cat == nil {
+				cat = []byte(m.Category)
+			}
+			es = append(es, scribewire.Entry{Category: cat, Message: m.Message})
 		}
-		if m.Category == "" {
+	}
+	return es
+}
+
+// accept queues a call's entries; their bytes need to live only until it
+// returns (the queue copies them into its records).
+func (a *Agent) accept(msgs []scribewire.Entry) scribethrift.ResultCode {
+	now := a.clock.Now().UnixMilli()
+	esp := a.entries.Get().(*[]diskqueue.Entry)
+	defer func() {
+		clear(*esp) // no references to the call's bytes in the pool
+		if cap(*esp) <= 1<<16 {
+			a.entries.Put(esp)
+		}
+	}()
+	es := (*esp)[:0]
+	// A call's entries are mostly of one category: its string is made
+	// once per run of equal categories, not per entry.
+	var category string
+	for i := range msgs {
+		m := &msgs[i]
+		if len(m.Category) == 0 {
 			a.c.rejected[reasonEmptyCategory].Add(1)
 			a.rl.Warn("blank category", "received blank category", "bytes", len(m.Message))
 			continue
 		}
-		es = append(es, diskqueue.Entry{Category: m.Category, Message: m.Message, Time: now})
+		if string(m.Category) != category {
+			category = string(m.Category)
+		}
+		es = append(es, diskqueue.Entry{Category: category, Message: m.Message, Time: now})
 	}
+	*esp = es
 	if len(es) == 0 {
 		return scribethrift.ResultCode_OK
 	}

@@ -5,12 +5,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -83,6 +87,18 @@ func (c *countingUpstream) LogBatch(_ context.Context, b *scribethrift.Batch) (s
 	return scribethrift.ResultCode_OK, nil
 }
 
+// LogEntries and LogBatchEntries take the port's fast path, so that
+// BenchmarkShip's profile is the shipper's, not the upstream's decode.
+func (c *countingUpstream) LogEntries(_ context.Context, es []scribewire.Entry) (scribethrift.ResultCode, error) {
+	c.n.Add(int64(len(es)))
+	return scribethrift.ResultCode_OK, nil
+}
+
+func (c *countingUpstream) LogBatchEntries(_ context.Context, _ *scribewire.Batch, es []scribewire.Entry) (scribethrift.ResultCode, error) {
+	c.n.Add(int64(len(es)))
+	return scribethrift.ResultCode_OK, nil
+}
+
 // BenchmarkShip measures draining a full queue to an upstream that
 // answers OK at once: read, encode, send, acknowledge (fsync of the ack
 // position per batch), segment deletion. One op is 100 entries.
@@ -122,12 +138,67 @@ func BenchmarkShip(b *testing.B) {
 	b.SetBytes(size)
 	b.ReportAllocs()
 	b.ResetTimer()
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	a := startAgent(b, cfg)
 	want := int64(b.N) * int64(len(qes))
 	testkit.WaitFor(b, "the queue shipped", func() bool { return up.n.Load() >= want })
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	b.StopTimer()
+	// The process's CPU: the shipper's and the upstream's (fast path).
+	b.ReportMetric(float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())/float64(want), "cpu-ns/entry")
 	batches := a.c.batches.Load()
 	b.ReportMetric(float64(want)/b.Elapsed().Seconds(), "entries/s")
 	b.ReportMetric(float64(want)/float64(batches), "entries/batch")
 	a.stopped(b)
+}
+
+// BenchmarkAgentLogCalls measures the agent's side of Log calls alone:
+// frames of 1,000 entries of 176 bytes (as the load generator sends
+// them), encoded once and written raw on 8 connections, so that the CPU
+// time and allocations reported are the server's (decode, accept, queue
+// append and fsync, reply), not a client's. One op is one call;
+// cpu-ns/entry is the process's CPU time (user + system, every
+// goroutine) per entry.
+func BenchmarkAgentLogCalls(b *testing.B) {
+	const conns, perCall = 8, 1000
+	cfg := testConfig(b.TempDir(), deadAddr(b))
+	cfg.MaxQueueBytes = 64 << 30
+	cfg.RetryMin = cfg.RetryMax // keep the shipper's reconnects out of the way
+	a := startAgent(b, cfg)
+	line := bytes.Repeat([]byte("x"), 176)
+	frame := scribetest.LogFrameOf("bench", line, perCall)
+	cs := make([]net.Conn, conns)
+	for i := range cs {
+		c, err := net.Dial("tcp", a.Addr())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		cs[i] = c
+	}
+	b.SetBytes(int64(len(frame)))
+	b.ReportAllocs()
+	var next atomic.Int64
+	b.ResetTimer()
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				reply, err := scribetest.Call(c, frame)
+				if err != nil || !bytes.HasSuffix(reply, scribetest.OK) {
+					b.Errorf("log: %x %v", reply, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	b.StopTimer()
+	cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
+	b.ReportMetric(float64(cpu)/float64(b.N*perCall), "cpu-ns/entry")
+	b.ReportMetric(float64(b.N*perCall)/b.Elapsed().Seconds(), "entries/s")
 }

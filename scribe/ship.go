@@ -10,6 +10,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -32,7 +33,6 @@ var errNoLogBatch = errors.New("upstream has no LogBatch")
 // closed once an upstream answered OK.
 type flight struct {
 	b    diskqueue.Batch
-	req  *scribethrift.Batch
 	done chan struct{}
 }
 
@@ -101,7 +101,7 @@ func (a *Agent) ship(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case b := <-read:
-			next = &flight{b: b, req: batchRequest(a.q.ID(), b), done: make(chan struct{})}
+			next = &flight{b: b, done: make(chan struct{})}
 			continue
 		case <-oldest:
 		}
@@ -184,6 +184,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		bo      = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
 		failing bool
 		plain   = map[string]bool{} // addresses without LogBatch
+		buf     []byte              // the last batch's encoding, reused
 	)
 	defer func() {
 		if up != nil {
@@ -198,7 +199,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		case <-ctx.Done():
 			return
 		}
-		req := f.req
+		args := &batchArgs{id: a.q.ID(), b: f.b, buf: &buf}
 		for {
 			if up == nil {
 				addr, err := again, error(nil)
@@ -229,7 +230,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 				}
 			}
 			a.c.inFlight.Add(1)
-			rc, err := up.send(ctx, req)
+			rc, err := up.send(ctx, args)
 			a.c.inFlight.Add(-1)
 			if ctx.Err() != nil {
 				return
@@ -286,36 +287,71 @@ func (a *Agent) shipFailed(failing bool, addr string, err error) bool {
 	return true
 }
 
-// batchRequest is the LogBatch for b: the entries' identity upstream is
-// (agent id, incarnation, first_seq + i). The incarnation is left unset
-// for entries of a v1 queue segment, numbered before incarnations
-// existed, so that they deduplicate against what the old agent shipped.
-func batchRequest(id string, b diskqueue.Batch) *scribethrift.Batch {
-	les := make([]scribethrift.LogEntry, len(b.Entries))
-	ptrs := make([]*scribethrift.LogEntry, len(b.Entries))
-	for i, e := range b.Entries {
+// batchArgs are the arguments of the LogBatch for b: the entries'
+// identity upstream is (agent id, incarnation, first_seq + i). The
+// incarnation is left unset for entries of a v1 queue segment, numbered
+// before incarnations existed, so that they deduplicate against what the
+// old agent shipped. They are encoded straight from the queue's entries
+// (scribewire's encoder: the generated code's bytes, without a LogEntry
+// per entry).
+type batchArgs struct {
+	id  string
+	b   diskqueue.Batch
+	buf *[]byte // reused by the sender's calls
+}
+
+// encode returns the encoded arguments, in the sender's buffer.
+func (a *batchArgs) encode() []byte {
+	size := 64 + len(a.id) + len(a.b.Incarnation)
+	for _, e := range a.b.Entries {
+		size += scribewire.EntrySize(e.Category, e.Message)
+	}
+	b := (*a.buf)[:0]
+	if cap(b) < size {
+		b = make([]byte, 0, size)
+	}
+	b = scribewire.AppendBatchHead(b, a.id, int64(a.b.First), len(a.b.Entries))
+	for _, e := range a.b.Entries {
+		b = scribewire.AppendEntry(b, e.Category, e.Message)
+	}
+	b = scribewire.AppendBatchTail(b, a.b.Entries[0].Time, a.incarnation())
+	if cap(b) <= 16<<20 {
+		*a.buf = b // kept for the next batch
+	}
+	return b
+}
+
+func (a *batchArgs) incarnation() *string {
+	if a.b.Incarnation == "" {
+		return nil
+	}
+	return &a.b.Incarnation
+}
+
+// logEntries are the batch's entries for Log (an upstream without
+// LogBatch).
+func (a *batchArgs) logEntries() []*scribethrift.LogEntry {
+	les := make([]scribethrift.LogEntry, len(a.b.Entries))
+	ptrs := make([]*scribethrift.LogEntry, len(a.b.Entries))
+	for i, e := range a.b.Entries {
 		les[i] = scribethrift.LogEntry{Category: e.Category, Message: e.Message}
 		ptrs[i] = &les[i]
 	}
-	req := &scribethrift.Batch{AgentID: id, FirstSeq: int64(b.First), Messages: ptrs, ReceivedAtMs: b.Entries[0].Time}
-	if b.Incarnation != "" {
-		req.Incarnation = &b.Incarnation
-	}
-	return req
+	return ptrs
 }
 
 // send makes one call, closing the connection if ctx ends meanwhile so
 // that shutdown does not wait for the socket timeout.
-func (u *upstream) send(ctx context.Context, req *scribethrift.Batch) (scribethrift.ResultCode, error) {
+func (u *upstream) send(ctx context.Context, args *batchArgs) (scribethrift.ResultCode, error) {
 	stop := context.AfterFunc(ctx, func() { _ = u.c.Close() })
 	defer stop()
 	if !u.plainLog {
-		rc, err := u.c.LogBatch(ctx, req)
+		rc, err := u.c.LogBatchEncoded(ctx, args.encode())
 		var ae thrift.TApplicationException
 		if errors.As(err, &ae) && ae.TypeId() == thrift.UNKNOWN_METHOD {
 			return rc, errNoLogBatch
 		}
 		return rc, err
 	}
-	return u.c.Log(ctx, req.Messages)
+	return u.c.Log(ctx, args.logEntries())
 }

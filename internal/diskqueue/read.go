@@ -511,6 +511,13 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 	r := &q.r
 	var b Batch
 	var bytes int64
+	// One allocation for the batch's entries: growing the slice entry by
+	// entry was a fifth of the shipper's reading.
+	if n := v.avail - r.seq; n > 0 {
+		most := max(min(maxEntries, maxBytes/(recHeaderSize+minPayload)+1), 1)
+		b.Entries = make([]Entry, 0, min(n, uint64(most)))
+	}
+	last := "" // the category of the entry before: most runs share one
 	for r.seq < v.avail && len(b.Entries) < maxEntries {
 		inBatch := len(b.Entries) > 0
 		h, ok, err := q.advance(v, inBatch)
@@ -561,12 +568,16 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 		if !inBatch {
 			b.First, b.Incarnation = r.seq, sc.seg.inc
 		}
-		c, ok := q.intern[string(cat)]
-		if !ok {
-			c = string(cat)
-			if len(q.intern) < 4096 {
-				q.intern[c] = c
+		c := last
+		if string(cat) != last || last == "" {
+			var ok bool
+			if c, ok = q.intern[string(cat)]; !ok {
+				c = string(cat)
+				if len(q.intern) < 4096 {
+					q.intern[c] = c
+				}
 			}
+			last = c
 		}
 		b.Entries = append(b.Entries, Entry{Category: c, Message: msg, Time: t})
 		bytes += rs

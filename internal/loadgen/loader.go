@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -238,8 +239,7 @@ func (l *Loader) conn(ctx context.Context) {
 		interval = time.Duration(float64(time.Second) * float64(l.o.Batch) * float64(l.o.Conns) / l.o.Rate)
 	}
 	next := time.Now()
-	entries := make([]*scribe.LogEntry, 0, l.o.Batch)
-	slots := make([]scribe.LogEntry, l.o.Batch)
+	var args []byte
 	recs := make([]Record, 0, l.o.Batch)
 	var buf []byte
 	ends := make([]int, 0, l.o.Batch)
@@ -266,7 +266,7 @@ func (l *Loader) conn(ctx context.Context) {
 		}
 		// One buffer for the batch's lines, newline-terminated so that
 		// Out gets them as they are; messages leave the newline out.
-		buf, recs, ends, entries = buf[:0], recs[:0], ends[:0], entries[:0]
+		buf, recs, ends = buf[:0], recs[:0], ends[:0]
 		nowMs := l.o.Now().UnixMilli()
 		for i := range n {
 			var r Record
@@ -275,14 +275,17 @@ func (l *Loader) conn(ctx context.Context) {
 			recs = append(recs, r)
 			ends = append(ends, len(buf))
 		}
+		// The call's arguments, encoded once (scribewire: the generated
+		// code's bytes without a LogEntry and a protocol call per line).
 		start := 0
 		var size int64
-		for i, end := range ends {
-			slots[i] = scribe.LogEntry{Category: l.o.Category, Message: buf[start : end-1]}
-			entries = append(entries, &slots[i])
+		args = scribewire.AppendLogHead(args[:0], len(ends))
+		for _, end := range ends {
+			args = scribewire.AppendEntry(args, l.o.Category, buf[start:end-1])
 			size += int64(end - 1 - start)
 			start = end
 		}
+		args = scribewire.AppendLogTail(args)
 		for {
 			if client == nil {
 				c, err := scribeapi.DialTLS(l.o.Addr, l.o.TLS, thriftsrv.Limits{}, l.o.Timeout)
@@ -297,7 +300,7 @@ func (l *Loader) conn(ctx context.Context) {
 			}
 			l.calls.Add(1)
 			t0 := time.Now()
-			rc, err := client.Log(context.Background(), entries)
+			rc, err := client.LogEncoded(context.Background(), args)
 			h.add(time.Since(t0))
 			if err != nil {
 				l.fail(fmt.Errorf("log to %s: %w", l.o.Addr, err))

@@ -3,6 +3,13 @@
 // calls monitors and scribe_ctrl use, and the client Freeway's agent and
 // tests send with.
 //
+// A handler that implements EntriesHandler gets Log and LogBatch calls
+// decoded by internal/scribewire straight from the frame's bytes (no
+// struct and no []byte per entry); what that fast path leaves (metadata,
+// unknown fields, malformed input) goes to the generated code and the
+// Handler's methods, with the generated code's errors. Client's
+// LogEncoded and LogBatchEncoded send arguments scribewire encoded.
+//
 // The port itself (framing, limits, the in-flight byte budget, idle and
 // slow clients) is internal/thriftsrv; a call it refuses unprocessed (too
 // large, or no memory for it now) is answered TRY_LATER here. fb303's
@@ -82,7 +89,11 @@ func Listen(addr string, h Handler, info Info, limits thriftsrv.Limits, log *slo
 	}
 	svc.status.Store(int32(fb303.FbStatus_STARTING))
 	opts = append([]thriftsrv.Option{thriftsrv.WithName("scribe"), thriftsrv.WithMetrics(info.Metrics), thriftsrv.WithRefuse(tryLater)}, opts...)
-	srv, err := thriftsrv.Listen(addr, scribethrift.NewScribeProcessor(svc), limits, log, opts...)
+	proc := scribethrift.NewScribeProcessor(svc)
+	if eh, ok := h.(EntriesHandler); ok {
+		useFastPath(proc, eh)
+	}
+	srv, err := thriftsrv.Listen(addr, proc, limits, log, opts...)
 	if err != nil {
 		return nil, err
 	}

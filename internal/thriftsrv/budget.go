@@ -48,6 +48,7 @@ type Budget struct {
 	limit  int64
 	chunks sync.Pool // *[]byte of chunkSize
 	small  sync.Pool // *[]byte of smallChunk
+	flats  sync.Pool // *[]byte: frames' arguments in one slice (frameReader.rest)
 
 	mu      sync.Mutex
 	used    int64

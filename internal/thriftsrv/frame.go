@@ -179,6 +179,7 @@ type frameReader struct {
 	off    int   // offset in it
 	csize  int   // size of the chunks
 	size   int64
+	flat   *[]byte // the unread bytes in one slice, when rest copied them
 }
 
 // held is the chunk bytes of the frame being read.
@@ -217,6 +218,10 @@ func (f *frameReader) release() {
 	clear(f.chunks)
 	f.chunks = f.chunks[:0]
 	f.left, f.ci, f.off = 0, 0, 0
+	if f.flat != nil {
+		f.budget.putFlat(f.flat)
+		f.flat = nil
+	}
 }
 
 func (f *frameReader) cur() []byte {
@@ -297,6 +302,7 @@ var errOverBudget = errors.New("decoding the call would exceed max_inflight_byte
 type callProtocol struct {
 	*thrift.TBinaryProtocol
 	frame *frameReader
+	cfg   *thrift.TConfiguration
 
 	reserved int64 // budget held for decoded values
 	used     int64 // estimated decoded bytes
@@ -305,7 +311,7 @@ type callProtocol struct {
 }
 
 func newCallProtocol(f *frameReader, cfg *thrift.TConfiguration) *callProtocol {
-	return &callProtocol{TBinaryProtocol: thrift.NewTBinaryProtocolConf(f, cfg), frame: f}
+	return &callProtocol{TBinaryProtocol: thrift.NewTBinaryProtocolConf(f, cfg), frame: f, cfg: cfg}
 }
 
 func (p *callProtocol) reset(reserved int64) {

@@ -26,7 +26,10 @@
 //     charged as it goes), waiting at most BudgetWait behind earlier
 //     calls; without room it is read, discarded and refused too. The
 //     frame is read within ReadTimeout into pooled chunks, decoded from
-//     memory, processed, and the reply written as one frame.
+//     memory, processed, and the reply written as one frame. A
+//     processor may take the arguments' bytes in one slice instead
+//     (ArgsFrame) and decode them itself, charging the budget what the
+//     protocol would have.
 //
 // With WithTLS the port speaks TLS: the handshake starts at a
 // connection's first byte (under ReadTimeout), and a client whose first

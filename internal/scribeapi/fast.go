@@ -1,0 +1,162 @@
+package scribeapi
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/apache/thrift/lib/go/thrift"
+
+	"github.com/freeway-dev/freeway/internal/scribewire"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+// EntriesHandler is a Handler that also takes a call's entries as slices
+// into the call's bytes (internal/scribewire), without a LogEntry and a
+// message allocated per entry. The server gives Log and LogBatch calls to
+// these methods when their arguments decode on scribewire's fast path,
+// and to the Handler's methods otherwise (a LogEntry with metadata,
+// unknown fields, malformed input: the generated code's decode and
+// errors). Both must take the same entries the same way.
+//
+// The entries' bytes, and the entries and batch themselves, are valid
+// only until the method returns: a handler that keeps messages longer
+// copies them first (scribewire.OwnMessages).
+type EntriesHandler interface {
+	Handler
+	LogEntries(ctx context.Context, entries []scribewire.Entry) (scribethrift.ResultCode, error)
+	// LogBatchEntries gets a nil batch where LogBatch gets a nil one.
+	LogBatchEntries(ctx context.Context, batch *scribewire.Batch, entries []scribewire.Entry) (scribethrift.ResultCode, error)
+}
+
+// useFastPath puts the fast processor functions in front of the
+// generated ones for Log and LogBatch.
+func useFastPath(p *scribethrift.ScribeProcessor, h EntriesHandler) {
+	decoders := &sync.Pool{New: func() any { return &scribewire.Decoder{} }}
+	for _, name := range []string{"Log", "LogBatch"} {
+		slow, _ := p.GetProcessorFunction(name)
+		p.AddToProcessorMap(name, &fastProcessor{name: name, batch: name == "LogBatch", h: h, slow: slow, decoders: decoders})
+	}
+}
+
+// fastProcessor serves Log or LogBatch: it decodes the arguments from the
+// frame's bytes with scribewire and answers as the generated processor
+// function does; where scribewire gives up it hands the call, still
+// unread, to the generated one.
+type fastProcessor struct {
+	name     string
+	batch    bool
+	h        EntriesHandler
+	slow     thrift.TProcessorFunction
+	decoders *sync.Pool
+}
+
+func (p *fastProcessor) Process(ctx context.Context, seqID int32, iprot, oprot thrift.TProtocol) (bool, thrift.TException) {
+	af, ok := iprot.(thriftsrv.ArgsFrame)
+	if !ok {
+		return p.slow.Process(ctx, seqID, iprot, oprot)
+	}
+	d := p.decoders.Get().(*scribewire.Decoder)
+	defer func() {
+		d.Release()
+		p.decoders.Put(d)
+	}()
+	d.MaxContainerSize = af.MaxContainerSize()
+	if p.batch {
+		ok = d.DecodeLogBatch(af.Args())
+	} else {
+		ok = d.DecodeLog(af.Args())
+	}
+	if !ok {
+		return p.slow.Process(ctx, seqID, iprot, oprot)
+	}
+	if err := af.ChargeDecoded(d.Charge); err != nil {
+		// As when the generated decode runs out of budget: the server
+		// refuses the call (busy) whatever is answered here.
+		_ = iprot.ReadMessageEnd(ctx)
+		return false, thrift.WrapTException(err)
+	}
+	var rc scribethrift.ResultCode
+	var herr error
+	if p.batch {
+		rc, herr = p.h.LogBatchEntries(ctx, d.Batch, d.Entries)
+	} else {
+		rc, herr = p.h.LogEntries(ctx, d.Entries)
+	}
+	// The frame's bytes go back to the pool only now: the entries pointed
+	// into them.
+	_ = iprot.ReadMessageEnd(ctx)
+	var res thrift.TStruct
+	typ := thrift.REPLY
+	switch {
+	case herr != nil && errors.Is(herr, thrift.ErrAbandonRequest):
+		return false, thrift.WrapTException(herr)
+	case herr != nil:
+		typ = thrift.EXCEPTION
+		res = thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing "+p.name+": "+herr.Error())
+	case p.batch:
+		res = &scribethrift.ScribeLogBatchResult{Success: &rc}
+	default:
+		res = &scribethrift.ScribeLogResult{Success: &rc}
+	}
+	werr := oprot.WriteMessageBegin(ctx, p.name, typ, seqID)
+	if werr == nil {
+		werr = res.Write(ctx, oprot)
+	}
+	if werr == nil {
+		werr = oprot.WriteMessageEnd(ctx)
+	}
+	if werr == nil {
+		werr = oprot.Flush(ctx)
+	}
+	if werr != nil {
+		return false, thrift.WrapTException(werr)
+	}
+	return true, thrift.WrapTException(herr)
+}
+
+// encodedArgs are a call's arguments already encoded in the binary
+// protocol (scribewire's Append functions), written as they are.
+type encodedArgs []byte
+
+func (a encodedArgs) Write(_ context.Context, oprot thrift.TProtocol) error {
+	if _, ok := oprot.(*thrift.TBinaryProtocol); !ok {
+		return thrift.NewTProtocolExceptionWithType(thrift.NOT_IMPLEMENTED, errors.New("encoded arguments need the binary protocol"))
+	}
+	// The binary protocol writes through to its transport: these bytes
+	// follow the message header it wrote.
+	if _, err := oprot.Transport().Write(a); err != nil {
+		return thrift.NewTTransportExceptionFromError(err)
+	}
+	return nil
+}
+
+func (a encodedArgs) Read(context.Context, thrift.TProtocol) error {
+	return errors.New("encoded arguments are only written")
+}
+
+// LogEncoded is Log with its arguments encoded already
+// (scribewire.AppendLogHead, AppendEntry, AppendLogTail): no LogEntry
+// and no protocol call per entry.
+func (c *Client) LogEncoded(ctx context.Context, args []byte) (scribethrift.ResultCode, error) {
+	var res scribethrift.ScribeLogResult
+	meta, err := c.Client_().Call(ctx, "Log", encodedArgs(args), &res)
+	c.SetLastResponseMeta_(meta)
+	if err != nil {
+		return 0, err
+	}
+	return res.GetSuccess(), nil
+}
+
+// LogBatchEncoded is LogBatch with its arguments encoded already
+// (scribewire.AppendBatchHead, AppendEntry, AppendBatchTail).
+func (c *Client) LogBatchEncoded(ctx context.Context, args []byte) (scribethrift.ResultCode, error) {
+	var res scribethrift.ScribeLogBatchResult
+	meta, err := c.Client_().Call(ctx, "LogBatch", encodedArgs(args), &res)
+	c.SetLastResponseMeta_(meta)
+	if err != nil {
+		return 0, err
+	}
+	return res.GetSuccess(), nil
+}
