@@ -44,7 +44,8 @@ type Config struct {
 	// max_cells); existing cells keep aggregating.
 	MaxCells int `yaml:"max_cells"`
 	// MemoryLimit bounds the approximate bytes of the cells this node
-	// holds in memory (freeway_puma_cell_bytes summed): closed windows
+	// holds in memory (freeway_puma_cell_bytes summed) and of its shards'
+	// agent dedup state (freeway_puma_dedup_bytes, never refused): closed windows
 	// are evicted, then a line that would create a new cell is refused
 	// (counted as max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
 	MemoryLimit config.ByteSize `yaml:"memory_limit"`
@@ -147,6 +148,9 @@ type Puma struct {
 	running atomic.Bool
 	// cells bounds the cells in memory (puma.max_cells, puma.memory_limit).
 	cells cellBudget
+	// dedupBytes: the part of cells' bytes that is agents' dedup state
+	// (dedup.go), freeway_puma_dedup_bytes.
+	dedupBytes atomic.Int64
 	// appCells bounds each app's cells (its max_cells), by app name: only
 	// apps with a bound.
 	appCells map[string]*cellBudget
@@ -688,9 +692,14 @@ func (p *Puma) Readiness() Readiness {
 }
 
 // Cells returns the cells this node holds in memory (what puma.max_cells
-// bounds) and their approximate bytes: a fixed overhead per cell and key,
-// and the stored size of each cell's sketches at its last checkpoint.
+// bounds) and the approximate bytes puma.memory_limit bounds: a fixed
+// overhead per cell and key, the stored size of each cell's sketches at
+// its last checkpoint, and the agents' dedup state (DedupBytes).
 func (p *Puma) Cells() (cells, bytes int64) { return p.cells.n.Load(), p.cells.bytes.Load() }
+
+// DedupBytes returns the approximate bytes of the agents' dedup state
+// (keys and seen-windows) this node's shards keep, part of Cells' bytes.
+func (p *Puma) DedupBytes() int64 { return p.dedupBytes.Load() }
 
 // Ready is Readiness().Ready.
 func (p *Puma) Ready() bool { return p.Readiness().Ready }
@@ -734,6 +743,8 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 	}
 	reg.MustRegister(m.entries, m.duplicates, m.belowWindow, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
 	reg.MustRegister(&tableCollector{p: p}, &evictCollector{p: p}, m.evictions)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_puma_dedup_bytes", Help: "Approximate memory of the agents' dedup state (keys and seen-windows) of this node's shards; charged to puma.memory_limit with the cells' bytes."},
+		func() float64 { return float64(p.dedupBytes.Load()) }))
 	return m
 }
 
