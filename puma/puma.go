@@ -66,6 +66,10 @@ type Config struct {
 	// TakeoverGrace: a node takes a shard it is not preferred for once
 	// its lease has been held by nobody for this long.
 	TakeoverGrace config.Duration `yaml:"takeover_grace"`
+	// MaxPartialRows bounds the rows of a partial state this node builds
+	// for serving's fan-out (toolarge.go); a query over it is refused
+	// with a TooLargeError. 0: DefaultMaxPartialRows.
+	MaxPartialRows int `yaml:"max_partial_rows"`
 }
 
 // DefaultConfig returns the defaults.
@@ -78,6 +82,7 @@ func DefaultConfig() Config {
 		DedupHorizon:       config.Duration(7 * 24 * time.Hour),
 		MaxAgentsPerShard:  2048,
 		TakeoverGrace:      config.Duration(5 * time.Second),
+		MaxPartialRows:     DefaultMaxPartialRows,
 	}
 }
 
@@ -109,6 +114,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
 	case c.TakeoverGrace < 0:
 		return config.Errorf("takeover_grace", "must not be negative")
+	case c.MaxPartialRows < 0:
+		return config.Errorf("max_partial_rows", "must not be negative")
 	}
 	return nil
 }
