@@ -133,9 +133,12 @@
 //
 // What survives a crash: every acknowledged entry. On a local disk an
 // unpublished segment holds acknowledged entries, so the next owner of the
-// bucket salvages it (every valid block, under its own name) before
-// writing; on HDFS an unpublished segment holds only unacknowledged
-// entries, which the sender retries, so it is deleted.
+// bucket salvages it (every valid block, copied under a hidden name of
+// the taker's epoch, then renamed to the segment's own) before writing: a
+// superseded taker salvaging at the same time never touches the newer
+// one's copy, and the next taker removes the copies of crashed ones; on
+// HDFS an unpublished segment holds only unacknowledged entries, which
+// the sender retries, so it is deleted.
 //
 // A writer that loses its lease (a session expiry) acknowledges nothing
 // written after that, since the new owner may already have salvaged the

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/coord"
@@ -114,12 +115,24 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 		if !dfs.Hidden(name) {
 			continue
 		}
+		if _, taker, ok := parseSalvageName(name); ok {
+			if taker >= epoch {
+				continue // a newer owner's salvage under way
+			}
+			// The copy of a salvage interrupted by a crash (its source is
+			// still there), or of a taker this one supersedes.
+			if err := removeGone(fsys, path.Join(w.dir, name)); err != nil {
+				return 0, err
+			}
+			continue
+		}
 		if segName, ok := layout.ParseSalvageSegment(name); ok {
 			if !olderEpoch(segName, epoch) {
 				continue // a newer owner's salvage under way
 			}
-			// A salvage interrupted by a crash; its source is still there.
-			if err := fsys.Remove(path.Join(w.dir, name)); err != nil {
+			// A salvage copy of the code before (one name for every
+			// taker), interrupted by a crash; its source is still there.
+			if err := removeGone(fsys, path.Join(w.dir, name)); err != nil {
 				return 0, err
 			}
 			continue
@@ -140,7 +153,7 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 			}
 			continue
 		}
-		if err := w.salvage(p, path.Join(w.dir, segName)); err != nil {
+		if err := w.salvage(p, path.Join(w.dir, segName), epoch); err != nil {
 			return 0, fmt.Errorf("salvage %s: %w", p, err)
 		}
 	}
@@ -158,9 +171,12 @@ func olderEpoch(name string, epoch int64) bool {
 
 // salvage publishes the valid blocks of an earlier writer's unpublished
 // segment, which on a local disk hold acknowledged entries. It is safe to
-// repeat after a crash at any step: the copy goes through its own hidden
-// name, and a segment already published means only the leftover remains.
-func (w *bucketWriter) salvage(tmp, final string) error {
+// repeat after a crash at any step: the copy goes through a hidden name
+// of its own, of the taker's epoch (two takers of the bucket, one
+// superseding the other while both salvage, never write or remove each
+// other's copy; the next taker removes a crashed one's), and a segment
+// already published means only the leftover remains.
+func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 	fsys := w.c.deps.FS
 	if _, err := fsys.Stat(final); err == nil {
 		w.log.Info("removing the leftover of a segment already salvaged", "file", tmp)
@@ -209,8 +225,8 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
 		return removeGone(fsys, tmp)
 	}
-	copyName := salvageName(final)
-	if err := fsys.Remove(copyName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	copyName := salvageName(final, taker)
+	if err := removeGone(fsys, copyName); err != nil {
 		return err
 	}
 	f, err := fsys.Create(copyName)
@@ -218,13 +234,22 @@ func (w *bucketWriter) salvage(tmp, final string) error {
 		return err
 	}
 	if _, err := f.Write(out); err != nil {
-		_ = f.Close() // the write error is the one to report
+		_ = f.Close()                  // the write error is the one to report
+		_ = removeGone(fsys, copyName) // else the next taker removes it
 		return err
 	}
 	if err := f.Close(); err != nil {
+		_ = removeGone(fsys, copyName) // else the next taker removes it
 		return err
 	}
 	if err := fsys.Rename(copyName, final); err != nil {
+		_ = removeGone(fsys, copyName) // else the next taker removes it
+		if _, serr := fsys.Stat(final); serr == nil {
+			// Published meanwhile by the taker this one supersedes, from
+			// the same source: the same blocks.
+			w.log.Info("segment salvaged meanwhile by an earlier taker", "segment", final)
+			return removeGone(fsys, tmp)
+		}
 		return err
 	}
 	w.c.m.salvaged.Inc()
@@ -241,8 +266,34 @@ func removeGone(fsys dfs.FS, tmp string) error {
 	return nil
 }
 
-// salvageName is the hidden name a salvaged segment is written under.
-func salvageName(final string) string {
+// salvageName is the hidden name a salvaged segment is written under by
+// the taker of epoch taker: ".<segment>.<taker, 16 hex digits>.salvage".
+// The code before used layout.SalvageSegment, one name for every taker.
+func salvageName(final string, taker int64) string {
 	dir, base := path.Split(final)
-	return dir + layout.SalvageSegment(base)
+	return fmt.Sprintf("%s.%s.%016x%s", dir, base, uint64(taker), layout.SalvageSuffix)
+}
+
+// parseSalvageName returns the segment and the taker's epoch of a name
+// made by salvageName.
+func parseSalvageName(name string) (segName string, taker int64, ok bool) {
+	s, ok := strings.CutPrefix(name, ".")
+	if !ok {
+		return "", 0, false
+	}
+	if s, ok = strings.CutSuffix(s, layout.SalvageSuffix); !ok {
+		return "", 0, false
+	}
+	dot := strings.LastIndexByte(s, '.')
+	if dot < 0 || len(s)-dot-1 != 16 {
+		return "", 0, false
+	}
+	e, err := strconv.ParseUint(s[dot+1:], 16, 64)
+	if err != nil || e > 1<<63-1 {
+		return "", 0, false
+	}
+	if _, _, ok := layout.ParseSegmentName(s[:dot]); !ok {
+		return "", 0, false
+	}
+	return s[:dot], int64(e), true
 }

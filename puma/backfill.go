@@ -199,7 +199,7 @@ func (s *shard) newBackfill(live *table, pending []int, spans []string) (*backfi
 	}
 	t.ev = newEvictState(len(t.spans))
 	live.pending = len(pending)
-	return &backfill{live: live, t: t, spans: spans, dedup: newDedup(s.p.cfg.MaxAgentsPerShard, s.p.cfg.DedupHorizon.D().Milliseconds())}, nil
+	return &backfill{live: live, t: t, spans: spans, dedup: s.p.newDedup()}, nil
 }
 
 // startBackfills runs the shard's backfills until they join or ctx ends;
@@ -331,6 +331,7 @@ func (s *shard) join(bf *backfill) {
 	live.ev.cells += bf.t.ev.cells
 	s.backfills = slices.DeleteFunc(s.backfills, func(o *backfill) bool { return o == bf })
 	s.dropBackfillWindows(bf)
+	bf.dedup.release()
 	s.log.Info("puma backfill caught up; its windows are live", "app", live.app.Name(), "spans", bf.spans, "position", bf.pos.String())
 }
 

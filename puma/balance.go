@@ -36,6 +36,7 @@ type balanceMetrics struct {
 	handoffs       prometheus.Counter
 	partialServed  prometheus.Counter
 	partialRefused prometheus.Counter
+	partialLarge   prometheus.Counter
 }
 
 func newBalanceMetrics(reg prometheus.Registerer, p *Puma) *balanceMetrics {
@@ -43,6 +44,7 @@ func newBalanceMetrics(reg prometheus.Registerer, p *Puma) *balanceMetrics {
 		handoffs:       prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_handoffs_total", Help: "Shards this node handed over to the node preferred for them (checkpointed, then released)."}),
 		partialServed:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_partial_requests_total", Help: "Partial-state requests answered on puma.listen."}),
 		partialRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_partial_refused_total", Help: "Partial-state requests refused as bad (400) on puma.listen."}),
+		partialLarge:   prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_puma_partial_too_large_total", Help: "Partial-state requests refused (422) because the partial would have more than puma.max_partial_rows rows."}),
 	}
 	owned := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_puma_shards_owned", Help: "Shards this node holds the lease of (recovering or running)."}, func() float64 {
 		p.mu.RLock()
@@ -50,7 +52,7 @@ func newBalanceMetrics(reg prometheus.Registerer, p *Puma) *balanceMetrics {
 		return float64(len(p.shards))
 	})
 	if reg != nil {
-		reg.MustRegister(m.handoffs, m.partialServed, m.partialRefused, owned)
+		reg.MustRegister(m.handoffs, m.partialServed, m.partialRefused, m.partialLarge, owned)
 	}
 	return m
 }

@@ -79,11 +79,74 @@ type dedup struct {
 	forgot     map[string]bool // keys forgotten since the last checkpoint that had a window row
 	gone       []goneRow       // window rows to delete after a commit
 	forgotRows []string        // rows of no key of this dedup to delete after the next commit
+	// charge, when set, adds the bytes the keys and windows take (or give
+	// back, n < 0) to the node's memory accounting; bytes is what this
+	// dedup has charged and not given back.
+	charge func(n int64)
+	bytes  int64
 }
 
 func newDedup(max int, horizonMs int64) *dedup {
 	return &dedup{keys: map[string]*agentKey{}, byID: map[string][]*agentKey{}, max: max, horizonMs: horizonMs, forgot: map[string]bool{}}
 }
+
+// newDedup is a shard's (or a backfill's) dedup, charged to the node.
+func (p *Puma) newDedup() *dedup {
+	d := newDedup(p.cfg.MaxAgentsPerShard, p.cfg.DedupHorizon.D().Milliseconds())
+	d.charge = p.chargeDedup
+	return d
+}
+
+// chargeDedup adds n bytes of dedup state to the node's memory.
+func (p *Puma) chargeDedup(n int64) {
+	p.cells.add(0, n)
+	p.dedupBytes.Add(n)
+}
+
+// Memory. A key's window (8 KiB) and the key itself are charged to the
+// node's puma.memory_limit (cellBudget bytes, freeway_puma_dedup_bytes)
+// for as long as the key is kept. Dedup state is never refused or
+// dropped to make room: forgetting a window would count re-sent entries
+// twice. Once the node's bytes, cells' and dedup's together, reach the
+// limit, it is new cells that are refused (reason max_cells), as for any
+// other memory; max_agents_per_shard and dedup_horizon are what bound the
+// dedup state itself.
+
+// keyOverhead approximates what a kept key costs beside its text and
+// window: the agentKey, its entries in keys and byID.
+const keyOverhead = 128
+
+// windowBytes is what a key's window costs.
+const windowBytes = winWords * 8
+
+// keyBytes is what k costs, its window included.
+func keyBytes(k *agentKey) int64 {
+	n := int64(keyOverhead + len(k.key))
+	if k.win != nil {
+		n += windowBytes
+	}
+	return n
+}
+
+// account adds n bytes to what the dedup holds and charges them.
+func (d *dedup) account(n int64) {
+	d.bytes += n
+	if d.charge != nil && n != 0 {
+		d.charge(n)
+	}
+}
+
+// setWin gives k, a key d keeps, its window w, charging it if k had none.
+func (d *dedup) setWin(k *agentKey, w *window) {
+	if k.win == nil && w != nil {
+		d.account(windowBytes)
+	}
+	k.win = w
+}
+
+// release gives back every byte the dedup charged (its shard stops, its
+// backfill joined).
+func (d *dedup) release() { d.account(-d.bytes) }
 
 // touch returns the key of a block from agent whose first entry is first,
 // arriving at ms. For a key it did not hold, back is the high water of
@@ -119,10 +182,12 @@ func (d *dedup) touch(agent string, first uint64, ms int64) (k *agentKey, back u
 func (d *dedup) insert(k *agentKey) {
 	d.keys[k.key] = k
 	d.byID[k.id] = append(d.byID[k.id], k)
+	d.account(keyBytes(k))
 }
 
 func (d *dedup) remove(k *agentKey) {
 	delete(d.keys, k.key)
+	d.account(-keyBytes(k))
 	if k.stored {
 		d.forgot[k.key] = true
 	}

@@ -182,7 +182,13 @@
 // window is opened again and overwritten. Bytes are counted
 // approximately (Puma.Cells, Puma.Memory, freeway_puma_cell_bytes): a
 // fixed overhead per cell and key, and the stored size of its variable
-// states at their last checkpoint (or load).
+// states at their last checkpoint (or load); and, beside the cells, the
+// shards' agent dedup state (a key, and its 8 KiB seen-window once its
+// entries came out of order: freeway_puma_dedup_bytes, Puma.DedupBytes),
+// which puma.memory_limit bounds with them. Dedup state is never refused
+// nor forgotten to make room (that would count re-sends twice): when it
+// fills the limit, new cells are refused (max_cells); it is bounded by
+// max_agents_per_shard and dedup_horizon.
 //
 // Shard states. A node keeps, for every shard of its apps, a state
 // (Statuses): recovering (taken here and loading its committed state, or

@@ -161,6 +161,9 @@ func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, e
 			continue
 		}
 		answered = append(answered, s.bucket)
+		if bound := p.maxPartialRows(); m.count() > bound {
+			return nil, partialTooLarge(app.Name(), m.count(), bound)
+		}
 	}
 	out := m.partial(app.Name())
 	out.Buckets, out.Missing, out.WatermarkMs = answered, missing, watermark
@@ -291,6 +294,13 @@ func (p *Puma) PartialHandler() http.Handler {
 			if errors.As(err, &bad) {
 				p.bm.partialRefused.Inc()
 				httpsrv.WriteError(w, http.StatusBadRequest, bad.Msg)
+				return
+			}
+			var large *TooLargeError
+			if errors.As(err, &large) {
+				p.bm.partialLarge.Inc()
+				p.rejectLog.Warn("puma partial too large", "partial state over puma.max_partial_rows refused", "err", large.Msg, "remote", r.RemoteAddr)
+				httpsrv.WriteError(w, StatusTooLarge, large.Msg)
 				return
 			}
 			httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())

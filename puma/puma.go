@@ -44,7 +44,8 @@ type Config struct {
 	// max_cells); existing cells keep aggregating.
 	MaxCells int `yaml:"max_cells"`
 	// MemoryLimit bounds the approximate bytes of the cells this node
-	// holds in memory (freeway_puma_cell_bytes summed): closed windows
+	// holds in memory (freeway_puma_cell_bytes summed) and of its shards'
+	// agent dedup state (freeway_puma_dedup_bytes, never refused): closed windows
 	// are evicted, then a line that would create a new cell is refused
 	// (counted as max_cells), as for MaxCells. 0, the default: no bound but MaxCells.
 	MemoryLimit config.ByteSize `yaml:"memory_limit"`
@@ -65,6 +66,10 @@ type Config struct {
 	// TakeoverGrace: a node takes a shard it is not preferred for once
 	// its lease has been held by nobody for this long.
 	TakeoverGrace config.Duration `yaml:"takeover_grace"`
+	// MaxPartialRows bounds the rows of a partial state this node builds
+	// for serving's fan-out (toolarge.go); a query over it is refused
+	// with a TooLargeError. 0: DefaultMaxPartialRows.
+	MaxPartialRows int `yaml:"max_partial_rows"`
 }
 
 // DefaultConfig returns the defaults.
@@ -77,6 +82,7 @@ func DefaultConfig() Config {
 		DedupHorizon:       config.Duration(7 * 24 * time.Hour),
 		MaxAgentsPerShard:  2048,
 		TakeoverGrace:      config.Duration(5 * time.Second),
+		MaxPartialRows:     DefaultMaxPartialRows,
 	}
 }
 
@@ -108,6 +114,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("max_agents_per_shard", "must be between 1 and %d", MaxAgentsLimit)
 	case c.TakeoverGrace < 0:
 		return config.Errorf("takeover_grace", "must not be negative")
+	case c.MaxPartialRows < 0:
+		return config.Errorf("max_partial_rows", "must not be negative")
 	}
 	return nil
 }
@@ -147,6 +155,9 @@ type Puma struct {
 	running atomic.Bool
 	// cells bounds the cells in memory (puma.max_cells, puma.memory_limit).
 	cells cellBudget
+	// dedupBytes: the part of cells' bytes that is agents' dedup state
+	// (dedup.go), freeway_puma_dedup_bytes.
+	dedupBytes atomic.Int64
 	// appCells bounds each app's cells (its max_cells), by app name: only
 	// apps with a bound.
 	appCells map[string]*cellBudget
@@ -688,9 +699,14 @@ func (p *Puma) Readiness() Readiness {
 }
 
 // Cells returns the cells this node holds in memory (what puma.max_cells
-// bounds) and their approximate bytes: a fixed overhead per cell and key,
-// and the stored size of each cell's sketches at its last checkpoint.
+// bounds) and the approximate bytes puma.memory_limit bounds: a fixed
+// overhead per cell and key, the stored size of each cell's sketches at
+// its last checkpoint, and the agents' dedup state (DedupBytes).
 func (p *Puma) Cells() (cells, bytes int64) { return p.cells.n.Load(), p.cells.bytes.Load() }
+
+// DedupBytes returns the approximate bytes of the agents' dedup state
+// (keys and seen-windows) this node's shards keep, part of Cells' bytes.
+func (p *Puma) DedupBytes() int64 { return p.dedupBytes.Load() }
 
 // Ready is Readiness().Ready.
 func (p *Puma) Ready() bool { return p.Readiness().Ready }
@@ -734,6 +750,8 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 	}
 	reg.MustRegister(m.entries, m.duplicates, m.belowWindow, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
 	reg.MustRegister(&tableCollector{p: p}, &evictCollector{p: p}, m.evictions)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_puma_dedup_bytes", Help: "Approximate memory of the agents' dedup state (keys and seen-windows) of this node's shards; charged to puma.memory_limit with the cells' bytes."},
+		func() float64 { return float64(p.dedupBytes.Load()) }))
 	return m
 }
 

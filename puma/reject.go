@@ -59,7 +59,7 @@ func (w why) Error() string {
 	case reasonMaxCells:
 		switch w.b {
 		case boundNodeBytes:
-			return fmt.Sprintf("a new cell would exceed puma.memory_limit (%s of cells in memory on this node)", config.ByteSize(w.a))
+			return fmt.Sprintf("a new cell would exceed puma.memory_limit (%s of cells and agents' dedup state in memory on this node)", config.ByteSize(w.a))
 		case boundAppCells:
 			return fmt.Sprintf("a new cell would exceed the app's max_cells (%d cells of the app in memory on this node)", w.a)
 		}

@@ -79,7 +79,7 @@ func newShard(p *Puma, category string, bucket int, lease coord.Lease) (*shard, 
 		bucket:    bucket,
 		lease:     lease,
 		log:       p.log.With("category", category, "bucket", bucket),
-		highWater: newDedup(p.cfg.MaxAgentsPerShard, p.cfg.DedupHorizon.D().Milliseconds()),
+		highWater: p.newDedup(),
 		ready:     make(chan struct{}),
 	}
 	deps := tableDeps{budget: &p.cells, apps: p.appCells, limiter: p.rejectLog, category: category, bucket: bucket, evict: s.evictClosed}
@@ -256,6 +256,10 @@ func (s *shard) release() {
 	defer s.mu.Unlock()
 	for _, t := range s.tables {
 		t.release()
+	}
+	s.highWater.release()
+	for _, bf := range s.backfills {
+		bf.dedup.release()
 	}
 }
 

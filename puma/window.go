@@ -83,7 +83,7 @@ func (d *dedup) admit(k *agentKey, seq uint64) int {
 				k.seq = seq
 				return seqNew
 			}
-			k.win = fullWindow()
+			d.setWin(k, fullWindow())
 		}
 		k.win.slide(top, seq)
 		k.win.set(seq)
@@ -293,7 +293,8 @@ func (s *shard) readWindows(ctx context.Context, at commitState, d *dedup, prefi
 				return fmt.Errorf("window row %q: %w", row, err)
 			}
 			if k := d.keys[strings.TrimPrefix(row, prefix)]; k != nil && k.seq == top {
-				k.win, k.stored = w, true
+				d.setWin(k, w)
+				k.stored = true
 			} else {
 				d.gone = append(d.gone, goneRow{strings.TrimPrefix(row, prefix), row, at.Epoch})
 			}

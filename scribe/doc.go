@@ -71,7 +71,9 @@
 // make Puma drop this agent's entries. Numbers grow by one per entry,
 // across restarts. On TRY_LATER or any error the same batch is retried,
 // with capped exponential backoff and jitter (RetryMin to RetryMax),
-// reconnecting as needed; nothing is ever skipped. Only after OK does the
+// reconnecting as needed (with a coordinator URL upstream, on another
+// live writer once one failed or answered TRY_LATER three times in a
+// row: upstreams.go); nothing is ever skipped. Only after OK does the
 // queue's acknowledged position advance (fsynced) and fully shipped
 // segment files get deleted, and only over the batches, oldest first,
 // that were answered OK: a batch answered OK behind one still retried

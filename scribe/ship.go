@@ -255,12 +255,18 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 			} else {
 				a.c.tryLaterRecv.Add(1)
 				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", f.b.First)
+				if src.tryLater(up.addr) {
+					a.rl.Warn("upstream passed over "+up.addr, "writer keeps answering try_later; passing it over for a while", "upstream", up.addr)
+					pool.put(up, src, a.clock.Now()) // a working connection, for its next turn
+					up = nil
+				}
 			}
 			if !sleep(ctx, a.clock, bo.Next()) {
 				return
 			}
 		}
 		bo.Reset()
+		src.answered(up.addr)
 		if failing {
 			failing = false
 			a.srv.SetStatus(fb303.FbStatus_ALIVE, "")

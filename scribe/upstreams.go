@@ -27,7 +27,11 @@ import (
 // sender (agent.max_in_flight of them) does so on connections of its
 // own; the batches may reach a bucket out of order through different
 // writers, within Puma's seen-window as with one writer. A writer that
-// dies costs the batch it was sending one retry to the next writer.
+// dies costs the batch it was sending one retry to the next writer; one
+// that answers TRY_LATER tryLaterLimit times in a row (a full disk, a
+// fence it cannot decide) is passed over like a failed one, so that the
+// batches go to the others meanwhile. A fixed list stays on its writer
+// through TRY_LATER, backing off, as a stock Scribe client does.
 
 // errNoWriter: the coord group of writers is empty (or not read yet).
 var errNoWriter = errors.New("no live writer")
@@ -53,7 +57,16 @@ type upstreamSource interface {
 	spread() bool
 	// failed says that connecting to addr or a call on it failed.
 	failed(addr string)
+	// tryLater says that addr answered TRY_LATER; true when it is now
+	// passed over (the sender moves on to another writer).
+	tryLater(addr string) bool
+	// answered says that addr answered OK.
+	answered(addr string)
 }
+
+// tryLaterLimit is how many TRY_LATER answers in a row pass a live
+// writer over (coordinator URL upstream).
+const tryLaterLimit = 3
 
 // source is the upstreamSource of one sender: the live writers (shared;
 // safe for concurrent use), or the list of agent.upstream with a position
@@ -81,6 +94,10 @@ func (s *staticSource) spread() bool { return false }
 
 func (s *staticSource) failed(string) {}
 
+func (s *staticSource) tryLater(string) bool { return false }
+
+func (s *staticSource) answered(string) {}
+
 // memberSource is the live writers of a coord group, as last read by
 // watch.
 type memberSource struct {
@@ -97,6 +114,7 @@ type memberSource struct {
 	// its session expires, would otherwise cost an upstream_timeout at
 	// each of its turns.
 	down     map[string]time.Time
+	later    map[string]int // TRY_LATER answers in a row, by writer
 	cooldown time.Duration
 	now      func() time.Time
 }
@@ -106,7 +124,7 @@ func newMemberSource(co coord.Coord, url, agentID string, cooldown time.Duration
 	// their first batches to the same one.
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(agentID)) // a hash never fails to write
-	return &memberSource{co: co, url: url, i: int(h.Sum32() % 1024), down: map[string]time.Time{}, cooldown: cooldown, now: now}
+	return &memberSource{co: co, url: url, i: int(h.Sum32() % 1024), down: map[string]time.Time{}, later: map[string]int{}, cooldown: cooldown, now: now}
 }
 
 // next is the next live writer in turn, passing over those that failed
@@ -133,6 +151,29 @@ func (s *memberSource) failed(addr string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.down[addr] = s.now().Add(s.cooldown)
+}
+
+// tryLater passes addr over, as failed, once it answered TRY_LATER
+// tryLaterLimit times in a row, if another writer is live: with one, the
+// sender stays and backs off.
+func (s *memberSource) tryLater(addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.later[addr]++
+	if s.later[addr] < tryLaterLimit || len(s.addrs) < 2 {
+		return false
+	}
+	delete(s.later, addr)
+	s.down[addr] = s.now().Add(s.cooldown)
+	return true
+}
+
+func (s *memberSource) answered(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.later) > 0 {
+		delete(s.later, addr)
+	}
 }
 
 // none says why there is no writer to send to, or nil; s.mu is held.
@@ -207,6 +248,11 @@ func (a *Agent) watchWriters(ctx context.Context) error {
 		for addr := range s.down {
 			if _, found := slices.BinarySearch(addrs, addr); !found {
 				delete(s.down, addr) // gone; should it come back, it is new
+			}
+		}
+		for addr := range s.later {
+			if _, found := slices.BinarySearch(addrs, addr); !found {
+				delete(s.later, addr)
 			}
 		}
 		s.mu.Unlock()

@@ -260,6 +260,59 @@ func TestUpstreamCoordPassesOverFailedWriter(t *testing.T) {
 	}
 }
 
+// TestUpstreamCoordPassesOverTryLaterWriter: a writer that keeps
+// answering TRY_LATER (its disk full, say) is passed over like a failed
+// one after tryLaterLimit answers in a row, while another is live: the
+// batches go to the other. The code before stayed on it, retrying the
+// same batch for as long as it refused.
+func TestUpstreamCoordPassesOverTryLaterWriter(t *testing.T) {
+	co := inproc.NewHub().Session()
+	good := startUpstream(t, "127.0.0.1:0", nil)
+	busy := startUpstream(t, "127.0.0.1:0", func(int, *scribethrift.Batch) (scribethrift.ResultCode, error) {
+		return scribethrift.ResultCode_TRY_LATER, nil
+	})
+	joinWriter(t, co, "good", good.srv.Addr())
+	joinWriter(t, co, "busy", busy.srv.Addr())
+	cfg := testConfig(t.TempDir(), "inproc://")
+	cfg.BatchEntries = 1
+	cfg.UpstreamTimeout = config.Duration(time.Minute) // the cooldown outlasts the test
+	a := startCoordAgent(t, cfg, co)
+	waitFor(t, "2 live writers", func() bool { return gaugeValue(t, a.reg, "freeway_agent_upstream_writers") == 2 })
+	c := dial(t, a.Addr())
+	for i := range 30 {
+		mustLog(t, c, entries("cat", "m", i, 1))
+		waitFor(t, "the queue to drain", func() bool { return a.Status().QueueEntries == 0 })
+	}
+	wantSeq(t, good.received(t), "cat", "m", 30)
+	if n := len(busy.callsSnapshot()); n != tryLaterLimit {
+		t.Errorf("the writer answering try_later got %d calls, want %d (then passed over)", n, tryLaterLimit)
+	}
+}
+
+// TestUpstreamCoordOneWriterTryLater: with one live writer, one that
+// answers TRY_LATER is not passed over (there is no other): the agent
+// backs off and sends it the batch again until it takes it.
+func TestUpstreamCoordOneWriterTryLater(t *testing.T) {
+	co := inproc.NewHub().Session()
+	busy := startUpstream(t, "127.0.0.1:0", func(n int, _ *scribethrift.Batch) (scribethrift.ResultCode, error) {
+		if n < 2*tryLaterLimit {
+			return scribethrift.ResultCode_TRY_LATER, nil
+		}
+		return scribethrift.ResultCode_OK, nil
+	})
+	joinWriter(t, co, "busy", busy.srv.Addr())
+	cfg := testConfig(t.TempDir(), "inproc://")
+	a := startCoordAgent(t, cfg, co)
+	waitFor(t, "a live writer", func() bool { return gaugeValue(t, a.reg, "freeway_agent_upstream_writers") == 1 })
+	c := dial(t, a.Addr())
+	mustLog(t, c, entries("cat", "m", 0, 5))
+	waitFor(t, "the queue to drain", func() bool { return a.Status().QueueEntries == 0 })
+	wantSeq(t, busy.received(t), "cat", "m", 5)
+	if n := len(busy.callsSnapshot()); n != 2*tryLaterLimit+1 {
+		t.Errorf("the writer got %d calls, want %d", n, 2*tryLaterLimit+1)
+	}
+}
+
 // TestConnPoolDropsStale: a connection idle in the pool past poolIdle is
 // closed and not handed out (the writer may have closed it: a failed call
 // on it would pass over a healthy writer); a fresh one is.

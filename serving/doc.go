@@ -19,6 +19,10 @@
 // answer: "stale_shards": ["<category>/<bucket>", ...] over HTTP,
 // stale_shards over Thrift (both absent when every shard answered fresh;
 // freeway_serving_stale_shards_total, freeway_serving_fanout_failures_total).
+// A query whose partial state is over a bound (a node's
+// puma.max_partial_rows, serving.fanout_max_bytes) is refused whole with
+// puma.TooLargeError: HTTP 422, Thrift QueryError code 422
+// (freeway_serving_fanout_too_large_total).
 // With an in-process coordinator there are no other nodes: it answers
 // from the store only, and refuses mode=fresh. Every answer says how
 // recent it is (as_of: the mode, the time of the data, the app's

@@ -21,6 +21,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -49,8 +50,10 @@ type Fanout struct {
 	client    *http.Client
 	log       *slog.Logger
 	limiter   *ratelog.Limiter
+	maxBytes  int64
 	stale     prometheus.Counter
 	failures  prometheus.Counter
+	tooLarge  prometheus.Counter
 }
 
 // FanoutDeps are what a fan-out needs.
@@ -62,6 +65,11 @@ type FanoutDeps struct {
 	// Timeout bounds each owner's answer (serving.fanout_timeout; 0:
 	// DefaultFanoutTimeout).
 	Timeout time.Duration
+	// MaxBytes bounds each owner's answer (serving.fanout_max_bytes; 0:
+	// DefaultFanoutMaxBytes): a larger one fails the query with a
+	// puma.TooLargeError, as a node refusing a partial over
+	// puma.max_partial_rows does.
+	MaxBytes int64
 	// TLS dials the owners with TLS (nil: plain HTTP); Token is sent as
 	// the bearer token (a query token of the process, "" for none).
 	TLS     *auth.TLS
@@ -73,6 +81,9 @@ type FanoutDeps struct {
 // DefaultFanoutTimeout is serving.fanout_timeout's default.
 const DefaultFanoutTimeout = 2 * time.Second
 
+// DefaultFanoutMaxBytes is serving.fanout_max_bytes' default.
+const DefaultFanoutMaxBytes = 256 << 20
+
 // NewFanout returns a fan-out source.
 func NewFanout(d FanoutDeps) *Fanout {
 	log := d.Log
@@ -82,15 +93,19 @@ func NewFanout(d FanoutDeps) *Fanout {
 	log = log.With("component", "serving")
 	f := &Fanout{
 		co: d.Coord, committed: d.Committed, apps: map[string]*apps.App{}, list: d.Apps, buckets: d.Buckets,
-		timeout: d.Timeout, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
+		timeout: d.Timeout, maxBytes: d.MaxBytes, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
 		stale:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_stale_shards_total", Help: "Shards answered from their committed state because their owner did not answer in time or none owned them."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes for partial states that failed or timed out."}),
+		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_too_large_total", Help: "Fanned-out queries refused (422) because a Puma node's partial state was over puma.max_partial_rows or serving.fanout_max_bytes."}),
 	}
 	for _, a := range d.Apps {
 		f.apps[a.Name()] = a
 	}
 	if f.timeout <= 0 {
 		f.timeout = DefaultFanoutTimeout
+	}
+	if f.maxBytes <= 0 {
+		f.maxBytes = DefaultFanoutMaxBytes
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: false}
 	if d.TLS != nil {
@@ -102,7 +117,7 @@ func NewFanout(d FanoutDeps) *Fanout {
 	}
 	f.client = &http.Client{Transport: tr}
 	if d.Metrics != nil {
-		d.Metrics.MustRegister(f.stale, f.failures)
+		d.Metrics.MustRegister(f.stale, f.failures, f.tooLarge)
 	}
 	return f
 }
@@ -153,6 +168,7 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 	}
 	var mu sync.Mutex
 	var parts []*puma.Partial
+	var tooLarge error // a partial over a bound fails the whole query
 	var wg sync.WaitGroup
 	for addr, buckets := range byAddr {
 		wg.Add(1)
@@ -161,6 +177,10 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 			part, err := f.ask(ctx, addr, puma.NewPartialRequest(q, buckets))
 			mu.Lock()
 			defer mu.Unlock()
+			if puma.IsTooLarge(err) {
+				tooLarge = err
+				return
+			}
 			if err != nil {
 				f.failures.Inc()
 				f.limiter.Warn("fanout "+addr, "puma node did not answer; its shards are answered from the store", "addr", addr, "err", err)
@@ -181,6 +201,11 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if tooLarge != nil {
+		f.tooLarge.Inc()
+		f.limiter.Warn("fanout too large", "query refused: a puma node's partial state is over its bound", "app", app.Name(), "err", tooLarge)
+		return nil, tooLarge
 	}
 	slices.Sort(stale)
 	if len(stale) > 0 {
@@ -204,9 +229,6 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 	return res, nil
 }
 
-// maxPartialBytes bounds an owner's answer.
-const maxPartialBytes = 512 << 20
-
 // ask asks the node at addr for a partial state, within the timeout.
 func (f *Fanout) ask(ctx context.Context, addr string, req puma.PartialRequest) (*puma.Partial, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
@@ -228,15 +250,24 @@ func (f *Fanout) ask(ctx context.Context, addr string, req puma.PartialRequest) 
 		return nil, fmt.Errorf("ask %s for a partial state: %w", addr, err)
 	}
 	defer func() { _ = resp.Body.Close() }() // read whole, or given up on
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxPartialBytes+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, f.maxBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read partial state from %s: %w", addr, err)
+	}
+	if resp.StatusCode == puma.StatusTooLarge {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = string(data)
+		}
+		return nil, &puma.TooLargeError{Msg: "puma node " + addr + ": " + ratelog.Clip(e.Error)}
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("partial state from %s: %s: %s", addr, resp.Status, ratelog.Clip(string(data)))
 	}
-	if len(data) > maxPartialBytes {
-		return nil, fmt.Errorf("partial state from %s: over %d bytes", addr, maxPartialBytes)
+	if int64(len(data)) > f.maxBytes {
+		return nil, &puma.TooLargeError{Msg: fmt.Sprintf("the query's partial state from puma node %s is over %s (serving.fanout_max_bytes): narrow the time range, group by fewer keys or filter with where", addr, config.ByteSize(f.maxBytes))}
 	}
 	var part puma.Partial
 	if err := json.Unmarshal(data, &part); err != nil {

@@ -138,12 +138,15 @@ type fanNode struct {
 	stop func()
 }
 
-func startNode(t *testing.T, id string, fs *localfs.FS, st store.Store, co coord.Coord, app *apps.App, listen bool, checkpoint time.Duration) *fanNode {
+func startNode(t *testing.T, id string, fs *localfs.FS, st store.Store, co coord.Coord, app *apps.App, listen bool, checkpoint time.Duration, mod ...func(*puma.Config)) *fanNode {
 	t.Helper()
 	n := &fanNode{}
 	cfg := puma.DefaultConfig()
 	cfg.ID, cfg.PollInterval = id, config.Duration(5*time.Millisecond)
 	cfg.CheckpointInterval, cfg.TakeoverGrace = config.Duration(checkpoint), config.Duration(time.Second)
+	for _, m := range mod {
+		m(&cfg)
+	}
 	deps := puma.Deps{FS: fs, Store: st, Coord: co, Apps: []*apps.App{app}, Buckets: func(string) int { return fanBuckets }, Common: component.Common{Log: testLog()}}
 	var srv *http.Server
 	var ln net.Listener

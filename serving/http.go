@@ -253,6 +253,11 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 			httpsrv.WriteError(w, http.StatusBadRequest, bad.Msg)
 			return
 		}
+		var large *puma.TooLargeError
+		if errors.As(err, &large) {
+			httpsrv.WriteError(w, puma.StatusTooLarge, large.Msg)
+			return
+		}
 		s.log.Error("query failed", "app", q.App, "err", err)
 		httpsrv.WriteError(w, http.StatusInternalServerError, err.Error())
 		return

@@ -43,16 +43,21 @@ type Config struct {
 	// process's fan-out; a shard whose node does not answer in time is
 	// answered from its committed state (stale_shards). 0: 2s.
 	FanoutTimeout config.Duration `yaml:"fanout_timeout"`
+	// FanoutMaxBytes bounds a Puma node's answer to the fan-out (its
+	// partial state as JSON); a query whose partial is larger is refused
+	// (422, puma.TooLargeError). 0: DefaultFanoutMaxBytes.
+	FanoutMaxBytes config.ByteSize `yaml:"fanout_max_bytes"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Listen:        "127.0.0.1:8080",
-		ThriftListen:  "127.0.0.1:1465",
-		QueryTimeout:  config.Duration(30 * time.Second),
-		MaxRows:       100000,
-		FanoutTimeout: config.Duration(DefaultFanoutTimeout),
+		Listen:         "127.0.0.1:8080",
+		ThriftListen:   "127.0.0.1:1465",
+		QueryTimeout:   config.Duration(30 * time.Second),
+		MaxRows:        100000,
+		FanoutTimeout:  config.Duration(DefaultFanoutTimeout),
+		FanoutMaxBytes: config.ByteSize(DefaultFanoutMaxBytes),
 	}
 }
 
@@ -69,6 +74,8 @@ func (c *Config) Validate() error {
 		return config.Errorf("max_rows", "must be positive")
 	case c.FanoutTimeout.D() < 0:
 		return config.Errorf("fanout_timeout", "must not be negative")
+	case c.FanoutMaxBytes < 0:
+		return config.Errorf("fanout_max_bytes", "must not be negative")
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ var (
 	codeBadQuery     = thrift.Int32Ptr(http.StatusBadRequest)
 	codeUnauthorized = thrift.Int32Ptr(http.StatusUnauthorized)
 	codeInternal     = thrift.Int32Ptr(http.StatusInternalServerError)
+	codeTooLarge     = thrift.Int32Ptr(puma.StatusTooLarge)
 )
 
 // tokenKey keeps the token a connection authenticated with.
@@ -144,6 +145,10 @@ func (h *thriftHandler) Query(ctx context.Context, req *freeway.QueryRequest) (*
 		var bad *puma.BadQueryError
 		if errors.As(err, &bad) {
 			return nil, &freeway.QueryError{Message: bad.Msg, Code: codeBadQuery}
+		}
+		var large *puma.TooLargeError
+		if errors.As(err, &large) {
+			return nil, &freeway.QueryError{Message: large.Msg, Code: codeTooLarge}
 		}
 		return nil, &freeway.QueryError{Message: "internal error: " + err.Error(), Code: codeInternal}
 	}

@@ -148,7 +148,9 @@ struct QueryResult {
 exception QueryError {
   1: string message,
   // 400 for a bad query (also when unset, as servers before it sent),
-  // 401 for a missing or invalid token, 500 for a server error.
+  // 401 for a missing or invalid token, 422 for a query whose partial
+  // state is over a bound (puma.max_partial_rows,
+  // serving.fanout_max_bytes: narrow it), 500 for a server error.
   2: optional i32 code,
 }
 

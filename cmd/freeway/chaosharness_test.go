@@ -207,7 +207,7 @@ func (h *harness) writeConfig(backends string) {
 	cfg := backends + fmt.Sprintf(`buckets: %d
 log: {level: info}
 agent: {retry_max: 1s, upstream_timeout: 5s}
-calligraphus: {segment_max_age: 300ms}
+calligraphus: {segment_max_age: 300ms, forward_timeout: 3s}
 puma: {checkpoint_interval: 1s}
 serving: {thrift_listen: "", max_rows: 1000000, query_timeout: 2m}
 apps:

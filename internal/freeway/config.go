@@ -166,6 +166,15 @@ func (c *Config) Validate() error {
 		return &config.FieldError{Path: "$.max_inflight_bytes", Also: []string{"$." + port + ".max_call_bytes"},
 			Msg: fmt.Sprintf("must be at least %v, what the largest call takes (twice %s.max_call_bytes %v and its envelope), or such a call could never be served", config.ByteSize(need), port, largest)}
 	}
+	// A writer answers an entry it forwards once the holder has it, or
+	// fails it after forward_timeout; an agent that gives the call up
+	// first sends the batch again elsewhere while the first copy may still
+	// be written. One file configures both ends (freeway all, or the file
+	// every process of a deployment reads): keep them ordered.
+	if fwd, up := c.Calligraphus.ForwardTimeout, c.Agent.UpstreamTimeout; fwd >= up {
+		return &config.FieldError{Path: "$.calligraphus.forward_timeout", Also: []string{"$.agent.upstream_timeout"},
+			Msg: fmt.Sprintf("%v must be below agent.upstream_timeout %v: an agent would give up a call that a writer is still forwarding, and send the batch again", fwd, up)}
+	}
 	names := map[string]int{}
 	for i := range c.Apps {
 		path := fmt.Sprintf("$.apps[%d]", i)

@@ -136,3 +136,32 @@ func TestInflightBudgetErrorAtTheCall(t *testing.T) {
 		t.Fatalf("%v, want line 2 column 19", err)
 	}
 }
+
+// TestForwardTimeoutBelowUpstreamTimeout: a file whose writers' forward
+// timeout is not below its agents' upstream timeout is refused at the
+// key it sets, forward_timeout or, left at its default, upstream_timeout;
+// the defaults are ordered. The code before took both unchecked.
+func TestForwardTimeoutBelowUpstreamTimeout(t *testing.T) {
+	if cfg := DefaultConfig(); cfg.Validate() != nil || cfg.Calligraphus.ForwardTimeout >= cfg.Agent.UpstreamTimeout {
+		t.Fatalf("defaults: forward %v, upstream %v: %v", cfg.Calligraphus.ForwardTimeout, cfg.Agent.UpstreamTimeout, cfg.Validate())
+	}
+	for _, c := range []struct {
+		src          string
+		line, column int
+	}{
+		{"agent:\n  upstream_timeout: 5s\n", 2, 21},                                       // forward_timeout 10s by default
+		{"agent:\n  upstream_timeout: 5s\ncalligraphus:\n  forward_timeout: 5s\n", 4, 20}, // equal
+		{"calligraphus:\n  forward_timeout: 40s\n", 2, 20},                                // upstream_timeout 30s by default
+	} {
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(c.src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != c.line || ce.Column != c.column || !strings.Contains(ce.Msg, "must be below agent.upstream_timeout") {
+			t.Errorf("%q: %v, want line %d column %d", c.src, err, c.line, c.column)
+		}
+	}
+	cfg := DefaultConfig()
+	if err := config.Decode("c.yaml", []byte("agent:\n  upstream_timeout: 5s\ncalligraphus:\n  forward_timeout: 3s\n"), &cfg, cfg.Validate); err != nil {
+		t.Fatalf("ordered timeouts refused: %v", err)
+	}
+}
