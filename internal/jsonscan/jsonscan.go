@@ -235,7 +235,7 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 			}
 		}
 		var r Result
-		if i, r = s.value(b, i, depth, next, ends, level+1); r != OK {
+		if i, r = s.skipOrValue(b, i, depth, next, ends, level+1); r != OK {
 			return i, r
 		}
 		i = skipWS(b, i)
@@ -251,6 +251,25 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 			return i, Invalid
 		}
 	}
+}
+
+// skipOrValue is value, with the usual case first: a string or a number
+// that no path reads or passes through, stepped over where it lies (most
+// of a line's values).
+func (s *Scanner) skipOrValue(b []byte, i, depth int, active, ends uint64, level int) (int, Result) {
+	if active|ends == 0 && depth < MaxDepth && i < len(b) {
+		switch c := b[i]; {
+		case c == '"':
+			end, _ := stringEnd(b, i+1)
+			if end < 0 {
+				return i, Invalid
+			}
+			return end + 1, OK
+		case c >= '0' && c <= '9':
+			return numberEnd(b, i), OK // a digit first: never -1
+		}
+	}
+	return s.value(b, i, depth, active, ends, level)
 }
 
 func (s *Scanner) array(b []byte, i, depth int, active uint64, level int) (int, Result) {

@@ -3,8 +3,11 @@ package jsonscan
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/freeway-dev/freeway/internal/loadgen"
 )
 
 // pathSets are the paths the scan is compared on: one field, nested
@@ -102,6 +105,11 @@ func TestScanAgreesWithFastjson(t *testing.T) {
 		{[]string{"key"}, ``, Invalid},
 		{[]string{"key"}, `{"key":"a","d":` + deep + `}`, OK},
 		{[]string{"key"}, `{"key":"a","d":[` + deep + `]}`, Invalid}, // 301 levels
+		// Objects to level 300, a string and a number at the last: 301.
+		{[]string{"key"}, strings.Repeat(`{"a":`, 299) + `{"b":"s"}` + strings.Repeat("}", 299), Invalid},
+		{[]string{"key"}, strings.Repeat(`{"a":`, 299) + `{"b":1}` + strings.Repeat("}", 299), Invalid},
+		{[]string{"key"}, strings.Repeat(`{"a":`, 299) + `{}` + strings.Repeat("}", 299), OK},
+		{[]string{"key"}, strings.Repeat(`{"a":`, 298) + `{"b":1}` + strings.Repeat("}", 298), OK},
 	} {
 		if got := check(t, New(c.paths), c.paths, []byte(c.line)); got != c.want {
 			t.Errorf("paths %q, line %q: scan result %d, want %d", c.paths, c.line, got, c.want)
@@ -152,4 +160,24 @@ func FuzzScanMatchesFastjson(f *testing.F) {
 			check(t, s, pathSets[i], line)
 		}
 	})
+}
+
+// BenchmarkScan: the fields of the end-to-end bench's app (its time,
+// key and value) from its 176-byte lines.
+//
+//	go test -run '^$' -bench BenchmarkScan ./internal/jsonscan
+func BenchmarkScan(b *testing.B) {
+	spec := loadgen.Lines{Format: loadgen.JSON, Size: 176, Keys: 10000, Seed: 1, Start: time.Unix(1764583200, 0), Step: time.Millisecond}
+	lines := make([][]byte, 1000)
+	for i := range lines {
+		lines[i], _ = spec.Append(nil, int64(i), 0)
+	}
+	s := New([]string{"ts", "key", "value"})
+	b.ReportAllocs()
+	b.SetBytes(int64(len(lines[0])))
+	for i := 0; b.Loop(); i++ {
+		if s.Scan(lines[i%len(lines)]) != OK {
+			b.Fatalf("line %q not read", lines[i%len(lines)])
+		}
+	}
 }
