@@ -133,8 +133,17 @@ type Extractor struct {
 	from             *Record
 	timeAt           int
 	groupAt, inputAt []int
-	numeric          []bool // by aggregate: its function is numeric
+	input            []inputKind // by aggregate
 }
+
+// inputKind is what an aggregate takes from a record.
+type inputKind uint8
+
+const (
+	inputNone    inputKind = iota // no field (count): the line's presence
+	inputNumeric                  // a number: its text is not read
+	inputText                     // the value, text and all
+)
 
 // NewExtractor returns an extractor for a.
 func (a *App) NewExtractor() *Extractor {
@@ -143,9 +152,16 @@ func (a *App) NewExtractor() *Extractor {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
 	}
 	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{Inputs: make([]Input, len(a.Aggs))},
-		groupAt: make([]int, len(a.Spec.GroupBy)), inputAt: make([]int, len(a.Aggs)), numeric: make([]bool, len(a.Aggs))}
+		groupAt: make([]int, len(a.Spec.GroupBy)), inputAt: make([]int, len(a.Aggs)), input: make([]inputKind, len(a.Aggs))}
 	for i, ag := range a.Aggs {
-		x.numeric[i] = ag.Fn.Numeric
+		switch {
+		case ag.Field == "":
+			x.input[i] = inputNone
+		case ag.Fn.Numeric:
+			x.input[i] = inputNumeric
+		default:
+			x.input[i] = inputText
+		}
 	}
 	return x
 }
@@ -214,14 +230,15 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 	}
 	out.Key, x.keyBuf = recordKey(rec, x.groupAt, x.keyBuf)
 	for i, at := range x.inputAt {
-		if a.Aggs[i].Field == "" {
+		kind := x.input[i]
+		if kind == inputNone {
 			out.Inputs[i] = Input{Present: true}
 			continue
 		}
 		v, ok := rec.at(at)
 		switch {
 		case !ok:
-		case v.IsNum && x.numeric[i]:
+		case v.IsNum && kind == inputNumeric:
 			v.Str = ""
 		default:
 			v.Str = rec.keep(v.Str)
