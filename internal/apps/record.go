@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -121,10 +122,12 @@ type parser interface {
 func newParser(s *Spec, fields []string, scan bool) (parser, error) {
 	switch s.Format {
 	case "json":
-		p := &jsonParser{paths: make([][]string, len(fields))}
+		p := &jsonParser{paths: make([][]string, len(fields)), order: make([]int, len(fields))}
 		for i, f := range fields {
 			p.paths[i] = strings.Split(f, ".")
+			p.order[i] = i
 		}
+		slices.SortStableFunc(p.order, func(a, b int) int { return len(p.paths[a]) - len(p.paths[b]) })
 		if scan {
 			p.scan = jsonscan.New(fields)
 		}
@@ -159,6 +162,13 @@ func newParser(s *Spec, fields []string, scan bool) (parser, error) {
 type jsonParser struct {
 	p     fastjson.Parser
 	paths [][]string
+	// order: the paths, fewest steps first. fastjson unescapes an
+	// object's keys and a string in place when they are read, and then
+	// writes them escaped its own way (Go's quoting) where it writes an
+	// object or array read whole: a field read whole is written before
+	// any field inside it is read, so that its text does not depend on
+	// which other fields a parse reads (an app's own, or its category's).
+	order []int
 	scan  *jsonscan.Scanner // nil: the full parse only
 }
 
@@ -208,8 +218,8 @@ func (p *jsonParser) parseFull(line []byte, r *Record) error {
 	if v.Type() != fastjson.TypeObject {
 		return fmt.Errorf("%w: json: a line must be an object, not %s", ErrParse, v.Type())
 	}
-	for i, path := range p.paths {
-		f := v.Get(path...)
+	for _, i := range p.order {
+		f := v.Get(p.paths[i]...)
 		if f == nil {
 			continue
 		}

@@ -193,6 +193,11 @@ func TestScanExtractsAsTheFullParse(t *testing.T) {
 		"{\"ts\": 1700000001, \"user\": \"a\x00b\", \"n\": 1e400, \"when\": \"17/May/2015:10:05:03 +0000\", \"t\": {\"at\": \"x\"}}",
 		`{"ts": 1700000000, "user": "u2", "user": "u3", "bytes": 5, "tags": {"0": "obj"}}`,
 		`{"ts": 1700000000, "user": "u2",}`,
+		// An object read whole (app d's key) whose keys or strings the
+		// full parse unescapes when another app's field is read inside
+		// it: the same text whichever fields a parse reads.
+		"{\"req\":{\"\x10\":\"\"}}",
+		`{"ts": 1700000000, "req": {"path": "a\/b", "ms": 1}}`,
 		`not json`,
 		`["ts"]`,
 		``,
