@@ -231,3 +231,32 @@ func FuzzJSONScanMatchesFullParse(f *testing.F) {
 		c.check(t, line)
 	})
 }
+
+// TestExtractAllocatesOnlyTheKey: a usual JSON line costs one allocation,
+// the group key's string (a table keeps it); with a key of a field that
+// is absent, none. The record's strings are views of the line.
+func TestExtractAllocatesOnlyTheKey(t *testing.T) {
+	a, err := Compile(Spec{Name: "a", Category: "c", Format: "json", Time: &TimeSpec{Field: "ts", Layout: "unix"},
+		GroupBy: []string{"user", "req.path"}, Where: "bytes > 0",
+		Aggregates: []AggregateSpec{{Fn: "count"}, {Fn: "sum", Field: "bytes"}, {Fn: "max", Field: "req.ms"}}}, "$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := a.NewExtractor()
+	for _, c := range []struct {
+		line string
+		want float64
+	}{
+		{`{"ts": 1700000000, "user": "u1", "bytes": 120, "req": {"path": "/a", "ms": 3.5}, "pad": "xxxxxxxxxxxxxxxx"}`, 1},
+		{`{"ts": 1700000000, "bytes": 120}`, 0}, // the key is "\x00": a string of one byte, no allocation
+	} {
+		line := []byte(c.line)
+		if n := testing.AllocsPerRun(100, func() {
+			if _, err := x.Extract(line, 0); err != nil {
+				t.Fatal(err)
+			}
+		}); n != c.want {
+			t.Fatalf("line %s: %v allocations an extraction, want %v", c.line, n, c.want)
+		}
+	}
+}
