@@ -43,9 +43,11 @@ func BenchmarkApply(b *testing.B) {
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := processCPU(b)
 			for i := 0; i < b.N; i++ {
 				t.apply(lines[i%len(lines)], bt)
 			}
+			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 			b.ReportMetric(float64(t.ncells), "cells")
 		})
@@ -72,9 +74,11 @@ func BenchmarkApply(b *testing.B) {
 		bt := newBlockTime(0, time.Now().UnixMilli())
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu0 := processCPU(b)
 		for i := 0; i < b.N; i++ {
 			t.apply(lines[i%len(lines)], bt)
 		}
+		b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})
 }

@@ -4,8 +4,11 @@ import "github.com/freeway-dev/freeway/internal/apps"
 
 // lineParse parses each line once for the apps of a shard's category
 // that read lines alike (apps.ParseGroups: every JSON app, say), instead
-// of once per app; an app alone in its group keeps its own parse. Used
-// under the shard's lock.
+// of once per app; an app alone in its group keeps its own parse. A JSON
+// line is read by a scan of the fields the apps use (internal/jsonscan),
+// which builds no object: a record's strings are views of the line, valid
+// while the line is applied, and what a table keeps is copied by
+// ExtractRecord. Used under the shard's lock.
 type lineParse struct {
 	tables []*table
 	group  []int                // table index → its group, -1: its own parse

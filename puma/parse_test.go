@@ -2,7 +2,9 @@ package puma
 
 import (
 	"fmt"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/ptail"
@@ -71,10 +73,22 @@ func BenchmarkSharedParse(b *testing.B) {
 			blk := stock(lines...)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := processCPU(b)
 			for i := 0; i < b.N; i++ {
 				s.apply(blk, ptail.Position{Offset: int64(i)})
 			}
+			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N*len(lines)), "cpu-ns/entry")
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(lines)), "ns/entry")
 		})
 	}
+}
+
+// processCPU is the process's CPU time so far (user + system, every
+// goroutine): on a shared machine, CPU per op says more than wall time.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -126,17 +126,44 @@ type Extractor struct {
 	app    *App
 	parser parser
 	rec    *Record
-	keyBuf []string
 	out    Extracted
+	keyBuf []byte
+	// Where the app's fields are in the record last read (its own, or a
+	// shared parser's), found by name once per record, not once per line.
+	from             *Record
+	timeAt           int
+	groupAt, inputAt []int
+	input            []inputKind // by aggregate
 }
+
+// inputKind is what an aggregate takes from a record.
+type inputKind uint8
+
+const (
+	inputNone    inputKind = iota // no field (count): the line's presence
+	inputNumeric                  // a number: its text is not read
+	inputText                     // the value, text and all
+)
 
 // NewExtractor returns an extractor for a.
 func (a *App) NewExtractor() *Extractor {
-	p, err := newParser(&a.Spec, a.fields)
+	p, err := newParser(&a.Spec, a.fields, true)
 	if err != nil {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
 	}
-	return &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{Inputs: make([]Input, len(a.Aggs))}}
+	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{Inputs: make([]Input, len(a.Aggs))},
+		groupAt: make([]int, len(a.Spec.GroupBy)), inputAt: make([]int, len(a.Aggs)), input: make([]inputKind, len(a.Aggs))}
+	for i, ag := range a.Aggs {
+		switch {
+		case ag.Field == "":
+			x.input[i] = inputNone
+		case ag.Fn.Numeric:
+			x.input[i] = inputNumeric
+		default:
+			x.input[i] = inputText
+		}
+	}
+	return x
 }
 
 // Extract parses line for the app. arrivalMs is the event time of apps
@@ -150,10 +177,38 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 	return x.ExtractRecord(x.rec, arrivalMs)
 }
 
+// locate finds the app's fields in rec.
+func (x *Extractor) locate(rec *Record) {
+	a := x.app
+	x.from = rec
+	x.timeAt = -1
+	if a.timeField != "" {
+		x.timeAt = rec.index(a.timeField)
+	}
+	for i, g := range a.Spec.GroupBy {
+		x.groupAt[i] = rec.index(g)
+	}
+	for i, ag := range a.Aggs {
+		x.inputAt[i] = -1
+		if ag.Field != "" {
+			x.inputAt[i] = rec.index(ag.Field)
+		}
+	}
+}
+
 // ExtractRecord is Extract from a record a SharedParser of the app's
 // group parsed: the app's own fields are read from it by name.
+//
+// What it returns outlives the line (the record's strings may be views
+// of it): the key and the inputs' text are copies then. An input of a
+// numeric aggregate that is a number carries the number alone (Str ""),
+// whichever parse read it: its text is never read, and would be a copy
+// per line.
 func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, error) {
 	a := x.app
+	if rec != x.from {
+		x.locate(rec)
+	}
 	if a.where != nil && !a.where.eval(rec) {
 		return nil, ErrFiltered
 	}
@@ -163,7 +218,7 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 		return nil, fmt.Errorf("%w: no arrival time (%d)", ErrBadTime, arrivalMs)
 	}
 	if a.timeField != "" {
-		v, ok := rec.Get(a.timeField)
+		v, ok := rec.at(x.timeAt)
 		if !ok {
 			return nil, fmt.Errorf("%w: no field %q", ErrBadTime, a.timeField)
 		}
@@ -173,39 +228,83 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 		}
 		out.TimeMs = t
 	}
-	x.keyBuf = x.keyBuf[:0]
-	for _, g := range a.Spec.GroupBy {
-		v, _ := rec.Get(g) // a missing field groups as ""
-		x.keyBuf = append(x.keyBuf, v.String())
-	}
-	out.Key = EncodeKey(x.keyBuf)
-	for i, ag := range a.Aggs {
-		if ag.Field == "" {
+	out.Key, x.keyBuf = recordKey(rec, x.groupAt, x.keyBuf)
+	for i, at := range x.inputAt {
+		kind := x.input[i]
+		if kind == inputNone {
 			out.Inputs[i] = Input{Present: true}
 			continue
 		}
-		v, ok := rec.Get(ag.Field)
+		v, ok := rec.at(at)
+		switch {
+		case !ok:
+		case v.IsNum && kind == inputNumeric:
+			v.Str = ""
+		default:
+			v.Str = rec.keep(v.Str)
+		}
 		out.Inputs[i] = Input{Value: v, Present: ok}
 	}
 	return out, nil
 }
 
-// KeyExtractor pulls a shard key out of lines in an app's format. Not
-// safe for concurrent use.
+// recordKey is the encoded key of the fields of rec at indexes at (a
+// missing field counts as ""), as EncodeKey of their strings, built in
+// buf (returned for the next call): a string of its own only where the
+// key is not one of the record's strings that outlives the line.
+func recordKey(rec *Record, at []int, buf []byte) (string, []byte) {
+	if len(at) == 1 && !rec.view {
+		v, _ := rec.at(at[0])
+		if s := v.String(); strings.IndexByte(s, 0) < 0 {
+			return s, buf
+		}
+	}
+	buf = buf[:0]
+	for i, j := range at {
+		if i > 0 {
+			buf = append(buf, 0)
+		}
+		v, _ := rec.at(j)
+		buf = appendKeyValue(buf, v.String())
+	}
+	return string(buf), buf
+}
+
+// appendKeyValue appends v with every NUL as U+FFFD (EncodeKey).
+func appendKeyValue(dst []byte, v string) []byte {
+	for {
+		n := strings.IndexByte(v, 0)
+		if n < 0 {
+			return append(dst, v...)
+		}
+		dst = append(dst, v[:n]...)
+		dst = append(dst, "\uFFFD"...)
+		v = v[n+1:]
+	}
+}
+
+// KeyExtractor pulls a shard key out of lines in an app's format, by the
+// full parse of a JSON line (the writer's key reader scans it itself
+// first, and gives it only the lines the scan leaves to it). Not safe for
+// concurrent use.
 type KeyExtractor struct {
-	fields []string
 	parser parser
 	rec    *Record
-	keyBuf []string
+	at     []int
+	buf    []byte
 }
 
 // NewKeyExtractor returns an extractor of fields, read in a's format.
 func (a *App) NewKeyExtractor(fields []string) *KeyExtractor {
-	p, err := newParser(&a.Spec, fields)
+	p, err := newParser(&a.Spec, fields, false)
 	if err != nil {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
 	}
-	return &KeyExtractor{fields: fields, parser: p, rec: newRecord(fields)}
+	x := &KeyExtractor{parser: p, rec: newRecord(fields), at: make([]int, len(fields))}
+	for i, f := range fields {
+		x.at[i] = x.rec.index(f)
+	}
+	return x
 }
 
 // Key returns the encoded values of the fields for line, or ErrParse.
@@ -215,12 +314,9 @@ func (x *KeyExtractor) Key(line []byte) (string, error) {
 	if err := x.parser.parse(line, x.rec); err != nil {
 		return "", err
 	}
-	x.keyBuf = x.keyBuf[:0]
-	for _, f := range x.fields {
-		v, _ := x.rec.Get(f)
-		x.keyBuf = append(x.keyBuf, v.String())
-	}
-	return EncodeKey(x.keyBuf), nil
+	var key string
+	key, x.buf = recordKey(x.rec, x.at, x.buf)
+	return key, nil
 }
 
 // EncodeKey joins group key values with NUL; a NUL inside a value

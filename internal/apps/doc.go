@@ -9,6 +9,14 @@
 // extracting its own fields from the record (Extractor.ExtractRecord)
 // exactly as from its own parse.
 //
+// A JSON line is read by a scan of the fields the apps use (jsonscan),
+// which builds nothing and copies nothing: the record's strings are views
+// of the line, and what outlives it (the group key, an aggregate's text
+// input) is copied. The few lines the scan cannot read alone, and every
+// line it refuses, go to the full parse (fastjson), whose reading and
+// whose error words are what the scan is held to
+// (FuzzJSONScanMatchesFullParse).
+//
 // An event time must be a moment after 1970 that fits in int64 ms: NaN,
 // infinities, zero, negative and overflowing values are ErrBadTime, never
 // converted (a conversion would wrap). How far ahead of its arrival an

@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/valyala/fastjson"
+	"github.com/valyala/fastjson/fastfloat"
+
+	"github.com/freeway-dev/freeway/internal/jsonscan"
 )
 
 // Value is one field of a record: a string, and a number when the record
@@ -41,6 +46,11 @@ type Record struct {
 	names   map[string]int
 	vals    []Value
 	present []bool
+	// view: the strings of vals are views of the line parsed (the JSON
+	// scan's, which copies nothing), valid only while the caller leaves
+	// the line unchanged. What outlives the line (ExtractRecord's key and
+	// inputs, KeyExtractor's key) is copied from them.
+	view bool
 }
 
 func newRecord(fields []string) *Record {
@@ -53,6 +63,32 @@ func newRecord(fields []string) *Record {
 
 func (r *Record) reset() {
 	clear(r.present)
+	r.view = false
+}
+
+// index is the position of field name in the record, -1 if it has none.
+func (r *Record) index(name string) int {
+	if i, ok := r.names[name]; ok {
+		return i
+	}
+	return -1
+}
+
+// at returns the field at index i (-1: none), and whether the line had it.
+func (r *Record) at(i int) (Value, bool) {
+	if i < 0 || !r.present[i] {
+		return Value{}, false
+	}
+	return r.vals[i], true
+}
+
+// keep returns s as a string that outlives the line: a copy if s may be
+// a view of it.
+func (r *Record) keep(s string) string {
+	if r.view {
+		return strings.Clone(s)
+	}
+	return s
 }
 
 func (r *Record) set(i int, v Value) {
@@ -60,7 +96,8 @@ func (r *Record) set(i int, v Value) {
 	r.present[i] = true
 }
 
-// Get returns field name, and whether the line had it.
+// Get returns field name, and whether the line had it. Its text may be a
+// view of the line (see Record.view): valid while the line is unchanged.
 func (r *Record) Get(name string) (Value, bool) {
 	i, ok := r.names[name]
 	if !ok || !r.present[i] {
@@ -77,12 +114,22 @@ type parser interface {
 	parse(line []byte, r *Record) error
 }
 
-func newParser(s *Spec, fields []string) (parser, error) {
+// newParser returns a parser of fields in s's format. scan: a JSON line
+// is read by the field-only scan (jsonscan) where it can, by the full
+// parse (fastjson) where it cannot; without it always by the full parse
+// (the writer's key reader, which scans first itself, and the tests that
+// compare the two).
+func newParser(s *Spec, fields []string, scan bool) (parser, error) {
 	switch s.Format {
 	case "json":
-		p := &jsonParser{paths: make([][]string, len(fields))}
+		p := &jsonParser{paths: make([][]string, len(fields)), order: make([]int, len(fields))}
 		for i, f := range fields {
 			p.paths[i] = strings.Split(f, ".")
+			p.order[i] = i
+		}
+		slices.SortStableFunc(p.order, func(a, b int) int { return len(p.paths[a]) - len(p.paths[b]) })
+		if scan {
+			p.scan = jsonscan.New(fields)
 		}
 		return p, nil
 	case "regex":
@@ -115,9 +162,55 @@ func newParser(s *Spec, fields []string) (parser, error) {
 type jsonParser struct {
 	p     fastjson.Parser
 	paths [][]string
+	// order: the paths, fewest steps first. fastjson unescapes an
+	// object's keys and a string in place when they are read, and then
+	// writes them escaped its own way (Go's quoting) where it writes an
+	// object or array read whole: a field read whole is written before
+	// any field inside it is read, so that its text does not depend on
+	// which other fields a parse reads (an app's own, or its category's).
+	order []int
+	scan  *jsonscan.Scanner // nil: the full parse only
 }
 
+// parse reads the fields by the scan, which gives exactly what the full
+// parse below gives (FuzzJSONScanMatchesFullParse); a line the scan
+// refuses or cannot read alone goes to the full parse, so that a bad
+// line gets the full parse's error, word for word.
 func (p *jsonParser) parse(line []byte, r *Record) error {
+	if p.scan == nil || p.scan.Scan(line) != jsonscan.OK {
+		return p.parseFull(line, r)
+	}
+	r.view = true
+	for i, f := range p.scan.Fields() {
+		raw := line[f.Start:f.End]
+		switch f.Kind {
+		case jsonscan.String:
+			r.set(i, Value{Str: view(raw)})
+		case jsonscan.Number:
+			// As below: fastjson's Float64 is fastfloat.Parse of the text.
+			s := view(raw)
+			if n, err := fastfloat.Parse(s); err == nil {
+				r.set(i, Value{Str: s, Num: n, IsNum: true})
+			} else {
+				r.set(i, Value{Str: s})
+			}
+		case jsonscan.True:
+			r.set(i, Value{Str: "true"})
+		case jsonscan.False:
+			r.set(i, Value{Str: "false"})
+		}
+	}
+	return nil
+}
+
+// view is b as a string without a copy: valid while b is unchanged (a
+// Record's view).
+func view(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// parseFull reads the fields from fastjson's parse of the whole line.
+func (p *jsonParser) parseFull(line []byte, r *Record) error {
 	v, err := p.p.ParseBytes(line)
 	if err != nil {
 		return fmt.Errorf("%w: json: %w", ErrParse, err)
@@ -125,8 +218,8 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 	if v.Type() != fastjson.TypeObject {
 		return fmt.Errorf("%w: json: a line must be an object, not %s", ErrParse, v.Type())
 	}
-	for i, path := range p.paths {
-		f := v.Get(path...)
+	for _, i := range p.order {
+		f := v.Get(p.paths[i]...)
 		if f == nil {
 			continue
 		}

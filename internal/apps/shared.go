@@ -55,15 +55,16 @@ func NewSharedParser(list []*App) *SharedParser {
 			}
 		}
 	}
-	p, err := newParser(&list[0].Spec, fields)
+	p, err := newParser(&list[0].Spec, fields, true)
 	if err != nil {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", list[0].Name(), err))
 	}
 	return &SharedParser{parser: p, rec: newRecord(fields)}
 }
 
-// Parse parses line; the record is valid until the next call. The error
-// is ErrParse (wrapped), for every app of the group alike.
+// Parse parses line; the record is valid until the next call, and while
+// line is unchanged (its strings may be views of it). The error is
+// ErrParse (wrapped), for every app of the group alike.
 func (p *SharedParser) Parse(line []byte) (*Record, error) {
 	p.rec.reset()
 	if err := p.parser.parse(line, p.rec); err != nil {

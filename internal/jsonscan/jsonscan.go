@@ -1,0 +1,389 @@
+package jsonscan
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math/bits"
+	"strconv"
+	"strings"
+)
+
+// Kind is what a line holds at a field's path.
+type Kind uint8
+
+// The kinds of a field's value.
+const (
+	Absent Kind = iota // no such field
+	Null               // null
+	String             // a string without escapes: its body is the value
+	Number             // a number in fastjson's grammar: its text
+	True               // true
+	False              // false
+)
+
+// Field is the value at one path of a scanned line: its kind, and where
+// it lies in the line, line[Start:End] (a string's body without its
+// quotes, a number's text, the literal true, false or null).
+type Field struct {
+	Kind       Kind
+	Start, End int
+}
+
+// Result is what a scan concluded.
+type Result uint8
+
+const (
+	// OK: the fields are read, exactly as the full parse reads them.
+	OK Result = iota
+	// Invalid: the full parse refuses the line (not an object, not JSON
+	// in its grammar). Its error, not the scan's, says why.
+	Invalid
+	// Full: the full parse must read the line.
+	Full
+)
+
+// MaxDepth is fastjson's nesting limit.
+const MaxDepth = 300
+
+// MaxFields is how many paths a scanner reads; more are left to the full
+// parse.
+const MaxFields = 64
+
+// Scanner reads the values at a set of paths. The grammar is fastjson's,
+// not RFC 8259's, as the full parse is what its users are defined by:
+//
+//   - numbers are any run of digits, signs, dots and exponents (and inf,
+//     nan in any case), strings take any byte and any escape, nesting
+//     stops at MaxDepth levels, and the line must be one object with
+//     nothing but white space around it;
+//   - a path is dotted; a step into an array is a decimal index
+//     (strconv.Atoi); the first of duplicate names counts.
+//
+// What it leaves to the full parse (Full; rare in logs, and intricate in
+// fastjson): an escape in a name of an object a path passes through or
+// in a string value read, an object or array as a value read, and paths
+// with a backslash or more than MaxFields of them.
+//
+// Not safe for concurrent use; it allocates nothing per line.
+type Scanner struct {
+	paths [][]string
+	index [][]int // paths[f][level] as an array index, -1 if it is none
+	last  []int   // len(paths[f]) - 1
+	all   uint64  // a bit per path
+	// always: the scan can never answer alone (see above).
+	always bool
+	fields []Field
+}
+
+// New returns a scanner of paths (dotted field names).
+func New(paths []string) *Scanner {
+	s := &Scanner{paths: make([][]string, len(paths)), index: make([][]int, len(paths)),
+		last: make([]int, len(paths)), fields: make([]Field, len(paths))}
+	s.always = len(paths) > MaxFields || len(paths) == 0
+	if !s.always {
+		s.all = uint64(1)<<len(paths) - 1
+		if len(paths) == MaxFields {
+			s.all = ^uint64(0)
+		}
+	}
+	for f, name := range paths {
+		if strings.IndexByte(name, '\\') >= 0 {
+			s.always = true
+		}
+		s.paths[f] = strings.Split(name, ".")
+		s.last[f] = len(s.paths[f]) - 1
+		s.index[f] = make([]int, len(s.paths[f]))
+		for l, step := range s.paths[f] {
+			n, err := strconv.Atoi(step)
+			if err != nil || n < 0 {
+				n = -1
+			}
+			s.index[f][l] = n
+		}
+	}
+	return s
+}
+
+// Scan reads line. After OK, Fields holds the value of each path, in
+// the order of New's paths.
+func (s *Scanner) Scan(line []byte) Result {
+	if s.always {
+		return Full
+	}
+	clear(s.fields)
+	i := skipWS(line, 0)
+	if i == len(line) || line[i] != '{' {
+		return Invalid // empty, not JSON, or not an object
+	}
+	i, r := s.value(line, i, 0, s.all, 0, 0)
+	if r != OK {
+		return r
+	}
+	if skipWS(line, i) != len(line) {
+		return Invalid
+	}
+	return OK
+}
+
+// Fields are the values of the last line scanned OK, by path; valid
+// until the next Scan.
+func (s *Scanner) Fields() []Field { return s.fields }
+
+// value scans the value at b[i], at nesting depth (of its container).
+// Paths in active pass through it at path step level; paths in ends have
+// it as their value.
+func (s *Scanner) value(b []byte, i, depth int, active, ends uint64, level int) (int, Result) {
+	if i >= len(b) {
+		return i, Invalid
+	}
+	depth++
+	if depth > MaxDepth {
+		return i, Invalid
+	}
+	switch c := b[i]; c {
+	case '{':
+		if ends != 0 {
+			return i, Full
+		}
+		return s.object(b, i+1, depth, active, level)
+	case '[':
+		if ends != 0 {
+			return i, Full
+		}
+		return s.array(b, i+1, depth, active, level)
+	case '"':
+		end, escaped := stringEnd(b, i+1)
+		if end < 0 {
+			return i, Invalid
+		}
+		if ends != 0 {
+			if escaped {
+				return i, Full
+			}
+			s.set(ends, Field{String, i + 1, end})
+		}
+		return end + 1, OK
+	case 't', 'f', 'n':
+		lit, kind := "true", True
+		switch c {
+		case 'f':
+			lit, kind = "false", False
+		case 'n':
+			lit, kind = "null", Null
+		}
+		if bytes.HasPrefix(b[i:], []byte(lit)) {
+			s.set(ends, Field{kind, i, i + len(lit)})
+			return i + len(lit), OK
+		}
+		if c == 'n' && len(b)-i >= 3 && bytes.EqualFold(b[i:i+3], []byte("nan")) {
+			s.set(ends, Field{Number, i, i + 3})
+			return i + 3, OK
+		}
+		return i, Invalid
+	}
+	end := numberEnd(b, i)
+	if end < 0 {
+		return i, Invalid
+	}
+	s.set(ends, Field{Number, i, end})
+	return end, OK
+}
+
+func (s *Scanner) set(paths uint64, v Field) {
+	for m := paths; m != 0; m &= m - 1 {
+		s.fields[bits.TrailingZeros64(m)] = v
+	}
+}
+
+func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int, Result) {
+	i = skipWS(b, i)
+	if i >= len(b) {
+		return i, Invalid
+	}
+	if b[i] == '}' {
+		return i + 1, OK
+	}
+	var taken uint64 // paths whose name at this level an earlier key had
+	for {
+		i = skipWS(b, i)
+		if i >= len(b) || b[i] != '"' {
+			return i, Invalid
+		}
+		end, escaped := stringEnd(b, i+1)
+		if end < 0 {
+			return i, Invalid
+		}
+		if escaped && active != 0 {
+			return i, Full
+		}
+		name := b[i+1 : end]
+		i = skipWS(b, end+1)
+		if i >= len(b) || b[i] != ':' {
+			return i, Invalid
+		}
+		i = skipWS(b, i+1)
+		var next, ends uint64
+		for m := active &^ taken; m != 0; m &= m - 1 {
+			f := bits.TrailingZeros64(m)
+			if s.paths[f][level] == string(name) {
+				taken |= 1 << f
+				if level == s.last[f] {
+					ends |= 1 << f
+				} else {
+					next |= 1 << f
+				}
+			}
+		}
+		var r Result
+		if i, r = s.skipOrValue(b, i, depth, next, ends, level+1); r != OK {
+			return i, r
+		}
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return i, Invalid
+		}
+		switch b[i] {
+		case ',':
+			i++
+		case '}':
+			return i + 1, OK
+		default:
+			return i, Invalid
+		}
+	}
+}
+
+// skipOrValue is value, with the usual case first: a string or a number
+// that no path reads or passes through, stepped over where it lies (most
+// of a line's values).
+func (s *Scanner) skipOrValue(b []byte, i, depth int, active, ends uint64, level int) (int, Result) {
+	if active|ends == 0 && depth < MaxDepth && i < len(b) {
+		switch c := b[i]; {
+		case c == '"':
+			end, _ := stringEnd(b, i+1)
+			if end < 0 {
+				return i, Invalid
+			}
+			return end + 1, OK
+		case c >= '0' && c <= '9':
+			return numberEnd(b, i), OK // a digit first: never -1
+		}
+	}
+	return s.value(b, i, depth, active, ends, level)
+}
+
+func (s *Scanner) array(b []byte, i, depth int, active uint64, level int) (int, Result) {
+	i = skipWS(b, i)
+	if i >= len(b) {
+		return i, Invalid
+	}
+	if b[i] == ']' {
+		return i + 1, OK
+	}
+	for n := 0; ; n++ {
+		i = skipWS(b, i)
+		var next, ends uint64
+		for m := active; m != 0; m &= m - 1 {
+			f := bits.TrailingZeros64(m)
+			if s.index[f][level] == n {
+				if level == s.last[f] {
+					ends |= 1 << f
+				} else {
+					next |= 1 << f
+				}
+			}
+		}
+		var r Result
+		if i, r = s.value(b, i, depth, next, ends, level+1); r != OK {
+			return i, r
+		}
+		i = skipWS(b, i)
+		if i >= len(b) {
+			return i, Invalid
+		}
+		switch b[i] {
+		case ',':
+			i++
+		case ']':
+			return i + 1, OK
+		default:
+			return i, Invalid
+		}
+	}
+}
+
+// skipWS skips JSON white space (space, tab, CR, LF) from b[i].
+func skipWS(b []byte, i int) int {
+	if i < len(b) && b[i] > ' ' {
+		return i // the usual case: no white space
+	}
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd finds the quote closing a string whose body starts at b[i]
+// (the first one not escaped by a backslash, as fastjson reads it: after
+// an even run of backslashes); -1 if there is none. It reports whether
+// the body holds a backslash. It looks at eight bytes at a time for a
+// quote or a backslash.
+func stringEnd(b []byte, i int) (int, bool) {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(b); i += 8 {
+		v := binary.LittleEndian.Uint64(b[i:])
+		q, e := v^('"'*ones), v^('\\'*ones)
+		// A byte of q or e is zero where v has a quote or a backslash;
+		// the lowest flagged byte is exact (a false flag can only sit
+		// above a true one).
+		if m := ((q-ones)&^q | (e-ones)&^e) & highs; m != 0 {
+			i += bits.TrailingZeros64(m) / 8
+			if b[i] == '"' {
+				return i, false
+			}
+			return escapedStringEnd(b, i)
+		}
+	}
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			return i, false
+		case '\\':
+			return escapedStringEnd(b, i)
+		}
+	}
+	return -1, false
+}
+
+// escapedStringEnd is stringEnd from the first backslash of a body, b[i].
+func escapedStringEnd(b []byte, i int) (int, bool) {
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			return i, true
+		case '\\':
+			i++ // the escaped byte, whatever it is
+		}
+	}
+	return -1, true
+}
+
+// numberEnd ends a fastjson number starting at b[i], or returns -1.
+func numberEnd(b []byte, i int) int {
+	j := i
+	for j < len(b) {
+		c := b[j]
+		if c >= '0' && c <= '9' || c == '.' || c == '-' || c == 'e' || c == 'E' || c == '+' {
+			j++
+			continue
+		}
+		if j == i || j == i+1 && (b[i] == '-' || b[i] == '+') {
+			if len(b)-j >= 3 && (bytes.EqualFold(b[j:j+3], []byte("inf")) || bytes.EqualFold(b[j:j+3], []byte("nan"))) {
+				return j + 3
+			}
+			return -1
+		}
+		return j
+	}
+	return j
+}
