@@ -196,30 +196,53 @@ func TestDirtyCells(t *testing.T) {
 	tb.apply(order(t0, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0+60_000, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0, "us", "book", 1), at(arrival))
-	if len(tb.spans[0].dirty) != 3 {
-		t.Fatalf("dirty list %v: a cell changed twice is listed once", tb.spans[0].dirty)
+	if n := tb.spans[0].changed(); n != 3 {
+		t.Fatalf("%d cells changed: a cell changed twice is counted once", n)
 	}
-	keys := slices.Clone(tb.spans[0].dirty)
-	equalRows(t, "first", taken(), []string{"+0s eu|book n=2", "+0s us|book n=1", "+60s eu|book n=1"})
+	var marks takenMarks
+	first := func() []string {
+		var out []string
+		marks = tb.takeDirty(0, func(k cellKey, c cell) int64 {
+			out = append(out, fmt.Sprintf("%+ds %s n=%v", (k.window-t0)/1000, strings.ReplaceAll(k.key, "\x00", "|"), c.f[0]))
+			return 0
+		})
+		if !slices.IsSorted(out) {
+			t.Errorf("taken out of row order: %q", out)
+		}
+		return out
+	}
+	equalRows(t, "first", first(), []string{"+0s eu|book n=2", "+0s us|book n=1", "+60s eu|book n=1"})
 	equalRows(t, "nothing changed", taken(), nil)
-	tb.remark(0, keys[:1])
-	tb.remark(0, keys[:1])
-	equalRows(t, "remarked", taken(), []string{"+0s eu|book n=2"})
+	tb.remark(0, marks)
+	tb.remark(0, marks)
+	if n := tb.spans[0].changed(); n != 3 {
+		t.Fatalf("%d cells changed after remarking twice, want 3", n)
+	}
+	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // changed again while remarked: once
+	equalRows(t, "remarked", first(), []string{"+0s eu|book n=3", "+0s us|book n=1", "+60s eu|book n=1"})
+	tb.apply(order(t0, "us", "book", 1), at(arrival))
+	equalRows(t, "one changed", first(), []string{"+0s us|book n=2"})
+	tb.remark(0, marks)
+	equalRows(t, "remarked one", taken(), []string{"+0s us|book n=2"})
 
 	// Expire the window at t0, dirty; then bring it back.
+	tb.apply(order(t0, "eu", "book", 1), at(arrival))
+	tb.apply(order(t0+60_000, "us", "book", 1), at(arrival))
+	equalRows(t, "before expiry", first(), []string{"+0s eu|book n=4", "+60s us|book n=1"})
+	old := marks
 	tb.apply(order(t0, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0+150_000, "eu", "book", 1), at(arrival)) // horizon t0+90s
 	if gone := tb.expire(0); len(gone) != 1 || gone[0] != t0 {
 		t.Fatalf("expired %v", gone)
 	}
-	if tb.ncells != 2 {
-		t.Fatalf("%d cells", tb.ncells)
-	}
-	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // late, allowed: a new cell
 	if tb.ncells != 3 {
 		t.Fatalf("%d cells", tb.ncells)
 	}
-	equalRows(t, "after expiry", taken(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
-	tb.remark(0, keys) // the t0 us|book cell is gone: not listed
-	equalRows(t, "remark after expiry", taken(), []string{"+0s eu|book n=1", "+60s eu|book n=1"})
+	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // late, allowed: a new cell
+	if tb.ncells != 4 {
+		t.Fatalf("%d cells", tb.ncells)
+	}
+	equalRows(t, "after expiry", first(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
+	tb.remark(0, old) // the old t0 window is gone: its eu|book not listed, nor its successor
+	equalRows(t, "remark after expiry", taken(), []string{"+60s us|book n=1"})
 }
