@@ -232,9 +232,9 @@ func columnPrefix(row, column string) []byte {
 	return appendEscaped(appendEscaped(nil, row), column)
 }
 
-func versionKey(row, column string, ts int64) []byte {
-	k := columnPrefix(row, column)
-	return binary.BigEndian.AppendUint64(k, uint64(math.MaxInt64-ts))
+func appendVersionKey(dst []byte, row, column string, ts int64) []byte {
+	dst = appendEscaped(appendEscaped(dst, row), column)
+	return binary.BigEndian.AppendUint64(dst, uint64(math.MaxInt64-ts))
 }
 
 type parsedKey struct {
@@ -295,35 +295,47 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 }
 
 func putCells(b *bolt.Bucket, cells []store.Cell) error {
-	for _, c := range cells {
-		if err := b.Put(versionKey(c.Row, c.Column, c.Timestamp), c.Value); err != nil {
+	// bbolt keeps the key of a Put until the transaction ends: the keys
+	// are cut from a few large buffers rather than allocated one by one
+	// (a checkpoint puts a million cells).
+	var keys []byte
+	c := b.Cursor()
+	for _, cell := range cells {
+		if need := 2*(len(cell.Row)+len(cell.Column)) + 4 + 8; cap(keys)-len(keys) < need {
+			keys = make([]byte, 0, max(need, 64<<10))
+		}
+		at := len(keys)
+		keys = appendVersionKey(keys, cell.Row, cell.Column, cell.Timestamp)
+		k := keys[at:len(keys):len(keys)]
+		if err := b.Put(k, cell.Value); err != nil {
 			return err
 		}
-		if err := prune(b, c.Row, c.Column); err != nil {
+		if err := prune(c, k[:len(k)-8]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// prune deletes the versions of row/column beyond the newest Versions.
-func prune(b *bolt.Bucket, row, column string) error {
-	prefix := columnPrefix(row, column)
-	c := b.Cursor()
-	n := 0
-	var stale [][]byte
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
-		n++
-		if n > Versions {
-			stale = append(stale, append([]byte(nil), k...))
+// prune deletes the versions of the column whose escaped row and column
+// are prefix beyond the newest Versions.
+func prune(c *bolt.Cursor, prefix []byte) error {
+	for {
+		n := 0
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
+			if n++; n > Versions {
+				break
+			}
 		}
-	}
-	for _, k := range stale {
-		if err := b.Delete(k); err != nil {
+		if n <= Versions {
+			return nil
+		}
+		// Delete the first one too many, and look again: a bbolt cursor
+		// may skip a key when moved on after a Delete.
+		if err := c.Delete(); err != nil {
 			return err
 		}
 	}
-	return nil
 }
 
 func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store.Cell, error) {
