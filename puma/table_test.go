@@ -3,6 +3,7 @@ package puma
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -245,4 +246,39 @@ func TestDirtyCells(t *testing.T) {
 	equalRows(t, "after expiry", first(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
 	tb.remark(0, old) // the old t0 window is gone: its eu|book not listed, nor its successor
 	equalRows(t, "remark after expiry", taken(), []string{"+60s us|book n=1"})
+}
+
+// TestSortByKeyIsByteOrder: the sort of a window's cells for a checkpoint
+// (by the first 8 bytes of each key as an integer, then the keys) gives
+// the keys' byte order, on keys that share prefixes, hold zero bytes and
+// end within and beyond 8 bytes.
+func TestSortByKeyIsByteOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	alphabet := []byte{0, 1, 'a', 'b', 0xff}
+	for round := range 200 {
+		wc := &windowCells{index: map[string]int32{}}
+		var idx []int32
+		for range 1 + rng.IntN(300) {
+			b := make([]byte, rng.IntN(12))
+			for i := range b {
+				b[i] = alphabet[rng.IntN(len(alphabet))]
+			}
+			key := string(b)
+			if _, ok := wc.index[key]; ok {
+				continue
+			}
+			wc.index[key] = int32(len(wc.keys))
+			idx = append(idx, int32(len(wc.keys)))
+			wc.keys = append(wc.keys, key)
+		}
+		rng.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
+		wc.sortByKey(idx, nil)
+		got := make([]string, len(idx))
+		for i, j := range idx {
+			got[i] = wc.keys[j]
+		}
+		if !slices.IsSorted(got) || len(got) != len(wc.keys) {
+			t.Fatalf("round %d: %q is not in byte order", round, got)
+		}
+	}
 }
