@@ -13,9 +13,9 @@ import (
 // share one []float64, 8 bytes a slot and one allocation a cell: the fast
 // path. The others keep a variable-size agg.State each.
 type cell struct {
-	// f holds the fixed slots; then the mark a table sets while the cell
-	// waits for a checkpoint; then, with variable states, the bytes they
-	// took in the cell's last checkpoint (memory accounting).
+	// f holds the fixed slots; then, with variable states, the bytes
+	// they took in the cell's last checkpoint (memory accounting). In a
+	// table it is a view of its window's array (windowCells).
 	f []float64
 	// x holds the variable states, nil for an app without any.
 	x []agg.State
@@ -66,18 +66,18 @@ func newLayout(app *apps.App) (*layout, error) {
 	return l, nil
 }
 
-// extra is the slots after the fixed ones: the mark, and with variable
-// states their stored bytes.
-func (l *layout) extra() int {
+// stride is the slots of a cell: the fixed ones, and with variable states
+// one more for their stored bytes.
+func (l *layout) stride() int {
 	if len(l.vars) > 0 {
-		return 2
+		return l.width + 1
 	}
-	return 1
+	return l.width
 }
 
-// newCell returns an empty cell, not marked.
+// newCell returns an empty cell.
 func (l *layout) newCell() cell {
-	c := cell{f: make([]float64, l.width+l.extra())}
+	c := cell{f: make([]float64, l.stride())}
 	for _, a := range l.fixed {
 		a.fn.InitSlots(c.f[a.off : a.off+a.n])
 	}
@@ -90,40 +90,32 @@ func (l *layout) newCell() cell {
 	return c
 }
 
-func (l *layout) marked(c cell) bool { return c.f[l.width] != 0 }
-
-func (l *layout) mark(c cell, on bool) {
-	c.f[l.width] = 0
-	if on {
-		c.f[l.width] = 1
-	}
-}
-
 // storedBytes is what the cell's variable states took at its last
 // checkpoint, and setStoredBytes records it.
 func (l *layout) storedBytes(c cell) int64 {
 	if len(l.vars) == 0 {
 		return 0
 	}
-	return int64(c.f[l.width+1])
+	return int64(c.f[l.width])
 }
 
 func (l *layout) setStoredBytes(c cell, n int64) {
 	if len(l.vars) > 0 {
-		c.f[l.width+1] = float64(n)
+		c.f[l.width] = float64(n)
 	}
 }
 
 // cellOverhead approximates the memory of a cell of key beyond its
-// variable states' stored bytes: the map entries (with the maps' spare
-// room), the key, the slots, each state's structure in memory. Calibrated
-// on the Go heap BenchmarkAggregators measures (heap-bytes/cell, states
-// of a few values): 120 for a cell of fixed slots and 128 a variable
+// variable states' stored bytes: its entry in its window's index (with
+// the map's spare room) and key list, the key, the slots, each state's
+// structure in memory. Calibrated on the Go heap BenchmarkAggregators
+// measures (heap-bytes/cell, states of a few values) since a window keeps
+// its cells in arrays (windowCells): 80 for a cell and 56 a variable
 // state bring the estimate within about 25% of the heap at 1 k to 1 M
-// keys (topk's at 1 k keys: 40%), where it was half of it or less
-// (bench/results/2026-12-01-aggregators.md).
+// keys (count: 79 to 98 bytes measured, 95 estimated; avg 87 to 107,
+// 111; count_distinct 130 to 181, 162).
 func (l *layout) cellOverhead(key string) int64 {
-	return int64(120 + len(key) + 8*(l.width+l.extra()) + 128*len(l.vars))
+	return int64(80 + len(key) + 8*l.stride() + 56*len(l.vars))
 }
 
 // add feeds one extracted record into a cell; it returns how many inputs

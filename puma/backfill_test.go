@@ -305,7 +305,12 @@ func TestBackfillEvicts(t *testing.T) {
 		s.Retention = config.Duration(30 * 24 * time.Hour)
 	})
 	e.apps = []*apps.App{e.apps[0], byKey}
-	limit := config.ByteSize(4 * f.keys * 250)
+	// Room for 5 minutes of bykey's cells, as accounted.
+	l, err := newLayout(byKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := config.ByteSize(int64(5*f.keys) * l.cellOverhead(apps.EncodeKey([]string{"r100", "k1"})))
 	p2 := e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit })
 	s := testShard(t, p2, 0)
 	adopt(p2, s)

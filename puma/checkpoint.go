@@ -127,6 +127,13 @@ func readCommit(ctx context.Context, st store.Store, table, category string, buc
 // decoding each with l; fn gets the bytes of its variable states too. A
 // row that is not a cell row or a cell that does not fit l is an error.
 func scanCommitted(ctx context.Context, st store.Store, table, prefix, start, stop string, at commitState, l *layout, fn func(window int64, key string, c cell, stored int64)) error {
+	return scanCommittedInto(ctx, st, table, prefix, start, stop, at, l, func() cell { return l.newCell() }, fn)
+}
+
+// scanCommittedInto is scanCommitted decoding each cell into the one
+// into returns: a new one, or one cell reused for every row when fn
+// copies it (recovery, which would otherwise allocate a cell a row).
+func scanCommittedInto(ctx context.Context, st store.Store, table, prefix, start, stop string, at commitState, l *layout, into func() cell, fn func(window int64, key string, c cell, stored int64)) error {
 	return st.Scan(ctx, table, start, stop, at.Epoch, func(rowKey string, cells []store.Cell) error {
 		cs, err := committedVersions(ctx, st, table, rowKey, cells, at.Aborted)
 		if err != nil {
@@ -141,8 +148,8 @@ func scanCommitted(ctx context.Context, st store.Store, table, prefix, start, st
 			if c.Column != "v" {
 				continue
 			}
-			cell, err := l.decodeCell(c.Value)
-			if err != nil {
+			cell := into()
+			if err := l.decodeInto(cell, c.Value); err != nil {
 				return fmt.Errorf("cell row %q: %w", rowKey, err)
 			}
 			fn(w, key, cell, l.varBytes(c.Value))
@@ -209,7 +216,8 @@ func (s *shard) recover(ctx context.Context) error {
 			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok {
 				sp.horizon = h
 			}
-			err := scanCommitted(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), s.committed, t.layout, func(w int64, key string, c cell, stored int64) {
+			scratch := t.layout.newCell()
+			err := scanCommittedInto(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), s.committed, t.layout, func() cell { return scratch }, func(w int64, key string, c cell, stored int64) {
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
@@ -294,10 +302,15 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.snapshotBackfills(&state)
 	state.Aborted = withAborted(s.committed.Aborted, s.committed.Epoch, epoch)
 	cells, remarkWindows := s.takeWindows(epoch, nil)
+	slices.SortFunc(cells, func(a, b store.Cell) int { return strings.Compare(a.Row, b.Row) })
+	// runs are the cells to write, each run in row order: the seen-windows,
+	// then each span's (takeDirty gives them in row order).
+	runs := [][]store.Cell{cells}
+	ncells := len(cells)
 	type pending struct {
-		t    *table
-		span int
-		keys []cellKey
+		t     *table
+		span  int
+		marks takenMarks
 	}
 	var dirty []pending
 	for _, t := range s.tables {
@@ -314,15 +327,14 @@ func (s *shard) checkpoint(ctx context.Context) error {
 				s.expired = append(s.expired, expiredRows{prefix: prefix + windowKey(w) + "/", epoch: epoch})
 			}
 			s.expired = append(s.expired, t.evictedRetention(i, prefix, epoch)...)
-			keys := t.takeDirty(i, func(k cellKey, c cell) int64 {
-				v := t.layout.encodeCell(c)
-				cells = append(cells, store.Cell{Row: prefix + windowKey(k.window) + "/" + k.key, Column: "v", Timestamp: epoch, Value: v})
-				return t.layout.varBytes(v)
-			})
-			dirty = append(dirty, pending{t, i, keys})
+			b := newCellBatch(prefix, epoch, sp.changed(), t.layout)
+			marks := t.takeDirty(i, func(k cellKey, c cell) int64 { return t.layout.varBytes(b.add(k, c)) })
+			runs = append(runs, b.done())
+			ncells += len(b.cells)
+			dirty = append(dirty, pending{t, i, marks})
 		}
 	}
-	unchanged := len(cells) == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap && s.backfillsUnchanged(&state)
+	unchanged := ncells == 0 && len(s.expired) == 0 && state.Position == s.committed.Position && state.Gap == s.committed.Gap && s.backfillsUnchanged(&state)
 	s.mu.Unlock()
 	if unchanged {
 		// Nothing to write: the committed state is current, which is what
@@ -333,7 +345,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	restore := func() {
 		s.mu.Lock()
 		for _, d := range dirty {
-			d.t.remark(d.span, d.keys)
+			d.t.remark(d.span, d.marks)
 		}
 		remarkWindows()
 		s.mu.Unlock()
@@ -359,12 +371,13 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	// was 1,000 commits and fsyncs for 1 M cells; one Put of them all
 	// makes bbolt copy every node it holds whenever the file grows), and
 	// requests of the store's size on HBase.
-	slices.SortFunc(cells, func(a, b store.Cell) int { return strings.Compare(a.Row, b.Row) })
 	const chunk = 1 << 16
-	for i := 0; i < len(cells); i += chunk {
-		if err := st.Put(ctx, tbl, cells[i:min(i+chunk, len(cells))]); err != nil {
-			restore()
-			return fmt.Errorf("write cells: %w", err)
+	for _, run := range runs {
+		for i := 0; i < len(run); i += chunk {
+			if err := st.Put(ctx, tbl, run[i:min(i+chunk, len(run))]); err != nil {
+				restore()
+				return fmt.Errorf("write cells: %w", err)
+			}
 		}
 	}
 	// 3. The commit, fenced on the previous one.
@@ -391,7 +404,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.afterCommit(state)
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.p.m.checkpoints.Inc()
-	s.p.m.checkpointCells.Add(float64(len(cells)))
+	s.p.m.checkpointCells.Add(float64(ncells))
 	s.p.m.checkpointSeconds.Observe(s.p.now().Sub(start).Seconds())
 	s.deleteGoneWindows(ctx, epoch)
 	// 4. Retention, once the state without the expired windows is
@@ -420,28 +433,101 @@ const (
 )
 
 // encodeCell is a cell's stored form: a format byte, then the fixed slots
-// (without the mark), then the variable states if any.
+// (without the stored bytes), then the variable states if any.
 func (l *layout) encodeCell(c cell) []byte {
+	return l.appendCell(make([]byte, 0, l.cellSize()), c)
+}
+
+// cellSize is the size of a stored cell of fixed slots only, and a guess
+// with variable states.
+func (l *layout) cellSize() int {
 	if len(l.vars) == 0 {
-		b := make([]byte, 1, 1+8*l.width)
-		b[0] = cellFixed
+		return 1 + 8*l.width
+	}
+	return 1 + 8*l.width + 64
+}
+
+// appendCell appends the stored form of c to b (encodeCell).
+func (l *layout) appendCell(b []byte, c cell) []byte {
+	if len(l.vars) == 0 {
+		b = append(b, cellFixed)
 		for _, v := range c.f[:l.width] {
 			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
 		}
 		return b
 	}
-	b := make([]byte, 1, 1+8*l.width+64)
-	b[0] = cellMixed
+	b = append(b, cellMixed)
 	for _, v := range c.f[:l.width] {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
 	}
-	var scratch []byte
 	for _, x := range c.x {
-		scratch = x.Marshal(scratch[:0])
-		b = binary.AppendUvarint(b, uint64(len(scratch)))
-		b = append(b, scratch...)
+		// The state's length comes first: marshal it at the end of b,
+		// then move it up past its length.
+		at := len(b)
+		b = x.Marshal(b)
+		n := len(b) - at
+		var lenBuf [binary.MaxVarintLen64]byte
+		k := binary.PutUvarint(lenBuf[:], uint64(n))
+		b = append(b, lenBuf[:k]...)
+		copy(b[at+k:], b[at:at+n])
+		copy(b[at:], lenBuf[:k])
 	}
 	return b
+}
+
+// cellBatch builds the store cells of one span's checkpoint, in the
+// order takeDirty gives them, with one allocation for all their row keys
+// and a few for their values, where a cell took two of its own (and the
+// GC had a million small objects more to mark).
+type cellBatch struct {
+	prefix string
+	epoch  int64
+	l      *layout
+	rows   strings.Builder
+	ends   []int // where each cell's row ends in rows
+	vals   []byte
+	cells  []store.Cell
+	// w and wk: the window of the last cell and its row key part.
+	w  int64
+	wk string
+}
+
+// newCellBatch returns a batch for about n cells of a span whose rows
+// start with prefix.
+func newCellBatch(prefix string, epoch int64, n int, l *layout) *cellBatch {
+	b := &cellBatch{prefix: prefix, epoch: epoch, l: l, ends: make([]int, 0, n), vals: make([]byte, 0, n*l.cellSize()), cells: make([]store.Cell, 0, n)}
+	b.rows.Grow(n * (len(prefix) + 16 + 1 + 16))
+	return b
+}
+
+// add appends the cell of k and returns its stored value.
+func (b *cellBatch) add(k cellKey, c cell) []byte {
+	if b.wk == "" || k.window != b.w {
+		b.w, b.wk = k.window, windowKey(k.window)
+	}
+	b.rows.WriteString(b.prefix)
+	b.rows.WriteString(b.wk)
+	b.rows.WriteByte('/')
+	b.rows.WriteString(k.key)
+	b.ends = append(b.ends, b.rows.Len())
+	// A value stays where it was written: when vals grows, the values
+	// before are left in the old array, which they keep alive.
+	at := len(b.vals)
+	b.vals = b.l.appendCell(b.vals, c)
+	v := b.vals[at:len(b.vals):len(b.vals)]
+	b.cells = append(b.cells, store.Cell{Column: "v", Timestamp: b.epoch, Value: v})
+	return v
+}
+
+// done gives the cells their rows and returns them.
+func (b *cellBatch) done() []store.Cell {
+	rows := b.rows.String()
+	start := 0
+	for i, end := range b.ends {
+		b.cells[i].Row = rows[start:end]
+		start = end
+	}
+	return b.cells
 }
 
 // varBytes is what the variable states take of a stored cell.
@@ -453,8 +539,18 @@ func (l *layout) varBytes(stored []byte) int64 {
 }
 
 func (l *layout) decodeCell(b []byte) (cell, error) {
-	misfit := func(why string) (cell, error) {
-		return cell{}, fmt.Errorf("stored cell of %d bytes does not fit app %s (%d slots, %d variable states): %s; was the app's aggregate list changed?", len(b), l.app.Name(), l.width, len(l.vars), why)
+	c := l.newCell()
+	if err := l.decodeInto(c, b); err != nil {
+		return cell{}, err
+	}
+	return c, nil
+}
+
+// decodeInto decodes a stored cell into c, every slot and state of which
+// it sets (but the stored bytes).
+func (l *layout) decodeInto(c cell, b []byte) error {
+	misfit := func(why string) error {
+		return fmt.Errorf("stored cell of %d bytes does not fit app %s (%d slots, %d variable states): %s; was the app's aggregate list changed?", len(b), l.app.Name(), l.width, len(l.vars), why)
 	}
 	want := byte(cellFixed)
 	if len(l.vars) > 0 {
@@ -463,7 +559,6 @@ func (l *layout) decodeCell(b []byte) (cell, error) {
 	if len(b) < 1+8*l.width || b[0] != want || (want == cellFixed && len(b) != 1+8*l.width) {
 		return misfit("wrong format or size")
 	}
-	c := l.newCell()
 	for i := range c.f[:l.width] {
 		c.f[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[1+8*i:]))
 	}
@@ -475,7 +570,7 @@ func (l *layout) decodeCell(b []byte) (cell, error) {
 		}
 		x, err := a.kind.Unmarshal(rest[k : k+int(n)])
 		if err != nil {
-			return cell{}, fmt.Errorf("stored cell, aggregate %s: %w", l.app.Aggs[a.i].Name, err)
+			return fmt.Errorf("stored cell, aggregate %s: %w", l.app.Aggs[a.i].Name, err)
 		}
 		c.x[j] = x
 		rest = rest[k+int(n):]
@@ -483,5 +578,5 @@ func (l *layout) decodeCell(b []byte) (cell, error) {
 	if len(rest) > 0 {
 		return misfit(fmt.Sprintf("%d bytes left over", len(rest)))
 	}
-	return c, nil
+	return nil
 }

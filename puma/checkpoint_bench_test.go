@@ -58,6 +58,44 @@ func BenchmarkCheckpoint(b *testing.B) {
 	}
 }
 
+// BenchmarkRecover: a shard's recovery of 1 M committed cells of one
+// window (the orders app: count, sum, min, max, avg) from the embedded
+// store, with the process's CPU time per recovery (issue 10's goal: at
+// most 3 s).
+//
+//	go test -run '^$' -bench BenchmarkRecover$ -benchtime 3x ./puma
+func BenchmarkRecover(b *testing.B) {
+	const n = 1_000_000
+	e := newEnv(b, orders(b, func(s *apps.Spec) { s.Retention = config.Duration(48 * time.Hour) }))
+	s := testShard(b, e.node("n1"), 0)
+	lines := make([][]byte, 0, 1000)
+	for i := 0; i < n; i += 1000 {
+		lines = lines[:0]
+		for j := i; j < min(i+1000, n); j++ {
+			lines = append(lines, order(t0, fmt.Sprint("r", j%1000), fmt.Sprint("k", j/1000), 1))
+		}
+		s.apply(stock(lines...), ptail.Position{Offset: int64(i + 1)})
+	}
+	if err := s.checkpoint(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	s.release()
+	var cpu time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c0 := cpuTime()
+		r := testShard(b, e.node(fmt.Sprint("r", i)), 0)
+		cpu += cpuTime() - c0
+		b.StopTimer()
+		if got := r.tables[0].ncells; got != n {
+			b.Fatalf("recovered %d cells, want %d", got, n)
+		}
+		r.release()
+		b.StartTimer()
+	}
+	b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {

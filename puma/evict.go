@@ -97,14 +97,8 @@ func (t *table) evictSpan(sp *span) int {
 		return 0
 	}
 	for w, cells := range sp.windows {
-		if w+sp.ms > h {
-			continue
-		}
-		for key := range cells {
-			if c, _ := sp.get(w, key); t.layout.marked(c) {
-				h = min(h, w) // keep it, and so every window that ends after it
-				break
-			}
+		if w+sp.ms <= h && cells.ndirty > 0 {
+			h = min(h, w) // keep it, and so every window that ends after it
 		}
 	}
 	if h <= sp.horizon {
@@ -115,14 +109,13 @@ func (t *table) evictSpan(sp *span) int {
 		if w+sp.ms > h {
 			continue
 		}
-		var bytes int64
-		sp.eachIn(w, func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
-		t.ncells -= len(cells)
+		bytes := t.windowBytes(cells)
+		t.ncells -= cells.len()
 		t.bytes -= bytes
-		t.account(-len(cells), -bytes)
-		dropped += len(cells)
+		t.account(-cells.len(), -bytes)
+		dropped += cells.len()
 		t.ev.windows++
-		t.ev.cells += uint64(len(cells))
+		t.ev.cells += uint64(cells.len())
 		sp.drop(w)
 	}
 	sp.horizon = h

@@ -318,7 +318,7 @@ func (pl *plan) eachCell(sp *span, fn func(window int64, key string, c cell)) {
 // million cells costs the lookups of the keys asked), otherwise every
 // cell of the window tested.
 func (pl *plan) eachCellIn(sp *span, w int64, fn func(key string, c cell)) {
-	if pl.points != nil && len(pl.points) < len(sp.windows[w]) {
+	if pl.points != nil && len(pl.points) < sp.windows[w].len() {
 		for _, key := range pl.points {
 			if c, ok := sp.get(w, key); ok {
 				fn(key, c)
@@ -336,15 +336,19 @@ func (pl *plan) eachCellIn(sp *span, w int64, fn func(key string, c cell)) {
 // anyIn reports whether window w of span sp has a cell the plan's where
 // keeps.
 func (pl *plan) anyIn(sp *span, w int64) bool {
-	if pl.points != nil && len(pl.points) < len(sp.windows[w]) {
+	wc := sp.windows[w]
+	if pl.points != nil && len(pl.points) < wc.len() {
 		for _, key := range pl.points {
-			if _, ok := sp.windows[w][key]; ok {
+			if _, ok := wc.find(key); ok {
 				return true
 			}
 		}
 		return false
 	}
-	for key := range sp.windows[w] {
+	if wc == nil {
+		return false
+	}
+	for _, key := range wc.keys {
 		if pl.keep(key) {
 			return true
 		}
@@ -850,7 +854,7 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m cellSin
 						found = found || pl.anyIn(sp, w)
 						continue
 					}
-					found = found || len(sp.windows[w]) > 0
+					found = found || sp.windows[w].len() > 0
 					pl.eachCellIn(sp, w, func(key string, c cell) { m.add(w, key, c) })
 				}
 			})

@@ -1,8 +1,12 @@
 package puma
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	mathbits "math/bits"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -63,22 +67,17 @@ type span struct {
 	// group_by, aggregates); stored rows carry it so that a changed app
 	// does not read state of another shape.
 	fp string
-	// windows holds the cells' slots by window start, then group key, so
-	// that a query visits only the windows of its range and retention
-	// drops whole windows; states their variable states (nil for an app
-	// without any): apart, so that a cell of the fast path costs a map
-	// entry of one slice.
-	windows map[int64]map[string][]float64
-	states  map[int64]map[string][]agg.State
-	// dirty lists the cells changed since the last checkpoint. A cell's
-	// mark slot says whether it is listed, so that a record costs one
-	// lookup, not a second one in a set.
-	dirty []cellKey
-	// lastW, lastCells and lastStates cache the window of the previous
-	// record: most records land in the current window.
-	lastW      int64
-	lastCells  map[string][]float64
-	lastStates map[string][]agg.State
+	// windows holds the cells by window start, so that a query visits
+	// only the windows of its range and retention drops whole windows.
+	windows map[int64]*windowCells
+	// stride and nvars are the shape of a cell in the windows' arrays
+	// (layout.stride, len(layout.vars)).
+	stride, nvars int
+	// lastW and last cache the window of the previous record: most
+	// records land in the current window. last is nil if that window has
+	// no cells yet.
+	lastW int64
+	last  *windowCells
 	// horizon: the span's windows that end at or before it were evicted
 	// to the store (evict.go).
 	horizon int64
@@ -87,91 +86,179 @@ type span struct {
 	pending bool
 }
 
+// windowCells is one window of a span. Its cells live in arrays: cell
+// i's fixed slots are slots[i*stride:(i+1)*stride], its variable states
+// states[i*nvars:(i+1)*nvars], its key keys[i]; index finds i by key.
+// One array for every cell of a window rather than an allocation per
+// cell: a million cells are a few allocations, not a million (less heap
+// and less for the GC to mark), and a scan of the window (a top-N, a
+// checkpoint) reads memory in order instead of a cell at a random place
+// per key.
+//
+// Cells are only ever added: a window is dropped whole (retention,
+// eviction), so a cell's index holds for the window's life. Its slots
+// move when the array grows: a cell (a view of its slots) holds until the
+// next cell is added to its window.
+type windowCells struct {
+	index  map[string]int32
+	keys   []string
+	slots  []float64
+	states []agg.State
+	stride int
+	nvars  int
+	// dirty has bit i set while cell i waits for a checkpoint (a bit, not
+	// a slot or a list entry: a cell changed costs no memory of its own);
+	// ndirty counts them.
+	dirty  []uint64
+	ndirty int
+}
+
 func newSpan(app *apps.App, l *layout, ms int64) *span {
-	sp := &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]map[string][]float64{}, horizon: noHorizon}
-	if len(l.vars) > 0 {
-		sp.states = map[int64]map[string][]agg.State{}
+	return &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]*windowCells{}, stride: l.stride(), nvars: len(l.vars), horizon: noHorizon}
+}
+
+// len is the window's number of cells; a nil window has none.
+func (wc *windowCells) len() int {
+	if wc == nil {
+		return 0
 	}
-	return sp
+	return len(wc.keys)
+}
+
+// find returns the index of key's cell.
+func (wc *windowCells) find(key string) (int32, bool) {
+	if wc == nil {
+		return 0, false
+	}
+	i, ok := wc.index[key]
+	return i, ok
+}
+
+// cell is cell i, a view of the window's arrays.
+func (wc *windowCells) cell(i int32) cell {
+	at := int(i) * wc.stride
+	c := cell{f: wc.slots[at : at+wc.stride : at+wc.stride]}
+	if wc.nvars > 0 {
+		at = int(i) * wc.nvars
+		c.x = wc.states[at : at+wc.nvars : at+wc.nvars]
+	}
+	return c
+}
+
+// add appends an empty cell for key (not in the window) and returns its
+// index.
+func (wc *windowCells) add(key string, l *layout) int32 {
+	i := int32(len(wc.keys))
+	wc.index[key] = i
+	wc.keys = append(wc.keys, key)
+	at := len(wc.slots)
+	wc.slots = append(wc.slots, make([]float64, wc.stride)...)
+	for _, a := range l.fixed {
+		a.fn.InitSlots(wc.slots[at+a.off : at+a.off+a.n])
+	}
+	for _, a := range l.vars {
+		wc.states = append(wc.states, a.kind.Init())
+	}
+	return i
+}
+
+// mark records that cell i changed since the last checkpoint.
+func (wc *windowCells) mark(i int32) {
+	w := int(i >> 6)
+	for len(wc.dirty) <= w {
+		wc.dirty = append(wc.dirty, 0)
+	}
+	if bit := uint64(1) << (i & 63); wc.dirty[w]&bit == 0 {
+		wc.dirty[w] |= bit
+		wc.ndirty++
+	}
+}
+
+// each calls fn for every cell, in the order they were added.
+func (wc *windowCells) each(fn func(key string, c cell)) {
+	if wc == nil {
+		return
+	}
+	for i, key := range wc.keys {
+		fn(key, wc.cell(int32(i)))
+	}
 }
 
 // at makes window w the current one of the span.
 func (sp *span) at(w int64) {
-	if sp.lastCells == nil || w != sp.lastW {
-		sp.lastW, sp.lastCells = w, sp.windows[w] // nil if the window has no cells yet
-		if sp.states != nil {
-			sp.lastStates = sp.states[w]
-		}
+	if sp.last == nil || w != sp.lastW {
+		sp.lastW, sp.last = w, sp.windows[w] // nil if the window has no cells yet
 	}
 }
 
-// current returns key's cell in the current window.
-func (sp *span) current(key string) (cell, bool) {
-	f, ok := sp.lastCells[key]
+// current returns key's cell in the current window and its index there.
+func (sp *span) current(key string) (cell, int32, bool) {
+	i, ok := sp.last.find(key)
 	if !ok {
-		return cell{}, false
+		return cell{}, 0, false
 	}
-	c := cell{f: f}
-	if sp.states != nil {
-		c.x = sp.lastStates[key]
-	}
-	return c, true
+	return sp.last.cell(i), i, true
 }
 
 // get returns the cell of window w and key.
 func (sp *span) get(w int64, key string) (cell, bool) {
-	f, ok := sp.windows[w][key]
+	wc := sp.windows[w]
+	i, ok := wc.find(key)
 	if !ok {
 		return cell{}, false
 	}
-	c := cell{f: f}
-	if sp.states != nil {
-		c.x = sp.states[w][key]
-	}
-	return c, true
+	return wc.cell(i), true
 }
 
-// put stores the cell of window w and key; it reports whether the key was
-// new there.
-func (sp *span) put(w int64, key string, c cell) (added bool) {
-	cells, ok := sp.windows[w]
+// window returns window w, made empty if it has no cells yet.
+func (sp *span) window(w int64) *windowCells {
+	wc, ok := sp.windows[w]
 	if !ok {
-		cells = map[string][]float64{}
-		sp.windows[w] = cells
-		if sp.states != nil {
-			sp.states[w] = map[string][]agg.State{}
-		}
+		wc = &windowCells{index: map[string]int32{}, stride: sp.stride, nvars: sp.nvars}
+		sp.windows[w] = wc
 		if w == sp.lastW {
-			sp.lastCells = nil // make at() look again
+			sp.last = nil // make at() look again
 		}
 	}
-	_, had := cells[key]
-	cells[key] = c.f
-	if sp.states != nil {
-		sp.states[w][key] = c.x
+	return wc
+}
+
+// put stores a copy of cell c as the cell of window w and key; it
+// reports whether the key was new there. The key is copied when it is:
+// a key read from the store is part of its row's string, which it would
+// keep alive.
+func (sp *span) put(w int64, key string, c cell, l *layout) (added bool) {
+	wc := sp.window(w)
+	i, ok := wc.find(key)
+	if !ok {
+		i = wc.add(strings.Clone(key), l)
 	}
-	return !had
+	dst := wc.cell(i)
+	copy(dst.f, c.f)
+	copy(dst.x, c.x)
+	return !ok
 }
 
 // eachIn calls fn for every cell of window w.
 func (sp *span) eachIn(w int64, fn func(key string, c cell)) {
-	var xs map[string][]agg.State
-	if sp.states != nil {
-		xs = sp.states[w]
+	sp.windows[w].each(fn)
+}
+
+// changed is the number of the span's cells changed since the last
+// checkpoint.
+func (sp *span) changed() int {
+	n := 0
+	for _, wc := range sp.windows {
+		n += wc.ndirty
 	}
-	for key, f := range sp.windows[w] {
-		fn(key, cell{f: f, x: xs[key]})
-	}
+	return n
 }
 
 // drop removes window w.
 func (sp *span) drop(w int64) {
 	delete(sp.windows, w)
-	if sp.states != nil {
-		delete(sp.states, w)
-	}
 	if w == sp.lastW {
-		sp.lastCells, sp.lastStates = nil, nil
+		sp.last = nil
 	}
 }
 
@@ -351,17 +438,18 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 	}
 	// The line's cell in each span: found or missing.
 	var cells [apps.MaxWindows]cell
+	var idx [apps.MaxWindows]int32
 	missing := 0
 	for i, sp := range t.spans {
 		if sp.pending && !t.building {
 			continue
 		}
 		sp.at(apps.WindowStart(ts, sp.ms))
-		c, ok := sp.current(ex.Key)
+		c, j, ok := sp.current(ex.Key)
 		if !ok {
 			missing++
 		}
-		cells[i] = c
+		cells[i], idx[i] = c, j
 	}
 	// All or nothing: a line counts in every span or in none, so that the
 	// spans agree.
@@ -375,18 +463,15 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 		if sp.pending && !t.building {
 			continue
 		}
-		c := cells[i]
+		c, j := cells[i], idx[i]
 		if c.f == nil {
-			c = t.newCell(sp, ex.Key)
+			c, j = t.newCell(sp, ex.Key)
 		}
 		// Every span sees the same inputs: count their bad ones once.
 		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); first {
 			bad, first = b, false
 		}
-		if !t.layout.marked(c) {
-			t.layout.mark(c, true)
-			sp.dirty = append(sp.dirty, cellKey{window: sp.lastW, key: ex.Key})
-		}
+		sp.last.mark(j)
 	}
 	if bad > 0 {
 		t.reject(uint64(bad), why{reason: reasonBadValue, a: int64(bad)}, line, bt)
@@ -399,13 +484,13 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	ts := ex.TimeMs
 	w := apps.WindowStart(ts, sp.ms)
 	sp.at(w)
-	c, ok := sp.current(ex.Key)
+	c, i, ok := sp.current(ex.Key)
 	if !ok {
 		if !t.take(1) {
 			t.refuse(ts, line, bt)
 			return
 		}
-		c = t.newCell(sp, ex.Key)
+		c, i = t.newCell(sp, ex.Key)
 	}
 	if ts > t.watermark {
 		t.watermark = ts
@@ -413,10 +498,7 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	if bad := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); bad > 0 {
 		t.reject(uint64(bad), why{reason: reasonBadValue, a: int64(bad)}, line, bt)
 	}
-	if !t.layout.marked(c) {
-		t.layout.mark(c, true)
-		sp.dirty = append(sp.dirty, cellKey{window: w, key: ex.Key})
-	}
+	sp.last.mark(i)
 }
 
 // take reserves room for n new cells in the node's budget and the app's,
@@ -474,24 +556,18 @@ func (t *table) refuse(ts int64, line []byte, bt blockTime) {
 	t.reject(1, w, line, bt)
 }
 
-// newCell adds an empty cell for key to the span's current window; its
-// room was taken from the budget.
-func (t *table) newCell(sp *span, key string) cell {
-	c := t.layout.newCell()
-	if sp.lastCells == nil {
-		sp.put(sp.lastW, key, c)
-		sp.at(sp.lastW)
-	} else {
-		sp.lastCells[key] = c.f
-		if sp.states != nil {
-			sp.lastStates[key] = c.x
-		}
+// newCell adds an empty cell for key to the span's current window and
+// returns it with its index there; its room was taken from the budget.
+func (t *table) newCell(sp *span, key string) (cell, int32) {
+	if sp.last == nil {
+		sp.last = sp.window(sp.lastW)
 	}
+	i := sp.last.add(key, t.layout)
 	t.ncells++
 	n := t.layout.cellOverhead(key)
 	t.bytes += n
 	t.account(0, n)
-	return c
+	return sp.last.cell(i), i
 }
 
 // load puts a cell read from the store into span i (not dirty), with
@@ -507,7 +583,7 @@ func (t *table) load(i int, w int64, key string, c cell, stored int64) {
 		t.ncells++
 		t.account(1, 0)
 	}
-	sp.put(w, key, c)
+	sp.put(w, key, c, t.layout)
 	t.bytes += n
 	t.account(0, n)
 }
@@ -541,42 +617,105 @@ func (sp *span) each(from, to int64, fn func(window int64, key string, c cell)) 
 	}
 }
 
-// takeDirty calls fn for each changed cell of span i, clears the changes
-// and returns the keys it took, for remark should their write fail. fn
-// returns the bytes the cell's variable states now take in the store.
-func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) []cellKey {
+// takenMarks are the change marks takeDirty cleared in a span, by
+// window, for remark should their write fail.
+type takenMarks []takenWindow
+
+type takenWindow struct {
+	w     int64
+	cells *windowCells
+	dirty []uint64
+}
+
+// takeDirty calls fn for each changed cell of span i, in row order
+// (windows oldest first, then keys in byte order: the store writes keys
+// in order fastest), clears the changes and returns them, for remark
+// should their write fail. fn returns the bytes the cell's variable
+// states now take in the store.
+func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) takenMarks {
 	sp := t.spans[i]
-	taken := sp.dirty[:0:0]
-	for _, k := range sp.dirty {
-		c, ok := sp.get(k.window, k.key)
-		if !ok || !t.layout.marked(c) {
-			continue // expired, or listed twice after expiring and coming back
+	var taken takenMarks
+	for w, wc := range sp.windows {
+		if wc.ndirty > 0 {
+			taken = append(taken, takenWindow{w: w, cells: wc, dirty: wc.dirty})
 		}
-		t.layout.mark(c, false)
-		stored := fn(k, c)
-		if d := stored - t.layout.storedBytes(c); d != 0 {
-			t.layout.setStoredBytes(c, stored)
-			t.bytes += d
-			t.account(0, d)
-		}
-		taken = append(taken, k)
 	}
-	if cap(sp.dirty) > 4*len(sp.dirty) && cap(sp.dirty) > 1024 {
-		sp.dirty = nil // let a burst's list go
-	} else {
-		sp.dirty = sp.dirty[:0]
+	slices.SortFunc(taken, func(a, b takenWindow) int { return cmp.Compare(a.w, b.w) })
+	var order []int32
+	var ranks []keyRank
+	for _, tw := range taken {
+		wc := tw.cells
+		order = order[:0]
+		for j, bits := range tw.dirty {
+			for ; bits != 0; bits &= bits - 1 {
+				order = append(order, int32(j<<6+mathbits.TrailingZeros64(bits)))
+			}
+		}
+		ranks = wc.sortByKey(order, ranks)
+		wc.dirty, wc.ndirty = nil, 0
+		for _, j := range order {
+			c := wc.cell(j)
+			stored := fn(cellKey{window: tw.w, key: wc.keys[j]}, c)
+			if d := stored - t.layout.storedBytes(c); d != 0 {
+				t.layout.setStoredBytes(c, stored)
+				t.bytes += d
+				t.account(0, d)
+			}
+		}
 	}
 	return taken
 }
 
-// remark marks keys of span i changed again, those whose cells still
-// exist.
-func (t *table) remark(i int, keys []cellKey) {
+// keyRank is a cell's index with the first 8 bytes of its key as an
+// integer (keyHead).
+type keyRank struct {
+	head uint64
+	i    int32
+}
+
+// sortByKey sorts idx, indexes of cells of the window, by their keys
+// (byte order), and returns ranks, its scratch, for the next call. The
+// first 8 bytes of each key, read once into an integer, decide most
+// comparisons: a sort of a million indexes by the keys alone reached a
+// key's bytes (a cache miss) twice a comparison, and took a second.
+func (wc *windowCells) sortByKey(idx []int32, ranks []keyRank) []keyRank {
+	ranks = ranks[:0]
+	for _, i := range idx {
+		ranks = append(ranks, keyRank{head: keyHead(wc.keys[i]), i: i})
+	}
+	slices.SortFunc(ranks, func(a, b keyRank) int {
+		if c := cmp.Compare(a.head, b.head); c != 0 {
+			return c
+		}
+		return strings.Compare(wc.keys[a.i], wc.keys[b.i])
+	})
+	for j, r := range ranks {
+		idx[j] = r.i
+	}
+	return ranks
+}
+
+// keyHead is the first 8 bytes of key, big-endian, zero-padded: heads
+// that differ order as their keys do (a zero pad sorts as the end of a
+// shorter key would), equal heads leave the keys to compare.
+func keyHead(key string) uint64 {
+	var b [8]byte
+	copy(b[:], key)
+	return binary.BigEndian.Uint64(b[:])
+}
+
+// remark marks the cells of taken changed again, those whose windows
+// are still in span i.
+func (t *table) remark(i int, taken takenMarks) {
 	sp := t.spans[i]
-	for _, k := range keys {
-		if c, ok := sp.get(k.window, k.key); ok && !t.layout.marked(c) {
-			t.layout.mark(c, true)
-			sp.dirty = append(sp.dirty, k)
+	for _, tw := range taken {
+		if sp.windows[tw.w] != tw.cells {
+			continue // expired since (and perhaps back, with other cells)
+		}
+		for j, bits := range tw.dirty {
+			for ; bits != 0; bits &= bits - 1 {
+				tw.cells.mark(int32(j<<6 + mathbits.TrailingZeros64(bits)))
+			}
 		}
 	}
 }
@@ -589,14 +728,20 @@ func (t *table) expire(i int) []int64 {
 	var gone []int64
 	for w, cells := range sp.windows {
 		if w+sp.ms <= horizon {
-			var bytes int64
-			sp.eachIn(w, func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
-			t.ncells -= len(cells)
+			bytes := t.windowBytes(cells)
+			t.ncells -= cells.len()
 			t.bytes -= bytes
-			t.account(-len(cells), -bytes)
+			t.account(-cells.len(), -bytes)
 			sp.drop(w)
 			gone = append(gone, w)
 		}
 	}
 	return gone
+}
+
+// windowBytes is the accounted memory of a window's cells.
+func (t *table) windowBytes(wc *windowCells) int64 {
+	var bytes int64
+	wc.each(func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
+	return bytes
 }

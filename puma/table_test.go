@@ -3,6 +3,7 @@ package puma
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -196,30 +197,88 @@ func TestDirtyCells(t *testing.T) {
 	tb.apply(order(t0, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0+60_000, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0, "us", "book", 1), at(arrival))
-	if len(tb.spans[0].dirty) != 3 {
-		t.Fatalf("dirty list %v: a cell changed twice is listed once", tb.spans[0].dirty)
+	if n := tb.spans[0].changed(); n != 3 {
+		t.Fatalf("%d cells changed: a cell changed twice is counted once", n)
 	}
-	keys := slices.Clone(tb.spans[0].dirty)
-	equalRows(t, "first", taken(), []string{"+0s eu|book n=2", "+0s us|book n=1", "+60s eu|book n=1"})
+	var marks takenMarks
+	first := func() []string {
+		var out []string
+		marks = tb.takeDirty(0, func(k cellKey, c cell) int64 {
+			out = append(out, fmt.Sprintf("%+ds %s n=%v", (k.window-t0)/1000, strings.ReplaceAll(k.key, "\x00", "|"), c.f[0]))
+			return 0
+		})
+		if !slices.IsSorted(out) {
+			t.Errorf("taken out of row order: %q", out)
+		}
+		return out
+	}
+	equalRows(t, "first", first(), []string{"+0s eu|book n=2", "+0s us|book n=1", "+60s eu|book n=1"})
 	equalRows(t, "nothing changed", taken(), nil)
-	tb.remark(0, keys[:1])
-	tb.remark(0, keys[:1])
-	equalRows(t, "remarked", taken(), []string{"+0s eu|book n=2"})
+	tb.remark(0, marks)
+	tb.remark(0, marks)
+	if n := tb.spans[0].changed(); n != 3 {
+		t.Fatalf("%d cells changed after remarking twice, want 3", n)
+	}
+	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // changed again while remarked: once
+	equalRows(t, "remarked", first(), []string{"+0s eu|book n=3", "+0s us|book n=1", "+60s eu|book n=1"})
+	tb.apply(order(t0, "us", "book", 1), at(arrival))
+	equalRows(t, "one changed", first(), []string{"+0s us|book n=2"})
+	tb.remark(0, marks)
+	equalRows(t, "remarked one", taken(), []string{"+0s us|book n=2"})
 
 	// Expire the window at t0, dirty; then bring it back.
+	tb.apply(order(t0, "eu", "book", 1), at(arrival))
+	tb.apply(order(t0+60_000, "us", "book", 1), at(arrival))
+	equalRows(t, "before expiry", first(), []string{"+0s eu|book n=4", "+60s us|book n=1"})
+	old := marks
 	tb.apply(order(t0, "eu", "book", 1), at(arrival))
 	tb.apply(order(t0+150_000, "eu", "book", 1), at(arrival)) // horizon t0+90s
 	if gone := tb.expire(0); len(gone) != 1 || gone[0] != t0 {
 		t.Fatalf("expired %v", gone)
 	}
-	if tb.ncells != 2 {
-		t.Fatalf("%d cells", tb.ncells)
-	}
-	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // late, allowed: a new cell
 	if tb.ncells != 3 {
 		t.Fatalf("%d cells", tb.ncells)
 	}
-	equalRows(t, "after expiry", taken(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
-	tb.remark(0, keys) // the t0 us|book cell is gone: not listed
-	equalRows(t, "remark after expiry", taken(), []string{"+0s eu|book n=1", "+60s eu|book n=1"})
+	tb.apply(order(t0, "eu", "book", 1), at(arrival)) // late, allowed: a new cell
+	if tb.ncells != 4 {
+		t.Fatalf("%d cells", tb.ncells)
+	}
+	equalRows(t, "after expiry", first(), []string{"+0s eu|book n=1", "+120s eu|book n=1"})
+	tb.remark(0, old) // the old t0 window is gone: its eu|book not listed, nor its successor
+	equalRows(t, "remark after expiry", taken(), []string{"+60s us|book n=1"})
+}
+
+// TestSortByKeyIsByteOrder: the sort of a window's cells for a checkpoint
+// (by the first 8 bytes of each key as an integer, then the keys) gives
+// the keys' byte order, on keys that share prefixes, hold zero bytes and
+// end within and beyond 8 bytes.
+func TestSortByKeyIsByteOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	alphabet := []byte{0, 1, 'a', 'b', 0xff}
+	for round := range 200 {
+		wc := &windowCells{index: map[string]int32{}}
+		var idx []int32
+		for range 1 + rng.IntN(300) {
+			b := make([]byte, rng.IntN(12))
+			for i := range b {
+				b[i] = alphabet[rng.IntN(len(alphabet))]
+			}
+			key := string(b)
+			if _, ok := wc.index[key]; ok {
+				continue
+			}
+			wc.index[key] = int32(len(wc.keys))
+			idx = append(idx, int32(len(wc.keys)))
+			wc.keys = append(wc.keys, key)
+		}
+		rng.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
+		wc.sortByKey(idx, nil)
+		got := make([]string, len(idx))
+		for i, j := range idx {
+			got[i] = wc.keys[j]
+		}
+		if !slices.IsSorted(got) || len(got) != len(wc.keys) {
+			t.Fatalf("round %d: %q is not in byte order", round, got)
+		}
+	}
 }

@@ -203,6 +203,9 @@ func appendEscaped(dst []byte, s string) []byte {
 
 // readEscaped decodes one escaped string from b and returns it with the rest.
 func readEscaped(b []byte) (string, []byte, bool) {
+	if i := bytes.IndexByte(b, 0); i >= 0 && i+1 < len(b) && b[i+1] == 1 {
+		return string(b[:i]), b[i+2:], true // nothing escaped: the common case
+	}
 	var out []byte
 	for i := 0; i < len(b); i++ {
 		if b[i] != 0 {
@@ -232,9 +235,9 @@ func columnPrefix(row, column string) []byte {
 	return appendEscaped(appendEscaped(nil, row), column)
 }
 
-func versionKey(row, column string, ts int64) []byte {
-	k := columnPrefix(row, column)
-	return binary.BigEndian.AppendUint64(k, uint64(math.MaxInt64-ts))
+func appendVersionKey(dst []byte, row, column string, ts int64) []byte {
+	dst = appendEscaped(appendEscaped(dst, row), column)
+	return binary.BigEndian.AppendUint64(dst, uint64(math.MaxInt64-ts))
 }
 
 type parsedKey struct {
@@ -295,35 +298,47 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 }
 
 func putCells(b *bolt.Bucket, cells []store.Cell) error {
-	for _, c := range cells {
-		if err := b.Put(versionKey(c.Row, c.Column, c.Timestamp), c.Value); err != nil {
+	// bbolt keeps the key of a Put until the transaction ends: the keys
+	// are cut from a few large buffers rather than allocated one by one
+	// (a checkpoint puts a million cells).
+	var keys []byte
+	c := b.Cursor()
+	for _, cell := range cells {
+		if need := 2*(len(cell.Row)+len(cell.Column)) + 4 + 8; cap(keys)-len(keys) < need {
+			keys = make([]byte, 0, max(need, 64<<10))
+		}
+		at := len(keys)
+		keys = appendVersionKey(keys, cell.Row, cell.Column, cell.Timestamp)
+		k := keys[at:len(keys):len(keys)]
+		if err := b.Put(k, cell.Value); err != nil {
 			return err
 		}
-		if err := prune(b, c.Row, c.Column); err != nil {
+		if err := prune(c, k[:len(k)-8]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// prune deletes the versions of row/column beyond the newest Versions.
-func prune(b *bolt.Bucket, row, column string) error {
-	prefix := columnPrefix(row, column)
-	c := b.Cursor()
-	n := 0
-	var stale [][]byte
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
-		n++
-		if n > Versions {
-			stale = append(stale, append([]byte(nil), k...))
+// prune deletes the versions of the column whose escaped row and column
+// are prefix beyond the newest Versions.
+func prune(c *bolt.Cursor, prefix []byte) error {
+	for {
+		n := 0
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
+			if n++; n > Versions {
+				break
+			}
 		}
-	}
-	for _, k := range stale {
-		if err := b.Delete(k); err != nil {
+		if n <= Versions {
+			return nil
+		}
+		// Delete the first one too many, and look again: a bbolt cursor
+		// may skip a key when moved on after a Delete.
+		if err := c.Delete(); err != nil {
 			return err
 		}
 	}
-	return nil
 }
 
 func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store.Cell, error) {
@@ -335,8 +350,9 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 	}
 	var cells []store.Cell
 	err := s.view(ctx, "get", table, func(b *bolt.Bucket) error {
+		var r rowReader
 		var err error
-		cells, err = readRow(b.Cursor(), rowPrefix(row), asOf)
+		cells, err = r.readRow(b.Cursor(), rowPrefix(row), row, asOf)
 		return err
 	})
 	return cells, err
@@ -357,24 +373,56 @@ func (s *Store) view(ctx context.Context, op, table string, fn func(b *bolt.Buck
 	})
 }
 
-// readRow reads the row whose escaped prefix is prefix: per column, the
+// rowReader reads rows out of a read transaction. It copies their
+// values into shared buffers and their cells into one slice, so that a
+// scan (a recovery reads a million cells) allocates per chunk of rows,
+// not per cell; a row's cells and values are never written again once
+// read, so they stay the caller's.
+type rowReader struct {
+	cells []store.Cell
+	vals  []byte
+	next  []byte // the key after a row (Scan)
+}
+
+// value copies v out of the transaction.
+func (r *rowReader) value(v []byte) []byte {
+	if cap(r.vals)-len(r.vals) < len(v) {
+		r.vals = make([]byte, 0, max(len(v), 64<<10))
+	}
+	at := len(r.vals)
+	r.vals = append(r.vals, v...)
+	return r.vals[at:len(r.vals):len(r.vals)]
+}
+
+// readRow reads row, whose escaped prefix is prefix: per column, the
 // newest version <= asOf.
-func readRow(c *bolt.Cursor, prefix []byte, asOf int64) ([]store.Cell, error) {
-	var cells []store.Cell
+func (r *rowReader) readRow(c *bolt.Cursor, prefix []byte, row string, asOf int64) ([]store.Cell, error) {
+	start := len(r.cells)
+	var last []byte // the escaped column of the last cell read
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		pk, err := parseKey(k)
-		if err != nil {
-			return nil, err
+		rest := k[len(prefix):]
+		if len(rest) < 8 {
+			return nil, fmt.Errorf("corrupt key %x", k)
 		}
-		if pk.ts > asOf {
+		col := rest[:len(rest)-8]
+		ts := math.MaxInt64 - int64(binary.BigEndian.Uint64(rest[len(rest)-8:]))
+		if ts > asOf {
 			continue
 		}
-		if n := len(cells); n > 0 && cells[n-1].Column == pk.column {
+		if len(r.cells) > start && bytes.Equal(col, last) {
 			continue // an older version of a column already read
 		}
-		cells = append(cells, store.Cell{Row: pk.row, Column: pk.column, Timestamp: pk.ts, Value: bytes.Clone(v)})
+		column, tail, ok := readEscaped(col)
+		if !ok || len(tail) != 0 {
+			return nil, fmt.Errorf("corrupt key %x", k)
+		}
+		r.cells = append(r.cells, store.Cell{Row: row, Column: column, Timestamp: ts, Value: r.value(v)})
+		last = col
 	}
-	return cells, nil
+	if len(r.cells) == start {
+		return nil, nil
+	}
+	return r.cells[start:len(r.cells):len(r.cells)], nil
 }
 
 func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64, fn func(row string, cells []store.Cell) error) error {
@@ -393,29 +441,34 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 	for {
 		var rows []rowCells
 		err := s.view(ctx, "scan", table, func(b *bolt.Bucket) error {
+			var r rowReader
 			c := b.Cursor()
 			k, _ := c.Seek(rowPrefix(from))
 			for k != nil && len(rows) < chunk {
-				pk, err := parseKey(k)
-				if err != nil {
-					return err
+				row, rest, ok := readEscaped(k)
+				if !ok {
+					return fmt.Errorf("corrupt key %x", k)
 				}
-				if stop != "" && pk.row >= stop {
+				if stop != "" && row >= stop {
 					return nil
 				}
-				prefix := rowPrefix(pk.row)
-				if pk.row == from && !inclusive {
-					k, _ = c.Seek(nextRowKey(prefix))
+				// The row's escaped prefix, in the transaction's memory
+				// (valid while it lasts), and the first key after the row.
+				prefix := k[:len(k)-len(rest)]
+				r.next = append(r.next[:0], prefix...)
+				r.next[len(r.next)-1] = 2 // prefix ends with the terminator 0x00 0x01
+				if row == from && !inclusive {
+					k, _ = c.Seek(r.next)
 					continue
 				}
-				cells, err := readRow(c, prefix, asOf)
+				cells, err := r.readRow(c, prefix, row, asOf)
 				if err != nil {
 					return err
 				}
 				if len(cells) > 0 {
-					rows = append(rows, rowCells{pk.row, cells})
+					rows = append(rows, rowCells{row, cells})
 				}
-				k, _ = c.Seek(nextRowKey(prefix))
+				k, _ = c.Seek(r.next)
 			}
 			return nil
 		})
@@ -432,15 +485,6 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 		}
 		from, inclusive = rows[len(rows)-1].row, false
 	}
-}
-
-// nextRowKey is the first key after every key with the escaped row prefix.
-func nextRowKey(prefix []byte) []byte {
-	// prefix ends with the terminator 0x00 0x01; no key of this row sorts
-	// after prefix[:len-1]+0x02.
-	k := bytes.Clone(prefix)
-	k[len(k)-1] = 2
-	return k
 }
 
 func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts int64) error {
