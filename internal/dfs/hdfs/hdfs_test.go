@@ -66,10 +66,10 @@ func openTestFS(t *testing.T, addr string, params ...string) (*FS, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := fsys.client.RemoveAll(root); err != nil {
+		if err := fsys.client().RemoveAll(root); err != nil {
 			t.Errorf("remove test root %s: %v", root, err)
 		}
-		fsys.client.Remove("/freeway-test") // only if no other run uses it
+		fsys.client().Remove("/freeway-test") // only if no other run uses it
 		fsys.Close()
 	})
 	return fsys, url
