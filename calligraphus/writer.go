@@ -306,8 +306,9 @@ func (w *bucketWriter) run(ctx context.Context) {
 			w.handoff()
 		case <-idle.C:
 			if len(w.closing) > 0 || w.owned.Load() && w.c.keeps(w.id) {
-				// Its preferred writer keeps a routed bucket, idle or not:
-				// it would take it again at the next rebalance.
+				// Not idle while segments close. Its preferred writer keeps
+				// a routed bucket, idle or not: it would take it again at
+				// the next rebalance.
 				idle.Reset(idleClose)
 				continue
 			}
