@@ -41,7 +41,10 @@ type Config struct {
 	SegmentMaxBytes config.ByteSize `yaml:"segment_max_bytes"`
 	// Linger: on a dfs where only closing makes bytes durable (HDFS),
 	// every acknowledgement publishes a segment; batches arriving within
-	// this long of the first share it, bounding segments per second.
+	// this long of the first share it. 0 (the default): a segment takes
+	// the batches waiting when it is written, and batches wait while the
+	// bucket's maxClosing segments close, so segments grow with the load
+	// without a timer adding to every acknowledgement.
 	Linger config.Duration `yaml:"linger"`
 	// MaxPendingBytes per bucket: beyond it senders get TRY_LATER.
 	MaxPendingBytes config.ByteSize `yaml:"max_pending_bytes"`
@@ -71,7 +74,7 @@ func DefaultConfig() Config {
 		Listen:          "127.0.0.1:1464",
 		SegmentMaxAge:   0, // per dfs: SegmentMaxAgeFor
 		SegmentMaxBytes: 64 << 20,
-		Linger:          config.Duration(100 * time.Millisecond),
+		Linger:          0,
 		MaxPendingBytes: 64 << 20,
 		PortConfig:      thriftsrv.DefaultPortConfig(),
 		IdleClose:       config.Duration(time.Minute),
@@ -143,6 +146,10 @@ type Deps struct {
 	FS     dfs.FS
 	Coord  coord.Coord
 	Router *Router
+	// Published, if not nil, is called with a bucket's directory after a
+	// segment was published there (and, on HDFS, counts): readers in the
+	// same process need not wait for their next poll.
+	Published func(dir string)
 }
 
 // Calligraphus is a running writer.

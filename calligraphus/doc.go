@@ -113,7 +113,17 @@
 // disk), after the segment is closed and published where it does not
 // (HDFS, which has no hflush through colinmarc/hdfs). Writes of
 // concurrent batches to one bucket share one sync or publish (group
-// commit).
+// commit). On HDFS a bucket's writer hands each segment to be closed
+// (the slow part: the DataNodes' acknowledgements and the NameNode's
+// complete) and goes on writing the next while at most two close;
+// batches that arrive while two close wait and share the next segment.
+// Closed segments are renamed strictly in the order they were written,
+// each only while the writer still holds the lease it was written under,
+// and a batch is answered OK only once its segment is renamed and counts
+// (see the fencing below); a segment whose close fails, or that is left
+// from a lease lost or dropped, is removed and its batches are answered
+// TRY_LATER. Its readers in the same process (freeway all) are woken
+// when a segment is published instead of waiting for their next poll.
 //
 // A segment is published when it holds segment_max_bytes, or once it is
 // segment_max_age old: 0 (the default) lets the dfs choose, 200ms where

@@ -5,16 +5,21 @@ import (
 	"path"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
-// write appends the batch's blocks and makes them durable.
-func (w *bucketWriter) write(batch []*appendReq) error {
+// write appends the batch's blocks and makes them durable, or, where
+// only a close does (HDFS), hands the segment to be closed and published
+// (startClose): then it reports pending, and the batch is answered when
+// its segment is published (settle).
+func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool, err error) {
 	fsys := w.c.deps.FS
 	if w.file == nil {
 		if err := w.open(); err != nil {
-			return err
+			return false, err
 		}
 	}
 	w.buf = w.buf[:0]
@@ -27,38 +32,32 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 	}
 	if _, err := w.file.Write(w.buf); err != nil {
 		w.fail()
-		return fmt.Errorf("write %s: %w", w.tmp, err)
+		return false, fmt.Errorf("write %s: %w", w.tmp, err)
 	}
 	w.size += int64(len(w.buf))
 	if !fsys.SyncDurable() {
 		// Only the publish makes the batch durable.
-		if err := w.publish(); err != nil {
-			return err
-		}
-		if err := w.counted(); err != nil {
-			return err
-		}
-		w.written(entries, len(w.buf))
-		return nil
+		w.startClose(batch, entries, len(w.buf), start)
+		return true, nil
 	}
 	if err := w.file.Sync(); err != nil {
 		w.fail()
-		return fmt.Errorf("sync %s: %w", w.tmp, err)
+		return false, fmt.Errorf("sync %s: %w", w.tmp, err)
 	}
 	// A new owner salvages this segment when it takes the bucket; bytes
 	// that reach it after that are not in the salvaged copy. The lease
 	// still held after the sync means they were there first.
 	if w.isLost() {
-		return fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
+		return false, fmt.Errorf("write %s: %w", w.tmp, errNotOwner)
 	}
 	// The same at the storage, where a stalled writer that has not heard
 	// of its loss yet is fenced: a newer owner's intent created after the
 	// sync salvages these bytes; one created before may not have.
 	if top, err := layout.FenceTop(fsys, w.dir); err != nil {
-		return fmt.Errorf("check fence of %s: %w", w.tmp, err)
+		return false, fmt.Errorf("check fence of %s: %w", w.tmp, err)
 	} else if top > w.epoch {
 		w.fenced("")
-		return fmt.Errorf("write %s: %w", w.tmp, errFenced)
+		return false, fmt.Errorf("write %s: %w", w.tmp, errFenced)
 	}
 	w.written(entries, len(w.buf))
 	if w.size >= int64(w.c.cfg.SegmentMaxBytes) {
@@ -68,7 +67,101 @@ func (w *bucketWriter) write(batch []*appendReq) error {
 			w.log.Error("cannot publish segment", "segment", w.final, "err", err)
 		}
 	}
+	return false, nil
+}
+
+// closing is a segment being closed by a goroutine of its own, with the
+// requests whose bytes it holds. A bucket's closing segments are
+// published strictly in the order they were written (w.closing, oldest
+// first): readers (layout.Published) pass a bucket's segments in name
+// order and never look back, and a seal covers an epoch's segments up to
+// the last one its owner listed.
+type closing struct {
+	file    dfs.File
+	tmp     string
+	final   string
+	lease   coord.Lease // the lease it was written under
+	reqs    []*appendReq
+	entries int
+	bytes   int
+	start   time.Time
+	done    chan error // the close's result
+}
+
+// startClose hands the open segment, holding batch, to a goroutine that
+// closes it (on HDFS the slow part: the DataNodes' acknowledgements and
+// the NameNode's complete), so that the run loop goes on taking requests
+// into the next segment meanwhile; settle publishes it once closed.
+func (w *bucketWriter) startClose(batch []*appendReq, entries, bytes int, start time.Time) {
+	c := &closing{file: w.file, tmp: w.tmp, final: w.final, lease: w.lease,
+		reqs: batch, entries: entries, bytes: bytes, start: start, done: make(chan error, 1)}
+	w.file = nil
+	w.closing = append(w.closing, c)
+	go func() { c.done <- c.file.Close() }()
+}
+
+// settle publishes the oldest closing segment, whose close returned
+// closeErr, and answers its requests: OK only once it is renamed to its
+// final name under the lease it was written under and the fence verdict
+// read after the rename says readers count it (counted).
+func (w *bucketWriter) settle(closeErr error) {
+	c := w.closing[0]
+	w.closing[0] = nil
+	w.closing = w.closing[1:]
+	err := w.publishClosed(c, closeErr)
+	w.c.m.commit.Observe(w.c.now().Sub(c.start).Seconds())
+	if err != nil {
+		w.log.Error("cannot publish segment", "segment", c.final, "err", err)
+	}
+	w.finish(c.reqs, err)
+}
+
+func (w *bucketWriter) publishClosed(c *closing, closeErr error) error {
+	if closeErr != nil {
+		w.remove(c.tmp)
+		return fmt.Errorf("close segment %s: %w", c.tmp, closeErr)
+	}
+	// A writer that lost or dropped the lease since (or took the bucket
+	// again, at a newer epoch) publishes nothing written under the old
+	// one: a newer owner's listing may have passed its name already.
+	if w.lease == nil || w.lease != c.lease || w.isLost() {
+		w.remove(c.tmp)
+		return fmt.Errorf("publish %s: %w", c.final, errNotOwner)
+	}
+	if err := w.c.deps.FS.Rename(c.tmp, c.final); err != nil {
+		w.remove(c.tmp)
+		return fmt.Errorf("publish %s: %w", c.final, err)
+	}
+	w.c.m.segments.WithLabelValues(w.label).Inc()
+	if err := w.counted(c.final); err != nil {
+		return err
+	}
+	w.written(c.entries, c.bytes)
+	w.notify()
 	return nil
+}
+
+// notify tells readers in this process that a segment was published.
+func (w *bucketWriter) notify() {
+	if f := w.c.deps.Published; f != nil {
+		f(w.dir)
+	}
+}
+
+// settleAll waits for every closing segment, oldest first, and settles
+// it: published if the writer still holds the lease it was written
+// under, refused otherwise.
+func (w *bucketWriter) settleAll() {
+	for len(w.closing) > 0 {
+		w.settle(<-w.closing[0].done)
+	}
+}
+
+// remove removes an unpublished segment that holds no acknowledged bytes.
+func (w *bucketWriter) remove(tmp string) {
+	if err := w.c.deps.FS.Remove(tmp); err != nil {
+		w.log.Warn("cannot remove unpublished segment", "file", tmp, "err", err)
+	}
 }
 
 func (w *bucketWriter) written(entries, bytes int) {
@@ -123,6 +216,10 @@ func (w *bucketWriter) publish() error {
 		return fmt.Errorf("publish %s: %w", w.final, err)
 	}
 	w.c.m.segments.WithLabelValues(w.label).Inc()
+	if w.c.deps.FS.SyncDurable() {
+		// Elsewhere the segment is not answered for yet (publishClosed).
+		w.notify()
+	}
 	return nil
 }
 
@@ -193,7 +290,7 @@ const (
 // any later owner lists it and seals it in; a newer owner's seal decides
 // it either way. A fenced segment is removed (no reader will count it)
 // and the writer stops acting as the bucket's owner.
-func (w *bucketWriter) counted() error {
+func (w *bucketWriter) counted(name string) error {
 	fsys := w.c.deps.FS
 	// The usual case, no newer owner, takes one listing of the small
 	// fence directory.
@@ -206,17 +303,17 @@ func (w *bucketWriter) counted() error {
 			// Undecided as far as this writer can tell: TRY_LATER, and the
 			// retry may write the entries twice (deduplicated downstream
 			// for Freeway's agents).
-			return fmt.Errorf("check fence of %s: %w", w.final, err)
+			return fmt.Errorf("check fence of %s: %w", name, err)
 		}
-		switch fence.Verdict(path.Base(w.final)) {
+		switch fence.Verdict(path.Base(name)) {
 		case layout.Counted:
 			return nil
 		case layout.Fenced:
-			w.fenced(w.final)
-			return fmt.Errorf("publish %s: %w", w.final, errFenced)
+			w.fenced(name)
+			return fmt.Errorf("publish %s: %w", name, errFenced)
 		}
 		if i == fenceWaitPolls {
-			return fmt.Errorf("publish %s: %w", w.final, errUnsealed)
+			return fmt.Errorf("publish %s: %w", name, errUnsealed)
 		}
 		time.Sleep(fenceWaitPoll)
 	}

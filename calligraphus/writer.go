@@ -135,7 +135,19 @@ type bucketWriter struct {
 	final   string
 	size    int64
 	buf     []byte
+	// closing holds the segments being closed, oldest first, at most
+	// maxClosing (a dfs where only a close makes bytes durable).
+	closing []*closing
 }
+
+// maxClosing bounds a bucket's segments being closed at once. While that
+// many close, requests wait in the queue, and the next segment takes all
+// that waited: one publish serves them together (group commit). Two lets
+// a segment be created and written while the one before it closes (on
+// HDFS each takes tens of ms, much of it NameNode calls); more make more,
+// smaller segments for the same entries, and the NameNode's calls are
+// what they all wait on.
+const maxClosing = 2
 
 func newBucketWriter(c *Calligraphus, id bucketID, prev <-chan struct{}) *bucketWriter {
 	label := c.label(id.category)
@@ -266,9 +278,22 @@ func (w *bucketWriter) run(ctx context.Context) {
 	idle := time.NewTimer(idleClose)
 	defer idle.Stop()
 	for {
+		// Take requests only while a segment more may close; settle the
+		// oldest closing one once its close has returned.
+		reqs := w.reqs
+		if len(w.closing) >= maxClosing {
+			reqs = nil
+		}
+		var closed <-chan error
+		if len(w.closing) > 0 {
+			closed = w.closing[0].done
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case err := <-closed:
+			w.settle(err)
+			idle.Reset(idleClose)
 		case <-w.lost():
 			w.abandon()
 		case <-roll.C:
@@ -280,9 +305,10 @@ func (w *bucketWriter) run(ctx context.Context) {
 		case <-w.handoffReqs:
 			w.handoff()
 		case <-idle.C:
-			if w.owned.Load() && w.c.keeps(w.id) {
-				// Its preferred writer keeps a routed bucket, idle or not:
-				// it would take it again at the next rebalance.
+			if len(w.closing) > 0 || w.owned.Load() && w.c.keeps(w.id) {
+				// Not idle while segments close. Its preferred writer keeps
+				// a routed bucket, idle or not: it would take it again at
+				// the next rebalance.
 				idle.Reset(idleClose)
 				continue
 			}
@@ -297,7 +323,7 @@ func (w *bucketWriter) run(ctx context.Context) {
 			}
 			ch <- w.ensureOwner(ctx)
 			idle.Reset(idleClose)
-		case req := <-w.reqs:
+		case req := <-reqs:
 			if w.isLost() {
 				// Lost while req waited: it and the rest get TRY_LATER.
 				w.abandon()
@@ -311,7 +337,11 @@ func (w *bucketWriter) run(ctx context.Context) {
 			}
 			wasOpen := w.file != nil
 			start := w.c.now()
-			err := w.write(batch)
+			pending, err := w.write(batch, start)
+			if pending {
+				idle.Reset(idleClose)
+				continue // answered when its segment is published
+			}
 			w.c.m.commit.Observe(w.c.now().Sub(start).Seconds())
 			if err != nil {
 				w.log.Error("cannot write batch to segment", "segment", w.final, "err", err)
@@ -375,6 +405,7 @@ func (w *bucketWriter) failQueued(err error) {
 // stop publishes the open segment, refuses what is queued and what comes,
 // and releases the lease.
 func (w *bucketWriter) stop() {
+	w.settleAll()
 	if w.file != nil {
 		if err := w.publish(); err != nil {
 			w.log.Error("cannot publish segment at stop", "segment", w.final, "err", err)
@@ -399,6 +430,7 @@ func (w *bucketWriter) handoff() {
 	if w.lease == nil {
 		return
 	}
+	w.settleAll()
 	if w.file != nil {
 		if err := w.publish(); err != nil {
 			w.log.Error("cannot publish segment at hand-off", "segment", w.final, "err", err)
@@ -430,4 +462,7 @@ func (w *bucketWriter) drop(release bool) {
 	}
 	w.lease = nil
 	w.owned.Store(false)
+	// Segments still closing were written under the lease dropped: none
+	// is published now (settle refuses them).
+	w.settleAll()
 }

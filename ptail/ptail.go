@@ -126,6 +126,11 @@ type Reader struct {
 
 	m *Metrics
 
+	// woken receives when a writer of this process publishes in dir
+	// (SetNotifier); nil: the reader only polls.
+	woken       <-chan struct{}
+	unsubscribe func()
+
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
 	Skipped int
@@ -163,6 +168,17 @@ func (r *Reader) SetMetrics(m *Metrics) *Reader {
 	return r
 }
 
+// SetNotifier makes the reader, while it waits for a segment, also wake
+// when n says one was published in its bucket; it still polls. It returns
+// r. Close ends the subscription.
+func (r *Reader) SetNotifier(n *Notifier) *Reader {
+	if n == nil || r.unsubscribe != nil {
+		return r
+	}
+	r.woken, r.unsubscribe = n.subscribe(r.dir)
+	return r
+}
+
 // defaultPoll is the poll interval of a reader given none.
 const defaultPoll = time.Second
 
@@ -192,10 +208,14 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 		if ok || err != nil {
 			return pos, err
 		}
+		// A notice that came since the listing above is in woken already
+		// (it holds one): the publish it tells of is not missed.
 		select {
 		case <-ctx.Done():
 			return r.pos, ctx.Err()
 		case <-time.After(r.poll):
+		case <-r.woken:
+			r.listed = time.Time{} // list again, even with segments pending
 		}
 	}
 }
@@ -361,8 +381,12 @@ func (r *Reader) list() error {
 // the writers the reader is.
 func (r *Reader) Lag() int { return len(r.pending) }
 
-// Close releases the open segment.
+// Close releases the open segment and ends a subscription to a Notifier.
 func (r *Reader) Close() error {
 	r.closeFile()
+	if r.unsubscribe != nil {
+		r.unsubscribe()
+		r.unsubscribe, r.woken = nil, nil
+	}
 	return nil
 }

@@ -607,3 +607,53 @@ func TestLag(t *testing.T) {
 		t.Errorf("lag %d at the end", r.Lag())
 	}
 }
+
+// TestNotifierWakesWaitingReader: a reader that polls once an hour reads a
+// new segment as soon as its writer says it published one, and a notice
+// sent while it was not waiting yet is not lost.
+func TestNotifierWakesWaitingReader(t *testing.T) {
+	fsys := newFS(t)
+	n := NewNotifier()
+	r := NewReader(fsys, dir, Position{}, time.Hour, logger(t)).SetNotifier(n)
+	if got := n.Subscribers(dir); got != 1 {
+		t.Fatalf("%d subscribers, want 1", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type next struct {
+		msg string
+		err error
+	}
+	reads := make(chan next, 1)
+	read := func() {
+		var b segment.Block
+		_, err := r.Next(ctx, &b)
+		if err != nil {
+			reads <- next{err: err}
+			return
+		}
+		reads <- next{msg: string(b.Messages[0])}
+	}
+	// Published before the reader waits: the notice is kept.
+	go read()
+	publish(t, fsys, 1, 1, []string{"first"})
+	n.Published(dir)
+	n.Published("cat/1") // another bucket's notice wakes nobody here
+	if got := <-reads; got.err != nil || got.msg != "first" {
+		t.Fatalf("read %q %v", got.msg, got.err)
+	}
+	// The reader lists the bucket, finds nothing and waits (an hour's
+	// poll) until told.
+	listed := fsys.Count(dfstest.OpReadDir)
+	go read()
+	testkit.WaitFor(t, "the reader to list the bucket", func() bool { return fsys.Count(dfstest.OpReadDir) > listed })
+	publish(t, fsys, 1, 2, []string{"second"})
+	n.Published(dir)
+	if got := <-reads; got.err != nil || got.msg != "second" {
+		t.Fatalf("read %q %v", got.msg, got.err)
+	}
+	r.Close()
+	if got := n.Subscribers(dir); got != 0 {
+		t.Errorf("%d subscribers after Close, want 0", got)
+	}
+}

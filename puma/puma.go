@@ -135,6 +135,9 @@ type Deps struct {
 	// one joins layout.PumaMembers with it and balances its shards with
 	// the other members (balance.go).
 	Advertise string
+	// Published, if not nil, wakes a shard's reader when a writer of this
+	// process publishes in its bucket; shards poll all the same.
+	Published *ptail.Notifier
 }
 
 // Puma is a running node.

@@ -107,7 +107,7 @@ func (s *shard) run(ctx context.Context) error {
 		return fmt.Errorf("recover shard %s/%d: %w", s.category, s.bucket, err)
 	}
 	close(s.ready)
-	reader := ptail.NewReader(s.p.deps.FS, names.BucketDir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log).SetMetrics(s.p.tailMetrics)
+	reader := ptail.NewReader(s.p.deps.FS, names.BucketDir(s.category, s.bucket), s.pos, s.p.cfg.PollInterval.D(), s.log).SetMetrics(s.p.tailMetrics).SetNotifier(s.p.deps.Published)
 	defer reader.Close() //nolint:errcheck // a reader holds nothing to flush
 	labels := []string{names.Label(s.category), strconv.Itoa(s.bucket)}
 	lag := s.p.m.segmentLag.WithLabelValues(labels...)

@@ -227,7 +227,7 @@ func run(o options) (*report, error) {
 			rep.Notes = append(rep.Notes, "real engines not run: "+err.Error())
 		} else {
 			e := e2e(ctx, o, -1, loadArgs, want, be, o.lines)
-			e.Backends = fmt.Sprintf("%s, %s, %s", be.dfs, be.store, be.coord)
+			e.Backends = be.String()
 			log.Printf("freeway on the real engines: acknowledged %.0f/s, end to end %.0f/s, %s", e.AckPerSec, e.PerSec, e.Totals)
 			rep.Engines = &e
 		}
@@ -240,10 +240,16 @@ func run(o options) (*report, error) {
 			// The default (by the dfs: a local disk here), and the
 			// second that was the default before it was chosen by dfs.
 			for _, age := range []time.Duration{0, time.Second} {
-				rep.Freshness = append(rep.Freshness, freshness(ctx, o, maxRate/2, age))
+				rep.Freshness = append(rep.Freshness, freshness(ctx, o, maxRate/2, age, backends{}))
 			}
 		} else {
 			rep.Failures = append(rep.Failures, "no end-to-end rate to run the freshness bench at (it runs at half of it)")
+		}
+	}
+	if o.does("fresh") && rep.Engines != nil && rep.Engines.PerSec > 0 {
+		// At half of the engines' own end-to-end rate, on fresh roots.
+		if be, err := engineBackends(); err == nil {
+			rep.Freshness = append(rep.Freshness, freshness(ctx, o, rep.Engines.PerSec/2, 0, be))
 		}
 	}
 	if o.does("cells") {
@@ -412,11 +418,17 @@ func engineBackends() (backends, error) {
 		return backends{}, errors.New("set FREEWAY_TEST_HDFS, FREEWAY_TEST_HBASE and FREEWAY_TEST_ZK (make engines; export $(deploy/engines/engines.sh env))")
 	}
 	id := strconv.FormatInt(time.Now().UnixNano(), 36)
-	return backends{
+	be := backends{
 		dfs:   fmt.Sprintf("hdfs://%s/freeway-bench-%s", hdfs, id),
 		store: fmt.Sprintf("hbase://%s/bench%s_", hbase, id),
 		coord: fmt.Sprintf("zk://%s/freeway-bench-%s", zk, id),
-	}, nil
+	}
+	if hbase == "embedded" {
+		// The publishing path alone (HDFS and ZooKeeper), the store on
+		// the local disk: FREEWAY_TEST_HBASE=embedded.
+		be.store = ""
+	}
+	return be, nil
 }
 
 // matrixRun is B1 for one batch size and connection count.
@@ -471,6 +483,7 @@ func matrix(ctx context.Context, o options) []matrixRun {
 
 // freshnessRun is B5.
 type freshnessRun struct {
+	Backends   string  `json:"backends,omitempty"`
 	SegmentAge string  `json:"segment_max_age"`
 	Rate       float64 `json:"rate"`
 	Achieved   float64 `json:"achieved_entries_per_second"`
@@ -498,16 +511,20 @@ const probeApp = `  - name: probe
 // (its own id, its send time as event time) to the agent, and polls a
 // query for the probes every 20ms: a probe's freshness is from just
 // before its Log call to the first answer that holds it (B5).
-func freshness(ctx context.Context, o options, rate float64, segmentAge time.Duration) (r freshnessRun) {
+func freshness(ctx context.Context, o options, rate float64, segmentAge time.Duration, be backends) (r freshnessRun) {
 	r.Rate = rate
+	r.Backends = be.String()
 	r.SegmentAge = fmt.Sprintf("%v (default on a local disk)", calligraphus.LocalSegmentMaxAge)
+	if be.dfs != "" {
+		r.SegmentAge = "default (HDFS: every acknowledgement publishes)"
+	}
 	if segmentAge > 0 {
 		r.SegmentAge = segmentAge.String()
 	}
 	dir := filepath.Join(o.work, "fresh")
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge, be: be}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)

@@ -41,6 +41,17 @@ type fwProc struct {
 // backends are the URLs of dfs, store and coord ("" = embedded).
 type backends struct{ dfs, store, coord string }
 
+func (b backends) String() string {
+	if b.dfs == "" {
+		return ""
+	}
+	st := b.store
+	if st == "" {
+		st = "embedded store"
+	}
+	return b.dfs + ", " + st + ", " + b.coord
+}
+
 // fwConfig is what varies between the bench's freeway runs.
 type fwConfig struct {
 	target     string // all (default) or calligraphus
@@ -77,7 +88,10 @@ func startFreeway(binary, dir string, fc fwConfig, ports []int) (*fwProc, error)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by bench/run\ndata_dir: %s\nlog: {level: warn}\n", filepath.Join(dir, "data"))
 	if fc.be.dfs != "" {
-		fmt.Fprintf(&b, "dfs: %s\nstore: %s\ncoord: %s\n", fc.be.dfs, fc.be.store, fc.be.coord)
+		fmt.Fprintf(&b, "dfs: %s\ncoord: %s\n", fc.be.dfs, fc.be.coord)
+		if fc.be.store != "" {
+			fmt.Fprintf(&b, "store: %s\n", fc.be.store)
+		}
 	}
 	fmt.Fprintf(&b, "agent:\n  listen: %s\n  upstream: [%s]\n", fw.agent, fw.writer)
 	fmt.Fprintf(&b, "calligraphus:\n  listen: %s\n", fw.writer)

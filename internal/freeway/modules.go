@@ -31,6 +31,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/internal/version"
+	"github.com/freeway-dev/freeway/ptail"
 	"github.com/freeway-dev/freeway/puma"
 	"github.com/freeway-dev/freeway/scribe"
 	"github.com/freeway-dev/freeway/serving"
@@ -116,6 +117,9 @@ type Process struct {
 	runners []runner
 	closers []func() error
 	admin   *httpsrv.Server
+	// published wakes this process's Puma shards when its writers publish
+	// in their bucket (they still poll: a writer elsewhere tells nobody).
+	published *ptail.Notifier
 	// shared is what the components of the process share: the byte
 	// budget of every Thrift call, the TLS (nil: off) of every listener
 	// and client, the guard that applies the tokens, the control hooks.
@@ -155,7 +159,8 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	}
 	opts.Version = version.Or(opts.Version)
 	reg.MustRegister(version.BuildInfo(opts.Version))
-	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log)}
+	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
+		published: ptail.NewNotifier()}
 	order, err := startOrder(mods, moduleNeeds)
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", target, err)
@@ -282,6 +287,7 @@ func (p *Process) initCalligraphus() error {
 	}
 	c, err := calligraphus.New(p.cfg.Calligraphus, calligraphus.Deps{Common: p.common(),
 		FS: fs, Coord: co, Router: calligraphus.NewRouter(p.cfg.Buckets, p.res.Routes),
+		Published: p.published.Published,
 	})
 	if err != nil {
 		return err
@@ -340,6 +346,7 @@ func (p *Process) initPuma() error {
 	}
 	pm, err := puma.New(p.cfg.Puma, puma.Deps{Common: p.common(),
 		FS: fs, Store: st, Coord: co, Apps: p.apps, Buckets: p.res.BucketsOf, Advertise: advertise,
+		Published: p.published,
 	})
 	if err != nil {
 		if srv != nil {

@@ -16,11 +16,18 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 )
 
-// FS is a dfs.FS rooted at a directory of an HDFS cluster. It holds one
-// NameNode connection, shared by all files and safe for concurrent use;
-// NameNode calls are serialised on it.
+// FS is a dfs.FS rooted at a directory of an HDFS cluster, safe for
+// concurrent use. colinmarc/hdfs serialises the NameNode calls of a
+// client on its one connection (a call waits for the previous one's
+// answer), so FS holds several clients (namenode_connections) and takes
+// them in turn: the bucket writers' creates, completes, renames and fence
+// listings and the readers' listings no longer wait for each other. A
+// file being written stays with the client that created it (its lease
+// is that client's). The NameNode orders the calls of all connections
+// alike: a call made after another returned sees its effect.
 type FS struct {
-	client      *hdfs.Client
+	clients     []*hdfs.Client
+	next        atomic.Uint32
 	cfg         config
 	replication int
 	blockSize   int64
@@ -46,8 +53,10 @@ var _ dfs.FS = (*FS)(nil)
 // connecting and each network read or write, so an unreachable or hung
 // NameNode or DataNode gives an error instead of a hang; block_size
 // (bytes) overrides the NameNode's default; datanode_hostname=true reaches
-// DataNodes by host name rather than IP (inside a container network).
-// Kerberos is not supported.
+// DataNodes by host name rather than IP (inside a container network);
+// namenode_connections (1 to 64, default 4) is how many NameNode
+// connections the FS holds, taken in turn (see FS). Kerberos is not
+// supported.
 func Open(rawURL string) (*FS, error) {
 	cfg, err := parseURL(rawURL)
 	if err != nil {
@@ -60,40 +69,46 @@ func Open(rawURL string) (*FS, error) {
 	cfg.user = name
 
 	dial := newDialer(cfg.dialTimeout, cfg.ioTimeout)
-	client, err := hdfs.NewClient(hdfs.ClientOptions{
-		Addresses:           cfg.addrs,
-		User:                cfg.user,
-		UseDatanodeHostname: cfg.datanodeHostname,
-		NamenodeDialFunc:    dial,
-		DatanodeDialFunc:    dial,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open hdfs: connect to %s: %w", cfg, err)
-	}
-	// NewClient only wrote a handshake; this is the first call the NameNode
-	// has to answer. It also fills the client's cache of server defaults now,
-	// because colinmarc/hdfs fills it lazily without a lock and concurrent
-	// first writers would race on it.
-	defaults, err := client.ServerDefaults()
-	if err != nil {
-		_ = client.Close()
-		return nil, fmt.Errorf("open hdfs: ask %s for server defaults: %w", cfg, err)
+	f := &FS{cfg: cfg}
+	var defaults hdfs.ServerDefaults
+	for range cfg.connections {
+		client, err := hdfs.NewClient(hdfs.ClientOptions{
+			Addresses:           cfg.addrs,
+			User:                cfg.user,
+			UseDatanodeHostname: cfg.datanodeHostname,
+			NamenodeDialFunc:    dial,
+			DatanodeDialFunc:    dial,
+		})
+		if err != nil {
+			_ = f.Close() // the connect error is the one to report
+			return nil, fmt.Errorf("open hdfs: connect to %s: %w", cfg, err)
+		}
+		f.clients = append(f.clients, client)
+		// NewClient only wrote a handshake; this is the first call the
+		// NameNode has to answer. It also fills the client's cache of
+		// server defaults now, because colinmarc/hdfs fills it lazily
+		// without a lock and concurrent first writers would race on it.
+		if defaults, err = client.ServerDefaults(); err != nil {
+			_ = f.Close() // the NameNode's error is the one to report
+			return nil, fmt.Errorf("open hdfs: ask %s for server defaults: %w", cfg, err)
+		}
 	}
 	// MkdirAll fails with fs.ErrExist if the root is a file.
-	if err := client.MkdirAll(cfg.root, 0o755); err != nil {
-		_ = client.Close()
+	if err := f.client().MkdirAll(cfg.root, 0o755); err != nil {
+		_ = f.Close() // the NameNode's error is the one to report
 		return nil, fmt.Errorf("open hdfs: create root %s: %w", cfg, err)
 	}
-	blockSize := defaults.BlockSize
+	f.replication = defaults.Replication
+	f.blockSize = defaults.BlockSize
 	if cfg.blockSize > 0 {
-		blockSize = cfg.blockSize
+		f.blockSize = cfg.blockSize
 	}
-	return &FS{
-		client:      client,
-		cfg:         cfg,
-		replication: defaults.Replication,
-		blockSize:   blockSize,
-	}, nil
+	return f, nil
+}
+
+// client is the next client in turn.
+func (f *FS) client() *hdfs.Client {
+	return f.clients[int(f.next.Add(1)%uint32(len(f.clients)))]
 }
 
 // path maps a dfs name to an absolute HDFS path under the root.
@@ -127,14 +142,14 @@ func (f *FS) Create(name string) (dfs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	fw, err := f.client.CreateFile(p, f.replication, f.blockSize, 0o644)
+	fw, err := f.client().CreateFile(p, f.replication, f.blockSize, 0o644)
 	if errors.Is(err, fs.ErrNotExist) {
 		// The NameNode can create parents itself, but colinmarc/hdfs never
 		// asks it to; trying first saves a call in the common case.
-		if err := f.client.MkdirAll(path.Dir(p), 0o755); err != nil {
+		if err := f.client().MkdirAll(path.Dir(p), 0o755); err != nil {
 			return nil, pathError("create", p, err)
 		}
-		fw, err = f.client.CreateFile(p, f.replication, f.blockSize, 0o644)
+		fw, err = f.client().CreateFile(p, f.replication, f.blockSize, 0o644)
 	}
 	if err != nil {
 		return nil, pathError("create", p, err)
@@ -151,7 +166,7 @@ func (f *FS) Open(name string) (dfs.Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	fr, err := f.client.Open(p)
+	fr, err := f.client().Open(p)
 	if err != nil {
 		return nil, pathError("open", p, err)
 	}
@@ -167,7 +182,7 @@ func (f *FS) Stat(name string) (fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	fi, err := f.client.Stat(p)
+	fi, err := f.client().Stat(p)
 	if err != nil {
 		return nil, pathError("stat", p, err)
 	}
@@ -181,7 +196,7 @@ func (f *FS) ReadDir(name string) ([]fs.FileInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	infos, err := f.client.ReadDir(p)
+	infos, err := f.client().ReadDir(p)
 	if err != nil {
 		return nil, pathError("readdir", p, err)
 	}
@@ -194,7 +209,7 @@ func (f *FS) MkdirAll(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := f.client.MkdirAll(p, 0o755); err != nil {
+	if err := f.client().MkdirAll(p, 0o755); err != nil {
 		return pathError("mkdir", p, err)
 	}
 	return nil
@@ -214,7 +229,7 @@ func (f *FS) Rename(oldname, newname string) error {
 	if err != nil {
 		return err
 	}
-	err = f.client.Rename(op, np)
+	err = f.client().Rename(op, np)
 	if err == nil {
 		return nil
 	}
@@ -222,7 +237,7 @@ func (f *FS) Rename(oldname, newname string) error {
 		err = pe.Err
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		if st, serr := f.client.Stat(np); serr == nil && st.IsDir() {
+		if st, serr := f.client().Stat(np); serr == nil && st.IsDir() {
 			err = fs.ErrExist
 		}
 	}
@@ -237,7 +252,7 @@ func (f *FS) Remove(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := f.client.Remove(p); err != nil {
+	if err := f.client().Remove(p); err != nil {
 		return pathError("remove", p, err)
 	}
 	return nil
@@ -250,12 +265,16 @@ func (f *FS) SyncDurable() bool { return false }
 // String is the URL without its parameters.
 func (f *FS) String() string { return f.cfg.String() }
 
-// Close closes the NameNode connection. Files still open lose their lease
+// Close closes the NameNode connections. Files still open lose their lease
 // renewal: finish them first.
 func (f *FS) Close() error {
 	f.closeOnce.Do(func() {
 		// colinmarc/hdfs panics on a second Close.
-		if err := f.client.Close(); err != nil {
+		var errs []error
+		for _, c := range f.clients {
+			errs = append(errs, c.Close())
+		}
+		if err := errors.Join(errs...); err != nil {
 			f.closeErr = fmt.Errorf("close hdfs %s: %w", f.cfg, err)
 		}
 	})

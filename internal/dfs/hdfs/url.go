@@ -36,7 +36,18 @@ type config struct {
 	// datanodeHostname reaches DataNodes by the host name they register
 	// with rather than their IP, as dfs.client.use.datanode.hostname does.
 	datanodeHostname bool
+	// connections is the number of NameNode connections (clients).
+	connections int
 }
+
+// defaultConnections: NameNode connections of an FS by default. One
+// bucket writer's publish is five NameNode calls (create, addBlock,
+// complete, rename, the fence listing) and a reader's pass over a bucket
+// three or more; on one connection they all wait in one line.
+const defaultConnections = 4
+
+// maxConnections bounds namenode_connections.
+const maxConnections = 64
 
 // String is the URL without its query, for logs.
 func (c config) String() string {
@@ -47,8 +58,9 @@ func (c config) String() string {
 //
 // Query parameters besides user: dial_timeout and io_timeout (Go
 // durations), block_size (bytes, a multiple of 512; the NameNode must
-// allow it through dfs.namenode.fs-limits.min-block-size) and
-// datanode_hostname (a Go bool). An unknown parameter is an error rather
+// allow it through dfs.namenode.fs-limits.min-block-size),
+// datanode_hostname (a Go bool) and namenode_connections (1 to 64,
+// default 4). An unknown parameter is an error rather
 // than a silent default, so a typo in a config file does not quietly
 // change behaviour.
 func parseURL(rawURL string) (config, error) {
@@ -82,7 +94,7 @@ func parseURL(rawURL string) (config, error) {
 	if u.Fragment != "" {
 		return config{}, fmt.Errorf("url %s: unexpected fragment", rawURL)
 	}
-	cfg := config{dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout}
+	cfg := config{dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout, connections: defaultConnections}
 
 	if authority == "" {
 		return config{}, fmt.Errorf("url %s: no NameNode address", rawURL)
@@ -141,8 +153,14 @@ func parseURL(rawURL string) (config, error) {
 				return config{}, fmt.Errorf("url %s: datanode_hostname=%q is not a bool", rawURL, v)
 			}
 			cfg.datanodeHostname = b
+		case "namenode_connections":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > maxConnections {
+				return config{}, fmt.Errorf("url %s: namenode_connections=%q is not a number from 1 to %d", rawURL, v, maxConnections)
+			}
+			cfg.connections = n
 		default:
-			return config{}, fmt.Errorf("url %s: unknown parameter %q (known: user, dial_timeout, io_timeout, block_size, datanode_hostname)", rawURL, key)
+			return config{}, fmt.Errorf("url %s: unknown parameter %q (known: user, dial_timeout, io_timeout, block_size, datanode_hostname, namenode_connections)", rawURL, key)
 		}
 	}
 	return cfg, nil

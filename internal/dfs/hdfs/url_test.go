@@ -16,24 +16,28 @@ func TestParseURL(t *testing.T) {
 	}{
 		{"hdfs://127.0.0.1:9000/freeway", config{
 			addrs: []string{"127.0.0.1:9000"}, root: "/freeway",
-			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout,
+			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout, connections: defaultConnections,
 		}},
 		{"hdfs://nn1:9000,nn2:9001/a/b/?user=etl", config{
 			addrs: []string{"nn1:9000", "nn2:9001"}, root: "/a/b", user: "etl",
-			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout,
+			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout, connections: defaultConnections,
 		}},
 		{"hdfs://namenode/", config{
 			addrs: []string{"namenode:8020"}, root: "/",
-			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout,
+			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout, connections: defaultConnections,
 		}},
 		{"hdfs://[::1]:9000,[::2]/x", config{
 			addrs: []string{"[::1]:9000", "[::2]:8020"}, root: "/x",
-			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout,
+			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout, connections: defaultConnections,
 		}},
 		{"hdfs://h:1/x?dial_timeout=2s&io_timeout=150ms&block_size=1048576&datanode_hostname=true", config{
 			addrs: []string{"h:1"}, root: "/x",
 			dialTimeout: 2 * time.Second, ioTimeout: 150 * time.Millisecond,
-			blockSize: 1 << 20, datanodeHostname: true,
+			blockSize: 1 << 20, datanodeHostname: true, connections: defaultConnections,
+		}},
+		{"hdfs://h:1/x?namenode_connections=1", config{
+			addrs: []string{"h:1"}, root: "/x",
+			dialTimeout: defaultDialTimeout, ioTimeout: defaultIOTimeout, connections: 1,
 		}},
 	}
 	for _, tc := range tests {
@@ -82,6 +86,8 @@ func TestParseURLErrors(t *testing.T) {
 		{"hdfs://h:9000/a?dial_timeout=-1s", "not a positive duration"},
 		{"hdfs://h:9000/a?block_size=1000", "not a positive multiple of 512"},
 		{"hdfs://h:9000/a?datanode_hostname=maybe", "not a bool"},
+		{"hdfs://h:9000/a?namenode_connections=0", "not a number from 1 to 64"},
+		{"hdfs://h:9000/a?namenode_connections=65", "not a number from 1 to 64"},
 		{"hdfs://h:9000/a#frag", "unexpected fragment"},
 		{"hdfs://h:9000/a b%zz", "parse url"},
 		{"hdfs://h:9000/a?user=%zz", "parameters"},
