@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -68,6 +69,53 @@ func TestLimitIsThePrefixOfTheSortedAnswer(t *testing.T) {
 					t.Fatalf("%T %+v: truncated %v, rows\n%v\nwant the first %d of\n%v", src, lq, res.Truncated, got, limit, all)
 				}
 			}
+		}
+	}
+}
+
+// TestLimitCostsTheRowsNotTheLimit: a query's limit is a bound, not a
+// size. Serving sets every query's limit to max_rows (2 M in the bench),
+// and the bounded heap of a one-shard answer was made with room for the
+// whole limit: 96 MB zeroed for a point query of one row, and a GC cycle
+// of the million cells beside it, query after query. What a query
+// allocates is measured in bytes (no time), with a bound far below the
+// limit's room and far above the few rows' needs.
+func TestLimitCostsTheRowsNotTheLimit(t *testing.T) {
+	e := newEnv(t, orders(t))
+	var lines [][]byte
+	for i := range 200 {
+		lines = append(lines, order(t0+int64(i)*100, fmt.Sprint("r", i%5), fmt.Sprint("k", i%7), i))
+	}
+	last := e.publish("orders", 0, stock(lines...)).String()
+	p := e.node("n1")
+	start(t, p)
+	testkit.Eventually(t, "committed", func() error {
+		for _, st := range p.Statuses() {
+			if st.Committed != last {
+				return fmt.Errorf("%+v", st)
+			}
+		}
+		return nil
+	})
+	const limit = 1_000_000 // room for it: 48 MB of rows
+	for _, q := range []Query{
+		{Where: map[string][]string{"region": {"r1"}, "kind": {"k1"}}}, // a point query
+		{},                 // every cell, in window order
+		{OrderBy: "total"}, // a top-N
+	} {
+		q.App, q.Limit, q.FromMs, q.ToMs = "orders", limit, t0-3600_000, t0+3600_000
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		res, err := p.Query(context.Background(), q)
+		runtime.ReadMemStats(&after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Rows) == 0 {
+			t.Fatalf("%+v: no rows, the test tests nothing", q)
+		}
+		if n := after.TotalAlloc - before.TotalAlloc; n > 8<<20 {
+			t.Fatalf("%+v: %d rows, %d bytes allocated: the limit's room, not the rows'", q, len(res.Rows), n)
 		}
 	}
 }

@@ -52,6 +52,42 @@ func TestSharedParseAnswersAsOwnParse(t *testing.T) {
 	equalRows(t, "shared parse", answers(true), answers(false))
 }
 
+// TestApplyAllocatesNothingForAnExistingCell: a line of a cell that
+// exists costs no allocation, by the apps' shared parse or each app's
+// own: the key is looked up by the extractor's bytes, and copied into a
+// string only for a cell the table adds (the answers of
+// TestSharedParseAnswersAsOwnParse and the apps' fuzz targets say the
+// keys kept are the lines').
+func TestApplyAllocatesNothingForAnExistingCell(t *testing.T) {
+	line := order(t0, "r1", "k1", 5)
+	line = append(line[:len(line)-1], `, "channel": "c1"}`...)
+	for _, shared := range []bool{true, false} {
+		e := newEnv(t, threeApps(t)...)
+		s := testShard(t, e.node("n1"), 0)
+		if !shared {
+			for i := range s.parse.group {
+				s.parse.group[i] = -1
+			}
+		}
+		bt := newBlockTime(0, t0)
+		s.applyLine(line, bt) // the cells
+		cells := 0
+		for _, tb := range s.tables {
+			cells += int(tb.ncells)
+		}
+		if n := testing.AllocsPerRun(100, func() { s.applyLine(line, bt) }); n != 0 {
+			t.Fatalf("shared parse %v: %v allocations a line of existing cells, want 0", shared, n)
+		}
+		after := 0
+		for _, tb := range s.tables {
+			after += int(tb.ncells)
+		}
+		if cells != 3 || after != cells {
+			t.Fatalf("shared parse %v: %d cells, then %d: want one cell an app", shared, cells, after)
+		}
+	}
+}
+
 // BenchmarkSharedParse: three JSON apps of one category, each line parsed
 // once for all of them or once per app.
 //

@@ -645,8 +645,11 @@ type topN struct {
 	limit int
 }
 
+// newTopN's heap grows as rows enter it: a limit is a bound, not a size
+// (serving gives every query max_rows as its limit, millions of rows of
+// room for a point query's one).
 func newTopN(pl *plan) *topN {
-	return &topN{pl: pl, less: pl.less(), limit: pl.q.Limit, h: make([]keyed, 0, pl.q.Limit)}
+	return &topN{pl: pl, less: pl.less(), limit: pl.q.Limit, h: make([]keyed, 0, min(pl.q.Limit, 64))}
 }
 
 func (t *topN) fresh() cellSink { return newTopN(t.pl) }

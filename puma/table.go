@@ -134,6 +134,16 @@ func (wc *windowCells) find(key string) (int32, bool) {
 	return i, ok
 }
 
+// findBytes is find by the key's bytes: the index of string(key) makes
+// no string, so that a line of an existing cell allocates nothing.
+func (wc *windowCells) findBytes(key []byte) (int32, bool) {
+	if wc == nil {
+		return 0, false
+	}
+	i, ok := wc.index[string(key)]
+	return i, ok
+}
+
 // cell is cell i, a view of the window's arrays.
 func (wc *windowCells) cell(i int32) cell {
 	at := int(i) * wc.stride
@@ -192,8 +202,8 @@ func (sp *span) at(w int64) {
 }
 
 // current returns key's cell in the current window and its index there.
-func (sp *span) current(key string) (cell, int32, bool) {
-	i, ok := sp.last.find(key)
+func (sp *span) current(key []byte) (cell, int32, bool) {
+	i, ok := sp.last.findBytes(key)
 	if !ok {
 		return cell{}, 0, false
 	}
@@ -459,13 +469,18 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 	}
 	t.watermark = max(t.watermark, ts)
 	bad, first := 0, true
+	var key string // the key's copy, made for the first new cell
+	made := false
 	for i, sp := range t.spans {
 		if sp.pending && !t.building {
 			continue
 		}
 		c, j := cells[i], idx[i]
 		if c.f == nil {
-			c, j = t.newCell(sp, ex.Key)
+			if !made {
+				key, made = string(ex.Key), true
+			}
+			c, j = t.newCell(sp, key)
 		}
 		// Every span sees the same inputs: count their bad ones once.
 		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); first {
@@ -490,7 +505,7 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 			t.refuse(ts, line, bt)
 			return
 		}
-		c, i = t.newCell(sp, ex.Key)
+		c, i = t.newCell(sp, string(ex.Key))
 	}
 	if ts > t.watermark {
 		t.watermark = ts
@@ -558,6 +573,8 @@ func (t *table) refuse(ts int64, line []byte, bt blockTime) {
 
 // newCell adds an empty cell for key to the span's current window and
 // returns it with its index there; its room was taken from the budget.
+// key is a string of its own (the extracted key is the extractor's
+// buffer: the caller copies it, once for all the spans).
 func (t *table) newCell(sp *span, key string) (cell, int32) {
 	if sp.last == nil {
 		sp.last = sp.window(sp.lastW)

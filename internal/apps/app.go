@@ -105,7 +105,11 @@ type Input struct {
 type Extracted struct {
 	TimeMs int64
 	// Key is the group key: the group_by values, encoded by EncodeKey.
-	Key string
+	// It is the extractor's buffer, valid until the next call: a table
+	// looks its cell up by these bytes (a map index of string(Key) makes
+	// no string) and copies them only for a cell it adds, so that a line
+	// of an existing cell allocates nothing.
+	Key []byte
 	// Inputs[i] feeds Aggs[i].
 	Inputs []Input
 }
@@ -152,7 +156,7 @@ func (a *App) NewExtractor() *Extractor {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
 	}
 	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{Inputs: make([]Input, len(a.Aggs))},
-		groupAt: make([]int, len(a.Spec.GroupBy)), inputAt: make([]int, len(a.Aggs)), input: make([]inputKind, len(a.Aggs))}
+		keyBuf: make([]byte, 0, 64), groupAt: make([]int, len(a.Spec.GroupBy)), inputAt: make([]int, len(a.Aggs)), input: make([]inputKind, len(a.Aggs))}
 	for i, ag := range a.Aggs {
 		switch {
 		case ag.Field == "":
@@ -200,7 +204,8 @@ func (x *Extractor) locate(rec *Record) {
 // group parsed: the app's own fields are read from it by name.
 //
 // What it returns outlives the line (the record's strings may be views
-// of it): the key and the inputs' text are copies then. An input of a
+// of it), until the next call: the key is in the extractor's buffer, the
+// inputs' text are copies where the record's strings are views. An input of a
 // numeric aggregate that is a number carries the number alone (Str ""),
 // whichever parse read it: its text is never read, and would be a copy
 // per line.
@@ -228,7 +233,8 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 		}
 		out.TimeMs = t
 	}
-	out.Key, x.keyBuf = recordKey(rec, x.groupAt, x.keyBuf)
+	x.keyBuf = appendRecordKey(x.keyBuf[:0], rec, x.groupAt)
+	out.Key = x.keyBuf
 	for i, at := range x.inputAt {
 		kind := x.input[i]
 		if kind == inputNone {
@@ -259,15 +265,22 @@ func recordKey(rec *Record, at []int, buf []byte) (string, []byte) {
 			return s, buf
 		}
 	}
-	buf = buf[:0]
+	buf = appendRecordKey(buf[:0], rec, at)
+	return string(buf), buf
+}
+
+// appendRecordKey appends the encoded key of the fields of rec at
+// indexes at (a missing field counts as ""), as EncodeKey of their
+// strings, to dst.
+func appendRecordKey(dst []byte, rec *Record, at []int) []byte {
 	for i, j := range at {
 		if i > 0 {
-			buf = append(buf, 0)
+			dst = append(dst, 0)
 		}
 		v, _ := rec.at(j)
-		buf = appendKeyValue(buf, v.String())
+		dst = appendKeyValue(dst, v.String())
 	}
-	return string(buf), buf
+	return dst
 }
 
 // appendKeyValue appends v with every NUL as U+FFFD (EncodeKey).

@@ -42,7 +42,7 @@ func TestJSONExtract(t *testing.T) {
 	if e.TimeMs != 1700000061500 || a.WindowStart(e.TimeMs) != 1700000040000 {
 		t.Fatalf("time %d window %d", e.TimeMs, a.WindowStart(e.TimeMs))
 	}
-	if got := DecodeKey(e.Key, 2); got[0] != "/a" || got[1] != "free" {
+	if got := DecodeKey(string(e.Key), 2); got[0] != "/a" || got[1] != "free" {
 		t.Fatalf("key %q", got)
 	}
 	if !e.Inputs[1].Present || e.Inputs[1].Value.Num != 12.5 {
@@ -81,7 +81,7 @@ func TestRegexExtractApacheLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.TimeMs != 1431857103000 || e.Key != "200\x00GET" {
+	if e.TimeMs != 1431857103000 || string(e.Key) != "200\x00GET" {
 		t.Fatalf("time %d key %q", e.TimeMs, e.Key)
 	}
 	if n, ok := e.Inputs[1].Value.Number(); !ok || n != 203023 {
@@ -108,14 +108,14 @@ func TestTSVAndLogfmtAndArrivalTime(t *testing.T) {
 	tsv := mustCompile(t, Spec{Name: "t", Category: "c", Format: "tsv", Fields: []string{"host", "ms"},
 		GroupBy: []string{"host"}, Aggregates: []AggregateSpec{{Fn: "avg", Field: "ms"}}})
 	e, err := tsv.NewExtractor().Extract([]byte("web1\t42\n"), 1234)
-	if err != nil || e.Key != "web1" || e.Inputs[0].Value.Str != "42" || e.TimeMs != 1234 {
+	if err != nil || string(e.Key) != "web1" || e.Inputs[0].Value.Str != "42" || e.TimeMs != 1234 {
 		t.Fatalf("tsv: %v %+v", err, e)
 	}
 	lf := mustCompile(t, Spec{Name: "l", Category: "c", Format: "logfmt",
 		Where: `level == "error"`, GroupBy: []string{"svc"}, Aggregates: []AggregateSpec{{Fn: "count"}, {Fn: "min", Field: "dur"}}})
 	x := lf.NewExtractor()
 	e, err = x.Extract([]byte(`level=error svc="billing api" dur=0.25 msg="it \"broke\""`), 99)
-	if err != nil || e.Key != "billing api" || e.Inputs[1].Value.Str != "0.25" {
+	if err != nil || string(e.Key) != "billing api" || e.Inputs[1].Value.Str != "0.25" {
 		t.Fatalf("logfmt: %v %+v", err, e)
 	}
 	if _, err := x.Extract([]byte(`level=info svc=x`), 99); !errors.Is(err, ErrFiltered) {
