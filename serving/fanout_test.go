@@ -296,14 +296,19 @@ func checkFanoutExact(t *testing.T, open func() coord.Coord) {
 	cover(t, []*fanNode{ref}, ends, []int{0, 1, 2, 3, 4, 5})
 	all := []int{0, 1, 2, 3, 4, 5}
 	var where map[int]int
-	testkit.Eventually(t, "shards split across the nodes", func() error {
+	// Balanced (two shards each) is where the shards stay: a placement
+	// still on its way there moves a shard, which is then answered from
+	// the store and named stale, rightly but not what this test checks.
+	testkit.Eventually(t, "shards balanced across the nodes", func() error {
 		where = cover(t, nodes, ends, all)
-		used := map[int]bool{}
+		per := map[int]int{}
 		for _, i := range where {
-			used[i] = true
+			per[i]++
 		}
-		if len(used) < 3 {
-			return fmt.Errorf("buckets on %d nodes only: %v", len(used), where)
+		for i := range nodes {
+			if per[i] != fanBuckets/len(nodes) {
+				return fmt.Errorf("not balanced yet: %v", where)
+			}
 		}
 		return nil
 	})
@@ -408,6 +413,12 @@ func TestFanoutStale(t *testing.T) {
 		}
 		sameAnswer(t, fmt.Sprintf("query %d %+v from the store", i, q), got, w)
 	}
+	// From here live nodes answer too: their answers must not be judged
+	// by the 300 ms that suffices for a node that hangs (a loaded machine
+	// made a live node miss it, and its shard was named stale). A fan-out
+	// with a generous timeout still names the hanging node's shards.
+	fo = NewFanout(FanoutDeps{Coord: co, Committed: committed, Apps: []*apps.App{app}, Buckets: func(string) int { return fanBuckets }, Timeout: 3 * time.Second})
+	t.Cleanup(fo.Close)
 	before := testutil.ToFloat64(fo.stale)
 	var nodes []*fanNode
 	for i := range 2 {
