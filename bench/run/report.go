@@ -178,7 +178,7 @@ func (r *report) markdown() string {
 		if s.AgentCPUUs > 0 {
 			perCPU = 1e6 / s.AgentCPUUs
 		}
-		w("| B2: Freeway durable acknowledgement by an agent alone (`freeway agent`, nothing ships) | %s%s | %.1f (+ %.1f of the generator) | %s | | %s |\n",
+		w("| B2: Freeway durable acknowledgement by an agent alone (`freeway agent`, nothing ships) | %s%s | %.2f (+ %.2f of the generator) | %s | | %s |\n",
 			k(s.AgentPerSec), rangeOf(r.AgentAlone, func(a agentRun) float64 { return a.PerSec }),
 			median(r.AgentAlone, func(a agentRun) float64 { return a.CPUSec }), median(r.AgentAlone, func(a agentRun) float64 { return a.LoadCPUSec }),
 			k(perCPU), exactOf(mapSlice(r.AgentAlone, func(a agentRun) bool { return a.Err == "" })))
