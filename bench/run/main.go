@@ -11,6 +11,11 @@
 //     and the rate until Puma has aggregated them all (B4), CPU-seconds
 //     of freeway (from /proc) and of the generator apart, peak RSS, and
 //     every cell checked against the truth through the query API;
+//   - B2, durable acknowledgement by an agent alone (freeway agent whose
+//     upstream is an address where nothing listens, so nothing ships and
+//     no shipping shares the cores with its Log calls), fed the same
+//     lines, with the agent's CPU per entry; the run counts only if the
+//     agent's queue then holds every acknowledged entry;
 //   - the hand-written limit (bench/limit), DuckDB (bench/duckdb) and
 //     Flink (bench/flink) on the lines file, their cells checked too.
 //
@@ -66,6 +71,7 @@ type options struct {
 	profile   time.Duration
 	engines   bool
 	only      map[string]bool
+	inFlight  int // agent.max_in_flight of the end-to-end runs (0: the default)
 }
 
 // does says whether the run includes part (all parts without -only).
@@ -92,16 +98,17 @@ func main() {
 	flag.BoolVar(&o.matrix, "matrix", true, "run B1 by batch size and connections")
 	flag.DurationVar(&o.profile, "profile", 0, "take a CPU profile of freeway for this long in the first end-to-end run (written to the work directory)")
 	flag.BoolVar(&o.engines, "engines", false, "also run end to end on the real engines (FREEWAY_TEST_HDFS, _HBASE, _ZK)")
-	only := flag.String("only", "", "run only these parts, comma-separated: e2e, peers, matrix, fresh, cells (default: all)")
+	flag.IntVar(&o.inFlight, "max-in-flight", 0, "agent.max_in_flight of the end-to-end runs (default: freeway's own)")
+	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells (default: all)")
 	flag.Parse()
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
 			switch p = strings.TrimSpace(p); p {
-			case "e2e", "peers", "matrix", "fresh", "cells":
+			case "e2e", "ack", "peers", "matrix", "fresh", "cells":
 				o.only[p] = true
 			default:
-				log.Fatalf("-only: unknown part %q (want e2e, peers, matrix, fresh, cells)", p)
+				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells)", p)
 			}
 		}
 	}
@@ -214,6 +221,11 @@ func run(o options) (*report, error) {
 			log.Printf("freeway: acknowledged %.0f/s, end to end %.0f/s (%.0f per CPU-s), %s %s", e.AckPerSec, e.PerSec, e.PerCPUSec, e.Totals, e.Err)
 			rep.E2E = append(rep.E2E, e)
 		}
+		if o.does("ack") {
+			a := agentAlone(ctx, o, round, loadArgs, o.lines)
+			log.Printf("agent alone: acknowledged %.0f/s, %.3f µs of agent CPU per entry, %.0f entries in its queue %s", a.PerSec, a.CPUMicros, a.QueueEntries, a.Err)
+			rep.AgentAlone = append(rep.AgentAlone, a)
+		}
 		for i, p := range peers {
 			r := p.run(ctx, linesPath, o.work, want)
 			log.Printf("%s: %.0f/s (%.0f per CPU-s), %s %s", p.name, r.PerSec, r.PerCPUSec, r.Totals, r.Err)
@@ -261,6 +273,11 @@ func run(o options) (*report, error) {
 	for _, e := range rep.E2E {
 		if e.Err != "" || !e.Exact {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("freeway end to end: %s %s", e.Totals, e.Err))
+		}
+	}
+	for _, a := range rep.AgentAlone {
+		if a.Err != "" {
+			rep.Failures = append(rep.Failures, "agent alone: "+a.Err)
 		}
 	}
 	if rep.Engines != nil && (rep.Engines.Err != "" || !rep.Engines.Exact) {
@@ -336,7 +353,7 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	dir := filepath.Join(o.work, fmt.Sprintf("e2e-%d", round))
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be, maxInFlight: o.inFlight}, nil)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -405,6 +422,86 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 		r.Err = fmt.Sprintf("answer truncated %v, partial %v", a.Truncated, a.Partial)
 	}
 	r.Exact, r.Totals = loadgen.Compare(want, a.cells("key", "n", "total"))
+	if err := fw.stop(time.Minute); err != nil && r.Err == "" {
+		r.Err = err.Error()
+	}
+	return r
+}
+
+// agentRun is B2: what an agent alone acknowledges durably.
+type agentRun struct {
+	Entries      int64           `json:"entries"`
+	Seconds      float64         `json:"seconds"`
+	PerSec       float64         `json:"entries_per_second"`
+	MBPerSec     float64         `json:"mb_per_second"`
+	LogLatency   loadgen.Latency `json:"log_latency_ms"`
+	TryLater     int64           `json:"try_later"`
+	CPUSec       float64         `json:"cpu_seconds"`
+	CPUMicros    float64         `json:"cpu_us_per_entry"`
+	LoadCPUSec   float64         `json:"load_cpu_seconds"`
+	QueueEntries float64         `json:"queue_entries"`
+	QueueBytes   float64         `json:"queue_bytes"`
+	Syncs        float64         `json:"queue_syncs"`
+	Err          string          `json:"error,omitempty"`
+}
+
+// agentAlone runs `freeway agent` with an upstream where nothing
+// listens (nothing ships: the queue only grows, and no shipping shares
+// the cores with the Log calls), sends it the lines with freeway load,
+// and takes the rate the generator saw acknowledged with the agent's
+// CPU over the load. The figure counts only if the agent's queue then
+// holds every acknowledged entry (freeway_agent_queue_entries): an OK
+// the queue does not hold would be a lie the rate must not include.
+func agentAlone(ctx context.Context, o options, round int, loadArgs []string, n int64) (r agentRun) {
+	dir := filepath.Join(o.work, fmt.Sprintf("agent-%d", round))
+	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
+	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
+	ports, err := freePorts(3)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	// Port 1 of the loopback: connections are refused at once. The
+	// queue's bound leaves room for every line with its record header.
+	fc := fwConfig{target: "agent", apps: countSumApp("bench"), upstream: "127.0.0.1:1", maxInFlight: o.inFlight,
+		maxQueueBytes: max(1<<30, n*1024)}
+	fw, err := startFreeway(o.freeway, dir, fc, ports)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer fw.kill()
+	if err := fw.waitReady(time.Minute, 50*time.Millisecond); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	cpu0, _ := fw.cpu()
+	s, loadCPU, err := runLoad(ctx, o.freeway, append([]string{"--addr", fw.agent}, loadArgs...)...)
+	cpu1, _ := fw.cpu()
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.Entries, r.Seconds, r.PerSec, r.MBPerSec = s.Entries, s.Seconds, s.PerSec, s.MBPerSec
+	r.LogLatency, r.TryLater, r.LoadCPUSec = s.LatencyMs, s.TryLater, loadCPU.Seconds()
+	r.CPUSec = (cpu1 - cpu0).Seconds()
+	if s.Entries > 0 {
+		r.CPUMicros = r.CPUSec * 1e6 / float64(s.Entries)
+	}
+	m, err := fw.metrics()
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	r.QueueEntries, r.QueueBytes, r.Syncs = m["freeway_agent_queue_entries"], m["freeway_agent_queue_bytes"], m["freeway_agent_queue_syncs_total"]
+	switch {
+	case s.Entries != n:
+		r.Err = fmt.Sprintf("%d of %d entries acknowledged", s.Entries, n)
+	case r.QueueEntries != float64(n):
+		r.Err = fmt.Sprintf("the agent acknowledged %d entries but its queue holds %.0f", n, r.QueueEntries)
+	case r.QueueBytes < float64(n)*176:
+		r.Err = fmt.Sprintf("the agent's queue holds %.0f bytes, less than the %d entries' %d", r.QueueBytes, n, n*176)
+	}
 	if err := fw.stop(time.Minute); err != nil && r.Err == "" {
 		r.Err = err.Error()
 	}

@@ -54,13 +54,21 @@ func (b backends) String() string {
 
 // fwConfig is what varies between the bench's freeway runs.
 type fwConfig struct {
-	target     string // all (default) or calligraphus
+	target     string // all (default), calligraphus or agent
 	apps       string // the apps: YAML list items, indented by 2
 	categories string // the categories: map, indented by 2 ("" = none)
 	checkpoint time.Duration
 	segmentAge time.Duration // calligraphus.segment_max_age (0: the default)
 	pprof      bool
 	be         backends
+	// upstream replaces the agent's upstream (the writer of this
+	// process): the agent-alone run names an address where nothing
+	// listens, so that nothing ships.
+	upstream string
+	// maxInFlight is agent.max_in_flight (0: the default).
+	maxInFlight int
+	// maxQueueBytes is agent.max_queue_bytes (0: the default).
+	maxQueueBytes int64
 }
 
 // startFreeway writes a config into dir and starts the binary on it.
@@ -93,7 +101,17 @@ func startFreeway(binary, dir string, fc fwConfig, ports []int) (*fwProc, error)
 			fmt.Fprintf(&b, "store: %s\n", fc.be.store)
 		}
 	}
-	fmt.Fprintf(&b, "agent:\n  listen: %s\n  upstream: [%s]\n", fw.agent, fw.writer)
+	upstream := fc.upstream
+	if upstream == "" {
+		upstream = fw.writer
+	}
+	fmt.Fprintf(&b, "agent:\n  listen: %s\n  upstream: [%s]\n", fw.agent, upstream)
+	if fc.maxInFlight > 0 {
+		fmt.Fprintf(&b, "  max_in_flight: %d\n", fc.maxInFlight)
+	}
+	if fc.maxQueueBytes > 0 {
+		fmt.Fprintf(&b, "  max_queue_bytes: %d\n", fc.maxQueueBytes)
+	}
 	fmt.Fprintf(&b, "calligraphus:\n  listen: %s\n", fw.writer)
 	if fc.segmentAge > 0 {
 		fmt.Fprintf(&b, "  segment_max_age: %v\n", fc.segmentAge)
