@@ -2,6 +2,8 @@ package puma
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"slices"
 	"sync"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/coord/zkcoord"
+	"github.com/freeway-dev/freeway/internal/enginetest"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/testkit"
 )
@@ -31,14 +35,33 @@ type takeover struct {
 	now     time.Time
 	grace   time.Duration
 	handoff func() float64
+	open    func() coord.Coord // a session of the coordinator "a" uses
 }
 
-func newTakeover(t *testing.T) *takeover {
+// newTakeover sets it up on the in-process coordinator, or on ZooKeeper
+// when zk.
+func newTakeover(t *testing.T, zk bool) *takeover {
 	tk := &takeover{t: t, e: newEnv(t, orders(t)), id: shardID{"orders", 0}, now: time.Unix(1_800_000_000, 0), grace: time.Minute, wg: &sync.WaitGroup{}}
 	tk.e.buckets = 1
+	tk.open = func() coord.Coord { return tk.e.hub.Session() }
+	if zk {
+		addr := enginetest.Addr(t, enginetest.ZK)
+		b := make([]byte, 4)
+		rand.Read(b)
+		root := "/fwtest_wants_" + hex.EncodeToString(b)
+		tk.open = func() coord.Coord {
+			c, err := zkcoord.Open("zk://"+addr+root+"?session_timeout=2s", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+	}
+	co := tk.open()
+	t.Cleanup(func() { co.Close() })
 	tk.p = tk.e.node("a", func(c *Config, d *Deps) {
 		c.TakeoverGrace = config.Duration(tk.grace)
-		d.Advertise, d.Now, d.Metrics = "a:1", tk.clock, prometheus.NewPedanticRegistry()
+		d.Coord, d.Advertise, d.Now, d.Metrics = co, "a:1", tk.clock, prometheus.NewPedanticRegistry()
 	})
 	tk.pref = map[string]string{tk.id.lease(): "b"}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -96,7 +119,7 @@ func (tk *takeover) keep(s *shard, n int) {
 // ask has member join the shard's group of askers, on its own session.
 func (tk *takeover) ask(member string) coord.Membership {
 	tk.t.Helper()
-	co := tk.e.hub.Session()
+	co := tk.open()
 	tk.t.Cleanup(func() { co.Close() })
 	m, err := co.Join(context.Background(), names.PumaWants(tk.id.category, tk.id.bucket), member, nil)
 	if err != nil {
@@ -109,9 +132,15 @@ func (tk *takeover) ask(member string) coord.Membership {
 // preferred member "b", a member that never takes it (hung, say), is not
 // handed back to it, however long: it would go unread for a grace period
 // and be taken over again, for ever. An ask from a member that is not
-// preferred does not count either.
+// preferred does not count either. On the in-process coordinator and on
+// ZooKeeper.
 func TestNoHandBackUnasked(t *testing.T) {
-	tk := newTakeover(t)
+	t.Run("inproc", func(t *testing.T) { checkNoHandBackUnasked(t, false) })
+	t.Run("zookeeper", func(t *testing.T) { checkNoHandBackUnasked(t, true) })
+}
+
+func checkNoHandBackUnasked(t *testing.T, zk bool) {
+	tk := newTakeover(t, zk)
 	s := tk.takeOver()
 	tk.keep(s, 50)
 	tk.ask("c")
@@ -121,9 +150,15 @@ func TestNoHandBackUnasked(t *testing.T) {
 // TestHandBackWhenAsked: a shard taken over after the grace from its
 // preferred member "b", slow to start, is kept while b does not ask for it
 // and handed back (final checkpoint, lease released) at the first pass
-// after b asks, with no grace periods to wait.
+// after b asks, with no grace periods to wait. On the in-process
+// coordinator and on ZooKeeper.
 func TestHandBackWhenAsked(t *testing.T) {
-	tk := newTakeover(t)
+	t.Run("inproc", func(t *testing.T) { checkHandBackWhenAsked(t, false) })
+	t.Run("zookeeper", func(t *testing.T) { checkHandBackWhenAsked(t, true) })
+}
+
+func checkHandBackWhenAsked(t *testing.T, zk bool) {
+	tk := newTakeover(t, zk)
 	s := tk.takeOver()
 	tk.keep(s, 3)
 	tk.ask("b")
@@ -145,9 +180,15 @@ func TestHandBackWhenAsked(t *testing.T) {
 
 // TestAskWhileHeldElsewhere: a node preferred for a shard asks for it
 // while another node holds it, and stops asking once it runs it, or once
-// another member is preferred.
+// another member is preferred. On the in-process coordinator and on
+// ZooKeeper.
 func TestAskWhileHeldElsewhere(t *testing.T) {
-	tk := newTakeover(t)
+	t.Run("inproc", func(t *testing.T) { checkAskWhileHeldElsewhere(t, false) })
+	t.Run("zookeeper", func(t *testing.T) { checkAskWhileHeldElsewhere(t, true) })
+}
+
+func checkAskWhileHeldElsewhere(t *testing.T, zk bool) {
+	tk := newTakeover(t, zk)
 	tk.pref = map[string]string{tk.id.lease(): "a"}
 	askers := func() []string {
 		ms, _, err := tk.p.deps.Coord.Members(tk.ctx, names.PumaWants(tk.id.category, tk.id.bucket))
@@ -160,7 +201,7 @@ func TestAskWhileHeldElsewhere(t *testing.T) {
 		}
 		return ids
 	}
-	other := tk.e.hub.Session()
+	other := tk.open()
 	t.Cleanup(func() { other.Close() })
 	l, err := other.Acquire(tk.ctx, tk.id.lease(), "x")
 	if err != nil {
