@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord/zkcoord"
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	names "github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
@@ -236,5 +238,65 @@ func checkAskWhileHeldElsewhere(t *testing.T, zk bool) {
 	}
 	if got := askers(); len(got) != 0 {
 		t.Fatalf("running here: askers %v, want none", got)
+	}
+}
+
+// TestNoAskAfterFailure: a node whose run of a shard failed (a malformed
+// row its recovery cannot load) does not ask for the shard once another
+// node holds it, though it is preferred for it: it would likely fail
+// again, and the shard go unread in between.
+func TestNoAskAfterFailure(t *testing.T) {
+	tk := newTakeover(t, false)
+	tk.pref = map[string]string{tk.id.lease(): "a"}
+	// A first run commits, and is stopped.
+	pos := tk.e.publish("orders", 0, stock(fourOrders()...))
+	tk.pass()
+	testkit.Eventually(t, "committed", func() error {
+		if st := stateOf(tk.p, 0); st.Committed != pos.String() {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	epoch := stateOf(tk.p, 0).Epoch
+	tk.running().stop()
+	testkit.Eventually(t, "stopped", func() error {
+		if tk.running() != nil {
+			return errors.New("still running")
+		}
+		return nil
+	})
+	a := tk.e.apps[0]
+	bad := appPrefix("orders", 0, a, fingerprint(a, a.WindowMs)) + "not-a-window"
+	if err := tk.e.st.Put(context.Background(), "puma", []store.Cell{{Row: bad, Column: "v", Timestamp: epoch, Value: []byte("x")}}); err != nil {
+		t.Fatal(err)
+	}
+	tk.pass()
+	testkit.Eventually(t, "the shard failed", func() error {
+		tk.p.mu.RLock()
+		defer tk.p.mu.RUnlock()
+		if tr := tk.p.tries[tk.id]; tr == nil || tr.state != StateFailed {
+			return fmt.Errorf("%+v", tr)
+		}
+		return nil
+	})
+	other := tk.open()
+	t.Cleanup(func() { other.Close() })
+	if _, err := other.Acquire(tk.ctx, tk.id.lease(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	tk.advance(2 * retryMax) // past the retry delay: the pass tries again
+	tk.pass()
+	tk.p.mu.RLock()
+	tr := *tk.p.tries[tk.id]
+	tk.p.mu.RUnlock()
+	if tr.state != StateElsewhere {
+		t.Fatalf("not tried again: %+v", tr)
+	}
+	ms, _, err := tk.p.deps.Coord.Members(tk.ctx, names.PumaWants(tk.id.category, tk.id.bucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 0 {
+		t.Fatalf("asks for a shard that failed here: %v", ms)
 	}
 }
