@@ -24,12 +24,32 @@ import (
 // nobody for puma.takeover_grace (a dead node's shards are taken within
 // the coordinator's session timeout plus the grace, even before its
 // membership ends); it hands a shard it runs but is no longer preferred
-// for over: a final checkpoint, then the lease is released, so that the
-// new owner reads again only what came after; but not to a member that
-// was preferred when the node took the shard over after the grace (it
-// did not take it then, and would not now: a member that cannot recover
-// the shard, say). A node without an
-// advertised address (`freeway all`) takes every shard it can, as before.
+// for over, but only to a preferred member that asks for it: a final
+// checkpoint, then the lease is released, so that the new owner reads
+// again only what came after.
+//
+// Asking. A node preferred for a shard that another node holds joins the
+// shard's group layout.PumaWants (ephemeral: it ends with the node's
+// coord session) and leaves it once it runs the shard, is no longer
+// preferred for it, or the shard failed here (try.broke: it would likely
+// fail again). The holder checks the group at each pass (at least every
+// 2s), so a node slow to start is handed its shards as soon as it asks,
+// and a member that never asks (hung, or its Puma loop stuck) is never
+// handed one: the shard would have no reader for a grace period, then be
+// taken over again, for ever. The rule is the same for both hand-offs,
+// the shard taken over after the grace from a member that did not take
+// it, and the shard that membership changes made another member's (a
+// node joining): the reasoning is the same (a member that does not take
+// the shard is no better a holder; before, a joined but hung member was
+// handed its shards, left them unread for a grace period, and had them
+// taken over), and the joining node asks at its first pass, so the
+// hand-off waits at most one more pass of the holder. Only the preferred
+// member's ask counts: a stale one from a member preferred before is
+// ignored until that member withdraws it. A shard that failed here is not
+// asked for again until it has run here to a clean stop: it stays with
+// whoever took it over (or comes back when its lease is free). A node
+// without an advertised address (`freeway all`) takes every shard it can,
+// as before.
 
 // balanceMetrics are the balance's and the query listener's counters.
 type balanceMetrics struct {
@@ -206,21 +226,27 @@ func (p *Puma) standBy(ctx context.Context, id shardID) bool {
 	return now.Sub(since) < p.cfg.TakeoverGrace.D()
 }
 
-// handBackAfter is how many takeover grace periods a shard taken over
-// from its preferred member (which did not take it) stays before it is
-// handed back to that member.
-const handBackAfter = 10
-
-// handOff stops shard id running here, preferred for another node: its
-// run takes a final checkpoint and releases the lease.
-func (p *Puma) handOff(id shardID, to string) {
+// handOff stops shard id running here, preferred for member to, if to
+// asks for it (is in the shard's layout.PumaWants group): its run takes a
+// final checkpoint and releases the lease. A preferred member that does
+// not ask (hung, slow to start, or the shard failed there) is not handed
+// the shard: it would leave it unread until the takeover grace, and take
+// it over again.
+func (p *Puma) handOff(ctx context.Context, id shardID, to string) {
 	p.mu.RLock()
 	s := p.shards[id]
 	p.mu.RUnlock()
-	if s == nil || s.stop == nil {
+	if s == nil || s.stop == nil || s.handingOff.Load() {
 		return
 	}
-	if s.tookFrom == to && p.deps.Now().Sub(s.tookAt) < handBackAfter*p.cfg.TakeoverGrace.D() {
+	ms, _, err := p.deps.Coord.Members(ctx, names.PumaWants(id.category, id.bucket))
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Warn("cannot list who asks for shard; kept until the next pass", "shard", id.lease(), "err", err)
+		}
+		return
+	}
+	if !slices.ContainsFunc(ms, func(m coord.Member) bool { return m.ID == to }) {
 		return
 	}
 	if s.handingOff.Swap(true) {
@@ -229,6 +255,57 @@ func (p *Puma) handOff(id shardID, to string) {
 	p.bm.handoffs.Inc()
 	p.log.Info("handing shard over to its preferred node", "shard", id.lease(), "to", to)
 	s.stop()
+}
+
+// want makes the node ask for shard id (join its layout.PumaWants group)
+// or stop asking. A failed join is tried again at the next pass.
+func (p *Puma) want(ctx context.Context, id shardID, wanted bool) {
+	p.mu.RLock()
+	m, asking := p.wants[id]
+	p.mu.RUnlock()
+	if wanted == asking {
+		return
+	}
+	if !wanted {
+		p.mu.Lock()
+		delete(p.wants, id)
+		p.mu.Unlock()
+		p.withdraw(ctx, id, m)
+		return
+	}
+	m, err := p.deps.Coord.Join(ctx, names.PumaWants(id.category, id.bucket), p.cfg.ID, nil)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Warn("cannot ask for shard; retrying at the next pass", "shard", id.lease(), "err", err)
+		}
+		return
+	}
+	p.mu.Lock()
+	p.wants[id] = m
+	p.mu.Unlock()
+}
+
+// withdraw ends the node's asking for shard id, with up to 10s even once
+// ctx ended. Should it fail, the membership ends with the node's coord
+// session; meanwhile the holder may hand the shard over, and, not taken
+// here, it is taken over again after the grace.
+func (p *Puma) withdraw(ctx context.Context, id shardID, m coord.Membership) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := m.Leave(lctx); err != nil {
+		p.log.Warn("cannot stop asking for shard", "shard", id.lease(), "err", err)
+	}
+}
+
+// withdrawAll stops asking for every shard.
+func (p *Puma) withdrawAll(ctx context.Context) {
+	p.mu.Lock()
+	wants := p.wants
+	p.wants = map[shardID]coord.Membership{}
+	p.mu.Unlock()
+	for id, m := range wants {
+		p.withdraw(ctx, id, m)
+	}
 }
 
 // leave ends the node's membership, with up to 10s even once ctx ended.

@@ -56,11 +56,13 @@
 // rounded up). A node takes the shards it is preferred for, stands by for
 // the others (state elsewhere), and takes one whose lease nobody has held
 // for puma.takeover_grace (a dead node's shards: within the session
-// timeout plus the grace). A shard preferred elsewhere is handed off: its
-// run stops, takes its final checkpoint, and releases the lease, so that
-// the new owner resumes where this one had read (not to a member that
-// was preferred when this node took the shard over after the grace: it
-// did not take it then). freeway_puma_shards_owned and
+// timeout plus the grace). A node preferred for a shard another node
+// holds asks for it (joins the ephemeral group layout.PumaWants of the
+// shard, until it runs the shard or is no longer preferred), and a shard
+// preferred elsewhere is handed off only to a preferred member that asks:
+// its run stops, takes its final checkpoint, and releases the lease, so
+// that the new owner resumes where this one had read. A member that never
+// asks (hung) is never handed a shard. freeway_puma_shards_owned and
 // freeway_puma_handoffs_total count them. A node without a listener
 // (`freeway all`) takes every shard it can.
 //

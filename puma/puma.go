@@ -178,9 +178,11 @@ type Puma struct {
 	tries map[shardID]*try
 	// members are the live Puma members' ids (balance.go); unheld, for a
 	// shard this node stands by for, since when its lease is held by
-	// nobody.
+	// nobody; wants, the node's memberships of layout.PumaWants for the
+	// shards it asks another node for.
 	members []string
 	unheld  map[shardID]time.Time
+	wants   map[shardID]coord.Membership
 	bm      *balanceMetrics
 }
 
@@ -192,6 +194,11 @@ type try struct {
 	err      error      // failed: why; taken: why the previous attempt failed
 	failures int        // consecutive failed attempts
 	retryAt  time.Time  // failed: not tried again before
+	// broke: the shard failed here (could not be created, or its run
+	// failed) and has not run to a clean stop here since. The node does
+	// not ask another holder for it (balance.go): it would likely fail
+	// again, and the shard go unread in between.
+	broke bool
 }
 
 type shardID struct {
@@ -221,6 +228,7 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		shards:     map[shardID]*shard{},
 		tries:      map[shardID]*try{},
 		unheld:     map[shardID]time.Time{},
+		wants:      map[shardID]coord.Membership{},
 	}
 	for _, a := range deps.Apps {
 		if _, dup := p.apps[a.Name()]; dup {
@@ -263,6 +271,8 @@ func (p *Puma) Run(ctx context.Context) error {
 			// After every shard stopped (deferred calls run last first).
 			defer p.leave(ctx, m)
 		}
+		// After every shard stopped, too: the node asks for nothing more.
+		defer p.withdrawAll(ctx)
 		mctx, mcancel := context.WithCancel(ctx)
 		defer mcancel()
 		wg.Add(1)
@@ -314,12 +324,18 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 	_, running := p.shards[id]
 	tr := p.tries[id]
 	waiting := tr != nil && tr.state == StateFailed && now.Before(tr.retryAt)
+	broke := tr != nil && tr.broke
 	p.mu.RUnlock()
 	name := id.lease()
 	preferred := pref[name]
 	elsewhere := preferred != "" && preferred != p.cfg.ID
 	if running && elsewhere {
-		p.handOff(id, preferred)
+		p.handOff(ctx, id, preferred)
+	}
+	// Asked for only while preferred here and held by another node (see
+	// the ErrHeld case below).
+	if preferred != p.cfg.ID || running || broke {
+		p.want(ctx, id, false)
 	}
 	if running || waiting || ctx.Err() != nil {
 		return
@@ -335,6 +351,9 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 		}
 		if errors.Is(err, coord.ErrHeld) {
 			p.record(id, StateElsewhere, nil, false)
+			if preferred == p.cfg.ID && !broke {
+				p.want(ctx, id, true)
+			}
 			return
 		}
 		p.log.Warn("cannot acquire shard", "shard", name, "err", err)
@@ -342,19 +361,18 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 		return
 	}
 	s, err := newShard(p, id.category, id.bucket, lease)
-	if err == nil && elsewhere {
-		s.tookFrom, s.tookAt = preferred, p.deps.Now()
-	}
 	if err != nil {
 		_ = lease.Release(ctx) // a lease not released ends with the coord session
 		p.log.Error("cannot create shard", "shard", name, "err", err)
 		p.record(id, StateFailed, fmt.Errorf("create shard %s/%d: %w", id.category, id.bucket, err), false)
+		p.markBroke(id)
 		return
 	}
 	p.mu.Lock()
 	p.shards[id] = s
 	p.mu.Unlock()
 	p.record(id, "", nil, false)
+	p.want(ctx, id, false)
 	sctx, stop := context.WithCancel(ctx)
 	s.stop = stop
 	wg.Add(1)
@@ -374,6 +392,7 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 			// A shard that ran well before it failed starts its count of
 			// failures afresh.
 			p.record(id, StateFailed, err, isReady(s))
+			p.markBroke(id)
 		default:
 			// Stopped, or its lease was lost: tried again at the next pass.
 			p.mu.Lock()
@@ -408,6 +427,15 @@ func (p *Puma) record(id shardID, state ShardState, err error, afresh bool) {
 		tr.retryAt = now.Add(backoff.Delay(retryMin, retryMax, tr.failures))
 	case StateElsewhere:
 		tr.err, tr.failures = nil, 0
+	}
+}
+
+// markBroke notes that shard id failed here (try.broke).
+func (p *Puma) markBroke(id shardID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if tr := p.tries[id]; tr != nil {
+		tr.broke = true
 	}
 }
 

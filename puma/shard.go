@@ -32,14 +32,6 @@ type shard struct {
 	// lease is released); handingOff is set once it is called for that.
 	stop       context.CancelFunc
 	handingOff atomic.Bool
-	// tookFrom is the member that was preferred for the shard when this
-	// node took it over after the grace (it did not take it), at tookAt:
-	// the shard is not handed back to it for handBackAfter grace periods,
-	// which would only have it taken back again; after that it is (a
-	// member slow to start, on a loaded machine, is not kept unbalanced
-	// for ever).
-	tookFrom string
-	tookAt   time.Time
 
 	mu        sync.RWMutex
 	tables    []*table

@@ -16,6 +16,7 @@
 //	                                    plus mm=MM/ for periods under an hour)
 //	calligraphus/<cat>/<bucket>         writer lease
 //	puma/<cat>/<bucket>                 Puma shard lease
+//	wants/puma/<cat>/<bucket>           coord group: Puma nodes asking for the shard
 //	c/<cat>/<bucket>, s/<cat>/<bucket>/  Puma's commit row and cell rows
 //
 // # Categories

@@ -11,3 +11,11 @@ const (
 	// the node's query listener (puma.listen), which serving fans out to.
 	PumaMembers = "members/puma"
 )
+
+// PumaWants is the group of the Puma nodes that ask for a shard (one
+// bucket) held by another node: the node preferred for it joins while
+// another holds it, and the holder hands it over only to a member of it.
+// No data.
+func PumaWants(category string, bucket int) string {
+	return "wants/puma/" + BucketDir(category, bucket)
+}
