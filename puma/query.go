@@ -742,6 +742,47 @@ func (t *topN) scan(sp *span) {
 	}
 }
 
+// keyScannable reports whether scanKeys can read the plan's cells: no
+// order_by (rows in window and key order) and no where.
+func (t *topN) keyScannable() bool {
+	return t.pl.order < 0 && len(t.pl.where) == 0 && t.pl.points == nil && t.err == nil
+}
+
+// scanKeys offers every cell of window w (keyScannable), as add would,
+// but once the heap is full it passes a cell by on its window and key
+// alone: a window later than the top's holds no row that enters, and in
+// the top's window a key at or after the top's does not either. The
+// loop compares strings in place, without a call or a cell view.
+func (t *topN) scanKeys(w int64, wc *windowCells) {
+	pl := t.pl
+	n := wc.len()
+	if n == 0 || w < pl.from || w >= pl.to {
+		return
+	}
+	t.n += n
+	keys := wc.keys
+	for i := 0; i < n; i++ {
+		if len(t.h) == t.limit {
+			top := t.h[0]
+			if w > top.start {
+				return
+			}
+			if w == top.start {
+				for i < n && keys[i] >= top.key {
+					i++
+				}
+				if i == n {
+					return
+				}
+			}
+		}
+		t.offer(w, keys[i], wc.cell(int32(i)))
+		if t.err != nil {
+			return
+		}
+	}
+}
+
 func (t *topN) push(x keyed) {
 	if len(t.h) < t.limit {
 		t.h = append(t.h, x)
@@ -923,6 +964,10 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m cellSin
 						continue
 					}
 					found = found || sp.windows[w].len() > 0
+					if tn, ok := m.(*topN); ok && tn.keyScannable() {
+						tn.scanKeys(w, sp.windows[w])
+						continue
+					}
 					pl.eachCellIn(sp, w, func(key string, c cell) { m.add(w, key, c) })
 				}
 			})
