@@ -214,7 +214,10 @@
 // is reached; otherwise a bounded heap keeps the first rows (with OrderBy,
 // by the aggregate's value: a top-N). When each row is one cell (the
 // app's key, its windows, one shard) the heap takes the cells as they
-// are read, and a row is built only for a cell that enters it. Where
+// are read, and a row is built only for a cell that enters it; ordered
+// by a count, sum, min or max without a where, a window's slot array is
+// read in one loop that passes by a cell worse than the heap's top on its
+// value alone. Where
 // filters the cells on their group keys before they are merged; a where
 // that fixes every group key looks its keys up in each window instead of
 // testing every cell (the store's evicted windows are scanned and

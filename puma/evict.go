@@ -253,6 +253,10 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m cellSink) error {
 				at = commitState{Epoch: s.committedEpoch, Aborted: s.readAborted}
 				into = m.fresh()
 			}
+			if tn, ok := into.(*topN); ok && tn.scannable() {
+				tn.scan(sp)
+				continue
+			}
 			pl.eachCell(sp, into.add)
 		}
 	})

@@ -153,12 +153,15 @@ func BenchmarkPointTopN(b *testing.B) {
 		} {
 			b.Run(g.name+"/"+c.name, func(b *testing.B) {
 				b.ReportAllocs()
+				cpu0, n := processCPU(b), 0
 				for b.Loop() {
 					res, err := p.Query(context.Background(), c.q)
 					if err != nil || len(res.Rows) != c.rows {
 						b.Fatalf("%v %d rows", err, len(res.Rows))
 					}
+					n++
 				}
+				b.ReportMetric(float64(processCPU(b)-cpu0)/float64(n), "cpu-ns/op")
 			})
 		}
 	}

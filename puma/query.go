@@ -493,11 +493,15 @@ func byValue(desc bool) func(a, b keyed) int {
 			}
 			return 1
 		case a.has && a.v != b.v:
-			c := cmp.Compare(a.v, b.v)
-			if desc {
-				c = -c
+			// cmp.Compare, not a.v != b.v, says whether they tie: two
+			// NaNs are unequal yet compare equal, and fall to the key
+			// as a tie does, so that the order stays total.
+			if c := cmp.Compare(a.v, b.v); c != 0 {
+				if desc {
+					c = -c
+				}
+				return c
 			}
-			return c
 		}
 		return compareKeyed(a, b)
 	}
@@ -662,6 +666,12 @@ func (t *topN) add(window int64, key string, c cell) {
 		return
 	}
 	t.n++
+	t.offer(window, key, c)
+}
+
+// offer judges a cell of the range that the where keeps (counted in n).
+func (t *topN) offer(window int64, key string, c cell) {
+	pl := t.pl
 	x := keyed{start: window, key: key}
 	if err := pl.orderValue(&x, c); err != nil {
 		t.err = err
@@ -675,6 +685,102 @@ func (t *topN) add(window int64, key string, c cell) {
 	x.r = &mrow{start: window, end: window + pl.srcMs, cell: pl.layout.newCell()}
 	pl.layout.merge(x.r.cell, c)
 	t.push(x)
+}
+
+// scannable reports whether scan can read the plan's cells: an order_by
+// whose value is a fixed slot of the cell (agg.Func.Slot0Value), and no
+// where (every cell of the range is a row, so none is judged by its key).
+func (t *topN) scannable() bool {
+	f := t.pl.orderFixed
+	return f != nil && f.fn.Slot0Value && len(t.pl.where) == 0 && t.pl.points == nil && t.err == nil
+}
+
+// scan offers every cell of span sp in the plan's range (scannable), as
+// eachCell and add would, but judges a cell by its slot first: once the
+// heap is full, a cell whose value is worse than the heap's top value
+// cannot enter it (the order is by value first, so neither its window
+// nor its key matters), and the loop over the window's slot array passes
+// it by with one comparison, without a call, its key or a cell view.
+// Every other cell (a value equal to the top's, one that is better, no
+// value, or a heap not yet full) goes through offer, the general path.
+// Only a value that NumberSlots reports (finite for sum, min, max) is
+// in the order; the slots without one are ±Inf or NaN: NaN compares
+// false and goes to offer, -Inf (desc) or +Inf (asc) is passed by, and
+// rightly, since a row without a value sorts after any with one.
+func (t *topN) scan(sp *span) {
+	pl := t.pl
+	off := pl.orderFixed.off
+	desc := pl.q.Desc
+	for w, wc := range sp.windows {
+		if w < pl.from || w >= pl.to || wc.len() == 0 {
+			continue
+		}
+		n, stride := len(wc.keys), wc.stride
+		t.n += n
+		slots := wc.slots[off:]
+		for i := 0; i < n; i++ {
+			if len(t.h) == t.limit && t.h[0].has {
+				thr, at := t.h[0].v, i*stride
+				if desc {
+					for i < n && slots[at] < thr {
+						i, at = i+1, at+stride
+					}
+				} else {
+					for i < n && slots[at] > thr {
+						i, at = i+1, at+stride
+					}
+				}
+				if i == n {
+					break
+				}
+			}
+			t.offer(w, wc.keys[i], wc.cell(int32(i)))
+			if t.err != nil {
+				return
+			}
+		}
+	}
+}
+
+// keyScannable reports whether scanKeys can read the plan's cells: no
+// order_by (rows in window and key order) and no where.
+func (t *topN) keyScannable() bool {
+	return t.pl.order < 0 && len(t.pl.where) == 0 && t.pl.points == nil && t.err == nil
+}
+
+// scanKeys offers every cell of window w (keyScannable), as add would,
+// but once the heap is full it passes a cell by on its window and key
+// alone: a window later than the top's holds no row that enters, and in
+// the top's window a key at or after the top's does not either. The
+// loop compares strings in place, without a call or a cell view.
+func (t *topN) scanKeys(w int64, wc *windowCells) {
+	pl := t.pl
+	n := wc.len()
+	if n == 0 || w < pl.from || w >= pl.to {
+		return
+	}
+	t.n += n
+	keys := wc.keys
+	for i := 0; i < n; i++ {
+		if len(t.h) == t.limit {
+			top := t.h[0]
+			if w > top.start {
+				return
+			}
+			if w == top.start {
+				for i < n && keys[i] >= top.key {
+					i++
+				}
+				if i == n {
+					return
+				}
+			}
+		}
+		t.offer(w, keys[i], wc.cell(int32(i)))
+		if t.err != nil {
+			return
+		}
+	}
 }
 
 func (t *topN) push(x keyed) {
@@ -858,6 +964,10 @@ func firstWindows(ctx context.Context, app *apps.App, shards []*shard, m cellSin
 						continue
 					}
 					found = found || sp.windows[w].len() > 0
+					if tn, ok := m.(*topN); ok && tn.keyScannable() {
+						tn.scanKeys(w, sp.windows[w])
+						continue
+					}
 					pl.eachCellIn(sp, w, func(key string, c cell) { m.add(w, key, c) })
 				}
 			})

@@ -107,6 +107,10 @@ type Func struct {
 	// NumberSlots is ResultSlots without boxing the value (ok false:
 	// no value), for a query that orders a million cells by it.
 	NumberSlots func(s []float64) (v float64, ok bool)
+	// Slot0Value: NumberSlots(s) is (s[0], ok) for every s, the value
+	// (when there is one) the first slot itself, so that a query ordering
+	// a million cells compares their slots without calling NumberSlots.
+	Slot0Value bool
 
 	// params lists the parameters the function takes; check validates
 	// them with defaults applied and returns the field (relative YAML
@@ -174,6 +178,7 @@ var funcs = map[string]*Func{
 		MergeSlots:  func(d, s []float64) { d[0] += s[0] },
 		ResultSlots: func(s []float64) any { return s[0] },
 		NumberSlots: func(s []float64) (float64, bool) { return s[0], true },
+		Slot0Value:  true,
 	},
 	"sum": {
 		Name: "sum", NeedsField: true, Numeric: true,
@@ -183,6 +188,7 @@ var funcs = map[string]*Func{
 		MergeSlots:  func(d, s []float64) { d[0] += s[0] },
 		ResultSlots: func(s []float64) any { return finite(s[0]) },
 		NumberSlots: func(s []float64) (float64, bool) { return finiteNumber(s[0]) },
+		Slot0Value:  true,
 	},
 	"min": {
 		Name: "min", NeedsField: true, Numeric: true,
@@ -192,6 +198,7 @@ var funcs = map[string]*Func{
 		MergeSlots:  func(d, s []float64) { d[0] = math.Min(d[0], s[0]) },
 		ResultSlots: func(s []float64) any { return finite(s[0]) },
 		NumberSlots: func(s []float64) (float64, bool) { return finiteNumber(s[0]) },
+		Slot0Value:  true,
 	},
 	"max": {
 		Name: "max", NeedsField: true, Numeric: true,
@@ -201,6 +208,7 @@ var funcs = map[string]*Func{
 		MergeSlots:  func(d, s []float64) { d[0] = math.Max(d[0], s[0]) },
 		ResultSlots: func(s []float64) any { return finite(s[0]) },
 		NumberSlots: func(s []float64) (float64, bool) { return finiteNumber(s[0]) },
+		Slot0Value:  true,
 	},
 	"avg": {
 		Name: "avg", NeedsField: true, Numeric: true,

@@ -622,3 +622,38 @@ func TestNumberSlotsAgreeWithResultSlots(t *testing.T) {
 		}
 	}
 }
+
+// TestSlot0ValueIsNumberSlots: a function that says its value is its
+// first slot (Slot0Value) answers NumberSlots with that slot, bit for
+// bit, whenever it has a value, over ordinary values and the edges
+// (±0, ±Inf, NaN, the extremes); a query relies on it to order cells by
+// their slots alone.
+func TestSlot0ValueIsNumberSlots(t *testing.T) {
+	vals := []float64{0, math.Copysign(0, -1), 1, -1, 0.5, 3e300, -3e300, math.MaxFloat64, -math.MaxFloat64,
+		math.SmallestNonzeroFloat64, math.Inf(1), math.Inf(-1), math.NaN()}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 200 {
+		vals = append(vals, math.Float64frombits(rng.Uint64()))
+	}
+	n := 0
+	for name, f := range funcs {
+		if !f.Slot0Value {
+			continue
+		}
+		n++
+		if f.Slots < 1 || f.NumberSlots == nil {
+			t.Fatalf("%s: Slot0Value without slots or NumberSlots", name)
+		}
+		for _, v := range vals {
+			s := make([]float64, f.Slots)
+			s[0] = v
+			got, ok := f.NumberSlots(s)
+			if ok && math.Float64bits(got) != math.Float64bits(v) {
+				t.Errorf("%s: NumberSlots(%v) = %v, not its first slot", name, v, got)
+			}
+		}
+	}
+	if n < 4 {
+		t.Fatalf("%d functions with Slot0Value, want count, sum, min, max", n)
+	}
+}
