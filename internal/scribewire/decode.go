@@ -82,25 +82,14 @@ type Decoder struct {
 // DecodeLog decodes the arguments of a Log call (the struct after the
 // message header). It reports false where it gives up: the caller must
 // then decode b with the generated code.
-func (d *Decoder) DecodeLog(b []byte) bool {
-	d.reset(b)
-	seen := false
-	for d.ok {
-		t, id := d.fieldBegin()
-		if !d.ok || t == tStop {
-			break
-		}
-		if id != 1 || t != tList || seen {
-			return false
-		}
-		seen = true
-		d.entries()
-	}
-	return d.ok
-}
+func (d *Decoder) DecodeLog(b []byte) bool { return d.args(b, tList, d.entries) }
 
 // DecodeLogBatch decodes the arguments of a LogBatch call; see DecodeLog.
-func (d *Decoder) DecodeLogBatch(b []byte) bool {
+func (d *Decoder) DecodeLogBatch(b []byte) bool { return d.args(b, tStruct, d.decodeBatch) }
+
+// args decodes a call's arguments struct whose one field (id 1, of type
+// want) body reads; any other field, or the field twice, gives up.
+func (d *Decoder) args(b []byte, want byte, body func()) bool {
 	d.reset(b)
 	seen := false
 	for d.ok {
@@ -108,11 +97,11 @@ func (d *Decoder) DecodeLogBatch(b []byte) bool {
 		if !d.ok || t == tStop {
 			break
 		}
-		if id != 1 || t != tStruct || seen {
+		if id != 1 || t != want || seen {
 			return false
 		}
 		seen = true
-		d.decodeBatch()
+		body()
 	}
 	return d.ok
 }
