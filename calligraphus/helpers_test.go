@@ -357,3 +357,20 @@ func engineBackends(t *testing.T) (dfs.FS, func() coord.Coord) {
 		return co
 	}
 }
+
+// sealedBucket is a local dfs whose bucket cat/0 writer "a" took at epoch
+// 1 and sealed: where the salvage tests start.
+func sealedBucket(t *testing.T) *localfs.FS {
+	t.Helper()
+	local := newLocal(t)
+	if err := local.MkdirAll("cat/0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := layout.WriteIntent(local, "cat/0", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layout.WriteSeal(local, "cat/0", 1, "a"); err != nil {
+		t.Fatal(err)
+	}
+	return local
+}

@@ -35,17 +35,7 @@ func (h *hookedFS) ReadDir(name string) ([]fs.FileInfo, error) {
 // intent exists. Its FenceTop check passes, so it answered OK for those
 // entries; the new owner must salvage them, or they are lost.
 func TestSalvageSeesSegmentSyncedBeforeIntent(t *testing.T) {
-	local := newLocal(t)
-	if err := local.MkdirAll("cat/0"); err != nil {
-		t.Fatal(err)
-	}
-	// Writer A took the bucket at epoch 1 and sealed it.
-	if err := layout.WriteIntent(local, "cat/0", 1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := layout.WriteSeal(local, "cat/0", 1, "a"); err != nil {
-		t.Fatal(err)
-	}
+	local := sealedBucket(t) // writer a took cat/0 at epoch 1 and sealed it
 	fsys := &hookedFS{FS: local, at: layout.FenceDir("cat/0")}
 	fsys.hook = func() {
 		// Between B's listing of the bucket and its intent: A's new
@@ -89,16 +79,7 @@ func (h *afterListFS) ReadDir(name string) ([]fs.FileInfo, error) {
 // the bucket must not fail for it (a failed take answers TRY_LATER and
 // leaves an unsealed intent that holds readers back).
 func TestSalvageOfSegmentPublishedMeanwhile(t *testing.T) {
-	local := newLocal(t)
-	if err := local.MkdirAll("cat/0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := layout.WriteIntent(local, "cat/0", 1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := layout.WriteSeal(local, "cat/0", 1, "a"); err != nil {
-		t.Fatal(err)
-	}
+	local := sealedBucket(t)
 	name := writeCrashed(t, local, "cat/0", 1, 7, []*segment.Block{{Messages: [][]byte{[]byte("acked-by-a")}}}, false)
 	fsys := &afterListFS{FS: local, dir: "cat/0"}
 	fsys.hook = func() {

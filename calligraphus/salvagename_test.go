@@ -36,16 +36,7 @@ func (h *renameHookFS) Rename(from, to string) error {
 // copy name: the superseded one removed and renamed away the newer one's
 // copy, whose take failed.
 func TestSalvageCopyPerTaker(t *testing.T) {
-	local := newLocal(t)
-	if err := local.MkdirAll("cat/0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := layout.WriteIntent(local, "cat/0", 1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := layout.WriteSeal(local, "cat/0", 1, "a"); err != nil {
-		t.Fatal(err)
-	}
+	local := sealedBucket(t)
 	seg := writeCrashed(t, local, "cat/0", 1, 7, []*segment.Block{{Messages: [][]byte{[]byte("acked-by-a")}}}, false)
 	// Leftovers: a crashed taker's copy (epoch 1) and one of the code
 	// before, of another old segment.
