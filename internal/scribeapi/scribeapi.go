@@ -257,6 +257,9 @@ func peerString(ctx context.Context) string {
 type Client struct {
 	conn *thriftsrv.Client
 	*scribethrift.ScribeClient
+	std   *thrift.TStandardClient // under ScribeClient
+	iprot thrift.TProtocol        // std's
+	seq   int32                   // LogBatchFrame's last sequence id
 }
 
 // Dial connects to a Scribe server.
@@ -270,7 +273,9 @@ func DialTLS(addr string, tc *tls.Config, limits thriftsrv.Limits, timeout time.
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, ScribeClient: scribethrift.NewScribeClient(conn.TClient())}, nil
+	iprot := conn.Protocol.GetProtocol(conn.Transport)
+	std := thrift.NewTStandardClient(iprot, conn.Protocol.GetProtocol(conn.Transport))
+	return &Client{conn: conn, ScribeClient: scribethrift.NewScribeClient(std), std: std, iprot: iprot}, nil
 }
 
 // Close closes the connection.
