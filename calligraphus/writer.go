@@ -45,6 +45,7 @@ func (r *appendReq) encode() {
 	for _, b := range r.blocks {
 		r.enc = segment.AppendUnstamped(r.enc, b)
 		clear(b.Messages)
+		b.Messages = b.Messages[:0] // recycle has nothing more to clear
 	}
 }
 
