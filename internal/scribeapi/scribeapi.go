@@ -8,7 +8,9 @@
 // struct and no []byte per entry); what that fast path leaves (metadata,
 // unknown fields, malformed input) goes to the generated code and the
 // Handler's methods, with the generated code's errors. Client's
-// LogEncoded and LogBatchEncoded send arguments scribewire encoded.
+// LogEncoded and LogBatchEncoded send arguments scribewire encoded;
+// LogBatchFrame sends them from a frame the caller built around them, in
+// one write (the agent's shipper).
 //
 // The port itself (framing, limits, the in-flight byte budget, idle and
 // slow clients) is internal/thriftsrv; a call it refuses unprocessed (too
