@@ -343,7 +343,6 @@ func (c *Calligraphus) Log(ctx context.Context, entries []*scribethrift.LogEntry
 
 // LogEntries is Log for entries decoded by the port's fast path.
 func (c *Calligraphus) LogEntries(ctx context.Context, entries []scribewire.Entry) (scribethrift.ResultCode, error) {
-	scribewire.OwnMessages(entries) // the writers keep them past the call
 	return c.ingest(ctx, callInfo{arrivalMs: c.now().UnixMilli()}, entries), nil
 }
 
@@ -379,7 +378,6 @@ func (c *Calligraphus) LogBatchEntries(ctx context.Context, b *scribewire.Batch,
 	if b == nil {
 		return scribethrift.ResultCode_OK, nil
 	}
-	scribewire.OwnMessages(entries) // the writers keep them past the call
 	// The agent's arrival time, but never later than ours: a clock ahead
 	// would make Puma take entries from the future as on time.
 	now := c.now().UnixMilli()
@@ -600,6 +598,7 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []scri
 	}
 	for i, w := range claimed {
 		if w != nil {
+			reqs[i].encode() // here, while the call's bytes are there
 			w.enqueue(reqs[i])
 		}
 	}

@@ -22,22 +22,15 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 			return false, err
 		}
 	}
-	w.buf = w.buf[:0]
-	entries := 0
-	for _, r := range batch {
-		for _, b := range r.blocks {
-			w.buf = w.enc.AppendBlock(w.buf, b)
-		}
-		entries += r.entries
-	}
-	if _, err := w.file.Write(w.buf); err != nil {
+	entries, bytes, err := w.writeBlocks(batch)
+	if err != nil {
 		w.fail()
 		return false, fmt.Errorf("write %s: %w", w.tmp, err)
 	}
-	w.size += int64(len(w.buf))
+	w.size += int64(bytes)
 	if !fsys.SyncDurable() {
 		// Only the publish makes the batch durable.
-		w.startClose(batch, entries, len(w.buf), start)
+		w.startClose(batch, entries, bytes, start)
 		return true, nil
 	}
 	if err := w.file.Sync(); err != nil {
@@ -59,7 +52,7 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 		w.fenced("")
 		return false, fmt.Errorf("write %s: %w", w.tmp, errFenced)
 	}
-	w.written(entries, len(w.buf))
+	w.written(entries, bytes)
 	if w.size >= int64(w.c.cfg.SegmentMaxBytes) {
 		// The batch is durable whatever happens here: a segment that
 		// cannot be published is salvaged (see publish).
@@ -68,6 +61,46 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 		}
 	}
 	return false, nil
+}
+
+// directWrite is the size from which a request's blocks are written as
+// they are, by a write of their own, rather than copied into w.buf to
+// share one: a system call costs about what copying this many bytes
+// does.
+const directWrite = 16 << 10
+
+// writeBlocks stamps the batch's blocks (encoded by the calls,
+// appendReq.encode) for the open segment and writes them in order: runs
+// of small requests gathered into one write, larger ones written from
+// their own bytes. It returns the entries and bytes written.
+func (w *bucketWriter) writeBlocks(batch []*appendReq) (entries, bytes int, err error) {
+	w.buf = w.buf[:0]
+	flush := func() error {
+		if len(w.buf) == 0 {
+			return nil
+		}
+		_, err := w.file.Write(w.buf)
+		w.buf = w.buf[:0]
+		return err
+	}
+	for _, r := range batch {
+		if err := w.enc.Stamp(r.enc); err != nil {
+			return 0, 0, err // a defect: encode writes whole blocks
+		}
+		entries += r.entries
+		bytes += len(r.enc)
+		if len(r.enc) < directWrite {
+			w.buf = append(w.buf, r.enc...)
+			continue
+		}
+		if err := flush(); err != nil {
+			return 0, 0, err
+		}
+		if _, err := w.file.Write(r.enc); err != nil {
+			return 0, 0, err
+		}
+	}
+	return entries, bytes, flush()
 }
 
 // closing is a segment being closed by a goroutine of its own, with the

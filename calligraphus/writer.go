@@ -23,7 +23,30 @@ type appendReq struct {
 	size    int64 // upper bound of the encoded blocks
 	entries int
 	bound   int // of the last block's body
-	done    chan error
+	// enc is the blocks encoded (segment.AppendUnstamped) by the calling
+	// goroutine while the call's bytes are still there: the bucket
+	// writer writes these bytes, stamped for its segment, and never
+	// reads the messages, which may alias a frame reused once the call
+	// has returned (an answer given before the write: a cancelled call).
+	enc  []byte
+	done chan error
+}
+
+// maxKeptEnc bounds the encoding buffer a pooled request keeps.
+const maxKeptEnc = 4 << 20
+
+// encode encodes the blocks into r.enc and drops the references to the
+// messages: from here on the request holds its entries' bytes itself.
+func (r *appendReq) encode() {
+	if cap(r.enc) < int(r.size) {
+		r.enc = make([]byte, 0, r.size)
+	}
+	r.enc = r.enc[:0]
+	for _, b := range r.blocks {
+		r.enc = segment.AppendUnstamped(r.enc, b)
+		clear(b.Messages)
+		b.Messages = b.Messages[:0] // recycle has nothing more to clear
+	}
 }
 
 // add appends a message to the request, in a new block when the last one
@@ -87,6 +110,10 @@ func (c *Calligraphus) recycle(r *appendReq) {
 	}
 	r.blocks = r.blocks[:0]
 	r.size, r.entries, r.bound = 0, 0, 0
+	if cap(r.enc) > maxKeptEnc {
+		r.enc = nil
+	}
+	r.enc = r.enc[:0]
 	c.reqs.Put(r)
 }
 

@@ -306,9 +306,11 @@ type batchArgs struct {
 	buf *[]byte // reused by the sender's calls
 }
 
-// encode returns the encoded arguments, in the sender's buffer.
+// encode returns the LogBatch frame, in the sender's buffer: room for
+// the frame's head (scribeapi.LogBatchFrame fills it in), then the
+// encoded arguments.
 func (a *batchArgs) encode() []byte {
-	size := 64 + len(a.id) + len(a.b.Incarnation)
+	size := scribeapi.BatchFrameHead + 64 + len(a.id) + len(a.b.Incarnation)
 	for _, e := range a.b.Entries {
 		size += scribewire.EntrySize(e.Category, e.Message)
 	}
@@ -316,6 +318,7 @@ func (a *batchArgs) encode() []byte {
 	if cap(b) < size {
 		b = make([]byte, 0, size)
 	}
+	b = b[:scribeapi.BatchFrameHead]
 	b = scribewire.AppendBatchHead(b, a.id, int64(a.b.First), len(a.b.Entries))
 	for _, e := range a.b.Entries {
 		b = scribewire.AppendEntry(b, e.Category, e.Message)
@@ -352,7 +355,7 @@ func (u *upstream) send(ctx context.Context, args *batchArgs) (scribethrift.Resu
 	stop := context.AfterFunc(ctx, func() { _ = u.c.Close() })
 	defer stop()
 	if !u.plainLog {
-		rc, err := u.c.LogBatchEncoded(ctx, args.encode())
+		rc, err := u.c.LogBatchFrame(ctx, args.encode())
 		var ae thrift.TApplicationException
 		if errors.As(err, &ae) && ae.TypeId() == thrift.UNKNOWN_METHOD {
 			return rc, errNoLogBatch

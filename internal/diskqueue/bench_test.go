@@ -6,8 +6,29 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 )
+
+// cpuPerOp reports the process's CPU time (user and system, every
+// goroutine's) per op as cpu-ns/op: on a shared, loaded machine wall
+// time says more about the neighbours. Call the returned function when
+// the ops are done.
+func cpuPerOp(b *testing.B) func() {
+	start := cpuTime(b)
+	return func() {
+		b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 func benchBatch() []Entry {
 	es := make([]Entry, 100)
@@ -27,7 +48,9 @@ func BenchmarkAppend(b *testing.B) {
 			es := benchBatch()
 			b.SetBytes(int64(len(es) * RecordSize(&es[0])))
 			var next atomic.Int64
+			b.ReportAllocs()
 			b.ResetTimer()
+			report := cpuPerOp(b)
 			var wg sync.WaitGroup
 			for range writers {
 				wg.Go(func() {
@@ -40,6 +63,7 @@ func BenchmarkAppend(b *testing.B) {
 				})
 			}
 			wg.Wait()
+			report()
 			b.ReportMetric(float64(q.Stats().Syncs)/float64(b.N), "fsyncs/op")
 		})
 	}
@@ -57,7 +81,10 @@ func BenchmarkReadAck(b *testing.B) {
 		}
 	}
 	b.SetBytes(int64(RecordSize(&es[0])))
+	b.ReportAllocs()
 	b.ResetTimer()
+	report := cpuPerOp(b)
+	defer report()
 	for n := 0; n < b.N; {
 		bt, err := q.Read(context.Background(), 1<<20, 10000)
 		if err != nil {

@@ -226,17 +226,15 @@ func (q *Queue) recoverLast() (uint64, int64, error) {
 		_ = f.Close() // nothing written to it yet
 		return 0, 0, fmt.Errorf("stat segment: %w", err)
 	}
-	sc := newScanner(last, f, st.Size())
+	sc := newScanner(last, f, st.Size(), false)
 	prev := last.first - 1 // the last valid record's sequence number
 	end := last.hdrSize    // and where it ends
-	var scratch []byte
 	var torn error
 	for {
 		off := sc.off
 		h, err := sc.peek()
 		if err == nil {
-			scratch = slices.Grow(scratch[:0], h.pl)[:h.pl]
-			if _, _, _, err = sc.take(scratch); err == nil {
+			if _, _, _, err = sc.take(); err == nil {
 				prev, end = h.seq, sc.off
 				continue
 			}

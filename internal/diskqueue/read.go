@@ -1,7 +1,6 @@
 package diskqueue
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
-	"slices"
 )
 
 // Batch is a run of consecutive entries from the queue, all numbered by
@@ -52,10 +50,19 @@ func (s *source) Read(p []byte) (int, error) {
 // size: the file's size for a sealed segment, the durable size for the
 // last one (so that it never reads, and buffers, bytes a failed commit
 // wrote and its rollback removes).
+//
+// It reads the file into buf and hands out payloads where they lie, not
+// copied: buf[r:w] are the file's bytes from off on, buf[:r] has been
+// handed out and is never written again (with keep), so a payload stays
+// valid for as long as its holder keeps it. A read appends after w; when
+// buf has too little room left, a new one is allocated and the unread
+// bytes (a part of one record) move there.
 type scanner struct {
 	seg    segment
 	src    source
-	br     *bufio.Reader
+	buf    []byte
+	r, w   int
+	keep   bool // payloads are kept by the caller: never reuse buf
 	size   int64
 	sealed bool   // size is the file's final size
 	off    int64  // offset of the record peek looks at
@@ -65,11 +72,19 @@ type scanner struct {
 	peeked bool
 }
 
-func newScanner(s segment, f *os.File, size int64) *scanner {
-	sc := &scanner{seg: s, src: source{f: f, off: s.hdrSize, limit: size}, size: size,
-		off: s.hdrSize, pos: s.first, last: s.first - 1}
-	sc.br = bufio.NewReaderSize(&sc.src, 1<<20)
-	return sc
+// scanBuf is the size of a scanner's buffer, and minRead the least room
+// worth reading into: with less, a new buffer is taken.
+const (
+	scanBuf = 1 << 20
+	minRead = 64 << 10
+)
+
+// newScanner returns a scanner of s from its first record. With keep,
+// the payloads it returns stay valid (the queue's reader hands them out
+// in batches); without, each is valid until the next take.
+func newScanner(s segment, f *os.File, size int64, keep bool) *scanner {
+	return &scanner{seg: s, src: source{f: f, off: s.hdrSize, limit: size}, size: size,
+		off: s.hdrSize, pos: s.first, last: s.first - 1, keep: keep}
 }
 
 func (sc *scanner) close() { _ = sc.src.f.Close() } // opened for reading
@@ -84,7 +99,35 @@ func (sc *scanner) setSize(n int64) {
 // seek moves to the record at off.
 func (sc *scanner) seek(off int64) {
 	sc.off, sc.src.off, sc.peeked = off, off, false
-	sc.br.Reset(&sc.src)
+	sc.r = sc.w // what was read ahead is not at off
+}
+
+// fill makes at least n bytes readable at buf[r:]. It returns io.EOF or
+// io.ErrUnexpectedEOF where the readable end comes first.
+func (sc *scanner) fill(n int) error {
+	for sc.w-sc.r < n {
+		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead {
+			nb := sc.buf
+			if sc.keep || cap(sc.buf) < n {
+				nb = make([]byte, max(n, scanBuf))
+			}
+			nb = nb[:cap(nb)]
+			k := copy(nb, sc.buf[sc.r:sc.w])
+			sc.buf, sc.r, sc.w = nb, 0, k
+		}
+		k, err := sc.src.Read(sc.buf[sc.w:cap(sc.buf)])
+		sc.w += k
+		if err != nil {
+			if sc.w-sc.r >= n {
+				return nil
+			}
+			if errors.Is(err, io.EOF) && sc.w > sc.r {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // peek checks the header of the record at off without consuming it. It
@@ -104,14 +147,15 @@ func (sc *scanner) peek() (recHeader, error) {
 	if sc.size-sc.off < int64(n) {
 		return recHeader{}, fmt.Errorf("%w: record header cut short", errDamaged)
 	}
-	b, err := sc.br.Peek(n)
-	if err != nil {
+	if err := sc.fill(n); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return recHeader{}, fmt.Errorf("%w: segment shorter than expected", errDamaged)
 		}
 		return recHeader{}, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
 	}
+	b := sc.buf[sc.r : sc.r+n]
 	var h recHeader
+	var err error
 	if sc.seg.version == 1 {
 		h, err = parseV1Header(b)
 		h.seq = sc.pos
@@ -131,23 +175,21 @@ func (sc *scanner) peek() (recHeader, error) {
 	return h, nil
 }
 
-// take consumes the record peek checked, reading its payload into p
-// (len(p) == pl). A payload that fails its CRC is consumed all the same
-// and reported as errDamaged.
-func (sc *scanner) take(p []byte) (int64, []byte, []byte, error) {
+// take consumes the record peek checked and returns its payload's parts,
+// where they lie in the scanner's buffer (see keep). A payload that
+// fails its CRC is consumed all the same and reported as errDamaged.
+func (sc *scanner) take() (int64, []byte, []byte, error) {
 	h := sc.hdr
 	n := sc.seg.recHdr
-	if _, err := sc.br.Discard(n); err != nil {
-		sc.seek(sc.off)
-		return 0, nil, nil, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
-	}
-	if _, err := io.ReadFull(sc.br, p); err != nil {
+	if err := sc.fill(n + h.pl); err != nil {
 		sc.seek(sc.off)
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return 0, nil, nil, fmt.Errorf("%w: segment shorter than expected", errDamaged)
 		}
 		return 0, nil, nil, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
 	}
+	p := sc.buf[sc.r+n : sc.r+n+h.pl : sc.r+n+h.pl]
+	sc.r += n + h.pl
 	sc.off += int64(n + h.pl)
 	sc.peeked = false
 	sc.pos++
@@ -219,8 +261,6 @@ type reader struct {
 	sc       *scanner // the open segment; nil before the first
 	seq      uint64   // the next sequence number to deliver
 	consumed int64    // record bytes passed since the last batch's span
-	arena    []byte
-	scratch  []byte
 }
 
 func (r *reader) segFirst() uint64 {
@@ -228,16 +268,6 @@ func (r *reader) segFirst() uint64 {
 		return r.seq
 	}
 	return r.sc.seg.first
-}
-
-// alloc hands out n bytes that no earlier batch references.
-func (r *reader) alloc(n int) []byte {
-	if cap(r.arena)-len(r.arena) < n {
-		r.arena = make([]byte, 0, max(n, 1<<20))
-	}
-	p := r.arena[len(r.arena) : len(r.arena)+n]
-	r.arena = r.arena[:len(r.arena)+n]
-	return p
 }
 
 // view is what the reader may read, taken together under q.mu.
@@ -292,7 +322,7 @@ func (q *Queue) openScanner(s segment, v view) error {
 	if err != nil {
 		return fmt.Errorf("open segment for reading: %w", err)
 	}
-	sc := newScanner(s, f, 0)
+	sc := newScanner(s, f, 0, true)
 	q.r.sc = sc
 	return sc.update(v)
 }
@@ -372,9 +402,8 @@ func (q *Queue) advance(v view, inBatch bool) (recHeader, bool, error) {
 		h, err := sc.peek()
 		switch {
 		case err == nil && h.seq < r.seq:
-			r.scratch = slices.Grow(r.scratch[:0], h.pl)[:h.pl]
 			r.consumed += int64(sc.seg.recHdr + h.pl)
-			if _, _, _, err := sc.take(r.scratch); err != nil {
+			if _, _, _, err := sc.take(); err != nil {
 				if !errors.Is(err, errDamaged) {
 					return recHeader{}, false, err
 				}
@@ -536,7 +565,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 			break
 		}
 		off := sc.off
-		t, cat, msg, err := sc.take(r.alloc(h.pl))
+		t, cat, msg, err := sc.take()
 		if err != nil {
 			if !errors.Is(err, errDamaged) {
 				if inBatch {

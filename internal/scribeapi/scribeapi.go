@@ -8,7 +8,9 @@
 // struct and no []byte per entry); what that fast path leaves (metadata,
 // unknown fields, malformed input) goes to the generated code and the
 // Handler's methods, with the generated code's errors. Client's
-// LogEncoded and LogBatchEncoded send arguments scribewire encoded.
+// LogEncoded and LogBatchEncoded send arguments scribewire encoded;
+// LogBatchFrame sends them from a frame the caller built around them, in
+// one write (the agent's shipper).
 //
 // The port itself (framing, limits, the in-flight byte budget, idle and
 // slow clients) is internal/thriftsrv; a call it refuses unprocessed (too
@@ -257,6 +259,9 @@ func peerString(ctx context.Context) string {
 type Client struct {
 	conn *thriftsrv.Client
 	*scribethrift.ScribeClient
+	std   *thrift.TStandardClient // under ScribeClient
+	iprot thrift.TProtocol        // std's
+	seq   int32                   // LogBatchFrame's last sequence id
 }
 
 // Dial connects to a Scribe server.
@@ -270,7 +275,9 @@ func DialTLS(addr string, tc *tls.Config, limits thriftsrv.Limits, timeout time.
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, ScribeClient: scribethrift.NewScribeClient(conn.TClient())}, nil
+	iprot := conn.Protocol.GetProtocol(conn.Transport)
+	std := thrift.NewTStandardClient(iprot, conn.Protocol.GetProtocol(conn.Transport))
+	return &Client{conn: conn, ScribeClient: scribethrift.NewScribeClient(std), std: std, iprot: iprot}, nil
 }
 
 // Close closes the connection.

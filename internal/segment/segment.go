@@ -150,6 +150,48 @@ func (e *Encoder) AppendBlock(dst []byte, b *Block) []byte {
 	return dst
 }
 
+// AppendUnstamped appends the v2 encoding of b without the two parts of
+// its header that depend on the segment it goes into: the sync marker
+// and the header's own CRC (left zero). The body, its length, its entry
+// count and its CRC are all there, so that the costly part of encoding
+// (copying the messages, the body CRC) can be done before the segment
+// is known, by whoever holds the messages; Stamp finishes the blocks
+// once it is. Stamp(AppendUnstamped(nil, b)) is AppendBlock(nil, b).
+func AppendUnstamped(dst []byte, b *Block) []byte {
+	start := len(dst)
+	dst = append(dst, make([]byte, BlockHeaderSize)...)
+	dst = appendBody(dst, b)
+	body := dst[start+BlockHeaderSize:]
+	h := dst[start : start+BlockHeaderSize]
+	binary.LittleEndian.PutUint32(h[16:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(h[20:], uint32(len(b.Messages)))
+	binary.LittleEndian.PutUint32(h[24:], crc32.Checksum(body, crcTable))
+	return dst
+}
+
+// Stamp finishes, in place, the blocks AppendUnstamped wrote into
+// blocks (one or more, back to back, nothing else): it writes the
+// encoder's sync marker into each header and the header's CRC. Stamping
+// again with another encoder re-stamps them for its segment. It fails,
+// leaving the blocks unstamped from the bad one on, if blocks is not a
+// run of whole blocks.
+func (e *Encoder) Stamp(blocks []byte) error {
+	for off := 0; off < len(blocks); {
+		if len(blocks)-off < BlockHeaderSize {
+			return fmt.Errorf("%w: %d bytes left for a block header", ErrCorrupt, len(blocks)-off)
+		}
+		h := blocks[off : off+BlockHeaderSize]
+		n := int(binary.LittleEndian.Uint32(h[16:]))
+		if n > len(blocks)-off-BlockHeaderSize {
+			return fmt.Errorf("%w: block body of %d bytes past the end", ErrCorrupt, n)
+		}
+		copy(h, e.sync[:])
+		binary.LittleEndian.PutUint32(h[28:], crc32.Checksum(h[:28], crcTable))
+		off += BlockHeaderSize + n
+	}
+	return nil
+}
+
 // AppendBlock appends the v1 encoding of b (see Magic).
 func AppendBlock(dst []byte, b *Block) []byte {
 	start := len(dst)

@@ -365,3 +365,55 @@ func TestSequenceMustIncrease(t *testing.T) {
 		t.Fatalf("repeated sequence in an agent block: %v", err)
 	}
 }
+
+// FuzzStampedIsAppendBlock: blocks encoded ahead of their segment
+// (AppendUnstamped, then Stamp) are byte for byte what the encoder's
+// AppendBlock writes, one block or several back to back, also when
+// stamped twice (another segment's encoder first); a run that is not
+// whole blocks is refused.
+func FuzzStampedIsAppendBlock(f *testing.F) {
+	f.Add("agent/inc", int64(1764583200000), uint64(7), []byte("a\x00bc\xffdef"), uint8(3), uint8(2), uint16(0))
+	f.Add("", int64(-1), uint64(0), []byte{}, uint8(0), uint8(1), uint16(5))
+	f.Fuzz(func(t *testing.T, agent string, arrival int64, first uint64, data []byte, parts, blocks uint8, cut uint16) {
+		e := NewEncoder()
+		var want, got []byte
+		for k := range int(blocks%4) + 1 {
+			b := &Block{Agent: agent, ArrivalMs: arrival + int64(k)}
+			// Split data into up to parts messages, sequence numbers
+			// increasing from first (none for a stock client's block).
+			n := int(parts%8) + 1
+			for i := range n {
+				b.Messages = append(b.Messages, data[i*len(data)/n:(i+1)*len(data)/n])
+				if agent != "" {
+					b.Seqs = append(b.Seqs, first+uint64(k*100+i))
+				}
+			}
+			want = e.AppendBlock(want, b)
+			got = AppendUnstamped(got, b)
+		}
+		if err := NewEncoder().Stamp(got); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Stamp(got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("stamped blocks differ from AppendBlock's:\n%x\n%x", got, want)
+		}
+		if c := int(cut) % len(got); c > 0 && NewEncoder().Stamp(got[:c]) == nil {
+			// A cut that falls exactly between blocks leaves whole blocks.
+			r, err := NewReader(bytes.NewReader(append(e.AppendHeader(nil), want[:c]...)), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				var b Block
+				if err := r.Next(&b); errors.Is(err, io.EOF) {
+					break
+				} else if err != nil {
+					t.Fatalf("Stamp took %d bytes that are not whole blocks: %v", c, err)
+				}
+			}
+		}
+	})
+}

@@ -35,8 +35,9 @@ func (p *callProtocol) ChargeDecoded(n int64) error { return p.charge(n) }
 
 func (p *callProtocol) MaxContainerSize() int32 { return p.cfg.GetMaxContainerSize() }
 
-// maxFlatPooled: buffers a frame's arguments were copied into are pooled
-// up to this size (a Scribe call of a thousand lines is ~200 KiB).
+// maxFlatPooled: buffers a frame was read into whole, or its arguments
+// copied into, are pooled up to this size (a Scribe call of a thousand
+// lines is ~200 KiB).
 const maxFlatPooled = 1 << 20
 
 // rest returns the unread bytes of the frame in one slice: a slice of its

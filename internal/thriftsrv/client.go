@@ -1,7 +1,9 @@
 package thriftsrv
 
 import (
+	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -12,6 +14,31 @@ import (
 type Client struct {
 	Transport thrift.TTransport
 	Protocol  thrift.TProtocolFactory
+	sock      thrift.TTransport // under Transport: what WriteFrame writes to
+	cfg       *thrift.TConfiguration
+}
+
+// WriteFrame writes frame, a whole frame (its 4-byte size, which it
+// fills in, then one message), to the connection in one write, past the
+// framed transport's buffer: for a caller that built the message in a
+// buffer of its own, which the framed transport would copy into its own
+// first and write in two. Nothing may be half-written through Transport
+// meanwhile (a call's messages go one way or the other). A frame over
+// the connection's max frame size is refused as the framed transport
+// refuses it.
+func (c *Client) WriteFrame(ctx context.Context, frame []byte) error {
+	size := len(frame) - 4
+	if size < 0 {
+		return fmt.Errorf("write frame: %d bytes, no room for its size", len(frame))
+	}
+	if int64(size) > int64(c.cfg.GetMaxFrameSize()) {
+		return thrift.NewTProtocolExceptionWithType(thrift.SIZE_LIMIT, fmt.Errorf("frame too large: %d bytes", size))
+	}
+	binary.BigEndian.PutUint32(frame, uint32(size))
+	if _, err := c.sock.Write(frame); err != nil {
+		return thrift.NewTTransportExceptionFromError(err)
+	}
+	return thrift.NewTTransportExceptionFromError(c.sock.Flush(ctx))
 }
 
 // Dial connects to addr with the given limits (on what it reads back) and
@@ -35,7 +62,7 @@ func DialTLS(addr string, tc *tls.Config, limits Limits, timeout time.Duration) 
 	if err := trans.Open(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
-	return &Client{Transport: trans, Protocol: thrift.NewTBinaryProtocolFactoryConf(cfg)}, nil
+	return &Client{Transport: trans, Protocol: thrift.NewTBinaryProtocolFactoryConf(cfg), sock: sock, cfg: cfg}, nil
 }
 
 // TClient returns a standard Thrift client on the connection.

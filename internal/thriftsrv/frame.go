@@ -180,6 +180,7 @@ type frameReader struct {
 	csize  int   // size of the chunks
 	size   int64
 	flat   *[]byte // the unread bytes in one slice, when rest copied them
+	whole  *[]byte // the frame in one slice (its only chunk), from the flats
 }
 
 // held is the chunk bytes of the frame being read.
@@ -193,6 +194,23 @@ func (f *frameReader) held() int64 {
 func (f *frameReader) fill(r io.Reader, head []byte, size int64) error {
 	f.release()
 	f.size, f.left, f.csize = size, size, chunkFor(size)
+	if size > int64(f.csize) && size <= maxFlatPooled {
+		// A frame of several chunks, up to the size of a pooled flat
+		// buffer (a Scribe call of a few thousand lines), is read into
+		// one slice, its only chunk: rest then hands the arguments out
+		// in place instead of copying them out of the chunks. It holds
+		// no more than the chunks would (held, Charge).
+		w := f.budget.getFlat()
+		if int64(cap(*w)) < size {
+			*w = make([]byte, size)
+		}
+		*w = (*w)[:size]
+		f.whole, f.csize = w, int(size)
+		f.chunks = append(f.chunks, w)
+		m := copy(*w, head)
+		_, err := io.ReadFull(r, (*w)[m:])
+		return err
+	}
 	for done := int64(0); done < size; {
 		c := f.budget.getChunk(f.csize)
 		f.chunks = append(f.chunks, c)
@@ -212,8 +230,13 @@ func (f *frameReader) fill(r io.Reader, head []byte, size int64) error {
 
 // release returns the chunks to the pool; the frame is gone.
 func (f *frameReader) release() {
-	for _, c := range f.chunks {
-		f.budget.putChunk(c)
+	if f.whole != nil {
+		f.budget.putFlat(f.whole)
+		f.whole = nil
+	} else {
+		for _, c := range f.chunks {
+			f.budget.putChunk(c)
+		}
 	}
 	clear(f.chunks)
 	f.chunks = f.chunks[:0]

@@ -209,3 +209,50 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 		fr.release()
 	}
 }
+
+// TestFrameReadsTheSameWhole: a frame read into one slice (several
+// chunks' worth, up to maxFlatPooled) and one read into chunks (larger)
+// give the same bytes through Read, ReadByte and rest, whatever the
+// head already read; rest hands a frame read whole out in place.
+func TestFrameReadsTheSameWhole(t *testing.T) {
+	for _, size := range []int{1, smallChunk, smallChunk + 1, chunkSize, chunkSize + 1, 3*chunkSize + 7, maxFlatPooled, maxFlatPooled + 1, 3*chunkSize*7 + 5} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i*7 + i>>9)
+		}
+		b := NewBudget(1<<30, nil)
+		fr := &frameReader{budget: b}
+		for round := range 2 { // the second from pooled buffers
+			head := data[:min(size, 11+round)]
+			if err := fr.fill(bytes.NewReader(data[len(head):]), head, int64(size)); err != nil {
+				t.Fatal(err)
+			}
+			rest := fr.rest()
+			if !bytes.Equal(rest, data) {
+				t.Fatalf("size %d: rest differs", size)
+			}
+			// One chunk, or one slice up to maxFlatPooled: in place.
+			if copied, want := fr.flat != nil, size > maxFlatPooled; copied != want {
+				t.Fatalf("size %d: rest copied the frame: %v, want %v", size, copied, want)
+			}
+			got := make([]byte, 0, size)
+			c, _ := fr.ReadByte()
+			got = append(got, c)
+			for fr.left > 0 {
+				p := make([]byte, min(int(fr.left), 1000+round*chunkSize))
+				n, err := fr.Read(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, p[:n]...)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("size %d: read differs", size)
+			}
+			if fr.held() < int64(size) {
+				t.Fatalf("size %d: held %d", size, fr.held())
+			}
+			fr.release()
+		}
+	}
+}

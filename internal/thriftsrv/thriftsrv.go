@@ -25,8 +25,8 @@
 //     in-flight byte Budget (the frame, then what decoding it allocates,
 //     charged as it goes), waiting at most BudgetWait behind earlier
 //     calls; without room it is read, discarded and refused too. The
-//     frame is read within ReadTimeout into pooled chunks, decoded from
-//     memory, processed, and the reply written as one frame. A
+//     frame is read within ReadTimeout into pooled chunks (up to 1 MiB
+//     into one pooled slice), decoded from memory, processed, and the reply written as one frame. A
 //     processor may take the arguments' bytes in one slice instead
 //     (ArgsFrame) and decode them itself, charging the budget what the
 //     protocol would have.

@@ -1,0 +1,129 @@
+package scribeapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/apache/thrift/lib/go/thrift"
+
+	"github.com/freeway-dev/freeway/internal/scribewire"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
+)
+
+// rawPeer accepts one connection, records each frame it reads and
+// answers it with reply(seqid).
+func rawPeer(t *testing.T, reply func(seqID int32) []byte) (string, <-chan []byte) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	frames := make(chan []byte, 16)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			var size [4]byte
+			if _, err := io.ReadFull(c, size[:]); err != nil {
+				return
+			}
+			f := make([]byte, 4+binary.BigEndian.Uint32(size[:]))
+			copy(f, size[:])
+			if _, err := io.ReadFull(c, f[4:]); err != nil {
+				return
+			}
+			frames <- f
+			// strict header: version|type, name, seqid
+			nameLen := binary.BigEndian.Uint32(f[8:])
+			seq := int32(binary.BigEndian.Uint32(f[12+nameLen:]))
+			if _, err := c.Write(reply(seq)); err != nil {
+				return
+			}
+		}
+	}()
+	return ln.Addr().String(), frames
+}
+
+// replyFrame is a framed LogBatch reply: rc, or an exception.
+func replyFrame(t *testing.T, seq int32, rc scribethrift.ResultCode, exc thrift.TApplicationException) []byte {
+	t.Helper()
+	ctx := context.Background()
+	buf := thrift.NewTMemoryBuffer()
+	p := thrift.NewTBinaryProtocolConf(buf, nil)
+	var err error
+	if exc != nil {
+		err = errors.Join(p.WriteMessageBegin(ctx, "LogBatch", thrift.EXCEPTION, seq), exc.Write(ctx, p))
+	} else {
+		err = errors.Join(p.WriteMessageBegin(ctx, "LogBatch", thrift.REPLY, seq),
+			(&scribethrift.ScribeLogBatchResult{Success: &rc}).Write(ctx, p))
+	}
+	if err = errors.Join(err, p.WriteMessageEnd(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	return append(binary.BigEndian.AppendUint32(nil, uint32(buf.Len())), buf.Bytes()...)
+}
+
+// TestLogBatchFrameIsLogBatchEncoded: the frame LogBatchFrame writes
+// from the caller's buffer is byte for byte the one LogBatchEncoded
+// writes through the framed transport, call after call (the sequence
+// ids too), and the answers (OK, TRY_LATER, an exception such as a
+// stock server's unknown method) come back the same.
+func TestLogBatchFrameIsLogBatchEncoded(t *testing.T) {
+	answers := []func(seq int32) []byte{
+		func(seq int32) []byte { return replyFrame(t, seq, scribethrift.ResultCode_OK, nil) },
+		func(seq int32) []byte { return replyFrame(t, seq, scribethrift.ResultCode_TRY_LATER, nil) },
+		func(seq int32) []byte {
+			return replyFrame(t, seq, 0, thrift.NewTApplicationException(thrift.UNKNOWN_METHOD, "Invalid method name: 'LogBatch'"))
+		},
+	}
+	answer := func(seq int32) []byte { return answers[(seq-1)%int32(len(answers))](seq) }
+	inc := "incarnation"
+	addrA, framesA := rawPeer(t, answer)
+	addrB, framesB := rawPeer(t, answer)
+	a, err := Dial(addrA, thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Dial(addrB, thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	for round := range 2 * len(answers) {
+		args := scribewire.AppendBatchHead(nil, "agent", int64(100+round), 3)
+		for i := range 3 {
+			args = scribewire.AppendEntry(args, "cat", bytes.Repeat([]byte{byte('a' + i)}, 10+round*1000*i))
+		}
+		args = scribewire.AppendBatchTail(args, 1764583200000, &inc)
+		rcA, errA := a.LogBatchEncoded(ctx, args)
+		rcB, errB := b.LogBatchFrame(ctx, append(make([]byte, BatchFrameHead), args...))
+		fa, fb := <-framesA, <-framesB
+		if !bytes.Equal(fa, fb) {
+			t.Fatalf("round %d: frames differ:\n%x\n%x", round, fa, fb)
+		}
+		var aeA, aeB thrift.TApplicationException
+		if rcA != rcB || (errA == nil) != (errB == nil) || errors.As(errA, &aeA) != errors.As(errB, &aeB) ||
+			aeA != nil && aeA.TypeId() != aeB.TypeId() {
+			t.Fatalf("round %d: answers differ: %v %v, %v %v", round, rcA, errA, rcB, errB)
+		}
+		if round%len(answers) == 2 && (aeB == nil || aeB.TypeId() != thrift.UNKNOWN_METHOD) {
+			t.Fatalf("round %d: the exception was not passed on: %v", round, errB)
+		}
+	}
+	if _, err := b.LogBatchFrame(ctx, make([]byte, BatchFrameHead-1)); err == nil {
+		t.Fatal("a frame without room for its head was sent")
+	}
+}
