@@ -40,6 +40,9 @@ const (
 	Invalid
 	// Full: the full parse must read the line.
 	Full
+	// found: every path has its value (ScanPrefix stops there); never
+	// returned.
+	found
 )
 
 // MaxDepth is fastjson's nesting limit.
@@ -73,6 +76,10 @@ type Scanner struct {
 	// always: the scan can never answer alone (see above).
 	always bool
 	fields []Field
+	// prefix: this scan stops once every path has its value (ScanPrefix);
+	// seen: the paths that have one so far.
+	prefix bool
+	seen   uint64
 }
 
 // New returns a scanner of paths (dotted field names).
@@ -107,15 +114,36 @@ func New(paths []string) *Scanner {
 // Scan reads line. After OK, Fields holds the value of each path, in
 // the order of New's paths.
 func (s *Scanner) Scan(line []byte) Result {
+	return s.scan(line, false)
+}
+
+// ScanPrefix is Scan, reading line only as far as the value of the last
+// of its paths to appear (the first of duplicate names counts): what
+// follows is not read, so that a line the full parse refuses for what
+// follows may be read OK. After OK, Fields holds what the full parse
+// reads, if it accepts the line at all; Invalid and Full are Scan's
+// answers, for what the scan read. For a reader that needs the fields
+// alone and takes the line whether or not it is valid (the writer's
+// shard key); not for one that must refuse the lines the full parse
+// refuses.
+func (s *Scanner) ScanPrefix(line []byte) Result {
+	return s.scan(line, true)
+}
+
+func (s *Scanner) scan(line []byte, prefix bool) Result {
 	if s.always {
 		return Full
 	}
 	clear(s.fields)
+	s.prefix, s.seen = prefix, 0
 	i := skipWS(line, 0)
 	if i == len(line) || line[i] != '{' {
 		return Invalid // empty, not JSON, or not an object
 	}
 	i, r := s.value(line, i, 0, s.all, 0, 0)
+	if r == found {
+		return OK
+	}
 	if r != OK {
 		return r
 	}
@@ -123,6 +151,12 @@ func (s *Scanner) Scan(line []byte) Result {
 		return Invalid
 	}
 	return OK
+}
+
+// done reports whether a prefix scan has read every path's value, once
+// a value was read for paths ends.
+func (s *Scanner) done(ends uint64) bool {
+	return ends != 0 && s.prefix && s.seen == s.all
 }
 
 // Fields are the values of the last line scanned OK, by path; valid
@@ -190,6 +224,7 @@ func (s *Scanner) value(b []byte, i, depth int, active, ends uint64, level int) 
 }
 
 func (s *Scanner) set(paths uint64, v Field) {
+	s.seen |= paths
 	for m := paths; m != 0; m &= m - 1 {
 		s.fields[bits.TrailingZeros64(m)] = v
 	}
@@ -237,6 +272,9 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 		var r Result
 		if i, r = s.skipOrValue(b, i, depth, next, ends, level+1); r != OK {
 			return i, r
+		}
+		if s.done(ends) {
+			return i, found
 		}
 		i = skipWS(b, i)
 		if i >= len(b) {
@@ -296,6 +334,9 @@ func (s *Scanner) array(b []byte, i, depth int, active uint64, level int) (int, 
 		var r Result
 		if i, r = s.value(b, i, depth, next, ends, level+1); r != OK {
 			return i, r
+		}
+		if s.done(ends) {
+			return i, found
 		}
 		i = skipWS(b, i)
 		if i >= len(b) {
