@@ -73,6 +73,10 @@ type Scanner struct {
 	index [][]int // paths[f][level] as an array index, -1 if it is none
 	last  []int   // len(paths[f]) - 1
 	all   uint64  // a bit per path
+	// lens[level]: a bit per length of the paths' names at level (63:
+	// 63 bytes or more), so that a name no path can have is passed by
+	// its length alone.
+	lens []uint64
 	// always: the scan can never answer alone (see above).
 	always bool
 	fields []Field
@@ -101,6 +105,10 @@ func New(paths []string) *Scanner {
 		s.last[f] = len(s.paths[f]) - 1
 		s.index[f] = make([]int, len(s.paths[f]))
 		for l, step := range s.paths[f] {
+			if l == len(s.lens) {
+				s.lens = append(s.lens, 0)
+			}
+			s.lens[l] |= 1 << min(len(step), 63)
 			n, err := strconv.Atoi(step)
 			if err != nil || n < 0 {
 				n = -1
@@ -244,28 +252,33 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 		if i >= len(b) || b[i] != '"' {
 			return i, Invalid
 		}
-		end, escaped := stringEnd(b, i+1)
+		start := i + 1
+		end, escaped := stringEnd(b, start)
 		if end < 0 {
 			return i, Invalid
 		}
 		if escaped && active != 0 {
 			return i, Full
 		}
-		name := b[i+1 : end]
 		i = skipWS(b, end+1)
 		if i >= len(b) || b[i] != ':' {
 			return i, Invalid
 		}
 		i = skipWS(b, i+1)
 		var next, ends uint64
-		for m := active &^ taken; m != 0; m &= m - 1 {
-			f := bits.TrailingZeros64(m)
-			if s.paths[f][level] == string(name) {
-				taken |= 1 << f
-				if level == s.last[f] {
-					ends |= 1 << f
-				} else {
-					next |= 1 << f
+		// A path still looking for its name here (active: never beyond
+		// its last step, so level < len(s.lens)), and one of its length.
+		if m := active &^ taken; m != 0 && s.lens[level]>>min(end-start, 63)&1 != 0 {
+			name := b[start:end]
+			for ; m != 0; m &= m - 1 {
+				f := bits.TrailingZeros64(m)
+				if s.paths[f][level] == string(name) {
+					taken |= 1 << f
+					if level == s.last[f] {
+						ends |= 1 << f
+					} else {
+						next |= 1 << f
+					}
 				}
 			}
 		}
@@ -409,12 +422,32 @@ func escapedStringEnd(b []byte, i int) (int, bool) {
 	return -1, true
 }
 
-// numberEnd ends a fastjson number starting at b[i], or returns -1.
+// numberEnd ends a fastjson number starting at b[i], or returns -1. It
+// steps over a run of digits, the usual number, eight bytes at a time.
 func numberEnd(b []byte, i int) int {
+	const (
+		highNibbles = 0xF0F0F0F0F0F0F0F0
+		threes      = 0x3030303030303030
+		sixes       = 0x0606060606060606
+	)
 	j := i
+	for ; j+8 <= len(b); j += 8 {
+		v := binary.LittleEndian.Uint64(b[j:])
+		// A byte of m is not zero where v's is no digit (0x30-0x39: high
+		// nibble 3, and still 3 after adding 6). A byte of 0xFA or more
+		// carries into the one above, but is flagged itself: the lowest
+		// flagged byte is exact.
+		if m := (v&highNibbles ^ threes) | ((v+sixes)&highNibbles ^ threes); m != 0 {
+			j += bits.TrailingZeros64(m) / 8
+			break
+		}
+	}
+	// Digits, signs, dots and exponents: bits of a mask for the bytes
+	// below 64, e and E apart.
+	const numeric = 1<<'+' | 1<<'-' | 1<<'.' | 1<<'0' | 1<<'1' | 1<<'2' | 1<<'3' | 1<<'4' | 1<<'5' | 1<<'6' | 1<<'7' | 1<<'8' | 1<<'9'
 	for j < len(b) {
 		c := b[j]
-		if c >= '0' && c <= '9' || c == '.' || c == '-' || c == 'e' || c == 'E' || c == '+' {
+		if c < 64 && numeric>>c&1 != 0 || c == 'e' || c == 'E' {
 			j++
 			continue
 		}
