@@ -189,7 +189,7 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 		case jsonscan.Number:
 			// As below: fastjson's Float64 is fastfloat.Parse of the text.
 			s := view(raw)
-			if n, err := fastfloat.Parse(s); err == nil {
+			if n, err := parseNumber(s); err == nil {
 				r.set(i, Value{Str: s, Num: n, IsNum: true})
 			} else {
 				r.set(i, Value{Str: s})
@@ -201,6 +201,32 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 		}
 	}
 	return nil
+}
+
+// parseNumber is fastfloat.Parse (fastjson's Float64), with the usual
+// number of a log line first: an integer of at most 15 digits, which a
+// float64 holds exactly (below 2^53), so that its value is the integer's
+// whichever way it is read (FuzzParseNumber holds the two equal).
+func parseNumber(s string) (float64, error) {
+	digits := s
+	if len(s) > 0 && s[0] == '-' {
+		digits = s[1:]
+	}
+	if len(digits) == 0 || len(digits) > 15 {
+		return fastfloat.Parse(s)
+	}
+	var n uint64
+	for i := 0; i < len(digits); i++ {
+		d := digits[i] - '0'
+		if d > 9 {
+			return fastfloat.Parse(s)
+		}
+		n = n*10 + uint64(d)
+	}
+	if len(digits) < len(s) {
+		return -float64(n), nil
+	}
+	return float64(n), nil
 }
 
 // view is b as a string without a copy: valid while b is unchanged (a
