@@ -247,10 +247,13 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 		return i + 1, OK
 	}
 	var taken uint64 // paths whose name at this level an earlier key had
+	// The usual line has no white space: each step looks at the byte it
+	// expects first, and skips white space only where it is not there.
 	for {
-		i = skipWS(b, i)
 		if i >= len(b) || b[i] != '"' {
-			return i, Invalid
+			if i = skipWS(b, i); i >= len(b) || b[i] != '"' {
+				return i, Invalid
+			}
 		}
 		start := i + 1
 		end, escaped := stringEnd(b, start)
@@ -260,9 +263,10 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 		if escaped && active != 0 {
 			return i, Full
 		}
-		i = skipWS(b, end+1)
-		if i >= len(b) || b[i] != ':' {
-			return i, Invalid
+		if i = end + 1; i >= len(b) || b[i] != ':' {
+			if i = skipWS(b, i); i >= len(b) || b[i] != ':' {
+				return i, Invalid
+			}
 		}
 		i = skipWS(b, i+1)
 		var next, ends uint64
@@ -282,12 +286,34 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 				}
 			}
 		}
-		var r Result
-		if i, r = s.skipOrValue(b, i, depth, next, ends, level+1); r != OK {
-			return i, r
+		// The value: most are a string or a number that no path reads or
+		// passes through, stepped over where it lies (within MaxDepth:
+		// the value's level is depth+1).
+		switch {
+		case next|ends != 0 || depth >= MaxDepth || i >= len(b):
+			var r Result
+			if i, r = s.value(b, i, depth, next, ends, level+1); r != OK {
+				return i, r
+			}
+			if s.done(ends) {
+				return i, found
+			}
+		case b[i] == '"':
+			if i, _ = stringEnd(b, i+1); i < 0 {
+				return i, Invalid
+			}
+			i++
+		case b[i]-'0' <= 9:
+			i = numberEnd(b, i) // a digit first: never -1
+		default:
+			var r Result
+			if i, r = s.value(b, i, depth, 0, 0, level+1); r != OK {
+				return i, r
+			}
 		}
-		if s.done(ends) {
-			return i, found
+		if i < len(b) && b[i] == ',' {
+			i++
+			continue
 		}
 		i = skipWS(b, i)
 		if i >= len(b) {
@@ -302,25 +328,6 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 			return i, Invalid
 		}
 	}
-}
-
-// skipOrValue is value, with the usual case first: a string or a number
-// that no path reads or passes through, stepped over where it lies (most
-// of a line's values).
-func (s *Scanner) skipOrValue(b []byte, i, depth int, active, ends uint64, level int) (int, Result) {
-	if active|ends == 0 && depth < MaxDepth && i < len(b) {
-		switch c := b[i]; {
-		case c == '"':
-			end, _ := stringEnd(b, i+1)
-			if end < 0 {
-				return i, Invalid
-			}
-			return end + 1, OK
-		case c >= '0' && c <= '9':
-			return numberEnd(b, i), OK // a digit first: never -1
-		}
-	}
-	return s.value(b, i, depth, active, ends, level)
 }
 
 func (s *Scanner) array(b []byte, i, depth int, active uint64, level int) (int, Result) {
