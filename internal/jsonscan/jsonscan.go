@@ -387,11 +387,14 @@ func skipWS(b []byte, i int) int {
 // stringEnd finds the quote closing a string whose body starts at b[i]
 // (the first one not escaped by a backslash, as fastjson reads it: after
 // an even run of backslashes); -1 if there is none. It reports whether
-// the body holds a backslash. It looks at eight bytes at a time for a
-// quote or a backslash.
+// the body holds a backslash. It looks at the first sixteen bytes eight
+// at a time for a quote or a backslash (most names and values end
+// there); past them, it finds the next quote by bytes.IndexByte (vector
+// instructions: a long string's cost) and then looks for a backslash
+// before it the same way.
 func stringEnd(b []byte, i int) (int, bool) {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	for ; i+8 <= len(b); i += 8 {
+	for n := 0; n < 2 && i+8 <= len(b); n++ {
 		v := binary.LittleEndian.Uint64(b[i:])
 		q, e := v^('"'*ones), v^('\\'*ones)
 		// A byte of q or e is zero where v has a quote or a backslash;
@@ -404,16 +407,16 @@ func stringEnd(b []byte, i int) (int, bool) {
 			}
 			return escapedStringEnd(b, i)
 		}
+		i += 8
 	}
-	for ; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			return i, false
-		case '\\':
-			return escapedStringEnd(b, i)
-		}
+	q := bytes.IndexByte(b[i:], '"')
+	if q < 0 {
+		return -1, false
 	}
-	return -1, false
+	if e := bytes.IndexByte(b[i:i+q], '\\'); e >= 0 {
+		return escapedStringEnd(b, i+e)
+	}
+	return i + q, false
 }
 
 // escapedStringEnd is stringEnd from the first backslash of a body, b[i].
