@@ -256,12 +256,15 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 			}
 		}
 		start := i + 1
-		end, escaped := stringEnd(b, start)
+		end := shortStringEnd(b, start)
 		if end < 0 {
-			return i, Invalid
-		}
-		if escaped && active != 0 {
-			return i, Full
+			var escaped bool
+			if end, escaped = stringEnd(b, start); end < 0 {
+				return i, Invalid
+			}
+			if escaped && active != 0 {
+				return i, Full
+			}
 		}
 		if i = end + 1; i >= len(b) || b[i] != ':' {
 			if i = skipWS(b, i); i >= len(b) || b[i] != ':' {
@@ -299,12 +302,19 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 				return i, found
 			}
 		case b[i] == '"':
-			if i, _ = stringEnd(b, i+1); i < 0 {
+			if end := shortStringEnd(b, i+1); end >= 0 {
+				i = end + 1
+			} else if i, _ = stringEnd(b, i+1); i < 0 {
 				return i, Invalid
+			} else {
+				i++
 			}
-			i++
 		case b[i]-'0' <= 9:
-			i = numberEnd(b, i) // a digit first: never -1
+			if end := shortNumberEnd(b, i); end >= 0 {
+				i = end
+			} else {
+				i = numberEnd(b, i) // a digit first: never -1
+			}
 		default:
 			var r Result
 			if i, r = s.value(b, i, depth, 0, 0, level+1); r != OK {
@@ -419,6 +429,23 @@ func stringEnd(b []byte, i int) (int, bool) {
 	return i + q, false
 }
 
+// shortStringEnd is stringEnd for a body that ends in its first eight
+// bytes without a backslash (most names, many values), small enough to be
+// inlined (a call spills every live register); -1 for any other.
+func shortStringEnd(b []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	if i+8 <= len(b) {
+		v := binary.LittleEndian.Uint64(b[i:])
+		q, e := v^('"'*ones), v^('\\'*ones)
+		if m := ((q-ones)&^q | (e-ones)&^e) & highs; m != 0 {
+			if j := i + bits.TrailingZeros64(m)/8; b[j] == '"' {
+				return j
+			}
+		}
+	}
+	return -1
+}
+
 // escapedStringEnd is stringEnd from the first backslash of a body, b[i].
 func escapedStringEnd(b []byte, i int) (int, bool) {
 	for ; i < len(b); i++ {
@@ -430,6 +457,22 @@ func escapedStringEnd(b []byte, i int) (int, bool) {
 		}
 	}
 	return -1, true
+}
+
+// shortNumberEnd is numberEnd for a run of fewer than eight digits, from
+// b[i], ended by a comma or a closing brace (most numbers of a line),
+// small enough to be inlined; -1 for any other.
+func shortNumberEnd(b []byte, i int) int {
+	if i+8 <= len(b) {
+		v := binary.LittleEndian.Uint64(b[i:])
+		// As in numberEnd.
+		if m := (v&0xF0F0F0F0F0F0F0F0 ^ 0x3030303030303030) | ((v+0x0606060606060606)&0xF0F0F0F0F0F0F0F0 ^ 0x3030303030303030); m != 0 {
+			if j := i + bits.TrailingZeros64(m)/8; j > i && (b[j] == ',' || b[j] == '}') {
+				return j
+			}
+		}
+	}
+	return -1
 }
 
 // numberEnd ends a fastjson number starting at b[i], or returns -1. It
