@@ -9,11 +9,14 @@
 // Routing. A category consumed by an app is bucketed by a hash of its
 // shard key, the same in every process. For JSON lines the router reads
 // the key fields in one pass over the line that builds nothing
-// (jsonkey.go), giving exactly the key the apps' full parse gives and
-// refusing exactly the lines it refuses (a fuzz target holds the two
-// equal); the few lines it cannot read alone go to the full parse. A
-// line whose key cannot be read goes to bucket 0 and is counted
-// (freeway_calligraphus_entries_unroutable_total).
+// (jsonkey.go), and only as far as the last of them: it gives exactly the
+// key the apps' full parse gives for every line the full parse takes (a
+// fuzz target holds the two equal); the few lines it cannot read alone go
+// to the full parse. A line whose key cannot be read goes to bucket 0 and
+// is counted (freeway_calligraphus_entries_unroutable_total): a line the
+// full parse refuses before the key's last field. One it refuses only
+// after it is placed by that key, like any other: the writer takes every
+// line, and Puma refuses and counts the bad ones.
 //
 // Categories. Every non-empty category is taken, as a stock Scribe server
 // takes it: "web/access", "a b", "_internal" and a 10 KB name all get a

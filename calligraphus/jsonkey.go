@@ -9,8 +9,14 @@ import (
 // jsonKey reads the shard key of a JSON line in one pass over its bytes,
 // building nothing (jsonscan), where the apps' full parse (fastjson,
 // through Route.NewKeyFunc) builds the whole object to read two or three
-// fields. It gives exactly the key the full parse gives, or says the line
-// is not one the full parse takes, or leaves the line to the full parse
+// fields. It reads the line only as far as the last of the key's fields
+// (jsonscan.ScanPrefix): the writer takes every line, valid or not, and
+// the key only places it, so the rest of the line is Puma's to read and
+// refuse. It gives exactly the key the full parse gives for every line
+// the full parse takes; for a line the full parse refuses, the key read
+// from the prefix (its bucket is still a function of the line's bytes
+// alone), or says the line is not one the full parse takes, where the
+// prefix shows it; or it leaves the line to the full parse
 // (jsonscan.Scanner says which lines). A string value is its bytes, a
 // number its text, true and false their names, null or a missing field
 // ""; values joined with NUL, a NUL inside a value becoming U+FFFD
@@ -23,7 +29,7 @@ type jsonKey struct {
 type scanResult = jsonscan.Result
 
 const (
-	scanKey     = jsonscan.OK      // the key is read
+	scanKey     = jsonscan.OK      // the key is read (see jsonKey)
 	scanInvalid = jsonscan.Invalid // the full parse refuses the line
 	scanFull    = jsonscan.Full    // the full parse must read it
 )
@@ -34,7 +40,7 @@ func newJSONKey(fields []string) *jsonKey {
 
 // appendKey appends the encoded shard key of line to dst.
 func (k *jsonKey) appendKey(dst, line []byte) ([]byte, scanResult) {
-	if r := k.scan.Scan(line); r != jsonscan.OK {
+	if r := k.scan.ScanPrefix(line); r != jsonscan.OK {
 		return dst, r
 	}
 	for f, v := range k.scan.Fields() {

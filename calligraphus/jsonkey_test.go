@@ -41,8 +41,11 @@ func newKeyReaders(t testing.TB, fields []string) keyReaders {
 	return keyReaders{fields, newJSONKey(fields), app.NewKeyExtractor(fields)}
 }
 
-// checkJSONKey fails if the scan of line disagrees with the full parse;
-// it returns what the scan concluded.
+// checkJSONKey fails if the scan of line disagrees with the full parse:
+// a line the full parse takes must have its key, or be left to it; a
+// line it refuses may have a key (read from the line's prefix, twice the
+// same), be refused, or be left to it. It returns what the scan
+// concluded.
 func checkJSONKey(t testing.TB, k keyReaders, line []byte) scanResult {
 	t.Helper()
 	fields := k.fields
@@ -50,8 +53,11 @@ func checkJSONKey(t testing.TB, k keyReaders, line []byte) scanResult {
 	got, r := k.scan.appendKey([]byte("prefix"), line)
 	switch r {
 	case scanKey:
-		if err != nil || string(got) != "prefix"+want {
-			t.Fatalf("fields %q, line %q: the scan reads key %q; the full parse %q, %v", fields, line, got, want, err)
+		if err == nil && string(got) != "prefix"+want {
+			t.Fatalf("fields %q, line %q: the scan reads key %q; the full parse %q", fields, line, got, want)
+		}
+		if again, r2 := k.scan.appendKey([]byte("prefix"), line); r2 != r || string(again) != string(got) {
+			t.Fatalf("fields %q, line %q: the scan reads key %q, then %q (%d)", fields, line, got, again, r2)
 		}
 	case scanInvalid:
 		if err == nil {
@@ -105,9 +111,14 @@ func TestJSONKeyAgreesWithTheFullParse(t *testing.T) {
 		{[]string{"a.0", "x.1.y", "key"}, `{"a":["p","q"],"x":[0,{"y":true}],"key":7}`, scanKey},
 		{[]string{"a.0", "x.1.y", "key"}, `{"a":{"0":"obj"},"x":[]}`, scanKey},
 		{[]string{"k\\ey"}, `{"k\\ey":"a"}`, scanFull},
-		{[]string{"key"}, `{"key":"a",}`, scanInvalid},
-		{[]string{"key"}, `{"key":"a"} x`, scanInvalid},
-		{[]string{"key"}, `{"key":"a"`, scanInvalid},
+		{[]string{"key"}, `{"key":"a",}`, scanKey}, // the full parse refuses what follows the key
+		{[]string{"key"}, `{"x":"a",}`, scanInvalid},
+		{[]string{"key"}, `{"key":"a"} x`, scanKey},
+		{[]string{"key"}, `{"x":"a"} x`, scanInvalid},
+		{[]string{"key", "x"}, `{"key":"a","y":1,}`, scanInvalid}, // x not read yet
+		{[]string{"key", "x"}, `{"x":1,"key":"a",}`, scanKey},
+		{[]string{"key"}, `{"key":"a"`, scanKey},
+		{[]string{"key"}, `{"key"`, scanInvalid},
 		{[]string{"key"}, `{"key":tru}`, scanInvalid},
 		{[]string{"key"}, `{"key":+}`, scanInvalid},
 		{[]string{"key"}, `{"key":"unterminated}`, scanInvalid},
@@ -117,7 +128,8 @@ func TestJSONKeyAgreesWithTheFullParse(t *testing.T) {
 		{[]string{"key"}, ``, scanInvalid},
 		{[]string{"key"}, `  `, scanInvalid},
 		{[]string{"key"}, `{"key":"a","d":` + deep + `}`, scanKey},
-		{[]string{"key"}, `{"key":"a","d":[` + deep + `]}`, scanInvalid}, // 301 levels
+		{[]string{"key"}, `{"key":"a","d":[` + deep + `]}`, scanKey}, // 301 levels, after the key
+		{[]string{"key"}, `{"d":[` + deep + `],"key":"a"}`, scanInvalid},
 	} {
 		if got := checkJSONKey(t, newKeyReaders(t, c.fields), []byte(c.line)); got != c.want {
 			t.Errorf("fields %q, line %q: scan result %d, want %d", c.fields, c.line, got, c.want)

@@ -82,16 +82,31 @@ func TestRouterStableAndSpread(t *testing.T) {
 }
 
 // TestRouterScanRoutesAsTheFullParse: a route that reads its JSON key
-// fields itself sends every line to the bucket the full parse does:
-// lines it reads alone, lines it leaves to the full parse, lines neither
-// can read (bucket 0, unroutable).
+// fields itself sends every line the full parse takes to the bucket the
+// full parse does: lines it reads alone, lines it leaves to the full
+// parse; and lines neither can read to bucket 0, unroutable. A line the
+// full parse refuses only after the key's fields goes where its key says
+// (the scan does not read on), and is taken all the same.
 func TestRouterScanRoutesAsTheFullParse(t *testing.T) {
 	full := userRoute(t, "access", 8)
 	scan := full
 	scan.JSONFields = []string{"user"}
 	rFull := NewRouter(1, map[string]Route{"access": full})
 	rScan := NewRouter(1, map[string]Route{"access": scan})
-	lines := []string{`not json`, `{"user":"a\"b"}`, `{"user":{"id":1}}`, `{"user":null}`, `{"user":12.50}`, `{"user":"x",}`, `[]`}
+	for _, c := range []struct{ line, key string }{
+		{`{"user":"x",}`, "x"},
+		{`{"user":"x"} trailing`, "x"},
+		{`{"user":"x","n":1.2.3,"a":[`, "x"},
+		{`{"a":1,"user":7,"b":tru}`, "7"},
+	} {
+		if b, ok := rFull.Bucket("access", []byte(c.line)); b != 0 || ok {
+			t.Fatalf("line %q: bucket %d/%v by the full parse, want 0, unroutable", c.line, b, ok)
+		}
+		if b, ok := rScan.Bucket("access", []byte(c.line)); b != BucketOf(c.key, 8) || !ok {
+			t.Fatalf("line %q: bucket %d/%v by the scan, want %d (key %q)", c.line, b, ok, BucketOf(c.key, 8), c.key)
+		}
+	}
+	lines := []string{`not json`, `{"user":"a\"b"}`, `{"user":{"id":1}}`, `{"user":null}`, `{"user":12.50}`, `{"user",}`, `{"a":tru,"user":"x"}`, `{"user"`, `[]`}
 	for i := 0; i < 500; i++ {
 		lines = append(lines, userMsg(fmt.Sprintf("u%d", i), i))
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valyala/fastjson/fastfloat"
 )
 
 // fuzzApps are apps of every format, reading the same fields (a time, two
@@ -454,4 +456,20 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// FuzzParseNumber: the integer fast path of parseNumber gives exactly
+// fastfloat.Parse's value (to the bit: -0 too) and error, on any text.
+func FuzzParseNumber(f *testing.F) {
+	for _, s := range []string{"0", "-0", "42", "-42", "1764583200000", "999999999999999", "-999999999999999",
+		"9999999999999999", "007", "-", "", "1.5", "1e3", "--1", "+1", "12a", "inf", "-nan", "18446744073709551616"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, gotErr := parseNumber(s)
+		want, wantErr := fastfloat.Parse(s)
+		if (gotErr == nil) != (wantErr == nil) || gotErr == nil && math.Float64bits(got) != math.Float64bits(want) && !(math.IsNaN(got) && math.IsNaN(want)) {
+			t.Fatalf("%q: parseNumber %v (%v), fastfloat.Parse %v (%v)", s, got, gotErr, want, wantErr)
+		}
+	})
 }

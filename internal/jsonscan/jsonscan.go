@@ -40,6 +40,9 @@ const (
 	Invalid
 	// Full: the full parse must read the line.
 	Full
+	// found: every path has its value (ScanPrefix stops there); never
+	// returned.
+	found
 )
 
 // MaxDepth is fastjson's nesting limit.
@@ -70,9 +73,17 @@ type Scanner struct {
 	index [][]int // paths[f][level] as an array index, -1 if it is none
 	last  []int   // len(paths[f]) - 1
 	all   uint64  // a bit per path
+	// lens[level]: a bit per length of the paths' names at level (63:
+	// 63 bytes or more), so that a name no path can have is passed by
+	// its length alone.
+	lens []uint64
 	// always: the scan can never answer alone (see above).
 	always bool
 	fields []Field
+	// prefix: this scan stops once every path has its value (ScanPrefix);
+	// seen: the paths that have one so far.
+	prefix bool
+	seen   uint64
 }
 
 // New returns a scanner of paths (dotted field names).
@@ -94,6 +105,10 @@ func New(paths []string) *Scanner {
 		s.last[f] = len(s.paths[f]) - 1
 		s.index[f] = make([]int, len(s.paths[f]))
 		for l, step := range s.paths[f] {
+			if l == len(s.lens) {
+				s.lens = append(s.lens, 0)
+			}
+			s.lens[l] |= 1 << min(len(step), 63)
 			n, err := strconv.Atoi(step)
 			if err != nil || n < 0 {
 				n = -1
@@ -107,15 +122,36 @@ func New(paths []string) *Scanner {
 // Scan reads line. After OK, Fields holds the value of each path, in
 // the order of New's paths.
 func (s *Scanner) Scan(line []byte) Result {
+	return s.scan(line, false)
+}
+
+// ScanPrefix is Scan, reading line only as far as the value of the last
+// of its paths to appear (the first of duplicate names counts): what
+// follows is not read, so that a line the full parse refuses for what
+// follows may be read OK. After OK, Fields holds what the full parse
+// reads, if it accepts the line at all; Invalid and Full are Scan's
+// answers, for what the scan read. For a reader that needs the fields
+// alone and takes the line whether or not it is valid (the writer's
+// shard key); not for one that must refuse the lines the full parse
+// refuses.
+func (s *Scanner) ScanPrefix(line []byte) Result {
+	return s.scan(line, true)
+}
+
+func (s *Scanner) scan(line []byte, prefix bool) Result {
 	if s.always {
 		return Full
 	}
 	clear(s.fields)
+	s.prefix, s.seen = prefix, 0
 	i := skipWS(line, 0)
 	if i == len(line) || line[i] != '{' {
 		return Invalid // empty, not JSON, or not an object
 	}
 	i, r := s.value(line, i, 0, s.all, 0, 0)
+	if r == found {
+		return OK
+	}
 	if r != OK {
 		return r
 	}
@@ -123,6 +159,12 @@ func (s *Scanner) Scan(line []byte) Result {
 		return Invalid
 	}
 	return OK
+}
+
+// done reports whether a prefix scan has read every path's value, once
+// a value was read for paths ends.
+func (s *Scanner) done(ends uint64) bool {
+	return ends != 0 && s.prefix && s.seen == s.all
 }
 
 // Fields are the values of the last line scanned OK, by path; valid
@@ -190,6 +232,7 @@ func (s *Scanner) value(b []byte, i, depth int, active, ends uint64, level int) 
 }
 
 func (s *Scanner) set(paths uint64, v Field) {
+	s.seen |= paths
 	for m := paths; m != 0; m &= m - 1 {
 		s.fields[bits.TrailingZeros64(m)] = v
 	}
@@ -204,39 +247,83 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 		return i + 1, OK
 	}
 	var taken uint64 // paths whose name at this level an earlier key had
+	// The usual line has no white space: each step looks at the byte it
+	// expects first, and skips white space only where it is not there.
 	for {
-		i = skipWS(b, i)
 		if i >= len(b) || b[i] != '"' {
-			return i, Invalid
+			if i = skipWS(b, i); i >= len(b) || b[i] != '"' {
+				return i, Invalid
+			}
 		}
-		end, escaped := stringEnd(b, i+1)
+		start := i + 1
+		end := shortStringEnd(b, start)
 		if end < 0 {
-			return i, Invalid
+			var escaped bool
+			if end, escaped = stringEnd(b, start); end < 0 {
+				return i, Invalid
+			}
+			if escaped && active != 0 {
+				return i, Full
+			}
 		}
-		if escaped && active != 0 {
-			return i, Full
-		}
-		name := b[i+1 : end]
-		i = skipWS(b, end+1)
-		if i >= len(b) || b[i] != ':' {
-			return i, Invalid
+		if i = end + 1; i >= len(b) || b[i] != ':' {
+			if i = skipWS(b, i); i >= len(b) || b[i] != ':' {
+				return i, Invalid
+			}
 		}
 		i = skipWS(b, i+1)
 		var next, ends uint64
-		for m := active &^ taken; m != 0; m &= m - 1 {
-			f := bits.TrailingZeros64(m)
-			if s.paths[f][level] == string(name) {
-				taken |= 1 << f
-				if level == s.last[f] {
-					ends |= 1 << f
-				} else {
-					next |= 1 << f
+		// A path still looking for its name here (active: never beyond
+		// its last step, so level < len(s.lens)), and one of its length.
+		if m := active &^ taken; m != 0 && s.lens[level]>>min(end-start, 63)&1 != 0 {
+			name := b[start:end]
+			for ; m != 0; m &= m - 1 {
+				f := bits.TrailingZeros64(m)
+				if s.paths[f][level] == string(name) {
+					taken |= 1 << f
+					if level == s.last[f] {
+						ends |= 1 << f
+					} else {
+						next |= 1 << f
+					}
 				}
 			}
 		}
-		var r Result
-		if i, r = s.skipOrValue(b, i, depth, next, ends, level+1); r != OK {
-			return i, r
+		// The value: most are a string or a number that no path reads or
+		// passes through, stepped over where it lies (within MaxDepth:
+		// the value's level is depth+1).
+		switch {
+		case next|ends != 0 || depth >= MaxDepth || i >= len(b):
+			var r Result
+			if i, r = s.value(b, i, depth, next, ends, level+1); r != OK {
+				return i, r
+			}
+			if s.done(ends) {
+				return i, found
+			}
+		case b[i] == '"':
+			if end := shortStringEnd(b, i+1); end >= 0 {
+				i = end + 1
+			} else if i, _ = stringEnd(b, i+1); i < 0 {
+				return i, Invalid
+			} else {
+				i++
+			}
+		case b[i]-'0' <= 9:
+			if end := shortNumberEnd(b, i); end >= 0 {
+				i = end
+			} else {
+				i = numberEnd(b, i) // a digit first: never -1
+			}
+		default:
+			var r Result
+			if i, r = s.value(b, i, depth, 0, 0, level+1); r != OK {
+				return i, r
+			}
+		}
+		if i < len(b) && b[i] == ',' {
+			i++
+			continue
 		}
 		i = skipWS(b, i)
 		if i >= len(b) {
@@ -251,25 +338,6 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 			return i, Invalid
 		}
 	}
-}
-
-// skipOrValue is value, with the usual case first: a string or a number
-// that no path reads or passes through, stepped over where it lies (most
-// of a line's values).
-func (s *Scanner) skipOrValue(b []byte, i, depth int, active, ends uint64, level int) (int, Result) {
-	if active|ends == 0 && depth < MaxDepth && i < len(b) {
-		switch c := b[i]; {
-		case c == '"':
-			end, _ := stringEnd(b, i+1)
-			if end < 0 {
-				return i, Invalid
-			}
-			return end + 1, OK
-		case c >= '0' && c <= '9':
-			return numberEnd(b, i), OK // a digit first: never -1
-		}
-	}
-	return s.value(b, i, depth, active, ends, level)
 }
 
 func (s *Scanner) array(b []byte, i, depth int, active uint64, level int) (int, Result) {
@@ -296,6 +364,9 @@ func (s *Scanner) array(b []byte, i, depth int, active uint64, level int) (int, 
 		var r Result
 		if i, r = s.value(b, i, depth, next, ends, level+1); r != OK {
 			return i, r
+		}
+		if s.done(ends) {
+			return i, found
 		}
 		i = skipWS(b, i)
 		if i >= len(b) {
@@ -326,11 +397,14 @@ func skipWS(b []byte, i int) int {
 // stringEnd finds the quote closing a string whose body starts at b[i]
 // (the first one not escaped by a backslash, as fastjson reads it: after
 // an even run of backslashes); -1 if there is none. It reports whether
-// the body holds a backslash. It looks at eight bytes at a time for a
-// quote or a backslash.
+// the body holds a backslash. It looks at the first sixteen bytes eight
+// at a time for a quote or a backslash (most names and values end
+// there); past them, it finds the next quote by bytes.IndexByte (vector
+// instructions: a long string's cost) and then looks for a backslash
+// before it the same way.
 func stringEnd(b []byte, i int) (int, bool) {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	for ; i+8 <= len(b); i += 8 {
+	for n := 0; n < 2 && i+8 <= len(b); n++ {
 		v := binary.LittleEndian.Uint64(b[i:])
 		q, e := v^('"'*ones), v^('\\'*ones)
 		// A byte of q or e is zero where v has a quote or a backslash;
@@ -343,16 +417,33 @@ func stringEnd(b []byte, i int) (int, bool) {
 			}
 			return escapedStringEnd(b, i)
 		}
+		i += 8
 	}
-	for ; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			return i, false
-		case '\\':
-			return escapedStringEnd(b, i)
+	q := bytes.IndexByte(b[i:], '"')
+	if q < 0 {
+		return -1, false
+	}
+	if e := bytes.IndexByte(b[i:i+q], '\\'); e >= 0 {
+		return escapedStringEnd(b, i+e)
+	}
+	return i + q, false
+}
+
+// shortStringEnd is stringEnd for a body that ends in its first eight
+// bytes without a backslash (most names, many values), small enough to be
+// inlined (a call spills every live register); -1 for any other.
+func shortStringEnd(b []byte, i int) int {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	if i+8 <= len(b) {
+		v := binary.LittleEndian.Uint64(b[i:])
+		q, e := v^('"'*ones), v^('\\'*ones)
+		if m := ((q-ones)&^q | (e-ones)&^e) & highs; m != 0 {
+			if j := i + bits.TrailingZeros64(m)/8; b[j] == '"' {
+				return j
+			}
 		}
 	}
-	return -1, false
+	return -1
 }
 
 // escapedStringEnd is stringEnd from the first backslash of a body, b[i].
@@ -368,12 +459,48 @@ func escapedStringEnd(b []byte, i int) (int, bool) {
 	return -1, true
 }
 
-// numberEnd ends a fastjson number starting at b[i], or returns -1.
+// shortNumberEnd is numberEnd for a run of fewer than eight digits, from
+// b[i], ended by a comma or a closing brace (most numbers of a line),
+// small enough to be inlined; -1 for any other.
+func shortNumberEnd(b []byte, i int) int {
+	if i+8 <= len(b) {
+		v := binary.LittleEndian.Uint64(b[i:])
+		// As in numberEnd.
+		if m := (v&0xF0F0F0F0F0F0F0F0 ^ 0x3030303030303030) | ((v+0x0606060606060606)&0xF0F0F0F0F0F0F0F0 ^ 0x3030303030303030); m != 0 {
+			if j := i + bits.TrailingZeros64(m)/8; j > i && (b[j] == ',' || b[j] == '}') {
+				return j
+			}
+		}
+	}
+	return -1
+}
+
+// numberEnd ends a fastjson number starting at b[i], or returns -1. It
+// steps over a run of digits, the usual number, eight bytes at a time.
 func numberEnd(b []byte, i int) int {
+	const (
+		highNibbles = 0xF0F0F0F0F0F0F0F0
+		threes      = 0x3030303030303030
+		sixes       = 0x0606060606060606
+	)
 	j := i
+	for ; j+8 <= len(b); j += 8 {
+		v := binary.LittleEndian.Uint64(b[j:])
+		// A byte of m is not zero where v's is no digit (0x30-0x39: high
+		// nibble 3, and still 3 after adding 6). A byte of 0xFA or more
+		// carries into the one above, but is flagged itself: the lowest
+		// flagged byte is exact.
+		if m := (v&highNibbles ^ threes) | ((v+sixes)&highNibbles ^ threes); m != 0 {
+			j += bits.TrailingZeros64(m) / 8
+			break
+		}
+	}
+	// Digits, signs, dots and exponents: bits of a mask for the bytes
+	// below 64, e and E apart.
+	const numeric = 1<<'+' | 1<<'-' | 1<<'.' | 1<<'0' | 1<<'1' | 1<<'2' | 1<<'3' | 1<<'4' | 1<<'5' | 1<<'6' | 1<<'7' | 1<<'8' | 1<<'9'
 	for j < len(b) {
 		c := b[j]
-		if c >= '0' && c <= '9' || c == '.' || c == '-' || c == 'e' || c == 'E' || c == '+' {
+		if c < 64 && numeric>>c&1 != 0 || c == 'e' || c == 'E' {
 			j++
 			continue
 		}
