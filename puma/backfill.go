@@ -142,6 +142,9 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		if err != nil {
 			return err
 		}
+		// Listed before its state is loaded: should recovery fail on the
+		// way, release gives back what was charged for it.
+		s.backfills = append(s.backfills, bf)
 		if prior := c.Backfill[t.app.Name()]; prior != nil && slices.Equal(prior.Spans, spans) {
 			bf.pos = prior.Position
 			bf.t.watermark = prior.Watermark
@@ -178,7 +181,6 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 			}
 			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
 		}
-		s.backfills = append(s.backfills, bf)
 	}
 	return nil
 }

@@ -190,7 +190,10 @@
 // which puma.memory_limit bounds with them. Dedup state is never refused
 // nor forgotten to make room (that would count re-sends twice): when it
 // fills the limit, new cells are refused (max_cells); it is bounded by
-// max_agents_per_shard and dedup_horizon.
+// max_agents_per_shard and dedup_horizon. The cells a backfill builds
+// count with its app's (freeway_puma_cells, the bounds) from the start;
+// a shard that stops, or fails to recover, gives back what it was
+// charged, its backfills' cells and dedup state included.
 //
 // Shard states. A node keeps, for every shard of its apps, a state
 // (Statuses): recovering (taken here and loading its committed state, or

@@ -849,6 +849,11 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			a.watermark = max(a.watermark, t.watermark)
 		}
+		for _, bf := range s.backfills { // in memory and in the budget too
+			a := per[bf.live.app.Name()]
+			a.cells += float64(bf.t.ncells)
+			a.bytes += float64(bf.t.bytes)
+		}
 		s.mu.RUnlock()
 		lc := time.Unix(0, s.lastCommit.Load())
 		if oldest.IsZero() || lc.Before(oldest) {

@@ -242,7 +242,9 @@ func (s *shard) snapshot(fn func(tables []*table)) {
 	fn(s.tables)
 }
 
-// release gives the shard's cells back to the node's budget.
+// release gives the shard's cells back to the node's budget, those of
+// its backfills that have not joined included (a joined backfill's cells
+// are its live table's).
 func (s *shard) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -251,6 +253,7 @@ func (s *shard) release() {
 	}
 	s.highWater.release()
 	for _, bf := range s.backfills {
+		bf.t.release()
 		bf.dedup.release()
 	}
 }
