@@ -20,7 +20,8 @@
 // stale_shards over Thrift (both absent when every shard answered fresh;
 // freeway_serving_stale_shards_total, freeway_serving_fanout_failures_total).
 // A query whose partial state is over a bound (a node's
-// puma.max_partial_rows, serving.fanout_max_bytes) is refused whole with
+// puma.max_partial_rows, serving.fanout_max_bytes; the partial of the
+// stale shards, built from the store, is held to both) is refused whole with
 // puma.TooLargeError: HTTP 422, Thrift QueryError code 422
 // (freeway_serving_fanout_too_large_total).
 // With an in-process coordinator there are no other nodes: it answers

@@ -51,6 +51,7 @@ type Fanout struct {
 	log       *slog.Logger
 	limiter   *ratelog.Limiter
 	maxBytes  int64
+	maxRows   int
 	stale     prometheus.Counter
 	failures  prometheus.Counter
 	tooLarge  prometheus.Counter
@@ -70,6 +71,11 @@ type FanoutDeps struct {
 	// puma.TooLargeError, as a node refusing a partial over
 	// puma.max_partial_rows does.
 	MaxBytes int64
+	// MaxPartialRows bounds the rows of the partial state of the shards
+	// answered from the store (puma.max_partial_rows; 0:
+	// puma.DefaultMaxPartialRows), as the nodes bound theirs; MaxBytes
+	// bounds its size in the form a node sends it.
+	MaxPartialRows int
 	// TLS dials the owners with TLS (nil: plain HTTP); Token is sent as
 	// the bearer token (a query token of the process, "" for none).
 	TLS     *auth.TLS
@@ -93,10 +99,10 @@ func NewFanout(d FanoutDeps) *Fanout {
 	log = log.With("component", "serving")
 	f := &Fanout{
 		co: d.Coord, committed: d.Committed, apps: map[string]*apps.App{}, list: d.Apps, buckets: d.Buckets,
-		timeout: d.Timeout, maxBytes: d.MaxBytes, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
+		timeout: d.Timeout, maxBytes: d.MaxBytes, maxRows: d.MaxPartialRows, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
 		stale:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_stale_shards_total", Help: "Shards answered from their committed state because their owner did not answer in time or none owned them."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes for partial states that failed or timed out."}),
-		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_too_large_total", Help: "Fanned-out queries refused (422) because a Puma node's partial state was over puma.max_partial_rows or serving.fanout_max_bytes."}),
+		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_too_large_total", Help: "Fanned-out queries refused (422) because a partial state, a Puma node's or that of the shards answered from the store, was over puma.max_partial_rows or serving.fanout_max_bytes."}),
 	}
 	for _, a := range d.Apps {
 		f.apps[a.Name()] = a
@@ -106,6 +112,9 @@ func NewFanout(d FanoutDeps) *Fanout {
 	}
 	if f.maxBytes <= 0 {
 		f.maxBytes = DefaultFanoutMaxBytes
+	}
+	if f.maxRows <= 0 {
+		f.maxRows = puma.DefaultMaxPartialRows
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: false}
 	if d.TLS != nil {
@@ -209,7 +218,12 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 	}
 	slices.Sort(stale)
 	if len(stale) > 0 {
-		part, err := f.committed.Partial(ctx, q, stale)
+		part, err := f.committed.Partial(ctx, q, stale, puma.PartialBounds{Rows: f.maxRows, Bytes: f.maxBytes})
+		if puma.IsTooLarge(err) {
+			f.tooLarge.Inc()
+			f.limiter.Warn("fanout too large", "query refused: the partial state of the shards answered from the store is over its bound", "app", app.Name(), "err", err)
+			return nil, err
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -65,7 +65,7 @@ func (p *Process) fanout(committed *puma.Committed) (*serving.Fanout, error) {
 	}
 	return serving.NewFanout(serving.FanoutDeps{
 		Coord: co, Committed: committed, Apps: p.apps, Buckets: p.res.BucketsOf,
-		Timeout: p.cfg.Serving.FanoutTimeout.D(), MaxBytes: int64(p.cfg.Serving.FanoutMaxBytes), TLS: p.shared.TLS, Token: token,
+		Timeout: p.cfg.Serving.FanoutTimeout.D(), MaxBytes: int64(p.cfg.Serving.FanoutMaxBytes), MaxPartialRows: p.cfg.Puma.MaxPartialRows, TLS: p.shared.TLS, Token: token,
 		Log: p.log, Metrics: p.reg,
 	}), nil
 }
