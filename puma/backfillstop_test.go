@@ -64,6 +64,13 @@ func TestBackfillStopReleasesCells(t *testing.T) {
 		}
 		return nil
 	})
+	// The backfill's stall shows, the live reading's does not.
+	testkit.Eventually(t, "the backfill shown stuck", func() error {
+		if rs := stateOf(p2, 0).ReadStalls; len(rs) != 1 || rs[0].Reader != "backfill:kinds" || path.Base(rs[0].Segment) != stuck || rs[0].Kind != "io" {
+			return fmt.Errorf("read stalls %+v", rs)
+		}
+		return nil
+	})
 	mem, _ := p2.Memory("kinds")
 	if mem.Cells == 0 {
 		t.Fatalf("the backfill built no cells: %+v", mem)

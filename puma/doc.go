@@ -195,6 +195,13 @@
 // a shard that stops, or fails to recover, gives back what it was
 // charged, its backfills' cells and dedup state included.
 //
+// Stalled reading (stall.go). A dfs error while reading a bucket is
+// retried from the same position with a back-off, never skipped; while
+// it lasts (a checksum error until the dfs repairs the block) the
+// shard's Status.ReadStalls, freeway_puma_read_stalled_seconds and
+// freeway_puma_shards_read_stalled show it stuck, and the log names the
+// file and offset, at most once a minute.
+//
 // Shard states. A node keeps, for every shard of its apps, a state
 // (Statuses): recovering (taken here and loading its committed state, or
 // not tried yet), running, failed (the last attempt to take, recover or

@@ -69,6 +69,27 @@ type ShardJSON struct {
 	Error      string `json:"error,omitempty"`
 	Failures   int    `json:"failures,omitempty"`
 	RetryAt    string `json:"retry_at,omitempty"`
+	// ReadStalled lists its readings (its own, its backfills') that fail
+	// now and are retried where they are (running here): a segment the
+	// dfs cannot deliver, by kind (checksum, permission, io).
+	ReadStalled []ReadStallJSON `json:"read_stalled,omitempty"`
+}
+
+// ReadStallJSON is a run of failed reads of a shard's bucket.
+type ReadStallJSON struct {
+	// Reader is "live" (the shard's reading) or "backfill:<app>".
+	Reader string `json:"reader"`
+	// Since is when the run began, StalledSeconds how long ago;
+	// Failures counts its failed attempts.
+	Since          string  `json:"since"`
+	StalledSeconds float64 `json:"stalled_seconds"`
+	Failures       int     `json:"failures"`
+	// Segment and Offset: where the reader is stuck.
+	Segment string `json:"segment"`
+	Offset  int64  `json:"offset"`
+	// Kind is checksum, permission or io; Error the last error.
+	Kind  string `json:"kind"`
+	Error string `json:"error"`
 }
 
 // AppStatusJSON is how far behind an app is, over its category's shards.
@@ -87,6 +108,9 @@ type AppStatusJSON struct {
 	LagSegments *int64 `json:"lag_segments,omitempty"`
 	// CheckpointAgeSeconds is the oldest of the shards' last commits.
 	CheckpointAgeSeconds *float64 `json:"checkpoint_age_seconds,omitempty"`
+	// ShardsReadStalled counts the shards whose reading (or a
+	// backfill's) fails now (running here; ShardJSON.ReadStalled).
+	ShardsReadStalled int `json:"shards_read_stalled,omitempty"`
 }
 
 // shardStatuser is a source that knows its shards: a Puma node or the
@@ -123,6 +147,7 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 	}
 	type sum struct {
 		n, running int
+		stalled    int
 		lag        int64
 		hasLag     bool
 		oldest     time.Time
@@ -138,6 +163,13 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 			byCat[st.Category] = c
 		}
 		c.n++
+		for _, rs := range st.ReadStalls {
+			j.ReadStalled = append(j.ReadStalled, ReadStallJSON{Reader: rs.Reader, Since: rfc3339(rs.Since), StalledSeconds: now.Sub(rs.Since).Seconds(),
+				Failures: rs.Failures, Segment: rs.Segment, Offset: rs.Offset, Kind: rs.Kind, Error: rs.Error})
+		}
+		if len(st.ReadStalls) > 0 {
+			c.stalled++
+		}
 		if st.State == puma.StateRunning || (st.State == "" && st.Epoch != 0) {
 			c.running++
 		}
@@ -166,7 +198,7 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 	for _, a := range apps {
 		j := AppStatusJSON{Name: a.Name(), Category: a.Spec.Category}
 		if c := byCat[a.Spec.Category]; c != nil {
-			j.Shards, j.ShardsRunning = c.n, c.running
+			j.Shards, j.ShardsRunning, j.ShardsReadStalled = c.n, c.running, c.stalled
 			if c.hasLag {
 				lag := c.lag
 				j.LagSegments = &lag
