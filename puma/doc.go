@@ -73,7 +73,10 @@
 // one node with every shard would. PartialHandler serves them on
 // puma.listen (POST PartialPath, JSON; behind the process's TLS and query
 // tokens): a shard asked for but not running here is listed in Missing,
-// for serving to read from the store.
+// for serving to read from the store. The same port answers GET AppsPath
+// with the node's app reports (appreport.go: state, memory, rejections;
+// Handler serves both), which a standalone serving merges for its
+// /api/v1/apps.
 //
 // Exactly-once. A shard's checkpoint is committed atomically: an attempt
 // marker records the epoch about to be written, then the changed cells are
