@@ -194,7 +194,9 @@ type PartialBounds struct {
 // over bounds is refused whole with a TooLargeError: the rows are
 // counted as they are read, the bytes as each shard's rows are read (by
 // the stored size of a row's first cell: no more than the row takes
-// once merged) and, exactly, once the partial is encoded.
+// once merged, as a merge only grows a cell, but for a topk whose items
+// are replaced by shorter ones, so that a partial within a few bytes of
+// the bound may be refused) and, exactly, once the partial is encoded.
 func (c *Committed) Partial(ctx context.Context, q Query, buckets []int, bounds PartialBounds) (*Partial, error) {
 	app, ok := c.apps[q.App]
 	if !ok {
@@ -294,7 +296,9 @@ func (c *Committed) boundedShard(ctx context.Context, pl *plan, b int, m *merger
 		mine, ok := m.rows[k]
 		if !ok {
 			m.rows[k] = r
-			*taken += PartialRow{Window: k.window, Key: []byte(k.key), Start: r.start, End: r.end, Cell: pl.layout.encodeCell(r.cell)}.wireBytes()
+			if bounds.Bytes > 0 {
+				*taken += PartialRow{Window: k.window, Key: []byte(k.key), Start: r.start, End: r.end, Cell: pl.layout.encodeCell(r.cell)}.wireBytes()
+			}
 			continue
 		}
 		mine.start, mine.end = min(mine.start, r.start), max(mine.end, r.end)
