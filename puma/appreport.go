@@ -31,10 +31,38 @@ type AppReport struct {
 	Rejections Rejections `json:"rejections"`
 }
 
-// NodeAppReports is a node's answer on AppsPath.
+// NodeAppReports is a node's answer on AppsPath: its app reports, and
+// the read stalls of its shards (for a standalone serving's
+// /api/v1/status).
 type NodeAppReports struct {
-	Node string      `json:"node"`
-	Apps []AppReport `json:"apps"`
+	Node       string           `json:"node"`
+	Apps       []AppReport      `json:"apps"`
+	ReadStalls []ShardReadStall `json:"read_stalls,omitempty"`
+}
+
+// ShardReadStall is a read stall of a shard running on the node.
+type ShardReadStall struct {
+	Category string `json:"category"`
+	Bucket   int    `json:"bucket"`
+	ReadStall
+}
+
+// ShardReadStalls lists the read stalls of the shards running here, by
+// shard.
+func (p *Puma) ShardReadStalls() []ShardReadStall {
+	var out []ShardReadStall
+	for _, s := range p.readyShards() {
+		for _, rs := range s.readStalls() {
+			out = append(out, ShardReadStall{Category: s.category, Bucket: s.bucket, ReadStall: rs})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Category != out[j].Category {
+			return out[i].Category < out[j].Category
+		}
+		return out[i].Bucket < out[j].Bucket
+	})
+	return out
 }
 
 // AppReports reports every app of the node, sorted by name.
@@ -59,7 +87,7 @@ func (p *Puma) AppsHandler() http.Handler {
 			httpsrv.WriteError(w, http.StatusMethodNotAllowed, "GET the app reports")
 			return
 		}
-		httpsrv.WriteJSON(w, http.StatusOK, NodeAppReports{Node: p.cfg.ID, Apps: p.AppReports()})
+		httpsrv.WriteJSON(w, http.StatusOK, NodeAppReports{Node: p.cfg.ID, Apps: p.AppReports(), ReadStalls: p.ShardReadStalls()})
 	})
 }
 

@@ -8,6 +8,9 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // TestMergeAppReports: the reports of several nodes merge as one node
@@ -47,13 +50,16 @@ func TestMergeAppReports(t *testing.T) {
 }
 
 // TestAppsHandler: a node answers GET AppsPath with its reports, which
-// decode to what AppReports says; other methods are refused.
+// decode to what AppReports says, and its shards' read stalls; other
+// methods are refused.
 func TestAppsHandler(t *testing.T) {
 	e := newEnv(t, orders(t))
 	p := e.node("n1")
 	s := testShard(t, p, 0)
 	adopt(p, s)
 	feed(s, 10, order(t0, "eu", "book", 1), []byte("not json"))
+	since := time.UnixMilli(t0).UTC()
+	s.readStall.fail(since, "live", ptail.Position{Segment: "orders/0/x.seg", Offset: 5}, fmt.Errorf("read: %w", dfs.ErrChecksum))
 	srv := httptest.NewServer(p.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + AppsPath)
@@ -69,6 +75,10 @@ func TestAppsHandler(t *testing.T) {
 	if got.Node != "n1" || len(got.Apps) != 1 || got.Apps[0].Memory.Cells != 1 || got.Apps[0].Rejections.Dropped["parse_error"] != 1 ||
 		!reflect.DeepEqual(got.Apps[0].Memory, want[0].Memory) || len(got.Apps[0].Rejections.Samples) != 1 {
 		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	wantStalls := []ShardReadStall{{Category: "orders", Bucket: 0, ReadStall: ReadStall{Reader: "live", Since: since, Failures: 1, Segment: "orders/0/x.seg", Offset: 5, Kind: "checksum", Error: "read: checksum error"}}}
+	if !reflect.DeepEqual(got.ReadStalls, wantStalls) {
+		t.Fatalf("read stalls %+v, want %+v", got.ReadStalls, wantStalls)
 	}
 	post, err := http.Post(srv.URL+AppsPath, "application/json", nil)
 	if err != nil {

@@ -35,7 +35,9 @@ import (
 //     while it reads), freeway_puma_shards_read_stalled (how many shards
 //     here have a reading failing now), and freeway_puma_read_errors_total
 //     (every failure);
-//   - in Status.ReadStalls (GET /api/v1/status: shards[].read_stalled).
+//   - in Status.ReadStalls (GET /api/v1/status: shards[].read_stalled),
+//     and on puma.listen (AppsPath: ShardReadStalls) for a standalone
+//     serving's /api/v1/status.
 
 // stallLogEvery bounds how often a run of read failures is logged.
 const stallLogEvery = time.Minute

@@ -305,13 +305,40 @@ type NodeMissing struct {
 // asked, and those that did not answer, with why: a report that lacks a
 // node is never passed off as whole.
 func (f *Fanout) AppReports(ctx context.Context) (map[string]puma.AppReport, int, []NodeMissing) {
+	reports, asked, missing := f.nodeReports(ctx)
+	all := make([][]puma.AppReport, 0, len(reports))
+	for _, r := range reports {
+		all = append(all, r.Apps)
+	}
+	return puma.MergeAppReports(all), asked, missing
+}
+
+// ReadStalls asks every live Puma node, as AppReports does, for the
+// read stalls of its shards (stall.go in puma), and returns them by
+// shard ("<category>/<bucket>"), how many nodes were asked, and those
+// that did not answer.
+func (f *Fanout) ReadStalls(ctx context.Context) (map[string][]puma.ReadStall, int, []NodeMissing) {
+	reports, asked, missing := f.nodeReports(ctx)
+	out := map[string][]puma.ReadStall{}
+	for _, r := range reports {
+		for _, rs := range r.ReadStalls {
+			k := rs.Category + "/" + strconv.Itoa(rs.Bucket)
+			out[k] = append(out[k], rs.ReadStall)
+		}
+	}
+	return out, asked, missing
+}
+
+// nodeReports asks every live Puma node for its reports (puma.AppsPath),
+// each within the timeout.
+func (f *Fanout) nodeReports(ctx context.Context) ([]puma.NodeAppReports, int, []NodeMissing) {
 	members, _, err := f.co.Members(ctx, names.PumaMembers)
 	if err != nil {
 		f.limiter.Warn("fanout members", "cannot list the puma nodes", "err", err)
 		return nil, 0, []NodeMissing{{Error: "cannot list the puma nodes: " + ratelog.Clip(err.Error())}}
 	}
 	var mu sync.Mutex
-	var all [][]puma.AppReport
+	var all []puma.NodeAppReports
 	var missing []NodeMissing
 	var wg sync.WaitGroup
 	for _, m := range members {
@@ -339,40 +366,40 @@ func (f *Fanout) AppReports(ctx context.Context) (map[string]puma.AppReport, int
 	}
 	wg.Wait()
 	sort.Slice(missing, func(i, j int) bool { return missing[i].Node < missing[j].Node })
-	return puma.MergeAppReports(all), len(members), missing
+	return all, len(members), missing
 }
 
-// askApps asks the node at addr for its app reports, within the timeout.
-func (f *Fanout) askApps(ctx context.Context, addr string) ([]puma.AppReport, error) {
+// askApps asks the node at addr for its reports, within the timeout.
+func (f *Fanout) askApps(ctx context.Context, addr string) (puma.NodeAppReports, error) {
+	var rep puma.NodeAppReports
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, f.scheme+"://"+addr+puma.AppsPath, nil)
 	if err != nil {
-		return nil, err
+		return rep, err
 	}
 	if f.token != "" {
 		hr.Header.Set("Authorization", "Bearer "+f.token)
 	}
 	resp, err := f.client.Do(hr)
 	if err != nil {
-		return nil, fmt.Errorf("ask %s for its app reports: %w", addr, err)
+		return rep, fmt.Errorf("ask %s for its app reports: %w", addr, err)
 	}
 	defer func() { _ = resp.Body.Close() }() // read whole, or given up on
 	data, err := io.ReadAll(io.LimitReader(resp.Body, f.maxBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("read app reports from %s: %w", addr, err)
+		return rep, fmt.Errorf("read app reports from %s: %w", addr, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
-		return nil, fmt.Errorf("app reports from %s: %s (a node of an older version has none)", addr, resp.Status)
+		return rep, fmt.Errorf("app reports from %s: %s (a node of an older version has none)", addr, resp.Status)
 	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("app reports from %s: %s: %s", addr, resp.Status, ratelog.Clip(string(data)))
+		return rep, fmt.Errorf("app reports from %s: %s: %s", addr, resp.Status, ratelog.Clip(string(data)))
 	case int64(len(data)) > f.maxBytes:
-		return nil, fmt.Errorf("app reports from %s are over %s (serving.fanout_max_bytes)", addr, config.ByteSize(f.maxBytes))
+		return rep, fmt.Errorf("app reports from %s are over %s (serving.fanout_max_bytes)", addr, config.ByteSize(f.maxBytes))
 	}
-	var rep puma.NodeAppReports
 	if err := json.Unmarshal(data, &rep); err != nil {
-		return nil, fmt.Errorf("decode app reports from %s: %w", addr, err)
+		return rep, fmt.Errorf("decode app reports from %s: %w", addr, err)
 	}
-	return rep.Apps, nil
+	return rep, nil
 }

@@ -2,6 +2,7 @@ package serving
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -112,6 +113,47 @@ func TestFanoutApps(t *testing.T) {
 	check(body, 2)
 	if m := body["puma_nodes"].(map[string]any)["missing"].([]any); len(m) != 0 {
 		t.Fatalf("missing %v", m)
+	}
+
+	// A node whose shard shop/1 is stuck (a node's answer, as puma's
+	// AppsHandler makes it): its stall shows in /api/v1/status, which
+	// has the shards from the store.
+	since := time.Now().Add(-time.Minute).UTC()
+	stuck := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != puma.AppsPath {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(puma.NodeAppReports{Node: "stuck", Apps: []puma.AppReport{}, ReadStalls: []puma.ShardReadStall{{Category: "shop", Bucket: 1,
+			ReadStall: puma.ReadStall{Reader: "live", Since: since, Failures: 9, Segment: "shop/1/x.seg", Offset: 77, Kind: "checksum", Error: "checksum error"}}}})
+	}))
+	t.Cleanup(stuck.Close)
+	stuckCo := hub.Session()
+	t.Cleanup(func() { stuckCo.Close() })
+	membership, err := stuckCo.Join(context.Background(), names.PumaMembers, "stuck", []byte(stuck.Listener.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(decode(t, get(t, srv, "/api/v1/apps")), 3)
+	status := decode(t, get(t, srv, "/api/v1/status"))
+	if pn, _ := status["puma_nodes"].(map[string]any); status["shards_from"] != "store" || pn == nil || pn["asked"] != 3.0 || len(pn["missing"].([]any)) != 0 {
+		t.Fatalf("status %v", status)
+	}
+	for _, x := range status["shards"].([]any) {
+		sh := x.(map[string]any)
+		rs, _ := sh["read_stalled"].([]any)
+		if sh["bucket"] != 1.0 {
+			if rs != nil {
+				t.Fatalf("shard %v", sh)
+			}
+			continue
+		}
+		if len(rs) != 1 || rs[0].(map[string]any)["segment"] != "shop/1/x.seg" || rs[0].(map[string]any)["offset"] != 77.0 || rs[0].(map[string]any)["kind"] != "checksum" {
+			t.Fatalf("shard %v", sh)
+		}
+	}
+	if err := membership.Leave(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 
 	// A node that hangs, and one that advertises no address: named, the

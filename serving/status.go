@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/httpsrv"
@@ -31,6 +32,10 @@ type StatusJSON struct {
 	// commit of each shard), or "" (neither is known here).
 	ShardsFrom string      `json:"shards_from,omitempty"`
 	Shards     []ShardJSON `json:"shards"`
+	// PumaNodes, for a standalone serving that fans out and so shows the
+	// shards from the store: the Puma nodes asked for their shards' read
+	// stalls (read_stalled), and those that did not answer.
+	PumaNodes *PumaNodesJSON `json:"puma_nodes,omitempty"`
 	// Apps sums the shards of each app's category.
 	Apps []AppStatusJSON `json:"apps"`
 	// Reports are the other components' states, each under its name
@@ -113,6 +118,12 @@ type AppStatusJSON struct {
 	ShardsReadStalled int `json:"shards_read_stalled,omitempty"`
 }
 
+// readStallReporter is a source that asks the Puma nodes for their
+// shards' read stalls: serving's fan-out.
+type readStallReporter interface {
+	ReadStalls(ctx context.Context) (map[string][]puma.ReadStall, int, []NodeMissing)
+}
+
 // shardStatuser is a source that knows its shards: a Puma node or the
 // store's reader.
 type shardStatuser interface {
@@ -144,6 +155,16 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 		out.ShardsFrom, shards = "puma", ss.ShardStatuses(ctx)
 	} else if ss, ok := s.store.(shardStatuser); ok {
 		out.ShardsFrom, shards = "store", ss.ShardStatuses(ctx)
+		if rr, ok := s.fresh.(readStallReporter); ok {
+			stalls, asked, missing := rr.ReadStalls(ctx)
+			if missing == nil {
+				missing = []NodeMissing{}
+			}
+			out.PumaNodes = &PumaNodesJSON{Asked: asked, Missing: missing}
+			for i, st := range shards {
+				shards[i].ReadStalls = stalls[st.Category+"/"+strconv.Itoa(st.Bucket)]
+			}
+		}
 	}
 	type sum struct {
 		n, running int
@@ -250,7 +271,7 @@ func (j StatusJSON) MarshalJSON() ([]byte, error) {
 
 // statusFields are the names of StatusJSON's own fields, which no
 // StatusProvider may take.
-var statusFields = []string{"time", "version", "components", "modes", "default_mode", "shards_from", "shards", "apps"}
+var statusFields = []string{"time", "version", "components", "modes", "default_mode", "shards_from", "shards", "puma_nodes", "apps"}
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout.D())
