@@ -31,8 +31,11 @@
 // with the segment and offset), counts it (Metrics, and the Damaged
 // fields) and goes on: in a v2 segment with the next block, so a damaged
 // block costs that block only; in a v1 segment, or after a torn tail, with
-// the next segment. An I/O error is not damage: Next returns it and
-// resumes where it was.
+// the next segment. An I/O error is not damage: Next returns it (a
+// *ReadError naming the segment and offset) and resumes where it was, so
+// that nothing is skipped; its user retries with a back-off and shows a
+// run of failures (a checksum error the dfs reports, dfs.ErrChecksum,
+// lasts until the dfs repairs the block), as Puma does.
 //
 // Nothing is kept across a crash but the position its user saved; ptail
 // itself is stateless.
@@ -108,6 +111,33 @@ func (e *VanishedError) Error() string {
 
 // Unwrap makes a VanishedError an fs.ErrNotExist.
 func (e *VanishedError) Unwrap() error { return fs.ErrNotExist }
+
+// ReadError is a failure of the dfs to list the bucket, or to open or
+// read a published segment: not damage (the segment's content is not in
+// question), so the reader stays where it was and Next retries from
+// there.
+type ReadError struct {
+	// Op is "list", "open" or "read".
+	Op string
+	// Segment is the path of the segment (bucket directory and name);
+	// listing: the bucket directory.
+	Segment string
+	// Offset is where the reader was in it: the next block.
+	Offset int64
+	Err    error
+}
+
+func (e *ReadError) Error() string {
+	switch e.Op {
+	case "read":
+		return fmt.Sprintf("read segment %s at %d: %v", e.Segment, e.Offset, e.Err)
+	case "open":
+		return fmt.Sprintf("open segment %s: %v", e.Segment, e.Err)
+	}
+	return fmt.Sprintf("list bucket %s: %v", e.Segment, e.Err)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }
 
 // Reader follows one bucket directory. Not safe for concurrent use.
 type Reader struct {
@@ -240,7 +270,7 @@ func (r *Reader) TryNext(b *segment.Block) (Position, bool, error) {
 			if !errors.As(err, &de) {
 				// Reading failed, which says nothing about the segment.
 				r.closeFile()
-				return r.pos, false, fmt.Errorf("read segment %s at %d: %w", path.Join(r.dir, r.pos.Segment), r.pos.Offset, err)
+				return r.pos, false, &ReadError{Op: "read", Segment: path.Join(r.dir, r.pos.Segment), Offset: r.pos.Offset, Err: err}
 			}
 			r.damaged(de)
 			if de.Resumed {
@@ -304,12 +334,12 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 		return false, &VanishedError{Segment: path.Join(r.dir, name), ModTime: r.modTime}
 	}
 	if err != nil {
-		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
+		return false, &ReadError{Op: "open", Segment: path.Join(r.dir, name), Offset: offset, Err: err}
 	}
 	sr, err := segment.NewReader(f, offset)
 	if err != nil && !damaged(err) {
 		_ = f.Close() // opened for reading
-		return false, fmt.Errorf("open segment %s: %w", path.Join(r.dir, name), err)
+		return false, &ReadError{Op: "open", Segment: path.Join(r.dir, name), Offset: offset, Err: err}
 	}
 	if err != nil {
 		_ = f.Close() // opened for reading
@@ -364,7 +394,7 @@ func (r *Reader) closeFile() {
 func (r *Reader) list() error {
 	infos, err := layout.Published(r.fs, r.dir, r.pos.Segment)
 	if err != nil {
-		return err
+		return &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
 	}
 	if n := len(r.pending); n > 0 {
 		last := r.pending[n-1].Name()

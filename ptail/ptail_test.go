@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -500,20 +501,22 @@ func TestDamagedLastSegmentNotReread(t *testing.T) {
 	}
 }
 
-// TestReadErrorIsNotDamage: an I/O error (a DataNode going away, say) is
-// not damage: Next reports it and the reader resumes where it was.
+// TestReadErrorIsNotDamage: an I/O error (a DataNode going away, say, or
+// a checksum error of HDFS's) is not damage: Next reports it, as a
+// *ReadError naming the segment and the offset of the next block and
+// wrapping the dfs's error, and the reader resumes where it was.
 func TestReadErrorIsNotDamage(t *testing.T) {
 	fsys := newFS(t)
 	var blocks [][]string
 	for i := 0; i < 200; i++ { // well over the segment reader's 256KiB buffer
 		blocks = append(blocks, []string{fmt.Sprintf("m%03d-%02000d", i, 0)})
 	}
-	publish(t, fsys, 1, 1, blocks...)
+	first := path.Join(dir, publish(t, fsys, 1, 1, blocks...))
 	publish(t, fsys, 1, 2, []string{"next"})
 	var failed atomic.Bool
 	fsys.SetHook(func(c dfstest.Call) error {
 		if c.Op == dfstest.OpRead && c.Off > 0 && c.Off < 300<<10 && failed.CompareAndSwap(false, true) { // mid-segment
-			return errors.New("injected read error")
+			return &fs.PathError{Op: "read", Path: c.Name, Err: fmt.Errorf("%w: %w", dfs.ErrChecksum, errors.New("invalid checksum"))}
 		}
 		return nil
 	})
@@ -528,6 +531,11 @@ func TestReadErrorIsNotDamage(t *testing.T) {
 		if _, err := r.Next(ctx, &b); err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			var re *ReadError
+			if !errors.As(err, &re) || re.Op != "read" || re.Segment != first || re.Offset != r.Position().Offset ||
+				!errors.Is(err, dfs.ErrChecksum) || !strings.Contains(err.Error(), fmt.Sprintf("read segment %s at %d: ", first, re.Offset)) {
+				t.Fatalf("read error %#v (%v) at %s", err, err, r.Position())
 			}
 			errs++
 			continue

@@ -85,6 +85,7 @@ type backfill struct {
 	// read and left count the segments read and still to read (for
 	// AppState).
 	read, left atomic.Int64
+	stall      stall // its reading's run of failures (stall.go)
 }
 
 // planBackfills decides, on recovery, which spans of the shard's tables
@@ -142,6 +143,9 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		if err != nil {
 			return err
 		}
+		// Listed before its state is loaded: should recovery fail on the
+		// way, release gives back what was charged for it.
+		s.backfills = append(s.backfills, bf)
 		if prior := c.Backfill[t.app.Name()]; prior != nil && slices.Equal(prior.Spans, spans) {
 			bf.pos = prior.Position
 			bf.t.watermark = prior.Watermark
@@ -178,7 +182,6 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 			}
 			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
 		}
-		s.backfills = append(s.backfills, bf)
 	}
 	return nil
 }
@@ -238,9 +241,10 @@ func (s *shard) runBackfill(ctx context.Context, bf *backfill) error {
 		wait := s.p.cfg.PollInterval.D()
 		if err != nil {
 			wait = bo.Next()
-			s.log.Warn("backfill cannot read bucket; retrying", "app", bf.live.app.Name(), "err", err, "retry_in", wait)
+			s.readFailed(&bf.stall, "backfill:"+bf.live.app.Name(), r.Position(), err, wait)
 		} else {
 			bo.Reset()
+			s.readResumed(&bf.stall)
 		}
 		select {
 		case <-ctx.Done():

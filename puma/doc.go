@@ -73,7 +73,10 @@
 // one node with every shard would. PartialHandler serves them on
 // puma.listen (POST PartialPath, JSON; behind the process's TLS and query
 // tokens): a shard asked for but not running here is listed in Missing,
-// for serving to read from the store.
+// for serving to read from the store. The same port answers GET AppsPath
+// with the node's app reports (appreport.go: state, memory, rejections;
+// Handler serves both), which a standalone serving merges for its
+// /api/v1/apps.
 //
 // Exactly-once. A shard's checkpoint is committed atomically: an attempt
 // marker records the epoch about to be written, then the changed cells are
@@ -190,7 +193,17 @@
 // which puma.memory_limit bounds with them. Dedup state is never refused
 // nor forgotten to make room (that would count re-sends twice): when it
 // fills the limit, new cells are refused (max_cells); it is bounded by
-// max_agents_per_shard and dedup_horizon.
+// max_agents_per_shard and dedup_horizon. The cells a backfill builds
+// count with its app's (freeway_puma_cells, the bounds) from the start;
+// a shard that stops, or fails to recover, gives back what it was
+// charged, its backfills' cells and dedup state included.
+//
+// Stalled reading (stall.go). A dfs error while reading a bucket is
+// retried from the same position with a back-off, never skipped; while
+// it lasts (a checksum error until the dfs repairs the block) the
+// shard's Status.ReadStalls, freeway_puma_read_stalled_seconds and
+// freeway_puma_shards_read_stalled show it stuck, and the log names the
+// file and offset, at most once a minute.
 //
 // Shard states. A node keeps, for every shard of its apps, a state
 // (Statuses): recovering (taken here and loading its committed state, or

@@ -2,12 +2,14 @@ package puma
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
@@ -176,10 +178,26 @@ func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, e
 	return out, nil
 }
 
+// PartialBounds bound a partial state built from the store (the shards
+// serving's fan-out answers from their committed state), as a Puma
+// node's partial and serving's read of it are bounded: Rows its rows
+// (puma.max_partial_rows), Bytes its rows' size in the form a node sends
+// them (serving.fanout_max_bytes). 0: no bound.
+type PartialBounds struct {
+	Rows  int
+	Bytes int64
+}
+
 // Partial answers q over the given buckets from their committed state,
 // before order and limit. A shard that cannot be read is listed in
-// Missing as failed; one that never committed holds nothing.
-func (c *Committed) Partial(ctx context.Context, q Query, buckets []int) (*Partial, error) {
+// Missing as failed; one that never committed holds nothing. A partial
+// over bounds is refused whole with a TooLargeError: the rows are
+// counted as they are read, the bytes as each shard's rows are read (by
+// the stored size of a row's first cell: no more than the row takes
+// once merged, as a merge only grows a cell, but for a topk whose items
+// are replaced by shorter ones, so that a partial within a few bytes of
+// the bound may be refused) and, exactly, once the partial is encoded.
+func (c *Committed) Partial(ctx context.Context, q Query, buckets []int, bounds PartialBounds) (*Partial, error) {
 	app, ok := c.apps[q.App]
 	if !ok {
 		return nil, badQuery("unknown app %q", ratelog.Clip(q.App))
@@ -193,11 +211,15 @@ func (c *Committed) Partial(ctx context.Context, q Query, buckets []int) (*Parti
 	var answered []int
 	var missing []MissingShard
 	var asOf, watermark int64
+	var taken int64 // bytes of m's rows as absorbed: a lower bound of their encoded size
 	for _, b := range buckets {
-		st, err := c.shard(ctx, pl, b, m)
+		st, err := c.boundedShard(ctx, pl, b, m, bounds, &taken)
 		if err != nil {
 			if cerr := ctx.Err(); cerr != nil {
 				return nil, cerr
+			}
+			if IsTooLarge(err) {
+				return nil, err
 			}
 			missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateFailed, Error: clipError(err.Error())})
 			continue
@@ -214,11 +236,105 @@ func (c *Committed) Partial(ctx context.Context, q Query, buckets []int) (*Parti
 		}
 	}
 	out := m.partial(app.Name())
+	if bounds.Bytes > 0 {
+		if n := out.rowBytes(); n > bounds.Bytes {
+			return nil, committedTooLarge(app.Name(), n, bounds.Bytes)
+		}
+	}
 	out.Buckets, out.Missing, out.AsOfMs, out.WatermarkMs = answered, missing, asOf, watermark
 	if out.Buckets == nil {
 		out.Buckets = []int{}
 	}
 	return out, nil
+}
+
+// boundedShard merges the committed cells of bucket b into m, all or
+// nothing (as Committed.shard), within bounds: it fails with a
+// TooLargeError, and stops reading, once the shard's rows alone, or m's
+// with them, are over a bound. taken is the encoded size of m's rows
+// as they were absorbed, which it adds to.
+func (c *Committed) boundedShard(ctx context.Context, pl *plan, b int, m *merger, bounds PartialBounds, taken *int64) (commitState, error) {
+	cat := pl.app.Spec.Category
+	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
+	if err != nil || st.Epoch == 0 {
+		return st, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fresh := newMerger(pl)
+	var over error
+	var bytes int64 // of fresh's rows, by their first cell's stored size
+	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
+	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
+	err = scanCommitted(sctx, c.st, c.table, prefix, from, to, st, pl.layout, func(w int64, key string, cl cell, stored int64) {
+		if over != nil {
+			return
+		}
+		n := fresh.count()
+		fresh.add(w, key, cl)
+		if fresh.count() == n {
+			return
+		}
+		bytes += int64(len(key)) + stored
+		switch {
+		case bounds.Rows > 0 && fresh.count() > bounds.Rows:
+			over = partialTooLarge(pl.app.Name(), fresh.count(), bounds.Rows)
+		case bounds.Bytes > 0 && bytes > bounds.Bytes:
+			over = committedTooLarge(pl.app.Name(), bytes, bounds.Bytes)
+		}
+		if over != nil {
+			cancel() // the rest of the shard is not read
+		}
+	})
+	if over != nil {
+		return st, over
+	}
+	if err != nil {
+		return st, fmt.Errorf("scan %s/%d: %w", cat, b, err)
+	}
+	for k, r := range fresh.rows {
+		mine, ok := m.rows[k]
+		if !ok {
+			m.rows[k] = r
+			if bounds.Bytes > 0 {
+				*taken += PartialRow{Window: k.window, Key: []byte(k.key), Start: r.start, End: r.end, Cell: pl.layout.encodeCell(r.cell)}.wireBytes()
+			}
+			continue
+		}
+		mine.start, mine.end = min(mine.start, r.start), max(mine.end, r.end)
+		pl.layout.merge(mine.cell, r.cell)
+	}
+	switch {
+	case bounds.Rows > 0 && m.count() > bounds.Rows:
+		return st, partialTooLarge(pl.app.Name(), m.count(), bounds.Rows)
+	case bounds.Bytes > 0 && *taken > bounds.Bytes:
+		return st, committedTooLarge(pl.app.Name(), *taken, bounds.Bytes)
+	}
+	return st, nil
+}
+
+// wireBytes is the size of r in a partial's JSON, with the comma that
+// separates it from the next.
+func (r PartialRow) wireBytes() int64 {
+	n := len(`{"w":,"k":,"s":,"e":,"c":""},`) + digits(r.Window) + digits(r.Start) + digits(r.End) + base64.StdEncoding.EncodedLen(len(r.Cell))
+	if r.Key == nil {
+		n += len("null")
+	} else {
+		n += 2 + base64.StdEncoding.EncodedLen(len(r.Key))
+	}
+	return int64(n)
+}
+
+// digits is the length of n in decimal.
+func digits(n int64) int { return len(strconv.FormatInt(n, 10)) }
+
+// rowBytes is the size of the partial's rows in its JSON.
+func (p *Partial) rowBytes() int64 {
+	var n int64
+	for _, r := range p.Rows {
+		n += r.wireBytes()
+	}
+	return n
 }
 
 // MergePartials merges partial states of q over disjoint shards and

@@ -528,6 +528,9 @@ type Status struct {
 	// Watermarks is the highest event time aggregated (Unix ms), by app
 	// (running here; from the store, as committed).
 	Watermarks map[string]int64
+	// ReadStalls are the shard's readings (its own, its backfills') that
+	// fail now, retried where they are (running here; see stall.go).
+	ReadStalls []ReadStall
 }
 
 // maxErrorText bounds the error text of a status, which goes into
@@ -572,6 +575,7 @@ func (p *Puma) status(id shardID) Status {
 	if isReady(s) {
 		st.State, st.Error, st.Failures = StateRunning, "", 0
 		st.LagSegments, st.LastCommit = s.lag.Load(), time.Unix(0, s.lastCommit.Load())
+		st.ReadStalls = s.readStalls()
 		s.mu.RLock()
 		st.Position, st.Entries, st.Dups = s.pos.String(), s.entries, s.dups
 		st.Epoch, st.Committed = s.committedEpoch, s.committedPos.String()
@@ -780,7 +784,7 @@ func newMetrics(reg prometheus.Registerer, p *Puma) *metrics {
 		return m
 	}
 	reg.MustRegister(m.entries, m.duplicates, m.belowWindow, m.checkpoints, m.checkpointErrors, m.readErrors, m.checkpointCells, m.checkpointSeconds, m.segmentLag, m.regressions, forgotten, m.segmentsLost)
-	reg.MustRegister(&tableCollector{p: p}, &evictCollector{p: p}, m.evictions)
+	reg.MustRegister(&tableCollector{p: p}, &evictCollector{p: p}, &stallCollector{p: p}, m.evictions)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_puma_dedup_bytes", Help: "Approximate memory of the agents' dedup state (keys and seen-windows) of this node's shards; charged to puma.memory_limit with the cells' bytes."},
 		func() float64 { return float64(p.dedupBytes.Load()) }))
 	return m
@@ -848,6 +852,11 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 				a.drops[r] += n
 			}
 			a.watermark = max(a.watermark, t.watermark)
+		}
+		for _, bf := range s.backfills { // in memory and in the budget too
+			a := per[bf.live.app.Name()]
+			a.cells += float64(bf.t.ncells)
+			a.bytes += float64(bf.t.bytes)
 		}
 		s.mu.RUnlock()
 		lc := time.Unix(0, s.lastCommit.Load())

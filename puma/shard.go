@@ -52,6 +52,7 @@ type shard struct {
 	expired     []expiredRows // retention deletes still to make
 	lastCommit  atomic.Int64  // Unix ns of the last commit (or recovery)
 	lag         atomic.Int64  // published segments not yet read, for Statuses
+	readStall   stall         // the shard's reading's run of failures (stall.go)
 	ready       chan struct{}
 
 	// backfills build spans new to the shard (backfill.go; guarded by
@@ -172,12 +173,12 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 				s.lost(ve)
 				continue
 			}
-			// A dfs error (a NameNode restart, a timeout): the reader
-			// resumes at the same position, so wait and retry rather than
-			// stopping the shard and recovering it from the store.
-			s.p.m.readErrors.Inc()
+			// A dfs error (a NameNode restart, a timeout, a checksum
+			// error): the reader resumes at the same position, so wait and
+			// retry rather than stopping the shard and recovering it from
+			// the store; a run of failures is shown (stall.go).
 			wait := bo.Next()
-			s.log.Warn("cannot read bucket; retrying", "err", err, "retry_in", wait)
+			s.readFailed(&s.readStall, "live", r.Position(), err, wait)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -186,6 +187,7 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 			continue
 		}
 		bo.Reset()
+		s.readResumed(&s.readStall)
 		s.apply(&b, pos)
 		n := r.Lag()
 		s.lag.Store(int64(n))
@@ -242,7 +244,9 @@ func (s *shard) snapshot(fn func(tables []*table)) {
 	fn(s.tables)
 }
 
-// release gives the shard's cells back to the node's budget.
+// release gives the shard's cells back to the node's budget, those of
+// its backfills that have not joined included (a joined backfill's cells
+// are its live table's).
 func (s *shard) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -251,6 +255,7 @@ func (s *shard) release() {
 	}
 	s.highWater.release()
 	for _, bf := range s.backfills {
+		bf.t.release()
 		bf.dedup.release()
 	}
 }

@@ -258,3 +258,46 @@ func TestStatusFromTheStore(t *testing.T) {
 		t.Fatalf("status: %d\n%s\nwant\n%s", w.Code, got, want)
 	}
 }
+
+// stalledNode is a Puma node whose shard shop/1 says its reading fails.
+type stalledNode struct {
+	*puma.Puma
+	since time.Time
+}
+
+func (n stalledNode) ShardStatuses(ctx context.Context) []puma.Status {
+	out := n.Puma.ShardStatuses(ctx)
+	for i := range out {
+		if out[i].Bucket == 1 {
+			out[i].ReadStalls = []puma.ReadStall{{Reader: "live", Since: n.since, Failures: 7, Segment: "shop/1/x.seg", Offset: 1234, Kind: "checksum", Error: "read x: checksum error: invalid checksum"}}
+		}
+	}
+	return out
+}
+
+// TestStatusShowsReadStalls: a shard whose reading fails (puma's
+// ReadStalls) shows in /api/v1/status with the segment, offset, kind,
+// failures and how long, and is counted in its apps' shards_read_stalled.
+func TestStatusShowsReadStalls(t *testing.T) {
+	clock := time.Now()
+	p := pumaNode(t, func(st store.Store) store.Store { return st }, func() time.Time { return clock })
+	s := newServer(t, stalledNode{Puma: p, since: clock}, func(c *Config, d *Deps) { d.Now = func() time.Time { return clock.Add(90 * time.Second) } })
+	w := get(t, s, "/api/v1/status")
+	st := decode(t, w)
+	var stalled []any
+	for _, x := range st["shards"].([]any) {
+		if sh := x.(map[string]any); sh["bucket"] == 1.0 {
+			stalled, _ = sh["read_stalled"].([]any)
+		} else if sh["read_stalled"] != nil {
+			t.Fatalf("shard %v", sh)
+		}
+	}
+	want := map[string]any{"reader": "live", "since": rfc3339(clock), "stalled_seconds": 90.0, "failures": 7.0, "segment": "shop/1/x.seg", "offset": 1234.0,
+		"kind": "checksum", "error": "read x: checksum error: invalid checksum"}
+	if len(stalled) != 1 || !reflect.DeepEqual(stalled[0], want) {
+		t.Fatalf("read_stalled %v", stalled)
+	}
+	if app := st["apps"].([]any)[0].(map[string]any); app["shards_read_stalled"] != 1.0 {
+		t.Fatalf("app %v", app)
+	}
+}

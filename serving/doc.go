@@ -20,9 +20,13 @@
 // stale_shards over Thrift (both absent when every shard answered fresh;
 // freeway_serving_stale_shards_total, freeway_serving_fanout_failures_total).
 // A query whose partial state is over a bound (a node's
-// puma.max_partial_rows, serving.fanout_max_bytes) is refused whole with
+// puma.max_partial_rows, serving.fanout_max_bytes; the partial of the
+// stale shards, built from the store, is held to both) is refused whole with
 // puma.TooLargeError: HTTP 422, Thrift QueryError code 422
-// (freeway_serving_fanout_too_large_total).
+// (freeway_serving_fanout_too_large_total). Its /api/v1/apps shows
+// the apps' state, memory and rejections as the live nodes report them
+// (puma.AppsPath, merged by puma.MergeAppReports), and names the nodes
+// that did not answer (puma_nodes).
 // With an in-process coordinator there are no other nodes: it answers
 // from the store only, and refuses mode=fresh. Every answer says how
 // recent it is (as_of: the mode, the time of the data, the app's

@@ -51,6 +51,7 @@ type Fanout struct {
 	log       *slog.Logger
 	limiter   *ratelog.Limiter
 	maxBytes  int64
+	maxRows   int
 	stale     prometheus.Counter
 	failures  prometheus.Counter
 	tooLarge  prometheus.Counter
@@ -70,6 +71,11 @@ type FanoutDeps struct {
 	// puma.TooLargeError, as a node refusing a partial over
 	// puma.max_partial_rows does.
 	MaxBytes int64
+	// MaxPartialRows bounds the rows of the partial state of the shards
+	// answered from the store (puma.max_partial_rows; 0:
+	// puma.DefaultMaxPartialRows), as the nodes bound theirs; MaxBytes
+	// bounds its size in the form a node sends it.
+	MaxPartialRows int
 	// TLS dials the owners with TLS (nil: plain HTTP); Token is sent as
 	// the bearer token (a query token of the process, "" for none).
 	TLS     *auth.TLS
@@ -93,10 +99,10 @@ func NewFanout(d FanoutDeps) *Fanout {
 	log = log.With("component", "serving")
 	f := &Fanout{
 		co: d.Coord, committed: d.Committed, apps: map[string]*apps.App{}, list: d.Apps, buckets: d.Buckets,
-		timeout: d.Timeout, maxBytes: d.MaxBytes, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
+		timeout: d.Timeout, maxBytes: d.MaxBytes, maxRows: d.MaxPartialRows, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
 		stale:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_stale_shards_total", Help: "Shards answered from their committed state because their owner did not answer in time or none owned them."}),
-		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes for partial states that failed or timed out."}),
-		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_too_large_total", Help: "Fanned-out queries refused (422) because a Puma node's partial state was over puma.max_partial_rows or serving.fanout_max_bytes."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes (for partial states, or app reports for /api/v1/apps) that failed or timed out."}),
+		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_too_large_total", Help: "Fanned-out queries refused (422) because a partial state, a Puma node's or that of the shards answered from the store, was over puma.max_partial_rows or serving.fanout_max_bytes."}),
 	}
 	for _, a := range d.Apps {
 		f.apps[a.Name()] = a
@@ -106,6 +112,9 @@ func NewFanout(d FanoutDeps) *Fanout {
 	}
 	if f.maxBytes <= 0 {
 		f.maxBytes = DefaultFanoutMaxBytes
+	}
+	if f.maxRows <= 0 {
+		f.maxRows = puma.DefaultMaxPartialRows
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second, ForceAttemptHTTP2: false}
 	if d.TLS != nil {
@@ -209,7 +218,12 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 	}
 	slices.Sort(stale)
 	if len(stale) > 0 {
-		part, err := f.committed.Partial(ctx, q, stale)
+		part, err := f.committed.Partial(ctx, q, stale, puma.PartialBounds{Rows: f.maxRows, Bytes: f.maxBytes})
+		if puma.IsTooLarge(err) {
+			f.tooLarge.Inc()
+			f.limiter.Warn("fanout too large", "query refused: the partial state of the shards answered from the store is over its bound", "app", app.Name(), "err", err)
+			return nil, err
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -277,4 +291,115 @@ func (f *Fanout) ask(ctx context.Context, addr string, req puma.PartialRequest) 
 		return nil, errors.New("partial state from " + addr + " is of app " + ratelog.Clip(part.App))
 	}
 	return &part, nil
+}
+
+// NodeMissing is a Puma node whose app report is not in an answer.
+type NodeMissing struct {
+	Node  string `json:"node"`
+	Error string `json:"error"`
+}
+
+// AppReports asks every live Puma node (layout.PumaMembers) for its app
+// reports (puma.AppsPath), each within the timeout, and merges them
+// (puma.MergeAppReports). It returns the merge, how many nodes were
+// asked, and those that did not answer, with why: a report that lacks a
+// node is never passed off as whole.
+func (f *Fanout) AppReports(ctx context.Context) (map[string]puma.AppReport, int, []NodeMissing) {
+	reports, asked, missing := f.nodeReports(ctx)
+	all := make([][]puma.AppReport, 0, len(reports))
+	for _, r := range reports {
+		all = append(all, r.Apps)
+	}
+	return puma.MergeAppReports(all), asked, missing
+}
+
+// ReadStalls asks every live Puma node, as AppReports does, for the
+// read stalls of its shards (stall.go in puma), and returns them by
+// shard ("<category>/<bucket>"), how many nodes were asked, and those
+// that did not answer.
+func (f *Fanout) ReadStalls(ctx context.Context) (map[string][]puma.ReadStall, int, []NodeMissing) {
+	reports, asked, missing := f.nodeReports(ctx)
+	out := map[string][]puma.ReadStall{}
+	for _, r := range reports {
+		for _, rs := range r.ReadStalls {
+			k := rs.Category + "/" + strconv.Itoa(rs.Bucket)
+			out[k] = append(out[k], rs.ReadStall)
+		}
+	}
+	return out, asked, missing
+}
+
+// nodeReports asks every live Puma node for its reports (puma.AppsPath),
+// each within the timeout.
+func (f *Fanout) nodeReports(ctx context.Context) ([]puma.NodeAppReports, int, []NodeMissing) {
+	members, _, err := f.co.Members(ctx, names.PumaMembers)
+	if err != nil {
+		f.limiter.Warn("fanout members", "cannot list the puma nodes", "err", err)
+		return nil, 0, []NodeMissing{{Error: "cannot list the puma nodes: " + ratelog.Clip(err.Error())}}
+	}
+	var mu sync.Mutex
+	var all []puma.NodeAppReports
+	var missing []NodeMissing
+	var wg sync.WaitGroup
+	for _, m := range members {
+		addr := string(m.Data)
+		if addr == "" {
+			mu.Lock()
+			missing = append(missing, NodeMissing{Node: m.ID, Error: "the node advertises no address (puma.listen)"})
+			mu.Unlock()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reports, err := f.askApps(ctx, addr)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				f.failures.Inc()
+				f.limiter.Warn("fanout apps "+addr, "puma node did not report its apps", "node", m.ID, "addr", addr, "err", err)
+				missing = append(missing, NodeMissing{Node: m.ID, Error: ratelog.Clip(err.Error())})
+				return
+			}
+			all = append(all, reports)
+		}()
+	}
+	wg.Wait()
+	sort.Slice(missing, func(i, j int) bool { return missing[i].Node < missing[j].Node })
+	return all, len(members), missing
+}
+
+// askApps asks the node at addr for its reports, within the timeout.
+func (f *Fanout) askApps(ctx context.Context, addr string) (puma.NodeAppReports, error) {
+	var rep puma.NodeAppReports
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, f.scheme+"://"+addr+puma.AppsPath, nil)
+	if err != nil {
+		return rep, err
+	}
+	if f.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+f.token)
+	}
+	resp, err := f.client.Do(hr)
+	if err != nil {
+		return rep, fmt.Errorf("ask %s for its app reports: %w", addr, err)
+	}
+	defer func() { _ = resp.Body.Close() }() // read whole, or given up on
+	data, err := io.ReadAll(io.LimitReader(resp.Body, f.maxBytes+1))
+	if err != nil {
+		return rep, fmt.Errorf("read app reports from %s: %w", addr, err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return rep, fmt.Errorf("app reports from %s: %s (a node of an older version has none)", addr, resp.Status)
+	case resp.StatusCode != http.StatusOK:
+		return rep, fmt.Errorf("app reports from %s: %s: %s", addr, resp.Status, ratelog.Clip(string(data)))
+	case int64(len(data)) > f.maxBytes:
+		return rep, fmt.Errorf("app reports from %s are over %s (serving.fanout_max_bytes)", addr, config.ByteSize(f.maxBytes))
+	}
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return rep, fmt.Errorf("decode app reports from %s: %w", addr, err)
+	}
+	return rep, nil
 }

@@ -164,7 +164,7 @@ func startNode(t *testing.T, id string, fs *localfs.FS, st store.Store, co coord
 	n.p = p
 	var wg sync.WaitGroup
 	if listen {
-		srv = &http.Server{Handler: p.PartialHandler(), ReadHeaderTimeout: 10 * time.Second}
+		srv = &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = srv.Serve(ln) }()
 	}

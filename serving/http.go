@@ -1,6 +1,7 @@
 package serving
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -139,33 +140,51 @@ func msDuration(ms int64) string {
 	return config.Duration(time.Duration(ms) * time.Millisecond).String()
 }
 
+// appReporter is a source that asks the Puma nodes what they know of
+// the apps: serving's fan-out in a split deployment.
+type appReporter interface {
+	AppReports(ctx context.Context) (map[string]puma.AppReport, int, []NodeMissing)
+}
+
+// PumaNodesJSON, in /api/v1/apps of a standalone serving that fans out,
+// says whose reports the apps' state, memory and rejections are: the
+// Puma nodes asked, and those that did not answer (their shards are in
+// none of those figures).
+type PumaNodesJSON struct {
+	Asked   int           `json:"asked"`
+	Missing []NodeMissing `json:"missing"`
+}
+
 func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 	var out []AppJSON
+	var reports map[string]puma.AppReport
+	var nodes *PumaNodesJSON
+	if ar, ok := s.deps.Source.(appReporter); ok {
+		rep, asked, missing := ar.AppReports(r.Context())
+		if missing == nil {
+			missing = []NodeMissing{}
+		}
+		reports, nodes = rep, &PumaNodesJSON{Asked: asked, Missing: missing}
+	}
 	rs, _ := s.deps.Source.(rejectionSource)
 	for _, a := range s.deps.Source.Apps() {
 		j := describe(a)
+		if rep, ok := reports[a.Name()]; ok {
+			j.report(rep)
+		}
 		if rs != nil {
 			if rej, ok := rs.Rejections(a.Name()); ok {
-				j.Dropped = rej.Dropped
-				for _, x := range rej.Samples {
-					j.Rejected = append(j.Rejected, RejectedJSON{Reason: x.Reason, Error: x.Error, Line: x.Line, Bucket: x.Bucket, At: x.At.UTC().Format(time.RFC3339Nano)})
-				}
+				j.rejections(rej)
 			}
 		}
 		if ss, ok := s.deps.Source.(stateSource); ok {
 			if st, ok := ss.AppState(a.Name()); ok {
-				j.State = st.State
-				if st.BackfillShards > 0 {
-					j.Backfill = &BackfillJSON{Shards: st.BackfillShards, SegmentsRead: st.SegmentsRead, SegmentsLeft: st.SegmentsLeft}
-				}
+				j.state(st)
 			}
 		}
 		if ms, ok := s.deps.Source.(memorySource); ok {
 			if m, ok := ms.Memory(a.Name()); ok {
-				j.Memory = &MemoryJSON{Cells: m.Cells, Bytes: m.Bytes, BytesPerCell: m.BytesPerCell, EvictedWindows: m.EvictedWindows, EvictedCells: m.EvictedCells}
-				if m.EvictedBeforeMs != 0 {
-					j.Memory.EvictedBefore = time.UnixMilli(m.EvictedBeforeMs).UTC().Format(time.RFC3339Nano)
-				}
+				j.memory(m)
 			}
 		}
 		out = append(out, j)
@@ -173,7 +192,39 @@ func (s *Server) handleApps(w http.ResponseWriter, r *http.Request) {
 	if out == nil {
 		out = []AppJSON{}
 	}
-	httpsrv.WriteJSON(w, http.StatusOK, map[string]any{"apps": out})
+	body := map[string]any{"apps": out}
+	if nodes != nil {
+		body["puma_nodes"] = nodes
+	}
+	httpsrv.WriteJSON(w, http.StatusOK, body)
+}
+
+// report sets what the Puma nodes reported of the app.
+func (j *AppJSON) report(rep puma.AppReport) {
+	j.rejections(rep.Rejections)
+	j.state(rep.State)
+	j.memory(rep.Memory)
+}
+
+func (j *AppJSON) rejections(rej puma.Rejections) {
+	j.Dropped = rej.Dropped
+	for _, x := range rej.Samples {
+		j.Rejected = append(j.Rejected, RejectedJSON{Reason: x.Reason, Error: x.Error, Line: x.Line, Bucket: x.Bucket, At: x.At.UTC().Format(time.RFC3339Nano)})
+	}
+}
+
+func (j *AppJSON) state(st puma.AppState) {
+	j.State = st.State
+	if st.BackfillShards > 0 {
+		j.Backfill = &BackfillJSON{Shards: st.BackfillShards, SegmentsRead: st.SegmentsRead, SegmentsLeft: st.SegmentsLeft}
+	}
+}
+
+func (j *AppJSON) memory(m puma.AppMemory) {
+	j.Memory = &MemoryJSON{Cells: m.Cells, Bytes: m.Bytes, BytesPerCell: m.BytesPerCell, EvictedWindows: m.EvictedWindows, EvictedCells: m.EvictedCells}
+	if m.EvictedBeforeMs != 0 {
+		j.Memory.EvictedBefore = time.UnixMilli(m.EvictedBeforeMs).UTC().Format(time.RFC3339Nano)
+	}
 }
 
 // RowJSON is one row of /api/v1/query.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/httpsrv"
@@ -31,6 +32,10 @@ type StatusJSON struct {
 	// commit of each shard), or "" (neither is known here).
 	ShardsFrom string      `json:"shards_from,omitempty"`
 	Shards     []ShardJSON `json:"shards"`
+	// PumaNodes, for a standalone serving that fans out and so shows the
+	// shards from the store: the Puma nodes asked for their shards' read
+	// stalls (read_stalled), and those that did not answer.
+	PumaNodes *PumaNodesJSON `json:"puma_nodes,omitempty"`
 	// Apps sums the shards of each app's category.
 	Apps []AppStatusJSON `json:"apps"`
 	// Reports are the other components' states, each under its name
@@ -69,6 +74,27 @@ type ShardJSON struct {
 	Error      string `json:"error,omitempty"`
 	Failures   int    `json:"failures,omitempty"`
 	RetryAt    string `json:"retry_at,omitempty"`
+	// ReadStalled lists its readings (its own, its backfills') that fail
+	// now and are retried where they are (running here): a segment the
+	// dfs cannot deliver, by kind (checksum, permission, io).
+	ReadStalled []ReadStallJSON `json:"read_stalled,omitempty"`
+}
+
+// ReadStallJSON is a run of failed reads of a shard's bucket.
+type ReadStallJSON struct {
+	// Reader is "live" (the shard's reading) or "backfill:<app>".
+	Reader string `json:"reader"`
+	// Since is when the run began, StalledSeconds how long ago;
+	// Failures counts its failed attempts.
+	Since          string  `json:"since"`
+	StalledSeconds float64 `json:"stalled_seconds"`
+	Failures       int     `json:"failures"`
+	// Segment and Offset: where the reader is stuck.
+	Segment string `json:"segment"`
+	Offset  int64  `json:"offset"`
+	// Kind is checksum, permission or io; Error the last error.
+	Kind  string `json:"kind"`
+	Error string `json:"error"`
 }
 
 // AppStatusJSON is how far behind an app is, over its category's shards.
@@ -87,6 +113,15 @@ type AppStatusJSON struct {
 	LagSegments *int64 `json:"lag_segments,omitempty"`
 	// CheckpointAgeSeconds is the oldest of the shards' last commits.
 	CheckpointAgeSeconds *float64 `json:"checkpoint_age_seconds,omitempty"`
+	// ShardsReadStalled counts the shards whose reading (or a
+	// backfill's) fails now (running here; ShardJSON.ReadStalled).
+	ShardsReadStalled int `json:"shards_read_stalled,omitempty"`
+}
+
+// readStallReporter is a source that asks the Puma nodes for their
+// shards' read stalls: serving's fan-out.
+type readStallReporter interface {
+	ReadStalls(ctx context.Context) (map[string][]puma.ReadStall, int, []NodeMissing)
 }
 
 // shardStatuser is a source that knows its shards: a Puma node or the
@@ -120,9 +155,20 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 		out.ShardsFrom, shards = "puma", ss.ShardStatuses(ctx)
 	} else if ss, ok := s.store.(shardStatuser); ok {
 		out.ShardsFrom, shards = "store", ss.ShardStatuses(ctx)
+		if rr, ok := s.fresh.(readStallReporter); ok {
+			stalls, asked, missing := rr.ReadStalls(ctx)
+			if missing == nil {
+				missing = []NodeMissing{}
+			}
+			out.PumaNodes = &PumaNodesJSON{Asked: asked, Missing: missing}
+			for i, st := range shards {
+				shards[i].ReadStalls = stalls[st.Category+"/"+strconv.Itoa(st.Bucket)]
+			}
+		}
 	}
 	type sum struct {
 		n, running int
+		stalled    int
 		lag        int64
 		hasLag     bool
 		oldest     time.Time
@@ -138,6 +184,13 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 			byCat[st.Category] = c
 		}
 		c.n++
+		for _, rs := range st.ReadStalls {
+			j.ReadStalled = append(j.ReadStalled, ReadStallJSON{Reader: rs.Reader, Since: rfc3339(rs.Since), StalledSeconds: now.Sub(rs.Since).Seconds(),
+				Failures: rs.Failures, Segment: rs.Segment, Offset: rs.Offset, Kind: rs.Kind, Error: rs.Error})
+		}
+		if len(st.ReadStalls) > 0 {
+			c.stalled++
+		}
 		if st.State == puma.StateRunning || (st.State == "" && st.Epoch != 0) {
 			c.running++
 		}
@@ -166,7 +219,7 @@ func (s *Server) status(ctx context.Context) StatusJSON {
 	for _, a := range apps {
 		j := AppStatusJSON{Name: a.Name(), Category: a.Spec.Category}
 		if c := byCat[a.Spec.Category]; c != nil {
-			j.Shards, j.ShardsRunning = c.n, c.running
+			j.Shards, j.ShardsRunning, j.ShardsReadStalled = c.n, c.running, c.stalled
 			if c.hasLag {
 				lag := c.lag
 				j.LagSegments = &lag
@@ -218,7 +271,7 @@ func (j StatusJSON) MarshalJSON() ([]byte, error) {
 
 // statusFields are the names of StatusJSON's own fields, which no
 // StatusProvider may take.
-var statusFields = []string{"time", "version", "components", "modes", "default_mode", "shards_from", "shards", "apps"}
+var statusFields = []string{"time", "version", "components", "modes", "default_mode", "shards_from", "shards", "puma_nodes", "apps"}
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout.D())

@@ -16,7 +16,8 @@
 //
 // Names are slash-separated paths relative to the file system's root, in
 // the form of io/fs (no leading slash, no "." or ".." elements). Errors
-// wrap fs.ErrNotExist and fs.ErrExist where they apply.
+// wrap fs.ErrNotExist and fs.ErrExist where they apply, and a read of
+// bytes the file system finds damaged wraps ErrChecksum.
 //
 // Implementations: localfs (file://), hdfs (hdfs://); the URL factory in
 // internal/backends picks one. dfstest holds the conformance suite that
@@ -24,11 +25,20 @@
 package dfs
 
 import (
+	"errors"
 	"io"
 	"io/fs"
 	"path"
 	"strings"
 )
+
+// ErrChecksum is wrapped by a read that failed because the stored bytes
+// fail the file system's own checksums (on HDFS: on every replica the
+// client tried). It says nothing of what Freeway wrote: retrying helps
+// once the file system repairs the block (HDFS re-replicates it from a
+// good replica), and not before; readers retry it, with a back-off, and
+// show it (see ptail), for nothing may be skipped unseen.
+var ErrChecksum = errors.New("checksum error")
 
 // FS is a file system holding bucket files.
 type FS interface {

@@ -357,7 +357,7 @@ func (p *Process) initPuma() error {
 	p.Puma = pm
 	p.runners = append(p.runners, runner{Puma, pm.Run})
 	if srv != nil {
-		partial.Store(pm.PartialHandler())
+		partial.Store(pm.Handler())
 		p.runners = append(p.runners, runner{"puma.listen", srv.Serve})
 	}
 	return nil

@@ -26,18 +26,20 @@ func (p *Process) pumaListener() (*httpsrv.Server, string, *atomic.Value, error)
 	if addr == "" {
 		return nil, "", nil, nil
 	}
-	var partial atomic.Value // http.Handler
-	mux := http.NewServeMux()
-	mux.Handle(puma.PartialPath, p.shared.Auth.Query(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var partial atomic.Value // http.Handler: the node's (puma.Handler)
+	node := p.shared.Auth.Query(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h, ok := partial.Load().(http.Handler)
 		if !ok {
 			httpsrv.WriteError(w, http.StatusServiceUnavailable, "puma is starting")
 			return
 		}
 		h.ServeHTTP(w, r)
-	})))
+	}))
+	mux := http.NewServeMux()
+	mux.Handle(puma.PartialPath, node)
+	mux.Handle(puma.AppsPath, node)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		httpsrv.WriteError(w, http.StatusNotFound, "not found: this is a Puma node's partial-state port ("+puma.PartialPath+")")
+		httpsrv.WriteError(w, http.StatusNotFound, "not found: this is a Puma node's partial-state port ("+puma.PartialPath+", "+puma.AppsPath+")")
 	})
 	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "puma", Log: p.log.With("component", "puma"), Metrics: p.reg,
 		Limits: httpsrv.Limits{MaxConnections: 256}, TLS: p.shared.TLS.ServerConfig()})
@@ -65,7 +67,7 @@ func (p *Process) fanout(committed *puma.Committed) (*serving.Fanout, error) {
 	}
 	return serving.NewFanout(serving.FanoutDeps{
 		Coord: co, Committed: committed, Apps: p.apps, Buckets: p.res.BucketsOf,
-		Timeout: p.cfg.Serving.FanoutTimeout.D(), MaxBytes: int64(p.cfg.Serving.FanoutMaxBytes), TLS: p.shared.TLS, Token: token,
+		Timeout: p.cfg.Serving.FanoutTimeout.D(), MaxBytes: int64(p.cfg.Serving.FanoutMaxBytes), MaxPartialRows: p.cfg.Puma.MaxPartialRows, TLS: p.shared.TLS, Token: token,
 		Log: p.log, Metrics: p.reg,
 	}), nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/colinmarc/hdfs/v2"
 
 	"github.com/freeway-dev/freeway/internal/backoff"
+	"github.com/freeway-dev/freeway/internal/dfs"
 )
 
 // closeRetry retries a Close that the NameNode answers with ErrReplicating.
@@ -135,7 +136,7 @@ func (r *reader) Read(p []byte) (int, error) {
 	defer r.mu.Unlock()
 	n, err := r.fr.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return n, pathError("read", r.path, err)
+		return n, pathError("read", r.path, readError(err))
 	}
 	return n, err
 }
@@ -159,9 +160,29 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 		err = serr
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
-		return n, pathError("readat", r.path, err)
+		return n, pathError("readat", r.path, readError(err))
 	}
 	return n, err
+}
+
+// checksumText is the text of colinmarc/hdfs's checksum error (v2.4.0,
+// internal/transfer/block_read_stream.go: errInvalidChecksum, which is
+// not exported), returned as it is after every replica failed it.
+const checksumText = "invalid checksum"
+
+// readError makes a checksum error of colinmarc/hdfs's, however it is
+// wrapped, wrap dfs.ErrChecksum too; the caller names the file
+// (pathError), so a PathError's own is dropped.
+func readError(err error) error {
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
+		err = pe.Err
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if e.Error() == checksumText {
+			return fmt.Errorf("%w: %w", dfs.ErrChecksum, err)
+		}
+	}
+	return err
 }
 
 func (r *reader) Seek(offset int64, whence int) (int64, error) {

@@ -2,6 +2,8 @@ package hdfs
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/colinmarc/hdfs/v2"
+
+	"github.com/freeway-dev/freeway/internal/dfs"
 )
 
 // replicating is the error colinmarc/hdfs returns from Close while the
@@ -135,5 +139,28 @@ func TestPathErrorNamesTheFile(t *testing.T) {
 	}
 	if got := err.Error(); got != "open /root/a: file does not exist" || strings.Count(got, "/root/a") != 1 {
 		t.Errorf("error reads %q", got)
+	}
+}
+
+// TestChecksumErrorWrapsErrChecksum: colinmarc/hdfs's checksum error
+// (its unexported errInvalidChecksum, returned bare by FileReader.Read
+// once every replica failed it, or in a PathError) wraps dfs.ErrChecksum
+// once it is a reader's error, and still names the file; other read
+// errors do not.
+func TestChecksumErrorWrapsErrChecksum(t *testing.T) {
+	bare := errors.New("invalid checksum") // as colinmarc/hdfs makes it
+	for _, err := range []error{bare, &os.PathError{Op: "read", Path: "/root/a", Err: bare}, fmt.Errorf("block 3: %w", bare)} {
+		got := pathError("read", "/root/a", readError(err))
+		if !errors.Is(got, dfs.ErrChecksum) || !errors.Is(got, bare) {
+			t.Errorf("%v: %v does not wrap dfs.ErrChecksum and the client's error", err, got)
+		}
+		if !strings.HasPrefix(got.Error(), "read /root/a: ") || !strings.Contains(got.Error(), "invalid checksum") {
+			t.Errorf("error reads %q", got)
+		}
+	}
+	for _, err := range []error{io.ErrUnexpectedEOF, errors.New("dial tcp 127.0.0.1:9866: connect: connection refused"), errors.New("invalid checksum type")} {
+		if got := pathError("read", "/root/a", readError(err)); errors.Is(got, dfs.ErrChecksum) {
+			t.Errorf("%v wraps dfs.ErrChecksum", got)
+		}
 	}
 }
