@@ -348,8 +348,8 @@ func (pl *plan) anyIn(sp *span, w int64) bool {
 	if wc == nil {
 		return false
 	}
-	for _, key := range wc.keys {
-		if pl.keep(key) {
+	for i := range int32(wc.len()) {
+		if pl.keep(wc.key(i)) {
 			return true
 		}
 	}
@@ -450,12 +450,27 @@ func (m *merger) result() (*Result, error) {
 	return m.pl.result(rows, truncated), nil
 }
 
-// result is the answer made of rows, in their order.
+// result is the answer made of rows, in their order. The rows' keys are
+// copied into one string of their own: a key read from a window is a
+// view of the window's key bytes (windowCells.key), which an answer kept
+// by its caller would otherwise keep alive whole.
 func (pl *plan) result(rows []keyed, truncated bool) *Result {
 	res := &Result{App: pl.app.Name(), Rows: make([]Row, 0, len(rows)), Truncated: truncated}
+	n := 0
 	for _, kr := range rows {
+		n += len(kr.key)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, kr := range rows {
+		b.WriteString(kr.key)
+	}
+	all := b.String()
+	for _, kr := range rows {
+		own := all[:len(kr.key)]
+		all = all[len(kr.key):]
 		key := make(map[string]string, len(pl.names))
-		for i, v := range apps.DecodeKey(kr.key, len(pl.names)) {
+		for i, v := range apps.DecodeKey(own, len(pl.names)) {
 			key[pl.names[i]] = v
 		}
 		res.Rows = append(res.Rows, Row{WindowStartMs: kr.r.start, WindowEndMs: kr.r.end, Key: key, Values: pl.layout.results(kr.r.cell)})
@@ -715,7 +730,7 @@ func (t *topN) scan(sp *span) {
 		if w < pl.from || w >= pl.to || wc.len() == 0 {
 			continue
 		}
-		n, stride := len(wc.keys), wc.stride
+		n, stride := wc.len(), wc.stride
 		t.n += n
 		slots := wc.slots[off:]
 		for i := 0; i < n; i++ {
@@ -734,7 +749,7 @@ func (t *topN) scan(sp *span) {
 					break
 				}
 			}
-			t.offer(w, wc.keys[i], wc.cell(int32(i)))
+			t.offer(w, wc.key(int32(i)), wc.cell(int32(i)))
 			if t.err != nil {
 				return
 			}
@@ -760,7 +775,6 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 		return
 	}
 	t.n += n
-	keys := wc.keys
 	for i := 0; i < n; i++ {
 		if len(t.h) == t.limit {
 			top := t.h[0]
@@ -768,7 +782,7 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 				return
 			}
 			if w == top.start {
-				for i < n && keys[i] >= top.key {
+				for i < n && wc.key(int32(i)) >= top.key {
 					i++
 				}
 				if i == n {
@@ -776,7 +790,7 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 				}
 			}
 		}
-		t.offer(w, keys[i], wc.cell(int32(i)))
+		t.offer(w, wc.key(int32(i)), wc.cell(int32(i)))
 		if t.err != nil {
 			return
 		}
