@@ -594,6 +594,13 @@ func (m *merger) first(limit int) ([]keyed, bool, error) {
 	return h, true, nil
 }
 
+// heapify makes h a max-heap (h[0] the last in less's order).
+func heapify(h []keyed, less func(a, b keyed) int) {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		siftDown(h, i, less)
+	}
+}
+
 func siftUp(h []keyed, i int, less func(a, b keyed) int) {
 	for i > 0 {
 		parent := (i - 1) / 2
@@ -658,7 +665,8 @@ func (pl *plan) cellRows(shards int) bool {
 type topN struct {
 	pl    *plan
 	less  func(a, b keyed) int
-	h     []keyed // max-heap: h[0] is the last row kept
+	h     []keyed // max-heap once full: h[0] is the last row kept (push)
+	rows  []mrow  // the rows' room, allocated a slab at a time (row)
 	n     int     // rows offered
 	err   error   // the first order_by value that is not a number
 	limit int
@@ -697,9 +705,33 @@ func (t *topN) offer(window int64, key string, c cell) {
 	}
 	// The cell belongs to the shard's table: copy it, since ingest
 	// changes it once the shard is unlocked.
-	x.r = &mrow{start: window, end: window + pl.srcMs, cell: pl.layout.newCell()}
+	x.r = t.row()
+	*x.r = mrow{start: window, end: window + pl.srcMs, cell: pl.layout.newCell()}
 	pl.layout.merge(x.r.cell, c)
 	t.push(x)
+}
+
+// rowSlab is how many rows a topN allocates at a time.
+const rowSlab = 256
+
+// row returns room for a row that enters the heap: one allocation for
+// rowSlab rows rather than one each (a query without a limit of its own
+// keeps every row). A slab lives while one of its rows is in the heap.
+func (t *topN) row() *mrow {
+	if len(t.rows) == cap(t.rows) {
+		t.rows = make([]mrow, 0, rowSlab)
+	}
+	t.rows = t.rows[:len(t.rows)+1]
+	return &t.rows[len(t.rows)-1]
+}
+
+// room makes room in the heap for the rows of a window of n cells that
+// may enter it before it is full, in one allocation rather than growing
+// the heap a row at a time.
+func (t *topN) room(n int) {
+	if free := t.limit - len(t.h); free > 0 {
+		t.h = slices.Grow(t.h, min(free, n))
+	}
 }
 
 // scannable reports whether scan can read the plan's cells: an order_by
@@ -732,6 +764,7 @@ func (t *topN) scan(sp *span) {
 		}
 		n, stride := wc.len(), wc.stride
 		t.n += n
+		t.room(n)
 		slots := wc.slots[off:]
 		for i := 0; i < n; i++ {
 			if len(t.h) == t.limit && t.h[0].has {
@@ -775,6 +808,7 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 		return
 	}
 	t.n += n
+	t.room(n)
 	for i := 0; i < n; i++ {
 		if len(t.h) == t.limit {
 			top := t.h[0]
@@ -797,10 +831,17 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 	}
 }
 
+// push adds x to the rows kept. Until the limit is reached the rows are
+// only appended, and made a heap once, when they reach it (heapify): a
+// query whose limit is at least its rows (one without a limit of its
+// own gets max_rows as one) never orders them as a heap, and result
+// sorts them once. No one looks at h[0] before the limit is reached.
 func (t *topN) push(x keyed) {
 	if len(t.h) < t.limit {
 		t.h = append(t.h, x)
-		siftUp(t.h, len(t.h)-1, t.less)
+		if len(t.h) == t.limit {
+			heapify(t.h, t.less)
+		}
 		return
 	}
 	t.h[0] = x
