@@ -122,9 +122,11 @@ func (l *layout) cellOverhead(key string) int64 {
 
 // add feeds one extracted record into a cell; it returns how many inputs
 // were not numbers for a numeric aggregate, or out of a sketch's range
-// (skipped).
+// (skipped). It reads the aggregates in place (by index, not a copy of
+// each per line).
 func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
-	for _, a := range l.fixed {
+	for k := range l.fixed {
+		a := &l.fixed[k]
 		if !in[a.i].Present {
 			continue
 		}
@@ -144,7 +146,8 @@ func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
 	}
 	x := &l.in
 	x.TimeMs, x.ArrivalMs = tsMs, arrivalMs
-	for j, a := range l.vars {
+	for j := range l.vars {
+		a := &l.vars[j]
 		v := in[a.i]
 		if !v.Present {
 			continue

@@ -276,6 +276,15 @@ func (sp *span) at(w int64) {
 	}
 }
 
+// atTime makes the window of time ts the current one: a time in the
+// current window (most lines) needs no division to find its start.
+func (sp *span) atTime(ts int64) {
+	if sp.last != nil && ts >= sp.lastW && ts < sp.lastW+sp.ms {
+		return
+	}
+	sp.at(apps.WindowStart(ts, sp.ms))
+}
+
 // current returns the cell of key, whose hash is h, in the current
 // window and its index there.
 func (sp *span) current(h uint64, key string) (cell, int32, bool) {
@@ -535,7 +544,7 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 		if sp.pending && !t.building {
 			continue
 		}
-		sp.at(apps.WindowStart(ts, sp.ms))
+		sp.atTime(ts)
 		c, j, ok := sp.current(h, key)
 		if !ok {
 			missing++
@@ -573,8 +582,7 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 // kept as short as it was before apps had several.
 func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	ts := ex.TimeMs
-	w := apps.WindowStart(ts, sp.ms)
-	sp.at(w)
+	sp.atTime(ts)
 	key := keyView(ex.Key)
 	h := hashKey(t.seed, key)
 	c, i, ok := sp.current(h, key)

@@ -3,6 +3,7 @@ package puma
 import (
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -350,6 +351,60 @@ func TestKeyIndexComparesKeysOnEqualHashes(t *testing.T) {
 	for _, key := range []string{"c", "a\x00\x00", "abc", strings.Repeat("x", 41)} {
 		if j, ok := wc.lookup(h, key); ok {
 			t.Fatalf("lookup(%q) = %d, found", key, j)
+		}
+	}
+}
+
+// TestCellsAgreeWithNaiveWindows: lines at random times about window
+// edges, on random keys (some new to their window, most not), land in
+// the cells a window start computed for each line names (span.atTime
+// passes the division by for a time in the current window; the key
+// index finds the cell), for an app of one window length (place) and of
+// two (applyExtracted, the key hashed once for both spans).
+func TestCellsAgreeWithNaiveWindows(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, windows := range [][]config.Duration{nil, {config.Duration(time.Minute), config.Duration(10 * time.Minute)}} {
+		app := orders(t, func(s *apps.Spec) {
+			s.AllowedLateness = config.Duration(24 * time.Hour)
+			if windows != nil {
+				s.Window, s.Windows = 0, windows
+			}
+		})
+		tb, err := newTable(app, tableDeps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]map[cellKey]float64, len(tb.spans))
+		for i := range want {
+			want[i] = map[cellKey]float64{}
+		}
+		ts := t0
+		for range 20_000 {
+			switch rng.IntN(4) {
+			case 0: // about an edge of a minute
+				ts = apps.WindowStart(ts, 60_000) + int64(rng.IntN(3)-1)
+			case 1: // anywhere in two hours, within the allowed lateness
+				ts = t0 + rng.Int64N(2*3600_000)
+			default:
+				ts += int64(rng.IntN(50))
+			}
+			region, kind := fmt.Sprint("r", rng.IntN(30)), fmt.Sprint("k", rng.IntN(3))
+			tb.apply(order(ts, region, kind, 1), at(arrival))
+			for i, sp := range tb.spans {
+				want[i][cellKey{window: apps.WindowStart(ts, sp.ms), key: apps.EncodeKey([]string{region, kind})}]++
+			}
+		}
+		if tb.drops != [nReasons]uint64{} {
+			t.Fatalf("drops %v", tb.drops)
+		}
+		for i, sp := range tb.spans {
+			got := map[cellKey]float64{}
+			sp.each(math.MinInt64, math.MaxInt64, func(w int64, key string, c cell) {
+				got[cellKey{window: w, key: key}] = tb.layout.results(c)["n"].(float64)
+			})
+			if !maps.Equal(got, want[i]) {
+				t.Fatalf("windows %v, span %d: %d cells, want %d", windows, i, len(got), len(want[i]))
+			}
 		}
 	}
 }
