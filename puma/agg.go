@@ -107,22 +107,26 @@ func (l *layout) setStoredBytes(c cell, n int64) {
 
 // cellOverhead approximates the memory of a cell of key beyond its
 // variable states' stored bytes: its entry in its window's index (with
-// the map's spare room) and key list, the key, the slots, each state's
-// structure in memory. Calibrated on the Go heap BenchmarkAggregators
-// measures (heap-bytes/cell, states of a few values) since a window keeps
-// its cells in arrays (windowCells): 80 for a cell and 56 a variable
-// state bring the estimate within about 25% of the heap at 1 k to 1 M
-// keys (count: 79 to 98 bytes measured, 95 estimated; avg 87 to 107,
-// 111; count_distinct 130 to 181, 162).
+// the index's spare room) and key ends, the key's bytes, the slots (and
+// the arrays' room to grow), each state's structure in memory.
+// Calibrated on the Go heap BenchmarkAggregators measures
+// (heap-bytes/cell, states of a few values) since a window keeps its
+// keys in one byte array with a hash index of its own (windowCells): 30
+// for a cell and 56 a variable state bring the estimate within about 25%
+// of the heap at 1 k to 1 M keys (count: 40 to 46 bytes measured, 44
+// estimated; avg 50 to 54, 52; count_distinct 100 to 124, 100 + the
+// stored bytes).
 func (l *layout) cellOverhead(key string) int64 {
-	return int64(80 + len(key) + 8*l.stride() + 56*len(l.vars))
+	return int64(30 + len(key) + 8*l.stride() + 56*len(l.vars))
 }
 
 // add feeds one extracted record into a cell; it returns how many inputs
 // were not numbers for a numeric aggregate, or out of a sketch's range
-// (skipped).
+// (skipped). It reads the aggregates in place (by index, not a copy of
+// each per line).
 func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
-	for _, a := range l.fixed {
+	for k := range l.fixed {
+		a := &l.fixed[k]
 		if !in[a.i].Present {
 			continue
 		}
@@ -142,7 +146,8 @@ func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
 	}
 	x := &l.in
 	x.TimeMs, x.ArrivalMs = tsMs, arrivalMs
-	for j, a := range l.vars {
+	for j := range l.vars {
+		a := &l.vars[j]
 		v := in[a.i]
 		if !v.Present {
 			continue

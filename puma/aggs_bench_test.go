@@ -171,8 +171,8 @@ func BenchmarkRecover1M(b *testing.B) {
 // markAll marks every cell of sp changed.
 func markAll(sp *span) {
 	for _, wc := range sp.windows {
-		for i := range wc.keys {
-			wc.mark(int32(i))
+		for i := range int32(wc.len()) {
+			wc.mark(i)
 		}
 	}
 }

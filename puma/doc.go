@@ -227,7 +227,9 @@
 // is reached; otherwise a bounded heap keeps the first rows (with OrderBy,
 // by the aggregate's value: a top-N). When each row is one cell (the
 // app's key, its windows, one shard) the heap takes the cells as they
-// are read, and a row is built only for a cell that enters it; ordered
+// are read, and a row is built only for a cell that enters it (the rows
+// become a heap only once they reach the limit: a limit at least the
+// cells read, as max_rows is for a query without one, sorts once); ordered
 // by a count, sum, min or max without a where, a window's slot array is
 // read in one loop that passes by a cell worse than the heap's top on its
 // value alone. Where

@@ -171,8 +171,12 @@ func TestEvictClosedWindows(t *testing.T) {
 func testEvict(t *testing.T, e *env, st store.Store, category string, f evictFeed) {
 	ctx := context.Background()
 	e.apps = evictApps(t, category)
-	// Room for about four minutes of orders' cells.
-	limit := config.ByteSize(4 * f.keys * 250)
+	// Room for about four minutes of orders' cells, as accounted.
+	l, err := newLayout(e.apps[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := config.ByteSize(int64(4*f.keys) * l.cellOverhead(apps.EncodeKey([]string{"r100", "k1"})))
 	reg := prometheus.NewPedanticRegistry()
 	p := e.node("n1", func(c *Config, d *Deps) { c.MemoryLimit, d.Store, d.Metrics = limit, st, reg })
 	s := testShardOf(t, p, category, 0)

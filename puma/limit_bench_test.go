@@ -129,7 +129,7 @@ func BenchmarkDashboardQueries(b *testing.B) {
 // BenchmarkPointTopN: the queries of issue 10's goals over 1,000,000
 // cells, on 1,000 windows of 1,000 keys and on one window of 1,000,000
 // keys (make bench's cells run): a point query (where fixes every group
-// key) and a top-10 (order_by + limit).
+// key), a top-10 (order_by + limit), and every cell.
 //
 //	go test -run '^$' -bench BenchmarkPointTopN -benchmem ./puma
 func BenchmarkPointTopN(b *testing.B) {
@@ -150,6 +150,10 @@ func BenchmarkPointTopN(b *testing.B) {
 			{"point", Query{App: "orders", FromMs: from, ToMs: to, Where: where}, g.pointRows},
 			{"top10/order_by=total", Query{App: "orders", FromMs: from, ToMs: to, OrderBy: "total", Desc: true, Limit: 10}, 10},
 			{"limit10", Query{App: "orders", FromMs: from, ToMs: to, Limit: 10}, 10},
+			// Every cell, with serving's max_rows (2 M in make bench) as
+			// the limit of a query that has none.
+			{"all/limit=max_rows", Query{App: "orders", FromMs: from, ToMs: to, Limit: 2_000_000}, g.windows * g.keys},
+			{"all/order_by=total/limit=max_rows", Query{App: "orders", FromMs: from, ToMs: to, OrderBy: "total", Desc: true, Limit: 2_000_000}, g.windows * g.keys},
 		} {
 			b.Run(g.name+"/"+c.name, func(b *testing.B) {
 				b.ReportAllocs()

@@ -348,8 +348,8 @@ func (pl *plan) anyIn(sp *span, w int64) bool {
 	if wc == nil {
 		return false
 	}
-	for _, key := range wc.keys {
-		if pl.keep(key) {
+	for i := range int32(wc.len()) {
+		if pl.keep(wc.key(i)) {
 			return true
 		}
 	}
@@ -450,12 +450,27 @@ func (m *merger) result() (*Result, error) {
 	return m.pl.result(rows, truncated), nil
 }
 
-// result is the answer made of rows, in their order.
+// result is the answer made of rows, in their order. The rows' keys are
+// copied into one string of their own: a key read from a window is a
+// view of the window's key bytes (windowCells.key), which an answer kept
+// by its caller would otherwise keep alive whole.
 func (pl *plan) result(rows []keyed, truncated bool) *Result {
 	res := &Result{App: pl.app.Name(), Rows: make([]Row, 0, len(rows)), Truncated: truncated}
+	n := 0
 	for _, kr := range rows {
+		n += len(kr.key)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, kr := range rows {
+		b.WriteString(kr.key)
+	}
+	all := b.String()
+	for _, kr := range rows {
+		own := all[:len(kr.key)]
+		all = all[len(kr.key):]
 		key := make(map[string]string, len(pl.names))
-		for i, v := range apps.DecodeKey(kr.key, len(pl.names)) {
+		for i, v := range apps.DecodeKey(own, len(pl.names)) {
 			key[pl.names[i]] = v
 		}
 		res.Rows = append(res.Rows, Row{WindowStartMs: kr.r.start, WindowEndMs: kr.r.end, Key: key, Values: pl.layout.results(kr.r.cell)})
@@ -579,6 +594,13 @@ func (m *merger) first(limit int) ([]keyed, bool, error) {
 	return h, true, nil
 }
 
+// heapify makes h a max-heap (h[0] the last in less's order).
+func heapify(h []keyed, less func(a, b keyed) int) {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		siftDown(h, i, less)
+	}
+}
+
 func siftUp(h []keyed, i int, less func(a, b keyed) int) {
 	for i > 0 {
 		parent := (i - 1) / 2
@@ -643,7 +665,8 @@ func (pl *plan) cellRows(shards int) bool {
 type topN struct {
 	pl    *plan
 	less  func(a, b keyed) int
-	h     []keyed // max-heap: h[0] is the last row kept
+	h     []keyed // max-heap once full: h[0] is the last row kept (push)
+	rows  []mrow  // the rows' room, allocated a slab at a time (row)
 	n     int     // rows offered
 	err   error   // the first order_by value that is not a number
 	limit int
@@ -682,9 +705,33 @@ func (t *topN) offer(window int64, key string, c cell) {
 	}
 	// The cell belongs to the shard's table: copy it, since ingest
 	// changes it once the shard is unlocked.
-	x.r = &mrow{start: window, end: window + pl.srcMs, cell: pl.layout.newCell()}
+	x.r = t.row()
+	*x.r = mrow{start: window, end: window + pl.srcMs, cell: pl.layout.newCell()}
 	pl.layout.merge(x.r.cell, c)
 	t.push(x)
+}
+
+// rowSlab is how many rows a topN allocates at a time.
+const rowSlab = 256
+
+// row returns room for a row that enters the heap: one allocation for
+// rowSlab rows rather than one each (a query without a limit of its own
+// keeps every row). A slab lives while one of its rows is in the heap.
+func (t *topN) row() *mrow {
+	if len(t.rows) == cap(t.rows) {
+		t.rows = make([]mrow, 0, rowSlab)
+	}
+	t.rows = t.rows[:len(t.rows)+1]
+	return &t.rows[len(t.rows)-1]
+}
+
+// room makes room in the heap for the rows of a window of n cells that
+// may enter it before it is full, in one allocation rather than growing
+// the heap a row at a time.
+func (t *topN) room(n int) {
+	if free := t.limit - len(t.h); free > 0 {
+		t.h = slices.Grow(t.h, min(free, n))
+	}
 }
 
 // scannable reports whether scan can read the plan's cells: an order_by
@@ -715,8 +762,9 @@ func (t *topN) scan(sp *span) {
 		if w < pl.from || w >= pl.to || wc.len() == 0 {
 			continue
 		}
-		n, stride := len(wc.keys), wc.stride
+		n, stride := wc.len(), wc.stride
 		t.n += n
+		t.room(n)
 		slots := wc.slots[off:]
 		for i := 0; i < n; i++ {
 			if len(t.h) == t.limit && t.h[0].has {
@@ -734,7 +782,7 @@ func (t *topN) scan(sp *span) {
 					break
 				}
 			}
-			t.offer(w, wc.keys[i], wc.cell(int32(i)))
+			t.offer(w, wc.key(int32(i)), wc.cell(int32(i)))
 			if t.err != nil {
 				return
 			}
@@ -760,7 +808,7 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 		return
 	}
 	t.n += n
-	keys := wc.keys
+	t.room(n)
 	for i := 0; i < n; i++ {
 		if len(t.h) == t.limit {
 			top := t.h[0]
@@ -768,7 +816,7 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 				return
 			}
 			if w == top.start {
-				for i < n && keys[i] >= top.key {
+				for i < n && wc.key(int32(i)) >= top.key {
 					i++
 				}
 				if i == n {
@@ -776,17 +824,24 @@ func (t *topN) scanKeys(w int64, wc *windowCells) {
 				}
 			}
 		}
-		t.offer(w, keys[i], wc.cell(int32(i)))
+		t.offer(w, wc.key(int32(i)), wc.cell(int32(i)))
 		if t.err != nil {
 			return
 		}
 	}
 }
 
+// push adds x to the rows kept. Until the limit is reached the rows are
+// only appended, and made a heap once, when they reach it (heapify): a
+// query whose limit is at least its rows (one without a limit of its
+// own gets max_rows as one) never orders them as a heap, and result
+// sorts them once. No one looks at h[0] before the limit is reached.
 func (t *topN) push(x keyed) {
 	if len(t.h) < t.limit {
 		t.h = append(t.h, x)
-		siftUp(t.h, len(t.h)-1, t.less)
+		if len(t.h) == t.limit {
+			heapify(t.h, t.less)
+		}
 		return
 	}
 	t.h[0] = x

@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	mathbits "math/bits"
 	"slices"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -35,7 +37,9 @@ type table struct {
 	bytes     int64 // approximate memory of the cells (cellOverhead + stored state bytes)
 	watermark int64 // highest event time aggregated, ms
 	extractor *apps.Extractor
-	deps      tableDeps
+	// seed hashes the keys of every window of the table (keyIndex).
+	seed maphash.Seed
+	deps tableDeps
 	// appBudget bounds the app's cells over the node's shards (its
 	// max_cells); nil: no bound of its own.
 	appBudget *cellBudget
@@ -67,6 +71,8 @@ type span struct {
 	// group_by, aggregates); stored rows carry it so that a changed app
 	// does not read state of another shape.
 	fp string
+	// seed is the table's, for the windows' key indexes.
+	seed maphash.Seed
 	// windows holds the cells by window start, so that a query visits
 	// only the windows of its range and retention drops whole windows.
 	windows map[int64]*windowCells
@@ -88,24 +94,28 @@ type span struct {
 
 // windowCells is one window of a span. Its cells live in arrays: cell
 // i's fixed slots are slots[i*stride:(i+1)*stride], its variable states
-// states[i*nvars:(i+1)*nvars], its key keys[i]; index finds i by key.
-// One array for every cell of a window rather than an allocation per
-// cell: a million cells are a few allocations, not a million (less heap
-// and less for the GC to mark), and a scan of the window (a top-N, a
-// checkpoint) reads memory in order instead of a cell at a random place
-// per key.
+// states[i*nvars:(i+1)*nvars], its key keyBytes[ends[i-1]:ends[i]] (from 0
+// for cell 0); index finds i by key. One array for every cell of a window
+// rather than an allocation per cell (or per key): a million cells are a
+// few allocations, not a million (less heap and less for the GC to mark),
+// and a scan of the window (a top-N, a checkpoint) reads memory in order
+// instead of a cell at a random place per key.
 //
 // Cells are only ever added: a window is dropped whole (retention,
 // eviction), so a cell's index holds for the window's life. Its slots
 // move when the array grows: a cell (a view of its slots) holds until the
-// next cell is added to its window.
+// next cell is added to its window. The bytes of keys are never written
+// twice (keyBytes only grows by append), so that a key read as a string view
+// of them (key) stays valid, and the same, for as long as it is held,
+// even once the array has grown or the window was dropped.
 type windowCells struct {
-	index  map[string]int32
-	keys   []string
-	slots  []float64
-	states []agg.State
-	stride int
-	nvars  int
+	keyBytes []byte
+	ends     []int
+	index    keyIndex
+	slots    []float64
+	states   []agg.State
+	stride   int
+	nvars    int
 	// dirty has bit i set while cell i waits for a checkpoint (a bit, not
 	// a slot or a list entry: a cell changed costs no memory of its own);
 	// ndirty counts them.
@@ -113,8 +123,27 @@ type windowCells struct {
 	ndirty int
 }
 
-func newSpan(app *apps.App, l *layout, ms int64) *span {
-	return &span{ms: ms, fp: fingerprint(app, ms), windows: map[int64]*windowCells{}, stride: l.stride(), nvars: len(l.vars), horizon: noHorizon}
+// keyIndex finds a window's cells by key: an open-addressing hash table
+// with linear probing of the cells' indexes, at most 3/4 full. An entry
+// is 8 bytes, the high half of the key's hash above the cell's index + 1
+// (0: empty), so that a probe compares a key's bytes only when the hash
+// halves agree: a map[string]int32 took 16 bytes of string header a key
+// in the map and as much again in a key list, and its spare room.
+// The hash is maphash's, seeded per table: the spans of a table share
+// the seed, so that a line's key is hashed once for all of them.
+type keyIndex struct {
+	seed  maphash.Seed
+	slots []uint64
+}
+
+// hashKey is the hash of key in the windows of seed.
+func hashKey(seed maphash.Seed, key string) uint64 { return maphash.String(seed, key) }
+
+// minIndex is the size of a window's first index.
+const minIndex = 8
+
+func newSpan(app *apps.App, l *layout, ms int64, seed maphash.Seed) *span {
+	return &span{ms: ms, fp: fingerprint(app, ms), seed: seed, windows: map[int64]*windowCells{}, stride: l.stride(), nvars: len(l.vars), horizon: noHorizon}
 }
 
 // len is the window's number of cells; a nil window has none.
@@ -122,7 +151,18 @@ func (wc *windowCells) len() int {
 	if wc == nil {
 		return 0
 	}
-	return len(wc.keys)
+	return len(wc.ends)
+}
+
+// key is cell i's key, a view of the window's key bytes (see
+// windowCells: they never change).
+func (wc *windowCells) key(i int32) string {
+	from := 0
+	if i > 0 {
+		from = wc.ends[i-1]
+	}
+	b := wc.keyBytes[from:wc.ends[i]]
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // find returns the index of key's cell.
@@ -130,18 +170,49 @@ func (wc *windowCells) find(key string) (int32, bool) {
 	if wc == nil {
 		return 0, false
 	}
-	i, ok := wc.index[key]
-	return i, ok
+	return wc.lookup(hashKey(wc.index.seed, key), key)
 }
 
-// findBytes is find by the key's bytes: the index of string(key) makes
-// no string, so that a line of an existing cell allocates nothing.
-func (wc *windowCells) findBytes(key []byte) (int32, bool) {
-	if wc == nil {
+// lookup is find with the key's hash (hashKey) computed already.
+func (wc *windowCells) lookup(h uint64, key string) (int32, bool) {
+	if wc == nil || len(wc.index.slots) == 0 {
 		return 0, false
 	}
-	i, ok := wc.index[string(key)]
-	return i, ok
+	slots := wc.index.slots
+	mask := uint64(len(slots) - 1)
+	tag := h >> 32
+	for p := h & mask; ; p = (p + 1) & mask {
+		e := slots[p]
+		if e == 0 {
+			return 0, false
+		}
+		if e>>32 == tag {
+			if i := int32(uint32(e) - 1); wc.key(i) == key {
+				return i, true
+			}
+		}
+	}
+}
+
+// insert puts cell i, whose key hashes to h, in the index, which has
+// room for it.
+func (wc *windowCells) insert(h uint64, i int32) {
+	slots := wc.index.slots
+	mask := uint64(len(slots) - 1)
+	p := h & mask
+	for slots[p] != 0 {
+		p = (p + 1) & mask
+	}
+	slots[p] = h>>32<<32 | uint64(uint32(i)+1)
+}
+
+// grow doubles the index (or makes the first one) and puts every cell in
+// it again.
+func (wc *windowCells) grow() {
+	wc.index.slots = make([]uint64, max(2*len(wc.index.slots), minIndex))
+	for i := range int32(wc.len()) {
+		wc.insert(hashKey(wc.index.seed, wc.key(i)), i)
+	}
 }
 
 // cell is cell i, a view of the window's arrays.
@@ -155,12 +226,16 @@ func (wc *windowCells) cell(i int32) cell {
 	return c
 }
 
-// add appends an empty cell for key (not in the window) and returns its
-// index.
-func (wc *windowCells) add(key string, l *layout) int32 {
-	i := int32(len(wc.keys))
-	wc.index[key] = i
-	wc.keys = append(wc.keys, key)
+// add appends an empty cell for key, whose hash is h (not in the
+// window), and returns its index. The key's bytes are copied.
+func (wc *windowCells) add(h uint64, key string, l *layout) int32 {
+	i := int32(len(wc.ends))
+	if 4*(len(wc.ends)+1) > 3*len(wc.index.slots) {
+		wc.grow()
+	}
+	wc.keyBytes = append(wc.keyBytes, key...)
+	wc.ends = append(wc.ends, len(wc.keyBytes))
+	wc.insert(h, i)
 	at := len(wc.slots)
 	wc.slots = append(wc.slots, make([]float64, wc.stride)...)
 	for _, a := range l.fixed {
@@ -189,8 +264,8 @@ func (wc *windowCells) each(fn func(key string, c cell)) {
 	if wc == nil {
 		return
 	}
-	for i, key := range wc.keys {
-		fn(key, wc.cell(int32(i)))
+	for i := range int32(wc.len()) {
+		fn(wc.key(i), wc.cell(i))
 	}
 }
 
@@ -201,9 +276,19 @@ func (sp *span) at(w int64) {
 	}
 }
 
-// current returns key's cell in the current window and its index there.
-func (sp *span) current(key []byte) (cell, int32, bool) {
-	i, ok := sp.last.findBytes(key)
+// atTime makes the window of time ts the current one: a time in the
+// current window (most lines) needs no division to find its start.
+func (sp *span) atTime(ts int64) {
+	if sp.last != nil && ts >= sp.lastW && ts < sp.lastW+sp.ms {
+		return
+	}
+	sp.at(apps.WindowStart(ts, sp.ms))
+}
+
+// current returns the cell of key, whose hash is h, in the current
+// window and its index there.
+func (sp *span) current(h uint64, key string) (cell, int32, bool) {
+	i, ok := sp.last.lookup(h, key)
 	if !ok {
 		return cell{}, 0, false
 	}
@@ -224,7 +309,7 @@ func (sp *span) get(w int64, key string) (cell, bool) {
 func (sp *span) window(w int64) *windowCells {
 	wc, ok := sp.windows[w]
 	if !ok {
-		wc = &windowCells{index: map[string]int32{}, stride: sp.stride, nvars: sp.nvars}
+		wc = &windowCells{index: keyIndex{seed: sp.seed}, stride: sp.stride, nvars: sp.nvars}
 		sp.windows[w] = wc
 		if w == sp.lastW {
 			sp.last = nil // make at() look again
@@ -234,14 +319,15 @@ func (sp *span) window(w int64) *windowCells {
 }
 
 // put stores a copy of cell c as the cell of window w and key; it
-// reports whether the key was new there. The key is copied when it is:
-// a key read from the store is part of its row's string, which it would
-// keep alive.
+// reports whether the key was new there. The key is copied when it is
+// (into the window's key bytes): a key read from the store is part of
+// its row's string, which it would keep alive.
 func (sp *span) put(w int64, key string, c cell, l *layout) (added bool) {
 	wc := sp.window(w)
-	i, ok := wc.find(key)
+	h := hashKey(sp.seed, key)
+	i, ok := wc.lookup(h, key)
 	if !ok {
-		i = wc.add(strings.Clone(key), l)
+		i = wc.add(h, key, l)
 	}
 	dst := wc.cell(i)
 	copy(dst.f, c.f)
@@ -321,12 +407,13 @@ func newTable(app *apps.App, deps tableDeps) (*table, error) {
 		layout:    l,
 		watermark: -1 << 62,
 		extractor: app.NewExtractor(),
+		seed:      maphash.MakeSeed(),
 		deps:      deps,
 		appBudget: deps.apps[app.Name()],
 		ev:        newEvictState(len(app.WindowsMs)),
 	}
 	for _, ms := range app.WindowsMs {
-		t.spans = append(t.spans, newSpan(app, l, ms))
+		t.spans = append(t.spans, newSpan(app, l, ms, t.seed))
 	}
 	for r, name := range reasonNames {
 		t.logKeys[r] = "puma reject " + app.Name() + " " + name
@@ -446,7 +533,10 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 		t.place(t.spans[0], ex, line, bt)
 		return
 	}
-	// The line's cell in each span: found or missing.
+	// The line's cell in each span: found or missing. The key is hashed
+	// once for every span (they share the table's seed).
+	key := keyView(ex.Key)
+	h := hashKey(t.seed, key)
 	var cells [apps.MaxWindows]cell
 	var idx [apps.MaxWindows]int32
 	missing := 0
@@ -454,8 +544,8 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 		if sp.pending && !t.building {
 			continue
 		}
-		sp.at(apps.WindowStart(ts, sp.ms))
-		c, j, ok := sp.current(ex.Key)
+		sp.atTime(ts)
+		c, j, ok := sp.current(h, key)
 		if !ok {
 			missing++
 		}
@@ -469,18 +559,13 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 	}
 	t.watermark = max(t.watermark, ts)
 	bad, first := 0, true
-	var key string // the key's copy, made for the first new cell
-	made := false
 	for i, sp := range t.spans {
 		if sp.pending && !t.building {
 			continue
 		}
 		c, j := cells[i], idx[i]
 		if c.f == nil {
-			if !made {
-				key, made = string(ex.Key), true
-			}
-			c, j = t.newCell(sp, key)
+			c, j = t.newCell(sp, h, key)
 		}
 		// Every span sees the same inputs: count their bad ones once.
 		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); first {
@@ -497,15 +582,16 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 // kept as short as it was before apps had several.
 func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	ts := ex.TimeMs
-	w := apps.WindowStart(ts, sp.ms)
-	sp.at(w)
-	c, i, ok := sp.current(ex.Key)
+	sp.atTime(ts)
+	key := keyView(ex.Key)
+	h := hashKey(t.seed, key)
+	c, i, ok := sp.current(h, key)
 	if !ok {
 		if !t.take(1) {
 			t.refuse(ts, line, bt)
 			return
 		}
-		c, i = t.newCell(sp, string(ex.Key))
+		c, i = t.newCell(sp, h, key)
 	}
 	if ts > t.watermark {
 		t.watermark = ts
@@ -571,15 +657,15 @@ func (t *table) refuse(ts int64, line []byte, bt blockTime) {
 	t.reject(1, w, line, bt)
 }
 
-// newCell adds an empty cell for key to the span's current window and
-// returns it with its index there; its room was taken from the budget.
-// key is a string of its own (the extracted key is the extractor's
-// buffer: the caller copies it, once for all the spans).
-func (t *table) newCell(sp *span, key string) (cell, int32) {
+// newCell adds an empty cell for key, whose hash is h, to the span's
+// current window and returns it with its index there; its room was
+// taken from the budget. The window copies the key's bytes (key may be
+// a view of the extractor's buffer).
+func (t *table) newCell(sp *span, h uint64, key string) (cell, int32) {
 	if sp.last == nil {
 		sp.last = sp.window(sp.lastW)
 	}
-	i := sp.last.add(key, t.layout)
+	i := sp.last.add(h, key, t.layout)
 	t.ncells++
 	n := t.layout.cellOverhead(key)
 	t.bytes += n
@@ -672,7 +758,7 @@ func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) takenMarks {
 		wc.dirty, wc.ndirty = nil, 0
 		for _, j := range order {
 			c := wc.cell(j)
-			stored := fn(cellKey{window: tw.w, key: wc.keys[j]}, c)
+			stored := fn(cellKey{window: tw.w, key: wc.key(j)}, c)
 			if d := stored - t.layout.storedBytes(c); d != 0 {
 				t.layout.setStoredBytes(c, stored)
 				t.bytes += d
@@ -698,13 +784,13 @@ type keyRank struct {
 func (wc *windowCells) sortByKey(idx []int32, ranks []keyRank) []keyRank {
 	ranks = ranks[:0]
 	for _, i := range idx {
-		ranks = append(ranks, keyRank{head: keyHead(wc.keys[i]), i: i})
+		ranks = append(ranks, keyRank{head: keyHead(wc.key(i)), i: i})
 	}
 	slices.SortFunc(ranks, func(a, b keyRank) int {
 		if c := cmp.Compare(a.head, b.head); c != 0 {
 			return c
 		}
-		return strings.Compare(wc.keys[a.i], wc.keys[b.i])
+		return strings.Compare(wc.key(a.i), wc.key(b.i))
 	})
 	for j, r := range ranks {
 		idx[j] = r.i
@@ -761,4 +847,12 @@ func (t *table) windowBytes(wc *windowCells) int64 {
 	var bytes int64
 	wc.each(func(key string, c cell) { bytes += t.layout.cellOverhead(key) + t.layout.storedBytes(c) })
 	return bytes
+}
+
+// keyView is an extracted key (the extractor's buffer) as a string
+// without a copy, for the lookups and the add of one line: valid until
+// the extractor's next line, and never kept (a window copies the bytes
+// of a key it adds).
+func keyView(key []byte) string {
+	return unsafe.String(unsafe.SliceData(key), len(key))
 }

@@ -2,6 +2,8 @@ package puma
 
 import (
 	"fmt"
+	"hash/maphash"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -256,7 +258,7 @@ func TestSortByKeyIsByteOrder(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	alphabet := []byte{0, 1, 'a', 'b', 0xff}
 	for round := range 200 {
-		wc := &windowCells{index: map[string]int32{}}
+		wc := &windowCells{index: keyIndex{seed: maphash.MakeSeed()}}
 		var idx []int32
 		for range 1 + rng.IntN(300) {
 			b := make([]byte, rng.IntN(12))
@@ -264,21 +266,145 @@ func TestSortByKeyIsByteOrder(t *testing.T) {
 				b[i] = alphabet[rng.IntN(len(alphabet))]
 			}
 			key := string(b)
-			if _, ok := wc.index[key]; ok {
+			if _, ok := wc.find(key); ok {
 				continue
 			}
-			wc.index[key] = int32(len(wc.keys))
-			idx = append(idx, int32(len(wc.keys)))
-			wc.keys = append(wc.keys, key)
+			idx = append(idx, wc.add(hashKey(wc.index.seed, key), key, &layout{}))
 		}
 		rng.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
 		wc.sortByKey(idx, nil)
 		got := make([]string, len(idx))
 		for i, j := range idx {
-			got[i] = wc.keys[j]
+			got[i] = wc.key(j)
 		}
-		if !slices.IsSorted(got) || len(got) != len(wc.keys) {
+		if !slices.IsSorted(got) || len(got) != wc.len() {
 			t.Fatalf("round %d: %q is not in byte order", round, got)
+		}
+	}
+}
+
+// TestKeyIndexAgreesWithMap: a window's key index (hashKey, lookup,
+// add, grow) finds every key added, at the index a map of the same keys
+// gives, and no key that was not added, over keys that share prefixes,
+// hold zero bytes, are empty or long; and a key read as a view of the
+// window's key bytes stays the same while the window grows.
+func TestKeyIndexAgreesWithMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	alphabet := []byte{0, 1, 'a', 'b', 0xff}
+	randKey := func() string {
+		b := make([]byte, rng.IntN(20))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if rng.IntN(50) == 0 {
+			b = append(b, strings.Repeat("long", 100)...)
+		}
+		return string(b)
+	}
+	for round := range 20 {
+		wc := &windowCells{index: keyIndex{seed: maphash.MakeSeed()}, stride: 1}
+		l := &layout{}
+		want := map[string]int32{}
+		var views []string
+		for range 1 + rng.IntN(20_000) {
+			key := randKey()
+			i, ok := wc.find(key)
+			if j, had := want[key]; ok != had || i != j {
+				t.Fatalf("round %d: find(%q) = %d, %v; want %d, %v", round, key, i, ok, j, had)
+			}
+			if !ok {
+				want[key] = wc.add(hashKey(wc.index.seed, key), key, l)
+				views = append(views, wc.key(want[key]))
+			}
+		}
+		if wc.len() != len(want) || len(wc.slots) != len(want) {
+			t.Fatalf("round %d: %d cells, %d slots, %d keys", round, wc.len(), len(wc.slots), len(want))
+		}
+		if 4*wc.len() > 3*len(wc.index.slots) {
+			t.Fatalf("round %d: %d cells in an index of %d", round, wc.len(), len(wc.index.slots))
+		}
+		for key, j := range want {
+			if i, ok := wc.find(key); !ok || i != j || wc.key(j) != key || views[j] != key {
+				t.Fatalf("round %d: find(%q) = %d, %v; key(%d) %q, view %q", round, key, i, ok, j, wc.key(j), views[j])
+			}
+		}
+	}
+}
+
+// TestKeyIndexComparesKeysOnEqualHashes: keys whose hashes are all the
+// same (their high halves agree, so every probe compares keys) are each
+// found at their own index, and a key not added is not.
+func TestKeyIndexComparesKeysOnEqualHashes(t *testing.T) {
+	wc := &windowCells{index: keyIndex{slots: make([]uint64, 64)}}
+	const h = 0xdeadbeef_00000005
+	keys := []string{"", "a", "a\x00", "ab", "b", "ba", "\xff", strings.Repeat("x", 40)}
+	for i, key := range keys {
+		wc.keyBytes = append(wc.keyBytes, key...)
+		wc.ends = append(wc.ends, len(wc.keyBytes))
+		wc.insert(h, int32(i))
+	}
+	for i, key := range keys {
+		if j, ok := wc.lookup(h, key); !ok || j != int32(i) {
+			t.Fatalf("lookup(%q) = %d, %v; want %d", key, j, ok, i)
+		}
+	}
+	for _, key := range []string{"c", "a\x00\x00", "abc", strings.Repeat("x", 41)} {
+		if j, ok := wc.lookup(h, key); ok {
+			t.Fatalf("lookup(%q) = %d, found", key, j)
+		}
+	}
+}
+
+// TestCellsAgreeWithNaiveWindows: lines at random times about window
+// edges, on random keys (some new to their window, most not), land in
+// the cells a window start computed for each line names (span.atTime
+// passes the division by for a time in the current window; the key
+// index finds the cell), for an app of one window length (place) and of
+// two (applyExtracted, the key hashed once for both spans).
+func TestCellsAgreeWithNaiveWindows(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, windows := range [][]config.Duration{nil, {config.Duration(time.Minute), config.Duration(10 * time.Minute)}} {
+		app := orders(t, func(s *apps.Spec) {
+			s.AllowedLateness = config.Duration(24 * time.Hour)
+			if windows != nil {
+				s.Window, s.Windows = 0, windows
+			}
+		})
+		tb, err := newTable(app, tableDeps{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]map[cellKey]float64, len(tb.spans))
+		for i := range want {
+			want[i] = map[cellKey]float64{}
+		}
+		ts := t0
+		for range 20_000 {
+			switch rng.IntN(4) {
+			case 0: // about an edge of a minute
+				ts = apps.WindowStart(ts, 60_000) + int64(rng.IntN(3)-1)
+			case 1: // anywhere in two hours, within the allowed lateness
+				ts = t0 + rng.Int64N(2*3600_000)
+			default:
+				ts += int64(rng.IntN(50))
+			}
+			region, kind := fmt.Sprint("r", rng.IntN(30)), fmt.Sprint("k", rng.IntN(3))
+			tb.apply(order(ts, region, kind, 1), at(arrival))
+			for i, sp := range tb.spans {
+				want[i][cellKey{window: apps.WindowStart(ts, sp.ms), key: apps.EncodeKey([]string{region, kind})}]++
+			}
+		}
+		if tb.drops != [nReasons]uint64{} {
+			t.Fatalf("drops %v", tb.drops)
+		}
+		for i, sp := range tb.spans {
+			got := map[cellKey]float64{}
+			sp.each(math.MinInt64, math.MaxInt64, func(w int64, key string, c cell) {
+				got[cellKey{window: w, key: key}] = tb.layout.results(c)["n"].(float64)
+			})
+			if !maps.Equal(got, want[i]) {
+				t.Fatalf("windows %v, span %d: %d cells, want %d", windows, i, len(got), len(want[i]))
+			}
 		}
 	}
 }
