@@ -1,30 +1,3 @@
-// Package boltstore implements store.Store in one embedded bbolt file: the
-// default store on one machine (bolt:///path/to/file.db).
-//
-// A table is a bbolt bucket. Each version is one key, built so that bbolt's
-// byte order is the store's order: escaped row, escaped column, then the
-// timestamp inverted, so the newest version of a column comes first. Every
-// write is a bbolt transaction, fsynced before it returns.
-//
-// A damaged file. bbolt panics on a page that makes no sense, and a file
-// cut short faults when its missing pages are read, which used to kill
-// the process again at every start. Open checks the file (pages past its
-// end; every key read back; bbolt's consistency check, within
-// Options.CheckBudget) and recovers bbolt's panics and faults; a damaged
-// file is renamed to <file>.damaged-<UTC time> (never deleted) and a
-// fresh one is created, with one error line saying so and why it is safe:
-// the store holds only Puma's checkpoints, which Puma rebuilds exactly by
-// re-reading every segment from the dfs, and the copier's progress, which
-// it recopies idempotently. That holds while the dfs keeps every segment
-// (nothing deletes segments today; a segment retention must revisit it).
-// Damage found by a call while running (a panic or fault recovered into
-// an error) makes that call and every later one fail with ErrDamaged, and
-// leaves a <file>.damaged marker so that the next start moves the file
-// aside even if its check passes. Both are counted in
-// freeway_store_damaged_total. bbolt keeps no checksums of data pages: a
-// changed byte inside a value is not found here; the reader of the value
-// finds it only if the value no longer decodes (Puma then reports the
-// shard failed).
 package boltstore
 
 import (
@@ -203,7 +176,7 @@ func (s *Store) Close() error {
 // Versions keys in every leaf the commit writes. Files of the layout
 // before (a key per version, tables at the top) are migrated at open
 // (migrate.go).
-var tablesBucket = []byte("\x00tables")
+const tablesBucket = "\x00tables"
 
 // versionsFormat is the first byte of a column's value: the format of
 // the versions after it.
@@ -411,7 +384,7 @@ func checkTable(table string) error {
 
 // tableToWrite returns the bucket of table, creating it if needed.
 func tableToWrite(tx *bolt.Tx, table string) (*bolt.Bucket, error) {
-	tables, err := tx.CreateBucketIfNotExists(tablesBucket)
+	tables, err := tx.CreateBucketIfNotExists([]byte(tablesBucket))
 	if err != nil {
 		return nil, err
 	}
@@ -420,7 +393,7 @@ func tableToWrite(tx *bolt.Tx, table string) (*bolt.Bucket, error) {
 
 // tableToRead returns the bucket of table, or nil if it has none.
 func tableToRead(tx *bolt.Tx, table string) *bolt.Bucket {
-	tables := tx.Bucket(tablesBucket)
+	tables := tx.Bucket([]byte(tablesBucket))
 	if tables == nil {
 		return nil
 	}

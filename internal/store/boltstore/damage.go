@@ -1,7 +1,6 @@
 package boltstore
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -181,7 +180,7 @@ func check(db *bolt.DB, size int64, path string, budget time.Duration, log *slog
 				return nil
 			}
 			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-				if !bytes.Equal(name, tablesBucket) {
+				if string(name) != tablesBucket {
 					// A table of the layout before, to migrate.
 					return readKeys(name, b, func(k, _ []byte) error { _, err := parseOldKey(k); return err })
 				}

@@ -61,7 +61,7 @@ func migrate(db *bolt.DB, log *slog.Logger, chunk int, hook func(stage string)) 
 		hook = func(string) {}
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(tablesBucket)
+		_, err := tx.CreateBucketIfNotExists([]byte(tablesBucket))
 		return err
 	}); err != nil {
 		return 0, err
@@ -72,7 +72,7 @@ func migrate(db *bolt.DB, log *slog.Logger, chunk int, hook func(stage string)) 
 		var name []byte
 		err := db.View(func(tx *bolt.Tx) error {
 			return tx.ForEach(func(n []byte, _ *bolt.Bucket) error {
-				if !bytes.Equal(n, tablesBucket) {
+				if string(n) != tablesBucket {
 					name = bytes.Clone(n)
 					return errStop
 				}
@@ -118,7 +118,7 @@ var errStop = errors.New("stop")
 // done says the old table is gone.
 func migrateSome(tx *bolt.Tx, name []byte, chunk int) (columns int, done bool, err error) {
 	old := tx.Bucket(name)
-	nb, err := tx.Bucket(tablesBucket).CreateBucketIfNotExists(name)
+	nb, err := tx.Bucket([]byte(tablesBucket)).CreateBucketIfNotExists(name)
 	if err != nil {
 		return 0, false, err
 	}

@@ -1,7 +1,6 @@
 package boltstore
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -75,7 +74,7 @@ func TestOpensFileOfLayoutBefore(t *testing.T) {
 		if err := s.Scan(ctx, "puma", "s/orders/1/", "s/orders/10", store.Latest, func(string, []store.Cell) error { rows++; return nil }); err != nil || rows != 300 {
 			t.Fatalf("scan: %d rows, %v", rows, err)
 		}
-		if got := topLevel(t, s.db); !slices.Equal(got, []string{string(tablesBucket)}) {
+		if got := topLevel(t, s.db); !slices.Equal(got, []string{tablesBucket}) {
 			t.Fatalf("buckets at the top after the migration: %q", got)
 		}
 	}
@@ -142,7 +141,7 @@ func TestMigrationKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got := topLevel(t, s.db); !slices.Equal(got, []string{string(tablesBucket)}) {
+	if got := topLevel(t, s.db); !slices.Equal(got, []string{tablesBucket}) {
 		t.Fatalf("buckets at the top after the migration: %q", got)
 	}
 	for _, table := range []string{"t", "u"} {
@@ -165,9 +164,9 @@ func midway(t *testing.T, path string) int {
 	defer db.Close()
 	moved, left := 0, 0
 	err = db.View(func(tx *bolt.Tx) error {
-		tables := tx.Bucket(tablesBucket)
+		tables := tx.Bucket([]byte(tablesBucket))
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-			if bytes.Equal(name, tablesBucket) {
+			if string(name) == tablesBucket {
 				return b.ForEachBucket(func(n []byte) error {
 					return b.Bucket(n).ForEach(func(k, _ []byte) error { moved++; return nil })
 				})
