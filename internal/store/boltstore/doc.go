@@ -20,8 +20,8 @@
 // the last one deleting the emptied table. A file of the layout before is
 // recognised by any table at the top level. A binary from before this
 // layout that opens a migrated file finds a nested table where it never
-// writes one and treats the file as damaged (below): a downgrade rebuilds
-// the store from the dfs.
+// writes one and treats the file as damaged (below): it moves the file
+// aside and rebuilds.
 //
 // What survives a crash. Every write is a bbolt transaction, fsynced
 // before it returns: a crash keeps every call that returned and none of
