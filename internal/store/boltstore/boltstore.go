@@ -1,30 +1,3 @@
-// Package boltstore implements store.Store in one embedded bbolt file: the
-// default store on one machine (bolt:///path/to/file.db).
-//
-// A table is a bbolt bucket. Each version is one key, built so that bbolt's
-// byte order is the store's order: escaped row, escaped column, then the
-// timestamp inverted, so the newest version of a column comes first. Every
-// write is a bbolt transaction, fsynced before it returns.
-//
-// A damaged file. bbolt panics on a page that makes no sense, and a file
-// cut short faults when its missing pages are read, which used to kill
-// the process again at every start. Open checks the file (pages past its
-// end; every key read back; bbolt's consistency check, within
-// Options.CheckBudget) and recovers bbolt's panics and faults; a damaged
-// file is renamed to <file>.damaged-<UTC time> (never deleted) and a
-// fresh one is created, with one error line saying so and why it is safe:
-// the store holds only Puma's checkpoints, which Puma rebuilds exactly by
-// re-reading every segment from the dfs, and the copier's progress, which
-// it recopies idempotently. That holds while the dfs keeps every segment
-// (nothing deletes segments today; a segment retention must revisit it).
-// Damage found by a call while running (a panic or fault recovered into
-// an error) makes that call and every later one fail with ErrDamaged, and
-// leaves a <file>.damaged marker so that the next start moves the file
-// aside even if its check passes. Both are counted in
-// freeway_store_damaged_total. bbolt keeps no checksums of data pages: a
-// changed byte inside a value is not found here; the reader of the value
-// finds it only if the value no longer decodes (Puma then reports the
-// shard failed).
 package boltstore
 
 import (
@@ -71,6 +44,12 @@ type Options struct {
 	// CheckBudget bounds the check of the file at open (0: the default,
 	// negative: no check).
 	CheckBudget time.Duration
+
+	// Tests: the keys of the layout before that a transaction of the
+	// migration moves (0: migrateChunk), and a function it calls in each
+	// transaction ("moved", before its commit) and after it ("committed").
+	migrateChunk int
+	migrateHook  func(stage string)
 }
 
 // Open opens (creating if needed) the bbolt file at path. It fails if
@@ -109,7 +88,7 @@ func OpenWith(path string, opts Options) (*Store, error) {
 	}
 	if damage == "" {
 		var err error
-		db, damage, err = openChecked(path, opts.CheckBudget, log)
+		db, damage, err = openChecked(path, opts, log)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +102,7 @@ func OpenWith(path string, opts Options) (*Store, error) {
 		log.Error("store file is damaged; moved it aside and started a fresh one",
 			"path", path, "moved_to", aside, "damage", damage, "why_safe", whySafe)
 		var err2 error
-		db, damage, err2 = openChecked(path, opts.CheckBudget, log)
+		db, damage, err2 = openChecked(path, opts, log)
 		switch {
 		case err2 != nil:
 			return nil, err2
@@ -187,8 +166,24 @@ func (s *Store) Close() error {
 	return err
 }
 
-// Key encoding. Row and column are escaped so that 0x00 terminates them and
-// the encoding sorts like the raw bytes: 0x00 becomes 0x00 0xff, and the
+// The layout. Every table is a bucket inside the bucket tablesBucket.
+// Each column of a row is one key, its row escaped (see appendEscaped)
+// and then its column as is, so that bbolt's byte order is (row,
+// column) order; its value holds the column's versions, newest first
+// (appendVersion). A checkpoint's new version of a cell is then one Get
+// and one Put of the same key: no key per version to insert and no
+// older one to search for and delete, and one key a cell instead of
+// Versions keys in every leaf the commit writes. Files of the layout
+// before (a key per version, tables at the top) are migrated at open
+// (migrate.go).
+const tablesBucket = "\x00tables"
+
+// versionsFormat is the first byte of a column's value: the format of
+// the versions after it.
+const versionsFormat = 1
+
+// Key encoding. The row is escaped so that 0x00 terminates it and the
+// encoding sorts like the raw bytes: 0x00 becomes 0x00 0xff, and the
 // terminator is 0x00 0x01.
 func appendEscaped(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
@@ -229,32 +224,145 @@ func readEscaped(b []byte) (string, []byte, bool) {
 	return "", nil, false
 }
 
+// rowPrefix is what every key of row starts with, and no other key.
 func rowPrefix(row string) []byte { return appendEscaped(nil, row) }
 
-func columnPrefix(row, column string) []byte {
-	return appendEscaped(appendEscaped(nil, row), column)
-}
-
-func appendVersionKey(dst []byte, row, column string, ts int64) []byte {
-	dst = appendEscaped(appendEscaped(dst, row), column)
-	return binary.BigEndian.AppendUint64(dst, uint64(math.MaxInt64-ts))
-}
-
-type parsedKey struct {
-	row, column string
-	ts          int64
-}
-
-func parseKey(k []byte) (parsedKey, error) {
-	row, rest, ok := readEscaped(k)
-	if !ok {
-		return parsedKey{}, fmt.Errorf("corrupt key %x", k)
+// rowBound is the bound of a row range: a key is of a row >= row exactly
+// when it is >= rowBound(row) (the escaped row without its terminator:
+// the terminator 0x00 0x01 sorts below every escaped byte that could
+// follow).
+func rowBound(row string) []byte {
+	if row == "" {
+		return nil
 	}
-	column, rest, ok := readEscaped(rest)
-	if !ok || len(rest) != 8 {
-		return parsedKey{}, fmt.Errorf("corrupt key %x", k)
+	b := appendEscaped(nil, row)
+	return b[:len(b)-2]
+}
+
+func appendCellKey(dst []byte, row, column string) []byte {
+	return append(appendEscaped(dst, row), column...)
+}
+
+// parseCellKey splits a key into its row and column.
+func parseCellKey(k []byte) (row string, column []byte, err error) {
+	row, column, ok := readEscaped(k)
+	if !ok || row == "" || len(column) == 0 {
+		return "", nil, fmt.Errorf("corrupt key %x", k)
 	}
-	return parsedKey{row: row, column: column, ts: math.MaxInt64 - int64(binary.BigEndian.Uint64(rest))}, nil
+	return row, column, nil
+}
+
+// appendVersion appends one version to a column's value: its timestamp
+// and its length as uvarints, then its bytes.
+func appendVersion(dst []byte, ts int64, v []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(ts))
+	dst = binary.AppendUvarint(dst, uint64(len(v)))
+	return append(dst, v...)
+}
+
+var errCorruptValue = errors.New("corrupt versions")
+
+// versionsOf checks the format byte of a column's value and returns its
+// versions.
+func versionsOf(value []byte) ([]byte, error) {
+	if len(value) < 1 || value[0] != versionsFormat {
+		return nil, errCorruptValue
+	}
+	return value[1:], nil
+}
+
+// nextVersion reads the first of versions.
+func nextVersion(versions []byte) (ts int64, v, rest []byte, err error) {
+	t, n := binary.Uvarint(versions)
+	if n <= 0 || t > math.MaxInt64 {
+		return 0, nil, nil, errCorruptValue
+	}
+	l, m := binary.Uvarint(versions[n:])
+	if m <= 0 || l > uint64(len(versions)-n-m) {
+		return 0, nil, nil, errCorruptValue
+	}
+	at := n + m
+	return int64(t), versions[at : at+int(l) : at+int(l)], versions[at+int(l):], nil
+}
+
+// versionAsOf returns the newest version of a column's value with a
+// timestamp <= asOf, if any.
+func versionAsOf(value []byte, asOf int64) (ts int64, v []byte, ok bool, err error) {
+	rest, err := versionsOf(value)
+	for err == nil && len(rest) > 0 {
+		if ts, v, rest, err = nextVersion(rest); err == nil && ts <= asOf {
+			return ts, v, true, nil
+		}
+	}
+	return 0, nil, false, err
+}
+
+// putVersion appends to dst a column's value: the versions of old (a
+// stored value; nil for none) with ts/v put in, replacing one of the
+// same timestamp, newest first, the newest Versions of them.
+func putVersion(dst, old []byte, ts int64, v []byte) ([]byte, error) {
+	var rest []byte
+	if old != nil {
+		var err error
+		if rest, err = versionsOf(old); err != nil {
+			return nil, err
+		}
+	}
+	dst = append(dst, versionsFormat)
+	placed := false
+	for n := 0; n < Versions; n++ {
+		if len(rest) == 0 {
+			if !placed {
+				dst = appendVersion(dst, ts, v)
+			}
+			break
+		}
+		ots, ov, next, err := nextVersion(rest)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case !placed && ts >= ots:
+			dst = appendVersion(dst, ts, v)
+			placed = true
+			if ts == ots {
+				rest = next
+			}
+		default:
+			dst = appendVersion(dst, ots, ov)
+			rest = next
+		}
+	}
+	return dst, nil
+}
+
+// keepVersions returns value with only the versions keep accepts (nil if
+// none is left) and whether any was dropped.
+func keepVersions(value []byte, keep func(ts int64) bool) ([]byte, bool, error) {
+	rest, err := versionsOf(value)
+	if err != nil {
+		return nil, false, err
+	}
+	var out []byte
+	dropped := false
+	for len(rest) > 0 {
+		ts, v, next, err := nextVersion(rest)
+		if err != nil {
+			return nil, false, err
+		}
+		switch {
+		case !keep(ts) && !dropped:
+			dropped = true
+			out = append(make([]byte, 0, len(value)), value[:len(value)-len(rest)]...)
+		case keep(ts) && dropped:
+			out = appendVersion(out, ts, v)
+		}
+		rest = next
+	}
+	if dropped && len(out) == 1 {
+		return nil, true, nil
+	}
+	return out, dropped, nil
 }
 
 func checkCell(c store.Cell) error {
@@ -274,6 +382,24 @@ func checkTable(table string) error {
 	return nil
 }
 
+// tableToWrite returns the bucket of table, creating it if needed.
+func tableToWrite(tx *bolt.Tx, table string) (*bolt.Bucket, error) {
+	tables, err := tx.CreateBucketIfNotExists([]byte(tablesBucket))
+	if err != nil {
+		return nil, err
+	}
+	return tables.CreateBucketIfNotExists([]byte(table))
+}
+
+// tableToRead returns the bucket of table, or nil if it has none.
+func tableToRead(tx *bolt.Tx, table string) *bolt.Bucket {
+	tables := tx.Bucket([]byte(tablesBucket))
+	if tables == nil {
+		return nil
+	}
+	return tables.Bucket([]byte(table))
+}
+
 func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error {
 	if err := checkTable(table); err != nil {
 		return err
@@ -288,7 +414,7 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 	}
 	return s.call("put", func() error {
 		return s.db.Update(func(tx *bolt.Tx) error {
-			b, err := tx.CreateBucketIfNotExists([]byte(table))
+			b, err := tableToWrite(tx, table)
 			if err != nil {
 				return err
 			}
@@ -297,48 +423,72 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 	})
 }
 
-func putCells(b *bolt.Bucket, cells []store.Cell) error {
-	// bbolt keeps the key of a Put until the transaction ends: the keys
-	// are cut from a few large buffers rather than allocated one by one
-	// (a checkpoint puts a million cells).
-	var keys []byte
-	c := b.Cursor()
-	for _, cell := range cells {
-		if need := 2*(len(cell.Row)+len(cell.Column)) + 4 + 8; cap(keys)-len(keys) < need {
-			keys = make([]byte, 0, max(need, 64<<10))
-		}
-		at := len(keys)
-		keys = appendVersionKey(keys, cell.Row, cell.Column, cell.Timestamp)
-		k := keys[at:len(keys):len(keys)]
-		if err := b.Put(k, cell.Value); err != nil {
-			return err
-		}
-		if err := prune(c, k[:len(k)-8]); err != nil {
-			return err
-		}
+// arena hands out the keys and values of Puts: bbolt keeps both until
+// the transaction ends, so they are cut from a few large buffers rather
+// than allocated one by one (a checkpoint puts a million cells). What is
+// handed out is never written again.
+type arena struct{ buf []byte }
+
+// room makes room for n more bytes and returns the buffer to append
+// them to.
+func (a *arena) room(n int) []byte {
+	if cap(a.buf)-len(a.buf) < n {
+		a.buf = make([]byte, 0, max(n, 256<<10))
 	}
-	return nil
+	return a.buf
 }
 
-// prune deletes the versions of the column whose escaped row and column
-// are prefix beyond the newest Versions.
-func prune(c *bolt.Cursor, prefix []byte) error {
-	for {
-		n := 0
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
-			if n++; n > Versions {
-				break
+// take hands out what was appended to the buffer room returned.
+func (a *arena) take(b []byte) []byte {
+	at := len(a.buf)
+	a.buf = b
+	return b[at:len(b):len(b)]
+}
+
+// putCells puts cells into b. The old value of each cell's key is read
+// with a cursor walked forward while the keys come in ascending order
+// (a checkpoint gives them so), which costs a step instead of a search
+// from the root; an out-of-order key seeks. The cursor may show a leaf as
+// it was when the transaction began or as changed since: either way the
+// keys it shows ahead of the last one put are unchanged, and its own
+// changes (a key inserted behind it) are stepped over. A key put twice in
+// a row merges with what was just put rather than read again.
+func putCells(b *bolt.Bucket, cells []store.Cell) error {
+	var a arena
+	c := b.Cursor()
+	var ck, cv []byte // where the cursor is
+	var last, lastVal []byte
+	for _, cell := range cells {
+		key := a.take(appendCellKey(a.room(2*len(cell.Row)+2+len(cell.Column)), cell.Row, cell.Column))
+		var old []byte
+		switch cmp := bytes.Compare(key, last); {
+		case last != nil && cmp == 0:
+			old = lastVal
+		case last != nil && cmp > 0:
+			// The cursor is at the first key >= last, or at the end (then
+			// no key after last was there, and those put since are <=
+			// last).
+			for ck != nil && bytes.Compare(ck, key) < 0 {
+				ck, cv = c.Next()
 			}
+		default:
+			ck, cv = c.Seek(key)
 		}
-		if n <= Versions {
-			return nil
+		if old == nil && bytes.Equal(ck, key) {
+			old = cv
 		}
-		// Delete the first one too many, and look again: a bbolt cursor
-		// may skip a key when moved on after a Delete.
-		if err := c.Delete(); err != nil {
+		buf := a.room(1 + len(old) + 2*binary.MaxVarintLen64 + len(cell.Value))
+		val, err := putVersion(buf, old, cell.Timestamp, cell.Value)
+		if err != nil {
+			return fmt.Errorf("key %x: %w", key, err)
+		}
+		val = a.take(val)
+		if err := b.Put(key, val); err != nil {
 			return err
 		}
+		last, lastVal = key, val
 	}
+	return nil
 }
 
 func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store.Cell, error) {
@@ -351,8 +501,11 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 	var cells []store.Cell
 	err := s.view(ctx, "get", table, func(b *bolt.Bucket) error {
 		var r rowReader
+		prefix := rowPrefix(row)
+		c := b.Cursor()
+		k, v := c.Seek(prefix)
 		var err error
-		cells, err = r.readRow(b.Cursor(), rowPrefix(row), row, asOf)
+		cells, _, _, err = r.readRow(c, k, v, prefix, row, asOf)
 		return err
 	})
 	return cells, err
@@ -364,7 +517,7 @@ func (s *Store) view(ctx context.Context, op, table string, fn func(b *bolt.Buck
 	}
 	return s.call(op, func() error {
 		return s.db.View(func(tx *bolt.Tx) error {
-			b := tx.Bucket([]byte(table))
+			b := tableToRead(tx, table)
 			if b == nil {
 				return nil
 			}
@@ -381,7 +534,6 @@ func (s *Store) view(ctx context.Context, op, table string, fn func(b *bolt.Buck
 type rowReader struct {
 	cells []store.Cell
 	vals  []byte
-	next  []byte // the key after a row (Scan)
 }
 
 // value copies v out of the transaction.
@@ -394,35 +546,27 @@ func (r *rowReader) value(v []byte) []byte {
 	return r.vals[at:len(r.vals):len(r.vals)]
 }
 
-// readRow reads row, whose escaped prefix is prefix: per column, the
-// newest version <= asOf.
-func (r *rowReader) readRow(c *bolt.Cursor, prefix []byte, row string, asOf int64) ([]store.Cell, error) {
+// readRow reads row, whose keys start with prefix, from k/v (where c
+// is) on: per column, the newest version <= asOf. It returns the row's
+// cells (nil if none is that old) and the key and value after the row.
+func (r *rowReader) readRow(c *bolt.Cursor, k, v, prefix []byte, row string, asOf int64) ([]store.Cell, []byte, []byte, error) {
 	start := len(r.cells)
-	var last []byte // the escaped column of the last cell read
-	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-		rest := k[len(prefix):]
-		if len(rest) < 8 {
-			return nil, fmt.Errorf("corrupt key %x", k)
+	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if len(k) == len(prefix) {
+			return nil, nil, nil, fmt.Errorf("corrupt key %x", k)
 		}
-		col := rest[:len(rest)-8]
-		ts := math.MaxInt64 - int64(binary.BigEndian.Uint64(rest[len(rest)-8:]))
-		if ts > asOf {
-			continue
+		ts, val, ok, err := versionAsOf(v, asOf)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("key %x: %w", k, err)
 		}
-		if len(r.cells) > start && bytes.Equal(col, last) {
-			continue // an older version of a column already read
+		if ok {
+			r.cells = append(r.cells, store.Cell{Row: row, Column: string(k[len(prefix):]), Timestamp: ts, Value: r.value(val)})
 		}
-		column, tail, ok := readEscaped(col)
-		if !ok || len(tail) != 0 {
-			return nil, fmt.Errorf("corrupt key %x", k)
-		}
-		r.cells = append(r.cells, store.Cell{Row: row, Column: column, Timestamp: ts, Value: r.value(v)})
-		last = col
 	}
 	if len(r.cells) == start {
-		return nil, nil
+		return nil, k, v, nil
 	}
-	return r.cells[start:len(r.cells):len(r.cells)], nil
+	return r.cells[start:len(r.cells):len(r.cells)], k, v, nil
 }
 
 func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64, fn func(row string, cells []store.Cell) error) error {
@@ -436,6 +580,7 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 		row   string
 		cells []store.Cell
 	}
+	end := rowBound(stop)
 	from := start
 	inclusive := true
 	for {
@@ -443,32 +588,26 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 		err := s.view(ctx, "scan", table, func(b *bolt.Bucket) error {
 			var r rowReader
 			c := b.Cursor()
-			k, _ := c.Seek(rowPrefix(from))
+			k, v := c.Seek(rowPrefix(from))
 			for k != nil && len(rows) < chunk {
+				if end != nil && bytes.Compare(k, end) >= 0 {
+					return nil
+				}
 				row, rest, ok := readEscaped(k)
 				if !ok {
 					return fmt.Errorf("corrupt key %x", k)
 				}
-				if stop != "" && row >= stop {
-					return nil
-				}
-				// The row's escaped prefix, in the transaction's memory
-				// (valid while it lasts), and the first key after the row.
+				// The row's prefix, in the transaction's memory (valid
+				// while it lasts).
 				prefix := k[:len(k)-len(rest)]
-				r.next = append(r.next[:0], prefix...)
-				r.next[len(r.next)-1] = 2 // prefix ends with the terminator 0x00 0x01
-				if row == from && !inclusive {
-					k, _ = c.Seek(r.next)
-					continue
-				}
-				cells, err := r.readRow(c, prefix, row, asOf)
+				cells, nk, nv, err := r.readRow(c, k, v, prefix, row, asOf)
 				if err != nil {
 					return err
 				}
-				if len(cells) > 0 {
+				if len(cells) > 0 && (inclusive || row != from) {
 					rows = append(rows, rowCells{row, cells})
 				}
-				k, _ = c.Seek(r.next)
+				k, v = nk, nv
 			}
 			return nil
 		})
@@ -488,14 +627,16 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 }
 
 func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts int64) error {
-	return s.deleteWhere(ctx, table, start, stop, func(v int64) bool { return v > ts })
-}
-
-func (s *Store) DeleteUpTo(ctx context.Context, table, start, stop string, ts int64) error {
 	return s.deleteWhere(ctx, table, start, stop, func(v int64) bool { return v <= ts })
 }
 
-func (s *Store) deleteWhere(ctx context.Context, table, start, stop string, match func(int64) bool) error {
+func (s *Store) DeleteUpTo(ctx context.Context, table, start, stop string, ts int64) error {
+	return s.deleteWhere(ctx, table, start, stop, func(v int64) bool { return v > ts })
+}
+
+// deleteWhere keeps, in the rows of [start, stop), the versions keep
+// accepts.
+func (s *Store) deleteWhere(ctx context.Context, table, start, stop string, keep func(int64) bool) error {
 	if err := checkTable(table); err != nil {
 		return err
 	}
@@ -503,31 +644,43 @@ func (s *Store) deleteWhere(ctx context.Context, table, start, stop string, matc
 		return err
 	}
 	return s.call("delete", func() error {
-		return s.db.Update(func(tx *bolt.Tx) error { return deleteIn(tx, table, start, stop, match) })
+		return s.db.Update(func(tx *bolt.Tx) error {
+			b := tableToRead(tx, table)
+			if b == nil {
+				return nil
+			}
+			return deleteIn(b, start, stop, keep)
+		})
 	})
 }
 
-func deleteIn(tx *bolt.Tx, table, start, stop string, match func(int64) bool) error {
-	b := tx.Bucket([]byte(table))
-	if b == nil {
-		return nil
-	}
-	var doomed [][]byte
+func deleteIn(b *bolt.Bucket, start, stop string, keep func(int64) bool) error {
+	// The changes are made after the walk: a bbolt cursor may skip a key
+	// when moved on after a change.
+	type change struct{ key, value []byte }
+	var changes []change
+	end := rowBound(stop)
 	c := b.Cursor()
-	for k, _ := c.Seek(rowPrefix(start)); k != nil; k, _ = c.Next() {
-		pk, err := parseKey(k)
-		if err != nil {
-			return err
-		}
-		if stop != "" && pk.row >= stop {
+	for k, v := c.Seek(rowPrefix(start)); k != nil; k, v = c.Next() {
+		if end != nil && bytes.Compare(k, end) >= 0 {
 			break
 		}
-		if match(pk.ts) {
-			doomed = append(doomed, bytes.Clone(k))
+		left, dropped, err := keepVersions(v, keep)
+		if err != nil {
+			return fmt.Errorf("key %x: %w", k, err)
+		}
+		if dropped {
+			changes = append(changes, change{bytes.Clone(k), left})
 		}
 	}
-	for _, k := range doomed {
-		if err := b.Delete(k); err != nil {
+	for _, ch := range changes {
+		var err error
+		if ch.value == nil {
+			err = b.Delete(ch.key)
+		} else {
+			err = b.Put(ch.key, ch.value)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -555,17 +708,23 @@ func (s *Store) CheckAndPut(ctx context.Context, table, row, column string, expe
 	applied := false
 	err := s.call("check-and-put", func() error {
 		return s.db.Update(func(tx *bolt.Tx) error {
-			b, err := tx.CreateBucketIfNotExists([]byte(table))
+			b, err := tableToWrite(tx, table)
 			if err != nil {
 				return err
 			}
-			prefix := columnPrefix(row, column)
-			k, v := b.Cursor().Seek(prefix)
-			exists := k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8
+			key := appendCellKey(nil, row, column)
+			var newest []byte
+			exists := false
+			if k, v := b.Cursor().Seek(key); bytes.Equal(k, key) {
+				_, newest, exists, err = versionAsOf(v, math.MaxInt64)
+				if err != nil {
+					return fmt.Errorf("key %x: %w", key, err)
+				}
+			}
 			switch {
 			case expected == nil && exists:
 				return nil
-			case expected != nil && (!exists || !bytes.Equal(v, expected)):
+			case expected != nil && (!exists || !bytes.Equal(newest, expected)):
 				return nil
 			}
 			applied = true

@@ -55,7 +55,8 @@ func guarded(fn func()) (panicked any) {
 // second loads the free list under guard, so that bbolt's consistency
 // check, which runs in a goroutine of its own where a fault cannot be
 // recovered, finds it loaded.
-func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.DB, damage string, err error) {
+func openChecked(path string, opts Options, log *slog.Logger) (db *bolt.DB, damage string, err error) {
+	budget := opts.CheckBudget
 	if info, err := os.Stat(path); err == nil && info.Size() > 0 && budget >= 0 {
 		ro, damage, err := boltOpen(path, true, false)
 		if err != nil || damage != "" {
@@ -86,7 +87,35 @@ func openChecked(path string, budget time.Duration, log *slog.Logger) (db *bolt.
 	if err != nil || damage != "" {
 		return nil, damage, err
 	}
-	return db, "", nil
+	var merr error
+	r := guarded(func() { _, merr = migrate(db, log, opts.migrateChunk, opts.migrateHook) })
+	switch {
+	case r != nil:
+		damage = fmt.Sprintf("bbolt panicked migrating it: %v", r)
+	case errors.Is(merr, errCorruptOld):
+		damage = "migrating it: " + merr.Error()
+	case merr != nil:
+		err = fmt.Errorf("open store %s: %w", path, merr)
+	default:
+		return db, "", nil
+	}
+	guarded(func() { _ = db.Close() })
+	return nil, damage, err
+}
+
+// validColumn checks a key and value of a table.
+func validColumn(k, v []byte) error {
+	if _, _, err := parseCellKey(k); err != nil {
+		return err
+	}
+	rest, err := versionsOf(v)
+	for err == nil && len(rest) > 0 {
+		_, _, rest, err = nextVersion(rest)
+	}
+	if err != nil {
+		return fmt.Errorf("key %x: %w", k, err)
+	}
+	return nil
 }
 
 // boltOpen opens path with bbolt, turning its panics and faults, and its
@@ -135,17 +164,33 @@ func check(db *bolt.DB, size int64, path string, budget time.Duration, log *slog
 	var err error
 	r := guarded(func() {
 		err = db.View(func(tx *bolt.Tx) error {
-			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			readKeys := func(name []byte, b *bolt.Bucket, valid func(k, v []byte) error) error {
 				c := b.Cursor()
 				for k, v := c.First(); k != nil; k, v = c.Next() {
 					if v == nil {
 						return fmt.Errorf("table %q holds a nested table %x, which this store never writes", name, k)
 					}
-					if _, err := parseKey(k); err != nil {
+					if err := valid(k, v); err != nil {
 						return fmt.Errorf("table %q: %w", name, err)
 					}
 					if keys++; keys%4096 == 0 && time.Since(start) > budget {
 						return errBudgetSpent
+					}
+				}
+				return nil
+			}
+			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+				if string(name) != tablesBucket {
+					// A table of the layout before, to migrate.
+					return readKeys(name, b, func(k, _ []byte) error { _, err := parseOldKey(k); return err })
+				}
+				c := b.Cursor()
+				for name, v := c.First(); name != nil; name, v = c.Next() {
+					if v != nil {
+						return fmt.Errorf("the tables hold a key %x that is not a table", name)
+					}
+					if err := readKeys(name, b.Bucket(name), validColumn); err != nil {
+						return err
 					}
 				}
 				return nil

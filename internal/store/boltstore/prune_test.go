@@ -13,9 +13,10 @@ import (
 )
 
 // TestPutPrunesToVersions: after puts of many versions of many columns,
-// in Puts of one cell and in one Put of them all (the keys cut from
-// shared buffers), the file holds exactly the newest Versions versions of
-// each column, whatever the order they came in, and nothing else.
+// in Puts of one cell and in one Put of them all (the keys and values cut
+// from shared buffers), the file holds exactly the newest Versions
+// versions of each column, newest first, whatever the order they came
+// in, and nothing else.
 func TestPutPrunesToVersions(t *testing.T) {
 	ctx := context.Background()
 	s, err := Open(filepath.Join(t.TempDir(), "store.db"))
@@ -42,16 +43,30 @@ func TestPutPrunesToVersions(t *testing.T) {
 	}
 	got := map[string][]int64{}
 	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("t")).ForEach(func(k, v []byte) error {
-			pk, err := parseKey(k)
+		return tableToRead(tx, "t").ForEach(func(k, v []byte) error {
+			row, column, err := parseCellKey(k)
 			if err != nil {
 				return err
 			}
-			if want := fmt.Sprintf("%s/%d", pk.row[2:], pk.ts); string(v) != want {
-				return fmt.Errorf("%q@%d holds %q, want %q", pk.row, pk.ts, v, want)
+			if string(column) != "v" {
+				return fmt.Errorf("row %q: column %q", row, column)
 			}
-			got[pk.row] = append(got[pk.row], pk.ts)
-			return nil
+			rest, err := versionsOf(v)
+			for err == nil && len(rest) > 0 {
+				var ts int64
+				var val []byte
+				if ts, val, rest, err = nextVersion(rest); err != nil {
+					break
+				}
+				if want := fmt.Sprintf("%s/%d", row[2:], ts); string(val) != want {
+					return fmt.Errorf("%q@%d holds %q, want %q", row, ts, val, want)
+				}
+				if n := len(got[row]); n > 0 && got[row][n-1] <= ts {
+					return fmt.Errorf("%q: version %d after %d: not newest first", row, ts, got[row][n-1])
+				}
+				got[row] = append(got[row], ts)
+			}
+			return err
 		})
 	})
 	if err != nil {

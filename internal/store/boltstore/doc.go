@@ -1,0 +1,55 @@
+// Package boltstore implements store.Store in one embedded bbolt file: the
+// default store on one machine (bolt:///path/to/file.db).
+//
+// Layout. A table is a bbolt bucket inside the bucket "\x00tables". Each
+// column of a row is one key: the row escaped (0x00 becomes 0x00 0xff,
+// then the terminator 0x00 0x01) and the column as is, so that bbolt's
+// byte order is (row, column) order. Its value is a format byte (1) and
+// the column's versions, newest first, at most Versions of them: each
+// its timestamp and length as uvarints, then its bytes. A Put of a cell
+// reads that value and writes it back with the new version in, one Get
+// and one Put of one key; a Put of cells in key order (a checkpoint's)
+// reads the old values with one cursor walked forward instead of a
+// search each.
+//
+// Files of the layout before (up to 2026-12-02: tables at the top level,
+// one key per version, the escaped row and column then the inverted
+// timestamp) are migrated when opened, before Open returns: in
+// transactions of about 256 Ki old keys, each moving whole columns from
+// the front of an old table into the new layout and deleting them there,
+// the last one deleting the emptied table. A file of the layout before is
+// recognised by any table at the top level. A binary from before this
+// layout that opens a migrated file finds a nested table where it never
+// writes one and treats the file as damaged (below): it moves the file
+// aside and rebuilds.
+//
+// What survives a crash. Every write is a bbolt transaction, fsynced
+// before it returns: a crash keeps every call that returned and none of
+// one that did not (a Put of several rows is one transaction). A crash
+// during a migration leaves each column in exactly one of the two
+// layouts with all its versions; the next open goes on migrating from
+// there (TestMigrationKilled kills a migrating process inside a
+// transaction and between two).
+//
+// A damaged file. bbolt panics on a page that makes no sense, and a file
+// cut short faults when its missing pages are read, which used to kill
+// the process again at every start. Open checks the file (pages past its
+// end; every key, and every value of the current layout, read back;
+// bbolt's consistency check, within Options.CheckBudget) and recovers
+// bbolt's panics and faults; a damaged file (or one whose migration
+// meets a key that does not parse) is renamed to <file>.damaged-<UTC
+// time> (never deleted) and a fresh one is created, with one error line
+// saying so and why it is safe: the store holds only Puma's checkpoints,
+// which Puma rebuilds exactly by re-reading every segment from the dfs,
+// and the copier's progress, which it recopies idempotently. That holds
+// while the dfs keeps every segment (nothing deletes segments today; a
+// segment retention must revisit it). Damage found by a call while
+// running (a panic or fault recovered into an error) makes that call and
+// every later one fail with ErrDamaged, and leaves a <file>.damaged
+// marker so that the next start moves the file aside even if its check
+// passes. Both are counted in freeway_store_damaged_total. bbolt keeps no
+// checksums of data pages: a changed byte inside a value is not found
+// here unless it breaks the versions' encoding; the reader of the value
+// finds it only if the value no longer decodes (Puma then reports the
+// shard failed).
+package boltstore
