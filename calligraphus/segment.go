@@ -70,10 +70,26 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 const directWrite = 16 << 10
 
 // writeBlocks stamps the batch's blocks (encoded by the calls,
-// appendReq.encode) for the open segment and writes them in order: runs
-// of small requests gathered into one write, larger ones written from
-// their own bytes. It returns the entries and bytes written.
+// appendReq.encode) for the open segment and writes them in order: on a
+// file that writes several buffers at once (dfs.BuffersWriter: a local
+// file's writev), all from their own bytes in one call; elsewhere runs of
+// small requests gathered into one write, larger ones written from their
+// own bytes. It returns the entries and bytes written.
 func (w *bucketWriter) writeBlocks(batch []*appendReq) (entries, bytes int, err error) {
+	if bw, ok := w.file.(dfs.BuffersWriter); ok {
+		w.bufs = w.bufs[:0]
+		for _, r := range batch {
+			if err := w.enc.Stamp(r.enc); err != nil {
+				return 0, 0, err // a defect: encode writes whole blocks
+			}
+			entries += r.entries
+			bytes += len(r.enc)
+			w.bufs = append(w.bufs, r.enc)
+		}
+		_, err := bw.WriteBuffers(w.bufs)
+		clear(w.bufs) // the requests' bytes go back with them
+		return entries, bytes, err
+	}
 	w.buf = w.buf[:0]
 	flush := func() error {
 		if len(w.buf) == 0 {

@@ -161,7 +161,8 @@ type bucketWriter struct {
 	tmp     string
 	final   string
 	size    int64
-	buf     []byte
+	buf     []byte   // small requests gathered into one write
+	bufs    [][]byte // a batch's requests for one WriteBuffers
 	// closing holds the segments being closed, oldest first, at most
 	// maxClosing (a dfs where only a close makes bytes durable).
 	closing []*closing

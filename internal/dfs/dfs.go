@@ -89,6 +89,59 @@ type File interface {
 	Close() error
 }
 
+// NameLister is implemented by a file system that lists the names in a
+// directory for less than ReadDir, which describes each entry (a local
+// directory: an lstat per entry). ReadDirNames uses it.
+type NameLister interface {
+	// ReadDirNames lists the names in the directory name, sorted.
+	ReadDirNames(name string) ([]string, error)
+}
+
+// ReadDirNames lists the names in the directory name, sorted, with the
+// errors of ReadDir: by the file system's own NameLister if it has one,
+// else from ReadDir.
+func ReadDirNames(fsys FS, name string) ([]string, error) {
+	if l, ok := fsys.(NameLister); ok {
+		return l.ReadDirNames(name)
+	}
+	infos, err := fsys.ReadDir(name)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(infos))
+	for i, fi := range infos {
+		names[i] = fi.Name() // sorted, as ReadDir's are
+	}
+	return names, nil
+}
+
+// BuffersWriter is implemented by a File that writes several buffers
+// with fewer system calls than a Write of each (a local file: writev).
+// WriteBuffers uses it.
+type BuffersWriter interface {
+	// WriteBuffers writes bufs in order, as one Write of their
+	// concatenation would, and returns the bytes written.
+	WriteBuffers(bufs [][]byte) (int64, error)
+}
+
+// WriteBuffers writes bufs to f in order, as one Write of their
+// concatenation would: by f's own BuffersWriter if it has one, else by
+// a Write of each.
+func WriteBuffers(f File, bufs [][]byte) (int64, error) {
+	if bw, ok := f.(BuffersWriter); ok {
+		return bw.WriteBuffers(bufs)
+	}
+	var n int64
+	for _, b := range bufs {
+		m, err := f.Write(b)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // Reader is a file opened for reading.
 type Reader interface {
 	io.Reader

@@ -201,10 +201,12 @@ func ReadFence(fsys dfs.FS, dir string) (Fence, error) {
 // FenceTop returns the highest epoch with a fence intent or seal in the
 // bucket directory dir (0: none): one listing of the small fence
 // directory, what a writer checks after each write (a Top at or below its
-// epoch means its segments count, Fence.Verdict).
+// epoch means its segments count, Fence.Verdict). It needs the names
+// alone (dfs.ReadDirNames: no stat per entry where the file system can
+// do without).
 func FenceTop(fsys dfs.FS, dir string) (int64, error) {
 	fdir := FenceDir(dir)
-	infos, err := fsys.ReadDir(fdir)
+	names, err := dfs.ReadDirNames(fsys, fdir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -212,8 +214,8 @@ func FenceTop(fsys dfs.FS, dir string) (int64, error) {
 		return 0, fmt.Errorf("list fence %s: %w", fdir, err)
 	}
 	var top int64
-	for _, fi := range infos {
-		if e, _, ok := parseFenceName(fi.Name()); ok {
+	for _, name := range names {
+		if e, _, ok := parseFenceName(name); ok {
 			top = max(top, e)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 )
 
@@ -151,4 +152,56 @@ func TestFenceCrashedOwnerBlocksUntilNextSeal(t *testing.T) {
 	if got := publishedNames(t, fsys, dir); !slices.Equal(got, []string{a1, a2}) {
 		t.Fatalf("after the next owner's seal: %v", got)
 	}
+}
+
+// TestFenceTopByNamesIsByReadDir: FenceTop on the local dfs (names alone,
+// dfs.NameLister) gives what it gives through ReadDir (the local dfs
+// behind a wrapper that hides its NameLister), whatever the fence
+// directory holds: none, intents, seals, a seal being published, names
+// that are neither, a directory.
+func TestFenceTopByNamesIsByReadDir(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var byReadDir dfs.FS = dfstest.NewFaulty(fsys)
+	if _, ok := byReadDir.(dfs.NameLister); ok {
+		t.Fatal("the wrapper lists names itself; the test compares nothing")
+	}
+	dir := "cat/3"
+	fdir := FenceDir(dir)
+	check := func(step string, want int64) {
+		t.Helper()
+		a, errA := FenceTop(fsys, dir)
+		b, errB := FenceTop(byReadDir, dir)
+		if errA != nil || errB != nil || a != b || a != want {
+			t.Fatalf("%s: FenceTop by names = %d, %v; by ReadDir = %d, %v; want %d", step, a, errA, b, errB, want)
+		}
+	}
+	check("no bucket", 0)
+	putSegment(t, fsys, dir, 1, 1)
+	check("no fence directory", 0)
+	steps := []struct {
+		name string
+		top  int64
+	}{
+		{IntentName(2), 2},
+		{IntentName(9), 9},
+		{SealName(2), 9},
+		{"." + SealName(12) + ".x" + TempSuffix, 9}, // a seal being published
+		{"00000000000000ff.junk", 9},
+		{"ff" + IntentName(1), 9}, // not 16 hex digits
+		{SealName(10), 10},
+		{IntentName(0x7fffffffffff), 0x7fffffffffff},
+	}
+	for _, s := range steps {
+		if err := dfs.WriteFile(fsys, fdir+"/"+s.name, nil); err != nil {
+			t.Fatal(err)
+		}
+		check(s.name, s.top)
+	}
+	if err := fsys.MkdirAll(fdir + "/" + IntentName(0x7ffffffffffff)); err != nil {
+		t.Fatal(err)
+	}
+	check("a directory named like an intent", 0x7ffffffffffff)
 }

@@ -28,6 +28,8 @@ func Run(t *testing.T, newFS func(t *testing.T) dfs.FS) {
 		{"NotExist", testNotExist},
 		{"InvalidNames", testInvalidNames},
 		{"ReadDirSorted", testReadDirSorted},
+		{"ReadDirNames", testReadDirNames},
+		{"WriteBuffers", testWriteBuffers},
 		{"RenamePublishes", testRenamePublishes},
 		{"RenameReplacesFile", testRenameReplacesFile},
 		{"Remove", testRemove},
@@ -159,6 +161,92 @@ func testReadDirSorted(t *testing.T, fsys dfs.FS) {
 	root, err := fsys.ReadDir("")
 	if err != nil || len(root) != 1 || root[0].Name() != "d" {
 		t.Fatalf("readdir of the root = %v, %v", root, err)
+	}
+}
+
+// testReadDirNames: dfs.ReadDirNames (the file system's own NameLister,
+// if it has one) lists what ReadDir does, in the same order, with the
+// same errors.
+func testReadDirNames(t *testing.T, fsys dfs.FS) {
+	// Enough names, in an order of creation unlike the sorted one, that a
+	// listing in directory order is unlikely to come out sorted.
+	for i := range 40 {
+		n := fmt.Sprintf("%016x-%016x.seg", (i*7)%5, (i*13)%40)
+		if i%9 == 0 {
+			n = "." + n + ".inprogress"
+		}
+		mustWrite(t, fsys, "d/"+n, nil)
+	}
+	if err := fsys.MkdirAll("d/sub"); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, fsys, "d/sub/deeper", []byte("x"))
+	infos, err := fsys.ReadDir("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, fi := range infos {
+		want = append(want, fi.Name())
+	}
+	got, err := dfs.ReadDirNames(fsys, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(got) != 41 {
+		t.Fatalf("names = %v, want (readdir) %v", got, want)
+	}
+	if _, err := dfs.ReadDirNames(fsys, "nope"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("names of a missing directory: %v, want ErrNotExist", err)
+	}
+	if _, err := dfs.ReadDirNames(fsys, "../x"); err == nil {
+		t.Fatal("names of an invalid name succeeded")
+	}
+}
+
+// testWriteBuffers: dfs.WriteBuffers (the file's own BuffersWriter, if it
+// has one) writes what one Write of the buffers' concatenation would:
+// more buffers than one writev takes, empty ones among them, and buffers
+// from one byte to more than a block.
+func testWriteBuffers(t *testing.T, fsys dfs.FS) {
+	rng := rand.New(rand.NewSource(7))
+	var bufs [][]byte
+	var want []byte
+	for i := range 2500 {
+		n := rng.Intn(300)
+		switch {
+		case i%97 == 0:
+			n = 0
+		case i%501 == 0:
+			n = 70_000 + rng.Intn(100_000)
+		}
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		bufs = append(bufs, b)
+		want = append(want, b...)
+	}
+	f, err := fsys.Create("w/buffers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("head")); err != nil {
+		t.Fatal(err)
+	}
+	n, err := dfs.WriteBuffers(f, bufs)
+	if err != nil || n != int64(len(want)) {
+		t.Fatalf("write buffers = %d, %v; want %d", n, err, len(want))
+	}
+	if n, err := dfs.WriteBuffers(f, [][]byte{{}, []byte("tail")}); err != nil || n != 4 {
+		t.Fatalf("write buffers = %d, %v; want 4", n, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want = append(append([]byte("head"), want...), "tail"...)
+	if got := mustRead(t, fsys, "w/buffers"); !bytes.Equal(got, want) {
+		t.Fatalf("file holds %d bytes, want %d (equal: %v)", len(got), len(want), bytes.Equal(got, want))
 	}
 }
 
