@@ -104,7 +104,7 @@ func main() {
 	flag.IntVar(&o.inFlight, "max-in-flight", 0, "agent.max_in_flight of the end-to-end runs (default: freeway's own)")
 	flag.Int64Var(&o.batchB, "batch-bytes", 0, "agent.batch_bytes of the end-to-end runs, in bytes (default: freeway's own)")
 	flag.IntVar(&o.batchN, "batch-entries", 0, "agent.batch_entries of the end-to-end runs (default: freeway's own)")
-	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate)")
+	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate); set, the embedded freshness runs are skipped")
 	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells (default: all)")
 	flag.Parse()
 	if *only != "" {
@@ -253,7 +253,7 @@ func run(o options) (*report, error) {
 	if o.matrix && o.does("matrix") {
 		rep.Matrix = matrix(ctx, o)
 	}
-	if o.does("fresh") {
+	if o.does("fresh") && o.freshRate == 0 {
 		if maxRate > 0 {
 			// The default (by the dfs: a local disk here), and the
 			// second that was the default before it was chosen by dfs.
