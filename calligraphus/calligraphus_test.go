@@ -192,7 +192,7 @@ func TestAckMeansDurable(t *testing.T) {
 				if u != 0 {
 					t.Fatalf("OK for %s with %d writes not synced", m, u)
 				}
-			} else if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, want) {
+			} else if got := msgs(scanRunning(t, fsys, "cat/0")); !slices.Equal(got, want) {
 				t.Fatalf("after OK for %s the published segments hold %q", m, got)
 			}
 		}

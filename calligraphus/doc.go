@@ -120,6 +120,13 @@
 // (the slow part: the DataNodes' acknowledgements and the NameNode's
 // complete) and goes on writing the next while at most two close;
 // batches that arrive while two close wait and share the next segment.
+// That next segment is created (a create, an addBlock and a DataNode
+// connection) as soon as the one before it is handed to be closed, so
+// that the next batch does not wait for it; it holds only its header
+// until a batch is written into it, and one left unused for a second,
+// or when the writer stops acting under the lease it is named under, is
+// removed. A close or a rename that fails because a newer owner removed
+// the segment as it took the bucket counts as fenced.
 // Closed segments are renamed strictly in the order they were written,
 // each only while the writer still holds the lease it was written under,
 // and a batch is answered OK only once its segment is renamed and counts

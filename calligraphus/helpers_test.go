@@ -214,11 +214,23 @@ func published(t *testing.T, fsys dfs.FS, dir string, allowHidden bool) []string
 }
 
 // scan reads every published segment of a bucket in full, failing on any
-// damage.
+// damage, or on an unpublished file left over.
 func scan(t *testing.T, fsys dfs.FS, dir string) []entry {
 	t.Helper()
+	return scanNames(t, fsys, dir, published(t, fsys, dir, false))
+}
+
+// scanRunning is scan while the bucket's writer runs: on HDFS (or like
+// it) the writer's next segment, created ahead, may exist unpublished.
+func scanRunning(t *testing.T, fsys dfs.FS, dir string) []entry {
+	t.Helper()
+	return scanNames(t, fsys, dir, published(t, fsys, dir, true))
+}
+
+func scanNames(t *testing.T, fsys dfs.FS, dir string, names []string) []entry {
+	t.Helper()
 	var out []entry
-	for _, name := range published(t, fsys, dir, false) {
+	for _, name := range names {
 		data, err := dfs.ReadFile(fsys, path.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/testkit"
@@ -173,4 +175,79 @@ func TestPublishedHook(t *testing.T) {
 			t.Errorf("published hook called with %q, want once with %q", dirs, layout.BucketDir("cat", 0))
 		}
 	})
+}
+
+// TestNextSegmentCreatedAhead: on HDFS a writer creates its bucket's
+// next segment as soon as it hands one to be closed, so that the next
+// batch does not wait for a create (two NameNode calls and a DataNode
+// connection); the next batch goes into exactly that file. Left unused
+// for aheadIdle, it is removed, and nothing empty is ever published. The
+// old writer created each segment only once a batch had arrived for it.
+func TestNextSegmentCreatedAhead(t *testing.T) {
+	t.Run("hdfslike", func(t *testing.T) {
+		_, co := inprocCoord(t)
+		testNextSegmentCreatedAhead(t, dfstest.NewFaulty(newLocal(t)).LikeHDFS(), co)
+	})
+	t.Run("engines", func(t *testing.T) {
+		fsys, newCoord := engineBackends(t)
+		testNextSegmentCreatedAhead(t, fsys, newCoord())
+	})
+}
+
+func testNextSegmentCreatedAhead(t *testing.T, fsys dfs.FS, co coord.Coord) {
+	s := startServer(t, testConfig(), fsys, co, nil)
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "a"))
+
+	var ahead string
+	testkit.WaitFor(t, "the next segment to be created before a batch arrives for it", func() bool {
+		ahead = ""
+		for _, name := range hiddenFiles(t, fsys, "cat/0") {
+			if _, ok := layout.ParseTempSegment(name); ok {
+				ahead = name
+			}
+		}
+		return ahead != ""
+	})
+	final, _ := layout.ParseTempSegment(ahead)
+	mustLog(t, cl, entries("cat", "b"))
+	var inAhead []string
+	for _, e := range scanRunning(t, fsys, "cat/0") {
+		if e.Segment == final {
+			inAhead = append(inAhead, e.Msg)
+		}
+	}
+	if !slices.Equal(inAhead, []string{"b"}) {
+		t.Errorf("segment %s, created ahead as %s, holds %q, want the next batch [b]", final, ahead, inAhead)
+	}
+
+	// The segment created ahead after b is removed once it has waited
+	// unused; nothing empty is published.
+	testkit.WaitFor(t, "the unused segment created ahead to be removed", func() bool {
+		return len(hiddenFiles(t, fsys, "cat/0")) == 0
+	})
+	if segs := published(t, fsys, "cat/0", false); len(segs) != 2 {
+		t.Errorf("published %q, want the two segments of a and b", segs)
+	}
+	mustLog(t, cl, entries("cat", "c"))
+	s.stop()
+	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Errorf("bucket holds %q", got)
+	}
+}
+
+// hiddenFiles lists a bucket's unpublished files (not its fence).
+func hiddenFiles(t *testing.T, fsys dfs.FS, dir string) []string {
+	t.Helper()
+	infos, err := fsys.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, fi := range infos {
+		if fi.Name() != layout.FenceDirName && dfs.Hidden(fi.Name()) {
+			out = append(out, fi.Name())
+		}
+	}
+	return out
 }

@@ -140,13 +140,15 @@ type closing struct {
 // startClose hands the open segment, holding batch, to a goroutine that
 // closes it (on HDFS the slow part: the DataNodes' acknowledgements and
 // the NameNode's complete), so that the run loop goes on taking requests
-// into the next segment meanwhile; settle publishes it once closed.
+// into the next segment meanwhile, which it creates ahead at once;
+// settle publishes the closed one.
 func (w *bucketWriter) startClose(batch []*appendReq, entries, bytes int, start time.Time) {
 	c := &closing{file: w.file, tmp: w.tmp, final: w.final, lease: w.lease,
 		reqs: batch, entries: entries, bytes: bytes, start: start, done: make(chan error, 1)}
 	w.file = nil
 	w.closing = append(w.closing, c)
 	go func() { c.done <- c.file.Close() }()
+	w.openAhead()
 }
 
 // settle publishes the oldest closing segment, whose close returned
@@ -168,7 +170,7 @@ func (w *bucketWriter) settle(closeErr error) {
 func (w *bucketWriter) publishClosed(c *closing, closeErr error) error {
 	if closeErr != nil {
 		w.remove(c.tmp)
-		return fmt.Errorf("close segment %s: %w", c.tmp, closeErr)
+		return w.newerOwner(c, fmt.Errorf("close segment %s: %w", c.tmp, closeErr))
 	}
 	// A writer that lost or dropped the lease since (or took the bucket
 	// again, at a newer epoch) publishes nothing written under the old
@@ -179,7 +181,7 @@ func (w *bucketWriter) publishClosed(c *closing, closeErr error) error {
 	}
 	if err := w.c.deps.FS.Rename(c.tmp, c.final); err != nil {
 		w.remove(c.tmp)
-		return fmt.Errorf("publish %s: %w", c.final, err)
+		return w.newerOwner(c, fmt.Errorf("publish %s: %w", c.final, err))
 	}
 	w.c.m.segments.WithLabelValues(w.label).Inc()
 	if err := w.counted(c.final); err != nil {
@@ -188,6 +190,24 @@ func (w *bucketWriter) publishClosed(c *closing, closeErr error) error {
 	w.written(c.entries, c.bytes)
 	w.notify()
 	return nil
+}
+
+// newerOwner tells a segment that failed to close or publish because a
+// newer owner took the bucket: that owner removed the writer's unpublished
+// segments as it took it, among them one created ahead before this
+// writer heard of the loss (or before it ever does: a stalled writer).
+// Then, as when the fence check after a rename finds it, the writer
+// stops acting as the bucket's owner and the batches are refused as
+// fenced; else err stands.
+func (w *bucketWriter) newerOwner(c *closing, err error) error {
+	if w.lease == nil || w.lease != c.lease {
+		return err
+	}
+	if top, ferr := layout.FenceTop(w.c.deps.FS, w.dir); ferr == nil && top > w.epoch {
+		w.fenced("")
+		return fmt.Errorf("%w: %w", errFenced, err)
+	}
+	return err
 }
 
 // notify tells readers in this process that a segment was published.
@@ -218,25 +238,150 @@ func (w *bucketWriter) written(entries, bytes int) {
 	w.c.m.bytes.WithLabelValues(w.label).Add(float64(bytes))
 }
 
+// open starts the next segment: the one created ahead (openAhead) if it
+// is ready and was created under the lease and epoch the writer holds,
+// else a new one.
 func (w *bucketWriter) open() error {
-	w.seq++
-	name := layout.SegmentName(w.epoch, w.seq)
-	w.final = path.Join(w.dir, name)
-	w.tmp = path.Join(w.dir, layout.TempSegment(name))
-	f, err := w.c.deps.FS.Create(w.tmp)
-	if err != nil {
-		return fmt.Errorf("create segment %s: %w", w.tmp, err)
+	if a := w.ahead; a != nil {
+		// Never a segment past it while it may still be used: segments
+		// are published in the order of their names.
+		<-a.done
+		w.ahead = nil
+		if a.err == nil && a.lease == w.lease && a.epoch == w.epoch && !w.isLost() {
+			w.file, w.enc, w.size, w.tmp, w.final = a.file, a.enc, a.size, a.tmp, a.final
+			return nil
+		}
+		w.discardAhead(a)
 	}
-	w.enc = segment.NewEncoder()
-	hdr := w.enc.AppendHeader(nil)
+	w.seq++
+	w.final, w.tmp = w.segmentNames(w.seq)
+	f, enc, size, err := w.create(w.tmp)
+	if err != nil {
+		return err
+	}
+	w.file, w.enc, w.size = f, enc, size
+	return nil
+}
+
+// segmentNames are the final and the temporary name of segment seq of
+// the writer's epoch.
+func (w *bucketWriter) segmentNames(seq uint64) (final, tmp string) {
+	name := layout.SegmentName(w.epoch, seq)
+	return path.Join(w.dir, name), path.Join(w.dir, layout.TempSegment(name))
+}
+
+// create creates the segment file tmp and writes its header. It touches
+// nothing of the writer's state but reads w.c and w.dir, so that
+// openAhead can run it on a goroutine of its own.
+func (w *bucketWriter) create(tmp string) (dfs.File, *segment.Encoder, int64, error) {
+	f, err := w.c.deps.FS.Create(tmp)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("create segment %s: %w", tmp, err)
+	}
+	enc := segment.NewEncoder()
+	hdr := enc.AppendHeader(nil)
 	if _, err := f.Write(hdr); err != nil {
 		_ = f.Close()
-		_ = w.c.deps.FS.Remove(w.tmp) // the write error is the one to report
-		return fmt.Errorf("write segment header %s: %w", w.tmp, err)
+		_ = w.c.deps.FS.Remove(tmp) // the write error is the one to report
+		return nil, nil, 0, fmt.Errorf("write segment header %s: %w", tmp, err)
 	}
-	w.file = f
-	w.size = int64(len(hdr))
-	return nil
+	return f, enc, int64(len(hdr)), nil
+}
+
+// ahead is the next segment of a bucket, created while the one before it
+// closes (openAhead): on HDFS a create is two NameNode calls (create,
+// then addBlock at the first write) and a DataNode connection, tens of
+// ms under load that would otherwise be spent on the next
+// acknowledgement's path. It holds only its header: nothing is answered
+// for it until a batch is written into it and it is published.
+type ahead struct {
+	done  chan struct{} // closed once created (or failed)
+	lease coord.Lease   // the lease and epoch it is named under
+	epoch int64
+	tmp   string
+	final string
+	file  dfs.File
+	enc   *segment.Encoder
+	size  int64
+	err   error
+	ready time.Time // when done was closed, set by the run loop
+}
+
+// openAhead creates the bucket's next segment on a goroutine of its own,
+// unless one is already created or being created. Called when a segment
+// is handed to be closed, that is while batches arrive: an idle writer
+// creates nothing ahead, and one created ahead and left unused for
+// aheadIdle is removed (expireAhead).
+func (w *bucketWriter) openAhead() {
+	if w.ahead != nil || w.lease == nil {
+		return
+	}
+	w.seq++
+	a := &ahead{done: make(chan struct{}), lease: w.lease, epoch: w.epoch}
+	a.final, a.tmp = w.segmentNames(w.seq)
+	w.ahead = a
+	go func() {
+		defer close(a.done)
+		a.file, a.enc, a.size, a.err = w.create(a.tmp)
+	}()
+}
+
+// aheadDone is closed once the segment being created ahead is created; nil
+// when there is none, or it is ready already.
+func (w *bucketWriter) aheadDone() <-chan struct{} {
+	if w.ahead == nil || !w.ahead.ready.IsZero() {
+		return nil
+	}
+	return w.ahead.done
+}
+
+// aheadIdle is how long a segment created ahead waits to be used before
+// it is removed: the batches that made it were a burst that has ended. A
+// DataNode keeps its connection open meanwhile.
+const aheadIdle = time.Second
+
+// expireAhead removes the segment created ahead if it has waited unused
+// for aheadIdle; it reports how long until it would, or 0.
+func (w *bucketWriter) expireAhead() time.Duration {
+	a := w.ahead
+	if a == nil || a.ready.IsZero() {
+		return 0
+	}
+	if left := a.ready.Add(aheadIdle).Sub(w.c.now()); left > 0 {
+		return left
+	}
+	w.ahead = nil
+	w.discardAhead(a)
+	return 0
+}
+
+// aheadReady records that the segment being created ahead is created;
+// one that failed is forgotten (the next write creates its segment
+// itself). It reports whether one is waiting to be used.
+func (w *bucketWriter) aheadReady() bool {
+	a := w.ahead
+	if a.err != nil {
+		w.ahead = nil
+		w.log.Warn("cannot create segment ahead", "segment", a.tmp, "err", a.err)
+		return false
+	}
+	a.ready = w.c.now()
+	return true
+}
+
+// discardAhead waits for a segment created ahead and removes it: it holds
+// no entry. Nil does nothing.
+func (w *bucketWriter) discardAhead(a *ahead) {
+	if a == nil {
+		return
+	}
+	<-a.done
+	if a.err != nil {
+		w.log.Warn("cannot create segment ahead", "err", a.err)
+		return
+	}
+	_ = a.file.Close() // discarded: it holds no entry
+	w.remove(a.tmp)
 }
 
 // publish closes the open segment and renames it to its final name, unless

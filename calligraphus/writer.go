@@ -166,6 +166,9 @@ type bucketWriter struct {
 	// closing holds the segments being closed, oldest first, at most
 	// maxClosing (a dfs where only a close makes bytes durable).
 	closing []*closing
+	// ahead is the next segment, created while the last one closes; nil
+	// when there is none.
+	ahead *ahead
 }
 
 // maxClosing bounds a bucket's segments being closed at once. While that
@@ -309,7 +312,9 @@ func (w *bucketWriter) run(ctx context.Context) {
 		// Take requests only while a segment more may close; settle the
 		// oldest closing one once its close has returned.
 		reqs := w.reqs
-		if len(w.closing) >= maxClosing {
+		if len(w.closing) >= maxClosing || w.aheadDone() != nil {
+			// While the next segment is being created ahead, the next
+			// batch waits for it rather than creating one more.
 			reqs = nil
 		}
 		var closed <-chan error
@@ -324,11 +329,17 @@ func (w *bucketWriter) run(ctx context.Context) {
 			idle.Reset(idleClose)
 		case <-w.lost():
 			w.abandon()
+		case <-w.aheadDone():
+			if w.aheadReady() {
+				roll.Reset(aheadIdle)
+			}
 		case <-roll.C:
 			if w.file != nil {
 				if err := w.publish(); err != nil {
 					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
 				}
+			} else if left := w.expireAhead(); left > 0 {
+				roll.Reset(left)
 			}
 		case <-w.handoffReqs:
 			w.handoff()
@@ -483,6 +494,9 @@ func (w *bucketWriter) drop(release bool) {
 	if w.lease == nil {
 		return
 	}
+	// The segment created ahead is named under this lease's epoch.
+	w.discardAhead(w.ahead)
+	w.ahead = nil
 	if release {
 		if err := coord.Release(context.Background(), w.lease); err != nil {
 			w.log.Warn("cannot release bucket lease", "err", err)

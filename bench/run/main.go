@@ -71,7 +71,10 @@ type options struct {
 	profile   time.Duration
 	engines   bool
 	only      map[string]bool
-	inFlight  int // agent.max_in_flight of the end-to-end runs (0: the default)
+	inFlight  int     // agent.max_in_flight of the end-to-end runs (0: the default)
+	batchB    int64   // agent.batch_bytes of the end-to-end runs (0: the default)
+	batchN    int     // agent.batch_entries of the end-to-end runs (0: the default)
+	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
 }
 
 // does says whether the run includes part (all parts without -only).
@@ -99,6 +102,9 @@ func main() {
 	flag.DurationVar(&o.profile, "profile", 0, "take a CPU profile of freeway for this long in the first end-to-end run (written to the work directory)")
 	flag.BoolVar(&o.engines, "engines", false, "also run end to end on the real engines (FREEWAY_TEST_HDFS, _HBASE, _ZK)")
 	flag.IntVar(&o.inFlight, "max-in-flight", 0, "agent.max_in_flight of the end-to-end runs (default: freeway's own)")
+	flag.Int64Var(&o.batchB, "batch-bytes", 0, "agent.batch_bytes of the end-to-end runs, in bytes (default: freeway's own)")
+	flag.IntVar(&o.batchN, "batch-entries", 0, "agent.batch_entries of the end-to-end runs (default: freeway's own)")
+	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate); set, the embedded freshness runs are skipped")
 	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells (default: all)")
 	flag.Parse()
 	if *only != "" {
@@ -247,7 +253,7 @@ func run(o options) (*report, error) {
 	if o.matrix && o.does("matrix") {
 		rep.Matrix = matrix(ctx, o)
 	}
-	if o.does("fresh") {
+	if o.does("fresh") && o.freshRate == 0 {
 		if maxRate > 0 {
 			// The default (by the dfs: a local disk here), and the
 			// second that was the default before it was chosen by dfs.
@@ -260,8 +266,12 @@ func run(o options) (*report, error) {
 	}
 	if o.does("fresh") && rep.Engines != nil && rep.Engines.PerSec > 0 {
 		// At half of the engines' own end-to-end rate, on fresh roots.
+		rate := rep.Engines.PerSec / 2
+		if o.freshRate > 0 {
+			rate = o.freshRate
+		}
 		if be, err := engineBackends(); err == nil {
-			rep.Freshness = append(rep.Freshness, freshness(ctx, o, rep.Engines.PerSec/2, 0, be))
+			rep.Freshness = append(rep.Freshness, freshness(ctx, o, rate, 0, be))
 		}
 	}
 	if o.does("cells") {
@@ -353,7 +363,8 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	dir := filepath.Join(o.work, fmt.Sprintf("e2e-%d", round))
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be, maxInFlight: o.inFlight}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be, maxInFlight: o.inFlight,
+		batchBytes: o.batchB, batchEntries: o.batchN}, nil)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -621,7 +632,8 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 	dir := filepath.Join(o.work, "fresh")
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge, be: be}, nil)
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge, be: be,
+		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)

@@ -67,6 +67,10 @@ type fwConfig struct {
 	upstream string
 	// maxInFlight is agent.max_in_flight (0: the default).
 	maxInFlight int
+	// batchBytes and batchEntries are agent.batch_bytes and
+	// agent.batch_entries (0: the defaults).
+	batchBytes   int64
+	batchEntries int
 	// maxQueueBytes is agent.max_queue_bytes (0: the default).
 	maxQueueBytes int64
 }
@@ -108,6 +112,12 @@ func startFreeway(binary, dir string, fc fwConfig, ports []int) (*fwProc, error)
 	fmt.Fprintf(&b, "agent:\n  listen: %s\n  upstream: [%s]\n", fw.agent, upstream)
 	if fc.maxInFlight > 0 {
 		fmt.Fprintf(&b, "  max_in_flight: %d\n", fc.maxInFlight)
+	}
+	if fc.batchBytes > 0 {
+		fmt.Fprintf(&b, "  batch_bytes: %d\n", fc.batchBytes)
+	}
+	if fc.batchEntries > 0 {
+		fmt.Fprintf(&b, "  batch_entries: %d\n", fc.batchEntries)
 	}
 	if fc.maxQueueBytes > 0 {
 		fmt.Fprintf(&b, "  max_queue_bytes: %d\n", fc.maxQueueBytes)
