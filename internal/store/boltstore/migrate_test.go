@@ -302,7 +302,8 @@ func TestMigrationLogsProgress(t *testing.T) {
 	last := -1
 	for _, l := range progress {
 		var moved int
-		if _, err := fmt.Sscanf(l[strings.Index(l, "keys_moved="):], "keys_moved=%d", &moved); err != nil || moved <= last || moved > total {
+		_, field, _ := strings.Cut(l, "keys_moved=")
+		if _, err := fmt.Sscanf(field, "%d", &moved); err != nil || moved <= last || moved > total {
 			t.Fatalf("progress line %q after %d moved (%v)", l, last, err)
 		}
 		last = moved
