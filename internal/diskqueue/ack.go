@@ -7,7 +7,8 @@ import (
 // Ack acknowledges every entry up to b (b is the oldest batch read and
 // not yet acknowledged, or a later one, which acknowledges those before
 // it too). The position is fsynced before the segment files it frees are
-// deleted. On error nothing changed, and the same Ack may be retried.
+// deleted. The entries acknowledged are not to be used after: their
+// memory is read into again. On error nothing changed, and the same Ack may be retried.
 func (q *Queue) Ack(b Batch) error {
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
@@ -30,6 +31,7 @@ func (q *Queue) Ack(b Batch) error {
 	q.acked = end
 	q.depth -= freed
 	q.mu.Unlock()
+	q.bufs.acked(end)
 	q.dropAckedSegments()
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 )
 
@@ -79,4 +80,97 @@ func entriesIn(bs []Batch) int {
 		n += len(b.Entries)
 	}
 	return n
+}
+
+// TestBatchesKeepTheirBytesUntilAcked reads as the shipper does: up to
+// four batches read and not acknowledged, the oldest acknowledged (one at
+// a time or several at once) while more are read. Buffers are read into
+// again once their payloads are acknowledged; every batch must still be
+// what was appended when it is acknowledged, and the last ones at the
+// end.
+func TestBatchesKeepTheirBytesUntilAcked(t *testing.T) {
+	q, _ := open(t, t.TempDir(), func(o *Options) { o.SegmentBytes = 3 << 20 })
+	defer q.Close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	var want [][]byte
+	add := func(n int) {
+		es := make([]Entry, n)
+		for i := range es {
+			size := rng.IntN(3000)
+			if rng.IntN(200) == 0 {
+				size = minRead + rng.IntN(scanBuf)
+			}
+			m := bytes.Repeat(fmt.Appendf(nil, "%d.", len(want)), size/2+1)[:size]
+			m = fmt.Appendf(m, "#%d", len(want))
+			want = append(want, m)
+			es[i] = Entry{Category: "c", Message: m, Time: int64(len(want))}
+		}
+		mustAppend(t, q, es)
+	}
+	check := func(b Batch) {
+		t.Helper()
+		for i, e := range b.Entries {
+			k := int(b.First) - 1 + i
+			if !bytes.Equal(e.Message, want[k]) {
+				t.Fatalf("entry %d (seq %d) changed before it was acknowledged: %.40q..., want %.40q...", k, b.First+uint64(i), e.Message, want[k])
+			}
+		}
+	}
+	var window []Batch
+	nread := 0
+	for range 60 {
+		add(100 + rng.IntN(500))
+		for nread < len(want) {
+			for len(window) < 4 && nread < len(want) {
+				b := read(t, q, 256<<10, 1+rng.IntN(400))
+				window = append(window, b)
+				nread += len(b.Entries)
+			}
+			n := 1 + rng.IntN(len(window))
+			for _, b := range window {
+				check(b)
+			}
+			if err := q.Ack(window[n-1]); err != nil {
+				t.Fatal(err)
+			}
+			window = append(window[:0], window[n:]...)
+		}
+	}
+	for _, b := range window {
+		check(b)
+	}
+}
+
+// TestReadBuffersAreReused: a reader whose batches are acknowledged reads
+// into the buffers it read before, instead of a new megabyte for each
+// megabyte read.
+func TestReadBuffersAreReused(t *testing.T) {
+	q, _ := open(t, t.TempDir(), func(o *Options) { o.SegmentBytes = 64 << 20 })
+	defer q.Close()
+	msg := bytes.Repeat([]byte("x"), 1000)
+	es := make([]Entry, 1000)
+	for i := range es {
+		es[i] = Entry{Category: "c", Message: msg}
+	}
+	const rounds = 32 // about 32 MB through the reader
+	var before, after runtime.MemStats
+	for r := range rounds + 4 {
+		if r == 4 { // the buffers warmed up
+			runtime.ReadMemStats(&before)
+		}
+		mustAppend(t, q, es)
+		for got := 0; got < len(es); {
+			b := read(t, q, 256<<10, 10000)
+			got += len(b.Entries)
+			if err := q.Ack(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// Appending and reading allocate a little per batch and entry; a new
+	// buffer for each megabyte read would be 32 MB.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 8<<20 {
+		t.Errorf("%d MB allocated to read %d MB", got>>20, rounds)
+	}
 }

@@ -169,6 +169,7 @@ type Queue struct {
 	r      reader
 	spans  []span
 	intern map[string]string
+	bufs   readBufs
 }
 
 // ID is the queue's stable identity, generated when it was created. Unlike

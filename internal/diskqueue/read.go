@@ -58,18 +58,26 @@ func (s *source) Read(p []byte) (int, error) {
 // buf has too little room left, a new one is allocated and the unread
 // bytes (a part of one record) move there.
 type scanner struct {
-	seg    segment
-	src    source
-	buf    []byte
-	r, w   int
-	keep   bool // payloads are kept by the caller: never reuse buf
-	size   int64
-	sealed bool   // size is the file's final size
-	off    int64  // offset of the record peek looks at
-	pos    uint64 // v1: the sequence number of the record at off
-	last   uint64 // the sequence number of the last valid record passed
-	hdr    recHeader
-	peeked bool
+	seg  segment
+	src  source
+	buf  []byte
+	r, w int
+	keep bool // payloads are kept by the caller: never reuse buf
+	// bufs, with keep, takes the buffers the scanner is done with and
+	// gives back those whose payloads are all acknowledged (nil: none
+	// given back, each buffer a new one).
+	bufs *readBufs
+	// handed: a payload of buf has been handed out, the last one that of
+	// record handedSeq.
+	handed    bool
+	handedSeq uint64
+	size      int64
+	sealed    bool   // size is the file's final size
+	off       int64  // offset of the record peek looks at
+	pos       uint64 // v1: the sequence number of the record at off
+	last      uint64 // the sequence number of the last valid record passed
+	hdr       recHeader
+	peeked    bool
 }
 
 // scanBuf is the size of a scanner's buffer, and minRead the least room
@@ -87,7 +95,96 @@ func newScanner(s segment, f *os.File, size int64, keep bool) *scanner {
 		off: s.hdrSize, pos: s.first, last: s.first - 1, keep: keep}
 }
 
-func (sc *scanner) close() { _ = sc.src.f.Close() } // opened for reading
+func (sc *scanner) close() {
+	_ = sc.src.f.Close() // opened for reading
+	if sc.keep {
+		sc.retire()
+	}
+}
+
+// retire gives the scanner's buffer, which it reads into no more, to
+// bufs.
+func (sc *scanner) retire() {
+	if sc.buf != nil {
+		sc.bufs.retire(sc.buf, sc.handed, sc.handedSeq)
+	}
+	sc.buf, sc.r, sc.w, sc.handed = nil, 0, 0, false
+}
+
+// readBufs recycles the reader's buffers. The payloads a reader hands out
+// lie in its buffers (scanner), so a buffer it has filled and moved on
+// from is retired, not reused, until every record whose payload it holds
+// is acknowledged (Ack): the consumer has then let go of those batches.
+// Without it each buffer would be a new one, a megabyte allocated,
+// cleared and collected for each megabyte shipped. It belongs to the
+// consumer (rmu).
+type readBufs struct {
+	retired []retiredBuf // oldest first
+	free    [][]byte
+}
+
+type retiredBuf struct {
+	buf    []byte
+	handed bool   // a payload of buf was handed out
+	last   uint64 // the sequence number of the last one
+}
+
+// Bounds of the buffers kept: retired ones beyond maxRetired (a consumer
+// that does not acknowledge) are left to the garbage collector, as are
+// free ones beyond maxFree.
+const (
+	maxRetired = 64
+	maxFree    = 4
+)
+
+// take returns a buffer of at least n bytes' capacity: a free one if it
+// is large enough, else a new one.
+func (rb *readBufs) take(n int) []byte {
+	if rb != nil {
+		for i := len(rb.free) - 1; i >= 0; i-- {
+			if b := rb.free[i]; cap(b) >= n {
+				rb.free = append(rb.free[:i], rb.free[i+1:]...)
+				return b[:0]
+			}
+		}
+	}
+	return make([]byte, n)
+}
+
+// retire takes a buffer the scanner is done with; handed says whether a
+// payload of it was handed out, the last one that of record last.
+func (rb *readBufs) retire(buf []byte, handed bool, last uint64) {
+	if rb == nil {
+		return
+	}
+	if !handed {
+		rb.release(buf)
+		return
+	}
+	if len(rb.retired) == maxRetired {
+		clear(rb.retired[:1])
+		rb.retired = rb.retired[1:]
+	}
+	rb.retired = append(rb.retired, retiredBuf{buf: buf, handed: true, last: last})
+}
+
+// acked makes free the retired buffers whose payloads are all below end:
+// acknowledged.
+func (rb *readBufs) acked(end uint64) {
+	n := 0
+	for n < len(rb.retired) && rb.retired[n].last < end {
+		rb.release(rb.retired[n].buf)
+		n++
+	}
+	clear(rb.retired[:n])
+	rb.retired = rb.retired[n:]
+}
+
+func (rb *readBufs) release(buf []byte) {
+	if len(rb.free) < maxFree {
+		rb.free = append(rb.free, buf[:0])
+	}
+}
 
 // setSize moves the readable end (the last segment grows as commits end).
 func (sc *scanner) setSize(n int64) {
@@ -109,10 +206,13 @@ func (sc *scanner) fill(n int) error {
 		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead {
 			nb := sc.buf
 			if sc.keep || cap(sc.buf) < n {
-				nb = make([]byte, max(n, scanBuf))
+				nb = sc.bufs.take(max(n, scanBuf))
 			}
 			nb = nb[:cap(nb)]
 			k := copy(nb, sc.buf[sc.r:sc.w])
+			if sc.keep {
+				sc.retire()
+			}
 			sc.buf, sc.r, sc.w = nb, 0, k
 		}
 		k, err := sc.src.Read(sc.buf[sc.w:cap(sc.buf)])
@@ -194,6 +294,9 @@ func (sc *scanner) take() (int64, []byte, []byte, error) {
 	sc.peeked = false
 	sc.pos++
 	t, cat, msg, err := decodePayload(p, sc.seg.key, h.crc)
+	if err == nil {
+		sc.handed, sc.handedSeq = true, h.seq
+	}
 	if err == nil || sc.seg.version == segVersion {
 		// A v2 header is trustworthy even when its payload is not.
 		sc.last = h.seq
@@ -323,6 +426,7 @@ func (q *Queue) openScanner(s segment, v view) error {
 		return fmt.Errorf("open segment for reading: %w", err)
 	}
 	sc := newScanner(s, f, 0, true)
+	sc.bufs = &q.bufs
 	q.r.sc = sc
 	return sc.update(v)
 }
@@ -505,7 +609,7 @@ func (q *Queue) lose(sc *scanner, off int64, n uint64, cause error) {
 // (RecordSize summed) stay within maxBytes, except that a single entry is
 // returned whatever its size; it holds at most maxEntries entries, all of
 // one incarnation and consecutive. The entries' memory is not reused by
-// later reads. It waits without holding the reader's lock, so that the
+// later reads until the entries are acknowledged (Ack). It waits without holding the reader's lock, so that the
 // consumer may acknowledge batches read before meanwhile.
 func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, error) {
 	for {

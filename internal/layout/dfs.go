@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"slices"
 	"strings"
 
@@ -137,22 +138,12 @@ func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.FileInfo, err error) {
 	// The bucket first, then its fence: a fence read after the listing is
 	// at least as new as every segment listed (see fence.go).
-	infos, err := fsys.ReadDir(dir)
+	out, err := segmentsAfter(fsys, dir, after)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, nil
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("list bucket %s: %w", dir, err)
-	}
-	var out []fs.FileInfo
-	for _, fi := range infos {
-		name := fi.Name()
-		if fi.IsDir() || dfs.Hidden(name) || name <= after {
-			continue
-		}
-		if _, _, ok := ParseSegmentName(name); ok {
-			out = append(out, fi)
-		}
 	}
 	// ReadDir sorts by name already; a dfs that did not would break the
 	// order every reader relies on.
@@ -194,6 +185,59 @@ func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.
 		}
 	}
 	return published, fenced, nil
+}
+
+// segmentsAfter lists the segments of the bucket directory dir named
+// after after (published ones: not hidden, not directories). On a file
+// system that lists names for less than it describes entries
+// (dfs.NameLister: a local directory, where describing one is an lstat),
+// it lists the names and describes only the segments after after: a
+// reader lists its bucket each time it catches up, and retention keeps
+// days of segments behind it, which it would otherwise describe every
+// time. A segment removed between the listing and its description
+// (retention) is left out, as ReadDir leaves out one removed while it
+// lists.
+func segmentsAfter(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
+	keep := func(name string) bool {
+		if dfs.Hidden(name) || name <= after {
+			return false
+		}
+		_, _, ok := ParseSegmentName(name)
+		return ok
+	}
+	var out []fs.FileInfo
+	if l, ok := fsys.(dfs.NameLister); ok {
+		names, err := l.ReadDirNames(dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, name := range names {
+			if !keep(name) {
+				continue
+			}
+			fi, err := fsys.Stat(path.Join(dir, name))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			if !fi.IsDir() {
+				out = append(out, fi)
+			}
+		}
+		return out, nil
+	}
+	infos, err := fsys.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, fi := range infos {
+		if !fi.IsDir() && keep(fi.Name()) {
+			out = append(out, fi)
+		}
+	}
+	return out, nil
 }
 
 // Buckets lists the bucket numbers of the category directory dir, in

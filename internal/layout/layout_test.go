@@ -364,3 +364,74 @@ func TestMergedFile(t *testing.T) {
 		}
 	}
 }
+
+// countingFS counts the entries a file system describes: a Stat each, and
+// each entry of a ReadDir.
+type countingFS struct {
+	*localfs.FS
+	described int
+}
+
+func (c *countingFS) Stat(name string) (fs.FileInfo, error) {
+	c.described++
+	return c.FS.Stat(name)
+}
+
+func (c *countingFS) ReadDir(name string) ([]fs.FileInfo, error) {
+	infos, err := c.FS.ReadDir(name)
+	c.described += len(infos)
+	return infos, err
+}
+
+// describingFS is a file system without dfs.NameLister: ReadDir alone.
+type describingFS struct{ dfs.FS }
+
+// TestPublishedDescribesOnlyWhatFollows: a reader lists its bucket each
+// time it catches up, behind it the days of segments retention keeps; on
+// a file system that lists names alone, only the segments after the
+// reader's position are described (an lstat each on a local disk), and
+// the listing is the one ReadDir gives.
+func TestPublishedDescribesOnlyWhatFollows(t *testing.T) {
+	local, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := BucketDir("web", 0)
+	var segs []string
+	for i := range 200 {
+		segs = append(segs, SegmentName(1, uint64(i+1)))
+	}
+	for _, n := range append(slices.Clone(segs), TempSegment(SegmentName(1, 999)), "x.seg") {
+		if err := dfs.WriteFile(local, dir+"/"+n, []byte(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := local.MkdirAll(dir + "/" + SegmentName(1, 500)); err != nil {
+		t.Fatal(err)
+	}
+	cfs := &countingFS{FS: local}
+	for _, after := range []string{segs[197], segs[0], ""} {
+		cfs.described = 0
+		got, err := Published(cfs, dir, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Published(describingFS{local}, dir, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("after %q: %d segments, ReadDir's listing %d", after, len(got), len(want))
+		}
+		for i := range got {
+			if got[i].Name() != want[i].Name() || got[i].Size() != want[i].Size() || !got[i].ModTime().Equal(want[i].ModTime()) {
+				t.Errorf("after %q: segment %d is %s %d %v, ReadDir's %s %d %v", after, i,
+					got[i].Name(), got[i].Size(), got[i].ModTime(), want[i].Name(), want[i].Size(), want[i].ModTime())
+			}
+		}
+		// The segments after, and the directory named like one.
+		if limit := len(want) + 1; cfs.described > limit {
+			t.Errorf("after %q: %d entries described for %d segments after it", after, cfs.described, len(want))
+		}
+	}
+}
