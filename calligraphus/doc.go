@@ -122,7 +122,9 @@
 // batches that arrive while two close wait and share the next segment.
 // That next segment is created (a create, an addBlock and a DataNode
 // connection) as soon as the one before it is handed to be closed, so
-// that the next batch does not wait for it; it holds only its header
+// that the next batch does not wait for a create of its own (one that
+// arrives while it is still being created waits for the rest of that
+// create, and nothing else is written meanwhile); it holds only its header
 // until a batch is written into it, and one left unused for a second,
 // or when the writer stops acting under the lease it is named under, is
 // removed. A close or a rename that fails because a newer owner removed

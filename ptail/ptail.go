@@ -51,6 +51,7 @@ import (
 	"path"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -134,7 +135,11 @@ func (e *ReadError) Error() string {
 	case "open":
 		return fmt.Sprintf("open segment %s: %v", e.Segment, e.Err)
 	}
-	return fmt.Sprintf("list bucket %s: %v", e.Segment, e.Err)
+	prefix := "list bucket " + e.Segment + ": "
+	if msg := e.Err.Error(); strings.HasPrefix(msg, prefix) {
+		return msg // the listing's own error names the bucket already
+	}
+	return prefix + e.Err.Error()
 }
 
 func (e *ReadError) Unwrap() error { return e.Err }

@@ -665,3 +665,29 @@ func TestNotifierWakesWaitingReader(t *testing.T) {
 		t.Errorf("%d subscribers after Close, want 0", got)
 	}
 }
+
+// TestListErrorNamesTheBucketOnce: a listing that fails is a *ReadError
+// of op "list" naming the bucket, whose text names it once (the listing's
+// own error names it already; the text went to the log and to
+// /api/v1/status as "list bucket cat/0: list bucket cat/0: ...").
+func TestListErrorNamesTheBucketOnce(t *testing.T) {
+	fsys := newFS(t)
+	publish(t, fsys, 1, 1, []string{"a"})
+	fsys.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpReadDir {
+			return errors.New("injected: the NameNode is restarting")
+		}
+		return nil
+	})
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	var b segment.Block
+	_, _, err := r.TryNext(&b)
+	var re *ReadError
+	if !errors.As(err, &re) || re.Op != "list" || re.Segment != dir {
+		t.Fatalf("error %#v (%v)", err, err)
+	}
+	if got, want := err.Error(), "list bucket "+dir+": injected: the NameNode is restarting"; got != want {
+		t.Fatalf("error reads %q, want %q", got, want)
+	}
+}

@@ -19,6 +19,7 @@ type Committed struct {
 	table   string
 	apps    map[string]*apps.App
 	buckets func(category string) int
+	maxRows int // of a query's rows before order and limit (0: DefaultMaxPartialRows)
 }
 
 // NewCommitted returns a reader of committed state.
@@ -27,6 +28,15 @@ func NewCommitted(st store.Store, table string, appList []*apps.App, buckets fun
 	for _, a := range appList {
 		c.apps[a.Name()] = a
 	}
+	return c
+}
+
+// WithMaxRows bounds the rows a Query builds before its order and limit
+// (puma.max_partial_rows; 0: DefaultMaxPartialRows), as a node bounds
+// its partials: a query over it is refused whole with a TooLargeError.
+// It returns c.
+func (c *Committed) WithMaxRows(n int) *Committed {
+	c.maxRows = n
 	return c
 }
 
@@ -46,6 +56,9 @@ func (c *Committed) Apps() []*apps.App {
 // other shards answer. A shard that never committed has no committed
 // state and is not missing. When no shard of the category can be read,
 // the query fails: an answer without any data is an error, not an answer.
+// A query whose rows before order and limit would be more than its max
+// rows (WithMaxRows) is refused whole with a TooLargeError, the rows
+// counted as they are read.
 func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	app, ok := c.apps[q.App]
 	if !ok {
@@ -62,8 +75,16 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	var first error
 	failed := 0
 	var asOf AsOf
+	bounds := PartialBounds{Rows: c.maxRows}
+	if bounds.Rows <= 0 {
+		bounds.Rows = DefaultMaxPartialRows
+	}
+	var taken int64
 	for b := 0; b < n; b++ {
-		st, err := c.shard(ctx, pl, b, m)
+		st, err := c.boundedShard(ctx, pl, b, m, bounds, &taken)
+		if IsTooLarge(err) {
+			return nil, err
+		}
 		if err == nil {
 			if st.Epoch != 0 {
 				if asOf.TimeMs == 0 || st.CommitMs < asOf.TimeMs {
@@ -95,39 +116,6 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 	res.Missing = missing
 	res.AsOf = asOf
 	return res, nil
-}
-
-// shard merges the committed cells of one bucket into m, all or nothing:
-// its cells are merged only once every one of them was read. It returns
-// the shard's commit state (Epoch 0: it never committed); its Gap is
-// what the committed state lacks (nil: nothing).
-func (c *Committed) shard(ctx context.Context, pl *plan, b int, m *merger) (commitState, error) {
-	cat := pl.app.Spec.Category
-	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
-	if err != nil {
-		return st, err
-	}
-	if st.Epoch == 0 {
-		return st, nil
-	}
-	type read struct {
-		w   int64
-		key string
-		c   cell
-	}
-	var got []read
-	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
-	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
-	err = scanCommitted(ctx, c.st, c.table, prefix, from, to, st, pl.layout, func(w int64, key string, c cell, _ int64) {
-		got = append(got, read{w, key, c})
-	})
-	if err != nil {
-		return st, fmt.Errorf("scan %s/%d: %w", cat, b, err)
-	}
-	for _, r := range got {
-		m.add(r.w, r.key, r.c)
-	}
-	return st, nil
 }
 
 // ShardStatuses lists every shard of the apps' categories as the store

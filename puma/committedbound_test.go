@@ -107,6 +107,22 @@ func TestCommittedPartialBounded(t *testing.T) {
 	if err != nil || len(part.Rows) != 2 {
 		t.Fatalf("by kind: %v %v", part, err)
 	}
+
+	// A query answered from the store alone (mode=committed, or serving
+	// without a Puma node) is held to the rows bound too, whatever its
+	// limit: its rows before order and limit are what it holds.
+	limited := Query{App: "orders", FromMs: t0, ToMs: t0 + 60_000, Limit: 5}
+	if res, err := NewCommitted(e.st, "puma", e.apps, func(string) int { return e.buckets }).WithMaxRows(keys+10).Query(ctx, limited); err != nil || len(res.Rows) != 5 {
+		t.Fatalf("committed query at its bound: %v", err)
+	}
+	counting.rows.Store(0)
+	res, err := NewCommitted(counting, "puma", e.apps, func(string) int { return e.buckets }).WithMaxRows(10).Query(ctx, limited)
+	if !IsTooLarge(err) || !strings.Contains(err.Error(), "puma.max_partial_rows") {
+		t.Fatalf("committed query over its bound: %v, error %v; want a TooLargeError", res, err)
+	}
+	if n := counting.rows.Load(); n >= keys {
+		t.Fatalf("read %d rows of a shard of %d to refuse a committed query at 10", n, keys)
+	}
 }
 
 // waitEnds waits until the node has committed each bucket's end.

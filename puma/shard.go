@@ -163,7 +163,17 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 	var b segment.Block
 	bo := backoff.New(100*time.Millisecond, 10*time.Second)
 	for {
-		pos, err := r.Next(ctx, &b)
+		var pos ptail.Position
+		var err error
+		got := true
+		if s.readStall.failing.Load() {
+			// Retrying after a failure: a listing or read that succeeds
+			// ends the run even when there is nothing new (Next would wait
+			// for the next block, showing an idle bucket stuck until then).
+			pos, got, err = r.TryNext(&b)
+		} else {
+			pos, err = r.Next(ctx, &b)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -188,6 +198,9 @@ func (s *shard) read(ctx context.Context, r *ptail.Reader, lag prometheus.Gauge)
 		}
 		bo.Reset()
 		s.readResumed(&s.readStall)
+		if !got {
+			continue
+		}
 		s.apply(&b, pos)
 		n := r.Lag()
 		s.lag.Store(int64(n))

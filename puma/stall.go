@@ -29,7 +29,9 @@ import (
 //     it is a checksum or permission error, which retrying rarely cures),
 //     then an error at most once per stallLogEvery while the run lasts,
 //     each naming the segment, the offset, the kind, how long and how
-//     many failures; and an info line when reading resumes;
+//     many failures; and an info line when reading resumes (a listing or
+//     a read that succeeds, even with nothing new: an idle bucket is not
+//     shown stuck until its next block);
 //   - in metrics: freeway_puma_read_stalled_seconds{category,bucket} (how
 //     long the shard's reading, or a backfill's, has failed in a row; 0
 //     while it reads), freeway_puma_shards_read_stalled (how many shards

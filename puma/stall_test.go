@@ -132,3 +132,52 @@ func stalledSeconds(t *testing.T, reg *prometheus.Registry) float64 {
 	t.Fatal("no freeway_puma_read_stalled_seconds of orders/0")
 	return 0
 }
+
+// TestReadStallEndsOnIdleBucket: a run of failures of a bucket with
+// nothing new to read (its listing fails: the NameNode restarting) ends
+// once a listing succeeds again, not at the next block published, so
+// that an idle bucket that reads fine is not shown stuck for as long as
+// nothing comes. The code before kept it stuck (read_stalled, the
+// stalled seconds growing) until the next block.
+func TestReadStallEndsOnIdleBucket(t *testing.T) {
+	e := newEnv(t, orders(t))
+	faulty := dfstest.NewFaulty(e.fs)
+	dir := names.BucketDir("orders", 0)
+	var broken atomic.Bool
+	faulty.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpReadDir && strings.HasSuffix(c.Name, dir) && broken.Load() {
+			return errors.New("injected: the NameNode is restarting")
+		}
+		return nil
+	})
+	var logs testkit.LogBuffer
+	reg := prometheus.NewPedanticRegistry()
+	p := e.node("n1", func(c *Config, d *Deps) { d.FS, d.Log, d.Metrics = faulty, logs.Logger(), reg })
+	start(t, p)
+	last := e.publish("orders", 0, stock(order(t0, "eu", "book", 1)))
+	waitRead(t, p, 0, last)
+
+	broken.Store(true)
+	testkit.Eventually(t, "the idle shard shown stuck listing its bucket", func() error {
+		if st := stateOf(p, 0).ReadStalls; len(st) != 1 || st[0].Kind != "io" || st[0].Segment != dir || st[0].Failures < 2 {
+			return fmt.Errorf("read stalls %+v", st)
+		}
+		return nil
+	})
+	broken.Store(false) // the NameNode is back; nothing is published
+	testkit.Eventually(t, "the stall over once the bucket lists again", func() error {
+		if st := stateOf(p, 0).ReadStalls; len(st) != 0 {
+			return fmt.Errorf("read stalls %+v", st)
+		}
+		if got := gaugeOf(t, reg, "freeway_puma_shards_read_stalled", ""); got != 0 {
+			return fmt.Errorf("freeway_puma_shards_read_stalled %v", got)
+		}
+		return nil
+	})
+	if len(logs.Lines("level=INFO", "bucket readable again", "segment="+dir)) != 1 {
+		t.Fatalf("no line says the bucket reads again:\n%s", logs.String())
+	}
+	// And it reads on.
+	next := e.publish("orders", 0, stock(order(t0+1, "eu", "book", 2)))
+	waitRead(t, p, 0, next)
+}

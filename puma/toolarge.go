@@ -15,7 +15,8 @@ import (
 // before the partial is encoded), and serving's fan-out reads no answer
 // of more than serving.fanout_max_bytes; the partial serving builds from
 // the store for the shards no node answers for (Committed.Partial) is
-// held to both (PartialBounds). Each refuses the whole query
+// held to both (PartialBounds), and a query answered from the store
+// alone (Committed.Query) to the rows bound. Each refuses the whole query
 // with a TooLargeError (HTTP 422, Thrift QueryError code 422) rather than
 // answering part of it or answering the node's shards from the store.
 

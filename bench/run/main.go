@@ -75,6 +75,33 @@ type options struct {
 	batchB    int64   // agent.batch_bytes of the end-to-end runs (0: the default)
 	batchN    int     // agent.batch_entries of the end-to-end runs (0: the default)
 	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
+	engBatchB int64   // agent.batch_bytes of the runs on the real engines
+	engBatchN int     // agent.batch_entries of the runs on the real engines
+}
+
+// onEngines is o for the runs on the real engines: the agent's batches
+// are those README recommends for one agent that alone feeds a writer
+// on HDFS (-engines-batch-bytes, -engines-batch-entries).
+func (o options) onEngines() options {
+	if o.engBatchB > 0 {
+		o.batchB = o.engBatchB
+	}
+	if o.engBatchN > 0 {
+		o.batchN = o.engBatchN
+	}
+	return o
+}
+
+// batches names the agent's batch settings of o's runs.
+func (o options) batches() string {
+	b, n := "default", "default"
+	if o.batchB > 0 {
+		b = fmt.Sprintf("%d KiB", o.batchB>>10)
+	}
+	if o.batchN > 0 {
+		n = fmt.Sprint(o.batchN)
+	}
+	return fmt.Sprintf("agent batch_bytes %s, batch_entries %s", b, n)
 }
 
 // does says whether the run includes part (all parts without -only).
@@ -105,6 +132,8 @@ func main() {
 	flag.Int64Var(&o.batchB, "batch-bytes", 0, "agent.batch_bytes of the end-to-end runs, in bytes (default: freeway's own)")
 	flag.IntVar(&o.batchN, "batch-entries", 0, "agent.batch_entries of the end-to-end runs (default: freeway's own)")
 	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate); set, the embedded freshness runs are skipped")
+	flag.Int64Var(&o.engBatchB, "engines-batch-bytes", 4<<20, "agent.batch_bytes of the runs on the real engines (0: as -batch-bytes); the default is README's for one agent alone feeding HDFS")
+	flag.IntVar(&o.engBatchN, "engines-batch-entries", 16384, "agent.batch_entries of the runs on the real engines (0: as -batch-entries)")
 	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells (default: all)")
 	flag.Parse()
 	if *only != "" {
@@ -244,8 +273,9 @@ func run(o options) (*report, error) {
 		if err != nil {
 			rep.Notes = append(rep.Notes, "real engines not run: "+err.Error())
 		} else {
-			e := e2e(ctx, o, -1, loadArgs, want, be, o.lines)
-			e.Backends = be.String()
+			oe := o.onEngines()
+			e := e2e(ctx, oe, -1, loadArgs, want, be, o.lines)
+			e.Backends = be.String() + "; " + oe.batches()
 			log.Printf("freeway on the real engines: acknowledged %.0f/s, end to end %.0f/s, %s", e.AckPerSec, e.PerSec, e.Totals)
 			rep.Engines = &e
 		}
@@ -271,7 +301,7 @@ func run(o options) (*report, error) {
 			rate = o.freshRate
 		}
 		if be, err := engineBackends(); err == nil {
-			rep.Freshness = append(rep.Freshness, freshness(ctx, o, rate, 0, be))
+			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines(), rate, 0, be))
 		}
 	}
 	if o.does("cells") {
@@ -622,6 +652,9 @@ const probeApp = `  - name: probe
 func freshness(ctx context.Context, o options, rate float64, segmentAge time.Duration, be backends) (r freshnessRun) {
 	r.Rate = rate
 	r.Backends = be.String()
+	if r.Backends != "" {
+		r.Backends += "; " + o.batches()
+	}
 	r.SegmentAge = fmt.Sprintf("%v (default on a local disk)", calligraphus.LocalSegmentMaxAge)
 	if be.dfs != "" {
 		r.SegmentAge = "default (HDFS: every acknowledgement publishes)"

@@ -484,7 +484,7 @@ func (p *Process) initServing() error {
 	if err != nil {
 		return err
 	}
-	committed := puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.res.BucketsOf)
+	committed := puma.NewCommitted(st, p.cfg.Puma.Table, p.apps, p.res.BucketsOf).WithMaxRows(p.cfg.Puma.MaxPartialRows)
 	switch {
 	case p.Puma != nil:
 		deps.Source, deps.Committed = p.Puma, committed

@@ -88,7 +88,7 @@ func openChecked(path string, opts Options, log *slog.Logger) (db *bolt.DB, dama
 		return nil, damage, err
 	}
 	var merr error
-	r := guarded(func() { _, merr = migrate(db, log, opts.migrateChunk, opts.migrateHook) })
+	r := guarded(func() { _, merr = migrate(db, log, opts) })
 	switch {
 	case r != nil:
 		damage = fmt.Sprintf("bbolt panicked migrating it: %v", r)

@@ -17,8 +17,9 @@
 // timestamp) are migrated when opened, before Open returns: in
 // transactions of about 256 Ki old keys, each moving whole columns from
 // the front of an old table into the new layout and deleting them there,
-// the last one deleting the emptied table. A file of the layout before is
-// recognised by any table at the top level. A binary from before this
+// the last one deleting the emptied table, logging its start (the keys
+// to move), its progress every 5 s and its end. A file of the layout
+// before is recognised by any table at the top level. A binary from before this
 // layout that opens a migrated file finds a nested table where it never
 // writes one and treats the file as damaged (below): it moves the file
 // aside and rebuilds.

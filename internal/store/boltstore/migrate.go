@@ -50,15 +50,22 @@ var errCorruptOld = errors.New("corrupt key")
 // (deleting them there) and the last one deletes the emptied table, so
 // that a crash at any point leaves every column in exactly one of the
 // two layouts, with all its versions, and the next open goes on from
-// there. chunk bounds the keys a transaction moves (0: migrateChunk);
-// hook, if set, runs in each transaction before its commit ("moved") and
-// after it ("committed"): tests.
-func migrate(db *bolt.DB, log *slog.Logger, chunk int, hook func(stage string)) (int, error) {
+// there. opts.migrateChunk bounds the keys a transaction moves (0:
+// migrateChunk); opts.migrateHook, if set, runs in each transaction
+// before its commit ("moved") and after it ("committed"): tests. It logs
+// its start with the keys to move, its progress every
+// migrateProgressEvery (by opts.Now) and its end: it takes tens of
+// seconds a million cells, before the store opens and any port answers.
+func migrate(db *bolt.DB, log *slog.Logger, opts Options) (int, error) {
+	chunk, hook, now := opts.migrateChunk, opts.migrateHook, opts.Now
 	if chunk <= 0 {
 		chunk = migrateChunk
 	}
 	if hook == nil {
 		hook = func(string) {}
+	}
+	if now == nil {
+		now = time.Now
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists([]byte(tablesBucket))
@@ -66,8 +73,10 @@ func migrate(db *bolt.DB, log *slog.Logger, chunk int, hook func(stage string)) 
 	}); err != nil {
 		return 0, err
 	}
-	start := time.Now()
+	start := now()
 	columns, tables := 0, 0
+	var total, moved int // keys of the layout before: all, and moved so far
+	lastLog := start
 	for {
 		var name []byte
 		err := db.View(func(tx *bolt.Tx) error {
@@ -86,13 +95,20 @@ func migrate(db *bolt.DB, log *slog.Logger, chunk int, hook func(stage string)) 
 			break
 		}
 		if tables++; tables == 1 {
-			log.Info("store file is of the layout before; migrating it", "path", db.Path())
+			if err := db.View(func(tx *bolt.Tx) error {
+				total = oldKeys(tx)
+				return nil
+			}); err != nil {
+				return columns, err
+			}
+			log.Info("store file is of the layout before; migrating it before the store opens (no port answers until it is done; a stop resumes at the next start)",
+				"path", db.Path(), "keys", total)
 		}
 		for done := false; !done; {
-			var n int
+			var n, keys int
 			err := db.Update(func(tx *bolt.Tx) error {
 				var err error
-				n, done, err = migrateSome(tx, name, chunk)
+				n, keys, done, err = migrateSome(tx, name, chunk)
 				if err == nil {
 					hook("moved")
 				}
@@ -102,25 +118,47 @@ func migrate(db *bolt.DB, log *slog.Logger, chunk int, hook func(stage string)) 
 				return columns, fmt.Errorf("migrate table %q: %w", name, err)
 			}
 			columns += n
+			moved += keys
 			hook("committed")
+			if t := now(); t.Sub(lastLog) >= migrateProgressEvery {
+				lastLog = t
+				log.Info("migrating store file", "path", db.Path(), "table", string(name), "keys_moved", moved, "keys", total,
+					"percent", fmt.Sprintf("%.1f", 100*float64(moved)/float64(max(total, 1))), "columns", columns, "elapsed", t.Sub(start).Round(time.Second).String())
+			}
 		}
 	}
 	if tables > 0 {
-		log.Info("store file migrated", "path", db.Path(), "tables", tables, "columns", columns, "took", time.Since(start))
+		log.Info("store file migrated", "path", db.Path(), "tables", tables, "columns", columns, "keys", moved, "took", now().Sub(start).Round(time.Millisecond).String())
 	}
 	return columns, nil
 }
 
 var errStop = errors.New("stop")
 
+// migrateProgressEvery is how often a migration logs its progress.
+const migrateProgressEvery = 5 * time.Second
+
+// oldKeys counts the keys of the tables of the layout before.
+func oldKeys(tx *bolt.Tx) int {
+	n := 0
+	_ = tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		if string(name) != tablesBucket {
+			n += b.Stats().KeyN
+		}
+		return nil
+	})
+	return n
+}
+
 // migrateSome moves the first columns of the old table name into the
-// new layout, about chunk keys of them, and deletes them there;
-// done says the old table is gone.
-func migrateSome(tx *bolt.Tx, name []byte, chunk int) (columns int, done bool, err error) {
+// new layout, about chunk keys of them, and deletes them there; keys
+// counts the keys of the layout before it moved, and done says the old
+// table is gone.
+func migrateSome(tx *bolt.Tx, name []byte, chunk int) (columns, keys int, done bool, err error) {
 	old := tx.Bucket(name)
 	nb, err := tx.Bucket([]byte(tablesBucket)).CreateBucketIfNotExists(name)
 	if err != nil {
-		return 0, false, err
+		return 0, 0, false, err
 	}
 	var a arena
 	var doomed [][]byte
@@ -157,11 +195,11 @@ func migrateSome(tx *bolt.Tx, name []byte, chunk int) (columns int, done bool, e
 	k, v := c.First()
 	for ; k != nil; k, v = c.Next() {
 		if v == nil {
-			return 0, false, fmt.Errorf("%w %x: a nested table, which this store never writes", errCorruptOld, k)
+			return 0, 0, false, fmt.Errorf("%w %x: a nested table, which this store never writes", errCorruptOld, k)
 		}
 		pk, err := parseOldKey(k)
 		if err != nil {
-			return 0, false, fmt.Errorf("%w %x", errCorruptOld, k)
+			return 0, 0, false, fmt.Errorf("%w %x", errCorruptOld, k)
 		}
 		scratch = appendCellKey(scratch[:0], pk.row, pk.column)
 		if key == nil || !bytes.Equal(scratch, key) {
@@ -169,7 +207,7 @@ func migrateSome(tx *bolt.Tx, name []byte, chunk int) (columns int, done bool, e
 				break
 			}
 			if err := flush(); err != nil {
-				return 0, false, err
+				return 0, 0, false, err
 			}
 			key = a.take(append(a.room(len(scratch)), scratch...))
 			val = append(val[:0], versionsFormat)
@@ -185,15 +223,15 @@ func migrateSome(tx *bolt.Tx, name []byte, chunk int) (columns int, done bool, e
 		doomed = append(doomed, a.take(append(a.room(len(k)), k...)))
 	}
 	if err := flush(); err != nil {
-		return 0, false, err
+		return 0, 0, false, err
 	}
 	if k == nil {
-		return columns, true, tx.DeleteBucket(name)
+		return columns, len(doomed), true, tx.DeleteBucket(name)
 	}
 	for _, d := range doomed {
 		if err := old.Delete(d); err != nil {
-			return 0, false, err
+			return 0, 0, false, err
 		}
 	}
-	return columns, false, nil
+	return columns, len(doomed), false, nil
 }

@@ -263,3 +263,52 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestMigrationLogsProgress: a migration says at its start how many keys
+// it has to move and that no port answers until it is done, then logs
+// its progress (keys moved of all, percent) every migrateProgressEvery
+// while it runs, and its end: an operator whose first start after the
+// upgrade takes a minute sees why. The code before logged its start and
+// its end only.
+func TestMigrationLogsProgress(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	m := model{}
+	writeOld(t, path, m)
+	total := 0
+	for _, rows := range m {
+		for _, cols := range rows {
+			for _, vs := range cols {
+				total += len(vs)
+			}
+		}
+	}
+	clock := time.Unix(1e9, 0)
+	var log testkit.LogBuffer
+	s, err := OpenWith(path, Options{Log: log.Logger(), migrateChunk: 1000, Now: func() time.Time {
+		clock = clock.Add(time.Second) // every call of the clock a second later
+		return clock
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := log.Lines("migrating it before the store opens", "no port answers", fmt.Sprintf("keys=%d", total)); len(got) != 1 {
+		t.Fatalf("start of the migration logged %d times, want once with keys=%d:\n%s", len(got), total, log.String())
+	}
+	progress := log.Lines("migrating store file", fmt.Sprintf("keys=%d", total))
+	if len(progress) < 2 {
+		t.Fatalf("%d progress lines:\n%s", len(progress), log.String())
+	}
+	last := -1
+	for _, l := range progress {
+		var moved int
+		_, field, _ := strings.Cut(l, "keys_moved=")
+		if _, err := fmt.Sscanf(field, "%d", &moved); err != nil || moved <= last || moved > total {
+			t.Fatalf("progress line %q after %d moved (%v)", l, last, err)
+		}
+		last = moved
+	}
+	if got := log.Lines("store file migrated", fmt.Sprintf("keys=%d", total)); len(got) != 1 {
+		t.Fatalf("end of the migration:\n%s", log.String())
+	}
+}

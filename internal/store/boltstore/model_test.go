@@ -44,8 +44,16 @@ func (m model) deleteWhere(table, start, stop string, drop func(int64) bool) {
 
 // scan is what Scan should give: "row/column@ts=value" lines.
 func (m model) scan(table string, asOf int64) []string {
+	return m.scanRange(table, "", "", asOf)
+}
+
+// scanRange is what Scan of the rows in [start, stop) should give.
+func (m model) scanRange(table, start, stop string, asOf int64) []string {
 	var out []string
 	for row, cols := range m[table] {
+		if row < start || stop != "" && row >= stop {
+			continue
+		}
 		for col, vs := range cols {
 			for _, v := range vs {
 				if v.Timestamp <= asOf {
@@ -61,8 +69,13 @@ func (m model) scan(table string, asOf int64) []string {
 
 func scanLines(t testing.TB, s store.Store, table string, asOf int64) []string {
 	t.Helper()
+	return scanRangeLines(t, s, table, "", "", asOf)
+}
+
+func scanRangeLines(t testing.TB, s store.Store, table, start, stop string, asOf int64) []string {
+	t.Helper()
 	var out []string
-	err := s.Scan(context.Background(), table, "", "", asOf, func(row string, cells []store.Cell) error {
+	err := s.Scan(context.Background(), table, start, stop, asOf, func(row string, cells []store.Cell) error {
 		for _, c := range cells {
 			out = append(out, fmt.Sprintf("%q/%q@%d=%q", row, c.Column, c.Timestamp, c.Value))
 		}
@@ -156,6 +169,26 @@ func runModel(t testing.TB, ops func(n int) int, count int) {
 				if got, want := scanLines(t, s, table, asOf), m.scan(table, asOf); !slices.Equal(got, want) {
 					t.Fatalf("table %s as of %d:\n got %q\nwant %q", table, asOf, got, want)
 				}
+			}
+			// Get of every row, and a Scan of a range (as Puma reads a
+			// commit row, and a shard's or a window's rows).
+			asOf := int64(ops(9))
+			for _, row := range rows {
+				cells, err := s.Get(ctx, table, row, asOf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for _, c := range cells {
+					got = append(got, fmt.Sprintf("%q/%q@%d=%q", row, c.Column, c.Timestamp, c.Value))
+				}
+				if want := m.scanRange(table, row, row+"\x00", asOf); !slices.Equal(got, want) {
+					t.Fatalf("get %s %q as of %d:\n got %q\nwant %q", table, row, asOf, got, want)
+				}
+			}
+			start, stop := rows[ops(len(rows))], rows[ops(len(rows))]
+			if got, want := scanRangeLines(t, s, table, start, stop, asOf), m.scanRange(table, start, stop, asOf); !slices.Equal(got, want) {
+				t.Fatalf("scan %s [%q, %q) as of %d:\n got %q\nwant %q", table, start, stop, asOf, got, want)
 			}
 		}
 	}
