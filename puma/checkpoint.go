@@ -301,11 +301,14 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	state.HighWater, state.HighWaterSeen = s.highWater.save()
 	s.snapshotBackfills(&state)
 	state.Aborted = withAborted(s.committed.Aborted, s.committed.Epoch, epoch)
+	// The cells go to a writer as they are taken (cellwriter.go), which
+	// writes the attempt marker and then puts them while the rest are
+	// taken: the seen-windows first, then each span's, each run in row
+	// order (takeDirty gives them so).
+	out := newCellWriter(ctx, s, epoch)
 	cells, remarkWindows := s.takeWindows(epoch, nil)
 	slices.SortFunc(cells, func(a, b store.Cell) int { return strings.Compare(a.Row, b.Row) })
-	// runs are the cells to write, each run in row order: the seen-windows,
-	// then each span's (takeDirty gives them in row order).
-	runs := [][]store.Cell{cells}
+	out.sendChunks(cells)
 	ncells := len(cells)
 	type pending struct {
 		t     *table
@@ -327,10 +330,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 				s.expired = append(s.expired, expiredRows{prefix: prefix + windowKey(w) + "/", epoch: epoch})
 			}
 			s.expired = append(s.expired, t.evictedRetention(i, prefix, epoch)...)
-			b := newCellBatch(prefix, epoch, sp.changed(), t.layout)
+			b := newCellBatch(prefix, epoch, sp.changed(), t.layout, out)
 			marks := t.takeDirty(i, func(k cellKey, c cell) int64 { return t.layout.varBytes(b.add(k, c)) })
-			runs = append(runs, b.done())
-			ncells += len(b.cells)
+			ncells += b.done()
 			dirty = append(dirty, pending{t, i, marks})
 		}
 	}
@@ -339,6 +341,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	if unchanged {
 		// Nothing to write: the committed state is current, which is what
 		// the checkpoint age tells operators.
+		out.abandon()
 		s.lastCommit.Store(s.p.now().UnixNano())
 		return nil
 	}
@@ -351,34 +354,15 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	row := commitRow(s.category, s.bucket)
-	// 1. Record the epoch being written, so that a crash before the commit
-	// never lets a later owner reuse it; fenced on the commit, so that an
-	// owner that lost the shard writes no cells.
-	marker := []store.Cell{{Row: row, Column: "attempt", Timestamp: epoch, Value: []byte(strconv.FormatInt(epoch, 10))}}
-	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, marker)
-	if err != nil {
-		restore()
-		return fmt.Errorf("write attempt marker: %w", err)
-	}
-	if !ok {
+	// 1. and 2. The attempt marker, then the cells at the epoch (the
+	// writer's).
+	out.finish()
+	if out.fenced {
 		return errFenced
 	}
-	if h := s.p.afterMark; h != nil {
-		h(s.category, s.bucket)
-	}
-	// 2. The cells, at the epoch, in row order and in Puts of up to 64 Ki
-	// cells: one transaction each on the embedded store (a Put of 1,000
-	// was 1,000 commits and fsyncs for 1 M cells; one Put of them all
-	// makes bbolt copy every node it holds whenever the file grows), and
-	// requests of the store's size on HBase.
-	const chunk = 1 << 16
-	for _, run := range runs {
-		for i := 0; i < len(run); i += chunk {
-			if err := st.Put(ctx, tbl, run[i:min(i+chunk, len(run))]); err != nil {
-				restore()
-				return fmt.Errorf("write cells: %w", err)
-			}
-		}
+	if out.err != nil {
+		restore()
+		return out.err
 	}
 	// 3. The commit, fenced on the previous one.
 	val, err := json.Marshal(state)
@@ -386,7 +370,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		restore()
 		return err
 	}
-	ok, err = st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
+	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
 	if err != nil {
 		restore()
 		return fmt.Errorf("commit: %w", err)
@@ -476,13 +460,17 @@ func (l *layout) appendCell(b []byte, c cell) []byte {
 }
 
 // cellBatch builds the store cells of one span's checkpoint, in the
-// order takeDirty gives them, with one allocation for all their row keys
-// and a few for their values, where a cell took two of its own (and the
-// GC had a million small objects more to mark).
+// order takeDirty gives them, and hands them to the writer in chunks of
+// putChunk as they are built: a chunk's row keys are one allocation and
+// its values a few, where a cell took two of its own (and the GC had a
+// million small objects more to mark).
 type cellBatch struct {
 	prefix string
 	epoch  int64
 	l      *layout
+	out    *cellWriter
+	left   int // cells still to come, about (sp.changed)
+	sent   int // cells handed to out
 	rows   strings.Builder
 	ends   []int // where each cell's row ends in rows
 	vals   []byte
@@ -493,11 +481,19 @@ type cellBatch struct {
 }
 
 // newCellBatch returns a batch for about n cells of a span whose rows
-// start with prefix.
-func newCellBatch(prefix string, epoch int64, n int, l *layout) *cellBatch {
-	b := &cellBatch{prefix: prefix, epoch: epoch, l: l, ends: make([]int, 0, n), vals: make([]byte, 0, n*l.cellSize()), cells: make([]store.Cell, 0, n)}
-	b.rows.Grow(n * (len(prefix) + 16 + 1 + 16))
+// start with prefix, to be sent to out.
+func newCellBatch(prefix string, epoch int64, n int, l *layout, out *cellWriter) *cellBatch {
+	b := &cellBatch{prefix: prefix, epoch: epoch, l: l, out: out, left: n}
+	b.grow()
 	return b
+}
+
+// grow makes the buffers of the next chunk.
+func (b *cellBatch) grow() {
+	n := max(min(b.left, putChunk), 1)
+	b.ends, b.vals, b.cells = make([]int, 0, n), make([]byte, 0, n*b.l.cellSize()), make([]store.Cell, 0, n)
+	b.rows = strings.Builder{}
+	b.rows.Grow(n * (len(b.prefix) + 16 + 1 + 16))
 }
 
 // add appends the cell of k and returns its stored value.
@@ -516,18 +512,32 @@ func (b *cellBatch) add(k cellKey, c cell) []byte {
 	b.vals = b.l.appendCell(b.vals, c)
 	v := b.vals[at:len(b.vals):len(b.vals)]
 	b.cells = append(b.cells, store.Cell{Column: "v", Timestamp: b.epoch, Value: v})
+	if len(b.cells) == putChunk {
+		b.flush()
+		b.grow()
+	}
 	return v
 }
 
-// done gives the cells their rows and returns them.
-func (b *cellBatch) done() []store.Cell {
+// flush gives the cells built their rows and sends them.
+func (b *cellBatch) flush() {
 	rows := b.rows.String()
 	start := 0
 	for i, end := range b.ends {
 		b.cells[i].Row = rows[start:end]
 		start = end
 	}
-	return b.cells
+	b.out.send(b.cells)
+	b.sent += len(b.cells)
+	b.left = max(b.left-len(b.cells), 0)
+}
+
+// done sends the last cells and returns how many were sent in all.
+func (b *cellBatch) done() int {
+	if len(b.cells) > 0 {
+		b.flush()
+	}
+	return b.sent
 }
 
 // varBytes is what the variable states take of a stored cell.

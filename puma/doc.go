@@ -89,7 +89,11 @@
 // deletes any cell versions newer than the committed epoch (an attempt
 // that never committed), loads the cells as of the epoch and resumes
 // ptail at the committed position. A failed attempt is retried at the
-// same epoch, overwriting its own versions. Windows dropped by retention
+// same epoch, overwriting its own versions. The marker and the cells are
+// written by a goroutine of the checkpoint's own (cellwriter.go) while
+// it is still taking the changed cells under the shard's lock, in Puts
+// of 64 Ki cells in row order; the commit waits for the last Put, and
+// any failure marks every cell taken changed again. Windows dropped by retention
 // are deleted from the store after the commit that drops them.
 //
 // Fencing a stale owner's cells. An attempt that a stale owner had

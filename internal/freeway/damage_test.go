@@ -72,6 +72,21 @@ func leafPage(t *testing.T, path string) (int, int) {
 	return leaf, db.Info().PageSize
 }
 
+// usedBytes is how much of the bbolt file at path its pages use.
+func usedBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	db, err := bolt.Open(path, 0o644, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var used int64
+	if err := db.View(func(tx *bolt.Tx) error { used = tx.Size(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return used
+}
+
 // TestDamagedStoreIsRebuilt: a pipeline fed known data is stopped, its
 // store.db damaged (cut short, or bytes flipped in a page), and started
 // again: it does not crash, it moves the file aside with one error line,
@@ -83,11 +98,9 @@ func TestDamagedStoreIsRebuilt(t *testing.T) {
 		damage func(t *testing.T, path string)
 	}{
 		{"truncated", func(t *testing.T, path string) {
-			info, err := os.Stat(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Truncate(path, info.Size()/3); err != nil {
+			// A third of the pages in use (bbolt grows the file ahead of
+			// them: a cut of that tail alone is not damage).
+			if err := os.Truncate(path, usedBytes(t, path)/3); err != nil {
 				t.Fatal(err)
 			}
 		}},

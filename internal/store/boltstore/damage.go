@@ -118,6 +118,14 @@ func validColumn(k, v []byte) error {
 	return nil
 }
 
+// mmapSize is the least size of the file's mapping when open for
+// writing: bbolt maps the file again whenever it outgrows the mapping,
+// which copies every key and value the writing transaction holds out of
+// the old mapping first (a checkpoint's chunk of 64 Ki cells) and waits
+// for every reader. Address space only: what is not in the file is never
+// read.
+const mmapSize = 1 << 30
+
 // boltOpen opens path with bbolt, turning its panics and faults, and its
 // errors that mean a damaged file, into damage. freeList loads the free
 // list at open (always done for writing).
@@ -128,6 +136,9 @@ func boltOpen(path string, readOnly, freeList bool) (db *bolt.DB, damage string,
 		file = f
 		return f, err
 	}}
+	if !readOnly {
+		opts.InitialMmapSize = mmapSize
+	}
 	if r := guarded(func() { db, err = bolt.Open(path, 0o644, opts) }); r != nil {
 		// Release the file and its lock; bbolt's mapping of the damaged
 		// file cannot be undone from here and stays until the process

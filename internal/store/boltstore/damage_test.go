@@ -220,10 +220,13 @@ func TestFlippedPageBytesAreFound(t *testing.T) {
 		{"freelist page", kinds["freelist"][0], func(p []byte) { p[16] ^= 0x01 }, ""},
 		// A count of 0xffff says the real count is the first uint64: a
 		// large one sends the free list's reader past the mapping, which
-		// must happen under guard, not in bbolt's check goroutine.
+		// must happen under guard, not in bbolt's check goroutine. Twice
+		// the file in ids: past the read-only mapping, which is the file
+		// rounded up to a power of two (the file itself is grown 16 MiB
+		// at a time once the writer's mapping is larger).
 		{"freelist count", kinds["freelist"][0], func(p []byte) {
 			p[10], p[11] = 0xff, 0xff
-			binary.LittleEndian.PutUint64(p[16:], 1<<20) // 8 MiB of ids, past the 1 MiB mapping
+			binary.LittleEndian.PutUint64(p[16:], uint64(len(pristine))/8*2)
 		}, "bbolt could not open it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
