@@ -18,7 +18,9 @@
 // is answered from its committed state in the store and named in the
 // answer: "stale_shards": ["<category>/<bucket>", ...] over HTTP,
 // stale_shards over Thrift (both absent when every shard answered fresh;
-// freeway_serving_stale_shards_total, freeway_serving_fanout_failures_total).
+// freeway_serving_stale_shards_total, freeway_serving_fanout_failures_total{request="partial"};
+// a node that does not report its apps to /api/v1/apps or /api/v1/status
+// counts in request="apps").
 // A query whose partial state is over a bound (a node's
 // puma.max_partial_rows, serving.fanout_max_bytes; the partial of the
 // stale shards, built from the store, is held to both) is refused whole with

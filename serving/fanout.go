@@ -53,7 +53,7 @@ type Fanout struct {
 	maxBytes  int64
 	maxRows   int
 	stale     prometheus.Counter
-	failures  prometheus.Counter
+	failures  *prometheus.CounterVec // by request: partial, apps
 	tooLarge  prometheus.Counter
 }
 
@@ -101,7 +101,7 @@ func NewFanout(d FanoutDeps) *Fanout {
 		co: d.Coord, committed: d.Committed, apps: map[string]*apps.App{}, list: d.Apps, buckets: d.Buckets,
 		timeout: d.Timeout, maxBytes: d.MaxBytes, maxRows: d.MaxPartialRows, token: d.Token, scheme: "http", log: log, limiter: ratelog.New(log, time.Minute, 5),
 		stale:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_stale_shards_total", Help: "Shards answered from their committed state because their owner did not answer in time or none owned them."}),
-		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes (for partial states, or app reports for /api/v1/apps) that failed or timed out."}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_serving_fanout_failures_total", Help: "Requests to Puma nodes that failed or timed out, by request: partial (a query's partial state; its shards were answered from the store) or apps (the app reports of /api/v1/apps and /api/v1/status, asked at every poll of those pages)."}, []string{"request"}),
 		tooLarge: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_serving_fanout_too_large_total", Help: "Fanned-out queries refused (422) because a partial state, a Puma node's or that of the shards answered from the store, was over puma.max_partial_rows or serving.fanout_max_bytes."}),
 	}
 	for _, a := range d.Apps {
@@ -191,7 +191,7 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 				return
 			}
 			if err != nil {
-				f.failures.Inc()
+				f.failures.WithLabelValues("partial").Inc()
 				f.limiter.Warn("fanout "+addr, "puma node did not answer; its shards are answered from the store", "addr", addr, "err", err)
 				stale = append(stale, buckets...)
 				return
@@ -356,7 +356,7 @@ func (f *Fanout) nodeReports(ctx context.Context) ([]puma.NodeAppReports, int, [
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				f.failures.Inc()
+				f.failures.WithLabelValues("apps").Inc()
 				f.limiter.Warn("fanout apps "+addr, "puma node did not report its apps", "node", m.ID, "addr", addr, "err", err)
 				missing = append(missing, NodeMissing{Node: m.ID, Error: ratelog.Clip(err.Error())})
 				return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -180,6 +181,10 @@ func TestFanoutApps(t *testing.T) {
 	fo.timeout = 300 * time.Millisecond
 	body = decode(t, get(t, srv, "/api/v1/apps"))
 	check(body, 4)
+	// Counted as app reports that failed, apart from queries' partials.
+	if apps, partial := testutil.ToFloat64(fo.failures.WithLabelValues("apps")), testutil.ToFloat64(fo.failures.WithLabelValues("partial")); apps != 1 || partial != 0 {
+		t.Fatalf("failures: apps %v, partial %v; want 1 and 0 (the hung node's report)", apps, partial)
+	}
 	missing := body["puma_nodes"].(map[string]any)["missing"].([]any)
 	if len(missing) != 2 || missing[0].(map[string]any)["node"] != "ghost" || missing[1].(map[string]any)["node"] != "quiet" ||
 		!strings.Contains(missing[1].(map[string]any)["error"].(string), "no address") {

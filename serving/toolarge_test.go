@@ -71,15 +71,15 @@ func TestFanoutTooLarge(t *testing.T) {
 	tooLarge := func(fo *Fanout, q puma.Query, bound string) {
 		t.Helper()
 		before := testutil.ToFloat64(fo.tooLarge)
-		failures, stale := testutil.ToFloat64(fo.failures), testutil.ToFloat64(fo.stale)
+		failures, stale := testutil.ToFloat64(fo.failures.WithLabelValues("partial")), testutil.ToFloat64(fo.stale)
 		res, err := fo.Query(context.Background(), q)
 		var tl *puma.TooLargeError
 		if !errors.As(err, &tl) || !strings.Contains(tl.Msg, bound) || !strings.Contains(tl.Msg, "narrow") {
 			t.Fatalf("query over %s: answer %v, error %v", bound, res, err)
 		}
-		if testutil.ToFloat64(fo.tooLarge) != before+1 || testutil.ToFloat64(fo.failures) != failures || testutil.ToFloat64(fo.stale) != stale {
+		if testutil.ToFloat64(fo.tooLarge) != before+1 || testutil.ToFloat64(fo.failures.WithLabelValues("partial")) != failures || testutil.ToFloat64(fo.stale) != stale {
 			t.Fatalf("query over %s: counted too large %v (was %v), failures %v (was %v), stale %v (was %v)", bound,
-				testutil.ToFloat64(fo.tooLarge), before, testutil.ToFloat64(fo.failures), failures, testutil.ToFloat64(fo.stale), stale)
+				testutil.ToFloat64(fo.tooLarge), before, testutil.ToFloat64(fo.failures.WithLabelValues("partial")), failures, testutil.ToFloat64(fo.stale), stale)
 		}
 	}
 	tooLarge(fo, large, "puma.max_partial_rows")
