@@ -774,6 +774,7 @@ type cellsResult struct {
 	Checkpoints  []checkpoint   `json:"checkpoints"`
 	HeapBytes    float64        `json:"heap_bytes_per_cell"`
 	RSSBytes     float64        `json:"rss_bytes_per_cell"`
+	RSSFileBytes float64        `json:"rss_file_bytes_per_cell"` // of RSSBytes, pages of mapped files
 	RSSMiB       float64        `json:"rss_mib"`
 	HeapMiB      float64        `json:"heap_mib"`
 	StopSec      float64        `json:"stop_seconds"`
@@ -821,7 +822,7 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 		r.Err = err.Error()
 		return r
 	}
-	heap0, rss0, err := liveHeap(fw)
+	heap0, rss0, file0, err := liveHeap(fw)
 	if err != nil {
 		return fail(err)
 	}
@@ -890,13 +891,14 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 	if written < float64(o.cells) {
 		return fail(fmt.Errorf("checkpoints wrote %.0f of %d cells within the wait", written, o.cells))
 	}
-	heap1, rss1, err := liveHeap(fw)
+	heap1, rss1, file1, err := liveHeap(fw)
 	if err != nil {
 		return fail(err)
 	}
 	r.HeapBytes, r.RSSBytes = (heap1-heap0)/float64(o.cells), (rss1-rss0)/float64(o.cells)
+	r.RSSFileBytes = (file1 - file0) / float64(o.cells)
 	r.HeapMiB, r.RSSMiB = heap1/(1<<20), rss1/(1<<20)
-	log.Printf("cells: %.0f bytes of live heap and %.0f of RSS per cell (heap %.0f MiB, RSS %.0f MiB)", r.HeapBytes, r.RSSBytes, r.HeapMiB, r.RSSMiB)
+	log.Printf("cells: %.0f bytes of live heap and %.0f of RSS per cell, %.0f of it file-backed (heap %.0f MiB, RSS %.0f MiB)", r.HeapBytes, r.RSSBytes, r.RSSFileBytes, r.HeapMiB, r.RSSMiB)
 
 	// Queries over the cells: a point query (one key, where=) and a
 	// top-10 (order_by the sum, limit 10), then the merges.
@@ -999,16 +1001,21 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 }
 
 // liveHeap forces a GC (pprof's heap?gc=1) and reads the live heap and RSS.
-func liveHeap(fw *fwProc) (heap, rss float64, err error) {
+func liveHeap(fw *fwProc) (heap, rss, file float64, err error) {
 	if err := fetch("http://"+fw.http+"/debug/pprof/heap?gc=1", os.DevNull); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	m, err := fw.metrics()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	rss, err = fw.status("VmRSS")
-	return m["go_memstats_heap_alloc_bytes"], rss, err
+	if rss, err = fw.status("VmRSS"); err != nil {
+		return 0, 0, 0, err
+	}
+	// RssFile: pages of mapped files (the embedded store's bbolt file),
+	// page cache the kernel can take back, counted in RSS.
+	file, err = fw.status("RssFile")
+	return m["go_memstats_heap_alloc_bytes"], rss, file, err
 }
 
 func quantile(v []float64, q float64) float64 {
