@@ -131,6 +131,29 @@ func NewFanout(d FanoutDeps) *Fanout {
 	return f
 }
 
+// holderLookups bounds the shard-lease reads a query has in flight at
+// once: ZooKeeper pipelines them on the session's one connection, so a
+// query over many buckets waits about one round trip, not one a bucket.
+const holderLookups = 16
+
+// holders reads the owner of each of the category's n shard leases, at
+// most holderLookups at a time: owners[b] and errs[b] are bucket b's.
+func (f *Fanout) holders(ctx context.Context, cat string, n int) (owners []string, errs []error) {
+	owners, errs = make([]string, n), make([]error, n)
+	sem := make(chan struct{}, holderLookups)
+	var wg sync.WaitGroup
+	for b := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			owners[b], _, errs[b] = f.co.Holder(ctx, names.ShardLease(cat, b))
+		}()
+	}
+	wg.Wait()
+	return owners, errs
+}
+
 // Apps lists the apps, sorted by name.
 func (f *Fanout) Apps() []*apps.App {
 	out := slices.Clone(f.list)
@@ -161,15 +184,15 @@ func (f *Fanout) Query(ctx context.Context, q puma.Query) (*puma.Result, error) 
 	for _, m := range members {
 		addrs[m.ID] = string(m.Data)
 	}
+	owners, errs := f.holders(ctx, cat, n)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	byAddr := map[string][]int{}
 	var stale []int
 	for b := range n {
-		owner, _, err := f.co.Holder(ctx, names.ShardLease(cat, b))
-		if err != nil && ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		addr := addrs[owner]
-		if err != nil || owner == "" || addr == "" {
+		addr := addrs[owners[b]]
+		if errs[b] != nil || owners[b] == "" || addr == "" {
 			stale = append(stale, b)
 			continue
 		}
