@@ -56,8 +56,19 @@ func (w *cellWriter) send(cells []store.Cell) {
 	if len(cells) == 0 {
 		return
 	}
+	w.push(cells, false)
+}
+
+// push queues cells (nil: none), closes the queue if closing, and starts
+// the goroutine unless it runs already.
+func (w *cellWriter) push(cells []store.Cell, closing bool) {
 	w.mu.Lock()
-	w.queue = append(w.queue, cells)
+	if cells != nil {
+		w.queue = append(w.queue, cells)
+	}
+	if closing {
+		w.closed = true
+	}
 	start := !w.started
 	w.started = true
 	w.mu.Unlock()
@@ -85,15 +96,7 @@ func (w *cellWriter) signal() {
 // first failure). It starts the goroutine if nothing was sent, so that
 // the marker is written: a checkpoint without cells still commits.
 func (w *cellWriter) finish() {
-	w.mu.Lock()
-	w.closed = true
-	start := !w.started
-	w.started = true
-	w.mu.Unlock()
-	if start {
-		go w.run()
-	}
-	w.signal()
+	w.push(nil, true)
 	<-w.done
 }
 
