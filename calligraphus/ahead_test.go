@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -52,8 +53,17 @@ func dropWaiting() bool {
 // releases the bucket's lease) only once that segment is removed. The
 // old writer closed it on the run loop: the batch waited for the close.
 func TestExpiredAheadClosedOffRunLoop(t *testing.T) {
-	fsys := dfstest.NewFaulty(newLocal(t)).LikeHDFS()
-	_, co := inprocCoord(t)
+	t.Run("hdfslike", func(t *testing.T) {
+		_, co := inprocCoord(t)
+		testExpiredAheadClosedOffRunLoop(t, dfstest.NewFaulty(newLocal(t)).LikeHDFS(), co)
+	})
+	t.Run("engines", func(t *testing.T) {
+		fsys, newCoord := engineBackends(t)
+		testExpiredAheadClosedOffRunLoop(t, dfstest.NewFaulty(fsys), newCoord())
+	})
+}
+
+func testExpiredAheadClosedOffRunLoop(t *testing.T, fsys *dfstest.Faulty, co coord.Coord) {
 	s := startServer(t, testConfig(), fsys, co, nil)
 	cl := s.dial(t)
 
