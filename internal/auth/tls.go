@@ -32,7 +32,8 @@ type TLSConfig struct {
 	// for no client certificate.
 	CAFile string `yaml:"ca_file"`
 	// ClientAuth requires a verified client certificate on every
-	// connection to every listener (mutual TLS).
+	// connection to every listener (mutual TLS), but on the HTTP ports,
+	// which answer GET /healthz and /readyz without one (HTTPServer).
 	ClientAuth bool `yaml:"client_auth"`
 }
 
