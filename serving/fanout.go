@@ -138,8 +138,8 @@ const holderLookups = 16
 
 // holders reads the owner of each of the category's n shard leases, at
 // most holderLookups at a time: owners[b] and errs[b] are bucket b's.
-func (f *Fanout) holders(ctx context.Context, cat string, n int) (owners []string, errs []error) {
-	owners, errs = make([]string, n), make([]error, n)
+func (f *Fanout) holders(ctx context.Context, cat string, n int) ([]string, []error) {
+	owners, errs := make([]string, n), make([]error, n)
 	sem := make(chan struct{}, holderLookups)
 	var wg sync.WaitGroup
 	for b := range n {
