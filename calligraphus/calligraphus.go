@@ -845,6 +845,7 @@ type metrics struct {
 	tryLater    *prometheus.CounterVec
 	salvaged    prometheus.Counter
 	fenced      prometheus.Counter
+	aheadFailed prometheus.Counter
 	forwarded   *prometheus.CounterVec
 	handoffs    prometheus.Counter
 	writers     prometheus.Gauge
@@ -870,11 +871,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unverified:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unverified_total", Help: "Entries of agent batches from connections without a verified client certificate while tls.ca_file is set, taken without agent id or sequence numbers (no deduplication)."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
 		fenced:      prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_fenced_total", Help: "Times this writer found at the storage that a newer writer had taken its bucket (its batch answered TRY_LATER, its segment not counted)."}),
+		aheadFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_ahead_failures_total", Help: "Segments a writer could not create ahead (HDFS): the next batch created its own (the warning is rate-limited)."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.aheadFailed, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit)
 	}
 	return m
 }

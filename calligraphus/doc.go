@@ -127,8 +127,16 @@
 // create, and nothing else is written meanwhile); it holds only its header
 // until a batch is written into it, and one left unused for a second,
 // or when the writer stops acting under the lease it is named under, is
-// removed. A close or a rename that fails because a newer owner removed
-// the segment as it took the bucket counts as fenced.
+// removed: one left unused by a goroutine of its own, so that a batch
+// arriving meanwhile does not wait for its close (which on HDFS can
+// retry for seconds); the writer waits for those before it releases the
+// lease or ends, and removes the one named under the lease it stops
+// acting under itself, so that the bucket is not taken again while such
+// a file is still there. A create ahead that fails (the next batch then
+// creates its own segment) is counted in
+// freeway_calligraphus_ahead_failures_total and logged rate-limited. A
+// close or a rename that fails because a newer owner removed the segment
+// as it took the bucket counts as fenced.
 // Closed segments are renamed strictly in the order they were written,
 // each only while the writer still holds the lease it was written under,
 // and a batch is answered OK only once its segment is renamed and counts

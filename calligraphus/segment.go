@@ -8,6 +8,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -251,7 +252,7 @@ func (w *bucketWriter) open() error {
 			w.file, w.enc, w.size, w.tmp, w.final = a.file, a.enc, a.size, a.tmp, a.final
 			return nil
 		}
-		w.discardAhead(a)
+		w.discardAheadLater(a)
 	}
 	w.seq++
 	w.final, w.tmp = w.segmentNames(w.seq)
@@ -351,7 +352,7 @@ func (w *bucketWriter) expireAhead() time.Duration {
 		return left
 	}
 	w.ahead = nil
-	w.discardAhead(a)
+	w.discardAheadLater(a)
 	return 0
 }
 
@@ -362,22 +363,57 @@ func (w *bucketWriter) aheadReady() bool {
 	a := w.ahead
 	if a.err != nil {
 		w.ahead = nil
-		w.log.Warn("cannot create segment ahead", "segment", a.tmp, "err", a.err)
+		w.aheadFailed(a)
 		return false
 	}
 	a.ready = w.c.now()
 	return true
 }
 
+// aheadFailed counts and logs a segment that could not be created ahead.
+// Rate-limited: on a dfs that keeps refusing creates it would otherwise
+// be a line per batch, each batch creating its own segment after it.
+func (w *bucketWriter) aheadFailed(a *ahead) {
+	w.c.m.aheadFailed.Inc()
+	w.c.rl.Warn("cannot create segment ahead", "cannot create segment ahead", "category", ratelog.Clip(w.id.category), "bucket", w.id.bucket, "segment", a.tmp, "err", a.err)
+}
+
 // discardAhead waits for a segment created ahead and removes it: it holds
-// no entry. Nil does nothing.
+// no entry. Nil does nothing. It runs on the run loop, for drop: the
+// bucket is not taken again (here or elsewhere) until the file is gone.
 func (w *bucketWriter) discardAhead(a *ahead) {
 	if a == nil {
 		return
 	}
 	<-a.done
+	w.closeAhead(a)
+}
+
+// discardAheadLater removes a segment created ahead, whose create has
+// returned, on a goroutine of its own: on HDFS its close can retry for
+// seconds, which a batch arriving meanwhile would otherwise wait for.
+// Its name is taken for good (a later segment of the epoch has a higher
+// sequence number, one of a later epoch another epoch), and drop waits
+// for it (w.discards), so that the writer ends, or the bucket is taken
+// again, only once it is removed.
+func (w *bucketWriter) discardAheadLater(a *ahead) {
 	if a.err != nil {
-		w.log.Warn("cannot create segment ahead", "err", a.err)
+		w.aheadFailed(a)
+		return
+	}
+	w.discards.Add(1)
+	go func() {
+		defer w.discards.Done()
+		w.closeAhead(a)
+	}()
+}
+
+// closeAhead closes and removes a segment created ahead, whose create has
+// returned. It touches nothing of the writer's state but its logger and
+// w.c, so that discardAheadLater can run it on a goroutine of its own.
+func (w *bucketWriter) closeAhead(a *ahead) {
+	if a.err != nil {
+		w.aheadFailed(a)
 		return
 	}
 	_ = a.file.Close() // discarded: it holds no entry

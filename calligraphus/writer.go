@@ -169,6 +169,10 @@ type bucketWriter struct {
 	// ahead is the next segment, created while the last one closes; nil
 	// when there is none.
 	ahead *ahead
+	// discards counts the unused segments created ahead being closed and
+	// removed by goroutines of their own (discardAheadLater); drop waits
+	// for them.
+	discards sync.WaitGroup
 }
 
 // maxClosing bounds a bucket's segments being closed at once. While that
@@ -491,10 +495,14 @@ func (w *bucketWriter) hold(l coord.Lease) {
 // drop stops acting under the lease, releasing it first if release (a
 // lease not released ends with the coord session).
 func (w *bucketWriter) drop(release bool) {
+	// Segments created ahead and discarded earlier are removed before the
+	// bucket can be taken again (and before the writer ends).
+	w.discards.Wait()
 	if w.lease == nil {
 		return
 	}
-	// The segment created ahead is named under this lease's epoch.
+	// The segment created ahead is named under this lease's epoch: removed
+	// here, not by a goroutine, for the same reason.
 	w.discardAhead(w.ahead)
 	w.ahead = nil
 	if release {

@@ -70,7 +70,9 @@
 // (else QueryError code 401); the token is checked again at every call.
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
 // and /admin/shutdown need it; without one the admin endpoints answer
-// the local host only. /healthz and /readyz are always open, for probes.
+// the local host only. /healthz and /readyz are always open, for probes:
+// with tls.client_auth they are the only paths answered to a client
+// without a certificate, all else 403 (auth.TLS.HTTPServer).
 // The fan-out dials the Puma nodes with the process's TLS
 // (TLS.ClientConfig) and presents the first token of its query tokens
 // file, which the nodes' puma.listen requires.

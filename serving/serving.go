@@ -180,8 +180,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		// A query may run for QueryTimeout; its answer must still go out.
 		hl.WriteTimeout = cfg.QueryTimeout.D() + 30*time.Second
 	}
-	hs, err := httpsrv.Listen(cfg.Listen, s.Handler(), httpsrv.Options{Name: "serving", Limits: hl, Log: s.log, Metrics: deps.Metrics,
-		TLS: deps.TLS.ServerConfig()})
+	h, tc := deps.TLS.HTTPServer(s.Handler())
+	hs, err := httpsrv.Listen(cfg.Listen, h, httpsrv.Options{Name: "serving", Limits: hl, Log: s.log, Metrics: deps.Metrics, TLS: tc})
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,8 @@ func readmeRecipe(t *testing.T) string {
 // README's openssl commands, runs `freeway all` with mutual TLS and both
 // tokens on them, and checks: an app logs over TLS with the client
 // certificate, the query answers over HTTPS with the query token and is
-// refused without it, /metrics needs the admin token, fb303 control calls
+// refused without it, /metrics needs the admin token, a client without
+// a certificate gets /healthz and /readyz only, fb303 control calls
 // are refused while POST /admin/reload and /admin/shutdown work with the
 // admin token; no token or key is in the output or the metrics.
 func TestTLSWithOpensslCertificates(t *testing.T) {
@@ -195,11 +196,27 @@ apps:
 	if code != 200 || !strings.Contains(metrics, "freeway_agent_entries_shipped_total 5") {
 		t.Fatalf("/metrics with the admin token: %d", code)
 	}
-	// Without a client certificate the HTTPS port refuses the handshake.
+	// Without a client certificate (a kubelet's probe) the HTTPS port
+	// answers /healthz and /readyz, and 403 to anything else, tokens or
+	// not.
 	bare := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: client.ClientConfig(api).RootCAs}}, Timeout: 30 * time.Second}
-	if resp, err := bare.Get("https://" + api + "/healthz"); err == nil {
+	defer bare.CloseIdleConnections()
+	for _, tc := range []struct {
+		path, token string
+		want        int
+	}{{"/healthz", "", 200}, {"/readyz", "", 200}, {"/metrics", adminToken, 403}, {query, queryToken, 403}} {
+		req, _ := http.NewRequest("GET", "https://"+api+tc.path, nil)
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := bare.Do(req)
+		if err != nil {
+			t.Fatalf("%s without a client certificate: %v", tc.path, err)
+		}
 		resp.Body.Close()
-		t.Fatalf("served without a client certificate: %d", resp.StatusCode)
+		if resp.StatusCode != tc.want {
+			t.Fatalf("%s without a client certificate: %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
 	}
 
 	// fb303 control calls are refused (they cannot carry the token);

@@ -9,7 +9,8 @@
 // Security: /metrics, /debug/pprof/ and the control endpoints take the
 // admin token when one is configured (auth.Guard); without one the
 // control endpoints answer the local host only. /healthz and /readyz are
-// always open, for probes.
+// always open, for probes; with tls.client_auth they are the only paths
+// a client without a certificate gets (auth.TLS.HTTPServer).
 //
 // It keeps no state: what it answers comes from its Routes.
 package admin

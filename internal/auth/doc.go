@@ -10,7 +10,13 @@
 // tls.ca_file (else the system roots) and the host of the address they
 // dial. With tls.ca_file set, listeners also verify a client certificate
 // a client offers (a connection offering one that does not verify is
-// refused); tls.client_auth: true requires one (mutual TLS). A client
+// refused); tls.client_auth: true requires one (mutual TLS): at the
+// handshake on the Scribe, Thrift and Puma node ports (ServerConfig), and
+// on the HTTP ports (HTTPServer) on every request but a GET or HEAD of
+// exactly /healthz or /readyz (ProbePaths), so that a health checker
+// without a certificate can probe: those ports complete a handshake
+// without a certificate (one offered must verify) and answer any other
+// request of such a client 403 with a JSON error. A client
 // offers the process's certificate when a server asks, if the
 // certificate may authenticate clients (no extended key usage, or
 // clientAuth among them).
@@ -44,7 +50,8 @@
 // Control for POST /admin/reload and /admin/shutdown, which without an
 // admin token are honoured only from the local host (as fb303's control
 // calls are). A refused request gets 401, WWW-Authenticate: Bearer and
-// {"error": "..."}. /healthz and /readyz stay open for probes.
+// {"error": "..."}. /healthz and /readyz stay open for probes (without
+// a client certificate too, under client_auth).
 //
 // Nothing here survives a restart, and nothing needs to: the files are
 // the state.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -31,7 +32,8 @@ type TLSConfig struct {
 	// for no client certificate.
 	CAFile string `yaml:"ca_file"`
 	// ClientAuth requires a verified client certificate on every
-	// connection to every listener (mutual TLS).
+	// connection to every listener (mutual TLS), but on the HTTP ports,
+	// which answer GET /healthz and /readyz without one (HTTPServer).
 	ClientAuth bool `yaml:"client_auth"`
 }
 
@@ -64,6 +66,11 @@ type material struct {
 	// clientOK: the certificate may authenticate a client.
 	clientOK bool
 	server   *tls.Config
+	// httpServer is server for the HTTP ports: with client_auth it asks
+	// for a client certificate without requiring one (one offered must
+	// still verify), HTTPServer's handler then refusing every request
+	// without one but the probes'.
+	httpServer *tls.Config
 }
 
 // loadMaterial reads the files and checks them.
@@ -116,6 +123,11 @@ func parseMaterial(c TLSConfig, data [][]byte) (*material, error) {
 		Certificates: []tls.Certificate{cert},
 		ClientCAs:    m.pool,
 		ClientAuth:   mode,
+	}
+	m.httpServer = m.server
+	if mode == tls.RequireAndVerifyClientCert {
+		m.httpServer = m.server.Clone()
+		m.httpServer.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	return m, nil
 }
@@ -221,8 +233,10 @@ func (t *TLS) current() *material {
 	return m
 }
 
-// ServerConfig is the configuration of a TLS listener: the certificate
-// in use at each handshake, client certificates verified against the CA
+// ServerConfig is the configuration of a TLS listener (the Scribe and
+// Thrift ports, and a Puma node's partial-state port, which has no
+// probes; the operator HTTP ports use HTTPServer): the certificate in
+// use at each handshake, client certificates verified against the CA
 // (if offered, or required with client_auth). Nil without TLS.
 func (t *TLS) ServerConfig() *tls.Config {
 	if t == nil {
@@ -234,6 +248,46 @@ func (t *TLS) ServerConfig() *tls.Config {
 			return t.current().server, nil
 		},
 	}
+}
+
+// ProbePaths are the paths an HTTP port with tls.client_auth answers
+// (to GET and HEAD) without a client certificate, for health checkers
+// that have none (a kubelet's httpGet probe, a load balancer).
+var ProbePaths = []string{"/healthz", "/readyz"}
+
+// HTTPServer is what an HTTP port serves h with: the handler and the
+// listener's configuration (nil, h unchanged, without TLS). Without
+// client_auth the configuration is ServerConfig's and h is unchanged.
+// With client_auth the handshake verifies a client certificate if one is
+// offered (one that does not verify is refused, as ServerConfig does)
+// but lets a client without one in, and the handler answers such a
+// client's GET or HEAD of a ProbePaths path only: every other request
+// gets 403 and a JSON error (logged, rate-limited).
+func (t *TLS) HTTPServer(h http.Handler) (http.Handler, *tls.Config) {
+	if t == nil {
+		return h, nil
+	}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return t.current().httpServer, nil
+		},
+	}
+	if !t.cfg.ClientAuth {
+		return h, cfg
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if Verified(r.TLS) || (r.Method == http.MethodGet || r.Method == http.MethodHead) && slices.Contains(ProbePaths, r.URL.Path) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		t.warn.Warn("no_client_cert", "request without a client certificate refused (tls.client_auth)",
+			"request", ratelog.Clip(r.Method+" "+r.URL.Path), "remote", r.RemoteAddr)
+		// 403, not 401: a 401 asks for HTTP credentials (the bearer
+		// tokens' WWW-Authenticate), while a certificate can only be
+		// offered in a new TLS handshake.
+		writeJSON(w, http.StatusForbidden, "this port requires a TLS client certificate signed by a CA of tls.ca_file (tls.client_auth: true); only GET /healthz and /readyz answer without one")
+	}), cfg
 }
 
 // ClientConfig is the configuration to dial addr (host:port) with: the

@@ -5,8 +5,12 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -242,5 +246,143 @@ func TestClientOffersCertificateOnlyForClientAuth(t *testing.T) {
 		if got != p.want {
 			t.Errorf("%s offered %d certificates, want %d", p.pair.Cert.Subject.CommonName, got, p.want)
 		}
+	}
+}
+
+// TestHTTPServerProbesWithoutClientCertificate: with client_auth, an HTTP
+// port lets a client without a certificate through the handshake and
+// answers it GET and HEAD of /healthz and /readyz only (403 with a JSON
+// error elsewhere: the API, /metrics, /debug/pprof/, a POST to a probe
+// path); a client with a certificate of the CA gets every path; one with
+// a certificate of another CA is refused at the handshake.
+func TestHTTPServerProbesWithoutClientCertificate(t *testing.T) {
+	dir := t.TempDir()
+	ca := authtest.NewCA(t, dir, "ca")
+	node := ca.Issue(t, dir, "node")
+	client := ca.Issue(t, dir, "client")
+	stranger := authtest.NewCA(t, dir, "other-ca").Issue(t, dir, "stranger")
+	logs := &syncLog{}
+	x, err := NewTLS(TLSConfig{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.File, ClientAuth: true}, slog.New(slog.NewTextHandler(logs, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, cfg := x.HTTPServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "served "+r.URL.Path)
+	}))
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = cfg
+	srv.StartTLS()
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	clientOf := func(p *authtest.Pair) *http.Client {
+		tc := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		if p != nil {
+			kp, err := tls.LoadX509KeyPair(p.CertFile, p.KeyFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Offered whatever CAs the server names (a Go client with
+			// Certificates offers none the server's CAs did not sign).
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &kp, nil }
+		}
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	}
+	do := func(c *http.Client, method, path string) (int, string, error) {
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), nil
+	}
+	probe, withCert, other := clientOf(nil), clientOf(&client), clientOf(&stranger)
+	defer probe.CloseIdleConnections()
+	defer withCert.CloseIdleConnections()
+	defer other.CloseIdleConnections()
+
+	for _, tc := range []struct{ method, path string }{{"GET", "/healthz"}, {"GET", "/readyz"}, {"HEAD", "/healthz"}, {"HEAD", "/readyz"}} {
+		if code, _, err := do(probe, tc.method, tc.path); err != nil || code != http.StatusOK {
+			t.Errorf("%s %s without a client certificate: %d %v", tc.method, tc.path, code, err)
+		}
+	}
+	paths := []string{"/api/v1/query?app=orders", "/api/v1/apps", "/metrics", "/debug/pprof/", "/debug/pprof/profile", "/", "/healthz/", "//healthz", "/readyz/../metrics", "/admin/reload"}
+	for _, path := range paths {
+		code, body, err := do(probe, "GET", path)
+		var e map[string]string
+		if err != nil || code != http.StatusForbidden || json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e["error"], "client certificate") {
+			t.Errorf("GET %s without a client certificate: %d %q %v, want 403 naming the certificate", path, code, body, err)
+		}
+	}
+	for _, method := range []string{"POST", "PUT", "DELETE"} {
+		if code, _, err := do(probe, method, "/healthz"); err != nil || code != http.StatusForbidden {
+			t.Errorf("%s /healthz without a client certificate: %d %v, want 403", method, code, err)
+		}
+	}
+	for _, path := range append(paths, "/healthz", "/readyz") {
+		if code, body, err := do(withCert, "GET", path); err != nil || code != http.StatusOK || !strings.HasPrefix(body, "served ") {
+			t.Errorf("GET %s with a client certificate: %d %q %v", path, code, body, err)
+		}
+	}
+	if code, _, err := do(withCert, "POST", "/admin/reload"); err != nil || code != http.StatusOK {
+		t.Errorf("POST /admin/reload with a client certificate: %d %v", code, err)
+	}
+	for _, path := range []string{"/healthz", "/metrics"} {
+		if code, _, err := do(other, "GET", path); err == nil {
+			t.Errorf("GET %s with a certificate of another CA: %d, want a refused handshake", path, code)
+		}
+	}
+	if !strings.Contains(logs.String(), "request without a client certificate refused") {
+		t.Errorf("refusals not logged:\n%s", logs)
+	}
+
+	// The Thrift and Scribe ports' configuration still requires one.
+	if _, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}); err != nil {
+		t.Fatalf("the HTTP configuration refused a client without a certificate: %v", err)
+	}
+	addr := tlsServer(t, x.ServerConfig())
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+	if err == nil {
+		// TLS 1.3: the refusal comes with the first read.
+		_, _ = fmt.Fprintln(c, "hello")
+		_, err = bufio.NewReader(c).ReadString('\n')
+		c.Close()
+	}
+	if err == nil {
+		t.Error("ServerConfig accepted a client without a certificate")
+	}
+}
+
+// TestHTTPServerWithoutClientAuth: without client_auth the handler is
+// the one given: a client without a certificate gets every path.
+func TestHTTPServerWithoutClientAuth(t *testing.T) {
+	dir := t.TempDir()
+	ca := authtest.NewCA(t, dir, "ca")
+	node := ca.Issue(t, dir, "node")
+	x, err := NewTLS(TLSConfig{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.File}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, cfg := x.HTTPServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = cfg
+	srv.StartTLS()
+	defer srv.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/metrics without client_auth: %d", resp.StatusCode)
+	}
+	if h, cfg := (*TLS)(nil).HTTPServer(h); cfg != nil || h == nil {
+		t.Error("a nil TLS gave a TLS configuration")
 	}
 }

@@ -558,8 +558,9 @@ func (p *Process) initAdmin(mods []string) error {
 	rt.Mount(mux)
 	mux.HandleFunc("/", admin.Fallback(nil, ""))
 	// A scrape is quick: a small cap and short timeouts.
-	srv, err := httpsrv.Listen(addr, mux, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
-		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: p.shared.TLS.ServerConfig()})
+	h, tc := p.shared.TLS.HTTPServer(mux)
+	srv, err := httpsrv.Listen(addr, h, httpsrv.Options{Name: "admin", Log: p.log.With("component", "admin"), Metrics: p.reg,
+		Limits: httpsrv.Limits{MaxConnections: 64, WriteTimeout: 30 * time.Second}, TLS: tc})
 	if err != nil {
 		return fmt.Errorf("listen for metrics on %s: %w (set --admin-listen)", addr, err)
 	}

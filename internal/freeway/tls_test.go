@@ -503,3 +503,127 @@ func TestBatchIdentityNeedsVerifiedCertificate(t *testing.T) {
 		t.Errorf("unverified entries counted %v, want 400", n)
 	}
 }
+
+// TestProbesWithoutClientCertificate: with mutual TLS (client_auth) and
+// tokens, a health checker without a client certificate (a kubelet's
+// httpGet probe) gets /healthz and /readyz of the serving port and of an
+// agent's admin port, and nothing else (403: the API, the web page,
+// /metrics, /debug/pprof/, POST /admin/reload, even with a valid token);
+// with the client certificate every path answers as before; with a
+// certificate of another CA the handshake fails; the Scribe and Thrift
+// ports still refuse a client without a certificate.
+func TestProbesWithoutClientCertificate(t *testing.T) {
+	p := newPKI(t)
+	cfg := testConfig(t.TempDir())
+	p.secure(&cfg)
+	cfg.Serving.Pprof = true
+	logs := &testkit.LogBuffer{}
+	node := startSecure(t, cfg, All, logs)
+	defer node.stop(t)
+	agentCfg := cfg
+	agentCfg.DataDir = t.TempDir()
+	agentCfg.Agent.Upstream = []string{node.p.Calligraphus.Addr()}
+	agent := startSecure(t, agentCfg, Agent, &testkit.LogBuffer{})
+	defer agent.stop(t)
+
+	roots := x509.NewCertPool()
+	roots.AddCert(p.ca.Cert)
+	noCert := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	probe := &http.Client{Transport: &http.Transport{TLSClientConfig: noCert}, Timeout: 30 * time.Second}
+	defer probe.CloseIdleConnections()
+	other := authtest.NewCA(t, p.dir, "other-ca").Issue(t, p.dir, "stranger")
+	kp, err := tls.LoadX509KeyPair(other.CertFile, other.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerTLS := noCert.Clone()
+	strangerTLS.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &kp, nil }
+	stranger := &http.Client{Transport: &http.Transport{TLSClientConfig: strangerTLS}, Timeout: 30 * time.Second}
+	defer stranger.CloseIdleConnections()
+	do := func(c *http.Client, method, u, token string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, u, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, u, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+
+	for _, port := range []struct{ name, base, addr string }{
+		{"serving", node.p.Serving.URL(), node.p.Serving.Addr()},
+		{"agent admin", agent.p.AdminURL(), agent.p.AdminAddr()},
+	} {
+		testkit.Eventually(t, port.name+" /readyz without a client certificate", func() error {
+			if code, body := do(probe, "GET", port.base+"/readyz", ""); code != http.StatusOK {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
+		})
+		if code, body := do(probe, "GET", port.base+"/healthz", ""); code != http.StatusOK || body != "ok\n" {
+			t.Errorf("%s /healthz without a client certificate: %d %q", port.name, code, body)
+		}
+		refused := []struct{ method, path, token string }{
+			{"GET", "/metrics", ""}, {"GET", "/metrics", adminToken}, {"POST", "/admin/reload", adminToken},
+		}
+		if port.name == "serving" {
+			refused = append(refused, []struct{ method, path, token string }{
+				{"GET", "/api/v1/query?app=orders&from=0&to=60", queryToken}, {"GET", "/api/v1/apps", queryToken},
+				{"GET", "/", queryToken}, {"GET", "/debug/pprof/", adminToken}, {"GET", "/debug/pprof/cmdline", adminToken},
+			}...)
+		}
+		for _, r := range refused {
+			code, body := do(probe, r.method, port.base+r.path, r.token)
+			var e map[string]string
+			if code != http.StatusForbidden || json.Unmarshal([]byte(body), &e) != nil || !strings.Contains(e["error"], "client certificate") {
+				t.Errorf("%s %s %s without a client certificate: %d %s, want 403 naming the certificate", port.name, r.method, r.path, code, body)
+			}
+		}
+		// With the client certificate (and the tokens), as before.
+		hc := p.httpsClient(port.addr)
+		allowed := []struct{ path, token string }{{"/healthz", ""}, {"/readyz", ""}, {"/metrics", adminToken}}
+		if port.name == "serving" {
+			allowed = append(allowed, []struct{ path, token string }{
+				{"/api/v1/apps", queryToken}, {"/debug/pprof/cmdline", adminToken},
+			}...)
+		}
+		for _, a := range allowed {
+			if code, body := do(hc, "GET", port.base+a.path, a.token); code != http.StatusOK {
+				t.Errorf("%s %s with the client certificate: %d %s", port.name, a.path, code, body)
+			}
+		}
+		hc.CloseIdleConnections()
+		for _, path := range []string{"/healthz", "/metrics"} {
+			if resp, err := stranger.Get(port.base + path); err == nil {
+				resp.Body.Close()
+				t.Errorf("%s %s with a certificate of another CA: %d, want a refused handshake", port.name, path, resp.StatusCode)
+			}
+		}
+	}
+
+	// The Scribe and Thrift ports still require a certificate: the
+	// handshake (or, with TLS 1.3, the first call) fails.
+	for name, addr := range map[string]string{"agent": agent.p.Agent.Addr(), "writer": node.p.Calligraphus.Addr()} {
+		c, err := scribeapi.DialTLS(addr, noCert, thriftsrv.Limits{}, 10*time.Second)
+		if err == nil {
+			_, err = c.Log(context.Background(), []*scribethrift.LogEntry{{Category: "orders", Message: orders(1, 0, base)[0].json()}})
+			c.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("%s port, a client without a certificate: %v, want a refused handshake", name, err)
+		}
+	}
+	c, err := thriftsrv.DialTLS(node.p.Serving.ThriftAddr(), noCert, thriftsrv.Limits{}, 10*time.Second)
+	if err == nil {
+		err = freeway.NewQueryClient(c.TClient()).Authenticate(context.Background(), queryToken)
+		c.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("thrift query port, a client without a certificate: %v, want a refused handshake", err)
+	}
+}
