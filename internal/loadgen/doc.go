@@ -14,7 +14,11 @@
 // duration. It counts what was acknowledged (OK), retries a batch
 // answered TRY_LATER, and counts the entries of a call that failed
 // without an answer as of unknown fate (the agent may or may not have
-// them); it keeps a histogram of Log call latencies.
+// them); it keeps a histogram of Log call latencies. Each connection
+// makes its batch's lines straight into one reused frame of the Log
+// call's arguments (scribewire.AppendEntryStart, EndEntry) and sends it
+// as it is (scribeapi.Client.LogFrame): no allocation and no copy per
+// line, so that the generator costs far less CPU than what it measures.
 //
 // Nothing here survives a crash: it is a client, and what it sent is
 // wherever the agent put it.

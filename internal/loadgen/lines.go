@@ -95,7 +95,11 @@ func MinSize(format string, keys int) int {
 // keyWidth is the digits of key names: at least 7, so that key names
 // have one length up to 10 M keys.
 func keyWidth(keys int) int {
-	return max(7, len(strconv.Itoa(keys-1)))
+	n := 1
+	for v := keys - 1; v >= 10; v /= 10 {
+		n++
+	}
+	return max(7, n)
 }
 
 // KeyName is the name of key k in lines over keys keys.
@@ -104,12 +108,7 @@ func KeyName(k, keys int) string {
 }
 
 func appendKey(dst []byte, k, keys int) []byte {
-	dst = append(dst, 'k')
-	s := strconv.Itoa(k)
-	for i := len(s); i < keyWidth(keys); i++ {
-		dst = append(dst, '0')
-	}
-	return append(dst, s...)
+	return appendPadded(append(dst, 'k'), k, keyWidth(keys))
 }
 
 // mix is splitmix64's finaliser: a good hash of one word.
@@ -215,12 +214,22 @@ func (l *Lines) appendLine(dst []byte, r Record, h uint64, pad, widest bool) []b
 	return dst
 }
 
+// appendPadded appends v (not negative) in decimal, zero-padded to
+// width, without the string strconv.Itoa would allocate per line.
 func appendPadded(dst []byte, v, width int) []byte {
-	s := strconv.Itoa(v)
-	for i := len(s); i < width; i++ {
+	var digits [20]byte
+	i := len(digits)
+	for u := uint64(v); ; u /= 10 {
+		i--
+		digits[i] = byte('0' + u%10)
+		if u < 10 {
+			break
+		}
+	}
+	for n := len(digits) - i; n < width; n++ {
 		dst = append(dst, '0')
 	}
-	return append(dst, s...)
+	return append(dst, digits[i:]...)
 }
 
 func appendFiller(dst []byte, n int, h uint64) []byte {

@@ -239,10 +239,13 @@ func (l *Loader) conn(ctx context.Context) {
 		interval = time.Duration(float64(time.Second) * float64(l.o.Batch) * float64(l.o.Conns) / l.o.Rate)
 	}
 	next := time.Now()
-	var args []byte
+	// The connection's one frame buffer, reused call after call: the
+	// lines are made straight into the Log call's arguments, after the
+	// room LogFrame writes the frame's head into; spans are where each
+	// message lies in it (for Out).
+	var frame []byte
 	recs := make([]Record, 0, l.o.Batch)
-	var buf []byte
-	ends := make([]int, 0, l.o.Batch)
+	spans := make([][2]int, 0, l.o.Batch)
 	for ctx.Err() == nil && !l.outFailed() {
 		if interval > 0 {
 			now := time.Now()
@@ -264,28 +267,21 @@ func (l *Loader) conn(ctx context.Context) {
 		if n == 0 {
 			return
 		}
-		// One buffer for the batch's lines, newline-terminated so that
-		// Out gets them as they are; messages leave the newline out.
-		buf, recs, ends = buf[:0], recs[:0], ends[:0]
-		nowMs := l.o.Now().UnixMilli()
-		for i := range n {
-			var r Record
-			buf, r = l.o.Lines.Append(buf, first+int64(i), nowMs)
-			buf = append(buf, '\n')
-			recs = append(recs, r)
-			ends = append(ends, len(buf))
-		}
-		// The call's arguments, encoded once (scribewire: the generated
-		// code's bytes without a LogEntry and a protocol call per line).
-		start := 0
+		recs, spans = recs[:0], spans[:0]
 		var size int64
-		args = scribewire.AppendLogHead(args[:0], len(ends))
-		for _, end := range ends {
-			args = scribewire.AppendEntry(args, l.o.Category, buf[start:end-1])
-			size += int64(end - 1 - start)
-			start = end
+		nowMs := l.o.Now().UnixMilli()
+		frame = scribewire.AppendLogHead(append(frame[:0], make([]byte, scribeapi.LogFrameHead)...), n)
+		for i := range n {
+			frame = scribewire.AppendEntryStart(frame, l.o.Category)
+			start := len(frame)
+			var r Record
+			frame, r = l.o.Lines.Append(frame, first+int64(i), nowMs)
+			spans = append(spans, [2]int{start, len(frame)})
+			size += int64(len(frame) - start)
+			frame = scribewire.EndEntry(frame, start)
+			recs = append(recs, r)
 		}
-		args = scribewire.AppendLogTail(args)
+		frame = scribewire.AppendLogTail(frame)
 		for {
 			if client == nil {
 				c, err := scribeapi.DialTLS(l.o.Addr, l.o.TLS, thriftsrv.Limits{}, l.o.Timeout)
@@ -300,7 +296,7 @@ func (l *Loader) conn(ctx context.Context) {
 			}
 			l.calls.Add(1)
 			t0 := time.Now()
-			rc, err := client.LogEncoded(context.Background(), args)
+			rc, err := client.LogFrame(context.Background(), frame)
 			h.add(time.Since(t0))
 			if err != nil {
 				l.fail(fmt.Errorf("log to %s: %w", l.o.Addr, err))
@@ -321,8 +317,15 @@ func (l *Loader) conn(ctx context.Context) {
 				}
 				if l.out != nil {
 					l.outMu.Lock()
-					if l.outErr == nil {
-						if _, err := l.out.Write(buf); err != nil {
+					for _, sp := range spans {
+						if l.outErr != nil {
+							break
+						}
+						_, err := l.out.Write(frame[sp[0]:sp[1]])
+						if err == nil {
+							err = l.out.WriteByte('\n')
+						}
+						if err != nil {
 							l.outErr = fmt.Errorf("write acknowledged lines: %w", err)
 						}
 					}

@@ -104,6 +104,31 @@ func TestSequentialKeysAndLiveTimes(t *testing.T) {
 	}
 }
 
+// TestKeyNamesAndPaddedNumbers: key names and the lines' zero-padded
+// fields are the decimal digits, padded to the width (key names to 7
+// digits, more from 10 M keys), without an allocation per line.
+func TestKeyNamesAndPaddedNumbers(t *testing.T) {
+	for _, c := range []struct{ k, keys int }{{0, 1}, {9, 10}, {1234, 10000}, {9999999, 10000000}, {10000000, 10000001}, {123, 123456789}} {
+		want := "k" + strings.Repeat("0", max(0, max(7, len(strconv.Itoa(c.keys-1)))-len(strconv.Itoa(c.k)))) + strconv.Itoa(c.k)
+		if got := KeyName(c.k, c.keys); got != want {
+			t.Errorf("key %d of %d: %q, want %q", c.k, c.keys, got, want)
+		}
+	}
+	for _, c := range []struct {
+		v, width int
+		want     string
+	}{{0, 2, "00"}, {7, 2, "07"}, {99, 2, "99"}, {42, 5, "00042"}, {123456, 5, "123456"}, {0, 0, "0"}, {1 << 62, 1, strconv.Itoa(1 << 62)}} {
+		if got := string(appendPadded([]byte("x"), c.v, c.width)); got != "x"+c.want {
+			t.Errorf("appendPadded(%d, %d) = %q, want %q", c.v, c.width, got, "x"+c.want)
+		}
+	}
+	l := Lines{Format: JSON, Size: 176, Keys: 10000, Seed: 1, Start: start, Step: time.Millisecond}
+	buf := make([]byte, 0, 1024)
+	if a := testing.AllocsPerRun(100, func() { buf, _ = l.Append(buf[:0], 12345, 0) }); a != 0 {
+		t.Errorf("%v allocations per line, want none", a)
+	}
+}
+
 func TestValidateRefuses(t *testing.T) {
 	for _, l := range []Lines{
 		{Format: "xml", Keys: 1},

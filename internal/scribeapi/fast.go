@@ -167,6 +167,9 @@ func (c *Client) LogBatchEncoded(ctx context.Context, args []byte) (scribethrift
 // the frame's size and LogBatch's message header (strict binary).
 const BatchFrameHead = 4 + 4 + 4 + len("LogBatch") + 4
 
+// LogFrameHead is the room LogFrame needs before the arguments.
+const LogFrameHead = 4 + 4 + 4 + len("Log") + 4
+
 // LogBatchFrame is LogBatchEncoded with the arguments encoded after
 // BatchFrameHead bytes of room at the start of frame (the caller's
 // buffer): the frame's size and the message header are written into
@@ -174,21 +177,39 @@ const BatchFrameHead = 4 + 4 + 4 + len("LogBatch") + 4
 // being copied into the framed transport's buffer and written in two.
 // The bytes on the wire are LogBatchEncoded's.
 func (c *Client) LogBatchFrame(ctx context.Context, frame []byte) (scribethrift.ResultCode, error) {
-	if len(frame) < BatchFrameHead {
-		return 0, fmt.Errorf("log batch: a frame of %d bytes has no room for its head", len(frame))
-	}
-	c.seq++
-	h := frame[4:BatchFrameHead]
-	binary.BigEndian.PutUint32(h, uint32(thrift.VERSION_1)|uint32(thrift.CALL))
-	binary.BigEndian.PutUint32(h[4:], uint32(len("LogBatch")))
-	copy(h[8:], "LogBatch")
-	binary.BigEndian.PutUint32(h[8+len("LogBatch"):], uint32(c.seq))
-	if err := c.conn.WriteFrame(ctx, frame); err != nil {
-		return 0, err
-	}
 	var res scribethrift.ScribeLogBatchResult
-	if err := c.std.Recv(ctx, c.iprot, c.seq, "LogBatch", &res); err != nil {
+	if err := c.callFrame(ctx, "LogBatch", frame, &res); err != nil {
 		return 0, err
 	}
 	return res.GetSuccess(), nil
+}
+
+// LogFrame is LogBatchFrame for Log: LogEncoded with the arguments
+// encoded after LogFrameHead bytes of room at the start of frame, sent
+// in one write without a copy. The bytes on the wire are LogEncoded's.
+func (c *Client) LogFrame(ctx context.Context, frame []byte) (scribethrift.ResultCode, error) {
+	var res scribethrift.ScribeLogResult
+	if err := c.callFrame(ctx, "Log", frame, &res); err != nil {
+		return 0, err
+	}
+	return res.GetSuccess(), nil
+}
+
+// callFrame writes the size and the call's message header into the room
+// at the start of frame, sends it and reads the answer into res.
+func (c *Client) callFrame(ctx context.Context, name string, frame []byte, res thrift.TStruct) error {
+	head := 4 + 4 + 4 + len(name) + 4
+	if len(frame) < head {
+		return fmt.Errorf("%s: a frame of %d bytes has no room for its head", name, len(frame))
+	}
+	c.seq++
+	h := frame[4:head]
+	binary.BigEndian.PutUint32(h, uint32(thrift.VERSION_1)|uint32(thrift.CALL))
+	binary.BigEndian.PutUint32(h[4:], uint32(len(name)))
+	copy(h[8:], name)
+	binary.BigEndian.PutUint32(h[8+len(name):], uint32(c.seq))
+	if err := c.conn.WriteFrame(ctx, frame); err != nil {
+		return err
+	}
+	return c.std.Recv(ctx, c.iprot, c.seq, name, res)
 }

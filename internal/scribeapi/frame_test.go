@@ -58,14 +58,21 @@ func rawPeer(t *testing.T, reply func(seqID int32) []byte) (string, <-chan []byt
 // replyFrame is a framed LogBatch reply: rc, or an exception.
 func replyFrame(t *testing.T, seq int32, rc scribethrift.ResultCode, exc thrift.TApplicationException) []byte {
 	t.Helper()
+	return replyFrameOf(t, "LogBatch", seq, rc, exc)
+}
+
+// replyFrameOf is a framed reply to the call name (Log or LogBatch:
+// their results are the same struct on the wire).
+func replyFrameOf(t *testing.T, name string, seq int32, rc scribethrift.ResultCode, exc thrift.TApplicationException) []byte {
+	t.Helper()
 	ctx := context.Background()
 	buf := thrift.NewTMemoryBuffer()
 	p := thrift.NewTBinaryProtocolConf(buf, nil)
 	var err error
 	if exc != nil {
-		err = errors.Join(p.WriteMessageBegin(ctx, "LogBatch", thrift.EXCEPTION, seq), exc.Write(ctx, p))
+		err = errors.Join(p.WriteMessageBegin(ctx, name, thrift.EXCEPTION, seq), exc.Write(ctx, p))
 	} else {
-		err = errors.Join(p.WriteMessageBegin(ctx, "LogBatch", thrift.REPLY, seq),
+		err = errors.Join(p.WriteMessageBegin(ctx, name, thrift.REPLY, seq),
 			(&scribethrift.ScribeLogBatchResult{Success: &rc}).Write(ctx, p))
 	}
 	if err = errors.Join(err, p.WriteMessageEnd(ctx)); err != nil {
@@ -124,6 +131,59 @@ func TestLogBatchFrameIsLogBatchEncoded(t *testing.T) {
 		}
 	}
 	if _, err := b.LogBatchFrame(ctx, make([]byte, BatchFrameHead-1)); err == nil {
+		t.Fatal("a frame without room for its head was sent")
+	}
+}
+
+// TestLogFrameIsLogEncoded: the same for Log: LogFrame's frames are
+// LogEncoded's byte for byte, and so are the answers.
+func TestLogFrameIsLogEncoded(t *testing.T) {
+	answers := []func(seq int32) []byte{
+		func(seq int32) []byte { return replyFrameOf(t, "Log", seq, scribethrift.ResultCode_OK, nil) },
+		func(seq int32) []byte { return replyFrameOf(t, "Log", seq, scribethrift.ResultCode_TRY_LATER, nil) },
+		func(seq int32) []byte {
+			return replyFrameOf(t, "Log", seq, 0, thrift.NewTApplicationException(thrift.INTERNAL_ERROR, "Internal error processing Log"))
+		},
+	}
+	answer := func(seq int32) []byte { return answers[(seq-1)%int32(len(answers))](seq) }
+	addrA, framesA := rawPeer(t, answer)
+	addrB, framesB := rawPeer(t, answer)
+	a, err := Dial(addrA, thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Dial(addrB, thriftsrv.Limits{}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	for round := range 2 * len(answers) {
+		args := scribewire.AppendLogHead(nil, 3)
+		for i := range 3 {
+			args = scribewire.AppendEntry(args, "cat", bytes.Repeat([]byte{byte('a' + i)}, 10+round*1000*i))
+		}
+		args = scribewire.AppendLogTail(args)
+		rcA, errA := a.LogEncoded(ctx, args)
+		rcB, errB := b.LogFrame(ctx, append(make([]byte, LogFrameHead), args...))
+		fa, fb := <-framesA, <-framesB
+		if !bytes.Equal(fa, fb) {
+			t.Fatalf("round %d: frames differ:\n%x\n%x", round, fa, fb)
+		}
+		var aeA, aeB thrift.TApplicationException
+		if rcA != rcB || (errA == nil) != (errB == nil) || errors.As(errA, &aeA) != errors.As(errB, &aeB) ||
+			aeA != nil && aeA.TypeId() != aeB.TypeId() {
+			t.Fatalf("round %d: answers differ: %v %v, %v %v", round, rcA, errA, rcB, errB)
+		}
+		if round%len(answers) == 1 && rcB != scribethrift.ResultCode_TRY_LATER {
+			t.Fatalf("round %d: TRY_LATER answered %v", round, rcB)
+		}
+		if round%len(answers) == 2 && aeB == nil {
+			t.Fatalf("round %d: the exception was not passed on: %v", round, errB)
+		}
+	}
+	if _, err := b.LogFrame(ctx, make([]byte, LogFrameHead-1)); err == nil {
 		t.Fatal("a frame without room for its head was sent")
 	}
 }

@@ -9,8 +9,8 @@
 // unknown fields, malformed input) goes to the generated code and the
 // Handler's methods, with the generated code's errors. Client's
 // LogEncoded and LogBatchEncoded send arguments scribewire encoded;
-// LogBatchFrame sends them from a frame the caller built around them, in
-// one write (the agent's shipper).
+// LogBatchFrame and LogFrame send them from a frame the caller built
+// around them, in one write (the agent's shipper, the load generator).
 //
 // The port itself (framing, limits, the in-flight byte budget, idle and
 // slow clients) is internal/thriftsrv; a call it refuses unprocessed (too
@@ -261,7 +261,7 @@ type Client struct {
 	*scribethrift.ScribeClient
 	std   *thrift.TStandardClient // under ScribeClient
 	iprot thrift.TProtocol        // std's
-	seq   int32                   // LogBatchFrame's last sequence id
+	seq   int32                   // LogBatchFrame and LogFrame's last sequence id
 }
 
 // Dial connects to a Scribe server.

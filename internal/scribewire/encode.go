@@ -46,6 +46,26 @@ func AppendEntry(b []byte, category string, message []byte) []byte {
 	return append(b, tStop)
 }
 
+// AppendEntryStart appends a LogEntry up to its message, for the caller
+// to append the message itself right after (no copy of it from
+// elsewhere) and then call EndEntry with the message's start, len(b)
+// as AppendEntryStart returned it. The bytes are AppendEntry's.
+func AppendEntryStart(b []byte, category string) []byte {
+	b = append(b, tString, 0, 1)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(category)))
+	b = append(b, category...)
+	b = append(b, tString, 0, 2)
+	return append(b, 0, 0, 0, 0) // the message's size, set by EndEntry
+}
+
+// EndEntry ends the entry whose message, appended after
+// AppendEntryStart, starts at msgStart and runs to the end of b: it sets
+// the message's size and appends the entry's end.
+func EndEntry(b []byte, msgStart int) []byte {
+	binary.BigEndian.PutUint32(b[msgStart-4:], uint32(len(b)-msgStart))
+	return append(b, tStop)
+}
+
 // EntrySize is the bytes AppendEntry appends.
 func EntrySize(category string, message []byte) int {
 	return 3 + 4 + len(category) + 3 + 4 + len(message) + 1

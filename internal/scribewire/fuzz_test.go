@@ -233,3 +233,23 @@ func TestEncodeLogMatchesGenerated(t *testing.T) {
 		}
 	}
 }
+
+// TestEntryStartEndMatchesAppendEntry: a message appended in place
+// between AppendEntryStart and EndEntry makes the generated code's Log
+// arguments, as AppendEntry does (empty and large messages too).
+func TestEntryStartEndMatchesAppendEntry(t *testing.T) {
+	es := append(seedLog(), &scribethrift.LogEntry{Category: "web", Message: []byte{}},
+		&scribethrift.LogEntry{Category: "web", Message: bytes.Repeat([]byte("m"), 70000)})
+	want := encode(t, &scribethrift.ScribeLogArgs{Messages: es})
+	got := scribewire.AppendLogHead(nil, len(es))
+	for _, e := range es {
+		got = scribewire.AppendEntryStart(got, e.Category)
+		start := len(got)
+		got = append(got, e.Message...)
+		got = scribewire.EndEntry(got, start)
+	}
+	got = scribewire.AppendLogTail(got)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("encoded\n% x\nthe generated code\n% x", got, want)
+	}
+}
