@@ -607,14 +607,21 @@ func TestProbesWithoutClientCertificate(t *testing.T) {
 	}
 
 	// The Scribe and Thrift ports still require a certificate: the
-	// handshake (or, with TLS 1.3, the first call) fails.
+	// handshake (or, with TLS 1.3, the first call) fails. With TLS 1.3 the
+	// server's "certificate required" alert may be lost to a write that
+	// finds the connection closed (broken pipe, reset): any error counts
+	// but one from past the TLS layer (the call answered or refused on
+	// its token), which only a connection let in could give.
+	refused := func(err error) bool {
+		return err != nil && !strings.Contains(err.Error(), "token") && !strings.Contains(err.Error(), "unauthori")
+	}
 	for name, addr := range map[string]string{"agent": agent.p.Agent.Addr(), "writer": node.p.Calligraphus.Addr()} {
 		c, err := scribeapi.DialTLS(addr, noCert, thriftsrv.Limits{}, 10*time.Second)
 		if err == nil {
 			_, err = c.Log(context.Background(), []*scribethrift.LogEntry{{Category: "orders", Message: orders(1, 0, base)[0].json()}})
 			c.Close()
 		}
-		if err == nil || !strings.Contains(err.Error(), "certificate") {
+		if !refused(err) {
 			t.Errorf("%s port, a client without a certificate: %v, want a refused handshake", name, err)
 		}
 	}
@@ -623,7 +630,7 @@ func TestProbesWithoutClientCertificate(t *testing.T) {
 		err = freeway.NewQueryClient(c.TClient()).Authenticate(context.Background(), queryToken)
 		c.Close()
 	}
-	if err == nil || !strings.Contains(err.Error(), "certificate") {
+	if !refused(err) {
 		t.Errorf("thrift query port, a client without a certificate: %v, want a refused handshake", err)
 	}
 }
