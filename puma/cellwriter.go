@@ -148,6 +148,7 @@ func (w *cellWriter) run() {
 			}
 			if err := st.Put(w.ctx, tbl, cells); err != nil {
 				w.err = fmt.Errorf("write cells: %w", err)
+				break
 			}
 			w.puts++
 		}
