@@ -134,13 +134,10 @@ func (q *Queue) commitLocked() {
 	}
 	q.mu.Lock()
 	q.syncing = false
-	for _, ch := range pending {
-		if cap(ch.data) <= 4<<20 && len(q.free) < 4 {
-			q.free = append(q.free, ch.data)
-		}
-	}
 	defer q.cond.Broadcast()
 	if err == nil {
+		// The chunks are durable: kept for the reader (mem.go).
+		q.keepCommittedLocked(pending, c.created, baseSize)
 		q.segs = append(q.segs, c.created...)
 		if len(c.created) > 0 {
 			for _, f := range c.files[:len(c.files)-1] {
@@ -170,6 +167,9 @@ func (q *Queue) commitLocked() {
 		return
 	}
 	q.writeErrs++
+	for _, ch := range pending {
+		q.recycleLocked(ch.data)
+	}
 	for _, w := range q.waiters {
 		if w.end <= end {
 			w.state, w.err = failed, fmt.Errorf("append to queue: %w", err)
@@ -180,9 +180,7 @@ func (q *Queue) commitLocked() {
 	}
 	q.waiters = nil
 	for _, ch := range q.pending {
-		if cap(ch.data) <= 4<<20 && len(q.free) < 4 {
-			q.free = append(q.free, ch.data)
-		}
+		q.recycleLocked(ch.data)
 	}
 	q.pending = nil
 	q.nextSeq = q.durable

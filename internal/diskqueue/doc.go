@@ -109,6 +109,19 @@
 // segment whose two header copies are both damaged loses its entries if
 // sealed; if it is the last one, Open refuses it (move it away to start).
 //
+// # Reading back what was just written
+//
+// The reader usually reads records a few milliseconds after their group
+// commit wrote them. A commit therefore keeps its buffers, once their
+// fsync has succeeded, with the segment and offset they were written at
+// (up to 8 MiB; mem.go), and the reader takes such a buffer instead of
+// reading the file when its next read starts exactly there. They are the
+// file's bytes, and the reader checks them as it checks bytes read from
+// the file (lengths, both CRCs, sequence numbers). A failed commit's
+// buffers are never kept; a reader further behind, and every read after
+// a restart, reads the files. A buffer goes back to the appenders once
+// every entry it holds is acknowledged.
+//
 // # Write errors and a full disk
 //
 // A write or fsync error in a group commit rolls the files back to their

@@ -147,6 +147,9 @@ type Queue struct {
 	pending   []chunk
 	waiters   []*waiter
 	free      [][]byte
+	mem       []memChunk // committed chunks kept for the reader (mem.go)
+	memBytes  int64
+	memTaken  int64 // bytes the reader took from mem instead of the files
 	nextSeq   uint64
 	durable   uint64 // every sequence number below is fsynced
 	syncing   bool   // a leader is committing or repairing, unlocked

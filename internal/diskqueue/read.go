@@ -67,6 +67,10 @@ type scanner struct {
 	// gives back those whose payloads are all acknowledged (nil: none
 	// given back, each buffer a new one).
 	bufs *readBufs
+	// committed, with keep, gives the reader a committed chunk still in
+	// memory that holds the file's bytes from an offset on (mem.go).
+	committed func(seg uint64, off, limit int64) []byte
+	chunk     bool // buf is such a chunk
 	// handed: a payload of buf has been handed out, the last one that of
 	// record handedSeq.
 	handed    bool
@@ -106,9 +110,9 @@ func (sc *scanner) close() {
 // bufs.
 func (sc *scanner) retire() {
 	if sc.buf != nil {
-		sc.bufs.retire(sc.buf, sc.handed, sc.handedSeq)
+		sc.bufs.retire(sc.buf, sc.chunk, sc.handed, sc.handedSeq)
 	}
-	sc.buf, sc.r, sc.w, sc.handed = nil, 0, 0, false
+	sc.buf, sc.r, sc.w, sc.handed, sc.chunk = nil, 0, 0, false, false
 }
 
 // readBufs recycles the reader's buffers. The payloads a reader hands out
@@ -121,10 +125,14 @@ func (sc *scanner) retire() {
 type readBufs struct {
 	retired []retiredBuf // oldest first
 	free    [][]byte
+	// giveBack takes the committed chunks (mem.go) the reader is done
+	// with: they go back to the appenders, not to free.
+	giveBack func([]byte)
 }
 
 type retiredBuf struct {
 	buf    []byte
+	chunk  bool   // a committed chunk, for giveBack
 	handed bool   // a payload of buf was handed out
 	last   uint64 // the sequence number of the last one
 }
@@ -151,21 +159,22 @@ func (rb *readBufs) take(n int) []byte {
 	return make([]byte, n)
 }
 
-// retire takes a buffer the scanner is done with; handed says whether a
-// payload of it was handed out, the last one that of record last.
-func (rb *readBufs) retire(buf []byte, handed bool, last uint64) {
+// retire takes a buffer the scanner is done with (chunk: a committed
+// chunk); handed says whether a payload of it was handed out, the last
+// one that of record last.
+func (rb *readBufs) retire(buf []byte, chunk, handed bool, last uint64) {
 	if rb == nil {
 		return
 	}
 	if !handed {
-		rb.release(buf)
+		rb.release(buf, chunk)
 		return
 	}
 	if len(rb.retired) == maxRetired {
 		clear(rb.retired[:1])
 		rb.retired = rb.retired[1:]
 	}
-	rb.retired = append(rb.retired, retiredBuf{buf: buf, handed: true, last: last})
+	rb.retired = append(rb.retired, retiredBuf{buf: buf, chunk: chunk, handed: true, last: last})
 }
 
 // acked makes free the retired buffers whose payloads are all below end:
@@ -173,14 +182,20 @@ func (rb *readBufs) retire(buf []byte, handed bool, last uint64) {
 func (rb *readBufs) acked(end uint64) {
 	n := 0
 	for n < len(rb.retired) && rb.retired[n].last < end {
-		rb.release(rb.retired[n].buf)
+		rb.release(rb.retired[n].buf, rb.retired[n].chunk)
 		n++
 	}
 	clear(rb.retired[:n])
 	rb.retired = rb.retired[n:]
 }
 
-func (rb *readBufs) release(buf []byte) {
+func (rb *readBufs) release(buf []byte, chunk bool) {
+	if chunk {
+		if rb.giveBack != nil {
+			rb.giveBack(buf)
+		}
+		return
+	}
 	if len(rb.free) < maxFree {
 		rb.free = append(rb.free, buf[:0])
 	}
@@ -203,6 +218,18 @@ func (sc *scanner) seek(off int64) {
 // io.ErrUnexpectedEOF where the readable end comes first.
 func (sc *scanner) fill(n int) error {
 	for sc.w-sc.r < n {
+		if sc.r == sc.w && sc.committed != nil {
+			// Nothing unread is buffered: the next bytes may be a
+			// committed chunk still in memory, the file's very bytes.
+			if c := sc.committed(sc.seg.id, sc.src.off, sc.src.limit); c != nil {
+				if sc.keep {
+					sc.retire()
+				}
+				sc.buf, sc.r, sc.w, sc.chunk = c, 0, len(c), true
+				sc.src.off += int64(len(c))
+				continue
+			}
+		}
 		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead {
 			nb := sc.buf
 			if sc.keep || cap(sc.buf) < n {
@@ -427,6 +454,7 @@ func (q *Queue) openScanner(s segment, v view) error {
 	}
 	sc := newScanner(s, f, 0, true)
 	sc.bufs = &q.bufs
+	sc.committed = q.takeCommitted
 	q.r.sc = sc
 	return sc.update(v)
 }

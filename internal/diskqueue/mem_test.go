@@ -1,0 +1,191 @@
+package diskqueue
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"testing"
+)
+
+// checkKeptChunks checks that every committed chunk kept for the reader
+// is, byte for byte, what the file holds where the chunk says it was
+// written, and returns the bytes kept.
+func checkKeptChunks(t *testing.T, q *Queue) int64 {
+	t.Helper()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	paths := map[uint64]string{}
+	for _, s := range q.segs {
+		paths[s.id] = s.path
+	}
+	var n int64
+	for i, m := range q.mem {
+		p, ok := paths[m.seg]
+		if !ok {
+			t.Fatalf("kept chunk %d: segment %d is not the queue's", i, m.seg)
+		}
+		f, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		end := m.off + int64(len(m.data))
+		if end > int64(len(f)) {
+			t.Fatalf("kept chunk %d: [%d, %d) of %s, which has %d bytes", i, m.off, end, p, len(f))
+		}
+		if !bytes.Equal(f[m.off:end], m.data) {
+			t.Fatalf("kept chunk %d: [%d, %d) of %s differs from the file", i, m.off, end, p)
+		}
+		n += int64(len(m.data))
+	}
+	if n != q.memBytes {
+		t.Fatalf("kept %d bytes, counted %d", n, q.memBytes)
+	}
+	return n
+}
+
+func randomEntries(rng *rand.Rand, tag string, n int) []Entry {
+	es := make([]Entry, n)
+	for i := range es {
+		m := bytes.Repeat([]byte(tag), 1+rng.IntN(400))
+		es[i] = Entry{Category: fmt.Sprintf("c%d", rng.IntN(3)), Message: fmt.Appendf(m, "#%d", i), Time: int64(i)}
+	}
+	return es
+}
+
+// TestKeptChunksAreTheFileBytes: what the commits keep for the reader is
+// exactly what they wrote, at the segment and offset recorded, through
+// segment rolls within one commit, concurrent appends sharing commits,
+// and failed commits (whose chunks must not be kept).
+func TestKeptChunksAreTheFileBytes(t *testing.T) {
+	f := &faults{}
+	dir := t.TempDir()
+	q, _ := openFaulty(t, dir, f, func(o *Options) { o.SegmentBytes = 40 << 10 })
+	defer q.Close()
+	rng := rand.New(rand.NewPCG(5, 6))
+	var mu sync.Mutex
+	var want []string
+	for round := range 12 {
+		if round%4 == 3 {
+			f.set(OpWrite, 1) // this round's first commit fails and is rolled back
+		}
+		var wg sync.WaitGroup
+		for g := range 3 {
+			mu.Lock()
+			es := randomEntries(rng, fmt.Sprintf("r%dg%d.", round, g), 20+rng.IntN(200))
+			mu.Unlock()
+			wg.Go(func() {
+				if _, err := q.Append(es); err != nil {
+					return // a failed commit: nothing of it is kept
+				}
+				mu.Lock()
+				want = append(want, messages(es)...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		f.clear()
+		if n := checkKeptChunks(t, q); n == 0 {
+			t.Fatalf("round %d: nothing kept for the reader", round)
+		}
+	}
+	if st := q.Stats(); st.WriteErrors == 0 || st.Segments < 3 {
+		t.Fatalf("the test did not exercise failed commits and rolls: %+v", st)
+	}
+	// The reader then reads everything, from memory where it can.
+	got := readAll(t, q, len(want), true)
+	if len(got) != len(want) {
+		t.Fatalf("read %d entries, want %d", len(got), len(want))
+	}
+	counts := func(s []string) map[string]int {
+		m := map[string]int{}
+		for _, x := range s {
+			m[x]++
+		}
+		return m
+	}
+	gm, wm := counts(got), counts(want)
+	for k, v := range wm {
+		if gm[k] != v {
+			t.Fatalf("entry %q read %d times, appended %d", k, gm[k], v)
+		}
+	}
+}
+
+// TestReadBackFromMemory: a reader at the durable end takes what each
+// commit wrote from memory, not from the file, and delivers exactly what
+// was appended.
+func TestReadBackFromMemory(t *testing.T) {
+	q, _ := open(t, t.TempDir(), func(o *Options) { o.SegmentBytes = 1 << 20 })
+	defer q.Close()
+	rng := rand.New(rand.NewPCG(7, 8))
+	var total int64
+	for round := range 40 {
+		es := randomEntries(rng, fmt.Sprintf("r%d.", round), 1+rng.IntN(500))
+		for i := range es {
+			total += int64(RecordSize(&es[i]))
+		}
+		mustAppend(t, q, es)
+		got := readAll(t, q, len(es), true)
+		if fmt.Sprint(got) != fmt.Sprint(messages(es)) {
+			t.Fatalf("round %d: read %d entries that differ from those appended", round, len(got))
+		}
+	}
+	q.mu.Lock()
+	taken := q.memTaken
+	q.mu.Unlock()
+	if taken != total {
+		t.Fatalf("took %d record bytes from memory, want all %d appended", taken, total)
+	}
+}
+
+// TestReadBackFallsBackToDisk: a reader more than memBytesMax behind
+// reads what was not kept from the files; at a restart nothing is in
+// memory and everything unacknowledged comes from the files.
+func TestReadBackFallsBackToDisk(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes = 4 << 20 })
+	rng := rand.New(rand.NewPCG(9, 10))
+	var want []string
+	var total int64
+	for round := 0; total < 3*memBytesMax/2; round++ {
+		es := randomEntries(rng, fmt.Sprintf("r%d.", round), 1000)
+		for i := range es {
+			total += int64(RecordSize(&es[i]))
+		}
+		mustAppend(t, q, es)
+		want = append(want, messages(es)...)
+	}
+	if kept := checkKeptChunks(t, q); kept > memBytesMax || kept < memBytesMax/2 {
+		t.Fatalf("kept %d bytes for the reader, want at most %d and most of them", kept, memBytesMax)
+	}
+	half := len(want) / 2
+	got := readAll(t, q, half, true) // acknowledges the first half
+	got = append(got, readAll(t, q, len(want)-half, false)...)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatal("read entries that differ from those appended")
+	}
+	q.mu.Lock()
+	taken, mem := q.memTaken, len(q.mem)
+	q.mu.Unlock()
+	if taken == 0 || taken >= total || mem != 0 {
+		t.Fatalf("took %d of %d bytes from memory, %d chunks left kept; want some, not all, none left", taken, total, mem)
+	}
+	// A restart: the unacknowledged half from the files.
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q, _ = open(t, dir, func(o *Options) { o.SegmentBytes = 4 << 20 })
+	defer q.Close()
+	got = readAll(t, q, len(want)-half, true)
+	if fmt.Sprint(got) != fmt.Sprint(want[half:]) {
+		t.Fatal("after a restart, read entries that differ from those appended")
+	}
+	q.mu.Lock()
+	taken = q.memTaken
+	q.mu.Unlock()
+	if taken != 0 {
+		t.Fatalf("took %d bytes from memory after a restart", taken)
+	}
+}
