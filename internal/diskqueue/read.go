@@ -70,7 +70,12 @@ type scanner struct {
 	// committed, with keep, gives the reader a committed chunk still in
 	// memory that holds the file's bytes from an offset on (mem.go).
 	committed func(seg uint64, off, limit int64) []byte
-	chunk     bool // buf is such a chunk
+	// chunk: buf is such a chunk. Its records were encoded by this
+	// process into this very buffer, which nothing has written since
+	// (the commit only wrote it to the file): their CRCs are not
+	// computed again; lengths, sequence numbers and the payloads'
+	// structure are checked as always.
+	chunk bool
 	// handed: a payload of buf has been handed out, the last one that of
 	// record handedSeq.
 	handed    bool
@@ -287,7 +292,7 @@ func (sc *scanner) peek() (recHeader, error) {
 		h, err = parseV1Header(b)
 		h.seq = sc.pos
 	} else {
-		h, err = parseV2Header(b, sc.seg.key)
+		h, err = parseV2Header(b, sc.seg.key, !sc.chunk)
 		if err == nil && h.seq <= sc.last {
 			err = fmt.Errorf("%w: sequence number %d does not follow %d", errDamaged, h.seq, sc.last)
 		}
@@ -320,7 +325,7 @@ func (sc *scanner) take() (int64, []byte, []byte, error) {
 	sc.off += int64(n + h.pl)
 	sc.peeked = false
 	sc.pos++
-	t, cat, msg, err := decodePayload(p, sc.seg.key, h.crc)
+	t, cat, msg, err := decodePayload(p, sc.seg.key, h.crc, !sc.chunk)
 	if err == nil {
 		sc.handed, sc.handedSeq = true, h.seq
 	}
@@ -353,7 +358,7 @@ func (sc *scanner) resync(from int64, lo, hi uint64) (int64, uint64, bool, error
 			if seq < lo || seq >= hi || pl < minPayload || pl > maxPayload || off+recHeaderSize+pl > sc.size {
 				continue
 			}
-			rh, err := parseV2Header(h, sc.seg.key)
+			rh, err := parseV2Header(h, sc.seg.key, true)
 			if err != nil {
 				continue
 			}
