@@ -59,9 +59,15 @@ func (q *Queue) keepCommittedLocked(pending []chunk, created []segment, baseSize
 	}
 }
 
-// recycleLocked gives a chunk buffer back to the appenders.
+// maxFreeChunks bounds the chunk buffers kept for reuse: enough for the
+// ones the reader holds until their entries are acknowledged.
+const maxFreeChunks = 32
+
+// recycleLocked gives a chunk buffer back to the appenders. Only buffers
+// of the usual size are kept: one grown for a large record is left to
+// the garbage collector.
 func (q *Queue) recycleLocked(b []byte) {
-	if cap(b) <= 4<<20 && len(q.free) < 4 {
+	if cap(b) == chunkBytes && len(q.free) < maxFreeChunks {
 		q.free = append(q.free, b[:0])
 	}
 }
@@ -76,8 +82,8 @@ func (q *Queue) recycle(b []byte) {
 // takeCommitted returns the kept chunk written at off in segment seg if
 // it ends within limit (the reader's readable end), and drops the kept
 // chunks before it, which the reader has passed. The chunk is the
-// reader's from then on (its capacity cut to its length, so that no read
-// appends to it); nil if there is none.
+// reader's from then on (it never reads a file into one); nil if there
+// is none.
 func (q *Queue) takeCommitted(seg uint64, off, limit int64) []byte {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -93,7 +99,7 @@ func (q *Queue) takeCommitted(seg uint64, off, limit int64) []byte {
 		q.memBytes -= int64(len(m.data))
 		if m.seg == seg && m.off == off {
 			q.memTaken += int64(len(m.data))
-			return m.data[:len(m.data):len(m.data)]
+			return m.data
 		}
 		q.recycleLocked(m.data) // behind the reader: it read those bytes from disk
 	}

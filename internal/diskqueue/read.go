@@ -235,7 +235,9 @@ func (sc *scanner) fill(n int) error {
 				continue
 			}
 		}
-		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead {
+		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead || sc.chunk {
+			// (A committed chunk is never read into: it goes back to
+			// the appenders whole.)
 			nb := sc.buf
 			if sc.keep || cap(sc.buf) < n {
 				nb = sc.bufs.take(max(n, scanBuf))
