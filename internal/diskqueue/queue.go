@@ -94,10 +94,12 @@ type chunk struct {
 	data   []byte
 }
 
-// span is bytes read but not yet acknowledged, up to (excluding) end.
+// span is bytes read but not yet acknowledged, up to (excluding) end,
+// and the entries slice of the batch that ends there.
 type span struct {
-	end   uint64
-	bytes int64
+	end     uint64
+	bytes   int64
+	entries []Entry
 }
 
 // waiter is one Append waiting for its group commit.
@@ -171,6 +173,9 @@ type Queue struct {
 	rmu    sync.Mutex // the consumer's state below
 	r      reader
 	spans  []span
+	// entryBufs are the Entries slices of acknowledged batches, for the
+	// next batches to reuse.
+	entryBufs [][]Entry
 	intern map[string]string
 	bufs   readBufs
 }

@@ -643,9 +643,12 @@ func (q *Queue) lose(sc *scanner, off int64, n uint64, cause error) {
 // waiting until one is durable or ctx ends. The batch's record bytes
 // (RecordSize summed) stay within maxBytes, except that a single entry is
 // returned whatever its size; it holds at most maxEntries entries, all of
-// one incarnation and consecutive. The entries' memory is not reused by
-// later reads until the entries are acknowledged (Ack). It waits without holding the reader's lock, so that the
-// consumer may acknowledge batches read before meanwhile.
+// one incarnation and consecutive. The batch's memory (its Entries
+// slice and the entries' bytes) is not reused by later reads until the
+// entries are acknowledged (Ack); after that the queue reuses it, so the
+// consumer must not read a batch it has acknowledged. It waits without
+// holding the reader's lock, so that the consumer may acknowledge
+// batches read before meanwhile.
 func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, error) {
 	for {
 		q.rmu.Lock()
@@ -675,6 +678,25 @@ func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, erro
 	}
 }
 
+// maxEntryBufs bounds the Entries slices kept for reuse (entryBufs).
+const maxEntryBufs = 8
+
+// entryBuf returns an empty Entries slice for a batch of up to n entries:
+// one of an acknowledged batch if it is large enough (the contract of
+// Read: a batch's memory is the queue's again once acknowledged), else a
+// new one.
+func (q *Queue) entryBuf(n int) []Entry {
+	for i := len(q.entryBufs) - 1; i >= 0; i-- {
+		if es := q.entryBufs[i]; cap(es) >= n {
+			q.entryBufs[i] = q.entryBufs[len(q.entryBufs)-1]
+			q.entryBufs[len(q.entryBufs)-1] = nil
+			q.entryBufs = q.entryBufs[:len(q.entryBufs)-1]
+			return es
+		}
+	}
+	return make([]Entry, 0, n)
+}
+
 func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 	r := &q.r
 	var b Batch
@@ -683,7 +705,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 	// entry was a fifth of the shipper's reading.
 	if n := v.avail - r.seq; n > 0 {
 		most := max(min(maxEntries, maxBytes/(recHeaderSize+minPayload)+1), 1)
-		b.Entries = make([]Entry, 0, min(n, uint64(most)))
+		b.Entries = q.entryBuf(int(min(n, uint64(most))))
 	}
 	last := "" // the category of the entry before: most runs share one
 	for r.seq < v.avail && len(b.Entries) < maxEntries {
@@ -753,7 +775,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 		r.seq++
 	}
 	if len(b.Entries) > 0 {
-		q.spans = append(q.spans, span{end: b.End(), bytes: r.consumed})
+		q.spans = append(q.spans, span{end: b.End(), bytes: r.consumed, entries: b.Entries})
 		r.consumed = 0
 	}
 	return b, nil
