@@ -170,14 +170,14 @@ type Queue struct {
 	orphans    []string
 	needSeg    bool
 
-	rmu    sync.Mutex // the consumer's state below
-	r      reader
-	spans  []span
+	rmu   sync.Mutex // the consumer's state below
+	r     reader
+	spans []span
 	// entryBufs are the Entries slices of acknowledged batches, for the
 	// next batches to reuse.
 	entryBufs [][]Entry
-	intern map[string]string
-	bufs   readBufs
+	intern    map[string]string
+	bufs      readBufs
 }
 
 // ID is the queue's stable identity, generated when it was created. Unlike
