@@ -120,7 +120,11 @@
 // the file (lengths, both CRCs, sequence numbers). A failed commit's
 // buffers are never kept; a reader further behind, and every read after
 // a restart, reads the files. A buffer goes back to the appenders once
-// every entry it holds is acknowledged.
+// every entry it holds is acknowledged. Records taken from such a buffer
+// are not CRC-checked again: this process encoded them into it and
+// nothing has written it since; lengths, sequence numbers and the
+// payload's structure are. The buffers are 256 KiB each: up to 8 MiB kept
+// for the reader, and up to 32 free ones (8 MiB) for the appenders.
 //
 // # Write errors and a full disk
 //
