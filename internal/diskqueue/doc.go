@@ -115,9 +115,8 @@
 // commit wrote them. A commit therefore keeps its buffers, once their
 // fsync has succeeded, with the segment and offset they were written at
 // (up to 8 MiB; mem.go), and the reader takes such a buffer instead of
-// reading the file when its next read starts exactly there. They are the
-// file's bytes, and the reader checks them as it checks bytes read from
-// the file (lengths, both CRCs, sequence numbers). A failed commit's
+// reading the file when its next read starts exactly there: they are the
+// file's bytes. A failed commit's
 // buffers are never kept; a reader further behind, and every read after
 // a restart, reads the files. A buffer goes back to the appenders once
 // every entry it holds is acknowledged. Records taken from such a buffer

@@ -9,9 +9,11 @@ package diskqueue
 // memBytesMax), each with the segment and offset it was written at. When
 // the reader's next read starts exactly where a kept chunk starts, it
 // takes the chunk as its read buffer instead of reading the file: the
-// bytes are the same (the commit succeeded), so the reader checks them as
-// it checks what it reads from disk (both CRCs, sequence numbers, lengths)
-// and hands out payloads where they lie, as it does in its own buffers.
+// bytes are the same (the commit succeeded). The reader checks their
+// lengths, sequence numbers and payload structure as it checks what it
+// reads from disk, but not their CRCs: this process computed them over
+// this very buffer, which nothing has written since. It hands out
+// payloads where they lie, as it does in its own buffers.
 // A chunk the reader is done with goes back to the appenders only after
 // every payload of it is acknowledged (readBufs).
 //
