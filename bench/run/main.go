@@ -43,9 +43,6 @@ import (
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/internal/loadgen"
-	"github.com/freeway-dev/freeway/internal/scribeapi"
-	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 type options struct {
@@ -77,6 +74,11 @@ type options struct {
 	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
 	engBatchB int64   // agent.batch_bytes of the runs on the real engines
 	engBatchN int     // agent.batch_entries of the runs on the real engines
+	// The sustained run on the real engines: its rate, how long, and the
+	// slices its lag is cut into.
+	sustainRate  float64
+	sustain      time.Duration
+	sustainSlice time.Duration
 }
 
 // onEngines is o for the runs on the real engines: the agent's batches
@@ -134,16 +136,19 @@ func main() {
 	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate); set, the embedded freshness runs are skipped")
 	flag.Int64Var(&o.engBatchB, "engines-batch-bytes", 4<<20, "agent.batch_bytes of the runs on the real engines (0: as -batch-bytes); the default is README's for one agent alone feeding HDFS")
 	flag.IntVar(&o.engBatchN, "engines-batch-entries", 16384, "agent.batch_entries of the runs on the real engines (0: as -batch-entries)")
-	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells (default: all)")
+	flag.Float64Var(&o.sustainRate, "sustain-rate", 300_000, "entries/s of the sustained run on the real engines (with -engines)")
+	flag.DurationVar(&o.sustain, "sustain", 0, "how long the sustained run on the real engines holds its rate (default 40s; smoke 4s)")
+	flag.DurationVar(&o.sustainSlice, "sustain-slice", 0, "the slices the sustained run's lag is cut into (default 10s; smoke 1s)")
+	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells, sustain (default: all)")
 	flag.Parse()
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
 			switch p = strings.TrimSpace(p); p {
-			case "e2e", "ack", "peers", "matrix", "fresh", "cells":
+			case "e2e", "ack", "peers", "matrix", "fresh", "cells", "sustain":
 				o.only[p] = true
 			default:
-				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells)", p)
+				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells, sustain)", p)
 			}
 		}
 	}
@@ -164,6 +169,12 @@ func main() {
 	o.keys, o.runs = int(keys), int(runs)
 	if o.fresh == 0 {
 		o.fresh = map[bool]time.Duration{false: 30 * time.Second, true: 3 * time.Second}[smoke]
+	}
+	if o.sustain == 0 {
+		o.sustain = map[bool]time.Duration{false: 40 * time.Second, true: 4 * time.Second}[smoke]
+	}
+	if o.sustainSlice == 0 {
+		o.sustainSlice = map[bool]time.Duration{false: 10 * time.Second, true: time.Second}[smoke]
 	}
 	o.matrixFor = map[bool]time.Duration{false: 3 * time.Second, true: time.Second}[smoke]
 	o.cellsCkpt = map[bool]time.Duration{false: 30 * time.Second, true: 2 * time.Second}[smoke]
@@ -268,7 +279,7 @@ func run(o options) (*report, error) {
 		}
 	}
 	maxRate := median(rep.E2E, func(e e2eRun) float64 { return e.PerSec })
-	if o.engines {
+	if o.engines && (o.does("e2e") || o.does("fresh")) {
 		be, err := engineBackends()
 		if err != nil {
 			rep.Notes = append(rep.Notes, "real engines not run: "+err.Error())
@@ -304,6 +315,14 @@ func run(o options) (*report, error) {
 			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines(), rate, 0, be))
 		}
 	}
+	if o.engines && o.does("sustain") {
+		if be, err := engineBackends(); err != nil {
+			rep.Notes = append(rep.Notes, "sustained run on the real engines not run: "+err.Error())
+		} else {
+			s := sustained(ctx, o.onEngines(), o.sustainRate, be)
+			rep.Sustained = &s
+		}
+	}
 	if o.does("cells") {
 		c := cellsRun(ctx, o)
 		rep.CellsRun = &c
@@ -334,6 +353,9 @@ func run(o options) (*report, error) {
 		if fr.Err != "" {
 			rep.Failures = append(rep.Failures, "freshness: "+fr.Err)
 		}
+	}
+	if s := rep.Sustained; s != nil && s.Err != "" {
+		rep.Failures = append(rep.Failures, "sustained on the real engines: "+s.Err)
 	}
 	if c := rep.CellsRun; c != nil && c.Err != "" {
 		rep.Failures = append(rep.Failures, "cells: "+c.Err)
@@ -686,73 +708,11 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 		}
 		loadDone <- s
 	}()
-	var mu sync.Mutex
-	sent := map[string]time.Time{}
-	var lat []float64
-	seen := map[string]bool{}
-	var wg sync.WaitGroup
-	probeCtx, stopProbes := context.WithTimeout(ctx, o.fresh)
-	defer stopProbes()
-	var sendErr error
-	wg.Go(func() {
-		c, err := scribeapi.Dial(fw.agent, thriftsrv.Limits{}, 10*time.Second)
-		if err != nil {
-			sendErr = err
-			return
-		}
-		defer func() { _ = c.Close() }() // every probe was answered or is the error
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-probeCtx.Done():
-				return
-			case <-t.C:
-			}
-			id := fmt.Sprintf("p%05d", i)
-			now := time.Now()
-			mu.Lock()
-			sent[id] = now
-			mu.Unlock()
-			msg := fmt.Sprintf(`{"ts":%d,"key":"probe","id":"%s","value":0}`, now.UnixMilli(), id)
-			rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "bench", Message: []byte(msg)}})
-			if err != nil {
-				sendErr = fmt.Errorf("probe %s: %w", id, err)
-				return
-			}
-			if rc != scribe.ResultCode_OK {
-				sendErr = fmt.Errorf("probe %s: %v", id, rc)
-				return
-			}
-		}
-	})
-	// Poll until every probe sent is seen, or 10s after the last one.
-	pollEnd := time.Now().Add(o.fresh + 10*time.Second)
-	for time.Now().Before(pollEnd) {
-		a, err := fw.query(ctx, url.Values{"app": {"probe"}, "window": {"all"}, "group_by": {"id"}})
-		now := time.Now()
-		if err == nil {
-			mu.Lock()
-			for _, row := range a.Rows {
-				id := row.Key["id"]
-				if t, ok := sent[id]; ok && !seen[id] {
-					seen[id] = true
-					lat = append(lat, float64(now.Sub(t))/1e6)
-				}
-			}
-			all := probeCtx.Err() != nil && len(seen) == len(sent)
-			mu.Unlock()
-			if all {
-				break
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	wg.Wait()
+	samples, sendErr := probeLag(ctx, fw, 200*time.Millisecond, o.fresh, 10*time.Second)
 	s := <-loadDone
 	r.Achieved, r.Seconds = s.PerSec, s.Seconds
-	r.Probes, r.Seen = len(sent), len(seen)
-	r.P50Ms, r.P99Ms, r.MaxMs = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
+	r.Probes = len(samples)
+	r.Seen, r.P50Ms, r.P99Ms, r.MaxMs = lagOf(samples)
 	switch {
 	case sendErr != nil:
 		r.Err = sendErr.Error()
