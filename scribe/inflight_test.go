@@ -18,6 +18,7 @@ func TestSeveralBatchesInFlight(t *testing.T) {
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(open)
+	defer open() // a failure below stops the test before the agent's cleanup waits for its calls
 	up := startUpstream(t, "127.0.0.1:0", nil)
 	up.gate = func(*scribethrift.Batch) { <-release }
 	cfg := testConfig(t.TempDir(), up.srv.Addr())
@@ -30,8 +31,18 @@ func TestSeveralBatchesInFlight(t *testing.T) {
 	if n := gather(t, a, "freeway_agent_batches_in_flight", "", ""); n != 4 {
 		t.Fatalf("freeway_agent_batches_in_flight = %v, want 4", n)
 	}
+	if n := gather(t, a, "freeway_agent_seqs_in_flight", "", ""); n != 40 {
+		t.Fatalf("freeway_agent_seqs_in_flight = %v, want 40 (four batches of 10)", n)
+	}
+	if n := shipObserved(t, a); n != 0 {
+		t.Fatalf("freeway_agent_ship_seconds holds %d batches before any OK", n)
+	}
 	open()
 	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
+	testkit.WaitFor(t, "every batch's time observed", func() bool { return shipObserved(t, a) == 10 })
+	if n := gather(t, a, "freeway_agent_seqs_in_flight", "", ""); n != 0 {
+		t.Fatalf("freeway_agent_seqs_in_flight = %v after everything was acknowledged, want 0", n)
+	}
 	if m := up.maxActive.Load(); m != 4 {
 		t.Fatalf("%d calls upstream at once, want at most (and at some point) 4", m)
 	}
@@ -165,4 +176,21 @@ func TestInFlightStaysWithinTheSeqWindow(t *testing.T) {
 	if got := up.count(t); got != total {
 		t.Fatalf("upstream has %d entries, want %d", got, total)
 	}
+}
+
+// shipObserved is the number of batches freeway_agent_ship_seconds
+// observed.
+func shipObserved(t *testing.T, a *agent) uint64 {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "freeway_agent_ship_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	t.Fatal("freeway_agent_ship_seconds not registered")
+	return 0
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/apache/thrift/lib/go/thrift"
 
@@ -82,6 +83,7 @@ func (a *Agent) ship(ctx context.Context) error {
 			case work <- next:
 				window = append(window, next)
 				next = nil
+				a.c.seqsInFlight.Store(int64(window[len(window)-1].b.End() - window[0].b.First))
 				continue
 			case <-ctx.Done():
 				return nil
@@ -131,6 +133,11 @@ func (a *Agent) ship(ctx context.Context) error {
 			a.c.batches.Add(1)
 		}
 		window = append(window[:0], window[n:]...)
+		if len(window) > 0 {
+			a.c.seqsInFlight.Store(int64(window[len(window)-1].b.End() - window[0].b.First))
+		} else {
+			a.c.seqsInFlight.Store(0)
+		}
 	}
 }
 
@@ -200,6 +207,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 			return
 		}
 		args := &batchArgs{id: a.q.ID(), b: f.b, buf: &buf}
+		sent := time.Now()
 		for {
 			if up == nil {
 				addr, err := again, error(nil)
@@ -265,6 +273,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 				return
 			}
 		}
+		a.c.shipSeconds.Observe(time.Since(sent).Seconds())
 		bo.Reset()
 		src.answered(up.addr)
 		if failing {
