@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"math"
 	"strings"
 	"testing"
@@ -166,5 +167,25 @@ func TestHistQuantile(t *testing.T) {
 	}
 	if got := histQuantile(m, "z_seconds", 0.5); !math.IsNaN(got) {
 		t.Errorf("no such histogram: %v, want NaN", got)
+	}
+}
+
+// A slice where no probe was seen (the lag outgrew the run) has no
+// percentiles but writes as JSON, and the run is not bounded.
+func TestSustainedSliceUnseen(t *testing.T) {
+	r := steady(300e3, 299e3, func(float64) float64 { return 400 })
+	for i := 300; i < 400; i++ {
+		r.Samples[i].Seen = false
+	}
+	r.Seen, r.P50Ms, r.P99Ms, r.MaxMs = lagOf(r.Samples)
+	r.Slices = slicesOf(r.Samples, nil, 40, 10)
+	if _, err := json.Marshal(r); err != nil {
+		t.Fatalf("marshal: %v", err)
+	}
+	if ok, why := r.bounded(); ok {
+		t.Errorf("bounded with the last slice unseen: %s", why)
+	}
+	if _, err := json.Marshal(steady(300e3, 0, func(float64) float64 { return 0 })); err != nil {
+		t.Fatalf("marshal: %v", err)
 	}
 }

@@ -123,7 +123,9 @@ func slicesOf(samples []probeSample, backlog []backlogSample, total, d float64) 
 		out[i].BacklogMax = math.Max(out[i].BacklogMax, b.Entries)
 	}
 	for i := range out {
-		out[i].P50Ms, out[i].P99Ms, out[i].MaxMs = quantile(lat[i], 0.5), quantile(lat[i], 0.99), quantile(lat[i], 1)
+		if len(lat[i]) > 0 { // else 0: Seen says none was (JSON has no NaN)
+			out[i].P50Ms, out[i].P99Ms, out[i].MaxMs = quantile(lat[i], 0.5), quantile(lat[i], 0.99), quantile(lat[i], 1)
+		}
 	}
 	return out
 }
@@ -143,7 +145,7 @@ func (r sustainedRun) bounded() (bool, string) {
 		return false, fmt.Sprintf("the rate was not held: %s/s of %s/s asked", k(r.Achieved), k(r.Rate))
 	}
 	first, last := r.Slices[0], r.Slices[len(r.Slices)-1]
-	if math.IsNaN(first.P99Ms) || math.IsNaN(last.P99Ms) {
+	if first.Seen == 0 || last.Seen == 0 {
 		return false, "a slice without a probe seen"
 	}
 	allow := math.Max(first.P99Ms*(1+lagTolerance), first.P99Ms+lagSlackMs)
@@ -233,13 +235,17 @@ func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]
 	return out, sendErr
 }
 
-// lagOf is the percentiles of the probes seen.
+// lagOf is the percentiles of the probes seen (0 if none was: JSON has
+// no NaN).
 func lagOf(samples []probeSample) (seen int, p50, p99, maxMs float64) {
 	var lat []float64
 	for _, s := range samples {
 		if s.Seen {
 			lat = append(lat, s.LagMs)
 		}
+	}
+	if len(lat) == 0 {
+		return 0, 0, 0, 0
 	}
 	return len(lat), quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
 }
@@ -319,7 +325,9 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	}
 	if m, merr := fw.metrics(); merr == nil {
 		r.BelowWin = m["freeway_puma_dedup_below_window_total"]
-		r.AckP50Ms, r.AckP99Ms = histQuantile(m, "freeway_agent_ship_seconds", 0.5)*1e3, histQuantile(m, "freeway_agent_ship_seconds", 0.99)*1e3
+		if q := histQuantile(m, "freeway_agent_ship_seconds", 0.5); !math.IsNaN(q) { // NaN: a binary without it
+			r.AckP50Ms, r.AckP99Ms = q*1e3, histQuantile(m, "freeway_agent_ship_seconds", 0.99)*1e3
+		}
 	}
 	switch {
 	case err != nil:
@@ -387,7 +395,7 @@ func (r sustainedRun) measured() string {
 	ok, why := r.bounded()
 	var ps []string
 	for _, s := range r.Slices {
-		ps = append(ps, fmt.Sprintf("%.0f", s.P99Ms))
+		ps = append(ps, msOrDash(s.Seen, s.P99Ms))
 	}
 	verdict := "lag bounded"
 	if !ok {
@@ -410,11 +418,20 @@ func (r sustainedRun) markdown() string {
 		k(r.Achieved), r.P50Ms, r.P99Ms, r.MaxMs, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, r.CPUSec, ok, why)
 	w("| slice | probes seen | p50 | p99 | max | backlog at most |\n|---|---|---|---|---|---|\n")
 	for _, s := range r.Slices {
-		w("| %.0f–%.0f s | %d of %d | %.0f ms | %.0f ms | %.0f ms | %s entries |\n", s.FromSec, s.ToSec, s.Seen, s.Probes, s.P50Ms, s.P99Ms, s.MaxMs, k(s.BacklogMax))
+		w("| %.0f–%.0f s | %d of %d | %s ms | %s ms | %s ms | %s entries |\n", s.FromSec, s.ToSec, s.Seen, s.Probes,
+			msOrDash(s.Seen, s.P50Ms), msOrDash(s.Seen, s.P99Ms), msOrDash(s.Seen, s.MaxMs), k(s.BacklogMax))
 	}
 	w("\n")
 	if r.Err != "" {
 		w("Error: %s\n\n", r.Err)
 	}
 	return b.String()
+}
+
+// msOrDash is ms, or a dash when no probe was seen.
+func msOrDash(seen int, ms float64) string {
+	if seen == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", ms)
 }
