@@ -12,7 +12,6 @@ import (
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/scribewire"
-	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -47,9 +46,9 @@ type flight struct {
 // Batches in flight together may reach a writer, and a bucket, in any
 // order, which Puma's seen-window takes (its numbers within
 // segment.SeqWindow of each other): a batch other than the oldest in
-// flight is sent only while it ends at most SeqWindow past the oldest's
-// first number, so that an entry never reaches a bucket after one
-// SeqWindow above it.
+// flight is sent only while it ends at most agent.seq_window (at most
+// SeqWindow) past the oldest's first number, so that an entry never
+// reaches a bucket after one that far above it.
 func (a *Agent) ship(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -78,7 +77,7 @@ func (a *Agent) ship(ctx context.Context) error {
 	)
 	for {
 		if next != nil && len(window) < a.cfg.MaxInFlight &&
-			(len(window) == 0 || next.b.End()-window[0].b.First <= segment.SeqWindow) {
+			(len(window) == 0 || next.b.End()-window[0].b.First <= uint64(a.cfg.SeqWindow)) {
 			select {
 			case work <- next:
 				window = append(window, next)
