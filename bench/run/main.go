@@ -74,6 +74,9 @@ type options struct {
 	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
 	engBatchB int64   // agent.batch_bytes of the runs on the real engines
 	engBatchN int     // agent.batch_entries of the runs on the real engines
+	engInFly  int     // agent.max_in_flight of the runs on the real engines (0: as -max-in-flight)
+	engSeqWin int     // agent.seq_window of the runs on the real engines (0: the default)
+	seqWindow int     // agent.seq_window (0: the default)
 	// The sustained run on the real engines: its rate, how long, and the
 	// slices its lag is cut into.
 	sustainRate  float64
@@ -91,6 +94,12 @@ func (o options) onEngines() options {
 	if o.engBatchN > 0 {
 		o.batchN = o.engBatchN
 	}
+	if o.engInFly > 0 {
+		o.inFlight = o.engInFly
+	}
+	if o.engSeqWin > 0 {
+		o.seqWindow = o.engSeqWin
+	}
 	return o
 }
 
@@ -103,7 +112,14 @@ func (o options) batches() string {
 	if o.batchN > 0 {
 		n = fmt.Sprint(o.batchN)
 	}
-	return fmt.Sprintf("agent batch_bytes %s, batch_entries %s", b, n)
+	f, w := "default", "default"
+	if o.inFlight > 0 {
+		f = fmt.Sprint(o.inFlight)
+	}
+	if o.seqWindow > 0 {
+		w = fmt.Sprint(o.seqWindow)
+	}
+	return fmt.Sprintf("agent batch_bytes %s, batch_entries %s, max_in_flight %s, seq_window %s", b, n, f, w)
 }
 
 // does says whether the run includes part (all parts without -only).
@@ -136,6 +152,8 @@ func main() {
 	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate); set, the embedded freshness runs are skipped")
 	flag.Int64Var(&o.engBatchB, "engines-batch-bytes", 4<<20, "agent.batch_bytes of the runs on the real engines (0: as -batch-bytes); the default is README's for one agent alone feeding HDFS")
 	flag.IntVar(&o.engBatchN, "engines-batch-entries", 16384, "agent.batch_entries of the runs on the real engines (0: as -batch-entries)")
+	flag.IntVar(&o.engInFly, "engines-max-in-flight", 16, "agent.max_in_flight of the runs on the real engines (0: as -max-in-flight); 16 batches of 16384 fill seq_window 262144")
+	flag.IntVar(&o.engSeqWin, "engines-seq-window", 262144, "agent.seq_window of the runs on the real engines (0: freeway's default, 65536; a binary before agent.seq_window needs 0)")
 	flag.Float64Var(&o.sustainRate, "sustain-rate", 300_000, "entries/s of the sustained run on the real engines (with -engines)")
 	flag.DurationVar(&o.sustain, "sustain", 0, "how long the sustained run on the real engines holds its rate (default 40s; smoke 4s)")
 	flag.DurationVar(&o.sustainSlice, "sustain-slice", 0, "the slices the sustained run's lag is cut into (default 10s; smoke 1s)")
@@ -416,7 +434,7 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be, maxInFlight: o.inFlight,
-		batchBytes: o.batchB, batchEntries: o.batchN}, nil)
+		batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -688,7 +706,7 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge, be: be,
-		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN}, nil)
+		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)

@@ -261,7 +261,7 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, be: be,
-		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN}, nil)
+		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(2*time.Minute, 50*time.Millisecond)
