@@ -29,7 +29,8 @@ import (
 // every number up to the highest was seen, which is also what a commit
 // row without a window row means). In a category of several buckets the
 // numbers of a stream are spread over the buckets, so a shard's keys
-// soon keep their bits: 8 KiB each.
+// soon keep their bits: 16 KiB each (segment.SeqWindow bits; 8 KiB when
+// the window was segment.SeqWindowV1).
 
 const winWords = segment.SeqWindow / 64
 

@@ -54,7 +54,7 @@ type Config struct {
 	// apart only that far below the highest number it has seen, so this
 	// must not exceed the seen-window of any Puma the entries reach:
 	// segment.SeqWindowV1 (65,536, the default) for every version,
-	// segment.SeqWindow (262,144) for Pumas of this version and later.
+	// segment.SeqWindow (131,072) for Pumas of this version and later.
 	SeqWindow int `yaml:"seq_window"`
 	// SegmentBytes is the size of the queue's segment files.
 	SegmentBytes config.ByteSize `yaml:"segment_bytes"`

@@ -129,7 +129,7 @@ func TestInFlightAcknowledgedInOrder(t *testing.T) {
 // segment.SeqWindow all four.
 func TestInFlightStaysWithinTheSeqWindow(t *testing.T) {
 	t.Run("default", func(t *testing.T) { testInFlightWithin(t, 0, segment.SeqWindowV1, 2) })
-	t.Run("seq_window 262144", func(t *testing.T) { testInFlightWithin(t, segment.SeqWindow, segment.SeqWindow, 4) })
+	t.Run("seq_window 131072", func(t *testing.T) { testInFlightWithin(t, segment.SeqWindow, segment.SeqWindow, 4) })
 }
 
 func testInFlightWithin(t *testing.T, seqWindow int, bound, wantActive int64) {

@@ -16,7 +16,7 @@ package segment
 // every Puma it feeds tells SeqWindow apart (agent.seq_window), since a
 // Puma of before takes an entry more than SeqWindowV1 below the highest
 // as a repeat.
-const SeqWindow = 1 << 18
+const SeqWindow = 1 << 17
 
 // SeqWindowV1 is the seen-window of Puma before SeqWindow, and the
 // agent's default bound.
