@@ -178,9 +178,10 @@ func testInFlightWithin(t *testing.T, seqWindow int, bound, wantActive int64) {
 	}
 	a := startAgent(t, cfg)
 	c := dial(t, a.Addr())
-	for i := range 4 {
-		mustLog(t, c, entries("c", "w", i*per, per))
-	}
+	// One call, one group commit: the queue holds every entry before the
+	// shipper reads, so every batch is a full one of per (several calls
+	// could be read, on a slow machine, as smaller batches).
+	mustLog(t, c, entries("c", "w", 0, total))
 	testkit.WaitFor(t, fmt.Sprintf("%d batches upstream at once", wantActive), func() bool { return up.active.Load() == wantActive })
 	open()
 	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
