@@ -22,7 +22,10 @@
 // Then once: B1 by batch size and connections against a writer alone;
 // B5 freshness at half the end-to-end maximum (probe lines carrying their
 // send time, looked for in queries); B8 a checkpoint and a recovery of
-// 1 M cells, with B6 query latencies and B7 memory per cell.
+// 1 M cells, with B6 query latencies and B7 memory per cell. With
+// -engines, also end to end and freshness on the real engines, and the
+// sustained run there (sustain.go): a fixed rate whose lag is followed
+// slice by slice and judged bounded or not.
 package main
 
 import (
