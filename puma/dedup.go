@@ -103,7 +103,7 @@ func (p *Puma) chargeDedup(n int64) {
 	p.dedupBytes.Add(n)
 }
 
-// Memory. A key's window (8 KiB) and the key itself are charged to the
+// Memory. A key's window (16 KiB: segment.SeqWindow bits) and the key itself are charged to the
 // node's puma.memory_limit (cellBudget bytes, freeway_puma_dedup_bytes)
 // for as long as the key is kept. Dedup state is never refused or
 // dropped to make room: forgetting a window would count re-sent entries

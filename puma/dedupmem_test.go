@@ -12,7 +12,7 @@ import (
 	"github.com/freeway-dev/freeway/ptail"
 )
 
-// TestDedupWindowsChargedToMemoryLimit: the agents' seen-windows (8 KiB
+// TestDedupWindowsChargedToMemoryLimit: the agents' seen-windows (16 KiB
 // a key) are charged to puma.memory_limit with the cells. Once they fill
 // it, a new cell is refused (max_cells, the error naming the dedup
 // state), while every entry is still deduplicated exactly (dedup state is

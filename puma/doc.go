@@ -117,7 +117,7 @@
 // entries, or "agent_id" alone from older agents. A shard keeps a high
 // water per such key (keys over 128 bytes, or not UTF-8, are kept as the
 // agent id and a hash), the highest number seen, and which of the
-// segment.SeqWindow (65536) numbers below it were seen (a seen-window,
+// segment.SeqWindow (131,072; 65,536 before this version) numbers below it were seen (a seen-window,
 // window.go): agents keep several batches in flight, so one stream's
 // entries may reach a bucket out of order (a batch retried after the
 // next one was written). An entry seen already is skipped, so retried
@@ -144,7 +144,8 @@
 // that reaches the dfs. The commit row keeps the high waters in the map
 // the code before wrote (high_water), with the keys' last-seen times in a
 // list beside it, so that either version reads the other's rows. A key's
-// window is a row of its own (d/<category>/<bucket>/<key>, 2 to 8 KiB),
+// window is a row of its own (d/<category>/<bucket>/<key>, up to 16 KiB;
+// rows of the 65,536-number window of older versions read as such),
 // written like a cell at the epoch of a checkpoint that changed it, read
 // as of the committed epoch and deleted after the commit that forgets its
 // key (a backfill keeps its own, under d/<category>/<bucket>/0xff<app>/);
@@ -192,7 +193,7 @@
 // approximately (Puma.Cells, Puma.Memory, freeway_puma_cell_bytes): a
 // fixed overhead per cell and key, and the stored size of its variable
 // states at their last checkpoint (or load); and, beside the cells, the
-// shards' agent dedup state (a key, and its 8 KiB seen-window once its
+// shards' agent dedup state (a key, and its 16 KiB seen-window once its
 // entries came out of order: freeway_puma_dedup_bytes, Puma.DedupBytes),
 // which puma.memory_limit bounds with them. Dedup state is never refused
 // nor forgotten to make room (that would count re-sends twice): when it

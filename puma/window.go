@@ -29,7 +29,8 @@ import (
 // every number up to the highest was seen, which is also what a commit
 // row without a window row means). In a category of several buckets the
 // numbers of a stream are spread over the buckets, so a shard's keys
-// soon keep their bits: 8 KiB each.
+// soon keep their bits: 16 KiB each (segment.SeqWindow bits; 8 KiB when
+// the window was segment.SeqWindowV1).
 
 const winWords = segment.SeqWindow / 64
 
@@ -125,21 +126,33 @@ func dedupPrefix(category string, bucket int) string {
 // rowRange is the range of exactly one row.
 func rowRange(row string) (string, string) { return row, row + "\x00" }
 
-// Window encodings (the first byte).
+// Window encodings (the first byte). Formats 1 and 2 are of windows of
+// segment.SeqWindowV1 numbers (written before the window grew to
+// SeqWindow); they read as windows of SeqWindow whose numbers below
+// their span are seen, which is what a key of that time counted them as
+// (below its window: repeats). Formats 3 and 4 are 1 and 2 over
+// SeqWindow numbers, and what is written now.
 const (
-	winBits = 1 // uvarint top, then the ring's words, little-endian, from the bit of top-SeqWindow+1
-	winRuns = 2 // uvarint top, then uvarint run lengths from top-SeqWindow+1 upwards, alternately unseen and seen
+	winBitsV1 = 1 // uvarint top, then the ring's words, little-endian, from the bit of top-SeqWindowV1+1
+	winRunsV1 = 2 // uvarint top, then uvarint run lengths from top-SeqWindowV1+1 upwards, alternately unseen and seen
+	winBits   = 3 // as winBitsV1, over SeqWindow numbers
+	winRuns   = 4 // as winRunsV1, over SeqWindow numbers
 )
+
+// lowest is the lowest number of a window of span numbers up to top.
+func lowest(top, span uint64) uint64 {
+	if top >= span {
+		return top - span + 1
+	}
+	return 1 // numbers below 1 were never handed out
+}
 
 // encodeWindow is a window's stored form: as runs when that is shorter
 // (a window mostly seen, or mostly unseen), else as bits.
 func encodeWindow(top uint64, w *window) []byte {
 	runs := []byte{winRuns}
 	runs = binary.AppendUvarint(runs, top)
-	lo := uint64(1)
-	if top >= segment.SeqWindow {
-		lo = top - segment.SeqWindow + 1
-	}
+	lo := lowest(top, segment.SeqWindow)
 	seen, n := false, uint64(0)
 	for s := lo; s <= top && len(runs) < segment.SeqWindow/8; s++ {
 		if w.has(s) != seen {
@@ -175,18 +188,22 @@ func decodeWindow(b []byte) (top uint64, w *window, err error) {
 		return 0, nil, errors.New("window top unreadable")
 	}
 	rest := b[1+k:]
-	lo := uint64(1)
-	if top >= segment.SeqWindow {
-		lo = top - segment.SeqWindow + 1
+	span := uint64(segment.SeqWindow)
+	if b[0] == winBitsV1 || b[0] == winRunsV1 {
+		span = segment.SeqWindowV1
 	}
-	w = fullWindow() // numbers below 1 were never handed out
+	lo := lowest(top, span)
+	// Numbers below lo are seen: below 1 never handed out, below a V1
+	// window's span counted as repeats when it was written.
+	w = fullWindow()
 	w.slide(lo-1, top)
 	switch b[0] {
-	case winBits:
-		if len(rest) != 8*winWords {
+	case winBits, winBitsV1:
+		words := span / 64
+		if uint64(len(rest)) != 8*words {
 			return 0, nil, fmt.Errorf("window of %d bytes", len(rest))
 		}
-		for i := range uint64(winWords) {
+		for i := range words {
 			x := binary.LittleEndian.Uint64(rest[8*i:])
 			for x != 0 {
 				j := uint64(bits.TrailingZeros64(x))
@@ -196,7 +213,7 @@ func decodeWindow(b []byte) (top uint64, w *window, err error) {
 				}
 			}
 		}
-	case winRuns:
+	case winRuns, winRunsV1:
 		s, seen := lo, false
 		for len(rest) > 0 {
 			n, k := binary.Uvarint(rest)

@@ -2,6 +2,7 @@ package puma
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -296,4 +297,89 @@ func TestBackfillReorderedResumes(t *testing.T) {
 	equalRows(t, "kinds", rows(t, p3, Query{App: "kinds"}), wantKinds(12))
 	equalRows(t, "orders", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), wantOrders(12, nil))
 	r3.stop(t)
+}
+
+// encodeWindowV1 writes a window as the code before the window grew did
+// (formats 1 and 2 over segment.SeqWindowV1 numbers): the rows an older
+// checkpoint holds. seen says which numbers were seen.
+func encodeWindowV1(top uint64, seen func(uint64) bool, bitsFormat bool) []byte {
+	lo := lowest(top, segment.SeqWindowV1)
+	if bitsFormat {
+		b := binary.AppendUvarint([]byte{1}, top)
+		ring := make([]uint64, segment.SeqWindowV1/64)
+		for s := lo; s <= top; s++ {
+			if seen(s) {
+				i := s - lo
+				ring[i/64] |= 1 << (i % 64)
+			}
+		}
+		for _, x := range ring {
+			b = binary.LittleEndian.AppendUint64(b, x)
+		}
+		return b
+	}
+	b := binary.AppendUvarint([]byte{2}, top)
+	cur, n := false, uint64(0)
+	for s := lo; s <= top; s++ {
+		if seen(s) != cur {
+			b = binary.AppendUvarint(b, n)
+			cur, n = !cur, 0
+		}
+		n++
+	}
+	return binary.AppendUvarint(b, n)
+}
+
+// TestWindowV1RowsRead: a window row of a checkpoint written before the
+// window grew (formats 1 and 2, 65,536 numbers) reads back with what it
+// held, and the numbers below its span, which that key took as repeats,
+// stay repeats; numbers above its top are new. The grown window keeps
+// the span it has from then on.
+func TestWindowV1RowsRead(t *testing.T) {
+	seen := func(s uint64) bool { return s%3 != 0 } // every third unseen
+	for _, c := range []struct {
+		name string
+		top  uint64
+		bits bool
+	}{{"runs", 300_000, false}, {"bits", 300_000, true}, {"runs, young stream", 1000, false}, {"bits, young stream", 1000, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			top, w, err := decodeWindow(encodeWindowV1(c.top, seen, c.bits))
+			if err != nil || top != c.top {
+				t.Fatalf("decode: top %d, %v", top, err)
+			}
+			lo := lowest(c.top, segment.SeqWindowV1)
+			for s := lo; s <= c.top; s++ {
+				if w.has(s) != seen(s) {
+					t.Fatalf("seq %d read back %v, want %v", s, w.has(s), seen(s))
+				}
+			}
+			d := newDedup(10, 0)
+			k := &agentKey{key: "a/1", seq: top}
+			d.setWin(k, w)
+			// Below the old span: seen then (a repeat), within the grown
+			// window now, so checked, and still a repeat.
+			if lo > 1 {
+				if v := d.admit(k, lo-1); v != seqRepeat {
+					t.Errorf("seq %d, below the old window: verdict %d, want a repeat", lo-1, v)
+				}
+				if v := d.admit(k, lo-3000); v != seqRepeat {
+					t.Errorf("seq %d, below the old window: verdict %d, want a repeat", lo-3000, v)
+				}
+			}
+			unseen := c.top - c.top%3 // a multiple of 3 at or below top
+			if v := d.admit(k, unseen); v != seqNew {
+				t.Errorf("seq %d, unseen inside the old window: verdict %d, want new", unseen, v)
+			}
+			if v := d.admit(k, unseen); v != seqRepeat {
+				t.Errorf("seq %d again: verdict %d, want a repeat", unseen, v)
+			}
+			if v := d.admit(k, c.top+1); v != seqNew {
+				t.Errorf("seq %d above the top: verdict %d, want new", c.top+1, v)
+			}
+			// Written again, it is in the grown window's format.
+			if b := encodeWindow(k.seq, k.win); b[0] != winBits && b[0] != winRuns {
+				t.Errorf("written as format %d", b[0])
+			}
+		})
+	}
 }

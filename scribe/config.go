@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
@@ -47,6 +48,14 @@ type Config struct {
 	// a time, in order. Batches in flight together also stay within
 	// segment.SeqWindow sequence numbers of each other.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// SeqWindow bounds the sequence numbers batches in flight together
+	// span: a batch other than the oldest in flight is sent only while it
+	// ends at most this far past the oldest's first. Puma tells re-sends
+	// apart only that far below the highest number it has seen, so this
+	// must not exceed the seen-window of any Puma the entries reach:
+	// segment.SeqWindowV1 (65,536, the default) for every version,
+	// segment.SeqWindow (131,072) for Pumas of this version and later.
+	SeqWindow int `yaml:"seq_window"`
 	// SegmentBytes is the size of the queue's segment files.
 	SegmentBytes config.ByteSize `yaml:"segment_bytes"`
 	// UpstreamTimeout bounds connecting to and one call on calligraphus.
@@ -90,6 +99,7 @@ func DefaultConfig() Config {
 		BatchBytes:       1 << 20,
 		BatchEntries:     10000,
 		MaxInFlight:      4,
+		SeqWindow:        segment.SeqWindowV1,
 		SegmentBytes:     64 << 20,
 		UpstreamTimeout:  config.Duration(30 * time.Second),
 		RetryMin:         config.Duration(50 * time.Millisecond),
@@ -144,6 +154,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxInFlight < 1 || c.MaxInFlight > maxInFlight {
 		bad("max_in_flight", "must be between 1 and %d", maxInFlight)
+	}
+	if c.SeqWindow < 1 || c.SeqWindow > segment.SeqWindow {
+		bad("seq_window", "must be between 1 and %d (Puma's seen-window)", segment.SeqWindow)
 	}
 	if c.SegmentBytes < 4<<10 {
 		bad("segment_bytes", "must be at least 4KiB")

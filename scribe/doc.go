@@ -79,9 +79,11 @@
 // that were answered OK: a batch answered OK behind one still retried
 // waits for it. Batches in flight together may reach a writer in any
 // order; Puma's seen-window takes that as long as no entry comes more
-// than segment.SeqWindow (65536) numbers behind a later one, so a batch
-// other than the oldest in flight is sent only while it ends at most
-// SeqWindow numbers past the oldest's first. An upstream that answers LogBatch with
+// than segment.SeqWindow (131,072; 65,536 in Pumas before it) numbers
+// behind a later one, so a batch other than the oldest in flight is sent
+// only while it ends at most agent.seq_window numbers past the oldest's
+// first (65,536 by default, what every Puma tells apart; up to SeqWindow
+// where every Puma is of this version or later). An upstream that answers LogBatch with
 // "unknown method" (a stock Scribe server) gets Log instead, which loses
 // the deduplication (at-least-once).
 //

@@ -2,6 +2,7 @@ package scribe
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 
@@ -18,6 +19,7 @@ func TestSeveralBatchesInFlight(t *testing.T) {
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(open)
+	defer open() // a failure below stops the test before the agent's cleanup waits for its calls
 	up := startUpstream(t, "127.0.0.1:0", nil)
 	up.gate = func(*scribethrift.Batch) { <-release }
 	cfg := testConfig(t.TempDir(), up.srv.Addr())
@@ -30,8 +32,18 @@ func TestSeveralBatchesInFlight(t *testing.T) {
 	if n := gather(t, a, "freeway_agent_batches_in_flight", "", ""); n != 4 {
 		t.Fatalf("freeway_agent_batches_in_flight = %v, want 4", n)
 	}
+	if n := gather(t, a, "freeway_agent_seqs_in_flight", "", ""); n != 40 {
+		t.Fatalf("freeway_agent_seqs_in_flight = %v, want 40 (four batches of 10)", n)
+	}
+	if n := shipObserved(t, a); n != 0 {
+		t.Fatalf("freeway_agent_ship_seconds holds %d batches before any OK", n)
+	}
 	open()
 	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
+	testkit.WaitFor(t, "every batch's time observed", func() bool { return shipObserved(t, a) == 10 })
+	if n := gather(t, a, "freeway_agent_seqs_in_flight", "", ""); n != 0 {
+		t.Fatalf("freeway_agent_seqs_in_flight = %v after everything was acknowledged, want 0", n)
+	}
 	if m := up.maxActive.Load(); m != 4 {
 		t.Fatalf("%d calls upstream at once, want at most (and at some point) 4", m)
 	}
@@ -109,17 +121,25 @@ func TestInFlightAcknowledgedInOrder(t *testing.T) {
 }
 
 // TestInFlightStaysWithinTheSeqWindow: with batches so large that a few
-// of them span more than Puma's seen-window, the agent sends a batch only
-// once every entry more than segment.SeqWindow below its end was
-// answered OK, so that no entry can reach a bucket too late to be told
-// from a re-send.
+// of them span more than agent.seq_window, the agent sends a batch only
+// once every entry more than seq_window below its end was answered OK,
+// so that no entry can reach a bucket too late to be told from a
+// re-send: by default (segment.SeqWindowV1, what every Puma tells apart)
+// two batches of 30,000 at once; with seq_window at Puma's
+// segment.SeqWindow all four.
 func TestInFlightStaysWithinTheSeqWindow(t *testing.T) {
+	t.Run("default", func(t *testing.T) { testInFlightWithin(t, 0, segment.SeqWindowV1, 2) })
+	t.Run("seq_window 131072", func(t *testing.T) { testInFlightWithin(t, segment.SeqWindow, segment.SeqWindow, 4) })
+}
+
+func testInFlightWithin(t *testing.T, seqWindow int, bound, wantActive int64) {
 	const per = 30000
 	const total = 4 * per
 	release := make(chan struct{})
 	var once sync.Once
 	open := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(open)
+	defer open() // a failure below stops the test before the agent's cleanup waits for its calls
 	var mu sync.Mutex
 	okd := make([]bool, total+1) // seq → answered OK
 	var violation error
@@ -131,12 +151,19 @@ func TestInFlightStaysWithinTheSeqWindow(t *testing.T) {
 		}
 		return scribethrift.ResultCode_OK, nil
 	})
+	var widest int64 // the most numbers from the lowest not answered OK to a batch's end, as it came
 	up.gate = func(b *scribethrift.Batch) {
 		mu.Lock()
 		end := b.FirstSeq + int64(len(b.Messages))
-		for s := int64(1); s < end-segment.SeqWindow; s++ {
+		for s := int64(1); s < end-bound; s++ {
 			if !okd[s] && violation == nil {
 				violation = errors.New("a batch was sent before an entry more than SeqWindow below its end was acknowledged")
+			}
+		}
+		for s := int64(1); s < end; s++ {
+			if !okd[s] {
+				widest = max(widest, end-s)
+				break
 			}
 		}
 		mu.Unlock()
@@ -146,12 +173,16 @@ func TestInFlightStaysWithinTheSeqWindow(t *testing.T) {
 	cfg.MaxInFlight = 4
 	cfg.BatchEntries = per
 	cfg.BatchBytes = config.ByteSize(8 << 20)
+	if seqWindow > 0 {
+		cfg.SeqWindow = seqWindow
+	}
 	a := startAgent(t, cfg)
 	c := dial(t, a.Addr())
-	for i := range 4 {
-		mustLog(t, c, entries("c", "w", i*per, per))
-	}
-	testkit.WaitFor(t, "two batches upstream at once", func() bool { return up.active.Load() == 2 })
+	// One call, one group commit: the queue holds every entry before the
+	// shipper reads, so every batch is a full one of per (several calls
+	// could be read, on a slow machine, as smaller batches).
+	mustLog(t, c, entries("c", "w", 0, total))
+	testkit.WaitFor(t, fmt.Sprintf("%d batches upstream at once", wantActive), func() bool { return up.active.Load() == wantActive })
 	open()
 	testkit.WaitFor(t, "the queue shipped", func() bool { return a.q.Stats().Entries == 0 })
 	mu.Lock()
@@ -159,10 +190,30 @@ func TestInFlightStaysWithinTheSeqWindow(t *testing.T) {
 	if violation != nil {
 		t.Fatal(violation)
 	}
-	if m := up.maxActive.Load(); m != 2 {
-		t.Fatalf("%d batches of %d upstream at once, want 2 (a third would end more than %d past the first)", m, per, segment.SeqWindow)
+	if widest > bound || widest <= min(bound, total)-per {
+		t.Fatalf("batches in flight spanned at most %d numbers, want at most %d and more than %d (the window used)", widest, bound, min(bound, total)-per)
+	}
+	if m := up.maxActive.Load(); m != wantActive {
+		t.Fatalf("%d batches of %d upstream at once, want %d (seq_window %d)", m, per, wantActive, bound)
 	}
 	if got := up.count(t); got != total {
 		t.Fatalf("upstream has %d entries, want %d", got, total)
 	}
+}
+
+// shipObserved is the number of batches freeway_agent_ship_seconds
+// observed.
+func shipObserved(t *testing.T, a *agent) uint64 {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "freeway_agent_ship_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	t.Fatal("freeway_agent_ship_seconds not registered")
+	return 0
 }

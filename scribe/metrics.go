@@ -37,11 +37,17 @@ type counters struct {
 	shipErrors     atomic.Int64             // failed connects and calls upstream
 	tryLaterRecv   atomic.Int64             // TRY_LATER answers from upstream
 	inFlight       atomic.Int64             // batches sent and not yet answered
+	seqsInFlight   atomic.Int64             // sequence numbers from the oldest batch in flight to the end of the newest
 	queueErrors    atomic.Int64             // failed queue reads and acknowledgements (retried)
+	// shipSeconds is each batch's time from its first send to its OK.
+	shipSeconds prometheus.Histogram
 }
 
 func newCounters() *counters {
-	c := &counters{rejected: map[string]*atomic.Int64{}, tryLater: map[string]*atomic.Int64{}}
+	c := &counters{rejected: map[string]*atomic.Int64{}, tryLater: map[string]*atomic.Int64{},
+		shipSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_agent_ship_seconds",
+			Help:    "Time from a batch's first send upstream to its OK (retries included): with the in-flight bound, what one agent's rate is bounded by.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .15, .2, .25, .3, .4, .5, .75, 1, 2.5, 5, 10, 30}})}
 	for _, r := range rejectReasons {
 		c.rejected[r] = new(atomic.Int64)
 	}
@@ -95,6 +101,9 @@ func registerMetrics(reg prometheus.Registerer, c *counters, q *diskqueue.Queue,
 		counter("freeway_agent_ship_errors_total", "Failed connections and calls to calligraphus (each is retried).", nil, &c.shipErrors),
 		counter("freeway_agent_try_later_received_total", "TRY_LATER answers from calligraphus (each is retried).", nil, &c.tryLaterRecv),
 		gauge("freeway_agent_batches_in_flight", "Batches sent upstream and not yet answered.", func() float64 { return float64(c.inFlight.Load()) }),
+		gauge("freeway_agent_seqs_in_flight", "Sequence numbers from the first of the oldest batch not yet acknowledged to the end of the newest sent: at most segment.SeqWindow (65536) beyond one batch.",
+			func() float64 { return float64(c.seqsInFlight.Load()) }),
+		c.shipSeconds,
 		gauge("freeway_agent_queue_entries", "Entries in the disk queue not yet acknowledged upstream.", func() float64 { return float64(q.Stats().Entries) }),
 		gauge("freeway_agent_queue_bytes", "Record bytes in the disk queue not yet acknowledged upstream.", func() float64 { return float64(q.Stats().Bytes) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "freeway_agent_queue_syncs_total", Help: "Fsyncs of appended queue data; each covers every Log call waiting (group commit)."},

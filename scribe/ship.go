@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/apache/thrift/lib/go/thrift"
 
@@ -11,7 +12,6 @@ import (
 	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/scribewire"
-	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/thrift/gen/fb303"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -46,9 +46,9 @@ type flight struct {
 // Batches in flight together may reach a writer, and a bucket, in any
 // order, which Puma's seen-window takes (its numbers within
 // segment.SeqWindow of each other): a batch other than the oldest in
-// flight is sent only while it ends at most SeqWindow past the oldest's
-// first number, so that an entry never reaches a bucket after one
-// SeqWindow above it.
+// flight is sent only while it ends at most agent.seq_window (at most
+// SeqWindow) past the oldest's first number, so that an entry never
+// reaches a bucket after one that far above it.
 func (a *Agent) ship(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -77,11 +77,12 @@ func (a *Agent) ship(ctx context.Context) error {
 	)
 	for {
 		if next != nil && len(window) < a.cfg.MaxInFlight &&
-			(len(window) == 0 || next.b.End()-window[0].b.First <= segment.SeqWindow) {
+			(len(window) == 0 || next.b.End()-window[0].b.First <= uint64(a.cfg.SeqWindow)) {
 			select {
 			case work <- next:
 				window = append(window, next)
 				next = nil
+				a.c.seqsInFlight.Store(int64(window[len(window)-1].b.End() - window[0].b.First))
 				continue
 			case <-ctx.Done():
 				return nil
@@ -131,6 +132,11 @@ func (a *Agent) ship(ctx context.Context) error {
 			a.c.batches.Add(1)
 		}
 		window = append(window[:0], window[n:]...)
+		if len(window) > 0 {
+			a.c.seqsInFlight.Store(int64(window[len(window)-1].b.End() - window[0].b.First))
+		} else {
+			a.c.seqsInFlight.Store(0)
+		}
 	}
 }
 
@@ -200,6 +206,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 			return
 		}
 		args := &batchArgs{id: a.q.ID(), b: f.b, buf: &buf}
+		sent := time.Now()
 		for {
 			if up == nil {
 				addr, err := again, error(nil)
@@ -265,6 +272,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 				return
 			}
 		}
+		a.c.shipSeconds.Observe(time.Since(sent).Seconds())
 		bo.Reset()
 		src.answered(up.addr)
 		if failing {

@@ -22,7 +22,10 @@
 // Then once: B1 by batch size and connections against a writer alone;
 // B5 freshness at half the end-to-end maximum (probe lines carrying their
 // send time, looked for in queries); B8 a checkpoint and a recovery of
-// 1 M cells, with B6 query latencies and B7 memory per cell.
+// 1 M cells, with B6 query latencies and B7 memory per cell. With
+// -engines, also end to end and freshness on the real engines, and the
+// sustained run there (sustain.go): a fixed rate whose lag is followed
+// slice by slice and judged bounded or not.
 package main
 
 import (
@@ -43,9 +46,6 @@ import (
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/internal/loadgen"
-	"github.com/freeway-dev/freeway/internal/scribeapi"
-	"github.com/freeway-dev/freeway/internal/thriftsrv"
-	"github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 type options struct {
@@ -77,6 +77,14 @@ type options struct {
 	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
 	engBatchB int64   // agent.batch_bytes of the runs on the real engines
 	engBatchN int     // agent.batch_entries of the runs on the real engines
+	engInFly  int     // agent.max_in_flight of the runs on the real engines (0: as -max-in-flight)
+	engSeqWin int     // agent.seq_window of the runs on the real engines (0: the default)
+	seqWindow int     // agent.seq_window (0: the default)
+	// The sustained run on the real engines: its rate, how long, and the
+	// slices its lag is cut into.
+	sustainRate  float64
+	sustain      time.Duration
+	sustainSlice time.Duration
 }
 
 // onEngines is o for the runs on the real engines: the agent's batches
@@ -88,6 +96,12 @@ func (o options) onEngines() options {
 	}
 	if o.engBatchN > 0 {
 		o.batchN = o.engBatchN
+	}
+	if o.engInFly > 0 {
+		o.inFlight = o.engInFly
+	}
+	if o.engSeqWin > 0 {
+		o.seqWindow = o.engSeqWin
 	}
 	return o
 }
@@ -101,7 +115,14 @@ func (o options) batches() string {
 	if o.batchN > 0 {
 		n = fmt.Sprint(o.batchN)
 	}
-	return fmt.Sprintf("agent batch_bytes %s, batch_entries %s", b, n)
+	f, w := "default", "default"
+	if o.inFlight > 0 {
+		f = fmt.Sprint(o.inFlight)
+	}
+	if o.seqWindow > 0 {
+		w = fmt.Sprint(o.seqWindow)
+	}
+	return fmt.Sprintf("agent batch_bytes %s, batch_entries %s, max_in_flight %s, seq_window %s", b, n, f, w)
 }
 
 // does says whether the run includes part (all parts without -only).
@@ -134,16 +155,21 @@ func main() {
 	flag.Float64Var(&o.freshRate, "engines-fresh-rate", 0, "entries/s of the freshness run on the real engines (default: half their end-to-end rate); set, the embedded freshness runs are skipped")
 	flag.Int64Var(&o.engBatchB, "engines-batch-bytes", 4<<20, "agent.batch_bytes of the runs on the real engines (0: as -batch-bytes); the default is README's for one agent alone feeding HDFS")
 	flag.IntVar(&o.engBatchN, "engines-batch-entries", 16384, "agent.batch_entries of the runs on the real engines (0: as -batch-entries)")
-	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells (default: all)")
+	flag.IntVar(&o.engInFly, "engines-max-in-flight", 8, "agent.max_in_flight of the runs on the real engines (0: as -max-in-flight); 8 batches of 16384 fill seq_window 131072")
+	flag.IntVar(&o.engSeqWin, "engines-seq-window", 131072, "agent.seq_window of the runs on the real engines (0: freeway's default, 65536; a binary before agent.seq_window needs 0)")
+	flag.Float64Var(&o.sustainRate, "sustain-rate", 300_000, "entries/s of the sustained run on the real engines (with -engines)")
+	flag.DurationVar(&o.sustain, "sustain", 0, "how long the sustained run on the real engines holds its rate (default 40s; smoke 4s)")
+	flag.DurationVar(&o.sustainSlice, "sustain-slice", 0, "the slices the sustained run's lag is cut into (default 10s; smoke 1s)")
+	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells, sustain (default: all)")
 	flag.Parse()
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
 			switch p = strings.TrimSpace(p); p {
-			case "e2e", "ack", "peers", "matrix", "fresh", "cells":
+			case "e2e", "ack", "peers", "matrix", "fresh", "cells", "sustain":
 				o.only[p] = true
 			default:
-				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells)", p)
+				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells, sustain)", p)
 			}
 		}
 	}
@@ -164,6 +190,12 @@ func main() {
 	o.keys, o.runs = int(keys), int(runs)
 	if o.fresh == 0 {
 		o.fresh = map[bool]time.Duration{false: 30 * time.Second, true: 3 * time.Second}[smoke]
+	}
+	if o.sustain == 0 {
+		o.sustain = map[bool]time.Duration{false: 40 * time.Second, true: 4 * time.Second}[smoke]
+	}
+	if o.sustainSlice == 0 {
+		o.sustainSlice = map[bool]time.Duration{false: 10 * time.Second, true: time.Second}[smoke]
 	}
 	o.matrixFor = map[bool]time.Duration{false: 3 * time.Second, true: time.Second}[smoke]
 	o.cellsCkpt = map[bool]time.Duration{false: 30 * time.Second, true: 2 * time.Second}[smoke]
@@ -268,7 +300,7 @@ func run(o options) (*report, error) {
 		}
 	}
 	maxRate := median(rep.E2E, func(e e2eRun) float64 { return e.PerSec })
-	if o.engines {
+	if o.engines && (o.does("e2e") || o.does("fresh")) {
 		be, err := engineBackends()
 		if err != nil {
 			rep.Notes = append(rep.Notes, "real engines not run: "+err.Error())
@@ -304,6 +336,14 @@ func run(o options) (*report, error) {
 			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines(), rate, 0, be))
 		}
 	}
+	if o.engines && o.does("sustain") {
+		if be, err := engineBackends(); err != nil {
+			rep.Notes = append(rep.Notes, "sustained run on the real engines not run: "+err.Error())
+		} else {
+			s := sustained(ctx, o.onEngines(), o.sustainRate, be)
+			rep.Sustained = &s
+		}
+	}
 	if o.does("cells") {
 		c := cellsRun(ctx, o)
 		rep.CellsRun = &c
@@ -334,6 +374,9 @@ func run(o options) (*report, error) {
 		if fr.Err != "" {
 			rep.Failures = append(rep.Failures, "freshness: "+fr.Err)
 		}
+	}
+	if s := rep.Sustained; s != nil && s.Err != "" {
+		rep.Failures = append(rep.Failures, "sustained on the real engines: "+s.Err)
 	}
 	if c := rep.CellsRun; c != nil && c.Err != "" {
 		rep.Failures = append(rep.Failures, "cells: "+c.Err)
@@ -394,7 +437,7 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be, maxInFlight: o.inFlight,
-		batchBytes: o.batchB, batchEntries: o.batchN}, nil)
+		batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -666,7 +709,7 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, segmentAge: segmentAge, be: be,
-		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN}, nil)
+		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(time.Minute, 50*time.Millisecond)
@@ -686,73 +729,11 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 		}
 		loadDone <- s
 	}()
-	var mu sync.Mutex
-	sent := map[string]time.Time{}
-	var lat []float64
-	seen := map[string]bool{}
-	var wg sync.WaitGroup
-	probeCtx, stopProbes := context.WithTimeout(ctx, o.fresh)
-	defer stopProbes()
-	var sendErr error
-	wg.Go(func() {
-		c, err := scribeapi.Dial(fw.agent, thriftsrv.Limits{}, 10*time.Second)
-		if err != nil {
-			sendErr = err
-			return
-		}
-		defer func() { _ = c.Close() }() // every probe was answered or is the error
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-probeCtx.Done():
-				return
-			case <-t.C:
-			}
-			id := fmt.Sprintf("p%05d", i)
-			now := time.Now()
-			mu.Lock()
-			sent[id] = now
-			mu.Unlock()
-			msg := fmt.Sprintf(`{"ts":%d,"key":"probe","id":"%s","value":0}`, now.UnixMilli(), id)
-			rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "bench", Message: []byte(msg)}})
-			if err != nil {
-				sendErr = fmt.Errorf("probe %s: %w", id, err)
-				return
-			}
-			if rc != scribe.ResultCode_OK {
-				sendErr = fmt.Errorf("probe %s: %v", id, rc)
-				return
-			}
-		}
-	})
-	// Poll until every probe sent is seen, or 10s after the last one.
-	pollEnd := time.Now().Add(o.fresh + 10*time.Second)
-	for time.Now().Before(pollEnd) {
-		a, err := fw.query(ctx, url.Values{"app": {"probe"}, "window": {"all"}, "group_by": {"id"}})
-		now := time.Now()
-		if err == nil {
-			mu.Lock()
-			for _, row := range a.Rows {
-				id := row.Key["id"]
-				if t, ok := sent[id]; ok && !seen[id] {
-					seen[id] = true
-					lat = append(lat, float64(now.Sub(t))/1e6)
-				}
-			}
-			all := probeCtx.Err() != nil && len(seen) == len(sent)
-			mu.Unlock()
-			if all {
-				break
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	wg.Wait()
+	samples, sendErr := probeLag(ctx, fw, 200*time.Millisecond, o.fresh, 10*time.Second)
 	s := <-loadDone
 	r.Achieved, r.Seconds = s.PerSec, s.Seconds
-	r.Probes, r.Seen = len(sent), len(seen)
-	r.P50Ms, r.P99Ms, r.MaxMs = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 1)
+	r.Probes = len(samples)
+	r.Seen, r.P50Ms, r.P99Ms, r.MaxMs = lagOf(samples)
 	switch {
 	case sendErr != nil:
 		r.Err = sendErr.Error()

@@ -71,6 +71,8 @@ type fwConfig struct {
 	// agent.batch_entries (0: the defaults).
 	batchBytes   int64
 	batchEntries int
+	// seqWindow is agent.seq_window (0: the default).
+	seqWindow int
 	// maxQueueBytes is agent.max_queue_bytes (0: the default).
 	maxQueueBytes int64
 }
@@ -118,6 +120,9 @@ func startFreeway(binary, dir string, fc fwConfig, ports []int) (*fwProc, error)
 	}
 	if fc.batchEntries > 0 {
 		fmt.Fprintf(&b, "  batch_entries: %d\n", fc.batchEntries)
+	}
+	if fc.seqWindow > 0 {
+		fmt.Fprintf(&b, "  seq_window: %d\n", fc.seqWindow)
 	}
 	if fc.maxQueueBytes > 0 {
 		fmt.Fprintf(&b, "  max_queue_bytes: %d\n", fc.maxQueueBytes)

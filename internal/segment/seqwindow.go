@@ -11,4 +11,13 @@ package segment
 // batch in flight goes whatever its size, since nothing can overtake
 // what comes before it within itself). With one batch in flight at a time
 // entries arrive in order and the bound never binds.
-const SeqWindow = 1 << 16
+//
+// It was SeqWindowV1 before: an agent keeps that bound unless told that
+// every Puma it feeds tells SeqWindow apart (agent.seq_window), since a
+// Puma of before takes an entry more than SeqWindowV1 below the highest
+// as a repeat.
+const SeqWindow = 1 << 17
+
+// SeqWindowV1 is the seen-window of Puma before SeqWindow, and the
+// agent's default bound.
+const SeqWindowV1 = 1 << 16
