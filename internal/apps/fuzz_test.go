@@ -458,31 +458,18 @@ func btoi(b bool) int {
 	return 0
 }
 
-// FuzzParseNumber: the integer fast paths of parseNumber and
-// parseNumberIn (the text where it lies in a line) give exactly
+// FuzzParseNumber: the integer fast path of parseNumber gives exactly
 // fastfloat.Parse's value (to the bit: -0 too) and error, on any text.
 func FuzzParseNumber(f *testing.F) {
 	for _, s := range []string{"0", "-0", "42", "-42", "1764583200000", "999999999999999", "-999999999999999",
-		"9999999999999999", "007", "-", "", "12345678", "123456789", "-12345678", "1", "1.5", "1e3", "--1", "+1", "12a", "inf", "-nan", "18446744073709551616"} {
+		"9999999999999999", "007", "-", "", "1.5", "1e3", "--1", "+1", "12a", "inf", "-nan", "18446744073709551616"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
+		got, gotErr := parseNumber(s)
 		want, wantErr := fastfloat.Parse(s)
-		same := func(got float64, gotErr error) bool {
-			return (gotErr == nil) == (wantErr == nil) && (gotErr != nil || math.Float64bits(got) == math.Float64bits(want) || math.IsNaN(got) && math.IsNaN(want))
-		}
-		if got, gotErr := parseNumber(s); !same(got, gotErr) {
+		if (gotErr == nil) != (wantErr == nil) || gotErr == nil && math.Float64bits(got) != math.Float64bits(want) && !(math.IsNaN(got) && math.IsNaN(want)) {
 			t.Fatalf("%q: parseNumber %v (%v), fastfloat.Parse %v (%v)", s, got, gotErr, want, wantErr)
-		}
-		// parseNumberIn: the text where it lies in a line, with bytes
-		// after it (digits, which must not be read as its own) or none.
-		for _, after := range []string{"", ",", "}", "9", "12345678", "0000000000000000"} {
-			for _, before := range []string{"", `{"v":`} {
-				line := []byte(before + s + after)
-				if got, gotErr := parseNumberIn(line, len(before), len(before)+len(s)); !same(got, gotErr) {
-					t.Fatalf("%q in %q: parseNumberIn %v (%v), fastfloat.Parse %v (%v)", s, line, got, gotErr, want, wantErr)
-				}
-			}
 		}
 	})
 }

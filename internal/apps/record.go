@@ -2,7 +2,6 @@ package apps
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"regexp"
@@ -190,7 +189,7 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 		case jsonscan.Number:
 			// As below: fastjson's Float64 is fastfloat.Parse of the text.
 			s := view(raw)
-			if n, err := parseNumberIn(line, f.Start, f.End); err == nil {
+			if n, err := parseNumber(s); err == nil {
 				r.set(i, Value{Str: s, Num: n, IsNum: true})
 			} else {
 				r.set(i, Value{Str: s})
@@ -245,57 +244,6 @@ func parseNumber(s string) (float64, error) {
 		return -float64(n), nil
 	}
 	return float64(n), nil
-}
-
-// parseNumberIn is parseNumber of line[start:end], a number read where
-// it lies in its line: an integer of at most 15 digits is read eight
-// digits at a time from the line's words (a shorter run padded with
-// leading zeros), the bytes past the number being in the line but not
-// in the value; any other text, or a number too near the line's end for
-// a word, goes to parseNumber. FuzzParseNumber holds the two equal.
-func parseNumberIn(line []byte, start, end int) (float64, error) {
-	d := start
-	if d < end && line[d] == '-' {
-		d++
-	}
-	n := end - d
-	if n < 1 || n > 15 || d+8 > len(line) {
-		return parseNumber(view(line[start:end]))
-	}
-	var u uint64
-	if n <= 8 {
-		v, ok := digitWord(binary.LittleEndian.Uint64(line[d:]), n)
-		if !ok {
-			return parseNumber(view(line[start:end]))
-		}
-		u = v
-	} else {
-		hi, ok1 := digitWord(binary.LittleEndian.Uint64(line[d:]), n-8)
-		lo, ok2 := digitWord(binary.LittleEndian.Uint64(line[end-8:]), 8)
-		if !ok1 || !ok2 {
-			return parseNumber(view(line[start:end]))
-		}
-		u = hi*100_000_000 + lo
-	}
-	if d > start {
-		return -float64(u), nil
-	}
-	return float64(u), nil
-}
-
-// digitWord is the value of the k (1 to 8) decimal digits in the low
-// bytes of v (little-endian: the first digit lowest), and whether they
-// are all digits: the bytes above them are replaced by leading zeros,
-// then the eight are checked and summed by multiplication (as in
-// parseNumber).
-func digitWord(v uint64, k int) (uint64, bool) {
-	v = v<<(64-8*k) | 0x3030303030303030>>(8*k) // k = 8: a shift by 64 is 0
-	if bad := (v&0xF0F0F0F0F0F0F0F0 ^ 0x3030303030303030) | ((v+0x0606060606060606)&0xF0F0F0F0F0F0F0F0 ^ 0x3030303030303030); bad != 0 {
-		return 0, false
-	}
-	v -= 0x3030303030303030
-	v = v*10 + v>>8
-	return ((v&0x000000FF000000FF)*(100+1000000<<32) + (v>>16&0x000000FF000000FF)*(1+10000<<32)) >> 32, true
 }
 
 // view is b as a string without a copy: valid while b is unchanged (a
