@@ -5,7 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/apps/appstest"
 )
 
 func num(v float64) apps.Input {
@@ -168,4 +170,43 @@ func TestOverflowHasNoValue(t *testing.T) {
 	l.merge(c, neg) // +Inf + -MaxFloat64: still +Inf
 	l.merge(c, c)
 	checkResults(t, "merged overflow", l.results(c), map[string]any{"n": 6.0, "total": nil, "lo": 0.0, "hi": math.MaxFloat64, "mean": nil})
+}
+
+// TestSlotOpsAreAddSlots: the functions layout.add updates inline
+// (slotOps) leave a cell's slots as their AddSlots does, to the bit, for
+// values of every kind a numeric input can be (integers, fractions,
+// large, tiny, negative zero, sums that round), from slots of any value.
+func TestSlotOpsAreAddSlots(t *testing.T) {
+	vals := []float64{0, 1, -1, 0.1, 0.2, 1e300, -1e300, 5e-324, math.Copysign(0, -1), 123456789.123, 1 << 53, 3}
+	for name, op := range slotOps {
+		fn, ok := agg.Lookup(name)
+		if !ok || !fn.Fixed() || fn.Slots != 1 {
+			t.Fatalf("%s: not a one-slot function", name)
+		}
+		app := appstest.Compile(t, apps.Spec{Name: "a", Category: "c", Format: "json", GroupBy: []string{"k"},
+			Aggregates: []apps.AggregateSpec{{Name: "x", Fn: name, Field: "v"}}})
+		if !fn.NeedsField {
+			app = appstest.Compile(t, apps.Spec{Name: "a", Category: "c", Format: "json", GroupBy: []string{"k"},
+				Aggregates: []apps.AggregateSpec{{Name: "x", Fn: name}}})
+		}
+		l, err := newLayout(app)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.fixed[0].op != op || op == opCall {
+			t.Fatalf("%s: layout op %d, want %d", name, l.fixed[0].op, op)
+		}
+		for _, start := range vals {
+			c := l.newCell()
+			want := []float64{start}
+			c.f[0] = start
+			for _, v := range vals {
+				l.add(c, []apps.Input{{Value: apps.Value{Num: v, IsNum: true}, Present: true}}, 1, 1)
+				fn.AddSlots(want, v)
+				if math.Float64bits(c.f[0]) != math.Float64bits(want[0]) {
+					t.Fatalf("%s from %v, after %v: slot %v, AddSlots gives %v", name, start, v, c.f[0], want[0])
+				}
+			}
+		}
+	}
 }

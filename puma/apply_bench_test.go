@@ -6,7 +6,11 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/apps/appstest"
 	"github.com/freeway-dev/freeway/internal/demo"
+	"github.com/freeway-dev/freeway/internal/loadgen"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // BenchmarkApply measures Puma's per-record cost (B3 of BENCHMARKS.md):
@@ -81,4 +85,66 @@ func BenchmarkApply(b *testing.B) {
 		b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 	})
+}
+
+// BenchmarkApplyEntry is issue 10's end-to-end app in Puma alone: the
+// bench's 176-byte JSON lines (internal/loadgen, 10 k keys), a count and
+// a sum of value per key per minute (unix_ms time), fed a block of 1,000
+// lines from one agent at a time through the shard (the agent's
+// sequence numbers, the shared parse, extraction, placement). An op is
+// one entry; every line's cell exists (the table is warmed first).
+//
+//	go test -run '^$' -bench BenchmarkApplyEntry -benchmem ./puma
+func BenchmarkApplyEntry(b *testing.B) {
+	app := appstest.Compile(b, apps.Spec{
+		Name: "bench", Category: "bench", Format: "json",
+		Time:    &apps.TimeSpec{Field: "ts", Layout: "unix_ms"},
+		GroupBy: []string{"key"},
+		Aggregates: []apps.AggregateSpec{
+			{Name: "n", Fn: "count"}, {Name: "total", Fn: "sum", Field: "value"},
+		},
+	})
+	e := newEnv(b, app)
+	s := testShardOf(b, e.node("n1"), "bench", 0)
+	// 40 blocks of 1,000 lines, 150 µs apart (the bench's step), all in
+	// one minute.
+	spec := loadgen.Lines{Format: loadgen.JSON, Size: 176, Keys: 10000, Seed: 1, Start: time.UnixMilli(1764583200000), Step: 150 * time.Microsecond}
+	blocks := make([]*segment.Block, 40)
+	for i := range blocks {
+		blk := &segment.Block{Agent: "bench-agent", ArrivalMs: 1764583200000, Seqs: make([]uint64, 1000)}
+		for j := range 1000 {
+			line, _ := spec.Append(nil, int64(i*1000+j), 0)
+			blk.Messages = append(blk.Messages, line)
+		}
+		blocks[i] = blk
+	}
+	seq := uint64(0)
+	feed := func(blk *segment.Block) {
+		for j := range blk.Seqs {
+			seq++
+			blk.Seqs[j] = seq
+		}
+		s.apply(blk, ptail.Position{Offset: int64(seq)})
+	}
+	for _, blk := range blocks { // every cell made: measure updates
+		feed(blk)
+	}
+	if s.entries != 40_000 {
+		b.Fatalf("%d entries applied, want 40000", s.entries)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU(b)
+	n := 0
+	for n < b.N {
+		feed(blocks[(n/1000)%len(blocks)])
+		n += 1000
+	}
+	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(n), "cpu-ns/entry")
+	b.StopTimer()
+	for _, t := range s.tables {
+		if got := t.drops; got != [nReasons]uint64{} {
+			b.Fatalf("lines rejected: %v", got)
+		}
+	}
 }

@@ -77,6 +77,12 @@ type Scanner struct {
 	// 63 bytes or more), so that a name no path can have is passed by
 	// its length alone.
 	lens []uint64
+	// names[level]: the distinct names of the paths at level, each with
+	// the paths that have it there (a name is compared once, whatever
+	// the number of paths through it); lastAt[level]: the paths whose
+	// last step is level.
+	names  [][]levelName
+	lastAt []uint64
 	// always: the scan can never answer alone (see above).
 	always bool
 	fields []Field
@@ -109,6 +115,7 @@ func New(paths []string) *Scanner {
 				s.lens = append(s.lens, 0)
 			}
 			s.lens[l] |= 1 << min(len(step), 63)
+			s.addName(l, step, f)
 			n, err := strconv.Atoi(step)
 			if err != nil || n < 0 {
 				n = -1
@@ -117,6 +124,58 @@ func New(paths []string) *Scanner {
 		}
 	}
 	return s
+}
+
+// levelName is a name some paths have at one level, and those paths.
+type levelName struct {
+	name string
+	// word is the name's bytes in a little-endian word, zero above them,
+	// for a name of at most eight bytes (nameWord).
+	word  uint64
+	paths uint64
+}
+
+// addName records that path f has name at level.
+func (s *Scanner) addName(level int, name string, f int) {
+	for len(s.names) <= level {
+		s.names, s.lastAt = append(s.names, nil), append(s.lastAt, 0)
+	}
+	if level == s.last[f] {
+		s.lastAt[level] |= 1 << f
+	}
+	for k := range s.names[level] {
+		if s.names[level][k].name == name {
+			s.names[level][k].paths |= 1 << f
+			return
+		}
+	}
+	var word uint64
+	for k := min(len(name), 8) - 1; k >= 0; k-- {
+		word = word<<8 | uint64(name[k])
+	}
+	s.names[level] = append(s.names[level], levelName{name: name, word: word, paths: 1 << f})
+}
+
+// match returns the paths whose name at level is b[start:end], the
+// name of a key: by the name's word when it is short (one comparison
+// of integers, no call), else by its bytes.
+func (s *Scanner) match(b []byte, start, end, level int) uint64 {
+	names := s.names[level]
+	if n := end - start; n <= 8 && start+8 <= len(b) {
+		word := binary.LittleEndian.Uint64(b[start:]) & (^uint64(0) >> (64 - 8*n)) // n = 0: a shift by 64 is 0
+		for k := range names {
+			if names[k].word == word && len(names[k].name) == n {
+				return names[k].paths
+			}
+		}
+		return 0
+	}
+	for k := range names {
+		if names[k].name == string(b[start:end]) {
+			return names[k].paths
+		}
+	}
+	return 0
 }
 
 // Scan reads line. After OK, Fields holds the value of each path, in
@@ -276,17 +335,10 @@ func (s *Scanner) object(b []byte, i, depth int, active uint64, level int) (int,
 		// A path still looking for its name here (active: never beyond
 		// its last step, so level < len(s.lens)), and one of its length.
 		if m := active &^ taken; m != 0 && s.lens[level]>>min(end-start, 63)&1 != 0 {
-			name := b[start:end]
-			for ; m != 0; m &= m - 1 {
-				f := bits.TrailingZeros64(m)
-				if s.paths[f][level] == string(name) {
-					taken |= 1 << f
-					if level == s.last[f] {
-						ends |= 1 << f
-					} else {
-						next |= 1 << f
-					}
-				}
+			if hit := s.match(b, start, end, level) & m; hit != 0 {
+				taken |= hit
+				ends = hit & s.lastAt[level]
+				next = hit &^ ends
 			}
 		}
 		// The value: most are a string or a number that no path reads or

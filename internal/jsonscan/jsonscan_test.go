@@ -144,6 +144,35 @@ func TestScanAgreesWithFastjson(t *testing.T) {
 	}
 }
 
+// TestNamesMatchByWord: a name of up to eight bytes is matched by its
+// bytes in a word (Scanner.match): names that agree in the word's bytes
+// but not in length (a raw NUL pads a word as the zero above a shorter
+// name does), that share a prefix, of exactly eight and nine bytes, and
+// near the line's end (no word to read) are told apart as fastjson
+// tells them; paths that share a step all take it.
+func TestNamesMatchByWord(t *testing.T) {
+	for _, c := range []struct {
+		paths []string
+		line  string
+	}{
+		{[]string{"a"}, "{\"a\x00\":1,\"a\":2}"},
+		{[]string{"a\x00"}, "{\"a\":1,\"a\x00\":2}"},
+		{[]string{"a", "a\x00\x00"}, "{\"a\x00\":1,\"a\x00\x00\":3,\"a\":2}"},
+		{[]string{"abcdefgh", "abcdefg"}, `{"abcdefghi":1,"abcdefg":2,"abcdefgh":3}`},
+		{[]string{"abcdefghi", "abcdefgh"}, `{"abcdefgh":1,"abcdefghi":2}`},
+		{[]string{"x", "xy"}, `{"xy":1,"x":2}`},
+		{[]string{"k"}, `{"k":1}`},
+		{[]string{"ky"}, `{"k":1,"ky":2}`},
+		{[]string{""}, `{"":7}`},
+		{[]string{"a.b", "a.c", "b"}, `{"b":0,"a":{"c":1,"b":2}}`},
+		{[]string{"a.b", "a", "b"}, `{"b":0,"a":5}`},
+	} {
+		if got := check(t, New(c.paths), c.paths, []byte(c.line)); got != OK {
+			t.Errorf("paths %q, line %q: scan result %d, want OK", c.paths, c.line, got)
+		}
+	}
+}
+
 // TestScanAllocatesNothing: a scan of a usual line allocates nothing.
 func TestScanAllocatesNothing(t *testing.T) {
 	s := New([]string{"ts", "user", "bytes", "req.path"})
