@@ -70,16 +70,24 @@ func TestCellWriterPutsWhileTaking(t *testing.T) {
 	}
 }
 
-// TestCheckpointPutFailsMidway: a checkpoint of three chunks whose second
-// Put fails returns the error, writes no commit and marks every cell it
-// took changed again; the next checkpoint writes them all, in chunks in
-// row order, and a new owner recovers exactly what was in memory.
+// TestCheckpointPutFailsMidway: a checkpoint of more chunks than the
+// writer's queue holds, whose second Put fails, returns the error,
+// writes no commit and marks every cell it took changed again; the next
+// checkpoint writes them all, in chunks in row order, and a new owner
+// recovers exactly what was in memory. Memory is returned to the OS
+// after the large checkpoint that succeeded and after the large
+// recovery, not after the failed or a small checkpoint.
 func TestCheckpointPutFailsMidway(t *testing.T) {
 	e := newEnv(t, orders(t))
 	pl := &putLog{Store: e.st, failAt: 2}
 	ctx := context.Background()
-	s := testShard(t, e.node("n1", func(c *Config, d *Deps) { d.Store = pl }), 0)
-	n := 2*putChunk + 1000
+	p1 := e.node("n1", func(c *Config, d *Deps) { d.Store = pl })
+	var released int
+	p1.releaseMemory = func() { released++ }
+	s := testShard(t, p1, 0)
+	// More chunks than the queue holds (the taker waits for room when
+	// the second Put fails), and at least releaseCells cells.
+	n := max((queueChunks+2)*putChunk, releaseCells) + 1000
 	lines := make([][]byte, 0, 1000)
 	for i := 0; i < n; i += 1000 {
 		lines = lines[:0]
@@ -95,6 +103,9 @@ func TestCheckpointPutFailsMidway(t *testing.T) {
 	}
 	if s.committed.Epoch != E {
 		t.Fatalf("committed epoch %d after a failed put, want %d", s.committed.Epoch, E)
+	}
+	if released != 0 {
+		t.Fatalf("memory released %d times before a checkpoint succeeded, want none", released)
 	}
 	pl.mu.Lock()
 	pl.puts, pl.failAt = nil, 0
@@ -119,9 +130,120 @@ func TestCheckpointPutFailsMidway(t *testing.T) {
 	if total != n {
 		t.Fatalf("the checkpoint after the failure put %d cells, want every one of the %d", total, n)
 	}
-	s2 := testShard(t, e.node("n2"), 0)
+	// A checkpoint of at least releaseCells cells returns its memory to
+	// the OS; a small one does not.
+	if released != 1 {
+		t.Fatalf("memory released %d times after a checkpoint of %d cells, want once", released, n)
+	}
+	feed(s, int64(n+1), order(t0, "r0", "k0", 1))
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if released != 1 {
+		t.Fatalf("memory released after a checkpoint of one cell (%d in all), want only after the large one", released)
+	}
+	want = memRows(t, s, Query{App: "orders", GroupBy: []string{}, AllWindows: true})
+	p2 := e.node("n2")
+	var released2 int
+	p2.releaseMemory = func() { released2++ }
+	s2 := testShard(t, p2, 0)
+	if released2 != 1 {
+		t.Fatalf("memory released %d times after recovering %d cells, want once", released2, n)
+	}
 	equalRows(t, "recovered", memRows(t, s2, Query{App: "orders", GroupBy: []string{}, AllWindows: true}), want)
 	if got := s2.tables[0].ncells; got != n {
 		t.Fatalf("recovered %d cells, want %d", got, n)
+	}
+}
+
+// sendAll sends n one-cell chunks to w on a goroutine of its own and
+// returns a channel closed once every send has returned.
+func sendAll(w *cellWriter, n int) <-chan struct{} {
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 1; i <= n; i++ {
+			w.send([]store.Cell{{Row: fmt.Sprintf("s/x/%03d", i), Column: "v", Timestamp: w.epoch, Value: []byte{1}}})
+		}
+	}()
+	return sent
+}
+
+// waitForTaker waits until a send waits for room in w's full queue, and fails
+// the test if every send returned instead (the queue took them all while
+// the store held the first Put).
+func waitForTaker(t *testing.T, w *cellWriter, sent <-chan struct{}) {
+	t.Helper()
+	for {
+		select {
+		case <-sent:
+			t.Fatal("every chunk was queued while the store held the first Put: the queue is not bounded")
+		default:
+		}
+		w.mu.Lock()
+		waiting, queued := w.waiting, len(w.queue)
+		w.mu.Unlock()
+		if queued > w.limit {
+			t.Fatalf("%d chunks queued, more than the limit %d", queued, w.limit)
+		}
+		if waiting > 0 && queued == w.limit {
+			return
+		}
+		time.Sleep(time.Millisecond) // polling only: nothing is asserted on time
+	}
+}
+
+// TestCellWriterQueueIsBounded: while the store holds a Put, the taker
+// queues queueChunks chunks and then waits for room; once the store goes
+// on, every chunk is put, in the order sent.
+func TestCellWriterQueueIsBounded(t *testing.T) {
+	e := newEnv(t, orders(t))
+	pl := &putLog{Store: e.st, seen: make(chan int)} // each Put waits for the test
+	s := testShard(t, e.node("n1", func(c *Config, d *Deps) { d.Store = pl }), 0)
+	w := newCellWriter(context.Background(), s, s.nextEpoch)
+	n := queueChunks + 3
+	sent := sendAll(w, n)
+	waitForTaker(t, w, sent)
+	for i := 1; i <= n; i++ {
+		if got := <-pl.seen; got != i {
+			t.Fatalf("put %d, want %d", got, i)
+		}
+	}
+	<-sent
+	w.finish()
+	if w.err != nil || w.fenced || w.puts != n {
+		t.Fatalf("err %v, fenced %v, %d puts; want %d", w.err, w.fenced, w.puts, n)
+	}
+	for i, p := range pl.puts {
+		if want := fmt.Sprintf("s/x/%03d", i+1); p[0].Row != want {
+			t.Fatalf("put %d is %s, want %s", i, p[0].Row, want)
+		}
+	}
+}
+
+// TestCellWriterFailureReleasesTaker: a Put that fails while the taker
+// waits for room lets the taker go on (it does not wait for a writer
+// that puts nothing more), nothing after the failure is put, and the
+// writer reports the error (the checkpoint then marks every cell it took
+// changed again: TestCheckpointPutFailsMidway).
+func TestCellWriterFailureReleasesTaker(t *testing.T) {
+	e := newEnv(t, orders(t))
+	pl := &putLog{Store: e.st, seen: make(chan int), failAt: 1}
+	s := testShard(t, e.node("n1", func(c *Config, d *Deps) { d.Store = pl }), 0)
+	w := newCellWriter(context.Background(), s, s.nextEpoch)
+	sent := sendAll(w, queueChunks+5)
+	waitForTaker(t, w, sent)
+	if got := <-pl.seen; got != 1 { // the first Put goes on, and fails
+		t.Fatalf("put %d, want 1", got)
+	}
+	<-sent // hangs (and the test times out) if the taker is left waiting
+	w.finish()
+	if !errors.Is(w.err, errInjected) || w.puts != 0 {
+		t.Fatalf("err %v, %d puts; want the injected failure and none", w.err, w.puts)
+	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if len(pl.puts) != 1 {
+		t.Fatalf("%d Puts tried, want only the one that failed", len(pl.puts))
 	}
 }

@@ -259,6 +259,9 @@ func (s *shard) recover(ctx context.Context) error {
 	s.readAborted = s.committed.Aborted
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
+	if loaded >= releaseCells {
+		s.p.releaseMemory() // the scan's and the decoding's garbage, as after a checkpoint
+	}
 	return nil
 }
 
@@ -387,9 +390,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.mu.Unlock()
 	s.afterCommit(state)
 	s.lastCommit.Store(s.p.now().UnixNano())
-	s.p.m.checkpoints.Inc()
-	s.p.m.checkpointCells.Add(float64(ncells))
-	s.p.m.checkpointSeconds.Observe(s.p.now().Sub(start).Seconds())
+	took := s.p.now().Sub(start)
 	s.deleteGoneWindows(ctx, epoch)
 	// 4. Retention, once the state without the expired windows is
 	// committed; what fails is tried again at the next checkpoint.
@@ -402,8 +403,29 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	s.expired = left
 	s.deleteRemoved(ctx, epoch, state.Removed)
+	// 5. A large checkpoint's transient memory (its queued chunks,
+	// bbolt's pages of each transaction, and the heap the GC let grow
+	// over them) is garbage now; the runtime would hand its pages back
+	// to the OS only slowly, so do it at once (releaseCells).
+	if ncells >= releaseCells {
+		s.p.releaseMemory()
+	}
+	s.p.m.checkpoints.Inc()
+	s.p.m.checkpointCells.Add(float64(ncells))
+	s.p.m.checkpointSeconds.Observe(took.Seconds())
 	return nil
 }
+
+// releaseCells is the size of a checkpoint after which its memory is
+// returned to the OS (debug.FreeOSMemory: a garbage collection, then
+// every free page released). Below it the transient memory is at most a
+// few chunks and the runtime's own scavenger keeps up; above it a
+// checkpoint left the heap grown by about its size until the next
+// collections (on a million changed cells, 200 MB of resident memory
+// after a collection, tens of seconds later). The cost is a collection
+// of the live heap, mostly cell arrays without pointers, per such
+// checkpoint.
+const releaseCells = 4 * putChunk
 
 // Cell formats (the first byte of a stored cell).
 const (
