@@ -17,8 +17,9 @@ import (
 const putChunk = 1 << 16
 
 // queueChunks is how many chunks a checkpoint's taker queues ahead of
-// the writer before it waits for the store (cellWriter).
-const queueChunks = 2
+// the writer before it waits for the store (cellWriter): 512 Ki cells,
+// about 24 MB of count+sum cells with short keys.
+const queueChunks = 8
 
 // cellWriter writes a checkpoint's cells on a goroutine of its own while
 // the checkpoint is still taking them: the attempt marker first, then
@@ -30,16 +31,19 @@ const queueChunks = 2
 // before: every cell at the epoch, then the commit row.
 //
 // The queue is bounded: at most queueChunks chunks wait besides the one
-// being put (and the one the taker is building), so that a checkpoint
-// holds a few chunks of encoded cells at a time rather than every cell
-// it took (about 140 bytes a count+sum cell: a million changed cells
-// were 150 MB of transient heap, and twice that of heap the runtime
-// then kept). A taker that finds the queue full waits for the store,
-// with the shard's lock held: a checkpoint of more than queueChunks
-// chunks holds the lock until all but the last few are put, where it
-// held it only while taking. A failure wakes a waiting taker, which then
-// drops what it sends: the checkpoint marks every cell it took changed
-// again whatever was put.
+// being put (and the one the taker is building). A span's chunk waits in
+// the form it was taken in (cellChunk: its cells' values, windows and
+// key views, about 45 bytes a count+sum cell) and becomes store cells
+// (about 140) only when the writer takes it, so that a checkpoint holds
+// a few chunks of cells rather than every cell it took in their store
+// form (a million changed cells were 150 MB of transient heap, and
+// twice that of heap the runtime then kept). A taker that finds the
+// queue full waits for the store, with the shard's lock held: only a
+// checkpoint of more than queueChunks chunks whose store lags that far
+// behind its taking holds the lock longer than it takes to take the
+// cells. A failure wakes a waiting taker, which then drops what it
+// sends: the checkpoint marks every cell it took changed again whatever
+// was put.
 type cellWriter struct {
 	s     *shard
 	ctx   context.Context
@@ -47,7 +51,7 @@ type cellWriter struct {
 	limit int // chunks queued at most (queueChunks)
 
 	mu      sync.Mutex
-	queue   [][]store.Cell
+	queue   []queued
 	closed  bool
 	started bool
 	failed  bool          // the writer stopped putting (err or fenced): sends are dropped
@@ -68,6 +72,20 @@ func newCellWriter(ctx context.Context, s *shard, epoch int64) *cellWriter {
 	return w
 }
 
+// queued is a chunk waiting for the writer: cells ready to put, or a
+// chunk taken from a span to build them from.
+type queued struct {
+	cells []store.Cell
+	taken *cellChunk
+}
+
+// sendChunk queues a chunk taken from a span (send, built by the writer).
+func (w *cellWriter) sendChunk(c *cellChunk) {
+	if len(c.keys) > 0 {
+		w.push(queued{taken: c}, false)
+	}
+}
+
 // send queues cells, which are not written again by the caller, to be
 // put after those queued before; the first send starts the goroutine.
 // It waits while the queue is full, and drops the cells once the writer
@@ -76,21 +94,21 @@ func (w *cellWriter) send(cells []store.Cell) {
 	if len(cells) == 0 {
 		return
 	}
-	w.push(cells, false)
+	w.push(queued{cells: cells}, false)
 }
 
-// push queues cells (nil: none), closes the queue if closing, and starts
-// the goroutine unless it runs already.
-func (w *cellWriter) push(cells []store.Cell, closing bool) {
+// push queues a chunk (zero: none), closes the queue if closing, and
+// starts the goroutine unless it runs already.
+func (w *cellWriter) push(q queued, closing bool) {
 	w.mu.Lock()
-	if cells != nil {
+	if q.cells != nil || q.taken != nil {
 		for w.started && !w.failed && len(w.queue) >= w.limit {
 			w.waiting++
 			w.room.Wait()
 			w.waiting--
 		}
 		if !w.failed {
-			w.queue = append(w.queue, cells)
+			w.queue = append(w.queue, q)
 		}
 	}
 	if closing {
@@ -123,7 +141,7 @@ func (w *cellWriter) signal() {
 // first failure). It starts the goroutine if nothing was sent, so that
 // the marker is written: a checkpoint without cells still commits.
 func (w *cellWriter) finish() {
-	w.push(nil, true)
+	w.push(queued{}, true)
 	<-w.done
 }
 
@@ -170,16 +188,17 @@ func (w *cellWriter) run() {
 	// again).
 	for {
 		w.mu.Lock()
-		var cells []store.Cell
-		if len(w.queue) > 0 {
-			cells = w.queue[0]
-			w.queue[0] = nil
+		var q queued
+		ok := len(w.queue) > 0
+		if ok {
+			q = w.queue[0]
+			w.queue[0] = queued{}
 			w.queue = w.queue[1:]
 			w.room.Signal()
 		}
 		closed := w.closed
 		w.mu.Unlock()
-		if cells == nil {
+		if !ok {
 			if closed {
 				return
 			}
@@ -188,6 +207,10 @@ func (w *cellWriter) run() {
 		}
 		if w.failed {
 			continue // only after a failure: drained and dropped
+		}
+		cells := q.cells
+		if q.taken != nil {
+			cells = q.taken.build()
 		}
 		if err := st.Put(w.ctx, tbl, cells); err != nil {
 			w.err = fmt.Errorf("write cells: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -70,8 +71,8 @@ func TestCellWriterPutsWhileTaking(t *testing.T) {
 	}
 }
 
-// TestCheckpointPutFailsMidway: a checkpoint of more chunks than the
-// writer's queue holds, whose second Put fails, returns the error,
+// TestCheckpointPutFailsMidway: a checkpoint of several chunks, whose
+// second Put fails, returns the error,
 // writes no commit and marks every cell it took changed again; the next
 // checkpoint writes them all, in chunks in row order, and a new owner
 // recovers exactly what was in memory. Memory is returned to the OS
@@ -85,9 +86,8 @@ func TestCheckpointPutFailsMidway(t *testing.T) {
 	var released int
 	p1.releaseMemory = func() { released++ }
 	s := testShard(t, p1, 0)
-	// More chunks than the queue holds (the taker waits for room when
-	// the second Put fails), and at least releaseCells cells.
-	n := max((queueChunks+2)*putChunk, releaseCells) + 1000
+	// Several chunks, at least releaseCells cells.
+	n := max(3*putChunk, releaseCells) + 1000
 	lines := make([][]byte, 0, 1000)
 	for i := 0; i < n; i += 1000 {
 		lines = lines[:0]
@@ -245,5 +245,57 @@ func TestCellWriterFailureReleasesTaker(t *testing.T) {
 	defer pl.mu.Unlock()
 	if len(pl.puts) != 1 {
 		t.Fatalf("%d Puts tried, want only the one that failed", len(pl.puts))
+	}
+}
+
+// TestCheckpointPutsCellsAsTaken: the writer builds the store cells of a
+// chunk after the shard's lock is released (here it stalls past the
+// marker), while lines add keys to the same window (its key bytes grow)
+// and change the cells taken; what is put and committed is what was
+// taken: a new owner recovers exactly the state at the checkpoint.
+func TestCheckpointPutsCellsAsTaken(t *testing.T) {
+	e := newEnv(t, orders(t))
+	ctx := context.Background()
+	p1 := e.node("n1")
+	marked, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	p1.afterMark = func(string, int) {
+		once.Do(func() {
+			close(marked)
+			<-resume
+		})
+	}
+	s := testShard(t, p1, 0)
+	const n = 3000
+	lines := make([][]byte, 0, n)
+	for j := range n {
+		lines = append(lines, order(t0, fmt.Sprint("r", j%100), fmt.Sprint("k", j/100), j))
+	}
+	feed(s, 1, lines...)
+	q := Query{App: "orders", GroupBy: []string{}, AllWindows: true}
+	want := memRows(t, s, q)
+	done := make(chan error, 1)
+	go func() { done <- s.checkpoint(ctx) }()
+	<-marked
+	// Each apply waits for the lock, which the checkpoint holds until it
+	// has taken every cell.
+	for i := range 20 {
+		lines = lines[:0]
+		for j := range 1000 {
+			lines = append(lines, order(t0, fmt.Sprint("new", i, "-", j), "k0", 1), order(t0, fmt.Sprint("r", j%100), fmt.Sprint("k", j%30), 1000))
+		}
+		feed(s, int64(2+i), lines...)
+	}
+	close(resume)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := memRows(t, s, q); slices.Equal(got, want) {
+		t.Fatal("the lines after the checkpoint changed nothing in memory")
+	}
+	s2 := testShard(t, e.node("n2"), 0)
+	equalRows(t, "recovered", memRows(t, s2, q), want)
+	if got := s2.tables[0].ncells; got != n {
+		t.Fatalf("recovered %d cells, want the %d taken", got, n)
 	}
 }
