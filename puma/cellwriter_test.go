@@ -96,7 +96,6 @@ func TestCheckpointPutFailsMidway(t *testing.T) {
 		}
 		feed(s, int64(i+1), lines...)
 	}
-	want := memRows(t, s, Query{App: "orders", GroupBy: []string{}, AllWindows: true})
 	E := s.committed.Epoch
 	if err := s.checkpoint(ctx); !errors.Is(err, errInjected) {
 		t.Fatalf("checkpoint: %v, want the injected failure", err)
@@ -142,7 +141,7 @@ func TestCheckpointPutFailsMidway(t *testing.T) {
 	if released != 1 {
 		t.Fatalf("memory released after a checkpoint of one cell (%d in all), want only after the large one", released)
 	}
-	want = memRows(t, s, Query{App: "orders", GroupBy: []string{}, AllWindows: true})
+	want := memRows(t, s, Query{App: "orders", GroupBy: []string{}, AllWindows: true})
 	p2 := e.node("n2")
 	var released2 int
 	p2.releaseMemory = func() { released2++ }
