@@ -93,10 +93,12 @@
 // written by a goroutine of the checkpoint's own (cellwriter.go) while
 // it is still taking the changed cells under the shard's lock, in Puts
 // of 64 Ki cells in row order; the commit waits for the last Put, and
-// any failure marks every cell taken changed again. At most two chunks
-// wait for the writer: a taker that finds the queue full waits for the
+// any failure marks every cell taken changed again. A chunk waits for
+// the writer as taken (values, windows and views of the windows' key
+// bytes), and the writer builds its rows just before its Put; at most
+// eight chunks wait: a taker that finds the queue full waits for the
 // store (with the lock held), so that a checkpoint holds a few chunks of
-// encoded cells rather than all it took. After a checkpoint or a
+// cells rather than all it took in their store form. After a checkpoint or a
 // recovery of at least 256 Ki cells the heap's free pages go back to
 // the OS at once (debug.FreeOSMemory): its transient memory would
 // otherwise stay resident for tens of seconds or more. Windows dropped
