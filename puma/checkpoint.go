@@ -420,9 +420,11 @@ func (s *shard) checkpoint(ctx context.Context) error {
 // returned to the OS (debug.FreeOSMemory: a garbage collection, then
 // every free page released). Below it the transient memory is at most a
 // few chunks and the runtime's own scavenger keeps up; above it a
-// checkpoint left the heap grown by about its size until the next
-// collections (on a million changed cells, 200 MB of resident memory
-// after a collection, tens of seconds later). The cost is a collection
+// checkpoint left the heap grown by about twice what it held (on a
+// million changed cells, ~250 MB of resident memory beyond the live
+// heap, still there 20 s after a collection: the scavenger's goal is
+// set at a collection from the heap in use before its sweep, the
+// peak's). The cost is a collection
 // of the live heap, mostly cell arrays without pointers, per such
 // checkpoint.
 const releaseCells = 4 * putChunk
