@@ -17,9 +17,12 @@ import (
 const putChunk = 1 << 16
 
 // queueChunks is how many chunks a checkpoint's taker queues ahead of
-// the writer before it waits for the store (cellWriter): 512 Ki cells,
-// about 24 MB of count+sum cells with short keys.
-const queueChunks = 8
+// the writer before it waits for the store (cellWriter): 1 Mi cells,
+// about 48 MB of count+sum cells with short keys. A taker that waits
+// holds the shard's lock (applies and queries of the shard wait too), so
+// the bound is set where a shard's checkpoint of up to a million changed
+// cells never waits, and only larger ones trade that wait for memory.
+const queueChunks = 16
 
 // cellWriter writes a checkpoint's cells on a goroutine of its own while
 // the checkpoint is still taking them: the attempt marker first, then

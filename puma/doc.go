@@ -96,9 +96,10 @@
 // any failure marks every cell taken changed again. A chunk waits for
 // the writer as taken (values, windows and views of the windows' key
 // bytes), and the writer builds its rows just before its Put; at most
-// eight chunks wait: a taker that finds the queue full waits for the
-// store (with the lock held), so that a checkpoint holds a few chunks of
-// cells rather than all it took in their store form. After a checkpoint or a
+// sixteen chunks (1 Mi cells) wait: a taker that finds the queue full
+// waits for the store (with the lock held, so a shard's applies wait as
+// well), so that a checkpoint of more changed cells holds sixteen chunks
+// rather than all it took in their store form. After a checkpoint or a
 // recovery of at least 256 Ki cells the heap's free pages go back to
 // the OS at once (debug.FreeOSMemory): its transient memory would
 // otherwise stay resident for tens of seconds or more. Windows dropped
