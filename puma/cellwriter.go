@@ -16,6 +16,14 @@ import (
 // HBase.
 const putChunk = 1 << 16
 
+// queueChunks is how many chunks a checkpoint's taker queues ahead of
+// the writer before it waits for the store (cellWriter): 1 Mi cells,
+// about 48 MB of count+sum cells with short keys. A taker that waits
+// holds the shard's lock (applies and queries of the shard wait too), so
+// the bound is set where a shard's checkpoint of up to a million changed
+// cells never waits, and only larger ones trade that wait for memory.
+const queueChunks = 16
+
 // cellWriter writes a checkpoint's cells on a goroutine of its own while
 // the checkpoint is still taking them: the attempt marker first, then
 // each chunk in the order it was given, one Put each. Taking a million
@@ -25,18 +33,33 @@ const putChunk = 1 << 16
 // Put before it commits, so that what is committed is what it was
 // before: every cell at the epoch, then the commit row.
 //
-// The queue is not bounded: the cells of a checkpoint are all held at
-// once anyway (as they were before), and the taker, which holds the
-// shard's lock, never waits for the store.
+// The queue is bounded: at most queueChunks chunks wait besides the one
+// being put (and the one the taker is building). A span's chunk waits in
+// the form it was taken in (cellChunk: its cells' values, windows and
+// key views, about 45 bytes a count+sum cell) and becomes store cells
+// (about 140) only when the writer takes it, so that a checkpoint holds
+// a few chunks of cells rather than every cell it took in their store
+// form (a million changed cells were 150 MB of transient heap, and
+// twice that of heap the runtime then kept). A taker that finds the
+// queue full waits for the store, with the shard's lock held: only a
+// checkpoint of more than queueChunks chunks whose store lags that far
+// behind its taking holds the lock longer than it takes to take the
+// cells. A failure wakes a waiting taker, which then drops what it
+// sends: the checkpoint marks every cell it took changed again whatever
+// was put.
 type cellWriter struct {
 	s     *shard
 	ctx   context.Context
 	epoch int64
+	limit int // chunks queued at most (queueChunks)
 
 	mu      sync.Mutex
-	queue   [][]store.Cell
+	queue   []queued
 	closed  bool
 	started bool
+	failed  bool          // the writer stopped putting (err or fenced): sends are dropped
+	waiting int           // takers waiting for room (tests)
+	room    *sync.Cond    // on mu: a chunk was taken from the queue, or failed
 	wake    chan struct{} // a chunk queued or the queue closed
 	done    chan struct{} // closed when the goroutine has ended
 
@@ -47,24 +70,49 @@ type cellWriter struct {
 }
 
 func newCellWriter(ctx context.Context, s *shard, epoch int64) *cellWriter {
-	return &cellWriter{s: s, ctx: ctx, epoch: epoch, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &cellWriter{s: s, ctx: ctx, epoch: epoch, limit: queueChunks, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w.room = sync.NewCond(&w.mu)
+	return w
+}
+
+// queued is a chunk waiting for the writer: cells ready to put, or a
+// chunk taken from a span to build them from.
+type queued struct {
+	cells []store.Cell
+	taken *cellChunk
+}
+
+// sendChunk queues a chunk taken from a span (send, built by the writer).
+func (w *cellWriter) sendChunk(c *cellChunk) {
+	if len(c.keys) > 0 {
+		w.push(queued{taken: c}, false)
+	}
 }
 
 // send queues cells, which are not written again by the caller, to be
 // put after those queued before; the first send starts the goroutine.
+// It waits while the queue is full, and drops the cells once the writer
+// has failed.
 func (w *cellWriter) send(cells []store.Cell) {
 	if len(cells) == 0 {
 		return
 	}
-	w.push(cells, false)
+	w.push(queued{cells: cells}, false)
 }
 
-// push queues cells (nil: none), closes the queue if closing, and starts
-// the goroutine unless it runs already.
-func (w *cellWriter) push(cells []store.Cell, closing bool) {
+// push queues a chunk (zero: none), closes the queue if closing, and
+// starts the goroutine unless it runs already.
+func (w *cellWriter) push(q queued, closing bool) {
 	w.mu.Lock()
-	if cells != nil {
-		w.queue = append(w.queue, cells)
+	if q.cells != nil || q.taken != nil {
+		for w.started && !w.failed && len(w.queue) >= w.limit {
+			w.waiting++
+			w.room.Wait()
+			w.waiting--
+		}
+		if !w.failed {
+			w.queue = append(w.queue, q)
+		}
 	}
 	if closing {
 		w.closed = true
@@ -96,7 +144,7 @@ func (w *cellWriter) signal() {
 // first failure). It starts the goroutine if nothing was sent, so that
 // the marker is written: a checkpoint without cells still commits.
 func (w *cellWriter) finish() {
-	w.push(nil, true)
+	w.push(queued{}, true)
 	<-w.done
 }
 
@@ -134,29 +182,54 @@ func (w *cellWriter) run() {
 			h(s.category, s.bucket)
 		}
 	}
-	// 2. The cells, at the epoch, in the order sent. After a failure the
+	if w.err != nil || w.fenced {
+		w.fail()
+	}
+	// 2. The cells, at the epoch, in the order sent, taken from the queue
+	// one at a time (which makes room for the taker). After a failure the
 	// rest is dropped (the checkpoint marks every cell it took changed
 	// again).
 	for {
 		w.mu.Lock()
-		q, closed := w.queue, w.closed
-		w.queue = nil
+		var q queued
+		ok := len(w.queue) > 0
+		if ok {
+			q = w.queue[0]
+			w.queue[0] = queued{}
+			w.queue = w.queue[1:]
+			w.room.Signal()
+		}
+		closed := w.closed
 		w.mu.Unlock()
-		for _, cells := range q {
-			if w.err != nil || w.fenced {
-				break
+		if !ok {
+			if closed {
+				return
 			}
-			if err := st.Put(w.ctx, tbl, cells); err != nil {
-				w.err = fmt.Errorf("write cells: %w", err)
-				break
-			}
-			w.puts++
-		}
-		if closed && len(q) == 0 {
-			return
-		}
-		if len(q) == 0 {
 			<-w.wake
+			continue
 		}
+		if w.failed {
+			continue // only after a failure: drained and dropped
+		}
+		cells := q.cells
+		if q.taken != nil {
+			cells = q.taken.build()
+		}
+		if err := st.Put(w.ctx, tbl, cells); err != nil {
+			w.err = fmt.Errorf("write cells: %w", err)
+			w.fail()
+			continue
+		}
+		w.puts++
 	}
+}
+
+// fail stops the writer's puts: what is queued and what is sent after is
+// dropped, and a taker waiting for room goes on.
+func (w *cellWriter) fail() {
+	w.mu.Lock()
+	w.failed = true
+	w.queue = nil
+	w.room.Broadcast()
+	w.mu.Unlock()
 }

@@ -259,6 +259,9 @@ func (s *shard) recover(ctx context.Context) error {
 	s.readAborted = s.committed.Aborted
 	s.lastCommit.Store(s.p.now().UnixNano())
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
+	if loaded >= releaseCells {
+		s.p.releaseMemory() // the scan's and the decoding's garbage, as after a checkpoint
+	}
 	return nil
 }
 
@@ -387,9 +390,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.mu.Unlock()
 	s.afterCommit(state)
 	s.lastCommit.Store(s.p.now().UnixNano())
-	s.p.m.checkpoints.Inc()
-	s.p.m.checkpointCells.Add(float64(ncells))
-	s.p.m.checkpointSeconds.Observe(s.p.now().Sub(start).Seconds())
+	took := s.p.now().Sub(start)
 	s.deleteGoneWindows(ctx, epoch)
 	// 4. Retention, once the state without the expired windows is
 	// committed; what fails is tried again at the next checkpoint.
@@ -402,8 +403,31 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	s.expired = left
 	s.deleteRemoved(ctx, epoch, state.Removed)
+	// 5. A large checkpoint's transient memory (its queued chunks,
+	// bbolt's pages of each transaction, and the heap the GC let grow
+	// over them) is garbage now; the runtime would hand its pages back
+	// to the OS only slowly, so do it at once (releaseCells).
+	if ncells >= releaseCells {
+		s.p.releaseMemory()
+	}
+	s.p.m.checkpoints.Inc()
+	s.p.m.checkpointCells.Add(float64(ncells))
+	s.p.m.checkpointSeconds.Observe(took.Seconds())
 	return nil
 }
+
+// releaseCells is the size of a checkpoint after which its memory is
+// returned to the OS (debug.FreeOSMemory: a garbage collection, then
+// every free page released). Below it the transient memory is at most a
+// few chunks and the runtime's own scavenger keeps up; above it a
+// checkpoint left the heap grown by about twice what it held (on a
+// million changed cells, ~250 MB of resident memory beyond the live
+// heap, still there 20 s after a collection: the scavenger's goal is
+// set at a collection from the heap in use before its sweep, the
+// peak's). The cost is a collection
+// of the live heap, mostly cell arrays without pointers, per such
+// checkpoint.
+const releaseCells = 4 * putChunk
 
 // Cell formats (the first byte of a stored cell).
 const (
@@ -459,11 +483,14 @@ func (l *layout) appendCell(b []byte, c cell) []byte {
 	return b
 }
 
-// cellBatch builds the store cells of one span's checkpoint, in the
-// order takeDirty gives them, and hands them to the writer in chunks of
-// putChunk as they are built: a chunk's row keys are one allocation and
-// its values a few, where a cell took two of its own (and the GC had a
-// million small objects more to mark).
+// cellBatch takes the cells of one span's checkpoint, in the order
+// takeDirty gives them, and hands them to the writer in chunks of
+// putChunk as they are taken. Under the shard's lock a cell is only its
+// encoded value and its window and key (a view of the window's key
+// bytes, which are never written twice, so it stays valid once the lock
+// is released): about 45 bytes of a count+sum cell where its store.Cell
+// and row key were about 140. The writer builds a chunk's rows and
+// store.Cells (cellChunk.build) just before it puts them.
 type cellBatch struct {
 	prefix string
 	epoch  int64
@@ -471,13 +498,18 @@ type cellBatch struct {
 	out    *cellWriter
 	left   int // cells still to come, about (sp.changed)
 	sent   int // cells handed to out
-	rows   strings.Builder
-	ends   []int // where each cell's row ends in rows
-	vals   []byte
-	cells  []store.Cell
-	// w and wk: the window of the last cell and its row key part.
-	w  int64
-	wk string
+	c      *cellChunk
+}
+
+// cellChunk is a chunk of one span's cells as taken: built into store
+// cells by the writer.
+type cellChunk struct {
+	prefix  string
+	epoch   int64
+	windows []int64  // each cell's window
+	keys    []string // each cell's key: views of its window's key bytes
+	ends    []int32  // where each cell's value ends in vals
+	vals    []byte
 }
 
 // newCellBatch returns a batch for about n cells of a span whose rows
@@ -491,53 +523,72 @@ func newCellBatch(prefix string, epoch int64, n int, l *layout, out *cellWriter)
 // grow makes the buffers of the next chunk.
 func (b *cellBatch) grow() {
 	n := max(min(b.left, putChunk), 1)
-	b.ends, b.vals, b.cells = make([]int, 0, n), make([]byte, 0, n*b.l.cellSize()), make([]store.Cell, 0, n)
-	b.rows = strings.Builder{}
-	b.rows.Grow(n * (len(b.prefix) + 16 + 1 + 16))
+	b.c = &cellChunk{prefix: b.prefix, epoch: b.epoch, windows: make([]int64, 0, n), keys: make([]string, 0, n),
+		ends: make([]int32, 0, n), vals: make([]byte, 0, n*b.l.cellSize())}
 }
 
-// add appends the cell of k and returns its stored value.
+// add appends the cell of k and returns its stored value (valid until
+// the next add).
 func (b *cellBatch) add(k cellKey, c cell) []byte {
-	if b.wk == "" || k.window != b.w {
-		b.w, b.wk = k.window, windowKey(k.window)
-	}
-	b.rows.WriteString(b.prefix)
-	b.rows.WriteString(b.wk)
-	b.rows.WriteByte('/')
-	b.rows.WriteString(k.key)
-	b.ends = append(b.ends, b.rows.Len())
-	// A value stays where it was written: when vals grows, the values
-	// before are left in the old array, which they keep alive.
-	at := len(b.vals)
-	b.vals = b.l.appendCell(b.vals, c)
-	v := b.vals[at:len(b.vals):len(b.vals)]
-	b.cells = append(b.cells, store.Cell{Column: "v", Timestamp: b.epoch, Value: v})
-	if len(b.cells) == putChunk {
+	at := len(b.c.vals)
+	b.c.vals = b.l.appendCell(b.c.vals, c)
+	v := b.c.vals[at:]
+	b.c.windows = append(b.c.windows, k.window)
+	b.c.keys = append(b.c.keys, k.key)
+	b.c.ends = append(b.c.ends, int32(len(b.c.vals)))
+	if len(b.c.keys) == putChunk {
 		b.flush()
 		b.grow()
 	}
 	return v
 }
 
-// flush gives the cells built their rows and sends them.
+// flush sends the cells taken.
 func (b *cellBatch) flush() {
-	rows := b.rows.String()
-	start := 0
-	for i, end := range b.ends {
-		b.cells[i].Row = rows[start:end]
-		start = end
-	}
-	b.out.send(b.cells)
-	b.sent += len(b.cells)
-	b.left = max(b.left-len(b.cells), 0)
+	n := len(b.c.keys)
+	b.out.sendChunk(b.c)
+	b.sent += n
+	b.left = max(b.left-n, 0)
 }
 
 // done sends the last cells and returns how many were sent in all.
 func (b *cellBatch) done() int {
-	if len(b.cells) > 0 {
+	if len(b.c.keys) > 0 {
 		b.flush()
 	}
+	b.c = nil
 	return b.sent
+}
+
+// build returns the chunk's store cells: its row keys are one
+// allocation, its values views of vals.
+func (c *cellChunk) build() []store.Cell {
+	size := 0
+	for _, k := range c.keys {
+		size += len(c.prefix) + 16 + 1 + len(k)
+	}
+	var rows strings.Builder
+	rows.Grow(size)
+	rowEnds := make([]int, len(c.keys))
+	w, wk := int64(0), ""
+	for i, k := range c.keys {
+		if wk == "" || c.windows[i] != w {
+			w, wk = c.windows[i], windowKey(c.windows[i])
+		}
+		rows.WriteString(c.prefix)
+		rows.WriteString(wk)
+		rows.WriteByte('/')
+		rows.WriteString(k)
+		rowEnds[i] = rows.Len()
+	}
+	all := rows.String()
+	cells := make([]store.Cell, len(c.keys))
+	start, vstart := 0, int32(0)
+	for i := range cells {
+		cells[i] = store.Cell{Row: all[start:rowEnds[i]], Column: "v", Timestamp: c.epoch, Value: c.vals[vstart:c.ends[i]:c.ends[i]]}
+		start, vstart = rowEnds[i], c.ends[i]
+	}
+	return cells
 }
 
 // varBytes is what the variable states take of a stored cell.

@@ -93,8 +93,18 @@
 // written by a goroutine of the checkpoint's own (cellwriter.go) while
 // it is still taking the changed cells under the shard's lock, in Puts
 // of 64 Ki cells in row order; the commit waits for the last Put, and
-// any failure marks every cell taken changed again. Windows dropped by retention
-// are deleted from the store after the commit that drops them.
+// any failure marks every cell taken changed again. A chunk waits for
+// the writer as taken (values, windows and views of the windows' key
+// bytes), and the writer builds its rows just before its Put; at most
+// sixteen chunks (1 Mi cells) wait: a taker that finds the queue full
+// waits for the store (with the lock held, so a shard's applies wait as
+// well), so that a checkpoint of more changed cells holds sixteen chunks
+// rather than all it took in their store form. After a checkpoint or a
+// recovery of at least 256 Ki cells the heap's free pages go back to
+// the OS at once (debug.FreeOSMemory): its transient memory would
+// otherwise stay resident for tens of seconds or more. Windows dropped
+// by retention are deleted from the store after the commit that drops
+// them.
 //
 // Fencing a stale owner's cells. An attempt that a stale owner had
 // already marked before the new owner's claim may still be writing cells

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -169,6 +170,10 @@ type Puma struct {
 	// afterMark, when set (tests), is called by a checkpoint once its
 	// attempt marker is written, before its cells: a stalled writer.
 	afterMark func(category string, bucket int)
+	// releaseMemory returns the heap's free pages to the OS after a
+	// checkpoint of at least releaseCells cells (debug.FreeOSMemory;
+	// tests count the calls).
+	releaseMemory func()
 
 	mu     sync.RWMutex
 	shards map[shardID]*shard // taken here: recovering or running
@@ -229,6 +234,8 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		tries:      map[shardID]*try{},
 		unheld:     map[shardID]time.Time{},
 		wants:      map[shardID]coord.Membership{},
+
+		releaseMemory: debug.FreeOSMemory,
 	}
 	for _, a := range deps.Apps {
 		if _, dup := p.apps[a.Name()]; dup {
