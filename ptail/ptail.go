@@ -14,7 +14,12 @@
 // segment a writer published after a newer writer took its bucket (a
 // writer stalled past its session, then woken up) is never listed, and
 // the listing ends before segments whose fate a newer writer has not
-// sealed yet (the reader waits a poll or two). The mechanism, fence
+// sealed yet (the reader waits a poll or two). Between listings a
+// caught-up reader looks first for the name its writer publishes next,
+// (epoch, seq+1) of its position, and takes that segment only when the
+// fence, read after it, has no intent above its epoch: the verdict
+// layout.Published gives it then; anything else is left to a listing.
+// The mechanism, fence
 // intents and seals in the bucket's hidden .fence directory, is described
 // in internal/layout/fence.go and calligraphus's package doc.
 //
@@ -165,6 +170,9 @@ type Reader struct {
 	// (SetNotifier); nil: the reader only polls.
 	woken       <-chan struct{}
 	unsubscribe func()
+	// noticed: a notice came (from woken) since the reader last looked
+	// for segments, so a publish it has not seen may be in the bucket.
+	noticed bool
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
@@ -250,7 +258,7 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 			return r.pos, ctx.Err()
 		case <-time.After(r.poll):
 		case <-r.woken:
-			r.listed = time.Time{} // list again, even with segments pending
+			r.noticed = true
 		}
 	}
 }
@@ -305,13 +313,8 @@ func (r *Reader) openNext() (bool, error) {
 		}
 		r.finished = true
 	}
-	// List again when nothing is known to follow, and while working
-	// through a backlog at most once a poll, so that Lag counts what was
-	// published meanwhile.
-	if len(r.pending) == 0 || time.Since(r.listed) >= r.poll {
-		if err := r.list(); err != nil {
-			return false, err
-		}
+	if err := r.look(); err != nil {
+		return false, err
 	}
 	for len(r.pending) > 0 {
 		fi := r.pending[0]
@@ -390,6 +393,77 @@ func (r *Reader) closeFile() {
 		_ = r.file.Close() // opened for reading
 	}
 	r.file, r.sr = nil, nil
+}
+
+// look finds the published segments after pos, into pending: by a
+// listing of the bucket at least once a poll (also while working through
+// a backlog, so that Lag counts what was published meanwhile); between
+// polls, once nothing is known to follow, first by the name the writer
+// of pos publishes next (nextSegment), and by a listing only when that
+// is not there and the reader has no notifier or was notified since it
+// last looked. With a notifier, a publish after the last look is in its
+// channel (woken), so listing again at the end of every segment would
+// find nothing the notice does not bring.
+func (r *Reader) look() error {
+	if time.Since(r.listed) >= r.poll {
+		r.noticed = false
+		return r.list()
+	}
+	if len(r.pending) > 0 {
+		if r.noticed {
+			// A notice while segments are pending is the listing's to
+			// take: what it tells of sorts after them.
+			r.noticed = false
+			return r.list()
+		}
+		return nil
+	}
+	found, err := r.nextSegment()
+	if err != nil || found {
+		r.noticed = false
+		return err
+	}
+	if r.woken != nil && !r.noticed {
+		return nil
+	}
+	r.noticed = false
+	return r.list()
+}
+
+// nextSegment looks for the segment the writer of the reader's position
+// publishes next: (epoch, seq+1) of pos, the only name that can sort
+// between pos and the writer's later segments. It reports true, with the
+// segment in pending, when that segment is published and counts: after
+// the Stat, as layout.Published decides after its listing, the fence is
+// read, and with no fence intent above the segment's epoch it counts
+// (layout.Fence.Verdict). Anything else (not there yet, a newer epoch's
+// intent whose seal decides it, a position that names no segment) is
+// left to a listing, which decides it as it always has.
+func (r *Reader) nextSegment() (bool, error) {
+	epoch, seq, ok := layout.ParseSegmentName(r.pos.Segment)
+	if !ok || seq == 1<<64-1 {
+		return false, nil
+	}
+	name := layout.SegmentName(epoch, seq+1)
+	fi, err := r.fs.Stat(path.Join(r.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
+	}
+	if fi.IsDir() {
+		return false, nil // not a segment: Published passes it over too
+	}
+	top, err := layout.FenceTop(r.fs, r.dir)
+	if err != nil {
+		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
+	}
+	if top > epoch {
+		return false, nil
+	}
+	r.pending = append(r.pending[:0], fi)
+	return true, nil
 }
 
 // list reads the directory for published segments after pos. Segments
