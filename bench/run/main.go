@@ -71,14 +71,14 @@ type options struct {
 	profile   time.Duration
 	engines   bool
 	only      map[string]bool
-	inFlight  int     // agent.max_in_flight of the end-to-end runs (0: the default)
-	batchB    int64   // agent.batch_bytes of the end-to-end runs (0: the default)
-	batchN    int     // agent.batch_entries of the end-to-end runs (0: the default)
-	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
+	inFlight  int             // agent.max_in_flight of the end-to-end runs (0: the default)
+	batchB    int64           // agent.batch_bytes of the end-to-end runs (0: the default)
+	batchN    int             // agent.batch_entries of the end-to-end runs (0: the default)
+	freshRate float64         // the engines' freshness run's rate (0: half their end-to-end rate)
 	embRate   float64         // the embedded freshness runs' rate (0: half the end-to-end median)
 	freshAges []time.Duration // segment ages of the embedded freshness runs (0: the dfs's default)
-	engBatchB int64   // agent.batch_bytes of the runs on the real engines
-	engBatchN int     // agent.batch_entries of the runs on the real engines
+	engBatchB int64           // agent.batch_bytes of the runs on the real engines
+	engBatchN int             // agent.batch_entries of the runs on the real engines
 }
 
 // onEngines is o for the runs on the real engines: the agent's batches
