@@ -173,6 +173,9 @@ type Reader struct {
 	// noticed: a notice came (from woken) since the reader last looked
 	// for segments, so a publish it has not seen may be in the bucket.
 	noticed bool
+	// polled: Next waited a whole poll since the last listing; waited:
+	// Next waited at all since then (the reader had caught up).
+	polled, waited bool
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
@@ -257,9 +260,11 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 		case <-ctx.Done():
 			return r.pos, ctx.Err()
 		case <-time.After(r.poll):
+			r.polled = true
 		case <-r.woken:
 			r.noticed = true
 		}
+		r.waited = true
 	}
 }
 
@@ -395,39 +400,41 @@ func (r *Reader) closeFile() {
 	r.file, r.sr = nil, nil
 }
 
-// look finds the published segments after pos, into pending: by a
-// listing of the bucket at least once a poll (also while working through
-// a backlog, so that Lag counts what was published meanwhile); between
-// polls, once nothing is known to follow, first by the name the writer
-// of pos publishes next (nextSegment), and by a listing only when that
-// is not there and the reader has no notifier or was notified since it
-// last looked. With a notifier, a publish after the last look is in its
-// channel (woken), so listing again at the end of every segment would
-// find nothing the notice does not bring.
+// look finds the published segments after pos, into pending. While
+// segments are pending (a backlog), a listing at most once a poll, and
+// at a notice, so that Lag counts what was published meanwhile. Once
+// nothing is known to follow, first the name the writer of pos
+// publishes next (nextSegment); a listing only when that is not there
+// and the reader has no notifier, was notified, or waited a whole poll
+// since it last listed (a writer in another process, a newer epoch),
+// or when it is there but the reader has not caught up for a poll (it
+// is working through a backlog by names, which Lag would not count).
+// With a notifier, a publish after the last look is in its channel
+// (woken): listing at the end of every segment, and at every poll while
+// notices come, would find nothing the notices do not bring.
 func (r *Reader) look() error {
-	if time.Since(r.listed) >= r.poll {
-		r.noticed = false
+	if r.listed.IsZero() {
 		return r.list()
 	}
 	if len(r.pending) > 0 {
-		if r.noticed {
-			// A notice while segments are pending is the listing's to
-			// take: what it tells of sorts after them.
-			r.noticed = false
+		if r.noticed || time.Since(r.listed) >= r.poll {
 			return r.list()
 		}
 		return nil
 	}
 	found, err := r.nextSegment()
-	if err != nil || found {
-		r.noticed = false
+	switch {
+	case err != nil:
 		return err
-	}
-	if r.woken != nil && !r.noticed {
+	case found && !r.waited && time.Since(r.listed) >= r.poll:
+		return r.list()
+	case found:
+		r.noticed = false
 		return nil
+	case r.woken == nil || r.noticed || r.polled:
+		return r.list()
 	}
-	r.noticed = false
-	return r.list()
+	return nil
 }
 
 // nextSegment looks for the segment the writer of the reader's position
@@ -482,6 +489,7 @@ func (r *Reader) list() error {
 	}
 	r.pending = infos
 	r.listed = time.Now()
+	r.noticed, r.polled, r.waited = false, false, false
 	return nil
 }
 
