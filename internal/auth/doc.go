@@ -16,7 +16,8 @@
 // exactly /healthz or /readyz (ProbePaths), so that a health checker
 // without a certificate can probe: those ports complete a handshake
 // without a certificate (one offered must verify) and answer any other
-// request of such a client 403 with a JSON error. A client
+// request of such a client 403 with a JSON error (counted in
+// freeway_tls_requests_without_client_cert_total). A client
 // offers the process's certificate when a server asks, if the
 // certificate may authenticate clients (no extended key usage, or
 // clientAuth among them).

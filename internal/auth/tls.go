@@ -141,6 +141,7 @@ type TLS struct {
 	warn    *ratelog.Limiter
 	reloads *prometheus.CounterVec
 	expiry  prometheus.Gauge
+	refused prometheus.Counter // HTTP requests refused for want of a client certificate
 
 	mu    sync.Mutex
 	cur   *material
@@ -165,10 +166,13 @@ func NewTLS(cfg TLSConfig, log *slog.Logger, reg prometheus.Registerer) (*TLS, e
 			Help: "Loads of changed TLS files (tls.cert_file, key_file, ca_file), by result (ok; error: the previous certificate stays in use)."}, []string{"result"}),
 		expiry: prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_tls_certificate_expiry_timestamp_seconds",
 			Help: "When the certificate in use (tls.cert_file) expires, Unix seconds."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_tls_requests_without_client_cert_total",
+			Help: "HTTP requests answered 403 because the client offered no certificate (tls.client_auth; only GET and HEAD of /healthz and /readyz answer without one)."}),
 	}
 	if reg != nil {
 		t.reloads = connlimit.Register(reg, t.reloads)
 		t.expiry = connlimit.Register(reg, t.expiry)
+		t.refused = connlimit.Register(reg, t.refused)
 	}
 	m, w, err := loadMaterial(cfg)
 	if err != nil {
@@ -262,7 +266,8 @@ var ProbePaths = []string{"/healthz", "/readyz"}
 // offered (one that does not verify is refused, as ServerConfig does)
 // but lets a client without one in, and the handler answers such a
 // client's GET or HEAD of a ProbePaths path only: every other request
-// gets 403 and a JSON error (logged, rate-limited).
+// gets 403 and a JSON error (logged, rate-limited, and counted in
+// freeway_tls_requests_without_client_cert_total).
 func (t *TLS) HTTPServer(h http.Handler) (http.Handler, *tls.Config) {
 	if t == nil {
 		return h, nil
@@ -281,6 +286,7 @@ func (t *TLS) HTTPServer(h http.Handler) (http.Handler, *tls.Config) {
 			h.ServeHTTP(w, r)
 			return
 		}
+		t.refused.Inc()
 		t.warn.Warn("no_client_cert", "request without a client certificate refused (tls.client_auth)",
 			"request", ratelog.Clip(r.Method+" "+r.URL.Path), "remote", r.RemoteAddr)
 		// 403, not 401: a 401 asks for HTTP credentials (the bearer

@@ -337,6 +337,9 @@ func TestHTTPServerProbesWithoutClientCertificate(t *testing.T) {
 	if !strings.Contains(logs.String(), "request without a client certificate refused") {
 		t.Errorf("refusals not logged:\n%s", logs)
 	}
+	if got, want := testutil.ToFloat64(x.refused), float64(len(paths)+3); got != want {
+		t.Errorf("freeway_tls_requests_without_client_cert_total = %v, want %v (the 403s only)", got, want)
+	}
 
 	// The Thrift and Scribe ports' configuration still requires one.
 	if _, err := tls.Dial("tcp", srv.Listener.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}); err != nil {

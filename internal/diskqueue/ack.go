@@ -23,10 +23,18 @@ func (q *Queue) Ack(b Batch) error {
 		return err
 	}
 	var freed int64
-	for len(q.spans) > 0 && q.spans[0].end <= end {
-		freed += q.spans[0].bytes
-		q.spans = q.spans[1:]
+	k := 0
+	for ; k < len(q.spans) && q.spans[k].end <= end; k++ {
+		freed += q.spans[k].bytes
+		if es := q.spans[k].entries; len(q.entryBufs) < maxEntryBufs {
+			clear(es) // nothing of the batch stays reachable (beyond len: zero)
+			q.entryBufs = append(q.entryBufs, es[:0])
+		}
 	}
+	// Moved to the front, so that appending reuses the slice.
+	n := copy(q.spans, q.spans[k:])
+	clear(q.spans[n:])
+	q.spans = q.spans[:n]
 	q.mu.Lock()
 	q.acked = end
 	q.depth -= freed

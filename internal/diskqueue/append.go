@@ -78,7 +78,10 @@ func (q *Queue) enqueueLocked(entries []Entry) uint64 {
 	for i := range entries {
 		rs := int64(RecordSize(&entries[i]))
 		roll := q.wSize > segHeaderSize && q.wSize+rs > q.segBytes
-		if len(q.pending) == 0 || roll {
+		// A full chunk is followed by a new one rather than grown: its
+		// buffer is reused as it is (and kept for the reader, mem.go).
+		full := len(q.pending) > 0 && q.pending[len(q.pending)-1].full(rs)
+		if len(q.pending) == 0 || roll || full {
 			c := chunk{data: q.buffer()}
 			if roll {
 				c.newSeg = q.nextSeq
@@ -94,13 +97,22 @@ func (q *Queue) enqueueLocked(entries []Entry) uint64 {
 	return first
 }
 
+// chunkBytes is the capacity of a chunk's buffer.
+const chunkBytes = 256 << 10
+
+// full reports whether a record of rs bytes would not fit in the chunk's
+// buffer. A record larger than a buffer gets one of its own, grown.
+func (c *chunk) full(rs int64) bool {
+	return len(c.data) > 0 && int64(len(c.data))+rs > int64(cap(c.data))
+}
+
 func (q *Queue) buffer() []byte {
 	if n := len(q.free); n > 0 {
 		b := q.free[n-1]
 		q.free = q.free[:n-1]
 		return b[:0]
 	}
-	return make([]byte, 0, 256<<10)
+	return make([]byte, 0, chunkBytes)
 }
 
 // commitFiles is the file state of one group commit.
@@ -134,13 +146,10 @@ func (q *Queue) commitLocked() {
 	}
 	q.mu.Lock()
 	q.syncing = false
-	for _, ch := range pending {
-		if cap(ch.data) <= 4<<20 && len(q.free) < 4 {
-			q.free = append(q.free, ch.data)
-		}
-	}
 	defer q.cond.Broadcast()
 	if err == nil {
+		// The chunks are durable: kept for the reader (mem.go).
+		q.keepCommittedLocked(pending, c.created, baseSize)
 		q.segs = append(q.segs, c.created...)
 		if len(c.created) > 0 {
 			for _, f := range c.files[:len(c.files)-1] {
@@ -170,6 +179,9 @@ func (q *Queue) commitLocked() {
 		return
 	}
 	q.writeErrs++
+	for _, ch := range pending {
+		q.recycleLocked(ch.data)
+	}
 	for _, w := range q.waiters {
 		if w.end <= end {
 			w.state, w.err = failed, fmt.Errorf("append to queue: %w", err)
@@ -180,9 +192,7 @@ func (q *Queue) commitLocked() {
 	}
 	q.waiters = nil
 	for _, ch := range q.pending {
-		if cap(ch.data) <= 4<<20 && len(q.free) < 4 {
-			q.free = append(q.free, ch.data)
-		}
+		q.recycleLocked(ch.data)
 	}
 	q.pending = nil
 	q.nextSeq = q.durable

@@ -109,6 +109,22 @@
 // segment whose two header copies are both damaged loses its entries if
 // sealed; if it is the last one, Open refuses it (move it away to start).
 //
+// # Reading back what was just written
+//
+// The reader usually reads records a few milliseconds after their group
+// commit wrote them. A commit therefore keeps its buffers, once their
+// fsync has succeeded, with the segment and offset they were written at
+// (up to 8 MiB; mem.go), and the reader takes such a buffer instead of
+// reading the file when its next read starts exactly there: they are the
+// file's bytes. A failed commit's
+// buffers are never kept; a reader further behind, and every read after
+// a restart, reads the files. A buffer goes back to the appenders once
+// every entry it holds is acknowledged. Records taken from such a buffer
+// are not CRC-checked again: this process encoded them into it and
+// nothing has written it since; lengths, sequence numbers and the
+// payload's structure are. The buffers are 256 KiB each: up to 8 MiB kept
+// for the reader, and up to 32 free ones (8 MiB) for the appenders.
+//
 // # Write errors and a full disk
 //
 // A write or fsync error in a group commit rolls the files back to their

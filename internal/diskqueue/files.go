@@ -102,6 +102,7 @@ type ackFile struct {
 	f   *os.File
 	ops fileOps
 	gen uint64 // generation of the last slot written successfully
+	buf [ackSlot]byte
 }
 
 const ackSlot = 32
@@ -150,7 +151,8 @@ func openAckFile(path string, ops fileOps) (*ackFile, uint64, bool, error) {
 // touched before a store succeeds.
 func (a *ackFile) store(seq uint64) error {
 	gen := a.gen + 1
-	var s [ackSlot]byte
+	s := &a.buf
+	*s = [ackSlot]byte{}
 	binary.LittleEndian.PutUint64(s[:], gen)
 	binary.LittleEndian.PutUint64(s[8:], seq)
 	binary.LittleEndian.PutUint32(s[16:], crc32.Checksum(s[:16], crcTable))

@@ -94,10 +94,12 @@ type chunk struct {
 	data   []byte
 }
 
-// span is bytes read but not yet acknowledged, up to (excluding) end.
+// span is bytes read but not yet acknowledged, up to (excluding) end,
+// and the entries slice of the batch that ends there.
 type span struct {
-	end   uint64
-	bytes int64
+	end     uint64
+	bytes   int64
+	entries []Entry
 }
 
 // waiter is one Append waiting for its group commit.
@@ -147,6 +149,9 @@ type Queue struct {
 	pending   []chunk
 	waiters   []*waiter
 	free      [][]byte
+	mem       []memChunk // committed chunks kept for the reader (mem.go)
+	memBytes  int64
+	memTaken  int64 // bytes the reader took from mem instead of the files
 	nextSeq   uint64
 	durable   uint64 // every sequence number below is fsynced
 	syncing   bool   // a leader is committing or repairing, unlocked
@@ -165,11 +170,14 @@ type Queue struct {
 	orphans    []string
 	needSeg    bool
 
-	rmu    sync.Mutex // the consumer's state below
-	r      reader
-	spans  []span
-	intern map[string]string
-	bufs   readBufs
+	rmu   sync.Mutex // the consumer's state below
+	r     reader
+	spans []span
+	// entryBufs are the Entries slices of acknowledged batches, for the
+	// next batches to reuse.
+	entryBufs [][]Entry
+	intern    map[string]string
+	bufs      readBufs
 }
 
 // ID is the queue's stable identity, generated when it was created. Unlike

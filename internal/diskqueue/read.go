@@ -67,6 +67,15 @@ type scanner struct {
 	// gives back those whose payloads are all acknowledged (nil: none
 	// given back, each buffer a new one).
 	bufs *readBufs
+	// committed, with keep, gives the reader a committed chunk still in
+	// memory that holds the file's bytes from an offset on (mem.go).
+	committed func(seg uint64, off, limit int64) []byte
+	// chunk: buf is such a chunk. Its records were encoded by this
+	// process into this very buffer, which nothing has written since
+	// (the commit only wrote it to the file): their CRCs are not
+	// computed again; lengths, sequence numbers and the payloads'
+	// structure are checked as always.
+	chunk bool
 	// handed: a payload of buf has been handed out, the last one that of
 	// record handedSeq.
 	handed    bool
@@ -106,9 +115,9 @@ func (sc *scanner) close() {
 // bufs.
 func (sc *scanner) retire() {
 	if sc.buf != nil {
-		sc.bufs.retire(sc.buf, sc.handed, sc.handedSeq)
+		sc.bufs.retire(sc.buf, sc.chunk, sc.handed, sc.handedSeq)
 	}
-	sc.buf, sc.r, sc.w, sc.handed = nil, 0, 0, false
+	sc.buf, sc.r, sc.w, sc.handed, sc.chunk = nil, 0, 0, false, false
 }
 
 // readBufs recycles the reader's buffers. The payloads a reader hands out
@@ -121,10 +130,14 @@ func (sc *scanner) retire() {
 type readBufs struct {
 	retired []retiredBuf // oldest first
 	free    [][]byte
+	// giveBack takes the committed chunks (mem.go) the reader is done
+	// with: they go back to the appenders, not to free.
+	giveBack func([]byte)
 }
 
 type retiredBuf struct {
 	buf    []byte
+	chunk  bool   // a committed chunk, for giveBack
 	handed bool   // a payload of buf was handed out
 	last   uint64 // the sequence number of the last one
 }
@@ -151,21 +164,22 @@ func (rb *readBufs) take(n int) []byte {
 	return make([]byte, n)
 }
 
-// retire takes a buffer the scanner is done with; handed says whether a
-// payload of it was handed out, the last one that of record last.
-func (rb *readBufs) retire(buf []byte, handed bool, last uint64) {
+// retire takes a buffer the scanner is done with (chunk: a committed
+// chunk); handed says whether a payload of it was handed out, the last
+// one that of record last.
+func (rb *readBufs) retire(buf []byte, chunk, handed bool, last uint64) {
 	if rb == nil {
 		return
 	}
 	if !handed {
-		rb.release(buf)
+		rb.release(buf, chunk)
 		return
 	}
 	if len(rb.retired) == maxRetired {
 		clear(rb.retired[:1])
 		rb.retired = rb.retired[1:]
 	}
-	rb.retired = append(rb.retired, retiredBuf{buf: buf, handed: true, last: last})
+	rb.retired = append(rb.retired, retiredBuf{buf: buf, chunk: chunk, handed: true, last: last})
 }
 
 // acked makes free the retired buffers whose payloads are all below end:
@@ -173,14 +187,20 @@ func (rb *readBufs) retire(buf []byte, handed bool, last uint64) {
 func (rb *readBufs) acked(end uint64) {
 	n := 0
 	for n < len(rb.retired) && rb.retired[n].last < end {
-		rb.release(rb.retired[n].buf)
+		rb.release(rb.retired[n].buf, rb.retired[n].chunk)
 		n++
 	}
 	clear(rb.retired[:n])
 	rb.retired = rb.retired[n:]
 }
 
-func (rb *readBufs) release(buf []byte) {
+func (rb *readBufs) release(buf []byte, chunk bool) {
+	if chunk {
+		if rb.giveBack != nil {
+			rb.giveBack(buf)
+		}
+		return
+	}
 	if len(rb.free) < maxFree {
 		rb.free = append(rb.free, buf[:0])
 	}
@@ -203,7 +223,21 @@ func (sc *scanner) seek(off int64) {
 // io.ErrUnexpectedEOF where the readable end comes first.
 func (sc *scanner) fill(n int) error {
 	for sc.w-sc.r < n {
-		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead {
+		if sc.r == sc.w && sc.committed != nil {
+			// Nothing unread is buffered: the next bytes may be a
+			// committed chunk still in memory, the file's very bytes.
+			if c := sc.committed(sc.seg.id, sc.src.off, sc.src.limit); c != nil {
+				if sc.keep {
+					sc.retire()
+				}
+				sc.buf, sc.r, sc.w, sc.chunk = c, 0, len(c), true
+				sc.src.off += int64(len(c))
+				continue
+			}
+		}
+		if room := cap(sc.buf) - sc.w; room < n-(sc.w-sc.r) || room < minRead || sc.chunk {
+			// (A committed chunk is never read into: it goes back to
+			// the appenders whole.)
 			nb := sc.buf
 			if sc.keep || cap(sc.buf) < n {
 				nb = sc.bufs.take(max(n, scanBuf))
@@ -260,7 +294,7 @@ func (sc *scanner) peek() (recHeader, error) {
 		h, err = parseV1Header(b)
 		h.seq = sc.pos
 	} else {
-		h, err = parseV2Header(b, sc.seg.key)
+		h, err = parseV2Header(b, sc.seg.key, !sc.chunk)
 		if err == nil && h.seq <= sc.last {
 			err = fmt.Errorf("%w: sequence number %d does not follow %d", errDamaged, h.seq, sc.last)
 		}
@@ -293,7 +327,7 @@ func (sc *scanner) take() (int64, []byte, []byte, error) {
 	sc.off += int64(n + h.pl)
 	sc.peeked = false
 	sc.pos++
-	t, cat, msg, err := decodePayload(p, sc.seg.key, h.crc)
+	t, cat, msg, err := decodePayload(p, sc.seg.key, h.crc, !sc.chunk)
 	if err == nil {
 		sc.handed, sc.handedSeq = true, h.seq
 	}
@@ -326,7 +360,7 @@ func (sc *scanner) resync(from int64, lo, hi uint64) (int64, uint64, bool, error
 			if seq < lo || seq >= hi || pl < minPayload || pl > maxPayload || off+recHeaderSize+pl > sc.size {
 				continue
 			}
-			rh, err := parseV2Header(h, sc.seg.key)
+			rh, err := parseV2Header(h, sc.seg.key, true)
 			if err != nil {
 				continue
 			}
@@ -427,6 +461,7 @@ func (q *Queue) openScanner(s segment, v view) error {
 	}
 	sc := newScanner(s, f, 0, true)
 	sc.bufs = &q.bufs
+	sc.committed = q.takeCommitted
 	q.r.sc = sc
 	return sc.update(v)
 }
@@ -608,9 +643,12 @@ func (q *Queue) lose(sc *scanner, off int64, n uint64, cause error) {
 // waiting until one is durable or ctx ends. The batch's record bytes
 // (RecordSize summed) stay within maxBytes, except that a single entry is
 // returned whatever its size; it holds at most maxEntries entries, all of
-// one incarnation and consecutive. The entries' memory is not reused by
-// later reads until the entries are acknowledged (Ack). It waits without holding the reader's lock, so that the
-// consumer may acknowledge batches read before meanwhile.
+// one incarnation and consecutive. The batch's memory (its Entries
+// slice and the entries' bytes) is not reused by later reads until the
+// entries are acknowledged (Ack); after that the queue reuses it, so the
+// consumer must not read a batch it has acknowledged. It waits without
+// holding the reader's lock, so that the consumer may acknowledge
+// batches read before meanwhile.
 func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, error) {
 	for {
 		q.rmu.Lock()
@@ -640,6 +678,25 @@ func (q *Queue) Read(ctx context.Context, maxBytes, maxEntries int) (Batch, erro
 	}
 }
 
+// maxEntryBufs bounds the Entries slices kept for reuse (entryBufs).
+const maxEntryBufs = 8
+
+// entryBuf returns an empty Entries slice for a batch of up to n entries:
+// one of an acknowledged batch if it is large enough (the contract of
+// Read: a batch's memory is the queue's again once acknowledged), else a
+// new one.
+func (q *Queue) entryBuf(n int) []Entry {
+	for i := len(q.entryBufs) - 1; i >= 0; i-- {
+		if es := q.entryBufs[i]; cap(es) >= n {
+			q.entryBufs[i] = q.entryBufs[len(q.entryBufs)-1]
+			q.entryBufs[len(q.entryBufs)-1] = nil
+			q.entryBufs = q.entryBufs[:len(q.entryBufs)-1]
+			return es
+		}
+	}
+	return make([]Entry, 0, n)
+}
+
 func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 	r := &q.r
 	var b Batch
@@ -648,7 +705,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 	// entry was a fifth of the shipper's reading.
 	if n := v.avail - r.seq; n > 0 {
 		most := max(min(maxEntries, maxBytes/(recHeaderSize+minPayload)+1), 1)
-		b.Entries = make([]Entry, 0, min(n, uint64(most)))
+		b.Entries = q.entryBuf(int(min(n, uint64(most))))
 	}
 	last := "" // the category of the entry before: most runs share one
 	for r.seq < v.avail && len(b.Entries) < maxEntries {
@@ -718,7 +775,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 		r.seq++
 	}
 	if len(b.Entries) > 0 {
-		q.spans = append(q.spans, span{end: b.End(), bytes: r.consumed})
+		q.spans = append(q.spans, span{end: b.End(), bytes: r.consumed, entries: b.Entries})
 		r.consumed = 0
 	}
 	return b, nil

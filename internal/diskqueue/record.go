@@ -113,10 +113,11 @@ type recHeader struct {
 	crc uint32 // expected payload CRC
 }
 
-// parseV2Header checks a v2 record header: its own CRC and a plausible
-// length.
-func parseV2Header(h []byte, key uint32) (recHeader, error) {
-	if crc32.Update(key, crcTable, h[:16]) != binary.LittleEndian.Uint32(h[16:]) {
+// parseV2Header checks a v2 record header: its own CRC (with sums) and a
+// plausible length. Without sums the CRC is not computed: only for bytes
+// this process encoded that never left its memory (mem.go).
+func parseV2Header(h []byte, key uint32, sums bool) (recHeader, error) {
+	if sums && crc32.Update(key, crcTable, h[:16]) != binary.LittleEndian.Uint32(h[16:]) {
 		return recHeader{}, fmt.Errorf("%w: header checksum mismatch", errDamaged)
 	}
 	n := binary.LittleEndian.Uint32(h)
@@ -135,9 +136,10 @@ func parseV1Header(h []byte) (recHeader, error) {
 	return recHeader{pl: int(n), crc: binary.LittleEndian.Uint32(h[4:])}, nil
 }
 
-// decodePayload checks p against crc (keyed with key) and splits it.
-func decodePayload(p []byte, key, crc uint32) (t int64, cat, msg []byte, err error) {
-	if crc32.Update(key, crcTable, p) != crc {
+// decodePayload checks p against crc (keyed with key; with sums, as for
+// parseV2Header) and splits it.
+func decodePayload(p []byte, key, crc uint32, sums bool) (t int64, cat, msg []byte, err error) {
+	if sums && crc32.Update(key, crcTable, p) != crc {
 		return 0, nil, nil, fmt.Errorf("%w: checksum mismatch", errDamaged)
 	}
 	t = int64(binary.LittleEndian.Uint64(p))
