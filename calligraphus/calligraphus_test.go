@@ -563,6 +563,7 @@ func TestAgeCountsFromTheFirstBatch(t *testing.T) {
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.SegmentMaxAge = config.Duration(time.Hour)
+	cfg.IdleClose = config.Duration(time.Hour) // nor published for idleness
 	var skew atomic.Int64
 	fsys.SetHook(func(c dfstest.Call) error {
 		if c.Op == dfstest.OpSync && strings.HasSuffix(c.Name, layout.TempSuffix) {
@@ -575,7 +576,7 @@ func TestAgeCountsFromTheFirstBatch(t *testing.T) {
 	})
 	cl := s.dial(t)
 	mustLog(t, cl, entries("cat", "first"))
-	testkit.WaitFor(t, "the segment to be published once its age has passed", func() bool { return len(published(t, fsys, "cat/0", false)) == 1 })
+	testkit.WaitFor(t, "the segment to be published once its age has passed", func() bool { return len(published(t, fsys, "cat/0", true)) == 1 })
 	if got := msgs(tail(t, fsys, "cat/0", 1)); !slices.Equal(got, []string{"first"}) {
 		t.Errorf("read %q", got)
 	}
