@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -549,4 +550,35 @@ func TestSegmentAgeByDFS(t *testing.T) {
 	if LocalSegmentMaxAge >= ClosedSegmentMaxAge {
 		t.Errorf("the local disk's segment age %v is not the shorter", LocalSegmentMaxAge)
 	}
+}
+
+// TestAgeCountsFromTheFirstBatch: a segment's age counts from when its
+// first batch was taken, not from when the batch's write returned. The
+// writer's clock is moved on by more than the age (an hour) while the
+// first write's sync runs: the segment is then due as soon as the write
+// returns, where an age counted from the end of the write would hold it
+// for another hour.
+func TestAgeCountsFromTheFirstBatch(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.SegmentMaxAge = config.Duration(time.Hour)
+	cfg.IdleClose = config.Duration(time.Hour) // nor published for idleness
+	var skew atomic.Int64
+	fsys.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpSync && strings.HasSuffix(c.Name, layout.TempSuffix) {
+			skew.Store(int64(time.Hour + time.Second)) // the first write took over an hour
+		}
+		return nil
+	})
+	s := startServerWith(t, cfg, fsys, co, nil, func(c *Calligraphus) {
+		c.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	})
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "first"))
+	testkit.WaitFor(t, "the segment to be published once its age has passed", func() bool { return len(published(t, fsys, "cat/0", true)) == 1 })
+	if got := msgs(tail(t, fsys, "cat/0", 1)); !slices.Equal(got, []string{"first"}) {
+		t.Errorf("read %q", got)
+	}
+	s.stop()
 }

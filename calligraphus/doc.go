@@ -146,10 +146,12 @@
 // when a segment is published instead of waiting for their next poll.
 //
 // A segment is published when it holds segment_max_bytes, or once it is
-// segment_max_age old: 0 (the default) lets the dfs choose, 200ms where
-// an fsync acknowledges (a local disk: waiting would only keep
-// acknowledged entries from readers), 1s where only a close does (HDFS,
-// where every acknowledgement publishes its segment anyway).
+// segment_max_age old, counted from when the writer took its first
+// batch (not from when that batch's write returned): 0 (the default)
+// lets the dfs choose, 200ms where an fsync acknowledges (a local disk:
+// waiting would only keep acknowledged entries from readers), 1s where
+// only a close does (HDFS, where every acknowledgement publishes its
+// segment anyway).
 //
 // Bounded writers. A bucket writer (a goroutine, a lease, about 12 KiB)
 // that received nothing for idle_close publishes its segment, releases its

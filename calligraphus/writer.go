@@ -391,7 +391,11 @@ func (w *bucketWriter) run(ctx context.Context) {
 			}
 			w.finish(batch, err)
 			if !wasOpen && w.file != nil {
-				roll.Reset(w.c.cfg.SegmentMaxAge.D())
+				// The age counts from when the first batch was taken, not
+				// from when its write (and fsync) returned: a segment is
+				// published segment_max_age after its first block came,
+				// as often as the age allows and no later.
+				roll.Reset(w.c.cfg.SegmentMaxAge.D() - w.c.now().Sub(start))
 			}
 			idle.Reset(idleClose)
 		}

@@ -4,7 +4,10 @@ import "sync"
 
 // Notifier tells readers of a bucket, in the same process as its writer,
 // that a segment was published there, so that a reader waiting for one
-// lists the bucket at once instead of at its next poll. It only shortens
+// looks at once (for its writer's next segment by name, else by a
+// listing of the bucket) instead of at its next poll; a reader with a
+// notifier therefore does not list its bucket at the end of every
+// segment, nor at every poll while notices come. It only shortens
 // a wait: a reader still polls (a writer in another process notifies
 // nobody), and a notice it misses costs at most one poll. The zero value
 // is not usable; use NewNotifier. Safe for concurrent use.

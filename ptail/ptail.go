@@ -14,7 +14,12 @@
 // segment a writer published after a newer writer took its bucket (a
 // writer stalled past its session, then woken up) is never listed, and
 // the listing ends before segments whose fate a newer writer has not
-// sealed yet (the reader waits a poll or two). The mechanism, fence
+// sealed yet (the reader waits a poll or two). Between listings a
+// caught-up reader looks first for the name its writer publishes next,
+// (epoch, seq+1) of its position, and takes that segment only when the
+// fence, read after it, has no intent above its epoch: the verdict
+// layout.Published gives it then; anything else is left to a listing.
+// The mechanism, fence
 // intents and seals in the bucket's hidden .fence directory, is described
 // in internal/layout/fence.go and calligraphus's package doc.
 //
@@ -165,6 +170,12 @@ type Reader struct {
 	// (SetNotifier); nil: the reader only polls.
 	woken       <-chan struct{}
 	unsubscribe func()
+	// noticed: a notice came (from woken) since the reader last looked
+	// for segments, so a publish it has not seen may be in the bucket.
+	noticed bool
+	// polled: Next waited a whole poll since the last listing; waited:
+	// Next waited at all since then (the reader had caught up).
+	polled, waited bool
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
@@ -249,9 +260,11 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 		case <-ctx.Done():
 			return r.pos, ctx.Err()
 		case <-time.After(r.poll):
+			r.polled = true
 		case <-r.woken:
-			r.listed = time.Time{} // list again, even with segments pending
+			r.noticed = true
 		}
+		r.waited = true
 	}
 }
 
@@ -305,13 +318,8 @@ func (r *Reader) openNext() (bool, error) {
 		}
 		r.finished = true
 	}
-	// List again when nothing is known to follow, and while working
-	// through a backlog at most once a poll, so that Lag counts what was
-	// published meanwhile.
-	if len(r.pending) == 0 || time.Since(r.listed) >= r.poll {
-		if err := r.list(); err != nil {
-			return false, err
-		}
+	if err := r.look(); err != nil {
+		return false, err
 	}
 	for len(r.pending) > 0 {
 		fi := r.pending[0]
@@ -392,6 +400,79 @@ func (r *Reader) closeFile() {
 	r.file, r.sr = nil, nil
 }
 
+// look finds the published segments after pos, into pending. While
+// segments are pending (a backlog), a listing at most once a poll, and
+// at a notice, so that Lag counts what was published meanwhile. Once
+// nothing is known to follow, first the name the writer of pos
+// publishes next (nextSegment); a listing only when that is not there
+// and the reader has no notifier, was notified, or waited a whole poll
+// since it last listed (a writer in another process, a newer epoch),
+// or when it is there but the reader has not caught up for a poll (it
+// is working through a backlog by names, which Lag would not count).
+// With a notifier, a publish after the last look is in its channel
+// (woken): listing at the end of every segment, and at every poll while
+// notices come, would find nothing the notices do not bring.
+func (r *Reader) look() error {
+	if r.listed.IsZero() {
+		return r.list()
+	}
+	if len(r.pending) > 0 {
+		if r.noticed || time.Since(r.listed) >= r.poll {
+			return r.list()
+		}
+		return nil
+	}
+	found, err := r.nextSegment()
+	switch {
+	case err != nil:
+		return err
+	case found && !r.waited && time.Since(r.listed) >= r.poll:
+		return r.list()
+	case found:
+		r.noticed = false
+		return nil
+	case r.woken == nil || r.noticed || r.polled:
+		return r.list()
+	}
+	return nil
+}
+
+// nextSegment looks for the segment the writer of the reader's position
+// publishes next: (epoch, seq+1) of pos, the only name that can sort
+// between pos and the writer's later segments. It reports true, with the
+// segment in pending, when that segment is published and counts: after
+// the Stat, as layout.Published decides after its listing, the fence is
+// read, and with no fence intent above the segment's epoch it counts
+// (layout.Fence.Verdict). Anything else (not there yet, a newer epoch's
+// intent whose seal decides it, a position that names no segment) is
+// left to a listing, which decides it as it always has.
+func (r *Reader) nextSegment() (bool, error) {
+	epoch, seq, ok := layout.ParseSegmentName(r.pos.Segment)
+	if !ok || seq == 1<<64-1 {
+		return false, nil
+	}
+	name := layout.SegmentName(epoch, seq+1)
+	fi, err := r.fs.Stat(path.Join(r.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
+	}
+	if fi.IsDir() {
+		return false, nil // not a segment: Published passes it over too
+	}
+	top, err := layout.FenceTop(r.fs, r.dir)
+	if err != nil {
+		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
+	}
+	if top > epoch {
+		return false, nil
+	}
+	r.pending = append(r.pending[:0], fi)
+	return true, nil
+}
+
 // list reads the directory for published segments after pos. Segments
 // still pending from the last listing stay pending even when this one
 // lacks them: one deleted meanwhile is then reported as vanished when
@@ -408,6 +489,7 @@ func (r *Reader) list() error {
 	}
 	r.pending = infos
 	r.listed = time.Now()
+	r.noticed, r.polled, r.waited = false, false, false
 	return nil
 }
 

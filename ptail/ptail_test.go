@@ -650,11 +650,11 @@ func TestNotifierWakesWaitingReader(t *testing.T) {
 	if got := <-reads; got.err != nil || got.msg != "first" {
 		t.Fatalf("read %q %v", got.msg, got.err)
 	}
-	// The reader lists the bucket, finds nothing and waits (an hour's
-	// poll) until told.
-	listed := fsys.Count(dfstest.OpReadDir)
+	// The reader looks for the writer's next segment, finds nothing and
+	// waits (an hour's poll) until told.
+	looked := fsys.Count(dfstest.OpStat)
 	go read()
-	testkit.WaitFor(t, "the reader to list the bucket", func() bool { return fsys.Count(dfstest.OpReadDir) > listed })
+	testkit.WaitFor(t, "the reader to look for the next segment", func() bool { return fsys.Count(dfstest.OpStat) > looked })
 	publish(t, fsys, 1, 2, []string{"second"})
 	n.Published(dir)
 	if got := <-reads; got.err != nil || got.msg != "second" {

@@ -71,15 +71,17 @@ type options struct {
 	profile   time.Duration
 	engines   bool
 	only      map[string]bool
-	inFlight  int     // agent.max_in_flight of the end-to-end runs (0: the default)
-	batchB    int64   // agent.batch_bytes of the end-to-end runs (0: the default)
-	batchN    int     // agent.batch_entries of the end-to-end runs (0: the default)
-	freshRate float64 // the engines' freshness run's rate (0: half their end-to-end rate)
-	engBatchB int64   // agent.batch_bytes of the runs on the real engines
-	engBatchN int     // agent.batch_entries of the runs on the real engines
-	engInFly  int     // agent.max_in_flight of the runs on the real engines (0: as -max-in-flight)
-	engSeqWin int     // agent.seq_window of the runs on the real engines (0: the default)
-	seqWindow int     // agent.seq_window (0: the default)
+	inFlight  int             // agent.max_in_flight of the end-to-end runs (0: the default)
+	batchB    int64           // agent.batch_bytes of the end-to-end runs (0: the default)
+	batchN    int             // agent.batch_entries of the end-to-end runs (0: the default)
+	freshRate float64         // the engines' freshness run's rate (0: half their end-to-end rate)
+	embRate   float64         // the embedded freshness runs' rate (0: half the end-to-end median)
+	freshAges []time.Duration // segment ages of the embedded freshness runs (0: the dfs's default)
+	engBatchB int64           // agent.batch_bytes of the runs on the real engines
+	engBatchN int             // agent.batch_entries of the runs on the real engines
+	engInFly  int             // agent.max_in_flight of the runs on the real engines (0: as -max-in-flight)
+	engSeqWin int             // agent.seq_window of the runs on the real engines (0: the default)
+	seqWindow int             // agent.seq_window (0: the default)
 	// The sustained run on the real engines: its rate, how long, and the
 	// slices its lag is cut into.
 	sustainRate  float64
@@ -160,6 +162,8 @@ func main() {
 	flag.Float64Var(&o.sustainRate, "sustain-rate", 300_000, "entries/s of the sustained run on the real engines (with -engines)")
 	flag.DurationVar(&o.sustain, "sustain", 0, "how long the sustained run on the real engines holds its rate (default 40s; smoke 4s)")
 	flag.DurationVar(&o.sustainSlice, "sustain-slice", 0, "the slices the sustained run's lag is cut into (default 10s; smoke 1s)")
+	flag.Float64Var(&o.embRate, "fresh-rate", 0, "entries/s of the embedded freshness runs (default: half the median end-to-end rate of this run); set, they need no end-to-end run, so that two binaries can be compared at one rate")
+	ages := flag.String("fresh-ages", "0,1s", "calligraphus.segment_max_age of the embedded freshness runs, comma-separated (0: the dfs's default)")
 	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells, sustain (default: all)")
 	flag.Parse()
 	if *only != "" {
@@ -172,6 +176,13 @@ func main() {
 				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells, sustain)", p)
 			}
 		}
+	}
+	for _, a := range strings.Split(*ages, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(a))
+		if err != nil || d < 0 {
+			log.Fatalf("-fresh-ages: %q is not a duration", a)
+		}
+		o.freshAges = append(o.freshAges, d)
 	}
 	smoke := o.mode == "smoke"
 	if o.mode != "full" && !smoke {
@@ -316,11 +327,15 @@ func run(o options) (*report, error) {
 		rep.Matrix = matrix(ctx, o)
 	}
 	if o.does("fresh") && o.freshRate == 0 {
-		if maxRate > 0 {
-			// The default (by the dfs: a local disk here), and the
+		rate := maxRate / 2
+		if o.embRate > 0 {
+			rate = o.embRate
+		}
+		if rate > 0 {
+			// By default the dfs's default (a local disk here), and the
 			// second that was the default before it was chosen by dfs.
-			for _, age := range []time.Duration{0, time.Second} {
-				rep.Freshness = append(rep.Freshness, freshness(ctx, o, maxRate/2, age, backends{}))
+			for _, age := range o.freshAges {
+				rep.Freshness = append(rep.Freshness, freshness(ctx, o, rate, age, backends{}))
 			}
 		} else {
 			rep.Failures = append(rep.Failures, "no end-to-end rate to run the freshness bench at (it runs at half of it)")
@@ -674,7 +689,9 @@ type freshnessRun struct {
 	P50Ms      float64 `json:"p50_ms"`
 	P99Ms      float64 `json:"p99_ms"`
 	MaxMs      float64 `json:"max_ms"`
-	Err        string  `json:"error,omitempty"`
+	// Stages splits the probes' freshness (embedded backends only).
+	Stages *freshStages `json:"stages,omitempty"`
+	Err    string       `json:"error,omitempty"`
 }
 
 const probeApp = `  - name: probe
@@ -741,6 +758,18 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 		r.Err = fmt.Sprintf("%d of %d probes never seen in a query", r.Probes-r.Seen, r.Probes)
 	}
 	log.Printf("freshness, segment_max_age %s, at %.0f entries/s (achieved %.0f): p50 %.0fms p99 %.0fms max %.0fms over %d probes", r.SegmentAge, rate, r.Achieved, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen)
+	if be.dfs == "" {
+		// Every probe is in a published segment by now (each was seen).
+		published, created, err := probeSegments(filepath.Join(dir, "data", "dfs"))
+		sent, acked, seen := probeTimes(samples)
+		if err != nil {
+			log.Printf("freshness stages: %v", err)
+		} else if st := stages(sent, acked, seen, published, created); st.Probes > 0 {
+			r.Stages = &st
+			log.Printf("freshness stages (p50 / p99 ms, %d probes): Log call %.0f / %.0f, to the publish of its segment %.0f / %.0f, publish to seen %.0f / %.0f; segments that held a probe lived %.0f / %.0f",
+				st.Probes, st.LogP50, st.LogP99, st.ToPublishP50, st.ToPublishP99, st.ToSeenP50, st.ToSeenP99, st.SegmentLifeP50, st.SegmentLifeP99)
+		}
+	}
 	if err := fw.stop(time.Minute); err != nil {
 		log.Printf("stop freeway: %v", err) // the measurements are taken; the log says why it did not stop
 	}

@@ -293,6 +293,12 @@ func (r *report) markdown() string {
 		}
 		w("\n")
 		for _, f := range r.Freshness {
+			if st := f.Stages; st != nil {
+				w("Where the time went (%s; p50 / p99 over %d probes): the Log call %.0f / %.0f ms, from its answer to the publish of the probe's segment %.0f / %.0f ms, from the publish to the first answer holding it %.0f / %.0f ms; the segments that held a probe lived %.0f / %.0f ms.\n\n",
+					f.SegmentAge, st.Probes, st.LogP50, st.LogP99, st.ToPublishP50, st.ToPublishP99, st.ToSeenP50, st.ToSeenP99, st.SegmentLifeP50, st.SegmentLifeP99)
+			}
+		}
+		for _, f := range r.Freshness {
 			if f.Err != "" {
 				w("Error (%s): %s\n\n", f.SegmentAge, f.Err)
 			}

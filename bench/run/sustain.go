@@ -44,6 +44,10 @@ type probeSample struct {
 	AtSec float64 `json:"at_s"`
 	LagMs float64 `json:"lag_ms"`
 	Seen  bool    `json:"seen"`
+	// The probe's id and when it was sent, answered and first seen in a
+	// query (zero if not), for the freshness run's stages.
+	ID                  string    `json:"-"`
+	Sent, Acked, SeenAt time.Time `json:"-"`
 }
 
 // backlogSample is, at one moment of a run, the entries the agent had
@@ -164,9 +168,9 @@ func (r sustainedRun) bounded() (bool, string) {
 func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]probeSample, error) {
 	var mu sync.Mutex
 	type probe struct {
-		at   time.Time
-		lag  time.Duration
-		seen bool
+		at, acked, seenAt time.Time
+		lag               time.Duration
+		seen              bool
 	}
 	var order []string
 	sent := map[string]*probe{}
@@ -206,6 +210,9 @@ func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]
 				sendErr = fmt.Errorf("probe %s: %v", id, rc)
 				return
 			}
+			mu.Lock()
+			sent[id].acked = time.Now()
+			mu.Unlock()
 		}
 	})
 	pollEnd := start.Add(d + wait)
@@ -218,7 +225,7 @@ func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]
 		mu.Lock()
 		for _, row := range a.Rows {
 			if p := sent[row.Key["id"]]; p != nil && !p.seen {
-				p.seen, p.lag = true, now.Sub(p.at)
+				p.seen, p.seenAt, p.lag = true, now, now.Sub(p.at)
 				seen++
 			}
 		}
@@ -232,9 +239,26 @@ func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]
 	out := make([]probeSample, 0, len(order))
 	for _, id := range order {
 		p := sent[id]
-		out = append(out, probeSample{AtSec: p.at.Sub(start).Seconds(), LagMs: float64(p.lag) / 1e6, Seen: p.seen})
+		out = append(out, probeSample{AtSec: p.at.Sub(start).Seconds(), LagMs: float64(p.lag) / 1e6, Seen: p.seen,
+			ID: id, Sent: p.at, Acked: p.acked, SeenAt: p.seenAt})
 	}
 	return out, sendErr
+}
+
+// probeTimes is, by probe id, when each probe was sent, answered (if it
+// was) and first seen (if it was).
+func probeTimes(samples []probeSample) (sent, acked, seen map[string]time.Time) {
+	sent, acked, seen = map[string]time.Time{}, map[string]time.Time{}, map[string]time.Time{}
+	for _, p := range samples {
+		sent[p.ID] = p.Sent
+		if !p.Acked.IsZero() {
+			acked[p.ID] = p.Acked
+		}
+		if p.Seen {
+			seen[p.ID] = p.SeenAt
+		}
+	}
+	return sent, acked, seen
 }
 
 // lagOf is the percentiles of the probes seen (0 if none was: JSON has

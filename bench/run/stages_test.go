@@ -1,0 +1,62 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/segment"
+)
+
+// TestStagesFromSegments: each probe is found in the segment that holds
+// it, and its freshness is split at its answer and at that segment's
+// publish; probes not answered or not found are left out.
+func TestStagesFromSegments(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the publish time is read with statx")
+	}
+	root := t.TempDir()
+	bucket := filepath.Join(root, "bench", "0")
+	if err := os.MkdirAll(filepath.Join(bucket, ".fence"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	enc := segment.NewEncoder()
+	data := enc.AppendHeader(nil)
+	data = enc.AppendBlock(data, &segment.Block{Messages: [][]byte{
+		[]byte(`{"ts":1,"key":"k1","id":"x","value":1}`),
+		[]byte(`{"ts":1,"key":"probe","id":"p00001","value":0}`),
+	}})
+	tmp := filepath.Join(bucket, ".0000000000000001-0000000000000001.seg.inprogress")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	final := filepath.Join(bucket, "0000000000000001-0000000000000001.seg")
+	if err := os.Rename(tmp, final); err != nil {
+		t.Fatal(err)
+	}
+	published, created, err := probeSegments(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, ok := published["p00001"]
+	if !ok || len(published) != 1 {
+		t.Fatalf("probes found %v, want p00001 alone", published)
+	}
+	if c := created["p00001"]; !c.IsZero() && c.After(pub) {
+		t.Errorf("segment created %v after its publish %v", c, pub)
+	}
+	sent := map[string]time.Time{"p00001": pub.Add(-100 * time.Millisecond), "p00002": pub}
+	acked := map[string]time.Time{"p00001": pub.Add(-70 * time.Millisecond), "p00002": pub}
+	seen := map[string]time.Time{"p00001": pub.Add(40 * time.Millisecond)}
+	st := stages(sent, acked, seen, published, created)
+	if st.Probes != 1 || st.LogP50 != 30 || st.ToPublishP50 != 70 || st.ToSeenP99 != 40 {
+		t.Fatalf("stages %+v, want 1 probe: Log 30 ms, to publish 70 ms, to seen 40 ms", st)
+	}
+	r := &report{Freshness: []freshnessRun{{SegmentAge: "200ms", Stages: &st}}}
+	if md := r.markdown(); !strings.Contains(md, "the Log call 30 / 30 ms, from its answer to the publish of the probe's segment 70 / 70 ms") {
+		t.Errorf("report lacks the stages:\n%s", md)
+	}
+}

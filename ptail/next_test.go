@@ -1,0 +1,192 @@
+package ptail
+
+import (
+	"context"
+	"path"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
+	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
+)
+
+// followed is a reader with a notifier and an hour's poll, read on a
+// goroutine of its own block by block: nothing but a notice (or the
+// reader's own looking) brings it a segment.
+type followed struct {
+	t     *testing.T
+	fsys  *dfstest.Faulty
+	n     *Notifier
+	r     *Reader
+	ctx   context.Context
+	reads chan string
+}
+
+func follow(t *testing.T, fsys *dfstest.Faulty) *followed {
+	n := NewNotifier()
+	r := NewReader(fsys, dir, Position{}, time.Hour, logger(t)).SetNotifier(n)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); _ = r.Close() })
+	return &followed{t: t, fsys: fsys, n: n, r: r, ctx: ctx, reads: make(chan string, 1)}
+}
+
+// next starts reading the next block; got returns it.
+func (f *followed) next() {
+	go func() {
+		var b segment.Block
+		if _, err := f.r.Next(f.ctx, &b); err != nil {
+			f.reads <- "error: " + err.Error()
+			return
+		}
+		f.reads <- string(b.Messages[0])
+	}()
+}
+
+func (f *followed) got(want string) {
+	f.t.Helper()
+	var got string
+	testkit.WaitFor(f.t, "the reader to read "+want, func() bool {
+		select {
+		case got = <-f.reads:
+			return true
+		default:
+			return false
+		}
+	})
+	if got != want {
+		f.t.Fatalf("read %q, want %q", got, want)
+	}
+}
+
+// waiting waits until the reader has looked for the segment its writer
+// publishes after the one it is at, (epoch, seq+1), stats times.
+func (f *followed) waiting(epoch int64, seq uint64, stats int) {
+	f.t.Helper()
+	name := path.Join(dir, layout.SegmentName(epoch, seq+1))
+	testkit.WaitFor(f.t, "the reader to look for "+name, func() bool {
+		n := 0
+		for _, c := range f.fsys.Calls(dfstest.OpStat) {
+			if c.Name == name {
+				n++
+			}
+		}
+		return n >= stats
+	})
+}
+
+// bucketListings counts the listings of the bucket directory itself (not
+// of its fence directory).
+func bucketListings(fsys *dfstest.Faulty) int {
+	n := 0
+	for _, c := range fsys.Calls(dfstest.OpReadDir) {
+		if c.Name == dir {
+			n++
+		}
+	}
+	return n
+}
+
+// TestCaughtUpReaderListsOnlyWhenNeeded: a caught-up reader with a
+// notifier finds each segment its writer publishes next by its name, and
+// lists the bucket neither at the end of a segment nor at the notice
+// (before: twice per segment), within a poll.
+func TestCaughtUpReaderListsOnlyWhenNeeded(t *testing.T) {
+	fsys := newFS(t)
+	f := follow(t, fsys)
+	publish(t, fsys, 1, 1, []string{"s1"})
+	f.next()
+	f.got("s1")
+	listed := bucketListings(fsys)
+	for s := uint64(2); s <= 10; s++ {
+		before := bucketListings(fsys)
+		f.next()
+		// Waiting: it looked for the next name (or listed the bucket,
+		// as readers did before they looked for the next name).
+		next := path.Join(dir, layout.SegmentName(1, s))
+		testkit.WaitFor(t, "the reader to look for "+next, func() bool {
+			for _, c := range fsys.Calls(dfstest.OpStat) {
+				if c.Name == next {
+					return true
+				}
+			}
+			return bucketListings(fsys) > before
+		})
+		publish(t, fsys, 1, s, []string{"s" + string(rune('0'+s%10))})
+		f.n.Published(dir)
+		f.got("s" + string(rune('0'+s%10)))
+	}
+	if got := bucketListings(fsys) - listed; got != 0 {
+		t.Errorf("%d listings of the bucket for 9 segments published one at a time, want 0", got)
+	}
+}
+
+// TestNextByNameRefusesAFencedSegment: the segment a reader's writer
+// publishes next, found by its name, is still passed over when a newer
+// owner's seal leaves it out (a stalled writer published it after the
+// newer owner took the bucket), as a listing passes it over, and the
+// newer owner's segment is read.
+func TestNextByNameRefusesAFencedSegment(t *testing.T) {
+	fsys := newFS(t)
+	f := follow(t, fsys)
+	publish(t, fsys, 1, 1, []string{"old"})
+	f.next()
+	f.got("old")
+	f.next()
+	f.waiting(1, 1, 1)
+	// A newer owner takes the bucket at epoch 2 and seals it: epoch 1
+	// counts up to (1, 1).
+	if err := layout.WriteIntent(fsys, dir, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layout.WriteSeal(fsys, dir, 2, "test"); err != nil {
+		t.Fatal(err)
+	}
+	// The old writer, stalled, publishes its next segment after that.
+	publish(t, fsys, 1, 2, []string{"stale"})
+	f.n.Published(dir)
+	f.waiting(1, 1, 2)
+	publish(t, fsys, 2, 1, []string{"new"})
+	f.n.Published(dir)
+	f.got("new")
+	if v := mustFence(t, fsys).Verdict(layout.SegmentName(1, 2)); v != layout.Fenced {
+		t.Fatalf("the stale segment is %v, want fenced", v)
+	}
+}
+
+// TestNextByNameSeesANewEpoch: a reader whose writer's next name never
+// comes (the bucket was taken again at a newer epoch) reads the newer
+// epoch's segment at its notice, without waiting for its poll.
+func TestNextByNameSeesANewEpoch(t *testing.T) {
+	fsys := newFS(t)
+	f := follow(t, fsys)
+	publish(t, fsys, 1, 1, []string{"e1"})
+	f.next()
+	f.got("e1")
+	f.next()
+	f.waiting(1, 1, 1)
+	if err := layout.WriteIntent(fsys, dir, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layout.WriteSeal(fsys, dir, 2, "test"); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, fsys, 2, 1, []string{"e2"})
+	f.n.Published(dir)
+	f.got("e2")
+	f.next()
+	f.waiting(2, 1, 1)
+	publish(t, fsys, 2, 2, []string{"e2 again"})
+	f.n.Published(dir)
+	f.got("e2 again")
+}
+
+func mustFence(t *testing.T, fsys *dfstest.Faulty) layout.Fence {
+	t.Helper()
+	fence, err := layout.ReadFence(fsys, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fence
+}
