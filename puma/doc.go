@@ -101,8 +101,10 @@
 // well), so that a checkpoint of more changed cells holds sixteen chunks
 // rather than all it took in their store form. After a checkpoint or a
 // recovery of at least 256 Ki cells the heap's free pages go back to
-// the OS at once (debug.FreeOSMemory): its transient memory would
-// otherwise stay resident for tens of seconds or more. Windows dropped
+// the OS at once (debug.FreeOSMemory, at most once every 30 s for all
+// the node's shards: each is a collection, and the pages are faulted in
+// again as the heap grows back): its transient memory would otherwise
+// stay resident for tens of seconds or more. Windows dropped
 // by retention are deleted from the store after the commit that drops
 // them.
 //

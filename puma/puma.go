@@ -171,7 +171,8 @@ type Puma struct {
 	// attempt marker is written, before its cells: a stalled writer.
 	afterMark func(category string, bucket int)
 	// releaseMemory returns the heap's free pages to the OS after a
-	// checkpoint of at least releaseCells cells (debug.FreeOSMemory;
+	// checkpoint of at least releaseCells cells (debug.FreeOSMemory, at
+	// most once every releaseEvery for the process's shards together;
 	// tests count the calls).
 	releaseMemory func()
 
@@ -234,9 +235,8 @@ func New(cfg Config, deps Deps) (*Puma, error) {
 		tries:      map[shardID]*try{},
 		unheld:     map[shardID]time.Time{},
 		wants:      map[shardID]coord.Membership{},
-
-		releaseMemory: debug.FreeOSMemory,
 	}
+	p.releaseMemory = (&memoryRelease{every: releaseEvery, free: debug.FreeOSMemory, now: p.now}).release
 	for _, a := range deps.Apps {
 		if _, dup := p.apps[a.Name()]; dup {
 			return nil, fmt.Errorf("app %s declared twice", a.Name())
@@ -892,4 +892,34 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	for state, n := range states {
 		ch <- prometheus.MustNewConstMetric(descShards, prometheus.GaugeValue, n, string(state))
 	}
+}
+
+// releaseEvery is the least time between two releases of memory to the
+// OS (memoryRelease): each is a garbage collection and the release of
+// every free page, which the heap then faults in again as it grows back,
+// so a node whose shards each checkpoint hundreds of thousands of
+// changed cells every checkpoint_interval does not pay it per shard and
+// interval.
+const releaseEvery = 30 * time.Second
+
+// memoryRelease calls free at most once every every.
+type memoryRelease struct {
+	every time.Duration
+	free  func()
+	now   func() time.Time
+
+	mu   sync.Mutex
+	last time.Time // of the last call of free (zero: none yet)
+}
+
+func (r *memoryRelease) release() {
+	r.mu.Lock()
+	now := r.now()
+	if !r.last.IsZero() && now.Sub(r.last) < r.every {
+		r.mu.Unlock()
+		return
+	}
+	r.last = now
+	r.mu.Unlock()
+	r.free()
 }
