@@ -32,6 +32,8 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.BatchEntries = 0 }, "agent.batch_entries: must be between 1 and"},
 		{func(c *Config) { c.MaxInFlight = 0 }, "agent.max_in_flight: must be between 1 and 64"},
 		{func(c *Config) { c.MaxInFlight = 65 }, "agent.max_in_flight: must be between 1 and 64"},
+		{func(c *Config) { c.SeqWindow = 0 }, "agent.seq_window: must be between 1 and 131072"},
+		{func(c *Config) { c.SeqWindow = 131073 }, "agent.seq_window: must be between 1 and 131072"},
 		{func(c *Config) { c.SegmentBytes = 100 }, "agent.segment_bytes: must be at least 4KiB"},
 		{func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "agent.retry_max: must be at least agent.retry_min (50ms)"},
 		{func(c *Config) { c.TailPollInterval = 0 }, "agent.tail_poll_interval: must be positive"},
