@@ -81,6 +81,12 @@ type options struct {
 	engBatchN int             // agent.batch_entries of the runs on the real engines
 	engInFly  int             // agent.max_in_flight of the runs on the real engines (0: as -max-in-flight)
 	engSeqWin int             // agent.seq_window of the runs on the real engines (0: the default)
+	// The engines' freshness run's own agent.max_in_flight and
+	// agent.seq_window (0: as the other runs on the engines): the
+	// throughput settings queue more at the writer, which costs
+	// freshness at half the load.
+	freshInFly  int
+	freshSeqWin int
 	seqWindow int             // agent.seq_window (0: the default)
 	// The sustained run on the real engines: its rate, how long, and the
 	// slices its lag is cut into.
@@ -104,6 +110,23 @@ func (o options) onEngines() options {
 	}
 	if o.engSeqWin > 0 {
 		o.seqWindow = o.engSeqWin
+	}
+	return o
+}
+
+// forFreshness is o (already onEngines) for the freshness run on the
+// real engines: its own max_in_flight and seq_window where set
+// (-engines-fresh-max-in-flight, -engines-fresh-seq-window; a negative
+// seq_window is freeway's default).
+func (o options) forFreshness() options {
+	if o.freshInFly > 0 {
+		o.inFlight = o.freshInFly
+	}
+	switch {
+	case o.freshSeqWin > 0:
+		o.seqWindow = o.freshSeqWin
+	case o.freshSeqWin < 0:
+		o.seqWindow = 0
 	}
 	return o
 }
@@ -159,6 +182,8 @@ func main() {
 	flag.IntVar(&o.engBatchN, "engines-batch-entries", 16384, "agent.batch_entries of the runs on the real engines (0: as -batch-entries)")
 	flag.IntVar(&o.engInFly, "engines-max-in-flight", 8, "agent.max_in_flight of the runs on the real engines (0: as -max-in-flight); 8 batches of 16384 fill seq_window 131072")
 	flag.IntVar(&o.engSeqWin, "engines-seq-window", 131072, "agent.seq_window of the runs on the real engines (0: freeway's default, 65536; a binary before agent.seq_window needs 0)")
+	flag.IntVar(&o.freshInFly, "engines-fresh-max-in-flight", 4, "agent.max_in_flight of the freshness run on the real engines (0: as -engines-max-in-flight); fewer batches in flight queue less at the writer")
+	flag.IntVar(&o.freshSeqWin, "engines-fresh-seq-window", -1, "agent.seq_window of the freshness run on the real engines (0: as -engines-seq-window; -1: freeway's default)")
 	flag.Float64Var(&o.sustainRate, "sustain-rate", 300_000, "entries/s of the sustained run on the real engines (with -engines)")
 	flag.DurationVar(&o.sustain, "sustain", 0, "how long the sustained run on the real engines holds its rate (default 40s; smoke 4s)")
 	flag.DurationVar(&o.sustainSlice, "sustain-slice", 0, "the slices the sustained run's lag is cut into (default 10s; smoke 1s)")
@@ -348,7 +373,7 @@ func run(o options) (*report, error) {
 			rate = o.freshRate
 		}
 		if be, err := engineBackends(); err == nil {
-			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines(), rate, 0, be))
+			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines().forFreshness(), rate, 0, be))
 		}
 	}
 	if o.engines && o.does("sustain") {
