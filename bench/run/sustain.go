@@ -291,7 +291,7 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	apps := countSumApp("bench") + probeApp
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: apps, be: be,
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: apps, be: be, pprof: o.profile > 0,
 		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow, upstream: upstreamFor(o, be)}, nil)
 	if err == nil {
 		defer fw.kill()
@@ -348,7 +348,26 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 			r.Backlog = append(r.Backlog, b)
 		}
 	})
+	// With -profile, a CPU profile and an execution trace (its blocking
+	// profiles: go tool trace -pprof=sync) of freeway all under the load,
+	// from a few seconds in.
+	var profiles sync.WaitGroup
+	if o.profile > 0 {
+		tag := fmt.Sprintf("sustain-%dw", r.Writers)
+		for _, p := range []struct{ kind, file string }{{"profile", tag + "-cpu.pprof"}, {"trace", tag + ".trace"}} {
+			profiles.Go(func() {
+				time.Sleep(5 * time.Second)
+				path := filepath.Join(o.work, p.file)
+				if err := fetch(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", fw.http, p.kind, int(o.profile.Seconds())), path); err != nil {
+					log.Printf("%s: %v", p.kind, err)
+				} else {
+					log.Printf("%s: %s", p.kind, path)
+				}
+			})
+		}
+	}
 	r.Samples, err = probeLag(ctx, fw, 100*time.Millisecond, o.sustain, 30*time.Second)
+	profiles.Wait()
 	stopSampling()
 	sampler.Wait()
 	if lerr := <-loadDone; lerr != nil && err == nil {
