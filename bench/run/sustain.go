@@ -404,7 +404,7 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	if len(r.Steps) > 0 {
 		log.Printf("writers' acknowledgement steps (p50 / p99): %s", stepsText(r.Steps))
 	}
-	log.Printf("sustained on the engines (%d writers) at %.0f/s (achieved %.0f/s, Log p50 %.0fms p99 %.0fms) for %v: lag p50 %.0fms p99 %.0fms over %d of %d probes; agent's batches acknowledged p50 %.0fms p99 %.0fms, at most %.0f in flight; bounded %v: %s",
+	log.Printf("sustained on the engines (writers: %d) at %.0f/s (achieved %.0f/s, Log p50 %.0fms p99 %.0fms) for %v: lag p50 %.0fms p99 %.0fms over %d of %d probes; agent's batches acknowledged p50 %.0fms p99 %.0fms, at most %.0f in flight; bounded %v: %s",
 		r.Writers, rate, r.Achieved, r.LogP50Ms, r.LogP99Ms, o.sustain, r.P50Ms, r.P99Ms, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, ok, why)
 	for _, s := range r.Slices {
 		log.Printf("  %2.0f–%2.0fs: p50 %.0fms p99 %.0fms max %.0fms (%d of %d probes), backlog at most %.0f entries", s.FromSec, s.ToSec, s.P50Ms, s.P99Ms, s.MaxMs, s.Seen, s.Probes, s.BacklogMax)
