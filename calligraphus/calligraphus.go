@@ -853,7 +853,23 @@ type metrics struct {
 	unverified  prometheus.Counter
 	pending     *prometheus.GaugeVec
 	commit      prometheus.Histogram
+	// steps splits a request's acknowledgement on a dfs where only a
+	// close makes bytes durable (HDFS): see publishSteps.
+	steps *prometheus.HistogramVec
 }
+
+// The steps of freeway_calligraphus_publish_step_seconds: a request's
+// wait in its bucket's queue (enqueued to taken by the run loop), then
+// for each segment its close (on a goroutine of its own: the DataNodes'
+// last acknowledgements and the NameNode's complete), its wait for the
+// run loop once closed, its rename and the fence listing after it.
+const (
+	stepQueue  = "queue"
+	stepClose  = "close"
+	stepWait   = "wait"
+	stepRename = "rename"
+	stepFence  = "fence"
+)
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
@@ -874,9 +890,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		aheadFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_ahead_failures_total", Help: "Segments a writer could not create ahead (HDFS): the next batch created its own (the warning is rate-limited)."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
 		commit:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_calligraphus_commit_seconds", Help: "Time to make a group of batches durable (sync or publish).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "freeway_calligraphus_publish_step_seconds",
+			Help:    "Where a batch's acknowledgement waits on a dfs where only a close makes bytes durable (HDFS), by step: queue (a request in its bucket's queue until the run loop takes it), close (a segment's close), wait (a closed segment until the run loop publishes it), rename, fence (the fence listing after the rename).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"step"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.aheadFailed, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.aheadFailed, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit, m.steps)
 	}
 	return m
 }

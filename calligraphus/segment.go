@@ -135,7 +135,10 @@ type closing struct {
 	entries int
 	bytes   int
 	start   time.Time
-	done    chan error // the close's result
+	// closeStart is when it was handed to be closed, closed when its
+	// close returned (set before done is sent).
+	closeStart, closed time.Time
+	done               chan error // the close's result
 }
 
 // startClose hands the open segment, holding batch, to a goroutine that
@@ -145,10 +148,14 @@ type closing struct {
 // settle publishes the closed one.
 func (w *bucketWriter) startClose(batch []*appendReq, entries, bytes int, start time.Time) {
 	c := &closing{file: w.file, tmp: w.tmp, final: w.final, lease: w.lease,
-		reqs: batch, entries: entries, bytes: bytes, start: start, done: make(chan error, 1)}
+		reqs: batch, entries: entries, bytes: bytes, start: start, closeStart: w.c.now(), done: make(chan error, 1)}
 	w.file = nil
 	w.closing = append(w.closing, c)
-	go func() { c.done <- c.file.Close() }()
+	go func() {
+		err := c.file.Close()
+		c.closed = w.c.now()
+		c.done <- err
+	}()
 	w.openAhead()
 }
 
@@ -160,6 +167,10 @@ func (w *bucketWriter) settle(closeErr error) {
 	c := w.closing[0]
 	w.closing[0] = nil
 	w.closing = w.closing[1:]
+	if !c.closed.IsZero() {
+		w.c.m.steps.WithLabelValues(stepClose).Observe(c.closed.Sub(c.closeStart).Seconds())
+		w.c.m.steps.WithLabelValues(stepWait).Observe(w.c.now().Sub(c.closed).Seconds())
+	}
 	err := w.publishClosed(c, closeErr)
 	w.c.m.commit.Observe(w.c.now().Sub(c.start).Seconds())
 	if err != nil {
@@ -180,12 +191,17 @@ func (w *bucketWriter) publishClosed(c *closing, closeErr error) error {
 		w.remove(c.tmp)
 		return fmt.Errorf("publish %s: %w", c.final, errNotOwner)
 	}
+	t := w.c.now()
 	if err := w.c.deps.FS.Rename(c.tmp, c.final); err != nil {
 		w.remove(c.tmp)
 		return w.newerOwner(c, fmt.Errorf("publish %s: %w", c.final, err))
 	}
 	w.c.m.segments.WithLabelValues(w.label).Inc()
-	if err := w.counted(c.final); err != nil {
+	renamed := w.c.now()
+	w.c.m.steps.WithLabelValues(stepRename).Observe(renamed.Sub(t).Seconds())
+	err := w.counted(c.final)
+	w.c.m.steps.WithLabelValues(stepFence).Observe(w.c.now().Sub(renamed).Seconds())
+	if err != nil {
 		return err
 	}
 	w.written(c.entries, c.bytes)

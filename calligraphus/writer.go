@@ -30,6 +30,8 @@ type appendReq struct {
 	// has returned (an answer given before the write: a cancelled call).
 	enc  []byte
 	done chan error
+	// queued is when it was handed to its bucket's run loop (enqueue).
+	queued time.Time
 }
 
 // maxKeptEnc bounds the encoding buffer a pooled request keeps.
@@ -267,6 +269,7 @@ func (w *bucketWriter) enqueue(req *appendReq) {
 		w.finish([]*appendReq{req}, errStopping)
 		return
 	}
+	req.queued = w.c.now()
 	w.reqs <- req
 	w.mu.Unlock()
 }
@@ -374,6 +377,12 @@ func (w *bucketWriter) run(ctx context.Context) {
 				continue
 			}
 			batch := w.collect(ctx, req)
+			if !w.c.deps.FS.SyncDurable() {
+				taken := w.c.now()
+				for _, r := range batch {
+					w.c.m.steps.WithLabelValues(stepQueue).Observe(taken.Sub(r.queued).Seconds())
+				}
+			}
 			if err := w.ensureOwner(ctx); err != nil {
 				w.finish(batch, err)
 				continue

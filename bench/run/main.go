@@ -81,12 +81,25 @@ type options struct {
 	engBatchN int             // agent.batch_entries of the runs on the real engines
 	engInFly  int             // agent.max_in_flight of the runs on the real engines (0: as -max-in-flight)
 	engSeqWin int             // agent.seq_window of the runs on the real engines (0: the default)
-	seqWindow int             // agent.seq_window (0: the default)
+	// The engines' freshness run's own agent.max_in_flight and
+	// agent.seq_window (0: as the other runs on the engines): the
+	// throughput settings queue more at the writer, which costs
+	// freshness at half the load.
+	freshInFly  int
+	freshSeqWin int
+	seqWindow   int // agent.seq_window (0: the default)
+	// writers is the writers of a run on the real engines (0 or 1: the
+	// writer of freeway all alone; more: freeway calligraphus processes
+	// beside it, the agent's upstream their coordinator URL).
+	writers int
 	// The sustained run on the real engines: its rate, how long, and the
 	// slices its lag is cut into.
 	sustainRate  float64
 	sustain      time.Duration
 	sustainSlice time.Duration
+	// manyWriters is the writers of the runs on the real engines with
+	// several (-only writers).
+	manyWriters int
 }
 
 // onEngines is o for the runs on the real engines: the agent's batches
@@ -104,6 +117,23 @@ func (o options) onEngines() options {
 	}
 	if o.engSeqWin > 0 {
 		o.seqWindow = o.engSeqWin
+	}
+	return o
+}
+
+// forFreshness is o (already onEngines) for the freshness run on the
+// real engines: its own max_in_flight and seq_window where set
+// (-engines-fresh-max-in-flight, -engines-fresh-seq-window; a negative
+// seq_window is freeway's default).
+func (o options) forFreshness() options {
+	if o.freshInFly > 0 {
+		o.inFlight = o.freshInFly
+	}
+	switch {
+	case o.freshSeqWin > 0:
+		o.seqWindow = o.freshSeqWin
+	case o.freshSeqWin < 0:
+		o.seqWindow = 0
 	}
 	return o
 }
@@ -159,21 +189,24 @@ func main() {
 	flag.IntVar(&o.engBatchN, "engines-batch-entries", 16384, "agent.batch_entries of the runs on the real engines (0: as -batch-entries)")
 	flag.IntVar(&o.engInFly, "engines-max-in-flight", 8, "agent.max_in_flight of the runs on the real engines (0: as -max-in-flight); 8 batches of 16384 fill seq_window 131072")
 	flag.IntVar(&o.engSeqWin, "engines-seq-window", 131072, "agent.seq_window of the runs on the real engines (0: freeway's default, 65536; a binary before agent.seq_window needs 0)")
+	flag.IntVar(&o.freshInFly, "engines-fresh-max-in-flight", 4, "agent.max_in_flight of the freshness run on the real engines (0: as -engines-max-in-flight); fewer batches in flight queue less at the writer")
+	flag.IntVar(&o.freshSeqWin, "engines-fresh-seq-window", -1, "agent.seq_window of the freshness run on the real engines (0: as -engines-seq-window; -1: freeway's default)")
 	flag.Float64Var(&o.sustainRate, "sustain-rate", 300_000, "entries/s of the sustained run on the real engines (with -engines)")
 	flag.DurationVar(&o.sustain, "sustain", 0, "how long the sustained run on the real engines holds its rate (default 40s; smoke 4s)")
 	flag.DurationVar(&o.sustainSlice, "sustain-slice", 0, "the slices the sustained run's lag is cut into (default 10s; smoke 1s)")
 	flag.Float64Var(&o.embRate, "fresh-rate", 0, "entries/s of the embedded freshness runs (default: half the median end-to-end rate of this run); set, they need no end-to-end run, so that two binaries can be compared at one rate")
 	ages := flag.String("fresh-ages", "0,1s", "calligraphus.segment_max_age of the embedded freshness runs, comma-separated (0: the dfs's default)")
-	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells, sustain (default: all)")
+	flag.IntVar(&o.manyWriters, "writers", 2, "writers of the runs on the real engines with several (part writers: end to end and sustained, beside the one-writer runs): freeway all and writers-1 freeway calligraphus processes, the agent's upstream their ZooKeeper URL")
+	only := flag.String("only", "", "run only these parts, comma-separated: e2e, ack, peers, matrix, fresh, cells, sustain, writers (default: all)")
 	flag.Parse()
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, p := range strings.Split(*only, ",") {
 			switch p = strings.TrimSpace(p); p {
-			case "e2e", "ack", "peers", "matrix", "fresh", "cells", "sustain":
+			case "e2e", "ack", "peers", "matrix", "fresh", "cells", "sustain", "writers":
 				o.only[p] = true
 			default:
-				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells, sustain)", p)
+				log.Fatalf("-only: unknown part %q (want e2e, ack, peers, matrix, fresh, cells, sustain, writers)", p)
 			}
 		}
 	}
@@ -348,7 +381,7 @@ func run(o options) (*report, error) {
 			rate = o.freshRate
 		}
 		if be, err := engineBackends(); err == nil {
-			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines(), rate, 0, be))
+			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines().forFreshness(), rate, 0, be))
 		}
 	}
 	if o.engines && o.does("sustain") {
@@ -357,6 +390,24 @@ func run(o options) (*report, error) {
 		} else {
 			s := sustained(ctx, o.onEngines(), o.sustainRate, be)
 			rep.Sustained = &s
+		}
+	}
+	if o.engines && o.does("writers") && o.manyWriters > 1 {
+		// The same two runs with several writers: flat out, then at the
+		// sustained run's rate.
+		if be, err := engineBackends(); err != nil {
+			rep.Notes = append(rep.Notes, "runs with several writers on the real engines not run: "+err.Error())
+		} else {
+			ow := o.onEngines()
+			ow.writers = o.manyWriters
+			e := e2e(ctx, ow, -2, loadArgs, want, be, o.lines)
+			e.Backends = be.String() + "; " + ow.batches()
+			log.Printf("freeway on the real engines, %d writers: acknowledged %.0f/s, end to end %.0f/s, %.0f entries forwarded between writers, %s %s", e.Writers, e.AckPerSec, e.PerSec, e.Forwarded, e.Totals, e.Err)
+			rep.EnginesWriters = &e
+			if be, err = engineBackends(); err == nil {
+				s := sustained(ctx, ow, o.sustainRate, be)
+				rep.SustainedWriters = &s
+			}
 		}
 	}
 	if o.does("cells") {
@@ -393,6 +444,12 @@ func run(o options) (*report, error) {
 	if s := rep.Sustained; s != nil && s.Err != "" {
 		rep.Failures = append(rep.Failures, "sustained on the real engines: "+s.Err)
 	}
+	if e := rep.EnginesWriters; e != nil && (e.Err != "" || !e.Exact) {
+		rep.Failures = append(rep.Failures, fmt.Sprintf("freeway on the real engines, %d writers: %s %s", e.Writers, e.Totals, e.Err))
+	}
+	if s := rep.SustainedWriters; s != nil && s.Err != "" {
+		rep.Failures = append(rep.Failures, fmt.Sprintf("sustained on the real engines, %d writers: %s", s.Writers, s.Err))
+	}
 	if c := rep.CellsRun; c != nil && c.Err != "" {
 		rep.Failures = append(rep.Failures, "cells: "+c.Err)
 	}
@@ -412,6 +469,8 @@ func (o options) keepWork() bool { return os.Getenv("BENCH_KEEP") != "" }
 // e2eRun is one end-to-end run of freeway all.
 type e2eRun struct {
 	Backends   string          `json:"backends,omitempty"`
+	Writers    int             `json:"writers,omitempty"`
+	Forwarded  float64         `json:"entries_forwarded,omitempty"` // between writers
 	Entries    int64           `json:"entries"`
 	AckSec     float64         `json:"ack_seconds"`
 	AckPerSec  float64         `json:"ack_entries_per_second"`
@@ -452,7 +511,7 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
 	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench"), pprof: o.profile > 0 && round == 0, be: be, maxInFlight: o.inFlight,
-		batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
+		batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow, upstream: upstreamFor(o, be)}, nil)
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -462,7 +521,15 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 		r.Err = err.Error()
 		return r
 	}
+	r.Writers = max(1, o.writers)
+	extra, err := startExtraWriters(o, dir, be, countSumApp("bench"), fw)
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	defer extra.kill()
 	cpu0, _ := fw.cpu()
+	cpu0 += extra.cpu()
 	var prof sync.WaitGroup
 	if o.profile > 0 && round == 0 {
 		r.Profile = filepath.Join(o.work, "e2e-cpu.pprof")
@@ -491,6 +558,7 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	// cost it under 1%, and place the end within 100ms.
 	t1, err := fw.waitMetric("freeway_puma_entries_total", float64(n), limit, 100*time.Millisecond)
 	cpu1, _ := fw.cpu()
+	cpu1 += extra.cpu()
 	lr := <-done
 	prof.Wait()
 	if err == nil {
@@ -521,6 +589,12 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 		r.Err = fmt.Sprintf("answer truncated %v, partial %v", a.Truncated, a.Partial)
 	}
 	r.Exact, r.Totals = loadgen.Compare(want, a.cells("key", "n", "total"))
+	if len(extra) > 0 {
+		r.Forwarded = extra.sum(fw, `freeway_calligraphus_entries_forwarded_total{direction="out"}`)
+	}
+	if err := extra.stop(time.Minute); err != nil && r.Err == "" {
+		r.Err = err.Error()
+	}
 	if err := fw.stop(time.Minute); err != nil && r.Err == "" {
 		r.Err = err.Error()
 	}

@@ -32,10 +32,13 @@ type report struct {
 	Matrix       []matrixRun       `json:"ingest_by_batch_and_conns,omitempty"`
 	Freshness    []freshnessRun    `json:"freshness,omitempty"`
 	Sustained    *sustainedRun     `json:"sustained_real_engines,omitempty"`
-	CellsRun     *cellsResult      `json:"cells_run,omitempty"`
-	Summary      summary           `json:"summary"`
-	Notes        []string          `json:"notes,omitempty"`
-	Failures     []string          `json:"failures,omitempty"`
+	// The same two runs on the real engines with several writers.
+	EnginesWriters   *e2eRun       `json:"freeway_real_engines_writers,omitempty"`
+	SustainedWriters *sustainedRun `json:"sustained_real_engines_writers,omitempty"`
+	CellsRun         *cellsResult  `json:"cells_run,omitempty"`
+	Summary          summary       `json:"summary"`
+	Notes            []string      `json:"notes,omitempty"`
+	Failures         []string      `json:"failures,omitempty"`
 }
 
 type peerResult struct {
@@ -200,6 +203,10 @@ func (r *report) markdown() string {
 		e := r.Engines
 		w("On the real engines (%s): acknowledged %s/s, end to end %s/s (%s per CPU-second of freeway), %s.\n\n", e.Backends, k(e.AckPerSec), k(e.PerSec), k(e.PerCPUSec), e.Totals)
 	}
+	if e := r.EnginesWriters; e != nil {
+		w("On the real engines with %d writers (`freeway all` and %d `freeway calligraphus` on the same engines and settings, the agent's upstream their ZooKeeper URL): acknowledged %s/s, end to end %s/s (%s per CPU-second of the freeway processes), %s entries forwarded between writers, %s%s.\n\n",
+			e.Writers, e.Writers-1, k(e.AckPerSec), k(e.PerSec), k(e.PerCPUSec), k(e.Forwarded), e.Totals, errSuffix(e.Err))
+	}
 
 	w("Ratios in this run: Freeway end to end / hand-written limit **%s**, Freeway / DuckDB **%s**, Freeway per CPU-second / Flink per CPU-second **%.2f×**.\n\n", pct(s.VsLimit), pct(s.VsDuckDB), s.VsFlinkPerCPU)
 	w("## Against the goals of issue 10\n\n| goal | measured | |\n|---|---|---|\n")
@@ -224,6 +231,18 @@ func (r *report) markdown() string {
 		ok, _ := u.bounded()
 		goal("on the real engines ≥ 300 k/s end to end sustained with bounded lag (one agent, one writer)", u.measured(),
 			ok && u.Rate >= sustainGoal && u.Achieved >= heldRate*sustainGoal, u.Probes > 0)
+	}
+	if e := r.EnginesWriters; e != nil {
+		one := "one writer not run"
+		if r.Engines != nil {
+			one = fmt.Sprintf("one writer %s/s", k(r.Engines.PerSec))
+		}
+		measured := fmt.Sprintf("end to end flat out: %d writers %s/s, %s (one run each)", e.Writers, k(e.PerSec), one)
+		if u := r.SustainedWriters; u != nil {
+			measured += fmt.Sprintf("; sustained, %d writers: %s", u.Writers, u.measured())
+		}
+		goal("on the real engines, more with more writers (one agent)", measured,
+			r.Engines != nil && e.PerSec > r.Engines.PerSec && e.Exact, e.PerSec > 0 && r.Engines != nil && r.Engines.PerSec > 0)
 	}
 	if len(r.AgentAlone) > 0 {
 		goal("durable acknowledgement ≥ 1.5 M/s", fmt.Sprintf("%s/s by an agent alone (B2), %.2f µs of its CPU per entry; %s/s in the end-to-end runs, shipping beside it", k(s.AgentPerSec), s.AgentCPUUs, k(s.AckPerSec)),
@@ -307,6 +326,9 @@ func (r *report) markdown() string {
 	if u := r.Sustained; u != nil {
 		w("%s", u.markdown())
 	}
+	if u := r.SustainedWriters; u != nil {
+		w("%s", u.markdown())
+	}
 	if c := r.CellsRun; c != nil {
 		w("## B8, B7, B6: %s cells in one shard\n\nOne line per key for %d keys (sequential keys, count + sum, one-minute windows) into a category of one bucket, so one Puma shard holds them all; `puma.checkpoint_interval` %s (5s by default) so that the first checkpoint finds them all changed. Loading took %.1f s end to end.\n\n", k(float64(c.Cells)), c.Cells, c.Interval, c.LoadSec)
 		w("- Checkpoints (Freeway's `freeway_puma_checkpoint_seconds` and `_cells_total`):")
@@ -353,6 +375,14 @@ func pct(v float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.0f %%", v*100)
+}
+
+// errSuffix is "; error: err", or nothing.
+func errSuffix(err string) string {
+	if err == "" {
+		return ""
+	}
+	return "; error: " + err
 }
 
 func orDash(s string) string {

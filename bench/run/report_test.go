@@ -189,3 +189,52 @@ func TestSustainedSliceUnseen(t *testing.T) {
 		t.Fatalf("marshal: %v", err)
 	}
 }
+
+// The runs with several writers are reported beside the one-writer
+// runs: a goal row that compares their flat-out rates (met only if more
+// writers carried more), the sentence on the flat-out run, and a
+// section of their own for the sustained run, with the acknowledgement's
+// steps; the one-writer rows stay as they were.
+func TestSeveralWritersBesideOne(t *testing.T) {
+	const row = "on the real engines, more with more writers (one agent)"
+	one := steady(300e3, 240e3, func(float64) float64 { return 900 })
+	two := steady(300e3, 280e3, func(float64) float64 { return 700 })
+	two.Writers, two.Forwarded = 2, 5e6
+	two.Steps = []stepLatency{{Step: "queue", P50Ms: 12, P99Ms: 80}, {Step: "close", P50Ms: 60, P99Ms: 300}}
+	r := &report{Engines: &e2eRun{PerSec: 221e3, Exact: true}, Sustained: &one,
+		EnginesWriters: &e2eRun{Writers: 2, PerSec: 260e3, AckPerSec: 270e3, Forwarded: 1e6, Exact: true, Totals: "exact"}, SustainedWriters: &two}
+	r.summarize()
+	md := r.markdown()
+	l := goalRow(t, md, row)
+	for _, want := range []string{"2 writers 260 k/s, one writer 221 k/s", "sustained, 2 writers: 300 k/s asked, 280 k/s held", "| met |"} {
+		if !strings.Contains(l, want) {
+			t.Errorf("goal row %q lacks %q", l, want)
+		}
+	}
+	for _, want := range []string{
+		"On the real engines with 2 writers (`freeway all` and 1 `freeway calligraphus`",
+		"end to end 260 k/s", "1.00 M entries forwarded between writers",
+		"## Sustained on the real engines, 2 writers", "and 1 more writer (`freeway calligraphus`)",
+		"Entries forwarded between writers: 5.00 M.", "p50 / p99): queue 12 / 80 ms, close 60 / 300 ms.",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if !strings.Contains(md, "## Sustained on the real engines\n\n`freeway all` (one agent, one writer)") {
+		t.Errorf("the one-writer sustained section changed:\n%s", md)
+	}
+	if l := goalRow(t, md, sustainedGoal); !strings.Contains(l, "240 k/s held") {
+		t.Errorf("the one-writer sustained row is not the one-writer run's: %q", l)
+	}
+
+	// Two writers slower than one: not met; no one-writer run: not measured.
+	r.EnginesWriters.PerSec = 150e3
+	if l := goalRow(t, r.markdown(), row); !strings.HasSuffix(l, "| not met |") {
+		t.Errorf("two writers slower: %q, want not met", l)
+	}
+	r.Engines = nil
+	if l := goalRow(t, r.markdown(), row); !strings.Contains(l, "one writer not run") || !strings.HasSuffix(l, "| not measured |") {
+		t.Errorf("no one-writer run: %q, want not measured", l)
+	}
+}

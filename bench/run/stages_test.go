@@ -60,3 +60,25 @@ func TestStagesFromSegments(t *testing.T) {
 		t.Errorf("report lacks the stages:\n%s", md)
 	}
 }
+
+// TestFreshnessSettingsOnEngines: the freshness run on the engines takes
+// its own max_in_flight and seq_window where set, and the other runs'
+// otherwise; -1 is freeway's default window.
+func TestFreshnessSettingsOnEngines(t *testing.T) {
+	o := options{engInFly: 8, engSeqWin: 131072, freshInFly: 4, freshSeqWin: -1}
+	e := o.onEngines()
+	if e.inFlight != 8 || e.seqWindow != 131072 {
+		t.Fatalf("on the engines: %d in flight, window %d; want 8 and 131072", e.inFlight, e.seqWindow)
+	}
+	if f := e.forFreshness(); f.inFlight != 4 || f.seqWindow != 0 {
+		t.Errorf("freshness: %d in flight, window %d; want 4 and 0 (the default)", f.inFlight, f.seqWindow)
+	}
+	o.freshInFly, o.freshSeqWin = 0, 0
+	if f := o.onEngines().forFreshness(); f.inFlight != 8 || f.seqWindow != 131072 {
+		t.Errorf("freshness unset: %d in flight, window %d; want the engines' 8 and 131072", f.inFlight, f.seqWindow)
+	}
+	o.freshInFly, o.freshSeqWin = 2, 65536
+	if f := o.onEngines().forFreshness(); f.inFlight != 2 || f.seqWindow != 65536 {
+		t.Errorf("freshness set: %d in flight, window %d; want 2 and 65536", f.inFlight, f.seqWindow)
+	}
+}

@@ -95,7 +95,11 @@ type sustainedRun struct {
 	LogP50Ms   float64         `json:"log_p50_ms"` // the generator's Log calls to the agent
 	LogP99Ms   float64         `json:"log_p99_ms"`
 	CPUSec     float64         `json:"cpu_seconds"`
-	Err        string          `json:"error,omitempty"`
+	Forwarded  float64         `json:"entries_forwarded,omitempty"` // between writers
+	// Steps is where the writers' acknowledgements waited
+	// (freeway_calligraphus_publish_step_seconds), p50 / p99 ms by step.
+	Steps []stepLatency `json:"publish_steps,omitempty"`
+	Err   string        `json:"error,omitempty"`
 }
 
 // slices cuts a run of total seconds into slices of d seconds (the last
@@ -281,16 +285,22 @@ func lagOf(samples []probeSample) (seen int, p50, p99, maxMs float64) {
 // agent's batches in flight every second, and cuts the lag into slices
 // of o.sustainSlice.
 func sustained(ctx context.Context, o options, rate float64, be backends) (r sustainedRun) {
-	r.Rate, r.Writers, r.SliceSec = rate, 1, o.sustainSlice.Seconds()
+	r.Rate, r.Writers, r.SliceSec = rate, max(1, o.writers), o.sustainSlice.Seconds()
 	r.Backends = be.String() + "; " + o.batches()
 	dir := filepath.Join(o.work, "sustain")
 	_ = os.RemoveAll(dir)                    // best effort: what an interrupted run left
 	defer func() { _ = os.RemoveAll(dir) }() // best effort: work files only
-	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: countSumApp("bench") + probeApp, be: be,
-		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow}, nil)
+	apps := countSumApp("bench") + probeApp
+	fw, err := startFreeway(o.freeway, dir, fwConfig{apps: apps, be: be, pprof: o.profile > 0,
+		maxInFlight: o.inFlight, batchBytes: o.batchB, batchEntries: o.batchN, seqWindow: o.seqWindow, upstream: upstreamFor(o, be)}, nil)
 	if err == nil {
 		defer fw.kill()
 		err = fw.waitReady(2*time.Minute, 50*time.Millisecond)
+	}
+	var extra writerSet
+	if err == nil {
+		extra, err = startExtraWriters(o, dir, be, apps, fw)
+		defer extra.kill()
 	}
 	if err != nil {
 		r.Err = err.Error()
@@ -299,6 +309,7 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cpu0, _ := fw.cpu()
+	cpu0 += extra.cpu()
 	start := time.Now()
 	loadDone := make(chan error, 1)
 	var sum struct {
@@ -337,13 +348,33 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 			r.Backlog = append(r.Backlog, b)
 		}
 	})
+	// With -profile, a CPU profile and an execution trace (its blocking
+	// profiles: go tool trace -pprof=sync) of freeway all under the load,
+	// from a few seconds in.
+	var profiles sync.WaitGroup
+	if o.profile > 0 {
+		tag := fmt.Sprintf("sustain-%dw", r.Writers)
+		for _, p := range []struct{ kind, file string }{{"profile", tag + "-cpu.pprof"}, {"trace", tag + ".trace"}} {
+			profiles.Go(func() {
+				time.Sleep(5 * time.Second)
+				path := filepath.Join(o.work, p.file)
+				if err := fetch(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", fw.http, p.kind, int(o.profile.Seconds())), path); err != nil {
+					log.Printf("%s: %v", p.kind, err)
+				} else {
+					log.Printf("%s: %s", p.kind, path)
+				}
+			})
+		}
+	}
 	r.Samples, err = probeLag(ctx, fw, 100*time.Millisecond, o.sustain, 30*time.Second)
+	profiles.Wait()
 	stopSampling()
 	sampler.Wait()
 	if lerr := <-loadDone; lerr != nil && err == nil {
 		err = lerr
 	}
 	cpu1, _ := fw.cpu()
+	cpu1 += extra.cpu()
 	r.CPUSec = (cpu1 - cpu0).Seconds()
 	r.Achieved, r.Seconds = sum.perSec, sum.seconds
 	r.LogP50Ms, r.LogP99Ms = sum.logP50, sum.logP99
@@ -353,6 +384,10 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	for _, b := range r.Backlog {
 		r.InFlightMx = math.Max(r.InFlightMx, b.InFlight)
 	}
+	if len(extra) > 0 {
+		r.Forwarded = extra.sum(fw, `freeway_calligraphus_entries_forwarded_total{direction="out"}`)
+	}
+	r.Steps = publishSteps(append(writerSet{fw}, extra...))
 	if m, merr := fw.metrics(); merr == nil {
 		r.BelowWin = m["freeway_puma_dedup_below_window_total"]
 		if q := histQuantile(m, "freeway_agent_ship_seconds", 0.5); !math.IsNaN(q) { // NaN: a binary without it
@@ -366,10 +401,16 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 		r.Err = fmt.Sprintf("%.0f entries taken as repeats below Puma's seen-window (lost)", r.BelowWin)
 	}
 	ok, why := r.bounded()
-	log.Printf("sustained on the engines at %.0f/s (achieved %.0f/s, Log p50 %.0fms p99 %.0fms) for %v: lag p50 %.0fms p99 %.0fms over %d of %d probes; agent's batches acknowledged p50 %.0fms p99 %.0fms, at most %.0f in flight; bounded %v: %s",
-		rate, r.Achieved, r.LogP50Ms, r.LogP99Ms, o.sustain, r.P50Ms, r.P99Ms, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, ok, why)
+	if len(r.Steps) > 0 {
+		log.Printf("writers' acknowledgement steps (p50 / p99): %s", stepsText(r.Steps))
+	}
+	log.Printf("sustained on the engines (writers: %d) at %.0f/s (achieved %.0f/s, Log p50 %.0fms p99 %.0fms) for %v: lag p50 %.0fms p99 %.0fms over %d of %d probes; agent's batches acknowledged p50 %.0fms p99 %.0fms, at most %.0f in flight; bounded %v: %s",
+		r.Writers, rate, r.Achieved, r.LogP50Ms, r.LogP99Ms, o.sustain, r.P50Ms, r.P99Ms, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, ok, why)
 	for _, s := range r.Slices {
 		log.Printf("  %2.0f–%2.0fs: p50 %.0fms p99 %.0fms max %.0fms (%d of %d probes), backlog at most %.0f entries", s.FromSec, s.ToSec, s.P50Ms, s.P99Ms, s.MaxMs, s.Seen, s.Probes, s.BacklogMax)
+	}
+	if err := extra.stop(time.Minute); err != nil {
+		log.Printf("stop the other writers: %v", err) // the measurements are taken; their logs say why
 	}
 	if err := fw.stop(time.Minute); err != nil {
 		log.Printf("stop freeway: %v", err) // the measurements are taken; the log says why it did not stop
@@ -381,9 +422,14 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 // name from its cumulative buckets in m (linear within a bucket, as
 // Prometheus' histogram_quantile); NaN without observations.
 func histQuantile(m map[string]float64, name string, q float64) float64 {
+	return bucketsQuantile(m, name+`_bucket{le="`, q)
+}
+
+// bucketsQuantile is histQuantile over the buckets whose series start
+// with prefix, which ends where the bound begins (`…,le="`).
+func bucketsQuantile(m map[string]float64, prefix string, q float64) float64 {
 	type bucket struct{ le, n float64 }
 	var bs []bucket
-	prefix := name + `_bucket{le="`
 	for series, n := range m {
 		rest, ok := strings.CutPrefix(series, prefix)
 		if !ok {
@@ -439,13 +485,25 @@ func (r sustainedRun) measured() string {
 func (r sustainedRun) markdown() string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
-	w("## Sustained on the real engines\n\n")
-	w("`freeway all` (one agent, one writer) on %s, fed by `freeway load` at a fixed %s entries/s (live event times) for %.0f s; a probe line every 100 ms as in B5, its lag from just before its Log call to the first query answer holding it. ", r.Backends, k(r.Rate), r.Seconds)
+	if r.Writers > 1 {
+		w("## Sustained on the real engines, %d writers\n\n", r.Writers)
+		w("`freeway all` (one agent, its writer) and %s, the agent's upstream their ZooKeeper URL (each batch to the next live writer, the entries of buckets another writer holds forwarded to it), on %s", plural(r.Writers-1, "more writer (`freeway calligraphus`)", "more writers (`freeway calligraphus` processes)"), r.Backends)
+	} else {
+		w("## Sustained on the real engines\n\n")
+		w("`freeway all` (one agent, one writer) on %s", r.Backends)
+	}
+	w(", fed by `freeway load` at a fixed %s entries/s (live event times) for %.0f s; a probe line every 100 ms as in B5, its lag from just before its Log call to the first query answer holding it. ", k(r.Rate), r.Seconds)
 	w("The lag is bounded if every probe was seen, the rate was held (at least %.0f %% of it) and the last slice's p99 is at most %.0f %% above the first's or %.0f ms above it, whichever allows more. ", heldRate*100, lagTolerance*100, lagSlackMs)
 	w("Backlog: entries the agent had acknowledged that Puma had not yet applied, sampled every second.\n\n")
 	ok, why := r.bounded()
 	w("Achieved %s/s (the generator's Log calls p50 %.1f ms, p99 %.1f ms); lag p50 %.0f ms, p99 %.0f ms, max %.0f ms over %d of %d probes; agent's acknowledgement from the writer p50 %.0f ms, p99 %.0f ms; at most %.0f batches in flight; freeway CPU %.1f s; **lag bounded: %v** (%s).\n\n",
 		k(r.Achieved), r.LogP50Ms, r.LogP99Ms, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, r.CPUSec, ok, why)
+	if r.Writers > 1 {
+		w("Entries forwarded between writers: %s.\n\n", k(r.Forwarded))
+	}
+	if len(r.Steps) > 0 {
+		w("Where the writers' acknowledgements waited (`freeway_calligraphus_publish_step_seconds`, p50 / p99): %s.\n\n", stepsText(r.Steps))
+	}
 	w("| slice | probes seen | p50 | p99 | max | backlog at most |\n|---|---|---|---|---|---|\n")
 	for _, s := range r.Slices {
 		w("| %.0f–%.0f s | %d of %d | %s ms | %s ms | %s ms | %s entries |\n", s.FromSec, s.ToSec, s.Seen, s.Probes,
@@ -464,4 +522,58 @@ func msOrDash(seen int, ms float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.0f", ms)
+}
+
+// stepLatency is one step of the writers' acknowledgements on HDFS.
+type stepLatency struct {
+	Step  string  `json:"step"`
+	Count float64 `json:"count"`
+	P50Ms float64 `json:"p50_ms"`
+	P99Ms float64 `json:"p99_ms"`
+}
+
+// publishSteps reads freeway_calligraphus_publish_step_seconds from
+// every process of ps (their buckets summed) and gives each step's
+// p50 and p99; nil from a binary without it.
+func publishSteps(ps writerSet) []stepLatency {
+	sum := map[string]float64{}
+	for _, p := range ps {
+		m, err := p.metrics()
+		if err != nil {
+			continue
+		}
+		for k, v := range m {
+			if strings.HasPrefix(k, "freeway_calligraphus_publish_step_seconds") {
+				sum[k] += v
+			}
+		}
+	}
+	var out []stepLatency
+	for _, step := range []string{"queue", "close", "wait", "rename", "fence"} {
+		prefix := `freeway_calligraphus_publish_step_seconds_bucket{step="` + step + `",le="`
+		p50 := bucketsQuantile(sum, prefix, 0.5)
+		if math.IsNaN(p50) {
+			continue
+		}
+		out = append(out, stepLatency{Step: step, Count: sum[`freeway_calligraphus_publish_step_seconds_count{step="`+step+`"}`],
+			P50Ms: p50 * 1e3, P99Ms: bucketsQuantile(sum, prefix, 0.99) * 1e3})
+	}
+	return out
+}
+
+// stepsText is the steps as one line: "queue 3 / 40 ms, close …".
+func stepsText(steps []stepLatency) string {
+	var parts []string
+	for _, s := range steps {
+		parts = append(parts, fmt.Sprintf("%s %.0f / %.0f ms", s.Step, s.P50Ms, s.P99Ms))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// plural is n and one or many, as n asks.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -103,13 +103,17 @@ type Options struct {
 
 // Process is one running Freeway process.
 type Process struct {
-	cfg     Config
-	target  string
-	opts    Options
-	log     *slog.Logger
-	reg     *prometheus.Registry
-	coords  *backends.Coords
-	fs      dfs.FS
+	cfg    Config
+	target string
+	opts   Options
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	coords *backends.Coords
+	fs     dfs.FS
+	// wfs is the writer's own dfs client where the process runs other
+	// modules that use the dfs (writerDFS); nil otherwise.
+	wfs     dfs.FS
+	mods    []string // the modules of the target
 	st      store.Store
 	co      coord.Coord
 	res     *Resolved   // the configuration as the modules consume it, derived once
@@ -160,7 +164,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	opts.Version = version.Or(opts.Version)
 	reg.MustRegister(version.BuildInfo(opts.Version))
 	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
-		published: ptail.NewNotifier()}
+		published: ptail.NewNotifier(), mods: mods}
 	order, err := startOrder(mods, moduleNeeds)
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", target, err)
@@ -262,6 +266,22 @@ func (p *Process) dfs() (dfs.FS, error) {
 	return shared(p, &p.fs, func() (dfs.FS, error) { return backends.OpenDFS(p.cfg.DFS) })
 }
 
+// writerDFS is the dfs the writer (calligraphus) uses: a client of its
+// own where the process also runs a module that reads or deletes in the
+// dfs (Puma, the copier, retention), else the process's. On HDFS a client
+// holds a NameNode connection for each call's round trip (namenode_
+// connections of them): shared, a writer's create, complete, rename and
+// fence listing, each on an acknowledgement's path, queued behind Puma's
+// listings, stats and opens of the segments it reads.
+func (p *Process) writerDFS() (dfs.FS, error) {
+	for _, m := range p.mods {
+		if m == Puma || m == Copier || m == Retention {
+			return shared(p, &p.wfs, func() (dfs.FS, error) { return backends.OpenDFS(p.cfg.DFS) })
+		}
+	}
+	return p.dfs()
+}
+
 func (p *Process) store() (store.Store, error) {
 	return shared(p, &p.st, func() (store.Store, error) { return backends.OpenStore(p.cfg.Store, p.log, p.reg) })
 }
@@ -277,7 +297,7 @@ func (p *Process) common() component.Common {
 }
 
 func (p *Process) initCalligraphus() error {
-	fs, err := p.dfs()
+	fs, err := p.writerDFS()
 	if err != nil {
 		return err
 	}
