@@ -47,7 +47,7 @@ func newCounters() *counters {
 	c := &counters{rejected: map[string]*atomic.Int64{}, tryLater: map[string]*atomic.Int64{},
 		shipSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "freeway_agent_ship_seconds",
 			Help:    "Time from a batch's first send upstream to its OK (retries included): with the in-flight bound, what one agent's rate is bounded by.",
-			Buckets: []float64{.005, .01, .025, .05, .1, .15, .2, .25, .3, .4, .5, .75, 1, 2.5, 5, 10, 30}})}
+			Buckets: []float64{.005, .01, .025, .05, .1, .15, .2, .25, .3, .4, .5, .6, .75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 30}})}
 	for _, r := range rejectReasons {
 		c.rejected[r] = new(atomic.Int64)
 	}
