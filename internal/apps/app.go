@@ -295,11 +295,9 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 	if len(x.groupAt) == 1 {
 		// One group_by field without a NUL is its own key (EncodeKey):
 		// a view of it, not a copy.
-		if v, _ := rec.at(x.groupAt[0]); v.IsNum || v.Str != "" {
-			if s := v.String(); strings.IndexByte(s, 0) < 0 {
-				out.Key = unsafe.Slice(unsafe.StringData(s), len(s))
-				return out, nil
-			}
+		if s, _ := rec.text(x.groupAt[0]); s != "" && strings.IndexByte(s, 0) < 0 {
+			out.Key = unsafe.Slice(unsafe.StringData(s), len(s))
+			return out, nil
 		}
 	}
 	x.keyBuf = appendRecordKey(x.keyBuf[:0], rec, x.groupAt)

@@ -136,6 +136,19 @@ func (r *Record) has(i int) bool {
 	return r.present[i]
 }
 
+// text is the field at index i as a string (Value.String), and whether
+// the line had it: a JSON string the scan found is a view of it, with no
+// Value made.
+func (r *Record) text(i int) (string, bool) {
+	if r.scan != nil && i >= 0 {
+		if f := r.scan[i]; f.Kind == jsonscan.String {
+			return view(r.line[f.Start:f.End]), true
+		}
+	}
+	v, ok := r.at(i)
+	return v.String(), ok
+}
+
 // number is the field at index i read as a number (Value.Number), and
 // whether the line had it: a JSON number the scan found is parsed where
 // it lies, with no Value made.
