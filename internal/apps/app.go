@@ -201,6 +201,7 @@ type Extractor struct {
 	from    *Record
 	timeAt  int
 	groupAt []int
+	where   expr // the app's filter, bound to from's fields
 }
 
 // inputKind is what an aggregate takes from a record.
@@ -249,6 +250,9 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 func (x *Extractor) locate(rec *Record) {
 	a := x.app
 	x.from, x.out.rec = rec, rec
+	if a.where != nil {
+		x.where = a.where.bind(rec)
+	}
 	x.timeAt = -1
 	if a.timeField != "" {
 		x.timeAt = rec.index(a.timeField)
@@ -277,7 +281,7 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 	if rec != x.from {
 		x.locate(rec)
 	}
-	if a.where != nil && !a.where.eval(rec) {
+	if x.where != nil && !x.where.eval(rec) {
 		return nil, ErrFiltered
 	}
 	out := &x.out

@@ -333,7 +333,7 @@ func printWhere(e expr) string {
 	case notExpr:
 		return "not " + printWhere(e.e)
 	case truthExpr:
-		return e.field
+		return e.f.field
 	case cmpExpr:
 		return printOperand(e.l) + " " + e.op + " " + printOperand(e.r)
 	}
@@ -401,6 +401,19 @@ func FuzzWhere(f *testing.F) {
 		got := e.eval(rec)
 		if e2.eval(rec) != got || e.eval(rec) != got {
 			t.Fatalf("%q on %q: not deterministic", where, line)
+		}
+		// Bound to the fields' indexes, of this record or of one that
+		// lays them out another way, it says the same as by name.
+		layout := []string{"not.a.field"}
+		for i := len(a.fields) - 1; i >= 0; i-- {
+			layout = append(layout, a.fields[i])
+		}
+		other := newRecord(layout)
+		if err := (logfmtParser{}).parse(line, other); err != nil {
+			t.Fatal(err)
+		}
+		if e.bind(rec).eval(rec) != got || e.bind(other).eval(other) != got {
+			t.Fatalf("%q on %q: %v by name, %v and %v bound", where, line, got, e.bind(rec).eval(rec), e.bind(other).eval(other))
 		}
 		_, xerr := a.NewExtractor().Extract(line, 1)
 		if errors.Is(xerr, ErrFiltered) == got {
