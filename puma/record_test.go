@@ -259,3 +259,57 @@ func TestRecordCellsAsTheFullParse(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkApplyRecordApps is TestRecordCellsAsTheFullParse's four apps
+// (one shared parse; two where filters; keys of a number, a string, two
+// fields; every aggregate function) on the access log's lines as JSON,
+// as the field scan reads them, in blocks of 500 through the shard. An
+// op is one line; every cell exists (the lines are applied once first).
+//
+//	go test -run '^$' -bench BenchmarkApplyRecordApps -benchmem ./puma
+func BenchmarkApplyRecordApps(b *testing.B) {
+	lines, _ := recordLines(b)
+	e := newEnv(b, recordApps(b)...)
+	s := testShardOf(b, e.node("n1"), "web", 0)
+	var blocks [][][]byte
+	for from := 0; from < len(lines); from += 500 {
+		blocks = append(blocks, lines[from:min(from+500, len(lines))])
+	}
+	for i, blk := range blocks {
+		s.apply(stock(blk...), ptail.Position{Offset: int64(i + 1)})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU(b)
+	n := 0
+	for i := 0; n < b.N; i++ {
+		blk := blocks[i%len(blocks)]
+		s.apply(stock(blk...), ptail.Position{Offset: int64(len(blocks) + i + 1)})
+		n += len(blk)
+	}
+	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(n), "cpu-ns/entry")
+}
+
+// TestTextInputCopiedOncePerLine: a line's text that a state may keep is
+// copied out of the line once, for every span of an app of several window
+// lengths, not once a span.
+func TestTextInputCopiedOncePerLine(t *testing.T) {
+	app := appstest.Compile(t, apps.Spec{
+		Name: "last_path", Category: "web", Format: "json",
+		Time:       &apps.TimeSpec{Field: "ts", Layout: "unix"},
+		Windows:    []config.Duration{config.Duration(time.Minute), config.Duration(time.Hour), config.Duration(24 * time.Hour)},
+		GroupBy:    []string{"status"},
+		Aggregates: []apps.AggregateSpec{{Name: "path", Fn: "last", Field: "path"}},
+	})
+	e := newEnv(t, app)
+	s := testShardOf(t, e.node("n1"), "web", 0)
+	line := []byte(`{"ts": 1431857103, "status": 200, "path": "/presentations/logstash-monitorama-2013/images/kibana-search.png"}`)
+	bt := newBlockTime(0, time.Now().UnixMilli())
+	s.applyLine(line, bt) // the cells
+	if n := testing.AllocsPerRun(100, func() { s.applyLine(line, bt) }); n != 1 {
+		t.Fatalf("%v allocations a line, want 1 (the path's copy, for three spans)", n)
+	}
+	if got := s.tables[0].ncells; got != 3 {
+		t.Fatalf("%d cells, want 3", got)
+	}
+}

@@ -119,6 +119,12 @@ type Extracted struct {
 	// takes from it.
 	at   []int
 	kind []inputKind
+	// kept[i] is aggregate i's text copied for this line (Input) when
+	// keptAt[i] == line: the spans of an app of several window lengths
+	// share one copy. line counts the extractor's lines.
+	kept   []string
+	keptAt []uint64
+	line   uint64
 }
 
 // Present reports whether aggregate i has an input in the line: always
@@ -150,8 +156,12 @@ func (e *Extracted) Input(i int) (Value, bool) {
 	case !ok:
 	case v.IsNum && kind == inputNumeric:
 		v.Str = ""
+	case !e.rec.view:
+	case e.keptAt[i] == e.line:
+		v.Str = e.kept[i]
 	default:
-		v.Str = e.rec.keep(v.Str)
+		v.Str = strings.Clone(v.Str)
+		e.kept[i], e.keptAt[i] = v.Str, e.line
 	}
 	return v, ok
 }
@@ -170,7 +180,7 @@ func (e *Extracted) Inputs() []Input {
 // callers that have the inputs already (tests, benchmarks).
 func InputsOf(timeMs int64, key []byte, in []Input) *Extracted {
 	e := &Extracted{TimeMs: timeMs, Key: key, rec: &Record{vals: make([]Value, len(in)), present: make([]bool, len(in))},
-		at: make([]int, len(in)), kind: make([]inputKind, len(in))}
+		at: make([]int, len(in)), kind: make([]inputKind, len(in)), kept: make([]string, len(in)), keptAt: make([]uint64, len(in)), line: 1}
 	for i, x := range in {
 		e.rec.vals[i], e.rec.present[i] = x.Value, x.Present
 		e.at[i], e.kind[i] = i, inputText
@@ -219,7 +229,7 @@ func (a *App) NewExtractor() *Extractor {
 	if err != nil {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
 	}
-	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{at: make([]int, len(a.Aggs)), kind: make([]inputKind, len(a.Aggs))},
+	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{at: make([]int, len(a.Aggs)), kind: make([]inputKind, len(a.Aggs)), kept: make([]string, len(a.Aggs)), keptAt: make([]uint64, len(a.Aggs))},
 		keyBuf: make([]byte, 0, 64), groupAt: make([]int, len(a.Spec.GroupBy))}
 	for i, ag := range a.Aggs {
 		switch {
@@ -278,6 +288,7 @@ func (x *Extractor) locate(rec *Record) {
 // (Extracted.Input).
 func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, error) {
 	a := x.app
+	x.out.line++ // a new line: no text of it kept yet
 	if rec != x.from {
 		x.locate(rec)
 	}
@@ -429,14 +440,14 @@ type timeReader struct {
 var unixScale = map[string]float64{"unix": 1000, "unix_ms": 1, "unix_us": 1e-3, "unix_ns": 1e-6}
 
 // read returns the time of the field at index at of rec, or ErrBadTime
-// (wrapped). A number of a unix layout that is a time in range is read
-// from the record as a number (Record.number), without a Value; anything
-// else, and every error, is parse's.
+// (wrapped). A JSON number the scan found, of a unix layout, that is a
+// time in range is parsed where it lies (Record.scanNumber), without a
+// Value; anything else, and every error, is parse's.
 func (p timeReader) read(rec *Record, at int) (int64, error) {
 	if p.scale != 0 {
 		// What parse gives for a number in range (NaN and ±Inf fail both
 		// tests).
-		if n, _, ok := rec.number(at); ok {
+		if n, ok := rec.scanNumber(at); ok {
 			if ms := n * p.scale; ms >= 1 && ms < math.MaxInt64 {
 				return int64(ms), nil
 			}

@@ -153,12 +153,8 @@ func (r *Record) text(i int) (string, bool) {
 // whether the line had it: a JSON number the scan found is parsed where
 // it lies, with no Value made.
 func (r *Record) number(i int) (n float64, present, ok bool) {
-	if r.scan != nil && i >= 0 {
-		if f := r.scan[i]; f.Kind == jsonscan.Number {
-			if n, err := parseNumber(view(r.line[f.Start:f.End])); err == nil {
-				return n, true, true
-			}
-		}
+	if n, ok := r.scanNumber(i); ok {
+		return n, true, true
 	}
 	v, present := r.at(i)
 	if !present {
@@ -166,6 +162,20 @@ func (r *Record) number(i int) (n float64, present, ok bool) {
 	}
 	n, ok = v.Number()
 	return n, true, ok
+}
+
+// scanNumber is the field at index i if the scan found a JSON number
+// there that parses (Value.Number's answer for it); false for anything
+// else.
+func (r *Record) scanNumber(i int) (float64, bool) {
+	if r.scan != nil && i >= 0 {
+		if f := r.scan[i]; f.Kind == jsonscan.Number {
+			if n, err := parseNumber(view(r.line[f.Start:f.End])); err == nil {
+				return n, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // keep returns s as a string that outlives the line: a copy if s may be
