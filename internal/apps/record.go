@@ -57,6 +57,12 @@ type Record struct {
 	// the JSON scan's of line (jsonscan.Scanner.Fields), by index.
 	scan []jsonscan.Field
 	line []byte
+	// nums[i] is scan field i's number once parsed (numAt has bit i;
+	// numOK too if it parsed): a number several apps or aggregates read
+	// is parsed once a line. A scan reads at most 64 fields
+	// (jsonscan.MaxFields).
+	nums         []float64
+	numAt, numOK uint64
 	// view: the strings of the fields are views of the line parsed (the
 	// JSON scan's, which copies nothing), valid only while the caller
 	// leaves the line unchanged. What outlives the line (a text input a
@@ -65,7 +71,7 @@ type Record struct {
 }
 
 func newRecord(fields []string) *Record {
-	r := &Record{names: map[string]int{}, vals: make([]Value, len(fields)), present: make([]bool, len(fields))}
+	r := &Record{names: map[string]int{}, vals: make([]Value, len(fields)), present: make([]bool, len(fields)), nums: make([]float64, len(fields))}
 	for i, f := range fields {
 		r.names[f] = i
 	}
@@ -95,7 +101,7 @@ func (r *Record) at(i int) (Value, bool) {
 		return Value{}, false
 	}
 	if r.scan != nil {
-		return scanned(r.line, r.scan[i])
+		return r.scanned(i)
 	}
 	if !r.present[i] {
 		return Value{}, false
@@ -103,16 +109,17 @@ func (r *Record) at(i int) (Value, bool) {
 	return r.vals[i], true
 }
 
-// scanned is the Value of a field the JSON scan found in line: what the
-// full parse gives (FuzzJSONScanMatchesFullParse), its text a view.
-func scanned(line []byte, f jsonscan.Field) (Value, bool) {
+// scanned is the Value of scan field i: what the full parse gives
+// (FuzzJSONScanMatchesFullParse), its text a view of the line.
+func (r *Record) scanned(i int) (Value, bool) {
+	f := r.scan[i]
 	switch f.Kind {
 	case jsonscan.String:
-		return Value{Str: view(line[f.Start:f.End])}, true
+		return Value{Str: view(r.line[f.Start:f.End])}, true
 	case jsonscan.Number:
 		// As parseFull: fastjson's Float64 is fastfloat.Parse of the text.
-		s := view(line[f.Start:f.End])
-		if n, err := parseNumber(s); err == nil {
+		s := view(r.line[f.Start:f.End])
+		if n, ok := r.scanNumber(i); ok {
 			return Value{Str: s, Num: n, IsNum: true}, true
 		}
 		return Value{Str: s}, true
@@ -168,14 +175,25 @@ func (r *Record) number(i int) (n float64, present, ok bool) {
 // there that parses (Value.Number's answer for it); false for anything
 // else.
 func (r *Record) scanNumber(i int) (float64, bool) {
-	if r.scan != nil && i >= 0 {
-		if f := r.scan[i]; f.Kind == jsonscan.Number {
-			if n, err := parseNumber(view(r.line[f.Start:f.End])); err == nil {
-				return n, true
-			}
-		}
+	if r.scan == nil || i < 0 {
+		return 0, false
 	}
-	return 0, false
+	bit := uint64(1) << uint(i)
+	if r.numAt&bit != 0 {
+		return r.nums[i], r.numOK&bit != 0
+	}
+	f := r.scan[i]
+	if f.Kind != jsonscan.Number {
+		return 0, false
+	}
+	r.numAt |= bit
+	n, err := parseNumber(view(r.line[f.Start:f.End]))
+	if err != nil {
+		return 0, false
+	}
+	r.numOK |= bit
+	r.nums[i] = n
+	return n, true
 }
 
 // keep returns s as a string that outlives the line: a copy if s may be
@@ -278,6 +296,7 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 	}
 	// The record holds the scan's fields as they are (Record.scan).
 	r.view, r.scan, r.line = true, p.scan.Fields(), line
+	r.numAt, r.numOK = 0, 0
 	return nil
 }
 
