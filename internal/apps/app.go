@@ -136,6 +136,15 @@ func (e *Extracted) Present(i int) bool {
 // Number is aggregate i's input as a number (Value.Number), and whether
 // the line has it; a JSON number is parsed where it lies in the line.
 func (e *Extracted) Number(i int) (n float64, present, ok bool) {
+	// A number read already this line (Record.nums): no call. The field
+	// of an input without one (-1) shifts to no bit.
+	if at := e.at[i]; e.rec.numOK&(1<<uint(at)) != 0 {
+		return e.rec.nums[at], true, true
+	}
+	return e.number(i)
+}
+
+func (e *Extracted) number(i int) (n float64, present, ok bool) {
 	if e.kind[i] == inputNone {
 		return 0, true, false
 	}

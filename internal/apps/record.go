@@ -79,6 +79,7 @@ func newRecord(fields []string) *Record {
 }
 
 func (r *Record) reset() {
+	r.numAt, r.numOK = 0, 0
 	if r.scan != nil {
 		r.scan, r.line = nil, nil
 	} else {
@@ -296,7 +297,6 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 	}
 	// The record holds the scan's fields as they are (Record.scan).
 	r.view, r.scan, r.line = true, p.scan.Fields(), line
-	r.numAt, r.numOK = 0, 0
 	return nil
 }
 
