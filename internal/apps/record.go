@@ -63,10 +63,6 @@ type Record struct {
 	// (jsonscan.MaxFields).
 	nums         []float64
 	numAt, numOK uint64
-	// valAt has bit i once scan field i's Value is in vals[i] and
-	// present[i] (at): a field several apps or aggregates read is made a
-	// Value once a line.
-	valAt uint64
 	// view: the strings of the fields are views of the line parsed (the
 	// JSON scan's, which copies nothing), valid only while the caller
 	// leaves the line unchanged. What outlives the line (a text input a
@@ -83,9 +79,12 @@ func newRecord(fields []string) *Record {
 }
 
 func (r *Record) reset() {
-	r.numAt, r.numOK, r.valAt = 0, 0, 0
-	r.scan, r.line = nil, nil
-	clear(r.present)
+	r.numAt, r.numOK = 0, 0
+	if r.scan != nil {
+		r.scan, r.line = nil, nil
+	} else {
+		clear(r.present)
+	}
 	r.view = false
 }
 
@@ -103,10 +102,7 @@ func (r *Record) at(i int) (Value, bool) {
 		return Value{}, false
 	}
 	if r.scan != nil {
-		if bit := uint64(1) << uint(i); r.valAt&bit == 0 {
-			r.vals[i], r.present[i] = r.scanned(i)
-			r.valAt |= bit
-		}
+		return r.scanned(i)
 	}
 	if !r.present[i] {
 		return Value{}, false
