@@ -197,15 +197,6 @@ func (r *Record) scanNumber(i int) (float64, bool) {
 	return n, true
 }
 
-// keep returns s as a string that outlives the line: a copy if s may be
-// a view of it.
-func (r *Record) keep(s string) string {
-	if r.view {
-		return strings.Clone(s)
-	}
-	return s
-}
-
 func (r *Record) set(i int, v Value) {
 	r.vals[i] = v
 	r.present[i] = true
