@@ -47,7 +47,7 @@ func (v Value) String() string {
 // aggregates read the fields they use from it where they lie, by index.
 // A JSON line read by the field scan is held as the scan left it (each
 // field's kind and its place in the line: nothing is copied or
-// converted, and a number is parsed when it is read as one); the other
+// converted; a number is parsed the first time a line reads it); the other
 // parses (regex, TSV, logfmt, the full JSON parse) set Values.
 type Record struct {
 	names   map[string]int
