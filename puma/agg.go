@@ -137,24 +137,28 @@ func (l *layout) cellOverhead(key string) int64 {
 	return int64(30 + len(key) + 8*l.stride() + 56*len(l.vars))
 }
 
-// add feeds one extracted record into a cell; it returns how many inputs
+// add feeds one extracted line into a cell; it returns how many inputs
 // were not numbers for a numeric aggregate, or out of a sketch's range
 // (skipped). It reads the aggregates in place (by index, not a copy of
-// each per line).
-func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
+// each per line), and each input from the line's record where it lies
+// (apps.Extracted): a number is parsed there, a text copied only for a
+// state that keeps it.
+func (l *layout) add(c cell, in *apps.Extracted, tsMs, arrivalMs int64) (bad int) {
 	for k := range l.fixed {
 		a := &l.fixed[k]
-		if !in[a.i].Present {
-			continue
-		}
 		var v float64
 		if a.numeric {
-			n, ok := in[a.i].Value.Number()
+			n, present, ok := in.Number(a.i)
+			if !present {
+				continue
+			}
 			if !ok || math.IsNaN(n) || math.IsInf(n, 0) {
 				bad++
 				continue
 			}
 			v = n
+		} else if !in.Present(a.i) {
+			continue
 		}
 		switch a.op {
 		case opCount:
@@ -172,19 +176,22 @@ func (l *layout) add(c cell, in []apps.Input, tsMs, arrivalMs int64) (bad int) {
 	x.TimeMs, x.ArrivalMs = tsMs, arrivalMs
 	for j := range l.vars {
 		a := &l.vars[j]
-		v := in[a.i]
-		if !v.Present {
-			continue
-		}
 		if a.numeric {
-			n, ok := v.Value.Number()
+			n, present, ok := in.Number(a.i)
+			if !present {
+				continue
+			}
 			if !ok || math.IsNaN(n) || math.IsInf(n, 0) {
 				bad++
 				continue
 			}
 			x.Num, x.IsNum, x.Str = n, true, ""
 		} else {
-			x.Str, x.IsNum, x.Num = v.Value.String(), v.Value.IsNum, v.Value.Num
+			v, present := in.Input(a.i)
+			if !present {
+				continue
+			}
+			x.Str, x.IsNum, x.Num = v.String(), v.IsNum, v.Num
 		}
 		if !c.x[j].Add(x) {
 			bad++

@@ -19,7 +19,7 @@ func present() apps.Input              { return apps.Input{Present: true} }
 func in(xs ...apps.Input) []apps.Input { return xs }
 
 // addIn adds one record's inputs at event and arrival time 0.
-func addIn(l *layout, c cell, in []apps.Input) int { return l.add(c, in, 0, 0) }
+func addIn(l *layout, c cell, in []apps.Input) int { return l.add(c, apps.InputsOf(0, nil, in), 0, 0) }
 
 func TestAggregators(t *testing.T) {
 	l, err := newLayout(orders(t))
@@ -201,7 +201,7 @@ func TestSlotOpsAreAddSlots(t *testing.T) {
 			want := []float64{start}
 			c.f[0] = start
 			for _, v := range vals {
-				l.add(c, []apps.Input{{Value: apps.Value{Num: v, IsNum: true}, Present: true}}, 1, 1)
+				l.add(c, apps.InputsOf(1, nil, []apps.Input{{Value: apps.Value{Num: v, IsNum: true}, Present: true}}), 1, 1)
 				fn.AddSlots(want, v)
 				if math.Float64bits(c.f[0]) != math.Float64bits(want[0]) {
 					t.Fatalf("%s from %v, after %v: slot %v, AddSlots gives %v", name, start, v, c.f[0], want[0])

@@ -6,9 +6,11 @@ import "github.com/freeway-dev/freeway/internal/apps"
 // that read lines alike (apps.ParseGroups: every JSON app, say), instead
 // of once per app; an app alone in its group keeps its own parse. A JSON
 // line is read by a scan of the fields the apps use (internal/jsonscan),
-// which builds no object: a record's strings are views of the line, valid
-// while the line is applied, and what a table keeps is copied by
-// ExtractRecord. Used under the shard's lock.
+// which builds no object: the record keeps the scan's fields where they
+// lie in the line, valid while the line is applied; each table's
+// extraction (ExtractRecord) and its cells' update (layout.add) read them
+// there, and what a table keeps (a new cell's key, a text a state holds)
+// is copied. Used under the shard's lock.
 type lineParse struct {
 	tables []*table
 	group  []int                // table index → its group, -1: its own parse

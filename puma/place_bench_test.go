@@ -34,17 +34,18 @@ func BenchmarkPlace(b *testing.B) {
 				b.Fatal(err)
 			}
 			lines := make([][]byte, max(groups, 4096))
-			exs := make([]apps.Extracted, len(lines))
+			exs := make([]*apps.Extracted, len(lines))
 			for i := range lines {
 				lines[i] = fmt.Appendf(nil, `{"ts": %d, "user": "u%d", "bytes": %d}`, 1_700_000_040+i%20, (i*7919)%groups, i*13%5000)
 				ex, err := t.extractor.Extract(lines[i], 0)
 				if err != nil {
 					b.Fatal(err)
 				}
-				exs[i] = apps.Extracted{TimeMs: ex.TimeMs, Key: []byte(string(ex.Key)), Inputs: append([]apps.Input(nil), ex.Inputs...)}
-				for j := range exs[i].Inputs {
-					exs[i].Inputs[j].Value.Str = strings.Clone(exs[i].Inputs[j].Value.Str)
+				in := ex.Inputs()
+				for j := range in {
+					in[j].Value.Str = strings.Clone(in[j].Value.Str)
 				}
+				exs[i] = apps.InputsOf(ex.TimeMs, []byte(string(ex.Key)), in)
 			}
 			bt := newBlockTime(0, time.Now().UnixMilli())
 			heap := func() int64 {
@@ -55,7 +56,7 @@ func BenchmarkPlace(b *testing.B) {
 			}
 			before := heap()
 			for i := range exs { // make every cell: measure updates, not inserts
-				t.place(t.spans[0], &exs[i], lines[i], bt)
+				t.place(t.spans[0], exs[i], lines[i], bt)
 			}
 			heapPerCell := float64(heap()-before) / float64(t.ncells)
 			b.ReportAllocs()
@@ -63,7 +64,7 @@ func BenchmarkPlace(b *testing.B) {
 			cpu0 := processCPU(b)
 			for i := 0; i < b.N; i++ {
 				j := i % len(exs)
-				t.place(t.spans[0], &exs[j], lines[j], bt)
+				t.place(t.spans[0], exs[j], lines[j], bt)
 			}
 			b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(heapPerCell, "heap-bytes/cell")

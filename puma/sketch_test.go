@@ -515,7 +515,7 @@ func TestSketchCellEncoding(t *testing.T) {
 	}
 	c := l.newCell()
 	for i, v := range someVisits(500, 1, 3) {
-		ex := []apps.Input{{Present: true}, str(v.user), str(v.path), num(v.ms), str(v.user), num(v.ms)}
+		ex := apps.InputsOf(v.ts, nil, []apps.Input{{Present: true}, str(v.user), str(v.path), num(v.ms), str(v.user), num(v.ms)})
 		l.add(c, ex, v.ts, int64(i))
 	}
 	b := l.encodeCell(c)
@@ -551,7 +551,7 @@ func FuzzDecodeCell(f *testing.F) {
 	}
 	c := l.newCell()
 	for i, v := range someVisits(50, 1, 4) {
-		l.add(c, []apps.Input{{Present: true}, str(v.user), str(v.path), num(v.ms), str(v.user), num(v.ms)}, v.ts, int64(i))
+		l.add(c, apps.InputsOf(v.ts, nil, []apps.Input{{Present: true}, str(v.user), str(v.path), num(v.ms), str(v.user), num(v.ms)}), v.ts, int64(i))
 	}
 	f.Add(l.encodeCell(c))
 	f.Add(l.encodeCell(l.newCell()))

@@ -568,7 +568,7 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 			c, j = t.newCell(sp, h, key)
 		}
 		// Every span sees the same inputs: count their bad ones once.
-		if b := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); first {
+		if b := t.layout.add(c, ex, ts, bt.arrivalMs); first {
 			bad, first = b, false
 		}
 		sp.last.mark(j)
@@ -596,7 +596,7 @@ func (t *table) place(sp *span, ex *apps.Extracted, line []byte, bt blockTime) {
 	if ts > t.watermark {
 		t.watermark = ts
 	}
-	if bad := t.layout.add(c, ex.Inputs, ts, bt.arrivalMs); bad > 0 {
+	if bad := t.layout.add(c, ex, ts, bt.arrivalMs); bad > 0 {
 		t.reject(uint64(bad), why{reason: reasonBadValue, a: int64(bad)}, line, bt)
 	}
 	sp.last.mark(i)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/freeway-dev/freeway/internal/agg"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -25,7 +26,7 @@ type App struct {
 	where                             expr
 	fields                            []string
 	timeField                         string
-	timeParse                         func(Value) (int64, error)
+	timeParse                         timeReader
 
 	// MaxFutureMs is the spec's max_future in ms.
 	MaxFutureMs int64
@@ -67,7 +68,8 @@ func Compile(s Spec, path string) (*App, error) {
 	}
 	if s.Time != nil {
 		a.timeField = s.Time.Field
-		a.timeParse, _ = newTimeParser(s.Time.Layout)
+		parse, _ := newTimeParser(s.Time.Layout)
+		a.timeParse = timeReader{field: s.Time.Field, scale: unixScale[s.Time.Layout], parse: parse}
 	}
 	for _, as := range s.Aggregates {
 		fn, _ := LookupFn(as.Fn)
@@ -101,17 +103,98 @@ type Input struct {
 	Present bool
 }
 
-// Extracted is what an app takes from one line.
+// Extracted is what an app takes from one line: its event time and group
+// key, and its aggregates' inputs read from the line's Record where they
+// lie (Number, Present, Input), not copied out of it per line.
 type Extracted struct {
 	TimeMs int64
 	// Key is the group key: the group_by values, encoded by EncodeKey.
-	// It is the extractor's buffer, valid until the next call: a table
-	// looks its cell up by these bytes (a map index of string(Key) makes
-	// no string) and copies them only for a cell it adds, so that a line
-	// of an existing cell allocates nothing.
+	// It is a view of the line (one group_by field without a NUL) or the
+	// extractor's buffer, valid like the inputs: a table looks its cell
+	// up by these bytes and copies them only for a cell it adds, so that
+	// a line of an existing cell allocates nothing.
 	Key []byte
-	// Inputs[i] feeds Aggs[i].
-	Inputs []Input
+	rec *Record
+	// at[i] is aggregate i's field in rec (-1: none), kind[i] what it
+	// takes from it.
+	at   []int
+	kind []inputKind
+	// kept[i] is aggregate i's text copied for this line (Input) when
+	// keptAt[i] == line: the spans of an app of several window lengths
+	// share one copy. line counts the extractor's lines.
+	kept   []string
+	keptAt []uint64
+	line   uint64
+}
+
+// Present reports whether aggregate i has an input in the line: always
+// for one without a field (count), else whether the line has its field.
+func (e *Extracted) Present(i int) bool {
+	return e.kind[i] == inputNone || e.rec.has(e.at[i])
+}
+
+// Number is aggregate i's input as a number (Value.Number), and whether
+// the line has it; a JSON number is parsed where it lies in the line.
+func (e *Extracted) Number(i int) (n float64, present, ok bool) {
+	// A number read already this line (Record.nums): no call. The field
+	// of an input without one (-1) shifts to no bit.
+	if at := e.at[i]; e.rec.numOK&(1<<uint(at)) != 0 {
+		return e.rec.nums[at], true, true
+	}
+	return e.number(i)
+}
+
+func (e *Extracted) number(i int) (n float64, present, ok bool) {
+	if e.kind[i] == inputNone {
+		return 0, true, false
+	}
+	return e.rec.number(e.at[i])
+}
+
+// Input is aggregate i's input, and whether the line has it. Its text
+// outlives the line (a copy where the record's strings are views of it),
+// for a state that keeps it; the input of a numeric aggregate that is a
+// number carries the number alone (Str ""): its text is never read.
+func (e *Extracted) Input(i int) (Value, bool) {
+	kind := e.kind[i]
+	if kind == inputNone {
+		return Value{}, true
+	}
+	v, ok := e.rec.at(e.at[i])
+	switch {
+	case !ok:
+	case v.IsNum && kind == inputNumeric:
+		v.Str = ""
+	case !e.rec.view:
+	case e.keptAt[i] == e.line:
+		v.Str = e.kept[i]
+	default:
+		v.Str = strings.Clone(v.Str)
+		e.kept[i], e.keptAt[i] = v.Str, e.line
+	}
+	return v, ok
+}
+
+// Inputs are the inputs of every aggregate (Input), in a new slice.
+func (e *Extracted) Inputs() []Input {
+	in := make([]Input, len(e.at))
+	for i := range in {
+		in[i].Value, in[i].Present = e.Input(i)
+	}
+	return in
+}
+
+// InputsOf is the extraction of a line at time timeMs, key key, whose
+// aggregates take in (in their order), as an Extractor would give it: for
+// callers that have the inputs already (tests, benchmarks).
+func InputsOf(timeMs int64, key []byte, in []Input) *Extracted {
+	e := &Extracted{TimeMs: timeMs, Key: key, rec: &Record{vals: make([]Value, len(in)), present: make([]bool, len(in))},
+		at: make([]int, len(in)), kind: make([]inputKind, len(in)), kept: make([]string, len(in)), keptAt: make([]uint64, len(in)), line: 1}
+	for i, x := range in {
+		e.rec.vals[i], e.rec.present[i] = x.Value, x.Present
+		e.at[i], e.kind[i] = i, inputText
+	}
+	return e
 }
 
 // Why a line yields nothing for an app.
@@ -134,10 +217,10 @@ type Extractor struct {
 	keyBuf []byte
 	// Where the app's fields are in the record last read (its own, or a
 	// shared parser's), found by name once per record, not once per line.
-	from             *Record
-	timeAt           int
-	groupAt, inputAt []int
-	input            []inputKind // by aggregate
+	from    *Record
+	timeAt  int
+	groupAt []int
+	where   expr // the app's filter, bound to from's fields
 }
 
 // inputKind is what an aggregate takes from a record.
@@ -155,24 +238,25 @@ func (a *App) NewExtractor() *Extractor {
 	if err != nil {
 		panic(fmt.Sprintf("compiled app %s has an invalid parser: %v", a.Name(), err))
 	}
-	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{Inputs: make([]Input, len(a.Aggs))},
-		keyBuf: make([]byte, 0, 64), groupAt: make([]int, len(a.Spec.GroupBy)), inputAt: make([]int, len(a.Aggs)), input: make([]inputKind, len(a.Aggs))}
+	x := &Extractor{app: a, parser: p, rec: newRecord(a.fields), out: Extracted{at: make([]int, len(a.Aggs)), kind: make([]inputKind, len(a.Aggs)), kept: make([]string, len(a.Aggs)), keptAt: make([]uint64, len(a.Aggs))},
+		keyBuf: make([]byte, 0, 64), groupAt: make([]int, len(a.Spec.GroupBy))}
 	for i, ag := range a.Aggs {
 		switch {
 		case ag.Field == "":
-			x.input[i] = inputNone
+			x.out.kind[i] = inputNone
 		case ag.Fn.Numeric:
-			x.input[i] = inputNumeric
+			x.out.kind[i] = inputNumeric
 		default:
-			x.input[i] = inputText
+			x.out.kind[i] = inputText
 		}
 	}
 	return x
 }
 
 // Extract parses line for the app. arrivalMs is the event time of apps
-// without a time field. The result is valid until the next call. Errors:
-// ErrParse, ErrFiltered, ErrBadTime (wrapped).
+// without a time field. The result is valid until the next call, and
+// while line is unchanged. Errors: ErrParse, ErrFiltered, ErrBadTime
+// (wrapped).
 func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 	x.rec.reset()
 	if err := x.parser.parse(line, x.rec); err != nil {
@@ -184,7 +268,10 @@ func (x *Extractor) Extract(line []byte, arrivalMs int64) (*Extracted, error) {
 // locate finds the app's fields in rec.
 func (x *Extractor) locate(rec *Record) {
 	a := x.app
-	x.from = rec
+	x.from, x.out.rec = rec, rec
+	if a.where != nil {
+		x.where = a.where.bind(rec)
+	}
 	x.timeAt = -1
 	if a.timeField != "" {
 		x.timeAt = rec.index(a.timeField)
@@ -193,28 +280,28 @@ func (x *Extractor) locate(rec *Record) {
 		x.groupAt[i] = rec.index(g)
 	}
 	for i, ag := range a.Aggs {
-		x.inputAt[i] = -1
+		x.out.at[i] = -1
 		if ag.Field != "" {
-			x.inputAt[i] = rec.index(ag.Field)
+			x.out.at[i] = rec.index(ag.Field)
 		}
 	}
 }
 
 // ExtractRecord is Extract from a record a SharedParser of the app's
-// group parsed: the app's own fields are read from it by name.
+// group parsed: the app's own fields are read from it by index.
 //
-// What it returns outlives the line (the record's strings may be views
-// of it), until the next call: the key is in the extractor's buffer, the
-// inputs' text are copies where the record's strings are views. An input of a
-// numeric aggregate that is a number carries the number alone (Str ""),
-// whichever parse read it: its text is never read, and would be a copy
-// per line.
+// What it returns reads the record: it is valid until the next call, and
+// while the record and its line are unchanged (the record's strings may
+// be views of the line). The key is a view of the line or the
+// extractor's buffer; an input whose text a state keeps is copied
+// (Extracted.Input).
 func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, error) {
 	a := x.app
+	x.out.line++ // a new line: no text of it kept yet
 	if rec != x.from {
 		x.locate(rec)
 	}
-	if a.where != nil && !a.where.eval(rec) {
+	if x.where != nil && !x.where.eval(rec) {
 		return nil, ErrFiltered
 	}
 	out := &x.out
@@ -223,34 +310,22 @@ func (x *Extractor) ExtractRecord(rec *Record, arrivalMs int64) (*Extracted, err
 		return nil, fmt.Errorf("%w: no arrival time (%d)", ErrBadTime, arrivalMs)
 	}
 	if a.timeField != "" {
-		v, ok := rec.at(x.timeAt)
-		if !ok {
-			return nil, fmt.Errorf("%w: no field %q", ErrBadTime, a.timeField)
-		}
-		t, err := a.timeParse(v)
+		t, err := a.timeParse.read(rec, x.timeAt)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrBadTime, err)
+			return nil, err
 		}
 		out.TimeMs = t
 	}
+	if len(x.groupAt) == 1 {
+		// One group_by field without a NUL is its own key (EncodeKey):
+		// a view of it, not a copy.
+		if s, _ := rec.text(x.groupAt[0]); s != "" && strings.IndexByte(s, 0) < 0 {
+			out.Key = unsafe.Slice(unsafe.StringData(s), len(s))
+			return out, nil
+		}
+	}
 	x.keyBuf = appendRecordKey(x.keyBuf[:0], rec, x.groupAt)
 	out.Key = x.keyBuf
-	for i, at := range x.inputAt {
-		kind := x.input[i]
-		if kind == inputNone {
-			out.Inputs[i] = Input{Present: true}
-			continue
-		}
-		v, ok := rec.at(at)
-		switch {
-		case !ok:
-		case v.IsNum && kind == inputNumeric:
-			v.Str = ""
-		default:
-			v.Str = rec.keep(v.Str)
-		}
-		out.Inputs[i] = Input{Value: v, Present: ok}
-	}
 	return out, nil
 }
 
@@ -359,6 +434,43 @@ func DecodeKey(key string, n int) []string {
 		return nil
 	}
 	return strings.SplitN(key, "\x00", n)
+}
+
+// timeReader reads an app's event time from a record.
+type timeReader struct {
+	field string
+	// scale is the ms of the layout's unit for a unix layout, 0 for
+	// others; parse is newTimeParser's for the layout.
+	scale float64
+	parse func(Value) (int64, error)
+}
+
+// unixScale is the ms of a unix layout's unit.
+var unixScale = map[string]float64{"unix": 1000, "unix_ms": 1, "unix_us": 1e-3, "unix_ns": 1e-6}
+
+// read returns the time of the field at index at of rec, or ErrBadTime
+// (wrapped). A JSON number the scan found, of a unix layout, that is a
+// time in range is parsed where it lies (Record.scanNumber), without a
+// Value; anything else, and every error, is parse's.
+func (p timeReader) read(rec *Record, at int) (int64, error) {
+	if p.scale != 0 {
+		// What parse gives for a number in range (NaN and ±Inf fail both
+		// tests).
+		if n, ok := rec.scanNumber(at); ok {
+			if ms := n * p.scale; ms >= 1 && ms < math.MaxInt64 {
+				return int64(ms), nil
+			}
+		}
+	}
+	v, ok := rec.at(at)
+	if !ok {
+		return 0, fmt.Errorf("%w: no field %q", ErrBadTime, p.field)
+	}
+	t, err := p.parse(v)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrBadTime, err)
+	}
+	return t, nil
 }
 
 // newTimeParser returns a parser of event times (ms) for a layout. Times

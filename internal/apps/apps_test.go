@@ -45,13 +45,13 @@ func TestJSONExtract(t *testing.T) {
 	if got := DecodeKey(string(e.Key), 2); got[0] != "/a" || got[1] != "free" {
 		t.Fatalf("key %q", got)
 	}
-	if !e.Inputs[1].Present || e.Inputs[1].Value.Num != 12.5 {
-		t.Fatalf("inputs %+v", e.Inputs)
+	if !e.Inputs()[1].Present || e.Inputs()[1].Value.Num != 12.5 {
+		t.Fatalf("inputs %+v", e.Inputs())
 	}
 	if _, err := x.Extract([]byte(`{"ts": 1, "status": 200, "user": {"tier": "free"}}`), 0); !errors.Is(err, ErrFiltered) {
 		t.Fatalf("where: %v", err)
 	}
-	if e, err := x.Extract([]byte(`{"ts": 1, "status": 200, "user": {"tier": "gold"}}`), 0); err != nil || e.Inputs[1].Present {
+	if e, err := x.Extract([]byte(`{"ts": 1, "status": 200, "user": {"tier": "gold"}}`), 0); err != nil || e.Inputs()[1].Present {
 		t.Fatalf("gold user without latency: %v %+v", err, e)
 	}
 	for _, bad := range []string{`not json`, `[1,2]`, `{"ts": 1`} {
@@ -84,15 +84,15 @@ func TestRegexExtractApacheLine(t *testing.T) {
 	if e.TimeMs != 1431857103000 || string(e.Key) != "200\x00GET" {
 		t.Fatalf("time %d key %q", e.TimeMs, e.Key)
 	}
-	if n, ok := e.Inputs[1].Value.Number(); !ok || n != 203023 {
-		t.Fatalf("bytes %+v", e.Inputs[1])
+	if n, ok := e.Inputs()[1].Value.Number(); !ok || n != 203023 {
+		t.Fatalf("bytes %+v", e.Inputs()[1])
 	}
 	dash := strings.Replace(line, "203023", "-", 1)
 	e, err = x.Extract([]byte(dash), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := e.Inputs[1].Value.Number(); ok {
+	if _, ok := e.Inputs()[1].Value.Number(); ok {
 		t.Fatal("a dash is not a number")
 	}
 	if _, err := x.Extract([]byte("garbage"), 0); !errors.Is(err, ErrParse) {
@@ -108,14 +108,14 @@ func TestTSVAndLogfmtAndArrivalTime(t *testing.T) {
 	tsv := mustCompile(t, Spec{Name: "t", Category: "c", Format: "tsv", Fields: []string{"host", "ms"},
 		GroupBy: []string{"host"}, Aggregates: []AggregateSpec{{Fn: "avg", Field: "ms"}}})
 	e, err := tsv.NewExtractor().Extract([]byte("web1\t42\n"), 1234)
-	if err != nil || string(e.Key) != "web1" || e.Inputs[0].Value.Str != "42" || e.TimeMs != 1234 {
+	if err != nil || string(e.Key) != "web1" || e.Inputs()[0].Value.Str != "42" || e.TimeMs != 1234 {
 		t.Fatalf("tsv: %v %+v", err, e)
 	}
 	lf := mustCompile(t, Spec{Name: "l", Category: "c", Format: "logfmt",
 		Where: `level == "error"`, GroupBy: []string{"svc"}, Aggregates: []AggregateSpec{{Fn: "count"}, {Fn: "min", Field: "dur"}}})
 	x := lf.NewExtractor()
 	e, err = x.Extract([]byte(`level=error svc="billing api" dur=0.25 msg="it \"broke\""`), 99)
-	if err != nil || string(e.Key) != "billing api" || e.Inputs[1].Value.Str != "0.25" {
+	if err != nil || string(e.Key) != "billing api" || e.Inputs()[1].Value.Str != "0.25" {
 		t.Fatalf("logfmt: %v %+v", err, e)
 	}
 	if _, err := x.Extract([]byte(`level=info svc=x`), 99); !errors.Is(err, ErrFiltered) {

@@ -9,13 +9,22 @@
 // extracting its own fields from the record (Extractor.ExtractRecord)
 // exactly as from its own parse.
 //
+// A line's Record is the one form it takes from the parse to Puma's
+// cells: an Extractor finds its app's fields in a record by index once per
+// record layout (its where filter bound the same way), and its Extracted
+// reads the event time, the group key and each aggregate's input from the
+// record where they lie, for the table to apply; nothing is copied out
+// per line but what a cell keeps.
+//
 // A JSON line is read by a scan of the fields the apps use (jsonscan),
-// which builds nothing and copies nothing: the record's strings are views
-// of the line, and what outlives it (the group key, an aggregate's text
-// input) is copied. The few lines the scan cannot read alone, and every
-// line it refuses, go to the full parse (fastjson), whose reading and
-// whose error words are what the scan is held to
-// (FuzzJSONScanMatchesFullParse).
+// which builds nothing and copies nothing: the record holds the scan's
+// fields as the scan left them (a kind and a place in the line), a number
+// is parsed when it is read as one, and a string is a view of the line;
+// what outlives the line (a new cell's key, a text input a state keeps)
+// is copied. The few lines the scan cannot read alone, and every line it
+// refuses, go to the full parse (fastjson), whose reading and whose error
+// words are what the scan is held to (FuzzJSONScanMatchesFullParse); its
+// fields are Values of their own, as the other formats' are.
 //
 // An event time must be a moment after 1970 that fits in int64 ms: NaN,
 // infinities, zero, negative and overflowing values are ErrBadTime, never

@@ -46,10 +46,23 @@ func fuzzApps(t testing.TB) []*App {
 	return out
 }
 
-// snapshot copies an extraction (valid only until the next call: the
-// key is the extractor's buffer).
-func snapshot(e *Extracted) Extracted {
-	return Extracted{TimeMs: e.TimeMs, Key: []byte(string(e.Key)), Inputs: append([]Input(nil), e.Inputs...)}
+// extraction is an Extracted copied to the last byte of its strings:
+// what it says outlives the extractor's next call and the line.
+type extraction struct {
+	TimeMs int64
+	Key    []byte
+	Inputs []Input
+}
+
+// snapshot copies an extraction (valid only until the next call, and
+// while the line is unchanged: the key may be a view of the line or the
+// extractor's buffer, the inputs read the record).
+func snapshot(e *Extracted) extraction {
+	in := e.Inputs()
+	for i := range in {
+		in[i].Value.Str = strings.Clone(in[i].Value.Str)
+	}
+	return extraction{TimeMs: e.TimeMs, Key: []byte(string(e.Key)), Inputs: in}
 }
 
 // FuzzExtract feeds a line to an app of every format. Whatever the line:
@@ -78,7 +91,7 @@ func FuzzExtract(f *testing.F) {
 			} else {
 				checkExtracted(t, a, line, arrival, e)
 			}
-			var got Extracted
+			var got extraction
 			if e != nil {
 				got = snapshot(e)
 			}
@@ -116,7 +129,7 @@ func checkExtracted(t *testing.T, a *App, line []byte, arrival int64, e *Extract
 	if k, err := a.NewKeyExtractor(a.Spec.GroupBy).Key(line); err != nil || k != string(e.Key) {
 		t.Fatalf("app %s: key extractor says %q, %v; the extractor %q", a.Name(), k, err, e.Key)
 	}
-	for i, in := range e.Inputs {
+	for i, in := range e.Inputs() {
 		if in.Present && in.Value.IsNum {
 			checkNumber(t, a.Name()+"."+a.Aggs[i].Name, in.Value)
 		}
@@ -320,7 +333,7 @@ func printWhere(e expr) string {
 	case notExpr:
 		return "not " + printWhere(e.e)
 	case truthExpr:
-		return e.field
+		return e.f.field
 	case cmpExpr:
 		return printOperand(e.l) + " " + e.op + " " + printOperand(e.r)
 	}
@@ -388,6 +401,19 @@ func FuzzWhere(f *testing.F) {
 		got := e.eval(rec)
 		if e2.eval(rec) != got || e.eval(rec) != got {
 			t.Fatalf("%q on %q: not deterministic", where, line)
+		}
+		// Bound to the fields' indexes, of this record or of one that
+		// lays them out another way, it says the same as by name.
+		layout := []string{"not.a.field"}
+		for i := len(a.fields) - 1; i >= 0; i-- {
+			layout = append(layout, a.fields[i])
+		}
+		other := newRecord(layout)
+		if err := (logfmtParser{}).parse(line, other); err != nil {
+			t.Fatal(err)
+		}
+		if e.bind(rec).eval(rec) != got || e.bind(other).eval(other) != got {
+			t.Fatalf("%q on %q: %v by name, %v and %v bound", where, line, got, e.bind(rec).eval(rec), e.bind(other).eval(other))
 		}
 		_, xerr := a.NewExtractor().Extract(line, 1)
 		if errors.Is(xerr, ErrFiltered) == got {

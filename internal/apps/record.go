@@ -41,20 +41,37 @@ func (v Value) String() string {
 	return v.Str
 }
 
-// Record holds the fields an app reads from one log line.
+// Record holds the fields an app reads from one log line, by their index
+// in the parse's field list. It is the one form a line takes between its
+// parse and the cells it updates: an app's Extractor and Puma's
+// aggregates read the fields they use from it where they lie, by index.
+// A JSON line read by the field scan is held as the scan left it (each
+// field's kind and its place in the line: nothing is copied or
+// converted; a number is parsed the first time a line reads it); the other
+// parses (regex, TSV, logfmt, the full JSON parse) set Values.
 type Record struct {
 	names   map[string]int
 	vals    []Value
 	present []bool
-	// view: the strings of vals are views of the line parsed (the JSON
-	// scan's, which copies nothing), valid only while the caller leaves
-	// the line unchanged. What outlives the line (ExtractRecord's key and
-	// inputs, KeyExtractor's key) is copied from them.
+	// scan, when not nil, holds the fields instead of vals and present:
+	// the JSON scan's of line (jsonscan.Scanner.Fields), by index.
+	scan []jsonscan.Field
+	line []byte
+	// nums[i] is scan field i's number once parsed (numAt has bit i;
+	// numOK too if it parsed): a number several apps or aggregates read
+	// is parsed once a line. A scan reads at most 64 fields
+	// (jsonscan.MaxFields).
+	nums         []float64
+	numAt, numOK uint64
+	// view: the strings of the fields are views of the line parsed (the
+	// JSON scan's, which copies nothing), valid only while the caller
+	// leaves the line unchanged. What outlives the line (a text input a
+	// state keeps, KeyExtractor's key) is copied from them.
 	view bool
 }
 
 func newRecord(fields []string) *Record {
-	r := &Record{names: map[string]int{}, vals: make([]Value, len(fields)), present: make([]bool, len(fields))}
+	r := &Record{names: map[string]int{}, vals: make([]Value, len(fields)), present: make([]bool, len(fields)), nums: make([]float64, len(fields))}
 	for i, f := range fields {
 		r.names[f] = i
 	}
@@ -62,7 +79,12 @@ func newRecord(fields []string) *Record {
 }
 
 func (r *Record) reset() {
-	clear(r.present)
+	r.numAt, r.numOK = 0, 0
+	if r.scan != nil {
+		r.scan, r.line = nil, nil
+	} else {
+		clear(r.present)
+	}
 	r.view = false
 }
 
@@ -76,19 +98,103 @@ func (r *Record) index(name string) int {
 
 // at returns the field at index i (-1: none), and whether the line had it.
 func (r *Record) at(i int) (Value, bool) {
-	if i < 0 || !r.present[i] {
+	if i < 0 {
+		return Value{}, false
+	}
+	if r.scan != nil {
+		return r.scanned(i)
+	}
+	if !r.present[i] {
 		return Value{}, false
 	}
 	return r.vals[i], true
 }
 
-// keep returns s as a string that outlives the line: a copy if s may be
-// a view of it.
-func (r *Record) keep(s string) string {
-	if r.view {
-		return strings.Clone(s)
+// scanned is the Value of scan field i: what the full parse gives
+// (FuzzJSONScanMatchesFullParse), its text a view of the line.
+func (r *Record) scanned(i int) (Value, bool) {
+	f := r.scan[i]
+	switch f.Kind {
+	case jsonscan.String:
+		return Value{Str: view(r.line[f.Start:f.End])}, true
+	case jsonscan.Number:
+		// As parseFull: fastjson's Float64 is fastfloat.Parse of the text.
+		s := view(r.line[f.Start:f.End])
+		if n, ok := r.scanNumber(i); ok {
+			return Value{Str: s, Num: n, IsNum: true}, true
+		}
+		return Value{Str: s}, true
+	case jsonscan.True:
+		return Value{Str: "true"}, true
+	case jsonscan.False:
+		return Value{Str: "false"}, true
 	}
-	return s
+	return Value{}, false
+}
+
+// has reports whether the line had the field at index i (-1: none).
+func (r *Record) has(i int) bool {
+	switch {
+	case i < 0:
+		return false
+	case r.scan != nil:
+		k := r.scan[i].Kind
+		return k == jsonscan.String || k == jsonscan.Number || k == jsonscan.True || k == jsonscan.False
+	}
+	return r.present[i]
+}
+
+// text is the field at index i as a string (Value.String), and whether
+// the line had it: a JSON string the scan found is a view of it, with no
+// Value made.
+func (r *Record) text(i int) (string, bool) {
+	if r.scan != nil && i >= 0 {
+		if f := r.scan[i]; f.Kind == jsonscan.String {
+			return view(r.line[f.Start:f.End]), true
+		}
+	}
+	v, ok := r.at(i)
+	return v.String(), ok
+}
+
+// number is the field at index i read as a number (Value.Number), and
+// whether the line had it: a JSON number the scan found is parsed where
+// it lies, with no Value made.
+func (r *Record) number(i int) (n float64, present, ok bool) {
+	if n, ok := r.scanNumber(i); ok {
+		return n, true, true
+	}
+	v, present := r.at(i)
+	if !present {
+		return 0, false, false
+	}
+	n, ok = v.Number()
+	return n, true, ok
+}
+
+// scanNumber is the field at index i if the scan found a JSON number
+// there that parses (Value.Number's answer for it); false for anything
+// else.
+func (r *Record) scanNumber(i int) (float64, bool) {
+	if r.scan == nil || i < 0 {
+		return 0, false
+	}
+	bit := uint64(1) << uint(i)
+	if r.numAt&bit != 0 {
+		return r.nums[i], r.numOK&bit != 0
+	}
+	f := r.scan[i]
+	if f.Kind != jsonscan.Number {
+		return 0, false
+	}
+	r.numAt |= bit
+	n, err := parseNumber(view(r.line[f.Start:f.End]))
+	if err != nil {
+		return 0, false
+	}
+	r.numOK |= bit
+	r.nums[i] = n
+	return n, true
 }
 
 func (r *Record) set(i int, v Value) {
@@ -100,10 +206,10 @@ func (r *Record) set(i int, v Value) {
 // view of the line (see Record.view): valid while the line is unchanged.
 func (r *Record) Get(name string) (Value, bool) {
 	i, ok := r.names[name]
-	if !ok || !r.present[i] {
+	if !ok {
 		return Value{}, false
 	}
-	return r.vals[i], true
+	return r.at(i)
 }
 
 // ErrParse wraps every error about a line that does not fit its format.
@@ -180,26 +286,8 @@ func (p *jsonParser) parse(line []byte, r *Record) error {
 	if p.scan == nil || p.scan.Scan(line) != jsonscan.OK {
 		return p.parseFull(line, r)
 	}
-	r.view = true
-	for i, f := range p.scan.Fields() {
-		raw := line[f.Start:f.End]
-		switch f.Kind {
-		case jsonscan.String:
-			r.set(i, Value{Str: view(raw)})
-		case jsonscan.Number:
-			// As below: fastjson's Float64 is fastfloat.Parse of the text.
-			s := view(raw)
-			if n, err := parseNumber(s); err == nil {
-				r.set(i, Value{Str: s, Num: n, IsNum: true})
-			} else {
-				r.set(i, Value{Str: s})
-			}
-		case jsonscan.True:
-			r.set(i, Value{Str: "true"})
-		case jsonscan.False:
-			r.set(i, Value{Str: "false"})
-		}
-	}
+	// The record holds the scan's fields as they are (Record.scan).
+	r.view, r.scan, r.line = true, p.scan.Fields(), line
 	return nil
 }
 

@@ -72,20 +72,16 @@ func fieldsOf(r *Record) []string {
 }
 
 // deepCopy is an extraction copied to the last byte of its strings.
-func deepCopy(e *Extracted) *Extracted {
+func deepCopy(e *Extracted) *extraction {
 	if e == nil {
 		return nil
 	}
-	c := &Extracted{TimeMs: e.TimeMs, Key: bytes.Clone(e.Key)}
-	for _, in := range e.Inputs {
-		in.Value.Str = strings.Clone(in.Value.Str)
-		c.Inputs = append(c.Inputs, in)
-	}
-	return c
+	c := snapshot(e)
+	return &c
 }
 
 // sameExtracted: a and b are equal, NaN equal to NaN.
-func sameExtracted(a, b *Extracted) bool {
+func sameExtracted(a, b *extraction) bool {
 	if a.TimeMs != b.TimeMs || !bytes.Equal(a.Key, b.Key) || len(a.Inputs) != len(b.Inputs) {
 		return false
 	}
@@ -104,8 +100,8 @@ func sameExtracted(a, b *Extracted) bool {
 // scanCheck compares, for every app, the extraction of line by the scan
 // (its own parse, and the parse shared with the other apps) with the
 // full parse's: the same error word for word, or the same time, key and
-// inputs. The line the scan read is overwritten before the comparison:
-// nothing extracted may still point into it.
+// inputs. The line the scan read is overwritten before the comparison of
+// the extractions' copies.
 type scanCheck struct {
 	list         []*App
 	scan, full   []*Extractor
@@ -128,13 +124,14 @@ func (c *scanCheck) check(t *testing.T, line []byte) (read int) {
 	t.Helper()
 	const arrival = 1_700_000_000_000
 	type result struct {
-		e   *Extracted
+		e   *extraction
 		err error
 	}
 	n := len(c.list)
 	want, scan, shared, fshared := make([]result, n), make([]result, n), make([]result, n), make([]result, n)
 	// The scan reads copies of the line, overwritten once every app has
-	// extracted: nothing extracted may point into them.
+	// extracted and its extraction was copied (an extraction may read the
+	// line where it lies; its copy may not).
 	buf, own := bytes.Clone(line), bytes.Clone(line)
 	rec, perr := c.shared.Parse(buf)
 	frec, fperr := c.fsha.Parse(line)
@@ -148,8 +145,8 @@ func (c *scanCheck) check(t *testing.T, line []byte) (read int) {
 		scan[i] = result{deepCopy(e), err} // its next call reuses e
 		shared[i].err, fshared[i].err = perr, fperr
 		if perr == nil {
-			// c.from[i] is used for this record only: e is its own.
-			shared[i].e, shared[i].err = c.from[i].ExtractRecord(rec, arrival)
+			e, err = c.from[i].ExtractRecord(rec, arrival)
+			shared[i] = result{deepCopy(e), err}
 		}
 		if fperr == nil {
 			e, err = c.full[i].ExtractRecord(frec, arrival)

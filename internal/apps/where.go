@@ -22,6 +22,10 @@ import (
 type expr interface {
 	eval(r *Record) bool
 	fields(acc []string) []string
+	// bind returns the expression reading its fields from records laid
+	// out as r is (by index in the record), not by name: an extractor
+	// binds its app's filter once per record it reads, not per line.
+	bind(r *Record) expr
 }
 
 type (
@@ -32,12 +36,17 @@ type (
 		op   string
 		l, r operand
 	}
-	truthExpr struct{ field string }
+	truthExpr struct{ f operand }
 )
 
+// operand is a field or a literal.
 type operand struct {
 	field string // "" for a literal
 	lit   Value
+	// bound: the field is at index at of the records (bind); else it is
+	// found by name.
+	bound bool
+	at    int
 }
 
 func (e andExpr) eval(r *Record) bool { return e.l.eval(r) && e.r.eval(r) }
@@ -45,7 +54,7 @@ func (e orExpr) eval(r *Record) bool  { return e.l.eval(r) || e.r.eval(r) }
 func (e notExpr) eval(r *Record) bool { return !e.e.eval(r) }
 
 func (e truthExpr) eval(r *Record) bool {
-	v, ok := r.Get(e.field)
+	v, ok := e.f.value(r)
 	if !ok {
 		return false
 	}
@@ -56,11 +65,27 @@ func (e truthExpr) eval(r *Record) bool {
 }
 
 func (o operand) value(r *Record) (Value, bool) {
-	if o.field == "" {
+	switch {
+	case o.field == "":
 		return o.lit, true
+	case o.bound:
+		return r.at(o.at)
 	}
 	return r.Get(o.field)
 }
+
+func (o operand) bind(r *Record) operand {
+	if o.field != "" {
+		o.bound, o.at = true, r.index(o.field)
+	}
+	return o
+}
+
+func (e andExpr) bind(r *Record) expr   { return andExpr{e.l.bind(r), e.r.bind(r)} }
+func (e orExpr) bind(r *Record) expr    { return orExpr{e.l.bind(r), e.r.bind(r)} }
+func (e notExpr) bind(r *Record) expr   { return notExpr{e.e.bind(r)} }
+func (e truthExpr) bind(r *Record) expr { return truthExpr{e.f.bind(r)} }
+func (e cmpExpr) bind(r *Record) expr   { return cmpExpr{op: e.op, l: e.l.bind(r), r: e.r.bind(r)} }
 
 func (e cmpExpr) eval(r *Record) bool {
 	a, ok1 := e.l.value(r)
@@ -102,7 +127,7 @@ func (e cmpExpr) eval(r *Record) bool {
 func (e andExpr) fields(acc []string) []string   { return e.r.fields(e.l.fields(acc)) }
 func (e orExpr) fields(acc []string) []string    { return e.r.fields(e.l.fields(acc)) }
 func (e notExpr) fields(acc []string) []string   { return e.e.fields(acc) }
-func (e truthExpr) fields(acc []string) []string { return append(acc, e.field) }
+func (e truthExpr) fields(acc []string) []string { return append(acc, e.f.field) }
 func (e cmpExpr) fields(acc []string) []string {
 	for _, o := range []operand{e.l, e.r} {
 		if o.field != "" {
@@ -301,7 +326,7 @@ func (p *whereParser) primary() (expr, error) {
 		if l.field == "" {
 			return nil, fmt.Errorf("column %d: expected a comparison after a literal", p.peek().pos)
 		}
-		return truthExpr{l.field}, nil
+		return truthExpr{operand{field: l.field}}, nil
 	}
 	op := p.next().text
 	r, err := p.operand()
