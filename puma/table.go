@@ -754,8 +754,9 @@ func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) takenMarks {
 				order = append(order, int32(j<<6+mathbits.TrailingZeros64(bits)))
 			}
 		}
+		ranks = wc.sortByKey(order, ranks)
 		wc.dirty, wc.ndirty = nil, 0
-		ranks, _ = wc.eachByKey(order, ranks, rangeCells, func(j int32) {
+		for _, j := range order {
 			c := wc.cell(j)
 			stored := fn(cellKey{window: tw.w, key: wc.key(j)}, c)
 			if d := stored - t.layout.storedBytes(c); d != 0 {
@@ -763,7 +764,7 @@ func (t *table) takeDirty(i int, fn func(k cellKey, c cell) int64) takenMarks {
 				t.bytes += d
 				t.account(0, d)
 			}
-		})
+		}
 	}
 	return taken
 }
@@ -775,102 +776,26 @@ type keyRank struct {
 	i    int32
 }
 
-// rangeCells is about how many cells eachByKey sorts at a time.
-const rangeCells = 1 << 14
-
-// eachByKey calls fn for each of idx, indexes of cells of the window, in
-// the byte order of their keys, and returns ranks, its scratch, for the
-// next call, and the most cells it sorted at once. The first 8 bytes of
-// each key, read once into an integer, decide most comparisons: a sort of
-// a million indexes by the keys alone reached a key's bytes (a cache
-// miss) twice a comparison, and took a second.
-//
-// The cells are sorted by ranges of about per cells: splitters of those
-// 8-byte heads taken from a sample, one pass that moves each cell into
-// its range, then each range sorted and given to fn in turn. A
-// checkpoint's first cells then reach the store's writer after that pass
-// and one range's sort, not after the sort of every changed cell of the
-// window (a tenth of a million-cell checkpoint's CPU, before its store
-// could start). Cells with equal heads share a range, so keys that
-// share their first 8 bytes end in fewer, larger ranges (one, if all
-// do): still in order.
-func (wc *windowCells) eachByKey(idx []int32, ranks []keyRank, per int, fn func(i int32)) ([]keyRank, int) {
+// sortByKey sorts idx, indexes of cells of the window, by their keys
+// (byte order), and returns ranks, its scratch, for the next call. The
+// first 8 bytes of each key, read once into an integer, decide most
+// comparisons: a sort of a million indexes by the keys alone reached a
+// key's bytes (a cache miss) twice a comparison, and took a second.
+func (wc *windowCells) sortByKey(idx []int32, ranks []keyRank) []keyRank {
 	ranks = ranks[:0]
 	for _, i := range idx {
 		ranks = append(ranks, keyRank{head: keyHead(wc.key(i)), i: i})
 	}
-	largest := 0
-	for _, part := range partitionByHead(ranks, per) {
-		slices.SortFunc(part, func(a, b keyRank) int {
-			if c := cmp.Compare(a.head, b.head); c != 0 {
-				return c
-			}
-			return strings.Compare(wc.key(a.i), wc.key(b.i))
-		})
-		largest = max(largest, len(part))
-		for _, r := range part {
-			fn(r.i)
+	slices.SortFunc(ranks, func(a, b keyRank) int {
+		if c := cmp.Compare(a.head, b.head); c != 0 {
+			return c
 		}
+		return strings.Compare(wc.key(a.i), wc.key(b.i))
+	})
+	for j, r := range ranks {
+		idx[j] = r.i
 	}
-	return ranks, largest
-}
-
-// partitionByHead reorders ranks into ranges of ascending heads, about
-// per each, and returns them in order: every head of a range is below
-// every head of the next. The splitters are heads of a sample of 32 a
-// range (evenly spaced over ranks); the move is in place (each rank is
-// swapped into its range's next free place).
-func partitionByHead(ranks []keyRank, per int) [][]keyRank {
-	nr := len(ranks) / max(per, 1)
-	if nr < 2 {
-		return [][]keyRank{ranks}
-	}
-	sample := make([]uint64, 0, min(len(ranks), 32*nr))
-	for j := range cap(sample) {
-		sample = append(sample, ranks[j*len(ranks)/cap(sample)].head)
-	}
-	slices.Sort(sample)
-	var split []uint64 // strictly ascending: range r holds split[r-1] <= head < split[r]
-	for k := 1; k < nr; k++ {
-		if h := sample[k*len(sample)/nr]; len(split) == 0 || h > split[len(split)-1] {
-			split = append(split, h)
-		}
-	}
-	rangeOf := func(h uint64) int { // the splitters <= h
-		r, found := slices.BinarySearch(split, h)
-		if found {
-			r++
-		}
-		return r
-	}
-	n := len(split) + 1
-	ends := make([]int, n)
-	for _, r := range ranks {
-		ends[rangeOf(r.head)]++
-	}
-	next := make([]int, n)
-	for r := 1; r < n; r++ {
-		ends[r] += ends[r-1]
-		next[r] = ends[r-1]
-	}
-	for r := range n {
-		for next[r] < ends[r] {
-			t := rangeOf(ranks[next[r]].head)
-			if t == r {
-				next[r]++
-				continue
-			}
-			ranks[next[r]], ranks[next[t]] = ranks[next[t]], ranks[next[r]]
-			next[t]++
-		}
-	}
-	parts := make([][]keyRank, n)
-	start := 0
-	for r := range n {
-		parts[r] = ranks[start:ends[r]]
-		start = ends[r]
-	}
-	return parts
+	return ranks
 }
 
 // keyHead is the first 8 bytes of key, big-endian, zero-padded: heads

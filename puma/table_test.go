@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -251,15 +250,14 @@ func TestDirtyCells(t *testing.T) {
 	equalRows(t, "remark after expiry", taken(), []string{"+60s us|book n=1"})
 }
 
-// TestSortByKeyIsByteOrder: the order of a window's cells for a
-// checkpoint (eachByKey: ranges by the first 8 bytes of each key as an
-// integer, then each sorted by those and the keys) is the keys' byte
-// order, on keys that share prefixes, hold zero bytes and end within and
-// beyond 8 bytes, in ranges of a few cells and in one.
+// TestSortByKeyIsByteOrder: the sort of a window's cells for a checkpoint
+// (by the first 8 bytes of each key as an integer, then the keys) gives
+// the keys' byte order, on keys that share prefixes, hold zero bytes and
+// end within and beyond 8 bytes.
 func TestSortByKeyIsByteOrder(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	alphabet := []byte{0, 1, 'a', 'b', 0xff}
-	for round := range 400 {
+	for round := range 200 {
 		wc := &windowCells{index: keyIndex{seed: maphash.MakeSeed()}}
 		var idx []int32
 		for range 1 + rng.IntN(300) {
@@ -274,52 +272,14 @@ func TestSortByKeyIsByteOrder(t *testing.T) {
 			idx = append(idx, wc.add(hashKey(wc.index.seed, key), key, &layout{}))
 		}
 		rng.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
-		per := 1 + rng.IntN(40)
-		if round%4 == 0 {
-			per = rangeCells
+		wc.sortByKey(idx, nil)
+		got := make([]string, len(idx))
+		for i, j := range idx {
+			got[i] = wc.key(j)
 		}
-		var got []string
-		wc.eachByKey(idx, nil, per, func(j int32) { got = append(got, wc.key(j)) })
 		if !slices.IsSorted(got) || len(got) != wc.len() {
-			t.Fatalf("round %d (ranges of %d): %q is not in byte order", round, per, got)
+			t.Fatalf("round %d: %q is not in byte order", round, got)
 		}
-	}
-}
-
-// TestEachByKeySortsByRanges: a window of many changed cells is sorted
-// a range at a time, none much larger than asked (so that the first
-// cells reach the store's writer after one pass and a small sort), and
-// given in byte order; keys that all share their first 8 bytes make one
-// range, still in order.
-func TestEachByKeySortsByRanges(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 6))
-	for _, c := range []struct {
-		name   string
-		prefix string
-		most   int // the largest range allowed
-	}{
-		{"distinct heads", "", 4 * 1000},
-		{"one head", "k0000000", 50_000},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			wc := &windowCells{index: keyIndex{seed: maphash.MakeSeed()}}
-			var idx []int32
-			for len(idx) < 50_000 {
-				key := c.prefix + strconv.FormatUint(rng.Uint64()>>rng.IntN(64), 36)
-				if _, ok := wc.find(key); ok {
-					continue
-				}
-				idx = append(idx, wc.add(hashKey(wc.index.seed, key), key, &layout{}))
-			}
-			var got []string
-			_, largest := wc.eachByKey(idx, nil, 1000, func(j int32) { got = append(got, wc.key(j)) })
-			if !slices.IsSorted(got) || len(got) != len(idx) {
-				t.Fatalf("%d keys given of %d, or not in byte order", len(got), len(idx))
-			}
-			if largest > c.most {
-				t.Errorf("sorted %d cells at once, want at most %d", largest, c.most)
-			}
-		})
 	}
 }
 
