@@ -92,10 +92,7 @@
 // same epoch, overwriting its own versions. The marker and the cells are
 // written by a goroutine of the checkpoint's own (cellwriter.go) while
 // it is still taking the changed cells under the shard's lock, in Puts
-// of 64 Ki cells in row order (a window's changed cells are sorted by
-// ranges of about 16 Ki keys, each given to the writer as soon as it is
-// sorted, so that the first Put starts after one pass over the window
-// rather than its whole sort); the commit waits for the last Put, and
+// of 64 Ki cells in row order; the commit waits for the last Put, and
 // any failure marks every cell taken changed again. A chunk waits for
 // the writer as taken (values, windows and views of the windows' key
 // bytes), and the writer builds its rows just before its Put; at most
