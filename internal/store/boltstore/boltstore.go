@@ -453,17 +453,29 @@ func (a *arena) take(b []byte) []byte {
 // keys it shows ahead of the last one put are unchanged, and its own
 // changes (a key inserted behind it) are stepped over. A key put twice in
 // a row merges with what was just put rather than read again.
+//
+// A Put of new keys in ascending order with no stored key among them (a
+// run: the first checkpoint of a shard, a new window's cells, appended
+// after the table's last key or into the gap between two shards' or
+// windows' rows) fills the leaves it splits fully instead of by half
+// (fillRun): such leaves hold only the run's keys but at their edges,
+// and their next change is a new version of those same cells, which
+// splits them again at bbolt's default (putFill). Half-filled pages
+// there would double the pages the commit writes for nothing.
 func putCells(b *bolt.Bucket, cells []store.Cell) error {
 	var a arena
 	c := b.Cursor()
 	var ck, cv []byte // where the cursor is
 	var last, lastVal []byte
-	for _, cell := range cells {
+	var after []byte      // the first stored key >= the first key put (nil: none)
+	run := len(cells) > 0 // every key so far ascending, none stored
+	for i, cell := range cells {
 		key := a.take(appendCellKey(a.room(2*len(cell.Row)+2+len(cell.Column)), cell.Row, cell.Column))
 		var old []byte
 		switch cmp := bytes.Compare(key, last); {
 		case last != nil && cmp == 0:
 			old = lastVal
+			run = false
 		case last != nil && cmp > 0:
 			// The cursor is at the first key >= last, or at the end (then
 			// no key after last was there, and those put since are <=
@@ -473,6 +485,11 @@ func putCells(b *bolt.Bucket, cells []store.Cell) error {
 			}
 		default:
 			ck, cv = c.Seek(key)
+			if i == 0 {
+				after = bytes.Clone(ck)
+			} else {
+				run = false
+			}
 		}
 		if old == nil && bytes.Equal(ck, key) {
 			old = cv
@@ -488,8 +505,23 @@ func putCells(b *bolt.Bucket, cells []store.Cell) error {
 		}
 		last, lastVal = key, val
 	}
+	// The keys put were ascending; a run if no stored key was at or
+	// after the first one, or the first such is after the last one put.
+	b.FillPercent = putFill
+	if run && (after == nil || bytes.Compare(after, last) > 0) {
+		b.FillPercent = fillRun
+	}
 	return nil
 }
+
+// The fill of the leaves a Put's commit splits: bbolt's default for
+// changes among stored keys (room for the next versions, so that a leaf
+// is not split again at every checkpoint), full for a run of new keys
+// (putCells).
+const (
+	putFill = bolt.DefaultFillPercent
+	fillRun = 1.0
+)
 
 func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store.Cell, error) {
 	if err := checkTable(table); err != nil {

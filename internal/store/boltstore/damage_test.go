@@ -254,13 +254,16 @@ func TestRandomDamageNeverKillsTheProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, size, _ := pages(t, path)
+	// The pages in use: bbolt grows the file ahead of them (16 MiB at a
+	// time with the store's mapping), and a flip in that tail is no
+	// damage to find.
+	_, size, used := pages(t, path)
 	rng := rand.New(rand.NewPCG(1, 2))
 	found := 0
 	const rounds = 60
 	for round := range rounds {
 		b := bytes.Clone(pristine)
-		page := 2 + rng.IntN(len(b)/size-2)
+		page := 2 + rng.IntN(int(used)/size-2)
 		for range 1 + rng.IntN(8) {
 			b[page*size+rng.IntN(size)] ^= byte(1 + rng.IntN(255))
 		}

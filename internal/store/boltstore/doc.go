@@ -10,7 +10,13 @@
 // reads that value and writes it back with the new version in, one Get
 // and one Put of one key; a Put of cells in key order (a checkpoint's)
 // reads the old values with one cursor walked forward instead of a
-// search each.
+// search each. The leaves a Put's commit splits are filled by half
+// (bbolt's default: room for the next versions of their cells), but
+// those of a run, a Put of new keys in ascending order with no stored
+// key among them (a shard's first checkpoint, a new window's cells), are
+// filled fully: half the pages to write, split by half again when their
+// cells get their next versions. The fill is not part of the file's
+// format: any version of this package reads either.
 //
 // Files of the layout before (up to 2026-12-02: tables at the top level,
 // one key per version, the escaped row and column then the inverted
