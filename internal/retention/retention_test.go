@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path"
@@ -23,6 +24,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/ptail"
 )
 
@@ -101,11 +103,17 @@ type node struct {
 
 func (e *env) retention(t *testing.T, after time.Duration) *node {
 	t.Helper()
+	return e.retentionWith(t, Config{After: after, Interval: 10 * time.Millisecond, ID: t.Name()}, t.Output())
+}
+
+// retentionWith is a retention of cfg, logging to log.
+func (e *env) retentionWith(t *testing.T, cfg Config, log io.Writer) *node {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	s := e.hub.Session()
 	t.Cleanup(func() { s.Close() })
-	r, err := New(Config{After: after, Interval: 10 * time.Millisecond, ID: t.Name()}, Deps{
-		Common:    component.Common{Log: slog.New(slog.NewTextHandler(t.Output(), nil)), Metrics: reg, Now: e.clock},
+	r, err := New(cfg, Deps{
+		Common:    component.Common{Log: slog.New(slog.NewTextHandler(log, nil)), Metrics: reg, Now: e.clock},
 		FS:        e.fs,
 		Coord:     s,
 		Consumers: e.consumers(),
@@ -449,9 +457,64 @@ func TestMarkPast(t *testing.T) {
 			t.Errorf("%+v past %s: %v", c.m, c.seg, got)
 		}
 	}
-	if IntervalFor(7*24*time.Hour) != time.Minute || IntervalFor(time.Second) != time.Second || IntervalFor(2*time.Minute) != 12*time.Second {
+	if IntervalFor(7*24*time.Hour) != time.Hour || IntervalFor(time.Second) != time.Second || IntervalFor(2*time.Minute) != 12*time.Second || IntervalFor(5*time.Hour) != 30*time.Minute {
 		t.Error("IntervalFor")
 	}
+}
+
+// TestStandbyTakesOverBeforeTheNextPass: passes an hour apart (the
+// interval of a long dfs_retention) do not keep a standby waiting an hour
+// for the lease: it tries every Retry (by default at most a minute), and
+// makes its pass as soon as the leader is gone.
+func TestStandbyTakesOverBeforeTheNextPass(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want time.Duration
+	}{
+		{Config{Interval: time.Hour}, StandbyRetry},
+		{Config{Interval: 10 * time.Millisecond}, 10 * time.Millisecond},
+		{Config{Interval: time.Hour, Retry: 5 * time.Millisecond}, 5 * time.Millisecond},
+	} {
+		if got := c.cfg.retry(); got != c.want {
+			t.Errorf("retry of %+v: %v, want %v", c.cfg, got, c.want)
+		}
+	}
+	e := newEnv(t)
+	cfg := Config{After: time.Hour, Interval: time.Hour, Retry: 10 * time.Millisecond}
+	cfg.ID = "a"
+	a := e.retentionWith(t, cfg, t.Output())
+	cfg.ID = "b"
+	var blog testkit.LogBuffer
+	b := e.retentionWith(t, cfg, &blog)
+	actx, stopA := context.WithCancel(context.Background())
+	doneA := make(chan error, 1)
+	go func() { doneA <- a.Run(actx) }()
+	waitActive := func(n *node, name string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); testutil.ToFloat64(n.m.active) != 1; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never became active", name)
+			}
+		}
+	}
+	waitActive(a, "a")
+	bctx, stopB := context.WithCancel(context.Background())
+	doneB := make(chan error, 1)
+	go func() { doneB <- b.Run(bctx) }()
+	defer func() {
+		stopB()
+		if err := <-doneB; err != nil {
+			t.Error(err)
+		}
+	}()
+	// b stands by; a stops (its next pass was an hour away) and gives
+	// the lease up: b takes it at its next try.
+	testkit.WaitFor(t, "b stands by", func() bool { return len(blog.Lines("standing by")) > 0 })
+	stopA()
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	waitActive(b, "b (its tries of the lease an hour apart, as its passes?)")
 }
 
 // TestDeletesFencedSegmentsOnceOld: a segment a newer writer's seal left
