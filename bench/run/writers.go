@@ -83,7 +83,7 @@ func (ws writerSet) stop(limit time.Duration) error {
 	return first
 }
 
-// forwarded sums a counter over the extra writers and fw.
+// sum is a counter summed over fw and the extra writers.
 func (ws writerSet) sum(fw *fwProc, name string) float64 {
 	var total float64
 	for _, p := range append([]*fwProc{fw}, ws...) {
