@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -137,12 +138,7 @@ func TestNextByNameRefusesAFencedSegment(t *testing.T) {
 	f.waiting(1, 1, 1)
 	// A newer owner takes the bucket at epoch 2 and seals it: epoch 1
 	// counts up to (1, 1).
-	if err := layout.WriteIntent(fsys, dir, 2); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := layout.WriteSeal(fsys, dir, 2, "test"); err != nil {
-		t.Fatal(err)
-	}
+	takeOver(t, fsys, 2)
 	// The old writer, stalled, publishes its next segment after that.
 	publish(t, fsys, 1, 2, []string{"stale"})
 	f.n.Published(dir)
@@ -166,12 +162,7 @@ func TestNextByNameSeesANewEpoch(t *testing.T) {
 	f.got("e1")
 	f.next()
 	f.waiting(1, 1, 1)
-	if err := layout.WriteIntent(fsys, dir, 2); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := layout.WriteSeal(fsys, dir, 2, "test"); err != nil {
-		t.Fatal(err)
-	}
+	takeOver(t, fsys, 2)
 	publish(t, fsys, 2, 1, []string{"e2"})
 	f.n.Published(dir)
 	f.got("e2")
@@ -189,4 +180,16 @@ func mustFence(t *testing.T, fsys *dfstest.Faulty) layout.Fence {
 		t.Fatal(err)
 	}
 	return fence
+}
+
+// takeOver is a newer owner taking the bucket at epoch: its intent, then
+// its seal.
+func takeOver(t *testing.T, fsys dfs.FS, epoch int64) {
+	t.Helper()
+	if err := layout.WriteIntent(fsys, dir, epoch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layout.WriteSeal(fsys, dir, epoch, "test"); err != nil {
+		t.Fatal(err)
+	}
 }
