@@ -854,8 +854,10 @@ type metrics struct {
 	pending     *prometheus.GaugeVec
 	commit      prometheus.Histogram
 	// steps splits a request's acknowledgement on a dfs where only a
-	// close makes bytes durable (HDFS): see publishSteps.
-	steps *prometheus.HistogramVec
+	// close makes bytes durable (HDFS), one series a step (the step
+	// constants below), resolved once: queueStep and the others.
+	steps                                                 *prometheus.HistogramVec
+	queueStep, closeStep, waitStep, renameStep, fenceStep prometheus.Observer
 }
 
 // The steps of freeway_calligraphus_publish_step_seconds: a request's
@@ -894,6 +896,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Where a batch's acknowledgement waits on a dfs where only a close makes bytes durable (HDFS), by step: queue (a request in its bucket's queue until the run loop takes it), close (a segment's close), wait (a closed segment until the run loop publishes it), rename, fence (the fence listing after the rename).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"step"}),
 	}
+	m.queueStep, m.closeStep, m.waitStep = m.steps.WithLabelValues(stepQueue), m.steps.WithLabelValues(stepClose), m.steps.WithLabelValues(stepWait)
+	m.renameStep, m.fenceStep = m.steps.WithLabelValues(stepRename), m.steps.WithLabelValues(stepFence)
 	if reg != nil {
 		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.aheadFailed, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit, m.steps)
 	}

@@ -168,8 +168,8 @@ func (w *bucketWriter) settle(closeErr error) {
 	w.closing[0] = nil
 	w.closing = w.closing[1:]
 	if !c.closed.IsZero() {
-		w.c.m.steps.WithLabelValues(stepClose).Observe(c.closed.Sub(c.closeStart).Seconds())
-		w.c.m.steps.WithLabelValues(stepWait).Observe(w.c.now().Sub(c.closed).Seconds())
+		w.c.m.closeStep.Observe(c.closed.Sub(c.closeStart).Seconds())
+		w.c.m.waitStep.Observe(w.c.now().Sub(c.closed).Seconds())
 	}
 	err := w.publishClosed(c, closeErr)
 	w.c.m.commit.Observe(w.c.now().Sub(c.start).Seconds())
@@ -198,9 +198,9 @@ func (w *bucketWriter) publishClosed(c *closing, closeErr error) error {
 	}
 	w.c.m.segments.WithLabelValues(w.label).Inc()
 	renamed := w.c.now()
-	w.c.m.steps.WithLabelValues(stepRename).Observe(renamed.Sub(t).Seconds())
+	w.c.m.renameStep.Observe(renamed.Sub(t).Seconds())
 	err := w.counted(c.final)
-	w.c.m.steps.WithLabelValues(stepFence).Observe(w.c.now().Sub(renamed).Seconds())
+	w.c.m.fenceStep.Observe(w.c.now().Sub(renamed).Seconds())
 	if err != nil {
 		return err
 	}

@@ -380,7 +380,7 @@ func (w *bucketWriter) run(ctx context.Context) {
 			if !w.c.deps.FS.SyncDurable() {
 				taken := w.c.now()
 				for _, r := range batch {
-					w.c.m.steps.WithLabelValues(stepQueue).Observe(taken.Sub(r.queued).Seconds())
+					w.c.m.queueStep.Observe(taken.Sub(r.queued).Seconds())
 				}
 			}
 			if err := w.ensureOwner(ctx); err != nil {
