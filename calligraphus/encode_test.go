@@ -37,6 +37,7 @@ func TestCancelledCallsBytesAreNotReadAfterItEnds(t *testing.T) {
 	})
 	_, co := inprocCoord(t)
 	s := startServer(t, testConfig(), fsys, co, nil)
+	s.waitRunning(t)
 
 	frame := []byte{}
 	var want []string

@@ -28,6 +28,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/ptail"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -95,6 +96,18 @@ func startServerWith(t *testing.T, cfg Config, fsys dfs.FS, co coord.Coord, rout
 }
 
 func (s *server) ctxDone() <-chan struct{} { return s.ctx.Done() }
+
+// waitRunning waits until Run has started taking batches: a call made on
+// s.c directly before that (not through the port, which only listens
+// from Run on) is answered TRY_LATER as by a stopping writer.
+func (s *server) waitRunning(t *testing.T) {
+	t.Helper()
+	testkit.WaitFor(t, "calligraphus running", func() bool {
+		s.c.mu.Lock()
+		defer s.c.mu.Unlock()
+		return s.c.ctx != nil
+	})
+}
 
 // stop cancels Run and waits for it to return.
 func (s *server) stop() {
