@@ -145,9 +145,76 @@ func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.
 	if err != nil {
 		return nil, nil, fmt.Errorf("list bucket %s: %w", dir, err)
 	}
+	return judge(fsys, dir, out, fs.FileInfo.Name)
+}
+
+// Entry is a segment of a bucket as ListPublishedAndFenced lists it: its
+// name, and its description if the listing carried one.
+type Entry struct {
+	Name string
+	Info fs.FileInfo // nil until Describe, when listed by name only
+}
+
+// Describe returns e's description: the listing's, or a Stat of the
+// segment in the bucket directory dir, which e keeps. A segment removed
+// since the listing gives an error wrapping fs.ErrNotExist.
+func (e *Entry) Describe(fsys dfs.FS, dir string) (fs.FileInfo, error) {
+	if e.Info == nil {
+		fi, err := fsys.Stat(path.Join(dir, e.Name))
+		if err != nil {
+			return nil, err
+		}
+		e.Info = fi
+	}
+	return e.Info, nil
+}
+
+// ListPublishedAndFenced is PublishedAndFenced(fsys, dir, "") for a
+// caller that needs few of the segments described: retention, which
+// keeps dfs_retention of them in every bucket (days: millions of files
+// on a local disk) and needs the times of only those it may delete. On a
+// file system that lists names for less than it describes entries
+// (dfs.NameLister) it lists names only, and an Entry is described when
+// asked; elsewhere (HDFS, whose listing describes every entry anyway)
+// the entries carry the listing's descriptions. A name-only listing
+// cannot tell a directory named like a segment from a segment: Describe
+// can.
+func ListPublishedAndFenced(fsys dfs.FS, dir string) (published, fenced []Entry, err error) {
+	var out []Entry
+	if _, ok := fsys.(dfs.NameLister); ok {
+		var names []string
+		names, err = dfs.ReadDirNames(fsys, dir)
+		for _, name := range names {
+			if isSegment(name, "") {
+				out = append(out, Entry{Name: name})
+			}
+		}
+	} else {
+		var infos []fs.FileInfo
+		infos, err = fsys.ReadDir(dir)
+		for _, fi := range infos {
+			if !fi.IsDir() && isSegment(fi.Name(), "") {
+				out = append(out, Entry{Name: fi.Name(), Info: fi})
+			}
+		}
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("list bucket %s: %w", dir, err)
+	}
+	return judge(fsys, dir, out, func(e Entry) string { return e.Name })
+}
+
+// judge sorts the segments of a listing of the bucket directory dir by
+// name and splits them by the bucket's fence into those that count, up
+// to the first whose fate is undecided (published), and those a newer
+// owner's seal leaves out (fenced).
+func judge[T any](fsys dfs.FS, dir string, out []T, name func(T) string) (published, fenced []T, err error) {
 	// ReadDir sorts by name already; a dfs that did not would break the
 	// order every reader relies on.
-	slices.SortFunc(out, func(a, b fs.FileInfo) int { return strings.Compare(a.Name(), b.Name()) })
+	slices.SortFunc(out, func(a, b T) int { return strings.Compare(name(a), name(b)) })
 	if len(out) == 0 {
 		return nil, nil, nil
 	}
@@ -155,8 +222,8 @@ func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.
 	// later: then the listing of the fence directory decides them all,
 	// without reading a seal.
 	minEpoch := int64(-1)
-	for _, fi := range out {
-		if e, _, _ := ParseSegmentName(fi.Name()); minEpoch < 0 || e < minEpoch {
+	for _, s := range out {
+		if e, _, _ := ParseSegmentName(name(s)); minEpoch < 0 || e < minEpoch {
 			minEpoch = e
 		}
 	}
@@ -172,19 +239,29 @@ func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.
 		return nil, nil, err
 	}
 	undecided := false
-	for _, fi := range out {
-		switch fence.Verdict(fi.Name()) {
+	for _, s := range out {
+		switch fence.Verdict(name(s)) {
 		case Counted:
 			if !undecided {
-				published = append(published, fi)
+				published = append(published, s)
 			}
 		case Fenced:
-			fenced = append(fenced, fi)
+			fenced = append(fenced, s)
 		case Undecided:
 			undecided = true // readers wait here; fenced ones after it are final still
 		}
 	}
 	return published, fenced, nil
+}
+
+// isSegment reports whether name, listed in a bucket directory, is a
+// published segment's named after after: not hidden, a segment name.
+func isSegment(name, after string) bool {
+	if dfs.Hidden(name) || name <= after {
+		return false
+	}
+	_, _, ok := ParseSegmentName(name)
+	return ok
 }
 
 // segmentsAfter lists the segments of the bucket directory dir named
@@ -198,13 +275,6 @@ func PublishedAndFenced(fsys dfs.FS, dir, after string) (published, fenced []fs.
 // (retention) is left out, as ReadDir leaves out one removed while it
 // lists.
 func segmentsAfter(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
-	keep := func(name string) bool {
-		if dfs.Hidden(name) || name <= after {
-			return false
-		}
-		_, _, ok := ParseSegmentName(name)
-		return ok
-	}
 	var out []fs.FileInfo
 	if l, ok := fsys.(dfs.NameLister); ok {
 		names, err := l.ReadDirNames(dir)
@@ -212,7 +282,7 @@ func segmentsAfter(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 			return nil, err
 		}
 		for _, name := range names {
-			if !keep(name) {
+			if !isSegment(name, after) {
 				continue
 			}
 			fi, err := fsys.Stat(path.Join(dir, name))
@@ -233,7 +303,7 @@ func segmentsAfter(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 		return nil, err
 	}
 	for _, fi := range infos {
-		if !fi.IsDir() && keep(fi.Name()) {
+		if !fi.IsDir() && isSegment(fi.Name(), after) {
 			out = append(out, fi)
 		}
 	}

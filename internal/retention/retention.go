@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"path"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -283,7 +284,10 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 		}
 		readers = append(readers, reader{c.Name, m})
 	}
-	segs, fenced, err := layout.PublishedAndFenced(r.deps.FS, dir, "")
+	// Names first: a bucket keeps dfs_retention of segments (days), and
+	// only those the pass may delete, and a few more, are described (a
+	// local dfs describes a file with an lstat of its own).
+	segs, fenced, err := layout.ListPublishedAndFenced(r.deps.FS, dir)
 	if err != nil {
 		return err
 	}
@@ -292,48 +296,81 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 	}
 	st.Segments += len(segs)
 	g.segments[label] += len(segs)
-	// The run to delete: the oldest segments, up to the first to keep.
+	// describe describes segs[i]; gone: removed since the listing (or a
+	// directory named like a segment), which the listing could have left
+	// out as well.
+	describe := func(i int) (fi fs.FileInfo, gone bool, err error) {
+		fi, err = segs[i].Describe(r.deps.FS, dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, true, nil
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("describe %s: %w", path.Join(dir, segs[i].Name), err)
+		}
+		return fi, fi.IsDir(), nil
+	}
+	past := func(name string) bool {
+		for _, rd := range readers {
+			if !rd.mark.Past(name) {
+				return false
+			}
+		}
+		return true
+	}
+	// The run to delete: the oldest segments, up to the first to keep. The
+	// consumers' marks are asked before a segment is described.
 	n := 0
+	var run []fs.FileInfo
 	var throughMs int64
-	for _, fi := range segs {
+	for ; n < len(segs) && past(segs[n].Name); n++ {
+		fi, gone, err := describe(n)
+		if err != nil {
+			return err
+		}
+		if gone {
+			continue
+		}
 		if !fi.ModTime().Before(cutoff) {
 			break
 		}
-		past := true
-		for _, rd := range readers {
-			if !rd.mark.Past(fi.Name()) {
-				past = false
-			}
-		}
-		if !past {
-			break
-		}
-		n++
+		run = append(run, fi)
 		throughMs = max(throughMs, fi.ModTime().UnixMilli())
 	}
-	// What is old enough but held back, and by whom.
-	for _, fi := range segs[n:] {
-		if !fi.ModTime().Before(cutoff) {
-			break
+	// What is old enough but held back, and by whom. In a bucket, publish
+	// times rise with the names (one owner at a time publishes, in name
+	// order, and the dfs stamps the times), and every consumer's mark is
+	// past a prefix of the names: both are found by bisection, so a
+	// consumer stuck for days of segments costs a few descriptions, not
+	// one per segment held.
+	rest := segs[n:]
+	var describeErr error
+	held := sort.Search(len(rest), func(i int) bool {
+		fi, gone, err := describe(n + i)
+		if err != nil && describeErr == nil {
+			describeErr = err
 		}
-		st.Held++
-		for _, rd := range readers {
-			if !rd.mark.Past(fi.Name()) {
-				g.held[[2]string{label, rd.name}]++
-			}
+		return err == nil && !gone && !fi.ModTime().Before(cutoff)
+	})
+	if describeErr != nil {
+		return describeErr
+	}
+	st.Held += held
+	for _, rd := range readers {
+		first := sort.Search(held, func(i int) bool { return !rd.mark.Past(rest[i].Name) })
+		if first < held {
+			g.held[[2]string{label, rd.name}] += held - first
 		}
 	}
-	if n == 0 {
+	if len(run) == 0 {
 		return nil
 	}
-	run := segs[:n]
 	old, ok, err := layout.ReadRetentionMark(r.deps.FS, dir)
 	if err != nil {
 		// A mark that cannot be read is rewritten: the segments up to the
 		// new one are gone or going either way.
 		r.log.Warn("cannot read a bucket's retention mark; writing a new one", "bucket", dir, "err", err)
 	}
-	mark := layout.RetentionMark{Through: run[n-1].Name(), ThroughMs: throughMs}
+	mark := layout.RetentionMark{Through: run[len(run)-1].Name(), ThroughMs: throughMs}
 	if ok {
 		mark.Through = max(mark.Through, old.Through)
 		mark.ThroughMs = max(mark.ThroughMs, old.ThroughMs)
@@ -365,17 +402,24 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 }
 
 // deleteFenced deletes the segments of the bucket directory dir that a
-// newer writer's seal left out (fenced, from layout.PublishedAndFenced)
+// newer writer's seal left out (fenced, from layout.ListPublishedAndFenced)
 // and that are older than cutoff: no reader counts them, and their
 // writer answered TRY_LATER for their entries, so the entries were sent
 // again. Without this they would stay in the dfs for ever, since
 // Published never lists them.
-func (r *Retention) deleteFenced(ctx context.Context, dir, label string, fenced []fs.FileInfo, cutoff time.Time, st *Stats) error {
-	for _, fi := range fenced {
+func (r *Retention) deleteFenced(ctx context.Context, dir, label string, fenced []layout.Entry, cutoff time.Time, st *Stats) error {
+	for i := range fenced {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if !fi.ModTime().Before(cutoff) {
+		fi, err := fenced[i].Describe(r.deps.FS, dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // its writer removed it
+		}
+		if err != nil {
+			return fmt.Errorf("describe fenced %s: %w", path.Join(dir, fenced[i].Name), err)
+		}
+		if fi.IsDir() || !fi.ModTime().Before(cutoff) {
 			continue
 		}
 		name := path.Join(dir, fi.Name())

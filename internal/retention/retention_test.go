@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -556,5 +558,79 @@ func TestDeletesFencedSegmentsOnceOld(t *testing.T) {
 	}
 	if got := e.left(t, "access", 0); !slices.Equal(got, []string{counted}) {
 		t.Errorf("readers list %q after, want %s still held", got, counted)
+	}
+}
+
+// statCounter is a local dfs that counts the files it describes.
+type statCounter struct {
+	*localfs.FS
+	stats atomic.Int64
+}
+
+func (s *statCounter) Stat(name string) (fs.FileInfo, error) {
+	s.stats.Add(1)
+	return s.FS.Stat(name)
+}
+
+// TestPassDescribesOnlyWhatItMayDelete: on a local dfs, which lists names
+// for less than it describes files, a pass over a bucket of many segments
+// describes those it deletes and a few more (bisection for what is held),
+// not every segment the bucket keeps, and still finds exactly what to
+// delete and what is held.
+func TestPassDescribesOnlyWhatItMayDelete(t *testing.T) {
+	e := newEnv(t)
+	inner, ok := e.fs.(*localfs.FS)
+	if !ok {
+		t.Fatalf("env dfs is %T", e.fs)
+	}
+	counter := &statCounter{FS: inner}
+	e.fs = counter
+	const (
+		segments = 1000
+		oldOnes  = 600 // published more than an hour ago
+		copied   = 10  // the copier is past these; Puma is past all
+	)
+	var names []string
+	for i := range segments {
+		when := t0.Add(time.Duration(i) * time.Second)
+		if i >= oldOnes {
+			when = when.Add(2 * time.Hour)
+		}
+		names = append(names, e.publish(t, "access", 0, uint64(i+1), when, "x"))
+	}
+	e.now = t0.Add(2 * time.Hour)
+	e.setPuma("access", 0, layout.SegmentName(9, 0))
+	e.setCopier("access", 0, names[copied-1])
+	r := e.retention(t, time.Hour)
+	counter.stats.Store(0)
+	st := once(t, r)
+	if st.Deleted != copied || st.Held != oldOnes-copied || st.Segments != segments {
+		t.Fatalf("%+v, want %d deleted, %d held of %d", st, copied, oldOnes-copied, segments)
+	}
+	if got := testutil.ToFloat64(r.m.heldBy.WithLabelValues("access", "copier")); got != oldOnes-copied {
+		t.Errorf("held by the copier: %v, want %d", got, oldOnes-copied)
+	}
+	if got := testutil.ToFloat64(r.m.heldBy.WithLabelValues("access", "puma")); got != 0 {
+		t.Errorf("held by puma: %v, want 0", got)
+	}
+	// The ten deleted, the one that ends the run, ~log2(990) probes; the
+	// fence and mark files are a handful more.
+	if n := counter.stats.Load(); n > copied+1+12+8 {
+		t.Errorf("the pass described %d files for a bucket of %d segments, %d of them deleted", n, segments, copied)
+	}
+	if got := e.left(t, "access", 0); !slices.Equal(got, names[copied:]) {
+		t.Errorf("left %d segments from %q, want from %q", len(got), got[0], names[copied])
+	}
+	// The copier catches up: the old ones go, the young ones stay.
+	e.setCopier("access", 0, names[segments-1])
+	counter.stats.Store(0)
+	if st := once(t, r); st.Deleted != oldOnes-copied || st.Held != 0 {
+		t.Fatalf("%+v, want the other %d old ones deleted", st, oldOnes-copied)
+	}
+	if n := counter.stats.Load(); n > oldOnes-copied+1+8 {
+		t.Errorf("the pass described %d files to delete %d", n, oldOnes-copied)
+	}
+	if got := e.left(t, "access", 0); !slices.Equal(got, names[oldOnes:]) {
+		t.Errorf("left %d segments, want the %d young ones", len(got), segments-oldOnes)
 	}
 }
