@@ -45,7 +45,9 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/calligraphus"
+	fwbackends "github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/loadgen"
+	"github.com/freeway-dev/freeway/puma"
 )
 
 type options struct {
@@ -351,6 +353,7 @@ func run(o options) (*report, error) {
 		} else {
 			oe := o.onEngines()
 			e := e2e(ctx, oe, -1, loadArgs, want, be, o.lines)
+			removeEngineRoots(rep, be)
 			e.Backends = be.String() + "; " + oe.batches()
 			log.Printf("freeway on the real engines: acknowledged %.0f/s, end to end %.0f/s, %s", e.AckPerSec, e.PerSec, e.Totals)
 			rep.Engines = &e
@@ -382,6 +385,7 @@ func run(o options) (*report, error) {
 		}
 		if be, err := engineBackends(); err == nil {
 			rep.Freshness = append(rep.Freshness, freshness(ctx, o.onEngines().forFreshness(), rate, 0, be))
+			removeEngineRoots(rep, be)
 		}
 	}
 	if o.engines && o.does("sustain") {
@@ -389,6 +393,7 @@ func run(o options) (*report, error) {
 			rep.Notes = append(rep.Notes, "sustained run on the real engines not run: "+err.Error())
 		} else {
 			s := sustained(ctx, o.onEngines(), o.sustainRate, be)
+			removeEngineRoots(rep, be)
 			rep.Sustained = &s
 		}
 	}
@@ -401,11 +406,13 @@ func run(o options) (*report, error) {
 			ow := o.onEngines()
 			ow.writers = o.manyWriters
 			e := e2e(ctx, ow, -2, loadArgs, want, be, o.lines)
+			removeEngineRoots(rep, be)
 			e.Backends = be.String() + "; " + ow.batches()
 			log.Printf("freeway on the real engines, %d writers: acknowledged %.0f/s, end to end %.0f/s, %.0f entries forwarded between writers, %s %s", e.Writers, e.AckPerSec, e.PerSec, e.Forwarded, e.Totals, e.Err)
 			rep.EnginesWriters = &e
 			if be, err = engineBackends(); err == nil {
 				s := sustained(ctx, ow, o.sustainRate, be)
+				removeEngineRoots(rep, be)
 				rep.SustainedWriters = &s
 			}
 		}
@@ -699,6 +706,32 @@ func engineBackends() (backends, error) {
 		be.store = ""
 	}
 	return be, nil
+}
+
+// removeEngineRoots deletes what a run on the real engines left there: its
+// dfs root (0.5 to 2 GB of segments a run at 300 k entries/s) and Puma's
+// table; left, a day of benches fills the NameNode's disk. ZooKeeper's
+// few znodes a run are left. A failure is a note of the report, not a
+// failed bench.
+func removeEngineRoots(rep *report, be backends) {
+	if be.dfs == "" {
+		return
+	}
+	note := func(err error) {
+		log.Printf("cleaning up after the run on %s: %v", be, err)
+		rep.Notes = append(rep.Notes, fmt.Sprintf("not removed after its run: %v", err))
+	}
+	if err := fwbackends.RemoveDFS(be.dfs); err != nil {
+		note(err)
+	}
+	if be.store == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := fwbackends.DropTables(ctx, be.store, puma.DefaultConfig().Table); err != nil {
+		note(err)
+	}
 }
 
 // matrixRun is B1 for one batch size and connection count.

@@ -11,9 +11,11 @@
 package backends
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -96,6 +98,60 @@ func OpenStore(raw string, log *slog.Logger, reg prometheus.Registerer) (store.S
 		return hbasestore.Open(raw)
 	}
 	return nil, fmt.Errorf("open store %q: unknown scheme %q (want bolt:// or hbase://)", raw, s)
+}
+
+// RemoveDFS deletes the file system at raw, its root and everything under
+// it; a root that does not exist is no error. Freeway itself never does
+// (retention deletes segments one by one): it is for tools and tests that
+// remove what they made, such as bench/run's roots on the real engines.
+func RemoveDFS(raw string) error {
+	s, err := scheme(raw)
+	if err != nil {
+		return fmt.Errorf("remove dfs: %w", err)
+	}
+	switch s {
+	case "file":
+		p, err := localPath(raw)
+		if err != nil {
+			return fmt.Errorf("remove dfs: %w", err)
+		}
+		return os.RemoveAll(p)
+	case "hdfs":
+		fsys, err := hdfs.Open(raw)
+		if err != nil {
+			return err
+		}
+		err = fsys.RemoveAll("")
+		if cerr := fsys.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
+	return fmt.Errorf("remove dfs %q: unknown scheme %q (want file:// or hdfs://)", raw, s)
+}
+
+// DropTables drops tables (store table names, without the URL's prefix)
+// of the HBase store at raw, and all they hold; a table that does not
+// exist is no error. Like RemoveDFS, it is for tools and tests.
+func DropTables(ctx context.Context, raw string, tables ...string) error {
+	s, err := scheme(raw)
+	if err != nil {
+		return fmt.Errorf("drop tables: %w", err)
+	}
+	if s != "hbase" {
+		return fmt.Errorf("drop tables of %q: only an hbase:// store", raw)
+	}
+	st, err := hbasestore.Open(raw)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = st.Close() }() // Close only returns the pool's connections
+	for _, t := range tables {
+		if err := st.DropTable(ctx, t); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Coords opens coordinators. In-process coordinators opened from one

@@ -258,6 +258,21 @@ func (f *FS) Remove(name string) error {
 	return nil
 }
 
+// RemoveAll deletes name and everything under it; a name that does not
+// exist is no error, and "" is the root itself. It is not part of dfs.FS
+// (Freeway deletes segments one by one, as retention allows): tools and
+// tests use it to remove the trees they made (bench/run its runs' roots).
+func (f *FS) RemoveAll(name string) error {
+	p, err := f.path("remove all", name)
+	if err != nil {
+		return err
+	}
+	if err := f.client().RemoveAll(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return pathError("remove all", p, err)
+	}
+	return nil
+}
+
 // SyncDurable is false: colinmarc/hdfs has no hflush or hsync, so a file
 // is durable, and visible, only once Close returns.
 func (f *FS) SyncDurable() bool { return false }

@@ -263,6 +263,37 @@ func TestRenameOntoDirectory(t *testing.T) {
 	}
 }
 
+func TestRemoveAll(t *testing.T) {
+	fsys, _ := openTestFS(t, engineAddr(t))
+	for _, name := range []string{"a/b/1", "a/b/2", "a/3", "keep"} {
+		if err := dfs.WriteFile(fsys, name, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := fsys.RemoveAll("a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fsys.Stat("a"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("stat a removed tree: %v, want fs.ErrNotExist", err)
+	}
+	if _, err := fsys.Stat("keep"); err != nil {
+		t.Fatalf("a sibling of the removed tree: %v", err)
+	}
+	if err := fsys.RemoveAll("a"); err != nil {
+		t.Fatalf("remove a tree that does not exist: %v", err)
+	}
+	if err := fsys.RemoveAll("../x"); !errors.Is(err, fs.ErrInvalid) {
+		t.Fatalf("remove outside the root: %v, want fs.ErrInvalid", err)
+	}
+	// "" is the root itself.
+	if err := fsys.RemoveAll(""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fsys.Stat(""); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("stat the removed root: %v, want fs.ErrNotExist", err)
+	}
+}
+
 func TestReadAtKeepsReadOffset(t *testing.T) {
 	fsys, _ := openTestFS(t, engineAddr(t))
 	data := make([]byte, 2*testBlockSize+100)

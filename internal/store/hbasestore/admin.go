@@ -107,19 +107,37 @@ func (s *Store) noteError(table string, err error) {
 	}
 }
 
-// dropTable disables and deletes table. Tests use it to clean up.
-func (s *Store) dropTable(ctx context.Context, table string) error {
+// DropTable disables and deletes table and all it holds; a table that
+// does not exist is no error. Freeway itself never drops a table: this is
+// for tools and tests that clean up the tables they made (bench/run drops
+// its runs' tables on the real engines).
+func (s *Store) DropTable(ctx context.Context, table string) error {
+	if err := s.checkTable(table); err != nil {
+		return err
+	}
 	name, tn := s.dataName(table), s.adminName(table)
-	err := s.admin(ctx, "disable table", name, func(ctx context.Context, c *hbase.THBaseServiceClient) error {
+	var exists bool
+	err := s.admin(ctx, "check table", name, func(ctx context.Context, c *hbase.THBaseServiceClient) (err error) {
+		exists, err = c.TableExists(ctx, tn)
+		return err
+	})
+	if err != nil || !exists {
+		return err
+	}
+	err = s.admin(ctx, "disable table", name, func(ctx context.Context, c *hbase.THBaseServiceClient) error {
 		return c.DisableTable(ctx, tn)
 	})
 	if err != nil && !strings.Contains(messageOf(err), "TableNotEnabledException") {
 		return err
 	}
 	s.tableState(table).ready.Store(false)
-	return s.admin(ctx, "delete table", name, func(ctx context.Context, c *hbase.THBaseServiceClient) error {
+	err = s.admin(ctx, "delete table", name, func(ctx context.Context, c *hbase.THBaseServiceClient) error {
 		return c.DeleteTable(ctx, tn)
 	})
+	if err != nil && tableNotFound(err) { // dropped meanwhile by someone else
+		return nil
+	}
+	return err
 }
 
 // tableState remembers that a table is known to exist, so the check (an

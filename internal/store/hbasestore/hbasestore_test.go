@@ -39,10 +39,7 @@ func openTestStore(t *testing.T, addr string) (*Store, func() string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		for _, tb := range tables {
-			if ok, err := s.ensureTable(ctx, tb, false); err != nil || !ok {
-				continue
-			}
-			if err := s.dropTable(ctx, tb); err != nil {
+			if err := s.DropTable(ctx, tb); err != nil {
 				t.Errorf("drop %s: %v", tb, err)
 			}
 		}
@@ -96,6 +93,29 @@ func TestRealHBaseDetails(t *testing.T) {
 			if c.Timestamp > 1 {
 				t.Fatalf("version %d survived DeleteNewer(1): %+v", c.Timestamp, cells)
 			}
+		}
+	})
+
+	t.Run("DropTable", func(t *testing.T) {
+		table := newTable()
+		if err := s.Put(ctx, table, []store.Cell{{Row: "r", Column: "c", Timestamp: 1, Value: []byte("v")}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DropTable(ctx, table); err != nil {
+			t.Fatal(err)
+		}
+		if exists, err := s.ensureTable(ctx, table, false); err != nil || exists {
+			t.Fatalf("after DropTable the table exists: %v, %v", exists, err)
+		}
+		if err := s.DropTable(ctx, table); err != nil {
+			t.Fatalf("dropping a table that does not exist: %v", err)
+		}
+		// Written again, it is created again, empty but for the new cell.
+		if err := s.Put(ctx, table, []store.Cell{{Row: "q", Column: "c", Timestamp: 1, Value: []byte("w")}}); err != nil {
+			t.Fatal(err)
+		}
+		if cells, err := s.Get(ctx, table, "r", store.Latest); err != nil || len(cells) != 0 {
+			t.Fatalf("a dropped table's row read back: %v, %v", cells, err)
 		}
 	})
 
