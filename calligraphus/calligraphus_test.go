@@ -602,3 +602,70 @@ func TestAgeCountsFromTheFirstBatch(t *testing.T) {
 	}
 	s.stop()
 }
+
+// TestDueSegmentPublishedBeforeTheNextBatch: once a segment's age has
+// come, it is published before the writer takes the next batch, which
+// goes to the next segment. The first batch's sync moves the writer's
+// clock past the age (an hour) and returns only once a second batch is
+// queued, so the age and the batch are both ready when the write
+// returns; a select that took either would put the second batch in the
+// aged segment half the time. Eight rounds, each on a new writer.
+func TestDueSegmentPublishedBeforeTheNextBatch(t *testing.T) {
+	for round := range 8 {
+		fsys := dfstest.NewFaulty(newLocal(t))
+		_, co := inprocCoord(t)
+		cfg := testConfig()
+		cfg.SegmentMaxAge = config.Duration(time.Hour)
+		cfg.IdleClose = config.Duration(time.Hour)
+		var skew atomic.Int64
+		var armed atomic.Bool
+		armed.Store(true)
+		synced := make(chan struct{})
+		queued := make(chan func() int, 1) // how many batches the bucket's writer has queued
+		fsys.SetHook(func(c dfstest.Call) error {
+			if c.Op != dfstest.OpSync || !strings.HasSuffix(c.Name, layout.TempSuffix) || !armed.CompareAndSwap(true, false) {
+				return nil
+			}
+			skew.Store(int64(time.Hour + time.Second)) // the age has come
+			close(synced)
+			n := <-queued
+			for n() == 0 {
+				time.Sleep(time.Millisecond) // until the second batch waits
+			}
+			return nil
+		})
+		s := startServerWith(t, cfg, fsys, co, nil, func(c *Calligraphus) {
+			c.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+		})
+		first, second := s.dial(t), s.dial(t)
+		done := make(chan error, 1)
+		go func() {
+			code, err := first.Log(context.Background(), entries("cat", "first"))
+			if err == nil && code != scribethrift.ResultCode_OK {
+				err = fmt.Errorf("answered %v", code)
+			}
+			done <- err
+		}()
+		<-synced
+		s.c.mu.Lock()
+		w := s.c.writers[bucketID{"cat", 0}]
+		s.c.mu.Unlock()
+		queued <- func() int { return len(w.reqs) }
+		mustLog(t, second, entries("cat", "second"))
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		s.stop()
+		bySegment := map[string][]string{}
+		var names []string
+		for _, e := range scan(t, fsys, "cat/0") {
+			if bySegment[e.Segment] == nil {
+				names = append(names, e.Segment)
+			}
+			bySegment[e.Segment] = append(bySegment[e.Segment], e.Msg)
+		}
+		if len(names) != 2 || !slices.Equal(bySegment[names[0]], []string{"first"}) || !slices.Equal(bySegment[names[1]], []string{"second"}) {
+			t.Fatalf("round %d: segments %v hold %v; want the aged one to hold only the first batch", round, names, bySegment)
+		}
+	}
+}
