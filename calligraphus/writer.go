@@ -316,16 +316,6 @@ func (w *bucketWriter) run(ctx context.Context) {
 	idle := time.NewTimer(idleClose)
 	defer idle.Stop()
 	for {
-		// A segment whose age has come is published before the next batch
-		// is taken: among ready cases a select picks at random, and under
-		// a steady stream a request is always ready, so the publish would
-		// wait for one more write (and fsync) half the time, or more.
-		select {
-		case <-roll.C:
-			w.rolled(roll)
-			continue
-		default:
-		}
 		// Take requests only while a segment more may close; settle the
 		// oldest closing one once its close has returned.
 		reqs := w.reqs
@@ -351,7 +341,13 @@ func (w *bucketWriter) run(ctx context.Context) {
 				roll.Reset(aheadIdle)
 			}
 		case <-roll.C:
-			w.rolled(roll)
+			if w.file != nil {
+				if err := w.publish(); err != nil {
+					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
+				}
+			} else if left := w.expireAhead(); left > 0 {
+				roll.Reset(left)
+			}
 		case <-w.handoffReqs:
 			w.handoff()
 		case <-idle.C:
@@ -412,19 +408,6 @@ func (w *bucketWriter) run(ctx context.Context) {
 			}
 			idle.Reset(idleClose)
 		}
-	}
-}
-
-// rolled publishes the open segment once roll has fired: its age has
-// come. With no segment open, roll timed the segment created ahead,
-// removed once left unused too long.
-func (w *bucketWriter) rolled(roll *time.Timer) {
-	if w.file != nil {
-		if err := w.publish(); err != nil {
-			w.log.Error("cannot publish segment", "segment", w.final, "err", err)
-		}
-	} else if left := w.expireAhead(); left > 0 {
-		roll.Reset(left)
 	}
 }
 
