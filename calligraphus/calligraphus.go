@@ -120,9 +120,14 @@ func (c *Config) Validate() error {
 const (
 	// LocalSegmentMaxAge: on a dfs where an fsync makes bytes durable (a
 	// local disk), a segment's entries are acknowledged already; keeping
-	// it open only keeps them from readers. What a short age costs is
-	// files: five segments a second per busy bucket.
-	LocalSegmentMaxAge = 200 * time.Millisecond
+	// it open only keeps them from readers. An entry waits for its
+	// segment's publish up to the whole age, so the age is the floor of
+	// the freshness p99 (issue 10's goal: 300 ms at half the maximum
+	// load, of which the Log call, the shipping, Puma's read and apply
+	// and the query take 100-150 ms at p99 on a loaded two-core machine:
+	// bench/PROFILE.md, "Freshness on a local disk"). What a short age
+	// costs is files: ten segments a second per busy bucket.
+	LocalSegmentMaxAge = 100 * time.Millisecond
 	// ClosedSegmentMaxAge: where only a close makes bytes durable (HDFS),
 	// every acknowledgement publishes its segment (after linger), so the
 	// age does not hold entries back there.

@@ -148,7 +148,7 @@
 // A segment is published when it holds segment_max_bytes, or once it is
 // segment_max_age old, counted from when the writer took its first
 // batch (not from when that batch's write returned): 0 (the default)
-// lets the dfs choose, 200ms where an fsync acknowledges (a local disk:
+// lets the dfs choose, 100ms where an fsync acknowledges (a local disk:
 // waiting would only keep acknowledged entries from readers), 1s where
 // only a close does (HDFS, where every acknowledgement publishes its
 // segment anyway).
