@@ -204,8 +204,8 @@ func TestDamageOnDiskIsFoundOnceReadFromDisk(t *testing.T) {
 		mustAppend(t, q, []Entry{{Category: "cat", Message: []byte(msgOf(seq)), Time: int64(seq)}})
 		want = append(want, msgOf(seq))
 	}
-	path, off := findRecord(t, dir, 7)
-	flipByte(t, path, off+recHeaderSize+9) // in record 7's payload
+	path, off := findRecord(t, dir, 7, formats[0])
+	flipByte(t, path, off+formats[0].msgOff+1) // in record 7's message
 	got := readAll(t, q, len(want), false)
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("read from memory %v, want %v", got, want)

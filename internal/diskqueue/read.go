@@ -251,7 +251,11 @@ func (rb *readBufs) release(buf []byte, chunk bool) {
 		}
 		return
 	}
-	if len(rb.free) < maxFree {
+	// Only buffers of the usual size: one taken for a large record (up
+	// to MaxRecordBytes, read or decoded) is left to the garbage
+	// collector, so that what the reader keeps stays within
+	// maxFree × scanBuf.
+	if cap(buf) <= scanBuf && len(rb.free) < maxFree {
 		rb.free = append(rb.free, buf[:0])
 	}
 }
