@@ -26,8 +26,9 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 	}
 	// Encoded and compressed before the lock: callers compress in
 	// parallel, and the group commit only copies their records.
-	enc := encodeRecords(entries, q.key, q.compress)
-	defer enc.release()
+	enc := q.encoders.get()
+	defer q.encoders.put(enc) // the chunks hold copies of its records
+	encodeRecords(enc, entries, q.key, q.compress)
 	size := enc.size()
 	q.mu.Lock()
 	defer q.mu.Unlock()

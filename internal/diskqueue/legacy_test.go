@@ -56,8 +56,8 @@ func newIncarnation(t testing.TB) incarnation {
 
 // v3Record is the v3 record of es numbered from seq, as Append writes it.
 func v3Record(key uint32, seq uint64, compress bool, es []Entry) []byte {
-	enc := encodeRecords(es, key, compress)
-	defer enc.release()
+	enc := new(encoded)
+	encodeRecords(enc, es, key, compress)
 	var b []byte
 	for _, r := range enc.recs {
 		b = append(b, enc.number(r, key, seq)...)

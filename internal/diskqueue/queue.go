@@ -144,6 +144,7 @@ type Queue struct {
 	key      uint32
 	lock     *os.File
 	ack      *ackFile
+	encoders encoders
 	wake     chan struct{} // a durable advance, for the reader
 	done     chan struct{} // closed by Close
 

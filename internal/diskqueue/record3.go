@@ -76,12 +76,43 @@ func (e *encoded) size() int64 { return int64(len(e.data)) }
 // garbage collector.
 const maxPooledEncoding = 4 << 20
 
-var encoders = sync.Pool{New: func() any { return new(encoded) }}
+// encoders keeps encodeds for reuse: an Append encodes into one of them
+// and gives it back. (Not a sync.Pool: the garbage collector empties
+// those, and each encoded holds a megabyte or so.)
+type encoders struct {
+	mu   sync.Mutex
+	free []*encoded
+}
+
+// maxEncoders bounds the encodeds kept: the Appends usually in progress at once.
+const maxEncoders = 16
+
+func (p *encoders) get() *encoded {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		enc := p.free[n-1]
+		p.free[n-1] = nil
+		p.free = p.free[:n-1]
+		return enc
+	}
+	return new(encoded)
+}
+
+func (p *encoders) put(enc *encoded) {
+	if cap(enc.data) > maxPooledEncoding || cap(enc.raw) > maxPooledEncoding {
+		return // grown for a large call: left to the garbage collector
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) < maxEncoders {
+		p.free = append(p.free, enc)
+	}
+}
 
 // encodeRecords encodes entries into v3 records keyed with key,
 // compressed with compress when that is smaller.
-func encodeRecords(entries []Entry, key uint32, compress bool) *encoded {
-	enc := encoders.Get().(*encoded)
+func encodeRecords(enc *encoded, entries []Entry, key uint32, compress bool) {
 	enc.data, enc.recs = enc.data[:0], enc.recs[:0]
 	for i := 0; i < len(entries); {
 		raw := enc.raw[:0]
@@ -94,7 +125,6 @@ func encodeRecords(entries []Entry, key uint32, compress bool) *encoded {
 		enc.addRecord(raw, j-i, key, compress)
 		i = j
 	}
-	return enc
 }
 
 // addRecord appends the record of count entries whose encoding is raw.
@@ -133,15 +163,6 @@ func (enc *encoded) number(r encodedRec, key uint32, seq uint64) []byte {
 	binary.LittleEndian.PutUint64(b[4:], seq)
 	binary.LittleEndian.PutUint32(b[24:], crc32.Update(key, crcTable, b[:24]))
 	return b
-}
-
-// release returns enc to the pool: nothing of the caller's entries stays
-// referenced (the buffers hold copies).
-func (enc *encoded) release() {
-	if cap(enc.data) > maxPooledEncoding || cap(enc.raw) > maxPooledEncoding {
-		return // grown for a large call: left to the garbage collector
-	}
-	encoders.Put(enc)
 }
 
 // parseV3Header checks a v3 record header: its own CRC (with sums), a
