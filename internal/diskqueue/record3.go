@@ -69,7 +69,7 @@ type encodedRec struct {
 }
 
 // size is the bytes the records take on disk: what the queue's bound counts.
-func (e *encoded) size() int64 { return int64(len(e.data)) }
+func (enc *encoded) size() int64 { return int64(len(enc.data)) }
 
 // maxPooledEncoding bounds the buffers of an encoded kept for reuse: a
 // call of a few megabytes reuses them, a larger one is left to the
