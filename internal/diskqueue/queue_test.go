@@ -257,7 +257,7 @@ func appendBytes(t *testing.T, path string, b []byte) {
 func TestTornTailIsTruncated(t *testing.T) {
 	cases := map[string]func(key uint32) []byte{
 		"half a header": func(key uint32) []byte { return tailRecord(key)[:5] },
-		"header only":   func(key uint32) []byte { return tailRecord(key)[:recHeaderSize] },
+		"header only":   func(key uint32) []byte { return tailRecord(key)[:v3RecHeaderSize] },
 		"half a payload": func(key uint32) []byte {
 			r := tailRecord(key)
 			return r[:len(r)-4]
@@ -305,9 +305,11 @@ func TestTornTailIsTruncated(t *testing.T) {
 	}
 }
 
-// tailRecord is the record a crash interrupted: number 4, after three.
+// tailRecord is the record a crash interrupted: numbers 4 and 5, after
+// three, compressed.
 func tailRecord(key uint32) []byte {
-	return appendRecord(nil, key, 4, &Entry{Category: "cat", Message: []byte("never acknowledged"), Time: 1})
+	m := []byte(strings.Repeat("never acknowledged ", 10))
+	return v3Record(key, 4, true, []Entry{{Category: "cat", Message: m, Time: 1}, {Category: "cat", Message: m, Time: 1}})
 }
 
 func TestTornSegmentHeaderIsRemoved(t *testing.T) {

@@ -272,3 +272,12 @@ func TestLargeDecodedRecordIsNotKept(t *testing.T) {
 		}
 	}
 }
+
+// tailRecord is compressed: the torn tail cases cut and damage a
+// compressed record.
+func TestTailRecordIsCompressed(t *testing.T) {
+	h, err := parseV3Header(tailRecord(0)[:v3RecHeaderSize], 0, true)
+	if err != nil || !h.compressed || h.count != 2 {
+		t.Fatalf("tail record %+v, %v", h, err)
+	}
+}
