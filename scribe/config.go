@@ -43,8 +43,9 @@ type Config struct {
 	// taken whatever their size: the call size bounds them (a stock
 	// client has no way to split an entry, so refusing one would lose it).
 	MaxMessageBytes config.ByteSize `yaml:"max_message_bytes"`
-	// BatchBytes bounds one LogBatch sent upstream (its entries' queue
-	// record sizes, which exceed their Thrift encoding).
+	// BatchBytes bounds one LogBatch sent upstream (its entries'
+	// diskqueue.RecordSize, uncompressed, which exceeds their Thrift
+	// encoding; not the bytes they take in the queue).
 	BatchBytes config.ByteSize `yaml:"batch_bytes"`
 	// BatchEntries bounds the entries of one LogBatch.
 	BatchEntries int `yaml:"batch_entries"`
