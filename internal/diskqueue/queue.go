@@ -33,9 +33,10 @@ type Options struct {
 	// Dir holds the queue's files; it is created if missing.
 	Dir string
 	// MaxBytes bounds the unacknowledged bytes on disk (records with
-	// their headers, compressed as written; Stats.Bytes). An Append that would exceed it fails with ErrFull, except into an
-	// empty queue, so that one oversized call cannot wedge a client that
-	// retries forever. Disk use can exceed it by up to one segment of
+	// their headers, compressed as written; Stats.Bytes). An Append that
+	// would exceed it fails with ErrFull, except into an empty queue, so
+	// that one oversized call cannot wedge a client that retries
+	// forever. Disk use can exceed it by up to one segment of
 	// acknowledged records not yet deleted.
 	MaxBytes int64
 	// Compress compresses each record's entries (Snappy, format v3) when

@@ -42,10 +42,12 @@ const (
 	// crash can leave after the last fsynced byte) invalid in v1, whose
 	// record headers have no CRC of their own.
 	minPayload = 8 + 1 + 1
-	// MaxRecordBytes bounds a record (header and payload): a Scribe call
-	// may be up to 256 MiB and a single message nearly that, so a record
-	// must hold 256 MiB plus room for the category. It also bounds the
-	// length a damaged header can make the reader allocate.
+	// MaxRecordBytes bounds an entry's RecordSize (a v2 record, header
+	// and payload) and a v3 record's body, encoded or decoded: a Scribe
+	// call may be up to 256 MiB and a single message nearly that, so a
+	// record must hold 256 MiB plus room for the category. It also
+	// bounds the length a damaged header (or a compressed body's decoded
+	// length) can make the reader allocate.
 	MaxRecordBytes = 256<<20 + 1<<20
 	maxPayload     = MaxRecordBytes - recHeaderSize
 )
