@@ -281,3 +281,30 @@ func TestTailRecordIsCompressed(t *testing.T) {
 		t.Fatalf("tail record %+v, %v", h, err)
 	}
 }
+
+// A record's body holds exactly its count of entries: fewer, more, or
+// bytes left after the last fail its check (a record whose checksums
+// pass but whose body a bug made inconsistent is refused, not delivered
+// in part).
+func TestCheckEntries(t *testing.T) {
+	var body []byte
+	for _, e := range jsonEntries(0, 3) {
+		body = appendEntry(body, &e)
+	}
+	for _, c := range []struct {
+		name  string
+		body  []byte
+		count int
+		ok    bool
+	}{
+		{"exact", body, 3, true},
+		{"one more than counted", body, 2, false},
+		{"one fewer than counted", body, 4, false},
+		{"a byte after the last", append(append([]byte(nil), body...), 0), 3, false},
+		{"cut in the last", body[:len(body)-1], 3, false},
+	} {
+		if err := checkEntries(c.body, c.count); (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
