@@ -76,7 +76,8 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	}
 	log := deps.Logger("agent")
 	q, err := diskqueue.Open(diskqueue.Options{
-		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes), Logger: log,
+		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes),
+		Compress: cfg.QueueCompress, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open agent queue: %w", err)

@@ -441,3 +441,30 @@ func TestLargestBatchFitsTheFrameLimit(t *testing.T) {
 		t.Fatalf("largest batch had %d entries of 1MiB; want about 15 under a 16MiB frame", most)
 	}
 }
+
+// agent.queue_compress (the default) keeps a Log call's entries
+// compressed in the queue; freeway_agent_queue_bytes counts the bytes on
+// disk either way.
+func TestQueueCompress(t *testing.T) {
+	for _, compress := range []bool{true, false} {
+		t.Run(fmt.Sprint("queue_compress=", compress), func(t *testing.T) {
+			cfg := testConfig(t.TempDir(), deadAddr(t))
+			cfg.QueueCompress = compress
+			a := startAgent(t, cfg)
+			c := dial(t, a.Addr())
+			es := make([]*scribethrift.LogEntry, 1000)
+			raw := 0
+			for i := range es {
+				es[i] = &scribethrift.LogEntry{Category: "json", Message: fmt.Appendf(nil, `{"ts":%d,"key":"user%03d","value":%d,"pad":"%s"}`, i, i%50, i, strings.Repeat("x", 120))}
+				raw += len(es[i].Message)
+			}
+			if rc, err := c.Log(context.Background(), es); err != nil || rc != scribethrift.ResultCode_OK {
+				t.Fatalf("log: %v %v", rc, err)
+			}
+			got := gather(t, a, "freeway_agent_queue_bytes", "", "")
+			if compressed := got < float64(raw)/3; compressed != compress || got == 0 {
+				t.Fatalf("queue bytes %.0f for %d bytes of messages", got, raw)
+			}
+		})
+	}
+}

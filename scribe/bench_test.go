@@ -112,7 +112,7 @@ func BenchmarkShip(b *testing.B) {
 	dir := b.TempDir()
 	cfg := testConfig(dir, srv.Addr())
 	cfg.MaxQueueBytes = 64 << 30
-	q, err := diskqueue.Open(diskqueue.Options{Dir: dir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes)})
+	q, err := diskqueue.Open(diskqueue.Options{Dir: dir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes), Compress: cfg.QueueCompress})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -31,15 +31,21 @@ type Config struct {
 	Upstream []string `yaml:"upstream"`
 	// QueueDir holds the disk queue, the agent's id and tail positions.
 	QueueDir string `yaml:"queue_dir"`
-	// MaxQueueBytes bounds unshipped bytes; beyond it apps get TRY_LATER.
+	// MaxQueueBytes bounds unshipped bytes, as they lie on the queue's
+	// disk (compressed, with QueueCompress); beyond it apps get TRY_LATER.
 	MaxQueueBytes config.ByteSize `yaml:"max_queue_bytes"`
+	// QueueCompress compresses each Log call's entries in the queue
+	// (Snappy) when that makes them smaller: fewer bytes to write and
+	// fsync per entry, at some CPU.
+	QueueCompress bool `yaml:"queue_compress"`
 	// MaxMessageBytes bounds one tailed line; a longer one is split into
 	// pieces of this size. It does not apply to Scribe entries, which are
 	// taken whatever their size: the call size bounds them (a stock
 	// client has no way to split an entry, so refusing one would lose it).
 	MaxMessageBytes config.ByteSize `yaml:"max_message_bytes"`
-	// BatchBytes bounds one LogBatch sent upstream (its entries' queue
-	// record sizes, which exceed their Thrift encoding).
+	// BatchBytes bounds one LogBatch sent upstream (its entries'
+	// diskqueue.RecordSize, uncompressed, which exceeds their Thrift
+	// encoding; not the bytes they take in the queue).
 	BatchBytes config.ByteSize `yaml:"batch_bytes"`
 	// BatchEntries bounds the entries of one LogBatch.
 	BatchEntries int `yaml:"batch_entries"`
@@ -95,6 +101,7 @@ func DefaultConfig() Config {
 		Listen:           "127.0.0.1:1463",
 		Upstream:         []string{"127.0.0.1:1464"},
 		MaxQueueBytes:    1 << 30,
+		QueueCompress:    true,
 		MaxMessageBytes:  1 << 20,
 		BatchBytes:       1 << 20,
 		BatchEntries:     10000,

@@ -83,6 +83,7 @@ listen: 0.0.0.0:1463
 upstream: [10.0.0.1:1464, 10.0.0.2:1464]
 queue_dir: /var/lib/freeway/agent
 max_queue_bytes: 2GiB
+queue_compress: false
 max_message_bytes: 64KiB
 batch_bytes: 4MiB
 batch_entries: 20000
@@ -104,6 +105,7 @@ tail:
 	want.Upstream = []string{"10.0.0.1:1464", "10.0.0.2:1464"}
 	want.QueueDir = "/var/lib/freeway/agent"
 	want.MaxQueueBytes = 2 << 30
+	want.QueueCompress = false
 	want.MaxMessageBytes = 64 << 10
 	want.BatchBytes = 4 << 20
 	want.BatchEntries = 20000

@@ -56,6 +56,8 @@ func TestDiskFullAnswersTryLaterAndLosesOrRepeatsNothing(t *testing.T) {
 	cfg.MaxMessageBytes = 1 << 10
 	cfg.Tail = []TailConfig{{Path: logPath, Category: "tailed"}}
 	cfg.RetryMax = config.Duration(5 * time.Millisecond)
+	// Uncompressed: these padded lines, compressed, would not fill the disk.
+	cfg.QueueCompress = false
 	a := startAgent(t, cfg)
 
 	const clients, calls, per = 4, 30, 40

@@ -17,7 +17,11 @@
 // agent.tls is false: stock Scribe clients speak no TLS. Log appends the
 // entries to a durable local disk queue (package internal/diskqueue) and
 // answers OK only once they are fsynced; concurrent calls share one fsync
-// (group commit). A message is never answered OK and then dropped.
+// (group commit). A call's entries are one queue record (split at 256 KiB
+// of entries), Snappy-compressed when that is smaller unless
+// agent.queue_compress is false; agent.max_queue_bytes and
+// freeway_agent_queue_bytes count the bytes on disk. A message is never
+// answered OK and then dropped.
 //
 // Every category stock Scribe accepts is queued as it is: any non-empty
 // string of any bytes ("web/access", "a b", "_internal", long names). A
@@ -104,8 +108,9 @@
 // a machine crash a record of a commit that never completed can survive
 // behind a torn one and be delivered (the app, never answered OK, retries
 // it: at-least-once for that call), but an acknowledged entry is never
-// lost. A record damaged on disk costs only itself: it is skipped, counted
-// in freeway_agent_queue_lost_entries_total (fb303 agent.queue_lost) and
+// lost. A record damaged on disk costs only itself (the entries of one
+// call, at most 256 KiB of them): it is skipped, its entries counted in
+// freeway_agent_queue_lost_entries_total (fb303 agent.queue_lost) and
 // logged as an error with its file and offset.
 //
 // A tailed file resumes at its saved offset: after a clean stop nothing is

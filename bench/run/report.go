@@ -280,7 +280,7 @@ func (r *report) markdown() string {
 		w("\n")
 	}
 	if len(r.AgentAlone) > 0 {
-		w("## B2: durable acknowledgement by an agent alone, each run\n\n`freeway agent` whose upstream is an address where nothing listens (nothing ships: the queue only grows, and no shipping shares the cores with the Log calls), fed the same lines by `freeway load` with the same connections and batches; an entry is acknowledged once fsynced in the agent's disk queue. The agent's CPU is from /proc over the load. A run counts only if the agent's queue afterwards holds every acknowledged entry (`freeway_agent_queue_entries`, `_bytes`).\n\n")
+		w("## B2: durable acknowledgement by an agent alone, each run\n\n`freeway agent` whose upstream is an address where nothing listens (nothing ships: the queue only grows, and no shipping shares the cores with the Log calls), fed the same lines by `freeway load` with the same connections and batches; an entry is acknowledged once fsynced in the agent's disk queue. The agent's CPU is from /proc over the load. A run counts only if the agent's queue afterwards holds every acknowledged entry (`freeway_agent_queue_entries`), and, read back once the agent stopped, exactly the lines sent, each once. Queue MB are the bytes on disk (compressed with `agent.queue_compress`).\n\n")
 		w("| run | acknowledged/s | MB/s | Log p50 / p99 ms | TRY_LATER | agent CPU-s | agent µs per entry | generator CPU-s | queue entries | queue MB | entries per fsync |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for i, a := range r.AgentAlone {
 			perSync := 0.0

@@ -16,17 +16,20 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 	if len(entries) == 0 {
 		return 0, nil
 	}
-	var size int64
 	for i := range entries {
 		if entries[i].Category == "" {
 			return 0, errors.New("append to queue: empty category")
 		}
-		rs := int64(RecordSize(&entries[i]))
-		if rs > MaxRecordBytes {
+		if rs := RecordSize(&entries[i]); rs > MaxRecordBytes {
 			return 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, rs, MaxRecordBytes)
 		}
-		size += rs
 	}
+	// Encoded and compressed before the lock: callers compress in
+	// parallel, and the group commit only copies their records.
+	enc := q.encoders.get()
+	defer q.encoders.put(enc) // the chunks hold copies of its records
+	encodeRecords(enc, entries, q.key, q.compress)
+	size := enc.size()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for {
@@ -49,7 +52,7 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 		case q.depth > 0 && q.depth+size > q.maxBytes:
 			return 0, ErrFull
 		}
-		first := q.enqueueLocked(entries)
+		first := q.enqueueLocked(enc)
 		w := &waiter{end: q.nextSeq, size: size}
 		q.depth += size
 		q.waiters = append(q.waiters, w)
@@ -71,12 +74,12 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 	}
 }
 
-// enqueueLocked encodes entries into pending chunks with the next
-// sequence numbers and returns the first.
-func (q *Queue) enqueueLocked(entries []Entry) uint64 {
+// enqueueLocked numbers enc's records with the next sequence numbers,
+// adds them to the pending chunks and returns the first number.
+func (q *Queue) enqueueLocked(enc *encoded) uint64 {
 	first := q.nextSeq
-	for i := range entries {
-		rs := int64(RecordSize(&entries[i]))
+	for _, r := range enc.recs {
+		rs := int64(r.n)
 		roll := q.wSize > segHeaderSize && q.wSize+rs > q.segBytes
 		// A full chunk is followed by a new one rather than grown: its
 		// buffer is reused as it is (and kept for the reader, mem.go).
@@ -90,14 +93,15 @@ func (q *Queue) enqueueLocked(entries []Entry) uint64 {
 			q.pending = append(q.pending, c)
 		}
 		c := &q.pending[len(q.pending)-1]
-		c.data = appendRecord(c.data, q.key, q.nextSeq, &entries[i])
+		c.data = append(c.data, enc.number(r, q.key, q.nextSeq)...)
 		q.wSize += rs
-		q.nextSeq++
+		q.nextSeq += uint64(r.count)
 	}
 	return first
 }
 
-// chunkBytes is the capacity of a chunk's buffer.
+// chunkBytes is the capacity of a chunk's buffer: a record of
+// maxRecordRaw entry bytes fits.
 const chunkBytes = 256 << 10
 
 // full reports whether a record of rs bytes would not fit in the chunk's

@@ -47,21 +47,47 @@
 //	<seq %020d>.seg         a segment; seq is its first record's number
 //	<seq %020d>.seg.tmp     a segment being created (removed at open)
 //
-// Format v2 (written now). A segment starts with a 36-byte block written
+// Format v3 (written now). A segment starts with a 36-byte block written
 // twice (a damaged copy costs nothing):
 //
-//	"FWDQ" | version u32 (2) | first seq u64 | incarnation [16] | crc32c(the 32 bytes before) u32
+//	"FWDQ" | version u32 (3) | first seq u64 | incarnation [16] | crc32c(the 32 bytes before) u32
 //
-// then records:
+// then records, one per Append call (a call of more than 256 KiB of
+// entries is split into records of at most that much, or of one larger
+// entry):
+//
+//	length u32 | first seq u64 | count u32 | flags u32 | crc32c(K || body) u32 | crc32c(K || the 24 header bytes before) u32 | body
+//	body     = entries, Snappy-compressed (block format) if flags & 1
+//	entries  = count × (received unix ms u64 | uvarint len(category) | category | uvarint len(message) | message)
+//
+// The record holds the entries first .. first+count-1. With
+// Options.Compress the body is compressed when that makes it smaller
+// (s2's Snappy-compatible encoding), before the caller takes the queue's
+// lock, so that concurrent callers compress in parallel. K is the
+// segment's incarnation: a record verifies only in a segment of its own
+// run, and bytes a client chose (a message that embeds something shaped
+// like a record) do not pass for one when the reader scans for the next
+// valid record after damage. The body CRC is over the bytes on disk, so
+// damage is found before anything is decoded, and the decoded length (the
+// compressed block's own header) is checked against MaxRecordBytes before
+// anything is allocated for it. A body holds at most MaxRecordBytes
+// (256 MiB + 1 MiB: a Scribe call may be 256 MiB), encoded or decoded.
+//
+// Bytes are counted as they lie on disk: Options.MaxBytes bounds, and
+// Stats.Bytes reports, the unacknowledged records with their headers,
+// compressed; a record counts until its last entry is acknowledged. A
+// batch's size (Read's maxBytes) counts its entries decoded (RecordSize),
+// whatever they take on disk: it bounds what the consumer holds and
+// sends.
+//
+// Format v2 (earlier versions; still read, never written): v2's segment
+// header is v3's with version 2; each record is one entry:
 //
 //	length u32 | seq u64 | crc32c(K || payload) u32 | crc32c(K || the 16 header bytes before) u32 | payload
 //	payload = received unix ms u64 | uvarint len(category) | category | message
 //
-// where K is the segment's incarnation: a record verifies only in a
-// segment of its own run, and bytes a client chose (a message that embeds
-// something shaped like a record) do not pass for one when the reader
-// scans for the next valid record after damage. A record holds at most
-// MaxRecordBytes (256 MiB + 1 MiB: a Scribe call may be 256 MiB).
+// A segment holds records of one format; a queue upgraded from v2 holds
+// v2 segments followed by v3 ones, read in order.
 //
 // Format v1 (earlier versions; still read, never written): a 16-byte
 // header "FWDQ" | version u32 (1) | first seq u64, then records
@@ -96,17 +122,20 @@
 //
 // # Damage
 //
-// A record that fails its checks costs only itself. A damaged payload
-// under a valid header is skipped exactly (the header CRC vouches for the
-// length); a damaged header is resynchronised past by scanning for the
-// next valid record: header CRC, plausible length, a sequence number above
-// the last good one and below the segment's end, payload CRC. The entries
+// A record that fails its checks costs only itself: in v3 the entries of
+// one Append call (at most 256 KiB of them), in v2 one entry. A damaged
+// record is resynchronised past by scanning for the next valid record:
+// header CRC, plausible length, sequence numbers above the last good one
+// and below the segment's end, body CRC (in v2, a damaged payload under
+// a valid header is skipped exactly: the header CRC vouches for the
+// length). A v3 record is checked whole, its body decoded and its
+// entries counted, before any of its entries is delivered. The entries
 // in between are counted exactly (Stats.Lost, from the sequence numbers)
 // and logged as an error with the file and offset. This holds in sealed
 // segments and in the last one at open. A v1 record carries neither its
 // number nor a header CRC: damage in a v1 segment loses the rest of that
-// segment (counted exactly from the next segment's first number). A v2
-// segment whose two header copies are both damaged loses its entries if
+// segment (counted exactly from the next segment's first number). A v2 or
+// v3 segment whose two header copies are both damaged loses its entries if
 // sealed; if it is the last one, Open refuses it (move it away to start).
 //
 // # Reading back what was just written
@@ -122,8 +151,16 @@
 // every entry it holds is acknowledged. Records taken from such a buffer
 // are not CRC-checked again: this process encoded them into it and
 // nothing has written it since; lengths, sequence numbers and the
-// payload's structure are. The buffers are 256 KiB each: up to 8 MiB kept
-// for the reader, and up to 32 free ones (8 MiB) for the appenders.
+// body's structure are (a compressed body is decoded as always). The
+// buffers are 256 KiB each: up to 8 MiB kept for the reader, and up to
+// 32 free ones (8 MiB) for the appenders.
+//
+// The reader decodes compressed records, one after the other, into
+// buffers of 1 MiB (a larger record: one of its size) and hands out
+// entries where they lie, as it does from the buffers it reads files
+// into. A buffer is reused once every entry it holds is acknowledged;
+// only buffers of the usual size are kept for reuse (at most 4), so a
+// large record's memory goes back to the garbage collector.
 //
 // # Write errors and a full disk
 //

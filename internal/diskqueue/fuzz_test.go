@@ -11,60 +11,92 @@ import (
 	"time"
 )
 
-// FuzzDamagedQueue damages one file of a queue written by Append (bytes
-// XORed from an offset, optionally cut there) and opens and reads it
-// again. Whatever the damage: no panic and no hang; Open either works or
-// says why; every entry read is the one appended under its sequence
-// number, in order, once; and every entry of the segments the damage did
-// not touch is read.
+// FuzzDamagedQueue damages one file of a queue (bytes XORed from an
+// offset, optionally cut there) and opens and reads it again. The queue
+// is one written by Append (format v3: calls of one to seven entries,
+// compressed records) or by an agent before v3 (format v2, the old
+// writer), chosen by bit 0x40 of the first byte. Whatever the damage: no
+// panic and no hang; Open either works or says why; every entry read is
+// the one appended under its sequence number, in order, once; and every
+// entry of the segments the damage did not touch is read.
 func FuzzDamagedQueue(f *testing.F) {
-	base := f.TempDir()
-	q, err := Open(Options{Dir: base, MaxBytes: 1 << 30, SegmentBytes: 4 << 10})
+	const total = 150
+	entryOf := func(seq uint64) Entry {
+		return Entry{Category: "cat", Message: []byte(strings.Repeat(msgOf(seq), 8)), Time: int64(seq)}
+	}
+	type base struct {
+		files map[string][]byte
+		segs  []string
+	}
+	load := func(dir string) base {
+		b := base{files: map[string][]byte{}}
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if e.Name() == "LOCK" {
+				continue
+			}
+			data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				f.Fatal(err)
+			}
+			b.files[e.Name()] = data
+			if strings.HasSuffix(e.Name(), segSuffix) {
+				b.segs = append(b.segs, e.Name())
+			}
+		}
+		slices.Sort(b.segs)
+		if len(b.segs) < 3 {
+			f.Fatalf("%d segments, want several", len(b.segs))
+		}
+		return b
+	}
+	v3dir := f.TempDir()
+	q, err := Open(Options{Dir: v3dir, MaxBytes: 1 << 30, SegmentBytes: 1 << 10, Compress: true})
 	if err != nil {
 		f.Fatal(err)
 	}
-	const total = 150
-	for seq := uint64(1); seq <= total; seq++ {
-		msg := strings.Repeat(msgOf(seq), 8)
-		if _, err := q.Append([]Entry{{Category: "cat", Message: []byte(msg), Time: int64(seq)}}); err != nil {
+	for seq := uint64(1); seq <= total; {
+		var es []Entry
+		for ; seq <= total && len(es) < 1+int(seq%7); seq++ {
+			es = append(es, entryOf(seq))
+		}
+		if _, err := q.Append(es); err != nil {
 			f.Fatal(err)
 		}
 	}
 	if err := q.Close(); err != nil {
 		f.Fatal(err)
 	}
-	files := map[string][]byte{}
-	var segs []string
-	ents, _ := os.ReadDir(base)
-	for _, e := range ents {
-		if e.Name() == "LOCK" {
-			continue
+	v2dir := f.TempDir()
+	inc := newIncarnation(f)
+	for first := uint64(1); first <= total; first += 30 {
+		var es []Entry
+		for seq := first; seq < first+30; seq++ {
+			es = append(es, entryOf(seq))
 		}
-		b, err := os.ReadFile(filepath.Join(base, e.Name()))
-		if err != nil {
-			f.Fatal(err)
-		}
-		files[e.Name()] = b
-		if strings.HasSuffix(e.Name(), segSuffix) {
-			segs = append(segs, e.Name())
-		}
+		writeV2Segment(f, v2dir, first, inc, es)
 	}
-	slices.Sort(segs)
-	if len(segs) < 3 {
-		f.Fatalf("%d segments, want several", len(segs))
-	}
-	// The last segment is the empty one of the closed incarnation; the
-	// records are in the ones before it.
+	bases := []base{load(v3dir), load(v2dir)}
+	// In v3, the last segment is the empty one of the closed
+	// incarnation; the records are in the ones before it.
 	f.Add([]byte{0, 0, 40, 0xff})
 	f.Add([]byte{1, 0, 0, 1, 2, 3, 4})
 	f.Add([]byte{2, 0, 33, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{0x80 | 2, 0, 100, 7})
 	f.Add([]byte{3, 0, 0})
+	f.Add([]byte{1, 0, 80, 0xff})
+	f.Add([]byte{0x40 | 1, 0, 80, 0xff})
+	f.Add([]byte{0x40 | 0x80 | 2, 1, 0, 9})
 	f.Fuzz(func(t *testing.T, damage []byte) {
 		if len(damage) < 3 {
 			return
 		}
-		target := segs[int(damage[0]&0x7f)%len(segs)]
+		b := bases[0]
+		if damage[0]&0x40 != 0 {
+			b = bases[1]
+		}
+		files, segs := b.files, b.segs
+		target := segs[int(damage[0]&0x3f)%len(segs)]
 		cut := damage[0]&0x80 != 0
 		off := int(damage[1])<<8 | int(damage[2])
 		mask := damage[3:]
@@ -86,7 +118,7 @@ func FuzzDamagedQueue(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		q, err := Open(Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 4 << 10})
+		q, err := Open(Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 1 << 10, Compress: true})
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("open failed without saying why")
@@ -120,8 +152,8 @@ func FuzzDamagedQueue(f *testing.F) {
 				if seq > total {
 					t.Fatalf("read sequence %d, only %d were appended", seq, total)
 				}
-				if want := strings.Repeat(msgOf(seq), 8); string(e.Message) != want || e.Category != "cat" {
-					t.Fatalf("sequence %d reads %q in %q, want %q", seq, e.Message, e.Category, want)
+				if want := entryOf(seq); string(e.Message) != string(want.Message) || e.Category != "cat" || e.Time != want.Time {
+					t.Fatalf("sequence %d reads %q in %q, want %q", seq, e.Message, e.Category, want.Message)
 				}
 				if len(got) > 0 && seq <= got[len(got)-1] {
 					t.Fatalf("sequence %d read after %d", seq, got[len(got)-1])

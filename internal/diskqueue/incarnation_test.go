@@ -145,8 +145,8 @@ func TestV1SegmentsStayReadable(t *testing.T) {
 	if !strings.Contains(lb.String(), "truncating torn queue tail") {
 		t.Errorf("the v1 torn tail was not truncated: %s", lb.String())
 	}
-	if first := mustAppend(t, q, entries("v2", 2)); first != 6 {
-		t.Fatalf("first v2 entry numbered %d, want 6", first)
+	if first := mustAppend(t, q, entries("v3", 2)); first != 6 {
+		t.Fatalf("first v3 entry numbered %d, want 6", first)
 	}
 	old := read(t, q, 1<<20, 100)
 	if old.First != 1 || old.Incarnation != "" || strings.Join(messages(old.Entries), ",") != "v1a-0,v1a-1,v1a-2,v1b-0,v1b-1" || old.Entries[0].Time != 1000 {
@@ -154,7 +154,7 @@ func TestV1SegmentsStayReadable(t *testing.T) {
 	}
 	fresh := read(t, q, 1<<20, 100)
 	if fresh.First != 6 || fresh.Incarnation == "" || len(fresh.Entries) != 2 {
-		t.Fatalf("v2 batch: %d %v", fresh.First, messages(fresh.Entries))
+		t.Fatalf("v3 batch: %d %v", fresh.First, messages(fresh.Entries))
 	}
 	if err := q.Ack(fresh); err != nil {
 		t.Fatal(err)

@@ -44,7 +44,7 @@ func Open(opts Options) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{
-		dir: opts.Dir, maxBytes: opts.MaxBytes, segBytes: opts.SegmentBytes, retry: opts.RetryInterval,
+		dir: opts.Dir, compress: opts.Compress, maxBytes: opts.MaxBytes, segBytes: opts.SegmentBytes, retry: opts.RetryInterval,
 		log: opts.Logger, errlog: ratelog.New(opts.Logger, time.Minute, 5), ops: fileOps{hook: opts.FileHook},
 		lock: lock, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		intern: map[string]string{},
@@ -247,7 +247,7 @@ func (q *Queue) recoverLast() (uint64, int64, error) {
 			_ = f.Close() // nothing written to it yet
 			return 0, 0, fmt.Errorf("read segment %s: %w", last.path, err)
 		}
-		if last.version == segVersion {
+		if last.version >= v2Version {
 			at, _, ok, rerr := sc.resync(off+1, prev+1, ^uint64(0))
 			if rerr != nil {
 				_ = f.Close() // nothing written to it yet
@@ -358,7 +358,7 @@ func (q *Queue) createSegment(first uint64) (*os.File, segment, []string, error)
 	if err != nil {
 		return nil, segment{}, []string{tmp}, fmt.Errorf("create segment %s: %w", tmp, err)
 	}
-	err = q.ops.writeAt(f, segHeader(first, q.inc), 0)
+	err = q.ops.writeAt(f, segHeader(first, q.inc, segVersion), 0)
 	if err == nil {
 		err = q.ops.sync(f)
 	}
@@ -379,7 +379,7 @@ func (q *Queue) createSegment(first uint64) (*os.File, segment, []string, error)
 	q.segIDs++
 	id := q.segIDs
 	q.mu.Unlock()
-	s := segment{id: id, first: first, path: path, version: segVersion, hdrSize: segHeaderSize, recHdr: recHeaderSize,
+	s := segment{id: id, first: first, path: path, version: segVersion, hdrSize: segHeaderSize, recHdr: v3RecHeaderSize,
 		inc: q.inc.String(), key: q.key}
 	return f, s, nil, nil
 }

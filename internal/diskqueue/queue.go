@@ -32,12 +32,16 @@ var (
 type Options struct {
 	// Dir holds the queue's files; it is created if missing.
 	Dir string
-	// MaxBytes bounds the unacknowledged record bytes (RecordSize summed).
-	// An Append that would exceed it fails with ErrFull, except into an
-	// empty queue, so that one oversized call cannot wedge a client that
-	// retries forever. Disk use can exceed it by up to one segment of
+	// MaxBytes bounds the unacknowledged bytes on disk (records with
+	// their headers, compressed as written; Stats.Bytes). An Append that
+	// would exceed it fails with ErrFull, except into an empty queue, so
+	// that one oversized call cannot wedge a client that retries
+	// forever. Disk use can exceed it by up to one segment of
 	// acknowledged records not yet deleted.
 	MaxBytes int64
+	// Compress compresses each record's entries (Snappy, format v3) when
+	// that makes it smaller.
+	Compress bool
 	// SegmentBytes is the size at which a new segment file is started.
 	SegmentBytes int64
 	// RetryInterval is how often appends retry repairing the files after
@@ -55,7 +59,10 @@ type Options struct {
 
 // Stats describe the queue at one moment.
 type Stats struct {
-	// Entries and Bytes are what is appended but not acknowledged.
+	// Entries and Bytes are what is appended but not acknowledged; Bytes
+	// counts the bytes on disk (records compressed as written), whole
+	// records: a record is counted until all its entries are
+	// acknowledged.
 	Entries int64
 	Bytes   int64
 	// NextSeq is the number the next appended entry gets; Acked is the
@@ -80,11 +87,11 @@ type segment struct {
 	id      uint64 // unique in this Queue: a file replaced under one name gets a new id
 	first   uint64
 	path    string
-	version int   // 1, 2, or 0 when its header is damaged
+	version int   // 1, 2, 3, or 0 when its header is damaged
 	hdrSize int64 // bytes before the first record
 	recHdr  int   // bytes of a record header
 	inc     string
-	key     uint32 // CRC key: the incarnation's (v2), 0 (v1)
+	key     uint32 // CRC key: the incarnation's (v2, v3), 0 (v1)
 }
 
 // chunk is encoded records waiting for the group commit; newSeg != 0
@@ -105,7 +112,7 @@ type span struct {
 // waiter is one Append waiting for its group commit.
 type waiter struct {
 	end   uint64 // the sequence number after its last entry
-	size  int64  // its record bytes
+	size  int64  // its record bytes, on disk
 	state waitState
 	err   error
 }
@@ -125,6 +132,7 @@ const (
 // Lock order: rmu (the consumer) before mu.
 type Queue struct {
 	dir      string
+	compress bool
 	maxBytes int64
 	segBytes int64
 	retry    time.Duration
@@ -137,6 +145,7 @@ type Queue struct {
 	key      uint32
 	lock     *os.File
 	ack      *ackFile
+	encoders encoders
 	wake     chan struct{} // a durable advance, for the reader
 	done     chan struct{} // closed by Close
 
@@ -156,7 +165,7 @@ type Queue struct {
 	durable   uint64 // every sequence number below is fsynced
 	syncing   bool   // a leader is committing or repairing, unlocked
 	closed    bool
-	depth     int64 // unacknowledged record bytes
+	depth     int64 // unacknowledged record bytes, on disk
 	acked     uint64
 	syncs     int64
 	lost      int64

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func open(t testing.TB, dir string, mut func(*Options)) (*Queue, *testkit.LogBuffer) {
 	t.Helper()
 	lb := &testkit.LogBuffer{}
-	o := Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 64 << 20, Logger: slog.New(slog.NewTextHandler(lb, nil))}
+	o := Options{Dir: dir, MaxBytes: 1 << 30, SegmentBytes: 64 << 20, Compress: true, Logger: slog.New(slog.NewTextHandler(lb, nil))}
 	if mut != nil {
 		mut(&o)
 	}
@@ -199,7 +200,7 @@ func TestRestartRedeliversUnacked(t *testing.T) {
 
 func TestSegmentsRollAndAreDeletedOnceAcked(t *testing.T) {
 	dir := t.TempDir()
-	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes = 512 })
+	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes, o.Compress = 512, false })
 	for i := range 20 {
 		mustAppend(t, q, entries(fmt.Sprint("r", i), 5))
 	}
@@ -256,7 +257,7 @@ func appendBytes(t *testing.T, path string, b []byte) {
 func TestTornTailIsTruncated(t *testing.T) {
 	cases := map[string]func(key uint32) []byte{
 		"half a header": func(key uint32) []byte { return tailRecord(key)[:5] },
-		"header only":   func(key uint32) []byte { return tailRecord(key)[:recHeaderSize] },
+		"header only":   func(key uint32) []byte { return tailRecord(key)[:v3RecHeaderSize] },
 		"half a payload": func(key uint32) []byte {
 			r := tailRecord(key)
 			return r[:len(r)-4]
@@ -304,9 +305,11 @@ func TestTornTailIsTruncated(t *testing.T) {
 	}
 }
 
-// tailRecord is the record a crash interrupted: number 4, after three.
+// tailRecord is the record a crash interrupted: numbers 4 and 5, after
+// three, compressed.
 func tailRecord(key uint32) []byte {
-	return appendRecord(nil, key, 4, &Entry{Category: "cat", Message: []byte("never acknowledged"), Time: 1})
+	m := []byte(strings.Repeat("never acknowledged ", 10))
+	return v3Record(key, 4, true, []Entry{{Category: "cat", Message: m, Time: 1}, {Category: "cat", Message: m, Time: 1}})
 }
 
 func TestTornSegmentHeaderIsRemoved(t *testing.T) {
@@ -333,7 +336,7 @@ func TestTornSegmentHeaderIsRemoved(t *testing.T) {
 }
 
 func TestFullQueueRefusesAndRecovers(t *testing.T) {
-	q, _ := open(t, t.TempDir(), func(o *Options) { o.MaxBytes = 1000 })
+	q, _ := open(t, t.TempDir(), func(o *Options) { o.MaxBytes, o.Compress = 1000, false })
 	defer q.Close()
 	big := []Entry{{Category: "c", Message: bytes.Repeat([]byte("x"), 5000)}}
 	if _, err := q.Append(big); err != nil {
@@ -356,6 +359,55 @@ func TestFullQueueRefusesAndRecovers(t *testing.T) {
 	if st := q.Stats(); st.NextSeq != before.NextSeq+10 {
 		t.Fatalf("refused appends consumed sequence numbers: %+v", st)
 	}
+}
+
+// The bound counts the bytes on disk: compressed records take far fewer
+// than their entries, and Stats.Bytes is what the segment files grew by.
+func TestFullQueueCountsBytesOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := open(t, dir, func(o *Options) { o.MaxBytes = 64 << 10 })
+	defer q.Close()
+	seg := lastSegment(t, dir)
+	es := make([]Entry, 1000)
+	var raw int
+	for i := range es {
+		es[i] = Entry{Category: "cat", Message: fmt.Appendf(nil, `{"key":"k%d","value":1,"pad":"%s"}`, i%10, strings.Repeat("p", 150))}
+		raw += RecordSize(&es[i])
+	}
+	mustAppend(t, q, es[:1]) // the queue is not empty: the bound applies
+	if _, err := q.Append(es); err != nil {
+		t.Fatalf("append of %d bytes of entries, compressed, into a queue of at most 64 KiB: %v", raw, err)
+	}
+	st, fi := q.Stats(), statSize(t, seg)
+	if st.Bytes != fi-segHeaderSize || st.Bytes >= int64(raw)/4 {
+		t.Fatalf("queue bytes %d, segment file %d bytes (%d of records), entries' RecordSize %d", st.Bytes, fi, fi-segHeaderSize, raw)
+	}
+	if _, err := q.Append(randomMessages(1, 64<<10)); !errors.Is(err, ErrFull) {
+		t.Fatalf("append of 64 KiB that does not compress = %v, want ErrFull", err)
+	}
+}
+
+func statSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// randomMessages is n entries of size random (incompressible) bytes.
+func randomMessages(n, size int) []Entry {
+	rng := mathrand.New(mathrand.NewPCG(uint64(n), uint64(size)))
+	es := make([]Entry, n)
+	for i := range es {
+		m := make([]byte, size)
+		for j := range m {
+			m[j] = byte(rng.Uint32())
+		}
+		es[i] = Entry{Category: "cat", Message: m}
+	}
+	return es
 }
 
 func TestConcurrentAppendsShareSyncs(t *testing.T) {

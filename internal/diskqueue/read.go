@@ -87,6 +87,29 @@ type scanner struct {
 	last      uint64 // the sequence number of the last valid record passed
 	hdr       recHeader
 	peeked    bool
+	// v3: the record being delivered, checked and decoded (record3.go).
+	// Its entries not yet taken are rec (recLeft of them, the next one
+	// numbered recSeq, parsed by peek into next); it ends at recEnd,
+	// where off moves once its last entry is taken.
+	rec     []byte
+	recLeft int
+	recSeq  uint64
+	recEnd  int64
+	next    entryView
+	// dec is the buffer compressed records are decoded into, one after
+	// the other; like buf, with keep it is never written again where it
+	// was handed out, and it is retired (decHanded: a record's entries
+	// lie there, the last numbered decLast) for one to be taken again.
+	dec       []byte
+	decHanded bool
+	decLast   uint64
+}
+
+// entryView is an entry of a v3 record where it lies.
+type entryView struct {
+	t        int64
+	cat, msg []byte
+	rest     []byte // the record's entries after it
 }
 
 // scanBuf is the size of a scanner's buffer, and minRead the least room
@@ -108,7 +131,34 @@ func (sc *scanner) close() {
 	_ = sc.src.f.Close() // opened for reading
 	if sc.keep {
 		sc.retire()
+		sc.retireDec()
 	}
+}
+
+// retireDec gives the decoding buffer to bufs, as retire does buf.
+func (sc *scanner) retireDec() {
+	if sc.dec != nil {
+		sc.bufs.retire(sc.dec, false, sc.decHanded, sc.decLast)
+	}
+	sc.dec, sc.decHanded = nil, false
+}
+
+// decodeSpace returns n bytes of the decoding buffer to decode a record
+// into: after the records decoded there before, or in another buffer
+// (with keep, the full one is retired; without, it is reused).
+func (sc *scanner) decodeSpace(n int) []byte {
+	if cap(sc.dec)-len(sc.dec) < n {
+		if sc.keep || cap(sc.dec) < n {
+			if sc.keep {
+				sc.retireDec()
+			}
+			sc.dec = sc.bufs.take(max(n, scanBuf))
+		}
+		sc.dec = sc.dec[:0]
+	}
+	k := len(sc.dec)
+	sc.dec = sc.dec[:k+n]
+	return sc.dec[k : k+n : k+n]
 }
 
 // retire gives the scanner's buffer, which it reads into no more, to
@@ -201,7 +251,11 @@ func (rb *readBufs) release(buf []byte, chunk bool) {
 		}
 		return
 	}
-	if len(rb.free) < maxFree {
+	// Only buffers of the usual size: one taken for a large record (up
+	// to MaxRecordBytes, read or decoded) is left to the garbage
+	// collector, so that what the reader keeps stays within
+	// maxFree × scanBuf.
+	if cap(buf) <= scanBuf && len(rb.free) < maxFree {
 		rb.free = append(rb.free, buf[:0])
 	}
 }
@@ -217,6 +271,7 @@ func (sc *scanner) setSize(n int64) {
 func (sc *scanner) seek(off int64) {
 	sc.off, sc.src.off, sc.peeked = off, off, false
 	sc.r = sc.w // what was read ahead is not at off
+	sc.rec, sc.recLeft = nil, 0
 }
 
 // fill makes at least n bytes readable at buf[r:]. It returns io.EOF or
@@ -271,6 +326,9 @@ func (sc *scanner) peek() (recHeader, error) {
 	if sc.peeked {
 		return sc.hdr, nil
 	}
+	if sc.recLeft > 0 {
+		return sc.peekEntry()
+	}
 	if sc.off >= sc.size {
 		return recHeader{}, io.EOF
 	}
@@ -288,22 +346,97 @@ func (sc *scanner) peek() (recHeader, error) {
 		return recHeader{}, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
 	}
 	b := sc.buf[sc.r : sc.r+n]
-	var h recHeader
-	var err error
+	h, err := sc.parseHeader(b, !sc.chunk)
 	if sc.seg.version == 1 {
-		h, err = parseV1Header(b)
 		h.seq = sc.pos
-	} else {
-		h, err = parseV2Header(b, sc.seg.key, !sc.chunk)
-		if err == nil && h.seq <= sc.last {
-			err = fmt.Errorf("%w: sequence number %d does not follow %d", errDamaged, h.seq, sc.last)
-		}
+	} else if err == nil && h.seq <= sc.last {
+		err = fmt.Errorf("%w: sequence number %d does not follow %d", errDamaged, h.seq, sc.last)
 	}
 	if err != nil {
 		return recHeader{}, err
 	}
 	if sc.off+int64(n)+int64(h.pl) > sc.size {
 		return recHeader{}, fmt.Errorf("%w: record of %d bytes runs past the segment's end", errDamaged, h.pl)
+	}
+	if sc.seg.version == segVersion {
+		if err := sc.load(h); err != nil {
+			return recHeader{}, err
+		}
+		return sc.peekEntry()
+	}
+	h.size = int64(n + h.pl)
+	h.disk = h.size
+	sc.hdr, sc.peeked = h, true
+	return h, nil
+}
+
+// parseHeader checks the record header b of sc's format.
+func (sc *scanner) parseHeader(b []byte, sums bool) (recHeader, error) {
+	switch sc.seg.version {
+	case 1:
+		return parseV1Header(b)
+	case v2Version:
+		return parseV2Header(b, sc.seg.key, sums)
+	default:
+		return parseV3Header(b, sc.seg.key, sums)
+	}
+}
+
+// load reads the v3 record at off, whose header h is checked, checks its
+// body (CRC over the bytes on disk) and decodes it: its entries are then
+// delivered one by one (peekEntry, take). A record that fails its checks
+// is left unread and reported as errDamaged: the header's length is
+// trustworthy, but scanning past it (resync) finds the next valid record
+// all the same, and counts what is lost from the sequence numbers.
+func (sc *scanner) load(h recHeader) error {
+	n := sc.seg.recHdr
+	if err := sc.fill(n + h.pl); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: segment shorter than expected", errDamaged)
+		}
+		return fmt.Errorf("read segment %s: %w", sc.seg.path, err)
+	}
+	body := sc.buf[sc.r+n : sc.r+n+h.pl : sc.r+n+h.pl]
+	if !sc.chunk && crc32.Update(sc.seg.key, crcTable, body) != h.crc {
+		return fmt.Errorf("%w: checksum mismatch", errDamaged)
+	}
+	entries := body
+	if h.compressed {
+		dl, err := decodedLen(body)
+		if err != nil {
+			return err
+		}
+		entries = sc.decodeSpace(dl)
+		if err := decompress(entries, body); err != nil {
+			return err
+		}
+	}
+	if err := checkEntries(entries, h.count); err != nil {
+		return err
+	}
+	last := h.seq + uint64(h.count) - 1
+	if h.compressed {
+		sc.decHanded, sc.decLast = true, last
+	} else {
+		sc.handed, sc.handedSeq = true, last
+	}
+	sc.r += n + h.pl
+	sc.rec, sc.recLeft, sc.recSeq, sc.recEnd = entries, h.count, h.seq, sc.off+int64(n+h.pl)
+	return nil
+}
+
+// peekEntry parses the next entry of the v3 record being delivered. Its
+// size is RecordSize's (what batches are bounded by); the record's bytes
+// on disk are counted with its last entry.
+func (sc *scanner) peekEntry() (recHeader, error) {
+	t, cat, msg, rest, err := nextEntry(sc.rec)
+	if err != nil {
+		return recHeader{}, err // checked by load: never
+	}
+	sc.next = entryView{t: t, cat: cat, msg: msg, rest: rest}
+	h := recHeader{seq: sc.recSeq, size: int64(recHeaderSize + 8 + uvarintLen(uint64(len(cat))) + len(cat) + len(msg))}
+	if sc.recLeft == 1 {
+		h.disk = sc.recEnd - sc.off
 	}
 	sc.hdr, sc.peeked = h, true
 	return h, nil
@@ -314,6 +447,18 @@ func (sc *scanner) peek() (recHeader, error) {
 // fails its CRC is consumed all the same and reported as errDamaged.
 func (sc *scanner) take() (int64, []byte, []byte, error) {
 	h := sc.hdr
+	if sc.seg.version == segVersion {
+		e := sc.next
+		sc.rec, sc.next = e.rest, entryView{}
+		sc.recLeft--
+		sc.recSeq++
+		sc.peeked = false
+		sc.last = h.seq
+		if sc.recLeft == 0 {
+			sc.rec, sc.off = nil, sc.recEnd
+		}
+		return e.t, e.cat, e.msg, nil
+	}
 	n := sc.seg.recHdr
 	if err := sc.fill(n + h.pl); err != nil {
 		sc.seek(sc.off)
@@ -331,40 +476,42 @@ func (sc *scanner) take() (int64, []byte, []byte, error) {
 	if err == nil {
 		sc.handed, sc.handedSeq = true, h.seq
 	}
-	if err == nil || sc.seg.version == segVersion {
+	if err == nil || sc.seg.version == v2Version {
 		// A v2 header is trustworthy even when its payload is not.
 		sc.last = h.seq
 	}
 	return t, cat, msg, err
 }
 
-// resync looks for the first valid v2 record at or after from whose
-// sequence number is in [lo, hi): a header that passes its CRC with a
-// plausible length and a payload that passes its CRC. It returns its
-// offset and sequence number.
+// resync looks for the first valid v2 or v3 record at or after from
+// whose sequence numbers are in [lo, hi): a header that passes its CRC
+// with a plausible length and a payload that passes its CRC. It returns
+// its offset and sequence number. (Both formats' headers start with
+// length u32 | seq u64.)
 func (sc *scanner) resync(from int64, lo, hi uint64) (int64, uint64, bool, error) {
 	const window = 1 << 20
-	buf := make([]byte, window+recHeaderSize)
-	for base := from; base+recHeaderSize+minPayload <= sc.size; base += window {
+	hs := sc.seg.recHdr
+	buf := make([]byte, window+hs)
+	for base := from; base+int64(hs)+1 <= sc.size; base += window {
 		n, err := sc.src.f.ReadAt(buf[:min(int64(len(buf)), sc.size-base)], base)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return 0, 0, false, fmt.Errorf("read segment %s: %w", sc.seg.path, err)
 		}
-		for i := 0; i < window && i+recHeaderSize <= n; i++ {
-			h := buf[i : i+recHeaderSize]
+		for i := 0; i < window && i+hs <= n; i++ {
+			h := buf[i : i+hs]
 			// The cheap tests first: a sequence number in range and a
 			// length that fits almost never occur by chance.
 			seq := binary.LittleEndian.Uint64(h[4:])
 			pl := int64(binary.LittleEndian.Uint32(h))
 			off := base + int64(i)
-			if seq < lo || seq >= hi || pl < minPayload || pl > maxPayload || off+recHeaderSize+pl > sc.size {
+			if seq < lo || seq >= hi || pl == 0 || off+int64(hs)+pl > sc.size {
 				continue
 			}
-			rh, err := parseV2Header(h, sc.seg.key, true)
-			if err != nil {
+			rh, err := sc.parseHeader(h, true)
+			if err != nil || rh.seq+uint64(max(rh.count, 1)) > hi || rh.seq+uint64(rh.count) < rh.seq {
 				continue
 			}
-			ok, err := sc.payloadOK(off+recHeaderSize, rh)
+			ok, err := sc.payloadOK(off+int64(hs), rh)
 			if err != nil {
 				return 0, 0, false, err
 			}
@@ -541,13 +688,13 @@ func (q *Queue) advance(v view, inBatch bool) (recHeader, bool, error) {
 		h, err := sc.peek()
 		switch {
 		case err == nil && h.seq < r.seq:
-			r.consumed += int64(sc.seg.recHdr + h.pl)
+			r.consumed += h.disk
 			if _, _, _, err := sc.take(); err != nil {
 				if !errors.Is(err, errDamaged) {
 					return recHeader{}, false, err
 				}
-				if sc.seg.version != segVersion {
-					r.consumed -= int64(sc.seg.recHdr + h.pl) // skipDamage counts from off
+				if sc.seg.version == 1 {
+					r.consumed -= h.disk // skipDamage counts from off
 					if err := q.skipDamage(sc, off, v, err); err != nil {
 						return recHeader{}, false, err
 					}
@@ -595,7 +742,7 @@ func (q *Queue) advance(v view, inBatch bool) (recHeader, bool, error) {
 }
 
 // skipDamage moves the reader past the damaged record at off: to the next
-// valid record of the segment (v2), or to the segment's end (v1, whose
+// valid record of the segment (v2, v3), or to the segment's end (v1, whose
 // records cannot be resynchronised, or when nothing valid follows). The
 // entries in between are counted as lost.
 func (q *Queue) skipDamage(sc *scanner, off int64, v view, cause error) error {
@@ -605,7 +752,7 @@ func (q *Queue) skipDamage(sc *scanner, off int64, v view, cause error) error {
 		end = next.first
 	}
 	from := max(r.seq, sc.last+1)
-	if sc.seg.version == segVersion {
+	if sc.seg.version >= v2Version {
 		at, seq, ok, err := sc.resync(off+1, sc.last+1, end)
 		if err != nil {
 			return err
@@ -721,7 +868,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 			break
 		}
 		sc := r.sc
-		rs := int64(sc.seg.recHdr + h.pl)
+		rs := h.size
 		if inBatch && (sc.seg.inc != b.Incarnation || bytes+rs > int64(maxBytes)) {
 			break
 		}
@@ -734,7 +881,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 				}
 				return Batch{}, err
 			}
-			if sc.seg.version != segVersion {
+			if sc.seg.version == 1 {
 				// A v1 length cannot be trusted once its payload fails.
 				sc.seek(off)
 				if inBatch {
@@ -746,9 +893,10 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 				continue
 			}
 			// A v2 header is checked by its own CRC: exactly this
-			// record is lost.
+			// record is lost. (A v3 record is checked whole before its
+			// first entry is peeked at: taking one never fails.)
 			q.lose(sc, off, 1, err)
-			r.consumed += rs
+			r.consumed += h.disk
 			r.seq = h.seq + 1
 			if inBatch {
 				break
@@ -771,7 +919,7 @@ func (q *Queue) readAvailable(v view, maxBytes, maxEntries int) (Batch, error) {
 		}
 		b.Entries = append(b.Entries, Entry{Category: c, Message: msg, Time: t})
 		bytes += rs
-		r.consumed += rs
+		r.consumed += h.disk
 		r.seq++
 	}
 	if len(b.Entries) > 0 {

@@ -22,25 +22,32 @@ const (
 	v1RecHeaderSize = 8
 	v1MaxPayload    = 64 << 20
 
-	// Format v2: the segment header is a 36-byte block written twice (a
-	// damaged byte in one copy costs nothing); a record header carries
-	// the payload length, the record's sequence number, the payload CRC
-	// and a CRC of the header itself, so that a damaged record can be
-	// skipped alone and the next one found by scanning.
-	segVersion    = 2
+	// Format v2, written by earlier versions, read only: the segment
+	// header is a 36-byte block written twice (a damaged byte in one copy
+	// costs nothing); a record (one entry) header carries the payload
+	// length, the record's sequence number, the payload CRC and a CRC of
+	// the header itself, so that a damaged record can be skipped alone
+	// and the next one found by scanning.
+	v2Version     = 2
 	v2BlockSize   = 36
 	segHeaderSize = 2 * v2BlockSize
 	recHeaderSize = 20
+
+	// Format v3 (written now): v2's segment header with version 3, and
+	// records of several entries, compressed (record3.go).
+	segVersion = 3
 
 	// minPayload is the smallest valid payload: a timestamp, a one-byte
 	// varint and a one-byte category. It makes an all-zero region (what a
 	// crash can leave after the last fsynced byte) invalid in v1, whose
 	// record headers have no CRC of their own.
 	minPayload = 8 + 1 + 1
-	// MaxRecordBytes bounds a record (header and payload): a Scribe call
-	// may be up to 256 MiB and a single message nearly that, so a record
-	// must hold 256 MiB plus room for the category. It also bounds the
-	// length a damaged header can make the reader allocate.
+	// MaxRecordBytes bounds an entry's RecordSize (a v2 record, header
+	// and payload) and a v3 record's body, encoded or decoded: a Scribe
+	// call may be up to 256 MiB and a single message nearly that, so a
+	// record must hold 256 MiB plus room for the category. It also
+	// bounds the length a damaged header (or a compressed body's decoded
+	// length) can make the reader allocate.
 	MaxRecordBytes = 256<<20 + 1<<20
 	maxPayload     = MaxRecordBytes - recHeaderSize
 )
@@ -62,8 +69,10 @@ func payloadSize(e *Entry) int {
 	return 8 + uvarintLen(uint64(len(e.Category))) + len(e.Category) + len(e.Message)
 }
 
-// RecordSize is the bytes e takes in a segment; the queue's byte bound
-// counts this.
+// RecordSize is the bytes e takes as a record of its own, uncompressed
+// (a v2 record): the measure of a batch's size (Read's maxBytes). The
+// queue's byte bound counts the bytes on disk instead, usually far fewer
+// (Options.MaxBytes).
 func RecordSize(e *Entry) int { return recHeaderSize + payloadSize(e) }
 
 func uvarintLen(v uint64) int {
@@ -90,27 +99,18 @@ func (i incarnation) String() string { return hex.EncodeToString(i[:]) }
 // when the reader scans for the next valid one after damage.
 func (i incarnation) crcKey() uint32 { return crc32.Update(0, crcTable, i[:]) }
 
-// appendRecord appends e's v2 record with sequence number seq to b.
-func appendRecord(b []byte, key uint32, seq uint64, e *Entry) []byte {
-	start := len(b)
-	b = append(b, make([]byte, recHeaderSize)...)
-	b = binary.LittleEndian.AppendUint64(b, uint64(e.Time))
-	b = binary.AppendUvarint(b, uint64(len(e.Category)))
-	b = append(b, e.Category...)
-	b = append(b, e.Message...)
-	h, p := b[start:start+recHeaderSize], b[start+recHeaderSize:]
-	binary.LittleEndian.PutUint32(h[0:], uint32(len(p)))
-	binary.LittleEndian.PutUint64(h[4:], seq)
-	binary.LittleEndian.PutUint32(h[12:], crc32.Update(key, crcTable, p))
-	binary.LittleEndian.PutUint32(h[16:], crc32.Update(key, crcTable, h[:16]))
-	return b
-}
-
 // recHeader is a parsed record header.
 type recHeader struct {
-	pl  int    // payload length
-	seq uint64 // v2 only; the reader fills it in for v1
+	pl  int    // payload length (v3: the body's, on disk)
+	seq uint64 // v2 and v3 only; the reader fills it in for v1 (v3: the first entry's)
 	crc uint32 // expected payload CRC
+	// v3 only: the number of entries, and whether the body is compressed.
+	count      int
+	compressed bool
+	// Filled in by the scanner's peek: size is the entry's RecordSize
+	// (v1, v2: the record's), the measure of a batch; disk the bytes on
+	// disk taking it passes (v3: the record's with its last entry, else 0).
+	size, disk int64
 }
 
 // parseV2Header checks a v2 record header: its own CRC (with sums) and a
@@ -124,7 +124,7 @@ func parseV2Header(h []byte, key uint32, sums bool) (recHeader, error) {
 	if n < minPayload || n > maxPayload {
 		return recHeader{}, fmt.Errorf("%w: length %d", errDamaged, n)
 	}
-	return recHeader{pl: int(n), seq: binary.LittleEndian.Uint64(h[4:]), crc: binary.LittleEndian.Uint32(h[12:])}, nil
+	return recHeader{pl: int(n), seq: binary.LittleEndian.Uint64(h[4:]), crc: binary.LittleEndian.Uint32(h[12:]), count: 1}, nil
 }
 
 // parseV1Header checks what a v1 record header allows: a plausible length.
@@ -151,13 +151,13 @@ func decodePayload(p []byte, key, crc uint32, sums bool) (t int64, cat, msg []by
 	return t, cat, p[8+k+int(n):], nil
 }
 
-// segHeader returns a v2 segment header: the block
+// segHeader returns a v2 or v3 segment header: the block
 // magic | version u32 | first u64 | incarnation [16] | crc32c(the 32 bytes before) u32,
 // twice.
-func segHeader(first uint64, inc incarnation) []byte {
+func segHeader(first uint64, inc incarnation, version uint32) []byte {
 	b := make([]byte, 0, segHeaderSize)
 	b = append(b, segMagic...)
-	b = binary.LittleEndian.AppendUint32(b, segVersion)
+	b = binary.LittleEndian.AppendUint32(b, version)
 	b = binary.LittleEndian.AppendUint64(b, first)
 	b = append(b, inc[:]...)
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
@@ -196,15 +196,20 @@ func parseSegHeader(b []byte, s *segment) error {
 	return fmt.Errorf("%w: segment header fails its checks", errDamaged)
 }
 
+// parseV2Block checks one copy of a v2 or v3 segment header.
 func parseV2Block(b []byte, s *segment) bool {
-	if string(b[:4]) != segMagic || binary.LittleEndian.Uint32(b[4:]) != segVersion ||
+	version := binary.LittleEndian.Uint32(b[4:])
+	if string(b[:4]) != segMagic || (version != v2Version && version != segVersion) ||
 		binary.LittleEndian.Uint64(b[8:]) != s.first ||
 		crc32.Checksum(b[:32], crcTable) != binary.LittleEndian.Uint32(b[32:]) {
 		return false
 	}
 	var inc incarnation
 	copy(inc[:], b[16:32])
-	s.version, s.hdrSize, s.recHdr = segVersion, segHeaderSize, recHeaderSize
+	s.version, s.hdrSize, s.recHdr = int(version), segHeaderSize, recHeaderSize
+	if version == segVersion {
+		s.recHdr = v3RecHeaderSize
+	}
 	s.inc, s.key = inc.String(), inc.crcKey()
 	return true
 }
