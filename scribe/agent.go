@@ -77,7 +77,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	log := deps.Logger("agent")
 	q, err := diskqueue.Open(diskqueue.Options{
 		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes),
-		Compress: cfg.QueueCompress, Logger: log,
+		Compress: cfg.QueueCompress, CompressAbove: min(int64(cfg.QueueCompressAbove), int64(cfg.MaxQueueBytes)/2), Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open agent queue: %w", err)

@@ -443,13 +443,24 @@ func TestLargestBatchFitsTheFrameLimit(t *testing.T) {
 }
 
 // agent.queue_compress (the default) keeps a Log call's entries
-// compressed in the queue; freeway_agent_queue_bytes counts the bytes on
-// disk either way.
+// compressed in the queue once agent.queue_compress_above bytes are
+// queued (at most half of max_queue_bytes; with 0, from the first);
+// freeway_agent_queue_bytes counts the bytes on disk either way.
 func TestQueueCompress(t *testing.T) {
-	for _, compress := range []bool{true, false} {
-		t.Run(fmt.Sprint("queue_compress=", compress), func(t *testing.T) {
+	for _, tc := range []struct {
+		compress       bool
+		above, max     config.ByteSize
+		lastCompressed bool // the third call of ~150 KB, ~310 KB queued before it
+	}{
+		{true, 0, 16 << 20, true},
+		{false, 0, 16 << 20, false},
+		{true, 64 << 20, 16 << 20, false}, // the default: no backlog yet
+		{true, 200 << 10, 16 << 20, true},
+		{true, 64 << 20, 500 << 10, true}, // half of max_queue_bytes: 250 KB
+	} {
+		t.Run(fmt.Sprintf("queue_compress=%v,above=%d,max=%d", tc.compress, tc.above, tc.max), func(t *testing.T) {
 			cfg := testConfig(t.TempDir(), deadAddr(t))
-			cfg.QueueCompress = compress
+			cfg.QueueCompress, cfg.QueueCompressAbove, cfg.MaxQueueBytes = tc.compress, tc.above, tc.max
 			a := startAgent(t, cfg)
 			c := dial(t, a.Addr())
 			es := make([]*scribethrift.LogEntry, 1000)
@@ -458,12 +469,17 @@ func TestQueueCompress(t *testing.T) {
 				es[i] = &scribethrift.LogEntry{Category: "json", Message: fmt.Appendf(nil, `{"ts":%d,"key":"user%03d","value":%d,"pad":"%s"}`, i, i%50, i, strings.Repeat("x", 120))}
 				raw += len(es[i].Message)
 			}
-			if rc, err := c.Log(context.Background(), es); err != nil || rc != scribethrift.ResultCode_OK {
-				t.Fatalf("log: %v %v", rc, err)
+			var before, got float64
+			for range 3 {
+				before = got
+				if rc, err := c.Log(context.Background(), es); err != nil || rc != scribethrift.ResultCode_OK {
+					t.Fatalf("log: %v %v", rc, err)
+				}
+				got = gather(t, a, "freeway_agent_queue_bytes", "", "")
 			}
-			got := gather(t, a, "freeway_agent_queue_bytes", "", "")
-			if compressed := got < float64(raw)/3; compressed != compress || got == 0 {
-				t.Fatalf("queue bytes %.0f for %d bytes of messages", got, raw)
+			last := got - before
+			if compressed := last < float64(raw)/3; compressed != tc.lastCompressed || last <= 0 {
+				t.Fatalf("the third call took %.0f bytes of queue for %d bytes of messages (%.0f queued before it)", last, raw, before)
 			}
 		})
 	}

@@ -35,9 +35,15 @@ type Config struct {
 	// disk (compressed, with QueueCompress); beyond it apps get TRY_LATER.
 	MaxQueueBytes config.ByteSize `yaml:"max_queue_bytes"`
 	// QueueCompress compresses each Log call's entries in the queue
-	// (Snappy) when that makes them smaller: fewer bytes to write and
-	// fsync per entry, at some CPU.
+	// (Snappy) when that makes them smaller, while the queue holds at
+	// least QueueCompressAbove unshipped bytes: a backlog (an upstream
+	// outage, a slow writer) then takes ~6x fewer bytes of disk and of
+	// max_queue_bytes for JSON lines, while an agent whose shipping keeps
+	// up spends no CPU on it (its batches are read back from memory).
 	QueueCompress bool `yaml:"queue_compress"`
+	// QueueCompressAbove is that backlog, at most half of
+	// max_queue_bytes; 0 compresses every call.
+	QueueCompressAbove config.ByteSize `yaml:"queue_compress_above"`
 	// MaxMessageBytes bounds one tailed line; a longer one is split into
 	// pieces of this size. It does not apply to Scribe entries, which are
 	// taken whatever their size: the call size bounds them (a stock
@@ -98,22 +104,23 @@ const (
 // 127.0.0.1:1464.
 func DefaultConfig() Config {
 	return Config{
-		Listen:           "127.0.0.1:1463",
-		Upstream:         []string{"127.0.0.1:1464"},
-		MaxQueueBytes:    1 << 30,
-		QueueCompress:    true,
-		MaxMessageBytes:  1 << 20,
-		BatchBytes:       1 << 20,
-		BatchEntries:     10000,
-		MaxInFlight:      4,
-		SeqWindow:        segment.SeqWindowV1,
-		SegmentBytes:     64 << 20,
-		UpstreamTimeout:  config.Duration(30 * time.Second),
-		RetryMin:         config.Duration(50 * time.Millisecond),
-		RetryMax:         config.Duration(5 * time.Second),
-		TailPollInterval: config.Duration(250 * time.Millisecond),
-		TLS:              true,
-		PortConfig:       thriftsrv.DefaultPortConfig(),
+		Listen:             "127.0.0.1:1463",
+		Upstream:           []string{"127.0.0.1:1464"},
+		MaxQueueBytes:      1 << 30,
+		QueueCompress:      true,
+		QueueCompressAbove: 64 << 20,
+		MaxMessageBytes:    1 << 20,
+		BatchBytes:         1 << 20,
+		BatchEntries:       10000,
+		MaxInFlight:        4,
+		SeqWindow:          segment.SeqWindowV1,
+		SegmentBytes:       64 << 20,
+		UpstreamTimeout:    config.Duration(30 * time.Second),
+		RetryMin:           config.Duration(50 * time.Millisecond),
+		RetryMax:           config.Duration(5 * time.Second),
+		TailPollInterval:   config.Duration(250 * time.Millisecond),
+		TLS:                true,
+		PortConfig:         thriftsrv.DefaultPortConfig(),
 	}
 }
 
@@ -144,6 +151,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxQueueBytes <= 0 {
 		bad("max_queue_bytes", "must be positive")
+	}
+	if c.QueueCompressAbove < 0 {
+		bad("queue_compress_above", "must not be negative (0: compress every call)")
 	}
 	if c.MaxMessageBytes <= 0 {
 		bad("max_message_bytes", "must be positive")

@@ -27,6 +27,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.Upstream = nil }, "agent.upstream: must list at least one"},
 		{func(c *Config) { c.Upstream = []string{"a:1", "nope"} }, "agent.upstream[1]: must be host:port"},
 		{func(c *Config) { c.MaxQueueBytes = 0 }, "agent.max_queue_bytes: must be positive"},
+		{func(c *Config) { c.QueueCompressAbove = -1 }, "agent.queue_compress_above: must not be negative"},
 		{func(c *Config) { c.BatchBytes = 16 << 20 }, "agent.batch_bytes: must be at most 16320KiB, below the 16MiB Thrift frame limit"},
 		{func(c *Config) { c.MaxMessageBytes = 2 << 20 }, "agent.max_message_bytes: must not exceed agent.batch_bytes (1MiB)"},
 		{func(c *Config) { c.BatchEntries = 0 }, "agent.batch_entries: must be between 1 and"},
@@ -84,6 +85,7 @@ upstream: [10.0.0.1:1464, 10.0.0.2:1464]
 queue_dir: /var/lib/freeway/agent
 max_queue_bytes: 2GiB
 queue_compress: false
+queue_compress_above: 16MiB
 max_message_bytes: 64KiB
 batch_bytes: 4MiB
 batch_entries: 20000
@@ -106,6 +108,7 @@ tail:
 	want.QueueDir = "/var/lib/freeway/agent"
 	want.MaxQueueBytes = 2 << 30
 	want.QueueCompress = false
+	want.QueueCompressAbove = 16 << 20
 	want.MaxMessageBytes = 64 << 10
 	want.BatchBytes = 4 << 20
 	want.BatchEntries = 20000

@@ -37,7 +37,7 @@ func (q *Queue) Ack(b Batch) error {
 	q.spans = q.spans[:n]
 	q.mu.Lock()
 	q.acked = end
-	q.depth -= freed
+	q.addDepth(-freed)
 	q.mu.Unlock()
 	q.bufs.acked(end)
 	q.dropAckedSegments()

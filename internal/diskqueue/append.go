@@ -28,7 +28,7 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 	// parallel, and the group commit only copies their records.
 	enc := q.encoders.get()
 	defer q.encoders.put(enc) // the chunks hold copies of its records
-	encodeRecords(enc, entries, q.key, q.compress)
+	encodeRecords(enc, entries, q.key, q.compress && q.backlog.Load() >= q.compressAbove)
 	size := enc.size()
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -54,7 +54,7 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 		}
 		first := q.enqueueLocked(enc)
 		w := &waiter{end: q.nextSeq, size: size}
-		q.depth += size
+		q.addDepth(size)
 		q.waiters = append(q.waiters, w)
 		for w.state == waiting {
 			if q.syncing {
@@ -192,7 +192,7 @@ func (q *Queue) commitLocked() {
 		} else {
 			w.state = discard
 		}
-		q.depth -= w.size
+		q.addDepth(-w.size)
 	}
 	q.waiters = nil
 	for _, ch := range q.pending {

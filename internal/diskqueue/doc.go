@@ -61,8 +61,11 @@
 //	entries  = count × (received unix ms u64 | uvarint len(category) | category | uvarint len(message) | message)
 //
 // The record holds the entries first .. first+count-1. With
-// Options.Compress the body is compressed when that makes it smaller
-// (s2's Snappy-compatible encoding), before the caller takes the queue's
+// Options.Compress, while at least Options.CompressAbove bytes are
+// unacknowledged (a backlog, read back from disk; below it the reader
+// takes records from memory and compressing would only cost CPU), the
+// body is compressed when that makes it smaller (s2's Snappy-compatible
+// encoding), before the caller takes the queue's
 // lock, so that concurrent callers compress in parallel. K is the
 // segment's incarnation: a record verifies only in a segment of its own
 // run, and bytes a client chose (a message that embeds something shaped

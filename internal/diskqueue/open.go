@@ -44,7 +44,7 @@ func Open(opts Options) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{
-		dir: opts.Dir, compress: opts.Compress, maxBytes: opts.MaxBytes, segBytes: opts.SegmentBytes, retry: opts.RetryInterval,
+		dir: opts.Dir, compress: opts.Compress, compressAbove: opts.CompressAbove, maxBytes: opts.MaxBytes, segBytes: opts.SegmentBytes, retry: opts.RetryInterval,
 		log: opts.Logger, errlog: ratelog.New(opts.Logger, time.Minute, 5), ops: fileOps{hook: opts.FileHook},
 		lock: lock, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		intern: map[string]string{},
@@ -141,7 +141,7 @@ func (q *Queue) open() error {
 		if q.r.sc != nil && s.first == q.r.sc.seg.first {
 			from = q.r.sc.off
 		}
-		q.depth += max(size-from, 0)
+		q.addDepth(max(size-from, 0))
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -40,8 +41,13 @@ type Options struct {
 	// acknowledged records not yet deleted.
 	MaxBytes int64
 	// Compress compresses each record's entries (Snappy, format v3) when
-	// that makes it smaller.
-	Compress bool
+	// that makes it smaller, while the queue holds at least CompressAbove
+	// unacknowledged bytes (0: always). Below that the reader keeps up and
+	// takes the records from memory: compressing them would cost CPU for
+	// nothing; a backlog, where the bytes stay on disk and count against
+	// MaxBytes, is compressed.
+	Compress      bool
+	CompressAbove int64
 	// SegmentBytes is the size at which a new segment file is started.
 	SegmentBytes int64
 	// RetryInterval is how often appends retry repairing the files after
@@ -131,8 +137,11 @@ const (
 //
 // Lock order: rmu (the consumer) before mu.
 type Queue struct {
-	dir      string
-	compress bool
+	dir           string
+	compress      bool
+	compressAbove int64
+	// backlog mirrors depth, for Append to read before taking mu.
+	backlog  atomic.Int64
 	maxBytes int64
 	segBytes int64
 	retry    time.Duration
@@ -187,6 +196,12 @@ type Queue struct {
 	entryBufs [][]Entry
 	intern    map[string]string
 	bufs      readBufs
+}
+
+// addDepth changes the unacknowledged bytes by n; with mu held.
+func (q *Queue) addDepth(n int64) {
+	q.depth += n
+	q.backlog.Store(q.depth)
 }
 
 // ID is the queue's stable identity, generated when it was created. Unlike

@@ -308,3 +308,63 @@ func TestCheckEntries(t *testing.T) {
 		}
 	}
 }
+
+// With CompressAbove, a record is compressed only while the queue holds
+// at least that many unacknowledged bytes: a queue its reader keeps up
+// with writes plain records, a backlog compressed ones, and once it is
+// acknowledged away the records are plain again. A restart counts what
+// the files still hold.
+func TestCompressAboveBacklog(t *testing.T) {
+	dir := t.TempDir()
+	const above = 300 << 10
+	q, _ := open(t, dir, func(o *Options) { o.CompressAbove = above })
+	es := jsonEntries(0, 1000) // about 180 KB a call, plain
+	mustAppend(t, q, es)       // backlog 0: plain
+	mustAppend(t, q, es)       // ~180 KB: plain
+	mustAppend(t, q, es)       // ~360 KB: compressed
+	mustAppend(t, q, es)       // compressed
+	if got := lastCompressed(t, dir, 4); got != "[false false true true]" {
+		t.Fatalf("records compressed %v, want [false false true true] (from %d bytes of backlog)", got, above)
+	}
+	// Acknowledged away, below the bound again: plain.
+	for q.Stats().Entries > 0 {
+		b := read(t, q, 1<<30, 100000)
+		if err := q.Ack(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAppend(t, q, es)
+	mustAppend(t, q, es)
+	if got := lastCompressed(t, dir, 2); got != "[false false]" {
+		t.Fatalf("after the backlog was acknowledged: records compressed %v, want [false false]", got)
+	}
+	// A restart counts the backlog the files hold: compressed at once.
+	q.Close()
+	q, _ = open(t, dir, func(o *Options) { o.CompressAbove = above })
+	defer q.Close()
+	mustAppend(t, q, es)
+	if got := lastCompressed(t, dir, 1); got != "[true]" {
+		t.Fatalf("after a restart with %d bytes queued: records compressed %v, want [true]", q.Stats().Bytes, got)
+	}
+	got := readAll(t, q, 3000, true)
+	for i := range 3000 {
+		if got[i] != string(es[i%1000].Message) {
+			t.Fatalf("entry %d reads %q", i, got[i])
+		}
+	}
+}
+
+// lastCompressed says which of the last n records of dir's last segment
+// are compressed.
+func lastCompressed(t *testing.T, dir string, n int) string {
+	t.Helper()
+	_, hs := recordsOf(t, lastSegment(t, dir))
+	if len(hs) < n {
+		t.Fatalf("%d records in the last segment, want at least %d", len(hs), n)
+	}
+	var compressed []bool
+	for _, h := range hs[len(hs)-n:] {
+		compressed = append(compressed, h.compressed)
+	}
+	return fmt.Sprint(compressed)
+}
