@@ -454,9 +454,9 @@ func TestQueueCompress(t *testing.T) {
 	}{
 		{true, 0, 16 << 20, true},
 		{false, 0, 16 << 20, false},
-		{true, 64 << 20, 16 << 20, false}, // the default: no backlog yet
+		{true, 256 << 20, 16 << 20, false}, // the default: no backlog yet
 		{true, 200 << 10, 16 << 20, true},
-		{true, 64 << 20, 500 << 10, true}, // half of max_queue_bytes: 250 KB
+		{true, 256 << 20, 500 << 10, true}, // half of max_queue_bytes: 250 KB
 	} {
 		t.Run(fmt.Sprintf("queue_compress=%v,above=%d,max=%d", tc.compress, tc.above, tc.max), func(t *testing.T) {
 			cfg := testConfig(t.TempDir(), deadAddr(t))

@@ -108,7 +108,7 @@ func DefaultConfig() Config {
 		Upstream:           []string{"127.0.0.1:1464"},
 		MaxQueueBytes:      1 << 30,
 		QueueCompress:      true,
-		QueueCompressAbove: 64 << 20,
+		QueueCompressAbove: 256 << 20,
 		MaxMessageBytes:    1 << 20,
 		BatchBytes:         1 << 20,
 		BatchEntries:       10000,

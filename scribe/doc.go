@@ -19,7 +19,7 @@
 // answers OK only once they are fsynced; concurrent calls share one fsync
 // (group commit). A call's entries are one queue record (split at 256 KiB
 // of entries), Snappy-compressed when that is smaller while the queue
-// holds a backlog of agent.queue_compress_above (64 MiB; 0: always) and
+// holds a backlog of agent.queue_compress_above (256 MiB; 0: always) and
 // agent.queue_compress is true (the default); agent.max_queue_bytes and
 // freeway_agent_queue_bytes count the bytes on disk. A message is never
 // answered OK and then dropped.
