@@ -41,12 +41,12 @@ type Config struct {
 const LeaseName = "retention"
 
 // IntervalFor is the pass interval for a dfs_retention: a tenth of it,
-// between a second and an hour. A pass lists every bucket with a stat of
-// each segment, and a bucket holds about dfs_retention of them (a
-// million names take ~6 s to list so on a local disk: 100 ms segments
-// kept 7 days are 6 M a bucket), so the passes are spaced in proportion
-// to what they read; what is old enough waits at most a tenth of the
-// retention longer to go.
+// between a second and an hour. A pass lists the names of every bucket's
+// segments (describing only those it may delete and a few more), and a
+// bucket holds about dfs_retention of them (a million names take ~2 s to
+// list on a local disk: 100 ms segments kept 7 days are 6 M a bucket),
+// so the passes are spaced in proportion to what they read; what is old
+// enough waits at most a tenth of the retention longer to go.
 func IntervalFor(after time.Duration) time.Duration {
 	return min(max(after/10, time.Second), time.Hour)
 }
