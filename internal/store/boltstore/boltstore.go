@@ -427,10 +427,10 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 	})
 }
 
-// arena hands out the keys and values of Puts: bbolt keeps both until
-// the transaction ends, so they are cut from a few large buffers rather
-// than allocated one by one (a checkpoint puts a million cells). What is
-// handed out is never written again.
+// arena hands out the values of Puts (and the keys the migration keeps):
+// bbolt keeps a value until the transaction ends, so they are cut from a
+// few large buffers rather than allocated one by one (a checkpoint puts
+// a million cells). What is handed out is never written again.
 type arena struct{ buf []byte }
 
 // room makes room for n more bytes and returns the buffer to append
@@ -468,13 +468,18 @@ func (a *arena) take(b []byte) []byte {
 // there would double the pages the commit writes for nothing.
 func putCells(b *bolt.Bucket, cells []store.Cell) error {
 	var a arena
+	// bbolt copies the keys it is given (only a value must stay valid
+	// until the transaction ends), so each key is encoded into one of two
+	// buffers: the key being put and the one before it (last).
+	var keys [2][]byte
 	c := b.Cursor()
 	var ck, cv []byte // where the cursor is
 	var last, lastVal []byte
 	var after []byte      // the first stored key >= the first key put (nil: none)
 	run := len(cells) > 0 // every key so far ascending, none stored
 	for i, cell := range cells {
-		key := a.take(appendCellKey(a.room(2*len(cell.Row)+2+len(cell.Column)), cell.Row, cell.Column))
+		key := appendCellKey(keys[i&1][:0], cell.Row, cell.Column)
+		keys[i&1] = key
 		var old []byte
 		switch cmp := bytes.Compare(key, last); {
 		case last != nil && cmp == 0:
