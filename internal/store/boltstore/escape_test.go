@@ -2,8 +2,11 @@ package boltstore
 
 import (
 	"bytes"
+	"path/filepath"
 	"slices"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestAppendEscaped pins the key encoding (a format on disk): each 0x00
@@ -49,5 +52,45 @@ func BenchmarkAppendEscaped(b *testing.B) {
 	buf := make([]byte, 0, 128)
 	for i := 0; i < b.N; i++ {
 		buf = appendEscaped(buf[:0], row)
+	}
+}
+
+// TestBoltCopiesKeys: putCells encodes each key into a buffer it reuses
+// two keys later, which is right only while bbolt's Put copies its key
+// (its documentation asks only the value to stay valid until the
+// transaction ends). A bbolt that kept the caller's key would fail here.
+func TestBoltCopiesKeys(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "k.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	key := []byte("key-a")
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("b"))
+		if err != nil {
+			return err
+		}
+		if err := b.Put(key, []byte("1")); err != nil {
+			return err
+		}
+		copy(key, "key-b") // before the commit
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte("b"))
+		if v := b.Get([]byte("key-a")); string(v) != "1" {
+			t.Errorf("key-a = %q, want 1", v)
+		}
+		if v := b.Get([]byte("key-b")); v != nil {
+			t.Errorf("key-b = %q, want none", v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
