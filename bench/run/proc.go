@@ -15,7 +15,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -25,17 +24,16 @@ import (
 
 // fwProc is a freeway process under test.
 type fwProc struct {
-	cmd      *exec.Cmd
-	dir      string // its data directory and log
-	cfgPath  string
-	logPath  string
-	agent    string // Scribe address of the agent
-	writer   string // Scribe address of calligraphus
-	http     string // serving (or admin) address
-	exited   chan struct{}
-	exitErr  error
-	exitOnce sync.Once
-	started  time.Time
+	cmd     *exec.Cmd
+	dir     string // its data directory and log
+	cfgPath string
+	logPath string
+	agent   string // Scribe address of the agent
+	writer  string // Scribe address of calligraphus
+	http    string // serving (or admin) address
+	exited  chan struct{}
+	exitErr error // set before exited is closed
+	started time.Time
 }
 
 // backends are the URLs of dfs, store and coord ("" = embedded).
@@ -152,21 +150,26 @@ func (fw *fwProc) start(binary string, args []string) error {
 	if err != nil {
 		return err
 	}
-	fw.exited = make(chan struct{})
-	fw.exitOnce = sync.Once{}
-	fw.cmd = exec.Command(binary, args...)
-	fw.cmd.Stdout, fw.cmd.Stderr = logf, logf
+	// Each start has its own exited channel and command, closed and
+	// waited for by its own goroutine: a restart (after the previous
+	// process was seen to exit) shares nothing with the previous one's
+	// goroutine, which may still be returning.
+	exited := make(chan struct{})
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
 	// Should the harness die (a ^C, a closed pipe), freeway dies with it.
-	fw.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	fw.exited, fw.exitErr, fw.cmd = exited, nil, cmd
 	fw.started = time.Now()
-	if err := fw.cmd.Start(); err != nil {
+	if err := cmd.Start(); err != nil {
 		_ = logf.Close() // the start error is the one reported
 		return fmt.Errorf("start %s: %w", binary, err)
 	}
 	go func() {
-		err := fw.cmd.Wait()
+		err := cmd.Wait()
 		_ = logf.Close() // freeway has exited; its log is complete
-		fw.exitOnce.Do(func() { fw.exitErr = err; close(fw.exited) })
+		fw.exitErr = err // read only once exited is closed
+		close(exited)
 	}()
 	return nil
 }
