@@ -322,13 +322,21 @@ func checkFanoutExact(t *testing.T, open func() coord.Coord) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := fo.Query(context.Background(), q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got.StaleShards) > 0 || got.Partial() {
-			t.Fatalf("query %d: stale %v, missing %v (shards on %v)", i, got.StaleShards, got.Missing, where)
-		}
+		// A shard can still move after the balance was seen (a ZooKeeper
+		// session of 2 s on a loaded machine): the answer then names it
+		// stale, rightly. What this test checks is the merge of fresh
+		// answers, so it asks again until none is stale.
+		var got *puma.Result
+		testkit.Eventually(t, fmt.Sprintf("query %d answered with no shard stale", i), func() error {
+			got, err = fo.Query(context.Background(), q)
+			if err != nil {
+				return err
+			}
+			if len(got.StaleShards) > 0 || got.Partial() {
+				return fmt.Errorf("stale %v, missing %v (shards seen on %v)", got.StaleShards, got.Missing, where)
+			}
+			return nil
+		})
 		sameAnswer(t, fmt.Sprintf("query %d %+v", i, q), got, want)
 	}
 	// A bad query is refused before any node is asked.
