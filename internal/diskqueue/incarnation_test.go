@@ -179,14 +179,7 @@ func TestDamagedV1SegmentSkipsToItsEnd(t *testing.T) {
 	}
 	q, _ := open(t, dir, nil)
 	defer q.Close()
-	var got []string
-	for st := q.Stats(); st.Acked < st.NextSeq; st = q.Stats() {
-		b := read(t, q, 1<<20, 100)
-		got = append(got, messages(b.Entries)...)
-		if err := q.Ack(b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	got := drain(t, q)
 	if strings.Join(got, ",") != "v1a-0,v1a-1,v1b-0,v1b-1" {
 		t.Fatalf("read %v", got)
 	}

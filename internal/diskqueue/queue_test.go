@@ -42,6 +42,21 @@ func entries(prefix string, n int) []Entry {
 	return es
 }
 
+// drain reads and acknowledges every entry the queue holds and returns
+// their messages, in order.
+func drain(t *testing.T, q *Queue) []string {
+	t.Helper()
+	var got []string
+	for st := q.Stats(); st.Acked < st.NextSeq; st = q.Stats() {
+		b := read(t, q, 1<<20, 1000)
+		got = append(got, messages(b.Entries)...)
+		if err := q.Ack(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got
+}
+
 func mustAppend(t *testing.T, q *Queue, es []Entry) uint64 {
 	t.Helper()
 	first, err := q.Append(es)

@@ -174,14 +174,7 @@ func TestDamagedCompressedRecordLosesItsEntries(t *testing.T) {
 			flipByte(t, seg, at)
 			q, lb := open(t, dir, nil)
 			defer q.Close()
-			var got []string
-			for st := q.Stats(); st.Acked < st.NextSeq; st = q.Stats() {
-				b := read(t, q, 1<<20, 1000)
-				got = append(got, messages(b.Entries)...)
-				if err := q.Ack(b); err != nil {
-					t.Fatal(err)
-				}
-			}
+			got := drain(t, q)
 			want := append(messages(jsonEntries(0, 50)), messages(jsonEntries(100, 50))...)
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Fatalf("read %d entries, want the 100 of the first and last records", len(got))
@@ -224,14 +217,7 @@ func TestCorruptDecodedLengthAllocatesNothing(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	q, lb := open(t, dir, nil)
 	defer q.Close()
-	var got []string
-	for st := q.Stats(); st.Acked < st.NextSeq; st = q.Stats() {
-		b := read(t, q, 1<<20, 1000)
-		got = append(got, messages(b.Entries)...)
-		if err := q.Ack(b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	got := drain(t, q)
 	runtime.ReadMemStats(&after)
 	if len(got) != 100 || q.Stats().Lost != 50 {
 		t.Fatalf("read %d entries, lost %d; want 100 and 50", len(got), q.Stats().Lost)
