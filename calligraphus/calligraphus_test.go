@@ -552,26 +552,6 @@ func TestSegmentAgeByDFS(t *testing.T) {
 	}
 }
 
-// TestLocalAgeLeavesTheFreshnessBudget: on a local disk an entry waits
-// for its segment's publish up to the whole segment_max_age, so the
-// default age is the floor of the freshness p99. Issue 10's goal is
-// 300 ms at half the maximum load; the rest of the path (the Log call,
-// the shipping, Puma's read and apply, the query) took about 150 ms at
-// p99 on the loaded two-core bench machine (p99 351 ms with 200 ms
-// segments in the day's report; 30-170 ms more than the age in the
-// runs of bench/PROFILE.md, "Freshness on a local disk, 2026-12-02
-// (fresh)"), which leaves the age at most 150 ms.
-func TestLocalAgeLeavesTheFreshnessBudget(t *testing.T) {
-	const goal = 300 * time.Millisecond
-	const rest = 150 * time.Millisecond
-	if LocalSegmentMaxAge > goal-rest {
-		t.Errorf("segment_max_age on a local disk %v: with the rest of the path at %v, freshness p99 cannot be %v", LocalSegmentMaxAge, rest, goal)
-	}
-	if LocalSegmentMaxAge < 50*time.Millisecond {
-		t.Errorf("segment_max_age on a local disk %v: over 20 segments a second per busy bucket", LocalSegmentMaxAge)
-	}
-}
-
 // TestAgeCountsFromTheFirstBatch: a segment's age counts from when its
 // first batch was taken, not from when the batch's write returned. The
 // writer's clock is moved on by more than the age (an hour) while the
