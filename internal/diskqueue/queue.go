@@ -198,7 +198,8 @@ type Queue struct {
 	bufs      readBufs
 }
 
-// addDepth changes the unacknowledged bytes by n; with mu held.
+// addDepth changes the unacknowledged bytes by n; with mu held, or at
+// open, before the queue is shared.
 func (q *Queue) addDepth(n int64) {
 	q.depth += n
 	q.backlog.Store(q.depth)
