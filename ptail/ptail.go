@@ -23,6 +23,15 @@
 // intents and seals in the bucket's hidden .fence directory, is described
 // in internal/layout/fence.go and calligraphus's package doc.
 //
+// Listing cost. A listing reads every name in the bucket, and a bucket
+// keeps dfs_retention of segments: on a local disk with 100 ms segments,
+// millions of names after days, and a listing of seconds. A reader goes
+// on by name between listings, and lists a bucket at most once per
+// listBudget times its last listing's duration (the listings that only
+// refresh Lag are skipped until then; one it needs, to find a new
+// writer's first segment or a gap in a writer's names, waits for then):
+// at most a tenth of its time, however large the bucket grows.
+//
 // Vanished segments. Retention deletes only segments every consumer is
 // past (a Puma shard's committed position, the copier's progress), so a
 // reader never meets one that is gone. If it does (a segment deleted by
@@ -162,7 +171,9 @@ type Reader struct {
 	sr       *segment.Reader
 	pending  []fs.FileInfo // published segments after pos, in order, from the last listing
 	listed   time.Time     // when pending was listed
+	listTook time.Duration // how long that listing took (listingAllowed)
 	modTime  time.Time     // the current segment's, from its listing (zero if not listed)
+	now      func() time.Time
 
 	m *Metrics
 
@@ -176,6 +187,9 @@ type Reader struct {
 	// polled: Next waited a whole poll since the last listing; waited:
 	// Next waited at all since then (the reader had caught up).
 	polled, waited bool
+	// deferred: the reader needs a listing that listingAllowed put off;
+	// Next waits no longer than until it is allowed.
+	deferred bool
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
@@ -234,7 +248,7 @@ func NewReader(fsys dfs.FS, dir string, pos Position, poll time.Duration, log *s
 	if poll <= 0 {
 		poll = defaultPoll
 	}
-	return &Reader{fs: fsys, dir: dir, pos: pos, poll: poll, log: log, finished: pos.Offset < 0}
+	return &Reader{fs: fsys, dir: dir, pos: pos, poll: poll, log: log, finished: pos.Offset < 0, now: time.Now}
 }
 
 // Position is the position after the last block returned.
@@ -255,11 +269,17 @@ func (r *Reader) Next(ctx context.Context, b *segment.Block) (Position, error) {
 			return pos, err
 		}
 		// A notice that came since the listing above is in woken already
-		// (it holds one): the publish it tells of is not missed.
+		// (it holds one): the publish it tells of is not missed. A
+		// listing put off (listingAllowed) is done once it is allowed,
+		// not a poll later.
+		wait := r.poll
+		if r.deferred {
+			wait = min(wait, r.listed.Add(r.listGap()).Sub(r.now()))
+		}
 		select {
 		case <-ctx.Done():
 			return r.pos, ctx.Err()
-		case <-time.After(r.poll):
+		case <-time.After(wait):
 			r.polled = true
 		case <-r.woken:
 			r.noticed = true
@@ -412,12 +432,16 @@ func (r *Reader) closeFile() {
 // With a notifier, a publish after the last look is in its channel
 // (woken): listing at the end of every segment, and at every poll while
 // notices come, would find nothing the notices do not bring.
+//
+// Every listing but the first is also held to listingAllowed: the ones
+// for Lag are skipped until then, and one the reader needs to go on is
+// put off (deferred) and done as soon as it is allowed.
 func (r *Reader) look() error {
 	if r.listed.IsZero() {
 		return r.list()
 	}
 	if len(r.pending) > 0 {
-		if r.noticed || time.Since(r.listed) >= r.poll {
+		if (r.noticed || r.now().Sub(r.listed) >= r.poll) && r.listingAllowed() {
 			return r.list()
 		}
 		return nil
@@ -426,16 +450,36 @@ func (r *Reader) look() error {
 	switch {
 	case err != nil:
 		return err
-	case found && !r.waited && time.Since(r.listed) >= r.poll:
+	case found && !r.waited && r.now().Sub(r.listed) >= r.poll && r.listingAllowed():
 		return r.list()
 	case found:
-		r.noticed = false
+		r.noticed, r.deferred = false, false
 		return nil
 	case r.woken == nil || r.noticed || r.polled:
-		return r.list()
+		if r.listingAllowed() {
+			return r.list()
+		}
+		r.deferred = true
 	}
 	return nil
 }
+
+// listBudget bounds the share of a reader's time spent listing its
+// bucket: after a listing that took d, the next waits at least
+// listBudget×d. A listing reads every name in the bucket, and a bucket
+// keeps dfs_retention of segments: on a local disk (100 ms segments)
+// millions of names after days, half a second or more a listing. The
+// reader goes on by name (nextSegment) meanwhile; only Lag, a new
+// writer's first segments and a gap in a writer's names wait for the
+// next listing.
+const listBudget = 10
+
+// listGap is the least time from the end of the last listing to the
+// next: listBudget times its duration.
+func (r *Reader) listGap() time.Duration { return listBudget * r.listTook }
+
+// listingAllowed reports whether the reader may list its bucket now.
+func (r *Reader) listingAllowed() bool { return r.now().Sub(r.listed) >= r.listGap() }
 
 // nextSegment looks for the segment the writer of the reader's position
 // publishes next: (epoch, seq+1) of pos, the only name that can sort
@@ -478,6 +522,7 @@ func (r *Reader) nextSegment() (bool, error) {
 // lacks them: one deleted meanwhile is then reported as vanished when
 // the reader comes to it, not passed over.
 func (r *Reader) list() error {
+	start := r.now()
 	infos, err := layout.Published(r.fs, r.dir, r.pos.Segment)
 	if err != nil {
 		return &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
@@ -488,14 +533,16 @@ func (r *Reader) list() error {
 		infos = append(slices.Clip(r.pending), infos[i:]...)
 	}
 	r.pending = infos
-	r.listed = time.Now()
-	r.noticed, r.polled, r.waited = false, false, false
+	r.listed = r.now()
+	r.listTook = r.listed.Sub(start)
+	r.noticed, r.polled, r.waited, r.deferred = false, false, false, false
 	return nil
 }
 
 // Lag counts the published segments after the current one, as of the
-// last listing (at most a poll old while segments follow): how far behind
-// the writers the reader is.
+// last listing (at most a poll old while segments follow, or listBudget
+// times that listing's duration if longer): how far behind the writers
+// the reader is.
 func (r *Reader) Lag() int { return len(r.pending) }
 
 // Close releases the open segment and ends a subscription to a Notifier.
