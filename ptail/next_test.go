@@ -3,6 +3,7 @@ package ptail
 import (
 	"context"
 	"path"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,4 +193,56 @@ func takeOver(t *testing.T, fsys dfs.FS, epoch int64) {
 	if _, err := layout.WriteSeal(fsys, dir, epoch, "test"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestNextByNameSkipsADroppedName: a writer idle for a while drops the
+// segment it created ahead, unused, so its next segment's name skips
+// one; a caught-up reader finds that segment by its name too, without
+// listing the bucket (a listing that takes seconds in a bucket of days
+// of 100 ms segments, and waits for listBudget).
+func TestNextByNameSkipsADroppedName(t *testing.T) {
+	fsys := newFS(t)
+	f := follow(t, fsys)
+	publish(t, fsys, 1, 1, []string{"s1"})
+	f.next()
+	f.got("s1")
+	listed := bucketListings(fsys)
+	f.next()
+	f.waiting(1, 1, 1)
+	publish(t, fsys, 1, 3, []string{"s3"})
+	f.n.Published(dir)
+	f.got("s3")
+	if n := bucketListings(fsys) - listed; n != 0 {
+		t.Errorf("%d listings of the bucket to find (1, 3) after (1, 1), want 0", n)
+	}
+}
+
+// TestNextByNameTakesTheNameBeforeASkip: seq+1 published between the
+// reader's look for it and its look for seq+2 is read first, not passed
+// over for seq+2.
+func TestNextByNameTakesTheNameBeforeASkip(t *testing.T) {
+	fsys := newFS(t)
+	f := follow(t, fsys)
+	publish(t, fsys, 1, 1, []string{"s1"})
+	f.next()
+	f.got("s1")
+	f.next()
+	f.waiting(1, 1, 1)
+	skip := path.Join(dir, layout.SegmentName(1, 3))
+	var once sync.Once
+	fsys.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpStat && c.Name == skip {
+			// The writer publishes seq+1, then seq+2, between the
+			// reader's two looks.
+			once.Do(func() {
+				publish(t, fsys, 1, 2, []string{"s2"})
+				publish(t, fsys, 1, 3, []string{"s3"})
+			})
+		}
+		return nil
+	})
+	f.n.Published(dir) // a notice with nothing new yet: the reader looks
+	f.got("s2")
+	f.next()
+	f.got("s3")
 }

@@ -16,7 +16,9 @@
 // the listing ends before segments whose fate a newer writer has not
 // sealed yet (the reader waits a poll or two). Between listings a
 // caught-up reader looks first for the name its writer publishes next,
-// (epoch, seq+1) of its position, and takes that segment only when the
+// (epoch, seq+1) of its position (or seq+2, the name after one the writer
+// dropped unused, once seq+2 is there and seq+1 still is not), and takes
+// that segment only when the
 // fence, read after it, has no intent above its epoch: the verdict
 // layout.Published gives it then; anything else is left to a listing.
 // The mechanism, fence
@@ -483,7 +485,8 @@ func (r *Reader) listingAllowed() bool { return r.now().Sub(r.listed) >= r.listG
 
 // nextSegment looks for the segment the writer of the reader's position
 // publishes next: (epoch, seq+1) of pos, the only name that can sort
-// between pos and the writer's later segments. It reports true, with the
+// between pos and the writer's later segments, or (epoch, seq+2) when
+// seq+1 never comes (the writer dropped it unused). It reports true, with the
 // segment in pending, when that segment is published and counts: after
 // the Stat, as layout.Published decides after its listing, the fence is
 // read, and with no fence intent above the segment's epoch it counts
@@ -495,8 +498,21 @@ func (r *Reader) nextSegment() (bool, error) {
 	if !ok || seq == 1<<64-1 {
 		return false, nil
 	}
-	name := layout.SegmentName(epoch, seq+1)
-	fi, err := r.fs.Stat(path.Join(r.dir, name))
+	next := path.Join(r.dir, layout.SegmentName(epoch, seq+1))
+	fi, err := r.fs.Stat(next)
+	if errors.Is(err, fs.ErrNotExist) && seq+1 < 1<<64-1 {
+		// A writer idle for a while drops the segment it created ahead,
+		// unused, and its next one is seq+2. Once seq+2 is published,
+		// seq+1 never will be (a writer publishes in name order), but it
+		// may have been since the look above: a second look at it,
+		// after seq+2 is seen, tells.
+		var after fs.FileInfo
+		if after, err = r.fs.Stat(path.Join(r.dir, layout.SegmentName(epoch, seq+2))); err == nil {
+			if fi, err = r.fs.Stat(next); errors.Is(err, fs.ErrNotExist) {
+				fi, err = after, nil
+			}
+		}
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
