@@ -64,10 +64,11 @@ type Copier struct {
 
 	// passMu serializes passes and guards what passes keep between them.
 	passMu     sync.Mutex
-	marks      map[string]mark // bucket dir → progress; loaded once per lease grant
-	marksEpoch int64           // the grant marks was loaded under
-	swept      map[string]bool // destination bucket dirs cleared of stale temporary files
-	retained   map[string]bool // bucket dirs checked for segments retention deleted uncopied
+	marks      map[string]mark     // bucket dir → progress; loaded once per lease grant
+	marksEpoch int64               // the grant marks was loaded under
+	swept      map[string]bool     // destination bucket dirs cleared of stale temporary files
+	retained   map[string]bool     // bucket dirs checked for segments retention deleted uncopied
+	listings   map[string]*listing // bucket dir → its last listing (listBucket), under the grant of marks
 
 	// tail counts the damage the merge's readers skip.
 	tail *ptail.Metrics
@@ -139,7 +140,7 @@ func (c *Copier) lead(ctx context.Context, lease coord.Lease) {
 		c.clearLag() // a standby does not know the lag
 	}()
 	for {
-		st, err := c.pass(ctx, lease, nil)
+		st, err := c.pass(ctx, lease, nil, false)
 		switch {
 		case isLost(lease) || errors.Is(err, errFenced): // before ctx: Campaign ends ctx when the lease is lost
 			c.log.Warn("copier lease lost; standing by", "epoch", lease.Epoch(), "err", err)
@@ -193,7 +194,7 @@ func (c *Copier) Backfill(ctx context.Context, report func(Progress)) (Stats, er
 		}()
 		lease = l
 	}
-	return c.pass(ctx, lease, report)
+	return c.pass(ctx, lease, report, true)
 }
 
 func isLost(l coord.Lease) bool {

@@ -721,7 +721,7 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lease.Release(context.Background()) //nolint:errcheck // released when the test ends, best effort
-	if _, err := a.pass(context.Background(), lease, nil); err != nil {
+	if _, err := a.pass(context.Background(), lease, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	// Another copier (that a has not heard of) records progress of the
@@ -731,7 +731,7 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	}
 	publish(t, e.src, "access", 0, 1, 1, 2)
 	// a's cached mark is behind the stored one; its write is refused.
-	_, err = a.pass(context.Background(), lease, nil)
+	_, err = a.pass(context.Background(), lease, nil, true)
 	if !errors.Is(err, errFenced) {
 		t.Fatalf("pass after a foreign progress write: %v, want errFenced", err)
 	}

@@ -32,6 +32,7 @@ type passState struct {
 	cancel context.CancelFunc
 	owner  string
 	report func(Progress) // nil: no progress display
+	fresh  bool           // list every bucket (CopyOnce, Backfill)
 
 	mu         sync.Mutex
 	st         Stats
@@ -50,8 +51,9 @@ type Progress struct {
 }
 
 // pass makes one pass under lease, reporting progress to report (if not
-// nil) as segments are done.
-func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progress)) (Stats, error) {
+// nil) as segments are done. A fresh pass lists every bucket; another
+// one lists a bucket only as listBudget allows (listBucket).
+func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progress), fresh bool) (Stats, error) {
 	c.passMu.Lock()
 	defer c.passMu.Unlock()
 	start := c.now()
@@ -85,10 +87,11 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progre
 		// lease: look at every destination bucket afresh.
 		c.swept = map[string]bool{}
 		c.retained = map[string]bool{}
+		c.listings = map[string]*listing{}
 	}
 
 	ps := &passState{c: c, cancel: cancel, owner: ownerTag(c.cfg.ID, lease.Epoch()), lastLog: start, report: report,
-		categories: map[string]string{}}
+		categories: map[string]string{}, fresh: fresh}
 	jobs, err := ps.discover(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -138,6 +141,11 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progre
 	}
 	close(work)
 	wg.Wait()
+	for _, j := range jobs {
+		if l := c.listings[j.dir]; l != nil {
+			l.after, l.rest = j.mark.last, j.segs[j.done:]
+		}
+	}
 
 	c.setLag(ps, jobs)
 	ps.mu.Lock()
@@ -158,6 +166,7 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progre
 	}
 	if errors.Is(ps.firstErr, errFenced) {
 		c.marks = nil // read them again before the next pass writes any
+		c.listings = nil
 	}
 	if ps.firstErr != nil {
 		return st, fmt.Errorf("copy pass: %d errors, the first: %w", st.Errors, ps.firstErr)
@@ -212,7 +221,7 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 			dir := layout.BucketDir(cat.Name, b)
 			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir] && !c.cfg.Merging()}
 			c.checkRetained(j)
-			segs, err := layout.Published(c.deps.Source, dir, j.mark.last)
+			segs, err := ps.listBucket(dir, j.mark.last)
 			if err != nil {
 				listFailed(dir, err)
 				continue
@@ -226,6 +235,45 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		}
 	}
 	return jobs, nil
+}
+
+// listing is a bucket's last listing: when it was made, after which
+// segment, how long it took, and what it found that is not done yet.
+type listing struct {
+	at    time.Time
+	took  time.Duration
+	after string
+	rest  []fs.FileInfo
+}
+
+// listBudget bounds the share of the copier's time spent listing a
+// bucket: after a listing that took d, the bucket is listed again at the
+// first pass at least listBudget×d later. A listing reads every name in
+// the bucket, which keeps dfs_retention of segments: on a local disk
+// (100 ms segments), millions of names after days, seconds a listing,
+// which a pass every Interval repeated without end. Meanwhile a pass
+// copies what the last listing found and is not done yet; segments
+// published since wait for the next listing.
+const listBudget = 10
+
+// listBucket returns the published segments of the bucket directory dir
+// after after: a listing, or while listBudget forbids one (not in a fresh
+// pass, nor when merging, whose passes see the open periods' segments
+// again), what the last listing found and is not done yet.
+func (ps *passState) listBucket(dir, after string) ([]fs.FileInfo, error) {
+	c := ps.c
+	if l := c.listings[dir]; l != nil && !ps.fresh && !c.cfg.Merging() && l.after == after && c.now().Sub(l.at) < listBudget*l.took {
+		return l.rest, nil
+	}
+	delete(c.listings, dir)
+	start := c.now()
+	segs, err := layout.Published(c.deps.Source, dir, after)
+	if err != nil {
+		return nil, err
+	}
+	end := c.now()
+	c.listings[dir] = &listing{at: end, took: end.Sub(start), after: after, rest: segs}
+	return segs, nil
 }
 
 // copyBucket copies j's segments in order, recording progress after each.
