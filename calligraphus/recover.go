@@ -80,7 +80,9 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	if err := fsys.MkdirAll(w.dir); err != nil {
 		return 0, err
 	}
-	infos, err := fsys.ReadDir(w.dir)
+	// Names alone, here and below (an lstat per entry where the dfs can
+	// do without: a bucket on a local disk holds days of segments).
+	names, err := dfs.ReadDirNames(fsys, w.dir)
 	if err != nil {
 		return 0, err
 	}
@@ -89,8 +91,7 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 		return 0, err
 	}
 	maxEpoch := fence.Top
-	for _, fi := range infos {
-		name := fi.Name()
+	for _, name := range names {
 		if !dfs.Hidden(name) {
 			if e, _, ok := layout.ParseSegmentName(name); ok {
 				maxEpoch = max(maxEpoch, e)
@@ -107,11 +108,10 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	// List again for the salvage: a stale writer's segment created and
 	// synced after the first listing but before the intent was
 	// acknowledged (its fence check saw no newer intent).
-	if infos, err = fsys.ReadDir(w.dir); err != nil {
+	if names, err = dfs.ReadDirNames(fsys, w.dir); err != nil {
 		return 0, err
 	}
-	for _, fi := range infos {
-		name := fi.Name()
+	for _, name := range names {
 		if !dfs.Hidden(name) {
 			continue
 		}

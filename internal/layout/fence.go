@@ -247,20 +247,15 @@ func WriteIntent(fsys dfs.FS, dir string, epoch int64) error {
 // it, and a rename) and removes the older intents and seals. It fails
 // with ErrSuperseded when a newer owner's intent is there already.
 func WriteSeal(fsys dfs.FS, dir string, epoch int64, unique string) (Seal, error) {
-	infos, err := fsys.ReadDir(dir)
+	last, err := lastOfEpochs(fsys, dir, epoch)
 	if err != nil {
-		return Seal{}, fmt.Errorf("list bucket %s: %w", dir, err)
+		return Seal{}, err
 	}
-	last := map[int64]uint64{}
-	for _, fi := range infos {
-		if fi.IsDir() || dfs.Hidden(fi.Name()) {
-			continue
-		}
-		if e, s, ok := ParseSegmentName(fi.Name()); ok && e < epoch {
-			if q, seen := last[e]; !seen || s > q {
-				last[e] = s
-			}
-		}
+	// The epochs the listing holds segments of, before the previous
+	// seal's say below.
+	listed := make(map[int64]bool, len(last))
+	for e := range last {
+		listed[e] = true
 	}
 	prev, err := ReadFence(fsys, dir)
 	if err != nil {
@@ -279,7 +274,7 @@ func WriteSeal(fsys dfs.FS, dir string, epoch int64, unique string) (Seal, error
 		}
 		for _, name := range prev.Seal.Last {
 			e, s, ok := ParseSegmentName(name)
-			if !ok || e >= prev.Seal.Epoch || !hasEpoch(infos, e) {
+			if !ok || e >= prev.Seal.Epoch || !listed[e] {
 				continue
 			}
 			last[e] = s
@@ -321,14 +316,44 @@ func WriteSeal(fsys dfs.FS, dir string, epoch int64, unique string) (Seal, error
 	return seal, nil
 }
 
-// hasEpoch reports whether a bucket listing holds a segment of epoch.
-func hasEpoch(infos []fs.FileInfo, epoch int64) bool {
-	for _, fi := range infos {
-		if e, _, ok := ParseSegmentName(fi.Name()); ok && e == epoch && !fi.IsDir() {
-			return true
+// lastOfEpochs lists the bucket directory dir and returns, for each epoch
+// below epoch with segments in it, the last segment's sequence number.
+// It lists names alone (an lstat per entry where the dfs can do without:
+// a bucket on a local disk holds days of segments, millions of names)
+// and looks (Stat) only at the last name of each epoch: a directory
+// named like a segment is no segment, and the name before it is looked
+// at instead.
+func lastOfEpochs(fsys dfs.FS, dir string, epoch int64) (map[int64]uint64, error) {
+	names, err := dfs.ReadDirNames(fsys, dir)
+	if err != nil {
+		return nil, fmt.Errorf("list bucket %s: %w", dir, err)
+	}
+	seqs := map[int64][]uint64{} // in name order: increasing
+	for _, name := range names {
+		if dfs.Hidden(name) {
+			continue
+		}
+		if e, s, ok := ParseSegmentName(name); ok && e < epoch {
+			seqs[e] = append(seqs[e], s)
 		}
 	}
-	return false
+	last := make(map[int64]uint64, len(seqs))
+	for e, ss := range seqs {
+		for i := len(ss) - 1; i >= 0; i-- {
+			fi, err := fsys.Stat(dir + "/" + SegmentName(e, ss[i]))
+			if err == nil && fi.IsDir() {
+				continue
+			}
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("look at %s: %w", dir+"/"+SegmentName(e, ss[i]), err)
+			}
+			// Removed since the listing (retention, oldest first): it
+			// was a segment, as the listing says.
+			last[e] = ss[i]
+			break
+		}
+	}
+	return last, nil
 }
 
 // pruneFence removes the intents and seals below epoch, best effort: the

@@ -2,6 +2,7 @@ package layout
 
 import (
 	"errors"
+	"io/fs"
 	"slices"
 	"testing"
 
@@ -205,3 +206,76 @@ func TestFenceTopByNamesIsByReadDir(t *testing.T) {
 	}
 	check("a directory named like an intent", 0x7ffffffffffff)
 }
+
+// readDirCounting is a file system that lists names itself
+// (dfs.NameLister) and records the directories it lists whole (ReadDir:
+// an lstat per entry on a local disk).
+type readDirCounting struct {
+	*localfs.FS
+	readDirs []string
+}
+
+func (c *readDirCounting) ReadDir(name string) ([]fs.FileInfo, error) {
+	c.readDirs = append(c.readDirs, name)
+	return c.FS.ReadDir(name)
+}
+
+// TestWriteSealByNamesIsByReadDir: the seal computed from a listing of
+// names (a local disk: no lstat of the bucket's millions of names) is
+// the one computed from a full listing, with hidden files, several
+// epochs, a previous seal, and directories named like segments (the last
+// of an epoch, and every one of another); and the bucket is not listed
+// whole.
+func TestWriteSealByNamesIsByReadDir(t *testing.T) {
+	build := func(fsys dfs.FS) {
+		t.Helper()
+		for _, s := range [][2]uint64{{1, 1}, {1, 2}, {1, 7}, {2, 1}, {2, 2}, {3, 4}} {
+			putSegment(t, fsys, dir0, int64(s[0]), s[1])
+		}
+		for _, d := range []string{SegmentName(2, 3), SegmentName(4, 1)} {
+			if err := fsys.MkdirAll(dir0 + "/" + d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dfs.WriteFile(fsys, dir0+"/."+SegmentName(3, 9)+".inprogress", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteIntent(fsys, dir0, 3); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := WriteSeal(fsys, dir0, 3, "a"); err != nil {
+			t.Fatal(err)
+		}
+		putSegment(t, fsys, dir0, 1, 9) // after the seal of 3: never counts
+		if err := WriteIntent(fsys, dir0, 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byNames := &readDirCounting{FS: local}
+	build(byNames)
+	other, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	byReadDir := dfstest.NewFaulty(other)
+	build(byReadDir)
+	byNames.readDirs = nil
+	a, errA := WriteSeal(byNames, dir0, 5, "b")
+	b, errB := WriteSeal(byReadDir, dir0, 5, "b")
+	if errA != nil || errB != nil {
+		t.Fatalf("WriteSeal: by names %v, by ReadDir %v", errA, errB)
+	}
+	want := []string{SegmentName(1, 7), SegmentName(2, 2), SegmentName(3, 4)}
+	if !slices.Equal(a.Last, want) || !slices.Equal(b.Last, want) {
+		t.Fatalf("seal by names %q, by ReadDir %q; want %q", a.Last, b.Last, want)
+	}
+	if slices.Contains(byNames.readDirs, dir0) {
+		t.Errorf("the bucket was listed whole (ReadDir: an lstat per name): %q", byNames.readDirs)
+	}
+}
+
+const dir0 = "cat/0"
