@@ -14,9 +14,9 @@
 // found: internal/layout names and lists the category directories, any
 // category included) and copies, in name order, the published segments
 // after the bucket's progress mark. A bucket whose last listing took d
-// is listed again only d×listBudget later (a listing reads every name,
-// millions in a local-disk bucket after days); the passes between copy
-// what that listing found. CopyOnce and Backfill, and every merging
+// is listed again only d×layout.ListBudget later (a listing reads every
+// name, millions in a local-disk bucket after days); the passes between
+// copy what that listing found. CopyOnce and Backfill, and every merging
 // pass, list every bucket. The directory of a category too long
 // to be its own name holds a sidecar with the full name; the copier
 // writes it at the destination before the category's first segment, so
@@ -137,7 +137,8 @@
 //
 // # Lag and backfill
 //
-// Each pass lists every bucket (as listBudget allows); freeway_copier_lag_segments and
+// Each pass lists every bucket (as layout.ListBudget allows);
+// freeway_copier_lag_segments and
 // freeway_copier_lag_seconds (the age of the oldest segment not done)
 // give, per category, how far the copier is behind the writers; Lag
 // returns the same, and Status (for /api/v1/status) adds whether this

@@ -12,7 +12,7 @@ import (
 
 // TestSlowListingsAreFewInPasses: a copier whose source bucket takes a
 // second to list (a local disk holding days of 100 ms segments) lists it
-// at most once per listBudget seconds in its passes, copying meanwhile
+// at most once per layout.ListBudget seconds in its passes, copying meanwhile
 // what the last listing found; segments published since wait for the
 // next listing. A fresh pass (CopyOnce, Backfill) lists every time. Before, each pass (every
 // Interval) listed every bucket.
@@ -75,12 +75,12 @@ func TestSlowListingsAreFewInPasses(t *testing.T) {
 		t.Fatalf("%d listings of a bucket that takes 1 s to list in 5 s of passes, want 1", got)
 	}
 	sameTree(t, e, names) // 4 and 5 wait for the next listing
-	advance(listBudget * time.Second)
+	advance(layout.ListBudget * time.Second)
 	pass()
 	names = append(names, later...)
 	sameTree(t, e, names)
 	if got := listings(); got != 2 {
-		t.Fatalf("%d listings once listBudget allowed one, want 2", got)
+		t.Fatalf("%d listings once layout.ListBudget allowed one, want 2", got)
 	}
 	names = append(names, publish(t, e.src, "access", 0, 1, 6, 1))
 	passFresh(true) // CopyOnce's and Backfill's pass, under the same grant

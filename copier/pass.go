@@ -52,7 +52,7 @@ type Progress struct {
 
 // pass makes one pass under lease, reporting progress to report (if not
 // nil) as segments are done. A fresh pass lists every bucket; another
-// one lists a bucket only as listBudget allows (listBucket).
+// one lists a bucket only as layout.ListBudget allows (listBucket).
 func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progress), fresh bool) (Stats, error) {
 	c.passMu.Lock()
 	defer c.passMu.Unlock()
@@ -246,23 +246,17 @@ type listing struct {
 	rest  []fs.FileInfo
 }
 
-// listBudget bounds the share of the copier's time spent listing a
-// bucket: after a listing that took d, the bucket is listed again at the
-// first pass at least listBudget×d later. A listing reads every name in
-// the bucket, which keeps dfs_retention of segments: on a local disk
-// (100 ms segments), millions of names after days, seconds a listing,
-// which a pass every Interval repeated without end. Meanwhile a pass
-// copies what the last listing found and is not done yet; segments
-// published since wait for the next listing.
-const listBudget = 10
-
 // listBucket returns the published segments of the bucket directory dir
-// after after: a listing, or while listBudget forbids one (not in a fresh
-// pass, nor when merging, whose passes see the open periods' segments
-// again), what the last listing found and is not done yet.
+// after after: a listing, or while layout.ListBudget forbids one (a
+// bucket listed less than ListBudget times its last listing's duration
+// ago; not in a fresh pass, nor when merging, whose passes see the open
+// periods' segments again), what the last listing found and is not done
+// yet. A pass every Interval listed every bucket, seconds each after
+// days of 100 ms segments on a local disk; segments published since the
+// last listing now wait for the next.
 func (ps *passState) listBucket(dir, after string) ([]fs.FileInfo, error) {
 	c := ps.c
-	if l := c.listings[dir]; l != nil && !ps.fresh && !c.cfg.Merging() && l.after == after && c.now().Sub(l.at) < listBudget*l.took {
+	if l := c.listings[dir]; l != nil && !ps.fresh && !c.cfg.Merging() && l.after == after && c.now().Sub(l.at) < layout.ListBudget*l.took {
 		return l.rest, nil
 	}
 	delete(c.listings, dir)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -51,7 +52,7 @@ func slowBucket(fsys *dfstest.Faulty, r *Reader, listing, reading time.Duration)
 
 // TestSlowListingsAreFewInABacklog: a reader working through a backlog in
 // a bucket whose listing takes a second (a local disk holding days of
-// 100 ms segments) lists it at most once per listBudget seconds of its
+// 100 ms segments) lists it at most once per layout.ListBudget seconds of its
 // time, not once a poll, and reads every segment in order, those
 // published after its listing by their names. Before, it listed every
 // 200 ms poll: a second's listing for every two segments read.
@@ -75,15 +76,15 @@ func TestSlowListingsAreFewInABacklog(t *testing.T) {
 		}
 	}
 	elapsed := clock.now().Sub(start)
-	limit := 1 + int(elapsed/(listBudget*time.Second))
+	limit := 1 + int(elapsed/(layout.ListBudget*time.Second))
 	if n := bucketListings(fsys); n > limit {
-		t.Errorf("%d listings of a bucket whose listing takes 1 s, in %v of the reader's time; want at most %d (one per %d s)", n, elapsed.Round(time.Second), limit, listBudget)
+		t.Errorf("%d listings of a bucket whose listing takes 1 s, in %v of the reader's time; want at most %d (one per %d s)", n, elapsed.Round(time.Second), limit, layout.ListBudget)
 	}
 }
 
 // TestPutOffListingIsDoneOnceAllowed: a caught-up reader without a
 // notifier, whose bucket was taken at a newer epoch (only a listing finds
-// the new writer's segments), puts the listing off while listBudget
+// the new writer's segments), puts the listing off while layout.ListBudget
 // forbids it, then lists as soon as it may: Next does not wait its
 // (hour-long) poll.
 func TestPutOffListingIsDoneOnceAllowed(t *testing.T) {

@@ -101,19 +101,27 @@ func TestCaughtUpReaderListsOnlyWhenNeeded(t *testing.T) {
 	f.next()
 	f.got("s1")
 	listed := bucketListings(fsys)
+	stats := func(name string) int {
+		n := 0
+		for _, c := range fsys.Calls(dfstest.OpStat) {
+			if c.Name == name {
+				n++
+			}
+		}
+		return n
+	}
 	for s := uint64(2); s <= 10; s++ {
 		before := bucketListings(fsys)
+		// The reader looked for this name already, as the one after
+		// the name it looked for before (a dropped name's next): this
+		// time's look is one more.
+		next := path.Join(dir, layout.SegmentName(1, s))
+		looked := stats(next)
 		f.next()
 		// Waiting: it looked for the next name (or listed the bucket,
 		// as readers did before they looked for the next name).
-		next := path.Join(dir, layout.SegmentName(1, s))
 		testkit.WaitFor(t, "the reader to look for "+next, func() bool {
-			for _, c := range fsys.Calls(dfstest.OpStat) {
-				if c.Name == next {
-					return true
-				}
-			}
-			return bucketListings(fsys) > before
+			return stats(next) > looked || bucketListings(fsys) > before
 		})
 		publish(t, fsys, 1, s, []string{"s" + string(rune('0'+s%10))})
 		f.n.Published(dir)
@@ -199,7 +207,7 @@ func takeOver(t *testing.T, fsys dfs.FS, epoch int64) {
 // segment it created ahead, unused, so its next segment's name skips
 // one; a caught-up reader finds that segment by its name too, without
 // listing the bucket (a listing that takes seconds in a bucket of days
-// of 100 ms segments, and waits for listBudget).
+// of 100 ms segments, and waits for layout.ListBudget).
 func TestNextByNameSkipsADroppedName(t *testing.T) {
 	fsys := newFS(t)
 	f := follow(t, fsys)

@@ -16,21 +16,20 @@
 // the listing ends before segments whose fate a newer writer has not
 // sealed yet (the reader waits a poll or two). Between listings a
 // caught-up reader looks first for the name its writer publishes next,
-// (epoch, seq+1) of its position (or seq+2, the name after one the writer
-// dropped unused, once seq+2 is there and seq+1 still is not), and takes
-// that segment only when the
-// fence, read after it, has no intent above its epoch: the verdict
-// layout.Published gives it then; anything else is left to a listing.
-// The mechanism, fence
-// intents and seals in the bucket's hidden .fence directory, is described
-// in internal/layout/fence.go and calligraphus's package doc.
+// (epoch, seq+1) of its position (or seq+2, the name after one the
+// writer dropped unused, once seq+2 is there and seq+1 still is not),
+// and takes that segment only when the fence, read after it, has no
+// intent above its epoch: the verdict layout.Published gives it then;
+// anything else is left to a listing. The mechanism, fence intents and
+// seals in the bucket's hidden .fence directory, is described in
+// internal/layout/fence.go and calligraphus's package doc.
 //
 // Listing cost. A listing reads every name in the bucket, and a bucket
 // keeps dfs_retention of segments: on a local disk with 100 ms segments,
 // millions of names after days, and a listing of seconds. A reader goes
 // on by name between listings, and lists a bucket at most once per
-// listBudget times its last listing's duration (the listings that only
-// refresh Lag are skipped until then; one it needs, to find a new
+// layout.ListBudget times its last listing's duration (the listings that
+// only refresh Lag are skipped until then; one it needs, to find a new
 // writer's first segment or a gap in a writer's names, waits for then):
 // at most a tenth of its time, however large the bucket grows.
 //
@@ -173,7 +172,7 @@ type Reader struct {
 	sr       *segment.Reader
 	pending  []fs.FileInfo // published segments after pos, in order, from the last listing
 	listed   time.Time     // when pending was listed
-	listTook time.Duration // how long that listing took (listingAllowed)
+	listTook time.Duration // how long that listing took (listGap)
 	modTime  time.Time     // the current segment's, from its listing (zero if not listed)
 	now      func() time.Time
 
@@ -466,19 +465,11 @@ func (r *Reader) look() error {
 	return nil
 }
 
-// listBudget bounds the share of a reader's time spent listing its
-// bucket: after a listing that took d, the next waits at least
-// listBudget×d. A listing reads every name in the bucket, and a bucket
-// keeps dfs_retention of segments: on a local disk (100 ms segments)
-// millions of names after days, half a second or more a listing. The
-// reader goes on by name (nextSegment) meanwhile; only Lag, a new
-// writer's first segments and a gap in a writer's names wait for the
-// next listing.
-const listBudget = 10
-
 // listGap is the least time from the end of the last listing to the
-// next: listBudget times its duration.
-func (r *Reader) listGap() time.Duration { return listBudget * r.listTook }
+// next (layout.ListBudget times its duration). The reader goes on by
+// name (nextSegment) meanwhile; only Lag, a new writer's first segments
+// and a gap in a writer's names wait for the next listing.
+func (r *Reader) listGap() time.Duration { return layout.ListBudget * r.listTook }
 
 // listingAllowed reports whether the reader may list its bucket now.
 func (r *Reader) listingAllowed() bool { return r.now().Sub(r.listed) >= r.listGap() }
@@ -556,7 +547,7 @@ func (r *Reader) list() error {
 }
 
 // Lag counts the published segments after the current one, as of the
-// last listing (at most a poll old while segments follow, or listBudget
+// last listing (at most a poll old while segments follow, or layout.ListBudget
 // times that listing's duration if longer): how far behind the writers
 // the reader is.
 func (r *Reader) Lag() int { return len(r.pending) }

@@ -115,6 +115,15 @@ func WriteSidecar(fsys dfs.FS, category, unique string) error {
 	return nil
 }
 
+// ListBudget bounds the share of a reader's time spent listing a bucket
+// (Published): after a listing that took d, the reader (ptail, the
+// copier) lists the bucket again no sooner than ListBudget×d later, and
+// goes on meanwhile with what it knows (the names a writer publishes
+// next, what the last listing found). A listing reads every name in the
+// bucket, and a bucket keeps dfs_retention of segments: on a local disk
+// with 100 ms segments, millions of names after days, seconds a listing.
+const ListBudget = 10
+
 // Published lists the published segments of the bucket directory dir
 // that count (fence.go) and whose names sort after after ("" for all of
 // them), in name order: the one listing that readers (ptail, so Puma),
