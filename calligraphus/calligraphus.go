@@ -236,8 +236,10 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	c.rl = ratelog.New(c.log, time.Minute, 10)
 	held := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "freeway_calligraphus_buckets_held", Help: "Buckets whose lease this writer holds, as far as it knows."},
 		func() float64 { return float64(c.heldBuckets()) })
+	age := prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_calligraphus_segment_max_age_seconds", Help: "The segment age this writer publishes at (segment_max_age, or the dfs's default for 0)."})
+	age.Set(cfg.SegmentMaxAge.D().Seconds())
 	if reg != nil {
-		reg.MustRegister(held)
+		reg.MustRegister(held, age)
 	}
 	// Refuse a listener other writers and agents could not be told how to
 	// reach before binding it (the port does not matter here).

@@ -538,6 +538,9 @@ func TestSegmentAgeByDFS(t *testing.T) {
 		if got := s.c.cfg.SegmentMaxAge.D(); got != want {
 			t.Errorf("segment_max_age 0 on this dfs: %v, want %v", got, want)
 		}
+		if got := counter(t, s.reg, "freeway_calligraphus_segment_max_age_seconds"); got != want.Seconds() {
+			t.Errorf("freeway_calligraphus_segment_max_age_seconds %v, want %v", got, want.Seconds())
+		}
 		// Entries are published by age, without a roll of any other kind.
 		cl := s.dial(t)
 		mustLog(t, cl, entries("cat", "aged"))

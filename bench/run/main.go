@@ -828,6 +828,7 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 	if r.Backends != "" {
 		r.Backends += "; " + o.batches()
 	}
+	// This build's default, until the binary's own says otherwise (below).
 	r.SegmentAge = fmt.Sprintf("%v (default on a local disk)", calligraphus.LocalSegmentMaxAge)
 	if be.dfs != "" {
 		r.SegmentAge = "default (HDFS: every acknowledgement publishes)"
@@ -847,6 +848,13 @@ func freshness(ctx context.Context, o options, rate float64, segmentAge time.Dur
 	if err != nil {
 		r.Err = err.Error()
 		return r
+	}
+	if segmentAge == 0 && be.dfs == "" {
+		// The age the binary under test chose (one before the metric
+		// has none: this build's is said).
+		if v, err := fw.metric("freeway_calligraphus_segment_max_age_seconds"); err == nil && v > 0 {
+			r.SegmentAge = fmt.Sprintf("%v (default on a local disk)", time.Duration(v*float64(time.Second)).Round(time.Millisecond))
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
