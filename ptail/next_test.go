@@ -67,15 +67,18 @@ func (f *followed) got(want string) {
 func (f *followed) waiting(epoch int64, seq uint64, stats int) {
 	f.t.Helper()
 	name := path.Join(dir, layout.SegmentName(epoch, seq+1))
-	testkit.WaitFor(f.t, "the reader to look for "+name, func() bool {
-		n := 0
-		for _, c := range f.fsys.Calls(dfstest.OpStat) {
-			if c.Name == name {
-				n++
-			}
+	testkit.WaitFor(f.t, "the reader to look for "+name, func() bool { return statsOf(f.fsys, name) >= stats })
+}
+
+// statsOf counts the Stats of name so far.
+func statsOf(fsys *dfstest.Faulty, name string) int {
+	n := 0
+	for _, c := range fsys.Calls(dfstest.OpStat) {
+		if c.Name == name {
+			n++
 		}
-		return n >= stats
-	})
+	}
+	return n
 }
 
 // bucketListings counts the listings of the bucket directory itself (not
@@ -101,27 +104,18 @@ func TestCaughtUpReaderListsOnlyWhenNeeded(t *testing.T) {
 	f.next()
 	f.got("s1")
 	listed := bucketListings(fsys)
-	stats := func(name string) int {
-		n := 0
-		for _, c := range fsys.Calls(dfstest.OpStat) {
-			if c.Name == name {
-				n++
-			}
-		}
-		return n
-	}
 	for s := uint64(2); s <= 10; s++ {
 		before := bucketListings(fsys)
 		// The reader looked for this name already, as the one after
 		// the name it looked for before (a dropped name's next): this
 		// time's look is one more.
 		next := path.Join(dir, layout.SegmentName(1, s))
-		looked := stats(next)
+		looked := statsOf(fsys, next)
 		f.next()
 		// Waiting: it looked for the next name (or listed the bucket,
 		// as readers did before they looked for the next name).
 		testkit.WaitFor(t, "the reader to look for "+next, func() bool {
-			return stats(next) > looked || bucketListings(fsys) > before
+			return statsOf(fsys, next) > looked || bucketListings(fsys) > before
 		})
 		publish(t, fsys, 1, s, []string{"s" + string(rune('0'+s%10))})
 		f.n.Published(dir)
