@@ -18,6 +18,14 @@
 // cells get their next versions. The fill is not part of the file's
 // format: any version of this package reads either.
 //
+// Page size. Files this package creates have 16 KiB pages (since
+// 2026-12-03; bbolt's default, the OS page of 4 KiB, before): fewer
+// branch levels and a quarter of the pwrites for a checkpoint of many
+// cells, at the cost of a whole 16 KiB leaf written for a few changed
+// cells in it. bbolt records the page size in the file's meta pages and
+// reads it from there: a file made with 4 KiB pages keeps them, and
+// every version of this package reads both (no migration).
+//
 // Files of the layout before (up to 2026-12-02: tables at the top level,
 // one key per version, the escaped row and column then the inverted
 // timestamp) are migrated when opened, before Open returns: in
