@@ -132,7 +132,7 @@ const mmapSize = 1 << 30
 // page, 4 KiB) make the first checkpoint of 1 M new cells a fifth
 // faster (one branch level fewer, a quarter of the pwrites), and a
 // later checkpoint that changes 10 % of the cells faster still, but one
-// that changes 1 % writes about three times the bytes (a changed cell
+// that changes 1 % writes about twice the bytes (a changed cell
 // writes its whole leaf): bench/PROFILE.md, "(ckpt4)". It is written in
 // the file's meta pages, and bbolt reads it from there when it opens an
 // existing file: files made with another page size keep theirs (no
