@@ -24,23 +24,11 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 			return 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, rs, MaxRecordBytes)
 		}
 	}
-	// Encoded and compressed before the lock, so that callers compress
-	// in parallel, into buffers the group commit writes as they are.
+	// Encoded and compressed before the lock: callers compress in
+	// parallel, and the group commit only copies their records.
 	enc := q.encoders.get()
-	encodeRecords(enc, entries, q.key, q.compress && q.backlog.Load() >= q.compressAbove, q.chunks.get)
-	done := false
-	defer func() {
-		// Handed to a commit that succeeded, the buffers are the queue's;
-		// otherwise nothing else refers to them.
-		for _, b := range enc.bufs {
-			if !done || !enc.handed {
-				q.chunks.put(b)
-			}
-		}
-		clear(enc.bufs)
-		enc.bufs = enc.bufs[:0]
-		q.encoders.put(enc)
-	}()
+	defer q.encoders.put(enc) // the chunks hold copies of its records
+	encodeRecords(enc, entries, q.key, q.compress && q.backlog.Load() >= q.compressAbove)
 	size := enc.size()
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -77,7 +65,6 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 		}
 		switch w.state {
 		case committed:
-			done = true
 			return first, nil
 		case failed:
 			return 0, w.err
@@ -89,65 +76,33 @@ func (q *Queue) Append(entries []Entry) (uint64, error) {
 
 // enqueueLocked numbers enc's records with the next sequence numbers,
 // adds them to the pending chunks and returns the first number.
-//
-// A small encoding (under half a chunk) is copied into the last pending
-// chunk while it fits, so that the chunks of many small calls are few
-// and full. A larger one is written from where it was encoded: each of
-// its buffers becomes a chunk of its own (two where a segment ends
-// between two of its records), which nothing is copied into. Such
-// chunks are enc's until the commit succeeds (after a failed commit
-// the caller appends them again, or gives them back), the queue's
-// after.
 func (q *Queue) enqueueLocked(enc *encoded) uint64 {
 	first := q.nextSeq
-	enc.handed = enc.size() >= chunkBytes/2
-	from := 0 // where the handed buffer's next chunk starts
-	for i, r := range enc.recs {
-		rec := enc.number(r, q.key, q.nextSeq)
+	for _, r := range enc.recs {
 		rs := int64(r.n)
 		roll := q.wSize > segHeaderSize && q.wSize+rs > q.segBytes
-		if enc.handed {
-			if i > 0 && r.buf != enc.recs[i-1].buf {
-				q.pending[len(q.pending)-1].data = chunkOf(enc.bufs[r.buf-1], from)
-				from = 0
+		// A full chunk is followed by a new one rather than grown: its
+		// buffer is reused as it is (and kept for the reader, mem.go).
+		full := len(q.pending) > 0 && q.pending[len(q.pending)-1].full(rs)
+		if len(q.pending) == 0 || roll || full {
+			c := chunk{data: q.buffer()}
+			if roll {
+				c.newSeg = q.nextSeq
+				q.wSize = segHeaderSize
 			}
-			if roll || r.off == 0 {
-				if r.off > from {
-					// The buffer's records before this one end the segment.
-					q.pending[len(q.pending)-1].data = enc.bufs[r.buf][from:r.off:r.off]
-					from = r.off
-				}
-				q.pending = append(q.pending, chunk{handed: true})
-			}
-		} else {
-			last := len(q.pending) - 1
-			if last < 0 || roll || q.pending[last].handed || q.pending[last].full(rs) {
-				q.pending = append(q.pending, chunk{data: q.chunks.get()})
-			}
-			c := &q.pending[len(q.pending)-1]
-			c.data = append(c.data, rec...)
+			q.pending = append(q.pending, c)
 		}
-		if roll {
-			q.pending[len(q.pending)-1].newSeg = q.nextSeq
-			q.wSize = segHeaderSize
-		}
+		c := &q.pending[len(q.pending)-1]
+		c.data = append(c.data, enc.number(r, q.key, q.nextSeq)...)
 		q.wSize += rs
 		q.nextSeq += uint64(r.count)
-	}
-	if n := len(enc.recs); enc.handed && n > 0 {
-		q.pending[len(q.pending)-1].data = chunkOf(enc.bufs[enc.recs[n-1].buf], from)
 	}
 	return first
 }
 
-// chunkOf is buffer b from its offset from on: b itself (the whole
-// buffer, which goes back to the pool once done with) when from is 0.
-func chunkOf(b []byte, from int) []byte {
-	if from == 0 {
-		return b
-	}
-	return b[from:len(b):len(b)]
-}
+// chunkBytes is the capacity of a chunk's buffer: a record of
+// maxRecordRaw entry bytes fits.
+const chunkBytes = 256 << 10
 
 // full reports whether a record of rs bytes would not fit in the chunk's
 // buffer. A record larger than a buffer gets one of its own, grown.
@@ -155,9 +110,14 @@ func (c *chunk) full(rs int64) bool {
 	return len(c.data) > 0 && int64(len(c.data))+rs > int64(cap(c.data))
 }
 
-// chunkBytes is the capacity of a chunk's buffer: a record of
-// maxRecordRaw entry bytes fits.
-const chunkBytes = 256 << 10
+func (q *Queue) buffer() []byte {
+	if n := len(q.free); n > 0 {
+		b := q.free[n-1]
+		q.free = q.free[:n-1]
+		return b[:0]
+	}
+	return make([]byte, 0, chunkBytes)
+}
 
 // commitFiles is the file state of one group commit.
 type commitFiles struct {
@@ -223,12 +183,8 @@ func (q *Queue) commitLocked() {
 		return
 	}
 	q.writeErrs++
-	// A handed chunk's buffer is its caller's: a failed one gives it
-	// back, the others append it again.
 	for _, ch := range pending {
-		if !ch.handed {
-			q.chunks.put(ch.data)
-		}
+		q.recycleLocked(ch.data)
 	}
 	for _, w := range q.waiters {
 		if w.end <= end {
@@ -240,9 +196,7 @@ func (q *Queue) commitLocked() {
 	}
 	q.waiters = nil
 	for _, ch := range q.pending {
-		if !ch.handed {
-			q.chunks.put(ch.data)
-		}
+		q.recycleLocked(ch.data)
 	}
 	q.pending = nil
 	q.nextSeq = q.durable

@@ -57,7 +57,7 @@ func newIncarnation(t testing.TB) incarnation {
 // v3Record is the v3 record of es numbered from seq, as Append writes it.
 func v3Record(key uint32, seq uint64, compress bool, es []Entry) []byte {
 	enc := new(encoded)
-	encodeRecords(enc, es, key, compress, func() []byte { return make([]byte, 0, chunkBytes) })
+	encodeRecords(enc, es, key, compress)
 	var b []byte
 	for _, r := range enc.recs {
 		b = append(b, enc.number(r, key, seq)...)

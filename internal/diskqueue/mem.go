@@ -1,7 +1,5 @@
 package diskqueue
 
-import "sync"
-
 // The reader's read-back from memory.
 //
 // The records a group commit writes are, once it has fsynced them, the
@@ -57,7 +55,7 @@ func (q *Queue) keepCommittedLocked(pending []chunk, created []segment, baseSize
 			q.mem = append(q.mem, memChunk{seg: seg, off: off, data: ch.data})
 			q.memBytes += n
 		} else {
-			q.chunks.put(ch.data)
+			q.recycleLocked(ch.data)
 		}
 		off += n
 	}
@@ -67,41 +65,20 @@ func (q *Queue) keepCommittedLocked(pending []chunk, created []segment, baseSize
 // ones the reader holds until their entries are acknowledged.
 const maxFreeChunks = 32
 
-// chunkPool is the chunk buffers free for the appenders' encodings. The
-// appenders take them before the queue's lock; the commit (a buffer not
-// kept for the reader) and the reader (one whose entries are all
-// acknowledged) give them back.
-type chunkPool struct {
-	mu   sync.Mutex
-	free [][]byte
+// recycleLocked gives a chunk buffer back to the appenders. Only buffers
+// of the usual size are kept: one grown for a large record is left to
+// the garbage collector.
+func (q *Queue) recycleLocked(b []byte) {
+	if cap(b) == chunkBytes && len(q.free) < maxFreeChunks {
+		q.free = append(q.free, b[:0])
+	}
 }
 
-// get returns an empty buffer of chunkBytes.
-func (p *chunkPool) get() []byte {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := len(p.free); n > 0 {
-		b := p.free[n-1]
-		p.free[n-1] = nil
-		p.free = p.free[:n-1]
-		return b
-	}
-	return make([]byte, 0, chunkBytes)
-}
-
-// put gives a buffer back. Only whole buffers of the usual size are
-// kept: one grown for a large record, or a part of one (a commit splits
-// a buffer where a segment ends: each part's capacity is cut to it), is
-// left to the garbage collector.
-func (p *chunkPool) put(b []byte) {
-	if cap(b) != chunkBytes {
-		return
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.free) < maxFreeChunks {
-		p.free = append(p.free, b[:0])
-	}
+// recycle is recycleLocked for the reader, which does not hold q.mu.
+func (q *Queue) recycle(b []byte) {
+	q.mu.Lock()
+	q.recycleLocked(b)
+	q.mu.Unlock()
 }
 
 // takeCommitted returns the kept chunk written at off in segment seg if
@@ -126,7 +103,7 @@ func (q *Queue) takeCommitted(seg uint64, off, limit int64) []byte {
 			q.memTaken += int64(len(m.data))
 			return m.data
 		}
-		q.chunks.put(m.data) // behind the reader: it read those bytes from disk
+		q.recycleLocked(m.data) // behind the reader: it read those bytes from disk
 	}
 	return nil
 }

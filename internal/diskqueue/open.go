@@ -50,7 +50,7 @@ func Open(opts Options) (*Queue, error) {
 		intern: map[string]string{},
 	}
 	q.cond = sync.NewCond(&q.mu)
-	q.bufs.giveBack = q.chunks.put
+	q.bufs.giveBack = q.recycle
 	if err := q.open(); err != nil {
 		_ = q.closeFiles() // the open error is the one to report
 		return nil, err

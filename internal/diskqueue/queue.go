@@ -105,9 +105,6 @@ type segment struct {
 type chunk struct {
 	newSeg uint64
 	data   []byte
-	// handed: data is an Append call's own buffer (enqueueLocked),
-	// nothing else is copied into it.
-	handed bool
 }
 
 // span is bytes read but not yet acknowledged, up to (excluding) end,
@@ -158,7 +155,6 @@ type Queue struct {
 	lock     *os.File
 	ack      *ackFile
 	encoders encoders
-	chunks   chunkPool
 	wake     chan struct{} // a durable advance, for the reader
 	done     chan struct{} // closed by Close
 
@@ -170,6 +166,7 @@ type Queue struct {
 	wSize     int64      // its size including pending chunks
 	pending   []chunk
 	waiters   []*waiter
+	free      [][]byte
 	mem       []memChunk // committed chunks kept for the reader (mem.go)
 	memBytes  int64
 	memTaken  int64 // bytes the reader took from mem instead of the files

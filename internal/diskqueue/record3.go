@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/s2"
@@ -57,51 +58,19 @@ func appendEntry(b []byte, e *Entry) []byte {
 // before the call takes the queue's lock. Their headers lack the
 // sequence number and the header CRC: number fills them in once the
 // numbers are handed out.
-//
-// The records lie in chunk buffers (the queue's, newBuf): several to a
-// buffer while they fit, never one across two (a record larger than a
-// buffer gets one of its own size). The group commit writes these very
-// buffers, and once it has succeeded they are the queue's (kept for the
-// reader, mem.go): the call's encoding is copied nowhere on its way to
-// the file.
 type encoded struct {
-	bufs [][]byte
+	data []byte
 	recs []encodedRec
 	raw  []byte // scratch: a record's entries before compression
-	comp []byte // scratch: its compressed body
-	// handed: the buffers went to the pending chunks as they are
-	// (enqueueLocked).
-	handed bool
 }
 
 type encodedRec struct {
-	buf    int // the buffer it lies in
-	off, n int // where the record (header and body) lies in it
+	off, n int // where the record (header and body) lies in data
 	count  int
 }
 
 // size is the bytes the records take on disk: what the queue's bound counts.
-func (enc *encoded) size() int64 {
-	var n int64
-	for _, b := range enc.bufs {
-		n += int64(len(b))
-	}
-	return n
-}
-
-// room returns the buffer a record of n bytes goes to, after the records
-// already there, and its index.
-func (enc *encoded) room(n int, newBuf func() []byte) int {
-	if k := len(enc.bufs) - 1; k >= 0 && len(enc.bufs[k])+n <= cap(enc.bufs[k]) {
-		return k
-	}
-	b := newBuf()
-	if n > cap(b) {
-		b = make([]byte, 0, n)
-	}
-	enc.bufs = append(enc.bufs, b)
-	return len(enc.bufs) - 1
-}
+func (enc *encoded) size() int64 { return int64(len(enc.data)) }
 
 // maxPooledEncoding bounds the buffers of an encoded kept for reuse: a
 // call of a few megabytes reuses them, a larger one is left to the
@@ -132,7 +101,7 @@ func (p *encoders) get() *encoded {
 }
 
 func (p *encoders) put(enc *encoded) {
-	if cap(enc.raw) > maxPooledEncoding || cap(enc.comp) > maxPooledEncoding {
+	if cap(enc.data) > maxPooledEncoding || cap(enc.raw) > maxPooledEncoding {
 		return // grown for a large call: left to the garbage collector
 	}
 	p.mu.Lock()
@@ -143,13 +112,11 @@ func (p *encoders) put(enc *encoded) {
 }
 
 // encodeRecords encodes entries into v3 records keyed with key,
-// compressed with compress when that is smaller, in buffers from newBuf.
-// Uncompressed, a record's entries are encoded right after its header,
-// where they stay; compressed, into scratch first, which the compressor
-// reads.
-func encodeRecords(enc *encoded, entries []Entry, key uint32, compress bool, newBuf func() []byte) {
-	clear(enc.bufs)
-	enc.bufs, enc.recs = enc.bufs[:0], enc.recs[:0]
+// compressed with compress when that is smaller. Uncompressed, a
+// record's entries are encoded right after its header, where they stay;
+// compressed, into the scratch buffer first, which the compressor reads.
+func encodeRecords(enc *encoded, entries []Entry, key uint32, compress bool) {
+	enc.data, enc.recs = enc.data[:0], enc.recs[:0]
 	for i := 0; i < len(entries); {
 		j, n := i+1, entryBytes(&entries[i])
 		for j < len(entries) && n+entryBytes(&entries[j]) <= maxRecordRaw {
@@ -158,12 +125,9 @@ func encodeRecords(enc *encoded, entries []Entry, key uint32, compress bool, new
 		}
 		if compress {
 			enc.raw = appendEntries(enc.raw[:0], entries[i:j])
-			enc.addCompressed(enc.raw, j-i, key, newBuf)
+			enc.addCompressed(enc.raw, j-i, key)
 		} else {
-			k := enc.room(v3RecHeaderSize+n, newBuf)
-			start := len(enc.bufs[k])
-			enc.bufs[k] = appendEntries(enc.bufs[k][:start+v3RecHeaderSize], entries[i:j])
-			enc.finish(k, start, j-i, 0, key)
+			enc.addPlain(entries[i:j], n, key)
 		}
 		i = j
 	}
@@ -176,40 +140,53 @@ func appendEntries(b []byte, entries []Entry) []byte {
 	return b
 }
 
-// addCompressed appends the record of count entries whose encoding is
-// raw: its Snappy encoding if that is smaller, else raw itself.
-func (enc *encoded) addCompressed(raw []byte, count int, key uint32, newBuf func() []byte) {
-	if need := s2.MaxEncodedLen(len(raw)); cap(enc.comp) < need {
-		enc.comp = make([]byte, need)
-	}
-	body, flags := s2.EncodeSnappy(enc.comp[:cap(enc.comp)], raw), uint32(flagCompressed)
-	if len(body) >= len(raw) {
-		body, flags = raw, 0
-	}
-	k := enc.room(v3RecHeaderSize+len(body), newBuf)
-	start := len(enc.bufs[k])
-	enc.bufs[k] = append(enc.bufs[k][:start+v3RecHeaderSize], body...)
-	enc.finish(k, start, count, flags, key)
+// addPlain appends the uncompressed record of entries, whose encoding
+// takes n bytes.
+func (enc *encoded) addPlain(entries []Entry, n int, key uint32) {
+	start := len(enc.data)
+	enc.data = slices.Grow(enc.data, v3RecHeaderSize+n)
+	enc.data = enc.data[:start+v3RecHeaderSize]
+	enc.data = appendEntries(enc.data, entries)
+	enc.finish(start, len(entries), 0, key)
 }
 
-// finish fills in the header of the record that starts at start in
-// buffer k and runs to its end, all but its sequence number and header
+// addCompressed appends the record of count entries whose encoding is
+// raw: its Snappy encoding if that is smaller, else raw itself.
+func (enc *encoded) addCompressed(raw []byte, count int, key uint32) {
+	start := len(enc.data)
+	need := start + v3RecHeaderSize + s2.MaxEncodedLen(len(raw))
+	if cap(enc.data) < need {
+		enc.data = append(make([]byte, 0, need+need/4), enc.data...)
+	}
+	c := s2.EncodeSnappy(enc.data[start+v3RecHeaderSize:need], raw)
+	if len(c) >= len(raw) {
+		enc.data = append(enc.data[:start+v3RecHeaderSize], raw...)
+		enc.finish(start, count, 0, key)
+		return
+	}
+	// EncodeSnappy wrote the body in place, right after the header.
+	enc.data = enc.data[:start+v3RecHeaderSize+len(c)]
+	enc.finish(start, count, flagCompressed, key)
+}
+
+// finish fills in the header of the record that starts at start and
+// runs to the end of enc.data, all but its sequence number and header
 // CRC (number), and lists the record.
-func (enc *encoded) finish(k, start, count int, flags uint32, key uint32) {
-	b := enc.bufs[k]
-	h, body := b[start:start+v3RecHeaderSize], b[start+v3RecHeaderSize:]
+func (enc *encoded) finish(start, count int, flags uint32, key uint32) {
+	h := enc.data[start : start+v3RecHeaderSize]
+	body := enc.data[start+v3RecHeaderSize:]
 	binary.LittleEndian.PutUint32(h[0:], uint32(len(body)))
 	binary.LittleEndian.PutUint64(h[4:], 0)
 	binary.LittleEndian.PutUint32(h[12:], uint32(count))
 	binary.LittleEndian.PutUint32(h[16:], flags)
 	binary.LittleEndian.PutUint32(h[20:], crc32.Update(key, crcTable, body))
 	binary.LittleEndian.PutUint32(h[24:], 0)
-	enc.recs = append(enc.recs, encodedRec{buf: k, off: start, n: len(b) - start, count: count})
+	enc.recs = append(enc.recs, encodedRec{off: start, n: len(enc.data) - start, count: count})
 }
 
 // number gives record r the sequence number seq and completes its header.
 func (enc *encoded) number(r encodedRec, key uint32, seq uint64) []byte {
-	b := enc.bufs[r.buf][r.off : r.off+r.n]
+	b := enc.data[r.off : r.off+r.n]
 	binary.LittleEndian.PutUint64(b[4:], seq)
 	binary.LittleEndian.PutUint32(b[24:], crc32.Update(key, crcTable, b[:24]))
 	return b
