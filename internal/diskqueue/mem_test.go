@@ -258,3 +258,117 @@ func TestAcknowledgedBatchesAreReused(t *testing.T) {
 		t.Fatalf("a read and its acknowledgement allocate %.1f times, want 0", n)
 	}
 }
+
+// TestLargeAndSmallCallsThroughRollsAndFailedCommits: calls from a few
+// entries to several records (records encoded in place, or compressed,
+// several to a chunk), segment rolls between two records of one chunk,
+// failed commits (whose callers fail, or append again), and a reader
+// right behind that gives the chunks back to the appenders once
+// acknowledged. Every entry Append accepted is read back at its number,
+// and every kept chunk is the file's bytes.
+func TestLargeAndSmallCallsThroughRollsAndFailedCommits(t *testing.T) {
+	for _, compress := range []bool{false, true} {
+		t.Run(fmt.Sprintf("compress=%v", compress), func(t *testing.T) {
+			f := &faults{only: ".seg"} // commits fail, acknowledgements do not
+			q, _ := openFaulty(t, t.TempDir(), f, func(o *Options) {
+				o.SegmentBytes = 300 << 10
+				o.Compress, o.CompressAbove = compress, 0
+			})
+			defer q.Close()
+			rng := rand.New(rand.NewPCG(7, 8))
+			var mu sync.Mutex
+			want := map[uint64]string{} // by sequence number
+			got := map[uint64]string{}
+			appended := make(chan struct{})
+			readerDone := make(chan struct{})
+			go func() {
+				defer close(readerDone)
+				for {
+					ctx, cancel := context.WithCancel(context.Background())
+					go func() {
+						select {
+						case <-appended:
+						case <-readerDone:
+						}
+						cancel()
+					}()
+					b, err := q.Read(ctx, 1<<20, 5000)
+					cancel()
+					if err != nil {
+						return // appended: the rest is read below
+					}
+					mu.Lock()
+					for i, e := range b.Entries {
+						got[b.First+uint64(i)] = string(e.Message)
+					}
+					mu.Unlock()
+					if err := q.Ack(b); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+			for round := range 16 {
+				if round%4 == 3 {
+					f.set(OpWrite, 1) // a commit fails: its callers fail, the pending ones append again
+				}
+				var wg sync.WaitGroup
+				for g := range 4 {
+					n := 5 + rng.IntN(50)
+					if g%2 == 0 {
+						n = 600 + rng.IntN(3000) // half a chunk to several
+					}
+					es := make([]Entry, n)
+					for i := range es {
+						// Half random, half repeated: compressed records are
+						// about half their size, several to a buffer.
+						m := make([]byte, 100+rng.IntN(300))
+						for j := range len(m) / 2 {
+							m[j] = byte(rng.IntN(256))
+						}
+						es[i] = Entry{Category: "c", Message: fmt.Appendf(m, "r%dg%d#%d", round, g, i), Time: int64(i)}
+					}
+					wg.Go(func() {
+						first, err := q.Append(es)
+						if err != nil {
+							return // a failed commit: nothing of it is kept
+						}
+						mu.Lock()
+						for i, e := range es {
+							want[first+uint64(i)] = string(e.Message)
+						}
+						mu.Unlock()
+					})
+				}
+				wg.Wait()
+				f.clear()
+				checkKeptChunks(t, q)
+			}
+			close(appended)
+			<-readerDone
+			st := q.Stats()
+			rolls := 0
+			for _, op := range f.seen() {
+				if strings.HasPrefix(op, string(OpRename)+" ") {
+					rolls++
+				}
+			}
+			if st.WriteErrors == 0 || rolls < 10 {
+				t.Fatalf("the test did not exercise failed commits and rolls: %d rolls, %+v", rolls, st)
+			}
+			rest := readAll(t, q, int(st.NextSeq-1-uint64(len(got))), true)
+			next := uint64(len(got)) + 1
+			for i, m := range rest {
+				got[next+uint64(i)] = m
+			}
+			if len(got) != len(want) {
+				t.Fatalf("read %d entries, appended %d", len(got), len(want))
+			}
+			for seq, m := range want {
+				if got[seq] != m {
+					t.Fatalf("entry %d: read %.20q, appended %.20q", seq, got[seq], m)
+				}
+			}
+		})
+	}
+}

@@ -660,6 +660,13 @@ func (q *Queue) positionReader() error {
 // delivered first.
 func (q *Queue) advance(v view, inBatch bool) (recHeader, bool, error) {
 	r := &q.r
+	if sc := r.sc; sc != nil && sc.recLeft > 0 && sc.recSeq == r.seq {
+		// The next entry of the v3 record being delivered, which load
+		// checked whole: the segment, its readable end and the numbers
+		// need no second look.
+		h, err := sc.peek()
+		return h, err == nil, err
+	}
 	for {
 		if r.sc == nil {
 			s, ok := q.segFor(r.seq)

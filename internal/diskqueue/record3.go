@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/s2"
@@ -111,49 +112,75 @@ func (p *encoders) put(enc *encoded) {
 }
 
 // encodeRecords encodes entries into v3 records keyed with key,
-// compressed with compress when that is smaller.
+// compressed with compress when that is smaller. Uncompressed, a
+// record's entries are encoded right after its header, where they stay;
+// compressed, into the scratch buffer first, which the compressor reads.
 func encodeRecords(enc *encoded, entries []Entry, key uint32, compress bool) {
 	enc.data, enc.recs = enc.data[:0], enc.recs[:0]
 	for i := 0; i < len(entries); {
-		raw := enc.raw[:0]
-		j := i
-		for j < len(entries) && (j == i || len(raw)+entryBytes(&entries[j]) <= maxRecordRaw) {
-			raw = appendEntry(raw, &entries[j])
+		j, n := i+1, entryBytes(&entries[i])
+		for j < len(entries) && n+entryBytes(&entries[j]) <= maxRecordRaw {
+			n += entryBytes(&entries[j])
 			j++
 		}
-		enc.raw = raw
-		enc.addRecord(raw, j-i, key, compress)
+		if compress {
+			enc.raw = appendEntries(enc.raw[:0], entries[i:j])
+			enc.addCompressed(enc.raw, j-i, key)
+		} else {
+			enc.addPlain(entries[i:j], n, key)
+		}
 		i = j
 	}
 }
 
-// addRecord appends the record of count entries whose encoding is raw.
-func (enc *encoded) addRecord(raw []byte, count int, key uint32, compress bool) {
+func appendEntries(b []byte, entries []Entry) []byte {
+	for i := range entries {
+		b = appendEntry(b, &entries[i])
+	}
+	return b
+}
+
+// addPlain appends the uncompressed record of entries, whose encoding
+// takes n bytes.
+func (enc *encoded) addPlain(entries []Entry, n int, key uint32) {
 	start := len(enc.data)
-	body := raw
-	var flags uint32
-	if compress {
-		need := start + v3RecHeaderSize + s2.MaxEncodedLen(len(raw))
-		if cap(enc.data) < need {
-			enc.data = append(make([]byte, 0, need+need/4), enc.data...)
-		}
-		c := s2.EncodeSnappy(enc.data[start+v3RecHeaderSize:need], raw)
-		if len(c) < len(raw) {
-			body, flags = c, flagCompressed
-		}
+	enc.data = slices.Grow(enc.data, v3RecHeaderSize+n)
+	enc.data = enc.data[:start+v3RecHeaderSize]
+	enc.data = appendEntries(enc.data, entries)
+	enc.finish(start, len(entries), 0, key)
+}
+
+// addCompressed appends the record of count entries whose encoding is
+// raw: its Snappy encoding if that is smaller, else raw itself.
+func (enc *encoded) addCompressed(raw []byte, count int, key uint32) {
+	start := len(enc.data)
+	need := start + v3RecHeaderSize + s2.MaxEncodedLen(len(raw))
+	if cap(enc.data) < need {
+		enc.data = append(make([]byte, 0, need+need/4), enc.data...)
 	}
-	enc.data = append(enc.data, make([]byte, v3RecHeaderSize)...)
-	if flags == 0 {
-		enc.data = append(enc.data, raw...)
-	} else {
-		// EncodeSnappy wrote the body in place, right after the header.
-		enc.data = enc.data[:len(enc.data)+len(body)]
+	c := s2.EncodeSnappy(enc.data[start+v3RecHeaderSize:need], raw)
+	if len(c) >= len(raw) {
+		enc.data = append(enc.data[:start+v3RecHeaderSize], raw...)
+		enc.finish(start, count, 0, key)
+		return
 	}
+	// EncodeSnappy wrote the body in place, right after the header.
+	enc.data = enc.data[:start+v3RecHeaderSize+len(c)]
+	enc.finish(start, count, flagCompressed, key)
+}
+
+// finish fills in the header of the record that starts at start and
+// runs to the end of enc.data, all but its sequence number and header
+// CRC (number), and lists the record.
+func (enc *encoded) finish(start, count int, flags uint32, key uint32) {
 	h := enc.data[start : start+v3RecHeaderSize]
+	body := enc.data[start+v3RecHeaderSize:]
 	binary.LittleEndian.PutUint32(h[0:], uint32(len(body)))
+	binary.LittleEndian.PutUint64(h[4:], 0)
 	binary.LittleEndian.PutUint32(h[12:], uint32(count))
 	binary.LittleEndian.PutUint32(h[16:], flags)
-	binary.LittleEndian.PutUint32(h[20:], crc32.Update(key, crcTable, enc.data[start+v3RecHeaderSize:]))
+	binary.LittleEndian.PutUint32(h[20:], crc32.Update(key, crcTable, body))
+	binary.LittleEndian.PutUint32(h[24:], 0)
 	enc.recs = append(enc.recs, encodedRec{off: start, n: len(enc.data) - start, count: count})
 }
 
