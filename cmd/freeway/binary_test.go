@@ -57,12 +57,6 @@ type proc struct {
 // descriptor limit when nofile > 0, and waits until api answers /readyz.
 func startProc(t *testing.T, cfgFile, api string, nofile int, args ...string) *proc {
 	t.Helper()
-	return startProcEnv(t, nil, cfgFile, api, nofile, args...)
-}
-
-// startProcEnv is startProc with the environment env (nil: the test's).
-func startProcEnv(t *testing.T, env []string, cfgFile, api string, nofile int, args ...string) *proc {
-	t.Helper()
 	bin := freewayBinary(t)
 	argv := append([]string{"all", "--config", cfgFile}, args...)
 	var cmd *exec.Cmd
@@ -71,7 +65,6 @@ func startProcEnv(t *testing.T, env []string, cfgFile, api string, nofile int, a
 	} else {
 		cmd = exec.Command(bin, argv...)
 	}
-	cmd.Env = env
 	p := &proc{cmd: cmd, out: &testkit.LogBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {

@@ -125,7 +125,6 @@ func targetCommand(target, use, short string) *cobra.Command {
 		}
 		log := newLogger(cfg.Log)
 		raiseFileLimit(log)
-		widenProcs(log)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		if backfill {
