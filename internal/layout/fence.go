@@ -328,7 +328,7 @@ func lastOfEpochs(fsys dfs.FS, dir string, epoch int64) (map[int64]uint64, error
 	if err != nil {
 		return nil, fmt.Errorf("list bucket %s: %w", dir, err)
 	}
-	seqs := map[int64][]uint64{} // in name order: increasing
+	seqs := map[int64][]uint64{}
 	for _, name := range names {
 		if dfs.Hidden(name) {
 			continue
@@ -339,6 +339,7 @@ func lastOfEpochs(fsys dfs.FS, dir string, epoch int64) (map[int64]uint64, error
 	}
 	last := make(map[int64]uint64, len(seqs))
 	for e, ss := range seqs {
+		slices.Sort(ss) // in name order already, unless a name is not canonical
 		for i := len(ss) - 1; i >= 0; i-- {
 			fi, err := fsys.Stat(dir + "/" + SegmentName(e, ss[i]))
 			if err == nil && fi.IsDir() {
