@@ -2,7 +2,6 @@ package copier
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,21 +19,10 @@ func TestSlowListingsAreFewInPasses(t *testing.T) {
 	e := newEnv(t)
 	src := dfstest.NewFaulty(e.src)
 	dir := layout.BucketDir("access", 0)
-	var mu sync.Mutex
-	now := time.Unix(1_800_000_000, 0)
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
-	advance := func(d time.Duration) {
-		mu.Lock()
-		now = now.Add(d)
-		mu.Unlock()
-	}
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
 	src.SetHook(func(c dfstest.Call) error {
 		if c.Op == dfstest.OpReadDir && c.Name == dir {
-			advance(time.Second)
+			clk.Add(time.Second)
 		}
 		return nil
 	})
@@ -47,7 +35,7 @@ func TestSlowListingsAreFewInPasses(t *testing.T) {
 		}
 		return n
 	}
-	n := e.copier(t, "a", withSource(src), func(_ *Config, deps *Deps) { deps.Now = clock })
+	n := e.copier(t, "a", withSource(src), func(_ *Config, deps *Deps) { deps.Now = clk.Now })
 	lease, err := n.session.Acquire(context.Background(), "copier", "a")
 	if err != nil {
 		t.Fatal(err)
@@ -68,14 +56,14 @@ func TestSlowListingsAreFewInPasses(t *testing.T) {
 	sameTree(t, e, names)
 	later := []string{publish(t, e.src, "access", 0, 1, 4, 1), publish(t, e.src, "access", 0, 1, 5, 1)}
 	for range 5 {
-		advance(time.Second)
+		clk.Add(time.Second)
 		pass()
 	}
 	if got := listings(); got != 1 {
 		t.Fatalf("%d listings of a bucket that takes 1 s to list in 5 s of passes, want 1", got)
 	}
 	sameTree(t, e, names) // 4 and 5 wait for the next listing
-	advance(layout.ListBudget * time.Second)
+	clk.Add(layout.ListBudget * time.Second)
 	pass()
 	names = append(names, later...)
 	sameTree(t, e, names)

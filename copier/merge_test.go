@@ -47,6 +47,12 @@ func (c *clock) Set(t time.Time) {
 	c.t = t
 }
 
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
 // mergeEnv is an env whose source is a local directory whose files'
 // times a test sets (a segment's modification time is when it was
 // published).
