@@ -106,9 +106,7 @@ func TestCaughtUpReaderListsOnlyWhenNeeded(t *testing.T) {
 	listed := bucketListings(fsys)
 	for s := uint64(2); s <= 10; s++ {
 		before := bucketListings(fsys)
-		// The reader looked for this name already, as the one after
-		// the name it looked for before (a dropped name's next): this
-		// time's look is one more.
+		// This time's look at the name is one more than any before.
 		next := path.Join(dir, layout.SegmentName(1, s))
 		looked := statsOf(fsys, next)
 		f.next()
@@ -123,6 +121,14 @@ func TestCaughtUpReaderListsOnlyWhenNeeded(t *testing.T) {
 	}
 	if got := bucketListings(fsys) - listed; got != 0 {
 		t.Errorf("%d listings of the bucket for 9 segments published one at a time, want 0", got)
+	}
+	// Each name looked at twice: missed at the end of the segment before,
+	// found at its notice. The name after a dropped one is looked at only
+	// where a listing would be made otherwise, not at every miss.
+	for s := uint64(2); s <= 10; s++ {
+		if n := statsOf(fsys, path.Join(dir, layout.SegmentName(1, s))); n != 2 {
+			t.Errorf("segment (1, %d) looked at %d times, want 2", s, n)
+		}
 	}
 }
 

@@ -447,7 +447,13 @@ func (r *Reader) look() error {
 		}
 		return nil
 	}
-	found, err := r.nextSegment()
+	found, err := r.nextSegment(false)
+	if err == nil && !found && (r.woken == nil || r.noticed || r.polled) {
+		// Before a listing, the name after one the writer dropped (only
+		// then: a caught-up reader misses seq+1 at the end of every
+		// segment).
+		found, err = r.nextSegment(true)
+	}
 	switch {
 	case err != nil:
 		return err
@@ -476,26 +482,30 @@ func (r *Reader) listingAllowed() bool { return r.now().Sub(r.listed) >= r.listG
 
 // nextSegment looks for the segment the writer of the reader's position
 // publishes next: (epoch, seq+1) of pos, the only name that can sort
-// between pos and the writer's later segments, or (epoch, seq+2) when
-// seq+1 never comes (the writer dropped it unused). It reports true, with the
+// between pos and the writer's later segments, or, with dropped, after a
+// look that did not find seq+1, (epoch, seq+2) when seq+1 never comes
+// (the writer dropped it unused). It reports true, with the
 // segment in pending, when that segment is published and counts: after
 // the Stat, as layout.Published decides after its listing, the fence is
 // read, and with no fence intent above the segment's epoch it counts
 // (layout.Fence.Verdict). Anything else (not there yet, a newer epoch's
 // intent whose seal decides it, a position that names no segment) is
 // left to a listing, which decides it as it always has.
-func (r *Reader) nextSegment() (bool, error) {
+func (r *Reader) nextSegment(dropped bool) (bool, error) {
 	epoch, seq, ok := layout.ParseSegmentName(r.pos.Segment)
-	if !ok || seq == 1<<64-1 {
+	if !ok || seq == 1<<64-1 || dropped && seq == 1<<64-2 {
 		return false, nil
 	}
 	next := path.Join(r.dir, layout.SegmentName(epoch, seq+1))
-	fi, err := r.fs.Stat(next)
-	if errors.Is(err, fs.ErrNotExist) && seq+1 < 1<<64-1 {
+	var fi fs.FileInfo
+	var err error
+	if !dropped {
+		fi, err = r.fs.Stat(next)
+	} else {
 		// A writer idle for a while drops the segment it created ahead,
 		// unused, and its next one is seq+2. Once seq+2 is published,
 		// seq+1 never will be (a writer publishes in name order), but it
-		// may have been since the look above: a second look at it,
+		// may have been since the caller's look at it: a second look,
 		// after seq+2 is seen, tells.
 		var after fs.FileInfo
 		if after, err = r.fs.Stat(path.Join(r.dir, layout.SegmentName(epoch, seq+2))); err == nil {
