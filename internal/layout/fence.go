@@ -328,30 +328,48 @@ func lastOfEpochs(fsys dfs.FS, dir string, epoch int64) (map[int64]uint64, error
 	if err != nil {
 		return nil, fmt.Errorf("list bucket %s: %w", dir, err)
 	}
-	seqs := map[int64][]uint64{}
+	// below is the greatest sequence number of epoch e below than in the
+	// listing; ok false if there is none.
+	below := func(e int64, than uint64) (last uint64, ok bool) {
+		for _, name := range names {
+			if dfs.Hidden(name) {
+				continue
+			}
+			if ne, s, isSeg := ParseSegmentName(name); isSeg && ne == e && s < than && (!ok || s > last) {
+				last, ok = s, true
+			}
+		}
+		return last, ok
+	}
+	last := map[int64]uint64{}
 	for _, name := range names {
 		if dfs.Hidden(name) {
 			continue
 		}
 		if e, s, ok := ParseSegmentName(name); ok && e < epoch {
-			seqs[e] = append(seqs[e], s)
+			if q, seen := last[e]; !seen || s > q {
+				last[e] = s
+			}
 		}
 	}
-	last := make(map[int64]uint64, len(seqs))
-	for e, ss := range seqs {
-		slices.Sort(ss) // in name order already, unless a name is not canonical
-		for i := len(ss) - 1; i >= 0; i-- {
-			fi, err := fsys.Stat(dir + "/" + SegmentName(e, ss[i]))
-			if err == nil && fi.IsDir() {
-				continue
-			}
+	for e, s := range last {
+		for {
+			p := dir + "/" + SegmentName(e, s)
+			fi, err := fsys.Stat(p)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("look at %s: %w", dir+"/"+SegmentName(e, ss[i]), err)
+				return nil, fmt.Errorf("look at %s: %w", p, err)
 			}
 			// Removed since the listing (retention, oldest first): it
 			// was a segment, as the listing says.
-			last[e] = ss[i]
-			break
+			if err != nil || !fi.IsDir() {
+				last[e] = s
+				break
+			}
+			var ok bool
+			if s, ok = below(e, s); !ok {
+				delete(last, e)
+				break
+			}
 		}
 	}
 	return last, nil
