@@ -499,3 +499,21 @@ func FuzzParseNumber(f *testing.F) {
 		}
 	})
 }
+
+// FuzzNumber: a text value is a number exactly when strconv.ParseFloat
+// takes it (spaces around trimmed), and the same number to the bit:
+// Value.Number's shortcut for text ParseFloat refuses refuses nothing it
+// takes.
+func FuzzNumber(f *testing.F) {
+	for _, s := range []string{"", " ", "0", " -1.5 ", "+2", ".5", "5.", "1e3", "0x1p-2", "0x_1p0", "_1", "1_0",
+		"inf", "-Inf", "+INFINITY", "nan", "NaN", "-nan", "Infinity", "infx", "k123", "probe", "null", "true", "\t7\n", "\u00a08"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := Value{Str: s}.Number()
+		want, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+		if ok != (err == nil) || ok && math.Float64bits(got) != math.Float64bits(want) && !(math.IsNaN(got) && math.IsNaN(want)) {
+			t.Fatalf("%q: Number %v, %v; ParseFloat %v, %v", s, got, ok, want, err)
+		}
+	})
+}

@@ -29,8 +29,30 @@ func (v Value) Number() (float64, bool) {
 	if v.IsNum {
 		return v.Num, true
 	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(v.Str), 64)
+	s := strings.TrimSpace(v.Str)
+	if !mayBeNumber(s) {
+		// What ParseFloat refuses costs it an allocated error: a filter
+		// comparing a text field (key == "probe") would pay one a line.
+		return 0, false
+	}
+	n, err := strconv.ParseFloat(s, 64)
 	return n, err == nil
+}
+
+// mayBeNumber is false for text strconv.ParseFloat surely refuses:
+// anything but an optional sign followed by a digit, a point, or one of
+// inf, infinity and nan (any case) whole. Everything it takes is so.
+func mayBeNumber(s string) bool {
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		s = s[1:]
+	}
+	if s == "" {
+		return false
+	}
+	if c := s[0]; c >= '0' && c <= '9' || c == '.' {
+		return true
+	}
+	return strings.EqualFold(s, "inf") || strings.EqualFold(s, "infinity") || strings.EqualFold(s, "nan")
 }
 
 // String returns the value as a string.

@@ -2,6 +2,7 @@ package apps
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -268,6 +269,29 @@ func TestExtractAllocatesNothing(t *testing.T) {
 			}
 		}); n != c.want {
 			t.Fatalf("line %s: %v allocations a shared parse and extraction, want %v", c.line, n, c.want)
+		}
+	}
+}
+
+// TestFilterOnTextAllocatesNothing: a where comparing fields with texts
+// (key == "probe", the bench's probe app; a number against a text)
+// filters a line out without an allocation. Each text side was given to
+// strconv.ParseFloat, whose refusal allocates its error: two a line.
+func TestFilterOnTextAllocatesNothing(t *testing.T) {
+	for _, where := range []string{`key == "probe"`, `key != "k1" and status < 500`, `method >= "GET"`} {
+		a, err := Compile(Spec{Name: "a", Category: "c", Format: "json", Where: where,
+			GroupBy: []string{"id"}, Aggregates: []AggregateSpec{{Fn: "count"}}}, "$")
+		if err != nil {
+			t.Fatal(err)
+		}
+		x := a.NewExtractor()
+		line := []byte(`{"key": "k123", "status": "n/a", "method": "DELETE", "id": "x"}`)
+		if n := testing.AllocsPerRun(100, func() {
+			if _, err := x.Extract(line, 1); !errors.Is(err, ErrFiltered) {
+				t.Fatalf("%s: %v, want it filtered out", where, err)
+			}
+		}); n != 0 {
+			t.Fatalf("%s: %v allocations a line, want 0", where, n)
 		}
 	}
 }
