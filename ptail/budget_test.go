@@ -83,8 +83,9 @@ func TestSlowListingsAreFewInABacklog(t *testing.T) {
 }
 
 // TestPutOffListingIsDoneOnceAllowed: a caught-up reader without a
-// notifier, whose bucket was taken at a newer epoch (only a listing finds
-// the new writer's segments), puts the listing off while layout.ListBudget
+// notifier, whose bucket was taken twice (epoch 2 published a segment,
+// then epoch 3 took over and has published nothing yet: only a listing
+// finds epoch 2's segment), puts the listing off while layout.ListBudget
 // forbids it, then lists as soon as it may: Next does not wait its
 // (hour-long) poll.
 func TestPutOffListingIsDoneOnceAllowed(t *testing.T) {
@@ -98,6 +99,7 @@ func TestPutOffListingIsDoneOnceAllowed(t *testing.T) {
 	}
 	takeOver(t, fsys, 2)
 	publish(t, fsys, 2, 1, []string{"e2"})
+	takeOver(t, fsys, 3)
 	listed := bucketListings(fsys)
 	var b segment.Block
 	if _, ok, err := r.TryNext(&b); ok || err != nil {
@@ -115,5 +117,53 @@ func TestPutOffListingIsDoneOnceAllowed(t *testing.T) {
 	}
 	if got := string(b.Messages[0]); got != "e2" {
 		t.Fatalf("read %q, want e2", got)
+	}
+}
+
+// TestHandoffIsReadWithinTheBudget: a caught-up reader whose bucket a new
+// writer took (epoch 2) reads the new writer's first segment at its next
+// look, by one listing the budget does not put off: a handoff (every
+// writer restart) would otherwise leave the bucket unread for up to
+// layout.ListBudget listings' time (a minute at 6 M names). The listing
+// is made once per new owner: after it, the budget holds again.
+func TestHandoffIsReadWithinTheBudget(t *testing.T) {
+	fsys := newFS(t)
+	r := NewReader(fsys, dir, Position{}, time.Hour, logger(t))
+	defer func() { _ = r.Close() }()
+	slowBucket(fsys, r, time.Second, 0)
+	publish(t, fsys, 1, 1, []string{"e1"})
+	if got := msgsOf(readN(t, r, 1)); got[0] != "e1" {
+		t.Fatalf("read %q, want e1", got)
+	}
+	takeOver(t, fsys, 2)
+	var b segment.Block
+	listed := bucketListings(fsys)
+	if _, ok, err := r.TryNext(&b); ok || err != nil {
+		t.Fatalf("TryNext before the new writer published: ok %v, err %v; want nothing", ok, err)
+	}
+	if n := bucketListings(fsys) - listed; n != 0 || !r.deferred {
+		t.Fatalf("%d listings, deferred %v, before the new writer published; want 0, put off", n, r.deferred)
+	}
+	publish(t, fsys, 2, 1, []string{"e2"})
+	if _, ok, err := r.TryNext(&b); !ok || err != nil {
+		t.Fatalf("TryNext after the new writer published: ok %v, err %v; want its segment within the budget", ok, err)
+	}
+	if got := string(b.Messages[0]); got != "e2" {
+		t.Fatalf("read %q, want e2", got)
+	}
+	if n := bucketListings(fsys) - listed; n != 1 {
+		t.Fatalf("%d listings for the handoff, want 1", n)
+	}
+	// The same owner again (the reader read what it had): no listing for
+	// it within the budget.
+	if handoff, err := r.newOwnerPublished(); handoff || err != nil {
+		t.Fatalf("newOwnerPublished for the owner already listed for: %v, %v; want false", handoff, err)
+	}
+	publish(t, fsys, 2, 4, []string{"gap"}) // two names missing: the listing waits for the budget
+	if _, ok, err := r.TryNext(&b); ok || err != nil {
+		t.Fatalf("TryNext at a gap within the budget: ok %v, err %v; want nothing yet", ok, err)
+	}
+	if n := bucketListings(fsys) - listed; n != 1 {
+		t.Fatalf("%d listings, want still 1", n)
 	}
 }

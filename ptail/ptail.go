@@ -191,6 +191,9 @@ type Reader struct {
 	// deferred: the reader needs a listing that listingAllowed put off;
 	// Next waits no longer than until it is allowed.
 	deferred bool
+	// probedTop: the newest fence epoch whose owner's first segment made
+	// a listing the budget had put off (newOwnerPublished).
+	probedTop int64
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
@@ -466,9 +469,45 @@ func (r *Reader) look() error {
 		if r.listingAllowed() {
 			return r.list()
 		}
+		if handoff, err := r.newOwnerPublished(); err != nil || handoff {
+			if err != nil {
+				return err
+			}
+			return r.list()
+		}
 		r.deferred = true
 	}
 	return nil
+}
+
+// newOwnerPublished reports whether the bucket's newest owner, at an
+// epoch above the reader's position's, has published its first segment
+// (seq 1 of the fence's top epoch): after a handoff only a listing finds
+// the new writer's segments and decides what counts, and that listing is
+// not put off by the budget (ten listings' time is a minute at 6 M
+// names: the bucket unread after every writer's restart). It only lets
+// the listing happen sooner; the listing decides as always. Once per
+// top epoch: a listing that leaves the reader where it was (the new
+// owner's seal not yet written) does not make every later look list.
+func (r *Reader) newOwnerPublished() (bool, error) {
+	epoch, _, ok := layout.ParseSegmentName(r.pos.Segment)
+	if !ok {
+		return false, nil
+	}
+	top, err := layout.FenceTop(r.fs, r.dir)
+	if err != nil {
+		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
+	}
+	if top <= epoch || top <= r.probedTop {
+		return false, nil
+	}
+	if _, err := r.fs.Stat(path.Join(r.dir, layout.SegmentName(top, 1))); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
+	}
+	r.probedTop = top
+	return true, nil
 }
 
 // listGap is the least time from the end of the last listing to the
