@@ -512,8 +512,10 @@ func (r *Reader) newOwnerPublished() (bool, error) {
 
 // listGap is the least time from the end of the last listing to the
 // next (layout.ListBudget times its duration). The reader goes on by
-// name (nextSegment) meanwhile; only Lag, a new writer's first segments
-// and a gap in a writer's names wait for the next listing.
+// name (nextSegment) meanwhile; only Lag, a gap in a writer's names and
+// the segments of a new writer that is not the fence's newest wait for
+// the next listing (the newest's first segment makes one at once:
+// newOwnerPublished).
 func (r *Reader) listGap() time.Duration { return layout.ListBudget * r.listTook }
 
 // listingAllowed reports whether the reader may list its bucket now.
