@@ -132,13 +132,13 @@ func TestSustainedGoalJudgedBySlices(t *testing.T) {
 func TestSlicesOf(t *testing.T) {
 	samples := []probeSample{{AtSec: 0.1, LagMs: 10, Seen: true}, {AtSec: 9.9, LagMs: 30, Seen: true}, {AtSec: 10, LagMs: 50, Seen: true},
 		{AtSec: 24.9, LagMs: 70, Seen: false}, {AtSec: 25, LagMs: 90, Seen: true}}
-	backlog := []backlogSample{{AtSec: 1, Entries: 5}, {AtSec: 9, Entries: 7}, {AtSec: 21, Entries: 3}, {AtSec: 26, Entries: 99}}
+	backlog := []backlogSample{{AtSec: 1, Entries: 5, AtAgent: 4}, {AtSec: 9, Entries: 7, AtAgent: 2}, {AtSec: 21, Entries: 3}, {AtSec: 26, Entries: 99, AtAgent: 99}}
 	got := slicesOf(samples, backlog, 25, 10)
 	if len(got) != 3 {
 		t.Fatalf("%d slices of 25 s by 10, want 3: %+v", len(got), got)
 	}
 	want := []lagSlice{
-		{FromSec: 0, ToSec: 10, Probes: 2, Seen: 2, P50Ms: 30, P99Ms: 30, MaxMs: 30, BacklogMax: 7},
+		{FromSec: 0, ToSec: 10, Probes: 2, Seen: 2, P50Ms: 30, P99Ms: 30, MaxMs: 30, BacklogMax: 7, AtAgentMax: 4},
 		{FromSec: 10, ToSec: 20, Probes: 1, Seen: 1, P50Ms: 50, P99Ms: 50, MaxMs: 50},
 		{FromSec: 20, ToSec: 25, Probes: 2, Seen: 1, P50Ms: 90, P99Ms: 90, MaxMs: 90, BacklogMax: 3},
 	}

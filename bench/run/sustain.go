@@ -57,6 +57,10 @@ type backlogSample struct {
 	Entries float64 `json:"entries"`
 	// InFlight is the agent's batches sent and not yet answered.
 	InFlight float64 `json:"batches_in_flight"`
+	// AtAgent is the part of Entries still in the agent's queue (not yet
+	// acknowledged by a writer; the rest is written and not yet
+	// aggregated): which side a growing backlog is on.
+	AtAgent float64 `json:"at_agent"`
 }
 
 // lagSlice is the lag over one slice of a run.
@@ -69,6 +73,8 @@ type lagSlice struct {
 	P99Ms      float64 `json:"p99_ms"`
 	MaxMs      float64 `json:"max_ms"`
 	BacklogMax float64 `json:"backlog_max_entries"`
+	// AtAgentMax is the most of the backlog in the agent's queue.
+	AtAgentMax float64 `json:"backlog_at_agent_max_entries"`
 }
 
 // sustainedRun is a fixed rate held on the real engines, its lag slice
@@ -131,6 +137,7 @@ func slicesOf(samples []probeSample, backlog []backlogSample, total, d float64) 
 		}
 		i := idx(b.AtSec)
 		out[i].BacklogMax = math.Max(out[i].BacklogMax, b.Entries)
+		out[i].AtAgentMax = math.Max(out[i].AtAgentMax, b.AtAgent)
 	}
 	for i := range out {
 		if len(lat[i]) > 0 { // else 0: Seen says none was (JSON has no NaN)
@@ -344,7 +351,8 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 				continue
 			}
 			recv := m[`freeway_agent_entries_received_total{source="scribe"}`] + m[`freeway_agent_entries_received_total{source="tail"}`]
-			b := backlogSample{AtSec: time.Since(start).Seconds(), Entries: recv - m["freeway_puma_entries_total"], InFlight: m["freeway_agent_batches_in_flight"]}
+			b := backlogSample{AtSec: time.Since(start).Seconds(), Entries: recv - m["freeway_puma_entries_total"], InFlight: m["freeway_agent_batches_in_flight"],
+				AtAgent: m["freeway_agent_queue_entries"]}
 			r.Backlog = append(r.Backlog, b)
 		}
 	})
@@ -407,7 +415,7 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 	log.Printf("sustained on the engines (writers: %d) at %.0f/s (achieved %.0f/s, Log p50 %.0fms p99 %.0fms) for %v: lag p50 %.0fms p99 %.0fms over %d of %d probes; agent's batches acknowledged p50 %.0fms p99 %.0fms, at most %.0f in flight; bounded %v: %s",
 		r.Writers, rate, r.Achieved, r.LogP50Ms, r.LogP99Ms, o.sustain, r.P50Ms, r.P99Ms, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, ok, why)
 	for _, s := range r.Slices {
-		log.Printf("  %2.0f–%2.0fs: p50 %.0fms p99 %.0fms max %.0fms (%d of %d probes), backlog at most %.0f entries", s.FromSec, s.ToSec, s.P50Ms, s.P99Ms, s.MaxMs, s.Seen, s.Probes, s.BacklogMax)
+		log.Printf("  %2.0f–%2.0fs: p50 %.0fms p99 %.0fms max %.0fms (%d of %d probes), backlog at most %.0f entries (%.0f at the agent)", s.FromSec, s.ToSec, s.P50Ms, s.P99Ms, s.MaxMs, s.Seen, s.Probes, s.BacklogMax, s.AtAgentMax)
 	}
 	if err := extra.stop(time.Minute); err != nil {
 		log.Printf("stop the other writers: %v", err) // the measurements are taken; their logs say why
@@ -494,7 +502,7 @@ func (r sustainedRun) markdown() string {
 	}
 	w(", fed by `freeway load` at a fixed %s entries/s (live event times) for %.0f s; a probe line every 100 ms as in B5, its lag from just before its Log call to the first query answer holding it. ", k(r.Rate), r.Seconds)
 	w("The lag is bounded if every probe was seen, the rate was held (at least %.0f %% of it) and the last slice's p99 is at most %.0f %% above the first's or %.0f ms above it, whichever allows more. ", heldRate*100, lagTolerance*100, lagSlackMs)
-	w("Backlog: entries the agent had acknowledged that Puma had not yet applied, sampled every second.\n\n")
+	w("Backlog: entries the agent had acknowledged that Puma had not yet applied, sampled every second; at the agent: the most of them still in its queue, not yet acknowledged by a writer.\n\n")
 	ok, why := r.bounded()
 	w("Achieved %s/s (the generator's Log calls p50 %.1f ms, p99 %.1f ms); lag p50 %.0f ms, p99 %.0f ms, max %.0f ms over %d of %d probes; agent's acknowledgement from the writer p50 %.0f ms, p99 %.0f ms; at most %.0f batches in flight; freeway CPU %.1f s; **lag bounded: %v** (%s).\n\n",
 		k(r.Achieved), r.LogP50Ms, r.LogP99Ms, r.P50Ms, r.P99Ms, r.MaxMs, r.Seen, r.Probes, r.AckP50Ms, r.AckP99Ms, r.InFlightMx, r.CPUSec, ok, why)
@@ -504,10 +512,10 @@ func (r sustainedRun) markdown() string {
 	if len(r.Steps) > 0 {
 		w("Where the writers' acknowledgements waited (`freeway_calligraphus_publish_step_seconds`, p50 / p99): %s.\n\n", stepsText(r.Steps))
 	}
-	w("| slice | probes seen | p50 | p99 | max | backlog at most |\n|---|---|---|---|---|---|\n")
+	w("| slice | probes seen | p50 | p99 | max | backlog at most | at the agent at most |\n|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Slices {
-		w("| %.0f–%.0f s | %d of %d | %s ms | %s ms | %s ms | %s entries |\n", s.FromSec, s.ToSec, s.Seen, s.Probes,
-			msOrDash(s.Seen, s.P50Ms), msOrDash(s.Seen, s.P99Ms), msOrDash(s.Seen, s.MaxMs), k(s.BacklogMax))
+		w("| %.0f–%.0f s | %d of %d | %s ms | %s ms | %s ms | %s entries | %s entries |\n", s.FromSec, s.ToSec, s.Seen, s.Probes,
+			msOrDash(s.Seen, s.P50Ms), msOrDash(s.Seen, s.P99Ms), msOrDash(s.Seen, s.MaxMs), k(s.BacklogMax), k(s.AtAgentMax))
 	}
 	w("\n")
 	if r.Err != "" {
