@@ -485,7 +485,7 @@ func putCells(b *bolt.Bucket, cells []store.Cell) error {
 	var after []byte      // the first stored key >= the first key put (nil: none)
 	run := len(cells) > 0 // every key so far ascending, none stored
 	for i, cell := range cells {
-		j := i % encodeBlock
+		j := i % blocks.size
 		if j == 0 {
 			if blk != nil {
 				lastBuf = append(lastBuf[:0], last...)
@@ -609,21 +609,24 @@ var spareBlocks = sync.Pool{New: func() any { return &encoded{} }}
 // Put, when asked for a small one.
 type blockSource struct {
 	cells []store.Cell
+	size  int           // cells a block (encodeBlock)
 	at    int           // the first cell not handed out (small Puts)
 	ahead chan *encoded // the blocks encoded ahead (large Puts)
 	quit  chan struct{} // closed when the Put ends
+	done  chan struct{} // closed when the goroutine has ended
 }
 
 func encodeAhead(cells []store.Cell) *blockSource {
-	s := &blockSource{cells: cells}
+	s := &blockSource{cells: cells, size: encodeBlock}
 	if len(cells) < aheadMin {
 		return s
 	}
-	s.ahead, s.quit = make(chan *encoded, 2), make(chan struct{})
+	s.ahead, s.quit, s.done = make(chan *encoded, 2), make(chan struct{}), make(chan struct{})
 	go func() {
-		for i := 0; i < len(cells); i += encodeBlock {
+		defer close(s.done)
+		for i := 0; i < len(cells); i += s.size {
 			e := spareBlocks.Get().(*encoded)
-			encodeCells(e, cells[i:min(i+encodeBlock, len(cells))])
+			encodeCells(e, cells[i:min(i+s.size, len(cells))])
 			select {
 			case s.ahead <- e:
 			case <-s.quit: // the Put failed
@@ -640,8 +643,8 @@ func (s *blockSource) next() *encoded {
 		return <-s.ahead
 	}
 	e := spareBlocks.Get().(*encoded)
-	encodeCells(e, s.cells[s.at:min(s.at+encodeBlock, len(s.cells))])
-	s.at += encodeBlock
+	encodeCells(e, s.cells[s.at:min(s.at+s.size, len(s.cells))])
+	s.at += s.size
 	return e
 }
 
@@ -652,10 +655,12 @@ func (s *blockSource) free(e *encoded) {
 	spareBlocks.Put(e)
 }
 
-// stop ends the goroutine of a large Put.
+// stop ends the goroutine of a large Put and waits for it, so that
+// nothing reads the Put's cells once it has returned.
 func (s *blockSource) stop() {
 	if s.quit != nil {
 		close(s.quit)
+		<-s.done
 	}
 }
 
