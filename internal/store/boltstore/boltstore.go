@@ -576,7 +576,7 @@ func (e *encoded) key(j int) []byte {
 func encodeCells(e *encoded, cells []store.Cell) {
 	keys, size := 0, 0
 	for _, c := range cells {
-		keys += len(c.Row) + 2 + len(c.Column) // and 1 a zero byte in the row
+		keys += len(c.Row) + 2 + len(c.Column) // a zero byte in a row takes one more: rare, left to append
 		size += 1 + uvarintLen(uint64(c.Timestamp)) + uvarintLen(uint64(len(c.Value))) + len(c.Value)
 	}
 	e.keys = slices.Grow(e.keys[:0], keys)
