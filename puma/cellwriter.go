@@ -34,7 +34,8 @@ const queueChunks = 16
 // before: every cell at the epoch, then the commit row.
 //
 // The queue is bounded: at most queueChunks chunks wait besides the one
-// being put (and the one the taker is building). A span's chunk waits in
+// being put, one built for the next Put and one being built (build), and
+// the one the taker is building. A span's chunk waits in
 // the form it was taken in (cellChunk: its cells' values, windows and
 // key views, about 45 bytes a count+sum cell) and becomes store cells
 // (about 140) only when the writer takes it, so that a checkpoint holds
@@ -185,10 +186,34 @@ func (w *cellWriter) run() {
 	if w.err != nil || w.fenced {
 		w.fail()
 	}
-	// 2. The cells, at the epoch, in the order sent, taken from the queue
-	// one at a time (which makes room for the taker). After a failure the
-	// rest is dropped (the checkpoint marks every cell it took changed
-	// again).
+	// 2. The cells, at the epoch, in the order sent. A goroutine of its
+	// own takes each chunk from the queue (which makes room for the taker)
+	// and builds its store cells while the chunk before is being put, so
+	// that the Puma side of the writing is on the other core while the
+	// store writes (a million cells: ~0.05 s of building, otherwise on the
+	// store's path). After a failure the rest is dropped (the checkpoint
+	// marks every cell it took changed again).
+	built := make(chan []store.Cell, 1)
+	go w.build(built)
+	for cells := range built {
+		if w.failed {
+			continue // only after a failure: drained and dropped
+		}
+		if err := st.Put(w.ctx, tbl, cells); err != nil {
+			w.err = fmt.Errorf("write cells: %w", err)
+			w.fail()
+			continue
+		}
+		w.puts++
+	}
+}
+
+// build takes the chunks from the queue, one at a time, in the order
+// sent, and hands each one's store cells to out, until the queue is
+// closed and empty; then it closes out. At most one built chunk waits in
+// out (besides the one being put and the one being built).
+func (w *cellWriter) build(out chan<- []store.Cell) {
+	defer close(out)
 	for {
 		w.mu.Lock()
 		var q queued
@@ -199,7 +224,7 @@ func (w *cellWriter) run() {
 			w.queue = w.queue[1:]
 			w.room.Signal()
 		}
-		closed := w.closed
+		closed, failed := w.closed, w.failed
 		w.mu.Unlock()
 		if !ok {
 			if closed {
@@ -208,19 +233,14 @@ func (w *cellWriter) run() {
 			<-w.wake
 			continue
 		}
-		if w.failed {
-			continue // only after a failure: drained and dropped
+		if failed {
+			continue
 		}
 		cells := q.cells
 		if q.taken != nil {
 			cells = q.taken.build()
 		}
-		if err := st.Put(w.ctx, tbl, cells); err != nil {
-			w.err = fmt.Errorf("write cells: %w", err)
-			w.fail()
-			continue
-		}
-		w.puts++
+		out <- cells
 	}
 }
 

@@ -71,6 +71,47 @@ func TestCellWriterPutsWhileTaking(t *testing.T) {
 	}
 }
 
+// TestCellWriterBuildsWhilePutting: while the store holds a chunk's Put,
+// the writer takes the next chunk from the queue and builds its store
+// cells, so that the Puma side of the writing overlaps the store's; the
+// chunks are put in the order sent.
+func TestCellWriterBuildsWhilePutting(t *testing.T) {
+	e := newEnv(t, orders(t))
+	pl := &putLog{Store: e.st, seen: make(chan int)} // each Put waits for the test
+	s := testShard(t, e.node("n1", func(c *Config, d *Deps) { d.Store = pl }), 0)
+	w := newCellWriter(context.Background(), s, s.nextEpoch)
+	chunk := func(key string) *cellChunk {
+		return &cellChunk{prefix: "s/x/", epoch: w.epoch, windows: []int64{0}, keys: []string{key}, ends: []int32{1}, vals: []byte{1}}
+	}
+	w.sendChunk(chunk("a"))
+	w.sendChunk(chunk("b"))
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) { // polling only: nothing is asserted on time
+		w.mu.Lock()
+		queued := len(w.queue)
+		w.mu.Unlock()
+		if queued == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second chunk stayed in the queue while the store held the first one's Put")
+		}
+	}
+	for i := 1; i <= 2; i++ {
+		if got := <-pl.seen; got != i {
+			t.Fatalf("put %d, want %d", got, i)
+		}
+	}
+	w.finish()
+	if w.err != nil || w.fenced || w.puts != 2 {
+		t.Fatalf("err %v, fenced %v, %d puts; want 2", w.err, w.fenced, w.puts)
+	}
+	for i, key := range []string{"a", "b"} {
+		if want := "s/x/" + windowKey(0) + "/" + key; pl.puts[i][0].Row != want {
+			t.Fatalf("put %d is %s, want %s", i+1, pl.puts[i][0].Row, want)
+		}
+	}
+}
+
 // TestCheckpointPutFailsMidway: a checkpoint of several chunks, whose
 // second Put fails, returns the error,
 // writes no commit and marks every cell it took changed again; the next

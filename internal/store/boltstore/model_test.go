@@ -196,13 +196,29 @@ func runModel(t testing.TB, ops func(n int) int, count int) {
 
 // TestStoreAgainstModel: random puts, deletes and check-and-puts give the
 // store the contents of the plain model, at every timestamp.
+// With tiny blocks (smallBlocks) the Puts of up to 13 cells are encoded
+// ahead on a goroutine, in blocks whose edges fall between a key and its
+// repeat.
 func TestStoreAgainstModel(t *testing.T) {
-	for seed := range uint64(4) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(seed, 7))
-			runModel(t, rng.IntN, 150)
-		})
+	for _, small := range []bool{false, true} {
+		for seed := range uint64(4) {
+			t.Run(fmt.Sprint(seed, "/small=", small), func(t *testing.T) {
+				if small {
+					smallBlocks(t, 2, 3)
+				}
+				rng := rand.New(rand.NewPCG(seed, 7))
+				runModel(t, rng.IntN, 150)
+			})
+		}
 	}
+}
+
+// smallBlocks sets putCells' blocks of encoded cells to block cells, and
+// encodes on a goroutine Puts of ahead cells or more, for the test.
+func smallBlocks(t *testing.T, block, ahead int) {
+	b, a := encodeBlock, aheadMin
+	encodeBlock, aheadMin = block, ahead
+	t.Cleanup(func() { encodeBlock, aheadMin = b, a })
 }
 
 // FuzzStoreAgainstModel is TestStoreAgainstModel with the operations
@@ -228,8 +244,17 @@ func FuzzStoreAgainstModel(f *testing.F) {
 // TestPutWalkAcrossLeaves: Puts of thousands of cells over many leaves,
 // in key order, new keys between stored ones (inserted into leaves the
 // walking cursor is on), keys twice, and then in random order, give the
-// contents of the model.
+// contents of the model; with putCells' blocks of encoded cells as they
+// are, and small (many blocks a Put, encoded ahead).
 func TestPutWalkAcrossLeaves(t *testing.T) {
+	t.Run("blocks", putWalkAcrossLeaves)
+	t.Run("small", func(t *testing.T) {
+		smallBlocks(t, 7, 100)
+		putWalkAcrossLeaves(t)
+	})
+}
+
+func putWalkAcrossLeaves(t *testing.T) {
 	ctx := context.Background()
 	s, err := Open(filepath.Join(t.TempDir(), "store.db"))
 	if err != nil {
