@@ -234,14 +234,15 @@ func waitForTaker(t *testing.T, w *cellWriter, sent <-chan struct{}) {
 }
 
 // TestCellWriterQueueIsBounded: while the store holds a Put, the taker
-// queues queueChunks chunks and then waits for room; once the store goes
-// on, every chunk is put, in the order sent.
+// queues queueChunks chunks (besides the one being put, the one built for
+// the next Put and the one being built) and then waits for room; once
+// the store goes on, every chunk is put, in the order sent.
 func TestCellWriterQueueIsBounded(t *testing.T) {
 	e := newEnv(t, orders(t))
 	pl := &putLog{Store: e.st, seen: make(chan int)} // each Put waits for the test
 	s := testShard(t, e.node("n1", func(c *Config, d *Deps) { d.Store = pl }), 0)
 	w := newCellWriter(context.Background(), s, s.nextEpoch)
-	n := queueChunks + 3
+	n := queueChunks + 5 // 3 out of the queue, then 2 more than it holds
 	sent := sendAll(w, n)
 	waitForTaker(t, w, sent)
 	for i := 1; i <= n; i++ {
