@@ -812,7 +812,7 @@ const probeApp = `  - name: probe
     format: json
     time: {field: ts, layout: unix_ms}
     window: 1m
-    where: key == "probe"
+    where: key >= "probe-" and key < "probe."
     group_by: [id]
     aggregates:
       - {name: n, fn: count}

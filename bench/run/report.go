@@ -301,7 +301,7 @@ func (r *report) markdown() string {
 	}
 	if len(r.Freshness) > 0 {
 		f := r.Freshness[0]
-		w("## B5: freshness\n\nA steady load at half the median end-to-end rate (%s/s asked, live event times) for %.0f s; every 200 ms a probe line carrying its own id and send time goes to the agent in the same category, and a query for the probes is polled every 20 ms. Freshness is from just before the probe's Log call to the first answer holding it (so it includes up to 20 ms of polling). A writer publishes a segment when it is `calligraphus.segment_max_age` old; Puma reads what is published.\n\n", k(f.Rate), f.Seconds)
+		w("## B5: freshness\n\nA steady load at half the median end-to-end rate (%s/s asked, live event times) for %.0f s; every 200 ms a probe line carrying its own id and send time goes to the agent in the same category (its shard key in each bucket in turn), and a query for the probes is polled every 20 ms. Freshness is from just before the probe's Log call to the first answer holding it (so it includes up to 20 ms of polling). A writer publishes a segment when it is `calligraphus.segment_max_age` old; Puma reads what is published.\n\n", k(f.Rate), f.Seconds)
 		w("| segment_max_age | achieved load | probes seen | p50 | p99 | max |\n|---|---|---|---|---|---|\n")
 		for _, f := range r.Freshness {
 			age := f.SegmentAge

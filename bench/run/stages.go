@@ -77,7 +77,7 @@ func probeSegments(dir string) (published, created map[string]time.Time, err err
 				return err
 			}
 			for _, m := range b.Messages {
-				if !bytes.Contains(m, []byte(`"key":"probe"`)) {
+				if !bytes.Contains(m, []byte(`"key":"probe-`)) {
 					continue
 				}
 				if id := probeID.FindSubmatch(m); id != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -27,7 +28,7 @@ func TestStagesFromSegments(t *testing.T) {
 	data := enc.AppendHeader(nil)
 	data = enc.AppendBlock(data, &segment.Block{Messages: [][]byte{
 		[]byte(`{"ts":1,"key":"k1","id":"x","value":1}`),
-		[]byte(`{"ts":1,"key":"probe","id":"p00001","value":0}`),
+		[]byte(`{"ts":1,"key":"probe-0","id":"p00001","value":0}`),
 	}})
 	tmp := filepath.Join(bucket, ".0000000000000001-0000000000000001.seg.inprogress")
 	if err := os.WriteFile(tmp, data, 0o644); err != nil {
@@ -80,5 +81,28 @@ func TestFreshnessSettingsOnEngines(t *testing.T) {
 	o.freshInFly, o.freshSeqWin = 2, 65536
 	if f := o.onEngines().forFreshness(); f.inFlight != 2 || f.seqWindow != 65536 {
 		t.Errorf("freshness set: %d in flight, window %d; want 2 and 65536", f.inFlight, f.seqWindow)
+	}
+}
+
+// TestProbeKeysCoverEveryBucket: the probes' keys land one in each bucket
+// (the router's hash), so that the lag is measured in every bucket, and
+// each is one the probe app's filter and the stages' search take.
+func TestProbeKeysCoverEveryBucket(t *testing.T) {
+	if !strings.Contains(probeApp, `where: key >= "probe-" and key < "probe."`) {
+		t.Fatalf("the probe app's filter is not the one this test checks: %s", probeApp)
+	}
+	for n := 1; n <= 16; n++ {
+		keys := probeKeys(n)
+		if len(keys) != n {
+			t.Fatalf("%d buckets: %d keys", n, len(keys))
+		}
+		for b, k := range keys {
+			if got := calligraphus.BucketOf(k, n); got != b {
+				t.Fatalf("%d buckets: key %q is in bucket %d, listed for %d", n, k, got, b)
+			}
+			if k < "probe-" || k >= "probe." || !strings.HasPrefix(`"key":"`+k, `"key":"probe-`) {
+				t.Fatalf("key %q is not a probe's", k)
+			}
+		}
 	}
 }

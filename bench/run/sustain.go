@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/freeway-dev/freeway/calligraphus"
+	"github.com/freeway-dev/freeway/internal/freeway"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	"github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -176,6 +178,22 @@ func (r sustainedRun) bounded() (bool, string) {
 // to the agent every `every` for d, and polls a query for the probes
 // every 20ms until each was seen or wait after the last; a probe's lag
 // is from just before its Log call to the first answer that holds it.
+// probeKeys are the probes' shard keys, one in each of the bench
+// category's buckets (freeway's default count: the harness declares none),
+// taken in turn: a lag is then every bucket's, not the one bucket a
+// single key lands in (with two writers, whichever of them holds it).
+func probeKeys(buckets int) []string {
+	keys := make([]string, buckets)
+	for i, found := 0, 0; found < buckets; i++ {
+		k := fmt.Sprintf("probe-%d", i)
+		if b := calligraphus.BucketOf(k, buckets); keys[b] == "" {
+			keys[b] = k
+			found++
+		}
+	}
+	return keys
+}
+
 func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]probeSample, error) {
 	var mu sync.Mutex
 	type probe struct {
@@ -190,6 +208,7 @@ func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]
 	defer stopProbes()
 	start := time.Now()
 	var sendErr error
+	keys := probeKeys(freeway.DefaultConfig().Buckets)
 	wg.Go(func() {
 		c, err := scribeapi.Dial(fw.agent, thriftsrv.Limits{}, 10*time.Second)
 		if err != nil {
@@ -211,7 +230,7 @@ func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]
 			sent[id] = &probe{at: now}
 			order = append(order, id)
 			mu.Unlock()
-			msg := fmt.Sprintf(`{"ts":%d,"key":"probe","id":"%s","value":0}`, now.UnixMilli(), id)
+			msg := fmt.Sprintf(`{"ts":%d,"key":"%s","id":"%s","value":0}`, now.UnixMilli(), keys[i%len(keys)], id)
 			rc, err := c.Log(ctx, []*scribe.LogEntry{{Category: "bench", Message: []byte(msg)}})
 			if err != nil {
 				sendErr = fmt.Errorf("probe %s: %w", id, err)
