@@ -174,10 +174,6 @@ func (r sustainedRun) bounded() (bool, string) {
 	return true, fmt.Sprintf("last slice p99 %.0f ms, first %.0f ms (at most %.0f ms allowed)", last.P99Ms, first.P99Ms, allow)
 }
 
-// probeLag sends a probe line (its own id, its send time as event time)
-// to the agent every `every` for d, and polls a query for the probes
-// every 20ms until each was seen or wait after the last; a probe's lag
-// is from just before its Log call to the first answer that holds it.
 // probeKeys are the probes' shard keys, one in each of the bench
 // category's buckets (freeway's default count: the harness declares none),
 // taken in turn: a lag is then every bucket's, not the one bucket a
@@ -194,6 +190,11 @@ func probeKeys(buckets int) []string {
 	return keys
 }
 
+// probeLag sends a probe line (its own id, its send time as event time)
+// to the agent every `every` for d, and polls a query for the probes
+// every 20ms until each was seen or wait after the last (the probes'
+// keys in each bucket in turn: probeKeys); a probe's lag is from just
+// before its Log call to the first answer that holds it.
 func probeLag(ctx context.Context, fw *fwProc, every, d, wait time.Duration) ([]probeSample, error) {
 	var mu sync.Mutex
 	type probe struct {
