@@ -282,11 +282,13 @@ func TestSortByKeyIsByteOrder(t *testing.T) {
 		for i, j := range idx {
 			got[i] = wc.key(j)
 		}
-		strictly := func(i, j string) int {
-			if i < j {
-				return -1
+		// IsSortedFunc fails where cmp(next, previous) < 0: an equal
+		// pair (a cell given twice) counts as out of order.
+		strictly := func(next, previous string) int {
+			if next > previous {
+				return 1
 			}
-			return 1 // keys are distinct: an equal pair is a cell given twice
+			return -1
 		}
 		if !slices.IsSortedFunc(got, strictly) || len(got) != wc.len() {
 			t.Fatalf("round %d: %q is not in byte order", round, got)
