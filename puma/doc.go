@@ -96,10 +96,11 @@
 // any failure marks every cell taken changed again. A chunk waits for
 // the writer as taken (values, windows and views of the windows' key
 // bytes), and a goroutine of the writer builds its rows while the chunk
-// before is being put; at most sixteen chunks (1 Mi cells) wait: a
-// taker that finds the queue full waits for the store (with the lock
-// held, so a shard's applies wait as well), so that a checkpoint of more changed cells holds sixteen chunks
-// rather than all it took in their store form. After a checkpoint or a
+// before is being put; at most sixteen chunks (1 Mi cells) wait besides
+// the one being put and two being built: a taker that finds the queue
+// full waits for the store (with the lock held, so a shard's applies
+// wait as well), so that a checkpoint of more changed cells holds about
+// sixteen chunks rather than all it took in their store form. After a checkpoint or a
 // recovery of at least 256 Ki cells the heap's free pages go back to
 // the OS at once (debug.FreeOSMemory, at most once every 30 s for all
 // the node's shards: each is a collection, and the pages are faulted in
