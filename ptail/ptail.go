@@ -307,7 +307,9 @@ func (r *Reader) TryNext(b *segment.Block) (Position, bool, error) {
 			r.pos.Offset = r.sr.Offset()
 			return r.pos, true, nil
 		}
-		if !errors.Is(err, io.EOF) {
+		// The end is io.EOF itself: an error wrapping it is the dfs
+		// failing to deliver the rest (segment.Reader.Next).
+		if err != io.EOF { //nolint:errorlint // see above
 			var de *segment.DamageError
 			if !errors.As(err, &de) {
 				// Reading failed, which says nothing about the segment.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"path"
@@ -475,6 +476,69 @@ func TestDamageThenReadError(t *testing.T) {
 		if m != fmt.Sprintf("m%03d", want) {
 			t.Fatalf("block %d is %s", i, m)
 		}
+	}
+}
+
+// TestReadCutShortIsNotDamage: a read that fails with an error wrapping
+// io.ErrUnexpectedEOF or io.EOF (how colinmarc/hdfs reports a DataNode
+// that dies in the middle of a packet) is the dfs failing to deliver the
+// bytes, not the segment being short: the reader reports a *ReadError and
+// reads the segment whole afterwards, whether the cut falls in the
+// segment's header or in a block.
+func TestReadCutShortIsNotDamage(t *testing.T) {
+	var blocks [][]string
+	for i := range 200 { // over the segment reader's 256KiB buffer
+		blocks = append(blocks, []string{fmt.Sprintf("m%03d-%02000d", i, 0)})
+	}
+	for _, tc := range []struct {
+		name string
+		at   func(off int64) bool
+		err  error
+	}{
+		{"header/unexpected-eof", func(off int64) bool { return off == 0 }, io.ErrUnexpectedEOF},
+		{"header/eof", func(off int64) bool { return off == 0 }, io.EOF},
+		{"block/unexpected-eof", func(off int64) bool { return off > 200<<10 }, io.ErrUnexpectedEOF},
+		{"block/eof", func(off int64) bool { return off > 200<<10 }, io.EOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := newFS(t)
+			publishData(t, fsys, 1, 1, encode(blocks...))
+			var failed atomic.Bool
+			fsys.SetHook(func(c dfstest.Call) error {
+				if c.Op == dfstest.OpRead && tc.at(c.Off) && failed.CompareAndSwap(false, true) {
+					return &fs.PathError{Op: "read", Path: c.Name, Err: tc.err}
+				}
+				return nil
+			})
+			r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+			defer r.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var got []string
+			var b segment.Block
+			var readErrs int
+			for len(got) < len(blocks) && readErrs < 5 {
+				_, err := r.Next(ctx, &b)
+				var re *ReadError
+				if errors.As(err, &re) {
+					readErrs++
+					continue
+				}
+				if err != nil {
+					t.Fatalf("after %d blocks: %v", len(got), err)
+				}
+				got = append(got, string(b.Messages[0])[:4])
+			}
+			if !failed.Load() || readErrs != 1 || len(got) != len(blocks) || r.Skipped != 0 || r.DamagedBlocks != 0 {
+				t.Fatalf("cut injected %v: %d read errors, %d of %d blocks read, %d skipped, %d damaged blocks",
+					failed.Load(), readErrs, len(got), len(blocks), r.Skipped, r.DamagedBlocks)
+			}
+			for i, m := range got {
+				if m != fmt.Sprintf("m%03d", i) {
+					t.Fatalf("block %d is %s", i, m)
+				}
+			}
+		})
 	}
 }
 

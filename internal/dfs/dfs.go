@@ -142,7 +142,11 @@ func WriteBuffers(f File, bufs [][]byte) (int64, error) {
 	return n, nil
 }
 
-// Reader is a file opened for reading.
+// Reader is a file opened for reading. Read and ReadAt return io.EOF
+// itself at the end of the file, and only there: bytes that cannot be
+// delivered before it (a DataNode gone in the middle of a block) are an
+// error that wraps neither io.EOF nor io.ErrUnexpectedEOF, so that no
+// reader takes the rest of a file for missing.
 type Reader interface {
 	io.Reader
 	io.ReaderAt

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -65,7 +64,7 @@ func NewReader(r io.ReadSeeker, offset int64) (*Reader, error) {
 	}
 	hdr := make([]byte, HeaderSizeV2+BlockHeaderSize)
 	n, err := io.ReadFull(r, hdr)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+	if err != nil && !atEnd(err) {
 		return nil, fmt.Errorf("read segment header: %w", err)
 	}
 	hdr = hdr[:n]
@@ -130,7 +129,10 @@ func (r *Reader) Offset() int64 { return r.offset }
 // Next decodes the next block into b; b's messages alias a buffer that the
 // next call reuses. It returns io.EOF at the end, and a *DamageError for
 // a damaged stretch, after which it can be called again (see
-// DamageError). Any other error is the underlying reader failing.
+// DamageError). Any other error is the underlying reader failing, also
+// one that wraps io.EOF or io.ErrUnexpectedEOF: only those values
+// themselves end the segment (callers compare with io.EOF, not
+// errors.Is).
 func (r *Reader) Next(b *Block) error {
 	if r.ended {
 		return io.EOF
@@ -151,10 +153,10 @@ func (r *Reader) nextV1(b *Block) error {
 	start := r.offset
 	var hdr [8]byte
 	if _, err := io.ReadFull(r.r, hdr[:]); err != nil {
-		if errors.Is(err, io.EOF) {
+		if err == io.EOF { // only the end itself (atEnd)
 			return io.EOF
 		}
-		if errors.Is(err, io.ErrUnexpectedEOF) {
+		if atEnd(err) {
 			return r.lost(start, -1, ErrTruncated)
 		}
 		return err
@@ -165,7 +167,7 @@ func (r *Reader) nextV1(b *Block) error {
 	}
 	body, err := r.readBody(int(n))
 	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		if atEnd(err) {
 			return r.lost(start, -1, ErrTruncated)
 		}
 		return err
@@ -183,10 +185,10 @@ func (r *Reader) nextV1(b *Block) error {
 func (r *Reader) nextV2(b *Block) error {
 	start := r.offset
 	hdr, err := r.r.Peek(BlockHeaderSize)
-	if len(hdr) == 0 && errors.Is(err, io.EOF) {
+	if len(hdr) == 0 && atEnd(err) {
 		return io.EOF
 	}
-	if err != nil && !errors.Is(err, io.EOF) {
+	if err != nil && !atEnd(err) {
 		return err
 	}
 	if len(hdr) < BlockHeaderSize || !r.validBlockHeader(hdr) {
@@ -199,7 +201,7 @@ func (r *Reader) nextV2(b *Block) error {
 	r.discard(BlockHeaderSize)
 	body, err := r.readBody(n)
 	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		if atEnd(err) {
 			r.offset += int64(len(body))
 			return r.lost(start, count, ErrTruncated)
 		}
@@ -228,7 +230,7 @@ func (r *Reader) resync(start int64, short bool) error {
 	r.discard(1)
 	for {
 		win, err := r.r.Peek(readerBufSize)
-		if err != nil && !errors.Is(err, io.EOF) {
+		if err != nil && !atEnd(err) {
 			return err
 		}
 		atEOF := err != nil
@@ -281,6 +283,15 @@ func (r *Reader) readBody(n int) ([]byte, error) {
 	}
 	r.buf = body[:0]
 	return body, nil
+}
+
+// atEnd reports whether err is the end of the segment's bytes: io.EOF
+// or io.ErrUnexpectedEOF itself, as an io.Reader, bufio and io.ReadFull
+// return them at the end of a file. An error that wraps one of them is
+// the reader failing (a dfs naming its file, a network stream that ended
+// early), after which the bytes may still come: it is no truncation.
+func atEnd(err error) bool {
+	return err == io.EOF || err == io.ErrUnexpectedEOF //nolint:errorlint // the bare values only: see above
 }
 
 // validBlockHeader checks a v2 block header against the segment's marker.

@@ -417,3 +417,59 @@ func FuzzStampedIsAppendBlock(f *testing.F) {
 		}
 	})
 }
+
+// cutReader reads data up to cut, then fails every read with err (a
+// wrapped end of file, as a dfs reports a stream that ended early).
+type cutReader struct {
+	data []byte
+	cut  int64
+	off  int64
+	err  error
+}
+
+func (r *cutReader) Read(p []byte) (int, error) {
+	if r.off >= r.cut {
+		return 0, r.err
+	}
+	n := copy(p[:min(int64(len(p)), r.cut-r.off)], r.data[r.off:])
+	r.off += int64(n)
+	return n, nil
+}
+
+func (r *cutReader) Seek(off int64, whence int) (int64, error) {
+	if whence != io.SeekStart {
+		return 0, errors.New("only SeekStart")
+	}
+	r.off = off
+	return off, nil
+}
+
+// TestWrappedEndIsAReadFailure: a read that fails with an error wrapping
+// io.EOF or io.ErrUnexpectedEOF, wherever it falls, is passed on as the
+// reader failing, never as a truncated or damaged segment (which its
+// readers skip).
+func TestWrappedEndIsAReadFailure(t *testing.T) {
+	v2, _ := encodeV2(sample...)
+	for name, data := range map[string][]byte{"v1": encodeV1(sample...), "v2": v2} {
+		for _, end := range []error{io.EOF, io.ErrUnexpectedEOF} {
+			failure := fmt.Errorf("read /cat/0/seg: stream ended early: %w", end)
+			for cut := range int64(len(data)) {
+				r := &cutReader{data: data, cut: cut, err: failure}
+				sr, err := NewReader(r, 0)
+				if err == nil {
+					var b Block
+					for err == nil {
+						err = sr.Next(&b)
+					}
+				}
+				if !errors.Is(err, failure) {
+					t.Fatalf("%s cut at %d of %d by %v: %v, want the read failure", name, cut, len(data), failure, err)
+				}
+				var de *DamageError
+				if errors.As(err, &de) || errors.Is(err, ErrTruncated) || errors.Is(err, ErrCorrupt) {
+					t.Fatalf("%s cut at %d: %v reported as damage", name, cut, err)
+				}
+			}
+		}
+	}
+}

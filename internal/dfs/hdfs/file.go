@@ -135,10 +135,16 @@ func (r *reader) Read(p []byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n, err := r.fr.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
+	if endOfFile(err) {
+		if pos, serr := r.fr.Seek(0, io.SeekCurrent); serr == nil && pos < r.fr.Stat().Size() {
+			return n, pathError("read", r.path, cutShort(pos, r.fr.Stat().Size(), err))
+		}
+		return n, io.EOF
+	}
+	if err != nil {
 		return n, pathError("read", r.path, readError(err))
 	}
-	return n, err
+	return n, nil
 }
 
 func (r *reader) ReadAt(p []byte, off int64) (int, error) {
@@ -156,13 +162,40 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, pathError("readat", r.path, err)
 	}
 	n, err := r.fr.ReadAt(p, off)
-	if _, serr := r.fr.Seek(pos, io.SeekStart); serr != nil && (err == nil || errors.Is(err, io.EOF)) {
+	if _, serr := r.fr.Seek(pos, io.SeekStart); serr != nil && (err == nil || endOfFile(err)) {
 		err = serr
 	}
-	if err != nil && !errors.Is(err, io.EOF) {
+	if endOfFile(err) {
+		if size := r.fr.Stat().Size(); off+int64(n) < size {
+			return n, pathError("readat", r.path, cutShort(off+int64(n), size, err))
+		}
+		return n, io.EOF
+	}
+	if err != nil {
 		return n, pathError("readat", r.path, readError(err))
 	}
-	return n, err
+	return n, nil
+}
+
+// errCutShort is a read that ended before the end of the file.
+var errCutShort = errors.New("the DataNode's stream ended before the file did")
+
+// endOfFile reports whether colinmarc/hdfs said a read reached the end:
+// io.EOF or io.ErrUnexpectedEOF, bare or wrapped.
+func endOfFile(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// cutShort is the error for an end of file that colinmarc/hdfs reported
+// at pos of a file of size bytes. It reports both io.EOF and
+// io.ErrUnexpectedEOF for a DataNode connection that ends in the middle
+// of a block (the DataNode died, its last replica with it) once no other
+// replica is left to read from; ReadAt turns the second into the first.
+// Passed on as it is, a reader would take the rest of the file for
+// missing (ptail: a published segment for truncated, and skip it), so it
+// becomes an I/O error that wraps neither: the read may be tried again.
+func cutShort(pos, size int64, err error) error {
+	return fmt.Errorf("%w: at byte %d of %d (%v)", errCutShort, pos, size, err) //nolint:errorlint // wraps neither end (see above)
 }
 
 // checksumText is the text of colinmarc/hdfs's checksum error (v2.4.0,

@@ -58,6 +58,12 @@ var _ dfs.FS = (*FS)(nil)
 // connections the FS holds, taken in turn (see FS). Kerberos is not
 // supported.
 func Open(rawURL string) (*FS, error) {
+	return open(rawURL, nil)
+}
+
+// open is Open; wrapDataNode, if not nil, wraps the DataNode dialer
+// (tests cut DataNode connections with it).
+func open(rawURL string, wrapDataNode func(dialFunc) dialFunc) (*FS, error) {
 	cfg, err := parseURL(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("open hdfs: %w", err)
@@ -69,6 +75,10 @@ func Open(rawURL string) (*FS, error) {
 	cfg.user = name
 
 	dial := newDialer(cfg.dialTimeout, cfg.ioTimeout)
+	dataNodeDial := dial
+	if wrapDataNode != nil {
+		dataNodeDial = wrapDataNode(dial)
+	}
 	f := &FS{cfg: cfg}
 	var defaults hdfs.ServerDefaults
 	for range cfg.connections {
@@ -77,7 +87,7 @@ func Open(rawURL string) (*FS, error) {
 			User:                cfg.user,
 			UseDatanodeHostname: cfg.datanodeHostname,
 			NamenodeDialFunc:    dial,
-			DatanodeDialFunc:    dial,
+			DatanodeDialFunc:    dataNodeDial,
 		})
 		if err != nil {
 			_ = f.Close() // the connect error is the one to report

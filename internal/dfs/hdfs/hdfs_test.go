@@ -2,6 +2,7 @@ package hdfs
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -537,5 +538,88 @@ func TestNameNodeTimeoutRecovers(t *testing.T) {
 				t.Fatalf("after recovery stat %s: %v, %v", name, st, err)
 			}
 		}
+	}
+}
+
+// cutConn delivers at most left bytes, then reads end as if the DataNode
+// closed the connection (io.EOF), as one killed in the middle of a
+// packet does.
+type cutConn struct {
+	net.Conn
+	left *atomic.Int64
+}
+
+func (c cutConn) Read(p []byte) (int, error) {
+	left := c.left.Load()
+	if left <= 0 {
+		_ = c.Conn.Close()
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(p[:min(int64(len(p)), left)])
+	c.left.Add(-int64(n))
+	return n, err
+}
+
+// TestDataNodeCutShortIsAnError: a DataNode connection that ends before
+// the block does, with no other replica to turn to, is a failed read, not
+// the end of the file. colinmarc/hdfs reports it as io.ErrUnexpectedEOF
+// (Read) or io.EOF (ReadAt), which a reader takes for a file cut short:
+// ptail passed a published segment over as damaged when a DataNode died
+// under its read (TestChaosEngines). The cut falls in the DataNode's
+// answer, in the first packet, and in a later packet of a later block.
+func TestDataNodeCutShortIsAnError(t *testing.T) {
+	addr := engineAddr(t)
+	fsys, url := openTestFS(t, addr)
+	data := make([]byte, 2*testBlockSize+100)
+	mathrand.New(mathrand.NewSource(5)).Read(data)
+	if err := dfs.WriteFile(fsys, "f", data); err != nil {
+		t.Fatal(err)
+	}
+	for _, cut := range []int64{1, 1000, 70_000, testBlockSize + 300_000} {
+		t.Run(fmt.Sprint(cut), func(t *testing.T) {
+			var left atomic.Int64
+			left.Store(cut)
+			cutting, err := open(url, func(dial dialFunc) dialFunc {
+				return func(ctx context.Context, network, addr string) (net.Conn, error) {
+					if left.Load() <= 0 {
+						return nil, errors.New("connection refused (the DataNode is gone)")
+					}
+					c, err := dial(ctx, network, addr)
+					if err != nil {
+						return nil, err
+					}
+					return cutConn{Conn: c, left: &left}, nil
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cutting.Close()
+			check := func(op string, n int, err error) {
+				t.Helper()
+				if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Errorf("%s cut after %d bytes from the DataNode: %d of %d bytes, %v; want an error that is no end of file", op, cut, n, len(data), err)
+				}
+				if err != nil && !strings.Contains(err.Error(), "/f") {
+					t.Errorf("%s: %q does not name the file", op, err)
+				}
+			}
+			r, err := cutting.Open("f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			n, err := io.ReadFull(r, make([]byte, len(data)))
+			check("read", n, err)
+
+			left.Store(cut)
+			r2, err := cutting.Open("f")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r2.Close()
+			n, err = r2.ReadAt(make([]byte, len(data)), 0)
+			check("readat", n, err)
+		})
 	}
 }
