@@ -194,6 +194,9 @@ type Reader struct {
 	// probedTop: the newest fence epoch whose owner's first segment made
 	// a listing the budget had put off (newOwnerPublished).
 	probedTop int64
+	// ahead: the segment after the current one, being found and opened
+	// on a goroutine (startAhead); nil if none.
+	ahead *ahead
 
 	// Skipped counts the damaged stretches skipped, each logged as an
 	// error: a damaged block, a damaged segment header, a torn tail.
@@ -367,15 +370,25 @@ func (r *Reader) openNext() (bool, error) {
 // *VanishedError for one that is gone; either way the reader is then
 // after it.
 func (r *Reader) open(name string, offset int64) (bool, error) {
-	f, err := r.fs.Open(path.Join(r.dir, name))
-	if errors.Is(err, fs.ErrNotExist) {
+	a := r.takeAhead(name)
+	if a != nil && offset > 0 {
+		a.close() // opened at the start
+		a = nil
+	}
+	if a == nil {
+		a = &ahead{}
+		if a.file, a.err = r.fs.Open(path.Join(r.dir, name)); a.err == nil {
+			a.sr, a.err = segment.NewReader(a.file, offset)
+		}
+	}
+	f, sr, err := a.file, a.sr, a.err
+	if f == nil && errors.Is(err, fs.ErrNotExist) {
 		r.pos, r.finished = After(name), true
 		return false, &VanishedError{Segment: path.Join(r.dir, name), ModTime: r.modTime}
 	}
-	if err != nil {
+	if f == nil {
 		return false, &ReadError{Op: "open", Segment: path.Join(r.dir, name), Offset: offset, Err: err}
 	}
-	sr, err := segment.NewReader(f, offset)
 	if err != nil && !damaged(err) {
 		_ = f.Close() // opened for reading
 		return false, &ReadError{Op: "open", Segment: path.Join(r.dir, name), Offset: offset, Err: err}
@@ -389,6 +402,7 @@ func (r *Reader) open(name string, offset int64) (bool, error) {
 		r.log.Warn("damaged segment header repaired from its first block; nothing lost", "segment", path.Join(r.dir, name))
 	}
 	r.file, r.sr = f, sr
+	r.startAhead()
 	return true, nil
 }
 
@@ -543,6 +557,16 @@ func (r *Reader) nextSegment(dropped bool) (bool, error) {
 	var fi fs.FileInfo
 	var err error
 	if !dropped {
+		if a := r.ahead; a != nil && a.byName && a.name == path.Base(next) {
+			<-a.done
+			if a.fi != nil {
+				// Found, and counted, while the reader read pos; its
+				// open is taken when the reader comes to it.
+				r.pending = append(r.pending[:0], a.fi)
+				return true, nil
+			}
+			r.dropAhead() // not there then: look again
+		}
 		fi, err = r.fs.Stat(next)
 	} else {
 		// A writer idle for a while drops the segment it created ahead,
@@ -557,20 +581,11 @@ func (r *Reader) nextSegment(dropped bool) (bool, error) {
 			}
 		}
 	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
+	fi, err = counted(r.fs, r.dir, epoch, fi, err)
 	if err != nil {
 		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
 	}
-	if fi.IsDir() {
-		return false, nil // not a segment: Published passes it over too
-	}
-	top, err := layout.FenceTop(r.fs, r.dir)
-	if err != nil {
-		return false, &ReadError{Op: "list", Segment: r.dir, Offset: r.pos.Offset, Err: err}
-	}
-	if top > epoch {
+	if fi == nil {
 		return false, nil
 	}
 	r.pending = append(r.pending[:0], fi)
@@ -605,9 +620,11 @@ func (r *Reader) list() error {
 // the reader is.
 func (r *Reader) Lag() int { return len(r.pending) }
 
-// Close releases the open segment and ends a subscription to a Notifier.
+// Close releases the open segment (and the one opened ahead) and ends a
+// subscription to a Notifier.
 func (r *Reader) Close() error {
 	r.closeFile()
+	r.dropAhead()
 	if r.unsubscribe != nil {
 		r.unsubscribe()
 		r.unsubscribe, r.woken = nil, nil
