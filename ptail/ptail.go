@@ -33,6 +33,14 @@
 // writer's first segment or a gap in a writer's names, waits for then):
 // at most a tenth of its time, however large the bucket grows.
 //
+// Opening ahead. While it reads a segment, a reader finds and opens the
+// next one on a goroutine (the next pending one, or, when it is behind
+// its writer, the writer's next name, held to the fence as above), so
+// that the round trips of a segment's turn on HDFS (NameNode calls, a
+// DataNode connection) overlap the reading of the one before. What was
+// found is judged when the reader comes to it, as if found then. A
+// caught-up reader opens nothing ahead.
+//
 // Vanished segments. Retention deletes only segments every consumer is
 // past (a Puma shard's committed position, the copier's progress), so a
 // reader never meets one that is gone. If it does (a segment deleted by
