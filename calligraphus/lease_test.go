@@ -6,7 +6,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -233,5 +235,25 @@ func TestShutdownWhileWaiting(t *testing.T) {
 	}
 	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"waiting"}) {
 		t.Errorf("bucket holds %q", got)
+	}
+}
+
+// TestLeaseLostOfAQuietBucketIsSalvaged: a writer that loses its lease
+// leaves its open segment, whose synced entries were acknowledged, to a
+// salvage. When nobody else takes the bucket and no batch comes for it,
+// the writer takes it again itself, before it ends for idleness: the
+// acknowledged entries are published without waiting for a next batch.
+func TestLeaseLostOfAQuietBucketIsSalvaged(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.IdleClose = config.Duration(20 * time.Millisecond)
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
+	co.Expire()
+	testkit.WaitFor(t, "the bucket writer to end for idleness", func() bool { return len(s.c.Status().Buckets) == 0 })
+	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
+		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
 	}
 }
