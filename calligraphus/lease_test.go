@@ -2,13 +2,16 @@ package calligraphus
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -256,4 +259,43 @@ func TestLeaseLostOfAQuietBucketIsSalvaged(t *testing.T) {
 	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
 		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
 	}
+}
+
+// TestRetakeWaitsOutAStaleLeaseOfItsOwn: a writer that gave its lease up
+// for lost (cut off from the coordinator) while its session lived on
+// finds the lease node still there, in its own name, until the
+// coordinator removes it. That is no other writer having taken the bucket
+// (and salvaged it): the writer tries again rather than leave its
+// acknowledged entries unpublished.
+func TestRetakeWaitsOutAStaleLeaseOfItsOwn(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, inner := inprocCoord(t)
+	co := &staleOwnLease{Coord: inner}
+	cfg := testConfig()
+	cfg.IdleClose = config.Duration(20 * time.Millisecond)
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
+	co.stale.Store(true)
+	inner.Expire()
+	testkit.WaitFor(t, "the bucket writer to end for idleness", func() bool { return len(s.c.Status().Buckets) == 0 })
+	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
+		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
+	}
+}
+
+// staleOwnLease answers the first Acquire after stale is set as a
+// coordinator still holding a lease node of the caller's own would:
+// ErrHeld, in the caller's name. Holder answers truly: by then the node
+// is gone.
+type staleOwnLease struct {
+	coord.Coord
+	stale atomic.Bool
+}
+
+func (s *staleOwnLease) Acquire(ctx context.Context, name, owner string) (coord.Lease, error) {
+	if s.stale.CompareAndSwap(true, false) {
+		return nil, fmt.Errorf("acquire %s: %w: %s", name, coord.ErrHeld, owner)
+	}
+	return s.Coord.Acquire(ctx, name, owner)
 }
