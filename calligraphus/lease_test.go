@@ -255,7 +255,7 @@ func TestLeaseLostOfAQuietBucketIsSalvaged(t *testing.T) {
 	cl := s.dial(t)
 	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
 	co.Expire()
-	testkit.WaitFor(t, "the bucket writer to end for idleness", func() bool { return len(s.c.Status().Buckets) == 0 })
+	s.waitWritersEnded(t)
 	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
 		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
 	}
@@ -278,7 +278,7 @@ func TestRetakeWaitsOutAStaleLeaseOfItsOwn(t *testing.T) {
 	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
 	co.stale.Store(true)
 	inner.Expire()
-	testkit.WaitFor(t, "the bucket writer to end for idleness", func() bool { return len(s.c.Status().Buckets) == 0 })
+	s.waitWritersEnded(t)
 	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
 		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
 	}

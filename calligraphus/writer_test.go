@@ -119,7 +119,7 @@ func TestFailedPublishOfAQuietBucketIsSalvaged(t *testing.T) {
 			// The bytes are synced, so the batch is acknowledged; the
 			// segment's publish fails.
 			mustLog(t, cl, entries("cat", msg))
-			testkit.WaitFor(t, "the bucket writer to end for idleness", func() bool { return len(s.c.Status().Buckets) == 0 })
+			s.waitWritersEnded(t)
 			if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{msg}) {
 				t.Errorf("once the bucket writer ended, the bucket holds %d entries: %.5q", len(got), got)
 			}
