@@ -68,19 +68,18 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 
 // retake takes the bucket again for the salvage of a segment the writer
 // left unpublished (left), without waiting for a batch. Another writer
-// holding the bucket, or having taken it since at a newer epoch, salvaged
-// the segment as it took it: then nothing is left to do either. A lease
-// held in this writer's own name is not that: a node of a session it
-// gave up for lost, until the coordinator removes it. Otherwise (that, a
-// dfs or coordinator failure) the run loop tries again at nextTry.
+// holding the bucket salvaged the segment as it took it: then nothing is
+// left to do either. A lease held in this writer's own name is not that:
+// a node of a session it gave up for lost, until the coordinator removes
+// it. Otherwise (that, a newer owner's intent met at the storage, a dfs
+// or coordinator failure) the run loop tries again at nextTry: the next
+// try is at a newer epoch, or finds the newer owner holding the bucket.
 func (w *bucketWriter) retake(ctx context.Context) {
 	err := w.ensureOwner(ctx)
 	switch {
 	case err == nil:
 		w.log.Info("bucket taken again to salvage a segment left unpublished")
 	case errors.Is(err, coord.ErrHeld) && w.heldByOther(ctx):
-		w.left = false
-	case errors.Is(err, layout.ErrSuperseded), errors.Is(err, fs.ErrExist):
 		w.left = false
 	default:
 		w.c.rl.Warn("cannot retake", "cannot take the bucket again to salvage a segment left unpublished", "category", ratelog.Clip(w.id.category), "bucket", w.id.bucket, "err", err)
