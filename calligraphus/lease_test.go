@@ -3,6 +3,7 @@ package calligraphus
 import (
 	"context"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -298,4 +299,29 @@ func (s *staleOwnLease) Acquire(ctx context.Context, name, owner string) (coord.
 		return nil, fmt.Errorf("acquire %s: %w: %s", name, coord.ErrHeld, owner)
 	}
 	return s.Coord.Acquire(ctx, name, owner)
+}
+
+// TestLeaseLostAsAnIdleWriterPublishes: the lease is lost while a writer
+// ending for idleness publishes its segment, whose entries were
+// acknowledged: the publish leaves it to a salvage, which the writer
+// brings about before it ends.
+func TestLeaseLostAsAnIdleWriterPublishes(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.IdleClose = config.Duration(20 * time.Millisecond)
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	var once sync.Once
+	fsys.SetHook(func(c dfstest.Call) error {
+		if _, ok := layout.ParseTempSegment(path.Base(c.Name)); ok && c.Op == dfstest.OpClose {
+			once.Do(co.Expire)
+		}
+		return nil
+	})
+	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
+	s.waitWritersEnded(t)
+	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
+		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
+	}
 }

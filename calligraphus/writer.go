@@ -498,17 +498,20 @@ func (w *bucketWriter) stop(ctx context.Context) {
 			w.log.Error("cannot publish segment at stop", "segment", w.final, "err", err)
 		}
 	}
-	if w.left && w.lease == nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), retakeAtStop)
-		w.nextTry = time.Time{}
-		w.retake(rctx)
-		cancel()
-	}
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
 	w.failQueued(errStopping)
 	w.drop(true)
+	if w.left {
+		// Left as the writer ended, or before (the lease lost since,
+		// say): taken under a lease of its own, and given back.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), retakeAtStop)
+		w.nextTry = time.Time{}
+		w.retake(rctx)
+		cancel()
+		w.drop(true)
+	}
 	w.buf = nil
 }
 
