@@ -170,12 +170,18 @@
 // superseded taker salvaging at the same time never touches the newer
 // one's copy, and the next taker removes the copies of crashed ones; on
 // HDFS an unpublished segment holds only unacknowledged entries, which
-// the sender retries, so it is deleted.
+// the sender retries, so it is deleted. A running writer that leaves such
+// a segment on a local disk (its publish or a write failed, its lease was
+// lost) does not wait for the next entry for the bucket, which may never
+// come: unless another writer holds the bucket (and so has salvaged it),
+// it takes the bucket again itself, every second until that succeeds, and
+// ends for idleness (or with the process) only after one try more.
 //
 // A writer that loses its lease (a session expiry) acknowledges nothing
 // written after that, since the new owner may already have salvaged the
 // segment; it answers TRY_LATER to what was waiting and takes the bucket
-// again, with a new epoch, on the next request if nobody else holds it.
+// again, with a new epoch, on the next request if nobody else holds it
+// (on a local disk at once: see above).
 //
 // Fencing at the storage. Hearing of the loss can come late: a writer
 // stalled past its session (SIGSTOP, a long pause) wakes up believing it

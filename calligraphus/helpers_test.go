@@ -109,6 +109,17 @@ func (s *server) waitRunning(t *testing.T) {
 	})
 }
 
+// waitWritersEnded waits until no bucket writer runs: every one has
+// ended for idleness, its stop (publish, release) done.
+func (s *server) waitWritersEnded(t *testing.T) {
+	t.Helper()
+	testkit.WaitFor(t, "the bucket writers to end for idleness", func() bool {
+		s.c.mu.Lock()
+		defer s.c.mu.Unlock()
+		return len(s.c.live) == 0
+	})
+}
+
 // stop cancels Run and waits for it to return.
 func (s *server) stop() {
 	s.once.Do(func() {

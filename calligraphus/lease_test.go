@@ -2,11 +2,17 @@ package calligraphus
 
 import (
 	"context"
+	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -233,5 +239,89 @@ func TestShutdownWhileWaiting(t *testing.T) {
 	}
 	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, []string{"waiting"}) {
 		t.Errorf("bucket holds %q", got)
+	}
+}
+
+// TestLeaseLostOfAQuietBucketIsSalvaged: a writer that loses its lease
+// leaves its open segment, whose synced entries were acknowledged, to a
+// salvage. When nobody else takes the bucket and no batch comes for it,
+// the writer takes it again itself, before it ends for idleness: the
+// acknowledged entries are published without waiting for a next batch.
+func TestLeaseLostOfAQuietBucketIsSalvaged(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.IdleClose = config.Duration(20 * time.Millisecond)
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
+	co.Expire()
+	s.waitWritersEnded(t)
+	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
+		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
+	}
+}
+
+// TestRetakeWaitsOutAStaleLeaseOfItsOwn: a writer that gave its lease up
+// for lost (cut off from the coordinator) while its session lived on
+// finds the lease node still there, in its own name, until the
+// coordinator removes it. That is no other writer having taken the bucket
+// (and salvaged it): the writer tries again rather than leave its
+// acknowledged entries unpublished.
+func TestRetakeWaitsOutAStaleLeaseOfItsOwn(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, inner := inprocCoord(t)
+	co := &staleOwnLease{Coord: inner}
+	cfg := testConfig()
+	cfg.IdleClose = config.Duration(20 * time.Millisecond)
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
+	co.stale.Store(true)
+	inner.Expire()
+	s.waitWritersEnded(t)
+	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
+		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
+	}
+}
+
+// staleOwnLease answers the first Acquire after stale is set as a
+// coordinator still holding a lease node of the caller's own would:
+// ErrHeld, in the caller's name. Holder answers truly: by then the node
+// is gone.
+type staleOwnLease struct {
+	coord.Coord
+	stale atomic.Bool
+}
+
+func (s *staleOwnLease) Acquire(ctx context.Context, name, owner string) (coord.Lease, error) {
+	if s.stale.CompareAndSwap(true, false) {
+		return nil, fmt.Errorf("acquire %s: %w: %s", name, coord.ErrHeld, owner)
+	}
+	return s.Coord.Acquire(ctx, name, owner)
+}
+
+// TestLeaseLostAsAnIdleWriterPublishes: the lease is lost while a writer
+// ending for idleness publishes its segment, whose entries were
+// acknowledged: the publish leaves it to a salvage, which the writer
+// brings about before it ends.
+func TestLeaseLostAsAnIdleWriterPublishes(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.IdleClose = config.Duration(20 * time.Millisecond)
+	s := startServer(t, cfg, fsys, co, nil)
+	cl := s.dial(t)
+	var once sync.Once
+	fsys.SetHook(func(c dfstest.Call) error {
+		if _, ok := layout.ParseTempSegment(path.Base(c.Name)); ok && c.Op == dfstest.OpClose {
+			once.Do(co.Expire)
+		}
+		return nil
+	})
+	mustLog(t, cl, entries("cat", "acked")) // synced, in the open segment
+	s.waitWritersEnded(t)
+	if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{"acked"}) {
+		t.Errorf("once the bucket writer ended, the bucket holds %q", got)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
 
@@ -57,11 +58,39 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	w.hold(lease)
 	w.epoch = epoch
 	w.seq = 0
+	w.left = false // salvaged by recover
 	if w.epoch != lease.Epoch() {
 		w.log.Warn("lease epoch below existing segments; using a higher one", "lease_epoch", lease.Epoch(), "epoch", w.epoch)
 	}
 	w.log.Info("bucket writer started", "epoch", w.epoch)
 	return nil
+}
+
+// retake takes the bucket again for the salvage of a segment the writer
+// left unpublished (left), without waiting for a batch. Another writer
+// holding the bucket salvaged the segment as it took it: then nothing is
+// left to do either. A lease held in this writer's own name is not that:
+// a node of a session it gave up for lost, until the coordinator removes
+// it. Otherwise (that, a newer owner's intent met at the storage, a dfs
+// or coordinator failure) the run loop tries again at nextTry: the next
+// try is at a newer epoch, or finds the newer owner holding the bucket.
+func (w *bucketWriter) retake(ctx context.Context) {
+	err := w.ensureOwner(ctx)
+	switch {
+	case err == nil:
+		w.log.Info("bucket taken again to salvage a segment left unpublished")
+	case errors.Is(err, coord.ErrHeld) && w.heldByOther(ctx):
+		w.left = false
+	default:
+		w.c.rl.Warn("cannot retake", "cannot take the bucket again to salvage a segment left unpublished", "category", ratelog.Clip(w.id.category), "bucket", w.id.bucket, "err", err)
+	}
+}
+
+// heldByOther reports whether a writer other than this one holds the
+// bucket's lease.
+func (w *bucketWriter) heldByOther(ctx context.Context) bool {
+	holder, _, err := w.c.deps.Coord.Holder(ctx, layout.WriterLease(w.id.category, w.id.bucket))
+	return err == nil && holder != "" && holder != w.c.cfg.ID
 }
 
 // recover takes the bucket at the storage and deals with what earlier

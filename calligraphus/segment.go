@@ -495,9 +495,11 @@ func (w *bucketWriter) fail() {
 }
 
 // discard removes an unpublished segment, unless it holds acknowledged
-// bytes (a dfs where Sync is durable), which the next owner salvages.
+// bytes (a dfs where Sync is durable), which the next owner salvages
+// (see left).
 func (w *bucketWriter) discard() {
 	if w.c.deps.FS.SyncDurable() {
+		w.left = true
 		return
 	}
 	if err := w.c.deps.FS.Remove(w.tmp); err != nil {

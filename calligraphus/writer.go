@@ -175,6 +175,14 @@ type bucketWriter struct {
 	// removed by goroutines of their own (discardAheadLater); drop waits
 	// for them.
 	discards sync.WaitGroup
+	// left: on a dfs where synced bytes are acknowledged, the writer
+	// stopped acting as the bucket's owner (a failed write or publish,
+	// the lease lost) and left a segment of acknowledged bytes
+	// unpublished, which whoever takes the bucket next salvages. Until
+	// someone has, the writer takes the bucket again itself (retake)
+	// rather than wait for a batch that may never come, and does not end
+	// for idleness.
+	left bool
 }
 
 // maxClosing bounds a bucket's segments being closed at once. While that
@@ -308,14 +316,22 @@ func (w *bucketWriter) isLost() bool {
 }
 
 func (w *bucketWriter) run(ctx context.Context) {
-	defer w.stop()
+	defer w.stop(ctx)
 	roll := time.NewTimer(time.Hour)
 	roll.Stop()
 	defer roll.Stop()
 	idleClose := w.c.cfg.IdleClose.D()
 	idle := time.NewTimer(idleClose)
 	defer idle.Stop()
+	retake := time.NewTimer(time.Hour)
+	retake.Stop()
+	defer retake.Stop()
+	retaking := false // retake is set
 	for {
+		if w.left && w.lease == nil && !retaking {
+			retake.Reset(max(w.nextTry.Sub(w.c.now()), 0))
+			retaking = true
+		}
 		// Take requests only while a segment more may close; settle the
 		// oldest closing one once its close has returned.
 		reqs := w.reqs
@@ -350,10 +366,17 @@ func (w *bucketWriter) run(ctx context.Context) {
 			}
 		case <-w.handoffReqs:
 			w.handoff()
+		case <-retake.C:
+			retaking = false
+			if w.left && w.lease == nil {
+				w.retake(ctx)
+				idle.Reset(idleClose)
+			}
 		case <-idle.C:
-			if len(w.closing) > 0 || w.owned.Load() && w.c.keeps(w.id) {
-				// Not idle while segments close. Its preferred writer keeps
-				// a routed bucket, idle or not: it would take it again at
+			if len(w.closing) > 0 || w.left || w.owned.Load() && w.c.keeps(w.id) {
+				// Not idle while segments close, or while acknowledged
+				// bytes wait for a salvage. Its preferred writer keeps a
+				// routed bucket, idle or not: it would take it again at
 				// the next rebalance.
 				idle.Reset(idleClose)
 				continue
@@ -458,9 +481,17 @@ func (w *bucketWriter) failQueued(err error) {
 	}
 }
 
+// retakeAtStop bounds the last try of a writer that ends (for idleness,
+// or with the process) to take its bucket again for the salvage of a
+// segment it left unpublished (left).
+const retakeAtStop = 10 * time.Second
+
 // stop publishes the open segment, refuses what is queued and what comes,
-// and releases the lease.
-func (w *bucketWriter) stop() {
+// and releases the lease. A segment of acknowledged bytes left
+// unpublished is salvaged first if the bucket can be taken again: once
+// the writer has ended, only a batch for the bucket, which may never
+// come, would make a writer take it.
+func (w *bucketWriter) stop(ctx context.Context) {
 	w.settleAll()
 	if w.file != nil {
 		if err := w.publish(); err != nil {
@@ -472,6 +503,15 @@ func (w *bucketWriter) stop() {
 	w.mu.Unlock()
 	w.failQueued(errStopping)
 	w.drop(true)
+	if w.left {
+		// Left as the writer ended, or before (the lease lost since,
+		// say): taken under a lease of its own, and given back.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), retakeAtStop)
+		w.nextTry = time.Time{}
+		w.retake(rctx)
+		cancel()
+		w.drop(true)
+	}
 	w.buf = nil
 }
 

@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"path"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
+	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
@@ -77,5 +81,48 @@ func TestPublishFailureKeepsOrder(t *testing.T) {
 	want := []string{"1-" + big, "2-" + big, "3-" + big, "4-" + big}
 	if got := msgs(scan(t, fsys, "cat/0")); !slices.Equal(got, want) {
 		t.Errorf("after stop the bucket holds %d entries: %.5q", len(got), got)
+	}
+}
+
+// TestFailedPublishOfAQuietBucketIsSalvaged: when publishing a segment
+// fails on a local disk, its entries were acknowledged and the writer
+// leaves the segment to a salvage. The salvage must not wait for a next
+// batch that may never come: a bucket that stays quiet still gets its
+// acknowledged entries published, whether the publish failed as the
+// segment filled up or as its writer ended for idleness.
+func TestFailedPublishOfAQuietBucketIsSalvaged(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		size int
+	}{
+		{"full", 1 << 10}, // published as it is written
+		{"idle", 600},     // published as its writer ends
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := dfstest.NewFaulty(newLocal(t))
+			_, co := inprocCoord(t)
+			cfg := testConfig()
+			cfg.SegmentMaxBytes = 1 << 10
+			cfg.IdleClose = config.Duration(20 * time.Millisecond)
+			s := startServer(t, cfg, fsys, co, nil)
+			cl := s.dial(t)
+			msg := strings.Repeat("b", tc.size)
+
+			var once sync.Once
+			fsys.SetHook(func(c dfstest.Call) error {
+				var err error
+				if _, ok := layout.ParseTempSegment(path.Base(c.Name)); ok && c.Op == dfstest.OpRename {
+					once.Do(func() { err = errors.New("injected rename failure") })
+				}
+				return err
+			})
+			// The bytes are synced, so the batch is acknowledged; the
+			// segment's publish fails.
+			mustLog(t, cl, entries("cat", msg))
+			s.waitWritersEnded(t)
+			if got := msgs(scanNames(t, fsys, "cat/0", published(t, fsys, "cat/0", true))); !slices.Equal(got, []string{msg}) {
+				t.Errorf("once the bucket writer ended, the bucket holds %d entries: %.5q", len(got), got)
+			}
+		})
 	}
 }
