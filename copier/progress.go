@@ -125,13 +125,23 @@ func advance(ctx context.Context, st store.Store, table, dir string, prev mark, 
 // the bucket named at or before it is at the destination, or was already
 // gone from the source. Retention reads it before deleting segments.
 func LastCopied(ctx context.Context, st store.Store, table, category string, bucket int) (string, error) {
+	last, _, err := BucketProgress(ctx, st, table, category, bucket)
+	return last, err
+}
+
+// BucketProgress is LastCopied, and whether the copier has recorded progress
+// in the bucket at all: a bucket it has read, where "last" may still be
+// "" (a merge whose first period file ended inside the bucket's first
+// segment, or whose first file is decided and not yet published), is
+// not one it has never read.
+func BucketProgress(ctx context.Context, st store.Store, table, category string, bucket int) (last string, recorded bool, err error) {
 	dir := layout.BucketDir(category, bucket)
 	cells, err := st.Get(ctx, table, progressRow(dir), store.Latest)
 	if err != nil {
-		return "", fmt.Errorf("read copier progress of %s: %w", dir, err)
+		return "", false, fmt.Errorf("read copier progress of %s: %w", dir, err)
 	}
-	m, _ := markFromCells(cells)
-	return m.last, nil
+	m, found := markFromCells(cells)
+	return m.last, found, nil
 }
 
 func ownerTag(id string, epoch int64) string { return id + "@" + strconv.FormatInt(epoch, 10) }

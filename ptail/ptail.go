@@ -622,6 +622,15 @@ func (r *Reader) list() error {
 	return nil
 }
 
+// List lists the bucket now, as the reader's first look does: the
+// segments it finds after the position are read from then on, or
+// reported vanished if they go. A segment deleted before the reader first
+// lists is never seen, so nothing reports it; a user that reads from the
+// start of a bucket and must know what retention deleted before it got
+// there reads the retention mark after List (retention writes the mark
+// before it deletes), as a Puma backfill does.
+func (r *Reader) List() error { return r.list() }
+
 // Lag counts the published segments after the current one, as of the
 // last listing (at most a poll old while segments follow, or layout.ListBudget
 // times that listing's duration if longer): how far behind the writers

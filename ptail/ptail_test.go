@@ -763,3 +763,58 @@ func TestListErrorNamesTheBucketOnce(t *testing.T) {
 		t.Fatalf("error reads %q, want %q", got, want)
 	}
 }
+
+// duringListing is a local file system whose next listing of the bucket
+// (ReadDirNames) runs publish while it reads, and then lists what a
+// listing of a local directory may list when two segments are renamed
+// into it meanwhile: the names that were there all along and the second
+// segment, not the first. (ext4 lists a directory in hash order: the
+// first segment's place was read before it was renamed in, the second's
+// after.)
+type duringListing struct {
+	*localfs.FS
+	publish func() (missed string)
+}
+
+func (l *duringListing) ReadDirNames(name string) ([]string, error) {
+	publish := l.publish
+	if publish == nil || name != dir {
+		return l.FS.ReadDirNames(name)
+	}
+	l.publish = nil
+	before, err := l.FS.ReadDirNames(name)
+	if err != nil {
+		return nil, err
+	}
+	missed := publish()
+	after, err := l.FS.ReadDirNames(name)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(after, func(n string) bool { return n == missed && !slices.Contains(before, n) }), nil
+}
+
+// TestListingDuringPublishSkipsNothing: a writer publishes segments 2
+// and 3 while the reader lists the bucket, and the listing holds 3 but
+// not 2; the reader reads 2 before 3 all the same.
+func TestListingDuringPublishSkipsNothing(t *testing.T) {
+	l, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys := &duringListing{FS: l}
+	publish(t, fsys, 1, 1, []string{"s1"})
+	fsys.publish = func() string {
+		publish(t, l, 1, 2, []string{"s2"})
+		publish(t, l, 1, 3, []string{"s3"})
+		return layout.SegmentName(1, 2)
+	}
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
+	defer r.Close()
+	if got := msgsOf(readN(t, r, 2)); !slices.Equal(got, []string{"s1", "s2"}) {
+		t.Fatalf("read %q, want s1, s2", got)
+	}
+	if got := msgsOf(readN(t, r, 1)); !slices.Equal(got, []string{"s3"}) {
+		t.Fatalf("then read %q, want s3", got)
+	}
+}

@@ -63,7 +63,14 @@ import (
 // shard's own). While it runs, answers of the app lack the lines it has
 // not read yet (GET /api/v1/apps says "backfilling").
 // Segment retention keeps the segments a backfill has yet to read
-// (CommittedPosition is the lowest of the shard's and its backfills').
+// (CommittedPosition is the lowest of the shard's and its backfills')
+// once a commit lists the backfill. Until then, from the recovery that
+// starts it to the shard's first checkpoint (and for a pass that read the
+// commit row before that), retention goes by the shard's position and
+// may delete the bucket's first segments after recovery read the
+// retention mark: a backfill at the start of the bucket reads the mark
+// again once its reader has listed the bucket (startGap), so that its gap
+// covers what its reader never saw.
 
 // backfillState is a backfill's progress in the commit row.
 type backfillState struct {
@@ -86,6 +93,9 @@ type backfill struct {
 	// AppState).
 	read, left atomic.Int64
 	stall      stall // its reading's run of failures (stall.go)
+	// started: its reader has listed the bucket and the retention mark
+	// was read after that (startGap), in this run.
+	started bool
 }
 
 // planBackfills decides, on recovery, which spans of the shard's tables
@@ -262,6 +272,11 @@ func (s *shard) backfillReader(bf *backfill) *ptail.Reader {
 // limit > 0), up to the shard's position, and joins the backfill once it
 // is there. It returns whether it joined.
 func (s *shard) backfillStep(bf *backfill, r *ptail.Reader, limit int) (joined bool, err error) {
+	if !bf.started && bf.pos == (ptail.Position{}) {
+		if err := s.startGap(bf, r); err != nil {
+			return false, err
+		}
+	}
 	var b segment.Block
 	for n := 0; limit <= 0 || n < limit; n++ {
 		s.mu.Lock()
@@ -302,6 +317,36 @@ func (s *shard) backfillStep(bf *backfill, r *ptail.Reader, limit int) (joined b
 		s.mu.Unlock()
 	}
 	return false, nil
+}
+
+// startGap widens the app's gap, before a backfill at the start of the
+// bucket reads a block, by the segments retention deleted before its
+// reader listed the bucket: the reader never sees them, so no vanished
+// segment tells of them. The retention mark read after that listing
+// covers them (retention writes it before it deletes); the one
+// planBackfills read at recovery may not, since retention decides from
+// the commit row, which lists the backfill only from the shard's first
+// checkpoint on, and may have read it before that.
+func (s *shard) startGap(bf *backfill, r *ptail.Reader) error {
+	if err := r.List(); err != nil {
+		return err
+	}
+	g, err := s.retentionGap(ptail.Position{})
+	if err != nil {
+		return err
+	}
+	app := bf.live.app.Name()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	bf.started = true
+	prev := s.appGaps[app]
+	if g == nil || prev != nil && prev.Segment >= g.Segment && prev.ThroughMs >= g.ThroughMs {
+		return nil
+	}
+	s.setAppGap(app, prev.with(*g))
+	s.log.Warn("retention deleted segments before the backfill listed its bucket; answers over their time say the app is incomplete",
+		"app", app, "deleted_through", g.Segment, "arrived_before", fmtMs(g.ThroughMs))
+	return nil
 }
 
 // apply adds a block to the spans being built, deduplicated by the

@@ -480,8 +480,10 @@ func (p *Process) consumers(st store.Store) []retention.Consumer {
 			return !here || len(c.Categories) == 0 || slices.Contains(c.Categories, cat)
 		},
 		Mark: func(ctx context.Context, cat string, b int) (retention.Mark, error) {
-			last, err := copier.LastCopied(ctx, st, c.Table, cat, b)
-			if err == nil && !here && last == "" {
+			// Recorded progress holds the bucket even with no segment
+			// done yet (a merge inside its first segment).
+			last, recorded, err := copier.BucketProgress(ctx, st, c.Table, cat, b)
+			if err == nil && !here && !recorded {
 				return retention.Mark{None: true}, nil
 			}
 			return retention.Mark{Segment: last, Inclusive: true}, err

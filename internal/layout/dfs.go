@@ -131,8 +131,10 @@ const ListBudget = 10
 // or salvaged, markers, the fence directory) and names that are not
 // segment names are never listed. A segment fenced off by a newer
 // writer's seal is passed over; the list ends before the first segment
-// whose fate a newer writer has not sealed yet (the next call goes on).
-// A bucket that does not exist yet has no segments.
+// whose fate a newer writer has not sealed yet (the next call goes on),
+// and on a local disk before segments published while it lists (the
+// next call has them; see segmentsAfter). A bucket that does not exist
+// yet has no segments.
 func Published(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 	published, _, err := PublishedAndFenced(fsys, dir, after)
 	return published, err
@@ -283,15 +285,40 @@ func isSegment(name, after string) bool {
 // time. A segment removed between the listing and its description
 // (retention) is left out, as ReadDir leaves out one removed while it
 // lists.
+//
+// A listing of a local directory is no snapshot: of the names renamed
+// into it while it is read, it may miss one and hold a later one (ext4
+// reads a directory in hash order), and a reader would pass over the
+// one missed for good. A name there for the whole of a listing is in
+// it, and the segments that count are published in name order (a
+// writer's in sequence, an older epoch's before the newer owner's seal),
+// so a second listing holds every segment up to the greatest the first
+// one found, published before the second began; the later ones wait for
+// the next call. HDFS lists a directory in pages in name order, so a
+// name published while it lists is missed only with every name after
+// it: one listing there (ReadDir) is enough.
 func segmentsAfter(fsys dfs.FS, dir, after string) ([]fs.FileInfo, error) {
 	var out []fs.FileInfo
 	if l, ok := fsys.(dfs.NameLister); ok {
+		first, err := l.ReadDirNames(dir)
+		if err != nil {
+			return nil, err
+		}
+		upTo := ""
+		for _, name := range first {
+			if isSegment(name, after) {
+				upTo = max(upTo, name)
+			}
+		}
+		if upTo == "" {
+			return nil, nil
+		}
 		names, err := l.ReadDirNames(dir)
 		if err != nil {
 			return nil, err
 		}
 		for _, name := range names {
-			if !isSegment(name, after) {
+			if !isSegment(name, after) || name > upTo {
 				continue
 			}
 			fi, err := fsys.Stat(path.Join(dir, name))
