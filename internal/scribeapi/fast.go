@@ -148,7 +148,7 @@ func (c *Client) LogEncoded(ctx context.Context, args []byte) (scribethrift.Resu
 	if err != nil {
 		return 0, err
 	}
-	return res.GetSuccess(), nil
+	return result("Log", res.Success)
 }
 
 // LogBatchEncoded is LogBatch with its arguments encoded already
@@ -160,7 +160,7 @@ func (c *Client) LogBatchEncoded(ctx context.Context, args []byte) (scribethrift
 	if err != nil {
 		return 0, err
 	}
-	return res.GetSuccess(), nil
+	return result("LogBatch", res.Success)
 }
 
 // BatchFrameHead is the room LogBatchFrame needs before the arguments:
@@ -181,7 +181,7 @@ func (c *Client) LogBatchFrame(ctx context.Context, frame []byte) (scribethrift.
 	if err := c.callFrame(ctx, "LogBatch", frame, &res); err != nil {
 		return 0, err
 	}
-	return res.GetSuccess(), nil
+	return result("LogBatch", res.Success)
 }
 
 // LogFrame is LogBatchFrame for Log: LogEncoded with the arguments
@@ -192,7 +192,22 @@ func (c *Client) LogFrame(ctx context.Context, frame []byte) (scribethrift.Resul
 	if err := c.callFrame(ctx, "Log", frame, &res); err != nil {
 		return 0, err
 	}
-	return res.GetSuccess(), nil
+	return result("Log", res.Success)
+}
+
+// errNoResult is a reply that holds no result code.
+var errNoResult = thrift.NewTApplicationException(thrift.MISSING_RESULT, "the reply holds no result code")
+
+// result is a call's result code. A reply without one is an error, as
+// Thrift's Java clients make it (MISSING_RESULT): the generated Go code
+// reads it as the code's zero value, OK, and a sender that took that
+// for OK would drop entries nobody stored. Freeway's writers and stock
+// Scribe servers always set it; a broken proxy or server might not.
+func result(name string, rc *scribethrift.ResultCode) (scribethrift.ResultCode, error) {
+	if rc == nil {
+		return 0, fmt.Errorf("%s: %w", name, errNoResult)
+	}
+	return *rc, nil
 }
 
 // callFrame writes the size and the call's message header into the room

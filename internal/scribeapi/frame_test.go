@@ -187,3 +187,54 @@ func TestLogFrameIsLogEncoded(t *testing.T) {
 		t.Fatal("a frame without room for its head was sent")
 	}
 }
+
+// emptyReplyFrame is a framed reply to the call name whose result struct
+// holds no field: no result code, no exception.
+func emptyReplyFrame(t *testing.T, name string, seq int32) []byte {
+	t.Helper()
+	ctx := context.Background()
+	buf := thrift.NewTMemoryBuffer()
+	p := thrift.NewTBinaryProtocolConf(buf, nil)
+	if err := errors.Join(p.WriteMessageBegin(ctx, name, thrift.REPLY, seq),
+		(&scribethrift.ScribeLogBatchResult{}).Write(ctx, p), p.WriteMessageEnd(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	return append(binary.BigEndian.AppendUint32(nil, uint32(buf.Len())), buf.Bytes()...)
+}
+
+// TestReplyWithoutResultIsAnError: a reply that holds no result code is
+// a failed call (MISSING_RESULT), not OK, the code's zero value, which
+// the generated code reads: an agent taking it for OK would drop from
+// its queue entries the peer never stored.
+func TestReplyWithoutResultIsAnError(t *testing.T) {
+	ctx := context.Background()
+	batch := scribewire.AppendBatchTail(scribewire.AppendEntry(scribewire.AppendBatchHead(nil, "agent", 1, 1), "cat", []byte("x")), 1764583200000, nil)
+	log := scribewire.AppendLogTail(scribewire.AppendEntry(scribewire.AppendLogHead(nil, 1), "cat", []byte("x")))
+	calls := []struct {
+		name string
+		call func(c *Client) (scribethrift.ResultCode, error)
+	}{
+		{"LogBatch", func(c *Client) (scribethrift.ResultCode, error) { return c.LogBatchEncoded(ctx, batch) }},
+		{"LogBatch", func(c *Client) (scribethrift.ResultCode, error) {
+			return c.LogBatchFrame(ctx, append(make([]byte, BatchFrameHead), batch...))
+		}},
+		{"Log", func(c *Client) (scribethrift.ResultCode, error) { return c.LogEncoded(ctx, log) }},
+		{"Log", func(c *Client) (scribethrift.ResultCode, error) {
+			return c.LogFrame(ctx, append(make([]byte, LogFrameHead), log...))
+		}},
+	}
+	for i, tc := range calls {
+		addr, frames := rawPeer(t, func(seq int32) []byte { return emptyReplyFrame(t, tc.name, seq) })
+		c, err := Dial(addr, thriftsrv.Limits{}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := tc.call(c)
+		<-frames
+		var ae thrift.TApplicationException
+		if !errors.As(err, &ae) || ae.TypeId() != thrift.MISSING_RESULT {
+			t.Errorf("call %d (%s): %v, %v; want a MISSING_RESULT error", i, tc.name, rc, err)
+		}
+		_ = c.Close()
+	}
+}
