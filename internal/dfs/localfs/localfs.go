@@ -59,18 +59,24 @@ func (f *FS) Create(name string) (dfs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The directories MkdirAll makes: their parents hold new names too.
+	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	dirs := []string{filepath.Dir(p)}
-	for d := filepath.Dir(p); d != f.root; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
+	file, err := os.OpenFile(p, flags, 0o644)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The directory is missing: the parents of the directories
+		// MkdirAll makes hold new names too. (Only then: a segment's
+		// bucket directory is there but for its first.)
+		for d := filepath.Dir(p); d != f.root; d = filepath.Dir(d) {
+			if _, err := os.Stat(d); err == nil {
+				break
+			}
+			dirs = append(dirs, filepath.Dir(d))
 		}
-		dirs = append(dirs, filepath.Dir(d))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, err
+		}
+		file, err = os.OpenFile(p, flags, 0o644)
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return nil, err
-	}
-	file, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return nil, err
 	}
