@@ -17,17 +17,6 @@ import (
 	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
-// callsOf counts the calls op made on name so far.
-func callsOf(fsys *dfstest.Faulty, op dfstest.Op, name string) int {
-	n := 0
-	for _, c := range fsys.Calls(op) {
-		if c.Name == name {
-			n++
-		}
-	}
-	return n
-}
-
 // behind makes r take every segment for published an hour ago: a reader
 // behind its writers, which looks ahead by name.
 func behind(r *Reader) *Reader {
@@ -69,15 +58,9 @@ func TestAheadOpensTheNextSegmentWhileReading(t *testing.T) {
 func TestAheadFindsTheNextByName(t *testing.T) {
 	fsys := newFS(t)
 	first := publish(t, fsys, 1, 1, []string{"s1"})
-	var published atomic.Bool
-	fsys.SetHook(func(c dfstest.Call) error {
-		// The next segment comes after the listing, before the reader
-		// opens the first.
-		if c.Op == dfstest.OpOpen && c.Name == path.Join(dir, first) && published.CompareAndSwap(false, true) {
-			publish(t, fsys, 1, 2, []string{"s2"})
-		}
-		return nil
-	})
+	// The next segment comes after the listing, before the reader opens
+	// the first.
+	onFirstOpen(fsys, first, func() { publish(t, fsys, 1, 2, []string{"s2"}) })
 	r := behind(NewReader(fsys, dir, Position{}, time.Hour, logger(t)))
 	defer r.Close()
 	if got := msgsOf(readN(t, r, 1)); got[0] != "s1" {
@@ -102,14 +85,10 @@ func TestAheadFindsTheNextByName(t *testing.T) {
 func TestAheadByNameRefusesAFencedSegment(t *testing.T) {
 	fsys := newFS(t)
 	first := publish(t, fsys, 1, 1, []string{"old"})
-	var published atomic.Bool
-	fsys.SetHook(func(c dfstest.Call) error {
-		if c.Op == dfstest.OpOpen && c.Name == path.Join(dir, first) && published.CompareAndSwap(false, true) {
-			takeOver(t, fsys, 2)
-			publish(t, fsys, 1, 2, []string{"stale"})
-			publish(t, fsys, 2, 1, []string{"new"})
-		}
-		return nil
+	onFirstOpen(fsys, first, func() {
+		takeOver(t, fsys, 2)
+		publish(t, fsys, 1, 2, []string{"stale"})
+		publish(t, fsys, 2, 1, []string{"new"})
 	})
 	r := behind(NewReader(fsys, dir, Position{}, time.Hour, logger(t)))
 	defer r.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"path"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,14 +72,29 @@ func (f *followed) waiting(epoch int64, seq uint64, stats int) {
 }
 
 // statsOf counts the Stats of name so far.
-func statsOf(fsys *dfstest.Faulty, name string) int {
+func statsOf(fsys *dfstest.Faulty, name string) int { return callsOf(fsys, dfstest.OpStat, name) }
+
+// callsOf counts the calls op made on name so far.
+func callsOf(fsys *dfstest.Faulty, op dfstest.Op, name string) int {
 	n := 0
-	for _, c := range fsys.Calls(dfstest.OpStat) {
+	for _, c := range fsys.Calls(op) {
 		if c.Name == name {
 			n++
 		}
 	}
 	return n
+}
+
+// onFirstOpen runs fn at the first open of segment name in the bucket,
+// before the open reaches the file system.
+func onFirstOpen(fsys *dfstest.Faulty, name string, fn func()) {
+	var done atomic.Bool
+	fsys.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpOpen && c.Name == path.Join(dir, name) && done.CompareAndSwap(false, true) {
+			fn()
+		}
+		return nil
+	})
 }
 
 // bucketListings counts the listings of the bucket directory itself (not

@@ -280,14 +280,10 @@ func TestVanishedSegmentReported(t *testing.T) {
 	// opened before its removal is read whole), and the reader lists
 	// again (a poll, 1ms, has passed) before it comes to it: the new
 	// listing lacks it, which must not hide it.
-	var removed atomic.Bool
-	fsys.SetHook(func(c dfstest.Call) error {
-		if c.Op == dfstest.OpOpen && c.Name == path.Join(dir, b) && removed.CompareAndSwap(false, true) {
-			if err := fsys.FS.Remove(c.Name); err != nil {
-				t.Error(err)
-			}
+	onFirstOpen(fsys, b, func() {
+		if err := fsys.FS.Remove(path.Join(dir, b)); err != nil {
+			t.Error(err)
 		}
-		return nil
 	})
 	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t))
 	defer r.Close()
