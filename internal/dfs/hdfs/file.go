@@ -136,8 +136,9 @@ func (r *reader) Read(p []byte) (int, error) {
 	defer r.mu.Unlock()
 	n, err := r.fr.Read(p)
 	if endOfFile(err) {
-		if pos, serr := r.fr.Seek(0, io.SeekCurrent); serr == nil && pos < r.fr.Stat().Size() {
-			return n, pathError("read", r.path, cutShort(pos, r.fr.Stat().Size(), err))
+		size := r.fr.Stat().Size()
+		if pos, serr := r.fr.Seek(0, io.SeekCurrent); serr == nil && pos < size {
+			return n, pathError("read", r.path, cutShort(pos, size, err))
 		}
 		return n, io.EOF
 	}
