@@ -35,16 +35,21 @@
 // A bucket nobody holds goes to its preferred writer (below), which takes
 // it. Forwarded entries travel as one LogBatch per holder with
 // forwarded=true, the agent id and incarnation, each entry's own sequence
-// number (seqs) and the arrival time (received_at_ms), so the holder
-// writes the blocks it would have written had the agent sent them there,
-// and Puma's deduplication holds. A writer receiving a forwarded batch
+// number (seqs) and the arrival time (received_at_ms); as several, one
+// after another, where one would be over max_call_bytes (the sequence
+// numbers make a call's entries larger than they were in the call), so
+// the holder writes the blocks it would have written had the agent sent
+// them there, and Puma's deduplication holds. An entry too large to
+// forward even alone (one filling a call at the limit: the forwarded
+// fields make it larger) is answered TRY_LATER (too_large) and logged as
+// an error; nothing is sent. A writer receiving a forwarded batch
 // never forwards it again (no loops): it writes it, taking the bucket if
 // nobody holds it, or answers TRY_LATER (not_owner) when the holder has
 // changed meanwhile; the sender's retry finds the new holder. The call is
 // answered OK only once the holders answered OK, that is once the entries
 // are durable there, so a sender's next batch cannot overtake it.
 // Connections to other writers are pooled (8 per peer at most), time out
-// after forward_timeout, and use the process's TLS and certificate: a
+// after forward_timeout (all of one call's batches to a holder), and use the process's TLS and certificate: a
 // holder verifying client certificates (tls.ca_file) honours forwarded
 // agent ids only from a verified peer, like an agent's. A holder's
 // address is looked up again after 500ms, or after a failed forward.

@@ -7,7 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -148,11 +150,81 @@ func (c *Calligraphus) newPeers() *peers {
 	}
 }
 
-var errForwardRefused = errors.New("holder answered TRY_LATER")
+var (
+	errForwardRefused  = errors.New("holder answered TRY_LATER")
+	errForwardTooLarge = errors.New("entry too large to forward")
+)
+
+// forwardHead bounds what a forwarded batch's frame holds besides its
+// entries: the message header, the agent id, the incarnation and the
+// batch's other fields with their headers.
+func forwardHead(info callInfo) int64 {
+	return int64(scribeapi.BatchFrameHead + 64 + len(info.agentID) + len(info.incarnation))
+}
 
 // forward sends the requests reqs (of buckets ids) to the writer at addr
-// as one forwarded batch.
+// as forwarded batches, all within forward_timeout: one, unless it would
+// be over the holder's max_call_bytes (taken to be this writer's). A
+// forwarded entry carries its sequence number, 8 bytes more than in the
+// sender's batch, so the entries of a call at the port's limit can make
+// a batch the holder refuses as too large at every retry of the sender;
+// split, each batch is taken. The batches go one after another, so a
+// bucket's entries keep their order; should one fail after others were
+// taken, the sender's retry repeats those (with the same sequence
+// numbers). An entry too large to forward alone fails the forward before
+// anything is sent, with that said.
 func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, ids []bucketID, reqs []*appendReq) error {
+	limit := int64(c.cfg.MaxCallBytes) + thriftsrv.Envelope
+	var (
+		batches []*scribethrift.Batch
+		b       *scribethrift.Batch
+		size    int64
+		n       int
+	)
+	for i, r := range reqs {
+		for _, blk := range r.blocks {
+			for j, m := range blk.Messages {
+				es := int64(scribewire.EntrySize(ids[i].category, m))
+				if info.agent != "" {
+					es += 8 // its sequence number
+				}
+				if b == nil || (size+es > limit && len(b.Messages) > 0) {
+					b, size = forwardBatch(info), forwardHead(info)
+					batches = append(batches, b)
+				}
+				if size+es > limit {
+					return fmt.Errorf("forward to %s: %w: an entry of %d bytes (category %s) makes a batch of %d bytes, over max_call_bytes (%v) and its envelope",
+						addr, errForwardTooLarge, len(m), ratelog.Clip(ids[i].category), size+es, c.cfg.MaxCallBytes)
+				}
+				size += es
+				b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: ids[i].category, Message: m})
+				if b.Seqs != nil {
+					b.Seqs = append(b.Seqs, int64(blk.Seqs[j]))
+				}
+				n++
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ForwardTimeout.D())
+	defer cancel()
+	for _, b := range batches {
+		if len(b.Seqs) > 0 {
+			b.FirstSeq = b.Seqs[0]
+		}
+		rc, err := c.peers.send(ctx, addr, b)
+		if err != nil {
+			return err
+		}
+		if rc != scribethrift.ResultCode_OK {
+			return fmt.Errorf("forward to %s: %w", addr, errForwardRefused)
+		}
+	}
+	c.m.forwarded.WithLabelValues("out").Add(float64(n))
+	return nil
+}
+
+// forwardBatch is an empty forwarded batch of a call.
+func forwardBatch(info callInfo) *scribethrift.Batch {
 	b := &scribethrift.Batch{
 		AgentID:      info.agentID,
 		ReceivedAtMs: info.arrivalMs,
@@ -166,31 +238,5 @@ func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, 
 	} else {
 		b.AgentID = "" // taken without deduplication here: the same there
 	}
-	n := 0
-	for _, r := range reqs {
-		n += r.entries
-	}
-	b.Messages = make([]*scribethrift.LogEntry, 0, n)
-	for i, r := range reqs {
-		for _, blk := range r.blocks {
-			for j, m := range blk.Messages {
-				b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: ids[i].category, Message: m})
-				if b.Seqs != nil {
-					b.Seqs = append(b.Seqs, int64(blk.Seqs[j]))
-				}
-			}
-		}
-	}
-	if len(b.Seqs) > 0 {
-		b.FirstSeq = b.Seqs[0]
-	}
-	rc, err := c.peers.send(ctx, addr, b)
-	if err != nil {
-		return err
-	}
-	if rc != scribethrift.ResultCode_OK {
-		return fmt.Errorf("forward to %s: %w", addr, errForwardRefused)
-	}
-	c.m.forwarded.WithLabelValues("out").Add(float64(n))
-	return nil
+	return b
 }
