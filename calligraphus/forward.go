@@ -155,13 +155,6 @@ var (
 	errForwardTooLarge = errors.New("entry too large to forward")
 )
 
-// forwardHead bounds what a forwarded batch's frame holds besides its
-// entries: the message header, the agent id, the incarnation and the
-// batch's other fields with their headers.
-func forwardHead(info callInfo) int64 {
-	return int64(scribeapi.BatchFrameHead + 64 + len(info.agentID) + len(info.incarnation))
-}
-
 // forward sends the requests reqs (of buckets ids) to the writer at addr
 // as forwarded batches, all within forward_timeout: one, unless it would
 // be over the holder's max_call_bytes (taken to be this writer's). A
@@ -189,7 +182,7 @@ func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, 
 					es += 8 // its sequence number
 				}
 				if b == nil || (size+es > limit && len(b.Messages) > 0) {
-					b, size = forwardBatch(info), forwardHead(info)
+					b, size = forwardBatch(info), scribeapi.BatchOverhead(info.agentID, info.incarnation)
 					batches = append(batches, b)
 				}
 				if size+es > limit {
