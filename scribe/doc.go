@@ -145,7 +145,8 @@
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call
 // cannot be shipped (the shipper retries it), so the upstream's call
-// limit must be at least the agent's. An entry that fills a call at the
+// limit must be at least the agent's, and at least BatchBytes (a file
+// configuring the writers too is refused otherwise). An entry that fills a call at the
 // agent's own limit is refused (TRY_LATER, counted as too_large, logged
 // as an error): a batch of it alone, with the agent id, incarnation and
 // sequence number (and forwarded between writers, each entry's number),
