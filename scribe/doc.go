@@ -79,7 +79,10 @@
 // with capped exponential backoff and jitter (RetryMin to RetryMax),
 // reconnecting as needed (with a coordinator URL upstream, on another
 // live writer once one failed or answered TRY_LATER three times in a
-// row: upstreams.go); nothing is ever skipped. Only after OK does the
+// row: upstreams.go); nothing is ever skipped. Every tenth TRY_LATER in
+// a row to one batch is warned about (rate-limited), with the batch's
+// first sequence number, entries and bytes: a writer it is too large
+// for (over its max_call_bytes) never takes it. Only after OK does the
 // queue's acknowledged position advance (fsynced) and fully shipped
 // segment files get deleted, and only over the batches, oldest first,
 // that were answered OK: a batch answered OK behind one still retried

@@ -3,6 +3,7 @@ package scribe
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/apache/thrift/lib/go/thrift"
@@ -56,5 +57,25 @@ func TestEntryTheUpstreamCannotTakeIsRefused(t *testing.T) {
 	}
 	if n := a.c.tryLater[tryLaterTooLarge].Load(); n != 1 {
 		t.Errorf("try_later too_large counted %d, want 1", n)
+	}
+}
+
+// TestBatchAnUpstreamKeepsRefusingIsSaid: a writer whose max_call_bytes
+// is below the agent's (configured in another file) answers a batch over
+// it TRY_LATER at every retry, and the agent's queue stops behind it.
+// The agent cannot tell why, but it says, as a warning naming the batch
+// and the keys to look at, that one batch keeps being refused. (Before, a
+// fixed upstream list logged each TRY_LATER at debug level only.)
+func TestBatchAnUpstreamKeepsRefusingIsSaid(t *testing.T) {
+	up := startUpstreamLimits(t, "127.0.0.1:0", thriftsrv.Limits{MaxCallBytes: 1 << 10}, nil)
+	a := startAgent(t, testConfig(t.TempDir(), up.srv.Addr()))
+	mustLog(t, dial(t, a.Addr()), []*scribethrift.LogEntry{{Category: "big", Message: bytes.Repeat([]byte("x"), 100<<10)}})
+	testkit.WaitFor(t, "the agent to say one batch keeps being refused", func() bool {
+		return strings.Contains(a.logs.String(), "upstream keeps answering try_later to one batch")
+	})
+	for _, want := range []string{"first_seq=1", "entries=1", "agent.batch_bytes"} {
+		if !strings.Contains(a.logs.String(), want) {
+			t.Errorf("the warning lacks %q: %s", want, a.logs.String())
+		}
 	}
 }
