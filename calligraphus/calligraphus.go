@@ -555,6 +555,9 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []scri
 		}
 		wg.Wait()
 		for i, err := range errs {
+			if err == nil && routes[i].addr != "" {
+				err = c.checkForwardable(info, order[i], reqs[i])
+			}
 			if err != nil {
 				recycle(reqs)
 				return c.tryLater(order[i], info, err)

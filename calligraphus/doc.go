@@ -42,7 +42,7 @@
 // them there, and Puma's deduplication holds. An entry too large to
 // forward even alone (one filling a call at the limit: the forwarded
 // fields make it larger) is answered TRY_LATER (too_large) and logged as
-// an error; nothing is sent. A writer receiving a forwarded batch
+// an error, before anything of the call is written or sent. A writer receiving a forwarded batch
 // never forwards it again (no loops): it writes it, taking the bucket if
 // nobody holds it, or answers TRY_LATER (not_owner) when the holder has
 // changed meanwhile; the sender's retry finds the new holder. The call is
@@ -73,12 +73,14 @@
 //
 // A call is all or nothing, as far as the writer can know in advance.
 // Its entries are grouped by bucket; the route of every bucket is decided
-// (here or forwarded), every local bucket's capacity (max_pending_bytes)
-// is reserved and this process's ownership of every local bucket is
-// checked (taking the lease if needed) before any bucket is written or
-// forwarded. So a call answered TRY_LATER because one bucket is busy,
-// held by a writer that is not live, or would need a writer for one
-// category more than max_categories has written nothing, and the sender's
+// (here or forwarded, every forwarded entry checked to fit a forwarded
+// batch), every local bucket's capacity (max_pending_bytes) is reserved
+// and this process's ownership of every local bucket is checked (taking
+// the lease if needed) before any bucket is written or forwarded. So a
+// call answered TRY_LATER because one bucket is busy, held by a writer
+// that is not live, has an entry too large to forward, or would need a
+// writer for one category more than max_categories has written nothing,
+// and the sender's
 // retry writes nothing twice. What remains: after the check, a bucket's
 // write can still fail (a dfs error), its lease be lost, or a forward
 // fail (the holder refused, did not answer in time, or changed), while

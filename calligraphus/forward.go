@@ -155,19 +155,49 @@ var (
 	errForwardTooLarge = errors.New("entry too large to forward")
 )
 
+// forwardLimit is the largest forwarded batch: the holder's frame limit,
+// taken to be this writer's (max_call_bytes and its envelope).
+func (c *Calligraphus) forwardLimit() int64 { return int64(c.cfg.MaxCallBytes) + thriftsrv.Envelope }
+
+// forwardSize is what an entry adds to a forwarded batch of info: its
+// encoding, and its sequence number (8 bytes the sender's batch did not
+// carry per entry).
+func forwardSize(info callInfo, category string, msg []byte) int64 {
+	n := int64(scribewire.EntrySize(category, msg))
+	if info.agent != "" {
+		n += 8
+	}
+	return n
+}
+
+// checkForwardable fails (errForwardTooLarge) if an entry of r could not
+// be forwarded even in a batch of its own: the holder would refuse the
+// call at every retry. ingest checks before it writes or sends anything.
+func (c *Calligraphus) checkForwardable(info callInfo, id bucketID, r *appendReq) error {
+	room := c.forwardLimit() - scribeapi.BatchOverhead(info.agentID, info.incarnation)
+	for _, blk := range r.blocks {
+		for _, m := range blk.Messages {
+			if n := forwardSize(info, id.category, m); n > room {
+				return fmt.Errorf("%w: an entry of %d bytes (category %s) would make a forwarded batch %d bytes over max_call_bytes (%v) and its envelope",
+					errForwardTooLarge, len(m), ratelog.Clip(id.category), n-room, c.cfg.MaxCallBytes)
+			}
+		}
+	}
+	return nil
+}
+
 // forward sends the requests reqs (of buckets ids) to the writer at addr
 // as forwarded batches, all within forward_timeout: one, unless it would
-// be over the holder's max_call_bytes (taken to be this writer's). A
-// forwarded entry carries its sequence number, 8 bytes more than in the
-// sender's batch, so the entries of a call at the port's limit can make
-// a batch the holder refuses as too large at every retry of the sender;
-// split, each batch is taken. The batches go one after another, so a
-// bucket's entries keep their order; should one fail after others were
-// taken, the sender's retry repeats those (with the same sequence
-// numbers). An entry too large to forward alone fails the forward before
-// anything is sent, with that said.
+// be over forwardLimit. A forwarded entry carries its sequence number,
+// 8 bytes more than in the sender's batch, so the entries of a call at
+// the port's limit can make a batch the holder refuses as too large at
+// every retry of the sender; split, each batch is taken. The batches go
+// one after another, so a bucket's entries keep their order; should one
+// fail after others were taken, the sender's retry repeats those (with
+// the same sequence numbers). Every entry fits a batch alone
+// (checkForwardable).
 func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, ids []bucketID, reqs []*appendReq) error {
-	limit := int64(c.cfg.MaxCallBytes) + thriftsrv.Envelope
+	limit := c.forwardLimit()
 	var (
 		batches []*scribethrift.Batch
 		b       *scribethrift.Batch
@@ -177,17 +207,10 @@ func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, 
 	for i, r := range reqs {
 		for _, blk := range r.blocks {
 			for j, m := range blk.Messages {
-				es := int64(scribewire.EntrySize(ids[i].category, m))
-				if info.agent != "" {
-					es += 8 // its sequence number
-				}
+				es := forwardSize(info, ids[i].category, m)
 				if b == nil || (size+es > limit && len(b.Messages) > 0) {
 					b, size = forwardBatch(info), scribeapi.BatchOverhead(info.agentID, info.incarnation)
 					batches = append(batches, b)
-				}
-				if size+es > limit {
-					return fmt.Errorf("forward to %s: %w: an entry of %d bytes (category %s) makes a batch of %d bytes, over max_call_bytes (%v) and its envelope",
-						addr, errForwardTooLarge, len(m), ratelog.Clip(ids[i].category), size+es, c.cfg.MaxCallBytes)
 				}
 				size += es
 				b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: ids[i].category, Message: m})

@@ -28,26 +28,28 @@ func logBatchFrameBytes(t *testing.T, b *scribethrift.Batch) int64 {
 }
 
 // limitCluster starts writers w1 and w2 with the smallest max_call_bytes
-// and returns keys of the buckets w2 holds.
-func limitCluster(t *testing.T, fsys dfs.FS) (*cluster, []string) {
+// and returns keys of the buckets w2 holds, and of those w1 holds.
+func limitCluster(t *testing.T, fsys dfs.FS) (cl *cluster, theirs, ours []string) {
 	hub, _ := inprocCoord(t)
 	newCoord := sessions(t, hub)
-	cl := &cluster{t: t, fsys: fsys, observe: newCoord(), tweak: func(c *Config) { c.MaxCallBytes = 1 << 10 }}
+	cl = &cluster{t: t, fsys: fsys, observe: newCoord(), tweak: func(c *Config) { c.MaxCallBytes = 1 << 10 }}
 	cl.add("w1", newCoord())
 	cl.add("w2", newCoord())
 	cl.waitMembers(2)
 	cl.waitSettled(6)
 	keys := bucketKeys(t)
-	var theirs []string
 	for b, h := range cl.holders() {
-		if h == "w2" {
+		switch h {
+		case "w2":
 			theirs = append(theirs, keys[b])
+		case "w1":
+			ours = append(ours, keys[b])
 		}
 	}
-	if len(theirs) == 0 {
-		t.Fatal("w2 holds no bucket")
+	if len(theirs) == 0 || len(ours) == 0 {
+		t.Fatalf("w2 holds the buckets of %v, w1 of %v", theirs, ours)
 	}
-	return cl, theirs
+	return cl, theirs, ours
 }
 
 // TestForwardOfACallAtTheLimitIsTaken: an agent's batch as large as the
@@ -58,7 +60,7 @@ func limitCluster(t *testing.T, fsys dfs.FS) (*cluster, []string) {
 // sends it in batches the holder takes, and every entry lands.
 func TestForwardOfACallAtTheLimitIsTaken(t *testing.T) {
 	fsys := newLocal(t)
-	cl, theirs := limitCluster(t, fsys)
+	cl, theirs, _ := limitCluster(t, fsys)
 	limit := int64(cl.ws[0].c.cfg.MaxCallBytes) + thriftsrv.Envelope
 	inc := "inc"
 	b := &scribethrift.Batch{AgentID: "ag", Incarnation: &inc, FirstSeq: 1, ReceivedAtMs: 1_000_000}
@@ -101,21 +103,24 @@ func TestForwardOfACallAtTheLimitIsTaken(t *testing.T) {
 	}
 }
 
-// TestEntryTooLargeToForwardIsSaid: a stock client's call of one entry,
-// at the port's limit, for a bucket another writer holds. Forwarded, the
-// batch's fields make it larger than any call the holder takes, whatever
-// it is split into: the writer answers TRY_LATER counted as too_large
-// (logged as an error), without sending the holder what it would refuse.
+// TestEntryTooLargeToForwardIsSaid: a stock client's call at the port's
+// limit: an entry for a bucket this writer holds, and one large entry for
+// a bucket another writer holds. Forwarded, the batch's fields make that
+// entry larger than any call the holder takes, whatever it is split into:
+// the writer answers TRY_LATER counted as too_large (logged as an error)
+// before writing or sending anything, since the call can never be taken
+// whole and each retry would write the first entry again.
 func TestEntryTooLargeToForwardIsSaid(t *testing.T) {
-	cl, theirs := limitCluster(t, newLocal(t))
+	fsys := newLocal(t)
+	cl, theirs, ours := limitCluster(t, fsys)
 	limit := int64(cl.ws[0].c.cfg.MaxCallBytes) + thriftsrv.Envelope
-	es := entries("cat", theirs[0]+"#")
+	es := entries("cat", ours[0]+"#here", theirs[0]+"#")
 	args, err := thrift.NewTSerializer().Write(context.Background(), &scribethrift.ScribeLogArgs{Messages: es})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pad := limit - int64(scribeapi.LogFrameHead-4+len(args))
-	es[0].Message = append(es[0].Message, bytes.Repeat([]byte("x"), int(pad))...)
+	es[1].Message = append(es[1].Message, bytes.Repeat([]byte("x"), int(pad))...)
 
 	rc, err := cl.ws[0].dial(t).Log(context.Background(), es)
 	if err != nil || rc != scribethrift.ResultCode_TRY_LATER {
@@ -129,5 +134,11 @@ func TestEntryTooLargeToForwardIsSaid(t *testing.T) {
 	}
 	if got := counter(t, cl.ws[1].reg, "freeway_thrift_calls_refused_total"); got != 0 {
 		t.Errorf("w2 was sent %v calls it refused as too large", got)
+	}
+	for _, s := range cl.ws {
+		s.stop()
+	}
+	if got := readAll(t, fsys); len(got) != 0 {
+		t.Errorf("a call that can never be taken wrote %d entries (the first: %.40q)", len(got), got[0].Msg)
 	}
 }
