@@ -203,13 +203,17 @@ func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, 
 		b       *scribethrift.Batch
 		size    int64
 		n       int
+		total   int
 	)
+	for _, r := range reqs {
+		total += r.entries
+	}
 	for i, r := range reqs {
 		for _, blk := range r.blocks {
 			for j, m := range blk.Messages {
 				es := forwardSize(info, ids[i].category, m)
 				if b == nil || (size+es > limit && len(b.Messages) > 0) {
-					b, size = forwardBatch(info), scribeapi.BatchOverhead(info.agentID, info.incarnation)
+					b, size = forwardBatch(info, total-n), scribeapi.BatchOverhead(info.agentID, info.incarnation)
 					batches = append(batches, b)
 				}
 				size += es
@@ -239,18 +243,20 @@ func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, 
 	return nil
 }
 
-// forwardBatch is an empty forwarded batch of a call.
-func forwardBatch(info callInfo) *scribethrift.Batch {
+// forwardBatch is an empty forwarded batch of a call, with room for up
+// to n entries (usually all of them go in one).
+func forwardBatch(info callInfo, n int) *scribethrift.Batch {
 	b := &scribethrift.Batch{
 		AgentID:      info.agentID,
 		ReceivedAtMs: info.arrivalMs,
 		Forwarded:    &[]bool{true}[0],
+		Messages:     make([]*scribethrift.LogEntry, 0, n),
 	}
 	if info.agent != "" {
 		if info.incarnation != "" {
 			b.Incarnation = &info.incarnation
 		}
-		b.Seqs = []int64{}
+		b.Seqs = make([]int64, 0, n)
 	} else {
 		b.AgentID = "" // taken without deduplication here: the same there
 	}
