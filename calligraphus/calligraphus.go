@@ -555,6 +555,9 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []scri
 		}
 		wg.Wait()
 		for i, err := range errs {
+			if err == nil && routes[i].addr != "" {
+				err = c.checkForwardable(info, order[i], reqs[i])
+			}
 			if err != nil {
 				recycle(reqs)
 				return c.tryLater(order[i], info, err)
@@ -712,7 +715,7 @@ func (c *Calligraphus) tryLater(id bucketID, info callInfo, err error) scribethr
 	r := reason(err)
 	c.m.tryLater.WithLabelValues(r).Inc()
 	level := slog.LevelWarn
-	if r == "write_error" {
+	if r == "write_error" || r == "too_large" {
 		level = slog.LevelError
 	}
 	c.rl.Log(level, "try_later "+r, "call answered TRY_LATER", "reason", r, "category", ratelog.Clip(id.category), "bucket", id.bucket, "agent", ratelog.Clip(info.agentID), "err", err)
@@ -738,6 +741,8 @@ func reason(err error) string {
 		return "not_owner"
 	case errors.Is(err, errFenced), errors.Is(err, errUnsealed):
 		return "fenced"
+	case errors.Is(err, errForwardTooLarge):
+		return "too_large" // for good: said at error level
 	case errors.Is(err, errForward):
 		return "forward_error"
 	case errors.Is(err, errTooManyCats):

@@ -35,16 +35,21 @@
 // A bucket nobody holds goes to its preferred writer (below), which takes
 // it. Forwarded entries travel as one LogBatch per holder with
 // forwarded=true, the agent id and incarnation, each entry's own sequence
-// number (seqs) and the arrival time (received_at_ms), so the holder
-// writes the blocks it would have written had the agent sent them there,
-// and Puma's deduplication holds. A writer receiving a forwarded batch
+// number (seqs) and the arrival time (received_at_ms); as several, one
+// after another, where one would be over max_call_bytes (the sequence
+// numbers make a call's entries larger than they were in the call), so
+// the holder writes the blocks it would have written had the agent sent
+// them there, and Puma's deduplication holds. An entry too large to
+// forward even alone (one filling a call at the limit: the forwarded
+// fields make it larger) is answered TRY_LATER (too_large) and logged as
+// an error, before anything of the call is written or sent. A writer receiving a forwarded batch
 // never forwards it again (no loops): it writes it, taking the bucket if
 // nobody holds it, or answers TRY_LATER (not_owner) when the holder has
 // changed meanwhile; the sender's retry finds the new holder. The call is
 // answered OK only once the holders answered OK, that is once the entries
 // are durable there, so a sender's next batch cannot overtake it.
 // Connections to other writers are pooled (8 per peer at most), time out
-// after forward_timeout, and use the process's TLS and certificate: a
+// after forward_timeout (all of one call's batches to a holder), and use the process's TLS and certificate: a
 // holder verifying client certificates (tls.ca_file) honours forwarded
 // agent ids only from a verified peer, like an agent's. A holder's
 // address is looked up again after 500ms, or after a failed forward.
@@ -68,12 +73,14 @@
 //
 // A call is all or nothing, as far as the writer can know in advance.
 // Its entries are grouped by bucket; the route of every bucket is decided
-// (here or forwarded), every local bucket's capacity (max_pending_bytes)
-// is reserved and this process's ownership of every local bucket is
-// checked (taking the lease if needed) before any bucket is written or
-// forwarded. So a call answered TRY_LATER because one bucket is busy,
-// held by a writer that is not live, or would need a writer for one
-// category more than max_categories has written nothing, and the sender's
+// (here or forwarded, every forwarded entry checked to fit a forwarded
+// batch), every local bucket's capacity (max_pending_bytes) is reserved
+// and this process's ownership of every local bucket is checked (taking
+// the lease if needed) before any bucket is written or forwarded. So a
+// call answered TRY_LATER because one bucket is busy, held by a writer
+// that is not live, has an entry too large to forward, or would need a
+// writer for one category more than max_categories has written nothing,
+// and the sender's
 // retry writes nothing twice. What remains: after the check, a bucket's
 // write can still fail (a dfs error), its lease be lost, or a forward
 // fail (the holder refused, did not answer in time, or changed), while

@@ -7,7 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -148,49 +150,115 @@ func (c *Calligraphus) newPeers() *peers {
 	}
 }
 
-var errForwardRefused = errors.New("holder answered TRY_LATER")
+var (
+	errForwardRefused  = errors.New("holder answered TRY_LATER")
+	errForwardTooLarge = errors.New("entry too large to forward")
+)
+
+// forwardLimit is the largest forwarded batch: the holder's frame limit,
+// taken to be this writer's (max_call_bytes and its envelope).
+func (c *Calligraphus) forwardLimit() int64 { return int64(c.cfg.MaxCallBytes) + thriftsrv.Envelope }
+
+// forwardSize is what an entry adds to a forwarded batch of info: its
+// encoding, and its sequence number (8 bytes the sender's batch did not
+// carry per entry).
+func forwardSize(info callInfo, category string, msg []byte) int64 {
+	n := int64(scribewire.EntrySize(category, msg))
+	if info.agent != "" {
+		n += 8
+	}
+	return n
+}
+
+// checkForwardable fails (errForwardTooLarge) if an entry of r could not
+// be forwarded even in a batch of its own: the holder would refuse the
+// call at every retry. ingest checks before it writes or sends anything.
+func (c *Calligraphus) checkForwardable(info callInfo, id bucketID, r *appendReq) error {
+	room := c.forwardLimit() - scribeapi.BatchOverhead(info.agentID, info.incarnation)
+	for _, blk := range r.blocks {
+		for _, m := range blk.Messages {
+			if n := forwardSize(info, id.category, m); n > room {
+				return fmt.Errorf("%w: an entry of %d bytes (category %s) would make a forwarded batch %d bytes over max_call_bytes (%v) and its envelope",
+					errForwardTooLarge, len(m), ratelog.Clip(id.category), n-room, c.cfg.MaxCallBytes)
+			}
+		}
+	}
+	return nil
+}
 
 // forward sends the requests reqs (of buckets ids) to the writer at addr
-// as one forwarded batch.
+// as forwarded batches, all within forward_timeout: one, unless it would
+// be over forwardLimit. A forwarded entry carries its sequence number,
+// 8 bytes more than in the sender's batch, so the entries of a call at
+// the port's limit can make a batch the holder refuses as too large at
+// every retry of the sender; split, each batch is taken. The batches go
+// one after another, so a bucket's entries keep their order; should one
+// fail after others were taken, the sender's retry repeats those (with
+// the same sequence numbers). Every entry fits a batch alone
+// (checkForwardable).
 func (c *Calligraphus) forward(ctx context.Context, addr string, info callInfo, ids []bucketID, reqs []*appendReq) error {
+	limit := c.forwardLimit()
+	var (
+		batches []*scribethrift.Batch
+		b       *scribethrift.Batch
+		size    int64
+		n       int
+		total   int
+	)
+	for _, r := range reqs {
+		total += r.entries
+	}
+	for i, r := range reqs {
+		for _, blk := range r.blocks {
+			for j, m := range blk.Messages {
+				es := forwardSize(info, ids[i].category, m)
+				if b == nil || (size+es > limit && len(b.Messages) > 0) {
+					b, size = forwardBatch(info, total-n), scribeapi.BatchOverhead(info.agentID, info.incarnation)
+					batches = append(batches, b)
+				}
+				size += es
+				b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: ids[i].category, Message: m})
+				if b.Seqs != nil {
+					b.Seqs = append(b.Seqs, int64(blk.Seqs[j]))
+				}
+				n++
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ForwardTimeout.D())
+	defer cancel()
+	for _, b := range batches {
+		if len(b.Seqs) > 0 {
+			b.FirstSeq = b.Seqs[0]
+		}
+		rc, err := c.peers.send(ctx, addr, b)
+		if err != nil {
+			return err
+		}
+		if rc != scribethrift.ResultCode_OK {
+			return fmt.Errorf("forward to %s: %w", addr, errForwardRefused)
+		}
+	}
+	c.m.forwarded.WithLabelValues("out").Add(float64(n))
+	return nil
+}
+
+// forwardBatch is an empty forwarded batch of a call, with room for up
+// to n entries (usually all of them go in one).
+func forwardBatch(info callInfo, n int) *scribethrift.Batch {
 	b := &scribethrift.Batch{
 		AgentID:      info.agentID,
 		ReceivedAtMs: info.arrivalMs,
 		Forwarded:    &[]bool{true}[0],
+		Messages:     make([]*scribethrift.LogEntry, 0, n),
 	}
 	if info.agent != "" {
 		if info.incarnation != "" {
 			b.Incarnation = &info.incarnation
 		}
-		b.Seqs = []int64{}
+		b.Seqs = make([]int64, 0, n)
 	} else {
 		b.AgentID = "" // taken without deduplication here: the same there
 	}
-	n := 0
-	for _, r := range reqs {
-		n += r.entries
-	}
-	b.Messages = make([]*scribethrift.LogEntry, 0, n)
-	for i, r := range reqs {
-		for _, blk := range r.blocks {
-			for j, m := range blk.Messages {
-				b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: ids[i].category, Message: m})
-				if b.Seqs != nil {
-					b.Seqs = append(b.Seqs, int64(blk.Seqs[j]))
-				}
-			}
-		}
-	}
-	if len(b.Seqs) > 0 {
-		b.FirstSeq = b.Seqs[0]
-	}
-	rc, err := c.peers.send(ctx, addr, b)
-	if err != nil {
-		return err
-	}
-	if rc != scribethrift.ResultCode_OK {
-		return fmt.Errorf("forward to %s: %w", addr, errForwardRefused)
-	}
-	c.m.forwarded.WithLabelValues("out").Add(float64(n))
-	return nil
+	return b
 }

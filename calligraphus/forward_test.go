@@ -40,7 +40,8 @@ type cluster struct {
 	fsys    dfs.FS
 	ws      []*server
 	coords  []coord.Coord
-	observe coord.Coord // for holder look-ups by the test
+	observe coord.Coord   // for holder look-ups by the test
+	tweak   func(*Config) // applied to every writer's configuration (nil: none)
 }
 
 // startCluster starts n writers w1..wn; newCoord opens one coordinator
@@ -58,6 +59,9 @@ func (cl *cluster) add(id string, co coord.Coord) *server {
 	cfg := testConfig()
 	cfg.ID = id
 	cfg.Linger = 0
+	if cl.tweak != nil {
+		cl.tweak(&cfg)
+	}
 	s := startServer(cl.t, cfg, cl.fsys, co, clusterRouter())
 	cl.ws = append(cl.ws, s)
 	cl.coords = append(cl.coords, co)

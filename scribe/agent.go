@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,10 @@ type Agent struct {
 	fb303 func() map[string]int64 // getCounters: c, read through the metrics
 	tails []*tailer
 	tls   *auth.TLS // the process's, for the upstream link
+	// maxEntry is the largest entry (its scribewire.EntrySize) taken:
+	// one a batch of it alone, forwarded by a writer, keeps within
+	// max_call_bytes and its envelope (see shippable).
+	maxEntry int64
 	// members are the live writers when upstream is a coordinator URL
 	// (nil otherwise); source hands each shipper its upstreamSource.
 	members *memberSource
@@ -82,7 +87,8 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open agent queue: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: log, rl: ratelog.New(log, time.Minute, 5), clock: clk, q: q, c: newCounters()}
+	a := &Agent{cfg: cfg, log: log, rl: ratelog.New(log, time.Minute, 5), clock: clk, q: q, c: newCounters(),
+		maxEntry: shippable(int64(cfg.MaxCallBytes), q.ID())}
 	a.entries.New = func() any { return new([]diskqueue.Entry) }
 	for _, tc := range cfg.Tail {
 		a.tails = append(a.tails, newTailer(a, tc))
@@ -113,6 +119,20 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		return nil, fmt.Errorf("start agent server: %w", err)
 	}
 	return a, nil
+}
+
+// incarnationHex is the length of the queue's incarnation as batches
+// carry it (16 bytes in hex).
+const incarnationHex = 32
+
+// shippable is the largest entry (its scribewire.EntrySize) the agent
+// can ship: a batch of it alone, with this agent's id and incarnation,
+// forwarded by a writer (8 bytes more: its sequence number), keeps
+// within maxCall and its envelope. An upstream's limit must be at least
+// the agent's; a larger entry, acknowledged, could never be shipped, and
+// would hold back every entry queued after it.
+func shippable(maxCall int64, id string) int64 {
+	return maxCall + thriftsrv.Envelope - scribeapi.BatchOverhead(id, strings.Repeat("0", incarnationHex)) - 8
 }
 
 // Addr is the address apps log to.
@@ -266,6 +286,14 @@ func (a *Agent) accept(msgs []scribewire.Entry) scribethrift.ResultCode {
 		}
 		if string(m.Category) != category {
 			category = string(m.Category)
+		}
+		if n := int64(scribewire.EntrySize(category, m.Message)); n > a.maxEntry {
+			// Refused, not acknowledged: the app hears of it, and the
+			// queue behind it keeps moving.
+			a.c.tryLater[tryLaterTooLarge].Add(1)
+			a.rl.Error("try_later "+tryLaterTooLarge, "entry too large to ship upstream within max_call_bytes; call answered try_later",
+				"category", ratelog.Clip(category), "bytes", len(m.Message), "max_call_bytes", a.cfg.MaxCallBytes)
+			return scribethrift.ResultCode_TRY_LATER
 		}
 		es = append(es, diskqueue.Entry{Category: category, Message: m.Message, Time: now})
 	}

@@ -27,13 +27,14 @@
 // Every category stock Scribe accepts is queued as it is: any non-empty
 // string of any bytes ("web/access", "a b", "_internal", long names). A
 // message is bounded only by the size of the call (MaxMessageBytes bounds
-// tailed lines, not Scribe entries). Only an entry with an empty category
+// tailed lines, not Scribe entries), less what shipping it adds (see
+// Limits). Only an entry with an empty category
 // is dropped, as stock Scribe drops it ("received blank category"),
 // counted (freeway_agent_entries_rejected_total{reason="empty_category"},
 // fb303 "received blank category") and logged rate-limited. What cannot
 // be accepted makes the whole call TRY_LATER, and nothing of it is kept:
 // the queue holding MaxQueueBytes of unshipped entries, a full or failing
-// disk, the agent stopping (counted in freeway_agent_try_later_sent_total
+// disk, an entry too large to ship, the agent stopping (counted in freeway_agent_try_later_sent_total
 // by reason, logged rate-limited). LogBatch (another agent forwarding, in
 // an agent chain) is taken like Log. The agent stamps every entry with
 // its own clock as its arrival time, for Log and LogBatch alike (a client
@@ -78,7 +79,10 @@
 // with capped exponential backoff and jitter (RetryMin to RetryMax),
 // reconnecting as needed (with a coordinator URL upstream, on another
 // live writer once one failed or answered TRY_LATER three times in a
-// row: upstreams.go); nothing is ever skipped. Only after OK does the
+// row: upstreams.go); nothing is ever skipped. Every tenth TRY_LATER in
+// a row to one batch is warned about (rate-limited), with the batch's
+// first sequence number, entries and bytes: a writer it is too large
+// for (over its max_call_bytes) never takes it. Only after OK does the
 // queue's acknowledged position advance (fsynced) and fully shipped
 // segment files get deleted, and only over the batches, oldest first,
 // that were answered OK: a batch answered OK behind one still retried
@@ -144,7 +148,13 @@
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call
 // cannot be shipped (the shipper retries it), so the upstream's call
-// limit must be at least the agent's.
+// limit must be at least the agent's, and at least BatchBytes (a file
+// configuring the writers too is refused otherwise). An entry that fills a call at the
+// agent's own limit is refused (TRY_LATER, counted as too_large, logged
+// as an error): a batch of it alone, with the agent id, incarnation and
+// sequence number (and forwarded between writers, each entry's number),
+// would be over that limit by a few hundred bytes at most, and, were it
+// acknowledged, every entry queued after it would wait forever.
 //
 // # Use
 //

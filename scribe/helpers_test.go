@@ -184,8 +184,14 @@ func (u *fakeUpstream) callsSnapshot() []*scribethrift.Batch {
 // port) until the test ends.
 func startUpstream(t testing.TB, addr string, answer func(int, *scribethrift.Batch) (scribethrift.ResultCode, error)) *fakeUpstream {
 	t.Helper()
+	return startUpstreamLimits(t, addr, thriftsrv.Limits{}, answer)
+}
+
+// startUpstreamLimits is startUpstream with the port's limits.
+func startUpstreamLimits(t testing.TB, addr string, limits thriftsrv.Limits, answer func(int, *scribethrift.Batch) (scribethrift.ResultCode, error)) *fakeUpstream {
+	t.Helper()
 	u := &fakeUpstream{answer: answer}
-	srv, err := scribeapi.Listen(addr, u, scribeapi.Info{Name: "fake-calligraphus"}, thriftsrv.Limits{}, slog.New(slog.DiscardHandler))
+	srv, err := scribeapi.Listen(addr, u, scribeapi.Info{Name: "fake-calligraphus"}, limits, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

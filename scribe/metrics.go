@@ -20,7 +20,7 @@ const (
 	tryLaterQueueFull  = "queue_full"  // max_queue_bytes reached
 	tryLaterWriteError = "write_error" // the disk is full or failing
 	tryLaterClosed     = "closed"      // the agent is stopping
-	tryLaterTooLarge   = "too_large"   // a record over the queue's limit (larger than any call)
+	tryLaterTooLarge   = "too_large"   // an entry too large to ship within max_call_bytes, or a record over the queue's limit
 )
 
 var tryLaterReasons = []string{tryLaterQueueFull, tryLaterWriteError, tryLaterClosed, tryLaterTooLarge}

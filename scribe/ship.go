@@ -207,6 +207,7 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		}
 		args := &batchArgs{id: a.q.ID(), b: f.b, buf: &buf}
 		sent := time.Now()
+		refused := 0 // TRY_LATER answers to this batch in a row
 		for {
 			if up == nil {
 				addr, err := again, error(nil)
@@ -262,6 +263,13 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 			} else {
 				a.c.tryLaterRecv.Add(1)
 				a.log.Debug("upstream answered try_later", "upstream", up.addr, "first_seq", f.b.First)
+				if refused++; refused%refusedWarnEvery == 0 {
+					// A busy writer takes the batch in time; one it is too
+					// large for never does, and nothing after it is
+					// acknowledged meanwhile. The answer does not say which.
+					a.rl.Warn("batch refused", "upstream keeps answering try_later to one batch; the queue waits for it (a writer refusing it as over its max_call_bytes, see its log, never takes it: agent.batch_bytes and agent.max_call_bytes must not exceed that)",
+						"upstream", up.addr, "first_seq", f.b.First, "entries", len(f.b.Entries), "bytes", args.size(), "answers", refused)
+				}
 				if src.tryLater(up.addr) {
 					a.rl.Warn("upstream passed over "+up.addr, "writer keeps answering try_later; passing it over for a while", "upstream", up.addr)
 					pool.put(up, src, a.clock.Now()) // a working connection, for its next turn
@@ -287,6 +295,11 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 		close(f.done)
 	}
 }
+
+// refusedWarnEvery is how many TRY_LATER answers in a row to one batch
+// make the agent warn that it keeps being refused (about 20s of backoff
+// with the default retry_min and retry_max).
+const refusedWarnEvery = 10
 
 // shipFailed counts and reports a failed connect or call; the first
 // failure of a run is a warning, the rest are debug lines.
@@ -314,14 +327,20 @@ type batchArgs struct {
 	buf *[]byte // reused by the sender's calls
 }
 
+// size is the bytes of the LogBatch frame encode returns.
+func (a *batchArgs) size() int {
+	n := scribeapi.BatchFrameHead + 64 + len(a.id) + len(a.b.Incarnation)
+	for _, e := range a.b.Entries {
+		n += scribewire.EntrySize(e.Category, e.Message)
+	}
+	return n
+}
+
 // encode returns the LogBatch frame, in the sender's buffer: room for
 // the frame's head (scribeapi.LogBatchFrame fills it in), then the
 // encoded arguments.
 func (a *batchArgs) encode() []byte {
-	size := scribeapi.BatchFrameHead + 64 + len(a.id) + len(a.b.Incarnation)
-	for _, e := range a.b.Entries {
-		size += scribewire.EntrySize(e.Category, e.Message)
-	}
+	size := a.size()
 	b := (*a.buf)[:0]
 	if cap(b) < size {
 		b = make([]byte, 0, size)

@@ -175,6 +175,24 @@ func (c *Config) Validate() error {
 		return &config.FieldError{Path: "$.calligraphus.forward_timeout", Also: []string{"$.agent.upstream_timeout"},
 			Msg: fmt.Sprintf("%v must be below agent.upstream_timeout %v: an agent would give up a call that a writer is still forwarding, and send the batch again", fwd, up)}
 	}
+	// A writer answers a call over its max_call_bytes TRY_LATER, and an
+	// agent sends the same batch again until it is taken: a batch of
+	// agent.batch_bytes, or of one app's entry of up to
+	// agent.max_call_bytes, that no writer takes stops the agent's queue
+	// for good. Keep them ordered.
+	for _, k := range []struct {
+		key string
+		v   config.ByteSize
+		why string
+	}{
+		{"batch_bytes", c.Agent.BatchBytes, "a batch"},
+		{"max_call_bytes", c.Agent.MaxCallBytes, "an app's entry"},
+	} {
+		if m := c.Calligraphus.MaxCallBytes; k.v > m {
+			return &config.FieldError{Path: "$.agent." + k.key, Also: []string{"$.calligraphus.max_call_bytes"},
+				Msg: fmt.Sprintf("%v must not exceed calligraphus.max_call_bytes %v: %s larger than a writer takes would be refused at every retry, and the agent's queue would stop behind it", k.v, m, k.why)}
+		}
+	}
 	names := map[string]int{}
 	for i := range c.Apps {
 		path := fmt.Sprintf("$.apps[%d]", i)

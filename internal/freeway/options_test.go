@@ -165,3 +165,33 @@ func TestForwardTimeoutBelowUpstreamTimeout(t *testing.T) {
 		t.Fatalf("ordered timeouts refused: %v", err)
 	}
 }
+
+// TestAgentBatchesFitTheWriters: a file whose agents could send a writer
+// a call larger than its max_call_bytes (a batch of agent.batch_bytes, or
+// an app's entry of up to agent.max_call_bytes) is refused, naming both
+// keys, at the one it sets. The code before took them: the writer
+// answered such a batch TRY_LATER (too_large) at every retry, and the
+// agent's queue stopped behind it.
+func TestAgentBatchesFitTheWriters(t *testing.T) {
+	for _, c := range []struct {
+		src          string
+		line, column int
+		want         string
+	}{
+		{"calligraphus:\n  max_call_bytes: 512KiB\n  max_pending_bytes: 1MiB\n", 2, 19, "batch_bytes: 1MiB must not exceed calligraphus.max_call_bytes 512KiB"},
+		{"agent:\n  batch_bytes: 2MiB\ncalligraphus:\n  max_call_bytes: 1MiB\n", 2, 16, "batch_bytes: 2MiB must not exceed calligraphus.max_call_bytes 1MiB"},
+		{"agent:\n  max_call_bytes: 65MiB\n", 2, 19, "max_call_bytes: 65MiB must not exceed calligraphus.max_call_bytes 64MiB"},
+	} {
+		cfg := DefaultConfig()
+		cfg.MaxInflightBytes = 1 << 30
+		err := config.Decode("c.yaml", []byte(c.src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != c.line || ce.Column != c.column || !strings.Contains(ce.Msg, c.want) {
+			t.Errorf("%q: %v, want %q at line %d column %d", c.src, err, c.want, c.line, c.column)
+		}
+	}
+	cfg := DefaultConfig()
+	if err := config.Decode("c.yaml", []byte("agent:\n  batch_bytes: 4MiB\n  max_call_bytes: 4MiB\ncalligraphus:\n  max_call_bytes: 4MiB\n  max_pending_bytes: 4MiB\n"), &cfg, cfg.Validate); err != nil {
+		t.Fatalf("equal limits refused: %v", err)
+	}
+}

@@ -167,6 +167,16 @@ func (c *Client) LogBatchEncoded(ctx context.Context, args []byte) (scribethrift
 // the frame's size and LogBatch's message header (strict binary).
 const BatchFrameHead = 4 + 4 + 4 + len("LogBatch") + 4
 
+// BatchOverhead bounds what a LogBatch call's frame (after its size)
+// holds besides its entries, each scribewire.EntrySize and 8 bytes more
+// in a batch with seqs (a writer forwarding it): the message header, the
+// agent id, the incarnation and the batch's other fields. A writer
+// forwards in batches within max_call_bytes by it, and an agent takes no
+// entry that a batch of it alone, forwarded, would put over its own.
+func BatchOverhead(agentID, incarnation string) int64 {
+	return int64(BatchFrameHead + 64 + len(agentID) + len(incarnation))
+}
+
 // LogFrameHead is the room LogFrame needs before the arguments.
 const LogFrameHead = 4 + 4 + 4 + len("Log") + 4
 
