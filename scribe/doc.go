@@ -119,7 +119,12 @@
 // fsync and the position's save (at most one batch) are queued again
 // (at-least-once); nothing is lost. If the file was rotated while the
 // agent was down, the rotated file is found in the same directory by its
-// identity (device and inode) and finished first.
+// identity (device and inode) and finished first. A file that has the
+// saved identity but is shorter than the saved offset, or whose first bytes
+// (up to 1 KiB) differ from those read before (truncated and written again
+// while the agent was down, as copytruncate does; or another file given
+// the old one's inode), is read from its start
+// (freeway_agent_tail_truncations_total).
 //
 // A full or failing disk does not stop the agent. A queue write or fsync
 // that fails is rolled back and only the calls of that group commit are
@@ -138,8 +143,9 @@
 // Truncation is detected only if the file is shorter than what was read
 // when it is next polled; a copytruncate rotation that is refilled past
 // the old offset within one poll interval goes unnoticed (as with tail -F).
-// A file identity (inode) reused by another file while the agent is down
-// makes the agent resume that file at the saved offset.
+// A file truncated and refilled past the saved offset while the agent is
+// down, or another file given its identity (inode), is resumed at the
+// saved offset if it starts with the same bytes (up to 1 KiB) as before.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call

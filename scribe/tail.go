@@ -20,6 +20,10 @@ import (
 
 const tailReadChunk = 64 << 10
 
+// headBytes is how much of a tailed file's start its saved position
+// fingerprints (see position.Head).
+const headBytes = 1 << 10
+
 // tailer follows one file like tail -F, one queue entry per line (without
 // its newline), and persists its position after the lines are durable in
 // the queue.
@@ -41,6 +45,8 @@ type tailer struct {
 	f     *os.File
 	id    fileID
 	off   int64  // offset in f up to which lines are durable in the queue
+	head  uint64 // fingerprint of f's first hlen bytes, saved with off
+	hlen  int64  // bytes head covers (0: none yet)
 	buf   []byte // bytes of f from off on, read but not yet queued
 	cut   int    // buf[:cut] is in batch
 	batch []diskqueue.Entry
@@ -60,6 +66,13 @@ type position struct {
 	Dev    uint64 `json:"dev"`
 	Ino    uint64 `json:"ino"`
 	Offset int64  `json:"offset"`
+	// Head is the FNV-1a hash of the file's first HeadLen bytes (up to
+	// headBytes of what was read). A file truncated and written again
+	// while the agent was down, or another file given the old one's
+	// inode, keeps the identity but not its first bytes. Positions saved
+	// before it have HeadLen 0: not checked.
+	Head    uint64 `json:"head,omitempty"`
+	HeadLen int64  `json:"head_len,omitempty"`
 }
 
 func newTailer(a *Agent, tc TailConfig) *tailer {
@@ -141,20 +154,23 @@ func (t *tailer) restore() error {
 		if err != nil {
 			return fmt.Errorf("open tailed file: %w", err)
 		}
-		off := p.Offset
-		if fi.Size() < off {
-			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", off, "size", fi.Size())
-			t.truncations.Add(1)
-			off = 0
+		switch {
+		case fi.Size() < p.Offset:
+			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
+		case !sameHead(f, p):
+			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
+		default:
+			return t.resume(f, p, p.Offset)
 		}
-		return t.resume(f, saved, off)
+		t.truncations.Add(1)
+		return t.resume(f, position{Dev: p.Dev, Ino: p.Ino}, 0)
 	}
 	// The path names another file now: find ours by identity beside it
 	// (rotated by rename while the agent was down) and finish it first.
 	if f, fi := findByID(filepath.Dir(t.path), saved); f != nil {
-		if fi.Size() >= p.Offset {
+		if fi.Size() >= p.Offset && sameHead(f, p) {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
-			return t.resume(f, saved, p.Offset)
+			return t.resume(f, p, p.Offset)
 		}
 		_ = f.Close() // opened for reading
 	}
@@ -162,13 +178,34 @@ func (t *tailer) restore() error {
 	return nil
 }
 
-func (t *tailer) resume(f *os.File, id fileID, off int64) error {
+// resume continues f, whose identity and head are p's, at off.
+func (t *tailer) resume(f *os.File, p position, off int64) error {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		_ = f.Close() // opened for reading
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.f, t.id, t.off = f, id, off
+	t.f, t.id, t.off, t.head, t.hlen = f, fileID{dev: p.Dev, ino: p.Ino}, off, p.Head, p.HeadLen
 	return nil
+}
+
+// sameHead reports whether f starts with the bytes p fingerprinted.
+func sameHead(f *os.File, p position) bool {
+	if p.HeadLen == 0 {
+		return true
+	}
+	h, err := headOf(f, p.HeadLen)
+	return err == nil && h == p.Head
+}
+
+// headOf hashes the first n bytes of f (without moving its offset).
+func headOf(f *os.File, n int64) (uint64, error) {
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return 0, fmt.Errorf("read start of tailed file: %w", err)
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64(), nil
 }
 
 // poll reads what is new, then checks for rotation and truncation. It
@@ -187,7 +224,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		t.f, t.id, t.off, t.buf, t.cut, t.split = f, idOf(fi), 0, t.buf[:0], 0, false
+		t.f, t.id, t.off, t.hlen, t.buf, t.cut, t.split = f, idOf(fi), 0, 0, t.buf[:0], 0, false
 		t.save()
 	}
 	n, err := t.readToEnd(ctx)
@@ -230,7 +267,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		if _, err := t.f.Seek(0, io.SeekStart); err != nil {
 			return false, fmt.Errorf("seek tailed file: %w", err)
 		}
-		t.off, t.buf, t.cut, t.split = 0, t.buf[:0], 0, false
+		t.off, t.hlen, t.buf, t.cut, t.split = 0, 0, t.buf[:0], 0, false
 		t.save()
 		return true, nil
 	}
@@ -355,7 +392,14 @@ func (t *tailer) flush(ctx context.Context) error {
 // tailing: the save is retried at the next poll, and until it succeeds a
 // restart would queue the lines since the last saved position again.
 func (t *tailer) save() {
-	b, err := json.Marshal(position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off})
+	if n := min(t.off, headBytes); n > t.hlen {
+		// Until headBytes are read, the head grows with what was read. A
+		// failed read (the file truncated meanwhile) keeps the old head.
+		if h, err := headOf(t.f, n); err == nil {
+			t.head, t.hlen = h, n
+		}
+	}
+	b, err := json.Marshal(position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off, Head: t.head, HeadLen: t.hlen})
 	if err == nil {
 		err = diskqueue.WriteFileAtomic(t.posPath, b)
 	}

@@ -253,3 +253,29 @@ func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
 	up := startUpstream(t, addr, nil)
 	waitLines(t, up, want...)
 }
+
+// TestTailRereadsAFileRewrittenWhileStopped: a file truncated and written
+// again past the saved offset while the agent is down (copytruncate during
+// an upgrade) keeps its identity; the agent notices that its first bytes
+// changed and reads it from its start, rather than from the middle of a
+// line of other content.
+func TestTailRereadsAFileRewrittenWhileStopped(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "new line 1\nnew line 2\n")
+	b := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2", "new line 1", "new line 2")
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
