@@ -80,6 +80,11 @@ type Config struct {
 	// TailPollInterval is how often an idle tailed file is checked for
 	// new lines, rotation and truncation.
 	TailPollInterval config.Duration `yaml:"tail_poll_interval"`
+	// TailRotateWait is how long a tailed file whose path names another
+	// file now (rotated) is still read after it stopped growing: the app
+	// writes to it until it reopens its log (logrotate signals it after
+	// creating the new file). The new file is read after it.
+	TailRotateWait config.Duration `yaml:"tail_rotate_wait"`
 	// Tail lists the files to follow.
 	Tail []TailConfig `yaml:"tail"`
 	// TLS: when the process has TLS (tls.cert_file), the app-facing port
@@ -119,6 +124,7 @@ func DefaultConfig() Config {
 		RetryMin:           config.Duration(50 * time.Millisecond),
 		RetryMax:           config.Duration(5 * time.Second),
 		TailPollInterval:   config.Duration(250 * time.Millisecond),
+		TailRotateWait:     config.Duration(5 * time.Second),
 		TLS:                true,
 		PortConfig:         thriftsrv.DefaultPortConfig(),
 	}
@@ -189,6 +195,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TailPollInterval <= 0 {
 		bad("tail_poll_interval", "must be positive")
+	}
+	if c.TailRotateWait < 0 {
+		bad("tail_rotate_wait", "must not be negative")
 	}
 	seen := map[string]bool{}
 	for i, t := range c.Tail {

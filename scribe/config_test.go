@@ -38,6 +38,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.SegmentBytes = 100 }, "agent.segment_bytes: must be at least 4KiB"},
 		{func(c *Config) { c.RetryMax = c.RetryMin / 2 }, "agent.retry_max: must be at least agent.retry_min (50ms)"},
 		{func(c *Config) { c.TailPollInterval = 0 }, "agent.tail_poll_interval: must be positive"},
+		{func(c *Config) { c.TailRotateWait = -1 }, "agent.tail_rotate_wait: must not be negative"},
 		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "x"}, {Path: "/b/../a", Category: "y"}} }, "agent.tail[1].path: /b/../a is tailed twice"},
 		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: ""}} }, "agent.tail[0].category: must be set"},
 		{func(c *Config) { c.Tail = []TailConfig{{Category: "x"}} }, "agent.tail[0].path: must be set"},

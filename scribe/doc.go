@@ -42,7 +42,10 @@
 //
 // It can follow files like tail -F (Config.Tail): one entry per line,
 // without the newline, into the same queue. It follows rotation by rename
-// and truncation, holds a partial last line until its newline, splits a
+// (reading the renamed file until it has been idle for
+// agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
+// log; the new file is read after it) and truncation, holds a partial
+// last line until its newline, splits a
 // line over MaxMessageBytes into pieces of MaxMessageBytes (counted in
 // freeway_agent_tail_lines_split_total) rather than dropping data, and
 // persists each file's identity and offset once the lines before it are

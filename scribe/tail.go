@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
@@ -30,8 +31,9 @@ const headBytes = 1 << 10
 //
 // Rotation by rename (or delete and re-create) is noticed at end of file
 // when the path names another file than the one open: the old file is
-// read to its end (an unterminated last line is then sent as it is) and
-// the new one from its start. Truncation is noticed when the open file is
+// read until it has been idle for tail_rotate_wait (the app writes to it
+// until it reopens its log), to its end (an unterminated last line is
+// then sent as it is), and the new one from its start. Truncation is noticed when the open file is
 // shorter than what was read: reading restarts at 0. A partial last line
 // waits for its newline. A line longer than max_message_bytes is split
 // into pieces of max_message_bytes (counted in tail_lines_split_total).
@@ -54,8 +56,9 @@ type tailer struct {
 	blns  int64 // lines (not pieces) in batch
 	split bool  // the line at buf[cut:] was already split
 
-	failing bool // the last poll failed (to log a streak once)
-	dirty   bool // the position could not be saved (a full disk): save it again
+	failing bool      // the last poll failed (to log a streak once)
+	moved   time.Time // since when f is at its end and its path names another file
+	dirty   bool      // the position could not be saved (a full disk): save it again
 
 	lines, splits, rotations, truncations atomic.Int64
 }
@@ -229,6 +232,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 	}
 	n, err := t.readToEnd(ctx)
 	if err != nil || n > 0 {
+		t.moved = time.Time{}
 		return n > 0, err
 	}
 	fi, err := os.Stat(t.path)
@@ -239,8 +243,20 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("stat tailed path: %w", err)
 	}
 	if idOf(fi) != t.id {
-		// Rotated: lines may have landed between our last read and the
-		// rename; read to the end, send an unterminated last line as is.
+		// Rotated. The app writes to the old file until it reopens its
+		// log (logrotate signals it after creating the new one): keep
+		// reading the old file until it has been idle for
+		// tail_rotate_wait.
+		now := t.a.clock.Now()
+		if t.moved.IsZero() {
+			t.moved = now
+		}
+		if now.Sub(t.moved) < t.a.cfg.TailRotateWait.D() {
+			return false, nil
+		}
+		t.moved = time.Time{}
+		// Lines may have landed since our last read; read to the end,
+		// send an unterminated last line as is.
 		if _, err := t.readToEnd(ctx); err != nil {
 			return false, err
 		}

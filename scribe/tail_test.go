@@ -81,13 +81,15 @@ func TestTailFollowsAppendedLinesAndWaitsForPartialOnes(t *testing.T) {
 }
 
 // pollClock is the real clock, counting the tailers' polls: the waits of
-// interval, which no other loop of the agent uses.
+// interval, which no other loop of the agent uses. Its time runs skew
+// ahead of the real one.
 type pollClock struct {
 	interval time.Duration
 	polls    atomic.Int64
+	skew     atomic.Int64 // time.Duration
 }
 
-func (c *pollClock) Now() time.Time { return time.Now() }
+func (c *pollClock) Now() time.Time { return time.Now().Add(time.Duration(c.skew.Load())) }
 
 func (c *pollClock) After(d time.Duration) <-chan time.Time {
 	if d == c.interval {
@@ -277,5 +279,50 @@ func TestTailRereadsAFileRewrittenWhileStopped(t *testing.T) {
 	waitLines(t, up, "old1", "old2", "new line 1", "new line 2")
 	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
 		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsARotatedFileUntilTheAppReopensItsLog: logrotate's default
+// renames the log, creates an empty one and only then signals the app,
+// which writes to the renamed file until it reopens its log. Those lines
+// are read before the agent moves on to the new file.
+func TestTailReadsARotatedFileUntilTheAppReopensItsLog(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	waitLines(t, up, "a1")
+
+	app, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "")
+	// Polls that began after the rename and create have seen them.
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	if _, err := app.WriteString("a2\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitLines(t, up, "a1", "a2")
+
+	// The app reopens its log; the old file stays idle past the wait.
+	appendFile(t, log, "b1\n")
+	testkit.WaitFor(t, "the tailer to follow the new file", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 3
+	})
+	waitLines(t, up, "a1", "a2", "b1")
+	if got := gather(t, a, "freeway_agent_tail_rotations_total", "path", log); got != 1 {
+		t.Fatalf("rotations = %v", got)
 	}
 }
