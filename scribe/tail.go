@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -33,7 +34,8 @@ const headBytes = 1 << 10
 // when the path names another file than the one open: the old file is
 // read until it has been idle for tail_rotate_wait (the app writes to it
 // until it reopens its log), to its end (an unterminated last line is
-// then sent as it is), and the new one from its start. Truncation is noticed when the open file is
+// then sent as it is), and the new one from its start. Each file the path
+// names meanwhile is held open and read in turn. Truncation is noticed when the open file is
 // shorter than what was read: reading restarts at 0. A partial last line
 // waits for its newline. A line longer than max_message_bytes is split
 // into pieces of max_message_bytes (counted in tail_lines_split_total).
@@ -58,6 +60,7 @@ type tailer struct {
 
 	failing bool      // the last poll failed (to log a streak once)
 	moved   time.Time // since when f is at its end and its path names another file
+	next    []held    // files the path named since f, oldest first, read after it
 	dirty   bool      // the position could not be saved (a full disk): save it again
 
 	lines, splits, rotations, truncations atomic.Int64
@@ -78,6 +81,12 @@ type position struct {
 	HeadLen int64  `json:"head_len,omitempty"`
 }
 
+// held is a file rotated in while the one before it is still read.
+type held struct {
+	f  *os.File
+	id fileID
+}
+
 func newTailer(a *Agent, tc TailConfig) *tailer {
 	path := filepath.Clean(tc.Path)
 	h := fnv.New64a()
@@ -93,6 +102,9 @@ func (t *tailer) run(ctx context.Context) error {
 	defer func() {
 		if t.f != nil {
 			_ = t.f.Close() // opened for reading
+		}
+		for _, h := range t.next {
+			_ = h.f.Close() // opened for reading
 		}
 	}()
 	for {
@@ -215,12 +227,19 @@ func headOf(f *os.File, n int64) (uint64, error) {
 // reports whether anything happened (so the caller polls again at once).
 func (t *tailer) poll(ctx context.Context) (bool, error) {
 	if t.f == nil {
-		f, err := os.Open(t.path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("open tailed file: %w", err)
+		var f *os.File
+		if len(t.next) > 0 {
+			f = t.next[0].f
+			t.next = slices.Delete(t.next, 0, 1)
+		} else {
+			var err error
+			f, err = os.Open(t.path)
+			if errors.Is(err, fs.ErrNotExist) {
+				return false, nil
+			}
+			if err != nil {
+				return false, fmt.Errorf("open tailed file: %w", err)
+			}
 		}
 		fi, err := f.Stat()
 		if err != nil {
@@ -242,11 +261,15 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("stat tailed path: %w", err)
 	}
-	if idOf(fi) != t.id {
+	if id := idOf(fi); id != t.id {
 		// Rotated. The app writes to the old file until it reopens its
 		// log (logrotate signals it after creating the new one): keep
 		// reading the old file until it has been idle for
-		// tail_rotate_wait.
+		// tail_rotate_wait. The new file is held open meanwhile: renamed
+		// away in turn (an app rotating by size), it is still read.
+		if err := t.hold(id); err != nil {
+			return false, err
+		}
 		now := t.a.clock.Now()
 		if t.moved.IsZero() {
 			t.moved = now
@@ -288,6 +311,31 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 	return false, nil
+}
+
+// hold opens the file the path names, of identity id, to be read after f
+// and the files held before it.
+func (t *tailer) hold(id fileID) error {
+	if n := len(t.next); n > 0 && t.next[n-1].id == id {
+		return nil
+	}
+	f, err := os.Open(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // renamed away again: seen at a later poll, if re-created
+	}
+	if err != nil {
+		return fmt.Errorf("open tailed file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil || idOf(fi) != id {
+		_ = f.Close() // opened for reading
+		if err != nil {
+			return fmt.Errorf("stat tailed file: %w", err)
+		}
+		return nil // the path changed again: held at the next poll
+	}
+	t.next = append(t.next, held{f: f, id: id})
+	return nil
 }
 
 // readToEnd reads until end of file, queueing complete lines as batches

@@ -326,3 +326,39 @@ func TestTailReadsARotatedFileUntilTheAppReopensItsLog(t *testing.T) {
 		t.Fatalf("rotations = %v", got)
 	}
 }
+
+// TestTailReadsEveryFileRotatedInWhileItWaits: an app rotating its own log
+// (by size, at a high rate) may rename the new file away again while the
+// agent still waits for the old one to go idle. The new file is held open
+// from when the agent first sees it, and read in its turn.
+func TestTailReadsEveryFileRotatedInWhileItWaits(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	startAgentClock(t, cfg, clk)
+	waitLines(t, up, "a1")
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	testkit.WaitFor(t, "the tailer to follow the new files", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 3
+	})
+	waitLines(t, up, "a1", "b1", "c1")
+}
