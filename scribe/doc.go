@@ -44,7 +44,9 @@
 // without the newline, into the same queue. It follows rotation by rename
 // (reading the renamed file until it has been idle for
 // agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
-// log; the new file is read after it) and truncation, holds a partial
+// log; the new file is read after it, and each file the path names
+// meanwhile, also while a full queue holds the tailer up, is held open
+// and read in turn) and truncation, holds a partial
 // last line until its newline, splits a
 // line over MaxMessageBytes into pieces of MaxMessageBytes (counted in
 // freeway_agent_tail_lines_split_total) rather than dropping data, and

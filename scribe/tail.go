@@ -35,7 +35,8 @@ const headBytes = 1 << 10
 // read until it has been idle for tail_rotate_wait (the app writes to it
 // until it reopens its log), to its end (an unterminated last line is
 // then sent as it is), and the new one from its start. Each file the path
-// names meanwhile is held open and read in turn. Truncation is noticed when the open file is
+// names meanwhile (also while a full queue holds the tailer up) is held
+// open and read in turn. Truncation is noticed when the open file is
 // shorter than what was read: reading restarts at 0. A partial last line
 // waits for its newline. A line longer than max_message_bytes is split
 // into pieces of max_message_bytes (counted in tail_lines_split_total).
@@ -439,6 +440,14 @@ func (t *tailer) flush(ctx context.Context) error {
 		}
 		if !sleep(ctx, t.a.clock, bo.Next()) {
 			return ctx.Err()
+		}
+		// The wait can be long (an upstream outage), and the log rotated
+		// more than once meanwhile: hold each file rotated in, or one
+		// renamed away again before its turn would never be read.
+		if fi, err := os.Stat(t.path); err == nil && idOf(fi) != t.id {
+			if err := t.hold(idOf(fi)); err != nil {
+				t.a.rl.Warn("tail hold "+t.path, "cannot open a rotated-in file, retrying", "path", t.path, "err", err)
+			}
 		}
 	}
 	t.a.c.receivedTail.Add(int64(len(t.batch)))

@@ -5,12 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/testkit"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func appendFile(t testing.TB, path, s string) {
@@ -81,12 +83,12 @@ func TestTailFollowsAppendedLinesAndWaitsForPartialOnes(t *testing.T) {
 }
 
 // pollClock is the real clock, counting the tailers' polls: the waits of
-// interval, which no other loop of the agent uses. Its time runs skew
-// ahead of the real one.
+// interval, which no other loop of the agent uses; and the other waits
+// (retries). Its time runs skew ahead of the real one.
 type pollClock struct {
-	interval time.Duration
-	polls    atomic.Int64
-	skew     atomic.Int64 // time.Duration
+	interval     time.Duration
+	polls, waits atomic.Int64
+	skew         atomic.Int64 // time.Duration
 }
 
 func (c *pollClock) Now() time.Time { return time.Now().Add(time.Duration(c.skew.Load())) }
@@ -94,6 +96,8 @@ func (c *pollClock) Now() time.Time { return time.Now().Add(time.Duration(c.skew
 func (c *pollClock) After(d time.Duration) <-chan time.Time {
 	if d == c.interval {
 		c.polls.Add(1)
+	} else {
+		c.waits.Add(1)
 	}
 	return time.After(d)
 }
@@ -361,4 +365,53 @@ func TestTailReadsEveryFileRotatedInWhileItWaits(t *testing.T) {
 		return up.count(t) >= 3
 	})
 	waitLines(t, up, "a1", "b1", "c1")
+}
+
+// TestTailReadsEveryFileRotatedInWhileTheQueueIsFull: while the queue is
+// full (an upstream outage), the tailer waits to queue the lines of its
+// file, and the log may be rotated more than once meanwhile. Every file is
+// read once the queue drains.
+func TestTailReadsEveryFileRotatedInWhileTheQueueIsFull(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	up.gate = func(*scribethrift.Batch) { <-release }
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	var want []string
+	var sb strings.Builder
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("a%03d", i))
+		fmt.Fprintf(&sb, "a%03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
+	// The tailer alone waits on the clock now: for room in the queue.
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	waits = clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue again", func() bool { return clk.waits.Load() >= waits+2 })
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	unblock()
+	waitLines(t, up, append(want, "b1", "c1")...)
 }
