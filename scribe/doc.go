@@ -41,7 +41,7 @@
 // is ignored).
 //
 // It can follow files like tail -F (Config.Tail): one entry per line,
-// without the newline, into the same queue. It follows rotation by rename
+// without the newline (LF or CR LF), into the same queue. It follows rotation by rename
 // (reading the renamed file until it has been idle for
 // agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
 // log; the new file is read after it, and each file the path names

@@ -27,7 +27,7 @@ const tailReadChunk = 64 << 10
 const headBytes = 1 << 10
 
 // tailer follows one file like tail -F, one queue entry per line (without
-// its newline), and persists its position after the lines are durable in
+// its newline, LF or CR LF), and persists its position after the lines are durable in
 // the queue.
 //
 // Rotation by rename (or delete and re-create) is noticed at end of file
@@ -377,7 +377,9 @@ func (t *tailer) extract(ctx context.Context) error {
 		i := bytes.IndexByte(rest, '\n')
 		switch {
 		case i >= 0:
-			t.addLine(rest[:i])
+			// CR LF ends a line too (Windows-style loggers): the CR is
+			// not part of the message.
+			t.addLine(bytes.TrimSuffix(rest[:i], []byte{'\r'}))
 			t.cut += i + 1
 		case len(rest) > limit:
 			t.addPiece(rest[:limit])

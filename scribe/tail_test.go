@@ -415,3 +415,17 @@ func TestTailReadsEveryFileRotatedInWhileTheQueueIsFull(t *testing.T) {
 	unblock()
 	waitLines(t, up, append(want, "b1", "c1")...)
 }
+
+// TestTailTakesCRLFAsALineEnd: a log written with CR LF line ends (a
+// Windows-style logger) gives the same entries as one written with LF: the
+// CR is part of the line end, not of the message.
+func TestTailTakesCRLFAsALineEnd(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "one\r\ntwo\r")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	waitLines(t, up, "one")
+	appendFile(t, log, "\n\r\nin\rside\r\n")
+	waitLines(t, up, "one", "two", "", "in\rside")
+}
