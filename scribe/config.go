@@ -85,7 +85,7 @@ type Config struct {
 	// writes to it until it reopens its log (logrotate signals it after
 	// creating the new file). The new file is read after it.
 	TailRotateWait config.Duration `yaml:"tail_rotate_wait"`
-	// Tail lists the files to follow.
+	// Tail lists the files to follow, each by its path (not a pattern).
 	Tail []TailConfig `yaml:"tail"`
 	// TLS: when the process has TLS (tls.cert_file), the app-facing port
 	// speaks it too, unless this is false (stock Scribe clients speak no
@@ -204,6 +204,10 @@ func (c *Config) Validate() error {
 		key := fmt.Sprintf("tail[%d]", i)
 		if t.Path == "" {
 			bad(key+".path", "must be set")
+		} else if strings.ContainsAny(t.Path, "*?[") {
+			// A pattern would be waited for as a file that never appears,
+			// and its files never read, without a word.
+			bad(key+".path", "%s is a pattern; a tail entry follows one file: list each file", t.Path)
 		} else if p := filepath.Clean(t.Path); seen[p] {
 			bad(key+".path", "%s is tailed twice", t.Path)
 		} else {

@@ -42,6 +42,7 @@ func TestValidateNamesTheKey(t *testing.T) {
 		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: "x"}, {Path: "/b/../a", Category: "y"}} }, "agent.tail[1].path: /b/../a is tailed twice"},
 		{func(c *Config) { c.Tail = []TailConfig{{Path: "/a", Category: ""}} }, "agent.tail[0].category: must be set"},
 		{func(c *Config) { c.Tail = []TailConfig{{Category: "x"}} }, "agent.tail[0].path: must be set"},
+		{func(c *Config) { c.Tail = []TailConfig{{Path: "/var/log/*.log", Category: "x"}} }, "agent.tail[0].path: /var/log/*.log is a pattern"},
 		{func(c *Config) { c.MaxCallBytes = 300 << 20 }, "agent.max_call_bytes: must be between 1KiB and 256MiB"},
 		{func(c *Config) { c.MaxConnections = 0 }, "agent.max_connections: must be between 1 and"},
 		{func(c *Config) { c.IdleTimeout = 0 }, "agent.idle_timeout: must be at least 1ms"},

@@ -40,19 +40,19 @@
 // of this port does not choose arrival times: LogBatch's received_at_ms
 // is ignored).
 //
-// It can follow files like tail -F (Config.Tail): one entry per line,
-// without the newline (LF or CR LF), into the same queue. It follows rotation by rename
-// (reading the renamed file until it has been idle for
+// It can follow files like tail -F (Config.Tail, a path each: a pattern
+// such as *.log is refused, not waited for): one entry per line, without
+// the newline (LF or CR LF), into the same queue. It follows rotation by
+// rename (reading the renamed file until it has been idle for
 // agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
 // log; the new file is read after it, and each file the path names
 // meanwhile, also while a full queue holds the tailer up, is held open
-// and read in turn) and truncation, holds a partial
-// last line until its newline, splits a
-// line over MaxMessageBytes into pieces of MaxMessageBytes (counted in
-// freeway_agent_tail_lines_split_total) rather than dropping data, and
-// persists each file's identity and offset once the lines before it are
-// durable in the queue. A file with no saved position is read from its
-// start.
+// and read in turn) and truncation, holds a partial last line until its
+// newline, splits a line over MaxMessageBytes into pieces of
+// MaxMessageBytes (counted in freeway_agent_tail_lines_split_total)
+// rather than dropping data, and persists each file's identity and offset
+// once the lines before it are durable in the queue. A file with no saved
+// position is read from its start.
 //
 // A shipper reads the queue in order and sends it upstream with LogBatch,
 // up to Config.MaxInFlight batches in flight (4; each on a connection of
