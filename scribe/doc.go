@@ -129,7 +129,9 @@
 // (up to 1 KiB) differ from those read before (truncated and written again
 // while the agent was down, as copytruncate does; or another file given
 // the old one's inode), is read from its start
-// (freeway_agent_tail_truncations_total).
+// (freeway_agent_tail_truncations_total); a start of zeros is the hole a
+// writer without O_APPEND leaves in front of its lines after a truncation,
+// and the file is resumed at the saved offset.
 //
 // A full or failing disk does not stop the agent. A queue write or fsync
 // that fails is rolled back and only the calls of that group commit are

@@ -204,13 +204,16 @@ func (t *tailer) resume(f *os.File, p position, off int64) error {
 	return nil
 }
 
-// sameHead reports whether f starts with the bytes p fingerprinted.
+// sameHead reports whether f starts with the bytes p fingerprinted. A
+// start of zeros counts as the same: a writer without O_APPEND goes on at
+// its own offset after a truncation, leaving a hole in front of its lines,
+// which follow the saved offset.
 func sameHead(f *os.File, p position) bool {
 	if p.HeadLen == 0 {
 		return true
 	}
 	h, err := headOf(f, p.HeadLen)
-	return err == nil && h == p.Head
+	return err == nil && (h == p.Head || h == zeroHead(p.HeadLen))
 }
 
 // headOf hashes the first n bytes of f (without moving its offset).
@@ -219,9 +222,16 @@ func headOf(f *os.File, n int64) (uint64, error) {
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return 0, fmt.Errorf("read start of tailed file: %w", err)
 	}
+	return hashOf(b), nil
+}
+
+// zeroHead is the head of n zero bytes (a hole).
+func zeroHead(n int64) uint64 { return hashOf(make([]byte, n)) }
+
+func hashOf(b []byte) uint64 {
 	h := fnv.New64a()
 	h.Write(b)
-	return h.Sum64(), nil
+	return h.Sum64()
 }
 
 // poll reads what is new, then checks for rotation and truncation. It

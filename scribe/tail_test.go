@@ -429,3 +429,32 @@ func TestTailTakesCRLFAsALineEnd(t *testing.T) {
 	appendFile(t, log, "\n\r\nin\rside\r\n")
 	waitLines(t, up, "one", "two", "", "in\rside")
 }
+
+// TestTailResumesAfterTheHoleOfATruncation: a writer without O_APPEND goes
+// on at its own offset after a copytruncate, leaving a hole of zeros in
+// front of its lines. The agent, stopped meanwhile, resumes at its saved
+// offset rather than sending the hole as a line.
+func TestTailResumesAfterTheHoleOfATruncation(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	app, err := os.OpenFile(log, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.WriteAt([]byte("new1\nnew2\n"), int64(len("old1\nold2\n"))); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2", "new1", "new2")
+}
