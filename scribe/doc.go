@@ -147,12 +147,14 @@
 //
 // # Limits
 //
-// Truncation is detected only if the file is shorter than what was read
-// when it is next polled; a copytruncate rotation that is refilled past
-// the old offset within one poll interval goes unnoticed (as with tail -F).
-// A file truncated and refilled past the saved offset while the agent is
-// down, or another file given its identity (inode), is resumed at the
-// saved offset if it starts with the same bytes (up to 1 KiB) as before.
+// Truncation is noticed when the file is shorter than what was read, or
+// no longer starts with the bytes read (up to 1 KiB); a copytruncate
+// rotation refilled past the tailer's offset (between two polls, while a
+// full queue holds the tailer up, or while the agent is down) with the
+// same first bytes goes unnoticed, as does another file given the old
+// one's identity (inode) while the agent is down and starting with them.
+// Lines written after the tailer's last read and before a copytruncate
+// are only in the copy, which the agent does not read.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call

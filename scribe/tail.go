@@ -37,7 +37,9 @@ const headBytes = 1 << 10
 // then sent as it is), and the new one from its start. Each file the path
 // names meanwhile (also while a full queue holds the tailer up) is held
 // open and read in turn. Truncation is noticed when the open file is
-// shorter than what was read: reading restarts at 0. A partial last line
+// shorter than what was read, or no longer starts with the bytes read
+// (up to headBytes; written again past what was read): reading restarts
+// at 0. A partial last line
 // waits for its newline. A line longer than max_message_bytes is split
 // into pieces of max_message_bytes (counted in tail_lines_split_total).
 type tailer struct {
@@ -50,8 +52,7 @@ type tailer struct {
 	f     *os.File
 	id    fileID
 	off   int64  // offset in f up to which lines are durable in the queue
-	head  uint64 // fingerprint of f's first hlen bytes, saved with off
-	hlen  int64  // bytes head covers (0: none yet)
+	first []byte // f's first bytes as read (up to headBytes), fingerprinted with off
 	buf   []byte // bytes of f from off on, read but not yet queued
 	cut   int    // buf[:cut] is in batch
 	batch []diskqueue.Entry
@@ -170,23 +171,24 @@ func (t *tailer) restore() error {
 		if err != nil {
 			return fmt.Errorf("open tailed file: %w", err)
 		}
+		first, same := sameHead(f, p)
 		switch {
 		case fi.Size() < p.Offset:
 			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
-		case !sameHead(f, p):
+		case !same:
 			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
 		default:
-			return t.resume(f, p, p.Offset)
+			return t.resume(f, saved, p.Offset, first)
 		}
 		t.truncations.Add(1)
-		return t.resume(f, position{Dev: p.Dev, Ino: p.Ino}, 0)
+		return t.resume(f, saved, 0, nil)
 	}
 	// The path names another file now: find ours by identity beside it
 	// (rotated by rename while the agent was down) and finish it first.
 	if f, fi := findByID(filepath.Dir(t.path), saved); f != nil {
-		if fi.Size() >= p.Offset && sameHead(f, p) {
+		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
-			return t.resume(f, p, p.Offset)
+			return t.resume(f, saved, p.Offset, first)
 		}
 		_ = f.Close() // opened for reading
 	}
@@ -194,39 +196,50 @@ func (t *tailer) restore() error {
 	return nil
 }
 
-// resume continues f, whose identity and head are p's, at off.
-func (t *tailer) resume(f *os.File, p position, off int64) error {
+// resume continues f, of identity id and starting with first, at off.
+func (t *tailer) resume(f *os.File, id fileID, off int64, first []byte) error {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		_ = f.Close() // opened for reading
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.f, t.id, t.off, t.head, t.hlen = f, fileID{dev: p.Dev, ino: p.Ino}, off, p.Head, p.HeadLen
+	t.f, t.id, t.off, t.first = f, id, off, first
 	return nil
 }
 
-// sameHead reports whether f starts with the bytes p fingerprinted. A
-// start of zeros counts as the same: a writer without O_APPEND goes on at
-// its own offset after a truncation, leaving a hole in front of its lines,
-// which follow the saved offset.
-func sameHead(f *os.File, p position) bool {
+// sameHead reads the first bytes of f that p fingerprinted, and reports
+// whether they are the same. A start of zeros counts as the same: a
+// writer without O_APPEND goes on at its own offset after a truncation,
+// leaving a hole in front of its lines, which follow the saved offset.
+func sameHead(f *os.File, p position) ([]byte, bool) {
 	if p.HeadLen == 0 {
-		return true
+		return nil, true
 	}
-	h, err := headOf(f, p.HeadLen)
-	return err == nil && (h == p.Head || h == zeroHead(p.HeadLen))
+	b, err := headOf(f, p.HeadLen)
+	return b, err == nil && (hashOf(b) == p.Head || zeros(b))
 }
 
-// headOf hashes the first n bytes of f (without moving its offset).
-func headOf(f *os.File, n int64) (uint64, error) {
+// rewritten reports whether f no longer starts with the bytes read from
+// it: truncated and written again past what was read, between two polls
+// or while a full queue held the tailer up. A start of zeros is not (see
+// sameHead).
+func (t *tailer) rewritten() bool {
+	if len(t.first) == 0 {
+		return false
+	}
+	b, err := headOf(t.f, int64(len(t.first)))
+	return err == nil && !bytes.Equal(b, t.first) && !zeros(b)
+}
+
+// headOf reads the first n bytes of f (without moving its offset).
+func headOf(f *os.File, n int64) ([]byte, error) {
 	b := make([]byte, n)
 	if _, err := f.ReadAt(b, 0); err != nil {
-		return 0, fmt.Errorf("read start of tailed file: %w", err)
+		return nil, fmt.Errorf("read start of tailed file: %w", err)
 	}
-	return hashOf(b), nil
+	return b, nil
 }
 
-// zeroHead is the head of n zero bytes (a hole).
-func zeroHead(n int64) uint64 { return hashOf(make([]byte, n)) }
+func zeros(b []byte) bool { return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) }
 
 func hashOf(b []byte) uint64 {
 	h := fnv.New64a()
@@ -257,7 +270,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		t.f, t.id, t.off, t.hlen, t.buf, t.cut, t.split = f, idOf(fi), 0, 0, t.buf[:0], 0, false
+		t.f, t.id, t.off, t.first, t.buf, t.cut, t.split = f, idOf(fi), 0, t.first[:0], t.buf[:0], 0, false
 		t.save()
 	}
 	n, err := t.readToEnd(ctx)
@@ -312,16 +325,22 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("stat tailed file: %w", err)
 	}
 	if read := t.off + int64(len(t.buf)); st.Size() < read {
-		t.truncations.Add(1)
 		t.log.Warn("tailed file truncated, reading it from its start", "offset", read, "size", st.Size())
-		if _, err := t.f.Seek(0, io.SeekStart); err != nil {
-			return false, fmt.Errorf("seek tailed file: %w", err)
-		}
-		t.off, t.hlen, t.buf, t.cut, t.split = 0, 0, t.buf[:0], 0, false
-		t.save()
-		return true, nil
+		return true, t.restart()
 	}
 	return false, nil
+}
+
+// restart reads f again from its start (truncated), dropping what was
+// read and not queued: the batch is empty.
+func (t *tailer) restart() error {
+	t.truncations.Add(1)
+	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("seek tailed file: %w", err)
+	}
+	t.off, t.first, t.buf, t.cut, t.split = 0, t.first[:0], t.buf[:0], 0, false
+	t.save()
+	return nil
 }
 
 // hold opens the file the path names, of identity id, to be read after f
@@ -354,13 +373,28 @@ func (t *tailer) hold(id fileID) error {
 func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 	total := 0
 	for ctx.Err() == nil {
+		if t.rewritten() {
+			// What was read is the old content: queue its lines, then
+			// read the new content from its start.
+			if err := t.flush(ctx); err != nil {
+				return total, err
+			}
+			t.log.Warn("tailed file rewritten (its first bytes changed), reading it from its start", "offset", t.off)
+			if err := t.restart(); err != nil {
+				return total, err
+			}
+		}
 		if cap(t.buf)-len(t.buf) < tailReadChunk {
 			// Grow into new memory: batch entries may point into buf.
 			nb := make([]byte, len(t.buf), max(2*cap(t.buf), len(t.buf)+tailReadChunk))
 			copy(nb, t.buf)
 			t.buf = nb
 		}
+		at := t.off + int64(len(t.buf)) // f's offset of the bytes read next
 		n, err := t.f.Read(t.buf[len(t.buf):cap(t.buf)])
+		if k := min(int64(n), headBytes-at); k > 0 && at == int64(len(t.first)) {
+			t.first = append(t.first, t.buf[len(t.buf):len(t.buf)+int(k)]...)
+		}
 		t.buf = t.buf[:len(t.buf)+n]
 		total += n
 		if n > 0 {
@@ -477,14 +511,11 @@ func (t *tailer) flush(ctx context.Context) error {
 // tailing: the save is retried at the next poll, and until it succeeds a
 // restart would queue the lines since the last saved position again.
 func (t *tailer) save() {
-	if n := min(t.off, headBytes); n > t.hlen {
-		// Until headBytes are read, the head grows with what was read. A
-		// failed read (the file truncated meanwhile) keeps the old head.
-		if h, err := headOf(t.f, n); err == nil {
-			t.head, t.hlen = h, n
-		}
+	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off}
+	if n := min(t.off, int64(len(t.first))); n > 0 {
+		p.Head, p.HeadLen = hashOf(t.first[:n]), n
 	}
-	b, err := json.Marshal(position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off, Head: t.head, HeadLen: t.hlen})
+	b, err := json.Marshal(p)
 	if err == nil {
 		err = diskqueue.WriteFileAtomic(t.posPath, b)
 	}

@@ -458,3 +458,49 @@ func TestTailResumesAfterTheHoleOfATruncation(t *testing.T) {
 	startAgent(t, cfg)
 	waitLines(t, up, "old1", "old2", "new1", "new2")
 }
+
+// TestTailRereadsAFileRewrittenWhileTheQueueIsFull: a copytruncate while
+// the tailer waits for room in a full queue (an upstream outage), and the
+// app writes past the tailer's offset before it reads again. The agent
+// notices that the file's start changed and reads it from its start.
+func TestTailRereadsAFileRewrittenWhileTheQueueIsFull(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	up.gate = func(*scribethrift.Batch) { <-release }
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	var want []string
+	var old, refill strings.Builder
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("a%03d", i))
+		fmt.Fprintf(&old, "a%03d\n", i)
+	}
+	appendFile(t, log, old.String())
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 250 {
+		want = append(want, fmt.Sprintf("b%03d", i))
+		fmt.Fprintf(&refill, "b%03d\n", i)
+	}
+	appendFile(t, log, refill.String())
+	unblock()
+	waitLines(t, up, want...)
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
