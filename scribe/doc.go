@@ -154,7 +154,13 @@
 // same first bytes goes unnoticed, as does another file given the old
 // one's identity (inode) while the agent is down and starting with them.
 // Lines written after the tailer's last read and before a copytruncate
-// are only in the copy, which the agent does not read.
+// are only in the copy, which the agent does not read. A renamed file that
+// is still written to (a process that never reopens its log) holds up the
+// new one: files are read one at a time, in order. The files the path
+// named are remembered only while the agent runs: one rotated in and
+// renamed away again while the agent is down (two rotations) is not read,
+// and the rest of one rotated and then compressed or moved to another
+// directory while the agent is down is lost (with a warning).
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call
