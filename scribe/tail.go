@@ -278,48 +278,55 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 		t.moved = time.Time{}
 		return n > 0, err
 	}
-	fi, err := os.Stat(t.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil // renamed away, not yet re-created: keep the old one
-	}
-	if err != nil {
+	// The app writes to the old file until it reopens its log (logrotate
+	// signals it after creating the new one): a rotated file is read until
+	// it has been idle for tail_rotate_wait. The files rotated in are held
+	// open meanwhile: renamed away in turn (an app rotating by size), each
+	// is still read, also when no file follows it at the path yet.
+	switch fi, err := os.Stat(t.path); {
+	case errors.Is(err, fs.ErrNotExist):
+		if len(t.next) == 0 {
+			return false, nil // renamed away, not yet re-created: keep the old one
+		}
+	case err != nil:
 		return false, fmt.Errorf("stat tailed path: %w", err)
+	case idOf(fi) == t.id:
+		return t.truncated()
+	default:
+		if err := t.hold(idOf(fi)); err != nil {
+			return false, err
+		}
 	}
-	if id := idOf(fi); id != t.id {
-		// Rotated. The app writes to the old file until it reopens its
-		// log (logrotate signals it after creating the new one): keep
-		// reading the old file until it has been idle for
-		// tail_rotate_wait. The new file is held open meanwhile: renamed
-		// away in turn (an app rotating by size), it is still read.
-		if err := t.hold(id); err != nil {
-			return false, err
-		}
-		now := t.a.clock.Now()
-		if t.moved.IsZero() {
-			t.moved = now
-		}
-		if now.Sub(t.moved) < t.a.cfg.TailRotateWait.D() {
-			return false, nil
-		}
-		t.moved = time.Time{}
-		// Lines may have landed since our last read; read to the end,
-		// send an unterminated last line as is.
-		if _, err := t.readToEnd(ctx); err != nil {
-			return false, err
-		}
-		if t.cut < len(t.buf) {
-			t.addLine(t.buf[t.cut:])
-			t.cut = len(t.buf)
-		}
-		if err := t.flush(ctx); err != nil {
-			return false, err
-		}
-		_ = t.f.Close() // opened for reading
-		t.f = nil
-		t.rotations.Add(1)
-		t.log.Info("tailed file rotated, following the new one")
-		return true, nil
+	now := t.a.clock.Now()
+	if t.moved.IsZero() {
+		t.moved = now
 	}
+	if now.Sub(t.moved) < t.a.cfg.TailRotateWait.D() {
+		return false, nil
+	}
+	t.moved = time.Time{}
+	// Lines may have landed since our last read; read to the end, send an
+	// unterminated last line as is.
+	if _, err := t.readToEnd(ctx); err != nil {
+		return false, err
+	}
+	if t.cut < len(t.buf) {
+		t.addLine(t.buf[t.cut:])
+		t.cut = len(t.buf)
+	}
+	if err := t.flush(ctx); err != nil {
+		return false, err
+	}
+	_ = t.f.Close() // opened for reading
+	t.f = nil
+	t.rotations.Add(1)
+	t.log.Info("tailed file rotated, following the new one")
+	return true, nil
+}
+
+// truncated reads f again from its start if it is shorter than what was
+// read.
+func (t *tailer) truncated() (bool, error) {
 	st, err := t.f.Stat()
 	if err != nil {
 		return false, fmt.Errorf("stat tailed file: %w", err)

@@ -504,3 +504,38 @@ func TestTailRereadsAFileRewrittenWhileTheQueueIsFull(t *testing.T) {
 		t.Fatalf("truncations = %v", got)
 	}
 }
+
+// TestTailReadsAHeldFileOnceThePathIsGone: a file rotated in, then renamed
+// away in turn with no file created after it yet (an app that creates its
+// log at its next line), is read once the file before it is idle, not
+// left until a new file appears (and lost, should the agent stop first).
+func TestTailReadsAHeldFileOnceThePathIsGone(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	startAgentClock(t, cfg, clk)
+	waitLines(t, up, "a1")
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the tailer to follow the held file", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 2
+	})
+	waitLines(t, up, "a1", "b1")
+}
