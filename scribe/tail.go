@@ -27,8 +27,8 @@ const tailReadChunk = 64 << 10
 const headBytes = 1 << 10
 
 // tailer follows one file like tail -F, one queue entry per line (without
-// its newline, LF or CR LF), and persists its position after the lines are durable in
-// the queue.
+// its newline, LF or CR LF), and persists its position after the lines
+// are durable in the queue.
 //
 // Rotation by rename (or delete and re-create) is noticed at end of file
 // when the path names another file than the one open: the old file is
@@ -37,11 +37,11 @@ const headBytes = 1 << 10
 // then sent as it is), and the new one from its start. Each file the path
 // names meanwhile (also while a full queue holds the tailer up) is held
 // open and read in turn. Truncation is noticed when the open file is
-// shorter than what was read, or no longer starts with the bytes read
-// (up to headBytes; written again past what was read): reading restarts
-// at 0. A partial last line
-// waits for its newline. A line longer than max_message_bytes is split
-// into pieces of max_message_bytes (counted in tail_lines_split_total).
+// shorter than what was read, or no longer starts with the bytes read (up
+// to headBytes; written again past what was read): reading restarts at 0.
+// A partial last line waits for its newline. A line longer than
+// max_message_bytes is split into pieces of max_message_bytes (counted in
+// tail_lines_split_total).
 type tailer struct {
 	a        *Agent
 	path     string
@@ -61,7 +61,7 @@ type tailer struct {
 	split bool  // the line at buf[cut:] was already split
 
 	failing bool      // the last poll failed (to log a streak once)
-	moved   time.Time // since when f is at its end and its path names another file
+	moved   time.Time // since when f is at its end and another file is to follow
 	next    []held    // files the path named since f, oldest first, read after it
 	dirty   bool      // the position could not be saved (a full disk): save it again
 
