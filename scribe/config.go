@@ -80,7 +80,12 @@ type Config struct {
 	// TailPollInterval is how often an idle tailed file is checked for
 	// new lines, rotation and truncation.
 	TailPollInterval config.Duration `yaml:"tail_poll_interval"`
-	// Tail lists the files to follow.
+	// TailRotateWait is how long a tailed file whose path names another
+	// file now (rotated) is still read after it stopped growing: the app
+	// writes to it until it reopens its log (logrotate signals it after
+	// creating the new file). The new file is read after it.
+	TailRotateWait config.Duration `yaml:"tail_rotate_wait"`
+	// Tail lists the files to follow, each by its path (not a pattern).
 	Tail []TailConfig `yaml:"tail"`
 	// TLS: when the process has TLS (tls.cert_file), the app-facing port
 	// speaks it too, unless this is false (stock Scribe clients speak no
@@ -119,6 +124,7 @@ func DefaultConfig() Config {
 		RetryMin:           config.Duration(50 * time.Millisecond),
 		RetryMax:           config.Duration(5 * time.Second),
 		TailPollInterval:   config.Duration(250 * time.Millisecond),
+		TailRotateWait:     config.Duration(5 * time.Second),
 		TLS:                true,
 		PortConfig:         thriftsrv.DefaultPortConfig(),
 	}
@@ -190,11 +196,18 @@ func (c *Config) Validate() error {
 	if c.TailPollInterval <= 0 {
 		bad("tail_poll_interval", "must be positive")
 	}
+	if c.TailRotateWait < 0 {
+		bad("tail_rotate_wait", "must not be negative")
+	}
 	seen := map[string]bool{}
 	for i, t := range c.Tail {
 		key := fmt.Sprintf("tail[%d]", i)
 		if t.Path == "" {
 			bad(key+".path", "must be set")
+		} else if strings.ContainsAny(t.Path, "*?[") {
+			// A pattern would be waited for as a file that never appears,
+			// and its files never read, without a word.
+			bad(key+".path", "%s is a pattern; a tail entry follows one file: list each file", t.Path)
 		} else if p := filepath.Clean(t.Path); seen[p] {
 			bad(key+".path", "%s is tailed twice", t.Path)
 		} else {

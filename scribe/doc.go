@@ -41,14 +41,19 @@
 // of this port does not choose arrival times: LogBatch's received_at_ms
 // is ignored).
 //
-// It can follow files like tail -F (Config.Tail): one entry per line,
-// without the newline, into the same queue. It follows rotation by rename
-// and truncation, holds a partial last line until its newline, splits a
-// line over MaxMessageBytes into pieces of MaxMessageBytes (counted in
-// freeway_agent_tail_lines_split_total) rather than dropping data, and
-// persists each file's identity and offset once the lines before it are
-// durable in the queue. A file with no saved position is read from its
-// start.
+// It can follow files like tail -F (Config.Tail, a path each: a pattern
+// such as *.log is refused, not waited for): one entry per line, without
+// the newline (LF or CR LF), into the same queue. It follows rotation by
+// rename (reading the renamed file until it has been idle for
+// agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
+// log; the new file is read after it, and each file the path names
+// meanwhile, also while a full queue holds the tailer up, is held open
+// and read in turn) and truncation, holds a partial last line until its
+// newline, splits a line over MaxMessageBytes into pieces of
+// MaxMessageBytes (counted in freeway_agent_tail_lines_split_total)
+// rather than dropping data, and persists each file's identity and offset
+// once the lines before it are durable in the queue. A file with no saved
+// position is read from its start.
 //
 // A shipper reads the queue in order and sends it upstream with LogBatch,
 // up to Config.MaxInFlight batches in flight (4; each on a connection of
@@ -123,7 +128,14 @@
 // fsync and the position's save (at most one batch) are queued again
 // (at-least-once); nothing is lost. If the file was rotated while the
 // agent was down, the rotated file is found in the same directory by its
-// identity (device and inode) and finished first.
+// identity (device and inode) and finished first. A file that has the
+// saved identity but is shorter than the saved offset, or whose first bytes
+// (up to 1 KiB) differ from those read before (truncated and written again
+// while the agent was down, as copytruncate does; or another file given
+// the old one's inode), is read from its start
+// (freeway_agent_tail_truncations_total); a start of zeros is the hole a
+// writer without O_APPEND leaves in front of its lines after a truncation,
+// and the file is resumed at the saved offset.
 //
 // A full or failing disk does not stop the agent. A queue write or fsync
 // that fails is rolled back and only the calls of that group commit are
@@ -139,11 +151,20 @@
 //
 // # Limits
 //
-// Truncation is detected only if the file is shorter than what was read
-// when it is next polled; a copytruncate rotation that is refilled past
-// the old offset within one poll interval goes unnoticed (as with tail -F).
-// A file identity (inode) reused by another file while the agent is down
-// makes the agent resume that file at the saved offset.
+// Truncation is noticed when the file is shorter than what was read, or
+// no longer starts with the bytes read (up to 1 KiB); a copytruncate
+// rotation refilled past the tailer's offset (between two polls, while a
+// full queue holds the tailer up, or while the agent is down) with the
+// same first bytes goes unnoticed, as does another file given the old
+// one's identity (inode) while the agent is down and starting with them.
+// Lines written after the tailer's last read and before a copytruncate
+// are only in the copy, which the agent does not read. A renamed file that
+// is still written to (a process that never reopens its log) holds up the
+// new one: files are read one at a time, in order. The files the path
+// named are remembered only while the agent runs: one rotated in and
+// renamed away again while the agent is down (two rotations) is not read,
+// and the rest of one rotated and then compressed or moved to another
+// directory while the agent is down is lost (with a warning).
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call

@@ -233,6 +233,7 @@ func testConfig(dir string, upstream ...string) Config {
 	cfg.RetryMin = config.Duration(time.Millisecond)
 	cfg.RetryMax = config.Duration(20 * time.Millisecond)
 	cfg.TailPollInterval = config.Duration(2 * time.Millisecond)
+	cfg.TailRotateWait = config.Duration(10 * time.Millisecond)
 	cfg.UpstreamTimeout = config.Duration(10 * time.Second)
 	// One batch in flight: most tests check the order upstream sees;
 	// inflight_test.go has the others.

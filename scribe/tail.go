@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
@@ -20,17 +22,26 @@ import (
 
 const tailReadChunk = 64 << 10
 
+// headBytes is how much of a tailed file's start its saved position
+// fingerprints (see position.Head).
+const headBytes = 1 << 10
+
 // tailer follows one file like tail -F, one queue entry per line (without
-// its newline), and persists its position after the lines are durable in
-// the queue.
+// its newline, LF or CR LF), and persists its position after the lines
+// are durable in the queue.
 //
 // Rotation by rename (or delete and re-create) is noticed at end of file
 // when the path names another file than the one open: the old file is
-// read to its end (an unterminated last line is then sent as it is) and
-// the new one from its start. Truncation is noticed when the open file is
-// shorter than what was read: reading restarts at 0. A partial last line
-// waits for its newline. A line longer than max_message_bytes is split
-// into pieces of max_message_bytes (counted in tail_lines_split_total).
+// read until it has been idle for tail_rotate_wait (the app writes to it
+// until it reopens its log), to its end (an unterminated last line is
+// then sent as it is), and the new one from its start. Each file the path
+// names meanwhile (also while a full queue holds the tailer up) is held
+// open and read in turn. Truncation is noticed when the open file is
+// shorter than what was read, or no longer starts with the bytes read (up
+// to headBytes; written again past what was read): reading restarts at 0.
+// A partial last line waits for its newline. A line longer than
+// max_message_bytes is split into pieces of max_message_bytes (counted in
+// tail_lines_split_total).
 type tailer struct {
 	a        *Agent
 	path     string
@@ -41,6 +52,7 @@ type tailer struct {
 	f     *os.File
 	id    fileID
 	off   int64  // offset in f up to which lines are durable in the queue
+	first []byte // f's first bytes as read (up to headBytes), fingerprinted with off
 	buf   []byte // bytes of f from off on, read but not yet queued
 	cut   int    // buf[:cut] is in batch
 	batch []diskqueue.Entry
@@ -48,8 +60,10 @@ type tailer struct {
 	blns  int64 // lines (not pieces) in batch
 	split bool  // the line at buf[cut:] was already split
 
-	failing bool // the last poll failed (to log a streak once)
-	dirty   bool // the position could not be saved (a full disk): save it again
+	failing bool      // the last poll failed (to log a streak once)
+	moved   time.Time // since when f is at its end and another file is to follow
+	next    []held    // files the path named since f, oldest first, read after it
+	dirty   bool      // the position could not be saved (a full disk): save it again
 
 	lines, splits, rotations, truncations atomic.Int64
 }
@@ -60,6 +74,19 @@ type position struct {
 	Dev    uint64 `json:"dev"`
 	Ino    uint64 `json:"ino"`
 	Offset int64  `json:"offset"`
+	// Head is the FNV-1a hash of the file's first HeadLen bytes (up to
+	// headBytes of what was read). A file truncated and written again
+	// while the agent was down, or another file given the old one's
+	// inode, keeps the identity but not its first bytes. Positions saved
+	// before it have HeadLen 0: not checked.
+	Head    uint64 `json:"head,omitempty"`
+	HeadLen int64  `json:"head_len,omitempty"`
+}
+
+// held is a file rotated in while the one before it is still read.
+type held struct {
+	f  *os.File
+	id fileID
 }
 
 func newTailer(a *Agent, tc TailConfig) *tailer {
@@ -77,6 +104,9 @@ func (t *tailer) run(ctx context.Context) error {
 	defer func() {
 		if t.f != nil {
 			_ = t.f.Close() // opened for reading
+		}
+		for _, h := range t.next {
+			_ = h.f.Close() // opened for reading
 		}
 	}()
 	for {
@@ -141,20 +171,24 @@ func (t *tailer) restore() error {
 		if err != nil {
 			return fmt.Errorf("open tailed file: %w", err)
 		}
-		off := p.Offset
-		if fi.Size() < off {
-			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", off, "size", fi.Size())
-			t.truncations.Add(1)
-			off = 0
+		first, same := sameHead(f, p)
+		switch {
+		case fi.Size() < p.Offset:
+			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
+		case !same:
+			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
+		default:
+			return t.resume(f, saved, p.Offset, first)
 		}
-		return t.resume(f, saved, off)
+		t.truncations.Add(1)
+		return t.resume(f, saved, 0, nil)
 	}
 	// The path names another file now: find ours by identity beside it
 	// (rotated by rename while the agent was down) and finish it first.
 	if f, fi := findByID(filepath.Dir(t.path), saved); f != nil {
-		if fi.Size() >= p.Offset {
+		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
-			return t.resume(f, saved, p.Offset)
+			return t.resume(f, saved, p.Offset, first)
 		}
 		_ = f.Close() // opened for reading
 	}
@@ -162,79 +196,183 @@ func (t *tailer) restore() error {
 	return nil
 }
 
-func (t *tailer) resume(f *os.File, id fileID, off int64) error {
+// resume continues f, of identity id and starting with first, at off.
+func (t *tailer) resume(f *os.File, id fileID, off int64, first []byte) error {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		_ = f.Close() // opened for reading
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.f, t.id, t.off = f, id, off
+	t.f, t.id, t.off, t.first = f, id, off, first
 	return nil
+}
+
+// sameHead reads the first bytes of f that p fingerprinted, and reports
+// whether they are the same. A start of zeros counts as the same: a
+// writer without O_APPEND goes on at its own offset after a truncation,
+// leaving a hole in front of its lines, which follow the saved offset.
+func sameHead(f *os.File, p position) ([]byte, bool) {
+	if p.HeadLen == 0 {
+		return nil, true
+	}
+	b, err := headOf(f, p.HeadLen)
+	return b, err == nil && (hashOf(b) == p.Head || zeros(b))
+}
+
+// rewritten reports whether f no longer starts with the bytes read from
+// it: truncated and written again past what was read, between two polls
+// or while a full queue held the tailer up. A start of zeros is not (see
+// sameHead).
+func (t *tailer) rewritten() bool {
+	if len(t.first) == 0 {
+		return false
+	}
+	b, err := headOf(t.f, int64(len(t.first)))
+	return err == nil && !bytes.Equal(b, t.first) && !zeros(b)
+}
+
+// headOf reads the first n bytes of f (without moving its offset).
+func headOf(f *os.File, n int64) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("read start of tailed file: %w", err)
+	}
+	return b, nil
+}
+
+func zeros(b []byte) bool { return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) }
+
+func hashOf(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64()
 }
 
 // poll reads what is new, then checks for rotation and truncation. It
 // reports whether anything happened (so the caller polls again at once).
 func (t *tailer) poll(ctx context.Context) (bool, error) {
 	if t.f == nil {
-		f, err := os.Open(t.path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("open tailed file: %w", err)
+		var f *os.File
+		if len(t.next) > 0 {
+			f = t.next[0].f
+			t.next = slices.Delete(t.next, 0, 1)
+		} else {
+			var err error
+			f, err = os.Open(t.path)
+			if errors.Is(err, fs.ErrNotExist) {
+				return false, nil
+			}
+			if err != nil {
+				return false, fmt.Errorf("open tailed file: %w", err)
+			}
 		}
 		fi, err := f.Stat()
 		if err != nil {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		t.f, t.id, t.off, t.buf, t.cut, t.split = f, idOf(fi), 0, t.buf[:0], 0, false
+		t.f, t.id, t.off, t.first, t.buf, t.cut, t.split = f, idOf(fi), 0, t.first[:0], t.buf[:0], 0, false
 		t.save()
 	}
 	n, err := t.readToEnd(ctx)
 	if err != nil || n > 0 {
+		t.moved = time.Time{}
 		return n > 0, err
 	}
-	fi, err := os.Stat(t.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil // renamed away, not yet re-created: keep the old one
-	}
-	if err != nil {
+	// The app writes to the old file until it reopens its log (logrotate
+	// signals it after creating the new one): a rotated file is read until
+	// it has been idle for tail_rotate_wait. The files rotated in are held
+	// open meanwhile: renamed away in turn (an app rotating by size), each
+	// is still read, also when no file follows it at the path yet.
+	switch fi, err := os.Stat(t.path); {
+	case errors.Is(err, fs.ErrNotExist):
+		if len(t.next) == 0 {
+			return false, nil // renamed away, not yet re-created: keep the old one
+		}
+	case err != nil:
 		return false, fmt.Errorf("stat tailed path: %w", err)
-	}
-	if idOf(fi) != t.id {
-		// Rotated: lines may have landed between our last read and the
-		// rename; read to the end, send an unterminated last line as is.
-		if _, err := t.readToEnd(ctx); err != nil {
+	case idOf(fi) == t.id:
+		return t.truncated()
+	default:
+		if err := t.hold(idOf(fi)); err != nil {
 			return false, err
 		}
-		if t.cut < len(t.buf) {
-			t.addLine(t.buf[t.cut:])
-			t.cut = len(t.buf)
-		}
-		if err := t.flush(ctx); err != nil {
-			return false, err
-		}
-		_ = t.f.Close() // opened for reading
-		t.f = nil
-		t.rotations.Add(1)
-		t.log.Info("tailed file rotated, following the new one")
-		return true, nil
 	}
+	now := t.a.clock.Now()
+	if t.moved.IsZero() {
+		t.moved = now
+	}
+	if now.Sub(t.moved) < t.a.cfg.TailRotateWait.D() {
+		return false, nil
+	}
+	t.moved = time.Time{}
+	// Lines may have landed since our last read; read to the end, send an
+	// unterminated last line as is.
+	if _, err := t.readToEnd(ctx); err != nil {
+		return false, err
+	}
+	if t.cut < len(t.buf) {
+		t.addLine(t.buf[t.cut:])
+		t.cut = len(t.buf)
+	}
+	if err := t.flush(ctx); err != nil {
+		return false, err
+	}
+	_ = t.f.Close() // opened for reading
+	t.f = nil
+	t.rotations.Add(1)
+	t.log.Info("tailed file rotated, following the new one")
+	return true, nil
+}
+
+// truncated reads f again from its start if it is shorter than what was
+// read.
+func (t *tailer) truncated() (bool, error) {
 	st, err := t.f.Stat()
 	if err != nil {
 		return false, fmt.Errorf("stat tailed file: %w", err)
 	}
 	if read := t.off + int64(len(t.buf)); st.Size() < read {
-		t.truncations.Add(1)
 		t.log.Warn("tailed file truncated, reading it from its start", "offset", read, "size", st.Size())
-		if _, err := t.f.Seek(0, io.SeekStart); err != nil {
-			return false, fmt.Errorf("seek tailed file: %w", err)
-		}
-		t.off, t.buf, t.cut, t.split = 0, t.buf[:0], 0, false
-		t.save()
-		return true, nil
+		return true, t.restart()
 	}
 	return false, nil
+}
+
+// restart reads f again from its start (truncated), dropping what was
+// read and not queued: the batch is empty.
+func (t *tailer) restart() error {
+	t.truncations.Add(1)
+	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("seek tailed file: %w", err)
+	}
+	t.off, t.first, t.buf, t.cut, t.split = 0, t.first[:0], t.buf[:0], 0, false
+	t.save()
+	return nil
+}
+
+// hold opens the file the path names, of identity id, to be read after f
+// and the files held before it.
+func (t *tailer) hold(id fileID) error {
+	if n := len(t.next); n > 0 && t.next[n-1].id == id {
+		return nil
+	}
+	f, err := os.Open(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // renamed away again: seen at a later poll, if re-created
+	}
+	if err != nil {
+		return fmt.Errorf("open tailed file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil || idOf(fi) != id {
+		_ = f.Close() // opened for reading
+		if err != nil {
+			return fmt.Errorf("stat tailed file: %w", err)
+		}
+		return nil // the path changed again: held at the next poll
+	}
+	t.next = append(t.next, held{f: f, id: id})
+	return nil
 }
 
 // readToEnd reads until end of file, queueing complete lines as batches
@@ -242,13 +380,28 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 	total := 0
 	for ctx.Err() == nil {
+		if t.rewritten() {
+			// What was read is the old content: queue its lines, then
+			// read the new content from its start.
+			if err := t.flush(ctx); err != nil {
+				return total, err
+			}
+			t.log.Warn("tailed file rewritten (its first bytes changed), reading it from its start", "offset", t.off)
+			if err := t.restart(); err != nil {
+				return total, err
+			}
+		}
 		if cap(t.buf)-len(t.buf) < tailReadChunk {
 			// Grow into new memory: batch entries may point into buf.
 			nb := make([]byte, len(t.buf), max(2*cap(t.buf), len(t.buf)+tailReadChunk))
 			copy(nb, t.buf)
 			t.buf = nb
 		}
+		at := t.off + int64(len(t.buf)) // f's offset of the bytes read next
 		n, err := t.f.Read(t.buf[len(t.buf):cap(t.buf)])
+		if k := min(int64(n), headBytes-at); k > 0 && at == int64(len(t.first)) {
+			t.first = append(t.first, t.buf[len(t.buf):len(t.buf)+int(k)]...)
+		}
 		t.buf = t.buf[:len(t.buf)+n]
 		total += n
 		if n > 0 {
@@ -275,7 +428,9 @@ func (t *tailer) extract(ctx context.Context) error {
 		i := bytes.IndexByte(rest, '\n')
 		switch {
 		case i >= 0:
-			t.addLine(rest[:i])
+			// CR LF ends a line too (Windows-style loggers): the CR is
+			// not part of the message.
+			t.addLine(bytes.TrimSuffix(rest[:i], []byte{'\r'}))
 			t.cut += i + 1
 		case len(rest) > limit:
 			t.addPiece(rest[:limit])
@@ -339,6 +494,14 @@ func (t *tailer) flush(ctx context.Context) error {
 		if !sleep(ctx, t.a.clock, bo.Next()) {
 			return ctx.Err()
 		}
+		// The wait can be long (an upstream outage), and the log rotated
+		// more than once meanwhile: hold each file rotated in, or one
+		// renamed away again before its turn would never be read.
+		if fi, err := os.Stat(t.path); err == nil && idOf(fi) != t.id {
+			if err := t.hold(idOf(fi)); err != nil {
+				t.a.rl.Warn("tail hold "+t.path, "cannot open a rotated-in file, retrying", "path", t.path, "err", err)
+			}
+		}
 	}
 	t.a.c.receivedTail.Add(int64(len(t.batch)))
 	t.lines.Add(t.blns)
@@ -355,7 +518,11 @@ func (t *tailer) flush(ctx context.Context) error {
 // tailing: the save is retried at the next poll, and until it succeeds a
 // restart would queue the lines since the last saved position again.
 func (t *tailer) save() {
-	b, err := json.Marshal(position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off})
+	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off}
+	if n := min(t.off, int64(len(t.first))); n > 0 {
+		p.Head, p.HeadLen = hashOf(t.first[:n]), n
+	}
+	b, err := json.Marshal(p)
 	if err == nil {
 		err = diskqueue.WriteFileAtomic(t.posPath, b)
 	}

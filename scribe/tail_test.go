@@ -5,12 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/testkit"
+	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
 func appendFile(t testing.TB, path, s string) {
@@ -67,12 +69,12 @@ func TestTailFollowsAppendedLinesAndWaitsForPartialOnes(t *testing.T) {
 	waitLines(t, up, "one", "two", "three")
 	appendFile(t, log, "r\n\nfive\n")
 	waitLines(t, up, "one", "two", "three", "four", "", "five")
-	if got := gather(t, a, "freeway_agent_tail_lines_total", "path", log); got != 6 {
-		t.Fatalf("tail_lines_total = %v", got)
-	}
-	if got := gather(t, a, "freeway_agent_entries_received_total", "source", "tail"); got != 6 {
-		t.Fatalf("entries_received_total{source=tail} = %v", got)
-	}
+	// The tailer counts lines once the queue took them, and the shipper
+	// may send them before it does.
+	testkit.WaitFor(t, "6 lines counted", func() bool {
+		return gather(t, a, "freeway_agent_tail_lines_total", "path", log) == 6 &&
+			gather(t, a, "freeway_agent_entries_received_total", "source", "tail") == 6
+	})
 	for _, g := range up.received(t) {
 		if g.cat != "tailed" {
 			t.Fatalf("category %q", g.cat)
@@ -81,17 +83,21 @@ func TestTailFollowsAppendedLinesAndWaitsForPartialOnes(t *testing.T) {
 }
 
 // pollClock is the real clock, counting the tailers' polls: the waits of
-// interval, which no other loop of the agent uses.
+// interval, which no other loop of the agent uses; and the other waits
+// (retries). Its time runs skew ahead of the real one.
 type pollClock struct {
-	interval time.Duration
-	polls    atomic.Int64
+	interval     time.Duration
+	polls, waits atomic.Int64
+	skew         atomic.Int64 // time.Duration
 }
 
-func (c *pollClock) Now() time.Time { return time.Now() }
+func (c *pollClock) Now() time.Time { return time.Now().Add(time.Duration(c.skew.Load())) }
 
 func (c *pollClock) After(d time.Duration) <-chan time.Time {
 	if d == c.interval {
 		c.polls.Add(1)
+	} else {
+		c.waits.Add(1)
 	}
 	return time.After(d)
 }
@@ -225,9 +231,8 @@ func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
 	if got := gather(t, a, "freeway_agent_tail_lines_split_total", "path", log); got != 2 {
 		t.Fatalf("split lines = %v", got)
 	}
-	if got := gather(t, a, "freeway_agent_tail_lines_total", "path", log); got != 3 {
-		t.Fatalf("lines = %v", got)
-	}
+	// Counted once the queue took them: the shipper may send them first.
+	testkit.WaitFor(t, "3 lines counted", func() bool { return gather(t, a, "freeway_agent_tail_lines_total", "path", log) == 3 })
 }
 
 func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
@@ -252,4 +257,284 @@ func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
 	}
 	up := startUpstream(t, addr, nil)
 	waitLines(t, up, want...)
+}
+
+// TestTailRereadsAFileRewrittenWhileStopped: a file truncated and written
+// again past the saved offset while the agent is down (copytruncate during
+// an upgrade) keeps its identity; the agent notices that its first bytes
+// changed and reads it from its start, rather than from the middle of a
+// line of other content.
+func TestTailRereadsAFileRewrittenWhileStopped(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "new line 1\nnew line 2\n")
+	b := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2", "new line 1", "new line 2")
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsARotatedFileUntilTheAppReopensItsLog: logrotate's default
+// renames the log, creates an empty one and only then signals the app,
+// which writes to the renamed file until it reopens its log. Those lines
+// are read before the agent moves on to the new file.
+func TestTailReadsARotatedFileUntilTheAppReopensItsLog(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	waitLines(t, up, "a1")
+
+	app, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "")
+	// Polls that began after the rename and create have seen them.
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	if _, err := app.WriteString("a2\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitLines(t, up, "a1", "a2")
+
+	// The app reopens its log; the old file stays idle past the wait.
+	appendFile(t, log, "b1\n")
+	testkit.WaitFor(t, "the tailer to follow the new file", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 3
+	})
+	waitLines(t, up, "a1", "a2", "b1")
+	if got := gather(t, a, "freeway_agent_tail_rotations_total", "path", log); got != 1 {
+		t.Fatalf("rotations = %v", got)
+	}
+}
+
+// TestTailReadsEveryFileRotatedInWhileItWaits: an app rotating its own log
+// (by size, at a high rate) may rename the new file away again while the
+// agent still waits for the old one to go idle. The new file is held open
+// from when the agent first sees it, and read in its turn.
+func TestTailReadsEveryFileRotatedInWhileItWaits(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	startAgentClock(t, cfg, clk)
+	waitLines(t, up, "a1")
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	testkit.WaitFor(t, "the tailer to follow the new files", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 3
+	})
+	waitLines(t, up, "a1", "b1", "c1")
+}
+
+// TestTailReadsEveryFileRotatedInWhileTheQueueIsFull: while the queue is
+// full (an upstream outage), the tailer waits to queue the lines of its
+// file, and the log may be rotated more than once meanwhile. Every file is
+// read once the queue drains.
+func TestTailReadsEveryFileRotatedInWhileTheQueueIsFull(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	up.gate = func(*scribethrift.Batch) { <-release }
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	var want []string
+	var sb strings.Builder
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("a%03d", i))
+		fmt.Fprintf(&sb, "a%03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
+	// The tailer alone waits on the clock now: for room in the queue.
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	waits = clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue again", func() bool { return clk.waits.Load() >= waits+2 })
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	unblock()
+	waitLines(t, up, append(want, "b1", "c1")...)
+}
+
+// TestTailTakesCRLFAsALineEnd: a log written with CR LF line ends (a
+// Windows-style logger) gives the same entries as one written with LF: the
+// CR is part of the line end, not of the message.
+func TestTailTakesCRLFAsALineEnd(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "one\r\ntwo\r")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	startAgent(t, tailConfig(dir, up.srv.Addr(), log))
+	waitLines(t, up, "one")
+	appendFile(t, log, "\n\r\nin\rside\r\n")
+	waitLines(t, up, "one", "two", "", "in\rside")
+}
+
+// TestTailResumesAfterTheHoleOfATruncation: a writer without O_APPEND goes
+// on at its own offset after a copytruncate, leaving a hole of zeros in
+// front of its lines. The agent, stopped meanwhile, resumes at its saved
+// offset rather than sending the hole as a line.
+func TestTailResumesAfterTheHoleOfATruncation(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	app, err := os.OpenFile(log, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.WriteAt([]byte("new1\nnew2\n"), int64(len("old1\nold2\n"))); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2", "new1", "new2")
+}
+
+// TestTailRereadsAFileRewrittenWhileTheQueueIsFull: a copytruncate while
+// the tailer waits for room in a full queue (an upstream outage), and the
+// app writes past the tailer's offset before it reads again. The agent
+// notices that the file's start changed and reads it from its start.
+func TestTailRereadsAFileRewrittenWhileTheQueueIsFull(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	release := make(chan struct{})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	up.gate = func(*scribethrift.Batch) { <-release }
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	var want []string
+	var old, refill strings.Builder
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("a%03d", i))
+		fmt.Fprintf(&old, "a%03d\n", i)
+	}
+	appendFile(t, log, old.String())
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 250 {
+		want = append(want, fmt.Sprintf("b%03d", i))
+		fmt.Fprintf(&refill, "b%03d\n", i)
+	}
+	appendFile(t, log, refill.String())
+	unblock()
+	waitLines(t, up, want...)
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsAHeldFileOnceThePathIsGone: a file rotated in, then renamed
+// away in turn with no file created after it yet (an app that creates its
+// log at its next line), is read once the file before it is idle, not
+// left until a new file appears (and lost, should the agent stop first).
+func TestTailReadsAHeldFileOnceThePathIsGone(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "a1\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	startAgentClock(t, cfg, clk)
+	waitLines(t, up, "a1")
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the tailer to follow the held file", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 2
+	})
+	waitLines(t, up, "a1", "b1")
 }
