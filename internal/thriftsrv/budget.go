@@ -6,6 +6,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,14 +33,21 @@ func chunkFor(n int64) int {
 	return chunkSize
 }
 
-// Charge is what a call of n frame bytes takes from the budget before it
-// is read: the chunks its frame is read into, and as much again for what
-// decoding it allocates (more is taken while decoding if a call of many
-// tiny values needs it).
+// Charge is what a call of n frame bytes takes from the budget in all:
+// the chunks its frame is read into, and as much again for what decoding
+// it allocates (more is taken while decoding if a call of many tiny
+// values needs it). A frame of one chunk takes it at once; a larger one
+// takes it chunk by chunk as the frame arrives (see Server).
 func Charge(n int64) int64 {
 	c := int64(chunkFor(n))
 	return 2 * ((n + c - 1) / c * c)
 }
+
+// flatShare: frames read whole into one slice (frameReader.fill) take
+// their Charge before their bytes arrive, so together they may hold at
+// most 1/flatShare of the budget; beyond it a frame is read in chunks,
+// charged as they arrive.
+const flatShare = 8
 
 // Budget bounds the bytes that the calls of every Thrift listener of a
 // process hold at once (their frames and what decoding them allocates),
@@ -58,6 +66,7 @@ type Budget struct {
 	chunks sync.Pool // *[]byte of chunkSize
 	small  sync.Pool // *[]byte of smallChunk
 	flats  sync.Pool // *[]byte: frames' arguments in one slice (frameReader.rest)
+	flat   atomic.Int64
 
 	mu         sync.Mutex
 	used       int64
@@ -329,6 +338,19 @@ func (b *Budget) grantLocked() {
 	}
 	b.inflight.Set(float64(b.used))
 }
+
+// startFlat reserves a share of what frames read whole may hold for one
+// of charge bytes, reporting false if none is left (see flatShare).
+func (b *Budget) startFlat(charge int64) bool {
+	if b.flat.Add(charge) > b.limit/flatShare {
+		b.flat.Add(-charge)
+		return false
+	}
+	return true
+}
+
+// endFlat returns what startFlat reserved.
+func (b *Budget) endFlat(charge int64) { b.flat.Add(-charge) }
 
 func (b *Budget) getChunk(size int) *[]byte {
 	if size == smallChunk {

@@ -189,7 +189,7 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 	for _, size := range []int{smallChunk, chunkSize * 2} {
 		b := NewBudget(1<<20, nil)
 		fr := &frameReader{budget: b}
-		if err := fr.fill(bytes.NewReader(make([]byte, size)), nil, int64(size)); err != nil {
+		if err := fr.fill(bytes.NewReader(make([]byte, size)), nil, int64(size), nil); err != nil {
 			t.Fatal(err)
 		}
 		in := newCallProtocol(fr, DefaultLimits().Config())
@@ -226,7 +226,7 @@ func TestFrameReadsTheSameWhole(t *testing.T) {
 		fr := &frameReader{budget: b}
 		for round := range 2 { // the second from pooled buffers
 			head := data[:min(size, 11+round)]
-			if err := fr.fill(bytes.NewReader(data[len(head):]), head, int64(size)); err != nil {
+			if err := fr.fill(bytes.NewReader(data[len(head):]), head, int64(size), nil); err != nil {
 				t.Fatal(err)
 			}
 			rest := fr.rest()
