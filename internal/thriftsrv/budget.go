@@ -60,7 +60,9 @@ const flatShare = 8
 // in some order, each call's finishing freeing what it held for the next
 // (the banker's algorithm), so calls each partly read never wait on one
 // another for good; a stalled call's unmet claim goes last in that order
-// and holds nothing back.
+// and holds nothing back. The chunks after a call's first go before new
+// calls: a burst of new calls cannot starve a call half read, whose
+// finishing may be what makes room for them.
 type Budget struct {
 	limit  int64
 	chunks sync.Pool // *[]byte of chunkSize
@@ -70,7 +72,8 @@ type Budget struct {
 
 	mu         sync.Mutex
 	used       int64
-	waiters    list.List // *waiter
+	waiters    list.List // *waiter: new calls, in order
+	reading    list.List // *waiter: next chunks of calls being read, first
 	claims     []*claim  // of calls being read in chunks
 	claimsHeld int64     // what they hold
 	order      []*claim  // the claims by need, if ordered (safeLocked)
@@ -143,14 +146,21 @@ func (b *Budget) Acquire(ctx context.Context, n int64, wait time.Duration) (int6
 // it returns how long it waited (0 if it did not).
 func (b *Budget) acquire(ctx context.Context, n int64, c *claim, wait time.Duration) (bool, time.Duration) {
 	b.mu.Lock()
-	if b.waiters.Len() == 0 && b.used+n <= b.limit && (c == nil || b.safeLocked(c, n)) {
+	// A call being read goes before new calls: they cannot starve it of
+	// its next chunk, and it may be what must finish to make room.
+	q := &b.waiters
+	if c != nil && c.held > 0 {
+		q = &b.reading
+	}
+	if b.reading.Len() == 0 && (q == &b.reading || b.waiters.Len() == 0) &&
+		b.used+n <= b.limit && (c == nil || b.safeLocked(c, n)) {
 		b.grantLocked1(n, c)
 		b.inflight.Set(float64(b.used))
 		b.mu.Unlock()
 		return true, 0
 	}
 	w := &waiter{n: n, c: c, ready: make(chan struct{})}
-	elem := b.waiters.PushBack(w)
+	elem := q.PushBack(w)
 	// Earlier waiters may be claims that must wait for others to finish:
 	// this one need not wait behind them.
 	b.grantLocked()
@@ -179,7 +189,7 @@ func (b *Budget) acquire(ctx context.Context, n int64, c *claim, wait time.Durat
 		return true, time.Since(start)
 	default:
 	}
-	b.waiters.Remove(elem)
+	q.Remove(elem)
 	// Those behind may fit now.
 	b.grantLocked()
 	b.mu.Unlock()
@@ -318,25 +328,34 @@ func (b *Budget) grantLocked1(n int64, c *claim) {
 	}
 }
 
-// grantLocked gives waiters what they asked in order, up to the first
-// that does not fit; a claim's chunk that would leave some claim unmet
-// waits for others to finish (safeLocked) without holding up those
-// behind it.
+// grantLocked gives waiters what they asked: the chunks of calls being
+// read first, then new calls in order, each up to the first that does
+// not fit; a claim's chunk that would leave some claim unmet waits for
+// others to finish (safeLocked) without holding up those behind it.
 func (b *Budget) grantLocked() {
-	for e := b.waiters.Front(); e != nil; {
+	if b.grantQueueLocked(&b.reading) {
+		b.grantQueueLocked(&b.waiters)
+	}
+	b.inflight.Set(float64(b.used))
+}
+
+// grantQueueLocked grants q's waiters in order up to the first that does
+// not fit, and reports whether all that could be were.
+func (b *Budget) grantQueueLocked(q *list.List) bool {
+	for e := q.Front(); e != nil; {
 		w := e.Value.(*waiter)
 		next := e.Next()
-		if b.used+w.n > b.limit {
-			break
-		}
 		if w.c == nil || b.safeLocked(w.c, w.n) {
+			if b.used+w.n > b.limit {
+				return false
+			}
 			b.grantLocked1(w.n, w.c)
-			b.waiters.Remove(e)
+			q.Remove(e)
 			close(w.ready)
 		}
 		e = next
 	}
-	b.inflight.Set(float64(b.used))
+	return true
 }
 
 // startFlat reserves a share of what frames read whole may hold for one

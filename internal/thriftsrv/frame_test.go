@@ -150,7 +150,7 @@ func waitWaiters(t *testing.T, b *Budget, n int) {
 	t.Helper()
 	testkit.Eventually(t, "budget waiters", func() error {
 		b.mu.Lock()
-		got := b.waiters.Len()
+		got := b.waiters.Len() + b.reading.Len()
 		b.mu.Unlock()
 		if got != n {
 			return fmt.Errorf("%d waiters, want %d", got, n)
@@ -325,6 +325,29 @@ func TestClaimsNeverWaitOnEachOther(t *testing.T) {
 	if b.Used() != 0 {
 		t.Fatalf("used %d", b.Used())
 	}
+
+	// A call being read takes its next chunks before a new call that
+	// waited first: the new call may need the room the other frees once
+	// read.
+	p1, _ := b.Acquire(ctx, 60, 0)
+	b.open(&c1, 40)
+	if ok, _ := b.take(ctx, &c1, 20, 0); !ok {
+		t.Fatal("first chunk")
+	}
+	newCall := make(chan bool, 1)
+	go func() {
+		_, ok := b.Acquire(ctx, 30, time.Minute)
+		newCall <- ok
+	}()
+	waitWaiters(t, b, 1)
+	if ok, _ := b.take(ctx, &c1, 20, 0); !ok {
+		t.Fatal("a call being read waited behind a new call")
+	}
+	b.Release(b.close(&c1))
+	if !<-newCall {
+		t.Fatal("new call")
+	}
+	b.Release(p1 + 30)
 
 	// A claim stalled near its start, with most of the budget still to
 	// come, goes last: another call reads all of its own.
