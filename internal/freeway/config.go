@@ -38,8 +38,9 @@ type Config struct {
 	Categories map[string]CategoryConfig `yaml:"categories"`
 	Log        LogConfig                 `yaml:"log"`
 	// MaxInflightBytes bounds the bytes that the calls of all the
-	// process's Thrift ports hold at once (a call takes twice its size);
-	// calls beyond it wait a little, then are answered TRY_LATER.
+	// process's Thrift ports hold at once (a call takes twice its size,
+	// as it arrives); calls beyond it wait a little, then are answered
+	// TRY_LATER.
 	MaxInflightBytes config.ByteSize `yaml:"max_inflight_bytes"`
 	// TLS secures every listener of the process and its clients (agent
 	// → writer) when cert_file is set; see internal/auth.

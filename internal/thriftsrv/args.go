@@ -92,7 +92,7 @@ func (b *Budget) putFlat(v *[]byte) {
 func MemoryProtocol(b []byte, limits Limits) (thrift.TProtocol, func() int64) {
 	fr := &frameReader{budget: NewBudget(math.MaxInt64/4, nil)}
 	// b is all head: nothing is read, nothing fails.
-	_ = fr.fill(nil, b, int64(len(b)))
+	_ = fr.fill(nil, b, int64(len(b)), nil)
 	p := newCallProtocol(fr, limits.withDefaults().Config())
 	p.reset(math.MaxInt64 / 8)
 	return p, func() int64 { return p.used }

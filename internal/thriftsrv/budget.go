@@ -1,9 +1,12 @@
 package thriftsrv
 
 import (
+	"cmp"
 	"container/list"
 	"context"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,37 +33,67 @@ func chunkFor(n int64) int {
 	return chunkSize
 }
 
-// Charge is what a call of n frame bytes takes from the budget before it
-// is read: the chunks its frame is read into, and as much again for what
-// decoding it allocates (more is taken while decoding if a call of many
-// tiny values needs it).
+// Charge is what a call of n frame bytes takes from the budget in all:
+// the chunks its frame is read into, and as much again for what decoding
+// it allocates (more is taken while decoding if a call of many tiny
+// values needs it). A frame of one chunk takes it at once; a larger one
+// takes it chunk by chunk as the frame arrives (see Server).
 func Charge(n int64) int64 {
 	c := int64(chunkFor(n))
 	return 2 * ((n + c - 1) / c * c)
 }
+
+// flatShare: frames read whole into one slice (frameReader.fill) take
+// their Charge before their bytes arrive, so together they may hold at
+// most 1/flatShare of the budget; beyond it a frame is read in chunks,
+// charged as they arrive.
+const flatShare = 8
 
 // Budget bounds the bytes that the calls of every Thrift listener of a
 // process hold at once (their frames and what decoding them allocates),
 // and pools the buffers frames are read into. The wiring creates one per
 // process and gives it to every listener. Waiters are served in order, so
 // a large call is not starved by small ones.
+//
+// A call whose frame is read in chunks holds a claim: its Charge, taken
+// chunk by chunk. A chunk is given only if every claim can still be met
+// in some order, each call's finishing freeing what it held for the next
+// (the banker's algorithm), so calls each partly read never wait on one
+// another for good; a stalled call's unmet claim goes last in that order
+// and holds nothing back. The chunks after a call's first go before new
+// calls: a burst of new calls cannot starve a call half read, whose
+// finishing may be what makes room for them.
 type Budget struct {
 	limit  int64
 	chunks sync.Pool // *[]byte of chunkSize
 	small  sync.Pool // *[]byte of smallChunk
 	flats  sync.Pool // *[]byte: frames' arguments in one slice (frameReader.rest)
+	flat   atomic.Int64
 
-	mu      sync.Mutex
-	used    int64
-	waiters list.List // *waiter
+	mu         sync.Mutex
+	used       int64
+	waiters    list.List // *waiter: new calls, in order
+	reading    list.List // *waiter: next chunks of calls being read, first
+	claims     []*claim  // of calls being read in chunks
+	claimsHeld int64     // what they hold
+	order      []*claim  // the claims by need, if ordered (safeLocked)
+	ordered    bool
 
 	inflight prometheus.Gauge
 	waits    prometheus.Counter
 	timeouts prometheus.Counter
 }
 
+// claim is the share of the budget of a call whose frame is read in
+// chunks, taken as the chunks arrive.
+type claim struct {
+	need int64 // what it may still take
+	held int64 // what it has taken
+}
+
 type waiter struct {
 	n     int64
+	c     *claim        // nil: a request not part of a claim
 	ready chan struct{} // closed when granted
 }
 
@@ -72,7 +105,7 @@ func NewBudget(limit int64, reg prometheus.Registerer) *Budget {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_thrift_inflight_bytes",
 			Help: "Bytes held by Thrift calls being read, decoded and processed (charged to max_inflight_bytes)."}),
 		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_waits_total",
-			Help: "Calls that waited for room under max_inflight_bytes."}),
+			Help: "Calls that waited for room under max_inflight_bytes (a call read in chunks counts once per wait)."}),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_timeouts_total",
 			Help: "Calls refused (TRY_LATER) after waiting for room under max_inflight_bytes."}),
 	}
@@ -103,23 +136,48 @@ func (b *Budget) Used() int64 {
 // false if nothing was.
 func (b *Budget) Acquire(ctx context.Context, n int64, wait time.Duration) (int64, bool) {
 	n = min(n, b.limit)
-	b.mu.Lock()
-	if b.waiters.Len() == 0 && b.used+n <= b.limit {
-		b.used += n
-		b.inflight.Set(float64(b.used))
-		b.mu.Unlock()
+	if ok, _ := b.acquire(ctx, n, nil, wait); ok {
 		return n, true
 	}
-	w := &waiter{n: n, ready: make(chan struct{})}
-	elem := b.waiters.PushBack(w)
+	return 0, false
+}
+
+// acquire takes n bytes, for claim c if not nil, waiting at most wait;
+// it returns how long it waited (0 if it did not).
+func (b *Budget) acquire(ctx context.Context, n int64, c *claim, wait time.Duration) (bool, time.Duration) {
+	b.mu.Lock()
+	// A call being read goes before new calls: they cannot starve it of
+	// its next chunk, and it may be what must finish to make room.
+	q := &b.waiters
+	if c != nil && c.held > 0 {
+		q = &b.reading
+	}
+	if b.reading.Len() == 0 && (q == &b.reading || b.waiters.Len() == 0) &&
+		b.used+n <= b.limit && (c == nil || b.safeLocked(c, n)) {
+		b.grantLocked1(n, c)
+		b.inflight.Set(float64(b.used))
+		b.mu.Unlock()
+		return true, 0
+	}
+	w := &waiter{n: n, c: c, ready: make(chan struct{})}
+	elem := q.PushBack(w)
+	// Earlier waiters may be claims that must wait for others to finish:
+	// this one need not wait behind them.
+	b.grantLocked()
 	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return true, 0
+	default:
+	}
 	b.waits.Inc()
 
+	start := time.Now()
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-w.ready:
-		return n, true
+		return true, time.Since(start)
 	case <-t.C:
 	case <-ctx.Done():
 	}
@@ -128,18 +186,15 @@ func (b *Budget) Acquire(ctx context.Context, n int64, wait time.Duration) (int6
 	case <-w.ready:
 		// Granted while timing out: keep it.
 		b.mu.Unlock()
-		return n, true
+		return true, time.Since(start)
 	default:
 	}
-	front := b.waiters.Front() == elem
-	b.waiters.Remove(elem)
-	if front {
-		// Those behind may fit now.
-		b.grantLocked()
-	}
+	q.Remove(elem)
+	// Those behind may fit now.
+	b.grantLocked()
 	b.mu.Unlock()
 	b.timeouts.Inc()
-	return 0, false
+	return false, time.Since(start)
 }
 
 // TryAcquire takes n bytes if they are free now. It does not queue
@@ -172,18 +227,149 @@ func (b *Budget) Release(n int64) {
 	b.mu.Unlock()
 }
 
-func (b *Budget) grantLocked() {
-	for e := b.waiters.Front(); e != nil; e = b.waiters.Front() {
-		w := e.Value.(*waiter)
-		if b.used+w.n > b.limit {
+// open starts claim c of total bytes (at most the whole budget).
+func (b *Budget) open(c *claim, total int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c.need, c.held = min(total, b.limit), 0
+	b.claims = append(b.claims, c)
+	b.ordered = false
+}
+
+// close ends claim c: what it took is then held as if taken by Acquire,
+// and returned, for Release.
+func (b *Budget) close(c *claim) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, o := range b.claims {
+		if o == c {
+			last := len(b.claims) - 1
+			b.claims[i] = b.claims[last]
+			b.claims[last] = nil
+			b.claims = b.claims[:last]
 			break
 		}
-		b.used += w.n
-		b.waiters.Remove(e)
-		close(w.ready)
+	}
+	b.claimsHeld -= c.held
+	held := c.held
+	// Not kept in order's array either.
+	clear(b.order)
+	b.order, b.ordered = b.order[:0], false
+	c.need, c.held = 0, 0
+	// A claim gone may let others' chunks be given.
+	b.grantLocked()
+	return held
+}
+
+// take takes the next n bytes of claim c (at most what it still needs),
+// waiting at most wait; it returns how long it waited.
+func (b *Budget) take(ctx context.Context, c *claim, n int64, wait time.Duration) (bool, time.Duration) {
+	n = min(n, c.need)
+	if n <= 0 {
+		return true, 0
+	}
+	return b.acquire(ctx, n, c, wait)
+}
+
+// safeLocked reports whether, once claim c is given n more bytes, every
+// claim can still be met: bytes held outside claims are all freed in the
+// end (those calls take nothing more, but what TryAcquire finds free), so
+// there must be an order of the claims in which each one's need fits in
+// what the claims before it and everything else free. The claim needing
+// least is always the best next one; one stalled half-way with much
+// still to come goes last.
+func (b *Budget) safeLocked(c *claim, n int64) bool {
+	free := b.limit - b.claimsHeld - n
+	need := c.need - n
+	most := need
+	for _, o := range b.claims {
+		if o != c {
+			most = max(most, o.need)
+		}
+	}
+	if most <= free {
+		// Any order does.
+		return true
+	}
+	if !b.ordered {
+		// Sorted once for every waiter a grantLocked pass looks at (each
+		// is refused here until some claim ends).
+		b.order = append(b.order[:0], b.claims...)
+		slices.SortFunc(b.order, func(x, y *claim) int { return cmp.Compare(x.need, y.need) })
+		b.ordered = true
+	}
+	placed := false
+	for _, o := range b.order {
+		if o == c {
+			continue
+		}
+		if !placed && need <= o.need {
+			if need > free {
+				return false
+			}
+			free += c.held + n
+			placed = true
+		}
+		if o.need > free {
+			return false
+		}
+		free += o.held
+	}
+	return placed || need <= free
+}
+
+func (b *Budget) grantLocked1(n int64, c *claim) {
+	b.used += n
+	if c != nil {
+		c.need -= n
+		c.held += n
+		b.claimsHeld += n
+		b.ordered = false
+	}
+}
+
+// grantLocked gives waiters what they asked: the chunks of calls being
+// read first, then new calls in order, each up to the first that does
+// not fit; a claim's chunk that would leave some claim unmet waits for
+// others to finish (safeLocked) without holding up those behind it.
+func (b *Budget) grantLocked() {
+	if b.grantQueueLocked(&b.reading) {
+		b.grantQueueLocked(&b.waiters)
 	}
 	b.inflight.Set(float64(b.used))
 }
+
+// grantQueueLocked grants q's waiters in order up to the first that does
+// not fit, and reports whether all that could be were.
+func (b *Budget) grantQueueLocked(q *list.List) bool {
+	for e := q.Front(); e != nil; {
+		w := e.Value.(*waiter)
+		next := e.Next()
+		if w.c == nil || b.safeLocked(w.c, w.n) {
+			if b.used+w.n > b.limit {
+				return false
+			}
+			b.grantLocked1(w.n, w.c)
+			q.Remove(e)
+			close(w.ready)
+		}
+		e = next
+	}
+	return true
+}
+
+// startFlat reserves a share of what frames read whole may hold for one
+// of charge bytes, reporting false if none is left (see flatShare).
+func (b *Budget) startFlat(charge int64) bool {
+	if b.flat.Add(charge) > b.limit/flatShare {
+		b.flat.Add(-charge)
+		return false
+	}
+	return true
+}
+
+// endFlat returns what startFlat reserved.
+func (b *Budget) endFlat(charge int64) { b.flat.Add(-charge) }
 
 func (b *Budget) getChunk(size int) *[]byte {
 	if size == smallChunk {

@@ -181,6 +181,7 @@ type frameReader struct {
 	size   int64
 	flat   *[]byte // the unread bytes in one slice, when rest copied them
 	whole  *[]byte // the frame in one slice (its only chunk), from the flats
+	got    int64   // bytes of the frame read by fill so far
 }
 
 // held is the chunk bytes of the frame being read.
@@ -189,12 +190,25 @@ func (f *frameReader) held() int64 {
 	return (f.size + c - 1) / c * c
 }
 
+// charger takes each chunk's share of the budget before fill reads it.
+type charger interface {
+	// take takes n bytes; false: there is no room for them.
+	take(n int64) bool
+}
+
+// errNoRoom: fill stopped at a chunk there was no room for in the budget.
+var errNoRoom = errors.New("no room for the next chunk of the call under max_inflight_bytes")
+
 // fill reads a frame of size bytes whose first bytes are head and the
-// rest come from r.
-func (f *frameReader) fill(r io.Reader, head []byte, size int64) error {
+// rest come from r. With ch, the frame is read in chunks, each charged
+// to the budget (twice: the chunk and its share of what decoding
+// allocates) before it is read, so a call holds what has arrived; if
+// ch has no room fill returns errNoRoom, and got is what was read.
+// Without it the frame's charge was taken before.
+func (f *frameReader) fill(r io.Reader, head []byte, size int64, ch charger) error {
 	f.release()
-	f.size, f.left, f.csize = size, size, chunkFor(size)
-	if size > int64(f.csize) && size <= maxFlatPooled {
+	f.size, f.left, f.csize, f.got = size, size, chunkFor(size), int64(len(head))
+	if ch == nil && size > int64(f.csize) && size <= maxFlatPooled {
 		// A frame of several chunks, up to the size of a pooled flat
 		// buffer (a Scribe call of a few thousand lines), is read into
 		// one slice, its only chunk: rest then hands the arguments out
@@ -212,6 +226,9 @@ func (f *frameReader) fill(r io.Reader, head []byte, size int64) error {
 		return err
 	}
 	for done := int64(0); done < size; {
+		if ch != nil && !ch.take(2*int64(f.csize)) {
+			return errNoRoom
+		}
 		c := f.budget.getChunk(f.csize)
 		f.chunks = append(f.chunks, c)
 		n := int(min(int64(f.csize), size-done))
@@ -224,6 +241,7 @@ func (f *frameReader) fill(r io.Reader, head []byte, size int64) error {
 			return err
 		}
 		done += int64(n)
+		f.got = done
 	}
 	return nil
 }

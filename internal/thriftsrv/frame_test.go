@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,7 +150,7 @@ func waitWaiters(t *testing.T, b *Budget, n int) {
 	t.Helper()
 	testkit.Eventually(t, "budget waiters", func() error {
 		b.mu.Lock()
-		got := b.waiters.Len()
+		got := b.waiters.Len() + b.reading.Len()
 		b.mu.Unlock()
 		if got != n {
 			return fmt.Errorf("%d waiters, want %d", got, n)
@@ -187,7 +189,7 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 	for _, size := range []int{smallChunk, chunkSize * 2} {
 		b := NewBudget(1<<20, nil)
 		fr := &frameReader{budget: b}
-		if err := fr.fill(bytes.NewReader(make([]byte, size)), nil, int64(size)); err != nil {
+		if err := fr.fill(bytes.NewReader(make([]byte, size)), nil, int64(size), nil); err != nil {
 			t.Fatal(err)
 		}
 		in := newCallProtocol(fr, DefaultLimits().Config())
@@ -224,7 +226,7 @@ func TestFrameReadsTheSameWhole(t *testing.T) {
 		fr := &frameReader{budget: b}
 		for round := range 2 { // the second from pooled buffers
 			head := data[:min(size, 11+round)]
-			if err := fr.fill(bytes.NewReader(data[len(head):]), head, int64(size)); err != nil {
+			if err := fr.fill(bytes.NewReader(data[len(head):]), head, int64(size), nil); err != nil {
 				t.Fatal(err)
 			}
 			rest := fr.rest()
@@ -254,5 +256,155 @@ func TestFrameReadsTheSameWhole(t *testing.T) {
 			}
 			fr.release()
 		}
+	}
+}
+
+// TestClaimsNeverWaitOnEachOther: calls read in chunks take their claims
+// as they arrive; a chunk that would leave no call able to finish waits
+// (and is refused after its wait) instead of being given, so two calls
+// each half read never hold the budget between them for good, while a
+// stalled claim, however large, holds back no one.
+func TestClaimsNeverWaitOnEachOther(t *testing.T) {
+	ctx := context.Background()
+	b := NewBudget(100, nil)
+	var c1, c2 claim
+	b.open(&c1, 80)
+	b.open(&c2, 80)
+	for _, step := range []struct {
+		c    *claim
+		n    int64
+		want bool
+	}{
+		{&c1, 10, true}, {&c2, 10, true}, {&c1, 30, true},
+		// Both would hold 40 needing 40 more with 20 free.
+		{&c2, 30, false},
+	} {
+		if ok, _ := b.take(ctx, step.c, step.n, 10*time.Millisecond); ok != step.want {
+			t.Fatalf("take %d: %v, want %v (used %d)", step.n, ok, step.want, b.Used())
+		}
+	}
+	b.Release(b.close(&c1))
+	b.Release(b.close(&c2))
+
+	// A chunk that fits but would leave neither call able to finish waits
+	// for the other to finish, then is given.
+	b.open(&c1, 80)
+	b.open(&c2, 80)
+	if ok1, _ := b.take(ctx, &c1, 40, 0); !ok1 {
+		t.Fatal("c1")
+	}
+	if ok2, _ := b.take(ctx, &c2, 10, 0); !ok2 {
+		t.Fatal("c2")
+	}
+	granted := make(chan bool, 1)
+	go func() {
+		ok, _ := b.take(ctx, &c2, 20, time.Minute)
+		granted <- ok
+	}()
+	waitWaiters(t, b, 1)
+	// Requests that may be given are not held up behind it: a call of
+	// one chunk, and the other call's next chunks.
+	if n, ok := b.Acquire(ctx, 5, time.Minute); !ok {
+		t.Fatal("a call of one chunk waited behind a claim's chunk that must wait")
+	} else {
+		b.Release(n)
+	}
+	if ok, _ := b.take(ctx, &c1, 40, time.Minute); !ok {
+		t.Fatal("the call that can finish waited")
+	}
+	select {
+	case <-granted:
+		t.Fatal("chunk given while the other call could not finish")
+	default:
+	}
+	b.Release(b.close(&c1))
+	if !<-granted {
+		t.Fatal("chunk not given once the other call finished")
+	}
+	b.Release(b.close(&c2))
+	if b.Used() != 0 {
+		t.Fatalf("used %d", b.Used())
+	}
+
+	// A call being read takes its next chunks before a new call that
+	// waited first: the new call may need the room the other frees once
+	// read.
+	p1, _ := b.Acquire(ctx, 60, 0)
+	b.open(&c1, 40)
+	if ok, _ := b.take(ctx, &c1, 20, 0); !ok {
+		t.Fatal("first chunk")
+	}
+	newCall := make(chan bool, 1)
+	go func() {
+		_, ok := b.Acquire(ctx, 30, time.Minute)
+		newCall <- ok
+	}()
+	waitWaiters(t, b, 1)
+	if ok, _ := b.take(ctx, &c1, 20, 0); !ok {
+		t.Fatal("a call being read waited behind a new call")
+	}
+	b.Release(b.close(&c1))
+	if !<-newCall {
+		t.Fatal("new call")
+	}
+	b.Release(p1 + 30)
+
+	// A claim stalled near its start, with most of the budget still to
+	// come, goes last: another call reads all of its own.
+	var stalled, other claim
+	b.open(&stalled, 100)
+	b.open(&other, 90)
+	if ok, _ := b.take(ctx, &stalled, 10, time.Millisecond); !ok {
+		t.Fatal("first chunk")
+	}
+	for range 9 {
+		if ok, _ := b.take(ctx, &other, 10, time.Millisecond); !ok {
+			t.Fatalf("held back by a stalled claim (used %d)", b.Used())
+		}
+	}
+	b.Release(b.close(&other))
+	b.Release(b.close(&stalled))
+}
+
+// TestClaimsUnderContention: calls of many sizes taking their claims
+// chunk by chunk at once, each up to the whole budget, all end (given or
+// refused after a short wait) with the budget never over its limit, and
+// some are served: one that can finish is never kept waiting by others.
+func TestClaimsUnderContention(t *testing.T) {
+	const limit, calls = 1000, 8
+	b := NewBudget(limit, nil)
+	var served, refused atomic.Int64
+	var wg sync.WaitGroup
+	for g := range calls {
+		wg.Go(func() {
+			var c claim
+			for i := range 25 {
+				total := int64(100 + (g*131+i*71)%901)
+				b.open(&c, total)
+				ok := true
+				for got := int64(0); ok && got < total; got += 50 {
+					ok, _ = b.take(context.Background(), &c, 50, 20*time.Millisecond)
+					time.Sleep(time.Millisecond) // the chunk arriving
+					if u := b.Used(); u > limit {
+						t.Errorf("used %d over the limit", u)
+					}
+				}
+				held := b.close(&c)
+				if ok {
+					served.Add(1)
+					if held != total {
+						t.Errorf("held %d of a claim of %d", held, total)
+					}
+				} else {
+					refused.Add(1)
+				}
+				b.Release(held)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d served, %d refused", served.Load(), refused.Load())
+	if b.Used() != 0 || served.Load() == 0 {
+		t.Fatalf("used %d after; %d served, %d refused", b.Used(), served.Load(), refused.Load())
 	}
 }

@@ -40,7 +40,7 @@ func FuzzCall(f *testing.F) {
 		b := NewBudget(1<<20, nil)
 		held, _ := b.Acquire(ctx, Charge(size), 0)
 		fr := &frameReader{budget: b}
-		if err := fr.fill(bytes.NewReader(payload[len(head):]), head, size); err != nil {
+		if err := fr.fill(bytes.NewReader(payload[len(head):]), head, size, nil); err != nil {
 			t.Fatal(err)
 		}
 		in := newCallProtocol(fr, cfg)

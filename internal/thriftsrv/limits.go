@@ -34,11 +34,12 @@ type Limits struct {
 	// IdleTimeout closes a connection that starts no call for this long.
 	IdleTimeout time.Duration
 	// ReadTimeout: a call whose first byte has arrived must arrive in
-	// full within it (after its wait for memory, if any); a reply must be
-	// written within it too.
+	// full within it (not counting its waits for memory, if any); a reply
+	// must be written within it too.
 	ReadTimeout time.Duration
 	// BudgetWait bounds how long a call waits for room in the in-flight
-	// byte budget before it is refused.
+	// byte budget before it is refused: in all, for a call charged chunk
+	// by chunk as it arrives.
 	BudgetWait time.Duration
 }
 

@@ -21,15 +21,25 @@
 //     the service's answer (TRY_LATER for Scribe); the connection stays
 //     usable, so a client that shrinks its batches on TRY_LATER gets
 //     through.
-//   - Otherwise the call takes twice its frame size from the process's
-//     in-flight byte Budget (the frame, then what decoding it allocates,
-//     charged as it goes), waiting at most BudgetWait behind earlier
-//     calls; without room it is read, discarded and refused too. The
-//     frame is read within ReadTimeout into pooled chunks (up to 1 MiB
-//     into one pooled slice), decoded from memory, processed, and the reply written as one frame. A
-//     processor may take the arguments' bytes in one slice instead
-//     (ArgsFrame) and decode them itself, charging the budget what the
-//     protocol would have.
+//   - Otherwise the call is charged twice its frame size to the
+//     process's in-flight byte Budget (the frame, then what decoding it
+//     allocates, charged as it goes), and nothing before the first byte
+//     of its body arrives. A frame of one 64 KiB chunk takes its charge
+//     then; a larger one chunk by chunk as it arrives (one of up to
+//     1 MiB, read into one pooled slice, takes it whole while such
+//     frames hold less than an eighth of the budget), so that a client
+//     that sends a frame's header and stalls holds none of it, and one
+//     that drips the frame about twice what it sent (plus the chunk
+//     being read), not what it declared. A chunk is given only if
+//     every call being read can still finish (Budget). A call waits at
+//     most BudgetWait in all for room, behind earlier calls; without
+//     room it is refused too: the rest of its frame is read and
+//     discarded as it streams in, and the connection stays usable. The
+//     frame must arrive within ReadTimeout (not counting those waits);
+//     it is decoded from memory, processed, and the reply written as
+//     one frame. A processor may take the arguments' bytes in one slice
+//     instead (ArgsFrame) and decode them itself, charging the budget
+//     what the protocol would have.
 //
 // With WithTLS the port speaks TLS: the handshake starts at a
 // connection's first byte (under ReadTimeout), and a client whose first
@@ -298,6 +308,7 @@ func (s *Server) serveConn(ctx context.Context, cn *conn) {
 	pctx := context.WithValue(WithPeer(ctx, cn.c.RemoteAddr()), connKey{}, cn.info)
 	frame := &frameReader{budget: s.budget}
 	defer frame.release()
+	ar := &arrival{s: s, cn: cn}
 	in := newCallProtocol(frame, s.cfg)
 	out := &outBuffer{}
 	oprot := thrift.NewTBinaryProtocolConf(out, s.cfg)
@@ -329,7 +340,7 @@ func (s *Server) serveConn(ctx context.Context, cn *conn) {
 			var head []byte
 			call, head, err = readHeader(cn.br, size, hbuf)
 			if err == nil {
-				if !s.call(ctx, pctx, cn, call, head, frame, in, out, oprot) {
+				if !s.call(ctx, pctx, cn, call, head, frame, ar, in, out, oprot) {
 					return
 				}
 				continue
@@ -342,22 +353,36 @@ func (s *Server) serveConn(ctx context.Context, cn *conn) {
 
 // call serves one call whose header has been read; it reports whether
 // the connection may go on.
-func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byte, frame *frameReader,
+func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byte, frame *frameReader, ar *arrival,
 	in *callProtocol, out *outBuffer, oprot thrift.TProtocol) bool {
 	rest := call.Bytes - int64(len(head))
 	if call.Bytes > s.limits.maxFrame() {
 		return s.refuseCall(ctx, pctx, cn, call, rest, ErrTooLarge, out, oprot)
 	}
-	held, ok := s.budget.Acquire(ctx, Charge(call.Bytes), s.limits.BudgetWait)
-	if !ok {
-		return s.refuseCall(ctx, pctx, cn, call, rest, ErrBusy, out, oprot)
+	ar.start(ctx, time.Now().Add(s.limits.ReadTimeout))
+	if rest > 0 && cn.br.Buffered() == 0 {
+		// Nothing is taken from the budget before the call's body starts
+		// to arrive: a client that sends a frame's header and stops
+		// holds none of it.
+		if _, err := cn.br.Peek(1); err != nil {
+			s.ended(ctx, cn, err, "read_timeout")
+			return false
+		}
 	}
-	defer func() { s.budget.Release(held) }()
-	cn.c.SetReadDeadline(time.Now().Add(s.limits.ReadTimeout))
-	if err := frame.fill(cn.br, head, call.Bytes); err != nil {
+	held, err := s.readFrame(ctx, cn, call, head, frame, ar)
+	if err != nil {
+		// Nothing is held while the rest is discarded, or after the
+		// connection ends.
+		s.budget.Release(held)
+		got := frame.got
+		frame.release()
+		if errors.Is(err, errNoRoom) {
+			return s.refuseCall(ctx, pctx, cn, call, call.Bytes-got, ErrBusy, out, oprot)
+		}
 		s.ended(ctx, cn, err, "read_timeout")
 		return false
 	}
+	defer func() { s.budget.Release(held) }()
 	cn.mu.Lock()
 	if ctx.Err() != nil {
 		cn.mu.Unlock()
@@ -407,6 +432,70 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		return false
 	}
 	return true
+}
+
+// readFrame takes the call's charge from the budget and reads its frame.
+// A frame of one chunk, or one read whole into one slice (within the
+// budget's flatShare), is charged before it is read; a larger one chunk
+// by chunk as it arrives, so that a call whose client stalls holds about
+// twice what it sent. It returns what the call holds (also with an
+// error, to be released), and the error that ended the read: errNoRoom
+// if the budget had no room within BudgetWait (frame.got was read), or
+// the connection's.
+func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte, frame *frameReader, ar *arrival) (int64, error) {
+	size := call.Bytes
+	charge := Charge(size)
+	frame.got = int64(len(head))
+	if size <= chunkSize || size <= maxFlatPooled && s.budget.startFlat(charge) {
+		if size > chunkSize {
+			defer s.budget.endFlat(charge)
+		}
+		n := min(charge, s.budget.limit)
+		ok, waited := s.budget.acquire(ctx, n, nil, s.limits.BudgetWait)
+		ar.waited(waited)
+		if !ok {
+			return 0, errNoRoom
+		}
+		return n, frame.fill(cn.br, head, size, nil)
+	}
+	s.budget.open(&ar.c, charge)
+	err := frame.fill(cn.br, head, size, ar)
+	return s.budget.close(&ar.c), err
+}
+
+// arrival charges a call's frame to the budget as its chunks are read
+// (frameReader.fill): the call's waits for room together last at most
+// BudgetWait, and move its read deadline on by as long, so that
+// read_timeout is the time the frame's bytes took to arrive. One per
+// connection.
+type arrival struct {
+	s        *Server
+	cn       *conn
+	ctx      context.Context
+	c        claim
+	wait     time.Duration // what is left of BudgetWait
+	deadline time.Time
+}
+
+// start readies a for a call whose frame must arrive by deadline.
+func (a *arrival) start(ctx context.Context, deadline time.Time) {
+	a.ctx, a.wait, a.deadline = ctx, a.s.limits.BudgetWait, deadline
+	a.cn.c.SetReadDeadline(deadline)
+}
+
+func (a *arrival) take(n int64) bool {
+	ok, waited := a.s.budget.take(a.ctx, &a.c, n, a.wait)
+	a.waited(waited)
+	return ok
+}
+
+func (a *arrival) waited(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	a.wait = max(a.wait-d, 0)
+	a.deadline = a.deadline.Add(d)
+	a.cn.c.SetReadDeadline(a.deadline)
 }
 
 // refuseCall reads and discards the rest of a call's frame and answers it

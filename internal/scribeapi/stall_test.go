@@ -1,0 +1,208 @@
+package scribeapi
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/testkit"
+	"github.com/freeway-dev/freeway/internal/thriftsrv"
+)
+
+// stall sends the start of a Log call declaring a frame of size bytes:
+// the frame size, the message header, then body bytes of its arguments,
+// and nothing more.
+func stall(t *testing.T, addr string, size, body int) net.Conn {
+	t.Helper()
+	c := dial(t, addr)
+	start := scribetest.LogFrameOf("c", bytes.Repeat([]byte("s"), body), 1)
+	start = start[:min(len(start), 4+15+body)] // size, header (15 bytes), body
+	start[0], start[1], start[2], start[3] = byte(size>>24), byte(size>>16), byte(size>>8), byte(size)
+	if _, err := c.Write(start); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestStalledCallsDoNotHoldTheBudget: two connections that declare 64 MiB
+// frames and then send (almost) nothing hold budget in proportion to what
+// they sent, not to what they declared, so another client's call is
+// answered OK, not TRY_LATER. (Before, each took 128 MiB of the default
+// 256 MiB budget until read_timeout: every other call waited
+// budget_wait, was answered TRY_LATER, and the agent's and writer's ports
+// sharing the budget stopped.)
+func TestStalledCallsDoNotHoldTheBudget(t *testing.T) {
+	rec := &recorder{}
+	b := thriftsrv.NewBudget(thriftsrv.DefaultBudget, nil)
+	hs := serve(t, rec, thriftsrv.Limits{ReadTimeout: time.Minute}, thriftsrv.WithBudget(b))
+	const declared = 64 << 20
+	// Header only: nothing of the body has arrived.
+	stall(t, hs.srv.Addr(), declared, 0)
+	stall(t, hs.srv.Addr(), declared, 0)
+	testkit.WaitFor(t, "2 connections in a call", func() bool {
+		return hs.metric(t, "freeway_listener_connections") == 2 && hs.metric(t, "freeway_listener_idle_connections") == 0
+	})
+	if reply := call(t, dial(t, hs.srv.Addr()), small("while two calls stall")); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x, want OK", reply)
+	}
+	// Part of the body: what they hold follows what arrived (twice it,
+	// for its decoding, plus at most a 64 KiB chunk and its share).
+	const sent = 200 << 10
+	stall(t, hs.srv.Addr(), declared, sent)
+	stall(t, hs.srv.Addr(), declared, sent)
+	bound := int64(2 * 2 * (sent + 2*64<<10))
+	testkit.Eventually(t, "the dripping calls' chunks charged", func() error {
+		if u := b.Used(); u < 2*sent {
+			return fmt.Errorf("budget holds %d, want at least %d", u, 2*sent)
+		}
+		return nil
+	})
+	if u := b.Used(); u > bound {
+		t.Fatalf("four stalled calls hold %d bytes of the budget, want at most %d", u, bound)
+	}
+	if reply := call(t, dial(t, hs.srv.Addr()), small("while four calls stall")); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x, want OK", reply)
+	}
+	if len(rec.entries) != 2 {
+		t.Fatalf("received %v", rec.entries)
+	}
+	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 0 {
+		t.Fatalf("busy refusals counted %v", n)
+	}
+}
+
+// TestLargeCallsShareATightBudget: calls of max_call_bytes sent at once
+// on four connections, in halves, under a budget of just what one such
+// call takes, are each answered OK or TRY_LATER (none hangs with part
+// of the budget held while waiting for the rest), and every one gets
+// through when its client sends it again.
+func TestLargeCallsShareATightBudget(t *testing.T) {
+	const (
+		clients = 4
+		maxCall = 4 << 20
+	)
+	frame := scribetest.LogFrameOf("big", bytes.Repeat([]byte("x"), maxCall-1024), 1)
+	b := thriftsrv.NewBudget(thriftsrv.Charge(maxCall+thriftsrv.Envelope), nil)
+	rec := &countingHandler{n: new(atomic.Int64)}
+	hs := serve(t, rec, thriftsrv.Limits{MaxCallBytes: maxCall, BudgetWait: 200 * time.Millisecond}, thriftsrv.WithBudget(b))
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	var halves sync.WaitGroup
+	halves.Add(clients)
+	for range clients {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", hs.srv.Addr())
+			if err != nil {
+				errs <- err
+				halves.Done()
+				return
+			}
+			defer c.Close()
+			// The first time, every client has sent half its call before
+			// any sends the rest.
+			c.SetDeadline(time.Now().Add(2 * time.Minute))
+			_, err = c.Write(frame[:len(frame)/2])
+			halves.Done()
+			if err != nil {
+				errs <- err
+				return
+			}
+			halves.Wait()
+			rest := frame[len(frame)/2:]
+			for try := 0; ; try++ {
+				reply, err := scribetest.Call(c, rest)
+				switch {
+				case err != nil:
+					errs <- fmt.Errorf("try %d: %w", try, err)
+					return
+				case bytes.HasSuffix(reply, scribetest.OK):
+					return
+				case !bytes.HasSuffix(reply, scribetest.TryLater):
+					errs <- fmt.Errorf("try %d: answered %x", try, reply)
+					return
+				case try > 200:
+					errs <- fmt.Errorf("still TRY_LATER after %d tries", try)
+					return
+				}
+				rest = frame
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := rec.n.Load(); got != clients {
+		t.Fatalf("accepted %d calls, want %d", got, clients)
+	}
+	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+}
+
+// TestCallRefusedMidFrame: a call read in chunks that finds no room for
+// its next chunk within budget_wait (here because another call, stalled
+// three quarters in, holds most of the budget and must be able to
+// finish) is answered TRY_LATER, the rest of its frame discarded, and
+// counted; its connection then serves a call that fits.
+func TestCallRefusedMidFrame(t *testing.T) {
+	const maxCall = 4 << 20
+	rec := &recorder{}
+	b := thriftsrv.NewBudget(thriftsrv.Charge(maxCall+thriftsrv.Envelope), nil)
+	hs := serve(t, rec, thriftsrv.Limits{MaxCallBytes: maxCall, BudgetWait: 200 * time.Millisecond}, thriftsrv.WithBudget(b))
+	stall(t, hs.srv.Addr(), maxCall, 3<<20)
+	testkit.WaitFor(t, "the stalled call's chunks charged", func() bool { return b.Used() >= 2*3<<20 })
+	c := dial(t, hs.srv.Addr())
+	big := scribetest.LogFrameOf("big", bytes.Repeat([]byte("x"), maxCall-1024), 1)
+	if reply := call(t, c, big); !bytes.HasSuffix(reply, scribetest.TryLater) {
+		t.Fatalf("answered %x, want TRY_LATER", reply)
+	}
+	if reply := call(t, c, small("fits")); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x after the refusal, want OK", reply)
+	}
+	if len(rec.entries) != 1 {
+		t.Fatalf("received %v", rec.entries)
+	}
+	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 1 {
+		t.Fatalf("busy refusals counted %v", n)
+	}
+	if !strings.Contains(hs.logs.String(), "no room under max_inflight_bytes") {
+		t.Fatalf("no log line: %s", hs.logs.String())
+	}
+}
+
+// TestStalledFlatFramesHoldAShare: frames of up to 1 MiB are read whole
+// into one slice, their charge taken before they arrive, only while
+// such frames hold less than an eighth of the budget; beyond it they
+// are charged chunk by chunk like larger ones. Twenty clients that send
+// the first byte of a 1 MiB frame and stall hold that eighth and a
+// chunk each, not twenty frames' charge.
+func TestStalledFlatFramesHoldAShare(t *testing.T) {
+	const clients, declared = 20, 1 << 20
+	rec := &recorder{}
+	b := thriftsrv.NewBudget(thriftsrv.DefaultBudget, nil)
+	hs := serve(t, rec, thriftsrv.Limits{ReadTimeout: time.Minute}, thriftsrv.WithBudget(b))
+	for range clients {
+		stall(t, hs.srv.Addr(), declared, 1)
+	}
+	flat := int64(thriftsrv.DefaultBudget / 8 / thriftsrv.Charge(declared) * thriftsrv.Charge(declared))
+	want := flat + (clients-flat/thriftsrv.Charge(declared))*2*64<<10
+	testkit.Eventually(t, "the stalled calls charged", func() error {
+		if u := b.Used(); u < want {
+			return fmt.Errorf("budget holds %d, want %d", u, want)
+		}
+		return nil
+	})
+	if u := b.Used(); u != want {
+		t.Fatalf("%d stalled calls hold %d bytes of the budget, want %d", clients, u, want)
+	}
+	if reply := call(t, dial(t, hs.srv.Addr()), small("while twenty calls stall")); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x, want OK", reply)
+	}
+}
