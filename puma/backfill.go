@@ -20,7 +20,8 @@ import (
 // Backfill: a span (an app's windows of one length, under the fingerprint
 // of its state's shape) that a shard's commit row does not list as built
 // is new to the shard: the app was added, or changed so that its state
-// has another shape (the fingerprint). Such a span is built from the
+// has another shape (the fingerprint), or every span of an app that reads
+// its lines otherwise (Reads). Such a span is built from the
 // segments still in the dfs, in the background, while the shard's other
 // spans run live:
 //
@@ -102,8 +103,12 @@ type backfill struct {
 // are built, which are to be built (a backfill each app, resumed from the
 // commit row or started afresh) and which spans' rows are to be deleted.
 // It runs before the cells are loaded: rows of a span started afresh are
-// deleted here, so that none is loaded.
-func (s *shard) planBackfills(ctx context.Context, E int64) error {
+// deleted here, so that none is loaded; it returns the names of those
+// spans. A span the commit row lists as built is started afresh all the
+// same when its app now reads its lines otherwise (Reads: a where
+// filter, the time field changed): its cells have the same shape but
+// hold other lines, and answers would mix the two readings.
+func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bool, err error) {
 	c := s.committed
 	current := map[string]bool{}
 	for _, t := range s.tables {
@@ -131,18 +136,21 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		}
 	}
 	if E == 0 || c.Spans == nil {
-		return nil // a new shard reads every segment; an older row: all built
+		return nil, nil // a new shard reads every segment; an older row: all built
 	}
 	built := map[string]bool{}
 	for _, name := range c.Spans {
 		built[name] = true
 	}
 	s.backfills = nil
+	fresh = map[string]bool{}
 	for _, t := range s.tables {
+		was, ok := c.Reads[t.app.Name()]
+		reread := ok && was != readsOf(t.app)
 		var pending []int
 		var spans []string
 		for i, sp := range t.spans {
-			if name := spanName(t.app.Name(), sp); !built[name] {
+			if name := spanName(t.app.Name(), sp); !built[name] || reread {
 				pending, spans = append(pending, i), append(spans, name)
 			}
 		}
@@ -151,49 +159,50 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		}
 		bf, err := s.newBackfill(t, pending, spans)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		// Listed before its state is loaded: should recovery fail on the
 		// way, release gives back what was charged for it.
 		s.backfills = append(s.backfills, bf)
-		if prior := c.Backfill[t.app.Name()]; prior != nil && slices.Equal(prior.Spans, spans) {
+		if prior := c.Backfill[t.app.Name()]; prior != nil && !reread && slices.Equal(prior.Spans, spans) {
 			bf.pos = prior.Position
 			bf.t.watermark = prior.Watermark
 			bf.t.ev.closed = prior.Watermark - t.app.LatenessMs
 			s.p.m.forgottenCap.Add(float64(bf.dedup.load(prior.HighWater, prior.HighWaterSeen, prior.ArrivalMs, c.CommitMs)))
 			if p := backfillWindowPrefix(s.category, s.bucket, t.app.Name()); E > 0 {
 				if err := s.readWindows(ctx, c, bf.dedup, p, store.PrefixEnd(p)); err != nil {
-					return err
+					return nil, err
 				}
 			}
 			s.log.Info("puma backfill resumes", "app", t.app.Name(), "spans", spans, "position", bf.pos.String())
 		} else {
 			p := backfillWindowPrefix(s.category, s.bucket, t.app.Name())
 			if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, p, store.PrefixEnd(p), E); err != nil {
-				return fmt.Errorf("clear the windows of app %s's backfill: %w", t.app.Name(), err)
+				return nil, fmt.Errorf("clear the windows of app %s's backfill: %w", t.app.Name(), err)
 			}
 			for _, name := range spans {
 				prefix := shardPrefix(s.category, s.bucket) + name + "/"
 				if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, prefix, store.PrefixEnd(prefix), E); err != nil {
-					return fmt.Errorf("clear rows of span %s to build it: %w", name, err)
+					return nil, fmt.Errorf("clear rows of span %s to build it: %w", name, err)
 				}
+				fresh[name] = true
 			}
 			// Built from the first segment left: what retention deleted
 			// before is missing, and answers say so (as for the shard's
 			// own gap).
 			g, err := s.retentionGap(ptail.Position{})
 			if err != nil {
-				return err
+				return nil, err
 			}
 			s.setAppGap(t.app.Name(), g)
 			if g != nil {
 				s.log.Warn("backfill starts after segments retention deleted; answers over their time say the app is incomplete",
 					"app", t.app.Name(), "deleted_through", g.Segment, "arrived_before", fmtMs(g.ThroughMs))
 			}
-			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
+			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans, "reread", reread)
 		}
 	}
-	return nil
+	return fresh, nil
 }
 
 // newBackfill makes the backfill of span indexes pending of table live.
@@ -410,6 +419,10 @@ func (s *shard) snapshotBackfills(state *commitState) {
 	}
 	state.Removed = slices.Clone(s.removing)
 	state.AppGaps = maps.Clone(s.appGaps)
+	state.Reads = map[string]string{}
+	for _, t := range s.tables {
+		state.Reads[t.app.Name()] = readsOf(t.app)
+	}
 }
 
 // hasApp reports whether the shard has a table of app.
@@ -451,11 +464,12 @@ func (s *shard) incomplete(app *apps.App, fromMs int64) string {
 }
 
 // backfillsUnchanged reports whether state says what the committed state
-// says of spans, and neither has a backfill or rows to delete (a
-// checkpoint with nothing else to write can then be skipped).
+// says of spans and reads, and neither has a backfill or rows to delete
+// (a checkpoint with nothing else to write can then be skipped).
 func (s *shard) backfillsUnchanged(state *commitState) bool {
 	c := s.committed
-	return len(state.Backfill) == 0 && len(c.Backfill) == 0 && len(state.Removed) == 0 && len(c.Removed) == 0 && slices.Equal(state.Spans, c.Spans)
+	return len(state.Backfill) == 0 && len(c.Backfill) == 0 && len(state.Removed) == 0 && len(c.Removed) == 0 && slices.Equal(state.Spans, c.Spans) &&
+		maps.Equal(state.Reads, c.Reads)
 }
 
 // deleteRemoved deletes, after a commit at epoch that listed them as

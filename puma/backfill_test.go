@@ -159,6 +159,38 @@ func TestBackfillChangedApp(t *testing.T) {
 	}
 }
 
+// TestBackfillRefilteredApp: an app whose where filter is changed
+// between two runs keeps the shape of its state (the fingerprint), but
+// its cells counted the lines of the old filter: it is built again from
+// the dfs under the new one, so that every minute, before the change as
+// after it, answers what the new filter lets through, not some minutes
+// by one filter and the rest by the other.
+func TestBackfillRefilteredApp(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 6))
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Where = `kind == "k0"` })}
+	p2 := e.node("n2")
+	r2 := start(t, p2)
+	last := publishHistory(e, 6, 10)
+	waitLive(t, p2, "orders")
+	waitCommitted(t, p2, last)
+	var want []string
+	for i := range 10 {
+		n, total := 0, 0
+		for j := 0; j < bfLines; j += 3 { // kind k0
+			n, total = n+1, total+i*100+j
+		}
+		start := t0 + int64(i)*60_000
+		want = append(want, formatRow(Row{WindowStartMs: start, WindowEndMs: start + 60_000, Key: map[string]string{},
+			Values: map[string]any{"n": float64(n), "total": float64(total), "lo": float64(i * 100), "hi": float64(i*100 + bfLines - 1), "mean": float64(total) / float64(n)}}))
+	}
+	equalRows(t, "refiltered orders", rows(t, p2, Query{App: "orders", GroupBy: []string{}}), want)
+	r2.stop(t)
+}
+
 func countRows(t *testing.T, st store.Store, prefix string) int {
 	t.Helper()
 	n := 0

@@ -56,6 +56,12 @@ type commitState struct {
 	// segments retention had deleted before it started (Gap is the
 	// shard's, for every app).
 	AppGaps map[string]*gap `json:"app_gaps,omitempty"`
+	// Reads is, by app, how its lines were read into its cells (readsOf:
+	// format, pattern, fields, time, where), which the fingerprint leaves
+	// out: an app that reads its lines otherwise now has cells of other
+	// lines, and is built again (backfill.go). Rows without it, or
+	// without the app, take its reads as unchanged.
+	Reads map[string]string `json:"reads,omitempty"`
 	// Aborted lists the epochs that were never committed, as inclusive
 	// ranges, oldest first: a cell version at one of them was written by
 	// an attempt that did not commit, perhaps by a stale owner after the
@@ -199,13 +205,19 @@ func (s *shard) recover(ctx context.Context) error {
 		return fmt.Errorf("purge uncommitted cells: %w", err)
 	}
 	s.nextEpoch = max(E, attempt) + 1
-	if err := s.planBackfills(ctx, E); err != nil {
+	fresh, err := s.planBackfills(ctx, E)
+	if err != nil {
 		return err
 	}
 	loaded := 0
 	nowMs := s.p.now().UnixMilli()
 	for _, t := range s.tables {
-		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
+		// An app whose every span is built afresh keeps nothing of its
+		// committed state: not its watermark (an app that reads its time
+		// otherwise has another), nor its spans' eviction horizons (their
+		// rows were deleted).
+		afresh := !slices.ContainsFunc(t.spans, func(sp *span) bool { return !fresh[spanName(t.app.Name(), sp)] })
+		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok && !afresh {
 			t.watermark = wm
 		}
 		if E == 0 {
@@ -213,7 +225,7 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok {
+			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok && !fresh[spanName(t.app.Name(), sp)] {
 				sp.horizon = h
 			}
 			scratch := t.layout.newCell()

@@ -28,7 +28,10 @@
 //
 // Backfill (backfill.go). A span the shard's commit row does not list as
 // built (an app added, or changed so that a window's state has another
-// fingerprint) is built from the bucket's segments still in the dfs by a
+// fingerprint), and every span of an app that now reads its lines
+// otherwise (its where filter, time field, format or pattern changed: the
+// commit row's reads, by app; cells of the same shape holding other
+// lines), is built from the bucket's segments still in the dfs by a
 // backfill: its own reader from the first segment, its own dedup high
 // waters and watermark; live lines skip the span until the backfill
 // reaches the shard's position and joins. Its cells are checkpointed
