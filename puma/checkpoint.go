@@ -1,6 +1,7 @@
 package puma
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -192,16 +193,32 @@ func (s *shard) recover(ctx context.Context) error {
 		return fmt.Errorf("claim shard: %w", errFenced)
 	}
 	s.commitBytes, s.committed = claim, state
+	s.stallRecovery("claimed")
 	// Read the attempt marker after the claim: an attempt of the previous
 	// owner may have been marked between the read and the claim, and its
-	// epoch must not be used again.
-	_, _, attempt, err := readCommit(ctx, st, tbl, s.category, s.bucket)
+	// epoch must not be used again. With the claim: a marker read after
+	// another owner claimed the shard may be that owner's, whose cells
+	// this recovery must not purge.
+	now, _, attempt, err := readCommit(ctx, st, tbl, s.category, s.bucket)
 	if err != nil {
 		return err
 	}
+	if !bytes.Equal(now, claim) {
+		return fmt.Errorf("claim shard: %w", errFenced)
+	}
+	s.stallRecovery("purge")
 	// Versions above the committed epoch were written by an attempt that
 	// never committed: remove them so that no later read can see them.
-	if err := st.DeleteNewer(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E); err != nil {
+	// Only up to the last attempt marked: should this recovery stall here
+	// while another owner claims the shard and commits, that owner's
+	// versions are above it, and are its committed state. A shard without
+	// a commit row was never claimed: versions of any epoch are of a
+	// state lost with its commit row.
+	purgeTo := max(E, attempt)
+	if val == nil {
+		purgeTo = store.Latest
+	}
+	if err := st.DeleteBetween(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E, purgeTo); err != nil {
 		return fmt.Errorf("purge uncommitted cells: %w", err)
 	}
 	s.nextEpoch = max(E, attempt) + 1
@@ -264,7 +281,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
-	if err := s.loadWindows(ctx, s.committed); err != nil {
+	if err := s.loadWindows(ctx, s.committed, purgeTo); err != nil {
 		return err
 	}
 	s.committedEpoch, s.committedPos = E, s.committed.Position
@@ -275,6 +292,13 @@ func (s *shard) recover(ctx context.Context) error {
 		s.p.releaseMemory() // the scan's and the decoding's garbage, as after a checkpoint
 	}
 	return nil
+}
+
+// stallRecovery calls the test hook inRecovery, if any.
+func (s *shard) stallRecovery(stage string) {
+	if h := s.p.inRecovery; h != nil {
+		h(stage)
+	}
 }
 
 // expiredRows are the cell rows of a window that retention dropped from

@@ -89,8 +89,11 @@
 // against the previous commit value. Recovery claims the shard by
 // rewriting that value (with its owner and lease epoch), so that a stale
 // owner can neither start an attempt nor commit one afterwards; it then
-// deletes any cell versions newer than the committed epoch (an attempt
-// that never committed), loads the cells as of the epoch and resumes
+// reads the attempt marker, with its claim still standing (else it
+// stops), and deletes the cell versions above the committed epoch up to
+// that marker (attempts that never committed; not beyond it, so that a
+// recovery stalled there cannot delete the cells of an owner that claimed
+// the shard after it), loads the cells as of the epoch and resumes
 // ptail at the committed position. A failed attempt is retried at the
 // same epoch, overwriting its own versions. The marker and the cells are
 // written by a goroutine of the checkpoint's own (cellwriter.go) while
