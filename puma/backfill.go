@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/backoff"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -61,8 +60,10 @@ import (
 // starts after retention deleted the bucket's first segments builds from
 // what is left, and the app's answers over their time list the shard as
 // incomplete (the app's gap, app_gaps in the commit row, beside the
-// shard's own). While it runs, answers of the app lack the lines it has
-// not read yet (GET /api/v1/apps says "backfilling").
+// shard's own). While it runs, answers of the app over the spans it
+// builds lack the lines it has not read yet: they list the shard as
+// incomplete (notBuilt), from memory and from the store, and GET
+// /api/v1/apps says "backfilling".
 // Segment retention keeps the segments a backfill has yet to read
 // (CommittedPosition is the lowest of the shard's and its backfills')
 // once a commit lists the backfill. Until then, from the recovery that
@@ -443,20 +444,39 @@ func (s *shard) setAppGap(app string, g *gap) {
 	s.appGaps[app] = g
 }
 
-// incomplete says why a committed state's answers of app over windows
-// from fromMs lack lines, "" if they do not: the shard's gap or the
-// app's.
-func (st commitState) incomplete(app *apps.App, fromMs int64) string {
+// notBuilt is why the answers of a span being built (or not built yet)
+// lack lines: those its backfill has not read.
+const notBuilt = "incomplete: these windows of the app are being built from the dfs (backfill: the app was added or changed); the lines it has not read yet are missing"
+
+// incomplete says why a committed state's answers of pl's app and span
+// over windows from fromMs lack lines, "" if they do not: the span is
+// not built in it (a backfill's part, or none: the state is of a
+// configuration without it), or it was built reading the app's lines
+// otherwise, or the shard's gap or the app's.
+func (st commitState) incomplete(pl *plan, fromMs int64) string {
+	app := pl.app
+	if st.Spans != nil && !slices.Contains(st.Spans, app.Name()+"@"+fingerprint(app, pl.srcMs)) {
+		return notBuilt
+	}
+	if r, ok := st.Reads[app.Name()]; ok && r != readsOf(app) {
+		return "incomplete: the shard's state of the app was counted under another format, time field or where filter; it has not been built again yet"
+	}
 	if why := st.Gap.incomplete(app, fromMs); why != "" {
 		return why
 	}
 	return st.AppGaps[app.Name()].incomplete(app, fromMs)
 }
 
-// incomplete says why the shard's answers of app over windows from
-// fromMs lack lines, "" if they do not: its own gap or the app's; s.mu
-// is held.
-func (s *shard) incomplete(app *apps.App, fromMs int64) string {
+// incomplete says why the shard's answers of pl's app and span over
+// windows from fromMs lack lines, "" if they do not: the span is being
+// built, or its own gap or the app's; s.mu is held.
+func (s *shard) incomplete(pl *plan, fromMs int64) string {
+	app := pl.app
+	for _, t := range s.tables {
+		if t.app == app && t.spans[pl.span].pending {
+			return notBuilt
+		}
+	}
 	if why := s.gap.incomplete(app, fromMs); why != "" {
 		return why
 	}

@@ -255,6 +255,70 @@ func TestBackfillResumes(t *testing.T) {
 	r3.stop(t)
 }
 
+// TestBackfillAnswersSayIncomplete: while an app added to a category is
+// built from the dfs, its answers (from memory and from the store) list
+// the shard as incomplete rather than passing a part of its lines off as
+// the whole; the other app's answers, live, are whole; once the backfill
+// has joined and committed, so are the new app's.
+func TestBackfillAnswersSayIncomplete(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 12)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders")}
+	p2 := e.node("n2")
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	t.Cleanup(func() { _ = r.Close() })
+	if joined, err := s.backfillStep(bf, r, 5); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := committed(e)
+	missing := func(src querier, app string) []MissingShard {
+		t.Helper()
+		res, err := src.Query(ctx, Query{App: app, FromMs: t0 - 3600_000, ToMs: t0 + 3600_000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Missing
+	}
+	for _, src := range []struct {
+		name string
+		q    querier
+	}{{"memory", p2}, {"store", c}} {
+		if m := missing(src.q, "kinds"); len(m) != 1 || m[0].State != StateIncomplete || !strings.Contains(m[0].Error, "backfill") {
+			t.Errorf("kinds from %s while backfilling: missing %+v, want the shard incomplete", src.name, m)
+		}
+		if m := missing(src.q, "orders"); len(m) != 0 {
+			t.Errorf("orders from %s: missing %+v", src.name, m)
+		}
+	}
+
+	if joined, err := s.backfillStep(bf, r, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []struct {
+		name string
+		q    querier
+	}{{"memory", p2}, {"store", c}} {
+		if m := missing(src.q, "kinds"); len(m) != 0 {
+			t.Errorf("kinds from %s once joined: missing %+v", src.name, m)
+		}
+	}
+	equalRows(t, "kinds", rows(t, c, Query{App: "kinds"}), wantKinds(12))
+}
+
 // TestRemovedAppRows: an app no longer configured has its rows deleted
 // from the store after the next checkpoint, and the commit row stops
 // listing it; the other app is untouched. On the embedded store and on

@@ -41,8 +41,10 @@
 // done). A commit row without spans (older code) takes every span as
 // built. A backfill that starts after retention deleted segments gives
 // its app a gap of its own (app_gaps): answers list the shard as
-// incomplete for that app. Puma.AppState says whether an app is live or
-// backfilling.
+// incomplete for that app. Until a backfill joins, answers over its
+// spans list the shard as incomplete (memory and store alike: a commit
+// row that does not list the span as built). Puma.AppState says whether
+// an app is live or backfilling.
 //
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category, parsing each line once for the apps that read
