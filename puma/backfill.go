@@ -214,6 +214,11 @@ func (s *shard) newBackfill(live *table, pending []int, spans []string) (*backfi
 	}
 	t.building = true
 	t.deps.evict = nil
+	// The spans are the live table's, their windows' key indexes hashed
+	// with its seed: a key hashed with another would not be found again
+	// once an index has grown (and every line of it would make a cell of
+	// its own, of which the store keeps one).
+	t.seed = live.seed
 	t.spans = t.spans[:0]
 	for _, i := range pending {
 		sp := live.spans[i]

@@ -255,6 +255,39 @@ func TestBackfillResumes(t *testing.T) {
 	r3.stop(t)
 }
 
+// TestBackfillOneCellPerKey: a backfill finds the cells it made again
+// (a window of many keys: its key index grows): each window has one cell
+// per key, which is what the store keeps (one row per key), so that the
+// answers from the store and from a recovery are those from memory.
+func TestBackfillOneCellPerKey(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 6)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Aggregates = s.Aggregates[:4] })}
+	s := testShard(t, e.node("n2"), 0)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	t.Cleanup(func() { _ = r.Close() })
+	if joined, err := s.backfillStep(bf, r, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for w, wc := range s.tables[0].spans[0].windows {
+		if n := wc.len(); n != 15 {
+			t.Errorf("window %+ds: %d cells, want one for each of the 15 keys", (w-t0)/1000, n)
+		}
+	}
+	want := memRows(t, s, Query{})
+	equalRows(t, "committed", rows(t, committed(e), Query{}), want)
+	equalRows(t, "recovered", memRows(t, testShard(t, e.node("n3"), 0), Query{}), want)
+}
+
 // TestBackfillAnswersSayIncomplete: while an app added to a category is
 // built from the dfs, its answers (from memory and from the store) list
 // the shard as incomplete rather than passing a part of its lines off as
