@@ -391,6 +391,12 @@ func (s *shard) join(bf *backfill) {
 	live.ncells += bf.t.ncells
 	live.bytes += bf.t.bytes
 	live.watermark = max(live.watermark, bf.t.watermark)
+	// The built windows are committed only up to the backfill's own
+	// closed horizon. Until the next commit, the live one (its committed
+	// watermark's) must not evict beyond that: a checkpoint still writing
+	// may have taken their cells, and should it fail they would leave
+	// memory without being in the store.
+	live.ev.closed = min(live.ev.closed, bf.t.ev.closed)
 	live.ev.windows += bf.t.ev.windows
 	live.ev.cells += bf.t.ev.cells
 	s.backfills = slices.DeleteFunc(s.backfills, func(o *backfill) bool { return o == bf })

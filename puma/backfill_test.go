@@ -2,6 +2,7 @@ package puma
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -350,6 +351,85 @@ func TestBackfillAnswersSayIncomplete(t *testing.T) {
 		}
 	}
 	equalRows(t, "kinds", rows(t, c, Query{App: "kinds"}), wantKinds(12))
+}
+
+// TestBackfillJoinDuringFailedCheckpoint: a backfill that joins while a
+// checkpoint that took its cells is still writing them leaves its
+// windows to the live table's eviction; should the node evict then (a
+// line finds no room) and the write fail (the store refusing writes for
+// a while), no window it built may be dropped from memory before a
+// commit holds it: the answers once the store takes writes again are
+// every window, exactly.
+func TestBackfillJoinDuringFailedCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 12))
+	r1.stop(t)
+
+	// A window length added: the 1m windows stay live, the 2m ones are
+	// built.
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) {
+		s.Window, s.Windows = 0, []config.Duration{config.Duration(time.Minute), config.Duration(2 * time.Minute)}
+	})}
+	fs := &faultStore{Store: e.st}
+	p2 := e.node("n2", func(c *Config, d *Deps) { d.Store = fs })
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	t.Cleanup(func() { _ = r.Close() })
+	if joined, err := s.backfillStep(bf, r, 13); joined || err != nil { // every block, not yet joined
+		t.Fatalf("step: %v %v", joined, err)
+	}
+
+	// A checkpoint takes the built cells; its writer stalls, then fails.
+	fs.set(func(f *faultStore) { f.failPut = true })
+	marked, resume := make(chan struct{}), make(chan struct{})
+	p2.afterMark = func(string, int) {
+		close(marked)
+		<-resume
+	}
+	failed := make(chan error, 1)
+	go func() { failed <- s.checkpoint(ctx) }()
+	<-marked
+	s.mu.Lock() // the cells are taken once the checkpoint lets go of the lock
+	left := s.tables[0].spans[1].changed()
+	s.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d cells of the 2m windows not taken", left)
+	}
+	p2.afterMark = nil
+
+	// Meanwhile the backfill joins, and a line finds no room.
+	if joined, err := s.backfillStep(bf, r, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	s.mu.Lock()
+	s.evictClosed()
+	s.mu.Unlock()
+	close(resume)
+	if err := <-failed; !errors.Is(err, errInjected) {
+		t.Fatalf("checkpoint: %v, want the injected failure", err)
+	}
+
+	fs.set(func(f *faultStore) { f.failPut = false })
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := 0; i < 12; i += 2 {
+		total := 0
+		for j := range bfLines {
+			total += i*100 + j + (i+1)*100 + j
+		}
+		start := t0 + int64(i)*60_000
+		want = append(want, formatRow(Row{WindowStartMs: start, WindowEndMs: start + 120_000, Key: map[string]string{},
+			Values: map[string]any{"n": float64(2 * bfLines), "total": float64(total), "lo": float64(i * 100), "hi": float64((i+1)*100 + bfLines - 1), "mean": float64(total) / (2 * bfLines)}}))
+	}
+	q := Query{App: "orders", GroupBy: []string{}, WindowMs: 120_000}
+	equalRows(t, "2m windows from memory", rows(t, p2, q), want)
+	equalRows(t, "2m windows from the store", rows(t, committed(e), q), want)
 }
 
 // TestRemovedAppRows: an app no longer configured has its rows deleted

@@ -22,7 +22,11 @@ import (
 //   - it is committed: its cells are in a committed checkpoint. A closed
 //     window is: the commit that closed it wrote every cell changed
 //     before its snapshot, and none can change after. (A cell still
-//     marked changed keeps its window in memory all the same.)
+//     marked changed keeps its window in memory all the same.) A
+//     backfill's windows close by its own committed watermark, and still
+//     do from its join to the next commit: the live table's closed them
+//     without holding their cells, which a checkpoint still writing may
+//     have taken (unmarked) and may fail to write.
 //
 // Each span (an app's windows of one length) keeps one horizon: its
 // windows that end at or before it are not in memory, every later window
