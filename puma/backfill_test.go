@@ -432,6 +432,49 @@ func TestBackfillJoinDuringFailedCheckpoint(t *testing.T) {
 	equalRows(t, "2m windows from the store", rows(t, committed(e), q), want)
 }
 
+// TestBackfillOfEveryAppResumes: a node killed in the middle of a
+// backfill of its category's only app (changed: none of the shard's
+// spans is built) leaves it to the next node, which resumes it rather
+// than taking the few cells it built for the whole: the answers are
+// exact.
+func TestBackfillOfEveryAppResumes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 12)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Aggregates = s.Aggregates[:4] })}
+	s := testShard(t, e.node("n2"), 0)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	if joined, err := s.backfillStep(bf, r, 5); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Close()
+	// Killed here.
+
+	p3 := e.node("n3")
+	s3 := testShard(t, p3, 0)
+	if len(s3.backfills) != 1 || s3.backfills[0].pos != bf.pos {
+		t.Fatalf("resumed at %+v, committed %s", s3.backfills, bf.pos)
+	}
+	s3.release()
+	r3 := start(t, p3)
+	waitLive(t, p3, "orders")
+	waitCommitted(t, p3, last)
+	want := wantOrders(12, nil)
+	for i := range want {
+		want[i] = strings.Replace(want[i], " mean="+strings.Split(strings.Split(want[i], "mean=")[1], " ")[0], "", 1)
+	}
+	equalRows(t, "orders", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), want)
+	r3.stop(t)
+}
+
 // TestRemovedAppRows: an app no longer configured has its rows deleted
 // from the store after the next checkpoint, and the commit row stops
 // listing it; the other app is untouched. On the embedded store and on

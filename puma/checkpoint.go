@@ -49,8 +49,10 @@ type commitState struct {
 	// Backfill, by app, the progress of those being built from the dfs;
 	// Removed the spans whose rows are still to delete (backfill.go).
 	// Rows without Spans were written before backfills: every span is
-	// taken as built.
-	Spans    []string                  `json:"spans,omitempty"`
+	// taken as built. So an empty list is written as such (not left out,
+	// as omitempty would): a shard whose every span is being built is not
+	// a row of that code.
+	Spans    []string                  `json:"spans"`
 	Backfill map[string]*backfillState `json:"backfill,omitempty"`
 	Removed  []string                  `json:"removed,omitempty"`
 	// AppGaps, by app, is what an app built by a backfill lacks: the
