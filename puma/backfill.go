@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -105,10 +106,8 @@ type backfill struct {
 // commit row or started afresh) and which spans' rows are to be deleted.
 // It runs before the cells are loaded: rows of a span started afresh are
 // deleted here, so that none is loaded; it returns the names of those
-// spans. A span the commit row lists as built is started afresh all the
-// same when its app now reads its lines otherwise (Reads: a where
-// filter, the time field changed): its cells have the same shape but
-// hold other lines, and answers would mix the two readings.
+// spans. (The spans of an app that now reads its lines otherwise are no
+// longer listed as built: unlistReread took them out of the claim.)
 func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bool, err error) {
 	c := s.committed
 	current := map[string]bool{}
@@ -146,12 +145,10 @@ func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bo
 	s.backfills = nil
 	fresh = map[string]bool{}
 	for _, t := range s.tables {
-		was, ok := c.Reads[t.app.Name()]
-		reread := ok && was != readsOf(t.app)
 		var pending []int
 		var spans []string
 		for i, sp := range t.spans {
-			if name := spanName(t.app.Name(), sp); !built[name] || reread {
+			if name := spanName(t.app.Name(), sp); !built[name] {
 				pending, spans = append(pending, i), append(spans, name)
 			}
 		}
@@ -165,7 +162,7 @@ func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bo
 		// Listed before its state is loaded: should recovery fail on the
 		// way, release gives back what was charged for it.
 		s.backfills = append(s.backfills, bf)
-		if prior := c.Backfill[t.app.Name()]; prior != nil && !reread && slices.Equal(prior.Spans, spans) {
+		if prior := c.Backfill[t.app.Name()]; prior != nil && slices.Equal(prior.Spans, spans) {
 			bf.pos = prior.Position
 			bf.t.watermark = prior.Watermark
 			bf.t.ev.closed = prior.Watermark - t.app.LatenessMs
@@ -200,10 +197,31 @@ func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bo
 				s.log.Warn("backfill starts after segments retention deleted; answers over their time say the app is incomplete",
 					"app", t.app.Name(), "deleted_through", g.Segment, "arrived_before", fmtMs(g.ThroughMs))
 			}
-			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans, "reread", reread)
+			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
 		}
 	}
 	return fresh, nil
+}
+
+// unlistReread takes out of state, a commit row about to be claimed, the
+// spans and the backfill of every app that now reads its lines otherwise
+// (Reads: its where filter, time field or format changed): its cells have
+// the shape they had but hold other lines, and answers would mix the two
+// readings, so it is built again (planBackfills deletes its rows). Out of
+// the claim, before any row is deleted: a node of the configuration
+// before (the change rolled back) or a stale one that takes the shard
+// next builds them again too, rather than taking what is left of the
+// rows for the whole.
+func (s *shard) unlistReread(state *commitState) {
+	for _, t := range s.tables {
+		app := t.app.Name()
+		if r, ok := state.Reads[app]; !ok || r == readsOf(t.app) {
+			continue
+		}
+		state.Spans = slices.DeleteFunc(state.Spans, func(n string) bool { return strings.HasPrefix(n, app+"@") })
+		delete(state.Backfill, app)
+		s.log.Info("puma app reads its lines otherwise; its windows are built again", "app", app)
+	}
 }
 
 // newBackfill makes the backfill of span indexes pending of table live.

@@ -192,6 +192,31 @@ func TestBackfillRefilteredApp(t *testing.T) {
 	r2.stop(t)
 }
 
+// TestRefilteredAppRolledBack: a node that starts rebuilding an app whose
+// where filter changed, and dies before its first checkpoint, leaves a
+// commit row that no longer lists the app's windows as built: a node of
+// the configuration before (the change rolled back) builds them again
+// too, rather than taking the rows the first one deleted for the whole.
+func TestRefilteredAppRolledBack(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 6)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	before := e.apps
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Where = `kind == "k0"` })}
+	testShard(t, e.node("n2"), 0).release() // dies before its first checkpoint
+
+	e.apps = before
+	p3 := e.node("n3")
+	r3 := start(t, p3)
+	waitLive(t, p3, "orders")
+	waitCommitted(t, p3, last)
+	equalRows(t, "orders rolled back", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), wantOrders(6, nil))
+	r3.stop(t)
+}
+
 func countRows(t *testing.T, st store.Store, prefix string) int {
 	t.Helper()
 	n := 0

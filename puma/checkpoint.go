@@ -183,6 +183,7 @@ func (s *shard) recover(ctx context.Context) error {
 	// attempt nor commit one.
 	E := state.Epoch
 	state.Owner, state.Lease = s.p.cfg.ID, s.lease.Epoch()
+	s.unlistReread(&state)
 	claim, err := json.Marshal(state)
 	if err != nil {
 		return err
