@@ -208,9 +208,10 @@
 // the store only, the others in memory only; Query reads the first from
 // the store as of the shard's committed epoch. The horizon is in the
 // commit row (evicted_ms); recovery loads only the windows after it (the
-// committed cells after it whole, even beyond the bounds) and keeps the
-// watermark at or above it plus the allowed lateness, so that no evicted
-// window is opened again and overwritten. Bytes are counted
+// committed cells after it whole, even beyond the bounds) and takes any
+// line before it as late, whatever the watermark (an allowed_lateness
+// raised since leaves it as it was), so that no evicted window is opened
+// again and overwritten. Bytes are counted
 // approximately (Puma.Cells, Puma.Memory, freeway_puma_cell_bytes): a
 // fixed overhead per cell and key, and the stored size of its variable
 // states at their last checkpoint (or load); and, beside the cells, the

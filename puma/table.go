@@ -541,7 +541,7 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 	}
 	// Late against the watermark before this line: a line later than the
 	// watermark is never late.
-	if ts < t.watermark-t.app.LatenessMs {
+	if ts < t.watermark-t.app.LatenessMs || ts < t.ev.lateBefore {
 		t.reject(1, why{reason: reasonLate, a: ts, b: t.watermark, c: t.app.LatenessMs}, line, bt)
 		return
 	}
