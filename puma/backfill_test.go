@@ -500,6 +500,77 @@ func TestBackfillOfEveryAppResumes(t *testing.T) {
 	r3.stop(t)
 }
 
+// TestResumedBackfillKeepsEvictedClosed: a backfill that evicted the
+// windows it had closed, resumed by a node on which the app's
+// allowed_lateness was raised, takes a straggler line for an evicted
+// window as late, as the live table does, rather than opening the window
+// afresh in memory and overwriting its stored cells.
+func TestResumedBackfillKeepsEvictedClosed(t *testing.T) {
+	ctx := context.Background()
+	f := evictFeed{windows: 20, keys: 300}
+	e := newEnv(t, kindsApp(t, "orders"))
+	var last ptail.Position
+	for w := range f.windows {
+		var lines [][]byte
+		for k := range f.keys {
+			lines = append(lines, f.line(w, k))
+		}
+		e.publish("orders", 0, stock(lines...))
+	}
+	last = e.publish("orders", 0, stock(order(t0, "r0", "k0", 1000))) // a straggler for minute 0
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	byKey := func(lateness time.Duration) *apps.App {
+		return orders(t, func(s *apps.Spec) {
+			s.Name = "bykey"
+			s.AllowedLateness = config.Duration(lateness)
+			s.Retention = config.Duration(30 * 24 * time.Hour)
+		})
+	}
+	l, err := newLayout(byKey(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := config.ByteSize(int64(5*f.keys) * l.cellOverhead(apps.EncodeKey([]string{"r100", "k1"})))
+	e.apps = []*apps.App{e.apps[0], byKey(time.Minute)}
+	s := testShard(t, e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit }), 0)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	for range 15 {
+		if joined, err := s.backfillStep(bf, r, 1); joined || err != nil {
+			t.Fatalf("step: %v %v", joined, err)
+		}
+		if err := s.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = r.Close()
+	if bf.t.spans[0].horizon <= noHorizon {
+		t.Fatal("the backfill evicted nothing")
+	}
+	s.release() // killed
+
+	e.apps = []*apps.App{e.apps[0], byKey(time.Hour)}
+	p3 := e.node("n3", func(c *Config, d *Deps) { c.MemoryLimit = limit })
+	s3 := testShard(t, p3, 0)
+	adopt(p3, s3)
+	bf3 := s3.backfills[0]
+	r3 := s3.backfillReader(bf3)
+	t.Cleanup(func() { _ = r3.Close() })
+	if joined, err := s3.backfillStep(bf3, r3, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if late := bf3.t.drops[reasonLate]; late != 1 {
+		t.Errorf("%d lines late, want the straggler", late)
+	}
+	if err := s3.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	equalRows(t, "every minute", rows(t, p3, Query{App: "bykey", GroupBy: []string{}, FromMs: t0, ToMs: t0 + int64(f.windows)*60_000}), f.perWindow())
+}
+
 // TestRemovedAppRows: an app no longer configured has its rows deleted
 // from the store after the next checkpoint, and the commit row stops
 // listing it; the other app is untouched. On the embedded store and on

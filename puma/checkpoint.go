@@ -268,6 +268,12 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 		t.keepClosed()
 	}
+	// A resumed backfill's lines go to its own table: the windows it
+	// evicted (the horizons of its spans, loaded above) are closed to
+	// them as well.
+	for _, bf := range s.backfills {
+		bf.t.keepClosed()
+	}
 	s.pos = s.committed.Position
 	// Retention deletes no segment at or after a committed position; one
 	// at or before the bucket's retention mark means the segments this
