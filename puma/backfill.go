@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/backoff"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -20,7 +20,8 @@ import (
 // Backfill: a span (an app's windows of one length, under the fingerprint
 // of its state's shape) that a shard's commit row does not list as built
 // is new to the shard: the app was added, or changed so that its state
-// has another shape (the fingerprint). Such a span is built from the
+// has another shape (the fingerprint), or every span of an app that reads
+// its lines otherwise (Reads). Such a span is built from the
 // segments still in the dfs, in the background, while the shard's other
 // spans run live:
 //
@@ -60,8 +61,10 @@ import (
 // starts after retention deleted the bucket's first segments builds from
 // what is left, and the app's answers over their time list the shard as
 // incomplete (the app's gap, app_gaps in the commit row, beside the
-// shard's own). While it runs, answers of the app lack the lines it has
-// not read yet (GET /api/v1/apps says "backfilling").
+// shard's own). While it runs, answers of the app over the spans it
+// builds lack the lines it has not read yet: they list the shard as
+// incomplete (notBuilt), from memory and from the store, and GET
+// /api/v1/apps says "backfilling".
 // Segment retention keeps the segments a backfill has yet to read
 // (CommittedPosition is the lowest of the shard's and its backfills')
 // once a commit lists the backfill. Until then, from the recovery that
@@ -102,8 +105,10 @@ type backfill struct {
 // are built, which are to be built (a backfill each app, resumed from the
 // commit row or started afresh) and which spans' rows are to be deleted.
 // It runs before the cells are loaded: rows of a span started afresh are
-// deleted here, so that none is loaded.
-func (s *shard) planBackfills(ctx context.Context, E int64) error {
+// deleted here, so that none is loaded; it returns the names of those
+// spans. (The spans of an app that now reads its lines otherwise are no
+// longer listed as built: unlistReread took them out of the claim.)
+func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bool, err error) {
 	c := s.committed
 	current := map[string]bool{}
 	for _, t := range s.tables {
@@ -131,13 +136,14 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		}
 	}
 	if E == 0 || c.Spans == nil {
-		return nil // a new shard reads every segment; an older row: all built
+		return nil, nil // a new shard reads every segment; an older row: all built
 	}
 	built := map[string]bool{}
 	for _, name := range c.Spans {
 		built[name] = true
 	}
 	s.backfills = nil
+	fresh = map[string]bool{}
 	for _, t := range s.tables {
 		var pending []int
 		var spans []string
@@ -151,7 +157,7 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 		}
 		bf, err := s.newBackfill(t, pending, spans)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		// Listed before its state is loaded: should recovery fail on the
 		// way, release gives back what was charged for it.
@@ -163,27 +169,28 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 			s.p.m.forgottenCap.Add(float64(bf.dedup.load(prior.HighWater, prior.HighWaterSeen, prior.ArrivalMs, c.CommitMs)))
 			if p := backfillWindowPrefix(s.category, s.bucket, t.app.Name()); E > 0 {
 				if err := s.readWindows(ctx, c, bf.dedup, p, store.PrefixEnd(p)); err != nil {
-					return err
+					return nil, err
 				}
 			}
 			s.log.Info("puma backfill resumes", "app", t.app.Name(), "spans", spans, "position", bf.pos.String())
 		} else {
 			p := backfillWindowPrefix(s.category, s.bucket, t.app.Name())
 			if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, p, store.PrefixEnd(p), E); err != nil {
-				return fmt.Errorf("clear the windows of app %s's backfill: %w", t.app.Name(), err)
+				return nil, fmt.Errorf("clear the windows of app %s's backfill: %w", t.app.Name(), err)
 			}
 			for _, name := range spans {
 				prefix := shardPrefix(s.category, s.bucket) + name + "/"
 				if err := s.p.deps.Store.DeleteUpTo(ctx, s.p.cfg.Table, prefix, store.PrefixEnd(prefix), E); err != nil {
-					return fmt.Errorf("clear rows of span %s to build it: %w", name, err)
+					return nil, fmt.Errorf("clear rows of span %s to build it: %w", name, err)
 				}
+				fresh[name] = true
 			}
 			// Built from the first segment left: what retention deleted
 			// before is missing, and answers say so (as for the shard's
 			// own gap).
 			g, err := s.retentionGap(ptail.Position{})
 			if err != nil {
-				return err
+				return nil, err
 			}
 			s.setAppGap(t.app.Name(), g)
 			if g != nil {
@@ -193,7 +200,28 @@ func (s *shard) planBackfills(ctx context.Context, E int64) error {
 			s.log.Info("puma backfill starts", "app", t.app.Name(), "spans", spans)
 		}
 	}
-	return nil
+	return fresh, nil
+}
+
+// unlistReread takes out of state, a commit row about to be claimed, the
+// spans and the backfill of every app that now reads its lines otherwise
+// (Reads: its where filter, time field or format changed): its cells have
+// the shape they had but hold other lines, and answers would mix the two
+// readings, so it is built again (planBackfills deletes its rows). Out of
+// the claim, before any row is deleted: a node of the configuration
+// before (the change rolled back) or a stale one that takes the shard
+// next builds them again too, rather than taking what is left of the
+// rows for the whole.
+func (s *shard) unlistReread(state *commitState) {
+	for _, t := range s.tables {
+		app := t.app.Name()
+		if r, ok := state.Reads[app]; !ok || r == readsOf(t.app) {
+			continue
+		}
+		state.Spans = slices.DeleteFunc(state.Spans, func(n string) bool { return strings.HasPrefix(n, app+"@") })
+		delete(state.Backfill, app)
+		s.log.Info("puma app reads its lines otherwise; its windows are built again", "app", app)
+	}
 }
 
 // newBackfill makes the backfill of span indexes pending of table live.
@@ -204,6 +232,11 @@ func (s *shard) newBackfill(live *table, pending []int, spans []string) (*backfi
 	}
 	t.building = true
 	t.deps.evict = nil
+	// The spans are the live table's, their windows' key indexes hashed
+	// with its seed: a key hashed with another would not be found again
+	// once an index has grown (and every line of it would make a cell of
+	// its own, of which the store keeps one).
+	t.seed = live.seed
 	t.spans = t.spans[:0]
 	for _, i := range pending {
 		sp := live.spans[i]
@@ -376,6 +409,12 @@ func (s *shard) join(bf *backfill) {
 	live.ncells += bf.t.ncells
 	live.bytes += bf.t.bytes
 	live.watermark = max(live.watermark, bf.t.watermark)
+	// The built windows are committed only up to the backfill's own
+	// closed horizon. Until the next commit, the live one (its committed
+	// watermark's) must not evict beyond that: a checkpoint still writing
+	// may have taken their cells, and should it fail they would leave
+	// memory without being in the store.
+	live.ev.closed = min(live.ev.closed, bf.t.ev.closed)
 	live.ev.windows += bf.t.ev.windows
 	live.ev.cells += bf.t.ev.cells
 	s.backfills = slices.DeleteFunc(s.backfills, func(o *backfill) bool { return o == bf })
@@ -410,6 +449,10 @@ func (s *shard) snapshotBackfills(state *commitState) {
 	}
 	state.Removed = slices.Clone(s.removing)
 	state.AppGaps = maps.Clone(s.appGaps)
+	state.Reads = map[string]string{}
+	for _, t := range s.tables {
+		state.Reads[t.app.Name()] = readsOf(t.app)
+	}
 }
 
 // hasApp reports whether the shard has a table of app.
@@ -430,20 +473,39 @@ func (s *shard) setAppGap(app string, g *gap) {
 	s.appGaps[app] = g
 }
 
-// incomplete says why a committed state's answers of app over windows
-// from fromMs lack lines, "" if they do not: the shard's gap or the
-// app's.
-func (st commitState) incomplete(app *apps.App, fromMs int64) string {
+// notBuilt is why the answers of a span being built (or not built yet)
+// lack lines: those its backfill has not read.
+const notBuilt = "incomplete: these windows of the app are being built from the dfs (backfill: the app was added or changed); the lines it has not read yet are missing"
+
+// incomplete says why a committed state's answers of pl's app and span
+// over windows from fromMs lack lines, "" if they do not: the span is
+// not built in it (a backfill's part, or none: the state is of a
+// configuration without it), or it was built reading the app's lines
+// otherwise, or the shard's gap or the app's.
+func (st commitState) incomplete(pl *plan, fromMs int64) string {
+	app := pl.app
+	if st.Spans != nil && !slices.Contains(st.Spans, app.Name()+"@"+fingerprint(app, pl.srcMs)) {
+		return notBuilt
+	}
+	if r, ok := st.Reads[app.Name()]; ok && r != readsOf(app) {
+		return "incomplete: the shard's state of the app was counted under another format, time field or where filter; it has not been built again yet"
+	}
 	if why := st.Gap.incomplete(app, fromMs); why != "" {
 		return why
 	}
 	return st.AppGaps[app.Name()].incomplete(app, fromMs)
 }
 
-// incomplete says why the shard's answers of app over windows from
-// fromMs lack lines, "" if they do not: its own gap or the app's; s.mu
-// is held.
-func (s *shard) incomplete(app *apps.App, fromMs int64) string {
+// incomplete says why the shard's answers of pl's app and span over
+// windows from fromMs lack lines, "" if they do not: the span is being
+// built, or its own gap or the app's; s.mu is held.
+func (s *shard) incomplete(pl *plan, fromMs int64) string {
+	app := pl.app
+	for _, t := range s.tables {
+		if t.app == app && t.spans[pl.span].pending {
+			return notBuilt
+		}
+	}
 	if why := s.gap.incomplete(app, fromMs); why != "" {
 		return why
 	}
@@ -451,11 +513,12 @@ func (s *shard) incomplete(app *apps.App, fromMs int64) string {
 }
 
 // backfillsUnchanged reports whether state says what the committed state
-// says of spans, and neither has a backfill or rows to delete (a
-// checkpoint with nothing else to write can then be skipped).
+// says of spans and reads, and neither has a backfill or rows to delete
+// (a checkpoint with nothing else to write can then be skipped).
 func (s *shard) backfillsUnchanged(state *commitState) bool {
 	c := s.committed
-	return len(state.Backfill) == 0 && len(c.Backfill) == 0 && len(state.Removed) == 0 && len(c.Removed) == 0 && slices.Equal(state.Spans, c.Spans)
+	return len(state.Backfill) == 0 && len(c.Backfill) == 0 && len(state.Removed) == 0 && len(c.Removed) == 0 && slices.Equal(state.Spans, c.Spans) &&
+		maps.Equal(state.Reads, c.Reads)
 }
 
 // deleteRemoved deletes, after a commit at epoch that listed them as

@@ -2,6 +2,7 @@ package puma
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"slices"
@@ -159,6 +160,63 @@ func TestBackfillChangedApp(t *testing.T) {
 	}
 }
 
+// TestBackfillRefilteredApp: an app whose where filter is changed
+// between two runs keeps the shape of its state (the fingerprint), but
+// its cells counted the lines of the old filter: it is built again from
+// the dfs under the new one, so that every minute, before the change as
+// after it, answers what the new filter lets through, not some minutes
+// by one filter and the rest by the other.
+func TestBackfillRefilteredApp(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 6))
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Where = `kind == "k0"` })}
+	p2 := e.node("n2")
+	r2 := start(t, p2)
+	last := publishHistory(e, 6, 10)
+	waitLive(t, p2, "orders")
+	waitCommitted(t, p2, last)
+	var want []string
+	for i := range 10 {
+		n, total := 0, 0
+		for j := 0; j < bfLines; j += 3 { // kind k0
+			n, total = n+1, total+i*100+j
+		}
+		start := t0 + int64(i)*60_000
+		want = append(want, formatRow(Row{WindowStartMs: start, WindowEndMs: start + 60_000, Key: map[string]string{},
+			Values: map[string]any{"n": float64(n), "total": float64(total), "lo": float64(i * 100), "hi": float64(i*100 + bfLines - 1), "mean": float64(total) / float64(n)}}))
+	}
+	equalRows(t, "refiltered orders", rows(t, p2, Query{App: "orders", GroupBy: []string{}}), want)
+	r2.stop(t)
+}
+
+// TestRefilteredAppRolledBack: a node that starts rebuilding an app whose
+// where filter changed, and dies before its first checkpoint, leaves a
+// commit row that no longer lists the app's windows as built: a node of
+// the configuration before (the change rolled back) builds them again
+// too, rather than taking the rows the first one deleted for the whole.
+func TestRefilteredAppRolledBack(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 6)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	before := e.apps
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Where = `kind == "k0"` })}
+	testShard(t, e.node("n2"), 0).release() // dies before its first checkpoint
+
+	e.apps = before
+	p3 := e.node("n3")
+	r3 := start(t, p3)
+	waitLive(t, p3, "orders")
+	waitCommitted(t, p3, last)
+	equalRows(t, "orders rolled back", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), wantOrders(6, nil))
+	r3.stop(t)
+}
+
 func countRows(t *testing.T, st store.Store, prefix string) int {
 	t.Helper()
 	n := 0
@@ -221,6 +279,296 @@ func TestBackfillResumes(t *testing.T) {
 	equalRows(t, "kinds", rows(t, p3, Query{App: "kinds"}), wantKinds(12))
 	equalRows(t, "orders", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), wantOrders(12, nil))
 	r3.stop(t)
+}
+
+// TestBackfillOneCellPerKey: a backfill finds the cells it made again
+// (a window of many keys: its key index grows): each window has one cell
+// per key, which is what the store keeps (one row per key), so that the
+// answers from the store and from a recovery are those from memory.
+func TestBackfillOneCellPerKey(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 6)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Aggregates = s.Aggregates[:4] })}
+	s := testShard(t, e.node("n2"), 0)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	t.Cleanup(func() { _ = r.Close() })
+	if joined, err := s.backfillStep(bf, r, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for w, wc := range s.tables[0].spans[0].windows {
+		if n := wc.len(); n != 15 {
+			t.Errorf("window %+ds: %d cells, want one for each of the 15 keys", (w-t0)/1000, n)
+		}
+	}
+	want := memRows(t, s, Query{})
+	equalRows(t, "committed", rows(t, committed(e), Query{}), want)
+	equalRows(t, "recovered", memRows(t, testShard(t, e.node("n3"), 0), Query{}), want)
+}
+
+// TestBackfillAnswersSayIncomplete: while an app added to a category is
+// built from the dfs, its answers (from memory and from the store) list
+// the shard as incomplete rather than passing a part of its lines off as
+// the whole; the other app's answers, live, are whole; once the backfill
+// has joined and committed, so are the new app's.
+func TestBackfillAnswersSayIncomplete(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 12)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders")}
+	p2 := e.node("n2")
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	t.Cleanup(func() { _ = r.Close() })
+	if joined, err := s.backfillStep(bf, r, 5); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := committed(e)
+	missing := func(src querier, app string) []MissingShard {
+		t.Helper()
+		res, err := src.Query(ctx, Query{App: app, FromMs: t0 - 3600_000, ToMs: t0 + 3600_000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Missing
+	}
+	for _, src := range []struct {
+		name string
+		q    querier
+	}{{"memory", p2}, {"store", c}} {
+		if m := missing(src.q, "kinds"); len(m) != 1 || m[0].State != StateIncomplete || !strings.Contains(m[0].Error, "backfill") {
+			t.Errorf("kinds from %s while backfilling: missing %+v, want the shard incomplete", src.name, m)
+		}
+		if m := missing(src.q, "orders"); len(m) != 0 {
+			t.Errorf("orders from %s: missing %+v", src.name, m)
+		}
+	}
+
+	if joined, err := s.backfillStep(bf, r, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []struct {
+		name string
+		q    querier
+	}{{"memory", p2}, {"store", c}} {
+		if m := missing(src.q, "kinds"); len(m) != 0 {
+			t.Errorf("kinds from %s once joined: missing %+v", src.name, m)
+		}
+	}
+	equalRows(t, "kinds", rows(t, c, Query{App: "kinds"}), wantKinds(12))
+}
+
+// TestBackfillJoinDuringFailedCheckpoint: a backfill that joins while a
+// checkpoint that took its cells is still writing them leaves its
+// windows to the live table's eviction; should the node evict then (a
+// line finds no room) and the write fail (the store refusing writes for
+// a while), no window it built may be dropped from memory before a
+// commit holds it: the answers once the store takes writes again are
+// every window, exactly.
+func TestBackfillJoinDuringFailedCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 12))
+	r1.stop(t)
+
+	// A window length added: the 1m windows stay live, the 2m ones are
+	// built.
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) {
+		s.Window, s.Windows = 0, []config.Duration{config.Duration(time.Minute), config.Duration(2 * time.Minute)}
+	})}
+	fs := &faultStore{Store: e.st}
+	p2 := e.node("n2", func(c *Config, d *Deps) { d.Store = fs })
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	t.Cleanup(func() { _ = r.Close() })
+	if joined, err := s.backfillStep(bf, r, 13); joined || err != nil { // every block, not yet joined
+		t.Fatalf("step: %v %v", joined, err)
+	}
+
+	// A checkpoint takes the built cells; its writer stalls, then fails.
+	fs.set(func(f *faultStore) { f.failPut = true })
+	marked, resume := make(chan struct{}), make(chan struct{})
+	p2.afterMark = func(string, int) {
+		close(marked)
+		<-resume
+	}
+	failed := make(chan error, 1)
+	go func() { failed <- s.checkpoint(ctx) }()
+	<-marked
+	s.mu.Lock() // the cells are taken once the checkpoint lets go of the lock
+	left := s.tables[0].spans[1].changed()
+	s.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d cells of the 2m windows not taken", left)
+	}
+	p2.afterMark = nil
+
+	// Meanwhile the backfill joins, and a line finds no room.
+	if joined, err := s.backfillStep(bf, r, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	s.mu.Lock()
+	s.evictClosed()
+	s.mu.Unlock()
+	close(resume)
+	if err := <-failed; !errors.Is(err, errInjected) {
+		t.Fatalf("checkpoint: %v, want the injected failure", err)
+	}
+
+	fs.set(func(f *faultStore) { f.failPut = false })
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := 0; i < 12; i += 2 {
+		total := 0
+		for j := range bfLines {
+			total += i*100 + j + (i+1)*100 + j
+		}
+		start := t0 + int64(i)*60_000
+		want = append(want, formatRow(Row{WindowStartMs: start, WindowEndMs: start + 120_000, Key: map[string]string{},
+			Values: map[string]any{"n": float64(2 * bfLines), "total": float64(total), "lo": float64(i * 100), "hi": float64((i+1)*100 + bfLines - 1), "mean": float64(total) / (2 * bfLines)}}))
+	}
+	q := Query{App: "orders", GroupBy: []string{}, WindowMs: 120_000}
+	equalRows(t, "2m windows from memory", rows(t, p2, q), want)
+	equalRows(t, "2m windows from the store", rows(t, committed(e), q), want)
+}
+
+// TestBackfillOfEveryAppResumes: a node killed in the middle of a
+// backfill of its category's only app (changed: none of the shard's
+// spans is built) leaves it to the next node, which resumes it rather
+// than taking the few cells it built for the whole: the answers are
+// exact.
+func TestBackfillOfEveryAppResumes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	last := publishHistory(e, 0, 12)
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Aggregates = s.Aggregates[:4] })}
+	s := testShard(t, e.node("n2"), 0)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	if joined, err := s.backfillStep(bf, r, 5); joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.Close()
+	// Killed here.
+
+	p3 := e.node("n3")
+	s3 := testShard(t, p3, 0)
+	if len(s3.backfills) != 1 || s3.backfills[0].pos != bf.pos {
+		t.Fatalf("resumed at %+v, committed %s", s3.backfills, bf.pos)
+	}
+	s3.release()
+	r3 := start(t, p3)
+	waitLive(t, p3, "orders")
+	waitCommitted(t, p3, last)
+	want := wantOrders(12, nil)
+	for i := range want {
+		want[i] = strings.Replace(want[i], " mean="+strings.Split(strings.Split(want[i], "mean=")[1], " ")[0], "", 1)
+	}
+	equalRows(t, "orders", rows(t, p3, Query{App: "orders", GroupBy: []string{}}), want)
+	r3.stop(t)
+}
+
+// TestResumedBackfillKeepsEvictedClosed: a backfill that evicted the
+// windows it had closed, resumed by a node on which the app's
+// allowed_lateness was raised, takes a straggler line for an evicted
+// window as late, as the live table does, rather than opening the window
+// afresh in memory and overwriting its stored cells.
+func TestResumedBackfillKeepsEvictedClosed(t *testing.T) {
+	ctx := context.Background()
+	f := evictFeed{windows: 20, keys: 300}
+	e := newEnv(t, kindsApp(t, "orders"))
+	var last ptail.Position
+	for w := range f.windows {
+		var lines [][]byte
+		for k := range f.keys {
+			lines = append(lines, f.line(w, k))
+		}
+		e.publish("orders", 0, stock(lines...))
+	}
+	last = e.publish("orders", 0, stock(order(t0, "r0", "k0", 1000))) // a straggler for minute 0
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, last)
+	r1.stop(t)
+
+	byKey := func(lateness time.Duration) *apps.App {
+		return orders(t, func(s *apps.Spec) {
+			s.Name = "bykey"
+			s.AllowedLateness = config.Duration(lateness)
+			s.Retention = config.Duration(30 * 24 * time.Hour)
+		})
+	}
+	l, err := newLayout(byKey(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := config.ByteSize(int64(5*f.keys) * l.cellOverhead(apps.EncodeKey([]string{"r100", "k1"})))
+	e.apps = []*apps.App{e.apps[0], byKey(time.Minute)}
+	s := testShard(t, e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit }), 0)
+	bf := s.backfills[0]
+	r := s.backfillReader(bf)
+	for range 15 {
+		if joined, err := s.backfillStep(bf, r, 1); joined || err != nil {
+			t.Fatalf("step: %v %v", joined, err)
+		}
+		if err := s.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = r.Close()
+	if bf.t.spans[0].horizon <= noHorizon {
+		t.Fatal("the backfill evicted nothing")
+	}
+	s.release() // killed
+
+	e.apps = []*apps.App{e.apps[0], byKey(time.Hour)}
+	p3 := e.node("n3", func(c *Config, d *Deps) { c.MemoryLimit = limit })
+	s3 := testShard(t, p3, 0)
+	adopt(p3, s3)
+	bf3 := s3.backfills[0]
+	r3 := s3.backfillReader(bf3)
+	t.Cleanup(func() { _ = r3.Close() })
+	if joined, err := s3.backfillStep(bf3, r3, 0); !joined || err != nil {
+		t.Fatalf("step: %v %v", joined, err)
+	}
+	if late := bf3.t.drops[reasonLate]; late != 1 {
+		t.Errorf("%d lines late, want the straggler", late)
+	}
+	if err := s3.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	equalRows(t, "every minute", rows(t, p3, Query{App: "bykey", GroupBy: []string{}, FromMs: t0, ToMs: t0 + int64(f.windows)*60_000}), f.perWindow())
 }
 
 // TestRemovedAppRows: an app no longer configured has its rows deleted

@@ -1,6 +1,7 @@
 package puma
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -48,14 +49,22 @@ type commitState struct {
 	// Backfill, by app, the progress of those being built from the dfs;
 	// Removed the spans whose rows are still to delete (backfill.go).
 	// Rows without Spans were written before backfills: every span is
-	// taken as built.
-	Spans    []string                  `json:"spans,omitempty"`
+	// taken as built. So an empty list is written as such (not left out,
+	// as omitempty would): a shard whose every span is being built is not
+	// a row of that code.
+	Spans    []string                  `json:"spans"`
 	Backfill map[string]*backfillState `json:"backfill,omitempty"`
 	Removed  []string                  `json:"removed,omitempty"`
 	// AppGaps, by app, is what an app built by a backfill lacks: the
 	// segments retention had deleted before it started (Gap is the
 	// shard's, for every app).
 	AppGaps map[string]*gap `json:"app_gaps,omitempty"`
+	// Reads is, by app, how its lines were read into its cells (readsOf:
+	// format, pattern, fields, time, where), which the fingerprint leaves
+	// out: an app that reads its lines otherwise now has cells of other
+	// lines, and is built again (backfill.go). Rows without it, or
+	// without the app, take its reads as unchanged.
+	Reads map[string]string `json:"reads,omitempty"`
 	// Aborted lists the epochs that were never committed, as inclusive
 	// ranges, oldest first: a cell version at one of them was written by
 	// an attempt that did not commit, perhaps by a stale owner after the
@@ -174,6 +183,7 @@ func (s *shard) recover(ctx context.Context) error {
 	// attempt nor commit one.
 	E := state.Epoch
 	state.Owner, state.Lease = s.p.cfg.ID, s.lease.Epoch()
+	s.unlistReread(&state)
 	claim, err := json.Marshal(state)
 	if err != nil {
 		return err
@@ -186,26 +196,48 @@ func (s *shard) recover(ctx context.Context) error {
 		return fmt.Errorf("claim shard: %w", errFenced)
 	}
 	s.commitBytes, s.committed = claim, state
+	s.stallRecovery("claimed")
 	// Read the attempt marker after the claim: an attempt of the previous
 	// owner may have been marked between the read and the claim, and its
-	// epoch must not be used again.
-	_, _, attempt, err := readCommit(ctx, st, tbl, s.category, s.bucket)
+	// epoch must not be used again. With the claim: a marker read after
+	// another owner claimed the shard may be that owner's, whose cells
+	// this recovery must not purge.
+	now, _, attempt, err := readCommit(ctx, st, tbl, s.category, s.bucket)
 	if err != nil {
 		return err
 	}
+	if !bytes.Equal(now, claim) {
+		return fmt.Errorf("claim shard: %w", errFenced)
+	}
+	s.stallRecovery("purge")
 	// Versions above the committed epoch were written by an attempt that
 	// never committed: remove them so that no later read can see them.
-	if err := st.DeleteNewer(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E); err != nil {
+	// Only up to the last attempt marked: should this recovery stall here
+	// while another owner claims the shard and commits, that owner's
+	// versions are above it, and are its committed state. A shard without
+	// a commit row was never claimed: versions of any epoch are of a
+	// state lost with its commit row.
+	purgeTo := max(E, attempt)
+	if val == nil {
+		purgeTo = store.Latest
+	}
+	if err := st.DeleteBetween(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E, purgeTo); err != nil {
 		return fmt.Errorf("purge uncommitted cells: %w", err)
 	}
 	s.nextEpoch = max(E, attempt) + 1
-	if err := s.planBackfills(ctx, E); err != nil {
+	fresh, err := s.planBackfills(ctx, E)
+	if err != nil {
 		return err
 	}
 	loaded := 0
 	nowMs := s.p.now().UnixMilli()
 	for _, t := range s.tables {
-		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok {
+		// An app whose every span is built afresh keeps nothing of its
+		// committed state: not its watermark (an app that reads its time
+		// otherwise has another), nor its spans' eviction horizons (their
+		// rows were deleted).
+		afresh := !slices.ContainsFunc(t.spans, func(sp *span) bool { return !fresh[spanName(t.app.Name(), sp)] })
+		if wm, ok := s.committed.Watermarks[t.app.Name()]; ok && !afresh {
 			t.watermark = wm
 		}
 		if E == 0 {
@@ -213,7 +245,7 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
-			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok {
+			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok && !fresh[spanName(t.app.Name(), sp)] {
 				sp.horizon = h
 			}
 			scratch := t.layout.newCell()
@@ -236,6 +268,12 @@ func (s *shard) recover(ctx context.Context) error {
 		}
 		t.keepClosed()
 	}
+	// A resumed backfill's lines go to its own table: the windows it
+	// evicted (the horizons of its spans, loaded above) are closed to
+	// them as well.
+	for _, bf := range s.backfills {
+		bf.t.keepClosed()
+	}
 	s.pos = s.committed.Position
 	// Retention deletes no segment at or after a committed position; one
 	// at or before the bucket's retention mark means the segments this
@@ -252,7 +290,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	forgot := s.highWater.load(s.committed.HighWater, s.committed.HighWaterSeen, s.committed.ArrivalMs, s.committed.CommitMs)
 	s.p.m.forgottenCap.Add(float64(forgot))
-	if err := s.loadWindows(ctx, s.committed); err != nil {
+	if err := s.loadWindows(ctx, s.committed, purgeTo); err != nil {
 		return err
 	}
 	s.committedEpoch, s.committedPos = E, s.committed.Position
@@ -263,6 +301,13 @@ func (s *shard) recover(ctx context.Context) error {
 		s.p.releaseMemory() // the scan's and the decoding's garbage, as after a checkpoint
 	}
 	return nil
+}
+
+// stallRecovery calls the test hook inRecovery, if any.
+func (s *shard) stallRecovery(stage string) {
+	if h := s.p.inRecovery; h != nil {
+		h(stage)
+	}
 }
 
 // expiredRows are the cell rows of a window that retention dropped from

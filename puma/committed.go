@@ -92,7 +92,7 @@ func (c *Committed) Query(ctx context.Context, q Query) (*Result, error) {
 				}
 				asOf.WatermarkMs = max(asOf.WatermarkMs, st.Watermarks[app.Name()])
 			}
-			if why := st.incomplete(app, q.FromMs); why != "" {
+			if why := st.incomplete(pl, q.FromMs); why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
 			}
 			continue

@@ -28,7 +28,10 @@
 //
 // Backfill (backfill.go). A span the shard's commit row does not list as
 // built (an app added, or changed so that a window's state has another
-// fingerprint) is built from the bucket's segments still in the dfs by a
+// fingerprint), and every span of an app that now reads its lines
+// otherwise (its where filter, time field, format or pattern changed: the
+// commit row's reads, by app; cells of the same shape holding other
+// lines), is built from the bucket's segments still in the dfs by a
 // backfill: its own reader from the first segment, its own dedup high
 // waters and watermark; live lines skip the span until the backfill
 // reaches the shard's position and joins. Its cells are checkpointed
@@ -38,8 +41,10 @@
 // done). A commit row without spans (older code) takes every span as
 // built. A backfill that starts after retention deleted segments gives
 // its app a gap of its own (app_gaps): answers list the shard as
-// incomplete for that app. Puma.AppState says whether an app is live or
-// backfilling.
+// incomplete for that app. Until a backfill joins, answers over its
+// spans list the shard as incomplete (memory and store alike: a commit
+// row that does not list the span as built). Puma.AppState says whether
+// an app is live or backfilling.
 //
 // A shard is one bucket of one category; it aggregates for every app that
 // consumes the category, parsing each line once for the apps that read
@@ -86,8 +91,11 @@
 // against the previous commit value. Recovery claims the shard by
 // rewriting that value (with its owner and lease epoch), so that a stale
 // owner can neither start an attempt nor commit one afterwards; it then
-// deletes any cell versions newer than the committed epoch (an attempt
-// that never committed), loads the cells as of the epoch and resumes
+// reads the attempt marker, with its claim still standing (else it
+// stops), and deletes the cell versions above the committed epoch up to
+// that marker (attempts that never committed; not beyond it, so that a
+// recovery stalled there cannot delete the cells of an owner that claimed
+// the shard after it), loads the cells as of the epoch and resumes
 // ptail at the committed position. A failed attempt is retried at the
 // same epoch, overwriting its own versions. The marker and the cells are
 // written by a goroutine of the checkpoint's own (cellwriter.go) while
@@ -200,9 +208,10 @@
 // the store only, the others in memory only; Query reads the first from
 // the store as of the shard's committed epoch. The horizon is in the
 // commit row (evicted_ms); recovery loads only the windows after it (the
-// committed cells after it whole, even beyond the bounds) and keeps the
-// watermark at or above it plus the allowed lateness, so that no evicted
-// window is opened again and overwritten. Bytes are counted
+// committed cells after it whole, even beyond the bounds) and takes any
+// line before it as late, whatever the watermark (an allowed_lateness
+// raised since leaves it as it was), so that no evicted window is opened
+// again and overwritten. Bytes are counted
 // approximately (Puma.Cells, Puma.Memory, freeway_puma_cell_bytes): a
 // fixed overhead per cell and key, and the stored size of its variable
 // states at their last checkpoint (or load); and, beside the cells, the

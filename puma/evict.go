@@ -22,7 +22,11 @@ import (
 //   - it is committed: its cells are in a committed checkpoint. A closed
 //     window is: the commit that closed it wrote every cell changed
 //     before its snapshot, and none can change after. (A cell still
-//     marked changed keeps its window in memory all the same.)
+//     marked changed keeps its window in memory all the same.) A
+//     backfill's windows close by its own committed watermark, and still
+//     do from its join to the next commit: the live table's closed them
+//     without holding their cells, which a checkpoint still writing may
+//     have taken (unmarked) and may fail to write.
 //
 // Each span (an app's windows of one length) keeps one horizon: its
 // windows that end at or before it are not in memory, every later window
@@ -30,10 +34,11 @@ import (
 // the shard's committed epoch, and the others from memory: no window is
 // in both, none in neither. The horizon is written in the commit row
 // (evicted_ms, by app@fingerprint);
-// recovery loads only the windows after it and never lets the app's
-// watermark fall below it plus the allowed lateness (a watermark reset
-// on recovery, say), so that a window in the store alone cannot be opened
-// again in memory and overwritten by a fresh cell at the next checkpoint.
+// recovery loads only the windows after it and takes every line before
+// it as late, whatever the watermark (reset on recovery, say, or with
+// less lateness than allowed now), so that a window in the store alone
+// cannot be opened again in memory and overwritten by a fresh cell at the
+// next checkpoint.
 // Rows of code before eviction have no horizon: everything loads, as
 // then; that code reading a row with one loads every window, which is
 // right too (the watermark it commits with is at least the horizon plus
@@ -52,6 +57,9 @@ type evictState struct {
 	// closed: windows that end at or before it are closed and committed
 	// (the last commit's watermark minus the allowed lateness).
 	closed int64
+	// lateBefore: lines before it are late, whatever the watermark (the
+	// latest horizon on recovery: keepClosed).
+	lateBefore int64
 	// deletedTo[i]: the store rows of span i before this window start
 	// were deleted by retention (set once a delete is queued).
 	deletedTo []int64
@@ -62,7 +70,7 @@ type evictState struct {
 const noHorizon = int64(-1 << 62)
 
 func newEvictState(spans int) evictState {
-	ev := evictState{closed: noHorizon, deletedTo: make([]int64, spans)}
+	ev := evictState{closed: noHorizon, lateBefore: noHorizon, deletedTo: make([]int64, spans)}
 	for i := range ev.deletedTo {
 		ev.deletedTo[i] = noHorizon
 	}
@@ -184,17 +192,17 @@ func (p *Puma) nearBound(tables []*table) bool {
 	return false
 }
 
-// keepClosed, on recovery, keeps the watermark at or above the horizon
-// plus the allowed lateness, whatever the commit row's watermark says (a
-// watermark reset because it was in the future, an app without one), so
-// that no line can fall in a window that is in the store only; and notes
-// that the windows closed by that watermark are committed (all loaded
-// cells are).
+// keepClosed, on recovery, takes every line before the latest horizon as
+// late, whatever the commit row's watermark says (a watermark reset
+// because it was in the future, an app without one, an allowed_lateness
+// raised since), so that no line can fall in a window that is in the
+// store only; and notes that the windows closed by the watermark are
+// committed (all loaded cells are). The watermark itself is left alone:
+// pushed to the horizon plus a lateness raised since, it would run ahead
+// of the lines, and retention would drop windows that early.
 func (t *table) keepClosed() {
 	for _, sp := range t.spans {
-		if sp.horizon > noHorizon {
-			t.watermark = max(t.watermark, sp.horizon+t.app.LatenessMs)
-		}
+		t.ev.lateBefore = max(t.ev.lateBefore, sp.horizon)
 	}
 	t.ev.closed = max(t.ev.closed, t.watermark-t.app.LatenessMs)
 }

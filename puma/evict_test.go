@@ -238,9 +238,9 @@ func testEvict(t *testing.T, e *env, st store.Store, category string, f evictFee
 
 	// The hazard: a commit row whose watermark is below the evicted
 	// windows (a watermark reset on recovery, an older row). Recovery
-	// keeps the watermark above them, so a line for an evicted window is
-	// late, rather than opening the window afresh in memory and
-	// overwriting its stored cell at the next checkpoint.
+	// takes the lines before the horizon as late, so a line for an
+	// evicted window is late, rather than opening the window afresh in
+	// memory and overwriting its stored cell at the next checkpoint.
 	if err := r.checkpoint(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -261,8 +261,8 @@ func testEvict(t *testing.T, e *env, st store.Store, category string, f evictFee
 	p3 := e.node("n3", func(c *Config, d *Deps) { c.MemoryLimit, d.Store = limit, st })
 	r3 := testShardOf(t, p3, category, 0)
 	adopt(p3, r3)
-	if wm := r3.tables[0].watermark; wm < hz+60_000 {
-		t.Fatalf("recovered watermark %d below the evicted horizon %d plus the lateness", wm, hz)
+	if lb := r3.tables[0].ev.lateBefore; lb < hz {
+		t.Fatalf("recovered lines late before %d, below the evicted horizon %d", lb, hz)
 	}
 	feed(r3, int64(f.windows*f.keys+2), f.line(0, 0), f.line(1, 1))
 	if r3.tables[0].drops[reasonLate] != 2 {
@@ -374,4 +374,55 @@ func TestEvictBoundsHeap(t *testing.T) {
 	start := t0 + 7*60_000
 	equalRows(t, "minute 7 by key", sortedStrings(rows(t, p, Query{App: "orders", FromMs: start, ToMs: start + 60_000})), f.window(7))
 	runtime.KeepAlive(s)
+}
+
+// TestLatenessRaisedKeepsRetention: an app whose allowed_lateness is
+// raised between two runs, after windows were evicted, keeps its
+// watermark: no line can fall in an evicted window all the same, and
+// retention drops the windows it would have dropped, not those up to
+// the difference later (the watermark pushed to the horizon plus the new
+// lateness).
+func TestLatenessRaisedKeepsRetention(t *testing.T) {
+	ctx := context.Background()
+	f := evictFeed{windows: 40, keys: 200}
+	mod := func(s *apps.Spec) {
+		s.AllowedLateness = config.Duration(time.Minute)
+		s.Retention = config.Duration(time.Hour)
+	}
+	e := newEnv(t, orders(t, mod))
+	l, err := newLayout(e.apps[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := config.ByteSize(int64(4*f.keys) * l.cellOverhead(apps.EncodeKey([]string{"r100", "k1"})))
+	s := testShard(t, e.node("n1", func(c *Config, d *Deps) { c.MemoryLimit = limit }), 0)
+	for w := range f.windows {
+		f.feedWindow(s, w)
+		if err := s.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.tables[0].spans[0].horizon <= noHorizon {
+		t.Fatal("no window evicted")
+	}
+	wm := s.tables[0].watermark
+	s.release()
+
+	e.apps = []*apps.App{orders(t, mod, func(s *apps.Spec) { s.AllowedLateness = config.Duration(30 * time.Minute) })}
+	p2 := e.node("n2", func(c *Config, d *Deps) { c.MemoryLimit = limit })
+	s2 := testShard(t, p2, 0)
+	if got := s2.tables[0].watermark; got != wm {
+		t.Errorf("watermark %+ds after the restart, was %+ds", (got-t0)/1000, (wm-t0)/1000)
+	}
+	// A line of an evicted window is late all the same.
+	f.feedWindow(s2, 0)
+	if late := s2.tables[0].drops[reasonLate]; late != uint64(f.keys) {
+		t.Errorf("%d lines of an evicted window late, want %d", late, f.keys)
+	}
+	if err := s2.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	adopt(p2, s2)
+	q := Query{App: "orders", GroupBy: []string{}, FromMs: t0, ToMs: t0 + int64(f.windows)*60_000}
+	equalRows(t, "every window within retention", rows(t, p2, q), f.perWindow())
 }

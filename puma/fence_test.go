@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	names "github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/ptail"
@@ -86,4 +87,92 @@ func checkStaleOwnerFenced(t *testing.T, e *env, st store.Store, category string
 	equalRows(t, "committed state after a later commit", rows(t, c, Query{}), want)
 	again := testShardOf(t, node("third"), category, 0)
 	equalRows(t, "recovered state", memRows(t, again, Query{}), want)
+}
+
+// TestStaleRecoveryPurgeFenced: a recovery stalled after its claim
+// resumes after another node claimed the shard and committed; its purge
+// of uncommitted versions must not delete that node's committed cells
+// and seen-windows (above the epochs attempted before the stalled
+// claim): the committed state and a later recovery still have them.
+// Stalled before it read the attempt marker (then the other node's), it
+// finds its claim gone and stops; stalled after it, it purges only what
+// it read was attempted. On the embedded store and on HBase.
+func TestStaleRecoveryPurgeFenced(t *testing.T) {
+	for _, stage := range []string{"claimed", "purge"} {
+		t.Run("bolt/"+stage, func(t *testing.T) {
+			e := newEnv(t)
+			checkStaleRecoveryPurge(t, e, e.st, "orders", stage)
+		})
+		t.Run("hbase/"+stage, func(t *testing.T) {
+			st, category := hbaseCategory(t, "purge_")
+			checkStaleRecoveryPurge(t, newEnv(t), st, category, stage)
+		})
+	}
+}
+
+func checkStaleRecoveryPurge(t *testing.T, e *env, st store.Store, category, stall string) {
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Category = category })}
+	ctx := context.Background()
+	node := func(id string) *Puma { return e.node(id, func(c *Config, d *Deps) { d.Store = st }) }
+	pos := func(i int) ptail.Position { return ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(i)} }
+
+	first := testShardOf(t, node("first"), category, 0)
+	first.apply(agent("a1/x", 1, order(t0+1000, "eu", "book", 1)), pos(1))
+	if err := first.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A node claims the shard and stalls.
+	staleNode := node("stale")
+	stalled, resume := make(chan struct{}), make(chan struct{})
+	staleNode.inRecovery = func(stage string) {
+		if stage == stall {
+			close(stalled)
+			<-resume
+		}
+	}
+	co := inproc.NewHub().Session()
+	t.Cleanup(func() { co.Close() })
+	lease, err := co.Acquire(ctx, "puma/"+category+"/0", "stale")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := newShard(staleNode, category, 0, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recovered := make(chan error, 1)
+	go func() { recovered <- stale.recover(ctx) }()
+	<-stalled
+
+	// Another node claims it after that, and commits a line of its own:
+	// a cell, and the agent's seen-window (its entry 2 is still to come,
+	// from a batch retried late).
+	newer := testShardOf(t, node("new"), category, 0)
+	newer.apply(agent("a1/x", 3, order(t0+3000, "us", "book", 7)), pos(2))
+	if err := newer.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The stalled recovery goes on, and is left behind.
+	close(resume)
+	err = <-recovered
+	if stall == "claimed" && !errors.Is(err, errFenced) {
+		t.Fatalf("recovery stalled before its attempt read: %v, want fenced", err)
+	}
+	stale.release()
+
+	want := []string{
+		"+0..+60s {kind=book region=eu} {hi=1 lo=1 mean=1 n=1 total=1}",
+		"+0..+60s {kind=book region=us} {hi=7 lo=7 mean=7 n=1 total=7}",
+	}
+	equalRows(t, "new owner's memory", memRows(t, newer, Query{App: "orders"}), want)
+	c := NewCommitted(st, "puma", e.apps, func(string) int { return 1 })
+	equalRows(t, "committed state", rows(t, c, Query{}), want)
+	again := testShardOf(t, node("third"), category, 0)
+	equalRows(t, "recovered state", memRows(t, again, Query{}), want)
+	// The agent's entry 2 was never seen: it counts.
+	again.apply(agent("a1/x", 2, order(t0+2000, "us", "pen", 5)), pos(3))
+	want = append(want, "+0..+60s {kind=pen region=us} {hi=5 lo=5 mean=5 n=1 total=5}")
+	equalRows(t, "recovered state and the retried entry", memRows(t, again, Query{}), want)
 }

@@ -138,7 +138,7 @@ func (p *Puma) Partial(ctx context.Context, q Query, buckets []int) (*Partial, e
 	if buckets == nil {
 		buckets = []int{} // none asked: none answered, not all
 	}
-	shards, missing := p.queryShards(app, buckets, q.FromMs)
+	shards, missing := p.queryShards(pl, buckets, q.FromMs)
 	var answered []int
 	m := newMerger(pl)
 	var watermark int64
@@ -231,7 +231,7 @@ func (c *Committed) Partial(ctx context.Context, q Query, buckets []int, bounds 
 			}
 			watermark = max(watermark, st.Watermarks[app.Name()])
 		}
-		if why := st.incomplete(app, q.FromMs); why != "" {
+		if why := st.incomplete(pl, q.FromMs); why != "" {
 			missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
 		}
 	}

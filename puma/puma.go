@@ -170,6 +170,10 @@ type Puma struct {
 	// afterMark, when set (tests), is called by a checkpoint once its
 	// attempt marker is written, before its cells: a stalled writer.
 	afterMark func(category string, bucket int)
+	// inRecovery, when set (tests), is called by a recovery at stage
+	// "claimed" (its claim written) and "purge" (about to purge what
+	// attempts left): a recovery stalled there.
+	inRecovery func(stage string)
 	// releaseMemory returns the heap's free pages to the OS after a
 	// checkpoint of at least releaseCells cells (debug.FreeOSMemory, at
 	// most once every releaseEvery for the process's shards together;

@@ -869,12 +869,13 @@ func (t *topN) result() (*Result, error) {
 	return t.pl.result(t.h, t.n > t.limit), nil
 }
 
-// queryShards returns the shards of app's category running on this node
+// queryShards returns the shards of pl's app's category running on this node
 // among buckets (nil: all of them), and the others, with their state, as
 // missing; a running shard whose state lacks part of the range from
-// fromMs is returned and listed as incomplete as well.
-func (p *Puma) queryShards(app *apps.App, buckets []int, fromMs int64) ([]*shard, []MissingShard) {
-	cat := app.Spec.Category
+// fromMs, or builds the span pl reads, is returned and listed as
+// incomplete as well.
+func (p *Puma) queryShards(pl *plan, buckets []int, fromMs int64) ([]*shard, []MissingShard) {
+	cat := pl.app.Spec.Category
 	if buckets == nil {
 		for b := 0; b < p.deps.Buckets(cat); b++ {
 			buckets = append(buckets, b)
@@ -889,7 +890,7 @@ func (p *Puma) queryShards(app *apps.App, buckets []int, fromMs int64) ([]*shard
 		if s, ok := p.shards[id]; ok && isReady(s) {
 			shards = append(shards, s)
 			s.mu.RLock()
-			why := s.incomplete(app, fromMs)
+			why := s.incomplete(pl, fromMs)
 			s.mu.RUnlock()
 			if why != "" {
 				missing = append(missing, MissingShard{Category: cat, Bucket: b, State: StateIncomplete, Error: why})
@@ -916,7 +917,7 @@ func (p *Puma) Query(ctx context.Context, q Query) (*Result, error) {
 		return nil, err
 	}
 	cat := app.Spec.Category
-	shards, missing := p.queryShards(app, nil, q.FromMs)
+	shards, missing := p.queryShards(pl, nil, q.FromMs)
 	asOf := AsOf{TimeMs: p.deps.Now().UnixMilli()}
 	if len(shards) == 0 {
 		asOf.TimeMs = 0

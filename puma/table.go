@@ -491,6 +491,22 @@ func fingerprint(app *apps.App, windowMs int64) string {
 	return fmt.Sprintf("%08x", uint32(xxhash.Sum64String(b.String())))
 }
 
+// readsOf is a hash of how app reads its lines into cells, beyond the
+// shape of its state (fingerprint): the format and its parameters, the
+// time field and the where filter. Cells counted under other reads have
+// the same shape but hold other lines, so the commit row keeps it by app
+// (Reads) and a change builds the app again (planBackfills).
+func readsOf(app *apps.App) string {
+	s := app.Spec
+	var b strings.Builder
+	fmt.Fprintf(&b, "%q|%q|%q|%q|", s.Format, s.Pattern, s.Fields, s.Separator)
+	if s.Time != nil {
+		fmt.Fprintf(&b, "%q|%q|", s.Time.Field, s.Time.Layout)
+	}
+	fmt.Fprintf(&b, "%q", s.Where)
+	return fmt.Sprintf("%08x", uint32(xxhash.Sum64String(b.String())))
+}
+
 // apply feeds one line to the table. A line it rejects changes nothing
 // but the counters and samples (not the watermark, not a cell), except
 // that a line refused for want of room (puma.max_cells) moves the
@@ -525,7 +541,7 @@ func (t *table) applyExtracted(line []byte, bt blockTime, ex *apps.Extracted, er
 	}
 	// Late against the watermark before this line: a line later than the
 	// watermark is never late.
-	if ts < t.watermark-t.app.LatenessMs {
+	if ts < t.watermark-t.app.LatenessMs || ts < t.ev.lateBefore {
 		t.reject(1, why{reason: reasonLate, a: ts, b: t.watermark, c: t.app.LatenessMs}, line, bt)
 		return
 	}

@@ -266,14 +266,14 @@ type goneRow struct {
 	epoch    int64
 }
 
-// loadWindows purges window versions above the committed epoch (an
-// attempt that never committed) and gives the recovered keys their
-// windows as of it, without the versions of aborted epochs (a stale
-// owner's late puts, fence.go), as the cells.
-func (s *shard) loadWindows(ctx context.Context, at commitState) error {
+// loadWindows purges window versions above the committed epoch up to
+// purgeTo (attempts that never committed; recover) and gives the
+// recovered keys their windows as of it, without the versions of aborted
+// epochs (a stale owner's late puts, fence.go), as the cells.
+func (s *shard) loadWindows(ctx context.Context, at commitState, purgeTo int64) error {
 	st, tbl := s.p.deps.Store, s.p.cfg.Table
 	prefix := dedupPrefix(s.category, s.bucket)
-	if err := st.DeleteNewer(ctx, tbl, prefix, store.PrefixEnd(prefix), at.Epoch); err != nil {
+	if err := st.DeleteBetween(ctx, tbl, prefix, store.PrefixEnd(prefix), at.Epoch, purgeTo); err != nil {
 		return fmt.Errorf("purge uncommitted windows: %w", err)
 	}
 	if at.Epoch == 0 {

@@ -70,6 +70,13 @@ type Store interface {
 	// it until a major compaction.
 	DeleteNewer(ctx context.Context, table, start, stop string, ts int64) error
 
+	// DeleteBetween is DeleteNewer for the versions with timestamp > after
+	// and <= upTo only: versions put above upTo, by a writer that knew of
+	// no version up to it, are kept (Puma's recovery, purging what
+	// attempts before its claim wrote, must not delete the cells of an
+	// owner that claimed after it). Same caveat as DeleteNewer.
+	DeleteBetween(ctx context.Context, table, start, stop string, after, upTo int64) error
+
 	// DeleteUpTo deletes every version with timestamp <= ts of every
 	// column of the rows in [start, stop): retention. Later puts must use
 	// timestamps > ts, for the same reason as above.

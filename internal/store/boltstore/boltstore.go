@@ -812,6 +812,10 @@ func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts i
 	return s.deleteWhere(ctx, table, start, stop, func(v int64) bool { return v <= ts })
 }
 
+func (s *Store) DeleteBetween(ctx context.Context, table, start, stop string, after, upTo int64) error {
+	return s.deleteWhere(ctx, table, start, stop, func(v int64) bool { return v <= after || v > upTo })
+}
+
 func (s *Store) DeleteUpTo(ctx context.Context, table, start, stop string, ts int64) error {
 	return s.deleteWhere(ctx, table, start, stop, func(v int64) bool { return v > ts })
 }

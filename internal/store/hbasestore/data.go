@@ -230,11 +230,17 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 // use. Rows are deleted one at a time, each atomically; a failure part way
 // leaves the rest for the next call, which recovery makes anyway.
 func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts int64) error {
+	return s.DeleteBetween(ctx, table, start, stop, ts, math.MaxInt64)
+}
+
+// DeleteBetween is DeleteNewer over the versions in (after, upTo] (a
+// scan over [after+1, upTo+1)).
+func (s *Store) DeleteBetween(ctx context.Context, table, start, stop string, after, upTo int64) error {
 	if err := s.checkTable(table); err != nil {
 		return err
 	}
 	// Nothing is stored at MaxInt64, so nothing is newer than MaxInt64-1.
-	if ts >= math.MaxInt64-1 || (stop != "" && stop <= start) {
+	if after >= math.MaxInt64-1 || upTo <= after || (stop != "" && stop <= start) {
 		return nil
 	}
 	if ok, err := s.ensureTable(ctx, table, false); err != nil || !ok {
@@ -243,13 +249,13 @@ func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts i
 	// Versions hidden behind VERSIONS newer ones reappear once those are
 	// deleted (until a compaction drops them), so a row that showed the
 	// full VERSIONS versions of a column is scanned again on its own.
-	again, err := s.deleteNewer(ctx, table, start, stop, ts)
+	again, err := s.deleteNewer(ctx, table, start, stop, after, upTo)
 	for _, row := range again {
 		// Each pass deletes at least Versions versions of the row; the
 		// bound only guards against a gateway that ignores deletes.
 		for pass := 0; err == nil && pass < 1000; pass++ {
 			var more []string
-			if more, err = s.deleteNewer(ctx, table, row, row+"\x00", ts); len(more) == 0 {
+			if more, err = s.deleteNewer(ctx, table, row, row+"\x00", after, upTo); len(more) == 0 {
 				break
 			}
 		}
@@ -260,10 +266,15 @@ func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts i
 	return err
 }
 
-// deleteNewer is one pass of DeleteNewer; it returns the rows to scan again.
-func (s *Store) deleteNewer(ctx context.Context, table, start, stop string, ts int64) ([]string, error) {
+// deleteNewer is one pass of DeleteBetween; it returns the rows to scan
+// again.
+func (s *Store) deleteNewer(ctx context.Context, table, start, stop string, after, upTo int64) ([]string, error) {
 	name := s.dataName(table)
-	scan := s.newScan(start, stop, &hbase.TTimeRange{MinStamp: max(ts+1, 0), MaxStamp: math.MaxInt64})
+	stamp := int64(math.MaxInt64) // the range's end is exclusive
+	if upTo < math.MaxInt64-1 {
+		stamp = upTo + 1
+	}
+	scan := s.newScan(start, stop, &hbase.TTimeRange{MinStamp: max(after+1, 0), MaxStamp: stamp})
 	scan.MaxVersions = math.MaxInt32 // all of them (HBase caps it at VERSIONS)
 	scan.CacheBlocks = thrift.BoolPtr(false)
 	var again []string

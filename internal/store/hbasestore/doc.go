@@ -52,10 +52,11 @@
 // Freeway's epochs, and would mask every later write. So this package never
 // deletes without an explicit timestamp:
 //
-//   - DeleteNewer scans the versions newer than ts and deletes each one
-//     exactly (DELETE_COLUMN at its own timestamp). A put at one of those
-//     timestamps stays hidden; the contract forbids reusing them, and Puma
-//     uses a fresh epoch after recovery.
+//   - DeleteNewer (and DeleteBetween, up to a bound) scans the versions
+//     newer than ts and deletes each one exactly (DELETE_COLUMN at its own
+//     timestamp). A put at one of those timestamps stays hidden; the
+//     contract forbids reusing them, and Puma uses a fresh epoch after
+//     recovery.
 //   - DeleteUpTo writes one row delete at ts (a delete-family marker) in
 //     each row holding a version <= ts; later puts must use timestamps > ts.
 //

@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) (store.Store, string)) {
 		{"ScanManyRows", testScanMany},
 		{"ScanStopsOnError", testScanError},
 		{"DeleteNewer", testDeleteNewer},
+		{"DeleteBetween", testDeleteBetween},
 		{"DeleteUpTo", testDeleteUpTo},
 		{"CheckAndPut", testCheckAndPut},
 		{"CheckAndPutRace", testCheckAndPutRace},
@@ -231,6 +232,22 @@ func testDeleteNewer(t *testing.T, s store.Store, table string) {
 	// A new epoch writes above the deleted one.
 	put(t, s, table, cell("p/1", "c", 7, "next"))
 	expect(t, "p/1 after next epoch", get(t, s, table, "p/1", store.Latest), "c", "next@7")
+}
+
+func testDeleteBetween(t *testing.T, s store.Store, table string) {
+	put(t, s, table, cell("p/1", "c", 5, "committed"), cell("p/1", "c", 6, "aborted"), cell("p/1", "d", 7, "aborted"), cell("p/1", "c", 8, "later"))
+	put(t, s, table, cell("p/2", "c", 7, "aborted"), cell("q/1", "c", 6, "other-shard"))
+	if err := s.DeleteBetween(ctx, table, "p/", store.PrefixEnd("p/"), 5, 7); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, "p/1", get(t, s, table, "p/1", store.Latest), "c", "later@8")
+	expect(t, "p/1 as of 7", get(t, s, table, "p/1", 7), "c", "committed@5")
+	expect(t, "p/2", get(t, s, table, "p/2", store.Latest))
+	expect(t, "q/1 (outside the range)", get(t, s, table, "q/1", store.Latest), "c", "other-shard@6")
+	if err := s.DeleteBetween(ctx, table, "p/", store.PrefixEnd("p/"), 8, 8); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, "p/1 after an empty range", get(t, s, table, "p/1", store.Latest), "c", "later@8")
 }
 
 func testDeleteUpTo(t *testing.T, s store.Store, table string) {
