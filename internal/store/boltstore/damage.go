@@ -205,6 +205,10 @@ func check(db *bolt.DB, size int64, path string, budget time.Duration, log *slog
 				return nil
 			}
 			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+				if string(name) == partsBucket {
+					_, _, err := readParts(tx) // what it says is checked by openParts
+					return err
+				}
 				if string(name) != tablesBucket {
 					// A table of the layout before, to migrate.
 					return readKeys(name, b, func(k, _ []byte) error { _, err := parseOldKey(k); return err })
