@@ -71,11 +71,12 @@
 // meets a key that does not parse) is renamed to <file>.damaged-<UTC
 // time> (never deleted), with every other file of its store, and a
 // fresh one is created, with one error line
-// saying so and why it is safe: the store holds only Puma's checkpoints,
-// which Puma rebuilds exactly by re-reading every segment from the dfs,
-// and the copier's progress, which it recopies idempotently. That holds
-// while the dfs keeps every segment (nothing deletes segments today; a
-// segment retention must revisit it). Damage found by a call while
+// saying what it costs: the store holds only Puma's checkpoints, which
+// Puma rebuilds by re-reading the segments from the dfs, and the copier's
+// progress, which it recopies idempotently. The rebuild is exact while
+// the dfs holds every segment of a bucket; once dfs_retention deleted
+// some, Puma's answers over their time say they are incomplete (README,
+// "A damaged store is rebuilt"). Damage found by a call while
 // running (a panic or fault recovered into an error) makes that call and
 // every later one fail with ErrDamaged, and leaves a <file>.damaged
 // marker so that the next start moves the file aside even if its check
