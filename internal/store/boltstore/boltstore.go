@@ -774,34 +774,81 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 	// Each part is read in chunks of rows, so that fn runs outside
 	// bbolt's transactions (it may write to the store, and a long read
 	// transaction pins pages), and the parts' rows, each part's in key
-	// order and no row in two parts, are merged.
+	// order and no row in two parts, are merged. With several parts,
+	// each is read a chunk ahead on a goroutine of its own.
 	end := rowBound(stop)
-	scans := make([]partScan, len(s.parts))
-	for k := range scans {
-		scans[k] = partScan{db: s.parts[k], from: start, inclusive: true}
+	next := make([]func() ([]rowCells, bool, error), len(s.parts))
+	if len(s.parts) == 1 {
+		p := &partScan{db: s.parts[0], from: start, inclusive: true}
+		next[0] = func() ([]rowCells, bool, error) {
+			if p.done {
+				return nil, false, nil
+			}
+			err := s.scanChunk(ctx, p, table, end, asOf)
+			return p.rows, err == nil, err
+		}
+	} else {
+		ctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer cancel()
+		for k, db := range s.parts {
+			ch := make(chan scanned, 1)
+			wg.Go(func() {
+				defer close(ch)
+				p := &partScan{db: db, from: start, inclusive: true}
+				for !p.done {
+					err := s.scanChunk(ctx, p, table, end, asOf)
+					select {
+					case ch <- scanned{p.rows, err}:
+					case <-ctx.Done():
+						return
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+			next[k] = func() ([]rowCells, bool, error) {
+				c, ok := <-ch
+				return c.rows, ok && c.err == nil, c.err
+			}
+		}
+	}
+	heads := make([][]rowCells, len(s.parts))
+	live := make([]bool, len(s.parts))
+	for k := range live {
+		live[k] = true
 	}
 	for {
-		next := -1
-		for k := range scans {
-			p := &scans[k]
-			if len(p.rows) == 0 && !p.done {
-				if err := s.scanChunk(ctx, p, table, end, asOf); err != nil {
+		first := -1
+		for k := range heads {
+			for len(heads[k]) == 0 && live[k] {
+				var err error
+				if heads[k], live[k], err = next[k](); err != nil {
 					return err
 				}
 			}
-			if len(p.rows) > 0 && (next < 0 || p.rows[0].row < scans[next].rows[0].row) {
-				next = k
+			if len(heads[k]) > 0 && (first < 0 || heads[k][0].row < heads[first][0].row) {
+				first = k
 			}
 		}
-		if next < 0 {
+		if first < 0 {
 			return nil
 		}
-		r := scans[next].rows[0]
-		scans[next].rows = scans[next].rows[1:]
+		r := heads[first][0]
+		heads[first] = heads[first][1:]
 		if err := fn(r.row, r.cells); err != nil {
 			return err
 		}
 	}
+}
+
+// scanned is a chunk of a part's rows read ahead, or the error that
+// ended the reading.
+type scanned struct {
+	rows []rowCells
+	err  error
 }
 
 // scanChunk is how many rows a read transaction of a Scan reads from a

@@ -161,14 +161,34 @@ func writeParts(db *bolt.DB, rec partsRecord) error {
 // no table and no parts record. It returns the open parts, or damage
 // saying why the store is damaged (a file damaged, a part missing or of
 // another store), or err for failures that say nothing about the files.
+// The part files there are checked at the same time as the first one
+// (openFiles), before its record says how many it has: the check reads
+// every key.
 func openParts(path string, opts Options, log *slog.Logger) (dbs []*bolt.DB, damage string, err error) {
-	db0, damage, err := openChecked(path, opts, log)
-	if err != nil || damage != "" {
-		return nil, damage, err
+	paths := []string{path}
+	for i := 1; i < maxParts; i++ {
+		p := partPath(path, i)
+		if _, err := os.Lstat(p); err != nil {
+			break
+		}
+		paths = append(paths, p)
 	}
-	dbs = []*bolt.DB{db0}
+	files := openFiles(paths, opts, log)
+	closeFrom := func(k int) {
+		for _, f := range files[k:] {
+			if f.db != nil {
+				guarded(func() { _ = f.db.Close() })
+			}
+		}
+	}
+	if files[0].err != nil || files[0].damage != "" {
+		closeFrom(1)
+		return nil, files[0].damage, files[0].err
+	}
+	db0 := files[0].db
 	fail := func(damage string, err error) ([]*bolt.DB, string, error) {
-		for _, db := range dbs {
+		closeFrom(0)
+		for _, db := range dbs[min(len(dbs), len(files)):] {
 			guarded(func() { _ = db.Close() })
 		}
 		return nil, damage, err
@@ -200,14 +220,13 @@ func openParts(path string, opts Options, log *slog.Logger) (dbs []*bolt.DB, dam
 	case found:
 		for i := 1; i < rec.n; i++ {
 			p := partPath(path, i)
-			if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			if i >= len(files) {
 				return fail(fmt.Sprintf("its part %d of %d, %s, is missing", i, rec.n, p), nil)
 			}
-			db, damage, err := openChecked(p, opts, log)
-			if err != nil || damage != "" {
-				return fail(prefixed("part "+p+": ", damage), err)
+			if f := files[i]; f.err != nil || f.damage != "" {
+				return fail(prefixed("part "+p+": ", f.damage), f.err)
 			}
-			dbs = append(dbs, db)
+			db := files[i].db
 			var got partsRecord
 			var ok bool
 			if r := guarded(func() { err = db.View(func(tx *bolt.Tx) error { got, ok, rerr = readParts(tx); return nil }) }); r != nil {
@@ -222,10 +241,18 @@ func openParts(path string, opts Options, log *slog.Logger) (dbs []*bolt.DB, dam
 				return fail(fmt.Sprintf("part %s is not part %d of %d of this store (its record: %+v)", p, i, rec.n, got), nil)
 			}
 		}
+		closeFrom(rec.n) // files beyond its parts: of no store, left as they are
+		for _, f := range files[:rec.n] {
+			dbs = append(dbs, f.db)
+		}
 		return dbs, "", nil
 	case !empty:
-		return dbs, "", nil // made before parts: one part
+		closeFrom(1)
+		return []*bolt.DB{db0}, "", nil // made before parts: one part
 	}
+	closeFrom(1)
+	files = files[:1]
+	dbs = []*bolt.DB{db0}
 	n := opts.parts
 	if n == 0 {
 		n = defaultParts()
@@ -262,6 +289,26 @@ func openParts(path string, opts Options, log *slog.Logger) (dbs []*bolt.DB, dam
 	}
 	log.Info("new store", "path", path, "parts", rec.n)
 	return dbs, "", nil
+}
+
+// openedFile is what openChecked gave for one file.
+type openedFile struct {
+	db     *bolt.DB
+	damage string
+	err    error
+}
+
+// openFiles opens and checks the files at paths at once, one goroutine
+// each but the first's.
+func openFiles(paths []string, opts Options, log *slog.Logger) []openedFile {
+	files := make([]openedFile, len(paths))
+	var wg sync.WaitGroup
+	for k := 1; k < len(paths); k++ {
+		wg.Go(func() { files[k].db, files[k].damage, files[k].err = openChecked(paths[k], opts, log) })
+	}
+	files[0].db, files[0].damage, files[0].err = openChecked(paths[0], opts, log)
+	wg.Wait()
+	return files
 }
 
 func prefixed(prefix, damage string) string {
