@@ -18,7 +18,7 @@ import (
 )
 
 // Parts. A store is one bbolt file or several, its parts, each row in
-// one of them by a hash of the row (partOf): bbolt writes one
+// one of them by a hash of the row (partIndex): bbolt writes one
 // transaction at a time per file, and a Put of many rows (a checkpoint
 // of a million cells) is bbolt's search and insert of every key on one
 // core; split over the parts, their transactions run at once, one
@@ -59,17 +59,27 @@ func (s *Store) partOf(row string) *bolt.DB {
 	return s.parts[partIndex(row, len(s.parts))]
 }
 
-// partIndex is the part of row among n: FNV-1a of the row's bytes
-// (stable across processes and versions: it is part of the format).
+// partIndex is the part of row among n: a hash of the row's bytes
+// (FNV-1a's step eight bytes at a time, then murmur3's finalizer, so that
+// its low bits depend on every byte), stable across processes and
+// versions: it is part of the format.
 func partIndex(row string, n int) int {
 	if n == 1 {
 		return 0
 	}
-	h := uint32(2166136261)
-	for i := 0; i < len(row); i++ {
-		h = (h ^ uint32(row[i])) * 16777619
+	h := uint64(14695981039346656037)
+	for ; len(row) >= 8; row = row[8:] {
+		w := uint64(row[0]) | uint64(row[1])<<8 | uint64(row[2])<<16 | uint64(row[3])<<24 |
+			uint64(row[4])<<32 | uint64(row[5])<<40 | uint64(row[6])<<48 | uint64(row[7])<<56
+		h = (h ^ w) * 1099511628211
 	}
-	return int(h % uint32(n))
+	for i := 0; i < len(row); i++ {
+		h = (h ^ uint64(row[i])) * 1099511628211
+	}
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return int(h % uint64(n))
 }
 
 // split returns cells by part, each in the order given.

@@ -279,3 +279,33 @@ func TestStoreMadeAgainAfterACrashWhileMade(t *testing.T) {
 		t.Fatalf("the new store holds %d cells of the stale part", len(got))
 	}
 }
+
+// TestPartIndexSpreadsAndStays: rows of a checkpoint's shape (one
+// shard, one window, keys in order) spread evenly over the parts, and a
+// row's part is what it was when stores were made with it: the hash is
+// part of the format (a change would put rows where no read looks).
+func TestPartIndexSpreadsAndStays(t *testing.T) {
+	for _, n := range []int{2, 3, 4} {
+		counts := make([]int, n)
+		const rows = 30000
+		for i := range rows {
+			counts[partIndex(fmt.Sprintf("s/orders/0003/orders@1a2b3c4d/8000018c2a3e0000/k%06d", i), n)]++
+		}
+		for k, c := range counts {
+			if c < rows/n*9/10 || c > rows/n*11/10 {
+				t.Errorf("%d parts: part %d holds %d of %d rows", n, k, c, rows)
+			}
+		}
+	}
+	for row, want := range map[string][3]int{
+		"c/orders/3": {0, 1, 0},
+		"s/orders/0003/orders@1a2b3c4d/8000018c2a3e0000/k000001": {0, 0, 2},
+		"p/web%2Faccess/12": {0, 2, 2},
+		"a":                 {1, 2, 1},
+	} {
+		got := [3]int{partIndex(row, 2), partIndex(row, 3), partIndex(row, 4)}
+		if got != want {
+			t.Errorf("row %q: parts %v of 2, 3, 4; want %v", row, got, want)
+		}
+	}
+}
