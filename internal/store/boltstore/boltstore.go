@@ -26,7 +26,9 @@ const Versions = store.MinVersions
 
 // Store is a store.Store in a bbolt file.
 type Store struct {
-	db      *bolt.DB
+	// parts are the files of the store, parts[0] at path and the others
+	// at partPath (parts.go); each row lives in one of them (partOf).
+	parts   []*bolt.DB
 	path    string
 	log     *slog.Logger
 	damaged *prometheus.CounterVec
@@ -46,6 +48,9 @@ type Options struct {
 	// CheckBudget bounds the check of the file at open (0: the default,
 	// negative: no check).
 	CheckBudget time.Duration
+
+	// Tests: the parts of a new store (0: defaultParts).
+	parts int
 
 	// Tests: the keys of the layout before that a transaction of the
 	// migration moves (0: migrateChunk), and a function it calls in each
@@ -78,7 +83,7 @@ func OpenWith(path string, opts Options) (*Store, error) {
 	damaged.WithLabelValues("open")
 	damaged.WithLabelValues("run")
 
-	var db *bolt.DB
+	var dbs []*bolt.DB
 	var damage string
 	marker := path + markerSuffix
 	if why, err := os.ReadFile(marker); err == nil {
@@ -90,21 +95,23 @@ func OpenWith(path string, opts Options) (*Store, error) {
 	}
 	if damage == "" {
 		var err error
-		db, damage, err = openChecked(path, opts, log)
+		dbs, damage, err = openParts(path, opts, log)
 		if err != nil {
 			return nil, err
 		}
 	}
 	if damage != "" {
-		aside, err := moveAside(path, opts.Now())
+		// The parts are damaged as one: each holds rows of the same
+		// checkpoints.
+		asides, err := moveAsideAll(path, opts.Now())
 		if err != nil {
-			return nil, fmt.Errorf("open store %s: %w: %s; moving it aside failed (move or remove it by hand; %s): %w", path, ErrDamaged, damage, whySafe, err)
+			return nil, fmt.Errorf("open store %s: %w: %s; moving it aside failed (move or remove it and its .part files by hand; %s): %w", path, ErrDamaged, damage, whySafe, err)
 		}
 		damaged.WithLabelValues("open").Inc()
 		log.Error("store file is damaged; moved it aside and started a fresh one",
-			"path", path, "moved_to", aside, "damage", damage, "why_safe", whySafe)
+			"path", path, "moved_to", strings.Join(asides, " "), "damage", damage, "why_safe", whySafe)
 		var err2 error
-		db, damage, err2 = openChecked(path, opts, log)
+		dbs, damage, err2 = openParts(path, opts, log)
 		switch {
 		case err2 != nil:
 			return nil, err2
@@ -112,17 +119,18 @@ func OpenWith(path string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("open store %s: the fresh file is damaged too: %s", path, damage)
 		}
 	}
+	s := &Store{parts: dbs, path: path, log: log, damaged: damaged}
 	if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
-		_ = db.Close()
+		_ = s.Close()
 		return nil, fmt.Errorf("open store %s: remove damage marker: %w", path, err)
 	}
 	if opts.Metrics != nil {
 		if err := opts.Metrics.Register(damaged); err != nil {
-			_ = db.Close()
+			_ = s.Close()
 			return nil, fmt.Errorf("open store %s: register metrics: %w", path, err)
 		}
 	}
-	return &Store{db: db, path: path, log: log, damaged: damaged}, nil
+	return s, nil
 }
 
 // call runs fn, a bbolt transaction, for operation op. A panic or fault
@@ -161,11 +169,15 @@ func (s *Store) markDamaged(op string, r any) error {
 func (s *Store) String() string { return "bolt://" + s.path }
 
 func (s *Store) Close() error {
-	var err error
-	if r := guarded(func() { err = s.db.Close() }); r != nil {
-		return fmt.Errorf("close store %s: %w (bbolt: %v)", s.path, ErrDamaged, r)
+	var errs []error
+	for _, db := range s.parts {
+		var err error
+		if r := guarded(func() { err = db.Close() }); r != nil {
+			err = fmt.Errorf("close store %s: %w (bbolt: %v)", db.Path(), ErrDamaged, r)
+		}
+		errs = append(errs, err)
 	}
-	return err
+	return errors.Join(errs...)
 }
 
 // The layout. Every table is a bucket inside the bucket tablesBucket.
@@ -417,13 +429,17 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.call("put", func() error {
-		return s.db.Update(func(tx *bolt.Tx) error {
+	byPart := s.split(cells)
+	return s.callParts("put", len(byPart), func(k int) error {
+		if len(byPart[k]) == 0 {
+			return nil
+		}
+		return s.parts[k].Update(func(tx *bolt.Tx) error {
 			b, err := tableToWrite(tx, table)
 			if err != nil {
 				return err
 			}
-			return putCells(b, cells)
+			return putCells(b, byPart[k])
 		})
 	})
 }
@@ -681,7 +697,7 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 		return nil, fmt.Errorf("%w: empty row", store.ErrInvalid)
 	}
 	var cells []store.Cell
-	err := s.view(ctx, "get", table, func(b *bolt.Bucket) error {
+	err := s.view(ctx, "get", s.partOf(row), table, func(b *bolt.Bucket) error {
 		var r rowReader
 		prefix := rowPrefix(row)
 		c := b.Cursor()
@@ -693,12 +709,12 @@ func (s *Store) Get(ctx context.Context, table, row string, asOf int64) ([]store
 	return cells, err
 }
 
-func (s *Store) view(ctx context.Context, op, table string, fn func(b *bolt.Bucket) error) error {
+func (s *Store) view(ctx context.Context, op string, db *bolt.DB, table string, fn func(b *bolt.Bucket) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	return s.call(op, func() error {
-		return s.db.View(func(tx *bolt.Tx) error {
+		return db.View(func(tx *bolt.Tx) error {
 			b := tableToRead(tx, table)
 			if b == nil {
 				return nil
@@ -755,57 +771,143 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 	if err := checkTable(table); err != nil {
 		return err
 	}
-	// Read in chunks so that fn runs outside bbolt's transaction: it may
-	// write to the store, and a long read transaction pins pages.
-	const chunk = 512
-	type rowCells struct {
-		row   string
-		cells []store.Cell
-	}
+	// Each part is read in chunks of rows, so that fn runs outside
+	// bbolt's transactions (it may write to the store, and a long read
+	// transaction pins pages), and the parts' rows, each part's in key
+	// order and no row in two parts, are merged. With several parts,
+	// each is read a chunk ahead on a goroutine of its own.
 	end := rowBound(stop)
-	from := start
-	inclusive := true
+	next := make([]func() ([]rowCells, bool, error), len(s.parts))
+	if len(s.parts) == 1 {
+		p := &partScan{db: s.parts[0], from: start, inclusive: true}
+		next[0] = func() ([]rowCells, bool, error) {
+			if p.done {
+				return nil, false, nil
+			}
+			err := s.scanChunk(ctx, p, table, end, asOf)
+			return p.rows, err == nil, err
+		}
+	} else {
+		ctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer cancel()
+		for k, db := range s.parts {
+			ch := make(chan scanned, 1)
+			wg.Go(func() {
+				defer close(ch)
+				p := &partScan{db: db, from: start, inclusive: true}
+				for !p.done {
+					err := s.scanChunk(ctx, p, table, end, asOf)
+					select {
+					case ch <- scanned{p.rows, err}:
+					case <-ctx.Done():
+						return
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+			next[k] = func() ([]rowCells, bool, error) {
+				c, ok := <-ch
+				return c.rows, ok && c.err == nil, c.err
+			}
+		}
+	}
+	heads := make([][]rowCells, len(s.parts))
+	live := make([]bool, len(s.parts))
+	for k := range live {
+		live[k] = true
+	}
 	for {
-		var rows []rowCells
-		err := s.view(ctx, "scan", table, func(b *bolt.Bucket) error {
-			var r rowReader
-			c := b.Cursor()
-			k, v := c.Seek(rowPrefix(from))
-			for k != nil && len(rows) < chunk {
-				if end != nil && bytes.Compare(k, end) >= 0 {
-					return nil
-				}
-				row, rest, ok := readEscaped(k)
-				if !ok {
-					return fmt.Errorf("corrupt key %x", k)
-				}
-				// The row's prefix, in the transaction's memory (valid
-				// while it lasts).
-				prefix := k[:len(k)-len(rest)]
-				cells, nk, nv, err := r.readRow(c, k, v, prefix, row, asOf)
-				if err != nil {
+		first := -1
+		for k := range heads {
+			for len(heads[k]) == 0 && live[k] {
+				var err error
+				if heads[k], live[k], err = next[k](); err != nil {
 					return err
 				}
-				if len(cells) > 0 && (inclusive || row != from) {
-					rows = append(rows, rowCells{row, cells})
-				}
-				k, v = nk, nv
 			}
+			if len(heads[k]) > 0 && (first < 0 || heads[k][0].row < heads[first][0].row) {
+				first = k
+			}
+		}
+		if first < 0 {
 			return nil
-		})
-		if err != nil {
+		}
+		r := heads[first][0]
+		heads[first] = heads[first][1:]
+		if err := fn(r.row, r.cells); err != nil {
 			return err
 		}
-		for _, r := range rows {
-			if err := fn(r.row, r.cells); err != nil {
+	}
+}
+
+// scanned is a chunk of a part's rows read ahead, or the error that
+// ended the reading.
+type scanned struct {
+	rows []rowCells
+	err  error
+}
+
+// scanChunk is how many rows a read transaction of a Scan reads from a
+// part.
+const scanChunk = 512
+
+// partScan is a Scan's reading of one part: the rows read and not yet
+// given, and where the next chunk starts.
+type partScan struct {
+	db        *bolt.DB
+	rows      []rowCells
+	from      string
+	inclusive bool // the row from itself is still to be read
+	done      bool // no rows left before the end
+}
+
+type rowCells struct {
+	row   string
+	cells []store.Cell
+}
+
+// scanChunk reads the next chunk of p's rows before end (nil: no end).
+func (s *Store) scanChunk(ctx context.Context, p *partScan, table string, end []byte, asOf int64) error {
+	p.rows = nil
+	err := s.view(ctx, "scan", p.db, table, func(b *bolt.Bucket) error {
+		var r rowReader
+		c := b.Cursor()
+		k, v := c.Seek(rowPrefix(p.from))
+		for k != nil && len(p.rows) < scanChunk {
+			if end != nil && bytes.Compare(k, end) >= 0 {
+				return nil
+			}
+			row, rest, ok := readEscaped(k)
+			if !ok {
+				return fmt.Errorf("corrupt key %x", k)
+			}
+			// The row's prefix, in the transaction's memory (valid
+			// while it lasts).
+			prefix := k[:len(k)-len(rest)]
+			cells, nk, nv, err := r.readRow(c, k, v, prefix, row, asOf)
+			if err != nil {
 				return err
 			}
+			if len(cells) > 0 && (p.inclusive || row != p.from) {
+				p.rows = append(p.rows, rowCells{row, cells})
+			}
+			k, v = nk, nv
 		}
-		if len(rows) < chunk {
-			return nil
-		}
-		from, inclusive = rows[len(rows)-1].row, false
+		return nil
+	})
+	if err != nil {
+		return err
 	}
+	if len(p.rows) < scanChunk {
+		p.done = true
+	} else {
+		p.from, p.inclusive = p.rows[len(p.rows)-1].row, false
+	}
+	return nil
 }
 
 func (s *Store) DeleteNewer(ctx context.Context, table, start, stop string, ts int64) error {
@@ -829,8 +931,8 @@ func (s *Store) deleteWhere(ctx context.Context, table, start, stop string, keep
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.call("delete", func() error {
-		return s.db.Update(func(tx *bolt.Tx) error {
+	return s.callParts("delete", len(s.parts), func(k int) error {
+		return s.parts[k].Update(func(tx *bolt.Tx) error {
 			b := tableToRead(tx, table)
 			if b == nil {
 				return nil
@@ -893,7 +995,7 @@ func (s *Store) CheckAndPut(ctx context.Context, table, row, column string, expe
 	}
 	applied := false
 	err := s.call("check-and-put", func() error {
-		return s.db.Update(func(tx *bolt.Tx) error {
+		return s.partOf(row).Update(func(tx *bolt.Tx) error {
 			b, err := tableToWrite(tx, table)
 			if err != nil {
 				return err

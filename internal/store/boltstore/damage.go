@@ -23,12 +23,11 @@ var ErrDamaged = errors.New("store file is damaged")
 const DefaultCheckBudget = 30 * time.Second
 
 // whySafe is what the log line of a damaged file says about the data it
-// held. It is true only while the dfs holds every segment ever published:
-// nothing deletes segments today, and a retention of segments must revisit
-// this (a rebuild would then need the checkpoints).
-const whySafe = "the store holds only Puma checkpoints and copier progress: Puma rebuilds its state exactly by " +
-	"re-reading every segment from the dfs (which holds while the dfs still has every segment; nothing deletes " +
-	"segments today), and the copier copies again idempotently, skipping what its destination already has"
+// held.
+const whySafe = "the store holds only Puma checkpoints and copier progress: Puma rebuilds its state by " +
+	"re-reading the segments from the dfs, exactly while the dfs still holds every segment of a bucket (once " +
+	"dfs_retention deleted some, answers over their time say incomplete), and the copier copies again " +
+	"idempotently, skipping what its destination already has"
 
 // markerSuffix names the file that records damage found while running,
 // so that the next open moves the file aside even if its check passes.
@@ -205,6 +204,10 @@ func check(db *bolt.DB, size int64, path string, budget time.Duration, log *slog
 				return nil
 			}
 			err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+				if string(name) == partsBucket {
+					_, _, err := readParts(tx) // what it says is checked by openParts
+					return err
+				}
 				if string(name) != tablesBucket {
 					// A table of the layout before, to migrate.
 					return readKeys(name, b, func(k, _ []byte) error { _, err := parseOldKey(k); return err })

@@ -88,7 +88,7 @@ func wantMovedAside(t *testing.T, path string, damaged []byte, reason string) {
 		t.Fatalf("the file moved aside is not the damaged file (%v)", err)
 	}
 	if strings.Count(log.String(), "level=ERROR") != 1 || !strings.Contains(log.String(), "store file is damaged; moved it aside and started a fresh one") ||
-		!strings.Contains(log.String(), reason) || !strings.Contains(log.String(), "re-reading every segment from the dfs") ||
+		!strings.Contains(log.String(), reason) || !strings.Contains(log.String(), "re-reading the segments from the dfs") ||
 		!strings.Contains(log.String(), filepath.Base(moved[0])) {
 		t.Fatalf("log:\n%s\nwant one error line with %q", log, reason)
 	}

@@ -38,9 +38,25 @@
 // writes one and treats the file as damaged (below): it moves the file
 // aside and rebuilds.
 //
-// What survives a crash. Every write is a bbolt transaction, fsynced
-// before it returns: a crash keeps every call that returned and none of
-// one that did not (a Put of several rows is one transaction). A crash
+// Parts (since 2026-12-03). A new store is several bbolt files, one a
+// CPU up to four: the file at its path and <path>.part1, .part2, ...;
+// each row lives in one of them by a hash of the row, and a Put of rows
+// in several parts writes them in one transaction a part, all at once on
+// goroutines of their own, so that a checkpoint of a million cells is
+// bbolt's work on every core rather than one (parts.go). Every file of
+// such a store records the store's identity, its index and the number
+// of parts; a part missing, damaged or of another store damages the
+// whole store (below). A file made before parts holds no such record
+// and stays a store of one file; any version of this package reads
+// either. A binary from before parts that opens the first file of a
+// store of several finds a top-level bucket it takes for a table of the
+// layout before, whose keys do not parse: it treats the file as damaged
+// (moves it aside and rebuilds), never reads half the rows.
+//
+// What survives a crash. Every write is a bbolt transaction a part,
+// fsynced before it returns: a crash keeps every call that returned, and
+// of one that did not, none of any row (a Put of several rows may keep
+// those of some parts: atomic per row, as store.Store says). A crash
 // during a migration leaves each column in exactly one of the two
 // layouts with all its versions; the next open goes on migrating from
 // there (TestMigrationKilled kills a migrating process inside a
@@ -53,12 +69,14 @@
 // bbolt's consistency check, within Options.CheckBudget) and recovers
 // bbolt's panics and faults; a damaged file (or one whose migration
 // meets a key that does not parse) is renamed to <file>.damaged-<UTC
-// time> (never deleted) and a fresh one is created, with one error line
-// saying so and why it is safe: the store holds only Puma's checkpoints,
-// which Puma rebuilds exactly by re-reading every segment from the dfs,
-// and the copier's progress, which it recopies idempotently. That holds
-// while the dfs keeps every segment (nothing deletes segments today; a
-// segment retention must revisit it). Damage found by a call while
+// time> (never deleted), with every other file of its store, and a
+// fresh one is created, with one error line
+// saying what it costs: the store holds only Puma's checkpoints, which
+// Puma rebuilds by re-reading the segments from the dfs, and the copier's
+// progress, which it recopies idempotently. The rebuild is exact while
+// the dfs holds every segment of a bucket; once dfs_retention deleted
+// some, Puma's answers over their time say they are incomplete (README,
+// "A damaged store is rebuilt"). Damage found by a call while
 // running (a panic or fault recovered into an error) makes that call and
 // every later one fail with ErrDamaged, and leaves a <file>.damaged
 // marker so that the next start moves the file aside even if its check

@@ -106,14 +106,18 @@ func TestRunLeavesFull(t *testing.T) {
 	}
 	ctx := context.Background()
 	fill := func() float64 {
-		var st bolt.BucketStats
-		if err := s.db.View(func(tx *bolt.Tx) error {
-			st = tableToRead(tx, "t").Stats()
-			return nil
-		}); err != nil {
-			t.Fatal(err)
+		var inuse, size int
+		for _, db := range s.parts {
+			if err := db.View(func(tx *bolt.Tx) error {
+				st := tableToRead(tx, "t").Stats()
+				inuse += st.LeafInuse
+				size += st.LeafPageN * db.Info().PageSize
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 		}
-		return float64(st.LeafInuse) / float64(st.LeafPageN*s.db.Info().PageSize)
+		return float64(inuse) / float64(size)
 	}
 	for ts := int64(1); ts <= 2; ts++ {
 		for i := 0; i < n; i += chunk {

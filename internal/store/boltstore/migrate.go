@@ -81,7 +81,7 @@ func migrate(db *bolt.DB, log *slog.Logger, opts Options) (int, error) {
 		var name []byte
 		err := db.View(func(tx *bolt.Tx) error {
 			return tx.ForEach(func(n []byte, _ *bolt.Bucket) error {
-				if string(n) != tablesBucket {
+				if oldTable(n) {
 					name = bytes.Clone(n)
 					return errStop
 				}
@@ -135,6 +135,12 @@ func migrate(db *bolt.DB, log *slog.Logger, opts Options) (int, error) {
 
 var errStop = errors.New("stop")
 
+// oldTable reports whether a top-level bucket is a table of the layout
+// before (not the tables, not a part's record).
+func oldTable(name []byte) bool {
+	return string(name) != tablesBucket && string(name) != partsBucket
+}
+
 // migrateProgressEvery is how often a migration logs its progress.
 const migrateProgressEvery = 5 * time.Second
 
@@ -142,7 +148,7 @@ const migrateProgressEvery = 5 * time.Second
 func oldKeys(tx *bolt.Tx) int {
 	n := 0
 	_ = tx.ForEach(func(name []byte, b *bolt.Bucket) error {
-		if string(name) != tablesBucket {
+		if oldTable(name) {
 			n += b.Stats().KeyN
 		}
 		return nil

@@ -75,7 +75,7 @@ func TestOpensFileOfLayoutBefore(t *testing.T) {
 		if err := s.Scan(ctx, "puma", "s/orders/1/", "s/orders/10", store.Latest, func(string, []store.Cell) error { rows++; return nil }); err != nil || rows != 300 {
 			t.Fatalf("scan: %d rows, %v", rows, err)
 		}
-		if got := topLevel(t, s.db); !slices.Equal(got, []string{tablesBucket}) {
+		if got := topLevel(t, s.parts[0]); !slices.Equal(got, []string{tablesBucket}) {
 			t.Fatalf("buckets at the top after the migration: %q", got)
 		}
 	}
@@ -144,7 +144,7 @@ func TestMigrationKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got := topLevel(t, s.db); !slices.Equal(got, []string{tablesBucket}) {
+	if got := topLevel(t, s.parts[0]); !slices.Equal(got, []string{tablesBucket}) {
 		t.Fatalf("buckets at the top after the migration: %q", got)
 	}
 	for _, table := range []string{"t", "u"} {

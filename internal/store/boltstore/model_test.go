@@ -75,7 +75,12 @@ func scanLines(t testing.TB, s store.Store, table string, asOf int64) []string {
 func scanRangeLines(t testing.TB, s store.Store, table, start, stop string, asOf int64) []string {
 	t.Helper()
 	var out []string
+	var prev *string
 	err := s.Scan(context.Background(), table, start, stop, asOf, func(row string, cells []store.Cell) error {
+		if prev != nil && row <= *prev {
+			return fmt.Errorf("scan gave row %q after %q: not in key order", row, *prev)
+		}
+		prev = &row
 		for _, c := range cells {
 			out = append(out, fmt.Sprintf("%q/%q@%d=%q", row, c.Column, c.Timestamp, c.Value))
 		}
@@ -93,9 +98,9 @@ func scanRangeLines(t testing.TB, s store.Store, table, start, stop string, asOf
 // hold at every timestamp. Puts come in ascending key order, in random
 // order, and with a key twice, so that the cursor walk of putCells and
 // its seeks are both held to the model.
-func runModel(t testing.TB, ops func(n int) int, count int) {
+func runModel(t testing.TB, parts int, ops func(n int) int, count int) {
 	ctx := context.Background()
-	s, err := Open(filepath.Join(t.TempDir(), "store.db"))
+	s, err := OpenWith(filepath.Join(t.TempDir(), "store.db"), Options{parts: parts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,15 +205,17 @@ func runModel(t testing.TB, ops func(n int) int, count int) {
 // ahead on a goroutine, in blocks whose edges fall between a key and its
 // repeat.
 func TestStoreAgainstModel(t *testing.T) {
-	for _, small := range []bool{false, true} {
-		for seed := range uint64(4) {
-			t.Run(fmt.Sprint(seed, "/small=", small), func(t *testing.T) {
-				if small {
-					smallBlocks(t, 2, 3)
-				}
-				rng := rand.New(rand.NewPCG(seed, 7))
-				runModel(t, rng.IntN, 150)
-			})
+	for _, parts := range []int{1, 3} {
+		for _, small := range []bool{false, true} {
+			for seed := range uint64(4) {
+				t.Run(fmt.Sprint("parts=", parts, "/", seed, "/small=", small), func(t *testing.T) {
+					if small {
+						smallBlocks(t, 2, 3)
+					}
+					rng := rand.New(rand.NewPCG(seed, 7))
+					runModel(t, parts, rng.IntN, 150)
+				})
+			}
 		}
 	}
 }
@@ -237,7 +244,7 @@ func FuzzStoreAgainstModel(f *testing.F) {
 			i++
 			return int(data[i-1]) % n
 		}
-		runModel(t, ops, len(data)/8+1)
+		runModel(t, 1+ops(3), ops, len(data)/8+1)
 	})
 }
 
@@ -247,16 +254,18 @@ func FuzzStoreAgainstModel(f *testing.F) {
 // contents of the model; with putCells' blocks of encoded cells as they
 // are, and small (many blocks a Put, encoded ahead).
 func TestPutWalkAcrossLeaves(t *testing.T) {
-	t.Run("blocks", putWalkAcrossLeaves)
-	t.Run("small", func(t *testing.T) {
-		smallBlocks(t, 7, 100)
-		putWalkAcrossLeaves(t)
-	})
+	for _, parts := range []int{1, 3} {
+		t.Run(fmt.Sprint("parts=", parts, "/blocks"), func(t *testing.T) { putWalkAcrossLeaves(t, parts) })
+		t.Run(fmt.Sprint("parts=", parts, "/small"), func(t *testing.T) {
+			smallBlocks(t, 7, 100)
+			putWalkAcrossLeaves(t, parts)
+		})
+	}
 }
 
-func putWalkAcrossLeaves(t *testing.T) {
+func putWalkAcrossLeaves(t *testing.T, parts int) {
 	ctx := context.Background()
-	s, err := Open(filepath.Join(t.TempDir(), "store.db"))
+	s, err := OpenWith(filepath.Join(t.TempDir(), "store.db"), Options{parts: parts})
 	if err != nil {
 		t.Fatal(err)
 	}

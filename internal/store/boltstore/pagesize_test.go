@@ -53,8 +53,10 @@ func TestNewFilePageSize(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := s.db.Info().PageSize; got != pageSize {
-			t.Fatalf("page size %d, want %d", got, pageSize)
+		for _, db := range s.parts {
+			if got := db.Info().PageSize; got != pageSize {
+				t.Fatalf("%s: page size %d, want %d", db.Path(), got, pageSize)
+			}
 		}
 		if err := s.Put(context.Background(), "t", pageCells(5000, 1)); err != nil {
 			t.Fatal(err)
@@ -97,7 +99,7 @@ func TestOtherPageSizeKept(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := s.db.Info().PageSize; got != old {
+		if got := s.parts[0].Info().PageSize; got != old {
 			t.Fatalf("round %d: page size %d, want the file's %d", round, got, old)
 		}
 		checkCells(t, s, int64(round+1), want)

@@ -42,35 +42,12 @@ func TestPutPrunesToVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[string][]int64{}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		return tableToRead(tx, "t").ForEach(func(k, v []byte) error {
-			row, column, err := parseCellKey(k)
-			if err != nil {
-				return err
-			}
-			if string(column) != "v" {
-				return fmt.Errorf("row %q: column %q", row, column)
-			}
-			rest, err := versionsOf(v)
-			for err == nil && len(rest) > 0 {
-				var ts int64
-				var val []byte
-				if ts, val, rest, err = nextVersion(rest); err != nil {
-					break
-				}
-				if want := fmt.Sprintf("%s/%d", row[2:], ts); string(val) != want {
-					return fmt.Errorf("%q@%d holds %q, want %q", row, ts, val, want)
-				}
-				if n := len(got[row]); n > 0 && got[row][n-1] <= ts {
-					return fmt.Errorf("%q: version %d after %d: not newest first", row, ts, got[row][n-1])
-				}
-				got[row] = append(got[row], ts)
-			}
-			return err
-		})
-	})
-	if err != nil {
-		t.Fatal(err)
+	for _, db := range s.parts {
+		if err := db.View(func(tx *bolt.Tx) error {
+			return pruned(tx, got)
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if len(got) != rows {
 		t.Fatalf("%d rows stored, want %d", len(got), rows)
@@ -81,4 +58,34 @@ func TestPutPrunesToVersions(t *testing.T) {
 			t.Fatalf("row %q keeps versions %v, want %v", row, ts, want)
 		}
 	}
+}
+
+// pruned adds the versions of table t's rows in tx to got, checking
+// their values and order.
+func pruned(tx *bolt.Tx, got map[string][]int64) error {
+	return tableToRead(tx, "t").ForEach(func(k, v []byte) error {
+		row, column, err := parseCellKey(k)
+		if err != nil {
+			return err
+		}
+		if string(column) != "v" {
+			return fmt.Errorf("row %q: column %q", row, column)
+		}
+		rest, err := versionsOf(v)
+		for err == nil && len(rest) > 0 {
+			var ts int64
+			var val []byte
+			if ts, val, rest, err = nextVersion(rest); err != nil {
+				break
+			}
+			if want := fmt.Sprintf("%s/%d", row[2:], ts); string(val) != want {
+				return fmt.Errorf("%q@%d holds %q, want %q", row, ts, val, want)
+			}
+			if n := len(got[row]); n > 0 && got[row][n-1] <= ts {
+				return fmt.Errorf("%q: version %d after %d: not newest first", row, ts, got[row][n-1])
+			}
+			got[row] = append(got[row], ts)
+		}
+		return err
+	})
 }
