@@ -820,7 +820,13 @@ func (s *Store) Scan(ctx context.Context, table, start, stop string, asOf int64,
 	for k := range live {
 		live[k] = true
 	}
+	done := ctx.Done() // a caller that has what it needs cancels: no more rows
 	for {
+		select {
+		case <-done:
+			return ctx.Err()
+		default:
+		}
 		first := -1
 		for k := range heads {
 			for len(heads[k]) == 0 && live[k] {

@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -307,5 +308,30 @@ func TestPartIndexSpreadsAndStays(t *testing.T) {
 		if got != want {
 			t.Errorf("row %q: parts %v of 2, 3, 4; want %v", row, got, want)
 		}
+	}
+}
+
+// TestScanStopsWhenCancelled: a caller that has what it needs cancels
+// the Scan's context (Puma's bounded partials do), and gets no row
+// after, though every part has read rows ahead.
+func TestScanStopsWhenCancelled(t *testing.T) {
+	for _, parts := range []int{1, 3} {
+		s := openPartsFor(t, filepath.Join(t.TempDir(), "store.db"), parts, nil)
+		if err := s.Put(context.Background(), "t", partCells(3000)); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		n := 0
+		err := s.Scan(ctx, "t", "", "", store.Latest, func(string, []store.Cell) error {
+			if n++; n == 5 {
+				cancel()
+			}
+			return nil
+		})
+		if n != 5 || !errors.Is(err, context.Canceled) {
+			t.Fatalf("%d parts: %d rows given, the last 5th at the cancel; Scan: %v", parts, n, err)
+		}
+		cancel()
+		s.Close()
 	}
 }
