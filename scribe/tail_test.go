@@ -290,16 +290,7 @@ func TestTailRereadsAFileRewrittenWhileStopped(t *testing.T) {
 // which writes to the renamed file until it reopens its log. Those lines
 // are read before the agent moves on to the new file.
 func TestTailReadsARotatedFileUntilTheAppReopensItsLog(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "app.log")
-	appendFile(t, log, "a1\n")
-	up := startUpstream(t, "127.0.0.1:0", nil)
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
-	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
-	clk := &pollClock{interval: cfg.TailPollInterval.D()}
-	a := startAgentClock(t, cfg, clk)
-	waitLines(t, up, "a1")
+	log, up, clk, a := startRotatingTail(t)
 
 	app, err := os.OpenFile(log, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -335,29 +326,8 @@ func TestTailReadsARotatedFileUntilTheAppReopensItsLog(t *testing.T) {
 // agent still waits for the old one to go idle. The new file is held open
 // from when the agent first sees it, and read in its turn.
 func TestTailReadsEveryFileRotatedInWhileItWaits(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "app.log")
-	appendFile(t, log, "a1\n")
-	up := startUpstream(t, "127.0.0.1:0", nil)
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
-	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
-	clk := &pollClock{interval: cfg.TailPollInterval.D()}
-	startAgentClock(t, cfg, clk)
-	waitLines(t, up, "a1")
-
-	if err := os.Rename(log, log+".1"); err != nil {
-		t.Fatal(err)
-	}
-	appendFile(t, log, "b1\n")
-	polls := clk.polls.Load()
-	testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
-	if err := os.Rename(log+".1", log+".2"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(log, log+".1"); err != nil {
-		t.Fatal(err)
-	}
+	log, up, clk, _ := startRotatingTail(t)
+	rotateTwice(t, log, clk)
 	appendFile(t, log, "c1\n")
 	testkit.WaitFor(t, "the tailer to follow the new files", func() bool {
 		clk.skew.Add(int64(time.Hour))
@@ -371,38 +341,13 @@ func TestTailReadsEveryFileRotatedInWhileItWaits(t *testing.T) {
 // file, and the log may be rotated more than once meanwhile. Every file is
 // read once the queue drains.
 func TestTailReadsEveryFileRotatedInWhileTheQueueIsFull(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "app.log")
-	up := startUpstream(t, "127.0.0.1:0", nil)
-	release := make(chan struct{})
-	unblock := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(unblock)
-	up.gate = func(*scribethrift.Batch) { <-release }
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.MaxQueueBytes = 2 << 10
-	cfg.SegmentBytes = 4 << 10
-	cfg.BatchEntries = 8
-	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
-	var want []string
-	var sb strings.Builder
-	for i := range 200 {
-		want = append(want, fmt.Sprintf("a%03d", i))
-		fmt.Fprintf(&sb, "a%03d\n", i)
-	}
-	appendFile(t, log, sb.String())
-	clk := &pollClock{interval: cfg.TailPollInterval.D()}
-	a := startAgentClock(t, cfg, clk)
-	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
-	// The tailer alone waits on the clock now: for room in the queue.
-	waits := clk.waits.Load()
-	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+	log, up, clk, _, want, unblock := startFullQueueTail(t)
 
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
 	}
 	appendFile(t, log, "b1\n")
-	waits = clk.waits.Load()
+	waits := clk.waits.Load()
 	testkit.WaitFor(t, "the tailer to wait for the queue again", func() bool { return clk.waits.Load() >= waits+2 })
 	if err := os.Rename(log+".1", log+".2"); err != nil {
 		t.Fatal(err)
@@ -463,31 +408,8 @@ func TestTailResumesAfterTheHoleOfATruncation(t *testing.T) {
 // app writes past the tailer's offset before it reads again. The agent
 // notices that the file's start changed and reads it from its start.
 func TestTailRereadsAFileRewrittenWhileTheQueueIsFull(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "app.log")
-	up := startUpstream(t, "127.0.0.1:0", nil)
-	release := make(chan struct{})
-	unblock := sync.OnceFunc(func() { close(release) })
-	t.Cleanup(unblock)
-	up.gate = func(*scribethrift.Batch) { <-release }
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.MaxQueueBytes = 2 << 10
-	cfg.SegmentBytes = 4 << 10
-	cfg.BatchEntries = 8
-	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
-	var want []string
-	var old, refill strings.Builder
-	for i := range 200 {
-		want = append(want, fmt.Sprintf("a%03d", i))
-		fmt.Fprintf(&old, "a%03d\n", i)
-	}
-	appendFile(t, log, old.String())
-	clk := &pollClock{interval: cfg.TailPollInterval.D()}
-	a := startAgentClock(t, cfg, clk)
-	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
-	waits := clk.waits.Load()
-	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+	var refill strings.Builder
 
 	if err := os.Truncate(log, 0); err != nil {
 		t.Fatal(err)
@@ -509,17 +431,72 @@ func TestTailRereadsAFileRewrittenWhileTheQueueIsFull(t *testing.T) {
 // log at its next line), is read once the file before it is idle, not
 // left until a new file appears (and lost, should the agent stop first).
 func TestTailReadsAHeldFileOnceThePathIsGone(t *testing.T) {
+	log, up, clk, _ := startRotatingTail(t)
+	rotateTwice(t, log, clk)
+	testkit.WaitFor(t, "the tailer to follow the held file", func() bool {
+		clk.skew.Add(int64(time.Hour))
+		return up.count(t) >= 2
+	})
+	waitLines(t, up, "a1", "b1")
+}
+
+// startRotatingTail starts an agent tailing app.log (holding "a1", read)
+// on a poll clock, with a tail_rotate_wait that passes only when the test
+// moves the clock.
+func startRotatingTail(t *testing.T) (string, *fakeUpstream, *pollClock, *agent) {
+	t.Helper()
 	dir := t.TempDir()
 	log := filepath.Join(dir, "app.log")
 	appendFile(t, log, "a1\n")
 	up := startUpstream(t, "127.0.0.1:0", nil)
 	cfg := tailConfig(dir, up.srv.Addr(), log)
 	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
-	cfg.TailRotateWait = config.Duration(time.Hour)              // passes only when the test moves the clock
+	cfg.TailRotateWait = config.Duration(time.Hour)
 	clk := &pollClock{interval: cfg.TailPollInterval.D()}
-	startAgentClock(t, cfg, clk)
+	a := startAgentClock(t, cfg, clk)
 	waitLines(t, up, "a1")
+	return log, up, clk, a
+}
 
+// startFullQueueTail starts an agent tailing app.log, written with 200
+// lines (want), on a poll clock, whose upstream holds its first call
+// until unblock: once it returns, the queue is full and the tailer waits
+// for room in it.
+func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollClock, a *agent, want []string, unblock func()) {
+	t.Helper()
+	dir := t.TempDir()
+	log = filepath.Join(dir, "app.log")
+	up = startUpstream(t, "127.0.0.1:0", nil)
+	release := make(chan struct{})
+	unblock = sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	up.gate = func(*scribethrift.Batch) { <-release }
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	var sb strings.Builder
+	for i := range 200 {
+		want = append(want, fmt.Sprintf("a%03d", i))
+		fmt.Fprintf(&sb, "a%03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	clk = &pollClock{interval: cfg.TailPollInterval.D()}
+	a = startAgentClock(t, cfg, clk)
+	testkit.WaitFor(t, "the queue to fill", func() bool { return up.active.Load() == 1 && a.q.Stats().Bytes > 1<<10 })
+	// The tailer alone waits on the clock now: for room in the queue.
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
+	return log, up, clk, a, want, unblock
+}
+
+// rotateTwice rotates app.log ("a1") to app.log.1, writes "b1" to a new
+// app.log, waits for the tailer to poll it (held open while the rotated
+// file is read), then rotates both again: app.log.1 to .2, app.log to .1.
+func rotateTwice(t *testing.T, log string, clk *pollClock) {
+	t.Helper()
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
 	}
@@ -532,9 +509,4 @@ func TestTailReadsAHeldFileOnceThePathIsGone(t *testing.T) {
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
 	}
-	testkit.WaitFor(t, "the tailer to follow the held file", func() bool {
-		clk.skew.Add(int64(time.Hour))
-		return up.count(t) >= 2
-	})
-	waitLines(t, up, "a1", "b1")
 }
