@@ -329,7 +329,7 @@ type batchArgs struct {
 
 // size is the bytes of the LogBatch frame encode returns.
 func (a *batchArgs) size() int {
-	n := scribeapi.BatchFrameHead + 64 + len(a.id) + len(a.b.Incarnation)
+	n := int(scribeapi.BatchOverhead(a.id, a.b.Incarnation))
 	for _, e := range a.b.Entries {
 		n += scribewire.EntrySize(e.Category, e.Message)
 	}

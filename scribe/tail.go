@@ -53,6 +53,7 @@ type tailer struct {
 	id    fileID
 	off   int64  // offset in f up to which lines are durable in the queue
 	first []byte // f's first bytes as read (up to headBytes), fingerprinted with off
+	head  []byte // rewritten's reading of f's first bytes
 	buf   []byte // bytes of f from off on, read but not yet queued
 	cut   int    // buf[:cut] is in batch
 	batch []diskqueue.Entry
@@ -226,8 +227,12 @@ func (t *tailer) rewritten() bool {
 	if len(t.first) == 0 {
 		return false
 	}
-	b, err := headOf(t.f, int64(len(t.first)))
-	return err == nil && !bytes.Equal(b, t.first) && !zeros(b)
+	// Read into a buffer of its own, kept: this runs before every read.
+	t.head = slices.Grow(t.head[:0], len(t.first))[:len(t.first)]
+	if _, err := t.f.ReadAt(t.head, 0); err != nil {
+		return false
+	}
+	return !bytes.Equal(t.head, t.first) && !zeros(t.head)
 }
 
 // headOf reads the first n bytes of f (without moving its offset).
