@@ -429,11 +429,11 @@ func (s *Store) Put(ctx context.Context, table string, cells []store.Cell) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	byPart := s.split(cells)
-	return s.callParts("put", len(byPart), func(k int) error {
-		if len(byPart[k]) == 0 {
-			return nil
-		}
+	byPart, ks := s.split(cells)
+	if len(ks) == 0 {
+		return nil // no cells, several parts
+	}
+	return s.callParts("put", ks, func(k int) error {
 		return s.parts[k].Update(func(tx *bolt.Tx) error {
 			b, err := tableToWrite(tx, table)
 			if err != nil {
@@ -937,7 +937,7 @@ func (s *Store) deleteWhere(ctx context.Context, table, start, stop string, keep
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.callParts("delete", len(s.parts), func(k int) error {
+	return s.callParts("delete", s.allParts(), func(k int) error {
 		return s.parts[k].Update(func(tx *bolt.Tx) error {
 			b := tableToRead(tx, table)
 			if b == nil {

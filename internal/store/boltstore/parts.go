@@ -82,28 +82,35 @@ func partIndex(row string, n int) int {
 	return int(h % uint64(n))
 }
 
-// split returns cells by part, each in the order given.
-func (s *Store) split(cells []store.Cell) [][]store.Cell {
+// split returns cells by part, each in the order given, and the parts
+// that have any.
+func (s *Store) split(cells []store.Cell) ([][]store.Cell, []int) {
 	if len(s.parts) == 1 {
-		return [][]store.Cell{cells}
+		return [][]store.Cell{cells}, []int{0}
 	}
 	by := make([][]store.Cell, len(s.parts))
-	for k := range by {
-		by[k] = make([]store.Cell, 0, len(cells)/len(s.parts)+len(cells)/8+1)
-	}
 	for _, c := range cells {
 		k := partIndex(c.Row, len(s.parts))
+		if by[k] == nil {
+			by[k] = make([]store.Cell, 0, len(cells)/len(s.parts)+len(cells)/8+1)
+		}
 		by[k] = append(by[k], c)
 	}
-	return by
+	var ks []int
+	for k := range by {
+		if len(by[k]) > 0 {
+			ks = append(ks, k)
+		}
+	}
+	return by, ks
 }
 
-// callParts is call for an operation on n parts at once: fn(k) for each
-// part k, on a goroutine of its own but the first. A panic or fault in
-// any is damage (call); else the errors are joined.
-func (s *Store) callParts(op string, n int, fn func(k int) error) error {
-	if n == 1 {
-		return s.call(op, func() error { return fn(0) })
+// callParts is call for an operation on the parts ks at once: fn(k) for
+// each, on a goroutine of its own but the first's (one part: none). A
+// panic or fault in any is damage (call); else the errors are joined.
+func (s *Store) callParts(op string, ks []int, fn func(k int) error) error {
+	if len(ks) == 1 {
+		return s.call(op, func() error { return fn(ks[0]) })
 	}
 	s.mu.Lock()
 	broken := s.broken
@@ -111,13 +118,13 @@ func (s *Store) callParts(op string, n int, fn func(k int) error) error {
 	if broken != nil {
 		return broken
 	}
-	errs := make([]error, n)
-	panics := make([]any, n)
+	errs := make([]error, len(ks))
+	panics := make([]any, len(ks))
 	var wg sync.WaitGroup
-	for k := 1; k < n; k++ {
-		wg.Go(func() { panics[k] = guarded(func() { errs[k] = fn(k) }) })
+	for i := 1; i < len(ks); i++ {
+		wg.Go(func() { panics[i] = guarded(func() { errs[i] = fn(ks[i]) }) })
 	}
-	panics[0] = guarded(func() { errs[0] = fn(0) })
+	panics[0] = guarded(func() { errs[0] = fn(ks[0]) })
 	wg.Wait()
 	for _, r := range panics {
 		if r != nil {
@@ -125,6 +132,15 @@ func (s *Store) callParts(op string, n int, fn func(k int) error) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// allParts lists every part's index.
+func (s *Store) allParts() []int {
+	ks := make([]int, len(s.parts))
+	for k := range ks {
+		ks[k] = k
+	}
+	return ks
 }
 
 // partsRecord is what partsBucket holds.
