@@ -172,7 +172,7 @@ func (s *shard) recover(ctx context.Context) error {
 	st := s.p.deps.Store
 	tbl := s.p.cfg.Table
 	row := commitRow(s.category, s.bucket)
-	val, state, _, err := readCommit(ctx, st, tbl, s.category, s.bucket)
+	val, state, attempt, err := readCommit(ctx, st, tbl, s.category, s.bucket)
 	if err != nil {
 		return err
 	}
@@ -188,7 +188,24 @@ func (s *shard) recover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", val, []store.Cell{{Row: row, Column: "commit", Timestamp: E, Value: claim}})
+	cells := []store.Cell{{Row: row, Column: "commit", Timestamp: E, Value: claim}}
+	if val == nil {
+		// A shard without a commit row was never claimed, or lost its
+		// commit row: versions stored under it are of a state lost with
+		// that row, none committed. The claim marks the highest as
+		// attempted, so that the purge below and every later owner's
+		// (which purge up to the last attempt marked) remove them, and
+		// that no later owner's versions, above it, are ever taken for
+		// them.
+		lost, err := highestVersion(ctx, st, tbl, shardPrefix(s.category, s.bucket), dedupPrefix(s.category, s.bucket))
+		if err != nil {
+			return fmt.Errorf("read versions of a shard without a commit row: %w", err)
+		}
+		if lost > attempt {
+			cells = append(cells, store.Cell{Row: row, Column: "attempt", Timestamp: lost, Value: []byte(strconv.FormatInt(lost, 10))})
+		}
+	}
+	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", val, cells)
 	if err != nil {
 		return fmt.Errorf("claim shard: %w", err)
 	}
@@ -214,13 +231,9 @@ func (s *shard) recover(ctx context.Context) error {
 	// never committed: remove them so that no later read can see them.
 	// Only up to the last attempt marked: should this recovery stall here
 	// while another owner claims the shard and commits, that owner's
-	// versions are above it, and are its committed state. A shard without
-	// a commit row was never claimed: versions of any epoch are of a
-	// state lost with its commit row.
+	// versions are above it, and are its committed state (the claim of a
+	// shard without a commit row marked what it found as attempted).
 	purgeTo := max(E, attempt)
-	if val == nil {
-		purgeTo = store.Latest
-	}
 	if err := st.DeleteBetween(ctx, tbl, shardPrefix(s.category, s.bucket), store.PrefixEnd(shardPrefix(s.category, s.bucket)), E, purgeTo); err != nil {
 		return fmt.Errorf("purge uncommitted cells: %w", err)
 	}
@@ -301,6 +314,24 @@ func (s *shard) recover(ctx context.Context) error {
 		s.p.releaseMemory() // the scan's and the decoding's garbage, as after a checkpoint
 	}
 	return nil
+}
+
+// highestVersion is the newest timestamp of any cell in the rows under
+// prefixes (0 if there are none).
+func highestVersion(ctx context.Context, st store.Store, table string, prefixes ...string) (int64, error) {
+	var top int64
+	for _, p := range prefixes {
+		err := st.Scan(ctx, table, p, store.PrefixEnd(p), store.Latest, func(_ string, cells []store.Cell) error {
+			for _, c := range cells {
+				top = max(top, c.Timestamp)
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	}
+	return top, nil
 }
 
 // stallRecovery calls the test hook inRecovery, if any.

@@ -130,7 +130,12 @@
 // newest one below it (fence.go), so a stale owner's cells never show in
 // the new owner's state nor in an answer from the store, however late
 // they land. TestStaleOwnerFenced stalls an owner after its marker, lets
-// another claim and commit, resumes it, on bbolt and HBase.
+// another claim and commit, resumes it, on bbolt and HBase. A recovery
+// purges only up to the last attempt it read marked after its claim, so
+// that one stalled there deletes nothing a later owner committed; the
+// claim of a shard without a commit row marks the newest version stored
+// under it as attempted (a state lost with its commit row), for the same
+// bound (TestStaleRecoveryPurgeFenced).
 //
 // Deduplication. Entries from Freeway's agent carry sequence numbers, and
 // each block names its sender: "agent_id/incarnation", the incarnation

@@ -96,30 +96,43 @@ func checkStaleOwnerFenced(t *testing.T, e *env, st store.Store, category string
 // claim): the committed state and a later recovery still have them.
 // Stalled before it read the attempt marker (then the other node's), it
 // finds its claim gone and stops; stalled after it, it purges only what
-// it read was attempted. On the embedded store and on HBase.
+// it read was attempted. The same for the shard's first recovery ever
+// (no commit row: "first"), which purges the versions of any epoch found
+// before its claim (a state lost with its commit row) and none written
+// after. On the embedded store and on HBase.
 func TestStaleRecoveryPurgeFenced(t *testing.T) {
-	for _, stage := range []string{"claimed", "purge"} {
-		t.Run("bolt/"+stage, func(t *testing.T) {
-			e := newEnv(t)
-			checkStaleRecoveryPurge(t, e, e.st, "orders", stage)
-		})
-		t.Run("hbase/"+stage, func(t *testing.T) {
-			st, category := hbaseCategory(t, "purge_")
-			checkStaleRecoveryPurge(t, newEnv(t), st, category, stage)
-		})
+	for _, first := range []bool{false, true} {
+		for _, stage := range []string{"claimed", "purge"} {
+			name := stage
+			if first {
+				name = "first/" + stage
+			}
+			t.Run("bolt/"+name, func(t *testing.T) {
+				e := newEnv(t)
+				checkStaleRecoveryPurge(t, e, e.st, "orders", stage, first)
+			})
+			t.Run("hbase/"+name, func(t *testing.T) {
+				st, category := hbaseCategory(t, "purge_")
+				checkStaleRecoveryPurge(t, newEnv(t), st, category, stage, first)
+			})
+		}
 	}
 }
 
-func checkStaleRecoveryPurge(t *testing.T, e *env, st store.Store, category, stall string) {
+func checkStaleRecoveryPurge(t *testing.T, e *env, st store.Store, category, stall string, first bool) {
 	e.apps = []*apps.App{orders(t, func(s *apps.Spec) { s.Category = category })}
 	ctx := context.Background()
 	node := func(id string) *Puma { return e.node(id, func(c *Config, d *Deps) { d.Store = st }) }
 	pos := func(i int) ptail.Position { return ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(i)} }
 
-	first := testShardOf(t, node("first"), category, 0)
-	first.apply(agent("a1/x", 1, order(t0+1000, "eu", "book", 1)), pos(1))
-	if err := first.checkpoint(ctx); err != nil {
-		t.Fatal(err)
+	want := []string{"+0..+60s {kind=book region=us} {hi=7 lo=7 mean=7 n=1 total=7}"}
+	if !first {
+		committer := testShardOf(t, node("first"), category, 0)
+		committer.apply(agent("a1/x", 1, order(t0+1000, "eu", "book", 1)), pos(1))
+		if err := committer.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		want = append([]string{"+0..+60s {kind=book region=eu} {hi=1 lo=1 mean=1 n=1 total=1}"}, want...)
 	}
 
 	// A node claims the shard and stalls.
@@ -162,10 +175,6 @@ func checkStaleRecoveryPurge(t *testing.T, e *env, st store.Store, category, sta
 	}
 	stale.release()
 
-	want := []string{
-		"+0..+60s {kind=book region=eu} {hi=1 lo=1 mean=1 n=1 total=1}",
-		"+0..+60s {kind=book region=us} {hi=7 lo=7 mean=7 n=1 total=7}",
-	}
 	equalRows(t, "new owner's memory", memRows(t, newer, Query{App: "orders"}), want)
 	c := NewCommitted(st, "puma", e.apps, func(string) int { return 1 })
 	equalRows(t, "committed state", rows(t, c, Query{}), want)
@@ -175,4 +184,45 @@ func checkStaleRecoveryPurge(t *testing.T, e *env, st store.Store, category, sta
 	again.apply(agent("a1/x", 2, order(t0+2000, "us", "pen", 5)), pos(3))
 	want = append(want, "+0..+60s {kind=pen region=us} {hi=5 lo=5 mean=5 n=1 total=5}")
 	equalRows(t, "recovered state and the retried entry", memRows(t, again, Query{}), want)
+}
+
+// TestLostCommitRowStateIgnored: a shard whose commit row was lost (its
+// cells and seen-windows still stored, at the epochs of their commits)
+// recovers as a shard never claimed: what was stored is not its state,
+// it is purged, and the next owner's own commits are counted alone, then
+// and by a later recovery.
+func TestLostCommitRowStateIgnored(t *testing.T) {
+	e := newEnv(t)
+	e.apps = []*apps.App{orders(t)}
+	ctx := context.Background()
+	pos := func(i int) ptail.Position { return ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(i)} }
+
+	old := testShardOf(t, e.node("old"), "orders", 0)
+	for i := 1; i <= 3; i++ {
+		old.apply(agent("a1/x", uint64(i), order(t0+1000, "eu", "book", 1)), pos(i))
+		if err := old.checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	row := commitRow("orders", 0)
+	if err := e.st.DeleteUpTo(ctx, "puma", row, row+"\x00", store.Latest); err != nil {
+		t.Fatal(err)
+	}
+	if versionsAbove(t, e.st, 0) == 0 {
+		t.Fatal("no cell versions stored")
+	}
+
+	newer := testShardOf(t, e.node("new"), "orders", 0)
+	if n := versionsAbove(t, e.st, 0); n != 0 {
+		t.Fatalf("%d cell versions of the lost state left after recovery", n)
+	}
+	newer.apply(agent("a1/x", 1, order(t0+3000, "us", "book", 7)), pos(1))
+	if err := newer.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"+0..+60s {kind=book region=us} {hi=7 lo=7 mean=7 n=1 total=7}"}
+	c := NewCommitted(e.st, "puma", e.apps, func(string) int { return 1 })
+	equalRows(t, "committed state", rows(t, c, Query{}), want)
+	again := testShardOf(t, e.node("third"), "orders", 0)
+	equalRows(t, "recovered state", memRows(t, again, Query{}), want)
 }
