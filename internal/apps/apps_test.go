@@ -259,6 +259,14 @@ func TestValidation(t *testing.T) {
 			s.MaxFuture = config.Duration(2 * time.Hour)
 			s.Retention = config.Duration(2 * time.Hour)
 		}, "$.apps[0].max_future", "less than retention"},
+		// A line accepted allowed_lateness behind the watermark would
+		// open again a window retention has dropped: a partial cell, in
+		// memory and in the store, where the whole one was deleted.
+		{func(s *Spec) {
+			s.AllowedLateness = config.Duration(2 * time.Hour)
+			s.Retention = config.Duration(time.Hour)
+			s.MaxFuture = config.Duration(time.Minute)
+		}, "$.apps[0].allowed_lateness", "must not exceed retention (1h)"},
 	}
 	for _, tc := range cases {
 		s := base()
@@ -273,23 +281,24 @@ func TestValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// max_future defaults to 1h, or to allowed_lateness or half the
-	// retention if shorter: a valid app without it stays valid.
+	// retention if shorter; allowed_lateness to 1h, or to the retention
+	// if shorter: a valid app without them stays valid.
 	for _, tc := range []struct {
 		lateness, retention time.Duration
-		want                int64
+		want, wantLate      int64
 	}{
-		{0, 0, 3600_000},
-		{2 * time.Hour, 0, 3600_000},
-		{5 * time.Minute, 0, 300_000},
-		{0, time.Hour, 1800_000},
-		{0, time.Minute, 30_000},
+		{0, 0, 3600_000, 3600_000},
+		{2 * time.Hour, 0, 3600_000, 7200_000},
+		{5 * time.Minute, 0, 300_000, 300_000},
+		{0, time.Hour, 1800_000, 3600_000},
+		{0, time.Minute, 30_000, 60_000},
 	} {
 		s := base()
 		s.AllowedLateness = config.Duration(tc.lateness)
 		s.Retention = config.Duration(tc.retention)
 		a, err := Compile(s, "$.apps[0]")
-		if err != nil || a.MaxFutureMs != tc.want {
-			t.Errorf("allowed_lateness %v, retention %v: max_future %d ms, %v; want %d", tc.lateness, tc.retention, a.MaxFutureMs, err, tc.want)
+		if err != nil || a.MaxFutureMs != tc.want || a.LatenessMs != tc.wantLate {
+			t.Errorf("allowed_lateness %v, retention %v: max_future %d ms, allowed_lateness %d ms, %v; want %d, %d", tc.lateness, tc.retention, a.MaxFutureMs, a.LatenessMs, err, tc.want, tc.wantLate)
 		}
 	}
 }

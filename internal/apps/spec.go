@@ -28,6 +28,7 @@ type Spec struct {
 	Windows []config.Duration `yaml:"windows"`
 	// AllowedLateness: records older than the app's watermark (the highest
 	// event time seen) minus this are counted as late and not aggregated.
+	// At most retention. Default: 1h, or retention if shorter.
 	AllowedLateness config.Duration `yaml:"allowed_lateness"`
 	// Retention: windows that end before watermark - retention are dropped
 	// from memory and from the store.
@@ -114,11 +115,12 @@ func (s *Spec) SetDefaults() {
 	if s.Window == 0 && len(s.Windows) == 0 {
 		s.Window = config.Duration(DefaultWindow)
 	}
-	if s.AllowedLateness == 0 {
-		s.AllowedLateness = config.Duration(DefaultAllowedLateness)
-	}
 	if s.Retention == 0 {
 		s.Retention = config.Duration(DefaultRetention)
+	}
+	if s.AllowedLateness == 0 {
+		// Within retention (see Validate).
+		s.AllowedLateness = config.Duration(min(DefaultAllowedLateness, s.Retention.D()))
 	}
 	if s.MaxFuture == 0 {
 		// The default never makes a valid app invalid: it stays within
@@ -248,6 +250,12 @@ func (s *Spec) Validate(path string) error {
 		return errAt(path+".max_future", "must not exceed allowed_lateness (%v): a record accepted max_future ahead would make the records of its own arrival time late", s.AllowedLateness)
 	case s.MaxFuture >= s.Retention:
 		return errAt(path+".max_future", "must be less than retention (%v): a record accepted max_future ahead would drop the windows of its own arrival time", s.Retention)
+	}
+	// Windows that end retention behind the watermark are dropped: a
+	// record accepted further behind would open one again, a partial
+	// cell where retention deleted the whole one.
+	if s.AllowedLateness > s.Retention {
+		return errAt(path+".allowed_lateness", "must not exceed retention (%v): a record accepted that late would open again a window retention dropped", s.Retention)
 	}
 	if s.MaxCells < 0 {
 		return errAt(path+".max_cells", "must not be negative (0: no bound of the app's own)")
