@@ -215,7 +215,7 @@ func (s *shard) planBackfills(ctx context.Context, E int64) (fresh map[string]bo
 func (s *shard) unlistReread(state *commitState) {
 	for _, t := range s.tables {
 		app := t.app.Name()
-		if r, ok := state.Reads[app]; !ok || r == readsOf(t.app) {
+		if !state.readsChanged(t.app) {
 			continue
 		}
 		state.Spans = slices.DeleteFunc(state.Spans, func(n string) bool { return strings.HasPrefix(n, app+"@") })
@@ -449,9 +449,10 @@ func (s *shard) snapshotBackfills(state *commitState) {
 	}
 	state.Removed = slices.Clone(s.removing)
 	state.AppGaps = maps.Clone(s.appGaps)
-	state.Reads = map[string]string{}
+	state.Reads, state.ReadsForm = map[string]string{}, map[string]string{}
 	for _, t := range s.tables {
 		state.Reads[t.app.Name()] = readsOf(t.app)
+		state.ReadsForm[t.app.Name()] = readsFormOf(t.app)
 	}
 }
 
@@ -487,7 +488,7 @@ func (st commitState) incomplete(pl *plan, fromMs int64) string {
 	if st.Spans != nil && !slices.Contains(st.Spans, app.Name()+"@"+fingerprint(app, pl.srcMs)) {
 		return notBuilt
 	}
-	if r, ok := st.Reads[app.Name()]; ok && r != readsOf(app) {
+	if st.readsChanged(app) {
 		return "incomplete: the shard's state of the app was counted under another format, time field or where filter; it has not been built again yet"
 	}
 	if why := st.Gap.incomplete(app, fromMs); why != "" {

@@ -801,3 +801,58 @@ func TestBackfillRetentionRace(t *testing.T) {
 	r2.stop(t)
 	check("store", committed(e))
 }
+
+// TestRewrittenWhereKeepsState: a where filter written otherwise but
+// meaning the same (white space, quotes, = for ==, the case of keywords,
+// parentheses around the whole) is not a change: the app's state is
+// kept, not built again from the dfs (which reaches back only as far as
+// dfs_retention). A filter that means something else still is.
+func TestRewrittenWhereKeepsState(t *testing.T) {
+	where := func(w string) *apps.App { return orders(t, func(s *apps.Spec) { s.Where = w }) }
+	e := newEnv(t, where(`kind == "k0" and not amount`))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 6))
+	r1.stop(t)
+
+	for i, tc := range []struct {
+		where   string
+		rebuilt bool
+	}{
+		{"(  kind='k0'\n  AND NOT amount )", false},
+		{`kind == "k0" and not amount`, false},
+		{`kind == "k1" and not amount`, true},
+	} {
+		e.apps = []*apps.App{where(tc.where)}
+		p := e.node(fmt.Sprint("n", i+2))
+		s := testShard(t, p, 0)
+		adopt(p, s)
+		st, _ := p.AppState("orders")
+		if got := st.State == "backfilling"; got != tc.rebuilt {
+			t.Fatalf("where %q: state %+v, want rebuilt %v", tc.where, st, tc.rebuilt)
+		}
+		if err := s.checkpoint(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		s.release()
+	}
+}
+
+// TestReadsChangedLegacyRow: a commit row of the code before ReadsForm
+// (Reads alone, the filter as written) is compared as written; one with
+// neither takes the app as unchanged.
+func TestReadsChangedLegacyRow(t *testing.T) {
+	app := orders(t, func(s *apps.Spec) { s.Where = `kind == "k0"` })
+	rewritten := orders(t, func(s *apps.Spec) { s.Where = `kind='k0'` })
+	other := orders(t, func(s *apps.Spec) { s.Where = `kind == "k1"` })
+	legacy := commitState{Reads: map[string]string{"orders": readsOf(app)}}
+	if legacy.readsChanged(app) || !legacy.readsChanged(rewritten) || !legacy.readsChanged(other) {
+		t.Fatal("a legacy row is not compared by the filter as written")
+	}
+	current := commitState{Reads: map[string]string{"orders": readsOf(app)}, ReadsForm: map[string]string{"orders": readsFormOf(app)}}
+	if current.readsChanged(app) || current.readsChanged(rewritten) || !current.readsChanged(other) {
+		t.Fatal("a row with ReadsForm is not compared by the filter as parsed")
+	}
+	if (commitState{}).readsChanged(other) {
+		t.Fatal("a row without reads takes the app as changed")
+	}
+}

@@ -65,6 +65,12 @@ type commitState struct {
 	// lines, and is built again (backfill.go). Rows without it, or
 	// without the app, take its reads as unchanged.
 	Reads map[string]string `json:"reads,omitempty"`
+	// ReadsForm is Reads with each where filter as parsed (readsFormOf),
+	// so that a filter only written otherwise is no change. Rows without
+	// it are compared by Reads; Reads is still written for the code
+	// before, which compares by it (after such an edit, a downgrade with
+	// the same configuration keeps the state too).
+	ReadsForm map[string]string `json:"reads_form,omitempty"`
 	// Aborted lists the epochs that were never committed, as inclusive
 	// ranges, oldest first: a cell version at one of them was written by
 	// an attempt that did not commit, perhaps by a stale owner after the

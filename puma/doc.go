@@ -31,7 +31,8 @@
 // fingerprint), and every span of an app that now reads its lines
 // otherwise (its where filter, time field, format or pattern changed: the
 // commit row's reads, by app; cells of the same shape holding other
-// lines), is built from the bucket's segments still in the dfs by a
+// lines; a where filter only written otherwise, in white space, quotes or
+// parentheses, is no change: reads_form), is built from the bucket's segments still in the dfs by a
 // backfill: its own reader from the first segment, its own dedup high
 // waters and watermark; live lines skip the span until the backfill
 // reaches the shard's position and joins. Its cells are checkpointed

@@ -496,15 +496,33 @@ func fingerprint(app *apps.App, windowMs int64) string {
 // time field and the where filter. Cells counted under other reads have
 // the same shape but hold other lines, so the commit row keeps it by app
 // (Reads) and a change builds the app again (planBackfills).
-func readsOf(app *apps.App) string {
+func readsOf(app *apps.App) string { return readsHash(app, app.Spec.Where) }
+
+// readsFormOf is readsOf with the where filter as parsed (WhereForm), not
+// as written: the same for a filter written otherwise.
+func readsFormOf(app *apps.App) string { return readsHash(app, app.WhereForm()) }
+
+func readsHash(app *apps.App, where string) string {
 	s := app.Spec
 	var b strings.Builder
 	fmt.Fprintf(&b, "%q|%q|%q|%q|", s.Format, s.Pattern, s.Fields, s.Separator)
 	if s.Time != nil {
 		fmt.Fprintf(&b, "%q|%q|", s.Time.Field, s.Time.Layout)
 	}
-	fmt.Fprintf(&b, "%q", s.Where)
+	fmt.Fprintf(&b, "%q", where)
 	return fmt.Sprintf("%08x", uint32(xxhash.Sum64String(b.String())))
+}
+
+// readsChanged reports whether app reads its lines otherwise than it did
+// for the cells of st: by ReadsForm where the row has it, else (a row of
+// the code before it) by Reads. An app the row has neither for is taken
+// as unchanged.
+func (st commitState) readsChanged(app *apps.App) bool {
+	if r, ok := st.ReadsForm[app.Name()]; ok {
+		return r != readsFormOf(app)
+	}
+	r, ok := st.Reads[app.Name()]
+	return ok && r != readsOf(app)
 }
 
 // apply feeds one line to the table. A line it rejects changes nothing

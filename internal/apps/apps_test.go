@@ -394,3 +394,41 @@ func TestWindowStartAndKeys(t *testing.T) {
 		t.Fatal("edge keys")
 	}
 }
+
+// TestWhereForm: a filter written otherwise has the form of the
+// original; one that means something else has another.
+func TestWhereForm(t *testing.T) {
+	form := func(w string) string {
+		s := Spec{Name: "a", Category: "c", Format: "json", GroupBy: []string{"k"}, Aggregates: []AggregateSpec{{Fn: "count"}}}
+		s.Where = w
+		a, err := Compile(s, "$.apps[0]")
+		if err != nil {
+			t.Fatalf("%q: %v", w, err)
+		}
+		return a.WhereForm()
+	}
+	base := form(`status >= 500 and (method == "GET" or method <> 'HEAD') and not bot`)
+	for _, same := range []string{
+		"status>=500 AND (method = 'GET' OR method != \"HEAD\") and NOT bot",
+		"((status >= 500) and (method == \"GET\" or (method != 'HEAD'))) and not (bot)",
+		" status >=  500\n and\t(method=='GET' or method<>'HEAD') and not bot ",
+	} {
+		if got := form(same); got != base {
+			t.Errorf("%q: form %q, want %q", same, got, base)
+		}
+	}
+	for _, other := range []string{
+		`status >= 500 and (method == "GET" or method != "HEAD") and bot`,
+		`status >= "500" and (method == "GET" or method != "HEAD") and not bot`,
+		`status >= 500 and method == "GET" or method != "HEAD" and not bot`,
+		`status >= 500 and (method == "GET" or method != method) and not bot`,
+		`status >= 5e2 and (method == "GET" or method != "HEAD") and not bot`,
+	} {
+		if got := form(other); got == base {
+			t.Errorf("%q: the form of another filter, %q", other, got)
+		}
+	}
+	if got := form(""); got != "" {
+		t.Errorf("no filter: form %q", got)
+	}
+}

@@ -49,6 +49,45 @@ type operand struct {
 	at    int
 }
 
+// WhereForm is the app's where filter as parsed ("" without one): the
+// same for every way of writing the same filter (white space, quotes,
+// = or ==, <> or !=, the case of keywords, parentheses), so that a
+// filter written otherwise is not taken for another one.
+func (a *App) WhereForm() string {
+	if a.where == nil {
+		return ""
+	}
+	return whereForm(a.where)
+}
+
+// whereForm prints e fully parenthesized.
+func whereForm(e expr) string {
+	switch e := e.(type) {
+	case andExpr:
+		return "(" + whereForm(e.l) + " and " + whereForm(e.r) + ")"
+	case orExpr:
+		return "(" + whereForm(e.l) + " or " + whereForm(e.r) + ")"
+	case notExpr:
+		return "(not " + whereForm(e.e) + ")"
+	case cmpExpr:
+		return "(" + e.l.form() + " " + e.op + " " + e.r.form() + ")"
+	case truthExpr:
+		return e.f.form()
+	}
+	panic(fmt.Sprintf("where: no form for %T", e))
+}
+
+// form is a field's name, a number's text or a string quoted.
+func (o operand) form() string {
+	switch {
+	case o.field != "":
+		return o.field
+	case o.lit.IsNum:
+		return o.lit.Str
+	}
+	return strconv.Quote(o.lit.Str)
+}
+
 func (e andExpr) eval(r *Record) bool { return e.l.eval(r) && e.r.eval(r) }
 func (e orExpr) eval(r *Record) bool  { return e.l.eval(r) || e.r.eval(r) }
 func (e notExpr) eval(r *Record) bool { return !e.e.eval(r) }
