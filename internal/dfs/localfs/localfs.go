@@ -5,7 +5,8 @@
 // Sync or Close, is its directory (and the parent of every directory its
 // Create made): the bytes a Sync made durable keep their name through a
 // crash of the machine. The directory is fsynced after a rename too, so
-// a published file survives a crash under its new name.
+// a published file survives a crash under its new name, and MkdirAll
+// fsyncs the parent of every directory it makes before it returns.
 package localfs
 
 import (
@@ -183,12 +184,32 @@ func (f *FS) ReadDirNames(name string) ([]string, error) {
 	return names, nil
 }
 
+// MkdirAll makes the directory name and its missing parents, and returns
+// once their names are durable: the parent of every directory it made is
+// fsynced. A writer makes its bucket's directory so before it answers OK
+// for what it syncs in there, and a file's first Sync fsyncs only its own
+// directory and those its Create made.
 func (f *FS) MkdirAll(name string) error {
 	p, err := f.path("mkdir", name)
 	if err != nil {
 		return err
 	}
-	return os.MkdirAll(p, 0o755)
+	var parents []string
+	for d := p; d != f.root; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		parents = append(parents, filepath.Dir(d))
+	}
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		return err
+	}
+	for _, d := range parents {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (f *FS) Rename(oldname, newname string) error {
