@@ -57,7 +57,10 @@ type FS interface {
 	// ReadDir lists the directory name, sorted by file name.
 	ReadDir(name string) ([]fs.FileInfo, error)
 
-	// MkdirAll creates the directory name and any missing parents.
+	// MkdirAll creates the directory name and any missing parents; where
+	// SyncDurable, their names are durable when it returns (and those
+	// Create makes, when Create returns), so that a Sync of a file in
+	// them makes the file's bytes durable under its name.
 	MkdirAll(name string) error
 
 	// Rename atomically renames oldname to newname, replacing newname if it

@@ -2,10 +2,12 @@
 // default (file:///path) for one machine.
 //
 // Files are fsynced on Sync and Close, and so, at a new file's first
-// Sync or Close, is its directory (and the parent of every directory its
-// Create made): the bytes a Sync made durable keep their name through a
-// crash of the machine. The directory is fsynced after a rename too, so
-// a published file survives a crash under its new name.
+// Sync or Close, is its directory: the bytes a Sync made durable keep
+// their name through a crash of the machine. Create and MkdirAll fsync
+// the parent of every directory they make before they return, so that a
+// file's directory is durable once the file is there. The directory is
+// fsynced after a rename too, so a published file survives a crash under
+// its new name.
 package localfs
 
 import (
@@ -60,19 +62,14 @@ func (f *FS) Create(name string) (dfs.File, error) {
 		return nil, err
 	}
 	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	dirs := []string{filepath.Dir(p)}
 	file, err := os.OpenFile(p, flags, 0o644)
 	if errors.Is(err, fs.ErrNotExist) {
-		// The directory is missing: the parents of the directories
-		// MkdirAll makes hold new names too. (Only then: a segment's
-		// bucket directory is there but for its first.)
-		for d := filepath.Dir(p); d != f.root; d = filepath.Dir(d) {
-			if _, err := os.Stat(d); err == nil {
-				break
-			}
-			dirs = append(dirs, filepath.Dir(d))
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		// The directory is missing (a segment's bucket directory is
+		// there but for its first): its names are made durable now, not
+		// at this file's first Sync, for another file may be created in
+		// it meanwhile, and synced and answered for (the copier's merge
+		// writes several buckets' files in a new hour's directory).
+		if err := mkdirAll(f.root, filepath.Dir(p)); err != nil {
 			return nil, err
 		}
 		file, err = os.OpenFile(p, flags, 0o644)
@@ -80,14 +77,14 @@ func (f *FS) Create(name string) (dfs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &writer{File: file, dirs: dirs}, nil
+	return &writer{File: file, dir: filepath.Dir(p)}, nil
 }
 
 type writer struct {
 	*os.File
-	// dirs hold the file's name and those of the directories Create
-	// made, until the first Sync or Close has fsynced them.
-	dirs []string
+	// dir holds the file's name, until the first Sync or Close has
+	// fsynced it; "" then.
+	dir string
 }
 
 // Sync makes the bytes written durable, and, the first time, the file's
@@ -98,11 +95,11 @@ func (w *writer) Sync() error {
 	if err := w.File.Sync(); err != nil {
 		return err
 	}
-	for len(w.dirs) > 0 {
-		if err := syncDir(w.dirs[0]); err != nil {
+	if w.dir != "" {
+		if err := syncDir(w.dir); err != nil {
 			return err
 		}
-		w.dirs = w.dirs[1:]
+		w.dir = ""
 	}
 	return nil
 }
@@ -183,12 +180,38 @@ func (f *FS) ReadDirNames(name string) ([]string, error) {
 	return names, nil
 }
 
+// MkdirAll makes the directory name and its missing parents, and returns
+// once their names are durable: the parent of every directory it made is
+// fsynced. A writer makes its bucket's directory so before it answers OK
+// for what it syncs in there, and a file's first Sync fsyncs only its own
+// directory and those its Create made.
 func (f *FS) MkdirAll(name string) error {
 	p, err := f.path("mkdir", name)
 	if err != nil {
 		return err
 	}
-	return os.MkdirAll(p, 0o755)
+	return mkdirAll(f.root, p)
+}
+
+// mkdirAll makes the directory dir under root, with its missing parents,
+// and fsyncs the parent of every directory it made.
+func mkdirAll(root, dir string) error {
+	var parents []string
+	for d := dir; d != root; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		parents = append(parents, filepath.Dir(d))
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, d := range parents {
+		if err := syncDir(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (f *FS) Rename(oldname, newname string) error {
