@@ -177,12 +177,16 @@ func TestFingerprint(t *testing.T) {
 }
 
 func TestDirtyCells(t *testing.T) {
-	// Retention shorter than lateness: an expired window can come back.
-	tb, err := newTable(orders(t, func(s *apps.Spec) {
+	// Retention shorter than lateness (refused by validation, set here
+	// past it): an expired window can come back, and the cells taken of
+	// it before must not be marked changed in the one that came back.
+	app := orders(t, func(s *apps.Spec) {
 		s.Retention = config.Duration(time.Minute)
-		s.AllowedLateness = config.Duration(time.Hour)
+		s.AllowedLateness = config.Duration(time.Minute)
 		s.MaxFuture = config.Duration(30 * time.Second)
-	}), tableDeps{})
+	})
+	app.LatenessMs = time.Hour.Milliseconds()
+	tb, err := newTable(app, tableDeps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,6 +383,7 @@ func TestCellsAgreeWithNaiveWindows(t *testing.T) {
 	for _, windows := range [][]config.Duration{nil, {config.Duration(time.Minute), config.Duration(10 * time.Minute)}} {
 		app := orders(t, func(s *apps.Spec) {
 			s.AllowedLateness = config.Duration(24 * time.Hour)
+			s.Retention = config.Duration(24 * time.Hour)
 			if windows != nil {
 				s.Window, s.Windows = 0, windows
 			}
