@@ -36,7 +36,8 @@ const headBytes = 1 << 10
 // until it reopens its log), to its end (an unterminated last line is
 // then sent as it is), and the new one from its start. Each file the path
 // names meanwhile (also while a full queue holds the tailer up) is held
-// open and read in turn. Truncation is noticed when the open file is
+// open and read in turn, and saved with the position to be read in turn
+// after a restart too. Truncation is noticed when the open file is
 // shorter than what was read, or no longer starts with the bytes read (up
 // to headBytes; written again past what was read): reading restarts at 0.
 // A partial last line waits for its newline. A line longer than
@@ -80,6 +81,20 @@ type position struct {
 	// while the agent was down, or another file given the old one's
 	// inode, keeps the identity but not its first bytes. Positions saved
 	// before it have HeadLen 0: not checked.
+	Head    uint64 `json:"head,omitempty"`
+	HeadLen int64  `json:"head_len,omitempty"`
+	// Held lists the files rotated in after this one and not read yet,
+	// oldest first (see tailer.next): the agent may stop before their
+	// turn, and one renamed away again meanwhile is no longer at the path.
+	Held []heldPosition `json:"held,omitempty"`
+}
+
+// heldPosition is a held file in a saved position, read from its start
+// in turn. Head and HeadLen fingerprint its first bytes as at the save,
+// as in position.
+type heldPosition struct {
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
 }
@@ -166,6 +181,37 @@ func (t *tailer) restore() error {
 		t.log.Warn("ignoring unreadable tail position; reading the file from its start", "position_file", t.posPath)
 		return nil //nolint:nilerr // a damaged position file costs a re-read, not the tailer
 	}
+	if err := t.restoreFile(p); err != nil {
+		return err
+	}
+	t.restoreHeld(p.Held)
+	return nil
+}
+
+// restoreHeld finds the files held when the position was saved, beside
+// the path by identity, to be read in turn after the restored one.
+func (t *tailer) restoreHeld(hs []heldPosition) {
+	for _, h := range hs {
+		id := fileID{dev: h.Dev, ino: h.Ino}
+		if id == t.id || slices.ContainsFunc(t.next, func(n held) bool { return n.id == id }) {
+			continue
+		}
+		f, _ := findByID(filepath.Dir(t.path), id)
+		if f == nil {
+			t.log.Warn("rotated file held while stopped not found; its lines are lost", "dev", h.Dev, "ino", h.Ino)
+			continue
+		}
+		if _, same := sameHead(f, position{Head: h.Head, HeadLen: h.HeadLen}); !same {
+			_ = f.Close() // opened for reading
+			t.log.Warn("rotated file held while stopped was replaced (its first bytes changed); its lines are lost", "dev", h.Dev, "ino", h.Ino)
+			continue
+		}
+		t.next = append(t.next, held{f: f, id: id})
+	}
+}
+
+// restoreFile reopens the file and offset of p.
+func (t *tailer) restoreFile(p position) error {
 	saved := fileID{dev: p.Dev, ino: p.Ino}
 	if fi, err := os.Stat(t.path); err == nil && idOf(fi) == saved {
 		f, err := os.Open(t.path)
@@ -242,6 +288,17 @@ func headOf(f *os.File, n int64) ([]byte, error) {
 		return nil, fmt.Errorf("read start of tailed file: %w", err)
 	}
 	return b, nil
+}
+
+// headUpTo reads what f has of its first headBytes (none on an error:
+// then not checked at restore).
+func headUpTo(f *os.File) []byte {
+	b := make([]byte, headBytes)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil
+	}
+	return b[:n]
 }
 
 func zeros(b []byte) bool { return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) }
@@ -377,6 +434,7 @@ func (t *tailer) hold(id fileID) error {
 		return nil // the path changed again: held at the next poll
 	}
 	t.next = append(t.next, held{f: f, id: id})
+	t.save()
 	return nil
 }
 
@@ -526,6 +584,13 @@ func (t *tailer) save() {
 	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off}
 	if n := min(t.off, int64(len(t.first))); n > 0 {
 		p.Head, p.HeadLen = hashOf(t.first[:n]), n
+	}
+	for _, h := range t.next {
+		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino}
+		if b := headUpTo(h.f); len(b) > 0 {
+			hp.Head, hp.HeadLen = hashOf(b), int64(len(b))
+		}
+		p.Held = append(p.Held, hp)
 	}
 	b, err := json.Marshal(p)
 	if err == nil {

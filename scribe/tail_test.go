@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -440,6 +441,27 @@ func TestTailReadsAHeldFileOnceThePathIsGone(t *testing.T) {
 	waitLines(t, up, "a1", "b1")
 }
 
+// TestTailReadsAHeldFileAfterARestart: the agent stops (an upgrade, a
+// crash) while it reads a rotated file and holds the one rotated in after
+// it, and that one is renamed away again before the agent starts. It is
+// read after the rotated file, not skipped for the file now at the path.
+func TestTailReadsAHeldFileAfterARestart(t *testing.T) {
+	log, up, clk, a := startRotatingTail(t)
+	rotateTwice(t, log, clk) // reading app.log.2 (a1), holding app.log.1 (b1)
+	a.stopped(t)
+
+	appendFile(t, log, "c1\n")
+	clk2 := &pollClock{interval: clk.interval}
+	startAgentClock(t, rotatingTailConfig(log, up), clk2)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool {
+		clk2.skew.Add(int64(time.Hour))
+		return slices.Contains(messagesOf(t, up), "c1")
+	})
+	if got, want := messagesOf(t, up), []string{"a1", "b1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+}
+
 // startRotatingTail starts an agent tailing app.log (holding "a1", read)
 // on a poll clock, with a tail_rotate_wait that passes only when the test
 // moves the clock.
@@ -449,13 +471,19 @@ func startRotatingTail(t *testing.T) (string, *fakeUpstream, *pollClock, *agent)
 	log := filepath.Join(dir, "app.log")
 	appendFile(t, log, "a1\n")
 	up := startUpstream(t, "127.0.0.1:0", nil)
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
-	cfg.TailRotateWait = config.Duration(time.Hour)
+	cfg := rotatingTailConfig(log, up)
 	clk := &pollClock{interval: cfg.TailPollInterval.D()}
 	a := startAgentClock(t, cfg, clk)
 	waitLines(t, up, "a1")
 	return log, up, clk, a
+}
+
+// rotatingTailConfig is startRotatingTail's configuration.
+func rotatingTailConfig(log string, up *fakeUpstream) Config {
+	cfg := tailConfig(filepath.Dir(log), up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)
+	return cfg
 }
 
 // startFullQueueTail starts an agent tailing app.log, written with 200
