@@ -66,6 +66,7 @@ type tailer struct {
 	moved   time.Time // since when f is at its end and another file is to follow
 	next    []held    // files the path named since f, oldest first, read after it
 	dirty   bool      // the position could not be saved (a full disk): save it again
+	opening func()    // a test's hook: runs just before restore opens the path
 
 	lines, splits, rotations, truncations atomic.Int64
 }
@@ -213,11 +214,11 @@ func (t *tailer) restoreHeld(hs []heldPosition) {
 // restoreFile reopens the file and offset of p.
 func (t *tailer) restoreFile(p position) error {
 	saved := fileID{dev: p.Dev, ino: p.Ino}
-	if fi, err := os.Stat(t.path); err == nil && idOf(fi) == saved {
-		f, err := os.Open(t.path)
-		if err != nil {
-			return fmt.Errorf("open tailed file: %w", err)
-		}
+	f, fi, err := t.openIf(saved)
+	if err != nil {
+		return err
+	}
+	if f != nil {
 		first, same := sameHead(f, p)
 		switch {
 		case fi.Size() < p.Offset:
@@ -241,6 +242,37 @@ func (t *tailer) restoreFile(p position) error {
 	}
 	t.log.Warn("tailed file replaced while stopped and the old one not found; its unread lines are lost", "offset", p.Offset)
 	return nil
+}
+
+// openIf opens the file the path names if its identity is id (nil if
+// not, or if there is none). It opens, then checks the file opened: the
+// path may name another file by the time it is opened (a rotation as the
+// agent starts), and the saved offset is not that file's.
+func (t *tailer) openIf(id fileID) (*os.File, fs.FileInfo, error) {
+	if t.opening != nil {
+		t.opening()
+	}
+	f, err := os.Open(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		// Unreadable: if another file, ours may be beside it; if ours,
+		// its offset is kept until it can be read.
+		if fi, serr := os.Stat(t.path); serr == nil && idOf(fi) != id {
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("open tailed file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil || idOf(fi) != id {
+		_ = f.Close() // opened for reading
+		if err != nil {
+			return nil, nil, fmt.Errorf("stat tailed file: %w", err)
+		}
+		return nil, nil, nil
+	}
+	return f, fi, nil
 }
 
 // resume continues f, of identity id and starting with first, at off.

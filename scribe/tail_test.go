@@ -215,6 +215,33 @@ func TestTailFinishesAFileRotatedWhileStopped(t *testing.T) {
 	}
 }
 
+// TestTailResumesTheFileItChecked: the log is rotated just as the agent
+// starts, after it checked the path against its saved position and
+// before it opened it. The saved offset applies to the file it checked,
+// which is finished; the new file is read once, from its start.
+func TestTailResumesTheFileItChecked(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	appendFile(t, log, "old3\n")
+	rotate := sync.OnceFunc(func() {
+		if err := os.Rename(log, log+".1"); err != nil {
+			t.Error(err)
+		}
+		appendFile(t, log, "new1\n")
+	})
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = rotate })
+	waitLines(t, up, "old1", "old2", "old3", "new1")
+	appendFile(t, log, "new2\n")
+	waitLines(t, up, "old1", "old2", "old3", "new1", "new2")
+}
+
 func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "app.log")
