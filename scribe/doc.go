@@ -162,7 +162,10 @@
 // Lines written after the tailer's last read and before a copytruncate
 // are only in the copy, which the agent does not read. A renamed file that
 // is still written to (a process that never reopens its log) holds up the
-// new one: files are read one at a time, in order. The files the path
+// new one: files are read one at a time, in order. At most 64 files
+// rotated in behind the one read are held open (a warning says when the
+// path names one more): a file rotated in after those and renamed away
+// again before its turn is not read. The files the path
 // names while the agent is down are not seen: one rotated in and renamed
 // away again meanwhile (two rotations) is not read, and the rest of one
 // rotated and then compressed or moved to another directory while the

@@ -22,6 +22,12 @@ import (
 
 const tailReadChunk = 64 << 10
 
+// maxHeld bounds the files a tailer holds open behind the one it reads
+// (see tailer.next). An app that never reopens its renamed log keeps
+// that file from going idle, and each rotation after would otherwise
+// cost a descriptor (and pin a deleted file's space) for as long.
+const maxHeld = 64
+
 // headBytes is how much of a tailed file's start its saved position
 // fingerprints (see position.Head).
 const headBytes = 1 << 10
@@ -36,8 +42,8 @@ const headBytes = 1 << 10
 // until it reopens its log), to its end (an unterminated last line is
 // then sent as it is), and the new one from its start. Each file the path
 // names meanwhile (also while a full queue holds the tailer up) is held
-// open and read in turn, and saved with the position to be read in turn
-// after a restart too. Truncation is noticed when the open file is
+// open (up to maxHeld) and read in turn, and saved with the position to
+// be read in turn after a restart too. Truncation is noticed when the open file is
 // shorter than what was read, or no longer starts with the bytes read (up
 // to headBytes; written again past what was read): reading restarts at 0.
 // A partial last line waits for its newline. A line longer than
@@ -448,6 +454,13 @@ func (t *tailer) restart() error {
 // and the files held before it.
 func (t *tailer) hold(id fileID) error {
 	if n := len(t.next); n > 0 && t.next[n-1].id == id {
+		return nil
+	}
+	if len(t.next) >= maxHeld {
+		// The file at the path is still read in its turn if it is there
+		// then; one renamed away before is not.
+		t.a.rl.Warn("tail held "+t.path, "many files rotated in while a rotated one is still read (an app that never reopens its log?); not holding more open",
+			"path", t.path, "held", len(t.next), "reading", t.f.Name())
 		return nil
 	}
 	f, err := os.Open(t.path)

@@ -489,6 +489,49 @@ func TestTailReadsAHeldFileAfterARestart(t *testing.T) {
 	}
 }
 
+// TestTailHoldsABoundedNumberOfRotatedFiles: an app that keeps writing
+// to its renamed log (it never reopens it) holds the tailer on that file,
+// while logrotate goes on renaming the path and creating a new file. The
+// files rotated in are held open up to a bound, with a warning, not one
+// descriptor more per rotation until the process has none left.
+func TestTailHoldsABoundedNumberOfRotatedFiles(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("no /proc/self/fd to count open files:", err)
+	}
+	log, _, clk, a := startRotatingTail(t) // the rotated file never idle long enough
+	for i := range maxHeld + 5 {
+		if err := os.Rename(log, fmt.Sprintf("%s.%d", log, i)); err != nil {
+			t.Fatal(err)
+		}
+		appendFile(t, log, "")
+		polls := clk.polls.Load()
+		testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	}
+	// The file read and the held ones.
+	if n := openFiles(t, log); n > maxHeld+1 {
+		t.Fatalf("%d files of the tailed log open, want at most %d", n, maxHeld+1)
+	}
+	if lines := a.logs.Lines("level=WARN", "not holding more"); len(lines) == 0 {
+		t.Fatalf("no warning about the files not held:\n%s", a.logs.String())
+	}
+}
+
+// openFiles counts the process's open files whose path starts with prefix.
+func openFiles(t testing.TB, prefix string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if p, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(p, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
 // startRotatingTail starts an agent tailing app.log (holding "a1", read)
 // on a poll clock, with a tail_rotate_wait that passes only when the test
 // moves the clock.
