@@ -13,7 +13,10 @@ import (
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
-// TailConfig is one file the agent follows.
+// TailConfig is one file the agent follows. A file rotated while the agent
+// is down is looked for beside Path (see the package doc, Limits): with
+// logrotate's olddir, or compress without delaycompress, the lines it had
+// not read of that file are lost.
 type TailConfig struct {
 	Path     string `yaml:"path"`
 	Category string `yaml:"category"`
