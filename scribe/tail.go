@@ -459,7 +459,7 @@ func (t *tailer) hold(id fileID) error {
 	if len(t.next) >= maxHeld {
 		// The file at the path is still read in its turn if it is there
 		// then; one renamed away before is not.
-		t.a.rl.Warn("tail held "+t.path, "many files rotated in while a rotated one is still read (an app that never reopens its log?); not holding more open",
+		t.a.rl.Warn("tail held "+t.path, "many files rotated in while a rotated one is still read (an app that never reopens its log, or rotates more often than tail_rotate_wait?); not holding more open",
 			"path", t.path, "held", len(t.next), "reading", t.f.Name())
 		return nil
 	}
