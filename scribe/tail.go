@@ -42,10 +42,10 @@ const headBytes = 1 << 10
 // until it reopens its log), to its end (an unterminated last line is
 // then sent as it is), and the new one from its start. Each file the path
 // names meanwhile (also while a full queue holds the tailer up) is held
-// open (up to maxHeld) and read in turn, and saved with the position to
-// be read in turn after a restart too. Truncation is noticed when the open file is
-// shorter than what was read, or no longer starts with the bytes read (up
-// to headBytes; written again past what was read): reading restarts at 0.
+// open (up to maxHeld) and read in turn, also after a restart (saved with
+// the position). Truncation is noticed when the open file is shorter
+// than what was read, or no longer starts with the bytes read (up to
+// headBytes; written again past what was read): reading restarts at 0.
 // A partial last line waits for its newline. A line longer than
 // max_message_bytes is split into pieces of max_message_bytes (counted in
 // tail_lines_split_total).
