@@ -540,7 +540,9 @@ func (t *tailer) extract(ctx context.Context) error {
 			// not part of the message.
 			t.addLine(bytes.TrimSuffix(rest[:i], []byte{'\r'}))
 			t.cut += i + 1
-		case len(rest) > limit:
+		case len(rest) > limit && !(len(rest) == limit+1 && rest[limit] == '\r'):
+			// A CR after a piece may be the start of its CR LF: it waits
+			// for the byte after it, or it would be a piece of its own.
 			t.addPiece(rest[:limit])
 			t.cut += limit
 		default:

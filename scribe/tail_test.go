@@ -263,6 +263,25 @@ func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
 	testkit.WaitFor(t, "3 lines counted", func() bool { return gather(t, a, "freeway_agent_tail_lines_total", "path", log) == 3 })
 }
 
+// TestTailSplitsACRLFLineAtTheLimitOnlyOnce: a line of max_message_bytes
+// ended by CR LF is one entry, also when the tailer reads its CR before
+// its LF: the CR is part of the line end, not a second piece.
+func TestTailSplitsACRLFLineAtTheLimitOnlyOnce(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxMessageBytes = 10
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	startAgentClock(t, cfg, clk)
+	appendFile(t, log, strings.Repeat("x", 10)+"\r")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to read the CR", func() bool { return clk.polls.Load() >= polls+3 })
+	appendFile(t, log, "\nnext\n")
+	waitLines(t, up, strings.Repeat("x", 10), "next")
+}
+
 func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "app.log")
