@@ -407,6 +407,35 @@ func TestTailReadsEveryFileRotatedInWhileTheQueueIsFull(t *testing.T) {
 	waitLines(t, up, append(want, "b1", "c1")...)
 }
 
+// TestTailReadsEveryFileRotatedInWhileTheQueueIsFullAfterARestart: the
+// agent is restarted (an upgrade during an upstream outage) while a full
+// queue holds the tailer up and the log was rotated twice meanwhile. The
+// file rotated in between, held, is read after a restart too.
+func TestTailReadsEveryFileRotatedInWhileTheQueueIsFullAfterARestart(t *testing.T) {
+	log, up, clk, a, want, unblock := startFullQueueTail(t)
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue again", func() bool { return clk.waits.Load() >= waits+2 })
+	a.stopped(t)
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	unblock()
+	startAgent(t, fullQueueTailConfig(log, up))
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "c1") })
+	if got, want := messagesOf(t, up), append(want, "b1", "c1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+}
+
 // TestTailTakesCRLFAsALineEnd: a log written with CR LF line ends (a
 // Windows-style logger) gives the same entries as one written with LF: the
 // CR is part of the line end, not of the message.
@@ -588,12 +617,7 @@ func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollCl
 	unblock = sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock)
 	up.gate = func(*scribethrift.Batch) { <-release }
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.MaxQueueBytes = 2 << 10
-	cfg.SegmentBytes = 4 << 10
-	cfg.BatchEntries = 8
-	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	cfg := fullQueueTailConfig(log, up)
 	var sb strings.Builder
 	for i := range 200 {
 		want = append(want, fmt.Sprintf("a%03d", i))
@@ -607,6 +631,17 @@ func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollCl
 	waits := clk.waits.Load()
 	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
 	return log, up, clk, a, want, unblock
+}
+
+// fullQueueTailConfig is startFullQueueTail's configuration.
+func fullQueueTailConfig(log string, up *fakeUpstream) Config {
+	cfg := tailConfig(filepath.Dir(log), up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	return cfg
 }
 
 // rotateTwice rotates app.log ("a1") to app.log.1, writes "b1" to a new
