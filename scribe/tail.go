@@ -68,11 +68,11 @@ type tailer struct {
 	blns  int64 // lines (not pieces) in batch
 	split bool  // the line at buf[cut:] was already split
 
-	failing bool      // the last poll failed (to log a streak once)
-	moved   time.Time // since when f is at its end and another file is to follow
-	next    []held    // files the path named since f, oldest first, read after it
-	dirty   bool      // the position could not be saved (a full disk): save it again
-	opening func()    // a test's hook: runs just before restore opens the path
+	failing bool         // the last poll failed (to log a streak once)
+	moved   time.Time    // since when f is at its end and another file is to follow
+	next    []held       // files the path named since f, oldest first, read after it
+	dirty   bool         // the position could not be saved (a full disk): save it again
+	opening func(string) // a test's hook: runs just before restore opens a file, with its path
 
 	lines, splits, rotations, truncations atomic.Int64
 }
@@ -203,7 +203,7 @@ func (t *tailer) restoreHeld(hs []heldPosition) {
 		if id == t.id || slices.ContainsFunc(t.next, func(n held) bool { return n.id == id }) {
 			continue
 		}
-		f, _ := findByID(filepath.Dir(t.path), id)
+		f, _ := t.findByID(id)
 		if f == nil {
 			t.log.Warn("rotated file held while stopped not found; its lines are lost", "dev", h.Dev, "ino", h.Ino)
 			continue
@@ -239,7 +239,7 @@ func (t *tailer) restoreFile(p position) error {
 	}
 	// The path names another file now: find ours by identity beside it
 	// (rotated by rename while the agent was down) and finish it first.
-	if f, fi := findByID(filepath.Dir(t.path), saved); f != nil {
+	if f, fi := t.findByID(saved); f != nil {
 		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
 			return t.resume(f, saved, p.Offset, first)
@@ -256,7 +256,7 @@ func (t *tailer) restoreFile(p position) error {
 // agent starts), and the saved offset is not that file's.
 func (t *tailer) openIf(id fileID) (*os.File, fs.FileInfo, error) {
 	if t.opening != nil {
-		t.opening()
+		t.opening(t.path)
 	}
 	f, err := os.Open(t.path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -649,14 +649,28 @@ func (t *tailer) save() {
 	}
 }
 
-// findByID opens the file in dir whose identity is id, if any.
-func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
+// findByID opens the file beside the path whose identity is id, if any.
+func (t *tailer) findByID(id fileID) (*os.File, fs.FileInfo) {
 	if id == (fileID{}) {
 		return nil, nil
 	}
+	// Found and then renamed again before it is opened (logrotate
+	// shifting .1 to .2 as the agent starts): it is looked for again.
+	for range 3 {
+		if f, fi, moved := t.findOnce(id); !moved {
+			return f, fi
+		}
+	}
+	return nil, nil
+}
+
+// findOnce is one look for findByID: moved reports a file of identity
+// id listed that was no longer there, or another file, once opened.
+func (t *tailer) findOnce(id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
+	dir := filepath.Dir(t.path)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, nil
+		return nil, nil, false
 	}
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
@@ -666,15 +680,19 @@ func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
 		if err != nil || idOf(fi) != id {
 			continue
 		}
+		if t.opening != nil {
+			t.opening(filepath.Join(dir, e.Name()))
+		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
-			return nil, nil
+			return nil, nil, true
 		}
-		if st, err := f.Stat(); err != nil || idOf(st) != id {
+		st, err := f.Stat()
+		if err != nil || idOf(st) != id {
 			_ = f.Close() // opened for reading
-			return nil, nil
+			return nil, nil, true
 		}
-		return f, fi
+		return f, st, false
 	}
-	return nil, nil
+	return nil, nil, false
 }

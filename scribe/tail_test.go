@@ -236,10 +236,48 @@ func TestTailResumesTheFileItChecked(t *testing.T) {
 		}
 		appendFile(t, log, "new1\n")
 	})
-	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = rotate })
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = func(string) { rotate() } })
 	waitLines(t, up, "old1", "old2", "old3", "new1")
 	appendFile(t, log, "new2\n")
 	waitLines(t, up, "old1", "old2", "old3", "new1", "new2")
+}
+
+// TestTailFindsARotatedFileRenamedAgainAsItLooks: the log was rotated
+// while the agent was down, and is rotated again (app.log.1 to .2) as the
+// agent looks for the old file beside the path, between listing the
+// directory and opening the file. It is found under its new name and
+// finished, not given up as lost.
+func TestTailFindsARotatedFileRenamedAgainAsItLooks(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	appendFile(t, log, "old3\n")
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "new1\n")
+	shift := sync.OnceFunc(func() {
+		if err := os.Rename(log+".1", log+".2"); err != nil {
+			t.Error(err)
+		}
+	})
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) {
+		a.tails[0].opening = func(path string) {
+			if path == log+".1" {
+				shift()
+			}
+		}
+	})
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), []string{"old1", "old2", "old3", "new1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
 }
 
 func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
