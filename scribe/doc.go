@@ -162,18 +162,20 @@
 // Lines written after the tailer's last read and before a copytruncate
 // are only in the copy, which the agent does not read. A renamed file that
 // is still written to (a process that never reopens its log) holds up the
-// new one: files are read one at a time, in order. At most 64 files
-// rotated in behind the one read are held open (a warning says when the
-// path names one more): a file rotated in after those and renamed away
-// again before its turn is not read. The files the path
-// names while the agent is down are not seen: one rotated in and renamed
-// away again meanwhile (two rotations) is not read, and the rest of one
-// rotated and then compressed or moved to another directory while the
-// agent is down is lost (with a warning): a rotated file is looked for
-// only beside the path, so with logrotate's olddir (or compress without
-// delaycompress) a rotation while the agent is down costs the lines it
-// had not read yet. While the agent runs it holds the file open, and
-// neither loses anything.
+// new one: files are read one at a time, in order, so the new file's
+// lines wait until the old one has been idle for tail_rotate_wait, and a
+// log rotated more often than that falls further behind at each rotation
+// (lower tail_rotate_wait for it). At most 64 files rotated in behind the
+// one read are held open (a warning says when the path names one more):
+// a file rotated in after those and renamed away again before its turn
+// is not read. The files the path names while the agent is down are not
+// seen: one rotated in and renamed away again meanwhile (two rotations)
+// is not read, and the rest of one rotated and then compressed or moved
+// to another directory while the agent is down is lost (with a warning):
+// a rotated file is looked for only beside the path, so with logrotate's
+// olddir (or compress without delaycompress) a rotation while the agent
+// is down costs the lines it had not read yet. While the agent runs it
+// holds the file open, and neither loses anything.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call
