@@ -13,7 +13,10 @@ import (
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 )
 
-// TailConfig is one file the agent follows.
+// TailConfig is one file the agent follows. A file rotated while the agent
+// is down is looked for beside Path (see the package doc, Limits): with
+// logrotate's olddir, or compress without delaycompress, the lines it had
+// not read of that file are lost.
 type TailConfig struct {
 	Path     string `yaml:"path"`
 	Category string `yaml:"category"`
@@ -83,7 +86,9 @@ type Config struct {
 	// TailRotateWait is how long a tailed file whose path names another
 	// file now (rotated) is still read after it stopped growing: the app
 	// writes to it until it reopens its log (logrotate signals it after
-	// creating the new file). The new file is read after it.
+	// creating the new file). The new file is read after it, so its
+	// lines wait this long at each rotation: keep it below the interval
+	// between two rotations.
 	TailRotateWait config.Duration `yaml:"tail_rotate_wait"`
 	// Tail lists the files to follow, each by its path (not a pattern).
 	Tail []TailConfig `yaml:"tail"`

@@ -128,7 +128,9 @@
 // fsync and the position's save (at most one batch) are queued again
 // (at-least-once); nothing is lost. If the file was rotated while the
 // agent was down, the rotated file is found in the same directory by its
-// identity (device and inode) and finished first. A file that has the
+// identity (device and inode) and finished first. So are the files it held
+// open to read after it (saved with the position), also when renamed away
+// again meanwhile. A file that has the
 // saved identity but is shorter than the saved offset, or whose first bytes
 // (up to 1 KiB) differ from those read before (truncated and written again
 // while the agent was down, as copytruncate does; or another file given
@@ -160,11 +162,20 @@
 // Lines written after the tailer's last read and before a copytruncate
 // are only in the copy, which the agent does not read. A renamed file that
 // is still written to (a process that never reopens its log) holds up the
-// new one: files are read one at a time, in order. The files the path
-// named are remembered only while the agent runs: one rotated in and
-// renamed away again while the agent is down (two rotations) is not read,
-// and the rest of one rotated and then compressed or moved to another
-// directory while the agent is down is lost (with a warning).
+// new one: files are read one at a time, in order, so the new file's
+// lines wait until the old one has been idle for tail_rotate_wait, and a
+// log rotated more often than that falls further behind at each rotation
+// (lower tail_rotate_wait for it). At most 64 files rotated in behind the
+// one read are held open (a warning says when the path names one more):
+// a file rotated in after those and renamed away again before its turn
+// is not read. The files the path names while the agent is down are not
+// seen: one rotated in and renamed away again meanwhile (two rotations)
+// is not read, and the rest of one rotated and then compressed or moved
+// to another directory while the agent is down is lost (with a warning):
+// a rotated file is looked for only beside the path, so with logrotate's
+// olddir (or compress without delaycompress) a rotation while the agent
+// is down costs the lines it had not read yet. While the agent runs it
+// holds the file open, and neither loses anything.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call

@@ -264,11 +264,21 @@ func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
 // when not nil.
 func startAgentWith(t testing.TB, cfg Config, writers coord.Coord, clk clock) *agent {
 	t.Helper()
+	return startAgentSetup(t, cfg, writers, clk, nil)
+}
+
+// startAgentSetup is startAgentWith, calling setup (when not nil) with the
+// agent before it runs.
+func startAgentSetup(t testing.TB, cfg Config, writers coord.Coord, clk clock, setup func(*Agent)) *agent {
+	t.Helper()
 	lb := &testkit.LogBuffer{}
 	reg := prometheus.NewPedanticRegistry()
 	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}, Writers: writers}, clk)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)
+	}
+	if setup != nil {
+		setup(a)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

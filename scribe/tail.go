@@ -22,6 +22,12 @@ import (
 
 const tailReadChunk = 64 << 10
 
+// maxHeld bounds the files a tailer holds open behind the one it reads
+// (see tailer.next). An app that never reopens its renamed log keeps
+// that file from going idle, and each rotation after would otherwise
+// cost a descriptor (and pin a deleted file's space) for as long.
+const maxHeld = 64
+
 // headBytes is how much of a tailed file's start its saved position
 // fingerprints (see position.Head).
 const headBytes = 1 << 10
@@ -36,9 +42,10 @@ const headBytes = 1 << 10
 // until it reopens its log), to its end (an unterminated last line is
 // then sent as it is), and the new one from its start. Each file the path
 // names meanwhile (also while a full queue holds the tailer up) is held
-// open and read in turn. Truncation is noticed when the open file is
-// shorter than what was read, or no longer starts with the bytes read (up
-// to headBytes; written again past what was read): reading restarts at 0.
+// open (up to maxHeld) and read in turn, also after a restart (saved with
+// the position). Truncation is noticed when the open file is shorter
+// than what was read, or no longer starts with the bytes read (up to
+// headBytes; written again past what was read): reading restarts at 0.
 // A partial last line waits for its newline. A line longer than
 // max_message_bytes is split into pieces of max_message_bytes (counted in
 // tail_lines_split_total).
@@ -61,10 +68,11 @@ type tailer struct {
 	blns  int64 // lines (not pieces) in batch
 	split bool  // the line at buf[cut:] was already split
 
-	failing bool      // the last poll failed (to log a streak once)
-	moved   time.Time // since when f is at its end and another file is to follow
-	next    []held    // files the path named since f, oldest first, read after it
-	dirty   bool      // the position could not be saved (a full disk): save it again
+	failing bool         // the last poll failed (to log a streak once)
+	moved   time.Time    // since when f is at its end and another file is to follow
+	next    []held       // files the path named since f, oldest first, read after it
+	dirty   bool         // the position could not be saved (a full disk): save it again
+	opening func(string) // a test's hook: runs just before restore opens a file, with its path
 
 	lines, splits, rotations, truncations atomic.Int64
 }
@@ -80,6 +88,20 @@ type position struct {
 	// while the agent was down, or another file given the old one's
 	// inode, keeps the identity but not its first bytes. Positions saved
 	// before it have HeadLen 0: not checked.
+	Head    uint64 `json:"head,omitempty"`
+	HeadLen int64  `json:"head_len,omitempty"`
+	// Held lists the files rotated in after this one and not read yet,
+	// oldest first (see tailer.next): the agent may stop before their
+	// turn, and one renamed away again meanwhile is no longer at the path.
+	Held []heldPosition `json:"held,omitempty"`
+}
+
+// heldPosition is a held file in a saved position, read from its start
+// in turn. Head and HeadLen fingerprint its first bytes as at the save,
+// as in position.
+type heldPosition struct {
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
 }
@@ -166,12 +188,43 @@ func (t *tailer) restore() error {
 		t.log.Warn("ignoring unreadable tail position; reading the file from its start", "position_file", t.posPath)
 		return nil //nolint:nilerr // a damaged position file costs a re-read, not the tailer
 	}
-	saved := fileID{dev: p.Dev, ino: p.Ino}
-	if fi, err := os.Stat(t.path); err == nil && idOf(fi) == saved {
-		f, err := os.Open(t.path)
-		if err != nil {
-			return fmt.Errorf("open tailed file: %w", err)
+	if err := t.restoreFile(p); err != nil {
+		return err
+	}
+	t.restoreHeld(p.Held)
+	return nil
+}
+
+// restoreHeld finds the files held when the position was saved, beside
+// the path by identity, to be read in turn after the restored one.
+func (t *tailer) restoreHeld(hs []heldPosition) {
+	for _, h := range hs {
+		id := fileID{dev: h.Dev, ino: h.Ino}
+		if id == t.id || slices.ContainsFunc(t.next, func(n held) bool { return n.id == id }) {
+			continue
 		}
+		f, _ := t.findByID(id)
+		if f == nil {
+			t.log.Warn("rotated file held while stopped not found; its lines are lost", "dev", h.Dev, "ino", h.Ino)
+			continue
+		}
+		if _, same := sameHead(f, position{Head: h.Head, HeadLen: h.HeadLen}); !same {
+			_ = f.Close() // opened for reading
+			t.log.Warn("rotated file held while stopped was replaced (its first bytes changed); its lines are lost", "dev", h.Dev, "ino", h.Ino)
+			continue
+		}
+		t.next = append(t.next, held{f: f, id: id})
+	}
+}
+
+// restoreFile reopens the file and offset of p.
+func (t *tailer) restoreFile(p position) error {
+	saved := fileID{dev: p.Dev, ino: p.Ino}
+	f, fi, err := t.openIf(saved)
+	if err != nil {
+		return err
+	}
+	if f != nil {
 		first, same := sameHead(f, p)
 		switch {
 		case fi.Size() < p.Offset:
@@ -186,15 +239,46 @@ func (t *tailer) restore() error {
 	}
 	// The path names another file now: find ours by identity beside it
 	// (rotated by rename while the agent was down) and finish it first.
-	if f, fi := findByID(filepath.Dir(t.path), saved); f != nil {
+	if f, fi := t.findByID(saved); f != nil {
 		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
 			return t.resume(f, saved, p.Offset, first)
 		}
 		_ = f.Close() // opened for reading
 	}
-	t.log.Warn("tailed file replaced while stopped and the old one not found; its unread lines are lost", "offset", p.Offset)
+	t.log.Warn("tailed file replaced while stopped and the old one not found beside it (compressed, or moved away: logrotate's olddir); its unread lines are lost", "offset", p.Offset)
 	return nil
+}
+
+// openIf opens the file the path names if its identity is id (nil if
+// not, or if there is none). It opens, then checks the file opened: the
+// path may name another file by the time it is opened (a rotation as the
+// agent starts), and the saved offset is not that file's.
+func (t *tailer) openIf(id fileID) (*os.File, fs.FileInfo, error) {
+	if t.opening != nil {
+		t.opening(t.path)
+	}
+	f, err := os.Open(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		// Unreadable: if another file, ours may be beside it; if ours,
+		// its offset is kept until it can be read.
+		if fi, serr := os.Stat(t.path); serr == nil && idOf(fi) != id {
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("open tailed file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil || idOf(fi) != id {
+		_ = f.Close() // opened for reading
+		if err != nil {
+			return nil, nil, fmt.Errorf("stat tailed file: %w", err)
+		}
+		return nil, nil, nil
+	}
+	return f, fi, nil
 }
 
 // resume continues f, of identity id and starting with first, at off.
@@ -242,6 +326,17 @@ func headOf(f *os.File, n int64) ([]byte, error) {
 		return nil, fmt.Errorf("read start of tailed file: %w", err)
 	}
 	return b, nil
+}
+
+// headUpTo reads what f has of its first headBytes (none on an error:
+// then not checked at restore).
+func headUpTo(f *os.File) []byte {
+	b := make([]byte, headBytes)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil
+	}
+	return b[:n]
 }
 
 func zeros(b []byte) bool { return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) }
@@ -361,6 +456,13 @@ func (t *tailer) hold(id fileID) error {
 	if n := len(t.next); n > 0 && t.next[n-1].id == id {
 		return nil
 	}
+	if len(t.next) >= maxHeld {
+		// The file at the path is still read in its turn if it is there
+		// then; one renamed away before is not.
+		t.a.rl.Warn("tail held "+t.path, "many files rotated in while a rotated one is still read (an app that never reopens its log, or rotates more often than tail_rotate_wait?); not holding more open",
+			"path", t.path, "held", len(t.next), "reading", t.f.Name())
+		return nil
+	}
 	f, err := os.Open(t.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // renamed away again: seen at a later poll, if re-created
@@ -377,6 +479,7 @@ func (t *tailer) hold(id fileID) error {
 		return nil // the path changed again: held at the next poll
 	}
 	t.next = append(t.next, held{f: f, id: id})
+	t.save()
 	return nil
 }
 
@@ -437,7 +540,9 @@ func (t *tailer) extract(ctx context.Context) error {
 			// not part of the message.
 			t.addLine(bytes.TrimSuffix(rest[:i], []byte{'\r'}))
 			t.cut += i + 1
-		case len(rest) > limit:
+		case len(rest) > limit && !(len(rest) == limit+1 && rest[limit] == '\r'):
+			// A CR after a piece may be the start of its CR LF: it waits
+			// for the byte after it, or it would be a piece of its own.
 			t.addPiece(rest[:limit])
 			t.cut += limit
 		default:
@@ -527,6 +632,13 @@ func (t *tailer) save() {
 	if n := min(t.off, int64(len(t.first))); n > 0 {
 		p.Head, p.HeadLen = hashOf(t.first[:n]), n
 	}
+	for _, h := range t.next {
+		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino}
+		if b := headUpTo(h.f); len(b) > 0 {
+			hp.Head, hp.HeadLen = hashOf(b), int64(len(b))
+		}
+		p.Held = append(p.Held, hp)
+	}
 	b, err := json.Marshal(p)
 	if err == nil {
 		err = diskqueue.WriteFileAtomic(t.posPath, b)
@@ -537,14 +649,28 @@ func (t *tailer) save() {
 	}
 }
 
-// findByID opens the file in dir whose identity is id, if any.
-func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
+// findByID opens the file beside the path whose identity is id, if any.
+func (t *tailer) findByID(id fileID) (*os.File, fs.FileInfo) {
 	if id == (fileID{}) {
 		return nil, nil
 	}
+	// Found and then renamed again before it is opened (logrotate
+	// shifting .1 to .2 as the agent starts): it is looked for again.
+	for range 3 {
+		if f, fi, moved := t.findOnce(id); !moved {
+			return f, fi
+		}
+	}
+	return nil, nil
+}
+
+// findOnce is one look for findByID: moved reports a file of identity
+// id listed that was no longer there, or another file, once opened.
+func (t *tailer) findOnce(id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
+	dir := filepath.Dir(t.path)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, nil
+		return nil, nil, false
 	}
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
@@ -554,15 +680,19 @@ func findByID(dir string, id fileID) (*os.File, fs.FileInfo) {
 		if err != nil || idOf(fi) != id {
 			continue
 		}
+		if t.opening != nil {
+			t.opening(filepath.Join(dir, e.Name()))
+		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
-			return nil, nil
+			return nil, nil, true
 		}
-		if st, err := f.Stat(); err != nil || idOf(st) != id {
+		st, err := f.Stat()
+		if err != nil || idOf(st) != id {
 			_ = f.Close() // opened for reading
-			return nil, nil
+			return nil, nil, true
 		}
-		return f, fi
+		return f, st, false
 	}
-	return nil, nil
+	return nil, nil, false
 }

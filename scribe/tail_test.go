@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,6 +215,71 @@ func TestTailFinishesAFileRotatedWhileStopped(t *testing.T) {
 	}
 }
 
+// TestTailResumesTheFileItChecked: the log is rotated just as the agent
+// starts, after it checked the path against its saved position and
+// before it opened it. The saved offset applies to the file it checked,
+// which is finished; the new file is read once, from its start.
+func TestTailResumesTheFileItChecked(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	appendFile(t, log, "old3\n")
+	rotate := sync.OnceFunc(func() {
+		if err := os.Rename(log, log+".1"); err != nil {
+			t.Error(err)
+		}
+		appendFile(t, log, "new1\n")
+	})
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = func(string) { rotate() } })
+	waitLines(t, up, "old1", "old2", "old3", "new1")
+	appendFile(t, log, "new2\n")
+	waitLines(t, up, "old1", "old2", "old3", "new1", "new2")
+}
+
+// TestTailFindsARotatedFileRenamedAgainAsItLooks: the log was rotated
+// while the agent was down, and is rotated again (app.log.1 to .2) as the
+// agent looks for the old file beside the path, between listing the
+// directory and opening the file. It is found under its new name and
+// finished, not given up as lost.
+func TestTailFindsARotatedFileRenamedAgainAsItLooks(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "old1\nold2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1", "old2")
+	a.stopped(t)
+
+	appendFile(t, log, "old3\n")
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "new1\n")
+	shift := sync.OnceFunc(func() {
+		if err := os.Rename(log+".1", log+".2"); err != nil {
+			t.Error(err)
+		}
+	})
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) {
+		a.tails[0].opening = func(path string) {
+			if path == log+".1" {
+				shift()
+			}
+		}
+	})
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), []string{"old1", "old2", "old3", "new1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+}
+
 func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "app.log")
@@ -233,6 +299,25 @@ func TestTailSplitsLinesOverMaxMessageBytes(t *testing.T) {
 	}
 	// Counted once the queue took them: the shipper may send them first.
 	testkit.WaitFor(t, "3 lines counted", func() bool { return gather(t, a, "freeway_agent_tail_lines_total", "path", log) == 3 })
+}
+
+// TestTailSplitsACRLFLineAtTheLimitOnlyOnce: a line of max_message_bytes
+// ended by CR LF is one entry, also when the tailer reads its CR before
+// its LF: the CR is part of the line end, not a second piece.
+func TestTailSplitsACRLFLineAtTheLimitOnlyOnce(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxMessageBytes = 10
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	startAgentClock(t, cfg, clk)
+	appendFile(t, log, strings.Repeat("x", 10)+"\r")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to read the CR", func() bool { return clk.polls.Load() >= polls+3 })
+	appendFile(t, log, "\nnext\n")
+	waitLines(t, up, strings.Repeat("x", 10), "next")
 }
 
 func TestTailWaitsWhileTheQueueIsFull(t *testing.T) {
@@ -360,6 +445,35 @@ func TestTailReadsEveryFileRotatedInWhileTheQueueIsFull(t *testing.T) {
 	waitLines(t, up, append(want, "b1", "c1")...)
 }
 
+// TestTailReadsEveryFileRotatedInWhileTheQueueIsFullAfterARestart: the
+// agent is restarted (an upgrade during an upstream outage) while a full
+// queue holds the tailer up and the log was rotated twice meanwhile. The
+// file rotated in between, held, is read after a restart too.
+func TestTailReadsEveryFileRotatedInWhileTheQueueIsFullAfterARestart(t *testing.T) {
+	log, up, clk, a, want, unblock := startFullQueueTail(t)
+
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	waits := clk.waits.Load()
+	testkit.WaitFor(t, "the tailer to wait for the queue again", func() bool { return clk.waits.Load() >= waits+2 })
+	a.stopped(t)
+	if err := os.Rename(log+".1", log+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	unblock()
+	startAgent(t, fullQueueTailConfig(log, up))
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "c1") })
+	if got, want := messagesOf(t, up), append(want, "b1", "c1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+}
+
 // TestTailTakesCRLFAsALineEnd: a log written with CR LF line ends (a
 // Windows-style logger) gives the same entries as one written with LF: the
 // CR is part of the line end, not of the message.
@@ -440,6 +554,70 @@ func TestTailReadsAHeldFileOnceThePathIsGone(t *testing.T) {
 	waitLines(t, up, "a1", "b1")
 }
 
+// TestTailReadsAHeldFileAfterARestart: the agent stops (an upgrade, a
+// crash) while it reads a rotated file and holds the one rotated in after
+// it, and that one is renamed away again before the agent starts. It is
+// read after the rotated file, not skipped for the file now at the path.
+func TestTailReadsAHeldFileAfterARestart(t *testing.T) {
+	log, up, clk, a := startRotatingTail(t)
+	rotateTwice(t, log, clk) // reading app.log.2 (a1), holding app.log.1 (b1)
+	a.stopped(t)
+
+	appendFile(t, log, "c1\n")
+	clk2 := &pollClock{interval: clk.interval}
+	startAgentClock(t, rotatingTailConfig(log, up), clk2)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool {
+		clk2.skew.Add(int64(time.Hour))
+		return slices.Contains(messagesOf(t, up), "c1")
+	})
+	if got, want := messagesOf(t, up), []string{"a1", "b1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+}
+
+// TestTailHoldsABoundedNumberOfRotatedFiles: an app that keeps writing
+// to its renamed log (it never reopens it) holds the tailer on that file,
+// while logrotate goes on renaming the path and creating a new file. The
+// files rotated in are held open up to a bound, with a warning, not one
+// descriptor more per rotation until the process has none left.
+func TestTailHoldsABoundedNumberOfRotatedFiles(t *testing.T) {
+	if _, err := os.ReadDir("/proc/self/fd"); err != nil {
+		t.Skip("no /proc/self/fd to count open files:", err)
+	}
+	log, _, clk, a := startRotatingTail(t) // the rotated file never idle long enough
+	for i := range maxHeld + 5 {
+		if err := os.Rename(log, fmt.Sprintf("%s.%d", log, i)); err != nil {
+			t.Fatal(err)
+		}
+		appendFile(t, log, "")
+		polls := clk.polls.Load()
+		testkit.WaitFor(t, "the tailer to poll the rotated file", func() bool { return clk.polls.Load() >= polls+3 })
+	}
+	// The file read and the held ones.
+	if n := openFiles(t, log); n > maxHeld+1 {
+		t.Fatalf("%d files of the tailed log open, want at most %d", n, maxHeld+1)
+	}
+	if lines := a.logs.Lines("level=WARN", "not holding more"); len(lines) == 0 {
+		t.Fatalf("no warning about the files not held:\n%s", a.logs.String())
+	}
+}
+
+// openFiles counts the process's open files whose path starts with prefix.
+func openFiles(t testing.TB, prefix string) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if p, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name())); err == nil && strings.HasPrefix(p, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
 // startRotatingTail starts an agent tailing app.log (holding "a1", read)
 // on a poll clock, with a tail_rotate_wait that passes only when the test
 // moves the clock.
@@ -449,13 +627,19 @@ func startRotatingTail(t *testing.T) (string, *fakeUpstream, *pollClock, *agent)
 	log := filepath.Join(dir, "app.log")
 	appendFile(t, log, "a1\n")
 	up := startUpstream(t, "127.0.0.1:0", nil)
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
-	cfg.TailRotateWait = config.Duration(time.Hour)
+	cfg := rotatingTailConfig(log, up)
 	clk := &pollClock{interval: cfg.TailPollInterval.D()}
 	a := startAgentClock(t, cfg, clk)
 	waitLines(t, up, "a1")
 	return log, up, clk, a
+}
+
+// rotatingTailConfig is startRotatingTail's configuration.
+func rotatingTailConfig(log string, up *fakeUpstream) Config {
+	cfg := tailConfig(filepath.Dir(log), up.srv.Addr(), log)
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond) // testConfig's retry waits are 1ms-20ms
+	cfg.TailRotateWait = config.Duration(time.Hour)
+	return cfg
 }
 
 // startFullQueueTail starts an agent tailing app.log, written with 200
@@ -471,12 +655,7 @@ func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollCl
 	unblock = sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock)
 	up.gate = func(*scribethrift.Batch) { <-release }
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	cfg.MaxQueueBytes = 2 << 10
-	cfg.SegmentBytes = 4 << 10
-	cfg.BatchEntries = 8
-	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
-	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	cfg := fullQueueTailConfig(log, up)
 	var sb strings.Builder
 	for i := range 200 {
 		want = append(want, fmt.Sprintf("a%03d", i))
@@ -490,6 +669,17 @@ func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollCl
 	waits := clk.waits.Load()
 	testkit.WaitFor(t, "the tailer to wait for the queue", func() bool { return clk.waits.Load() >= waits+2 })
 	return log, up, clk, a, want, unblock
+}
+
+// fullQueueTailConfig is startFullQueueTail's configuration.
+func fullQueueTailConfig(log string, up *fakeUpstream) Config {
+	cfg := tailConfig(filepath.Dir(log), up.srv.Addr(), log)
+	cfg.MaxQueueBytes = 2 << 10
+	cfg.SegmentBytes = 4 << 10
+	cfg.BatchEntries = 8
+	cfg.UpstreamTimeout = config.Duration(time.Hour) // the shipper waits in its call, not on the clock
+	cfg.TailPollInterval = config.Duration(3 * time.Millisecond)
+	return cfg
 }
 
 // rotateTwice rotates app.log ("a1") to app.log.1, writes "b1" to a new
