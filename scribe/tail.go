@@ -246,7 +246,7 @@ func (t *tailer) restoreFile(p position) error {
 		}
 		_ = f.Close() // opened for reading
 	}
-	t.log.Warn("tailed file replaced while stopped and the old one not found beside it (compressed, or moved away: logrotate's olddir); its unread lines are lost", "offset", p.Offset)
+	t.log.Warn("tailed file replaced while stopped and the old one not found beside it (compressed, or moved away: logrotate's olddir); lines it had after the saved offset, if any, are lost", "offset", p.Offset)
 	return nil
 }
 
