@@ -473,12 +473,14 @@ func crashAt(t *testing.T, compression string, k int) (fsFired, stFired bool) {
 
 		ffs := &faultFS{FS: e.dst}
 		fst := &faultStore{Store: e.st, after: where == "store-after"}
+		crashed := e.copier(t, "crashed", cfg, withDest(ffs), withStore(fst))
+		// Counted from the pass, not from New's probe.
+		ffs.n = 0
 		if where == "dfs" {
 			ffs.k = k
 		} else {
 			fst.k = k
 		}
-		crashed := e.copier(t, "crashed", cfg, withDest(ffs), withStore(fst))
 		_, _ = crashed.CopyOnce(context.Background()) // fails, or not if k is past the end
 		crashed.session.Close()                       // the process is gone: its lease goes
 		if where == "dfs" {

@@ -40,7 +40,10 @@ type FS struct {
 	closeErr  error
 }
 
-var _ dfs.FS = (*FS)(nil)
+var (
+	_ dfs.FS     = (*FS)(nil)
+	_ dfs.Rooted = (*FS)(nil)
+)
 
 // Open connects to the cluster named by an hdfs:// URL,
 //
@@ -282,6 +285,10 @@ func (f *FS) RemoveAll(name string) error {
 	}
 	return nil
 }
+
+// RootPath is the root directory in the cluster (dfs.Rooted), as the URL
+// named it: HDFS resolves no links in it.
+func (f *FS) RootPath() (string, error) { return f.cfg.root, nil }
 
 // SyncDurable is false: colinmarc/hdfs has no hflush or hsync, so a file
 // is durable, and visible, only once Close returns.
