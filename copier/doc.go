@@ -143,7 +143,12 @@
 // Progress for retention. "last" names the last segment read to its end
 // whose lines are all in published files; retention deletes no segment
 // after it. Switching from copying segments to merging starts the merge
-// after the last segment copied.
+// after the last segment copied, also when it merged before: merge
+// progress stored then, behind segments copied since (and perhaps deleted
+// by retention), is passed over, period files it had decided and not
+// published included (their lines were copied in their segments).
+// Switching from merging to copying copies the segments after "last":
+// the one the merge was inside, if any, is copied whole.
 //
 // # Lag and backfill
 //
