@@ -25,6 +25,8 @@ const (
 type Config struct {
 	// Destination is the dfs URL of the second root (file:///...,
 	// hdfs://...). Empty disables the copier: the wiring does not start it.
+	// It must not be the source, nor inside it or around it (New refuses
+	// it, however spelled).
 	Destination string `yaml:"destination"`
 	// Interval is how long the copier waits after a pass before looking
 	// for new segments again, and how often a standby retries the lease.

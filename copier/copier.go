@@ -2,9 +2,14 @@ package copier
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,7 +85,10 @@ type Copier struct {
 	lag   []CategoryLag // as of the last pass; nil while standing by
 }
 
-// New validates cfg and returns a copier; Run or CopyOnce copies.
+// New validates cfg and returns a copier; Run or CopyOnce copies. It
+// refuses a destination that is its source, or inside it, or the other
+// way round, however their URLs spell them (see distinct): it writes a
+// hidden probe file at the destination root for that, and removes it.
 func New(cfg Config, deps Deps) (*Copier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -94,6 +102,9 @@ func New(cfg Config, deps Deps) (*Copier, error) {
 		return nil, errors.New("copier needs a coordinator for its lease")
 	case deps.Source.String() == deps.Dest.String():
 		return nil, fmt.Errorf("copier destination %s is its source", deps.Dest)
+	}
+	if err := distinct(deps.Source, deps.Dest); err != nil {
+		return nil, err
 	}
 	if cfg.ID == "" {
 		cfg.ID = component.ID()
@@ -195,6 +206,101 @@ func (c *Copier) Backfill(ctx context.Context, report func(Progress)) (Stats, er
 		lease = l
 	}
 	return c.pass(ctx, lease, report, true)
+}
+
+// probePrefix starts the name of the hidden file distinct writes.
+const probePrefix = "_freeway-copier-probe-"
+
+// distinct fails if dst is src under another name (a symbolic link,
+// localhost for 127.0.0.1) or if one is inside the other: the copier's
+// removal of stale temporary files at the destination would delete the
+// writers' files in progress, it would copy segments onto themselves, and
+// the source's listing would take the destination's directories for its
+// own. The URLs cannot tell, so it writes a probe file at the destination
+// and looks for it in the source: at the root and, where both roots have
+// a path (dfs.Rooted) and the destination's is under the source's, at
+// that path. A source under the destination's path is probed from there.
+func distinct(src, dst dfs.FS) error {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	probe := probePrefix + hex.EncodeToString(b[:])
+
+	// seen writes name at dst and returns the first of names at which
+	// src shows it, -1 if none.
+	seen := func(name string, names ...string) (int, error) {
+		f, err := dst.Create(name)
+		if err != nil {
+			return -1, fmt.Errorf("copier: write probe %s at destination %s: %w", name, dst, err)
+		}
+		// A hidden empty file: what the source shows is the answer.
+		defer func() { _ = dst.Remove(name) }()
+		if err := f.Close(); err != nil {
+			return -1, fmt.Errorf("copier: write probe %s at destination %s: %w", name, dst, err)
+		}
+		for i, n := range names {
+			_, err := src.Stat(n)
+			if err == nil {
+				return i, nil
+			}
+			if !errors.Is(err, fs.ErrNotExist) {
+				return -1, fmt.Errorf("copier: look for probe %s in source %s: %w", n, src, err)
+			}
+		}
+		return -1, nil
+	}
+
+	look := []string{probe}
+	var srcUnder string // the source root's path under the destination's, if it is
+	if sr, ok := src.(dfs.Rooted); ok {
+		if dr, ok := dst.(dfs.Rooted); ok {
+			sp, err := sr.RootPath()
+			if err != nil {
+				return fmt.Errorf("copier: source %s: %w", src, err)
+			}
+			dp, err := dr.RootPath()
+			if err != nil {
+				return fmt.Errorf("copier: destination %s: %w", dst, err)
+			}
+			if rel, ok := under(dp, sp); ok {
+				look = append(look, path.Join(rel, probe))
+			}
+			if rel, ok := under(sp, dp); ok {
+				srcUnder = rel
+			}
+		}
+	}
+	switch i, err := seen(probe, look...); {
+	case err != nil:
+		return err
+	case i == 0:
+		return fmt.Errorf("copier destination %s is its source %s under another name", dst, src)
+	case i > 0:
+		return fmt.Errorf("copier destination %s is inside its source %s", dst, src)
+	}
+	if srcUnder != "" {
+		// Only where the destination has that directory: a probe made
+		// elsewhere would leave directories behind.
+		if fi, err := dst.Stat(srcUnder); err == nil && fi.IsDir() {
+			i, err := seen(path.Join(srcUnder, probe), probe)
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				return fmt.Errorf("copier source %s is inside its destination %s", src, dst)
+			}
+		}
+	}
+	return nil
+}
+
+// under reports whether the slash-separated path p is strictly under
+// root, and where.
+func under(p, root string) (string, bool) {
+	if root == "/" {
+		return strings.TrimPrefix(p, "/"), p != "/"
+	}
+	rel, ok := strings.CutPrefix(p, root+"/")
+	return rel, ok && rel != ""
 }
 
 func isLost(l coord.Lease) bool {

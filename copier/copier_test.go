@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -225,9 +226,13 @@ func copyOnce(t *testing.T, n *node) Stats {
 	return st
 }
 
-// writes returns the names rec created and renamed files to.
+// writes returns the names rec created and renamed files to, but for
+// New's probe (distinct).
 func writes(rec *dfstest.Faulty) (creates, renames []string) {
 	for _, c := range rec.Calls(dfstest.OpCreate, dfstest.OpRename) {
+		if strings.HasPrefix(c.Name, probePrefix) {
+			continue
+		}
 		if c.Op == dfstest.OpCreate {
 			creates = append(creates, c.Name)
 		} else {
@@ -805,6 +810,71 @@ func TestNewRefusesSourceAsDestination(t *testing.T) {
 	cfg := DefaultConfig()
 	if _, err := New(cfg, Deps{Source: e.src, Dest: e.src, Store: e.st, Coord: e.hub.Session()}); err == nil {
 		t.Error("New accepted the source as destination")
+	}
+}
+
+// TestNewRefusesSourceUnderAnotherName: a destination that is the source
+// spelled otherwise (a symbolic link), inside it, or around it is refused
+// at New, and the probe leaves nothing behind. Accepted, the copier's
+// first pass would delete a writer's segment in progress in the source,
+// taking it for a temporary file of its own.
+func TestNewRefusesSourceUnderAnotherName(t *testing.T) {
+	dir := t.TempDir()
+	srcRoot := filepath.Join(dir, "src")
+	src, err := localfs.New(srcRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(srcRoot, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, src, "access", 0, 1, 0, 2)
+	inProgress := path.Join(layout.BucketDir("access", 0), layout.TempSegment(layout.SegmentName(1, 1)))
+	f, err := src.Create(inProgress) // a writer's segment in progress
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	for _, tc := range []struct{ what, dst string }{
+		{"the source through a symbolic link", filepath.Join(dir, "link")},
+		{"inside the source", filepath.Join(srcRoot, "backup")},
+		{"inside the source through a symbolic link", filepath.Join(dir, "link", "backup")},
+		{"around the source", dir},
+	} {
+		dst, err := localfs.New(tc.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &env{src: src, dst: dst, st: openStore(t, filepath.Join(t.TempDir(), "store.db")), hub: inproc.NewHub()}
+		cfg := DefaultConfig()
+		_, err = New(cfg, Deps{Source: src, Dest: dst, Store: e.st, Coord: e.hub.Session()})
+		if err != nil {
+			t.Logf("%s: %v", tc.what, err)
+			continue
+		}
+		n := e.copier(t, "a")
+		_, perr := n.CopyOnce(context.Background())
+		t.Errorf("New accepted %s (%s) as the destination of %s; in-progress file still there after a pass: %v (pass: %v)",
+			tc.what, dst, src, exists(src, inProgress), perr)
+		if err := dfs.WriteFile(src, inProgress, nil); err != nil { // for the next case
+			t.Fatal(err)
+		}
+	}
+	if got := files(t, src, ""); len(got) != 2 {
+		t.Errorf("source holds %q after the probes, want the segment and the file in progress", got)
+	}
+
+	// A sibling directory is a destination like any other.
+	dst, err := localfs.New(filepath.Join(dir, "dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(DefaultConfig(), Deps{Source: src, Dest: dst, Store: openStore(t, filepath.Join(t.TempDir(), "s.db")), Coord: inproc.NewHub().Session()}); err != nil {
+		t.Fatalf("New refused a sibling destination: %v", err)
+	}
+	if got := files(t, dst, ""); len(got) != 0 {
+		t.Errorf("the probe left %q at the destination", got)
 	}
 }
 

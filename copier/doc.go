@@ -32,6 +32,16 @@
 // a time; within a bucket one segment at a time, so that the mark can
 // advance past each segment as it is done.
 //
+// The destination must be another storage than the source, and neither
+// inside the other: New refuses it otherwise, however the URLs spell it
+// (a symbolic link, localhost for 127.0.0.1), for the copier would copy
+// segments onto themselves, remove the writers' files in progress as
+// temporary files of its own, and list its own files as the source's. It
+// tells by writing a hidden probe file (_freeway-copier-probe-<random>)
+// at the destination root and looking for it in the source, and, where
+// the roots' paths nest (a local directory, symbolic links resolved; an
+// HDFS path), where it would show there; the probe is removed.
+//
 // One copier is active at a time: it holds the coord lease named after its
 // progress table ("copier" by default). Others stand by and take over
 // when the lease is released or lost. A copier that loses the lease stops
@@ -133,7 +143,12 @@
 // Progress for retention. "last" names the last segment read to its end
 // whose lines are all in published files; retention deletes no segment
 // after it. Switching from copying segments to merging starts the merge
-// after the last segment copied.
+// after the last segment copied, also when it merged before: merge
+// progress stored then, behind segments copied since (and perhaps deleted
+// by retention), is passed over, period files it had decided and not
+// published included (their lines were copied in their segments).
+// Switching from merging to copying copies the segments after "last":
+// the one the merge was inside, if any, is copied whole.
 //
 // # Lag and backfill
 //

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"path"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -341,5 +343,63 @@ func TestHDFSMergedHourIsTheConcatenationOfItsSegments(t *testing.T) {
 	}
 	if st := mergePass(t, n); st.Merged != 0 || st.Seen != 0 {
 		t.Errorf("a second pass: %+v, want nothing new", st)
+	}
+}
+
+// TestHDFSNewRefusesSourceUnderAnotherName: the source's root reached
+// through localhost rather than 127.0.0.1, or a directory inside it, is
+// refused as the destination; a sibling root of the same cluster is not.
+// Accepted, the first pass would delete a writer's segment in progress.
+func TestHDFSNewRefusesSourceUnderAnotherName(t *testing.T) {
+	src, url := hdfsRoot(t)
+	addr := enginetest.Addr(t, enginetest.HDFS)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "localhost"
+	if host == "localhost" {
+		other = "127.0.0.1"
+	}
+	publish(t, src, "access", 0, 1, 0, 2)
+	inProgress := path.Join(layout.BucketDir("access", 0), layout.TempSegment(layout.SegmentName(1, 1)))
+	if err := dfs.WriteFile(src, inProgress, nil); err != nil {
+		t.Fatal(err)
+	}
+	base, _, _ := strings.Cut(url, "?")
+	root := strings.TrimPrefix(base, "hdfs://"+addr)
+	for _, tc := range []struct{ what, url string }{
+		{"the source through " + other, "hdfs://" + net.JoinHostPort(other, port) + root},
+		{"inside the source through " + other, "hdfs://" + net.JoinHostPort(other, port) + root + "/backup"},
+		{"around the source through " + other, "hdfs://" + net.JoinHostPort(other, port) + path.Dir(root)},
+	} {
+		dst, err := hdfs.Open(tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dst.Close()
+		e := newEnv(t)
+		e.src, e.dst = src, dst
+		if _, err := New(DefaultConfig(), Deps{Source: src, Dest: dst, Store: e.st, Coord: e.hub.Session()}); err != nil {
+			t.Logf("%s: %v", tc.what, err)
+			continue
+		}
+		_, perr := e.copier(t, "a").CopyOnce(context.Background())
+		t.Errorf("New accepted %s (%s) as the destination of %s; in-progress file still there after a pass: %v (pass: %v)",
+			tc.what, dst, src, exists(src, inProgress), perr)
+		if err := dfs.WriteFile(src, inProgress, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	sibling, _ := hdfsRoot(t)
+	if _, err := New(DefaultConfig(), Deps{Source: src, Dest: sibling, Store: openStore(t, filepath.Join(t.TempDir(), "s.db")), Coord: newEnv(t).hub.Session()}); err != nil {
+		t.Fatalf("New refused a sibling root: %v", err)
+	}
+	if got := files(t, sibling, ""); len(got) != 0 {
+		t.Errorf("the probe left %q at the destination", got)
+	}
+	if got := files(t, src, ""); len(got) != 2 {
+		t.Errorf("source holds %q, want the segment and the file in progress", got)
 	}
 }

@@ -63,15 +63,28 @@ type mergedFile struct {
 // state is the bucket's merge progress: stored, or where segment copying
 // (or nothing) left it.
 func (j *bucketJob) state() mergeState {
-	if j.mark.merge != nil {
-		return *j.mark.merge
+	if j.mark.last == "" {
+		if j.mark.merge != nil {
+			return *j.mark.merge
+		}
+		return mergeState{}
 	}
-	if j.mark.last != "" {
-		// Segments up to last were copied as segments before merging was
-		// configured: the merge starts after them.
-		return mergeState{Pos: ptail.After(j.mark.last)}
+	// Segments up to last were copied as segments before merging was
+	// configured: the merge starts after them.
+	after := ptail.After(j.mark.last)
+	m := j.mark.merge
+	if m == nil {
+		return mergeState{Pos: after}
 	}
-	return mergeState{}
+	if m.Pos.Before(after) {
+		// The merge never leaves "last" past its position: segments were
+		// copied as segments since it stopped (merge_period unset for a
+		// while), retention may have deleted them. It goes on after them,
+		// in a period no earlier than its own; a period file it had
+		// decided is dropped, its lines were copied in their segments.
+		return mergeState{Pos: after, OpenMs: m.OpenMs}
+	}
+	return *m
 }
 
 // periodOf is the start (ms) of the period holding ms.

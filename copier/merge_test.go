@@ -473,12 +473,14 @@ func crashAt(t *testing.T, compression string, k int) (fsFired, stFired bool) {
 
 		ffs := &faultFS{FS: e.dst}
 		fst := &faultStore{Store: e.st, after: where == "store-after"}
+		crashed := e.copier(t, "crashed", cfg, withDest(ffs), withStore(fst))
+		// Counted from the pass, not from New's probe.
+		ffs.n = 0
 		if where == "dfs" {
 			ffs.k = k
 		} else {
 			fst.k = k
 		}
-		crashed := e.copier(t, "crashed", cfg, withDest(ffs), withStore(fst))
 		_, _ = crashed.CopyOnce(context.Background()) // fails, or not if k is past the end
 		crashed.session.Close()                       // the process is gone: its lease goes
 		if where == "dfs" {
@@ -528,6 +530,53 @@ func TestMergeStartsAfterCopiedSegments(t *testing.T) {
 	}
 	if !bytes.Equal(readFile(t, e.dst, seg), readFile(t, e.src, seg)) {
 		t.Error("the copied segment changed")
+	}
+}
+
+// TestMergeResumesAfterSegmentsCopiedMeanwhile: merging, then copying
+// segments for a while (merge_period unset), then merging again: the
+// merge goes on after the last segment copied, as doc.go says, not from
+// where it stopped before: the segments copied are not merged too, and
+// those retention deleted meanwhile (they were copied) are not missed.
+func TestMergeResumesAfterSegmentsCopiedMeanwhile(t *testing.T) {
+	e := newMergeEnv(t)
+	first := lines("merged", 2)
+	e.publishAt(t, "access", 0, 1, t0.Add(time.Minute), blk{t0.Add(time.Minute), first})
+	e.clock.Set(t0.Add(2 * time.Hour))
+	if st := mergePass(t, e.copier(t, "a", e.merging(nil))); st.Merged != 1 {
+		t.Fatalf("first merge %+v", st)
+	}
+
+	at := t0.Add(2*time.Hour + time.Minute)
+	copied := e.publishAt(t, "access", 0, 2, at, blk{at, lines("copied", 2)})
+	e.publishAt(t, "access", 0, 3, at.Add(time.Minute), blk{at.Add(time.Minute), lines("copied too", 2)})
+	if st := copyOnce(t, e.copier(t, "b")); st.Copied != 2 {
+		t.Fatalf("copying %+v, want both new segments copied", st)
+	}
+	if err := e.src.Remove(copied); err != nil { // retention: it was copied
+		t.Fatal(err)
+	}
+
+	at = t0.Add(3*time.Hour + time.Minute)
+	again := lines("merged again", 2)
+	e.publishAt(t, "access", 0, 4, at, blk{at, again})
+	e.clock.Set(t0.Add(5 * time.Hour))
+	n := e.copier(t, "c", e.merging(nil))
+	st := mergePass(t, n)
+	if st.Merged != 1 || st.Vanished != 0 {
+		t.Errorf("merging again %+v, want only the segment not copied merged, nothing vanished", st)
+	}
+	if exists(e.dst, hourFile("access", 0, t0.Add(2*time.Hour))) {
+		t.Errorf("the copied segments were merged as well")
+	}
+	if got := readMergedText(t, e.dst, hourFile("access", 0, t0.Add(3*time.Hour))); got != text(again) {
+		t.Errorf("hour 10 holds %q, want %q", got, text(again))
+	}
+	if got := readMergedText(t, e.dst, hourFile("access", 0, t0)); got != text(first) {
+		t.Errorf("hour 07 now holds %q", got)
+	}
+	if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 4) {
+		t.Errorf("progress %q, want the last segment", last)
 	}
 }
 

@@ -118,6 +118,17 @@ func ReadDirNames(fsys FS, name string) ([]string, error) {
 	return names, nil
 }
 
+// Rooted is implemented by a file system that can name its root as an
+// absolute slash-separated path in the namespace it shares with other
+// roots: a local directory with its symbolic links resolved, a directory
+// of an HDFS cluster. Two roots of one namespace are nested when one path
+// is under the other (the copier refuses a destination inside its
+// source, or the other way round).
+type Rooted interface {
+	// RootPath is the root's absolute path, cleaned.
+	RootPath() (string, error)
+}
+
 // BuffersWriter is implemented by a File that writes several buffers
 // with fewer system calls than a Write of each (a local file: writev).
 // WriteBuffers uses it.

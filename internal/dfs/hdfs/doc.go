@@ -48,6 +48,10 @@
 // under construction. Freeway does not wait for the recovery: such a file
 // still has its temporary name, so no reader takes it for a segment;
 // another client can Remove it at once (deleting needs no lease); Create
-// refuses its name with fs.ErrExist; and a new file beside it can be
-// written and published at once.
+// refuses its name with fs.ErrExist (a create past the lease soft limit,
+// 60 s, starts the lease's recovery and is refused with
+// RecoveryInProgressException until the file is closed, seconds later:
+// that wraps fs.ErrExist too, so a copier restarted after a kill replaces
+// its temporary file at once); and a new file beside it can be written
+// and published at once.
 package hdfs

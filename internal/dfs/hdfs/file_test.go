@@ -142,6 +142,42 @@ func TestPathErrorNamesTheFile(t *testing.T) {
 	}
 }
 
+// namenodeError is a NameNode's exception as colinmarc/hdfs returns it
+// (hdfs.Error).
+type namenodeError struct{ method, exception string }
+
+var _ hdfs.Error = namenodeError{}
+
+func (e namenodeError) Method() string    { return e.method }
+func (e namenodeError) Desc() string      { return "ERROR_APPLICATION" }
+func (e namenodeError) Exception() string { return e.exception }
+func (e namenodeError) Message() string   { return e.exception + ": ..." }
+func (e namenodeError) Error() string {
+	return e.method + " call failed with ERROR_APPLICATION (" + e.exception + ")"
+}
+
+// TestCreateDuringLeaseRecoveryWrapsErrExist: a create over a crashed
+// writer's file past the lease soft limit is refused with
+// RecoveryInProgressException (TestCreateOverCrashedFileAfterSoftLimit
+// shows it on the engine): the name exists, as it does before and after
+// the recovery, and the error says so. Other exceptions are left alone.
+func TestCreateDuringLeaseRecoveryWrapsErrExist(t *testing.T) {
+	recovering := namenodeError{"create", "org.apache.hadoop.hdfs.protocol.RecoveryInProgressException"}
+	for _, err := range []error{recovering, &os.PathError{Op: "create", Path: "/root/a", Err: recovering}} {
+		got := pathError("create", "/root/a", err)
+		if !errors.Is(got, fs.ErrExist) {
+			t.Errorf("%v does not wrap fs.ErrExist", got)
+		}
+		if !strings.HasPrefix(got.Error(), "create /root/a: ") || !strings.Contains(got.Error(), "RecoveryInProgressException") {
+			t.Errorf("error reads %q", got)
+		}
+	}
+	other := namenodeError{"create", "org.apache.hadoop.ipc.StandbyException"}
+	if got := pathError("create", "/root/a", other); errors.Is(got, fs.ErrExist) {
+		t.Errorf("%v wraps fs.ErrExist", got)
+	}
+}
+
 // TestChecksumErrorWrapsErrChecksum: colinmarc/hdfs's checksum error
 // (its unexported errInvalidChecksum, returned bare by FileReader.Read
 // once every replica failed it, or in a PathError) wraps dfs.ErrChecksum

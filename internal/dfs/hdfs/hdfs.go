@@ -40,7 +40,10 @@ type FS struct {
 	closeErr  error
 }
 
-var _ dfs.FS = (*FS)(nil)
+var (
+	_ dfs.FS     = (*FS)(nil)
+	_ dfs.Rooted = (*FS)(nil)
+)
 
 // Open connects to the cluster named by an hdfs:// URL,
 //
@@ -132,21 +135,35 @@ func (f *FS) path(op, name string) (string, error) {
 	return path.Join(f.cfg.root, name), nil
 }
 
+// recoveryInProgress is the NameNode's answer to a create over a file
+// whose writer died more than the lease soft limit (60 s) ago: the create
+// starts the recovery of the dead writer's lease and is refused until the
+// recovery has closed the file (seconds), then with
+// FileAlreadyExistsException. Before the soft limit it is
+// AlreadyBeingCreatedException. colinmarc/hdfs maps those two to
+// fs.ErrExist, not this one; it means the same: the name is taken.
+const recoveryInProgress = "org.apache.hadoop.hdfs.protocol.RecoveryInProgressException"
+
 // pathError names the HDFS path in an error from colinmarc/hdfs, which
 // already returns *fs.PathError for most calls (wrapping fs.ErrNotExist,
 // fs.ErrExist, fs.ErrPermission where the NameNode's Java exception maps
-// to one) but not for all.
+// to one) but not for all. A RecoveryInProgressException wraps
+// fs.ErrExist too.
 func pathError(op, p string, err error) error {
 	if pe := (*fs.PathError)(nil); errors.As(err, &pe) {
 		err = pe.Err
+	}
+	if he := hdfs.Error(nil); errors.As(err, &he) && he.Exception() == recoveryInProgress {
+		err = fmt.Errorf("%w: %w", fs.ErrExist, err)
 	}
 	return &fs.PathError{Op: op, Path: p, Err: err}
 }
 
 // Create creates name, and its parent directories if the NameNode says
 // they are missing. HDFS refuses to create over an existing file or
-// directory, including one still held open by a writer that crashed, so
-// the error wraps fs.ErrExist in all those cases.
+// directory, including one still held open by a writer that crashed
+// (whose lease it may be recovering: see recoveryInProgress), so the
+// error wraps fs.ErrExist in all those cases.
 func (f *FS) Create(name string) (dfs.File, error) {
 	p, err := f.path("create", name)
 	if err != nil {
@@ -282,6 +299,10 @@ func (f *FS) RemoveAll(name string) error {
 	}
 	return nil
 }
+
+// RootPath is the root directory in the cluster (dfs.Rooted), as the URL
+// named it: HDFS resolves no links in it.
+func (f *FS) RootPath() (string, error) { return f.cfg.root, nil }
 
 // SyncDurable is false: colinmarc/hdfs has no hflush or hsync, so a file
 // is durable, and visible, only once Close returns.

@@ -29,6 +29,7 @@ type FS struct {
 var (
 	_ dfs.FS         = (*FS)(nil)
 	_ dfs.NameLister = (*FS)(nil)
+	_ dfs.Rooted     = (*FS)(nil)
 )
 
 // New returns a file system rooted at dir, creating dir if needed.
@@ -55,6 +56,16 @@ func (f *FS) path(op, name string) (string, error) {
 
 // Root is the local directory the file system lives in.
 func (f *FS) Root() string { return f.root }
+
+// RootPath is Root with its symbolic links resolved (dfs.Rooted): two
+// spellings of one directory give the same path.
+func (f *FS) RootPath() (string, error) {
+	p, err := filepath.EvalSymlinks(f.root)
+	if err != nil {
+		return "", fmt.Errorf("resolve dfs root %s: %w", f.root, err)
+	}
+	return filepath.ToSlash(p), nil
+}
 
 func (f *FS) Create(name string) (dfs.File, error) {
 	p, err := f.path("create", name)
