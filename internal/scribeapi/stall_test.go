@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -204,5 +206,115 @@ func TestStalledFlatFramesHoldAShare(t *testing.T) {
 	}
 	if reply := call(t, dial(t, hs.srv.Addr()), small("while twenty calls stall")); !bytes.HasSuffix(reply, scribetest.OK) {
 		t.Fatalf("answered %x, want OK", reply)
+	}
+}
+
+// dialFrom connects to addr from the loopback address ip (127.0.0.2, a
+// second peer on this host: Linux routes all of 127/8 to loopback).
+func dialFrom(t *testing.T, ip, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot dial from %s: %v", ip, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestStalledPeerDoesNotLockOutOthers: one peer (127.0.0.2) opening
+// many connections, each sending a frame's header and one byte of its
+// body and then nothing, holds at most a quarter of the budget (and one
+// call more), so another peer's calls, a small one and several larger
+// ones at once, are answered OK, not TRY_LATER; so are the first
+// peer's own large calls' later chunks, which no such bound holds up.
+// (Before, each stalled call held its first chunk's charge, 128 KiB: a
+// thousand connections held 128 MiB, and the stallers on a process's
+// two Scribe ports held the whole default budget until read_timeout,
+// every other client's call answered TRY_LATER.)
+func TestStalledPeerDoesNotLockOutOthers(t *testing.T) {
+	const (
+		limit   = 8 << 20
+		charge  = 2 * 64 << 10 // a frame of one chunk's, a larger frame's first chunk's
+		small64 = 60 << 10     // a frame of one chunk
+		large   = 1 << 20      // a frame read in chunks
+	)
+	reg := prometheus.NewRegistry()
+	b := thriftsrv.NewBudget(limit, reg)
+	rec := &countingHandler{n: new(atomic.Int64)}
+	hs := serve(t, rec, thriftsrv.Limits{MaxCallBytes: large, ReadTimeout: time.Minute, BudgetWait: 2 * time.Second},
+		thriftsrv.WithBudget(b))
+	waits := func() int64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "freeway_thrift_inflight_waits_total" {
+				return int64(mf.GetMetric()[0].GetCounter().GetValue())
+			}
+		}
+		return 0
+	}
+	// stallFrom is stall from the hostile peer.
+	stallFrom := func(size int) {
+		c := dialFrom(t, "127.0.0.2", hs.srv.Addr())
+		start := scribetest.LogFrameOf("c", []byte("s"), 1)[:4+15+1]
+		start[0], start[1], start[2], start[3] = byte(size>>24), byte(size>>16), byte(size>>8), byte(size)
+		if _, err := c.Write(start); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Enough to fill the budget.
+	const stallers = limit/charge + 16
+	for range stallers {
+		stallFrom(small64)
+	}
+	testkit.Eventually(t, "every stalled call charged or waiting", func() error {
+		if n := b.Used()/charge + waits(); n != stallers {
+			return fmt.Errorf("%d stalled calls charged or waiting, want %d (budget holds %d)", n, stallers, b.Used())
+		}
+		return nil
+	})
+	bound := int64(limit/4 + charge)
+	if u := b.Used(); u > bound {
+		t.Fatalf("one stalling peer holds %d bytes of the budget, want at most %d", u, bound)
+	}
+	// Frames read in chunks are bound the same way.
+	before := waits()
+	for range 8 {
+		stallFrom(large)
+	}
+	testkit.WaitFor(t, "the large stalled calls waiting", func() bool { return waits() == before+8 })
+	if u := b.Used(); u > bound {
+		t.Fatalf("one stalling peer holds %d bytes of the budget, want at most %d", u, bound)
+	}
+
+	if reply := call(t, dial(t, hs.srv.Addr()), small("while a peer stalls")); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x, want OK", reply)
+	}
+	// Larger calls at once from one peer, within its share, go at once.
+	frame := scribetest.LogFrameOf("big", bytes.Repeat([]byte("x"), 200<<10), 1)
+	var wg sync.WaitGroup
+	replies := make(chan []byte, 4)
+	for range 4 {
+		c := dial(t, hs.srv.Addr())
+		wg.Go(func() {
+			reply, err := scribetest.Call(c, frame)
+			if err != nil {
+				t.Error(err)
+			}
+			replies <- reply
+		})
+	}
+	wg.Wait()
+	close(replies)
+	for reply := range replies {
+		if !bytes.HasSuffix(reply, scribetest.OK) {
+			t.Fatalf("answered %x, want OK", reply)
+		}
+	}
+	if n := rec.n.Load(); n != 5 {
+		t.Fatalf("accepted %d calls, want 5", n)
 	}
 }

@@ -31,7 +31,13 @@
 //     that sends a frame's header and stalls holds none of it, and one
 //     that drips the frame about twice what it sent (plus the chunk
 //     being read), not what it declared. A chunk is given only if
-//     every call being read can still finish (Budget). A call waits at
+//     every call being read can still finish (Budget). What one peer's
+//     calls (a remote host's, on all the process's ports) hold ahead of
+//     their bytes, frames taken whole and not yet in, and chunks being
+//     read, is at most a quarter of the budget: a call of a peer at its
+//     share waits to start, so that one client stalling many
+//     connections after a frame's first bytes cannot hold the whole
+//     budget and lock every other client out. A call waits at
 //     most BudgetWait in all for room, behind earlier calls; without
 //     room it is refused too: the rest of its frame is read and
 //     discarded as it streams in, and the connection stays usable. The
@@ -138,6 +144,8 @@ type conn struct {
 	// w is where replies go: c, or its TLS connection.
 	w    io.Writer
 	peer string
+	// bp is the share of the budget of its remote address's calls.
+	bp   *peer
 	info *connInfo
 
 	// mu orders the start of processing against shutdown: a connection
@@ -196,6 +204,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		cn := &conn{c: c.(*connlimit.Conn), br: bufio.NewReaderSize(c, 4<<10), w: c, peer: c.RemoteAddr().String(), info: &connInfo{}}
+		cn.bp = s.budget.peerOf(peerHost(c.RemoteAddr()))
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
@@ -205,6 +214,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			s.serveConn(ctx, cn)
+			s.budget.donePeer(cn.bp)
 			s.mu.Lock()
 			delete(s.conns, cn)
 			s.mu.Unlock()
@@ -242,6 +252,15 @@ func WithPeer(ctx context.Context, addr net.Addr) context.Context {
 }
 
 type peerKey struct{}
+
+// peerHost is the remote address's host: the calls of all its
+// connections share one bound (Budget).
+func peerHost(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return a.String()
+}
 
 // connInfo is what handlers may know of their call's connection.
 type connInfo struct {
@@ -451,14 +470,15 @@ func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte
 			defer s.budget.endFlat(charge)
 		}
 		n := min(charge, s.budget.limit)
-		ok, waited := s.budget.acquire(ctx, n, nil, s.limits.BudgetWait)
+		ok, waited := s.budget.acquire(ctx, n, nil, cn.bp, s.limits.BudgetWait)
 		ar.waited(waited)
 		if !ok {
 			return 0, errNoRoom
 		}
+		defer s.budget.doneReading(cn.bp, n)
 		return n, frame.fill(cn.br, head, size, nil)
 	}
-	s.budget.open(&ar.c, charge)
+	s.budget.open(&ar.c, charge, cn.bp)
 	err := frame.fill(cn.br, head, size, ar)
 	return s.budget.close(&ar.c), err
 }
