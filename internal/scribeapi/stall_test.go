@@ -318,3 +318,40 @@ func TestStalledPeerDoesNotLockOutOthers(t *testing.T) {
 		t.Fatalf("accepted %d calls, want 5", n)
 	}
 }
+
+// TestStallingPeerDoesNotTakeEveryConnection: one peer (127.0.0.2)
+// holding every connection up to max_connections, each busy with the
+// first byte of a call it never sends, does not lock another peer out:
+// the newcomer takes the place of one of its connections; its own
+// newcomers are refused. (Before, with every connection busy, every
+// newcomer was closed at once until the stalled calls' read_timeout,
+// and the staller's new connections evicted the others' idle ones.)
+func TestStallingPeerDoesNotTakeEveryConnection(t *testing.T) {
+	const maxConns = 8
+	rec := &recorder{}
+	hs := serve(t, rec, thriftsrv.Limits{MaxConnections: maxConns, ReadTimeout: time.Minute})
+	for range maxConns {
+		c := dialFrom(t, "127.0.0.2", hs.srv.Addr())
+		if _, err := c.Write([]byte{0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, "every connection busy", func() bool {
+		return hs.metric(t, "freeway_listener_connections") == maxConns && hs.metric(t, "freeway_listener_idle_connections") == 0
+	})
+	if reply := call(t, dial(t, hs.srv.Addr()), small("while a peer holds every connection")); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x, want OK", reply)
+	}
+	// One of the staller's connections made room.
+	if n := hs.metric(t, "freeway_listener_connections_evicted_total"); n != 1 {
+		t.Fatalf("evictions counted %v, want 1", n)
+	}
+	// The staller's newcomer takes nothing of the other peer's (whose
+	// connection is idle now).
+	if err := closedByServer(dialFrom(t, "127.0.0.2", hs.srv.Addr())); err != nil {
+		t.Fatalf("the staller's newcomer: %v", err)
+	}
+	if len(rec.entries) != 1 {
+		t.Fatalf("received %v", rec.entries)
+	}
+}
