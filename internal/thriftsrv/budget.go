@@ -187,7 +187,7 @@ func (b *Budget) acquire(ctx context.Context, n int64, c *claim, p *peer, wait t
 		q = &b.reading
 	}
 	if b.reading.Len() == 0 && (q == &b.reading || b.waiters.Len() == 0) &&
-		b.used+n <= b.limit && (c == nil || b.safeLocked(c, n)) && b.peerAdmitsLocked(p, c, n) {
+		b.used+n <= b.limit && b.peerAdmitsLocked(p, c, n) && (c == nil || b.safeLocked(c, n)) {
 		b.grantLocked1(n, c, p)
 		b.inflight.Set(float64(b.used))
 		b.mu.Unlock()
@@ -402,7 +402,7 @@ func (b *Budget) grantQueueLocked(q *list.List) bool {
 		next := e.Next()
 		// A call whose peer holds its share waits for the peer's other
 		// calls, not holding up others' behind it.
-		if (w.c == nil || b.safeLocked(w.c, w.n)) && b.peerAdmitsLocked(w.p, w.c, w.n) {
+		if b.peerAdmitsLocked(w.p, w.c, w.n) && (w.c == nil || b.safeLocked(w.c, w.n)) {
 			if b.used+w.n > b.limit {
 				return false
 			}
