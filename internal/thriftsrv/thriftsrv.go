@@ -10,8 +10,8 @@
 //     and at MaxConnections the longest-idle connection is closed to make
 //     room for a new client (internal/connlimit), so idle clients cannot
 //     lock others out; nor can one host holding every connection busy,
-//     which loses one to each other host's newcomer. Accept errors that pass (out of file descriptors)
-//     are retried, never fatal.
+//     which loses one to each other host's newcomer. Accept errors that
+//     pass (out of file descriptors) are retried, never fatal.
 //   - The first bytes of a call are sniffed: a client speaking unframed
 //     (buffered) transport, the compact protocol, THeader, HTTP or TLS has
 //     its connection closed at once, with a rate-limited log line saying
