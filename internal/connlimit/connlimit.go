@@ -227,7 +227,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 func (l *Listener) admit(c net.Conn) (lc *Conn, victim *Conn, busy bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	host := hostOf(c.RemoteAddr())
+	host := PeerKey(c.RemoteAddr())
 	p := l.peers[host]
 	if p == nil {
 		p = &peer{host: host}
@@ -277,16 +277,22 @@ func (l *Listener) victimLocked(p *peer) *Conn {
 	return nil
 }
 
-// hostOf is the host of a remote address: a peer's connections are
-// counted together whatever their ports.
-func hostOf(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
+// PeerKey names the peer a remote address belongs to, for bounds that
+// one peer must not escape by opening more connections: its IPv4
+// address, whatever the port, or its IPv6 /64 (a host may be given a
+// whole /64, so that one address of it is as good as another).
+func PeerKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		if a == nil {
+			return ""
+		}
+		return a.String()
 	}
-	if a == nil {
-		return ""
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		return ip4.String()
 	}
-	return a.String()
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
 
 func (l *Listener) forgetLocked(c *Conn) {

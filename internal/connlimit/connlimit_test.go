@@ -192,6 +192,23 @@ func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
 	}
 }
 
+func TestPeerKey(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"192.0.2.7:1463", "192.0.2.7"},
+		{"[::ffff:192.0.2.7]:1", "192.0.2.7"},
+		{"[2001:db8:1:2:aaaa::1]:1463", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:bbbb::9]:9", "2001:db8:1:2::/64"},
+	} {
+		a, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := PeerKey(a); got != tc.want {
+			t.Errorf("PeerKey(%s) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
 // flaky fails Accept with errs, then accepts from the real listener.
 type flaky struct {
 	net.Listener

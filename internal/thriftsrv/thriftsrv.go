@@ -145,7 +145,7 @@ type conn struct {
 	// w is where replies go: c, or its TLS connection.
 	w    io.Writer
 	peer string
-	// bp is the share of the budget of its remote address's calls.
+	// bp is its peer's (connlimit.PeerKey) share of the budget.
 	bp   *peer
 	info *connInfo
 
@@ -205,7 +205,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		cn := &conn{c: c.(*connlimit.Conn), br: bufio.NewReaderSize(c, 4<<10), w: c, peer: c.RemoteAddr().String(), info: &connInfo{}}
-		cn.bp = s.budget.peerOf(peerHost(c.RemoteAddr()))
+		cn.bp = s.budget.peerOf(connlimit.PeerKey(c.RemoteAddr()))
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
@@ -253,15 +253,6 @@ func WithPeer(ctx context.Context, addr net.Addr) context.Context {
 }
 
 type peerKey struct{}
-
-// peerHost is the remote address's host: the calls of all its
-// connections share one bound (Budget).
-func peerHost(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	return a.String()
-}
 
 // connInfo is what handlers may know of their call's connection.
 type connInfo struct {
