@@ -2,6 +2,8 @@ package scribeapi
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"strings"
@@ -354,4 +356,59 @@ func TestStallingPeerDoesNotTakeEveryConnection(t *testing.T) {
 	if len(rec.entries) != 1 {
 		t.Fatalf("received %v", rec.entries)
 	}
+}
+
+// TestUnreadReplyHoldsNoBudget: a call whose client does not read its
+// answer (here getCounters, its answer larger than the sockets'
+// buffers, its arguments padded with a 1 MiB field the server skips)
+// holds none of the budget while the answer waits to be written. (Before,
+// it held its charge until the write gave up at read_timeout: a client
+// that sent large calls and read no answers, on a few connections,
+// held the whole budget without sending another byte.)
+func TestUnreadReplyHoldsNoBudget(t *testing.T) {
+	counters := make(map[string]int64, 200_000)
+	for i := range 200_000 {
+		counters[fmt.Sprintf("a counter with a long name, number %d", i)] = int64(i)
+	}
+	b := thriftsrv.NewBudget(thriftsrv.DefaultBudget, nil)
+	reg := prometheus.NewRegistry()
+	srv, err := Listen("127.0.0.1:0", &recorder{}, Info{Name: "t", Metrics: reg, Counters: func() map[string]int64 { return counters }},
+		thriftsrv.Limits{ReadTimeout: 10 * time.Minute}, nil, thriftsrv.WithBudget(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done //nolint:errcheck // Serve's error after cancel is not what the test checks
+	})
+	c := dial(t, srv.Addr())
+	if err := c.(*net.TCPConn).SetReadBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	var f bytes.Buffer
+	w32 := func(v uint32) { _ = binary.Write(&f, binary.BigEndian, v) }
+	w32(0) // the frame's size, below
+	w32(0x80010001)
+	w32(uint32(len("getCounters")))
+	f.WriteString("getCounters")
+	w32(1)
+	f.Write([]byte{11, 0, 99}) // an unknown string field, skipped
+	w32(1 << 20)
+	f.Write(bytes.Repeat([]byte("p"), 1<<20))
+	f.WriteByte(0)
+	frame := f.Bytes()
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+	if _, err := c.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	// The answer is never read.
+	testkit.Eventually(t, "the call's charge released", func() error {
+		if u := b.Used(); u != 0 {
+			return fmt.Errorf("budget holds %d", u)
+		}
+		return nil
+	})
 }

@@ -44,7 +44,8 @@
 //     discarded as it streams in, and the connection stays usable. The
 //     frame must arrive within ReadTimeout (not counting those waits);
 //     it is decoded from memory, processed, and the reply written as
-//     one frame. A processor may take the arguments' bytes in one slice
+//     one frame, within ReadTimeout, the call's charge returned before
+//     (a client that reads no answers holds none of it). A processor may take the arguments' bytes in one slice
 //     instead (ArgsFrame) and decode them itself, charging the budget
 //     what the protocol would have.
 //
@@ -411,7 +412,11 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 	out.start()
 	ok, err := s.proc.Process(pctx, in, oprot)
 	frame.release()
-	held += in.extra
+	// The call's arguments are dead once it is processed, and its answer
+	// is in out: a client slow to read the answer, or reading none,
+	// holds none of the budget while it waits to be written.
+	s.budget.Release(held + in.extra)
+	held = 0
 	if in.exceeded {
 		out.start()
 		s.count(s.refused, "busy")
