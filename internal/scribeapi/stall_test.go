@@ -412,3 +412,46 @@ func TestUnreadReplyHoldsNoBudget(t *testing.T) {
 		return nil
 	})
 }
+
+// TestOnePeersConcurrentCallsDoNotWait: one peer sending many large
+// calls at once (a writer forwarding, an agent at max_in_flight 64 with
+// batches of 1 MiB) is not held back by its share of the budget: under
+// the default budget no call waits.
+func TestOnePeersConcurrentCallsDoNotWait(t *testing.T) {
+	const clients = 64
+	reg := prometheus.NewRegistry()
+	b := thriftsrv.NewBudget(thriftsrv.DefaultBudget, reg)
+	rec := &countingHandler{n: new(atomic.Int64)}
+	hs := serve(t, rec, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
+	frame := scribetest.LogFrameOf("big", bytes.Repeat([]byte("x"), 1<<20-100), 1)
+	var conns []net.Conn
+	for range clients {
+		conns = append(conns, dial(t, hs.srv.Addr()))
+	}
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			reply, err := scribetest.Call(c, frame)
+			if err != nil {
+				t.Error(err)
+			} else if !bytes.HasSuffix(reply, scribetest.OK) {
+				t.Errorf("answered %x, want OK", reply)
+			}
+		})
+	}
+	wg.Wait()
+	if n := rec.n.Load(); n != clients {
+		t.Fatalf("accepted %d calls, want %d", n, clients)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "freeway_thrift_inflight_waits_total" {
+			if n := mf.GetMetric()[0].GetCounter().GetValue(); n != 0 {
+				t.Fatalf("%v calls waited for room", n)
+			}
+		}
+	}
+}
