@@ -198,7 +198,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			l.evicted.Add(1)
 			_ = victim.Conn.Close() // evicted: its server goroutine sees the close
 			if busy {
-				l.warn.Warn("evict_busy", "connection limit reached with every connection busy, closed one of the peer holding the most",
+				l.warn.Warn("evict_busy", "connection limit reached with no connection idle, closed the longest busy one of the host holding the most",
 					"listener", l.name, "max_connections", l.max, "closed", victim.RemoteAddr().String(), "new", c.RemoteAddr().String())
 			} else {
 				l.warn.Warn("evict", "connection limit reached, closed the longest idle connection",
