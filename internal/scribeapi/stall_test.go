@@ -455,3 +455,58 @@ func TestOnePeersConcurrentCallsDoNotWait(t *testing.T) {
 		}
 	}
 }
+
+// TestStopDoesNotWaitForAnUnreadReply: a server stopping while it writes
+// an answer its client does not read (getCounters, larger than the
+// sockets' buffers) gives the write a few seconds, not read_timeout,
+// before it returns. (Before, Serve waited the whole read_timeout: a
+// client could hold a writer's shutdown, and the publishing of its
+// segments after it, that long.)
+func TestStopDoesNotWaitForAnUnreadReply(t *testing.T) {
+	counters := make(map[string]int64, 200_000)
+	for i := range 200_000 {
+		counters[fmt.Sprintf("a counter with a long name, number %d", i)] = int64(i)
+	}
+	asked := make(chan struct{}, 1)
+	info := Info{Name: "t", Metrics: prometheus.NewRegistry(), Counters: func() map[string]int64 {
+		asked <- struct{}{}
+		return counters
+	}}
+	srv, err := Listen("127.0.0.1:0", &recorder{}, info, thriftsrv.Limits{ReadTimeout: 10 * time.Minute}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer cancel()
+	c := dial(t, srv.Addr())
+	if err := c.(*net.TCPConn).SetReadBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	var f bytes.Buffer
+	w32 := func(v uint32) { _ = binary.Write(&f, binary.BigEndian, v) }
+	w32(0)
+	w32(0x80010001)
+	w32(uint32(len("getCounters")))
+	f.WriteString("getCounters")
+	w32(1)
+	f.WriteByte(0)
+	frame := f.Bytes()
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+	if _, err := c.Write(frame); err != nil {
+		t.Fatal(err)
+	}
+	<-asked
+	// The call is being processed: the server answers it before it
+	// stops, but not for ever. The answer is never read.
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testkit.Deadline):
+		t.Fatal("Serve did not return while an answer waited to be read")
+	}
+}

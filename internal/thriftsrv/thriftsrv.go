@@ -189,7 +189,8 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Serve accepts connections until ctx ends, then closes the listener and
 // every connection not processing a call, lets calls being processed
-// answer, and waits for every connection's goroutine. Accept errors that
+// answer (their answers written within 5s, stopGrace, even to a client
+// that reads none), and waits for every connection's goroutine. Accept errors that
 // pass are retried; Serve returns an error only if the listener fails
 // for good.
 func (s *Server) Serve(ctx context.Context) error {
@@ -228,6 +229,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// stopGrace bounds the writing of a call's answer once the server
+// stops (see reply).
+const stopGrace = 5 * time.Second
+
 func (s *Server) stop() {
 	_ = s.ln.Close() // stopping; Serve reports the listener
 	s.mu.Lock()
@@ -236,6 +241,10 @@ func (s *Server) stop() {
 		cn.mu.Lock()
 		if !cn.processing {
 			_ = cn.c.Close() // stopping an idle connection
+		} else {
+			// Its answer is written, but not for read_timeout to a
+			// client that does not read it (reply).
+			cn.c.SetWriteDeadline(time.Now().Add(min(stopGrace, s.limits.ReadTimeout)))
 		}
 		cn.mu.Unlock()
 	}
@@ -424,7 +433,7 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "remote", cn.peer)
 		return s.answerRefusal(pctx, cn, call, ErrBusy, out, oprot)
 	}
-	if !s.reply(cn, out) {
+	if !s.reply(pctx, cn, out) {
 		return false
 	}
 	if errors.Is(err, thrift.ErrAbandonRequest) {
@@ -551,16 +560,27 @@ func (s *Server) answerRefusal(ctx context.Context, cn *conn, call Call, why err
 		_ = thrift.NewTApplicationException(code, msg).Write(ctx, oprot)
 		_ = oprot.WriteMessageEnd(ctx)
 	}
-	return s.reply(cn, out)
+	return s.reply(ctx, cn, out)
 }
 
-// reply writes what the call answered, if anything, as one frame.
-func (s *Server) reply(cn *conn, out *outBuffer) bool {
+// reply writes what the call answered, if anything, as one frame,
+// within ReadTimeout, or stopGrace once the server stops (ctx ended):
+// a client that does not read its answer holds the server's stopping
+// up that long at most.
+func (s *Server) reply(ctx context.Context, cn *conn, out *outBuffer) bool {
 	b := out.frame()
 	if b == nil {
 		return true
 	}
-	cn.c.SetWriteDeadline(time.Now().Add(s.limits.ReadTimeout))
+	d := s.limits.ReadTimeout
+	// Under mu, as stop: either stop has run, and ctx has ended, or it
+	// runs after and shortens the deadline set here.
+	cn.mu.Lock()
+	if ctx.Err() != nil {
+		d = min(d, stopGrace)
+	}
+	cn.c.SetWriteDeadline(time.Now().Add(d))
+	cn.mu.Unlock()
 	if _, err := cn.w.Write(b); err != nil {
 		s.log.Debug("thrift reply not written", "listener", s.name, "remote", cn.peer, "err", err)
 		return false
