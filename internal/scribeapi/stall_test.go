@@ -319,6 +319,11 @@ func TestStalledPeerDoesNotLockOutOthers(t *testing.T) {
 	if n := rec.n.Load(); n != 5 {
 		t.Fatalf("accepted %d calls, want 5", n)
 	}
+	// The staller's calls that waited are refused, and said to be held
+	// back by their host's share, not by the budget's size.
+	testkit.WaitFor(t, "the stalled calls' refusal logged", func() bool {
+		return strings.Contains(hs.logs.String(), "hold their share of max_inflight_bytes")
+	})
 }
 
 // TestStallingPeerDoesNotTakeEveryConnection: one peer (127.0.0.2)

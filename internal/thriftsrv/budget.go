@@ -452,6 +452,14 @@ func (b *Budget) doneReading(p *peer, n int64) {
 	b.grantLocked()
 }
 
+// peerAtShare reports whether p's calls hold so much ahead of their
+// bytes that another call's first chunk would not start (for logs).
+func (b *Budget) peerAtShare(p *peer) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return p != nil && p.ahead > 0 && p.ahead+2*chunkSize > b.limit/peerShare
+}
+
 // startFlat reserves a share of what frames read whole may hold for one
 // of charge bytes, reporting false if none is left (see flatShare).
 func (b *Budget) startFlat(charge int64) bool {

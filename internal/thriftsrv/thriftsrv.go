@@ -528,12 +528,17 @@ func (a *arrival) waited(d time.Duration) {
 // with the service's refusal.
 func (s *Server) refuseCall(ctx, pctx context.Context, cn *conn, call Call, rest int64, why error,
 	out *outBuffer, oprot thrift.TProtocol) bool {
-	reason, msg := "busy", "call refused: no room under max_inflight_bytes"
-	if errors.Is(why, ErrTooLarge) {
-		reason, msg = "too_large", "call over max_call_bytes refused"
+	reason, key, msg := "busy", "busy", "call refused: no room under max_inflight_bytes"
+	switch {
+	case errors.Is(why, ErrTooLarge):
+		reason, key, msg = "too_large", "too_large", "call over max_call_bytes refused"
+	case s.budget.peerAtShare(cn.bp):
+		// Not the budget's size: its host's other calls, stalled or
+		// slow, that the operator may want to look at.
+		key, msg = "busy:peer", "call refused: its host's calls being read hold their share of max_inflight_bytes ahead of their bytes (stalled after their first bytes?)"
 	}
 	s.count(s.refused, reason)
-	s.warn.Warn(reason, msg, "listener", s.name, "method", ratelog.Clip(call.Name), "bytes", call.Bytes,
+	s.warn.Warn(key, msg, "listener", s.name, "method", ratelog.Clip(call.Name), "bytes", call.Bytes,
 		"max_call_bytes", s.limits.MaxCallBytes, "remote", cn.peer)
 	cn.c.SetReadDeadline(time.Now().Add(s.limits.ReadTimeout))
 	if _, err := io.CopyN(io.Discard, cn.br, rest); err != nil {
