@@ -106,7 +106,7 @@ type Config struct {
 const (
 	frameLimit    = 16 << 20
 	maxBatchBytes = frameLimit - 64<<10
-	maxBatchCount = 1 << 20 // the ports' container limit
+	maxBatchCount = 1 << 20 // the container limit of writers before this version
 	maxInFlight   = 64      // connections per agent to its upstream
 )
 

@@ -55,9 +55,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		idle: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_listener_idle_connections",
 			Help: "Open connections waiting between calls (the ones closed first at max_connections), by listener."}, []string{"listener"}),
 		evicted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_listener_connections_evicted_total",
-			Help: "Idle connections closed to make room for a new client at max_connections, by listener."}, []string{"listener"}),
+			Help: "Connections closed to make room for a new client at max_connections (the longest idle, or the longest busy of the host holding the most), by listener."}, []string{"listener"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_listener_connections_refused_total",
-			Help: "New connections closed at once because every connection was busy in a call at max_connections, by listener."}, []string{"listener"}),
+			Help: "New connections closed at once at max_connections because no connection could make room (every one busy in a call, none of a host holding more than the newcomer's), by listener."}, []string{"listener"}),
 		acceptEr: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_listener_accept_errors_total",
 			Help: "Accept errors that pass (out of file descriptors, say), retried with backoff, by listener."}, []string{"listener"}),
 	}
@@ -116,9 +116,17 @@ type Listener struct {
 	done      chan struct{}
 	closeOnce sync.Once
 
-	mu   sync.Mutex
+	mu    sync.Mutex
+	n     int
+	idle  list.List // *Conn, longest idle first
+	busy  list.List // *Conn, longest busy first
+	peers map[string]*peer
+}
+
+// peer counts the open connections of one remote host.
+type peer struct {
+	host string
 	n    int
-	idle list.List // *Conn, longest idle first
 }
 
 // New wraps ln.
@@ -130,11 +138,12 @@ func New(ln net.Listener, opts Options) *Listener {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	l := &Listener{
-		ln:   ln,
-		name: opts.Name,
-		max:  max(opts.MaxConns, 1),
-		warn: ratelog.New(opts.Log, time.Minute, 5),
-		done: make(chan struct{}),
+		ln:    ln,
+		name:  opts.Name,
+		max:   max(opts.MaxConns, 1),
+		warn:  ratelog.New(opts.Log, time.Minute, 5),
+		done:  make(chan struct{}),
+		peers: map[string]*peer{},
 	}
 	m := opts.Metrics
 	l.open = m.open.WithLabelValues(opts.Name)
@@ -184,12 +193,17 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		bo.Reset()
-		lc, victim := l.admit(c)
+		lc, victim, busy := l.admit(c)
 		if victim != nil {
 			l.evicted.Add(1)
 			_ = victim.Conn.Close() // evicted: its server goroutine sees the close
-			l.warn.Warn("evict", "connection limit reached, closed the longest idle connection",
-				"listener", l.name, "max_connections", l.max, "closed", victim.RemoteAddr().String(), "new", c.RemoteAddr().String())
+			if busy {
+				l.warn.Warn("evict_busy", "connection limit reached with no connection idle, closed the longest busy one of the host holding the most",
+					"listener", l.name, "max_connections", l.max, "closed", victim.RemoteAddr().String(), "new", c.RemoteAddr().String())
+			} else {
+				l.warn.Warn("evict", "connection limit reached, closed the longest idle connection",
+					"listener", l.name, "max_connections", l.max, "closed", victim.RemoteAddr().String(), "new", c.RemoteAddr().String())
+			}
 		}
 		if lc == nil {
 			l.refused.Add(1)
@@ -202,26 +216,83 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
-// admit registers c, making room by evicting the longest-idle connection
-// when at the cap. It returns nil when every connection is busy.
-func (l *Listener) admit(c net.Conn) (lc *Conn, victim *Conn) {
+// admit registers c, making room when at the cap: by evicting the
+// longest-idle connection of a peer holding at least as many as c's
+// does, or, when there is none, the longest-busy connection of the peer
+// holding the most, if that is more than one more than c's. So a peer
+// never makes room at the expense of one holding fewer connections,
+// and one holding every connection busy (stalled in calls it never
+// finishes) does not lock the others out. It returns nil when there is
+// no such connection; busy says the victim was busy.
+func (l *Listener) admit(c net.Conn) (lc *Conn, victim *Conn, busy bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	host := PeerKey(c.RemoteAddr())
+	p := l.peers[host]
+	if p == nil {
+		p = &peer{host: host}
+	}
 	if l.n >= l.max {
-		front := l.idle.Front()
-		if front == nil {
-			return nil, nil
+		victim = l.victimLocked(p)
+		if victim == nil {
+			return nil, nil, false
 		}
-		victim = front.Value.(*Conn)
+		busy = victim.belem != nil
 		victim.evicted = true
 		l.forgetLocked(victim)
 	}
-	lc = &Conn{Conn: c, l: l}
+	l.peers[host] = p
+	p.n++
+	lc = &Conn{Conn: c, l: l, peer: p}
 	lc.elem = l.idle.PushBack(lc)
 	l.n++
 	l.open.Add(1)
 	l.idleGauge.Set(float64(l.idle.Len()))
-	return lc, victim
+	return lc, victim, busy
+}
+
+// victimLocked picks the connection to close for a newcomer of p at the
+// cap (see admit), or nil. It runs only at the cap.
+func (l *Listener) victimLocked(p *peer) *Conn {
+	for e := l.idle.Front(); e != nil; e = e.Next() {
+		if c := e.Value.(*Conn); c.peer.n >= p.n {
+			return c
+		}
+	}
+	var top *peer
+	for _, o := range l.peers {
+		if top == nil || o.n > top.n {
+			top = o
+		}
+	}
+	if top == nil || top.n <= p.n+1 {
+		return nil
+	}
+	// top has no idle connection: it would have been taken above.
+	for e := l.busy.Front(); e != nil; e = e.Next() {
+		if c := e.Value.(*Conn); c.peer == top {
+			return c
+		}
+	}
+	return nil
+}
+
+// PeerKey names the peer a remote address belongs to, for bounds that
+// one peer must not escape by opening more connections: its IPv4
+// address, whatever the port, or its IPv6 /64 (a host may be given a
+// whole /64, so that one address of it is as good as another).
+func PeerKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		if a == nil {
+			return ""
+		}
+		return a.String()
+	}
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
 
 func (l *Listener) forgetLocked(c *Conn) {
@@ -232,6 +303,13 @@ func (l *Listener) forgetLocked(c *Conn) {
 	if c.elem != nil {
 		l.idle.Remove(c.elem)
 		c.elem = nil
+	}
+	if c.belem != nil {
+		l.busy.Remove(c.belem)
+		c.belem = nil
+	}
+	if c.peer.n--; c.peer.n == 0 {
+		delete(l.peers, c.peer.host)
 	}
 	l.n--
 	l.open.Add(-1)
@@ -244,7 +322,9 @@ type Conn struct {
 	l *Listener
 	// Guarded by l.mu.
 	elem    *list.Element // in l.idle while idle
-	gone    bool          // closed or evicted: no longer counted
+	belem   *list.Element // in l.busy while busy
+	peer    *peer
+	gone    bool // closed or evicted: no longer counted
 	evicted bool
 }
 
@@ -262,9 +342,12 @@ func (c *Conn) SetIdle(idle bool) bool {
 	switch {
 	case idle && c.elem == nil:
 		c.elem = l.idle.PushBack(c)
+		l.busy.Remove(c.belem)
+		c.belem = nil
 	case !idle && c.elem != nil:
 		l.idle.Remove(c.elem)
 		c.elem = nil
+		c.belem = l.busy.PushBack(c)
 	}
 	l.idleGauge.Set(float64(l.idle.Len()))
 	return true

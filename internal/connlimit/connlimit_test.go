@@ -122,6 +122,93 @@ func TestRefusesNewcomerWhenAllBusy(t *testing.T) {
 	}
 }
 
+// acceptedFrom is accepted with the client on the loopback address ip
+// (Linux routes all of 127/8 to loopback).
+func acceptedFrom(t *testing.T, l *Listener, ip string) (client net.Conn, server *Conn) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	client, err := d.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Skipf("cannot dial from %s: %v", ip, err)
+	}
+	t.Cleanup(func() { client.Close() })
+	got := make(chan net.Conn, 1)
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			got <- c
+		}
+	}()
+	select {
+	case c := <-got:
+		return client, c.(*Conn)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("connection from %s not accepted", ip)
+		return nil, nil
+	}
+}
+
+// TestPeerHoldingEveryConnectionLosesOne: at the cap with every
+// connection busy and all of one peer's, another peer's newcomer is
+// accepted and the first peer's connection busy longest is closed; the
+// first peer's newcomers then take nothing from the other's, idle.
+func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
+	l, m := listen(t, 3)
+	var clients []net.Conn
+	var servers []*Conn
+	for range 3 {
+		c, s := acceptedFrom(t, l, "127.0.0.2")
+		clients, servers = append(clients, c), append(servers, s)
+	}
+	for _, i := range []int{1, 0, 2} {
+		servers[i].SetIdle(false)
+	}
+	_, other := acceptedFrom(t, l, "127.0.0.1")
+	if !closedByPeer(t, clients[1]) {
+		t.Fatal("the connection busy longest was not closed")
+	}
+	if !servers[1].Evicted() || servers[0].Evicted() || servers[2].Evicted() {
+		t.Fatal("eviction not reported to the evicted connection alone")
+	}
+	if got := testutil.ToFloat64(m.evicted.WithLabelValues("test")); got != 1 {
+		t.Fatalf("evictions counted %v", got)
+	}
+	// The first peer's newcomer is closed, though the other's connection
+	// is idle.
+	late, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	if !closedByPeer(t, late) {
+		t.Fatal("the first peer's newcomer took a place")
+	}
+	if other.Evicted() {
+		t.Fatal("the other peer's idle connection was closed for the first peer's newcomer")
+	}
+}
+
+func TestPeerKey(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"192.0.2.7:1463", "192.0.2.7"},
+		{"[::ffff:192.0.2.7]:1", "192.0.2.7"},
+		{"[2001:db8:1:2:aaaa::1]:1463", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:bbbb::9]:9", "2001:db8:1:2::/64"},
+	} {
+		a, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := PeerKey(a); got != tc.want {
+			t.Errorf("PeerKey(%s) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
 // flaky fails Accept with errs, then accepts from the real listener.
 type flaky struct {
 	net.Listener

@@ -11,6 +11,15 @@
 // connections are idle with Conn.SetIdle. So a thousand idle connections
 // cost their owners their sockets, not everyone else their service.
 //
+// Connections are counted by peer too (PeerKey: an IPv4 address, an
+// IPv6 /64), so that one peer cannot take every place: a newcomer makes
+// room only among the peers holding at least as many connections as its
+// own peer does, and when none of theirs is idle, by closing the
+// connection busy longest of the peer holding the most, if that is more
+// than one more than the newcomer's. A client holding every connection
+// with calls it never finishes then loses one to each other client that
+// comes, and its own newcomers are closed.
+//
 // Accept errors that pass (EMFILE, ENFILE, ECONNABORTED, ENOBUFS, ENOMEM,
 // timeouts) are retried with a backoff from 5ms to 1s, counted and logged
 // at a bounded rate; Accept returns only errors that will not pass (the

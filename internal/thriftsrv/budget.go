@@ -43,6 +43,10 @@ func Charge(n int64) int64 {
 	return 2 * ((n + c - 1) / c * c)
 }
 
+// peerShare: what the calls of one peer (remote address) hold ahead of
+// their bytes' arrival is at most 1/peerShare of the budget; see Budget.
+const peerShare = 4
+
 // flatShare: frames read whole into one slice (frameReader.fill) take
 // their Charge before their bytes arrive, so together they may hold at
 // most 1/flatShare of the budget; beyond it a frame is read in chunks,
@@ -63,6 +67,20 @@ const flatShare = 8
 // and holds nothing back. The chunks after a call's first go before new
 // calls: a burst of new calls cannot starve a call half read, whose
 // finishing may be what makes room for them.
+//
+// What the calls of one peer (a remote address, on any of the process's
+// ports) hold ahead of their bytes is bounded too: a frame read whole
+// until it is in, a frame read in chunks its chunk being read (the
+// chunks before it have arrived). A call of a peer whose calls hold
+// 1/peerShare of the budget so waits to start (skipped over, holding up
+// no one behind it) until some of their bytes arrive, unless the peer
+// holds nothing so. A client that opens many connections and stalls
+// each after a frame's first bytes then holds that share, not the whole
+// budget, and other peers' calls go on; a peer whose calls are
+// arriving, however slowly, holds a chunk ahead on each, and its other
+// calls start. Only a call's start waits for its peer: once it holds
+// part of the budget its chunks never wait on the peer's other calls,
+// so the peer's calls cannot wait on one another.
 type Budget struct {
 	limit  int64
 	chunks sync.Pool // *[]byte of chunkSize
@@ -78,6 +96,7 @@ type Budget struct {
 	claimsHeld int64     // what they hold
 	order      []*claim  // the claims by need, if ordered (safeLocked)
 	ordered    bool
+	peers      map[string]*peer
 
 	inflight prometheus.Gauge
 	waits    prometheus.Counter
@@ -89,11 +108,22 @@ type Budget struct {
 type claim struct {
 	need int64 // what it may still take
 	held int64 // what it has taken
+	p    *peer // whose call it is, or nil
+	cur  int64 // its chunk being read, counted in p.ahead
+}
+
+// peer is what the calls of one remote address hold of a Budget ahead of
+// their bytes. Guarded by the budget's mu.
+type peer struct {
+	key   string
+	ahead int64 // its calls' frames read whole not yet in, and chunks being read
+	refs  int   // its connections (Budget.peerOf, Budget.donePeer)
 }
 
 type waiter struct {
 	n     int64
 	c     *claim        // nil: a request not part of a claim
+	p     *peer         // whose call starts, or nil
 	ready chan struct{} // closed when granted
 }
 
@@ -102,6 +132,7 @@ type waiter struct {
 func NewBudget(limit int64, reg prometheus.Registerer) *Budget {
 	b := &Budget{
 		limit: max(limit, 1),
+		peers: map[string]*peer{},
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_thrift_inflight_bytes",
 			Help: "Bytes held by Thrift calls being read, decoded and processed (charged to max_inflight_bytes)."}),
 		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_waits_total",
@@ -136,15 +167,18 @@ func (b *Budget) Used() int64 {
 // false if nothing was.
 func (b *Budget) Acquire(ctx context.Context, n int64, wait time.Duration) (int64, bool) {
 	n = min(n, b.limit)
-	if ok, _ := b.acquire(ctx, n, nil, wait); ok {
+	if ok, _ := b.acquire(ctx, n, nil, nil, wait); ok {
 		return n, true
 	}
 	return 0, false
 }
 
 // acquire takes n bytes, for claim c if not nil, waiting at most wait;
-// it returns how long it waited (0 if it did not).
-func (b *Budget) acquire(ctx context.Context, n int64, c *claim, wait time.Duration) (bool, time.Duration) {
+// it returns how long it waited (0 if it did not). With p, they are
+// for a call of peer p, ahead of its bytes: without a claim, until
+// doneReading says its frame is in; with one, until its next chunk, or
+// close.
+func (b *Budget) acquire(ctx context.Context, n int64, c *claim, p *peer, wait time.Duration) (bool, time.Duration) {
 	b.mu.Lock()
 	// A call being read goes before new calls: they cannot starve it of
 	// its next chunk, and it may be what must finish to make room.
@@ -153,13 +187,13 @@ func (b *Budget) acquire(ctx context.Context, n int64, c *claim, wait time.Durat
 		q = &b.reading
 	}
 	if b.reading.Len() == 0 && (q == &b.reading || b.waiters.Len() == 0) &&
-		b.used+n <= b.limit && (c == nil || b.safeLocked(c, n)) {
-		b.grantLocked1(n, c)
+		b.used+n <= b.limit && b.peerAdmitsLocked(p, c, n) && (c == nil || b.safeLocked(c, n)) {
+		b.grantLocked1(n, c, p)
 		b.inflight.Set(float64(b.used))
 		b.mu.Unlock()
 		return true, 0
 	}
-	w := &waiter{n: n, c: c, ready: make(chan struct{})}
+	w := &waiter{n: n, c: c, p: p, ready: make(chan struct{})}
 	elem := q.PushBack(w)
 	// Earlier waiters may be claims that must wait for others to finish:
 	// this one need not wait behind them.
@@ -227,11 +261,12 @@ func (b *Budget) Release(n int64) {
 	b.mu.Unlock()
 }
 
-// open starts claim c of total bytes (at most the whole budget).
-func (b *Budget) open(c *claim, total int64) {
+// open starts claim c of total bytes (at most the whole budget) for a
+// call of peer p (nil: of no peer).
+func (b *Budget) open(c *claim, total int64, p *peer) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	c.need, c.held = min(total, b.limit), 0
+	c.need, c.held, c.p = min(total, b.limit), 0, p
 	b.claims = append(b.claims, c)
 	b.ordered = false
 }
@@ -252,10 +287,13 @@ func (b *Budget) close(c *claim) int64 {
 	}
 	b.claimsHeld -= c.held
 	held := c.held
+	if c.p != nil {
+		c.p.ahead -= c.cur
+	}
 	// Not kept in order's array either.
 	clear(b.order)
 	b.order, b.ordered = b.order[:0], false
-	c.need, c.held = 0, 0
+	c.need, c.held, c.p, c.cur = 0, 0, nil, 0
 	// A claim gone may let others' chunks be given.
 	b.grantLocked()
 	return held
@@ -268,7 +306,7 @@ func (b *Budget) take(ctx context.Context, c *claim, n int64, wait time.Duration
 	if n <= 0 {
 		return true, 0
 	}
-	return b.acquire(ctx, n, c, wait)
+	return b.acquire(ctx, n, c, c.p, wait)
 }
 
 // safeLocked reports whether, once claim c is given n more bytes, every
@@ -318,8 +356,25 @@ func (b *Budget) safeLocked(c *claim, n int64) bool {
 	return placed || need <= free
 }
 
-func (b *Budget) grantLocked1(n int64, c *claim) {
+// peerAdmitsLocked reports whether n bytes may be given to a call of
+// peer p: the start of a call only if the peer's calls would then hold
+// at most its share ahead of their bytes, or hold nothing so (a call
+// larger than the share goes alone); a call's later chunks always.
+func (b *Budget) peerAdmitsLocked(p *peer, c *claim, n int64) bool {
+	return p == nil || c != nil && c.held > 0 || p.ahead == 0 || p.ahead+n <= b.limit/peerShare
+}
+
+func (b *Budget) grantLocked1(n int64, c *claim, p *peer) {
 	b.used += n
+	if p != nil {
+		// A claim's chunk before this one has arrived: it was read
+		// before this one was asked for.
+		if c != nil {
+			p.ahead -= c.cur
+			c.cur = n
+		}
+		p.ahead += n
+	}
 	if c != nil {
 		c.need -= n
 		c.held += n
@@ -345,17 +400,64 @@ func (b *Budget) grantQueueLocked(q *list.List) bool {
 	for e := q.Front(); e != nil; {
 		w := e.Value.(*waiter)
 		next := e.Next()
-		if w.c == nil || b.safeLocked(w.c, w.n) {
+		// A call whose peer holds its share waits for the peer's other
+		// calls, not holding up others' behind it.
+		if b.peerAdmitsLocked(w.p, w.c, w.n) && (w.c == nil || b.safeLocked(w.c, w.n)) {
 			if b.used+w.n > b.limit {
 				return false
 			}
-			b.grantLocked1(w.n, w.c)
+			b.grantLocked1(w.n, w.c, w.p)
 			q.Remove(e)
 			close(w.ready)
 		}
 		e = next
 	}
 	return true
+}
+
+// peerOf returns the peer of remote address key (its host), for a
+// connection's calls, until donePeer.
+func (b *Budget) peerOf(key string) *peer {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p := b.peers[key]
+	if p == nil {
+		p = &peer{key: key}
+		b.peers[key] = p
+	}
+	p.refs++
+	return p
+}
+
+// donePeer says a connection of p is done.
+func (b *Budget) donePeer(p *peer) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p.refs--; p.refs == 0 {
+		delete(b.peers, p.key)
+	}
+}
+
+// doneReading says n bytes taken (by acquire, without a claim) for a
+// call of p are no longer ahead of its bytes: its frame is in, or the
+// read is over.
+func (b *Budget) doneReading(p *peer, n int64) {
+	if p == nil || n <= 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	p.ahead -= n
+	// The peer's calls waiting for its share may start now.
+	b.grantLocked()
+}
+
+// peerAtShare reports whether p's calls hold so much ahead of their
+// bytes that another call's first chunk would not start (for logs).
+func (b *Budget) peerAtShare(p *peer) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return p != nil && p.ahead > 0 && p.ahead+2*chunkSize > b.limit/peerShare
 }
 
 // startFlat reserves a share of what frames read whole may hold for one

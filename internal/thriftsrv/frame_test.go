@@ -268,8 +268,8 @@ func TestClaimsNeverWaitOnEachOther(t *testing.T) {
 	ctx := context.Background()
 	b := NewBudget(100, nil)
 	var c1, c2 claim
-	b.open(&c1, 80)
-	b.open(&c2, 80)
+	b.open(&c1, 80, nil)
+	b.open(&c2, 80, nil)
 	for _, step := range []struct {
 		c    *claim
 		n    int64
@@ -288,8 +288,8 @@ func TestClaimsNeverWaitOnEachOther(t *testing.T) {
 
 	// A chunk that fits but would leave neither call able to finish waits
 	// for the other to finish, then is given.
-	b.open(&c1, 80)
-	b.open(&c2, 80)
+	b.open(&c1, 80, nil)
+	b.open(&c2, 80, nil)
 	if ok1, _ := b.take(ctx, &c1, 40, 0); !ok1 {
 		t.Fatal("c1")
 	}
@@ -330,7 +330,7 @@ func TestClaimsNeverWaitOnEachOther(t *testing.T) {
 	// waited first: the new call may need the room the other frees once
 	// read.
 	p1, _ := b.Acquire(ctx, 60, 0)
-	b.open(&c1, 40)
+	b.open(&c1, 40, nil)
 	if ok, _ := b.take(ctx, &c1, 20, 0); !ok {
 		t.Fatal("first chunk")
 	}
@@ -352,8 +352,8 @@ func TestClaimsNeverWaitOnEachOther(t *testing.T) {
 	// A claim stalled near its start, with most of the budget still to
 	// come, goes last: another call reads all of its own.
 	var stalled, other claim
-	b.open(&stalled, 100)
-	b.open(&other, 90)
+	b.open(&stalled, 100, nil)
+	b.open(&other, 90, nil)
 	if ok, _ := b.take(ctx, &stalled, 10, time.Millisecond); !ok {
 		t.Fatal("first chunk")
 	}
@@ -380,7 +380,7 @@ func TestClaimsUnderContention(t *testing.T) {
 			var c claim
 			for i := range 25 {
 				total := int64(100 + (g*131+i*71)%901)
-				b.open(&c, total)
+				b.open(&c, total, nil)
 				ok := true
 				for got := int64(0); ok && got < total; got += 50 {
 					ok, _ = b.take(context.Background(), &c, 50, 20*time.Millisecond)
@@ -406,5 +406,70 @@ func TestClaimsUnderContention(t *testing.T) {
 	t.Logf("%d served, %d refused", served.Load(), refused.Load())
 	if b.Used() != 0 || served.Load() == 0 {
 		t.Fatalf("used %d after; %d served, %d refused", b.Used(), served.Load(), refused.Load())
+	}
+}
+
+// TestPeerShare: a call of a peer whose calls hold a quarter of the
+// budget ahead of their bytes waits to start, without holding up
+// another peer's call queued behind it, and starts once the peer's
+// frames are in; a claim's chunks after its first are not held up, and
+// count instead of the chunks before them.
+func TestPeerShare(t *testing.T) {
+	b := NewBudget(200, nil)
+	ctx := context.Background()
+	ahead := func(p *peer) int64 {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return p.ahead
+	}
+	a, other := b.peerOf("192.0.2.1"), b.peerOf("192.0.2.2")
+	if ok, _ := b.acquire(ctx, 40, nil, a, time.Minute); !ok {
+		t.Fatal("first call of a")
+	}
+	started := make(chan struct{})
+	go func() {
+		if ok, _ := b.acquire(ctx, 20, nil, a, time.Minute); ok {
+			close(started)
+		}
+	}()
+	waitWaiters(t, b, 1)
+	// Another peer's call goes, though a's waits before it.
+	if ok, _ := b.acquire(ctx, 20, nil, other, time.Minute); !ok {
+		t.Fatal("other peer's call")
+	}
+	var c claim
+	b.open(&c, 100, other)
+	if ok, _ := b.take(ctx, &c, 20, time.Minute); !ok {
+		t.Fatal("other peer's claim")
+	}
+	// Its next chunk, over the share with the peer's other call.
+	if ok, _ := b.take(ctx, &c, 60, time.Minute); !ok {
+		t.Fatal("other peer's claim's next chunk")
+	}
+	if got := ahead(other); got != 20+60 {
+		t.Fatalf("other holds %d ahead, want its call's 20 and its claim's chunk of 60", got)
+	}
+	b.doneReading(other, 20)
+	select {
+	case <-started:
+		t.Fatal("a's second call started while a held its share ahead")
+	default:
+	}
+	b.doneReading(a, 40)
+	<-started
+	if got := b.Used(); got != 40+20+20+80 {
+		t.Fatalf("used %d", got)
+	}
+	b.Release(b.close(&c))
+	if got := ahead(other); got != 0 {
+		t.Fatalf("other holds %d ahead with nothing being read", got)
+	}
+	b.doneReading(a, 20)
+	b.donePeer(a)
+	b.donePeer(other)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.peers) != 0 {
+		t.Fatalf("peers kept after their connections: %v", b.peers)
 	}
 }

@@ -26,7 +26,13 @@ type Limits struct {
 	// A larger call is read, discarded and refused (TRY_LATER for Scribe)
 	// on the same connection.
 	MaxCallBytes int64
-	// MaxContainerSize bounds the elements of one list, set or map.
+	// MaxContainerSize bounds the elements of one list, set or map; 0
+	// (the default) bounds them only by the call's bytes: each element
+	// takes at least a byte of the frame, and what decoding allocates for
+	// it is charged to the in-flight byte budget. (A limit of its own
+	// refused stock clients' calls of many tiny entries that were within
+	// max_call_bytes, with PROTOCOL_ERROR, and they sent them again
+	// forever.)
 	MaxContainerSize int32
 	// MaxConnections caps open connections; at the cap the longest-idle
 	// one is closed for a newcomer (see internal/connlimit).
@@ -44,12 +50,11 @@ type Limits struct {
 }
 
 var defaultLimits = Limits{
-	MaxCallBytes:     64 << 20,
-	MaxContainerSize: 1 << 20,
-	MaxConnections:   1024,
-	IdleTimeout:      10 * time.Minute,
-	ReadTimeout:      30 * time.Second,
-	BudgetWait:       5 * time.Second,
+	MaxCallBytes:   64 << 20,
+	MaxConnections: 1024,
+	IdleTimeout:    10 * time.Minute,
+	ReadTimeout:    30 * time.Second,
+	BudgetWait:     5 * time.Second,
 }
 
 // DefaultLimits returns the limits of the ingest ports unless configured.
@@ -61,9 +66,7 @@ func (l Limits) withDefaults() Limits {
 		l.MaxCallBytes = d.MaxCallBytes
 	}
 	l.MaxCallBytes = min(l.MaxCallBytes, MaxCallLimit)
-	if l.MaxContainerSize <= 0 {
-		l.MaxContainerSize = d.MaxContainerSize
-	}
+	l.MaxContainerSize = max(l.MaxContainerSize, 0)
 	if l.MaxConnections <= 0 {
 		l.MaxConnections = d.MaxConnections
 	}

@@ -9,8 +9,9 @@
 //   - Between calls a connection is idle: it is closed after IdleTimeout,
 //     and at MaxConnections the longest-idle connection is closed to make
 //     room for a new client (internal/connlimit), so idle clients cannot
-//     lock others out. Accept errors that pass (out of file descriptors)
-//     are retried, never fatal.
+//     lock others out; nor can one host holding every connection busy,
+//     which loses one to each other host's newcomer. Accept errors that
+//     pass (out of file descriptors) are retried, never fatal.
 //   - The first bytes of a call are sniffed: a client speaking unframed
 //     (buffered) transport, the compact protocol, THeader, HTTP or TLS has
 //     its connection closed at once, with a rate-limited log line saying
@@ -31,13 +32,20 @@
 //     that sends a frame's header and stalls holds none of it, and one
 //     that drips the frame about twice what it sent (plus the chunk
 //     being read), not what it declared. A chunk is given only if
-//     every call being read can still finish (Budget). A call waits at
+//     every call being read can still finish (Budget). What one peer's
+//     calls (a remote host's, on all the process's ports) hold ahead of
+//     their bytes, frames taken whole and not yet in, and chunks being
+//     read, is at most a quarter of the budget: a call of a peer at its
+//     share waits to start, so that one client stalling many
+//     connections after a frame's first bytes cannot hold the whole
+//     budget and lock every other client out. A call waits at
 //     most BudgetWait in all for room, behind earlier calls; without
 //     room it is refused too: the rest of its frame is read and
 //     discarded as it streams in, and the connection stays usable. The
 //     frame must arrive within ReadTimeout (not counting those waits);
 //     it is decoded from memory, processed, and the reply written as
-//     one frame. A processor may take the arguments' bytes in one slice
+//     one frame, within ReadTimeout, the call's charge returned before
+//     (a client that reads no answers holds none of it). A processor may take the arguments' bytes in one slice
 //     instead (ArgsFrame) and decode them itself, charging the budget
 //     what the protocol would have.
 //
@@ -138,6 +146,8 @@ type conn struct {
 	// w is where replies go: c, or its TLS connection.
 	w    io.Writer
 	peer string
+	// bp is its peer's (connlimit.PeerKey) share of the budget.
+	bp   *peer
 	info *connInfo
 
 	// mu orders the start of processing against shutdown: a connection
@@ -179,7 +189,8 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 
 // Serve accepts connections until ctx ends, then closes the listener and
 // every connection not processing a call, lets calls being processed
-// answer, and waits for every connection's goroutine. Accept errors that
+// answer (their answers written within 5s, stopGrace, even to a client
+// that reads none), and waits for every connection's goroutine. Accept errors that
 // pass are retried; Serve returns an error only if the listener fails
 // for good.
 func (s *Server) Serve(ctx context.Context) error {
@@ -196,6 +207,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			break
 		}
 		cn := &conn{c: c.(*connlimit.Conn), br: bufio.NewReaderSize(c, 4<<10), w: c, peer: c.RemoteAddr().String(), info: &connInfo{}}
+		cn.bp = s.budget.peerOf(connlimit.PeerKey(c.RemoteAddr()))
 		s.mu.Lock()
 		s.conns[cn] = struct{}{}
 		s.mu.Unlock()
@@ -205,6 +217,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		wg.Go(func() {
 			s.serveConn(ctx, cn)
+			s.budget.donePeer(cn.bp)
 			s.mu.Lock()
 			delete(s.conns, cn)
 			s.mu.Unlock()
@@ -216,6 +229,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
+// stopGrace bounds the writing of a call's answer once the server
+// stops (see reply).
+const stopGrace = 5 * time.Second
+
 func (s *Server) stop() {
 	_ = s.ln.Close() // stopping; Serve reports the listener
 	s.mu.Lock()
@@ -224,6 +241,10 @@ func (s *Server) stop() {
 		cn.mu.Lock()
 		if !cn.processing {
 			_ = cn.c.Close() // stopping an idle connection
+		} else {
+			// Its answer is written, but not for read_timeout to a
+			// client that does not read it (reply).
+			cn.c.SetWriteDeadline(time.Now().Add(min(stopGrace, s.limits.ReadTimeout)))
 		}
 		cn.mu.Unlock()
 	}
@@ -400,7 +421,11 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 	out.start()
 	ok, err := s.proc.Process(pctx, in, oprot)
 	frame.release()
-	held += in.extra
+	// The call's arguments are dead once it is processed, and its answer
+	// is in out: a client slow to read the answer, or reading none,
+	// holds none of the budget while it waits to be written.
+	s.budget.Release(held + in.extra)
+	held = 0
 	if in.exceeded {
 		out.start()
 		s.count(s.refused, "busy")
@@ -408,7 +433,7 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "remote", cn.peer)
 		return s.answerRefusal(pctx, cn, call, ErrBusy, out, oprot)
 	}
-	if !s.reply(cn, out) {
+	if !s.reply(pctx, cn, out) {
 		return false
 	}
 	if errors.Is(err, thrift.ErrAbandonRequest) {
@@ -451,14 +476,15 @@ func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte
 			defer s.budget.endFlat(charge)
 		}
 		n := min(charge, s.budget.limit)
-		ok, waited := s.budget.acquire(ctx, n, nil, s.limits.BudgetWait)
+		ok, waited := s.budget.acquire(ctx, n, nil, cn.bp, s.limits.BudgetWait)
 		ar.waited(waited)
 		if !ok {
 			return 0, errNoRoom
 		}
+		defer s.budget.doneReading(cn.bp, n)
 		return n, frame.fill(cn.br, head, size, nil)
 	}
-	s.budget.open(&ar.c, charge)
+	s.budget.open(&ar.c, charge, cn.bp)
 	err := frame.fill(cn.br, head, size, ar)
 	return s.budget.close(&ar.c), err
 }
@@ -502,12 +528,17 @@ func (a *arrival) waited(d time.Duration) {
 // with the service's refusal.
 func (s *Server) refuseCall(ctx, pctx context.Context, cn *conn, call Call, rest int64, why error,
 	out *outBuffer, oprot thrift.TProtocol) bool {
-	reason, msg := "busy", "call refused: no room under max_inflight_bytes"
-	if errors.Is(why, ErrTooLarge) {
-		reason, msg = "too_large", "call over max_call_bytes refused"
+	reason, key, msg := "busy", "busy", "call refused: no room under max_inflight_bytes"
+	switch {
+	case errors.Is(why, ErrTooLarge):
+		reason, key, msg = "too_large", "too_large", "call over max_call_bytes refused"
+	case s.budget.peerAtShare(cn.bp):
+		// Not the budget's size: its host's other calls, stalled or
+		// slow, that the operator may want to look at.
+		key, msg = "busy:peer", "call refused: its host's calls being read hold their share of max_inflight_bytes ahead of their bytes (stalled after their first bytes?)"
 	}
 	s.count(s.refused, reason)
-	s.warn.Warn(reason, msg, "listener", s.name, "method", ratelog.Clip(call.Name), "bytes", call.Bytes,
+	s.warn.Warn(key, msg, "listener", s.name, "method", ratelog.Clip(call.Name), "bytes", call.Bytes,
 		"max_call_bytes", s.limits.MaxCallBytes, "remote", cn.peer)
 	cn.c.SetReadDeadline(time.Now().Add(s.limits.ReadTimeout))
 	if _, err := io.CopyN(io.Discard, cn.br, rest); err != nil {
@@ -534,16 +565,27 @@ func (s *Server) answerRefusal(ctx context.Context, cn *conn, call Call, why err
 		_ = thrift.NewTApplicationException(code, msg).Write(ctx, oprot)
 		_ = oprot.WriteMessageEnd(ctx)
 	}
-	return s.reply(cn, out)
+	return s.reply(ctx, cn, out)
 }
 
-// reply writes what the call answered, if anything, as one frame.
-func (s *Server) reply(cn *conn, out *outBuffer) bool {
+// reply writes what the call answered, if anything, as one frame,
+// within ReadTimeout, or stopGrace once the server stops (ctx ended):
+// a client that does not read its answer holds the server's stopping
+// up that long at most.
+func (s *Server) reply(ctx context.Context, cn *conn, out *outBuffer) bool {
 	b := out.frame()
 	if b == nil {
 		return true
 	}
-	cn.c.SetWriteDeadline(time.Now().Add(s.limits.ReadTimeout))
+	d := s.limits.ReadTimeout
+	// Under mu, as stop: either stop has run, and ctx has ended, or it
+	// runs after and shortens the deadline set here.
+	cn.mu.Lock()
+	if ctx.Err() != nil {
+		d = min(d, stopGrace)
+	}
+	cn.c.SetWriteDeadline(time.Now().Add(d))
+	cn.mu.Unlock()
 	if _, err := cn.w.Write(b); err != nil {
 		s.log.Debug("thrift reply not written", "listener", s.name, "remote", cn.peer, "err", err)
 		return false
