@@ -43,6 +43,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"MembershipSurvivesExpiry", testMembershipExpiry},
 		{"InvalidNames", testInvalid},
 		{"UseAfterClose", testUseAfterClose},
+		{"EndedContext", testEndedContext},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -290,4 +291,55 @@ func testUseAfterClose(t *testing.T, b Backend) {
 	if err := a.Close(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
+}
+
+// testEndedContext: a call made with a context that has already ended may
+// fail, but leaves nothing behind, and a Leave or Release still happens
+// (in the background if need be): a process stopping hands its leases
+// and memberships over with whatever context it has left.
+func testEndedContext(t *testing.T, b Backend) {
+	a, c := b.Session(t), b.Session(t)
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if l, err := a.Acquire(ended, "bucket/9", "a"); err == nil {
+		if err := l.Release(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, "acquire after an acquire with an ended context", func() error {
+		l, err := a.Acquire(ctx(t), "bucket/9", "a")
+		if err == nil {
+			err = l.Release(ctx(t))
+		}
+		return err
+	})
+	if m, err := a.Join(ended, "g", "a", nil); err == nil {
+		if err := m.Leave(ctx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var m coord.Membership
+	testkit.Eventually(t, "join after a join with an ended context", func() error {
+		var err error
+		m, err = a.Join(ctx(t), "g", "a", nil)
+		return err
+	})
+
+	_ = m.Leave(ended) // may report the ended context
+	testkit.Eventually(t, "member gone after a leave with an ended context", func() error {
+		if ms, _ := members(t, c, "g"); len(ms) != 0 {
+			return fmt.Errorf("members %s", ids(ms))
+		}
+		return nil
+	})
+	l, err := a.Acquire(ctx(t), "bucket/9", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Release(ended) // may report the ended context
+	waitClosed(t, l.Lost(), "lease released with an ended context")
+	testkit.Eventually(t, "acquire after a release with an ended context", func() error {
+		_, err := c.Acquire(ctx(t), "bucket/9", "c")
+		return err
+	})
 }

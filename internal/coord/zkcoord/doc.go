@@ -80,7 +80,9 @@
 // context can abandon. An Acquire or Join abandoned that way is taken back
 // when it completes, and its name stays reserved in this process until
 // then: a retry meanwhile gets coord.ErrHeld, or an "already registered"
-// error, rather than racing it.
+// error, rather than racing it. A context that has ended before the call
+// makes Acquire, Join, Holder and Members fail at once, reserving nothing;
+// a Leave or a Release still deletes its node, in the background.
 //
 // # Watches
 //

@@ -67,6 +67,9 @@ func (c *Coord) Acquire(ctx context.Context, name, owner string) (coord.Lease, e
 		// Holder reports "" for a free lease.
 		return nil, fmt.Errorf("acquire %s: empty owner", name)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // before the name is reserved: nothing to take back
+	}
 	enc := escape(name)
 	l := &lease{
 		c:         c,
@@ -226,6 +229,9 @@ func (c *Coord) watchLease(l *lease) error {
 // leader by a little when served by a follower.
 func (c *Coord) Holder(ctx context.Context, name string) (string, int64, error) {
 	if err := checkName("lease", name); err != nil {
+		return "", 0, err
+	}
+	if err := ctx.Err(); err != nil {
 		return "", 0, err
 	}
 	path := c.leasesDir + "/" + escape(name)

@@ -48,6 +48,9 @@ func (c *Coord) Join(ctx context.Context, group, member string, data []byte) (co
 	if err := checkMember(member); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // before the id is reserved: nothing to take back
+	}
 	gp := c.groupPath(group)
 	m := &membership{
 		c:         c,
@@ -219,6 +222,9 @@ func (c *Coord) leave(m *membership) error {
 // sometimes without a change (our session expiring): re-list when it does.
 func (c *Coord) Members(ctx context.Context, group string) ([]coord.Member, <-chan struct{}, error) {
 	if err := checkName("group", group); err != nil {
+		return nil, nil, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
 	gp := c.groupPath(group)

@@ -415,11 +415,12 @@ func (c *Coord) repair() bool {
 // has no deadline of its own. If ctx ends first, fn still finishes in the
 // background and, if it succeeded, undo (when not nil) takes its effect
 // back, so an Acquire or Join the caller gave up on leaves no node behind.
+// fn runs even when ctx has ended already: fn is what ends an Acquire's
+// or a Join's reservation of its name, and a Leave or a Release with an
+// ended context still takes its node away (callers that would only read
+// check ctx themselves first).
 func call[T any](ctx context.Context, c *Coord, fn func() (T, error), undo func(T)) (T, error) {
 	var zero T
-	if err := ctx.Err(); err != nil {
-		return zero, err
-	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
