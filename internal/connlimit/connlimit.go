@@ -321,11 +321,14 @@ type Conn struct {
 	net.Conn
 	l *Listener
 	// Guarded by l.mu.
-	elem    *list.Element // in l.idle while idle
-	belem   *list.Element // in l.busy while busy
-	peer    *peer
-	gone    bool // closed or evicted: no longer counted
-	evicted bool
+	elem  *list.Element // in l.idle while idle
+	belem *list.Element // in l.busy while busy, but for processing
+	// processing: busy with a call being processed (SetProcessing), in
+	// neither list.
+	processing bool
+	peer       *peer
+	gone       bool // closed or evicted: no longer counted
+	evicted    bool
 }
 
 // SetIdle says whether the connection is waiting between calls (and so
@@ -342,14 +345,40 @@ func (c *Conn) SetIdle(idle bool) bool {
 	switch {
 	case idle && c.elem == nil:
 		c.elem = l.idle.PushBack(c)
-		l.busy.Remove(c.belem)
-		c.belem = nil
+		if c.belem != nil {
+			l.busy.Remove(c.belem)
+			c.belem = nil
+		}
+		c.processing = false
 	case !idle && c.elem != nil:
 		l.idle.Remove(c.elem)
 		c.elem = nil
 		c.belem = l.busy.PushBack(c)
 	}
 	l.idleGauge.Set(float64(l.idle.Len()))
+	return true
+}
+
+// SetProcessing says whether the connection's call, read whole, is being
+// processed: then it is not closed for a newcomer, however long it has
+// been busy, for the call may have taken effect already and its answer
+// would be lost (a client would send it again). Done, it is busy again,
+// as the youngest (its answer being written). It reports false when the
+// connection has been closed already.
+func (c *Conn) SetProcessing(on bool) bool {
+	l := c.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if c.gone {
+		return false
+	}
+	switch {
+	case on && c.belem != nil:
+		l.busy.Remove(c.belem)
+		c.belem, c.processing = nil, true
+	case !on && c.processing:
+		c.belem, c.processing = l.busy.PushBack(c), false
+	}
 	return true
 }
 

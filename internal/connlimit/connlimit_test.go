@@ -192,6 +192,40 @@ func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
 	}
 }
 
+// TestProcessingConnectionNotEvicted: a connection whose call is being
+// processed is not closed for a newcomer, though it is busy longest:
+// its call may have taken effect already, and closed, its answer would
+// be lost (a stock client would send it again). The longest busy one
+// still reading a call is.
+func TestProcessingConnectionNotEvicted(t *testing.T) {
+	l, _ := listen(t, 3)
+	var clients []net.Conn
+	var servers []*Conn
+	for range 3 {
+		c, s := acceptedFrom(t, l, "127.0.0.2")
+		clients, servers = append(clients, c), append(servers, s)
+	}
+	for _, i := range []int{1, 0, 2} {
+		servers[i].SetIdle(false)
+	}
+	servers[1].SetProcessing(true)
+	_, other := acceptedFrom(t, l, "127.0.0.1")
+	if !closedByPeer(t, clients[0]) {
+		t.Fatal("the connection busy longest still reading was not closed")
+	}
+	if servers[1].Evicted() || !servers[0].Evicted() || servers[2].Evicted() {
+		t.Fatal("a connection processing its call was evicted, or not the one reading longest")
+	}
+	// Processed, it is busy again (its answer being written), and may go
+	// for a newcomer: the youngest busy, after the other.
+	servers[1].SetProcessing(false)
+	other.SetIdle(false)
+	_, _ = acceptedFrom(t, l, "127.0.0.3")
+	if !closedByPeer(t, clients[2]) || servers[1].Evicted() {
+		t.Fatal("the connection reading longest was not closed before the one done processing")
+	}
+}
+
 func TestPeerKey(t *testing.T) {
 	for _, tc := range []struct{ addr, want string }{
 		{"192.0.2.7:1463", "192.0.2.7"},

@@ -16,9 +16,11 @@
 // room only among the peers holding at least as many connections as its
 // own peer does, and when none of theirs is idle, by closing the
 // connection busy longest of the peer holding the most, if that is more
-// than one more than the newcomer's. A client holding every connection
-// with calls it never finishes then loses one to each other client that
-// comes, and its own newcomers are closed.
+// than one more than the newcomer's (never one whose call is being
+// processed, Conn.SetProcessing: it may have taken effect, and its
+// answer would be lost). A client holding every connection with calls
+// it never finishes then loses one to each other client that comes, and
+// its own newcomers are closed.
 //
 // Accept errors that pass (EMFILE, ENFILE, ECONNABORTED, ENOBUFS, ENOMEM,
 // timeouts) are retried with a backoff from 5ms to 1s, counted and logged

@@ -419,7 +419,11 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 
 	in.reset(held - frame.held())
 	out.start()
+	// Not closed for a newcomer at max_connections while processed: the
+	// call may take effect, and its answer must not be lost.
+	cn.c.SetProcessing(true)
 	ok, err := s.proc.Process(pctx, in, oprot)
+	cn.c.SetProcessing(false)
 	frame.release()
 	// The call's arguments are dead once it is processed, and its answer
 	// is in out: a client slow to read the answer, or reading none,
