@@ -359,15 +359,30 @@ type expiredRows struct {
 // checkpoint commits the changed cells and the position.
 //
 // An attempt writes its cells at its epoch. If it fails before its commit
-// lands, the next attempt uses the same epoch again and rewrites every
-// cell the failed one wrote (their dirty marks are restored), so that the
-// failed versions are replaced rather than piled up: the store keeps only
-// a few versions of a cell, and a pile of uncommitted ones would push the
-// committed version out.
+// lands, the next attempt rewrites every cell the failed one wrote (their
+// dirty marks are restored), so that the failed versions do not pile up:
+// the store keeps only a few versions of a cell, and a pile of
+// uncommitted ones would push the committed version out. It does so at
+// the same epoch, replacing them, unless a Put of the failed attempt
+// failed: such a Put may still be written after the next attempt's (a
+// put the HBase gateway received is applied even when the caller timed
+// out or lost its connection), and at the same epoch its older values
+// would replace the newer ones, under a commit that counts the lines in
+// between. The next attempt then deletes the versions the failed one
+// wrote and writes at the epoch after it, which its commit lists as
+// aborted: a version that lands later still is never read.
 func (s *shard) checkpoint(ctx context.Context) error {
 	start := s.p.now()
 	st := s.p.deps.Store
 	tbl := s.p.cfg.Table
+	if s.purgeTo > s.committed.Epoch {
+		for _, p := range []string{shardPrefix(s.category, s.bucket), dedupPrefix(s.category, s.bucket)} {
+			if err := st.DeleteBetween(ctx, tbl, p, store.PrefixEnd(p), s.committed.Epoch, s.purgeTo); err != nil {
+				return fmt.Errorf("purge the cells of a failed attempt: %w", err)
+			}
+		}
+		s.purgeTo = 0
+	}
 	epoch := s.nextEpoch
 
 	// Snapshot under the lock; write outside it.
@@ -447,6 +462,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	if out.err != nil {
 		restore()
+		if out.putFailed {
+			s.nextEpoch, s.purgeTo = epoch+1, epoch
+		}
 		return out.err
 	}
 	// 3. The commit, fenced on the previous one.
