@@ -67,7 +67,10 @@ type cellWriter struct {
 	// Set by the goroutine before done is closed.
 	err    error // the marker's or a Put's; the cells are to be marked again
 	fenced bool  // the marker was refused: another owner committed
-	puts   int   // chunks put
+	// putFailed: a Put of cells failed, and may be written still (HBase
+	// applies a put its gateway received after the caller gave up on it).
+	putFailed bool
+	puts      int // chunks put
 }
 
 func newCellWriter(ctx context.Context, s *shard, epoch int64) *cellWriter {
@@ -201,6 +204,7 @@ func (w *cellWriter) run() {
 		}
 		if err := st.Put(w.ctx, tbl, cells); err != nil {
 			w.err = fmt.Errorf("write cells: %w", err)
+			w.putFailed = true
 			w.fail()
 			continue
 		}

@@ -76,6 +76,10 @@ type commitState struct {
 	// an attempt that did not commit, perhaps by a stale owner after the
 	// claim that should have purged it, and no read counts it (fence.go).
 	Aborted []epochRange `json:"aborted,omitempty"`
+	// Fence is raised by an owner that rewrites its commit value, with
+	// nothing else changed, so that a commit of its own that failed but
+	// may still be applied no longer matches it (fenceUnsure).
+	Fence int64 `json:"fence,omitempty"`
 }
 
 // Store layout, in table cfg.Table (<category> encoded by internal/layout,
@@ -359,15 +363,35 @@ type expiredRows struct {
 // checkpoint commits the changed cells and the position.
 //
 // An attempt writes its cells at its epoch. If it fails before its commit
-// lands, the next attempt uses the same epoch again and rewrites every
-// cell the failed one wrote (their dirty marks are restored), so that the
-// failed versions are replaced rather than piled up: the store keeps only
-// a few versions of a cell, and a pile of uncommitted ones would push the
-// committed version out.
+// lands, the next attempt rewrites every cell the failed one wrote (their
+// dirty marks are restored), so that the failed versions do not pile up:
+// the store keeps only a few versions of a cell, and a pile of
+// uncommitted ones would push the committed version out. It does so at
+// the same epoch, replacing them, unless a Put of the failed attempt
+// failed: such a Put may still be written after the next attempt's (a
+// put the HBase gateway received is applied even when the caller timed
+// out or lost its connection), and at the same epoch its older values
+// would replace the newer ones, under a commit that counts the lines in
+// between. The next attempt then deletes the versions the failed one
+// wrote and writes at the epoch after it, which its commit lists as
+// aborted: a version that lands later still is never read.
 func (s *shard) checkpoint(ctx context.Context) error {
 	start := s.p.now()
 	st := s.p.deps.Store
 	tbl := s.p.cfg.Table
+	if s.unsure != nil {
+		if err := s.fenceUnsure(ctx); err != nil {
+			return err
+		}
+	}
+	if s.purgeTo > s.committed.Epoch {
+		for _, p := range []string{shardPrefix(s.category, s.bucket), dedupPrefix(s.category, s.bucket)} {
+			if err := st.DeleteBetween(ctx, tbl, p, store.PrefixEnd(p), s.committed.Epoch, s.purgeTo); err != nil {
+				return fmt.Errorf("purge the cells of a failed attempt: %w", err)
+			}
+		}
+		s.purgeTo = 0
+	}
 	epoch := s.nextEpoch
 
 	// Snapshot under the lock; write outside it.
@@ -447,6 +471,9 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	if out.err != nil {
 		restore()
+		if out.putFailed {
+			s.nextEpoch, s.purgeTo = epoch+1, epoch
+		}
 		return out.err
 	}
 	// 3. The commit, fenced on the previous one.
@@ -457,8 +484,20 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	}
 	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: epoch, Value: val}})
 	if err != nil {
-		restore()
-		return fmt.Errorf("commit: %w", err)
+		// The commit may have been applied (its reply lost), or may be
+		// still (the HBase gateway retrying it after the caller gave
+		// up). If the commit row holds it, it was. If not, it can land
+		// at any time: the next attempt may neither rewrite this epoch's
+		// cells (the commit would count the newer ones as of its
+		// position) nor delete them (it would commit none); it fences
+		// the commit first (fenceUnsure), and writes at the next epoch.
+		now, _, _, rerr := readCommit(ctx, st, tbl, s.category, s.bucket)
+		if rerr != nil || !bytes.Equal(now, val) {
+			restore()
+			s.nextEpoch, s.unsure = epoch+1, val
+			return fmt.Errorf("commit: %w", err)
+		}
+		ok = true
 	}
 	if !ok {
 		return errFenced
@@ -495,6 +534,41 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.p.m.checkpoints.Inc()
 	s.p.m.checkpointCells.Add(float64(ncells))
 	s.p.m.checkpointSeconds.Observe(took.Seconds())
+	return nil
+}
+
+// fenceUnsure settles a commit that failed but may still be applied
+// (s.unsure): it rewrites the commit value that commit expects, unchanged
+// but for Fence, so that it can no longer land, and has the versions of
+// its attempt purged. Should the commit have landed first, the shard
+// stops, and its recovery loads that commit.
+func (s *shard) fenceUnsure(ctx context.Context) error {
+	st, tbl := s.p.deps.Store, s.p.cfg.Table
+	row := commitRow(s.category, s.bucket)
+	fence := s.committed
+	fence.Fence++
+	val, err := json.Marshal(fence)
+	if err != nil {
+		return err
+	}
+	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", s.commitBytes, []store.Cell{{Row: row, Column: "commit", Timestamp: s.committed.Epoch, Value: val}})
+	if err != nil || !ok {
+		// This rewrite too may have been applied; the row says.
+		now, _, _, rerr := readCommit(ctx, st, tbl, s.category, s.bucket)
+		switch {
+		case rerr == nil && bytes.Equal(now, val):
+		case rerr == nil && bytes.Equal(now, s.unsure):
+			return fmt.Errorf("a commit reported failed was applied: %w", errFenced)
+		case err != nil:
+			return fmt.Errorf("fence a commit of unknown outcome: %w", err)
+		case rerr != nil:
+			return fmt.Errorf("fence a commit of unknown outcome: %w", rerr)
+		default:
+			return errFenced
+		}
+	}
+	s.commitBytes, s.committed, s.unsure = val, fence, nil
+	s.purgeTo = max(s.purgeTo, s.nextEpoch-1)
 	return nil
 }
 

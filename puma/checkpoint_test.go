@@ -432,10 +432,12 @@ func TestRecoveryFencesTheOldOwner(t *testing.T) {
 	equalRows(t, "committed", rows(t, committed(e), Query{}), []string{"+0..+60s {kind=book region=eu} {hi=2 lo=1 mean=1.5 n=2 total=3}"})
 }
 
-// TestFailedAttemptsReuseTheirEpoch: retries of a failed attempt write at
-// its epoch, so the committed version of a cell is never pushed out of
-// the versions the store keeps.
-func TestFailedAttemptsReuseTheirEpoch(t *testing.T) {
+// TestFailedCommitsDoNotPileUp: an attempt whose commit fails is not
+// retried at its epoch (the commit may still land:
+// TestLateCommitOfFailedAttempt); the attempts after it first fence that
+// commit, and write nothing while they cannot, so the committed version
+// of a cell is never pushed out of the versions the store keeps.
+func TestFailedCommitsDoNotPileUp(t *testing.T) {
 	e := newEnv(t, orders(t))
 	fst := &faultStore{Store: e.st}
 	ctx := context.Background()
@@ -451,8 +453,8 @@ func TestFailedAttemptsReuseTheirEpoch(t *testing.T) {
 		if err := s.checkpoint(ctx); !errors.Is(err, errInjected) {
 			t.Fatalf("attempt %d: %v", i, err)
 		}
-		if s.nextEpoch != E+1 {
-			t.Fatalf("attempt %d: next epoch %d, want %d", i, s.nextEpoch, E+1)
+		if s.nextEpoch != E+2 {
+			t.Fatalf("attempt %d: next epoch %d, want %d", i, s.nextEpoch, E+2)
 		}
 	}
 	want := []string{"+0..+60s {kind=book region=eu} {hi=1 lo=1 mean=1 n=1 total=1}"}

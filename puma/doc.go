@@ -98,7 +98,18 @@
 // recovery stalled there cannot delete the cells of an owner that claimed
 // the shard after it), loads the cells as of the epoch and resumes
 // ptail at the committed position. A failed attempt is retried at the
-// same epoch, overwriting its own versions. The marker and the cells are
+// same epoch, overwriting its own versions, unless one of its Puts
+// failed: that Put may still land (the HBase gateway applies a put it
+// received after its caller gave up), over the retry's newer values if
+// they had the same epoch; the retry then deletes the failed attempt's
+// versions and writes at the next epoch, which its commit lists as
+// aborted (below). A commit that fails is looked for in the commit row
+// (a reply lost); if it is not there it may still land, over the
+// retry's cells or after their purge: the next attempt first rewrites
+// the commit value that commit expects (unchanged but for a fence
+// count), so that it never can, and then purges and writes at the next
+// epoch; if the commit landed first, the shard stops and recovers from
+// it. The marker and the cells are
 // written by a goroutine of the checkpoint's own (cellwriter.go) while
 // it is still taking the changed cells under the shard's lock, in Puts
 // of 64 Ki cells in row order; the commit waits for the last Put, and

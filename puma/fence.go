@@ -13,11 +13,13 @@ type epochRange [2]int64
 
 // maxAborted bounds the aborted ranges a commit row keeps. A range is
 // added only when an owner takes a shard over from an attempt that never
-// committed (a crash or a hand-off mid-checkpoint), so the list grows by
-// one per such takeover; beyond the bound the oldest are forgotten (a
-// version of theirs that is still the newest of its cell would then be
-// read again: after thousands of takeovers, and only for a cell no later
-// commit rewrote).
+// committed (a crash or a hand-off mid-checkpoint), or commits after
+// attempts of its own whose Put or commit failed (checkpoint), so the
+// list grows by one per such takeover or run of failures; beyond the
+// bound the oldest are forgotten (a version of theirs that is still the
+// newest of its cell would then be read again: after thousands of them,
+// and only for a cell no later commit rewrote, which the owner's own
+// next attempt always does).
 const maxAborted = 1024
 
 // withAborted is the aborted list of a commit at epoch whose previous

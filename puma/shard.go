@@ -49,11 +49,18 @@ type shard struct {
 	committed   commitState
 	commitBytes []byte // the stored commit value, nil if none
 	nextEpoch   int64
-	expired     []expiredRows // retention deletes still to make
-	lastCommit  atomic.Int64  // Unix ns of the last commit (or recovery)
-	lag         atomic.Int64  // published segments not yet read, for Statuses
-	readStall   stall         // the shard's reading's run of failures (stall.go)
-	ready       chan struct{}
+	// purgeTo, when above the committed epoch, is the epoch of an attempt
+	// whose Put failed: the next attempt deletes the versions up to it
+	// before it writes (checkpoint).
+	purgeTo int64
+	// unsure is the value of a commit that failed but may still be
+	// applied, to fence before the next attempt (fenceUnsure).
+	unsure     []byte
+	expired    []expiredRows // retention deletes still to make
+	lastCommit atomic.Int64  // Unix ns of the last commit (or recovery)
+	lag        atomic.Int64  // published segments not yet read, for Statuses
+	readStall  stall         // the shard's reading's run of failures (stall.go)
+	ready      chan struct{}
 
 	// backfills build spans new to the shard (backfill.go; guarded by
 	// mu); removing names the spans whose rows are still to delete.
