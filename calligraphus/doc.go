@@ -69,7 +69,11 @@
 // and publishes and releases what it holds, and a dead one's leases and
 // membership end with its coord session, after which its buckets are
 // taken by their new preferred writers within a rebalance round (other
-// categories' on their next entries).
+// categories' on their next entries). A writer restarted with the same id
+// cannot join the group until then (a second live process with the same
+// id never can: it logs a warning every second); it reads the group all
+// the same, forwarding to the holders it sees there, but neither takes
+// nor hands off buckets as a preferred writer until it has joined.
 //
 // A call is all or nothing, as far as the writer can know in advance.
 // Its entries are grouped by bucket; the route of every bucket is decided
