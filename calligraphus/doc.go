@@ -154,7 +154,8 @@
 // (see the fencing below); a segment whose close fails, or that is left
 // from a lease lost or dropped, is removed and its batches are answered
 // TRY_LATER. Its readers in the same process (freeway all) are woken
-// when a segment is published instead of waiting for their next poll.
+// when a segment is published (a salvaged one too) instead of waiting for
+// their next poll.
 //
 // A segment is published when it holds segment_max_bytes, or once it is
 // segment_max_age old, counted from when the writer took its first
