@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -18,13 +19,19 @@ import (
 // rather than answering TRY_LATER for every bucket held elsewhere; it joins
 // once the old registration is gone.
 func TestRestartedWriterForwardsBeforeItCanJoin(t *testing.T) {
-	hub, _ := inprocCoord(t)
-	newCoord := sessions(t, hub)
-	fsys := newLocal(t)
+	t.Run("inproc", func(t *testing.T) {
+		hub, _ := inprocCoord(t)
+		testRestartedWriterForwardsBeforeItCanJoin(t, newLocal(t), sessions(t, hub))
+	})
+	t.Run("engines", func(t *testing.T) {
+		fsys, newCoord := engineBackends(t)
+		testRestartedWriterForwardsBeforeItCanJoin(t, fsys, newCoord)
+	})
+}
 
+func testRestartedWriterForwardsBeforeItCanJoin(t *testing.T, fsys dfs.FS, newCoord func() coord.Coord) {
 	// The crashed w1's session, not expired yet: its membership lives on.
-	ghost := hub.Session()
-	t.Cleanup(func() { ghost.Close() })
+	ghost := newCoord()
 	if _, err := ghost.Join(context.Background(), layout.WriterMembers, "w1", []byte("127.0.0.1:1")); err != nil {
 		t.Fatal(err)
 	}
