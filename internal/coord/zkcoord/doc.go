@@ -65,9 +65,11 @@
 // leases can then outlive our session by up to that much. Fencing epochs
 // take care of such a stale owner where it writes with them (calligraphus
 // buckets: internal/layout/fence.go; Puma shards and the copier's
-// progress: CheckAndPut on claims carrying the epoch). An owner that must
-// not even risk that should stop writing as soon as its coordinator is
-// disconnected; this package does not offer that signal yet.
+// progress: CheckAndPut on claims carrying the epoch); what it does
+// without them (the copier's files at the destination, retention's
+// deletions and marks) is not fenced. An owner that must not even risk
+// that should stop writing as soon as its coordinator is disconnected;
+// this package does not offer that signal yet.
 //
 // This errs towards giving up too early rather than too late: a
 // disconnection, or a server slow to answer our pings, that lasts nearly
