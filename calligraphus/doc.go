@@ -69,7 +69,11 @@
 // and publishes and releases what it holds, and a dead one's leases and
 // membership end with its coord session, after which its buckets are
 // taken by their new preferred writers within a rebalance round (other
-// categories' on their next entries).
+// categories' on their next entries). A writer restarted with the same id
+// cannot join the group until then (a second live process with the same
+// id never can: it logs a warning every second); it reads the group all
+// the same, forwarding to the holders it sees there, but neither takes
+// nor hands off buckets as a preferred writer until it has joined.
 //
 // A call is all or nothing, as far as the writer can know in advance.
 // Its entries are grouped by bucket; the route of every bucket is decided
@@ -150,7 +154,8 @@
 // (see the fencing below); a segment whose close fails, or that is left
 // from a lease lost or dropped, is removed and its batches are answered
 // TRY_LATER. Its readers in the same process (freeway all) are woken
-// when a segment is published instead of waiting for their next poll.
+// when a segment is published (a salvaged one too) instead of waiting for
+// their next poll.
 //
 // A segment is published when it holds segment_max_bytes, or once it is
 // segment_max_age old, counted from when the writer took its first

@@ -178,7 +178,7 @@ func thriftBool(b bool) *bool { return &b }
 func preferring(t *testing.T, category string, b, n int) (string, string) {
 	t.Helper()
 	x, y := "wa", "wb"
-	v := newView([]coord.Member{{ID: x}, {ID: y}}, x)
+	v := newView([]coord.Member{{ID: x}, {ID: y}}, x, true)
 	if v.preferred(category, b, n) != x {
 		x, y = y, x
 	}

@@ -19,18 +19,20 @@ import (
 type view struct {
 	ids  []string          // sorted
 	addr map[string]string // member ID → advertised Scribe address
-	self bool              // this writer is a member
+	self bool              // this writer has joined and is listed
 
 	mu     sync.Mutex
 	assign map[string][]int // category → index into ids, per bucket
 }
 
-func newView(members []coord.Member, self string) *view {
+// newView is the view of members by the writer self, which has joined
+// the group if joined.
+func newView(members []coord.Member, self string, joined bool) *view {
 	v := &view{addr: map[string]string{}, assign: map[string][]int{}}
 	for _, m := range members {
 		v.ids = append(v.ids, m.ID)
 		v.addr[m.ID] = string(m.Data)
-		v.self = v.self || m.ID == self
+		v.self = v.self || (joined && m.ID == self)
 	}
 	slices.Sort(v.ids)
 	return v
@@ -104,22 +106,26 @@ func (c *Calligraphus) currentView() *view {
 // advertised address and keeps the view of it current until ctx ends;
 // it then leaves the group. Each change of the group (a writer joining,
 // leaving or dying) asks for a rebalance.
+//
+// It reads the group before it has joined, and while it cannot: a writer
+// restarted after a crash cannot join while its predecessor's registration
+// lives on (up to a session timeout), and it must meanwhile forward
+// entries to the holders it sees there rather than refuse them. Until it
+// has joined it is no member (view.self), even though the group lists its
+// id: that may be the dead predecessor, or a live process misconfigured
+// with the same id, whose membership this one must not act on.
 func (c *Calligraphus) membership(ctx context.Context) {
+	joins := make(chan coord.Membership, 1)
+	go func() { joins <- c.join(ctx) }()
 	var m coord.Membership
-	for m == nil {
-		var err error
-		m, err = c.deps.Coord.Join(ctx, layout.WriterMembers, c.cfg.ID, []byte(c.advertised))
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			c.log.Warn("cannot join the group of writers; retrying", "group", layout.WriterMembers, "err", err)
-			if !sleepCtx(ctx, time.Second) {
-				return
-			}
-		}
-	}
+	pending := joins // nil once the join has ended
 	defer func() {
+		if pending != nil {
+			m = <-pending // ctx has ended: the join returns soon
+		}
+		if m == nil {
+			return
+		}
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if err := m.Leave(lctx); err != nil {
@@ -138,14 +144,38 @@ func (c *Calligraphus) membership(ctx context.Context) {
 			}
 			continue
 		}
-		v := newView(members, c.cfg.ID)
+		v := newView(members, c.cfg.ID, m != nil)
 		c.members.Store(v)
 		c.m.writers.Set(float64(len(v.ids)))
 		c.askRebalance()
 		select {
 		case <-changed:
+		case m = <-pending:
+			pending = nil // joined (or ctx ended): read again, as a member
 		case <-ctx.Done():
 			return
+		}
+	}
+}
+
+// join joins the group of live writers, retrying until it succeeds or ctx
+// ends (then it returns nil).
+func (c *Calligraphus) join(ctx context.Context) coord.Membership {
+	for {
+		m, err := c.deps.Coord.Join(ctx, layout.WriterMembers, c.cfg.ID, []byte(c.advertised))
+		if err == nil {
+			return m
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Most often the id is still registered by this writer's previous
+		// process, until its coord session ends; if it lasts, another live
+		// process has the same id.
+		c.log.Warn("cannot join the group of writers (is another live writer configured with this id?); retrying",
+			"group", layout.WriterMembers, "id", c.cfg.ID, "err", err)
+		if !sleepCtx(ctx, time.Second) {
+			return nil
 		}
 	}
 }

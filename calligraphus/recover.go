@@ -140,6 +140,7 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 	if names, err = dfs.ReadDirNames(fsys, w.dir); err != nil {
 		return 0, err
 	}
+	salvaged := false
 	for _, name := range names {
 		if !dfs.Hidden(name) {
 			continue
@@ -185,9 +186,14 @@ func (w *bucketWriter) recover(leaseEpoch int64) (int64, error) {
 		if err := w.salvage(p, path.Join(w.dir, segName), epoch); err != nil {
 			return 0, fmt.Errorf("salvage %s: %w", p, err)
 		}
+		salvaged = true
 	}
 	if _, err := layout.WriteSeal(fsys, w.dir, epoch, strconv.FormatInt(leaseEpoch, 16)); err != nil {
 		return 0, err
+	}
+	if salvaged {
+		// Published: readers here see them now, not at their next poll.
+		w.notify()
 	}
 	return epoch, nil
 }

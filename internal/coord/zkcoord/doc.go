@@ -45,28 +45,41 @@
 // A lost connection is not a lost lease: the client reconnects, to any
 // server of the ensemble, and while it does so within the session timeout
 // the session, its leases and memberships survive and nothing is reported.
-// But a disconnected owner cannot know whether it still owns anything. The
-// server expires the session one session timeout after it last heard from
-// us, and only then can another process be granted our leases. So, while
-// disconnected, this package counts from the last byte it received from any
-// server, and when the session timeout (the one the server granted) has
-// passed without a new connection it gives every lease up: their Lost
-// channels close, whether or not it ever hears that the session expired (a
-// partitioned process may never hear it). Another owner cannot have been
-// granted the lease earlier than about one network latency before that, and
-// fencing epochs take care of that sliver: whatever the old owner wrote
-// carries a lower epoch. An owner that must not even risk that should stop
-// writing as soon as its coordinator is disconnected; this package does
-// not offer that signal yet.
+// But an owner cut off from the servers cannot know whether it still owns
+// anything. The server expires the session one session timeout after it
+// last heard from us, and only then can another process be granted our
+// leases. So this package counts from the last moment a server is known
+// to have heard from us: when we sent the latest ping it answered (the
+// client pings every third of the session timeout), or the connect
+// request of the latest handshake. When the session timeout (the one the
+// server granted) has passed since then, it gives every lease up: their
+// Lost channels close, whether or not it ever hears that the session
+// expired (a partitioned process may never hear it), and whether or not
+// the connection looks alive: a server that no longer hears us (a one-way
+// partition) may still deliver watch events, and bytes received prove
+// nothing. Another owner cannot have been granted the lease before that
+// moment, with one exception: a follower cut off from its leader goes on
+// answering our pings until it notices, after syncLimit × tickTime of
+// the ensemble's configuration (10s with tickTime 2000 and syncLimit 5),
+// while the leader, which expires sessions, no longer hears of them; our
+// leases can then outlive our session by up to that much. Fencing epochs
+// take care of such a stale owner where it writes with them (calligraphus
+// buckets: internal/layout/fence.go; Puma shards and the copier's
+// progress: CheckAndPut on claims carrying the epoch); what it does
+// without them (the copier's files at the destination, retention's
+// deletions and marks) is not fenced. An owner that must not even risk
+// that should stop writing as soon as its coordinator is disconnected;
+// this package does not offer that signal yet.
 //
 // This errs towards giving up too early rather than too late: a
-// disconnection that lasts nearly a full session timeout can end leases
-// although the session survives (the server rounds its expiry up to its
-// next tick, and the client waits a second before it redials a lone
-// server). The owner then sees Lost, re-runs its election and most likely
-// wins again; the nodes of the given-up leases are deleted on reconnection
-// (a new Acquire by this process also replaces them), so they do not block
-// anyone.
+// disconnection, or a server slow to answer our pings, that lasts nearly
+// a full session timeout can end leases although the session survives
+// (the server rounds its expiry up to its next tick, and the client waits
+// a second before it redials a lone server). The owner then sees Lost,
+// re-runs its election and most likely wins again; the nodes of the
+// given-up leases are deleted at once if still connected, else on
+// reconnection (a new Acquire by this process also replaces them), so
+// they do not block anyone.
 //
 // When the client is told the session expired, every lease still held is
 // lost at once (Lost closes), before any reply on the new session is seen.

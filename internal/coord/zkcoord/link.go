@@ -12,12 +12,17 @@ import (
 )
 
 // link dials ZooKeeper servers for the client and keeps an eye on what
-// comes back, because go-zookeeper does not tell us two things we need:
+// goes out and comes back, because go-zookeeper does not tell us two
+// things we need:
 //
-//   - when we last heard from a server. The server expires our session one
-//     session timeout after it last heard from us, so "last read + session
+//   - when a server last heard from us. The server expires our session one
+//     session timeout after it last heard from us, so "last heard + session
 //     timeout" is the earliest moment another process can be granted our
-//     leases; the watchdog gives them up locally then (see doc.go).
+//     leases; the watchdog gives them up locally then (see doc.go). Only a
+//     reply proves that the server heard us, and only to the request it
+//     answers: link notes when it sent each ping and, when the server
+//     answers it (in order), takes that send time. A byte read is no
+//     proof: a server that no longer hears us may still send watch events.
 //   - the session timeout the server actually granted (it clamps the one we
 //     ask for to its min/max). It is in the server's reply to the connect
 //     request, the first frame on every connection, which link parses.
@@ -29,7 +34,7 @@ type link struct {
 	dial        zk.Dialer
 	onHandshake func(sessionID int64, passwd []byte) // tests only; may be nil
 
-	lastRead    atomic.Int64 // unix nanoseconds of the latest byte from any server
+	lastHeard   atomic.Int64 // unix nanoseconds: the latest send time of a request a server answered
 	negotiated  atomic.Int64 // granted session timeout in nanoseconds; 0 until known
 	lastSession atomic.Int64 // session id of the latest handshake
 
@@ -91,7 +96,20 @@ func (k *link) sessionTimeout(fallback time.Duration) time.Duration {
 	return fallback
 }
 
-func (k *link) lastReadTime() time.Time { return time.Unix(0, k.lastRead.Load()) }
+// lastHeardTime is when we sent the latest request a server is known to
+// have received: the latest ping it answered, or the connect request of
+// the latest handshake. The zero Unix time before any.
+func (k *link) lastHeardTime() time.Time { return time.Unix(0, k.lastHeard.Load()) }
+
+// heard notes that a server received what we sent at sent (unix ns).
+func (k *link) heard(sent int64) {
+	for {
+		last := k.lastHeard.Load()
+		if sent <= last || k.lastHeard.CompareAndSwap(last, sent) {
+			return
+		}
+	}
+}
 
 // linkConn is one socket. Read is called by one goroutine at a time (the
 // client's handshake, then its receive loop), so hs needs no lock.
@@ -102,6 +120,17 @@ type linkConn struct {
 	hsDone    bool
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	// The server's frames, followed as they are read (receive side only):
+	// the length and xid of the one being read, and how much of it is left.
+	hdr  []byte
+	skip int
+	// When we wrote the connect request, and our pings the server has not
+	// answered yet, oldest first (unix ns).
+	connectSent atomic.Int64
+	pingMu      sync.Mutex
+	pings       []int64
+	pingsLost   bool // more pings unanswered than pings holds: replies prove nothing
 
 	// gate works around a data race in go-zookeeper v1.0.4 (upstream
 	// issue samuel/go-zookeeper#178, fix proposed in go-zookeeper/zk#35,
@@ -138,17 +167,80 @@ func (c *linkConn) Read(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		c.k.lastRead.Store(time.Now().UnixNano())
 		if !c.hsDone {
 			c.sniff(p[:n])
 		}
+		c.scan(p[:n])
 	}
 	return n, err
 }
 
-// Write passes the gate when the client re-sets its watches. The client
-// writes each request with one Write: length, xid, opcode, body.
+// Frame xids and opcodes link looks for.
+const (
+	xidPing = -2
+	opPing  = 11
+)
+
+// maxPings bounds the unanswered pings a connection keeps track of; the
+// client gives a connection up long before, unless the server keeps
+// sending something else (watch events) while it no longer hears us.
+const maxPings = 64
+
+// scan follows the server's frames (a 4-byte length, then an xid; the
+// connect reply has its protocol version, 0, there) and notes the replies
+// to our pings.
+func (c *linkConn) scan(b []byte) {
+	for len(b) > 0 {
+		if c.skip > 0 {
+			n := min(c.skip, len(b))
+			c.skip -= n
+			b = b[n:]
+			continue
+		}
+		n := min(8-len(c.hdr), len(b))
+		c.hdr = append(c.hdr, b[:n]...)
+		b = b[n:]
+		if len(c.hdr) < 8 {
+			return
+		}
+		c.skip = max(int(binary.BigEndian.Uint32(c.hdr[0:4]))-4, 0)
+		xid := int32(binary.BigEndian.Uint32(c.hdr[4:8]))
+		c.hdr = c.hdr[:0]
+		if xid == xidPing {
+			c.pingAnswered()
+		}
+	}
+}
+
+// pingAnswered takes the send time of the oldest unanswered ping: the
+// server answers a session's requests in order.
+func (c *linkConn) pingAnswered() {
+	c.pingMu.Lock()
+	defer c.pingMu.Unlock()
+	if len(c.pings) == 0 || c.pingsLost {
+		return
+	}
+	sent := c.pings[0]
+	c.pings = c.pings[1:]
+	c.k.heard(sent)
+}
+
+// Write notes the connect request and pings, and passes the gate when the
+// client re-sets its watches. The client writes each request with one
+// Write: length, xid, opcode, body; the connect request comes first.
 func (c *linkConn) Write(p []byte) (int, error) {
+	// Noted before the bytes leave: the server cannot have them earlier.
+	now := time.Now().UnixNano()
+	c.connectSent.CompareAndSwap(0, now)
+	if len(p) >= 12 && int32(binary.BigEndian.Uint32(p[4:8])) == xidPing && int32(binary.BigEndian.Uint32(p[8:12])) == opPing {
+		c.pingMu.Lock()
+		if len(c.pings) < maxPings {
+			c.pings = append(c.pings, now)
+		} else {
+			c.pingsLost = true
+		}
+		c.pingMu.Unlock()
+	}
 	n, err := c.Conn.Write(p)
 	if c.gate != nil && len(p) >= 12 && int32(binary.BigEndian.Uint32(p[8:12])) == opSetWatches {
 		c.gateOnce.Do(func() { close(c.gate) })
@@ -181,6 +273,7 @@ func (c *linkConn) sniff(b []byte) {
 		return
 	}
 	c.k.negotiated.Store(int64(r.timeout))
+	c.k.heard(c.connectSent.Load())
 	if c.k.lastSession.Swap(r.sessionID) == r.sessionID {
 		// Set on the handshake goroutine, before the client starts the
 		// goroutines that Read and Write.

@@ -42,7 +42,9 @@ func TestParseConnectResponse(t *testing.T) {
 	}
 }
 
-// TestLinkSniffs feeds a connect reply through a linkConn in small reads.
+// TestLinkSniffs feeds a connect reply, a watch event and a ping reply
+// through a linkConn in small reads: the handshake and the ping reply, not
+// the event, say when the server last heard from us.
 func TestLinkSniffs(t *testing.T) {
 	server, client := net.Pipe()
 	var gotSID int64
@@ -53,23 +55,61 @@ func TestLinkSniffs(t *testing.T) {
 		t.Fatal(err)
 	}
 	frame := connectReply(2500, 42, []byte("0123456789abcdef"))
+	event := binary.BigEndian.AppendUint32(nil, 16+4+4+4)
+	event = binary.BigEndian.AppendUint32(event, 0xffffffff) // xid -1: a watch event
+	event = append(event, make([]byte, 8+4+4+4+4)...)
+	pong := binary.BigEndian.AppendUint32(nil, 16)
+	pong = binary.BigEndian.AppendUint32(pong, 0xfffffffe) // xid -2: a ping reply
+	pong = append(pong, make([]byte, 8+4)...)
+	ping := binary.BigEndian.AppendUint32(nil, 8)
+	ping = binary.BigEndian.AppendUint32(ping, 0xfffffffe)
+	ping = binary.BigEndian.AppendUint32(ping, opPing)
+	sent := make(chan []byte, 1) // what the server sends next
 	go func() {
-		for _, b := range frame {
-			_, _ = server.Write([]byte{b}) // the client reading the frame is the check
+		for b := range sent {
+			for i := range b {
+				_, _ = server.Write(b[i : i+1]) // the client reading it is the check
+			}
 		}
 		server.Close()
 	}()
-	buf := make([]byte, 3)
-	for {
-		if _, err := nc.Read(buf); err != nil {
-			break
+	go func() { _, _ = io.Copy(io.Discard, server) }()
+	read := func(n int) {
+		t.Helper()
+		if _, err := io.ReadFull(nc, make([]byte, n)); err != nil {
+			t.Fatal(err)
 		}
 	}
+
+	connectAt := time.Now()
+	if _, err := nc.Write([]byte("connect request")); err != nil {
+		t.Fatal(err)
+	}
+	sent <- frame
+	read(len(frame))
 	if gotSID != 42 || k.sessionTimeout(time.Hour) != 2500*time.Millisecond {
 		t.Fatalf("session %d timeout %v", gotSID, k.sessionTimeout(time.Hour))
 	}
-	if time.Since(k.lastReadTime()) > time.Minute {
-		t.Fatal("last read not recorded")
+	heard := k.lastHeardTime()
+	if heard.Before(connectAt) || heard.After(time.Now()) {
+		t.Fatalf("last heard %v, want when the connect request was sent (%v)", heard, connectAt)
+	}
+
+	time.Sleep(time.Millisecond) // so that the ping's send time differs
+	pingAt := time.Now()
+	if _, err := nc.Write(ping); err != nil {
+		t.Fatal(err)
+	}
+	sent <- event
+	read(len(event))
+	if got := k.lastHeardTime(); !got.Equal(heard) {
+		t.Fatalf("a watch event moved last heard from %v to %v", heard, got)
+	}
+	sent <- pong
+	close(sent)
+	read(len(pong))
+	if got := k.lastHeardTime(); got.Before(pingAt) || got.After(time.Now()) {
+		t.Fatalf("last heard %v after the ping reply, want when the ping was sent (%v)", got, pingAt)
 	}
 	k.shutdown()
 	if _, err := k.Dial("tcp", "x", time.Second); err == nil {

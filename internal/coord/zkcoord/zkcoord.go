@@ -284,7 +284,7 @@ func (c *Coord) watchdog() {
 		case <-c.dogKick:
 		case <-timer.C:
 		}
-		if wait := c.checkDisconnected(); wait > 0 {
+		if wait := c.checkHeard(); wait > 0 {
 			timer.Reset(wait)
 		} else {
 			timer.Stop()
@@ -292,17 +292,19 @@ func (c *Coord) watchdog() {
 	}
 }
 
-// checkDisconnected gives leases up if we have been cut off from every
-// server for a session timeout since we last heard from one. It returns how
-// long until that moment, or 0 when there is nothing to wait for.
-func (c *Coord) checkDisconnected() time.Duration {
+// checkHeard gives leases up once a session timeout has passed since a
+// server last heard from us, as far as we know (link.lastHeardTime),
+// connected or not: a connection that still brings watch events does not
+// say the server hears us. It returns how long until the next check, or 0
+// when there is nothing to wait for.
+func (c *Coord) checkHeard() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.connected || !c.hadSession {
+	if c.closed || !c.hadSession {
 		return 0
 	}
 	timeout := c.link.sessionTimeout(c.cfg.sessionTimeout)
-	if wait := time.Until(c.link.lastReadTime().Add(timeout)); wait > 0 {
+	if wait := time.Until(c.link.lastHeardTime().Add(timeout)); wait > 0 {
 		return wait
 	}
 	n := 0
@@ -313,15 +315,19 @@ func (c *Coord) checkDisconnected() time.Duration {
 		n++
 		if l.granted() {
 			// If the session survives after all, its node is still
-			// there; the maintainer deletes it on reconnection.
+			// there; the maintainer deletes it on reconnection, or now
+			// if we are still connected.
 			c.stale[l] = struct{}{}
 		}
 		c.lose(l)
 	}
 	if n > 0 {
-		c.logger.Warn("no zookeeper server reachable for a session timeout, leases given up", "leases", n, "session_timeout", timeout)
+		c.logger.Warn("no zookeeper server answered for a session timeout, leases given up", "leases", n, "session_timeout", timeout, "connected", c.connected)
+		signal(c.kick)
 	}
-	return 0
+	// Check again: leases granted later are at risk while no server
+	// answers.
+	return timeout / 3
 }
 
 // maintainer does the ZooKeeper work that events call for but onEvent may

@@ -210,15 +210,68 @@ type testNet struct {
 type testConn struct {
 	net.Conn
 	muted atomic.Bool // the server's bytes are dropped: replies lost
+
+	// Set by deafen: the server no longer hears us, but something goes on
+	// sending watch events. Reads then get one every deafEvery.
+	deaf      atomic.Bool
+	deafEvery time.Duration
+	deafBuf   []byte // the rest of the event being read
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 func (c *testConn) Read(p []byte) (int, error) {
 	for {
+		if c.deaf.Load() {
+			return c.readEvent(p)
+		}
 		n, err := c.Conn.Read(p)
+		if c.deaf.Load() {
+			continue // the socket to the server was closed by deafen
+		}
 		if err != nil || !c.muted.Load() {
 			return n, err
 		}
 	}
+}
+
+// readEvent reads a made-up watch event (NodeChildrenChanged on a path
+// nobody watches), waiting deafEvery before each.
+func (c *testConn) readEvent(p []byte) (int, error) {
+	if len(c.deafBuf) == 0 {
+		t := time.NewTimer(c.deafEvery)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-c.closed:
+			return 0, net.ErrClosed
+		}
+		path := "/nowhere"
+		b := binary.BigEndian.AppendUint32(nil, uint32(16+4+4+4+len(path)))
+		b = binary.BigEndian.AppendUint32(b, 0xffffffff) // xid -1: a watch event
+		b = binary.BigEndian.AppendUint64(b, 0xffffffffffffffff)
+		b = binary.BigEndian.AppendUint32(b, 0) // no error
+		b = binary.BigEndian.AppendUint32(b, uint32(zk.EventNodeChildrenChanged))
+		b = binary.BigEndian.AppendUint32(b, uint32(zk.StateConnected))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(path)))
+		b = append(b, path...)
+		c.deafBuf = b
+	}
+	n := copy(p, c.deafBuf)
+	c.deafBuf = c.deafBuf[n:]
+	return n, nil
+}
+
+func (c *testConn) Write(p []byte) (int, error) {
+	if c.deaf.Load() {
+		return len(p), nil // lost on the way
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *testConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
 }
 
 func (n *testNet) dial(network, addr string, timeout time.Duration) (net.Conn, error) {
@@ -231,7 +284,7 @@ func (n *testNet) dial(network, addr string, timeout time.Duration) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
-	c := &testConn{Conn: nc}
+	c := &testConn{Conn: nc, closed: make(chan struct{})}
 	n.conns[c] = struct{}{}
 	return c, nil
 }
@@ -265,6 +318,21 @@ func (n *testNet) mute() {
 	defer n.mu.Unlock()
 	for c := range n.conns {
 		c.muted.Store(true)
+	}
+}
+
+// deafen makes the server stop hearing us on every open socket (it is
+// closed on the server's side, and what we write is dropped) while the
+// client goes on reading a watch event every every, as from a server that
+// sends events but no longer hears us; new sockets are refused.
+func (n *testNet) deafen(every time.Duration) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.down = true
+	for c := range n.conns {
+		c.deafEvery = every
+		c.deaf.Store(true)
+		c.Conn.Close()
 	}
 }
 
@@ -422,6 +490,33 @@ func TestPartitionLosesLeases(t *testing.T) {
 	if isLost(lc) {
 		t.Fatal("the new owner's lease was lost")
 	}
+}
+
+// TestDeafServerLosesLeases: a process whose server no longer hears it,
+// but which goes on receiving watch events (a one-way partition), gives
+// its leases up one session timeout after the server last heard from it,
+// though its connection looks alive: the server expires the session then,
+// and another process takes the lease.
+func TestDeafServerLosesLeases(t *testing.T) {
+	const timeout = 2 * time.Second
+	b := newBackend(t, zkAddr(t), timeout)
+	a, c := b.open(t), b.open(t)
+	la, err := a.Acquire(tctx(t), "bucket/3", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Well within the client's read timeout (2/3 of the session timeout):
+	// the client never sees its connection die.
+	b.net(a).deafen(timeout / 8)
+	var lc coord.Lease
+	testkit.Eventually(t, "acquire by another process", func() error {
+		lc, err = c.Acquire(tctx(t), "bucket/3", "c")
+		return err
+	})
+	if lc.Epoch() <= la.Epoch() {
+		t.Fatalf("epoch %d not above %d", lc.Epoch(), la.Epoch())
+	}
+	waitLost(t, la)
 }
 
 // TestReleaseSparesSuccessor: deleting a lease whose session expired must
