@@ -123,14 +123,20 @@
 // row) is the position in the bucket (segment, offset) of the first line
 // not in a published file, and the first period not written. Writing a
 // period is four steps: (1) its lines go to a temporary file
-// (dfs.TempName of the final name) at the destination, which is closed
+// (dfs.TempName of the final name and the lease epoch) at the
+// destination, which is closed
 // and verified (its size, and with verify "checksum" the CRC-32C of the
 // file read back and of its lines decompressed, against what was read);
 // (2) the period and its range of the bucket [from, to), with the size
 // and CRC of its lines, are recorded in the progress row; (3) the file is
 // renamed to its final name; (4) the progress moves past the range. A
-// crash before (2) leaves a temporary file, replaced when the period is
-// written again. After (2) the period is decided: a restarted copier
+// crash before (2) leaves a temporary file, removed when the period is
+// written again under a later epoch. A copier that lost its lease without
+// seeing it yet never touches the new holder's temporary file (its epoch
+// is later), so the new holder renames only the file it verified, never
+// one the stale copier is still writing; the stale copier's own rename
+// publishes only a file it verified, of a range it recorded before its
+// progress writes were fenced. After (2) the period is decided: a restarted copier
 // publishes it before anything else of the bucket, keeping a file already
 // published with the recorded lines and otherwise writing the range again
 // (the segments are immutable, and retention keeps them: they are after
