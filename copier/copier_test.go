@@ -879,3 +879,38 @@ func TestNewRefusesSourceUnderAnotherName(t *testing.T) {
 }
 
 var _ io.Reader = ctxReader{}
+
+// TestStaleCopierNeverPublishesAPartialSegment: a copier that lost its
+// lease without seeing it yet copies the segment the new holder is about
+// to publish, and is cut off mid-write: the published copy is still the
+// new holder's, whole, not the stale copier's partial one.
+func TestStaleCopierNeverPublishesAPartialSegment(t *testing.T) {
+	e := newEnv(t)
+	name := publish(t, e.src, "access", 0, 1, 1, 5)
+	staleDest := &hookedDest{FS: e.dst, writeFails: true, writing: make(chan struct{}), release: make(chan struct{})}
+	stale := e.copier(t, "stale", withDest(staleDest))
+	staleDone := make(chan error, 1)
+	newDest := &hookedDest{FS: e.dst, beforePublish: func() {
+		// The new holder has copied and verified the segment: the stale
+		// copier copies it too, and is cut off mid-write.
+		go func() {
+			_, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true)
+			staleDone <- err
+		}()
+		<-staleDest.writing
+	}}
+	holder := e.copier(t, "new", withDest(newDest))
+	if st, err := holder.pass(context.Background(), staleLease{epoch: 2}, nil, true); err != nil || st.Copied != 1 {
+		t.Fatalf("new holder's pass: %+v %v, want the segment copied", st, err)
+	}
+	close(staleDest.release)
+	if err := <-staleDone; err == nil {
+		t.Error("the stale copier's cut-off write was not reported")
+	}
+	if got, want := readFile(t, e.dst, name), readFile(t, e.src, name); !bytes.Equal(got, want) {
+		t.Errorf("published copy holds %d bytes, want the segment's %d", len(got), len(want))
+	}
+	if last, err := LastCopied(context.Background(), e.st, "copier", "access", 0); err != nil || last != path.Base(name) {
+		t.Errorf("last copied %q (%v)", last, err)
+	}
+}
