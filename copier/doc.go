@@ -25,10 +25,14 @@
 // names are never copied, nor a segment a stalled writer published after
 // a newer one took its bucket: the copier lists through layout.Published,
 // as ptail and retention do, so it copies what Puma counts (fence.go). Each copy
-// streams from the source into dfs.TempName(name) at the destination,
+// streams from the source into a hidden temporary name at the
+// destination (dfs.TempName of its name and the copier's lease epoch),
 // is closed, checked (size, and with Verify "checksum" a CRC-32C of the
 // file read back), and only then renamed to its name: the destination
-// never shows a partial segment. Buckets are copied Config.Concurrency at
+// never shows a partial segment. The epoch keeps a copier that lost its
+// lease without seeing it yet off the new holder's temporary files: were
+// the name shared, it could replace the new holder's checked file with
+// its own, which the new holder would then publish half-written. Buckets are copied Config.Concurrency at
 // a time; within a bucket one segment at a time, so that the mark can
 // advance past each segment as it is done.
 //
@@ -60,8 +64,9 @@
 // the progress marks in the store. A crash between publishing a segment
 // and recording it leaves the mark one segment behind; the next pass finds
 // the segment at the destination and skips it. A temporary file a crash
-// left at the destination is removed: when the segment is copied again,
-// and for every bucket when a copier takes the lease.
+// left at the destination is removed: when the segment is copied again
+// under the same lease, and for every bucket when a copier takes the
+// lease (those of earlier epochs: a later one's is a newer holder's).
 //
 // Assumption, shared with ptail: segment names sort in publish order
 // within a bucket, so a segment that appears with a name at or before the

@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"path"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -550,17 +549,6 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// tempName is the hidden name under which a period file (final) is
-// written before it is renamed: dfs.TempName of final, carrying the
-// epoch of the lease this pass holds. A copier that lost its lease
-// without seeing it yet may still be writing the period the new holder
-// writes: under one name for both, each would replace the other's file
-// (createPeriod) and rename it, publishing a file still being written,
-// or one its writer then gave up half-written.
-func (c *Copier) tempName(final string) string {
-	return dfs.TempName(final + "." + strconv.FormatInt(c.marksEpoch, 16))
-}
-
 // createPeriod opens the temporary file of j's period starting at
 // periodMs, replacing those interrupted runs left.
 func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, error) {
@@ -609,18 +597,8 @@ func (c *Copier) removeOlderTemps(final string) {
 	}
 	for _, fi := range infos {
 		name := fi.Name()
-		rest, ok := strings.CutPrefix(name, "."+base)
-		if !ok || fi.IsDir() {
+		if of, epoch, ok := parseTemp(name); !ok || of != base || epoch >= c.marksEpoch || fi.IsDir() {
 			continue
-		}
-		if rest, ok = strings.CutSuffix(rest, layout.TempSuffix); !ok {
-			continue
-		}
-		if rest != "" {
-			epoch, err := strconv.ParseInt(strings.TrimPrefix(rest, "."), 16, 64)
-			if err != nil || rest[0] != '.' || epoch >= c.marksEpoch {
-				continue
-			}
 		}
 		if err := c.deps.Dest.Remove(path.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			c.log.Warn("cannot remove stale temporary file", "file", path.Join(dir, name), "err", err)
