@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -369,8 +370,8 @@ func TestRestartResumesFromStoredProgress(t *testing.T) {
 	if st.Seen != 1 || st.Copied != 1 || st.Skipped != 0 {
 		t.Fatalf("after restart %+v, want only the new segment copied", st)
 	}
-	if creates, _ := writes(rec); !slices.Equal(creates, []string{dfs.TempName(more)}) {
-		t.Errorf("after restart created %q", creates)
+	if creates, _ := writes(rec); len(creates) != 1 || !isTempOf(creates[0], more) {
+		t.Errorf("after restart created %q, want a temporary file of %s only", creates, more)
 	}
 	if got := src.Count(dfstest.OpOpen); got != 1 {
 		t.Errorf("after restart opened %d source files, want 1", got)
@@ -471,7 +472,11 @@ func TestCrashedCopyTempIsRemovedWhenCopiedAgain(t *testing.T) {
 	// Under the same lease (no sweep of the bucket again), a temporary file
 	// of the next segment is in the way of its copy.
 	next := path.Join(layout.BucketDir("access", 0), layout.SegmentName(1, 1))
-	if err := dfs.WriteFile(e.dst, dfs.TempName(next), []byte("torn")); err != nil {
+	_, epoch, err := n.session.Holder(context.Background(), "copier")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dfs.WriteFile(e.dst, dfs.TempName(next+"."+strconv.FormatInt(epoch, 16)), []byte("torn")); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, e.src, "access", 0, 1, 1, 2)
@@ -879,3 +884,44 @@ func TestNewRefusesSourceUnderAnotherName(t *testing.T) {
 }
 
 var _ io.Reader = ctxReader{}
+
+// TestStaleCopierNeverPublishesAPartialSegment: a copier that lost its
+// lease without seeing it yet copies the segment the new holder is about
+// to publish, and is cut off mid-write: the published copy is still the
+// new holder's, whole, not the stale copier's partial one.
+func TestStaleCopierNeverPublishesAPartialSegment(t *testing.T) {
+	e := newEnv(t)
+	name := publish(t, e.src, "access", 0, 1, 1, 5)
+	staleDest := &hookedDest{FS: e.dst, writeFails: true, writing: make(chan struct{}), release: make(chan struct{})}
+	stale := e.copier(t, "stale", withDest(staleDest))
+	staleDone := make(chan error, 1)
+	newDest := &hookedDest{FS: e.dst, beforePublish: func() {
+		// The new holder has copied and verified the segment: the stale
+		// copier copies it too, and is cut off mid-write.
+		go func() {
+			_, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true)
+			staleDone <- err
+		}()
+		<-staleDest.writing
+	}}
+	holder := e.copier(t, "new", withDest(newDest))
+	if st, err := holder.pass(context.Background(), staleLease{epoch: 2}, nil, true); err != nil || st.Copied != 1 {
+		t.Fatalf("new holder's pass: %+v %v, want the segment copied", st, err)
+	}
+	close(staleDest.release)
+	if err := <-staleDone; err == nil {
+		t.Error("the stale copier's cut-off write was not reported")
+	}
+	if got, want := readFile(t, e.dst, name), readFile(t, e.src, name); !bytes.Equal(got, want) {
+		t.Errorf("published copy holds %d bytes, want the segment's %d", len(got), len(want))
+	}
+	if last, err := LastCopied(context.Background(), e.st, "copier", "access", 0); err != nil || last != path.Base(name) {
+		t.Errorf("last copied %q (%v)", last, err)
+	}
+}
+
+// isTempOf reports whether tmp is a temporary name of name (any epoch).
+func isTempOf(tmp, name string) bool {
+	of, _, ok := parseTemp(path.Base(tmp))
+	return ok && path.Dir(tmp) == path.Dir(name) && of == path.Base(name)
+}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"strconv"
+	"strings"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
@@ -67,10 +69,10 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 	}
 	defer src.Close() //nolint:errcheck // opened for reading
 
-	tmp := dfs.TempName(name)
+	tmp := c.tempName(name)
 	f, err := c.deps.Dest.Create(tmp)
 	if errors.Is(err, fs.ErrExist) {
-		// Left by a copy that was interrupted (a crash, a lost lease).
+		// Left by a copy under this lease that was interrupted.
 		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return 0, 0, fmt.Errorf("remove stale %s in %s: %w", tmp, c.deps.Dest, err)
 		}
@@ -182,11 +184,13 @@ func (c *Copier) removeTemp(tmp string) {
 	}
 }
 
-// sweep removes the temporary files an interrupted copy left in a
-// destination bucket directory. Only the active copier writes there, and
-// it is not copying this bucket now, so every such file is stale; most
-// would be replaced by the next copy of their segment anyway, but not
-// those whose segment vanished from the source meanwhile.
+// sweep removes the temporary files interrupted copies under earlier
+// lease epochs left in a destination bucket directory: the copier
+// holding a later lease is not copying this bucket now, so every such
+// file is stale; most would be replaced by the next copy of their
+// segment anyway, but not those whose segment vanished from the source
+// meanwhile. A later epoch's file is the new holder's, when this copier
+// is the one that lost its lease: it is left alone.
 func (c *Copier) sweep(dir string) {
 	infos, err := c.deps.Dest.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -197,7 +201,11 @@ func (c *Copier) sweep(dir string) {
 		return
 	}
 	for _, fi := range infos {
-		if fi.IsDir() || !isTempOfSegment(fi.Name()) {
+		seg, epoch, ok := parseTemp(fi.Name())
+		if fi.IsDir() || !ok || epoch >= c.marksEpoch {
+			continue
+		}
+		if _, _, ok := layout.ParseSegmentName(seg); !ok {
 			continue
 		}
 		tmp := path.Join(dir, fi.Name())
@@ -210,10 +218,34 @@ func (c *Copier) sweep(dir string) {
 	}
 }
 
-// isTempOfSegment reports whether base is dfs.TempName of a segment name.
-func isTempOfSegment(base string) bool {
-	_, ok := layout.ParseTempSegment(base)
-	return ok
+// tempName is the hidden name under which a file (a segment, a period
+// file) is written at the destination before it is renamed to name:
+// dfs.TempName of name, carrying the epoch of the lease this pass holds.
+// A copier that lost its lease without seeing it yet may still be
+// writing the file the new holder writes: under one name for both, each
+// would replace the other's file and rename it, publishing a file still
+// being written, or one its writer then gave up half-written.
+func (c *Copier) tempName(name string) string {
+	return dfs.TempName(name + "." + strconv.FormatInt(c.marksEpoch, 16))
+}
+
+// parseTemp splits a base name made by tempName into the base name of
+// the file it is written for and the epoch; one made by dfs.TempName, as
+// before epochs were in the names, has epoch -1, earlier than any.
+func parseTemp(base string) (of string, epoch int64, ok bool) {
+	s, ok := strings.CutPrefix(base, ".")
+	if !ok {
+		return "", 0, false
+	}
+	if s, ok = strings.CutSuffix(s, layout.TempSuffix); !ok {
+		return "", 0, false
+	}
+	if i := strings.LastIndexByte(s, '.'); i >= 0 {
+		if epoch, err := strconv.ParseInt(s[i+1:], 16, 64); err == nil {
+			return s[:i], epoch, true
+		}
+	}
+	return s, -1, true
 }
 
 // ctxReader stops a copy when ctx ends.

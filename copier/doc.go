@@ -25,10 +25,14 @@
 // names are never copied, nor a segment a stalled writer published after
 // a newer one took its bucket: the copier lists through layout.Published,
 // as ptail and retention do, so it copies what Puma counts (fence.go). Each copy
-// streams from the source into dfs.TempName(name) at the destination,
+// streams from the source into a hidden temporary name at the
+// destination (dfs.TempName of its name and the copier's lease epoch),
 // is closed, checked (size, and with Verify "checksum" a CRC-32C of the
 // file read back), and only then renamed to its name: the destination
-// never shows a partial segment. Buckets are copied Config.Concurrency at
+// never shows a partial segment. The epoch keeps a copier that lost its
+// lease without seeing it yet off the new holder's temporary files: were
+// the name shared, it could replace the new holder's checked file with
+// its own, which the new holder would then publish half-written. Buckets are copied Config.Concurrency at
 // a time; within a bucket one segment at a time, so that the mark can
 // advance past each segment as it is done.
 //
@@ -60,8 +64,9 @@
 // the progress marks in the store. A crash between publishing a segment
 // and recording it leaves the mark one segment behind; the next pass finds
 // the segment at the destination and skips it. A temporary file a crash
-// left at the destination is removed: when the segment is copied again,
-// and for every bucket when a copier takes the lease.
+// left at the destination is removed: when the segment is copied again
+// under the same lease, and for every bucket when a copier takes the
+// lease (those of earlier epochs: a later one's is a newer holder's).
 //
 // Assumption, shared with ptail: segment names sort in publish order
 // within a bucket, so a segment that appears with a name at or before the
@@ -123,14 +128,20 @@
 // row) is the position in the bucket (segment, offset) of the first line
 // not in a published file, and the first period not written. Writing a
 // period is four steps: (1) its lines go to a temporary file
-// (dfs.TempName of the final name) at the destination, which is closed
+// (dfs.TempName of the final name and the lease epoch) at the
+// destination, which is closed
 // and verified (its size, and with verify "checksum" the CRC-32C of the
 // file read back and of its lines decompressed, against what was read);
 // (2) the period and its range of the bucket [from, to), with the size
 // and CRC of its lines, are recorded in the progress row; (3) the file is
 // renamed to its final name; (4) the progress moves past the range. A
-// crash before (2) leaves a temporary file, replaced when the period is
-// written again. After (2) the period is decided: a restarted copier
+// crash before (2) leaves a temporary file, removed when the period is
+// written again under a later epoch. A copier that lost its lease without
+// seeing it yet never touches the new holder's temporary file (its epoch
+// is later), so the new holder renames only the file it verified, never
+// one the stale copier is still writing; the stale copier's own rename
+// publishes only a file it verified, of a range it recorded before its
+// progress writes were fenced. After (2) the period is decided: a restarted copier
 // publishes it before anything else of the bucket, keeping a file already
 // published with the recorded lines and otherwise writing the range again
 // (the segments are immutable, and retention keeps them: they are after

@@ -239,9 +239,10 @@ func TestHDFSMergeKilledMidFile(t *testing.T) {
 	if _, err := f.Write([]byte("half a gzip stream")); err != nil {
 		t.Fatal(err)
 	}
-	// 2. Another one halfway through a write of its own (its 4th call:
-	// replacing the dead one's file, then a write).
-	ffs := &faultFS{FS: dst, k: 4}
+	// 2. Another one halfway through a write of its own (its 6th call,
+	// New's probe counted: it removed the dead one's file, created its
+	// own, and writes).
+	ffs := &faultFS{FS: dst, k: 6}
 	if _, err := e.copier(t, "b", merging, withDest(ffs)).CopyOnce(context.Background()); !errors.Is(err, errInjected) {
 		t.Fatalf("copier b: %v, want the injected fault", err)
 	}

@@ -777,3 +777,99 @@ func TestStatusReportsLagPerCategory(t *testing.T) {
 		t.Errorf("after Run: %+v", st)
 	}
 }
+
+// staleLease is a grant its holder has not seen lost (yet): a pass under
+// it runs on.
+type staleLease struct{ epoch int64 }
+
+func (l staleLease) Name() string                  { return "copier" }
+func (l staleLease) Owner() string                 { return "stale" }
+func (l staleLease) Epoch() int64                  { return l.epoch }
+func (l staleLease) Lost() <-chan struct{}         { return nil }
+func (l staleLease) Release(context.Context) error { return nil }
+
+// hookedDest calls beforePublish before the first rename of a hidden
+// file to a visible name (a period file published), and fails the first
+// write of a file once writeFails is set, after announcing it on writing
+// and waiting for release.
+type hookedDest struct {
+	dfs.FS
+	beforePublish func()
+	publishOnce   sync.Once
+	writeFails    bool
+	writing       chan struct{}
+	release       chan struct{}
+	writeOnce     sync.Once
+}
+
+func (d *hookedDest) Rename(a, b string) error {
+	if d.beforePublish != nil && dfs.Hidden(a) && !dfs.Hidden(b) {
+		d.publishOnce.Do(d.beforePublish)
+	}
+	return d.FS.Rename(a, b)
+}
+
+func (d *hookedDest) Create(name string) (dfs.File, error) {
+	f, err := d.FS.Create(name)
+	if err != nil || !d.writeFails {
+		return f, err
+	}
+	return &hookedFile{File: f, d: d}, nil
+}
+
+type hookedFile struct {
+	dfs.File
+	d *hookedDest
+}
+
+func (f *hookedFile) Write(p []byte) (int, error) {
+	failed := false
+	f.d.writeOnce.Do(func() {
+		close(f.d.writing)
+		<-f.d.release
+		failed = true
+	})
+	if failed {
+		return 0, errors.New("stale copier cut off mid-write")
+	}
+	return f.File.Write(p)
+}
+
+// TestStaleCopierNeverPublishesAPartialPeriod: a copier that lost its
+// lease without seeing it yet writes the period the new holder is about
+// to publish (both merge the same bucket from the same progress), and is
+// cut off mid-write: the published period file is still the new
+// holder's, whole, not the stale copier's partial one.
+func TestStaleCopierNeverPublishesAPartialPeriod(t *testing.T) {
+	e := newMergeEnv(t)
+	a1 := lines("a1", 50)
+	e.publishAt(t, "access", 0, 1, t0.Add(10*time.Minute), blk{t0.Add(10 * time.Minute), a1})
+	e.clock.Set(t0.Add(61 * time.Minute))
+
+	staleDest := &hookedDest{FS: e.dst, writeFails: true, writing: make(chan struct{}), release: make(chan struct{})}
+	stale := e.copier(t, "stale", e.merging(nil), withDest(staleDest))
+	staleDone := make(chan error, 1)
+	newDest := &hookedDest{FS: e.dst, beforePublish: func() {
+		// The new holder has written, verified and recorded the period:
+		// the stale copier writes it too, and is cut off mid-write.
+		go func() {
+			_, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true)
+			staleDone <- err
+		}()
+		<-staleDest.writing
+	}}
+	holder := e.copier(t, "new", e.merging(nil), withDest(newDest))
+	if st, err := holder.pass(context.Background(), staleLease{epoch: 2}, nil, true); err != nil || st.Merged != 1 {
+		t.Fatalf("new holder's pass: %+v %v, want the hour merged", st, err)
+	}
+	close(staleDest.release)
+	if err := <-staleDone; err == nil {
+		t.Error("the stale copier's cut-off write was not reported")
+	}
+	if got, want := readMergedText(t, e.dst, hourFile("access", 0, t0)), text(a1); got != want {
+		t.Errorf("published hour holds %d bytes, want the whole hour's %d", len(got), len(want))
+	}
+	if last, err := LastCopied(context.Background(), e.st, "copier", "access", 0); err != nil || last != layout.SegmentName(1, 1) {
+		t.Errorf("last merged %q (%v)", last, err)
+	}
+}

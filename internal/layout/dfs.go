@@ -413,35 +413,71 @@ var ErrBadMark = errors.New("damaged retention mark")
 
 // WriteRetentionMark replaces the retention mark of the bucket directory
 // dir with m, through a hidden temporary file (unique names it) and a
-// rename, so that a reader sees the old mark or the new one.
+// rename, so that a reader sees the old mark or the new one. It never
+// moves the mark back: the mark there just before the rename is merged
+// in (the later of each field), for a retention pass that lost its lease
+// without seeing it yet may write after the new holder's pass deleted
+// further; so only a pause between that read and the rename, not one
+// anywhere in the pass, can still lose the later mark. An unreadable
+// mark (ErrBadMark) is replaced.
 func WriteRetentionMark(fsys dfs.FS, dir string, m RetentionMark, unique string) error {
+	for {
+		cur, ok, err := ReadRetentionMark(fsys, dir)
+		if err != nil && !errors.Is(err, ErrBadMark) {
+			return err
+		}
+		if ok {
+			m.Through = max(m.Through, cur.Through)
+			m.ThroughMs = max(m.ThroughMs, cur.ThroughMs)
+			if m == cur {
+				return nil
+			}
+		}
+		wrote, err := writeRetentionMark(fsys, dir, m, unique)
+		if err != nil || wrote {
+			return err
+		}
+	}
+}
+
+// writeRetentionMark writes m to a temporary file and renames it to the
+// mark of dir unless the mark there now is later than m in a field
+// (wrote false: the caller merges it in and writes again).
+func writeRetentionMark(fsys dfs.FS, dir string, m RetentionMark, unique string) (wrote bool, err error) {
 	data, err := json.Marshal(m)
 	if err != nil {
-		return err
+		return false, err
 	}
 	p := dir + "/" + RetentionMarkName
 	tmp := p + "." + unique + TempSuffix
 	if err := fsys.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove stale %s: %w", tmp, err)
+		return false, fmt.Errorf("remove stale %s: %w", tmp, err)
 	}
 	f, err := fsys.Create(tmp)
 	if err != nil {
-		return fmt.Errorf("create %s: %w", tmp, err)
+		return false, fmt.Errorf("create %s: %w", tmp, err)
 	}
 	// On failure the temporary file is removed best effort: a leftover is
 	// hidden, and the next write replaces it.
 	if _, err := f.Write(data); err != nil {
 		_ = f.Close()
 		_ = fsys.Remove(tmp)
-		return fmt.Errorf("write %s: %w", tmp, err)
+		return false, fmt.Errorf("write %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
 		_ = fsys.Remove(tmp)
-		return fmt.Errorf("close %s: %w", tmp, err)
+		return false, fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if cur, ok, err := ReadRetentionMark(fsys, dir); err != nil && !errors.Is(err, ErrBadMark) {
+		_ = fsys.Remove(tmp)
+		return false, err
+	} else if ok && (cur.Through > m.Through || cur.ThroughMs > m.ThroughMs) {
+		_ = fsys.Remove(tmp)
+		return false, nil
 	}
 	if err := fsys.Rename(tmp, p); err != nil {
 		_ = fsys.Remove(tmp)
-		return fmt.Errorf("publish %s: %w", p, err)
+		return false, fmt.Errorf("publish %s: %w", p, err)
 	}
-	return nil
+	return true, nil
 }

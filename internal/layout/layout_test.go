@@ -343,6 +343,18 @@ func TestRetentionMark(t *testing.T) {
 	if _, _, err := ReadRetentionMark(fsys, dir); err == nil {
 		t.Error("a mark naming no segment was accepted")
 	}
+	// A damaged mark is replaced; an earlier one never replaces a later
+	// one (a stale writer's), each field kept at its latest.
+	if err := WriteRetentionMark(fsys, dir, m, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteRetentionMark(fsys, dir, RetentionMark{Through: SegmentName(3, 2), ThroughMs: m.ThroughMs + 1}, "3"); err != nil {
+		t.Fatal(err)
+	}
+	want := RetentionMark{Through: m.Through, ThroughMs: m.ThroughMs + 1}
+	if got, ok, err := ReadRetentionMark(fsys, dir); err != nil || !ok || got != want {
+		t.Errorf("after an earlier mark: %+v %v %v, want %+v", got, ok, err, want)
+	}
 }
 
 func TestMergedFile(t *testing.T) {

@@ -44,7 +44,11 @@
 // Before deleting, retention writes the bucket's retention mark
 // (layout.RetentionMark: the last segment deleted and its publish time)
 // through a temporary file and a rename; then it removes the segments,
-// ignoring those already gone. So deletion is idempotent and a crash at
+// ignoring those already gone. The mark never moves back: the one there
+// just before the rename is merged in, so a pass that lost the lease
+// without seeing it yet (a pause) does not undo the later mark of the
+// new holder's pass (it can still, if paused right between that read and
+// the rename: the dfs has no conditional replace). So deletion is idempotent and a crash at
 // any point leaves a mark at or after every segment deleted: the next
 // pass deletes what is left of the run. A Puma shard that starts without
 // a commit row, or whose committed segment is at or before the mark,

@@ -366,8 +366,9 @@ func (r *Retention) bucket(ctx context.Context, category, label string, b int, c
 	}
 	old, ok, err := layout.ReadRetentionMark(r.deps.FS, dir)
 	if err != nil {
-		// A mark that cannot be read is rewritten: the segments up to the
-		// new one are gone or going either way.
+		// A damaged mark is rewritten: the segments up to the new one are
+		// gone or going either way (a mark that cannot be read for another
+		// reason fails the write below, and the bucket waits a pass).
 		r.log.Warn("cannot read a bucket's retention mark; writing a new one", "bucket", dir, "err", err)
 	}
 	mark := layout.RetentionMark{Through: run[len(run)-1].Name(), ThroughMs: throughMs}

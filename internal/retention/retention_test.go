@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -632,5 +633,79 @@ func TestPassDescribesOnlyWhatItMayDelete(t *testing.T) {
 	}
 	if got := e.left(t, "access", 0); !slices.Equal(got, names[oldOnes:]) {
 		t.Errorf("left %d segments, want the %d young ones", len(got), segments-oldOnes)
+	}
+}
+
+// staleLease is a grant its holder has not seen lost (yet): a pass under
+// it runs to its end.
+type staleLease struct{ epoch int64 }
+
+func (l staleLease) Name() string                  { return LeaseName }
+func (l staleLease) Owner() string                 { return "stale" }
+func (l staleLease) Epoch() int64                  { return l.epoch }
+func (l staleLease) Lost() <-chan struct{}         { return nil }
+func (l staleLease) Release(context.Context) error { return nil }
+
+// pausedMarkWrite is a dfs whose first write of a retention mark waits,
+// once it has started, until resume is closed.
+type pausedMarkWrite struct {
+	dfs.FS
+	once    sync.Once
+	started chan struct{}
+	resume  chan struct{}
+}
+
+func (p *pausedMarkWrite) Create(name string) (dfs.File, error) {
+	if strings.HasPrefix(path.Base(name), layout.RetentionMarkName+".") {
+		p.once.Do(func() {
+			close(p.started)
+			<-p.resume
+		})
+	}
+	return p.FS.Create(name)
+}
+
+// TestStalePassNeverMovesTheMarkBack: a pass that lost the lease without
+// seeing it yet (a pause) writes its mark after the new holder's pass
+// deleted further and wrote a later mark: the mark stays at the later
+// one, so readers still know those segments are gone.
+func TestStalePassNeverMovesTheMarkBack(t *testing.T) {
+	e := newEnv(t)
+	var segs []string
+	for i := range 4 {
+		segs = append(segs, e.publish(t, "access", 0, uint64(i+1), t0, "x"))
+	}
+	e.setPuma("access", 0, layout.SegmentName(9, 0))
+	e.setCopier("access", 0, segs[1])
+	e.now = t0.Add(2 * time.Hour)
+	orig := e.fs
+	paused := &pausedMarkWrite{FS: orig, started: make(chan struct{}), resume: make(chan struct{})}
+	e.fs = paused
+	stale := e.retention(t, time.Hour)
+	e.fs = orig
+	done := make(chan error, 1)
+	go func() {
+		_, err := stale.pass(context.Background(), staleLease{epoch: 1})
+		done <- err
+	}()
+	<-paused.started // the stale pass marks segs[0:2] and is paused
+
+	e.setCopier("access", 0, segs[3])
+	if _, err := e.retention(t, time.Hour).pass(context.Background(), staleLease{epoch: 2}); err != nil {
+		t.Fatal(err)
+	}
+	dir := layout.BucketDir("access", 0)
+	if m, _, err := layout.ReadRetentionMark(orig, dir); err != nil || m.Through != segs[3] {
+		t.Fatalf("new holder's mark %+v %v, want through %s", m, err, segs[3])
+	}
+	close(paused.resume)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := e.left(t, "access", 0); got != nil {
+		t.Errorf("left %q", got)
+	}
+	if m, _, err := layout.ReadRetentionMark(orig, dir); err != nil || m.Through != segs[3] {
+		t.Errorf("mark %+v %v after the stale pass, want still through %s (deleted by the new holder)", m, err, segs[3])
 	}
 }
