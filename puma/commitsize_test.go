@@ -1,0 +1,120 @@
+package puma
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// gatewayFrame is the HBase Thrift2 gateway's default frame limit
+// (hbase.regionserver.thrift.framed.max_frame_size_in_mb, 2).
+const gatewayFrame = 2 << 20
+
+// worstAgents returns n distinct agent strings as costly for the commit
+// row as a client may send: 128 bytes (the longest kept as they are) of
+// the characters of alphabet (its first repeated), longer ones and ones
+// that are not UTF-8.
+func worstAgents(n int, alphabet string) []string {
+	out := make([]string, n)
+	for i := range out {
+		b := []byte(strings.Repeat(alphabet[:1], maxAgentKey))
+		for j, v := 0, i; v > 0; j, v = j+1, v/len(alphabet) {
+			b[j] = alphabet[v%len(alphabet)]
+		}
+		switch i % 3 {
+		case 1: // long: kept hashed, with its id (clipped)
+			b = append(b, strings.Repeat("&", 100)...)
+		case 2: // not UTF-8
+			b[len(b)-1] = 0xff
+		}
+		out[i] = string(b)
+	}
+	return out
+}
+
+// worstDedup is a dedup holding n of the worst keys at the highest
+// sequence number.
+func worstDedup(n int, alphabet string) *dedup {
+	d := newDedup(n, 1)
+	for _, a := range worstAgents(n, alphabet) {
+		k, _, _, _ := d.touch(a, 1, 9_999_999_999_999)
+		k.seq = math.MaxInt64
+	}
+	if len(d.keys) != n {
+		panic(fmt.Sprintf("%d keys, want %d", len(d.keys), n))
+	}
+	return d
+}
+
+// TestCommitRowKeyBytes: a key, however an agent names itself, takes at
+// most commitKeyBytes of each high-water map of the commit row, so that
+// the README's figures for max_agents_per_shard hold. Keys JSON escapes
+// took up to six bytes a character: 2048 keys of 128 '<' made a commit
+// row of 1.6 MB and its CheckAndPut (the previous and the new value) over
+// the HBase gateway's default 2 MB frame, at the default settings.
+func TestCommitRowKeyBytes(t *testing.T) {
+	for _, tc := range []struct {
+		n        int
+		alphabet string
+	}{
+		{DefaultConfig().MaxAgentsPerShard, "<>&\x01"}, // escaped by JSON
+		{MaxAgentsLimit, "<>&\x01"},
+		{MaxAgentsLimit, "abcd"}, // plain
+	} {
+		n, d := tc.n, worstDedup(tc.n, tc.alphabet)
+		var state commitState
+		state.HighWater, state.HighWaterSeen = d.save()
+		empty, err := json.Marshal(commitState{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		val, err := json.Marshal(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		per := float64(len(val)-len(empty)) / float64(n)
+		t.Logf("%d keys: a map of %d bytes, %.0f a key", n, len(val)-len(empty), per)
+		if per > commitKeyBytes {
+			t.Errorf("%d keys take %.0f bytes a key of the commit row, over %d", n, per, commitKeyBytes)
+		}
+		// The shard's map alone, in the previous value and the new one.
+		if 2*len(val) > gatewayFrame {
+			t.Errorf("%d keys: a CheckAndPut of %d bytes, over the gateway's default frame", n, 2*len(val))
+		}
+		for key := range state.HighWater {
+			if len(key) > maxAgentKey || !plainJSON(key) || dedupKey(key) != key {
+				t.Errorf("key %q", key)
+			}
+		}
+	}
+}
+
+// TestStoredKeyOfOldHashedKey: a hashed key written by the code before,
+// whose id has characters now replaced, stays the key of its agent, so
+// that its high water still deduplicates after an upgrade.
+func TestStoredKeyOfOldHashedKey(t *testing.T) {
+	agent := "a<b\x01/" + strings.Repeat("s", 200)
+	newKey := dedupKey(agent)
+	if !strings.HasPrefix(newKey, "a?b?/#") {
+		t.Fatalf("dedupKey = %q", newKey)
+	}
+	_, sum, _ := strings.Cut(newKey, "/#")
+	oldKey := "a<b\x01/#" + sum // what the code before kept
+	if got := storedKey(oldKey); got != newKey {
+		t.Fatalf("storedKey(%q) = %q, want %q", oldKey, got, newKey)
+	}
+	// A key kept as it was by the code before (short, escaped characters)
+	// is its agent's: it hashes as the agent does now.
+	short := "h<1/inc"
+	if storedKey(short) != dedupKey(short) || dedupKey(short) == short {
+		t.Fatalf("storedKey(%q) = %q", short, storedKey(short))
+	}
+	for _, k := range []string{"host-1/abc", dedupKey(agent), "é/x"} {
+		if storedKey(k) != k || !utf8.ValidString(k) {
+			t.Errorf("storedKey(%q) = %q", k, storedKey(k))
+		}
+	}
+}
