@@ -1,12 +1,19 @@
 package puma
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
+
+	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/store"
 )
 
 // gatewayFrame is the HBase Thrift2 gateway's default frame limit
@@ -117,4 +124,79 @@ func TestStoredKeyOfOldHashedKey(t *testing.T) {
 			t.Errorf("storedKey(%q) = %q", k, storedKey(k))
 		}
 	}
+}
+
+// frameStore refuses, as the HBase gateway at its default frame limit
+// does by dropping the connection, a CheckAndPut whose expected and new
+// values together exceed gatewayFrame.
+type frameStore struct {
+	store.Store
+}
+
+var errFrameDropped = errors.New("connection reset by peer")
+
+func (f frameStore) CheckAndPut(ctx context.Context, table, row, column string, expected []byte, cells []store.Cell) (bool, error) {
+	n := len(expected)
+	for _, c := range cells {
+		n += len(c.Value)
+	}
+	if n > gatewayFrame {
+		return false, errFrameDropped
+	}
+	return f.Store.CheckAndPut(ctx, table, row, column, expected, cells)
+}
+
+// TestCommitOverFrameNamesTheSetting: a backfill's high waters are a
+// second map as large as the shard's in the commit row, so at the largest
+// max_agents_per_shard a shard with a backfill commits over the gateway's
+// default frame, and every checkpoint after fails. The error says why:
+// the size, the agent keys of the shard and its backfills, and the
+// setting that bounds them.
+func TestCommitOverFrameNamesTheSetting(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 12))
+	r1.stop(t)
+	e.apps = []*apps.App{orders(t, func(s *apps.Spec) {
+		s.Window, s.Windows = 0, []config.Duration{config.Duration(time.Minute), config.Duration(2 * time.Minute)}
+	})}
+	p2 := e.node("n2", func(c *Config, d *Deps) { c.MaxAgentsPerShard, d.Store = MaxAgentsLimit, frameStore{e.st} })
+	s := testShard(t, p2, 0)
+	adopt(p2, s)
+	if len(s.backfills) != 1 {
+		t.Fatalf("%d backfills", len(s.backfills))
+	}
+	fill := func(seq uint64) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, d := range []*dedup{s.highWater, s.backfills[0].dedup} {
+			for _, a := range worstAgents(MaxAgentsLimit, "abcd") {
+				k, _, _, _ := d.touch(a, 1, t0)
+				k.seq = seq
+			}
+		}
+	}
+	fill(1 << 40)
+	if err := s.checkpoint(ctx); err != nil { // the previous value is small
+		t.Fatalf("first checkpoint: %v", err)
+	}
+	fill(1<<40 + 1)
+	err := s.checkpoint(ctx)
+	if !errors.Is(err, errFrameDropped) {
+		t.Fatalf("second checkpoint: %v, want the dropped frame", err)
+	}
+	t.Log(err)
+	for _, want := range []string{"puma.max_agents_per_shard", "max_frame_size_in_mb", "agent keys", "1 backfill"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error %q does not say %q", err, want)
+		}
+	}
+	// The next checkpoint first fences the commit of unknown outcome, a
+	// CheckAndPut as large: it says so too.
+	err = s.checkpoint(ctx)
+	if !errors.Is(err, errFrameDropped) || !strings.Contains(err.Error(), "puma.max_agents_per_shard") {
+		t.Fatalf("third checkpoint: %v", err)
+	}
+	t.Log(err)
 }
