@@ -113,6 +113,11 @@ func TestStoredKeyOfOldHashedKey(t *testing.T) {
 	if got := storedKey(oldKey); got != newKey {
 		t.Fatalf("storedKey(%q) = %q, want %q", oldKey, got, newKey)
 	}
+	d := newDedup(10, 1)
+	d.load(map[string]uint64{oldKey: 7}, nil, t0, t0)
+	if k, _, _, _ := d.touch(agent, 1, t0); k.seq != 7 || len(d.keys) != 1 {
+		t.Fatalf("the agent's high water after loading the old row: %d (%d keys)", k.seq, len(d.keys))
+	}
 	// A key kept as it was by the code before (short, escaped characters)
 	// is its agent's: it hashes as the agent does now.
 	short := "h<1/inc"
