@@ -14,6 +14,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // gatewayFrame is the HBase Thrift2 gateway's default frame limit
@@ -204,4 +205,65 @@ func TestCommitOverFrameNamesTheSetting(t *testing.T) {
 		t.Fatalf("third checkpoint: %v", err)
 	}
 	t.Log(err)
+}
+
+// TestOldKeyWindowCarriedOver: a key the code before kept as the agent
+// sent it, now kept hashed, keeps its window of numbers seen, so that an
+// entry below its high water that had not arrived is still counted after
+// the upgrade.
+func TestOldKeyWindowCarriedOver(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, orders(t))
+	raw := "h<1/inc"
+	s := testShard(t, e.node("n1"), 0)
+	b := agent(raw, 1, ones(4, 1)...)
+	b.Seqs = []uint64{1, 2, 3, 5} // 4 not yet arrived
+	s.apply(b, ptail.Position{Offset: 1})
+	if err := s.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Make the rows what the code before wrote: the key as sent.
+	key := dedupKey(raw)
+	var state map[string]any
+	if err := json.Unmarshal(commitRowOf(t, e.st, "orders", 0), &state); err != nil {
+		t.Fatal(err)
+	}
+	hw := state["high_water"].(map[string]any)
+	hw[raw] = hw[key]
+	delete(hw, key)
+	val, err := json.Marshal(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	epoch := s.committed.Epoch
+	row := dedupPrefix("orders", 0) + key
+	cells, err := e.st.Get(ctx, "puma", row, store.Latest)
+	if err != nil || len(cells) != 1 {
+		t.Fatalf("window row: %v %v", cells, err)
+	}
+	oldRow := dedupPrefix("orders", 0) + raw
+	if err := e.st.Put(ctx, "puma", []store.Cell{
+		{Row: commitRow("orders", 0), Column: "commit", Timestamp: epoch, Value: val},
+		{Row: oldRow, Column: "w", Timestamp: cells[0].Timestamp, Value: cells[0].Value},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.DeleteUpTo(ctx, "puma", row, row+"\x00", epoch); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := testShard(t, e.node("n2"), 0)
+	s2.apply(agent(raw, 3, ones(3, 1)...), ptail.Position{Offset: 2}) // 3, 5 re-sent, 4 new
+	if s2.entries != 1 || s2.dups != 2 {
+		t.Fatalf("entries %d dups %d, want 1 and 2", s2.entries, s2.dups)
+	}
+	if err := s2.checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.checkpoint(ctx); err != nil { // deletes the old row after the commit
+		t.Fatal(err)
+	}
+	if got := countRows(t, e.st, oldRow); got != 0 {
+		t.Fatalf("the old window row is left: %d", got)
+	}
 }
