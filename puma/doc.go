@@ -184,7 +184,11 @@
 // as its agent id, clipped, with the characters JSON escapes as '?', and
 // a hash of the whole (dedupKey), so that a key costs at most 165 bytes
 // of each high-water map of the commit row (the shard's, and one per
-// backfill). The commit row keeps the high waters in the map
+// backfill). Keys the code before kept as sent with such characters are
+// hashed on recovery, their windows carried over (storedKey); the code
+// before, run again, keeps such an agent's entries under the key as sent,
+// and counts again what it re-sends around the downgrade. The commit row
+// keeps the high waters in the map
 // the code before wrote (high_water), with the keys' last-seen times in a
 // list beside it, so that either version reads the other's rows. A key's
 // window is a row of its own (d/<category>/<bucket>/<key>, up to 16 KiB;
