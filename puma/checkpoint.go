@@ -217,7 +217,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", val, cells)
 	if err != nil {
-		return fmt.Errorf("claim shard: %w", err)
+		return fmt.Errorf("claim shard: %w", commitSizeNote(err, val, claim, state))
 	}
 	if !ok {
 		return fmt.Errorf("claim shard: %w", errFenced)

@@ -205,6 +205,17 @@ func TestCommitOverFrameNamesTheSetting(t *testing.T) {
 		t.Fatalf("third checkpoint: %v", err)
 	}
 	t.Log(err)
+	// A node that takes the shard over claims it with a CheckAndPut as
+	// large as the last commit's value, twice: it says so too.
+	s3, err := newShard(p2, "orders", 0, s.lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s3.recover(ctx)
+	if !errors.Is(err, errFrameDropped) || !strings.Contains(err.Error(), "puma.max_agents_per_shard") {
+		t.Fatalf("claim: %v", err)
+	}
+	t.Log(err)
 }
 
 // TestOldKeyWindowCarriedOver: a key the code before kept as the agent
