@@ -593,7 +593,7 @@ func commitSizeNote(err error, prev, val []byte, state commitState) error {
 	for _, b := range state.Backfill {
 		keys += len(b.HighWater)
 	}
-	return fmt.Errorf("%w (a commit of %d bytes, the previous commit value and the new one, holding the high waters of %d agent keys: the shard's and its %d backfill(s)', each up to puma.max_agents_per_shard; an HBase gateway drops frames over hbase.regionserver.thrift.framed.max_frame_size_in_mb, 2 MB by default: raise it, or lower puma.max_agents_per_shard)",
+	return fmt.Errorf("%w (a commit of %d bytes, the previous commit value and the new one, holding the high waters of %d agent keys: the shard's and its %d backfill(s)', each up to puma.max_agents_per_shard; an HBase gateway drops frames over hbase.regionserver.thrift.framed.max_frame_size_in_mb, 2 MB by default: raise it, which a shard whose commit row is already that large needs, since its claims and fences carry the row twice; a lower puma.max_agents_per_shard keeps rows smaller)",
 		err, n, keys, len(state.Backfill))
 }
 
