@@ -217,7 +217,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	ok, err := st.CheckAndPut(ctx, tbl, row, "commit", val, cells)
 	if err != nil {
-		return fmt.Errorf("claim shard: %w", err)
+		return fmt.Errorf("claim shard: %w", commitSizeNote(err, val, claim, state))
 	}
 	if !ok {
 		return fmt.Errorf("claim shard: %w", errFenced)
@@ -495,7 +495,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		if rerr != nil || !bytes.Equal(now, val) {
 			restore()
 			s.nextEpoch, s.unsure = epoch+1, val
-			return fmt.Errorf("commit: %w", err)
+			return fmt.Errorf("commit: %w", commitSizeNote(err, s.commitBytes, val, state))
 		}
 		ok = true
 	}
@@ -560,7 +560,7 @@ func (s *shard) fenceUnsure(ctx context.Context) error {
 		case rerr == nil && bytes.Equal(now, s.unsure):
 			return fmt.Errorf("a commit reported failed was applied: %w", errFenced)
 		case err != nil:
-			return fmt.Errorf("fence a commit of unknown outcome: %w", err)
+			return fmt.Errorf("fence a commit of unknown outcome: %w", commitSizeNote(err, s.commitBytes, val, fence))
 		case rerr != nil:
 			return fmt.Errorf("fence a commit of unknown outcome: %w", rerr)
 		default:
@@ -570,6 +570,31 @@ func (s *shard) fenceUnsure(ctx context.Context) error {
 	s.commitBytes, s.committed, s.unsure = val, fence, nil
 	s.purgeTo = max(s.purgeTo, s.nextEpoch-1)
 	return nil
+}
+
+// largeCommit is the size of a commit's CheckAndPut (the previous commit
+// value and the new one) past which a failed commit says what makes it
+// large: an HBase gateway drops a frame over its limit
+// (hbase.regionserver.thrift.framed.max_frame_size_in_mb, 2 MB by
+// default) with the connection, and then every checkpoint of the shard
+// fails the same way.
+const largeCommit = 1 << 20
+
+// commitSizeNote annotates err, from a commit of val over prev, with its
+// size and its agent keys when it is large. A shard's high waters and
+// each running backfill's are maps of up to max_agents_per_shard keys of
+// up to commitKeyBytes.
+func commitSizeNote(err error, prev, val []byte, state commitState) error {
+	n := len(prev) + len(val)
+	if n <= largeCommit {
+		return err
+	}
+	keys := len(state.HighWater)
+	for _, b := range state.Backfill {
+		keys += len(b.HighWater)
+	}
+	return fmt.Errorf("%w (a commit of %d bytes, the previous commit value and the new one, holding the high waters of %d agent keys: the shard's and its %d backfill(s)', each up to puma.max_agents_per_shard; an HBase gateway drops frames over hbase.regionserver.thrift.framed.max_frame_size_in_mb, 2 MB by default: raise it, which a shard whose commit row is already that large needs, since its claims and fences carry the row twice; a lower puma.max_agents_per_shard keeps rows smaller)",
+		err, n, keys, len(state.Backfill))
 }
 
 // releaseCells is the size of a checkpoint after which its memory is

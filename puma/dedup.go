@@ -18,20 +18,29 @@ import (
 // before the first "/", is ever logged.
 
 // maxAgentKey bounds the length of a key as the shard keeps it: a longer
-// one, or one that is not valid UTF-8 (JSON would not keep it byte for
-// byte in the commit row), is kept as its agent id, clipped, and a hash of
-// the whole.
+// one, or one that JSON would not write byte for byte in the commit row
+// (not valid UTF-8, or with a character it escapes, up to six bytes for
+// one: a key of 128 '<' would take 768 bytes of every commit row, and
+// 2048 such keys a CheckAndPut over the HBase gateway's 2 MB frame), is
+// kept as its agent id, clipped, with those characters as '?', and a hash
+// of the whole. So a key costs at most commitKeyBytes of the row.
 const maxAgentKey = 128
 
 // maxAgentID bounds the agent id kept in a hashed key.
 const maxAgentID = 64
 
+// commitKeyBytes bounds what one key takes of each high-water map of a
+// commit row: the quoted key, its high water (at most 19 digits: a
+// sequence number is a positive int64), and its last-seen time in
+// high_water_seen_ms (13 digits until the year 2286), with separators.
+const commitKeyBytes = maxAgentKey + 2 + 1 + 19 + 1 + 13 + 1
+
 // dedupKey is the key a shard keeps for a block's Agent.
 func dedupKey(agent string) string {
-	if len(agent) <= maxAgentKey && utf8.ValidString(agent) {
+	if len(agent) <= maxAgentKey && plainJSON(agent) {
 		return agent
 	}
-	id := strings.ToValidUTF8(agentID(agent), "?")
+	id := plainID(strings.ToValidUTF8(agentID(agent), "?"))
 	if len(id) > maxAgentID {
 		cut := maxAgentID
 		for cut > 0 && !utf8.RuneStart(id[cut]) {
@@ -41,6 +50,47 @@ func dedupKey(agent string) string {
 	}
 	sum := sha256.Sum256([]byte(agent))
 	return id + "/#" + hex.EncodeToString(sum[:16])
+}
+
+// plainJSON reports whether encoding/json writes s, in a string, as its
+// bytes: valid UTF-8 without a character it escapes.
+func plainJSON(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, jsonEscaped)
+}
+
+// jsonEscaped reports whether encoding/json escapes r in a string:
+// control characters, '"', '\\', the HTML characters '<', '>', '&'
+// (escaped by default), U+2028 and U+2029.
+func jsonEscaped(r rune) bool {
+	switch r {
+	case '"', '\\', '<', '>', '&', '\u2028', '\u2029':
+		return true
+	}
+	return r < 0x20
+}
+
+// plainID is id, valid UTF-8, with the characters JSON escapes as '?'.
+func plainID(id string) string {
+	return strings.Map(func(r rune) rune {
+		if jsonEscaped(r) {
+			return '?'
+		}
+		return r
+	}, id)
+}
+
+// storedKey is the key a shard keeps for a key read from a commit row. A
+// row of the code before may hold a hashed key whose id has characters
+// JSON escapes: it keeps its hash with the id as dedupKey now writes it,
+// so that it is the key of its agent still (hashing it again would not).
+// Any other key is taken as an agent's.
+func storedKey(stored string) string {
+	id, sum, ok := strings.Cut(stored, "/#")
+	if ok && len(id) <= maxAgentID && !strings.Contains(id, "/") && len(sum) == 32 && strings.Trim(sum, "0123456789abcdef") == "" &&
+		utf8.ValidString(id) && strings.ContainsFunc(id, jsonEscaped) {
+		return plainID(id) + "/#" + sum
+	}
+	return dedupKey(stored)
 }
 
 // agentID is the stable agent id of a key: what comes before the first
@@ -275,7 +325,7 @@ func (d *dedup) load(hw map[string]uint64, seen []int64, clockMs, fallbackMs int
 		if !legacy {
 			seenMs = seen[i]
 		}
-		key := dedupKey(stored)
+		key := storedKey(stored)
 		if k := d.keys[key]; k != nil { // two legacy keys hashing alike: keep the higher
 			k.seq, k.seenMs = max(k.seq, hw[stored]), max(k.seenMs, seenMs)
 			continue

@@ -179,7 +179,16 @@
 // key was forgotten is counted again (at-least-once for that entry);
 // freeway_puma_dedup_keys_forgotten_total counts the keys. Entries from
 // stock Scribe clients have no sequence and are counted once per copy
-// that reaches the dfs. The commit row keeps the high waters in the map
+// that reaches the dfs. A key is kept as the agent sent it only if JSON
+// writes it byte for byte and it is at most 128 bytes; any other is kept
+// as its agent id, clipped, with the characters JSON escapes as '?', and
+// a hash of the whole (dedupKey), so that a key costs at most 165 bytes
+// of each high-water map of the commit row (the shard's, and one per
+// backfill). Keys the code before kept as sent with such characters are
+// hashed on recovery, their windows carried over (storedKey); the code
+// before, run again, keeps such an agent's entries under the key as sent,
+// and counts again what it re-sends around the downgrade. The commit row
+// keeps the high waters in the map
 // the code before wrote (high_water), with the keys' last-seen times in a
 // list beside it, so that either version reads the other's rows. A key's
 // window is a row of its own (d/<category>/<bucket>/<key>, up to 16 KiB;

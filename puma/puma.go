@@ -55,7 +55,8 @@ type Config struct {
 	// after that is counted again.
 	DedupHorizon config.Duration `yaml:"dedup_horizon"`
 	// MaxAgentsPerShard bounds the agent keys (agent id and incarnation)
-	// a shard keeps, each up to about 170 bytes of every commit row;
+	// a shard keeps, and each of its backfills, each up to 165 bytes of
+	// every commit row;
 	// beyond it the least recently seen are forgotten. At most
 	// MaxAgentsLimit.
 	MaxAgentsPerShard int `yaml:"max_agents_per_shard"`
@@ -88,10 +89,12 @@ func DefaultConfig() Config {
 }
 
 // MaxAgentsLimit is the largest max_agents_per_shard. A key costs up to
-// about 170 bytes of the commit row (at most 128 for the key itself), and
-// a commit is a CheckAndPut carrying the previous row and the new one: at
-// 4096 keys that is about 1.4 MiB, within the 2 MB frames of an HBase
-// Thrift gateway as it is configured by default.
+// commitKeyBytes (165) of each high-water map of the commit row (at most
+// 128 for the key itself), and a commit is a CheckAndPut carrying the
+// previous row and the new one: at 4096 keys that is about 1.3 MiB,
+// within the 2 MB frames of an HBase Thrift gateway as it is configured
+// by default, but for a shard with a backfill running, whose high waters
+// are a map as large (commitSizeNote names such a commit when it fails).
 const MaxAgentsLimit = 4096
 
 // Validate checks the configuration; errors are config.FieldErrors at

@@ -309,12 +309,21 @@ func (s *shard) readWindows(ctx context.Context, at commitState, d *dedup, prefi
 			if err != nil {
 				return fmt.Errorf("window row %q: %w", row, err)
 			}
-			if k := d.keys[strings.TrimPrefix(row, prefix)]; k != nil && k.seq == top {
+			name := strings.TrimPrefix(row, prefix)
+			if k := d.keys[name]; k != nil && k.seq == top {
 				d.setWin(k, w)
 				k.stored = true
-			} else {
-				d.gone = append(d.gone, goneRow{strings.TrimPrefix(row, prefix), row, at.Epoch})
+				continue
 			}
+			// The row of a key the code before kept as sent, now kept
+			// hashed (storedKey): its window is the key's, written under
+			// its name at the next checkpoint; the old row is deleted
+			// after that commit.
+			if k := d.keys[storedKey(name)]; k != nil && k.key != name && k.seq == top && k.win == nil {
+				d.setWin(k, w)
+				d.markDirty(k)
+			}
+			d.gone = append(d.gone, goneRow{name, row, at.Epoch})
 		}
 		return nil
 	})

@@ -409,7 +409,9 @@ func (s *Store) CheckAndPut(ctx context.Context, table, row, column string, expe
 	})
 	if err != nil {
 		s.noteError(table, err)
-		return false, tooBig(err, putSize(put))
+		// The frame carries the expected value too: a commit row's is as
+		// large as the put.
+		return false, tooBig(err, putSize(put)+len(expected))
 	}
 	return applied, nil
 }

@@ -23,6 +23,10 @@ type fakeGateway struct {
 	conns map[net.Conn]bool
 	dials int
 	calls map[string]int
+	// maxFrame, when set, is the largest frame served, as the gateway's
+	// hbase.regionserver.thrift.framed.max_frame_size_in_mb: a larger one
+	// closes the connection.
+	maxFrame int32
 
 	// Hooks; nil means a plain success.
 	tableExists  func(n int) (bool, error)
@@ -78,7 +82,9 @@ func (g *fakeGateway) serve(c net.Conn) {
 		g.mu.Unlock()
 		c.Close()
 	}()
-	cfg := &thrift.TConfiguration{}
+	g.mu.Lock()
+	cfg := &thrift.TConfiguration{MaxFrameSize: g.maxFrame}
+	g.mu.Unlock()
 	trans := thrift.NewTFramedTransportConf(thrift.NewTSocketFromConnConf(c, cfg), cfg)
 	proto := thrift.NewTBinaryProtocolConf(trans, cfg)
 	proc := hbase.NewTHBaseServiceProcessor(g)

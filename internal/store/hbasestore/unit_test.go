@@ -654,3 +654,33 @@ func TestDeleteShapes(t *testing.T) {
 		t.Errorf("deletes:\n%s\nwant\n%s", strings.Join(dels, "\n"), strings.Join(wantDels, "\n"))
 	}
 }
+
+// TestCheckAndPutOverFrameIsNamed: a CheckAndPut carries the expected
+// value beside the put, so a frame over the gateway's limit may hold a
+// put under maxRequest; the error the dropped connection gives names the
+// size of the whole request and the gateway's setting.
+func TestCheckAndPutOverFrameIsNamed(t *testing.T) {
+	g := newFakeGateway(t)
+	g.mu.Lock()
+	g.maxFrame = 2 << 20 // the gateway's default
+	g.mu.Unlock()
+	s := g.open(t)
+	expected := make([]byte, 1200<<10)
+	value := make([]byte, 900<<10)
+	_, err := s.CheckAndPut(context.Background(), "t", "r", "c", expected, []store.Cell{{Row: "r", Column: "c", Timestamp: 1, Value: value}})
+	if err == nil {
+		t.Fatal("a frame over the limit was served")
+	}
+	if !strings.Contains(err.Error(), "max_frame_size_in_mb") || !strings.Contains(err.Error(), fmt.Sprint(putSizeOf(t, value)+len(expected))) {
+		t.Fatalf("error = %v", err)
+	}
+	if g.count("checkAndPut") != 0 {
+		t.Fatal("the call was served")
+	}
+}
+
+// putSizeOf is putSize of a put of value in row "r", column "c".
+func putSizeOf(t *testing.T, value []byte) int {
+	t.Helper()
+	return putSize(groupPuts([]byte(Family), []store.Cell{{Row: "r", Column: "c", Timestamp: 1, Value: value}})[0])
+}
