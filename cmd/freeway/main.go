@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -89,7 +90,7 @@ func targetCommand(target, use, short string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:           use,
 		Short:         short,
-		Args:          cobra.NoArgs,
+		Args:          noArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -243,7 +244,15 @@ func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}
 }
 
 func configCommand() *cobra.Command {
-	cfg := &cobra.Command{Use: "config", Short: "Work with configuration files"}
+	// Runnable, so that a mistyped subcommand ("config chek FILE") is an
+	// error rather than the help and exit status 0: a script checking a
+	// file would take that for a pass.
+	cfg := &cobra.Command{
+		Use: "config", Short: "Work with configuration files",
+		Args:         noArgs,
+		SilenceUsage: true,
+		RunE:         func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
 	cfg.AddCommand(&cobra.Command{
 		Use:          "check FILE",
 		Short:        "Validate a configuration file without running anything",
@@ -259,6 +268,27 @@ func configCommand() *cobra.Command {
 		},
 	})
 	return cfg
+}
+
+// noArgs refuses arguments, as cobra.NoArgs, and names the subcommands
+// an argument is close to: cobra suggests them only for a root command
+// that takes no Args check, and "freeway agnet" would otherwise say
+// nothing more than that it is unknown.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default, set only where it suggests
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
+	}
+	if cmd.HasAvailableSubCommands() {
+		msg += fmt.Sprintf("; %q lists them", cmd.CommandPath()+" --help")
+	}
+	return errors.New(msg)
 }
 
 func newLogger(c freeway.LogConfig) *slog.Logger {

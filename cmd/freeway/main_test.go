@@ -117,3 +117,25 @@ func TestScaleOutCommandLine(t *testing.T) {
 		t.Errorf("freeway agent --help does not say --agent.upstream takes a zk:// URL")
 	}
 }
+
+// TestMistypedSubcommand: a mistyped subcommand is an error naming the
+// one meant, never the help with exit status 0 ("freeway config chek
+// FILE" in a script would have passed every file).
+func TestMistypedSubcommand(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"config", "chek", "../../examples/freeway.yaml"}, "did you mean check?"},
+		{[]string{"agnet"}, "did you mean agent?"},
+		{[]string{"versoin"}, "did you mean version?"},
+	} {
+		_, err := run(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), "unknown command") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want an unknown command error with %q", c.args, err, c.want)
+		}
+	}
+	if out, err := run(t, "config"); err != nil || !strings.Contains(out, "check") {
+		t.Errorf("config alone: %v, want its help:\n%s", err, out)
+	}
+}
