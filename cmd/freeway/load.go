@@ -139,7 +139,7 @@ is at start + i × step.`,
 	f.Float64Var(&o.Rate, "rate", 0, "entries a second over all connections (0: flat out)")
 	f.StringVar(&count, "count", "0", "lines to send (2000000, 2M, 10k); 0: until --duration")
 	f.DurationVar(&o.Duration, "duration", 0, "how long to send (default 10s when --count is 0)")
-	f.DurationVar(&o.Timeout, "timeout", 30*time.Second, "connect and call timeout")
+	f.DurationVar(&o.Timeout, "timeout", 30*time.Second, "connect and call timeout; a server not reached for this long ends the run")
 	f.StringVar(&out, "out", "", "write the acknowledged lines to this file, one a line")
 	f.BoolVar(&dryRun, "dry-run", false, "write --count lines to --out without sending them")
 	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")

@@ -46,6 +46,8 @@ type Options struct {
 	// in the order the calls were answered.
 	Out io.Writer
 	// Timeout is the connect and per-call socket timeout (default 30s).
+	// A connection whose attempts to connect all fail for this long
+	// stops, and Run returns the error.
 	Timeout time.Duration
 	// OnAck, when not nil, is called with the records of every batch
 	// answered OK, and OnUnknown with those of a call that failed
@@ -100,6 +102,9 @@ type Loader struct {
 	behind  atomic.Int64
 	lastAck atomic.Int64 // unix ns
 	lastErr atomic.Pointer[string]
+	// unreachable is why a connection stopped: the server could not be
+	// reached for Timeout.
+	unreachable atomic.Pointer[error]
 
 	outMu  sync.Mutex
 	out    *bufio.Writer
@@ -153,7 +158,8 @@ func (l *Loader) Acked() int64 { return l.acked.Load() }
 
 // Run sends until Count lines are answered, Duration ends or ctx ends,
 // and returns what was done. The error is for what stopped it early
-// (writing Out); a server that answers badly is counted, not an error.
+// (a server not reached for Timeout, writing Out); a server that answers
+// badly is counted, not an error.
 func (l *Loader) Run(ctx context.Context) (Summary, error) {
 	if l.o.Duration > 0 {
 		var cancel context.CancelFunc
@@ -168,12 +174,17 @@ func (l *Loader) Run(ctx context.Context) (Summary, error) {
 	}
 	wg.Wait()
 	var err error
+	if e := l.unreachable.Load(); e != nil {
+		err = *e
+	}
 	if l.out != nil {
 		l.outMu.Lock()
 		if l.outErr == nil {
 			l.outErr = l.out.Flush()
 		}
-		err = l.outErr
+		if err == nil {
+			err = l.outErr
+		}
 		l.outMu.Unlock()
 	}
 	return l.summary(start), err
@@ -282,17 +293,29 @@ func (l *Loader) conn(ctx context.Context) {
 			recs = append(recs, r)
 		}
 		frame = scribewire.AppendLogTail(frame)
+		var failingSince time.Time
 		for {
 			if client == nil {
 				c, err := scribeapi.DialTLS(l.o.Addr, l.o.TLS, thriftsrv.Limits{}, l.o.Timeout)
 				if err != nil {
 					l.fail(err)
+					// A server that comes back (a restart) is waited
+					// for; one that stays away ends the run rather than
+					// leave a --count run retrying silently forever.
+					if failingSince.IsZero() {
+						failingSince = time.Now()
+					} else if time.Since(failingSince) >= l.o.Timeout {
+						e := fmt.Errorf("cannot connect to %s for %v: %w", l.o.Addr, l.o.Timeout, err)
+						l.unreachable.CompareAndSwap(nil, &e)
+						return
+					}
 					if !sleep(ctx, 100*time.Millisecond) {
 						return
 					}
 					continue
 				}
 				client = c
+				failingSince = time.Time{}
 			}
 			l.calls.Add(1)
 			t0 := time.Now()

@@ -302,6 +302,35 @@ func TestLoaderCountsWhatFailsWithoutAnAnswer(t *testing.T) {
 	}
 }
 
+// TestLoaderStopsWhenNothingListens: a run of a count of lines to a
+// server it cannot reach ends, with the error, once connecting has
+// failed for Timeout (`freeway load --count 10` to a wrong port hung,
+// printing nothing).
+func TestLoaderStopsWhenNothingListens(t *testing.T) {
+	ld, err := New(Options{Addr: "127.0.0.1:1", Category: "bench", Lines: Lines{Format: JSON, Keys: 1},
+		Conns: 2, Batch: 10, Count: 100, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		sum Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := ld.Run(context.Background())
+		done <- result{sum, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err == nil || !strings.Contains(r.err.Error(), "cannot connect to 127.0.0.1:1") || r.sum.Entries != 0 || r.sum.Unknown != 0 {
+			t.Fatalf("summary %+v, error %v: want none sent and the connection error", r.sum, r.err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the run did not end with nothing listening")
+	}
+}
+
 func TestNewRefusesBadOptions(t *testing.T) {
 	ok := Options{Addr: "x:1", Category: "c", Lines: Lines{Format: JSON, Keys: 1}, Conns: 1, Batch: 1, Count: 1}
 	for name, mutate := range map[string]func(*Options){
