@@ -10,6 +10,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -130,17 +132,17 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	data = bytes.ReplaceAll(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
-		return positioned(file, err)
+		return positioned(file, data, err)
 	}
 	body := documentBody(astFile)
 	if body == nil {
 		return &Error{File: file, Msg: "the file is empty (nothing but comments)"}
 	}
 	if err := checkNodes(body); err != nil {
-		return positioned(file, err)
+		return positioned(file, data, err)
 	}
 	if err := nodeToValue(body, dst); err != nil {
-		return positioned(file, err)
+		return positioned(file, data, err)
 	}
 	if validate == nil {
 		return nil
@@ -164,7 +166,7 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if tok == nil {
 		return &Error{File: file, Msg: msg}
 	}
-	return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(tok)}
+	return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(data, tok)}
 }
 
 // documentBody is the first document of f, nil if it has none (only
@@ -230,34 +232,132 @@ func nodeToValue(body ast.Node, dst any) (err error) {
 	return yaml.NodeToValue(body, dst, yaml.DisallowUnknownField())
 }
 
-// positioned turns a go-yaml error into an Error.
-func positioned(file string, err error) error {
+// positioned turns a go-yaml error about data into an Error.
+func positioned(file string, data []byte, err error) error {
 	var ne *nodeError
 	if errors.As(err, &ne) && ne.node.GetToken() != nil {
 		tok := ne.node.GetToken()
-		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: ne.err.Error(), Source: source(tok)}
+		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: ne.err.Error(), Source: source(data, tok)}
 	}
 	var ye yaml.Error
 	if errors.As(err, &ye) && ye.GetToken() != nil {
 		tok := ye.GetToken()
 		msg := ye.GetMessage()
 		var uf *yaml.UnknownFieldError
-		if errors.As(err, &uf) {
+		var te *yaml.TypeError
+		var oe *yaml.OverflowError
+		var ut *yaml.UnexpectedNodeTypeError
+		switch {
+		case errors.As(err, &uf):
 			msg = strings.Replace(msg, "unknown field", "unknown key", 1)
+		case errors.As(err, &te) && te.DstType != nil:
+			// go-yaml names Go types and, for a key of a section, the
+			// section's Go field ("Go struct field Config.Agent of type
+			// bool" for agent.tls): the reader knows neither.
+			msg = fmt.Sprintf("want %s, not %s", kindName(te.DstType), written(tok, te.SrcType))
+		case errors.As(err, &oe):
+			msg = fmt.Sprintf("%s is out of range", oe.SrcNum)
+		case errors.As(err, &ut):
+			msg = fmt.Sprintf("want %s, not %s", nodeTypeName(ut.Expected), nodeTypeName(ut.Actual))
+			if ut.Actual != ast.MappingType && ut.Actual != ast.SequenceType && tok.Value != "" {
+				msg = fmt.Sprintf("want %s, not %q", nodeTypeName(ut.Expected), tok.Value)
+			}
 		}
-		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(tok)}
+		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(data, tok)}
 	}
 	return &Error{File: file, Msg: err.Error()}
 }
 
-// source shows the lines around tok with a marker under it.
-func source(tok *token.Token) string {
-	s := yaml.FormatErrorWithToken("", tok, false, true)
-	// Drop go-yaml's own "[line:col] message" first line: Error says it.
-	if _, rest, ok := strings.Cut(s, "\n"); ok {
-		s = rest
+// kindName says what a value of type t is written as.
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "text"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a section of keys"
+	case reflect.Pointer:
+		return kindName(t.Elem())
 	}
-	return strings.TrimRight(s, "\n ")
+	return t.String()
+}
+
+// written says what was written where a value of another type was
+// wanted: the scalar itself, or the kind of a list or section.
+func written(tok *token.Token, src reflect.Type) string {
+	if src != nil {
+		switch src.Kind() {
+		case reflect.Slice, reflect.Array:
+			return "a list"
+		case reflect.Map:
+			return "a section of keys"
+		}
+	}
+	if tok.Value == "" {
+		return "an empty value"
+	}
+	return strconv.Quote(tok.Value)
+}
+
+// nodeTypeName names a YAML node type for the reader.
+func nodeTypeName(t ast.NodeType) string {
+	switch t {
+	case ast.SequenceType:
+		return `a list ("- item" lines or [a, b])`
+	case ast.MappingType:
+		return "a section of keys"
+	case ast.NullType:
+		return "an empty value"
+	}
+	return "a single value"
+}
+
+// sourceContext is how many lines before the offending one source shows.
+const sourceContext = 3
+
+// source shows tok's line of data and the lines before it, with a
+// marker under tok's column. It is drawn from data rather than by
+// go-yaml, whose drawing of a token that spans lines (an unclosed quote,
+// a mis-indented key) put the marker under another line and numbered two
+// lines alike.
+func source(data []byte, tok *token.Token) string {
+	lines := strings.Split(string(data), "\n")
+	n, col := tok.Position.Line, tok.Position.Column
+	if n < 1 || n > len(lines) {
+		return ""
+	}
+	width := max(2, len(fmt.Sprint(n))) // as wide as go-yaml drew it, which the README shows
+	var b strings.Builder
+	for i := max(1, n-sourceContext); i <= n; i++ {
+		mark := " "
+		if i == n {
+			mark = ">"
+		}
+		fmt.Fprintf(&b, "%s %*d | %s\n", mark, width, i, lines[i-1])
+	}
+	// The marker's indent copies the line's tabs, so that it stands
+	// under the column whatever the terminal's tab stops.
+	b.WriteString(strings.Repeat(" ", width+5))
+	for i, r := range []rune(lines[n-1]) {
+		if i >= col-1 {
+			break
+		}
+		if r == '\t' {
+			b.WriteRune('\t')
+		} else {
+			b.WriteByte(' ')
+		}
+	}
+	b.WriteByte('^')
+	return b.String()
 }
 
 // nodeAt finds the token of path in f, backing off to parents for paths

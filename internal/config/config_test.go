@@ -135,3 +135,56 @@ func TestUnder(t *testing.T) {
 		t.Fatalf("single: %v", fe)
 	}
 }
+
+type typed struct {
+	On    bool     `yaml:"on"`
+	Count int      `yaml:"count"`
+	List  []string `yaml:"list"`
+	Sect  struct {
+		Flag bool `yaml:"flag"`
+	} `yaml:"sect"`
+}
+
+// TestTypeErrorsSayWhatIsWanted: a value of the wrong type is refused
+// with what the key wants and what was written, not with Go's type and
+// field names (go-yaml named a section's key by the section's Go field:
+// "Go struct field typed.Sect of type bool" for sect.flag).
+func TestTypeErrorsSayWhatIsWanted(t *testing.T) {
+	for src, want := range map[string]string{
+		"count: four\n":                  `want a whole number, not "four"`,
+		"on: maybe\n":                    `want true or false, not "maybe"`,
+		"sect:\n  flag: maybe\n":         `want true or false, not "maybe"`,
+		"list: a\n":                      `want a list ("- item" lines or [a, b]), not "a"`,
+		"sect: 5\n":                      `want a section of keys, not "5"`,
+		"count: [1]\n":                   `want a whole number, not a list`,
+		"count: 100000000000000000000\n": `100000000000000000000 is out of range`,
+	} {
+		err := Decode("test.yaml", []byte(src), &typed{}, nil)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Line == 0 || ce.Msg != want {
+			t.Errorf("%q: %v, want the message %q at a position", src, err, want)
+		}
+	}
+}
+
+// TestSourceMarksTheLine: the lines shown end with the one at fault,
+// numbered once each, and the marker stands under its column, also for
+// an error whose token runs over several lines (go-yaml drew the marker
+// under a later line there).
+func TestSourceMarksTheLine(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{"name: x\nitems:\n  - fn: \"count\n    every: 1s\n",
+			"   1 | name: x\n   2 | items:\n>  3 |   - fn: \"count\n               ^"},
+		{"items:\n  - fn: a\n   every: 1s\n  - fn: b\n",
+			"   1 | items:\n   2 |   - fn: a\n>  3 |    every: 1s\n          ^"},
+		{"name: x\nsize: 1\nitems:\n  - fn: a\n  - fn: b\n    colour: red\n",
+			"   3 | items:\n   4 |   - fn: a\n   5 |   - fn: b\n>  6 |     colour: red\n           ^"},
+		{"name: x\n\tsize: 1\n",
+			"   1 | name: x\n>  2 | \tsize: 1\n       ^"},
+	} {
+		_, err := decode(t, c.src, nil)
+		if err == nil || err.Source != c.want {
+			t.Errorf("%q:\n%v\nwant the source\n%s", c.src, err, c.want)
+		}
+	}
+}
