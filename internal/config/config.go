@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/ast"
@@ -31,9 +32,18 @@ type FieldError struct {
 	// placed when the file does not hold Path (a limit left at its
 	// default that a key set in the file exceeds).
 	Also []string
+	// Column, when not 0, is the 1-based byte column within the key's
+	// value that the error is at (in a where expression), where the
+	// file's error is placed when the value is written on one line.
+	Column int
 }
 
-func (e *FieldError) Error() string { return strings.TrimPrefix(e.Path, "$.") + ": " + e.Msg }
+func (e *FieldError) Error() string {
+	if e.Column > 0 {
+		return fmt.Sprintf("%s: column %d: %s", strings.TrimPrefix(e.Path, "$."), e.Column, e.Msg)
+	}
+	return strings.TrimPrefix(e.Path, "$.") + ": " + e.Msg
+}
 
 // Errorf returns a FieldError at path.
 func Errorf(path, format string, args ...any) error {
@@ -155,18 +165,28 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if !errors.As(err, &fe) {
 		return &Error{File: file, Msg: err.Error()}
 	}
-	tok := nodeAt(astFile, fe.Path)
+	tok, exact := nodeAt(astFile, fe.Path)
 	for _, p := range fe.Also {
 		if tok != nil {
 			break
 		}
-		tok = nodeAt(astFile, p)
+		tok, _ = nodeAt(astFile, p)
 	}
 	msg := fe.Error()
 	if tok == nil {
 		return &Error{File: file, Msg: msg}
 	}
-	return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(data, tok)}
+	e := &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Msg: msg, Source: source(data, tok)}
+	if fe.Column > 0 && exact {
+		// One position, the file's, rather than the value's start and a
+		// column within it.
+		if col, ok := valueColumn(data, tok, fe.Column); ok {
+			at := *tok
+			at.Position = &token.Position{Line: tok.Position.Line, Column: col}
+			e.Column, e.Msg, e.Source = col, strings.TrimPrefix(fe.Path, "$.")+": "+fe.Msg, source(data, &at)
+		}
+	}
+	return e
 }
 
 // documentBody is the first document of f, nil if it has none (only
@@ -361,8 +381,8 @@ func source(data []byte, tok *token.Token) string {
 }
 
 // nodeAt finds the token of path in f, backing off to parents for paths
-// that name a missing key.
-func nodeAt(f *ast.File, path string) *token.Token {
+// that name a missing key; exact is whether it is path's own.
+func nodeAt(f *ast.File, path string) (tok *token.Token, exact bool) {
 	for p := path; p != "" && p != "$"; p = parentPath(p) {
 		yp, err := pathString(p)
 		if err != nil {
@@ -370,10 +390,34 @@ func nodeAt(f *ast.File, path string) *token.Token {
 		}
 		n, err := yp.FilterFile(f)
 		if err == nil && n != nil {
-			return n.GetToken()
+			return n.GetToken(), p == path
 		}
 	}
-	return nil
+	return nil, false
+}
+
+// valueColumn is the file's column of byte column col of the scalar
+// tok, when the file holds its value as it is on tok's line (plain, or
+// quoted without escapes); ok is false otherwise (a value over several
+// lines, an escape), where no column of the file is col's.
+func valueColumn(data []byte, tok *token.Token, col int) (int, bool) {
+	lines := strings.Split(string(data), "\n")
+	n, start := tok.Position.Line, tok.Position.Column
+	if n < 1 || n > len(lines) || col > len(tok.Value)+1 {
+		return 0, false
+	}
+	line := []rune(lines[n-1])
+	if start < 1 || start > len(line) {
+		return 0, false
+	}
+	rest := string(line[start-1:])
+	if q := rest[0]; q == '"' || q == '\'' {
+		rest, start = rest[1:], start+1
+	}
+	if !strings.HasPrefix(rest, tok.Value) {
+		return 0, false
+	}
+	return start + utf8.RuneCountInString(tok.Value[:col-1]), true
 }
 
 // pathString is yaml.PathString, which panics on some paths ("$.a[0"):

@@ -195,3 +195,25 @@ func TestAgentBatchesFitTheWriters(t *testing.T) {
 		t.Fatalf("equal limits refused: %v", err)
 	}
 }
+
+// TestWhereErrorAtItsColumn: an app's where expression that does not
+// parse is reported at the file's column of the fault, not at the
+// value's start with a second column within it ("5:12: ... column 11").
+func TestWhereErrorAtItsColumn(t *testing.T) {
+	for where, want := range map[string]struct {
+		col int
+		msg string
+	}{
+		`status >= and x`:     {22, `apps[0].where: expected a field or a value, found "and"`},
+		`'status > 3 and (x'`: {30, `apps[0].where: expected ')'`},
+		`"a == \"b"`:          {12, `apps[0].where: column 6: unterminated string`}, // an escape: no column of the file is the expression's
+	} {
+		src := "apps:\n  - name: a\n    category: c\n    format: json\n    where: " + where + "\n    aggregates: [{fn: count}]\n"
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != 5 || ce.Column != want.col || ce.Msg != want.msg {
+			t.Errorf("where %s: %v, want line 5 column %d: %s", where, err, want.col, want.msg)
+		}
+	}
+}
