@@ -128,7 +128,7 @@ func TestMistypedSubcommand(t *testing.T) {
 	}{
 		{[]string{"config", "chek", "../../examples/freeway.yaml"}, "did you mean check?"},
 		{[]string{"agnet"}, "did you mean agent?"},
-		{[]string{"versoin"}, "did you mean version?"},
+		{[]string{"pum"}, "did you mean puma?"},
 	} {
 		_, err := run(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), "unknown command") || !strings.Contains(err.Error(), c.want) {
