@@ -101,7 +101,7 @@ func targetCommand(target, use, short string) *cobra.Command {
 		cmd.Flags().BoolVar(&backfill, "backfill", false, "copy (or merge) everything not done yet with a progress display, then exit; interrupted, run it again to resume")
 	}
 	if target == freeway.All {
-		cmd.Flags().BoolVar(&demoOn, "demo", false, "send a built-in load (real Apache access-log lines, replayed in a loop at the present time) to the agent")
+		cmd.Flags().BoolVar(&demoOn, "demo", false, "send a built-in load (real Apache access-log lines, replayed in a loop at the present time) to the agent, in categories access and access_json (read by the apps of examples/freeway.yaml)")
 		cmd.Flags().IntVar(&demoRate, "demo-rate", 200, "lines per second of the demo load")
 	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -124,6 +124,11 @@ func targetCommand(target, use, short string) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if demoOn {
+			if err := demoReadBy(cfg); err != nil {
+				return err
+			}
+		}
 		log := newLogger(cfg.Log)
 		raiseFileLimit(log)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -139,6 +144,18 @@ func targetCommand(target, use, short string) *cobra.Command {
 		return r.run(ctx, cfg)
 	}
 	return cmd
+}
+
+// demoReadBy refuses a demo load that no app reads: "freeway --demo"
+// without the example's configuration ran, answered every query with
+// "unknown app" and said nothing of why.
+func demoReadBy(cfg freeway.Config) error {
+	for _, a := range cfg.Apps {
+		if a.Category == demo.RawCategory || a.Category == demo.JSONCategory {
+			return nil
+		}
+	}
+	return fmt.Errorf("--demo sends categories %s and %s, which no app of the configuration reads: add --config examples/freeway.yaml (or an app of either category)", demo.RawCategory, demo.JSONCategory)
 }
 
 // runner runs the process's components and restarts them with a

@@ -139,3 +139,18 @@ func TestMistypedSubcommand(t *testing.T) {
 		t.Errorf("config alone: %v, want its help:\n%s", err, out)
 	}
 }
+
+// TestDemoWithoutItsApps: --demo with a configuration none of whose apps
+// reads the demo's categories is refused before anything starts, saying
+// which configuration to add ("freeway --demo" alone ran, and every
+// query of the README answered "unknown app"). The listeners are on an
+// address no interface has, so that a process that starts anyway fails
+// at once instead of running.
+func TestDemoWithoutItsApps(t *testing.T) {
+	nowhere := "192.0.2.1:0"
+	_, err := run(t, "all", "--demo", "--data-dir", t.TempDir(), "--admin-listen", "off",
+		"--agent.listen", nowhere, "--calligraphus.listen", nowhere, "--serving.listen", nowhere, "--serving.thrift-listen", "")
+	if err == nil || !strings.Contains(err.Error(), "--demo") || !strings.Contains(err.Error(), "examples/freeway.yaml") {
+		t.Fatalf("--demo with no app: %v, want it refused naming the example configuration", err)
+	}
+}
