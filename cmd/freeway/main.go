@@ -76,7 +76,7 @@ func describe(target string) string {
 	case freeway.Puma:
 		return "a Puma node: aggregates buckets, checkpoints to the store"
 	case freeway.Serving:
-		return "the query API over committed state in the store"
+		return "the query API: fresh from the Puma nodes found in a shared coord (zk://), or committed from the store"
 	case freeway.Retention:
 		return "segment retention alone (it also runs in all, puma and copier): deletes what every consumer is past"
 	}
