@@ -136,7 +136,7 @@ is at start + i × step.`,
 	f.Int64Var(&o.First, "first", 0, "index of the first line")
 	f.IntVar(&o.Conns, "conns", 8, "connections, each with one call in flight")
 	f.IntVar(&o.Batch, "batch", 1000, "entries per Log call")
-	f.Float64Var(&o.Rate, "rate", 0, "entries a second over all connections (0: flat out)")
+	f.Float64Var(&o.Rate, "rate", 0, "entries a second over all connections, sent a whole --batch at a time (0: flat out)")
 	f.StringVar(&count, "count", "0", "lines to send (2000000, 2M, 10k); 0: until --duration")
 	f.DurationVar(&o.Duration, "duration", 0, "how long to send (default 10s when --count is 0)")
 	f.DurationVar(&o.Timeout, "timeout", 30*time.Second, "connect and call timeout; a server not reached for this long ends the run")
