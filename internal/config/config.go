@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strconv"
 	"strings"
@@ -154,6 +155,9 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	if err := nodeToValue(body, dst); err != nil {
 		return positioned(file, data, err)
 	}
+	if err := checkWhole(body, reflect.TypeOf(dst)); err != nil {
+		return positioned(file, data, err)
+	}
 	if validate == nil {
 		return nil
 	}
@@ -238,6 +242,111 @@ func (c *nodeChecker) Visit(n ast.Node) ast.Visitor {
 		}
 	}
 	return c
+}
+
+// checkWhole refuses a number with a fraction where t, the type the
+// node was decoded into, holds whole numbers: go-yaml drops the fraction
+// ("buckets: 2.5" ran with 2 buckets, "max_cells: 0.5" was "must be at
+// least 1"). Types that decode themselves (sizes, durations) and keys
+// that name no field are left to the decoder.
+func checkWhole(n ast.Node, t reflect.Type) error {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || decodesItself(t) {
+		return nil
+	}
+	switch n := n.(type) {
+	case *ast.AnchorNode:
+		return checkWhole(n.Value, t)
+	case *ast.FloatNode:
+		if isWhole(t.Kind()) && n.Value != math.Trunc(n.Value) {
+			return &nodeError{n, fmt.Errorf("want a whole number, not %s", n.GetToken().Value)}
+		}
+	case *ast.SequenceNode:
+		if t.Kind() != reflect.Slice && t.Kind() != reflect.Array {
+			return nil
+		}
+		for _, v := range n.Values {
+			if err := checkWhole(v, t.Elem()); err != nil {
+				return err
+			}
+		}
+	case *ast.MappingNode:
+		for _, v := range n.Values {
+			if err := checkWhole(v, t); err != nil {
+				return err
+			}
+		}
+	case *ast.MappingValueNode:
+		if n.Key == nil {
+			return nil
+		}
+		var vt reflect.Type
+		switch t.Kind() {
+		case reflect.Map:
+			vt = t.Elem()
+		case reflect.Struct:
+			if tok := n.Key.GetToken(); tok != nil {
+				vt = fieldType(t, tok.Value)
+			}
+		}
+		if vt != nil {
+			return checkWhole(n.Value, vt)
+		}
+	}
+	return nil
+}
+
+func isWhole(k reflect.Kind) bool {
+	switch k {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
+}
+
+// decodesItself reports whether t has its own YAML or text decoding.
+func decodesItself(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	for _, m := range []string{"UnmarshalYAML", "UnmarshalText"} {
+		if _, ok := pt.MethodByName(m); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// fieldType is the type of struct t's field of YAML key key (searching
+// inlined structs), nil if none.
+func fieldType(t reflect.Type, key string) reflect.Type {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if strings.Contains(","+opts+",", ",inline,") {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				if got := fieldType(ft, key); got != nil {
+					return got
+				}
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		if name == key {
+			return f.Type
+		}
+	}
+	return nil
 }
 
 // nodeToValue decodes body into dst; a panic of the decoder on input no

@@ -188,3 +188,44 @@ func TestSourceMarksTheLine(t *testing.T) {
 		}
 	}
 }
+
+type Port struct {
+	MaxConns int `yaml:"max_conns"`
+}
+
+type wholes struct {
+	Port     `yaml:",inline"`
+	N        int              `yaml:"n"`
+	Ns       []uint           `yaml:"ns"`
+	ByName   map[string]int64 `yaml:"by_name"`
+	Ratio    float64          `yaml:"ratio"`
+	Size     ByteSize         `yaml:"size"`
+	Sections []struct {
+		K *int `yaml:"k"`
+	} `yaml:"sections"`
+}
+
+// TestFractionWhereAWholeNumberIs: go-yaml dropped the fraction of a
+// number decoded into an integer ("buckets: 2.9" ran with 2 buckets);
+// it is refused at the number, wherever it is, and a whole number
+// written as a float, or a fraction where one fits, is taken.
+func TestFractionWhereAWholeNumberIs(t *testing.T) {
+	for src, col := range map[string]int{
+		"n: 2.9\n":                 4,
+		"ns: [1, 2.5]\n":           9,
+		"by_name: {a: 0.5}\n":      14,
+		"max_conns: 10.5\n":        12,
+		"sections:\n  - k: 1.25\n": 8,
+		"n: &x 1.5\n":              7,
+	} {
+		err := Decode("test.yaml", []byte(src), &wholes{}, nil)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Column != col || !strings.HasPrefix(ce.Msg, "want a whole number, not ") {
+			t.Errorf("%q: %v, want a whole number at column %d", src, err, col)
+		}
+	}
+	var w wholes
+	if err := Decode("test.yaml", []byte("n: 1e3\nns: [2.0]\nratio: 0.5\nsize: 1.5KiB\nmax_conns: 3\n"), &w, nil); err != nil || w.N != 1000 || w.Ns[0] != 2 || w.Ratio != 0.5 || w.Size != 1536 || w.MaxConns != 3 {
+		t.Fatalf("decoded %+v, %v", w, err)
+	}
+}
