@@ -1,5 +1,6 @@
 // Package config loads Freeway's YAML configuration strictly: an unknown
-// key, a value of the wrong type or a value that fails validation is
+// key, a value of the wrong type (a fraction where a whole number goes
+// included) or a value that fails validation is
 // reported with the file name, line and column, and the line itself. So
 // are what go-yaml would mishandle: YAML tags (not used here) and aliases
 // of no anchor. A file of nothing but comments is empty. Decoding never
