@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -154,7 +155,12 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 		return positioned(file, data, err)
 	}
 	if err := nodeToValue(body, dst); err != nil {
-		return positioned(file, data, err)
+		e := positioned(file, data, err)
+		var uf *yaml.UnknownFieldError
+		if ce, ok := e.(*Error); ok && errors.As(err, &uf) && uf.Token != nil { //nolint:errorlint // positioned's own *Error
+			ce.Msg += knownKeys(uf.Token.Value, keysBeside(body, reflect.TypeOf(dst), uf.Token))
+		}
+		return e
 	}
 	if err := checkWhole(body, reflect.TypeOf(dst)); err != nil {
 		return positioned(file, data, err)
@@ -297,6 +303,124 @@ func checkWhole(n ast.Node, t reflect.Type) error {
 		}
 	}
 	return nil
+}
+
+// keysBeside is the keys of the section that holds the key at token
+// at, nil if it is not found.
+func keysBeside(n ast.Node, t reflect.Type, at *token.Token) []string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil || decodesItself(t) {
+		return nil
+	}
+	switch n := n.(type) {
+	case *ast.AnchorNode:
+		return keysBeside(n.Value, t, at)
+	case *ast.SequenceNode:
+		if t.Kind() != reflect.Slice && t.Kind() != reflect.Array {
+			return nil
+		}
+		for _, v := range n.Values {
+			if k := keysBeside(v, t.Elem(), at); k != nil {
+				return k
+			}
+		}
+	case *ast.MappingNode:
+		for _, v := range n.Values {
+			if k := keysBeside(v, t, at); k != nil {
+				return k
+			}
+		}
+	case *ast.MappingValueNode:
+		if n.Key == nil || n.Key.GetToken() == nil {
+			return nil
+		}
+		kt := n.Key.GetToken()
+		switch t.Kind() {
+		case reflect.Map:
+			return keysBeside(n.Value, t.Elem(), at)
+		case reflect.Struct:
+			if kt.Position.Line == at.Position.Line && kt.Position.Column == at.Position.Column {
+				return structKeys(t)
+			}
+			if vt := fieldType(t, kt.Value); vt != nil {
+				return keysBeside(n.Value, vt, at)
+			}
+		}
+	}
+	return nil
+}
+
+// structKeys is the YAML keys of struct t, inlined structs' included.
+func structKeys(t reflect.Type) []string {
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if strings.Contains(","+opts+",", ",inline,") {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				keys = append(keys, structKeys(ft)...)
+			}
+			continue
+		}
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		keys = append(keys, name)
+	}
+	return keys
+}
+
+// knownKeys says which of keys an unknown key was likely meant to be,
+// or, none being close, what keys there are.
+func knownKeys(key string, keys []string) string {
+	if len(keys) == 0 {
+		return ""
+	}
+	best, bestD := "", 3 // at most two edits away
+	for _, k := range keys {
+		if d := editDistance(strings.ToLower(key), k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best != "" {
+		return fmt.Sprintf(" (did you mean %s?)", best)
+	}
+	sorted := append([]string(nil), keys...)
+	sort.Strings(sorted)
+	return fmt.Sprintf(" (want one of %s)", strings.Join(sorted, ", "))
+}
+
+// editDistance is the Levenshtein distance of a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 func isWhole(k reflect.Kind) bool {

@@ -229,3 +229,27 @@ func TestFractionWhereAWholeNumberIs(t *testing.T) {
 		t.Fatalf("decoded %+v, %v", w, err)
 	}
 }
+
+// TestUnknownKeyNamesTheKeyMeant: an unknown key is told with the key of
+// its section it is closest to, or, none being close, the section's keys
+// (only "unknown key" before, with nothing on what the section holds).
+func TestUnknownKeyNamesTheKeyMeant(t *testing.T) {
+	for src, want := range map[string]string{
+		"nmae: x\n":                         `unknown key "nmae" (did you mean name?)`,
+		"items:\n  - fn: a\n    evry: 1s\n": `unknown key "evry" (did you mean every?)`,
+		"colour: red\n":                     `unknown key "colour" (want one of items, name, size)`,
+		"flavour: 3\n":                      `unknown key "flavour" (want one of by_name, max_conns, n, ns, ratio, sections, size)`,
+		"sections:\n  - {kk: 1}\n":          `unknown key "kk" (did you mean k?)`,
+	} {
+		var err error
+		if strings.Contains(src, "flavour") || strings.Contains(src, "sections") {
+			err = Decode("test.yaml", []byte(src), &wholes{}, nil)
+		} else {
+			err = Decode("test.yaml", []byte(src), &doc{}, nil)
+		}
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Line == 0 || ce.Msg != want {
+			t.Errorf("%q: %v, want %s", src, err, want)
+		}
+	}
+}
