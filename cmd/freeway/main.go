@@ -125,6 +125,11 @@ func targetCommand(target, use, short string) *cobra.Command {
 			return err
 		}
 		if demoOn {
+			if demoRate < 1 {
+				// 0 is how the runner says "no demo": the load asked
+				// for would silently not run.
+				return fmt.Errorf("--demo-rate must be at least 1 line a second, not %d", demoRate)
+			}
 			if err := demoReadBy(cfg); err != nil {
 				return err
 			}

@@ -154,3 +154,16 @@ func TestDemoWithoutItsApps(t *testing.T) {
 		t.Fatalf("--demo with no app: %v, want it refused naming the example configuration", err)
 	}
 }
+
+// TestDemoRateBelowOne: --demo with --demo-rate 0 (or less) is refused;
+// it ran with no load at all, silently.
+func TestDemoRateBelowOne(t *testing.T) {
+	nowhere := "192.0.2.1:0"
+	for _, rate := range []string{"0", "-5"} {
+		_, err := run(t, "all", "--demo", "--demo-rate", rate, "--config", "../../examples/freeway.yaml", "--data-dir", t.TempDir(), "--admin-listen", "off",
+			"--agent.listen", nowhere, "--calligraphus.listen", nowhere, "--serving.listen", nowhere, "--serving.thrift-listen", "")
+		if err == nil || !strings.Contains(err.Error(), "--demo-rate") {
+			t.Errorf("--demo-rate %s: %v, want it refused", rate, err)
+		}
+	}
+}
