@@ -166,4 +166,10 @@ func TestDemoRateBelowOne(t *testing.T) {
 			t.Errorf("--demo-rate %s: %v, want it refused", rate, err)
 		}
 	}
+	// Without --demo, --demo-rate was ignored: no load, no word.
+	_, err := run(t, "all", "--demo-rate", "500", "--config", "../../examples/freeway.yaml", "--data-dir", t.TempDir(), "--admin-listen", "off",
+		"--agent.listen", nowhere, "--calligraphus.listen", nowhere, "--serving.listen", nowhere, "--serving.thrift-listen", "")
+	if err == nil || !strings.Contains(err.Error(), "--demo-rate") {
+		t.Errorf("--demo-rate without --demo: %v, want it refused", err)
+	}
 }
