@@ -235,7 +235,7 @@ func TestFractionWhereAWholeNumberIs(t *testing.T) {
 // (only "unknown key" before, with nothing on what the section holds).
 func TestUnknownKeyNamesTheKeyMeant(t *testing.T) {
 	for src, want := range map[string]string{
-		"nmae: x\n":                         `unknown key "nmae" (did you mean name?)`,
+		"nam: x\n":                          `unknown key "nam" (did you mean name?)`,
 		"items:\n  - fn: a\n    evry: 1s\n": `unknown key "evry" (did you mean every?)`,
 		"colour: red\n":                     `unknown key "colour" (want one of items, name, size)`,
 		"flavour: 3\n":                      `unknown key "flavour" (want one of by_name, max_conns, n, ns, ratio, sections, size)`,
