@@ -143,6 +143,10 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	// breaks as "\n"; go-yaml counts lines wrong when they mix (a
 	// position one or more lines off), so they are made "\n" first.
 	data = bytes.ReplaceAll(bytes.ReplaceAll(data, []byte("\r\n"), []byte("\n")), []byte("\r"), []byte("\n"))
+	// A byte order mark, which editors on Windows write, may start a YAML
+	// stream; go-yaml read it as part of the first key ("unknown key
+	// \"\ufeffapps\"").
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	astFile, err := parser.ParseBytes(data, 0)
 	if err != nil {
 		return positioned(file, data, err)
@@ -150,6 +154,10 @@ func Decode(file string, data []byte, dst any, validate func() error) error {
 	body := documentBody(astFile)
 	if body == nil {
 		return &Error{File: file, Msg: "the file is empty (nothing but comments)"}
+	}
+	if tok := laterDocument(astFile); tok != nil {
+		return &Error{File: file, Line: tok.Position.Line, Column: tok.Position.Column, Source: source(data, tok),
+			Msg: "a second YAML document starts here: the configuration is one document, and the keys after this --- would be ignored; put them in the first"}
 	}
 	if err := checkNodes(body); err != nil {
 		return positioned(file, data, err)
@@ -207,6 +215,21 @@ func documentBody(f *ast.File) ast.Node {
 		return nil
 	}
 	return f.Docs[0].Body
+}
+
+// laterDocument is where a document of f after the first that holds
+// anything starts (its "---"), nil if none does.
+func laterDocument(f *ast.File) *token.Token {
+	for _, d := range f.Docs[1:] {
+		tok := d.Start
+		if tok == nil && d.Body != nil {
+			tok = d.Body.GetToken()
+		}
+		if d.Body != nil && tok != nil && tok.Position != nil {
+			return tok
+		}
+	}
+	return nil
 }
 
 // checkNodes refuses, at their position, what go-yaml mishandles: a tag

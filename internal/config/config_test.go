@@ -253,3 +253,25 @@ func TestUnknownKeyNamesTheKeyMeant(t *testing.T) {
 		}
 	}
 }
+
+// TestByteOrderMarkAndSecondDocument: a byte order mark before the first
+// key is no part of it ("unknown key \"\ufeffname\"" before), and a
+// second document is refused where it starts, not ignored (its keys
+// were silently dropped).
+func TestByteOrderMarkAndSecondDocument(t *testing.T) {
+	d, err := decode(t, "\ufeffname: x\n", nil)
+	if err != nil || d.Name != "x" {
+		t.Fatalf("with a byte order mark: %+v, %v", d, err)
+	}
+	_, err = decode(t, "name: x\n---\nsize: 1KiB\n", nil)
+	if err == nil || err.Line != 2 || err.Column != 1 || !strings.Contains(err.Msg, "second YAML document") {
+		t.Fatalf("a second document: %v, want it refused at line 2", err)
+	}
+	// A start marker, comments or an empty document after it are one
+	// document still.
+	for _, src := range []string{"---\nname: x\n", "# c\n---\nname: x\n", "name: x\n---\n", "name: x\n---\n# c\n", "name: x\n...\n"} {
+		if d, err := decode(t, src, nil); err != nil || d.Name != "x" {
+			t.Errorf("%q: %+v, %v", src, d, err)
+		}
+	}
+}
