@@ -3,7 +3,8 @@
 // included) or a value that fails validation is
 // reported with the file name, line and column, and the line itself. So
 // are what go-yaml would mishandle: YAML tags (not used here) and aliases
-// of no anchor. A file of nothing but comments is empty. Decoding never
+// of no anchor. A file of nothing but comments is empty; a second
+// document (after ---) is refused rather than ignored. Decoding never
 // panics (internal/freeway fuzzes it with whole files).
 package config
 
