@@ -276,9 +276,15 @@ func configCommand() *cobra.Command {
 		RunE:         func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 	}
 	cfg.AddCommand(&cobra.Command{
-		Use:          "check FILE",
-		Short:        "Validate a configuration file without running anything",
-		Args:         cobra.ExactArgs(1),
+		Use:   "check FILE",
+		Short: "Validate a configuration file without running anything",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				// Not cobra's "accepts 1 arg(s), received 0".
+				return fmt.Errorf("want one FILE, the configuration to check (freeway config check FILE), not %d arguments", len(args))
+			}
+			return nil
+		},
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := freeway.LoadFile(args[0])

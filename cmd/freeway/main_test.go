@@ -135,6 +135,9 @@ func TestMistypedSubcommand(t *testing.T) {
 			t.Errorf("%q: %v, want an unknown command error with %q", c.args, err, c.want)
 		}
 	}
+	if _, err := run(t, "config", "check"); err == nil || !strings.Contains(err.Error(), "want one FILE") {
+		t.Errorf("config check without a file: %v, want it to ask for one", err)
+	}
 	if out, err := run(t, "config"); err != nil || !strings.Contains(out, "check") {
 		t.Errorf("config alone: %v, want its help:\n%s", err, out)
 	}
