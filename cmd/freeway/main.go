@@ -124,6 +124,9 @@ func targetCommand(target, use, short string) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if !demoOn && cmd.Flags().Changed("demo-rate") {
+			return errors.New("--demo-rate is the rate of --demo, which is not given")
+		}
 		if demoOn {
 			if demoRate < 1 {
 				// 0 is how the runner says "no demo": the load asked
