@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"path"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -309,7 +308,7 @@ func lastBefore(passed []string, s string) string {
 func (ps *passState) publishPeriod(ctx context.Context, j *bucketJob, f *mergedFile, fresh bool, buf []byte) (outcome, error) {
 	c := ps.c
 	final := c.mergedName(j, f.PeriodMs)
-	tmp := c.tempName(final)
+	tmp := dfs.TempName(final)
 	out := copied
 	fi, err := c.deps.Dest.Stat(final)
 	switch {
@@ -550,23 +549,10 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// tempName is the hidden name under which a period file (final) is
-// written before it is renamed: dfs.TempName of final, carrying the
-// epoch of the lease this pass holds. A copier that lost its lease
-// without seeing it yet may still be writing the period the new holder
-// writes: under one name for both, each would replace the other's file
-// (createPeriod) and rename it, publishing a file still being written,
-// or one its writer then gave up half-written.
-func (c *Copier) tempName(final string) string {
-	return dfs.TempName(final + "." + strconv.FormatInt(c.marksEpoch, 16))
-}
-
 // createPeriod opens the temporary file of j's period starting at
-// periodMs, replacing those interrupted runs left.
+// periodMs, replacing one an interrupted run left.
 func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, error) {
-	final := c.mergedName(j, periodMs)
-	tmp := c.tempName(final)
-	c.removeOlderTemps(final)
+	tmp := dfs.TempName(c.mergedName(j, periodMs))
 	f, err := c.deps.Dest.Create(tmp)
 	if errors.Is(err, fs.ErrExist) {
 		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -588,47 +574,6 @@ func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, erro
 	}
 	w.bw = bufio.NewWriterSize(to, 256<<10)
 	return w, nil
-}
-
-// removeOlderTemps removes the temporary files of the period file final
-// written under earlier lease epochs than this pass's (or none, as
-// before epochs were in the names): left by a crash or a lost lease,
-// they would stay for ever, for no later run writes under their names.
-// One still being written by a copier that lost its lease without seeing
-// it fails that copier's verification or rename: it publishes nothing. A
-// later epoch's file is the new holder's, when this copier is the one
-// that lost its lease: it is left alone.
-func (c *Copier) removeOlderTemps(final string) {
-	dir, base := path.Split(final)
-	infos, err := c.deps.Dest.ReadDir(path.Clean(dir))
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot list a period directory for stale temporary files", "dir", dir, "err", err)
-		}
-		return
-	}
-	for _, fi := range infos {
-		name := fi.Name()
-		rest, ok := strings.CutPrefix(name, "."+base)
-		if !ok || fi.IsDir() {
-			continue
-		}
-		if rest, ok = strings.CutSuffix(rest, layout.TempSuffix); !ok {
-			continue
-		}
-		if rest != "" {
-			epoch, err := strconv.ParseInt(strings.TrimPrefix(rest, "."), 16, 64)
-			if err != nil || rest[0] != '.' || epoch >= c.marksEpoch {
-				continue
-			}
-		}
-		if err := c.deps.Dest.Remove(path.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot remove stale temporary file", "file", path.Join(dir, name), "err", err)
-			continue
-		}
-		c.m.tempsGone.Inc()
-		c.log.Info("removed a temporary file left by an interrupted merge", "file", path.Join(dir, name))
-	}
 }
 
 var newline = []byte{'\n'}
