@@ -252,7 +252,7 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	srv, err := scribeapi.Listen(cfg.Listen, c, info, cfg.PortConfig.Limits(), deps.Log,
 		thriftsrv.WithName("calligraphus"), thriftsrv.WithBudget(deps.Shared.Budget), thriftsrv.WithTLS(deps.Shared.TLS.ServerConfig()))
 	if err != nil {
-		return nil, fmt.Errorf("start calligraphus: %w", err)
+		return nil, err // "listen on <addr>: ...", under the caller's "start calligraphus"
 	}
 	c.server = srv
 	bound, err := net.ResolveTCPAddr("tcp", srv.Addr())

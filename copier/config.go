@@ -128,7 +128,7 @@ func (c *Config) Validate() error {
 	case c.MergePeriod < 0:
 		return config.Errorf("merge_period", "must not be negative")
 	case c.MergePeriod > 0 && (c.MergePeriod.D()%time.Minute != 0 || (24*time.Hour)%c.MergePeriod.D() != 0):
-		return config.Errorf("merge_period", "must be a whole number of minutes that divides a day (1m, 5m, 15m, 1h, 24h...), not %v", c.MergePeriod.D())
+		return config.Errorf("merge_period", "must be a whole number of minutes that divides a day (1m, 5m, 15m, 1h, 24h...), not %v", c.MergePeriod) // as written: "7m", not "7m0s"
 	case c.MergeDelay < 0:
 		return config.Errorf("merge_delay", "must not be negative")
 	case c.Compression != CompressionNone && c.Compression != CompressionGzip:

@@ -808,6 +808,13 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%s: placed: %v", tc.path, err)
 		}
 	}
+	// A period is told as a file writes it ("7m", not Go's "7m0s").
+	c := DefaultConfig()
+	c.Destination = "hdfs://127.0.0.1:9000/warehouse"
+	c.MergePeriod = config.Duration(7 * time.Minute)
+	if err := c.Validate(); err == nil || !strings.HasSuffix(err.Error(), "not 7m") {
+		t.Errorf("merge_period 7m: %v", err)
+	}
 }
 
 func TestNewRefusesSourceAsDestination(t *testing.T) {

@@ -116,7 +116,7 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 		thriftsrv.WithName("agent"), thriftsrv.WithBudget(deps.Budget), thriftsrv.WithTLS(cfg.listenTLS(a.tls)))
 	if err != nil {
 		_ = q.Close()
-		return nil, fmt.Errorf("start agent server: %w", err)
+		return nil, err // "listen on <addr>: ...", under the caller's "start agent"
 	}
 	return a, nil
 }

@@ -219,8 +219,14 @@ func ParseTime(v string) (time.Time, error) {
 		return time.Time{}, bad
 	}
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < -maxUnixSeconds || f > maxUnixSeconds {
+	if err != nil {
 		return time.Time{}, bad
+	}
+	if f < -maxUnixSeconds || f > maxUnixSeconds {
+		// Unix seconds all the same: "neither" misled the usual sender,
+		// one of milliseconds (the time of a JSON line, a JavaScript
+		// Date.now()).
+		return time.Time{}, fmt.Errorf("%q is out of range for Unix seconds (at most %g either side of 0; milliseconds? divide by 1000)", ratelog.Clip(v), float64(maxUnixSeconds))
 	}
 	// Read a plain decimal exactly: as a float, 1.001 seconds is
 	// 1000.9999999999999 ms.

@@ -538,6 +538,13 @@ func TestParseTime(t *testing.T) {
 			t.Errorf("ParseTime(%q) = %v, want an error", in, got)
 		}
 	}
+	// Milliseconds are Unix seconds out of range, and told so, not
+	// "neither RFC 3339 nor Unix seconds".
+	for _, in := range []string{"1714979289000", "-1714979289000", "1e300"} {
+		if _, err := ParseTime(in); err == nil || !strings.Contains(err.Error(), "out of range for Unix seconds") || !strings.Contains(err.Error(), "milliseconds") {
+			t.Errorf("ParseTime(%q): %v, want out of range, naming milliseconds", in, err)
+		}
+	}
 }
 
 // running is a server's Run in a goroutine.

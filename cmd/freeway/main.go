@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -75,7 +76,7 @@ func describe(target string) string {
 	case freeway.Puma:
 		return "a Puma node: aggregates buckets, checkpoints to the store"
 	case freeway.Serving:
-		return "the query API over committed state in the store"
+		return "the query API: fresh from the Puma nodes found in a shared coord (zk://), or committed from the store"
 	case freeway.Retention:
 		return "segment retention alone (it also runs in all, puma and copier): deletes what every consumer is past"
 	}
@@ -89,7 +90,7 @@ func targetCommand(target, use, short string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:           use,
 		Short:         short,
-		Args:          cobra.NoArgs,
+		Args:          noArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -100,7 +101,7 @@ func targetCommand(target, use, short string) *cobra.Command {
 		cmd.Flags().BoolVar(&backfill, "backfill", false, "copy (or merge) everything not done yet with a progress display, then exit; interrupted, run it again to resume")
 	}
 	if target == freeway.All {
-		cmd.Flags().BoolVar(&demoOn, "demo", false, "send a built-in load (real Apache access-log lines, replayed in a loop at the present time) to the agent")
+		cmd.Flags().BoolVar(&demoOn, "demo", false, "send a built-in load (real Apache access-log lines, replayed in a loop at the present time) to the agent, in categories access and access_json (read by the apps of examples/freeway.yaml)")
 		cmd.Flags().IntVar(&demoRate, "demo-rate", 200, "lines per second of the demo load")
 	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -123,6 +124,19 @@ func targetCommand(target, use, short string) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		if !demoOn && cmd.Flags().Changed("demo-rate") {
+			return errors.New("--demo-rate is the rate of --demo, which is not given")
+		}
+		if demoOn {
+			if demoRate < 1 {
+				// 0 is how the runner says "no demo": the load asked
+				// for would silently not run.
+				return fmt.Errorf("--demo-rate must be at least 1 line a second, not %d", demoRate)
+			}
+			if err := demoReadBy(cfg); err != nil {
+				return err
+			}
+		}
 		log := newLogger(cfg.Log)
 		raiseFileLimit(log)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -138,6 +152,18 @@ func targetCommand(target, use, short string) *cobra.Command {
 		return r.run(ctx, cfg)
 	}
 	return cmd
+}
+
+// demoReadBy refuses a demo load that no app reads: "freeway --demo"
+// without the example's configuration ran, answered every query with
+// "unknown app" and said nothing of why.
+func demoReadBy(cfg freeway.Config) error {
+	for _, a := range cfg.Apps {
+		if a.Category == demo.RawCategory || a.Category == demo.JSONCategory {
+			return nil
+		}
+	}
+	return fmt.Errorf("--demo sends categories %s and %s, which no app of the configuration reads: add --config examples/freeway.yaml (or an app of either category)", demo.RawCategory, demo.JSONCategory)
 }
 
 // runner runs the process's components and restarts them with a
@@ -243,11 +269,25 @@ func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}
 }
 
 func configCommand() *cobra.Command {
-	cfg := &cobra.Command{Use: "config", Short: "Work with configuration files"}
+	// Runnable, so that a mistyped subcommand ("config chek FILE") is an
+	// error rather than the help and exit status 0: a script checking a
+	// file would take that for a pass.
+	cfg := &cobra.Command{
+		Use: "config", Short: "Work with configuration files",
+		Args:         noArgs,
+		SilenceUsage: true,
+		RunE:         func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+	}
 	cfg.AddCommand(&cobra.Command{
-		Use:          "check FILE",
-		Short:        "Validate a configuration file without running anything",
-		Args:         cobra.ExactArgs(1),
+		Use:   "check FILE",
+		Short: "Validate a configuration file without running anything",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				// Not cobra's "accepts 1 arg(s), received 0".
+				return fmt.Errorf("want one FILE, the configuration to check (freeway config check FILE), not %d arguments", len(args))
+			}
+			return nil
+		},
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := freeway.LoadFile(args[0])
@@ -259,6 +299,27 @@ func configCommand() *cobra.Command {
 		},
 	})
 	return cfg
+}
+
+// noArgs refuses arguments, as cobra.NoArgs, and names the subcommands
+// an argument is close to: cobra suggests them only for a root command
+// that takes no Args check, and "freeway agnet" would otherwise say
+// nothing more than that it is unknown.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default, set only where it suggests
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
+	}
+	if cmd.HasAvailableSubCommands() {
+		msg += fmt.Sprintf("; %q lists them", cmd.CommandPath()+" --help")
+	}
+	return errors.New(msg)
 }
 
 func newLogger(c freeway.LogConfig) *slog.Logger {

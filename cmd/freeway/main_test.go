@@ -117,3 +117,62 @@ func TestScaleOutCommandLine(t *testing.T) {
 		t.Errorf("freeway agent --help does not say --agent.upstream takes a zk:// URL")
 	}
 }
+
+// TestMistypedSubcommand: a mistyped subcommand is an error naming the
+// one meant, never the help with exit status 0 ("freeway config chek
+// FILE" in a script would have passed every file).
+func TestMistypedSubcommand(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"config", "chek", "../../examples/freeway.yaml"}, "did you mean check?"},
+		{[]string{"agnet"}, "did you mean agent?"},
+		{[]string{"pum"}, "did you mean puma?"},
+	} {
+		_, err := run(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), "unknown command") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want an unknown command error with %q", c.args, err, c.want)
+		}
+	}
+	if _, err := run(t, "config", "check"); err == nil || !strings.Contains(err.Error(), "want one FILE") {
+		t.Errorf("config check without a file: %v, want it to ask for one", err)
+	}
+	if out, err := run(t, "config"); err != nil || !strings.Contains(out, "check") {
+		t.Errorf("config alone: %v, want its help:\n%s", err, out)
+	}
+}
+
+// TestDemoWithoutItsApps: --demo with a configuration none of whose apps
+// reads the demo's categories is refused before anything starts, saying
+// which configuration to add ("freeway --demo" alone ran, and every
+// query of the README answered "unknown app"). The listeners are on an
+// address no interface has, so that a process that starts anyway fails
+// at once instead of running.
+func TestDemoWithoutItsApps(t *testing.T) {
+	nowhere := "192.0.2.1:0"
+	_, err := run(t, "all", "--demo", "--data-dir", t.TempDir(), "--admin-listen", "off",
+		"--agent.listen", nowhere, "--calligraphus.listen", nowhere, "--serving.listen", nowhere, "--serving.thrift-listen", "")
+	if err == nil || !strings.Contains(err.Error(), "--demo") || !strings.Contains(err.Error(), "examples/freeway.yaml") {
+		t.Fatalf("--demo with no app: %v, want it refused naming the example configuration", err)
+	}
+}
+
+// TestDemoRateBelowOne: --demo with --demo-rate 0 (or less) is refused;
+// it ran with no load at all, silently.
+func TestDemoRateBelowOne(t *testing.T) {
+	nowhere := "192.0.2.1:0"
+	for _, rate := range []string{"0", "-5"} {
+		_, err := run(t, "all", "--demo", "--demo-rate", rate, "--config", "../../examples/freeway.yaml", "--data-dir", t.TempDir(), "--admin-listen", "off",
+			"--agent.listen", nowhere, "--calligraphus.listen", nowhere, "--serving.listen", nowhere, "--serving.thrift-listen", "")
+		if err == nil || !strings.Contains(err.Error(), "--demo-rate") {
+			t.Errorf("--demo-rate %s: %v, want it refused", rate, err)
+		}
+	}
+	// Without --demo, --demo-rate was ignored: no load, no word.
+	_, err := run(t, "all", "--demo-rate", "500", "--config", "../../examples/freeway.yaml", "--data-dir", t.TempDir(), "--admin-listen", "off",
+		"--agent.listen", nowhere, "--calligraphus.listen", nowhere, "--serving.listen", nowhere, "--serving.thrift-listen", "")
+	if err == nil || !strings.Contains(err.Error(), "--demo-rate") {
+		t.Errorf("--demo-rate without --demo: %v, want it refused", err)
+	}
+}

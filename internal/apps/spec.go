@@ -2,6 +2,7 @@ package apps
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -277,6 +278,10 @@ func (s *Spec) Validate(path string) error {
 	}
 	if s.Where != "" {
 		if _, err := parseWhere(s.Where); err != nil {
+			var we *whereError
+			if errors.As(err, &we) {
+				return &config.FieldError{Path: path + ".where", Msg: we.msg, Column: we.col}
+			}
 			return errAt(path+".where", "%v", err)
 		}
 	}

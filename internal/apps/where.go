@@ -182,6 +182,19 @@ type token struct {
 	pos  int // 1-based column in the expression
 }
 
+// whereError is an error at a column of a where expression, which a
+// configuration file's error places on the file's line (config.FieldError).
+type whereError struct {
+	col int // 1-based byte column in the expression
+	msg string
+}
+
+func (e *whereError) Error() string { return fmt.Sprintf("column %d: %s", e.col, e.msg) }
+
+func whereErrorf(col int, format string, args ...any) error {
+	return &whereError{col: col, msg: fmt.Sprintf(format, args...)}
+}
+
 // lex reads s by runes (a byte of a multi-byte character is not a
 // letter or a space of its own).
 func lex(s string) ([]token, error) {
@@ -192,7 +205,7 @@ func lex(s string) ([]token, error) {
 		start := i
 		switch {
 		case c == utf8.RuneError && size == 1:
-			return nil, fmt.Errorf("column %d: invalid UTF-8", start+1)
+			return nil, whereErrorf(start+1, "invalid UTF-8")
 		case unicode.IsSpace(c):
 			i += size
 			continue
@@ -210,7 +223,7 @@ func lex(s string) ([]token, error) {
 				j++
 			}
 			if j >= len(s) {
-				return nil, fmt.Errorf("column %d: unterminated string", start+1)
+				return nil, whereErrorf(start+1, "unterminated string")
 			}
 			toks = append(toks, token{"str", b.String(), start + 1})
 			i = j + 1
@@ -226,7 +239,7 @@ func lex(s string) ([]token, error) {
 				op = "!="
 			case "<", "<=", ">", ">=":
 			default:
-				return nil, fmt.Errorf("column %d: unknown operator %q", start+1, op)
+				return nil, whereErrorf(start+1, "unknown operator %q", op)
 			}
 			i += len(opText(s[i:]))
 			toks = append(toks, token{"op", op, start + 1})
@@ -239,7 +252,7 @@ func lex(s string) ([]token, error) {
 				j++
 			}
 			if _, err := strconv.ParseFloat(s[i:j], 64); err != nil {
-				return nil, fmt.Errorf("column %d: bad number %q", start+1, s[i:j])
+				return nil, whereErrorf(start+1, "bad number %q", s[i:j])
 			}
 			toks = append(toks, token{"num", s[i:j], start + 1})
 			i = j
@@ -255,7 +268,7 @@ func lex(s string) ([]token, error) {
 			toks = append(toks, token{"ident", s[i:j], start + 1})
 			i = j
 		default:
-			return nil, fmt.Errorf("column %d: unexpected %q", start+1, c)
+			return nil, whereErrorf(start+1, "unexpected %q", c)
 		}
 	}
 	return append(toks, token{"eof", "", len(s) + 1}), nil
@@ -287,7 +300,7 @@ func parseWhere(s string) (expr, error) {
 		return nil, err
 	}
 	if t := p.peek(); t.kind != "eof" {
-		return nil, fmt.Errorf("column %d: unexpected %q", t.pos, t.text)
+		return nil, whereErrorf(t.pos, "unexpected %q", t.text)
 	}
 	return e, nil
 }
@@ -353,7 +366,7 @@ func (p *whereParser) primary() (expr, error) {
 			return nil, err
 		}
 		if t := p.next(); t.kind != ")" {
-			return nil, fmt.Errorf("column %d: expected ')'", t.pos)
+			return nil, whereErrorf(t.pos, "expected ')'")
 		}
 		return e, nil
 	}
@@ -363,7 +376,7 @@ func (p *whereParser) primary() (expr, error) {
 	}
 	if p.peek().kind != "op" {
 		if l.field == "" {
-			return nil, fmt.Errorf("column %d: expected a comparison after a literal", p.peek().pos)
+			return nil, whereErrorf(p.peek().pos, "expected a comparison after a literal")
 		}
 		return truthExpr{operand{field: l.field}}, nil
 	}
@@ -381,7 +394,7 @@ func (p *whereParser) operand() (operand, error) {
 	case "ident":
 		for _, k := range []string{"and", "or", "not"} {
 			if strings.EqualFold(t.text, k) {
-				return operand{}, fmt.Errorf("column %d: expected a field or a value, found %q", t.pos, t.text)
+				return operand{}, whereErrorf(t.pos, "expected a field or a value, found %q", t.text)
 			}
 		}
 		return operand{field: t.text}, nil
@@ -391,8 +404,8 @@ func (p *whereParser) operand() (operand, error) {
 	case "str":
 		return operand{lit: Value{Str: t.text}}, nil
 	case "eof":
-		return operand{}, fmt.Errorf("column %d: expression ends too early", t.pos)
+		return operand{}, whereErrorf(t.pos, "expression ends too early")
 	default:
-		return operand{}, fmt.Errorf("column %d: expected a field or a value, found %q", t.pos, t.text)
+		return operand{}, whereErrorf(t.pos, "expected a field or a value, found %q", t.text)
 	}
 }

@@ -100,6 +100,57 @@ func OpenStore(raw string, log *slog.Logger, reg prometheus.Registerer) (store.S
 	return nil, fmt.Errorf("open store %q: unknown scheme %q (want bolt:// or hbase://)", raw, s)
 }
 
+// CheckDFS, CheckStore and CheckCoord report why OpenDFS, OpenStore and
+// Open would refuse raw for its form (nil if they would not), without
+// opening anything: a configuration check refuses a URL they could never
+// open (a path without file://, a zk:// URL without its root) before
+// anything starts, at its key.
+func CheckDFS(raw string) error {
+	s, err := scheme(raw)
+	if err != nil {
+		return err
+	}
+	switch s {
+	case "file":
+		_, err := localPath(raw)
+		return err
+	case "hdfs":
+		return hdfs.CheckURL(raw)
+	}
+	return fmt.Errorf("unknown scheme %q in %q (want file:// or hdfs://)", s, raw)
+}
+
+// CheckStore: see CheckDFS.
+func CheckStore(raw string) error {
+	s, err := scheme(raw)
+	if err != nil {
+		return err
+	}
+	switch s {
+	case "bolt":
+		_, err := localPath(raw)
+		return err
+	case "hbase":
+		return hbasestore.CheckURL(raw)
+	}
+	return fmt.Errorf("unknown scheme %q in %q (want bolt:// or hbase://)", s, raw)
+}
+
+// CheckCoord: see CheckDFS.
+func CheckCoord(raw string) error {
+	s, err := scheme(raw)
+	if err != nil {
+		return err
+	}
+	switch s {
+	case "inproc":
+		return nil
+	case "zk":
+		return zkcoord.CheckURL(raw)
+	}
+	return fmt.Errorf("unknown scheme %q in %q (want inproc:// or zk://)", s, raw)
+}
+
 // RemoveDFS deletes the file system at raw, its root and everything under
 // it; a root that does not exist is no error. Freeway itself never does
 // (retention deletes segments one by one): it is for tools and tests that

@@ -135,3 +135,143 @@ func TestUnder(t *testing.T) {
 		t.Fatalf("single: %v", fe)
 	}
 }
+
+type typed struct {
+	On    bool     `yaml:"on"`
+	Count int      `yaml:"count"`
+	List  []string `yaml:"list"`
+	Sect  struct {
+		Flag bool `yaml:"flag"`
+	} `yaml:"sect"`
+}
+
+// TestTypeErrorsSayWhatIsWanted: a value of the wrong type is refused
+// with what the key wants and what was written, not with Go's type and
+// field names (go-yaml named a section's key by the section's Go field:
+// "Go struct field typed.Sect of type bool" for sect.flag).
+func TestTypeErrorsSayWhatIsWanted(t *testing.T) {
+	for src, want := range map[string]string{
+		"count: four\n":                  `want a whole number, not "four"`,
+		"on: maybe\n":                    `want true or false, not "maybe"`,
+		"sect:\n  flag: maybe\n":         `want true or false, not "maybe"`,
+		"list: a\n":                      `want a list ("- item" lines or [a, b]), not "a"`,
+		"sect: 5\n":                      `want a section of keys, not "5"`,
+		"count: [1]\n":                   `want a whole number, not a list`,
+		"count: 100000000000000000000\n": `100000000000000000000 is out of range`,
+	} {
+		err := Decode("test.yaml", []byte(src), &typed{}, nil)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Line == 0 || ce.Msg != want {
+			t.Errorf("%q: %v, want the message %q at a position", src, err, want)
+		}
+	}
+}
+
+// TestSourceMarksTheLine: the lines shown end with the one at fault,
+// numbered once each, and the marker stands under its column, also for
+// an error whose token runs over several lines (go-yaml drew the marker
+// under a later line there).
+func TestSourceMarksTheLine(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{"name: x\nitems:\n  - fn: \"count\n    every: 1s\n",
+			"   1 | name: x\n   2 | items:\n>  3 |   - fn: \"count\n               ^"},
+		{"items:\n  - fn: a\n   every: 1s\n  - fn: b\n",
+			"   1 | items:\n   2 |   - fn: a\n>  3 |    every: 1s\n          ^"},
+		{"name: x\nsize: 1\nitems:\n  - fn: a\n  - fn: b\n    colour: red\n",
+			"   3 | items:\n   4 |   - fn: a\n   5 |   - fn: b\n>  6 |     colour: red\n           ^"},
+		{"name: x\n\tsize: 1\n",
+			"   1 | name: x\n>  2 | \tsize: 1\n       ^"},
+	} {
+		_, err := decode(t, c.src, nil)
+		if err == nil || err.Source != c.want {
+			t.Errorf("%q:\n%v\nwant the source\n%s", c.src, err, c.want)
+		}
+	}
+}
+
+type Port struct {
+	MaxConns int `yaml:"max_conns"`
+}
+
+type wholes struct {
+	Port     `yaml:",inline"`
+	N        int              `yaml:"n"`
+	Ns       []uint           `yaml:"ns"`
+	ByName   map[string]int64 `yaml:"by_name"`
+	Ratio    float64          `yaml:"ratio"`
+	Size     ByteSize         `yaml:"size"`
+	Sections []struct {
+		K *int `yaml:"k"`
+	} `yaml:"sections"`
+}
+
+// TestFractionWhereAWholeNumberIs: go-yaml dropped the fraction of a
+// number decoded into an integer ("buckets: 2.9" ran with 2 buckets);
+// it is refused at the number, wherever it is, and a whole number
+// written as a float, or a fraction where one fits, is taken.
+func TestFractionWhereAWholeNumberIs(t *testing.T) {
+	for src, col := range map[string]int{
+		"n: 2.9\n":                 4,
+		"ns: [1, 2.5]\n":           9,
+		"by_name: {a: 0.5}\n":      14,
+		"max_conns: 10.5\n":        12,
+		"sections:\n  - k: 1.25\n": 8,
+		"n: &x 1.5\n":              7,
+	} {
+		err := Decode("test.yaml", []byte(src), &wholes{}, nil)
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Column != col || !strings.HasPrefix(ce.Msg, "want a whole number, not ") {
+			t.Errorf("%q: %v, want a whole number at column %d", src, err, col)
+		}
+	}
+	var w wholes
+	if err := Decode("test.yaml", []byte("n: 1e3\nns: [2.0]\nratio: 0.5\nsize: 1.5KiB\nmax_conns: 3\n"), &w, nil); err != nil || w.N != 1000 || w.Ns[0] != 2 || w.Ratio != 0.5 || w.Size != 1536 || w.MaxConns != 3 {
+		t.Fatalf("decoded %+v, %v", w, err)
+	}
+}
+
+// TestUnknownKeyNamesTheKeyMeant: an unknown key is told with the key of
+// its section it is closest to, or, none being close, the section's keys
+// (only "unknown key" before, with nothing on what the section holds).
+func TestUnknownKeyNamesTheKeyMeant(t *testing.T) {
+	for src, want := range map[string]string{
+		"nam: x\n":                          `unknown key "nam" (did you mean name?)`,
+		"items:\n  - fn: a\n    evry: 1s\n": `unknown key "evry" (did you mean every?)`,
+		"colour: red\n":                     `unknown key "colour" (want one of items, name, size)`,
+		"flavour: 3\n":                      `unknown key "flavour" (want one of by_name, max_conns, n, ns, ratio, sections, size)`,
+		"sections:\n  - {kk: 1}\n":          `unknown key "kk" (did you mean k?)`,
+	} {
+		var err error
+		if strings.Contains(src, "flavour") || strings.Contains(src, "sections") {
+			err = Decode("test.yaml", []byte(src), &wholes{}, nil)
+		} else {
+			err = Decode("test.yaml", []byte(src), &doc{}, nil)
+		}
+		var ce *Error
+		if !errors.As(err, &ce) || ce.Line == 0 || ce.Msg != want {
+			t.Errorf("%q: %v, want %s", src, err, want)
+		}
+	}
+}
+
+// TestByteOrderMarkAndSecondDocument: a byte order mark before the first
+// key is no part of it ("unknown key \"\ufeffname\"" before), and a
+// second document is refused where it starts, not ignored (its keys
+// were silently dropped).
+func TestByteOrderMarkAndSecondDocument(t *testing.T) {
+	d, err := decode(t, "\ufeffname: x\n", nil)
+	if err != nil || d.Name != "x" {
+		t.Fatalf("with a byte order mark: %+v, %v", d, err)
+	}
+	_, err = decode(t, "name: x\n---\nsize: 1KiB\n", nil)
+	if err == nil || err.Line != 2 || err.Column != 1 || !strings.Contains(err.Msg, "second YAML document") {
+		t.Fatalf("a second document: %v, want it refused at line 2", err)
+	}
+	// A start marker, comments or an empty document after it are one
+	// document still.
+	for _, src := range []string{"---\nname: x\n", "# c\n---\nname: x\n", "name: x\n---\n", "name: x\n---\n# c\n", "name: x\n...\n"} {
+		if d, err := decode(t, src, nil); err != nil || d.Name != "x" {
+			t.Errorf("%q: %+v, %v", src, d, err)
+		}
+	}
+}

@@ -24,6 +24,12 @@ import (
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
+// The categories the demo load sends to: each line as it is, and as JSON.
+const (
+	RawCategory  = "access"
+	JSONCategory = "access_json"
+)
+
 //go:embed access.log.gz
 var accessLogGz []byte
 
@@ -96,7 +102,7 @@ func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.L
 		}
 	}()
 	next, sent := 0, 0
-	log.Info("demo load started", "to", addr, "lines_per_second", rate, "categories", "access, access_json")
+	log.Info("demo load started", "to", addr, "lines_per_second", rate, "categories", RawCategory+", "+JSONCategory)
 	for {
 		select {
 		case <-ctx.Done():
@@ -120,7 +126,7 @@ func Run(ctx context.Context, addr string, tc *tls.Config, rate int, log *slog.L
 			if !ok {
 				continue
 			}
-			entries = append(entries, &scribethrift.LogEntry{Category: "access", Message: raw}, &scribethrift.LogEntry{Category: "access_json", Message: js})
+			entries = append(entries, &scribethrift.LogEntry{Category: RawCategory, Message: raw}, &scribethrift.LogEntry{Category: JSONCategory, Message: js})
 		}
 		rc, err := client.Log(ctx, entries)
 		if err != nil {

@@ -2,15 +2,18 @@ package freeway
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/copier"
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -136,6 +139,20 @@ func (c *Config) Validate() error {
 	if d := c.DFSRetention.D(); d < 0 || d > 0 && d < time.Second {
 		return config.Errorf("$.dfs_retention", "must be 0 (keep every segment) or at least 1s")
 	}
+	// Empty is the embedded backend under data_dir (Resolve).
+	for _, b := range []struct {
+		path, url string
+		check     func(string) error
+	}{
+		{"$.dfs", c.DFS, backends.CheckDFS}, {"$.store", c.Store, backends.CheckStore}, {"$.coord", c.Coord, backends.CheckCoord},
+	} {
+		if b.url == "" {
+			continue
+		}
+		if err := b.check(b.url); err != nil {
+			return config.Errorf(b.path, "%v", err)
+		}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -157,6 +174,19 @@ func (c *Config) Validate() error {
 	} {
 		if err := s.v.Validate(); err != nil {
 			return config.Under(s.path, err)
+		}
+	}
+	// The sections check their own keys but for these addresses, which
+	// otherwise failed only at the start, with no position in the file.
+	for _, l := range []struct{ path, addr string }{
+		{"$.calligraphus.listen", c.Calligraphus.Listen}, {"$.puma.listen", c.Puma.Listen},
+		{"$.serving.listen", c.Serving.Listen}, {"$.serving.thrift_listen", c.Serving.ThriftListen},
+	} {
+		if l.addr == "" {
+			continue // none, or refused by its section
+		}
+		if _, p, err := net.SplitHostPort(l.addr); err != nil || !validPort(p) {
+			return config.Errorf(l.path, "must be host:port (such as 127.0.0.1:8080; port 0 picks a free one), got %q", l.addr)
 		}
 	}
 	largest, port := c.Agent.MaxCallBytes, "agent"
@@ -258,6 +288,12 @@ func bucketsOf(cats map[string]CategoryConfig, def int, category string) int {
 		return cc.Buckets
 	}
 	return def
+}
+
+// validPort reports whether p is a port number a listener can bind.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 // CompiledApps compiles the apps (already validated).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -379,4 +380,37 @@ func copierHeld(t *testing.T, r *running) float64 {
 		}
 	}
 	return n
+}
+
+// TestAddressInUseNamesTheFlag: a listener whose address another process
+// holds fails the start with the flag that moves it, once ("start
+// calligraphus: start calligraphus: listen on ..." and nothing on what
+// to do, before).
+func TestAddressInUseNamesTheFlag(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for module, set := range map[string]func(*Config){
+		Agent:        func(c *Config) { c.Agent.Listen = held.Addr().String() },
+		Calligraphus: func(c *Config) { c.Calligraphus.Listen = held.Addr().String() },
+		Serving:      func(c *Config) { c.Serving.Listen = held.Addr().String() },
+	} {
+		cfg := testConfig(t.TempDir())
+		set(&cfg)
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Resolve()
+		p, err := New(cfg, All, Options{Version: "test", AdminListen: "off"})
+		if err == nil {
+			_ = p.Close()
+			t.Fatalf("%s: started on an address in use", module)
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "--"+module+".listen") || strings.Count(msg, "start "+module) != 1 || !strings.Contains(msg, held.Addr().String()) {
+			t.Errorf("%s: %q, want the address, --%s.listen and one \"start %s\"", module, msg, module, module)
+		}
+	}
 }

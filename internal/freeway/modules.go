@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -187,6 +188,11 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	for _, name := range order {
 		if err := table[name](); err != nil {
 			_ = p.Close() // the start error is the one to report
+			if flags := listenFlags[name]; flags != "" && errors.Is(err, syscall.EADDRINUSE) {
+				// The usual first stumble: a second freeway, or another
+				// server, on a default port.
+				return nil, fmt.Errorf("start %s: %w (another process has the address, another freeway perhaps: set %s)", name, err, flags)
+			}
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
 	}
@@ -589,6 +595,14 @@ func (p *Process) initAdmin(mods []string) error {
 	p.admin = srv
 	p.runners = append(p.runners, runner{"admin", srv.Serve})
 	return nil
+}
+
+// listenFlags names, per module, the flags of the addresses it binds.
+var listenFlags = map[string]string{
+	Agent:        "--agent.listen",
+	Calligraphus: "--calligraphus.listen",
+	Puma:         "--puma.listen",
+	Serving:      "--serving.listen or --serving.thrift-listen",
 }
 
 // AdminAddr is the bound admin address, or "".

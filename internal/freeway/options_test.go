@@ -195,3 +195,57 @@ func TestAgentBatchesFitTheWriters(t *testing.T) {
 		t.Fatalf("equal limits refused: %v", err)
 	}
 }
+
+// TestWhereErrorAtItsColumn: an app's where expression that does not
+// parse is reported at the file's column of the fault, not at the
+// value's start with a second column within it ("5:12: ... column 11").
+func TestWhereErrorAtItsColumn(t *testing.T) {
+	for where, want := range map[string]struct {
+		col int
+		msg string
+	}{
+		`status >= and x`:     {22, `apps[0].where: expected a field or a value, found "and"`},
+		`'status > 3 and (x'`: {30, `apps[0].where: expected ')'`},
+		`"a == \"b"`:          {12, `apps[0].where: column 6: unterminated string`}, // an escape: no column of the file is the expression's
+	} {
+		src := "apps:\n  - name: a\n    category: c\n    format: json\n    where: " + where + "\n    aggregates: [{fn: count}]\n"
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line != 5 || ce.Column != want.col || ce.Msg != want.msg {
+			t.Errorf("where %s: %v, want line 5 column %d: %s", where, err, want.col, want.msg)
+		}
+	}
+}
+
+// TestBackendURLsAndAddressesCheckedInTheFile: a backend URL no backend
+// can open, or a listen address that is not host:port, is refused by the
+// configuration check at its key; "freeway config check" said ok and
+// the start failed with no position in the file.
+func TestBackendURLsAndAddressesCheckedInTheFile(t *testing.T) {
+	for src, want := range map[string]string{
+		"dfs: /data/freeway\n":                  `dfs: bad URL "/data/freeway": no scheme`,
+		"store: redis://x\n":                    `store: unknown scheme "redis"`,
+		"coord: zk://127.0.0.1:2181\n":          "coord: parse zk URL",
+		"dfs: hdfs://\n":                        "dfs: ",
+		"store: hbase:///x\n":                   "store: ",
+		"serving:\n  listen: \"8080\"\n":        `serving.listen: must be host:port`,
+		"serving:\n  thrift_listen: nohost\n":   `serving.thrift_listen: must be host:port`,
+		"calligraphus:\n  listen: \":99999\"\n": `calligraphus.listen: must be host:port`,
+		"puma:\n  listen: nohost\n":             `puma.listen: must be host:port`,
+	} {
+		cfg := DefaultConfig()
+		err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate)
+		var ce *config.Error
+		if !asConfigError(err, &ce) || ce.Line == 0 || !strings.HasPrefix(ce.Msg, want) {
+			t.Errorf("%q: %v, want at its line: %s", src, err, want)
+		}
+	}
+	// What the backends take, and no listener, pass.
+	cfg := DefaultConfig()
+	src := "dfs: hdfs://127.0.0.1:9000/freeway\nstore: hbase://127.0.0.1:9090\ncoord: zk://127.0.0.1:2181/freeway\n" +
+		"puma:\n  listen: \"\"\nserving:\n  listen: \"[::1]:0\"\n  thrift_listen: \"\"\n"
+	if err := config.Decode("c.yaml", []byte(src), &cfg, cfg.Validate); err != nil {
+		t.Fatalf("valid URLs and addresses refused: %v", err)
+	}
+}

@@ -14,7 +14,9 @@
 // duration. It counts what was acknowledged (OK), retries a batch
 // answered TRY_LATER, and counts the entries of a call that failed
 // without an answer as of unknown fate (the agent may or may not have
-// them); it keeps a histogram of Log call latencies. Each connection
+// them); a server it cannot connect to for Timeout ends the run with
+// that error. Paced, the connections' first batches are spread over the
+// pacing interval. It keeps a histogram of Log call latencies. Each connection
 // makes its batch's lines straight into one reused frame of the Log
 // call's arguments (scribewire.AppendEntryStart, EndEntry) and sends it
 // as it is (scribeapi.Client.LogFrame): no allocation and no copy per

@@ -46,6 +46,8 @@ type Options struct {
 	// in the order the calls were answered.
 	Out io.Writer
 	// Timeout is the connect and per-call socket timeout (default 30s).
+	// A connection whose attempts to connect all fail for this long
+	// stops, and Run returns the error.
 	Timeout time.Duration
 	// OnAck, when not nil, is called with the records of every batch
 	// answered OK, and OnUnknown with those of a call that failed
@@ -100,6 +102,9 @@ type Loader struct {
 	behind  atomic.Int64
 	lastAck atomic.Int64 // unix ns
 	lastErr atomic.Pointer[string]
+	// unreachable is why a connection stopped: the server could not be
+	// reached for Timeout.
+	unreachable atomic.Pointer[error]
 
 	outMu  sync.Mutex
 	out    *bufio.Writer
@@ -153,7 +158,8 @@ func (l *Loader) Acked() int64 { return l.acked.Load() }
 
 // Run sends until Count lines are answered, Duration ends or ctx ends,
 // and returns what was done. The error is for what stopped it early
-// (writing Out); a server that answers badly is counted, not an error.
+// (a server not reached for Timeout, writing Out); a server that answers
+// badly is counted, not an error.
 func (l *Loader) Run(ctx context.Context) (Summary, error) {
 	if l.o.Duration > 0 {
 		var cancel context.CancelFunc
@@ -163,17 +169,22 @@ func (l *Loader) Run(ctx context.Context) (Summary, error) {
 	start := time.Now()
 	l.lastAck.Store(start.UnixNano())
 	var wg sync.WaitGroup
-	for range l.o.Conns {
-		wg.Go(func() { l.conn(ctx) })
+	for j := range l.o.Conns {
+		wg.Go(func() { l.conn(ctx, j) })
 	}
 	wg.Wait()
 	var err error
+	if e := l.unreachable.Load(); e != nil {
+		err = *e
+	}
 	if l.out != nil {
 		l.outMu.Lock()
 		if l.outErr == nil {
 			l.outErr = l.out.Flush()
 		}
-		err = l.outErr
+		if err == nil {
+			err = l.outErr
+		}
 		l.outMu.Unlock()
 	}
 	return l.summary(start), err
@@ -219,9 +230,9 @@ func (l *Loader) fail(err error) {
 	l.lastErr.Store(&s)
 }
 
-// conn sends batches on one connection until there are none left or ctx
+// conn sends batches on connection j until there are none left or ctx
 // ends, then merges its latencies.
-func (l *Loader) conn(ctx context.Context) {
+func (l *Loader) conn(ctx context.Context, j int) {
 	var h hist
 	defer func() {
 		l.histMu.Lock()
@@ -238,7 +249,12 @@ func (l *Loader) conn(ctx context.Context) {
 	if l.o.Rate > 0 {
 		interval = time.Duration(float64(time.Second) * float64(l.o.Batch) * float64(l.o.Conns) / l.o.Rate)
 	}
-	next := time.Now()
+	// Paced, connection j sends its first batch j/Conns of an interval
+	// after the first one's: all at once, a rate below a batch a
+	// connection a second sent Conns batches at the start (--rate 100
+	// over 3s: 8000 entries, not 300 or the one batch the batch size
+	// allows).
+	next := time.Now().Add(interval * time.Duration(j) / time.Duration(l.o.Conns))
 	// The connection's one frame buffer, reused call after call: the
 	// lines are made straight into the Log call's arguments, after the
 	// room LogFrame writes the frame's head into; spans are where each
@@ -282,17 +298,29 @@ func (l *Loader) conn(ctx context.Context) {
 			recs = append(recs, r)
 		}
 		frame = scribewire.AppendLogTail(frame)
+		var failingSince time.Time
 		for {
 			if client == nil {
 				c, err := scribeapi.DialTLS(l.o.Addr, l.o.TLS, thriftsrv.Limits{}, l.o.Timeout)
 				if err != nil {
 					l.fail(err)
+					// A server that comes back (a restart) is waited
+					// for; one that stays away ends the run rather than
+					// leave a --count run retrying silently forever.
+					if failingSince.IsZero() {
+						failingSince = time.Now()
+					} else if time.Since(failingSince) >= l.o.Timeout {
+						e := fmt.Errorf("cannot connect to %s for %v: %w", l.o.Addr, l.o.Timeout, err)
+						l.unreachable.CompareAndSwap(nil, &e)
+						return
+					}
 					if !sleep(ctx, 100*time.Millisecond) {
 						return
 					}
 					continue
 				}
 				client = c
+				failingSince = time.Time{}
 			}
 			l.calls.Add(1)
 			t0 := time.Now()

@@ -302,6 +302,64 @@ func TestLoaderCountsWhatFailsWithoutAnAnswer(t *testing.T) {
 	}
 }
 
+// TestLoaderStopsWhenNothingListens: a run of a count of lines to a
+// server it cannot reach ends, with the error, once connecting has
+// failed for Timeout (`freeway load --count 10` to a wrong port hung,
+// printing nothing).
+func TestLoaderStopsWhenNothingListens(t *testing.T) {
+	ld, err := New(Options{Addr: "127.0.0.1:1", Category: "bench", Lines: Lines{Format: JSON, Keys: 1},
+		Conns: 2, Batch: 10, Count: 100, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		sum Summary
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sum, err := ld.Run(context.Background())
+		done <- result{sum, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err == nil || !strings.Contains(r.err.Error(), "cannot connect to 127.0.0.1:1") || r.sum.Entries != 0 || r.sum.Unknown != 0 {
+			t.Fatalf("summary %+v, error %v: want none sent and the connection error", r.sum, r.err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the run did not end with nothing listening")
+	}
+}
+
+// TestLoaderPacesFromTheStart: a rate below a batch per connection a
+// second does not send every connection's first batch at once: over a
+// short run, one batch leaves (8000 entries for --rate 100 over 3s
+// before, 8 connections of 1000).
+func TestLoaderPacesFromTheStart(t *testing.T) {
+	h := &server{}
+	srv, err := scribeapi.Listen("127.0.0.1:0", h, scribeapi.Info{Name: "test"}, thriftsrv.Limits{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Serve(ctx) }() // stops when the test ends
+	// One entry a second over 4 connections of batches of 10: a batch
+	// every 10 s, the second one 10 s after the start, far past the run.
+	ld, err := New(Options{Addr: srv.Addr(), Category: "bench", Lines: Lines{Format: JSON, Keys: 1},
+		Conns: 4, Batch: 10, Rate: 1, Duration: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := ld.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Entries != 10 {
+		t.Fatalf("summary %+v: want one batch of 10 entries", sum)
+	}
+}
+
 func TestNewRefusesBadOptions(t *testing.T) {
 	ok := Options{Addr: "x:1", Category: "c", Lines: Lines{Format: JSON, Keys: 1}, Conns: 1, Batch: 1, Count: 1}
 	for name, mutate := range map[string]func(*Options){

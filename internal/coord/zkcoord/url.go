@@ -159,3 +159,10 @@ func (cfg config) String() string {
 	}
 	return s
 }
+
+// CheckURL reports why Open would refuse raw before connecting (nil if
+// it would not), for a configuration check.
+func CheckURL(raw string) error {
+	_, err := parseURL(raw)
+	return err
+}

@@ -208,3 +208,10 @@ func resolveUser(fromURL string, getenv func(string) string, current func() (*us
 	}
 	return u.Username, nil
 }
+
+// CheckURL reports why Open would refuse rawURL before connecting (nil
+// if it would not), for a configuration check.
+func CheckURL(rawURL string) error {
+	_, err := parseURL(rawURL)
+	return err
+}

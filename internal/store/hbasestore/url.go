@@ -112,3 +112,12 @@ func validQualifierChars(s string) bool {
 	}
 	return true
 }
+
+// CheckURL reports why Open would refuse rawURL (nil if it would not),
+// for a configuration check.
+func CheckURL(rawURL string) error {
+	if _, err := parseURL(rawURL); err != nil {
+		return fmt.Errorf("store %s: %w", rawURL, err)
+	}
+	return nil
+}
