@@ -376,9 +376,10 @@ func keysBeside(n ast.Node, t reflect.Type, at *token.Token) []string {
 	return nil
 }
 
-// structKeys is the YAML keys of struct t, inlined structs' included.
-func structKeys(t reflect.Type) []string {
-	var keys []string
+// yamlFields calls fn with the YAML key and the type of each exported
+// field of struct t, inlined structs' fields included, until fn returns
+// false; it reports whether fn never did.
+func yamlFields(t reflect.Type, fn func(key string, ft reflect.Type) bool) bool {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if !f.IsExported() {
@@ -390,8 +391,8 @@ func structKeys(t reflect.Type) []string {
 			for ft.Kind() == reflect.Pointer {
 				ft = ft.Elem()
 			}
-			if ft.Kind() == reflect.Struct {
-				keys = append(keys, structKeys(ft)...)
+			if ft.Kind() == reflect.Struct && !yamlFields(ft, fn) {
+				return false
 			}
 			continue
 		}
@@ -401,8 +402,20 @@ func structKeys(t reflect.Type) []string {
 		if name == "" {
 			name = strings.ToLower(f.Name)
 		}
-		keys = append(keys, name)
+		if !fn(name, f.Type) {
+			return false
+		}
 	}
+	return true
+}
+
+// structKeys is the YAML keys of struct t, inlined structs' included.
+func structKeys(t reflect.Type) []string {
+	var keys []string
+	yamlFields(t, func(key string, _ reflect.Type) bool {
+		keys = append(keys, key)
+		return true
+	})
 	return keys
 }
 
@@ -470,32 +483,15 @@ func decodesItself(t reflect.Type) bool {
 // fieldType is the type of struct t's field of YAML key key (searching
 // inlined structs), nil if none.
 func fieldType(t reflect.Type, key string) reflect.Type {
-	for i := range t.NumField() {
-		f := t.Field(i)
-		if !f.IsExported() {
-			continue
+	var found reflect.Type
+	yamlFields(t, func(k string, ft reflect.Type) bool {
+		if k == key {
+			found = ft
+			return false
 		}
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if strings.Contains(","+opts+",", ",inline,") {
-			ft := f.Type
-			for ft.Kind() == reflect.Pointer {
-				ft = ft.Elem()
-			}
-			if ft.Kind() == reflect.Struct {
-				if got := fieldType(ft, key); got != nil {
-					return got
-				}
-			}
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		if name == key {
-			return f.Type
-		}
-	}
-	return nil
+		return true
+	})
+	return found
 }
 
 // nodeToValue decodes body into dst; a panic of the decoder on input no
