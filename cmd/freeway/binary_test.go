@@ -285,6 +285,17 @@ func TestReloadAndShutdown(t *testing.T) {
 	}
 	p.waitOutput(t, "configuration not reloaded")
 	p.waitOutput(t, cfgFile+`:5:3: unknown key \"colour\"`)
+	// POST /admin/reload with the broken file answers its error, not
+	// 202 "accepted" and a refusal only in the log.
+	resp, err := http.Post("http://"+api+"/admin/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), `:5:3: unknown key \"colour\"`) {
+		t.Fatalf("POST /admin/reload with a broken file: %d %s, want 422 with its error", resp.StatusCode, body)
+	}
 	if got := option("agent.max_queue_bytes"); got != "512MiB" {
 		t.Fatalf("after a broken file, agent.max_queue_bytes = %q", got)
 	}

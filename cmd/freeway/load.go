@@ -68,7 +68,20 @@ is at start + i × step.`,
 				if out == "" || o.Count == 0 {
 					return errors.New("--dry-run writes --count lines to --out: set both")
 				}
-				return writeLines(o, out)
+				n, err := writeLines(o, out)
+				if err != nil {
+					return err
+				}
+				// Say what was written: a silent success leaves the
+				// user to check the file to know anything happened.
+				if asJSON {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					_ = enc.Encode(map[string]any{"lines": o.Count, "bytes": n, "file": out})
+				} else {
+					_, _ = fmt.Fprintf(cmd.OutOrStdout(), "wrote %d lines (%d bytes) to %s; nothing sent (--dry-run)\n", o.Count, n, out)
+				}
+				return nil
 			}
 			if o.Count == 0 && o.Duration == 0 {
 				o.Duration = 10 * time.Second
@@ -150,16 +163,22 @@ is at start + i × step.`,
 	return cmd
 }
 
-func writeLines(o loadgen.Options, path string) error {
+// writeLines writes o.Count lines to path and returns its size in bytes.
+func writeLines(o loadgen.Options, path string) (int64, error) {
 	f, err := os.Create(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := o.Lines.Write(f, o.First, o.Count, time.Now().UnixMilli(), nil); err != nil {
 		_ = f.Close() // the write error is the one reported
-		return err
+		return 0, err
 	}
-	return f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		_ = f.Close() // the stat error is the one reported
+		return 0, err
+	}
+	return st.Size(), f.Close()
 }
 
 func report(ctx context.Context, cmd *cobra.Command, ld *loadgen.Loader, every time.Duration) {

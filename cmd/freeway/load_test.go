@@ -47,8 +47,13 @@ func TestLoadRefusesBadFlags(t *testing.T) {
 
 func TestLoadDryRunWritesTheSeededLines(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "lines.json")
-	if _, err := run(t, "load", "--count", "1k", "--start", "1764583200", "--step", "1s", "--dry-run", "--out", file); err != nil {
+	out, err := run(t, "load", "--count", "1k", "--start", "1764583200", "--step", "1s", "--dry-run", "--out", file)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// It says what it wrote, rather than nothing.
+	if want := fmt.Sprintf("wrote 1000 lines (177000 bytes) to %s", file); !strings.Contains(out, want) {
+		t.Errorf("load --dry-run printed %q, want %q", out, want)
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {

@@ -6,7 +6,8 @@
 //
 // SIGHUP (or fb303 reinitialize on a Scribe port, or POST /admin/reload
 // on the HTTP port) reloads the configuration file and restarts the
-// components with it when it validates; SIGTERM, SIGINT, fb303 shutdown
+// components with it when it validates (POST /admin/reload answers a
+// file that does not with its error); SIGTERM, SIGINT, fb303 shutdown
 // or POST /admin/shutdown stop them gracefully.
 package main
 
@@ -196,7 +197,12 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 			default:
 			}
 		},
-		Shutdown: shutdown,
+		// The file is read again when the reload happens; checking it
+		// here lets POST /admin/reload answer that it is invalid, and
+		// why, instead of accepting a reload that is then only refused
+		// in the log.
+		CheckReload: func() error { _, err := r.load(); return err },
+		Shutdown:    shutdown,
 	}
 	var prev *freeway.Config
 	for {

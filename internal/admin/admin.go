@@ -40,7 +40,8 @@ type Routes struct {
 	// Auth applies the process's tokens (nil: none configured).
 	Auth *auth.Guard
 	// Control's Reinitialize and Shutdown are what POST /admin/reload and
-	// /admin/shutdown do (nil: answered 501).
+	// /admin/shutdown do (nil: answered 501); a reload CheckReload
+	// refuses is answered 422 with its error.
 	Control component.Control
 	// Pprof mounts /debug/pprof/.
 	Pprof bool
@@ -78,8 +79,8 @@ func (rt Routes) Mount(mux Mux) {
 		mux.Handle("/debug/pprof/symbol", g.Admin(http.HandlerFunc(pprof.Symbol)))
 		mux.Handle("/debug/pprof/trace", g.Admin(http.HandlerFunc(pprof.Trace)))
 	}
-	mux.Handle("POST /admin/reload", wrap("admin", g.Control(g.ControlHandler("reload", rt.Control.Reinitialize)).ServeHTTP))
-	mux.Handle("POST /admin/shutdown", wrap("admin", g.Control(g.ControlHandler("shutdown", rt.Control.Shutdown)).ServeHTTP))
+	mux.Handle("POST /admin/reload", wrap("admin", g.Control(g.ControlHandler("reload", rt.Control.Reinitialize, rt.Control.CheckReload)).ServeHTTP))
+	mux.Handle("POST /admin/shutdown", wrap("admin", g.Control(g.ControlHandler("shutdown", rt.Control.Shutdown, nil)).ServeHTTP))
 }
 
 // readyz answers 200 "ready", or 503 with the reason and one line per

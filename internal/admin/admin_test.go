@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -80,6 +81,26 @@ func TestRoutes(t *testing.T) {
 	serve(Routes{Wrap: wrap}, "POST", "/admin/reload")
 	if strings.Join(wrapped, ",") != "healthz,readyz,admin" {
 		t.Errorf("wrapped %v", wrapped)
+	}
+}
+
+// TestReloadRefusedAnswersWhy: a reload whose file does not validate is
+// answered 422 with the error (file:line:col), not 202 "accepted", and
+// nothing is reloaded.
+func TestReloadRefusedAnswersWhy(t *testing.T) {
+	var reloads int
+	bad := errors.New("freeway.yaml:3:7: unknown key \"buckts\"")
+	rt := Routes{Control: component.Control{Reinitialize: func() { reloads++ }, CheckReload: func() error { return bad }}}
+	w := serve(rt, "POST", "/admin/reload")
+	if w.Code != http.StatusUnprocessableEntity || !strings.Contains(w.Body.String(), `freeway.yaml:3:7: unknown key`) {
+		t.Errorf("reload of an invalid file: %d %q, want 422 with the error", w.Code, w.Body)
+	}
+	if reloads != 0 {
+		t.Errorf("%d reloads of an invalid file", reloads)
+	}
+	rt.Control.CheckReload = func() error { return nil }
+	if w := serve(rt, "POST", "/admin/reload"); w.Code != http.StatusAccepted || reloads != 1 {
+		t.Errorf("reload of a valid file: %d, %d reloads", w.Code, reloads)
 	}
 }
 

@@ -170,12 +170,23 @@ func (g *Guard) logRefusal(endpoint, reason, request, remote string) {
 // ControlHandler answers a control request (POST /admin/reload, say) by
 // calling do, which must return at once (it asks the process to act),
 // after answering 202 {"status": "accepted", "action": action}. A nil do
-// is answered 501.
-func (g *Guard) ControlHandler(action string, do func()) http.Handler {
+// is answered 501. check, when set, is called first: its error is
+// answered 422 {"error": ...} and do is not called (the operator sees
+// why, not an "accepted" that the process then refuses in its log).
+func (g *Guard) ControlHandler(action string, do func(), check func() error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if do == nil {
 			writeJSON(w, http.StatusNotImplemented, action+" is not supported by this process")
 			return
+		}
+		if check != nil {
+			if err := check(); err != nil {
+				if g != nil {
+					g.log.Warn("admin control request refused", "action", action, "remote", r.RemoteAddr, "err", err)
+				}
+				writeJSON(w, http.StatusUnprocessableEntity, action+" refused: "+err.Error())
+				return
+			}
 		}
 		if g != nil {
 			g.log.Info("admin control request", "action", action, "remote", r.RemoteAddr)

@@ -81,6 +81,12 @@ type Control struct {
 	Options      func() map[string]string
 	Reinitialize func()
 	Shutdown     func()
+	// CheckReload, when set, reads and validates what a reload would
+	// load, at once: POST /admin/reload answers its error
+	// (file:line:col) and does not reload, rather than accept a reload
+	// that would only be refused in the log. (fb303 reinitialize is
+	// oneway: it has no answer to carry it.)
+	CheckReload func() error
 	// TokenRequired says an admin token is configured
 	// (auth.admin_token_file): fb303's control calls, which cannot carry
 	// a token, are then refused from everywhere; POST /admin/reload and

@@ -100,6 +100,9 @@ type Options struct {
 	// they are answered as unsupported); they must return at once.
 	Reinitialize func()
 	Shutdown     func()
+	// CheckReload validates what a reload would load; a reload it
+	// refuses is answered with its error (nil: not checked).
+	CheckReload func() error
 }
 
 // Process is one running Freeway process.
@@ -181,7 +184,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	if sh.Auth, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
 		return nil, err
 	}
-	sh.Control = component.Control{Options: p.Options, Reinitialize: opts.Reinitialize, Shutdown: opts.Shutdown,
+	sh.Control = component.Control{Options: p.Options, Reinitialize: opts.Reinitialize, Shutdown: opts.Shutdown, CheckReload: opts.CheckReload,
 		TokenRequired: sh.Auth.AdminToken()}
 	p.shared = sh
 	table := p.modules()

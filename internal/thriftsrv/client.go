@@ -58,11 +58,33 @@ func DialTLS(addr string, tc *tls.Config, limits Limits, timeout time.Duration) 
 		cfg.TLSConfig = tc
 		sock = thrift.NewTSSLSocketConf(addr, cfg)
 	}
+	sock = &sniffAnswer{TTransport: sock, addr: addr}
 	trans := thrift.NewTFramedTransportConf(sock, cfg)
 	if err := trans.Open(); err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	return &Client{Transport: trans, Protocol: thrift.NewTBinaryProtocolFactoryConf(cfg), sock: sock, cfg: cfg}, nil
+}
+
+// sniffAnswer names an HTTP server answering where a Thrift one was
+// expected (a serving or admin port given for a Scribe one): the framed
+// transport would read its "HTTP/1.1 400" as the frame size 1213486160
+// and report only "Incorrect frame size (1213486160)".
+type sniffAnswer struct {
+	thrift.TTransport
+	addr string
+	head []byte // the first bytes read, up to 4
+}
+
+func (s *sniffAnswer) Read(p []byte) (int, error) {
+	n, err := s.TTransport.Read(p)
+	if len(s.head) < 4 {
+		s.head = append(s.head, p[:min(n, 4-len(s.head))]...)
+		if string(s.head) == "HTTP" {
+			return 0, fmt.Errorf("%s answered HTTP, not Thrift (framed, binary): wrong port?", s.addr)
+		}
+	}
+	return n, err
 }
 
 // TClient returns a standard Thrift client on the connection.
