@@ -110,6 +110,9 @@ type heldPosition struct {
 type held struct {
 	f  *os.File
 	id fileID
+	// head is its first headBytes once it has them (save reads them
+	// until then: the app may still be writing its start).
+	head []byte
 }
 
 func newTailer(a *Agent, tc TailConfig) *tailer {
@@ -632,9 +635,17 @@ func (t *tailer) save() {
 	if n := min(t.off, int64(len(t.first))); n > 0 {
 		p.Head, p.HeadLen = hashOf(t.first[:n]), n
 	}
-	for _, h := range t.next {
+	for i := range t.next {
+		h := &t.next[i]
 		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino}
-		if b := headUpTo(h.f); len(b) > 0 {
+		b := h.head
+		if len(b) < headBytes {
+			b = headUpTo(h.f)
+			if len(b) == headBytes {
+				h.head = b // whole: read once, not at every save
+			}
+		}
+		if len(b) > 0 {
 			hp.Head, hp.HeadLen = hashOf(b), int64(len(b))
 		}
 		p.Held = append(p.Held, hp)
