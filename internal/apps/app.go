@@ -24,6 +24,7 @@ type App struct {
 	WindowMs, LatenessMs, RetentionMs int64
 	Aggs                              []Agg
 	where                             expr
+	whereForm                         string // WhereForm
 	fields                            []string
 	timeField                         string
 	timeParse                         timeReader
@@ -65,6 +66,9 @@ func Compile(s Spec, path string) (*App, error) {
 	}
 	if s.Where != "" {
 		a.where, _ = parseWhere(s.Where)
+		if a.where != nil {
+			a.whereForm = whereForm(a.where)
+		}
 	}
 	if s.Time != nil {
 		a.timeField = s.Time.Field

@@ -53,12 +53,7 @@ type operand struct {
 // same for every way of writing the same filter (white space, quotes,
 // = or ==, <> or !=, the case of keywords, parentheses), so that a
 // filter written otherwise is not taken for another one.
-func (a *App) WhereForm() string {
-	if a.where == nil {
-		return ""
-	}
-	return whereForm(a.where)
-}
+func (a *App) WhereForm() string { return a.whereForm }
 
 // whereForm prints e fully parenthesized.
 func whereForm(e expr) string {
