@@ -151,10 +151,10 @@ func acceptedFrom(t *testing.T, l *Listener, ip string) (client net.Conn, server
 // connection busy and all of one peer's, another peer's newcomer is
 // accepted and the first peer's connection busy longest is closed; the
 // first peer's newcomers then take nothing from the other's, idle.
-func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
-	l, m := listen(t, 3)
-	var clients []net.Conn
-	var servers []*Conn
+// fullAndBusy fills l's three places with connections from 127.0.0.2,
+// busy from the second, then the first, then the third.
+func fullAndBusy(t *testing.T, l *Listener) (clients []net.Conn, servers []*Conn) {
+	t.Helper()
 	for range 3 {
 		c, s := acceptedFrom(t, l, "127.0.0.2")
 		clients, servers = append(clients, c), append(servers, s)
@@ -162,6 +162,12 @@ func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
 	for _, i := range []int{1, 0, 2} {
 		servers[i].SetIdle(false)
 	}
+	return clients, servers
+}
+
+func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
+	l, m := listen(t, 3)
+	clients, servers := fullAndBusy(t, l)
 	_, other := acceptedFrom(t, l, "127.0.0.1")
 	if !closedByPeer(t, clients[1]) {
 		t.Fatal("the connection busy longest was not closed")
@@ -199,15 +205,7 @@ func TestPeerHoldingEveryConnectionLosesOne(t *testing.T) {
 // still reading a call is.
 func TestProcessingConnectionNotEvicted(t *testing.T) {
 	l, _ := listen(t, 3)
-	var clients []net.Conn
-	var servers []*Conn
-	for range 3 {
-		c, s := acceptedFrom(t, l, "127.0.0.2")
-		clients, servers = append(clients, c), append(servers, s)
-	}
-	for _, i := range []int{1, 0, 2} {
-		servers[i].SetIdle(false)
-	}
+	clients, servers := fullAndBusy(t, l)
 	servers[1].SetProcessing(true)
 	_, other := acceptedFrom(t, l, "127.0.0.1")
 	if !closedByPeer(t, clients[0]) {
