@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -465,6 +466,47 @@ func TestDecodeChargedToBudget(t *testing.T) {
 	hs2 := serve(t, &recorder{}, thriftsrv.Limits{}, thriftsrv.WithBudget(b2))
 	if reply := call(t, dial(t, hs2.srv.Addr()), tiny); !bytes.HasSuffix(reply, scribetest.OK) {
 		t.Fatalf("answered %x with room in the budget", reply)
+	}
+}
+
+// panicking panics in every call, as a handler with a bug; with
+// entries, on the fast path.
+type panicking struct{ countingHandler }
+
+func (*panicking) Log(context.Context, []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	panic("a handler's bug")
+}
+
+type panickingEntries struct{ countingEntries }
+
+func (*panickingEntries) LogEntries(context.Context, []scribewire.Entry) (scribethrift.ResultCode, error) {
+	panic("a handler's bug")
+}
+
+// TestHandlerPanicGivesBackItsCharge: a call whose handler panics (its
+// connection is closed, the process goes on) gives back all it held of
+// the budget, also what its decoding took beyond its frame's charge.
+// (Before, that part was kept for good: each such call made the budget
+// smaller, until every call was refused.)
+func TestHandlerPanicGivesBackItsCharge(t *testing.T) {
+	tiny := scribetest.LogFrameOf("c", nil, 6000) // decoding takes more than its frame's charge
+	for name, h := range map[string]Handler{"generated": &panicking{}, "fast": &panickingEntries{}} {
+		b := thriftsrv.NewBudget(4<<20, nil)
+		hs := serve(t, h, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
+		c := dial(t, hs.srv.Addr())
+		if _, err := c.Write(tiny); err != nil {
+			t.Fatal(err)
+		}
+		if err := closedByServer(c); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		// The connection is closed after its call gave back what it held.
+		if used := b.Used(); used != 0 {
+			t.Errorf("%s: the budget holds %d bytes after the call's handler panicked", name, used)
+		}
+		if n := hs.metric(t, "freeway_thrift_connections_closed_total", "reason", "panic"); n != 1 {
+			t.Errorf("%s: panics counted %v", name, n)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package thriftsrv
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -471,5 +472,44 @@ func TestPeerShare(t *testing.T) {
 	defer b.mu.Unlock()
 	if len(b.peers) != 0 {
 		t.Fatalf("peers kept after their connections: %v", b.peers)
+	}
+}
+
+// panicReader panics when read, as a bug on the path a frame is read
+// through would.
+type panicReader struct{}
+
+func (panicReader) Read([]byte) (int, error) { panic("a bug reading the frame") }
+
+// TestPanicReadingAFrameGivesBackItsCharge: a panic while a call's frame
+// is read (serveConn recovers it and closes the connection) leaves
+// nothing of the call's charge in the budget, whether the frame was
+// charged at once (one chunk; read whole into one slice) or chunk by
+// chunk under a claim. (Before, what the call had taken was kept for
+// good, and a claim stayed among those every later chunk had to leave
+// room for.)
+func TestPanicReadingAFrameGivesBackItsCharge(t *testing.T) {
+	b := NewBudget(4<<20, nil)
+	s := &Server{budget: b, limits: Limits{}.withDefaults()}
+	cn := &conn{br: bufio.NewReader(panicReader{}), bp: b.peerOf("peer")}
+	for _, size := range []int64{1 << 10, 200 << 10, 2 << 20} {
+		panicked := func() (v any) {
+			defer func() { v = recover() }()
+			_, _ = s.readFrame(context.Background(), cn, Call{Bytes: size}, nil, &frameReader{budget: b}, &arrival{s: s, cn: cn, wait: time.Minute})
+			return nil
+		}()
+		if panicked == nil {
+			t.Fatalf("frame of %d bytes: the read did not panic", size)
+		}
+		b.mu.Lock()
+		used, claims, ahead := b.used, len(b.claims), cn.bp.ahead
+		b.mu.Unlock()
+		if used != 0 || claims != 0 || ahead != 0 || b.flat.Load() != 0 {
+			t.Errorf("frame of %d bytes: after a panic reading it the budget holds %d bytes, %d claims, %d ahead of the peer's bytes, %d of flat frames",
+				size, used, claims, ahead, b.flat.Load())
+		}
+		b.mu.Lock()
+		b.used, b.claims, b.claimsHeld, cn.bp.ahead = 0, nil, 0, 0
+		b.mu.Unlock()
 	}
 }

@@ -403,7 +403,12 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		s.ended(ctx, cn, err, "read_timeout")
 		return false
 	}
-	defer func() { s.budget.Release(held) }()
+	// What the call holds goes back however it ends: also if a handler
+	// panics (serveConn recovers, and closes the connection), with what
+	// decoding took beyond the frame's charge, or the budget would be
+	// short of it for good.
+	defer func() { s.budget.Release(held + in.extra) }()
+	in.reset(held - frame.held())
 	cn.mu.Lock()
 	if ctx.Err() != nil {
 		cn.mu.Unlock()
@@ -417,7 +422,6 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		cn.mu.Unlock()
 	}()
 
-	in.reset(held - frame.held())
 	out.start()
 	// Not closed for a newcomer at max_connections while processed: the
 	// call may take effect, and its answer must not be lost.
@@ -429,7 +433,7 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 	// is in out: a client slow to read the answer, or reading none,
 	// holds none of the budget while it waits to be written.
 	s.budget.Release(held + in.extra)
-	held = 0
+	held, in.extra = 0, 0
 	if in.exceeded {
 		out.start()
 		s.count(s.refused, "busy")
@@ -471,10 +475,19 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 // error, to be released), and the error that ended the read: errNoRoom
 // if the budget had no room within BudgetWait (frame.got was read), or
 // the connection's.
-func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte, frame *frameReader, ar *arrival) (int64, error) {
+func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte, frame *frameReader, ar *arrival) (held int64, err error) {
 	size := call.Bytes
 	charge := Charge(size)
 	frame.got = int64(len(head))
+	// If fill panics (serveConn recovers, and closes the connection), the
+	// caller never gets what the call holds to release it: it is released
+	// here, or the budget would be short of it for good.
+	returned := false
+	defer func() {
+		if !returned {
+			s.budget.Release(held)
+		}
+	}()
 	if size <= chunkSize || size <= maxFlatPooled && s.budget.startFlat(charge) {
 		if size > chunkSize {
 			defer s.budget.endFlat(charge)
@@ -485,12 +498,19 @@ func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte
 		if !ok {
 			return 0, errNoRoom
 		}
+		held = n
 		defer s.budget.doneReading(cn.bp, n)
-		return n, frame.fill(cn.br, head, size, nil)
+		err = frame.fill(cn.br, head, size, nil)
+		returned = true
+		return held, err
 	}
 	s.budget.open(&ar.c, charge, cn.bp)
-	err := frame.fill(cn.br, head, size, ar)
-	return s.budget.close(&ar.c), err
+	// Closed however fill ends, a panic too: held is then what the claim
+	// took.
+	defer func() { held = s.budget.close(&ar.c) }()
+	err = frame.fill(cn.br, head, size, ar)
+	returned = true
+	return 0, err
 }
 
 // arrival charges a call's frame to the budget as its chunks are read
