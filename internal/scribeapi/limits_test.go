@@ -438,34 +438,128 @@ func TestConcurrentLargeCallsBoundedMemory(t *testing.T) {
 	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 }
 
-// TestDecodeChargedToBudget: a call whose decoded form would be far
-// larger than its frame (thousands of empty entries) takes more budget as
-// it decodes; when there is none it is answered TRY_LATER and the
-// connection stays usable.
-func TestDecodeChargedToBudget(t *testing.T) {
-	rec := &recorder{}
-	b := thriftsrv.NewBudget(300<<10, nil)
-	hs := serve(t, rec, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
-	c := dial(t, hs.srv.Addr())
-	tiny := scribetest.LogFrameOf("c", nil, 6000) // ~100 KB, 6,000 entries
-	if reply := call(t, c, tiny); !bytes.HasSuffix(reply, scribetest.TryLater) {
-		t.Fatalf("answered %x, want TRY_LATER", reply)
+// TestCallOverTheWholeBudgetIsTaken: a call whose decoding needs more
+// than the whole in-flight budget (6,000 empty entries: a frame of
+// ~100 KB, charged 256 KiB, whose decoding is charged 64 bytes an entry
+// and 16 a string, ~580 KB, under a budget of 300 KiB) takes all of it
+// and runs alone: it is answered OK, on the generated code's decode
+// and on the fast path, and gives it all back. (Before, it was
+// answered TRY_LATER however idle the server, and a stock client sent
+// it again for ever: that app's logging stalled, silently.)
+func TestCallOverTheWholeBudgetIsTaken(t *testing.T) {
+	const n = 6000
+	tiny := scribetest.LogFrameOf("c", nil, n)
+	slow := &countingHandler{n: new(atomic.Int64)}
+	fast := &countingEntries{countingHandler: countingHandler{n: new(atomic.Int64)}}
+	for name, h := range map[string]Handler{"generated": slow, "fast": fast} {
+		b := thriftsrv.NewBudget(300<<10, nil)
+		hs := serve(t, h, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
+		c := dial(t, hs.srv.Addr())
+		// Twice: the first call left the whole budget free.
+		for range 2 {
+			if reply := call(t, c, tiny); !bytes.HasSuffix(reply, scribetest.OK) {
+				t.Fatalf("%s: answered %x, want OK; log: %s", name, reply, hs.logs.String())
+			}
+		}
+		testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+		if len(hs.logs.Lines("max_inflight_bytes", "alone")) == 0 {
+			t.Errorf("%s: no log line says the call ran alone: %s", name, hs.logs.String())
+		}
 	}
-	if reply := call(t, c, small("after")); !bytes.HasSuffix(reply, scribetest.OK) {
-		t.Fatalf("answered %x after the refusal", reply)
+	if got := slow.n.Load(); got != 2*n {
+		t.Errorf("generated decode took %d entries, want %d", got, 2*n)
 	}
-	if len(rec.entries) != 1 {
-		t.Fatalf("received %d entries", len(rec.entries))
+	if got := fast.fast.Load(); got != 2*n {
+		t.Errorf("fast path took %d entries, want %d", got, 2*n)
 	}
-	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
-	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 1 {
-		t.Fatalf("busy refusals counted %v", n)
+}
+
+// gate holds a Log call of the one message "hold" until open is closed.
+type gate struct {
+	countingHandler
+	entered, open chan struct{}
+}
+
+func (g *gate) Log(ctx context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	if len(es) == 1 && string(es[0].Message) == "hold" {
+		g.entered <- struct{}{}
+		<-g.open
 	}
-	// With room, the same call is taken.
-	b2 := thriftsrv.NewBudget(4<<20, nil)
-	hs2 := serve(t, &recorder{}, thriftsrv.Limits{}, thriftsrv.WithBudget(b2))
-	if reply := call(t, dial(t, hs2.srv.Addr()), tiny); !bytes.HasSuffix(reply, scribetest.OK) {
-		t.Fatalf("answered %x with room in the budget", reply)
+	return g.countingHandler.Log(ctx, es)
+}
+
+func (g *gate) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
+	return g.Log(ctx, b.Messages)
+}
+
+// TestDecodeWaitsForRoom: a call whose decoding needs budget that another
+// call holds waits for it, in turn, and is taken once that call is done;
+// if the room does not come within budget_wait it is answered TRY_LATER
+// and counted, its connection still usable, and taken when sent again.
+// (Before, it was answered TRY_LATER at once, whenever the budget was
+// not free at the very moment it decoded.)
+func TestDecodeWaitsForRoom(t *testing.T) {
+	tiny := scribetest.LogFrameOf("c", nil, 6000)
+	for _, refused := range []bool{false, true} {
+		g := &gate{countingHandler: countingHandler{n: new(atomic.Int64)}, entered: make(chan struct{}, 1), open: make(chan struct{})}
+		reg := prometheus.NewRegistry()
+		b := thriftsrv.NewBudget(300<<10, reg)
+		wait := time.Minute
+		if refused {
+			wait = 200 * time.Millisecond
+		}
+		hs := serve(t, g, thriftsrv.Limits{BudgetWait: wait}, thriftsrv.WithBudget(b))
+		// Open on a failure too, before the server stops (it waits for
+		// the held call).
+		openGate := sync.OnceFunc(func() { close(g.open) })
+		t.Cleanup(openGate)
+		holder := make(chan []byte, 1)
+		hc := dial(t, hs.srv.Addr())
+		go func() {
+			r, _ := scribetest.Call(hc, small("hold"))
+			holder <- r
+		}()
+		<-g.entered
+		c := dial(t, hs.srv.Addr())
+		replied := make(chan []byte, 1)
+		go func() {
+			r, _ := scribetest.Call(c, tiny)
+			replied <- r
+		}()
+		if refused {
+			// The holder holds on until the answer.
+			if r := <-replied; !bytes.HasSuffix(r, scribetest.TryLater) {
+				t.Fatalf("answered %x with no room within budget_wait, want TRY_LATER", r)
+			}
+			if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 1 {
+				t.Fatalf("busy refusals counted %v", n)
+			}
+		} else {
+			budget := &harness{reg: reg}
+			testkit.WaitFor(t, "the call to wait for room, or be answered", func() bool {
+				return budget.metric(t, "freeway_thrift_inflight_waits_total") > 0 || len(replied) > 0
+			})
+			if len(replied) > 0 {
+				t.Fatalf("answered %x while another call held the room it needs", <-replied)
+			}
+		}
+		openGate()
+		if r := <-holder; !bytes.HasSuffix(r, scribetest.OK) {
+			t.Fatalf("holder answered %x", r)
+		}
+		if refused {
+			go func() {
+				r, _ := scribetest.Call(c, tiny)
+				replied <- r
+			}()
+		}
+		if r := <-replied; !bytes.HasSuffix(r, scribetest.OK) {
+			t.Fatalf("refused=%v: answered %x once the room was free, want OK; log: %s", refused, r, hs.logs.String())
+		}
+		if got := g.n.Load(); got != 6001 {
+			t.Fatalf("refused=%v: took %d entries, want 6001", refused, got)
+		}
+		testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 	}
 }
 

@@ -94,6 +94,6 @@ func MemoryProtocol(b []byte, limits Limits) (thrift.TProtocol, func() int64) {
 	// b is all head: nothing is read, nothing fails.
 	_ = fr.fill(nil, b, int64(len(b)), nil)
 	p := newCallProtocol(fr, limits.withDefaults().Config())
-	p.reset(math.MaxInt64 / 8)
+	p.reset(math.MaxInt64/8, 0)
 	return p, func() int64 { return p.used }
 }

@@ -309,6 +309,43 @@ func (b *Budget) take(ctx context.Context, c *claim, n int64, wait time.Duration
 	return b.acquire(ctx, n, c, c.p, wait)
 }
 
+// grow takes n more bytes for a call whose frame is in and that holds
+// held bytes (outside any claim), while it decodes, waiting at most wait:
+// in turn with the chunks of calls being read, before new calls. It
+// returns what it took: at most what the call lacks of the whole
+// budget, which a call needing more takes, to run alone (so that a call
+// of many tiny values within max_call_bytes is served, not refused for
+// ever, and the budget bounds the rest of the process's calls still);
+// nothing, and false, without room within wait, or if waiting could
+// leave a call being read unable to finish (the call is then refused,
+// as busy, and gives its bytes back).
+func (b *Budget) grow(ctx context.Context, held, n int64, wait time.Duration) (int64, bool, time.Duration) {
+	n = min(n, b.limit-held)
+	if n <= 0 {
+		return 0, true, 0
+	}
+	// While it waits, what it holds is not freed: it is a claim, so
+	// that chunks are given only if calls being read can finish without
+	// it, and it gets its bytes once they have.
+	c := &claim{}
+	b.mu.Lock()
+	c.need, c.held = n, held
+	b.claims = append(b.claims, c)
+	b.claimsHeld += held
+	b.ordered = false
+	safe := b.safeLocked(c, 0)
+	b.mu.Unlock()
+	ok, waited := false, time.Duration(0)
+	if safe {
+		ok, waited = b.acquire(ctx, n, c, nil, wait)
+	}
+	b.close(c)
+	if !ok {
+		return 0, false, waited
+	}
+	return n, true, waited
+}
+
 // safeLocked reports whether, once claim c is given n more bytes, every
 // claim can still be met: bytes held outside claims are all freed in the
 // end (those calls take nothing more, but what TryAcquire finds free), so

@@ -38,16 +38,23 @@
 //     read, is at most a quarter of the budget: a call of a peer at its
 //     share waits to start, so that one client stalling many
 //     connections after a frame's first bytes cannot hold the whole
-//     budget and lock every other client out. A call waits at
-//     most BudgetWait in all for room, behind earlier calls; without
-//     room it is refused too: the rest of its frame is read and
-//     discarded as it streams in, and the connection stays usable. The
-//     frame must arrive within ReadTimeout (not counting those waits);
-//     it is decoded from memory, processed, and the reply written as
-//     one frame, within ReadTimeout, the call's charge returned before
-//     (a client that reads no answers holds none of it). A processor may take the arguments' bytes in one slice
-//     instead (ArgsFrame) and decode them itself, charging the budget
-//     what the protocol would have.
+//     budget and lock every other client out. A call whose decoding
+//     needs more than its charge (many tiny values) takes more as it
+//     decodes, waiting for it before new calls; one that would need
+//     more than the whole budget takes all of it and runs alone
+//     (logged), rather than being refused however idle the server is,
+//     which a stock Scribe client would take for TRY_LATER for ever.
+//     A call waits at most BudgetWait in all for room, behind earlier
+//     calls; without room it is refused too: the rest of its frame is
+//     read and discarded as it streams in, and the connection stays
+//     usable. The frame must arrive within ReadTimeout (not counting
+//     those waits); it is decoded from memory, processed, and the reply
+//     written as one frame, within ReadTimeout, the call's charge
+//     returned before (a client that reads no answers holds none of
+//     it), and however the call ends (a handler's panic too). A
+//     processor may take the arguments' bytes in one slice instead
+//     (ArgsFrame) and decode them itself, charging the budget what the
+//     protocol would have.
 //
 // With WithTLS the port speaks TLS: the handshake starts at a
 // connection's first byte (under ReadTimeout), and a client whose first
@@ -331,6 +338,7 @@ func (s *Server) serveConn(ctx context.Context, cn *conn) {
 	defer frame.release()
 	ar := &arrival{s: s, cn: cn}
 	in := newCallProtocol(frame, s.cfg)
+	in.grow = ar.grow
 	out := &outBuffer{}
 	oprot := thrift.NewTBinaryProtocolConf(out, s.cfg)
 	hbuf := make([]byte, 0, 16+maxMethodName)
@@ -408,7 +416,7 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 	// decoding took beyond the frame's charge, or the budget would be
 	// short of it for good.
 	defer func() { s.budget.Release(held + in.extra) }()
-	in.reset(held - frame.held())
+	in.reset(held, frame.held())
 	cn.mu.Lock()
 	if ctx.Err() != nil {
 		cn.mu.Unlock()
@@ -437,9 +445,16 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 	if in.exceeded {
 		out.start()
 		s.count(s.refused, "busy")
-		s.warn.Warn("busy", "call refused: decoding it would exceed max_inflight_bytes", "listener", s.name,
+		s.warn.Warn("busy", "call refused: no room under max_inflight_bytes within budget_wait for what decoding it holds", "listener", s.name,
 			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "remote", cn.peer)
 		return s.answerRefusal(pctx, cn, call, ErrBusy, out, oprot)
+	}
+	if in.alone {
+		// Served, but other calls waited for it, and the process may have
+		// held more than the budget: the operator may raise it, or have
+		// the client send smaller calls.
+		s.warn.Warn("alone", "call took the whole of max_inflight_bytes and ran alone: decoding it needs more", "listener", s.name,
+			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "max_inflight_bytes", s.budget.limit, "remote", cn.peer)
 	}
 	if !s.reply(pctx, cn, out) {
 		return false
@@ -537,6 +552,15 @@ func (a *arrival) take(n int64) bool {
 	ok, waited := a.s.budget.take(a.ctx, &a.c, n, a.wait)
 	a.waited(waited)
 	return ok
+}
+
+// grow waits for n more bytes for a call that holds held, whose frame is
+// in, as it decodes (callProtocol.charge), for what is left of
+// BudgetWait.
+func (a *arrival) grow(held, n int64) (int64, bool) {
+	got, ok, waited := a.s.budget.grow(a.ctx, held, n, a.wait)
+	a.wait = max(a.wait-waited, 0)
+	return got, ok
 }
 
 func (a *arrival) waited(d time.Duration) {
