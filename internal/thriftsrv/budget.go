@@ -66,7 +66,10 @@ const flatShare = 8
 // another for good; a stalled call's unmet claim goes last in that order
 // and holds nothing back. The chunks after a call's first go before new
 // calls: a burst of new calls cannot starve a call half read, whose
-// finishing may be what makes room for them.
+// finishing may be what makes room for them. A call whose decoding needs
+// more than its charge waits for it the same way, its bytes a claim
+// meanwhile (grow); one needing more than the whole budget takes all of
+// it and runs alone.
 //
 // What the calls of one peer (a remote address, on any of the process's
 // ports) hold ahead of their bytes is bounded too: a frame read whole
