@@ -452,7 +452,8 @@ func TestCallOverTheWholeBudgetIsTaken(t *testing.T) {
 	slow := &countingHandler{n: new(atomic.Int64)}
 	fast := &countingEntries{countingHandler: countingHandler{n: new(atomic.Int64)}}
 	for name, h := range map[string]Handler{"generated": slow, "fast": fast} {
-		b := thriftsrv.NewBudget(300<<10, nil)
+		reg := prometheus.NewRegistry()
+		b := thriftsrv.NewBudget(300<<10, reg)
 		hs := serve(t, h, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
 		c := dial(t, hs.srv.Addr())
 		// Twice: the first call left the whole budget free.
@@ -464,6 +465,9 @@ func TestCallOverTheWholeBudgetIsTaken(t *testing.T) {
 		testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 		if len(hs.logs.Lines("max_inflight_bytes", "alone")) == 0 {
 			t.Errorf("%s: no log line says the call ran alone: %s", name, hs.logs.String())
+		}
+		if n := (&harness{reg: reg}).metric(t, "freeway_thrift_inflight_alone_total"); n != 2 {
+			t.Errorf("%s: calls alone counted %v, want 2", name, n)
 		}
 	}
 	if got := slow.n.Load(); got != 2*n {

@@ -104,6 +104,7 @@ type Budget struct {
 	inflight prometheus.Gauge
 	waits    prometheus.Counter
 	timeouts prometheus.Counter
+	alone    prometheus.Counter
 }
 
 // claim is the share of the budget of a call whose frame is read in
@@ -142,6 +143,8 @@ func NewBudget(limit int64, reg prometheus.Registerer) *Budget {
 			Help: "Calls that waited for room under max_inflight_bytes (a call read in chunks counts once per wait)."}),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_timeouts_total",
 			Help: "Calls refused (TRY_LATER) after waiting for room under max_inflight_bytes."}),
+		alone: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_alone_total",
+			Help: "Calls whose decoding needed more than max_inflight_bytes: each took all of it and ran alone."}),
 	}
 	b.chunks.New = func() any { c := make([]byte, chunkSize); return &c }
 	b.small.New = func() any { c := make([]byte, smallChunk); return &c }
@@ -149,7 +152,7 @@ func NewBudget(limit int64, reg prometheus.Registerer) *Budget {
 		limitGauge := prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_thrift_inflight_limit_bytes",
 			Help: "max_inflight_bytes: the most Thrift calls may hold at once."})
 		limitGauge.Set(float64(b.limit))
-		reg.MustRegister(b.inflight, b.waits, b.timeouts, limitGauge)
+		reg.MustRegister(b.inflight, b.waits, b.timeouts, b.alone, limitGauge)
 	}
 	return b
 }

@@ -453,6 +453,7 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		// Served, but other calls waited for it, and the process may have
 		// held more than the budget: the operator may raise it, or have
 		// the client send smaller calls.
+		s.budget.alone.Inc()
 		s.warn.Warn("alone", "call took the whole of max_inflight_bytes and ran alone: decoding it needs more", "listener", s.name,
 			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "max_inflight_bytes", s.budget.limit, "remote", cn.peer)
 	}
