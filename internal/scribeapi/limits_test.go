@@ -567,6 +567,45 @@ func TestDecodeWaitsForRoom(t *testing.T) {
 	}
 }
 
+// TestFastPathChargesBeforeItAllocates: a Log call of many tiny entries
+// (2 MiB of them, 131,072) taken on the fast path and finding no room
+// for what decoding it takes (part of the budget is held past
+// budget_wait) is refused before its entries are decoded: serving it
+// allocates about what its frame holds (its chunks, its arguments in
+// one slice), not what its ~6 MiB of entries would. (Before, the fast
+// path decoded every entry, and only then asked the budget for them:
+// calls refused, or waiting for room, had spent memory the budget was
+// to bound.)
+func TestFastPathChargesBeforeItAllocates(t *testing.T) {
+	frame := scribetest.LogFrameOf("c", nil, 1<<17)
+	h := &countingEntries{countingHandler: countingHandler{n: new(atomic.Int64)}}
+	b := thriftsrv.NewBudget(8<<20, nil)
+	hs := serve(t, h, thriftsrv.Limits{BudgetWait: 100 * time.Millisecond}, thriftsrv.WithBudget(b))
+	held, _ := b.Acquire(context.Background(), 1<<20, 0)
+	c := dial(t, hs.srv.Addr())
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	reply := call(t, c, frame)
+	runtime.ReadMemStats(&after)
+	if !bytes.HasSuffix(reply, scribetest.TryLater) {
+		t.Fatalf("answered %x without room for its entries, want TRY_LATER", reply)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("serving a refused call of %d bytes allocated %d bytes", len(frame), alloc)
+	if alloc > uint64(3*len(frame)) {
+		t.Fatalf("serving a refused call of %d bytes allocated %d bytes, over 3 times its frame", len(frame), alloc)
+	}
+	b.Release(held)
+	if reply := call(t, c, frame); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x with the budget free, want OK", reply)
+	}
+	if got := h.fast.Load(); got != 1<<17 {
+		t.Fatalf("fast path took %d entries", got)
+	}
+	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+}
+
 // panicking panics in every call, as a handler with a bug; with
 // entries, on the fast path.
 type panicking struct{ countingHandler }

@@ -21,7 +21,9 @@ type ArgsFrame interface {
 	// ChargeDecoded charges n bytes of decoded values to the call's share
 	// of the in-flight byte budget, as decoding through the protocol
 	// would have; an error means there is no room: the processor returns
-	// it, and the server answers the call as refused (busy).
+	// it, and the server answers the call as refused (busy). A negative
+	// n gives back what was charged for values dropped (a decode given
+	// up, to be done through the protocol); it does not fail.
 	ChargeDecoded(n int64) error
 	// MaxContainerSize is the limit on the elements of a list.
 	MaxContainerSize() int32
