@@ -606,6 +606,36 @@ func TestFastPathChargesBeforeItAllocates(t *testing.T) {
 	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 }
 
+// TestStopIsNotABusyRefusal: a call waiting for room in the budget when
+// the server stops has its connection closed, as every connection not
+// processing a call; it is not counted or logged as refused for want of
+// room. (Before, each such call counted a busy refusal and logged "no
+// room under max_inflight_bytes" at every stop: a false sign that the
+// budget was too small.)
+func TestStopIsNotABusyRefusal(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b := thriftsrv.NewBudget(1<<20, reg)
+	hs := serve(t, &recorder{}, thriftsrv.Limits{BudgetWait: time.Hour}, thriftsrv.WithBudget(b))
+	held, _ := b.Acquire(context.Background(), 1<<20, 0)
+	defer b.Release(held)
+	c := dial(t, hs.srv.Addr())
+	if _, err := c.Write(small("waits")); err != nil {
+		t.Fatal(err)
+	}
+	budget := &harness{reg: reg}
+	testkit.WaitFor(t, "the call to wait for room", func() bool { return budget.metric(t, "freeway_thrift_inflight_waits_total") == 1 })
+	hs.stop()
+	if err := closedByServer(c); err != nil {
+		t.Fatal(err)
+	}
+	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 0 {
+		t.Errorf("busy refusals counted %v at stop", n)
+	}
+	if lines := hs.logs.Lines("call refused"); len(lines) != 0 {
+		t.Errorf("logged at stop: %q", lines)
+	}
+}
+
 // panicking panics in every call, as a handler with a bug; with
 // entries, on the fast path.
 type panicking struct{ countingHandler }

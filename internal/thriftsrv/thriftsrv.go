@@ -405,7 +405,9 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		s.budget.Release(held)
 		got := frame.got
 		frame.release()
-		if errors.Is(err, errNoRoom) {
+		// Not for want of room if the server stopped while the call
+		// waited: its connection is closed (stop), as ended says.
+		if errors.Is(err, errNoRoom) && ctx.Err() == nil {
 			return s.refuseCall(ctx, pctx, cn, call, call.Bytes-got, ErrBusy, out, oprot)
 		}
 		s.ended(ctx, cn, err, "read_timeout")
