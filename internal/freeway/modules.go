@@ -190,6 +190,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	table := p.modules()
 	for _, name := range order {
 		if err := table[name](); err != nil {
+			p.release()
 			_ = p.Close() // the start error is the one to report
 			if flags := listenFlags[name]; flags != "" && errors.Is(err, syscall.EADDRINUSE) {
 				// The usual first stumble: a second freeway, or another
@@ -200,6 +201,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		}
 	}
 	if err := p.initAdmin(mods); err != nil {
+		p.release()
 		_ = p.Close() // the admin error is the one to report
 		return nil, err
 	}
@@ -675,6 +677,21 @@ func (p *Process) Run(ctx context.Context) error {
 		}
 	}
 	return errors.Join(all...)
+}
+
+// release ends the components built before one that failed to build:
+// each holds what its New took (listeners, the agent's queue lock) until
+// its Run returns, which a Run with an ended context does at once.
+// Without it a reload whose configuration fails to build (an address
+// in use) left the previous configuration unable to start again beside
+// them, and the process ended.
+func (p *Process) release() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := len(p.runners) - 1; i >= 0; i-- {
+		_ = p.runners[i].run(ctx) // never ran: the build error is the one to report
+	}
+	p.runners = nil
 }
 
 // Close releases the backends; Run calls it.
