@@ -363,6 +363,9 @@ func (p *Process) initPuma() error {
 	if err != nil {
 		return err
 	}
+	if err := p.res.CheckBuckets(fs); err != nil {
+		return err
+	}
 	st, err := p.store()
 	if err != nil {
 		return err
@@ -444,6 +447,11 @@ func (p *Process) initRetention() error {
 	}
 	co, err := p.coord()
 	if err != nil {
+		return err
+	}
+	// Retention deletes the segments of buckets Puma does not read
+	// without waiting for it.
+	if err := p.res.CheckBuckets(fs); err != nil {
 		return err
 	}
 	var consumers []retention.Consumer
