@@ -103,6 +103,10 @@ type Options struct {
 	// CheckReload validates what a reload would load; a reload it
 	// refuses is answered with its error (nil: not checked).
 	CheckReload func() error
+	// Reloads, when set, is registered in the process's metrics: the
+	// reloads of the command that builds the process (nil: not
+	// exported).
+	Reloads *Reloads
 }
 
 // Process is one running Freeway process.
@@ -167,6 +171,9 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	}
 	opts.Version = version.Or(opts.Version)
 	reg.MustRegister(version.BuildInfo(opts.Version))
+	if opts.Reloads != nil {
+		reg.MustRegister(opts.Reloads)
+	}
 	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
 		published: ptail.NewNotifier(), mods: mods}
 	order, err := startOrder(mods, moduleNeeds)
