@@ -263,7 +263,11 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		if err := <-done; err != nil {
 			r.log.Error("components stopped with an error for the reload", "err", err)
 		}
-		prev, cfg = &cfg, *next
+		// A copy: &cfg would point at the reloaded configuration
+		// once cfg is overwritten with it, and a reload that cannot
+		// start would be started again instead of the previous one.
+		old := cfg
+		prev, cfg = &old, *next
 		r.log = newLogger(cfg.Log)
 		r.log.Info("configuration reloaded; starting the components again")
 	}

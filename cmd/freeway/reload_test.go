@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -149,4 +150,42 @@ func TestReloadResultsInMetrics(t *testing.T) {
 	waitMetrics(`freeway_config_reloads_total{result="error"} 1`, `freeway_config_reloads_total{result="ok"} 1`,
 		"freeway_config_last_reload_successful 1")
 	logWeb(t, agent)
+}
+
+// TestReloadThatCannotStartRunsThePrevious: a reloaded file that
+// validates but whose components cannot start (serving.listen moved to
+// an address in use) is to leave the process on the previous
+// configuration; the modules built before serving kept the agent's
+// queue and the ports, the previous configuration could not start
+// again, and the process ended.
+func TestReloadThatCannotStartRunsThePrevious(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	dir := t.TempDir()
+	ports := freePorts(t, 4)
+	cfgFile := filepath.Join(dir, "freeway.yaml")
+	data := filepath.Join(dir, "data")
+	writeConfig(t, cfgFile, data, ports, "")
+	agent := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	api := fmt.Sprintf("http://127.0.0.1:%d", ports[2])
+	ip := runInProcess(t, cfgFile)
+	ready := func() error {
+		ip.alive(t)
+		code, body, err := get(api + "/readyz")
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("/readyz: %d %s", code, body)
+		}
+		return err
+	}
+	testkit.Eventually(t, "readiness", ready)
+
+	writeConfig(t, cfgFile, data, []int{ports[0], ports[1], held.Addr().(*net.TCPAddr).Port, ports[3]}, "")
+	reinitialize(t, agent)
+	ip.waitMetrics(t, api, `freeway_config_reloads_total{result="error"} 1`, "freeway_config_last_reload_successful 0")
+	testkit.Eventually(t, "readiness on the previous configuration", ready)
+	logWeb(t, agent)
+	ip.alive(t)
 }
