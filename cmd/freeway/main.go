@@ -184,7 +184,8 @@ type runner struct {
 // validate is logged (file:line:col) and the components keep running on
 // the old one. A valid one stops them gracefully and starts them again
 // with it; if they cannot start with it, they start again with the old
-// one.
+// one. Each reload's result is counted (freeway.Reloads): SIGHUP and
+// fb303 reinitialize have no answer to carry a refusal.
 func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 	ctx, shutdown := context.WithCancel(ctx)
 	defer shutdown()
