@@ -43,3 +43,33 @@ func TestLoweredBucketCountRefused(t *testing.T) {
 	send(t, r.p.Agent.Addr(), second, 100)
 	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(append(first, second...)))
 }
+
+// TestAppRemovedAndAddedBackIsExact: lines sent while a category has no
+// app go to its bucket 0; stopped (a reload) while the agent had batches
+// of them in flight, the agent sent them again after the restart, where
+// the app added back routed them by its key to other buckets, whose Puma
+// shards had not seen them: they were counted twice. The agent's stop
+// now waits for its batches' answers.
+func TestAppRemovedAndAddedBackIsExact(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	var all []order
+	for i := range 3 {
+		r := start(t, cfg)
+		batch := orders(1000, 2*i, base)
+		send(t, r.p.Agent.Addr(), batch, 50)
+		all = append(all, batch...)
+		waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(all))
+		r.stop(t)
+
+		removed := cfg
+		removed.Apps = nil
+		r = start(t, removed)
+		batch = orders(1000, 2*i+1, base)
+		send(t, r.p.Agent.Addr(), batch, 50)
+		all = append(all, batch...)
+		r.stop(t) // at once, batches in flight
+	}
+	r := start(t, cfg)
+	defer r.stop(t)
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(all))
+}
