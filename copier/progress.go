@@ -86,7 +86,11 @@ func markFromCells(cells []store.Cell) (mark, bool) {
 	for _, c := range cells {
 		switch c.Column {
 		case colLast:
-			m.last, m.raw, m.ts = string(c.Value), c.Value, max(m.ts, c.Timestamp)
+			// Never nil, which CheckAndPut takes for "absent": a merge
+			// that finished no segment yet stores an empty "last", and a
+			// store may read an empty value back as nil.
+			raw := append([]byte{}, c.Value...)
+			m.last, m.raw, m.ts = string(c.Value), raw, max(m.ts, c.Timestamp)
 			found = true
 		case colMerge:
 			st := &mergeState{}
