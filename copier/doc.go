@@ -158,8 +158,15 @@
 // progress stored then, behind segments copied since (and perhaps deleted
 // by retention), is passed over, period files it had decided and not
 // published included (their lines were copied in their segments).
-// Switching from merging to copying copies the segments after "last":
-// the one the merge was inside, if any, is copied whole.
+// Switching from merging to copying goes on where the merge stopped, so
+// that no line is both in a period file and in a copied segment: the
+// segment the merge was inside, if any, is copied without its blocks
+// already merged (its file header, then its blocks from the merge's
+// position on: a segment of its own, smaller than the source's); a
+// period file the merge had decided and published without recording it
+// (a crash between steps 3 and 4) counts as merged when a file under one
+// of the names it can have holds exactly its lines, and otherwise its
+// lines are copied in their segments.
 //
 // # Lag and backfill
 //

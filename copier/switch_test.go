@@ -2,12 +2,62 @@ package copier
 
 import (
 	"context"
+	"io"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
 )
+
+// segmentLines reads the messages of the segment name in fsys, failing
+// the test on any damage.
+func segmentLines(t *testing.T, fsys dfs.FS, name string) []string {
+	t.Helper()
+	f, err := fsys.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := segment.NewReader(f, 0)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	var out []string
+	for {
+		var b segment.Block
+		switch err := r.Next(&b); {
+		case err == io.EOF:
+			return out
+		case err != nil:
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, m := range b.Messages {
+			out = append(out, string(m))
+		}
+	}
+}
+
+// destinationLines is every line at the destination, in the order a
+// reader of the warehouse takes them: the period files in period order
+// (their names sort so), then each bucket's segments in name order.
+func destinationLines(t *testing.T, fsys dfs.FS) []string {
+	t.Helper()
+	var periods, segs []string
+	for _, name := range files(t, fsys, "") {
+		switch {
+		case dfs.Hidden(name):
+		case strings.HasSuffix(name, layout.SegmentExt):
+			segs = append(segs, segmentLines(t, fsys, name)...)
+		default:
+			periods = append(periods, strings.Split(strings.TrimSuffix(readMergedText(t, fsys, name), "\n"), "\n")...)
+		}
+	}
+	return append(periods, segs...)
+}
 
 // straddling publishes a bucket whose first segment straddles the end of
 // hour 07: its first block arrived in hour 07, its second in hour 08
@@ -22,6 +72,103 @@ func straddling(t *testing.T, e *mergeEnv) []string {
 		blk{end.Add(-500 * time.Millisecond), a}, blk{end.Add(300 * time.Millisecond), b})
 	e.publishAt(t, "access", 0, 2, end.Add(10*time.Minute), blk{end.Add(10 * time.Minute), c})
 	return slices.Concat(a, b, c)
+}
+
+// TestCopyAfterMergeCopiesOnlyWhatIsNotMerged: merging stopped inside a
+// segment (the period ended there); merge_period is then removed. The
+// segment goes to the destination without the blocks already in the
+// period file: every line is at the destination once.
+func TestCopyAfterMergeCopiesOnlyWhatIsNotMerged(t *testing.T) {
+	e := newMergeEnv(t)
+	want := straddling(t, e)
+	e.clock.Set(t0.Add(90 * time.Minute)) // hour 07 closed, 08 open
+	if st := mergePass(t, e.copier(t, "merging", e.merging(nil))); st.Merged != 1 {
+		t.Fatalf("merge %+v, want hour 07 written", st)
+	}
+	if got := readMergedText(t, e.dst, hourFile("access", 0, t0)); got != text(want[:4]) {
+		t.Fatalf("hour 07 holds %q", got)
+	}
+
+	n := e.copier(t, "copying")
+	if st := copyOnce(t, n); st.Copied != 2 {
+		t.Fatalf("copy %+v, want both segments", st)
+	}
+	if got := destinationLines(t, e.dst); !slices.Equal(got, want) {
+		t.Errorf("destination holds %d lines %q, want each of the %d once: %q", len(got), got, len(want), want)
+	}
+	// A pass from scratch (progress as it is) finds it all done.
+	if st := copyOnce(t, e.copier(t, "again")); st.Copied+st.Replaced != 0 {
+		t.Errorf("another pass %+v, want nothing copied", st)
+	}
+	if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 2) {
+		t.Errorf("progress %q, want the last segment", last)
+	}
+}
+
+// TestSwitchToCopyingCrashAnywhereDeliversEveryLineOnce: a merging copier
+// dies at any point of its pass (each destination call, each progress
+// write) and comes back copying segments; or a copier switched to copying
+// dies at any point of its first pass and comes back: every line is at
+// the destination once.
+func TestSwitchToCopyingCrashAnywhereDeliversEveryLineOnce(t *testing.T) {
+	for _, verify := range []string{VerifySize, VerifyChecksum} {
+		for _, phase := range []string{"merging", "copying"} {
+			t.Run(verify+"/"+phase, func(t *testing.T) {
+				for k := 1; ; k++ {
+					if !switchCrashAt(t, verify, phase, k) {
+						if k < 5 {
+							t.Fatalf("only %d fault points", k)
+						}
+						return
+					}
+				}
+			})
+		}
+	}
+}
+
+// switchCrashAt fails the k-th call of the phase's copier, in the
+// destination and in the store (one run each, the store's before and
+// after the write applies), then restarts a copier that copies segments;
+// it reports whether a fault was reached.
+func switchCrashAt(t *testing.T, verify, phase string, k int) (fired bool) {
+	for _, where := range []string{"dfs", "store", "store-after"} {
+		e := newMergeEnv(t)
+		want := straddling(t, e)
+		e.clock.Set(t0.Add(90 * time.Minute))
+		ffs := &faultFS{FS: e.dst}
+		fst := &faultStore{Store: e.st, after: where == "store-after"}
+		opts := []option{withDest(ffs), withStore(fst), withConfig(func(c *Config) { c.Verify = verify })}
+		if phase == "merging" {
+			opts = append(opts, e.merging(nil))
+		} else {
+			mergePass(t, e.copier(t, "merging", e.merging(nil)))
+		}
+		crashed := e.copier(t, "crashed", opts...)
+		ffs.n = 0
+		if where == "dfs" {
+			ffs.k = k
+		} else {
+			fst.k = k
+		}
+		_, _ = crashed.CopyOnce(context.Background())
+		crashed.session.Close()
+		fired = fired || ffs.fired || fst.fired
+
+		copyOnce(t, e.copier(t, "restarted", withConfig(func(c *Config) { c.Verify = verify })))
+		if got := destinationLines(t, e.dst); !slices.Equal(got, want) {
+			t.Errorf("%s fault %d: destination holds %d lines %q, want each of the %d once", where, k, len(got), got, len(want))
+		}
+		for _, name := range files(t, e.dst, "") {
+			if dfs.Hidden(name) && !strings.Contains(name, "/dt=") {
+				t.Errorf("%s fault %d: %s left at the destination", where, k, name)
+			}
+		}
+		if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 2) {
+			t.Errorf("%s fault %d: progress %q, want the last segment", where, k, last)
+		}
+	}
+	return fired
 }
 
 // TestCopyAfterMergeThatFinishedNoSegment: merging wrote its first period
