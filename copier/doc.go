@@ -143,7 +143,9 @@
 // publishes only a file it verified, of a range it recorded before its
 // progress writes were fenced. After (2) the period is decided: a restarted copier
 // publishes it before anything else of the bucket, keeping a file already
-// published with the recorded lines and otherwise writing the range again
+// published with the recorded lines (under any name the period file can
+// have: merge_period or compression may have changed across the restart)
+// and otherwise writing the range again
 // (the segments are immutable, and retention keeps them: they are after
 // the bucket's "last"). So a crash at any point neither loses nor repeats
 // a line. A final file found with other lines and no progress saying it

@@ -118,7 +118,7 @@ func (c *Copier) mergedTo(ctx context.Context, j *bucketJob, buf []byte) (ptail.
 // pendingPublished reports whether the period file f, which a merge
 // decided and may have published before it stopped, is at the
 // destination with its lines. Its name depends on the merge_period and
-// compression of then, which the configuration no longer tells: each name
+// compression of then, which the configuration may no longer tell: each name
 // it can have is looked at, and only a file holding exactly f's lines
 // (their size and CRC-32C) counts. The temporary files earlier epochs
 // left of it are removed first: a merging copier that lost its lease
@@ -385,6 +385,17 @@ func (ps *passState) publishPeriod(ctx context.Context, j *bucketJob, f *mergedF
 	c := ps.c
 	final := c.mergedName(j, f.PeriodMs)
 	tmp := c.tempName(final)
+	if !fresh {
+		// Published perhaps under another merge_period or compression,
+		// whose name for it was another: not to be written again.
+		published, err := c.pendingPublished(ctx, j, f, buf)
+		if err != nil {
+			return 0, err
+		}
+		if published {
+			return skipped, nil
+		}
+	}
 	out := copied
 	fi, err := c.deps.Dest.Stat(final)
 	switch {

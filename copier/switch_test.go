@@ -2,12 +2,15 @@ package copier
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -192,5 +195,41 @@ func TestCopyAfterMergeThatFinishedNoSegment(t *testing.T) {
 	}
 	if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 2) {
 		t.Errorf("progress %q, want the last segment", last)
+	}
+}
+
+// TestMergePeriodChangedAfterCrashDeliversEveryLineOnce: a merging copier
+// publishes a period file and dies before recording it done; it comes
+// back with another merge_period (1h → 30m, 30m → 1h), under which the
+// period file decided has another name. It is found published under the
+// name it had, not written again under the new one.
+func TestMergePeriodChangedAfterCrashDeliversEveryLineOnce(t *testing.T) {
+	for _, c := range []struct{ before, after time.Duration }{{time.Hour, 30 * time.Minute}, {30 * time.Minute, time.Hour}} {
+		t.Run(fmt.Sprint(c.before, "→", c.after), func(t *testing.T) {
+			e := newMergeEnv(t)
+			first, second := lines("first", 3), lines("second", 4)
+			e.publishAt(t, "access", 0, 1, t0.Add(35*time.Minute), blk{t0.Add(35 * time.Minute), first})
+			e.publishAt(t, "access", 0, 2, t0.Add(100*time.Minute), blk{t0.Add(100 * time.Minute), second})
+			e.clock.Set(t0.Add(90 * time.Minute)) // the first segment's period is closed under both
+			period := func(d time.Duration) option {
+				return e.merging(func(c *Config) { c.MergePeriod = config.Duration(d) })
+			}
+			// The second progress write, that the file is done, fails.
+			fst := &faultStore{Store: e.st, k: 2}
+			crashed := e.copier(t, "crashed", period(c.before), withStore(fst))
+			if _, err := crashed.CopyOnce(context.Background()); !errors.Is(err, errInjected) {
+				t.Fatalf("crashed pass: %v", err)
+			}
+			crashed.session.Close()
+
+			e.clock.Set(t0.Add(4 * time.Hour))
+			st := mergePass(t, e.copier(t, "restarted", period(c.after)))
+			if st.Conflicts != 0 {
+				t.Errorf("%+v", st)
+			}
+			if got, want := destinationLines(t, e.dst), slices.Concat(first, second); !slices.Equal(got, want) {
+				t.Errorf("destination holds %q in %q, want each line once", got, files(t, e.dst, ""))
+			}
+		})
 	}
 }
