@@ -233,3 +233,59 @@ func TestMergePeriodChangedAfterCrashDeliversEveryLineOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestStaleMergingCopierIsFencedByACopyingOne: merge_period is removed
+// in a rolling restart while the merging copier is paused: its lease
+// goes to the new, copying, process, which copies the bucket. The merging
+// copier then wakes up unaware, with the progress it read before, and
+// must not merge (and publish) the lines just copied as segments.
+func TestStaleMergingCopierIsFencedByACopyingOne(t *testing.T) {
+	e := newMergeEnv(t)
+	want := straddling(t, e)
+	e.clock.Set(t0.Add(90 * time.Minute))
+	stale := e.copier(t, "stale", e.merging(nil))
+	if st, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true); err != nil || st.Merged != 1 {
+		t.Fatalf("merging pass: %+v %v", st, err)
+	}
+	if st, err := e.copier(t, "new").pass(context.Background(), staleLease{epoch: 2}, nil, true); err != nil || st.Copied != 2 {
+		t.Fatalf("copying pass: %+v %v", st, err)
+	}
+	e.clock.Set(t0.Add(3 * time.Hour)) // hour 08 closed
+	if _, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true); !errors.Is(err, errFenced) {
+		t.Errorf("stale merging pass: %v, want it fenced", err)
+	}
+	if got := destinationLines(t, e.dst); !slices.Equal(got, want) {
+		t.Errorf("destination holds %q in %q, want each line once", got, files(t, e.dst, ""))
+	}
+	if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 2) {
+		t.Errorf("progress %q, want the last segment", last)
+	}
+}
+
+// TestStaleCopyingCopierIsFencedByAMergingOne: merge_period is set in a
+// rolling restart while the copying copier is paused; the new, merging,
+// process decides a period file. The copying copier then wakes up
+// unaware: its progress write is refused.
+func TestStaleCopyingCopierIsFencedByAMergingOne(t *testing.T) {
+	e := newMergeEnv(t)
+	e.publishAt(t, "access", 0, 1, t0.Add(10*time.Minute), blk{t0.Add(10 * time.Minute), lines("copied", 2)})
+	stale := e.copier(t, "stale")
+	if st, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true); err != nil || st.Copied != 1 {
+		t.Fatalf("copying pass: %+v %v", st, err)
+	}
+	// A segment straddling the end of hour 07: the merge's first file
+	// ends inside it, so "last" stays where the copying copier left it.
+	end := t0.Add(time.Hour)
+	e.publishAt(t, "access", 0, 2, end.Add(time.Second),
+		blk{end.Add(-500 * time.Millisecond), lines("merged", 2)}, blk{end.Add(300 * time.Millisecond), lines("not yet", 2)})
+	e.clock.Set(t0.Add(90 * time.Minute))
+	if st, err := e.copier(t, "new", e.merging(nil)).pass(context.Background(), staleLease{epoch: 2}, nil, true); err != nil || st.Merged != 1 {
+		t.Fatalf("merging pass: %+v %v", st, err)
+	}
+	if _, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true); !errors.Is(err, errFenced) {
+		t.Errorf("stale copying pass: %v, want it fenced", err)
+	}
+	if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 1) {
+		t.Errorf("progress %q, moved by the stale copier", last)
+	}
+}
