@@ -335,7 +335,7 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 			ps.fail(err)
 			return
 		}
-		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), ps.owner, c.now().UnixMilli())
+		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), merged, ps.owner, c.now().UnixMilli())
 		if err != nil {
 			if errors.Is(err, errFenced) {
 				// Someone else is copying: stop the whole pass.

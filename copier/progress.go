@@ -105,9 +105,14 @@ func markFromCells(cells []store.Cell) (mark, bool) {
 
 // advance records that every segment of dir up to name is done: copied
 // segments, with the merge progress after them (a merge after a switch
-// goes on from there, in no earlier period than before).
-func advance(ctx context.Context, st store.Store, table, dir string, prev mark, name, owner string, nowMs int64) (mark, error) {
+// goes on from there, in no earlier period than before), or at merged if
+// that is later: where merging left the bucket, still ahead of the
+// segments copied (mergedTo), is kept for the copies after a crash.
+func advance(ctx context.Context, st store.Store, table, dir string, prev mark, name string, merged ptail.Position, owner string, nowMs int64) (mark, error) {
 	next := mergeState{Pos: ptail.After(name)}
+	if next.Pos.Before(merged) {
+		next.Pos = merged
+	}
 	if prev.merge != nil {
 		next.OpenMs = prev.merge.OpenMs
 	}

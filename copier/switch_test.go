@@ -111,11 +111,13 @@ func TestCopyAfterMergeCopiesOnlyWhatIsNotMerged(t *testing.T) {
 // TestSwitchToCopyingCrashAnywhereDeliversEveryLineOnce: a merging copier
 // dies at any point of its pass (each destination call, each progress
 // write) and comes back copying segments; or a copier switched to copying
-// dies at any point of its first pass and comes back: every line is at
-// the destination once.
+// dies at any point of its first pass and comes back, after a merge that
+// recorded its period file done or (pending) one that died after
+// publishing it, before recording it: every line is at the destination
+// once.
 func TestSwitchToCopyingCrashAnywhereDeliversEveryLineOnce(t *testing.T) {
 	for _, verify := range []string{VerifySize, VerifyChecksum} {
-		for _, phase := range []string{"merging", "copying"} {
+		for _, phase := range []string{"merging", "copying", "pending"} {
 			t.Run(verify+"/"+phase, func(t *testing.T) {
 				for k := 1; ; k++ {
 					if !switchCrashAt(t, verify, phase, k) {
@@ -133,19 +135,31 @@ func TestSwitchToCopyingCrashAnywhereDeliversEveryLineOnce(t *testing.T) {
 // switchCrashAt fails the k-th call of the phase's copier, in the
 // destination and in the store (one run each, the store's before and
 // after the write applies), then restarts a copier that copies segments;
-// it reports whether a fault was reached.
+// it reports whether a fault was reached. The bucket: a segment of hour
+// 07, then the segments of straddling: the period file of hour 07 ends
+// inside the second one.
 func switchCrashAt(t *testing.T, verify, phase string, k int) (fired bool) {
 	for _, where := range []string{"dfs", "store", "store-after"} {
 		e := newMergeEnv(t)
-		want := straddling(t, e)
+		first := lines("first segment", 3)
+		e.publishAt(t, "access", 0, 0, t0.Add(20*time.Minute), blk{t0.Add(20 * time.Minute), first})
+		want := slices.Concat(first, straddling(t, e))
 		e.clock.Set(t0.Add(90 * time.Minute))
 		ffs := &faultFS{FS: e.dst}
 		fst := &faultStore{Store: e.st, after: where == "store-after"}
 		opts := []option{withDest(ffs), withStore(fst), withConfig(func(c *Config) { c.Verify = verify })}
-		if phase == "merging" {
+		switch phase {
+		case "merging":
 			opts = append(opts, e.merging(nil))
-		} else {
+		case "copying":
 			mergePass(t, e.copier(t, "merging", e.merging(nil)))
+		case "pending":
+			// The file is published; recording it done fails.
+			m := e.copier(t, "merging", e.merging(nil), withStore(&faultStore{Store: e.st, k: 2}))
+			if _, err := m.CopyOnce(context.Background()); !errors.Is(err, errInjected) {
+				t.Fatalf("merging pass: %v", err)
+			}
+			m.session.Close()
 		}
 		crashed := e.copier(t, "crashed", opts...)
 		ffs.n = 0
