@@ -182,12 +182,12 @@ func (c *Copier) sameAsSource(ctx context.Context, name string, size, from int64
 	if from <= 0 && c.cfg.Verify != VerifyChecksum {
 		return true, nil
 	}
-	src, size, closer, err := c.openPart(name, size, from)
+	src, partSize, closer, err := c.openPart(name, size, from)
 	if err != nil {
 		return false, err
 	}
 	defer closer.Close() //nolint:errcheck // opened for reading
-	if dst.Size() != size {
+	if dst.Size() != partSize {
 		return false, nil
 	}
 	if c.cfg.Verify != VerifyChecksum {

@@ -26,11 +26,15 @@ import (
 // merging (merge_period set), "last" names the last segment whose lines
 // are all in published period files, which is what retention reads
 // either way, and "merge" where in the bucket the merge is; when copying
-// segments, "merge" is the position after "last".
+// segments, "merge" is the position after "last", or where merging
+// stopped while that is still ahead (merge_period just removed, see
+// mergedTo).
 //
 // The three columns are written together by one CheckAndPut on "merge"
-// against the value this copier read or wrote before; every write changes
-// it (its position moves, or the period file it decides). Only the lease
+// against the value this copier read or wrote before. A write changes it
+// (its position moves, or the period file it decides), but for segments
+// a copier passes over at one merge position, which any copier would
+// record the same. Only the lease
 // holder writes, but a holder can lose its lease (a ZooKeeper session
 // expiry) and not notice before its next write; the CheckAndPut turns
 // that write into a refusal instead of moving a newer holder's mark, and
