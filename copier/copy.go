@@ -199,6 +199,11 @@ func (c *Copier) sameAsSource(ctx context.Context, name string, size, from int64
 	}
 	want := h.Sum32()
 	_, got, err := checksum(ctx, c.deps.Dest, name, buf)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Removed from the destination since it was found there: not
+		// the source gone (which the caller takes for done), a copy to make.
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
