@@ -168,7 +168,10 @@
 // period file the merge had decided and published without recording it
 // (a crash between steps 3 and 4) counts as merged when a file under one
 // of the names it can have holds exactly its lines, and otherwise its
-// lines are copied in their segments.
+// lines are copied in their segments. Where the merge stopped is in the
+// progress row, kept there until the copies pass it: a pass from an empty
+// progress table knows nothing of the merge, and copies every segment
+// whole, the one cut short included.
 //
 // # Lag and backfill
 //
