@@ -7,7 +7,8 @@
 // the parent of every directory they make before they return, so that a
 // file's directory is durable once the file is there. The directory is
 // fsynced after a rename too, so a published file survives a crash under
-// its new name.
+// its new name. A file being written can be cut back (dfs.Truncater) to
+// what an earlier Sync made durable, after a write or a Sync failed.
 package localfs
 
 import (
@@ -30,6 +31,7 @@ var (
 	_ dfs.FS         = (*FS)(nil)
 	_ dfs.NameLister = (*FS)(nil)
 	_ dfs.Rooted     = (*FS)(nil)
+	_ dfs.Truncater  = (*writer)(nil)
 )
 
 // New returns a file system rooted at dir, creating dir if needed.
@@ -113,6 +115,16 @@ func (w *writer) Sync() error {
 		w.dir = ""
 	}
 	return nil
+}
+
+// Truncate cuts the file to size and syncs it (dfs.Truncater). Bytes
+// that a failed fsync left behind are dropped from the page cache with
+// the cut; those below size were made durable by an earlier Sync.
+func (w *writer) Truncate(size int64) error {
+	if err := w.File.Truncate(size); err != nil {
+		return err
+	}
+	return w.Sync()
 }
 
 func (w *writer) Close() error {
