@@ -187,7 +187,9 @@
 // lost) does not wait for the next entry for the bucket, which may never
 // come: unless another writer holds the bucket (and so has salvaged it),
 // it takes the bucket again itself, every second until that succeeds, and
-// ends for idleness (or with the process) only after one try more. A
+// ends for idleness (or with the process) only after one try more; calls
+// for the bucket meanwhile are refused for what failed the last try
+// (write_error for a full disk), not as not_owner. A
 // segment left after a failed write or fsync is first cut back to what
 // its last successful fsync made durable (dfs.Truncater), so that its
 // salvage publishes the acknowledged entries and not the refused batch's,

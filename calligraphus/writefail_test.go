@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
@@ -128,5 +129,59 @@ func wantTryLater(t *testing.T, cl *scribeapi.Client, msgs ...string) {
 	rc, err := cl.Log(context.Background(), entries("cat", msgs...))
 	if err != nil || rc != scribethrift.ResultCode_TRY_LATER {
 		t.Fatalf("a call whose batch failed: %v %v, want TRY_LATER", rc, err)
+	}
+}
+
+// While a writer waits to try again to take its bucket after a take
+// failed for a full disk (the salvage of the segment a failed fsync left
+// could not write its copy), calls used to be refused as not_owner,
+// "bucket owned by another writer": the metric and the log pointed at
+// another writer when the disk was full. Now they are refused for what
+// failed the take (write_error), and the writer takes the bucket once
+// there is room.
+func TestFailedTakeIsTheReasonUntilTheNextTry(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	var now atomic.Int64 // unix ns; frozen: the next try waits for the test
+	now.Store(time.Now().UnixNano())
+	s := startServerWith(t, testConfig(), fsys, co, nil, func(c *Calligraphus) {
+		c.now = func() time.Time { return time.Unix(0, now.Load()) }
+	})
+	cl := s.dial(t)
+	mustLog(t, cl, entries("cat", "a0"))
+
+	var syncFail, full atomic.Bool
+	syncFail.Store(true)
+	full.Store(true)
+	fsys.SetHook(func(c dfstest.Call) error {
+		switch {
+		case isTempSegment(c.Name) && c.Op == dfstest.OpSync && syncFail.CompareAndSwap(true, false):
+			return fmt.Errorf("injected: %w", syscall.EIO)
+		case strings.HasSuffix(c.Name, layout.SalvageSuffix) && c.Op == dfstest.OpCreate && full.Load():
+			return fmt.Errorf("injected: %w", syscall.ENOSPC)
+		}
+		return nil
+	})
+	for range 4 {
+		wantTryLater(t, cl, "b0")
+	}
+	if n := counter(t, s.reg, "freeway_calligraphus_try_later_total", "reason", "not_owner"); n != 0 {
+		t.Errorf("%v calls refused as not_owner while no other writer exists", n)
+	}
+	if n := counter(t, s.reg, "freeway_calligraphus_try_later_total", "reason", "write_error"); n != 4 {
+		t.Errorf("%v calls refused as write_error, want 4", n)
+	}
+	full.Store(false)
+	now.Add(int64(2 * time.Second))
+	testkit.Eventually(t, "the retry to be answered OK", func() error {
+		rc, err := cl.Log(context.Background(), entries("cat", "b0"))
+		if err == nil && rc != scribethrift.ResultCode_OK {
+			err = fmt.Errorf("answered %v", rc)
+		}
+		return err
+	})
+	s.stop()
+	if got, want := msgs(scan(t, fsys, "cat/0")), []string{"a0", "b0"}; !slices.Equal(got, want) {
+		t.Fatalf("the bucket holds %q, want %q", got, want)
 	}
 }
