@@ -190,9 +190,10 @@
 // ends for idleness (or with the process) only after one try more; calls
 // for the bucket meanwhile are refused for what failed the last try
 // (write_error for a full disk), not as not_owner. A
-// segment left after a failed write or fsync is first cut back to what
-// its last successful fsync made durable (dfs.Truncater), so that its
-// salvage publishes the acknowledged entries and not the refused batch's,
+// segment left after a failed write or fsync (or a fence check that
+// failed after the fsync, the batch refused) is first cut back to its
+// size before the refused batch (dfs.Truncater), so that its salvage
+// publishes the acknowledged entries and not the refused batch's,
 // which its senders write again; if the cut fails too (logged), the
 // salvage may publish those as well as their retry.
 //

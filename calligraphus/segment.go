@@ -49,6 +49,9 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 	// of its loss yet is fenced: a newer owner's intent created after the
 	// sync salvages these bytes; one created before may not have.
 	if top, err := layout.FenceTop(fsys, w.dir); err != nil {
+		// Undecided, and refused: so its bytes must go too, or they
+		// would be published with the segment beside their retry.
+		w.fail(durable)
 		return false, fmt.Errorf("check fence of %s: %w", w.tmp, err)
 	} else if top > w.epoch {
 		w.fenced("")
@@ -481,10 +484,11 @@ func (w *bucketWriter) giveUp() {
 	w.drop(true)
 }
 
-// fail abandons the open segment after a write or sync error: on a dfs
-// where synced bytes are acknowledged, what is in it is salvaged at the
-// next start; elsewhere it is removed. durable is the segment's size
-// before the failed batch: what the Syncs before it made durable. The
+// fail abandons the open segment after a write or sync error (or a
+// fence check that failed after the sync): on a dfs where synced bytes
+// are acknowledged, what is in it is salvaged at the next start;
+// elsewhere it is removed. durable is the segment's size before the
+// failed batch: what the Syncs before it made durable. The
 // salvage publishes every whole block it finds, and the failed batch,
 // answered TRY_LATER, is written again by its senders' retries: so the
 // segment is cut back to durable first where the dfs can (a local file;

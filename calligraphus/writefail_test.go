@@ -46,6 +46,21 @@ func TestRefusedBatchIsNotSalvaged(t *testing.T) {
 			wantTryLater(t, s.dial(t), "b0", "b1")
 			return []string{"b0", "b1"}
 		}},
+		{"fence check", func(t *testing.T, s *server, fsys *dfstest.Faulty) []string {
+			// Synced, then the listing of the fence after the sync
+			// fails (an I/O error): the batch is refused, and its bytes
+			// used to stay in the open segment, published with it.
+			var fail atomic.Bool
+			fail.Store(true)
+			fsys.SetHook(func(c dfstest.Call) error {
+				if c.Op == dfstest.OpReadDir && c.Name == layout.FenceDir("cat/0") && fail.CompareAndSwap(true, false) {
+					return fmt.Errorf("injected: %w", syscall.EIO)
+				}
+				return nil
+			})
+			wantTryLater(t, s.dial(t), "b0", "b1")
+			return []string{"b0", "b1"}
+		}},
 		{"write", func(t *testing.T, s *server, fsys *dfstest.Faulty) []string {
 			// One batch of two requests, the first written whole, the
 			// second's write failing: the run loop is held in the fsync
