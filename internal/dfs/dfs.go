@@ -162,8 +162,8 @@ func WriteBuffers(f File, bufs [][]byte) (int64, error) {
 // of what it refused are not read later (after a failed fsync the page
 // cache still holds them, whatever the disk does).
 type Truncater interface {
-	// Truncate cuts the file to size bytes and makes that durable, as
-	// Sync does.
+	// Truncate cuts the file to size bytes, where the next Write goes
+	// on, and makes that durable, as Sync does.
 	Truncate(size int64) error
 }
 

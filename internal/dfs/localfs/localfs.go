@@ -17,6 +17,7 @@ package localfs
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -120,11 +121,15 @@ func (w *writer) Sync() error {
 	return nil
 }
 
-// Truncate cuts the file to size and syncs it (dfs.Truncater). Bytes
-// that a failed fsync left behind are dropped from the page cache with
-// the cut; those below size were made durable by an earlier Sync.
+// Truncate cuts the file to size, moves the next write there and syncs
+// (dfs.Truncater). Bytes that a failed fsync left behind are dropped from
+// the page cache with the cut; those below size were made durable by an
+// earlier Sync.
 func (w *writer) Truncate(size int64) error {
 	if err := w.File.Truncate(size); err != nil {
+		return err
+	}
+	if _, err := w.Seek(size, io.SeekStart); err != nil {
 		return err
 	}
 	return w.Sync()
