@@ -4,14 +4,14 @@
 // Files are fsynced on Sync and Close, and so, at a new file's first
 // Sync or Close, is its directory: the bytes a Sync made durable keep
 // their name through a crash of the machine. Create and MkdirAll fsync
-// the parent of every directory they make before they return (each as
-// soon as it is made, and one whose parent's fsync failed is removed
-// again: a retry after a full disk or an I/O error finds no directory
-// whose name is not durable), so that a file's directory is durable once
-// the file is there. The directory is
-// fsynced after a rename too, so a published file survives a crash under
-// its new name. A file being written can be cut back (dfs.Truncater) to
-// what an earlier Sync made durable, after a write or a Sync failed.
+// the parent of every directory they make before they return, so that a
+// file's directory is durable once the file is there: each as soon as it
+// is made, and one whose parent's fsync failed is removed again, so that
+// a retry after a full disk or an I/O error finds no directory whose name
+// is not durable. The directory is fsynced after a rename too, so a
+// published file survives a crash under its new name. A file being
+// written can be cut back (dfs.Truncater) to what an earlier Sync made
+// durable, after a write or a Sync failed.
 package localfs
 
 import (
