@@ -488,13 +488,13 @@ func (w *bucketWriter) giveUp() {
 // fence check that failed after the sync): on a dfs where synced bytes
 // are acknowledged, what is in it is salvaged at the next start;
 // elsewhere it is removed. durable is the segment's size before the
-// failed batch: what the Syncs before it made durable. The
-// salvage publishes every whole block it finds, and the failed batch,
-// answered TRY_LATER, is written again by its senders' retries: so the
-// segment is cut back to durable first where the dfs can (a local file;
-// after a failed fsync the page cache holds the batch's blocks, and a
-// write that fills the disk can stop after some of them), else a stock
-// client's retried entries would be published twice.
+// failed batch: what the Syncs before it made durable. The salvage
+// publishes every whole block it finds, and the failed batch, answered
+// TRY_LATER, is written again by its senders' retries: so the segment is
+// cut back to durable first where the dfs can (a local file; after a
+// failed fsync the page cache holds the batch's blocks, and a write that
+// fills the disk can stop after some of them), else a stock client's
+// retried entries would be published twice.
 func (w *bucketWriter) fail(durable int64) {
 	if w.file == nil {
 		return
