@@ -111,7 +111,14 @@
 // incarnation, so from an app's OK to the aggregates the path is
 // exactly-once. This relies on no entry reaching a bucket more than
 // segment.SeqWindow numbers after a later one, which the bound above
-// guarantees. Entries queued by an agent before incarnations existed (a
+// guarantees, and on a batch sent again reaching the bucket it first
+// went to: Puma deduplicates per bucket. A stop (a reload too) therefore
+// takes no new batch but waits up to 5s for the answers to the calls in
+// progress and acknowledges those answered OK, so that a reload that
+// routes the category otherwise (its shard key, bucket count or apps
+// changed) has nothing to send again; after a crash, or a stop whose
+// calls did not answer in time, a batch sent again under a changed
+// route is counted twice. Entries queued by an agent before incarnations existed (a
 // v1 queue segment) are sent without one, and keep deduplicating against
 // what the old agent shipped. A write torn by a crash (never
 // acknowledged) is truncated when the queue opens, with a warning; after
