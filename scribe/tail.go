@@ -67,6 +67,9 @@ type tailer struct {
 	bsize int   // record bytes of batch
 	blns  int64 // lines (not pieces) in batch
 	split bool  // the line at buf[cut:] was already split
+	// splitAt is split as at off: saved, so that a restart does not count
+	// the line, and warn about it, a second time.
+	splitAt bool
 
 	failing bool         // the last poll failed (to log a streak once)
 	moved   time.Time    // since when f is at its end and another file is to follow
@@ -90,6 +93,9 @@ type position struct {
 	// before it have HeadLen 0: not checked.
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
+	// Split says the line at Offset had pieces split off before it
+	// (counted in tail_lines_split_total once).
+	Split bool `json:"split,omitempty"`
 	// Held lists the files rotated in after this one and not read yet,
 	// oldest first (see tailer.next): the agent may stop before their
 	// turn, and one renamed away again meanwhile is no longer at the path.
@@ -235,6 +241,7 @@ func (t *tailer) restoreFile(p position) error {
 		case !same:
 			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
 		default:
+			t.split, t.splitAt = p.Split, p.Split
 			return t.resume(f, saved, p.Offset, first)
 		}
 		t.truncations.Add(1)
@@ -245,6 +252,7 @@ func (t *tailer) restoreFile(p position) error {
 	if f, fi := t.findByID(saved); f != nil {
 		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
 			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
+			t.split, t.splitAt = p.Split, p.Split
 			return t.resume(f, saved, p.Offset, first)
 		}
 		_ = f.Close() // opened for reading
@@ -373,7 +381,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		t.f, t.id, t.off, t.first, t.buf, t.cut, t.split = f, idOf(fi), 0, t.first[:0], t.buf[:0], 0, false
+		t.f, t.id, t.off, t.first, t.buf, t.cut, t.split, t.splitAt = f, idOf(fi), 0, t.first[:0], t.buf[:0], 0, false, false
 		t.save()
 	}
 	n, err := t.readToEnd(ctx)
@@ -448,7 +456,7 @@ func (t *tailer) restart() error {
 	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.off, t.first, t.buf, t.cut, t.split = 0, t.first[:0], t.buf[:0], 0, false
+	t.off, t.first, t.buf, t.cut, t.split, t.splitAt = 0, t.first[:0], t.buf[:0], 0, false, false
 	t.save()
 	return nil
 }
@@ -619,6 +627,7 @@ func (t *tailer) flush(ctx context.Context) error {
 	t.a.c.receivedTail.Add(int64(len(t.batch)))
 	t.lines.Add(t.blns)
 	t.off += int64(t.cut)
+	t.splitAt = t.split
 	n := copy(t.buf, t.buf[t.cut:])
 	t.buf = t.buf[:n]
 	clear(t.batch)
@@ -631,7 +640,7 @@ func (t *tailer) flush(ctx context.Context) error {
 // tailing: the save is retried at the next poll, and until it succeeds a
 // restart would queue the lines since the last saved position again.
 func (t *tailer) save() {
-	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off}
+	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off, Split: t.splitAt}
 	if n := min(t.off, int64(len(t.first))); n > 0 {
 		p.Head, p.HeadLen = hashOf(t.first[:n]), n
 	}

@@ -700,3 +700,29 @@ func rotateTwice(t *testing.T, log string, clk *pollClock) {
 		t.Fatal(err)
 	}
 }
+
+// TestTailCountsASplitLineOnceAcrossARestart: a partial line past
+// max_message_bytes had a piece split off (counted) when the agent
+// stopped; after the restart its rest, still past the limit, is split
+// again but it is the same line: counted once.
+func TestTailCountsASplitLineOnceAcrossARestart(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxMessageBytes = 10
+	a := startAgent(t, cfg)
+	appendFile(t, log, strings.Repeat("y", 12))
+	waitLines(t, up, strings.Repeat("y", 10))
+	if got := gather(t, a, "freeway_agent_tail_lines_split_total", "path", log); got != 1 {
+		t.Fatalf("split lines = %v", got)
+	}
+	a.stopped(t)
+
+	appendFile(t, log, strings.Repeat("y", 12)+"\n")
+	b := startAgent(t, cfg)
+	waitLines(t, up, strings.Repeat("y", 10), strings.Repeat("y", 10), "yyyy")
+	if got := gather(t, b, "freeway_agent_tail_lines_split_total", "path", log); got != 0 {
+		t.Fatalf("split lines after the restart = %v, want 0 (the line was counted before it)", got)
+	}
+}
