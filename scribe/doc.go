@@ -130,7 +130,9 @@
 // agent was down, the rotated file is found in the same directory by its
 // identity (device and inode) and finished first. So are the files it held
 // open to read after it (saved with the position), also when renamed away
-// again meanwhile. A file that has the
+// again meanwhile; one that the path still names but whose first bytes
+// changed (copytruncate) is read from its start, without the lines it had
+// before (only in the copy). A file that has the
 // saved identity but is shorter than the saved offset, or whose first bytes
 // (up to 1 KiB) differ from those read before (truncated and written again
 // while the agent was down, as copytruncate does; or another file given

@@ -218,9 +218,16 @@ func (t *tailer) restoreHeld(hs []heldPosition) {
 			continue
 		}
 		if _, same := sameHead(f, position{Head: h.Head, HeadLen: h.HeadLen}); !same {
-			_ = f.Close() // opened for reading
-			t.log.Warn("rotated file held while stopped was replaced (its first bytes changed); its lines are lost", "dev", h.Dev, "ino", h.Ino)
-			continue
+			// Still the file the path names, it is ours, truncated and
+			// written again (copytruncate), or the one the path names
+			// now: read from its start either way, as a held file is.
+			if fi, err := os.Stat(t.path); err != nil || idOf(fi) != id {
+				_ = f.Close() // opened for reading
+				t.log.Warn("rotated file held while stopped was replaced (its first bytes changed); its lines are lost", "dev", h.Dev, "ino", h.Ino)
+				continue
+			}
+			t.truncations.Add(1)
+			t.log.Warn("rotated-in file held while stopped was rewritten (its first bytes changed, as after copytruncate); reading it from its start in turn: the lines it had before are lost (a copy is not read)", "dev", h.Dev, "ino", h.Ino)
 		}
 		t.next = append(t.next, held{f: f, id: id})
 	}

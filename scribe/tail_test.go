@@ -726,3 +726,44 @@ func TestTailCountsASplitLineOnceAcrossARestart(t *testing.T) {
 		t.Fatalf("split lines after the restart = %v, want 0 (the line was counted before it)", got)
 	}
 }
+
+// TestTailRereadsAHeldFileRewrittenWhileStopped: the agent stops while it
+// reads a rotated file and holds the one the path names, which is then
+// truncated and written again (copytruncate) before the agent starts.
+// The held file is still the one the path names: it is read from its
+// start, and the log says so (and that the lines it had before, only in
+// the copy, are lost) rather than that it is not read.
+func TestTailRereadsAHeldFileRewrittenWhileStopped(t *testing.T) {
+	log, up, clk, a := startRotatingTail(t)
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to hold the new file", func() bool { return clk.polls.Load() >= polls+3 })
+	a.stopped(t)
+
+	appendFile(t, log+".0", "b1\n") // copytruncate: the copy, not read
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	clk2 := &pollClock{interval: clk.interval}
+	b := startAgentClock(t, rotatingTailConfig(log, up), clk2)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool {
+		clk2.skew.Add(int64(time.Hour))
+		return slices.Contains(messagesOf(t, up), "c1")
+	})
+	if got, want := messagesOf(t, up), []string{"a1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+	if lines := b.logs.Lines("its lines are lost"); len(lines) > 0 {
+		t.Fatalf("the file read is said to be lost:\n%s", strings.Join(lines, "\n"))
+	}
+	if lines := b.logs.Lines("level=WARN", "rewritten", "from its start"); len(lines) != 1 {
+		t.Fatalf("no warning that the held file is read from its start:\n%s", b.logs.String())
+	}
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
