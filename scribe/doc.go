@@ -174,8 +174,9 @@
 // seen: one rotated in and renamed away again meanwhile (two rotations)
 // is not read, and the rest of one rotated and then compressed or moved
 // to another directory while the agent is down is lost (with a warning):
-// a rotated file is looked for only beside the path, so with logrotate's
-// olddir (or compress without delaycompress) a rotation while the agent
+// a rotated file is looked for only beside the path (and, the path a
+// symlink, beside the file it named: saved with the position), so with
+// logrotate's olddir (or compress without delaycompress) a rotation while the agent
 // is down costs the lines it had not read yet. While the agent runs it
 // holds the file open, and neither loses anything.
 //

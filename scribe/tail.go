@@ -58,6 +58,7 @@ type tailer struct {
 
 	f     *os.File
 	id    fileID
+	dir   string // the directory of f when the path is a symlink into another one (see dirOf)
 	off   int64  // offset in f up to which lines are durable in the queue
 	first []byte // f's first bytes as read (up to headBytes), fingerprinted with off
 	head  []byte // rewritten's reading of f's first bytes
@@ -93,6 +94,10 @@ type position struct {
 	// before it have HeadLen 0: not checked.
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
+	// Dir is the directory of the file when the path named it through a
+	// symlink into another directory: rotated, it is renamed beside
+	// itself, not beside the path.
+	Dir string `json:"dir,omitempty"`
 	// Split says the line at Offset had pieces split off before it
 	// (counted in tail_lines_split_total once).
 	Split bool `json:"split,omitempty"`
@@ -108,14 +113,16 @@ type position struct {
 type heldPosition struct {
 	Dev     uint64 `json:"dev"`
 	Ino     uint64 `json:"ino"`
+	Dir     string `json:"dir,omitempty"`
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
 }
 
 // held is a file rotated in while the one before it is still read.
 type held struct {
-	f  *os.File
-	id fileID
+	f   *os.File
+	id  fileID
+	dir string // as tailer.dir
 	// head is its first headBytes once it has them (save reads them
 	// until then: the app may still be writing its start).
 	head []byte
@@ -204,15 +211,15 @@ func (t *tailer) restore() error {
 	return nil
 }
 
-// restoreHeld finds the files held when the position was saved, beside
-// the path by identity, to be read in turn after the restored one.
+// restoreHeld finds the files held when the position was saved, by
+// identity (see findByID), to be read in turn after the restored one.
 func (t *tailer) restoreHeld(hs []heldPosition) {
 	for _, h := range hs {
 		id := fileID{dev: h.Dev, ino: h.Ino}
 		if id == t.id || slices.ContainsFunc(t.next, func(n held) bool { return n.id == id }) {
 			continue
 		}
-		f, _ := t.findByID(id)
+		f, _, dir := t.findByID(id, h.Dir)
 		if f == nil {
 			t.log.Warn("rotated file held while stopped not found; its lines are lost", "dev", h.Dev, "ino", h.Ino)
 			continue
@@ -229,7 +236,7 @@ func (t *tailer) restoreHeld(hs []heldPosition) {
 			t.truncations.Add(1)
 			t.log.Warn("rotated-in file held while stopped was rewritten (its first bytes changed, as after copytruncate); reading it from its start in turn: the lines it had before are lost (a copy is not read)", "dev", h.Dev, "ino", h.Ino)
 		}
-		t.next = append(t.next, held{f: f, id: id})
+		t.next = append(t.next, held{f: f, id: id, dir: dir})
 	}
 }
 
@@ -249,18 +256,19 @@ func (t *tailer) restoreFile(p position) error {
 			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
 		default:
 			t.split, t.splitAt = p.Split, p.Split
-			return t.resume(f, saved, p.Offset, first)
+			return t.resume(f, saved, t.dirOf(saved), p.Offset, first)
 		}
 		t.truncations.Add(1)
-		return t.resume(f, saved, 0, nil)
+		return t.resume(f, saved, t.dirOf(saved), 0, nil)
 	}
-	// The path names another file now: find ours by identity beside it
-	// (rotated by rename while the agent was down) and finish it first.
-	if f, fi := t.findByID(saved); f != nil {
+	// The path names another file now: find ours by identity (see
+	// findByID; rotated by rename while the agent was down) and finish it
+	// first.
+	if f, fi, dir := t.findByID(saved, p.Dir); f != nil {
 		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
-			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
+			t.log.Info("resuming rotated file", "rotated_to", filepath.Join(dir, fi.Name()), "offset", p.Offset)
 			t.split, t.splitAt = p.Split, p.Split
-			return t.resume(f, saved, p.Offset, first)
+			return t.resume(f, saved, dir, p.Offset, first)
 		}
 		_ = f.Close() // opened for reading
 	}
@@ -299,13 +307,14 @@ func (t *tailer) openIf(id fileID) (*os.File, fs.FileInfo, error) {
 	return f, fi, nil
 }
 
-// resume continues f, of identity id and starting with first, at off.
-func (t *tailer) resume(f *os.File, id fileID, off int64, first []byte) error {
+// resume continues f, of identity id, in dir (as tailer.dir) and
+// starting with first, at off.
+func (t *tailer) resume(f *os.File, id fileID, dir string, off int64, first []byte) error {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		_ = f.Close() // opened for reading
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.f, t.id, t.off, t.first = f, id, off, first
+	t.f, t.id, t.dir, t.off, t.first = f, id, dir, off, first
 	return nil
 }
 
@@ -370,8 +379,10 @@ func hashOf(b []byte) uint64 {
 func (t *tailer) poll(ctx context.Context) (bool, error) {
 	if t.f == nil {
 		var f *os.File
-		if len(t.next) > 0 {
-			f = t.next[0].f
+		var dir string
+		opened := len(t.next) == 0
+		if !opened {
+			f, dir = t.next[0].f, t.next[0].dir
 			t.next = slices.Delete(t.next, 0, 1)
 		} else {
 			var err error
@@ -388,7 +399,10 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		t.f, t.id, t.off, t.first, t.buf, t.cut, t.split, t.splitAt = f, idOf(fi), 0, t.first[:0], t.buf[:0], 0, false, false
+		if opened {
+			dir = t.dirOf(idOf(fi))
+		}
+		t.f, t.id, t.dir, t.off, t.first, t.buf, t.cut, t.split, t.splitAt = f, idOf(fi), dir, 0, t.first[:0], t.buf[:0], 0, false, false
 		t.save()
 	}
 	n, err := t.readToEnd(ctx)
@@ -496,7 +510,7 @@ func (t *tailer) hold(id fileID) error {
 		}
 		return nil // the path changed again: held at the next poll
 	}
-	t.next = append(t.next, held{f: f, id: id})
+	t.next = append(t.next, held{f: f, id: id, dir: t.dirOf(id)})
 	t.save()
 	return nil
 }
@@ -647,13 +661,13 @@ func (t *tailer) flush(ctx context.Context) error {
 // tailing: the save is retried at the next poll, and until it succeeds a
 // restart would queue the lines since the last saved position again.
 func (t *tailer) save() {
-	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off, Split: t.splitAt}
+	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Dir: t.dir, Offset: t.off, Split: t.splitAt}
 	if n := min(t.off, int64(len(t.first))); n > 0 {
 		p.Head, p.HeadLen = hashOf(t.first[:n]), n
 	}
 	for i := range t.next {
 		h := &t.next[i]
-		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino}
+		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino, Dir: h.dir}
 		b := h.head
 		if len(b) < headBytes {
 			b = headUpTo(h.f)
@@ -676,25 +690,46 @@ func (t *tailer) save() {
 	}
 }
 
-// findByID opens the file beside the path whose identity is id, if any.
-func (t *tailer) findByID(id fileID) (*os.File, fs.FileInfo) {
+// findByID opens the file beside the path whose identity is id, if any,
+// or beside the file the path named through a symlink: in dir (saved with
+// the position) or, saved without it, where the symlink leads now. It
+// returns the directory it was found in when not the path's (as
+// tailer.dir).
+func (t *tailer) findByID(id fileID, dir string) (*os.File, fs.FileInfo, string) {
 	if id == (fileID{}) {
-		return nil, nil
+		return nil, nil, ""
+	}
+	dirs := []string{filepath.Dir(t.path)}
+	for _, d := range []string{dir, t.dirOf(fileID{})} {
+		if d != "" && !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
 	}
 	// Found and then renamed again before it is opened (logrotate
 	// shifting .1 to .2 as the agent starts): it is looked for again.
 	for range 3 {
-		if f, fi, moved := t.findOnce(id); !moved {
-			return f, fi
+		moved := false
+		for _, d := range dirs {
+			f, fi, m := t.findOnce(d, id)
+			if f != nil {
+				if d == dirs[0] {
+					d = ""
+				}
+				return f, fi, d
+			}
+			moved = moved || m
+		}
+		if !moved {
+			break
 		}
 	}
-	return nil, nil
+	return nil, nil, ""
 }
 
-// findOnce is one look for findByID: moved reports a file of identity
-// id listed that was no longer there, or another file, once opened.
-func (t *tailer) findOnce(id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
-	dir := filepath.Dir(t.path)
+// findOnce is one look for findByID in dir: moved reports a file of
+// identity id listed that was no longer there, or another file, once
+// opened.
+func (t *tailer) findOnce(dir string, id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, nil, false
@@ -722,4 +757,25 @@ func (t *tailer) findOnce(id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
 		return f, st, false
 	}
 	return nil, nil, false
+}
+
+// dirOf is the directory of the file the path names through a symlink,
+// when not the path's own and when that file has identity id (any, if
+// id is zero): a file rotated while the agent is down is renamed there.
+// The symlink may be changed at any time, hence the check of the file.
+func (t *tailer) dirOf(id fileID) string {
+	p, err := filepath.EvalSymlinks(t.path)
+	if err != nil {
+		return ""
+	}
+	if id != (fileID{}) {
+		if fi, err := os.Stat(p); err != nil || idOf(fi) != id {
+			return ""
+		}
+	}
+	d := filepath.Dir(p)
+	if pd, err := filepath.EvalSymlinks(filepath.Dir(t.path)); err == nil && pd == d {
+		return "" // not through a symlink of its own (a parent may be one)
+	}
+	return d
 }

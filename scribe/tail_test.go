@@ -767,3 +767,113 @@ func TestTailRereadsAHeldFileRewrittenWhileStopped(t *testing.T) {
 		t.Fatalf("truncations = %v", got)
 	}
 }
+
+// symlinkedLog makes dir/app.log a symlink to dir/logs/current.log (an
+// app writing under its own directory, or a runtime's log links), with
+// "old1" written, and returns both paths.
+func symlinkedLog(t *testing.T) (link, target string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link, target = filepath.Join(dir, "app.log"), filepath.Join(dir, "logs", "current.log")
+	appendFile(t, target, "old1\n")
+	if err := os.Symlink(filepath.Join("logs", "current.log"), link); err != nil {
+		t.Fatal(err)
+	}
+	return link, target
+}
+
+// TestTailFinishesASymlinkedFileRotatedWhileStopped: the tailed path is a
+// symlink, and the file it names is rotated (renamed beside itself) while
+// the agent is down. The rotated file is found beside the file, not only
+// beside the symlink, and finished.
+func TestTailFinishesASymlinkedFileRotatedWhileStopped(t *testing.T) {
+	link, target := symlinkedLog(t)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(filepath.Dir(link), up.srv.Addr(), link)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1")
+	a.stopped(t)
+
+	appendFile(t, target, "old2\n")
+	if err := os.Rename(target, target+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, target, "new1\n")
+	b := startAgent(t, cfg)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), []string{"old1", "old2", "new1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
+
+// TestTailReadsASymlinkedHeldFileAfterARestart: as
+// TestTailReadsAHeldFileAfterARestart, the path a symlink: the held file,
+// renamed away while the agent is down, is found beside the file the
+// symlink named.
+func TestTailReadsASymlinkedHeldFileAfterARestart(t *testing.T) {
+	link, target := symlinkedLog(t)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := rotatingTailConfig(link, up)
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	waitLines(t, up, "old1")
+	if err := os.Rename(target, target+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, target, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to hold the new file", func() bool { return clk.polls.Load() >= polls+3 })
+	a.stopped(t)
+
+	if err := os.Rename(target+".1", target+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(target, target+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, target, "c1\n")
+	clk2 := &pollClock{interval: clk.interval}
+	b := startAgentClock(t, cfg, clk2)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool {
+		clk2.skew.Add(int64(time.Hour))
+		return slices.Contains(messagesOf(t, up), "c1")
+	})
+	if got, want := messagesOf(t, up), []string{"old1", "b1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
+
+// TestTailFinishesASymlinkedFileSwitchedAwayWhileStopped: the tailed path
+// is a symlink that the app points at a file in a new directory each day
+// (the old file stays where it is), and it is switched while the agent is
+// down. The old file is found where it was read, saved with the position,
+// and finished.
+func TestTailFinishesASymlinkedFileSwitchedAwayWhileStopped(t *testing.T) {
+	link, target := symlinkedLog(t)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(filepath.Dir(link), up.srv.Addr(), link)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1")
+	a.stopped(t)
+
+	appendFile(t, target, "old2\n")
+	next := filepath.Join(filepath.Dir(link), "logs-next", "current.log")
+	if err := os.Mkdir(filepath.Dir(next), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, next, "new1\n")
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(next, link); err != nil {
+		t.Fatal(err)
+	}
+	b := startAgent(t, cfg)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), []string{"old1", "old2", "new1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
