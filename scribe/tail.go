@@ -380,8 +380,8 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 	if t.f == nil {
 		var f *os.File
 		var dir string
-		opened := len(t.next) == 0
-		if !opened {
+		fromPath := len(t.next) == 0
+		if !fromPath {
 			f, dir = t.next[0].f, t.next[0].dir
 			t.next = slices.Delete(t.next, 0, 1)
 		} else {
@@ -399,7 +399,7 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		if opened {
+		if fromPath {
 			dir = t.dirOf(idOf(fi))
 		}
 		t.f, t.id, t.dir, t.off, t.first, t.buf, t.cut, t.split, t.splitAt = f, idOf(fi), dir, 0, t.first[:0], t.buf[:0], 0, false, false
