@@ -48,7 +48,8 @@
 // agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
 // log; the new file is read after it, and each file the path names
 // meanwhile, also while a full queue holds the tailer up, is held open
-// and read in turn) and truncation, holds a partial last line until its
+// and read in turn) and truncation (a copy copytruncate left beside the
+// file is read to its end first), holds a partial last line until its
 // newline, splits a line over MaxMessageBytes into pieces of
 // MaxMessageBytes (counted in freeway_agent_tail_lines_split_total)
 // rather than dropping data, and persists each file's identity and offset
@@ -137,7 +138,9 @@
 // (up to 1 KiB) differ from those read before (truncated and written again
 // while the agent was down, as copytruncate does; or another file given
 // the old one's inode), is read from its start
-// (freeway_agent_tail_truncations_total); a start of zeros is the hole a
+// (freeway_agent_tail_truncations_total), after the rest of its copy when
+// copytruncate left one beside it (a file that starts with the same first
+// KiB, found when the agent had read that much); a start of zeros is the hole a
 // writer without O_APPEND leaves in front of its lines after a truncation,
 // and the file is resumed at the saved offset.
 //
@@ -162,7 +165,11 @@
 // same first bytes goes unnoticed, as does another file given the old
 // one's identity (inode) while the agent is down and starting with them.
 // Lines written after the tailer's last read and before a copytruncate
-// are only in the copy, which the agent does not read. A renamed file that
+// are only in the copy: it is read on from where the file was read, then
+// the file from its start, if it is beside the file and the agent had
+// read at least 1 KiB of it (the first KiB tells the copy; less could be
+// the start of another file); a copy compressed at once or moved away is
+// not read. A renamed file that
 // is still written to (a process that never reopens its log) holds up the
 // new one: files are read one at a time, in order, so the new file's
 // lines wait until the old one has been idle for tail_rotate_wait, and a

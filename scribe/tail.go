@@ -45,7 +45,9 @@ const headBytes = 1 << 10
 // open (up to maxHeld) and read in turn, also after a restart (saved with
 // the position). Truncation is noticed when the open file is shorter
 // than what was read, or no longer starts with the bytes read (up to
-// headBytes; written again past what was read): reading restarts at 0.
+// headBytes; written again past what was read): reading restarts at 0,
+// after the rest of the copy logrotate's copytruncate left beside it, if
+// any (see toCopy).
 // A partial last line waits for its newline. A line longer than
 // max_message_bytes is split into pieces of max_message_bytes (counted in
 // tail_lines_split_total).
@@ -249,17 +251,29 @@ func (t *tailer) restoreFile(p position) error {
 	}
 	if f != nil {
 		first, same := sameHead(f, p)
-		switch {
-		case fi.Size() < p.Offset:
-			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
-		case !same:
-			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
-		default:
+		if fi.Size() >= p.Offset && same {
 			t.split, t.splitAt = p.Split, p.Split
 			return t.resume(f, saved, t.dirOf(saved), p.Offset, first)
 		}
 		t.truncations.Add(1)
-		return t.resume(f, saved, t.dirOf(saved), 0, nil)
+		dir := t.dirOf(saved)
+		if p.HeadLen == headBytes {
+			// Copytruncate while the agent was down: the lines after the
+			// saved offset are in the copy, read first.
+			if c, cfi, cdir, cfirst := t.findCopy(saved, p.Head, p.Offset, p.Dir); c != nil {
+				t.log.Warn("tailed file truncated while stopped; reading its copy from the saved offset, then the file from its start",
+					"copy", filepath.Join(cdir, cfi.Name()), "offset", p.Offset, "size", fi.Size())
+				t.next = append(t.next, held{f: f, id: saved, dir: dir})
+				t.split, t.splitAt = p.Split, p.Split
+				return t.resume(c, idOf(cfi), cdir, p.Offset, cfirst)
+			}
+		}
+		if fi.Size() < p.Offset {
+			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
+		} else {
+			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
+		}
+		return t.resume(f, saved, dir, 0, nil)
 	}
 	// The path names another file now: find ours by identity (see
 	// findByID; rotated by rename while the agent was down) and finish it
@@ -464,10 +478,44 @@ func (t *tailer) truncated() (bool, error) {
 		return false, fmt.Errorf("stat tailed file: %w", err)
 	}
 	if read := t.off + int64(len(t.buf)); st.Size() < read {
+		if t.toCopy() {
+			return true, nil
+		}
 		t.log.Warn("tailed file truncated, reading it from its start", "offset", read, "size", st.Size())
 		return true, t.restart()
 	}
 	return false, nil
+}
+
+// toCopy switches to the copy of f, if there is one beside it, that
+// logrotate's copytruncate made before truncating f: lines the tailer had
+// not read yet (it polls, and a full queue holds it up) are only there.
+// The copy is read on from where f was read, as a rotated file, and f
+// from its start after it. It reports whether it found one.
+func (t *tailer) toCopy() bool {
+	if len(t.first) < headBytes {
+		return false // too little to tell a copy from a file that starts alike
+	}
+	read := t.off + int64(len(t.buf))
+	c, fi, dir, _ := t.findCopy(t.id, hashOf(t.first), read, t.dir)
+	if c == nil {
+		return false
+	}
+	if _, err := c.Seek(read, io.SeekStart); err != nil {
+		_ = c.Close() // opened for reading
+		return false
+	}
+	// f is held, to be read from its start, as a held file is.
+	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+		_ = c.Close() // opened for reading
+		return false
+	}
+	t.truncations.Add(1)
+	t.log.Warn("tailed file truncated; reading its copy to its end, then the file from its start", "copy", filepath.Join(dir, fi.Name()), "offset", read)
+	t.next = slices.Insert(t.next, 0, held{f: t.f, id: t.id, dir: t.dir})
+	t.f, t.id, t.dir, t.moved = c, idOf(fi), dir, time.Time{}
+	t.save()
+	return true
 }
 
 // restart reads f again from its start (truncated), dropping what was
@@ -526,9 +574,11 @@ func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 			if err := t.flush(ctx); err != nil {
 				return total, err
 			}
-			t.log.Warn("tailed file rewritten (its first bytes changed), reading it from its start", "offset", t.off)
-			if err := t.restart(); err != nil {
-				return total, err
+			if !t.toCopy() {
+				t.log.Warn("tailed file rewritten (its first bytes changed), reading it from its start", "offset", t.off)
+				if err := t.restart(); err != nil {
+					return total, err
+				}
 			}
 		}
 		if cap(t.buf)-len(t.buf) < tailReadChunk {
@@ -699,12 +749,7 @@ func (t *tailer) findByID(id fileID, dir string) (*os.File, fs.FileInfo, string)
 	if id == (fileID{}) {
 		return nil, nil, ""
 	}
-	dirs := []string{filepath.Dir(t.path)}
-	for _, d := range []string{dir, t.dirOf(fileID{})} {
-		if d != "" && !slices.Contains(dirs, d) {
-			dirs = append(dirs, d)
-		}
-	}
+	dirs := t.dirs(dir)
 	// Found and then renamed again before it is opened (logrotate
 	// shifting .1 to .2 as the agent starts): it is looked for again.
 	for range 3 {
@@ -724,6 +769,69 @@ func (t *tailer) findByID(id fileID, dir string) (*os.File, fs.FileInfo, string)
 		}
 	}
 	return nil, nil, ""
+}
+
+// dirs are the directories a file of the path is looked for in: the
+// path's, then dir (as tailer.dir), then where a symlink at the path leads
+// now.
+func (t *tailer) dirs(dir string) []string {
+	dirs := []string{filepath.Dir(t.path)}
+	for _, d := range []string{dir, t.dirOf(fileID{})} {
+		if d != "" && !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// findCopy opens the newest file in t.dirs(dir), other than the file of
+// identity id, that starts with the headBytes whose hash is head and is
+// at least size long: a copy of it (logrotate's copytruncate). It returns
+// its directory as findByID does, and its first headBytes.
+func (t *tailer) findCopy(id fileID, head uint64, size int64, dir string) (*os.File, fs.FileInfo, string, []byte) {
+	var (
+		best      *os.File
+		bestFI    fs.FileInfo
+		bestDir   string
+		bestFirst []byte
+	)
+	dirs := t.dirs(dir)
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil || idOf(fi) == id || fi.Size() < size || (bestFI != nil && !fi.ModTime().After(bestFI.ModTime())) {
+				continue
+			}
+			f, err := os.Open(filepath.Join(d, e.Name()))
+			if err != nil {
+				continue
+			}
+			st, err := f.Stat()
+			var b []byte
+			if err == nil && idOf(st) != id && st.Size() >= size {
+				b, err = headOf(f, headBytes)
+			}
+			if err != nil || b == nil || hashOf(b) != head {
+				_ = f.Close() // opened for reading
+				continue
+			}
+			if best != nil {
+				_ = best.Close() // opened for reading
+			}
+			best, bestFI, bestFirst = f, st, b
+			if bestDir = d; d == dirs[0] {
+				bestDir = ""
+			}
+		}
+	}
+	return best, bestFI, bestDir, bestFirst
 }
 
 // findOnce is one look for findByID in dir: moved reports a file of

@@ -642,10 +642,10 @@ func rotatingTailConfig(log string, up *fakeUpstream) Config {
 	return cfg
 }
 
-// startFullQueueTail starts an agent tailing app.log, written with 200
-// lines (want), on a poll clock, whose upstream holds its first call
-// until unblock: once it returns, the queue is full and the tailer waits
-// for room in it.
+// startFullQueueTail starts an agent tailing app.log, written with 250
+// lines (want; past the 1KiB fingerprinted), on a poll clock, whose
+// upstream holds its first call until unblock: once it returns, the queue
+// is full and the tailer waits for room in it.
 func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollClock, a *agent, want []string, unblock func()) {
 	t.Helper()
 	dir := t.TempDir()
@@ -657,7 +657,7 @@ func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollCl
 	up.gate = func(*scribethrift.Batch) { <-release }
 	cfg := fullQueueTailConfig(log, up)
 	var sb strings.Builder
-	for i := range 200 {
+	for i := range 250 {
 		want = append(want, fmt.Sprintf("a%03d", i))
 		fmt.Fprintf(&sb, "a%03d\n", i)
 	}
@@ -875,5 +875,75 @@ func TestTailFinishesASymlinkedFileSwitchedAwayWhileStopped(t *testing.T) {
 	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
 	if got, want := messagesOf(t, up), []string{"old1", "old2", "new1"}; !slices.Equal(got, want) {
 		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
+
+// copytruncate does what logrotate's copytruncate does to log: copies it
+// to log.1, then truncates it.
+func copytruncate(t *testing.T, log string) {
+	t.Helper()
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(log+".1", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTailFinishesTheCopyOfAFileCopytruncatedWhileStopped: the agent is
+// down (an upgrade) while lines are written and logrotate's copytruncate
+// runs. The lines it had not read are only in the copy: it finds the copy
+// beside the file by its first bytes, reads it from the saved offset, and
+// then the file from its start.
+func TestTailFinishesTheCopyOfAFileCopytruncatedWhileStopped(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	var want []string
+	var sb strings.Builder
+	for i := range 150 { // past the 1KiB fingerprinted
+		want = append(want, fmt.Sprintf("old %03d", i))
+		fmt.Fprintf(&sb, "old %03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, want...)
+	a.stopped(t)
+
+	appendFile(t, log, "late1\nlate2\n")
+	copytruncate(t, log)
+	appendFile(t, log, "new1\n")
+	b := startAgent(t, cfg)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), append(want, "late1", "late2", "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailFinishesTheCopyOfAFileCopytruncatedWhileTheQueueIsFull: while a
+// full queue (an upstream outage) holds the tailer up, lines are written
+// that it has not read, and logrotate's copytruncate runs. They are only
+// in the copy, which it reads to its end before the file.
+func TestTailFinishesTheCopyOfAFileCopytruncatedWhileTheQueueIsFull(t *testing.T) {
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+
+	appendFile(t, log, "late1\nlate2\n")
+	copytruncate(t, log)
+	appendFile(t, log, "b1\n")
+	unblock()
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "b1") })
+	if got, want := messagesOf(t, up), append(want, "late1", "late2", "b1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, a.logs.String())
+	}
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
 	}
 }
