@@ -133,16 +133,16 @@
 // open to read after it (saved with the position), also when renamed away
 // again meanwhile; one that the path still names but whose first bytes
 // changed (copytruncate) is read from its start, without the lines it had
-// before (only in the copy). A file that has the
-// saved identity but is shorter than the saved offset, or whose first bytes
-// (up to 1 KiB) differ from those read before (truncated and written again
-// while the agent was down, as copytruncate does; or another file given
-// the old one's inode), is read from its start
+// before (only in the copy). A file that has the saved identity but is
+// shorter than the saved offset, or whose first bytes (up to 1 KiB)
+// differ from those read before (truncated and written again while the
+// agent was down, as copytruncate does; or another file given the old
+// one's inode), is read from its start
 // (freeway_agent_tail_truncations_total), after the rest of its copy when
 // copytruncate left one beside it (a file that starts with the same first
-// KiB, found when the agent had read that much); a start of zeros is the hole a
-// writer without O_APPEND leaves in front of its lines after a truncation,
-// and the file is resumed at the saved offset.
+// KiB, looked for when the agent had read that much); a start of zeros is
+// the hole a writer without O_APPEND leaves in front of its lines after a
+// truncation, and the file is resumed at the saved offset.
 //
 // A full or failing disk does not stop the agent. A queue write or fsync
 // that fails is rolled back and only the calls of that group commit are
@@ -169,7 +169,8 @@
 // the file from its start, if it is beside the file and the agent had
 // read at least 1 KiB of it (the first KiB tells the copy; less could be
 // the start of another file); a copy compressed at once or moved away is
-// not read. A renamed file that
+// not read, and lines written between the copy and the truncation are in
+// neither (copytruncate's own loss). A renamed file that
 // is still written to (a process that never reopens its log) holds up the
 // new one: files are read one at a time, in order, so the new file's
 // lines wait until the old one has been idle for tail_rotate_wait, and a
@@ -183,8 +184,8 @@
 // to another directory while the agent is down is lost (with a warning):
 // a rotated file is looked for only beside the path (and, the path a
 // symlink, beside the file it named: saved with the position), so with
-// logrotate's olddir (or compress without delaycompress) a rotation while the agent
-// is down costs the lines it had not read yet. While the agent runs it
+// logrotate's olddir (or compress without delaycompress) a rotation while
+// the agent is down costs the lines it had not read yet. While the agent runs it
 // holds the file open, and neither loses anything.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
