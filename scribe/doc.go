@@ -185,8 +185,8 @@
 // a rotated file is looked for only beside the path (and, the path a
 // symlink, beside the file it named: saved with the position), so with
 // logrotate's olddir (or compress without delaycompress) a rotation while
-// the agent is down costs the lines it had not read yet. While the agent runs it
-// holds the file open, and neither loses anything.
+// the agent is down costs the lines it had not read yet. While the agent
+// runs it holds the file open, and neither loses anything.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call
