@@ -738,7 +738,11 @@ func TestTailRereadsAHeldFileRewrittenWhileStopped(t *testing.T) {
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
 	}
-	appendFile(t, log, "b1\n")
+	// Created with its line, so that the position fingerprints it.
+	appendFile(t, log+".new", "b1\n")
+	if err := os.Rename(log+".new", log); err != nil {
+		t.Fatal(err)
+	}
 	polls := clk.polls.Load()
 	testkit.WaitFor(t, "the tailer to hold the new file", func() bool { return clk.polls.Load() >= polls+3 })
 	a.stopped(t)
