@@ -142,7 +142,8 @@
 // copytruncate left one beside it (a file that starts with the same first
 // KiB, looked for when the agent had read that much); a start of zeros is
 // the hole a writer without O_APPEND leaves in front of its lines after a
-// truncation, and the file is resumed at the saved offset.
+// truncation, and the file is resumed at the saved offset (after the rest
+// of the copy, if found), the hole's zeros skipped.
 //
 // A full or failing disk does not stop the agent. A queue write or fsync
 // that fails is rolled back and only the calls of that group commit are
@@ -170,7 +171,13 @@
 // read at least 1 KiB of it (the first KiB tells the copy; less could be
 // the start of another file); a copy compressed at once or moved away is
 // not read, and lines written between the copy and the truncation are in
-// neither (copytruncate's own loss). A renamed file that
+// neither (copytruncate's own loss). Zeros where the tailer reads next
+// are the hole a writer without O_APPEND leaves after a truncation: they
+// are skipped, not sent (the line read before them is sent as it is);
+// the copy is looked for only at the first such truncation the agent sees
+// (the file's start is zeros after it, which tell no copy), and a log that
+// has NUL bytes loses those that a read of the tailer starts with. A
+// renamed file that
 // is still written to (a process that never reopens its log) holds up the
 // new one: files are read one at a time, in order, so the new file's
 // lines wait until the old one has been idle for tail_rotate_wait, and a

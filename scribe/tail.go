@@ -47,10 +47,10 @@ const headBytes = 1 << 10
 // than what was read, or no longer starts with the bytes read (up to
 // headBytes; written again past what was read): reading restarts at 0,
 // after the rest of the copy logrotate's copytruncate left beside it, if
-// any (see toCopy).
-// A partial last line waits for its newline. A line longer than
-// max_message_bytes is split into pieces of max_message_bytes (counted in
-// tail_lines_split_total).
+// any (see toCopy); zeros where it reads next are a writer's hole after
+// a truncation, skipped (see skipHole). A partial last line waits for its
+// newline. A line longer than max_message_bytes is split into pieces of
+// max_message_bytes (counted in tail_lines_split_total).
 type tailer struct {
 	a        *Agent
 	path     string
@@ -251,16 +251,14 @@ func (t *tailer) restoreFile(p position) error {
 	}
 	if f != nil {
 		first, same := sameHead(f, p)
-		if fi.Size() >= p.Offset && same {
-			t.split, t.splitAt = p.Split, p.Split
-			return t.resume(f, saved, t.dirOf(saved), p.Offset, first)
-		}
-		t.truncations.Add(1)
 		dir := t.dirOf(saved)
-		if p.HeadLen == headBytes {
+		// A start of zeros (see sameHead) is a truncation too.
+		truncated := fi.Size() < p.Offset || !same || (p.HeadLen > 0 && hashOf(first) != p.Head)
+		if truncated && p.HeadLen == headBytes {
 			// Copytruncate while the agent was down: the lines after the
 			// saved offset are in the copy, read first.
 			if c, cfi, cdir, cfirst := t.findCopy(saved, p.Head, p.Offset, p.Dir); c != nil {
+				t.truncations.Add(1)
 				t.log.Warn("tailed file truncated while stopped; reading its copy from the saved offset, then the file from its start",
 					"copy", filepath.Join(cdir, cfi.Name()), "offset", p.Offset, "size", fi.Size())
 				t.next = append(t.next, held{f: f, id: saved, dir: dir})
@@ -268,6 +266,12 @@ func (t *tailer) restoreFile(p position) error {
 				return t.resume(c, idOf(cfi), cdir, p.Offset, cfirst)
 			}
 		}
+		if fi.Size() >= p.Offset && same {
+			// Zeros from the saved offset on are skipped as read (skipHole).
+			t.split, t.splitAt = p.Split, p.Split
+			return t.resume(f, saved, dir, p.Offset, first)
+		}
+		t.truncations.Add(1)
 		if fi.Size() < p.Offset {
 			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
 		} else {
@@ -493,7 +497,7 @@ func (t *tailer) truncated() (bool, error) {
 // The copy is read on from where f was read, as a rotated file, and f
 // from its start after it. It reports whether it found one.
 func (t *tailer) toCopy() bool {
-	if len(t.first) < headBytes {
+	if len(t.first) < headBytes || zeros(t.first) {
 		return false // too little to tell a copy from a file that starts alike
 	}
 	read := t.off + int64(len(t.buf))
@@ -589,6 +593,12 @@ func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 		}
 		at := t.off + int64(len(t.buf)) // f's offset of the bytes read next
 		n, err := t.f.Read(t.buf[len(t.buf):cap(t.buf)])
+		if n > 0 && t.buf[len(t.buf) : len(t.buf)+n][0] == 0 {
+			if err := t.skipHole(ctx, at); err != nil {
+				return total, err
+			}
+			continue
+		}
 		if k := min(int64(n), headBytes-at); k > 0 && at == int64(len(t.first)) {
 			t.first = append(t.first, t.buf[len(t.buf):len(t.buf)+int(k)]...)
 		}
@@ -607,6 +617,63 @@ func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 		}
 	}
 	return total, t.flush(ctx)
+}
+
+// skipHole passes the zeros at at in f, where the tailer reads next: the
+// hole a writer without O_APPEND leaves in front of its lines after a
+// truncation (copytruncate; or while the agent was down), not lines. What
+// was read before it is queued, an unterminated last line as it is (its
+// end is in the copy, if any); the copy is read first if there is one
+// (toCopy). A log has no NUL bytes; one that has them where the tailer
+// reads next loses them and has its line cut there.
+func (t *tailer) skipHole(ctx context.Context, at int64) error {
+	if err := t.flush(ctx); err != nil {
+		return err
+	}
+	if at > 0 && t.toCopy() {
+		return nil
+	}
+	if t.cut < len(t.buf) {
+		t.addLine(t.buf[t.cut:])
+		t.cut = len(t.buf)
+		if err := t.flush(ctx); err != nil {
+			return err
+		}
+	}
+	end, err := dataFrom(t.f, at)
+	if err != nil {
+		return err
+	}
+	if _, err := t.f.Seek(end, io.SeekStart); err != nil {
+		return fmt.Errorf("seek tailed file: %w", err)
+	}
+	if at > 0 { // at 0, a file read from its start after its copy (toCopy)
+		t.truncations.Add(1)
+		t.log.Warn("tailed file truncated, and written again after a hole (a writer without O_APPEND); reading on after the hole", "offset", at, "hole_end", end)
+	}
+	// Its first bytes are zeros now, which tell nothing (see sameHead).
+	t.off, t.first, t.buf, t.cut, t.split, t.splitAt = end, t.first[:0], t.buf[:0], 0, false, false
+	t.save()
+	return nil
+}
+
+// dataFrom returns the offset of the first byte of f at or after at that
+// is not zero (f's size if none).
+func dataFrom(f *os.File, at int64) (int64, error) {
+	b := make([]byte, tailReadChunk)
+	for {
+		n, err := f.ReadAt(b, at)
+		if i := slices.IndexFunc(b[:n], func(c byte) bool { return c != 0 }); i >= 0 {
+			return at + int64(i), nil
+		}
+		at += int64(n)
+		if errors.Is(err, io.EOF) {
+			return at, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read tailed file: %w", err)
+		}
+	}
 }
 
 // extract moves complete lines from buf into the batch, and splits off

@@ -2,6 +2,7 @@ package scribe
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -948,6 +949,114 @@ func TestTailFinishesTheCopyOfAFileCopytruncatedWhileTheQueueIsFull(t *testing.T
 		t.Fatalf("upstream has %q, want %q\n%s", got, want, a.logs.String())
 	}
 	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// holeWriter opens log as an app without O_APPEND does (a shell's >), at
+// its end: after a truncation it goes on writing at its own offset,
+// leaving a hole of zeros in front.
+func holeWriter(t *testing.T, log string) *os.File {
+	t.Helper()
+	app, err := os.OpenFile(log, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	if _, err := app.Seek(0, io.SeekEnd); err != nil {
+		t.Fatal(err)
+	}
+	return app
+}
+
+func write(t *testing.T, f *os.File, s string) {
+	t.Helper()
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitNew1 waits for an entry that ends with "new1" and returns the
+// entries upstream.
+func waitNew1(t *testing.T, up *fakeUpstream) []string {
+	t.Helper()
+	testkit.WaitFor(t, "the tailer to read the line after the truncation", func() bool {
+		return slices.ContainsFunc(messagesOf(t, up), func(m string) bool { return strings.HasSuffix(m, "new1") })
+	})
+	return messagesOf(t, up)
+}
+
+// TestTailSkipsTheHoleOfATruncationWhileTheQueueIsFull: while a full
+// queue holds the tailer up, an app writing without O_APPEND writes a
+// line the tailer has not read, its log is truncated, and it writes on
+// at its own offset. The hole in front of its line is no line: the line
+// after it is sent as it is, not behind the hole's zeros.
+func TestTailSkipsTheHoleOfATruncationWhileTheQueueIsFull(t *testing.T) {
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+	app := holeWriter(t, log)
+
+	write(t, app, "late1\n") // truncated unread, with no copy: lost
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	write(t, app, "new1\n")
+	unblock()
+	if got, want := waitNew1(t, up), append(want, "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q", got[len(got)-2:], want[len(want)-2:])
+	}
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsTheCopyOfAFileWithAHoleWhileTheQueueIsFull: as above, with
+// logrotate's copytruncate: the line not read is in the copy, read before
+// the line after the hole.
+func TestTailReadsTheCopyOfAFileWithAHoleWhileTheQueueIsFull(t *testing.T) {
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+	app := holeWriter(t, log)
+
+	write(t, app, "late1\n")
+	copytruncate(t, log)
+	write(t, app, "new1\n")
+	unblock()
+	if got, want := waitNew1(t, up), append(want, "late1", "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q", got[len(got)-min(3, len(got)):], want[len(want)-3:])
+	}
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsTheCopyOfAFileWithAHoleAfterARestart: the agent is down
+// while an app writing without O_APPEND writes a line and its log is
+// copytruncated; it writes on at its own offset. The line is read from
+// the copy, then the line after the hole, not behind the hole's zeros.
+func TestTailReadsTheCopyOfAFileWithAHoleAfterARestart(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	var want []string
+	var sb strings.Builder
+	for i := range 150 { // past the 1KiB fingerprinted
+		want = append(want, fmt.Sprintf("old %03d", i))
+		fmt.Fprintf(&sb, "old %03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	app := holeWriter(t, log)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, want...)
+	a.stopped(t)
+
+	write(t, app, "late1\n")
+	copytruncate(t, log)
+	write(t, app, "new1\n")
+	b := startAgent(t, cfg)
+	if got, want := waitNew1(t, up), append(want, "late1", "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q\n%s", got[len(got)-min(3, len(got)):], want[len(want)-3:], b.logs.String())
+	}
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
 		t.Fatalf("truncations = %v", got)
 	}
 }
