@@ -660,6 +660,9 @@ func (t *tailer) skipHole(ctx context.Context, at int64) error {
 // dataFrom returns the offset of the first byte of f at or after at that
 // is not zero (f's size if none).
 func dataFrom(f *os.File, at int64) (int64, error) {
+	if off, ok := seekData(f, at); ok {
+		at = off // the data may still start with zeros (a block's)
+	}
 	b := make([]byte, tailReadChunk)
 	for {
 		n, err := f.ReadAt(b, at)

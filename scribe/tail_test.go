@@ -1060,3 +1060,32 @@ func TestTailReadsTheCopyOfAFileWithAHoleAfterARestart(t *testing.T) {
 		t.Fatalf("truncations = %v", got)
 	}
 }
+
+// TestDataFromPassesAHole: dataFrom finds the first byte after a hole of
+// zeros, sparse or written, and the end of a file that is all hole.
+func TestDataFromPassesAHole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "holed")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const hole = 8 << 20
+	if err := f.Truncate(hole); err != nil { // sparse where the file system can
+		t.Fatal(err)
+	}
+	for _, at := range []int64{0, 5, hole - 1} {
+		if end, err := dataFrom(f, at); err != nil || end != hole {
+			t.Fatalf("dataFrom(%d) in a file all hole = %d, %v; want %d", at, end, err, hole)
+		}
+	}
+	if _, err := f.WriteAt([]byte("\x00\x00line\n"), hole); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := dataFrom(f, 3); err != nil || end != hole+2 {
+		t.Fatalf("dataFrom(3) = %d, %v; want %d", end, err, hole+2)
+	}
+	if end, err := dataFrom(f, hole+4); err != nil || end != hole+4 {
+		t.Fatalf("dataFrom at data = %d, %v; want %d", end, err, hole+4)
+	}
+}
