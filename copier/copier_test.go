@@ -34,6 +34,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/store"
 	"github.com/freeway-dev/freeway/internal/store/boltstore"
 	"github.com/freeway-dev/freeway/internal/testkit"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // env is a source and a destination root, a store and a coordination hub,
@@ -736,7 +737,7 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	}
 	// Another copier (that a has not heard of) records progress of the
 	// bucket; a, still believing it holds the lease, must not overwrite it.
-	if _, err := advance(context.Background(), e.st, "copier", "access/0", a.marks["access/0"], layout.SegmentName(5, 0), "other@1", 0); err != nil {
+	if _, err := advance(context.Background(), e.st, "copier", "access/0", a.marks["access/0"], layout.SegmentName(5, 0), ptail.Position{}, "other@1", 0); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, e.src, "access", 0, 1, 1, 2)
@@ -757,12 +758,12 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 func TestProgressTimestampsIncrease(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	m, err := advance(ctx, e.st, "copier", "a/0", mark{}, "x", "o", 1000)
+	m, err := advance(ctx, e.st, "copier", "a/0", mark{}, "x", ptail.Position{}, "o", 1000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A host whose clock is behind still writes the newest version.
-	m2, err := advance(ctx, e.st, "copier", "a/0", m, "y", "o", 10)
+	m2, err := advance(ctx, e.st, "copier", "a/0", m, "y", ptail.Position{}, "o", 10)
 	if err != nil {
 		t.Fatal(err)
 	}

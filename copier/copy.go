@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/internal/segment"
 )
 
 // copyBufferSize is each worker's copy buffer: large enough that a copy
@@ -31,16 +33,18 @@ const (
 	replaced
 	skipped
 	vanished
-	conflict // a period file there differs, and is kept
+	conflict  // a period file there differs, and is kept
+	inPeriods // a segment whose lines merging put in period files: not copied
 )
 
 // copySegment brings the published segment name (size bytes in the
-// listing) to the destination, unless it is there already.
-func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf []byte) (outcome, int64, error) {
+// listing) to the destination, unless it is there already: all of it, or
+// with from > 0 only its blocks from that offset on (openPart).
+func (c *Copier) copySegment(ctx context.Context, name string, size, from int64, buf []byte) (outcome, int64, error) {
 	replacing := false
 	switch dst, err := c.deps.Dest.Stat(name); {
 	case err == nil:
-		same, err := c.sameAsSource(ctx, name, size, dst, buf)
+		same, err := c.sameAsSource(ctx, name, size, from, dst, buf)
 		if errors.Is(err, fs.ErrNotExist) {
 			// Copied by an earlier run that stopped before recording it,
 			// then removed from the source by retention.
@@ -59,15 +63,15 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 		return 0, 0, fmt.Errorf("stat %s in %s: %w", name, c.deps.Dest, err)
 	}
 
-	src, err := c.deps.Source.Open(name)
+	src, want, closer, err := c.openPart(name, size, from)
 	if errors.Is(err, fs.ErrNotExist) {
 		c.log.Warn("segment removed from the source before it was copied", "segment", name)
 		return vanished, 0, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("open %s in %s: %w", name, c.deps.Source, err)
+		return 0, 0, err
 	}
-	defer src.Close() //nolint:errcheck // opened for reading
+	defer closer.Close() //nolint:errcheck // opened for reading
 
 	tmp := c.tempName(name)
 	f, err := c.deps.Dest.Create(tmp)
@@ -98,7 +102,7 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 		c.removeTemp(tmp)
 		return 0, 0, fmt.Errorf("close %s in %s: %w", tmp, c.deps.Dest, err)
 	}
-	if err := c.verify(ctx, tmp, n, size, h.Sum32(), buf); err != nil {
+	if err := c.verify(ctx, tmp, n, want, h.Sum32(), buf); err != nil {
 		c.removeTemp(tmp)
 		return 0, 0, fmt.Errorf("verify copy of %s: %w", name, err)
 	}
@@ -117,8 +121,33 @@ func (c *Copier) copySegment(ctx context.Context, name string, size int64, buf [
 	return copied, n, nil
 }
 
+// openPart opens what of the source segment name (size bytes in the
+// listing) goes to the destination, and says how many bytes that is: all
+// of it when from is 0; else its file header followed by its blocks from
+// offset from on, a segment of its own, when merging (before merge_period
+// was removed) stopped inside it with the blocks before in a period file.
+func (c *Copier) openPart(name string, size, from int64) (io.Reader, int64, io.Closer, error) {
+	src, err := c.deps.Source.Open(name)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("open %s in %s: %w", name, c.deps.Source, err)
+	}
+	if from <= 0 {
+		return src, size, src, nil
+	}
+	sr, err := segment.NewReader(src, 0)
+	if err != nil {
+		_ = src.Close() // opened for reading
+		return nil, 0, nil, fmt.Errorf("read the header of %s in %s: %w", name, c.deps.Source, err)
+	}
+	if from <= sr.HeaderSize() {
+		return src, size, src, nil
+	}
+	hdr := sr.Header()
+	return io.MultiReader(bytes.NewReader(hdr), io.NewSectionReader(src, from, size-from)), int64(len(hdr)) + size - from, src, nil
+}
+
 // verify checks the closed temporary copy tmp: n bytes were written, the
-// listing said size, and (VerifyChecksum) reading it back gives sum.
+// source (its part) has size, and (VerifyChecksum) reading it back gives sum.
 func (c *Copier) verify(ctx context.Context, tmp string, n, size int64, sum uint32, buf []byte) error {
 	if n != size {
 		return fmt.Errorf("%w: read %d bytes from the source, its listing said %d", errMismatch, n, size)
@@ -144,19 +173,37 @@ func (c *Copier) verify(ctx context.Context, tmp string, n, size int64, sum uint
 }
 
 // sameAsSource reports whether the destination's name (described by dst)
-// is the source's: same size and, with VerifyChecksum, same contents.
-func (c *Copier) sameAsSource(ctx context.Context, name string, size int64, dst fs.FileInfo, buf []byte) (bool, error) {
-	if dst.Size() != size {
+// is the source's, or its part from from (openPart): same size and, with
+// VerifyChecksum, same contents.
+func (c *Copier) sameAsSource(ctx context.Context, name string, size, from int64, dst fs.FileInfo, buf []byte) (bool, error) {
+	if from <= 0 && dst.Size() != size {
+		return false, nil
+	}
+	if from <= 0 && c.cfg.Verify != VerifyChecksum {
+		return true, nil
+	}
+	src, partSize, closer, err := c.openPart(name, size, from)
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close() //nolint:errcheck // opened for reading
+	if dst.Size() != partSize {
 		return false, nil
 	}
 	if c.cfg.Verify != VerifyChecksum {
 		return true, nil
 	}
-	_, want, err := checksum(ctx, c.deps.Source, name, buf)
-	if err != nil {
-		return false, err
+	h := crc32.New(castagnoli)
+	if _, err := io.CopyBuffer(h, ctxReader{ctx, src}, buf); err != nil {
+		return false, fmt.Errorf("read %s in %s: %w", name, c.deps.Source, err)
 	}
+	want := h.Sum32()
 	_, got, err := checksum(ctx, c.deps.Dest, name, buf)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Removed from the destination since it was found there: not
+		// the source gone (which the caller takes for done), a copy to make.
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}

@@ -143,7 +143,9 @@
 // publishes only a file it verified, of a range it recorded before its
 // progress writes were fenced. After (2) the period is decided: a restarted copier
 // publishes it before anything else of the bucket, keeping a file already
-// published with the recorded lines and otherwise writing the range again
+// published with the recorded lines (under any name the period file can
+// have: merge_period or compression may have changed across the restart)
+// and otherwise writing the range again
 // (the segments are immutable, and retention keeps them: they are after
 // the bucket's "last"). So a crash at any point neither loses nor repeats
 // a line. A final file found with other lines and no progress saying it
@@ -158,8 +160,18 @@
 // progress stored then, behind segments copied since (and perhaps deleted
 // by retention), is passed over, period files it had decided and not
 // published included (their lines were copied in their segments).
-// Switching from merging to copying copies the segments after "last":
-// the one the merge was inside, if any, is copied whole.
+// Switching from merging to copying goes on where the merge stopped, so
+// that no line is both in a period file and in a copied segment: the
+// segment the merge was inside, if any, is copied without its blocks
+// already merged (its file header, then its blocks from the merge's
+// position on: a segment of its own, smaller than the source's); a
+// period file the merge had decided and published without recording it
+// (a crash between steps 3 and 4) counts as merged when a file under one
+// of the names it can have holds exactly its lines, and otherwise its
+// lines are copied in their segments. Where the merge stopped is in the
+// progress row, kept there until the copies pass it: a pass from an empty
+// progress table knows nothing of the merge, and copies every segment
+// whole, the one cut short included.
 //
 // # Lag and backfill
 //

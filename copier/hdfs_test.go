@@ -404,3 +404,50 @@ func TestHDFSNewRefusesSourceUnderAnotherName(t *testing.T) {
 		t.Errorf("source holds %q, want the segment and the file in progress", got)
 	}
 }
+
+// TestHDFSCopyAfterMergeCopiesOnlyWhatIsNotMerged: merge_period removed
+// after a merge stopped inside a segment, on HDFS at both ends: the
+// segment is copied from the merge's position (read at an offset from
+// HDFS), and every line is at the destination once.
+func TestHDFSCopyAfterMergeCopiesOnlyWhatIsNotMerged(t *testing.T) {
+	src, _ := hdfsRoot(t)
+	dst, url := hdfsRoot(t)
+	e := newEnv(t)
+	e.src, e.dst = src, dst
+	// As in TestHDFSMergedHourIsTheConcatenationOfItsSegments: the
+	// NameNode stamps the publish time, a merge delay of 3h keeps the
+	// blocks' hours open then.
+	h0 := time.Now().Truncate(time.Hour).Add(-2 * time.Hour)
+	h1 := h0.Add(time.Hour)
+	a, b, c := lines("before the hour", 300), lines("after the hour", 200), lines("next segment", 5)
+	for seq, blocks := range [][]blk{{{h1.Add(-500 * time.Millisecond), a}, {h1.Add(300 * time.Millisecond), b}}, {{h1.Add(30 * time.Minute), c}}} {
+		enc := segment.NewEncoder()
+		data := enc.AppendHeader(nil)
+		for _, bl := range blocks {
+			sb := &segment.Block{ArrivalMs: bl.at.UnixMilli()}
+			for _, m := range bl.msgs {
+				sb.Messages = append(sb.Messages, []byte(m))
+			}
+			data = enc.AppendBlock(data, sb)
+		}
+		if err := dfs.WriteFile(src, path.Join(layout.BucketDir("access", 0), layout.SegmentName(1, uint64(seq+1))), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk := &clock{t: h0.Add(4*time.Hour + time.Minute)} // h0 closed, h1 open
+	merging := e.copier(t, "merging", func(c *Config, d *Deps) {
+		c.Destination = url
+		c.MergePeriod = config.Duration(time.Hour)
+		c.MergeDelay = config.Duration(3 * time.Hour)
+		d.Now = clk.Now
+	})
+	if st := mergePass(t, merging); st.Merged != 1 {
+		t.Fatalf("merge %+v, want hour %s written", st, h0.UTC().Format("15"))
+	}
+	if st := copyOnce(t, e.copier(t, "copying", withConfig(func(c *Config) { c.Destination = url }))); st.Copied != 2 {
+		t.Fatalf("copy %+v, want both segments", st)
+	}
+	if got, want := destinationLines(t, dst), slices.Concat(a, b, c); !slices.Equal(got, want) {
+		t.Errorf("destination holds %d lines, want each of the %d once", len(got), len(want))
+	}
+}

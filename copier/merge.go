@@ -87,6 +87,82 @@ func (j *bucketJob) state() mergeState {
 	return *m
 }
 
+// mergedTo is where merging left the bucket, for copying segments to go
+// on from once merge_period is removed: the position of its first line
+// not in a published period file, when that is after "last" (inside a
+// segment whose first blocks are in a period file, or past the range of
+// a period file the merge decided and published but did not record as
+// done); the zero Position otherwise. See mergedPart.
+func (c *Copier) mergedTo(ctx context.Context, j *bucketJob, buf []byte) (ptail.Position, error) {
+	m := j.mark.merge
+	if m == nil {
+		return ptail.Position{}, nil
+	}
+	pos := m.Pos
+	if f := m.Pending; f != nil {
+		published, err := c.pendingPublished(ctx, j, f, buf)
+		if err != nil {
+			return ptail.Position{}, err
+		}
+		if published {
+			pos = f.To
+		}
+	}
+	if !ptail.After(j.mark.last).Before(pos) {
+		// Segments were copied since the merge stopped: it is behind.
+		return ptail.Position{}, nil
+	}
+	return pos, nil
+}
+
+// pendingPublished reports whether the period file f, which a merge
+// decided and may have published before it stopped, is at the
+// destination with its lines. Its name depends on the merge_period and
+// compression of then, which the configuration may no longer tell: each name
+// it can have is looked at, and only a file holding exactly f's lines
+// (their size and CRC-32C) counts. The temporary files earlier epochs
+// left of it are removed first: a merging copier that lost its lease
+// without seeing it yet cannot publish it once this has looked.
+func (c *Copier) pendingPublished(ctx context.Context, j *bucketJob, f *mergedFile, buf []byte) (bool, error) {
+	start := time.UnixMilli(f.PeriodMs)
+	for _, period := range []time.Duration{time.Hour, time.Minute} { // the hh= and the mm= layouts
+		for _, ext := range []string{"", ".gz"} {
+			name := layout.MergedFile(j.category, j.bucket, start, period, ext)
+			c.removeOlderTemps(name)
+			switch _, err := c.deps.Dest.Stat(name); {
+			case errors.Is(err, fs.ErrNotExist):
+				continue
+			case err != nil:
+				return false, fmt.Errorf("stat %s in %s: %w", name, c.deps.Dest, err)
+			}
+			_, n, sum, err := c.readMerged(ctx, name, ext == ".gz", buf)
+			var ce corruptError
+			switch {
+			case errors.As(err, &ce):
+				continue
+			case err != nil:
+				return false, err
+			case n == f.Bytes && sum == f.CRC:
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// mergedPart is what of segment seg merging left to copy, given where it
+// stopped (mergedTo): -1 if nothing, its lines are all in period files;
+// 0 if all of it; else the offset of its first block not merged.
+func mergedPart(merged ptail.Position, seg string) int64 {
+	switch {
+	case seg < merged.Segment:
+		return -1
+	case seg == merged.Segment:
+		return merged.Offset // -1 (After) when merged to its end
+	}
+	return 0
+}
+
 // periodOf is the start (ms) of the period holding ms.
 func (c *Copier) periodOf(ms int64) int64 {
 	p := c.cfg.MergePeriod.D().Milliseconds()
@@ -309,6 +385,17 @@ func (ps *passState) publishPeriod(ctx context.Context, j *bucketJob, f *mergedF
 	c := ps.c
 	final := c.mergedName(j, f.PeriodMs)
 	tmp := c.tempName(final)
+	if !fresh {
+		// Published perhaps under another merge_period or compression,
+		// whose name for it was another: not to be written again.
+		published, err := c.pendingPublished(ctx, j, f, buf)
+		if err != nil {
+			return 0, err
+		}
+		if published {
+			return skipped, nil
+		}
+	}
 	out := copied
 	fi, err := c.deps.Dest.Stat(final)
 	switch {
@@ -400,7 +487,7 @@ func (c *Copier) sameMerged(ctx context.Context, final string, fi fs.FileInfo, f
 	if c.cfg.Verify != VerifyChecksum && c.cfg.Compression == CompressionNone {
 		return true, nil
 	}
-	_, n, sum, err := c.readMerged(ctx, final, buf)
+	_, n, sum, err := c.readMerged(ctx, final, c.cfg.Compression == CompressionGzip, buf)
 	if err != nil {
 		var ce corruptError
 		if errors.As(err, &ce) {
@@ -415,8 +502,8 @@ func (c *Copier) sameMerged(ctx context.Context, final string, fi fs.FileInfo, f
 type corruptError struct{ error }
 
 // readMerged reads the merged file name back: its CRC-32C as stored, and
-// the size and CRC-32C of its lines (decompressed).
-func (c *Copier) readMerged(ctx context.Context, name string, buf []byte) (fileSum uint32, n int64, sum uint32, err error) {
+// the size and CRC-32C of its lines (decompressed, gz: it is gzipped).
+func (c *Copier) readMerged(ctx context.Context, name string, gz bool, buf []byte) (fileSum uint32, n int64, sum uint32, err error) {
 	r, err := c.deps.Dest.Open(name)
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("open %s in %s: %w", name, c.deps.Dest, err)
@@ -424,7 +511,7 @@ func (c *Copier) readMerged(ctx context.Context, name string, buf []byte) (fileS
 	defer r.Close() //nolint:errcheck // opened for reading
 	fh := crc32.New(castagnoli)
 	in := io.Reader(io.TeeReader(ctxReader{ctx, r}, fh))
-	if c.cfg.Compression == CompressionGzip {
+	if gz {
 		zr, err := gzip.NewReader(bufio.NewReader(in))
 		if err != nil {
 			if ctx.Err() != nil {
@@ -676,7 +763,7 @@ func (w *periodWriter) verify(ctx context.Context, c *Copier, buf []byte) error 
 	if c.cfg.Verify != VerifyChecksum {
 		return nil
 	}
-	fileSum, n, sum, err := c.readMerged(ctx, w.tmp, buf)
+	fileSum, n, sum, err := c.readMerged(ctx, w.tmp, w.zw != nil, buf)
 	if err != nil {
 		var ce corruptError
 		if errors.As(err, &ce) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/layout"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // bucketJob is one bucket's share of a pass.
@@ -296,12 +297,31 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 			return
 		}
 	}
+	// Merging, before merge_period was removed, may have put the lines of
+	// the first segments, or of the first blocks of one, in period files:
+	// those are not copied again.
+	var merged ptail.Position
+	if j.mark.merge != nil && len(j.segs) > 0 {
+		var err error
+		if merged, err = c.mergedTo(ctx, j, buf); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.m.errors.WithLabelValues("copy").Inc()
+			c.log.Error("cannot tell where merging left the bucket; it waits for the next pass", "bucket", j.dir, "err", err)
+			ps.fail(err)
+			return
+		}
+	}
 	for _, fi := range j.segs {
 		if ctx.Err() != nil {
 			return
 		}
 		name := path.Join(j.dir, fi.Name())
-		out, n, err := c.copySegment(ctx, name, fi.Size(), buf)
+		out, n, err := inPeriods, int64(0), error(nil)
+		if from := mergedPart(merged, fi.Name()); from >= 0 {
+			out, n, err = c.copySegment(ctx, name, fi.Size(), from, buf)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return // lease lost or stopping: not a failure of the copy
@@ -315,7 +335,7 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 			ps.fail(err)
 			return
 		}
-		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), ps.owner, c.now().UnixMilli())
+		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), merged, ps.owner, c.now().UnixMilli())
 		if err != nil {
 			if errors.Is(err, errFenced) {
 				// Someone else is copying: stop the whole pass.

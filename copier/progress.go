@@ -9,37 +9,42 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/store"
+	"github.com/freeway-dev/freeway/ptail"
 )
 
 // Store layout, in table Config.Table (default "copier"):
 //
 //	<category>/<bucket>   "last":  name of the last segment done, in name order
+//	                      "merge": the bucket's merge progress (mergeState, JSON)
 //	                      "owner": "<copier id>@<lease epoch>" that wrote it
 //
 // A segment is done when it is at the destination (copied, or found there
 // already identical) or when it vanished from the source before it could
 // be copied. Every published segment of the bucket whose name sorts at or
 // before "last" is therefore at the destination or gone: that is what
-// retention may read (LastCopied) before deleting source segments.
+// retention may read (LastCopied) before deleting source segments. When
+// merging (merge_period set), "last" names the last segment whose lines
+// are all in published period files, which is what retention reads
+// either way, and "merge" where in the bucket the merge is; when copying
+// segments, "merge" is the position after "last", or where merging
+// stopped while that is still ahead (merge_period just removed, see
+// mergedTo).
 //
-// Both columns are written together by one CheckAndPut on "last" against
-// the value this copier read or wrote before. Only the lease holder
-// writes, but a holder can lose its lease (a ZooKeeper session expiry)
-// and not notice before its next write; the CheckAndPut turns that write
-// into a refusal instead of moving a newer holder's mark, and the stale
-// copier stops its pass. Each write's timestamp is the wall clock in ms,
-// but always above the previous version's, so that the newest version is
-// the last one written even across clock skew between hosts (HBase keeps
-// a few old versions: a short history of who copied what when).
-//
-// With merge_period set, the row also holds
-//
-//	"merge": the bucket's merge progress (mergeState, JSON)
-//
-// and every write of the merge puts the three columns together, by one
-// CheckAndPut on "merge" against the value read or written before (the
-// same fencing). "last" then names the last segment whose lines are all
-// in published period files, which is what retention reads either way.
+// The three columns are written together by one CheckAndPut on "merge"
+// against the value this copier read or wrote before. A write changes it
+// (its position moves, or the period file it decides), but for segments
+// a copier passes over at one merge position, which any copier would
+// record the same. Only the lease
+// holder writes, but a holder can lose its lease (a ZooKeeper session
+// expiry) and not notice before its next write; the CheckAndPut turns
+// that write into a refusal instead of moving a newer holder's mark, and
+// the stale copier stops its pass. Copying and merging fence on the same
+// column, so that a stale copier configured the other way (merge_period
+// changed in a rolling restart) is refused too. Each write's timestamp is
+// the wall clock in ms, but always above the previous version's, so that
+// the newest version is the last one written even across clock skew
+// between hosts (HBase keeps a few old versions: a short history of who
+// copied what when).
 const (
 	colLast  = "last"
 	colOwner = "owner"
@@ -53,11 +58,11 @@ var errFenced = errors.New("progress row changed by another copier")
 // mark is the progress of one bucket as last read or written.
 type mark struct {
 	last string // segment name; "" before the first
-	raw  []byte // the stored "last" value, nil if none: the CheckAndPut expectation
+	raw  []byte // the stored "last" value (nil if none, or perhaps if empty)
 	ts   int64  // timestamp of the stored version
 
 	merge    *mergeState // decoded "merge", nil if none
-	mergeRaw []byte      // the stored "merge" value: the merge's CheckAndPut expectation
+	mergeRaw []byte      // the stored "merge" value, nil if none: the CheckAndPut expectation
 }
 
 func progressRow(dir string) string { return dir }
@@ -102,22 +107,20 @@ func markFromCells(cells []store.Cell) (mark, bool) {
 	return m, found
 }
 
-// advance records that every segment of dir up to name is done.
-func advance(ctx context.Context, st store.Store, table, dir string, prev mark, name, owner string, nowMs int64) (mark, error) {
-	ts := max(nowMs, prev.ts+1)
-	row := progressRow(dir)
-	next := mark{last: name, raw: []byte(name), ts: ts}
-	ok, err := st.CheckAndPut(ctx, table, row, colLast, prev.raw, []store.Cell{
-		{Row: row, Column: colLast, Timestamp: ts, Value: next.raw},
-		{Row: row, Column: colOwner, Timestamp: ts, Value: []byte(owner)},
-	})
-	if err != nil {
-		return prev, fmt.Errorf("record progress of %s at %s: %w", dir, name, err)
+// advance records that every segment of dir up to name is done: copied
+// segments, with the merge progress after them (a merge after a switch
+// goes on from there, in no earlier period than before), or at merged if
+// that is later: where merging left the bucket, still ahead of the
+// segments copied (mergedTo), is kept for the copies after a crash.
+func advance(ctx context.Context, st store.Store, table, dir string, prev mark, name string, merged ptail.Position, owner string, nowMs int64) (mark, error) {
+	next := mergeState{Pos: ptail.After(name)}
+	if next.Pos.Before(merged) {
+		next.Pos = merged
 	}
-	if !ok {
-		return prev, fmt.Errorf("record progress of %s at %s: %w", dir, name, errFenced)
+	if prev.merge != nil {
+		next.OpenMs = prev.merge.OpenMs
 	}
-	return next, nil
+	return saveMerge(ctx, st, table, dir, prev, next, name, owner, nowMs)
 }
 
 // LastCopied returns the name of the last segment of a bucket that the
@@ -146,9 +149,9 @@ func BucketProgress(ctx context.Context, st store.Store, table, category string,
 
 func ownerTag(id string, epoch int64) string { return id + "@" + strconv.FormatInt(epoch, 10) }
 
-// saveMerge records a bucket's merge progress: next, with "last" (the last
-// segment wholly merged) and the owner, fenced on the merge value this
-// copier read or wrote before.
+// saveMerge records a bucket's progress: the merge's (next), with "last"
+// (the last segment wholly done) and the owner, fenced on the merge value
+// this copier read or wrote before.
 func saveMerge(ctx context.Context, st store.Store, table, dir string, prev mark, next mergeState, last, owner string, nowMs int64) (mark, error) {
 	val, err := json.Marshal(next)
 	if err != nil {
@@ -162,10 +165,10 @@ func saveMerge(ctx context.Context, st store.Store, table, dir string, prev mark
 		{Row: row, Column: colOwner, Timestamp: ts, Value: []byte(owner)},
 	})
 	if err != nil {
-		return prev, fmt.Errorf("record merge progress of %s: %w", dir, err)
+		return prev, fmt.Errorf("record progress of %s at %s: %w", dir, next.Pos, err)
 	}
 	if !ok {
-		return prev, fmt.Errorf("record merge progress of %s: %w", dir, errFenced)
+		return prev, fmt.Errorf("record progress of %s at %s: %w", dir, next.Pos, errFenced)
 	}
 	n := next
 	return mark{last: last, raw: []byte(last), ts: ts, merge: &n, mergeRaw: val}, nil

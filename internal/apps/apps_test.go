@@ -54,6 +54,17 @@ func TestJSONExtract(t *testing.T) {
 	if e, err := x.Extract([]byte(`{"ts": 1, "status": 200, "user": {"tier": "gold"}}`), 0); err != nil || e.Inputs()[1].Present {
 		t.Fatalf("gold user without latency: %v %+v", err, e)
 	}
+	// A JSON null is no value: the line does not have the field (count
+	// with a field skips it, as sum does), whichever parse reads it (the
+	// scan, or the full parse for a line with an escape in it).
+	for _, line := range []string{
+		`{"ts": 1, "status": 503, "latency_ms": null}`,
+		`{"ts": 1, "status": 503, "route": "\/a", "latency_ms": null}`,
+	} {
+		if e, err := x.Extract([]byte(line), 0); err != nil || e.Inputs()[1].Present {
+			t.Fatalf("%s: latency_ms present (%v, %+v), want absent", line, err, e)
+		}
+	}
 	for _, bad := range []string{`not json`, `[1,2]`, `{"ts": 1`} {
 		if _, err := x.Extract([]byte(bad), 0); !errors.Is(err, ErrParse) {
 			t.Errorf("%q: %v, want ErrParse", bad, err)

@@ -5,14 +5,19 @@
 // Sync or Close, is its directory: the bytes a Sync made durable keep
 // their name through a crash of the machine. Create and MkdirAll fsync
 // the parent of every directory they make before they return, so that a
-// file's directory is durable once the file is there. The directory is
-// fsynced after a rename too, so a published file survives a crash under
-// its new name.
+// file's directory is durable once the file is there: each as soon as it
+// is made, and one whose parent's fsync failed is removed again, so that
+// a retry after a full disk or an I/O error finds no directory whose name
+// is not durable. The directory is fsynced after a rename too, so a
+// published file survives a crash under its new name. A file being
+// written can be cut back (dfs.Truncater) to what an earlier Sync made
+// durable, after a write or a Sync failed.
 package localfs
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -30,6 +35,7 @@ var (
 	_ dfs.FS         = (*FS)(nil)
 	_ dfs.NameLister = (*FS)(nil)
 	_ dfs.Rooted     = (*FS)(nil)
+	_ dfs.Truncater  = (*writer)(nil)
 )
 
 // New returns a file system rooted at dir, creating dir if needed.
@@ -113,6 +119,20 @@ func (w *writer) Sync() error {
 		w.dir = ""
 	}
 	return nil
+}
+
+// Truncate cuts the file to size, moves the next write there and syncs
+// (dfs.Truncater). Bytes that a failed fsync left behind are dropped from
+// the page cache with the cut; those below size were made durable by an
+// earlier Sync.
+func (w *writer) Truncate(size int64) error {
+	if err := w.File.Truncate(size); err != nil {
+		return err
+	}
+	if _, err := w.Seek(size, io.SeekStart); err != nil {
+		return err
+	}
+	return w.Sync()
 }
 
 func (w *writer) Close() error {
@@ -205,20 +225,33 @@ func (f *FS) MkdirAll(name string) error {
 }
 
 // mkdirAll makes the directory dir under root, with its missing parents,
-// and fsyncs the parent of every directory it made.
+// and fsyncs the parent of every directory it made. A call that finds a
+// directory there takes its name for durable, so none is left without:
+// each is made top down and its parent fsynced before the next (a full
+// disk can refuse the next after one was made), and one whose parent's
+// fsync fails is removed again, for a retry to make and sync it anew.
+// One that another call made meanwhile gets its parent fsynced here too:
+// that call may not have yet.
 func mkdirAll(root, dir string) error {
-	var parents []string
+	var missing []string
 	for d := dir; d != root; d = filepath.Dir(d) {
 		if _, err := os.Stat(d); err == nil {
 			break
 		}
-		parents = append(parents, filepath.Dir(d))
+		missing = append(missing, d)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for _, d := range parents {
-		if err := syncDir(d); err != nil {
+	for i := len(missing) - 1; i >= 0; i-- {
+		d := missing[i]
+		made := true
+		if err := os.Mkdir(d, 0o755); errors.Is(err, fs.ErrExist) {
+			made = false
+		} else if err != nil {
+			return err
+		}
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			if made {
+				_ = os.Remove(d) // best effort; the sync error is the one to report
+			}
 			return err
 		}
 	}
