@@ -18,6 +18,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
+	"github.com/freeway-dev/freeway/internal/durable"
 )
 
 const tailReadChunk = 64 << 10
@@ -151,7 +152,9 @@ func (t *tailer) run(ctx context.Context) error {
 		}
 	}()
 	for {
-		err := os.MkdirAll(filepath.Dir(t.posPath), 0o755)
+		// Made durable in the queue's directory: a position saved in a
+		// directory lost in a machine crash would have its file read again.
+		err := durable.MkdirAll("", filepath.Dir(t.posPath), durable.SyncDir)
 		if err != nil {
 			err = fmt.Errorf("create tail position directory: %w", err)
 		} else {
