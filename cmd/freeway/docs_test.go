@@ -19,6 +19,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
 
 	"github.com/freeway-dev/freeway/internal/config"
@@ -751,12 +752,89 @@ func TestExampleConfigs(t *testing.T) {
 	}
 }
 
+// configKeys lists the YAML keys of typ as paths: agent.listen,
+// categories.*.buckets, apps[].aggregates[].fn. With data (the decoded
+// YAML of a file), only the keys the file sets.
+func configKeys(typ reflect.Type, data any, path string, out map[string]bool) {
+	for typ.Kind() == reflect.Pointer {
+		typ = typ.Elem()
+	}
+	switch typ.Kind() {
+	case reflect.Struct:
+		m, isMap := data.(map[string]any)
+		if data != nil && !isMap {
+			return
+		}
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if tag == "" && strings.Contains(opts, "inline") {
+				configKeys(f.Type, data, path, out)
+				continue
+			}
+			if tag == "" || tag == "-" || strings.HasPrefix(f.Name, "Old") {
+				continue // not a key, or a replaced one kept only to say so
+			}
+			p := strings.TrimPrefix(path+"."+tag, ".")
+			if data == nil {
+				out[p] = true
+				configKeys(f.Type, nil, p, out)
+			} else if v, ok := m[tag]; ok {
+				out[p] = true
+				configKeys(f.Type, v, p, out)
+			}
+		}
+	case reflect.Slice:
+		if list, ok := data.([]any); ok {
+			for _, e := range list {
+				configKeys(typ.Elem(), e, path+"[]", out)
+			}
+		} else if data == nil {
+			configKeys(typ.Elem(), nil, path+"[]", out)
+		}
+	case reflect.Map:
+		if m, ok := data.(map[string]any); ok {
+			for _, e := range m {
+				configKeys(typ.Elem(), e, path+".*", out)
+			}
+		} else if data == nil {
+			configKeys(typ.Elem(), nil, path+".*", out)
+		}
+	}
+}
+
+// TestExampleConfigShowsEveryKey: examples/freeway.yaml shows every
+// configuration key, set or commented out (CONTRIBUTING: a key added
+// goes in the README and the example), so that an operator finds each
+// one there with its default.
+func TestExampleConfigShowsEveryKey(t *testing.T) {
+	d := readDoc(t, "examples/freeway.yaml")
+	var data any
+	if err := yaml.Unmarshal([]byte(uncomment(d.lines)), &data); err != nil {
+		t.Fatal(err)
+	}
+	every, shown := map[string]bool{}, map[string]bool{}
+	configKeys(reflect.TypeOf(freeway.Config{}), nil, "", every)
+	configKeys(reflect.TypeOf(freeway.Config{}), data, "", shown)
+	if len(every) < 80 || len(shown) < 40 {
+		t.Fatalf("%d keys in the configuration, %d in the example: the walk is broken", len(every), len(shown))
+	}
+	for _, k := range sortedKeys(every) {
+		if !shown[k] {
+			t.Errorf("%s does not show the key %s", d.name, k)
+		}
+	}
+}
+
 // diffKeys names the YAML keys whose values differ between got and
 // want, two values of one struct type.
 func diffKeys(got, want reflect.Value, path string) []string {
 	if got.Kind() != reflect.Struct {
-		if reflect.DeepEqual(got.Interface(), want.Interface()) {
-			return nil
+		empty := func(v reflect.Value) bool {
+			return (v.Kind() == reflect.Slice || v.Kind() == reflect.Map) && v.Len() == 0
+		}
+		if reflect.DeepEqual(got.Interface(), want.Interface()) || empty(got) && empty(want) {
+			return nil // categories: [] shows the default, none
 		}
 		return []string{fmt.Sprintf("%s is %v, the default %v", path, got.Interface(), want.Interface())}
 	}
