@@ -963,6 +963,12 @@ func parseCommand(args []string, inline bool) error {
 	return cmd.ValidateArgs(cmd.Flags().Args())
 }
 
+// isTemplate reports whether a command line is a template (freeway
+// <target> <flags> --help, freeway [command]) rather than one to type.
+func isTemplate(args []string) bool {
+	return slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "<") || strings.HasPrefix(a, "[") })
+}
+
 // alternatives expands a doc's "agent|calligraphus|puma" subcommand into
 // one command line each.
 func alternatives(args []string) [][]string {
@@ -1022,8 +1028,8 @@ func TestDocsCommandLinesParse(t *testing.T) {
 				}
 			}
 			if args, ok := freewayCommand(text); ok {
-				if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "<") }) {
-					continue // a template: freeway <target> <flags> --help
+				if isTemplate(args) {
+					continue
 				}
 				for _, a := range alternatives(args) {
 					commands++
@@ -1060,9 +1066,17 @@ func TestDocsCommandLinesParse(t *testing.T) {
 		}
 	}
 	// The help texts name flags too: each is one of the command's own
-	// or of another subcommand (--dfs-retention in the copier's help).
+	// or of another subcommand (--dfs-retention in the copier's help);
+	// and their examples are command lines.
 	for _, d := range helpDocs(t) {
 		for i, l := range d.lines {
+			if args, ok := freewayCommand(l); ok && strings.HasPrefix(l, "  freeway ") && !isTemplate(args) {
+				commands++
+				if err := parseCommand(args, false); err != nil {
+					t.Errorf("%s\n\tfreeway %s: %v", d.where(i+1), strings.Join(args, " "), err)
+				}
+				continue
+			}
 			for _, m := range regexp.MustCompile(`(?:^|[\s(])--([a-z][a-z0-9.-]*[a-z0-9])`).FindAllStringSubmatch(l, -1) {
 				flags++
 				if !isFlag(m[1]) && m[1] != "help" {
