@@ -28,9 +28,12 @@ import (
 
 // The tests of this file hold the docs an operator reads (the README,
 // the Docker README, the example configurations and every subcommand's
-// --help) to the code: each metric, configuration key (and the default
-// a doc gives it), command line and HTTP path they name must exist.
-// Their failures name the doc's file and line.
+// --help; for metrics, the packages' doc.go too) to the code: each
+// metric (with its labels), configuration key (and the default a doc
+// gives it), command line and HTTP path they name must exist. And the
+// other way: every metric the code registers is named by a doc, and
+// every configuration key is shown by examples/freeway.yaml. Their
+// failures name the doc's file and line.
 
 const repoRoot = "../.."
 
@@ -48,11 +51,11 @@ func (d doc) where(line int) string {
 	if line < 1 || line > len(d.lines) {
 		return d.name
 	}
-	text := strings.TrimSpace(d.lines[line-1])
+	text := []rune(strings.TrimSpace(d.lines[line-1]))
 	if len(text) > 160 {
-		text = text[:160] + "…"
+		text = append(text[:160], '…')
 	}
-	return fmt.Sprintf("%s:%d: %s", d.name, line, text)
+	return fmt.Sprintf("%s:%d: %s", d.name, line, string(text))
 }
 
 func readDoc(t *testing.T, name string) doc {
@@ -83,6 +86,30 @@ func exampleDocs(t *testing.T) []doc {
 	for _, n := range names {
 		rel, _ := filepath.Rel(repoRoot, n)
 		ds = append(ds, readDoc(t, filepath.ToSlash(rel)))
+	}
+	return ds
+}
+
+// packageDocs are the packages' doc.go files, which say what each
+// package counts.
+func packageDocs(t *testing.T) []doc {
+	t.Helper()
+	var ds []doc
+	err := filepath.WalkDir(repoRoot, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if e.IsDir() && (strings.HasPrefix(e.Name(), ".") && path != repoRoot || e.Name() == "gen") {
+			return filepath.SkipDir
+		}
+		if e.Name() == "doc.go" {
+			rel, _ := filepath.Rel(repoRoot, path)
+			ds = append(ds, readDoc(t, filepath.ToSlash(rel)))
+		}
+		return nil
+	})
+	if err != nil || len(ds) < 10 {
+		t.Fatalf("found %d doc.go files: %v", len(ds), err)
 	}
 	return ds
 }
@@ -475,6 +502,7 @@ func TestDocsNameRegisteredMetrics(t *testing.T) {
 	registered, literals := registeredMetrics(t)
 	mentioned := map[string]bool{}
 	docs := append(append(markdownDocs(t), exampleDocs(t)...), helpDocs(t)...)
+	docs = append(docs, packageDocs(t)...)
 	for _, d := range docs {
 		prev := ""
 		for i, l := range d.lines {
