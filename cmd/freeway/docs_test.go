@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -1130,7 +1131,13 @@ var (
 
 type pathRef struct {
 	method, path string
+	// params are the query parameters the doc gives the path.
+	params []string
 }
+
+// queryParam is a parameter of a query string: ?app=...&window=...,
+// or [&limit=N] in a doc's synopsis.
+var queryParam = regexp.MustCompile(`[?&]([a-z_]+)=`)
 
 // pathRefs returns the HTTP paths a doc line names, expanded:
 // /api/v1/{apps,query} and /admin/reload|shutdown name two each; a
@@ -1143,8 +1150,12 @@ func pathRefs(line string) []pathRef {
 		if m := method.FindStringSubmatch(line[:start]); m != nil {
 			meth = m[1]
 		}
-		p, _, _ = strings.Cut(p, "?")
 		p, _, _ = strings.Cut(p, "#")
+		p, query, _ := strings.Cut(p, "?")
+		var params []string
+		for _, m := range queryParam.FindAllStringSubmatch("?"+query, -1) {
+			params = append(params, m[1])
+		}
 		p = strings.TrimRight(p, ".:")
 		if p == "" {
 			p = "/"
@@ -1169,7 +1180,7 @@ func pathRefs(line string) []pathRef {
 			paths = []string{p}
 		}
 		for _, p := range paths {
-			out = append(out, pathRef{meth, p})
+			out = append(out, pathRef{meth, p, params})
 		}
 	}
 	for _, m := range localURL.FindAllStringSubmatchIndex(line, -1) {
@@ -1223,7 +1234,25 @@ func TestDocsNameServedPaths(t *testing.T) {
 		}
 		return code, false
 	}
-	if _, ok := served(pathRef{"GET", "/api/v1/no-such-path"}); ok {
+	// The parameters of each path, as the OpenAPI document (held to
+	// the handlers by serving's TestOpenAPI) gives them.
+	var api struct {
+		Paths map[string]map[string]struct {
+			Parameters []struct{ Name string } `json:"parameters"`
+		} `json:"paths"`
+	}
+	b, err := os.ReadFile(filepath.Join(repoRoot, "serving", "openapi.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &api); err != nil {
+		t.Fatal(err)
+	}
+	takes := func(r pathRef, param string) bool {
+		op, ok := api.Paths[r.path][strings.ToLower(r.method)]
+		return ok && slices.ContainsFunc(op.Parameters, func(p struct{ Name string }) bool { return p.Name == param })
+	}
+	if _, ok := served(pathRef{"GET", "/api/v1/no-such-path", nil}); ok {
 		t.Fatal("a path that is not served is taken as served: the check is broken")
 	}
 	n := 0
@@ -1234,6 +1263,11 @@ func TestDocsNameServedPaths(t *testing.T) {
 				n++
 				if code, ok := served(r); !ok {
 					t.Errorf("%s\n\t%s %s is not served (%d)", d.where(i+1), r.method, r.path, code)
+				}
+				for _, p := range r.params {
+					if !takes(r, p) {
+						t.Errorf("%s\n\t%s %s takes no parameter %s (serving/openapi.json)", d.where(i+1), r.method, r.path, p)
+					}
 				}
 			}
 		}
