@@ -856,6 +856,7 @@ type metrics struct {
 	unroutable  *prometheus.CounterVec
 	tryLater    *prometheus.CounterVec
 	salvaged    prometheus.Counter
+	quarantined prometheus.Counter
 	fenced      prometheus.Counter
 	aheadFailed prometheus.Counter
 	forwarded   *prometheus.CounterVec
@@ -900,6 +901,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unsequenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unsequenced_total", Help: "Entries of agent batches without a sequence number, taken without deduplication."}),
 		unverified:  prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unverified_total", Help: "Entries of agent batches from connections without a verified client certificate while tls.ca_file is set, taken without agent id or sequence numbers (no deduplication)."}),
 		salvaged:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_salvaged_total", Help: "Unpublished segments of a crashed writer published by its successor."}),
+		quarantined: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_damaged_total", Help: "Unpublished segments whose blocks could not be read at their salvage, set aside as .<segment>.damaged in their bucket, not published."}),
 		fenced:      prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_fenced_total", Help: "Times this writer found at the storage that a newer writer had taken its bucket (its batch answered TRY_LATER, its segment not counted)."}),
 		aheadFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_ahead_failures_total", Help: "Segments a writer could not create ahead (HDFS): the next batch created its own (the warning is rate-limited)."}),
 		pending:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "freeway_calligraphus_pending_bytes", Help: "Bytes waiting to be made durable, by category."}, []string{"category"}),
@@ -911,7 +913,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.queueStep, m.closeStep, m.waitStep = m.steps.WithLabelValues(stepQueue), m.steps.WithLabelValues(stepClose), m.steps.WithLabelValues(stepWait)
 	m.renameStep, m.fenceStep = m.steps.WithLabelValues(stepRename), m.steps.WithLabelValues(stepFence)
 	if reg != nil {
-		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.fenced, m.aheadFailed, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit, m.steps)
+		reg.MustRegister(m.received, m.written, m.bytes, m.segments, m.rejected, m.unroutable, m.tryLater, m.salvaged, m.quarantined, m.fenced, m.aheadFailed, m.forwarded, m.handoffs, m.writers, m.unsequenced, m.unverified, m.pending, m.commit, m.steps)
 	}
 	return m
 }

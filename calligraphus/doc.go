@@ -180,7 +180,11 @@
 // bucket salvages it (every valid block, copied under a hidden name of
 // the taker's epoch, then renamed to the segment's own) before writing: a
 // superseded taker salvaging at the same time never touches the newer
-// one's copy, and the next taker removes the copies of crashed ones; on
+// one's copy, and the next taker removes the copies of crashed ones. One
+// damaged where no block can be found (its file header and its first
+// block's, as one bad sector can) is set aside as .<segment>.damaged,
+// logged and counted (freeway_calligraphus_segments_damaged_total), never
+// removed: blocks after may hold acknowledged entries. On
 // HDFS an unpublished segment holds only unacknowledged entries, which
 // the sender retries, so it is deleted. A running writer that leaves such
 // a segment on a local disk (its publish or a write failed, its lease was

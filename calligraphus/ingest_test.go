@@ -551,3 +551,48 @@ func TestSalvageKeepsEveryValidBlock(t *testing.T) {
 		t.Errorf("after salvage the bucket holds %q in %v", msgs(got), got)
 	}
 }
+
+// A crashed writer's segment damaged at its start, its file header and
+// its first block's header both (one bad sector), holds blocks after
+// that may be acknowledged: its salvage sets it aside, whole, and counts
+// it, rather than removing it as a segment with nothing in it.
+func TestSalvageSetsAsideASegmentDamagedAtItsStart(t *testing.T) {
+	fsys := dfstest.NewFaulty(newLocal(t))
+	_, co := inprocCoord(t)
+	dir := "cat/0"
+	enc := segment.NewEncoder()
+	data := enc.AppendHeader(nil)
+	for _, m := range []string{"acked-1", "acked-2", "acked-3"} {
+		data = enc.AppendBlock(data, &segment.Block{Agent: "a/i", ArrivalMs: 1, Messages: [][]byte{[]byte(m)}, Seqs: []uint64{1}})
+	}
+	for i := range segment.HeaderSizeV2 + segment.BlockHeaderSize {
+		data[i] ^= 0x5a
+	}
+	name := layout.SegmentName(5, 1)
+	f, err := fsys.Create(path.Join(dir, layout.TempSegment(name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	s := startServer(t, testConfig(), fsys, co, nil)
+	mustLog(t, s.dial(t), entries("cat", "new"))
+	if got := counter(t, s.reg, "freeway_calligraphus_segments_damaged_total"); got != 1 {
+		t.Errorf("freeway_calligraphus_segments_damaged_total = %v, want 1", got)
+	}
+	s.stop()
+	aside := path.Join(dir, "."+name+".damaged")
+	kept, err := dfs.ReadFile(fsys, aside)
+	if err != nil || !bytes.Equal(kept, data) {
+		t.Fatalf("damaged segment not set aside whole: %d bytes of %d, %v", len(kept), len(data), err)
+	}
+	if err := fsys.Remove(aside); err != nil { // for scan, which wants no hidden file
+		t.Fatal(err)
+	}
+	if got := msgs(scan(t, fsys, dir)); !slices.Equal(got, []string{"new"}) {
+		t.Errorf("the bucket holds %q, want the new entry only", got)
+	}
+}

@@ -241,7 +241,8 @@ func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 	// middle costs that block only; a torn tail (the crash) ends it.
 	var out []byte
 	blocks, damaged := 0, 0
-	if r, err := segment.NewReader(bytes.NewReader(data), 0); err == nil {
+	r, err := segment.NewReader(bytes.NewReader(data), 0)
+	if err == nil {
 		out = r.Header()
 		var b segment.Block
 		for {
@@ -268,8 +269,17 @@ func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 		}
 	}
 	if blocks == 0 {
-		w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
-		return removeGone(fsys, tmp)
+		if damaged == 0 && !errors.Is(err, segment.ErrCorrupt) {
+			// A header, perhaps the torn block of a crash: nothing in
+			// it was acknowledged.
+			w.log.Info("removing an unpublished segment without a valid block", "file", tmp)
+			return removeGone(fsys, tmp)
+		}
+		// Damaged where the reader cannot find a block again (the file
+		// header and the first block's, as one bad sector does): the
+		// blocks after may hold acknowledged entries. Kept aside for an
+		// operator, never deleted.
+		return w.quarantine(tmp, final, len(data))
 	}
 	copyName := salvageName(final, taker)
 	if err := removeGone(fsys, copyName); err != nil {
@@ -303,6 +313,20 @@ func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 	return removeGone(fsys, tmp)
 }
 
+// quarantine moves an unpublished segment whose blocks cannot be read
+// out of the salvage's way, to a hidden name that nothing lists or
+// removes (damagedName), and says so: it may hold acknowledged entries.
+func (w *bucketWriter) quarantine(tmp, final string, size int) error {
+	to := damagedName(final)
+	if err := w.c.deps.FS.Rename(tmp, to); err != nil {
+		return fmt.Errorf("set aside damaged segment %s: %w", tmp, err)
+	}
+	w.c.m.quarantined.Inc()
+	w.log.Error("unpublished segment damaged where no block can be read; set aside, not published: its entries may be lost",
+		"file", to, "bytes", size)
+	return nil
+}
+
 // removeGone removes a salvaged segment's source, which a stale writer
 // still running may have published (renamed away) meanwhile.
 func removeGone(fsys dfs.FS, tmp string) error {
@@ -311,6 +335,16 @@ func removeGone(fsys dfs.FS, tmp string) error {
 	}
 	return nil
 }
+
+// damagedName is the hidden name an unpublished segment whose blocks
+// cannot be read is set aside under: ".<segment>.damaged", which no
+// listing of segments, temporary segments or salvage copies takes.
+func damagedName(final string) string {
+	dir, base := path.Split(final)
+	return dir + "." + base + damagedSuffix
+}
+
+const damagedSuffix = ".damaged"
 
 // salvageName is the hidden name a salvaged segment is written under by
 // the taker of epoch taker: ".<segment>.<taker, 16 hex digits>.salvage".
