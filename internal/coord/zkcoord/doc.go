@@ -65,8 +65,8 @@
 // forward gives the leases up early, as below). Another owner cannot
 // have been granted the lease before that moment, with one exception: a
 // follower cut off from its leader goes on answering our pings until it
-// notices, after syncLimit × tickTime of
-// the ensemble's configuration (10s with tickTime 2000 and syncLimit 5),
+// notices, after syncLimit × tickTime of the ensemble's configuration
+// (10s with tickTime 2000 and syncLimit 5),
 // while the leader, which expires sessions, no longer hears of them; our
 // leases can then outlive our session by up to that much. Fencing epochs
 // take care of such a stale owner where it writes with them (calligraphus
