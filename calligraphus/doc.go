@@ -187,7 +187,15 @@
 // lost) does not wait for the next entry for the bucket, which may never
 // come: unless another writer holds the bucket (and so has salvaged it),
 // it takes the bucket again itself, every second until that succeeds, and
-// ends for idleness (or with the process) only after one try more.
+// ends for idleness (or with the process) only after one try more; calls
+// for the bucket meanwhile are refused for what failed the last try
+// (write_error for a full disk), not as not_owner. A
+// segment left after a failed write or fsync (or a fence check that
+// failed after the fsync, the batch refused) is first cut back to its
+// size before the refused batch (dfs.Truncater), so that its salvage
+// publishes the acknowledged entries and not the refused batch's,
+// which its senders write again; if the cut fails too (logged), the
+// salvage may publish those as well as their retry.
 //
 // A writer that loses its lease (a session expiry) acknowledges nothing
 // written after that, since the new owner may already have salvaged the

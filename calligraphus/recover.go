@@ -25,6 +25,12 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 		return nil
 	}
 	if w.c.now().Before(w.nextTry) {
+		if w.takeErr != nil {
+			// Until the next try, calls are refused for what failed the
+			// last one (a full disk, the coordinator), not as if another
+			// writer held the bucket.
+			return w.takeErr
+		}
 		return errNotOwner
 	}
 	if w.prev != nil {
@@ -42,19 +48,24 @@ func (w *bucketWriter) ensureOwner(ctx context.Context) error {
 	if err != nil {
 		w.nextTry = w.c.now().Add(time.Second)
 		if errors.Is(err, coord.ErrHeld) {
-			return fmt.Errorf("%w: %w", errNotOwner, err)
+			w.takeErr = fmt.Errorf("%w: %w", errNotOwner, err)
+		} else {
+			w.takeErr = fmt.Errorf("acquire %s: %w", name, err)
 		}
-		return fmt.Errorf("acquire %s: %w", name, err)
+		return w.takeErr
 	}
 	epoch, err := w.recover(lease.Epoch())
 	if err != nil {
 		_ = coord.Release(ctx, lease) // a lease not released ends with the coord session
 		w.nextTry = w.c.now().Add(time.Second)
 		if errors.Is(err, layout.ErrSuperseded) || errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: take bucket %s: %w", errNotOwner, w.dir, err)
+			w.takeErr = fmt.Errorf("%w: take bucket %s: %w", errNotOwner, w.dir, err)
+		} else {
+			w.takeErr = fmt.Errorf("recover bucket %s: %w", w.dir, err)
 		}
-		return fmt.Errorf("recover bucket %s: %w", w.dir, err)
+		return w.takeErr
 	}
+	w.takeErr = nil
 	w.hold(lease)
 	w.epoch = epoch
 	w.seq = 0

@@ -23,9 +23,10 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 			return false, err
 		}
 	}
+	durable := w.size // where a dfs.Truncater cuts back to if this batch fails
 	entries, bytes, err := w.writeBlocks(batch)
 	if err != nil {
-		w.fail()
+		w.fail(durable)
 		return false, fmt.Errorf("write %s: %w", w.tmp, err)
 	}
 	w.size += int64(bytes)
@@ -35,7 +36,7 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 		return true, nil
 	}
 	if err := w.file.Sync(); err != nil {
-		w.fail()
+		w.fail(durable)
 		return false, fmt.Errorf("sync %s: %w", w.tmp, err)
 	}
 	// A new owner salvages this segment when it takes the bucket; bytes
@@ -48,6 +49,9 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 	// of its loss yet is fenced: a newer owner's intent created after the
 	// sync salvages these bytes; one created before may not have.
 	if top, err := layout.FenceTop(fsys, w.dir); err != nil {
+		// Undecided, and refused: so its bytes must go too, or they
+		// would be published with the segment beside their retry.
+		w.fail(durable)
 		return false, fmt.Errorf("check fence of %s: %w", w.tmp, err)
 	} else if top > w.epoch {
 		w.fenced("")
@@ -480,12 +484,26 @@ func (w *bucketWriter) giveUp() {
 	w.drop(true)
 }
 
-// fail abandons the open segment after a write error: on a dfs where
-// synced bytes are acknowledged, what is in it is salvaged at the next
-// start; elsewhere it is removed.
-func (w *bucketWriter) fail() {
+// fail abandons the open segment after a write or sync error (or a
+// fence check that failed after the sync): on a dfs where synced bytes
+// are acknowledged, what is in it is salvaged at the next start;
+// elsewhere it is removed. durable is the segment's size before the
+// failed batch: what the Syncs before it made durable. The salvage
+// publishes every whole block it finds, and the failed batch, answered
+// TRY_LATER, is written again by its senders' retries: so the segment is
+// cut back to durable first where the dfs can (a local file; after a
+// failed fsync the page cache holds the batch's blocks, and a write that
+// fills the disk can stop after some of them), else a stock client's
+// retried entries would be published twice.
+func (w *bucketWriter) fail(durable int64) {
 	if w.file == nil {
 		return
+	}
+	if t, ok := w.file.(dfs.Truncater); ok && w.c.deps.FS.SyncDurable() {
+		if err := t.Truncate(durable); err != nil {
+			w.log.Warn("cannot cut a failed segment back to its durable size; its salvage may publish the refused batch's entries as well as their retry",
+				"file", w.tmp, "size", durable, "err", err)
+		}
 	}
 	_ = w.file.Close() // discarded: the write error that led here is reported
 	w.file = nil

@@ -156,6 +156,7 @@ type bucketWriter struct {
 	// goroutine more per bucket (max_categories bounds them).
 	lease   coord.Lease
 	nextTry time.Time
+	takeErr error // why the last take of the lease failed; nil once one succeeds
 	epoch   int64
 	seq     uint64
 	file    dfs.File

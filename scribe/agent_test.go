@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
 	"github.com/freeway-dev/freeway/internal/testkit"
 
@@ -485,5 +486,64 @@ func TestQueueCompress(t *testing.T) {
 				t.Fatalf("the third call took %.0f bytes of queue for %d bytes of messages (%.0f queued before it)", last, raw, before)
 			}
 		})
+	}
+}
+
+// TestStopWaitsForTheAnswerInFlight: an agent stopped while a batch was
+// in flight closed its connection and did not acknowledge the batch,
+// which the writer took all the same: the restart sent it again. Puma
+// drops such a batch only in the bucket it first went to, and a restart
+// for a reload may route it to another (the category's shard key,
+// bucket count or apps changed): it was counted twice. A stop now waits
+// for the answer and acknowledges the batch.
+func TestStopWaitsForTheAnswerInFlight(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	release := make(chan struct{})
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	up.gate = func(*scribethrift.Batch) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+	}
+	dir := t.TempDir()
+	cfg := testConfig(dir, up.srv.Addr())
+	a := startAgent(t, cfg)
+	mustLog(t, dial(t, a.Addr()), entries("web", "a", 0, 10))
+	select {
+	case <-entered:
+	case <-time.After(testkit.Deadline):
+		t.Fatal("the batch does not reach upstream")
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.stop() }()
+	// The stop has begun once the agent's port no longer answers.
+	testkit.WaitFor(t, "the agent to stop serving", func() bool {
+		c, err := scribeapi.Dial(a.Addr(), thriftsrv.Limits{}, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+
+	b := startAgent(t, cfg)
+	mustLog(t, dial(t, b.Addr()), entries("web", "b", 0, 1))
+	// Queue order: a batch sent again would come before this one.
+	testkit.WaitFor(t, "the next entry upstream", func() bool { return up.count(t) == 11 })
+	sent := 0
+	for _, c := range up.callsSnapshot() {
+		for _, m := range c.Messages {
+			if string(m.Message) == "a-0" {
+				sent++
+			}
+		}
+	}
+	if sent != 1 {
+		t.Fatalf("the batch in flight at the stop was sent %d times, want once", sent)
 	}
 }

@@ -49,19 +49,38 @@ type flight struct {
 // flight is sent only while it ends at most agent.seq_window (at most
 // SeqWindow) past the oldest's first number, so that an entry never
 // reaches a bucket after one that far above it.
+//
+// When ctx ends it sends nothing more but waits up to shipDrain for the
+// answers to the calls in progress (not for retries), and acknowledges
+// the batches answered OK.
+// A batch a writer took and the agent never acknowledged is sent again
+// after the restart, and a restart for a reload may route it to another
+// bucket (the category's shard key, bucket count or apps changed), where
+// Puma cannot tell it from new entries and counts it twice.
 func (a *Agent) ship(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// The calls in progress outlive ctx by the drain; ending them is
+	// the last thing before waiting for the senders (deferred after
+	// wg.Wait).
+	calls, endCalls := context.WithCancel(context.WithoutCancel(ctx))
+	defer endCalls()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	work := make(chan *flight)
+	quiet := make(chan struct{}) // every sender has returned (after ctx ended)
+	var senders sync.WaitGroup
 	for range a.cfg.MaxInFlight {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.sender(ctx, work)
-		}()
+		senders.Add(1)
+		wg.Go(func() {
+			defer senders.Done()
+			a.sender(ctx, calls, work)
+		})
 	}
+	wg.Go(func() {
+		senders.Wait()
+		close(quiet)
+	})
 	batches := make(chan diskqueue.Batch)
 	wg.Add(1)
 	go func() {
@@ -74,9 +93,24 @@ func (a *Agent) ship(ctx context.Context) error {
 		window []*flight // sent, not yet acknowledged, oldest first
 		next   *flight   // read, not yet sent
 		bo     = backoff.WithJitter(a.cfg.RetryMin.D(), a.cfg.RetryMax.D())
+		drain  *time.Timer // once ctx ended: the end of the wait for the window
 	)
+	defer func() {
+		if drain != nil {
+			drain.Stop()
+		}
+	}()
 	for {
-		if next != nil && len(window) < a.cfg.MaxInFlight &&
+		stopping := ctx.Err() != nil
+		if stopping && len(window) == 0 {
+			return nil
+		}
+		if stopping && drain == nil {
+			// A real timer, not the agent's clock: a stop must end
+			// whatever a test's clock does.
+			drain = time.NewTimer(shipDrain)
+		}
+		if !stopping && next != nil && len(window) < a.cfg.MaxInFlight &&
 			(len(window) == 0 || next.b.End()-window[0].b.First <= uint64(a.cfg.SeqWindow)) {
 			select {
 			case work <- next:
@@ -85,25 +119,42 @@ func (a *Agent) ship(ctx context.Context) error {
 				a.c.seqsInFlight.Store(int64(window[len(window)-1].b.End() - window[0].b.First))
 				continue
 			case <-ctx.Done():
-				return nil
+				continue
 			}
 		}
 		var (
-			oldest <-chan struct{}
-			read   <-chan diskqueue.Batch
+			oldest  <-chan struct{}
+			read    <-chan diskqueue.Batch
+			done    <-chan struct{}
+			drained <-chan time.Time
+			quieted <-chan struct{}
 		)
+		if drain != nil {
+			drained = drain.C
+		}
 		if len(window) > 0 {
 			oldest = window[0].done
 		}
-		if next == nil {
-			read = batches
+		if !stopping {
+			done = ctx.Done()
+			if next == nil {
+				read = batches
+			}
+		} else {
+			quieted = quiet
 		}
 		select {
-		case <-ctx.Done():
+		case <-done:
+			continue
+		case <-drained:
 			return nil
 		case b := <-read:
 			next = &flight{b: b, done: make(chan struct{})}
 			continue
+		case <-quieted:
+			if !isDone(window[0].done) {
+				return nil // not answered OK: sent again after the restart
+			}
 		case <-oldest:
 		}
 		// The oldest is upstream, and perhaps some after it: acknowledge
@@ -139,6 +190,12 @@ func (a *Agent) ship(ctx context.Context) error {
 		}
 	}
 }
+
+// shipDrain bounds how long a stopping agent waits for the answers to
+// the batches it has in flight: a writer answers within its segment's
+// publish (a second on HDFS), and an unreachable one must not hold the
+// stop for long.
+const shipDrain = 5 * time.Second
 
 func isDone(c <-chan struct{}) bool {
 	select {
@@ -180,8 +237,10 @@ func (a *Agent) readQueue(ctx context.Context, out chan<- diskqueue.Batch) {
 // connection, each until an upstream answers OK (retrying TRY_LATER and
 // errors with backoff, moving to the next address of its source on
 // errors, and after each batch when the source spreads: the live writers
-// of a coordinator URL upstream).
-func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
+// of a coordinator URL upstream). Once ctx ends it takes no more batches
+// and retries none, but a call in progress runs on until its answer or
+// until calls ends (ship's drain).
+func (a *Agent) sender(ctx, calls context.Context, work <-chan *flight) {
 	var (
 		src     = a.source()
 		up      *upstream
@@ -238,10 +297,10 @@ func (a *Agent) sender(ctx context.Context, work <-chan *flight) {
 				}
 			}
 			a.c.inFlight.Add(1)
-			rc, err := up.send(ctx, args)
+			rc, err := up.send(calls, args)
 			a.c.inFlight.Add(-1)
-			if ctx.Err() != nil {
-				return
+			if calls.Err() != nil || ctx.Err() != nil && (err != nil || rc != scribethrift.ResultCode_OK) {
+				return // stopping: what was not answered OK is sent again after the restart
 			}
 			if err == nil && rc == scribethrift.ResultCode_OK {
 				break

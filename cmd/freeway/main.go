@@ -174,6 +174,9 @@ type runner struct {
 	load                func() (freeway.Config, error)
 	log                 *slog.Logger
 	demoRate            int // 0: no demo load
+	// reloads counts the reloads asked for, across the restarts they
+	// make (freeway_config_reloads_total); run creates it.
+	reloads *freeway.Reloads
 }
 
 // run runs until ctx ends (SIGTERM, fb303 shutdown) or a component fails.
@@ -181,7 +184,8 @@ type runner struct {
 // validate is logged (file:line:col) and the components keep running on
 // the old one. A valid one stops them gracefully and starts them again
 // with it; if they cannot start with it, they start again with the old
-// one.
+// one. Each reload's result is counted (freeway.Reloads): SIGHUP and
+// fb303 reinitialize have no answer to carry a refusal.
 func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 	ctx, shutdown := context.WithCancel(ctx)
 	defer shutdown()
@@ -189,6 +193,9 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if r.reloads == nil {
+		r.reloads = freeway.NewReloads()
+	}
 	opts := freeway.Options{
 		Version: version.Get(), AdminListen: r.adminListen,
 		Reinitialize: func() {
@@ -201,8 +208,15 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		// here lets POST /admin/reload answer that it is invalid, and
 		// why, instead of accepting a reload that is then only refused
 		// in the log.
-		CheckReload: func() error { _, err := r.load(); return err },
-		Shutdown:    shutdown,
+		CheckReload: func() error {
+			_, err := r.load()
+			if err != nil {
+				r.reloads.Done(err)
+			}
+			return err
+		},
+		Shutdown: shutdown,
+		Reloads:  r.reloads,
 	}
 	var prev *freeway.Config
 	for {
@@ -210,11 +224,15 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		p, err := freeway.New(cfg, r.target, opts)
 		if err != nil && prev != nil {
 			r.log.Error("components do not start with the reloaded configuration; starting them with the previous one", "err", err)
+			r.reloads.Done(err)
 			cfg, prev = *prev, nil
 			continue
 		}
 		if err != nil {
 			return err
+		}
+		if prev != nil {
+			r.reloads.Done(nil) // started with the reloaded configuration
 		}
 		pctx, stop := context.WithCancel(context.Background())
 		done := make(chan error, 1)
@@ -246,7 +264,11 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		if err := <-done; err != nil {
 			r.log.Error("components stopped with an error for the reload", "err", err)
 		}
-		prev, cfg = &cfg, *next
+		// A copy: &cfg would point at the reloaded configuration
+		// once cfg is overwritten with it, and a reload that cannot
+		// start would be started again instead of the previous one.
+		old := cfg
+		prev, cfg = &old, *next
 		r.log = newLogger(cfg.Log)
 		r.log.Info("configuration reloaded; starting the components again")
 	}
@@ -268,6 +290,7 @@ func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}
 		cfg, err := r.load()
 		if err != nil {
 			r.log.Error("configuration not reloaded; running on the previous one", "err", err)
+			r.reloads.Done(err)
 			continue
 		}
 		return &cfg, nil

@@ -156,6 +156,17 @@ func WriteBuffers(f File, bufs [][]byte) (int64, error) {
 	return n, nil
 }
 
+// Truncater is implemented by a File that can be cut back to a shorter
+// length (a local file). A writer whose write or Sync failed cuts its file
+// back to what its last successful Sync made durable, so that the bytes
+// of what it refused are not read later (after a failed fsync the page
+// cache still holds them, whatever the disk does).
+type Truncater interface {
+	// Truncate cuts the file to size bytes, where the next Write goes
+	// on, and makes that durable, as Sync does.
+	Truncate(size int64) error
+}
+
 // Reader is a file opened for reading. Read and ReadAt return io.EOF
 // itself at the end of the file, and only there: bytes that cannot be
 // delivered before it (a DataNode gone in the middle of a block) are an

@@ -102,9 +102,11 @@
 //
 // # What survives a crash
 //
-// Append writes a group of records (every caller waiting at that moment:
-// group commit) and fsyncs once; it returns only after the fsync, so every
-// entry Append accepted survives. A new segment is created under a
+// Open makes the queue directory, if missing, with its missing parents,
+// fsyncing the parent of each, so that the directory's name is as
+// durable as the segments in it. Append writes a group of records (every
+// caller waiting at that moment: group commit) and fsyncs once; it
+// returns only after the fsync, so every entry Append accepted survives. A new segment is created under a
 // temporary name, its header fsynced, renamed, and the directory fsynced,
 // so a segment file always has its whole header; it is created only after
 // the previous segment was fsynced, so only the last segment can have a

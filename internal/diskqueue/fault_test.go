@@ -385,3 +385,21 @@ func TestReplacedEmptySegmentIsFollowed(t *testing.T) {
 		t.Fatalf("read %d %v, lost %d", b.First, messages(b.Entries), q.Stats().Lost)
 	}
 }
+
+// The queue directory an Open makes, and its missing parents, have
+// durable names before Open returns: their parents are fsynced. Only the
+// queue directory itself was (for its segments' names), so a machine
+// crash soon after an agent's first start could lose the directory with
+// every entry acknowledged in it.
+func TestOpenMakesItsDirectoryDurable(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "agent", "queue")
+	f := &faults{}
+	q, _ := openFaulty(t, dir, f, nil)
+	defer q.Close()
+	for _, want := range []string{"syncdir " + filepath.Base(base), "syncdir agent"} {
+		if !slices.Contains(f.seen(), want) {
+			t.Errorf("Open did %q, not %q", f.seen(), want)
+		}
+	}
+}

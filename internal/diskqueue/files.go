@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/freeway-dev/freeway/internal/durable"
 )
 
 // FileOp names a change the queue makes to its files, for
@@ -95,6 +97,13 @@ func (o fileOps) syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return syncDir(dir)
+}
+
+// mkdirAll makes dir and its missing parents, each with a durable name
+// (segments fsynced in dir are answered for: their directory must not be
+// lost in a machine crash): durable.MkdirAll, through the hook.
+func (o fileOps) mkdirAll(dir string) error {
+	return durable.MkdirAll("", dir, o.syncDir)
 }
 
 // ackFile persists the acknowledged position in two alternating slots.
@@ -219,14 +228,4 @@ func WriteFileAtomic(path string, data []byte) error {
 	return syncDir(filepath.Dir(path))
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s: %w", dir, err)
-	}
-	defer d.Close() //nolint:errcheck // opened to sync; the sync error is reported
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return durable.SyncDir(dir) }

@@ -36,7 +36,7 @@ func Open(opts Options) (*Queue, error) {
 	if opts.RetryInterval <= 0 {
 		opts.RetryInterval = time.Second
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := (fileOps{hook: opts.FileHook}).mkdirAll(opts.Dir); err != nil {
 		return nil, fmt.Errorf("create queue directory: %w", err)
 	}
 	lock, err := lockDir(filepath.Join(opts.Dir, "LOCK"))

@@ -32,6 +32,8 @@
 // appear as paths); its reinitialize and shutdown calls, and POST
 // /admin/reload and /admin/shutdown on the HTTP port, reach the command
 // through Options' hooks, which restarts the process with a reloaded
-// file or stops it. With an admin token configured the fb303 calls,
+// file or stops it; the command's counts of those reloads (Reloads,
+// freeway_config_reloads_total) are registered in every process it
+// builds, so that they outlive the restarts. With an admin token configured the fb303 calls,
 // which cannot carry it, are refused and only the HTTP ones work.
 package freeway

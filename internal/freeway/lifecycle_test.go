@@ -414,3 +414,43 @@ func TestAddressInUseNamesTheFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedBuildReleasesComponents: a configuration whose last module
+// cannot start (serving.listen moved to an address in use, by a reload)
+// left the modules built before it running: the agent and the writer
+// held their ports and the agent its queue directory, so that the
+// previous configuration, which the command then starts again, could
+// not start beside them and the process ended.
+func TestFailedBuildReleasesComponents(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	freeAddr := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}
+	cfg := testConfig(t.TempDir())
+	// Fixed ports, as a configuration file gives them.
+	cfg.Agent.Listen, cfg.Calligraphus.Listen = freeAddr(), freeAddr()
+	moved := cfg
+	moved.Serving.Listen = held.Addr().String()
+	if err := moved.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	moved.Resolve()
+	if p, err := New(moved, All, Options{Version: "test", AdminListen: "off"}); err == nil {
+		_ = p.Close()
+		t.Fatal("started with serving on an address in use")
+	}
+	r := start(t, cfg)
+	defer r.stop(t)
+	os := orders(500, 0, base)
+	send(t, r.p.Agent.Addr(), os, 100)
+	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(os))
+}

@@ -103,6 +103,10 @@ type Options struct {
 	// CheckReload validates what a reload would load; a reload it
 	// refuses is answered with its error (nil: not checked).
 	CheckReload func() error
+	// Reloads, when set, is registered in the process's metrics: the
+	// reloads of the command that builds the process (nil: not
+	// exported).
+	Reloads *Reloads
 }
 
 // Process is one running Freeway process.
@@ -167,6 +171,9 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	}
 	opts.Version = version.Or(opts.Version)
 	reg.MustRegister(version.BuildInfo(opts.Version))
+	if opts.Reloads != nil {
+		reg.MustRegister(opts.Reloads)
+	}
 	p := &Process{cfg: cfg, target: target, opts: opts, log: opts.Log, reg: reg, coords: backends.NewCoords(opts.Log),
 		published: ptail.NewNotifier(), mods: mods}
 	order, err := startOrder(mods, moduleNeeds)
@@ -190,6 +197,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	table := p.modules()
 	for _, name := range order {
 		if err := table[name](); err != nil {
+			p.release()
 			_ = p.Close() // the start error is the one to report
 			if flags := listenFlags[name]; flags != "" && errors.Is(err, syscall.EADDRINUSE) {
 				// The usual first stumble: a second freeway, or another
@@ -200,6 +208,7 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 		}
 	}
 	if err := p.initAdmin(mods); err != nil {
+		p.release()
 		_ = p.Close() // the admin error is the one to report
 		return nil, err
 	}
@@ -361,6 +370,9 @@ func (p *Process) initPuma() error {
 	if err != nil {
 		return err
 	}
+	if err := p.res.CheckBuckets(fs); err != nil {
+		return err
+	}
 	st, err := p.store()
 	if err != nil {
 		return err
@@ -442,6 +454,11 @@ func (p *Process) initRetention() error {
 	}
 	co, err := p.coord()
 	if err != nil {
+		return err
+	}
+	// Retention deletes the segments of buckets Puma does not read
+	// without waiting for it.
+	if err := p.res.CheckBuckets(fs); err != nil {
 		return err
 	}
 	var consumers []retention.Consumer
@@ -675,6 +692,21 @@ func (p *Process) Run(ctx context.Context) error {
 		}
 	}
 	return errors.Join(all...)
+}
+
+// release ends the components built before one that failed to build:
+// each holds what its New took (listeners, the agent's queue lock) until
+// its Run returns, which a Run with an ended context does at once.
+// Without it a reload whose configuration fails to build (an address
+// in use) left the previous configuration unable to start again beside
+// them, and the process ended.
+func (p *Process) release() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := len(p.runners) - 1; i >= 0; i-- {
+		_ = p.runners[i].run(ctx) // never ran: the build error is the one to report
+	}
+	p.runners = nil
 }
 
 // Close releases the backends; Run calls it.

@@ -8,6 +8,8 @@ import (
 
 	"github.com/freeway-dev/freeway/calligraphus"
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/layout"
 )
 
 // Resolved is the configuration as the components consume it, derived
@@ -75,6 +77,27 @@ func (c *Config) Resolved() (*Resolved, error) {
 // BucketsOf is the bucket count of a category.
 func (r *Resolved) BucketsOf(category string) int {
 	return bucketsOf(r.categories, r.defBuckets, category)
+}
+
+// CheckBuckets refuses a bucket count lowered below what a consumed
+// category already has in the dfs: Puma reads, serving answers and
+// retention holds only the buckets below the count, so the lines of the
+// higher ones (their unread segments and their shards' committed cells)
+// would silently leave every answer, and retention would delete them
+// unread. A category's bucket count can only grow.
+func (r *Resolved) CheckBuckets(fsys dfs.FS) error {
+	for _, cat := range r.Categories() {
+		have, err := layout.Buckets(fsys, layout.CategoryDir(cat))
+		if err != nil {
+			return err
+		}
+		if n := r.BucketsOf(cat); len(have) > 0 && have[len(have)-1] >= n {
+			return fmt.Errorf("category %q has bucket %d in the dfs but is configured with %d buckets: "+
+				"the lines of its buckets from %d on would be neither read nor answered (a bucket count can only grow; "+
+				"set buckets, or categories.<name>.buckets, to at least %d)", cat, have[len(have)-1], n, n, have[len(have)-1]+1)
+		}
+	}
+	return nil
 }
 
 // Categories are the categories some app consumes.

@@ -30,6 +30,7 @@ func Run(t *testing.T, newFS func(t *testing.T) dfs.FS) {
 		{"ReadDirSorted", testReadDirSorted},
 		{"ReadDirNames", testReadDirNames},
 		{"WriteBuffers", testWriteBuffers},
+		{"Truncate", testTruncate},
 		{"RenamePublishes", testRenamePublishes},
 		{"RenameReplacesFile", testRenameReplacesFile},
 		{"Remove", testRemove},
@@ -247,6 +248,45 @@ func testWriteBuffers(t *testing.T, fsys dfs.FS) {
 	want = append(append([]byte("head"), want...), "tail"...)
 	if got := mustRead(t, fsys, "w/buffers"); !bytes.Equal(got, want) {
 		t.Fatalf("file holds %d bytes, want %d (equal: %v)", len(got), len(want), bytes.Equal(got, want))
+	}
+}
+
+// testTruncate: a file that is a dfs.Truncater (one that is not, or says
+// errors.ErrUnsupported, is skipped) is cut back to the size given, and
+// what is written after goes on from there.
+func testTruncate(t *testing.T, fsys dfs.FS) {
+	f, err := fsys.Create("w/truncated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, ok := f.(dfs.Truncater)
+	if !ok {
+		_ = f.Close()
+		t.Skip("its files are no dfs.Truncater")
+	}
+	if _, err := f.Write([]byte("head")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("refused")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Truncate(4); errors.Is(err, errors.ErrUnsupported) {
+		_ = f.Close()
+		t.Skip("its files cannot be truncated")
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("-tail")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, fsys, "w/truncated"); string(got) != "head-tail" {
+		t.Fatalf("file holds %q, want %q", got, "head-tail")
 	}
 }
 

@@ -2,6 +2,7 @@ package dfstest
 
 import (
 	"bytes"
+	"errors"
 	"io/fs"
 	"slices"
 	"sync"
@@ -21,10 +22,11 @@ const (
 	OpMkdirAll Op = "mkdirall"
 	OpRename   Op = "rename"
 	OpRemove   Op = "remove"
-	OpWrite    Op = "write" // dfs.File
-	OpSync     Op = "sync"  // dfs.File
-	OpClose    Op = "close" // dfs.File
-	OpRead     Op = "read"  // dfs.Reader: Read and ReadAt
+	OpWrite    Op = "write"    // dfs.File
+	OpSync     Op = "sync"     // dfs.File
+	OpClose    Op = "close"    // dfs.File
+	OpTruncate Op = "truncate" // dfs.File (dfs.Truncater); Call.Off: the size
+	OpRead     Op = "read"     // dfs.Reader: Read and ReadAt
 )
 
 // Call is one call a Faulty file system saw.
@@ -32,7 +34,7 @@ type Call struct {
 	Op   Op
 	Name string // the file or directory; Rename: the old name
 	To   string // Rename: the new name
-	Off  int64  // Read: the offset the read starts at
+	Off  int64  // Read: the offset the read starts at; Truncate: the size
 }
 
 // Faulty wraps a dfs.FS for tests that need the file system to fail, to
@@ -218,6 +220,19 @@ func (w *faultyFile) Sync() error {
 		return err
 	}
 	return w.File.Sync()
+}
+
+// Truncate passes the call to the wrapped file if it is a
+// dfs.Truncater, and fails with errors.ErrUnsupported otherwise.
+func (w *faultyFile) Truncate(size int64) error {
+	if err := w.fs.call(Call{Op: OpTruncate, Name: w.name, Off: size}); err != nil {
+		return err
+	}
+	t, ok := w.File.(dfs.Truncater)
+	if !ok {
+		return &fs.PathError{Op: "truncate", Path: w.name, Err: errors.ErrUnsupported}
+	}
+	return t.Truncate(size)
 }
 
 // Close closes the file even when the hook fails the call (the file is

@@ -1,8 +1,11 @@
 package localfs
 
 import (
+	"errors"
+	"io/fs"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 )
 
@@ -35,7 +38,7 @@ func TestFirstSyncMakesTheNameDurable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("create", filepath.Join(root, "cat"), root)
+	check("create", root, filepath.Join(root, "cat"))
 	if _, err := f.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +94,7 @@ func TestMkdirAllMakesTheNamesDurable(t *testing.T) {
 	if err := fsys.MkdirAll("cat/0"); err != nil {
 		t.Fatal(err)
 	}
-	check("new category and bucket", filepath.Join(root, "cat"), root)
+	check("new category and bucket", root, filepath.Join(root, "cat"))
 	if err := fsys.MkdirAll("cat/0"); err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +155,47 @@ func TestCreateInADirectoryAnotherCreateMade(t *testing.T) {
 	for _, dir := range []string{"cat/dt=2026-12-03/hh=14", "cat/dt=2026-12-03", "cat", ""} {
 		if !synced[filepath.Join(root, dir)] {
 			t.Errorf("the second file is closed, and %q, on its path, was not synced", filepath.Join(root, dir))
+		}
+	}
+}
+
+// TestMkdirAllRetriedAfterAFailedSync: a directory whose parent's fsync
+// failed was left in place, and a retry of MkdirAll found it there and
+// synced nothing: the writer then answered OK for segments under a name
+// that could be lost in a machine crash. Now the retry makes its name
+// durable.
+func TestMkdirAllRetriedAfterAFailedSync(t *testing.T) {
+	fsys, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := fsys.Root()
+	var synced []string
+	fail := true
+	orig := syncDir
+	syncDir = func(dir string) error {
+		if dir == root && fail {
+			fail = false
+			return &fs.PathError{Op: "sync", Path: dir, Err: syscall.EIO}
+		}
+		err := orig(dir)
+		if err == nil {
+			synced = append(synced, dir)
+		}
+		return err
+	}
+	t.Cleanup(func() { syncDir = orig })
+
+	if err := fsys.MkdirAll("cat/0"); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("MkdirAll with a failing fsync of the root = %v", err)
+	}
+	synced = nil
+	if err := fsys.MkdirAll("cat/0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{root, filepath.Join(root, "cat")} {
+		if !slices.Contains(synced, dir) {
+			t.Errorf("the retried MkdirAll synced %q, not %q", synced, dir)
 		}
 	}
 }

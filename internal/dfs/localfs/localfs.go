@@ -5,20 +5,26 @@
 // Sync or Close, is its directory: the bytes a Sync made durable keep
 // their name through a crash of the machine. Create and MkdirAll fsync
 // the parent of every directory they make before they return, so that a
-// file's directory is durable once the file is there. The directory is
-// fsynced after a rename too, so a published file survives a crash under
-// its new name.
+// file's directory is durable once the file is there: each as soon as it
+// is made, and one whose parent's fsync failed is removed again, so that
+// a retry after a full disk or an I/O error finds no directory whose name
+// is not durable. The directory is fsynced after a rename too, so a
+// published file survives a crash under its new name. A file being
+// written can be cut back (dfs.Truncater) to what an earlier Sync made
+// durable, after a write or a Sync failed.
 package localfs
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/durable"
 )
 
 // FS is a dfs.FS rooted at a local directory.
@@ -30,6 +36,7 @@ var (
 	_ dfs.FS         = (*FS)(nil)
 	_ dfs.NameLister = (*FS)(nil)
 	_ dfs.Rooted     = (*FS)(nil)
+	_ dfs.Truncater  = (*writer)(nil)
 )
 
 // New returns a file system rooted at dir, creating dir if needed.
@@ -113,6 +120,20 @@ func (w *writer) Sync() error {
 		w.dir = ""
 	}
 	return nil
+}
+
+// Truncate cuts the file to size, moves the next write there and syncs
+// (dfs.Truncater). Bytes that a failed fsync left behind are dropped from
+// the page cache with the cut; those below size were made durable by an
+// earlier Sync.
+func (w *writer) Truncate(size int64) error {
+	if err := w.File.Truncate(size); err != nil {
+		return err
+	}
+	if _, err := w.Seek(size, io.SeekStart); err != nil {
+		return err
+	}
+	return w.Sync()
 }
 
 func (w *writer) Close() error {
@@ -205,24 +226,9 @@ func (f *FS) MkdirAll(name string) error {
 }
 
 // mkdirAll makes the directory dir under root, with its missing parents,
-// and fsyncs the parent of every directory it made.
+// each with a durable name (durable.MkdirAll).
 func mkdirAll(root, dir string) error {
-	var parents []string
-	for d := dir; d != root; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		parents = append(parents, filepath.Dir(d))
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for _, d := range parents {
-		if err := syncDir(d); err != nil {
-			return err
-		}
-	}
-	return nil
+	return durable.MkdirAll(filepath.Clean(root), dir, syncDir)
 }
 
 func (f *FS) Rename(oldname, newname string) error {
@@ -261,14 +267,4 @@ func (f *FS) String() string { return "file://" + filepath.ToSlash(f.root) }
 func (f *FS) Close() error { return nil }
 
 // syncDir fsyncs a directory (a variable for the tests).
-var syncDir = func(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close() //nolint:errcheck // opened to sync; the sync error is reported
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
+var syncDir = durable.SyncDir
