@@ -108,7 +108,11 @@
 //
 // except that a block stamped ahead of the copier's clock (a writer's
 // clock ahead) takes the period of the block before it, rather than
-// holding the bucket back until the clock gets there. Lines filed later
+// holding the bucket back until the clock gets there; so does a segment
+// whose modification time is more than merge_delay ahead of that clock
+// (the dfs's clock ahead, or stepped back since it published the
+// segment): that time is passed over, and the segment's blocks go by
+// the other two. Lines filed later
 // than their arrival are counted in
 // freeway_copier_merge_lines_moved_total{reason="late"|"future"}: at a
 // period's end, the lines of agents whose batches reached the writer

@@ -267,7 +267,8 @@ func (ps *passState) progressFailed(ctx context.Context, j *bucketJob, err error
 // MergeDelay, so that a segment published late, a salvaged one say, does
 // not reopen a period that was closed). A block whose arrival is ahead of
 // this copier's clock (a writer's clock ahead) takes the period of the
-// block before it rather than pushing the bucket into the future. The
+// block before it rather than pushing the bucket into the future, and a
+// segment time more than MergeDelay ahead of it is passed over. The
 // first block's period is closed once this copier's clock is MergeDelay
 // past its end; the file is that block and every following one of the
 // same period, up to the first of a later period or the end of what is
@@ -299,7 +300,11 @@ func (ps *passState) closePeriod(ctx context.Context, j *bucketJob, st mergeStat
 		} else {
 			p = max(p, c.periodOf(b.ArrivalMs))
 		}
-		if t := src.segmentTime(); !t.IsZero() {
+		// A segment time more than MergeDelay ahead of this clock is
+		// no publish time (the dfs's clock was ahead, a step since set
+		// it back): it would hold the bucket in a period that far on
+		// until this clock got there. Its blocks go by their arrival.
+		if t := src.segmentTime(); !t.IsZero() && t.UnixMilli() <= nowMs+delayMs {
 			p = max(p, c.periodOf(t.UnixMilli()-delayMs))
 		}
 		if !future && p > c.periodOf(b.ArrivalMs) {

@@ -296,6 +296,35 @@ func TestMergeFutureArrivalDoesNotStallTheBucket(t *testing.T) {
 	}
 }
 
+// TestMergeFutureSegmentTimeDoesNotStallTheBucket: a segment whose
+// modification time is far ahead of the copier's clock (published while
+// the dfs's clock was stepped ten hours ahead, then set back) does not
+// take its lines to a period ten hours on, holding every later line of
+// the bucket back until the clock gets there: its lines go by their
+// arrival, as any (here ahead too: the period of the block before).
+func TestMergeFutureSegmentTimeDoesNotStallTheBucket(t *testing.T) {
+	e := newMergeEnv(t)
+	n := e.copier(t, "a", e.merging(nil))
+	before, stepped, after, next := lines("before", 2), lines("stepped", 1), lines("after", 2), lines("next", 1)
+	e.publishAt(t, "access", 0, 1, t0.Add(10*time.Minute), blk{t0.Add(10 * time.Minute), before})
+	e.publishAt(t, "access", 0, 2, t0.Add(10*time.Hour+20*time.Minute), blk{t0.Add(10*time.Hour + 20*time.Minute), stepped})
+	e.publishAt(t, "access", 0, 3, t0.Add(30*time.Minute), blk{t0.Add(30 * time.Minute), after})
+	e.publishAt(t, "access", 0, 4, t0.Add(70*time.Minute), blk{t0.Add(70 * time.Minute), next})
+	e.clock.Set(t0.Add(150 * time.Minute))
+	if st := mergePass(t, n); st.Merged != 2 || st.Lag != 0 {
+		t.Fatalf("%+v, want hours 07 and 08 written, nothing left", st)
+	}
+	if got, want := readMergedText(t, e.dst, hourFile("access", 0, t0)), text(before, stepped, after); got != want {
+		t.Errorf("hour 07: %q, want %q", got, want)
+	}
+	if got, want := readMergedText(t, e.dst, hourFile("access", 0, t0.Add(time.Hour))), text(next); got != want {
+		t.Errorf("hour 08: %q, want %q", got, want)
+	}
+	if got := n.metric(t, "freeway_copier_merge_lines_moved_total"); got != 1 {
+		t.Errorf("%v lines moved, want the one stamped ahead", got)
+	}
+}
+
 func TestMergeGzipAndShortPeriods(t *testing.T) {
 	e := newMergeEnv(t)
 	var want []string

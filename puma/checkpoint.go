@@ -318,7 +318,7 @@ func (s *shard) recover(ctx context.Context) error {
 	}
 	s.committedEpoch, s.committedPos = E, s.committed.Position
 	s.readAborted = s.committed.Aborted
-	s.lastCommit.Store(s.p.now().UnixNano())
+	s.committedAt()
 	s.log.Info("puma shard recovered", "epoch", E, "position", s.pos.String(), "cells", loaded)
 	if loaded >= releaseCells {
 		s.p.releaseMemory() // the scan's and the decoding's garbage, as after a checkpoint
@@ -451,7 +451,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 		// Nothing to write: the committed state is current, which is what
 		// the checkpoint age tells operators.
 		out.abandon()
-		s.lastCommit.Store(s.p.now().UnixNano())
+		s.committedAt()
 		return nil
 	}
 	restore := func() {
@@ -510,7 +510,7 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.readAborted = state.Aborted
 	s.mu.Unlock()
 	s.afterCommit(state)
-	s.lastCommit.Store(s.p.now().UnixNano())
+	s.committedAt()
 	took := s.p.now().Sub(start)
 	s.deleteGoneWindows(ctx, epoch)
 	// 4. Retention, once the state without the expired windows is

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	names "github.com/freeway-dev/freeway/internal/layout"
@@ -521,12 +522,34 @@ func cellRows(t *testing.T, st store.Store) int {
 func TestIdleCheckpointIsCurrent(t *testing.T) {
 	e := newEnv(t, orders(t))
 	s := testShard(t, e.node("n1"), 0)
-	s.lastCommit.Store(1)
+	long := time.Unix(1, 0)
+	s.lastCommit.Store(&long)
 	if err := s.checkpoint(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if s.lastCommit.Load() == 1 {
+	if s.lastCommitted().Equal(long) {
 		t.Fatal("an idle checkpoint left the checkpoint age growing")
+	}
+}
+
+// TestCheckpointAgeOnMonotonicClock: a shard's last commit keeps the
+// monotonic reading of deps.Now (time.Now), so that the checkpoint age
+// (freeway_puma_checkpoint_age_seconds) is measured on that clock. Kept
+// as Unix nanoseconds it lost the reading and was measured on the wall
+// clock: stepped back an hour (NTP), a shard whose checkpoints had
+// stalled showed an age an hour short, negative at first, and its alert
+// came an hour late; stepped forward, every node paged at once. (A test
+// cannot step the wall clock: what it checks is the reading that makes
+// steps harmless.)
+func TestCheckpointAgeOnMonotonicClock(t *testing.T) {
+	e := newEnv(t, orders(t))
+	s := testShard(t, e.node("n1"), 0) // deps.Now: time.Now
+	if err := s.checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Time.String ends with "m=±<seconds>" when the time has a reading.
+	if at := s.lastCommitted(); at.IsZero() || !strings.Contains(at.String(), " m=") {
+		t.Fatalf("last commit %v carries no monotonic clock reading: its age moves with the wall clock", at)
 	}
 }
 

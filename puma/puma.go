@@ -588,7 +588,7 @@ func (p *Puma) status(id shardID) Status {
 	st.State, st.Owner = StateRecovering, p.cfg.ID
 	if isReady(s) {
 		st.State, st.Error, st.Failures = StateRunning, "", 0
-		st.LagSegments, st.LastCommit = s.lag.Load(), time.Unix(0, s.lastCommit.Load())
+		st.LagSegments, st.LastCommit = s.lag.Load(), s.lastCommitted()
 		st.ReadStalls = s.readStalls()
 		s.mu.RLock()
 		st.Position, st.Entries, st.Dups = s.pos.String(), s.entries, s.dups
@@ -873,8 +873,8 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 			a.bytes += float64(bf.t.bytes)
 		}
 		s.mu.RUnlock()
-		lc := time.Unix(0, s.lastCommit.Load())
-		if oldest.IsZero() || lc.Before(oldest) {
+		lc := s.lastCommitted()
+		if !lc.IsZero() && (oldest.IsZero() || lc.Before(oldest)) {
 			oldest = lc
 		}
 	}

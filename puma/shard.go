@@ -55,11 +55,16 @@ type shard struct {
 	purgeTo int64
 	// unsure is the value of a commit that failed but may still be
 	// applied, to fence before the next attempt (fenceUnsure).
-	unsure     []byte
-	expired    []expiredRows // retention deletes still to make
-	lastCommit atomic.Int64  // Unix ns of the last commit (or recovery)
-	lag        atomic.Int64  // published segments not yet read, for Statuses
-	readStall  stall         // the shard's reading's run of failures (stall.go)
+	unsure  []byte
+	expired []expiredRows // retention deletes still to make
+	// lastCommit is when the shard last committed (or recovered), as
+	// deps.Now read it: whole, so that its age is measured on the
+	// monotonic clock (time.Now's reading); Unix nanoseconds would
+	// measure it on the wall clock, which NTP steps (the checkpoint age
+	// of a stalled shard an hour short, or every node's paged at once).
+	lastCommit atomic.Pointer[time.Time]
+	lag        atomic.Int64 // published segments not yet read, for Statuses
+	readStall  stall        // the shard's reading's run of failures (stall.go)
 	ready      chan struct{}
 
 	// backfills build spans new to the shard (backfill.go; guarded by
@@ -281,3 +286,18 @@ func (s *shard) release() {
 }
 
 func isBadTime(err error) bool { return errors.Is(err, apps.ErrBadTime) }
+
+// committedAt notes that the shard committed now (or recovered).
+func (s *shard) committedAt() {
+	now := s.p.now()
+	s.lastCommit.Store(&now)
+}
+
+// lastCommitted is when the shard last committed (or recovered); zero
+// before.
+func (s *shard) lastCommitted() time.Time {
+	if t := s.lastCommit.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
+}

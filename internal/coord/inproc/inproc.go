@@ -4,7 +4,12 @@
 // test can run several "processes" against one hub and expire a session.
 //
 // Nothing survives the process. Epochs start from the wall clock in
-// nanoseconds so that they still grow across restarts of the process.
+// nanoseconds so that they still grow across restarts of the process,
+// unless the clock was set back between two runs (an NTP step): then the
+// new run's epochs are below the last run's. Writers take an epoch above
+// every one they find in a bucket, so no segment sorts behind what
+// readers have passed; the copier leaves the last run's temporary files
+// at its destination until the clock passes their epoch.
 package inproc
 
 import (

@@ -57,10 +57,16 @@
 // expired (a partitioned process may never hear it), and whether or not
 // the connection looks alive: a server that no longer hears us (a one-way
 // partition) may still deliver watch events, and bytes received prove
-// nothing. Another owner cannot have been granted the lease before that
-// moment, with one exception: a follower cut off from its leader goes on
-// answering our pings until it notices, after syncLimit × tickTime of
-// the ensemble's configuration (10s with tickTime 2000 and syncLimit 5),
+// nothing. It measures that session timeout on both of the process's
+// clocks and takes the longer: a step of the wall clock (NTP, a clock set
+// by hand) backwards does not keep leases past it, nor does the monotonic
+// clock, which stands still while a VM is paused or the machine
+// suspended, once the wall clock is set right after the resume (a step
+// forward gives the leases up early, as below). Another owner cannot
+// have been granted the lease before that moment, with one exception: a
+// follower cut off from its leader goes on answering our pings until it
+// notices, after syncLimit × tickTime of the ensemble's configuration
+// (10s with tickTime 2000 and syncLimit 5),
 // while the leader, which expires sessions, no longer hears of them; our
 // leases can then outlive our session by up to that much. Fencing epochs
 // take care of such a stale owner where it writes with them (calligraphus

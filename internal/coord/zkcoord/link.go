@@ -34,7 +34,10 @@ type link struct {
 	dial        zk.Dialer
 	onHandshake func(sessionID int64, passwd []byte) // tests only; may be nil
 
-	lastHeard   atomic.Int64 // unix nanoseconds: the latest send time of a request a server answered
+	start       time.Time    // the origin of stamps' monotonic readings
+	clock       func() stamp // tests only; nil: the process's clocks
+	heardMu     sync.Mutex
+	lastHeard   stamp        // the latest send time of a request a server answered; zero before any
 	negotiated  atomic.Int64 // granted session timeout in nanoseconds; 0 until known
 	lastSession atomic.Int64 // session id of the latest handshake
 
@@ -49,7 +52,35 @@ func newLink(dial zk.Dialer, onHandshake func(int64, []byte)) *link {
 	if dial == nil {
 		dial = net.DialTimeout
 	}
-	return &link{dial: dial, onHandshake: onHandshake, conns: map[*linkConn]struct{}{}}
+	return &link{dial: dial, onHandshake: onHandshake, start: time.Now(), conns: map[*linkConn]struct{}{}}
+}
+
+// A stamp is a moment read on both of the process's clocks: mono on Go's
+// monotonic clock (nanoseconds since the link was made, at least 1), wall
+// the time of day (Unix nanoseconds).
+type stamp struct{ mono, wall int64 }
+
+// now is the time now.
+func (k *link) now() stamp {
+	if k.clock != nil {
+		return k.clock()
+	}
+	t := time.Now()
+	return stamp{mono: max(int64(t.Sub(k.start)), 1), wall: t.UnixNano()}
+}
+
+// since is how long before now s was: the longer of what the two clocks
+// measured, for neither alone can time a session out. The wall clock
+// jumps when NTP steps it or someone sets it: stepped back an hour during
+// a partition, it would keep our leases for an hour after the server
+// expired the session and another process took them. The monotonic clock
+// never jumps, but (on Linux) it stands still while the machine is
+// suspended or its VM paused, which the wall clock makes up for once it
+// is set right after the resume. Taking the longer errs, as the watchdog
+// does, towards giving leases up too early: a step forward gives them up
+// at once, and they are taken again.
+func (s stamp) since(now stamp) time.Duration {
+	return time.Duration(max(now.mono-s.mono, now.wall-s.wall))
 }
 
 // Dial is the zk.Dialer the client uses.
@@ -96,18 +127,24 @@ func (k *link) sessionTimeout(fallback time.Duration) time.Duration {
 	return fallback
 }
 
-// lastHeardTime is when we sent the latest request a server is known to
-// have received: the latest ping it answered, or the connect request of
-// the latest handshake. The zero Unix time before any.
-func (k *link) lastHeardTime() time.Time { return time.Unix(0, k.lastHeard.Load()) }
+// heardAt is when we sent the latest request a server is known to have
+// received: the latest ping it answered, or the connect request of the
+// latest handshake. The zero stamp before any.
+func (k *link) heardAt() stamp {
+	k.heardMu.Lock()
+	defer k.heardMu.Unlock()
+	return k.lastHeard
+}
 
-// heard notes that a server received what we sent at sent (unix ns).
-func (k *link) heard(sent int64) {
-	for {
-		last := k.lastHeard.Load()
-		if sent <= last || k.lastHeard.CompareAndSwap(last, sent) {
-			return
-		}
+// sinceHeard is how long ago that was.
+func (k *link) sinceHeard() time.Duration { return k.heardAt().since(k.now()) }
+
+// heard notes that a server received what we sent at sent.
+func (k *link) heard(sent stamp) {
+	k.heardMu.Lock()
+	defer k.heardMu.Unlock()
+	if sent.mono > k.lastHeard.mono {
+		k.lastHeard = sent
 	}
 }
 
@@ -125,11 +162,11 @@ type linkConn struct {
 	// the length and xid of the one being read, and how much of it is left.
 	hdr  []byte
 	skip int
-	// When we wrote the connect request, and our pings the server has not
-	// answered yet, oldest first (unix ns).
-	connectSent atomic.Int64
+	// When we wrote the connect request (zero: not yet), and our pings
+	// the server has not answered yet, oldest first.
 	pingMu      sync.Mutex
-	pings       []int64
+	connectSent stamp
+	pings       []stamp
 	pingsLost   bool // more pings unanswered than pings holds: replies prove nothing
 
 	// gate works around a data race in go-zookeeper v1.0.4 (upstream
@@ -230,17 +267,19 @@ func (c *linkConn) pingAnswered() {
 // Write: length, xid, opcode, body; the connect request comes first.
 func (c *linkConn) Write(p []byte) (int, error) {
 	// Noted before the bytes leave: the server cannot have them earlier.
-	now := time.Now().UnixNano()
-	c.connectSent.CompareAndSwap(0, now)
+	now := c.k.now()
+	c.pingMu.Lock()
+	if c.connectSent.mono == 0 {
+		c.connectSent = now
+	}
 	if len(p) >= 12 && int32(binary.BigEndian.Uint32(p[4:8])) == xidPing && int32(binary.BigEndian.Uint32(p[8:12])) == opPing {
-		c.pingMu.Lock()
 		if len(c.pings) < maxPings {
 			c.pings = append(c.pings, now)
 		} else {
 			c.pingsLost = true
 		}
-		c.pingMu.Unlock()
 	}
+	c.pingMu.Unlock()
 	n, err := c.Conn.Write(p)
 	if c.gate != nil && len(p) >= 12 && int32(binary.BigEndian.Uint32(p[8:12])) == opSetWatches {
 		c.gateOnce.Do(func() { close(c.gate) })
@@ -273,7 +312,10 @@ func (c *linkConn) sniff(b []byte) {
 		return
 	}
 	c.k.negotiated.Store(int64(r.timeout))
-	c.k.heard(c.connectSent.Load())
+	c.pingMu.Lock()
+	sent := c.connectSent
+	c.pingMu.Unlock()
+	c.k.heard(sent)
 	if c.k.lastSession.Swap(r.sessionID) == r.sessionID {
 		// Set on the handshake goroutine, before the client starts the
 		// goroutines that Read and Write.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,7 +91,8 @@ func TestLinkSniffs(t *testing.T) {
 	if gotSID != 42 || k.sessionTimeout(time.Hour) != 2500*time.Millisecond {
 		t.Fatalf("session %d timeout %v", gotSID, k.sessionTimeout(time.Hour))
 	}
-	heard := k.lastHeardTime()
+	heardAt := func() time.Time { return time.Unix(0, k.heardAt().wall) }
+	heard := heardAt()
 	if heard.Before(connectAt) || heard.After(time.Now()) {
 		t.Fatalf("last heard %v, want when the connect request was sent (%v)", heard, connectAt)
 	}
@@ -102,13 +104,13 @@ func TestLinkSniffs(t *testing.T) {
 	}
 	sent <- event
 	read(len(event))
-	if got := k.lastHeardTime(); !got.Equal(heard) {
+	if got := heardAt(); !got.Equal(heard) {
 		t.Fatalf("a watch event moved last heard from %v to %v", heard, got)
 	}
 	sent <- pong
 	close(sent)
 	read(len(pong))
-	if got := k.lastHeardTime(); got.Before(pingAt) || got.After(time.Now()) {
+	if got := heardAt(); got.Before(pingAt) || got.After(time.Now()) {
 		t.Fatalf("last heard %v after the ping reply, want when the ping was sent (%v)", got, pingAt)
 	}
 	k.shutdown()
@@ -185,5 +187,46 @@ func TestLinkGate(t *testing.T) {
 	}
 	if d := readNext(connect(6), func() {}); d > 500*time.Millisecond {
 		t.Fatalf("new session waited %v", d)
+	}
+}
+
+// TestSessionTimedOnBothClocks: the watchdog times the session out on
+// the longer of the two clocks' measures. The wall clock stepped back an
+// hour (NTP, a clock set by hand) during a partition must not keep the
+// leases past the session timeout, when the server has expired the
+// session and other processes own them; nor may the monotonic clock,
+// standing still while a paused VM or a suspended machine is stopped,
+// once the wall clock is set right after the resume.
+func TestSessionTimedOnBothClocks(t *testing.T) {
+	var mu sync.Mutex
+	now := stamp{mono: 1, wall: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC).UnixNano()}
+	advance := func(mono, wall time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now.mono += int64(mono)
+		now.wall += int64(wall)
+	}
+	k := newLink(nil, nil)
+	k.clock = func() stamp {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	const timeout = 10 * time.Second
+	k.heard(k.now()) // the server answers a ping, then is heard no more
+
+	advance(3*time.Second, 3*time.Second)
+	if got := k.sinceHeard(); got != 3*time.Second {
+		t.Fatalf("heard %v ago with both clocks 3s on, want 3s", got)
+	}
+	advance(8*time.Second, 8*time.Second-time.Hour) // NTP steps the wall clock back
+	if got := k.sinceHeard(); got < timeout {
+		t.Fatalf("heard %v ago after 11s with the wall clock stepped back an hour: the leases outlive the %v session", got, timeout)
+	}
+
+	k.heard(k.now())
+	advance(time.Millisecond, time.Minute) // a VM paused for a minute, its time of day set right on resume
+	if got := k.sinceHeard(); got < timeout {
+		t.Fatalf("heard %v ago after a minute's pause: the leases outlive the %v session", got, timeout)
 	}
 }

@@ -293,7 +293,7 @@ func (c *Coord) watchdog() {
 }
 
 // checkHeard gives leases up once a session timeout has passed since a
-// server last heard from us, as far as we know (link.lastHeardTime),
+// server last heard from us, as far as we know (link.sinceHeard),
 // connected or not: a connection that still brings watch events does not
 // say the server hears us. It returns how long until the next check, or 0
 // when there is nothing to wait for.
@@ -304,7 +304,7 @@ func (c *Coord) checkHeard() time.Duration {
 		return 0
 	}
 	timeout := c.link.sessionTimeout(c.cfg.sessionTimeout)
-	if wait := time.Until(c.link.lastHeardTime().Add(timeout)); wait > 0 {
+	if wait := timeout - c.link.sinceHeard(); wait > 0 {
 		return wait
 	}
 	n := 0
