@@ -70,7 +70,8 @@
 // (else QueryError code 401); the token is checked again at every call.
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
 // and /admin/shutdown need it; without one the admin endpoints answer
-// the local host only. /healthz and /readyz are always open, for probes:
+// the local host only. A browser's POST for a page of another origin is
+// refused either way (auth.Guard.Control). /healthz and /readyz are always open, for probes:
 // with tls.client_auth they are the only paths answered to a client
 // without a certificate, all else 403 (auth.TLS.HTTPServer).
 // The fan-out dials the Puma nodes with the process's TLS
