@@ -54,7 +54,10 @@
 // rolled-up answers (window=all, group_by with order_by and limit, where
 // on the keys it charts), polls for live refresh, and keeps its view in
 // the URL fragment. internal/freeway's TestDashboard drives it in
-// headless Chromium against a running `freeway all`.
+// headless Chromium against a running `freeway all`. It writes what the
+// answers hold as text, never as markup; the port's
+// Content-Security-Policy (internal/httpsrv, on every answer) runs only
+// the scripts it serves, none inline, and forbids framing it.
 //
 // Partial answers. An answer lacking the data of some shards of the
 // app's category says so: over HTTP "partial": true and "missing_shards"
