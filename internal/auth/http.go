@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,8 +102,32 @@ func (g *Guard) control(h http.Handler) http.Handler {
 			writeJSON(w, http.StatusForbidden, "control requests are honoured only from the local host unless auth.admin_token_file is set")
 			return
 		}
+		if !localName(r.Host) {
+			g.count(EndpointControl, "not_local")
+			g.logRefusal(EndpointControl, "not_local", r.Method+" "+r.URL.Path+" for host "+r.Host, r.RemoteAddr)
+			writeJSON(w, http.StatusForbidden, "control requests without auth.admin_token_file must address the local host as localhost or by its IP address")
+			return
+		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// localName reports whether a request's Host names the local host in a
+// way no one else controls: an IP address (the connection already came
+// from the local host) or localhost. Any other
+// name may be a web page's own whose DNS record was turned to 127.0.0.1
+// (DNS rebinding): the operator's browser then sends the page's requests
+// from the local host, as same-origin ones.
+func localName(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if host == "" || net.ParseIP(host) != nil {
+		return true // no Host (HTTP/1.0: not a browser), or an address
+	}
+	return strings.EqualFold(host, "localhost")
 }
 
 // sameOrigin refuses a control request sent by a browser for a page of
