@@ -15,6 +15,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/browser"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/puma"
 )
 
@@ -177,5 +178,61 @@ func TestDashboardHostileText(t *testing.T) {
 	}
 	if len(got.Injected) != 0 {
 		t.Errorf("script not loaded from the port ran in the page: %v", got.Injected)
+	}
+}
+
+// TestDashboardCraftedFragment: the view is in the URL's fragment, which
+// anyone can write into a link. A fragment whose times are not times
+// leaves the default range instead of breaking the page, and one that
+// asks for a refresh every millisecond (or every 300 years, which
+// setTimeout takes as at once) does not get the page to query the server
+// back to back.
+func TestDashboardCraftedFragment(t *testing.T) {
+	chromium := browser.Need(t)
+	s := newServer(t, &fakeSource{apps: testApps(t)})
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	c, err := browser.Start(chromium)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, fragment := range []string{"app=orders&from=x&to=y&refresh=0", "app=orders&from=1e20&to=2e20&refresh=0", "app=orders&refresh=0.001", "app=orders&refresh=1e10"} {
+		page, err := c.NewPage(ctx, 1200, 900)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := page.Navigate(ctx, srv.URL+"/#"+fragment); err != nil {
+			t.Fatal(err)
+		}
+		var exceptions []string
+		testkit.WaitFor(t, "the page to render or throw", func() bool {
+			exceptions = exceptions[:0]
+			for _, l := range page.Logs() {
+				if strings.HasPrefix(l, "exception:") {
+					exceptions = append(exceptions, l)
+				}
+			}
+			var n int
+			err := page.Eval(ctx, "window.freewayDashboard ? freewayDashboard.rendered + freewayDashboard.errors : 0", &n)
+			return len(exceptions) > 0 || (err == nil && n > 0)
+		})
+		var got struct {
+			Rendered  int
+			LastError string
+			Hash      string
+			Refresh   float64
+		}
+		if err := page.Eval(ctx, "({Rendered: freewayDashboard.rendered, LastError: freewayDashboard.lastError, Hash: location.hash, Refresh: freewayDashboard.state.refresh})", &got); err != nil {
+			t.Fatal(err)
+		}
+		if len(exceptions) > 0 || got.Rendered == 0 || got.LastError != "" || !strings.Contains(got.Hash, "range=3600") {
+			t.Errorf("#%s: %+v, threw %q; want the page rendered over the default range", fragment, got, exceptions)
+		}
+		if got.Refresh != 0 && (got.Refresh < 1 || got.Refresh > 86400) {
+			t.Errorf("#%s: refreshes every %vs", fragment, got.Refresh)
+		}
 	}
 }
