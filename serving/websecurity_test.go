@@ -71,13 +71,13 @@ func TestControlCrossSiteForm(t *testing.T) {
 	}
 }
 
-// TestDashboardHostileText: keys and top values come from applications'
-// log lines. The dashboard, served by the real port, shows markup in them
-// as text, draws its charts under the port's Content-Security-Policy, and
-// that policy stops script the page did not load from the port (inline
-// scripts, inline event handlers) should such text ever reach the page as
-// markup. (The policy refuses eval too, but not to code DevTools runs,
-// which this test's is.)
+// TestDashboardHostileText: keys, top values and rejected lines come from
+// applications' log lines. The dashboard, served by the real port, shows
+// markup in them as text, draws its charts under the port's
+// Content-Security-Policy, and that policy stops script the page did not
+// load from the port (inline scripts, inline event handlers) should such
+// text ever reach the page as markup. (The policy refuses eval too, but
+// not to code DevTools runs, which this test's is.)
 func TestDashboardHostileText(t *testing.T) {
 	chromium := browser.Need(t)
 	hostile := []string{`<img src=x onerror="window.xss='img'">`, `"><script>window.xss='script'</script>`, `javascript:window.xss='url'`}
@@ -104,7 +104,10 @@ func TestDashboardHostileText(t *testing.T) {
 		}
 		return res
 	}}
-	s := newServer(t, src)
+	rej := puma.Rejections{Dropped: map[string]uint64{"parse_error": 1}, Samples: []puma.Rejected{
+		{Reason: "parse_error", Line: hostile[0], Error: "parse " + hostile[1], Bucket: 0, At: now},
+	}}
+	s := newServer(t, &rejectingFuncSource{funcSource: src, rej: rej})
 	stop := run(t, s)
 	defer stop() //nolint:errcheck // the test is over; Run's error is not what it checks
 
@@ -136,6 +139,8 @@ func TestDashboardHostileText(t *testing.T) {
 		Legend    []string
 		Keys      []string
 		TopValues []string
+		Sample    []string
+		Images    int
 		Injected  []string
 	}
 	err = page.Eval(ctx, `(() => {
@@ -156,6 +161,8 @@ func TestDashboardHostileText(t *testing.T) {
 	    Legend: q('#charts .u-legend .u-label').map((e) => e.textContent),
 	    Keys: q('#topkeys td.key').map((e) => e.textContent),
 	    TopValues: q('#topk table[data-agg="paths"] tbody tr').map((tr) => tr.dataset.value),
+	    Sample: q('#rejected tbody tr.sample td').map((e) => e.textContent),
+	    Images: q('img').length,
 	    Injected: window.ran,
 	  };
 	})()`, &got)
@@ -175,6 +182,9 @@ func TestDashboardHostileText(t *testing.T) {
 		if !reflect.DeepEqual(texts, hostile) {
 			t.Errorf("%s: %q, want the keys as text %q", name, texts, hostile)
 		}
+	}
+	if len(got.Sample) != 5 || got.Sample[3] != hostile[0] || got.Sample[4] != "parse "+hostile[1] || got.Images != 0 {
+		t.Errorf("rejected line: %q, %d images; want the line and its error as text", got.Sample, got.Images)
 	}
 	if len(got.Injected) != 0 {
 		t.Errorf("script not loaded from the port ran in the page: %v", got.Injected)
@@ -236,3 +246,12 @@ func TestDashboardCraftedFragment(t *testing.T) {
 		}
 	}
 }
+
+// rejectingFuncSource is a funcSource that also keeps rejected lines, as
+// a Puma node does.
+type rejectingFuncSource struct {
+	*funcSource
+	rej puma.Rejections
+}
+
+func (r *rejectingFuncSource) Rejections(string) (puma.Rejections, bool) { return r.rej, true }
