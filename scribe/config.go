@@ -14,7 +14,8 @@ import (
 )
 
 // TailConfig is one file the agent follows. A file rotated while the agent
-// is down is looked for beside Path (see the package doc, Limits): with
+// is down is looked for beside Path (or, Path a symlink, beside the file
+// it named; see the package doc, Limits): with
 // logrotate's olddir, or compress without delaycompress, the lines it had
 // not read of that file are lost.
 type TailConfig struct {

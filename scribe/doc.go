@@ -48,7 +48,8 @@
 // agent.tail_rotate_wait, 5s: the app writes to it until it reopens its
 // log; the new file is read after it, and each file the path names
 // meanwhile, also while a full queue holds the tailer up, is held open
-// and read in turn) and truncation, holds a partial last line until its
+// and read in turn) and truncation (a copy copytruncate left beside the
+// file is read to its end first), holds a partial last line until its
 // newline, splits a line over MaxMessageBytes into pieces of
 // MaxMessageBytes (counted in freeway_agent_tail_lines_split_total)
 // rather than dropping data, and persists each file's identity and offset
@@ -137,14 +138,19 @@
 // agent was down, the rotated file is found in the same directory by its
 // identity (device and inode) and finished first. So are the files it held
 // open to read after it (saved with the position), also when renamed away
-// again meanwhile. A file that has the
-// saved identity but is shorter than the saved offset, or whose first bytes
-// (up to 1 KiB) differ from those read before (truncated and written again
-// while the agent was down, as copytruncate does; or another file given
-// the old one's inode), is read from its start
-// (freeway_agent_tail_truncations_total); a start of zeros is the hole a
-// writer without O_APPEND leaves in front of its lines after a truncation,
-// and the file is resumed at the saved offset.
+// again meanwhile; one that the path still names but whose first bytes
+// changed (copytruncate) is read from its start, without the lines it had
+// before (only in the copy). A file that has the saved identity but is
+// shorter than the saved offset, or whose first bytes (up to 1 KiB)
+// differ from those read before (truncated and written again while the
+// agent was down, as copytruncate does; or another file given the old
+// one's inode), is read from its start
+// (freeway_agent_tail_truncations_total), after the rest of its copy when
+// copytruncate left one beside it (a file that starts with the same first
+// KiB, looked for when the agent had read that much); a start of zeros is
+// the hole a writer without O_APPEND leaves in front of its lines after a
+// truncation, and the file is resumed at the saved offset (after the rest
+// of the copy, if found), the hole's zeros skipped.
 //
 // A full or failing disk does not stop the agent. A queue write or fsync
 // that fails is rolled back and only the calls of that group commit are
@@ -167,7 +173,18 @@
 // same first bytes goes unnoticed, as does another file given the old
 // one's identity (inode) while the agent is down and starting with them.
 // Lines written after the tailer's last read and before a copytruncate
-// are only in the copy, which the agent does not read. A renamed file that
+// are only in the copy: it is read on from where the file was read, then
+// the file from its start, if it is beside the file and the agent had
+// read at least 1 KiB of it (the first KiB tells the copy; less could be
+// the start of another file); a copy compressed at once or moved away is
+// not read, and lines written between the copy and the truncation are in
+// neither (copytruncate's own loss). Zeros where the tailer reads next
+// are the hole a writer without O_APPEND leaves after a truncation: they
+// are skipped, not sent (the line read before them is sent as it is);
+// the copy is looked for only at the first such truncation the agent sees
+// (the file's start is zeros after it, which tell no copy), and a log that
+// has NUL bytes loses those that a read of the tailer starts with. A
+// renamed file that
 // is still written to (a process that never reopens its log) holds up the
 // new one: files are read one at a time, in order, so the new file's
 // lines wait until the old one has been idle for tail_rotate_wait, and a
@@ -179,10 +196,11 @@
 // seen: one rotated in and renamed away again meanwhile (two rotations)
 // is not read, and the rest of one rotated and then compressed or moved
 // to another directory while the agent is down is lost (with a warning):
-// a rotated file is looked for only beside the path, so with logrotate's
-// olddir (or compress without delaycompress) a rotation while the agent
-// is down costs the lines it had not read yet. While the agent runs it
-// holds the file open, and neither loses anything.
+// a rotated file is looked for only beside the path (and, the path a
+// symlink, beside the file it named: saved with the position), so with
+// logrotate's olddir (or compress without delaycompress) a rotation while
+// the agent is down costs the lines it had not read yet. While the agent
+// runs it holds the file open, and neither loses anything.
 //
 // A batch holds whole entries, and an entry larger than BatchBytes is
 // shipped alone; an entry larger than the upstream accepts in one call

@@ -18,6 +18,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/diskqueue"
+	"github.com/freeway-dev/freeway/internal/durable"
 )
 
 const tailReadChunk = 64 << 10
@@ -45,10 +46,12 @@ const headBytes = 1 << 10
 // open (up to maxHeld) and read in turn, also after a restart (saved with
 // the position). Truncation is noticed when the open file is shorter
 // than what was read, or no longer starts with the bytes read (up to
-// headBytes; written again past what was read): reading restarts at 0.
-// A partial last line waits for its newline. A line longer than
-// max_message_bytes is split into pieces of max_message_bytes (counted in
-// tail_lines_split_total).
+// headBytes; written again past what was read): reading restarts at 0,
+// after the rest of the copy logrotate's copytruncate left beside it, if
+// any (see toCopy); zeros where it reads next are a writer's hole after
+// a truncation, skipped (see skipHole). A partial last line waits for its
+// newline. A line longer than max_message_bytes is split into pieces of
+// max_message_bytes (counted in tail_lines_split_total).
 type tailer struct {
 	a        *Agent
 	path     string
@@ -58,6 +61,7 @@ type tailer struct {
 
 	f     *os.File
 	id    fileID
+	dir   string // the directory of f when the path is a symlink into another one (see dirOf)
 	off   int64  // offset in f up to which lines are durable in the queue
 	first []byte // f's first bytes as read (up to headBytes), fingerprinted with off
 	head  []byte // rewritten's reading of f's first bytes
@@ -67,6 +71,9 @@ type tailer struct {
 	bsize int   // record bytes of batch
 	blns  int64 // lines (not pieces) in batch
 	split bool  // the line at buf[cut:] was already split
+	// splitAt is split as at off: saved, so that a restart does not count
+	// the line, and warn about it, a second time.
+	splitAt bool
 
 	failing bool         // the last poll failed (to log a streak once)
 	moved   time.Time    // since when f is at its end and another file is to follow
@@ -90,6 +97,13 @@ type position struct {
 	// before it have HeadLen 0: not checked.
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
+	// Dir is the directory of the file when the path named it through a
+	// symlink into another directory: rotated, it is renamed beside
+	// itself, not beside the path.
+	Dir string `json:"dir,omitempty"`
+	// Split says the line at Offset had pieces split off before it
+	// (counted in tail_lines_split_total once).
+	Split bool `json:"split,omitempty"`
 	// Held lists the files rotated in after this one and not read yet,
 	// oldest first (see tailer.next): the agent may stop before their
 	// turn, and one renamed away again meanwhile is no longer at the path.
@@ -102,14 +116,16 @@ type position struct {
 type heldPosition struct {
 	Dev     uint64 `json:"dev"`
 	Ino     uint64 `json:"ino"`
+	Dir     string `json:"dir,omitempty"`
 	Head    uint64 `json:"head,omitempty"`
 	HeadLen int64  `json:"head_len,omitempty"`
 }
 
 // held is a file rotated in while the one before it is still read.
 type held struct {
-	f  *os.File
-	id fileID
+	f   *os.File
+	id  fileID
+	dir string // as tailer.dir
 	// head is its first headBytes once it has them (save reads them
 	// until then: the app may still be writing its start).
 	head []byte
@@ -136,7 +152,9 @@ func (t *tailer) run(ctx context.Context) error {
 		}
 	}()
 	for {
-		err := os.MkdirAll(filepath.Dir(t.posPath), 0o755)
+		// Made durable in the queue's directory: a position saved in a
+		// directory lost in a machine crash would have its file read again.
+		err := durable.MkdirAll("", filepath.Dir(t.posPath), durable.SyncDir)
 		if err != nil {
 			err = fmt.Errorf("create tail position directory: %w", err)
 		} else {
@@ -198,25 +216,32 @@ func (t *tailer) restore() error {
 	return nil
 }
 
-// restoreHeld finds the files held when the position was saved, beside
-// the path by identity, to be read in turn after the restored one.
+// restoreHeld finds the files held when the position was saved, by
+// identity (see findByID), to be read in turn after the restored one.
 func (t *tailer) restoreHeld(hs []heldPosition) {
 	for _, h := range hs {
 		id := fileID{dev: h.Dev, ino: h.Ino}
 		if id == t.id || slices.ContainsFunc(t.next, func(n held) bool { return n.id == id }) {
 			continue
 		}
-		f, _ := t.findByID(id)
+		f, _, dir := t.findByID(id, h.Dir)
 		if f == nil {
 			t.log.Warn("rotated file held while stopped not found; its lines are lost", "dev", h.Dev, "ino", h.Ino)
 			continue
 		}
 		if _, same := sameHead(f, position{Head: h.Head, HeadLen: h.HeadLen}); !same {
-			_ = f.Close() // opened for reading
-			t.log.Warn("rotated file held while stopped was replaced (its first bytes changed); its lines are lost", "dev", h.Dev, "ino", h.Ino)
-			continue
+			// Still the file the path names, it is ours, truncated and
+			// written again (copytruncate), or the one the path names
+			// now: read from its start either way, as a held file is.
+			if fi, err := os.Stat(t.path); err != nil || idOf(fi) != id {
+				_ = f.Close() // opened for reading
+				t.log.Warn("rotated file held while stopped was replaced (its first bytes changed); its lines are lost", "dev", h.Dev, "ino", h.Ino)
+				continue
+			}
+			t.truncations.Add(1)
+			t.log.Warn("rotated-in file held while stopped was rewritten (its first bytes changed, as after copytruncate); reading it from its start in turn: the lines it had before are lost (a copy is not read)", "dev", h.Dev, "ino", h.Ino)
 		}
-		t.next = append(t.next, held{f: f, id: id})
+		t.next = append(t.next, held{f: f, id: id, dir: dir})
 	}
 }
 
@@ -229,23 +254,42 @@ func (t *tailer) restoreFile(p position) error {
 	}
 	if f != nil {
 		first, same := sameHead(f, p)
-		switch {
-		case fi.Size() < p.Offset:
-			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
-		case !same:
-			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
-		default:
-			return t.resume(f, saved, p.Offset, first)
+		dir := t.dirOf(saved)
+		// A start of zeros (see sameHead) is a truncation too.
+		truncated := fi.Size() < p.Offset || !same || (p.HeadLen > 0 && hashOf(first) != p.Head)
+		if truncated && p.HeadLen == headBytes {
+			// Copytruncate while the agent was down: the lines after the
+			// saved offset are in the copy, read first.
+			if c, cfi, cdir, cfirst := t.findCopy(saved, p.Head, p.Offset, p.Dir); c != nil {
+				t.truncations.Add(1)
+				t.log.Warn("tailed file truncated while stopped; reading its copy from the saved offset, then the file from its start",
+					"copy", filepath.Join(cdir, cfi.Name()), "offset", p.Offset, "size", fi.Size())
+				t.next = append(t.next, held{f: f, id: saved, dir: dir})
+				t.split, t.splitAt = p.Split, p.Split
+				return t.resume(c, idOf(cfi), cdir, p.Offset, cfirst)
+			}
+		}
+		if fi.Size() >= p.Offset && same {
+			// Zeros from the saved offset on are skipped as read (skipHole).
+			t.split, t.splitAt = p.Split, p.Split
+			return t.resume(f, saved, dir, p.Offset, first)
 		}
 		t.truncations.Add(1)
-		return t.resume(f, saved, 0, nil)
+		if fi.Size() < p.Offset {
+			t.log.Warn("tailed file shrank while stopped; reading it from its start", "offset", p.Offset, "size", fi.Size())
+		} else {
+			t.log.Warn("tailed file rewritten while stopped (its first bytes changed); reading it from its start", "offset", p.Offset, "size", fi.Size())
+		}
+		return t.resume(f, saved, dir, 0, nil)
 	}
-	// The path names another file now: find ours by identity beside it
-	// (rotated by rename while the agent was down) and finish it first.
-	if f, fi := t.findByID(saved); f != nil {
+	// The path names another file now: find ours by identity (see
+	// findByID; rotated by rename while the agent was down) and finish it
+	// first.
+	if f, fi, dir := t.findByID(saved, p.Dir); f != nil {
 		if first, same := sameHead(f, p); fi.Size() >= p.Offset && same {
-			t.log.Info("resuming rotated file", "rotated_to", fi.Name(), "offset", p.Offset)
-			return t.resume(f, saved, p.Offset, first)
+			t.log.Info("resuming rotated file", "rotated_to", filepath.Join(dir, fi.Name()), "offset", p.Offset)
+			t.split, t.splitAt = p.Split, p.Split
+			return t.resume(f, saved, dir, p.Offset, first)
 		}
 		_ = f.Close() // opened for reading
 	}
@@ -284,13 +328,14 @@ func (t *tailer) openIf(id fileID) (*os.File, fs.FileInfo, error) {
 	return f, fi, nil
 }
 
-// resume continues f, of identity id and starting with first, at off.
-func (t *tailer) resume(f *os.File, id fileID, off int64, first []byte) error {
+// resume continues f, of identity id, in dir (as tailer.dir) and
+// starting with first, at off.
+func (t *tailer) resume(f *os.File, id fileID, dir string, off int64, first []byte) error {
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		_ = f.Close() // opened for reading
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.f, t.id, t.off, t.first = f, id, off, first
+	t.f, t.id, t.dir, t.off, t.first = f, id, dir, off, first
 	return nil
 }
 
@@ -355,8 +400,10 @@ func hashOf(b []byte) uint64 {
 func (t *tailer) poll(ctx context.Context) (bool, error) {
 	if t.f == nil {
 		var f *os.File
-		if len(t.next) > 0 {
-			f = t.next[0].f
+		var dir string
+		fromPath := len(t.next) == 0
+		if !fromPath {
+			f, dir = t.next[0].f, t.next[0].dir
 			t.next = slices.Delete(t.next, 0, 1)
 		} else {
 			var err error
@@ -373,7 +420,10 @@ func (t *tailer) poll(ctx context.Context) (bool, error) {
 			_ = f.Close() // opened for reading
 			return false, fmt.Errorf("stat tailed file: %w", err)
 		}
-		t.f, t.id, t.off, t.first, t.buf, t.cut, t.split = f, idOf(fi), 0, t.first[:0], t.buf[:0], 0, false
+		if fromPath {
+			dir = t.dirOf(idOf(fi))
+		}
+		t.f, t.id, t.dir, t.off, t.first, t.buf, t.cut, t.split, t.splitAt = f, idOf(fi), dir, 0, t.first[:0], t.buf[:0], 0, false, false
 		t.save()
 	}
 	n, err := t.readToEnd(ctx)
@@ -435,10 +485,44 @@ func (t *tailer) truncated() (bool, error) {
 		return false, fmt.Errorf("stat tailed file: %w", err)
 	}
 	if read := t.off + int64(len(t.buf)); st.Size() < read {
+		if t.toCopy() {
+			return true, nil
+		}
 		t.log.Warn("tailed file truncated, reading it from its start", "offset", read, "size", st.Size())
 		return true, t.restart()
 	}
 	return false, nil
+}
+
+// toCopy switches to the copy of f, if there is one beside it, that
+// logrotate's copytruncate made before truncating f: lines the tailer had
+// not read yet (it polls, and a full queue holds it up) are only there.
+// The copy is read on from where f was read, as a rotated file, and f
+// from its start after it. It reports whether it found one.
+func (t *tailer) toCopy() bool {
+	if len(t.first) < headBytes || zeros(t.first) {
+		return false // too little to tell a copy from a file that starts alike
+	}
+	read := t.off + int64(len(t.buf))
+	c, fi, dir, _ := t.findCopy(t.id, hashOf(t.first), read, t.dir)
+	if c == nil {
+		return false
+	}
+	if _, err := c.Seek(read, io.SeekStart); err != nil {
+		_ = c.Close() // opened for reading
+		return false
+	}
+	// f is held, to be read from its start, as a held file is.
+	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+		_ = c.Close() // opened for reading
+		return false
+	}
+	t.truncations.Add(1)
+	t.log.Warn("tailed file truncated; reading its copy to its end, then the file from its start", "copy", filepath.Join(dir, fi.Name()), "offset", read)
+	t.next = slices.Insert(t.next, 0, held{f: t.f, id: t.id, dir: t.dir})
+	t.f, t.id, t.dir, t.moved = c, idOf(fi), dir, time.Time{}
+	t.save()
+	return true
 }
 
 // restart reads f again from its start (truncated), dropping what was
@@ -448,7 +532,7 @@ func (t *tailer) restart() error {
 	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("seek tailed file: %w", err)
 	}
-	t.off, t.first, t.buf, t.cut, t.split = 0, t.first[:0], t.buf[:0], 0, false
+	t.off, t.first, t.buf, t.cut, t.split, t.splitAt = 0, t.first[:0], t.buf[:0], 0, false, false
 	t.save()
 	return nil
 }
@@ -481,7 +565,7 @@ func (t *tailer) hold(id fileID) error {
 		}
 		return nil // the path changed again: held at the next poll
 	}
-	t.next = append(t.next, held{f: f, id: id})
+	t.next = append(t.next, held{f: f, id: id, dir: t.dirOf(id)})
 	t.save()
 	return nil
 }
@@ -497,9 +581,11 @@ func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 			if err := t.flush(ctx); err != nil {
 				return total, err
 			}
-			t.log.Warn("tailed file rewritten (its first bytes changed), reading it from its start", "offset", t.off)
-			if err := t.restart(); err != nil {
-				return total, err
+			if !t.toCopy() {
+				t.log.Warn("tailed file rewritten (its first bytes changed), reading it from its start", "offset", t.off)
+				if err := t.restart(); err != nil {
+					return total, err
+				}
 			}
 		}
 		if cap(t.buf)-len(t.buf) < tailReadChunk {
@@ -510,6 +596,12 @@ func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 		}
 		at := t.off + int64(len(t.buf)) // f's offset of the bytes read next
 		n, err := t.f.Read(t.buf[len(t.buf):cap(t.buf)])
+		if n > 0 && t.buf[len(t.buf) : len(t.buf)+n][0] == 0 {
+			if err := t.skipHole(ctx, at); err != nil {
+				return total, err
+			}
+			continue
+		}
 		if k := min(int64(n), headBytes-at); k > 0 && at == int64(len(t.first)) {
 			t.first = append(t.first, t.buf[len(t.buf):len(t.buf)+int(k)]...)
 		}
@@ -528,6 +620,66 @@ func (t *tailer) readToEnd(ctx context.Context) (int, error) {
 		}
 	}
 	return total, t.flush(ctx)
+}
+
+// skipHole passes the zeros at at in f, where the tailer reads next: the
+// hole a writer without O_APPEND leaves in front of its lines after a
+// truncation (copytruncate; or while the agent was down), not lines. What
+// was read before it is queued, an unterminated last line as it is (its
+// end is in the copy, if any); the copy is read first if there is one
+// (toCopy). A log has no NUL bytes; one that has them where the tailer
+// reads next loses them and has its line cut there.
+func (t *tailer) skipHole(ctx context.Context, at int64) error {
+	if err := t.flush(ctx); err != nil {
+		return err
+	}
+	if at > 0 && t.toCopy() {
+		return nil
+	}
+	if t.cut < len(t.buf) {
+		t.addLine(t.buf[t.cut:])
+		t.cut = len(t.buf)
+		if err := t.flush(ctx); err != nil {
+			return err
+		}
+	}
+	end, err := dataFrom(t.f, at)
+	if err != nil {
+		return err
+	}
+	if _, err := t.f.Seek(end, io.SeekStart); err != nil {
+		return fmt.Errorf("seek tailed file: %w", err)
+	}
+	if at > 0 { // at 0, a file read from its start after its copy (toCopy)
+		t.truncations.Add(1)
+		t.log.Warn("tailed file truncated, and written again after a hole (a writer without O_APPEND); reading on after the hole", "offset", at, "hole_end", end)
+	}
+	// Its first bytes are zeros now, which tell nothing (see sameHead).
+	t.off, t.first, t.buf, t.cut, t.split, t.splitAt = end, t.first[:0], t.buf[:0], 0, false, false
+	t.save()
+	return nil
+}
+
+// dataFrom returns the offset of the first byte of f at or after at that
+// is not zero (f's size if none).
+func dataFrom(f *os.File, at int64) (int64, error) {
+	if off, ok := seekData(f, at); ok {
+		at = off // the data may still start with zeros (a block's)
+	}
+	b := make([]byte, tailReadChunk)
+	for {
+		n, err := f.ReadAt(b, at)
+		if i := slices.IndexFunc(b[:n], func(c byte) bool { return c != 0 }); i >= 0 {
+			return at + int64(i), nil
+		}
+		at += int64(n)
+		if errors.Is(err, io.EOF) {
+			return at, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read tailed file: %w", err)
+		}
+	}
 }
 
 // extract moves complete lines from buf into the batch, and splits off
@@ -619,6 +771,7 @@ func (t *tailer) flush(ctx context.Context) error {
 	t.a.c.receivedTail.Add(int64(len(t.batch)))
 	t.lines.Add(t.blns)
 	t.off += int64(t.cut)
+	t.splitAt = t.split
 	n := copy(t.buf, t.buf[t.cut:])
 	t.buf = t.buf[:n]
 	clear(t.batch)
@@ -631,13 +784,13 @@ func (t *tailer) flush(ctx context.Context) error {
 // tailing: the save is retried at the next poll, and until it succeeds a
 // restart would queue the lines since the last saved position again.
 func (t *tailer) save() {
-	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Offset: t.off}
+	p := position{Path: t.path, Dev: t.id.dev, Ino: t.id.ino, Dir: t.dir, Offset: t.off, Split: t.splitAt}
 	if n := min(t.off, int64(len(t.first))); n > 0 {
 		p.Head, p.HeadLen = hashOf(t.first[:n]), n
 	}
 	for i := range t.next {
 		h := &t.next[i]
-		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino}
+		hp := heldPosition{Dev: h.id.dev, Ino: h.id.ino, Dir: h.dir}
 		b := h.head
 		if len(b) < headBytes {
 			b = headUpTo(h.f)
@@ -660,25 +813,104 @@ func (t *tailer) save() {
 	}
 }
 
-// findByID opens the file beside the path whose identity is id, if any.
-func (t *tailer) findByID(id fileID) (*os.File, fs.FileInfo) {
+// findByID opens the file beside the path whose identity is id, if any,
+// or beside the file the path named through a symlink: in dir (saved with
+// the position) or, saved without it, where the symlink leads now. It
+// returns the directory it was found in when not the path's (as
+// tailer.dir).
+func (t *tailer) findByID(id fileID, dir string) (*os.File, fs.FileInfo, string) {
 	if id == (fileID{}) {
-		return nil, nil
+		return nil, nil, ""
 	}
+	dirs := t.dirs(dir)
 	// Found and then renamed again before it is opened (logrotate
 	// shifting .1 to .2 as the agent starts): it is looked for again.
 	for range 3 {
-		if f, fi, moved := t.findOnce(id); !moved {
-			return f, fi
+		moved := false
+		for _, d := range dirs {
+			f, fi, m := t.findOnce(d, id)
+			if f != nil {
+				if d == dirs[0] {
+					d = ""
+				}
+				return f, fi, d
+			}
+			moved = moved || m
+		}
+		if !moved {
+			break
 		}
 	}
-	return nil, nil
+	return nil, nil, ""
 }
 
-// findOnce is one look for findByID: moved reports a file of identity
-// id listed that was no longer there, or another file, once opened.
-func (t *tailer) findOnce(id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
-	dir := filepath.Dir(t.path)
+// dirs are the directories a file of the path is looked for in: the
+// path's, then dir (as tailer.dir), then where a symlink at the path leads
+// now.
+func (t *tailer) dirs(dir string) []string {
+	dirs := []string{filepath.Dir(t.path)}
+	for _, d := range []string{dir, t.dirOf(fileID{})} {
+		if d != "" && !slices.Contains(dirs, d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// findCopy opens the newest file in t.dirs(dir), other than the file of
+// identity id, that starts with the headBytes whose hash is head and is
+// at least size long: a copy of it (logrotate's copytruncate). It returns
+// its directory as findByID does, and its first headBytes.
+func (t *tailer) findCopy(id fileID, head uint64, size int64, dir string) (*os.File, fs.FileInfo, string, []byte) {
+	var (
+		best      *os.File
+		bestFI    fs.FileInfo
+		bestDir   string
+		bestFirst []byte
+	)
+	dirs := t.dirs(dir)
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if err != nil || idOf(fi) == id || fi.Size() < size || (bestFI != nil && !fi.ModTime().After(bestFI.ModTime())) {
+				continue
+			}
+			f, err := os.Open(filepath.Join(d, e.Name()))
+			if err != nil {
+				continue
+			}
+			st, err := f.Stat()
+			var b []byte
+			if err == nil && idOf(st) != id && st.Size() >= size {
+				b, err = headOf(f, headBytes)
+			}
+			if err != nil || b == nil || hashOf(b) != head {
+				_ = f.Close() // opened for reading
+				continue
+			}
+			if best != nil {
+				_ = best.Close() // opened for reading
+			}
+			best, bestFI, bestFirst = f, st, b
+			if bestDir = d; d == dirs[0] {
+				bestDir = ""
+			}
+		}
+	}
+	return best, bestFI, bestDir, bestFirst
+}
+
+// findOnce is one look for findByID in dir: moved reports a file of
+// identity id listed that was no longer there, or another file, once
+// opened.
+func (t *tailer) findOnce(dir string, id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, nil, false
@@ -706,4 +938,25 @@ func (t *tailer) findOnce(id fileID) (f *os.File, fi fs.FileInfo, moved bool) {
 		return f, st, false
 	}
 	return nil, nil, false
+}
+
+// dirOf is the directory of the file the path names through a symlink,
+// when not the path's own and when that file has identity id (any, if
+// id is zero): a file rotated while the agent is down is renamed there.
+// The symlink may be changed at any time, hence the check of the file.
+func (t *tailer) dirOf(id fileID) string {
+	p, err := filepath.EvalSymlinks(t.path)
+	if err != nil {
+		return ""
+	}
+	if id != (fileID{}) {
+		if fi, err := os.Stat(p); err != nil || idOf(fi) != id {
+			return ""
+		}
+	}
+	d := filepath.Dir(p)
+	if pd, err := filepath.EvalSymlinks(filepath.Dir(t.path)); err == nil && pd == d {
+		return "" // not through a symlink of its own (a parent may be one)
+	}
+	return d
 }

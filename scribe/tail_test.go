@@ -2,6 +2,7 @@ package scribe
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -642,10 +643,10 @@ func rotatingTailConfig(log string, up *fakeUpstream) Config {
 	return cfg
 }
 
-// startFullQueueTail starts an agent tailing app.log, written with 200
-// lines (want), on a poll clock, whose upstream holds its first call
-// until unblock: once it returns, the queue is full and the tailer waits
-// for room in it.
+// startFullQueueTail starts an agent tailing app.log, written with 250
+// lines (want; past the 1KiB fingerprinted), on a poll clock, whose
+// upstream holds its first call until unblock: once it returns, the queue
+// is full and the tailer waits for room in it.
 func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollClock, a *agent, want []string, unblock func()) {
 	t.Helper()
 	dir := t.TempDir()
@@ -657,7 +658,7 @@ func startFullQueueTail(t *testing.T) (log string, up *fakeUpstream, clk *pollCl
 	up.gate = func(*scribethrift.Batch) { <-release }
 	cfg := fullQueueTailConfig(log, up)
 	var sb strings.Builder
-	for i := range 200 {
+	for i := range 250 {
 		want = append(want, fmt.Sprintf("a%03d", i))
 		fmt.Fprintf(&sb, "a%03d\n", i)
 	}
@@ -698,5 +699,393 @@ func rotateTwice(t *testing.T, log string, clk *pollClock) {
 	}
 	if err := os.Rename(log, log+".1"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestTailCountsASplitLineOnceAcrossARestart: a partial line past
+// max_message_bytes had a piece split off (counted) when the agent
+// stopped; after the restart its rest, still past the limit, is split
+// again but it is the same line: counted once.
+func TestTailCountsASplitLineOnceAcrossARestart(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	cfg.MaxMessageBytes = 10
+	a := startAgent(t, cfg)
+	appendFile(t, log, strings.Repeat("y", 12))
+	waitLines(t, up, strings.Repeat("y", 10))
+	if got := gather(t, a, "freeway_agent_tail_lines_split_total", "path", log); got != 1 {
+		t.Fatalf("split lines = %v", got)
+	}
+	a.stopped(t)
+
+	appendFile(t, log, strings.Repeat("y", 12)+"\n")
+	b := startAgent(t, cfg)
+	waitLines(t, up, strings.Repeat("y", 10), strings.Repeat("y", 10), "yyyy")
+	if got := gather(t, b, "freeway_agent_tail_lines_split_total", "path", log); got != 0 {
+		t.Fatalf("split lines after the restart = %v, want 0 (the line was counted before it)", got)
+	}
+}
+
+// TestTailRereadsAHeldFileRewrittenWhileStopped: the agent stops while it
+// reads a rotated file and holds the one the path names, which is then
+// truncated and written again (copytruncate) before the agent starts.
+// The held file is still the one the path names: it is read from its
+// start, and the log says so (and that the lines it had before, only in
+// the copy, are lost) rather than that it is not read.
+func TestTailRereadsAHeldFileRewrittenWhileStopped(t *testing.T) {
+	log, up, clk, a := startRotatingTail(t)
+	if err := os.Rename(log, log+".1"); err != nil {
+		t.Fatal(err)
+	}
+	// Created with its line, so that the position fingerprints it.
+	appendFile(t, log+".new", "b1\n")
+	if err := os.Rename(log+".new", log); err != nil {
+		t.Fatal(err)
+	}
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to hold the new file", func() bool { return clk.polls.Load() >= polls+3 })
+	a.stopped(t)
+
+	appendFile(t, log+".0", "b1\n") // copytruncate: the copy, not read
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "c1\n")
+	clk2 := &pollClock{interval: clk.interval}
+	b := startAgentClock(t, rotatingTailConfig(log, up), clk2)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool {
+		clk2.skew.Add(int64(time.Hour))
+		return slices.Contains(messagesOf(t, up), "c1")
+	})
+	if got, want := messagesOf(t, up), []string{"a1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q", got, want)
+	}
+	if lines := b.logs.Lines("its lines are lost"); len(lines) > 0 {
+		t.Fatalf("the file read is said to be lost:\n%s", strings.Join(lines, "\n"))
+	}
+	if lines := b.logs.Lines("level=WARN", "rewritten", "from its start"); len(lines) != 1 {
+		t.Fatalf("no warning that the held file is read from its start:\n%s", b.logs.String())
+	}
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// symlinkedLog makes dir/app.log a symlink to dir/logs/current.log (an
+// app writing under its own directory, or a runtime's log links), with
+// "old1" written, and returns both paths.
+func symlinkedLog(t *testing.T) (link, target string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link, target = filepath.Join(dir, "app.log"), filepath.Join(dir, "logs", "current.log")
+	appendFile(t, target, "old1\n")
+	if err := os.Symlink(filepath.Join("logs", "current.log"), link); err != nil {
+		t.Fatal(err)
+	}
+	return link, target
+}
+
+// TestTailFinishesASymlinkedFileRotatedWhileStopped: the tailed path is a
+// symlink, and the file it names is rotated (renamed beside itself) while
+// the agent is down. The rotated file is found beside the file, not only
+// beside the symlink, and finished.
+func TestTailFinishesASymlinkedFileRotatedWhileStopped(t *testing.T) {
+	link, target := symlinkedLog(t)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(filepath.Dir(link), up.srv.Addr(), link)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1")
+	a.stopped(t)
+
+	appendFile(t, target, "old2\n")
+	if err := os.Rename(target, target+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, target, "new1\n")
+	b := startAgent(t, cfg)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), []string{"old1", "old2", "new1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
+
+// TestTailReadsASymlinkedHeldFileAfterARestart: as
+// TestTailReadsAHeldFileAfterARestart, the path a symlink: the held file,
+// renamed away while the agent is down, is found beside the file the
+// symlink named.
+func TestTailReadsASymlinkedHeldFileAfterARestart(t *testing.T) {
+	link, target := symlinkedLog(t)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := rotatingTailConfig(link, up)
+	clk := &pollClock{interval: cfg.TailPollInterval.D()}
+	a := startAgentClock(t, cfg, clk)
+	waitLines(t, up, "old1")
+	if err := os.Rename(target, target+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, target, "b1\n")
+	polls := clk.polls.Load()
+	testkit.WaitFor(t, "the tailer to hold the new file", func() bool { return clk.polls.Load() >= polls+3 })
+	a.stopped(t)
+
+	if err := os.Rename(target+".1", target+".2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(target, target+".1"); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, target, "c1\n")
+	clk2 := &pollClock{interval: clk.interval}
+	b := startAgentClock(t, cfg, clk2)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool {
+		clk2.skew.Add(int64(time.Hour))
+		return slices.Contains(messagesOf(t, up), "c1")
+	})
+	if got, want := messagesOf(t, up), []string{"old1", "b1", "c1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
+
+// TestTailFinishesASymlinkedFileSwitchedAwayWhileStopped: the tailed path
+// is a symlink that the app points at a file in a new directory each day
+// (the old file stays where it is), and it is switched while the agent is
+// down. The old file is found where it was read, saved with the position,
+// and finished.
+func TestTailFinishesASymlinkedFileSwitchedAwayWhileStopped(t *testing.T) {
+	link, target := symlinkedLog(t)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(filepath.Dir(link), up.srv.Addr(), link)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "old1")
+	a.stopped(t)
+
+	appendFile(t, target, "old2\n")
+	next := filepath.Join(filepath.Dir(link), "logs-next", "current.log")
+	if err := os.Mkdir(filepath.Dir(next), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, next, "new1\n")
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(next, link); err != nil {
+		t.Fatal(err)
+	}
+	b := startAgent(t, cfg)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), []string{"old1", "old2", "new1"}; !slices.Equal(got, want) {
+		t.Fatalf("upstream has %q, want %q\n%s", got, want, b.logs.String())
+	}
+}
+
+// copytruncate does what logrotate's copytruncate does to log: copies it
+// to log.1, then truncates it.
+func copytruncate(t *testing.T, log string) {
+	t.Helper()
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(log+".1", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTailFinishesTheCopyOfAFileCopytruncatedWhileStopped: the agent is
+// down (an upgrade) while lines are written and logrotate's copytruncate
+// runs. The lines it had not read are only in the copy: it finds the copy
+// beside the file by its first bytes, reads it from the saved offset, and
+// then the file from its start.
+func TestTailFinishesTheCopyOfAFileCopytruncatedWhileStopped(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	var want []string
+	var sb strings.Builder
+	for i := range 150 { // past the 1KiB fingerprinted
+		want = append(want, fmt.Sprintf("old %03d", i))
+		fmt.Fprintf(&sb, "old %03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, want...)
+	a.stopped(t)
+
+	appendFile(t, log, "late1\nlate2\n")
+	copytruncate(t, log)
+	appendFile(t, log, "new1\n")
+	b := startAgent(t, cfg)
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
+	if got, want := messagesOf(t, up), append(want, "late1", "late2", "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q\n%s", got[max(0, len(got)-4):], want[len(want)-4:], b.logs.String())
+	}
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailFinishesTheCopyOfAFileCopytruncatedWhileTheQueueIsFull: while a
+// full queue (an upstream outage) holds the tailer up, lines are written
+// that it has not read, and logrotate's copytruncate runs. They are only
+// in the copy, which it reads to its end before the file.
+func TestTailFinishesTheCopyOfAFileCopytruncatedWhileTheQueueIsFull(t *testing.T) {
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+
+	appendFile(t, log, "late1\nlate2\n")
+	copytruncate(t, log)
+	appendFile(t, log, "b1\n")
+	unblock()
+	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "b1") })
+	if got, want := messagesOf(t, up), append(want, "late1", "late2", "b1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q\n%s", got[max(0, len(got)-4):], want[len(want)-4:], a.logs.String())
+	}
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// holeWriter opens log as an app without O_APPEND does (a shell's >), at
+// its end: after a truncation it goes on writing at its own offset,
+// leaving a hole of zeros in front.
+func holeWriter(t *testing.T, log string) *os.File {
+	t.Helper()
+	app, err := os.OpenFile(log, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	if _, err := app.Seek(0, io.SeekEnd); err != nil {
+		t.Fatal(err)
+	}
+	return app
+}
+
+func write(t *testing.T, f *os.File, s string) {
+	t.Helper()
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitNew1 waits for an entry that ends with "new1" and returns the
+// entries upstream.
+func waitNew1(t *testing.T, up *fakeUpstream) []string {
+	t.Helper()
+	testkit.WaitFor(t, "the tailer to read the line after the truncation", func() bool {
+		return slices.ContainsFunc(messagesOf(t, up), func(m string) bool { return strings.HasSuffix(m, "new1") })
+	})
+	return messagesOf(t, up)
+}
+
+// TestTailSkipsTheHoleOfATruncationWhileTheQueueIsFull: while a full
+// queue holds the tailer up, an app writing without O_APPEND writes a
+// line the tailer has not read, its log is truncated, and it writes on
+// at its own offset. The hole in front of its line is no line: the line
+// after it is sent as it is, not behind the hole's zeros.
+func TestTailSkipsTheHoleOfATruncationWhileTheQueueIsFull(t *testing.T) {
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+	app := holeWriter(t, log)
+
+	write(t, app, "late1\n") // truncated unread, with no copy: lost
+	if err := os.Truncate(log, 0); err != nil {
+		t.Fatal(err)
+	}
+	write(t, app, "new1\n")
+	unblock()
+	if got, want := waitNew1(t, up), append(want, "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q", got[max(0, len(got)-2):], want[len(want)-2:])
+	}
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsTheCopyOfAFileWithAHoleWhileTheQueueIsFull: as above, with
+// logrotate's copytruncate: the line not read is in the copy, read before
+// the line after the hole.
+func TestTailReadsTheCopyOfAFileWithAHoleWhileTheQueueIsFull(t *testing.T) {
+	log, up, _, a, want, unblock := startFullQueueTail(t)
+	app := holeWriter(t, log)
+
+	write(t, app, "late1\n")
+	copytruncate(t, log)
+	write(t, app, "new1\n")
+	unblock()
+	if got, want := waitNew1(t, up), append(want, "late1", "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q", got[max(0, len(got)-3):], want[len(want)-3:])
+	}
+	if got := gather(t, a, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestTailReadsTheCopyOfAFileWithAHoleAfterARestart: the agent is down
+// while an app writing without O_APPEND writes a line and its log is
+// copytruncated; it writes on at its own offset. The line is read from
+// the copy, then the line after the hole, not behind the hole's zeros.
+func TestTailReadsTheCopyOfAFileWithAHoleAfterARestart(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	var want []string
+	var sb strings.Builder
+	for i := range 150 { // past the 1KiB fingerprinted
+		want = append(want, fmt.Sprintf("old %03d", i))
+		fmt.Fprintf(&sb, "old %03d\n", i)
+	}
+	appendFile(t, log, sb.String())
+	app := holeWriter(t, log)
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, want...)
+	a.stopped(t)
+
+	write(t, app, "late1\n")
+	copytruncate(t, log)
+	write(t, app, "new1\n")
+	b := startAgent(t, cfg)
+	if got, want := waitNew1(t, up), append(want, "late1", "new1"); !slices.Equal(got, want) {
+		t.Fatalf("upstream ends with %q, want %q\n%s", got[max(0, len(got)-3):], want[len(want)-3:], b.logs.String())
+	}
+	if got := gather(t, b, "freeway_agent_tail_truncations_total", "path", log); got != 1 {
+		t.Fatalf("truncations = %v", got)
+	}
+}
+
+// TestDataFromPassesAHole: dataFrom finds the first byte after a hole of
+// zeros, sparse or written, and the end of a file that is all hole.
+func TestDataFromPassesAHole(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "holed")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const hole = 8 << 20
+	if err := f.Truncate(hole); err != nil { // sparse where the file system can
+		t.Fatal(err)
+	}
+	for _, at := range []int64{0, 5, hole - 1} {
+		if end, err := dataFrom(f, at); err != nil || end != hole {
+			t.Fatalf("dataFrom(%d) in a file all hole = %d, %v; want %d", at, end, err, hole)
+		}
+	}
+	if _, err := f.WriteAt([]byte("\x00\x00line\n"), hole); err != nil {
+		t.Fatal(err)
+	}
+	if end, err := dataFrom(f, 3); err != nil || end != hole+2 {
+		t.Fatalf("dataFrom(3) = %d, %v; want %d", end, err, hole+2)
+	}
+	if end, err := dataFrom(f, hole+4); err != nil || end != hole+4 {
+		t.Fatalf("dataFrom at data = %d, %v; want %d", end, err, hole+4)
 	}
 }

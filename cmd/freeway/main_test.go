@@ -24,6 +24,17 @@ func TestConfigCheck(t *testing.T) {
 	if err != nil || !strings.Contains(out, "ok (2 apps)") {
 		t.Fatalf("example config: %q %v", out, err)
 	}
+	// Every example, not only the one above (docs_test.go holds their
+	// keys to the code).
+	examples, err := filepath.Glob("../../examples/*.yaml")
+	if err != nil || len(examples) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	for _, e := range examples {
+		if out, err := run(t, "config", "check", e); err != nil {
+			t.Errorf("freeway config check %s: %v %s", e, err, out)
+		}
+	}
 
 	dir := t.TempDir()
 	appsOnly := filepath.Join(dir, "apps.yaml")

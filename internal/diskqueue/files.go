@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/freeway-dev/freeway/internal/durable"
 )
 
 // FileOp names a change the queue makes to its files, for
@@ -99,36 +101,9 @@ func (o fileOps) syncDir(dir string) error {
 
 // mkdirAll makes dir and its missing parents, each with a durable name
 // (segments fsynced in dir are answered for: their directory must not be
-// lost in a machine crash): made top down, the parent of each fsynced
-// before the next is made, and one whose parent's fsync failed removed
-// again, since a retry that found it would take its name for durable.
+// lost in a machine crash): durable.MkdirAll, through the hook.
 func (o fileOps) mkdirAll(dir string) error {
-	var missing []string
-	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		missing = append(missing, d)
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		d := missing[i]
-		made := true
-		if err := os.Mkdir(d, 0o755); errors.Is(err, fs.ErrExist) {
-			made = false // made meanwhile: its name may not be durable yet
-		} else if err != nil {
-			return fmt.Errorf("create directory %s: %w", d, err)
-		}
-		if err := o.syncDir(filepath.Dir(d)); err != nil {
-			if made {
-				_ = os.Remove(d) // best effort; the sync error is the one to report
-			}
-			return err
-		}
-	}
-	return nil
+	return durable.MkdirAll("", dir, o.syncDir)
 }
 
 // ackFile persists the acknowledged position in two alternating slots.
@@ -253,14 +228,4 @@ func WriteFileAtomic(path string, data []byte) error {
 	return syncDir(filepath.Dir(path))
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s: %w", dir, err)
-	}
-	defer d.Close() //nolint:errcheck // opened to sync; the sync error is reported
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return durable.SyncDir(dir) }

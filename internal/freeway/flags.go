@@ -30,7 +30,7 @@ func flagDefs() []flagDef {
 		{"tls.key-file", "PEM private key of --tls.cert-file", nil, func(c *Config) any { return &c.TLS.KeyFile }},
 		{"tls.ca-file", "PEM CA certificates that servers and client certificates must chain to (default: system roots, no client certificates)", nil, func(c *Config) any { return &c.TLS.CAFile }},
 		{"tls.client-auth", "require a client certificate of --tls.ca-file on every listener (mutual TLS; HTTP ports answer GET /healthz and /readyz without one)", nil, func(c *Config) any { return &c.TLS.ClientAuth }},
-		{"auth.query-tokens-file", "file of bearer tokens (one a line) required on /api/v1/* and the Thrift query port", nil, func(c *Config) any { return &c.Auth.QueryTokensFile }},
+		{"auth.query-tokens-file", "file of bearer tokens (one a line) required on /api/v1/*, the web page, the Thrift query port and --puma.listen", nil, func(c *Config) any { return &c.Auth.QueryTokensFile }},
 		{"auth.admin-token-file", "file of the admin bearer token required on /metrics, /debug/pprof/ and POST /admin/* (fb303 control calls are then refused)", nil, func(c *Config) any { return &c.Auth.AdminTokenFile }},
 		{"advertise", "host name or IP other processes reach this one by: published, with the port, for a listener bound to 0.0.0.0 or [::] (required then)", nil, func(c *Config) any { return &c.Advertise }},
 		{"agent.listen", "Scribe address apps log to", []string{Agent}, func(c *Config) any { return &c.Agent.Listen }},

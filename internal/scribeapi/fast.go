@@ -61,19 +61,42 @@ func (p *fastProcessor) Process(ctx context.Context, seqID int32, iprot, oprot t
 	}
 	d := p.decoders.Get().(*scribewire.Decoder)
 	defer func() {
+		d.Reserve = nil // a pooled decoder keeps no call's protocol
 		d.Release()
 		p.decoders.Put(d)
 	}()
 	d.MaxContainerSize = af.MaxContainerSize()
+	// A list is charged at its header, before its entries are decoded, as
+	// the generated code charges it: a call without room for them is
+	// refused, or waits, before they are allocated, not after.
+	var reserved int64
+	var rerr error
+	d.Reserve = func(n int64) bool {
+		if rerr = af.ChargeDecoded(n); rerr != nil {
+			return false
+		}
+		reserved += n
+		return true
+	}
 	if p.batch {
 		ok = d.DecodeLogBatch(af.Args())
 	} else {
 		ok = d.DecodeLog(af.Args())
 	}
+	if d.Refused {
+		// As when the generated decode runs out of budget: the server
+		// refuses the call (busy) whatever is answered here.
+		_ = iprot.ReadMessageEnd(ctx)
+		return false, thrift.WrapTException(rerr)
+	}
 	if !ok {
+		// The generated code charges what it decodes: what was decoded
+		// here is dropped, and its charge given back.
+		d.Release()
+		_ = af.ChargeDecoded(-reserved) // giving back does not fail
 		return p.slow.Process(ctx, seqID, iprot, oprot)
 	}
-	if err := af.ChargeDecoded(d.Charge); err != nil {
+	if err := af.ChargeDecoded(d.Charge - reserved); err != nil {
 		// As when the generated decode runs out of budget: the server
 		// refuses the call (busy) whatever is answered here.
 		_ = iprot.ReadMessageEnd(ctx)

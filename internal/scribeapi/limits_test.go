@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/scribeapi/scribetest"
+	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/testkit"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
@@ -437,34 +438,242 @@ func TestConcurrentLargeCallsBoundedMemory(t *testing.T) {
 	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
 }
 
-// TestDecodeChargedToBudget: a call whose decoded form would be far
-// larger than its frame (thousands of empty entries) takes more budget as
-// it decodes; when there is none it is answered TRY_LATER and the
-// connection stays usable.
-func TestDecodeChargedToBudget(t *testing.T) {
-	rec := &recorder{}
-	b := thriftsrv.NewBudget(300<<10, nil)
-	hs := serve(t, rec, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
+// TestCallOverTheWholeBudgetIsTaken: a call whose decoding needs more
+// than the whole in-flight budget (6,000 empty entries: a frame of
+// ~100 KB, charged 256 KiB, whose decoding is charged 64 bytes an entry
+// and 16 a string, ~580 KB, under a budget of 300 KiB) takes all of it
+// and runs alone: it is answered OK, on the generated code's decode
+// and on the fast path, and gives it all back. (Before, it was
+// answered TRY_LATER however idle the server, and a stock client sent
+// it again for ever: that app's logging stalled, silently.)
+func TestCallOverTheWholeBudgetIsTaken(t *testing.T) {
+	const n = 6000
+	tiny := scribetest.LogFrameOf("c", nil, n)
+	slow := &countingHandler{n: new(atomic.Int64)}
+	fast := &countingEntries{countingHandler: countingHandler{n: new(atomic.Int64)}}
+	for name, h := range map[string]Handler{"generated": slow, "fast": fast} {
+		reg := prometheus.NewRegistry()
+		b := thriftsrv.NewBudget(300<<10, reg)
+		hs := serve(t, h, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
+		c := dial(t, hs.srv.Addr())
+		// Twice: the first call left the whole budget free.
+		for range 2 {
+			if reply := call(t, c, tiny); !bytes.HasSuffix(reply, scribetest.OK) {
+				t.Fatalf("%s: answered %x, want OK; log: %s", name, reply, hs.logs.String())
+			}
+		}
+		testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+		if len(hs.logs.Lines("max_inflight_bytes", "alone")) == 0 {
+			t.Errorf("%s: no log line says the call ran alone: %s", name, hs.logs.String())
+		}
+		if n := (&harness{reg: reg}).metric(t, "freeway_thrift_inflight_alone_total"); n != 2 {
+			t.Errorf("%s: calls alone counted %v, want 2", name, n)
+		}
+	}
+	if got := slow.n.Load(); got != 2*n {
+		t.Errorf("generated decode took %d entries, want %d", got, 2*n)
+	}
+	if got := fast.fast.Load(); got != 2*n {
+		t.Errorf("fast path took %d entries, want %d", got, 2*n)
+	}
+}
+
+// gate holds a Log call of the one message "hold" until open is closed.
+type gate struct {
+	countingHandler
+	entered, open chan struct{}
+}
+
+func (g *gate) Log(ctx context.Context, es []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	if len(es) == 1 && string(es[0].Message) == "hold" {
+		g.entered <- struct{}{}
+		<-g.open
+	}
+	return g.countingHandler.Log(ctx, es)
+}
+
+func (g *gate) LogBatch(ctx context.Context, b *scribethrift.Batch) (scribethrift.ResultCode, error) {
+	return g.Log(ctx, b.Messages)
+}
+
+// TestDecodeWaitsForRoom: a call whose decoding needs budget that another
+// call holds waits for it, in turn, and is taken once that call is done;
+// if the room does not come within budget_wait it is answered TRY_LATER
+// and counted, its connection still usable, and taken when sent again.
+// (Before, it was answered TRY_LATER at once, whenever the budget was
+// not free at the very moment it decoded.)
+func TestDecodeWaitsForRoom(t *testing.T) {
+	tiny := scribetest.LogFrameOf("c", nil, 6000)
+	for _, refused := range []bool{false, true} {
+		g := &gate{countingHandler: countingHandler{n: new(atomic.Int64)}, entered: make(chan struct{}, 1), open: make(chan struct{})}
+		reg := prometheus.NewRegistry()
+		b := thriftsrv.NewBudget(300<<10, reg)
+		wait := time.Minute
+		if refused {
+			wait = 200 * time.Millisecond
+		}
+		hs := serve(t, g, thriftsrv.Limits{BudgetWait: wait}, thriftsrv.WithBudget(b))
+		// Open on a failure too, before the server stops (it waits for
+		// the held call).
+		openGate := sync.OnceFunc(func() { close(g.open) })
+		t.Cleanup(openGate)
+		holder := make(chan []byte, 1)
+		hc := dial(t, hs.srv.Addr())
+		go func() {
+			r, _ := scribetest.Call(hc, small("hold"))
+			holder <- r
+		}()
+		<-g.entered
+		c := dial(t, hs.srv.Addr())
+		replied := make(chan []byte, 1)
+		go func() {
+			r, _ := scribetest.Call(c, tiny)
+			replied <- r
+		}()
+		if refused {
+			// The holder holds on until the answer.
+			if r := <-replied; !bytes.HasSuffix(r, scribetest.TryLater) {
+				t.Fatalf("answered %x with no room within budget_wait, want TRY_LATER", r)
+			}
+			if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 1 {
+				t.Fatalf("busy refusals counted %v", n)
+			}
+		} else {
+			budget := &harness{reg: reg}
+			testkit.WaitFor(t, "the call to wait for room, or be answered", func() bool {
+				return budget.metric(t, "freeway_thrift_inflight_waits_total") > 0 || len(replied) > 0
+			})
+			if len(replied) > 0 {
+				t.Fatalf("answered %x while another call held the room it needs", <-replied)
+			}
+		}
+		openGate()
+		if r := <-holder; !bytes.HasSuffix(r, scribetest.OK) {
+			t.Fatalf("holder answered %x", r)
+		}
+		if refused {
+			go func() {
+				r, _ := scribetest.Call(c, tiny)
+				replied <- r
+			}()
+		}
+		if r := <-replied; !bytes.HasSuffix(r, scribetest.OK) {
+			t.Fatalf("refused=%v: answered %x once the room was free, want OK; log: %s", refused, r, hs.logs.String())
+		}
+		if got := g.n.Load(); got != 6001 {
+			t.Fatalf("refused=%v: took %d entries, want 6001", refused, got)
+		}
+		testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
+	}
+}
+
+// TestFastPathChargesBeforeItAllocates: a Log call of many tiny entries
+// (2 MiB of them, 131,072) taken on the fast path and finding no room
+// for what decoding it takes (part of the budget is held past
+// budget_wait) is refused before its entries are decoded: serving it
+// allocates about what its frame holds (its chunks, its arguments in
+// one slice), not what its ~6 MiB of entries would. (Before, the fast
+// path decoded every entry, and only then asked the budget for them:
+// calls refused, or waiting for room, had spent memory the budget was
+// to bound.)
+func TestFastPathChargesBeforeItAllocates(t *testing.T) {
+	frame := scribetest.LogFrameOf("c", nil, 1<<17)
+	h := &countingEntries{countingHandler: countingHandler{n: new(atomic.Int64)}}
+	b := thriftsrv.NewBudget(8<<20, nil)
+	hs := serve(t, h, thriftsrv.Limits{BudgetWait: 100 * time.Millisecond}, thriftsrv.WithBudget(b))
+	held, _ := b.Acquire(context.Background(), 1<<20, 0)
 	c := dial(t, hs.srv.Addr())
-	tiny := scribetest.LogFrameOf("c", nil, 6000) // ~100 KB, 6,000 entries
-	if reply := call(t, c, tiny); !bytes.HasSuffix(reply, scribetest.TryLater) {
-		t.Fatalf("answered %x, want TRY_LATER", reply)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	reply := call(t, c, frame)
+	runtime.ReadMemStats(&after)
+	if !bytes.HasSuffix(reply, scribetest.TryLater) {
+		t.Fatalf("answered %x without room for its entries, want TRY_LATER", reply)
 	}
-	if reply := call(t, c, small("after")); !bytes.HasSuffix(reply, scribetest.OK) {
-		t.Fatalf("answered %x after the refusal", reply)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("serving a refused call of %d bytes allocated %d bytes", len(frame), alloc)
+	if alloc > uint64(3*len(frame)) {
+		t.Fatalf("serving a refused call of %d bytes allocated %d bytes, over 3 times its frame", len(frame), alloc)
 	}
-	if len(rec.entries) != 1 {
-		t.Fatalf("received %d entries", len(rec.entries))
+	b.Release(held)
+	if reply := call(t, c, frame); !bytes.HasSuffix(reply, scribetest.OK) {
+		t.Fatalf("answered %x with the budget free, want OK", reply)
+	}
+	if got := h.fast.Load(); got != 1<<17 {
+		t.Fatalf("fast path took %d entries", got)
 	}
 	testkit.WaitFor(t, "the budget to be free", func() bool { return b.Used() == 0 })
-	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 1 {
-		t.Fatalf("busy refusals counted %v", n)
+}
+
+// TestStopIsNotABusyRefusal: a call waiting for room in the budget when
+// the server stops has its connection closed, as every connection not
+// processing a call; it is not counted or logged as refused for want of
+// room. (Before, each such call counted a busy refusal and logged "no
+// room under max_inflight_bytes" at every stop: a false sign that the
+// budget was too small.)
+func TestStopIsNotABusyRefusal(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b := thriftsrv.NewBudget(1<<20, reg)
+	hs := serve(t, &recorder{}, thriftsrv.Limits{BudgetWait: time.Hour}, thriftsrv.WithBudget(b))
+	held, _ := b.Acquire(context.Background(), 1<<20, 0)
+	defer b.Release(held)
+	c := dial(t, hs.srv.Addr())
+	if _, err := c.Write(small("waits")); err != nil {
+		t.Fatal(err)
 	}
-	// With room, the same call is taken.
-	b2 := thriftsrv.NewBudget(4<<20, nil)
-	hs2 := serve(t, &recorder{}, thriftsrv.Limits{}, thriftsrv.WithBudget(b2))
-	if reply := call(t, dial(t, hs2.srv.Addr()), tiny); !bytes.HasSuffix(reply, scribetest.OK) {
-		t.Fatalf("answered %x with room in the budget", reply)
+	budget := &harness{reg: reg}
+	testkit.WaitFor(t, "the call to wait for room", func() bool { return budget.metric(t, "freeway_thrift_inflight_waits_total") == 1 })
+	hs.stop()
+	if err := closedByServer(c); err != nil {
+		t.Fatal(err)
+	}
+	if n := hs.metric(t, "freeway_thrift_calls_refused_total", "reason", "busy"); n != 0 {
+		t.Errorf("busy refusals counted %v at stop", n)
+	}
+	if lines := hs.logs.Lines("call refused"); len(lines) != 0 {
+		t.Errorf("logged at stop: %q", lines)
+	}
+}
+
+// panicking panics in every call, as a handler with a bug; with
+// entries, on the fast path.
+type panicking struct{ countingHandler }
+
+func (*panicking) Log(context.Context, []*scribethrift.LogEntry) (scribethrift.ResultCode, error) {
+	panic("a handler's bug")
+}
+
+type panickingEntries struct{ countingEntries }
+
+func (*panickingEntries) LogEntries(context.Context, []scribewire.Entry) (scribethrift.ResultCode, error) {
+	panic("a handler's bug")
+}
+
+// TestHandlerPanicGivesBackItsCharge: a call whose handler panics (its
+// connection is closed, the process goes on) gives back all it held of
+// the budget, also what its decoding took beyond its frame's charge.
+// (Before, that part was kept for good: each such call made the budget
+// smaller, until every call was refused.)
+func TestHandlerPanicGivesBackItsCharge(t *testing.T) {
+	tiny := scribetest.LogFrameOf("c", nil, 6000) // decoding takes more than its frame's charge
+	for name, h := range map[string]Handler{"generated": &panicking{}, "fast": &panickingEntries{}} {
+		b := thriftsrv.NewBudget(4<<20, nil)
+		hs := serve(t, h, thriftsrv.Limits{}, thriftsrv.WithBudget(b))
+		c := dial(t, hs.srv.Addr())
+		if _, err := c.Write(tiny); err != nil {
+			t.Fatal(err)
+		}
+		if err := closedByServer(c); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		// The connection is closed after its call gave back what it held.
+		if used := b.Used(); used != 0 {
+			t.Errorf("%s: the budget holds %d bytes after the call's handler panicked", name, used)
+		}
+		if n := hs.metric(t, "freeway_thrift_connections_closed_total", "reason", "panic"); n != 1 {
+			t.Errorf("%s: panics counted %v", name, n)
+		}
 	}
 }
 

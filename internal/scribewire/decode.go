@@ -71,6 +71,13 @@ type Decoder struct {
 	// Charge is what the generated code's decode would have charged to
 	// the server's budget: strings and list elements.
 	Charge int64
+	// Reserve, if set, is given a list's charge before its elements are
+	// decoded (the entries allocated), as the generated code charges it
+	// at the list's header; false stops the decode, and Refused is then
+	// set: the call is to be refused, not decoded again.
+	Reserve func(n int64) bool
+	// Refused: Reserve stopped the decode.
+	Refused bool
 
 	batch Batch
 	seqs  []int64
@@ -133,7 +140,7 @@ func OwnMessages(es []Entry) {
 func (d *Decoder) reset(b []byte) {
 	clear(d.Entries) // drop references to the last call's bytes
 	d.Entries = d.Entries[:0]
-	d.Batch, d.Charge = nil, 0
+	d.Batch, d.Charge, d.Refused = nil, 0, false
 	d.batch = Batch{}
 	d.seqs = d.seqs[:0]
 	d.b, d.pos, d.ok = b, 0, true
@@ -291,6 +298,10 @@ func (d *Decoder) listBegin() int {
 		return 0
 	}
 	d.Charge += size * costPerElement
+	if d.Reserve != nil && !d.Reserve(size*costPerElement) {
+		d.ok, d.Refused = false, true
+		return 0
+	}
 	return int(size)
 }
 

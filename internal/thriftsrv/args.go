@@ -21,7 +21,9 @@ type ArgsFrame interface {
 	// ChargeDecoded charges n bytes of decoded values to the call's share
 	// of the in-flight byte budget, as decoding through the protocol
 	// would have; an error means there is no room: the processor returns
-	// it, and the server answers the call as refused (busy).
+	// it, and the server answers the call as refused (busy). A negative
+	// n gives back what was charged for values dropped (a decode given
+	// up, to be done through the protocol); it does not fail.
 	ChargeDecoded(n int64) error
 	// MaxContainerSize is the limit on the elements of a list.
 	MaxContainerSize() int32
@@ -94,6 +96,6 @@ func MemoryProtocol(b []byte, limits Limits) (thrift.TProtocol, func() int64) {
 	// b is all head: nothing is read, nothing fails.
 	_ = fr.fill(nil, b, int64(len(b)), nil)
 	p := newCallProtocol(fr, limits.withDefaults().Config())
-	p.reset(math.MaxInt64 / 8)
+	p.reset(math.MaxInt64/8, 0)
 	return p, func() int64 { return p.used }
 }

@@ -66,7 +66,10 @@ const flatShare = 8
 // another for good; a stalled call's unmet claim goes last in that order
 // and holds nothing back. The chunks after a call's first go before new
 // calls: a burst of new calls cannot starve a call half read, whose
-// finishing may be what makes room for them.
+// finishing may be what makes room for them. A call whose decoding needs
+// more than its charge waits for it the same way, its bytes a claim
+// meanwhile (grow); one needing more than the whole budget takes all of
+// it and runs alone.
 //
 // What the calls of one peer (a remote address, on any of the process's
 // ports) hold ahead of their bytes is bounded too: a frame read whole
@@ -101,6 +104,7 @@ type Budget struct {
 	inflight prometheus.Gauge
 	waits    prometheus.Counter
 	timeouts prometheus.Counter
+	alone    prometheus.Counter
 }
 
 // claim is the share of the budget of a call whose frame is read in
@@ -139,6 +143,8 @@ func NewBudget(limit int64, reg prometheus.Registerer) *Budget {
 			Help: "Calls that waited for room under max_inflight_bytes (a call read in chunks counts once per wait)."}),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_timeouts_total",
 			Help: "Calls refused (TRY_LATER) after waiting for room under max_inflight_bytes."}),
+		alone: prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_thrift_inflight_alone_total",
+			Help: "Calls whose decoding needed more than max_inflight_bytes: each took all of it and ran alone."}),
 	}
 	b.chunks.New = func() any { c := make([]byte, chunkSize); return &c }
 	b.small.New = func() any { c := make([]byte, smallChunk); return &c }
@@ -146,7 +152,7 @@ func NewBudget(limit int64, reg prometheus.Registerer) *Budget {
 		limitGauge := prometheus.NewGauge(prometheus.GaugeOpts{Name: "freeway_thrift_inflight_limit_bytes",
 			Help: "max_inflight_bytes: the most Thrift calls may hold at once."})
 		limitGauge.Set(float64(b.limit))
-		reg.MustRegister(b.inflight, b.waits, b.timeouts, limitGauge)
+		reg.MustRegister(b.inflight, b.waits, b.timeouts, b.alone, limitGauge)
 	}
 	return b
 }
@@ -307,6 +313,43 @@ func (b *Budget) take(ctx context.Context, c *claim, n int64, wait time.Duration
 		return true, 0
 	}
 	return b.acquire(ctx, n, c, c.p, wait)
+}
+
+// grow takes n more bytes for a call whose frame is in and that holds
+// held bytes (outside any claim), while it decodes, waiting at most wait:
+// in turn with the chunks of calls being read, before new calls. It
+// returns what it took: at most what the call lacks of the whole
+// budget, which a call needing more takes, to run alone (so that a call
+// of many tiny values within max_call_bytes is served, not refused for
+// ever, and the budget bounds the rest of the process's calls still);
+// nothing, and false, without room within wait, or if waiting could
+// leave a call being read unable to finish (the call is then refused,
+// as busy, and gives its bytes back).
+func (b *Budget) grow(ctx context.Context, held, n int64, wait time.Duration) (int64, bool, time.Duration) {
+	n = min(n, b.limit-held)
+	if n <= 0 {
+		return 0, true, 0
+	}
+	// While it waits, what it holds is not freed: it is a claim, so
+	// that chunks are given only if calls being read can finish without
+	// it, and it gets its bytes once they have.
+	c := &claim{}
+	b.mu.Lock()
+	c.need, c.held = n, held
+	b.claims = append(b.claims, c)
+	b.claimsHeld += held
+	b.ordered = false
+	safe := b.safeLocked(c, 0)
+	b.mu.Unlock()
+	ok, waited := false, time.Duration(0)
+	if safe {
+		ok, waited = b.acquire(ctx, n, c, nil, wait)
+	}
+	b.close(c)
+	if !ok {
+		return 0, false, waited
+	}
+	return n, true, waited
 }
 
 // safeLocked reports whether, once claim c is given n more bytes, every

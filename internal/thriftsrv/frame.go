@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 
 	"github.com/apache/thrift/lib/go/thrift"
 )
@@ -333,30 +334,39 @@ const (
 	costStep = 64 << 10
 )
 
-// errOverBudget ends a decode that would hold more than its call may.
-var errOverBudget = errors.New("decoding the call would exceed max_inflight_bytes")
+// errOverBudget ends a decode that found no room for what it holds.
+var errOverBudget = errors.New("no room under max_inflight_bytes for what decoding the call holds")
 
 // callProtocol decodes a call from its frame in memory, charging what the
 // decoded values will hold to the budget: the frame's size is reserved
 // for them in advance; beyond it (many tiny entries), more is taken if
-// free now, else decoding stops and the call is refused as busy.
+// free now, else waited for (grow), and without room in time decoding
+// stops and the call is refused as busy.
 type callProtocol struct {
 	*thrift.TBinaryProtocol
 	frame *frameReader
 	cfg   *thrift.TConfiguration
+	// grow waits for n more bytes of the budget for a call that holds
+	// held, returning what it took (less than n once the call holds the
+	// whole budget); nil: nothing is waited for.
+	grow func(held, n int64) (int64, bool)
 
+	held     int64 // the frame's charge
 	reserved int64 // budget held for decoded values
 	used     int64 // estimated decoded bytes
 	extra    int64 // taken beyond the initial reservation
 	exceeded bool
+	alone    bool // it holds the whole budget
 }
 
 func newCallProtocol(f *frameReader, cfg *thrift.TConfiguration) *callProtocol {
 	return &callProtocol{TBinaryProtocol: thrift.NewTBinaryProtocolConf(f, cfg), frame: f, cfg: cfg}
 }
 
-func (p *callProtocol) reset(reserved int64) {
-	p.reserved, p.used, p.extra, p.exceeded = reserved, 0, 0, false
+// reset readies p for a call whose frame's charge, held, reserves what
+// the frame's chunks do not hold for decoded values.
+func (p *callProtocol) reset(held, frame int64) {
+	p.held, p.reserved, p.used, p.extra, p.exceeded, p.alone = held, held-frame, 0, 0, false, false
 }
 
 func (p *callProtocol) charge(n int64) error {
@@ -365,13 +375,24 @@ func (p *callProtocol) charge(n int64) error {
 		return nil
 	}
 	more := (p.used - p.reserved + costStep - 1) / costStep * costStep
-	if p.frame.budget.TryAcquire(more) {
-		p.reserved += more
-		p.extra += more
-		return nil
+	got, ok := more, p.frame.budget.TryAcquire(more)
+	if !ok && p.grow != nil {
+		// Not refused because others hold the budget now: such a call,
+		// sent again, would be refused again whenever the server is
+		// busy, and for ever if it needs more than the whole budget.
+		got, ok = p.grow(p.held+p.extra, more)
 	}
-	p.exceeded = true
-	return thrift.NewTProtocolExceptionWithType(thrift.SIZE_LIMIT, errOverBudget)
+	if !ok {
+		p.exceeded = true
+		return thrift.NewTProtocolExceptionWithType(thrift.SIZE_LIMIT, errOverBudget)
+	}
+	p.extra += got
+	p.reserved += more
+	if got < more {
+		// It holds the whole budget: it runs alone, and takes no more.
+		p.alone, p.reserved = true, math.MaxInt64
+	}
+	return nil
 }
 
 func (p *callProtocol) readSize(ctx context.Context) (int, error) {

@@ -1,6 +1,7 @@
 package thriftsrv
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -146,6 +147,55 @@ func TestBudgetServesInOrder(t *testing.T) {
 	}
 }
 
+// TestGrowInTurn: a call that needs more as it decodes waits for it
+// before new calls, takes at most the rest of the budget (and then runs
+// alone), and does not wait while holding what another such call needs
+// to finish: that one would wait for it in turn.
+func TestGrowInTurn(t *testing.T) {
+	ctx := context.Background()
+	b := NewBudget(100, nil)
+	a, _ := b.Acquire(ctx, 50, 0)
+	other, _ := b.Acquire(ctx, 30, 0)
+	grown := make(chan int64, 1)
+	go func() {
+		got, ok, _ := b.grow(ctx, a, 80, time.Minute)
+		if !ok {
+			got = -1
+		}
+		grown <- got
+	}()
+	waitWaiters(t, b, 1)
+	// 20 are free, but a new call waits behind the growing one.
+	newCall := make(chan bool, 1)
+	go func() {
+		_, ok := b.Acquire(ctx, 10, time.Minute)
+		newCall <- ok
+	}()
+	waitWaiters(t, b, 2)
+	// Another call growing while the first waits is refused at once: it
+	// holds what the first needs, and the first what it needs.
+	if got, ok, _ := b.grow(ctx, other, 60, time.Hour); ok {
+		t.Fatalf("a second call grew by %d while the first waited for what it holds", got)
+	}
+	b.Release(other)
+	if got := <-grown; got != 50 {
+		t.Fatalf("grew by %d, want the rest of the budget, 50", got)
+	}
+	if b.Used() != 100 {
+		t.Fatalf("used %d with the grown call alone", b.Used())
+	}
+	b.Release(a + 50)
+	if !<-newCall {
+		t.Fatal("the new call was refused")
+	}
+	b.Release(10)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used != 0 || len(b.claims) != 0 || b.claimsHeld != 0 {
+		t.Fatalf("left: used %d, %d claims holding %d", b.used, len(b.claims), b.claimsHeld)
+	}
+}
+
 func waitWaiters(t *testing.T, b *Budget, n int) {
 	t.Helper()
 	testkit.Eventually(t, "budget waiters", func() error {
@@ -193,7 +243,7 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		in := newCallProtocol(fr, DefaultLimits().Config())
-		in.reset(1 << 20)
+		in.reset(1<<20, 0)
 		if _, err := fr.Read(make([]byte, size-4)); err != nil {
 			t.Fatal(err)
 		}
@@ -471,5 +521,44 @@ func TestPeerShare(t *testing.T) {
 	defer b.mu.Unlock()
 	if len(b.peers) != 0 {
 		t.Fatalf("peers kept after their connections: %v", b.peers)
+	}
+}
+
+// panicReader panics when read, as a bug on the path a frame is read
+// through would.
+type panicReader struct{}
+
+func (panicReader) Read([]byte) (int, error) { panic("a bug reading the frame") }
+
+// TestPanicReadingAFrameGivesBackItsCharge: a panic while a call's frame
+// is read (serveConn recovers it and closes the connection) leaves
+// nothing of the call's charge in the budget, whether the frame was
+// charged at once (one chunk; read whole into one slice) or chunk by
+// chunk under a claim. (Before, what the call had taken was kept for
+// good, and a claim stayed among those every later chunk had to leave
+// room for.)
+func TestPanicReadingAFrameGivesBackItsCharge(t *testing.T) {
+	b := NewBudget(4<<20, nil)
+	s := &Server{budget: b, limits: Limits{}.withDefaults()}
+	cn := &conn{br: bufio.NewReader(panicReader{}), bp: b.peerOf("peer")}
+	for _, size := range []int64{1 << 10, 200 << 10, 2 << 20} {
+		panicked := func() (v any) {
+			defer func() { v = recover() }()
+			_, _ = s.readFrame(context.Background(), cn, Call{Bytes: size}, nil, &frameReader{budget: b}, &arrival{s: s, cn: cn, wait: time.Minute})
+			return nil
+		}()
+		if panicked == nil {
+			t.Fatalf("frame of %d bytes: the read did not panic", size)
+		}
+		b.mu.Lock()
+		used, claims, ahead := b.used, len(b.claims), cn.bp.ahead
+		b.mu.Unlock()
+		if used != 0 || claims != 0 || ahead != 0 || b.flat.Load() != 0 {
+			t.Errorf("frame of %d bytes: after a panic reading it the budget holds %d bytes, %d claims, %d ahead of the peer's bytes, %d of flat frames",
+				size, used, claims, ahead, b.flat.Load())
+		}
+		b.mu.Lock()
+		b.used, b.claims, b.claimsHeld, cn.bp.ahead = 0, nil, 0, 0
+		b.mu.Unlock()
 	}
 }

@@ -44,7 +44,7 @@ func FuzzCall(f *testing.F) {
 			t.Fatal(err)
 		}
 		in := newCallProtocol(fr, cfg)
-		in.reset(held - fr.held())
+		in.reset(held, fr.held())
 		out := &outBuffer{}
 		out.start()
 		_, _ = proc.Process(ctx, in, thrift.NewTBinaryProtocolConf(out, cfg)) // any answer goes; the budget below is the check

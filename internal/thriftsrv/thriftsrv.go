@@ -38,16 +38,23 @@
 //     read, is at most a quarter of the budget: a call of a peer at its
 //     share waits to start, so that one client stalling many
 //     connections after a frame's first bytes cannot hold the whole
-//     budget and lock every other client out. A call waits at
-//     most BudgetWait in all for room, behind earlier calls; without
-//     room it is refused too: the rest of its frame is read and
-//     discarded as it streams in, and the connection stays usable. The
-//     frame must arrive within ReadTimeout (not counting those waits);
-//     it is decoded from memory, processed, and the reply written as
-//     one frame, within ReadTimeout, the call's charge returned before
-//     (a client that reads no answers holds none of it). A processor may take the arguments' bytes in one slice
-//     instead (ArgsFrame) and decode them itself, charging the budget
-//     what the protocol would have.
+//     budget and lock every other client out. A call whose decoding
+//     needs more than its charge (many tiny values) takes more as it
+//     decodes, waiting for it before new calls; one that would need
+//     more than the whole budget takes all of it and runs alone
+//     (logged), rather than being refused however idle the server is,
+//     which a stock Scribe client would take for TRY_LATER for ever.
+//     A call waits at most BudgetWait in all for room, behind earlier
+//     calls; without room it is refused too: the rest of its frame is
+//     read and discarded as it streams in, and the connection stays
+//     usable. The frame must arrive within ReadTimeout (not counting
+//     those waits); it is decoded from memory, processed, and the reply
+//     written as one frame, within ReadTimeout, the call's charge
+//     returned before (a client that reads no answers holds none of
+//     it), and however the call ends (a handler's panic too). A
+//     processor may take the arguments' bytes in one slice instead
+//     (ArgsFrame) and decode them itself, charging the budget what the
+//     protocol would have.
 //
 // With WithTLS the port speaks TLS: the handshake starts at a
 // connection's first byte (under ReadTimeout), and a client whose first
@@ -331,6 +338,7 @@ func (s *Server) serveConn(ctx context.Context, cn *conn) {
 	defer frame.release()
 	ar := &arrival{s: s, cn: cn}
 	in := newCallProtocol(frame, s.cfg)
+	in.grow = ar.grow
 	out := &outBuffer{}
 	oprot := thrift.NewTBinaryProtocolConf(out, s.cfg)
 	hbuf := make([]byte, 0, 16+maxMethodName)
@@ -397,13 +405,20 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		s.budget.Release(held)
 		got := frame.got
 		frame.release()
-		if errors.Is(err, errNoRoom) {
+		// Not for want of room if the server stopped while the call
+		// waited: its connection is closed (stop), as ended says.
+		if errors.Is(err, errNoRoom) && ctx.Err() == nil {
 			return s.refuseCall(ctx, pctx, cn, call, call.Bytes-got, ErrBusy, out, oprot)
 		}
 		s.ended(ctx, cn, err, "read_timeout")
 		return false
 	}
-	defer func() { s.budget.Release(held) }()
+	// What the call holds goes back however it ends: also if a handler
+	// panics (serveConn recovers, and closes the connection), with what
+	// decoding took beyond the frame's charge, or the budget would be
+	// short of it for good.
+	defer func() { s.budget.Release(held + in.extra) }()
+	in.reset(held, frame.held())
 	cn.mu.Lock()
 	if ctx.Err() != nil {
 		cn.mu.Unlock()
@@ -417,7 +432,6 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 		cn.mu.Unlock()
 	}()
 
-	in.reset(held - frame.held())
 	out.start()
 	// Not closed for a newcomer at max_connections while processed: the
 	// call may take effect, and its answer must not be lost.
@@ -429,13 +443,21 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 	// is in out: a client slow to read the answer, or reading none,
 	// holds none of the budget while it waits to be written.
 	s.budget.Release(held + in.extra)
-	held = 0
+	held, in.extra = 0, 0
 	if in.exceeded {
 		out.start()
 		s.count(s.refused, "busy")
-		s.warn.Warn("busy", "call refused: decoding it would exceed max_inflight_bytes", "listener", s.name,
+		s.warn.Warn("busy", "call refused: no room under max_inflight_bytes within budget_wait for what decoding it holds", "listener", s.name,
 			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "remote", cn.peer)
 		return s.answerRefusal(pctx, cn, call, ErrBusy, out, oprot)
+	}
+	if in.alone {
+		// Served, but other calls waited for it, and the process may have
+		// held more than the budget: the operator may raise it, or have
+		// the client send smaller calls.
+		s.budget.alone.Inc()
+		s.warn.Warn("alone", "call took the whole of max_inflight_bytes and ran alone: decoding it needs more", "listener", s.name,
+			"method", ratelog.Clip(call.Name), "bytes", call.Bytes, "max_inflight_bytes", s.budget.limit, "remote", cn.peer)
 	}
 	if !s.reply(pctx, cn, out) {
 		return false
@@ -471,10 +493,19 @@ func (s *Server) call(ctx, pctx context.Context, cn *conn, call Call, head []byt
 // error, to be released), and the error that ended the read: errNoRoom
 // if the budget had no room within BudgetWait (frame.got was read), or
 // the connection's.
-func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte, frame *frameReader, ar *arrival) (int64, error) {
+func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte, frame *frameReader, ar *arrival) (held int64, err error) {
 	size := call.Bytes
 	charge := Charge(size)
 	frame.got = int64(len(head))
+	// If fill panics (serveConn recovers, and closes the connection), the
+	// caller never gets what the call holds to release it: it is released
+	// here, or the budget would be short of it for good.
+	returned := false
+	defer func() {
+		if !returned {
+			s.budget.Release(held)
+		}
+	}()
 	if size <= chunkSize || size <= maxFlatPooled && s.budget.startFlat(charge) {
 		if size > chunkSize {
 			defer s.budget.endFlat(charge)
@@ -485,12 +516,19 @@ func (s *Server) readFrame(ctx context.Context, cn *conn, call Call, head []byte
 		if !ok {
 			return 0, errNoRoom
 		}
+		held = n
 		defer s.budget.doneReading(cn.bp, n)
-		return n, frame.fill(cn.br, head, size, nil)
+		err = frame.fill(cn.br, head, size, nil)
+		returned = true
+		return held, err
 	}
 	s.budget.open(&ar.c, charge, cn.bp)
-	err := frame.fill(cn.br, head, size, ar)
-	return s.budget.close(&ar.c), err
+	// Closed however fill ends, a panic too: held is then what the claim
+	// took.
+	defer func() { held = s.budget.close(&ar.c) }()
+	err = frame.fill(cn.br, head, size, ar)
+	returned = true
+	return 0, err
 }
 
 // arrival charges a call's frame to the budget as its chunks are read
@@ -517,6 +555,15 @@ func (a *arrival) take(n int64) bool {
 	ok, waited := a.s.budget.take(a.ctx, &a.c, n, a.wait)
 	a.waited(waited)
 	return ok
+}
+
+// grow waits for n more bytes for a call that holds held, whose frame is
+// in, as it decodes (callProtocol.charge), for what is left of
+// BudgetWait.
+func (a *arrival) grow(held, n int64) (int64, bool) {
+	got, ok, waited := a.s.budget.grow(a.ctx, held, n, a.wait)
+	a.wait = max(a.wait-waited, 0)
+	return got, ok
 }
 
 func (a *arrival) waited(d time.Duration) {

@@ -24,6 +24,7 @@ import (
 	"sort"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/durable"
 )
 
 // FS is a dfs.FS rooted at a local directory.
@@ -225,37 +226,9 @@ func (f *FS) MkdirAll(name string) error {
 }
 
 // mkdirAll makes the directory dir under root, with its missing parents,
-// and fsyncs the parent of every directory it made. A call that finds a
-// directory there takes its name for durable, so none is left without:
-// each is made top down and its parent fsynced before the next (a full
-// disk can refuse the next after one was made), and one whose parent's
-// fsync fails is removed again, for a retry to make and sync it anew.
-// One that another call made meanwhile gets its parent fsynced here too:
-// that call may not have yet.
+// each with a durable name (durable.MkdirAll).
 func mkdirAll(root, dir string) error {
-	var missing []string
-	for d := dir; d != root; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		missing = append(missing, d)
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		d := missing[i]
-		made := true
-		if err := os.Mkdir(d, 0o755); errors.Is(err, fs.ErrExist) {
-			made = false
-		} else if err != nil {
-			return err
-		}
-		if err := syncDir(filepath.Dir(d)); err != nil {
-			if made {
-				_ = os.Remove(d) // best effort; the sync error is the one to report
-			}
-			return err
-		}
-	}
-	return nil
+	return durable.MkdirAll(filepath.Clean(root), dir, syncDir)
 }
 
 func (f *FS) Rename(oldname, newname string) error {
@@ -294,14 +267,4 @@ func (f *FS) String() string { return "file://" + filepath.ToSlash(f.root) }
 func (f *FS) Close() error { return nil }
 
 // syncDir fsyncs a directory (a variable for the tests).
-var syncDir = func(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close() //nolint:errcheck // opened to sync; the sync error is reported
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
+var syncDir = durable.SyncDir
