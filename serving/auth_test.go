@@ -239,7 +239,7 @@ func TestAdminEndpointsLocalWithoutToken(t *testing.T) {
 	s := newServer(t, &fakeSource{apps: testApps(t)}, func(c *Config, d *Deps) { d.Control.Reinitialize = func() { reloads.Add(1) } })
 	for remote, want := range map[string]int{"127.0.0.1:40000": 202, "192.0.2.9:40000": 403} {
 		w := httptest.NewRecorder()
-		r := httptest.NewRequest("POST", "/admin/reload", nil)
+		r := httptest.NewRequest("POST", "http://127.0.0.1:8080/admin/reload", nil)
 		r.RemoteAddr = remote
 		s.Handler().ServeHTTP(w, r)
 		if w.Code != want {
@@ -247,7 +247,7 @@ func TestAdminEndpointsLocalWithoutToken(t *testing.T) {
 		}
 	}
 	w := httptest.NewRecorder()
-	r := httptest.NewRequest("POST", "/admin/shutdown", nil)
+	r := httptest.NewRequest("POST", "http://localhost:8080/admin/shutdown", nil)
 	r.RemoteAddr = "127.0.0.1:40000"
 	s.Handler().ServeHTTP(w, r)
 	if w.Code != http.StatusNotImplemented {

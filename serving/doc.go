@@ -54,7 +54,10 @@
 // rolled-up answers (window=all, group_by with order_by and limit, where
 // on the keys it charts), polls for live refresh, and keeps its view in
 // the URL fragment. internal/freeway's TestDashboard drives it in
-// headless Chromium against a running `freeway all`.
+// headless Chromium against a running `freeway all`. It writes what the
+// answers hold as text, never as markup; the port's
+// Content-Security-Policy (internal/httpsrv, on every answer) runs only
+// the scripts it serves, none inline, and forbids framing it.
 //
 // Partial answers. An answer lacking the data of some shards of the
 // app's category says so: over HTTP "partial": true and "missing_shards"
@@ -70,7 +73,8 @@
 // (else QueryError code 401); the token is checked again at every call.
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
 // and /admin/shutdown need it; without one the admin endpoints answer
-// the local host only. /healthz and /readyz are always open, for probes:
+// the local host only. A browser's POST for a page of another origin is
+// refused either way (auth.Guard.Control). /healthz and /readyz are always open, for probes:
 // with tls.client_auth they are the only paths answered to a client
 // without a certificate, all else 403 (auth.TLS.HTTPServer).
 // The fan-out dials the Puma nodes with the process's TLS

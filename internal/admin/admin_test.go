@@ -17,7 +17,7 @@ func serve(rt Routes, method, path string) *httptest.ResponseRecorder {
 	rt.Mount(mux)
 	mux.HandleFunc("/", Fallback([]string{"/api"}, "try /api"))
 	w := httptest.NewRecorder()
-	r := httptest.NewRequest(method, path, nil)
+	r := httptest.NewRequest(method, "http://127.0.0.1:8461"+path, nil)
 	r.RemoteAddr = "127.0.0.1:1234"
 	mux.ServeHTTP(w, r)
 	return w

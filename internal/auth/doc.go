@@ -50,8 +50,14 @@
 // page, which shows the apps), Admin for /metrics and /debug/pprof/, and
 // Control for POST /admin/reload and /admin/shutdown, which without an
 // admin token are honoured only from the local host (as fb303's control
-// calls are). A refused request gets 401, WWW-Authenticate: Bearer and
-// {"error": "..."}. /healthz and /readyz stay open for probes (without
+// calls are), addressed by an IP address or as localhost (a request for
+// another name may come from a web page whose name was rebound to
+// 127.0.0.1, through the operator's browser). A refused request gets 401, WWW-Authenticate: Bearer and
+// {"error": "..."}. A control request a browser sends for a page of
+// another origin (its Sec-Fetch-Site or Origin says so; curl sends
+// neither) is refused 403 whatever the tokens (reason cross_origin): the
+// operator's browser on the local host would pass the local-host rule,
+// and any page it shows could post a form there. /healthz and /readyz stay open for probes (without
 // a client certificate too, under client_auth).
 //
 // Nothing here survives a restart, and nothing needs to: the files are

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +41,7 @@ func NewGuard(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Guard, 
 	log = log.With("component", "auth")
 	g := &Guard{log: log, warn: ratelog.New(log, time.Minute, 5),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_auth_refused_total",
-			Help: "Requests refused for want of a valid bearer token (or, for control requests without an admin token configured, for not coming from the local host), by endpoint (query, thrift_query, admin, control) and reason (missing, invalid, not_local)."},
+			Help: "Requests refused for want of a valid bearer token (or, for control requests without an admin token configured, for not coming from the local host), by endpoint (query, thrift_query, admin, control) and reason (missing, invalid, not_local, cross_origin: a control request a browser sent for a page of another origin)."},
 			[]string{"endpoint", "reason"})}
 	if reg != nil {
 		g.refused = connlimit.Register(reg, g.refused)
@@ -80,8 +81,16 @@ func (g *Guard) Admin(h http.Handler) http.Handler {
 
 // Control guards a control endpoint: the admin token when one is
 // configured, else the request must come from the local host (as fb303's
-// control calls must).
+// control calls must). Either way a request a browser sends for a page of
+// another origin is refused: without a token, the local host's browser is
+// "the local host" to the rule, and a page it shows could otherwise stop
+// the process with a plain form post. A browser says so in Sec-Fetch-Site
+// or Origin; curl and other clients send neither and are unaffected.
 func (g *Guard) Control(h http.Handler) http.Handler {
+	return g.sameOrigin(g.control(h))
+}
+
+func (g *Guard) control(h http.Handler) http.Handler {
 	if g.AdminToken() {
 		return g.require(EndpointControl, g.admin, "auth.admin_token_file", h)
 	}
@@ -93,8 +102,44 @@ func (g *Guard) Control(h http.Handler) http.Handler {
 			writeJSON(w, http.StatusForbidden, "control requests are honoured only from the local host unless auth.admin_token_file is set")
 			return
 		}
+		if !localName(r.Host) {
+			g.count(EndpointControl, "not_local")
+			g.logRefusal(EndpointControl, "not_local", r.Method+" "+r.URL.Path+" for host "+r.Host, r.RemoteAddr)
+			writeJSON(w, http.StatusForbidden, "control requests without auth.admin_token_file must address the local host as localhost or by its IP address")
+			return
+		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// localName reports whether a request's Host names the local host in a
+// way no one else controls: an IP address (the connection already came
+// from the local host) or localhost. Any other
+// name may be a web page's own whose DNS record was turned to 127.0.0.1
+// (DNS rebinding): the operator's browser then sends the page's requests
+// from the local host, as same-origin ones.
+func localName(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if host == "" || net.ParseIP(host) != nil {
+		return true // no Host (HTTP/1.0: not a browser), or an address
+	}
+	return strings.EqualFold(host, "localhost")
+}
+
+// sameOrigin refuses a control request sent by a browser for a page of
+// another origin (cross-site request forgery), with 403.
+func (g *Guard) sameOrigin(h http.Handler) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.count(EndpointControl, "cross_origin")
+		g.logRefusal(EndpointControl, "cross_origin", r.Method+" "+r.URL.Path+" from "+r.Header.Get("Origin"), r.RemoteAddr)
+		writeJSON(w, http.StatusForbidden, "control requests from a web page of another origin are refused (cross-site request forgery)")
+	}))
+	return cop.Handler(h)
 }
 
 func (g *Guard) require(endpoint string, tokens *Tokens, key string, h http.Handler) http.Handler {

@@ -129,7 +129,7 @@ func TestGuard(t *testing.T) {
 	mux.Handle("GET /metrics", g.Admin(ok))
 	mux.Handle("POST /admin/reload", g.Control(ok))
 	do := func(method, path, header, remote string) (int, http.Header, string) {
-		r := httptest.NewRequest(method, path, nil)
+		r := httptest.NewRequest(method, "http://127.0.0.1:8080"+path, nil)
 		if header != "" {
 			r.Header.Set("Authorization", header)
 		}
@@ -214,5 +214,106 @@ func TestGuard(t *testing.T) {
 		return w.Code
 	}(); code != 403 {
 		t.Errorf("nil guard, remote control: %d", code)
+	}
+}
+
+// TestControlCrossOrigin: a control request a browser sends for a page of
+// another origin is refused, with or without an admin token (without
+// one, the local host's browser would pass the local-host rule); a
+// client that is not a browser (curl: neither Sec-Fetch-Site nor Origin)
+// and the page's own origin pass.
+func TestControlCrossOrigin(t *testing.T) {
+	dir := t.TempDir()
+	af := filepath.Join(dir, "admin")
+	writeFile(t, af, "admin-token-1\n")
+	reg := prometheus.NewRegistry()
+	withToken, err := NewGuard(Config{AdminTokenFile: af}, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, err := NewGuard(Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("served")) })
+	for _, tc := range []struct {
+		name         string
+		site, origin string
+		code         int
+	}{
+		{"curl", "", "", 200},
+		{"the page's own origin", "same-origin", "http://127.0.0.1:8080", 200},
+		{"typed in the address bar", "none", "", 200},
+		{"another site's form", "cross-site", "https://evil.example", 403},
+		{"another port of the host", "same-site", "http://127.0.0.1:9999", 403},
+		{"an old browser, another site", "", "https://evil.example", 403},
+		{"an old browser, the page's own origin", "", "http://127.0.0.1:8080", 200},
+	} {
+		for _, g := range []*Guard{open, withToken, nil} {
+			r := httptest.NewRequest("POST", "http://127.0.0.1:8080/admin/shutdown", strings.NewReader("x=1"))
+			r.RemoteAddr = "127.0.0.1:5555"
+			r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			r.Header.Set("Authorization", "Bearer admin-token-1")
+			if tc.site != "" {
+				r.Header.Set("Sec-Fetch-Site", tc.site)
+			}
+			if tc.origin != "" {
+				r.Header.Set("Origin", tc.origin)
+			}
+			w := httptest.NewRecorder()
+			g.Control(ok).ServeHTTP(w, r)
+			if w.Code != tc.code {
+				t.Errorf("%s (admin token %v): %d %s, want %d", tc.name, g.AdminToken(), w.Code, w.Body, tc.code)
+			}
+			if w.Code == 403 && (w.Header().Get("Content-Type") != "application/json" || !strings.Contains(w.Body.String(), "another origin")) {
+				t.Errorf("%s: refusal %q %s", tc.name, w.Header().Get("Content-Type"), w.Body)
+			}
+		}
+	}
+	if n := testutil.ToFloat64(withToken.refused.WithLabelValues(EndpointControl, "cross_origin")); n != 3 {
+		t.Errorf("cross-origin refusals counted %v, want 3", n)
+	}
+}
+
+// TestControlLocalHostByName: without an admin token, a control request
+// from the local host must also name the host as the local host (an IP
+// address, or localhost). A page of another site whose name the attacker
+// rebinds to 127.0.0.1 gets the operator's browser to send it from the
+// local host, as the page's own origin (so no cross-origin check
+// refuses it), but with the Host of that name.
+func TestControlLocalHostByName(t *testing.T) {
+	open, err := NewGuard(Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("served")) })
+	for host, want := range map[string]int{
+		"127.0.0.1:8080":            200,
+		"[::1]:8080":                200,
+		"localhost:8080":            200,
+		"LocalHost":                 200,
+		"dashboard.localhost:8080":  403, // a browser's own, but maybe not every resolver's
+		"10.1.2.3:8080":             200, // an address cannot be rebound
+		"":                          200, // HTTP/1.0 without Host: no browser
+		"evil.example:8080":         403,
+		"evil.example":              403,
+		"127.0.0.1.nip.io:8080":     403,
+		"localhost.evil.example:80": 403,
+	} {
+		r := httptest.NewRequest("POST", "/admin/shutdown", nil)
+		r.Host = host
+		r.RemoteAddr = "127.0.0.1:5555"
+		if host != "" {
+			r.Header.Set("Origin", "http://"+host)
+		}
+		r.Header.Set("Sec-Fetch-Site", "same-origin")
+		w := httptest.NewRecorder()
+		open.Control(ok).ServeHTTP(w, r)
+		if w.Code != want {
+			t.Errorf("Host %q: %d %s, want %d", host, w.Code, w.Body, want)
+		}
+		if w.Code == 403 && !strings.Contains(w.Body.String(), "localhost") {
+			t.Errorf("Host %q: refusal %s does not say how to address the host", host, w.Body)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,5 +108,42 @@ func TestShutdownLetsRequestsFinish(t *testing.T) {
 	done <- nil // for the cleanup
 	if _, err := net.Dial("tcp", s.Addr()); err == nil {
 		t.Fatal("still accepting after Serve returned")
+	}
+}
+
+// TestSecurityHeaders: every answer of the port, an error quoting what
+// the client sent among them, tells a browser not to sniff it into HTML,
+// not to run inline script, and not to let another site frame it.
+func TestSecurityHeaders(t *testing.T) {
+	s, _, _, _ := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusBadRequest, "unknown app "+r.URL.Query().Get("app"))
+	}), Limits{})
+	resp, err := http.Get("http://" + s.Addr() + "/api/v1/query?app=%3Cscript%3Ealert(1)%3C/script%3E")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "<script>") {
+		t.Fatalf("answer %d %q", resp.StatusCode, body)
+	}
+	for h, want := range map[string]string{
+		"Content-Type":                 "application/json",
+		"X-Content-Type-Options":       "nosniff",
+		"X-Frame-Options":              "DENY",
+		"Cross-Origin-Resource-Policy": "same-origin",
+	} {
+		if got := resp.Header.Get(h); got != want {
+			t.Errorf("%s: %q, want %q", h, got, want)
+		}
+	}
+	csp := resp.Header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'self'", "frame-ancestors 'none'", "object-src 'none'", "base-uri 'none'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("Content-Security-Policy %q lacks %q", csp, want)
+		}
+	}
+	if strings.Contains(csp, "unsafe-inline") || strings.Contains(csp, "unsafe-eval") {
+		t.Errorf("Content-Security-Policy %q allows inline or evaluated script", csp)
 	}
 }

@@ -96,6 +96,19 @@
     return d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z').replace(/:00Z$/, 'Z');
   }
 
+  // isTime: s is a Unix time in seconds that a Date holds (the page
+  // writes the range with it). The fragment is anyone's to write: a link
+  // with other times leaves the range as it was rather than break the page.
+  const isTime = (s) => !Number.isNaN(new Date(Number(s) * 1000).getTime());
+
+  // refreshSeconds is the refresh period a fragment asks for: 0 (off), or
+  // between a second and a day, so that a link cannot have the page query
+  // the server back to back (setTimeout takes a delay past 2^31 ms as 0).
+  const refreshSeconds = (s) => {
+    const n = Number(s) || 0;
+    return n > 0 ? Math.min(86400, Math.max(1, n)) : 0;
+  };
+
   const numericAggs = (app) => app.aggregates.filter((a) => !STRUCTURED.has(a.fn));
 
   // ---- the URL fragment ----
@@ -193,7 +206,7 @@
     if (h.key !== undefined && app.group_by.includes(h.key)) state.topKey = h.key;
     else if (changed || !app.group_by.includes(state.topKey)) state.topKey = state.split || app.group_by[0] || null;
     if (h.top) state.top = Math.max(1, Math.min(20, parseInt(h.top, 10) || 5));
-    if (h.from && h.to) {
+    if (h.from && h.to && isTime(h.from) && isTime(h.to)) {
       state.from = Number(h.from);
       state.to = Number(h.to);
     } else if (h.range) {
@@ -202,7 +215,7 @@
     }
     if (h.mode) state.mode = h.mode;
     if (h.refresh !== undefined) {
-      state.refresh = Number(h.refresh) || 0;
+      state.refresh = refreshSeconds(h.refresh);
       $('refresh').value = String(state.refresh);
     }
     for (const c of Object.values(state.charts)) c.plot.destroy();
@@ -596,7 +609,7 @@
     bind();
     const h = readHash();
     if (h.refresh !== undefined) {
-      state.refresh = Number(h.refresh) || 0;
+      state.refresh = refreshSeconds(h.refresh);
       $('refresh').value = String(state.refresh);
     }
     try {
