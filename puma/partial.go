@@ -269,21 +269,22 @@ func (c *Committed) boundedShard(ctx context.Context, pl *plan, b int, m *merger
 		if fresh, err = c.scanShard(ctx, pl, b, st, bounds); err != nil {
 			return st, err
 		}
-		// The store keeps store.MinVersions versions of a cell at least,
-		// and each epoch written above st's adds at most one: after that
-		// many, the version as of st may have been pushed out of a cell
-		// the shard kept changing before the scan reached it, which the
-		// scan then passed by as if it had no cell at all. Read again as
-		// of the newer commit.
-		_, now, attempt, err := readCommit(ctx, c.st, c.table, cat, b)
+		// The store keeps store.MinVersions versions of a cell at least.
+		// Each commit after st's may have added one to a cell the shard
+		// kept changing, and an attempt still writing (or failed, until
+		// the next one purges it) one more: once they are as many, the
+		// version as of st may have been pushed out of a cell before the
+		// scan reached it, and the scan passed it by as if there were no
+		// cell at all. Read again as of the newer commit.
+		_, now, _, err := readCommit(ctx, c.st, c.table, cat, b)
 		if err != nil {
 			return st, err
 		}
-		if max(now.Epoch, attempt)-st.Epoch < store.MinVersions {
+		if commitsAfter(now, st.Epoch)+1 < store.MinVersions {
 			break
 		}
 		if try == committedReadTries {
-			return st, fmt.Errorf("read %s/%d as of its commit: it committed %d times while its cells were read, each time too many (the store keeps %d versions of a cell)",
+			return st, fmt.Errorf("read %s/%d as of its commit: it committed too often while its cells were read, %d times in a row (the store keeps %d versions of a cell)",
 				cat, b, committedReadTries, store.MinVersions)
 		}
 	}
@@ -306,6 +307,19 @@ func (c *Committed) boundedShard(ctx context.Context, pl *plan, b int, m *merger
 		return st, committedTooLarge(pl.app.Name(), *taken, bounds.Bytes)
 	}
 	return st, nil
+}
+
+// commitsAfter is how many commits up to c's were made after epoch: the
+// epochs in between that c does not list as aborted (more when the list
+// has forgotten old ranges).
+func commitsAfter(c commitState, epoch int64) int64 {
+	n := c.Epoch - epoch
+	for _, r := range c.Aborted {
+		if lo, hi := max(r[0], epoch+1), min(r[1], c.Epoch); lo <= hi {
+			n -= hi - lo + 1
+		}
+	}
+	return n
 }
 
 // committedReadTries is how many times boundedShard reads a shard that
