@@ -812,7 +812,7 @@ type tableCollector struct{ p *Puma }
 var (
 	descCells     = prometheus.NewDesc("freeway_puma_cells", "Cells (window × group) in memory, by app.", []string{"app"}, nil)
 	descCellBytes = prometheus.NewDesc("freeway_puma_cell_bytes", "Approximate memory of the cells in memory, by app: a fixed overhead per cell and key, and the stored size of its sketches at their last checkpoint.", []string{"app"}, nil)
-	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, future, bad_value, max_cells, filtered).", []string{"app", "reason"}, nil)
+	descDropped   = prometheus.NewDesc("freeway_puma_records_dropped_total", "Records not aggregated, by app and reason (late, parse_error, bad_time, future, max_cells, filtered); bad_value counts numeric aggregates' inputs that were not numbers, skipped in records otherwise aggregated.", []string{"app", "reason"}, nil)
 	descCkptAge   = prometheus.NewDesc("freeway_puma_checkpoint_age_seconds", "Time since the oldest shard's last commit.", nil, nil)
 	descWatermark = prometheus.NewDesc("freeway_puma_watermark_seconds", "Highest event time seen, by app (Unix seconds).", []string{"app"}, nil)
 	descShards    = prometheus.NewDesc("freeway_puma_shards", "Shards of this node's apps, by state here (recovering, running, failed, elsewhere).", []string{"state"}, nil)

@@ -129,3 +129,53 @@ func TestDashboardStructuredValues(t *testing.T) {
 		t.Errorf("totals %v, charts %v: want hits alone", got.Totals, got.Charts)
 	}
 }
+
+// TestDashboardBadValueIsNotLines: the page's table of lines not
+// aggregated counts lines, but Puma's bad_value counts the inputs of
+// numeric aggregates it skipped, in lines it aggregated otherwise (one
+// Apache line with "-" for its bytes is four under the demo's
+// http_status). The row must say so rather than show them as lines.
+func TestDashboardBadValueIsNotLines(t *testing.T) {
+	chromium := browser.Need(t)
+	spec := apps.Spec{Name: "sizes", Category: "web", Format: "json", GroupBy: []string{"path"}, Window: config.Duration(time.Minute),
+		Aggregates: []apps.AggregateSpec{{Name: "hits", Fn: "count"}, {Name: "bytes", Fn: "sum", Field: "bytes"}}}
+	spec.SetDefaults()
+	app, err := apps.Compile(spec, "$.apps[0]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &rejectingFuncSource{
+		funcSource: &funcSource{apps: []*apps.App{app}, fn: func(puma.Query) *puma.Result { return &puma.Result{App: "sizes"} }},
+		rej:        puma.Rejections{Dropped: map[string]uint64{"parse_error": 2, "bad_value": 7}},
+	}
+	srv := httptest.NewServer(newServer(t, src).Handler())
+	defer srv.Close()
+
+	c, err := browser.Start(chromium)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	page, err := c.NewPage(ctx, 1200, 900)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Navigate(ctx, srv.URL+"/#app=sizes&refresh=0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Wait(ctx, "document.querySelectorAll('#dropped tr[data-reason]').length === 2"); err != nil {
+		t.Fatal(err)
+	}
+	var rows map[string]string
+	if err := page.Eval(ctx, `Object.fromEntries([...document.querySelectorAll('#dropped tr[data-reason]')].map((tr) => [tr.dataset.reason, tr.textContent]))`, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if got := rows["parse_error"]; got != "parse_error2" {
+		t.Errorf("parse_error row %q, want the reason and its lines", got)
+	}
+	if got := rows["bad_value"]; !strings.Contains(got, "inputs") || !strings.Contains(got, "7") {
+		t.Errorf("bad_value row %q: its 7 are inputs skipped, not lines, and it must say so", got)
+	}
+}

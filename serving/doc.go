@@ -72,8 +72,9 @@
 // and a Thrift connection calls authenticate(token) before its queries
 // (else QueryError code 401); the token is checked again at every call.
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
-// and /admin/shutdown need it; without one the admin endpoints answer
-// the local host only. A browser's POST for a page of another origin is
+// and /admin/shutdown need it; without one /metrics and /debug/pprof/
+// are open and POST /admin/* answers the local host only, addressed as
+// localhost or by an IP address (auth.Guard.Control). A browser's POST for a page of another origin is
 // refused either way (auth.Guard.Control). /healthz and /readyz are always open, for probes:
 // with tls.client_auth they are the only paths answered to a client
 // without a certificate, all else 403 (auth.TLS.HTTPServer).

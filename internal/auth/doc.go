@@ -52,8 +52,10 @@
 // admin token are honoured only from the local host (as fb303's control
 // calls are), addressed by an IP address or as localhost (a request for
 // another name may come from a web page whose name was rebound to
-// 127.0.0.1, through the operator's browser). A refused request gets 401, WWW-Authenticate: Bearer and
-// {"error": "..."}. A control request a browser sends for a page of
+// 127.0.0.1, through the operator's browser). A request refused for want
+// of a valid token gets 401, WWW-Authenticate: Bearer and {"error":
+// "..."}; a control request refused for where it came from or the host
+// it named, 403. A control request a browser sends for a page of
 // another origin (its Sec-Fetch-Site or Origin says so; curl sends
 // neither) is refused 403 whatever the tokens (reason cross_origin): the
 // operator's browser on the local host would pass the local-host rule,

@@ -209,7 +209,17 @@ func (g *Guard) logRefusal(endpoint, reason, request, remote string) {
 	if request != "" {
 		args = append(args, "request", ratelog.Clip(request))
 	}
-	g.warn.Warn("refused:"+endpoint+":"+reason, "request refused: no valid credentials", args...)
+	// A control request refused for where it came from carried no
+	// credentials that could be wrong: its line must not send the
+	// operator looking for a bad token.
+	msg := "request refused: no valid credentials"
+	switch reason {
+	case "not_local":
+		msg = "control request refused: not from the local host, or not addressed as localhost or by IP"
+	case "cross_origin":
+		msg = "control request refused: sent by a web page of another origin"
+	}
+	g.warn.Warn("refused:"+endpoint+":"+reason, msg, args...)
 }
 
 // ControlHandler answers a control request (POST /admin/reload, say) by

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 func writeFile(t *testing.T, path, data string) {
@@ -314,6 +316,46 @@ func TestControlLocalHostByName(t *testing.T) {
 		}
 		if w.Code == 403 && !strings.Contains(w.Body.String(), "localhost") {
 			t.Errorf("Host %q: refusal %s does not say how to address the host", host, w.Body)
+		}
+	}
+}
+
+// TestControlRefusalLogsWhy: a control request refused for where it
+// came from (another host, another name of this one, a page of another
+// origin) presented no credentials that could have been wrong; its log
+// line must not send the operator looking for a bad token.
+func TestControlRefusalLogsWhy(t *testing.T) {
+	logs := &testkit.LogBuffer{}
+	open, err := NewGuard(Config{}, logs.Logger(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("served")) })
+	for _, tc := range []struct{ remote, host, origin, reason string }{
+		{"10.1.2.3:5555", "127.0.0.1:8080", "", "not_local"},
+		{"127.0.0.1:5555", "evil.example:8080", "", "not_local"},
+		{"127.0.0.1:5555", "127.0.0.1:8080", "http://evil.example", "cross_origin"},
+	} {
+		r := httptest.NewRequest("POST", "/admin/shutdown", nil)
+		r.RemoteAddr, r.Host = tc.remote, tc.host
+		if tc.origin != "" {
+			r.Header.Set("Origin", tc.origin)
+		}
+		w := httptest.NewRecorder()
+		open.Control(ok).ServeHTTP(w, r)
+		if w.Code != 403 {
+			t.Fatalf("%+v: %d %s, want 403", tc, w.Code, w.Body)
+		}
+	}
+	for _, reason := range []string{"not_local", "cross_origin"} {
+		lines := logs.Lines("reason=" + reason)
+		if len(lines) == 0 {
+			t.Fatalf("no log line for reason %s:\n%s", reason, logs)
+		}
+		for _, l := range lines {
+			if strings.Contains(l, "credentials") || strings.Contains(l, "token") {
+				t.Errorf("a %s refusal is logged as one of credentials: %s", reason, l)
+			}
 		}
 	}
 }

@@ -584,8 +584,11 @@
     } else if (dropped.length === 0) {
       $('dropped').replaceChildren(el('tr', {}, el('td', { class: 'muted' }, 'none since the shards started here')));
     } else {
+      // bad_value counts inputs of numeric aggregates skipped in lines
+      // that were aggregated otherwise, not lines: say so on its row.
+      const label = (r) => (r === 'bad_value' ? 'bad_value (numeric inputs skipped, not lines: their lines are aggregated)' : r);
       $('dropped').replaceChildren(el('thead', {}, el('tr', {}, el('th', {}, 'reason'), el('th', { class: 'num' }, 'lines'))),
-        el('tbody', {}, dropped.map(([r, n]) => el('tr', { 'data-reason': r }, el('td', {}, r), el('td', { class: 'num', 'data-value': String(n) }, fmt(n))))));
+        el('tbody', {}, dropped.map(([r, n]) => el('tr', { 'data-reason': r }, el('td', {}, label(r)), el('td', { class: 'num', 'data-value': String(n) }, fmt(n))))));
     }
     const rej = a.rejected || [];
     $('rejected').replaceChildren(...(rej.length === 0 ? [] : [
