@@ -323,7 +323,11 @@ func configCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, _ = fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d apps)\n", args[0], len(c.Apps))
+			apps := "apps"
+			if len(c.Apps) == 1 {
+				apps = "app"
+			}
+			_, _ = fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d %s)\n", args[0], len(c.Apps), apps)
 			return nil
 		},
 	})

@@ -41,7 +41,7 @@ func TestConfigCheck(t *testing.T) {
 	if err := os.WriteFile(appsOnly, []byte("apps:\n  - name: hits\n    category: web\n    aggregates: [{fn: count}]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := run(t, "config", "check", appsOnly); err != nil || !strings.Contains(out, "ok (1 apps)") {
+	if out, err := run(t, "config", "check", appsOnly); err != nil || !strings.Contains(out, "ok (1 app)") {
 		t.Fatalf("a file with only apps: %q %v", out, err)
 	}
 

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,7 +144,8 @@ func TestRetentionEndToEnd(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	var status struct {
-		Copier *struct {
+		Components []string `json:"components"`
+		Copier     *struct {
 			Active     bool `json:"active"`
 			Categories []struct {
 				Category string `json:"category"`
@@ -156,6 +158,10 @@ func TestRetentionEndToEnd(t *testing.T) {
 	}
 	if c := status.Copier; c == nil || !c.Active || len(c.Categories) != 1 || c.Categories[0].Category != "orders" || c.Categories[0].Segments == nil {
 		t.Errorf("status without the copier's lag: %s", body)
+	}
+	// Every component the process runs is named, retention included.
+	if want := []string{"agent", "calligraphus", "copier", "puma", "retention", "serving"}; !slices.Equal(status.Components, want) {
+		t.Errorf("status components %q, want %q", status.Components, want)
 	}
 	r.stop(t)
 

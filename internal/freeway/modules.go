@@ -521,7 +521,7 @@ func (p *Process) consumers(st store.Store) []retention.Consumer {
 func (p *Process) initServing() error {
 	deps := serving.Deps{Common: p.common(), Gatherer: p.reg}
 	// The components started before serving (the last module of a target).
-	for name, on := range map[string]bool{Agent: p.Agent != nil, Calligraphus: p.Calligraphus != nil, Puma: p.Puma != nil, Copier: p.Copier != nil} {
+	for name, on := range map[string]bool{Agent: p.Agent != nil, Calligraphus: p.Calligraphus != nil, Puma: p.Puma != nil, Copier: p.Copier != nil, Retention: p.Retention != nil} {
 		if on {
 			deps.Components = append(deps.Components, name)
 		}
