@@ -309,7 +309,7 @@ func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 		return err
 	}
 	w.c.m.salvaged.Inc()
-	w.log.Warn("published the unpublished segment of a crashed writer", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
+	w.log.Warn("salvaged an unpublished segment (a crashed writer's, or left by a failed write or publish): its valid blocks published", "segment", final, "blocks", blocks, "damaged_blocks", damaged, "bytes", len(out))
 	return removeGone(fsys, tmp)
 }
 

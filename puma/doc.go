@@ -275,7 +275,10 @@
 // store: a shard whose commit row or cells cannot be read or decoded is
 // left out whole and listed as failed; one that never committed has no
 // committed state and is not missing; when no shard can be read the query
-// fails. A limit is applied without sorting every row: with one row per
+// fails. A shard that commits so often while its cells are read that the
+// store may no longer keep a cell's version as of the commit read
+// (store.MinVersions, an attempt in flight counted) is read again as of
+// its newer commit; after three such reads it is listed as failed. A limit is applied without sorting every row: with one row per
 // window and no OrderBy, windows are merged oldest first until the limit
 // is reached; otherwise a bounded heap keeps the first rows (with OrderBy,
 // by the aggregate's value: a top-N). When each row is one cell (the

@@ -3,6 +3,7 @@ package puma
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -24,9 +25,11 @@ import (
 //     before its snapshot, and none can change after. (A cell still
 //     marked changed keeps its window in memory all the same.) A
 //     backfill's windows close by its own committed watermark, and still
-//     do from its join to the next commit: the live table's closed them
-//     without holding their cells, which a checkpoint still writing may
-//     have taken (unmarked) and may fail to write.
+//     do from its join to the first commit of a snapshot taken after it:
+//     the live table's closed them without holding their cells, which a
+//     checkpoint still writing may have taken (unmarked) and may fail to
+//     write, and a commit of a snapshot taken before the join holds them
+//     only as the backfill had built them then.
 //
 // Each span (an app's windows of one length) keeps one horizon: its
 // windows that end at or before it are not in memory, every later window
@@ -151,9 +154,19 @@ func (s *shard) afterCommit(state commitState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range s.tables {
-		if wm, ok := state.Watermarks[t.app.Name()]; ok {
-			t.ev.closed = max(t.ev.closed, wm-t.app.LatenessMs)
+		wm, ok := state.Watermarks[t.app.Name()]
+		if !ok {
+			continue
 		}
+		// A backfill in this commit that has joined since: the commit
+		// holds its cells as of its snapshot only, and the lines it read
+		// after that, which the live watermark may be well past, are
+		// still to be written. Its windows are closed and committed up to
+		// its own committed watermark.
+		if st := state.Backfill[t.app.Name()]; st != nil && !slices.ContainsFunc(s.backfills, func(bf *backfill) bool { return bf.live == t }) {
+			wm = min(wm, st.Watermark)
+		}
+		t.ev.closed = max(t.ev.closed, wm-t.app.LatenessMs)
 	}
 	// A backfill's windows close by its own committed watermark.
 	for _, bf := range s.backfills {

@@ -14,6 +14,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/apps"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/internal/ratelog"
+	"github.com/freeway-dev/freeway/internal/store"
 )
 
 // Partial states: what a Puma node answers serving's fan-out with
@@ -255,42 +256,37 @@ func (c *Committed) Partial(ctx context.Context, q Query, buckets []int, bounds 
 // as they were absorbed, which it adds to.
 func (c *Committed) boundedShard(ctx context.Context, pl *plan, b int, m *merger, bounds PartialBounds, taken *int64) (commitState, error) {
 	cat := pl.app.Spec.Category
-	_, st, _, err := readCommit(ctx, c.st, c.table, cat, b)
-	if err != nil || st.Epoch == 0 {
-		return st, err
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	fresh := newMerger(pl)
-	var over error
-	var bytes int64 // of fresh's rows, by their first cell's stored size
-	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
-	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
-	err = scanCommitted(sctx, c.st, c.table, prefix, from, to, st, pl.layout, func(w int64, key string, cl cell, stored int64) {
-		if over != nil {
-			return
+	var (
+		st    commitState
+		fresh *merger
+	)
+	for try := 1; ; try++ {
+		_, at, _, err := readCommit(ctx, c.st, c.table, cat, b)
+		if err != nil || at.Epoch == 0 {
+			return at, err
 		}
-		n := fresh.count()
-		fresh.add(w, key, cl)
-		if fresh.count() == n {
-			return
+		st = at
+		if fresh, err = c.scanShard(ctx, pl, b, st, bounds); err != nil {
+			return st, err
 		}
-		bytes += int64(len(key)) + stored
-		switch {
-		case bounds.Rows > 0 && fresh.count() > bounds.Rows:
-			over = partialTooLarge(pl.app.Name(), fresh.count(), bounds.Rows)
-		case bounds.Bytes > 0 && bytes > bounds.Bytes:
-			over = committedTooLarge(pl.app.Name(), bytes, bounds.Bytes)
+		// The store keeps store.MinVersions versions of a cell at least.
+		// Each commit after st's may have added one to a cell the shard
+		// kept changing, and an attempt still writing (or failed, until
+		// the next one purges it) one more: once they are as many, the
+		// version as of st may have been pushed out of a cell before the
+		// scan reached it, and the scan passed it by as if there were no
+		// cell at all. Read again as of the newer commit.
+		_, now, _, err := readCommit(ctx, c.st, c.table, cat, b)
+		if err != nil {
+			return st, err
 		}
-		if over != nil {
-			cancel() // the rest of the shard is not read
+		if commitsAfter(now, st.Epoch)+1 < store.MinVersions {
+			break
 		}
-	})
-	if over != nil {
-		return st, over
-	}
-	if err != nil {
-		return st, fmt.Errorf("scan %s/%d: %w", cat, b, err)
+		if try == committedReadTries {
+			return st, fmt.Errorf("read %s/%d as of its commit: it committed too often while its cells were read, %d times in a row (the store keeps %d versions of a cell)",
+				cat, b, committedReadTries, store.MinVersions)
+		}
 	}
 	for k, r := range fresh.rows {
 		mine, ok := m.rows[k]
@@ -311,6 +307,64 @@ func (c *Committed) boundedShard(ctx context.Context, pl *plan, b int, m *merger
 		return st, committedTooLarge(pl.app.Name(), *taken, bounds.Bytes)
 	}
 	return st, nil
+}
+
+// commitsAfter is how many commits up to c's were made after epoch: the
+// epochs in between that c does not list as aborted (more when the list
+// has forgotten old ranges).
+func commitsAfter(c commitState, epoch int64) int64 {
+	n := c.Epoch - epoch
+	for _, r := range c.Aborted {
+		if lo, hi := max(r[0], epoch+1), min(r[1], c.Epoch); lo <= hi {
+			n -= hi - lo + 1
+		}
+	}
+	return n
+}
+
+// committedReadTries is how many times boundedShard reads a shard that
+// commits too often for its read to hold (each read as of the newest
+// commit) before it gives up and the shard is listed as failed.
+const committedReadTries = 3
+
+// scanShard reads bucket b's committed cells as of st into a merger of
+// their own, within bounds (boundedShard).
+func (c *Committed) scanShard(ctx context.Context, pl *plan, b int, st commitState, bounds PartialBounds) (*merger, error) {
+	cat := pl.app.Spec.Category
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fresh := newMerger(pl)
+	var over error
+	var bytes int64 // of fresh's rows, by their first cell's stored size
+	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
+	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
+	err := scanCommitted(sctx, c.st, c.table, prefix, from, to, st, pl.layout, func(w int64, key string, cl cell, stored int64) {
+		if over != nil {
+			return
+		}
+		n := fresh.count()
+		fresh.add(w, key, cl)
+		if fresh.count() == n {
+			return
+		}
+		bytes += int64(len(key)) + stored
+		switch {
+		case bounds.Rows > 0 && fresh.count() > bounds.Rows:
+			over = partialTooLarge(pl.app.Name(), fresh.count(), bounds.Rows)
+		case bounds.Bytes > 0 && bytes > bounds.Bytes:
+			over = committedTooLarge(pl.app.Name(), bytes, bounds.Bytes)
+		}
+		if over != nil {
+			cancel() // the rest of the shard is not read
+		}
+	})
+	if over != nil {
+		return nil, over
+	}
+	if err != nil {
+		return nil, fmt.Errorf("scan %s/%d: %w", cat, b, err)
+	}
+	return fresh, nil
 }
 
 // wireBytes is the size of r in a partial's JSON, with the comma that

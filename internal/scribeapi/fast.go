@@ -63,7 +63,9 @@ func (p *fastProcessor) Process(ctx context.Context, seqID int32, iprot, oprot t
 	defer func() {
 		d.Reserve = nil // a pooled decoder keeps no call's protocol
 		d.Release()
-		p.decoders.Put(d)
+		if d.Poolable() {
+			p.decoders.Put(d)
+		}
 	}()
 	d.MaxContainerSize = af.MaxContainerSize()
 	// A list is charged at its header, before its entries are decoded, as

@@ -117,6 +117,18 @@ func (d *Decoder) args(b []byte, want byte, body func()) bool {
 // that a pooled decoder does not keep them alive.
 func (d *Decoder) Release() { d.reset(nil) }
 
+// MaxPooledEntries bounds the entries a decoder kept for reuse may have
+// room for (Poolable): an agent's batch of 16,384 and then some.
+const MaxPooledEntries = 1 << 16
+
+// Poolable reports whether d is worth keeping for the next call: not
+// once a huge call (a stock client's millions of tiny entries, which the
+// budget lets run alone) grew its slices, which a pool would otherwise
+// hold, hundreds of MiB, until the garbage collector empties it.
+func (d *Decoder) Poolable() bool {
+	return cap(d.Entries) <= MaxPooledEntries && cap(d.seqs) <= MaxPooledEntries
+}
+
 // OwnMessages copies the entries' messages into one new allocation and
 // points the entries at it: for a handler that keeps messages after the
 // call's bytes are reused (categories it must copy itself).

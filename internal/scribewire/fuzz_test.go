@@ -253,3 +253,39 @@ func TestEntryStartEndMatchesAppendEntry(t *testing.T) {
 		t.Fatalf("encoded\n% x\nthe generated code\n% x", got, want)
 	}
 }
+
+// A decoder that a huge call grew is not kept for reuse; one that a
+// usual call used is.
+func TestPoolable(t *testing.T) {
+	many := make([]*scribethrift.LogEntry, scribewire.MaxPooledEntries+1)
+	for i := range many {
+		many[i] = &scribethrift.LogEntry{Category: "c", Message: []byte("m")}
+	}
+	for _, c := range []struct {
+		name     string
+		args     thrift.TStruct
+		batch    bool
+		poolable bool
+	}{
+		{"usual log", &scribethrift.ScribeLogArgs{Messages: seedLog()}, false, true},
+		{"huge log", &scribethrift.ScribeLogArgs{Messages: many}, false, false},
+		{"huge batch", &scribethrift.ScribeLogBatchArgs{Batch: &scribethrift.Batch{AgentID: "a", FirstSeq: 1, Messages: many}}, true, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var d scribewire.Decoder
+			b := encode(t, c.args)
+			decode := d.DecodeLog
+			if c.batch {
+				decode = d.DecodeLogBatch
+			}
+			ok := decode(b)
+			if !ok {
+				t.Fatal("not decoded")
+			}
+			d.Release()
+			if d.Poolable() != c.poolable {
+				t.Fatalf("Poolable() = %v, want %v (room for %d entries)", d.Poolable(), c.poolable, cap(d.Entries))
+			}
+		})
+	}
+}
