@@ -300,3 +300,45 @@ func TestNoAskAfterFailure(t *testing.T) {
 		t.Fatalf("asks for a shard that failed here: %v", ms)
 	}
 }
+
+// TestNoTakeBackAfterHandBack: a shard handed back to its preferred
+// member "b" (which asked) is left to b for a whole takeover grace
+// counted from the hand-back: b takes it at its next pass. Before, the
+// grace was counted from when the lease was first seen free, before "a"
+// took the shard over, so a took it back at its first pass after the
+// hand-back, ahead of b, and handed it back again when b asked: the shard
+// flapped, each time a final checkpoint and a recovery. On the in-process
+// coordinator and on ZooKeeper.
+func TestNoTakeBackAfterHandBack(t *testing.T) {
+	t.Run("inproc", func(t *testing.T) { checkNoTakeBackAfterHandBack(t, false) })
+	t.Run("zookeeper", func(t *testing.T) { checkNoTakeBackAfterHandBack(t, true) })
+}
+
+func checkNoTakeBackAfterHandBack(t *testing.T, zk bool) {
+	tk := newTakeover(t, zk)
+	s := tk.takeOver()
+	tk.keep(s, 3)
+	tk.ask("b")
+	tk.pass()
+	if !s.handingOff.Load() {
+		t.Fatal("not handed back at the pass after the preferred member asked")
+	}
+	testkit.Eventually(t, "the shard to stop", func() error {
+		if tk.running() != nil {
+			return errors.New("still running")
+		}
+		return nil
+	})
+	for i := range 4 {
+		tk.pass()
+		if tk.running() != nil {
+			t.Fatalf("taken back %v after the hand-back, with the grace %v", time.Duration(i)*tk.grace/4, tk.grace)
+		}
+		tk.advance(tk.grace / 4)
+	}
+	// b never took it: it is taken over again once free for the grace.
+	tk.pass()
+	if tk.running() == nil {
+		t.Fatal("not taken over once free for the grace after the hand-back")
+	}
+}

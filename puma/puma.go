@@ -384,6 +384,11 @@ func (p *Puma) tryStart(ctx context.Context, wg *sync.WaitGroup, id shardID, pre
 	}
 	p.mu.Lock()
 	p.shards[id] = s
+	// Held from now on: should the lease be free again (a hand-off to
+	// the preferred node), the grace counts from then, not from when it
+	// was free before this node took it over (it would be taken back at
+	// once, ahead of the node it was handed to).
+	delete(p.unheld, id)
 	p.mu.Unlock()
 	p.record(id, "", nil, false)
 	p.want(ctx, id, false)

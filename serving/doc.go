@@ -80,7 +80,8 @@
 // without a certificate, all else 403 (auth.TLS.HTTPServer).
 // The fan-out dials the Puma nodes with the process's TLS
 // (TLS.ClientConfig) and presents the first token of its query tokens
-// file, which the nodes' puma.listen requires.
+// file, which the nodes' puma.listen requires: read again when the file
+// changes (auth.Presented), so that a rotation reaches the fan-out too.
 //
 // Bad queries. A query string that does not parse, an unknown parameter
 // or app, a bad value: 400 (over Thrift a QueryError of code 400) with an

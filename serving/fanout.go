@@ -45,7 +45,7 @@ type Fanout struct {
 	list      []*apps.App
 	buckets   func(string) int
 	timeout   time.Duration
-	token     string
+	token     *auth.Presented
 	scheme    string
 	client    *http.Client
 	log       *slog.Logger
@@ -77,9 +77,10 @@ type FanoutDeps struct {
 	// bounds its size in the form a node sends it.
 	MaxPartialRows int
 	// TLS dials the owners with TLS (nil: plain HTTP); Token is sent as
-	// the bearer token (a query token of the process, "" for none).
+	// the bearer token (the first of the process's query tokens file,
+	// read again when it changes; nil for none).
 	TLS     *auth.TLS
-	Token   string
+	Token   *auth.Presented
 	Log     *slog.Logger
 	Metrics prometheus.Registerer
 }
@@ -279,8 +280,8 @@ func (f *Fanout) ask(ctx context.Context, addr string, req puma.PartialRequest) 
 		return nil, err
 	}
 	hr.Header.Set("Content-Type", "application/json")
-	if f.token != "" {
-		hr.Header.Set("Authorization", "Bearer "+f.token)
+	if token := f.token.Token(); token != "" {
+		hr.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := f.client.Do(hr)
 	if err != nil {
@@ -401,8 +402,8 @@ func (f *Fanout) askApps(ctx context.Context, addr string) (puma.NodeAppReports,
 	if err != nil {
 		return rep, err
 	}
-	if f.token != "" {
-		hr.Header.Set("Authorization", "Bearer "+f.token)
+	if token := f.token.Token(); token != "" {
+		hr.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := f.client.Do(hr)
 	if err != nil {

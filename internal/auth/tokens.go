@@ -184,3 +184,83 @@ func bearer(header string) string {
 	}
 	return strings.TrimSpace(token)
 }
+
+// Presented is the token a process presents to another's port guarded by
+// the same tokens file (serving's fan-out to the Puma nodes): the file's
+// first token, read again when the file changes, as Tokens reads it. So a
+// rotation (a new token first, then the old one removed) reaches the
+// client as it reaches the guards, without a restart: a client that kept
+// the token read at start would be refused by every guard once it was
+// removed. A nil *Presented presents no token.
+type Presented struct {
+	path string
+	warn *ratelog.Limiter
+
+	mu    sync.Mutex
+	token string
+	file  *watch
+}
+
+// LoadPresented reads the first token of the tokens file at path (""
+// returns nil: none configured).
+func LoadPresented(path string, log *slog.Logger) (*Presented, error) {
+	if path == "" {
+		return nil, nil
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Presented{path: path, warn: ratelog.New(log, time.Minute, 3), file: newWatch(path)}
+	data, sig, err := p.file.read()
+	if err != nil {
+		return nil, err
+	}
+	if p.token, err = firstToken(path, data[0]); err != nil {
+		return nil, err
+	}
+	p.file.loaded(data, sig)
+	return p, nil
+}
+
+// Token is the token to present: the file's first, read again if the
+// file changed since it was last tried. A file that cannot be read or
+// holds no valid token (half written) leaves the previous token in use.
+func (p *Presented) Token() string {
+	if p == nil {
+		return ""
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	data, changed, err := p.file.changed()
+	if err != nil {
+		p.warn.Error("read", "tokens file cannot be read; the previous token is presented", "file", p.path, "err", err)
+		return p.token
+	}
+	if !changed {
+		return p.token
+	}
+	token, err := firstToken(p.path, data[0])
+	if err != nil {
+		p.file.refused(data)
+		p.warn.Error("reload", "tokens file changed but does not load; the previous token is presented", "file", p.path, "err", err)
+		return p.token
+	}
+	p.file.took(data)
+	p.token = token
+	return token
+}
+
+// firstToken is the first token of a tokens file, which must parse
+// whole (parseTokens): a file a guard would refuse to load is not one to
+// take a token from.
+func firstToken(path string, data []byte) (string, error) {
+	if _, err := parseTokens(path, data); err != nil {
+		return "", err
+	}
+	for line := range bytes.Lines(data) {
+		if line = bytes.TrimSpace(line); len(line) > 0 && line[0] != '#' {
+			return string(line), nil
+		}
+	}
+	return "", fmt.Errorf("%s holds no token", path) // parseTokens said it does
+}

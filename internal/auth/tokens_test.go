@@ -114,6 +114,53 @@ func TestTokensReload(t *testing.T) {
 	}
 }
 
+// TestPresentedReload: the token presented is the file's first, read
+// again when the file changes; a file that does not load, or is gone,
+// keeps the previous one, and no token is logged.
+func TestPresentedReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens")
+	writeFile(t, path, "# dashboards\r\n  old-token-1  \r\nother-token\n")
+	logs := &syncLog{}
+	p, err := LoadPresented(path, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Token(); got != "old-token-1" {
+		t.Fatalf("presents %q, want the first token", got)
+	}
+	writeFile(t, path, "new-token-2\nold-token-1\n")
+	if got := p.Token(); got != "new-token-2" {
+		t.Fatalf("presents %q after the rotation, want new-token-2", got)
+	}
+	for _, broken := range []string{"", "# nothing\n", "third-token\na b\n"} {
+		writeFile(t, path, broken)
+		if got := p.Token(); got != "new-token-2" {
+			t.Fatalf("file %q: presents %q", broken, got)
+		}
+	}
+	os.Remove(path)
+	if got := p.Token(); got != "new-token-2" {
+		t.Fatalf("a removed file: presents %q", got)
+	}
+	writeFile(t, path, "third-token-3\n")
+	if got := p.Token(); got != "third-token-3" {
+		t.Fatalf("the fixed file: presents %q", got)
+	}
+	var none *Presented
+	if got := none.Token(); got != "" {
+		t.Fatalf("a nil Presented presents %q", got)
+	}
+	if _, err := LoadPresented(filepath.Join(dir, "missing"), nil); err == nil {
+		t.Fatal("a missing file loaded")
+	}
+	for _, secret := range []string{"old-token-1", "new-token-2", "third-token"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Fatalf("a token is in the log:\n%s", logs)
+		}
+	}
+}
+
 func TestGuard(t *testing.T) {
 	dir := t.TempDir()
 	qf, af := filepath.Join(dir, "query"), filepath.Join(dir, "admin")

@@ -1,15 +1,11 @@
 package freeway
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"strings"
 	"sync/atomic"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/httpsrv"
 	"github.com/freeway-dev/freeway/puma"
@@ -61,32 +57,13 @@ func (p *Process) fanout(committed *puma.Committed) (*serving.Fanout, error) {
 	if err != nil {
 		return nil, err
 	}
-	token, err := firstToken(p.cfg.Auth.QueryTokensFile)
+	token, err := auth.LoadPresented(p.cfg.Auth.QueryTokensFile, p.log.With("component", "serving"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read query tokens for the fan-out: %w", err)
 	}
 	return serving.NewFanout(serving.FanoutDeps{
 		Coord: co, Committed: committed, Apps: p.apps, Buckets: p.res.BucketsOf,
 		Timeout: p.cfg.Serving.FanoutTimeout.D(), MaxBytes: int64(p.cfg.Serving.FanoutMaxBytes), MaxPartialRows: p.cfg.Puma.MaxPartialRows, TLS: p.shared.TLS, Token: token,
 		Log: p.log, Metrics: p.reg,
 	}), nil
-}
-
-// firstToken is the first token of a query tokens file ("" without one):
-// what serving presents to the Puma nodes, which check the same file.
-func firstToken(path string) (string, error) {
-	if path == "" {
-		return "", nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read query tokens for the fan-out: %w", err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
-			return line, nil
-		}
-	}
-	return "", errors.New("query tokens file " + path + " holds no token")
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -114,4 +115,75 @@ func staleShards(t *testing.T, addr string) []string {
 		t.Fatalf("answer %d %s: %v", resp.StatusCode, body, err)
 	}
 	return a.StaleShards
+}
+
+// TestFanoutTokenRotated: serving's fan-out presents the query tokens
+// file's first token to the Puma nodes, which check the same file, read
+// again when it changes. Rotated as the README says (a new token first,
+// then the old one removed, without a restart), the fan-out must present
+// the new one: before, it kept the token read at start, every node
+// refused it, and every answer came from the store, each shard named
+// stale, until serving restarted.
+func TestFanoutTokenRotated(t *testing.T) {
+	zk, _, hbase := engines(t)
+	suffix := randomSuffix()
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "query-tokens")
+	writeTokens := func(body string) {
+		t.Helper()
+		tmp := tokens + ".new"
+		if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, tokens); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const oldToken, newToken = "q-old-5d1e0c7a9b3f", "q-new-8e2a4f6c1d0b"
+	writeTokens(oldToken + "\n")
+	cfg := testConfig(dir)
+	cfg.DFS = "file://" + filepath.Join(dir, "dfs")
+	cfg.Store = fmt.Sprintf("hbase://%s/rotate_%s_", hbase, suffix)
+	cfg.Coord = fmt.Sprintf("zk://%s/freeway-test/rotate-%s?session_timeout=2s", zk, suffix)
+	cfg.Buckets = 2
+	cfg.Auth.QueryTokensFile = tokens
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	pc := cfg
+	pc.Puma.ID, pc.Puma.Listen = "puma-a", "127.0.0.1:0"
+	pm := startTarget(t, pc, Puma)
+	defer pm.stop(t)
+	srv := startTarget(t, cfg, Serving)
+	defer srv.stop(t)
+
+	hc := &http.Client{Timeout: 30 * time.Second}
+	defer hc.CloseIdleConnections()
+	u := srv.p.Serving.URL() + "/api/v1/query?" + url.Values{"app": {"orders"}, "from": {fmt.Sprint(base)}, "to": {fmt.Sprint(base + 180)}}.Encode()
+	fresh := func(token string) func() error {
+		return func() error {
+			code, body := getWith(t, hc, u, token)
+			if code != http.StatusOK {
+				return fmt.Errorf("query: %d %s", code, body)
+			}
+			var a struct {
+				StaleShards []string `json:"stale_shards"`
+			}
+			if err := json.Unmarshal(body, &a); err != nil {
+				t.Fatal(err)
+			}
+			if len(a.StaleShards) > 0 {
+				return fmt.Errorf("stale shards %v", a.StaleShards)
+			}
+			return nil
+		}
+	}
+	testkit.Eventually(t, "every shard answered by the node", fresh(oldToken))
+
+	writeTokens(newToken + "\n" + oldToken + "\n")
+	writeTokens(newToken + "\n")
+	if code, _ := getWith(t, hc, u, oldToken); code != http.StatusUnauthorized {
+		t.Fatalf("the removed token still works on serving: %d", code)
+	}
+	testkit.Eventually(t, "every shard answered by the node after the rotation", fresh(newToken))
 }
