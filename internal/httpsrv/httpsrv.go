@@ -35,6 +35,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/connlimit"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
@@ -130,6 +131,8 @@ func Listen(addr string, h http.Handler, opts Options) (*Server, error) {
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		ConnState:         connState,
+		// auth.Guard's rules depend on where the port is bound.
+		BaseContext: func(net.Listener) context.Context { return auth.ListenerContext(context.Background(), ln.Addr()) },
 		ErrorLog: log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5),
 			count: newErrorMetric(opts.Metrics)}, "", 0),
 	}
