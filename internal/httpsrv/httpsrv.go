@@ -11,7 +11,9 @@
 // Every answer carries X-Content-Type-Options: nosniff, a
 // Content-Security-Policy that allows the port's own scripts and styles
 // only (no inline script) and no framing, X-Frame-Options: DENY and
-// Cross-Origin-Resource-Policy: same-origin.
+// Cross-Origin-Resource-Policy: same-origin. Its requests' context says
+// whether the port is bound to a loopback address (auth.ListenerContext),
+// on which auth.Guard's Host rule depends.
 //
 // With Options.TLS it serves HTTPS (HTTP/1.1): the handshake runs under
 // the read header timeout, and a plaintext request to it is answered
