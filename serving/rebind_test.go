@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/auth"
+	"github.com/freeway-dev/freeway/internal/auth/authtest"
 )
 
 // TestLoopbackPortRefusesReboundHosts: a port bound to 127.0.0.1 that
@@ -104,6 +105,30 @@ func TestLoopbackPortRefusesReboundHosts(t *testing.T) {
 	}
 	if code, body := get(tokens, "evil.example", "/api/v1/query?app=orders", ""); code != http.StatusUnauthorized {
 		t.Errorf("no token for host evil.example with query tokens: %d %s, want 401", code, body)
+	}
+
+	// Over TLS the browser checks the certificate against the Host: a
+	// rebound name cannot pass, and any name the certificate has is served.
+	ca := authtest.NewCA(t, dir, "ca")
+	node := ca.Issue(t, dir, "node")
+	x, err := auth.NewTLS(auth.TLSConfig{CertFile: node.CertFile, KeyFile: node.KeyFile, CAFile: ca.File}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := auth.NewGuard(auth.Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secure := newServer(t, &fakeSource{apps: testApps(t)}, func(c *Config, d *Deps) { d.TLS, d.Auth = x, g })
+	run(t, secure)
+	tlsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: x.ClientConfig(secure.Addr())}, Timeout: 30 * time.Second}
+	defer tlsClient.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", secure.URL()+"/api/v1/apps", nil)
+	req.Host = "node.example"
+	if resp, err := tlsClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /api/v1/apps over TLS for host node.example: %v %v, want 200", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	wide, _ := start("0.0.0.0:0", auth.Config{})

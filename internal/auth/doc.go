@@ -66,7 +66,8 @@
 // reverse proxy on the local host that passes the client's Host on), and
 // refuse others 403 (reason unknown_host): any page the operator's
 // browser shows could otherwise read the port, as its own origin, once
-// its name is rebound to 127.0.0.1. A request with a valid token is
+// its name is rebound to 127.0.0.1. A request with a valid token, or
+// over TLS (the browser checked the certificate against the Host), is
 // served whatever its Host. A port bound to another address (0.0.0.0
 // included) is open to whoever reaches it: the rule does not apply there,
 // and a name rebound to a LAN address is not guarded against. /healthz

@@ -99,10 +99,12 @@ func (g *Guard) Admin(h http.Handler) http.Handler {
 // address, localhost or one of auth.allowed_hosts (a reverse proxy's
 // name, which passes the client's Host on); others are refused 403. A
 // port bound beyond the local host is open to whoever reaches it anyway:
-// tokens are what secure it.
+// tokens are what secure it. A request over TLS is served whatever its
+// Host: the browser checked the port's certificate against that name,
+// which a page's rebound name does not pass.
 func (g *Guard) knownHost(endpoint string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !boundToLoopback(r.Context()) || localName(r.Host) || g.allowedHost(r.Host) {
+		if r.TLS != nil || !boundToLoopback(r.Context()) || localName(r.Host) || g.allowedHost(r.Host) {
 			h.ServeHTTP(w, r)
 			return
 		}
