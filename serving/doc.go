@@ -74,7 +74,10 @@
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload
 // and /admin/shutdown need it; without one /metrics and /debug/pprof/
 // are open and POST /admin/* answers the local host only, addressed as
-// localhost or by an IP address (auth.Guard.Control). A browser's POST for a page of another origin is
+// localhost or by an IP address (auth.Guard.Control). What is served
+// without a token on a port bound to a loopback address answers only
+// requests whose Host is an IP address, localhost or a name of
+// auth.allowed_hosts, others 403 (DNS rebinding; auth.Guard.Query). A browser's POST for a page of another origin is
 // refused either way (auth.Guard.Control). /healthz and /readyz are always open, for probes:
 // with tls.client_auth they are the only paths answered to a client
 // without a certificate, all else 403 (auth.TLS.HTTPServer).

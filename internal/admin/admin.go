@@ -8,7 +8,9 @@
 //
 // Security: /metrics, /debug/pprof/ and the control endpoints take the
 // admin token when one is configured (auth.Guard); without one the
-// control endpoints answer the local host only. /healthz and /readyz are
+// control endpoints answer the local host only, and on a port bound to a
+// loopback address /metrics and /debug/pprof/ only requests for an IP
+// address, localhost or a name of auth.allowed_hosts. /healthz and /readyz are
 // always open, for probes; with tls.client_auth they are the only paths
 // a client without a certificate gets (auth.TLS.HTTPServer).
 //

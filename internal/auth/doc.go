@@ -59,8 +59,20 @@
 // another origin (its Sec-Fetch-Site or Origin says so; curl sends
 // neither) is refused 403 whatever the tokens (reason cross_origin): the
 // operator's browser on the local host would pass the local-host rule,
-// and any page it shows could post a form there. /healthz and /readyz stay open for probes (without
-// a client certificate too, under client_auth).
+// and any page it shows could post a form there. Query and Admin without
+// tokens, on a port bound to a loopback address (ListenerContext, which
+// internal/httpsrv sets), serve only requests whose Host is an IP address,
+// localhost or a name of auth.allowed_hosts (Config.AllowedHosts: a
+// reverse proxy on the local host that passes the client's Host on), and
+// refuse others 403 (reason unknown_host): any page the operator's
+// browser shows could otherwise read the port, as its own origin, once
+// its name is rebound to 127.0.0.1. A request with a valid token, or
+// over TLS (the browser checked the certificate against the Host), is
+// served whatever its Host. A port bound to another address (0.0.0.0
+// included) is open to whoever reaches it: the rule does not apply there,
+// and a name rebound to a LAN address is not guarded against. /healthz
+// and /readyz stay open for probes (without a client certificate too,
+// under client_auth).
 //
 // Nothing here survives a restart, and nothing needs to: the files are
 // the state.

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -24,9 +25,12 @@ const (
 )
 
 // Guard applies the process's tokens. A nil *Guard, or one without
-// tokens, lets every request through but for Control's local-host rule.
+// tokens, lets every request through but for Control's local-host rule
+// and, on a port bound to a loopback address, the Host rule of Query and
+// Admin.
 type Guard struct {
 	query, admin *Tokens
+	allowedHosts map[string]bool // auth.allowed_hosts, lower case
 	log          *slog.Logger
 	warn         *ratelog.Limiter
 	refused      *prometheus.CounterVec
@@ -41,10 +45,16 @@ func NewGuard(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Guard, 
 	log = log.With("component", "auth")
 	g := &Guard{log: log, warn: ratelog.New(log, time.Minute, 5),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_auth_refused_total",
-			Help: "Requests refused for want of a valid bearer token (or, for control requests without an admin token configured, for not coming from the local host), by endpoint (query, thrift_query, admin, control) and reason (missing, invalid, not_local, cross_origin: a control request a browser sent for a page of another origin)."},
+			Help: "Requests refused for want of a valid bearer token (or, for control requests without an admin token configured, for not coming from the local host), by endpoint (query, thrift_query, admin, control) and reason (missing, invalid, not_local, cross_origin: a control request a browser sent for a page of another origin, unknown_host: a request served without a token on a port bound to a loopback address that named a host other than an IP address, localhost or one of auth.allowed_hosts)."},
 			[]string{"endpoint", "reason"})}
 	if reg != nil {
 		g.refused = connlimit.Register(reg, g.refused)
+	}
+	if len(cfg.AllowedHosts) > 0 {
+		g.allowedHosts = map[string]bool{}
+		for _, h := range cfg.AllowedHosts {
+			g.allowedHosts[normalHost(h)] = true
+		}
 	}
 	var err error
 	if g.query, err = LoadTokens("query", cfg.QueryTokensFile, log, reg); err != nil {
@@ -63,20 +73,78 @@ func (g *Guard) QueryTokens() bool { return g != nil && g.query != nil }
 // whether fb303's control calls, which cannot carry one, are refused).
 func (g *Guard) AdminToken() bool { return g != nil && g.admin != nil }
 
-// Query requires a query token on h, when tokens are configured.
+// Query requires a query token on h, when tokens are configured, else
+// a known Host on a port bound to a loopback address (knownHost).
 func (g *Guard) Query(h http.Handler) http.Handler {
 	if !g.QueryTokens() {
-		return h
+		return g.knownHost(EndpointQuery, h)
 	}
 	return g.require(EndpointQuery, g.query, "auth.query_tokens_file", h)
 }
 
-// Admin requires the admin token on h, when one is configured.
+// Admin requires the admin token on h, when one is configured, else a
+// known Host on a port bound to a loopback address (knownHost).
 func (g *Guard) Admin(h http.Handler) http.Handler {
 	if !g.AdminToken() {
-		return h
+		return g.knownHost(EndpointAdmin, h)
 	}
 	return g.require(EndpointAdmin, g.admin, "auth.admin_token_file", h)
+}
+
+// knownHost guards h, served without a token: on a port bound to a
+// loopback address (ListenerContext), only the local host
+// reaches it, and so its browser, for any page: a page whose DNS name
+// was rebound to 127.0.0.1 would read the answers as its own origin's.
+// Such a request names the page's host, so the Host must be an IP
+// address, localhost or one of auth.allowed_hosts (a reverse proxy's
+// name, which passes the client's Host on); others are refused 403. A
+// port bound beyond the local host is open to whoever reaches it anyway:
+// tokens are what secure it. A request over TLS is served whatever its
+// Host: the browser checked the port's certificate against that name,
+// which a page's rebound name does not pass.
+func (g *Guard) knownHost(endpoint string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil || !boundToLoopback(r.Context()) || localName(r.Host) || g.allowedHost(r.Host) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		g.count(endpoint, "unknown_host")
+		g.logRefusal(endpoint, "unknown_host", r.Method+" "+r.URL.Path+" for host "+r.Host, r.RemoteAddr)
+		writeJSON(w, http.StatusForbidden, fmt.Sprintf("host %q is not served on this port: it is bound to a loopback address and serves without a token, so it answers requests for an IP address, localhost or a name of auth.allowed_hosts only (a proxy that passes this Host on needs it listed there)", r.Host))
+	})
+}
+
+type loopbackKey struct{}
+
+// ListenerContext returns ctx marked with whether addr, where an HTTP
+// listener is bound, is a loopback address (127.0.0.1, ::1; not 0.0.0.0):
+// the base context of its requests (internal/httpsrv), which knownHost
+// reads. A request without the mark (a handler run by a test server,
+// say) is taken as on a port bound beyond the local host.
+func ListenerContext(ctx context.Context, addr net.Addr) context.Context {
+	ta, ok := addr.(*net.TCPAddr)
+	return context.WithValue(ctx, loopbackKey{}, ok && ta.IP.IsLoopback())
+}
+
+func boundToLoopback(ctx context.Context) bool {
+	b, _ := ctx.Value(loopbackKey{}).(bool)
+	return b
+}
+
+// allowedHost reports whether a request's Host is one of
+// auth.allowed_hosts.
+func (g *Guard) allowedHost(hostport string) bool {
+	return g != nil && g.allowedHosts[normalHost(hostport)]
+}
+
+// normalHost is the name of a Host header or a configured host: without
+// the port, brackets and a trailing dot, in lower case.
+func normalHost(hostport string) string {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
 }
 
 // Control guards a control endpoint: the admin token when one is
@@ -119,15 +187,11 @@ func (g *Guard) control(h http.Handler) http.Handler {
 // (DNS rebinding): the operator's browser then sends the page's requests
 // from the local host, as same-origin ones.
 func localName(hostport string) bool {
-	host := hostport
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	host := normalHost(hostport)
 	if host == "" || net.ParseIP(host) != nil {
 		return true // no Host (HTTP/1.0: not a browser), or an address
 	}
-	return strings.EqualFold(host, "localhost")
+	return host == "localhost"
 }
 
 // sameOrigin refuses a control request sent by a browser for a page of
@@ -218,6 +282,8 @@ func (g *Guard) logRefusal(endpoint, reason, request, remote string) {
 		msg = "control request refused: not from the local host, or not addressed as localhost or by IP"
 	case "cross_origin":
 		msg = "control request refused: sent by a web page of another origin"
+	case "unknown_host":
+		msg = "request refused: a loopback port without tokens answers only an IP address, localhost or auth.allowed_hosts as the host"
 	}
 	g.warn.Warn("refused:"+endpoint+":"+reason, msg, args...)
 }

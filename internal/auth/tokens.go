@@ -29,10 +29,24 @@ type Config struct {
 	// POST /admin/*); set, fb303's control calls, which cannot carry a
 	// token, are refused.
 	AdminTokenFile string `yaml:"admin_token_file"`
+	// AllowedHosts are the host names (beside IP addresses and
+	// localhost) a request may name in its Host header on a port bound
+	// to a loopback address that serves it without a token: a reverse
+	// proxy on the local host that keeps the client's Host needs its
+	// name here (Guard.Query).
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
-// Validate checks the files exist and hold tokens.
+// Validate checks the files exist and hold tokens, and the allowed hosts
+// are host names.
 func (c *Config) Validate() error {
+	for i, h := range c.AllowedHosts {
+		// A port or a scheme would never match a Host header's name: the
+		// operator would see requests refused with no reason why.
+		if h == "" || strings.ContainsAny(h, ":/ \t[]") {
+			return config.Errorf(fmt.Sprintf("$.auth.allowed_hosts[%d]", i), "%q is not a host name (give the name alone, without a scheme or a port)", h)
+		}
+	}
 	for _, f := range []struct{ key, path string }{
 		{"query_tokens_file", c.QueryTokensFile}, {"admin_token_file", c.AdminTokenFile},
 	} {

@@ -71,6 +71,22 @@ func TestTokensFile(t *testing.T) {
 	}
 }
 
+// TestAllowedHostsValidate: auth.allowed_hosts takes host names alone;
+// a port or a scheme, which no Host header's name would match, is
+// refused with the entry's path.
+func TestAllowedHostsValidate(t *testing.T) {
+	ok := Config{AllowedHosts: []string{"freeway.internal", "Dash.Example.", "10.0.0.1"}}
+	if err := ok.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"", "freeway.internal:8080", "https://freeway.internal", "[::1]", "a b"} {
+		c := Config{AllowedHosts: []string{"fine.example", h}}
+		if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "auth.allowed_hosts[1]: ") {
+			t.Errorf("%q: %v, want an error of auth.allowed_hosts[1]", h, err)
+		}
+	}
+}
+
 // TestTokensReload: a changed file is used at the next check; a file
 // that does not parse, or holds no token, keeps the previous tokens.
 func TestTokensReload(t *testing.T) {

@@ -188,7 +188,13 @@ func New(cfg Config, target string, opts Options) (*Process, error) {
 	if sh.TLS, err = auth.NewTLS(cfg.TLS, opts.Log, reg); err != nil {
 		return nil, fmt.Errorf("load tls: %w", err)
 	}
-	if sh.Auth, err = auth.NewGuard(cfg.Auth, opts.Log, reg); err != nil {
+	ac := cfg.Auth
+	if cfg.Advertise != "" {
+		// The name other processes reach this one by (serving's fan-out
+		// asks puma.listen for it) is the operator's, not a web page's.
+		ac.AllowedHosts = append(slices.Clone(ac.AllowedHosts), cfg.Advertise)
+	}
+	if sh.Auth, err = auth.NewGuard(ac, opts.Log, reg); err != nil {
 		return nil, err
 	}
 	sh.Control = component.Control{Options: p.Options, Reinitialize: opts.Reinitialize, Shutdown: opts.Shutdown, CheckReload: opts.CheckReload,

@@ -11,7 +11,9 @@
 // Every answer carries X-Content-Type-Options: nosniff, a
 // Content-Security-Policy that allows the port's own scripts and styles
 // only (no inline script) and no framing, X-Frame-Options: DENY and
-// Cross-Origin-Resource-Policy: same-origin.
+// Cross-Origin-Resource-Policy: same-origin. Its requests' context says
+// whether the port is bound to a loopback address (auth.ListenerContext),
+// on which auth.Guard's Host rule depends.
 //
 // With Options.TLS it serves HTTPS (HTTP/1.1): the handshake runs under
 // the read header timeout, and a plaintext request to it is answered
@@ -35,6 +37,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/connlimit"
 	"github.com/freeway-dev/freeway/internal/ratelog"
 )
@@ -130,6 +133,8 @@ func Listen(addr string, h http.Handler, opts Options) (*Server, error) {
 		IdleTimeout:       lim.IdleTimeout,
 		MaxHeaderBytes:    lim.MaxHeaderBytes,
 		ConnState:         connState,
+		// auth.Guard's rules depend on where the port is bound.
+		BaseContext: func(net.Listener) context.Context { return auth.ListenerContext(context.Background(), ln.Addr()) },
 		ErrorLog: log.New(&errorLog{name: opts.Name, warn: ratelog.New(opts.Log, time.Minute, 5),
 			count: newErrorMetric(opts.Metrics)}, "", 0),
 	}
