@@ -3,7 +3,6 @@ package calligraphus
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,26 +10,15 @@ import (
 	"testing"
 
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
-// mountTmpfs mounts a tmpfs of size bytes on a new directory until the
-// test ends. It needs root (as in CI); without it the test is skipped.
+// mountTmpfs mounts a tmpfs of size bytes until the test ends
+// (testkit.MountTmpfs: root only, else the test is skipped).
 func mountTmpfs(t *testing.T, size int) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: mounting a tmpfs that can fill up needs root")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("size=%d", size)); err != nil {
-		t.Fatalf("mount a %d-byte tmpfs on %s as root: %v", size, dir, err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			_ = syscall.Unmount(dir, syscall.MNT_DETACH) // best effort, as the cleanup it is
-		}
-	})
-	return dir
+	return testkit.MountTmpfs(t, fmt.Sprintf("size=%d", size))
 }
 
 // The dfs is a local directory on a small tmpfs that fills up. Stock

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+
+	"github.com/freeway-dev/freeway/internal/testkit"
 )
 
 // TestMkdirAllOnAFullDisk: a full disk lets MkdirAll make the category's
@@ -17,19 +19,8 @@ import (
 // machine crash. Now each directory's parent is fsynced as soon as it is
 // made.
 func TestMkdirAllOnAFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: mounting a tmpfs that runs out of inodes needs root")
-	}
-	mnt := t.TempDir()
 	// Three inodes: the root, a filler, the category's directory.
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, "size=1m,nr_inodes=3"); err != nil {
-		t.Fatalf("mount a tmpfs as root: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(mnt, 0); err != nil {
-			_ = syscall.Unmount(mnt, syscall.MNT_DETACH) // best effort, as the cleanup it is
-		}
-	})
+	mnt := testkit.MountTmpfs(t, "size=1m,nr_inodes=3")
 	filler := filepath.Join(mnt, "filler")
 	if err := os.WriteFile(filler, nil, 0o644); err != nil {
 		t.Fatal(err)
