@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -177,6 +178,10 @@ type runner struct {
 	// reloads counts the reloads asked for, across the restarts they
 	// make (freeway_config_reloads_total); run creates it.
 	reloads *freeway.Reloads
+
+	mu         sync.Mutex
+	running    *freeway.Process // the components running, nil between two
+	runningCfg freeway.Config   // their configuration
 }
 
 // run runs until ctx ends (SIGTERM, fb303 shutdown) or a component fails.
@@ -209,7 +214,10 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		// why, instead of accepting a reload that is then only refused
 		// in the log.
 		CheckReload: func() error {
-			_, err := r.load()
+			next, err := r.load()
+			if err == nil {
+				err = r.keeps(next)
+			}
 			if err != nil {
 				r.reloads.Done(err)
 			}
@@ -253,7 +261,9 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 				}
 			}()
 		}
+		r.setRunning(p, cfg)
 		next, err := r.wait(ctx, done, reload, hup)
+		r.setRunning(nil, cfg)
 		stop()
 		if next == nil {
 			if e := <-done; err == nil {
@@ -288,6 +298,9 @@ func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}
 		}
 		r.log.Info("reloading configuration")
 		cfg, err := r.load()
+		if err == nil {
+			err = r.keeps(cfg)
+		}
 		if err != nil {
 			r.log.Error("configuration not reloaded; running on the previous one", "err", err)
 			r.reloads.Done(err)
@@ -295,6 +308,33 @@ func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}
 		}
 		return &cfg, nil
 	}
+}
+
+// setRunning notes the components running (nil: none) and their
+// configuration, for keeps.
+func (r *runner) setRunning(p *freeway.Process, cfg freeway.Config) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.running, r.runningCfg = p, cfg
+}
+
+// keeps refuses a reload that would leave entries behind: the agent's
+// queue moved (agent.queue_dir, or data_dir it derives from) while the
+// running one holds entries acknowledged to apps and not yet shipped.
+// The restarted agent would open the new directory, and those entries
+// would never be sent.
+func (r *runner) keeps(next freeway.Config) error {
+	r.mu.Lock()
+	p, cfg := r.running, r.runningCfg
+	r.mu.Unlock()
+	if p == nil || p.Agent == nil || next.Agent.QueueDir == cfg.Agent.QueueDir {
+		return nil
+	}
+	if n := p.Agent.Status().QueueEntries; n > 0 {
+		return fmt.Errorf("agent.queue_dir would move from %s to %s while %d entries acknowledged to apps are not yet shipped from it: they would never be sent; "+
+			"keep agent.queue_dir (or data_dir) until freeway_agent_queue_entries is 0", cfg.Agent.QueueDir, next.Agent.QueueDir, n)
+	}
+	return nil
 }
 
 func configCommand() *cobra.Command {

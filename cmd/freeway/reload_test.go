@@ -189,3 +189,46 @@ func TestReloadThatCannotStartRunsThePrevious(t *testing.T) {
 	logWeb(t, agent)
 	ip.alive(t)
 }
+
+// TestReloadKeepsAQueueWithUnshippedEntries: a reload that moves the
+// agent's queue (data_dir here) while it holds entries acknowledged to
+// apps and not yet shipped (its upstream down) left them in the old
+// directory for good. It is refused, counted and logged, by POST
+// /admin/reload (422) and fb303 reinitialize alike, and the agent runs
+// on with its queue.
+func TestReloadKeepsAQueueWithUnshippedEntries(t *testing.T) {
+	dir := t.TempDir()
+	ports := freePorts(t, 4)
+	dead := freePorts(t, 1)[0] // nothing listens: the queue keeps what it takes
+	cfgFile := filepath.Join(dir, "freeway.yaml")
+	data := filepath.Join(dir, "data")
+	upstream := fmt.Sprintf("\n  upstream: [\"127.0.0.1:%d\"]", dead)
+	writeConfig(t, cfgFile, data, ports, upstream)
+	agent := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	api := fmt.Sprintf("http://127.0.0.1:%d", ports[2])
+	ip := runInProcess(t, cfgFile)
+	logWeb(t, agent)
+
+	writeConfig(t, cfgFile, filepath.Join(dir, "elsewhere"), ports, upstream)
+	resp, err := http.Post(api+"/admin/reload", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(string(body), "not yet shipped") {
+		t.Fatalf("POST /admin/reload: %d %s, want 422 naming the unshipped entries", resp.StatusCode, body)
+	}
+	reinitialize(t, agent)
+	ip.waitMetrics(t, api, `freeway_config_reloads_total{result="error"} 2`, "freeway_config_last_reload_successful 0")
+	if len(ip.log.Lines("configuration not reloaded", "not yet shipped")) != 1 {
+		t.Fatalf("want the refused reinitialize logged once:\n%s", ip.log)
+	}
+	// Still the first queue: its entry is there, and more are taken.
+	code, body2, err := get(api + "/api/v1/status")
+	if err != nil || code != http.StatusOK || !strings.Contains(body2, `"queue_entries":1`) {
+		t.Fatalf("status: %d %v %s", code, err, body2)
+	}
+	logWeb(t, agent)
+	ip.alive(t)
+}
