@@ -69,13 +69,8 @@ func TestDashboardStructuredValues(t *testing.T) {
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 
-	c, err := browser.Start(chromium)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	c, ctx, done := browser.Open(t, chromium)
+	defer done()
 	page, err := c.NewPage(ctx, 1200, 900)
 	if err != nil {
 		t.Fatal(err)
@@ -151,13 +146,8 @@ func TestDashboardBadValueIsNotLines(t *testing.T) {
 	srv := httptest.NewServer(newServer(t, src).Handler())
 	defer srv.Close()
 
-	c, err := browser.Start(chromium)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	c, ctx, done := browser.Open(t, chromium)
+	defer done()
 	page, err := c.NewPage(ctx, 1200, 900)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package serving
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -47,13 +46,8 @@ func TestControlCrossSiteForm(t *testing.T) {
 	}))
 	defer evil.Close()
 
-	c, err := browser.Start(chromium)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	c, ctx, done := browser.Open(t, chromium)
+	defer done()
 	page, err := c.NewPage(ctx, 800, 600)
 	if err != nil {
 		t.Fatal(err)
@@ -111,13 +105,8 @@ func TestDashboardHostileText(t *testing.T) {
 	stop := run(t, s)
 	defer stop() //nolint:errcheck // the test is over; Run's error is not what it checks
 
-	c, err := browser.Start(chromium)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	c, ctx, done := browser.Open(t, chromium)
+	defer done()
 	page, err := c.NewPage(ctx, 1200, 900)
 	if err != nil {
 		t.Fatal(err)
@@ -202,13 +191,8 @@ func TestDashboardCraftedFragment(t *testing.T) {
 	s := newServer(t, &fakeSource{apps: testApps(t)})
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
-	c, err := browser.Start(chromium)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	c, ctx, done := browser.Open(t, chromium)
+	defer done()
 	for _, fragment := range []string{"app=orders&from=x&to=y&refresh=0", "app=orders&from=1e20&to=2e20&refresh=0", "app=orders&refresh=0.001", "app=orders&refresh=1e10"} {
 		page, err := c.NewPage(ctx, 1200, 900)
 		if err != nil {

@@ -1,10 +1,12 @@
 package browser
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Need returns the Chromium to run, or skips t when there is none; under
@@ -20,6 +22,23 @@ func Need(t testing.TB) string {
 		t.Skip(err)
 	}
 	return path
+}
+
+// Open starts the Chromium at path (Need's) for t, with a context of 2
+// minutes for its calls; done closes both. It is for the test to defer,
+// before the servers the pages read are closed: a server's Close waits
+// for the browser's requests.
+func Open(t testing.TB, path string) (c *Chrome, ctx context.Context, done func()) {
+	t.Helper()
+	c, err := Start(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return c, ctx, func() {
+		cancel()
+		_ = c.Close() // the test is over: what it checked is what counts
+	}
 }
 
 // Artifacts is the directory where a test leaves what a person may want
