@@ -107,21 +107,7 @@ func targetCommand(target, use, short string) *cobra.Command {
 		cmd.Flags().IntVar(&demoRate, "demo-rate", 200, "lines per second of the demo load")
 	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		load := func() (freeway.Config, error) {
-			cfg := freeway.DefaultConfig()
-			if configFile != "" {
-				var err error
-				if cfg, err = freeway.LoadFile(configFile); err != nil {
-					return cfg, err
-				}
-			}
-			flags.Apply(&cfg)
-			if err := cfg.Validate(); err != nil {
-				return cfg, fmt.Errorf("invalid configuration: %w", err)
-			}
-			cfg.Resolve()
-			return cfg, nil
-		}
+		load := func() (freeway.Config, error) { return loadConfig(configFile, flags.Apply) }
 		cfg, err := load()
 		if err != nil {
 			return err
@@ -166,6 +152,25 @@ func demoReadBy(cfg freeway.Config) error {
 		}
 	}
 	return fmt.Errorf("--demo sends categories %s and %s, which no app of the configuration reads: add --config examples/freeway.yaml (or an app of either category)", demo.RawCategory, demo.JSONCategory)
+}
+
+// loadConfig is the configuration a run starts (or reloads) with: the
+// file's (none: the defaults), with the flags applied over it, validated
+// and resolved.
+func loadConfig(file string, applyFlags func(*freeway.Config)) (freeway.Config, error) {
+	cfg := freeway.DefaultConfig()
+	if file != "" {
+		var err error
+		if cfg, err = freeway.LoadFile(file); err != nil {
+			return cfg, err
+		}
+	}
+	applyFlags(&cfg)
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("invalid configuration: %w", err)
+	}
+	cfg.Resolve()
+	return cfg, nil
 }
 
 // runner runs the process's components and restarts them with a

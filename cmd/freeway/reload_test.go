@@ -27,17 +27,7 @@ type inProcess struct {
 
 func runInProcess(t *testing.T, cfgFile string) *inProcess {
 	t.Helper()
-	load := func() (freeway.Config, error) {
-		cfg, err := freeway.LoadFile(cfgFile)
-		if err != nil {
-			return cfg, err
-		}
-		if err := cfg.Validate(); err != nil {
-			return cfg, fmt.Errorf("invalid configuration: %w", err)
-		}
-		cfg.Resolve()
-		return cfg, nil
-	}
+	load := func() (freeway.Config, error) { return loadConfig(cfgFile, func(*freeway.Config) {}) }
 	cfg, err := load()
 	if err != nil {
 		t.Fatal(err)
