@@ -534,14 +534,9 @@ func TestSalvageKeepsEveryValidBlock(t *testing.T) {
 	torn := enc.AppendBlock(nil, &segment.Block{Messages: [][]byte{[]byte("torn-never-acked")}})
 	data = append(data, torn[:len(torn)-4]...)
 	name := layout.SegmentName(5, 1)
-	f, err := fsys.Create(path.Join(dir, layout.TempSegment(name)))
-	if err != nil {
+	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 
 	s := startServer(t, testConfig(), fsys, co, nil)
 	mustLog(t, s.dial(t), entries("cat", "new"))
@@ -569,14 +564,9 @@ func TestSalvageSetsAsideASegmentDamagedAtItsStart(t *testing.T) {
 		data[i] ^= 0x5a
 	}
 	name := layout.SegmentName(5, 1)
-	f, err := fsys.Create(path.Join(dir, layout.TempSegment(name)))
-	if err != nil {
+	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
 
 	s := startServer(t, testConfig(), fsys, co, nil)
 	mustLog(t, s.dial(t), entries("cat", "new"))
