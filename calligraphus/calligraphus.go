@@ -23,6 +23,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/ratelog"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/scribewire"
+	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -39,6 +40,10 @@ type Config struct {
 	SegmentMaxAge config.Duration `yaml:"segment_max_age"`
 	// SegmentMaxBytes: a segment is published once it holds this much.
 	SegmentMaxBytes config.ByteSize `yaml:"segment_max_bytes"`
+	// Compression of the segments' blocks: "s2" (the default) or "none".
+	// Readers of every version since it was added read both; an older
+	// Puma or copier reads an s2 block as damaged and skips it.
+	Compression string `yaml:"compression"`
 	// Linger: on a dfs where only closing makes bytes durable (HDFS),
 	// every acknowledgement publishes a segment; batches arriving within
 	// this long of the first share it. 0 (the default): a segment takes
@@ -74,6 +79,7 @@ func DefaultConfig() Config {
 		Listen:          "127.0.0.1:1464",
 		SegmentMaxAge:   0, // per dfs: SegmentMaxAgeFor
 		SegmentMaxBytes: 64 << 20,
+		Compression:     "s2",
 		Linger:          0,
 		MaxPendingBytes: 64 << 20,
 		PortConfig:      thriftsrv.DefaultPortConfig(),
@@ -106,6 +112,9 @@ func (c *Config) Validate() error {
 		return config.Errorf("max_frame_bytes", "replaced by calligraphus.max_call_bytes (the largest call served; a larger one is answered TRY_LATER)")
 	case c.OldMaxMessageBytes != nil:
 		return config.Errorf("max_message_bytes", "removed: a message is bounded by calligraphus.max_call_bytes")
+	}
+	if _, err := segment.ParseCompression(c.Compression); err != nil {
+		return config.Errorf("compression", "%v", err)
 	}
 	if err := c.PortConfig.Validate(); err != nil {
 		return err
@@ -161,6 +170,7 @@ type Deps struct {
 type Calligraphus struct {
 	cfg    Config
 	deps   Deps
+	comp   segment.Compression // cfg.Compression
 	log    *slog.Logger
 	now    func() time.Time
 	m      *metrics
@@ -222,9 +232,11 @@ func New(cfg Config, deps Deps) (*Calligraphus, error) {
 	}
 	deps.Common = deps.Defaults()
 	own, reg := deps.OwnMetrics()
+	comp, _ := segment.ParseCompression(cfg.Compression) // validated
 	c := &Calligraphus{
 		cfg:     cfg,
 		deps:    deps,
+		comp:    comp,
 		log:     deps.Logger("calligraphus"),
 		now:     deps.Now,
 		m:       newMetrics(reg),
@@ -320,7 +332,7 @@ func (c *Calligraphus) Run(ctx context.Context) error {
 	c.ctx = wctx
 	c.mu.Unlock()
 	c.log.Info("calligraphus serving", "addr", c.Addr(), "advertised", c.advertised, "dfs", c.deps.FS.String(), "coord", c.deps.Coord.String(), "id", c.cfg.ID,
-		"segment_max_age", c.cfg.SegmentMaxAge.D())
+		"segment_max_age", c.cfg.SegmentMaxAge.D(), "compression", c.comp)
 	// The membership and the rebalance end with the server, whether ctx
 	// ended or the server stopped on an error of its own.
 	bgctx, cancelBg := context.WithCancel(ctx)
@@ -608,7 +620,7 @@ func (c *Calligraphus) ingest(ctx context.Context, info callInfo, entries []scri
 	}
 	for i, w := range claimed {
 		if w != nil {
-			reqs[i].encode() // here, while the call's bytes are there
+			reqs[i].encode(c.comp) // here, while the call's bytes are there
 			w.enqueue(reqs[i])
 		}
 	}
@@ -890,7 +902,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		received:    prometheus.NewCounter(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_received_total", Help: "Entries acknowledged OK to senders."}),
 		written:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_written_total", Help: "Entries made durable in the dfs, by category."}, []string{"category"}),
-		bytes:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_bytes_written_total", Help: "Segment bytes written, by category."}, []string{"category"}),
+		bytes:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_bytes_written_total", Help: "Segment bytes written, as stored (compressed blocks compressed), by category."}, []string{"category"}),
 		segments:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_segments_published_total", Help: "Segments closed and published, by category."}, []string{"category"}),
 		rejected:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_rejected_total", Help: "Entries dropped for good (empty category, as stock Scribe does), by reason."}, []string{"reason"}),
 		unroutable:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "freeway_calligraphus_entries_unroutable_total", Help: "Entries whose shard key could not be read, written to bucket 0, by category."}, []string{"category"}),

@@ -398,6 +398,7 @@ func TestRollBySize(t *testing.T) {
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.SegmentMaxBytes = 1 << 10
+	cfg.Compression = "none" // the segments' sizes are the bytes sent
 	s := startServer(t, cfg, fsys, co, nil)
 	cl := s.dial(t)
 	var want []string

@@ -35,6 +35,7 @@ func TestDiskFullAnswersTryLaterAndPublishesEachEntryOnce(t *testing.T) {
 	_, co := inprocCoord(t)
 	cfg := testConfig()
 	cfg.SegmentMaxBytes = 16 << 10
+	cfg.Compression = "none" // the padded lines fill the disk as sent
 	s := startServer(t, cfg, fsys, co, nil)
 	const clients, calls, per = 4, 40, 20
 	pad := strings.Repeat("p", 200)

@@ -50,7 +50,7 @@ func TestWriteBlocksByBuffersIsByWrites(t *testing.T) {
 			want.Seqs = append(want.Seqs, uint64(i*1000+j))
 		}
 		r.size = 1 << 20
-		r.encode()
+		r.encode(segment.Uncompressed)
 		reqs = append(reqs, r)
 	}
 	write := func(fsys dfs.FS, name string, batch []*appendReq) ([]byte, int, int) {

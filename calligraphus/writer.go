@@ -37,15 +37,16 @@ type appendReq struct {
 // maxKeptEnc bounds the encoding buffer a pooled request keeps.
 const maxKeptEnc = 4 << 20
 
-// encode encodes the blocks into r.enc and drops the references to the
-// messages: from here on the request holds its entries' bytes itself.
-func (r *appendReq) encode() {
+// encode encodes the blocks into r.enc, compressed as comp says, and
+// drops the references to the messages: from here on the request holds
+// its entries' bytes itself.
+func (r *appendReq) encode(comp segment.Compression) {
 	if cap(r.enc) < int(r.size) {
 		r.enc = make([]byte, 0, r.size)
 	}
 	r.enc = r.enc[:0]
 	for _, b := range r.blocks {
-		r.enc = segment.AppendUnstamped(r.enc, b)
+		r.enc = segment.AppendUnstampedAs(r.enc, b, comp)
 		clear(b.Messages)
 		b.Messages = b.Messages[:0] // recycle has nothing more to clear
 	}
