@@ -65,89 +65,14 @@ func TestCopierKilledMidFileDeliversEveryLineOnce(t *testing.T) {
 // and engines (config lines for the store and coordinator; empty: the
 // embedded ones).
 func copierKilledMidFile(t *testing.T, dest, engines string) {
-	bin := freewayBinary(t)
-	dir := t.TempDir()
-	const (
-		cat      = "web"
-		buckets  = 2
-		periods  = 6
-		segments = 2     // per bucket and period
-		perSeg   = 25000 // lines
-	)
-	cfgFile := filepath.Join(dir, "freeway.yaml")
-	cfg := fmt.Sprintf(`data_dir: %s
-buckets: %d
-log: {level: warn}
-copier:
-  destination: %s
-  merge_period: 1m
-  merge_delay: 1m
-  compression: gzip
-%s`, filepath.Join(dir, "data"), buckets, dest, engines)
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	src, err := backends.OpenDFS("file://" + filepath.ToSlash(filepath.Join(dir, "data", "dfs")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-
-	// Minutes three hours ago, published as they arrived: every period is
-	// closed and no line is late.
-	start := time.Now().Add(-3 * time.Hour).Truncate(time.Minute)
-	want := map[string]string{} // merged file → its text
-	seq := uint64(0)
-	for p := range periods {
-		for s := range segments {
-			seq++
-			at := start.Add(time.Duration(p)*time.Minute + time.Duration(s*20)*time.Second)
-			for b := range buckets {
-				enc := segment.NewEncoder()
-				data := enc.AppendHeader(nil)
-				blk := &segment.Block{ArrivalMs: at.UnixMilli()}
-				var text strings.Builder
-				for i := range perSeg {
-					msg := fmt.Sprintf("bucket %d minute %d segment %d line %05d of the access log", b, p, s, i)
-					blk.Messages = append(blk.Messages, []byte(msg))
-					text.WriteString(msg + "\n")
-				}
-				data = enc.AppendBlock(data, blk)
-				name := path.Join(layout.BucketDir(cat, b), layout.SegmentName(1, seq))
-				if err := dfs.WriteFile(src, name, data); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Chtimes(filepath.Join(dir, "data", "dfs", filepath.FromSlash(name)), at, at); err != nil {
-					t.Fatal(err)
-				}
-				want[layout.MergedFile(cat, b, start.Add(time.Duration(p)*time.Minute), time.Minute, ".gz")] += text.String()
-			}
-		}
-	}
-	dst, err := backends.OpenDFS(dest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
-
-	backfill := func() (*exec.Cmd, *testkit.LogBuffer, chan error) {
-		cmd := exec.Command(bin, "copier", "--config", cfgFile, "--backfill")
-		out := &testkit.LogBuffer{}
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		return cmd, out, done
-	}
+	f := newBackfillFixture(t, dest, engines, 6, 25000)
 	// Kill a backfill as soon as a temporary file shows up in the
 	// directory of period p (both buckets' files are there), a different
 	// period each time.
 	caught := 0
 	for k, p := range []int{1, 3, 4} {
-		periodDir := path.Dir(layout.MergedFile(cat, 0, start.Add(time.Duration(p)*time.Minute), time.Minute, ".gz"))
-		cmd, out, done := backfill()
+		periodDir := path.Dir(layout.MergedFile(f.cat, 0, f.start.Add(time.Duration(p)*time.Minute), time.Minute, ".gz"))
+		cmd, out, done := f.backfill(t)
 		killed := false
 		deadline := time.Now().Add(2 * time.Minute)
 	poll:
@@ -158,7 +83,7 @@ copier:
 				break poll
 			default:
 			}
-			infos, err := dst.ReadDir(periodDir)
+			infos, err := f.dst.ReadDir(periodDir)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("list %s: %v", periodDir, err)
 			}
@@ -174,7 +99,7 @@ copier:
 					break poll
 				}
 			}
-			if len(infos) == buckets {
+			if len(infos) == f.buckets {
 				// Both files of the period published between two looks: kill
 				// it anyway, between files.
 				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -195,27 +120,127 @@ copier:
 		t.Error("no kill landed while a file was being written")
 	}
 
-	_, out, done := backfill()
+	_, out, done := f.backfill(t)
 	if err := <-done; err != nil {
 		t.Fatalf("the last backfill: %v\n%s", err, out.String())
 	}
 	if !strings.Contains(out.String(), "backfill: merged") {
 		t.Errorf("no summary:\n%s", out.String())
 	}
-	var got []string
-	if err := walk(dst, cat, &got); err != nil {
+	f.checkMerged(t)
+}
+
+// backfillFixture is a copier configuration merging minutes of segments
+// (category web, two buckets, two segments a bucket and minute) into a
+// gzip file a bucket and minute, the segments written in its data_dir's
+// embedded dfs, and the files the merge must make of them.
+type backfillFixture struct {
+	bin, cfgFile string
+	cat          string
+	buckets      int
+	start        time.Time         // the first minute
+	want         map[string]string // merged file → its text
+	dst          dfs.FS            // the destination
+}
+
+// newBackfillFixture writes periods minutes of segments of perSeg lines,
+// the merged files going to dest, with engines (config lines for the
+// store and coordinator; empty: the embedded ones).
+func newBackfillFixture(t *testing.T, dest, engines string, periods, perSeg int) *backfillFixture {
+	t.Helper()
+	const segments = 2 // per bucket and period
+	f := &backfillFixture{bin: freewayBinary(t), cat: "web", buckets: 2, want: map[string]string{}}
+	dir := t.TempDir()
+	f.cfgFile = filepath.Join(dir, "freeway.yaml")
+	cfg := fmt.Sprintf(`data_dir: %s
+buckets: %d
+log: {level: warn}
+copier:
+  destination: %s
+  merge_period: 1m
+  merge_delay: 1m
+  compression: gzip
+%s`, filepath.Join(dir, "data"), f.buckets, dest, engines)
+	if err := os.WriteFile(f.cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != len(want) {
-		t.Errorf("destination holds %d files %q, want %d", len(got), got, len(want))
+	src, err := backends.OpenDFS("file://" + filepath.ToSlash(filepath.Join(dir, "data", "dfs")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+
+	// Minutes three hours ago, published as they arrived: every period is
+	// closed and no line is late.
+	f.start = time.Now().Add(-3 * time.Hour).Truncate(time.Minute)
+	seq := uint64(0)
+	for p := range periods {
+		for s := range segments {
+			seq++
+			at := f.start.Add(time.Duration(p)*time.Minute + time.Duration(s*20)*time.Second)
+			for b := range f.buckets {
+				enc := segment.NewEncoder()
+				data := enc.AppendHeader(nil)
+				blk := &segment.Block{ArrivalMs: at.UnixMilli()}
+				var text strings.Builder
+				for i := range perSeg {
+					msg := fmt.Sprintf("bucket %d minute %d segment %d line %05d of the access log", b, p, s, i)
+					blk.Messages = append(blk.Messages, []byte(msg))
+					text.WriteString(msg + "\n")
+				}
+				data = enc.AppendBlock(data, blk)
+				name := path.Join(layout.BucketDir(f.cat, b), layout.SegmentName(1, seq))
+				if err := dfs.WriteFile(src, name, data); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(filepath.Join(dir, "data", "dfs", filepath.FromSlash(name)), at, at); err != nil {
+					t.Fatal(err)
+				}
+				f.want[layout.MergedFile(f.cat, b, f.start.Add(time.Duration(p)*time.Minute), time.Minute, ".gz")] += text.String()
+			}
+		}
+	}
+	f.dst, err = backends.OpenDFS(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.dst.Close() })
+	return f
+}
+
+// backfill starts `freeway copier --backfill` on the fixture's
+// configuration; done has its exit.
+func (f *backfillFixture) backfill(t *testing.T) (cmd *exec.Cmd, out *testkit.LogBuffer, done chan error) {
+	t.Helper()
+	cmd = exec.Command(f.bin, "copier", "--config", f.cfgFile, "--backfill")
+	out = &testkit.LogBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	return cmd, out, done
+}
+
+// checkMerged checks that the destination holds the merged files and
+// nothing else, each one its segments' lines once, in bucket order.
+func (f *backfillFixture) checkMerged(t *testing.T) {
+	t.Helper()
+	var got []string
+	if err := walk(f.dst, f.cat, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(f.want) {
+		t.Errorf("destination holds %d files %q, want %d", len(got), got, len(f.want))
 	}
 	for _, name := range got {
-		if _, ok := want[name]; !ok {
+		if _, ok := f.want[name]; !ok {
 			t.Errorf("unexpected file %s", name)
 		}
 	}
-	for name, text := range want {
-		data, err := dfs.ReadFile(dst, name)
+	for name, text := range f.want {
+		data, err := dfs.ReadFile(f.dst, name)
 		if err != nil {
 			t.Errorf("read %s: %v", name, err)
 			continue

@@ -8,7 +8,8 @@
 // on the HTTP port) reloads the configuration file and restarts the
 // components with it when it validates (POST /admin/reload answers a
 // file that does not with its error); SIGTERM, SIGINT, fb303 shutdown
-// or POST /admin/shutdown stop them gracefully.
+// or POST /admin/shutdown stop them gracefully. `freeway copier
+// --backfill` does not reload: on SIGHUP it logs so and goes on.
 package main
 
 import (
@@ -130,6 +131,7 @@ func targetCommand(target, use, short string) *cobra.Command {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		if backfill {
+			defer keepOnHUP(log)()
 			_, err := freeway.Backfill(ctx, cfg, freeway.Options{Version: version.Get(), Log: log}, os.Stdout, isTerminal(os.Stdout))
 			return err
 		}
@@ -140,6 +142,34 @@ func targetCommand(target, use, short string) *cobra.Command {
 		return r.run(ctx, cfg)
 	}
 	return cmd
+}
+
+// keepOnHUP makes a --backfill run go on through SIGHUP, logging that it
+// does not reload, until the returned stop. SIGHUP reloads the
+// long-running targets, which register it; a backfill kept Go's default,
+// so the SIGHUP operators send every freeway process (logrotate,
+// configuration management) killed it mid-copy.
+func keepOnHUP(log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				log.Warn("SIGHUP: a copier --backfill run does not reload its configuration; it goes on with the one it started with (to apply a new one, stop it and run it again: it resumes)")
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		<-exited
+	}
 }
 
 // demoReadBy refuses a demo load that no app reads: "freeway --demo"
