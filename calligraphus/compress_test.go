@@ -9,14 +9,16 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
-// TestSegmentsAreCompressedAsConfigured: the default stores the blocks
-// of log lines compressed (s2) in a fraction of the bytes, "none" as
-// they are; both read back (scan, ptail) as the entries sent.
+// TestSegmentsAreCompressedAsConfigured: "auto" (the default) stores
+// the blocks of log lines compressed (s2) in a fraction of the bytes on
+// HDFS, and as they are on a local disk; "s2" and "none" do so on
+// either. All read back (scan, ptail) as the entries sent.
 func TestSegmentsAreCompressedAsConfigured(t *testing.T) {
 	var want []string
 	var es []*scribethrift.LogEntry
@@ -25,14 +27,26 @@ func TestSegmentsAreCompressedAsConfigured(t *testing.T) {
 		want = append(want, m)
 		es = append(es, &scribethrift.LogEntry{Category: "cat", Message: []byte(m)})
 	}
-	sizes := map[string]int{}
-	for _, comp := range []string{"", "s2", "none"} {
-		t.Run("compression="+comp, func(t *testing.T) {
-			fsys := newLocal(t)
+	sizes := map[segment.Compression]int{}
+	for _, tc := range []struct {
+		comp     string // "": the default
+		hdfsLike bool
+		want     segment.Compression
+	}{
+		{"", false, segment.Uncompressed},
+		{"", true, segment.S2},
+		{"s2", false, segment.S2},
+		{"none", true, segment.Uncompressed},
+	} {
+		t.Run(fmt.Sprintf("compression=%q,hdfslike=%v", tc.comp, tc.hdfsLike), func(t *testing.T) {
+			fsys := dfstest.NewFaulty(newLocal(t))
+			if tc.hdfsLike {
+				fsys = fsys.LikeHDFS()
+			}
 			_, co := inprocCoord(t)
 			cfg := testConfig()
-			if comp != "" {
-				cfg.Compression = comp
+			if tc.comp != "" {
+				cfg.Compression = tc.comp
 			}
 			s := startServer(t, cfg, fsys, co, nil)
 			mustLog(t, s.dial(t), es)
@@ -52,15 +66,14 @@ func TestSegmentsAreCompressedAsConfigured(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			flags := segment.Compression(data[segment.HeaderSizeV2+segment.BlockHeaderSize])
-			if wantFlags := map[string]segment.Compression{"": segment.S2, "s2": segment.S2, "none": segment.Uncompressed}[comp]; flags != wantFlags {
-				t.Errorf("first block stored with flags %v, want %v", flags, wantFlags)
+			if flags := segment.Compression(data[segment.HeaderSizeV2+segment.BlockHeaderSize]); flags != tc.want {
+				t.Errorf("first block stored with flags %v, want %v", flags, tc.want)
 			}
-			sizes[comp] = len(data)
+			sizes[tc.want] = len(data)
 		})
 	}
-	if sizes[""]*3 > sizes["none"] {
-		t.Errorf("default segment %d bytes, uncompressed %d: not a third", sizes[""], sizes["none"])
+	if sizes[segment.S2]*3 > sizes[segment.Uncompressed] {
+		t.Errorf("compressed segment %d bytes, uncompressed %d: not a third", sizes[segment.S2], sizes[segment.Uncompressed])
 	}
 }
 

@@ -155,8 +155,9 @@ func TestDamagedBlockCostsOnlyThatBlock(t *testing.T) {
 		t.Fatalf("first segment has %d blocks, want 6", len(offs)-1)
 	}
 	bad := bytes.Clone(data)
-	bad[offs[1]+segment.BlockHeaderSize+(offs[2]-offs[1]-segment.BlockHeaderSize)/2] ^= 0x20 // block 1's body
-	bad[offs[3]+2] ^= 0x01           // block 3's header
+	body1 := offs[1] + segment.BlockHeaderSize // block 1's body, whatever its size
+	bad[body1+(offs[2]-body1)/2] ^= 0x20
+	bad[offs[3]+2] ^= 0x01 // block 3's header
 	if err := os.WriteFile(filepath.Join(local.Root(), filepath.FromSlash(first)), bad, 0o644); err != nil {
 		t.Fatal(err)
 	}
