@@ -68,7 +68,7 @@ func (o fileOps) sync(f *os.File) error {
 	if err := o.check(OpSync, f.Name()); err != nil {
 		return err
 	}
-	return f.Sync()
+	return durable.SyncData(f)
 }
 
 func (o fileOps) truncate(f *os.File, size int64) error {

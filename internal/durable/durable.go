@@ -1,6 +1,7 @@
-// Package durable makes directory names survive a crash of the machine,
-// for the components that answer for files in them (the agent's queue,
-// the embedded dfs): a file fsynced in a directory is lost with it unless
+// Package durable makes files and directory names survive a crash of the
+// machine, for the components that answer for them (the agent's queue,
+// the embedded dfs): SyncData for a file's bytes, SyncDir and MkdirAll
+// for names, since a file synced in a directory is lost with it unless
 // the directory's own name is fsynced in its parent.
 package durable
 

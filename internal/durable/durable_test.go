@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -43,5 +44,38 @@ func TestMkdirAll(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(top, "x")); err != nil {
 		t.Fatalf("x, whose parent was synced: %v", err)
+	}
+}
+
+func TestSyncDataSyncsAndReportsFailure(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("some bytes")); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncData(f); err != nil {
+		t.Fatalf("sync of a written file: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncData(f); err == nil || !strings.Contains(err.Error(), f.Name()) {
+		t.Fatalf("sync of a closed file: %v, want an error naming it", err)
+	}
+}
+
+// TestSyncDataReportsTheSyscallsError: fdatasync(2) refuses a pipe
+// (EINVAL); its error is SyncData's, not lost on the way.
+func TestSyncDataReportsTheSyscallsError(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if err := SyncData(w); err == nil {
+		t.Fatal("fdatasync of a pipe succeeded")
 	}
 }

@@ -110,7 +110,7 @@ type writer struct {
 // (POSIX; ext4 and XFS happen to), and a Sync is what a writer answers
 // OK after.
 func (w *writer) Sync() error {
-	if err := w.File.Sync(); err != nil {
+	if err := durable.SyncData(w.File); err != nil {
 		return err
 	}
 	if w.dir != "" {
