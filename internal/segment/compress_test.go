@@ -50,20 +50,8 @@ func TestCompressedBlocksRoundTripSmaller(t *testing.T) {
 	blocks = append(blocks, logLines(3))
 	plain, _ := encodeV2As(t, Uncompressed, blocks...)
 	packed, offs := encodeV2As(t, S2, blocks...)
-	for name, data := range map[string][]byte{"none": plain, "s2": packed} {
-		got, damage, r := readAll(t, data, 0)
-		if len(damage) != 0 || len(got) != len(blocks) {
-			t.Fatalf("%s: %d blocks, damage %v", name, len(got), damage)
-		}
-		for i, want := range blocks {
-			if !sameBlock(got[i], want) {
-				t.Errorf("%s block %d = %+v, want %+v", name, i, got[i], want)
-			}
-		}
-		if r.Offset() != int64(len(data)) {
-			t.Errorf("%s: offset %d, want %d", name, r.Offset(), len(data))
-		}
-	}
+	readsBack(t, "none", plain, blocks)
+	readsBack(t, "s2", packed, blocks)
 	if flagsOf(packed, offs[0]) != S2 {
 		t.Errorf("1,000 log lines stored with flags %v, want s2", flagsOf(packed, offs[0]))
 	}
