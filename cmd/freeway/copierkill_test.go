@@ -218,9 +218,9 @@ func (f *backfillFixture) backfill(t *testing.T) (cmd *exec.Cmd, out *testkit.Lo
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done = make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	return cmd, out, done
+	exited, started := make(chan error, 1), cmd
+	go func() { exited <- started.Wait() }()
+	return cmd, out, exited
 }
 
 // checkMerged checks that the destination holds the merged files and

@@ -131,7 +131,8 @@ func targetCommand(target, use, short string) *cobra.Command {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		if backfill {
-			defer keepOnHUP(log)()
+			stopHUP := keepOnHUP(log)
+			defer stopHUP()
 			_, err := freeway.Backfill(ctx, cfg, freeway.Options{Version: version.Get(), Log: log}, os.Stdout, isTerminal(os.Stdout))
 			return err
 		}

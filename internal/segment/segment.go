@@ -365,14 +365,17 @@ func DecodeBody(body []byte, b *Block) error {
 		p = body[1:]
 	case S2:
 		n, err := s2.DecodedLen(body[1:])
-		if err != nil || n > MaxBlockSize {
-			return fmt.Errorf("%w: compressed body of %d bytes (%v)", ErrCorrupt, n, err)
+		if err != nil {
+			return fmt.Errorf("%w: compressed body: %w", ErrCorrupt, err)
+		}
+		if n > MaxBlockSize {
+			return fmt.Errorf("%w: compressed body of %d bytes decompressed, over %d", ErrCorrupt, n, MaxBlockSize)
 		}
 		if cap(b.unpacked) < n {
 			b.unpacked = make([]byte, n)
 		}
 		if p, err = s2.Decode(b.unpacked[:n], body[1:]); err != nil {
-			return fmt.Errorf("%w: compressed body: %v", ErrCorrupt, err)
+			return fmt.Errorf("%w: compressed body: %w", ErrCorrupt, err)
 		}
 	default:
 		return fmt.Errorf("%w: unknown flags %#x", ErrCorrupt, body[0])
