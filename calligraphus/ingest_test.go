@@ -519,20 +519,41 @@ func TestFloodMemory(t *testing.T) {
 
 // TestSalvageKeepsEveryValidBlock: a crashed writer's v2 segment with a
 // damaged block in the middle and a torn tail is salvaged with every
-// valid block.
+// valid block; its blocks compressed (a writer with compression s2 on a
+// local disk) alike, published as they were stored, still compressed.
 func TestSalvageKeepsEveryValidBlock(t *testing.T) {
+	for _, comp := range []segment.Compression{segment.Uncompressed, segment.S2} {
+		t.Run(comp.String(), func(t *testing.T) { testSalvageKeepsEveryValidBlock(t, comp) })
+	}
+}
+
+func testSalvageKeepsEveryValidBlock(t *testing.T, comp segment.Compression) {
 	fsys := dfstest.NewFaulty(newLocal(t))
 	_, co := inprocCoord(t)
 	dir := "cat/0"
+	// Messages that compress (s2 stores a block only where it shrinks).
+	const filler = " 0123456789 abcdefghij 0123456789 abcdefghij 0123456789 abcdefghij"
 	enc := segment.NewEncoder()
 	data := enc.AppendHeader(nil)
+	appendBlock := func(data []byte, b *segment.Block) []byte {
+		start := len(data)
+		data = segment.AppendUnstampedAs(data, b, comp)
+		if err := enc.Stamp(data[start:]); err != nil {
+			t.Fatal(err)
+		}
+		if got := segment.Compression(data[start+segment.BlockHeaderSize]); got != comp {
+			t.Fatalf("block stored as %v, want %v", got, comp)
+		}
+		return data
+	}
 	var offs []int
 	for _, m := range []string{"acked-1", "damaged", "acked-3", "acked-4"} {
 		offs = append(offs, len(data))
-		data = enc.AppendBlock(data, &segment.Block{Agent: "a/i", ArrivalMs: 1, Messages: [][]byte{[]byte(m)}, Seqs: []uint64{uint64(len(offs))}})
+		data = appendBlock(data, &segment.Block{Agent: "a/i", ArrivalMs: 1, Messages: [][]byte{[]byte(m + filler)}, Seqs: []uint64{uint64(len(offs))}})
 	}
+	offs = append(offs, len(data))
 	data[offs[1]+segment.BlockHeaderSize+2] ^= 0xff
-	torn := enc.AppendBlock(nil, &segment.Block{Messages: [][]byte{[]byte("torn-never-acked")}})
+	torn := appendBlock(nil, &segment.Block{Messages: [][]byte{[]byte("torn-never-acked" + filler)}})
 	data = append(data, torn[:len(torn)-4]...)
 	name := layout.SegmentName(5, 1)
 	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
@@ -543,8 +564,21 @@ func TestSalvageKeepsEveryValidBlock(t *testing.T) {
 	mustLog(t, s.dial(t), entries("cat", "new"))
 	s.stop()
 	got := scan(t, fsys, dir)
+	for i := range got {
+		got[i].Msg = strings.TrimSuffix(got[i].Msg, filler)
+	}
 	if !slices.Equal(msgs(got), []string{"acked-1", "acked-3", "acked-4", "new"}) || got[0].Segment != name {
 		t.Errorf("after salvage the bucket holds %q in %v", msgs(got), got)
+	}
+	// The valid blocks, byte for byte (stored as they were), after the
+	// file header: the damaged one and the torn tail cut.
+	salvaged, err := dfs.ReadFile(fsys, path.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append(bytes.Clone(data[:offs[1]]), data[offs[2]:offs[4]]...)
+	if !bytes.Equal(salvaged, want) {
+		t.Errorf("salvaged segment of %d bytes, want the %d of its valid blocks as stored", len(salvaged), len(want))
 	}
 }
 

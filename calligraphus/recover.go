@@ -238,16 +238,19 @@ func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 		return err
 	}
 	// Keep every valid block: in a v2 segment a damaged block in the
-	// middle costs that block only; a torn tail (the crash) ends it.
+	// middle costs that block only; a torn tail (the crash) ends it. A
+	// block is valid when its header and the CRC of its stored body
+	// are: it is moved as stored, not decoded (decompressed), so that
+	// one this version cannot decode (a later version's compression)
+	// is kept for a reader that can.
 	var out []byte
 	blocks, damaged := 0, 0
 	r, err := segment.NewReader(bytes.NewReader(data), 0)
 	if err == nil {
 		out = r.Header()
-		var b segment.Block
 		for {
 			start := r.Offset()
-			err := r.Next(&b)
+			_, err := r.Skip()
 			if errors.Is(err, io.EOF) {
 				break
 			}

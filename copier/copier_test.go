@@ -146,6 +146,23 @@ func value(m *dto.Metric) float64 {
 
 // segmentBytes is a segment of n blocks, each of a few messages.
 func segmentBytes(tag string, blocks int) []byte {
+	return segmentBytesAs(tag, blocks, segment.Uncompressed)
+}
+
+// segmentMessages are the messages of segmentBytes(tag, blocks).
+func segmentMessages(tag string, blocks int) []string {
+	var out []string
+	for i := range blocks {
+		for k := range 3 {
+			out = append(out, fmt.Sprintf("%s block %d message %d", tag, i, k))
+		}
+	}
+	return out
+}
+
+// segmentBytesAs is segmentBytes with the blocks stored as c says, as a
+// writer stores them (segment.AppendUnstampedAs, then Stamp).
+func segmentBytesAs(tag string, blocks int, c segment.Compression) []byte {
 	enc := segment.NewEncoder()
 	data := enc.AppendHeader(nil)
 	for i := range blocks {
@@ -153,9 +170,39 @@ func segmentBytes(tag string, blocks int) []byte {
 		for k := range 3 {
 			b.Messages = append(b.Messages, fmt.Appendf(nil, "%s block %d message %d", tag, i, k))
 		}
-		data = enc.AppendBlock(data, b)
+		start := len(data)
+		data = segment.AppendUnstampedAs(data, b, c)
+		if err := enc.Stamp(data[start:]); err != nil {
+			panic(err)
+		}
 	}
 	return data
+}
+
+// readSegment reads the segment name of fsys, failing on any damage: its
+// messages, and how many of its blocks are stored compressed.
+func readSegment(t *testing.T, fsys dfs.FS, name string) (msgs []string, compressed int) {
+	t.Helper()
+	data := readFile(t, fsys, name)
+	r, err := segment.NewReader(bytes.NewReader(data), 0)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	var b segment.Block
+	for {
+		off := r.Offset()
+		if err := r.Next(&b); err == io.EOF {
+			return msgs, compressed
+		} else if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if segment.Compression(data[off+segment.BlockHeaderSize]) != segment.Uncompressed {
+			compressed++
+		}
+		for _, m := range b.Messages {
+			msgs = append(msgs, string(m))
+		}
+	}
 }
 
 // publish writes segment seq of epoch in bucket cat/b of fsys the way a
@@ -252,15 +299,27 @@ func flip(_ string, p []byte) []byte {
 	return p
 }
 
+// publishAs is publish with the blocks stored as c says.
+func publishAs(t *testing.T, fsys dfs.FS, cat string, b int, epoch int64, seq uint64, blocks int, c segment.Compression) string {
+	t.Helper()
+	name := path.Join(layout.BucketDir(cat, b), layout.SegmentName(epoch, seq))
+	if err := dfs.WriteFile(fsys, name, segmentBytesAs(name, blocks, c)); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
 // publishSome publishes a few buckets of two categories and returns the
-// segment names in the order a writer published them.
+// segment names in the order a writer published them. The older
+// writer's blocks are compressed (s2), the newer one's not: a writer
+// whose compression changed at its restart.
 func publishSome(t *testing.T, fsys dfs.FS) []string {
 	t.Helper()
 	var names []string
 	for _, cat := range []string{"access", "errors"} {
 		for b := range 3 {
 			for seq := range uint64(4) {
-				names = append(names, publish(t, fsys, cat, b, 7, seq, 3))
+				names = append(names, publishAs(t, fsys, cat, b, 7, seq, 3, segment.S2))
 			}
 			// A newer writer's segments sort after the older one's.
 			names = append(names, publish(t, fsys, cat, b, 9, 0, 2))
@@ -280,6 +339,22 @@ func TestCopiesEverySegmentInOrder(t *testing.T) {
 		t.Fatalf("stats %+v, want %d copied of 6 buckets", st, len(names))
 	}
 	sameTree(t, e, names)
+	// The copies read back, compressed blocks and plain ones.
+	compressed := 0
+	for _, name := range names {
+		got, c := readSegment(t, e.dst, name)
+		blocks := 3
+		if strings.Contains(name, layout.SegmentName(9, 0)) {
+			blocks = 2
+		}
+		if want := segmentMessages(name, blocks); !slices.Equal(got, want) {
+			t.Errorf("copy of %s reads back %q, want %q", name, got, want)
+		}
+		compressed += c
+	}
+	if compressed != 2*3*4*3 {
+		t.Errorf("%d compressed blocks copied, want the older writer's %d", compressed, 2*3*4*3)
+	}
 
 	// Within each bucket, segments were published in name order.
 	_, renames := writes(rec)

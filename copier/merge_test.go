@@ -60,6 +60,10 @@ type mergeEnv struct {
 	*env
 	srcRoot string
 	clock   *clock
+	// comp is how the blocks of segment seq are stored (nil: as they
+	// are); compressed counts the blocks stored compressed.
+	comp       func(seq uint64) segment.Compression
+	compressed int
 }
 
 func newMergeEnv(t *testing.T) *mergeEnv {
@@ -103,12 +107,23 @@ func (e *mergeEnv) publishEpoch(t *testing.T, cat string, bucket int, epoch int6
 	t.Helper()
 	enc := segment.NewEncoder()
 	data := enc.AppendHeader(nil)
+	comp := segment.Uncompressed
+	if e.comp != nil {
+		comp = e.comp(seq)
+	}
 	for _, b := range blocks {
 		sb := &segment.Block{ArrivalMs: b.at.UnixMilli()}
 		for _, m := range b.msgs {
 			sb.Messages = append(sb.Messages, []byte(m))
 		}
-		data = enc.AppendBlock(data, sb)
+		start := len(data)
+		data = segment.AppendUnstampedAs(data, sb, comp)
+		if err := enc.Stamp(data[start:]); err != nil {
+			t.Fatal(err)
+		}
+		if segment.Compression(data[start+segment.BlockHeaderSize]) != segment.Uncompressed {
+			e.compressed++
+		}
 	}
 	name := path.Join(layout.BucketDir(cat, bucket), layout.SegmentName(epoch, seq))
 	if err := dfs.WriteFile(e.src, name, data); err != nil {
@@ -175,11 +190,33 @@ func mergePass(t *testing.T, n *node) Stats {
 
 // TestMergedHourIsTheConcatenationOfItsSegments: an hour's file is its
 // segments' lines, one a line, in bucket order; nothing of the next hour,
-// which is written once it is closed in turn.
+// which is written once it is closed in turn. Their blocks stored as
+// they are, compressed (s2), or both in one bucket (a writer whose
+// compression changed between segments: odd ones s2).
 func TestMergedHourIsTheConcatenationOfItsSegments(t *testing.T) {
-	e := newMergeEnv(t)
-	a1, a2, a3 := lines("a1", 3), lines("a2", 2), append(lines("a3", 2), "ends in a newline\n", "")
-	b1, b2 := lines("b1", 4), lines("b2", 1)
+	for _, tc := range []struct {
+		name string
+		comp func(seq uint64) segment.Compression
+	}{
+		{"none", nil},
+		{"s2", func(uint64) segment.Compression { return segment.S2 }},
+		{"mixed", func(seq uint64) segment.Compression { return segment.Compression(seq % 2) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newMergeEnv(t)
+			e.comp = tc.comp
+			testMergedHour(t, e)
+			if tc.comp != nil && e.compressed == 0 {
+				t.Errorf("no block stored compressed")
+			}
+		})
+	}
+}
+
+func testMergedHour(t *testing.T, e *mergeEnv) {
+	// Tags long enough for blocks to compress.
+	a1, a2, a3 := lines("a1 GET /api/v1/items", 3), lines("a2 GET /api/v1/items", 2), append(lines("a3 GET /api/v1/items", 2), "ends in a newline\n", "")
+	b1, b2 := lines("b1 GET /api/v1/items", 4), lines("b2 GET /api/v1/items", 1)
 	e.publishAt(t, "access", 0, 1, t0.Add(10*time.Minute), blk{t0.Add(10 * time.Minute), a1}, blk{t0.Add(11 * time.Minute), a2})
 	e.publishAt(t, "access", 0, 2, t0.Add(59*time.Minute), blk{t0.Add(59 * time.Minute), a3})
 	// The next hour starts in the middle of a segment.

@@ -87,6 +87,34 @@ func encodeAt(blocks ...[]string) ([]byte, []int) {
 	return data, offs
 }
 
+// encodeAtAs is encodeAt with the bodies stored as c says, as a writer
+// does (segment.AppendUnstampedAs, then Stamp).
+func encodeAtAs(t *testing.T, c segment.Compression, blocks ...[]string) ([]byte, []int) {
+	t.Helper()
+	e := segment.NewEncoder()
+	data := e.AppendHeader(nil)
+	offs := []int{len(data)}
+	for _, msgs := range blocks {
+		data = segment.AppendUnstampedAs(data, block(msgs), c)
+		if err := e.Stamp(data[offs[len(offs)-1]:]); err != nil {
+			t.Fatal(err)
+		}
+		offs = append(offs, len(data))
+	}
+	return data, offs
+}
+
+// storedAs fails the test unless every block of data (at offs, as
+// encodeAtAs returns them) is stored as c.
+func storedAs(t *testing.T, c segment.Compression, data []byte, offs []int) {
+	t.Helper()
+	for _, off := range offs[:len(offs)-1] {
+		if got := segment.Compression(data[off+segment.BlockHeaderSize]); got != c {
+			t.Fatalf("block at %d stored as %v, want %v", off, got, c)
+		}
+	}
+}
+
 // encodeV1 is a v1 segment, as Freeway wrote before v2.
 func encodeV1(blocks ...[]string) []byte {
 	data := []byte(segment.MagicV1)
@@ -394,24 +422,59 @@ func TestDamagedV1SegmentsSkipped(t *testing.T) {
 
 // TestDamagedBlockSkippedOnly: in a v2 segment a damaged block body or
 // block header costs that block; the reader goes on with the rest of the
-// segment and the next ones, and counts what it lost.
+// segment and the next ones, and counts what it lost. Compressed blocks
+// alike (their header's count is what is lost), and in a bucket whose
+// writer's compression changed between segments (mixed).
 func TestDamagedBlockSkippedOnly(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		comp [3]segment.Compression // of each segment
+	}{
+		{"none", [3]segment.Compression{segment.Uncompressed, segment.Uncompressed, segment.Uncompressed}},
+		{"s2", [3]segment.Compression{segment.S2, segment.S2, segment.S2}},
+		{"mixed", [3]segment.Compression{segment.S2, segment.Uncompressed, segment.S2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testDamagedBlockSkippedOnly(t, tc.comp) })
+	}
+}
+
+func testDamagedBlockSkippedOnly(t *testing.T, comp [3]segment.Compression) {
+	// Messages that compress: a tag and a long repeated tail.
+	const filler = ": 0123456789 abcdefghij 0123456789 abcdefghij 0123456789 abcdefghij"
+	m := func(tags ...string) []string {
+		out := make([]string, len(tags))
+		for i, tag := range tags {
+			out[i] = tag + filler
+		}
+		return out
+	}
 	fsys := newFS(t)
-	data, offs := encodeAt([]string{"b1"}, []string{"b2", "b2'"}, []string{"b3"}, []string{"b4"}, []string{"b5"})
+	data, offs := encodeAtAs(t, comp[0], m("b1"), m("b2", "b2'"), m("b3"), m("b4"), m("b5"))
+	storedAs(t, comp[0], data, offs)
 	data[offs[1]+segment.BlockHeaderSize+3] ^= 0x10 // b2's body
 	data[offs[3]+20] ^= 0x01                        // b4's header (its entry count)
 	publishData(t, fsys, 1, 1, data)
-	last, loffs := encodeAt([]string{"c1"}, []string{"c2"})
+	last, loffs := encodeAtAs(t, comp[1], m("c1"), m("c2"))
+	storedAs(t, comp[1], last, loffs)
 	last[loffs[2]-1] ^= 0xff // the last block of a segment
 	publishData(t, fsys, 1, 2, last)
-	publish(t, fsys, 1, 3, []string{"d1"})
+	d, doffs := encodeAtAs(t, comp[2], m("d1"))
+	storedAs(t, comp[2], d, doffs)
+	publishData(t, fsys, 1, 3, d)
 
+	tags := func(rs []read) []string {
+		out := msgsOf(rs)
+		for i := range out {
+			out[i] = strings.ReplaceAll(out[i], filler, "")
+		}
+		return out
+	}
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg)
-	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t)).SetMetrics(m)
+	mt := NewMetrics(reg)
+	r := NewReader(fsys, dir, Position{}, time.Millisecond, logger(t)).SetMetrics(mt)
 	defer r.Close()
 	all := readN(t, r, 5)
-	if got, want := msgsOf(all), []string{"b1", "b3", "b5", "c1", "d1"}; !slices.Equal(got, want) {
+	if got, want := tags(all), []string{"b1", "b3", "b5", "c1", "d1"}; !slices.Equal(got, want) {
 		t.Fatalf("read %q, want %q", got, want)
 	}
 	nothingMore(t, fsys, r)
@@ -419,17 +482,17 @@ func TestDamagedBlockSkippedOnly(t *testing.T) {
 		t.Errorf("skipped %d, damaged blocks %d, entries %d; want 3, 3, 3 (b2's two and c2's one; b4's count was in its damaged header)",
 			r.Skipped, r.DamagedBlocks, r.DamagedEntries)
 	}
-	if got := testutil.ToFloat64(m.blocks); got != 3 {
+	if got := testutil.ToFloat64(mt.blocks); got != 3 {
 		t.Errorf("freeway_ptail_damaged_blocks_total %v, want 3", got)
 	}
-	if got := testutil.ToFloat64(m.entries); got != 3 {
+	if got := testutil.ToFloat64(mt.entries); got != 3 {
 		t.Errorf("freeway_ptail_damaged_entries_total %v, want 3", got)
 	}
 	// The position after b3 is past the damaged b2, and resuming there
 	// reads on from b5 (passing b4's damage again).
 	r2 := NewReader(fsys, dir, all[1].pos, time.Millisecond, logger(t))
 	defer r2.Close()
-	if got := msgsOf(readN(t, r2, 3)); !slices.Equal(got, []string{"b5", "c1", "d1"}) {
+	if got := tags(readN(t, r2, 3)); !slices.Equal(got, []string{"b5", "c1", "d1"}) {
 		t.Fatalf("from %v: read %q", all[1].pos, got)
 	}
 	if r2.DamagedBlocks != 2 {

@@ -80,7 +80,29 @@ func ones(n int, v int) [][]byte {
 // sequences going backwards are counted and logged without the secret
 // incarnation.
 func TestRestoredAndCopiedAgents(t *testing.T) {
-	e := newEnv(t, orders(t))
+	for _, tc := range []struct {
+		name string
+		comp func(seq uint64) segment.Compression
+	}{
+		{"v1", nil},
+		{"none", func(uint64) segment.Compression { return segment.Uncompressed }},
+		{"s2", func(uint64) segment.Compression { return segment.S2 }},
+		// A writer whose compression changed at a restart: the bucket's
+		// segments alternate.
+		{"mixed", func(seq uint64) segment.Compression { return segment.Compression(seq % 2) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, orders(t))
+			e.comp = tc.comp
+			testRestoredAndCopiedAgents(t, e)
+			if tc.name == "s2" && e.compressed != 11 || tc.name == "mixed" && e.compressed != 7 {
+				t.Errorf("%d blocks stored compressed", e.compressed)
+			}
+		})
+	}
+}
+
+func testRestoredAndCopiedAgents(t *testing.T, e *env) {
 	reg := prometheus.NewPedanticRegistry()
 	var logs testkit.LogBuffer
 	e.publish("orders", 0,

@@ -86,6 +86,12 @@ type env struct {
 
 	mu   sync.Mutex
 	segs map[string]uint64 // bucket dir → last segment seq
+	// comp, if set, makes publish write v2 segments (as Freeway's
+	// writers do) whose segment seq stores its blocks as comp(seq)
+	// says; nil: v1 segments. compressed counts the blocks stored
+	// compressed.
+	comp       func(seq uint64) segment.Compression
+	compressed int
 }
 
 func newEnv(t testing.TB, appList ...*apps.App) *env {
@@ -147,11 +153,30 @@ func (e *env) publish(category string, bucket int, blocks ...*segment.Block) pta
 	}
 	e.mu.Lock()
 	e.segs[dir]++
-	name := names.SegmentName(1, e.segs[dir])
+	seq := e.segs[dir]
+	name := names.SegmentName(1, seq)
 	e.mu.Unlock()
-	b := []byte(segment.Magic)
-	for _, blk := range blocks {
-		b = segment.AppendBlock(b, blk)
+	var b []byte
+	if e.comp == nil {
+		b = []byte(segment.Magic)
+		for _, blk := range blocks {
+			b = segment.AppendBlock(b, blk)
+		}
+	} else {
+		enc := segment.NewEncoder()
+		b = enc.AppendHeader(nil)
+		for _, blk := range blocks {
+			start := len(b)
+			b = segment.AppendUnstampedAs(b, blk, e.comp(seq))
+			if err := enc.Stamp(b[start:]); err != nil {
+				e.t.Fatal(err)
+			}
+			if segment.Compression(b[start+segment.BlockHeaderSize]) != segment.Uncompressed {
+				e.mu.Lock()
+				e.compressed++
+				e.mu.Unlock()
+			}
+		}
 	}
 	tmp := filepath.Join(dir, "_"+name)
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {

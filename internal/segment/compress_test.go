@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"testing"
 )
@@ -144,5 +145,39 @@ func TestParseCompression(t *testing.T) {
 	}
 	if _, err := ParseCompression("zstd"); err == nil {
 		t.Error("zstd accepted")
+	}
+}
+
+// TestSkipChecksWithoutDecoding: Skip passes over each block by its
+// header and stored CRC, reporting the header's count, without decoding:
+// a body it cannot decode (unknown flags, CRC right) passes; a body
+// whose CRC fails is damage, as Next reports it, and a torn tail ends.
+func TestSkipChecksWithoutDecoding(t *testing.T) {
+	blocks := []*Block{logLines(50), logLines(60), logLines(70), logLines(80)}
+	data, offs := encodeV2As(t, S2, blocks...)
+	body := data[offs[1]+BlockHeaderSize : offs[2]]
+	body[0] = 7 // flags no version knows
+	binary.LittleEndian.PutUint32(data[offs[1]+24:], crc32.Checksum(body, crcTable))
+	binary.LittleEndian.PutUint32(data[offs[1]+28:], crc32.Checksum(data[offs[1]:offs[1]+28], crcTable))
+	data[offs[2]+BlockHeaderSize+5] ^= 0x01 // block 2's body
+	data = data[:len(data)-3]               // block 3 torn
+	r, err := NewReader(bytes.NewReader(data), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int{50, 60} {
+		if n, err := r.Skip(); err != nil || n != want || r.Offset() != offs[i+1] {
+			t.Fatalf("block %d: %d entries, %v, at %d; want %d at %d", i, n, err, r.Offset(), want, offs[i+1])
+		}
+	}
+	var de *DamageError
+	if _, err := r.Skip(); !errors.As(err, &de) || !de.Resumed || de.Entries != 70 || r.Offset() != offs[3] {
+		t.Fatalf("block 2: %v at %d, want damage of 70 entries resumed at %d", err, r.Offset(), offs[3])
+	}
+	if _, err := r.Skip(); !errors.As(err, &de) || de.Resumed || !errors.Is(err, ErrTruncated) {
+		t.Fatalf("block 3: %v, want a torn tail", err)
+	}
+	if _, err := r.Skip(); err != io.EOF {
+		t.Fatalf("after the tail: %v, want io.EOF", err)
 	}
 }

@@ -184,32 +184,9 @@ func (r *Reader) nextV1(b *Block) error {
 
 func (r *Reader) nextV2(b *Block) error {
 	start := r.offset
-	hdr, err := r.r.Peek(BlockHeaderSize)
-	if len(hdr) == 0 && atEnd(err) {
-		return io.EOF
-	}
-	if err != nil && !atEnd(err) {
-		return err
-	}
-	if len(hdr) < BlockHeaderSize || !r.validBlockHeader(hdr) {
-		// The length cannot be trusted: find the next block by its header.
-		return r.resync(start, len(hdr) < BlockHeaderSize)
-	}
-	n := int(binary.LittleEndian.Uint32(hdr[16:]))
-	count := int(binary.LittleEndian.Uint32(hdr[20:]))
-	want := binary.LittleEndian.Uint32(hdr[24:])
-	r.discard(BlockHeaderSize)
-	body, err := r.readBody(n)
+	body, count, err := r.storedV2()
 	if err != nil {
-		if atEnd(err) {
-			r.offset += int64(len(body))
-			return r.lost(start, count, ErrTruncated)
-		}
 		return err
-	}
-	r.offset += int64(n)
-	if crc32.Checksum(body, crcTable) != want {
-		return &DamageError{Offset: start, Resumed: true, Blocks: 1, Entries: count, Err: fmt.Errorf("%w: body checksum mismatch", ErrCorrupt)}
 	}
 	if err := DecodeBody(body, b); err != nil {
 		return &DamageError{Offset: start, Resumed: true, Blocks: 1, Entries: count, Err: err}
@@ -218,6 +195,62 @@ func (r *Reader) nextV2(b *Block) error {
 		return &DamageError{Offset: start, Resumed: true, Blocks: 1, Entries: count, Err: fmt.Errorf("%w: %d entries, the header says %d", ErrCorrupt, len(b.Messages), count)}
 	}
 	return nil
+}
+
+// Skip passes over the next block after checking its header and the CRC
+// of its body as stored, without decoding (decompressing) the body: what
+// moves whole blocks (a salvage) checks no more, so that a block a
+// reader of this version cannot decode (a compression of a later
+// version) is moved all the same. It returns the entry count of the
+// block's header (v2; a v1 block, which has none, is decoded for it).
+// The end and damage are reported as by Next.
+func (r *Reader) Skip() (entries int, err error) {
+	if r.ended {
+		return 0, io.EOF
+	}
+	if r.version == 1 {
+		var b Block
+		if err := r.nextV1(&b); err != nil {
+			return 0, err
+		}
+		return len(b.Messages), nil
+	}
+	_, count, err := r.storedV2()
+	return count, err
+}
+
+// storedV2 reads the next v2 block and checks its header and its body's
+// CRC: it returns the body as stored and the header's entry count.
+func (r *Reader) storedV2() (body []byte, count int, err error) {
+	start := r.offset
+	hdr, err := r.r.Peek(BlockHeaderSize)
+	if len(hdr) == 0 && atEnd(err) {
+		return nil, 0, io.EOF
+	}
+	if err != nil && !atEnd(err) {
+		return nil, 0, err
+	}
+	if len(hdr) < BlockHeaderSize || !r.validBlockHeader(hdr) {
+		// The length cannot be trusted: find the next block by its header.
+		return nil, 0, r.resync(start, len(hdr) < BlockHeaderSize)
+	}
+	n := int(binary.LittleEndian.Uint32(hdr[16:]))
+	count = int(binary.LittleEndian.Uint32(hdr[20:]))
+	want := binary.LittleEndian.Uint32(hdr[24:])
+	r.discard(BlockHeaderSize)
+	body, err = r.readBody(n)
+	if err != nil {
+		if atEnd(err) {
+			r.offset += int64(len(body))
+			return nil, 0, r.lost(start, count, ErrTruncated)
+		}
+		return nil, 0, err
+	}
+	r.offset += int64(n)
+	if crc32.Checksum(body, crcTable) != want {
+		return nil, 0, &DamageError{Offset: start, Resumed: true, Blocks: 1, Entries: count, Err: fmt.Errorf("%w: body checksum mismatch", ErrCorrupt)}
+	}
+	return body, count, nil
 }
 
 // resync skips a damaged block header at start: it scans for the next
