@@ -181,3 +181,25 @@ func TestSkipChecksWithoutDecoding(t *testing.T) {
 		t.Fatalf("after the tail: %v, want io.EOF", err)
 	}
 }
+
+// TestBlockLetsGoOfAHugeBlocksBuffer: a Block decoded from a huge
+// compressed body, then from small ones, does not keep the huge buffer
+// (a Puma shard keeps its Block for its whole run).
+func TestBlockLetsGoOfAHugeBlocksBuffer(t *testing.T) {
+	huge := &Block{Agent: "a", Seqs: []uint64{1}, Messages: [][]byte{bytes.Repeat([]byte("log line "), 2<<20)}}
+	data, _ := encodeV2As(t, S2, huge, logLines(100))
+	r, err := NewReader(bytes.NewReader(data), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b Block
+	if err := r.Next(&b); err != nil || len(b.Messages[0]) != len(huge.Messages[0]) {
+		t.Fatalf("huge block: %v", err)
+	}
+	if err := r.Next(&b); err != nil || len(b.Messages) != 100 {
+		t.Fatalf("small block: %v", err)
+	}
+	if cap(b.unpacked) > maxPooledScratch {
+		t.Errorf("after a small block the Block keeps %d bytes", cap(b.unpacked))
+	}
+}

@@ -371,7 +371,9 @@ func DecodeBody(body []byte, b *Block) error {
 		if n > MaxBlockSize {
 			return fmt.Errorf("%w: compressed body of %d bytes decompressed, over %d", ErrCorrupt, n, MaxBlockSize)
 		}
-		if cap(b.unpacked) < n {
+		if cap(b.unpacked) < n || cap(b.unpacked) > maxPooledScratch && cap(b.unpacked) > 4*n {
+			// Grown, or shrunk back after a huge block: a Block lives
+			// as long as its reader (a Puma shard's, for its run).
 			b.unpacked = make([]byte, n)
 		}
 		if p, err = s2.Decode(b.unpacked[:n], body[1:]); err != nil {
