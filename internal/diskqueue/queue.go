@@ -158,17 +158,17 @@ type Queue struct {
 	wake     chan struct{} // a durable advance, for the reader
 	done     chan struct{} // closed by Close
 
-	mu        sync.Mutex
-	cond      *sync.Cond // a commit or repair ended
-	segs      []segment  // published segments, in order; the last is appended to
-	w         *os.File   // the last segment; written by the syncing leader only
+	mu   sync.Mutex
+	cond *sync.Cond // a commit or repair ended
+	segs []segment  // published segments, in order; the last is appended to
+	w    *os.File   // the last segment; written by the syncing leader only
 	// spare is an acknowledged segment's file kept for the next segment
 	// (spareName), "" if none: overwriting blocks a file already has
 	// costs a fraction of appending to a new one (bench/PROFILE.md,
 	// "(qreuse)"). Guarded by mu.
-	spare string
-	lastSize  int64      // the last segment's durable size
-	wSize     int64      // its size including pending chunks
+	spare     string
+	lastSize  int64 // the last segment's durable size
+	wSize     int64 // its size including pending chunks
 	pending   []chunk
 	waiters   []*waiter
 	free      [][]byte
