@@ -25,7 +25,9 @@ import (
 // TestCrashRestartIsExact kills the whole process (SIGKILL: no final
 // checkpoint, an open segment, an agent queue holding acknowledged but
 // unshipped entries) and checks that after a restart every acknowledged
-// entry is counted exactly once.
+// entry is counted exactly once. The agent's queue segments are 4 KiB,
+// so that it rolls, and reuses acknowledged segments' files, many times
+// before the kill.
 func TestCrashRestartIsExact(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -36,7 +38,7 @@ func TestCrashRestartIsExact(t *testing.T) {
 	cfgFile := filepath.Join(dir, "freeway.yaml")
 	cfg := fmt.Sprintf(`
 data_dir: %s
-agent: {listen: "127.0.0.1:%d"}
+agent: {listen: "127.0.0.1:%d", segment_bytes: 4KiB}
 calligraphus: {listen: "127.0.0.1:%d", segment_max_age: 100ms}
 serving: {listen: "127.0.0.1:%d", thrift_listen: "127.0.0.1:%d"}
 puma: {checkpoint_interval: 300ms}

@@ -2,6 +2,7 @@ package diskqueue
 
 import (
 	"fmt"
+	"path/filepath"
 )
 
 // Ack acknowledges every entry up to b (b is the oldest batch read and
@@ -45,7 +46,8 @@ func (q *Queue) Ack(b Batch) error {
 }
 
 // dropAckedSegments deletes segments whose every record is acknowledged
-// (never the last one, which is being appended to). A failure is logged:
+// (never the last one, which is being appended to), but for one kept as
+// the spare, renamed, for createSegment to reuse. A failure is logged:
 // the file is left behind and removed at the next Open.
 func (q *Queue) dropAckedSegments() {
 	q.mu.Lock()
@@ -54,8 +56,21 @@ func (q *Queue) dropAckedSegments() {
 		drop = append(drop, q.segs[0])
 		q.segs = q.segs[1:]
 	}
+	keep := q.spare == "" && !q.closed && len(drop) > 0
 	q.mu.Unlock()
-	for _, s := range drop {
+	for i, s := range drop {
+		if keep && i == len(drop)-1 {
+			// The newest: the most of its pages are still cached. A
+			// crash before or after the rename leaves either name, which
+			// the next Open removes (spareName ends in tmpSuffix).
+			spare := filepath.Join(q.dir, spareName(s.first))
+			if err := q.ops.rename(s.path, spare); err == nil {
+				q.mu.Lock()
+				q.spare = spare
+				q.mu.Unlock()
+				continue
+			}
+		}
 		if err := q.ops.remove(s.path); err != nil {
 			q.errlog.Error("remove acknowledged segment", "cannot remove an acknowledged queue segment", "segment", s.path, "err", err)
 		}

@@ -217,7 +217,16 @@ func (q *Queue) writeChunks(pending []chunk, base *os.File, baseSize int64) (com
 	for _, ch := range pending {
 		if ch.newSeg != 0 {
 			// The segment before is complete and durable before the next
-			// one exists, so that only the last segment can be torn.
+			// one exists, so that only the last segment can be torn. A
+			// reused file is cut to its records first: the old ones after
+			// them are the last segment's only (reuseSegment).
+			if st, err := c.w.Stat(); err != nil {
+				return c, fmt.Errorf("stat segment %s: %w", c.w.Name(), err)
+			} else if st.Size() > c.size {
+				if err := q.ops.truncate(c.w, c.size); err != nil {
+					return c, fmt.Errorf("cut segment %s to its records: %w", c.w.Name(), err)
+				}
+			}
 			if err := q.ops.sync(c.w); err != nil {
 				return c, fmt.Errorf("sync segment %s: %w", c.w.Name(), err)
 			}

@@ -264,7 +264,7 @@ func (q *Queue) recoverLast() (uint64, int64, error) {
 		break
 	}
 	if torn != nil {
-		q.log.Warn("truncating torn queue tail", "segment", last.path, "offset", end,
+		q.log.Warn("truncating torn queue tail (a write cut by a crash, or the old records of a reused segment file)", "segment", last.path, "offset", end,
 			"dropped_bytes", st.Size()-end, "reason", torn.Error())
 		err := q.ops.truncate(f, end)
 		if err == nil {
@@ -353,6 +353,23 @@ func (q *Queue) repairFiles(orphans []string, base *os.File, size int64) error {
 // and must be removed if it failed.
 func (q *Queue) createSegment(first uint64) (*os.File, segment, []string, error) {
 	path := filepath.Join(q.dir, segName(first))
+	q.mu.Lock()
+	spare := q.spare
+	q.spare = ""
+	q.mu.Unlock()
+	if spare != "" {
+		f, s, err := q.reuseSegment(spare, path, first)
+		if err == nil {
+			return f, s, nil, nil
+		}
+		q.log.Warn("cannot reuse an acknowledged queue segment file; creating a new one", "file", spare, "err", err)
+		if err := q.ops.remove(spare); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, segment{}, []string{spare, path}, fmt.Errorf("remove spare segment %s: %w", spare, err)
+		}
+		if err := q.ops.remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, segment{}, []string{path}, fmt.Errorf("remove segment %s: %w", path, err)
+		}
+	}
 	tmp := path + tmpSuffix
 	f, err := q.ops.create(tmp)
 	if err != nil {
@@ -375,11 +392,46 @@ func (q *Queue) createSegment(first uint64) (*os.File, segment, []string, error)
 	if f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
 		return nil, segment{}, []string{path}, fmt.Errorf("open segment: %w", err)
 	}
+	return f, q.newSegment(first, path), nil, nil
+}
+
+// newSegment describes the segment of this incarnation at path, whose
+// first record will be first.
+func (q *Queue) newSegment(first uint64, path string) segment {
 	q.mu.Lock()
 	q.segIDs++
 	id := q.segIDs
 	q.mu.Unlock()
-	s := segment{id: id, first: first, path: path, version: segVersion, hdrSize: segHeaderSize, recHdr: v3RecHeaderSize,
+	return segment{id: id, first: first, path: path, version: segVersion, hdrSize: segHeaderSize, recHdr: v3RecHeaderSize,
 		inc: q.inc.String(), key: q.key}
-	return f, s, nil, nil
+}
+
+// reuseSegment makes the spare file (an acknowledged segment's) the
+// segment at path whose first record will be first: the header
+// overwritten in place and synced, then the rename, the directory synced.
+// The old records after the header stay until overwritten: the reader
+// stops at the first that does not follow (its sequence number is
+// lower), and writeChunks cuts them off when the segment is complete,
+// so that only the last segment can hold them (where recoverLast cuts
+// them as a torn tail after a crash, Close before).
+func (q *Queue) reuseSegment(spare, path string, first uint64) (*os.File, segment, error) {
+	f, err := os.OpenFile(spare, os.O_RDWR, 0)
+	if err != nil {
+		return nil, segment{}, fmt.Errorf("open spare segment: %w", err)
+	}
+	err = q.ops.writeAt(f, segHeader(first, q.inc, segVersion), 0)
+	if err == nil {
+		err = q.ops.sync(f)
+	}
+	if err == nil {
+		err = q.ops.rename(spare, path)
+	}
+	if err == nil {
+		err = q.ops.syncDir(q.dir)
+	}
+	if err != nil {
+		_ = f.Close() // failed above; the caller removes the files
+		return nil, segment{}, fmt.Errorf("reuse segment file %s as %s: %w", spare, path, err)
+	}
+	return f, q.newSegment(first, path), nil
 }

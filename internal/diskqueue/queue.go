@@ -158,12 +158,17 @@ type Queue struct {
 	wake     chan struct{} // a durable advance, for the reader
 	done     chan struct{} // closed by Close
 
-	mu        sync.Mutex
-	cond      *sync.Cond // a commit or repair ended
-	segs      []segment  // published segments, in order; the last is appended to
-	w         *os.File   // the last segment; written by the syncing leader only
-	lastSize  int64      // the last segment's durable size
-	wSize     int64      // its size including pending chunks
+	mu   sync.Mutex
+	cond *sync.Cond // a commit or repair ended
+	segs []segment  // published segments, in order; the last is appended to
+	w    *os.File   // the last segment; written by the syncing leader only
+	// spare is an acknowledged segment's file kept for the next segment
+	// (spareName), "" if none: overwriting blocks a file already has
+	// costs a fraction of appending to a new one (bench/PROFILE.md,
+	// "(qreuse)"). Guarded by mu.
+	spare     string
+	lastSize  int64 // the last segment's durable size
+	wSize     int64 // its size including pending chunks
 	pending   []chunk
 	waiters   []*waiter
 	free      [][]byte
@@ -250,6 +255,16 @@ func (q *Queue) closeFiles() error {
 		q.r.sc = nil
 	}
 	if q.w != nil {
+		// A reused file holds its old records after the new ones: cut
+		// them, so that the next Open finds the segment as written.
+		q.mu.Lock()
+		size, broken := q.lastSize, q.repairErr != nil
+		q.mu.Unlock()
+		if st, serr := q.w.Stat(); serr == nil && st.Size() > size && !broken {
+			if terr := q.ops.truncate(q.w, size); terr == nil {
+				_ = q.ops.sync(q.w) // else the next Open cuts them
+			}
+		}
 		if cerr := q.w.Close(); cerr != nil {
 			err = fmt.Errorf("close segment: %w", cerr)
 		}

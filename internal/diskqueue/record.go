@@ -233,3 +233,10 @@ func parseSegName(name string) (uint64, bool) {
 	v, err := strconv.ParseUint(s, 10, 64)
 	return v, err == nil
 }
+
+// spareName is the name an acknowledged segment whose first record was
+// first is kept under for reuse (Queue.spare); Open removes it as it does
+// unfinished segments.
+func spareName(first uint64) string {
+	return fmt.Sprintf("spare-%d%s%s", first, segSuffix, tmpSuffix)
+}
