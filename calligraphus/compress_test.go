@@ -2,23 +2,19 @@ package calligraphus
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"log/slog"
 	"path"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
-	"github.com/freeway-dev/freeway/ptail"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -135,20 +131,8 @@ func TestSalvageMovesBlocksItDoesNotDecode(t *testing.T) {
 	}
 	// This version's readers pass over the block they cannot decode as
 	// damage, counting its entry (its header's count).
-	r := ptail.NewReader(fsys, dir, ptail.Position{}, 2*time.Millisecond, slog.New(slog.DiscardHandler))
-	defer r.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var got []string
-	var b segment.Block
-	for len(got) < 3 {
-		if _, err := r.Next(ctx, &b); err != nil {
-			t.Fatalf("ptail after %q: %v", got, err)
-		}
-		for _, m := range b.Messages {
-			got = append(got, string(m))
-		}
-	}
+	es, r := tailCounting(t, fsys, dir, 3)
+	got := msgs(es)
 	if !slices.Equal(got, []string{"acked-1", "acked-3", "new"}) || r.DamagedBlocks != 1 || r.DamagedEntries != 1 {
 		t.Errorf("ptail read %q, %d damaged blocks of %d entries; want the others, 1 of 1", got, r.DamagedBlocks, r.DamagedEntries)
 	}

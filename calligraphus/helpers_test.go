@@ -283,6 +283,17 @@ func scanNames(t *testing.T, fsys dfs.FS, dir string, names []string) []entry {
 // tail reads n entries of a bucket with ptail from the start.
 func tail(t *testing.T, fsys dfs.FS, dir string, n int) []entry {
 	t.Helper()
+	out, r := tailCounting(t, fsys, dir, n)
+	if r.Skipped != 0 {
+		t.Errorf("ptail %s skipped %d damaged segments", dir, r.Skipped)
+	}
+	return out
+}
+
+// tailCounting reads as tail does, and returns the reader (closed) for
+// its damage counts, which it leaves to the caller to check.
+func tailCounting(t *testing.T, fsys dfs.FS, dir string, n int) ([]entry, *ptail.Reader) {
+	t.Helper()
 	r := ptail.NewReader(fsys, dir, ptail.Position{}, 2*time.Millisecond, slog.New(slog.DiscardHandler))
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -298,10 +309,7 @@ func tail(t *testing.T, fsys dfs.FS, dir string, n int) []entry {
 			out = append(out, entry{Segment: pos.Segment, Agent: b.Agent, Seq: b.Seqs[i], Msg: string(m)})
 		}
 	}
-	if r.Skipped != 0 {
-		t.Errorf("ptail %s skipped %d damaged segments", dir, r.Skipped)
-	}
-	return out
+	return out, r
 }
 
 func msgs(es []entry) []string {
