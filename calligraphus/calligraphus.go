@@ -148,7 +148,7 @@ const (
 // compression is "auto": S2 where only a close makes bytes durable
 // (HDFS), where every byte goes over the network to DataNodes that
 // replicate it, and is read back from them (the end-to-end rate on the
-// engines rose 8 to 30 %); none where an fsync does (a local disk),
+// engines rose 8 to 31 %); none where an fsync does (a local disk),
 // where each byte is written once, locally, and compressing and
 // decompressing cost the end-to-end run about a tenth more CPU an entry
 // (bench/PROFILE.md, "(s2seg)"). A local disk short of space for
