@@ -114,13 +114,8 @@ func TestSalvageMovesBlocksItDoesNotDecode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	name := layout.SegmentName(5, 1)
-	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
-		t.Fatal(err)
-	}
-
-	s := startServer(t, testConfig(), fsys, co, nil)
-	mustLog(t, s.dial(t), entries("cat", "new"))
+	name := writeCrashedSegment(t, fsys, dir, data)
+	s := takeOver(t, fsys, co)
 	s.stop()
 	salvaged, err := dfs.ReadFile(fsys, path.Join(dir, name))
 	if err != nil {

@@ -347,6 +347,27 @@ func writeCrashed(t *testing.T, fsys dfs.FS, dir string, epoch int64, seqNo uint
 	return name
 }
 
+// writeCrashedSegment leaves data in dir as what a writer of epoch 5
+// that died while writing its segment 1 leaves (written as given, v2 or
+// damaged), and returns the name a salvage publishes it under.
+func writeCrashedSegment(t *testing.T, fsys dfs.FS, dir string, data []byte) string {
+	t.Helper()
+	name := layout.SegmentName(5, 1)
+	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// takeOver starts the next writer and logs "new" to category cat: taking
+// the bucket for it, the writer salvages what a crashed one left there.
+func takeOver(t *testing.T, fsys dfs.FS, co coord.Coord) *server {
+	t.Helper()
+	s := startServer(t, testConfig(), fsys, co, nil)
+	mustLog(t, s.dial(t), entries("cat", "new"))
+	return s
+}
+
 // inprocCoord returns a session on a fresh hub.
 func inprocCoord(t *testing.T) (*inproc.Hub, *inproc.Session) {
 	hub := inproc.NewHub()

@@ -555,13 +555,8 @@ func testSalvageKeepsEveryValidBlock(t *testing.T, comp segment.Compression) {
 	data[offs[1]+segment.BlockHeaderSize+2] ^= 0xff
 	torn := appendBlock(nil, &segment.Block{Messages: [][]byte{[]byte("torn-never-acked" + filler)}})
 	data = append(data, torn[:len(torn)-4]...)
-	name := layout.SegmentName(5, 1)
-	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
-		t.Fatal(err)
-	}
-
-	s := startServer(t, testConfig(), fsys, co, nil)
-	mustLog(t, s.dial(t), entries("cat", "new"))
+	name := writeCrashedSegment(t, fsys, dir, data)
+	s := takeOver(t, fsys, co)
 	s.stop()
 	got := scan(t, fsys, dir)
 	for i := range got {
@@ -598,13 +593,8 @@ func TestSalvageSetsAsideASegmentDamagedAtItsStart(t *testing.T) {
 	for i := range segment.HeaderSizeV2 + segment.BlockHeaderSize {
 		data[i] ^= 0x5a
 	}
-	name := layout.SegmentName(5, 1)
-	if err := dfs.WriteFile(fsys, path.Join(dir, layout.TempSegment(name)), data); err != nil {
-		t.Fatal(err)
-	}
-
-	s := startServer(t, testConfig(), fsys, co, nil)
-	mustLog(t, s.dial(t), entries("cat", "new"))
+	name := writeCrashedSegment(t, fsys, dir, data)
+	s := takeOver(t, fsys, co)
 	if got := counter(t, s.reg, "freeway_calligraphus_segments_damaged_total"); got != 1 {
 		t.Errorf("freeway_calligraphus_segments_damaged_total = %v, want 1", got)
 	}
