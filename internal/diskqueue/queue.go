@@ -164,7 +164,7 @@ type Queue struct {
 	w    *os.File   // the last segment; written by the syncing leader only
 	// spare is an acknowledged segment's file kept for the next segment
 	// (spareName), "" if none: overwriting blocks a file already has
-	// costs a fraction of appending to a new one (bench/PROFILE.md,
+	// costs about half of appending to a new one (bench/PROFILE.md,
 	// "(qreuse)"). Guarded by mu.
 	spare     string
 	lastSize  int64 // the last segment's durable size

@@ -10,10 +10,11 @@ import (
 
 // SyncData makes the bytes written to f durable, with what reading them
 // back needs of its metadata (its size, its blocks), but not the rest (its
-// times): fdatasync(2). Appending to a file and syncing it, as the agent's
-// queue and the embedded dfs's segments do, costs about a third less CPU
-// and time a sync than fsync here (bench/PROFILE.md, "(datasync)"). A new
-// file's name is the directory's to make durable (SyncDir), as with fsync.
+// times): fdatasync(2), as durable for the bytes as fsync. On this
+// project's disk (ext4 without a journal) it costs the same as fsync
+// (BenchmarkSyncedCommit, bench/PROFILE.md "(datasync)"); where a journal
+// would commit the times, it need not. A new file's name is the
+// directory's to make durable (SyncDir), as with fsync.
 func SyncData(f *os.File) error {
 	rc, err := f.SyscallConn()
 	var serr error // fdatasync's
