@@ -95,8 +95,14 @@ func wantOrders(n int, extra map[string]any) []string {
 func waitLive(t *testing.T, p *Puma, app string) {
 	t.Helper()
 	testkit.Eventually(t, app+" live", func() error {
-		st, _ := p.AppState(app)
-		if st.State != "live" || !p.Ready() {
+		// Ready first: AppState counts only the shards that have
+		// recovered, so before them it says live with their backfills
+		// not begun (read the other way round, a shard that recovered in
+		// between passed for one whose backfill had joined).
+		if !p.Ready() {
+			return fmt.Errorf("node not ready")
+		}
+		if st, _ := p.AppState(app); st.State != "live" {
 			return fmt.Errorf("%s is %+v", app, st)
 		}
 		return nil
