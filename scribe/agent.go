@@ -204,6 +204,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		first = fmt.Errorf("close agent queue: %w", err)
 	}
 	st := a.q.Stats()
+	if st.Entries > 0 {
+		// Only an agent started again on this directory sends them: one
+		// given another queue_dir (or data_dir) never will.
+		a.log.Warn("agent stopped with entries not yet shipped; an agent started on the same queue_dir sends them",
+			"queue_entries", st.Entries, "queue_dir", a.cfg.QueueDir, "next_seq", st.NextSeq)
+		return first
+	}
 	a.log.Info("agent stopped", "queue_entries", st.Entries, "next_seq", st.NextSeq)
 	return first
 }

@@ -299,6 +299,32 @@ func TestQueueFullAnswersTryLaterAndRecovers(t *testing.T) {
 	}
 }
 
+// TestStopWithEntriesNotShippedWarns: an agent that stops holding
+// entries its upstream has not acknowledged says so, with how many and
+// the queue_dir that holds them: only an agent started again on that
+// directory sends them (one started with another data_dir never will),
+// so an operator moving it must see it. An agent that shipped
+// everything stops without the warning.
+func TestStopWithEntriesNotShippedWarns(t *testing.T) {
+	dir := t.TempDir()
+	a := startAgent(t, testConfig(dir, deadAddr(t)))
+	mustLog(t, dial(t, a.Addr()), entries("c", "w", 0, 3))
+	a.stopped(t)
+	lines := a.logs.Lines("level=WARN", "not yet shipped")
+	if len(lines) != 1 || !strings.Contains(lines[0], "queue_entries=3") || !strings.Contains(lines[0], "queue_dir="+dir) {
+		t.Fatalf("want one warning naming 3 entries and %s, got %q in:\n%s", dir, lines, a.logs.String())
+	}
+
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	b := startAgent(t, testConfig(dir, up.srv.Addr()))
+	testkit.WaitFor(t, "3 entries upstream", func() bool { return up.count(t) == 3 })
+	testkit.WaitFor(t, "the queue empty", func() bool { return b.q.Stats().Entries == 0 })
+	b.stopped(t)
+	if lines := b.logs.Lines("not yet shipped"); len(lines) != 0 {
+		t.Fatalf("an agent that shipped everything warns: %q", lines)
+	}
+}
+
 func TestTornQueueTailIsTruncatedAtReopen(t *testing.T) {
 	dir := t.TempDir()
 	a := startAgent(t, testConfig(dir, deadAddr(t)))
