@@ -105,7 +105,8 @@ func (p *Puma) Handler() http.Handler {
 
 // MergeAppReports merges the reports of several nodes (over disjoint
 // shards) by app: states, memory and dropped counts add up (an app is
-// backfilling if it is anywhere; EvictedBeforeMs is the lowest), and
+// backfilling if it is anywhere, else recovering if it is anywhere;
+// EvictedBeforeMs is the lowest), and
 // the samples keep the newest SamplesPerReason per reason, reasons in
 // Rejections' order. Apps in no report are left out.
 func MergeAppReports(nodes [][]AppReport) map[string]AppReport {
@@ -116,8 +117,10 @@ func MergeAppReports(nodes [][]AppReport) map[string]AppReport {
 			if !ok {
 				m = AppReport{App: r.App, State: AppState{State: "live"}, Rejections: Rejections{Dropped: map[string]uint64{}}}
 			}
-			if r.State.State == "backfilling" {
-				m.State.State = "backfilling"
+			// Live only if live everywhere; a backfill anywhere says more
+			// (its progress) than a shard recovering elsewhere.
+			if r.State.State == "backfilling" || r.State.State == "recovering" && m.State.State == "live" {
+				m.State.State = r.State.State
 			}
 			m.State.BackfillShards += r.State.BackfillShards
 			m.State.SegmentsRead += r.State.SegmentsRead

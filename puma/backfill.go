@@ -544,11 +544,13 @@ func (s *shard) deleteRemoved(ctx context.Context, epoch int64, removed []string
 	s.mu.Unlock()
 }
 
-// AppState is whether an app's shards on this node are live or being
-// built from the dfs.
+// AppState is whether an app's shards on this node are live, being
+// built from the dfs, or not known yet.
 type AppState struct {
-	// State is "live", or "backfilling" while a shard here builds spans
-	// of the app.
+	// State is "live"; "backfilling" while a shard here builds spans of
+	// the app; "recovering" while a shard of its category taken here has
+	// not recovered yet (whether it has spans to build is known only
+	// then), and none builds.
 	State string
 	// BackfillShards counts the shards here building it; SegmentsRead
 	// and SegmentsLeft their progress, summed (segments read so far by
@@ -562,11 +564,22 @@ type AppState struct {
 // AppState returns app's state on this node, and false if there is no
 // such app.
 func (p *Puma) AppState(app string) (AppState, bool) {
-	if _, ok := p.apps[app]; !ok {
+	a, ok := p.apps[app]
+	if !ok {
 		return AppState{}, false
 	}
 	out := AppState{State: "live"}
-	for _, s := range p.readyShards() {
+	recovering := false
+	p.mu.RLock()
+	shards := slices.Collect(maps.Values(p.shards))
+	p.mu.RUnlock()
+	// One look at each shard: a shard's backfills are listed before it
+	// is ready, so a ready one shows them all.
+	for _, s := range shards {
+		if !isReady(s) {
+			recovering = recovering || s.category == a.Spec.Category
+			continue
+		}
 		s.mu.RLock()
 		for _, bf := range s.backfills {
 			if bf.live.app.Name() == app {
@@ -577,6 +590,9 @@ func (p *Puma) AppState(app string) (AppState, bool) {
 			}
 		}
 		s.mu.RUnlock()
+	}
+	if recovering && out.State == "live" {
+		out.State = "recovering"
 	}
 	return out, true
 }

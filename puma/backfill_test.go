@@ -236,6 +236,65 @@ func countRows(t *testing.T, st store.Store, prefix string) int {
 	return n
 }
 
+// TestAppStateWhileRecovering: while a shard of an app's category
+// recovers on the node, the app is "recovering", not "live": whether the
+// shard has a backfill to run is known only once it has recovered (an
+// operator waiting for "live" after adding an app and restarting would
+// otherwise take the answers for complete before the backfill began).
+// Apps of other categories are not concerned; once recovered, the
+// shard's backfill shows.
+func TestAppStateWhileRecovering(t *testing.T) {
+	e := newEnv(t, orders(t))
+	r1 := start(t, e.node("n1"))
+	waitCommitted(t, r1.p, publishHistory(e, 0, 3))
+	r1.stop(t)
+
+	other := orders(t, func(s *apps.Spec) { s.Name, s.Category = "elsewhere", "other" })
+	e.apps = []*apps.App{orders(t), kindsApp(t, "orders"), other}
+	p2 := e.node("n2")
+	co := e.hub.Session()
+	t.Cleanup(func() { co.Close() })
+	lease, err := co.Acquire(context.Background(), shardID{"orders", 0}.lease(), p2.cfg.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newShard(p2, "orders", 0, lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2.mu.Lock()
+	p2.shards[shardID{"orders", 0}] = s // taken, not recovered yet
+	p2.mu.Unlock()
+	for _, app := range []string{"kinds", "orders"} {
+		if st, _ := p2.AppState(app); st.State != "recovering" {
+			t.Fatalf("%s while its shard recovers: %+v", app, st)
+		}
+	}
+	if st, _ := p2.AppState("elsewhere"); st.State != "live" {
+		t.Fatalf("an app of another category: %+v", st)
+	}
+	merged := MergeAppReports([][]AppReport{p2.AppReports(), {{App: "kinds", State: AppState{State: "live"}}}})
+	if st := merged["kinds"].State.State; st != "recovering" {
+		t.Fatalf("merged with a node where it is live: %q", st)
+	}
+	merged = MergeAppReports([][]AppReport{p2.AppReports(), {{App: "kinds", State: AppState{State: "backfilling", BackfillShards: 1}}}})
+	if st := merged["kinds"].State; st.State != "backfilling" || st.BackfillShards != 1 {
+		t.Fatalf("merged with a node where it backfills: %+v", st)
+	}
+
+	if err := s.recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	adopt(p2, s)
+	if st, _ := p2.AppState("kinds"); st.State != "backfilling" || st.BackfillShards != 1 {
+		t.Fatalf("kinds once recovered: %+v", st)
+	}
+	if st, _ := p2.AppState("orders"); st.State != "live" {
+		t.Fatalf("orders once recovered: %+v", st)
+	}
+	s.release()
+}
+
 // TestBackfillResumes: a node killed in the middle of a backfill (after a
 // checkpoint, with more read since) leaves it to the next node, which
 // resumes at the committed progress, neither redoing nor losing lines:

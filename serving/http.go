@@ -59,9 +59,11 @@ type AppJSON struct {
 	// Memory is the app's cells in a Puma node's memory and what was
 	// evicted to the store; absent when serving answers from the store.
 	Memory *MemoryJSON `json:"memory,omitempty"`
-	// State is "live", or "backfilling" while a Puma node builds the
-	// app (added, or its state's shape changed) from the segments in the
-	// dfs, with Backfill its progress; absent from the store.
+	// State is "live"; "backfilling" while a Puma node builds the app
+	// (added, or its state's shape changed) from the segments in the
+	// dfs, with Backfill its progress; "recovering" while a shard of its
+	// category taken by a node has not recovered yet (whether it has a
+	// backfill to run is known only then); absent from the store.
 	State    string        `json:"state,omitempty"`
 	Backfill *BackfillJSON `json:"backfill,omitempty"`
 }
