@@ -164,9 +164,15 @@ func TestRecoveringShardIsReported(t *testing.T) {
 	defer hs.release()
 	p := e.node("n1", func(c *Config, d *Deps) { d.Store = hs })
 	start(t, p)
-	testkit.Eventually(t, "orders/0 running", func() error {
+	// orders/0 may recover before Run's first pass has tried orders/1
+	// (nor is the node's readiness known before that pass ends): wait for
+	// both.
+	testkit.Eventually(t, "orders/0 running, the first pass over", func() error {
 		if st := stateOf(p, 0); st.State != StateRunning {
 			return fmt.Errorf("%+v", st)
+		}
+		if !p.running.Load() {
+			return errors.New("the first pass is not over")
 		}
 		return nil
 	})
