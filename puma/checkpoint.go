@@ -505,6 +505,10 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	s.nextEpoch = epoch + 1
 	s.commitBytes = val
 	s.committed = state
+	// Counted before the shard's status shows the commit (committedPos),
+	// not after the deletions below: who sees the one sees the other.
+	s.p.m.checkpoints.Inc()
+	s.p.m.checkpointCells.Add(float64(ncells))
 	s.mu.Lock()
 	s.committedEpoch, s.committedPos = state.Epoch, state.Position
 	s.readAborted = state.Aborted
@@ -531,8 +535,6 @@ func (s *shard) checkpoint(ctx context.Context) error {
 	if ncells >= releaseCells {
 		s.p.releaseMemory()
 	}
-	s.p.m.checkpoints.Inc()
-	s.p.m.checkpointCells.Add(float64(ncells))
 	s.p.m.checkpointSeconds.Observe(took.Seconds())
 	return nil
 }

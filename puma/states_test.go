@@ -99,12 +99,17 @@ func TestFailedShardIsReported(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	p2 := e.node("n2", func(c *Config, d *Deps) { d.Now = clock.Now; d.Metrics = reg })
 	start(t, p2)
-	testkit.Eventually(t, "orders/0 running, orders/1 failed", func() error {
+	// Both may be so before Run's first pass ends, and the node's
+	// readiness known only after it: wait for it too.
+	testkit.Eventually(t, "orders/0 running, orders/1 failed, the first pass over", func() error {
 		if st := stateOf(p2, 0); st.State != StateRunning {
 			return fmt.Errorf("%+v", st)
 		}
 		if st := stateOf(p2, 1); st.State != StateFailed || st.Failures < 1 {
 			return fmt.Errorf("%+v", st)
+		}
+		if !p2.running.Load() {
+			return errors.New("the first pass is not over")
 		}
 		return nil
 	})
@@ -164,9 +169,15 @@ func TestRecoveringShardIsReported(t *testing.T) {
 	defer hs.release()
 	p := e.node("n1", func(c *Config, d *Deps) { d.Store = hs })
 	start(t, p)
-	testkit.Eventually(t, "orders/0 running", func() error {
+	// orders/0 may recover before Run's first pass has tried orders/1
+	// (nor is the node's readiness known before that pass ends): wait for
+	// both.
+	testkit.Eventually(t, "orders/0 running, the first pass over", func() error {
 		if st := stateOf(p, 0); st.State != StateRunning {
 			return fmt.Errorf("%+v", st)
+		}
+		if !p.running.Load() {
+			return errors.New("the first pass is not over")
 		}
 		return nil
 	})
