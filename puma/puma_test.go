@@ -157,6 +157,9 @@ func TestMetrics(t *testing.T) {
 	p := e.node("n1", func(c *Config, d *Deps) { d.Metrics = reg })
 	r := start(t, p)
 	waitCommitted(t, p, pos)
+	// The status shows a commit before the checkpoint counts it (with
+	// its time, at its end).
+	testkit.WaitFor(t, "a checkpoint counted", func() bool { return gather(t, reg)["freeway_puma_checkpoints_total"] >= 1 })
 	got := gather(t, reg)
 	want := map[string]float64{
 		"freeway_puma_entries_total":                                        9,
