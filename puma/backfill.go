@@ -548,9 +548,10 @@ func (s *shard) deleteRemoved(ctx context.Context, epoch int64, removed []string
 // built from the dfs, or not known yet.
 type AppState struct {
 	// State is "live"; "backfilling" while a shard here builds spans of
-	// the app; "recovering" while a shard of its category taken here has
-	// not recovered yet (whether it has spans to build is known only
-	// then), and none builds.
+	// the app; "recovering" while none does and a bucket of its category
+	// not held by another node is not running here yet (not taken yet,
+	// recovering, or failed and waiting to be tried again): whether it
+	// has spans to build is known only once it has recovered.
 	State string
 	// BackfillShards counts the shards here building it; SegmentsRead
 	// and SegmentsLeft their progress, summed (segments read so far by
@@ -569,17 +570,28 @@ func (p *Puma) AppState(app string) (AppState, bool) {
 		return AppState{}, false
 	}
 	out := AppState{State: "live"}
+	// The buckets of its category: each running here (ready, or still
+	// recovering), held by another node, or not running here yet (not
+	// tried, or failed and waiting to be tried again).
+	cat := a.Spec.Category
 	recovering := false
+	var ready []*shard
 	p.mu.RLock()
-	shards := slices.Collect(maps.Values(p.shards))
-	p.mu.RUnlock()
-	// One look at each shard: a shard's backfills are listed before it
-	// is ready, so a ready one shows them all.
-	for _, s := range shards {
-		if !isReady(s) {
-			recovering = recovering || s.category == a.Spec.Category
-			continue
+	for b := 0; b < p.deps.Buckets(cat); b++ {
+		id := shardID{cat, b}
+		switch s, ok := p.shards[id]; {
+		case ok && isReady(s):
+			// One look at each: a shard's backfills are listed before
+			// it is ready, so a ready one shows them all.
+			ready = append(ready, s)
+		case !ok && p.tries[id] != nil && p.tries[id].state == StateElsewhere:
+			// Another node's to report.
+		default:
+			recovering = true
 		}
+	}
+	p.mu.RUnlock()
+	for _, s := range ready {
 		s.mu.RLock()
 		for _, bf := range s.backfills {
 			if bf.live.app.Name() == app {

@@ -236,13 +236,14 @@ func countRows(t *testing.T, st store.Store, prefix string) int {
 	return n
 }
 
-// TestAppStateWhileRecovering: while a shard of an app's category
-// recovers on the node, the app is "recovering", not "live": whether the
-// shard has a backfill to run is known only once it has recovered (an
-// operator waiting for "live" after adding an app and restarting would
-// otherwise take the answers for complete before the backfill began).
-// Apps of other categories are not concerned; once recovered, the
-// shard's backfill shows.
+// TestAppStateWhileRecovering: while a bucket of an app's category is not
+// running on the node (not taken yet, taken and recovering, failed and
+// waiting to be tried again), the app is "recovering", not "live":
+// whether the shard has a backfill to run is known only once it has
+// recovered (an operator waiting for "live" after adding an app and
+// restarting would otherwise take the answers for complete before the
+// backfill began). A bucket held by another node is that node's to
+// report. Once recovered, the shard's backfill shows.
 func TestAppStateWhileRecovering(t *testing.T) {
 	e := newEnv(t, orders(t))
 	r1 := start(t, e.node("n1"))
@@ -252,6 +253,18 @@ func TestAppStateWhileRecovering(t *testing.T) {
 	other := orders(t, func(s *apps.Spec) { s.Name, s.Category = "elsewhere", "other" })
 	e.apps = []*apps.App{orders(t), kindsApp(t, "orders"), other}
 	p2 := e.node("n2")
+	want := func(what string, states map[string]string) {
+		t.Helper()
+		for app, w := range states {
+			if st, _ := p2.AppState(app); st.State != w {
+				t.Fatalf("%s: %s is %+v, want %s", what, app, st, w)
+			}
+		}
+	}
+	want("nothing taken yet", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "recovering"})
+	p2.record(shardID{"other", 0}, StateElsewhere, nil, false)
+	want("other/0 held elsewhere", map[string]string{"elsewhere": "live"})
+
 	co := e.hub.Session()
 	t.Cleanup(func() { co.Close() })
 	lease, err := co.Acquire(context.Background(), shardID{"orders", 0}.lease(), p2.cfg.ID)
@@ -265,14 +278,7 @@ func TestAppStateWhileRecovering(t *testing.T) {
 	p2.mu.Lock()
 	p2.shards[shardID{"orders", 0}] = s // taken, not recovered yet
 	p2.mu.Unlock()
-	for _, app := range []string{"kinds", "orders"} {
-		if st, _ := p2.AppState(app); st.State != "recovering" {
-			t.Fatalf("%s while its shard recovers: %+v", app, st)
-		}
-	}
-	if st, _ := p2.AppState("elsewhere"); st.State != "live" {
-		t.Fatalf("an app of another category: %+v", st)
-	}
+	want("orders/0 recovering", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "live"})
 	merged := MergeAppReports([][]AppReport{p2.AppReports(), {{App: "kinds", State: AppState{State: "live"}}}})
 	if st := merged["kinds"].State.State; st != "recovering" {
 		t.Fatalf("merged with a node where it is live: %q", st)
@@ -289,10 +295,14 @@ func TestAppStateWhileRecovering(t *testing.T) {
 	if st, _ := p2.AppState("kinds"); st.State != "backfilling" || st.BackfillShards != 1 {
 		t.Fatalf("kinds once recovered: %+v", st)
 	}
-	if st, _ := p2.AppState("orders"); st.State != "live" {
-		t.Fatalf("orders once recovered: %+v", st)
-	}
+	want("orders/0 recovered", map[string]string{"orders": "live"})
 	s.release()
+
+	p2.mu.Lock()
+	delete(p2.shards, shardID{"orders", 0})
+	p2.mu.Unlock()
+	p2.record(shardID{"orders", 0}, StateFailed, errors.New("injected"), false)
+	want("orders/0 failed", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "live"})
 }
 
 // TestBackfillResumes: a node killed in the middle of a backfill (after a
