@@ -3,13 +3,18 @@ package serving
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/freeway-dev/freeway/internal/apps"
+	"github.com/freeway-dev/freeway/internal/auth"
 	"github.com/freeway-dev/freeway/internal/browser"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/puma"
@@ -167,5 +172,68 @@ func TestDashboardBadValueIsNotLines(t *testing.T) {
 	}
 	if got := rows["bad_value"]; !strings.Contains(got, "inputs") || !strings.Contains(got, "7") {
 		t.Errorf("bad_value row %q: its 7 are inputs skipped, not lines, and it must say so", got)
+	}
+}
+
+// TestDashboardAsksForToken: with query tokens, the page loads without
+// one (it holds no data), says that the server asks for one, and sends
+// the one entered with its API calls: a wrong one is refused and said
+// so, the right one shows the apps. The token is kept for the tab
+// (sessionStorage), not in the page's URL.
+func TestDashboardAsksForToken(t *testing.T) {
+	chromium := browser.Need(t)
+	qf := filepath.Join(t.TempDir(), "query-tokens")
+	writeTokens(t, qf, "page-secret\n")
+	g, err := auth.NewGuard(auth.Config{QueryTokensFile: qf}, slog.New(slog.DiscardHandler), prometheus.NewPedanticRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newServer(t, &fakeSource{apps: testApps(t)}, func(_ *Config, d *Deps) { d.Auth = g })
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+
+	c, ctx, done := browser.Open(t, chromium)
+	defer done()
+	page, err := c.NewPage(ctx, 1200, 900)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := page.Navigate(ctx, srv.URL+"/#refresh=0"); err != nil {
+		t.Fatal(err)
+	}
+	note := func(want string) {
+		t.Helper()
+		cond := fmt.Sprintf("window.freewayDashboard && freewayDashboard.askedToken && !document.getElementById('token-form').hidden && document.getElementById('token-note').textContent.includes(%q)", want)
+		if err := page.Wait(ctx, cond); err != nil {
+			t.Fatalf("waiting for the token form saying %q: %v\n%s", want, err, strings.Join(page.Logs(), "\n"))
+		}
+	}
+	enter := func(tok string) {
+		t.Helper()
+		// Submitted after Eval returns: the submit reloads the page.
+		js := fmt.Sprintf("setTimeout(() => { document.getElementById('token').value = %q; document.getElementById('token-form').requestSubmit(); }, 0); true", tok)
+		var ok bool
+		if err := page.Eval(ctx, js, &ok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	note("asks for a query token")
+	enter("wrong-secret")
+	note("refused")
+	enter("page-secret")
+	if err := page.Wait(ctx, "window.freewayDashboard && freewayDashboard.state.apps.length > 0"); err != nil {
+		t.Fatalf("the apps with the token: %v\n%s", err, strings.Join(page.Logs(), "\n"))
+	}
+	var got struct {
+		Asked, FormShown bool
+		Error, Hash      string
+		Stored           string
+	}
+	if err := page.Eval(ctx, `({Asked: freewayDashboard.askedToken, FormShown: !document.getElementById('token-form').hidden,
+	  Error: freewayDashboard.lastError, Hash: location.hash, Stored: sessionStorage.getItem('freeway.queryToken')})`, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Asked || got.FormShown || got.Error != "" || got.Stored != "page-secret" || strings.Contains(got.Hash, "secret") {
+		t.Fatalf("with the token: %+v", got)
 	}
 }

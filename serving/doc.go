@@ -67,8 +67,10 @@
 // "truncated" (HTTP and Thrift) when a limit or max_rows cut rows off.
 //
 // Security. With Deps.TLS both ports speak TLS (internal/auth). With
-// Deps.Auth's query tokens, /api/v1/* and the page need "Authorization:
-// Bearer <token>" (else 401, WWW-Authenticate: Bearer and a JSON error),
+// Deps.Auth's query tokens, /api/v1/* needs "Authorization: Bearer
+// <token>" (else 401, WWW-Authenticate: Bearer and a JSON error; the
+// page and its files, which hold no data, are served without one, and the
+// page asks for the token to send with its calls),
 // and a Thrift connection calls authenticate(token) before its queries
 // (else QueryError code 401); the token is checked again at every call.
 // With its admin token, /metrics, /debug/pprof/ and POST /admin/reload

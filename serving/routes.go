@@ -16,7 +16,10 @@ type route struct {
 	// params are the query-string parameters it takes, for the parser and
 	// the document; nil: none (and any given are ignored, as before).
 	params []param
-	h      http.HandlerFunc
+	// page: the dashboard's page or files, served without a query token
+	// (auth.Guard.Page); the API needs one.
+	page bool
+	h    http.HandlerFunc
 }
 
 func (s *Server) routes() []route {
@@ -25,8 +28,8 @@ func (s *Server) routes() []route {
 		{method: "GET", path: "/api/v1/query", name: "query", params: queryParams, h: s.handleQuery},
 		{method: "GET", path: "/api/v1/status", name: "status", h: s.handleStatus},
 		{method: "GET", path: "/api/v1/openapi.json", name: "openapi", h: s.handleOpenAPI},
-		{method: "GET", path: "/", name: "index", h: s.handleIndex},
-		{method: "GET", path: uiPrefix, name: "ui", h: s.handleUI},
+		{method: "GET", path: "/", name: "index", page: true, h: s.handleIndex},
+		{method: "GET", path: uiPrefix, name: "ui", page: true, h: s.handleUI},
 	}
 }
 
@@ -59,7 +62,11 @@ func (s *Server) mux() (*http.ServeMux, []string) {
 		if rt.path == "/" {
 			pattern += "{$}" // the page only, not every path
 		}
-		mux.Handle(pattern, s.instrument(rt.name, s.deps.Auth.Query(rt.h).ServeHTTP))
+		guard := s.deps.Auth.Query
+		if rt.page {
+			guard = s.deps.Auth.Page
+		}
+		mux.Handle(pattern, s.instrument(rt.name, guard(rt.h).ServeHTTP))
 		if !strings.HasSuffix(rt.path, "/") || rt.path == "/" {
 			getOnly = append(getOnly, rt.path)
 		}

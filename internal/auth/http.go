@@ -18,7 +18,7 @@ import (
 
 // Endpoints, as freeway_auth_refused_total labels them.
 const (
-	EndpointQuery       = "query"        // HTTP /api/v1/* and the web page
+	EndpointQuery       = "query"        // HTTP /api/v1/* (and the web page without tokens: Page)
 	EndpointThriftQuery = "thrift_query" // the Thrift query port
 	EndpointAdmin       = "admin"        // /metrics, /debug/pprof/
 	EndpointControl     = "control"      // POST /admin/reload, /admin/shutdown
@@ -80,6 +80,17 @@ func (g *Guard) Query(h http.Handler) http.Handler {
 		return g.knownHost(EndpointQuery, h)
 	}
 	return g.require(EndpointQuery, g.query, "auth.query_tokens_file", h)
+}
+
+// Page guards h, the dashboard's page and files, which hold no data:
+// with query tokens it is served without one (a browser cannot send a
+// header when it loads a page; the page asks for the token and sends it
+// with its API calls, which Query guards), else as Query (knownHost).
+func (g *Guard) Page(h http.Handler) http.Handler {
+	if g.QueryTokens() {
+		return h
+	}
+	return g.knownHost(EndpointQuery, h)
 }
 
 // Admin requires the admin token on h, when one is configured, else a

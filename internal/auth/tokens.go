@@ -22,8 +22,8 @@ import (
 // Config is the auth: section of the configuration.
 type Config struct {
 	// QueryTokensFile holds the tokens of the query API (/api/v1/*, the
-	// web page, the Thrift query port), one a line; unset, queries need
-	// no token.
+	// Thrift query port; the web page asks for one to send with its
+	// calls), one a line; unset, queries need no token.
 	QueryTokensFile string `yaml:"query_tokens_file"`
 	// AdminTokenFile holds the admin token(s) (/metrics, /debug/pprof/,
 	// POST /admin/*); set, fb303's control calls, which cannot carry a

@@ -41,7 +41,7 @@
     refresh: 5, timer: null, seq: 0, charts: {},
   };
   // What the page shows, for the browser test and the curious.
-  const dash = window.freewayDashboard = { state, charts: state.charts, rendered: 0, errors: 0, lastError: '', answers: {} };
+  const dash = window.freewayDashboard = { state, charts: state.charts, rendered: 0, errors: 0, lastError: '', askedToken: false, answers: {} };
 
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
@@ -57,12 +57,30 @@
     return e;
   }
 
+  // The query token, when the server asks for one (auth.query_tokens_file):
+  // entered in the page, kept for this tab only (sessionStorage), sent
+  // with every API call. The page itself is served without it.
+  const tokenKey = 'freeway.queryToken';
+  function token() {
+    try { return sessionStorage.getItem(tokenKey) || ''; } catch (e) { return ''; }
+  }
+
+  function askToken(refused) {
+    $('token-note').textContent = refused ? 'the token was refused: enter another' : 'this server asks for a query token (a line of its auth.query_tokens_file)';
+    $('token-form').hidden = false;
+    dash.askedToken = true;
+  }
+
   async function api(path, params) {
     const u = new URL(path, location.origin);
     for (const [k, v] of params || []) u.searchParams.append(k, v);
-    const r = await fetch(u, { headers: { Accept: 'application/json' }, credentials: 'same-origin' });
+    const headers = { Accept: 'application/json' };
+    const tk = token();
+    if (tk) headers.Authorization = `Bearer ${tk}`;
+    const r = await fetch(u, { headers, credentials: 'same-origin' });
     let body = {};
     try { body = await r.json(); } catch (e) { /* not JSON */ }
+    if (r.status === 401) askToken(tk !== '');
     if (!r.ok) throw new Error(`GET ${u.pathname}: ${r.status} ${body.error || r.statusText}`);
     return body;
   }
@@ -267,7 +285,16 @@
     refresh();
   }
 
+  let bound = false;
   function bind() {
+    // Once: start runs again after a failed first load.
+    if (bound) return;
+    bound = true;
+    $('token-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      try { sessionStorage.setItem(tokenKey, $('token').value.trim()); } catch (err) { /* storage refused */ }
+      location.reload();
+    });
     $('range').addEventListener('change', (e) => {
       if (e.target.value === 'fixed') return;
       state.from = state.to = null;
