@@ -4,6 +4,7 @@ import (
 	"embed"
 	"io/fs"
 	"net/http"
+	"strings"
 )
 
 // The dashboard: plain HTML, CSS and JavaScript embedded in the binary,
@@ -32,7 +33,14 @@ func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
 	http.ServeFileFS(w, r, uiFS(), "index.html")
 }
 
+// handleUI serves the page's files, and only files: not a listing of a
+// directory of them, nor the page again (it is at /).
 func (s *Server) handleUI(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimPrefix(r.URL.Path, uiPrefix)
+	if st, err := fs.Stat(uiFS(), name); err != nil || st.IsDir() || name == "index.html" {
+		http.NotFound(w, r)
+		return
+	}
 	w.Header().Set("Cache-Control", "no-cache")
 	http.StripPrefix(uiPrefix, http.FileServerFS(uiFS())).ServeHTTP(w, r)
 }

@@ -505,8 +505,11 @@ func TestIndexPage(t *testing.T) {
 			t.Errorf("%s: %d %q, %d bytes", path, w.Code, w.Header().Get("Content-Type"), w.Body.Len())
 		}
 	}
-	if w := get(t, s, "/ui/nope.js"); w.Code != 404 {
-		t.Errorf("/ui/nope.js: %d", w.Code)
+	// Files only: a directory of them is not listed.
+	for _, path := range []string{"/ui/nope.js", "/ui/", "/ui/index.html", "/ui/vendor/", "/ui/vendor", "/ui/vendor/uplot-1.6.32/"} {
+		if w := get(t, s, path); w.Code != 404 || strings.Contains(w.Body.String(), "app.js") || strings.Contains(w.Body.String(), "uplot") {
+			t.Errorf("%s: %d %q", path, w.Code, w.Body.String())
+		}
 	}
 }
 
