@@ -31,6 +31,23 @@ func (f *funcSource) Query(_ context.Context, q puma.Query) (*puma.Result, error
 	return f.fn(q), nil
 }
 
+// dashboardAt opens url (the server's page and a fragment) in a page of
+// a Chromium of its own (browser.Open); done closes it, for the test to
+// defer after the server's Close, so that it runs first.
+func dashboardAt(t *testing.T, chromium, url string) (page *browser.Page, ctx context.Context, done func()) {
+	t.Helper()
+	c, ctx, done := browser.Open(t, chromium)
+	page, err := c.NewPage(ctx, 1200, 900)
+	if err == nil {
+		err = page.Navigate(ctx, url)
+	}
+	if err != nil {
+		done()
+		t.Fatal(err)
+	}
+	return page, ctx, done
+}
+
 // TestDashboardStructuredValues: the page shows the values that are not
 // numbers in their tables, as the answers give them: percentiles (an
 // object of quantile to value) over the range and for the top keys, and
@@ -74,16 +91,9 @@ func TestDashboardStructuredValues(t *testing.T) {
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 
-	c, ctx, done := browser.Open(t, chromium)
-	defer done()
-	page, err := c.NewPage(ctx, 1200, 900)
-	if err != nil {
-		t.Fatal(err)
-	}
 	from, to := now.Add(-time.Hour).Unix(), now.Unix()
-	if err := page.Navigate(ctx, fmt.Sprintf("%s/#app=latency&from=%d&to=%d&split=path&refresh=0", srv.URL, from, to)); err != nil {
-		t.Fatal(err)
-	}
+	page, ctx, done := dashboardAt(t, chromium, fmt.Sprintf("%s/#app=latency&from=%d&to=%d&split=path&refresh=0", srv.URL, from, to))
+	defer done()
 	if err := page.Wait(ctx, "window.freewayDashboard && (freewayDashboard.rendered > 0 || freewayDashboard.errors > 0)"); err != nil {
 		t.Fatal(err)
 	}
@@ -151,15 +161,8 @@ func TestDashboardBadValueIsNotLines(t *testing.T) {
 	srv := httptest.NewServer(newServer(t, src).Handler())
 	defer srv.Close()
 
-	c, ctx, done := browser.Open(t, chromium)
+	page, ctx, done := dashboardAt(t, chromium, srv.URL+"/#app=sizes&refresh=0")
 	defer done()
-	page, err := c.NewPage(ctx, 1200, 900)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := page.Navigate(ctx, srv.URL+"/#app=sizes&refresh=0"); err != nil {
-		t.Fatal(err)
-	}
 	if err := page.Wait(ctx, "document.querySelectorAll('#dropped tr[data-reason]').length === 2"); err != nil {
 		t.Fatal(err)
 	}
@@ -192,15 +195,8 @@ func TestDashboardAsksForToken(t *testing.T) {
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 
-	c, ctx, done := browser.Open(t, chromium)
+	page, ctx, done := dashboardAt(t, chromium, srv.URL+"/#refresh=0")
 	defer done()
-	page, err := c.NewPage(ctx, 1200, 900)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := page.Navigate(ctx, srv.URL+"/#refresh=0"); err != nil {
-		t.Fatal(err)
-	}
 	note := func(want string) {
 		t.Helper()
 		cond := fmt.Sprintf("window.freewayDashboard && freewayDashboard.askedToken && !document.getElementById('token-form').hidden && document.getElementById('token-note').textContent.includes(%q)", want)

@@ -105,16 +105,9 @@ func TestDashboardHostileText(t *testing.T) {
 	stop := run(t, s)
 	defer stop() //nolint:errcheck // the test is over; Run's error is not what it checks
 
-	c, ctx, done := browser.Open(t, chromium)
-	defer done()
-	page, err := c.NewPage(ctx, 1200, 900)
-	if err != nil {
-		t.Fatal(err)
-	}
 	from, to := now.Add(-time.Hour).Unix(), now.Unix()
-	if err := page.Navigate(ctx, fmt.Sprintf("%s/#app=web&from=%d&to=%d&split=path&refresh=0", s.URL(), from, to)); err != nil {
-		t.Fatal(err)
-	}
+	page, ctx, done := dashboardAt(t, chromium, fmt.Sprintf("%s/#app=web&from=%d&to=%d&split=path&refresh=0", s.URL(), from, to))
+	defer done()
 	if err := page.Wait(ctx, "window.freewayDashboard && (freewayDashboard.rendered > 0 || freewayDashboard.errors > 0)"); err != nil {
 		t.Fatal(err)
 	}
