@@ -209,9 +209,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		// given another queue_dir (or data_dir) never will.
 		a.log.Warn("agent stopped with entries not yet shipped; an agent started on the same queue_dir sends them",
 			"queue_entries", st.Entries, "queue_dir", a.cfg.QueueDir, "next_seq", st.NextSeq)
-		return first
+	} else {
+		a.log.Info("agent stopped", "queue_entries", st.Entries, "next_seq", st.NextSeq)
 	}
-	a.log.Info("agent stopped", "queue_entries", st.Entries, "next_seq", st.NextSeq)
 	return first
 }
 
