@@ -549,9 +549,10 @@ func (s *shard) deleteRemoved(ctx context.Context, epoch int64, removed []string
 type AppState struct {
 	// State is "live"; "backfilling" while a shard here builds spans of
 	// the app; "recovering" while none does and a bucket of its category
-	// not held by another node is not running here yet (not taken yet,
-	// recovering, or failed and waiting to be tried again): whether it
-	// has spans to build is known only once it has recovered.
+	// that is this node's is not running yet (before the node's first
+	// pass over its buckets has ended; a shard taken and recovering; one
+	// failed and waiting to be tried again): whether it has spans to
+	// build is known only once it has recovered.
 	State string
 	// BackfillShards counts the shards here building it; SegmentsRead
 	// and SegmentsLeft their progress, summed (segments read so far by
@@ -570,23 +571,27 @@ func (p *Puma) AppState(app string) (AppState, bool) {
 		return AppState{}, false
 	}
 	out := AppState{State: "live"}
-	// The buckets of its category: each running here (ready, or still
-	// recovering), held by another node, or not running here yet (not
-	// tried, or failed and waiting to be tried again).
+	// The buckets of its category that are this node's to run and are
+	// not running yet: before Run's first pass has ended, every one (not
+	// known yet); then those taken here and still recovering, and those
+	// that failed here and wait to be tried again. A bucket neither
+	// running here nor tried (held by another node, or handed over and
+	// not tried since) is another node's to report.
 	cat := a.Spec.Category
-	recovering := false
+	recovering := !p.running.Load()
 	var ready []*shard
 	p.mu.RLock()
 	for b := 0; b < p.deps.Buckets(cat); b++ {
 		id := shardID{cat, b}
-		switch s, ok := p.shards[id]; {
-		case ok && isReady(s):
-			// One look at each: a shard's backfills are listed before
-			// it is ready, so a ready one shows them all.
-			ready = append(ready, s)
-		case !ok && p.tries[id] != nil && p.tries[id].state == StateElsewhere:
-			// Another node's to report.
-		default:
+		if s, ok := p.shards[id]; ok {
+			if isReady(s) {
+				// One look at each: a shard's backfills are listed
+				// before it is ready, so a ready one shows them all.
+				ready = append(ready, s)
+			} else {
+				recovering = true
+			}
+		} else if tr := p.tries[id]; tr != nil && tr.state == StateFailed {
 			recovering = true
 		}
 	}

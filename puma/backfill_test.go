@@ -236,14 +236,15 @@ func countRows(t *testing.T, st store.Store, prefix string) int {
 	return n
 }
 
-// TestAppStateWhileRecovering: while a bucket of an app's category is not
-// running on the node (not taken yet, taken and recovering, failed and
-// waiting to be tried again), the app is "recovering", not "live":
-// whether the shard has a backfill to run is known only once it has
-// recovered (an operator waiting for "live" after adding an app and
-// restarting would otherwise take the answers for complete before the
-// backfill began). A bucket held by another node is that node's to
-// report. Once recovered, the shard's backfill shows.
+// TestAppStateWhileRecovering: while a bucket of an app's category that
+// is the node's is not running (before the node's first pass over its
+// buckets has ended, taken and recovering, failed and waiting to be
+// tried again), the app is "recovering", not "live": whether the shard
+// has a backfill to run is known only once it has recovered (an operator
+// waiting for "live" after adding an app and restarting would otherwise
+// take the answers for complete before the backfill began). A bucket
+// held by another node (or not tried here since it was handed over) is
+// that node's to report. Once recovered, the shard's backfill shows.
 func TestAppStateWhileRecovering(t *testing.T) {
 	e := newEnv(t, orders(t))
 	r1 := start(t, e.node("n1"))
@@ -261,10 +262,10 @@ func TestAppStateWhileRecovering(t *testing.T) {
 			}
 		}
 	}
-	want("nothing taken yet", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "recovering"})
-	p2.record(shardID{"other", 0}, StateElsewhere, nil, false)
-	want("other/0 held elsewhere", map[string]string{"elsewhere": "live"})
+	want("before the first pass", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "recovering"})
 
+	// The first pass: orders/0 taken here (not recovered yet), other/0
+	// held by another node.
 	co := e.hub.Session()
 	t.Cleanup(func() { co.Close() })
 	lease, err := co.Acquire(context.Background(), shardID{"orders", 0}.lease(), p2.cfg.ID)
@@ -276,8 +277,10 @@ func TestAppStateWhileRecovering(t *testing.T) {
 		t.Fatal(err)
 	}
 	p2.mu.Lock()
-	p2.shards[shardID{"orders", 0}] = s // taken, not recovered yet
+	p2.shards[shardID{"orders", 0}] = s
 	p2.mu.Unlock()
+	p2.record(shardID{"other", 0}, StateElsewhere, nil, false)
+	p2.running.Store(true)
 	want("orders/0 recovering", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "live"})
 	merged := MergeAppReports([][]AppReport{p2.AppReports(), {{App: "kinds", State: AppState{State: "live"}}}})
 	if st := merged["kinds"].State.State; st != "recovering" {
@@ -301,6 +304,7 @@ func TestAppStateWhileRecovering(t *testing.T) {
 	p2.mu.Lock()
 	delete(p2.shards, shardID{"orders", 0})
 	p2.mu.Unlock()
+	want("orders/0 handed over, not tried since", map[string]string{"orders": "live"})
 	p2.record(shardID{"orders", 0}, StateFailed, errors.New("injected"), false)
 	want("orders/0 failed", map[string]string{"kinds": "recovering", "orders": "recovering", "elsewhere": "live"})
 }

@@ -102,8 +102,9 @@ func testShardOf(t testing.TB, p *Puma, category string, bucket int) *shard {
 }
 
 // adopt makes a hand-driven shard one of the node's running shards, for
-// the node's read methods.
+// the node's read methods, as after Run's first pass over its buckets.
 func adopt(p *Puma, s *shard) {
+	p.running.Store(true)
 	select {
 	case <-s.ready:
 	default:

@@ -61,10 +61,10 @@ type AppJSON struct {
 	Memory *MemoryJSON `json:"memory,omitempty"`
 	// State is "live"; "backfilling" while a Puma node builds the app
 	// (added, or its state's shape changed) from the segments in the
-	// dfs, with Backfill its progress; "recovering" while a bucket of its
-	// category is not running yet on a node that does not leave it to
-	// another (whether it has a backfill to run is known only once it
-	// has recovered); absent from the store.
+	// dfs, with Backfill its progress; "recovering" while a node has not
+	// been over its buckets once yet, or a bucket of its category is
+	// recovering or failed there (whether it has a backfill to run is
+	// known only once it has recovered); absent from the store.
 	State    string        `json:"state,omitempty"`
 	Backfill *BackfillJSON `json:"backfill,omitempty"`
 }
