@@ -22,6 +22,7 @@ type faults struct {
 	mu   sync.Mutex
 	fail map[FileOp]int // how many more of each to fail; -1: all
 	only string         // if set, only paths containing it fail
+	skip string         // if set, paths containing it do not fail
 	rnd  *rand.Rand     // if set, each write or sync fails with probability 1/8
 	ops  []string       // every operation seen
 }
@@ -30,7 +31,8 @@ func (f *faults) hook(op FileOp, path string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.ops = append(f.ops, string(op)+" "+filepath.Base(path))
-	if f.only != "" && !strings.Contains(filepath.Base(path), f.only) {
+	base := filepath.Base(path)
+	if f.only != "" && !strings.Contains(base, f.only) || f.skip != "" && strings.Contains(base, f.skip) {
 		return nil
 	}
 	if f.rnd != nil && (op == OpWrite || op == OpSync || op == OpTruncate) && f.rnd.IntN(8) == 0 {
