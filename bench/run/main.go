@@ -490,10 +490,18 @@ type e2eRun struct {
 	PerCPUSec  float64         `json:"entries_per_cpu_second"`
 	LoadCPUSec float64         `json:"load_cpu_seconds"`
 	PeakRSSMiB float64         `json:"peak_rss_mib"`
-	Exact      bool            `json:"exact"`
-	Totals     string          `json:"totals"`
-	Profile    string          `json:"profile,omitempty"`
-	Err        string          `json:"error,omitempty"`
+	// BacklogMax is the most entries acknowledged to the generator and
+	// not yet aggregated at one scrape (every 100ms), AtAgentMax the most
+	// of them still in the agent's queue: where a run's entries waited.
+	BacklogMax float64 `json:"backlog_max_entries"`
+	AtAgentMax float64 `json:"backlog_at_agent_max_entries"`
+	// ShipMs is the agent's mean time from sending a batch upstream to
+	// its OK (freeway_agent_ship_seconds), in flight max_in_flight at once.
+	ShipMs  float64 `json:"ship_ms_mean"`
+	Exact   bool    `json:"exact"`
+	Totals  string  `json:"totals"`
+	Profile string  `json:"profile,omitempty"`
+	Err     string  `json:"error,omitempty"`
 }
 
 // countSumApp is the app every part of the bench runs: a count and a sum
@@ -563,7 +571,15 @@ func e2e(ctx context.Context, o options, round int, loadArgs []string, want map[
 	}
 	// Every read of /metrics costs freeway a little CPU: 10 a second
 	// cost it under 1%, and place the end within 100ms.
-	t1, err := fw.waitMetric("freeway_puma_entries_total", float64(n), limit, 100*time.Millisecond)
+	var last map[string]float64
+	t1, err := fw.waitMetric("freeway_puma_entries_total", float64(n), limit, 100*time.Millisecond, func(m map[string]float64) {
+		b := backlogOf(m)
+		r.BacklogMax, r.AtAgentMax = max(r.BacklogMax, b.Entries), max(r.AtAgentMax, b.AtAgent)
+		last = m
+	})
+	if c := last["freeway_agent_ship_seconds_count"]; c > 0 {
+		r.ShipMs = last["freeway_agent_ship_seconds_sum"] / c * 1e3
+	}
 	cpu1, _ := fw.cpu()
 	cpu1 += extra.cpu()
 	lr := <-done
@@ -993,7 +1009,7 @@ func cellsRun(ctx context.Context, o options) (r cellsResult) {
 		"--start", strconv.FormatInt(start.Unix(), 10), "--step", spec.Step.String(), "--conns", strconv.Itoa(o.conns), "--batch", strconv.Itoa(o.batch)); err != nil {
 		return fail(err)
 	}
-	if _, err := fw.waitMetric("freeway_puma_entries_total", float64(o.cells), 10*time.Minute, 100*time.Millisecond); err != nil {
+	if _, err := fw.waitMetric("freeway_puma_entries_total", float64(o.cells), 10*time.Minute, 100*time.Millisecond, nil); err != nil {
 		return fail(err)
 	}
 	r.LoadSec = time.Since(t0).Seconds()

@@ -261,8 +261,9 @@ func (fw *fwProc) metric(name string) (float64, error) {
 	return m[name], nil
 }
 
-// waitMetric polls a series every poll until it reaches at least want.
-func (fw *fwProc) waitMetric(name string, want float64, limit, poll time.Duration) (time.Time, error) {
+// waitMetric polls a series every poll until it reaches at least want;
+// seen, when not nil, is given every scrape read meanwhile.
+func (fw *fwProc) waitMetric(name string, want float64, limit, poll time.Duration, seen func(map[string]float64)) (time.Time, error) {
 	deadline := time.Now().Add(limit)
 	var v float64
 	for {
@@ -271,9 +272,14 @@ func (fw *fwProc) waitMetric(name string, want float64, limit, poll time.Duratio
 			return time.Time{}, fmt.Errorf("freeway exited: %w (log: %s)", fw.exitErr, fw.logPath)
 		default:
 		}
-		var err error
-		v, err = fw.metric(name)
+		m, err := fw.metrics()
 		now := time.Now()
+		if err == nil {
+			v = m[name]
+			if seen != nil {
+				seen(m)
+			}
+		}
 		if err == nil && v >= want {
 			return now, nil
 		}

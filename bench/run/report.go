@@ -272,10 +272,11 @@ func (r *report) markdown() string {
 	w("\n")
 
 	if len(r.E2E) > 0 {
-		w("## Freeway end to end, each run\n\n| run | acknowledged/s | MB/s | Log p50 / p99 ms | TRY_LATER | end to end/s | CPU-s | per CPU-s | generator CPU-s | peak RSS | totals |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("## Freeway end to end, each run\n\nWhere the entries waited: the backlog is the most entries acknowledged to the generator and not yet aggregated at one scrape of `/metrics` (every 100 ms), of them at most so many still in the agent's queue (not yet acknowledged by a writer; the rest written and not yet read by Puma); a batch's round trip is the agent's mean from sending a batch upstream to its OK (`freeway_agent_ship_seconds`), `agent.max_in_flight` of them at once.\n\n")
+		w("| run | acknowledged/s | MB/s | Log p50 / p99 ms | TRY_LATER | end to end/s | CPU-s | per CPU-s | generator CPU-s | peak RSS | backlog at most (at the agent) | batch round trip ms | totals |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for i, e := range r.E2E {
-			w("| %d | %s | %.1f | %.1f / %.1f | %d | %s | %.1f | %s | %.1f | %.0f MiB | %s %s |\n", i+1, k(e.AckPerSec), e.AckMBPerS, e.LogLatency.P50, e.LogLatency.P99, e.TryLater,
-				k(e.PerSec), e.CPUSec, k(e.PerCPUSec), e.LoadCPUSec, e.PeakRSSMiB, e.Totals, e.Err)
+			w("| %d | %s | %.1f | %.1f / %.1f | %d | %s | %.1f | %s | %.1f | %.0f MiB | %s (%s) | %.1f | %s %s |\n", i+1, k(e.AckPerSec), e.AckMBPerS, e.LogLatency.P50, e.LogLatency.P99, e.TryLater,
+				k(e.PerSec), e.CPUSec, k(e.PerCPUSec), e.LoadCPUSec, e.PeakRSSMiB, k(e.BacklogMax), k(e.AtAgentMax), e.ShipMs, e.Totals, e.Err)
 		}
 		w("\n")
 	}

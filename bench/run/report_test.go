@@ -238,3 +238,37 @@ func TestSeveralWritersBesideOne(t *testing.T) {
 		t.Errorf("no one-writer run: %q, want not measured", l)
 	}
 }
+
+// An end-to-end run's backlog is read from each scrape of freeway all
+// (what the agent received less what Puma applied, and the agent's
+// queue), and the report's each-run table says where it stood at most
+// and the batches' round trip.
+func TestE2EBacklogInReport(t *testing.T) {
+	b := backlogOf(map[string]float64{
+		`freeway_agent_entries_received_total{source="scribe"}`: 900,
+		`freeway_agent_entries_received_total{source="tail"}`:   100,
+		"freeway_puma_entries_total":                            250,
+		"freeway_agent_queue_entries":                           600,
+		"freeway_agent_batches_in_flight":                       4,
+	})
+	if b.Entries != 750 || b.AtAgent != 600 || b.InFlight != 4 {
+		t.Fatalf("backlogOf = %+v, want 750 entries, 600 at the agent, 4 in flight", b)
+	}
+	r := &report{E2E: []e2eRun{{PerSec: 700e3, BacklogMax: 440e3, AtAgentMax: 420e3, ShipMs: 26.04, Exact: true}}}
+	r.summarize()
+	md := r.markdown()
+	var row string
+	for l := range strings.SplitSeq(md, "\n") {
+		if strings.HasPrefix(l, "| 1 |") {
+			row = l
+		}
+	}
+	for _, want := range []string{"| 440 k (420 k) |", "| 26.0 |"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("each-run row %q lacks %q", row, want)
+		}
+	}
+	if !strings.Contains(md, "backlog at most (at the agent) | batch round trip ms |") {
+		t.Errorf("each-run table lacks the backlog and round-trip columns:\n%s", md)
+	}
+}

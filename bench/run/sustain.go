@@ -65,6 +65,14 @@ type backlogSample struct {
 	AtAgent float64 `json:"at_agent"`
 }
 
+// backlogOf reads the backlog from a scrape of freeway all (its agent
+// and its Puma); AtSec is left to the caller.
+func backlogOf(m map[string]float64) backlogSample {
+	recv := m[`freeway_agent_entries_received_total{source="scribe"}`] + m[`freeway_agent_entries_received_total{source="tail"}`]
+	return backlogSample{Entries: recv - m["freeway_puma_entries_total"], InFlight: m["freeway_agent_batches_in_flight"],
+		AtAgent: m["freeway_agent_queue_entries"]}
+}
+
 // lagSlice is the lag over one slice of a run.
 type lagSlice struct {
 	FromSec    float64 `json:"from_s"`
@@ -370,9 +378,8 @@ func sustained(ctx context.Context, o options, rate float64, be backends) (r sus
 			if err != nil {
 				continue
 			}
-			recv := m[`freeway_agent_entries_received_total{source="scribe"}`] + m[`freeway_agent_entries_received_total{source="tail"}`]
-			b := backlogSample{AtSec: time.Since(start).Seconds(), Entries: recv - m["freeway_puma_entries_total"], InFlight: m["freeway_agent_batches_in_flight"],
-				AtAgent: m["freeway_agent_queue_entries"]}
+			b := backlogOf(m)
+			b.AtSec = time.Since(start).Seconds()
 			r.Backlog = append(r.Backlog, b)
 		}
 	})

@@ -47,7 +47,7 @@ func startExtraWriters(o options, dir string, be backends, apps string, fw *fwPr
 		}
 	}
 	if o.writers > 1 {
-		if _, err := fw.waitMetric("freeway_agent_upstream_writers", float64(o.writers), time.Minute, 50*time.Millisecond); err != nil {
+		if _, err := fw.waitMetric("freeway_agent_upstream_writers", float64(o.writers), time.Minute, 50*time.Millisecond, nil); err != nil {
 			ws.kill()
 			return nil, fmt.Errorf("the agent to see %d live writers: %w", o.writers, err)
 		}
