@@ -3,6 +3,7 @@ package scribeapi
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"testing"
@@ -163,4 +164,76 @@ func scribetestLogFrameWithMetadata() []byte {
 	return clientFrame(func(c *scribethrift.ScribeClient) {
 		_, _ = c.Log(context.Background(), []*scribethrift.LogEntry{{Category: "c", Message: []byte("m"), Metadata: map[string]string{"k": "v"}}})
 	})
+}
+
+// TestFastPathOnCallsReadInChunks: calls over 1 MiB (their frames read in
+// chunks, which the fast path's copy of their arguments then takes the
+// place of) are answered and handled as the generated path does, whether
+// the fast path decodes them or gives up on them (an entry with
+// metadata) and the generated code decodes the arguments from the copy.
+func TestFastPathOnCallsReadInChunks(t *testing.T) {
+	start := func(h Handler) *Server {
+		limits := thriftsrv.Limits{MaxCallBytes: 16 << 20, ReadTimeout: 10 * time.Minute, BudgetWait: 10 * time.Minute}
+		srv, err := Listen("127.0.0.1:0", h, Info{Name: "chunks", Metrics: prometheus.NewRegistry()}, limits,
+			slog.New(slog.DiscardHandler), thriftsrv.WithBudget(thriftsrv.NewBudget(256<<20, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Serve(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+		return srv
+	}
+	entries := func(metadata bool) []*scribethrift.LogEntry {
+		es := make([]*scribethrift.LogEntry, 3000)
+		for i := range es {
+			es[i] = &scribethrift.LogEntry{Category: fmt.Sprintf("c%d", i%3), Message: bytes.Repeat([]byte{byte('a' + i%26)}, 700+i%50)}
+		}
+		if metadata {
+			es[len(es)-1].Metadata = map[string]string{"k": "v"}
+		}
+		return es
+	}
+	inc := "i"
+	frames := [][]byte{
+		clientFrame(func(c *scribethrift.ScribeClient) { _, _ = c.Log(context.Background(), entries(false)) }),
+		clientFrame(func(c *scribethrift.ScribeClient) { _, _ = c.Log(context.Background(), entries(true)) }),
+		clientFrame(func(c *scribethrift.ScribeClient) {
+			_, _ = c.LogBatch(context.Background(), &scribethrift.Batch{AgentID: "a", FirstSeq: 7, Messages: entries(false), Incarnation: &inc})
+		}),
+		clientFrame(func(c *scribethrift.ScribeClient) {
+			_, _ = c.LogBatch(context.Background(), &scribethrift.Batch{AgentID: "a", FirstSeq: 8, Messages: entries(true), Incarnation: &inc})
+		}),
+	}
+	for _, f := range frames {
+		if len(f) <= 1<<20 {
+			t.Fatalf("a frame of %d bytes is read whole, not in chunks", len(f))
+		}
+	}
+	slowH, fastH := &callLog{}, &fastLog{}
+	slow, fast := start(slowH), start(fastH)
+	stream := bytes.Join(frames, nil)
+	want, err := exchange(slow.Addr(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := exchange(fast.Addr(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) || len(got) != len(frames) {
+		t.Fatalf("replies differ or are not %d:\n%x\n%x", len(frames), got, want)
+	}
+	if g, w := normalize(fastH.take()), normalize(slowH.take()); !reflect.DeepEqual(g, w) || len(g) != len(frames) {
+		t.Fatalf("the handlers got different calls, or not %d", len(frames))
+	}
+	if fastH.fast != 2 {
+		t.Fatalf("%d calls took the fast path, want 2 (those with metadata take the generated one)", fastH.fast)
+	}
 }

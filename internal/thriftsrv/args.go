@@ -14,9 +14,18 @@ import (
 type ArgsFrame interface {
 	// Args returns the unread bytes of the call's frame, its arguments, in
 	// one slice, without consuming them: the protocol can still decode
-	// them after. The slice is valid until the call is answered: until
-	// the processor returns or calls ReadMessageEnd, whichever is first.
-	// It is read-only.
+	// them after (from that slice). The slice is valid until the call is
+	// answered: until the processor returns or calls ReadMessageEnd,
+	// whichever is first. It is read-only. A frame read in chunks is
+	// copied into one slice, which it is read from thereafter, its
+	// chunks given back: its bytes are held once, as its charge counts
+	// them, whether the processor decodes the slice or the protocol.
+	// While the copy is made it is held beside the chunks, in the room
+	// the call reserved for decoded values: call Args before charging
+	// any (ChargeDecoded). It returns nil where that room is short (a
+	// call whose charge was cut to the whole budget, or one that charged
+	// decoded values first): the processor then decodes through the
+	// protocol, from the chunks.
 	Args() []byte
 	// ChargeDecoded charges n bytes of decoded values to the call's share
 	// of the in-flight byte budget, as decoding through the protocol
@@ -31,7 +40,16 @@ type ArgsFrame interface {
 
 var _ ArgsFrame = (*callProtocol)(nil)
 
-func (p *callProtocol) Args() []byte { return p.frame.rest() }
+func (p *callProtocol) Args() []byte {
+	if n := p.frame.copies(); n > 0 && p.used+n > p.reserved {
+		// Until rest has copied them and given the chunks back, the
+		// bytes are held twice. Not charged beyond the reservation: a
+		// charge that failed would refuse a call that can be decoded
+		// without the copy.
+		return nil
+	}
+	return p.frame.rest()
+}
 
 func (p *callProtocol) ChargeDecoded(n int64) error { return p.charge(n) }
 
@@ -42,24 +60,37 @@ func (p *callProtocol) MaxContainerSize() int32 { return p.cfg.GetMaxContainerSi
 // lines is ~200 KiB).
 const maxFlatPooled = 1 << 20
 
-// rest returns the unread bytes of the frame in one slice: a slice of its
-// chunk when they are in one, else a copy (charged to the call as decoded
-// values: it is at most the frame's size, which the call's charge
-// reserves for them). Nothing is consumed.
+// copies is the bytes rest would copy: the unread bytes of a frame, if
+// they are not in one chunk.
+func (f *frameReader) copies() int64 {
+	if f.left == 0 || int64(len(f.cur())) == f.left {
+		return 0
+	}
+	return f.left
+}
+
+// rest returns the unread bytes of the frame in one slice, without
+// consuming them: a slice of its chunk when they are in one; else they
+// are copied into one slice, which the frame is read from thereafter
+// as if it had been read whole, and its chunks go back to the pool. The
+// copy takes the chunks' place: the frame's bytes are held once, as the
+// call's charge counts them. (The chunks were kept until the call's
+// end, and a processor that gave up on the copy and decoded through the
+// protocol held the frame twice besides what it decoded: the copy
+// uncharged, as the chunks, its decoded values the share of the charge
+// reserved for them.)
 func (f *frameReader) rest() []byte {
-	if f.left == 0 {
-		return nil
+	if f.copies() == 0 {
+		if f.left == 0 {
+			return nil
+		}
+		return f.cur()
 	}
-	if c := f.cur(); int64(len(c)) == f.left {
-		return c
+	w := f.budget.getFlat()
+	if int64(cap(*w)) < f.left {
+		*w = make([]byte, 0, f.left)
 	}
-	if f.flat == nil {
-		f.flat = f.budget.getFlat()
-	}
-	if int64(cap(*f.flat)) < f.left {
-		*f.flat = make([]byte, 0, f.left)
-	}
-	b := (*f.flat)[:0]
+	b := (*w)[:0]
 	ci, off, left := f.ci, f.off, f.left
 	for left > 0 {
 		n := int(min(int64(f.csize-off), left))
@@ -67,7 +98,14 @@ func (f *frameReader) rest() []byte {
 		left -= int64(n)
 		ci, off = ci+1, 0
 	}
-	*f.flat = b
+	*w = b
+	// Read in chunks: whole is nil.
+	for _, c := range f.chunks {
+		f.budget.putChunk(c)
+	}
+	clear(f.chunks)
+	f.chunks = append(f.chunks[:0], w)
+	f.whole, f.csize, f.ci, f.off = w, len(b), 0, 0
 	return b
 }
 

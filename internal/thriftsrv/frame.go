@@ -180,9 +180,10 @@ type frameReader struct {
 	off    int   // offset in it
 	csize  int   // size of the chunks
 	size   int64
-	flat   *[]byte // the unread bytes in one slice, when rest copied them
-	whole  *[]byte // the frame in one slice (its only chunk), from the flats
-	got    int64   // bytes of the frame read by fill so far
+	// whole is the frame in one slice, its only chunk, from the flats:
+	// read whole (fill), or its unread bytes copied (rest).
+	whole *[]byte
+	got   int64 // bytes of the frame read by fill so far
 }
 
 // held is the chunk bytes of the frame being read.
@@ -260,10 +261,6 @@ func (f *frameReader) release() {
 	clear(f.chunks)
 	f.chunks = f.chunks[:0]
 	f.left, f.ci, f.off = 0, 0, 0
-	if f.flat != nil {
-		f.budget.putFlat(f.flat)
-		f.flat = nil
-	}
 }
 
 func (f *frameReader) cur() []byte {

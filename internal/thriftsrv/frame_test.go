@@ -265,7 +265,8 @@ func TestEmptyStringAtChunkEnd(t *testing.T) {
 // TestFrameReadsTheSameWhole: a frame read into one slice (several
 // chunks' worth, up to maxFlatPooled) and one read into chunks (larger)
 // give the same bytes through Read, ReadByte and rest, whatever the
-// head already read; rest hands a frame read whole out in place.
+// head already read; rest hands a frame read whole out in place, and
+// one read in chunks is read from rest's copy after it.
 func TestFrameReadsTheSameWhole(t *testing.T) {
 	for _, size := range []int{1, smallChunk, smallChunk + 1, chunkSize, chunkSize + 1, 3*chunkSize + 7, maxFlatPooled, maxFlatPooled + 1, 3*chunkSize*7 + 5} {
 		data := make([]byte, size)
@@ -279,13 +280,18 @@ func TestFrameReadsTheSameWhole(t *testing.T) {
 			if err := fr.fill(bytes.NewReader(data[len(head):]), head, int64(size), nil); err != nil {
 				t.Fatal(err)
 			}
+			copied := fr.copies() > 0
 			rest := fr.rest()
 			if !bytes.Equal(rest, data) {
 				t.Fatalf("size %d: rest differs", size)
 			}
 			// One chunk, or one slice up to maxFlatPooled: in place.
-			if copied, want := fr.flat != nil, size > maxFlatPooled; copied != want {
+			if want := size > maxFlatPooled; copied != want {
 				t.Fatalf("size %d: rest copied the frame: %v, want %v", size, copied, want)
+			}
+			// A copy takes the chunks' place: the frame is read from it.
+			if copied && (fr.whole == nil || len(fr.chunks) != 1 || &(*fr.whole)[0] != &rest[0] || fr.copies() != 0) {
+				t.Fatalf("size %d: the frame is not read from its copy, its chunks given back", size)
 			}
 			got := make([]byte, 0, size)
 			c, _ := fr.ReadByte()

@@ -53,8 +53,9 @@
 //     returned before (a client that reads no answers holds none of
 //     it), and however the call ends (a handler's panic too). A
 //     processor may take the arguments' bytes in one slice instead
-//     (ArgsFrame) and decode them itself, charging the budget what the
-//     protocol would have.
+//     (ArgsFrame: a frame read in chunks is copied into one, which
+//     takes their place) and decode them itself, charging the budget
+//     what the protocol would have.
 //
 // With WithTLS the port speaks TLS: the handshake starts at a
 // connection's first byte (under ReadTimeout), and a client whose first
