@@ -408,7 +408,8 @@ func (q *Queue) newSegment(first uint64, path string) segment {
 
 // reuseSegment makes the spare file (an acknowledged segment's) the
 // segment at path whose first record will be first: the header
-// overwritten in place and synced, then the rename, the directory synced.
+// overwritten in place and synced, then the rename, the directory synced,
+// and the file opened again under its new name.
 // The old records after the header stay until overwritten: the reader
 // stops at the first that does not follow (its sequence number is
 // lower), and writeChunks cuts them off when the segment is complete,
@@ -429,8 +430,14 @@ func (q *Queue) reuseSegment(spare, path string, first uint64) (*os.File, segmen
 	if err == nil {
 		err = q.ops.syncDir(q.dir)
 	}
+	_ = f.Close() // synced above, or failed there
+	if err == nil {
+		// Opened again under its name: the file's name is what its
+		// writes and syncs report (FileHook, errors), and the spare's
+		// is gone.
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+	}
 	if err != nil {
-		_ = f.Close() // failed above; the caller removes the files
 		return nil, segment{}, fmt.Errorf("reuse segment file %s as %s: %w", spare, path, err)
 	}
 	return f, q.newSegment(first, path), nil

@@ -291,3 +291,39 @@ func TestReaderLeftOnAReusedSegmentFile(t *testing.T) {
 		t.Fatalf("read\n%.20q\nwant\n%.20q", got, want)
 	}
 }
+
+// TestReusedSegmentIsWrittenUnderItsName: once the spare file is the new
+// segment, the queue's writes and syncs to it name the segment, not the
+// spare it was (FileHook, errors and logs): a fault injected on a
+// segment's name reaches it (TestLargeAndSmallCallsThroughRollsAndFailedCommits
+// skips the spare's own operations), and an error names the file that holds
+// the entries.
+func TestReusedSegmentIsWrittenUnderItsName(t *testing.T) {
+	dir := t.TempDir()
+	f := &faults{}
+	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes, o.Compress, o.FileHook = 2048, false, f.hook })
+	defer q.Close()
+	appendLong(t, q, "old", 30)
+	drain(t, q)
+	if spares, _ := filepath.Glob(filepath.Join(dir, "spare-*")); len(spares) != 1 {
+		t.Fatalf("spares %v, want one", spares)
+	}
+	n := len(f.seen())
+	want := appendLong(t, q, "new", 12)
+	if spares, _ := filepath.Glob(filepath.Join(dir, "spare-*")); len(spares) != 0 {
+		t.Fatalf("spare not taken: %v", spares)
+	}
+	ops := f.seen()[n:]
+	renamed := false
+	for _, op := range ops {
+		switch {
+		case strings.HasPrefix(op, "rename ") && !strings.Contains(op, "spare-") && !strings.HasSuffix(op, tmpSuffix):
+			renamed = true // the spare's, or a new file's
+		case renamed && strings.Contains(op, "spare-"):
+			t.Fatalf("%q after the spare became a segment (operations %q)", op, ops)
+		}
+	}
+	if got := readAll(t, q, len(want), true); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+}
