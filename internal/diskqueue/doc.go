@@ -178,7 +178,8 @@
 // If the rollback itself fails, Append returns ErrUnavailable at once and
 // retries the repair every Options.RetryInterval (the files stay as they
 // are until then); reading and acknowledging go on meanwhile, and deleting
-// acknowledged segments frees space. If Open cannot start its segment
+// acknowledged segments frees space. Close tries the repair once more, so
+// that only a crash can leave a failed commit's records to the next Open. If Open cannot start its segment
 // (a full disk), it opens all the same in that state. Options.FileHook
 // injects such faults in tests.
 package diskqueue

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -255,11 +256,18 @@ func (q *Queue) closeFiles() error {
 		q.r.sc = nil
 	}
 	if q.w != nil {
+		q.mu.Lock()
+		size, broken, orphans := q.lastSize, q.repairErr != nil, slices.Clone(q.orphans)
+		q.mu.Unlock()
+		if broken {
+			// A rollback is pending: a failed commit's records may lie
+			// after size, whole and valid, and the next Open would take
+			// them for entries (whose callers were told they failed,
+			// and append them again). One more try at cutting them.
+			broken = q.repairFiles(orphans, q.w, size) != nil
+		}
 		// A reused file holds its old records after the new ones: cut
 		// them, so that the next Open finds the segment as written.
-		q.mu.Lock()
-		size, broken := q.lastSize, q.repairErr != nil
-		q.mu.Unlock()
 		if st, serr := q.w.Stat(); serr == nil && st.Size() > size && !broken {
 			if terr := q.ops.truncate(q.w, size); terr == nil {
 				_ = q.ops.sync(q.w) // else the next Open cuts them
