@@ -46,6 +46,8 @@
 //	                        needs disk space
 //	<seq %020d>.seg         a segment; seq is its first record's number
 //	<seq %020d>.seg.tmp     a segment being created (removed at open)
+//	spare-<seq>.seg.tmp     an acknowledged segment's file, kept to be
+//	                        reused as the next segment (removed at open)
 //
 // Format v3 (written now). A segment starts with a 36-byte block written
 // twice (a damaged copy costs nothing):

@@ -39,7 +39,8 @@ type Options struct {
 	// would exceed it fails with ErrFull, except into an empty queue, so
 	// that one oversized call cannot wedge a client that retries
 	// forever. Disk use can exceed it by up to one segment of
-	// acknowledged records not yet deleted.
+	// acknowledged records not yet deleted, and one more: an
+	// acknowledged segment's file kept for reuse (Queue.spare).
 	MaxBytes int64
 	// Compress compresses each record's entries (Snappy, format v3) when
 	// that makes it smaller, while the queue holds at least CompressAbove
