@@ -48,7 +48,8 @@ func (q *Queue) Ack(b Batch) error {
 // dropAckedSegments deletes segments whose every record is acknowledged
 // (never the last one, which is being appended to), but for one kept as
 // the spare, renamed, for createSegment to reuse. A failure is logged:
-// the file is left behind and removed at the next Open.
+// the file is left behind and removed at the next Open. It is called
+// with rmu held (Ack), or at open.
 func (q *Queue) dropAckedSegments() {
 	q.mu.Lock()
 	var drop []segment
@@ -58,6 +59,21 @@ func (q *Queue) dropAckedSegments() {
 	}
 	keep := q.spare == "" && !q.closed && len(drop) > 0
 	q.mu.Unlock()
+	if sc := q.r.sc; sc != nil {
+		// The reader is still on a dropped segment if it has not read
+		// since it took the segment's last entry (it is at its end: all
+		// is acknowledged). Its handle must go: the file is about to be
+		// reused as a later segment of this incarnation, whose records,
+		// read through it as the old segment's, would pass for the ones
+		// after them. The next read opens the segment of its position.
+		for _, s := range drop {
+			if sc.seg.id == s.id {
+				sc.close()
+				q.r.sc = nil
+				break
+			}
+		}
+	}
 	for i, s := range drop {
 		if keep && i == len(drop)-1 {
 			// The newest: the most of its pages are still cached. A

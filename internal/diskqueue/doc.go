@@ -46,6 +46,8 @@
 //	                        needs disk space
 //	<seq %020d>.seg         a segment; seq is its first record's number
 //	<seq %020d>.seg.tmp     a segment being created (removed at open)
+//	spare-<seq>.seg.tmp     an acknowledged segment's file, kept to be
+//	                        reused as the next segment (removed at open)
 //
 // Format v3 (written now). A segment starts with a 36-byte block written
 // twice (a damaged copy costs nothing):
@@ -178,7 +180,8 @@
 // If the rollback itself fails, Append returns ErrUnavailable at once and
 // retries the repair every Options.RetryInterval (the files stay as they
 // are until then); reading and acknowledging go on meanwhile, and deleting
-// acknowledged segments frees space. If Open cannot start its segment
+// acknowledged segments frees space. Close tries the repair once more, so
+// that only a crash can leave a failed commit's records to the next Open. If Open cannot start its segment
 // (a full disk), it opens all the same in that state. Options.FileHook
 // injects such faults in tests.
 package diskqueue

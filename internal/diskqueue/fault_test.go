@@ -215,6 +215,30 @@ func TestFailedRollbackRefusesAppendsUntilRepaired(t *testing.T) {
 	}
 }
 
+// TestCloseRepairsAPendingRollback: a commit whose fsync failed wrote its
+// records whole, and its rollback failed too; the queue is closed before
+// a repair succeeded (an agent stopped by its operator over the errors).
+// Close cuts them: left there, the next Open took them for entries, and
+// delivered what their callers were told had failed (and appended again:
+// duplicates).
+func TestCloseRepairsAPendingRollback(t *testing.T) {
+	dir := t.TempDir()
+	f := &faults{}
+	q, _ := openFaulty(t, dir, f, nil)
+	mustAppend(t, q, entries("ok", 3))
+	f.set(OpSync, 1)
+	f.set(OpTruncate, 1)
+	if _, err := q.Append(entries("failed", 2)); err == nil {
+		t.Fatal("append with a failing sync succeeded")
+	}
+	if !q.Stats().Unavailable {
+		t.Fatalf("the rollback did not fail: %+v", q.Stats())
+	}
+	if got := strings.Join(reopenAndReadAll(t, q, dir), ","); got != "ok-0,ok-1,ok-2" {
+		t.Fatalf("after closing and reopening read %s", got)
+	}
+}
+
 // Concurrent appends while writes, fsyncs and rollbacks fail at random:
 // every Append either succeeds or fails, and what is read (before and
 // after reopening) is exactly what succeeded, each once, in order.

@@ -407,14 +407,24 @@ func (q *Queue) newSegment(first uint64, path string) segment {
 }
 
 // reuseSegment makes the spare file (an acknowledged segment's) the
-// segment at path whose first record will be first: the header
-// overwritten in place and synced, then the rename, the directory synced.
+// segment at path whose first record will be first: the directory synced
+// (the spare's name durable), the header overwritten in place and synced,
+// then the rename, the directory synced, and the file opened again under
+// its new name.
 // The old records after the header stay until overwritten: the reader
 // stops at the first that does not follow (its sequence number is
 // lower), and writeChunks cuts them off when the segment is complete,
 // so that only the last segment can hold them (where recoverLast cuts
 // them as a torn tail after a crash, Close before).
 func (q *Queue) reuseSegment(spare, path string, first uint64) (*os.File, segment, error) {
+	// The spare's name first: until the directory is synced, a crash of
+	// the machine can bring back the acknowledged segment's name
+	// (dropAckedSegments does not sync it), which would then hold the
+	// new header: a segment whose header fails its checks, reported as
+	// damage that loses entries.
+	if err := q.ops.syncDir(q.dir); err != nil {
+		return nil, segment{}, fmt.Errorf("reuse segment file %s as %s: %w", spare, path, err)
+	}
 	f, err := os.OpenFile(spare, os.O_RDWR, 0)
 	if err != nil {
 		return nil, segment{}, fmt.Errorf("open spare segment: %w", err)
@@ -429,8 +439,14 @@ func (q *Queue) reuseSegment(spare, path string, first uint64) (*os.File, segmen
 	if err == nil {
 		err = q.ops.syncDir(q.dir)
 	}
+	_ = f.Close() // synced above, or failed there
+	if err == nil {
+		// Opened again under its name: the file's name is what its
+		// writes and syncs report (FileHook, errors), and the spare's
+		// is gone.
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+	}
 	if err != nil {
-		_ = f.Close() // failed above; the caller removes the files
 		return nil, segment{}, fmt.Errorf("reuse segment file %s as %s: %w", spare, path, err)
 	}
 	return f, q.newSegment(first, path), nil

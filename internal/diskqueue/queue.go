@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,8 @@ type Options struct {
 	// would exceed it fails with ErrFull, except into an empty queue, so
 	// that one oversized call cannot wedge a client that retries
 	// forever. Disk use can exceed it by up to one segment of
-	// acknowledged records not yet deleted.
+	// acknowledged records not yet deleted, and one more: an
+	// acknowledged segment's file kept for reuse (Queue.spare).
 	MaxBytes int64
 	// Compress compresses each record's entries (Snappy, format v3) when
 	// that makes it smaller, while the queue holds at least CompressAbove
@@ -255,11 +257,18 @@ func (q *Queue) closeFiles() error {
 		q.r.sc = nil
 	}
 	if q.w != nil {
+		q.mu.Lock()
+		size, broken, orphans := q.lastSize, q.repairErr != nil, slices.Clone(q.orphans)
+		q.mu.Unlock()
+		if broken {
+			// A rollback is pending: a failed commit's records may lie
+			// after size, whole and valid, and the next Open would take
+			// them for entries (whose callers were told they failed,
+			// and append them again). One more try at cutting them.
+			broken = q.repairFiles(orphans, q.w, size) != nil
+		}
 		// A reused file holds its old records after the new ones: cut
 		// them, so that the next Open finds the segment as written.
-		q.mu.Lock()
-		size, broken := q.lastSize, q.repairErr != nil
-		q.mu.Unlock()
 		if st, serr := q.w.Stat(); serr == nil && st.Size() > size && !broken {
 			if terr := q.ops.truncate(q.w, size); terr == nil {
 				_ = q.ops.sync(q.w) // else the next Open cuts them

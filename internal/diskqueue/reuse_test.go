@@ -232,3 +232,98 @@ func TestFailedReuseMakesANewSegment(t *testing.T) {
 		})
 	}
 }
+
+// TestReaderLeftOnAReusedSegmentFile: the consumer read a segment to its
+// end while it was the last, and acknowledged it once the next one
+// existed, without reading again (a consumer that acknowledges now and
+// reads later, or a reader goroutine that is slow to run): its file
+// became the spare and the segment after the next reused it before the
+// reader looked again. The reader must go on from the next segment, not
+// read the reused file through the handle it kept: that file now holds
+// the new segment's records, which would pass for ones after the old
+// segment's (same incarnation, higher numbers), so the reader jumped to
+// them and counted everything before them as lost.
+func TestReaderLeftOnAReusedSegmentFile(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes, o.Compress = 2048, false })
+	defer q.Close()
+	// Records of one "cat" entry take 42+len(message) bytes (a message
+	// of 128 to 16383 bytes): A is one record of 642 bytes, so that
+	// offset 714 (its end) is the start of the third of a later
+	// segment's records of 321 bytes, laid out from offset 72.
+	msg := func(prefix string, i, size int) []Entry {
+		m := fmt.Sprintf("%s-%03d-", prefix, i)
+		m += strings.Repeat("x", size-len(m))
+		return []Entry{{Category: "cat", Message: []byte(m), Time: int64(i)}}
+	}
+	var want []string
+	add := func(es []Entry) {
+		mustAppend(t, q, es)
+		want = append(want, string(es[0].Message))
+	}
+	add(msg("a", 0, 600))
+	b := read(t, q, 1<<20, 1000) // the reader is at A's end, A the last segment
+	if len(b.Entries) != 1 {
+		t.Fatalf("read %d entries, want 1", len(b.Entries))
+	}
+	want = want[1:]
+	add(msg("b", 0, 1500)) // does not fit in A: B starts
+	if st := q.Stats(); st.Segments != 2 {
+		t.Fatalf("%d segments, want 2", st.Segments)
+	}
+	if err := q.Ack(b); err != nil { // A is acknowledged: its file is the spare
+		t.Fatal(err)
+	}
+	if spares, _ := filepath.Glob(filepath.Join(dir, "spare-*")); len(spares) != 1 {
+		t.Fatalf("spares %v, want one", spares)
+	}
+	for i := range 6 { // one more in B, then C reuses A's file
+		add(msg("c", i, 279))
+	}
+	if spares, _ := filepath.Glob(filepath.Join(dir, "spare-*")); len(spares) != 0 {
+		t.Fatalf("spare not taken: %v", spares)
+	}
+	got := drain(t, q)
+	if st := q.Stats(); st.Lost != 0 {
+		t.Errorf("%d entries counted lost", st.Lost)
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("read\n%.20q\nwant\n%.20q", got, want)
+	}
+}
+
+// TestReusedSegmentIsWrittenUnderItsName: once the spare file is the new
+// segment, the queue's writes and syncs to it name the segment, not the
+// spare it was (FileHook, errors and logs): a fault injected on a
+// segment's name reaches it (TestLargeAndSmallCallsThroughRollsAndFailedCommits
+// skips the spare's own operations), and an error names the file that holds
+// the entries.
+func TestReusedSegmentIsWrittenUnderItsName(t *testing.T) {
+	dir := t.TempDir()
+	f := &faults{}
+	q, _ := open(t, dir, func(o *Options) { o.SegmentBytes, o.Compress, o.FileHook = 2048, false, f.hook })
+	defer q.Close()
+	appendLong(t, q, "old", 30)
+	drain(t, q)
+	if spares, _ := filepath.Glob(filepath.Join(dir, "spare-*")); len(spares) != 1 {
+		t.Fatalf("spares %v, want one", spares)
+	}
+	n := len(f.seen())
+	want := appendLong(t, q, "new", 12)
+	if spares, _ := filepath.Glob(filepath.Join(dir, "spare-*")); len(spares) != 0 {
+		t.Fatalf("spare not taken: %v", spares)
+	}
+	ops := f.seen()[n:]
+	renamed := false
+	for _, op := range ops {
+		switch {
+		case strings.HasPrefix(op, "rename ") && !strings.Contains(op, "spare-") && !strings.HasSuffix(op, tmpSuffix):
+			renamed = true // the spare's, or a new file's
+		case renamed && strings.Contains(op, "spare-"):
+			t.Fatalf("%q after the spare became a segment (operations %q)", op, ops)
+		}
+	}
+	if got := readAll(t, q, len(want), true); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("read %q, want %q", got, want)
+	}
+}
