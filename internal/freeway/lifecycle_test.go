@@ -319,6 +319,13 @@ func TestRetentionHoldsForACopierConfiguredElsewhere(t *testing.T) {
 	testkit.WaitFor(t, "the copier to copy every segment", func() bool {
 		return len(segmentsIn(t, dst, "orders")) == len(segmentsIn(t, src, "orders"))
 	})
+	// The copier records its progress in a bucket after the segment is at
+	// the destination: wait for the record, which is what retention in a
+	// process without the copier goes by (a bucket with none recorded is
+	// not held for it).
+	testkit.Eventually(t, "the copier to record its progress past every segment", func() error {
+		return copierRecorded(r, cfg, src)
+	})
 	copied := map[string]bool{}
 	for _, s := range segmentsIn(t, dst, "orders") {
 		copied[s] = true
@@ -339,8 +346,17 @@ func TestRetentionHoldsForACopierConfiguredElsewhere(t *testing.T) {
 		time.Sleep(300 * time.Millisecond) // a few segments per bucket
 	}
 	waitTotals(t, r.p.Serving.Addr(), base, base+180, expected(append(sent, more...)))
-	testkit.WaitFor(t, "retention to delete copied segments and hold uncopied ones for the copier", func() bool {
-		return metricSum(t, r, "freeway_retention_segments_deleted_total") > 0 && copierHeld(t, r) > 0
+	testkit.Eventually(t, "retention to delete copied segments and hold uncopied ones for the copier", func() error {
+		deleted, held := metricSum(t, r, "freeway_retention_segments_deleted_total"), copierHeld(t, r)
+		if deleted > 0 && held > 0 {
+			return nil
+		}
+		var marks []string
+		for b := range cfg.Buckets {
+			last, recorded, err := copier.BucketProgress(context.Background(), r.p.st, cfg.Copier.Table, "orders", b)
+			marks = append(marks, fmt.Sprintf("%d: %q recorded=%v err=%v", b, last, recorded, err))
+		}
+		return fmt.Errorf("deleted %v, held for the copier %v; copier progress %v; copied %v; left %v", deleted, held, marks, copied, segmentsIn(t, src, "orders"))
 	})
 	left := map[string]bool{}
 	for _, s := range segmentsIn(t, src, "orders") {
@@ -363,6 +379,30 @@ func TestRetentionHoldsForACopierConfiguredElsewhere(t *testing.T) {
 			t.Errorf("%s deleted but not in the warehouse: %v", s, err)
 		}
 	}
+}
+
+// copierRecorded reports, as an error, a bucket of orders whose copier
+// progress recorded in the store is not at its last segment in src.
+func copierRecorded(r *running, cfg Config, src dfs.FS) error {
+	for b := range cfg.Buckets {
+		dir := layout.BucketDir("orders", b)
+		infos, err := layout.Published(src, dir, "")
+		if err != nil {
+			return err
+		}
+		if len(infos) == 0 {
+			return fmt.Errorf("%s: no segment", dir)
+		}
+		want := infos[len(infos)-1].Name()
+		last, recorded, err := copier.BucketProgress(context.Background(), r.p.st, cfg.Copier.Table, "orders", b)
+		if err != nil {
+			return err
+		}
+		if !recorded || last != want {
+			return fmt.Errorf("%s: copier progress %q (recorded %v), want %q", dir, last, recorded, want)
+		}
+	}
+	return nil
 }
 
 // copierHeld is how many segments retention holds back for the copier.
