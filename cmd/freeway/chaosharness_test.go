@@ -713,13 +713,6 @@ func (h *harness) generate(ctx, hard context.Context, w int) []*call {
 	return calls
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
-
 // ---------------------------------------------------------------- the run
 
 // run starts every process, runs the generator and the faults for the

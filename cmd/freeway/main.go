@@ -13,6 +13,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -215,6 +217,13 @@ type runner struct {
 	// make (freeway_config_reloads_total); run creates it.
 	reloads *freeway.Reloads
 
+	// inUseWait is how long a reload waits before it tries its
+	// configuration again when an address of it is in use
+	// (reloadInUseTries in all); zero: reloadInUseWait. A test sets
+	// inUseHook, called before each wait.
+	inUseWait time.Duration
+	inUseHook func()
+
 	mu         sync.Mutex
 	running    *freeway.Process // the components running, nil between two
 	runningCfg freeway.Config   // their configuration
@@ -263,9 +272,25 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		Reloads:  r.reloads,
 	}
 	var prev *freeway.Config
+	inUse := 0 // tries of the reloaded configuration that found an address in use
 	for {
 		opts.Log = r.log
 		p, err := freeway.New(cfg, r.target, opts)
+		if err != nil && prev != nil && errors.Is(err, syscall.EADDRINUSE) && inUse < reloadInUseTries {
+			// The components just gave their addresses up; another
+			// process binding a port of its own choosing (port 0) can
+			// be given one of them meanwhile, for a moment.
+			inUse++
+			r.log.Warn("an address of the reloaded configuration is in use; trying again", "err", err, "try", inUse, "of", reloadInUseTries)
+			if r.inUseHook != nil {
+				r.inUseHook()
+			}
+			if !sleepCtx(ctx, cmp.Or(r.inUseWait, reloadInUseWait)) {
+				return nil
+			}
+			continue
+		}
+		inUse = 0
 		if err != nil && prev != nil {
 			r.log.Error("components do not start with the reloaded configuration; starting them with the previous one", "err", err)
 			r.reloads.Done(err)
@@ -317,6 +342,26 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 		prev, cfg = &old, *next
 		r.log = newLogger(cfg.Log)
 		r.log.Info("configuration reloaded; starting the components again")
+	}
+}
+
+// A reload whose components find an address in use tries again
+// reloadInUseTries times, reloadInUseWait apart, before it starts the
+// previous configuration.
+const (
+	reloadInUseTries = 5
+	reloadInUseWait  = 200 * time.Millisecond
+)
+
+// sleepCtx waits d; false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

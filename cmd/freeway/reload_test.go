@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +27,7 @@ type inProcess struct {
 	done chan error
 }
 
-func runInProcess(t *testing.T, cfgFile string) *inProcess {
+func runInProcess(t *testing.T, cfgFile string, opts ...func(*runner)) *inProcess {
 	t.Helper()
 	load := func() (freeway.Config, error) { return loadConfig(cfgFile, func(*freeway.Config) {}) }
 	cfg, err := load()
@@ -34,6 +36,9 @@ func runInProcess(t *testing.T, cfgFile string) *inProcess {
 	}
 	ip := &inProcess{log: &testkit.LogBuffer{}, done: make(chan error, 1)}
 	r := &runner{target: freeway.All, load: load, log: slog.New(slog.NewTextHandler(ip.log, nil))}
+	for _, o := range opts {
+		o(r)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { ip.done <- r.run(ctx, cfg) }()
 	t.Cleanup(func() {
@@ -178,6 +183,55 @@ func TestReloadThatCannotStartRunsThePrevious(t *testing.T) {
 	testkit.Eventually(t, "readiness on the previous configuration", ready)
 	logWeb(t, agent)
 	ip.alive(t)
+}
+
+// TestReloadTriesAnAddressInUseAgain: the components of a reload bind
+// the addresses the previous ones just gave up, and a process binding a
+// port of its own choosing can be given one of them meanwhile (CI saw
+// TestReloadResultsInMetrics's writer port taken for a moment). A
+// reload that finds an address in use tries again before it falls back
+// to the previous configuration: here serving.listen moves to a port
+// held until the first retry.
+func TestReloadTriesAnAddressInUseAgain(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	var once sync.Once
+	var tries atomic.Int32
+	retried := make(chan struct{})
+	dir := t.TempDir()
+	ports := freePorts(t, 4)
+	cfgFile := filepath.Join(dir, "freeway.yaml")
+	data := filepath.Join(dir, "data")
+	writeConfig(t, cfgFile, data, ports, "")
+	agent := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	ip := runInProcess(t, cfgFile, func(r *runner) {
+		r.inUseHook = func() {
+			tries.Add(1)
+			once.Do(func() {
+				held.Close() // given back before the next try
+				close(retried)
+			})
+		}
+	})
+	logWeb(t, agent)
+
+	moved := []int{ports[0], ports[1], held.Addr().(*net.TCPAddr).Port, ports[3]}
+	writeConfig(t, cfgFile, data, moved, "")
+	reinitialize(t, agent)
+	select {
+	case <-retried:
+	case <-time.After(testkit.Deadline):
+		t.Fatalf("the reload did not try again:\n%s", ip.log)
+	}
+	ip.waitMetrics(t, fmt.Sprintf("http://127.0.0.1:%d", moved[2]), `freeway_config_reloads_total{result="error"} 0`,
+		`freeway_config_reloads_total{result="ok"} 1`, "freeway_config_last_reload_successful 1")
+	if n := tries.Load(); n != 1 {
+		t.Errorf("the reload tried again %d times, want once", n)
+	}
+	logWeb(t, agent)
 }
 
 // TestReloadKeepsAQueueWithUnshippedEntries: a reload that moves the
