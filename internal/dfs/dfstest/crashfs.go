@@ -37,6 +37,8 @@ type CrashFS struct {
 	root *memNode
 	ops  int
 	hook func(n int, c Call, s *Snapshot)
+	// fault, if set, may fail a changing call: it then changes nothing.
+	fault func(n int, c Call) error
 }
 
 var (
@@ -73,6 +75,17 @@ func (f *CrashFS) SetHook(h func(n int, c Call, s *Snapshot)) {
 	f.mu.Unlock()
 }
 
+// SetFault sets a function called before every call that changes the
+// file system, after the hook, with the same number: an error it returns
+// fails the call, which then changes nothing (a Close that fails closes
+// the file all the same, with nothing synced). It runs with the file
+// system locked.
+func (f *CrashFS) SetFault(h func(n int, c Call) error) {
+	f.mu.Lock()
+	f.fault = h
+	f.mu.Unlock()
+}
+
 // Ops returns the number of calls that changed the file system so far.
 func (f *CrashFS) Ops() int {
 	f.mu.Lock()
@@ -80,13 +93,18 @@ func (f *CrashFS) Ops() int {
 	return f.ops
 }
 
-// before counts a changing call and runs the hook; f.mu is held.
-func (f *CrashFS) before(c Call) {
+// before counts a changing call and runs the hook, then the fault; f.mu
+// is held.
+func (f *CrashFS) before(c Call) error {
 	n := f.ops
 	f.ops++
 	if f.hook != nil {
 		f.hook(n, c, f.snapshotLocked())
 	}
+	if f.fault != nil {
+		return f.fault(n, c)
+	}
+	return nil
 }
 
 // Snapshot returns the state as it is now.
@@ -174,6 +192,40 @@ func (s *Snapshot) PowerLoss(rng *rand.Rand) Image {
 			b := slices.Clone(c.synced)
 			if rng != nil && len(c.data) > len(c.synced) && bytes.HasPrefix(c.data, c.synced) {
 				b = append(b, c.data[len(c.synced):len(c.synced)+rng.IntN(len(c.data)-len(c.synced)+1)]...)
+			}
+			img.Files[cp] = b
+		}
+	}
+	walk(s.root, "")
+	return img
+}
+
+// Torn is the image of a power loss that tore the writes since each
+// file's last sync: the file's size is anywhere from its synced size to
+// its written one, and each 512-byte sector past the synced bytes holds
+// either what was written there or zeros (a sector that never reached the
+// disk, in a file the journal extended).
+func (s *Snapshot) Torn(rng *rand.Rand) Image {
+	img := s.PowerLoss(nil)
+	var walk func(n *memNode, p string)
+	walk = func(n *memNode, p string) {
+		for name, c := range n.durable {
+			cp := path.Join(p, name)
+			if c.dir {
+				walk(c, cp)
+				continue
+			}
+			if len(c.data) <= len(c.synced) || !bytes.HasPrefix(c.data, c.synced) {
+				continue
+			}
+			size := len(c.synced) + rng.IntN(len(c.data)-len(c.synced)+1)
+			b := slices.Clone(c.data[:size])
+			for off := len(c.synced); off < size; {
+				end := min(size, (off/512+1)*512)
+				if rng.IntN(2) == 0 {
+					clear(b[off:end])
+				}
+				off = end
 			}
 			img.Files[cp] = b
 		}
@@ -295,7 +347,9 @@ func (f *CrashFS) Create(name string) (dfs.File, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.before(Call{Op: OpCreate, Name: name})
+	if err := f.before(Call{Op: OpCreate, Name: name}); err != nil {
+		return nil, err
+	}
 	if _, ok := f.lookup(name); ok || name == "." {
 		return nil, &fs.PathError{Op: "create", Path: name, Err: fs.ErrExist}
 	}
@@ -407,7 +461,9 @@ func (f *CrashFS) MkdirAll(name string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.before(Call{Op: OpMkdirAll, Name: name})
+	if err := f.before(Call{Op: OpMkdirAll, Name: name}); err != nil {
+		return err
+	}
 	_, err = f.mkdirAll("mkdir", name)
 	return err
 }
@@ -423,7 +479,9 @@ func (f *CrashFS) Rename(oldname, newname string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.before(Call{Op: OpRename, Name: oldname, To: newname})
+	if err := f.before(Call{Op: OpRename, Name: oldname, To: newname}); err != nil {
+		return err
+	}
 	n, ok := f.lookup(oldname)
 	if !ok || oldname == "." {
 		return &fs.PathError{Op: "rename", Path: oldname, Err: fs.ErrNotExist}
@@ -449,7 +507,9 @@ func (f *CrashFS) Remove(name string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.before(Call{Op: OpRemove, Name: name})
+	if err := f.before(Call{Op: OpRemove, Name: name}); err != nil {
+		return err
+	}
 	n, ok := f.lookup(name)
 	if !ok || name == "." {
 		return &fs.PathError{Op: "remove", Path: name, Err: fs.ErrNotExist}
@@ -478,9 +538,11 @@ type memFile struct {
 func (w *memFile) Write(p []byte) (int, error) {
 	w.fs.mu.Lock()
 	defer w.fs.mu.Unlock()
-	w.fs.before(Call{Op: OpWrite, Name: w.name})
 	if w.closed {
 		return 0, fs.ErrClosed
+	}
+	if err := w.fs.before(Call{Op: OpWrite, Name: w.name}); err != nil {
+		return 0, err
 	}
 	w.node.data = append(w.node.data, p...)
 	w.node.mod = time.Now()
@@ -491,9 +553,11 @@ func (w *memFile) Write(p []byte) (int, error) {
 func (w *memFile) WriteBuffers(bufs [][]byte) (int64, error) {
 	w.fs.mu.Lock()
 	defer w.fs.mu.Unlock()
-	w.fs.before(Call{Op: OpWrite, Name: w.name})
 	if w.closed {
 		return 0, fs.ErrClosed
+	}
+	if err := w.fs.before(Call{Op: OpWrite, Name: w.name}); err != nil {
+		return 0, err
 	}
 	var n int64
 	for _, b := range bufs {
@@ -515,9 +579,11 @@ func (w *memFile) syncLocked() {
 func (w *memFile) Sync() error {
 	w.fs.mu.Lock()
 	defer w.fs.mu.Unlock()
-	w.fs.before(Call{Op: OpSync, Name: w.name})
 	if w.closed {
 		return fs.ErrClosed
+	}
+	if err := w.fs.before(Call{Op: OpSync, Name: w.name}); err != nil {
+		return err
 	}
 	w.syncLocked()
 	return nil
@@ -526,9 +592,11 @@ func (w *memFile) Sync() error {
 func (w *memFile) Truncate(size int64) error {
 	w.fs.mu.Lock()
 	defer w.fs.mu.Unlock()
-	w.fs.before(Call{Op: OpTruncate, Name: w.name, Off: size})
 	if w.closed {
 		return fs.ErrClosed
+	}
+	if err := w.fs.before(Call{Op: OpTruncate, Name: w.name, Off: size}); err != nil {
+		return err
 	}
 	if size < int64(len(w.node.data)) {
 		w.node.data = w.node.data[:size]
@@ -542,11 +610,13 @@ func (w *memFile) Truncate(size int64) error {
 func (w *memFile) Close() error {
 	w.fs.mu.Lock()
 	defer w.fs.mu.Unlock()
-	w.fs.before(Call{Op: OpClose, Name: w.name})
 	if w.closed {
 		return fs.ErrClosed
 	}
-	w.syncLocked()
 	w.closed = true
+	if err := w.fs.before(Call{Op: OpClose, Name: w.name}); err != nil {
+		return err
+	}
+	w.syncLocked()
 	return nil
 }
