@@ -62,7 +62,9 @@ func (l *errorLog) Handle(_ context.Context, r slog.Record) error {
 func (l *errorLog) WithAttrs([]slog.Attr) slog.Handler { return l }
 func (l *errorLog) WithGroup(string) slog.Handler      { return l }
 
-var crashCategories = []string{"c0", "c1", "c2"}
+// crashCategories: a long one among them, whose directory has a
+// sidecar naming it.
+var crashCategories = []string{"c0", "c1", "c2" + strings.Repeat("-long", 60)}
 
 // crashBatches are an agent's batches: each of entries to one, two or
 // three of the categories (so one call writes several buckets), big
@@ -359,7 +361,7 @@ func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 		end := points[len(points)-1]
 		end.snap = fsys.Snapshot()
 		once := strings.Split(call.Name, "/")[0]
-		err := checkWriterCrashOnce(t, end.snap.Killed(), wl, afterCrash(wl.all(), end.acked, len(wl.batches)), end.sent, true, true, once)
+		err := checkWriterCrashOnce(t, end.snap.Killed(), end.snap.Killed(), wl, afterCrash(wl.all(), end.acked, len(wl.batches)), end.sent, true, true, once)
 		if err != nil {
 			ck.failed++
 			t.Errorf("operation %d (%s %s) failed, no crash: %v", fault, call.Op, call.Name, err)
@@ -404,7 +406,7 @@ type crashChecks struct{ checked, failed int }
 func (ck *crashChecks) check(t *testing.T, s crashState, before string, wl *crashWorkload, send []int, retry bool) {
 	t.Helper()
 	ck.checked++
-	err := checkWriterCrash(t, s.img, wl, afterCrash(send, s.p.acked, len(wl.batches)), s.p.sent, retry, s.model != tornModel)
+	err := checkWriterCrash(t, s.p.snap.Killed(), s.img, wl, afterCrash(send, s.p.acked, len(wl.batches)), s.p.sent, retry, s.model != tornModel)
 	if err != nil {
 		ck.failed++
 		if ck.failed <= 10 {
@@ -420,18 +422,36 @@ func (ck *crashChecks) report(t *testing.T) {
 	}
 }
 
-// checkWriterCrash starts a writer over img, sends the batches of send
+// checkWriterCrash starts a writer over img, what a crash of a file
+// system in the state live left, sends the batches of send
 // (prior: how many times each was sent before the crash), and checks
 // what readers see: every entry of the workload at least once and at
-// most as many times as its batch was sent in all, nothing else,
+// most as many times as its batch was sent in all, nothing else, every
+// segment readers could read before the crash unchanged, and no segment
+// new to them before one they could have passed,
 // no temporary file left over, and, if strict, no error logged.
-func checkWriterCrash(t *testing.T, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool) error {
-	return checkWriterCrashOnce(t, img, wl, send, prior, retry, strict, "")
+func checkWriterCrash(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool) error {
+	return checkWriterCrashOnce(t, live, img, wl, send, prior, retry, strict, "")
 }
 
 // checkWriterCrashOnce is checkWriterCrash where every entry of the
 // category once is read at most once, however many times it was sent.
-func checkWriterCrashOnce(t *testing.T, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool, once string) error {
+func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool, once string) error {
+	// What readers could have read before the crash.
+	seen := map[string][]byte{}
+	lfs := dfstest.NewCrashFSFrom(live)
+	for _, cat := range crashCategories {
+		dir := layout.BucketDir(cat, 0)
+		infos, err := layout.Published(lfs, dir, "")
+		if err != nil {
+			return err
+		}
+		for _, fi := range infos {
+			if seen[path.Join(dir, fi.Name())], err = dfs.ReadFile(lfs, path.Join(dir, fi.Name())); err != nil {
+				return err
+			}
+		}
+	}
 	fsys := dfstest.NewCrashFSFrom(img)
 	elog := &errorLog{}
 	sender := newCrashSender(wl, prior, retry)
@@ -466,8 +486,16 @@ func checkWriterCrashOnce(t *testing.T, img dfstest.Image, wl *crashWorkload, se
 	var problems []string
 	for _, cat := range crashCategories {
 		dir := layout.BucketDir(cat, 0)
-		names, err := dfs.ReadDirNames(fsys, dir)
+		names, err := dfs.ReadDirNames(fsys, layout.CategoryDir(cat))
 		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			if dfs.Hidden(name) && name != layout.SidecarName {
+				problems = append(problems, fmt.Sprintf("%s/%s left over", layout.CategoryDir(cat), name))
+			}
+		}
+		if names, err = dfs.ReadDirNames(fsys, dir); err != nil {
 			return err
 		}
 		for _, name := range names {
@@ -479,10 +507,31 @@ func checkWriterCrashOnce(t *testing.T, img dfstest.Image, wl *crashWorkload, se
 		if err != nil {
 			return err
 		}
+		// A reader never looks back: a segment it could have read
+		// before the crash is there after it, the same, and one it could
+		// not have read sorts after every one it could.
+		var last string
+		now := map[string]bool{}
+		for _, fi := range infos {
+			now[fi.Name()] = true
+		}
+		for name := range seen {
+			if path.Dir(name) == dir {
+				last = max(last, path.Base(name))
+				if !now[path.Base(name)] {
+					problems = append(problems, fmt.Sprintf("%s, published before the crash, gone after it", name))
+				}
+			}
+		}
 		for _, fi := range infos {
 			data, err := dfs.ReadFile(fsys, path.Join(dir, fi.Name()))
 			if err != nil {
 				return err
+			}
+			if b, ok := seen[path.Join(dir, fi.Name())]; ok && !bytes.Equal(b, data) {
+				problems = append(problems, fmt.Sprintf("%s/%s, published before the crash, changed by it", dir, fi.Name()))
+			} else if !ok && fi.Name() < last {
+				problems = append(problems, fmt.Sprintf("%s/%s published after the crash, before %s that readers may have passed", dir, fi.Name(), last))
 			}
 			r, err := segment.NewReader(bytes.NewReader(data), 0)
 			if err != nil {
