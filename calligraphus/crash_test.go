@@ -88,6 +88,7 @@ func crashBatches(n int) []*scribethrift.Batch {
 func crashConfig() Config {
 	cfg := testConfig()
 	cfg.SegmentMaxBytes = 1024
+	cfg.Linger = 0
 	return cfg
 }
 
@@ -236,20 +237,29 @@ func crashStates(points []crashPoint, rng *rand.Rand, seen map[uint64]bool) []cr
 			{p, "powered off, a prefix of the unsynced writes kept", p.snap.PowerLoss(rng)},
 			{p, tornModel, p.snap.Torn(rng)},
 		} {
-			h := fnv.New64a()
-			_, _ = fmt.Fprint(h, p.acked, p.sent) // a hash's writes never fail
-			for _, name := range slices.Sorted(maps.Keys(m.img.Files)) {
-				_, _ = fmt.Fprintf(h, "%s %d ", name, len(m.img.Files[name]))
-				_, _ = h.Write(m.img.Files[name])
-			}
-			if seen[h.Sum64()] {
+			if !distinct(m, seen) {
 				continue
 			}
-			seen[h.Sum64()] = true
 			out = append(out, m)
 		}
 	}
 	return out
+}
+
+// distinct reports whether s is the first of its kind in seen (by its
+// files and the batches sent and answered), and records it.
+func distinct(s crashState, seen map[uint64]bool) bool {
+	h := fnv.New64a()
+	_, _ = fmt.Fprint(h, s.p.acked, s.p.sent) // a hash's writes never fail
+	for _, name := range slices.Sorted(maps.Keys(s.img.Files)) {
+		_, _ = fmt.Fprintf(h, "%s %d ", name, len(s.img.Files[name]))
+		_, _ = h.Write(s.img.Files[name])
+	}
+	if seen[h.Sum64()] {
+		return false
+	}
+	seen[h.Sum64()] = true
+	return true
 }
 
 func (s crashState) String() string {
@@ -371,6 +381,37 @@ func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 	t.Logf("%d operations failed in turn, %d distinct states checked", total.Ops(), ck.checked)
 }
 
+// TestCrashAtEveryFileOperationHDFSLike is TestCrashAtEveryFileOperation
+// on a dfs where only a close makes bytes durable (HDFS): a batch is
+// answered once its segment is published; the segments are closed while
+// the next is written into, and the next created ahead. A crash (of the
+// process: the file system lives on) leaves the files it closed whole,
+// of the others a prefix; a new writer removes the unpublished ones.
+func TestCrashAtEveryFileOperationHDFSLike(t *testing.T) {
+	wl := newCrashWorkload()
+	points := recordCrashes(t, dfstest.NewCrashFS().LikeHDFS(), wl, wl.all(), newCrashSender(wl, nil, false), nil)
+	rng := rand.New(rand.NewPCG(8, 2))
+	var ck crashChecks
+	seen := map[uint64]bool{}
+	for _, p := range points {
+		for _, s := range []crashState{{p, "killed", p.snap.Killed()}, {p, "killed, a prefix of the unclosed files kept", p.snap.KilledHDFS(rng)}} {
+			if !distinct(s, seen) {
+				continue
+			}
+			ck.checked++
+			err := checkWriterCrashOn(t, s.p.snap.Killed(), dfstest.NewCrashFSFrom(s.img).LikeHDFS(), wl, afterCrash(wl.all(), s.p.acked, len(wl.batches)), s.p.sent, false, true, "")
+			if err != nil {
+				ck.failed++
+				if ck.failed <= 10 {
+					t.Errorf("%s: %v", s, err)
+				}
+			}
+		}
+	}
+	ck.report(t)
+	t.Logf("%d batches, %d crash points, %d distinct states checked", len(wl.batches), len(points), ck.checked)
+}
+
 func newCrashWorkload() *crashWorkload {
 	wl := &crashWorkload{batches: crashBatches(18), probe: &scribethrift.Batch{AgentID: "probe", FirstSeq: 1}}
 	for _, cat := range crashCategories {
@@ -437,6 +478,12 @@ func checkWriterCrash(t *testing.T, live, img dfstest.Image, wl *crashWorkload, 
 // checkWriterCrashOnce is checkWriterCrash where every entry of the
 // category once is read at most once, however many times it was sent.
 func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool, once string) error {
+	return checkWriterCrashOn(t, live, dfstest.NewCrashFSFrom(img), wl, send, prior, retry, strict, once)
+}
+
+// checkWriterCrashOn is checkWriterCrashOnce over fsys, holding the
+// image.
+func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crashWorkload, send, prior []int, retry, strict bool, once string) error {
 	// What readers could have read before the crash.
 	seen := map[string][]byte{}
 	lfs := dfstest.NewCrashFSFrom(live)
@@ -452,7 +499,6 @@ func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorklo
 			}
 		}
 	}
-	fsys := dfstest.NewCrashFSFrom(img)
 	elog := &errorLog{}
 	sender := newCrashSender(wl, prior, retry)
 	if err := runCrashWriter(t, fsys, elog, wl, send, sender); err != nil {
@@ -493,6 +539,14 @@ func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorklo
 		for _, name := range names {
 			if dfs.Hidden(name) && name != layout.SidecarName {
 				problems = append(problems, fmt.Sprintf("%s/%s left over", layout.CategoryDir(cat), name))
+			}
+		}
+		if names, err = dfs.ReadDirNames(fsys, layout.FenceDir(dir)); err != nil {
+			return err
+		}
+		for _, name := range names {
+			if dfs.Hidden(name) {
+				problems = append(problems, fmt.Sprintf("%s/%s left over", layout.FenceDir(dir), name))
 			}
 		}
 		if names, err = dfs.ReadDirNames(fsys, dir); err != nil {

@@ -15,7 +15,8 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs"
 )
 
-// CrashFS is an in-memory dfs.FS with SyncDurable true that keeps, beside
+// CrashFS is an in-memory dfs.FS with SyncDurable true (unless LikeHDFS)
+// that keeps, beside
 // what is written and named, what a crash of the machine would keep, so
 // that a test can take, before any change to the file system, the images
 // a crash at that moment leaves (Snapshot): a killed process (every byte
@@ -39,6 +40,16 @@ type CrashFS struct {
 	hook func(n int, c Call, s *Snapshot)
 	// fault, if set, may fail a changing call: it then changes nothing.
 	fault func(n int, c Call) error
+	hdfs  bool // LikeHDFS
+}
+
+// LikeHDFS makes f durable as HDFS is (see package dfs), and returns it:
+// SyncDurable is false, a Sync makes nothing durable, and a crash of the
+// writing process leaves of a file it had not closed any prefix of what
+// it wrote (KilledHDFS). Call it before f is used.
+func (f *CrashFS) LikeHDFS() *CrashFS {
+	f.hdfs = true
+	return f
 }
 
 var (
@@ -54,6 +65,7 @@ type memNode struct {
 	durable  map[string]*memNode // a directory's names at its last sync
 	data     []byte              // a file's bytes written
 	synced   []byte              // a file's bytes at its last sync
+	open     bool                // a file being written: not closed yet
 	mod      time.Time
 }
 
@@ -121,7 +133,7 @@ func (f *CrashFS) snapshotLocked() *Snapshot {
 		if c, ok := seen[n]; ok {
 			return c
 		}
-		c := &memNode{dir: n.dir, mod: n.mod}
+		c := &memNode{dir: n.dir, mod: n.mod, open: n.open}
 		seen[n] = c
 		if n.dir {
 			c.children = make(map[string]*memNode, len(n.children))
@@ -166,6 +178,26 @@ func (s *Snapshot) Killed() Image {
 				walk(c, cp)
 			} else {
 				img.Files[cp] = slices.Clone(c.data)
+			}
+		}
+	}
+	walk(s.root, "")
+	return img
+}
+
+// KilledHDFS is the image a killed process leaves on HDFS: the files it
+// closed whole, and of each it was writing a prefix (random: what the
+// DataNodes had when the NameNode recovered the file's lease).
+func (s *Snapshot) KilledHDFS(rng *rand.Rand) Image {
+	img := s.Killed()
+	var walk func(n *memNode, p string)
+	walk = func(n *memNode, p string) {
+		for name, c := range n.children {
+			cp := path.Join(p, name)
+			if c.dir {
+				walk(c, cp)
+			} else if c.open {
+				img.Files[cp] = img.Files[cp][:rng.IntN(len(c.data)+1)]
 			}
 		}
 	}
@@ -357,7 +389,7 @@ func (f *CrashFS) Create(name string) (dfs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &memNode{mod: time.Now()}
+	n := &memNode{mod: time.Now(), open: true}
 	dir.children[path.Base(name)] = n
 	return &memFile{fs: f, name: name, node: n, dir: dir}, nil
 }
@@ -522,7 +554,7 @@ func (f *CrashFS) Remove(name string) error {
 	return nil
 }
 
-func (f *CrashFS) SyncDurable() bool { return true }
+func (f *CrashFS) SyncDurable() bool { return !f.hdfs }
 func (f *CrashFS) String() string    { return "mem://crash" }
 func (f *CrashFS) Close() error      { return nil }
 
@@ -585,7 +617,9 @@ func (w *memFile) Sync() error {
 	if err := w.fs.before(Call{Op: OpSync, Name: w.name}); err != nil {
 		return err
 	}
-	w.syncLocked()
+	if !w.fs.hdfs {
+		w.syncLocked()
+	}
 	return nil
 }
 
@@ -617,6 +651,7 @@ func (w *memFile) Close() error {
 	if err := w.fs.before(Call{Op: OpClose, Name: w.name}); err != nil {
 		return err
 	}
+	w.node.open = false
 	w.syncLocked()
 	return nil
 }

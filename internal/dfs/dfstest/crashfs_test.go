@@ -8,7 +8,12 @@ import (
 )
 
 func TestCrashFSConformance(t *testing.T) {
-	dfstest.Run(t, func(t *testing.T) dfs.FS { return dfstest.NewCrashFS() })
+	t.Run("local", func(t *testing.T) {
+		dfstest.Run(t, func(t *testing.T) dfs.FS { return dfstest.NewCrashFS() })
+	})
+	t.Run("hdfslike", func(t *testing.T) {
+		dfstest.Run(t, func(t *testing.T) dfs.FS { return dfstest.NewCrashFS().LikeHDFS() })
+	})
 }
 
 // The images of a crash keep what the contract makes durable, and no
