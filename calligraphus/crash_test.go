@@ -33,11 +33,11 @@ import (
 // crashPoint is the state of the dfs before one of the writer's changes
 // to it, with how many of the agent's batches had been answered OK.
 type crashPoint struct {
-	n     int
-	call  dfstest.Call
-	snap  *dfstest.Snapshot
-	acked int
-	sent  []int // how many times each batch was sent so far
+	n    int
+	call dfstest.Call
+	snap *dfstest.Snapshot
+	ok   []bool // the batches answered OK so far
+	sent []int  // how many times each batch was sent so far
 }
 
 // errorLog keeps the records of level Error a writer logs.
@@ -64,22 +64,29 @@ func (l *errorLog) WithGroup(string) slog.Handler      { return l }
 
 // crashCategories: a long one among them, whose directory has a
 // sidecar naming it.
+// crashAgents send the batches, each its own in order, all at once.
+const crashAgents = 3
+
 var crashCategories = []string{"c0", "c1", "c2" + strings.Repeat("-long", 60)}
 
-// crashBatches are an agent's batches: each of entries to one, two or
+// crashBatches are the agents' batches (batch k is agent k%crashAgents'):
+// each of entries to one, two or
 // three of the categories (so one call writes several buckets), big
 // enough that the buckets' segments roll every few batches.
 func crashBatches(n int) []*scribethrift.Batch {
 	inc := "inc1"
-	seq := int64(1)
+	seqs := map[string]int64{}
 	out := make([]*scribethrift.Batch, n)
 	for k := range n {
-		b := &scribethrift.Batch{AgentID: "agent", Incarnation: &inc, FirstSeq: seq}
+		agent := fmt.Sprintf("agent%d", k%crashAgents)
+		seq := max(1, seqs[agent])
+		b := &scribethrift.Batch{AgentID: agent, Incarnation: &inc, FirstSeq: seq}
 		for j := range 1 + k%3 {
 			msg := fmt.Sprintf("b%03d.e%d.s%d-%s", k, j, seq, strings.Repeat("x", 100+37*(k%5)))
 			b.Messages = append(b.Messages, &scribethrift.LogEntry{Category: crashCategories[(k+j)%len(crashCategories)], Message: []byte(msg)})
 			seq++
 		}
+		seqs[agent] = seq
 		out[k] = b
 	}
 	return out
@@ -146,20 +153,33 @@ func (wl *crashWorkload) batch(i int) *scribethrift.Batch {
 	return wl.batches[i]
 }
 
-// crashSender is the agent's side of a run: how many batches of its
-// list were answered OK, and how many times each batch was sent.
+// crashSender is the agents' side of a run: which batches were
+// answered OK, and how many times each batch was sent.
 type crashSender struct {
-	acked atomic.Int64
+	ok    []atomic.Bool
 	sent  []atomic.Int64
 	retry bool // a batch answered TRY_LATER is sent again
 }
 
-func newCrashSender(wl *crashWorkload, prior []int, retry bool) *crashSender {
-	s := &crashSender{sent: make([]atomic.Int64, len(wl.batches)+1), retry: retry}
-	for i, n := range prior {
-		s.sent[i].Store(int64(n))
+// newCrashSender returns a sender that goes on from a crash point p (nil:
+// from the start).
+func newCrashSender(wl *crashWorkload, p *crashPoint, retry bool) *crashSender {
+	s := &crashSender{ok: make([]atomic.Bool, len(wl.batches)+1), sent: make([]atomic.Int64, len(wl.batches)+1), retry: retry}
+	if p != nil {
+		for i := range s.sent {
+			s.sent[i].Store(int64(p.sent[i]))
+			s.ok[i].Store(p.ok[i])
+		}
 	}
 	return s
+}
+
+func (s *crashSender) oks() []bool {
+	out := make([]bool, len(s.ok))
+	for i := range s.ok {
+		out[i] = s.ok[i].Load()
+	}
+	return out
 }
 
 func (s *crashSender) sends() []int {
@@ -170,29 +190,47 @@ func (s *crashSender) sends() []int {
 	return out
 }
 
-// runCrashWriter starts a writer over fsys, sends the batches of send in
-// order (each until it is answered OK, if the sender retries: the
-// writer's clock is moved on past its pause after a failure meanwhile),
-// and stops it.
+// runCrashWriter starts a writer over fsys, sends the batches of send,
+// each agent's in order and the agents at once (each batch until it is
+// answered OK, if the sender retries: the writer's clock is moved on
+// past its pause after a failure meanwhile), and stops it.
 func runCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, wl *crashWorkload, send []int, s *crashSender) error {
 	var skew atomic.Int64
 	c, stop := startCrashWriter(t, fsys, log, &skew)
 	defer stop()
-	for k, i := range send {
-		for try := 0; ; try++ {
-			s.sent[i].Add(1)
-			rc, err := c.LogBatch(context.Background(), wl.batch(i))
-			if err == nil && rc == scribethrift.ResultCode_OK {
-				break
-			}
-			if !s.retry || try == 20 {
-				return fmt.Errorf("batch %d: %v %v", i, rc, err)
-			}
-			skew.Add(int64(2 * time.Second))
-		}
-		s.acked.Store(int64(k + 1))
+	lanes := map[string][]int{}
+	for _, i := range send {
+		a := wl.batch(i).AgentID
+		lanes[a] = append(lanes[a], i)
 	}
-	return nil
+	errs := make(chan error, len(lanes))
+	for _, lane := range lanes {
+		go func() {
+			for _, i := range lane {
+				for try := 0; ; try++ {
+					s.sent[i].Add(1)
+					rc, err := c.LogBatch(context.Background(), wl.batch(i))
+					if err == nil && rc == scribethrift.ResultCode_OK {
+						break
+					}
+					if !s.retry || try == 20 {
+						errs <- fmt.Errorf("batch %d: %v %v", i, rc, err)
+						return
+					}
+					skew.Add(int64(2 * time.Second))
+				}
+				s.ok[i].Store(true)
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range lanes {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // recordCrashes runs a writer over fsys as runCrashWriter does and
@@ -203,7 +241,7 @@ func recordCrashes(t *testing.T, fsys *dfstest.CrashFS, wl *crashWorkload, send 
 	var points []crashPoint
 	fsys.SetHook(func(n int, c dfstest.Call, snap *dfstest.Snapshot) {
 		if keep == nil || keep(n, c) {
-			points = append(points, crashPoint{n: n, call: c, snap: snap, acked: int(s.acked.Load()), sent: s.sends()})
+			points = append(points, crashPoint{n: n, call: c, snap: snap, ok: s.oks(), sent: s.sends()})
 		}
 	})
 	err := runCrashWriter(t, fsys, slog.DiscardHandler, wl, send, s)
@@ -211,7 +249,7 @@ func recordCrashes(t *testing.T, fsys *dfstest.CrashFS, wl *crashWorkload, send 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append(points, crashPoint{n: fsys.Ops(), call: dfstest.Call{Op: "end"}, snap: fsys.Snapshot(), acked: int(s.acked.Load()), sent: s.sends()})
+	return append(points, crashPoint{n: fsys.Ops(), call: dfstest.Call{Op: "end"}, snap: fsys.Snapshot(), ok: s.oks(), sent: s.sends()})
 }
 
 // tornModel names the images where a power loss tore the unsynced
@@ -250,7 +288,7 @@ func crashStates(points []crashPoint, rng *rand.Rand, seen map[uint64]bool) []cr
 // files and the batches sent and answered), and records it.
 func distinct(s crashState, seen map[uint64]bool) bool {
 	h := fnv.New64a()
-	_, _ = fmt.Fprint(h, s.p.acked, s.p.sent) // a hash's writes never fail
+	_, _ = fmt.Fprint(h, s.p.ok, s.p.sent) // a hash's writes never fail
 	for _, name := range slices.Sorted(maps.Keys(s.img.Files)) {
 		_, _ = fmt.Fprintf(h, "%s %d ", name, len(s.img.Files[name]))
 		_, _ = h.Write(s.img.Files[name])
@@ -263,7 +301,13 @@ func distinct(s crashState, seen map[uint64]bool) bool {
 }
 
 func (s crashState) String() string {
-	return fmt.Sprintf("crash before operation %d (%s %s %s), %s, %d batches answered OK", s.p.n, s.p.call.Op, s.p.call.Name, s.p.call.To, s.model, s.p.acked)
+	var ok []int
+	for i, o := range s.p.ok {
+		if o {
+			ok = append(ok, i)
+		}
+	}
+	return fmt.Sprintf("crash before operation %d (%s %s %s), %s, batches %v answered OK", s.p.n, s.p.call.Op, s.p.call.Name, s.p.call.To, s.model, ok)
 }
 
 // unpublished reports whether img holds a temporary segment with more
@@ -317,9 +361,9 @@ func TestCrashAtEveryFileOperation(t *testing.T) {
 		if k%max(1, len(salvages)/salvageSample) != 0 {
 			continue
 		}
-		send := afterCrash(wl.all(), s1.p.acked, n)
+		send := afterCrash(wl.all(), s1.p.ok, n)
 		fsys := dfstest.NewCrashFSFrom(s1.img)
-		for _, s := range crashStates(recordCrashes(t, fsys, wl, send, newCrashSender(wl, s1.p.sent, false), nil), rng, seen) {
+		for _, s := range crashStates(recordCrashes(t, fsys, wl, send, newCrashSender(wl, &s1.p, false), nil), rng, seen) {
 			nested++
 			ck.check(t, s, s1.String()+"; then its salvage's ", wl, send, false)
 		}
@@ -371,7 +415,7 @@ func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 		end := points[len(points)-1]
 		end.snap = fsys.Snapshot()
 		once := strings.Split(call.Name, "/")[0]
-		err := checkWriterCrashOnce(t, end.snap.Killed(), end.snap.Killed(), wl, afterCrash(wl.all(), end.acked, len(wl.batches)), end.sent, true, true, once)
+		err := checkWriterCrashOnce(t, end.snap.Killed(), end.snap.Killed(), wl, afterCrash(wl.all(), end.ok, len(wl.batches)), &end, true, true, once)
 		if err != nil {
 			ck.failed++
 			t.Errorf("operation %d (%s %s) failed, no crash: %v", fault, call.Op, call.Name, err)
@@ -399,7 +443,7 @@ func TestCrashAtEveryFileOperationHDFSLike(t *testing.T) {
 				continue
 			}
 			ck.checked++
-			err := checkWriterCrashOn(t, s.p.snap.Killed(), dfstest.NewCrashFSFrom(s.img).LikeHDFS(), wl, afterCrash(wl.all(), s.p.acked, len(wl.batches)), s.p.sent, false, true, "")
+			err := checkWriterCrashOn(t, s.p.snap.Killed(), dfstest.NewCrashFSFrom(s.img).LikeHDFS(), wl, afterCrash(wl.all(), s.p.ok, len(wl.batches)), &s.p, false, true, "")
 			if err != nil {
 				ck.failed++
 				if ck.failed <= 10 {
@@ -430,9 +474,14 @@ func (wl *crashWorkload) all() []int {
 }
 
 // afterCrash is what the agent sends after a crash: the batches of send
-// from acked on (not answered OK), then the probe, if not among them.
-func afterCrash(send []int, acked, probe int) []int {
-	out := slices.Clone(send[acked:])
+// not answered OK, then the probe, if not among them.
+func afterCrash(send []int, ok []bool, probe int) []int {
+	var out []int
+	for _, i := range send {
+		if !ok[i] {
+			out = append(out, i)
+		}
+	}
 	if !slices.Contains(out, probe) {
 		out = append(out, probe)
 	}
@@ -447,7 +496,7 @@ type crashChecks struct{ checked, failed int }
 func (ck *crashChecks) check(t *testing.T, s crashState, before string, wl *crashWorkload, send []int, retry bool) {
 	t.Helper()
 	ck.checked++
-	err := checkWriterCrash(t, s.p.snap.Killed(), s.img, wl, afterCrash(send, s.p.acked, len(wl.batches)), s.p.sent, retry, s.model != tornModel)
+	err := checkWriterCrash(t, s.p.snap.Killed(), s.img, wl, afterCrash(send, s.p.ok, len(wl.batches)), &s.p, retry, s.model != tornModel)
 	if err != nil {
 		ck.failed++
 		if ck.failed <= 10 {
@@ -465,25 +514,25 @@ func (ck *crashChecks) report(t *testing.T) {
 
 // checkWriterCrash starts a writer over img, what a crash of a file
 // system in the state live left, sends the batches of send
-// (prior: how many times each was sent before the crash), and checks
+// (prior: the crash point, with the batches sent and answered before it), and checks
 // what readers see: every entry of the workload at least once and at
 // most as many times as its batch was sent in all, nothing else, every
 // segment readers could read before the crash unchanged, and no segment
 // new to them before one they could have passed,
 // no temporary file left over, and, if strict, no error logged.
-func checkWriterCrash(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool) error {
+func checkWriterCrash(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send []int, prior *crashPoint, retry, strict bool) error {
 	return checkWriterCrashOnce(t, live, img, wl, send, prior, retry, strict, "")
 }
 
 // checkWriterCrashOnce is checkWriterCrash where every entry of the
 // category once is read at most once, however many times it was sent.
-func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send, prior []int, retry, strict bool, once string) error {
+func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorkload, send []int, prior *crashPoint, retry, strict bool, once string) error {
 	return checkWriterCrashOn(t, live, dfstest.NewCrashFSFrom(img), wl, send, prior, retry, strict, once)
 }
 
 // checkWriterCrashOn is checkWriterCrashOnce over fsys, holding the
 // image.
-func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crashWorkload, send, prior []int, retry, strict bool, once string) error {
+func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crashWorkload, send []int, prior *crashPoint, retry, strict bool, once string) error {
 	// What readers could have read before the crash.
 	seen := map[string][]byte{}
 	lfs := dfstest.NewCrashFSFrom(live)
