@@ -2,6 +2,7 @@ package dfstest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -38,7 +39,8 @@ type CrashFS struct {
 	root *memNode
 	ops  int
 	hook func(n int, c Call, s *Snapshot)
-	// fault, if set, may fail a changing call: it then changes nothing.
+	// fault, if set, may fail a changing call: it then changes nothing,
+	// unless the error wraps ErrApplied.
 	fault func(n int, c Call) error
 	hdfs  bool // LikeHDFS
 }
@@ -90,13 +92,23 @@ func (f *CrashFS) SetHook(h func(n int, c Call, s *Snapshot)) {
 // SetFault sets a function called before every call that changes the
 // file system, after the hook, with the same number: an error it returns
 // fails the call, which then changes nothing (a Close that fails closes
-// the file all the same, with nothing synced). It runs with the file
+// the file all the same, with nothing synced), unless it wraps
+// ErrApplied: then the call does what it does and returns the error
+// all the same (an fsync that reports an I/O error, an HDFS call whose
+// answer was lost after the NameNode applied it). It runs with the file
 // system locked.
 func (f *CrashFS) SetFault(h func(n int, c Call) error) {
 	f.mu.Lock()
 	f.fault = h
 	f.mu.Unlock()
 }
+
+// ErrApplied, wrapped by an error of a fault (SetFault), makes the call
+// fail after it took effect.
+var ErrApplied = errors.New("the call took effect")
+
+// skip reports whether a call the fault failed with err does nothing.
+func skip(err error) bool { return err != nil && !errors.Is(err, ErrApplied) }
 
 // Ops returns the number of calls that changed the file system so far.
 func (f *CrashFS) Ops() int {
@@ -379,8 +391,9 @@ func (f *CrashFS) Create(name string) (dfs.File, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.before(Call{Op: OpCreate, Name: name}); err != nil {
-		return nil, err
+	ferr := f.before(Call{Op: OpCreate, Name: name})
+	if skip(ferr) {
+		return nil, ferr
 	}
 	if _, ok := f.lookup(name); ok || name == "." {
 		return nil, &fs.PathError{Op: "create", Path: name, Err: fs.ErrExist}
@@ -391,6 +404,9 @@ func (f *CrashFS) Create(name string) (dfs.File, error) {
 	}
 	n := &memNode{mod: time.Now(), open: true}
 	dir.children[path.Base(name)] = n
+	if ferr != nil {
+		return nil, ferr // made, and not the caller's to write
+	}
 	return &memFile{fs: f, name: name, node: n, dir: dir}, nil
 }
 
@@ -493,11 +509,14 @@ func (f *CrashFS) MkdirAll(name string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.before(Call{Op: OpMkdirAll, Name: name}); err != nil {
+	ferr := f.before(Call{Op: OpMkdirAll, Name: name})
+	if skip(ferr) {
+		return ferr
+	}
+	if _, err = f.mkdirAll("mkdir", name); err != nil {
 		return err
 	}
-	_, err = f.mkdirAll("mkdir", name)
-	return err
+	return ferr
 }
 
 func (f *CrashFS) Rename(oldname, newname string) error {
@@ -511,8 +530,9 @@ func (f *CrashFS) Rename(oldname, newname string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.before(Call{Op: OpRename, Name: oldname, To: newname}); err != nil {
-		return err
+	ferr := f.before(Call{Op: OpRename, Name: oldname, To: newname})
+	if skip(ferr) {
+		return ferr
 	}
 	n, ok := f.lookup(oldname)
 	if !ok || oldname == "." {
@@ -529,7 +549,7 @@ func (f *CrashFS) Rename(oldname, newname string) error {
 	delete(from.children, path.Base(oldname))
 	to.children[path.Base(newname)] = n
 	syncDir(to)
-	return nil
+	return ferr
 }
 
 func (f *CrashFS) Remove(name string) error {
@@ -539,8 +559,9 @@ func (f *CrashFS) Remove(name string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.before(Call{Op: OpRemove, Name: name}); err != nil {
-		return err
+	ferr := f.before(Call{Op: OpRemove, Name: name})
+	if skip(ferr) {
+		return ferr
 	}
 	n, ok := f.lookup(name)
 	if !ok || name == "." {
@@ -551,7 +572,7 @@ func (f *CrashFS) Remove(name string) error {
 	}
 	parent, _ := f.lookup(path.Dir(name))
 	delete(parent.children, path.Base(name))
-	return nil
+	return ferr
 }
 
 func (f *CrashFS) SyncDurable() bool { return !f.hdfs }
@@ -573,12 +594,13 @@ func (w *memFile) Write(p []byte) (int, error) {
 	if w.closed {
 		return 0, fs.ErrClosed
 	}
-	if err := w.fs.before(Call{Op: OpWrite, Name: w.name}); err != nil {
-		return 0, err
+	ferr := w.fs.before(Call{Op: OpWrite, Name: w.name})
+	if skip(ferr) {
+		return 0, ferr
 	}
 	w.node.data = append(w.node.data, p...)
 	w.node.mod = time.Now()
-	return len(p), nil
+	return len(p), ferr
 }
 
 // WriteBuffers is one call, as a local file's writev is.
@@ -588,8 +610,9 @@ func (w *memFile) WriteBuffers(bufs [][]byte) (int64, error) {
 	if w.closed {
 		return 0, fs.ErrClosed
 	}
-	if err := w.fs.before(Call{Op: OpWrite, Name: w.name}); err != nil {
-		return 0, err
+	ferr := w.fs.before(Call{Op: OpWrite, Name: w.name})
+	if skip(ferr) {
+		return 0, ferr
 	}
 	var n int64
 	for _, b := range bufs {
@@ -597,7 +620,7 @@ func (w *memFile) WriteBuffers(bufs [][]byte) (int64, error) {
 		n += int64(len(b))
 	}
 	w.node.mod = time.Now()
-	return n, nil
+	return n, ferr
 }
 
 func (w *memFile) syncLocked() {
@@ -614,13 +637,14 @@ func (w *memFile) Sync() error {
 	if w.closed {
 		return fs.ErrClosed
 	}
-	if err := w.fs.before(Call{Op: OpSync, Name: w.name}); err != nil {
-		return err
+	ferr := w.fs.before(Call{Op: OpSync, Name: w.name})
+	if skip(ferr) {
+		return ferr
 	}
 	if !w.fs.hdfs {
 		w.syncLocked()
 	}
-	return nil
+	return ferr
 }
 
 func (w *memFile) Truncate(size int64) error {
@@ -629,8 +653,9 @@ func (w *memFile) Truncate(size int64) error {
 	if w.closed {
 		return fs.ErrClosed
 	}
-	if err := w.fs.before(Call{Op: OpTruncate, Name: w.name, Off: size}); err != nil {
-		return err
+	ferr := w.fs.before(Call{Op: OpTruncate, Name: w.name, Off: size})
+	if skip(ferr) {
+		return ferr
 	}
 	if size < int64(len(w.node.data)) {
 		w.node.data = w.node.data[:size]
@@ -638,7 +663,7 @@ func (w *memFile) Truncate(size int64) error {
 		w.node.data = append(w.node.data, make([]byte, size-int64(len(w.node.data)))...)
 	}
 	w.syncLocked()
-	return nil
+	return ferr
 }
 
 func (w *memFile) Close() error {
@@ -648,10 +673,11 @@ func (w *memFile) Close() error {
 		return fs.ErrClosed
 	}
 	w.closed = true
-	if err := w.fs.before(Call{Op: OpClose, Name: w.name}); err != nil {
-		return err
+	ferr := w.fs.before(Call{Op: OpClose, Name: w.name})
+	if skip(ferr) {
+		return ferr
 	}
 	w.node.open = false
 	w.syncLocked()
-	return nil
+	return ferr
 }
