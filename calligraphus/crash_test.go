@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/freeway-dev/freeway/internal/component"
+	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
@@ -101,11 +102,16 @@ func crashConfig() Config {
 
 // startCrashWriter starts a writer over fsys with a coordinator of its
 // own (the crashed writer's session is gone with it), logging to log.
-func startCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, skew *atomic.Int64) (*Calligraphus, func()) {
+func startCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, skew *atomic.Int64, timed bool) (*Calligraphus, func()) {
 	t.Helper()
 	hub := inproc.NewHub()
 	co := hub.Session()
-	c, err := New(crashConfig(), Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil),
+	cfg := crashConfig()
+	if timed {
+		cfg.SegmentMaxAge = config.Duration(10 * time.Millisecond)
+		cfg.IdleClose = config.Duration(10 * time.Millisecond)
+	}
+	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil),
 		Common: component.Common{Log: slog.New(log), Metrics: prometheus.NewRegistry(), Version: "test"}})
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +150,9 @@ func startCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, skew *atomic.
 type crashWorkload struct {
 	batches []*scribethrift.Batch
 	probe   *scribethrift.Batch
+	// timed: segments are published by age, bucket writers end when
+	// idle, and the agents pause now and then for both to happen.
+	timed bool
 }
 
 func (wl *crashWorkload) batch(i int) *scribethrift.Batch {
@@ -196,7 +205,7 @@ func (s *crashSender) sends() []int {
 // past its pause after a failure meanwhile), and stops it.
 func runCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, wl *crashWorkload, send []int, s *crashSender) error {
 	var skew atomic.Int64
-	c, stop := startCrashWriter(t, fsys, log, &skew)
+	c, stop := startCrashWriter(t, fsys, log, &skew, wl.timed)
 	defer stop()
 	lanes := map[string][]int{}
 	for _, i := range send {
@@ -220,6 +229,9 @@ func runCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, wl *crashWorklo
 					skew.Add(int64(2 * time.Second))
 				}
 				s.ok[i].Store(true)
+				if wl.timed && i%2 == 0 {
+					time.Sleep(15 * time.Millisecond)
+				}
 			}
 			errs <- nil
 		}()
@@ -346,7 +358,15 @@ func unpublished(img dfstest.Image) bool {
 // states with a segment to salvage, a writer over it is crashed before
 // each of its changes, and a third writer recovers.
 func TestCrashAtEveryFileOperation(t *testing.T) {
-	wl := newCrashWorkload()
+	t.Run("rolled by size", func(t *testing.T) { testCrashAtEveryFileOperation(t, newCrashWorkload()) })
+	t.Run("published by age, idle writers ending", func(t *testing.T) {
+		wl := newCrashWorkload()
+		wl.timed = true
+		testCrashAtEveryFileOperation(t, wl)
+	})
+}
+
+func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload) {
 	n := len(wl.batches)
 	points := recordCrashes(t, dfstest.NewCrashFS(), wl, wl.all(), newCrashSender(wl, nil, false), nil)
 
@@ -577,7 +597,9 @@ func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crash
 	}
 	elog := &errorLog{}
 	sender := newCrashSender(wl, prior, retry)
-	if err := runCrashWriter(t, fsys, elog, wl, send, sender); err != nil {
+	plain := *wl // the recovery without pauses: the crashed runs had them
+	plain.timed = false
+	if err := runCrashWriter(t, fsys, elog, &plain, send, sender); err != nil {
 		return err
 	}
 	sends := sender.sends()
