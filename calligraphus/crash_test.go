@@ -358,21 +358,27 @@ func unpublished(img dfstest.Image) bool {
 // states with a segment to salvage, a writer over it is crashed before
 // each of its changes, and a third writer recovers.
 func TestCrashAtEveryFileOperation(t *testing.T) {
-	t.Run("rolled by size", func(t *testing.T) { testCrashAtEveryFileOperation(t, newCrashWorkload()) })
+	// Every distinct state of the first crash, and of 3 salvages crashed
+	// every other one; by age, every other state of the first crash and
+	// every third of 2 salvages, for time (-race).
+	t.Run("rolled by size", func(t *testing.T) { testCrashAtEveryFileOperation(t, newCrashWorkload(), 1, 3, 2) })
 	t.Run("published by age, idle writers ending", func(t *testing.T) {
 		wl := newCrashWorkload()
 		wl.timed = true
-		testCrashAtEveryFileOperation(t, wl)
+		testCrashAtEveryFileOperation(t, wl, 2, 2, 3)
 	})
 }
 
-func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload) {
+// testCrashAtEveryFileOperation checks every stride-th distinct state of
+// a crash, and every nestedStride-th of the salvages of nested of those
+// states with a segment to salvage, crashed.
+func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nested, nestedStride int) {
 	n := len(wl.batches)
 	points := recordCrashes(t, dfstest.NewCrashFS(), wl, wl.all(), newCrashSender(wl, nil, false), nil)
 
 	rng := rand.New(rand.NewPCG(3, 9))
 	seen := map[uint64]bool{}
-	var ck crashChecks
+	ck := crashChecks{stride: stride}
 	var salvages []crashState
 	for _, s := range crashStates(points, rng, seen) {
 		ck.check(t, s, "", wl, wl.all(), false)
@@ -380,42 +386,44 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload) {
 			salvages = append(salvages, s)
 		}
 	}
-	// The salvage crashed: a sample of the states, the same every run.
-	const salvageSample = 6
-	nested := 0
+	// The salvage crashed: a sample of the states, spread evenly.
+	checked := ck.checked
+	ck.stride = nestedStride
 	for k, s1 := range salvages {
-		if k%max(1, len(salvages)/salvageSample) != 0 {
+		if k%max(1, len(salvages)/nested) != 0 {
 			continue
 		}
 		send := afterCrash(wl.all(), s1.p.ok, n)
 		fsys := dfstest.NewCrashFSFrom(s1.img)
 		for _, s := range crashStates(recordCrashes(t, fsys, wl, send, newCrashSender(wl, &s1.p, false), nil), rng, seen) {
-			nested++
 			ck.check(t, s, s1.String()+"; then its salvage's ", wl, send, false)
 		}
 	}
+	nestedChecked := ck.checked - checked
 	ck.report(t)
-	if len(salvages) == 0 || nested == 0 {
+	if len(salvages) == 0 || nestedChecked == 0 {
 		t.Error("no crash left a segment to salvage: nothing is tested")
 	}
-	t.Logf("%d batches, %d crash points, %d distinct states checked (%d with a segment to salvage, %d of a crashed salvage)", n, len(points), ck.checked, len(salvages), nested)
+	t.Logf("%d batches, %d crash points, %d distinct states checked (%d with a segment to salvage, %d of a crashed salvage)", n, len(points), ck.checked, len(salvages), nestedChecked)
 }
 
 // TestFaultThenCrashAtEveryFileOperation fails each of the writer's
-// changes to the file system in turn (an I/O error), the agent sending
-// each batch again until it is answered OK, and crashes the writer
-// before each of the few changes that follow the failure (the failed
-// segment cut back and given up, the bucket taken again and the segment
-// salvaged) and at the end, checking each crash as
-// TestCrashAtEveryFileOperation does.
+// changes to the file system in turn (an I/O error; then again with the
+// change made all the same), the agents sending each batch again until
+// it is answered OK, and crashes the writer in the few changes that
+// follow the failure (the failed segment cut back and given up, the
+// bucket taken again and the segment salvaged; every third distinct
+// state, for time), checking each crash as TestCrashAtEveryFileOperation
+// does; and, with no crash, that the failed bucket's share of a refused
+// batch is read once.
 func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 	wl := newCrashWorkload()
 	total := dfstest.NewCrashFS()
 	recordCrashes(t, total, wl, wl.all(), newCrashSender(wl, nil, false), func(int, dfstest.Call) bool { return false })
-	const window = 6 // the crash points after the failure
+	const window = 4 // the crash points after the failure
 	rng := rand.New(rand.NewPCG(5, 1))
 	seen := map[uint64]bool{}
-	var ck crashChecks
+	ck := crashChecks{stride: 3} // of the crashes after a failure, for time (-race)
 	for _, applied := range []bool{false, true} {
 		for fault := range total.Ops() {
 			failed := "failed"
@@ -536,12 +544,17 @@ func afterCrash(send []int, ok []bool, probe int) []int {
 }
 
 // crashChecks counts the crash states checked and failed.
-type crashChecks struct{ checked, failed int }
+// Every stride-th state given to check is checked (0: every one).
+type crashChecks struct{ stride, given, checked, failed int }
 
 // check recovers the crash state s of a run that sent send, and checks
 // it (checkWriterCrash), reporting the first few failures.
 func (ck *crashChecks) check(t *testing.T, s crashState, before string, wl *crashWorkload, send []int, retry bool) {
 	t.Helper()
+	ck.given++
+	if ck.stride > 1 && ck.given%ck.stride != 0 {
+		return
+	}
 	ck.checked++
 	err := checkWriterCrash(t, s.p.snap.Killed(), s.img, wl, afterCrash(send, s.p.ok, len(wl.batches)), &s.p, retry, s.model != tornModel)
 	if err != nil {
