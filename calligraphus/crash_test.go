@@ -28,6 +28,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
+	"github.com/freeway-dev/freeway/internal/testkit"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
 
@@ -134,12 +135,15 @@ func startCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, skew *atomic.
 		}
 		time.Sleep(time.Millisecond)
 	}
+	var once sync.Once
 	return c, func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-		co.Close()
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+			co.Close()
+		})
 	}
 }
 
@@ -744,4 +748,80 @@ func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crash
 		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// TestCrashSalvagedWithoutNextEntry: a writer that starts over a crashed
+// one's buckets takes those holding an unpublished segment, and so
+// publishes the acknowledged entries in it, without waiting for the next
+// entry for the bucket, which may never come.
+func TestCrashSalvagedWithoutNextEntry(t *testing.T) {
+	wl := newCrashWorkload()
+	points := recordCrashes(t, dfstest.NewCrashFS(), wl, wl.all(), newCrashSender(wl, nil, false), nil)
+	// The last crash point with a segment holding acknowledged entries
+	// in every bucket: the process killed before it published them.
+	var s crashState
+	for _, p := range points {
+		if img := p.snap.Killed(); unpublished(img) {
+			s = crashState{p, "killed", img}
+		}
+	}
+	if s.img.Files == nil {
+		t.Fatal("no crash left a segment to salvage")
+	}
+	fsys := dfstest.NewCrashFSFrom(s.img)
+	var skew atomic.Int64
+	_, stop := startCrashWriter(t, fsys, slog.DiscardHandler, &skew, false)
+	defer stop()
+	testkit.WaitFor(t, "the unpublished segments salvaged", func() bool {
+		for _, cat := range crashCategories {
+			names, err := dfs.ReadDirNames(fsys, layout.BucketDir(cat, 0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range names {
+				if _, ok := layout.ParseTempSegment(name); ok {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	stop()
+	// Read as checkWriterCrash does, the probe and what was not answered
+	// sent to a next writer; every batch answered OK before the crash was
+	// published by this one.
+	published := map[string]bool{}
+	for _, cat := range crashCategories {
+		dir := layout.BucketDir(cat, 0)
+		infos, err := layout.Published(fsys, dir, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fi := range infos {
+			data, err := dfs.ReadFile(fsys, path.Join(dir, fi.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := segment.NewReader(bytes.NewReader(data), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var b segment.Block
+			for r.Next(&b) == nil {
+				for _, m := range b.Messages {
+					published[string(m)] = true
+				}
+			}
+		}
+	}
+	for i, ok := range s.p.ok {
+		if !ok || i == len(wl.batches) {
+			continue
+		}
+		for _, e := range wl.batches[i].Messages {
+			if !published[string(e.Message)] {
+				t.Errorf("batch %d answered OK before the crash: %.12s not published", i, e.Message)
+			}
+		}
+	}
 }
