@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
@@ -157,6 +158,9 @@ type crashWorkload struct {
 	// timed: segments are published by age, bucket writers end when
 	// idle, and the agents pause now and then for both to happen.
 	timed bool
+	// salvaged: the agents wait, before they send, until the writer has
+	// salvaged every unpublished segment by itself (a local disk).
+	salvaged bool
 }
 
 func (wl *crashWorkload) batch(i int) *scribethrift.Batch {
@@ -211,6 +215,22 @@ func runCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, wl *crashWorklo
 	var skew atomic.Int64
 	c, stop := startCrashWriter(t, fsys, log, &skew, wl.timed)
 	defer stop()
+	if wl.salvaged && fsys.SyncDurable() {
+		testkit.WaitFor(t, "the unpublished segments salvaged", func() bool {
+			for _, cat := range crashCategories {
+				names, err := dfs.ReadDirNames(fsys, layout.BucketDir(cat, 0))
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					t.Fatal(err)
+				}
+				for _, name := range names {
+					if _, ok := layout.ParseTempSegment(name); ok {
+						return false
+					}
+				}
+			}
+			return true
+		})
+	}
 	lanes := map[string][]int{}
 	for _, i := range send {
 		a := wl.batch(i).AgentID
@@ -616,6 +636,7 @@ func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crash
 	sender := newCrashSender(wl, prior, retry)
 	plain := *wl // the recovery without pauses: the crashed runs had them
 	plain.timed = false
+	plain.salvaged = true
 	if err := runCrashWriter(t, fsys, elog, &plain, send, sender); err != nil {
 		return err
 	}
