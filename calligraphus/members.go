@@ -208,10 +208,17 @@ func (c *Calligraphus) askRebalance() {
 // its open segment and releases the lease; the next entries for the
 // bucket reach the preferred writer (directly or forwarded), which takes
 // it.
+//
+// It also takes, every round until each is taken, the buckets that held
+// an unpublished segment at start (leftBuckets).
 func (c *Calligraphus) rebalance(ctx context.Context) {
 	t := time.NewTicker(rebalanceEvery)
 	defer t.Stop()
+	left := c.leftBuckets(ctx)
 	for {
+		if len(left) > 0 {
+			left = c.takeLeft(ctx, left)
+		}
 		select {
 		case <-ctx.Done():
 			return

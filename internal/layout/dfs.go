@@ -71,23 +71,42 @@ var ErrSidecarMismatch = errors.New("category sidecar names another category")
 // sidecar; other categories need none. Several writers may call it at
 // once: each writes its own hidden temporary file (unique names it, a
 // lease epoch say) and renames it over the sidecar, and the contents are
-// the same.
+// the same. Once the sidecar is there, the temporary files of others
+// are removed: a crash before the rename leaves one behind, under a
+// name no later call makes again; one of a writer still at work makes
+// its rename fail, after which it finds the sidecar there, as it wants.
 func WriteSidecar(fsys dfs.FS, category, unique string) error {
 	if !NeedsSidecar(category) {
 		return nil
 	}
 	p := SidecarPath(category)
+	tmp := CategoryDir(category) + "/" + SidecarName + "." + unique + TempSuffix
 	data, err := dfs.ReadFile(fsys, p)
 	if err == nil {
 		if !bytes.Equal(data, []byte(category)) {
 			return fmt.Errorf("check %s: %w", p, ErrSidecarMismatch)
 		}
+		removeSidecarTemps(fsys, category, tmp)
 		return nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("read %s: %w", p, err)
 	}
-	tmp := CategoryDir(category) + "/" + SidecarName + "." + unique + TempSuffix
+	if err := publishSidecar(fsys, category, tmp, p); err != nil {
+		// Published meanwhile by another writer, which may have
+		// removed this one's temporary file: the same bytes.
+		if data, rerr := dfs.ReadFile(fsys, p); rerr == nil && bytes.Equal(data, []byte(category)) {
+			return nil
+		}
+		return err
+	}
+	removeSidecarTemps(fsys, category, tmp)
+	return nil
+}
+
+// publishSidecar writes the sidecar p of category through the temporary
+// file tmp.
+func publishSidecar(fsys dfs.FS, category, tmp, p string) error {
 	f, err := fsys.Create(tmp)
 	if errors.Is(err, fs.ErrExist) {
 		// Left by a crash of the same grant's writer: ours to replace.
@@ -113,6 +132,23 @@ func WriteSidecar(fsys dfs.FS, category, unique string) error {
 		return fmt.Errorf("publish %s: %w", p, err)
 	}
 	return nil
+}
+
+// removeSidecarTemps removes, best effort, the sidecar's temporary files
+// in the category's directory other than own: once the sidecar is there
+// they are of no use.
+func removeSidecarTemps(fsys dfs.FS, category, own string) {
+	dir := CategoryDir(category)
+	names, err := dfs.ReadDirNames(fsys, dir)
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		if name == path.Base(own) || !strings.HasPrefix(name, SidecarName+".") || !strings.HasSuffix(name, TempSuffix) {
+			continue
+		}
+		_ = fsys.Remove(dir + "/" + name) // best effort: the next call tries again
+	}
 }
 
 // ListBudget bounds the share of a reader's time spent listing a bucket

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/dfs/localfs"
 )
 
@@ -445,5 +446,68 @@ func TestPublishedDescribesOnlyWhatFollows(t *testing.T) {
 		if limit := len(want) + 1; cfs.described > limit {
 			t.Errorf("after %q: %d entries described for %d segments after it", after, cfs.described, len(want))
 		}
+	}
+}
+
+// TestWriteSidecarRemovesCrashedTemps: a writer that crashed before its
+// rename left its temporary sidecar, under a name no later writer makes
+// again; the next WriteSidecar removes it, whether it publishes the
+// sidecar or finds it there. A writer whose temporary file is removed
+// so while it writes finds the sidecar published and succeeds.
+func TestWriteSidecarRemovesCrashedTemps(t *testing.T) {
+	fsys, err := localfs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("l", 300)
+	crashed := func(unique string) string {
+		tmp := CategoryDir(long) + "/" + SidecarName + "." + unique + TempSuffix
+		if err := dfs.WriteFile(fsys, tmp, []byte(long[:10])); err != nil {
+			t.Fatal(err)
+		}
+		return tmp
+	}
+	left := crashed("1")
+	if err := WriteSidecar(fsys, long, "2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fsys.Stat(left); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a crashed writer's temporary sidecar left after the sidecar was published: %v", err)
+	}
+	left = crashed("3")
+	if err := WriteSidecar(fsys, long, "4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fsys.Stat(left); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a crashed writer's temporary sidecar left after the sidecar was found: %v", err)
+	}
+	if got, err := ReadSidecar(fsys, CategoryDir(long)); err != nil || got != long {
+		t.Errorf("sidecar %.12q, %v", got, err)
+	}
+
+	// A writer that read no sidecar, and whose temporary file another
+	// removes before its rename.
+	if err := fsys.Remove(SidecarPath(long)); err != nil {
+		t.Fatal(err)
+	}
+	raced := dfstest.NewFaulty(fsys)
+	raced.SetHook(func(c dfstest.Call) error {
+		if c.Op == dfstest.OpRename && strings.Contains(c.Name, ".5"+TempSuffix) {
+			raced.SetHook(nil)
+			if err := WriteSidecar(fsys, long, "6"); err != nil {
+				t.Errorf("the other writer: %v", err)
+			}
+		}
+		return nil
+	})
+	if err := WriteSidecar(raced, long, "5"); err != nil {
+		t.Errorf("a writer whose temporary sidecar another removed after publishing the sidecar: %v", err)
+	}
+	names, err := dfs.ReadDirNames(fsys, CategoryDir(long))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(names, []string{SidecarName}) {
+		t.Errorf("category directory holds %q, want the sidecar alone", names)
 	}
 }
