@@ -9,6 +9,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/ratelog"
@@ -139,7 +140,7 @@ func (c *Calligraphus) membership(ctx context.Context) {
 				return
 			}
 			c.log.Warn("cannot read the group of writers; retrying", "err", err)
-			if !sleepCtx(ctx, time.Second) {
+			if !backoff.Sleep(ctx, time.Second) {
 				return
 			}
 			continue
@@ -174,20 +175,9 @@ func (c *Calligraphus) join(ctx context.Context) coord.Membership {
 		// process has the same id.
 		c.log.Warn("cannot join the group of writers (is another live writer configured with this id?); retrying",
 			"group", layout.WriterMembers, "id", c.cfg.ID, "err", err)
-		if !sleepCtx(ctx, time.Second) {
+		if !backoff.Sleep(ctx, time.Second) {
 			return nil
 		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

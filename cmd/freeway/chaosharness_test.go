@@ -31,6 +31,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/backends"
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/thrift/gen/hbase"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -678,7 +679,7 @@ func (h *harness) generate(ctx, hard context.Context, w int) []*call {
 				if conn, err = dialScribe(a.scribe); err != nil {
 					conn = nil
 					ai = (ai + 1) % len(h.agents)
-					sleepCtx(ctx, 100*time.Millisecond)
+					backoff.Sleep(ctx, 100*time.Millisecond)
 					continue
 				}
 				conn.agent = a.name
@@ -706,9 +707,9 @@ func (h *harness) generate(ctx, hard context.Context, w int) []*call {
 			if hard.Err() != nil {
 				break send
 			}
-			sleepCtx(hard, 50*time.Millisecond)
+			backoff.Sleep(hard, 50*time.Millisecond)
 		}
-		sleepCtx(ctx, time.Duration(rng.Int64N(int64(callPause))))
+		backoff.Sleep(ctx, time.Duration(rng.Int64N(int64(callPause))))
 	}
 	return calls
 }

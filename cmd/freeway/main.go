@@ -28,6 +28,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/demo"
 	"github.com/freeway-dev/freeway/internal/freeway"
 	"github.com/freeway-dev/freeway/internal/version"
@@ -285,7 +286,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 			if r.inUseHook != nil {
 				r.inUseHook()
 			}
-			if !sleepCtx(ctx, cmp.Or(r.inUseWait, reloadInUseWait)) {
+			if !backoff.Sleep(ctx, cmp.Or(r.inUseWait, reloadInUseWait)) {
 				return nil
 			}
 			continue
@@ -352,18 +353,6 @@ const (
 	reloadInUseTries = 5
 	reloadInUseWait  = 200 * time.Millisecond
 )
-
-// sleepCtx waits d; false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // wait waits for the end (nil config) or a valid reloaded configuration.
 func (r *runner) wait(ctx context.Context, done chan error, reload chan struct{}, hup chan os.Signal) (*freeway.Config, error) {

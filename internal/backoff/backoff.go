@@ -3,15 +3,29 @@
 // waits from here (the agent's shipper and tailers, a Puma shard's reads
 // and restarts, accept errors, the HBase master's start, HDFS closes).
 //
-// It only computes durations; the caller waits them, on its own clock,
-// so that tests can drive retries without sleeping. It keeps no state
+// It computes durations; the caller waits them, on its own clock, so
+// that tests can drive retries without sleeping (Sleep waits one on the
+// real clock). It keeps no state
 // beyond one Backoff value, which is not safe for concurrent use.
 package backoff
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
+
+// Sleep waits d, or until ctx ends; false if ctx ended first.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // Backoff yields Min, 2·Min, 4·Min, ... capped at Max, one value per
 // Next, until Reset starts it over. With Jitter, each wait d is drawn

@@ -1,6 +1,7 @@
 package backoff
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -44,5 +45,17 @@ func TestDelay(t *testing.T) {
 		if got := Delay(2*time.Second, time.Minute, failures); got != want {
 			t.Errorf("Delay(%d) = %v, want %v", failures, got, want)
 		}
+	}
+}
+
+// Sleep waits its time, and returns false at once for an ended context.
+func TestSleep(t *testing.T) {
+	if !Sleep(context.Background(), time.Millisecond) {
+		t.Error("Sleep with a live context returned false")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if Sleep(ctx, time.Hour) {
+		t.Error("Sleep with an ended context returned true")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/freeway-dev/freeway/internal/backoff"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/scribewire"
 	"github.com/freeway-dev/freeway/internal/thriftsrv"
@@ -314,7 +315,7 @@ func (l *Loader) conn(ctx context.Context, j int) {
 						l.unreachable.CompareAndSwap(nil, &e)
 						return
 					}
-					if !sleep(ctx, 100*time.Millisecond) {
+					if !backoff.Sleep(ctx, 100*time.Millisecond) {
 						return
 					}
 					continue
@@ -362,7 +363,7 @@ func (l *Loader) conn(ctx context.Context, j int) {
 				break
 			}
 			l.later.Add(1)
-			if !sleep(ctx, 10*time.Millisecond) {
+			if !backoff.Sleep(ctx, 10*time.Millisecond) {
 				// Stopped while the server pushed back: the batch was
 				// not taken, so it is neither acknowledged nor unknown.
 				return
@@ -379,16 +380,4 @@ func (l *Loader) outFailed() bool {
 	l.outMu.Lock()
 	defer l.outMu.Unlock()
 	return l.outErr != nil
-}
-
-// sleep waits d or until ctx ends; false if ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
