@@ -13,7 +13,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -218,11 +217,8 @@ type runner struct {
 	// make (freeway_config_reloads_total); run creates it.
 	reloads *freeway.Reloads
 
-	// inUseWait is how long a reload waits before it tries its
-	// configuration again when an address of it is in use
-	// (reloadInUseTries in all); zero: reloadInUseWait. A test sets
-	// inUseHook, called before each wait.
-	inUseWait time.Duration
+	// inUseHook, when set (by a test), is called before each wait of a
+	// reload that found an address in use (reloadInUseTries).
 	inUseHook func()
 
 	mu         sync.Mutex
@@ -286,7 +282,7 @@ func (r *runner) run(ctx context.Context, cfg freeway.Config) error {
 			if r.inUseHook != nil {
 				r.inUseHook()
 			}
-			if !backoff.Sleep(ctx, cmp.Or(r.inUseWait, reloadInUseWait)) {
+			if !backoff.Sleep(ctx, reloadInUseWait) {
 				return nil
 			}
 			continue
