@@ -172,23 +172,9 @@ func scribetestLogFrameWithMetadata() []byte {
 // the fast path decodes them or gives up on them (an entry with
 // metadata) and the generated code decodes the arguments from the copy.
 func TestFastPathOnCallsReadInChunks(t *testing.T) {
-	start := func(h Handler) *Server {
-		limits := thriftsrv.Limits{MaxCallBytes: 16 << 20, ReadTimeout: 10 * time.Minute, BudgetWait: 10 * time.Minute}
-		srv, err := Listen("127.0.0.1:0", h, Info{Name: "chunks", Metrics: prometheus.NewRegistry()}, limits,
-			slog.New(slog.DiscardHandler), thriftsrv.WithBudget(thriftsrv.NewBudget(256<<20, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Serve(ctx) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Error(err)
-			}
-		})
-		return srv
+	limits := thriftsrv.Limits{MaxCallBytes: 16 << 20, ReadTimeout: 10 * time.Minute, BudgetWait: 10 * time.Minute}
+	serve := func(h Handler) *Server {
+		return start(t, h, limits, thriftsrv.WithBudget(thriftsrv.NewBudget(256<<20, nil)))
 	}
 	entries := func(metadata bool) []*scribethrift.LogEntry {
 		es := make([]*scribethrift.LogEntry, 3000)
@@ -217,7 +203,7 @@ func TestFastPathOnCallsReadInChunks(t *testing.T) {
 		}
 	}
 	slowH, fastH := &callLog{}, &fastLog{}
-	slow, fast := start(slowH), start(fastH)
+	slow, fast := serve(slowH), serve(fastH)
 	stream := bytes.Join(frames, nil)
 	want, err := exchange(slow.Addr(), stream)
 	if err != nil {

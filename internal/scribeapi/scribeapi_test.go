@@ -41,9 +41,9 @@ func (r *recorder) LogBatch(_ context.Context, b *scribethrift.Batch) (scribethr
 	return r.answer, nil
 }
 
-func start(t *testing.T, h Handler, limits thriftsrv.Limits) *Server {
+func start(t *testing.T, h Handler, limits thriftsrv.Limits, opts ...thriftsrv.Option) *Server {
 	t.Helper()
-	srv, err := Listen("127.0.0.1:0", h, Info{Name: "test", Version: "v1", Counters: func() map[string]int64 { return map[string]int64{"received": 7} }}, limits, slog.New(slog.DiscardHandler))
+	srv, err := Listen("127.0.0.1:0", h, Info{Name: "test", Version: "v1", Counters: func() map[string]int64 { return map[string]int64{"received": 7} }}, limits, slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
