@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,31 +22,9 @@ func TestBackfillGoesOnThroughSIGHUP(t *testing.T) {
 	for attempt, periods := range []int{6, 12, 24} {
 		f := newBackfillFixture(t, "file://"+filepath.ToSlash(filepath.Join(t.TempDir(), "warehouse")), "", periods, 25000)
 		cmd, out, done := f.backfill(t)
-		var first string
-		deadline := time.Now().Add(2 * time.Minute)
-	poll:
-		for {
-			select {
-			case err := <-done:
-				t.Logf("attempt %d (%d minutes): the backfill finished before it could be sent SIGHUP (%v)", attempt, periods, err)
-				break poll
-			default:
-			}
-			if time.Now().After(deadline) {
-				_ = cmd.Process.Kill() // the test fails anyway
-				t.Fatalf("the backfill wrote nothing in 2m:\n%s", out.String())
-			}
-			var got []string
-			if err := walk(f.dst, f.cat, &got); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				t.Fatalf("list the destination: %v", err)
-			}
-			if len(got) > 0 {
-				first = got[0]
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		first := firstFile(t, f, cmd, out, done)
 		if first == "" {
+			t.Logf("attempt %d (%d minutes): the backfill finished before it could be sent SIGHUP (%v)", attempt, periods, <-done)
 			continue
 		}
 		if err := cmd.Process.Signal(syscall.SIGHUP); errors.Is(err, os.ErrProcessDone) {

@@ -26,7 +26,7 @@ func TestBackfillStopsOnSIGINTOrSIGTERMAndResumes(t *testing.T) {
 			for attempt, periods := range []int{6, 12, 24} {
 				f := newBackfillFixture(t, "file://"+filepath.ToSlash(filepath.Join(t.TempDir(), "warehouse")), "", periods, 25000)
 				cmd, out, done := f.backfill(t)
-				if !firstFileStarted(t, f, cmd, out, done) {
+				if firstFile(t, f, cmd, out, done) == "" {
 					t.Logf("attempt %d (%d minutes): the backfill finished before it could be sent %v", attempt, periods, sig)
 					continue
 				}
@@ -78,16 +78,17 @@ func TestBackfillStopsOnSIGINTOrSIGTERMAndResumes(t *testing.T) {
 	}
 }
 
-// firstFileStarted waits until the backfill has a file at the
-// destination, reporting false if it finished first.
-func firstFileStarted(t *testing.T, f *backfillFixture, cmd *exec.Cmd, out interface{ String() string }, done chan error) bool {
+// firstFile waits until the backfill has a file at the destination and
+// returns its name, or "" if the backfill finished first (its result
+// left in done).
+func firstFile(t *testing.T, f *backfillFixture, cmd *exec.Cmd, out interface{ String() string }, done chan error) string {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		select {
 		case err := <-done:
 			done <- err
-			return false
+			return ""
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -99,7 +100,7 @@ func firstFileStarted(t *testing.T, f *backfillFixture, cmd *exec.Cmd, out inter
 			t.Fatalf("list the destination: %v", err)
 		}
 		if len(got) > 0 {
-			return true
+			return got[0]
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
