@@ -337,6 +337,20 @@ func clean(op, name string) (string, error) {
 }
 
 // lookup finds the node of name; f.mu is held.
+// find cleans name and looks it up, with fs.ErrNotExist for op when it
+// is not there; f.mu is held.
+func (f *CrashFS) find(op, name string) (string, *memNode, error) {
+	name, err := clean(op, name)
+	if err != nil {
+		return "", nil, err
+	}
+	n, ok := f.lookup(name)
+	if !ok {
+		return "", nil, &fs.PathError{Op: op, Path: name, Err: fs.ErrNotExist}
+	}
+	return name, n, nil
+}
+
 func (f *CrashFS) lookup(name string) (*memNode, bool) {
 	n := f.root
 	if name == "." {
@@ -411,15 +425,11 @@ func (f *CrashFS) Create(name string) (dfs.File, error) {
 }
 
 func (f *CrashFS) Open(name string) (dfs.Reader, error) {
-	name, err := clean("open", name)
-	if err != nil {
-		return nil, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n, ok := f.lookup(name)
-	if !ok {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	name, n, err := f.find("open", name)
+	if err != nil {
+		return nil, err
 	}
 	if n.dir {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("is a directory")}
@@ -455,29 +465,21 @@ func info(name string, n *memNode) memInfo {
 }
 
 func (f *CrashFS) Stat(name string) (fs.FileInfo, error) {
-	name, err := clean("stat", name)
-	if err != nil {
-		return nil, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n, ok := f.lookup(name)
-	if !ok {
-		return nil, &fs.PathError{Op: "stat", Path: name, Err: fs.ErrNotExist}
+	name, n, err := f.find("stat", name)
+	if err != nil {
+		return nil, err
 	}
 	return info(name, n), nil
 }
 
 func (f *CrashFS) ReadDir(name string) ([]fs.FileInfo, error) {
-	name, err := clean("readdir", name)
-	if err != nil {
-		return nil, err
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n, ok := f.lookup(name)
-	if !ok {
-		return nil, &fs.PathError{Op: "readdir", Path: name, Err: fs.ErrNotExist}
+	name, n, err := f.find("readdir", name)
+	if err != nil {
+		return nil, err
 	}
 	if !n.dir {
 		return nil, &fs.PathError{Op: "readdir", Path: name, Err: fmt.Errorf("not a directory")}
