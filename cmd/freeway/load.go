@@ -105,6 +105,10 @@ is at start + i × step.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			stopHUP := keepOnHUP(func() {
+				_, _ = fmt.Fprintln(cmd.ErrOrStderr(), "SIGHUP: freeway load has nothing to reload; it goes on (stop it with Ctrl-C or SIGTERM)")
+			})
+			defer stopHUP()
 			if progress > 0 {
 				go report(ctx, cmd, ld, progress)
 			}

@@ -133,7 +133,9 @@ func targetCommand(target, use, short string) *cobra.Command {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		if backfill {
-			stopHUP := keepOnHUP(log)
+			stopHUP := keepOnHUP(func() {
+				log.Warn("SIGHUP: a copier --backfill run does not reload its configuration; it goes on with the one it started with (to apply a new one, stop it and run it again: it resumes)")
+			})
 			defer stopHUP()
 			_, err := freeway.Backfill(ctx, cfg, freeway.Options{Version: version.Get(), Log: log}, os.Stdout, isTerminal(os.Stdout))
 			return err
@@ -147,12 +149,13 @@ func targetCommand(target, use, short string) *cobra.Command {
 	return cmd
 }
 
-// keepOnHUP makes a --backfill run go on through SIGHUP, logging that it
-// does not reload, until the returned stop. SIGHUP reloads the
-// long-running targets, which register it; a backfill kept Go's default,
-// so the SIGHUP operators send every freeway process (logrotate,
-// configuration management) killed it mid-copy.
-func keepOnHUP(log *slog.Logger) (stop func()) {
+// keepOnHUP makes a run that has nothing to reload (a copier --backfill,
+// freeway load) go on through SIGHUP, calling warn for each one, until the
+// returned stop. SIGHUP reloads the long-running targets, which register
+// it; the others kept Go's default, so the SIGHUP operators send every
+// freeway process (logrotate, configuration management, a `pkill -HUP
+// freeway` meant for reloads) killed them mid-run.
+func keepOnHUP(warn func()) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -164,7 +167,7 @@ func keepOnHUP(log *slog.Logger) (stop func()) {
 			case <-done:
 				return
 			case <-hup:
-				log.Warn("SIGHUP: a copier --backfill run does not reload its configuration; it goes on with the one it started with (to apply a new one, stop it and run it again: it resumes)")
+				warn()
 			}
 		}
 	}()
