@@ -120,8 +120,11 @@ func TestLinkSniffs(t *testing.T) {
 }
 
 // TestLinkGate: on a reconnection to the same session the first read after
-// the handshake waits for the client's SetWatches write; on a new session
-// it does not wait.
+// the handshake waits for the client's SetWatches write (or a quarter of
+// the session timeout); on a new session it does not wait. No upper time
+// bound: whether a connection has a gate, and whether the SetWatches
+// write opened it, is read from the connection, and the waits that must
+// happen are long enough that no stall of the machine ends them early.
 func TestLinkGate(t *testing.T) {
 	var servers []net.Conn
 	k := newLink(func(string, string, time.Duration) (net.Conn, error) {
@@ -130,16 +133,17 @@ func TestLinkGate(t *testing.T) {
 		return client, nil
 	}, nil)
 	defer k.shutdown()
-	// connect dials, plays the server's connect reply and a frame after
-	// it, and returns the client's socket once the handshake is read.
-	connect := func(sid int64) net.Conn {
+	// connect dials, plays the server's connect reply (session sid with
+	// timeoutMs) and a frame after it, and returns the client's socket
+	// once the handshake is read.
+	connect := func(sid int64, timeoutMs int32) *linkConn {
 		t.Helper()
 		nc, err := k.Dial("tcp", "x", time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
 		server := servers[len(servers)-1]
-		reply := connectReply(4000, sid, []byte("0123456789abcdef"))
+		reply := connectReply(timeoutMs, sid, []byte("0123456789abcdef"))
 		go func() {
 			_, _ = server.Write(reply) // the client reading it is the check
 			_, _ = server.Write([]byte("next"))
@@ -148,45 +152,66 @@ func TestLinkGate(t *testing.T) {
 		if _, err := io.ReadFull(nc, make([]byte, len(reply))); err != nil {
 			t.Fatal(err)
 		}
-		return nc
+		return nc.(*linkConn)
 	}
-	// readNext reports how long the read after the handshake took.
-	readNext := func(nc net.Conn, during func()) time.Duration {
-		t.Helper()
-		start := time.Now()
+	// readNext starts the read after the handshake, returning a channel
+	// that yields its error once it is done.
+	readNext := func(nc net.Conn) <-chan error {
 		done := make(chan error, 1)
 		go func() {
 			_, err := io.ReadFull(nc, make([]byte, 4))
 			done <- err
 		}()
-		during()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-		return time.Since(start)
+		return done
 	}
 	setWatches := binary.BigEndian.AppendUint32(nil, 8)
 	setWatches = binary.BigEndian.AppendUint32(setWatches, 7)
 	setWatches = binary.BigEndian.AppendUint32(setWatches, opSetWatches)
 
-	if d := readNext(connect(5), func() {}); d > 500*time.Millisecond {
-		t.Fatalf("first session waited %v", d)
+	if nc := connect(5, 4000); nc.gate != nil {
+		t.Fatal("the first session's connection has a gate")
+	} else if err := <-readNext(nc); err != nil {
+		t.Fatal(err)
 	}
-	nc := connect(5)
-	d := readNext(nc, func() {
-		time.Sleep(200 * time.Millisecond)
-		if _, err := nc.Write(setWatches); err != nil {
-			t.Error(err)
-		}
-	})
-	if d < 200*time.Millisecond || d > 900*time.Millisecond {
-		t.Fatalf("reconnection read after %v, want right after the SetWatches write at 200ms", d)
+
+	// A reconnection with a session timeout of 400s: the gate holds the
+	// read for 100s unless the SetWatches write opens it.
+	nc := connect(5, 400000)
+	if nc.gate == nil {
+		t.Fatal("a reconnection to the same session has no gate")
 	}
-	if d := readNext(connect(5), func() {}); d < 900*time.Millisecond || d > 3*time.Second {
+	done := readNext(nc)
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the reconnection's read did not wait for SetWatches (%v)", err)
+	default:
+	}
+	if _, err := nc.Write(setWatches); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-nc.gate:
+	default:
+		t.Fatal("the read went on, but the SetWatches write did not open the gate")
+	}
+
+	// Without SetWatches the read waits a quarter of the 4s timeout.
+	start := time.Now()
+	if err := <-readNext(connect(5, 4000)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < time.Second {
 		t.Fatalf("reconnection without SetWatches read after %v, want a quarter of the 4s session timeout", d)
 	}
-	if d := readNext(connect(6), func() {}); d > 500*time.Millisecond {
-		t.Fatalf("new session waited %v", d)
+
+	if nc := connect(6, 4000); nc.gate != nil {
+		t.Fatal("a new session's connection has a gate")
+	} else if err := <-readNext(nc); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -291,13 +291,14 @@ func TestMasterWaitIsBounded(t *testing.T) {
 	}
 	s := g.open(t)
 	s.initWait = 50 * time.Millisecond
-	start := time.Now()
+	// The put returns (no context ends it) with the master's error, after
+	// asking again while the wait lasted (backoff 1-10ms in 50ms).
 	err := s.Put(context.Background(), "t", []store.Cell{{Row: "r", Column: "c", Timestamp: 1}})
 	if err == nil || !strings.Contains(err.Error(), "hbase check table freeway_t: org.apache.hadoop.hbase.PleaseHoldException: Master is initializing") {
 		t.Fatalf("err = %v", err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("gave up after %v", d)
+	if n := g.count("tableExists"); n < 2 {
+		t.Errorf("tableExists called %d times, want it asked again while the master initialized", n)
 	}
 }
 
@@ -386,6 +387,9 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 
 func TestCancelAbortsCall(t *testing.T) {
 	g := newFakeGateway(t)
+	// The gateway answers the first get only when the test ends: the call
+	// returning at all, with the context's error, is the check (no time
+	// bound).
 	release := make(chan struct{})
 	defer close(release)
 	g.get = func(_ context.Context, n int, _ []byte, _ *hbase.TGet) (*hbase.TResult_, error) {
@@ -397,13 +401,9 @@ func TestCancelAbortsCall(t *testing.T) {
 	s := g.open(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	_, err := s.Get(ctx, "t", "r", store.Latest)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("returned after %v", d)
 	}
 	if _, err := s.Get(context.Background(), "t", "r", store.Latest); err != nil {
 		t.Fatalf("get after a cancelled one: %v", err)
