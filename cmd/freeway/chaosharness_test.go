@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -32,6 +31,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/admin"
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/backoff"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/thrift/gen/hbase"
 	scribethrift "github.com/freeway-dev/freeway/thrift/gen/scribe"
 )
@@ -1341,29 +1341,7 @@ func removeDFSTree(t *testing.T, url string) {
 		return
 	}
 	defer fsys.Close()
-	var walk func(dir string) error
-	walk = func(dir string) error {
-		infos, err := fsys.ReadDir(dir)
-		if err != nil {
-			return err
-		}
-		for _, fi := range infos {
-			p := path.Join(dir, fi.Name())
-			if dir == "" {
-				p = fi.Name()
-			}
-			if fi.IsDir() {
-				if err := walk(p); err != nil {
-					return err
-				}
-			}
-			if err := fsys.Remove(p); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if err := walk(""); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := dfstest.RemoveAll(fsys, ""); err != nil {
 		t.Logf("cleanup %s: %v", url, err)
 	}
 }

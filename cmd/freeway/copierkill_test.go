@@ -19,6 +19,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/dfs"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/enginetest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
@@ -51,7 +52,7 @@ func TestCopierKilledMidFileDeliversEveryLineOnce(t *testing.T) {
 				return
 			}
 			defer parent.Close()
-			if err := removeTree(parent, name); err != nil {
+			if err := dfstest.RemoveAll(parent, name); err != nil {
 				t.Errorf("clean up %s: %v", name, err)
 			}
 		})
@@ -278,27 +279,4 @@ func walk(fsys dfs.FS, name string, out *[]string) error {
 		*out = append(*out, p)
 	}
 	return nil
-}
-
-// removeTree removes name and everything under it.
-func removeTree(fsys dfs.FS, name string) error {
-	fi, err := fsys.Stat(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		infos, err := fsys.ReadDir(name)
-		if err != nil {
-			return err
-		}
-		for _, c := range infos {
-			if err := removeTree(fsys, path.Join(name, c.Name())); err != nil {
-				return err
-			}
-		}
-	}
-	return fsys.Remove(name)
 }

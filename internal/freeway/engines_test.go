@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/backends"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
 	"github.com/freeway-dev/freeway/internal/layout"
 	"github.com/freeway-dev/freeway/internal/segment"
 )
@@ -126,29 +125,7 @@ func removeTree(t *testing.T, url string) {
 		return
 	}
 	defer fsys.Close()
-	var walk func(dir string) error
-	walk = func(dir string) error {
-		infos, err := fsys.ReadDir(dir)
-		if err != nil {
-			return err
-		}
-		for _, fi := range infos {
-			p := path.Join(dir, fi.Name())
-			if dir == "" {
-				p = fi.Name()
-			}
-			if fi.IsDir() {
-				if err := walk(p); err != nil {
-					return err
-				}
-			}
-			if err := fsys.Remove(p); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if err := walk(""); err != nil && !strings.Contains(err.Error(), "not exist") {
+	if err := dfstest.RemoveAll(fsys, ""); err != nil {
 		t.Logf("cleanup %s: %v", url, err)
 	}
 }

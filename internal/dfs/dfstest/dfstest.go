@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand"
+	"path"
 	"sync"
 	"testing"
 
@@ -492,4 +493,38 @@ func testWriteFileReadFile(t *testing.T, fsys dfs.FS) {
 	if len(infos) != 1 {
 		t.Fatalf("leftover temporary files: %d entries", len(infos))
 	}
+}
+
+// RemoveAll removes name and everything under it ("": everything in
+// fsys, the root itself kept). A name that does not exist is no error:
+// tests clean up with it, also after a run that never wrote.
+func RemoveAll(fsys dfs.FS, name string) error {
+	if name != "" {
+		fi, err := fsys.Stat(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fsys.Remove(name)
+		}
+	}
+	infos, err := fsys.ReadDir(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, fi := range infos {
+		if err := RemoveAll(fsys, path.Join(name, fi.Name())); err != nil {
+			return err
+		}
+	}
+	if name == "" {
+		return nil
+	}
+	return fsys.Remove(name)
 }
