@@ -44,7 +44,10 @@
 // tells by writing a hidden probe file (_freeway-copier-probe-<random>)
 // at the destination root and looking for it in the source, and, where
 // the roots' paths nest (a local directory, symbolic links resolved; an
-// HDFS path), where it would show there; the probe is removed.
+// HDFS path), where it would show there; the probe is removed. One that a
+// copier crashing between writing and removing it left is removed by the
+// first copier started once it is an hour old (by the destination's
+// clock): younger, it may be another copier's, starting.
 //
 // One copier is active at a time: it holds the coord lease named after its
 // progress table ("copier" by default). Others stand by and take over
