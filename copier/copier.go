@@ -72,6 +72,7 @@ type Copier struct {
 	marks      map[string]mark     // bucket dir → progress; loaded once per lease grant
 	marksEpoch int64               // the grant marks was loaded under
 	swept      map[string]bool     // destination bucket dirs cleared of stale temporary files
+	copiesSeen map[string]bool     // bucket dirs whose merge looked for a segment copied and not recorded (skipCopied)
 	retained   map[string]bool     // bucket dirs checked for segments retention deleted uncopied
 	listings   map[string]*listing // bucket dir → its last listing (listBucket), under the grant of marks
 

@@ -163,7 +163,9 @@
 // Progress for retention. "last" names the last segment read to its end
 // whose lines are all in published files; retention deletes no segment
 // after it. Switching from copying segments to merging starts the merge
-// after the last segment copied, also when it merged before: merge
+// after the last segment copied (and after the next one, if it is at the
+// destination as in the source: copying published it and stopped before
+// recording it, a crash or a stop), also when it merged before: merge
 // progress stored then, behind segments copied since (and perhaps deleted
 // by retention), is passed over, period files it had decided and not
 // published included (their lines were copied in their segments).

@@ -25,6 +25,7 @@ type bucketJob struct {
 	segs     []fs.FileInfo // published segments after mark, in name order
 	done     int           // how many of segs are done
 	sweep    bool          // clear stale temporary files at the destination first
+	findCopy bool          // merging: look for a segment copied and not recorded first (skipCopied)
 }
 
 // passState is what the workers of one pass share.
@@ -87,6 +88,7 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progre
 		// Another copier may have been active since this one last held the
 		// lease: look at every destination bucket afresh.
 		c.swept = map[string]bool{}
+		c.copiesSeen = map[string]bool{}
 		c.retained = map[string]bool{}
 		c.listings = map[string]*listing{}
 	}
@@ -220,7 +222,7 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		ps.categories[layout.Label(cat.Name)] = cat.Name
 		for _, b := range buckets {
 			dir := layout.BucketDir(cat.Name, b)
-			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir] && !c.cfg.Merging()}
+			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir] && !c.cfg.Merging(), findCopy: !c.copiesSeen[dir]}
 			c.checkRetained(j)
 			segs, err := ps.listBucket(dir, j.mark.last)
 			if err != nil {
