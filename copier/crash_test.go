@@ -783,6 +783,8 @@ var crashModes = []struct {
 	{"merging", true, CompressionNone, false, false},
 	{"merging gzip", true, CompressionGzip, false, false},
 	{"merging gzip to HDFS", true, CompressionGzip, true, false},
+	{"copying, then merging", false, "", false, true},
+	{"merging gzip, then copying", true, CompressionGzip, false, true},
 }
 
 // TestCopierCrashAtEveryOperation crashes the copier before each of its

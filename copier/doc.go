@@ -69,7 +69,8 @@
 // the segment at the destination and skips it. A temporary file a crash
 // left at the destination is removed: when the segment is copied again
 // under the same lease, and for every bucket when a copier takes the
-// lease (those of earlier epochs: a later one's is a newer holder's).
+// lease (those of earlier epochs: a later one's is a newer holder's),
+// also by a copier that merges.
 //
 // Assumption, shared with ptail: segment names sort in publish order
 // within a bucket, so a segment that appears with a name at or before the
@@ -143,7 +144,9 @@
 // and CRC of its lines, are recorded in the progress row; (3) the file is
 // renamed to its final name; (4) the progress moves past the range. A
 // crash before (2) leaves a temporary file, removed when the period is
-// written again under a later epoch. A copier that lost its lease without
+// written again under a later epoch (not if merge_period or compression
+// changed meanwhile, which changes its name, nor by a copier restarted
+// copying segments: hidden, it stays). A copier that lost its lease without
 // seeing it yet never touches the new holder's temporary file (its epoch
 // is later), so the new holder renames only the file it verified, never
 // one the stale copier is still writing; the stale copier's own rename

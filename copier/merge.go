@@ -180,6 +180,10 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 	if ctx.Err() != nil {
 		return
 	}
+	ps.sweepOnce(j)
+	if len(j.segs) == 0 {
+		return
+	}
 	if layout.NeedsSidecar(j.category) {
 		unique := strconv.FormatInt(c.marksEpoch, 16) + "-" + strconv.Itoa(j.bucket)
 		if err := layout.WriteSidecar(c.deps.Dest, j.category, unique); err != nil {
