@@ -72,6 +72,7 @@ type Copier struct {
 	marks      map[string]mark     // bucket dir → progress; loaded once per lease grant
 	marksEpoch int64               // the grant marks was loaded under
 	swept      map[string]bool     // destination bucket dirs cleared of stale temporary files
+	copiesSeen map[string]bool     // bucket dirs whose merge looked for a segment copied and not recorded (skipCopied)
 	retained   map[string]bool     // bucket dirs checked for segments retention deleted uncopied
 	listings   map[string]*listing // bucket dir → its last listing (listBucket), under the grant of marks
 
@@ -211,6 +212,9 @@ func (c *Copier) Backfill(ctx context.Context, report func(Progress)) (Stats, er
 // probePrefix starts the name of the hidden file distinct writes.
 const probePrefix = "_freeway-copier-probe-"
 
+// probeMaxAge is older than any probe a copier is still using.
+const probeMaxAge = time.Hour
+
 // distinct fails if dst is src under another name (a symbolic link,
 // localhost for 127.0.0.1) or if one is inside the other: the copier's
 // removal of stale temporary files at the destination would delete the
@@ -226,7 +230,9 @@ func distinct(src, dst dfs.FS) error {
 	probe := probePrefix + hex.EncodeToString(b[:])
 
 	// seen writes name at dst and returns the first of names at which
-	// src shows it, -1 if none.
+	// src shows it, -1 if none. written is when dst wrote it, by its
+	// clock, if it says.
+	var written time.Time
 	seen := func(name string, names ...string) (int, error) {
 		f, err := dst.Create(name)
 		if err != nil {
@@ -236,6 +242,9 @@ func distinct(src, dst dfs.FS) error {
 		defer func() { _ = dst.Remove(name) }()
 		if err := f.Close(); err != nil {
 			return -1, fmt.Errorf("copier: write probe %s at destination %s: %w", name, dst, err)
+		}
+		if fi, err := dst.Stat(name); err == nil {
+			written = fi.ModTime()
 		}
 		for i, n := range names {
 			_, err := src.Stat(n)
@@ -277,6 +286,9 @@ func distinct(src, dst dfs.FS) error {
 	case i > 0:
 		return fmt.Errorf("copier destination %s is inside its source %s", dst, src)
 	}
+	if !written.IsZero() {
+		removeStaleProbes(dst, written)
+	}
 	if srcUnder != "" {
 		// Only where the destination has that directory: a probe made
 		// elsewhere would leave directories behind.
@@ -291,6 +303,24 @@ func distinct(src, dst dfs.FS) error {
 		}
 	}
 	return nil
+}
+
+// removeStaleProbes removes the probes at the root of dst that are older
+// than any probe still in use can be: left by copiers that crashed
+// between writing and removing them, which would stay for ever. Their
+// age is by dst's clock (now is when it wrote this copier's probe): a
+// copier's own may be off. Best effort: a probe left is an empty hidden
+// file, which readers pass over.
+func removeStaleProbes(dst dfs.FS, now time.Time) {
+	infos, err := dst.ReadDir("")
+	if err != nil {
+		return
+	}
+	for _, fi := range infos {
+		if !fi.IsDir() && strings.HasPrefix(fi.Name(), probePrefix) && fi.ModTime().Before(now.Add(-probeMaxAge)) {
+			_ = dst.Remove(fi.Name())
+		}
+	}
 }
 
 // under reports whether the slash-separated path p is strictly under

@@ -968,6 +968,33 @@ func TestNewRefusesSourceUnderAnotherName(t *testing.T) {
 
 var _ io.Reader = ctxReader{}
 
+// TestNewRemovesProbesCrashesLeft: a copier that crashed between writing
+// its probe at the destination and removing it left the probe there; a
+// copier started once the probe is older than any probe in progress can
+// be removes it, and leaves a recent one alone (another copier's, which
+// is starting).
+func TestNewRemovesProbesCrashesLeft(t *testing.T) {
+	e := newEnv(t)
+	root, err := e.dst.(dfs.Rooted).RootPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, recent := probePrefix+"0123456789abcdef", probePrefix+"fedcba9876543210"
+	for name, age := range map[string]time.Duration{old: probeMaxAge + time.Minute, recent: time.Minute} {
+		if err := dfs.WriteFile(e.dst, name, nil); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now().Add(-age)
+		if err := os.Chtimes(filepath.Join(root, name), at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.copier(t, "a")
+	if got := files(t, e.dst, ""); !slices.Equal(got, []string{recent}) {
+		t.Errorf("destination holds %q after New, want only the recent probe %s", got, recent)
+	}
+}
+
 // TestStaleCopierNeverPublishesAPartialSegment: a copier that lost its
 // lease without seeing it yet copies the segment the new holder is about
 // to publish, and is cut off mid-write: the published copy is still the

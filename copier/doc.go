@@ -44,7 +44,10 @@
 // tells by writing a hidden probe file (_freeway-copier-probe-<random>)
 // at the destination root and looking for it in the source, and, where
 // the roots' paths nest (a local directory, symbolic links resolved; an
-// HDFS path), where it would show there; the probe is removed.
+// HDFS path), where it would show there; the probe is removed. One that a
+// copier crashing between writing and removing it left is removed by the
+// first copier started once it is an hour old (by the destination's
+// clock): younger, it may be another copier's, starting.
 //
 // One copier is active at a time: it holds the coord lease named after its
 // progress table ("copier" by default). Others stand by and take over
@@ -66,7 +69,8 @@
 // the segment at the destination and skips it. A temporary file a crash
 // left at the destination is removed: when the segment is copied again
 // under the same lease, and for every bucket when a copier takes the
-// lease (those of earlier epochs: a later one's is a newer holder's).
+// lease (those of earlier epochs: a later one's is a newer holder's),
+// also by a copier that merges.
 //
 // Assumption, shared with ptail: segment names sort in publish order
 // within a bucket, so a segment that appears with a name at or before the
@@ -140,7 +144,9 @@
 // and CRC of its lines, are recorded in the progress row; (3) the file is
 // renamed to its final name; (4) the progress moves past the range. A
 // crash before (2) leaves a temporary file, removed when the period is
-// written again under a later epoch. A copier that lost its lease without
+// written again under a later epoch (not if merge_period or compression
+// changed meanwhile, which changes its name, nor by a copier restarted
+// copying segments: hidden, it stays). A copier that lost its lease without
 // seeing it yet never touches the new holder's temporary file (its epoch
 // is later), so the new holder renames only the file it verified, never
 // one the stale copier is still writing; the stale copier's own rename
@@ -160,7 +166,9 @@
 // Progress for retention. "last" names the last segment read to its end
 // whose lines are all in published files; retention deletes no segment
 // after it. Switching from copying segments to merging starts the merge
-// after the last segment copied, also when it merged before: merge
+// after the last segment copied (and after the next one, if it is at the
+// destination as in the source: copying published it and stopped before
+// recording it, a crash or a stop), also when it merged before: merge
 // progress stored then, behind segments copied since (and perhaps deleted
 // by retention), is passed over, period files it had decided and not
 // published included (their lines were copied in their segments).

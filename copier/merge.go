@@ -180,6 +180,10 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 	if ctx.Err() != nil {
 		return
 	}
+	ps.sweepOnce(j)
+	if len(j.segs) == 0 {
+		return
+	}
 	if layout.NeedsSidecar(j.category) {
 		unique := strconv.FormatInt(c.marksEpoch, 16) + "-" + strconv.Itoa(j.bucket)
 		if err := layout.WriteSidecar(c.deps.Dest, j.category, unique); err != nil {
@@ -193,6 +197,18 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 		st := j.state()
 		var f *mergedFile
 		fresh := st.Pending == nil
+		if fresh && j.findCopy {
+			switch done, ok := ps.skipCopied(ctx, j, st, buf); {
+			case !ok:
+				return
+			case done:
+				continue
+			}
+			j.findCopy = false
+			ps.mu.Lock()
+			c.copiesSeen[j.dir] = true
+			ps.mu.Unlock()
+		}
 		if fresh {
 			var err error
 			if f, err = ps.closePeriod(ctx, j, st, buf); err != nil || f == nil {
@@ -225,6 +241,65 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 		ps.setMark(j, next)
 		ps.merged(j, f, out, prevLast)
 	}
+}
+
+// skipCopied records as done the segment the merge of j would go on with
+// (at st.Pos), if it is at the destination already, as the source's:
+// whole, or its part from st.Pos (a segment cut short after a merge,
+// openPart). Copying segments (merge_period unset before this run)
+// published it, and stopped before recording it: a crash, a stop whose
+// context refused the progress write. Merged, its lines would be at the
+// destination twice. It reports whether it recorded one; ok is false
+// after a failure, reported, which stops the bucket. Only an earlier
+// copier can have left such a segment: the merge looks once per bucket
+// and grant (copiesSeen), one Stat at the destination when there is
+// nothing to skip.
+func (ps *passState) skipCopied(ctx context.Context, j *bucketJob, st mergeState, buf []byte) (done, ok bool) {
+	c := ps.c
+	var seg fs.FileInfo
+	from := int64(0)
+	for _, fi := range j.segs {
+		if fi.Name() == st.Pos.Segment && st.Pos.Offset >= 0 {
+			seg, from = fi, st.Pos.Offset
+			break
+		}
+		if fi.Name() > st.Pos.Segment {
+			seg = fi
+			break
+		}
+	}
+	if seg == nil {
+		return false, true
+	}
+	name := path.Join(j.dir, seg.Name())
+	dst, err := c.deps.Dest.Stat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, true
+	}
+	if err != nil {
+		ps.mergeFailed(ctx, j, fmt.Errorf("stat %s in %s: %w", name, c.deps.Dest, err))
+		return false, false
+	}
+	same, err := c.sameAsSource(ctx, name, seg.Size(), from, dst, buf)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, true // gone from the source: the merge counts it vanished
+	}
+	if err != nil {
+		ps.mergeFailed(ctx, j, err)
+		return false, false
+	}
+	if !same {
+		return false, true
+	}
+	next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, seg.Name(), ptail.Position{}, ps.owner, c.now().UnixMilli())
+	if err != nil {
+		ps.progressFailed(ctx, j, err)
+		return false, false
+	}
+	c.log.Info("segment copied to the destination before merge_period was set; merging goes on after it", "segment", name)
+	j.mark = next
+	ps.done(j, skipped, 0, seg.Size())
+	return true, true
 }
 
 func (ps *passState) mergeFailed(ctx context.Context, j *bucketJob, err error) {

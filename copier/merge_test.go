@@ -646,6 +646,40 @@ func TestMergeResumesAfterSegmentsCopiedMeanwhile(t *testing.T) {
 	}
 }
 
+// TestMergeAfterCopyNotRecordedSkipsTheCopiedSegment: a copier copying
+// segments published one and stopped before recording it (a crash, or
+// its context ended after the rename: the progress write is refused),
+// and is restarted merging: the segment copied is not merged too, which
+// would put its lines at the destination twice; the merge goes on after
+// it.
+func TestMergeAfterCopyNotRecordedSkipsTheCopiedSegment(t *testing.T) {
+	e := newMergeEnv(t)
+	copied, merged := lines("copied", 2), lines("merged", 2)
+	e.publishAt(t, "access", 0, 1, t0.Add(time.Minute), blk{t0.Add(time.Minute), copied})
+	e.publishAt(t, "access", 0, 2, t0.Add(2*time.Minute), blk{t0.Add(2 * time.Minute), merged})
+	fst := &faultStore{Store: e.st, k: 1}
+	stopped := e.copier(t, "a", withStore(fst))
+	if _, err := stopped.CopyOnce(context.Background()); err == nil || !fst.fired {
+		t.Fatalf("CopyOnce: %v, want the first progress write failed", err)
+	}
+	segs := files(t, e.dst, layout.BucketDir("access", 0))
+	if len(segs) != 1 {
+		t.Fatalf("copied %q before the failure, want the first segment", segs)
+	}
+
+	e.clock.Set(t0.Add(2 * time.Hour))
+	st := mergePass(t, e.copier(t, "b", e.merging(nil)))
+	if got := readMergedText(t, e.dst, hourFile("access", 0, t0)); got != text(merged) {
+		t.Errorf("merged %q, want only the segment not copied: %q", got, text(merged))
+	}
+	if st.Skipped != 1 {
+		t.Errorf("%+v, want the copied segment counted skipped", st)
+	}
+	if last, _ := LastCopied(context.Background(), e.st, "copier", "access", 0); last != layout.SegmentName(1, 2) {
+		t.Errorf("progress %q, want the last segment", last)
+	}
+}
+
 // TestMergeWithLostProgressKeepsPublishedFiles: progress lost (a new
 // store) after retention deleted merged segments: the files already
 // published are kept, never rewritten with fewer lines.

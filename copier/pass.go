@@ -25,6 +25,7 @@ type bucketJob struct {
 	segs     []fs.FileInfo // published segments after mark, in name order
 	done     int           // how many of segs are done
 	sweep    bool          // clear stale temporary files at the destination first
+	findCopy bool          // merging: look for a segment copied and not recorded first (skipCopied)
 }
 
 // passState is what the workers of one pass share.
@@ -87,6 +88,7 @@ func (c *Copier) pass(ctx context.Context, lease coord.Lease, report func(Progre
 		// Another copier may have been active since this one last held the
 		// lease: look at every destination bucket afresh.
 		c.swept = map[string]bool{}
+		c.copiesSeen = map[string]bool{}
 		c.retained = map[string]bool{}
 		c.listings = map[string]*listing{}
 	}
@@ -220,7 +222,7 @@ func (ps *passState) discover(ctx context.Context) ([]*bucketJob, error) {
 		ps.categories[layout.Label(cat.Name)] = cat.Name
 		for _, b := range buckets {
 			dir := layout.BucketDir(cat.Name, b)
-			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir] && !c.cfg.Merging()}
+			j := &bucketJob{category: cat.Name, label: layout.Label(cat.Name), bucket: b, dir: dir, mark: c.marks[dir], sweep: !c.swept[dir], findCopy: !c.copiesSeen[dir]}
 			c.checkRetained(j)
 			segs, err := ps.listBucket(dir, j.mark.last)
 			if err != nil {
@@ -279,12 +281,7 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 	if ctx.Err() != nil {
 		return
 	}
-	if j.sweep {
-		c.sweep(j.dir)
-		ps.mu.Lock()
-		c.swept[j.dir] = true
-		ps.mu.Unlock()
-	}
+	ps.sweepOnce(j)
 	if len(j.segs) > 0 && layout.NeedsSidecar(j.category) {
 		// The destination lists the category by its sidecar too. Several
 		// buckets of one category may write it at once: each under its
@@ -355,6 +352,20 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 		j.mark = next
 		ps.done(j, out, n, fi.Size())
 	}
+}
+
+// sweepOnce clears j's destination bucket directory of the temporary
+// files earlier epochs left (sweep), the first time under this grant: a
+// merging copier too, for a copier copying segments may have left them
+// before merge_period was set.
+func (ps *passState) sweepOnce(j *bucketJob) {
+	if !j.sweep {
+		return
+	}
+	ps.c.sweep(j.dir)
+	ps.mu.Lock()
+	ps.c.swept[j.dir] = true
+	ps.mu.Unlock()
 }
 
 func (ps *passState) fail(err error) {
