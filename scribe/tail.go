@@ -805,7 +805,7 @@ func (t *tailer) save() {
 	}
 	b, err := json.Marshal(p)
 	if err == nil {
-		err = diskqueue.WriteFileAtomic(t.posPath, b)
+		err = diskqueue.WriteFileAtomicHook(t.posPath, b, t.a.fileHook)
 	}
 	t.dirty = err != nil
 	if err != nil {

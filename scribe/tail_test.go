@@ -237,7 +237,7 @@ func TestTailResumesTheFileItChecked(t *testing.T) {
 		}
 		appendFile(t, log, "new1\n")
 	})
-	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = func(string) { rotate() } })
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = func(string) { rotate() } }, nil)
 	waitLines(t, up, "old1", "old2", "old3", "new1")
 	appendFile(t, log, "new2\n")
 	waitLines(t, up, "old1", "old2", "old3", "new1", "new2")
@@ -274,7 +274,7 @@ func TestTailFindsARotatedFileRenamedAgainAsItLooks(t *testing.T) {
 				shift()
 			}
 		}
-	})
+	}, nil)
 	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
 	if got, want := messagesOf(t, up), []string{"old1", "old2", "old3", "new1"}; !slices.Equal(got, want) {
 		t.Fatalf("upstream has %q, want %q", got, want)
