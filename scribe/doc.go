@@ -133,8 +133,16 @@
 //
 // A tailed file resumes at its saved offset: after a clean stop nothing is
 // lost or repeated. After a crash, the lines queued between the queue's
-// fsync and the position's save (at most one batch) are queued again
-// (at-least-once); nothing is lost. If the file was rotated while the
+// fsync and the position's save (at most one batch; all those since the
+// last save while a full disk refuses the saves) are queued again
+// (at-least-once); nothing is lost. A position is saved whole (a
+// temporary file fsynced, renamed over the old one, the directory
+// fsynced), so a crash, of the process or of the machine, leaves the old
+// one or the new one, never a torn one. One damaged otherwise (a bad
+// disk, an edit) is ignored with a warning, and the file the path names
+// is read from its start: its lines are queued again, and the rest of a
+// rotated file being read, and of the files held after it all but the
+// one the path names, are not read. If the file was rotated while the
 // agent was down, the rotated file is found in the same directory by its
 // identity (device and inode) and finished first. So are the files it held
 // open to read after it (saved with the position), also when renamed away

@@ -194,6 +194,32 @@ func TestTailResumesAfterARestartWithoutLossOrRepeats(t *testing.T) {
 	waitLines(t, up, "1", "2", "3", "4-partial", "5", "6")
 }
 
+// TestTailRereadsAFileWhosePositionIsDamaged: a crash leaves the old
+// position or the new one (TestTailCrashAtEveryFileOperation), but one
+// damaged otherwise (a bad disk, an edit) is not trusted: the file is
+// read from its start, its lines queued again rather than lost, with a
+// warning that says so.
+func TestTailRereadsAFileWhosePositionIsDamaged(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "app.log")
+	appendFile(t, log, "1\n2\n")
+	up := startUpstream(t, "127.0.0.1:0", nil)
+	cfg := tailConfig(dir, up.srv.Addr(), log)
+	a := startAgent(t, cfg)
+	waitLines(t, up, "1", "2")
+	a.stopped(t)
+
+	if err := os.WriteFile(a.tails[0].posPath, []byte(`{"path":`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "3\n")
+	b := startAgent(t, cfg)
+	waitLines(t, up, "1", "2", "1", "2", "3")
+	if lines := b.logs.Lines("level=WARN", "unreadable tail position; reading the file from its start"); len(lines) != 1 {
+		t.Fatalf("no warning about the damaged position:\n%s", b.logs.String())
+	}
+}
+
 func TestTailFinishesAFileRotatedWhileStopped(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "app.log")
