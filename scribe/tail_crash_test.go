@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -111,33 +112,13 @@ func (c *tailCrash) step(do func()) {
 }
 
 // logs returns the logs by name, with their inodes.
-func (c *tailCrash) logs() map[string]uint64 {
-	ents, err := os.ReadDir(c.logDir)
-	if err != nil {
-		c.t.Error(err)
-	}
-	logs := map[string]uint64{}
-	for _, e := range ents {
-		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
-			logs[e.Name()] = idOf(fi).ino
-		}
-	}
-	return logs
-}
+func (c *tailCrash) logs() map[string]uint64 { return c.files(c.logDir) }
 
-func (c *tailCrash) readLog(name string) []byte {
-	b, err := os.ReadFile(filepath.Join(c.logDir, name))
-	if err != nil {
-		c.t.Error(err)
-	}
-	return b
-}
-
-// scan returns the regular files under dir by path (relative to it),
-// with their inodes, and marks those just created.
-func (c *tailCrash) scan() map[string]uint64 {
+// files returns the regular files under dir by path (relative to it),
+// with their inodes.
+func (c *tailCrash) files(dir string) map[string]uint64 {
 	files := map[string]uint64{}
-	err := filepath.WalkDir(c.dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
@@ -145,14 +126,21 @@ func (c *tailCrash) scan() map[string]uint64 {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(c.dir, p) // under c.dir, walked from it
+		rel, _ := filepath.Rel(dir, p) // under dir, walked from it
 		files[rel] = idOf(fi).ino
-		c.nameIno[rel] = idOf(fi).ino
 		return nil
 	})
 	if err != nil {
 		c.t.Error(err)
 	}
+	return files
+}
+
+// scan returns the agent's files under dir by path (relative to it),
+// with their inodes, and marks those just created.
+func (c *tailCrash) scan() map[string]uint64 {
+	files := c.files(c.dir)
+	maps.Copy(c.nameIno, files)
 	for name := range c.created {
 		if ino, ok := files[name]; ok {
 			c.fresh[ino] = true
@@ -163,8 +151,14 @@ func (c *tailCrash) scan() map[string]uint64 {
 	return files
 }
 
-func (c *tailCrash) read(rel string) []byte {
-	b, err := os.ReadFile(filepath.Join(c.dir, rel))
+// read returns the agent's file at rel under dir.
+func (c *tailCrash) read(rel string) []byte { return c.readIn(c.dir, rel) }
+
+// readLog returns the log name.
+func (c *tailCrash) readLog(name string) []byte { return c.readIn(c.logDir, name) }
+
+func (c *tailCrash) readIn(dir, name string) []byte {
+	b, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
 		c.t.Error(err)
 	}
@@ -422,7 +416,6 @@ func (w *tailWorkload) steps(log string) []func() {
 // (every line queued stays in the queue), a few lines to a batch.
 func tailCrashConfig(t *testing.T, dir, log string) Config {
 	cfg := tailConfig(dir, deadAddr(t), log)
-	cfg.QueueDir = filepath.Join(dir, "queue")
 	cfg.BatchEntries = 4
 	cfg.SegmentBytes = 4 << 10
 	return cfg
@@ -465,9 +458,12 @@ func caughtUp(a *agent, log string) bool {
 func runTailCrash(t *testing.T, at int, mode string) (string, *agent) {
 	t.Helper()
 	dir := testkit.MemDir(t, "scribe-tailcrash-")
-	log := filepath.Join(dir, "app.log")
+	log := filepath.Join(dir, "logs", "app.log")
+	if err := os.Mkdir(filepath.Dir(log), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	cfg := tailCrashConfig(t, dir, log)
-	sim := newTailCrash(t, cfg.QueueDir, dir, at, mode)
+	sim := newTailCrash(t, cfg.QueueDir, filepath.Dir(log), at, mode)
 	a := startAgentSetup(t, cfg, nil, nil, func(a *Agent) { sim.tailer = a.tails[0] }, sim.hook)
 	w := &tailWorkload{t: t}
 	var b *agent

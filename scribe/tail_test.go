@@ -200,21 +200,15 @@ func TestTailResumesAfterARestartWithoutLossOrRepeats(t *testing.T) {
 // read from its start, its lines queued again rather than lost, with a
 // warning that says so.
 func TestTailRereadsAFileWhosePositionIsDamaged(t *testing.T) {
-	dir := t.TempDir()
-	log := filepath.Join(dir, "app.log")
-	appendFile(t, log, "1\n2\n")
-	up := startUpstream(t, "127.0.0.1:0", nil)
-	cfg := tailConfig(dir, up.srv.Addr(), log)
-	a := startAgent(t, cfg)
-	waitLines(t, up, "1", "2")
+	log, up, clk, a := startRotatingTail(t)
 	a.stopped(t)
 
 	if err := os.WriteFile(a.tails[0].posPath, []byte(`{"path":`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	appendFile(t, log, "3\n")
-	b := startAgent(t, cfg)
-	waitLines(t, up, "1", "2", "1", "2", "3")
+	appendFile(t, log, "a2\n")
+	b := startAgentClock(t, rotatingTailConfig(log, up), &pollClock{interval: clk.interval})
+	waitLines(t, up, "a1", "a1", "a2")
 	if lines := b.logs.Lines("level=WARN", "unreadable tail position; reading the file from its start"); len(lines) != 1 {
 		t.Fatalf("no warning about the damaged position:\n%s", b.logs.String())
 	}
