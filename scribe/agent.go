@@ -45,6 +45,9 @@ type Agent struct {
 	ran     atomic.Bool
 	// entries pools the []diskqueue.Entry a call is queued from.
 	entries sync.Pool
+	// fileHook, a crash test's, runs before each change to the queue's
+	// files and to the tail positions (diskqueue.Options.FileHook).
+	fileHook func(op diskqueue.FileOp, path string) error
 }
 
 // Deps are what the agent needs from the wiring: the common ones only.
@@ -63,12 +66,13 @@ type Deps struct {
 // New opens the queue in cfg.QueueDir (a new incarnation; a torn tail is
 // truncated) and binds cfg.Listen, so that Addr works before Run.
 func New(cfg Config, deps Deps) (*Agent, error) {
-	return newAgent(cfg, deps, nil)
+	return newAgent(cfg, deps, nil, nil)
 }
 
 // newAgent is New with a clock for the waits (nil: deps.Now and real
-// timers); tests give theirs.
-func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
+// timers) and a hook before each change to the agent's files (nil:
+// none); tests give theirs.
+func newAgent(cfg Config, deps Deps, clk clock, fileHook func(diskqueue.FileOp, string) error) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -83,12 +87,13 @@ func newAgent(cfg Config, deps Deps, clk clock) (*Agent, error) {
 	q, err := diskqueue.Open(diskqueue.Options{
 		Dir: cfg.QueueDir, MaxBytes: int64(cfg.MaxQueueBytes), SegmentBytes: int64(cfg.SegmentBytes),
 		Compress: cfg.QueueCompress, CompressAbove: min(int64(cfg.QueueCompressAbove), int64(cfg.MaxQueueBytes)/2), Logger: log,
+		FileHook: fileHook,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open agent queue: %w", err)
 	}
 	a := &Agent{cfg: cfg, log: log, rl: ratelog.New(log, time.Minute, 5), clock: clk, q: q, c: newCounters(),
-		maxEntry: shippable(int64(cfg.MaxCallBytes), q.ID())}
+		maxEntry: shippable(int64(cfg.MaxCallBytes), q.ID()), fileHook: fileHook}
 	a.entries.New = func() any { return new([]diskqueue.Entry) }
 	for _, tc := range cfg.Tail {
 		a.tails = append(a.tails, newTailer(a, tc))

@@ -53,8 +53,14 @@
 // newline, splits a line over MaxMessageBytes into pieces of
 // MaxMessageBytes (counted in freeway_agent_tail_lines_split_total)
 // rather than dropping data, and persists each file's identity and offset
-// once the lines before it are durable in the queue. A file with no saved
-// position is read from its start.
+// once the lines before it are durable in the queue, and in the file: it
+// fsyncs the file (fdatasync, once a batch, as the queue) before saving
+// an offset past what it read, since an app does not, and a machine
+// crash would otherwise leave the file shorter than the saved offset
+// (taken for truncated: read again from its start) or, the app writing on
+// before the agent restarts, with new lines before it (skipped). A file
+// that cannot be synced is warned about and its offset saved all the
+// same. A file with no saved position is read from its start.
 //
 // A shipper reads the queue in order and sends it upstream with LogBatch,
 // up to Config.MaxInFlight batches in flight (4; each on a connection of
@@ -132,9 +138,20 @@
 // logged as an error with its file and offset.
 //
 // A tailed file resumes at its saved offset: after a clean stop nothing is
-// lost or repeated. After a crash, the lines queued between the queue's
-// fsync and the position's save (at most one batch) are queued again
-// (at-least-once); nothing is lost. If the file was rotated while the
+// lost or repeated. After a crash, of the process or of the machine (the
+// file was synced up to the offset), the lines queued between the queue's
+// fsync and the position's save (at most one batch; all those since the
+// last save while a full disk refuses the saves) are queued again
+// (at-least-once); nothing is lost (but lines a machine crash took from
+// the file before the agent read them: the app never synced them). A
+// position is saved whole (a
+// temporary file fsynced, renamed over the old one, the directory
+// fsynced), so a crash, of the process or of the machine, leaves the old
+// one or the new one, never a torn one. One damaged otherwise (a bad
+// disk, an edit) is ignored with a warning, and the file the path names
+// is read from its start: its lines are queued again, and the rest of a
+// rotated file being read, and of the files held after it all but the
+// one the path names, are not read. If the file was rotated while the
 // agent was down, the rotated file is found in the same directory by its
 // identity (device and inode) and finished first. So are the files it held
 // open to read after it (saved with the position), also when renamed away

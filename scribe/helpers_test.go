@@ -17,6 +17,7 @@ import (
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
 	"github.com/freeway-dev/freeway/internal/coord"
+	"github.com/freeway-dev/freeway/internal/diskqueue"
 	"github.com/freeway-dev/freeway/internal/scribeapi"
 	"github.com/freeway-dev/freeway/internal/segment"
 	"github.com/freeway-dev/freeway/internal/testkit"
@@ -264,16 +265,17 @@ func startAgentClock(t testing.TB, cfg Config, clk clock) *agent {
 // when not nil.
 func startAgentWith(t testing.TB, cfg Config, writers coord.Coord, clk clock) *agent {
 	t.Helper()
-	return startAgentSetup(t, cfg, writers, clk, nil)
+	return startAgentSetup(t, cfg, writers, clk, nil, nil)
 }
 
 // startAgentSetup is startAgentWith, calling setup (when not nil) with the
-// agent before it runs.
-func startAgentSetup(t testing.TB, cfg Config, writers coord.Coord, clk clock, setup func(*Agent)) *agent {
+// agent before it runs, and fileHook (when not nil) before each change to
+// its files.
+func startAgentSetup(t testing.TB, cfg Config, writers coord.Coord, clk clock, setup func(*Agent), fileHook func(diskqueue.FileOp, string) error) *agent {
 	t.Helper()
 	lb := &testkit.LogBuffer{}
 	reg := prometheus.NewPedanticRegistry()
-	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}, Writers: writers}, clk)
+	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg}, Writers: writers}, clk, fileHook)
 	if err != nil {
 		t.Fatalf("new agent: %v", err)
 	}

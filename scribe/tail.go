@@ -776,8 +776,30 @@ func (t *tailer) flush(ctx context.Context) error {
 	t.buf = t.buf[:n]
 	clear(t.batch)
 	t.batch, t.bsize, t.blns, t.cut = t.batch[:0], 0, 0, 0
+	t.syncRead()
 	t.save()
 	return nil
+}
+
+// syncRead makes f durable up to what was read, before the position says
+// it was. An app does not sync its log: after a machine crash the file
+// would be shorter than the offset saved, and taken for truncated (read
+// again from its start: every line queued twice), or written on from its
+// new end past that offset before the agent restarts (the lines between
+// skipped). A file that cannot be synced is warned about, and its
+// position saved all the same.
+func (t *tailer) syncRead() {
+	var err error
+	if t.a.fileHook != nil {
+		err = t.a.fileHook(diskqueue.OpSync, t.f.Name())
+	}
+	if err == nil {
+		err = durable.SyncData(t.f)
+	}
+	if err != nil {
+		t.a.rl.Warn("tail sync "+t.path, "cannot sync a tailed file; after a machine crash the lines read from it since its last sync may be queued again or skipped",
+			"path", t.path, "err", err)
+	}
 }
 
 // save persists the position. A failure (a full disk) does not stop
@@ -805,7 +827,7 @@ func (t *tailer) save() {
 	}
 	b, err := json.Marshal(p)
 	if err == nil {
-		err = diskqueue.WriteFileAtomic(t.posPath, b)
+		err = diskqueue.WriteFileAtomicHook(t.posPath, b, t.a.fileHook)
 	}
 	t.dirty = err != nil
 	if err != nil {

@@ -194,6 +194,26 @@ func TestTailResumesAfterARestartWithoutLossOrRepeats(t *testing.T) {
 	waitLines(t, up, "1", "2", "3", "4-partial", "5", "6")
 }
 
+// TestTailRereadsAFileWhosePositionIsDamaged: a crash leaves the old
+// position or the new one (TestTailCrashAtEveryFileOperation), but one
+// damaged otherwise (a bad disk, an edit) is not trusted: the file is
+// read from its start, its lines queued again rather than lost, with a
+// warning that says so.
+func TestTailRereadsAFileWhosePositionIsDamaged(t *testing.T) {
+	log, up, clk, a := startRotatingTail(t)
+	a.stopped(t)
+
+	if err := os.WriteFile(a.tails[0].posPath, []byte(`{"path":`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, log, "a2\n")
+	b := startAgentClock(t, rotatingTailConfig(log, up), &pollClock{interval: clk.interval})
+	waitLines(t, up, "a1", "a1", "a2")
+	if lines := b.logs.Lines("level=WARN", "unreadable tail position; reading the file from its start"); len(lines) != 1 {
+		t.Fatalf("no warning about the damaged position:\n%s", b.logs.String())
+	}
+}
+
 func TestTailFinishesAFileRotatedWhileStopped(t *testing.T) {
 	dir := t.TempDir()
 	log := filepath.Join(dir, "app.log")
@@ -237,7 +257,7 @@ func TestTailResumesTheFileItChecked(t *testing.T) {
 		}
 		appendFile(t, log, "new1\n")
 	})
-	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = func(string) { rotate() } })
+	startAgentSetup(t, cfg, nil, nil, func(a *Agent) { a.tails[0].opening = func(string) { rotate() } }, nil)
 	waitLines(t, up, "old1", "old2", "old3", "new1")
 	appendFile(t, log, "new2\n")
 	waitLines(t, up, "old1", "old2", "old3", "new1", "new2")
@@ -274,7 +294,7 @@ func TestTailFindsARotatedFileRenamedAgainAsItLooks(t *testing.T) {
 				shift()
 			}
 		}
-	})
+	}, nil)
 	testkit.WaitFor(t, "the tailer to reach the file at the path", func() bool { return slices.Contains(messagesOf(t, up), "new1") })
 	if got, want := messagesOf(t, up), []string{"old1", "old2", "old3", "new1"}; !slices.Equal(got, want) {
 		t.Fatalf("upstream has %q, want %q", got, want)

@@ -67,7 +67,7 @@ func startTLSAgent(t *testing.T, cfg Config, x *auth.TLS) *agent {
 	lb := &testkit.LogBuffer{}
 	reg := prometheus.NewPedanticRegistry()
 	a, err := newAgent(cfg, Deps{Common: component.Common{Log: lb.Logger(), Metrics: reg,
-		Shared: component.Shared{TLS: x}}}, nil)
+		Shared: component.Shared{TLS: x}}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

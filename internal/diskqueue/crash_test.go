@@ -170,7 +170,7 @@ func TestCrashAtEveryFileOperation(t *testing.T) {
 
 func testCrashAtEveryFileOperation(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 99))
-	dir := scratchDir(t)
+	dir := testkit.MemDir(t, "diskqueue-crash-")
 	sim := newCrashSim(t, dir)
 	opts := func(o *Options) {
 		o.SegmentBytes, o.Compress, o.CompressAbove, o.FileHook = 2048, seed%2 == 0, 0, sim.hook
@@ -256,7 +256,7 @@ func testCrashAtEveryFileOperation(t *testing.T, seed uint64) {
 // With strict, no entry may be missing, not even of the append under way,
 // and Open logs no error (a crash leaves a prefix of what was written).
 func checkCrash(t *testing.T, files map[string][]byte, s crashSnap, msgs map[uint64]string, strict bool) error {
-	dir := scratchDir(t)
+	dir := testkit.MemDir(t, "diskqueue-crash-")
 	for name, b := range files {
 		if name == "LOCK" {
 			continue
@@ -311,15 +311,4 @@ func checkCrash(t *testing.T, files map[string][]byte, s crashSnap, msgs map[uin
 		return fmt.Errorf("%d entries lost", st.Lost)
 	}
 	return nil
-}
-
-// scratchDir is a temporary directory in memory if the machine has one
-// (the thousand queues opened here sync for nothing), else t.TempDir.
-func scratchDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("/dev/shm", "diskqueue-crash-")
-	if err != nil {
-		return t.TempDir()
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
 }

@@ -17,7 +17,8 @@ import (
 )
 
 // FileOp names a change the queue makes to its files, for
-// Options.FileHook.
+// Options.FileHook (and WriteFileAtomicHook: the temporary file's create,
+// write and sync, its rename and the directory's sync).
 type FileOp string
 
 // The operations Options.FileHook sees.
@@ -206,14 +207,26 @@ func loadOrCreateID(dir string) (string, error) {
 // rename, fsync of the directory. The agent's tailers keep their positions
 // with it too.
 func WriteFileAtomic(path string, data []byte) error {
+	return fileOps{}.writeFileAtomic(path, data)
+}
+
+// WriteFileAtomicHook is WriteFileAtomic calling hook, as
+// Options.FileHook, before each of its changes: OpCreate, OpWrite and
+// OpSync of the temporary file, OpRename to path, OpSyncDir of path's
+// directory. For crash tests of its callers.
+func WriteFileAtomicHook(path string, data []byte, hook func(op FileOp, path string) error) error {
+	return fileOps{hook: hook}.writeFileAtomic(path, data)
+}
+
+func (o fileOps) writeFileAtomic(path string, data []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := o.create(tmp)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
-	_, err = f.Write(data)
+	err = o.writeAt(f, data, 0)
 	if err == nil {
-		err = f.Sync()
+		err = o.sync(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -222,10 +235,10 @@ func WriteFileAtomic(path string, data []byte) error {
 		_ = os.Remove(tmp) // the write error is the one to report
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := o.rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s: %w", tmp, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return o.syncDir(filepath.Dir(path))
 }
 
 func syncDir(dir string) error { return durable.SyncDir(dir) }

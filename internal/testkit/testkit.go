@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -108,4 +109,17 @@ func (l *LogBuffer) Lines(subs ...string) []string {
 // included, to l.
 func (l *LogBuffer) Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// MemDir is a temporary directory in memory if the machine has one
+// (/dev/shm), else t.TempDir: for tests that sync thousands of times
+// for nothing (crash tests), removed when t ends.
+func MemDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", prefix)
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }
