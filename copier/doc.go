@@ -53,7 +53,11 @@
 // progress table ("copier" by default). Others stand by and take over
 // when the lease is released or lost. A copier that loses the lease stops
 // its copies in flight, publishes nothing more, and its progress writes
-// are refused (see the store layout in progress.go).
+// are refused (see the store layout in progress.go). A progress write the
+// store made but answered with an error (an HBase timeout), or made after
+// answering, is not taken for another copier's when the next one is
+// refused: the copier reads the row again and knows its own writes by
+// their owner, its id and lease epoch, which no newer holder's can have.
 //
 // Idempotence. A segment already at the destination with the same size
 // (and contents, with Verify "checksum") is skipped, not copied again;

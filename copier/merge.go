@@ -220,7 +220,7 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 			// whatever a restart finds.
 			next, err := saveMerge(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, st, j.mark.last, ps.owner, c.now().UnixMilli())
 			if err != nil {
-				ps.progressFailed(ctx, j, err)
+				ps.progressFailed(ctx, j, next, err)
 				return
 			}
 			ps.setMark(j, next)
@@ -235,7 +235,7 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 		prevLast := j.mark.last
 		next, err := saveMerge(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, done, f.Last, ps.owner, c.now().UnixMilli())
 		if err != nil {
-			ps.progressFailed(ctx, j, err)
+			ps.progressFailed(ctx, j, next, err)
 			return
 		}
 		ps.setMark(j, next)
@@ -293,7 +293,7 @@ func (ps *passState) skipCopied(ctx context.Context, j *bucketJob, st mergeState
 	}
 	next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, seg.Name(), ptail.Position{}, ps.owner, c.now().UnixMilli())
 	if err != nil {
-		ps.progressFailed(ctx, j, err)
+		ps.progressFailed(ctx, j, next, err)
 		return false, false
 	}
 	c.log.Info("segment copied to the destination before merge_period was set; merging goes on after it", "segment", name)
@@ -315,20 +315,28 @@ func (ps *passState) mergeFailed(ctx context.Context, j *bucketJob, err error) {
 	ps.fail(err)
 }
 
-func (ps *passState) progressFailed(ctx context.Context, j *bucketJob, err error) {
+// progressFailed reports a failed progress write of j, which stops the
+// bucket; stored is the bucket's progress as saveMerge says it is now.
+func (ps *passState) progressFailed(ctx context.Context, j *bucketJob, stored mark, err error) {
 	c := ps.c
-	if errors.Is(err, errFenced) {
+	switch {
+	case errors.Is(err, errFenced):
+		// Someone else is copying: stop the whole pass.
 		c.log.Warn("progress row written by another copier; stopping the pass", "bucket", j.dir)
 		ps.fail(err)
 		ps.cancel()
-		return
+	case errors.Is(err, errAnswerLost):
+		// The row is ahead of this copier's mark, with its own work: the
+		// bucket goes on from there next pass.
+		ps.setMark(j, stored)
+		c.log.Warn("progress write refused for an earlier one the store made without saying so; the bucket goes on from it next pass", "bucket", j.dir)
+		ps.fail(err)
+	case ctx.Err() != nil:
+	default:
+		c.m.errors.WithLabelValues("progress").Inc()
+		c.log.Error("cannot record progress", "bucket", j.dir, "err", err)
+		ps.fail(err)
 	}
-	if ctx.Err() != nil {
-		return
-	}
-	c.m.errors.WithLabelValues("progress").Inc()
-	c.log.Error("cannot record merge progress", "bucket", j.dir, "err", err)
-	ps.fail(err)
 }
 
 // closePeriod decides the bucket's next period file, if one is closed,

@@ -334,19 +334,7 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 		}
 		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), merged, ps.owner, c.now().UnixMilli())
 		if err != nil {
-			if errors.Is(err, errFenced) {
-				// Someone else is copying: stop the whole pass.
-				c.log.Warn("progress row written by another copier; stopping the pass", "bucket", j.dir)
-				ps.fail(err)
-				ps.cancel()
-				return
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			c.m.errors.WithLabelValues("progress").Inc()
-			c.log.Error("cannot record copy progress", "bucket", j.dir, "err", err)
-			ps.fail(err)
+			ps.progressFailed(ctx, j, next, err)
 			return
 		}
 		j.mark = next
