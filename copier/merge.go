@@ -128,7 +128,7 @@ func (c *Copier) pendingPublished(ctx context.Context, j *bucketJob, f *mergedFi
 	for _, period := range []time.Duration{time.Hour, time.Minute} { // the hh= and the mm= layouts
 		for _, ext := range []string{"", ".gz"} {
 			name := layout.MergedFile(j.category, j.bucket, start, period, ext)
-			c.removeOlderTemps(name)
+			c.removeOlderTempsOf(name)
 			switch _, err := c.deps.Dest.Stat(name); {
 			case errors.Is(err, fs.ErrNotExist):
 				continue
@@ -220,6 +220,11 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 			// whatever a restart finds.
 			next, err := saveMerge(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, st, j.mark.last, ps.owner, c.now().UnixMilli())
 			if err != nil {
+				// Undecided, or decided perhaps (its answer lost), then
+				// written again from its range: the file is of no use.
+				// Fenced, this copier must not leave it, which the new
+				// holder, past this period perhaps, might never look for.
+				c.removeTemp(c.tempName(c.mergedName(j, f.PeriodMs)))
 				ps.progressFailed(ctx, j, next, err)
 				return
 			}
@@ -729,7 +734,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, error) {
 	final := c.mergedName(j, periodMs)
 	tmp := c.tempName(final)
-	c.removeOlderTemps(final)
+	c.removeOlderTempsOf(final)
 	f, err := c.deps.Dest.Create(tmp)
 	if errors.Is(err, fs.ErrExist) {
 		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -751,37 +756,6 @@ func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, erro
 	}
 	w.bw = bufio.NewWriterSize(to, 256<<10)
 	return w, nil
-}
-
-// removeOlderTemps removes the temporary files of the period file final
-// written under earlier lease epochs than this pass's (or none, as
-// before epochs were in the names): left by a crash or a lost lease,
-// they would stay for ever, for no later run writes under their names.
-// One still being written by a copier that lost its lease without seeing
-// it fails that copier's verification or rename: it publishes nothing. A
-// later epoch's file is the new holder's, when this copier is the one
-// that lost its lease: it is left alone.
-func (c *Copier) removeOlderTemps(final string) {
-	dir, base := path.Split(final)
-	infos, err := c.deps.Dest.ReadDir(path.Clean(dir))
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot list a period directory for stale temporary files", "dir", dir, "err", err)
-		}
-		return
-	}
-	for _, fi := range infos {
-		name := fi.Name()
-		if of, epoch, ok := parseTemp(name); !ok || of != base || epoch >= c.marksEpoch || fi.IsDir() {
-			continue
-		}
-		if err := c.deps.Dest.Remove(path.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot remove stale temporary file", "file", path.Join(dir, name), "err", err)
-			continue
-		}
-		c.m.tempsGone.Inc()
-		c.log.Info("removed a temporary file left by an interrupted merge", "file", path.Join(dir, name))
-	}
 }
 
 var newline = []byte{'\n'}

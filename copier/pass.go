@@ -342,15 +342,15 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 	}
 }
 
-// sweepOnce clears j's destination bucket directory of the temporary
-// files earlier epochs left (sweep), the first time under this grant: a
-// merging copier too, for a copier copying segments may have left them
-// before merge_period was set.
+// sweepOnce clears the destination of the temporary files earlier epochs
+// left for j's segments and period files (sweep), the first time under
+// this grant: whether this copier copies or merges, for one configured
+// the other way may have left them.
 func (ps *passState) sweepOnce(j *bucketJob) {
 	if !j.sweep {
 		return
 	}
-	ps.c.sweep(j.dir)
+	ps.c.sweep(j)
 	ps.mu.Lock()
 	ps.c.swept[j.dir] = true
 	ps.mu.Unlock()
