@@ -830,6 +830,49 @@ func TestStaleProgressWriteIsFenced(t *testing.T) {
 	}
 }
 
+// TestProgressWriteRefusedForItsOwnLostWrite: a progress write is made
+// and answered with an error, and the copier's look at the row after it
+// fails too (or the store makes it after answering): its next write, from
+// the mark before, is refused. The row holds its own earlier write, not
+// another copier's: it is not fenced, and goes on from the row; a newer
+// holder's write still fences it.
+func TestProgressWriteRefusedForItsOwnLostWrite(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	st := &hookedStore{Store: e.st, before: func(n int, _ string, _ []store.Cell) error {
+		if n == 1 {
+			return fmt.Errorf("write %d: %w: %w", n, errInjected, dfstest.ErrApplied)
+		}
+		return nil
+	}}
+	m0, err := advance(ctx, st, "copier", "a/0", mark{}, "s0", ptail.Position{}, "me@1", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.beforeGet = func(string) error { return errInjected }
+	if _, err := advance(ctx, st, "copier", "a/0", m0, "s1", ptail.Position{}, "me@1", 2000); !errors.Is(err, errInjected) {
+		t.Fatalf("write answered with an error: %v", err)
+	}
+	st.beforeGet = nil
+	m1, err := advance(ctx, st, "copier", "a/0", m0, "s2", ptail.Position{}, "me@1", 3000)
+	if !errors.Is(err, errAnswerLost) || errors.Is(err, errFenced) {
+		t.Fatalf("write refused for its own: %v, want errAnswerLost", err)
+	}
+	if m1.last != "s1" || m1.owner != "me@1" {
+		t.Fatalf("mark after the refusal: %+v, want the row's", m1)
+	}
+	m2, err := advance(ctx, st, "copier", "a/0", m1, "s2", ptail.Position{}, "me@1", 3000)
+	if err != nil || m2.last != "s2" {
+		t.Fatalf("write from the row: %+v %v", m2, err)
+	}
+	if _, err := advance(ctx, e.st, "copier", "a/0", m2, "s3", ptail.Position{}, "me@2", 4000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := advance(ctx, st, "copier", "a/0", m2, "s4", ptail.Position{}, "me@1", 5000); !errors.Is(err, errFenced) {
+		t.Errorf("write after a newer holder's: %v, want errFenced", err)
+	}
+}
+
 func TestProgressTimestampsIncrease(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()

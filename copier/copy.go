@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/layout"
@@ -231,28 +232,88 @@ func (c *Copier) removeTemp(tmp string) {
 	}
 }
 
-// sweep removes the temporary files interrupted copies under earlier
-// lease epochs left in a destination bucket directory: the copier
-// holding a later lease is not copying this bucket now, so every such
-// file is stale; most would be replaced by the next copy of their
-// segment anyway, but not those whose segment vanished from the source
-// meanwhile. A later epoch's file is the new holder's, when this copier
-// is the one that lost its lease: it is left alone.
-func (c *Copier) sweep(dir string) {
-	infos, err := c.deps.Dest.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return
+// sweep removes the temporary files that copies and merges under earlier
+// lease epochs left at the destination for bucket j: the copier holding
+// a later lease is not writing this bucket now, so every such file is a
+// fenced or crashed writer's. Most would be replaced by the next copy of
+// their segment, or write of their period file, anyway; but not those
+// whose segment vanished from the source meanwhile, nor a period file's
+// once the copier copies segments or merges with another merge_period or
+// compression, which names it otherwise. A later epoch's file is the new
+// holder's, when this copier is the one that lost its lease: it is left
+// alone.
+func (c *Copier) sweep(j *bucketJob) {
+	c.removeOlderTemps(j.dir, func(of string) bool {
+		_, _, ok := layout.ParseSegmentName(of)
+		return ok
+	})
+	c.sweepPeriods(j)
+}
+
+// sweepPeriods removes the temporary files of j's period files from
+// earlier epochs (see sweep). Those of a period recorded as pending go
+// too: no copier renames another epoch's temporary file, it writes the
+// period again under its own epoch's name if it is not published
+// (pendingPublished removes the others first), and a copier copying
+// segments, or merging after copying them (mergeState's pending passed
+// over), never renames one. A merge writes no period before the one its
+// progress has open (OpenMs, which copying segments keeps), so the
+// periods' directories (layout.MergedFile) are listed from that one's day
+// and hour on: what a crash left is found by the first grant after it,
+// in a few listings when the copier keeps up; every day is listed for a
+// bucket with no such period (never merged, or not past its first
+// period file).
+func (c *Copier) sweepPeriods(j *bucketJob) {
+	from := int64(0)
+	if j.mark.merge != nil {
+		from = j.mark.merge.OpenMs
 	}
+	first := layout.MergedFile(j.category, j.bucket, time.UnixMilli(from), time.Hour, "")
+	hourDir := path.Dir(first)
+	dayDir := path.Dir(hourDir)
+	catDir := path.Dir(dayDir)
+	firstDay, firstHour := path.Base(dayDir), path.Base(hourDir)
+	part := path.Base(first)
+	isPart := func(of string) bool { return strings.TrimSuffix(of, ".gz") == part }
+	for _, day := range c.removeOlderTemps(catDir, isPart) {
+		if !strings.HasPrefix(day, "dt=") || day < firstDay {
+			continue // a bucket directory, or a day before the first period
+		}
+		for _, hour := range c.removeOlderTemps(path.Join(catDir, day), isPart) {
+			if day == firstDay && hour < firstHour {
+				continue
+			}
+			for _, minute := range c.removeOlderTemps(path.Join(catDir, day, hour), isPart) {
+				c.removeOlderTemps(path.Join(catDir, day, hour, minute), isPart)
+			}
+		}
+	}
+}
+
+// removeOlderTemps removes from the destination directory dir the
+// temporary files written under earlier lease epochs than this pass's
+// (or none, as before epochs were in the names) of the files whose base
+// names match accepts, and returns the names of dir's subdirectories.
+// Left by a crash or a lost lease, they would stay for ever if no later
+// run wrote under their names. One still being written by a copier that
+// lost its lease without seeing it yet fails that copier's verification
+// or rename: it publishes nothing. A later epoch's file is the new
+// holder's, when this copier is the one that lost its lease: it is left
+// alone.
+func (c *Copier) removeOlderTemps(dir string, match func(string) bool) (subdirs []string) {
+	infos, err := c.deps.Dest.ReadDir(dir)
 	if err != nil {
-		c.log.Warn("cannot list destination bucket for stale temporary files", "bucket", dir, "err", err)
-		return
+		if !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("cannot list a destination directory for stale temporary files", "dir", dir, "err", err)
+		}
+		return nil
 	}
 	for _, fi := range infos {
-		seg, epoch, ok := parseTemp(fi.Name())
-		if fi.IsDir() || !ok || epoch >= c.marksEpoch {
+		if fi.IsDir() {
+			subdirs = append(subdirs, fi.Name())
 			continue
 		}
-		if _, _, ok := layout.ParseSegmentName(seg); !ok {
+		if of, epoch, ok := parseTemp(fi.Name()); !ok || epoch >= c.marksEpoch || !match(of) {
 			continue
 		}
 		tmp := path.Join(dir, fi.Name())
@@ -261,8 +322,15 @@ func (c *Copier) sweep(dir string) {
 			continue
 		}
 		c.m.tempsGone.Inc()
-		c.log.Info("removed a temporary file left by an interrupted copy", "file", tmp)
+		c.log.Info("removed a temporary file left by an interrupted copy or merge", "file", tmp)
 	}
+	return subdirs
+}
+
+// removeOlderTempsOf removes the temporary files of the destination file
+// name written under earlier epochs (removeOlderTemps).
+func (c *Copier) removeOlderTempsOf(name string) {
+	c.removeOlderTemps(path.Dir(name), func(of string) bool { return of == path.Base(name) })
 }
 
 // tempName is the hidden name under which a file (a segment, a period

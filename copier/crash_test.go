@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -79,7 +80,8 @@ type crashWork struct {
 	segs     []crashSeg // in publish order
 	clocks   []time.Time
 	merge    bool
-	compress string // when merging
+	compress string        // when merging
+	period   time.Duration // when merging: merge_period
 }
 
 // crashHours is how many hours of segments the workload publishes.
@@ -91,7 +93,7 @@ const crashHours = 2
 // that each closes the hour before when merging, with a segment of the
 // next one there.
 func newCrashWork(merge bool, compress string) *crashWork {
-	w := &crashWork{merge: merge, compress: compress}
+	w := &crashWork{merge: merge, compress: compress, period: time.Hour}
 	for k := range crashHours {
 		w.clocks = append(w.clocks, t0.Add(time.Duration(k+1)*time.Hour+15*time.Minute))
 	}
@@ -165,7 +167,7 @@ func (w *crashWork) config(clock *clock) option {
 		c.Concurrency = 1 // one order of operations, the same in every run
 		d.Now = clock.Now
 		if w.merge {
-			c.MergePeriod = config.Duration(time.Hour)
+			c.MergePeriod = config.Duration(w.period)
 			c.MergeDelay = config.Duration(time.Minute)
 			c.Compression = w.compress
 		}
@@ -260,14 +262,17 @@ func (s *timedFS) publish(t *testing.T, w *crashWork, until time.Time) {
 }
 
 // hookedStore calls before ahead of each progress write (CheckAndPut, the
-// copier's only kind), with the number of writes before it: an error it
-// returns fails the write, which then changes nothing, unless it wraps
-// dfstest.ErrApplied (made, and its answer lost).
+// copier's only kind), with the number of writes before it and the cells
+// to write: an error it returns fails the write, which then changes
+// nothing, unless it wraps dfstest.ErrApplied (made, and its answer
+// lost). beforeGet, likewise, ahead of each read of one row (Get: the
+// copier's look at a progress row after a write failed).
 type hookedStore struct {
 	store.Store
-	mu     sync.Mutex
-	n      int
-	before func(n int, row string) error
+	mu        sync.Mutex
+	n         int
+	before    func(n int, row string, cells []store.Cell) error
+	beforeGet func(row string) error
 }
 
 func (s *hookedStore) CheckAndPut(ctx context.Context, table, row, column string, expected []byte, cells []store.Cell) (bool, error) {
@@ -278,7 +283,7 @@ func (s *hookedStore) CheckAndPut(ctx context.Context, table, row, column string
 	s.mu.Unlock()
 	var err error
 	if before != nil {
-		err = before(n, row)
+		err = before(n, row, cells)
 	}
 	if err != nil && !errors.Is(err, dfstest.ErrApplied) {
 		return false, err
@@ -291,6 +296,15 @@ func (s *hookedStore) CheckAndPut(ctx context.Context, table, row, column string
 		return false, err
 	}
 	return ok, nil
+}
+
+func (s *hookedStore) Get(ctx context.Context, table, row string, asOf int64) ([]store.Cell, error) {
+	if s.beforeGet != nil {
+		if err := s.beforeGet(row); err != nil {
+			return nil, err
+		}
+	}
+	return s.Store.Get(ctx, table, row, asOf)
 }
 
 // progressTable is the table of the crash tests' copiers (the default).
@@ -421,7 +435,7 @@ func recordRun(t *testing.T, w *crashWork, src *timedFS, crash *dfstest.CrashFS,
 	crash.SetHook(func(_ int, c dfstest.Call, s *dfstest.Snapshot) {
 		record(strings.TrimSpace(fmt.Sprintf("%s %s %s", c.Op, c.Name, c.To)), s)
 	})
-	st := &hookedStore{Store: bolt, before: func(_ int, row string) error {
+	st := &hookedStore{Store: bolt, before: func(_ int, row string, _ []store.Cell) error {
 		record("progress write "+row, crash.Snapshot())
 		return nil
 	}}
@@ -656,9 +670,7 @@ func (cw *crashWant) checkDone(t *testing.T, dst dfs.FS, st store.Store) []strin
 	got := map[string][]byte{}
 	for _, name := range files(t, dst, "") {
 		if dfs.Hidden(name) && path.Base(name) != layout.SidecarName {
-			if !cw.mergeTempLeft(name) {
-				problems = append(problems, name+" left over")
-			}
+			problems = append(problems, name+" left over")
 			continue
 		}
 		got[name] = readFile(t, dst, name)
@@ -688,16 +700,6 @@ func (cw *crashWant) checkDone(t *testing.T, dst dfs.FS, st store.Store) []strin
 		}
 	}
 	return problems
-}
-
-// mergeTempLeft reports whether name is the temporary file of a period
-// file that a merging copier which crashed before deciding it (recording
-// it pending) left, and that a copier restarted copying segments leaves:
-// it looks for none, for it cannot tell where (the period is not in the
-// progress). A known limitation: hidden, readers pass it over.
-func (cw *crashWant) mergeTempLeft(name string) bool {
-	of, _, ok := parseTemp(path.Base(name))
-	return ok && cw.w.merge && cw.then != nil && !cw.then.merge && strings.HasPrefix(of, "part-")
 }
 
 // checkLines checks that the lines of each bucket's merged files among
@@ -770,21 +772,28 @@ func (cw *crashWant) recoverCrash(t *testing.T, s copierCrashState, src *timedFS
 
 // crashModes are the ways the crash tests run the copier: copying
 // segments and merging them (plain and gzip), to a local disk and to
-// HDFS.
+// HDFS; and restarted otherwise configured.
 var crashModes = []struct {
 	name     string
 	merge    bool
 	compress string
 	hdfs     bool
-	switched bool // the restarted copier merges if the crashed one copied, and the other way round
+	then     *crashWork // if not nil, the restarted copier's configuration
 }{
-	{"copying", false, "", false, false},
-	{"copying to HDFS", false, "", true, false},
-	{"merging", true, CompressionNone, false, false},
-	{"merging gzip", true, CompressionGzip, false, false},
-	{"merging gzip to HDFS", true, CompressionGzip, true, false},
-	{"copying, then merging", false, "", false, true},
-	{"merging gzip, then copying", true, CompressionGzip, false, true},
+	{"copying", false, "", false, nil},
+	{"copying to HDFS", false, "", true, nil},
+	{"merging", true, CompressionNone, false, nil},
+	{"merging gzip", true, CompressionGzip, false, nil},
+	{"merging gzip to HDFS", true, CompressionGzip, true, nil},
+	{"copying, then merging", false, "", false, newCrashWork(true, CompressionNone)},
+	{"merging gzip, then copying", true, CompressionGzip, false, newCrashWork(false, "")},
+	{"merging, then merging gzip by the half hour", true, CompressionNone, false, halfHourly(newCrashWork(true, CompressionGzip))},
+}
+
+// halfHourly is w merging by the half hour.
+func halfHourly(w *crashWork) *crashWork {
+	w.period = 30 * time.Minute
+	return w
 }
 
 // TestCopierCrashAtEveryOperation crashes the copier before each of its
@@ -802,9 +811,7 @@ func TestCopierCrashAtEveryOperation(t *testing.T) {
 			w := newCrashWork(mode.merge, mode.compress)
 			points, src, clean := recordCopierCrashes(t, w, mode.hdfs)
 			cw := newCrashWant(t, w, clean)
-			if mode.switched {
-				cw.then = newCrashWork(!mode.merge, CompressionNone)
-			}
+			cw.then = mode.then
 			dir := t.TempDir()
 			states := copierCrashStates(points, mode.hdfs, rand.New(rand.NewPCG(7, 11)))
 			failed := 0
@@ -878,13 +885,16 @@ func hasTemp(img dfstest.Image) bool {
 // TestCopierFaultAtEveryOperation fails each of the copier's changes to
 // the destination and each progress write in turn, once (an I/O error;
 // then again with the change made all the same: an fsync's error after
-// the write, an answer lost), the copier going on in the same process
-// through the workload and a few passes more: then the destination holds
-// what it must and nothing else, the progress is at the end of every
-// bucket, and every error logged is the failure's.
+// the write, an answer lost; and a progress write made whose answer and
+// the copier's look at the row after it are both lost), the copier going
+// on in the same process through the workload and a few passes more:
+// then the destination holds what it must and nothing else, the progress
+// is at the end of every bucket, every error logged is the failure's, and
+// the copier never takes its own progress write for another copier's
+// (which would have it stand by, its lease taken for lost).
 func TestCopierFaultAtEveryOperation(t *testing.T) {
 	for _, mode := range crashModes {
-		if mode.hdfs || mode.switched {
+		if mode.hdfs || mode.then != nil {
 			continue // a failure is the same there; the copier does not restart
 		}
 		t.Run(mode.name, func(t *testing.T) {
@@ -894,6 +904,15 @@ func TestCopierFaultAtEveryOperation(t *testing.T) {
 			cw := newCrashWant(t, w, clean)
 			first, dstOps, writes := faultRun(t, w, nil, nil, nil)
 			runs, failed := 0, 0
+			check := func(what string, problems []string) {
+				runs++
+				if len(problems) > 0 {
+					failed++
+					if failed <= 10 {
+						t.Errorf("%s: %s", what, strings.Join(problems, "; "))
+					}
+				}
+			}
 			for _, applied := range []bool{false, true} {
 				inject := func(what string) error {
 					err := fmt.Errorf("injected at %s: %w", what, syscall.EIO)
@@ -902,35 +921,45 @@ func TestCopierFaultAtEveryOperation(t *testing.T) {
 					}
 					return err
 				}
-				check := func(what string, problems []string) {
-					runs++
-					if len(problems) > 0 {
-						failed++
-						if failed <= 10 {
-							t.Errorf("%s (applied: %v): %s", what, applied, strings.Join(problems, "; "))
-						}
-					}
-				}
 				for k := first; k < dstOps; k++ {
 					var what string
 					problems := cw.faultCheck(t, w, func(n int, c dfstest.Call) error {
 						if n != k {
 							return nil
 						}
-						what = fmt.Sprintf("operation %d (%s %s %s) failed", n, c.Op, c.Name, c.To)
+						what = fmt.Sprintf("operation %d (%s %s %s) failed (applied: %v)", n, c.Op, c.Name, c.To, applied)
 						return inject(what)
 					}, nil)
 					check(what, problems)
 				}
 				for k := range writes {
-					what := fmt.Sprintf("progress write %d failed", k)
-					check(what, cw.faultCheck(t, w, nil, func(n int, row string) error {
+					what := fmt.Sprintf("progress write %d failed (applied: %v)", k, applied)
+					check(what, cw.faultCheck(t, w, nil, &hookedStore{before: func(n int, row string, _ []store.Cell) error {
 						if n != k {
 							return nil
 						}
 						return inject(what + " of " + row)
-					}))
+					}}))
 				}
+			}
+			for k := range writes {
+				what := fmt.Sprintf("progress write %d made, its answer and the look at the row after it lost", k)
+				var failRead atomic.Bool
+				hooks := &hookedStore{}
+				hooks.before = func(n int, row string, _ []store.Cell) error {
+					if n != k {
+						return nil
+					}
+					failRead.Store(true)
+					return fmt.Errorf("injected at %s of %s: %w: %w", what, row, syscall.EIO, dfstest.ErrApplied)
+				}
+				hooks.beforeGet = func(row string) error {
+					if !failRead.CompareAndSwap(true, false) {
+						return nil
+					}
+					return fmt.Errorf("injected at the read of %s after %s: %w", row, what, syscall.EIO)
+				}
+				check(what, cw.faultCheck(t, w, nil, hooks))
 			}
 			if failed > 0 {
 				t.Errorf("%d of %d failures failed", failed, runs)
@@ -941,17 +970,22 @@ func TestCopierFaultAtEveryOperation(t *testing.T) {
 }
 
 // faultRun runs the workload and a few passes more (finish) with the
-// faults given (nil: none) on a new destination and store, and returns
-// the number of the destination's first change after New, and how many
-// changes and progress writes there were in all. What it left, with what
-// finish returned, goes to check (nil: finish must succeed).
-func faultRun(t *testing.T, w *crashWork, dstFault func(int, dfstest.Call) error, storeFault func(int, string) error,
+// faults given on a new destination and on a new store through hooks
+// (nil: none), and returns the number of the destination's first change
+// after New, and how many changes and progress writes there were in all.
+// What it left, with what finish returned, goes to check (nil: finish
+// must succeed).
+func faultRun(t *testing.T, w *crashWork, dstFault func(int, dfstest.Call) error, hooks *hookedStore,
 	check func(r *crashRun, dst dfs.FS, st store.Store, finished error)) (first, dstOps, writes int) {
 	t.Helper()
 	dst := dfstest.NewCrashFS()
 	bolt := openCrashStore(t, filepath.Join(t.TempDir(), "store.db"), nil)
 	defer bolt.Close()
-	st := &hookedStore{Store: bolt, before: storeFault}
+	st := hooks
+	if st == nil {
+		st = &hookedStore{}
+	}
+	st.Store = bolt
 	dst.SetFault(dstFault)
 	r := startCrashRun(t, w, newTimedFS(dfstest.NewCrashFS(), "mem://source"), dst, st, &clock{t: w.clocks[0]})
 	defer r.stop()
@@ -959,7 +993,7 @@ func faultRun(t *testing.T, w *crashWork, dstFault func(int, dfstest.Call) error
 	r.work(t, true)
 	finished := r.finish()
 	if check != nil {
-		check(r, dst, st, finished)
+		check(r, dst, bolt, finished) // the check reads the store as it is, without the faults
 	} else if finished != nil {
 		t.Fatal(finished)
 	}
@@ -969,12 +1003,13 @@ func faultRun(t *testing.T, w *crashWork, dstFault func(int, dfstest.Call) error
 }
 
 // faultCheck runs the workload with the faults given and returns the
-// problems with what it leaves: see checkDone; and an error logged that
-// is not the failure's.
-func (cw *crashWant) faultCheck(t *testing.T, w *crashWork, dstFault func(int, dfstest.Call) error, storeFault func(int, string) error) []string {
+// problems with what it leaves: see checkDone; an error logged that is
+// not the failure's; and a pass stopped for another copier's progress
+// write, when there is no other copier.
+func (cw *crashWant) faultCheck(t *testing.T, w *crashWork, dstFault func(int, dfstest.Call) error, hooks *hookedStore) []string {
 	t.Helper()
 	var problems []string
-	faultRun(t, w, dstFault, storeFault, func(r *crashRun, dst dfs.FS, st store.Store, finished error) {
+	faultRun(t, w, dstFault, hooks, func(r *crashRun, dst dfs.FS, st store.Store, finished error) {
 		if finished != nil {
 			problems = append(problems, finished.Error())
 		}
@@ -984,6 +1019,55 @@ func (cw *crashWant) faultCheck(t *testing.T, w *crashWork, dstFault func(int, d
 				problems = append(problems, "error logged: "+l)
 			}
 		}
+		for _, l := range r.logs.Lines("another copier") {
+			problems = append(problems, "took its own write for another copier's: "+l)
+		}
 	})
 	return problems
+}
+
+// TestNewerHoldersEqualProgressFencesTheStaleCopier: a copier lost its
+// lease without seeing it yet, and the new holder (the same copier id,
+// restarted, under the next epoch) records a bucket's progress exactly
+// where the stale copier was about to: the same segment done. The stale
+// copier's write is refused, and the row then holds what it wrote but
+// the owner: it must not take it for its own write made with the answer
+// lost, but stop its pass, never writing over the new holder's progress.
+func TestNewerHoldersEqualProgressFencesTheStaleCopier(t *testing.T) {
+	w := newCrashWork(false, "")
+	src := newTimedFS(dfstest.NewCrashFS(), "mem://source")
+	bolt := openCrashStore(t, filepath.Join(t.TempDir(), "store.db"), nil)
+	defer bolt.Close()
+	st := &hookedStore{Store: bolt}
+	r := startCrashRun(t, w, src, dfstest.NewCrashFS(), st, &clock{t: w.clocks[0]})
+	defer r.stop()
+	newer := ownerTag("crash", r.lease.Epoch()+1)
+	var row string
+	st.before = func(n int, at string, cells []store.Cell) error {
+		if n != 0 {
+			return nil
+		}
+		row = at
+		var theirs []store.Cell
+		for _, c := range cells {
+			if c.Column == colOwner {
+				c.Value = []byte(newer)
+			}
+			theirs = append(theirs, c)
+		}
+		return bolt.Put(context.Background(), progressTable, theirs)
+	}
+	src.publish(t, w, w.clocks[0])
+	if _, err := r.pass(w.clocks[0]); !errors.Is(err, errFenced) {
+		t.Errorf("stale copier's pass: %v, want it fenced", err)
+	}
+	cells, err := bolt.Get(context.Background(), progressTable, row, store.Latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cells {
+		if c.Column == colOwner && string(c.Value) != newer {
+			t.Errorf("progress of %s written by %s over the new holder %s's", row, c.Value, newer)
+		}
+	}
 }

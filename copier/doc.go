@@ -53,7 +53,11 @@
 // progress table ("copier" by default). Others stand by and take over
 // when the lease is released or lost. A copier that loses the lease stops
 // its copies in flight, publishes nothing more, and its progress writes
-// are refused (see the store layout in progress.go).
+// are refused (see the store layout in progress.go). A progress write the
+// store made but answered with an error (an HBase timeout), or made after
+// answering, is not taken for another copier's when the next one is
+// refused: the copier reads the row again and knows its own writes by
+// their owner, its id and lease epoch, which no newer holder's can have.
 //
 // Idempotence. A segment already at the destination with the same size
 // (and contents, with Verify "checksum") is skipped, not copied again;
@@ -69,8 +73,8 @@
 // the segment at the destination and skips it. A temporary file a crash
 // left at the destination is removed: when the segment is copied again
 // under the same lease, and for every bucket when a copier takes the
-// lease (those of earlier epochs: a later one's is a newer holder's),
-// also by a copier that merges.
+// lease, copying or merging, those of its segments and of its period
+// files (below) of earlier epochs: a later one's is a newer holder's.
 //
 // Assumption, shared with ptail: segment names sort in publish order
 // within a bucket, so a segment that appears with a name at or before the
@@ -143,10 +147,16 @@
 // (2) the period and its range of the bucket [from, to), with the size
 // and CRC of its lines, are recorded in the progress row; (3) the file is
 // renamed to its final name; (4) the progress moves past the range. A
-// crash before (2) leaves a temporary file, removed when the period is
-// written again under a later epoch (not if merge_period or compression
-// changed meanwhile, which changes its name, nor by a copier restarted
-// copying segments: hidden, it stays). A copier that lost its lease without
+// crash before (2) leaves a temporary file, removed by the next copier
+// to take the lease, whatever its merge_period and compression (which
+// name the file), or copying segments: it lists the category's period
+// directories from the period the bucket's progress has open, before
+// which no merge writes, for its bucket's temporary files of earlier
+// epochs. Those of a period recorded in (2) go as well: no copier renames
+// another epoch's temporary file, a period not published is written
+// again under the new epoch's name. A copier whose (2) fails or is refused
+// removes the file at once: fenced, it cannot count on the new holder
+// looking where it wrote. A copier that lost its lease without
 // seeing it yet never touches the new holder's temporary file (its epoch
 // is later), so the new holder renames only the file it verified, never
 // one the stale copier is still writing; the stale copier's own rename

@@ -128,7 +128,7 @@ func (c *Copier) pendingPublished(ctx context.Context, j *bucketJob, f *mergedFi
 	for _, period := range []time.Duration{time.Hour, time.Minute} { // the hh= and the mm= layouts
 		for _, ext := range []string{"", ".gz"} {
 			name := layout.MergedFile(j.category, j.bucket, start, period, ext)
-			c.removeOlderTemps(name)
+			c.removeOlderTempsOf(name)
 			switch _, err := c.deps.Dest.Stat(name); {
 			case errors.Is(err, fs.ErrNotExist):
 				continue
@@ -220,7 +220,12 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 			// whatever a restart finds.
 			next, err := saveMerge(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, st, j.mark.last, ps.owner, c.now().UnixMilli())
 			if err != nil {
-				ps.progressFailed(ctx, j, err)
+				// Undecided, or decided perhaps (its answer lost), then
+				// written again from its range: the file is of no use.
+				// Fenced, this copier must not leave it, which the new
+				// holder, past this period perhaps, might never look for.
+				c.removeTemp(c.tempName(c.mergedName(j, f.PeriodMs)))
+				ps.progressFailed(ctx, j, next, err)
 				return
 			}
 			ps.setMark(j, next)
@@ -235,7 +240,7 @@ func (ps *passState) mergeBucket(ctx context.Context, j *bucketJob, buf []byte) 
 		prevLast := j.mark.last
 		next, err := saveMerge(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, done, f.Last, ps.owner, c.now().UnixMilli())
 		if err != nil {
-			ps.progressFailed(ctx, j, err)
+			ps.progressFailed(ctx, j, next, err)
 			return
 		}
 		ps.setMark(j, next)
@@ -293,7 +298,7 @@ func (ps *passState) skipCopied(ctx context.Context, j *bucketJob, st mergeState
 	}
 	next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, seg.Name(), ptail.Position{}, ps.owner, c.now().UnixMilli())
 	if err != nil {
-		ps.progressFailed(ctx, j, err)
+		ps.progressFailed(ctx, j, next, err)
 		return false, false
 	}
 	c.log.Info("segment copied to the destination before merge_period was set; merging goes on after it", "segment", name)
@@ -315,20 +320,28 @@ func (ps *passState) mergeFailed(ctx context.Context, j *bucketJob, err error) {
 	ps.fail(err)
 }
 
-func (ps *passState) progressFailed(ctx context.Context, j *bucketJob, err error) {
+// progressFailed reports a failed progress write of j, which stops the
+// bucket; stored is the bucket's progress as saveMerge says it is now.
+func (ps *passState) progressFailed(ctx context.Context, j *bucketJob, stored mark, err error) {
 	c := ps.c
-	if errors.Is(err, errFenced) {
+	switch {
+	case errors.Is(err, errFenced):
+		// Someone else is copying: stop the whole pass.
 		c.log.Warn("progress row written by another copier; stopping the pass", "bucket", j.dir)
 		ps.fail(err)
 		ps.cancel()
-		return
+	case errors.Is(err, errAnswerLost):
+		// The row is ahead of this copier's mark, with its own work: the
+		// bucket goes on from there next pass.
+		ps.setMark(j, stored)
+		c.log.Warn("progress write refused for an earlier one the store made without saying so; the bucket goes on from it next pass", "bucket", j.dir)
+		ps.fail(err)
+	case ctx.Err() != nil:
+	default:
+		c.m.errors.WithLabelValues("progress").Inc()
+		c.log.Error("cannot record progress", "bucket", j.dir, "err", err)
+		ps.fail(err)
 	}
-	if ctx.Err() != nil {
-		return
-	}
-	c.m.errors.WithLabelValues("progress").Inc()
-	c.log.Error("cannot record merge progress", "bucket", j.dir, "err", err)
-	ps.fail(err)
 }
 
 // closePeriod decides the bucket's next period file, if one is closed,
@@ -721,7 +734,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, error) {
 	final := c.mergedName(j, periodMs)
 	tmp := c.tempName(final)
-	c.removeOlderTemps(final)
+	c.removeOlderTempsOf(final)
 	f, err := c.deps.Dest.Create(tmp)
 	if errors.Is(err, fs.ErrExist) {
 		if err := c.deps.Dest.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -743,37 +756,6 @@ func (c *Copier) createPeriod(j *bucketJob, periodMs int64) (*periodWriter, erro
 	}
 	w.bw = bufio.NewWriterSize(to, 256<<10)
 	return w, nil
-}
-
-// removeOlderTemps removes the temporary files of the period file final
-// written under earlier lease epochs than this pass's (or none, as
-// before epochs were in the names): left by a crash or a lost lease,
-// they would stay for ever, for no later run writes under their names.
-// One still being written by a copier that lost its lease without seeing
-// it fails that copier's verification or rename: it publishes nothing. A
-// later epoch's file is the new holder's, when this copier is the one
-// that lost its lease: it is left alone.
-func (c *Copier) removeOlderTemps(final string) {
-	dir, base := path.Split(final)
-	infos, err := c.deps.Dest.ReadDir(path.Clean(dir))
-	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot list a period directory for stale temporary files", "dir", dir, "err", err)
-		}
-		return
-	}
-	for _, fi := range infos {
-		name := fi.Name()
-		if of, epoch, ok := parseTemp(name); !ok || of != base || epoch >= c.marksEpoch || fi.IsDir() {
-			continue
-		}
-		if err := c.deps.Dest.Remove(path.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			c.log.Warn("cannot remove stale temporary file", "file", path.Join(dir, name), "err", err)
-			continue
-		}
-		c.m.tempsGone.Inc()
-		c.log.Info("removed a temporary file left by an interrupted merge", "file", path.Join(dir, name))
-	}
 }
 
 var newline = []byte{'\n'}

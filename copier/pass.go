@@ -334,19 +334,7 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 		}
 		next, err := advance(ctx, c.deps.Store, c.cfg.Table, j.dir, j.mark, fi.Name(), merged, ps.owner, c.now().UnixMilli())
 		if err != nil {
-			if errors.Is(err, errFenced) {
-				// Someone else is copying: stop the whole pass.
-				c.log.Warn("progress row written by another copier; stopping the pass", "bucket", j.dir)
-				ps.fail(err)
-				ps.cancel()
-				return
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			c.m.errors.WithLabelValues("progress").Inc()
-			c.log.Error("cannot record copy progress", "bucket", j.dir, "err", err)
-			ps.fail(err)
+			ps.progressFailed(ctx, j, next, err)
 			return
 		}
 		j.mark = next
@@ -354,15 +342,15 @@ func (ps *passState) copyBucket(ctx context.Context, j *bucketJob, buf []byte) {
 	}
 }
 
-// sweepOnce clears j's destination bucket directory of the temporary
-// files earlier epochs left (sweep), the first time under this grant: a
-// merging copier too, for a copier copying segments may have left them
-// before merge_period was set.
+// sweepOnce clears the destination of the temporary files earlier epochs
+// left for j's segments and period files (sweep), the first time under
+// this grant: whether this copier copies or merges, for one configured
+// the other way may have left them.
 func (ps *passState) sweepOnce(j *bucketJob) {
 	if !j.sweep {
 		return
 	}
-	ps.c.sweep(j.dir)
+	ps.c.sweep(j)
 	ps.mu.Lock()
 	ps.c.swept[j.dir] = true
 	ps.mu.Unlock()

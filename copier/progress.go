@@ -1,6 +1,7 @@
 package copier
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,7 +39,16 @@ import (
 // holder writes, but a holder can lose its lease (a ZooKeeper session
 // expiry) and not notice before its next write; the CheckAndPut turns
 // that write into a refusal instead of moving a newer holder's mark, and
-// the stale copier stops its pass. Copying and merging fence on the same
+// the stale copier stops its pass. A write the store made and then
+// answered with an error (an HBase timeout can; or one it makes after
+// answering) would have this copier's next write refused the same way:
+// so after a write fails or is refused the copier reads the row again,
+// and a row whose owner is this copier under this grant holds its own
+// write, the one just tried or an earlier one whose answer was lost, not
+// a newer holder's. The owner carries the lease epoch, above this
+// grant's for every later one (the same copier id restarted included):
+// a stale copier never takes a newer holder's write for its own, however
+// alike their progress. Copying and merging fence on the same
 // column, so that a stale copier configured the other way (merge_period
 // changed in a rolling restart) is refused too. Each write's timestamp is
 // the wall clock in ms, but always above the previous version's, so that
@@ -55,6 +65,12 @@ const (
 // this copier no longer holds the lease, whether or not it has been told.
 var errFenced = errors.New("progress row changed by another copier")
 
+// errAnswerLost means a progress write was refused because the row holds
+// an earlier write of this copier's under this grant, which the store
+// made but answered with an error: not a fence. The bucket goes on from
+// what the row holds at its next pass.
+var errAnswerLost = errors.New("progress row holds an earlier write of this copier whose answer was lost")
+
 // mark is the progress of one bucket as last read or written.
 type mark struct {
 	last string // segment name; "" before the first
@@ -63,6 +79,8 @@ type mark struct {
 
 	merge    *mergeState // decoded "merge", nil if none
 	mergeRaw []byte      // the stored "merge" value, nil if none: the CheckAndPut expectation
+
+	owner string // who wrote it: ownerTag of the copier and its lease epoch
 }
 
 func progressRow(dir string) string { return dir }
@@ -102,6 +120,8 @@ func markFromCells(cells []store.Cell) (mark, bool) {
 			}
 			m.merge, m.mergeRaw, m.ts = st, c.Value, max(m.ts, c.Timestamp)
 			found = true
+		case colOwner:
+			m.owner = string(c.Value)
 		}
 	}
 	return m, found
@@ -151,7 +171,9 @@ func ownerTag(id string, epoch int64) string { return id + "@" + strconv.FormatI
 
 // saveMerge records a bucket's progress: the merge's (next), with "last"
 // (the last segment wholly done) and the owner, fenced on the merge value
-// this copier read or wrote before.
+// this copier read or wrote before. It returns the bucket's progress as
+// stored: after a failure, prev, or the row as read again when it holds
+// an earlier write of this copier's (errAnswerLost).
 func saveMerge(ctx context.Context, st store.Store, table, dir string, prev mark, next mergeState, last, owner string, nowMs int64) (mark, error) {
 	val, err := json.Marshal(next)
 	if err != nil {
@@ -164,12 +186,27 @@ func saveMerge(ctx context.Context, st store.Store, table, dir string, prev mark
 		{Row: row, Column: colLast, Timestamp: ts, Value: []byte(last)},
 		{Row: row, Column: colOwner, Timestamp: ts, Value: []byte(owner)},
 	})
-	if err != nil {
-		return prev, fmt.Errorf("record progress of %s at %s: %w", dir, next.Pos, err)
+	if err == nil && ok {
+		n := next
+		return mark{last: last, raw: []byte(last), ts: ts, merge: &n, mergeRaw: val, owner: owner}, nil
 	}
-	if !ok {
-		return prev, fmt.Errorf("record progress of %s at %s: %w", dir, next.Pos, errFenced)
+	// Made perhaps, its answer lost; or refused for an earlier write that
+	// was: the row tells, its owner first (see the store layout above).
+	if cells, gerr := st.Get(ctx, table, row, store.Latest); gerr == nil {
+		stored, _ := markFromCells(cells)
+		switch {
+		case stored.owner == owner && bytes.Equal(stored.mergeRaw, val) && stored.last == last:
+			return stored, nil // made
+		case err != nil && bytes.Equal(stored.mergeRaw, prev.mergeRaw):
+			// Not made: the store's error stands.
+		case stored.owner == owner:
+			return stored, fmt.Errorf("record progress of %s at %s: %w", dir, next.Pos, errAnswerLost)
+		default:
+			err = errFenced
+		}
 	}
-	n := next
-	return mark{last: last, raw: []byte(last), ts: ts, merge: &n, mergeRaw: val}, nil
+	if err == nil {
+		err = errFenced
+	}
+	return prev, fmt.Errorf("record progress of %s at %s: %w", dir, next.Pos, err)
 }

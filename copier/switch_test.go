@@ -252,7 +252,8 @@ func TestMergePeriodChangedAfterCrashDeliversEveryLineOnce(t *testing.T) {
 // in a rolling restart while the merging copier is paused: its lease
 // goes to the new, copying, process, which copies the bucket. The merging
 // copier then wakes up unaware, with the progress it read before, and
-// must not merge (and publish) the lines just copied as segments.
+// must not merge (and publish) the lines just copied as segments, nor
+// leave the period file it wrote before its decision was refused.
 func TestStaleMergingCopierIsFencedByACopyingOne(t *testing.T) {
 	e := newMergeEnv(t)
 	want := straddling(t, e)
@@ -267,6 +268,11 @@ func TestStaleMergingCopierIsFencedByACopyingOne(t *testing.T) {
 	e.clock.Set(t0.Add(3 * time.Hour)) // hour 08 closed
 	if _, err := stale.pass(context.Background(), staleLease{epoch: 1}, nil, true); !errors.Is(err, errFenced) {
 		t.Errorf("stale merging pass: %v, want it fenced", err)
+	}
+	for _, name := range files(t, e.dst, "") {
+		if dfs.Hidden(name) {
+			t.Errorf("%s left at the destination", name)
+		}
 	}
 	if got := destinationLines(t, e.dst); !slices.Equal(got, want) {
 		t.Errorf("destination holds %q in %q, want each line once", got, files(t, e.dst, ""))
