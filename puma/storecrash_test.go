@@ -31,10 +31,15 @@ import (
 // crashBlocks is the bucket's input, block i at crashPos(i): lines over
 // two and a half hours of event time (so that retention drops the first
 // windows), from a stock client, from an agent in order and re-sending a
-// batch, and from an agent whose batches come out of order (so that its
-// key keeps a seen-window).
+// batch, and from agents whose batches come out of order (so that their
+// keys keep a seen-window), one of which is seen only at the start (so
+// that its key is forgotten and its window row deleted: crashHorizon).
+// The blocks arrive a minute apart.
 func crashBlocks() []*segment.Block {
-	var out []*segment.Block
+	out := []*segment.Block{
+		agent("a3/r1", 3, order(t0+500, "eu", "book", 50)),
+		agent("a3/r1", 1, order(t0+600, "eu", "book", 51), order(t0+700, "us", "pen", 52)),
+	}
 	var seqA1, seqA2 uint64 = 1, 1
 	var lastA1 *segment.Block
 	for i := range 12 {
@@ -55,11 +60,19 @@ func crashBlocks() []*segment.Block {
 			out = append(out, agent("a2/r1", seqA2+1, lines[1:]...), agent("a2/r1", seqA2, lines[0]))
 			seqA2 += uint64(len(lines))
 		case 3:
-			out = append(out, lastA1, stock(lines...))
+			resent := *lastA1
+			out = append(out, &resent, stock(lines...))
 		}
+	}
+	for i, b := range out {
+		b.ArrivalMs = arrival + int64(i)*60_000
 	}
 	return out
 }
+
+// crashHorizon is the dedup horizon of the crash tests' nodes: agent keys
+// not seen for it are forgotten, a3's among them, not a1's nor a2's.
+const crashHorizon = 10 * time.Minute
 
 func crashPos(i int) ptail.Position {
 	return ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(i + 1)}
@@ -177,7 +190,10 @@ type crashWorld struct {
 // that did not still believes it holds the lease) and recovers it.
 func (w *crashWorld) owner(st store.Store) (*shard, error) {
 	w.owners++
-	p := w.e.node(fmt.Sprintf("owner%d", w.owners), func(c *Config, d *Deps) { d.Store = st })
+	p := w.e.node(fmt.Sprintf("owner%d", w.owners), func(c *Config, d *Deps) {
+		c.DedupHorizon = config.Duration(crashHorizon)
+		d.Store = st
+	})
 	co := inproc.NewHub().Session()
 	w.t.Cleanup(func() { co.Close() })
 	lease, err := co.Acquire(context.Background(), names.ShardLease("orders", 0), p.cfg.ID)
@@ -291,10 +307,9 @@ func (w *crashWorld) finish(what string, f *storetest.Faulty, afterFirst func())
 		}
 	}
 	w.check(what+", replayed by a new owner", s, false, true)
-	// What a crash or a failed delete left is deleted by the next
-	// checkpoint.
+	// Another owner recovers what was committed; what a crash or a
+	// failed delete left is deleted by its next checkpoint.
 	again := w.recovered(w.mem)
-	w.check(what+", recovered again", again, true, true)
 	if err := again.checkpoint(context.Background()); err != nil {
 		w.t.Fatalf("%s: %v", what, err)
 	}
@@ -427,6 +442,9 @@ func TestStoreFaultInRecovery(t *testing.T) {
 	for n, c := range calls {
 		if !c.Changes() {
 			continue
+		}
+		if testing.Short() && n%4 != 0 {
+			continue // -short: a crash before every fourth call
 		}
 		// The next owner's calls, up to the end of its first checkpoint
 		// (about: the calls of its recovery and a few).
