@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -26,15 +28,21 @@ import (
 // to some rows, a call applied after its caller gave up); then new owners
 // recover on what the store holds, replay the input from the position
 // they recovered, and must hold exactly what the input makes: every line
-// counted once (the agents' re-sent ones skipped), no line lost.
+// counted once (the agents' re-sent ones skipped), no line lost. Each
+// test runs three cases (eachCrashCase): windows resident in memory,
+// windows evicted to the store, and a span built by a backfill. The
+// store is storetest.Mem, which keeps as few versions as the contract
+// allows and hides a put at a deleted timestamp, as HBase does.
 
-// crashBlocks is the bucket's input, block i at crashPos(i): lines over
-// two and a half hours of event time (so that retention drops the first
-// windows), from a stock client, from an agent in order and re-sending a
-// batch, and from agents whose batches come out of order (so that their
-// keys keep a seen-window), one of which is seen only at the start (so
-// that its key is forgotten and its window row deleted: crashHorizon).
-// The blocks arrive a minute apart.
+// crashBlocks is the bucket's input: lines over 45 minutes of event
+// time (so that retention, crashRetention, drops the first windows), from
+// a stock client, from an agent in order and re-sending a batch, and
+// from agents whose batches come out of order (so that their keys keep a
+// seen-window), one of which is seen only at the start (so that its key
+// is forgotten and its window row deleted: crashHorizon). Each block has
+// a line in a window of the block before, and shares windows of ten
+// minutes with it, so that checkpoints write cells again that earlier
+// ones wrote. The blocks arrive a minute apart.
 func crashBlocks() []*segment.Block {
 	out := []*segment.Block{
 		agent("a3/r1", 3, order(t0+500, "eu", "book", 50)),
@@ -43,11 +51,12 @@ func crashBlocks() []*segment.Block {
 	var seqA1, seqA2 uint64 = 1, 1
 	var lastA1 *segment.Block
 	for i := range 12 {
-		ts := t0 + int64(i)*13*60_000
+		ts := t0 + int64(i)*4*60_000
 		lines := [][]byte{
 			order(ts+1000, "eu", "book", i%5+1),
 			order(ts+2000, "us", "pen", 10+i%3),
 			order(ts+65_000, "eu", "book", 7),
+			order(ts-175_000, "eu", "book", 20+i%4), // the window of the line above in the block before
 		}
 		switch i % 4 {
 		case 0:
@@ -70,23 +79,29 @@ func crashBlocks() []*segment.Block {
 	return out
 }
 
+// crashRetention is the retention of the crash tests' app.
+const crashRetention = 20 * time.Minute
+
 // crashHorizon is the dedup horizon of the crash tests' nodes: agent keys
 // not seen for it are forgotten, a3's among them, not a1's nor a2's.
 const crashHorizon = 10 * time.Minute
 
-func crashPos(i int) ptail.Position {
-	return ptail.Position{Segment: names.SegmentName(1, 1), Offset: int64(i + 1)}
-}
-
 // crashEvery is how many blocks a shard applies between checkpoints.
 const crashEvery = 3
 
-// crashApp is the orders app in windows of one and ten minutes, with a
-// variable state besides the fixed slots.
-func crashApp(t testing.TB) *apps.App {
+// crashApp is the orders app in windows of one and ten minutes (or
+// windows, if given), with a variable state besides the fixed slots.
+func crashApp(t testing.TB, windows ...time.Duration) *apps.App {
+	if windows == nil {
+		windows = []time.Duration{time.Minute, 10 * time.Minute}
+	}
 	return orders(t, func(s *apps.Spec) {
+		s.Retention = config.Duration(crashRetention)
 		s.Window = 0
-		s.Windows = []config.Duration{config.Duration(time.Minute), config.Duration(10 * time.Minute)}
+		s.Windows = nil
+		for _, d := range windows {
+			s.Windows = append(s.Windows, config.Duration(d))
+		}
 		s.Aggregates = append(s.Aggregates, apps.AggregateSpec{Name: "amounts", Fn: "count_distinct", Field: "amount"})
 	})
 }
@@ -174,15 +189,118 @@ func crashTotals(t testing.TB, app *apps.App, blocks []*segment.Block) crashWant
 	return want
 }
 
+// crashCase is what every run of a crash test starts from: the input,
+// what it makes, and the nodes' configuration.
+type crashCase struct {
+	e      *env
+	blocks []*segment.Block
+	want   crashWant
+	// maxCells, if set, is the nodes' puma.max_cells: low enough that
+	// checkpoints evict closed windows (answered from the store), not so
+	// low that a line is refused.
+	maxCells int
+	// backfill, if set, is how many blocks a node with the app in windows
+	// of one and five minutes has committed before each run: the runs'
+	// nodes build the ten-minute windows from the dfs (a backfill) while
+	// the one-minute windows run live, and delete the five-minute ones.
+	backfill int
+	pos      []ptail.Position // after each block, published in the dfs
+	calls    []storetest.Call // of a run without faults
+	start    *storetest.Mem   // what a run starts from (backfill)
+}
+
+// eachCrashCase runs fn with the shard's windows resident, evicted, and
+// a span of them being built by a backfill.
+func eachCrashCase(t *testing.T, fn func(t *testing.T, c *crashCase)) {
+	for _, tc := range []struct {
+		name               string
+		maxCells, backfill int
+	}{{"resident", 0, 0}, {"evicting", 24, 0}, {"backfilling", 0, 9}} {
+		t.Run(tc.name, func(t *testing.T) {
+			app := crashApp(t)
+			blocks := crashBlocks()
+			c := &crashCase{e: newEnv(t, app), blocks: blocks, want: crashTotals(t, app, blocks), maxCells: tc.maxCells, backfill: tc.backfill}
+			c.pos = publishEach(t, c.e, blocks)
+			if c.backfill > 0 {
+				w := &crashWorld{crashCase: c, t: t, mem: storetest.NewMem(), apps: []*apps.App{crashApp(t, time.Minute, 5*time.Minute)}}
+				if err := w.feed(w.recovered(w.mem), c.backfill); err != nil {
+					t.Fatal(err)
+				}
+				c.start = w.mem
+			}
+			c.calls = c.callsWithoutFaults(t)
+			fn(t, c)
+		})
+	}
+}
+
+// callsWithoutFaults runs the input through one owner without faults,
+// checks it, and returns the owner's store calls.
+func (c *crashCase) callsWithoutFaults(t *testing.T) []storetest.Call {
+	w := c.world(t)
+	f := storetest.NewFaulty(w.mem)
+	s := w.recovered(f)
+	if building := len(s.backfills) > 0; building != (c.backfill > 0) {
+		t.Fatalf("backfilling %v after %d blocks committed without it", building, c.backfill)
+	}
+	if err := w.feed(s, len(c.blocks)); err != nil {
+		t.Fatal(err)
+	}
+	calls := f.Calls() // not those of the answers to check
+	w.check("without faults", s, false, false)
+	evicted := uint64(0)
+	for _, tb := range s.tables {
+		evicted += tb.ev.windows
+	}
+	if (evicted > 0) != (c.maxCells > 0) {
+		t.Fatalf("%d windows evicted with max_cells %d", evicted, c.maxCells)
+	}
+	return calls
+}
+
+// publishEach publishes blocks in one segment of bucket orders/0 and
+// returns the position after each: one segment rather than one a block,
+// which a backfill's reader would open each with its buffers.
+func publishEach(t *testing.T, e *env, blocks []*segment.Block) []ptail.Position {
+	dir := filepath.Join(e.root, filepath.FromSlash(names.BucketDir("orders", 0)))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := names.SegmentName(1, 1)
+	b := []byte(segment.Magic)
+	var pos []ptail.Position
+	for _, blk := range blocks {
+		b = segment.AppendBlock(b, blk)
+		pos = append(pos, ptail.Position{Segment: name, Offset: int64(len(b))})
+	}
+	if err := os.WriteFile(filepath.Join(dir, "_"+name), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "_"+name), filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+	return pos
+}
+
+// world starts a run (for a backfill, from the commit of the blocks
+// before it by a node without the windows it builds).
+func (c *crashCase) world(t *testing.T) *crashWorld {
+	w := &crashWorld{crashCase: c, t: t, mem: storetest.NewMem()}
+	if c.start != nil {
+		w.mem = c.start.Clone()
+		w.owners = 1 // owner1 committed the start
+	}
+	return w
+}
+
 // crashWorld is one run of the input: a store of its own, shared by the
 // owners a run starts.
 type crashWorld struct {
+	*crashCase
 	t      *testing.T
-	e      *env
 	mem    *storetest.Mem
-	blocks []*segment.Block
-	want   crashWant
 	owners int
+	apps   []*apps.App // of the next owners (nil: the case's)
 }
 
 // owner makes a new owner of the shard over st (its own node and
@@ -192,6 +310,12 @@ func (w *crashWorld) owner(st store.Store) (*shard, error) {
 	w.owners++
 	p := w.e.node(fmt.Sprintf("owner%d", w.owners), func(c *Config, d *Deps) {
 		c.DedupHorizon = config.Duration(crashHorizon)
+		if w.maxCells > 0 {
+			c.MaxCells = w.maxCells
+		}
+		if w.apps != nil {
+			d.Apps = w.apps
+		}
 		d.Store = st
 	})
 	co := inproc.NewHub().Session()
@@ -232,16 +356,45 @@ func ended(err error) bool {
 // feed applies the blocks after the shard's position up to block until
 // (exclusive), checkpointing every crashEvery blocks, as Run does: a
 // checkpoint that fails is tried again at the next, and at the end until
-// one succeeds. It returns the error that ended the owner, if one did.
+// one succeeds. Its backfills read two blocks for each the shard reads,
+// and the rest at the end. It returns the error that ended the owner, if
+// one did.
 func (w *crashWorld) feed(s *shard, until int) error {
 	ctx := context.Background()
-	for i := int(s.pos.Offset); i < until; i++ {
-		s.apply(w.blocks[i], crashPos(i))
+	readers := map[*backfill]*ptail.Reader{}
+	defer func() {
+		for _, r := range readers {
+			_ = r.Close() // a reader holds nothing to flush
+		}
+	}()
+	backfill := func(limit int) {
+		for _, bf := range slices.Clone(s.backfills) {
+			if readers[bf] == nil {
+				readers[bf] = s.backfillReader(bf)
+			}
+			if _, err := s.backfillStep(bf, readers[bf], limit); err != nil {
+				w.t.Fatal(err)
+			}
+		}
+	}
+	from := 0
+	if s.pos != (ptail.Position{}) {
+		from = slices.Index(w.pos, s.pos) + 1
+		if from == 0 {
+			w.t.Fatalf("recovered at %v, after no block", s.pos)
+		}
+	}
+	for i := from; i < until; i++ {
+		s.apply(w.blocks[i], w.pos[i])
+		backfill(2)
 		if (i+1)%crashEvery == 0 {
 			if err := s.checkpoint(ctx); ended(err) {
 				return err
 			}
 		}
+	}
+	for len(s.backfills) > 0 {
+		backfill(0)
 	}
 	var err error
 	for range 5 {
@@ -258,7 +411,9 @@ func (w *crashWorld) feed(s *shard, until int) error {
 // left in them (leftMemory, leftStore), with their values: in a
 // committed state until the deletes after a commit are done (a crash or
 // a failed delete leaves them to a later checkpoint), in the memory of a
-// shard that loaded them until its next checkpoint.
+// shard that loaded them until its next checkpoint, and in the answers
+// of a shard that evicted them (read from the store) until they are
+// deleted there.
 func (w *crashWorld) check(what string, s *shard, leftMemory, leftStore bool) {
 	w.t.Helper()
 	for ms, want := range w.want.kept {
@@ -294,11 +449,12 @@ func (w *crashWorld) finish(what string, f *storetest.Faulty, afterFirst func())
 			s = nil // a crash in a checkpoint's deletes ends it too, silently
 		}
 	}
+	f.SetFault(nil) // the answers checked read the store through it
 	if afterFirst != nil {
 		afterFirst()
 	}
 	if s == nil {
-		what += ", the next owner crashed"
+		what += ", the next owner ended"
 		if s = w.recovered(w.mem); s == nil {
 			w.t.Fatalf("%s: cannot recover", what)
 		}
@@ -306,7 +462,7 @@ func (w *crashWorld) finish(what string, f *storetest.Faulty, afterFirst func())
 			w.t.Fatalf("%s: the last owner: %v", what, err)
 		}
 	}
-	w.check(what+", replayed by a new owner", s, false, true)
+	w.check(what+", replayed by a new owner", s, w.maxCells > 0, true)
 	// Another owner recovers what was committed; what a crash or a
 	// failed delete left is deleted by its next checkpoint.
 	again := w.recovered(w.mem)
@@ -328,19 +484,6 @@ func faultsOf(c storetest.Call) []storetest.Fault {
 	return out
 }
 
-// crashCalls runs the input through one owner without faults, checks
-// it, and returns the owner's store calls.
-func crashCalls(t *testing.T, e *env, blocks []*segment.Block, want crashWant) []storetest.Call {
-	w := &crashWorld{t: t, e: e, mem: storetest.NewMem(), blocks: blocks, want: want}
-	f := storetest.NewFaulty(w.mem)
-	s := w.recovered(f)
-	if err := w.feed(s, len(blocks)); err != nil {
-		t.Fatal(err)
-	}
-	w.check("without faults", s, false, false)
-	return f.Calls()
-}
-
 // TestStoreFaultAtEveryCall: the first owner's store call n fails in
 // each way it can; the owner goes on as Run would (a crash ends it); a
 // call that fails late lands a little later, or after the owner crashed,
@@ -348,67 +491,84 @@ func crashCalls(t *testing.T, e *env, blocks []*segment.Block, want crashWant) [
 // did not crash holds exactly what the input makes, and a new owner,
 // replaying from the position it recovered, does too.
 func TestStoreFaultAtEveryCall(t *testing.T) {
-	app := crashApp(t)
-	e := newEnv(t, app)
-	blocks := crashBlocks()
-	want := crashTotals(t, app, blocks)
-	calls := crashCalls(t, e, blocks, want)
-	runs := 0
-	for n, c := range calls {
-		for _, fault := range faultsOf(c) {
-			// When a late call lands: a few calls later, or at a call of the
-			// next owner (-1-m: its call m), or after the first owner ended.
-			lands := []int{0}
-			if fault == storetest.FailLate {
-				lands = []int{n + 1, n + 3, 0, -1, -2, -3, -4, -5, -6, -7, -8}
-			}
-			for _, at := range lands {
-				runs++
-				what := fmt.Sprintf("call %d (%s %q) %v", n, c.Op, c.Row, fault)
+	eachCrashCase(t, func(t *testing.T, cc *crashCase) {
+		runs := 0
+		for n, c := range cc.calls {
+			for _, fault := range faultsOf(c) {
+				// When a late call lands, the owner going on meanwhile: a
+				// few calls later, or after the owner ended (0). Or the
+				// owner crashes at once (the gateway applying the request
+				// of a process that died), and it lands after that, or at
+				// a call of the next owner (-1-m: its call m): before its
+				// claim (1), before its purge (3), after it (4), in its
+				// first checkpoint (8).
+				type landing struct {
+					at    int
+					crash bool
+				}
+				lands := []landing{{}}
 				if fault == storetest.FailLate {
-					what += fmt.Sprintf(", landing at %d", at)
+					lands = []landing{{n + 1, false}, {n + 3, false}, {0, false}}
+					for _, at := range []int{0, -2, -4, -5, -9} {
+						lands = append(lands, landing{at, true})
+					}
 				}
-				w := &crashWorld{t: t, e: e, mem: storetest.NewMem(), blocks: blocks, want: want}
-				f := storetest.NewFaulty(w.mem)
-				f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
-					if i == at {
+				for _, land := range lands {
+					runs++
+					what := fmt.Sprintf("call %d (%s %q) %v", n, c.Op, c.Row, fault)
+					if fault == storetest.FailLate {
+						what += fmt.Sprintf(", landing at %d", land.at)
+						if land.crash {
+							what += ", the owner crashing at once"
+						}
+					}
+					at := land.at
+					w := cc.world(t)
+					f := storetest.NewFaulty(w.mem)
+					f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
+						if i == at {
+							f.Land()
+						}
+						switch {
+						case i == n:
+							return fault
+						case i == n+1 && land.crash:
+							return storetest.Crash
+						}
+						return storetest.Pass
+					})
+					if s := w.recovered(f); s != nil {
+						// Ended by a crash, or fenced by a commit of its own
+						// that failed and landed later (it stops, and the
+						// next owner recovers from that commit), or exact.
+						if err := w.feed(s, len(cc.blocks)); err == nil && !f.Crashed() {
+							f.SetFault(nil) // the answers checked read the store through it
+							w.check(what+": the first owner", s, cc.maxCells > 0, true)
+						} else if !ended(err) && !f.Crashed() {
+							t.Fatalf("%s: the first owner: %v", what, err)
+						}
+					}
+					next := storetest.NewFaulty(w.mem)
+					next.SetFault(func(i int, _ storetest.Call) storetest.Fault {
+						if -1-i == at {
+							f.Land()
+						}
+						return storetest.Pass
+					})
+					if at == 0 {
 						f.Land()
 					}
-					if i == n {
-						return fault
-					}
-					return storetest.Pass
-				})
-				if s := w.recovered(f); s != nil {
-					// Ended by a crash, or fenced by a commit of its own
-					// that failed and landed later (then it stops and the
-					// next owner recovers from that commit), or exact.
-					if err := w.feed(s, len(blocks)); err == nil && !f.Crashed() {
-						w.check(what+": the first owner", s, false, true)
-					} else if !ended(err) && !f.Crashed() {
-						t.Fatalf("%s: the first owner: %v", what, err)
-					}
+					w.finish(what, next, nil)
 				}
-				next := storetest.NewFaulty(w.mem)
-				next.SetFault(func(i int, _ storetest.Call) storetest.Fault {
-					if -1-i == at {
-						f.Land()
-					}
-					return storetest.Pass
-				})
-				if at == 0 {
-					f.Land()
-				}
-				w.finish(what, next, nil)
 			}
 		}
-	}
-	t.Logf("%d calls, %d runs", len(calls), runs)
+		t.Logf("%d calls, %d runs", len(cc.calls), runs)
+	})
 }
 
-// crashedAt is a world whose first owner crashed before its store call n.
-func crashedAt(t *testing.T, e *env, blocks []*segment.Block, want crashWant, n int) *crashWorld {
-	w := &crashWorld{t: t, e: e, mem: storetest.NewMem(), blocks: blocks, want: want}
+// crashedAt is a run whose first owner crashed before its store call n.
+func (c *crashCase) crashedAt(t *testing.T, n int) *crashWorld {
+	w := c.world(t)
 	f := storetest.NewFaulty(w.mem)
 	f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
 		if i == n {
@@ -417,7 +577,7 @@ func crashedAt(t *testing.T, e *env, blocks []*segment.Block, want crashWant, n 
 		return storetest.Pass
 	})
 	if s := w.recovered(f); s != nil {
-		if err := w.feed(s, len(blocks)); !f.Crashed() {
+		if err := w.feed(s, len(c.blocks)); !f.Crashed() {
 			t.Fatalf("the first owner did not crash before its call %d: %v", n, err)
 		}
 	}
@@ -433,53 +593,57 @@ func crashedAt(t *testing.T, e *env, blocks []*segment.Block, want crashWant, n 
 // followed by another. Every owner that ends the input holds exactly
 // what the input makes.
 func TestStoreFaultInRecovery(t *testing.T) {
-	app := crashApp(t)
-	e := newEnv(t, app)
-	blocks := crashBlocks()
-	want := crashTotals(t, app, blocks)
-	calls := crashCalls(t, e, blocks, want)
-	runs := 0
-	for n, c := range calls {
-		if !c.Changes() {
-			continue
-		}
-		if testing.Short() && n%4 != 0 {
-			continue // -short: a crash before every fourth call
-		}
-		// The next owner's calls, up to the end of its first checkpoint
-		// (about: the calls of its recovery and a few).
-		w := crashedAt(t, e, blocks, want, n)
-		count := storetest.NewFaulty(w.mem)
-		if w.recovered(count) == nil {
-			t.Fatalf("crash before call %d: the next owner cannot recover", n)
-		}
-		next := count.Calls()
-		for m := range len(next) + 6 {
-			var faults []storetest.Fault
-			if m < len(next) {
-				faults = faultsOf(next[m])
-			} else {
-				faults = faultsOf(storetest.Call{Op: storetest.OpPut}) // every fault: a later call of whatever kind
+	eachCrashCase(t, func(t *testing.T, cc *crashCase) {
+		runs := 0
+		for n, c := range cc.calls {
+			if !c.Changes() {
+				continue
 			}
-			for _, fault := range faults {
-				runs++
-				what := fmt.Sprintf("crash before call %d (%s %q), then the next owner's call %d %v", n, c.Op, c.Row, m, fault)
-				w := crashedAt(t, e, blocks, want, n)
-				f := storetest.NewFaulty(w.mem)
-				f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
-					if i == m+2 {
-						f.Land()
-					}
-					if i == m {
-						return fault
-					}
-					return storetest.Pass
-				})
-				w.finish(what, f, func() { f.Land() })
+			// Every crash point with the windows resident; every other
+			// with eviction or a backfill (the same points, with rows of
+			// their own); every fourth in -short.
+			if testing.Short() && n%4 != 0 || (cc.maxCells > 0 || cc.backfill > 0) && n%2 != 0 {
+				continue
+			}
+			// What the crash left, which every run below starts from, and
+			// the next owner's calls, up to the end of its first
+			// checkpoint (about: the calls of its recovery and a few).
+			crashed := cc.crashedAt(t, n)
+			left := crashed.mem.Clone()
+			count := storetest.NewFaulty(crashed.mem)
+			if crashed.recovered(count) == nil {
+				t.Fatalf("crash before call %d: the next owner cannot recover", n)
+			}
+			next := count.Calls()
+			for m := range len(next) + 6 {
+				// The calls of its first checkpoint (after those of its
+				// recovery) crash; the other faults of a checkpoint's
+				// calls are TestStoreFaultAtEveryCall's.
+				faults := []storetest.Fault{storetest.Crash}
+				if m < len(next) {
+					faults = faultsOf(next[m])
+				}
+				for _, fault := range faults {
+					runs++
+					what := fmt.Sprintf("crash before call %d (%s %q), then the next owner's call %d %v", n, c.Op, c.Row, m, fault)
+					w := cc.world(t)
+					w.mem, w.owners = left.Clone(), crashed.owners
+					f := storetest.NewFaulty(w.mem)
+					f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
+						if i == m+2 {
+							f.Land()
+						}
+						if i == m {
+							return fault
+						}
+						return storetest.Pass
+					})
+					w.finish(what, f, func() { f.Land() })
+				}
 			}
 		}
-	}
-	t.Logf("%d runs", runs)
+		t.Logf("%d runs", runs)
+	})
 }
 
 // TestStoreStaleOwnerAtEveryCall: before each of the first owner's store
@@ -492,34 +656,31 @@ func TestStoreFaultInRecovery(t *testing.T) {
 // recovers, replays, and must hold exactly what the input makes; so must
 // the new owner's commit, whatever the old one wrote after it.
 func TestStoreStaleOwnerAtEveryCall(t *testing.T) {
-	app := crashApp(t)
-	e := newEnv(t, app)
-	blocks := crashBlocks()
-	want := crashTotals(t, app, blocks)
-	calls := crashCalls(t, e, blocks, want)
-	for n, c := range calls {
-		// The new owner replays one block (fewer than the old one's
-		// attempt may hold: cells of that attempt it does not write
-		// again), or more than a checkpoint's.
-		for _, replay := range []int{1, crashEvery + 1} {
-			what := fmt.Sprintf("a new owner, replaying %d blocks, before the old one's call %d (%s %q)", replay, n, c.Op, c.Row)
-			w := &crashWorld{t: t, e: e, mem: storetest.NewMem(), blocks: blocks, want: want}
-			f := storetest.NewFaulty(w.mem)
-			f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
-				if i == n {
-					newer := w.recovered(w.mem)
-					if err := w.feed(newer, min(int(newer.pos.Offset)+replay, len(blocks))); err != nil {
-						t.Fatalf("%s: the new owner: %v", what, err)
+	eachCrashCase(t, func(t *testing.T, cc *crashCase) {
+		for n, c := range cc.calls {
+			// The new owner replays one block (fewer than the old one's
+			// attempt may hold: cells of that attempt it does not write
+			// again), or more than a checkpoint's.
+			for _, replay := range []int{1, crashEvery + 1} {
+				what := fmt.Sprintf("a new owner, replaying %d blocks, before the old one's call %d (%s %q)", replay, n, c.Op, c.Row)
+				w := cc.world(t)
+				f := storetest.NewFaulty(w.mem)
+				f.SetFault(func(i int, _ storetest.Call) storetest.Fault {
+					if i == n {
+						newer := w.recovered(w.mem)
+						if err := w.feed(newer, min(slices.Index(cc.pos, newer.pos)+1+replay, len(cc.blocks))); err != nil {
+							t.Fatalf("%s: the new owner: %v", what, err)
+						}
+					}
+					return storetest.Pass
+				})
+				if s := w.recovered(f); s != nil {
+					if err := w.feed(s, len(cc.blocks)); err != nil && !errors.Is(err, errFenced) {
+						t.Fatalf("%s: the old owner: %v", what, err)
 					}
 				}
-				return storetest.Pass
-			})
-			if s := w.recovered(f); s != nil {
-				if err := w.feed(s, len(blocks)); err != nil && !errors.Is(err, errFenced) {
-					t.Fatalf("%s: the old owner: %v", what, err)
-				}
+				w.finish(what, storetest.NewFaulty(w.mem), nil)
 			}
-			w.finish(what, storetest.NewFaulty(w.mem), nil)
 		}
-	}
+	})
 }

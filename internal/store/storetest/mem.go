@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -251,6 +252,28 @@ func (m *Mem) CheckAndPut(ctx context.Context, table, row, column string, expect
 	}
 	m.put(table, cells)
 	return true, nil
+}
+
+// Clone returns a copy of m, markers and all, that shares nothing with
+// it: a state to start several runs of a test from.
+func (m *Mem) Clone() *Mem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := NewMem()
+	for table, rows := range m.tables {
+		c.tables[table] = map[string]*memRow{}
+		for key, r := range rows {
+			n := &memRow{cols: map[string][]store.Cell{}, deleted: map[string]map[int64]bool{}, upTo: r.upTo}
+			for col, vs := range r.cols {
+				n.cols[col] = cloneCells(vs)
+			}
+			for col, ts := range r.deleted {
+				n.deleted[col] = maps.Clone(ts)
+			}
+			c.tables[table][key] = n
+		}
+	}
+	return c
 }
 
 // String implements store.Store.
