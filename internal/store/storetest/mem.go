@@ -177,13 +177,7 @@ func (m *Mem) DeleteNewer(ctx context.Context, table, start, stop string, ts int
 // DeleteBetween implements store.Store: each version found is deleted
 // at its own timestamp, as the HBase store does.
 func (m *Mem) DeleteBetween(ctx context.Context, table, start, stop string, after, upTo int64) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, k := range m.rowsIn(table, start, stop) {
-		r := m.tables[table][k]
+	return m.eachRow(ctx, table, start, stop, func(r *memRow) {
 		for col, vs := range r.cols {
 			r.cols[col] = slices.DeleteFunc(vs, func(v store.Cell) bool {
 				if v.Timestamp <= after || v.Timestamp > upTo {
@@ -196,27 +190,33 @@ func (m *Mem) DeleteBetween(ctx context.Context, table, start, stop string, afte
 				return true
 			})
 		}
-	}
-	return nil
+	})
 }
 
 // DeleteUpTo implements store.Store: a row-wide marker at ts, as the
 // HBase store does, in each row that has a version up to ts.
 func (m *Mem) DeleteUpTo(ctx context.Context, table, start, stop string, ts int64) error {
+	return m.eachRow(ctx, table, start, stop, func(r *memRow) {
+		if len(r.get(ts)) == 0 {
+			return
+		}
+		r.upTo = max(r.upTo, ts)
+		for col, vs := range r.cols {
+			r.cols[col] = slices.DeleteFunc(vs, func(v store.Cell) bool { return v.Timestamp <= ts })
+		}
+	})
+}
+
+// eachRow calls fn, with m locked, for each row of table in [start,
+// stop).
+func (m *Mem) eachRow(ctx context.Context, table, start, stop string, fn func(r *memRow)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, k := range m.rowsIn(table, start, stop) {
-		r := m.tables[table][k]
-		if len(r.get(ts)) == 0 {
-			continue
-		}
-		r.upTo = max(r.upTo, ts)
-		for col, vs := range r.cols {
-			r.cols[col] = slices.DeleteFunc(vs, func(v store.Cell) bool { return v.Timestamp <= ts })
-		}
+		fn(m.tables[table][k])
 	}
 	return nil
 }
