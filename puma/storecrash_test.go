@@ -470,6 +470,19 @@ func (w *crashWorld) finish(what string, f *storetest.Faulty, afterFirst func())
 		w.t.Fatalf("%s: %v", what, err)
 	}
 	w.check(what+", recovered again and checkpointed", again, false, false)
+	// Nothing above what is committed: the versions of attempts that
+	// never committed were purged, or are below it at aborted epochs.
+	err := w.mem.Scan(context.Background(), "puma", "", "", store.Latest, func(row string, cells []store.Cell) error {
+		for _, c := range cells {
+			if c.Timestamp > again.committed.Epoch {
+				return fmt.Errorf("row %q column %s has a version at %d, above the committed epoch %d", row, c.Column, c.Timestamp, again.committed.Epoch)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		w.t.Fatalf("%s: %v", what, err)
+	}
 }
 
 // faultsOf are the faults a call can have.
@@ -682,5 +695,41 @@ func TestStoreStaleOwnerAtEveryCall(t *testing.T) {
 				w.finish(what, storetest.NewFaulty(w.mem), nil)
 			}
 		}
+	})
+}
+
+// TestStoreCrashLoop: owner after owner takes the shard over and crashes
+// in its first checkpoint, its cells written and its commit not, as a
+// node crashing in a loop on the same input would. The store keeps only
+// a few versions of a cell: were the versions of each such attempt left
+// behind, they would push the committed version out, and the committed
+// state would lose the cells. The owner that ends the loop holds exactly
+// what the input makes.
+func TestStoreCrashLoop(t *testing.T) {
+	eachCrashCase(t, func(t *testing.T, cc *crashCase) {
+		w := cc.world(t)
+		if err := w.feed(w.recovered(w.mem), len(cc.blocks)/2); err != nil {
+			t.Fatal(err)
+		}
+		for loop := range 2 * store.MinVersions {
+			f := storetest.NewFaulty(w.mem)
+			checks := 0
+			f.SetFault(func(_ int, c storetest.Call) storetest.Fault {
+				if c.Op == storetest.OpCheckAndPut {
+					// The claim, the attempt marker, then the commit.
+					if checks++; checks == 3 {
+						return storetest.Crash
+					}
+				}
+				return storetest.Pass
+			})
+			if s := w.recovered(f); s != nil {
+				_ = w.feed(s, len(cc.blocks))
+			}
+			if !f.Crashed() {
+				t.Fatalf("owner %d of the loop did not crash", loop)
+			}
+		}
+		w.finish("after a crash loop", storetest.NewFaulty(w.mem), nil)
 	})
 }
