@@ -34,7 +34,16 @@ import (
 // directory made the removal durable. A directory sync makes every name
 // then in the directory durable, not only the one it was made for, as a
 // real directory fsync does.
+//
+// Several processes may share one: each uses a view of its own (As),
+// whose calls the hook and the fault see with its name (Call.Proc).
 type CrashFS struct {
+	*crashState
+	proc string // the process whose view this is (As); "" for none
+}
+
+// crashState is what the views of a CrashFS share.
+type crashState struct {
 	mu   sync.Mutex
 	root *memNode
 	ops  int
@@ -43,6 +52,15 @@ type CrashFS struct {
 	// unless the error wraps ErrApplied.
 	fault func(n int, c Call) error
 	hdfs  bool // LikeHDFS
+}
+
+// As returns the view of f that the process proc uses: the same files,
+// and every call it makes is seen by the hook and the fault with Proc
+// set to proc. So a fault can kill one process of several sharing a
+// dfs (fail its calls from one on) and no other's, in the same step
+// as the call it is decided at.
+func (f *CrashFS) As(proc string) *CrashFS {
+	return &CrashFS{crashState: f.crashState, proc: proc}
 }
 
 // LikeHDFS makes f durable as HDFS is (see package dfs), and returns it:
@@ -76,7 +94,7 @@ func newDir() *memNode {
 }
 
 // NewCrashFS returns an empty file system.
-func NewCrashFS() *CrashFS { return &CrashFS{root: newDir()} }
+func NewCrashFS() *CrashFS { return &CrashFS{crashState: &crashState{root: newDir()}} }
 
 // SetHook sets a function called before every call that changes the file
 // system (create, mkdirall, rename, remove, write, sync, close, truncate),
@@ -120,6 +138,7 @@ func (f *CrashFS) Ops() int {
 // before counts a changing call and runs the hook, then the fault; f.mu
 // is held.
 func (f *CrashFS) before(c Call) error {
+	c.Proc = f.proc
 	n := f.ops
 	f.ops++
 	if f.hook != nil {
