@@ -192,11 +192,13 @@
 // come: unless another writer holds the bucket (and so has salvaged it),
 // it takes the bucket again itself, every second until that succeeds, and
 // ends for idleness (or with the process) only after one try more. Nor
-// does a writer that starts over a crashed one's segments: at start it
-// lists the buckets on a local disk and takes each holding an unpublished
-// segment that nobody holds (once the crashed writer's session has
-// ended; one held by the same holder for over a minute is a live
-// writer's), which salvages it, and releases it when idle; calls
+// does a writer that starts over a crashed one's segments: at start, and
+// whenever a writer leaves the group (one that dies while others live
+// leaves its segments to them), it lists the buckets on a local disk and
+// takes each holding an unpublished segment that nobody holds (once the
+// crashed writer's session has ended; one held by the same holder for
+// over a minute is a live writer's), which salvages it, and releases it
+// when idle; calls
 // for the bucket meanwhile are refused for what failed the last try
 // (write_error for a full disk), not as not_owner. A
 // segment left after a failed write or fsync (or a fence check that
