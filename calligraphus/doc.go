@@ -231,7 +231,12 @@
 // segment, answers TRY_LATER (counted as fenced, and in
 // freeway_calligraphus_fenced_total) and stops acting as owner. Where an
 // fsync acknowledges (local disk), the check follows the sync: a newer
-// intent may predate the salvage, so the batch is refused. So a stale
+// intent may predate the salvage, so the batch is refused, and its
+// segment cut back to before it; one then holding nothing acknowledged
+// is removed (it may have been created after the newer owner listed the
+// bucket, and nobody would take it up again), another is the newer
+// owner's to salvage. A publish whose rename fails because the newer
+// owner salvaged the segment counts as fenced too. So a stale
 // writer publishes nothing a reader counts, and is never answered OK for
 // entries no reader counts; its senders' retries reach the new owner. An
 // owner that dies between its intent and its seal holds readers of the

@@ -98,6 +98,32 @@ func TestSalvageOfSegmentPublishedMeanwhile(t *testing.T) {
 	}
 }
 
+// TestSalvageOfSegmentRemovedMeanwhile: a stale writer fenced as it
+// wrote the first batch into a segment it created after the new owner
+// had listed the bucket removes the segment (it holds nothing
+// acknowledged); a salvage that listed it before finds it gone. Nothing
+// is left to salvage: taking the bucket must not fail for it (the call
+// answered TRY_LATER as a write error, said as an error).
+func TestSalvageOfSegmentRemovedMeanwhile(t *testing.T) {
+	local := sealedBucket(t)
+	name := writeCrashed(t, local, "cat/0", 1, 7, []*segment.Block{{Messages: [][]byte{[]byte("refused-to-a")}}}, false)
+	fsys := &afterListFS{FS: local, dir: "cat/0"}
+	fsys.hook = func() {
+		if err := local.Remove(path.Join("cat/0", dfs.TempName(name))); err != nil {
+			t.Error(err)
+		}
+	}
+	_, co := inprocCoord(t)
+	cfg := testConfig()
+	cfg.ID = "wb"
+	b := startServer(t, cfg, fsys, co, nil)
+	mustLog(t, b.dial(t), entries("cat", "b-1"))
+	b.stop()
+	if got := readerView(t, local, "cat/0"); !slices.Equal(got, []string{"b-1"}) {
+		t.Errorf("readers count %q, want [b-1]", got)
+	}
+}
+
 // beforeListFS runs hook once, right before the listing of dir that
 // follows the creation of a fence intent above epoch 1 there; hook gets
 // the highest epoch of the fence then.

@@ -488,3 +488,13 @@ func testCrashPair(t *testing.T, f fate, join bool) {
 // survivor has salvaged; and neither logs an error (the dead one while
 // it lived). Each writer is killed in turn.
 func TestCrashOfOneOfTwoWriters(t *testing.T) { testCrashPair(t, killed, false) }
+
+// TestStallOfOneOfTwoWriters stalls one of two writers sharing a dfs
+// before each of its changes to it, past its coordinator session: the
+// other takes its buckets and salvages what it left, then the stalled
+// one goes on (the change it stalled before first), still believing it
+// holds its buckets, until it hears of the loss. Fencing at the storage
+// must keep it from publishing anything readers count over the new
+// owner's, or answering OK for what readers do not count: the checks of
+// TestCrashOfOneOfTwoWriters hold.
+func TestStallOfOneOfTwoWriters(t *testing.T) { testCrashPair(t, stalled, false) }
