@@ -498,3 +498,15 @@ func TestCrashOfOneOfTwoWriters(t *testing.T) { testCrashPair(t, killed, false) 
 // owner's, or answering OK for what readers do not count: the checks of
 // TestCrashOfOneOfTwoWriters hold.
 func TestStallOfOneOfTwoWriters(t *testing.T) { testCrashPair(t, stalled, false) }
+
+// TestCrashDuringHandOff: a second writer joins while the first holds
+// every bucket of categories an app consumes; the first hands it the
+// buckets it is preferred for (publishes, releases) while agents send to
+// both, forwarding entries for buckets in transit, and the second takes
+// them without waiting for entries. Each writer is killed, and stalled,
+// before each of its changes from the join on; the checks of
+// TestCrashOfOneOfTwoWriters hold.
+func TestCrashDuringHandOff(t *testing.T) {
+	t.Run("killed", func(t *testing.T) { testCrashPair(t, killed, true) })
+	t.Run("stalled", func(t *testing.T) { testCrashPair(t, stalled, true) })
+}
