@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -132,16 +133,17 @@ type pairCase struct {
 // the victim (0 or 1) meeting fate f before its at-th change to the dfs:
 // agent0 sends to the first writer, agent1 to the second, agent2 to each
 // in turn, and each batch is sent again until it is answered OK, to the
-// other writer once its own is gone (an answer from a writer gone since
-// is no answer; calls in flight when it stalls time out). With join,
-// every batch of the first half goes to the first writer.
+// other writer once its own is gone (an answer from a writer dead since
+// is no answer; one from a writer that stalled is, once it wakes). With
+// join, every batch of the first half goes to the first writer.
 //
 // Killed, the victim is then stopped (it may be killed only as it
 // publishes at stop), and the survivor salvages what it left. Stalled,
 // it stays stalled until the survivor has salvaged what it left, then
-// goes on, deaf to its loss, until it has dealt with what it had taken,
-// then hears of it, and both stop. Then it checks what readers see
-// (checkReaders) and what both logged.
+// goes on, deaf to its loss (the calls that waited for it answered),
+// until it has dealt with what it had taken, then hears of it, and both
+// stop. Then it checks what readers see (checkReaders) and what both
+// logged.
 func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pairRun, error) {
 	t.Helper()
 	victim, f, at := pc.victim, pc.fate, pc.at
@@ -172,9 +174,6 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 	run.victim = v
 	fsys := [2]dfs.FS{shared.As(ids[0]), shared.As(ids[1])}
 
-	// Calls in flight when the victim stalls time out.
-	callCtx, timeout := context.WithCancel(context.Background())
-	defer timeout()
 	stalledAt, wake := make(chan struct{}), make(chan struct{})
 	var deaf *deafCoord
 	switch f {
@@ -215,6 +214,8 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 			if int(v.ops.Add(1))-1 == at {
 				v.snap = shared.Snapshot()
 				stalling.Store(true)
+				deaf.stall()
+				v.gone.Store(true)
 				close(stalledAt)
 				<-wake
 			}
@@ -223,16 +224,6 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 		fsys[victim] = faulty
 		deaf = newDeafCoord(coords[victim])
 		v.co = deaf
-		go func() {
-			select {
-			case <-stalledAt:
-			case <-wake:
-				return
-			}
-			deaf.stall()
-			v.gone.Store(true)
-			timeout()
-		}()
 	}
 	var skew atomic.Int64
 	start := func(i int) {
@@ -242,6 +233,14 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 	}
 	var wakeOnce sync.Once
 	wakeUp := func() { wakeOnce.Do(func() { close(wake) }) }
+	woken := func() bool {
+		select {
+		case <-wake:
+			return true
+		default:
+			return false
+		}
+	}
 	defer func() { // before the writers stop, should the test end early
 		wakeUp()
 		if deaf != nil {
@@ -307,13 +306,9 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 					if to.gone.Load() {
 						to = survivor
 					}
-					ctx := callCtx
-					if v.gone.Load() {
-						ctx = context.Background()
-					}
 					s.sent[i].Add(1)
-					rc, err := to.c.LogBatch(ctx, wl.batch(i))
-					if err == nil && rc == scribethrift.ResultCode_OK && !to.gone.Load() {
+					rc, err := to.c.LogBatch(context.Background(), wl.batch(i))
+					if err == nil && rc == scribethrift.ResultCode_OK && !to.dead.Load() {
 						break
 					}
 					if try == 20 {
@@ -321,10 +316,18 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 						return
 					}
 					skew.Add(int64(2 * time.Second))
+					// As an agent backs off: the survivor forwards to the
+					// victim until it sees it gone from the group; a
+					// stalled victim that woke holds what it takes again
+					// outside the group until it hears of its loss and
+					// joins again, and the survivor sees it.
 					if v.gone.Load() {
-						// As an agent backs off: the survivor forwards to
-						// the victim until it sees it gone from the group.
-						if err := survivorSees(survivor, v.id); err != nil {
+						back := false
+						if woken() {
+							<-deaf.told
+							back = true
+						}
+						if err := survivorSees(survivor, v.id, back); err != nil {
 							errs <- err
 							return
 						}
@@ -342,30 +345,28 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 		counting.Store(true)
 		close(joined)
 	}
-	var first error
-	for range lanes {
-		if err := <-errs; err != nil && first == nil {
-			first = err
+	lanesDone := make(chan error, 1)
+	go func() {
+		var first error
+		for range lanes {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
 		}
-	}
-	if first != nil {
-		return run, first
-	}
+		lanesDone <- first
+	}()
 	what := fmt.Sprintf("%s, %s before its change %d, to be salvaged by %s", v.id, f, at, survivor.id)
-	switch f {
-	case killed:
-		v.stop() // it publishes what it holds, and may be killed doing so
-		if v.dead.Load() {
-			// What the dead writer left unpublished, the survivor
-			// salvages, whether or not an entry for the bucket comes.
-			testkit.Eventually(t, what, func() error { return salvagedBy(t, shared, observer, survivor.id) })
+	// wakeStalled lets the stalled victim go on once the survivor has
+	// salvaged what it left: deaf to its loss, it deals with what it
+	// had taken (the calls that waited for it answered); then it hears
+	// of it, and joins the group again.
+	wakeStalled := func() {
+		if woken() {
+			return
 		}
-	case stalled:
 		if v.gone.Load() {
 			testkit.Eventually(t, what, func() error { return salvagedBy(t, shared, observer, survivor.id) })
 		}
-		// It wakes, and goes on with what it had taken, deaf to its
-		// loss; then it hears of it.
 		wakeUp()
 		deaf.resume()
 		testkit.WaitFor(t, "the stalled writer to deal with what it had taken", func() bool {
@@ -377,6 +378,30 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 			return true
 		})
 		deaf.tell()
+	}
+	var first error
+	select {
+	case <-stalledAt:
+		// The calls in flight to the stalled writer wait for it (an
+		// agent's timeout may be longer than a coordinator session),
+		// the others go to the survivor.
+		wakeStalled()
+		first = <-lanesDone
+	case first = <-lanesDone:
+	}
+	if first != nil {
+		return run, first
+	}
+	switch f {
+	case killed:
+		v.stop() // it publishes what it holds, and may be killed doing so
+		if v.dead.Load() {
+			// What the dead writer left unpublished, the survivor
+			// salvages, whether or not an entry for the bucket comes.
+			testkit.Eventually(t, what, func() error { return salvagedBy(t, shared, observer, survivor.id) })
+		}
+	case stalled:
+		wakeStalled()
 		v.stop()
 	}
 	survivor.stop()
@@ -391,12 +416,12 @@ func crashPair(t *testing.T, ids [2]string, wl *crashWorkload, pc pairCase) (pai
 	return run, checkReaders(shared, seen, wl, s.sends(), "", logged)
 }
 
-// survivorSees waits until the writer p sees the writer id gone from
-// the group.
-func survivorSees(p *crashProc, id string) error {
-	for deadline := time.Now().Add(testkit.Deadline); slices.Contains(p.c.currentView().ids, id); {
+// survivorSees waits until the writer p sees the writer id in the group
+// (or, if not in, gone from it).
+func survivorSees(p *crashProc, id string, in bool) error {
+	for deadline := time.Now().Add(testkit.Deadline); slices.Contains(p.c.currentView().ids, id) != in; {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s still sees %s in the group", p.id, id)
+			return fmt.Errorf("%s does not see %s in the group as %v", p.id, id, in)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -411,6 +436,9 @@ func salvagedBy(t *testing.T, fsys dfs.FS, co coord.Coord, id string) error {
 	for _, cat := range crashCategories {
 		dir := layout.BucketDir(cat, 0)
 		names, err := dfs.ReadDirNames(fsys, dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // not written yet
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
