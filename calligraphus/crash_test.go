@@ -442,7 +442,8 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nest
 
 // TestFaultThenCrashAtEveryFileOperation fails each of the writer's
 // changes to the file system in turn (an I/O error; then again with the
-// change made all the same), the agents sending each batch again until
+// change made all the same; and each write made in part, as one that
+// fills the disk), the agents sending each batch again until
 // it is answered OK, and crashes the writer in the few changes that
 // follow the failure (the failed segment cut back and given up, the
 // bucket taken again and the segment salvaged; every third distinct
@@ -452,35 +453,56 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nest
 func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 	wl := newCrashWorkload()
 	total := dfstest.NewCrashFS()
-	recordCrashes(t, total, wl, wl.all(), newCrashSender(wl, nil, false), func(int, dfstest.Call) bool { return false })
+	var writes []int // the writes among the changes
+	recordCrashes(t, total, wl, wl.all(), newCrashSender(wl, nil, false), func(n int, c dfstest.Call) bool {
+		if c.Op == dfstest.OpWrite {
+			writes = append(writes, n)
+		}
+		return false
+	})
 	const window = 4 // the crash points after the failure
 	rng := rand.New(rand.NewPCG(5, 1))
 	seen := map[uint64]bool{}
 	ck := crashChecks{stride: 3} // of the crashes after a failure, for time (-race)
-	for _, applied := range []bool{false, true} {
-		for fault := range total.Ops() {
-			failed := "failed"
-			injected := fmt.Errorf("injected at operation %d: %w", fault, syscall.EIO)
-			if applied {
+	all := make([]int, total.Ops())
+	for i := range all {
+		all[i] = i
+	}
+	for _, failed := range []string{"failed", "failed after it took effect", "written in part, then failed"} {
+		faults := all
+		if failed == "written in part, then failed" {
+			faults = writes
+		}
+		for _, from := range faults {
+			injected := fmt.Errorf("injected: %w", syscall.EIO)
+			switch failed {
+			case "failed after it took effect":
 				// Done, and reported failed: an fsync's I/O error after
 				// the bytes were written, an answer lost on the way.
-				failed = "failed after it took effect"
 				injected = fmt.Errorf("%w: %w", injected, dfstest.ErrApplied)
+			case "written in part, then failed":
+				// A write that fills the disk: the first half written.
+				injected = fmt.Errorf("%w: %w", dfstest.ErrShort, syscall.ENOSPC)
 			}
+			// The call failed: the one numbered from, or for a write in
+			// part the first write from there (the writers' order of
+			// changes varies from run to run).
 			fsys := dfstest.NewCrashFS()
+			fault, call := -1, dfstest.Call{}
 			fsys.SetFault(func(n int, c dfstest.Call) error {
-				if n == fault {
+				hit := n == from
+				if failed == "written in part, then failed" {
+					hit = n >= from && c.Op == dfstest.OpWrite
+				}
+				if fault < 0 && hit {
+					fault, call = n, c
 					return injected
 				}
 				return nil
 			})
-			var call dfstest.Call
 			elog := &errorLog{}
 			points := recordCrashesLog(t, fsys, wl, wl.all(), newCrashSender(wl, nil, true), func(n int, c dfstest.Call) bool {
-				if n == fault {
-					call = c
-				}
-				return n > fault && n <= fault+window
+				return fault >= 0 && n > fault && n <= fault+window
 			}, elog)
 			what := fmt.Sprintf("operation %d (%s %s) %s", fault, call.Op, call.Name, failed)
 			// The failure is logged, as it is; but no byte was damaged,
@@ -510,7 +532,7 @@ func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 		}
 	}
 	ck.report(t)
-	t.Logf("%d operations failed in turn, before and after they took effect, %d distinct states checked", total.Ops(), ck.checked)
+	t.Logf("%d operations failed in turn, before and after they took effect, %d writes made in part, %d distinct states checked", total.Ops(), len(writes), ck.checked)
 }
 
 // TestCrashAtEveryFileOperationHDFSLike is TestCrashAtEveryFileOperation

@@ -125,8 +125,22 @@ func (f *CrashFS) SetFault(h func(n int, c Call) error) {
 // fail after it took effect.
 var ErrApplied = errors.New("the call took effect")
 
+// ErrShort, wrapped by an error of a fault (SetFault), makes a Write
+// (or WriteBuffers) write the first half of its bytes, then fail with
+// it, as a write that fills the disk does; any other call fails whole.
+var ErrShort = errors.New("short write")
+
 // skip reports whether a call the fault failed with err does nothing.
 func skip(err error) bool { return err != nil && !errors.Is(err, ErrApplied) }
+
+// short is how much of p a write the fault failed with err writes: half
+// for ErrShort, else all of it (then skip decides).
+func short(err error, p []byte) []byte {
+	if errors.Is(err, ErrShort) {
+		return p[:len(p)/2]
+	}
+	return p
+}
 
 // Ops returns the number of calls that changed the file system so far.
 func (f *CrashFS) Ops() int {
@@ -616,7 +630,8 @@ func (w *memFile) Write(p []byte) (int, error) {
 		return 0, fs.ErrClosed
 	}
 	ferr := w.fs.before(Call{Op: OpWrite, Name: w.name})
-	if skip(ferr) {
+	p = short(ferr, p)
+	if skip(ferr) && !errors.Is(ferr, ErrShort) {
 		return 0, ferr
 	}
 	w.node.data = append(w.node.data, p...)
@@ -632,6 +647,11 @@ func (w *memFile) WriteBuffers(bufs [][]byte) (int64, error) {
 		return 0, fs.ErrClosed
 	}
 	ferr := w.fs.before(Call{Op: OpWrite, Name: w.name})
+	if errors.Is(ferr, ErrShort) {
+		p := short(ferr, bytes.Join(bufs, nil))
+		w.node.data = append(w.node.data, p...)
+		return int64(len(p)), ferr
+	}
 	if skip(ferr) {
 		return 0, ferr
 	}
