@@ -24,6 +24,7 @@ import (
 
 	"github.com/freeway-dev/freeway/internal/component"
 	"github.com/freeway-dev/freeway/internal/config"
+	"github.com/freeway-dev/freeway/internal/coord"
 	"github.com/freeway-dev/freeway/internal/coord/inproc"
 	"github.com/freeway-dev/freeway/internal/dfs"
 	"github.com/freeway-dev/freeway/internal/dfs/dfstest"
@@ -99,6 +100,8 @@ func crashConfig() Config {
 	cfg := testConfig()
 	cfg.SegmentMaxBytes = 1024
 	cfg.Linger = 0
+	// A forward to a writer that stalled (crashPair) waits this long.
+	cfg.ForwardTimeout = config.Duration(100 * time.Millisecond)
 	return cfg
 }
 
@@ -106,14 +109,20 @@ func crashConfig() Config {
 // own (the crashed writer's session is gone with it), logging to log.
 func startCrashWriter(t *testing.T, fsys dfs.FS, log slog.Handler, skew *atomic.Int64, timed bool) (*Calligraphus, func()) {
 	t.Helper()
-	hub := inproc.NewHub()
-	co := hub.Session()
+	return startCrashWriterAs(t, "w1", fsys, inproc.NewHub().Session(), NewRouter(1, nil), log, skew, timed)
+}
+
+// startCrashWriterAs starts the writer id over fsys with the
+// coordinator co, its own: closed when the writer stops.
+func startCrashWriterAs(t *testing.T, id string, fsys dfs.FS, co coord.Coord, router *Router, log slog.Handler, skew *atomic.Int64, timed bool) (*Calligraphus, func()) {
+	t.Helper()
 	cfg := crashConfig()
+	cfg.ID = id
 	if timed {
 		cfg.SegmentMaxAge = config.Duration(10 * time.Millisecond)
 		cfg.IdleClose = config.Duration(10 * time.Millisecond)
 	}
-	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: NewRouter(1, nil),
+	c, err := New(cfg, Deps{FS: fsys, Coord: co, Router: router,
 		Common: component.Common{Log: slog.New(log), Metrics: prometheus.NewRegistry(), Version: "test"}})
 	if err != nil {
 		t.Fatal(err)
@@ -433,7 +442,8 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nest
 
 // TestFaultThenCrashAtEveryFileOperation fails each of the writer's
 // changes to the file system in turn (an I/O error; then again with the
-// change made all the same), the agents sending each batch again until
+// change made all the same; and each write made in part, as one that
+// fills the disk), the agents sending each batch again until
 // it is answered OK, and crashes the writer in the few changes that
 // follow the failure (the failed segment cut back and given up, the
 // bucket taken again and the segment salvaged; every third distinct
@@ -443,35 +453,56 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nest
 func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 	wl := newCrashWorkload()
 	total := dfstest.NewCrashFS()
-	recordCrashes(t, total, wl, wl.all(), newCrashSender(wl, nil, false), func(int, dfstest.Call) bool { return false })
+	var writes []int // the writes among the changes
+	recordCrashes(t, total, wl, wl.all(), newCrashSender(wl, nil, false), func(n int, c dfstest.Call) bool {
+		if c.Op == dfstest.OpWrite {
+			writes = append(writes, n)
+		}
+		return false
+	})
 	const window = 4 // the crash points after the failure
 	rng := rand.New(rand.NewPCG(5, 1))
 	seen := map[uint64]bool{}
 	ck := crashChecks{stride: 3} // of the crashes after a failure, for time (-race)
-	for _, applied := range []bool{false, true} {
-		for fault := range total.Ops() {
-			failed := "failed"
-			injected := fmt.Errorf("injected at operation %d: %w", fault, syscall.EIO)
-			if applied {
+	all := make([]int, total.Ops())
+	for i := range all {
+		all[i] = i
+	}
+	for _, failed := range []string{"failed", "failed after it took effect", "written in part, then failed"} {
+		faults := all
+		if failed == "written in part, then failed" {
+			faults = writes
+		}
+		for _, from := range faults {
+			injected := fmt.Errorf("injected: %w", syscall.EIO)
+			switch failed {
+			case "failed after it took effect":
 				// Done, and reported failed: an fsync's I/O error after
 				// the bytes were written, an answer lost on the way.
-				failed = "failed after it took effect"
 				injected = fmt.Errorf("%w: %w", injected, dfstest.ErrApplied)
+			case "written in part, then failed":
+				// A write that fills the disk: the first half written.
+				injected = fmt.Errorf("%w: %w", dfstest.ErrShort, syscall.ENOSPC)
 			}
+			// The call failed: the one numbered from, or for a write in
+			// part the first write from there (the writers' order of
+			// changes varies from run to run).
 			fsys := dfstest.NewCrashFS()
+			fault, call := -1, dfstest.Call{}
 			fsys.SetFault(func(n int, c dfstest.Call) error {
-				if n == fault {
+				hit := n == from
+				if failed == "written in part, then failed" {
+					hit = n >= from && c.Op == dfstest.OpWrite
+				}
+				if fault < 0 && hit {
+					fault, call = n, c
 					return injected
 				}
 				return nil
 			})
-			var call dfstest.Call
 			elog := &errorLog{}
 			points := recordCrashesLog(t, fsys, wl, wl.all(), newCrashSender(wl, nil, true), func(n int, c dfstest.Call) bool {
-				if n == fault {
-					call = c
-				}
-				return n > fault && n <= fault+window
+				return fault >= 0 && n > fault && n <= fault+window
 			}, elog)
 			what := fmt.Sprintf("operation %d (%s %s) %s", fault, call.Op, call.Name, failed)
 			// The failure is logged, as it is; but no byte was damaged,
@@ -501,7 +532,7 @@ func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 		}
 	}
 	ck.report(t)
-	t.Logf("%d operations failed in turn, before and after they took effect, %d distinct states checked", total.Ops(), ck.checked)
+	t.Logf("%d operations failed in turn, before and after they took effect, %d writes made in part, %d distinct states checked", total.Ops(), len(writes), ck.checked)
 }
 
 // TestCrashAtEveryFileOperationHDFSLike is TestCrashAtEveryFileOperation
@@ -617,20 +648,9 @@ func checkWriterCrashOnce(t *testing.T, live, img dfstest.Image, wl *crashWorklo
 // checkWriterCrashOn is checkWriterCrashOnce over fsys, holding the
 // image.
 func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crashWorkload, send []int, prior *crashPoint, retry, strict bool, once string) error {
-	// What readers could have read before the crash.
-	seen := map[string][]byte{}
-	lfs := dfstest.NewCrashFSFrom(live)
-	for _, cat := range crashCategories {
-		dir := layout.BucketDir(cat, 0)
-		infos, err := layout.Published(lfs, dir, "")
-		if err != nil {
-			return err
-		}
-		for _, fi := range infos {
-			if seen[path.Join(dir, fi.Name())], err = dfs.ReadFile(lfs, path.Join(dir, fi.Name())); err != nil {
-				return err
-			}
-		}
+	seen, err := readable(live)
+	if err != nil {
+		return err
 	}
 	elog := &errorLog{}
 	sender := newCrashSender(wl, prior, retry)
@@ -640,7 +660,52 @@ func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crash
 	if err := runCrashWriter(t, fsys, elog, &plain, send, sender); err != nil {
 		return err
 	}
-	sends := sender.sends()
+	var logged []string
+	if strict {
+		logged = elog.problems()
+	}
+	return checkReaders(fsys, seen, wl, sender.sends(), once, logged)
+}
+
+// readable is what readers could read in img: the published segments'
+// bytes by path.
+func readable(img dfstest.Image) (map[string][]byte, error) {
+	seen := map[string][]byte{}
+	fsys := dfstest.NewCrashFSFrom(img)
+	for _, cat := range crashCategories {
+		dir := layout.BucketDir(cat, 0)
+		infos, err := layout.Published(fsys, dir, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, fi := range infos {
+			if seen[path.Join(dir, fi.Name())], err = dfs.ReadFile(fsys, path.Join(dir, fi.Name())); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return seen, nil
+}
+
+// problems are the records logged, as problems of a check.
+func (l *errorLog) problems() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, r := range l.recs {
+		out = append(out, "error logged: "+r)
+	}
+	return out
+}
+
+// checkReaders checks what readers see in fsys once things have
+// settled: every entry of the workload at least once and at most as
+// many times as its batch was sent (sends; once, if not "", the category
+// whose entries are read at most once), nothing else, every segment
+// readers could read before the crash (seen) unchanged, and no segment
+// new to them before one they could have passed, and no temporary file
+// left over. It reports those problems, then the records logged.
+func checkReaders(fsys dfs.FS, seen map[string][]byte, wl *crashWorkload, sends []int, once string, logged []string) error {
 	type key struct {
 		agent string
 		seq   uint64
@@ -657,7 +722,7 @@ func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crash
 			agent += "/" + *b.Incarnation
 		}
 		for j, e := range b.Messages {
-			w := want{e.Category + ":" + string(e.Message), 1, sends[i]}
+			w := want{e.Category + ":" + string(e.Message), min(1, sends[i]), sends[i]}
 			if e.Category == once {
 				w.max = 1
 			}
@@ -754,14 +819,7 @@ func checkWriterCrashOn(t *testing.T, live dfstest.Image, fsys dfs.FS, wl *crash
 			problems = append(problems, fmt.Sprintf("entry %v (%.12s) read %d times, want %d to %d", id, w.msg, n, w.min, w.max))
 		}
 	}
-	elog.mu.Lock()
-	for _, r := range elog.recs {
-		if !strict {
-			break
-		}
-		problems = append(problems, "error logged: "+r)
-	}
-	elog.mu.Unlock()
+	problems = append(problems, logged...)
 	if len(problems) > 0 {
 		if len(problems) > 6 {
 			problems = append(problems[:6], fmt.Sprintf("and %d more", len(problems)-6))

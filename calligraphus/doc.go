@@ -192,11 +192,13 @@
 // come: unless another writer holds the bucket (and so has salvaged it),
 // it takes the bucket again itself, every second until that succeeds, and
 // ends for idleness (or with the process) only after one try more. Nor
-// does a writer that starts over a crashed one's segments: at start it
-// lists the buckets on a local disk and takes each holding an unpublished
-// segment that nobody holds (once the crashed writer's session has
-// ended; one held by the same holder for over a minute is a live
-// writer's), which salvages it, and releases it when idle; calls
+// does a writer that starts over a crashed one's segments: at start, and
+// whenever a writer leaves the group (one that dies while others live
+// leaves its segments to them), it lists the buckets on a local disk and
+// takes each holding an unpublished segment that nobody holds (once the
+// crashed writer's session has ended; one held by the same holder for
+// over a minute is a live writer's), which salvages it, and releases it
+// when idle; calls
 // for the bucket meanwhile are refused for what failed the last try
 // (write_error for a full disk), not as not_owner. A
 // segment left after a failed write or fsync (or a fence check that
@@ -229,7 +231,12 @@
 // segment, answers TRY_LATER (counted as fenced, and in
 // freeway_calligraphus_fenced_total) and stops acting as owner. Where an
 // fsync acknowledges (local disk), the check follows the sync: a newer
-// intent may predate the salvage, so the batch is refused. So a stale
+// intent may predate the salvage, so the batch is refused, and its
+// segment cut back to before it; one then holding nothing acknowledged
+// is removed (it may have been created after the newer owner listed the
+// bucket, and nobody would take it up again), another is the newer
+// owner's to salvage. A publish whose rename fails because the newer
+// owner salvaged the segment counts as fenced too. So a stale
 // writer publishes nothing a reader counts, and is never answered OK for
 // entries no reader counts; its senders' retries reach the new owner. An
 // owner that dies between its intent and its seal holds readers of the

@@ -20,47 +20,133 @@ import (
 
 // deafCoord hands out leases whose loss is not told to the holder until
 // tell is called: a writer stalled past its session (SIGSTOP, a long GC
-// pause) that wakes up believing it still owns its buckets.
+// pause) that wakes up believing it still owns its buckets. Stalled
+// (stall), its calls wait until resume.
 type deafCoord struct {
 	coord.Coord
-	mu     sync.Mutex
-	told   chan struct{}
-	leases []coord.Lease
+	mu      sync.Mutex
+	told    chan struct{}
+	stalled chan struct{} // closed by resume; nil while not stalled
+	leases  []coord.Lease
+	members []deafMember // joined, and not left by expire
+}
+
+// deafMember is a membership deafCoord gave, with what it was made of.
+type deafMember struct {
+	coord.Membership
+	group, id string
+	data      []byte
 }
 
 func newDeafCoord(inner coord.Coord) *deafCoord {
 	return &deafCoord{Coord: inner, told: make(chan struct{})}
 }
 
+// lock locks d.mu once it is not stalled, or fails as ctx ends.
+func (d *deafCoord) lock(ctx context.Context) error {
+	for {
+		d.mu.Lock()
+		stalled := d.stalled
+		if stalled == nil {
+			return nil
+		}
+		d.mu.Unlock()
+		select {
+		case <-stalled:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (d *deafCoord) Acquire(ctx context.Context, name, owner string) (coord.Lease, error) {
+	if err := d.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer d.mu.Unlock()
 	l, err := d.Coord.Acquire(ctx, name, owner)
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
 	d.leases = append(d.leases, l)
-	d.mu.Unlock()
 	return deafLease{Lease: l, told: d.told}, nil
 }
 
-// expire ends every lease granted so far, as a session expiry would,
-// without telling their holder.
+func (d *deafCoord) Join(ctx context.Context, group, member string, data []byte) (coord.Membership, error) {
+	if err := d.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer d.mu.Unlock()
+	m, err := d.Coord.Join(ctx, group, member, data)
+	if err != nil {
+		return nil, err
+	}
+	d.members = append(d.members, deafMember{m, group, member, data})
+	return m, nil
+}
+
+func (d *deafCoord) Holder(ctx context.Context, name string) (string, int64, error) {
+	if err := d.lock(ctx); err != nil {
+		return "", 0, err
+	}
+	d.mu.Unlock()
+	return d.Coord.Holder(ctx, name)
+}
+
+func (d *deafCoord) Members(ctx context.Context, group string) ([]coord.Member, <-chan struct{}, error) {
+	if err := d.lock(ctx); err != nil {
+		return nil, nil, err
+	}
+	d.mu.Unlock()
+	return d.Coord.Members(ctx, group)
+}
+
+// stall stalls the holder's calls until resume, and then expires its
+// session (expire).
+func (d *deafCoord) stall() {
+	d.mu.Lock()
+	d.stalled = make(chan struct{})
+	d.mu.Unlock()
+	d.expire()
+}
+
+// resume lets the calls stall holds go on.
+func (d *deafCoord) resume() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stalled != nil {
+		close(d.stalled)
+		d.stalled = nil
+	}
+}
+
+// expire ends every lease granted so far, and every membership, as a
+// session expiry would, without telling their holder.
 func (d *deafCoord) expire() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, l := range d.leases {
 		_ = l.Release(context.Background()) // a test double: a failure shows as B not taking over
 	}
+	for _, m := range d.members {
+		_ = m.Leave(context.Background()) // likewise: B would go on forwarding to A
+	}
 }
 
-// tell lets the leases' losses through.
+// tell lets the leases' losses through, and registers the memberships
+// expire ended again, as the coordinator does when its client hears of
+// the expiry.
 func (d *deafCoord) tell() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	select {
 	case <-d.told:
+		return
 	default:
 		close(d.told)
+	}
+	for _, m := range d.members {
+		_, _ = d.Coord.Join(context.Background(), m.group, m.id, m.data) // likewise: A would stay out of the group
 	}
 }
 

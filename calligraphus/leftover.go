@@ -3,6 +3,7 @@ package calligraphus
 import (
 	"context"
 	"path"
+	"slices"
 	"time"
 
 	"github.com/freeway-dev/freeway/internal/dfs"
@@ -33,7 +34,8 @@ const leftPatience = time.Minute
 // (a category no app consumes, a bucket its agents no longer send to).
 // So the writer takes those buckets itself (takeLeft), as it takes again
 // a bucket where it left such a segment itself. It lists every bucket
-// once, at start.
+// at start, and again whenever a writer has left the group (rebalance):
+// one that died leaves its segments to the live writers.
 func (c *Calligraphus) leftBuckets(ctx context.Context) []*leftBucket {
 	fsys := c.deps.FS
 	if !fsys.SyncDurable() {
@@ -55,27 +57,56 @@ func (c *Calligraphus) leftBuckets(ctx context.Context) []*leftBucket {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if b, ok := layout.ParseBucket(name); ok && c.leftIn(path.Join(cat.Dir, name)) {
-				out = append(out, &leftBucket{id: bucketID{cat.Name, b}})
+			if b, ok := layout.ParseBucket(name); ok {
+				if left, err := c.leftIn(path.Join(cat.Dir, name)); err == nil && left {
+					out = append(out, &leftBucket{id: bucketID{cat.Name, b}})
+				}
 			}
 		}
 	}
 	return out
 }
 
-// leftIn reports whether the bucket directory dir holds an unpublished
-// segment.
-func (c *Calligraphus) leftIn(dir string) bool {
-	names, err := dfs.ReadDirNames(c.deps.FS, dir)
-	if err != nil {
-		return false
-	}
-	for _, name := range names {
-		if _, ok := layout.ParseTempSegment(name); ok {
+// departed reports whether a writer of the group before (sorted) is
+// missing from the group now (sorted): it left, or died, perhaps leaving
+// unpublished segments (leftBuckets).
+func departed(before, now []string) bool {
+	for _, id := range before {
+		if _, found := slices.BinarySearch(now, id); !found {
 			return true
 		}
 	}
 	return false
+}
+
+// mergeLeft adds to left the buckets of more it does not hold already,
+// keeping what it knows of the others (the holder as first seen).
+func mergeLeft(left, more []*leftBucket) []*leftBucket {
+	have := make(map[bucketID]bool, len(left))
+	for _, l := range left {
+		have[l.id] = true
+	}
+	for _, l := range more {
+		if !have[l.id] {
+			left = append(left, l)
+		}
+	}
+	return left
+}
+
+// leftIn reports whether the bucket directory dir holds an unpublished
+// segment.
+func (c *Calligraphus) leftIn(dir string) (bool, error) {
+	names, err := dfs.ReadDirNames(c.deps.FS, dir)
+	if err != nil {
+		return false, err
+	}
+	for _, name := range names {
+		if _, ok := layout.ParseTempSegment(name); ok {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // takeLeft takes each bucket of left that nobody holds, which salvages
@@ -107,6 +138,14 @@ func (c *Calligraphus) takeLeft(ctx context.Context, left []*leftBucket) []*left
 				continue // a live holder's own segment
 			}
 			out = append(out, l)
+			continue
+		}
+		if left, err := c.leftIn(layout.BucketDir(l.id.category, l.id.bucket)); err != nil {
+			out = append(out, l)
+			continue
+		} else if !left {
+			// Published by its writer as it left, or salvaged by a
+			// writer that has released the bucket since: nothing to take.
 			continue
 		}
 		w, err := c.reserve(l.id, 0)

@@ -200,11 +200,14 @@ func (c *Calligraphus) askRebalance() {
 // it.
 //
 // It also takes, every round until each is taken, the buckets that held
-// an unpublished segment at start (leftBuckets).
+// an unpublished segment at start, or when a writer left the group
+// (leftBuckets): a writer that died while this one lives leaves them as
+// one that died before it started does.
 func (c *Calligraphus) rebalance(ctx context.Context) {
 	t := time.NewTicker(rebalanceEvery)
 	defer t.Stop()
 	left := c.leftBuckets(ctx)
+	var members []string // the group at the last round; nil before the first
 	for {
 		if len(left) > 0 {
 			left = c.takeLeft(ctx, left)
@@ -216,6 +219,12 @@ func (c *Calligraphus) rebalance(ctx context.Context) {
 		case <-c.rebalanceCh:
 		}
 		v := c.currentView()
+		if departed(members, v.ids) {
+			left = mergeLeft(left, c.leftBuckets(ctx))
+		}
+		if len(v.ids) > 0 {
+			members = v.ids
+		}
 		c.mu.Lock()
 		ws := make([]*bucketWriter, 0, len(c.writers))
 		for _, w := range c.writers {

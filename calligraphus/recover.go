@@ -230,9 +230,10 @@ func (w *bucketWriter) salvage(tmp, final string, taker int64) error {
 	}
 	data, err := dfs.ReadFile(fsys, tmp)
 	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := fsys.Stat(final); serr == nil {
-			return nil // published meanwhile by its writer, still running
-		}
+		// Published meanwhile by its writer, still running; or removed
+		// by it, holding nothing acknowledged (fenced as it wrote its
+		// first batch, fencedWrite): nothing to salvage.
+		return nil
 	}
 	if err != nil {
 		return err

@@ -79,11 +79,33 @@ func (h *afterListFS) ReadDir(name string) ([]fs.FileInfo, error) {
 // the bucket must not fail for it (a failed take answers TRY_LATER and
 // leaves an unsealed intent that holds readers back).
 func TestSalvageOfSegmentPublishedMeanwhile(t *testing.T) {
+	testSalvageOfSegmentChangedMeanwhile(t, "acked-by-a", func(local dfs.FS, tmp, final string) error {
+		return local.Rename(tmp, final)
+	}, "acked-by-a", "b-1")
+}
+
+// TestSalvageOfSegmentRemovedMeanwhile: a stale writer fenced as it
+// wrote the first batch into a segment it created after the new owner
+// had listed the bucket removes the segment (it holds nothing
+// acknowledged); a salvage that listed it before finds it gone. Nothing
+// is left to salvage: taking the bucket must not fail for it (the call
+// answered TRY_LATER as a write error, said as an error).
+func TestSalvageOfSegmentRemovedMeanwhile(t *testing.T) {
+	testSalvageOfSegmentChangedMeanwhile(t, "refused-to-a", func(local dfs.FS, tmp, _ string) error {
+		return local.Remove(tmp)
+	}, "b-1")
+}
+
+// testSalvageOfSegmentChangedMeanwhile leaves a crashed segment holding
+// msg, changes it by change (its temporary and its final name) right
+// after a new owner lists the bucket to salvage it, has that owner
+// write "b-1" and checks what readers count.
+func testSalvageOfSegmentChangedMeanwhile(t *testing.T, msg string, change func(local dfs.FS, tmp, final string) error, want ...string) {
 	local := sealedBucket(t)
-	name := writeCrashed(t, local, "cat/0", 1, 7, []*segment.Block{{Messages: [][]byte{[]byte("acked-by-a")}}}, false)
+	name := writeCrashed(t, local, "cat/0", 1, 7, []*segment.Block{{Messages: [][]byte{[]byte(msg)}}}, false)
 	fsys := &afterListFS{FS: local, dir: "cat/0"}
 	fsys.hook = func() {
-		if err := local.Rename(path.Join("cat/0", dfs.TempName(name)), path.Join("cat/0", name)); err != nil {
+		if err := change(local, path.Join("cat/0", dfs.TempName(name)), path.Join("cat/0", name)); err != nil {
 			t.Error(err)
 		}
 	}
@@ -93,8 +115,8 @@ func TestSalvageOfSegmentPublishedMeanwhile(t *testing.T) {
 	b := startServer(t, cfg, fsys, co, nil)
 	mustLog(t, b.dial(t), entries("cat", "b-1"))
 	b.stop()
-	if got := readerView(t, local, "cat/0"); !slices.Equal(got, []string{"acked-by-a", "b-1"}) {
-		t.Errorf("readers count %q, want [acked-by-a b-1]", got)
+	if got := readerView(t, local, "cat/0"); !slices.Equal(got, want) {
+		t.Errorf("readers count %q, want %q", got, want)
 	}
 }
 

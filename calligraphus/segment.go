@@ -1,7 +1,10 @@
 package calligraphus
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"path"
 	"time"
 
@@ -54,7 +57,7 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 		w.fail(durable)
 		return false, fmt.Errorf("check fence of %s: %w", w.tmp, err)
 	} else if top > w.epoch {
-		w.fenced("")
+		w.fencedWrite(durable)
 		return false, fmt.Errorf("write %s: %w", w.tmp, errFenced)
 	}
 	w.written(entries, bytes)
@@ -62,7 +65,7 @@ func (w *bucketWriter) write(batch []*appendReq, start time.Time) (pending bool,
 		// The batch is durable whatever happens here: a segment that
 		// cannot be published is salvaged (see publish).
 		if err := w.publish(); err != nil {
-			w.log.Error("cannot publish segment", "segment", w.final, "err", err)
+			w.log.Log(context.Background(), failureLevel(err), "cannot publish segment", "segment", w.final, "err", err)
 		}
 	}
 	return false, nil
@@ -178,7 +181,7 @@ func (w *bucketWriter) settle(closeErr error) {
 	err := w.publishClosed(c, closeErr)
 	w.c.m.commit.Observe(w.c.now().Sub(c.start).Seconds())
 	if err != nil {
-		w.log.Error("cannot publish segment", "segment", c.final, "err", err)
+		w.log.Log(context.Background(), failureLevel(err), "cannot publish segment", "segment", c.final, "err", err)
 	}
 	w.finish(c.reqs, err)
 }
@@ -224,11 +227,32 @@ func (w *bucketWriter) newerOwner(c *closing, err error) error {
 	if w.lease == nil || w.lease != c.lease {
 		return err
 	}
+	return w.fencedBy(err)
+}
+
+// fencedBy reports whether the storage shows, after err, a newer owner
+// of the bucket, which removes (salvages) this writer's unpublished
+// segments as it takes it: so a close or a rename of one fails. Then the
+// writer stops acting as the bucket's owner (fenced), and err is
+// returned marked fenced (errFenced); else as it is.
+func (w *bucketWriter) fencedBy(err error) error {
 	if top, ferr := layout.FenceTop(w.c.deps.FS, w.dir); ferr == nil && top > w.epoch {
 		w.fenced("")
 		return fmt.Errorf("%w: %w", errFenced, err)
 	}
 	return err
+}
+
+// failureLevel is the level a failed write or publish is logged at: an
+// error, unless it failed because a newer writer has the bucket (fenced,
+// or the lease lost), which the writer has said already (fenced,
+// abandon) and which loses nothing: its senders' retries reach the newer
+// writer, which salvages what was acknowledged here.
+func failureLevel(err error) slog.Level {
+	if errors.Is(err, errFenced) || errors.Is(err, errNotOwner) {
+		return slog.LevelWarn
+	}
+	return slog.LevelError
 }
 
 // notify tells readers in this process that a segment was published.
@@ -270,6 +294,7 @@ func (w *bucketWriter) open() error {
 		w.ahead = nil
 		if a.err == nil && a.lease == w.lease && a.epoch == w.epoch && !w.isLost() {
 			w.file, w.enc, w.size, w.tmp, w.final = a.file, a.enc, a.size, a.tmp, a.final
+			w.opened = w.size
 			return nil
 		}
 		w.discardAheadLater(a)
@@ -280,7 +305,7 @@ func (w *bucketWriter) open() error {
 	if err != nil {
 		return err
 	}
-	w.file, w.enc, w.size = f, enc, size
+	w.file, w.enc, w.size, w.opened = f, enc, size, size
 	return nil
 }
 
@@ -462,8 +487,11 @@ func (w *bucketWriter) publish() error {
 	}
 	if err := w.c.deps.FS.Rename(w.tmp, w.final); err != nil {
 		w.discard()
-		w.giveUp()
-		return fmt.Errorf("publish %s: %w", w.final, err)
+		err = w.fencedBy(fmt.Errorf("publish %s: %w", w.final, err))
+		if !errors.Is(err, errFenced) {
+			w.giveUp()
+		}
+		return err
 	}
 	w.c.m.segments.WithLabelValues(w.label).Inc()
 	if w.c.deps.FS.SyncDurable() {
@@ -499,17 +527,46 @@ func (w *bucketWriter) fail(durable int64) {
 	if w.file == nil {
 		return
 	}
+	w.cutBack(durable)
+	_ = w.file.Close() // discarded: the write error that led here is reported
+	w.file = nil
+	w.discard()
+	// Re-take ownership (and salvage) before the next write.
+	w.drop(true)
+}
+
+// cutBack cuts the open segment back to durable, its size before a
+// refused batch, where the dfs can and synced bytes are acknowledged
+// (see fail).
+func (w *bucketWriter) cutBack(durable int64) {
 	if t, ok := w.file.(dfs.Truncater); ok && w.c.deps.FS.SyncDurable() {
 		if err := t.Truncate(durable); err != nil {
 			w.log.Warn("cannot cut a failed segment back to its durable size; its salvage may publish the refused batch's entries as well as their retry",
 				"file", w.tmp, "size", durable, "err", err)
 		}
 	}
-	_ = w.file.Close() // discarded: the write error that led here is reported
+}
+
+// fencedWrite gives up the open segment when the fence check after a
+// batch's sync (a dfs where synced bytes are acknowledged) finds a newer
+// owner: the batch is refused. The segment is cut back to durable, its
+// size before the batch, as after a failed write. If a batch before
+// passed its own check, the segment was there before the newer owner's
+// intent, so that owner's listing saw it and salvages it. If none did
+// (durable is its header), it may have been created after that listing,
+// and no owner would ever take it up again: it holds nothing
+// acknowledged, and is removed (a salvage of it under way finds it gone,
+// or publishes the refused batch, which its senders write again).
+func (w *bucketWriter) fencedWrite(durable int64) {
+	w.cutBack(durable)
+	_ = w.file.Close() // discarded: fenced
 	w.file = nil
-	w.discard()
-	// Re-take ownership (and salvage) before the next write.
-	w.drop(true)
+	if durable > w.opened {
+		w.discard()
+	} else if err := removeGone(w.c.deps.FS, w.tmp); err != nil {
+		w.log.Warn("cannot remove a fenced segment holding nothing acknowledged", "file", w.tmp, "err", err)
+	}
+	w.fenced("")
 }
 
 // discard removes an unpublished segment, unless it holds acknowledged

@@ -165,6 +165,7 @@ type bucketWriter struct {
 	tmp     string
 	final   string
 	size    int64
+	opened  int64    // the open segment's size when opened: its header
 	buf     []byte   // small requests gathered into one write
 	bufs    [][]byte // a batch's requests for one WriteBuffers
 	// closing holds the segments being closed, oldest first, at most
@@ -361,7 +362,7 @@ func (w *bucketWriter) run(ctx context.Context) {
 		case <-roll.C:
 			if w.file != nil {
 				if err := w.publish(); err != nil {
-					w.log.Error("cannot publish segment", "segment", w.final, "err", err)
+					w.log.Log(context.Background(), failureLevel(err), "cannot publish segment", "segment", w.final, "err", err)
 				}
 			} else if left := w.expireAhead(); left > 0 {
 				roll.Reset(left)
@@ -421,7 +422,7 @@ func (w *bucketWriter) run(ctx context.Context) {
 			}
 			w.c.m.commit.Observe(w.c.now().Sub(start).Seconds())
 			if err != nil {
-				w.log.Error("cannot write batch to segment", "segment", w.final, "err", err)
+				w.log.Log(context.Background(), failureLevel(err), "cannot write batch to segment", "segment", w.final, "err", err)
 			}
 			w.finish(batch, err)
 			if !wasOpen && w.file != nil {
@@ -497,7 +498,7 @@ func (w *bucketWriter) stop(ctx context.Context) {
 	w.settleAll()
 	if w.file != nil {
 		if err := w.publish(); err != nil {
-			w.log.Error("cannot publish segment at stop", "segment", w.final, "err", err)
+			w.log.Log(context.Background(), failureLevel(err), "cannot publish segment at stop", "segment", w.final, "err", err)
 		}
 	}
 	w.mu.Lock()
@@ -531,7 +532,7 @@ func (w *bucketWriter) handoff() {
 	w.settleAll()
 	if w.file != nil {
 		if err := w.publish(); err != nil {
-			w.log.Error("cannot publish segment at hand-off", "segment", w.final, "err", err)
+			w.log.Log(context.Background(), failureLevel(err), "cannot publish segment at hand-off", "segment", w.final, "err", err)
 		}
 	}
 	w.drop(true)

@@ -245,7 +245,8 @@ func WriteIntent(fsys dfs.FS, dir string, epoch int64) error {
 // published later is not covered), computes the seal from the listing and
 // the previous seal, publishes it (a hidden temporary file, unique names
 // it, and a rename) and removes the older intents and seals. It fails
-// with ErrSuperseded when a newer owner's intent is there already.
+// with ErrSuperseded when a newer owner's intent is there already, or
+// comes meanwhile (its seal removes this one's temporary file).
 func WriteSeal(fsys dfs.FS, dir string, epoch int64, unique string) (Seal, error) {
 	last, err := lastOfEpochs(fsys, dir, epoch)
 	if err != nil {
@@ -310,6 +311,11 @@ func WriteSeal(fsys dfs.FS, dir string, epoch int64, unique string) (Seal, error
 	}
 	if err := fsys.Rename(tmp, p); err != nil {
 		_ = fsys.Remove(tmp) // the rename error is the one to report
+		if top, terr := FenceTop(fsys, dir); terr == nil && top > epoch {
+			// A newer owner sealed meanwhile, and removed the
+			// temporary seal with the older intents (pruneFence).
+			return Seal{}, fmt.Errorf("publish seal %s: %w (epoch %d): %w", p, ErrSuperseded, top, err)
+		}
 		return Seal{}, fmt.Errorf("publish seal %s: %w", p, err)
 	}
 	pruneFence(fsys, fdir, epoch)

@@ -34,7 +34,16 @@ import (
 // directory made the removal durable. A directory sync makes every name
 // then in the directory durable, not only the one it was made for, as a
 // real directory fsync does.
+//
+// Several processes may share one: each uses a view of its own (As),
+// whose calls the hook and the fault see with its name (Call.Proc).
 type CrashFS struct {
+	*crashState
+	proc string // the process whose view this is (As); "" for none
+}
+
+// crashState is what the views of a CrashFS share.
+type crashState struct {
 	mu   sync.Mutex
 	root *memNode
 	ops  int
@@ -43,6 +52,15 @@ type CrashFS struct {
 	// unless the error wraps ErrApplied.
 	fault func(n int, c Call) error
 	hdfs  bool // LikeHDFS
+}
+
+// As returns the view of f that the process proc uses: the same files,
+// and every call it makes is seen by the hook and the fault with Proc
+// set to proc. So a fault can kill one process of several sharing a
+// dfs (fail its calls from one on) and no other's, in the same step
+// as the call it is decided at.
+func (f *CrashFS) As(proc string) *CrashFS {
+	return &CrashFS{crashState: f.crashState, proc: proc}
 }
 
 // LikeHDFS makes f durable as HDFS is (see package dfs), and returns it:
@@ -76,7 +94,7 @@ func newDir() *memNode {
 }
 
 // NewCrashFS returns an empty file system.
-func NewCrashFS() *CrashFS { return &CrashFS{root: newDir()} }
+func NewCrashFS() *CrashFS { return &CrashFS{crashState: &crashState{root: newDir()}} }
 
 // SetHook sets a function called before every call that changes the file
 // system (create, mkdirall, rename, remove, write, sync, close, truncate),
@@ -107,8 +125,22 @@ func (f *CrashFS) SetFault(h func(n int, c Call) error) {
 // fail after it took effect.
 var ErrApplied = errors.New("the call took effect")
 
+// ErrShort, wrapped by an error of a fault (SetFault), makes a Write
+// (or WriteBuffers) write the first half of its bytes, then fail with
+// it, as a write that fills the disk does; any other call fails whole.
+var ErrShort = errors.New("short write")
+
 // skip reports whether a call the fault failed with err does nothing.
 func skip(err error) bool { return err != nil && !errors.Is(err, ErrApplied) }
+
+// short is how much of p a write the fault failed with err writes: half
+// for ErrShort, else all of it (then skip decides).
+func short(err error, p []byte) []byte {
+	if errors.Is(err, ErrShort) {
+		return p[:len(p)/2]
+	}
+	return p
+}
 
 // Ops returns the number of calls that changed the file system so far.
 func (f *CrashFS) Ops() int {
@@ -120,6 +152,7 @@ func (f *CrashFS) Ops() int {
 // before counts a changing call and runs the hook, then the fault; f.mu
 // is held.
 func (f *CrashFS) before(c Call) error {
+	c.Proc = f.proc
 	n := f.ops
 	f.ops++
 	if f.hook != nil {
@@ -597,7 +630,8 @@ func (w *memFile) Write(p []byte) (int, error) {
 		return 0, fs.ErrClosed
 	}
 	ferr := w.fs.before(Call{Op: OpWrite, Name: w.name})
-	if skip(ferr) {
+	p = short(ferr, p)
+	if skip(ferr) && !errors.Is(ferr, ErrShort) {
 		return 0, ferr
 	}
 	w.node.data = append(w.node.data, p...)
@@ -613,6 +647,11 @@ func (w *memFile) WriteBuffers(bufs [][]byte) (int64, error) {
 		return 0, fs.ErrClosed
 	}
 	ferr := w.fs.before(Call{Op: OpWrite, Name: w.name})
+	if errors.Is(ferr, ErrShort) {
+		p := short(ferr, bytes.Join(bufs, nil))
+		w.node.data = append(w.node.data, p...)
+		return int64(len(p)), ferr
+	}
 	if skip(ferr) {
 		return 0, ferr
 	}

@@ -35,6 +35,9 @@ type Call struct {
 	Name string // the file or directory; Rename: the old name
 	To   string // Rename: the new name
 	Off  int64  // Read: the offset the read starts at; Truncate: the size
+	// Proc is the process that made the call, on a CrashFS shared by
+	// several (CrashFS.As); "" otherwise.
+	Proc string
 }
 
 // Faulty wraps a dfs.FS for tests that need the file system to fail, to
