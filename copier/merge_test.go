@@ -472,12 +472,31 @@ func (f *faultFile) Close() error {
 type faultStore struct {
 	store.Store
 	after bool
+	// crash: every call after the fault fails too (the process died),
+	// the copier's read of the row after a failed write included.
+	crash bool
 	mu    sync.Mutex
 	k, n  int
 	fired bool
 }
 
+func (s *faultStore) Get(ctx context.Context, table, row string, asOf int64) ([]store.Cell, error) {
+	if s.dead() {
+		return nil, fmt.Errorf("get after the crash: %w", errInjected)
+	}
+	return s.Store.Get(ctx, table, row, asOf)
+}
+
+func (s *faultStore) dead() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.crash && s.fired
+}
+
 func (s *faultStore) CheckAndPut(ctx context.Context, table, row, column string, expect []byte, cells []store.Cell) (bool, error) {
+	if s.dead() {
+		return false, fmt.Errorf("checkandput after the crash: %w", errInjected)
+	}
 	s.mu.Lock()
 	s.n++
 	fail := s.k > 0 && s.n == s.k
