@@ -266,18 +266,38 @@ func (s *shard) recover(ctx context.Context) error {
 		if E == 0 {
 			continue
 		}
+		// The windows retention dropped under the committed watermark are
+		// not loaded: their rows are still there if the delete after the
+		// commit that dropped them failed. A watermark in the future is
+		// reset below from the windows loaded, so under it every window
+		// loads.
+		wm := t.watermark
+		if wm > nowMs+t.app.MaxFutureMs {
+			wm = noHorizon
+		}
 		for i, sp := range t.spans {
 			prefix := appPrefix(s.category, s.bucket, t.app, sp.fp)
 			if h, ok := s.committed.Evicted[spanName(t.app.Name(), sp)]; ok && !fresh[spanName(t.app.Name(), sp)] {
 				sp.horizon = h
 			}
+			kept := retainedFrom(t.app, wm, sp.ms)
+			expired := false
 			scratch := t.layout.newCell()
 			err := scanCommittedInto(ctx, st, tbl, prefix, loadStart(prefix, sp), store.PrefixEnd(prefix), s.committed, t.layout, func() cell { return scratch }, func(w int64, key string, c cell, stored int64) {
+				if w < kept {
+					expired = true
+					return
+				}
 				t.load(i, w, key, c, stored)
 				loaded++
 			})
 			if err != nil {
 				return fmt.Errorf("load cells of app %s (%v windows): %w", t.app.Name(), time.Duration(sp.ms)*time.Millisecond, err)
+			}
+			if expired {
+				// Deleted after the next commit, as the checkpoint that
+				// dropped them would have.
+				s.expired = append(s.expired, expiredRows{prefix: prefix, stop: prefix + windowKey(kept), epoch: E})
 			}
 		}
 		if t.watermark > nowMs+t.app.MaxFutureMs {

@@ -127,7 +127,11 @@
 // again as the heap grows back): its transient memory would otherwise
 // stay resident for tens of seconds or more. Windows dropped
 // by retention are deleted from the store after the commit that drops
-// them.
+// them; a crash or a failed delete leaves their rows to a later
+// checkpoint (a new owner's first), so every read of the store (recovery,
+// the evicted windows of an answer from memory, Committed) skips the
+// windows retention drops under the watermark it reads with, and no
+// answer shows them.
 //
 // Fencing a stale owner's cells. An attempt that a stale owner had
 // already marked before the new owner's claim may still be writing cells

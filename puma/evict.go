@@ -258,10 +258,10 @@ func (t *table) evictedRetention(i int, prefix string, epoch int64) []expiredRow
 // error nothing of the shard is in m.
 func (s *shard) mergeShard(ctx context.Context, pl *plan, m cellSink) error {
 	var (
-		into    = m
-		stop    int64
-		at      commitState
-		evicted bool
+		into        = m
+		start, stop int64
+		at          commitState
+		evicted     bool
 	)
 	s.snapshot(func(tables []*table) {
 		for _, t := range tables {
@@ -269,8 +269,11 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m cellSink) error {
 				continue
 			}
 			sp := t.spans[pl.span]
-			if first := resident(sp.horizon, sp.ms); pl.from < first {
-				evicted, stop = true, min(pl.to, first)
+			// Not the windows retention drops (or dropped: their rows are
+			// left in the store until a delete after a commit is done).
+			start = max(pl.from, retainedFrom(t.app, t.watermark, sp.ms))
+			if stop = min(pl.to, resident(sp.horizon, sp.ms)); start < stop {
+				evicted = true
 				at = commitState{Epoch: s.committedEpoch, Aborted: s.readAborted}
 				into = m.fresh()
 			}
@@ -285,7 +288,7 @@ func (s *shard) mergeShard(ctx context.Context, pl *plan, m cellSink) error {
 		return nil
 	}
 	prefix := appPrefix(s.category, s.bucket, pl.app, fingerprint(pl.app, pl.srcMs))
-	err := scanCommitted(ctx, s.p.deps.Store, s.p.cfg.Table, prefix, prefix+windowKey(pl.from), prefix+windowKey(stop), at, pl.layout,
+	err := scanCommitted(ctx, s.p.deps.Store, s.p.cfg.Table, prefix, prefix+windowKey(start), prefix+windowKey(stop), at, pl.layout,
 		func(w int64, key string, c cell, _ int64) { into.add(w, key, c) })
 	if err != nil {
 		return fmt.Errorf("read evicted windows of %s/%d: %w", s.category, s.bucket, err)

@@ -337,7 +337,17 @@ func (c *Committed) scanShard(ctx context.Context, pl *plan, b int, st commitSta
 	var over error
 	var bytes int64 // of fresh's rows, by their first cell's stored size
 	prefix := appPrefix(cat, b, pl.app, fingerprint(pl.app, pl.srcMs))
-	from, to := prefix+windowKey(pl.from), prefix+windowKey(pl.to)
+	// Not the windows retention dropped under the committed watermark:
+	// their rows are left until a delete after the commit is done.
+	wm, ok := st.Watermarks[pl.app.Name()]
+	if !ok {
+		wm = noHorizon
+	}
+	start := max(pl.from, retainedFrom(pl.app, wm, pl.srcMs))
+	if start >= pl.to {
+		return fresh, nil
+	}
+	from, to := prefix+windowKey(start), prefix+windowKey(pl.to)
 	err := scanCommitted(sctx, c.st, c.table, prefix, from, to, st, pl.layout, func(w int64, key string, cl cell, stored int64) {
 		if over != nil {
 			return

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,14 +109,14 @@ func crashApp(t testing.TB, windows ...time.Duration) *apps.App {
 
 // crashWant is what the input makes, by window length, as rows formats
 // them: each line counted once (an agent's by its sequence number).
-// Kept are the rows of the windows retention keeps; expired those of the
-// windows it dropped, which a committed state may still hold for a while
-// (their rows are deleted after the commit that drops them, and a crash
-// or a failed delete leaves them to a later checkpoint), but never with
-// other values.
+// Kept are the rows of the windows retention keeps; expired counts those
+// it dropped, which no answer shows (their rows are deleted after the
+// commit that drops them, and a crash or a failed delete leaves them to
+// a later checkpoint: TestExpiredWindowsNeverShow).
 type crashWant struct {
 	kept    map[int64][]string
-	expired map[int64]map[string]bool
+	expired map[int64]int
+	horizon int64 // the input's watermark - retention
 }
 
 func crashTotals(t testing.TB, app *apps.App, blocks []*segment.Block) crashWant {
@@ -166,9 +167,8 @@ func crashTotals(t testing.TB, app *apps.App, blocks []*segment.Block) crashWant
 			}
 		}
 	}
-	want := crashWant{kept: map[int64][]string{}, expired: map[int64]map[string]bool{}}
+	want := crashWant{kept: map[int64][]string{}, expired: map[int64]int{}, horizon: watermark - app.RetentionMs}
 	for _, ms := range lengths {
-		want.expired[ms] = map[string]bool{}
 		for k, a := range cells[ms] {
 			row := formatRow(Row{
 				WindowStartMs: k.w, WindowEndMs: k.w + ms,
@@ -176,14 +176,14 @@ func crashTotals(t testing.TB, app *apps.App, blocks []*segment.Block) crashWant
 				Values: map[string]any{"n": a.n, "total": a.total, "lo": a.lo, "hi": a.hi, "mean": a.total / a.n, "amounts": float64(len(a.amounts))},
 			})
 			if k.w+ms <= watermark-app.RetentionMs {
-				want.expired[ms][row] = true
+				want.expired[ms]++
 			} else {
 				want.kept[ms] = append(want.kept[ms], row)
 			}
 		}
 		slices.Sort(want.kept[ms])
 	}
-	if len(want.expired[60_000]) == 0 {
+	if want.expired[60_000] == 0 {
 		t.Fatal("retention drops no window: the input tests none of its deletes")
 	}
 	return want
@@ -247,7 +247,7 @@ func (c *crashCase) callsWithoutFaults(t *testing.T) []storetest.Call {
 		t.Fatal(err)
 	}
 	calls := f.Calls() // not those of the answers to check
-	w.check("without faults", s, false, false)
+	w.check("without faults", s)
 	evicted := uint64(0)
 	for _, tb := range s.tables {
 		evicted += tb.ev.windows
@@ -407,14 +407,9 @@ func (w *crashWorld) feed(s *shard, until int) error {
 }
 
 // check fails the test unless the shard's memory and the committed
-// state hold what the input makes; windows retention dropped may be
-// left in them (leftMemory, leftStore), with their values: in a
-// committed state until the deletes after a commit are done (a crash or
-// a failed delete leaves them to a later checkpoint), in the memory of a
-// shard that loaded them until its next checkpoint, and in the answers
-// of a shard that evicted them (read from the store) until they are
-// deleted there.
-func (w *crashWorld) check(what string, s *shard, leftMemory, leftStore bool) {
+// state hold what the input makes, and none of the windows retention
+// dropped.
+func (w *crashWorld) check(what string, s *shard) {
 	w.t.Helper()
 	// A line the shard did not aggregate (max_cells above all) is the
 	// case's doing, not the store's: say so rather than show totals off.
@@ -428,20 +423,21 @@ func (w *crashWorld) check(what string, s *shard, leftMemory, leftStore bool) {
 	for ms, want := range w.want.kept {
 		q := Query{App: "orders", WindowMs: ms}
 		in := fmt.Sprintf("%s: %%s, windows of %v", what, time.Duration(ms)*time.Millisecond)
-		w.compare(fmt.Sprintf(in, "memory"), memRows(w.t, s, q), want, leftMemory, w.want.expired[ms])
+		w.compare(fmt.Sprintf(in, "memory"), memRows(w.t, s, q), want)
 		got := rows(w.t, NewCommitted(w.mem, "puma", w.e.apps, func(string) int { return 1 }), q)
-		w.compare(fmt.Sprintf(in, "committed"), got, want, leftStore, w.want.expired[ms])
+		w.compare(fmt.Sprintf(in, "committed"), got, want)
+		// Over the windows retention dropped alone: no row.
+		q.FromMs, q.ToMs = t0-24*3600_000, apps.WindowStart(w.want.horizon, ms)
+		w.compare(fmt.Sprintf(in, "memory, expired windows"), memRows(w.t, s, q), nil)
+		got = rows(w.t, NewCommitted(w.mem, "puma", w.e.apps, func(string) int { return 1 }), q)
+		w.compare(fmt.Sprintf(in, "committed, expired windows"), got, nil)
 	}
 }
 
-// compare fails the test unless got is want, with rows of expired only
-// if they may be left.
-func (w *crashWorld) compare(what string, got, want []string, left bool, expired map[string]bool) {
+// compare fails the test unless got is want, in any order.
+func (w *crashWorld) compare(what string, got, want []string) {
 	w.t.Helper()
 	slices.Sort(got)
-	if left {
-		got = slices.DeleteFunc(got, func(r string) bool { return expired[r] })
-	}
 	equalRows(w.t, what, got, want)
 }
 
@@ -471,14 +467,14 @@ func (w *crashWorld) finish(what string, f *storetest.Faulty, afterFirst func())
 			w.t.Fatalf("%s: the last owner: %v", what, err)
 		}
 	}
-	w.check(what+", replayed by a new owner", s, w.maxCells > 0, true)
+	w.check(what+", replayed by a new owner", s)
 	// Another owner recovers what was committed; what a crash or a
 	// failed delete left is deleted by its next checkpoint.
 	again := w.recovered(w.mem)
 	if err := again.checkpoint(context.Background()); err != nil {
 		w.t.Fatalf("%s: %v", what, err)
 	}
-	w.check(what+", recovered again and checkpointed", again, false, false)
+	w.check(what+", recovered again and checkpointed", again)
 	// Nothing above what is committed: the versions of attempts that
 	// never committed were purged, or are below it at aborted epochs.
 	err := w.mem.Scan(context.Background(), "puma", "", "", store.Latest, func(row string, cells []store.Cell) error {
@@ -568,7 +564,7 @@ func TestStoreFaultAtEveryCall(t *testing.T) {
 						// next owner recovers from that commit), or exact.
 						if err := w.feed(s, len(cc.blocks)); err == nil && !f.Crashed() {
 							f.SetFault(nil) // the answers checked read the store through it
-							w.check(what+": the first owner", s, cc.maxCells > 0, true)
+							w.check(what+": the first owner", s)
 						} else if !ended(err) && !f.Crashed() {
 							t.Fatalf("%s: the first owner: %v", what, err)
 						}
@@ -782,7 +778,7 @@ func TestStoreTwoFaultsAtCommitRow(t *testing.T) {
 						if s := w.recovered(f); s != nil {
 							if err := w.feed(s, len(cc.blocks)); err == nil && !f.Crashed() {
 								f.SetFault(nil) // the answers checked read the store through it
-								w.check(what+": the first owner", s, false, true)
+								w.check(what+": the first owner", s)
 							} else if !ended(err) && !f.Crashed() {
 								t.Fatalf("%s: the first owner: %v", what, err)
 							}
@@ -795,4 +791,118 @@ func TestStoreTwoFaultsAtCommitRow(t *testing.T) {
 		}
 		t.Logf("%d runs", runs)
 	})
+}
+
+// TestExpiredWindowsNeverShow: the deletes of the rows of windows
+// retention dropped fail after the commit that dropped them, cleanly
+// (every one, all along) or by a crash (after the last commit, at its
+// first delete): the rows are
+// left in the store, and no answer shows those windows, neither the
+// owner's (its memory, the evicted windows read from the store) nor the
+// committed state's nor that of a new owner before its first
+// checkpoint, which deletes them.
+func TestExpiredWindowsNeverShow(t *testing.T) {
+	eachCrashCase(t, func(t *testing.T, cc *crashCase) {
+		// The first delete of expired windows' rows after the last commit.
+		crashAt := -1
+		for n, c := range cc.calls {
+			switch {
+			case c.Op == storetest.OpCheckAndPut:
+				crashAt = -1
+			case crashAt < 0 && cc.deletesExpired(c):
+				crashAt = n
+			}
+		}
+		if crashAt < 0 {
+			t.Fatal("the last checkpoint deletes no expired window: the input tests none")
+		}
+		for _, fault := range []storetest.Fault{storetest.Fail, storetest.Crash} {
+			what := fmt.Sprintf("deletes of expired windows' rows %v", fault)
+			var w *crashWorld
+			if fault == storetest.Crash {
+				w = cc.crashedAt(t, crashAt)
+			} else {
+				w = cc.world(t)
+				f := storetest.NewFaulty(w.mem)
+				f.SetFault(func(_ int, c storetest.Call) storetest.Fault {
+					if cc.deletesExpired(c) {
+						return storetest.Fail
+					}
+					return storetest.Pass
+				})
+				s := w.recovered(f)
+				if err := w.feed(s, len(cc.blocks)); err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				f.SetFault(nil) // the answers checked read the store through it
+				w.check(what+": the owner", s)
+			}
+			if !w.expiredLeft() {
+				t.Fatalf("%s: no row of an expired window is left in the store", what)
+			}
+			s := w.recovered(w.mem)
+			if s.pos != cc.pos[len(cc.pos)-1] {
+				t.Fatalf("%s: the new owner recovered at %v, not after the last block", what, s.pos)
+			}
+			w.check(what+": a new owner", s)
+			if err := s.checkpoint(context.Background()); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			if w.expiredLeft() {
+				t.Fatalf("%s: the new owner's checkpoint left rows of expired windows in the store", what)
+			}
+			w.check(what+": a new owner, checkpointed", s)
+		}
+	})
+}
+
+// spanPrefixes are the row prefixes of the case's spans (the app's
+// windows of one and ten minutes), by window length.
+func (c *crashCase) spanPrefixes() map[int64]string {
+	app := c.e.apps[0]
+	out := map[int64]string{}
+	for _, ms := range []int64{60_000, 600_000} {
+		out[ms] = appPrefix("orders", 0, app, fingerprint(app, ms))
+	}
+	return out
+}
+
+// deletesExpired reports whether call deletes rows of windows retention
+// dropped: a window's rows, or a span's first windows (not a whole span,
+// as a backfill clears it).
+func (c *crashCase) deletesExpired(call storetest.Call) bool {
+	if call.Op != storetest.OpDeleteUpTo {
+		return false
+	}
+	for _, p := range c.spanPrefixes() {
+		if strings.HasPrefix(call.Row, p) && (call.Row != p || call.Stop != store.PrefixEnd(p)) {
+			return true
+		}
+	}
+	return false
+}
+
+// expiredLeft reports whether the store holds a row of a window that
+// retention dropped under the committed watermark.
+func (w *crashWorld) expiredLeft() bool {
+	ctx := context.Background()
+	_, st, _, err := readCommit(ctx, w.mem, "puma", "orders", 0)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	horizon := st.Watermarks["orders"] - w.e.apps[0].RetentionMs
+	left := false
+	for ms, p := range w.spanPrefixes() {
+		err := w.mem.Scan(ctx, "puma", p, store.PrefixEnd(p), store.Latest, func(row string, _ []store.Cell) error {
+			wk, _, _ := strings.Cut(strings.TrimPrefix(row, p), "/")
+			if win, ok := parseWindowKey(wk); ok && win+ms <= horizon {
+				left = true
+			}
+			return nil
+		})
+		if err != nil {
+			w.t.Fatal(err)
+		}
+	}
+	return left
 }

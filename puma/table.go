@@ -900,10 +900,10 @@ func (t *table) remark(i int, taken takenMarks) {
 // retention and returns their starts.
 func (t *table) expire(i int) []int64 {
 	sp := t.spans[i]
-	horizon := t.watermark - t.app.RetentionMs
+	kept := retainedFrom(t.app, t.watermark, sp.ms)
 	var gone []int64
 	for w, cells := range sp.windows {
-		if w+sp.ms <= horizon {
+		if w < kept {
 			bytes := t.windowBytes(cells)
 			t.ncells -= cells.len()
 			t.bytes -= bytes
@@ -913,6 +913,16 @@ func (t *table) expire(i int) []int64 {
 		}
 	}
 	return gone
+}
+
+// retainedFrom is the start of the first window of length ms that app's
+// retention keeps under watermark wm: the windows before it end at or
+// before wm - retention. A checkpoint drops them from memory and deletes
+// their rows after its commit; until the delete is done (a crash or a
+// failed delete leaves it to a later checkpoint) the rows are still in
+// the store, so every read of the store skips them.
+func retainedFrom(app *apps.App, wm, ms int64) int64 {
+	return resident(wm-app.RetentionMs, ms)
 }
 
 // windowBytes is the accounted memory of a window's cells.
