@@ -428,21 +428,21 @@ func (w *crashWorld) check(what string, s *shard, leftMemory, leftStore bool) {
 	for ms, want := range w.want.kept {
 		q := Query{App: "orders", WindowMs: ms}
 		in := fmt.Sprintf("%s: %%s, windows of %v", what, time.Duration(ms)*time.Millisecond)
-		w.compare(fmt.Sprintf(in, "memory"), memRows(w.t, s, q), want, leftMemory, w.want.expired[ms])
+		compareRows(w.t, fmt.Sprintf(in, "memory"), memRows(w.t, s, q), want, leftMemory, w.want.expired[ms])
 		got := rows(w.t, NewCommitted(w.mem, "puma", w.e.apps, func(string) int { return 1 }), q)
-		w.compare(fmt.Sprintf(in, "committed"), got, want, leftStore, w.want.expired[ms])
+		compareRows(w.t, fmt.Sprintf(in, "committed"), got, want, leftStore, w.want.expired[ms])
 	}
 }
 
-// compare fails the test unless got is want, with rows of expired only
-// if they may be left.
-func (w *crashWorld) compare(what string, got, want []string, left bool, expired map[string]bool) {
-	w.t.Helper()
+// compareRows fails the test unless got is want, with rows of expired
+// only if they may be left.
+func compareRows(t testing.TB, what string, got, want []string, left bool, expired map[string]bool) {
+	t.Helper()
 	slices.Sort(got)
 	if left {
 		got = slices.DeleteFunc(got, func(r string) bool { return expired[r] })
 	}
-	equalRows(w.t, what, got, want)
+	equalRows(t, what, got, want)
 }
 
 // finish has a new owner recover over f (a Faulty store of its own),
