@@ -178,6 +178,12 @@ func (c *tailCrash) hook(op diskqueue.FileOp, path string) error {
 	if crash {
 		c.crash(fmt.Sprintf("%s %s", op, rel))
 	}
+	if !queue {
+		// The logs are read while no step of the app changes them: a
+		// rotation between listing a log and reading it would lose it.
+		c.app.Lock()
+		defer c.app.Unlock()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !queue {
