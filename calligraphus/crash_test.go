@@ -871,26 +871,8 @@ func TestCrashSalvagedWithoutNextEntry(t *testing.T) {
 	// published by this one.
 	published := map[string]bool{}
 	for _, cat := range crashCategories {
-		dir := layout.BucketDir(cat, 0)
-		infos, err := layout.Published(fsys, dir, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, fi := range infos {
-			data, err := dfs.ReadFile(fsys, path.Join(dir, fi.Name()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := segment.NewReader(bytes.NewReader(data), 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var b segment.Block
-			for r.Next(&b) == nil {
-				for _, m := range b.Messages {
-					published[string(m)] = true
-				}
-			}
+		for _, m := range readerView(t, fsys, layout.BucketDir(cat, 0)) {
+			published[m] = true
 		}
 	}
 	for i, ok := range s.p.ok {

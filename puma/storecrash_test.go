@@ -305,6 +305,24 @@ type crashWorld struct {
 	apps   []*apps.App // of the next owners (nil: the case's)
 }
 
+// firstOwner recovers an owner over f and feeds it blocks: it ends by a
+// crash, or fenced by a commit of its own that failed and landed later
+// (it stops, and the next owner recovers from that commit), or exact,
+// which its answers show.
+func (w *crashWorld) firstOwner(what string, f *storetest.Faulty, blocks int) {
+	w.t.Helper()
+	s := w.recovered(f)
+	if s == nil {
+		return
+	}
+	if err := w.feed(s, blocks); err == nil && !f.Crashed() {
+		f.SetFault(nil) // the answers checked read the store through it
+		w.check(what+": the first owner", s)
+	} else if !ended(err) && !f.Crashed() {
+		w.t.Fatalf("%s: the first owner: %v", what, err)
+	}
+}
+
 // owner makes a new owner of the shard over st (its own node and
 // coordinator: an owner that crashed is gone with its session, and one
 // that did not still believes it holds the lease) and recovers it.
@@ -572,17 +590,7 @@ func TestStoreFaultAtEveryCall(t *testing.T) {
 						}
 						return storetest.Pass
 					})
-					if s := w.recovered(f); s != nil {
-						// Ended by a crash, or fenced by a commit of its own
-						// that failed and landed later (it stops, and the
-						// next owner recovers from that commit), or exact.
-						if err := w.feed(s, len(cc.blocks)); err == nil && !f.Crashed() {
-							f.SetFault(nil) // the answers checked read the store through it
-							w.check(what+": the first owner", s)
-						} else if !ended(err) && !f.Crashed() {
-							t.Fatalf("%s: the first owner: %v", what, err)
-						}
-					}
+					w.firstOwner(what, f, len(cc.blocks))
 					next := storetest.NewFaulty(w.mem)
 					next.SetFault(func(i int, _ storetest.Call) storetest.Fault {
 						if -1-i == at {
@@ -789,14 +797,7 @@ func TestStoreTwoFaultsAtCommitRow(t *testing.T) {
 							}
 							return storetest.Pass
 						})
-						if s := w.recovered(f); s != nil {
-							if err := w.feed(s, len(cc.blocks)); err == nil && !f.Crashed() {
-								f.SetFault(nil) // the answers checked read the store through it
-								w.check(what+": the first owner", s)
-							} else if !ended(err) && !f.Crashed() {
-								t.Fatalf("%s: the first owner: %v", what, err)
-							}
-						}
+						w.firstOwner(what, f, len(cc.blocks))
 						f.Land()
 						w.finish(what, storetest.NewFaulty(w.mem), nil)
 					}
