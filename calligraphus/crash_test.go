@@ -414,7 +414,7 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nest
 	ck := crashChecks{stride: stride}
 	var salvages []crashState
 	for _, s := range crashStates(points, rng, seen) {
-		ck.check(t, s, "", wl, wl.all(), false)
+		ck.check(t, s, "", false, wl, wl.all(), false)
 		if unpublished(s.img) {
 			salvages = append(salvages, s)
 		}
@@ -429,7 +429,7 @@ func testCrashAtEveryFileOperation(t *testing.T, wl *crashWorkload, stride, nest
 		send := afterCrash(wl.all(), s1.p.ok, n)
 		fsys := dfstest.NewCrashFSFrom(s1.img)
 		for _, s := range crashStates(recordCrashes(t, fsys, wl, send, newCrashSender(wl, &s1.p, false), nil), rng, seen) {
-			ck.check(t, s, s1.String()+"; then its salvage's ", wl, send, false)
+			ck.check(t, s, s1.String()+"; then its salvage's ", s1.model == tornModel, wl, send, false)
 		}
 	}
 	nestedChecked := ck.checked - checked
@@ -514,7 +514,7 @@ func TestFaultThenCrashAtEveryFileOperation(t *testing.T) {
 				}
 			}
 			for _, s := range crashStates(points, rng, seen) {
-				ck.check(t, s, what+"; ", wl, wl.all(), true)
+				ck.check(t, s, what+"; ", false, wl, wl.all(), true)
 			}
 			// Without a crash, the failed bucket's share of a refused
 			// batch is cut from its segment (dfs.Truncater) before the
@@ -604,14 +604,16 @@ type crashChecks struct{ stride, given, checked, failed int }
 
 // check recovers the crash state s of a run that sent send, and checks
 // it (checkWriterCrash), reporting the first few failures.
-func (ck *crashChecks) check(t *testing.T, s crashState, before string, wl *crashWorkload, send []int, retry bool) {
+// torn says that s descends from a torn image (a crashed salvage of
+// one): its damaged blocks are logged as errors, as s's own would be.
+func (ck *crashChecks) check(t *testing.T, s crashState, before string, torn bool, wl *crashWorkload, send []int, retry bool) {
 	t.Helper()
 	ck.given++
 	if ck.stride > 1 && ck.given%ck.stride != 0 {
 		return
 	}
 	ck.checked++
-	err := checkWriterCrash(t, s.p.snap.Killed(), s.img, wl, afterCrash(send, s.p.ok, len(wl.batches)), &s.p, retry, s.model != tornModel)
+	err := checkWriterCrash(t, s.p.snap.Killed(), s.img, wl, afterCrash(send, s.p.ok, len(wl.batches)), &s.p, retry, !torn && s.model != tornModel)
 	if err != nil {
 		ck.failed++
 		if ck.failed <= 10 {
